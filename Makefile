@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` and `make test`.  Both install what they need first.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: bootstrap demo test unit lint bench bench-quick clean-hosts
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+demo: bootstrap
+	@$(PY) -m controller.demo
+
+test: bootstrap
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/pytest -q tests
+
+unit: bootstrap
+	@$(VENV)/bin/pytest -q tests/unit
+
+lint: bootstrap
+	@$(VENV)/bin/ruff check .
+
+bench: bootstrap
+	@TENANTNET_WITH_OVN=1 bash scripts/bootstrap.sh
+	@$(PY) -m bench.run
+
+bench-quick: bootstrap
+	@TENANTNET_WITH_OVN=1 bash scripts/bootstrap.sh
+	@$(PY) -m bench.run --quick
+
+# Removes emulated hypervisors left by an interrupted run (only tenantnet's own tn- namespaces).
+clean-hosts: bootstrap
+	@$(PY) -m tests.harness.cleanup

@@ -1,0 +1,1 @@
+"""tenantnet controller runtime: REST API, durable store, OpenFlow/OVSDB southbound."""

@@ -1,0 +1,162 @@
+"""Plain data types shared by the pipeline compiler and the southbound codec.
+
+`flows` never imports os-ken: a rule here is a hashable value (table, priority, match, instructions,
+cookie) so that desired state can be compared with what a switch reports by set arithmetic.  The
+southbound turns these values into OpenFlow messages and turns flow-stats replies back into them;
+both directions must produce *identical* values for identical flows, hence the normalisation rules:
+
+* match: a tuple of (field, value) pairs sorted by field name, field names as os-ken OXM names
+  (``in_port``, ``eth_dst``, ``metadata``, ``tunnel_id``, ``tun_ipv4_src``...).  MACs are lower-case
+  ``aa:bb:..`` strings, IPv4/IPv6 addresses compact strings, everything else ``int``.  A masked
+  field has a ``(value, mask)`` tuple as its value.
+* instructions: a tuple in OpenFlow order (apply-actions, write-metadata, goto-table).  An empty
+  tuple means drop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+# ----------------------------------------------------------------------------------------- actions
+
+
+class Output(NamedTuple):
+    """Send the packet out of an OpenFlow port."""
+
+    port: int
+
+
+class SetField(NamedTuple):
+    """Rewrite one header or metadata field (e.g. ``tunnel_id`` or ``tun_ipv4_dst``)."""
+
+    field: str
+    value: Any
+
+
+class ToGroup(NamedTuple):
+    """Hand the packet to a group (flooding)."""
+
+    group_id: int
+
+
+Action = Output | SetField | ToGroup
+
+# ------------------------------------------------------------------------------------ instructions
+
+
+class Apply(NamedTuple):
+    """OFPIT_APPLY_ACTIONS."""
+
+    actions: tuple[Action, ...]
+
+
+class WriteMetadata(NamedTuple):
+    """OFPIT_WRITE_METADATA; tenantnet keeps the network key in metadata."""
+
+    value: int
+    mask: int
+
+
+class GotoTable(NamedTuple):
+    """OFPIT_GOTO_TABLE."""
+
+    table: int
+
+
+Instruction = Apply | WriteMetadata | GotoTable
+
+Match = tuple[tuple[str, Any], ...]
+
+
+def match(**fields: Any) -> Match:
+    """Build a normalised match: pairs sorted by field name, ``None`` values left out."""
+    return tuple(sorted((k, v) for k, v in fields.items() if v is not None))
+
+
+# ------------------------------------------------------------------------------------ rules/groups
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    """One OpenFlow flow entry as tenantnet wants it on a switch."""
+
+    table: int
+    priority: int
+    match: Match
+    instructions: tuple[Instruction, ...]
+    cookie: int
+
+    @property
+    def key(self) -> tuple[int, int, Match]:
+        """What identifies a flow inside a switch (OpenFlow 'strict' identity)."""
+        return (self.table, self.priority, self.match)
+
+
+@dataclass(frozen=True, order=True)
+class GroupEntry:
+    """An OpenFlow group of type ALL (flooding); buckets are action lists in a fixed order."""
+
+    group_id: int
+    buckets: tuple[tuple[Action, ...], ...]
+
+
+@dataclass(frozen=True)
+class Slice:
+    """The part of a host's desired state that belongs to one network (or to the base pipeline).
+
+    Slices are the unit of incremental work: a change in network N recompiles only the slices of
+    N on the hosts of N.
+    """
+
+    rules: frozenset[Rule] = frozenset()
+    groups: frozenset[GroupEntry] = frozenset()
+
+
+# ------------------------------------------------------------------------------ input: host view
+
+
+@dataclass(frozen=True)
+class LocalPort:
+    """A tenant port bound to this host (its VM interface is plugged into br-int)."""
+
+    port_id: str
+    ofport: int
+    mac: str
+    fixed_ips: tuple[str, ...] = ()
+    port_security: bool = True
+    admin_up: bool = True
+
+
+@dataclass(frozen=True)
+class RemotePort:
+    """A port of the same network bound to another host, reached through a tunnel."""
+
+    port_id: str
+    mac: str
+    host_ip: str
+
+
+@dataclass(frozen=True)
+class NetworkView:
+    """What one host needs to know about one network.
+
+    ``peer_ips`` are the tunnel IPs of the *other* hosts that have at least one bound port of this
+    network; a host only exchanges this network's traffic with them.
+    """
+
+    key: int
+    seg_type: str  # "vxlan" | "gre"
+    seg_id: int
+    local_ports: tuple[LocalPort, ...] = ()
+    remote_ports: tuple[RemotePort, ...] = ()
+    peer_ips: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostContext:
+    """Per-host facts the compiler needs besides the networks: the flow-based tunnel ports."""
+
+    tunnel_ip: str
+    tunnel_ofports: Mapping[str, int] = field(default_factory=dict)  # "vxlan"/"gre" -> ofport
