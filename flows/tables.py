@@ -1,0 +1,173 @@
+"""The tenantnet OpenFlow 1.3 pipeline on ``br-int``: table ids, priorities, cookies and group ids.
+
+This module only *names* things; :mod:`flows.compiler` decides which rules go where.  Keeping the
+numbers here (as Faucet keeps its table layout apart from the code that fills the tables) means
+the compiler, the southbound, the tests and the README all talk about the same tables.
+
+Pipeline (every packet enters at table 0; the network key travels in the low 32 bits of the
+OpenFlow metadata register from table 0 onwards)::
+
+    VM port ──> 0 CLASSIFY ──> 1 PORT_SECURITY ──> 2 L2_FROM_PORT ──> VM port / tunnel / flood-all
+    tunnel  ──> 0 CLASSIFY ─────────────────────> 3 L2_FROM_TUNNEL ──> VM port / flood-local
+
+Table 0 ``CLASSIFY`` — which network does a packet belong to, and where did it come from?
+    * prio 100 ``in_port=<VM ofport>`` -> write metadata=<net key>, goto 1.  One per local port
+      that is admin up; an admin-down port has no rule, so its packets hit the table miss.
+    * prio 100 ``in_port=<tunnel ofport>, tunnel_id=<seg id>, tun_ipv4_src=<peer ip>`` ->
+      write metadata=<net key>, goto 3.  One per network and *peer host*: a tunnel packet is only
+      accepted from a host that is known to have a port of that network (the VNI alone is not
+      proof, any host of the underlay can forge it).
+    * prio 0 miss -> drop.
+
+Table 1 ``PORT_SECURITY`` — anti-spoofing for packets sent by VMs.
+    For a port with port security on, all prio 100, all matching ``in_port`` and
+    ``eth_src=<port mac>``, all -> goto 2:
+    * ARP (``eth_type=0x0806``) with ``arp_spa=<ipv4>, arp_sha=<port mac>``, per IPv4 fixed ip;
+    * IPv4 (``eth_type=0x0800``) with ``ipv4_src=<ipv4>``, per IPv4 fixed ip;
+    * DHCP discover/request: IPv4 from ``0.0.0.0``, UDP 68 -> 67;
+    * IPv6 (``eth_type=0x86dd``) with ``ipv6_src=<ipv6>``, per IPv6 fixed ip and for the
+      EUI-64 link-local address derived from the MAC;
+    * IPv6 duplicate address detection: ``ipv6_src=::``, ICMPv6 neighbour solicitation (135).
+    For a port with port security off: prio 50 ``in_port=<ofport>`` -> goto 2.
+    Prio 0 miss -> drop (anything a VM sends that isn't explicitly allowed).
+
+Table 2 ``L2_FROM_PORT`` — destination lookup for packets that came from a local VM.
+    * prio 100 ``metadata=<key>, eth_dst=<local mac>`` -> output:<VM ofport>;
+    * prio 100 ``metadata=<key>, eth_dst=<remote mac>`` -> set tunnel_id=<seg id>,
+      set tun_ipv4_dst=<remote host ip>, output:<tunnel ofport>;
+    * prio 10 ``metadata=<key>`` -> group:flood_all (broadcast, multicast, unknown unicast);
+    * prio 0 miss -> drop.
+
+Table 3 ``L2_FROM_TUNNEL`` — destination lookup for packets that came from a tunnel.  They are
+only ever delivered to local VMs, never back into a tunnel: the overlay is a full mesh, so the
+sender already sent its own copy to every peer (split horizon; this is what makes loops
+impossible without any spanning tree).
+    * prio 100 ``metadata=<key>, eth_dst=<local mac>`` -> output:<VM ofport>;
+    * prio 10 ``metadata=<key>`` -> group:flood_local;
+    * prio 0 miss -> drop.
+
+Groups (type ALL), two per network, ids derived from the network key so that they never collide
+and a group can be attributed to its network from a group dump alone:
+    * ``flood_all`` = ``2 * key``: one bucket per local VM port (OVS skips the copy that would go
+      back out of the ingress port) plus one tunnel bucket per *peer host* (not per remote port:
+      the remote host floods locally itself);
+    * ``flood_local`` = ``2 * key + 1``: one bucket per local VM port.
+
+Cookies: ``COOKIE_BASE | key``.  The high 16 bits say "tenantnet owns this flow" (so a dump can be
+filtered and foreign flows left alone), the low 32 bits say which network (key 0 is the base
+pipeline: the four table-miss rules).  This lets the southbound turn one flow dump into
+per-network slices, see :func:`flows.diff.split_by_cookie`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+# ------------------------------------------------------------------------------------------ tables
+
+CLASSIFY = 0
+"""Ingress classification: VM port or (tunnel, VNI, peer) -> network key in metadata."""
+
+PORT_SECURITY = 1
+"""Anti-spoofing of packets sent by VMs (MAC/IP/ARP allow-lists)."""
+
+L2_FROM_PORT = 2
+"""L2 forwarding of packets from local VMs: local port, tunnel to the owner's host, or flood."""
+
+L2_FROM_TUNNEL = 3
+"""L2 forwarding of packets from tunnels: local ports only (split horizon)."""
+
+
+class TableSpec(NamedTuple):
+    """A table's id, short name and purpose, for logs, dumps and documentation."""
+
+    table_id: int
+    name: str
+    purpose: str
+
+
+TABLES: tuple[TableSpec, ...] = (
+    TableSpec(CLASSIFY, "CLASSIFY", "ingress classification: which network, from VM or tunnel"),
+    TableSpec(PORT_SECURITY, "PORT_SECURITY", "anti-spoofing of packets sent by VMs"),
+    TableSpec(L2_FROM_PORT, "L2_FROM_PORT", "L2 lookup for VM traffic: local, tunnel or flood"),
+    TableSpec(L2_FROM_TUNNEL, "L2_FROM_TUNNEL", "L2 lookup for tunnel traffic: local ports only"),
+)
+"""Every table of the pipeline, in table-id order (the base slice has one miss rule per entry)."""
+
+# -------------------------------------------------------------------------------------- priorities
+
+PRIO_EXACT = 100
+"""Rules that name one port, address or peer."""
+
+PRIO_PASS = 50
+"""Port-security bypass for ports with port security off (below any spoof rule, above miss)."""
+
+PRIO_FLOOD = 10
+"""Per-network catch-all: broadcast, multicast and unknown unicast go to a flood group."""
+
+PRIO_MISS = 0
+"""Table-miss rules of the base pipeline (drop)."""
+
+# ---------------------------------------------------------------------------------------- metadata
+
+METADATA_MASK = 0xFFFFFFFF
+"""The network key lives in the low 32 bits of metadata; the high bits are left for later use."""
+
+# ----------------------------------------------------------------------------------------- cookies
+
+COOKIE_BASE = 0x7E4E000000000000
+"""High bits marking a flow as tenantnet's ("7E4E" ~ "TeNE")."""
+
+COOKIE_MASK_OURS = 0xFFFF000000000000
+"""Mask that selects the ownership bits of a cookie (for dumps/deletes restricted to our flows)."""
+
+COOKIE_KEY_MASK = 0xFFFFFFFF
+"""Mask that selects the network key of one of our cookies (0 = base pipeline)."""
+
+BASE_KEY = 0
+"""Pseudo network key of the base pipeline (table-miss rules); real network keys start at 1."""
+
+OFPG_MAX = 0xFFFFFF00
+"""Largest group id OpenFlow 1.3 allows; higher values are reserved (OFPG_ALL, OFPG_ANY)."""
+
+MAX_NETWORK_KEY = (OFPG_MAX - 1) // 2
+"""Largest network key whose two group ids (``2k``, ``2k + 1``) are still valid group ids."""
+
+
+def cookie_for(key: int) -> int:
+    """Cookie of every rule of network ``key`` (``BASE_KEY`` for the base pipeline).
+
+    Raises ``ValueError`` for a key that does not fit, rather than silently producing a cookie
+    that would be attributed to another network.
+    """
+    if not 0 <= key <= COOKIE_KEY_MASK:
+        raise ValueError(f"network key {key} does not fit in 32 bits")
+    return COOKIE_BASE | key
+
+
+def is_ours(cookie: int) -> bool:
+    """Whether a flow with this cookie was installed by tenantnet (foreign flows are left alone)."""
+    return cookie & COOKIE_MASK_OURS == COOKIE_BASE
+
+
+def key_of_cookie(cookie: int) -> int:
+    """Network key encoded in one of our cookies (the inverse of :func:`cookie_for`)."""
+    return cookie & COOKIE_KEY_MASK
+
+
+# ------------------------------------------------------------------------------------------ groups
+
+
+def flood_all_group_id(key: int) -> int:
+    """Group that floods a VM's packet to the other local ports and to every peer host."""
+    return 2 * key
+
+
+def flood_local_group_id(key: int) -> int:
+    """Group that floods a tunnel packet to the local ports only (never back into a tunnel)."""
+    return 2 * key + 1
+
+
+def key_of_group(group_id: int) -> int:
+    """Network key a group belongs to (inverse of both group-id functions)."""
+    return group_id // 2
