@@ -1,0 +1,60 @@
+"""`tenantnet` console command: `tenantnet serve [options]` runs the controller."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from controller import config
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Libraries that speak per message or per poll: keep them for debugging only.
+    for noisy in ("os_ken", "ovsdbapp", "ovs", "uvicorn", "uvicorn.error", "stevedore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def serve(settings: config.Settings) -> int:
+    from controller.service import Controller
+
+    ctl = Controller(settings)
+    stop = threading.Event()
+
+    def _signal(signum: int, _frame: object) -> None:
+        logging.getLogger("tenantnet").info("signal %d received", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _signal)
+    signal.signal(signal.SIGINT, _signal)
+    ctl.start()
+    stop.wait()
+    ctl.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tenantnet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_serve = sub.add_parser("serve", help="run the controller (REST API + OpenFlow + OVSDB)")
+    config.add_arguments(p_serve)
+    args = parser.parse_args(argv)
+    try:
+        settings = config.load(args)
+    except config.ConfigError as exc:
+        parser.error(str(exc))
+    _setup_logging(settings.log_level)
+    if args.command == "serve":
+        return serve(settings)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,581 @@
+"""The data plane: store changes in, minimal flow-mods out.
+
+Everything that changes data-plane state runs on one worker thread (an actor): store events,
+OVSDB observations, switch connects/disconnects and barrier replies are only *queued* by the
+threads that deliver them.  That keeps the state free of locks and makes batching natural: a bulk
+create of 300 ports arrives as a burst of events that is drained at once, and each network it
+touches is recompiled once.
+
+The unit of work is a network key.  Recompiling a network reads only that network's ports,
+compiles one `Slice` per host of the network (plus hosts that still carry flows of it), diffs it
+against what that switch has, and sends the difference.  Nothing here is O(all ports).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from controller.dataplane.views import LocatedPort, host_context, locate, network_view
+from controller.events import ChangeEvent
+from controller.southbound.ovsdb_host import HostObservation, OvsdbHost, datapath_id_for
+from flows.compiler import compile_base, compile_network
+from flows.diff import FlowDiff, diff, split_by_cookie
+from flows.model import Slice
+from flows.tables import BASE_KEY
+
+LOG = logging.getLogger(__name__)
+
+EMPTY = Slice()
+
+# Port fields whose change alters flows; status/revision/timestamps do not.
+PORT_FLOW_FIELDS = (
+    "network_id",
+    "mac_address",
+    "fixed_ips",
+    "admin_state_up",
+    "port_security_enabled",
+    "binding:host_id",
+)
+HOST_AGENT_FIELDS = ("ovsdb", "tunnel_ip", "integration_bridge", "datapath_type")
+
+
+class Switches(Protocol):
+    """The OpenFlow side as the data plane uses it (implemented by `TenantnetOfpApp`)."""
+
+    def apply(self, dpid: int, diff: FlowDiff, on_done: Callable[[bool], None]) -> bool: ...
+
+    def remove_all(
+        self, dpid: int, group_ids: list[int], on_done: Callable[[bool], None]
+    ) -> bool: ...
+
+    def resync(self, dpid: int) -> None: ...
+
+
+@dataclass
+class HostRuntime:
+    """What the data plane knows about one registered host right now."""
+
+    record: dict[str, Any]
+    agent: Any = None
+    dpid: int = 0
+    obs: HostObservation | None = None  # None until its OVSDB was read since start
+    installed: dict[int, Slice] | None = None  # None until its switch was read since start
+    ovsdb_up: bool = False
+    down_reported: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.obs is not None and self.installed is not None
+
+
+@dataclass
+class _Batch:
+    """Barriers outstanding for one network's recompilation; statuses follow when all reply."""
+
+    key: int
+    waiting: int = 0
+    ok: bool = True
+    active: list[str] = field(default_factory=list)
+    down: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Stats:
+    """Exposed on the status endpoint; the restart tests read flow_mods and reconciled_after."""
+
+    started_at: float = field(default_factory=time.monotonic)
+    flow_mods: int = 0
+    group_mods: int = 0
+    batches: int = 0
+    networks_compiled: int = 0
+    reconciled_after_s: float | None = None
+    last_batch_ms: float = 0.0
+
+
+class DataPlane:
+    """Owns the desired state of every host and drives switches towards it."""
+
+    def __init__(
+        self,
+        store: Any,
+        switches: Switches,
+        controller_target: str,
+        agent_factory: Callable[..., Any] = OvsdbHost,
+        startup_grace_s: float = 15.0,
+    ) -> None:
+        self.store = store
+        self.switches = switches
+        self.controller_target = controller_target
+        self.agent_factory = agent_factory
+        self.startup_grace_s = startup_grace_s
+        self.stats = Stats()
+        self.hosts: dict[str, HostRuntime] = {}
+        self.by_dpid: dict[int, str] = {}
+        self.observed_at: dict[str, str] = {}  # port id -> host id (from OVSDB)
+        self.members: dict[int, set[str]] = {}  # network key -> hosts compiled with flows of it
+        self.key_to_net: dict[int, str] = {}
+        self.net_to_key: dict[str, int] = {}
+        self._dirty: set[int] = set()
+        self._dirty_base: set[str] = set()
+        self._inbox: queue.Queue[tuple[str, tuple[Any, ...]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._outstanding = 0
+        self._grace_over = False
+
+    # ------------------------------------------------------------------ inbound (any thread)
+
+    def on_events(self, events: list[ChangeEvent]) -> None:
+        self._inbox.put(("events", (events,)))
+
+    def switch_ready(self, dpid: int, installed: Slice) -> None:
+        self._inbox.put(("switch_ready", (dpid, installed)))
+
+    def switch_gone(self, dpid: int) -> None:
+        self._inbox.put(("switch_gone", (dpid,)))
+
+    def _on_observation(self, host_id: str, obs: HostObservation) -> None:
+        self._inbox.put(("observation", (host_id, obs)))
+
+    def _on_ovsdb_state(self, host_id: str, up: bool) -> None:
+        self._inbox.put(("ovsdb_state", (host_id, up)))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        for net in self.store.list_networks():
+            self._learn_network(net)
+        for host in self.store.list_hosts():
+            self._add_host(host)
+        self._thread = threading.Thread(target=self._run, name="dataplane", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._inbox.put(("stop", ()))
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for rt in self.hosts.values():
+            if rt.agent is not None:
+                rt.agent.stop()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """For tests and the demo: True once nothing is queued, dirty or awaiting a barrier."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._inbox.empty() and not self._dirty and not self._outstanding:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "hosts": {
+                h: {
+                    "ovsdb": rt.ovsdb_up,
+                    "openflow": rt.installed is not None,
+                    "ready": rt.ready,
+                    "datapath_id": f"{rt.dpid:016x}",
+                    "networks": sorted(k for k, hs in self.members.items() if h in hs),
+                }
+                for h, rt in self.hosts.items()
+            },
+            "flow_mods": self.stats.flow_mods,
+            "group_mods": self.stats.group_mods,
+            "batches": self.stats.batches,
+            "networks_compiled": self.stats.networks_compiled,
+            "reconciled_after_s": self.stats.reconciled_after_s,
+            "uptime_s": round(time.monotonic() - self.stats.started_at, 3),
+        }
+
+    # ------------------------------------------------------------------ the actor
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                kind, args = self._inbox.get(timeout=1.0)
+            except queue.Empty:
+                kind, args = "tick", ()
+            try:
+                self._handle(kind, args)
+                # drain whatever else arrived, so a burst is compiled once
+                while True:
+                    try:
+                        kind, args = self._inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    self._handle(kind, args)
+                self._flush()
+            except Exception:
+                LOG.exception("data plane step failed (%s)", kind)
+
+    def _handle(self, kind: str, args: tuple[Any, ...]) -> None:
+        if kind == "events":
+            for ev in args[0]:
+                self._apply_event(ev)
+        elif kind == "observation":
+            self._apply_observation(*args)
+        elif kind == "ovsdb_state":
+            self._apply_ovsdb_state(*args)
+        elif kind == "switch_ready":
+            self._apply_switch_ready(*args)
+        elif kind == "switch_gone":
+            self._apply_switch_gone(*args)
+        elif kind == "batch_done":
+            self._apply_batch_done(*args)
+        elif kind == "tick":
+            self._tick()
+
+    # ------------------------------------------------------------------ store events
+
+    def _learn_network(self, net: dict[str, Any]) -> None:
+        key = int(net["_key"])
+        self.key_to_net[key] = net["id"]
+        self.net_to_key[net["id"]] = key
+
+    def _apply_event(self, ev: ChangeEvent) -> None:
+        if ev.kind == "network":
+            if ev.new is not None:
+                self._learn_network(ev.new)
+                if ev.old is not None and (
+                    ev.old.get("provider:segmentation_id") != ev.new.get("provider:segmentation_id")
+                    or ev.old.get("provider:network_type") != ev.new.get("provider:network_type")
+                ):
+                    self._dirty.add(int(ev.new["_key"]))
+            elif ev.old is not None:
+                key = int(ev.old["_key"])
+                self._dirty.add(key)  # desired becomes empty everywhere
+                self.net_to_key.pop(ev.old["id"], None)
+        elif ev.kind == "port":
+            old, new = ev.old, ev.new
+            if old and new and all(old.get(f) == new.get(f) for f in PORT_FLOW_FIELDS):
+                return  # a status/name/description change: nothing for the switches
+            for rec in (old, new):
+                if rec and rec.get("network_id") in self.net_to_key:
+                    self._dirty.add(self.net_to_key[rec["network_id"]])
+            if new is not None:
+                self._assert_observed_binding(new)
+        elif ev.kind == "host":
+            if ev.new is None and ev.old is not None:
+                self._remove_host(ev.old["id"])
+            elif ev.new is not None and ev.old is None:
+                self._add_host(ev.new)
+            elif ev.new is not None and ev.old is not None:
+                self.hosts[ev.new["id"]].record = ev.new
+                if any(ev.old.get(f) != ev.new.get(f) for f in HOST_AGENT_FIELDS):
+                    self._restart_agent(ev.new["id"])
+
+    def _assert_observed_binding(self, port: dict[str, Any]) -> None:
+        """The observed location wins over what the orchestrator wrote."""
+        seen = self.observed_at.get(port["id"])
+        if seen is not None and port.get("binding:host_id") != seen:
+            self.store.set_port_binding(port["id"], seen)
+
+    # ------------------------------------------------------------------ hosts
+
+    def _add_host(self, record: dict[str, Any]) -> None:
+        host_id = record["id"]
+        rt = HostRuntime(record=record, dpid=datapath_id_for(host_id))
+        self.hosts[host_id] = rt
+        self.by_dpid[rt.dpid] = host_id
+        self._start_agent(rt)
+
+    def _start_agent(self, rt: HostRuntime) -> None:
+        rt.agent = self.agent_factory(
+            rt.record, self.controller_target, self._on_observation, self._on_ovsdb_state
+        )
+        rt.agent.start()
+
+    def _restart_agent(self, host_id: str) -> None:
+        rt = self.hosts[host_id]
+        if rt.agent is not None:
+            rt.agent.stop()
+        rt.obs = None
+        rt.ovsdb_up = False
+        self._start_agent(rt)
+        self._dirty.update(k for k, hs in self.members.items() if host_id in hs)
+
+    def _remove_host(self, host_id: str) -> None:
+        """DELETE of a host: its flows go, peers forget it, its ports are unbound."""
+        rt = self.hosts.pop(host_id, None)
+        if rt is None:
+            return
+        self.by_dpid.pop(rt.dpid, None)
+        if rt.installed is not None:
+            group_ids = sorted({g.group_id for s in rt.installed.values() for g in s.groups})
+            self.switches.remove_all(rt.dpid, group_ids, lambda ok: None)
+        if rt.agent is not None:
+            agent = rt.agent
+            threading.Thread(target=_remove_agent, args=(agent,), daemon=True).start()
+        for pid in [p for p, h in self.observed_at.items() if h == host_id]:
+            del self.observed_at[pid]
+        for port in self.store.list_ports(host_id=host_id):
+            self.store.set_port_binding(port["id"], None)
+            self.store.set_port_status(port["id"], "DOWN")
+        affected = [k for k, hs in self.members.items() if host_id in hs]
+        for k in affected:
+            self.members[k].discard(host_id)
+        self._dirty.update(affected)
+        LOG.info("host %s removed: %d networks recompiled on its peers", host_id, len(affected))
+
+    def _apply_observation(self, host_id: str, obs: HostObservation) -> None:
+        rt = self.hosts.get(host_id)
+        if rt is None:
+            return
+        first = rt.obs is None
+        before = rt.obs.bindings if rt.obs is not None else {}
+        tunnels_changed = rt.obs is None or rt.obs.tunnel_ofports != obs.tunnel_ofports
+        rt.obs = obs
+        changed = {
+            p for p in set(before) | set(obs.bindings) if before.get(p) != obs.bindings.get(p)
+        }
+        for pid in set(before) - set(obs.bindings):
+            if self.observed_at.get(pid) == host_id:
+                del self.observed_at[pid]
+        for pid in obs.bindings:
+            self.observed_at[pid] = host_id
+        if first:
+            # Ports recorded here that the host no longer has must be withdrawn too.
+            changed |= {p["id"] for p in self.store.list_ports(host_id=host_id)}
+        for pid in changed:
+            port = self.store.get_port(pid)
+            if port is None:
+                continue  # an interface of something that is not a tenantnet port
+            key = self.net_to_key.get(port["network_id"])
+            if key is not None:
+                self._dirty.add(key)
+            if pid in obs.bindings:
+                if port.get("binding:host_id") != host_id:
+                    self.store.set_port_binding(pid, host_id)
+                    LOG.info(
+                        "port %s bound to host %s (ofport %d)", pid, host_id, obs.bindings[pid]
+                    )
+            else:
+                LOG.info("port %s unplugged from host %s", pid, host_id)
+        if tunnels_changed:
+            self._dirty_base.add(host_id)
+            self._dirty.update(k for k, hs in self.members.items() if host_id in hs)
+        if first:
+            self._host_became_known(host_id)
+
+    def _apply_ovsdb_state(self, host_id: str, up: bool) -> None:
+        rt = self.hosts.get(host_id)
+        if rt is None:
+            return
+        rt.ovsdb_up = up
+        if not up:
+            self._host_down(host_id, "OVSDB connection lost")
+        self._report_host_state(host_id)
+
+    def _apply_switch_ready(self, dpid: int, installed: Slice) -> None:
+        host_id = self.by_dpid.get(dpid)
+        if host_id is None:
+            LOG.warning("switch %016x is not a registered host's integration bridge; ignored", dpid)
+            return
+        rt = self.hosts[host_id]
+        rt.installed = split_by_cookie(installed)
+        rt.down_reported = False
+        self._report_host_state(host_id)
+        self._host_became_known(host_id)
+
+    def _apply_switch_gone(self, dpid: int) -> None:
+        host_id = self.by_dpid.get(dpid)
+        if host_id is None:
+            return
+        rt = self.hosts[host_id]
+        rt.installed = None
+        self._host_down(host_id, "OpenFlow connection lost")
+        self._report_host_state(host_id)
+
+    def _host_became_known(self, host_id: str) -> None:
+        """Once a host's OVSDB and switch were both read: converge everything it touches."""
+        rt = self.hosts[host_id]
+        if not rt.ready:
+            return
+        assert rt.installed is not None and rt.obs is not None
+        keys = {k for k in rt.installed if k != BASE_KEY}
+        keys |= {k for k, hs in self.members.items() if host_id in hs}
+        for pid, h in self.observed_at.items():
+            if h == host_id:
+                port = self.store.get_port(pid)
+                if port is not None and port["network_id"] in self.net_to_key:
+                    keys.add(self.net_to_key[port["network_id"]])
+        for port in self.store.list_ports(host_id=host_id):
+            if port["network_id"] in self.net_to_key:
+                keys.add(self.net_to_key[port["network_id"]])
+        self._dirty.update(keys)
+        self._dirty_base.add(host_id)
+
+    def _host_down(self, host_id: str, why: str) -> None:
+        rt = self.hosts[host_id]
+        if rt.down_reported:
+            return
+        rt.down_reported = True
+        LOG.warning("host %s down (%s): its ports go DOWN, peers keep their flows", host_id, why)
+        for pid, h in list(self.observed_at.items()):
+            if h == host_id:
+                self.store.set_port_status(pid, "DOWN")
+
+    def _report_host_state(self, host_id: str) -> None:
+        rt = self.hosts.get(host_id)
+        if rt is None:
+            return
+        status = "connected" if rt.ovsdb_up and rt.installed is not None else "disconnected"
+        self.store.set_host_state(host_id, status, f"{rt.dpid:016x}")
+
+    def _tick(self) -> None:
+        if not self._grace_over and time.monotonic() - self.stats.started_at > self.startup_grace_s:
+            self._grace_over = True
+            for host_id, rt in self.hosts.items():
+                if not rt.ready:
+                    self._host_down(host_id, "not reconnected after start")
+
+    # ------------------------------------------------------------------ compile + send
+
+    def _flush(self) -> None:
+        if not self._dirty and not self._dirty_base:
+            return
+        t0 = time.perf_counter()
+        sent_before = self.stats.flow_mods + self.stats.group_mods
+        for host_id in sorted(self._dirty_base):
+            rt = self.hosts.get(host_id)
+            if rt is None or not rt.ready:
+                continue
+            assert rt.installed is not None and rt.obs is not None
+            desired = compile_base(host_context(rt.record["tunnel_ip"], rt.obs.tunnel_ofports))
+            self._send(rt, BASE_KEY, desired, None)
+        self._dirty_base.clear()
+        dirty, self._dirty = sorted(self._dirty), set()
+        for key in dirty:
+            self._recompile(key)
+        sent = self.stats.flow_mods + self.stats.group_mods - sent_before
+        ms = (time.perf_counter() - t0) * 1000
+        self.stats.last_batch_ms = ms
+        if sent:
+            LOG.info(
+                "%d networks recompiled, %d flow/group mods sent in %.1f ms", len(dirty), sent, ms
+            )
+        self._check_reconciled()
+
+    def _recompile(self, key: int) -> None:
+        self.stats.networks_compiled += 1
+        net_id = self.key_to_net.get(key)
+        net = self.store.get_network(net_id) if net_id and net_id in self.net_to_key else None
+        located: list[LocatedPort] = []
+        if net is not None:
+            unsynced = {h for h, rt in self.hosts.items() if rt.obs is None}
+            for port in self.store.list_ports(network_id=net["id"]):
+                located.append(
+                    LocatedPort(port, locate(port, self.observed_at, unsynced, self.hosts))
+                )
+        new_members = {lp.host_id for lp in located if lp.host_id is not None}
+        targets = new_members | self.members.get(key, set())
+        targets |= {h for h, rt in self.hosts.items() if rt.installed and key in rt.installed}
+        tunnel_ips = {h: rt.record["tunnel_ip"] for h, rt in self.hosts.items()}
+        batch = _Batch(key=key)
+        for lp in located:
+            p = lp.port
+            rt = self.hosts.get(lp.host_id) if lp.host_id else None
+            if rt is not None and rt.ready and p["id"] in (rt.obs.bindings if rt.obs else {}):
+                if p.get("admin_state_up", True):
+                    batch.active.append(p["id"])
+                else:
+                    batch.down.append(p["id"])
+            elif lp.host_id is None:
+                batch.down.append(p["id"])
+        for host_id in sorted(targets):
+            rt = self.hosts.get(host_id)
+            if rt is None or not rt.ready:
+                continue
+            assert rt.obs is not None
+            if net is not None and host_id in new_members:
+                ctx = host_context(rt.record["tunnel_ip"], rt.obs.tunnel_ofports)
+                view = network_view(net, located, host_id, rt.obs.bindings, tunnel_ips)
+                desired = compile_network(ctx, view)
+            else:
+                desired = EMPTY
+            self._send(rt, key, desired, batch)
+        self.members[key] = new_members
+        if net is None:
+            self.members.pop(key, None)
+            self.key_to_net.pop(key, None)
+        if batch.waiting == 0:
+            self._settle(batch)
+
+    def _send(self, rt: HostRuntime, key: int, desired: Slice, batch: _Batch | None) -> None:
+        assert rt.installed is not None
+        current = rt.installed.get(key, EMPTY)
+        d = diff(desired, current)
+        if d.empty:
+            return
+        self.stats.flow_mods += len(d.add_rules) + len(d.del_rules)
+        self.stats.group_mods += len(d.add_groups) + len(d.mod_groups) + len(d.del_groups)
+        self.stats.batches += 1
+        if desired.rules or desired.groups:
+            rt.installed[key] = desired
+        else:
+            rt.installed.pop(key, None)
+        self._outstanding += 1
+        if batch is not None:
+            batch.waiting += 1
+        host_id, dpid = rt.record["id"], rt.dpid
+
+        def done(ok: bool) -> None:
+            self._inbox.put(("batch_done", (host_id, dpid, batch, ok)))
+
+        if not self.switches.apply(dpid, d, done):
+            done(False)
+
+    def _apply_batch_done(self, host_id: str, dpid: int, batch: _Batch | None, ok: bool) -> None:
+        self._outstanding -= 1
+        if not ok:
+            rt = self.hosts.get(host_id)
+            if rt is not None and rt.installed is not None:
+                LOG.warning("host %s did not confirm its flows; re-reading its switch", host_id)
+                rt.installed = None
+                self.switches.resync(dpid)
+        if batch is None:
+            self._check_reconciled()
+            return
+        batch.waiting -= 1
+        batch.ok = batch.ok and ok
+        if batch.waiting == 0:
+            self._settle(batch)
+        self._check_reconciled()
+
+    def _settle(self, batch: _Batch) -> None:
+        """Flows confirmed on the host and its peers: bound ports become ACTIVE."""
+        if batch.ok:
+            for pid in batch.active:
+                self.store.set_port_status(pid, "ACTIVE")
+        for pid in batch.down:
+            self.store.set_port_status(pid, "DOWN")
+
+    def _check_reconciled(self) -> None:
+        if self.stats.reconciled_after_s is not None or self._outstanding or self._dirty:
+            return
+        if not self.hosts or not all(rt.ready for rt in self.hosts.values()):
+            return
+        self.stats.reconciled_after_s = round(time.monotonic() - self.stats.started_at, 3)
+        LOG.info(
+            "all %d hosts reconciled %.2f s after start (%d flow-mods, %d group-mods sent)",
+            len(self.hosts),
+            self.stats.reconciled_after_s,
+            self.stats.flow_mods,
+            self.stats.group_mods,
+        )
+
+
+def _remove_agent(agent: Any) -> None:
+    try:
+        agent.remove_config()
+    except Exception:
+        LOG.exception("could not remove tenantnet config from a removed host")
+    finally:
+        agent.stop()

@@ -1,0 +1,140 @@
+"""One controller process: store, data plane, os-ken OpenFlow app and the REST API, wired once.
+
+Wiring order follows the one-way data path: the store publishes to the event bus, the data plane
+subscribes, the OpenFlow app reports switches to the data plane, and the API only ever talks to
+the store.  Stopping (SIGTERM) leaves every flow on the switches: they run ``fail_mode=secure``,
+so a restart is hitless.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from controller.config import Settings, parse_hostport
+from controller.events import EventBus
+
+LOG = logging.getLogger(__name__)
+
+OFP_APP = "controller.southbound.ofp_app"
+
+
+def _start_os_ken(settings: Settings) -> tuple[Any, Any]:
+    """Load the OpenFlow app through os-ken's AppManager, listening where the settings say."""
+    from os_ken import cfg
+    from os_ken.base import app_manager
+
+    host, port = parse_hostport(settings.ofp_listen, "ofp_listen")
+    conf = cfg.CONF
+    if not getattr(_start_os_ken, "_parsed", False):
+        conf(args=[], project="os_ken")
+        _start_os_ken._parsed = True  # type: ignore[attr-defined]
+    conf.set_override("ofp_listen_host", host)
+    conf.set_override("ofp_tcp_listen_port", port)
+    manager = app_manager.AppManager.get_instance()
+    manager.load_apps([OFP_APP])
+    contexts = manager.create_contexts()
+    manager.instantiate_apps(**contexts)
+    app = next(a for a in manager.applications.values() if type(a).__name__ == "TenantnetOfpApp")
+    return manager, app
+
+
+class Controller:
+    """The whole controller in one object, so tests, the demo and the CLI start it the same way."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bus = EventBus()
+        self.store: Any = None
+        self.dataplane: Any = None
+        self.ofp_app: Any = None
+        self.api: Any = None
+        self._manager: Any = None
+        self._server: Any = None
+        self._api_thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        import uvicorn
+
+        from controller.api.app import ApiSettings, create_app
+        from controller.dataplane.reconciler import DataPlane
+        from controller.store import Store
+
+        s = self.settings
+        t0 = time.monotonic()
+        Path(s.database).parent.mkdir(parents=True, exist_ok=True)
+        self.store = Store(s.database, self.bus, underlay_mtu=s.underlay_mtu)
+        self._manager, self.ofp_app = _start_os_ken(s)
+        self.dataplane = DataPlane(
+            self.store,
+            self.ofp_app,
+            s.controller_target,
+            startup_grace_s=s.startup_grace_s,
+        )
+        self.bus.subscribe(self.dataplane.on_events)
+        self.ofp_app.attach(self.dataplane)
+        self.dataplane.start()
+
+        self.api = create_app(
+            self.store,
+            ApiSettings(
+                auth_token=s.auth_token or None,
+                basic_user=s.basic_user or None,
+                basic_password=s.basic_password or None,
+                max_body_bytes=s.max_body_bytes,
+                underlay_mtu=s.underlay_mtu,
+            ),
+        )
+        self.api.add_api_route(
+            "/tenantnet/status",
+            self.status,
+            methods=["GET"],
+            tags=["tenantnet"],
+            summary="Data-plane status: hosts, flow-mods sent, time to reconcile",
+        )
+        host, port = parse_hostport(s.api_listen, "api_listen")
+        config = uvicorn.Config(
+            self.api, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+        )
+        self._server = uvicorn.Server(config)
+        self._api_thread = threading.Thread(target=self._server.run, name="api", daemon=True)
+        self._api_thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started and time.monotonic() < deadline:
+            if not self._api_thread.is_alive():
+                raise RuntimeError(f"REST API could not listen on {s.api_listen}")
+            time.sleep(0.02)
+        LOG.info(
+            "tenantnet up in %.2f s: API http://%s, OpenFlow %s (hosts connect to %s), "
+            "store %s, pid %d",
+            time.monotonic() - t0,
+            s.api_listen,
+            s.ofp_listen,
+            s.controller_target,
+            s.database,
+            os.getpid(),
+        )
+
+    def status(self) -> dict[str, Any]:
+        st = self.dataplane.status() if self.dataplane else {}
+        if self.ofp_app is not None:
+            st["openflow"] = vars(self.ofp_app.counters)
+        return st
+
+    def stop(self) -> None:
+        LOG.info("tenantnet stopping (flows stay on the switches)")
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._api_thread is not None:
+            self._api_thread.join(timeout=5)
+        if self.dataplane is not None:
+            self.dataplane.stop()
+        if self._manager is not None:
+            try:
+                self._manager.close()
+            except Exception:  # os-ken's shutdown of native threads is best effort
+                LOG.debug("os-ken close", exc_info=True)

@@ -1,0 +1,268 @@
+"""The os-ken application: OpenFlow 1.3 sessions with every integration bridge.
+
+It knows nothing about tenants.  It tells a `SwitchListener` (the data plane) when a switch is
+connected *and* its current tenantnet flows and groups have been read back, and it applies a
+`FlowDiff` to a switch as an ordered batch of messages closed by a barrier, calling back when the
+switch confirmed it.  Because the first thing it does with a (re)connected switch is read its
+state instead of flushing it, a controller restart sends nothing when nothing changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import (
+    CONFIG_DISPATCHER,
+    DEAD_DISPATCHER,
+    MAIN_DISPATCHER,
+    set_ev_cls,
+)
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from controller.southbound import ofp_codec as codec
+from flows.diff import FlowDiff
+from flows.model import GroupEntry, Rule, Slice
+from flows.tables import COOKIE_BASE, COOKIE_MASK_OURS
+
+LOG = logging.getLogger(__name__)
+
+DoneCallback = Callable[[bool], None]
+
+
+class SwitchListener(Protocol):
+    """What the data plane implements to hear from switches (called on os-ken threads)."""
+
+    def switch_ready(self, dpid: int, installed: Slice) -> None: ...
+
+    def switch_gone(self, dpid: int) -> None: ...
+
+
+@dataclass
+class _Switch:
+    dp: Any
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    flows: list[Rule] = field(default_factory=list)
+    groups: list[GroupEntry] = field(default_factory=list)
+    pending_dumps: int = 0
+    barriers: dict[int, DoneCallback] = field(default_factory=dict)
+    errors: int = 0
+    ready: bool = False
+
+
+@dataclass
+class Counters:
+    """Totals since start, for the status endpoint and the restart tests."""
+
+    flow_mods: int = 0
+    group_mods: int = 0
+    batches: int = 0
+    errors: int = 0
+    connects: int = 0
+
+
+class TenantnetOfpApp(app_manager.OSKenApp):
+    """OSKenApp that AppManager can load beside other os-ken apps."""
+
+    OFP_VERSIONS = [ofp.OFP_VERSION]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.listener: SwitchListener | None = None
+        self.counters = Counters()
+        self._switches: dict[int, _Switch] = {}
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------- public API
+
+    def attach(self, listener: SwitchListener) -> None:
+        """Set the data plane; switches already synced are reported again."""
+        self.listener = listener
+        with self._lock:
+            ready = [(dpid, sw) for dpid, sw in self._switches.items() if sw.ready]
+        for dpid, sw in ready:
+            listener.switch_ready(dpid, Slice(frozenset(sw.flows), frozenset(sw.groups)))
+
+    def connected_dpids(self) -> set[int]:
+        with self._lock:
+            return {d for d, sw in self._switches.items() if sw.ready}
+
+    def apply(self, dpid: int, diff: FlowDiff, on_done: DoneCallback) -> bool:
+        """Send one diff in dependency order, then a barrier.  False if the switch is gone.
+
+        Order: new/changed groups (flows may point at them), flow adds/replacements, flow
+        deletions, group deletions (no flow points at them any more).  OVS handles the messages
+        of one connection in order, so the barrier reply confirms all of them.
+        """
+        with self._lock:
+            sw = self._switches.get(dpid)
+        if sw is None or not sw.ready:
+            return False
+        dp = sw.dp
+        msgs: list[Any] = []
+        msgs += [codec.group_add(dp, g) for g in diff.add_groups]
+        msgs += [codec.group_modify(dp, g) for g in diff.mod_groups]
+        msgs += [codec.flow_add(dp, r) for r in diff.add_rules]
+        msgs += [codec.flow_delete_strict(dp, r, COOKIE_MASK_OURS) for r in diff.del_rules]
+        msgs += [codec.group_delete(dp, gid) for gid in diff.del_groups]
+        self.counters.flow_mods += len(diff.add_rules) + len(diff.del_rules)
+        self.counters.group_mods += (
+            len(diff.add_groups) + len(diff.mod_groups) + len(diff.del_groups)
+        )
+        self.counters.batches += 1
+        with sw.lock:
+            for m in msgs:
+                dp.send_msg(m)
+            barrier = parser.OFPBarrierRequest(dp)
+            dp.set_xid(barrier)
+            sw.barriers[barrier.xid] = on_done
+            sw.errors = 0
+            dp.send_msg(barrier)
+        return True
+
+    def resync(self, dpid: int) -> None:
+        """Read a switch's flows and groups again (after it rejected something we sent)."""
+        with self._lock:
+            sw = self._switches.get(dpid)
+        if sw is not None:
+            self._start_dump(sw)
+
+    def remove_all(self, dpid: int, group_ids: list[int], on_done: DoneCallback) -> bool:
+        """Delete every flow with our cookie and the given groups (host removal)."""
+        with self._lock:
+            sw = self._switches.get(dpid)
+        if sw is None:
+            return False
+        dp = sw.dp
+        with sw.lock:
+            dp.send_msg(codec.delete_all_ours(dp, COOKIE_BASE, COOKIE_MASK_OURS))
+            for gid in group_ids:
+                dp.send_msg(codec.group_delete(dp, gid))
+            barrier = parser.OFPBarrierRequest(dp)
+            dp.set_xid(barrier)
+            sw.barriers[barrier.xid] = on_done
+            dp.send_msg(barrier)
+        return True
+
+    # ----------------------------------------------------------------------------- os-ken events
+
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def _features(self, ev: Any) -> None:
+        dp = ev.msg.datapath
+        with self._lock:
+            old = self._switches.get(dp.id)
+            self._switches[dp.id] = _Switch(dp=dp)
+        if old is not None:
+            self._fail_barriers(old)
+        self.counters.connects += 1
+        LOG.info("switch %016x connected from %s", dp.id, dp.address[0] if dp.address else "?")
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def _state_change(self, ev: Any) -> None:
+        dp = ev.datapath
+        if dp.id is None:
+            return
+        if ev.state == MAIN_DISPATCHER:
+            with self._lock:
+                sw = self._switches.get(dp.id)
+            if sw is None or sw.dp is not dp:
+                return
+            self._start_dump(sw)
+        elif ev.state == DEAD_DISPATCHER:
+            with self._lock:
+                sw = self._switches.get(dp.id)
+                if sw is None or sw.dp is not dp:
+                    return
+                del self._switches[dp.id]
+            self._fail_barriers(sw)
+            LOG.warning("switch %016x disconnected", dp.id)
+            if self.listener is not None:
+                self.listener.switch_gone(dp.id)
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def _flow_stats(self, ev: Any) -> None:
+        sw = self._switch_of(ev.msg.datapath)
+        if sw is None:
+            return
+        sw.flows.extend(codec.decode_flow_stats(s) for s in ev.msg.body)
+        if not ev.msg.flags & ofp.OFPMPF_REPLY_MORE:
+            self._dump_part_done(sw)
+
+    @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
+    def _group_desc(self, ev: Any) -> None:
+        sw = self._switch_of(ev.msg.datapath)
+        if sw is None:
+            return
+        sw.groups.extend(codec.decode_group_desc(g) for g in ev.msg.body)
+        if not ev.msg.flags & ofp.OFPMPF_REPLY_MORE:
+            self._dump_part_done(sw)
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def _barrier(self, ev: Any) -> None:
+        sw = self._switch_of(ev.msg.datapath)
+        if sw is None:
+            return
+        with sw.lock:
+            cb = sw.barriers.pop(ev.msg.xid, None)
+            ok = sw.errors == 0
+            sw.errors = 0
+        if cb is not None:
+            cb(ok)
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def _error(self, ev: Any) -> None:
+        msg = ev.msg
+        self.counters.errors += 1
+        sw = self._switch_of(msg.datapath)
+        if sw is not None:
+            sw.errors += 1
+        LOG.error(
+            "switch %016x rejected a message: type=%d code=%d",
+            msg.datapath.id or 0,
+            msg.type,
+            msg.code,
+        )
+
+    # ----------------------------------------------------------------------------- helpers
+
+    def _switch_of(self, dp: Any) -> _Switch | None:
+        with self._lock:
+            sw = self._switches.get(dp.id)
+        return sw if sw is not None and sw.dp is dp else None
+
+    def _start_dump(self, sw: _Switch) -> None:
+        sw.ready = False
+        sw.flows, sw.groups = [], []
+        sw.pending_dumps = 2
+        sw.dp.send_msg(codec.flow_dump_request(sw.dp, COOKIE_BASE, COOKIE_MASK_OURS))
+        sw.dp.send_msg(codec.group_dump_request(sw.dp))
+
+    def _dump_part_done(self, sw: _Switch) -> None:
+        sw.pending_dumps -= 1
+        if sw.pending_dumps:
+            return
+        # Our groups are the ones our flows can point at: the data plane owns ids by network key.
+        installed = Slice(frozenset(sw.flows), frozenset(sw.groups))
+        sw.ready = True
+        LOG.info(
+            "switch %016x: read %d flows and %d groups back",
+            sw.dp.id,
+            len(sw.flows),
+            len(sw.groups),
+        )
+        if self.listener is not None:
+            self.listener.switch_ready(sw.dp.id, installed)
+
+    @staticmethod
+    def _fail_barriers(sw: _Switch) -> None:
+        with sw.lock:
+            pending = list(sw.barriers.values())
+            sw.barriers.clear()
+        for cb in pending:
+            cb(False)

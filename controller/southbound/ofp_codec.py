@@ -1,0 +1,194 @@
+"""Translation between `flows.model` values and os-ken OpenFlow 1.3 messages, both ways.
+
+The reconciler compares what it wants with what a switch reports by set arithmetic, so a rule
+decoded from a flow-stats reply must be *equal* to the rule that produced the flow-mod.  Decoding
+therefore canonicalises exactly like `flows.model` does: match pairs sorted by field name (os-ken
+already normalises MAC/IP spelling when parsing), instructions in OpenFlow order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from flows.model import (
+    Action,
+    Apply,
+    GotoTable,
+    GroupEntry,
+    Instruction,
+    Output,
+    Rule,
+    SetField,
+    ToGroup,
+    WriteMetadata,
+)
+
+_INSTRUCTION_ORDER = {Apply: 0, WriteMetadata: 1, GotoTable: 2}
+
+
+# ------------------------------------------------------------------------------------- encoding
+
+
+def encode_actions(actions: Iterable[Action]) -> list[Any]:
+    out: list[Any] = []
+    for act in actions:
+        if isinstance(act, Output):
+            out.append(parser.OFPActionOutput(act.port, ofp.OFPCML_NO_BUFFER))
+        elif isinstance(act, SetField):
+            out.append(parser.OFPActionSetField(**{act.field: act.value}))
+        elif isinstance(act, ToGroup):
+            out.append(parser.OFPActionGroup(act.group_id))
+        else:  # pragma: no cover - the model has no other action
+            raise TypeError(f"unknown action {act!r}")
+    return out
+
+
+def encode_instructions(instructions: Iterable[Instruction]) -> list[Any]:
+    out: list[Any] = []
+    for ins in instructions:
+        if isinstance(ins, Apply):
+            out.append(
+                parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, encode_actions(ins.actions))
+            )
+        elif isinstance(ins, WriteMetadata):
+            out.append(parser.OFPInstructionWriteMetadata(ins.value, ins.mask))
+        elif isinstance(ins, GotoTable):
+            out.append(parser.OFPInstructionGotoTable(ins.table))
+        else:  # pragma: no cover
+            raise TypeError(f"unknown instruction {ins!r}")
+    return out
+
+
+def flow_add(dp: Any, rule: Rule) -> Any:
+    """OFPFC_ADD: creates the flow, or replaces one with the same table/priority/match."""
+    return parser.OFPFlowMod(
+        dp,
+        cookie=rule.cookie,
+        table_id=rule.table,
+        command=ofp.OFPFC_ADD,
+        priority=rule.priority,
+        match=parser.OFPMatch(**dict(rule.match)),
+        instructions=encode_instructions(rule.instructions),
+    )
+
+
+def flow_delete_strict(dp: Any, rule: Rule, cookie_mask: int) -> Any:
+    """OFPFC_DELETE_STRICT limited to our cookie, so a foreign flow with the same key survives."""
+    return parser.OFPFlowMod(
+        dp,
+        cookie=rule.cookie,
+        cookie_mask=cookie_mask,
+        table_id=rule.table,
+        command=ofp.OFPFC_DELETE_STRICT,
+        priority=rule.priority,
+        match=parser.OFPMatch(**dict(rule.match)),
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+    )
+
+
+def delete_all_ours(dp: Any, cookie: int, cookie_mask: int) -> Any:
+    """Non-strict delete of every flow whose cookie is ours (host removal)."""
+    return parser.OFPFlowMod(
+        dp,
+        cookie=cookie,
+        cookie_mask=cookie_mask,
+        table_id=ofp.OFPTT_ALL,
+        command=ofp.OFPFC_DELETE,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+        match=parser.OFPMatch(),
+    )
+
+
+def group_mod(dp: Any, group: GroupEntry, command: int) -> Any:
+    buckets = [parser.OFPBucket(actions=encode_actions(b)) for b in group.buckets]
+    return parser.OFPGroupMod(dp, command, ofp.OFPGT_ALL, group.group_id, buckets)
+
+
+def group_add(dp: Any, group: GroupEntry) -> Any:
+    return group_mod(dp, group, ofp.OFPGC_ADD)
+
+
+def group_modify(dp: Any, group: GroupEntry) -> Any:
+    return group_mod(dp, group, ofp.OFPGC_MODIFY)
+
+
+def group_delete(dp: Any, group_id: int) -> Any:
+    return parser.OFPGroupMod(dp, ofp.OFPGC_DELETE, ofp.OFPGT_ALL, group_id, [])
+
+
+def flow_dump_request(dp: Any, cookie: int, cookie_mask: int) -> Any:
+    return parser.OFPFlowStatsRequest(
+        dp,
+        0,
+        ofp.OFPTT_ALL,
+        ofp.OFPP_ANY,
+        ofp.OFPG_ANY,
+        cookie,
+        cookie_mask,
+        parser.OFPMatch(),
+    )
+
+
+def group_dump_request(dp: Any) -> Any:
+    return parser.OFPGroupDescStatsRequest(dp, 0)
+
+
+# ------------------------------------------------------------------------------------- decoding
+
+
+def decode_actions(actions: Iterable[Any]) -> tuple[Action, ...]:
+    out: list[Action] = []
+    for act in actions:
+        if isinstance(act, parser.OFPActionOutput):
+            out.append(Output(act.port))
+        elif isinstance(act, parser.OFPActionSetField):
+            out.append(SetField(act.key, act.value))
+        elif isinstance(act, parser.OFPActionGroup):
+            out.append(ToGroup(act.group_id))
+        else:
+            # An action tenantnet never writes: keep something that can never equal a desired
+            # action, so the diff replaces the flow.
+            out.append(SetField("__foreign__", repr(act)))
+    return tuple(out)
+
+
+def decode_instructions(instructions: Iterable[Any]) -> tuple[Instruction, ...]:
+    out: list[Instruction] = []
+    for ins in instructions:
+        if isinstance(ins, parser.OFPInstructionActions):
+            if ins.type == ofp.OFPIT_APPLY_ACTIONS:
+                out.append(Apply(decode_actions(ins.actions)))
+            else:
+                out.append(Apply((SetField("__foreign__", f"instruction {ins.type}"),)))
+        elif isinstance(ins, parser.OFPInstructionWriteMetadata):
+            out.append(WriteMetadata(ins.metadata, ins.metadata_mask))
+        elif isinstance(ins, parser.OFPInstructionGotoTable):
+            out.append(GotoTable(ins.table_id))
+        else:
+            out.append(Apply((SetField("__foreign__", repr(ins)),)))
+    out.sort(key=lambda i: _INSTRUCTION_ORDER.get(type(i), 9))
+    return tuple(out)
+
+
+def decode_flow_stats(stat: Any) -> Rule:
+    """One OFPFlowStats entry -> Rule (the inverse of `flow_add`)."""
+    return Rule(
+        table=stat.table_id,
+        priority=stat.priority,
+        match=tuple(sorted(stat.match.items())),
+        instructions=decode_instructions(stat.instructions),
+        cookie=stat.cookie,
+    )
+
+
+def decode_group_desc(stat: Any) -> GroupEntry:
+    return GroupEntry(
+        group_id=stat.group_id,
+        buckets=tuple(decode_actions(b.actions) for b in stat.buckets),
+    )

@@ -1,0 +1,266 @@
+"""OVSDB southbound for one hypervisor (ovsdbapp): prepare the integration bridge, watch bindings.
+
+What the controller writes on a host, and why:
+
+* the integration bridge (``br-int`` by default) with the host's datapath type,
+  ``fail_mode=secure`` (flows stay when the controller is away: a controller restart is
+  hitless), OpenFlow 1.3 only, a fixed ``datapath-id`` derived from the host id (so an OpenFlow
+  connection is recognised before anything else is known), and a controller target with a short
+  reconnect backoff;
+* one flow-based tunnel port per encapsulation (``tn-vxlan``, ``tn-gre``) with
+  ``remote_ip=flow`` and ``key=flow``.  One port per type instead of one per remote host means a
+  host joining or leaving a network changes only flows, never OVSDB; the ofport numbers stay
+  stable, the port count stays O(1) however many hosts there are, and the remote is chosen per
+  packet by ``set_field:IP->tun_dst``.  Ingress rules match ``tun_src`` so a host still only
+  accepts a network's key from the hosts that share that network.
+
+Everything created is marked ``external_ids:tenantnet-owned=true``; removal only touches marked
+rows.  Bindings follow the Nova/OVN convention: an Interface on the integration bridge with
+``external_ids:iface-id=<port id>`` binds that port here, at that interface's ofport.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import tenacity
+from ovsdbapp.backend.ovs_idl import connection, idlutils
+from ovsdbapp.schema.open_vswitch import impl_idl
+
+LOG = logging.getLogger(__name__)
+
+OWNED = {"tenantnet-owned": "true"}
+TUNNEL_PORTS = {"vxlan": "tn-vxlan", "gre": "tn-gre"}
+TUNNEL_OFPORT_REQUEST = {"vxlan": 64001, "gre": 64002}
+
+
+def datapath_id_for(host_id: str) -> int:
+    """A stable 48-bit datapath id for a host (16 hex digits in OVSDB, low bit set)."""
+    digest = hashlib.sha256(host_id.encode()).digest()
+    return (int.from_bytes(digest[:6], "big") | 1) & 0xFFFFFFFFFFFF
+
+
+@dataclass
+class HostObservation:
+    """What one OVSDB sync says about a host."""
+
+    bindings: dict[str, int] = field(default_factory=dict)  # iface-id -> ofport
+    tunnel_ofports: dict[str, int] = field(default_factory=dict)  # "vxlan"/"gre" -> ofport
+
+
+ObservationCallback = Callable[[str, HostObservation], None]
+StateCallback = Callable[[str, bool], None]
+
+
+class _NotifyingIdl(connection.OvsdbIdl):
+    """An IDL that wakes the host watcher whenever a row changes."""
+
+    changed: threading.Event
+
+    def notify(self, event: Any, row: Any, updates: Any = None) -> None:
+        self.changed.set()
+
+
+class OvsdbHost:
+    """Keeps one hypervisor's OVSDB in the shape tenantnet needs and reports what it sees."""
+
+    TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface", "Controller")
+
+    def __init__(
+        self,
+        host: dict[str, Any],
+        controller_target: str,
+        on_observation: ObservationCallback,
+        on_state: StateCallback,
+        timeout: float = 10.0,
+    ) -> None:
+        self.host_id: str = host["id"]
+        self.target: str = host["ovsdb"]
+        self.bridge: str = host.get("integration_bridge") or "br-int"
+        self.datapath_type: str = host.get("datapath_type") or "system"
+        self.tunnel_ip: str = host["tunnel_ip"]
+        self.controller_target = controller_target
+        self.on_observation = on_observation
+        self.on_state = on_state
+        self.timeout = timeout
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: connection.Connection | None = None
+        self.api: impl_idl.OvsdbIdl | None = None
+        self.connected = False
+        self._last: HostObservation | None = None
+
+    # ---------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"ovsdb-{self.host_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._conn is not None:
+            self._conn.idl.changed.set()
+            self._conn.stop(timeout=2)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _connect(self) -> None:
+        """Open the IDL, retrying with capped backoff until the host's OVSDB answers."""
+        for attempt in tenacity.Retrying(
+            wait=tenacity.wait_exponential(multiplier=0.2, max=5),
+            retry=tenacity.retry_if_exception_type(Exception),
+            stop=tenacity.stop_when_event_set(self._stop),
+            reraise=True,
+        ):
+            with attempt:
+                helper = idlutils.get_schema_helper(self.target, "Open_vSwitch")
+                for table in self.TABLES:
+                    helper.register_table(table)
+                idl = _NotifyingIdl(self.target, helper)
+                idl.changed = threading.Event()
+                conn = connection.Connection(idl, timeout=self.timeout)
+                conn.start()
+                self._conn = conn
+                self.api = impl_idl.OvsdbIdl(conn)
+
+    def _run(self) -> None:
+        try:
+            self._connect()
+        except Exception:
+            if not self._stop.is_set():
+                LOG.exception("host %s: OVSDB %s unusable", self.host_id, self.target)
+            return
+        assert self._conn is not None
+        idl = self._conn.idl
+        seen_seqno = -1
+        while not self._stop.is_set():
+            idl.changed.wait(timeout=1.0)
+            idl.changed.clear()
+            if self._stop.is_set():
+                break
+            up = bool(idl._session.is_connected()) and idl.change_seqno > 0
+            if up != self.connected:
+                self.connected = up
+                if up:
+                    LOG.info("host %s: OVSDB connected (%s)", self.host_id, self.target)
+                    try:
+                        self.ensure_config()
+                    except Exception:
+                        LOG.exception("host %s: could not prepare %s", self.host_id, self.bridge)
+                        self.connected = False
+                        continue
+                else:
+                    LOG.warning("host %s: OVSDB connection lost", self.host_id)
+                    self._last = None
+                self.on_state(self.host_id, up)
+            if up and idl.change_seqno != seen_seqno:
+                seen_seqno = idl.change_seqno
+                obs = self._observe()
+                if obs != self._last:
+                    self._last = obs
+                    self.on_observation(self.host_id, obs)
+
+    # ---------------------------------------------------------------------------- writes
+
+    def ensure_config(self) -> None:
+        """Make the host ready: bridge, controller target, tunnel ports.  Idempotent."""
+        assert self.api is not None
+        api = self.api
+        dpid = f"{datapath_id_for(self.host_id):016x}"
+        with api.transaction(check_error=True) as txn:
+            txn.add(api.add_br(self.bridge, may_exist=True, datapath_type=self.datapath_type))
+            txn.add(
+                api.db_set(
+                    "Bridge",
+                    self.bridge,
+                    ("fail_mode", "secure"),
+                    ("protocols", ["OpenFlow13"]),
+                    ("other_config", {"datapath-id": dpid, "disable-in-band": "true"}),
+                    ("external_ids", OWNED),
+                )
+            )
+            for kind, name in TUNNEL_PORTS.items():
+                txn.add(api.add_port(self.bridge, name, may_exist=True))
+                txn.add(
+                    api.db_set(
+                        "Interface",
+                        name,
+                        ("type", kind),
+                        ("ofport_request", TUNNEL_OFPORT_REQUEST[kind]),
+                        (
+                            "options",
+                            {"remote_ip": "flow", "key": "flow", "local_ip": self.tunnel_ip},
+                        ),
+                        ("external_ids", OWNED),
+                    )
+                )
+                txn.add(api.db_set("Port", name, ("external_ids", OWNED)))
+        current = api.get_controller(self.bridge).execute(check_error=True) or []
+        if current != [self.controller_target]:
+            api.set_controller(self.bridge, [self.controller_target]).execute(check_error=True)
+        with self._conn.lock:  # type: ignore[union-attr]
+            br = idlutils.row_by_value(self._conn.idl, "Bridge", "name", self.bridge)  # type: ignore[union-attr]
+            ctl_uuids = [c.uuid for c in br.controller]
+        with api.transaction(check_error=True) as txn:
+            for uuid in ctl_uuids:
+                txn.add(
+                    api.db_set(
+                        "Controller",
+                        uuid,
+                        ("max_backoff", 1000),
+                        ("inactivity_probe", 5000),
+                        ("external_ids", OWNED),
+                    )
+                )
+        LOG.info(
+            "host %s: %s ready (dpid %s, controller %s)",
+            self.host_id,
+            self.bridge,
+            dpid,
+            self.controller_target,
+        )
+
+    def remove_config(self) -> None:
+        """Undo `ensure_config`: tunnel ports and controller go; the bridge stays if it carries
+        anything tenantnet did not create (VM interfaces belong to the hypervisor)."""
+        if self.api is None or not self.connected:
+            return
+        api = self.api
+        with api.transaction(check_error=True) as txn:
+            for name in TUNNEL_PORTS.values():
+                txn.add(api.del_port(name, bridge=self.bridge, if_exists=True))
+            txn.add(api.del_controller(self.bridge))
+        remaining = [p for p in api.list_ports(self.bridge).execute(check_error=True) or []]
+        if not remaining:
+            api.del_br(self.bridge, if_exists=True).execute(check_error=True)
+        LOG.info("host %s: removed tenantnet config from %s", self.host_id, self.bridge)
+
+    # ---------------------------------------------------------------------------- reads
+
+    def _observe(self) -> HostObservation:
+        """Bindings and tunnel ofports on the integration bridge, read from the IDL cache."""
+        obs = HostObservation()
+        assert self._conn is not None
+        with self._conn.lock:
+            idl = self._conn.idl
+            br = idlutils.row_by_value(idl, "Bridge", "name", self.bridge, None)
+            if br is None:
+                return obs
+            tunnel_names = {v: k for k, v in TUNNEL_PORTS.items()}
+            for port in br.ports:
+                for iface in port.interfaces:
+                    ofport = iface.ofport[0] if iface.ofport else -1
+                    if ofport is None or ofport <= 0:
+                        continue
+                    if iface.name in tunnel_names:
+                        obs.tunnel_ofports[tunnel_names[iface.name]] = ofport
+                        continue
+                    iface_id = iface.external_ids.get("iface-id")
+                    if iface_id:
+                        obs.bindings[iface_id] = ofport
+        return obs

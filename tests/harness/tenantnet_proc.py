@@ -1,0 +1,193 @@
+"""Run the real controller as a child process and talk to it over its REST API.
+
+Tests, the demo and the Mininet topologies all drive tenantnet the way an orchestrator would:
+through HTTP only.  The process can be stopped with SIGTERM or SIGKILL and started again on the
+same state directory, which is what the restart scenarios need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ApiError(RuntimeError):
+    def __init__(self, status: int, body: Any, method: str, path: str) -> None:
+        super().__init__(f"{method} {path} -> {status}: {body}")
+        self.status = status
+        self.body = body
+
+
+class Api:
+    """Minimal Neutron-style client on urllib (usable from Debian's python3 for Mininet too)."""
+
+    def __init__(self, base: str, token: str | None = None, timeout: float = 30) -> None:
+        self.base = base.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None, expect: int | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("X-Auth-Token", self.token)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        payload = json.loads(raw) if raw else None
+        if (expect is not None and status != expect) or (expect is None and status >= 400):
+            raise ApiError(status, payload, method, path)
+        return payload
+
+    # resources ------------------------------------------------------------------------------
+    def create(self, kind: str, **fields: Any) -> dict[str, Any]:
+        return self.request("POST", f"/v2.0/{kind}s", {kind: fields})[kind]
+
+    def show(self, kind: str, obj_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/v2.0/{kind}s/{obj_id}")[kind]
+
+    def update(self, kind: str, obj_id: str, **fields: Any) -> dict[str, Any]:
+        return self.request("PUT", f"/v2.0/{kind}s/{obj_id}", {kind: fields})[kind]
+
+    def delete(self, kind: str, obj_id: str) -> None:
+        self.request("DELETE", f"/v2.0/{kind}s/{obj_id}", expect=204)
+
+    def list(self, kind: str, query: str = "") -> list[dict[str, Any]]:
+        q = f"?{query}" if query else ""
+        return self.request("GET", f"/v2.0/{kind}s{q}")[f"{kind}s"]
+
+    def status(self) -> dict[str, Any]:
+        return self.request("GET", "/tenantnet/status")
+
+    # waits ----------------------------------------------------------------------------------
+    def wait_port_status(self, port_id: str, status: str = "ACTIVE", timeout: float = 20) -> float:
+        """Seconds until the port reached `status`; raises TimeoutError."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.show("port", port_id)["status"] == status:
+                return time.monotonic() - t0
+            time.sleep(0.02)
+        raise TimeoutError(f"port {port_id} not {status} after {timeout} s")
+
+    def wait_ports_active(self, port_ids: list[str], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        pending = set(port_ids)
+        while pending and time.monotonic() < deadline:
+            active = {p["id"] for p in self.list("port", "status=ACTIVE")}
+            pending -= active
+            if pending:
+                time.sleep(0.05)
+        if pending:
+            raise TimeoutError(f"ports not ACTIVE after {timeout} s: {sorted(pending)}")
+
+    def wait_hosts_connected(self, host_ids: list[str], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hosts = {h["id"]: h for h in self.list("host")}
+            if all(hosts.get(h, {}).get("status") == "connected" for h in host_ids):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"hosts not connected after {timeout} s: {host_ids}")
+
+    def wait_reconciled(self, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status()
+            if st.get("reconciled_after_s") is not None:
+                return st
+            time.sleep(0.05)
+        raise TimeoutError("controller did not report all hosts reconciled")
+
+
+class TenantnetProcess:
+    """`tenantnet serve` in a child process with its own state directory and log file."""
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        ofp_listen: str,
+        api_port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        python: str = sys.executable,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.ofp_listen = ofp_listen
+        self.api_port = api_port or free_port()
+        self.extra_args = extra_args
+        self.python = python
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.state_dir / "tenantnet.log"
+        self.api = Api(f"http://127.0.0.1:{self.api_port}")
+
+    def start(self, timeout: float = 20) -> TenantnetProcess:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            self.python, "-m", "controller.cli", "serve",
+            "--api-listen", f"127.0.0.1:{self.api_port}",
+            "--ofp-listen", self.ofp_listen,
+            "--state-dir", str(self.state_dir),
+            "--startup-grace-s", "5",
+            *self.extra_args,
+        ]  # fmt: skip
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tenantnet exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(OSError, ApiError):
+                self.api.request("GET", "/")
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"tenantnet API did not come up:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        self.stop(sig)
+        self.start()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> TenantnetProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
