@@ -1,0 +1,293 @@
+"""Compile one host's view of the tenant networks into OpenFlow rules and groups.
+
+This is the "logical -> physical" step (OVN's northd/controller split, Faucet's pipeline vs.
+valve_of): the input is what a host needs to know about a network (:class:`NetworkView`) plus the
+host's own facts (:class:`HostContext`), the output is a :class:`Slice` of plain values.  The
+compiler is pure and deterministic: no I/O, no os-ken, no clock, and the same input (in any
+order) gives an equal slice.  That is what lets the southbound compare desired and installed
+state by set arithmetic, and lets a change in network N recompile only N's slice.
+
+The table layout is described in :mod:`flows.tables`.
+
+Decisions worth knowing:
+
+* A port with ``admin_up=False`` is treated as unplugged, in both directions: no classification
+  rule (its packets are dropped) and it is neither a unicast destination nor a flood member
+  (Neutron's "dead port" semantics).  A port without a valid ofport (OVS reports -1 while an
+  interface fails) is skipped the same way.
+* A network with no usable local port on this host compiles to an empty slice: a host that has no
+  port of a network carries none of its flows (and receives none of its tunnel traffic).
+* ``peer_ips`` is authoritative for flooding and for accepting tunnel traffic; ``remote_ports`` is
+  used for unicast only.  A remote port whose host is not (yet) a peer is still reached by
+  unicast; the reply is accepted once that host becomes a peer.  Our own tunnel IP is never a
+  peer and never a unicast destination (stale data during a migration must not hairpin).
+* If the host has no (valid) tunnel port for the network's segmentation type yet, the rules and
+  buckets that would output to or classify from it are omitted: the network works locally until
+  the tunnel port appears and the slice is recompiled.  Table L2_FROM_TUNNEL and the flood_local
+  group are still compiled (they don't name the tunnel port), so the local half of the slice
+  doesn't change when the tunnel port comes and goes.
+* Inconsistent input never yields two rules with the same (table, priority, match) key, because
+  a switch can only hold one of them: a local port wins over a remote port with the same MAC
+  (the port is bound here; the remote entry is stale), and among duplicates the smallest
+  (ofport, port_id) / (host_ip, port_id) wins.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+
+import netaddr
+
+from flows import tables as t
+from flows.model import (
+    Action,
+    Apply,
+    GotoTable,
+    GroupEntry,
+    HostContext,
+    Instruction,
+    LocalPort,
+    NetworkView,
+    Output,
+    Rule,
+    SetField,
+    Slice,
+    ToGroup,
+    WriteMetadata,
+    match,
+)
+
+ETH_TYPE_IPV4 = 0x0800
+ETH_TYPE_ARP = 0x0806
+ETH_TYPE_IPV6 = 0x86DD
+IP_PROTO_UDP = 17
+IP_PROTO_ICMPV6 = 58
+DHCP_CLIENT_PORT = 68
+DHCP_SERVER_PORT = 67
+ICMPV6_NEIGHBOR_SOLICIT = 135
+
+_DHCP_REQUEST = match(
+    eth_type=ETH_TYPE_IPV4,
+    ipv4_src="0.0.0.0",
+    ip_proto=IP_PROTO_UDP,
+    udp_src=DHCP_CLIENT_PORT,
+    udp_dst=DHCP_SERVER_PORT,
+)
+_IPV6_DAD = match(
+    eth_type=ETH_TYPE_IPV6,
+    ipv6_src="::",
+    ip_proto=IP_PROTO_ICMPV6,
+    icmpv6_type=ICMPV6_NEIGHBOR_SOLICIT,
+)
+
+OFPP_MAX = 0xFFFFFF00
+"""Largest physical port number in OpenFlow 1.3; above it are reserved ports (IN_PORT, ALL...)."""
+
+# ---------------------------------------------------------------------------------- normalisation
+# Rules are compared with what the switch reports, so every address must have exactly one spelling.
+# The caches make recompiling a large network cheap: the same MACs/IPs are seen again and again.
+
+
+_CANONICAL_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+
+
+@lru_cache(maxsize=65536)
+def normalize_mac(mac: str) -> str:
+    """Lower-case colon form (``02:ab:..``), the spelling the southbound decodes MACs to.
+
+    MACs almost always arrive in that form already; recognising it skips netaddr's parser, which
+    dominates the cost of compiling a large network on a cold cache.
+    """
+    if _CANONICAL_MAC.fullmatch(mac):
+        return mac
+    return str(netaddr.EUI(mac, dialect=netaddr.mac_unix_expanded))
+
+
+@lru_cache(maxsize=65536)
+def normalize_ip(addr: str) -> tuple[int, str]:
+    """``(version, compact string)`` of an IPv4 or IPv6 address."""
+    ip = netaddr.IPAddress(addr)
+    return ip.version, str(ip)
+
+
+@lru_cache(maxsize=65536)
+def link_local_of(mac: str) -> str:
+    """The EUI-64 IPv6 link-local address a VM derives from its MAC (used before SLAAC/DHCPv6)."""
+    return str(netaddr.EUI(mac).ipv6_link_local())
+
+
+def _tunnel_ip(addr: str) -> str:
+    """Normalised IPv4 tunnel endpoint; the underlay is IPv4 (``tun_ipv4_src``/``tun_ipv4_dst``)."""
+    version, text = normalize_ip(addr)
+    if version != 4:
+        raise ValueError(f"tunnel endpoint {addr!r} is not IPv4")
+    return text
+
+
+def _ip_sort_key(text: str) -> tuple[int, int]:
+    """Numeric order of normalised addresses, so bucket order reads naturally in dumps."""
+    ip = netaddr.IPAddress(text)
+    return ip.version, int(ip)
+
+
+# ------------------------------------------------------------------------------------------ base
+
+
+def compile_base(ctx: HostContext) -> Slice:
+    """The host-independent skeleton: one priority-0 drop rule per table.
+
+    Explicit miss rules (rather than relying on the switch's default) make "drop unless allowed"
+    part of the desired state, so a switch that was configured to send misses to the controller
+    or to flood is corrected by the ordinary diff.  ``ctx`` is taken for symmetry with
+    :func:`compile_network` and so that host-specific base rules can be added without changing
+    callers.
+    """
+    del ctx
+    cookie = t.cookie_for(t.BASE_KEY)
+    rules = frozenset(Rule(spec.table_id, t.PRIO_MISS, (), (), cookie) for spec in t.TABLES)
+    return Slice(rules=rules)
+
+
+# --------------------------------------------------------------------------------------- network
+
+
+def _usable_local_ports(ports: Iterable[LocalPort]) -> list[tuple[LocalPort, str]]:
+    """Admin-up ports with a valid ofport, one per ofport, with their normalised MAC, sorted.
+
+    Sorting first and keeping the first port per ofport makes the choice among inconsistent
+    duplicates independent of input order.
+    """
+    chosen: list[tuple[LocalPort, str]] = []
+    seen_ofports: set[int] = set()
+    for port in sorted(ports, key=lambda p: (p.ofport, p.port_id)):
+        if not port.admin_up or not 0 < port.ofport <= OFPP_MAX or port.ofport in seen_ofports:
+            continue
+        seen_ofports.add(port.ofport)
+        chosen.append((port, normalize_mac(port.mac)))
+    return chosen
+
+
+def _port_security_rules(port: LocalPort, mac: str, cookie: int) -> list[Rule]:
+    """Table PORT_SECURITY: what this VM may send (see :mod:`flows.tables`).
+
+    Everything matches ``in_port`` *and* ``eth_src``: a VM that forges its MAC is dropped even
+    when the IP is right, and an allowed (MAC, IP) pair on one port is no licence on another.
+    """
+    goto: tuple[Instruction, ...] = (GotoTable(t.L2_FROM_PORT),)
+    ofport = port.ofport
+    if not port.port_security:
+        return [Rule(t.PORT_SECURITY, t.PRIO_PASS, match(in_port=ofport), goto, cookie)]
+
+    v4: set[str] = set()
+    v6: set[str] = {link_local_of(mac)}
+    for addr in port.fixed_ips:
+        version, text = normalize_ip(addr)
+        (v4 if version == 4 else v6).add(text)
+
+    # The matches are built as "port part + rule part, sorted" rather than with match(**kw):
+    # same normal form, but this loop runs ~7 times per port and dominates large compiles.
+    who = (("eth_src", mac), ("in_port", ofport))
+
+    def allow(*fields: tuple[str, object]) -> Rule:
+        return Rule(t.PORT_SECURITY, t.PRIO_EXACT, tuple(sorted(who + fields)), goto, cookie)
+
+    rules = [
+        # DHCP before the VM has an address; the server replies to the MAC, not the IP.
+        allow(*_DHCP_REQUEST),
+        # IPv6 duplicate address detection is sent from the unspecified address.
+        allow(*_IPV6_DAD),
+    ]
+    for ip in v4:
+        # ARP must carry the port's own MAC and IP inside the payload too, or a VM could poison
+        # its neighbours' caches while sending from a legitimate Ethernet source.
+        rules.append(allow(("eth_type", ETH_TYPE_ARP), ("arp_spa", ip), ("arp_sha", mac)))
+        rules.append(allow(("eth_type", ETH_TYPE_IPV4), ("ipv4_src", ip)))
+    rules.extend(allow(("eth_type", ETH_TYPE_IPV6), ("ipv6_src", ip)) for ip in v6)
+    return rules
+
+
+def compile_network(ctx: HostContext, net: NetworkView) -> Slice:
+    """Every rule and group of network ``net`` on the host described by ``ctx``.
+
+    See the module docstring for how admin-down ports, missing tunnel ports, unknown peers and
+    inconsistent duplicates are handled.  Raises ``ValueError`` for a network key that cannot be
+    encoded in metadata/cookie/group ids, or for a non-IPv4 tunnel endpoint.
+    """
+    if not 1 <= net.key <= t.MAX_NETWORK_KEY:
+        raise ValueError(f"network key {net.key} outside 1..{t.MAX_NETWORK_KEY}")
+    locals_ = _usable_local_ports(net.local_ports)
+    if not locals_:
+        return Slice()
+
+    key = net.key
+    cookie = t.cookie_for(key)
+    tunnel_ofport = ctx.tunnel_ofports.get(net.seg_type)
+    flood_all = t.flood_all_group_id(key)
+    flood_local = t.flood_local_group_id(key)
+    rules: list[Rule] = []
+
+    # Destinations by MAC: local ports first so that they win over a stale remote entry.
+    local_dst: dict[str, int] = {}
+    for port, mac in locals_:
+        local_dst.setdefault(mac, port.ofport)
+
+    # ---- local ports: classification, port security, delivery
+    to_pipeline = (WriteMetadata(key, t.METADATA_MASK), GotoTable(t.PORT_SECURITY))
+    for port, mac in locals_:
+        m = match(in_port=port.ofport)
+        rules.append(Rule(t.CLASSIFY, t.PRIO_EXACT, m, to_pipeline, cookie))
+        rules.extend(_port_security_rules(port, mac, cookie))
+    for mac, ofport in local_dst.items():
+        deliver = (Apply((Output(ofport),)),)
+        m = match(metadata=key, eth_dst=mac)
+        rules.append(Rule(t.L2_FROM_PORT, t.PRIO_EXACT, m, deliver, cookie))
+        rules.append(Rule(t.L2_FROM_TUNNEL, t.PRIO_EXACT, m, deliver, cookie))
+
+    # locals_ is sorted by ofport and has one entry per ofport, so this order is canonical.
+    local_buckets: list[tuple[Action, ...]] = [(Output(port.ofport),) for port, _ in locals_]
+    tunnel_buckets: list[tuple[Action, ...]] = []
+
+    # ---- tunnels: ingress from peers, unicast to remote ports, flood copies to peers
+    if tunnel_ofport is not None and 0 < tunnel_ofport <= OFPP_MAX:
+        own_ip = _tunnel_ip(ctx.tunnel_ip)
+        peers = sorted({_tunnel_ip(ip) for ip in net.peer_ips} - {own_ip}, key=_ip_sort_key)
+        from_tunnel = (WriteMetadata(key, t.METADATA_MASK), GotoTable(t.L2_FROM_TUNNEL))
+        for peer in peers:
+            m = match(in_port=tunnel_ofport, tunnel_id=net.seg_id, tun_ipv4_src=peer)
+            rules.append(Rule(t.CLASSIFY, t.PRIO_EXACT, m, from_tunnel, cookie))
+            tunnel_buckets.append(_to_tunnel(net.seg_id, peer, tunnel_ofport))
+
+        remote_dst: dict[str, str] = {}
+        remotes = sorted(
+            (normalize_mac(r.mac), _tunnel_ip(r.host_ip), r.port_id) for r in net.remote_ports
+        )
+        for mac, host_ip, _port_id in remotes:
+            if host_ip != own_ip and mac not in local_dst:
+                remote_dst.setdefault(mac, host_ip)
+        for mac, host_ip in remote_dst.items():
+            send = (Apply(_to_tunnel(net.seg_id, host_ip, tunnel_ofport)),)
+            m = match(metadata=key, eth_dst=mac)
+            rules.append(Rule(t.L2_FROM_PORT, t.PRIO_EXACT, m, send, cookie))
+
+    # ---- flooding (broadcast, multicast, unknown unicast)
+    for table, group in ((t.L2_FROM_PORT, flood_all), (t.L2_FROM_TUNNEL, flood_local)):
+        flood = (Apply((ToGroup(group),)),)
+        rules.append(Rule(table, t.PRIO_FLOOD, match(metadata=key), flood, cookie))
+    groups = frozenset(
+        {
+            GroupEntry(flood_all, tuple(local_buckets + tunnel_buckets)),
+            GroupEntry(flood_local, tuple(local_buckets)),
+        }
+    )
+    return Slice(rules=frozenset(rules), groups=groups)
+
+
+def _to_tunnel(seg_id: int, host_ip: str, tunnel_ofport: int) -> tuple[Action, ...]:
+    """Actions that send a packet to ``host_ip`` over the flow-based tunnel port.
+
+    The tunnel ports are created with ``key=flow, remote_ip=flow``, so the VNI/GRE key and the
+    destination are set per packet; one tunnel port per type serves every peer.
+    """
+    return (SetField("tunnel_id", seg_id), SetField("tun_ipv4_dst", host_ip), Output(tunnel_ofport))
