@@ -1,0 +1,145 @@
+"""Allocation of segmentation ids, network keys, MACs and IPs inside the write transaction.
+
+Every allocator runs while the caller holds SQLite's write lock (``BEGIN IMMEDIATE``), so "find a
+free value, then insert it" cannot interleave with another writer; the UNIQUE constraints of the
+schema back this up.  Searches use the unique indexes rather than reading whole tables, so
+allocating stays cheap as the tables grow.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import netaddr
+
+from controller.store.errors import Conflict
+from controller.store.tx import Tx
+
+KEY_RANGE = (1, 2**31 - 1)
+"""Network keys fit OpenFlow metadata/cookie fields as positive signed 32-bit integers."""
+
+MAC_PREFIX = (0xFA, 0x16, 0x3E)
+"""Neutron's locally administered OUI, so generated MACs look familiar to operators."""
+
+MAC_ATTEMPTS = 16
+
+
+def _lowest_free_segment(tx: Tx, seg_type: str, low: int, high: int) -> int | None:
+    """The lowest unused segmentation id of a type: ``low`` itself, or one past a used id whose
+    successor is free (found by walking the UNIQUE(seg_type, seg_id) index, not the table)."""
+    if not tx.exists(
+        "SELECT 1 FROM networks WHERE seg_type = ? AND seg_id = ?", (seg_type, low)
+    ):
+        return low
+    row = tx.one(
+        "SELECT a.seg_id + 1 FROM networks AS a WHERE a.seg_type = ? AND a.seg_id >= ?"
+        " AND a.seg_id < ? AND NOT EXISTS (SELECT 1 FROM networks AS b"
+        " WHERE b.seg_type = a.seg_type AND b.seg_id = a.seg_id + 1)"
+        " ORDER BY a.seg_id LIMIT 1",
+        (seg_type, low, high),
+    )
+    return None if row is None else int(row[0])
+
+
+def _lowest_free_key(tx: Tx, low: int, high: int) -> int | None:
+    """The lowest unused network key, by the same index walk as segmentation ids."""
+    if not tx.exists("SELECT 1 FROM networks WHERE key = ?", (low,)):
+        return low
+    row = tx.one(
+        "SELECT a.key + 1 FROM networks AS a WHERE a.key >= ? AND a.key < ?"
+        " AND NOT EXISTS (SELECT 1 FROM networks AS b WHERE b.key = a.key + 1)"
+        " ORDER BY a.key LIMIT 1",
+        (low, high),
+    )
+    return None if row is None else int(row[0])
+
+
+def segmentation_id(tx: Tx, seg_type: str, low: int, high: int) -> int:
+    """The lowest free segmentation id of an overlay type."""
+    found = _lowest_free_segment(tx, seg_type, low, high)
+    if found is None:
+        raise Conflict(
+            f"Unable to create the network. No {seg_type} segmentation id is available.",
+            "NoNetworkAvailable",
+        )
+    return found
+
+
+def segmentation_id_taken(tx: Tx, seg_type: str, seg_id: int) -> bool:
+    """Whether another network already uses this overlay segment."""
+    return tx.exists(
+        "SELECT 1 FROM networks WHERE seg_type = ? AND seg_id = ?", (seg_type, seg_id)
+    )
+
+
+def network_key(tx: Tx) -> int:
+    """A fresh network key.
+
+    Keys come from a counter rather than the lowest gap so that a key freed by a deleted network
+    is not handed out again at once: the data plane may still be removing flows tagged with it.
+    Only after the counter wraps are gaps reused.
+    """
+    low, high = KEY_RANGE
+    row = tx.one("SELECT value FROM counters WHERE name = 'network_key'")
+    candidate = low if row is None else int(row[0])
+    if candidate > high or tx.exists("SELECT 1 FROM networks WHERE key = ?", (candidate,)):
+        found = _lowest_free_key(tx, low, high)
+        if found is None:
+            raise Conflict("No network key is available.", "NoNetworkAvailable")
+        candidate = found
+    tx.conn.execute(
+        "INSERT INTO counters (name, value) VALUES ('network_key', ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (candidate + 1,),
+    )
+    return candidate
+
+
+def mac_address(tx: Tx, network_id: str) -> str:
+    """A random ``fa:16:3e:xx:xx:xx`` MAC not yet used on the network (retrying on collision)."""
+    for _ in range(MAC_ATTEMPTS):
+        octets = (*MAC_PREFIX, *secrets.token_bytes(3))
+        mac = ":".join(f"{o:02x}" for o in octets)
+        if not mac_taken(tx, network_id, mac):
+            return mac
+    raise Conflict(
+        f"Unable to generate unique mac on network {network_id}.", "MacAddressGenerationFailure"
+    )
+
+
+def mac_taken(tx: Tx, network_id: str, mac: str, except_port: str | None = None) -> bool:
+    """Whether a port of the network (other than ``except_port``) has this MAC."""
+    return tx.exists(
+        "SELECT 1 FROM ports WHERE network_id = ? AND mac = ? AND id IS NOT ?",
+        (network_id, mac, except_port),
+    )
+
+
+def ip_taken(tx: Tx, subnet_id: str, ip: str) -> bool:
+    """Whether the address is already allocated in the subnet."""
+    return tx.exists(
+        "SELECT 1 FROM ip_allocations WHERE subnet_id = ? AND ip = ?", (subnet_id, ip)
+    )
+
+
+def ip_address(tx: Tx, subnet: dict[str, object]) -> str | None:
+    """The first address of the subnet's allocation pools that is neither allocated nor the
+    gateway, or None when the pools are exhausted."""
+    used = {
+        int(netaddr.IPAddress(row[0]))
+        for row in tx.all("SELECT ip FROM ip_allocations WHERE subnet_id = ?", (subnet["id"],))
+    }
+    gateway = subnet.get("gateway_ip")
+    if gateway:
+        used.add(int(netaddr.IPAddress(str(gateway))))
+    pools = subnet.get("allocation_pools") or []
+    assert isinstance(pools, list)
+    for pool in pools:
+        first = int(netaddr.IPAddress(pool["start"]))
+        last = int(netaddr.IPAddress(pool["end"]))
+        candidate = first
+        while candidate <= last and candidate in used:
+            candidate += 1
+        if candidate <= last:
+            return str(netaddr.IPAddress(candidate, version=int(str(subnet["ip_version"]))))
+    return None

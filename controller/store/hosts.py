@@ -1,0 +1,148 @@
+"""Hosts: the hypervisors the data plane manages, keyed by the orchestrator's host id.
+
+A host's id is the value ports carry in ``binding:host_id``.  The orchestrator says where to reach
+the host's OVSDB and which address terminates its tunnels; ``status`` and ``datapath_id`` are the
+data plane's observations and clients cannot set them (they may send them, like a port's status,
+and they are ignored).  Deleting a host leaves its ports alone: unbinding them is the data plane's
+reaction to the host's delete event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.store.attrs import bump, check_read_only, reject_unknown, require, utc_now
+from controller.store.errors import Conflict, invalid_attr, not_found
+from controller.store.tx import Tx, dumps, loads
+from controller.store.values import (
+    as_str,
+    bridge_name,
+    choice,
+    parse_ip,
+    parse_ovsdb_target,
+)
+
+KIND = "host"
+DATAPATH_TYPES = ("system", "netdev")
+STATUSES = ("connected", "disconnected")
+OVSDB_PORT = 6640
+
+CREATE_ATTRS = frozenset(
+    {
+        "id",
+        "name",
+        "description",
+        "tunnel_ip",
+        "ovsdb",
+        "integration_bridge",
+        "datapath_type",
+        "status",
+        "datapath_id",
+    }
+)
+READ_ONLY = ("id", "created_at", "updated_at", "revision_number")
+UPDATE_ATTRS = CREATE_ATTRS | frozenset(READ_ONLY)
+
+
+def load(tx: Tx, host_id: str) -> dict[str, Any] | None:
+    """The host, or None."""
+    row = tx.one("SELECT body FROM hosts WHERE id = ?", (host_id,))
+    return None if row is None else loads(row[0])
+
+
+def load_all(tx: Tx) -> list[dict[str, Any]]:
+    """Every host, sorted by id."""
+    return [loads(r[0]) for r in tx.all("SELECT body FROM hosts ORDER BY id")]
+
+
+def must_load(tx: Tx, host_id: str) -> dict[str, Any]:
+    """The host, or 404 ``HostNotFound``."""
+    body = load(tx, host_id)
+    if body is None:
+        raise not_found(KIND, host_id)
+    return body
+
+
+def _configured(body: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with the orchestrator-owned attributes of ``body`` validated and applied."""
+    new = dict(base)
+    if "tunnel_ip" in body:
+        new["tunnel_ip"] = str(parse_ip(require(body, "tunnel_ip"), "tunnel_ip", 4))
+    for name in ("name", "description"):
+        if name in body:
+            new[name] = as_str(body[name], name)
+    if body.get("ovsdb") is not None:
+        new["ovsdb"] = parse_ovsdb_target(body["ovsdb"])
+    if "integration_bridge" in body:
+        new["integration_bridge"] = bridge_name(body["integration_bridge"])
+    if "datapath_type" in body:
+        new["datapath_type"] = choice(body["datapath_type"], "datapath_type", DATAPATH_TYPES)
+    return new
+
+
+def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
+    """Register a host; its OVSDB target defaults to ``tcp:<tunnel_ip>:6640``."""
+    reject_unknown(body, CREATE_ATTRS)
+    host_id = as_str(require(body, "id"), "id")
+    if not host_id.strip() or "/" in host_id:
+        raise invalid_attr("id", f"'{host_id}' is not a valid host id")
+    require(body, "tunnel_ip")
+    if load(tx, host_id) is not None:
+        raise Conflict(f"Host {host_id} already exists.", "HostExists")
+    now = utc_now()
+    new = _configured(
+        body,
+        {
+            "id": host_id,
+            "name": "",
+            "description": "",
+            "tunnel_ip": "",
+            "ovsdb": "",
+            "integration_bridge": "br-int",
+            "datapath_type": "system",
+            "status": "disconnected",
+            "datapath_id": None,
+            "created_at": now,
+            "updated_at": now,
+            "revision_number": 1,
+        },
+    )
+    if not new["ovsdb"]:
+        new["ovsdb"] = f"tcp:{new['tunnel_ip']}:{OVSDB_PORT}"
+    tx.conn.execute("INSERT INTO hosts (id, body) VALUES (?, ?)", (host_id, dumps(new)))
+    tx.emit(KIND, None, new)
+    return new
+
+
+def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Change how a host is reached or configured."""
+    reject_unknown(changes, UPDATE_ATTRS)
+    check_read_only(current, changes, READ_ONLY)
+    return save(tx, current, _configured(changes, current))
+
+
+def save(tx: Tx, current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Store ``new`` (bumping its revision) and queue the event, unless nothing changed."""
+    new = bump(current, new)
+    if new is not current:
+        tx.conn.execute("UPDATE hosts SET body = ? WHERE id = ?", (dumps(new), current["id"]))
+        tx.emit(KIND, current, new)
+    return new
+
+
+def set_state(
+    tx: Tx, current: dict[str, Any], status: str, datapath_id: str | None
+) -> dict[str, Any]:
+    """The data plane's observation: connected or not, and the bridge's datapath id."""
+    new = {
+        **current,
+        "status": choice(status, "status", STATUSES),
+        "datapath_id": None if datapath_id is None else as_str(datapath_id, "datapath_id"),
+    }
+    return save(tx, current, new)
+
+
+def delete(tx: Tx, current: dict[str, Any]) -> None:
+    """Forget the host (ports bound to it stay; the data plane unbinds them)."""
+    tx.conn.execute("DELETE FROM hosts WHERE id = ?", (current["id"],))
+    tx.emit(KIND, current, None)

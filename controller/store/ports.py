@@ -1,0 +1,358 @@
+"""Ports: a MAC (unique within its network), fixed IPs (unique within their subnet), a binding.
+
+Every fixed IP is also a row of ``ip_allocations`` so that SQLite's UNIQUE(subnet_id, ip) stands
+behind the allocator.  ``status`` belongs to the controller (the data plane sets it once the port
+is wired); clients may send it, as CloudStack does, but it is ignored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import netaddr
+
+from controller.store import allocation, networks, subnets
+from controller.store.attrs import (
+    bump,
+    check_read_only,
+    reject_unknown,
+    require,
+    standard_attrs,
+    updated_common,
+)
+from controller.store.errors import Conflict, InvalidInput, invalid_attr, not_found
+from controller.store.tx import Tx, dumps, loads
+from controller.store.values import (
+    as_bool,
+    as_str,
+    as_str_list,
+    as_uuid,
+    canonical_mac,
+    choice,
+    parse_cidr,
+    parse_ip,
+)
+
+KIND = "port"
+STATUSES = ("ACTIVE", "DOWN", "BUILD", "ERROR")
+VNIC_TYPES = ("normal",)
+
+CREATE_ATTRS = frozenset(
+    {
+        "id",
+        "name",
+        "description",
+        "project_id",
+        "tenant_id",
+        "network_id",
+        "mac_address",
+        "fixed_ips",
+        "device_id",
+        "device_owner",
+        "admin_state_up",
+        "status",
+        "port_security_enabled",
+        "security_groups",
+        "allowed_address_pairs",
+        "tags",
+        "binding:host_id",
+        "binding:profile",
+        "binding:vnic_type",
+    }
+)
+READ_ONLY = (
+    "id",
+    "network_id",
+    "created_at",
+    "updated_at",
+    "revision_number",
+    "binding:vif_type",
+    "binding:vif_details",
+)
+UPDATE_ATTRS = CREATE_ATTRS | frozenset(READ_ONLY)
+
+
+def load(tx: Tx, port_id: str) -> dict[str, Any] | None:
+    """The port, or None."""
+    row = tx.one("SELECT body FROM ports WHERE id = ?", (port_id,))
+    return None if row is None else loads(row[0])
+
+
+def load_all(
+    tx: Tx, network_id: str | None = None, host_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Ports sorted by id, optionally of one network and/or bound to one host (indexed)."""
+    where, params = [], []
+    if network_id is not None:
+        where.append("network_id = ?")
+        params.append(network_id)
+    if host_id is not None:
+        where.append("host_id = ?")
+        params.append(host_id)
+    sql = "SELECT body FROM ports"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return [loads(r[0]) for r in tx.all(sql + " ORDER BY id", tuple(params))]
+
+
+def must_load(tx: Tx, port_id: str) -> dict[str, Any]:
+    """The port, or Neutron's 404 ``PortNotFound``."""
+    body = load(tx, port_id)
+    if body is None:
+        raise not_found(KIND, port_id)
+    return body
+
+
+def _subnet_for_ip(
+    tx: Tx, network: dict[str, Any], ip: netaddr.IPAddress
+) -> dict[str, Any]:
+    """The network's subnet whose CIDR contains ``ip`` (400 if none does)."""
+    for subnet in subnets.of_network_in_order(tx, network["id"]):
+        if ip in netaddr.IPNetwork(subnet["cidr"]):
+            return subnet
+    raise InvalidInput(
+        f"IP address {ip} is not a valid IP for any of the subnets on the specified network.",
+        "InvalidIpForNetwork",
+    )
+
+
+def _network_subnet(tx: Tx, network: dict[str, Any], subnet_id: Any) -> dict[str, Any]:
+    """A subnet named in ``fixed_ips``: it must exist and belong to the port's network."""
+    subnet = subnets.must_load(tx, as_str(subnet_id, "fixed_ips"))
+    if subnet["network_id"] != network["id"]:
+        raise InvalidInput(
+            f"Invalid input for operation: Failed to create port on network {network['id']}, "
+            f"because fixed_ips included invalid subnet {subnet_id}.",
+            "InvalidInput",
+        )
+    return subnet
+
+
+def _allocate_fixed_ips(
+    tx: Tx,
+    network: dict[str, Any],
+    port_id: str,
+    requested: Any,
+    previous: list[dict[str, str]],
+) -> list[dict[str, str]]:
+    """Resolve and record the port's fixed IPs.
+
+    ``requested`` is the client's list (None = Neutron's default: one address from the first
+    IPv4 subnet, if any).  ``previous`` are the addresses the port had before an update: asking
+    again for a subnet it already has an address on keeps that address.
+    """
+    if requested is None:
+        v4 = [s for s in subnets.of_network_in_order(tx, network["id"]) if s["ip_version"] == 4]
+        requested = [{"subnet_id": v4[0]["id"]}] if v4 else []
+    if not isinstance(requested, list):
+        raise invalid_attr("fixed_ips", f"'{requested}' is not a list")
+    keep = {p["subnet_id"]: p["ip_address"] for p in previous}
+    result: list[dict[str, str]] = []
+    for entry in requested:
+        if not isinstance(entry, dict) or not entry or set(entry) - {"subnet_id", "ip_address"}:
+            raise invalid_attr("fixed_ips", f"'{entry}' is not a {{subnet_id, ip_address}} entry")
+        if entry.get("ip_address") is not None:
+            ip = parse_ip(entry["ip_address"], "fixed_ips")
+            if entry.get("subnet_id") is not None:
+                subnet = _network_subnet(tx, network, entry["subnet_id"])
+                if ip not in netaddr.IPNetwork(subnet["cidr"]):
+                    raise InvalidInput(
+                        f"IP address {ip} is not a valid IP for the specified subnet.",
+                        "InvalidIpForSubnet",
+                    )
+            else:
+                subnet = _subnet_for_ip(tx, network, ip)
+            if ip not in subnets.usable(netaddr.IPNetwork(subnet["cidr"])):
+                raise InvalidInput(
+                    f"IP address {ip} is not a valid IP for the specified subnet.",
+                    "InvalidIpForSubnet",
+                )
+            address = str(ip)
+            if allocation.ip_taken(tx, subnet["id"], address):
+                raise Conflict(
+                    f"IP address {address} already allocated in subnet {subnet['id']}",
+                    "IpAddressAlreadyAllocated",
+                )
+        else:
+            subnet = _network_subnet(tx, network, entry["subnet_id"])
+            kept = keep.pop(subnet["id"], None)
+            if kept is not None and not allocation.ip_taken(tx, subnet["id"], kept):
+                address = kept
+            else:
+                found = allocation.ip_address(tx, subnet)
+                if found is None:
+                    raise Conflict(
+                        f"No more IP addresses available on network {network['id']}.",
+                        "IpAddressGenerationFailure",
+                    )
+                address = found
+        tx.conn.execute(
+            "INSERT INTO ip_allocations (subnet_id, ip, port_id) VALUES (?, ?, ?)",
+            (subnet["id"], address, port_id),
+        )
+        result.append({"subnet_id": subnet["id"], "ip_address": address})
+    return result
+
+
+def _address_pairs(value: Any, port_mac: str) -> list[dict[str, str]]:
+    """Extra (IP or CIDR, MAC) pairs the port may send from; the MAC defaults to the port's."""
+    if not isinstance(value, list):
+        raise invalid_attr("allowed_address_pairs", f"'{value}' is not a list")
+    pairs = []
+    for pair in value:
+        if not isinstance(pair, dict) or "ip_address" not in pair or (
+            set(pair) - {"ip_address", "mac_address"}
+        ):
+            raise invalid_attr("allowed_address_pairs", f"'{pair}' is not an address pair")
+        raw_ip = pair["ip_address"]
+        ip = (
+            str(parse_cidr(raw_ip, "allowed_address_pairs"))
+            if isinstance(raw_ip, str) and "/" in raw_ip
+            else str(parse_ip(raw_ip, "allowed_address_pairs"))
+        )
+        mac = canonical_mac(pair.get("mac_address") or port_mac, "allowed_address_pairs")
+        pairs.append({"ip_address": ip, "mac_address": mac})
+    return pairs
+
+
+def _host(value: Any) -> str:
+    """``binding:host_id``: a host name, or ``""`` for unbound (Neutron's spelling)."""
+    return "" if value is None else as_str(value, "binding:host_id")
+
+
+def _profile(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise invalid_attr("binding:profile", f"'{value}' is not a dictionary")
+    return value
+
+
+def _check_mac_free(tx: Tx, network_id: str, mac: str, port_id: str | None) -> None:
+    if allocation.mac_taken(tx, network_id, mac, except_port=port_id):
+        raise Conflict(
+            f"Unable to complete operation for network {network_id}. "
+            f"The mac address {mac} is in use.",
+            "MacAddressInUse",
+        )
+
+
+def _write_row(tx: Tx, body: dict[str, Any], insert: bool) -> None:
+    host = body["binding:host_id"] or None
+    if insert:
+        tx.conn.execute(
+            "INSERT INTO ports (id, network_id, mac, host_id, body) VALUES (?, ?, ?, ?, ?)",
+            (body["id"], body["network_id"], body["mac_address"], host, dumps(body)),
+        )
+    else:
+        tx.conn.execute(
+            "UPDATE ports SET mac = ?, host_id = ?, body = ? WHERE id = ?",
+            (body["mac_address"], host, dumps(body), body["id"]),
+        )
+
+
+def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
+    """Insert one port (allocating its MAC and IPs) and queue its event."""
+    reject_unknown(body, CREATE_ATTRS)
+    network = networks.must_load(tx, as_str(require(body, "network_id"), "network_id"))
+    port_id = as_uuid(body["id"], "id") if body.get("id") is not None else str(uuid.uuid4())
+    if tx.exists("SELECT 1 FROM ports WHERE id = ?", (port_id,)):
+        raise Conflict(f"Port {port_id} already exists.", "PortExists")
+    if body.get("mac_address") is not None:
+        mac = canonical_mac(body["mac_address"])
+        _check_mac_free(tx, network["id"], mac, None)
+    else:
+        mac = allocation.mac_address(tx, network["id"])
+    new: dict[str, Any] = {
+        "id": port_id,
+        "name": as_str(body.get("name", ""), "name"),
+        "network_id": network["id"],
+        "mac_address": mac,
+        "admin_state_up": as_bool(body.get("admin_state_up", True), "admin_state_up"),
+        "status": "DOWN",
+        "device_id": as_str(body.get("device_id", ""), "device_id"),
+        "device_owner": as_str(body.get("device_owner", ""), "device_owner"),
+        "fixed_ips": [],
+        "port_security_enabled": as_bool(
+            body.get("port_security_enabled", network["port_security_enabled"]),
+            "port_security_enabled",
+        ),
+        "security_groups": as_str_list(body.get("security_groups", []), "security_groups"),
+        "allowed_address_pairs": _address_pairs(body.get("allowed_address_pairs", []), mac),
+        "binding:host_id": _host(body.get("binding:host_id")),
+        "binding:profile": _profile(body.get("binding:profile", {})),
+        "binding:vif_type": "ovs",
+        "binding:vif_details": {},
+        "binding:vnic_type": choice(
+            body.get("binding:vnic_type", "normal"), "binding:vnic_type", VNIC_TYPES
+        ),
+        **standard_attrs(body),
+    }
+    # The port row goes in first: ip_allocations rows reference it.
+    _write_row(tx, new, insert=True)
+    new["fixed_ips"] = _allocate_fixed_ips(tx, network, port_id, body.get("fixed_ips"), [])
+    _write_row(tx, new, insert=False)
+    tx.emit(KIND, None, new)
+    return new
+
+
+def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Apply a partial update; a new ``fixed_ips`` list replaces the old allocations."""
+    reject_unknown(changes, UPDATE_ATTRS)
+    check_read_only(current, changes, READ_ONLY)
+    new = updated_common(current, changes)
+    for name in ("admin_state_up", "port_security_enabled"):
+        if name in changes:
+            new[name] = as_bool(changes[name], name)
+    for name in ("device_id", "device_owner"):
+        if name in changes:
+            new[name] = as_str(changes[name], name)
+    if "security_groups" in changes:
+        new["security_groups"] = as_str_list(changes["security_groups"], "security_groups")
+    if "binding:host_id" in changes:
+        new["binding:host_id"] = _host(changes["binding:host_id"])
+    if "binding:profile" in changes:
+        new["binding:profile"] = _profile(changes["binding:profile"])
+    if "binding:vnic_type" in changes:
+        new["binding:vnic_type"] = choice(
+            changes["binding:vnic_type"], "binding:vnic_type", VNIC_TYPES
+        )
+    if changes.get("mac_address") is not None:
+        new["mac_address"] = canonical_mac(changes["mac_address"])
+        _check_mac_free(tx, current["network_id"], new["mac_address"], current["id"])
+    if "allowed_address_pairs" in changes:
+        new["allowed_address_pairs"] = _address_pairs(
+            changes["allowed_address_pairs"], new["mac_address"]
+        )
+    if "fixed_ips" in changes:
+        network = networks.must_load(tx, current["network_id"])
+        tx.conn.execute("DELETE FROM ip_allocations WHERE port_id = ?", (current["id"],))
+        new["fixed_ips"] = _allocate_fixed_ips(
+            tx, network, current["id"], changes["fixed_ips"] or [], current["fixed_ips"]
+        )
+    return save(tx, current, new)
+
+
+def save(tx: Tx, current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Store ``new`` (bumping its revision) and queue the event, unless nothing changed."""
+    new = bump(current, new)
+    if new is not current:
+        _write_row(tx, new, insert=False)
+        tx.emit(KIND, current, new)
+    return new
+
+
+def set_status(tx: Tx, current: dict[str, Any], status: str) -> dict[str, Any]:
+    """The data plane's view of the port: ACTIVE once wired, DOWN otherwise."""
+    return save(tx, current, {**current, "status": choice(status, "status", STATUSES)})
+
+
+def set_binding(tx: Tx, current: dict[str, Any], host_id: str | None) -> dict[str, Any]:
+    """Where the data plane observed the port (None or "" = nowhere)."""
+    return save(tx, current, {**current, "binding:host_id": _host(host_id)})
+
+
+def delete(tx: Tx, current: dict[str, Any]) -> None:
+    """Delete the port and free its addresses."""
+    tx.conn.execute("DELETE FROM ip_allocations WHERE port_id = ?", (current["id"],))
+    tx.conn.execute("DELETE FROM ports WHERE id = ?", (current["id"],))
+    tx.emit(KIND, current, None)

@@ -1,0 +1,120 @@
+"""The SQLite schema as an ordered list of migration steps.
+
+``PRAGMA user_version`` records how many steps a database file has had; opening it runs the
+missing ones inside one ``BEGIN IMMEDIATE`` transaction, so an upgrade either happens completely
+or not at all, and two processes opening the same old file cannot both migrate it.  Steps are only
+ever appended: editing a released step would leave existing files with a schema no code describes.
+
+Objects are stored as JSON bodies (the full Neutron dict, internal ``_`` fields included) next to
+the few columns SQLite must index or keep unique, because those constraints are what make
+concurrent allocation safe: the database refuses a duplicate even if the code had a bug.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+Step = Callable[[sqlite3.Connection], None]
+
+
+def _v1_core(conn: sqlite3.Connection) -> None:
+    """Networks, subnets, ports and their IP allocations."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE networks (
+            id       TEXT PRIMARY KEY,
+            key      INTEGER NOT NULL UNIQUE,
+            seg_type TEXT NOT NULL,
+            seg_id   INTEGER NOT NULL,
+            body     TEXT NOT NULL,
+            UNIQUE (seg_type, seg_id)
+        );
+        CREATE TABLE subnets (
+            seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+            id         TEXT NOT NULL UNIQUE,
+            network_id TEXT NOT NULL REFERENCES networks (id),
+            body       TEXT NOT NULL
+        );
+        CREATE INDEX subnets_by_network ON subnets (network_id);
+        CREATE TABLE ports (
+            id         TEXT PRIMARY KEY,
+            network_id TEXT NOT NULL REFERENCES networks (id),
+            mac        TEXT NOT NULL,
+            body       TEXT NOT NULL,
+            UNIQUE (network_id, mac)
+        );
+        CREATE TABLE ip_allocations (
+            subnet_id TEXT NOT NULL REFERENCES subnets (id),
+            ip        TEXT NOT NULL,
+            port_id   TEXT NOT NULL REFERENCES ports (id),
+            UNIQUE (subnet_id, ip)
+        );
+        CREATE INDEX ip_allocations_by_port ON ip_allocations (port_id);
+        CREATE TABLE counters (
+            name  TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        );
+        """
+    )
+
+
+def _v2_hosts(conn: sqlite3.Connection) -> None:
+    """Hypervisor hosts, and an indexed copy of each port's binding so the data plane can ask
+    "which ports are on host H" without reading every port (existing bindings are back-filled)."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE hosts (
+            id   TEXT PRIMARY KEY,
+            body TEXT NOT NULL
+        );
+        ALTER TABLE ports ADD COLUMN host_id TEXT;
+        UPDATE ports SET host_id = NULLIF(json_extract(body, '$."binding:host_id"'), '');
+        CREATE INDEX ports_by_host ON ports (host_id);
+        CREATE INDEX ports_by_network ON ports (network_id);
+        """
+    )
+
+
+MIGRATIONS: list[Step] = [_v1_core, _v2_hosts]
+LATEST = len(MIGRATIONS)
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run ``;``-separated DDL statement by statement.
+
+    ``Connection.executescript`` would COMMIT the migration transaction first, which would make a
+    half-applied upgrade possible; the statements here contain no ``;`` inside literals.
+    """
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """How many migration steps this database has had."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, upto: int = LATEST) -> None:
+    """Bring the database to version ``upto`` in one transaction (no-op when already there).
+
+    ``conn`` must be in autocommit mode (``isolation_level=None``) so the explicit transaction
+    here is the only one.  A file newer than this code is refused rather than guessed at.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = schema_version(conn)
+        if current > LATEST:
+            raise RuntimeError(
+                f"database schema version {current} is newer than this tenantnet ({LATEST})"
+            )
+        for version in range(current, upto):
+            MIGRATIONS[version](conn)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

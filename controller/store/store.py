@@ -1,0 +1,243 @@
+"""The durable store: one SQLite file, one connection, one lock, events after commit.
+
+Why this shape:
+
+* **One connection behind a lock.**  The API serves requests from a thread pool and the data plane
+  writes statuses from its own threads; serialising them on one connection is simple and, at the
+  sizes a controller handles, fast.  ``BEGIN IMMEDIATE`` additionally takes SQLite's write lock up
+  front, so a second process on the same file waits (``busy_timeout``) instead of failing mid-way.
+* **WAL + synchronous=FULL.**  A write method returns only after its COMMIT is on disk, so an id
+  the API has returned survives a crash or a SIGKILL of the controller.
+* **Events after commit, in commit order.**  Each write method collects `ChangeEvent`s while it
+  works and publishes them after COMMIT while still holding the lock, so subscribers see changes
+  exactly in the order they were committed and never see a rolled-back one.  The lock is
+  re-entrant, so a subscriber may call back into the store (e.g. set a port's status).
+* **All or nothing.**  Any error inside a write (validation, conflict, a bug) rolls the whole
+  transaction back; bulk creates are a single transaction.
+
+Reads return plain dicts with Neutron's field names; internal fields start with ``_`` (e.g. a
+network's ``_key``) and are for the data plane only.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from controller.events import EventBus
+from controller.store import hosts, networks, ports, subnets
+from controller.store.attrs import check_revision
+from controller.store.errors import InvalidInput
+from controller.store.schema import migrate
+from controller.store.tx import Tx
+
+T = TypeVar("T")
+KINDS = ("network", "subnet", "port", "host")
+BUSY_TIMEOUT_MS = 30_000
+
+
+class Store:
+    """Durable tenant-network state; see the module docstring for the guarantees."""
+
+    def __init__(self, path: str, bus: EventBus, underlay_mtu: int = 1500) -> None:
+        self.path = path
+        self.underlay_mtu = underlay_mtu
+        self._bus = bus
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        migrate(self._conn)
+
+    def close(self) -> None:
+        """Close the database (further calls fail)."""
+        with self._lock:
+            self._conn.close()
+
+    # -- transaction plumbing -------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Tx]:
+        """A write transaction: committed and published on success, rolled back on any error."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            tx = Tx(self._conn, self.underlay_mtu)
+            try:
+                yield tx
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            self._bus.publish(tx.events)
+
+    def _read(self, fn: Callable[[Tx], T]) -> T:
+        """Run a read in one snapshot, so e.g. a network and its subnet list agree."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                return fn(Tx(self._conn, self.underlay_mtu))
+            finally:
+                self._conn.execute("COMMIT")
+
+    # -- generic CRUD (what the API uses) -------------------------------------------------------
+
+    def create(
+        self, kind: str, bodies: list[dict[str, Any]], *, seg_id_is_hint: bool = False
+    ) -> list[dict[str, Any]]:
+        """Create objects of one kind in one transaction: all of them, or none.
+
+        ``seg_id_is_hint`` (networks only) turns a taken ``provider:segmentation_id`` into a
+        request for a free one instead of a 409.
+        """
+        with self._write() as tx:
+            if kind == "network":
+                return [networks.create(tx, b, seg_id_is_hint=seg_id_is_hint) for b in bodies]
+            module = _module(kind)
+            return [module.create(tx, b) for b in bodies]
+
+    def update(
+        self,
+        kind: str,
+        obj_id: str,
+        changes: dict[str, Any],
+        *,
+        expected_revision: int | None = None,
+    ) -> dict[str, Any]:
+        """Partially update one object; ``expected_revision`` implements ``If-Match``."""
+        module = _module(kind)
+        with self._write() as tx:
+            current = module.must_load(tx, obj_id)
+            check_revision(current, expected_revision)
+            return module.update(tx, current, changes)
+
+    def delete(self, kind: str, obj_id: str, *, expected_revision: int | None = None) -> None:
+        """Delete one object (404 if it does not exist, 409 if something still uses it)."""
+        module = _module(kind)
+        with self._write() as tx:
+            current = module.must_load(tx, obj_id)
+            check_revision(current, expected_revision)
+            module.delete(tx, current)
+
+    def get(self, kind: str, obj_id: str) -> dict[str, Any] | None:
+        """One object, or None."""
+        module = _module(kind)
+        return self._read(lambda tx: module.load(tx, obj_id))
+
+    def list_all(self, kind: str) -> list[dict[str, Any]]:
+        """Every object of a kind, sorted by id."""
+        module = _module(kind)
+        return self._read(module.load_all)
+
+    # -- named reads (what the data plane uses) -------------------------------------------------
+
+    def get_network(self, network_id: str) -> dict[str, Any] | None:
+        """A network (with ``_key`` and its ``subnets`` ids), or None."""
+        return self._read(lambda tx: networks.load(tx, network_id))
+
+    def list_networks(self) -> list[dict[str, Any]]:
+        """Every network, sorted by id."""
+        return self._read(networks.load_all)
+
+    def get_subnet(self, subnet_id: str) -> dict[str, Any] | None:
+        """A subnet, or None."""
+        return self._read(lambda tx: subnets.load(tx, subnet_id))
+
+    def list_subnets(self, network_id: str | None = None) -> list[dict[str, Any]]:
+        """Subnets sorted by id, optionally of one network."""
+        return self._read(lambda tx: subnets.load_all(tx, network_id))
+
+    def get_port(self, port_id: str) -> dict[str, Any] | None:
+        """A port, or None."""
+        return self._read(lambda tx: ports.load(tx, port_id))
+
+    def list_ports(
+        self, network_id: str | None = None, host_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Ports sorted by id, optionally of one network and/or bound to one host."""
+        return self._read(lambda tx: ports.load_all(tx, network_id, host_id))
+
+    def get_host(self, host_id: str) -> dict[str, Any] | None:
+        """A host, or None."""
+        return self._read(lambda tx: hosts.load(tx, host_id))
+
+    def list_hosts(self) -> list[dict[str, Any]]:
+        """Every host, sorted by id."""
+        return self._read(hosts.load_all)
+
+    # -- named writes -----------------------------------------------------------------------------
+
+    def create_network(
+        self, body: dict[str, Any], *, seg_id_is_hint: bool = False
+    ) -> dict[str, Any]:
+        """Create one network (see `create`)."""
+        return self.create("network", [body], seg_id_is_hint=seg_id_is_hint)[0]
+
+    def create_subnet(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create one subnet."""
+        return self.create("subnet", [body])[0]
+
+    def create_port(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create one port."""
+        return self.create("port", [body])[0]
+
+    def create_host(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Register one host."""
+        return self.create("host", [body])[0]
+
+    def upsert_host(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Register a host, or update it if its id is known; returns (host, created).
+
+        The CloudStack connection-manager call means "this hypervisor is at this address",
+        whether or not it was known before, so it must be idempotent.
+        """
+        with self._write() as tx:
+            current = hosts.load(tx, str(body.get("id")))
+            if current is None:
+                return hosts.create(tx, body), True
+            changes = {k: v for k, v in body.items() if k != "id"}
+            return hosts.update(tx, current, changes), False
+
+    def set_port_status(self, port_id: str, status: str) -> dict[str, Any] | None:
+        """Data plane: the port is ACTIVE/DOWN/BUILD (no-op if unchanged or unknown)."""
+        return self._observe(ports, port_id, lambda tx, cur: ports.set_status(tx, cur, status))
+
+    def set_port_binding(self, port_id: str, host_id: str | None) -> dict[str, Any] | None:
+        """Data plane: the port was seen on ``host_id`` (None: nowhere); no-op if unknown."""
+        return self._observe(
+            ports, port_id, lambda tx, cur: ports.set_binding(tx, cur, host_id)
+        )
+
+    def set_host_state(
+        self, host_id: str, status: str, datapath_id: str | None
+    ) -> dict[str, Any] | None:
+        """Data plane: the host is 'connected'/'disconnected', with this datapath id."""
+        return self._observe(
+            hosts, host_id, lambda tx, cur: hosts.set_state(tx, cur, status, datapath_id)
+        )
+
+    def _observe(
+        self,
+        module: Any,
+        obj_id: str,
+        change: Callable[[Tx, dict[str, Any]], dict[str, Any]],
+    ) -> dict[str, Any] | None:
+        """Apply a data-plane observation; an object deleted meanwhile is simply skipped, since
+        the data plane races the API by nature."""
+        with self._write() as tx:
+            current = module.load(tx, obj_id)
+            return None if current is None else change(tx, current)
+
+
+def _module(kind: str) -> Any:
+    """The resource module implementing a kind."""
+    try:
+        return {"network": networks, "subnet": subnets, "port": ports, "host": hosts}[kind]
+    except KeyError:
+        raise InvalidInput(f"Unknown resource kind {kind!r}") from None

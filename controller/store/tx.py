@@ -1,0 +1,52 @@
+"""One write transaction as the resource modules see it: the connection plus the events to publish.
+
+Resource modules (networks, subnets, ports, hosts) append a `ChangeEvent` for every object they
+touch; the `Store` publishes the list only after COMMIT, so a subscriber never sees a change that
+was rolled back, and a bulk request that fails half-way publishes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.events import ChangeEvent
+
+
+@dataclass
+class Tx:
+    """An open ``BEGIN IMMEDIATE`` transaction (or a read under the store lock)."""
+
+    conn: sqlite3.Connection
+    underlay_mtu: int = 1500
+    events: list[ChangeEvent] = field(default_factory=list)
+
+    def emit(self, kind: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """Queue one change for publication after commit."""
+        self.events.append(ChangeEvent(kind, old, new))
+
+    def one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        """The first row of a query, or None."""
+        row: tuple[Any, ...] | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+    def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Every row of a query."""
+        return list(self.conn.execute(sql, params).fetchall())
+
+    def exists(self, sql: str, params: tuple[Any, ...] = ()) -> bool:
+        """Whether a query returns any row."""
+        return self.one(sql, params) is not None
+
+
+def dumps(body: dict[str, Any]) -> str:
+    """The stored JSON form of an object (compact; key order kept for readable dumps)."""
+    return json.dumps(body, separators=(",", ":"))
+
+
+def loads(text: str) -> dict[str, Any]:
+    """An object back from its stored JSON form."""
+    body: dict[str, Any] = json.loads(text)
+    return body
