@@ -1,0 +1,174 @@
+"""Desired vs. installed state: the minimal set of OpenFlow messages that turns one into the other.
+
+The compiler produces desired :class:`Slice` values; the southbound dumps a switch's flows and
+groups into the same value types.  Reconciliation is then set arithmetic on hashable values
+(Faucet computes flow deltas the same way), which makes it idempotent: diffing again after the
+messages were applied yields an empty :class:`FlowDiff`, and a controller restart re-learns the
+installed state from the switch instead of trusting its memory.
+
+Work is done per network: :func:`split_by_cookie` cuts one switch dump into per-network installed
+slices, so a change in network N is diffed against N's flows only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from flows import tables as t
+from flows.model import GroupEntry, Rule, Slice
+
+
+@dataclass(frozen=True)
+class FlowDiff:
+    """What to send to one switch, in the order it should be sent.
+
+    Send in this order: ``add_groups``, ``mod_groups``, ``add_rules``, ``del_rules``,
+    ``del_groups`` (see :meth:`messages_in_order`).  Groups exist before the rules that point at
+    them and outlive the rules that pointed at them (a switch rejects a flow naming a missing group
+    and deletes the flows of a deleted group).
+
+    * ``add_rules``: new rules *and* rules whose key is installed with other instructions or
+      another cookie.  Sent as OFPFC_ADD, which replaces a flow with the same (table, priority,
+      match) in place, without a window where the packet falls to a lower-priority rule.  Ordered
+      last table first, so a path through the pipeline is complete before its entry rule appears.
+    * ``del_rules``: installed rules whose key is not desired at all.  Ordered first table first,
+      so a path loses its entry before its inner rules.  Each carries the installed cookie; the
+      southbound should delete strictly *with that cookie and a full cookie mask*, so a flow that
+      another network's diff has just re-added under its own cookie is not removed.
+    * ``mod_groups``: desired groups whose id is installed with other buckets (OFPGC_MODIFY).
+    * ``del_groups``: ids of installed groups that are not desired.
+    """
+
+    add_groups: tuple[GroupEntry, ...] = ()
+    mod_groups: tuple[GroupEntry, ...] = ()
+    del_groups: tuple[int, ...] = ()
+    add_rules: tuple[Rule, ...] = ()
+    del_rules: tuple[Rule, ...] = ()
+
+    def __len__(self) -> int:
+        """Number of OpenFlow messages (flow-mods + group-mods) this diff implies."""
+        return (
+            len(self.add_groups)
+            + len(self.mod_groups)
+            + len(self.del_groups)
+            + len(self.add_rules)
+            + len(self.del_rules)
+        )
+
+    def messages_in_order(self) -> tuple[tuple[str, GroupEntry | Rule | int], ...]:
+        """``(kind, item)`` pairs in the order they are safe to send; kind is the field name.
+
+        The southbound turns each pair into one flow-mod or group-mod, so the ordering argument
+        above lives here once instead of in every caller.
+        """
+        out: list[tuple[str, GroupEntry | Rule | int]] = []
+        out += [("add_groups", g) for g in self.add_groups]
+        out += [("mod_groups", g) for g in self.mod_groups]
+        out += [("add_rules", r) for r in self.add_rules]
+        out += [("del_rules", r) for r in self.del_rules]
+        out += [("del_groups", gid) for gid in self.del_groups]
+        return tuple(out)
+
+    @property
+    def empty(self) -> bool:
+        """True when the switch already matches the desired state (nothing to send)."""
+        return len(self) == 0
+
+
+def _orderable(value: Any) -> tuple[int, int, str]:
+    """A total order over match values, which mix ints, strings and (value, mask) tuples.
+
+    Rules with equal (table, priority) may carry values of different types for the same field
+    (masked vs. exact), which Python refuses to compare; a typed key keeps sorting total.
+    """
+    if isinstance(value, bool):
+        return (0, int(value), "")
+    if isinstance(value, int):
+        return (0, value, "")
+    if isinstance(value, str):
+        return (1, 0, value)
+    return (2, 0, repr(value))
+
+
+def _match_order(rule: Rule) -> tuple[tuple[str, tuple[int, int, str]], ...]:
+    """Sort key for a rule's match: field by field, values via :func:`_orderable`."""
+    return tuple((name, _orderable(value)) for name, value in rule.match)
+
+
+def _add_order(rule: Rule) -> tuple[Any, ...]:
+    """Last table first, then highest priority first (see :class:`FlowDiff`)."""
+    return (-rule.table, -rule.priority, _match_order(rule), rule.cookie, repr(rule.instructions))
+
+
+def _del_order(rule: Rule) -> tuple[Any, ...]:
+    """First table first, then highest priority first (see :class:`FlowDiff`)."""
+    return (rule.table, -rule.priority, _match_order(rule), rule.cookie, repr(rule.instructions))
+
+
+def diff(desired: Slice, installed: Slice) -> FlowDiff:
+    """Messages that make a switch holding ``installed`` hold ``desired``.
+
+    Both slices should cover the same scope (one network's slice against that network's part of a
+    dump, or everything against everything); rules outside ``desired``'s scope would be deleted.
+    A rule counts as installed only if it is *equal* (instructions and cookie included), so a
+    changed rule is re-added; a key installed twice (only possible in a hand-built slice) is not
+    deleted as long as it is desired.
+    """
+    desired_keys = {rule.key for rule in desired.rules}
+    add_rules = sorted(desired.rules - installed.rules, key=_add_order)
+    del_rules = sorted((r for r in installed.rules if r.key not in desired_keys), key=_del_order)
+
+    want = {g.group_id: g for g in desired.groups}
+    have = {g.group_id: g for g in installed.groups}
+    add_groups = [want[gid] for gid in sorted(want.keys() - have.keys())]
+    common = sorted(want.keys() & have.keys())
+    mod_groups = [want[gid] for gid in common if want[gid].buckets != have[gid].buckets]
+    del_groups = sorted(have.keys() - want.keys())
+    return FlowDiff(
+        add_groups=tuple(add_groups),
+        mod_groups=tuple(mod_groups),
+        del_groups=tuple(del_groups),
+        add_rules=tuple(add_rules),
+        del_rules=tuple(del_rules),
+    )
+
+
+def merge(slices: Iterable[Slice]) -> Slice:
+    """Union of slices: a host's whole desired state is ``merge([base, *networks])``.
+
+    No conflict resolution happens here: slices of distinct networks never share a rule key or a
+    group id by construction (keys are qualified by in_port, by tunnel/VNI/peer or by the network's
+    metadata, group ids are derived from the network key), so a union is exact.
+    """
+    rules: set[Rule] = set()
+    groups: set[GroupEntry] = set()
+    for piece in slices:
+        rules |= piece.rules
+        groups |= piece.groups
+    return Slice(rules=frozenset(rules), groups=frozenset(groups))
+
+
+def split_by_cookie(installed: Slice) -> dict[int, Slice]:
+    """Cut a switch dump into per-network slices: ``{network key: Slice}`` (key 0 = base).
+
+    Rules whose cookie lacks tenantnet's ownership bits are dropped: they belong to someone else
+    (an operator's debug flow, another controller) and must never be diffed away.  Groups carry no
+    cookie, so they are attributed by id (``key = group_id // 2``, the inverse of the group-id
+    scheme in :mod:`flows.tables`).  Keys come out in ascending order, for stable logs.
+    """
+    rules: dict[int, set[Rule]] = {}
+    groups: dict[int, set[GroupEntry]] = {}
+    for rule in installed.rules:
+        if t.is_ours(rule.cookie):
+            rules.setdefault(t.key_of_cookie(rule.cookie), set()).add(rule)
+    for group in installed.groups:
+        groups.setdefault(t.key_of_group(group.group_id), set()).add(group)
+    return {
+        key: Slice(
+            rules=frozenset(rules.get(key, ())),
+            groups=frozenset(groups.get(key, ())),
+        )
+        for key in sorted(rules.keys() | groups.keys())
+    }
