@@ -34,6 +34,7 @@ from flows.tables import COOKIE_BASE, COOKIE_MASK_OURS
 LOG = logging.getLogger(__name__)
 
 DoneCallback = Callable[[bool], None]
+FULL_MASK = 0xFFFFFFFFFFFFFFFF
 
 
 class SwitchListener(Protocol):
@@ -109,7 +110,8 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         msgs += [codec.group_add(dp, g) for g in diff.add_groups]
         msgs += [codec.group_modify(dp, g) for g in diff.mod_groups]
         msgs += [codec.flow_add(dp, r) for r in diff.add_rules]
-        msgs += [codec.flow_delete_strict(dp, r, COOKIE_MASK_OURS) for r in diff.del_rules]
+        # Full cookie mask: a delete only ever removes the flow of the network that owned it.
+        msgs += [codec.flow_delete_strict(dp, r, FULL_MASK) for r in diff.del_rules]
         msgs += [codec.group_delete(dp, gid) for gid in diff.del_groups]
         self.counters.flow_mods += len(diff.add_rules) + len(diff.del_rules)
         self.counters.group_mods += (

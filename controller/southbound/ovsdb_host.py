@@ -126,7 +126,10 @@ class OvsdbHost:
                 conn = connection.Connection(idl, timeout=self.timeout)
                 conn.start()
                 self._conn = conn
-                self.api = impl_idl.OvsdbIdl(conn)
+                # ovsdbapp keeps the connection on the *class*: one subclass per host keeps
+                # hosts from sharing (and writing through) the first host's connection.
+                api_cls = type(f"OvsdbIdl_{self.host_id}", (impl_idl.OvsdbIdl,), {})
+                self.api = api_cls(conn)
 
     def _run(self) -> None:
         try:
@@ -203,20 +206,14 @@ class OvsdbHost:
         current = api.get_controller(self.bridge).execute(check_error=True) or []
         if current != [self.controller_target]:
             api.set_controller(self.bridge, [self.controller_target]).execute(check_error=True)
-        with self._conn.lock:  # type: ignore[union-attr]
-            br = idlutils.row_by_value(self._conn.idl, "Bridge", "name", self.bridge)  # type: ignore[union-attr]
-            ctl_uuids = [c.uuid for c in br.controller]
-        with api.transaction(check_error=True) as txn:
-            for uuid in ctl_uuids:
-                txn.add(
-                    api.db_set(
-                        "Controller",
-                        uuid,
-                        ("max_backoff", 1000),
-                        ("inactivity_probe", 5000),
-                        ("external_ids", OWNED),
-                    )
-                )
+        # 'Controller' is looked up through its bridge (ovsdbapp's lookup table).
+        api.db_set(
+            "Controller",
+            self.bridge,
+            ("max_backoff", 1000),
+            ("inactivity_probe", 5000),
+            ("external_ids", OWNED),
+        ).execute(check_error=True)
         LOG.info(
             "host %s: %s ready (dpid %s, controller %s)",
             self.host_id,
