@@ -8,7 +8,7 @@ bootstrap:
 	@bash scripts/bootstrap.sh
 
 demo: bootstrap
-	@$(PY) -m controller.demo
+	@$(PY) scripts/demo.py
 
 test: bootstrap
 	@$(VENV)/bin/ruff check .

@@ -156,7 +156,8 @@ class TenantnetProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"tenantnet exited with {self.proc.returncode}:\n{self.log_tail()}")
+                code = self.proc.returncode
+                raise RuntimeError(f"tenantnet exited with {code}:\n{self.log_tail()}")
             with contextlib.suppress(OSError, ApiError):
                 self.api.request("GET", "/")
                 return self
