@@ -244,6 +244,13 @@ class Hypervisor:
         """``ofproto/trace`` output for ``flow`` (e.g. ``in_port=1,dl_dst=...,ip``)."""
         return self.appctl("ofproto/trace", bridge, flow)
 
+    def revalidator_wait(self) -> None:
+        """Wait until the datapath flow cache reflects the OpenFlow tables (``revalidator/wait``).
+
+        After replace-flows/del-flows the userspace datapath may use stale cached flows for a
+        few ms (measured here: 1 ping in 4 lost right after re-plugging a port)."""
+        self.appctl("revalidator/wait")
+
     def has_bridge(self, bridge: str = "br-int") -> bool:
         return run("ovs-vsctl", f"--db={self.ovsdb_unix}", "--timeout=5", "br-exists", bridge,
                    check=False, timeout=10).returncode == 0
@@ -358,6 +365,18 @@ class Vm:
              timeout: float = 2) -> PingResult:
         """(sent, received); never raises for loss."""
         return traffic.ping(self.ns, str(ip), count, interval, timeout)
+
+    def wait_reachable(self, ip: str, timeout: float = 10, interval: float = 0.05) -> float:
+        """Ping ``ip`` until a reply comes back; returns the seconds it took (LabError after
+        ``timeout``)."""
+        t0 = time.monotonic()
+        while True:
+            left = timeout - (time.monotonic() - t0)
+            if self.ping(ip, count=1, timeout=max(0.1, min(0.5, left))).received:
+                return round(time.monotonic() - t0, 3)
+            if time.monotonic() - t0 >= timeout:
+                raise LabError(f"{self.name}: {ip} not reachable within {timeout:g} s")
+            time.sleep(interval)
 
     def ping_background(self, ip: str, interval: float = 0.01) -> BackgroundPing:
         """Start ping; ``handle.stop()`` -> PingStats(sent, received, max_gap_ms)."""
@@ -542,6 +561,13 @@ class Lab:
         if not 1 <= n <= len(self.hypervisors):
             raise LabError(f"no hypervisor {ref!r} (lab has {len(self.hypervisors)})")
         return self.hypervisors[n - 1]
+
+    def revalidator_wait(self, hvs: list[HvRef] | None = None) -> None:
+        """``revalidator/wait`` on several hypervisors at once (each takes ~0.5 s)."""
+        targets = [self.hv(h) for h in hvs] if hvs is not None else self.hypervisors
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(targets)))) as ex:
+            for f in [ex.submit(hv.revalidator_wait) for hv in targets]:
+                f.result()
 
     @property
     def hvs(self) -> list[Hypervisor]:

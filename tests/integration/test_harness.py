@@ -80,6 +80,7 @@ def install_flows(lab: Lab, vms, tunnel_port: int) -> None:
         flows.append(f"table=0,priority=10,in_port={port},dl_dst=ff:ff:ff:ff:ff:ff,"
                      f"actions={','.join(flood)}")
         hv.ofctl("replace-flows", "br-int", "-", input="\n".join(flows) + "\n")
+    lab.revalidator_wait()  # else the datapath may briefly use the old cached flows
 
 
 def ping_all(vms) -> None:
@@ -104,6 +105,29 @@ def test_hypervisors_up(lab):
         assert hv.exec("ip", "-4", "-o", "addr", "show", "br-phy").stdout.split()[3] == (
             f"{hv.tunnel_ip}/24")
         assert set(hv.rss_kb()) == {"ovsdb-server", "ovs-vswitchd"}
+
+
+def test_vswitchd_reaches_controller_over_mgmt(lab):
+    """A listener on lab.mgmt_ip (root namespace) gets each hypervisor's OpenFlow connection."""
+    with socket.socket() as srv:
+        srv.bind((lab.mgmt_ip, 0))
+        srv.listen(8)
+        srv.settimeout(5)
+        target = f"tcp:{lab.mgmt_ip}:{srv.getsockname()[1]}"
+        for hv in lab.hvs:
+            hv.vsctl("add-br", "br-ctl", "--", "set", "Bridge", "br-ctl", "datapath_type=netdev",
+                     "fail_mode=secure", "protocols=OpenFlow13", "--", "set-controller",
+                     "br-ctl", target)
+        peers = set()
+        try:
+            for _ in lab.hvs:
+                conn, (ip, _port) = srv.accept()
+                conn.close()
+                peers.add(ip)
+        finally:
+            for hv in lab.hvs:
+                hv.vsctl("del-br", "br-ctl")
+    assert peers == {hv.mgmt_ip for hv in lab.hvs}
 
 
 def test_add_vm_without_br_int_fails_clearly(lab):
@@ -189,11 +213,12 @@ def test_unplug_and_plug(lab, net):
     vm3.unplug()
     assert "tapport-3" not in lab.hv(3).vsctl("list-ports", "br-int").split()
     assert net[0].ping(vm3.ip, count=1, timeout=0.5).received == 0
-    vm3.plug()
+    vm3.plug()  # no ofport_request: OVS gives the port a new ofport
     iface_id = lab.hv(3).vsctl("get", "Interface", vm3.port, "external_ids:iface-id")
     assert iface_id.strip('"') == "port-3"
     install_flows(lab, net, VXLAN)
     assert net[0].ping(vm3.ip, count=2, interval=0.05) == (2, 2)
+    assert net[1].wait_reachable(vm3.ip, timeout=5) < 5
 
 
 def test_close_leaves_nothing_and_lab_restarts(lab, make_lab):
