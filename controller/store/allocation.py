@@ -27,9 +27,7 @@ MAC_ATTEMPTS = 16
 def _lowest_free_segment(tx: Tx, seg_type: str, low: int, high: int) -> int | None:
     """The lowest unused segmentation id of a type: ``low`` itself, or one past a used id whose
     successor is free (found by walking the UNIQUE(seg_type, seg_id) index, not the table)."""
-    if not tx.exists(
-        "SELECT 1 FROM networks WHERE seg_type = ? AND seg_id = ?", (seg_type, low)
-    ):
+    if not tx.exists("SELECT 1 FROM networks WHERE seg_type = ? AND seg_id = ?", (seg_type, low)):
         return low
     row = tx.one(
         "SELECT a.seg_id + 1 FROM networks AS a WHERE a.seg_type = ? AND a.seg_id >= ?"
@@ -67,9 +65,7 @@ def segmentation_id(tx: Tx, seg_type: str, low: int, high: int) -> int:
 
 def segmentation_id_taken(tx: Tx, seg_type: str, seg_id: int) -> bool:
     """Whether another network already uses this overlay segment."""
-    return tx.exists(
-        "SELECT 1 FROM networks WHERE seg_type = ? AND seg_id = ?", (seg_type, seg_id)
-    )
+    return tx.exists("SELECT 1 FROM networks WHERE seg_type = ? AND seg_id = ?", (seg_type, seg_id))
 
 
 def network_key(tx: Tx) -> int:
@@ -117,9 +113,7 @@ def mac_taken(tx: Tx, network_id: str, mac: str, except_port: str | None = None)
 
 def ip_taken(tx: Tx, subnet_id: str, ip: str) -> bool:
     """Whether the address is already allocated in the subnet."""
-    return tx.exists(
-        "SELECT 1 FROM ip_allocations WHERE subnet_id = ? AND ip = ?", (subnet_id, ip)
-    )
+    return tx.exists("SELECT 1 FROM ip_allocations WHERE subnet_id = ? AND ip = ?", (subnet_id, ip))
 
 
 def ip_address(tx: Tx, subnet: dict[str, object]) -> str | None:

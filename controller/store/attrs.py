@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from controller.store.errors import InvalidInput, PreconditionFailed, invalid_attr
+from controller.store.errors import InvalidInput, PreconditionFailed
 from controller.store.values import as_str, as_str_list
 
 
@@ -103,5 +103,8 @@ def reject_unknown(body: dict[str, Any], known: Iterable[str]) -> None:
 def require(body: dict[str, Any], name: str) -> Any:
     """A mandatory attribute, or Neutron's 400 naming it."""
     if body.get(name) is None:
-        raise invalid_attr(name, "a value is required")
+        raise InvalidInput(
+            f"Failed to parse request. Required attribute '{name}' not specified",
+            "HTTPBadRequest",
+        )
     return body[name]

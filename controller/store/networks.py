@@ -106,17 +106,13 @@ def _segment(
         tuple(SEGMENT_RANGES),
     )
     if body.get("provider:physical_network") is not None:
-        raise invalid_attr(
-            "provider:physical_network", f"not supported for {seg_type} networks"
-        )
+        raise invalid_attr("provider:physical_network", f"not supported for {seg_type} networks")
     low, high = SEGMENT_RANGES[seg_type]
     requested = body.get("provider:segmentation_id")
     if requested is None:
         return seg_type, allocation.segmentation_id(tx, seg_type, low, high)
     seg_id = as_int(requested, "provider:segmentation_id", low, high)
-    holder = tx.one(
-        "SELECT id FROM networks WHERE seg_type = ? AND seg_id = ?", (seg_type, seg_id)
-    )
+    holder = tx.one("SELECT id FROM networks WHERE seg_type = ? AND seg_id = ?", (seg_type, seg_id))
     if holder is not None and holder[0] != own_id:
         if seg_id_is_hint:
             return seg_type, allocation.segmentation_id(tx, seg_type, low, high)

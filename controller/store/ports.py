@@ -104,9 +104,7 @@ def must_load(tx: Tx, port_id: str) -> dict[str, Any]:
     return body
 
 
-def _subnet_for_ip(
-    tx: Tx, network: dict[str, Any], ip: netaddr.IPAddress
-) -> dict[str, Any]:
+def _subnet_for_ip(tx: Tx, network: dict[str, Any], ip: netaddr.IPAddress) -> dict[str, Any]:
     """The network's subnet whose CIDR contains ``ip`` (400 if none does)."""
     for subnet in subnets.of_network_in_order(tx, network["id"]):
         if ip in netaddr.IPNetwork(subnet["cidr"]):
@@ -201,8 +199,10 @@ def _address_pairs(value: Any, port_mac: str) -> list[dict[str, str]]:
         raise invalid_attr("allowed_address_pairs", f"'{value}' is not a list")
     pairs = []
     for pair in value:
-        if not isinstance(pair, dict) or "ip_address" not in pair or (
-            set(pair) - {"ip_address", "mac_address"}
+        if (
+            not isinstance(pair, dict)
+            or "ip_address" not in pair
+            or (set(pair) - {"ip_address", "mac_address"})
         ):
             raise invalid_attr("allowed_address_pairs", f"'{pair}' is not an address pair")
         raw_ip = pair["ip_address"]

@@ -56,7 +56,7 @@ def _v1_core(conn: sqlite3.Connection) -> None:
             name  TEXT PRIMARY KEY,
             value INTEGER NOT NULL
         );
-        """
+        """,
     )
 
 
@@ -74,7 +74,7 @@ def _v2_hosts(conn: sqlite3.Connection) -> None:
         UPDATE ports SET host_id = NULLIF(json_extract(body, '$."binding:host_id"'), '');
         CREATE INDEX ports_by_host ON ports (host_id);
         CREATE INDEX ports_by_network ON ports (network_id);
-        """
+        """,
     )
 
 

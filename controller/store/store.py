@@ -210,9 +210,7 @@ class Store:
 
     def set_port_binding(self, port_id: str, host_id: str | None) -> dict[str, Any] | None:
         """Data plane: the port was seen on ``host_id`` (None: nowhere); no-op if unknown."""
-        return self._observe(
-            ports, port_id, lambda tx, cur: ports.set_binding(tx, cur, host_id)
-        )
+        return self._observe(ports, port_id, lambda tx, cur: ports.set_binding(tx, cur, host_id))
 
     def set_host_state(
         self, host_id: str, status: str, datapath_id: str | None

@@ -249,9 +249,7 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
     cidr = netaddr.IPNetwork(current["cidr"])
     version = current["ip_version"]
     if "gateway_ip" in changes or "allocation_pools" in changes:
-        gateway = _gateway(
-            {"gateway_ip": changes.get("gateway_ip", current["gateway_ip"])}, cidr
-        )
+        gateway = _gateway({"gateway_ip": changes.get("gateway_ip", current["gateway_ip"])}, cidr)
         pools = changes.get("allocation_pools", current["allocation_pools"])
         new["gateway_ip"] = gateway
         new["allocation_pools"] = _pools({"allocation_pools": pools}, cidr, gateway)

@@ -169,4 +169,3 @@ def choice(value: Any, field: str, allowed: tuple[str, ...]) -> str:
 def network_mtu(underlay_mtu: int, network_type: str) -> int:
     """The largest tenant frame payload that fits the underlay once encapsulated."""
     return underlay_mtu - ENCAP_OVERHEAD[network_type]
-

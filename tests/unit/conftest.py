@@ -1,14 +1,24 @@
-"""Shared fixtures: a fresh store on a temporary file, with every published event recorded."""
+"""Shared fixtures: a fresh store on a temporary file (every published event recorded) and API
+clients over it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from controller.api import ApiSettings, create_app
 from controller.events import ChangeEvent, EventBus
 from controller.store import Store
+
+with warnings.catch_warnings():
+    # Starlette nudges towards httpx2; the httpx-based TestClient still works and is what the
+    # project depends on.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
 
 
 @pytest.fixture
@@ -34,3 +44,28 @@ def store(db_path: str, bus: EventBus, events: list[ChangeEvent]) -> Iterator[St
     s = Store(db_path, bus)
     yield s
     s.close()
+
+
+ClientFactory = Callable[..., TestClient]
+
+
+@pytest.fixture
+def make_client(store: Store) -> Iterator[ClientFactory]:
+    """Build a TestClient over the fixture store with the given ApiSettings fields."""
+    clients: list[TestClient] = []
+
+    def build(raise_server_exceptions: bool = True, **settings: Any) -> TestClient:
+        app = create_app(store, ApiSettings(**settings))
+        client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
+        clients.append(client)
+        return client
+
+    yield build
+    for c in clients:
+        c.close()
+
+
+@pytest.fixture
+def client(make_client: ClientFactory) -> TestClient:
+    """An open (no auth) API client."""
+    return make_client()

@@ -445,15 +445,25 @@ def test_hosts(store: Store, events: list[ChangeEvent]) -> None:
     assert host["datapath_type"] == "system"
     with pytest.raises(Conflict):
         store.create_host({"id": "hv1", "tunnel_ip": "192.0.2.10"})
-    for bad in ({"ovsdb": "tcp:1.2.3.4"}, {"ovsdb": "ssl:x"}, {"ovsdb": "unix:rel/path"},
-                {"tunnel_ip": "2001:db8::1"}, {"datapath_type": "dpdk"}):
+    for bad in (
+        {"ovsdb": "tcp:1.2.3.4"},
+        {"ovsdb": "ssl:x"},
+        {"ovsdb": "unix:rel/path"},
+        {"tunnel_ip": "2001:db8::1"},
+        {"datapath_type": "dpdk"},
+    ):
         with pytest.raises(InvalidInput):
             store.create_host({"id": "hv2", "tunnel_ip": "192.0.2.11", **bad})
     with pytest.raises(InvalidInput, match="tunnel_ip"):
         store.create_host({"id": "hv2"})
     unix = store.create_host(
-        {"id": "hv2", "tunnel_ip": "192.0.2.11", "ovsdb": "unix:/run/ovs/db.sock",
-         "datapath_type": "netdev", "status": "connected"}
+        {
+            "id": "hv2",
+            "tunnel_ip": "192.0.2.11",
+            "ovsdb": "unix:/run/ovs/db.sock",
+            "datapath_type": "netdev",
+            "status": "connected",
+        }
     )
     assert unix["status"] == "disconnected"  # controller-owned
     connected = store.set_host_state("hv1", "connected", "0000aabbccddeeff")

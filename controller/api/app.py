@@ -1,0 +1,41 @@
+"""`create_app`: assemble the Neutron v2.0 API, the CloudStack paths and the middleware."""
+
+import logging
+
+from fastapi import FastAPI
+
+from controller.api import compat, errors, versions
+from controller.api.middleware import AuthMiddleware, BodyLimitMiddleware
+from controller.api.resources import HOSTS, NETWORKS, PORTS, SUBNETS, collection_router
+from controller.api.settings import ApiSettings
+from controller.store import Store
+
+LOG = logging.getLogger(__name__)
+
+
+def create_app(store: Store, settings: ApiSettings) -> FastAPI:
+    """A self-contained app over ``store``: nothing global, so tests can build several.
+
+    Middleware order (outermost first): authentication, then the body-size limit, so an
+    unauthenticated client cannot make the server buffer a megabyte.
+    """
+    if settings.underlay_mtu != store.underlay_mtu:
+        LOG.warning(
+            "API underlay_mtu %d differs from the store's %d; network MTUs follow the store",
+            settings.underlay_mtu,
+            store.underlay_mtu,
+        )
+    app = FastAPI(
+        title="tenantnet",
+        version="2.0",
+        description="Neutron v2.0-compatible API of the tenantnet SDN controller.",
+    )
+    errors.install(app)
+    app.include_router(versions.router())
+    for res in (NETWORKS, SUBNETS, PORTS, HOSTS):
+        app.include_router(collection_router(store, res), prefix="/v2.0")
+    app.include_router(compat.neutron_router(store))
+    app.include_router(compat.nodes_router(store))
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthMiddleware, settings=settings)
+    return app

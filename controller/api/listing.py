@@ -1,0 +1,169 @@
+"""Neutron list semantics: filters, ``fields`` projection, sorting and ``limit``/``marker`` pages.
+
+Filters follow Neutron: any attribute of the resource, repeated keys mean OR, booleans in any
+of Neutron's spellings, ``fixed_ips=ip_address=...`` for ports, ``tags``/``tags-any``/``not-tags``/
+``not-tags-any`` with comma-separated tags; an unknown attribute is a 400 (Neutron's
+filter-validation), so a typo does not silently return everything.  Pages are in ``sort_key``
+order (default ``id``) with ``id`` as tie-breaker, which makes the ``marker`` position exact even
+when the marker object itself no longer matches the filters.
+"""
+
+from collections.abc import Iterable
+from typing import Any
+
+from starlette.datastructures import URL, QueryParams
+
+from controller.store import InvalidInput
+from controller.store.errors import not_found
+
+PAGING_KEYS = frozenset({"fields", "limit", "marker", "sort_key", "sort_dir", "page_reverse"})
+TAG_FILTERS = frozenset({"tags", "tags-any", "not-tags", "not-tags-any"})
+TRUE_WORDS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def public(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object without the internal ``_`` fields the data plane uses."""
+    return {k: v for k, v in obj.items() if not k.startswith("_")}
+
+
+def project(obj: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    """Only the requested attributes (all public ones when none are requested)."""
+    shown = public(obj)
+    return {k: shown[k] for k in fields if k in shown} if fields else shown
+
+
+def requested_fields(params: QueryParams) -> list[str]:
+    """``fields=a&fields=b`` or ``fields=a,b``; internal names are never shown."""
+    names: list[str] = []
+    for value in params.getlist("fields"):
+        names.extend(n.strip() for n in value.split(",") if n.strip())
+    return list(dict.fromkeys(n for n in names if not n.startswith("_")))
+
+
+def _matches_scalar(value: Any, wanted: str) -> bool:
+    if isinstance(value, bool):
+        return TRUE_WORDS.get(wanted.lower()) is value
+    if value is None:
+        return wanted in ("", "None", "null")
+    if isinstance(value, int):
+        return wanted.strip().lstrip("-").isdigit() and int(wanted) == value
+    return str(value) == wanted
+
+
+def _matches_fixed_ip(fixed_ips: list[dict[str, str]], wanted: str) -> bool:
+    """``fixed_ips=ip_address=10.0.0.5`` or ``fixed_ips=subnet_id=...``."""
+    key, sep, value = wanted.partition("=")
+    if not sep:
+        return False
+    if key == "ip_address_substr":
+        return any(value in ip["ip_address"] for ip in fixed_ips)
+    return any(ip.get(key) == value for ip in fixed_ips)
+
+
+def _matches(obj: dict[str, Any], name: str, wanted: list[str]) -> bool:
+    """Whether one attribute matches any of the wanted values (repeated keys are ORed)."""
+    value = obj.get(name)
+    if name == "fixed_ips":
+        return any(_matches_fixed_ip(value or [], w) for w in wanted)
+    if isinstance(value, list):
+        return any(w in value for w in wanted)
+    if isinstance(value, dict):
+        return False
+    return any(_matches_scalar(value, w) for w in wanted)
+
+
+def _tags(values: Iterable[str]) -> set[str]:
+    return {t for v in values for t in v.split(",") if t}
+
+
+def _matches_tags(obj: dict[str, Any], params: QueryParams) -> bool:
+    have = set(obj.get("tags") or [])
+    if "tags" in params and not _tags(params.getlist("tags")) <= have:
+        return False
+    if "tags-any" in params and not _tags(params.getlist("tags-any")) & have:
+        return False
+    if "not-tags" in params and _tags(params.getlist("not-tags")) <= have:
+        return False
+    return not ("not-tags-any" in params and _tags(params.getlist("not-tags-any")) & have)
+
+
+def filtered(
+    objs: list[dict[str, Any]], params: QueryParams, attributes: frozenset[str]
+) -> list[dict[str, Any]]:
+    """The objects matching every filter of the query string."""
+    filters: dict[str, list[str]] = {}
+    for key in params:
+        if key in PAGING_KEYS or key in TAG_FILTERS:
+            continue
+        if key not in attributes:
+            raise InvalidInput(f"{key} is an invalid attribute for filtering", "HTTPBadRequest")
+        filters[key] = params.getlist(key)
+    use_tags = any(k in params for k in TAG_FILTERS)
+    return [
+        o
+        for o in objs
+        if all(_matches(o, k, w) for k, w in filters.items())
+        and (not use_tags or _matches_tags(o, params))
+    ]
+
+
+def _sort_value(value: Any) -> tuple[int, Any]:
+    """A comparable key for any attribute value (None first, then numbers, then text)."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, (bool, int, float)):
+        return (1, value)
+    return (2, str(value))
+
+
+def page(
+    objs: list[dict[str, Any]],
+    params: QueryParams,
+    attributes: frozenset[str],
+    lookup_marker: Any,
+    singular: str,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Sort and cut one page; returns (page, more_remain).
+
+    ``lookup_marker(id)`` returns the marker object (or None: Neutron answers 404), whose sort
+    position is used, so a marker that was filtered out still places the page correctly.
+    """
+    sort_key = params.get("sort_key", "id")
+    if sort_key not in attributes:
+        raise InvalidInput(f"{sort_key} is an invalid attribute for sorting", "HTTPBadRequest")
+    descending = params.get("sort_dir", "asc").lower() == "desc"
+    if params.get("sort_dir", "asc").lower() not in ("asc", "desc"):
+        raise InvalidInput("sort_dir must be 'asc' or 'desc'", "HTTPBadRequest")
+
+    def key(o: dict[str, Any]) -> tuple[tuple[int, Any], str]:
+        return (_sort_value(o.get(sort_key)), str(o.get("id")))
+
+    ordered = sorted(objs, key=key, reverse=descending)
+    marker_id = params.get("marker")
+    if marker_id:
+        marker = lookup_marker(marker_id)
+        if marker is None:
+            raise not_found(singular, marker_id)
+        mark = key(marker)
+        ordered = [o for o in ordered if (key(o) < mark if descending else key(o) > mark)]
+    limit = _limit(params.get("limit"))
+    if limit and len(ordered) > limit:
+        return ordered[:limit], True
+    return ordered, False
+
+
+def _limit(raw: str | None) -> int:
+    """``limit``: a non-negative integer; 0 or absent means no limit."""
+    if raw is None or raw == "":
+        return 0
+    if not raw.strip().isdigit():
+        raise InvalidInput(
+            f"Bad limit request: Limit must be an integer 0 or greater and not '{raw}'",
+            "HTTPBadRequest",
+        )
+    return int(raw)
+
+
+def next_link(url: URL, last: dict[str, Any], limit: str | None) -> dict[str, str]:
+    """The ``rel=next`` link: the same query with the marker moved to the page's last object."""
+    return {"rel": "next", "href": str(url.include_query_params(limit=limit, marker=last["id"]))}

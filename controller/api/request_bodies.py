@@ -1,0 +1,246 @@
+"""Request bodies the API accepts, as pydantic models.
+
+These models check the JSON *shape* (which attributes exist, their JSON types) and are what
+``/openapi.json`` publishes, so that a client generator or a fuzzer sees the real bodies.  Value
+rules that need state or netaddr (MAC syntax, IP inside a subnet, segment ranges per type) are the
+store's, so the data plane and the API refuse the same things with the same words.
+
+Every model forbids unknown attributes: Neutron answers them with "Unrecognized attribute(s)".
+Update models also accept the read-only attributes, because CloudStack PUTs whole objects back; the
+store refuses them only when their value would change.
+"""
+
+from functools import cache
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+UINT32_MAX = 2**32 - 1
+
+
+class Body(BaseModel):
+    """Base: unknown attributes are an error, aliases (``provider:...``) are the JSON names."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+
+
+class StandardAttrs(Body):
+    """Attributes every Neutron resource has."""
+
+    name: str | None = Field(None, max_length=255)
+    description: str | None = Field(None, max_length=255)
+    project_id: str | None = Field(None, max_length=255)
+    tenant_id: str | None = Field(None, max_length=255)
+    tags: list[str] | None = None
+
+
+class ReadOnlyEcho(Body):
+    """Read-only attributes an update may repeat unchanged."""
+
+    created_at: str | None = None
+    updated_at: str | None = None
+    revision_number: int | None = None
+
+
+# -- networks ------------------------------------------------------------------------------------
+
+
+class NetworkFields(StandardAttrs):
+    """A network's client-settable attributes."""
+
+    id: str | None = None
+    admin_state_up: bool | None = None
+    shared: bool | None = None
+    status: str | None = Field(None, description="Accepted and ignored: always ACTIVE.")
+    mtu: int | None = Field(None, ge=68, le=65535)
+    port_security_enabled: bool | None = None
+    router_external: bool | None = Field(None, alias="router:external")
+    availability_zone_hints: list[str] | None = None
+    provider_network_type: Literal["vxlan", "gre"] | None = Field(
+        None, alias="provider:network_type"
+    )
+    provider_segmentation_id: int | None = Field(
+        None,
+        alias="provider:segmentation_id",
+        ge=1,
+        le=UINT32_MAX,
+        description="VXLAN 1..16777215, GRE 1..4294967295; allocated when absent.",
+    )
+    provider_physical_network: None = Field(None, alias="provider:physical_network")
+
+
+class NetworkCreate(NetworkFields):
+    """Body of one network in a create request."""
+
+
+class NetworkUpdate(NetworkFields, ReadOnlyEcho):
+    """Body of a network update."""
+
+    subnets: list[str] | None = None
+
+
+# -- subnets -------------------------------------------------------------------------------------
+
+
+class AllocationPool(Body):
+    """An inclusive range of addresses ports are given addresses from."""
+
+    start: str
+    end: str
+
+
+class HostRoute(Body):
+    """A route handed to instances by DHCP."""
+
+    destination: str
+    nexthop: str
+
+
+class SubnetFields(StandardAttrs):
+    """A subnet's client-settable attributes."""
+
+    id: str | None = None
+    network_id: str | None = None
+    cidr: str | None = None
+    ip_version: Literal[4, 6] | None = None
+    gateway_ip: str | None = Field(None, description="Default: the first host; null: none.")
+    allocation_pools: list[AllocationPool] | None = None
+    dns_nameservers: list[str] | None = None
+    host_routes: list[HostRoute] | None = None
+    enable_dhcp: bool | None = None
+    ipv6_ra_mode: None = None
+    ipv6_address_mode: None = None
+    subnetpool_id: None = None
+    segment_id: None = None
+    service_types: list[str] | None = None
+
+
+class SubnetCreate(SubnetFields):
+    """Body of one subnet in a create request."""
+
+    network_id: str
+    cidr: str
+
+
+class SubnetUpdate(SubnetFields, ReadOnlyEcho):
+    """Body of a subnet update."""
+
+
+# -- ports ---------------------------------------------------------------------------------------
+
+
+class FixedIp(Body):
+    """A requested address: a subnet to allocate from, an explicit IP, or both."""
+
+    subnet_id: str | None = None
+    ip_address: str | None = None
+
+
+class AddressPair(Body):
+    """An extra source (IP or CIDR, optional MAC) the port may use."""
+
+    ip_address: str
+    mac_address: str | None = None
+
+
+class PortFields(StandardAttrs):
+    """A port's client-settable attributes."""
+
+    id: str | None = None
+    network_id: str | None = None
+    mac_address: str | None = None
+    fixed_ips: list[FixedIp] | None = None
+    device_id: str | None = Field(None, max_length=255)
+    device_owner: str | None = Field(None, max_length=255)
+    admin_state_up: bool | None = None
+    status: str | None = Field(None, description="Accepted and ignored: set by the data plane.")
+    port_security_enabled: bool | None = None
+    security_groups: list[str] | None = None
+    allowed_address_pairs: list[AddressPair] | None = None
+    binding_host_id: str | None = Field(None, alias="binding:host_id", max_length=255)
+    binding_profile: dict[str, Any] | None = Field(None, alias="binding:profile")
+    binding_vnic_type: Literal["normal"] | None = Field(None, alias="binding:vnic_type")
+
+
+class PortCreate(PortFields):
+    """Body of one port in a create request."""
+
+    network_id: str
+
+
+class PortUpdate(PortFields, ReadOnlyEcho):
+    """Body of a port update."""
+
+    binding_vif_type: str | None = Field(None, alias="binding:vif_type")
+    binding_vif_details: dict[str, Any] | None = Field(None, alias="binding:vif_details")
+
+
+class CompatPortCreate(PortCreate):
+    """CloudStack's OpenDaylight plugin sends ``fixed_ips`` as a list of plain addresses."""
+
+    fixed_ips: list[FixedIp | str] | None = None  # type: ignore[assignment]
+
+
+class CompatPortUpdate(PortUpdate):
+    """See `CompatPortCreate`."""
+
+    fixed_ips: list[FixedIp | str] | None = None  # type: ignore[assignment]
+
+
+# -- hosts ---------------------------------------------------------------------------------------
+
+
+class HostFields(Body):
+    """A hypervisor as the orchestrator describes it."""
+
+    name: str | None = Field(None, max_length=255)
+    description: str | None = Field(None, max_length=255)
+    tunnel_ip: str | None = Field(None, description="IPv4 address terminating the overlay.")
+    ovsdb: str | None = Field(
+        None, description="tcp:IP:PORT or unix:/PATH; default tcp:<tunnel_ip>:6640."
+    )
+    integration_bridge: str | None = Field(None, max_length=15)
+    datapath_type: Literal["system", "netdev"] | None = None
+    status: str | None = Field(None, description="Accepted and ignored: set by the data plane.")
+    datapath_id: str | None = Field(None, description="Accepted and ignored.")
+
+
+class HostCreate(HostFields):
+    """Body of one host in a create request (``id`` is the orchestrator's host name)."""
+
+    id: str = Field(min_length=1, max_length=255)
+    tunnel_ip: str
+
+
+class HostUpdate(HostFields, ReadOnlyEcho):
+    """Body of a host update."""
+
+    id: str | None = None
+
+
+# -- envelopes -----------------------------------------------------------------------------------
+
+
+class TagsBody(Body):
+    """``PUT /<collection>/<id>/tags``: the complete new tag list."""
+
+    tags: list[str]
+
+
+@cache
+def create_envelope(singular: str, plural: str, item: type[Body]) -> type[Body]:
+    """``{"network": {...}}`` or, for bulk create, ``{"networks": [{...}, ...]}``."""
+    fields: dict[str, Any] = {
+        singular: (item | None, None),
+        plural: (list[item] | None, Field(None, min_length=1)),  # type: ignore[valid-type]
+    }
+    model: type[Body] = create_model(f"{item.__name__}Request", __base__=Body, **fields)
+    return model
+
+
+@cache
+def update_envelope(singular: str, item: type[Body]) -> type[Body]:
+    """``{"network": {...}}`` with the attributes to change."""
+    fields: dict[str, Any] = {singular: (item, ...)}
+    model: type[Body] = create_model(f"{item.__name__}Request", __base__=Body, **fields)
+    return model

@@ -1,0 +1,244 @@
+"""The Neutron collection routes (list, create incl. bulk, show, update, delete, tags), built once
+per resource from a small description.
+
+All four collections behave identically apart from their models, so one factory serves them,
+and the CloudStack compatibility paths mount the very same routes under another prefix.
+Endpoints are plain ``def``: the store blocks on SQLite, and FastAPI runs sync endpoints in its
+thread pool, so a slow commit never stalls the event loop.
+"""
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from controller.api import request_bodies as rq
+from controller.api import response_bodies as rs
+from controller.api.listing import filtered, next_link, page, project, public, requested_fields
+from controller.store import InvalidInput, Store
+from controller.store.errors import NotFound, not_found
+
+FieldsQuery = Annotated[list[str] | None, Query(description="Attributes to return")]
+IfMatch = Annotated[str | None, Header(description="revision_number=N: 412 unless current")]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": rs.NeutronErrorBody, "description": "Neutron error"}
+    for code in (400, 401, 404, 409, 412, 413)
+}
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One Neutron collection: names, request models and the response view."""
+
+    kind: str
+    plural: str
+    create: type[rq.Body]
+    update: type[rq.Body]
+    view: type[rs.View]
+
+    @property
+    def attributes(self) -> frozenset[str]:
+        return rs.attribute_names(self.view)
+
+
+NETWORKS = Resource("network", "networks", rq.NetworkCreate, rq.NetworkUpdate, rs.NetworkView)
+SUBNETS = Resource("subnet", "subnets", rq.SubnetCreate, rq.SubnetUpdate, rs.SubnetView)
+PORTS = Resource("port", "ports", rq.PortCreate, rq.PortUpdate, rs.PortView)
+HOSTS = Resource("host", "hosts", rq.HostCreate, rq.HostUpdate, rs.HostView)
+COMPAT_PORTS = Resource("port", "ports", rq.CompatPortCreate, rq.CompatPortUpdate, rs.PortView)
+
+
+def expected_revision(if_match: str | None) -> int | None:
+    """``If-Match: revision_number=N`` (other If-Match forms, e.g. ETags, are not ours)."""
+    if if_match is None:
+        return None
+    for part in if_match.split(","):
+        name, sep, value = part.strip().partition("=")
+        if sep and name == "revision_number":
+            if not value.strip().isdigit():
+                raise InvalidInput(
+                    f"Invalid If-Match header: revision_number '{value}' is not an integer",
+                    "HTTPBadRequest",
+                )
+            return int(value)
+    return None
+
+
+def to_store(item: rq.Body) -> dict[str, Any]:
+    """The attributes the client actually sent, by their JSON names.
+
+    Plain strings in ``fixed_ips`` (CloudStack) become ``{"ip_address": ...}``.
+    """
+    body = item.model_dump(by_alias=True, exclude_unset=True)
+    if isinstance(body.get("fixed_ips"), list):
+        body["fixed_ips"] = [
+            {"ip_address": ip} if isinstance(ip, str) else ip for ip in body["fixed_ips"]
+        ]
+    return body
+
+
+def collection_router(store: Store, res: Resource, *, seg_id_is_hint: bool = False) -> APIRouter:
+    """The routes of one collection; ``seg_id_is_hint`` is for the CloudStack paths."""
+    router = APIRouter(tags=[res.plural], responses=ERRORS)
+    singular, plural = res.kind, res.plural
+    create_model = rq.create_envelope(singular, plural, res.create)
+    update_model = rq.update_envelope(singular, res.update)
+    show_model = rs.show_envelope(singular, res.view)
+    list_model = rs.list_envelope(plural, res.view)
+
+    def load(obj_id: str) -> dict[str, Any]:
+        obj = store.get(res.kind, obj_id)
+        if obj is None:
+            raise not_found(res.kind, obj_id)
+        return obj
+
+    def candidates(request: Request) -> list[dict[str, Any]]:
+        """Everything, or (ports) only one network's or host's ports, read via the index."""
+        params = request.query_params
+        if res.kind == "port":
+            net = params.getlist("network_id")
+            host = params.getlist("binding:host_id")
+            if len(net) == 1 or len(host) == 1:
+                return store.list_ports(
+                    network_id=net[0] if len(net) == 1 else None,
+                    host_id=host[0] if len(host) == 1 and host[0] else None,
+                )
+        return store.list_all(res.kind)
+
+    @router.get(
+        f"/{plural}",
+        summary=f"List {plural}",
+        response_model=None,
+        responses={200: {"model": list_model}},
+    )
+    def list_objects(
+        request: Request,
+        fields: FieldsQuery = None,
+        limit: Annotated[int | None, Query(ge=0, description="Page size (0: all)")] = None,
+        marker: Annotated[str | None, Query(description="Id of the last object seen")] = None,
+        sort_key: Annotated[str | None, Query(description="Attribute to sort on")] = None,
+        sort_dir: Annotated[str | None, Query(pattern="^(asc|desc)$")] = None,
+    ) -> JSONResponse:
+        """Filter on any attribute (repeat a key for OR); page with limit/marker."""
+        params = request.query_params
+        matching = filtered(candidates(request), params, res.attributes)
+        shown, more = page(
+            matching, params, res.attributes, lambda i: store.get(res.kind, i), singular
+        )
+        names = requested_fields(params)
+        result: dict[str, Any] = {plural: [project(o, names) for o in shown]}
+        if more:
+            result[f"{plural}_links"] = [next_link(request.url, shown[-1], params.get("limit"))]
+        return JSONResponse(result)
+
+    @router.post(
+        f"/{plural}",
+        status_code=201,
+        summary=f"Create one {singular} or, with '{plural}', several at once (atomically)",
+        response_model=None,
+        responses={201: {"model": show_model}},
+    )
+    def create_objects(body: create_model) -> JSONResponse:  # type: ignore[valid-type]
+        one = getattr(body, singular)
+        many = getattr(body, plural)
+        if (one is None) == (many is None):
+            raise InvalidInput(
+                f"Unable to find '{singular}' or '{plural}' in request body", "HTTPBadRequest"
+            )
+        items = [one] if one is not None else list(many)
+        created = store.create(
+            res.kind, [to_store(i) for i in items], seg_id_is_hint=seg_id_is_hint
+        )
+        if one is not None:
+            return JSONResponse({singular: public(created[0])}, status_code=201)
+        return JSONResponse({plural: [public(o) for o in created]}, status_code=201)
+
+    @router.get(
+        f"/{plural}/{{obj_id}}",
+        summary=f"Show one {singular}",
+        response_model=None,
+        responses={200: {"model": show_model}},
+    )
+    def show_object(
+        request: Request,
+        obj_id: str,
+        fields: FieldsQuery = None,
+    ) -> JSONResponse:
+        names = requested_fields(request.query_params)
+        return JSONResponse({singular: project(load(obj_id), names)})
+
+    @router.put(
+        f"/{plural}/{{obj_id}}",
+        summary=f"Update one {singular} (partial)",
+        response_model=None,
+        responses={200: {"model": show_model}},
+    )
+    def update_object(
+        obj_id: str,
+        body: update_model,  # type: ignore[valid-type]
+        if_match: IfMatch = None,
+    ) -> JSONResponse:
+        changes = to_store(getattr(body, singular))
+        updated = store.update(
+            res.kind, obj_id, changes, expected_revision=expected_revision(if_match)
+        )
+        return JSONResponse({singular: public(updated)})
+
+    @router.delete(f"/{plural}/{{obj_id}}", status_code=204, summary=f"Delete one {singular}")
+    def delete_object(obj_id: str, if_match: IfMatch = None) -> Response:
+        store.delete(res.kind, obj_id, expected_revision=expected_revision(if_match))
+        return Response(status_code=204)
+
+    if res.kind != "host":
+        add_tag_routes(router, store, res)
+    return router
+
+
+def add_tag_routes(router: APIRouter, store: Store, res: Resource) -> None:
+    """Neutron's tag sub-resource (what ``openstack ... --tag`` and the SDK's tag calls use)."""
+    base = f"/{res.plural}/{{obj_id}}/tags"
+
+    def tags_of(obj_id: str) -> list[str]:
+        obj = store.get(res.kind, obj_id)
+        if obj is None:
+            raise not_found(res.kind, obj_id)
+        return list(obj["tags"])
+
+    def set_tags(obj_id: str, tags: list[str]) -> list[str]:
+        return list(store.update(res.kind, obj_id, {"tags": tags})["tags"])
+
+    @router.get(base, summary="List tags", responses={200: {"model": rs.TagsView}})
+    def get_tags(obj_id: str) -> dict[str, list[str]]:
+        return {"tags": tags_of(obj_id)}
+
+    @router.put(base, summary="Replace all tags", responses={200: {"model": rs.TagsView}})
+    def replace_tags(obj_id: str, body: rq.TagsBody) -> dict[str, list[str]]:
+        return {"tags": set_tags(obj_id, list(dict.fromkeys(body.tags)))}
+
+    @router.delete(base, status_code=204, summary="Remove all tags")
+    def clear_tags(obj_id: str) -> Response:
+        set_tags(obj_id, [])
+        return Response(status_code=204)
+
+    @router.get(base + "/{tag}", status_code=204, summary="Check one tag")
+    def has_tag(obj_id: str, tag: str) -> Response:
+        if tag not in tags_of(obj_id):
+            raise NotFound(f"Tag {tag} could not be found.", "TagNotFound")
+        return Response(status_code=204)
+
+    @router.put(base + "/{tag}", status_code=201, summary="Add one tag")
+    def add_tag(obj_id: str, tag: str) -> Response:
+        tags = tags_of(obj_id)
+        if tag not in tags:
+            set_tags(obj_id, [*tags, tag])
+        return Response(status_code=201)
+
+    @router.delete(base + "/{tag}", status_code=204, summary="Remove one tag")
+    def remove_tag(obj_id: str, tag: str) -> Response:
+        tags = tags_of(obj_id)
+        if tag not in tags:
+            raise NotFound(f"Tag {tag} could not be found.", "TagNotFound")
+        set_tags(obj_id, [t for t in tags if t != tag])
+        return Response(status_code=204)

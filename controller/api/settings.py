@@ -1,0 +1,20 @@
+"""API configuration, passed explicitly to `create_app` (no globals, so tests can build many
+apps side by side)."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """How the API authenticates and what it accepts.
+
+    With neither ``auth_token`` nor ``basic_user`` set the API is open (a lab, or a controller
+    reachable only from the orchestrator's host).  ``underlay_mtu`` should match the `Store`'s:
+    it is advertised in the resources document so operators can check it.
+    """
+
+    auth_token: str | None = None
+    basic_user: str | None = None
+    basic_password: str | None = None
+    max_body_bytes: int = 1_048_576
+    underlay_mtu: int = 1500

@@ -1,0 +1,86 @@
+"""Discovery documents: API versions, the v2.0 resource list, and the extension list.
+
+openstacksdk and openstackclient start with ``GET /`` (which version, at which URL) and ask
+``/v2.0/extensions`` whether e.g. tags or revision ``If-Match`` are supported before using them,
+so these must list exactly what tenantnet implements.
+"""
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from controller.store.errors import NotFound
+
+UPDATED = "2024-01-01T00:00:00-00:00"
+
+EXTENSIONS: list[tuple[str, str, str]] = [
+    ("provider", "Provider Network", "Overlay type and segmentation id of a network."),
+    ("binding", "Port Binding", "Host a port is bound to, and how it is plugged (OVS)."),
+    ("port-security", "Port Security", "Anti-spoofing on/off per network and port."),
+    ("allowed-address-pairs", "Allowed Address Pairs", "Extra IP/MAC a port may send from."),
+    ("net-mtu", "Network MTU", "MTU of a network, derived from the underlay MTU."),
+    ("standard-attr-revisions", "Resource revision numbers", "revision_number on resources."),
+    ("revision-if-match", "If-Match constraints based on revision_number", "412 on mismatch."),
+    ("standard-attr-timestamp", "Resource timestamps", "created_at and updated_at."),
+    ("standard-attr-tag", "Tag support for resources", "tags and the /tags sub-resource."),
+    ("standard-attr-description", "standard-attr-description", "description on resources."),
+    ("project-id", "project_id field enabled", "project_id alongside tenant_id."),
+    ("pagination", "Pagination support", "limit and marker on collections."),
+    ("sorting", "Sorting support", "sort_key and sort_dir on collections."),
+    ("filter-validation", "Filter parameters validation", "Unknown filters are refused."),
+    ("tenantnet-hosts", "Hypervisor hosts", "The /v2.0/hosts collection of tenantnet."),
+]
+
+COLLECTIONS = (("network", "networks"), ("subnet", "subnets"), ("port", "ports"), ("host", "hosts"))
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _extension(alias: str, name: str, description: str) -> dict[str, Any]:
+    return {
+        "alias": alias,
+        "name": name,
+        "description": description,
+        "updated": UPDATED,
+        "links": [],
+    }
+
+
+def router() -> APIRouter:
+    """The discovery routes."""
+    api = APIRouter(tags=["discovery"])
+
+    @api.get("/", summary="API versions (no authentication)")
+    def versions(request: Request) -> dict[str, Any]:
+        link = {"href": f"{_base(request)}/v2.0/", "rel": "self"}
+        return {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [link]}]}
+
+    @api.get("/v2.0/", summary="Resources of API v2.0")
+    @api.get("/v2.0", include_in_schema=False)
+    def resources(request: Request) -> dict[str, Any]:
+        base = _base(request)
+        return {
+            "resources": [
+                {
+                    "name": singular,
+                    "collection": plural,
+                    "links": [{"href": f"{base}/v2.0/{plural}", "rel": "self"}],
+                }
+                for singular, plural in COLLECTIONS
+            ]
+        }
+
+    @api.get("/v2.0/extensions", summary="Supported extensions")
+    def extensions() -> dict[str, Any]:
+        return {"extensions": [_extension(*e) for e in EXTENSIONS]}
+
+    @api.get("/v2.0/extensions/{alias}", summary="One extension")
+    def extension(alias: str) -> dict[str, Any]:
+        for entry in EXTENSIONS:
+            if entry[0] == alias:
+                return {"extension": _extension(*entry)}
+        raise NotFound(f"Extension with alias {alias} does not exist", "ExtensionNotFound")
+
+    return api

@@ -1,0 +1,733 @@
+"""The Neutron v2.0 API over a real store: shapes, rules, errors, lists, auth, limits."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from controller.events import ChangeEvent
+from controller.store import Store
+from tests.unit.conftest import ClientFactory, TestClient
+
+NET_ID = "22222222-2222-4222-8222-222222222222"
+REQUIRED_EXTENSIONS = {
+    "provider",
+    "binding",
+    "port-security",
+    "standard-attr-revisions",
+    "standard-attr-timestamp",
+    "standard-attr-tag",
+    "standard-attr-description",
+    "project-id",
+}
+
+
+def error_of(response: Any, status: int, type_: str | None = None) -> str:
+    """Assert a Neutron error of this status (and type) and return its message."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"NeutronError"}
+    err = body["NeutronError"]
+    assert set(err) == {"type", "message", "detail"}
+    assert "Traceback" not in err["message"]
+    if type_ is not None:
+        assert err["type"] == type_
+    return str(err["message"])
+
+
+def create(client: TestClient, singular: str, **attrs: Any) -> dict[str, Any]:
+    r = client.post(f"/v2.0/{singular}s", json={singular: attrs})
+    assert r.status_code == 201, r.text
+    return dict(r.json()[singular])
+
+
+def net_with_subnet(client: TestClient, cidr: str = "10.0.0.0/24") -> tuple[str, str]:
+    net = create(client, "network", name="n")
+    subnet = create(client, "subnet", network_id=net["id"], cidr=cidr)
+    return net["id"], subnet["id"]
+
+
+# -- discovery -------------------------------------------------------------------------------------
+
+
+def test_version_document(client: TestClient) -> None:
+    r = client.get("/")
+    assert r.status_code == 200
+    assert r.json() == {
+        "versions": [
+            {
+                "id": "v2.0",
+                "status": "CURRENT",
+                "links": [{"href": "http://testserver/v2.0/", "rel": "self"}],
+            }
+        ]
+    }
+
+
+def test_resources_document(client: TestClient) -> None:
+    body = client.get("/v2.0/").json()
+    collections = {r["collection"]: r for r in body["resources"]}
+    assert {"networks", "subnets", "ports", "hosts"} <= set(collections)
+    assert collections["ports"]["links"][0]["href"] == "http://testserver/v2.0/ports"
+
+
+def test_extensions(client: TestClient) -> None:
+    listed = client.get("/v2.0/extensions").json()["extensions"]
+    aliases = {e["alias"] for e in listed}
+    assert aliases >= REQUIRED_EXTENSIONS
+    assert "ext-gw-mode" not in aliases
+    one = client.get("/v2.0/extensions/binding")
+    assert one.status_code == 200 and one.json()["extension"]["alias"] == "binding"
+    error_of(client.get("/v2.0/extensions/router"), 404, "ExtensionNotFound")
+
+
+def test_openapi_and_docs_are_served(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    assert "/v2.0/ports" in schema["paths"]
+    post = schema["paths"]["/v2.0/networks"]["post"]
+    ref = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    envelope = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert {"network", "networks"} <= set(envelope["properties"])
+    assert client.get("/docs").status_code == 200
+
+
+# -- networks --------------------------------------------------------------------------------------
+
+
+def test_network_create_defaults_and_shape(client: TestClient) -> None:
+    net = create(client, "network", id=NET_ID, name="blue", tenant_id="proj")
+    assert net["id"] == NET_ID
+    assert net["project_id"] == net["tenant_id"] == "proj"
+    assert net["status"] == "ACTIVE" and net["admin_state_up"] is True
+    assert net["shared"] is False and net["router:external"] is False
+    assert net["provider:network_type"] == "vxlan"
+    assert net["provider:segmentation_id"] == 1
+    assert net["mtu"] == 1450
+    assert net["revision_number"] == 1
+    assert net["created_at"].endswith("Z") and net["updated_at"].endswith("Z")
+    assert net["tags"] == [] and net["subnets"] == [] and net["description"] == ""
+    assert not any(k.startswith("_") for k in net)
+
+
+def test_gre_network_and_segmentation_id_rules(client: TestClient) -> None:
+    gre = create(
+        client,
+        "network",
+        **{"provider:network_type": "gre", "provider:segmentation_id": "4000000000"},
+    )
+    assert gre["provider:segmentation_id"] == 4000000000 and gre["mtu"] == 1458
+    taken = client.post(
+        "/v2.0/networks",
+        json={"network": {"provider:network_type": "gre", "provider:segmentation_id": 4000000000}},
+    )
+    assert "4000000000" in error_of(taken, 409, "TunnelIdInUse")
+    too_big = client.post(
+        "/v2.0/networks", json={"network": {"provider:segmentation_id": 16777216}}
+    )
+    assert "provider:segmentation_id" in error_of(too_big, 400)
+    assert "provider:segmentation_id" in error_of(
+        client.post("/v2.0/networks", json={"network": {"provider:segmentation_id": "ten"}}), 400
+    )
+    assert "provider:network_type" in error_of(
+        client.post("/v2.0/networks", json={"network": {"provider:network_type": "vlan"}}), 400
+    )
+
+
+def test_internal_fields_never_shown(client: TestClient, store: Store) -> None:
+    net = create(client, "network")
+    assert "_key" in store.get_network(net["id"])
+    for body in (
+        client.get(f"/v2.0/networks/{net['id']}").json()["network"],
+        client.get("/v2.0/networks").json()["networks"][0],
+        client.get(f"/v2.0/networks/{net['id']}?fields=_key&fields=id").json()["network"],
+    ):
+        assert not any(k.startswith("_") for k in body)
+
+
+def test_network_subnets_list_follows_subnets(client: TestClient) -> None:
+    net_id, subnet_id = net_with_subnet(client)
+    assert client.get(f"/v2.0/networks/{net_id}").json()["network"]["subnets"] == [subnet_id]
+
+
+# -- subnets ---------------------------------------------------------------------------------------
+
+
+def test_subnet_defaults(client: TestClient) -> None:
+    net = create(client, "network")
+    sub = create(client, "subnet", network_id=net["id"], cidr="10.5.0.0/24", name="s")
+    assert sub["ip_version"] == 4
+    assert sub["gateway_ip"] == "10.5.0.1"
+    assert sub["allocation_pools"] == [{"start": "10.5.0.2", "end": "10.5.0.254"}]
+    assert sub["dns_nameservers"] == [] and sub["host_routes"] == []
+    assert sub["enable_dhcp"] is True and sub["revision_number"] == 1
+    v6 = create(client, "subnet", network_id=net["id"], cidr="2001:db8::/64", gateway_ip=None)
+    assert v6["ip_version"] == 6 and v6["gateway_ip"] is None
+
+
+@pytest.mark.parametrize(
+    ("attrs", "field"),
+    [
+        ({"cidr": "10.0.0.0/33"}, "cidr"),
+        ({"cidr": "banana"}, "cidr"),
+        ({"cidr": "10.0.0.0/24", "ip_version": 6}, "ip_version"),
+        ({"cidr": "10.0.0.0/24", "ip_version": 5}, "ip_version"),
+        ({"cidr": "10.0.0.0/24", "gateway_ip": "10.0.9.1"}, "gateway_ip"),
+        ({"cidr": "10.0.0.0/24", "dns_nameservers": ["8.8.8"]}, "dns_nameservers"),
+        (
+            {"cidr": "10.0.0.0/24", "host_routes": [{"destination": "x", "nexthop": "1.1.1.1"}]},
+            "host_routes",
+        ),
+    ],
+)
+def test_subnet_validation_names_the_field(
+    client: TestClient, attrs: dict[str, Any], field: str
+) -> None:
+    net = create(client, "network")
+    r = client.post("/v2.0/subnets", json={"subnet": {"network_id": net["id"], **attrs}})
+    assert field in error_of(r, 400)
+
+
+def test_subnet_on_missing_network(client: TestClient) -> None:
+    r = client.post("/v2.0/subnets", json={"subnet": {"network_id": "nope", "cidr": "10.0.0.0/24"}})
+    assert error_of(r, 404, "NetworkNotFound") == "Network nope could not be found."
+
+
+# -- ports -----------------------------------------------------------------------------------------
+
+
+def test_port_create_defaults(client: TestClient) -> None:
+    net_id, subnet_id = net_with_subnet(client)
+    port = create(client, "port", network_id=net_id, status="ACTIVE", device_id="vm1")
+    assert port["status"] == "DOWN"  # controller-owned
+    assert port["mac_address"].startswith("fa:16:3e:")
+    assert port["fixed_ips"] == [{"subnet_id": subnet_id, "ip_address": "10.0.0.2"}]
+    assert port["binding:vif_type"] == "ovs" and port["binding:vnic_type"] == "normal"
+    assert port["binding:host_id"] == ""
+    assert port["port_security_enabled"] is True
+    assert port["allowed_address_pairs"] == [] and port["security_groups"] == []
+    assert port["admin_state_up"] is True and port["device_id"] == "vm1"
+    assert port["revision_number"] == 1
+
+
+def test_port_on_missing_network(client: TestClient) -> None:
+    r = client.post("/v2.0/ports", json={"port": {"network_id": "abc"}})
+    assert error_of(r, 404, "NetworkNotFound") == "Network abc could not be found."
+
+
+def test_port_mac_rules(client: TestClient) -> None:
+    net_id, _ = net_with_subnet(client)
+    bad = client.post("/v2.0/ports", json={"port": {"network_id": net_id, "mac_address": "zz"}})
+    assert error_of(bad, 400) == (
+        "Invalid input for mac_address. Reason: 'zz' is not a valid MAC address."
+    )
+    create(client, "port", network_id=net_id, mac_address="FA:16:3E:AA:BB:CC")
+    dup = client.post(
+        "/v2.0/ports", json={"port": {"network_id": net_id, "mac_address": "fa-16-3e-aa-bb-cc"}}
+    )
+    message = error_of(dup, 409, "MacAddressInUse")
+    assert "fa:16:3e:aa:bb:cc" in message and "MacAddressInUse" in message
+
+
+def test_port_ip_rules(client: TestClient) -> None:
+    net_id, subnet_id = net_with_subnet(client)
+    fixed = create(client, "port", network_id=net_id, fixed_ips=[{"ip_address": "10.0.0.20"}])
+    assert fixed["fixed_ips"] == [{"subnet_id": subnet_id, "ip_address": "10.0.0.20"}]
+    again = client.post(
+        "/v2.0/ports",
+        json={"port": {"network_id": net_id, "fixed_ips": [{"ip_address": "10.0.0.20"}]}},
+    )
+    assert "10.0.0.20" in error_of(again, 409, "IpAddressAlreadyAllocated")
+    outside = client.post(
+        "/v2.0/ports",
+        json={
+            "port": {
+                "network_id": net_id,
+                "fixed_ips": [{"subnet_id": subnet_id, "ip_address": "192.168.1.1"}],
+            }
+        },
+    )
+    error_of(outside, 400, "InvalidIpForSubnet")
+    bad_ip = client.post(
+        "/v2.0/ports",
+        json={"port": {"network_id": net_id, "fixed_ips": [{"ip_address": "10.0.0.300"}]}},
+    )
+    assert "fixed_ips" in error_of(bad_ip, 400)
+    by_subnet = create(client, "port", network_id=net_id, fixed_ips=[{"subnet_id": subnet_id}])
+    assert by_subnet["fixed_ips"][0]["ip_address"] == "10.0.0.2"
+
+
+def test_port_update_and_read_only(client: TestClient) -> None:
+    net_id, _ = net_with_subnet(client)
+    other = create(client, "network")
+    port = create(client, "port", network_id=net_id)
+    r = client.put(f"/v2.0/ports/{port['id']}", json={"port": {"name": "eth0", "status": "X"}})
+    assert r.status_code == 200
+    updated = r.json()["port"]
+    assert updated["name"] == "eth0" and updated["status"] == "DOWN"
+    assert updated["revision_number"] == 2
+    moved = client.put(f"/v2.0/ports/{port['id']}", json={"port": {"network_id": other["id"]}})
+    assert "network_id" in error_of(moved, 400)
+    renamed = client.put(f"/v2.0/ports/{port['id']}", json={"port": {"id": "x"}})
+    assert "id" in error_of(renamed, 400)
+    error_of(client.put("/v2.0/ports/nope", json={"port": {"name": "x"}}), 404, "PortNotFound")
+
+
+def test_if_match_revision(client: TestClient) -> None:
+    net = create(client, "network")
+    url = f"/v2.0/networks/{net['id']}"
+    stale = client.put(
+        url, json={"network": {"name": "a"}}, headers={"If-Match": "revision_number=5"}
+    )
+    assert "current revision is 1" in error_of(stale, 412, "RevisionNumberConstraintFailed")
+    ok = client.put(url, json={"network": {"name": "a"}}, headers={"If-Match": "revision_number=1"})
+    assert ok.status_code == 200 and ok.json()["network"]["revision_number"] == 2
+    error_of(client.delete(url, headers={"If-Match": "revision_number=1"}), 412)
+    error_of(client.put(url, json={"network": {}}, headers={"If-Match": "revision_number=x"}), 400)
+    assert client.delete(url, headers={"If-Match": "revision_number=2"}).status_code == 204
+
+
+def test_delete_rules(client: TestClient) -> None:
+    net_id, subnet_id = net_with_subnet(client)
+    port = create(client, "port", network_id=net_id)
+    error_of(client.delete(f"/v2.0/networks/{net_id}"), 409, "NetworkInUse")
+    error_of(client.delete(f"/v2.0/subnets/{subnet_id}"), 409, "SubnetInUse")
+    r = client.delete(f"/v2.0/ports/{port['id']}")
+    assert r.status_code == 204 and r.content == b""
+    assert client.delete(f"/v2.0/networks/{net_id}").status_code == 204
+    error_of(client.get(f"/v2.0/subnets/{subnet_id}"), 404, "SubnetNotFound")
+    error_of(client.delete(f"/v2.0/networks/{net_id}"), 404, "NetworkNotFound")
+
+
+# -- bulk ------------------------------------------------------------------------------------------
+
+
+def test_bulk_create(client: TestClient, events: list[ChangeEvent]) -> None:
+    r = client.post("/v2.0/networks", json={"networks": [{"name": "a"}, {"name": "b"}]})
+    assert r.status_code == 201
+    assert [n["name"] for n in r.json()["networks"]] == ["a", "b"]
+    assert len({n["provider:segmentation_id"] for n in r.json()["networks"]}) == 2
+    assert len(events) == 2
+
+
+def test_bulk_create_is_atomic(client: TestClient, store: Store) -> None:
+    net_id, _ = net_with_subnet(client)
+    r = client.post(
+        "/v2.0/ports",
+        json={
+            "ports": [
+                {"network_id": net_id, "name": "ok1"},
+                {"network_id": net_id, "mac_address": "fa:16:3e:00:00:09"},
+                {"network_id": net_id, "mac_address": "fa:16:3e:00:00:09"},
+            ]
+        },
+    )
+    error_of(r, 409, "MacAddressInUse")
+    assert store.list_ports() == []
+    bad_second = client.post("/v2.0/networks", json={"networks": [{"name": "x"}, {"name": 5}]})
+    error_of(bad_second, 400)
+    assert [n["name"] for n in store.list_networks()] == ["n"]
+
+
+def test_body_must_name_the_resource(client: TestClient) -> None:
+    error_of(client.post("/v2.0/networks", json={}), 400)
+    error_of(client.post("/v2.0/networks", json={"network": {}, "networks": [{}]}), 400)
+    error_of(client.post("/v2.0/networks", json={"networks": []}), 400)
+    assert "Unrecognized attribute(s) 'subnet'" in error_of(
+        client.post("/v2.0/networks", json={"subnet": {}}), 400
+    )
+
+
+# -- malformed input -------------------------------------------------------------------------------
+
+
+def test_unknown_attribute(client: TestClient) -> None:
+    r = client.post("/v2.0/networks", json={"network": {"name": "x", "foo": 1}})
+    assert error_of(r, 400, "HTTPBadRequest") == "Unrecognized attribute(s) 'foo'"
+
+
+@pytest.mark.parametrize(
+    ("content", "headers"),
+    [
+        (b"{not json", {"content-type": "application/json"}),
+        (b"", {"content-type": "application/json"}),
+        (b"[1, 2]", {"content-type": "application/json"}),
+        (b"null", {"content-type": "application/json"}),
+        (b'{"network": 5}', {"content-type": "application/json"}),
+        (b'{"network": {"name": "x"}}', {"content-type": "text/plain"}),
+        (b"\xff\xfe", {"content-type": "application/json"}),
+    ],
+)
+def test_malformed_bodies_are_400(
+    client: TestClient, content: bytes, headers: dict[str, str]
+) -> None:
+    error_of(client.post("/v2.0/networks", content=content, headers=headers), 400)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "field"),
+    [
+        ({"name": 5}, "name"),
+        ({"admin_state_up": "maybe"}, "admin_state_up"),
+        ({"tags": "x"}, "tags"),
+        ({"mtu": 10}, "mtu"),
+        ({"mtu": 9000}, "mtu"),
+        ({"shared": None}, "shared"),
+    ],
+)
+def test_wrong_types_name_the_field(client: TestClient, attrs: dict[str, Any], field: str) -> None:
+    message = error_of(client.post("/v2.0/networks", json={"network": attrs}), 400)
+    assert message.startswith(f"Invalid input for {field}. Reason: ")
+
+
+def test_unknown_routes_and_methods(client: TestClient) -> None:
+    error_of(client.get("/v2.0/routers"), 404)
+    error_of(client.delete("/v2.0/networks"), 405, "HTTPMethodNotAllowed")
+    error_of(client.get("/v2.0/ports/does-not-exist"), 404, "PortNotFound")
+
+
+def test_internal_errors_are_neutron_errors_without_traceback(
+    make_client: ClientFactory, store: Store, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    client = make_client(raise_server_exceptions=False)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(store, "list_all", broken)
+    r = client.get("/v2.0/networks")
+    message = error_of(r, 500, "HTTPInternalServerError")
+    assert "secret" not in message and "secret" not in r.text
+    assert "secret internals" in caplog.text  # logged server-side
+
+
+# -- body size -------------------------------------------------------------------------------------
+
+
+def test_oversized_body_is_413_before_parsing(make_client: ClientFactory, store: Store) -> None:
+    client = make_client(max_body_bytes=200)
+    big = b'{"network": {"name": "' + b"x" * 300 + b'"}}'
+    r = client.post("/v2.0/networks", content=big, headers={"content-type": "application/json"})
+    error_of(r, 413, "RequestEntityTooLarge")
+    garbage = b"\x00" * 500  # not even JSON: refused for its size, not its syntax
+    error_of(client.post("/v2.0/networks", content=garbage), 413)
+    assert store.list_networks() == []
+
+
+def test_oversized_chunked_body_is_413(make_client: ClientFactory, store: Store) -> None:
+    client = make_client(max_body_bytes=200)
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"network": {"name": "'
+        for _ in range(10):
+            yield b"y" * 50
+        yield b'"}}'
+
+    r = client.post(
+        "/v2.0/networks", content=chunks(), headers={"content-type": "application/json"}
+    )
+    error_of(r, 413, "RequestEntityTooLarge")
+    assert store.list_networks() == []
+
+
+def test_body_under_the_limit_passes(make_client: ClientFactory) -> None:
+    client = make_client(max_body_bytes=200)
+    assert client.post("/v2.0/networks", json={"network": {"name": "small"}}).status_code == 201
+
+
+# -- listing ---------------------------------------------------------------------------------------
+
+
+def test_filters(client: TestClient) -> None:
+    net_id, subnet_id = net_with_subnet(client)
+    p1 = create(client, "port", network_id=net_id, name="a", **{"binding:host_id": "hv1"})
+    p2 = create(client, "port", network_id=net_id, name="b", admin_state_up=False)
+    p3 = create(client, "port", network_id=net_id, name="c", **{"binding:host_id": "hv2"})
+
+    def names(query: str) -> list[str]:
+        r = client.get(f"/v2.0/ports?{query}")
+        assert r.status_code == 200, r.text
+        return sorted(p["name"] for p in r.json()["ports"])
+
+    assert names("binding%3Ahost_id=hv1") == ["a"]
+    assert names("binding:host_id=hv2") == ["c"]
+    assert names("binding%3Ahost_id=hv1&binding%3Ahost_id=hv2") == ["a", "c"]
+    assert names("name=a&name=b") == ["a", "b"]
+    assert names("admin_state_up=False") == ["b"]
+    assert names("admin_state_up=true") == ["a", "c"]
+    assert names(f"network_id={net_id}&name=c") == ["c"]
+    assert names(f"fixed_ips=ip_address%3D{p2['fixed_ips'][0]['ip_address']}") == ["b"]
+    assert names(f"fixed_ips=subnet_id%3D{subnet_id}") == ["a", "b", "c"]
+    assert names(f"id={p3['id']}") == ["c"]
+    assert names("name=zzz") == []
+    assert "nonsense" in error_of(client.get("/v2.0/ports?nonsense=1"), 400)
+    networks = client.get("/v2.0/networks?provider%3Anetwork_type=vxlan").json()["networks"]
+    assert [n["id"] for n in networks] == [net_id]
+    del p1
+
+
+def test_tag_filters_and_tag_routes(client: TestClient) -> None:
+    a = create(client, "network", name="a", tags=["red", "big"])
+    create(client, "network", name="b", tags=["red"])
+    create(client, "network", name="c")
+
+    def names(query: str) -> list[str]:
+        return sorted(n["name"] for n in client.get(f"/v2.0/networks?{query}").json()["networks"])
+
+    assert names("tags=red,big") == ["a"]
+    assert names("tags-any=big,red") == ["a", "b"]
+    assert names("not-tags=red") == ["c"]
+    assert names("not-tags-any=big") == ["b", "c"]
+    url = f"/v2.0/networks/{a['id']}/tags"
+    assert client.put(url, json={"tags": ["x", "y"]}).json() == {"tags": ["x", "y"]}
+    assert client.put(f"{url}/z").status_code == 201
+    assert client.get(url).json() == {"tags": ["x", "y", "z"]}
+    assert client.get(f"{url}/x").status_code == 204
+    assert client.delete(f"{url}/x").status_code == 204
+    error_of(client.get(f"{url}/x"), 404, "TagNotFound")
+    assert client.delete(url).status_code == 204
+    assert client.get(f"/v2.0/networks/{a['id']}").json()["network"]["tags"] == []
+
+
+def test_fields_projection(client: TestClient) -> None:
+    net = create(client, "network", name="p")
+    listed = client.get("/v2.0/networks?fields=id&fields=name").json()["networks"]
+    assert listed == [{"id": net["id"], "name": "p"}]
+    comma = client.get("/v2.0/networks?fields=name,mtu").json()["networks"]
+    assert comma == [{"name": "p", "mtu": 1450}]
+    shown = client.get(f"/v2.0/networks/{net['id']}?fields=provider:segmentation_id").json()
+    assert shown == {"network": {"provider:segmentation_id": 1}}
+
+
+def test_pagination(client: TestClient) -> None:
+    made = sorted(create(client, "network", name=f"n{i}")["id"] for i in range(7))
+    seen: list[str] = []
+    url: str | None = "/v2.0/networks?limit=3&fields=id"
+    pages = 0
+    while url:
+        body = client.get(url).json()
+        seen.extend(n["id"] for n in body["networks"])
+        links = body.get("networks_links", [])
+        url = next((link["href"] for link in links if link["rel"] == "next"), None)
+        pages += 1
+    assert seen == made  # sorted by id, nothing twice, nothing lost
+    assert pages == 3
+    past_end = client.get(f"/v2.0/networks?marker={made[-1]}").json()
+    assert past_end == {"networks": []}
+    middle = client.get(f"/v2.0/networks?marker={made[2]}&limit=2").json()
+    assert [n["id"] for n in middle["networks"]] == made[3:5]
+    assert "marker=" + made[4] in middle["networks_links"][0]["href"]
+    error_of(client.get("/v2.0/networks?marker=nope"), 404, "NetworkNotFound")
+    error_of(client.get("/v2.0/networks?limit=-1"), 400)
+    error_of(client.get("/v2.0/networks?limit=abc"), 400)
+    desc = client.get("/v2.0/networks?sort_key=name&sort_dir=desc&limit=2").json()
+    assert [n["name"] for n in desc["networks"]] == ["n6", "n5"]
+
+
+def test_pagination_keeps_filters(client: TestClient) -> None:
+    for i in range(4):
+        create(client, "network", name="even" if i % 2 == 0 else "odd")
+    first = client.get("/v2.0/networks?name=even&limit=1").json()
+    href = first["networks_links"][0]["href"]
+    assert "name=even" in href
+    second = client.get(href).json()
+    assert [n["name"] for n in second["networks"]] == ["even"]
+    assert second["networks"][0]["id"] != first["networks"][0]["id"]
+
+
+# -- hosts -----------------------------------------------------------------------------------------
+
+
+def test_hosts_api(client: TestClient, store: Store) -> None:
+    host = create(client, "host", id="hv1", tunnel_ip="192.0.2.1")
+    assert host == {
+        **host,
+        "ovsdb": "tcp:192.0.2.1:6640",
+        "integration_bridge": "br-int",
+        "datapath_type": "system",
+        "status": "disconnected",
+        "datapath_id": None,
+    }
+    error_of(
+        client.post("/v2.0/hosts", json={"host": {"id": "hv1", "tunnel_ip": "192.0.2.1"}}),
+        409,
+        "HostExists",
+    )
+    bad = client.post(
+        "/v2.0/hosts", json={"host": {"id": "hv2", "tunnel_ip": "192.0.2.2", "ovsdb": "tcp:x"}}
+    )
+    assert "ovsdb" in error_of(bad, 400)
+    missing = client.post("/v2.0/hosts", json={"host": {"id": "hv2"}})
+    assert "tunnel_ip" in error_of(missing, 400)
+    store.set_host_state("hv1", "connected", "00000000000000aa")
+    shown = client.get("/v2.0/hosts/hv1").json()["host"]
+    assert shown["status"] == "connected" and shown["datapath_id"] == "00000000000000aa"
+    r = client.put("/v2.0/hosts/hv1", json={"host": {"ovsdb": "unix:/var/run/openvswitch/db.sock"}})
+    assert r.status_code == 200 and r.json()["host"]["ovsdb"].startswith("unix:")
+    assert [h["id"] for h in client.get("/v2.0/hosts?status=connected").json()["hosts"]] == ["hv1"]
+    assert client.delete("/v2.0/hosts/hv1").status_code == 204
+    error_of(client.get("/v2.0/hosts/hv1"), 404, "HostNotFound")
+
+
+# -- auth ------------------------------------------------------------------------------------------
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def test_token_auth(make_client: ClientFactory) -> None:
+    client = make_client(auth_token="s3cret")
+    assert client.get("/").status_code == 200  # discovery stays open
+    error_of(client.get("/v2.0/networks"), 401, "HTTPUnauthorized")
+    error_of(client.get("/v2.0/networks", headers={"X-Auth-Token": "wrong"}), 401)
+    error_of(client.post("/v2.0/networks", json={"network": {}}), 401)
+    error_of(client.get("/openapi.json"), 401)
+    assert client.get("/v2.0/networks", headers={"X-Auth-Token": "s3cret"}).status_code == 200
+    error_of(client.get("/v2.0/networks", headers=basic("admin", "s3cret")), 401)
+
+
+def test_basic_auth(make_client: ClientFactory) -> None:
+    client = make_client(auth_token="tok", basic_user="admin", basic_password="pw")
+    assert client.get("/v2.0/networks", headers=basic("admin", "pw")).status_code == 200
+    assert client.get("/v2.0/networks", headers={"X-Auth-Token": "tok"}).status_code == 200
+    r = client.get("/v2.0/networks", headers=basic("admin", "nope"))
+    error_of(r, 401)
+    assert r.headers["www-authenticate"].startswith("Basic")
+    error_of(client.get("/v2.0/networks", headers={"Authorization": "Basic !!!"}), 401)
+    error_of(client.get("/v2.0/networks", headers={"Authorization": "Bearer tok"}), 401)
+
+
+def test_unauthenticated_large_body_is_401_not_413(make_client: ClientFactory) -> None:
+    client = make_client(auth_token="tok", max_body_bytes=10)
+    error_of(client.post("/v2.0/networks", content=b"x" * 100), 401)
+
+
+# -- CloudStack / OpenDaylight paths ---------------------------------------------------------------
+
+ODL = "/controller/nb/v2/neutron"
+
+
+def test_cloudstack_networks_never_merge(make_client: ClientFactory) -> None:
+    client = make_client(basic_user="admin", basic_password="pw")
+    auth = basic("admin", "pw")
+    made = []
+    for i in range(3):
+        body = {
+            "network": {
+                "id": f"00000000-0000-4000-8000-00000000000{i}",
+                "name": f"cs{i}",
+                "shared": False,
+                "tenant_id": "acct",
+                "provider:network_type": "gre",
+                "provider:segmentation_id": 100,
+            }
+        }
+        r = client.post(f"{ODL}/networks", json=body, headers=auth)
+        assert r.status_code == 201, r.text
+        made.append(r.json()["network"])
+    assert [n["id"] for n in made] == [f"00000000-0000-4000-8000-00000000000{i}" for i in range(3)]
+    assert made[0]["provider:segmentation_id"] == 100
+    assert len({n["provider:segmentation_id"] for n in made}) == 3
+    # ...while the Neutron path keeps the strict rule.
+    strict = client.post(
+        "/v2.0/networks",
+        json={"network": {"provider:network_type": "gre", "provider:segmentation_id": 100}},
+        headers=auth,
+    )
+    error_of(strict, 409, "TunnelIdInUse")
+    error_of(client.get(f"{ODL}/networks"), 401)
+
+
+def test_cloudstack_ports(client: TestClient) -> None:
+    net = client.post(f"{ODL}/networks", json={"network": {"name": "cs"}}).json()["network"]
+    port_id = "33333333-3333-4333-8333-333333333333"
+    body = {
+        "port": {
+            "id": port_id,
+            "name": port_id,
+            "tenant_id": "acct",
+            "network_id": net["id"],
+            "mac_address": "02:00:00:00:00:11",
+            "device_id": "44444444-4444-4444-8444-444444444444",
+            "admin_state_up": True,
+            "status": "ACTIVE",
+            "fixed_ips": [],
+        }
+    }
+    r = client.post(f"{ODL}/ports", json=body)
+    assert r.status_code == 201, r.text
+    port = r.json()["port"]
+    assert port["id"] == port_id and port["status"] == "DOWN" and port["fixed_ips"] == []
+    body["port"]["name"] = "renamed"
+    r = client.put(f"{ODL}/ports/{port_id}", json=body)
+    assert r.status_code == 200 and r.json()["port"]["name"] == "renamed"
+    listed = client.get(f"{ODL}/ports").json()["ports"]
+    assert [p["id"] for p in listed] == [port_id]
+    assert client.get(f"/v2.0/ports/{port_id}").json()["port"]["name"] == "renamed"
+    assert client.delete(f"{ODL}/ports/{port_id}").status_code == 204
+    assert client.delete(f"{ODL}/networks/{net['id']}").status_code == 204
+
+
+def test_cloudstack_plain_string_fixed_ips(client: TestClient) -> None:
+    net = client.post(f"{ODL}/networks", json={"network": {"name": "cs"}}).json()["network"]
+    client.post(f"{ODL}/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.8.0.0/24"}})
+    r = client.post(
+        f"{ODL}/ports", json={"port": {"network_id": net["id"], "fixed_ips": ["10.8.0.9"]}}
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["port"]["fixed_ips"][0]["ip_address"] == "10.8.0.9"
+    # The Neutron path does not accept that dialect.
+    neutron = client.post(
+        "/v2.0/ports", json={"port": {"network_id": net["id"], "fixed_ips": ["10.8.0.10"]}}
+    )
+    error_of(neutron, 400)
+
+
+def test_cloudstack_connection_manager(client: TestClient, store: Store) -> None:
+    url = "/controller/nb/v2/connectionmanager/node/OVS/hv-7/address/192.0.2.7/port/6640"
+    r = client.put(url)
+    assert r.status_code == 200, r.text
+    assert r.json()["node"] == {"id": "hv-7", "type": "OVS"}
+    host = store.get_host("hv-7")
+    assert host["ovsdb"] == "tcp:192.0.2.7:6640" and host["tunnel_ip"] == "192.0.2.7"
+    assert host["datapath_type"] == "system"
+    moved = client.put(
+        "/controller/nb/v2/connectionmanager/node/OVS/hv-7/address/192.0.2.8/port/6641"
+        "?datapath_type=netdev"
+    )
+    assert moved.status_code == 200
+    host = store.get_host("hv-7")
+    assert (host["ovsdb"], host["datapath_type"]) == ("tcp:192.0.2.8:6641", "netdev")
+    assert [h["id"] for h in store.list_hosts()] == ["hv-7"]
+    bad_ip = client.put("/controller/nb/v2/connectionmanager/node/OVS/hv-8/address/nope/port/1")
+    assert "tunnel_ip" in error_of(bad_ip, 400)
+    error_of(
+        client.put("/controller/nb/v2/connectionmanager/node/OVS/hv-8/address/192.0.2.9/port/0"),
+        400,
+    )
+    nodes = client.get("/controller/nb/v2/connectionmanager/nodes").json()["nodes"]
+    assert [n["node"]["id"] for n in nodes] == ["hv-7"]
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+
+def test_api_writes_publish_events(client: TestClient, events: list[ChangeEvent]) -> None:
+    net_id, _ = net_with_subnet(client)
+    port = create(client, "port", network_id=net_id)
+    client.put(f"/v2.0/ports/{port['id']}", json={"port": {"admin_state_up": False}})
+    client.delete(f"/v2.0/ports/{port['id']}")
+    kinds = [(e.kind, e.old is None, e.new is None) for e in events]
+    assert kinds == [
+        ("network", True, False),
+        ("subnet", True, False),
+        ("port", True, False),
+        ("port", False, False),
+        ("port", False, True),
+    ]
+    assert events[3].new["admin_state_up"] is False and events[3].old["admin_state_up"] is True
