@@ -24,6 +24,16 @@ Layout for prefix P (default ``tn``), hypervisor N (1..253):
 hypervisor's OVSDB and raises LabError if it does not; ``plug=False`` only creates the VM and
 ``vm.plug()`` plugs it later.
 
+Things worth knowing (userspace datapath, no kernel module):
+
+* every bridge needs ``datapath_type=netdev`` (also the br-int the controller creates);
+* ``hv.stop_vswitchd()``/``start_vswitchd()``: OpenFlow flows are gone after a restart (the
+  controller must reinstall them); br-phy's tap is recreated, and start_vswitchd puts the
+  underlay IP back on it;
+* ``vm.unplug()`` + ``vm.plug()`` gives a new ofport unless ``ofport_request`` was given;
+* right after flow changes the datapath may use stale cached flows for a few ms:
+  ``hv.revalidator_wait()`` / ``lab.revalidator_wait()`` (~0.5 s) or ``vm.wait_reachable()``.
+
 ``close()`` (also on ``__exit__``) removes everything of the prefix and is idempotent; a start
 first removes stale leftovers of the same prefix. A lab holds ``/tmp/tenantnet-lab-P.lock``
 while up, so two labs with the same prefix never clean each other up; use another prefix and
