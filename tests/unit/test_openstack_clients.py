@@ -1,0 +1,198 @@
+"""The real, unmodified OpenStack clients against tenantnet served by uvicorn on 127.0.0.1.
+
+If openstackclient and openstacksdk can discover the API, create, list, show, update and delete
+through it, and print tenantnet's refusals readably, then orchestrators built on them will too.
+Only the loopback address is ever contacted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openstack
+import pytest
+import uvicorn
+from openstack import exceptions as os_exc
+
+from controller.api import ApiSettings, create_app
+from controller.events import EventBus
+from controller.store import Store
+
+OPENSTACK_CLI = Path(sys.executable).parent / "openstack"
+
+# The SDK warns about its own upcoming removals; they say nothing about tenantnet.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::PendingDeprecationWarning:openstack"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:openstack"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Store]]:
+    """tenantnet on a free loopback port, in a thread; yields (base URL, store)."""
+    store = Store(str(tmp_path_factory.mktemp("clients") / "db.sqlite"), EventBus())
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(store, ApiSettings()), host="127.0.0.1", port=port, log_level="warning"
+    )
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", store
+    srv.should_exit = True
+    thread.join(timeout=10)
+    store.close()
+
+
+def cli(url: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the openstack CLI with auth disabled and the endpoint pinned to our server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    env["HOME"] = env.get("HOME", "/tmp")
+    proc = subprocess.run(
+        [str(OPENSTACK_CLI), "--os-auth-type", "none", "--os-endpoint", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    if ok:
+        assert proc.returncode == 0, f"{args}: {proc.stderr}"
+    else:
+        assert proc.returncode != 0, f"{args} unexpectedly succeeded: {proc.stdout}"
+    return proc
+
+
+def cli_json(url: str, *args: str) -> Any:
+    return json.loads(cli(url, *args, "-f", "json").stdout)
+
+
+def test_openstack_cli_lifecycle(server: tuple[str, Store]) -> None:
+    url, store = server
+    net = cli_json(url, "network", "create", "--provider-network-type", "gre", "cli-net")
+    assert net["name"] == "cli-net"
+    assert net["provider:network_type"] == "gre" and net["mtu"] == 1458
+    sub = cli_json(
+        url, "subnet", "create", "--network", "cli-net", "--subnet-range", "10.20.0.0/24", "cli-sub"
+    )
+    assert sub["gateway_ip"] == "10.20.0.1"
+    port = cli_json(url, "port", "create", "--network", "cli-net", "--host", "hv1", "cli-p1")
+    assert port["binding_host_id"] == "hv1"
+    assert port["fixed_ips"][0]["ip_address"] == "10.20.0.2"
+    assert store.get_port(port["id"])["binding:host_id"] == "hv1"
+
+    listed = cli_json(url, "network", "list")
+    assert [n["Name"] for n in listed] == ["cli-net"]
+    on_host = cli_json(url, "port", "list", "--host", "hv1")
+    assert [p["ID"] for p in on_host] == [port["id"]]
+    shown = cli_json(url, "port", "show", "cli-p1")
+    assert shown["mac_address"] == port["mac_address"]
+
+    cli(url, "port", "set", "--name", "cli-p1b", "--tag", "blue", "cli-p1")
+    renamed = cli_json(url, "port", "show", port["id"])
+    assert renamed["name"] == "cli-p1b" and renamed["tags"] == ["blue"]
+    assert renamed["revision_number"] > port["revision_number"]
+
+    dup_mac = cli(
+        url,
+        "port",
+        "create",
+        "--network",
+        "cli-net",
+        "--mac-address",
+        port["mac_address"],
+        "x",
+        ok=False,
+    )
+    assert "MacAddressInUse" in dup_mac.stderr
+    assert f"The mac address {port['mac_address']} is in use" in dup_mac.stderr
+    dup_ip = cli(
+        url,
+        "port",
+        "create",
+        "--network",
+        "cli-net",
+        "--fixed-ip",
+        "ip-address=10.20.0.2",
+        "y",
+        ok=False,
+    )
+    assert "IpAddressAlreadyAllocated" in dup_ip.stderr and "10.20.0.2" in dup_ip.stderr
+    in_use = cli(url, "network", "delete", "cli-net", ok=False)
+    assert "NetworkInUse" in in_use.stderr
+
+    cli(url, "port", "delete", "cli-p1b")
+    cli(url, "network", "delete", "cli-net")
+    missing = cli(url, "network", "show", "cli-net", ok=False)
+    assert "cli-net" in missing.stderr
+    assert store.list_networks() == [] and store.list_subnets() == []
+
+
+def test_openstacksdk(server: tuple[str, Store]) -> None:
+    url, store = server
+    conn = openstack.connect(auth_type="none", auth={"endpoint": url})
+    try:
+        net = conn.network.create_network(
+            name="sdk-net", provider_network_type="vxlan", provider_segmentation_id=4242
+        )
+        assert net.provider_segmentation_id == 4242 and net.mtu == 1450
+        assert conn.network.find_network("sdk-net").id == net.id
+        subnet = conn.network.create_subnet(
+            network_id=net.id, cidr="10.30.0.0/24", ip_version=4, name="sdk-sub"
+        )
+        port = conn.network.create_port(network_id=net.id, binding_host_id="hv9", name="p")
+        assert port.binding_host_id == "hv9"
+        assert port.fixed_ips == [{"subnet_id": subnet.id, "ip_address": "10.30.0.2"}]
+        assert [p.id for p in conn.network.ports(binding_host_id="hv9")] == [port.id]
+
+        with pytest.raises(os_exc.ConflictException) as conflict:
+            conn.network.create_port(network_id=net.id, mac_address=port.mac_address)
+        assert "MacAddressInUse" in str(conflict.value)
+        with pytest.raises(os_exc.ConflictException):
+            conn.network.create_network(
+                provider_network_type="vxlan", provider_segmentation_id=4242
+            )
+
+        revision = port.revision_number
+        updated = conn.network.update_port(port.id, name="renamed", if_revision=revision)
+        assert updated.name == "renamed" and updated.revision_number == revision + 1
+        with pytest.raises(os_exc.PreconditionFailedException):
+            conn.network.update_port(port.id, name="stale", if_revision=revision)
+        assert conn.network.get_port(port.id).name == "renamed"
+
+        conn.network.set_tags(net, ["a", "b"])
+        assert conn.network.get_network(net.id).tags == ["a", "b"]
+
+        for i in range(5):
+            conn.network.create_network(name=f"page-{i}")
+        paged = list(conn.network.networks(limit=2))
+        assert len(paged) == 6 and len({n.id for n in paged}) == 6
+
+        store.set_port_status(port.id, "ACTIVE")
+        assert conn.network.get_port(port.id).status == "ACTIVE"
+
+        conn.network.delete_port(port)
+        assert conn.network.find_port(port.id) is None
+        for n in list(conn.network.networks()):
+            conn.network.delete_network(n)
+        assert list(conn.network.networks()) == []
+    finally:
+        conn.close()
