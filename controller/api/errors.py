@@ -97,7 +97,7 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
     if kind == "missing":
         return f"Failed to parse request. Required attribute '{attribute}' not specified"
     value = first.get("input")
-    shown = f", got {json.dumps(value)}" if isinstance(value, (str, int, float, bool)) else ""
+    shown = f" (value: {json.dumps(value)})" if isinstance(value, (str, int, float, bool)) else ""
     return f"Invalid input for {attribute}. Reason: {_reason(first)}{shown}."
 
 

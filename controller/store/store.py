@@ -11,7 +11,9 @@ Why this shape:
 * **Events after commit, in commit order.**  Each write method collects `ChangeEvent`s while it
   works and publishes them after COMMIT while still holding the lock, so subscribers see changes
   exactly in the order they were committed and never see a rolled-back one.  The lock is
-  re-entrant, so a subscriber may call back into the store (e.g. set a port's status).
+  re-entrant, so a subscriber may call back into the store (e.g. set a port's status); the
+  events of such a nested write are queued and published once the current batch has reached
+  every subscriber, so no subscriber sees a later change before an earlier one.
 * **All or nothing.**  Any error inside a write (validation, conflict, a bug) rolls the whole
   transaction back; bulk creates are a single transaction.
 
@@ -23,11 +25,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from controller.events import EventBus
+from controller.events import ChangeEvent, EventBus
 from controller.store import hosts, networks, ports, subnets
 from controller.store.attrs import check_revision
 from controller.store.errors import InvalidInput
@@ -47,6 +50,8 @@ class Store:
         self.underlay_mtu = underlay_mtu
         self._bus = bus
         self._lock = threading.RLock()
+        self._unpublished: deque[list[ChangeEvent]] = deque()
+        self._publishing = False
         self._conn = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
         )
@@ -75,7 +80,21 @@ class Store:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
-            self._bus.publish(tx.events)
+            self._publish(tx.events)
+
+    def _publish(self, events: list[ChangeEvent]) -> None:
+        """Publish committed events in commit order, also when a subscriber writes back."""
+        if not events:
+            return
+        self._unpublished.append(events)
+        if self._publishing:  # a subscriber's own write: the outer loop below publishes it
+            return
+        self._publishing = True
+        try:
+            while self._unpublished:
+                self._bus.publish(self._unpublished.popleft())
+        finally:
+            self._publishing = False
 
     def _read(self, fn: Callable[[Tx], T]) -> T:
         """Run a read in one snapshot, so e.g. a network and its subnet list agree."""

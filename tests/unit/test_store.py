@@ -100,6 +100,29 @@ def test_subscriber_may_write_back_into_the_store(store: Store, bus: EventBus) -
     assert store.get_port(port["id"])["status"] == "ACTIVE"
 
 
+def test_nested_writes_reach_every_subscriber_in_commit_order(store: Store, bus: EventBus) -> None:
+    """Subscriber A reacts to a port create by activating it; subscriber B, registered after A,
+    must still see the create before the status change."""
+    net_id, _ = make_net_with_subnet(store)
+
+    def activate(batch: list[ChangeEvent]) -> None:
+        for e in batch:
+            if e.kind == "port" and e.old is None and e.new is not None:
+                store.set_port_status(e.new["id"], "ACTIVE")
+
+    seen_by_b: list[tuple[str | None, str | None]] = []
+
+    def record(batch: list[ChangeEvent]) -> None:
+        for e in batch:
+            if e.kind == "port":
+                seen_by_b.append((e.old and e.old["status"], e.new and e.new["status"]))
+
+    bus.subscribe(activate)
+    bus.subscribe(record)
+    store.create_port({"network_id": net_id})
+    assert seen_by_b == [(None, "DOWN"), ("DOWN", "ACTIVE")]
+
+
 def test_failed_write_rolls_back_and_publishes_nothing(
     store: Store, events: list[ChangeEvent]
 ) -> None:
