@@ -131,6 +131,8 @@ def page(
     sort_key = params.get("sort_key", "id")
     if sort_key not in attributes:
         raise InvalidInput(f"{sort_key} is an invalid attribute for sorting", "HTTPBadRequest")
+    if params.get("page_reverse", "false").lower() not in ("false", "0"):
+        raise InvalidInput("page_reverse is not supported; use sort_dir", "HTTPBadRequest")
     descending = params.get("sort_dir", "asc").lower() == "desc"
     if params.get("sort_dir", "asc").lower() not in ("asc", "desc"):
         raise InvalidInput("sort_dir must be 'asc' or 'desc'", "HTTPBadRequest")

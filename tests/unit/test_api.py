@@ -523,6 +523,8 @@ def test_pagination(client: TestClient) -> None:
     error_of(client.get("/v2.0/networks?marker=nope"), 404, "NetworkNotFound")
     error_of(client.get("/v2.0/networks?limit=-1"), 400)
     error_of(client.get("/v2.0/networks?limit=abc"), 400)
+    error_of(client.get("/v2.0/networks?page_reverse=True"), 400)
+    assert client.get("/v2.0/networks?page_reverse=False").status_code == 200
     desc = client.get("/v2.0/networks?sort_key=name&sort_dir=desc&limit=2").json()
     assert [n["name"] for n in desc["networks"]] == ["n6", "n5"]
 

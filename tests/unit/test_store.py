@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from controller.events import ChangeEvent, EventBus
-from controller.store import Conflict, InvalidInput, NotFound, PreconditionFailed, Store
+from controller.store import Conflict, InvalidInput, NotFound, PreconditionFailed, Store, schema
 from controller.store.schema import LATEST, migrate, schema_version
 
 NET_A = "11111111-1111-4111-8111-111111111111"
@@ -535,6 +535,26 @@ def test_opening_an_older_database_migrates_it(db_path: str, bus: EventBus) -> N
     assert [p["id"] for p in store.list_ports(host_id="hv9")] == ["p1"]  # back-filled index
     store.create_host({"id": "hv9", "tunnel_ip": "192.0.2.9"})  # new table exists
     store.close()
+
+
+def test_a_failing_migration_leaves_the_database_as_it_was(
+    db_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    migrate(conn, upto=1)
+
+    def broken(c: sqlite3.Connection) -> None:
+        c.execute("CREATE TABLE half_done (x)")
+        raise RuntimeError("step failed")
+
+    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, broken])
+    monkeypatch.setattr(schema, "LATEST", len(schema.MIGRATIONS))
+    with pytest.raises(RuntimeError, match="step failed"):
+        migrate(conn, upto=len(schema.MIGRATIONS))
+    assert schema_version(conn) == 1
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "half_done" not in tables and "hosts" not in tables
+    conn.close()
 
 
 def test_newer_database_is_refused(db_path: str, bus: EventBus) -> None:
