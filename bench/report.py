@@ -1,0 +1,350 @@
+"""Turn raw bench results into ONE comparison table (text + Markdown) and the results files.
+
+Raw results (``results["raw"]``) hold, per scenario and system, one dict of metrics per run
+(see `bench.scenario`).  Every figure of the table is the median over the runs that produced it,
+with min..max when there was more than one run; the run count is in the row label.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bench.stats import across_runs, median, percentile, ratio
+
+SYSTEMS = ("tenantnet", "ovn")
+
+
+@dataclass
+class Target:
+    """A goal for tenantnet: ``value`` (a ratio or a number) compared with ``limit``."""
+
+    text: str  # e.g. "<= 0.5x OVN"
+    value: float | None
+    limit: float
+    op: str  # "<=", ">=", "=="
+
+    @property
+    def result(self) -> str:
+        if self.value is None:
+            return "n/a"
+        ok = {
+            "<=": self.value <= self.limit,
+            ">=": self.value >= self.limit,
+            "==": self.value == self.limit,
+        }[self.op]
+        return "PASS" if ok else "MISS"
+
+
+@dataclass
+class Row:
+    section: str
+    label: str
+    unit: str
+    tenantnet: dict[str, Any] | None = None  # across_runs() of tenantnet's per-run values
+    ovn: dict[str, Any] | None = None
+    digits: int = 1
+    target: Target | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        tn = self.tenantnet["median"] if self.tenantnet else None
+        ov = self.ovn["median"] if self.ovn else None
+        return ratio(tn, ov)
+
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def fmt_num(v: float | None, digits: int = 1) -> str:
+    if v is None:
+        return "n/a"
+    if digits == 0 or (abs(v) >= 1000 and float(v).is_integer()):
+        return f"{v:,.0f}"
+    return f"{v:,.{digits}f}"
+
+
+def fmt_fig(agg: dict[str, Any] | None, digits: int = 1) -> str:
+    """``median [min..max]`` (just the median for a single run, n/a when missing)."""
+    if not agg or agg.get("median") is None:
+        return "n/a"
+    s = fmt_num(agg["median"], digits)
+    if agg.get("runs", 1) > 1 and agg["min"] != agg["max"]:
+        s += f" [{fmt_num(agg['min'], digits)}..{fmt_num(agg['max'], digits)}]"
+    return s
+
+
+def fmt_ratio(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.2f}x"
+
+
+def _cells(row: Row) -> list[str]:
+    unit = f" ({row.unit})" if row.unit else ""
+    tgt = row.target.text if row.target else ""
+    if row.target and row.target.value is not None and "OVN" not in row.target.text:
+        tgt += f" [{fmt_num(row.target.value, 2)}]"
+    return [
+        row.label + unit,
+        fmt_fig(row.tenantnet, row.digits),
+        fmt_fig(row.ovn, row.digits),
+        fmt_ratio(row.ratio),
+        tgt,
+        row.target.result if row.target else "",
+    ]
+
+
+HEADERS = ["measure", "tenantnet", "OVN", "tn/OVN", "target", "result"]
+
+
+def render_text(rows: list[Row]) -> str:
+    body = [_cells(r) for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(HEADERS, *body, strict=True)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [line.format(*HEADERS).rstrip(), line.format(*("-" * w for w in widths))]
+    section = None
+    for r, cells in zip(rows, body, strict=True):
+        if r.section != section:
+            section = r.section
+            out.append(f"[{section}]")
+        out.append(line.format(*cells).rstrip())
+        if r.note:
+            out.append(" " * 2 + "- " + r.note)
+    return "\n".join(out)
+
+
+def render_markdown(rows: list[Row]) -> str:
+    out = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    section = None
+    for r in rows:
+        if r.section != section:
+            section = r.section
+            out.append(f"| **{section}** |" + " |" * (len(HEADERS) - 1))
+        cells = [c.replace("|", "\\|") for c in _cells(r)]
+        if r.note:
+            cells[0] += f" <br><sub>{r.note}</sub>"
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- rows
+
+
+def _runs(raw: dict[str, Any], scen: str, system: str) -> list[dict[str, Any]]:
+    return [r for r in raw.get(scen, {}).get(system, []) if r is not None]
+
+
+def _agg(raw: dict[str, Any], scen: str, system: str, fn) -> dict[str, Any] | None:
+    vals = []
+    for run in _runs(raw, scen, system):
+        try:
+            vals.append(fn(run))
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            vals.append(None)
+    agg = across_runs(vals)
+    return agg if agg["runs"] else None
+
+
+def _pair(raw, scen, fn) -> dict[str, dict[str, Any] | None]:
+    return {s: _agg(raw, scen, s, fn) for s in SYSTEMS}
+
+
+def _med(key: str, sub: str):
+    return lambda run: median(run[key][sub])
+
+
+def _p90(key: str, sub: str):
+    return lambda run: percentile(run[key][sub], 90)
+
+
+def _nruns(raw, scen) -> int:
+    return max([len(_runs(raw, scen, s)) for s in SYSTEMS] + [0])
+
+
+def _ovn_ratio_target(row: Row, text: str, limit: float, op: str) -> Target:
+    return Target(text, row.ratio, limit, op)
+
+
+def build_rows(results: dict[str, Any]) -> list[Row]:
+    raw = results["raw"]
+    plan = results["params"]["scenarios"]
+    rows: list[Row] = []
+
+    # 1. port-ready latency on an (almost) empty system
+    for sc in plan:
+        if not sc.get("lat_before"):
+            continue
+        name, n = sc["name"], sc["lat_before"]
+        sec = (f"1. port-ready latency: H={sc['H']}, {n} new ports, VM pre-plugged, "
+               f"{_nruns(raw, name)} runs")
+        for key, what in (("ready_ms", "(a) flows confirmed on host"),
+                          ("ping_ms", "(b) first ping reply to VM on other host")):
+            for stat, fn in (("median", _med), ("p90", _p90)):
+                row = Row(sec, f"{what}, {stat}", "ms", **_pair(raw, name, fn("lat_before", key)))
+                if key == "ready_ms" and stat == "median":
+                    row.target = _ovn_ratio_target(row, "<= 0.5x OVN", 0.5, "<=")
+                    row.note = ("tenantnet: POST port -> status ACTIVE (1 ms poll); "
+                                "OVN: ovn-nbctl --wait=hv lsp-add + set-addresses/port-security")
+                rows.append(row)
+        break
+
+    # 2.-5. per bulk scenario
+    for sc in plan:
+        if sc.get("role") != "main":
+            continue
+        name, runs = sc["name"], _nruns(raw, name)
+        tag = f"H={sc['H']} P={sc['P']} N={sc['N']}"
+        sec = f"2. bulk provisioning {tag}, {runs} runs"
+        row = Row(sec, "ports/s until all ready", "ports/s", digits=0,
+                  **_pair(raw, name, lambda r: r["bulk"]["ports_per_s"]))
+        row.target = _ovn_ratio_target(row, ">= 2x OVN", 2.0, ">=")
+        row.note = (f"tenantnet: API bulk create (<= {results['params'].get('bulk_chunk', 1000)} "
+                    "ports/request) until every port ACTIVE; OVN: one ovn-nbctl --wait=hv txn")
+        rows.append(row)
+        rows.append(Row(sec, "time until all ready", "s", digits=2,
+                        **_pair(raw, name, lambda r: r["bulk"]["seconds"])))
+        rows.append(Row(sec, "control-plane CPU used meanwhile", "s", digits=2,
+                        **_pair(raw, name, lambda r: r["bulk"]["control_plane_cpu_s"])))
+        sec = f"3. OpenFlow state per host after bulk {tag}"
+        row = Row(sec, "flows per host (median of hosts)", "flows", digits=0,
+                  **_pair(raw, name, lambda r: median(r["flows"]["flows"])))
+        row.target = _ovn_ratio_target(row, "<= 0.5x OVN", 0.5, "<=")
+        rows.append(row)
+        rows.append(Row(sec, "flows per host (max of hosts)", "flows", digits=0,
+                        **_pair(raw, name, lambda r: max(r["flows"]["flows"]))))
+        rows.append(Row(sec, "groups per host (median)", "groups", digits=0,
+                        **_pair(raw, name, lambda r: median(r["flows"]["groups"]))))
+        sec = f"4. control-plane memory after bulk {tag}"
+        row = Row(sec, "RSS, whole control plane", "MiB", digits=1,
+                  **_pair(raw, name, lambda r: sum(r["rss_kb"].values()) / 1024))
+        row.note = ("tenantnet: the controller process; OVN: northd + NB + SB ovsdb-server + "
+                    f"{sc['H']} ovn-controllers")
+        rows.append(row)
+        if sc.get("restart"):
+            sec = f"5. controller kill -9 + restart, 10 ms ping across hosts, {tag}"
+            row = Row(sec, "pings lost", "pings", digits=0,
+                      **_pair(raw, name, lambda r: r["restart"]["lost"]))
+            tn = row.tenantnet["median"] if row.tenantnet else None
+            lost_max = row.tenantnet["max"] if row.tenantnet else None
+            row.target = Target("tenantnet == 0", lost_max if tn is not None else None, 0, "==")
+            rows.append(row)
+            rows.append(Row(sec, "longest ping gap", "ms", digits=0,
+                            **_pair(raw, name, lambda r: r["restart"]["max_gap_ms"])))
+            row = Row(sec, "flow-mods sent after restart", "msgs", digits=0,
+                      **_pair(raw, name, lambda r: r["restart"]["flow_mods"]))
+            fm = row.tenantnet["max"] if row.tenantnet else None
+            row.target = Target("tenantnet == 0", fm, 0, "==")
+            row.note = ("tenantnet: /tenantnet/status flow_mods+group_mods; OVN: "
+                        + results.get("ovn_flow_mods_source", "see JSON"))
+            rows.append(row)
+            rows.append(Row(sec, "flows (re)installed on the host (switch-observed)", "flows",
+                            digits=0,
+                            **_pair(raw, name, lambda r: r["restart"]["fresh_flows"])))
+            row = Row(sec, "restart -> reconciled", "s", digits=2,
+                      **_pair(raw, name, lambda r: r["restart"]["reconcile_s"]))
+            row.note = ("tenantnet: reconciled_after_s (from process start); OVN: ovn-controller "
+                        "start -> ovn-nbctl --wait=hv sync returns")
+            rows.append(row)
+
+    # 6. data plane
+    dp = raw.get("dataplane")
+    if dp:
+        n = max(len(v) for v in dp.values())
+        sec = f"6. data plane: iperf3 TCP {results['params'].get('iperf_seconds')} s, {n} runs"
+        base = across_runs(dp.get("baseline", []))
+        tn = across_runs(dp.get("tenantnet", []))
+        ov = across_runs(dp.get("ovn", []))
+        row = Row(sec, "throughput across hosts", "Mbit/s", tenantnet=tn, ovn=ov, digits=0)
+        row.target = Target(">= 0.97x baseline", ratio(tn["median"], base["median"]), 0.97, ">=")
+        row.note = (f"baseline (hand-written 2 flows/host + flow-based VXLAN port): "
+                    f"{fmt_fig(base, 0)} Mbit/s; OVN encap "
+                    f"{results['params'].get('ovn_encap', 'geneve')}, tenantnet VXLAN")
+        rows.append(row)
+
+    # 7. scaling curve
+    scale = [sc for sc in plan if sc.get("lat_after")]
+    if scale:
+        hs = sorted({sc["H"] for sc in scale})
+        sec = (f"7. scaling on H={'/'.join(map(str, hs))}: new port in a network of the bulk "
+               f"after P ports, {_nruns(raw, scale[0]['name'])} runs")
+        lat_rows = []
+        for sc in sorted(scale, key=lambda s: s["P"]):
+            name = sc["name"]
+            row = Row(sec, f"P={sc['P']}: port-ready median", "ms",
+                      **_pair(raw, name, _med("lat_after", "ready_ms")))
+            lat_rows.append(row)
+            rows.append(row)
+            rows.append(Row(sec, f"P={sc['P']}: first ping reply median", "ms",
+                            **_pair(raw, name, _med("lat_after", "ping_ms"))))
+            rows.append(Row(sec, f"P={sc['P']}: bulk ports/s", "ports/s", digits=0,
+                            **_pair(raw, name, lambda r: r["bulk"]["ports_per_s"])))
+            rows.append(Row(sec, f"P={sc['P']}: flow-mods per port add (tenantnet)", "msgs",
+                            digits=1,
+                            **_pair(raw, name, lambda r: median(r["lat_after"]["flow_mods"]))))
+        if len(lat_rows) >= 2:
+            lo, hi = lat_rows[0], lat_rows[-1]
+            tn_lo = lo.tenantnet["median"] if lo.tenantnet else None
+            tn_hi = hi.tenantnet["median"] if hi.tenantnet else None
+            r = ratio(tn_hi, tn_lo)
+            row = Row(sec, f"port-ready median P={max(s['P'] for s in scale)} / "
+                      f"P={min(s['P'] for s in scale)}", "",
+                      tenantnet={"median": r, "min": r, "max": r, "runs": 1} if r else None,
+                      ovn=None, digits=2)
+            ov_lo = lo.ovn["median"] if lo.ovn else None
+            ov_hi = hi.ovn["median"] if hi.ovn else None
+            ro = ratio(ov_hi, ov_lo)
+            row.ovn = {"median": ro, "min": ro, "max": ro, "runs": 1} if ro else None
+            row.target = Target("tenantnet <= 1.5 (one port's cost flat)", r, 1.5, "<=")
+            rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def run_kind(results: dict[str, Any]) -> str:
+    p = results["params"]
+    return "smoke" if p.get("smoke") else "quick" if p.get("quick") else "full"
+
+
+def header_text(results: dict[str, Any]) -> str:
+    m, v = results["machine"], results["versions"]
+    return (
+        f"tenantnet vs OVN bench ({run_kind(results)}), "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(results['started']))}\n"
+        f"machine: {m.get('nproc')} CPUs, {m.get('mem_gib')} GiB, kernel {m.get('kernel')}, "
+        f"load avg {m.get('loadavg_start')} -> {m.get('loadavg_end')}\n"
+        f"versions: tenantnet {v.get('tenantnet')}, OVS {v.get('ovs')}, OVN {v.get('ovn')}, "
+        f"Python {v.get('python')}, os-ken {v.get('os_ken')}\n"
+        f"userspace datapath (netdev), emulated hypervisors in network namespaces; figures are "
+        f"median [min..max] over runs"
+    )
+
+
+def write_results(results: dict[str, Any], out_dir: str) -> tuple[str, str, str]:
+    """Write ``<stamp>.json`` and ``<stamp>.md`` (and ``latest.*``); return (json, md, table)."""
+    rows = build_rows(results)
+    table = render_text(rows)
+    os.makedirs(out_dir, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(results["started"]))
+    kind = run_kind(results)
+    base = os.path.join(out_dir, f"bench-{kind}-{stamp}")
+    doc = dict(results)
+    doc["rows"] = [
+        {**asdict(r), "ratio": r.ratio, "result": r.target.result if r.target else None}
+        for r in rows
+    ]
+    with open(base + ".json", "w") as f:
+        json.dump(doc, f, indent=1, default=str)
+    md = (
+        "# tenantnet vs OVN\n\n```\n" + header_text(results) + "\n```\n\n"
+        + render_markdown(rows) + "\n\n<details><summary>parameters</summary>\n\n```json\n"
+        + json.dumps(results["params"], indent=1) + "\n```\n</details>\n"
+    )
+    with open(base + ".md", "w") as f:
+        f.write(md)
+    return base + ".json", base + ".md", table

@@ -1,0 +1,150 @@
+"""tenantnet vs OVN on identical work: ``python -m bench.run [--quick] [--runs N] [--out DIR]``.
+
+Sets everything up (emulated hypervisors, tenantnet / OVN central + ovn-controllers), runs both
+systems one after the other on the same scenarios, tears down, prints ONE table (tenantnet, OVN,
+ratio, target, PASS/MISS) and writes it as JSON + Markdown to ``bench/results/`` (see README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+from bench import report
+from bench.common import REPO, loadavg, log, machine_info, versions
+from bench.scenario import dataplane, run_scenario
+from bench.sut_ovn import OvnSystem, ovn_installed
+from bench.sut_tenantnet import TenantnetSystem
+
+DEFAULT_OUT = str(REPO / "bench" / "results")
+
+
+def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The scenarios: 'main' ones feed measures 1-5, those with lat_after the scaling curve."""
+    if args.smoke:
+        return [{"name": "main-smoke", "role": "main", "H": 2, "P": args.ports or 10,
+                 "N": 2, "lat_before": 3, "restart": True}]
+    if args.quick:
+        sc = [{"name": "h3-p60", "role": "main", "H": 3, "P": 60, "N": 4, "lat_before": 10,
+               "restart": True}]
+        if not args.no_scaling:
+            sc += [{"name": f"scale-h3-p{p}", "role": "scale", "H": 3, "P": p, "N": 4,
+                    "lat_after": 10} for p in (50, 200)]
+        return sc
+    sc = [
+        {"name": "h3-p300", "role": "main", "H": 3, "P": 300, "N": 10, "lat_before": 30,
+         "restart": True},
+        {"name": "h10-p1000", "role": "main", "H": 10, "P": 1000, "N": 10, "lat_after": 30,
+         "restart": True},
+    ]
+    if not args.no_scaling:
+        sc += [{"name": f"scale-h10-p{p}", "role": "scale", "H": 10, "P": p, "N": 10,
+                "lat_after": 30} for p in (100, 5000)]
+    return sc
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, for the smoke test")
+    ap.add_argument("--runs", type=int, default=None,
+                    help="runs per scenario and system (default: 3 full, 2 quick, 1 smoke)")
+    ap.add_argument("--out", default=DEFAULT_OUT, help=f"results dir (default {DEFAULT_OUT})")
+    ap.add_argument("--ports", type=int, default=None, help="smoke only: bulk ports")
+    ap.add_argument("--iperf-seconds", type=float, default=None,
+                    help="iperf3 duration (default 10 full, 5 quick, 1 smoke)")
+    ap.add_argument("--iperf-runs", type=int, default=3)
+    ap.add_argument("--ovn-encap", default="geneve", choices=("geneve", "vxlan"))
+    ap.add_argument("--bulk-chunk", type=int, default=1000,
+                    help="tenantnet: ports per bulk create request")
+    ap.add_argument("--only", action="append", default=[],
+                    help="run only these scenarios (by name; 'dataplane' for measure 6)")
+    ap.add_argument("--systems", default="tenantnet,ovn")
+    ap.add_argument("--no-dataplane", action="store_true")
+    ap.add_argument("--no-scaling", action="store_true")
+    args = ap.parse_args(argv)
+
+    if os.geteuid() != 0:
+        print("bench: must run as root (network namespaces, OVS daemons)", file=sys.stderr)
+        return 2
+    if not ovn_installed():
+        print("bench: OVN is not installed (TENANTNET_WITH_OVN=1 bash scripts/bootstrap.sh)",
+              file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)
+    runs = args.runs or (1 if args.smoke else 2 if args.quick else 3)
+    iperf_s = args.iperf_seconds or (1 if args.smoke else 5 if args.quick else 10)
+    iperf_runs = 1 if args.smoke else args.iperf_runs
+    systems = [s for s in args.systems.split(",") if s]
+    scenarios = [s for s in plan(args) if not args.only or s["name"] in args.only]
+    do_dp = not args.no_dataplane and (not args.only or "dataplane" in args.only)
+
+    results: dict[str, Any] = {
+        "started": time.time(),
+        "machine": machine_info(),
+        "versions": versions(),
+        "params": {"quick": args.quick, "smoke": args.smoke, "runs": runs,
+                   "iperf_seconds": iperf_s, "iperf_runs": iperf_runs,
+                   "ovn_encap": args.ovn_encap, "bulk_chunk": args.bulk_chunk,
+                   "systems": systems, "scenarios": scenarios, "dataplane": do_dp},
+        "ovn_flow_mods_source": OvnSystem.flow_mods_source,
+        "raw": {},
+        "errors": [],
+    }
+    make = {"tenantnet": lambda h: TenantnetSystem(h, bulk_chunk=args.bulk_chunk),
+            "ovn": lambda h: OvnSystem(h, encap=args.ovn_encap)}
+    t_start = time.monotonic()
+    interrupted = False
+    try:
+        if do_dp:
+            log(f"=== data plane: iperf3 {iperf_runs} x {iperf_s:g} s, tenantnet / OVN / baseline")
+            try:
+                results["raw"]["dataplane"] = dataplane(make["tenantnet"](2), make["ovn"](2),
+                                                        iperf_runs, iperf_s)
+            except Exception as exc:
+                log(f"data plane failed: {exc}")
+                results["errors"].append({"scenario": "dataplane", "error": repr(exc),
+                                          "trace": traceback.format_exc()})
+        for sc in scenarios:
+            raw = results["raw"].setdefault(sc["name"], {s: [] for s in systems})
+            for r in range(runs):
+                for s in systems:
+                    log(f"=== {sc['name']} (H={sc['H']} P={sc['P']} N={sc['N']}) run "
+                        f"{r + 1}/{runs}: {s}")
+                    try:
+                        raw[s].append(run_scenario(make[s](sc["H"]), sc))
+                    except Exception as exc:
+                        log(f"{s} {sc['name']} run {r + 1} failed: {exc!r}")
+                        results["errors"].append({"scenario": sc["name"], "system": s,
+                                                  "run": r + 1, "error": repr(exc),
+                                                  "trace": traceback.format_exc()})
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: writing what was measured so far")
+    results["machine"]["loadavg_end"] = loadavg()
+    results["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    json_path, md_path, table = report.write_results(results, args.out)
+    print(report.header_text(results))
+    print(f"elapsed {results['elapsed_s']:.0f} s; runs per figure in each section title\n")
+    print(table)
+    if results["errors"]:
+        print(f"\n{len(results['errors'])} errors (details in the JSON):")
+        for e in results["errors"]:
+            print(f"  {e.get('scenario')} {e.get('system', '')} run {e.get('run', '')}: "
+                  f"{e['error'][:300]}")
+    print(f"\nresults: {json_path}\n         {md_path}")
+    return 130 if interrupted else (1 if results["errors"] else 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

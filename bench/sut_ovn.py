@@ -1,0 +1,240 @@
+"""OVN 23.03 as the peer: the same kind of Lab, OVN central in the root namespace and one
+ovn-controller per emulated hypervisor (inside its namespace, ``OVS_RUNDIR`` = its OVS dir).
+
+* NB ovsdb-server: unix socket only (only ovn-nbctl and northd use it);
+* SB ovsdb-server: unix socket + ``ptcp:6642:<lab mgmt ip>`` (ovn-controllers connect over the
+  management network, as tenantnet's hosts reach the tenantnet controller);
+* ovn-northd on both unix sockets;
+* per hypervisor: ``external_ids:ovn-remote/ovn-encap-type/ovn-encap-ip/
+  ovn-bridge-datapath-type=netdev`` (``system-id`` is already the hypervisor name); ovn-controller
+  creates ``br-int`` itself.
+
+Everything lives under the lab's work dir, so `Lab.close()` stops it all (pidfiles there).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import time
+from typing import Any
+
+from bench.common import OVN_LAB, cpu_seconds, fresh_flows, log, rss_kb
+from tests.harness.lab import Hypervisor, Lab
+from tests.harness.proc import base_env, pid_alive, read_pidfile, run
+
+NB_SCHEMA = "/usr/share/ovn/ovn-nb.ovsschema"
+SB_SCHEMA = "/usr/share/ovn/ovn-sb.ovsschema"
+
+
+def ovn_installed() -> bool:
+    path = base_env()["PATH"]
+    tools = ("ovn-nbctl", "ovn-sbctl", "ovn-northd", "ovn-controller")
+    return all(shutil.which(b, path=path) for b in tools) and all(
+        os.path.exists(s) for s in (NB_SCHEMA, SB_SCHEMA))
+
+
+class OvnSystem:
+    name = "ovn"
+    flow_mods_source = ("n/a: ovn-controller 23.03 has no flow-mod counter (its coverage "
+                        "counters stay at 0 here); see the switch-observed row below")
+
+    def __init__(self, n_hosts: int, encap: str = "geneve") -> None:
+        self.n_hosts = n_hosts
+        self.encap = encap
+        self.lab = Lab(n_hosts, **OVN_LAB)
+        self.central = ""
+        self.nbctl_daemon = ""
+        self.nets: dict[int, str] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def nbctl(self, *args: str, timeout: float = 600) -> str:
+        """ovn-nbctl through its daemon (a persistent NB connection, as Neutron's OVN driver
+        keeps one: a one-shot ovn-nbctl would download the NB database on every call)."""
+        if self.nbctl_daemon:
+            return run("ovn-nbctl", f"--timeout={int(timeout)}", *args, timeout=timeout + 10,
+                       env={"OVN_NB_DAEMON": self.nbctl_daemon}).stdout.strip()
+        return run("ovn-nbctl", f"--db=unix:{self.central}/nb.sock", f"--timeout={int(timeout)}",
+                   *args, timeout=timeout + 10).stdout.strip()
+
+    def sbctl(self, *args: str, timeout: float = 60) -> str:
+        return run("ovn-sbctl", f"--db=unix:{self.central}/sb.sock", f"--timeout={int(timeout)}",
+                   *args, timeout=timeout + 10).stdout.strip()
+
+    def _ctl_pid(self, hv: Hypervisor) -> int | None:
+        pid = read_pidfile(f"{hv.dir}/ovn-controller.pid")
+        return pid if pid and pid_alive(pid) else None
+
+    def _central_pid(self, what: str) -> int | None:
+        pid = read_pidfile(f"{self.central}/{what}.pid")
+        return pid if pid and pid_alive(pid) else None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        t0 = time.monotonic()
+        self.lab.start()
+        c = self.central = os.path.join(self.lab.workdir, "central")
+        os.makedirs(c, exist_ok=True)
+        for db, schema, tcp in (("nb", NB_SCHEMA, None), ("sb", SB_SCHEMA, 6642)):
+            run("ovsdb-tool", "create", f"{c}/{db}.db", schema)
+            remotes = [f"--remote=punix:{c}/{db}.sock"]
+            if tcp:
+                remotes.append(f"--remote=ptcp:{tcp}:{self.lab.mgmt_ip}")
+            run("ovsdb-server", f"{c}/{db}.db", "-vconsole:off", "-vfile:info", *remotes,
+                f"--pidfile={c}/{db}.pid", f"--unixctl={c}/{db}.ctl",
+                f"--log-file={c}/{db}.log", "--detach", "--no-chdir")
+        run("ovn-northd", f"--ovnnb-db=unix:{c}/nb.sock", f"--ovnsb-db=unix:{c}/sb.sock",
+            "-vconsole:off", f"--pidfile={c}/northd.pid", f"--unixctl={c}/northd.ctl",
+            f"--log-file={c}/northd.log", "--detach", "--no-chdir")
+        self.nbctl("--wait=sb", "sync", timeout=30)
+        self.nbctl_daemon = run(
+            "ovn-nbctl", f"--db=unix:{c}/nb.sock", f"--pidfile={c}/nbctl.pid", "--detach",
+            "--no-chdir", "-vconsole:off", f"--log-file={c}/nbctl.log", env={"OVN_RUNDIR": c},
+        ).stdout.strip()
+        for hv in self.lab.hvs:
+            hv.vsctl("set", "Open_vSwitch", ".",
+                     f"external_ids:ovn-remote=tcp:{self.lab.mgmt_ip}:6642",
+                     f"external_ids:ovn-encap-type={self.encap}",
+                     f"external_ids:ovn-encap-ip={hv.tunnel_ip}",
+                     "external_ids:ovn-bridge-datapath-type=netdev")
+            self._start_ovn_controller(hv)
+        deadline = time.monotonic() + 60
+        while True:
+            chassis = self.sbctl("--bare", "--columns=name", "list", "Chassis").split()
+            if len(chassis) >= self.n_hosts and all(hv.has_bridge() for hv in self.lab.hvs):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"OVN: only chassis {chassis} registered after 60 s")
+            time.sleep(0.1)
+        for hv in self.lab.hvs:
+            hv.wait_bridge("br-int", timeout=30)
+        self.nbctl("--wait=hv", "sync", timeout=60)
+        log(f"ovn: {self.n_hosts} chassis up in {time.monotonic() - t0:.1f} s")
+
+    def _start_ovn_controller(self, hv: Hypervisor) -> None:
+        d = hv.dir
+        run("ovn-controller", f"unix:{d}/db.sock", "-vconsole:off", "-vfile:info",
+            f"--pidfile={d}/ovn-controller.pid", f"--log-file={d}/ovn-controller.log",
+            "--detach", "--no-chdir", ns=hv.ns, env={**hv.env, "OVN_RUNDIR": d})
+
+    def stop(self) -> None:
+        self.lab.close()
+        self.nbctl_daemon = ""
+
+    def log_tail(self) -> str:
+        out = []
+        logs = sorted(glob.glob(f"{self.lab.workdir}/*/ovn-controller.log"))[:2]
+        for f in [*logs, f"{self.central}/northd.log"]:
+            try:
+                with open(f) as fh:
+                    out.append(f"--- {f}\n" + "".join(fh.readlines()[-15:]))
+            except OSError:
+                pass
+        return "\n".join(out)
+
+    # ------------------------------------------------------------------ model
+    def iface_id(self, name: str) -> str:
+        return name
+
+    def add_network(self, k: int) -> None:
+        ls = f"bls{k}"
+        self.nbctl("--wait=hv", "ls-add", ls)
+        self.nets[k] = ls
+
+    def _lsp_args(self, k: int, name: str, mac: str, ip: str) -> list[str]:
+        # what Neutron's OVN driver writes for a port with port security on
+        return ["--", "lsp-add", self.nets[k], name,
+                "--", "lsp-set-addresses", name, f"{mac} {ip}",
+                "--", "lsp-set-port-security", name, f"{mac} {ip}"]
+
+    def create_ports_wait(self, ports: list[tuple[int, str, str, str]], poll: float = 0.05,
+                          timeout: float = 600) -> float:
+        """One ovn-nbctl --wait=hv transaction with every port; seconds until it returns."""
+        args: list[str] = []
+        for p in ports:
+            args += self._lsp_args(*p)
+        t0 = time.perf_counter()
+        self.nbctl("--wait=hv", *args, timeout=timeout)
+        return time.perf_counter() - t0
+
+    def flow_mods_total(self) -> int | None:
+        return None
+
+    # ------------------------------------------------------------------ measurements
+    def control_plane_rss(self) -> dict[str, int]:
+        out = {f"ovn-{w}": rss_kb(self._central_pid(w)) for w in ("northd", "nb", "sb")}
+        for hv in self.lab.hvs:
+            out[f"ovn-controller-{hv.name}"] = rss_kb(self._ctl_pid(hv))
+        return out
+
+    def control_plane_cpu(self) -> float:
+        t = sum(cpu_seconds(self._central_pid(w)) for w in ("northd", "nb", "sb"))
+        return t + sum(cpu_seconds(self._ctl_pid(hv)) for hv in self.lab.hvs)
+
+    def kill_controller(self, hv_index: int) -> None:
+        """kill -9 ovn-controller on that hypervisor (flows stay: br-int is fail_mode=secure)."""
+        hv = self.lab.hv(hv_index)
+        pid = self._ctl_pid(hv)
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            while pid_alive(pid):
+                time.sleep(0.01)
+
+    def start_controller(self, hv_index: int, before: set[str] | None = None,
+                         timeout: float = 60) -> dict[str, Any]:
+        """Start ovn-controller again; reconciled = ``--wait=hv sync`` returned and the host's
+        flow table is back to ``before`` with flows installed by the new process.
+
+        (``--wait=hv sync`` alone can return before the new ovn-controller even connected:
+        its chassis' nb_cfg is still the old one.)"""
+        hv = self.lab.hv(hv_index)
+        t0 = time.monotonic()
+        self._start_ovn_controller(hv)
+        self.nbctl("--wait=hv", "sync", timeout=timeout)
+        t_sync = time.monotonic() - t0
+        # the new process clears the table and writes it again: done once as many flows as
+        # before carry a duration younger than its start (or that number stopped growing)
+        last, since, t_done = -1, time.monotonic(), None
+        while before is not None and time.monotonic() - t0 < timeout:
+            fresh = fresh_flows(hv, time.monotonic() - t0)
+            if fresh >= len(before):
+                t_done = time.monotonic()
+                break
+            if fresh != last:
+                last, since = fresh, time.monotonic()
+            elif fresh > 0 and time.monotonic() - since > 1.0:
+                t_done = since
+                break
+            time.sleep(0.02)
+        wall = max((t_done or time.monotonic()) - t0, t_sync)
+        return {"reconcile_s": round(wall, 3), "wall_s": round(wall, 3),
+                "sync_s": round(t_sync, 3), "flow_mods": None}
+
+    # ------------------------------------------------------------------ data-plane baseline
+    def baseline_on(self, vms: list[Any], vni: int = 5000, dst_port: int = 4789) -> None:
+        """Stop ovn-controller on the VMs' hosts; hand-written flows + a flow-based VXLAN port."""
+        hvs = [vm.hv for vm in vms]
+        for hv in hvs:
+            self.kill_controller(hv.n)
+        for vm, other in ((vms[0], vms[1]), (vms[1], vms[0])):
+            hv = vm.hv
+            hv.vsctl("--may-exist", "add-port", "br-int", "vxb", "--", "set", "Interface", "vxb",
+                     "type=vxlan", "options:remote_ip=flow", "options:key=flow",
+                     f"options:dst_port={dst_port}")
+            vxp = int(hv.vsctl("get", "Interface", "vxb", "ofport"))
+            vmp = vm.ofport()
+            hv.ofctl("del-flows", "br-int")
+            hv.ofctl("add-flows", "br-int", "-", input="\n".join([
+                f"table=0,priority=10,in_port={vmp},actions=set_field:{vni}->tun_id,"
+                f"set_field:{other.hv.tunnel_ip}->tun_dst,output:{vxp}",
+                f"table=0,priority=10,in_port={vxp},tun_id={vni},actions=output:{vmp}",
+            ]) + "\n")
+
+    def baseline_off(self, vms: list[Any]) -> None:
+        for vm in vms:
+            vm.hv.vsctl("--if-exists", "del-port", "br-int", "vxb")
+            vm.hv.ofctl("del-flows", "br-int")
+            self._start_ovn_controller(vm.hv)
+        self.nbctl("--wait=hv", "sync", timeout=60)

@@ -1,0 +1,195 @@
+"""tenantnet as the system under test: a Lab of emulated hypervisors + `tenantnet serve`."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import tempfile
+import time
+import uuid
+from typing import Any
+
+from bench.common import TN_LAB, cpu_seconds, log, rss_kb
+from tests.harness.lab import Lab
+from tests.harness.tenantnet_proc import TenantnetProcess
+
+_NS = uuid.UUID("6d1e6c2a-57a4-4c39-9d43-1c0b5e7a1b00")
+
+
+class _KeepAlive:
+    """One persistent HTTP/1.1 connection for tight polling (urllib opens one per request)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn: http.client.HTTPConnection | None = None
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        for attempt in (0, 1):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+            try:
+                self.conn.request(method, path, body=data,
+                                  headers={"Content-Type": "application/json"})
+                resp = self.conn.getresponse()
+                raw = resp.read()
+                return resp.status, (json.loads(raw) if raw else None)
+            except (http.client.HTTPException, OSError):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+
+
+class TenantnetSystem:
+    name = "tenantnet"
+    flow_mods_source = "/tenantnet/status flow_mods + group_mods"
+
+    def __init__(self, n_hosts: int, bulk_chunk: int = 1000) -> None:
+        self.n_hosts = n_hosts
+        self.bulk_chunk = bulk_chunk
+        self.lab = Lab(n_hosts, **TN_LAB)
+        self.ctl: TenantnetProcess | None = None
+        self.http: _KeepAlive | None = None
+        self.nets: dict[int, dict[str, Any]] = {}
+        self.last_api_s: float | None = None  # bulk: time until the POSTs returned
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        t0 = time.monotonic()
+        self.lab.start()
+        self._tmp = tempfile.TemporaryDirectory(prefix="tnbench-")
+        self.ctl = TenantnetProcess(self._tmp.name, ofp_listen=f"{self.lab.mgmt_ip}:6653")
+        self.ctl.start()
+        self.http = _KeepAlive(self.ctl.api_port)
+        api = self.ctl.api
+        for hv in self.lab.hvs:
+            api.create("host", id=hv.name, tunnel_ip=hv.tunnel_ip, ovsdb=hv.ovsdb_tcp,
+                       datapath_type="netdev")
+        api.wait_hosts_connected([hv.name for hv in self.lab.hvs], timeout=60)
+        for hv in self.lab.hvs:
+            hv.wait_bridge("br-int", timeout=30)
+        log(f"tenantnet: {self.n_hosts} hosts up in {time.monotonic() - t0:.1f} s")
+
+    def stop(self) -> None:
+        if self.http is not None:
+            self.http.close()
+        if self.ctl is not None:
+            # SIGTERM, then SIGKILL after 2 s: `tenantnet serve` does not exit on SIGTERM yet
+            # (os-ken's non-daemon hub threads keep the interpreter alive; see README)
+            self.ctl.stop(timeout=2)
+        self.lab.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def log_tail(self) -> str:
+        return self.ctl.log_tail() if self.ctl else ""
+
+    # ------------------------------------------------------------------ model
+    def iface_id(self, name: str) -> str:
+        """The port id the VM interface carries (tenantnet ports are UUIDs)."""
+        return str(uuid.uuid5(_NS, name))
+
+    def add_network(self, k: int) -> None:
+        api = self.ctl.api
+        net = api.create("network", name=f"bnet{k}", project_id="bench")
+        sub = api.create("subnet", network_id=net["id"], cidr=f"10.{100 + k}.0.0/16",
+                         ip_version=4, gateway_ip=None, project_id="bench")
+        self.nets[k] = {"id": net["id"], "subnet": sub["id"]}
+
+    def _port_body(self, k: int, name: str, mac: str, ip: str) -> dict[str, Any]:
+        net = self.nets[k]
+        return {"id": self.iface_id(name), "name": name, "network_id": net["id"],
+                "mac_address": mac, "project_id": "bench",
+                "fixed_ips": [{"subnet_id": net["subnet"], "ip_address": ip}]}
+
+    def create_ports_wait(self, ports: list[tuple[int, str, str, str]],
+                          poll: float | None = None, timeout: float = 120) -> float:
+        """Create ports (network index, name, mac, ip); seconds until every one is ACTIVE.
+
+        One port: POST /v2.0/ports then GET it every ~1 ms.  Several: bulk POSTs of
+        ``bulk_chunk`` ports, then GET /v2.0/ports?status=DOWN&network_id=... every ``poll``
+        (default 5 ms + 50 us per port: a listing costs the controller O(ports))."""
+        assert self.http is not None
+        bodies = [self._port_body(*p) for p in ports]
+        t0 = time.perf_counter()
+        if len(bodies) == 1:
+            st, resp = self.http.request("POST", "/v2.0/ports", {"port": bodies[0]})
+            if st != 201:
+                raise RuntimeError(f"port create: {st} {resp}")
+            path = f"/v2.0/ports/{bodies[0]['id']}"
+            while True:
+                st, resp = self.http.request("GET", path)
+                if resp["port"]["status"] == "ACTIVE":
+                    return time.perf_counter() - t0
+                if time.perf_counter() - t0 > timeout:
+                    raise TimeoutError(f"port {path} not ACTIVE after {timeout} s")
+                time.sleep(0.001)
+        for i in range(0, len(bodies), self.bulk_chunk):
+            st, resp = self.http.request("POST", "/v2.0/ports",
+                                         {"ports": bodies[i:i + self.bulk_chunk]})
+            if st != 201:
+                raise RuntimeError(f"bulk port create: {st} {str(resp)[:500]}")
+        self.last_api_s = time.perf_counter() - t0
+        poll = poll if poll is not None else 0.005 + 0.00005 * len(bodies)
+        nets = sorted({b["network_id"] for b in bodies})
+        # cheap first: the last port of each network (a GET is O(1), a listing O(all ports))
+        last = {b["network_id"]: b["id"] for b in bodies}
+        while last:
+            for net_id, port_id in list(last.items()):
+                st, resp = self.http.request("GET", f"/v2.0/ports/{port_id}")
+                if st == 200 and resp["port"]["status"] == "ACTIVE":
+                    del last[net_id]
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError(f"{len(bodies)} ports not all ACTIVE after {timeout} s")
+            if last:
+                time.sleep(0.005)
+        q = "&".join(["status=DOWN", "status=BUILD", "fields=id", "limit=1"]
+                     + [f"network_id={n}" for n in nets])
+        while True:
+            st, resp = self.http.request("GET", f"/v2.0/ports?{q}")
+            if st == 200 and not resp["ports"]:
+                return time.perf_counter() - t0
+            if time.perf_counter() - t0 > timeout:
+                raise TimeoutError(f"{len(bodies)} ports not all ACTIVE after {timeout} s")
+            time.sleep(poll)
+
+    def flow_mods_total(self) -> int:
+        st = self.ctl.api.status()
+        return int(st["flow_mods"]) + int(st["group_mods"])
+
+    # ------------------------------------------------------------------ measurements
+    def control_plane_rss(self) -> dict[str, int]:
+        return {"tenantnet": rss_kb(self.ctl.proc.pid if self.ctl and self.ctl.proc else None)}
+
+    def control_plane_cpu(self) -> float:
+        return cpu_seconds(self.ctl.proc.pid if self.ctl and self.ctl.proc else None)
+
+    def kill_controller(self, hv_index: int) -> None:
+        """kill -9 the (whole) controller; ``hv_index`` is unused (it serves every host)."""
+        assert self.ctl is not None
+        self.http.close()
+        self.ctl.kill()
+
+    def start_controller(self, hv_index: int, before: set[str] | None = None,
+                         timeout: float = 60) -> dict[str, Any]:
+        """Start it again on the same state; returns reconcile time and flow-mods sent."""
+        t0 = time.monotonic()
+        self.ctl.start()
+        st = self.ctl.api.wait_reconciled(timeout=timeout)
+        wall = time.monotonic() - t0
+        # let late batches (if any) land before reading the counters
+        time.sleep(0.5)
+        st = self.ctl.api.status()
+        return {"reconcile_s": st["reconciled_after_s"], "wall_s": round(wall, 3),
+                "flow_mods": int(st["flow_mods"]) + int(st["group_mods"]),
+                "detail": {"flow_mods": st["flow_mods"], "group_mods": st["group_mods"]}}
