@@ -52,7 +52,7 @@ from typing import Any
 import netaddr
 import pytest
 
-from tests.harness.lab import Hypervisor
+from tests.harness.lab import CommandError, Hypervisor
 from tests.integration import dataplane_fixtures
 from tests.integration.dataplane_fixtures import DataplaneEnv, Net, Tenancy, wait_for
 
@@ -585,7 +585,7 @@ def run_traces(topo: Topology, pkts: list[Pkt]) -> list[str]:
     def one(pkt: Pkt) -> tuple[list[str], list[Out]]:
         try:
             outs, tun_ids, _ = trace(topo, pkt)
-        except TraceError as exc:
+        except (TraceError, CommandError) as exc:
             return [f"{pkt.label} [{pkt.host}] {pkt.flow()}: HARNESS {exc}"], []
         net, want = expected(topo, pkt)
         probs = [f"{pkt.label} [{pkt.host}] {pkt.flow()}: ISOLATION {b}; outputs {outs}"
