@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -37,7 +38,9 @@ def serve(settings: config.Settings) -> int:
     ctl.start()
     stop.wait()
     ctl.stop()
-    return 0
+    logging.shutdown()
+    # os-ken's hub threads are not daemons and do not stop on their own: leave now.
+    os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -133,8 +133,5 @@ class Controller:
             self._api_thread.join(timeout=5)
         if self.dataplane is not None:
             self.dataplane.stop()
-        if self._manager is not None:
-            try:
-                self._manager.close()
-            except Exception:  # os-ken's shutdown of native threads is best effort
-                LOG.debug("os-ken close", exc_info=True)
+        # os-ken's AppManager.close() joins its native hub threads, which can block for good on
+        # a listening socket; the process is about to exit, which ends them.
