@@ -205,7 +205,29 @@ def _port_security_rules(port: LocalPort, mac: str, cookie: int) -> list[Rule]:
         rules.append(allow(("eth_type", ETH_TYPE_ARP), ("arp_spa", ip), ("arp_sha", mac)))
         rules.append(allow(("eth_type", ETH_TYPE_IPV4), ("ipv4_src", ip)))
     rules.extend(allow(("eth_type", ETH_TYPE_IPV6), ("ipv6_src", ip)) for ip in v6)
+    for addr, pair_mac in port.allowed_pairs:
+        rules.extend(_pair_rules(normalize_mac(pair_mac), ofport, addr, goto, cookie))
     return rules
+
+
+def _pair_rules(
+    mac: str, ofport: int, addr: str, goto: tuple[Instruction, ...], cookie: int
+) -> list[Rule]:
+    """Port security for one allowed address pair: a host address, or a CIDR as a masked match."""
+    net = netaddr.IPNetwork(addr)
+    full = net.prefixlen == (32 if net.version == 4 else 128)
+    value: object = str(net.ip) if full else (str(net.network), str(net.netmask))
+    who = (("eth_src", mac), ("in_port", ofport))
+
+    def allow(*fields: tuple[str, object]) -> Rule:
+        return Rule(t.PORT_SECURITY, t.PRIO_EXACT, tuple(sorted(who + fields)), goto, cookie)
+
+    if net.version == 4:
+        return [
+            allow(("eth_type", ETH_TYPE_ARP), ("arp_spa", value), ("arp_sha", mac)),
+            allow(("eth_type", ETH_TYPE_IPV4), ("ipv4_src", value)),
+        ]
+    return [allow(("eth_type", ETH_TYPE_IPV6), ("ipv6_src", value))]
 
 
 def compile_network(ctx: HostContext, net: NetworkView) -> Slice:
@@ -232,11 +254,16 @@ def compile_network(ctx: HostContext, net: NetworkView) -> Slice:
     local_dst: dict[str, int] = {}
     for port, mac in locals_:
         local_dst.setdefault(mac, port.ofport)
+    for port, _mac in locals_:  # allowed-address-pair MACs after every port's own MAC
+        for _addr, pair_mac in sorted(port.allowed_pairs):
+            local_dst.setdefault(normalize_mac(pair_mac), port.ofport)
 
     # ---- local ports: classification, port security, delivery
     to_pipeline = (WriteMetadata(key, t.METADATA_MASK), GotoTable(t.PORT_SECURITY))
     for port, mac in locals_:
-        m = match(in_port=port.ofport)
+        # vlan_vid=0 (OFPVID_NONE): VM ports are access ports; a tagged frame is dropped like
+        # Neutron and OVN do, instead of smuggling a VLAN into the tenant's L2 domain.
+        m = match(in_port=port.ofport, vlan_vid=0)
         rules.append(Rule(t.CLASSIFY, t.PRIO_EXACT, m, to_pipeline, cookie))
         rules.extend(_port_security_rules(port, mac, cookie))
     for mac, ofport in local_dst.items():
@@ -261,7 +288,9 @@ def compile_network(ctx: HostContext, net: NetworkView) -> Slice:
 
         remote_dst: dict[str, str] = {}
         remotes = sorted(
-            (normalize_mac(r.mac), _tunnel_ip(r.host_ip), r.port_id) for r in net.remote_ports
+            (normalize_mac(m), _tunnel_ip(r.host_ip), r.port_id)
+            for r in net.remote_ports
+            for m in (r.mac, *r.extra_macs)
         )
         for mac, host_ip, _port_id in remotes:
             if host_ip != own_ip and mac not in local_dst:

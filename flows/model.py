@@ -127,6 +127,8 @@ class LocalPort:
     fixed_ips: tuple[str, ...] = ()
     port_security: bool = True
     admin_up: bool = True
+    # Neutron allowed_address_pairs: (IP or CIDR, MAC) the VM may also send from (VRRP, VIPs).
+    allowed_pairs: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ class RemotePort:
     port_id: str
     mac: str
     host_ip: str
+    # MACs of the port's allowed_address_pairs that differ from its own MAC.
+    extra_macs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ PORT_FLOW_FIELDS = (
     "fixed_ips",
     "admin_state_up",
     "port_security_enabled",
+    "allowed_address_pairs",
     "binding:host_id",
 )
 HOST_AGENT_FIELDS = ("ovsdb", "tunnel_ip", "integration_bridge", "datapath_type")

@@ -46,6 +46,16 @@ def fixed_ip_addresses(port: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
+def address_pairs(port: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(IP or CIDR, MAC) of the port's allowed_address_pairs; MAC defaults to the port's."""
+    return tuple(
+        sorted(
+            (pair["ip_address"], pair.get("mac_address") or port["mac_address"])
+            for pair in port.get("allowed_address_pairs") or ()
+        )
+    )
+
+
 def network_view(
     network: dict[str, Any],
     located: list[LocatedPort],
@@ -73,13 +83,17 @@ def network_view(
                     fixed_ips=fixed_ip_addresses(p),
                     port_security=bool(p.get("port_security_enabled", True)),
                     admin_up=bool(p.get("admin_state_up", True)),
+                    allowed_pairs=address_pairs(p),
                 )
             )
         else:
             ip = tunnel_ips.get(lp.host_id)
             if ip is None:
                 continue
-            remote.append(RemotePort(port_id=p["id"], mac=p["mac_address"], host_ip=ip))
+            extra = tuple(sorted({m for _, m in address_pairs(p)} - {p["mac_address"]}))
+            remote.append(
+                RemotePort(port_id=p["id"], mac=p["mac_address"], host_ip=ip, extra_macs=extra)
+            )
             peers.add(ip)
     return NetworkView(
         key=network["_key"],

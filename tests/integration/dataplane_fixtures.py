@@ -80,8 +80,11 @@ def groups(hv: Hypervisor) -> list[str]:
 
 def network_key(hv: Hypervisor, ofport: int) -> int:
     """The network key the controller gave a network, read from the table-0 rule of one of its
-    VM ports (``in_port=<ofport> actions=write_metadata:<key>/0xffffffff``)."""
-    pat = re.compile(rf"priority=100,in_port={ofport} actions=write_metadata:(0x[0-9a-f]+)/")
+    VM ports (``in_port=<ofport>,vlan_tci=0x0000/0x1fff actions=write_metadata:<key>/...``)."""
+    pat = re.compile(
+        rf"priority=100,in_port={ofport}(?:,vlan_tci=0x0000/0x1fff)? "
+        r"actions=write_metadata:(0x[0-9a-f]+)/"
+    )
     for f in hv.dump_flows():
         m = pat.search(f)
         if m:

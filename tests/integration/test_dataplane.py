@@ -287,12 +287,6 @@ def test_port_security_follows_a_fixed_ip_change(tenancy: Tenancy, dp_env: Datap
     assert _udp_deliveries(s, peer, cases) == {"new"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "allowed_address_pairs are accepted and stored by the API (store/ports.py: 'extra (IP or "
-    "CIDR, MAC) pairs the port may send from') but ignored by the data plane: "
-    "dataplane/views.py does not pass them to flows.model.LocalPort, flows/compiler.py "
-    "_port_security_rules only allows fixed_ips, and 'allowed_address_pairs' is not in "
-    "reconciler.PORT_FLOW_FIELDS, so a VIP/extra MAC sent by the VM is dropped by table 1"))
 def test_port_security_allows_allowed_address_pairs(tenancy: Tenancy,
                                                     dp_env: DataplaneEnv) -> None:
     """With ``allowed_address_pairs`` [{10.0.0.200}, {10.0.0.201, 02:aa:bb:cc:dd:ee}] on the

@@ -504,6 +504,8 @@ def trace(topo: Topology, pkt: Pkt) -> tuple[list[Out], list[int], str]:
 
 
 def _port_security_allows(p: PortInfo, pkt: Pkt) -> bool:
+    if pkt.vlan is not None:  # VM ports are access ports: table 0 only takes untagged frames
+        return False
     if not p.port_security:
         return True
     if pkt.eth_src != p.mac:

@@ -8,6 +8,7 @@ and management partitions leave the rest of the overlay forwarding.
 
 from __future__ import annotations
 
+import http.client
 import random
 import re
 import signal
@@ -295,7 +296,7 @@ def test_api_crash_safety(cloud: Cloud) -> None:
                         with lock:
                             deleted.add(pid)  # in flight counts as possibly deleted
                         api.delete("port", pid)
-            except (ApiError, OSError, IndexError):
+            except (ApiError, OSError, IndexError, http.client.HTTPException):
                 time.sleep(0.01)
 
     for _ in range(20):

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import netaddr
+
 from flows.compiler import compile_base, compile_network
 from flows.diff import merge
 from flows.model import (
@@ -123,6 +125,7 @@ class Switch:
         fields: dict[str, Any] = dict(packet)
         fields["in_port"] = in_port
         fields["metadata"] = 0
+        fields.setdefault("vlan_vid", 0)  # OFPVID_NONE: untagged unless the packet says otherwise
         if tunnel_id is not None:
             fields["tunnel_id"] = tunnel_id
             fields["tun_ipv4_src"] = tun_ipv4_src
@@ -192,7 +195,10 @@ def _matches(rule: Rule, fields: Mapping[str, Any]) -> bool:
         have = fields[name]
         if isinstance(want, tuple):
             value, mask = want
-            if have & mask != value & mask:
+            if isinstance(value, str):  # masked address: "is `have` inside value/mask?"
+                if netaddr.IPAddress(have) not in netaddr.IPNetwork(f"{value}/{mask}"):
+                    return False
+            elif have & mask != value & mask:
                 return False
         elif have != want:
             return False

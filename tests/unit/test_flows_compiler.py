@@ -105,7 +105,7 @@ def test_local_port_classified_into_network_and_port_security() -> None:
     s = compile_network(CTX, net(local_ports=(local("p1", 10, MAC_A, "10.1.0.5"),)))
     (rule,) = [r for r in rules_in(s, t.CLASSIFY) if dict(r.match).get("in_port") == 10]
     assert rule.priority == 100
-    assert rule.match == match(in_port=10)
+    assert rule.match == match(in_port=10, vlan_vid=0)  # untagged frames only
     assert rule.instructions == (WriteMetadata(7, t.METADATA_MASK), GotoTable(t.PORT_SECURITY))
     assert rule.cookie == t.cookie_for(7)
 
@@ -249,6 +249,36 @@ def test_spoofed_packets_are_dropped_and_legitimate_ones_pass() -> None:
     ipv6 = {"eth_src": MAC_A, "eth_dst": BROADCAST, "eth_type": 0x86DD}
     assert sw.process(10, {**ipv6, "ipv6_src": "fe80::ff:fe00:a"}) != []  # own link-local
     assert sw.process(10, {**ipv6, "ipv6_src": "fe80::ff:fe00:b"}) == []  # p2's link-local
+
+
+def test_vlan_tagged_frames_from_a_vm_are_dropped() -> None:
+    ports = (local("p1", 10, MAC_A, "10.1.0.5"), local("p2", 11, MAC_B, "10.1.0.6"))
+    sw = Switch(merge([compile_base(CTX), compile_network(CTX, net(local_ports=ports))]))
+    ok = ipv4_packet(MAC_A, MAC_B, "10.1.0.5")
+    assert [e.port for e in sw.process(10, ok)] == [11]
+    assert sw.process(10, {**ok, "vlan_vid": 0x1000 | 42}) == []
+
+
+def test_allowed_address_pairs_extend_port_security_and_delivery() -> None:
+    vip_mac = "02:00:00:00:00:99"
+    p1 = LocalPort(
+        "p1", 10, MAC_A, ("10.1.0.5",),
+        allowed_pairs=(("10.1.0.100", MAC_A), ("10.9.0.0/24", vip_mac)),
+    )  # fmt: skip
+    p2 = local("p2", 11, MAC_B, "10.1.0.6")
+    remote = RemotePort("r1", "02:00:00:00:00:0c", "10.0.0.2", extra_macs=("02:00:00:00:00:cc",))
+    s = compile_network(
+        CTX, net(local_ports=(p1, p2), remote_ports=(remote,), peer_ips=("10.0.0.2",))
+    )
+    sw = Switch(merge([compile_base(CTX), s]))
+    assert [e.port for e in sw.process(10, ipv4_packet(MAC_A, MAC_B, "10.1.0.100"))] == [11]
+    assert [e.port for e in sw.process(10, ipv4_packet(vip_mac, MAC_B, "10.9.0.77"))] == [11]
+    assert sw.process(10, ipv4_packet(vip_mac, MAC_B, "10.9.1.77")) == []  # outside the CIDR
+    assert sw.process(10, ipv4_packet(MAC_A, MAC_B, "10.9.0.77")) == []  # CIDR is vip_mac's
+    assert sw.process(11, ipv4_packet(MAC_B, MAC_A, "10.1.0.100")) == []  # p1's pair only...
+    assert sw.process(11, ipv4_packet(MAC_B, vip_mac, "10.1.0.6"))[0].port == 10  # ...but reach it
+    out = sw.process(11, ipv4_packet(MAC_B, "02:00:00:00:00:cc", "10.1.0.6"))
+    assert [(e.port, e.tun_ipv4_dst) for e in out] == [(VXLAN_OFPORT, "10.0.0.2")]
 
 
 def test_all_matches_are_normalised_and_have_their_prerequisites() -> None:
