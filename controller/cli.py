@@ -21,6 +21,8 @@ def _setup_logging(level: str) -> None:
     # Libraries that speak per message or per poll: keep them for debugging only.
     for noisy in ("os_ken", "ovsdbapp", "ovs", "uvicorn", "uvicorn.error", "stevedore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # It logs an ERROR for every failed schema fetch; ovsdb_host says it once per outage.
+    logging.getLogger("ovsdbapp.backend.ovs_idl.idlutils").setLevel(logging.CRITICAL)
 
 
 def serve(settings: config.Settings) -> int:

@@ -11,8 +11,9 @@ OpenFlow metadata register from table 0 onwards)::
     tunnel  ──> 0 CLASSIFY ─────────────────────> 3 L2_FROM_TUNNEL ──> VM port / flood-local
 
 Table 0 ``CLASSIFY`` — which network does a packet belong to, and where did it come from?
-    * prio 100 ``in_port=<VM ofport>`` -> write metadata=<net key>, goto 1.  One per local port
-      that is admin up; an admin-down port has no rule, so its packets hit the table miss.
+    * prio 100 ``in_port=<VM ofport>, vlan_vid=NONE`` -> write metadata=<net key>, goto 1.  One
+      per local port that is admin up; an admin-down port has no rule, so its packets hit the
+      table miss.  VM ports are access ports: a VLAN-tagged frame from a VM is dropped.
     * prio 100 ``in_port=<tunnel ofport>, tunnel_id=<seg id>, tun_ipv4_src=<peer ip>`` ->
       write metadata=<net key>, goto 3.  One per network and *peer host*: a tunnel packet is only
       accepted from a host that is known to have a port of that network (the VNI alone is not
@@ -27,12 +28,15 @@ Table 1 ``PORT_SECURITY`` — anti-spoofing for packets sent by VMs.
     * DHCP discover/request: IPv4 from ``0.0.0.0``, UDP 68 -> 67;
     * IPv6 (``eth_type=0x86dd``) with ``ipv6_src=<ipv6>``, per IPv6 fixed ip and for the
       EUI-64 link-local address derived from the MAC;
-    * IPv6 duplicate address detection: ``ipv6_src=::``, ICMPv6 neighbour solicitation (135).
+    * IPv6 duplicate address detection: ``ipv6_src=::``, ICMPv6 neighbour solicitation (135);
+    * per allowed address pair (Neutron ``allowed_address_pairs``): ARP and IPv4 (or IPv6) from
+      the pair's IP or CIDR (masked match) with the pair's MAC as ``eth_src``/``arp_sha``.
     For a port with port security off: prio 50 ``in_port=<ofport>`` -> goto 2.
     Prio 0 miss -> drop (anything a VM sends that isn't explicitly allowed).
 
 Table 2 ``L2_FROM_PORT`` — destination lookup for packets that came from a local VM.
-    * prio 100 ``metadata=<key>, eth_dst=<local mac>`` -> output:<VM ofport>;
+    * prio 100 ``metadata=<key>, eth_dst=<local mac>`` -> output:<VM ofport> (also for the
+      MACs of a port's allowed address pairs);
     * prio 100 ``metadata=<key>, eth_dst=<remote mac>`` -> set tunnel_id=<seg id>,
       set tun_ipv4_dst=<remote host ip>, output:<tunnel ofport>;
     * prio 10 ``metadata=<key>`` -> group:flood_all (broadcast, multicast, unknown unicast);

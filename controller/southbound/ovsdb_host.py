@@ -118,6 +118,11 @@ class OvsdbHost:
             reraise=True,
         ):
             with attempt:
+                n = attempt.retry_state.attempt_number
+                if n == 2:  # one line per outage, not one per retry
+                    LOG.warning(
+                        "host %s: OVSDB %s unreachable, retrying", self.host_id, self.target
+                    )
                 helper = idlutils.get_schema_helper(self.target, "Open_vSwitch")
                 for table in self.TABLES:
                     helper.register_table(table)
