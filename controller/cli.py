@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 from controller import config
 
@@ -46,6 +47,8 @@ def serve(settings: config.Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # python-ovs imports eventlet only to detect it, and eventlet warns about itself on import.
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
     parser = argparse.ArgumentParser(prog="tenantnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run the controller (REST API + OpenFlow + OVSDB)")
