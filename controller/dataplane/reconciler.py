@@ -32,6 +32,7 @@ from flows.tables import BASE_KEY
 LOG = logging.getLogger(__name__)
 
 EMPTY = Slice()
+MAX_RESYNCS = 3
 
 # Port fields whose change alters flows; status/revision/timestamps do not.
 PORT_FLOW_FIELDS = (
@@ -69,6 +70,7 @@ class HostRuntime:
     installed: dict[int, Slice] | None = None  # None until its switch was read since start
     ovsdb_up: bool = False
     down_reported: bool = False
+    failures: int = 0  # consecutive unconfirmed batches
 
     @property
     def ready(self) -> bool:
@@ -382,6 +384,8 @@ class DataPlane:
         rt = self.hosts[host_id]
         rt.installed = split_by_cookie(installed)
         rt.down_reported = False
+        if rt.failures > MAX_RESYNCS:  # a fresh connection gets a fresh chance
+            rt.failures = 0
         self._report_host_state(host_id)
         self._host_became_known(host_id)
 
@@ -535,12 +539,17 @@ class DataPlane:
 
     def _apply_batch_done(self, host_id: str, dpid: int, batch: _Batch | None, ok: bool) -> None:
         self._outstanding -= 1
-        if not ok:
-            rt = self.hosts.get(host_id)
-            if rt is not None and rt.installed is not None:
+        rt = self.hosts.get(host_id)
+        if not ok and rt is not None and rt.installed is not None:
+            rt.failures += 1
+            rt.installed = None
+            if rt.failures <= MAX_RESYNCS:
                 LOG.warning("host %s did not confirm its flows; re-reading its switch", host_id)
-                rt.installed = None
                 self.switches.resync(dpid)
+            else:  # a rule the switch keeps refusing: don't spin, wait for a reconnect
+                LOG.error("host %s keeps rejecting flows; left alone until it reconnects", host_id)
+        elif ok and rt is not None:
+            rt.failures = 0
         if batch is None:
             self._check_reconciled()
             return

@@ -35,6 +35,7 @@ LOG = logging.getLogger(__name__)
 
 DoneCallback = Callable[[bool], None]
 FULL_MASK = 0xFFFFFFFFFFFFFFFF
+BUNDLE = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 
 
 class SwitchListener(Protocol):
@@ -55,6 +56,9 @@ class _Switch:
     barriers: dict[int, DoneCallback] = field(default_factory=dict)
     errors: int = 0
     ready: bool = False
+    bundles: bool = True  # until the switch rejects one
+    bundle_id: int = 0
+    bundle_in_flight: bool = False
 
 
 @dataclass
@@ -119,8 +123,21 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         )
         self.counters.batches += 1
         with sw.lock:
-            for m in msgs:
-                dp.send_msg(m)
+            if sw.bundles and msgs:
+                # One atomic, ordered bundle (ONF EXT-230, OpenFlow 1.3): packets see the old
+                # rules or the new ones, never a half-applied diff.
+                sw.bundle_id = (sw.bundle_id + 1) & 0xFFFFFFFF
+                sw.bundle_in_flight = True
+                bid = sw.bundle_id
+                dp.send_msg(parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, BUNDLE, []))
+                for m in msgs:
+                    dp.send_msg(parser.ONFBundleAddMsg(dp, bid, BUNDLE, m, []))
+                dp.send_msg(
+                    parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, BUNDLE, [])
+                )
+            else:
+                for m in msgs:
+                    dp.send_msg(m)
             barrier = parser.OFPBarrierRequest(dp)
             dp.set_xid(barrier)
             sw.barriers[barrier.xid] = on_done
@@ -214,6 +231,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             cb = sw.barriers.pop(ev.msg.xid, None)
             ok = sw.errors == 0
             sw.errors = 0
+            sw.bundle_in_flight = False
         if cb is not None:
             cb(ok)
 
@@ -224,6 +242,12 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         sw = self._switch_of(msg.datapath)
         if sw is not None:
             sw.errors += 1
+            if sw.bundle_in_flight and sw.bundles:
+                sw.bundles = False
+                LOG.warning(
+                    "switch %016x rejected a bundle: using ordered messages from now on",
+                    msg.datapath.id or 0,
+                )
         LOG.error(
             "switch %016x rejected a message: type=%d code=%d",
             msg.datapath.id or 0,

@@ -275,3 +275,26 @@ def test_host_removal_unbinds_ports_and_clears_peers(cloud: Cloud) -> None:
     assert datapath_id_for("hv2") in cloud.switches.removed
     assert _macs(cloud.flows("hv1")) == {a["mac_address"]}
     assert not any("10.9.0.2" in repr(r) for r in cloud.flows("hv1").rules)
+
+
+def test_a_switch_that_keeps_rejecting_flows_is_not_hammered(cloud: Cloud) -> None:
+    """Each rejected batch re-reads the switch, but only a few times in a row."""
+    resyncs: list[int] = []
+
+    class Rejecting(FakeSwitches):
+        def apply(self, dpid: int, diff: FlowDiff, on_done: Callable[[bool], None]) -> bool:
+            self.applied.append((dpid, diff))
+            on_done(False)
+            return True
+
+        def resync(self, dpid: int) -> None:
+            resyncs.append(dpid)
+            cloud.dp.switch_ready(dpid, Slice())  # what a re-read reports: nothing installed
+
+    cloud.switches = Rejecting()
+    cloud.dp = cloud._dataplane()
+    cloud.start(hosts=1)
+    cloud.port(cloud.network(), "hv1", 1)
+    cloud.idle()
+    assert 1 <= len(resyncs) <= 3
+    assert cloud.dp.stats.reconciled_after_s is None
