@@ -25,6 +25,10 @@ OVN_LAB = {"prefix": "tno", "mgmt_ip": "10.251.64.254/24", "underlay_net": "10.2
 _DURATION_RE = re.compile(r"duration=([0-9.]+)s")
 
 
+class ConfirmTimeout(RuntimeError):
+    """The control plane did not confirm a change in time (the bench records it and goes on)."""
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 

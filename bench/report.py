@@ -247,7 +247,7 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
             row = Row(sec, "restart -> reconciled", "s", digits=2,
                       **_pair(raw, name, lambda r: r["restart"]["reconcile_s"]))
             row.note = ("tenantnet: reconciled_after_s (from process start); OVN: ovn-controller "
-                        "start -> ovn-nbctl --wait=hv sync returns")
+                        "start -> --wait=hv sync returned and hv2's table rewritten")
             rows.append(row)
 
     # 6. data plane

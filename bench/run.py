@@ -122,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"=== {sc['name']} (H={sc['H']} P={sc['P']} N={sc['N']}) run "
                         f"{r + 1}/{runs}: {s}")
                     try:
-                        raw[s].append(run_scenario(make[s](sc["H"]), sc))
+                        m = run_scenario(make[s](sc["H"]), sc)
+                        raw[s].append(m)
+                        if m.get("bulk", {}).get("error"):
+                            results["errors"].append({"scenario": sc["name"], "system": s,
+                                                      "run": r + 1,
+                                                      "error": m["bulk"]["error"]})
                     except Exception as exc:
                         log(f"{s} {sc['name']} run {r + 1} failed: {exc!r}")
                         results["errors"].append({"scenario": sc["name"], "system": s,

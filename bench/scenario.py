@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench.common import (
+    ConfirmTimeout,
     first_reply_time,
     flow_set,
     flows_and_groups,
@@ -104,8 +105,13 @@ def bulk(system: Any, p: int, n_networks: int) -> dict[str, Any]:
     log(f"{system.name}: {p} internal ports pre-plugged in {time.monotonic() - t0:.1f} s")
     time.sleep(2)  # let each system see the interfaces (they have no port yet)
     cpu0 = system.control_plane_cpu()
-    secs = system.create_ports_wait([(k, name, mac, ip) for _h, k, name, mac, ip in specs],
-                                    timeout=max(120, p * 0.5))
+    try:
+        secs = system.create_ports_wait([(k, name, mac, ip) for _h, k, name, mac, ip in specs],
+                                        timeout=max(120, p * 0.06))
+    except ConfirmTimeout as exc:
+        log(f"{system.name}: bulk {p} ports NOT confirmed: {exc}")
+        return {"seconds": None, "ports_per_s": None, "error": str(exc),
+                "control_plane_cpu_s": round(system.control_plane_cpu() - cpu0, 2)}
     cpu = system.control_plane_cpu() - cpu0
     log(f"{system.name}: bulk {p} ports over {h} hosts / {n_networks} networks in {secs:.2f} s "
         f"({p / secs:.0f} ports/s, control plane CPU {cpu:.1f} s)")
@@ -157,7 +163,9 @@ def restart(system: Any, vms: list[Vm], down_s: float = 1.0) -> dict[str, Any]:
     after = flow_set(hv2)
     p = ping.stop()
     out = {**p, **res, "fresh_flows": fresh, "flows_before": len(before),
-           "flows_after": len(after), "flows_changed": len(before ^ after)}
+           "flows_after": len(after), "flows_changed": len(before ^ after),
+           "flows_gone_sample": sorted(before - after)[:5],
+           "flows_new_sample": sorted(after - before)[:5]}
     log(f"{system.name} restart: {out}")
     return out
 

@@ -21,9 +21,9 @@ import signal
 import time
 from typing import Any
 
-from bench.common import OVN_LAB, cpu_seconds, fresh_flows, log, rss_kb
+from bench.common import OVN_LAB, ConfirmTimeout, cpu_seconds, fresh_flows, log, rss_kb
 from tests.harness.lab import Hypervisor, Lab
-from tests.harness.proc import base_env, pid_alive, read_pidfile, run
+from tests.harness.proc import CommandError, base_env, pid_alive, read_pidfile, run
 
 NB_SCHEMA = "/usr/share/ovn/ovn-nb.ovsschema"
 SB_SCHEMA = "/usr/share/ovn/ovn-sb.ovsschema"
@@ -50,10 +50,10 @@ class OvnSystem:
         self.nets: dict[int, str] = {}
 
     # ------------------------------------------------------------------ helpers
-    def nbctl(self, *args: str, timeout: float = 600) -> str:
+    def nbctl(self, *args: str, timeout: float = 600, direct: bool = False) -> str:
         """ovn-nbctl through its daemon (a persistent NB connection, as Neutron's OVN driver
         keeps one: a one-shot ovn-nbctl would download the NB database on every call)."""
-        if self.nbctl_daemon:
+        if self.nbctl_daemon and not direct:
             return run("ovn-nbctl", f"--timeout={int(timeout)}", *args, timeout=timeout + 10,
                        env={"OVN_NB_DAEMON": self.nbctl_daemon}).stdout.strip()
         return run("ovn-nbctl", f"--db=unix:{self.central}/nb.sock", f"--timeout={int(timeout)}",
@@ -89,10 +89,7 @@ class OvnSystem:
             "-vconsole:off", f"--pidfile={c}/northd.pid", f"--unixctl={c}/northd.ctl",
             f"--log-file={c}/northd.log", "--detach", "--no-chdir")
         self.nbctl("--wait=sb", "sync", timeout=30)
-        self.nbctl_daemon = run(
-            "ovn-nbctl", f"--db=unix:{c}/nb.sock", f"--pidfile={c}/nbctl.pid", "--detach",
-            "--no-chdir", "-vconsole:off", f"--log-file={c}/nbctl.log", env={"OVN_RUNDIR": c},
-        ).stdout.strip()
+        self._start_nbctl_daemon()
         for hv in self.lab.hvs:
             hv.vsctl("set", "Open_vSwitch", ".",
                      f"external_ids:ovn-remote=tcp:{self.lab.mgmt_ip}:6642",
@@ -112,6 +109,18 @@ class OvnSystem:
             hv.wait_bridge("br-int", timeout=30)
         self.nbctl("--wait=hv", "sync", timeout=60)
         log(f"ovn: {self.n_hosts} chassis up in {time.monotonic() - t0:.1f} s")
+
+    def _start_nbctl_daemon(self) -> None:
+        c = self.central
+        pid = read_pidfile(f"{c}/nbctl.pid")
+        if pid and pid_alive(pid):  # a daemon stuck in a --wait: replace it
+            os.kill(pid, signal.SIGTERM)
+            while pid_alive(pid):
+                time.sleep(0.02)
+        self.nbctl_daemon = run(
+            "ovn-nbctl", f"--db=unix:{c}/nb.sock", f"--pidfile={c}/nbctl.pid", "--detach",
+            "--no-chdir", "-vconsole:off", f"--log-file={c}/nbctl.log", env={"OVN_RUNDIR": c},
+        ).stdout.strip()
 
     def _start_ovn_controller(self, hv: Hypervisor) -> None:
         d = hv.dir
@@ -151,12 +160,32 @@ class OvnSystem:
 
     def create_ports_wait(self, ports: list[tuple[int, str, str, str]], poll: float = 0.05,
                           timeout: float = 600) -> float:
-        """One ovn-nbctl --wait=hv transaction with every port; seconds until it returns."""
+        """One ovn-nbctl --wait=hv transaction with every port; seconds until it returns.
+
+        Raises `ConfirmTimeout` when --wait=hv did not return within ``timeout`` (the ports
+        are committed; one ``--wait=hv sync`` is tried so that later measures can go on)."""
         args: list[str] = []
         for p in ports:
             args += self._lsp_args(*p)
         t0 = time.perf_counter()
-        self.nbctl("--wait=hv", *args, timeout=timeout)
+        try:
+            self.nbctl("--wait=hv", *args, timeout=timeout)
+        except CommandError as exc:
+            if len(ports) == 1:
+                raise
+            self._start_nbctl_daemon()  # the old one may still be blocked in that --wait
+            cfg = self.sbctl("--bare", "--columns=name,nb_cfg", "list", "Chassis_Private")
+            nb = self.nbctl("get", "NB_Global", ".", "nb_cfg", "hv_cfg", timeout=30, direct=True)
+            try:
+                self.nbctl("--wait=hv", "sync", timeout=120)
+                after = f"a later --wait=hv sync returned after {time.perf_counter() - t0:.0f} s"
+            except CommandError:
+                self._start_nbctl_daemon()
+                after = "a later --wait=hv sync did not return within 120 s either"
+            raise ConfirmTimeout(
+                f"ovn-nbctl --wait=hv did not return within {timeout:.0f} s for {len(ports)} "
+                f"ports (NB nb_cfg/hv_cfg {' '.join(nb.split())}; chassis nb_cfg "
+                f"{' '.join(cfg.split())}); {after}") from exc
         return time.perf_counter() - t0
 
     def flow_mods_total(self) -> int | None:

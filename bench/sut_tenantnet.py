@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from bench.common import TN_LAB, cpu_seconds, log, rss_kb
+from bench.common import TN_LAB, ConfirmTimeout, cpu_seconds, log, rss_kb
 from tests.harness.lab import Lab
 from tests.harness.tenantnet_proc import TenantnetProcess
 
@@ -150,7 +150,7 @@ class TenantnetSystem:
                 if st == 200 and resp["port"]["status"] == "ACTIVE":
                     del last[net_id]
             if time.perf_counter() - t0 > timeout:
-                raise TimeoutError(f"{len(bodies)} ports not all ACTIVE after {timeout} s")
+                raise ConfirmTimeout(f"{len(bodies)} ports not all ACTIVE after {timeout} s")
             if last:
                 time.sleep(0.005)
         q = "&".join(["status=DOWN", "status=BUILD", "fields=id", "limit=1"]
@@ -160,7 +160,7 @@ class TenantnetSystem:
             if st == 200 and not resp["ports"]:
                 return time.perf_counter() - t0
             if time.perf_counter() - t0 > timeout:
-                raise TimeoutError(f"{len(bodies)} ports not all ACTIVE after {timeout} s")
+                raise ConfirmTimeout(f"{len(bodies)} ports not all ACTIVE after {timeout} s")
             time.sleep(poll)
 
     def flow_mods_total(self) -> int:
