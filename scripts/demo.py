@@ -139,6 +139,7 @@ def _scenario(lab: Lab, api, t_start: float) -> bool:
 
 def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored
     with tempfile.TemporaryDirectory(prefix="tenantnet-demo-") as tmp:
         try:
             ok = run(Path(tmp))
