@@ -59,6 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.harness.report import step, table  # noqa: E402
 from tests.harness.tenantnet_proc import TenantnetProcess  # noqa: E402
 
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
@@ -95,18 +96,6 @@ def _terminate(signum: int, _frame: object) -> None:
 def install_signal_handlers() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)
-
-
-def step(msg: str) -> None:
-    print(f"==> {msg}", flush=True)
-
-
-def table(headers: list[str], rows: list[list[object]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [line.format(*headers).rstrip(), line.format(*("-" * w for w in widths))]
-    out += [line.format(*map(str, r)).rstrip() for r in rows]
-    return "\n".join(out)
 
 
 def nsrun(node, *argv: str, check: bool = True, timeout: float = 30,
@@ -409,15 +398,11 @@ class TenantLab:
                                 f"{MGMT_NET} / {UNDERLAY_NET} are in use by someone else")
 
     def _controller_python(self) -> str:
-        """The venv's python behind ``setsid``: Ctrl-C in the Mininet CLI (which goes to the
-        terminal's whole foreground process group) must not stop the controller."""
+        """The venv's python.  TenantnetProcess starts it in its own session, so Ctrl-C in the
+        Mininet CLI (sent to the terminal's foreground process group) does not stop it."""
         if not VENV_PYTHON.exists():
             raise TopoError(f"{VENV_PYTHON} missing: run `make bootstrap` first")
-        wrapper = os.path.join(self.workdir, "tenantnet-python")
-        with open(wrapper, "w") as f:
-            f.write(f'#!/bin/sh\nexec setsid {VENV_PYTHON} "$@"\n')
-        os.chmod(wrapper, 0o755)
-        return wrapper
+        return str(VENV_PYTHON)
 
     def _ofp_port(self) -> int:
         for port in (OFP_PORT, 0):
@@ -696,7 +681,7 @@ def check_environment() -> None:
     if os.geteuid() != 0:
         raise TopoError("must run as root")
     for binary in ("ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovsdb-tool", "mnexec",
-                   "ethtool", "setsid"):
+                   "ethtool"):
         if shutil.which(binary) is None:
             raise TopoError(f"{binary} not found")
 

@@ -23,22 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.harness.lab import Lab
+from tests.harness.report import step, table
 from tests.harness.tenantnet_proc import TenantnetProcess
 
 TENANTS = [("tenant-a", "vxlan", 11), ("tenant-b", "gre", 21)]
 HOSTS = 3
-
-
-def step(msg: str) -> None:
-    print(f"==> {msg}", flush=True)
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
-    line = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [line.format(*headers).rstrip(), line.format(*("-" * w for w in widths))]
-    out += [line.format(*map(str, r)).rstrip() for r in rows]
-    return "\n".join(out)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
