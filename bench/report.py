@@ -332,7 +332,8 @@ def write_results(results: dict[str, Any], out_dir: str) -> tuple[str, str, str]
     os.makedirs(out_dir, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(results["started"]))
     kind = run_kind(results)
-    base = os.path.join(out_dir, f"bench-{kind}-{stamp}")
+    merged = "-merged" if results["params"].get("merged_from") else ""
+    base = os.path.join(out_dir, f"bench-{kind}-{stamp}{merged}")
     doc = dict(results)
     doc["rows"] = [
         {**asdict(r), "ratio": r.ratio, "result": r.target.result if r.target else None}
@@ -348,3 +349,55 @@ def write_results(results: dict[str, Any], out_dir: str) -> tuple[str, str, str]
     with open(base + ".md", "w") as f:
         f.write(md)
     return base + ".json", base + ".md", table
+
+
+def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine result files (e.g. a run interrupted in one scenario + that scenario alone): the
+    first file's metadata; per scenario and system, the runs of every file that has them."""
+    out = {k: v for k, v in docs[0].items() if k != "rows"}
+    out["raw"] = {}
+    out["errors"] = []
+    scenarios: dict[str, Any] = {}
+    for d in docs:
+        for sc in d["params"]["scenarios"]:
+            scenarios.setdefault(sc["name"], sc)
+        out["errors"] += d.get("errors", [])
+        for name, per in d["raw"].items():
+            dst = out["raw"].setdefault(name, {})
+            for system, runs in per.items():
+                if runs:
+                    dst.setdefault(system, []).extend(runs)
+    out["params"] = {**docs[0]["params"], "scenarios": list(scenarios.values()),
+                     "merged_from": [time.strftime("%Y%m%d-%H%M%S", time.localtime(d["started"]))
+                                     for d in docs]}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.report FILE.json [FILE.json ...] [--out DIR]``: print (and with --out
+    write) the table of one results file or of several merged."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    docs = []
+    for path in args.files:
+        with open(path) as f:
+            docs.append(json.load(f))
+    res = merge(docs) if len(docs) > 1 else docs[0]
+    print(header_text(res))
+    if args.out:
+        j, m, table = write_results(res, args.out)
+        print(table + f"\n\nresults: {j}\n         {m}")
+    else:
+        print(render_text(build_rows(res)))
+    for e in res.get("errors", []):
+        print(f"error: {e.get('scenario')} {e.get('system', '')} run {e.get('run', '')}: "
+              f"{e['error'][:300]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
