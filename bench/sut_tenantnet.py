@@ -83,8 +83,7 @@ class TenantnetSystem:
         if self.http is not None:
             self.http.close()
         if self.ctl is not None:
-            # SIGTERM, then SIGKILL after 2 s: `tenantnet serve` does not exit on SIGTERM yet
-            # (os-ken's non-daemon hub threads keep the interpreter alive; see README)
+            # SIGTERM, then SIGKILL after 2 s (early versions hung on SIGTERM; see README)
             self.ctl.stop(timeout=2)
         self.lab.close()
         if self._tmp is not None:
