@@ -79,9 +79,8 @@ class HostRuntime:
 
 @dataclass
 class _Batch:
-    """Barriers outstanding for one network's recompilation; statuses follow when all reply."""
+    """Barriers outstanding for one flush; port statuses follow when every host replied."""
 
-    key: int
     waiting: int = 0
     ok: bool = True
     active: list[str] = field(default_factory=list)
@@ -131,6 +130,8 @@ class DataPlane:
         self._stopping = False
         self._outstanding = 0
         self._grace_over = False
+        self._status_out: dict[str, str] = {}  # written once per step, see _write_observations
+        self._binding_out: dict[str, str | None] = {}
 
     # ------------------------------------------------------------------ inbound (any thread)
 
@@ -215,6 +216,7 @@ class DataPlane:
                         break
                     self._handle(kind, args)
                 self._flush()
+                self._write_observations()
             except Exception:
                 LOG.exception("data plane step failed (%s)", kind)
 
@@ -257,8 +259,14 @@ class DataPlane:
                 self.net_to_key.pop(ev.old["id"], None)
         elif ev.kind == "port":
             old, new = ev.old, ev.new
-            if old and new and all(old.get(f) == new.get(f) for f in PORT_FLOW_FIELDS):
-                return  # a status/name/description change: nothing for the switches
+            if old and new:
+                changed = {f for f in PORT_FLOW_FIELDS if old.get(f) != new.get(f)}
+                if not changed:
+                    return  # a status/name/description change: nothing for the switches
+                if changed == {"binding:host_id"} and self.observed_at.get(new["id"]) == (
+                    new.get("binding:host_id") or None
+                ):
+                    return  # the store catching up with a location we already act on
             for rec in (old, new):
                 if rec and rec.get("network_id") in self.net_to_key:
                     self._dirty.add(self.net_to_key[rec["network_id"]])
@@ -278,7 +286,7 @@ class DataPlane:
         """The observed location wins over what the orchestrator wrote."""
         seen = self.observed_at.get(port["id"])
         if seen is not None and port.get("binding:host_id") != seen:
-            self.store.set_port_binding(port["id"], seen)
+            self._binding_out[port["id"]] = seen
 
     # ------------------------------------------------------------------ hosts
 
@@ -319,8 +327,8 @@ class DataPlane:
         for pid in [p for p, h in self.observed_at.items() if h == host_id]:
             del self.observed_at[pid]
         for port in self.store.list_ports(host_id=host_id):
-            self.store.set_port_binding(port["id"], None)
-            self.store.set_port_status(port["id"], "DOWN")
+            self._binding_out[port["id"]] = None
+            self._status_out[port["id"]] = "DOWN"
         affected = [k for k, hs in self.members.items() if host_id in hs]
         for k in affected:
             self.members[k].discard(host_id)
@@ -355,7 +363,7 @@ class DataPlane:
                 self._dirty.add(key)
             if pid in obs.bindings:
                 if port.get("binding:host_id") != host_id:
-                    self.store.set_port_binding(pid, host_id)
+                    self._binding_out[pid] = host_id
                     LOG.info(
                         "port %s bound to host %s (ofport %d)", pid, host_id, obs.bindings[pid]
                     )
@@ -425,7 +433,7 @@ class DataPlane:
         LOG.warning("host %s down (%s): its ports go DOWN, peers keep their flows", host_id, why)
         for pid, h in list(self.observed_at.items()):
             if h == host_id:
-                self.store.set_port_status(pid, "DOWN")
+                self._status_out[pid] = "DOWN"
 
     def _report_host_state(self, host_id: str) -> None:
         rt = self.hosts.get(host_id)
@@ -444,31 +452,39 @@ class DataPlane:
     # ------------------------------------------------------------------ compile + send
 
     def _flush(self) -> None:
+        """Recompile what is dirty, then send each host one diff (one bundle, one barrier)."""
         if not self._dirty and not self._dirty_base:
             return
         t0 = time.perf_counter()
         sent_before = self.stats.flow_mods + self.stats.group_mods
+        plans: dict[str, list[FlowDiff]] = {}
+        batch = _Batch()
         for host_id in sorted(self._dirty_base):
             rt = self.hosts.get(host_id)
             if rt is None or not rt.ready:
                 continue
             assert rt.installed is not None and rt.obs is not None
             desired = compile_base(host_context(rt.record["tunnel_ip"], rt.obs.tunnel_ofports))
-            self._send(rt, BASE_KEY, desired, None)
+            self._plan(rt, BASE_KEY, desired, plans)
         self._dirty_base.clear()
         dirty, self._dirty = sorted(self._dirty), set()
         for key in dirty:
-            self._recompile(key)
+            self._recompile(key, batch, plans)
+        for host_id, diffs in plans.items():
+            self._send(self.hosts[host_id], merge_diffs(diffs), batch)
+        if batch.waiting == 0:
+            self._settle(batch)
         sent = self.stats.flow_mods + self.stats.group_mods - sent_before
         ms = (time.perf_counter() - t0) * 1000
         self.stats.last_batch_ms = ms
         if sent:
             LOG.info(
-                "%d networks recompiled, %d flow/group mods sent in %.1f ms", len(dirty), sent, ms
-            )
+                "%d networks recompiled, %d flow/group mods to %d hosts in %.1f ms",
+                len(dirty), sent, len(plans), ms,
+            )  # fmt: skip
         self._check_reconciled()
 
-    def _recompile(self, key: int) -> None:
+    def _recompile(self, key: int, batch: _Batch, plans: dict[str, list[FlowDiff]]) -> None:
         self.stats.networks_compiled += 1
         net_id = self.key_to_net.get(key)
         net = self.store.get_network(net_id) if net_id and net_id in self.net_to_key else None
@@ -483,7 +499,6 @@ class DataPlane:
         targets = new_members | self.members.get(key, set())
         targets |= {h for h, rt in self.hosts.items() if rt.installed and key in rt.installed}
         tunnel_ips = {h: rt.record["tunnel_ip"] for h, rt in self.hosts.items()}
-        batch = _Batch(key=key)
         for lp in located:
             p = lp.port
             rt = self.hosts.get(lp.host_id) if lp.host_id else None
@@ -505,30 +520,32 @@ class DataPlane:
                 desired = compile_network(ctx, view)
             else:
                 desired = EMPTY
-            self._send(rt, key, desired, batch)
+            self._plan(rt, key, desired, plans)
         self.members[key] = new_members
         if net is None:
             self.members.pop(key, None)
             self.key_to_net.pop(key, None)
-        if batch.waiting == 0:
-            self._settle(batch)
 
-    def _send(self, rt: HostRuntime, key: int, desired: Slice, batch: _Batch | None) -> None:
+    def _plan(
+        self, rt: HostRuntime, key: int, desired: Slice, plans: dict[str, list[FlowDiff]]
+    ) -> None:
+        """Diff one slice against the switch; the switch is assumed to follow (optimistic)."""
         assert rt.installed is not None
-        current = rt.installed.get(key, EMPTY)
-        d = diff(desired, current)
+        d = diff(desired, rt.installed.get(key, EMPTY))
         if d.empty:
             return
-        self.stats.flow_mods += len(d.add_rules) + len(d.del_rules)
-        self.stats.group_mods += len(d.add_groups) + len(d.mod_groups) + len(d.del_groups)
-        self.stats.batches += 1
         if desired.rules or desired.groups:
             rt.installed[key] = desired
         else:
             rt.installed.pop(key, None)
+        plans.setdefault(rt.record["id"], []).append(d)
+
+    def _send(self, rt: HostRuntime, d: FlowDiff, batch: _Batch) -> None:
+        self.stats.flow_mods += len(d.add_rules) + len(d.del_rules)
+        self.stats.group_mods += len(d.add_groups) + len(d.mod_groups) + len(d.del_groups)
+        self.stats.batches += 1
         self._outstanding += 1
-        if batch is not None:
-            batch.waiting += 1
+        batch.waiting += 1
         host_id, dpid = rt.record["id"], rt.dpid
 
         def done(ok: bool) -> None:
@@ -560,12 +577,20 @@ class DataPlane:
         self._check_reconciled()
 
     def _settle(self, batch: _Batch) -> None:
-        """Flows confirmed on the host and its peers: bound ports become ACTIVE."""
+        """Flows confirmed on the hosts and their peers: bound ports become ACTIVE."""
         if batch.ok:
             for pid in batch.active:
-                self.store.set_port_status(pid, "ACTIVE")
+                self._status_out[pid] = "ACTIVE"
         for pid in batch.down:
-            self.store.set_port_status(pid, "DOWN")
+            self._status_out[pid] = "DOWN"
+
+    def _write_observations(self) -> None:
+        """What this step learnt about ports, in one store transaction."""
+        if not self._status_out and not self._binding_out:
+            return
+        statuses, self._status_out = self._status_out, {}
+        bindings, self._binding_out = self._binding_out, {}
+        self.store.set_ports_observed(statuses=statuses, bindings=bindings)
 
     def _check_reconciled(self) -> None:
         if self.stats.reconciled_after_s is not None or self._outstanding or self._dirty:
@@ -580,6 +605,20 @@ class DataPlane:
             self.stats.flow_mods,
             self.stats.group_mods,
         )
+
+
+def merge_diffs(diffs: list[FlowDiff]) -> FlowDiff:
+    """One host's diffs of several networks as one: they never share a cookie, and the strict
+    full-cookie deletes keep one network's delete from removing another's re-added flow."""
+    if len(diffs) == 1:
+        return diffs[0]
+    return FlowDiff(
+        add_groups=tuple(g for d in diffs for g in d.add_groups),
+        mod_groups=tuple(g for d in diffs for g in d.mod_groups),
+        del_groups=tuple(g for d in diffs for g in d.del_groups),
+        add_rules=tuple(sorted((r for d in diffs for r in d.add_rules), key=lambda r: -r.table)),
+        del_rules=tuple(sorted((r for d in diffs for r in d.del_rules), key=lambda r: r.table)),
+    )
 
 
 def _remove_agent(agent: Any) -> None:

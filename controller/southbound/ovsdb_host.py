@@ -69,7 +69,19 @@ class _NotifyingIdl(connection.OvsdbIdl):
 class OvsdbHost:
     """Keeps one hypervisor's OVSDB in the shape tenantnet needs and reports what it sees."""
 
-    TABLES = ("Open_vSwitch", "Bridge", "Port", "Interface", "Controller")
+    # Only what tenantnet reads or writes.  Interface statistics/status and Controller status are
+    # rewritten by ovs-vswitchd every few seconds for every row: watching them would wake the
+    # controller and re-walk every host's ports for nothing.
+    COLUMNS: dict[str, tuple[str, ...] | None] = {
+        "Open_vSwitch": ("bridges", "cur_cfg", "next_cfg", "external_ids"),
+        "Bridge": (
+            "name", "ports", "controller", "fail_mode", "protocols", "other_config",
+            "external_ids", "datapath_type",
+        ),
+        "Port": ("name", "interfaces", "external_ids"),
+        "Interface": ("name", "type", "options", "ofport", "ofport_request", "external_ids"),
+        "Controller": ("target", "max_backoff", "inactivity_probe", "external_ids"),
+    }  # fmt: skip
 
     def __init__(
         self,
@@ -124,8 +136,8 @@ class OvsdbHost:
                         "host %s: OVSDB %s unreachable, retrying", self.host_id, self.target
                     )
                 helper = idlutils.get_schema_helper(self.target, "Open_vSwitch")
-                for table in self.TABLES:
-                    helper.register_table(table)
+                for table, columns in self.COLUMNS.items():
+                    helper.register_columns(table, list(columns or ()))
                 idl = _NotifyingIdl(self.target, helper)
                 idl.changed = threading.Event()
                 conn = connection.Connection(idl, timeout=self.timeout)

@@ -1,0 +1,29 @@
+"""Store.set_ports_observed: the data plane's batched write of bindings and statuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from controller.events import ChangeEvent, EventBus
+from controller.store import Store
+
+
+def test_bindings_and_statuses_in_one_commit(tmp_path: Path) -> None:
+    bus = EventBus()
+    batches: list[list[ChangeEvent]] = []
+    store = Store(str(tmp_path / "db.sqlite"), bus)
+    net = store.create_network({})
+    a, b = (store.create_port({"network_id": net["id"]}) for _ in range(2))
+    bus.subscribe(batches.append)
+    store.set_ports_observed(
+        statuses={a["id"]: "ACTIVE", b["id"]: "DOWN", "no-such-port": "ACTIVE"},
+        bindings={a["id"]: "hv1", "no-such-port": "hv2"},
+    )
+    assert len(batches) == 1, "one transaction publishes one batch"
+    kinds = [(e.kind, e.new["id"]) for e in batches[0]]
+    assert kinds == [("port", a["id"]), ("port", a["id"])]  # b was DOWN already: no event
+    got = store.get_port(a["id"])
+    assert got["status"] == "ACTIVE" and got["binding:host_id"] == "hv1"
+    assert got["revision_number"] == a["revision_number"] + 2
+    store.set_ports_observed(statuses={a["id"]: "ACTIVE"})
+    assert len(batches) == 1, "unchanged values are not written"
