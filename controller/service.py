@@ -96,6 +96,7 @@ class Controller:
             tags=["tenantnet"],
             summary="Data-plane status: hosts, flow-mods sent, time to reconcile",
         )
+        self._add_wait_route()
         host, port = parse_hostport(s.api_listen, "api_listen")
         config = uvicorn.Config(
             self.api, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
@@ -118,6 +119,11 @@ class Controller:
             s.database,
             os.getpid(),
         )
+
+    def _add_wait_route(self) -> None:
+        from controller.port_wait import PortWaiter, add_wait_route
+
+        add_wait_route(self.api, PortWaiter(self.store, self.bus))
 
     def status(self) -> dict[str, Any]:
         st = self.dataplane.status() if self.dataplane else {}

@@ -1,0 +1,56 @@
+"""POST /tenantnet/wait: blocks until ports reach a status, woken by store events."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from controller.api.app import create_app
+from controller.api.settings import ApiSettings
+from controller.events import EventBus
+from controller.port_wait import PortWaiter, add_wait_route
+from controller.store import Store
+
+
+def _setup(tmp_path: Path) -> tuple[Store, PortWaiter, TestClient]:
+    bus = EventBus()
+    store = Store(str(tmp_path / "db.sqlite"), bus)
+    waiter = PortWaiter(store, bus)
+    app = create_app(store, ApiSettings())
+    add_wait_route(app, waiter)
+    return store, waiter, TestClient(app)
+
+
+def test_wait_returns_when_the_data_plane_marks_ports_active(tmp_path: Path) -> None:
+    store, waiter, _ = _setup(tmp_path)
+    net = store.create_network({})
+    ports = [store.create_port({"network_id": net["id"]})["id"] for _ in range(3)]
+
+    def wire() -> None:
+        time.sleep(0.2)
+        store.set_ports_observed(statuses={p: "ACTIVE" for p in ports})
+
+    threading.Thread(target=wire).start()
+    t0 = time.monotonic()
+    assert waiter.wait(ports, "ACTIVE", timeout=5) == []
+    assert 0.15 < time.monotonic() - t0 < 2, "woken by the event, not by the timeout"
+
+
+def test_wait_times_out_with_the_ports_still_pending(tmp_path: Path) -> None:
+    store, waiter, client = _setup(tmp_path)
+    net = store.create_network({})
+    p = store.create_port({"network_id": net["id"]})["id"]
+    assert waiter.wait([p, "no-such-port"], "ACTIVE", timeout=0.2) == sorted([p, "no-such-port"])
+    r = client.post("/tenantnet/wait", json={"port_ids": [p], "status": "DOWN", "timeout": 1})
+    assert r.status_code == 200 and r.json() == {"done": True, "pending": []}
+
+
+def test_wait_rejects_bad_bodies_with_a_400_naming_the_field(tmp_path: Path) -> None:
+    _, _, client = _setup(tmp_path)
+    r = client.post("/tenantnet/wait", json={"port_ids": [], "timeout": 1})
+    assert r.status_code == 400 and "port_ids" in r.json()["NeutronError"]["message"]
+    r = client.post("/tenantnet/wait", json={"port_ids": ["x"], "timeout": 1000})
+    assert r.status_code == 400 and "timeout" in r.json()["NeutronError"]["message"]
