@@ -9,6 +9,7 @@ allocating stays cheap as the tables grow.
 from __future__ import annotations
 
 import secrets
+import socket
 
 import netaddr
 
@@ -119,8 +120,12 @@ def ip_taken(tx: Tx, subnet_id: str, ip: str) -> bool:
 def ip_address(tx: Tx, subnet: dict[str, object]) -> str | None:
     """The first address of the subnet's allocation pools that is neither allocated nor the
     gateway, or None when the pools are exhausted."""
+    # Stored addresses are already canonical (validated with netaddr on the way in), so the
+    # stdlib's inet_pton is enough here; it is ~10x cheaper per row than building IPAddress
+    # objects, and this set is rebuilt on every allocation.
+    family = socket.AF_INET6 if int(str(subnet["ip_version"])) == 6 else socket.AF_INET
     used = {
-        int(netaddr.IPAddress(row[0]))
+        int.from_bytes(socket.inet_pton(family, row[0]), "big")
         for row in tx.all("SELECT ip FROM ip_allocations WHERE subnet_id = ?", (subnet["id"],))
     }
     gateway = subnet.get("gateway_ip")
