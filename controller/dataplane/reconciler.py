@@ -554,7 +554,7 @@ class DataPlane:
         if not self.switches.apply(dpid, d, done):
             done(False)
 
-    def _apply_batch_done(self, host_id: str, dpid: int, batch: _Batch | None, ok: bool) -> None:
+    def _apply_batch_done(self, host_id: str, dpid: int, batch: _Batch, ok: bool) -> None:
         self._outstanding -= 1
         rt = self.hosts.get(host_id)
         if not ok and rt is not None and rt.installed is not None:
@@ -567,9 +567,6 @@ class DataPlane:
                 LOG.error("host %s keeps rejecting flows; left alone until it reconnects", host_id)
         elif ok and rt is not None:
             rt.failures = 0
-        if batch is None:
-            self._check_reconciled()
-            return
         batch.waiting -= 1
         batch.ok = batch.ok and ok
         if batch.waiting == 0:

@@ -138,11 +138,8 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             else:
                 for m in msgs:
                     dp.send_msg(m)
-            barrier = parser.OFPBarrierRequest(dp)
-            dp.set_xid(barrier)
-            sw.barriers[barrier.xid] = on_done
             sw.errors = 0
-            dp.send_msg(barrier)
+            self._send_barrier(sw, on_done)
         return True
 
     def resync(self, dpid: int) -> None:
@@ -163,10 +160,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             dp.send_msg(codec.delete_all_ours(dp, COOKIE_BASE, COOKIE_MASK_OURS))
             for gid in group_ids:
                 dp.send_msg(codec.group_delete(dp, gid))
-            barrier = parser.OFPBarrierRequest(dp)
-            dp.set_xid(barrier)
-            sw.barriers[barrier.xid] = on_done
-            dp.send_msg(barrier)
+            self._send_barrier(sw, on_done)
         return True
 
     # ----------------------------------------------------------------------------- os-ken events
@@ -261,6 +255,15 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         with self._lock:
             sw = self._switches.get(dp.id)
         return sw if sw is not None and sw.dp is dp else None
+
+    @staticmethod
+    def _send_barrier(sw: _Switch, on_done: DoneCallback) -> None:
+        """Close a batch: `on_done` runs when the switch has processed everything before it.
+        Called with `sw.lock` held, so the callback is registered before the reply can come."""
+        barrier = parser.OFPBarrierRequest(sw.dp)
+        sw.dp.set_xid(barrier)
+        sw.barriers[barrier.xid] = on_done
+        sw.dp.send_msg(barrier)
 
     def _start_dump(self, sw: _Switch) -> None:
         sw.ready = False
