@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from controller import gc_tuning
 from controller.config import Settings, parse_hostport
 from controller.events import EventBus
 
@@ -109,6 +110,9 @@ class Controller:
             if not self._api_thread.is_alive():
                 raise RuntimeError(f"REST API could not listen on {s.api_listen}")
             time.sleep(0.02)
+        frozen = gc_tuning.freeze_startup_objects()
+        gc_tuning.watch_slow_collections()
+        LOG.debug("%d start-up objects exempted from garbage collection", frozen)
         LOG.info(
             "tenantnet up in %.2f s: API http://%s, OpenFlow %s (hosts connect to %s), "
             "store %s, pid %d",
