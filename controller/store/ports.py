@@ -341,6 +341,24 @@ def save(tx: Tx, current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]
     return new
 
 
+def differing_statuses(tx: Tx, statuses: dict[str, str]) -> dict[str, str]:
+    """The entries of ``statuses`` that differ from what is stored (unknown ids dropped).
+
+    The data plane reports every port of a network it recompiled, most of them unchanged;
+    SQLite compares inside the JSON, so only real changes are loaded and written."""
+    out: dict[str, str] = {}
+    items = list(statuses.items())
+    for i in range(0, len(items), 500):
+        chunk = dict(items[i : i + 500])
+        marks = ",".join("?" * len(chunk))
+        rows = tx.all(
+            f"SELECT id, json_extract(body, '$.status') FROM ports WHERE id IN ({marks})",
+            tuple(chunk),
+        )
+        out.update({pid: chunk[pid] for pid, stored in rows if stored != chunk[pid]})
+    return out
+
+
 def set_status(tx: Tx, current: dict[str, Any], status: str) -> dict[str, Any]:
     """The data plane's view of the port: ACTIVE once wired, DOWN otherwise."""
     return save(tx, current, {**current, "status": choice(status, "status", STATUSES)})

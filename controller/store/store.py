@@ -246,7 +246,7 @@ class Store:
                 current = ports.load(tx, port_id)
                 if current is not None:
                     ports.set_binding(tx, current, host_id)
-            for port_id, status in (statuses or {}).items():
+            for port_id, status in ports.differing_statuses(tx, statuses or {}).items():
                 current = ports.load(tx, port_id)
                 if current is not None:
                     ports.set_status(tx, current, status)

@@ -27,3 +27,19 @@ def test_bindings_and_statuses_in_one_commit(tmp_path: Path) -> None:
     assert got["revision_number"] == a["revision_number"] + 2
     store.set_ports_observed(statuses={a["id"]: "ACTIVE"})
     assert len(batches) == 1, "unchanged values are not written"
+
+
+def test_only_changed_statuses_are_written_across_query_chunks(tmp_path: Path) -> None:
+    bus = EventBus()
+    batches: list[list[ChangeEvent]] = []
+    store = Store(str(tmp_path / "db.sqlite"), bus)
+    net = store.create_network({})
+    store.create_subnet({"network_id": net["id"], "cidr": "10.0.0.0/20", "ip_version": 4})
+    ids = [p["id"] for p in store.create("port", [{"network_id": net["id"]}] * 1100)]
+    bus.subscribe(batches.append)
+    # most are DOWN already; every 7th becomes ACTIVE, spread over the 500-id chunks
+    store.set_ports_observed(statuses={pid: "ACTIVE" if i % 7 == 0 else "DOWN"
+                                       for i, pid in enumerate(ids)})  # fmt: skip
+    changed = {e.new["id"] for e in batches[0]}
+    assert changed == {pid for i, pid in enumerate(ids) if i % 7 == 0}
+    assert all(store.get_port(pid)["status"] == "ACTIVE" for pid in changed)
