@@ -51,7 +51,9 @@ from flows.model import (
     LocalPort,
     NetworkView,
     Output,
+    RemotePort,
     Rule,
+    Segment,
     SetField,
     Slice,
     ToGroup,
@@ -236,18 +238,20 @@ def compile_network(ctx: HostContext, net: NetworkView) -> Slice:
     See the module docstring for how admin-down ports, missing tunnel ports, unknown peers and
     inconsistent duplicates are handled.  Raises ``ValueError`` for a network key that cannot be
     encoded in metadata/cookie/group ids, or for a non-IPv4 tunnel endpoint.
+
+    The result is the union of the fragments below (`local_port_rules`, `remote_port_rules`,
+    `shared_rules`, `flood_groups`) except where two ports claim the same MAC or ofport: this
+    function resolves such conflicts; the data plane's per-port path uses the fragments alone
+    only when there is none.
     """
-    if not 1 <= net.key <= t.MAX_NETWORK_KEY:
-        raise ValueError(f"network key {net.key} outside 1..{t.MAX_NETWORK_KEY}")
+    seg = net.segment
+    _check_key(seg.key)
     locals_ = _usable_local_ports(net.local_ports)
     if not locals_:
         return Slice()
 
-    key = net.key
+    key = seg.key
     cookie = t.cookie_for(key)
-    tunnel_ofport = ctx.tunnel_ofports.get(net.seg_type)
-    flood_all = t.flood_all_group_id(key)
-    flood_local = t.flood_local_group_id(key)
     rules: list[Rule] = []
 
     # Destinations by MAC: local ports first so that they win over a stale remote entry.
@@ -259,33 +263,17 @@ def compile_network(ctx: HostContext, net: NetworkView) -> Slice:
             local_dst.setdefault(normalize_mac(pair_mac), port.ofport)
 
     # ---- local ports: classification, port security, delivery
-    to_pipeline = (WriteMetadata(key, t.METADATA_MASK), GotoTable(t.PORT_SECURITY))
     for port, mac in locals_:
-        # vlan_vid=0 (OFPVID_NONE): VM ports are access ports; a tagged frame is dropped like
-        # Neutron and OVN do, instead of smuggling a VLAN into the tenant's L2 domain.
-        m = match(in_port=port.ofport, vlan_vid=0)
-        rules.append(Rule(t.CLASSIFY, t.PRIO_EXACT, m, to_pipeline, cookie))
+        rules.append(_classify_rule(key, port.ofport, cookie))
         rules.extend(_port_security_rules(port, mac, cookie))
     for mac, ofport in local_dst.items():
-        deliver = (Apply((Output(ofport),)),)
-        m = match(metadata=key, eth_dst=mac)
-        rules.append(Rule(t.L2_FROM_PORT, t.PRIO_EXACT, m, deliver, cookie))
-        rules.append(Rule(t.L2_FROM_TUNNEL, t.PRIO_EXACT, m, deliver, cookie))
+        rules.extend(_delivery_rules(key, mac, ofport, cookie))
 
-    # locals_ is sorted by ofport and has one entry per ofport, so this order is canonical.
-    local_buckets: list[tuple[Action, ...]] = [(Output(port.ofport),) for port, _ in locals_]
-    tunnel_buckets: list[tuple[Action, ...]] = []
-
-    # ---- tunnels: ingress from peers, unicast to remote ports, flood copies to peers
-    if tunnel_ofport is not None and 0 < tunnel_ofport <= OFPP_MAX:
+    # ---- tunnels: ingress from peers, unicast to remote ports
+    peers = peer_list(ctx, seg, net.peer_ips)
+    tunnel_ofport = _tunnel_ofport(ctx, seg)
+    if tunnel_ofport is not None:
         own_ip = _tunnel_ip(ctx.tunnel_ip)
-        peers = sorted({_tunnel_ip(ip) for ip in net.peer_ips} - {own_ip}, key=_ip_sort_key)
-        from_tunnel = (WriteMetadata(key, t.METADATA_MASK), GotoTable(t.L2_FROM_TUNNEL))
-        for peer in peers:
-            m = match(in_port=tunnel_ofport, tunnel_id=net.seg_id, tun_ipv4_src=peer)
-            rules.append(Rule(t.CLASSIFY, t.PRIO_EXACT, m, from_tunnel, cookie))
-            tunnel_buckets.append(_to_tunnel(net.seg_id, peer, tunnel_ofport))
-
         remote_dst: dict[str, str] = {}
         remotes = sorted(
             (normalize_mac(m), _tunnel_ip(r.host_ip), r.port_id)
@@ -296,21 +284,129 @@ def compile_network(ctx: HostContext, net: NetworkView) -> Slice:
             if host_ip != own_ip and mac not in local_dst:
                 remote_dst.setdefault(mac, host_ip)
         for mac, host_ip in remote_dst.items():
-            send = (Apply(_to_tunnel(net.seg_id, host_ip, tunnel_ofport)),)
-            m = match(metadata=key, eth_dst=mac)
-            rules.append(Rule(t.L2_FROM_PORT, t.PRIO_EXACT, m, send, cookie))
+            rules.append(_unicast_rule(seg, mac, host_ip, tunnel_ofport, cookie))
 
-    # ---- flooding (broadcast, multicast, unknown unicast)
-    for table, group in ((t.L2_FROM_PORT, flood_all), (t.L2_FROM_TUNNEL, flood_local)):
+    rules.extend(shared_rules(ctx, seg, peers))
+    groups = flood_groups(ctx, seg, [p for p, _ in locals_], peers)
+    return Slice(rules=frozenset(rules), groups=groups)
+
+
+# ------------------------------------------------------------------------------------- fragments
+# The pieces a network's slice is made of, for the data plane's per-port path: a port change on a
+# host that stays in the network touches only that port's fragments and the host's flood groups.
+
+
+def usable(port: LocalPort) -> bool:
+    """Whether a local port gets flows at all (admin-up, with a valid ofport)."""
+    return port.admin_up and 0 < port.ofport <= OFPP_MAX
+
+
+def local_port_rules(seg: Segment, port: LocalPort) -> frozenset[Rule]:
+    """One usable local port's rules: classification, port security, and delivery of its own
+    and its address-pair MACs in both L2 tables.  Empty for an unusable port."""
+    if not usable(port):
+        return frozenset()
+    cookie = t.cookie_for(seg.key)
+    mac = normalize_mac(port.mac)
+    rules = [_classify_rule(seg.key, port.ofport, cookie)]
+    rules.extend(_port_security_rules(port, mac, cookie))
+    for dst in dict.fromkeys([mac, *(normalize_mac(m) for _a, m in sorted(port.allowed_pairs))]):
+        rules.extend(_delivery_rules(seg.key, dst, port.ofport, cookie))
+    return frozenset(rules)
+
+
+def remote_port_rules(ctx: HostContext, seg: Segment, port: RemotePort) -> frozenset[Rule]:
+    """Unicast towards a port on another host: one rule per MAC it may use.  Empty without a
+    tunnel port of the segment's type, or for a 'remote' port that claims to be on this host."""
+    tunnel_ofport = _tunnel_ofport(ctx, seg)
+    host_ip = _tunnel_ip(port.host_ip)
+    if tunnel_ofport is None or host_ip == _tunnel_ip(ctx.tunnel_ip):
+        return frozenset()
+    cookie = t.cookie_for(seg.key)
+    return frozenset(
+        _unicast_rule(seg, normalize_mac(m), host_ip, tunnel_ofport, cookie)
+        for m in (port.mac, *port.extra_macs)
+    )
+
+
+def shared_rules(ctx: HostContext, seg: Segment, peers: list[str]) -> list[Rule]:
+    """Rules of a network that no single port owns: tunnel ingress per peer, flooding."""
+    key, cookie = seg.key, t.cookie_for(seg.key)
+    rules: list[Rule] = []
+    tunnel_ofport = _tunnel_ofport(ctx, seg)
+    if tunnel_ofport is not None:
+        from_tunnel = (WriteMetadata(key, t.METADATA_MASK), GotoTable(t.L2_FROM_TUNNEL))
+        for peer in peers:
+            m = match(in_port=tunnel_ofport, tunnel_id=seg.seg_id, tun_ipv4_src=peer)
+            rules.append(Rule(t.CLASSIFY, t.PRIO_EXACT, m, from_tunnel, cookie))
+    groups = ((t.L2_FROM_PORT, t.flood_all_group_id(key)),
+              (t.L2_FROM_TUNNEL, t.flood_local_group_id(key)))  # fmt: skip
+    for table, group in groups:
         flood = (Apply((ToGroup(group),)),)
         rules.append(Rule(table, t.PRIO_FLOOD, match(metadata=key), flood, cookie))
-    groups = frozenset(
+    return rules
+
+
+def flood_groups(
+    ctx: HostContext, seg: Segment, local_ports: Iterable[LocalPort], peers: list[str]
+) -> frozenset[GroupEntry]:
+    """flood_all (local ports + one copy per peer host) and flood_local (local ports only)."""
+    # sorted by ofport, one entry per ofport: the bucket order is canonical
+    local_buckets: list[tuple[Action, ...]] = [
+        (Output(port.ofport),) for port, _ in _usable_local_ports(local_ports)
+    ]
+    tunnel_ofport = _tunnel_ofport(ctx, seg)
+    tunnel_buckets = (
+        [_to_tunnel(seg.seg_id, peer, tunnel_ofport) for peer in peers]
+        if tunnel_ofport is not None
+        else []
+    )
+    return frozenset(
         {
-            GroupEntry(flood_all, tuple(local_buckets + tunnel_buckets)),
-            GroupEntry(flood_local, tuple(local_buckets)),
+            GroupEntry(t.flood_all_group_id(seg.key), tuple(local_buckets + tunnel_buckets)),
+            GroupEntry(t.flood_local_group_id(seg.key), tuple(local_buckets)),
         }
     )
-    return Slice(rules=frozenset(rules), groups=groups)
+
+
+def peer_list(ctx: HostContext, seg: Segment, peer_ips: Iterable[str]) -> list[str]:
+    """The peers a host exchanges a network's traffic with: normalised, sorted, never itself;
+    empty while the host has no tunnel port of the segment's type."""
+    if _tunnel_ofport(ctx, seg) is None:
+        return []
+    own_ip = _tunnel_ip(ctx.tunnel_ip)
+    return sorted({_tunnel_ip(ip) for ip in peer_ips} - {own_ip}, key=_ip_sort_key)
+
+
+def _check_key(key: int) -> None:
+    if not 1 <= key <= t.MAX_NETWORK_KEY:
+        raise ValueError(f"network key {key} outside 1..{t.MAX_NETWORK_KEY}")
+
+
+def _tunnel_ofport(ctx: HostContext, seg: Segment) -> int | None:
+    ofport = ctx.tunnel_ofports.get(seg.seg_type)
+    return ofport if ofport is not None and 0 < ofport <= OFPP_MAX else None
+
+
+def _classify_rule(key: int, ofport: int, cookie: int) -> Rule:
+    # vlan_vid=0 (OFPVID_NONE): VM ports are access ports; a tagged frame is dropped like
+    # Neutron and OVN do, instead of smuggling a VLAN into the tenant's L2 domain.
+    to_pipeline = (WriteMetadata(key, t.METADATA_MASK), GotoTable(t.PORT_SECURITY))
+    return Rule(t.CLASSIFY, t.PRIO_EXACT, match(in_port=ofport, vlan_vid=0), to_pipeline, cookie)
+
+
+def _delivery_rules(key: int, mac: str, ofport: int, cookie: int) -> tuple[Rule, Rule]:
+    deliver = (Apply((Output(ofport),)),)
+    m = match(metadata=key, eth_dst=mac)
+    return (
+        Rule(t.L2_FROM_PORT, t.PRIO_EXACT, m, deliver, cookie),
+        Rule(t.L2_FROM_TUNNEL, t.PRIO_EXACT, m, deliver, cookie),
+    )
+
+
+def _unicast_rule(seg: Segment, mac: str, host_ip: str, tunnel_ofport: int, cookie: int) -> Rule:
+    send = (Apply(_to_tunnel(seg.seg_id, host_ip, tunnel_ofport)),)
+    return Rule(t.L2_FROM_PORT, t.PRIO_EXACT, match(metadata=seg.key, eth_dst=mac), send, cookie)
 
 
 def _to_tunnel(seg_id: int, host_ip: str, tunnel_ofport: int) -> tuple[Action, ...]:

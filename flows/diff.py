@@ -172,3 +172,53 @@ def split_by_cookie(installed: Slice) -> dict[int, Slice]:
         )
         for key in sorted(rules.keys() | groups.keys())
     }
+
+
+def patch(
+    installed: Slice,
+    old: frozenset[Rule],
+    new: frozenset[Rule],
+    groups: frozenset[GroupEntry] | None = None,
+) -> tuple[FlowDiff, Slice]:
+    """Replace one fragment of an installed slice: the messages, and the slice after them.
+
+    The incremental counterpart of :func:`diff` for the data plane's per-port path: ``old`` are
+    the rules one port contributed, ``new`` the rules it contributes now, ``groups`` (if given)
+    the slice's groups now.  The work is proportional to the fragments, not to the slice (apart
+    from one set copy).  It assumes the rest of the slice is unchanged and that no other fragment
+    claims the keys of ``old`` or ``new``; the caller checks that, and recompiles the whole
+    network with :func:`diff` otherwise.
+
+    A rule whose key is still wanted with other instructions is re-added (OFPFC_ADD replaces it),
+    not deleted; a rule that is not actually installed is not deleted.
+    """
+    removed = old - new
+    added = new - old
+    added_keys = {r.key for r in added}
+    add_rules = sorted((r for r in added if r not in installed.rules), key=_add_order)
+    del_rules = sorted(
+        (r for r in removed if r.key not in added_keys and r in installed.rules), key=_del_order
+    )
+    add_groups: list[GroupEntry] = []
+    mod_groups: list[GroupEntry] = []
+    del_groups: list[int] = []
+    if groups is None:
+        groups = installed.groups
+    elif groups != installed.groups:
+        want = {g.group_id: g for g in groups}
+        have = {g.group_id: g for g in installed.groups}
+        add_groups = [want[gid] for gid in sorted(want.keys() - have.keys())]
+        common = sorted(want.keys() & have.keys())
+        mod_groups = [want[gid] for gid in common if want[gid].buckets != have[gid].buckets]
+        del_groups = sorted(have.keys() - want.keys())
+    after = Slice(rules=(installed.rules - removed) | added, groups=groups)
+    return (
+        FlowDiff(
+            add_groups=tuple(add_groups),
+            mod_groups=tuple(mod_groups),
+            del_groups=tuple(del_groups),
+            add_rules=tuple(add_rules),
+            del_rules=tuple(del_rules),
+        ),
+        after,
+    )

@@ -143,6 +143,15 @@ class RemotePort:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """A network as its flows name it: table key (metadata, cookie, group ids) and wire id."""
+
+    key: int
+    seg_type: str  # "vxlan" | "gre"
+    seg_id: int
+
+
+@dataclass(frozen=True)
 class NetworkView:
     """What one host needs to know about one network.
 
@@ -156,6 +165,10 @@ class NetworkView:
     local_ports: tuple[LocalPort, ...] = ()
     remote_ports: tuple[RemotePort, ...] = ()
     peer_ips: tuple[str, ...] = ()
+
+    @property
+    def segment(self) -> Segment:
+        return Segment(self.key, self.seg_type, self.seg_id)
 
 
 @dataclass(frozen=True)

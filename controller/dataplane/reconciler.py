@@ -6,9 +6,18 @@ threads that deliver them.  That keeps the state free of locks and makes batchin
 create of 300 ports arrives as a burst of events that is drained at once, and each network it
 touches is recompiled once.
 
-The unit of work is a network key.  Recompiling a network reads only that network's ports,
-compiles one `Slice` per host of the network (plus hosts that still carry flows of it), diffs it
-against what that switch has, and sends the difference.  Nothing here is O(all ports).
+Two paths turn a change into flow-mods:
+
+* **Per port** (the common case: a port created, deleted, updated, plugged or unplugged on a host
+  that stays in its network): only that port's fragments are compiled (its own rules on its host,
+  one unicast rule per MAC on each peer) plus its host's flood groups, and patched into what the
+  switches hold.  The cost does not depend on how many ports the network has.
+* **Per network** (everything else: a host joining or leaving a network, MAC or ofport conflicts,
+  several ports of one network in one step (bulk creates), reconnects, tunnel changes): the
+  network is recompiled for every host of it and diffed against what each switch has.
+
+Both read the ports from an in-memory mirror kept current by the store's events, never from the
+store.  Nothing here is O(all ports).
 """
 
 from __future__ import annotations
@@ -17,16 +26,34 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from controller.dataplane.views import LocatedPort, host_context, locate, network_view
+from controller.dataplane.views import (
+    LocatedPort,
+    host_context,
+    local_port_of,
+    locate,
+    network_view,
+    port_macs,
+    remote_port_of,
+    segment_of,
+)
 from controller.events import ChangeEvent
 from controller.southbound.ovsdb_host import HostObservation, OvsdbHost, datapath_id_for
-from flows.compiler import compile_base, compile_network
-from flows.diff import FlowDiff, diff, split_by_cookie
-from flows.model import Slice
+from flows.compiler import (
+    compile_base,
+    compile_network,
+    flood_groups,
+    local_port_rules,
+    peer_list,
+    remote_port_rules,
+    usable,
+)
+from flows.diff import FlowDiff, diff, patch, split_by_cookie
+from flows.model import LocalPort, RemotePort, Rule, Segment, Slice
 from flows.tables import BASE_KEY
 
 LOG = logging.getLogger(__name__)
@@ -78,6 +105,23 @@ class HostRuntime:
 
 
 @dataclass
+class NetCompiled:
+    """Per port, what the last compile of one network used: the per-port path's baseline.
+
+    Rebuilt by every whole-network compile, then kept current by the per-port path.
+    """
+
+    seg: Segment
+    where: dict[str, str] = field(default_factory=dict)  # port id -> host it is located on
+    hosts: Counter[str] = field(default_factory=Counter)  # host -> located ports
+    local: dict[str, dict[str, LocalPort]] = field(default_factory=dict)  # host -> id -> port
+    usable: Counter[str] = field(default_factory=Counter)  # host -> usable local ports
+    remote: dict[str, RemotePort] = field(default_factory=dict)  # port id -> as peers see it
+    macs: dict[str, frozenset[str]] = field(default_factory=dict)  # port id -> its MACs
+    mac_users: Counter[str] = field(default_factory=Counter)  # MAC -> located ports using it
+
+
+@dataclass
 class _Batch:
     """Barriers outstanding for one flush; port statuses follow when every host replied."""
 
@@ -96,6 +140,7 @@ class Stats:
     group_mods: int = 0
     batches: int = 0
     networks_compiled: int = 0
+    ports_patched: int = 0
     reconciled_after_s: float | None = None
     last_batch_ms: float = 0.0
 
@@ -123,7 +168,11 @@ class DataPlane:
         self.members: dict[int, set[str]] = {}  # network key -> hosts compiled with flows of it
         self.key_to_net: dict[int, str] = {}
         self.net_to_key: dict[str, int] = {}
-        self._dirty: set[int] = set()
+        self.ports: dict[str, dict[str, Any]] = {}  # mirror of the store's ports, by id
+        self.net_ports: dict[str, set[str]] = {}  # network id -> its port ids
+        self.compiled: dict[int, NetCompiled] = {}
+        self._dirty: set[int] = set()  # networks to recompile whole
+        self._dirty_ports: dict[int, set[str]] = {}  # network key -> ports changed in it
         self._dirty_base: set[str] = set()
         self._inbox: queue.Queue[tuple[str, tuple[Any, ...]]] = queue.Queue()
         self._thread: threading.Thread | None = None
@@ -155,6 +204,8 @@ class DataPlane:
     def start(self) -> None:
         for net in self.store.list_networks():
             self._learn_network(net)
+        for port in self.store.list_ports():
+            self._mirror_port(port["id"], port)
         for host in self.store.list_hosts():
             self._add_host(host)
         self._thread = threading.Thread(target=self._run, name="dataplane", daemon=True)
@@ -173,7 +224,12 @@ class DataPlane:
         """For tests and the demo: True once nothing is queued, dirty or awaiting a barrier."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._inbox.empty() and not self._dirty and not self._outstanding:
+            if (
+                not self._inbox.unfinished_tasks
+                and not self._dirty
+                and not self._dirty_ports
+                and not self._outstanding
+            ):
                 return True
             time.sleep(0.02)
         return False
@@ -194,6 +250,7 @@ class DataPlane:
             "group_mods": self.stats.group_mods,
             "batches": self.stats.batches,
             "networks_compiled": self.stats.networks_compiled,
+            "ports_patched": self.stats.ports_patched,
             "reconciled_after_s": self.stats.reconciled_after_s,
             "uptime_s": round(time.monotonic() - self.stats.started_at, 3),
         }
@@ -202,8 +259,10 @@ class DataPlane:
 
     def _run(self) -> None:
         while not self._stopping:
+            taken = 0
             try:
                 kind, args = self._inbox.get(timeout=1.0)
+                taken = 1
             except queue.Empty:
                 kind, args = "tick", ()
             try:
@@ -214,11 +273,15 @@ class DataPlane:
                         kind, args = self._inbox.get_nowait()
                     except queue.Empty:
                         break
+                    taken += 1
                     self._handle(kind, args)
                 self._flush()
                 self._write_observations()
             except Exception:
                 LOG.exception("data plane step failed (%s)", kind)
+            finally:
+                for _ in range(taken):  # wait_idle: these are fully handled now
+                    self._inbox.task_done()
 
     def _handle(self, kind: str, args: tuple[Any, ...]) -> None:
         if kind == "events":
@@ -259,6 +322,7 @@ class DataPlane:
                 self.net_to_key.pop(ev.old["id"], None)
         elif ev.kind == "port":
             old, new = ev.old, ev.new
+            self._mirror_port((new or old or {})["id"], new)
             if old and new:
                 changed = {f for f in PORT_FLOW_FIELDS if old.get(f) != new.get(f)}
                 if not changed:
@@ -269,7 +333,7 @@ class DataPlane:
                     return  # the store catching up with a location we already act on
             for rec in (old, new):
                 if rec and rec.get("network_id") in self.net_to_key:
-                    self._dirty.add(self.net_to_key[rec["network_id"]])
+                    self._port_changed(self.net_to_key[rec["network_id"]], rec["id"])
             if new is not None:
                 self._assert_observed_binding(new)
         elif ev.kind == "host":
@@ -281,6 +345,17 @@ class DataPlane:
                 self.hosts[ev.new["id"]].record = ev.new
                 if any(ev.old.get(f) != ev.new.get(f) for f in HOST_AGENT_FIELDS):
                     self._restart_agent(ev.new["id"])
+
+    def _mirror_port(self, port_id: str, record: dict[str, Any] | None) -> None:
+        old = self.ports.pop(port_id, None)
+        if old is not None:
+            self.net_ports.get(old["network_id"], set()).discard(port_id)
+        if record is not None:
+            self.ports[port_id] = record
+            self.net_ports.setdefault(record["network_id"], set()).add(port_id)
+
+    def _port_changed(self, key: int, port_id: str) -> None:
+        self._dirty_ports.setdefault(key, set()).add(port_id)
 
     def _assert_observed_binding(self, port: dict[str, Any]) -> None:
         """The observed location wins over what the orchestrator wrote."""
@@ -355,12 +430,12 @@ class DataPlane:
             # Ports recorded here that the host no longer has must be withdrawn too.
             changed |= {p["id"] for p in self.store.list_ports(host_id=host_id)}
         for pid in changed:
-            port = self.store.get_port(pid)
+            port = self.ports.get(pid)
             if port is None:
                 continue  # an interface of something that is not a tenantnet port
             key = self.net_to_key.get(port["network_id"])
             if key is not None:
-                self._dirty.add(key)
+                self._port_changed(key, pid)
             if pid in obs.bindings:
                 if port.get("binding:host_id") != host_id:
                     self._binding_out[pid] = host_id
@@ -416,7 +491,7 @@ class DataPlane:
         keys |= {k for k, hs in self.members.items() if host_id in hs}
         for pid, h in self.observed_at.items():
             if h == host_id:
-                port = self.store.get_port(pid)
+                port = self.ports.get(pid)
                 if port is not None and port["network_id"] in self.net_to_key:
                     keys.add(self.net_to_key[port["network_id"]])
         for port in self.store.list_ports(host_id=host_id):
@@ -453,7 +528,7 @@ class DataPlane:
 
     def _flush(self) -> None:
         """Recompile what is dirty, then send each host one diff (one bundle, one barrier)."""
-        if not self._dirty and not self._dirty_base:
+        if not self._dirty and not self._dirty_base and not self._dirty_ports:
             return
         t0 = time.perf_counter()
         sent_before = self.stats.flow_mods + self.stats.group_mods
@@ -467,6 +542,17 @@ class DataPlane:
             desired = compile_base(host_context(rt.record["tunnel_ip"], rt.obs.tunnel_ofports))
             self._plan(rt, BASE_KEY, desired, plans)
         self._dirty_base.clear()
+        dirty_ports, self._dirty_ports = self._dirty_ports, {}
+        patched = 0
+        for key, pids in dirty_ports.items():
+            # One port: patch it in.  Several of one network in one step (a bulk): one whole
+            # compile is cheaper, and patches of one slice in one step must not interleave.
+            if key in self._dirty:
+                continue
+            if len(pids) == 1 and self._patch_port(key, next(iter(pids)), batch, plans):
+                patched += 1
+            else:
+                self._dirty.add(key)
         dirty, self._dirty = sorted(self._dirty), set()
         for key in dirty:
             self._recompile(key, batch, plans)
@@ -479,19 +565,22 @@ class DataPlane:
         self.stats.last_batch_ms = ms
         if sent:
             LOG.info(
-                "%d networks recompiled, %d flow/group mods to %d hosts in %.1f ms",
-                len(dirty), sent, len(plans), ms,
+                "%d networks recompiled, %d ports patched: %d flow/group mods to %d hosts"
+                " in %.1f ms",
+                len(dirty), patched, sent, len(plans), ms,
             )  # fmt: skip
         self._check_reconciled()
 
     def _recompile(self, key: int, batch: _Batch, plans: dict[str, list[FlowDiff]]) -> None:
+        """The whole network on every host of it (and on hosts that still carry its flows)."""
         self.stats.networks_compiled += 1
         net_id = self.key_to_net.get(key)
         net = self.store.get_network(net_id) if net_id and net_id in self.net_to_key else None
         located: list[LocatedPort] = []
         if net is not None:
-            unsynced = {h for h, rt in self.hosts.items() if rt.obs is None}
-            for port in self.store.list_ports(network_id=net["id"]):
+            unsynced = self._unsynced()
+            for pid in sorted(self.net_ports.get(net["id"], ())):
+                port = self.ports[pid]
                 located.append(
                     LocatedPort(port, locate(port, self.observed_at, unsynced, self.hosts))
                 )
@@ -500,15 +589,8 @@ class DataPlane:
         targets |= {h for h, rt in self.hosts.items() if rt.installed and key in rt.installed}
         tunnel_ips = {h: rt.record["tunnel_ip"] for h, rt in self.hosts.items()}
         for lp in located:
-            p = lp.port
-            rt = self.hosts.get(lp.host_id) if lp.host_id else None
-            if rt is not None and rt.ready and p["id"] in (rt.obs.bindings if rt.obs else {}):
-                if p.get("admin_state_up", True):
-                    batch.active.append(p["id"])
-                else:
-                    batch.down.append(p["id"])
-            elif lp.host_id is None:
-                batch.down.append(p["id"])
+            self._report(lp.port, lp.host_id, batch)
+        nc = NetCompiled(segment_of(net)) if net is not None else None
         for host_id in sorted(targets):
             rt = self.hosts.get(host_id)
             if rt is None or not rt.ready:
@@ -522,20 +604,163 @@ class DataPlane:
                 desired = EMPTY
             self._plan(rt, key, desired, plans)
         self.members[key] = new_members
-        if net is None:
+        if nc is None:
             self.members.pop(key, None)
             self.key_to_net.pop(key, None)
+            self.compiled.pop(key, None)
+            return
+        for lp in located:
+            if lp.host_id is not None:
+                self._track(nc, lp.port, lp.host_id, self._local_port(lp.port, lp.host_id))
+        self.compiled[key] = nc
+
+    def _unsynced(self) -> set[str]:
+        return {h for h, rt in self.hosts.items() if rt.obs is None}
+
+    def _report(self, port: dict[str, Any], host_id: str | None, batch: _Batch) -> None:
+        """A port's status once this step's flows are confirmed: ACTIVE if plugged and up."""
+        rt = self.hosts.get(host_id) if host_id else None
+        if rt is not None and rt.ready and port["id"] in (rt.obs.bindings if rt.obs else {}):
+            (batch.active if port.get("admin_state_up", True) else batch.down).append(port["id"])
+        elif host_id is None:
+            batch.down.append(port["id"])
+
+    def _local_port(self, port: dict[str, Any], host_id: str) -> LocalPort | None:
+        """The port as its host compiles it; None while the host shows no ofport for it."""
+        rt = self.hosts.get(host_id)
+        ofport = rt.obs.bindings.get(port["id"]) if rt is not None and rt.obs else None
+        return local_port_of(port, ofport) if ofport is not None else None
+
+    def _track(
+        self, nc: NetCompiled, port: dict[str, Any], host_id: str, lp: LocalPort | None
+    ) -> None:
+        pid = port["id"]
+        nc.where[pid] = host_id
+        nc.hosts[host_id] += 1
+        if lp is not None:
+            nc.local.setdefault(host_id, {})[pid] = lp
+            nc.usable[host_id] += usable(lp)
+        rt = self.hosts.get(host_id)
+        if rt is not None:
+            nc.remote[pid] = remote_port_of(port, rt.record["tunnel_ip"])
+        nc.macs[pid] = port_macs(port)
+        nc.mac_users.update(nc.macs[pid])
+
+    def _untrack(self, nc: NetCompiled, pid: str) -> None:
+        host_id = nc.where.pop(pid, None)
+        if host_id is None:
+            return
+        nc.hosts[host_id] -= 1
+        lp = nc.local.get(host_id, {}).pop(pid, None)
+        if lp is not None:
+            nc.usable[host_id] -= usable(lp)
+        nc.remote.pop(pid, None)
+        nc.mac_users.subtract(nc.macs.pop(pid, ()))
+
+    def _patch_port(
+        self, key: int, pid: str, batch: _Batch, plans: dict[str, list[FlowDiff]]
+    ) -> bool:
+        """The per-port path (see the module docstring).  False: recompile the network."""
+        nc = self.compiled.get(key)
+        net_id = self.key_to_net.get(key)
+        if nc is None or net_id is None or self.net_to_key.get(net_id) != key:
+            return False
+        port = self.ports.get(pid)
+        if port is not None and port["network_id"] != net_id:
+            port = None
+        new_host = locate(port, self.observed_at, self._unsynced(), self.hosts) if port else None
+        old_host = nc.where.get(pid)
+        # The network's hosts must stay the same: a host joining or leaving changes the peers
+        # (tunnel ingress, flood buckets) of every host of the network.
+        if old_host != new_host and (
+            (old_host is not None and nc.hosts[old_host] == 1)
+            or (new_host is not None and nc.hosts[new_host] == 0)
+        ):
+            return False
+        if new_host is not None and new_host not in self.hosts:
+            return False
+        # No other port may claim one of its MACs (old or new): the network compile resolves
+        # such duplicates, fragments alone would not.
+        old_macs = nc.macs.get(pid, frozenset())
+        new_macs = port_macs(port) if port is not None and new_host is not None else frozenset()
+        if any(nc.mac_users[m] > 1 for m in old_macs) or any(
+            nc.mac_users[m] - (m in old_macs) > 0 for m in new_macs
+        ):
+            return False
+        old_lp = nc.local.get(old_host, {}).get(pid) if old_host else None
+        new_lp = self._local_port(port, new_host) if port is not None and new_host else None
+        for host_id, lp in ((old_host, old_lp), (new_host, new_lp)):
+            if host_id is None or lp is None or not usable(lp):
+                continue
+            others = nc.local.get(host_id, {})
+            if any(p.ofport == lp.ofport and q != pid and usable(p) for q, p in others.items()):
+                return False  # two ports on one ofport: the network compile picks one
+        # A host whose last usable port goes (or whose first comes) has an empty slice instead.
+        usable_after = Counter(nc.usable)
+        if old_lp is not None:
+            usable_after[old_host] -= usable(old_lp)
+        if new_lp is not None:
+            usable_after[new_host] += usable(new_lp)
+        for host_id in {old_host, new_host} - {None}:
+            if (nc.usable[host_id] > 0) != (usable_after[host_id] > 0):
+                return False
+
+        old_rp = nc.remote.get(pid)
+        self._untrack(nc, pid)
+        if port is not None and new_host is not None:
+            self._track(nc, port, new_host, new_lp)
+        new_rp = nc.remote.get(pid)
+        self.stats.ports_patched += 1
+        tunnel_ips = {
+            h: self.hosts[h].record["tunnel_ip"]
+            for h, n in nc.hosts.items()
+            if n > 0 and h in self.hosts
+        }
+        for host_id in sorted(tunnel_ips):
+            rt = self.hosts[host_id]
+            if not rt.ready or nc.usable[host_id] == 0:
+                continue  # not synced yet (compiled whole when it is), or an empty slice
+            assert rt.obs is not None and rt.installed is not None
+            ctx = host_context(rt.record["tunnel_ip"], rt.obs.tunnel_ofports)
+            old: frozenset[Rule] = frozenset()
+            new: frozenset[Rule] = frozenset()
+            if host_id == old_host:
+                if old_lp is not None:
+                    old = local_port_rules(nc.seg, old_lp)
+            elif old_rp is not None:
+                old = remote_port_rules(ctx, nc.seg, old_rp)
+            if host_id == new_host:
+                if new_lp is not None:
+                    new = local_port_rules(nc.seg, new_lp)
+            elif new_rp is not None:
+                new = remote_port_rules(ctx, nc.seg, new_rp)
+            groups = None
+            if host_id in (old_host, new_host):
+                peers = peer_list(ctx, nc.seg, [ip for h, ip in tunnel_ips.items() if h != host_id])
+                groups = flood_groups(ctx, nc.seg, nc.local.get(host_id, {}).values(), peers)
+            d, after = patch(rt.installed.get(key, EMPTY), old, new, groups)
+            self._queue(rt, key, d, after, plans)
+        if port is not None:
+            self._report(port, new_host, batch)
+        return True
 
     def _plan(
         self, rt: HostRuntime, key: int, desired: Slice, plans: dict[str, list[FlowDiff]]
     ) -> None:
         """Diff one slice against the switch; the switch is assumed to follow (optimistic)."""
         assert rt.installed is not None
-        d = diff(desired, rt.installed.get(key, EMPTY))
+        self._queue(rt, key, diff(desired, rt.installed.get(key, EMPTY)), desired, plans)
+
+    @staticmethod
+    def _queue(
+        rt: HostRuntime, key: int, d: FlowDiff, after: Slice, plans: dict[str, list[FlowDiff]]
+    ) -> None:
+        """Queue a diff for the host and record the slice it leads to (optimistically)."""
+        assert rt.installed is not None
         if d.empty:
             return
-        if desired.rules or desired.groups:
-            rt.installed[key] = desired
+        if after.rules or after.groups:
+            rt.installed[key] = after
         else:
             rt.installed.pop(key, None)
         plans.setdefault(rt.record["id"], []).append(d)

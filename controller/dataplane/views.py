@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flows.model import HostContext, LocalPort, NetworkView, RemotePort
+from flows.compiler import normalize_mac
+from flows.model import HostContext, LocalPort, NetworkView, RemotePort, Segment
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,42 @@ def address_pairs(port: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     )
 
 
+def segment_of(network: dict[str, Any]) -> Segment:
+    return Segment(
+        key=network["_key"],
+        seg_type=network.get("provider:network_type") or "vxlan",
+        seg_id=int(network["provider:segmentation_id"]),
+    )
+
+
+def local_port_of(port: dict[str, Any], ofport: int) -> LocalPort:
+    """A port as the host it is plugged into compiles it."""
+    return LocalPort(
+        port_id=port["id"],
+        ofport=ofport,
+        mac=port["mac_address"],
+        fixed_ips=fixed_ip_addresses(port),
+        port_security=bool(port.get("port_security_enabled", True)),
+        admin_up=bool(port.get("admin_state_up", True)),
+        allowed_pairs=address_pairs(port),
+    )
+
+
+def remote_port_of(port: dict[str, Any], host_ip: str) -> RemotePort:
+    """A port as the other hosts of its network compile it."""
+    extra = tuple(sorted({m for _, m in address_pairs(port)} - {port["mac_address"]}))
+    return RemotePort(
+        port_id=port["id"], mac=port["mac_address"], host_ip=host_ip, extra_macs=extra
+    )
+
+
+def port_macs(port: dict[str, Any]) -> frozenset[str]:
+    """Every MAC a port may send from (its own and its address pairs'), normalised."""
+    return frozenset(
+        normalize_mac(m) for m in (port["mac_address"], *(m for _, m in address_pairs(port)))
+    )
+
+
 def network_view(
     network: dict[str, Any],
     located: list[LocatedPort],
@@ -73,32 +110,19 @@ def network_view(
         p = lp.port
         if lp.host_id == host_id:
             ofport = host_ofports.get(p["id"])
-            if ofport is None:
-                continue
-            local.append(
-                LocalPort(
-                    port_id=p["id"],
-                    ofport=ofport,
-                    mac=p["mac_address"],
-                    fixed_ips=fixed_ip_addresses(p),
-                    port_security=bool(p.get("port_security_enabled", True)),
-                    admin_up=bool(p.get("admin_state_up", True)),
-                    allowed_pairs=address_pairs(p),
-                )
-            )
+            if ofport is not None:
+                local.append(local_port_of(p, ofport))
         else:
             ip = tunnel_ips.get(lp.host_id)
             if ip is None:
                 continue
-            extra = tuple(sorted({m for _, m in address_pairs(p)} - {p["mac_address"]}))
-            remote.append(
-                RemotePort(port_id=p["id"], mac=p["mac_address"], host_ip=ip, extra_macs=extra)
-            )
+            remote.append(remote_port_of(p, ip))
             peers.add(ip)
+    seg = segment_of(network)
     return NetworkView(
-        key=network["_key"],
-        seg_type=network.get("provider:network_type") or "vxlan",
-        seg_id=int(network["provider:segmentation_id"]),
+        key=seg.key,
+        seg_type=seg.seg_type,
+        seg_id=seg.seg_id,
         local_ports=tuple(local),
         remote_ports=tuple(remote),
         peer_ips=tuple(sorted(peers)),

@@ -10,7 +10,17 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from flows import tables as t
-from flows.compiler import compile_base, compile_network
+from flows.compiler import (
+    compile_base,
+    compile_network,
+    flood_groups,
+    local_port_rules,
+    normalize_mac,
+    peer_list,
+    remote_port_rules,
+    shared_rules,
+    usable,
+)
 from flows.diff import merge
 from flows.model import (
     Apply,
@@ -605,6 +615,40 @@ def test_output_is_deterministic_under_input_permutation(
     first = compile_network(CTX, view)
     assert compile_network(CTX, permuted(view, rnd)) == first
     assert compile_network(CTX, view) == first
+
+
+def _macs_of(view: NetworkView) -> list[str]:
+    macs = [
+        normalize_mac(m)
+        for p in view.local_ports
+        if usable(p)
+        for m in {p.mac, *(pm for _a, pm in p.allowed_pairs)}
+    ]
+    macs += [normalize_mac(m) for r in view.remote_ports for m in {r.mac, *r.extra_macs}]
+    return macs
+
+
+@settings(max_examples=200, deadline=None)
+@given(view=network_views())
+def test_without_conflicts_a_network_is_the_union_of_its_fragments(view: NetworkView) -> None:
+    """What the data plane's per-port path relies on: when no two ports claim a MAC or an
+    ofport, fragments compiled one port at a time add up to exactly the whole network."""
+    macs = _macs_of(view)
+    ofports = [p.ofport for p in view.local_ports if usable(p)]
+    assume(len(macs) == len(set(macs)) and len(ofports) == len(set(ofports)))
+    whole = compile_network(CTX, view)
+    if not ofports:
+        assert whole == Slice()
+        return
+    seg = view.segment
+    peers = peer_list(CTX, seg, view.peer_ips)
+    rules = set(shared_rules(CTX, seg, peers))
+    for p in view.local_ports:
+        rules |= local_port_rules(seg, p)
+    for r in view.remote_ports:
+        rules |= remote_port_rules(CTX, seg, r)
+    assert whole.rules == frozenset(rules)
+    assert whole.groups == flood_groups(CTX, seg, view.local_ports, peers)
 
 
 @settings(max_examples=150, deadline=None)

@@ -6,8 +6,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flows import tables as t
-from flows.compiler import compile_base, compile_network
-from flows.diff import FlowDiff, diff, merge, split_by_cookie
+from flows.compiler import (
+    compile_base,
+    compile_network,
+    flood_groups,
+    local_port_rules,
+    remote_port_rules,
+)
+from flows.diff import FlowDiff, diff, merge, patch, split_by_cookie
 from flows.model import (
     Apply,
     GotoTable,
@@ -243,3 +249,69 @@ def test_applying_a_diff_reaches_the_desired_state(
     assert frozenset(switch.values()) == desired
     assert len(d.add_rules) == len(desired - installed)  # unchanged flows are not re-sent
     assert diff(Slice(desired), Slice(frozenset(switch.values()))).empty
+
+
+# ------------------------------------------------------------------------------------------ patch
+
+
+def _variants(key: int) -> list[LocalPort]:
+    """Ways one port of network ``key`` can change (IP, MAC, admin state, pairs, ofport)."""
+    base = LocalPort(f"n{key}x", 40, f"02:00:00:00:{key:02x}:44", ("10.0.0.44",))
+    return [
+        base,
+        LocalPort(base.port_id, 40, base.mac, ("10.0.0.45",)),
+        LocalPort(base.port_id, 41, base.mac, ("10.0.0.44",)),
+        LocalPort(base.port_id, 40, "02:00:00:00:07:55", ("10.0.0.44",)),
+        LocalPort(base.port_id, 40, base.mac, ("10.0.0.44",), admin_up=False),
+        LocalPort(base.port_id, 40, base.mac, ("10.0.0.44",), port_security=False),
+        LocalPort(
+            base.port_id, 40, base.mac, ("10.0.0.44",),
+            allowed_pairs=(("10.0.9.0/24", "02:00:00:00:07:66"),),
+        ),
+    ]  # fmt: skip
+
+
+def _with_local(v: NetworkView, extra: list[LocalPort]) -> NetworkView:
+    return NetworkView(v.key, v.seg_type, v.seg_id, v.local_ports + tuple(extra),
+                       v.remote_ports, v.peer_ips)  # fmt: skip
+
+
+def test_patch_equals_a_full_diff_for_every_single_port_change() -> None:
+    """Swapping one port's fragment gives the same messages' effect and the same slice as
+    recompiling the network and diffing it: absent -> variant, variant -> variant, -> absent."""
+    seg = view(7, 10).segment
+    states: list[LocalPort | None] = [None, *_variants(7)]
+    for before in states:
+        for after in states:
+            v0 = _with_local(view(7, 10), [before] if before else [])
+            v1 = _with_local(view(7, 10), [after] if after else [])
+            installed, desired = compile_network(CTX, v0), compile_network(CTX, v1)
+            old = local_port_rules(seg, before) if before else frozenset()
+            new = local_port_rules(seg, after) if after else frozenset()
+            d, result = patch(
+                installed, old, new, flood_groups(CTX, seg, v1.local_ports, ["10.0.0.2"])
+            )
+            assert result == desired, (before, after)
+            full = diff(desired, installed)
+            assert set(d.add_rules) == set(full.add_rules), (before, after)
+            assert set(d.del_rules) == set(full.del_rules), (before, after)
+            assert (d.add_groups, d.mod_groups, d.del_groups) == (
+                full.add_groups, full.mod_groups, full.del_groups)  # fmt: skip
+
+
+def test_patch_of_a_remote_port_touches_one_rule_per_mac() -> None:
+    seg = view(7, 10).segment
+    r0 = RemotePort("n7q", "02:00:00:00:07:77", "10.0.0.2")
+    r1 = RemotePort("n7q", "02:00:00:00:07:77", "10.0.0.3")  # moved to another host
+    d, after = patch(NET7, frozenset(), remote_port_rules(CTX, seg, r0))
+    assert len(d) == 1 and len(after.rules) == len(NET7.rules) + 1
+    d2, after2 = patch(after, remote_port_rules(CTX, seg, r0), remote_port_rules(CTX, seg, r1))
+    assert len(d2.add_rules) == 1 and d2.del_rules == ()  # re-added in place, never deleted
+    assert len(after2.rules) == len(after.rules)
+
+
+def test_patch_does_not_delete_what_the_switch_does_not_have() -> None:
+    seg = view(7, 10).segment
+    port = _variants(7)[0]
+    d, after = patch(NET7, local_port_rules(seg, port), frozenset())
+    assert d.empty and after == NET7
