@@ -60,6 +60,9 @@ LOG = logging.getLogger(__name__)
 
 EMPTY = Slice()
 MAX_RESYNCS = 3
+# How long port bindings/statuses may wait for outstanding barriers, so that a new port's
+# binding and its ACTIVE status are one commit (see _write_observations).
+OBSERVATION_HOLD_S = 0.05
 
 # Port fields whose change alters flows; status/revision/timestamps do not.
 PORT_FLOW_FIELDS = (
@@ -181,6 +184,7 @@ class DataPlane:
         self._grace_over = False
         self._status_out: dict[str, str] = {}  # written once per step, see _write_observations
         self._binding_out: dict[str, str | None] = {}
+        self._held_since: float | None = None
 
     # ------------------------------------------------------------------ inbound (any thread)
 
@@ -260,8 +264,11 @@ class DataPlane:
     def _run(self) -> None:
         while not self._stopping:
             taken = 0
+            timeout = 1.0
+            if self._held_since is not None:
+                timeout = max(0.0, self._held_since + OBSERVATION_HOLD_S - time.monotonic())
             try:
-                kind, args = self._inbox.get(timeout=1.0)
+                kind, args = self._inbox.get(timeout=timeout)
                 taken = 1
             except queue.Empty:
                 kind, args = "tick", ()
@@ -807,9 +814,22 @@ class DataPlane:
             self._status_out[pid] = "DOWN"
 
     def _write_observations(self) -> None:
-        """What this step learnt about ports, in one store transaction."""
+        """What this step learnt about ports, in one store transaction.
+
+        While barriers are outstanding the write is held back (at most OBSERVATION_HOLD_S):
+        a new port's binding, observed when it is created, and its ACTIVE status, known when
+        the barriers return, then share one commit, and the switches get the CPU in between.
+        """
         if not self._status_out and not self._binding_out:
+            self._held_since = None
             return
+        now = time.monotonic()
+        if self._outstanding:
+            if self._held_since is None:
+                self._held_since = now
+            if now - self._held_since < OBSERVATION_HOLD_S:
+                return
+        self._held_since = None
         statuses, self._status_out = self._status_out, {}
         bindings, self._binding_out = self._binding_out, {}
         self.store.set_ports_observed(statuses=statuses, bindings=bindings)

@@ -69,17 +69,29 @@ class Store:
     # -- transaction plumbing -------------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[Tx]:
-        """A write transaction: committed and published on success, rolled back on any error."""
+    def _write(self, durable: bool = True) -> Iterator[Tx]:
+        """A write transaction: committed and published on success, rolled back on any error.
+
+        ``durable=False`` is for what the data plane observes (statuses, bindings, host
+        state): it is derived from the switches and re-derived after a restart, so its commit
+        skips the fsync (WAL, synchronous=NORMAL: still atomic and crash-consistent, only the
+        last such commits may be lost with the machine's power).  API writes always fsync.
+        """
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            tx = Tx(self._conn, self.underlay_mtu)
+            if not durable:
+                self._conn.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield tx
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                tx = Tx(self._conn, self.underlay_mtu)
+                try:
+                    yield tx
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            finally:
+                if not durable:
+                    self._conn.execute("PRAGMA synchronous = FULL")
             self._publish(tx.events)
 
     def _publish(self, events: list[ChangeEvent]) -> None:
@@ -241,7 +253,7 @@ class Store:
         so a port's event carries both; unknown ids and unchanged values are skipped."""
         if not statuses and not bindings:
             return
-        with self._write() as tx:
+        with self._write(durable=False) as tx:
             for port_id, host_id in (bindings or {}).items():
                 current = ports.load(tx, port_id)
                 if current is not None:
@@ -267,7 +279,7 @@ class Store:
     ) -> dict[str, Any] | None:
         """Apply a data-plane observation; an object deleted meanwhile is simply skipped, since
         the data plane races the API by nature."""
-        with self._write() as tx:
+        with self._write(durable=False) as tx:
             current = module.load(tx, obj_id)
             return None if current is None else change(tx, current)
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from controller.events import ChangeEvent, EventBus
 from controller.store import Store
+from controller.store import ports as store_ports
 
 
 def test_bindings_and_statuses_in_one_commit(tmp_path: Path) -> None:
@@ -43,3 +47,28 @@ def test_only_changed_statuses_are_written_across_query_chunks(tmp_path: Path) -
     changed = {e.new["id"] for e in batches[0]}
     assert changed == {pid for i, pid in enumerate(ids) if i % 7 == 0}
     assert all(store.get_port(pid)["status"] == "ACTIVE" for pid in changed)
+
+
+def test_observed_writes_skip_fsync_and_api_writes_keep_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Statuses/bindings commit with synchronous=NORMAL; the setting is back to FULL after
+    them, also when the transaction fails, so API writes stay durable."""
+    store = Store(str(tmp_path / "db.sqlite"), EventBus())
+    net = store.create_network({})
+    port = store.create_port({"network_id": net["id"]})
+    seen: list[int] = []
+
+    def failing_set_binding(tx: Any, current: Any, host_id: Any) -> None:
+        seen.append(tx.conn.execute("PRAGMA synchronous").fetchone()[0])
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(store_ports, "set_binding", failing_set_binding)
+    with pytest.raises(RuntimeError):
+        store.set_ports_observed(bindings={port["id"]: "hv1"})
+    monkeypatch.undo()
+    assert seen == [1]  # NORMAL inside the observed write
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    assert not store.get_port(port["id"])["binding:host_id"]  # rolled back
+    store.set_ports_observed(statuses={port["id"]: "ACTIVE"})
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2
