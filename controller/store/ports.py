@@ -8,6 +8,7 @@ is wired); clients may send it, as CloudStack does, but it is ignored.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import netaddr
@@ -341,22 +342,28 @@ def save(tx: Tx, current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]
     return new
 
 
-def differing_statuses(tx: Tx, statuses: dict[str, str]) -> dict[str, str]:
-    """The entries of ``statuses`` that differ from what is stored (unknown ids dropped).
-
-    The data plane reports every port of a network it recompiled, most of them unchanged;
-    SQLite compares inside the JSON, so only real changes are loaded and written."""
+def statuses(tx: Tx, port_ids: Iterable[str]) -> dict[str, str]:
+    """``{id: status}`` of the given ports that exist, read inside SQLite (no JSON decoding in
+    Python), in chunks that stay below SQLite's variable limit."""
+    ids = list(port_ids)
     out: dict[str, str] = {}
-    items = list(statuses.items())
-    for i in range(0, len(items), 500):
-        chunk = dict(items[i : i + 500])
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
         marks = ",".join("?" * len(chunk))
         rows = tx.all(
             f"SELECT id, json_extract(body, '$.status') FROM ports WHERE id IN ({marks})",
             tuple(chunk),
         )
-        out.update({pid: chunk[pid] for pid, stored in rows if stored != chunk[pid]})
+        out.update(dict(rows))
     return out
+
+
+def differing_statuses(tx: Tx, wanted: dict[str, str]) -> dict[str, str]:
+    """The entries of ``wanted`` that differ from what is stored (unknown ids dropped).
+
+    The data plane reports every port of a network it recompiled, most of them unchanged;
+    comparing inside SQLite means only real changes are loaded and written."""
+    return {pid: wanted[pid] for pid, st in statuses(tx, wanted).items() if st != wanted[pid]}
 
 
 def set_status(tx: Tx, current: dict[str, Any], status: str) -> dict[str, Any]:

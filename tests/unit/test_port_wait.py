@@ -54,3 +54,35 @@ def test_wait_rejects_bad_bodies_with_a_400_naming_the_field(tmp_path: Path) -> 
     assert r.status_code == 400 and "port_ids" in r.json()["NeutronError"]["message"]
     r = client.post("/tenantnet/wait", json={"port_ids": ["x"], "timeout": 1000})
     assert r.status_code == 400 and "timeout" in r.json()["NeutronError"]["message"]
+
+
+def test_route_is_woken_by_the_status_event_and_ignores_other_ports(tmp_path: Path) -> None:
+    store, _, client = _setup(tmp_path)
+    net = store.create_network({})
+    a, b = (store.create_port({"network_id": net["id"]})["id"] for _ in range(2))
+
+    def wire() -> None:
+        time.sleep(0.1)
+        store.set_ports_observed(statuses={b: "ACTIVE"})  # not the one waited for
+        time.sleep(0.1)
+        store.set_ports_observed(statuses={a: "ACTIVE"})
+
+    threading.Thread(target=wire).start()
+    t0 = time.monotonic()
+    r = client.post("/tenantnet/wait", json={"port_ids": [a], "timeout": 5})
+    assert r.status_code == 200 and r.json() == {"done": True, "pending": []}
+    assert 0.15 < time.monotonic() - t0 < 2, "woken by a's event, not b's, not the timeout"
+
+
+def test_a_port_that_flaps_back_is_pending_again(tmp_path: Path) -> None:
+    store, waiter, _ = _setup(tmp_path)
+    net = store.create_network({})
+    a, b = (store.create_port({"network_id": net["id"]})["id"] for _ in range(2))
+
+    def flap() -> None:
+        time.sleep(0.05)
+        store.set_ports_observed(statuses={a: "ACTIVE"})
+        store.set_ports_observed(statuses={a: "DOWN"})  # before b is ready: a no longer counts
+
+    threading.Thread(target=flap).start()
+    assert waiter.wait([a, b], "ACTIVE", timeout=0.4) == sorted([a, b])
