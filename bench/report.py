@@ -187,7 +187,7 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                 row = Row(sec, f"{what}, {stat}", "ms", **_pair(raw, name, fn("lat_before", key)))
                 if key == "ready_ms" and stat == "median":
                     row.target = _ovn_ratio_target(row, "<= 0.5x OVN", 0.5, "<=")
-                    row.note = ("tenantnet: POST port -> status ACTIVE (1 ms poll); "
+                    row.note = ("tenantnet: POST port, then POST /tenantnet/wait until ACTIVE; "
                                 "OVN: ovn-nbctl --wait=hv lsp-add + set-addresses/port-security")
                 rows.append(row)
         break
