@@ -162,7 +162,7 @@ def _allocate_fixed_ips(
                     )
             else:
                 subnet = _subnet_for_ip(tx, network, ip)
-            if ip not in subnets.usable(netaddr.IPNetwork(subnet["cidr"])):
+            if not subnets.is_usable(ip, netaddr.IPNetwork(subnet["cidr"])):
                 raise InvalidInput(
                     f"IP address {ip} is not a valid IP for the specified subnet.",
                     "InvalidIpForSubnet",

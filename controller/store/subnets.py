@@ -109,6 +109,17 @@ def usable(cidr: netaddr.IPNetwork) -> netaddr.IPSet:
     return hosts
 
 
+def is_usable(ip: netaddr.IPAddress, cidr: netaddr.IPNetwork) -> bool:
+    """``ip in usable(cidr)`` by integer comparison: this runs for every port with a fixed IP,
+    and building the IPSet cost ~0.1 ms each time (most of a bulk port create)."""
+    first, last = cidr.first, cidr.last
+    if cidr.version == 4 and cidr.prefixlen <= 30:
+        first, last = first + 1, last - 1
+    elif cidr.version == 6 and cidr.prefixlen < 128:
+        first += 1
+    return ip.version == cidr.version and first <= int(ip) <= last
+
+
 def _gateway(body: dict[str, Any], cidr: netaddr.IPNetwork) -> str | None:
     """The gateway: the first usable address unless given; an explicit null means none."""
     hosts = usable(cidr)

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import netaddr
 import pytest
 
 from controller.events import ChangeEvent, EventBus
@@ -682,3 +683,20 @@ def test_every_acknowledged_write_survives_sigkill(db_path: str, tmp_path: Path)
     assert len(ports) >= 59
     assert len({p["fixed_ips"][0]["ip_address"] for p in ports}) == len(ports)
     store.close()
+
+
+@pytest.mark.parametrize(
+    "cidr",
+    ["10.0.0.0/24", "10.0.0.0/30", "10.0.0.0/31", "10.0.0.7/32", "fd00::/126", "fd00::1/128"],
+)
+def test_is_usable_agrees_with_the_usable_set(cidr: str) -> None:
+    from controller.store.subnets import is_usable, usable
+
+    net = netaddr.IPNetwork(cidr)
+    hosts = usable(net)
+    around = range(net.first - 2, net.last + 3)
+    for value in around:
+        ip = netaddr.IPAddress(value, version=net.version)
+        assert is_usable(ip, net) == (ip in hosts), ip
+    other = netaddr.IPAddress("::a00:1") if net.version == 4 else netaddr.IPAddress("10.0.0.1")
+    assert not is_usable(other, net)
