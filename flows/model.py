@@ -78,9 +78,12 @@ def match(**fields: Any) -> Match:
 # ------------------------------------------------------------------------------------ rules/groups
 
 
-@dataclass(frozen=True, order=True)
-class Rule:
-    """One OpenFlow flow entry as tenantnet wants it on a switch."""
+class Rule(NamedTuple):
+    """One OpenFlow flow entry as tenantnet wants it on a switch.
+
+    A named tuple rather than a frozen dataclass: rules are created, hashed and compared by
+    the thousand on every compile and diff, and tuples do all three in C (about 3x cheaper).
+    """
 
     table: int
     priority: int
