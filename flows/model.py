@@ -20,12 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 # ----------------------------------------------------------------------------------------- actions
+# Actions and instructions are named tuples (cheap to build, hash and compare by the thousand),
+# and tuples compare by value only: without the trailing ``kind`` tag, Output(4) would equal
+# ToGroup(4), so a rule that outputs to port 4 would "equal" one that floods to group 4, and
+# neither the diff nor any cache keyed on instructions could tell them apart.
 
 
 class Output(NamedTuple):
     """Send the packet out of an OpenFlow port."""
 
     port: int
+    kind: str = "output"  # see the note above Output
 
 
 class SetField(NamedTuple):
@@ -33,12 +38,14 @@ class SetField(NamedTuple):
 
     field: str
     value: Any
+    kind: str = "set_field"  # see the note above Output
 
 
 class ToGroup(NamedTuple):
     """Hand the packet to a group (flooding)."""
 
     group_id: int
+    kind: str = "group"  # see the note above Output
 
 
 Action = Output | SetField | ToGroup
@@ -50,6 +57,7 @@ class Apply(NamedTuple):
     """OFPIT_APPLY_ACTIONS."""
 
     actions: tuple[Action, ...]
+    kind: str = "apply"  # see the note above Output
 
 
 class WriteMetadata(NamedTuple):
@@ -57,12 +65,14 @@ class WriteMetadata(NamedTuple):
 
     value: int
     mask: int
+    kind: str = "write_metadata"  # see the note above Output
 
 
 class GotoTable(NamedTuple):
     """OFPIT_GOTO_TABLE."""
 
     table: int
+    kind: str = "goto_table"  # see the note above Output
 
 
 Instruction = Apply | WriteMetadata | GotoTable
