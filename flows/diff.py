@@ -13,7 +13,7 @@ slices, so a change in network N is diffed against N's flows only.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flows import tables as t
@@ -46,6 +46,9 @@ class FlowDiff:
     del_groups: tuple[int, ...] = ()
     add_rules: tuple[Rule, ...] = ()
     del_rules: tuple[Rule, ...] = ()
+    # Whether some add replaces an installed flow (same key, other instructions or cookie).
+    # Unknown means yes; `diff` and `patch` compute it.
+    replaces_rules: bool = field(default=True, compare=False)
 
     def __len__(self) -> int:
         """Number of OpenFlow messages (flow-mods + group-mods) this diff implies."""
@@ -70,6 +73,17 @@ class FlowDiff:
         out += [("del_rules", r) for r in self.del_rules]
         out += [("del_groups", gid) for gid in self.del_groups]
         return tuple(out)
+
+    @property
+    def additive(self) -> bool:
+        """Only new flows and new/extended groups: nothing installed is deleted or replaced.
+
+        Such a diff needs no atomic bundle: adds are sent last table first (a path's entry
+        appears after the rest of it) and each group change is atomic by itself, so a packet
+        sees either the old forwarding or a complete new path.  Deletions and replacements are
+        what can leave a path half-changed, and they always go in a bundle.
+        """
+        return not self.del_rules and not self.del_groups and not self.replaces_rules
 
     @property
     def empty(self) -> bool:
@@ -103,8 +117,12 @@ def diff(desired: Slice, installed: Slice) -> FlowDiff:
     deleted as long as it is desired.
     """
     desired_keys = {rule.key for rule in desired.rules}
-    add_rules = sorted(desired.rules - installed.rules, key=_add_order)
+    added = desired.rules - installed.rules
+    add_rules = sorted(added, key=_add_order)
     del_rules = sorted((r for r in installed.rules if r.key not in desired_keys), key=_del_order)
+    replaces = bool(added) and bool(
+        {r.key for r in added} & {r.key for r in installed.rules if r not in desired.rules}
+    )
 
     want = {g.group_id: g for g in desired.groups}
     have = {g.group_id: g for g in installed.groups}
@@ -118,6 +136,7 @@ def diff(desired: Slice, installed: Slice) -> FlowDiff:
         del_groups=tuple(del_groups),
         add_rules=tuple(add_rules),
         del_rules=tuple(del_rules),
+        replaces_rules=replaces,
     )
 
 
@@ -198,6 +217,7 @@ def patch(
         mod_groups = [want[gid] for gid in common if want[gid].buckets != have[gid].buckets]
         del_groups = sorted(have.keys() - want.keys())
     after = Slice(rules=(installed.rules - removed) | added, groups=groups)
+    replaces = any(r.key in added_keys for r in removed if r in installed.rules)
     return (
         FlowDiff(
             add_groups=tuple(add_groups),
@@ -205,6 +225,7 @@ def patch(
             del_groups=tuple(del_groups),
             add_rules=tuple(add_rules),
             del_rules=tuple(del_rules),
+            replaces_rules=replaces,
         ),
         after,
     )

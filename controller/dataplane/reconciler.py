@@ -860,6 +860,7 @@ def merge_diffs(diffs: list[FlowDiff]) -> FlowDiff:
         del_groups=tuple(g for d in diffs for g in d.del_groups),
         add_rules=tuple(sorted((r for d in diffs for r in d.add_rules), key=lambda r: -r.table)),
         del_rules=tuple(sorted((r for d in diffs for r in d.del_rules), key=lambda r: r.table)),
+        replaces_rules=any(d.replaces_rules for d in diffs),
     )
 
 

@@ -123,9 +123,10 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         )
         self.counters.batches += 1
         with sw.lock:
-            if sw.bundles and msgs:
+            if sw.bundles and msgs and not diff.additive:
                 # One atomic, ordered bundle (ONF EXT-230, OpenFlow 1.3): packets see the old
-                # rules or the new ones, never a half-applied diff.
+                # rules or the new ones, never a half-applied diff.  A purely additive diff
+                # (see FlowDiff.additive) needs no bundle and saves its wrapping.
                 sw.bundle_id = (sw.bundle_id + 1) & 0xFFFFFFFF
                 sw.bundle_in_flight = True
                 bid = sw.bundle_id

@@ -9,6 +9,7 @@ already normalises MAC/IP spelling when parsing), instructions in OpenFlow order
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -88,6 +89,14 @@ def encode_match(match: Iterable[tuple[str, Any]]) -> Any:
     return parser.OFPMatch(_ordered_fields=fields)
 
 
+@lru_cache(maxsize=16384)
+def _shared_instructions(instructions: tuple[Instruction, ...]) -> tuple[Any, ...]:
+    """os-ken instruction objects per distinct instruction tuple.  Most rules share theirs
+    (every port-security rule goes to the same table, a port's two delivery rules output to
+    the same port); os-ken only reads them when serialising, so one object serves all."""
+    return tuple(encode_instructions(instructions))
+
+
 def flow_add(dp: Any, rule: Rule) -> Any:
     """OFPFC_ADD: creates the flow, or replaces one with the same table/priority/match."""
     return parser.OFPFlowMod(
@@ -97,7 +106,7 @@ def flow_add(dp: Any, rule: Rule) -> Any:
         command=ofp.OFPFC_ADD,
         priority=rule.priority,
         match=encode_match(rule.match),
-        instructions=encode_instructions(rule.instructions),
+        instructions=list(_shared_instructions(rule.instructions)),
     )
 
 

@@ -315,3 +315,23 @@ def test_patch_does_not_delete_what_the_switch_does_not_have() -> None:
     port = _variants(7)[0]
     d, after = patch(NET7, local_port_rules(seg, port), frozenset())
     assert d.empty and after == NET7
+
+
+def test_additive_only_when_nothing_installed_is_deleted_or_replaced() -> None:
+    """Decides whether a diff may skip the atomic bundle (see FlowDiff.additive)."""
+    seg = view(7, 10).segment
+    grown = _with_local(view(7, 10), [_variants(7)[0]])
+    assert diff(compile_network(CTX, grown), NET7).additive  # a new port: adds + group mods
+    assert not diff(NET7, compile_network(CTX, grown)).additive  # its removal deletes
+    moved = NetworkView(7, "vxlan", 1007, view(7, 10).local_ports,
+                        (RemotePort("n7r", "02:00:00:00:07:03", "10.0.0.3"),),
+                        ("10.0.0.2", "10.0.0.3"))  # fmt: skip
+    d = diff(compile_network(CTX, moved), NET7)
+    assert d.replaces_rules and not d.additive  # the remote MAC's rule now goes elsewhere
+    assert diff(NET7, Slice()).additive and not diff(Slice(), NET7).additive
+    r0 = RemotePort("n7q", "02:00:00:00:07:77", "10.0.0.2")
+    r1 = RemotePort("n7q", "02:00:00:00:07:77", "10.0.0.3")
+    added, after = patch(NET7, frozenset(), remote_port_rules(CTX, seg, r0))
+    assert added.additive
+    replaced, _ = patch(after, remote_port_rules(CTX, seg, r0), remote_port_rules(CTX, seg, r1))
+    assert replaced.replaces_rules and not replaced.additive
