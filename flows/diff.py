@@ -7,7 +7,8 @@ messages were applied yields an empty :class:`FlowDiff`, and a controller restar
 installed state from the switch instead of trusting its memory.
 
 Work is done per network: :func:`split_by_cookie` cuts one switch dump into per-network installed
-slices, so a change in network N is diffed against N's flows only.
+slices, so a change in network N is diffed against N's flows only.  A change of one port is
+smaller still: :func:`patch` swaps that port's fragment of a slice without looking at the rest.
 """
 
 from __future__ import annotations
