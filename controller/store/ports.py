@@ -376,6 +376,22 @@ def set_binding(tx: Tx, current: dict[str, Any], host_id: str | None) -> dict[st
     return save(tx, current, {**current, "binding:host_id": _host(host_id)})
 
 
+def set_observed(
+    tx: Tx,
+    current: dict[str, Any],
+    changes: dict[str, Any],
+) -> dict[str, Any]:
+    """Binding and/or status at once (keys ``binding:host_id``, ``status``): one revision,
+    one event, one row write for a port whose location and status the data plane learnt in
+    the same step (every port of a bulk create)."""
+    new = dict(current)
+    if "binding:host_id" in changes:
+        new["binding:host_id"] = _host(changes["binding:host_id"])
+    if "status" in changes:
+        new["status"] = choice(changes["status"], "status", STATUSES)
+    return save(tx, current, new)
+
+
 def delete(tx: Tx, current: dict[str, Any]) -> None:
     """Delete the port and free its addresses."""
     tx.conn.execute("DELETE FROM ip_allocations WHERE port_id = ?", (current["id"],))

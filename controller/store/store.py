@@ -252,20 +252,21 @@ class Store:
         statuses: dict[str, str] | None = None,
         bindings: dict[str, str | None] | None = None,
     ) -> None:
-        """Data plane: many bindings and statuses in one transaction (one fsync, not one per
-        port: a bulk create of 1,000 ports would otherwise pay 2,000 commits).  Bindings first,
-        so a port's event carries both; unknown ids and unchanged values are skipped."""
+        """Data plane: many bindings and statuses in one transaction (one commit, not one per
+        port: a bulk create of 1,000 ports would otherwise pay 2,000), and one revision and
+        one event per port that changed; unknown ids and unchanged values are skipped."""
         if not statuses and not bindings:
             return
         with self._write(durable=False) as tx:
+            changes: dict[str, dict[str, Any]] = {}
             for port_id, host_id in (bindings or {}).items():
-                current = ports.load(tx, port_id)
-                if current is not None:
-                    ports.set_binding(tx, current, host_id)
+                changes.setdefault(port_id, {})["binding:host_id"] = host_id
             for port_id, status in ports.differing_statuses(tx, statuses or {}).items():
+                changes.setdefault(port_id, {})["status"] = status
+            for port_id, change in changes.items():
                 current = ports.load(tx, port_id)
                 if current is not None:
-                    ports.set_status(tx, current, status)
+                    ports.set_observed(tx, current, change)
 
     def set_host_state(
         self, host_id: str, status: str, datapath_id: str | None

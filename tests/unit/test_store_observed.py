@@ -25,10 +25,12 @@ def test_bindings_and_statuses_in_one_commit(tmp_path: Path) -> None:
     )
     assert len(batches) == 1, "one transaction publishes one batch"
     kinds = [(e.kind, e.new["id"]) for e in batches[0]]
-    assert kinds == [("port", a["id"]), ("port", a["id"])]  # b was DOWN already: no event
+    assert kinds == [("port", a["id"])]  # one event with both; b was DOWN already: none
+    assert batches[0][0].new["status"] == "ACTIVE"
+    assert batches[0][0].new["binding:host_id"] == "hv1"
     got = store.get_port(a["id"])
     assert got["status"] == "ACTIVE" and got["binding:host_id"] == "hv1"
-    assert got["revision_number"] == a["revision_number"] + 2
+    assert got["revision_number"] == a["revision_number"] + 1
     store.set_ports_observed(statuses={a["id"]: "ACTIVE"})
     assert len(batches) == 1, "unchanged values are not written"
 
@@ -59,11 +61,11 @@ def test_observed_writes_skip_fsync_and_api_writes_keep_it(
     port = store.create_port({"network_id": net["id"]})
     seen: list[int] = []
 
-    def failing_set_binding(tx: Any, current: Any, host_id: Any) -> None:
+    def failing_set_observed(tx: Any, current: Any, changes: Any) -> None:
         seen.append(tx.conn.execute("PRAGMA synchronous").fetchone()[0])
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(store_ports, "set_binding", failing_set_binding)
+    monkeypatch.setattr(store_ports, "set_observed", failing_set_observed)
     with pytest.raises(RuntimeError):
         store.set_ports_observed(bindings={port["id"]: "hv1"})
     monkeypatch.undo()
