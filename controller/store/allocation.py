@@ -117,28 +117,95 @@ def ip_taken(tx: Tx, subnet_id: str, ip: str) -> bool:
     return tx.exists("SELECT 1 FROM ip_allocations WHERE subnet_id = ? AND ip = ?", (subnet_id, ip))
 
 
+HINT_PROBES = 64
+"""Indexed lookups tried from the hint before falling back to a scan of the subnet."""
+
+
 def ip_address(tx: Tx, subnet: dict[str, object]) -> str | None:
-    """The first address of the subnet's allocation pools that is neither allocated nor the
-    gateway, or None when the pools are exhausted."""
+    """A free address of the subnet's allocation pools (never the gateway), or None when the
+    pools are exhausted.
+
+    The common case costs one or two indexed lookups: the search starts where the previous
+    allocation in this subnet stopped (kept in memory by the Store, see `Tx.ip_hints`) and probes
+    addresses one by one.  Only when that finds nothing within `HINT_PROBES` (explicitly
+    requested addresses ahead, or the end of the pools) does it scan the whole subnet from the
+    start, which also finds addresses freed meanwhile.  After a restart the first allocation
+    in a subnet is such a scan.
+    """
+    version = int(str(subnet["ip_version"]))
+    subnet_id = str(subnet["id"])
+    gateway_ip = subnet.get("gateway_ip")
+    gateway = int(netaddr.IPAddress(str(gateway_ip))) if gateway_ip else None
+    raw_pools = subnet.get("allocation_pools") or []
+    assert isinstance(raw_pools, list)
+    pools = [
+        (int(netaddr.IPAddress(p["start"])), int(netaddr.IPAddress(p["end"]))) for p in raw_pools
+    ]
+    hint = tx.ip_hint(subnet_id)
+    found = None
+    if hint is not None:
+        found = _probe(tx, subnet_id, version, pools, gateway, hint)
+    if found is None:
+        found = _scan(tx, subnet_id, version, pools, gateway)
+    if found is None:
+        return None
+    tx.new_ip_hints[subnet_id] = found + 1
+    return str(netaddr.IPAddress(found, version=version))
+
+
+def released(tx: Tx, fixed_ips: list[dict[str, str]]) -> None:
+    """Addresses given back (port deleted, fixed_ips changed): move the subnet's hint down to
+    them, so they are the next ones handed out, as the lowest free address would be."""
+    for entry in fixed_ips:
+        hint = tx.ip_hint(entry["subnet_id"])
+        if hint is not None:
+            value = int(netaddr.IPAddress(entry["ip_address"]))
+            if value < hint:
+                tx.new_ip_hints[entry["subnet_id"]] = value
+
+
+def _probe(
+    tx: Tx,
+    subnet_id: str,
+    version: int,
+    pools: list[tuple[int, int]],
+    gateway: int | None,
+    start: int,
+) -> int | None:
+    probes = 0
+    for first, last in pools:
+        candidate = max(first, start)
+        while candidate <= last and probes < HINT_PROBES:
+            text = str(netaddr.IPAddress(candidate, version=version))
+            if candidate != gateway and not ip_taken(tx, subnet_id, text):
+                return candidate
+            candidate += 1
+            probes += 1
+    return None
+
+
+def _scan(
+    tx: Tx,
+    subnet_id: str,
+    version: int,
+    pools: list[tuple[int, int]],
+    gateway: int | None,
+) -> int | None:
+    """The lowest free address, reading every allocation of the subnet once."""
     # Stored addresses are already canonical (validated with netaddr on the way in), so the
     # stdlib's inet_pton is enough here; it is ~10x cheaper per row than building IPAddress
-    # objects, and this set is rebuilt on every allocation.
-    family = socket.AF_INET6 if int(str(subnet["ip_version"])) == 6 else socket.AF_INET
+    # objects.
+    family = socket.AF_INET6 if version == 6 else socket.AF_INET
     used = {
         int.from_bytes(socket.inet_pton(family, row[0]), "big")
-        for row in tx.all("SELECT ip FROM ip_allocations WHERE subnet_id = ?", (subnet["id"],))
+        for row in tx.all("SELECT ip FROM ip_allocations WHERE subnet_id = ?", (subnet_id,))
     }
-    gateway = subnet.get("gateway_ip")
-    if gateway:
-        used.add(int(netaddr.IPAddress(str(gateway))))
-    pools = subnet.get("allocation_pools") or []
-    assert isinstance(pools, list)
-    for pool in pools:
-        first = int(netaddr.IPAddress(pool["start"]))
-        last = int(netaddr.IPAddress(pool["end"]))
+    if gateway is not None:
+        used.add(gateway)
+    for first, last in pools:
         candidate = first
         while candidate <= last and candidate in used:
             candidate += 1
         if candidate <= last:
-            return str(netaddr.IPAddress(candidate, version=int(str(subnet["ip_version"]))))
+            return candidate
     return None

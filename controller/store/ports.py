@@ -327,6 +327,7 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
     if "fixed_ips" in changes:
         network = networks.must_load(tx, current["network_id"])
         tx.conn.execute("DELETE FROM ip_allocations WHERE port_id = ?", (current["id"],))
+        allocation.released(tx, current["fixed_ips"])
         new["fixed_ips"] = _allocate_fixed_ips(
             tx, network, current["id"], changes["fixed_ips"] or [], current["fixed_ips"]
         )
@@ -395,5 +396,6 @@ def set_observed(
 def delete(tx: Tx, current: dict[str, Any]) -> None:
     """Delete the port and free its addresses."""
     tx.conn.execute("DELETE FROM ip_allocations WHERE port_id = ?", (current["id"],))
+    allocation.released(tx, current["fixed_ips"])
     tx.conn.execute("DELETE FROM ports WHERE id = ?", (current["id"],))
     tx.emit(KIND, current, None)

@@ -51,6 +51,7 @@ class Store:
         self._bus = bus
         self._lock = threading.RLock()
         self._unpublished: deque[list[ChangeEvent]] = deque()
+        self._ip_hints: dict[str, int] = {}
         self._publishing = False
         self._conn = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
@@ -82,13 +83,14 @@ class Store:
                 self._conn.execute("PRAGMA synchronous = NORMAL")
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                tx = Tx(self._conn, self.underlay_mtu)
+                tx = Tx(self._conn, self.underlay_mtu, ip_hints=self._ip_hints)
                 try:
                     yield tx
                 except BaseException:
                     self._conn.execute("ROLLBACK")
                     raise
                 self._conn.execute("COMMIT")
+                self._ip_hints.update(tx.new_ip_hints)
             finally:
                 if not durable:
                     self._conn.execute("PRAGMA synchronous = FULL")
@@ -113,7 +115,7 @@ class Store:
         with self._lock:
             self._conn.execute("BEGIN")
             try:
-                return fn(Tx(self._conn, self.underlay_mtu))
+                return fn(Tx(self._conn, self.underlay_mtu, ip_hints=self._ip_hints))
             finally:
                 self._conn.execute("COMMIT")
 

@@ -22,6 +22,15 @@ class Tx:
     conn: sqlite3.Connection
     underlay_mtu: int = 1500
     events: list[ChangeEvent] = field(default_factory=list)
+    # subnet id -> where the next IP allocation starts looking (only a hint, see
+    # allocation.ip_address): the Store's committed hints, and this transaction's new ones,
+    # which the Store adopts on COMMIT only, so a rolled-back allocation frees its addresses
+    # for the very next request.
+    ip_hints: dict[str, int] = field(default_factory=dict)
+    new_ip_hints: dict[str, int] = field(default_factory=dict)
+
+    def ip_hint(self, subnet_id: str) -> int | None:
+        return self.new_ip_hints.get(subnet_id, self.ip_hints.get(subnet_id))
 
     def emit(self, kind: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         """Queue one change for publication after commit."""

@@ -700,3 +700,34 @@ def test_is_usable_agrees_with_the_usable_set(cidr: str) -> None:
         assert is_usable(ip, net) == (ip in hosts), ip
     other = netaddr.IPAddress("::a00:1") if net.version == 4 else netaddr.IPAddress("10.0.0.1")
     assert not is_usable(other, net)
+
+
+def test_ip_allocation_does_not_rescan_the_subnet_per_port(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Auto-allocation costs O(1) per port: the subnet is scanned once, then a hint is used."""
+    from controller.store import allocation
+
+    net_id, _ = make_net_with_subnet(store, cidr="10.0.0.0/22")
+    scans = []
+    real_scan = allocation._scan
+    monkeypatch.setattr(allocation, "_scan", lambda *a: scans.append(1) or real_scan(*a))
+    ips = [p["fixed_ips"][0]["ip_address"] for p in
+           store.create("port", [{"network_id": net_id}] * 300)]  # fmt: skip
+    assert len(set(ips)) == 300 and ips[0] == "10.0.0.2" and ips[-1] == "10.0.1.45"
+    assert len(scans) == 1
+
+
+def test_freed_addresses_are_found_again_also_after_a_restart(db_path: str, bus: Any) -> None:
+    store = Store(db_path, bus)
+    net_id, _ = make_net_with_subnet(store, cidr="10.0.0.0/29")  # pool .2-.6
+    ports = [store.create_port({"network_id": net_id}) for _ in range(5)]
+    with pytest.raises(Conflict):
+        store.create_port({"network_id": net_id})  # exhausted
+    store.delete("port", ports[3]["id"])  # frees .5: handed out next
+    assert store.create_port({"network_id": net_id})["fixed_ips"][0]["ip_address"] == "10.0.0.5"
+    store.delete("port", ports[1]["id"])  # frees .3
+    store.close()
+    again = Store(db_path, bus)  # no hints after a restart: one scan finds the hole
+    assert again.create_port({"network_id": net_id})["fixed_ips"][0]["ip_address"] == "10.0.0.3"
+    again.close()
