@@ -126,11 +126,18 @@ class NetCompiled:
 
 @dataclass
 class _Batch:
-    """Barriers outstanding for one flush; port statuses follow when every host replied."""
+    """Barriers outstanding for one flush, and the port statuses that follow from them.
 
-    waiting: int = 0
-    ok: bool = True
-    active: list[str] = field(default_factory=list)
+    A port becomes ACTIVE when the hosts it depends on confirmed: for a patched port its own
+    host (peers that have not installed its unicast rule yet flood towards its host, which
+    is already theirs, so traffic flows either way); for a recompiled network, whose set of
+    hosts may have changed, every host the step sent to (a new host's tunnel traffic is only
+    accepted once its peers confirmed).
+    """
+
+    waiting: set[str] = field(default_factory=set)  # hosts whose barrier is outstanding
+    failed: set[str] = field(default_factory=set)  # hosts that did not confirm
+    active: dict[str, str | None] = field(default_factory=dict)  # port -> host, None: all
     down: list[str] = field(default_factory=list)
 
 
@@ -565,8 +572,7 @@ class DataPlane:
             self._recompile(key, batch, plans)
         for host_id, diffs in plans.items():
             self._send(self.hosts[host_id], merge_diffs(diffs), batch)
-        if batch.waiting == 0:
-            self._settle(batch)
+        self._settle(batch)
         sent = self.stats.flow_mods + self.stats.group_mods - sent_before
         ms = (time.perf_counter() - t0) * 1000
         self.stats.last_batch_ms = ms
@@ -596,7 +602,7 @@ class DataPlane:
         targets |= {h for h, rt in self.hosts.items() if rt.installed and key in rt.installed}
         tunnel_ips = {h: rt.record["tunnel_ip"] for h, rt in self.hosts.items()}
         for lp in located:
-            self._report(lp.port, lp.host_id, batch)
+            self._report(lp.port, lp.host_id, batch, own_host_only=False)
         nc = NetCompiled(segment_of(net)) if net is not None else None
         for host_id in sorted(targets):
             rt = self.hosts.get(host_id)
@@ -624,11 +630,16 @@ class DataPlane:
     def _unsynced(self) -> set[str]:
         return {h for h, rt in self.hosts.items() if rt.obs is None}
 
-    def _report(self, port: dict[str, Any], host_id: str | None, batch: _Batch) -> None:
+    def _report(
+        self, port: dict[str, Any], host_id: str | None, batch: _Batch, own_host_only: bool
+    ) -> None:
         """A port's status once this step's flows are confirmed: ACTIVE if plugged and up."""
         rt = self.hosts.get(host_id) if host_id else None
         if rt is not None and rt.ready and port["id"] in (rt.obs.bindings if rt.obs else {}):
-            (batch.active if port.get("admin_state_up", True) else batch.down).append(port["id"])
+            if port.get("admin_state_up", True):
+                batch.active[port["id"]] = host_id if own_host_only else None
+            else:
+                batch.down.append(port["id"])
         elif host_id is None:
             batch.down.append(port["id"])
 
@@ -748,7 +759,7 @@ class DataPlane:
             d, after = patch(rt.installed.get(key, EMPTY), old, new, groups)
             self._queue(rt, key, d, after, plans)
         if port is not None:
-            self._report(port, new_host, batch)
+            self._report(port, new_host, batch, own_host_only=True)
         return True
 
     def _plan(
@@ -777,8 +788,8 @@ class DataPlane:
         self.stats.group_mods += len(d.add_groups) + len(d.mod_groups) + len(d.del_groups)
         self.stats.batches += 1
         self._outstanding += 1
-        batch.waiting += 1
         host_id, dpid = rt.record["id"], rt.dpid
+        batch.waiting.add(host_id)
 
         def done(ok: bool) -> None:
             self._inbox.put(("batch_done", (host_id, dpid, batch, ok)))
@@ -799,32 +810,47 @@ class DataPlane:
                 LOG.error("host %s keeps rejecting flows; left alone until it reconnects", host_id)
         elif ok and rt is not None:
             rt.failures = 0
-        batch.waiting -= 1
-        batch.ok = batch.ok and ok
-        if batch.waiting == 0:
-            self._settle(batch)
+        batch.waiting.discard(host_id)
+        if not ok:
+            batch.failed.add(host_id)
+        self._settle(batch)
         self._check_reconciled()
 
     def _settle(self, batch: _Batch) -> None:
-        """Flows confirmed on the hosts and their peers: bound ports become ACTIVE."""
-        if batch.ok:
-            for pid in batch.active:
+        """Ports whose hosts confirmed become ACTIVE; the rest of the statuses once every host
+        of the step replied.  A port whose host failed stays as it was (the switch is re-read
+        and the port recompiled)."""
+        done = not batch.waiting
+        for pid, need in list(batch.active.items()):
+            if need is None:
+                if not done:
+                    continue
+                ready = not batch.failed
+            elif need in batch.waiting:
+                continue
+            else:
+                ready = need not in batch.failed
+            del batch.active[pid]
+            if ready:
                 self._status_out[pid] = "ACTIVE"
-        for pid in batch.down:
-            self._status_out[pid] = "DOWN"
+        if done:
+            for pid in batch.down:
+                self._status_out[pid] = "DOWN"
+            batch.down.clear()
 
     def _write_observations(self) -> None:
         """What this step learnt about ports, in one store transaction.
 
-        While barriers are outstanding the write is held back (at most OBSERVATION_HOLD_S):
-        a new port's binding, observed when it is created, and its ACTIVE status, known when
-        the barriers return, then share one commit, and the switches get the CPU in between.
+        While barriers are outstanding and only bindings are pending, the write is held back
+        (at most OBSERVATION_HOLD_S): a new port's binding, observed when it is created, and
+        its ACTIVE status, known when its host's barrier returns, then share one commit, and
+        the switches get the CPU in between.  A status is written as soon as it is known.
         """
         if not self._status_out and not self._binding_out:
             self._held_since = None
             return
         now = time.monotonic()
-        if self._outstanding:
+        if self._outstanding and not self._status_out:
             if self._held_since is None:
                 self._held_since = now
             if now - self._held_since < OBSERVATION_HOLD_S:

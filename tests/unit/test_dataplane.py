@@ -9,6 +9,7 @@ exactly the difference.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -302,3 +303,54 @@ def test_a_switch_that_keeps_rejecting_flows_is_not_hammered(cloud: Cloud) -> No
     cloud.idle()
     assert 1 <= len(resyncs) <= 3
     assert cloud.dp.stats.reconciled_after_s is None
+
+
+class HoldingSwitches(FakeSwitches):
+    """Applies at once but confirms the hosts in `held` only when `release` is called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: set[int] = set()
+        self.pending: list[Callable[[bool], None]] = []
+
+    def apply(self, dpid: int, diff: FlowDiff, on_done: Callable[[bool], None]) -> bool:
+        if dpid not in self.held:
+            return super().apply(dpid, diff, on_done)
+        super().apply(dpid, diff, lambda ok: None)
+        self.pending.append(on_done)
+        return True
+
+    def release(self) -> None:
+        pending, self.pending = self.pending, []
+        for cb in pending:
+            cb(True)
+
+
+def _status_soon(cloud: Cloud, port_id: str, want: str, timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cloud.store.get_port(port_id)["status"] == want:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_patched_port_is_active_once_its_own_host_confirms(cloud: Cloud) -> None:
+    """A peer that has not confirmed the new MAC's unicast rule still floods to the port's host
+    (already its peer), so the port does not wait for it; a port whose host newly joins the
+    network does wait, since peers accept that host's tunnel traffic only once they confirmed."""
+    switches = HoldingSwitches()
+    cloud.switches = switches
+    cloud.dp = cloud._dataplane()
+    cloud.start(hosts=3)
+    net = cloud.network()
+    cloud.port(net, "hv1", 1)
+    cloud.port(net, "hv2", 1)
+    cloud.idle()
+    switches.held = {datapath_id_for("hv1")}  # hv1 is slow from now on
+    patched = cloud.port(net, "hv2", 2)  # hv2 stays in the network: per-port path
+    assert _status_soon(cloud, patched["id"], "ACTIVE"), "waited for the peer hv1"
+    joining = cloud.port(net, "hv3", 1)  # hv3 joins: hv1's ingress rule for it is needed
+    assert not _status_soon(cloud, joining["id"], "ACTIVE", timeout=0.5)
+    switches.release()
+    assert _status_soon(cloud, joining["id"], "ACTIVE")
