@@ -570,8 +570,11 @@ class DataPlane:
         dirty, self._dirty = sorted(self._dirty), set()
         for key in dirty:
             self._recompile(key, batch, plans)
-        for host_id, diffs in plans.items():
-            self._send(self.hosts[host_id], merge_diffs(diffs), batch)
+        # Hosts a port waits for first: their barriers come back first (a switch on a busy
+        # hypervisor answers in milliseconds, and the other hosts' sends would come before).
+        awaited = {h for h in batch.active.values() if h is not None}
+        for host_id in sorted(plans, key=lambda h: h not in awaited):
+            self._send(self.hosts[host_id], merge_diffs(plans[host_id]), batch)
         self._settle(batch)
         sent = self.stats.flow_mods + self.stats.group_mods - sent_before
         ms = (time.perf_counter() - t0) * 1000
