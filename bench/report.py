@@ -271,7 +271,8 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
         hs = sorted({sc["H"] for sc in scale})
         sec = (f"7. scaling on H={'/'.join(map(str, hs))}: new port in a network of the bulk "
                f"after P ports, {_nruns(raw, scale[0]['name'])} runs")
-        lat_rows = []
+        lat_rows: list[Row] = []
+        cpu_rows: list[Row] = []
         for sc in sorted(scale, key=lambda s: s["P"]):
             name = sc["name"]
             row = Row(sec, f"P={sc['P']}: port-ready median", "ms",
@@ -285,6 +286,10 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
             rows.append(Row(sec, f"P={sc['P']}: flow-mods per port add (tenantnet)", "msgs",
                             digits=1,
                             **_pair(raw, name, lambda r: median(r["lat_after"]["flow_mods"]))))
+            cpu_row = Row(sec, f"P={sc['P']}: control-plane CPU per port add (mean)", "ms",
+                          digits=1, **_pair(raw, name, _mean_cpu))
+            cpu_rows.append(cpu_row)
+            rows.append(cpu_row)
         if len(lat_rows) >= 2:
             lo, hi = lat_rows[0], lat_rows[-1]
             tn_lo = lo.tenantnet["median"] if lo.tenantnet else None
@@ -300,7 +305,25 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
             row.ovn = {"median": ro, "min": ro, "max": ro, "runs": 1} if ro else None
             row.target = Target("tenantnet <= 1.5 (one port's cost flat)", r, 1.5, "<=")
             rows.append(row)
+            lo, hi = cpu_rows[0], cpu_rows[-1]
+            rt = ratio(hi.tenantnet["median"] if hi.tenantnet else None,
+                       lo.tenantnet["median"] if lo.tenantnet else None)
+            ro = ratio(hi.ovn["median"] if hi.ovn else None, lo.ovn["median"] if lo.ovn else None)
+            row = Row(sec, f"control-plane CPU per port add P={max(s['P'] for s in scale)} / "
+                      f"P={min(s['P'] for s in scale)}", "",
+                      tenantnet={"median": rt, "min": rt, "max": rt, "runs": 1} if rt else None,
+                      ovn={"median": ro, "min": ro, "max": ro, "runs": 1} if ro else None,
+                      digits=2)
+            row.note = ("the controller's own cost; port-ready also includes the switches' "
+                        "(see bench/README.md, Caveats)")
+            rows.append(row)
     return rows
+
+
+def _mean_cpu(run: dict[str, Any]) -> float | None:
+    """Mean control-plane CPU per port add (older results files have no cpu_ms)."""
+    cpu = run["lat_after"].get("cpu_ms")
+    return sum(cpu) / len(cpu) if cpu else None
 
 
 # ---------------------------------------------------------------------------- files
