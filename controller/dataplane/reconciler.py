@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from controller.dataplane.batch import Batch
+from controller.dataplane.compiled import NetCompiled
 from controller.dataplane.views import (
     LocatedPort,
     host_context,
@@ -38,7 +40,6 @@ from controller.dataplane.views import (
     locate,
     network_view,
     port_macs,
-    remote_port_of,
     segment_of,
 )
 from controller.events import ChangeEvent
@@ -53,7 +54,7 @@ from flows.compiler import (
     usable,
 )
 from flows.diff import FlowDiff, diff, patch, split_by_cookie
-from flows.model import LocalPort, RemotePort, Rule, Segment, Slice
+from flows.model import LocalPort, Rule, Slice
 from flows.tables import BASE_KEY
 
 LOG = logging.getLogger(__name__)
@@ -105,40 +106,6 @@ class HostRuntime:
     @property
     def ready(self) -> bool:
         return self.obs is not None and self.installed is not None
-
-
-@dataclass
-class NetCompiled:
-    """Per port, what the last compile of one network used: the per-port path's baseline.
-
-    Rebuilt by every whole-network compile, then kept current by the per-port path.
-    """
-
-    seg: Segment
-    where: dict[str, str] = field(default_factory=dict)  # port id -> host it is located on
-    hosts: Counter[str] = field(default_factory=Counter)  # host -> located ports
-    local: dict[str, dict[str, LocalPort]] = field(default_factory=dict)  # host -> id -> port
-    usable: Counter[str] = field(default_factory=Counter)  # host -> usable local ports
-    remote: dict[str, RemotePort] = field(default_factory=dict)  # port id -> as peers see it
-    macs: dict[str, frozenset[str]] = field(default_factory=dict)  # port id -> its MACs
-    mac_users: Counter[str] = field(default_factory=Counter)  # MAC -> located ports using it
-
-
-@dataclass
-class _Batch:
-    """Barriers outstanding for one flush, and the port statuses that follow from them.
-
-    A port becomes ACTIVE when the hosts it depends on confirmed: for a patched port its own
-    host (peers that have not installed its unicast rule yet flood towards its host, which
-    is already theirs, so traffic flows either way); for a recompiled network, whose set of
-    hosts may have changed, every host the step sent to (a new host's tunnel traffic is only
-    accepted once its peers confirmed).
-    """
-
-    waiting: set[str] = field(default_factory=set)  # hosts whose barrier is outstanding
-    failed: set[str] = field(default_factory=set)  # hosts that did not confirm
-    active: dict[str, str | None] = field(default_factory=dict)  # port -> host, None: all
-    down: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -547,7 +514,7 @@ class DataPlane:
         t0 = time.perf_counter()
         sent_before = self.stats.flow_mods + self.stats.group_mods
         plans: dict[str, list[FlowDiff]] = {}
-        batch = _Batch()
+        batch = Batch()
         for host_id in sorted(self._dirty_base):
             rt = self.hosts.get(host_id)
             if rt is None or not rt.ready:
@@ -575,7 +542,7 @@ class DataPlane:
         awaited = {h for h in batch.active.values() if h is not None}
         for host_id in sorted(plans, key=lambda h: h not in awaited):
             self._send(self.hosts[host_id], merge_diffs(plans[host_id]), batch)
-        self._settle(batch)
+        self._status_out.update(batch.settle())
         sent = self.stats.flow_mods + self.stats.group_mods - sent_before
         ms = (time.perf_counter() - t0) * 1000
         self.stats.last_batch_ms = ms
@@ -587,7 +554,7 @@ class DataPlane:
             )  # fmt: skip
         self._check_reconciled()
 
-    def _recompile(self, key: int, batch: _Batch, plans: dict[str, list[FlowDiff]]) -> None:
+    def _recompile(self, key: int, batch: Batch, plans: dict[str, list[FlowDiff]]) -> None:
         """The whole network on every host of it (and on hosts that still carry its flows)."""
         self.stats.networks_compiled += 1
         net_id = self.key_to_net.get(key)
@@ -627,14 +594,14 @@ class DataPlane:
             return
         for lp in located:
             if lp.host_id is not None:
-                self._track(nc, lp.port, lp.host_id, self._local_port(lp.port, lp.host_id))
+                self._track(nc, lp.port, lp.host_id)
         self.compiled[key] = nc
 
     def _unsynced(self) -> set[str]:
         return {h for h, rt in self.hosts.items() if rt.obs is None}
 
     def _report(
-        self, port: dict[str, Any], host_id: str | None, batch: _Batch, own_host_only: bool
+        self, port: dict[str, Any], host_id: str | None, batch: Batch, own_host_only: bool
     ) -> None:
         """A port's status once this step's flows are confirmed: ACTIVE if plugged and up."""
         rt = self.hosts.get(host_id) if host_id else None
@@ -652,34 +619,13 @@ class DataPlane:
         ofport = rt.obs.bindings.get(port["id"]) if rt is not None and rt.obs else None
         return local_port_of(port, ofport) if ofport is not None else None
 
-    def _track(
-        self, nc: NetCompiled, port: dict[str, Any], host_id: str, lp: LocalPort | None
-    ) -> None:
-        pid = port["id"]
-        nc.where[pid] = host_id
-        nc.hosts[host_id] += 1
-        if lp is not None:
-            nc.local.setdefault(host_id, {})[pid] = lp
-            nc.usable[host_id] += usable(lp)
+    def _track(self, nc: NetCompiled, port: dict[str, Any], host_id: str) -> None:
         rt = self.hosts.get(host_id)
-        if rt is not None:
-            nc.remote[pid] = remote_port_of(port, rt.record["tunnel_ip"])
-        nc.macs[pid] = port_macs(port)
-        nc.mac_users.update(nc.macs[pid])
-
-    def _untrack(self, nc: NetCompiled, pid: str) -> None:
-        host_id = nc.where.pop(pid, None)
-        if host_id is None:
-            return
-        nc.hosts[host_id] -= 1
-        lp = nc.local.get(host_id, {}).pop(pid, None)
-        if lp is not None:
-            nc.usable[host_id] -= usable(lp)
-        nc.remote.pop(pid, None)
-        nc.mac_users.subtract(nc.macs.pop(pid, ()))
+        tunnel_ip = rt.record["tunnel_ip"] if rt is not None else None
+        nc.track(port, host_id, self._local_port(port, host_id), tunnel_ip)
 
     def _patch_port(
-        self, key: int, pid: str, batch: _Batch, plans: dict[str, list[FlowDiff]]
+        self, key: int, pid: str, batch: Batch, plans: dict[str, list[FlowDiff]]
     ) -> bool:
         """The per-port path (see the module docstring).  False: recompile the network."""
         nc = self.compiled.get(key)
@@ -727,9 +673,9 @@ class DataPlane:
                 return False
 
         old_rp = nc.remote.get(pid)
-        self._untrack(nc, pid)
+        nc.untrack(pid)
         if port is not None and new_host is not None:
-            self._track(nc, port, new_host, new_lp)
+            self._track(nc, port, new_host)
         new_rp = nc.remote.get(pid)
         self.stats.ports_patched += 1
         tunnel_ips = {
@@ -786,7 +732,7 @@ class DataPlane:
             rt.installed.pop(key, None)
         plans.setdefault(rt.record["id"], []).append(d)
 
-    def _send(self, rt: HostRuntime, d: FlowDiff, batch: _Batch) -> None:
+    def _send(self, rt: HostRuntime, d: FlowDiff, batch: Batch) -> None:
         self.stats.flow_mods += len(d.add_rules) + len(d.del_rules)
         self.stats.group_mods += len(d.add_groups) + len(d.mod_groups) + len(d.del_groups)
         self.stats.batches += 1
@@ -800,7 +746,7 @@ class DataPlane:
         if not self.switches.apply(dpid, d, done):
             done(False)
 
-    def _apply_batch_done(self, host_id: str, dpid: int, batch: _Batch, ok: bool) -> None:
+    def _apply_batch_done(self, host_id: str, dpid: int, batch: Batch, ok: bool) -> None:
         self._outstanding -= 1
         rt = self.hosts.get(host_id)
         if not ok and rt is not None and rt.installed is not None:
@@ -813,33 +759,9 @@ class DataPlane:
                 LOG.error("host %s keeps rejecting flows; left alone until it reconnects", host_id)
         elif ok and rt is not None:
             rt.failures = 0
-        batch.waiting.discard(host_id)
-        if not ok:
-            batch.failed.add(host_id)
-        self._settle(batch)
+        batch.confirmed(host_id, ok)
+        self._status_out.update(batch.settle())
         self._check_reconciled()
-
-    def _settle(self, batch: _Batch) -> None:
-        """Ports whose hosts confirmed become ACTIVE; the rest of the statuses once every host
-        of the step replied.  A port whose host failed stays as it was (the switch is re-read
-        and the port recompiled)."""
-        done = not batch.waiting
-        for pid, need in list(batch.active.items()):
-            if need is None:
-                if not done:
-                    continue
-                ready = not batch.failed
-            elif need in batch.waiting:
-                continue
-            else:
-                ready = need not in batch.failed
-            del batch.active[pid]
-            if ready:
-                self._status_out[pid] = "ACTIVE"
-        if done:
-            for pid in batch.down:
-                self._status_out[pid] = "DOWN"
-            batch.down.clear()
 
     def _write_observations(self) -> None:
         """What this step learnt about ports, in one store transaction.
