@@ -125,12 +125,7 @@ def diff(desired: Slice, installed: Slice) -> FlowDiff:
         {r.key for r in added} & {r.key for r in installed.rules if r not in desired.rules}
     )
 
-    want = {g.group_id: g for g in desired.groups}
-    have = {g.group_id: g for g in installed.groups}
-    add_groups = [want[gid] for gid in sorted(want.keys() - have.keys())]
-    common = sorted(want.keys() & have.keys())
-    mod_groups = [want[gid] for gid in common if want[gid].buckets != have[gid].buckets]
-    del_groups = sorted(have.keys() - want.keys())
+    add_groups, mod_groups, del_groups = _group_changes(desired.groups, installed.groups)
     return FlowDiff(
         add_groups=tuple(add_groups),
         mod_groups=tuple(mod_groups),
@@ -139,6 +134,18 @@ def diff(desired: Slice, installed: Slice) -> FlowDiff:
         del_rules=tuple(del_rules),
         replaces_rules=replaces,
     )
+
+
+def _group_changes(
+    desired: frozenset[GroupEntry], installed: frozenset[GroupEntry]
+) -> tuple[list[GroupEntry], list[GroupEntry], list[int]]:
+    """Groups to add, groups to modify (same id, other buckets) and ids to delete."""
+    want = {g.group_id: g for g in desired}
+    have = {g.group_id: g for g in installed}
+    add = [want[gid] for gid in sorted(want.keys() - have.keys())]
+    common = sorted(want.keys() & have.keys())
+    mod = [want[gid] for gid in common if want[gid].buckets != have[gid].buckets]
+    return add, mod, sorted(have.keys() - want.keys())
 
 
 def merge(slices: Iterable[Slice]) -> Slice:
@@ -205,18 +212,9 @@ def patch(
     del_rules = sorted(
         (r for r in removed if r.key not in added_keys and r in installed.rules), key=_del_order
     )
-    add_groups: list[GroupEntry] = []
-    mod_groups: list[GroupEntry] = []
-    del_groups: list[int] = []
     if groups is None:
         groups = installed.groups
-    elif groups != installed.groups:
-        want = {g.group_id: g for g in groups}
-        have = {g.group_id: g for g in installed.groups}
-        add_groups = [want[gid] for gid in sorted(want.keys() - have.keys())]
-        common = sorted(want.keys() & have.keys())
-        mod_groups = [want[gid] for gid in common if want[gid].buckets != have[gid].buckets]
-        del_groups = sorted(have.keys() - want.keys())
+    add_groups, mod_groups, del_groups = _group_changes(groups, installed.groups)
     after = Slice(rules=(installed.rules - removed) | added, groups=groups)
     replaces = any(r.key in added_keys for r in removed if r in installed.rules)
     return (
