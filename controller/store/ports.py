@@ -369,12 +369,12 @@ def differing_statuses(tx: Tx, wanted: dict[str, str]) -> dict[str, str]:
 
 def set_status(tx: Tx, current: dict[str, Any], status: str) -> dict[str, Any]:
     """The data plane's view of the port: ACTIVE once wired, DOWN otherwise."""
-    return save(tx, current, {**current, "status": choice(status, "status", STATUSES)})
+    return set_observed(tx, current, {"status": status})
 
 
 def set_binding(tx: Tx, current: dict[str, Any], host_id: str | None) -> dict[str, Any]:
     """Where the data plane observed the port (None or "" = nowhere)."""
-    return save(tx, current, {**current, "binding:host_id": _host(host_id)})
+    return set_observed(tx, current, {"binding:host_id": host_id})
 
 
 def set_observed(
