@@ -4,7 +4,8 @@ The per-port path (see `controller.dataplane.reconciler`) patches one port's fra
 switches; to know what to take out it needs the inputs that port was compiled from, and to know
 whether patching is safe at all it needs who else claims the port's MACs and ofport and how many
 usable ports each host has.  A whole-network compile rebuilds this; the per-port path keeps it
-current.
+current.  A whole-network compile also takes each host's view from it, so every port is turned
+into compiler input once, not once per host.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from controller.dataplane.views import port_macs, remote_port_of
 from flows.compiler import usable
-from flows.model import LocalPort, RemotePort, Segment
+from flows.model import LocalPort, NetworkView, RemotePort, Segment
 
 
 @dataclass
@@ -61,3 +62,16 @@ class NetCompiled:
             self.usable[host_id] -= usable(local)
         self.remote.pop(port_id, None)
         self.mac_users.subtract(self.macs.pop(port_id, ()))
+
+    def view(self, host_id: str) -> NetworkView:
+        """What ``host_id`` compiles: its own ports, everybody else's as remote ports, and the
+        other hosts with ports as peers (each port's values were built once, by `track`)."""
+        remote = tuple(r for pid, r in self.remote.items() if self.where[pid] != host_id)
+        return NetworkView(
+            key=self.seg.key,
+            seg_type=self.seg.seg_type,
+            seg_id=self.seg.seg_id,
+            local_ports=tuple(self.local.get(host_id, {}).values()),
+            remote_ports=remote,
+            peer_ips=tuple(sorted({r.host_ip for r in remote})),
+        )

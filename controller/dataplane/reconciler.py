@@ -38,7 +38,6 @@ from controller.dataplane.views import (
     host_context,
     local_port_of,
     locate,
-    network_view,
     port_macs,
     segment_of,
 )
@@ -570,19 +569,19 @@ class DataPlane:
         new_members = {lp.host_id for lp in located if lp.host_id is not None}
         targets = new_members | self.members.get(key, set())
         targets |= {h for h, rt in self.hosts.items() if rt.installed and key in rt.installed}
-        tunnel_ips = {h: rt.record["tunnel_ip"] for h, rt in self.hosts.items()}
+        nc = NetCompiled(segment_of(net)) if net is not None else None
         for lp in located:
             self._report(lp.port, lp.host_id, batch, own_host_only=False)
-        nc = NetCompiled(segment_of(net)) if net is not None else None
+            if nc is not None and lp.host_id is not None:
+                self._track(nc, lp.port, lp.host_id)
         for host_id in sorted(targets):
             rt = self.hosts.get(host_id)
             if rt is None or not rt.ready:
                 continue
             assert rt.obs is not None
-            if net is not None and host_id in new_members:
+            if nc is not None and host_id in new_members:
                 ctx = host_context(rt.record["tunnel_ip"], rt.obs.tunnel_ofports)
-                view = network_view(net, located, host_id, rt.obs.bindings, tunnel_ips)
-                desired = compile_network(ctx, view)
+                desired = compile_network(ctx, nc.view(host_id))
             else:
                 desired = EMPTY
             self._plan(rt, key, desired, plans)
@@ -592,9 +591,6 @@ class DataPlane:
             self.key_to_net.pop(key, None)
             self.compiled.pop(key, None)
             return
-        for lp in located:
-            if lp.host_id is not None:
-                self._track(nc, lp.port, lp.host_id)
         self.compiled[key] = nc
 
     def _unsynced(self) -> set[str]:

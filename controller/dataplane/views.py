@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flows.compiler import normalize_mac
-from flows.model import HostContext, LocalPort, NetworkView, RemotePort, Segment
+from flows.model import HostContext, LocalPort, RemotePort, Segment
 
 
 @dataclass(frozen=True)
@@ -90,42 +90,6 @@ def port_macs(port: dict[str, Any]) -> frozenset[str]:
     """Every MAC a port may send from (its own and its address pairs'), normalised."""
     return frozenset(
         normalize_mac(m) for m in (port["mac_address"], *(m for _, m in address_pairs(port)))
-    )
-
-
-def network_view(
-    network: dict[str, Any],
-    located: list[LocatedPort],
-    host_id: str,
-    host_ofports: Mapping[str, int],
-    tunnel_ips: Mapping[str, str],
-) -> NetworkView:
-    """What `host_id` needs to know about `network` (O(ports in the network))."""
-    local: list[LocalPort] = []
-    remote: list[RemotePort] = []
-    peers: set[str] = set()
-    for lp in located:
-        if lp.host_id is None:
-            continue
-        p = lp.port
-        if lp.host_id == host_id:
-            ofport = host_ofports.get(p["id"])
-            if ofport is not None:
-                local.append(local_port_of(p, ofport))
-        else:
-            ip = tunnel_ips.get(lp.host_id)
-            if ip is None:
-                continue
-            remote.append(remote_port_of(p, ip))
-            peers.add(ip)
-    seg = segment_of(network)
-    return NetworkView(
-        key=seg.key,
-        seg_type=seg.seg_type,
-        seg_id=seg.seg_id,
-        local_ports=tuple(local),
-        remote_ports=tuple(remote),
-        peer_ips=tuple(sorted(peers)),
     )
 
 

@@ -10,22 +10,66 @@ carried most of the work, or this test would prove nothing about it.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
-from controller.dataplane.views import LocatedPort, host_context, network_view
+from controller.dataplane.views import (
+    LocatedPort,
+    host_context,
+    local_port_of,
+    remote_port_of,
+    segment_of,
+)
 from controller.southbound.ovsdb_host import datapath_id_for
 from controller.store.errors import StoreError
 from flows.compiler import compile_base, compile_network
 from flows.diff import merge
-from flows.model import Slice
+from flows.model import LocalPort, NetworkView, RemotePort, Slice
 from tests.unit.test_dataplane import TUNNELS, Cloud, FakeAgent
 
 pytest_plugins = ["tests.unit.test_dataplane"]  # the `cloud` fixture
 
 HOSTS = ("hv1", "hv2", "hv3")
 MACS = [f"fa:16:3e:00:00:{i:02x}" for i in range(1, 13)]
+
+
+def reference_view(
+    network: dict[str, Any],
+    located: list[LocatedPort],
+    host_id: str,
+    host_ofports: Mapping[str, int],
+    tunnel_ips: Mapping[str, str],
+) -> NetworkView:
+    """What `host_id` should compile for `network`, built straight from the port records: the
+    data plane builds it from its per-port compile record instead, and must agree."""
+    local: list[LocalPort] = []
+    remote: list[RemotePort] = []
+    peers: set[str] = set()
+    for lp in located:
+        if lp.host_id is None:
+            continue
+        p = lp.port
+        if lp.host_id == host_id:
+            ofport = host_ofports.get(p["id"])
+            if ofport is not None:
+                local.append(local_port_of(p, ofport))
+        else:
+            ip = tunnel_ips.get(lp.host_id)
+            if ip is None:
+                continue
+            remote.append(remote_port_of(p, ip))
+            peers.add(ip)
+    seg = segment_of(network)
+    return NetworkView(
+        key=seg.key,
+        seg_type=seg.seg_type,
+        seg_id=seg.seg_id,
+        local_ports=tuple(local),
+        remote_ports=tuple(remote),
+        peer_ips=tuple(sorted(peers)),
+    )
 
 
 def expected(cloud: Cloud, host: str) -> Slice:
@@ -39,7 +83,8 @@ def expected(cloud: Cloud, host: str) -> Slice:
             LocatedPort(p, where.get(p["id"])) for p in cloud.store.list_ports(network_id=net["id"])
         ]
         if any(lp.host_id == host for lp in located):
-            view = network_view(net, located, host, FakeAgent.instances[host].bindings, tunnel_ips)
+            ofports = FakeAgent.instances[host].bindings
+            view = reference_view(net, located, host, ofports, tunnel_ips)
             slices.append(compile_network(ctx, view))
     return merge(slices)
 
