@@ -40,6 +40,14 @@ class Settings:
     max_body_bytes: int = 1_048_576
     log_level: str = "INFO"
     startup_grace_s: float = 15.0
+    # Switch liveness (see southbound/ofp_server.py): an echo request once a switch was silent
+    # this long, and the connection is closed once it was silent for ofp_dead_after_s.
+    ofp_echo_interval_s: float = 1.0
+    ofp_dead_after_s: float = 3.0
+    ofp_handshake_timeout_s: float = 5.0  # HELLO..FEATURES must complete within this
+    ofp_barrier_timeout_s: float = 5.0  # a batch not confirmed by then: the host is degraded
+    ofp_max_connections: int = 1024  # lowered to fit the open-files limit
+    ofp_max_connections_per_source: int = 16
 
     @property
     def database(self) -> str:
@@ -59,6 +67,19 @@ class Settings:
             raise ConfigError(f"advertise: expected tcp:IP:PORT, got {self.advertise!r}")
         if not 1280 <= self.underlay_mtu <= 65535:
             raise ConfigError(f"underlay_mtu: {self.underlay_mtu} is outside 1280..65535")
+        for name in (
+            "ofp_echo_interval_s",
+            "ofp_dead_after_s",
+            "ofp_handshake_timeout_s",
+            "ofp_barrier_timeout_s",
+        ):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ConfigError(f"{name}: {getattr(self, name)} is outside (0, 3600]")
+        if self.ofp_dead_after_s <= self.ofp_echo_interval_s:
+            raise ConfigError("ofp_dead_after_s must be longer than ofp_echo_interval_s")
+        for name in ("ofp_max_connections", "ofp_max_connections_per_source"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: {getattr(self, name)} must be at least 1")
         if bool(self.basic_user) != bool(self.basic_password):
             raise ConfigError("basic_user and basic_password go together")
         return self

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller import gc_tuning
+from controller import gc_tuning, limits
 from controller.config import Settings, parse_hostport
 from controller.events import EventBus
 
@@ -24,10 +24,13 @@ LOG = logging.getLogger(__name__)
 OFP_APP = "controller.southbound.ofp_app"
 
 
-def _start_os_ken(settings: Settings) -> tuple[Any, Any]:
-    """Load the OpenFlow app through os-ken's AppManager, listening where the settings say."""
+def _start_os_ken(settings: Settings, fd_limit: int) -> tuple[Any, Any]:
+    """Load the OpenFlow app through os-ken's AppManager, listening where the settings say,
+    with the connection handling of southbound/ofp_server (liveness, caps, no leaked threads)."""
     from os_ken import cfg
     from os_ken.base import app_manager
+
+    from controller.southbound import ofp_server
 
     host, port = parse_hostport(settings.ofp_listen, "ofp_listen")
     conf = cfg.CONF
@@ -36,6 +39,16 @@ def _start_os_ken(settings: Settings) -> tuple[Any, Any]:
         _start_os_ken._parsed = True  # type: ignore[attr-defined]
     conf.set_override("ofp_listen_host", host)
     conf.set_override("ofp_tcp_listen_port", port)
+    ofp_server.install(
+        ofp_server.ConnectionLimits(
+            echo_interval_s=settings.ofp_echo_interval_s,
+            dead_after_s=settings.ofp_dead_after_s,
+            handshake_timeout_s=settings.ofp_handshake_timeout_s,
+            max_connections=settings.ofp_max_connections,
+            max_per_source=settings.ofp_max_connections_per_source,
+        ),
+        fd_limit=fd_limit,
+    )
     manager = app_manager.AppManager.get_instance()
     manager.load_apps([OFP_APP])
     contexts = manager.create_contexts()
@@ -67,9 +80,10 @@ class Controller:
 
         s = self.settings
         t0 = time.monotonic()
+        fd_limit = limits.raise_fd_limit()
         Path(s.database).parent.mkdir(parents=True, exist_ok=True)
         self.store = Store(s.database, self.bus, underlay_mtu=s.underlay_mtu)
-        self._manager, self.ofp_app = _start_os_ken(s)
+        self._manager, self.ofp_app = _start_os_ken(s, fd_limit)
         self.dataplane = DataPlane(
             self.store,
             self.ofp_app,
@@ -132,7 +146,12 @@ class Controller:
     def status(self) -> dict[str, Any]:
         st = self.dataplane.status() if self.dataplane else {}
         if self.ofp_app is not None:
-            st["openflow"] = vars(self.ofp_app.counters)
+            from controller.southbound.ofp_server import TenantnetOpenFlowController
+
+            st["openflow"] = {
+                **vars(self.ofp_app.counters),
+                "connections": TenantnetOpenFlowController.stats.as_dict(),
+            }
         return st
 
     def stop(self) -> None:

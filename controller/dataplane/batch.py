@@ -1,10 +1,25 @@
 """One data-plane step's barriers, and the port statuses that follow from them.
 
-A port becomes ACTIVE when the hosts it depends on confirmed: for a patched port its own host
-(peers that have not installed its unicast rule yet flood towards its host, which is already
-theirs, so traffic flows either way); for a recompiled network, whose set of hosts may have
-changed, every host the step sent to (a new host's tunnel traffic is only accepted once its
-peers confirmed).
+A port becomes ACTIVE when the hosts its traffic depends on are ready for it:
+
+* its **own host** must confirm its flows - always;
+* its **peers** (the network's other hosts) must confirm only when its host has just joined the
+  network in this step: peers accept a host's tunnel traffic only once their ingress rules for it
+  are in.  A host that was already a member is accepted already, and a peer that has not yet
+  installed the new MAC's unicast rule floods towards the port's host, so traffic flows either
+  way (the per-port path and a recompile of a network whose hosts stay the same are alike here).
+
+A peer that fails - its barrier timed out, it rejected the batch, or it disconnected - does not
+hold the port back: that switch is broken and is re-read and recompiled whole when it answers
+again, which installs what the port needs.  A peer already known to be degraded is not waited for
+at all (the caller leaves it out).  A port whose *own* host failed is left as it was.
+
+A DOWN status needs no confirmation from a peer: it is settled once its own host replied, or, for
+a port bound nowhere (whose flows the step removes wherever they were), once every host of the
+step replied.  Every wait ends: barriers time out, and a dead switch fails its barriers.
+
+`step` numbers the batch: the data plane writes a status only from the latest step that decided
+one for that port, so a slow step can never overwrite what a later one settled.
 """
 
 from __future__ import annotations
@@ -14,35 +29,28 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Batch:
+    step: int = 0
     waiting: set[str] = field(default_factory=set)  # hosts whose barrier is outstanding
     failed: set[str] = field(default_factory=set)  # hosts that did not confirm
-    active: dict[str, str | None] = field(default_factory=dict)  # port -> host, None: all
-    down: list[str] = field(default_factory=list)
+    # port -> (its own host, the peers it waits for as well)
+    active: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
+    down: dict[str, str | None] = field(default_factory=dict)  # port -> its host, None: all
 
     def confirmed(self, host_id: str, ok: bool) -> None:
         self.waiting.discard(host_id)
         if not ok:
             self.failed.add(host_id)
 
-    def settle(self) -> dict[str, str]:
-        """Statuses known now: ports whose hosts confirmed become ACTIVE; DOWN ones once every
-        host of the step replied.  A port whose host failed is left as it was (that switch is
-        re-read and its networks recompiled).  Each status is returned once."""
-        out: dict[str, str] = {}
-        done = not self.waiting
-        for pid, need in list(self.active.items()):
-            if need is None:
-                if not done:
-                    continue
-                ready = not self.failed
-            elif need in self.waiting:
+    def settle(self) -> dict[str, str | None]:
+        """Statuses known now, each returned once; None: left as it was (its host failed)."""
+        out: dict[str, str | None] = {}
+        for pid, (own, peers) in list(self.active.items()):
+            if own in self.waiting or not peers.isdisjoint(self.waiting):
                 continue
-            else:
-                ready = need not in self.failed
             del self.active[pid]
-            if ready:
-                out[pid] = "ACTIVE"
-        if done:
-            out.update(dict.fromkeys(self.down, "DOWN"))
-            self.down.clear()
+            out[pid] = None if own in self.failed else "ACTIVE"
+        for pid, host in list(self.down.items()):
+            if (not self.waiting) if host is None else host not in self.waiting:
+                del self.down[pid]
+                out[pid] = "DOWN"
         return out

@@ -80,11 +80,9 @@ HOST_AGENT_FIELDS = ("ovsdb", "tunnel_ip", "integration_bridge", "datapath_type"
 class Switches(Protocol):
     """The OpenFlow side as the data plane uses it (implemented by `TenantnetOfpApp`)."""
 
-    def apply(self, dpid: int, diff: FlowDiff, on_done: Callable[[bool], None]) -> bool: ...
+    def apply(self, dpid: int, diff: FlowDiff, on_done: Callable[..., None]) -> bool: ...
 
-    def remove_all(
-        self, dpid: int, group_ids: list[int], on_done: Callable[[bool], None]
-    ) -> bool: ...
+    def remove_all(self, dpid: int, group_ids: list[int], on_done: Callable[..., None]) -> bool: ...
 
     def resync(self, dpid: int) -> None: ...
 
@@ -101,6 +99,10 @@ class HostRuntime:
     ovsdb_up: bool = False
     down_reported: bool = False
     failures: int = 0  # consecutive unconfirmed batches
+    switch_up: bool = False  # its OpenFlow connection is up (read back or not)
+    # Why its switch is degraded ("" if it is not): it let a batch time out or rejected one.
+    # Ports elsewhere stop waiting for it; cleared by its next confirmed batch or a reconnect.
+    degraded: str = ""
 
     @property
     def ready(self) -> bool:
@@ -158,6 +160,8 @@ class DataPlane:
         self._status_out: dict[str, str] = {}  # written once per step, see _write_observations
         self._binding_out: dict[str, str | None] = {}
         self._held_since: float | None = None
+        self._steps = 0
+        self._decided: dict[str, int] = {}  # port -> the latest step that decided its status
 
     # ------------------------------------------------------------------ inbound (any thread)
 
@@ -218,6 +222,7 @@ class DataPlane:
                     "ovsdb": rt.ovsdb_up,
                     "openflow": rt.installed is not None,
                     "ready": rt.ready,
+                    "degraded": rt.degraded or None,
                     "datapath_id": f"{rt.dpid:016x}",
                     "networks": sorted(k for k, hs in self.members.items() if h in hs),
                 }
@@ -375,7 +380,7 @@ class DataPlane:
         self.by_dpid.pop(rt.dpid, None)
         if rt.installed is not None:
             group_ids = sorted({g.group_id for s in rt.installed.values() for g in s.groups})
-            self.switches.remove_all(rt.dpid, group_ids, lambda ok: None)
+            self.switches.remove_all(rt.dpid, group_ids, lambda ok, why="": None)
         if rt.agent is not None:
             agent = rt.agent
             threading.Thread(target=_remove_agent, args=(agent,), daemon=True).start()
@@ -383,7 +388,7 @@ class DataPlane:
             del self.observed_at[pid]
         for port in self.store.list_ports(host_id=host_id):
             self._binding_out[port["id"]] = None
-            self._status_out[port["id"]] = "DOWN"
+            self._set_status(port["id"], "DOWN")
         affected = [k for k, hs in self.members.items() if host_id in hs]
         for k in affected:
             self.members[k].discard(host_id)
@@ -446,6 +451,7 @@ class DataPlane:
             return
         rt = self.hosts[host_id]
         rt.installed = split_by_cookie(installed)
+        rt.switch_up = True
         rt.down_reported = False
         if rt.failures > MAX_RESYNCS:  # a fresh connection gets a fresh chance
             rt.failures = 0
@@ -458,6 +464,8 @@ class DataPlane:
             return
         rt = self.hosts[host_id]
         rt.installed = None
+        rt.switch_up = False
+        rt.degraded = ""  # a new connection starts afresh
         self._host_down(host_id, "OpenFlow connection lost")
         self._report_host_state(host_id)
 
@@ -488,13 +496,15 @@ class DataPlane:
         LOG.warning("host %s down (%s): its ports go DOWN, peers keep their flows", host_id, why)
         for pid, h in list(self.observed_at.items()):
             if h == host_id:
-                self._status_out[pid] = "DOWN"
+                self._set_status(pid, "DOWN")
 
     def _report_host_state(self, host_id: str) -> None:
         rt = self.hosts.get(host_id)
         if rt is None:
             return
-        status = "connected" if rt.ovsdb_up and rt.installed is not None else "disconnected"
+        status = "disconnected"
+        if rt.ovsdb_up and rt.switch_up:
+            status = "degraded" if rt.degraded else "connected"
         self.store.set_host_state(host_id, status, f"{rt.dpid:016x}")
 
     def _tick(self) -> None:
@@ -513,7 +523,8 @@ class DataPlane:
         t0 = time.perf_counter()
         sent_before = self.stats.flow_mods + self.stats.group_mods
         plans: dict[str, list[FlowDiff]] = {}
-        batch = Batch()
+        self._steps += 1
+        batch = Batch(step=self._steps)
         for host_id in sorted(self._dirty_base):
             rt = self.hosts.get(host_id)
             if rt is None or not rt.ready:
@@ -541,7 +552,7 @@ class DataPlane:
         awaited = {h for h in batch.active.values() if h is not None}
         for host_id in sorted(plans, key=lambda h: h not in awaited):
             self._send(self.hosts[host_id], merge_diffs(plans[host_id]), batch)
-        self._status_out.update(batch.settle())
+        self._settle(batch)
         sent = self.stats.flow_mods + self.stats.group_mods - sent_before
         ms = (time.perf_counter() - t0) * 1000
         self.stats.last_batch_ms = ms
@@ -567,11 +578,18 @@ class DataPlane:
                     LocatedPort(port, locate(port, self.observed_at, unsynced, self.hosts))
                 )
         new_members = {lp.host_id for lp in located if lp.host_id is not None}
+        old_members = self.members.get(key, set())
+        # Peers a port of a newly joined host waits for (see batch.py); degraded ones not.
+        healthy = frozenset(
+            h for h in new_members if h in self.hosts and not self.hosts[h].degraded
+        )
         targets = new_members | self.members.get(key, set())
         targets |= {h for h, rt in self.hosts.items() if rt.installed and key in rt.installed}
         nc = NetCompiled(segment_of(net)) if net is not None else None
         for lp in located:
-            self._report(lp.port, lp.host_id, batch, own_host_only=False)
+            joined = lp.host_id is not None and lp.host_id not in old_members
+            peers = healthy - {lp.host_id} if joined else frozenset()
+            self._report(lp.port, lp.host_id, batch, peers)
             if nc is not None and lp.host_id is not None:
                 self._track(nc, lp.port, lp.host_id)
         for host_id in sorted(targets):
@@ -597,17 +615,35 @@ class DataPlane:
         return {h for h, rt in self.hosts.items() if rt.obs is None}
 
     def _report(
-        self, port: dict[str, Any], host_id: str | None, batch: Batch, own_host_only: bool
+        self, port: dict[str, Any], host_id: str | None, batch: Batch, peers: frozenset[str]
     ) -> None:
-        """A port's status once this step's flows are confirmed: ACTIVE if plugged and up."""
+        """A port's status once the hosts it depends on confirmed (batch.py): ACTIVE if plugged
+        and up; `peers` are the other hosts it waits for."""
         rt = self.hosts.get(host_id) if host_id else None
         if rt is not None and rt.ready and port["id"] in (rt.obs.bindings if rt.obs else {}):
+            assert host_id is not None
             if port.get("admin_state_up", True):
-                batch.active[port["id"]] = host_id if own_host_only else None
+                batch.active[port["id"]] = (host_id, peers)
             else:
-                batch.down.append(port["id"])
+                batch.down[port["id"]] = host_id
         elif host_id is None:
-            batch.down.append(port["id"])
+            batch.down[port["id"]] = None
+        else:
+            return
+        self._decided[port["id"]] = batch.step
+
+    def _settle(self, batch: Batch) -> None:
+        """Take the statuses the batch knows now, unless a later step decided them since."""
+        for pid, status in batch.settle().items():
+            if self._decided.get(pid) == batch.step:
+                del self._decided[pid]
+                if status is not None:
+                    self._status_out[pid] = status
+
+    def _set_status(self, pid: str, status: str) -> None:
+        """A status known without a barrier; pending decisions of earlier steps are void."""
+        self._decided.pop(pid, None)
+        self._status_out[pid] = status
 
     def _local_port(self, port: dict[str, Any], host_id: str) -> LocalPort | None:
         """The port as its host compiles it; None while the host shows no ofport for it."""
@@ -704,7 +740,7 @@ class DataPlane:
             d, after = patch(rt.installed.get(key, EMPTY), old, new, groups)
             self._queue(rt, key, d, after, plans)
         if port is not None:
-            self._report(port, new_host, batch, own_host_only=True)
+            self._report(port, new_host, batch, frozenset())
         return True
 
     def _plan(
@@ -736,15 +772,19 @@ class DataPlane:
         host_id, dpid = rt.record["id"], rt.dpid
         batch.waiting.add(host_id)
 
-        def done(ok: bool) -> None:
-            self._inbox.put(("batch_done", (host_id, dpid, batch, ok)))
+        def done(ok: bool, why: str = "") -> None:
+            self._inbox.put(("batch_done", (host_id, dpid, batch, ok, why)))
 
         if not self.switches.apply(dpid, d, done):
-            done(False)
+            done(False, "disconnected")
 
-    def _apply_batch_done(self, host_id: str, dpid: int, batch: Batch, ok: bool) -> None:
+    def _apply_batch_done(
+        self, host_id: str, dpid: int, batch: Batch, ok: bool, why: str = ""
+    ) -> None:
         self._outstanding -= 1
         rt = self.hosts.get(host_id)
+        if rt is not None and rt.dpid == dpid:
+            self._note_health(rt, ok, why)
         if not ok and rt is not None and rt.installed is not None:
             rt.failures += 1
             rt.installed = None
@@ -756,8 +796,30 @@ class DataPlane:
         elif ok and rt is not None:
             rt.failures = 0
         batch.confirmed(host_id, ok)
-        self._status_out.update(batch.settle())
+        self._settle(batch)
         self._check_reconciled()
+
+    def _note_health(self, rt: HostRuntime, ok: bool, why: str) -> None:
+        """A switch that lets a batch time out or rejects one is degraded until it confirms one
+        (a disconnect is not degradation: the host is down, see _apply_switch_gone)."""
+        before = rt.degraded
+        if ok:
+            rt.degraded = ""
+        elif why in ("timeout", "rejected") and rt.switch_up:
+            rt.degraded = (
+                "did not confirm its flows in time" if why == "timeout" else ("rejected flows")
+            )
+        if rt.degraded != before:
+            host_id = rt.record["id"]
+            if rt.degraded:
+                LOG.warning(
+                    "host %s degraded: its switch %s; ports elsewhere do not wait for it",
+                    host_id,
+                    rt.degraded,
+                )
+            else:
+                LOG.info("host %s healthy again", host_id)
+            self._report_host_state(host_id)
 
     def _write_observations(self) -> None:
         """What this step learnt about ports, in one store transaction.

@@ -5,12 +5,20 @@ connected *and* its current tenantnet flows and groups have been read back, and 
 `FlowDiff` to a switch as an ordered batch of messages closed by a barrier, calling back when the
 switch confirmed it.  Because the first thing it does with a (re)connected switch is read its
 state instead of flushing it, a controller restart sends nothing when nothing changed.
+
+Every barrier is answered within ``barrier_timeout_s``: by the switch, or by a timeout (a switch
+that answers echoes but never barriers must not hold port statuses for good).  The callback says
+why a batch was not confirmed: ``"timeout"``, ``"rejected"`` (the switch sent errors) or
+``"disconnected"``.  Whether a silent switch is alive at all is southbound/ofp_server's business.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,13 +35,14 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.southbound import ofp_codec as codec
+from controller.southbound.ofp_server import Throttle
 from flows.diff import FlowDiff
 from flows.model import GroupEntry, Rule, Slice
 from flows.tables import COOKIE_BASE, COOKIE_MASK_OURS
 
 LOG = logging.getLogger(__name__)
 
-DoneCallback = Callable[[bool], None]
+DoneCallback = Callable[..., None]  # (ok: bool, why: str) - why is "" when ok
 FULL_MASK = 0xFFFFFFFFFFFFFFFF
 BUNDLE = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 
@@ -70,6 +79,7 @@ class Counters:
     batches: int = 0
     errors: int = 0
     connects: int = 0
+    barrier_timeouts: int = 0
 
 
 class TenantnetOfpApp(app_manager.OSKenApp):
@@ -83,6 +93,13 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         self.counters = Counters()
         self._switches: dict[int, _Switch] = {}
         self._lock = threading.Lock()
+        self.barrier_timeout_s = 5.0
+        # (deadline, seq, xid, switch) of every barrier sent; see _expire_barriers
+        self._deadlines: list[tuple[float, int, int, _Switch]] = []
+        self._deadline_cond = threading.Condition()
+        self._seq = itertools.count()
+        self._reaper: threading.Thread | None = None
+        self._log_errors = Throttle()
 
     # ----------------------------------------------------------------------------- public API
 
@@ -225,7 +242,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             sw.errors = 0
             sw.bundle_in_flight = False
         if cb is not None:
-            cb(ok)
+            cb(ok, "" if ok else "rejected")
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev: Any) -> None:
@@ -240,12 +257,15 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                     "switch %016x rejected a bundle: using ordered messages from now on",
                     msg.datapath.id or 0,
                 )
-        LOG.error(
-            "switch %016x rejected a message: type=%d code=%d",
-            msg.datapath.id or 0,
-            msg.type,
-            msg.code,
-        )
+        skipped = self._log_errors(f"{msg.datapath.id}")
+        if skipped is not None:
+            LOG.error(
+                "switch %016x rejected a message: type=%d code=%d%s",
+                msg.datapath.id or 0,
+                msg.type,
+                msg.code,
+                f" ({skipped} more rejections not logged)" if skipped else "",
+            )
 
     # ----------------------------------------------------------------------------- helpers
 
@@ -254,15 +274,49 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             sw = self._switches.get(dp.id)
         return sw if sw is not None and sw.dp is dp else None
 
-    @staticmethod
-    def _barrier_request(sw: _Switch, on_done: DoneCallback) -> Any:
+    def _barrier_request(self, sw: _Switch, on_done: DoneCallback) -> Any:
         """The barrier that closes a batch: `on_done` runs when the switch has processed
-        everything before it.  Called with `sw.lock` held and before anything is sent, so the
-        callback is registered before the reply can come."""
+        everything before it, or after ``barrier_timeout_s``.  Called with `sw.lock` held and
+        before anything is sent, so the callback is registered before the reply can come."""
         barrier = parser.OFPBarrierRequest(sw.dp)
         sw.dp.set_xid(barrier)
         sw.barriers[barrier.xid] = on_done
+        deadline = time.monotonic() + self.barrier_timeout_s
+        with self._deadline_cond:
+            heapq.heappush(self._deadlines, (deadline, next(self._seq), barrier.xid, sw))
+            if self._reaper is None:
+                self._reaper = threading.Thread(
+                    target=self._expire_barriers, name="barrier-timeouts", daemon=True
+                )
+                self._reaper.start()
+            self._deadline_cond.notify()
         return barrier
+
+    def _expire_barriers(self) -> None:
+        """Fail every barrier its switch has not answered in time (one thread for all)."""
+        while True:
+            with self._deadline_cond:
+                while not self._deadlines:
+                    self._deadline_cond.wait()
+                deadline, _, xid, sw = self._deadlines[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._deadline_cond.wait(wait)
+                    continue
+                heapq.heappop(self._deadlines)
+            with sw.lock:
+                cb = sw.barriers.pop(xid, None)
+                if cb is not None:
+                    sw.bundle_in_flight = False
+            if cb is None:
+                continue  # answered (or failed) already
+            self.counters.barrier_timeouts += 1
+            LOG.warning(
+                "switch %016x did not confirm a batch within %g s",
+                sw.dp.id or 0,
+                self.barrier_timeout_s,
+            )
+            cb(False, "timeout")
 
     def _start_dump(self, sw: _Switch) -> None:
         sw.ready = False
@@ -293,7 +347,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             pending = list(sw.barriers.values())
             sw.barriers.clear()
         for cb in pending:
-            cb(False)
+            cb(False, "disconnected")
 
 
 def _send_as_one_write(dp: Any, msgs: list[Any]) -> None:

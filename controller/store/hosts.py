@@ -24,7 +24,7 @@ from controller.store.values import (
 
 KIND = "host"
 DATAPATH_TYPES = ("system", "netdev")
-STATUSES = ("connected", "disconnected")
+STATUSES = ("connected", "degraded", "disconnected")
 OVSDB_PORT = 6640
 
 CREATE_ATTRS = frozenset(

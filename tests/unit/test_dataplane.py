@@ -325,6 +325,12 @@ class HoldingSwitches(FakeSwitches):
         for cb in pending:
             cb(True)
 
+    def fail(self, why: str) -> None:
+        """What the OpenFlow app reports for a held switch: timeout, rejected, disconnected."""
+        pending, self.pending = self.pending, []
+        for cb in pending:
+            cb(False, why)
+
 
 def _status_soon(cloud: Cloud, port_id: str, want: str, timeout: float = 2.0) -> bool:
     deadline = time.monotonic() + timeout
@@ -335,10 +341,18 @@ def _status_soon(cloud: Cloud, port_id: str, want: str, timeout: float = 2.0) ->
     return False
 
 
-def test_patched_port_is_active_once_its_own_host_confirms(cloud: Cloud) -> None:
-    """A peer that has not confirmed the new MAC's unicast rule still floods to the port's host
-    (already its peer), so the port does not wait for it; a port whose host newly joins the
-    network does wait, since peers accept that host's tunnel traffic only once they confirmed."""
+def _plug_together(cloud: Cloud, net: dict[str, Any], host: str, ofports: list[int]) -> list[str]:
+    """Ports plugged in one OVSDB update: one step with several ports of one network, which
+    recompiles the network whole (the bulk path)."""
+    ids = [cloud.store.create_port({"network_id": net["id"]})["id"] for _ in ofports]
+    cloud.idle()
+    agent = FakeAgent.instances[host]
+    agent.bindings.update(zip(ids, ofports, strict=True))
+    agent.push()
+    return ids
+
+
+def _held_cloud(cloud: Cloud) -> tuple[HoldingSwitches, dict[str, Any]]:
     switches = HoldingSwitches()
     cloud.switches = switches
     cloud.dp = cloud._dataplane()
@@ -347,10 +361,75 @@ def test_patched_port_is_active_once_its_own_host_confirms(cloud: Cloud) -> None
     cloud.port(net, "hv1", 1)
     cloud.port(net, "hv2", 1)
     cloud.idle()
-    switches.held = {datapath_id_for("hv1")}  # hv1 is slow from now on
+    switches.held = {datapath_id_for("hv1")}  # hv1 hangs from now on
+    return switches, net
+
+
+def test_patched_port_is_active_once_its_own_host_confirms(cloud: Cloud) -> None:
+    """A peer that has not confirmed the new MAC's unicast rule still floods to the port's host
+    (already its peer), so the port does not wait for it; a port whose host newly joins the
+    network does wait, since peers accept that host's tunnel traffic only once they confirmed."""
+    switches, net = _held_cloud(cloud)
     patched = cloud.port(net, "hv2", 2)  # hv2 stays in the network: per-port path
     assert _status_soon(cloud, patched["id"], "ACTIVE"), "waited for the peer hv1"
     joining = cloud.port(net, "hv3", 1)  # hv3 joins: hv1's ingress rule for it is needed
     assert not _status_soon(cloud, joining["id"], "ACTIVE", timeout=0.5)
     switches.release()
     assert _status_soon(cloud, joining["id"], "ACTIVE")
+
+
+def test_a_hung_peer_never_holds_a_recompiled_networks_ports_on_a_healthy_host(
+    cloud: Cloud,
+) -> None:
+    """hv2 is already in the network: after a whole-network compile its ports need only hv2."""
+    switches, net = _held_cloud(cloud)
+    ids = _plug_together(cloud, net, "hv2", [2, 3])
+    for pid in ids:
+        assert _status_soon(cloud, pid, "ACTIVE"), "waited for the hung peer hv1"
+    assert switches.pending, "hv1 was sent the network too (and never answered)"
+
+
+def test_a_peer_that_dies_mid_step_releases_a_joining_hosts_ports(cloud: Cloud) -> None:
+    """hv3 joins with a bulk of two ports: they wait for the peers' ingress rules, but a peer
+    that dies (or times out) during the step no longer holds them once that is known."""
+    switches, net = _held_cloud(cloud)
+    ids = _plug_together(cloud, net, "hv3", [1, 2])
+    assert not _status_soon(cloud, ids[0], "ACTIVE", timeout=0.5), "did not wait for hv1"
+    assert switches.pending
+    switches.fail("disconnected")
+    cloud.dp.switch_gone(datapath_id_for("hv1"))
+    for pid in ids:
+        assert _status_soon(cloud, pid, "ACTIVE"), "still held by the dead peer"
+
+
+def test_a_switch_that_lets_a_batch_time_out_is_degraded_and_not_waited_for(
+    cloud: Cloud,
+) -> None:
+    switches, net = _held_cloud(cloud)
+    _plug_together(cloud, net, "hv2", [2, 3])
+    _wait_until(lambda: switches.pending)
+    switches.fail("timeout")
+    assert _wait_until(lambda: cloud.dp.status()["hosts"]["hv1"]["degraded"])
+    cloud.connect("hv1")  # its switch is read back (it answers dumps, not barriers)
+    assert _status_soon_host(cloud, "hv1", "degraded")
+    # hv3 joins the network: it waits for healthy peers only, not for the degraded hv1
+    ids = _plug_together(cloud, net, "hv3", [1, 2])
+    for pid in ids:
+        assert _status_soon(cloud, pid, "ACTIVE"), "waited for the degraded hv1"
+    assert cloud.store.get_host("hv2")["status"] == "connected"
+    switches.held.clear()
+    switches.release()
+    cloud.port(net, "hv1", 7)  # a confirmed batch: healthy again
+    assert _status_soon_host(cloud, "hv1", "connected")
+    assert cloud.dp.status()["hosts"]["hv1"]["degraded"] is None
+
+
+def _status_soon_host(cloud: Cloud, host_id: str, want: str) -> bool:
+    return bool(_wait_until(lambda: cloud.store.get_host(host_id)["status"] == want))
+
+
+def _wait_until(pred: Callable[[], Any], timeout: float = 2.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := pred()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value

@@ -1,0 +1,413 @@
+"""OpenFlow connections that end: switch liveness, a bounded accept loop, no leaked threads.
+
+os-ken 4.2.2 with its native-thread hub (the default since 4.0, and the only hub that runs on
+current Python) has three faults this module works around without copying os-ken's protocol code:
+
+* **A closed connection never finishes.**  ``Datapath.serve`` ends its receive loop, then calls
+  ``hub.kill`` on the send thread - a no-op on the native hub - and joins it; but that thread is
+  blocked on ``send_q.get()`` and nothing ever wakes it.  So the connection thread and the send
+  thread live for good, ``Datapath.close()`` (and so ``DEAD_DISPATCHER``) never comes, and the
+  controller never hears that the switch went away.  500 connect/close cycles leaked 1,000
+  threads.  `LiveDatapath.serve` wakes the send thread with os-ken's own "close" queue entry and
+  joins it with a bound.
+* **Nobody notices a switch that stops answering.**  os-ken's echo loop is off by default
+  (``maximum_unreplied_echo_requests=0``) and, when on, counts only echo replies at the echo
+  interval and then merely half-closes the socket.  A stopped (SIGSTOP), frozen or cut-off switch
+  keeps its connection, and its ports stay ACTIVE.  `LiveDatapath` runs one watchdog thread per
+  connection: an echo request once nothing was received for ``echo_interval_s``, and the
+  connection is closed once nothing at all (any message counts) came for ``dead_after_s``, or the
+  HELLO/FEATURES handshake did not complete within ``handshake_timeout_s``.  Closing shuts the
+  socket down both ways, which wakes the receive loop at once; ``DEAD_DISPATCHER`` follows.
+* **The accept loop dies on the first error.**  ``StreamServer.serve_forever`` has no ``try``:
+  one ``EMFILE`` (too many open files) and the listener is gone for the life of the process.
+  `TenantnetOpenFlowController.server_loop` logs accept errors (throttled), backs off and goes on,
+  and caps connections in total and per source address, so that a flood of idle connections can
+  neither exhaust the process's file descriptors nor lock out the real switches.
+
+It is installed by `install` (called by the service before os-ken's apps start), which points
+``os_ken.controller.ofp_handler.OpenFlowController`` - the class os-ken's ``OFPHandler.start``
+instantiates - at the subclass below.  Everything else (handshake handlers, message parsing,
+events) is os-ken's.
+
+What upstream would need (proposed fix): in ``Datapath.serve``'s ``finally``, put
+``(b"", True)`` on ``send_q`` (or close the socket) before ``joinall``, since ``hub.kill`` cannot
+stop a native thread; have ``_echo_request_loop`` count any received message as liveness and
+``close()`` shut the socket down both ways instead of ``SHUT_WR`` only (a dead peer never closes
+its side); a handshake timeout; and wrap ``StreamServer.serve_forever``'s ``accept`` in a ``try``
+that logs and backs off on ``EMFILE``/``ENFILE``/``ENOBUFS``/``ENOMEM``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from os_ken import cfg
+from os_ken.base import app_manager  # noqa: F401 - first: os-ken's modules import circularly
+from os_ken.controller import controller as osken_controller
+from os_ken.controller import ofp_handler
+from os_ken.controller.handler import (
+    CONFIG_DISPATCHER,
+    DEAD_DISPATCHER,
+    HANDSHAKE_DISPATCHER,
+    MAIN_DISPATCHER,
+)
+from os_ken.lib import hub
+
+LOG = logging.getLogger(__name__)
+
+# Accept errors that mean "out of a resource right now": wait, then accept again.
+_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_MAX_ACCEPT_PAUSE_S = 1.0
+# How long a finished connection may take to join its helper threads before we say so.
+_JOIN_S = 5.0
+_LOG_EVERY_S = 10.0
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How long a switch may be silent, and how many connections the listener takes."""
+
+    echo_interval_s: float = 1.0
+    dead_after_s: float = 3.0
+    handshake_timeout_s: float = 5.0
+    max_connections: int = 1024
+    max_per_source: int = 16
+
+
+@dataclass
+class ConnectionStats:
+    """Totals since start, for /tenantnet/status and the fault tests."""
+
+    open: int = 0
+    accepted: int = 0
+    refused_total_cap: int = 0
+    refused_source_cap: int = 0
+    accept_errors: int = 0
+    handshake_timeouts: int = 0
+    declared_dead: int = 0
+    max_connections: int = 0  # the cap in force (the setting, lowered to fit the fd limit)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class Throttle:
+    """One log line per key per interval, saying how many were suppressed meanwhile."""
+
+    def __init__(self, every_s: float = _LOG_EVERY_S) -> None:
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._skipped: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str) -> int | None:
+        """None: stay quiet; else the number of lines suppressed since the last one."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -self.every_s) < self.every_s:
+                self._skipped[key] += 1
+                return None
+            self._last[key] = now
+            return self._skipped.pop(key, 0)
+
+
+class _WatchedSocket:
+    """The connection's socket, noting when anything was last received (liveness)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.last_rx = time.monotonic()
+
+    def recv(self, n: int) -> bytes:
+        data = self._sock.recv(n)
+        if data:
+            self.last_rx = time.monotonic()
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class LiveDatapath(osken_controller.Datapath):  # type: ignore[misc]
+    """os-ken's Datapath whose connection ends: see the module docstring."""
+
+    def __init__(
+        self, sock: socket.socket, address: Any, limits: ConnectionLimits, stats: ConnectionStats
+    ) -> None:
+        self._watched = _WatchedSocket(sock)
+        super().__init__(self._watched, address)
+        self.limits = limits
+        self._stats = stats
+        self.max_unreplied_echo_requests = 0  # os-ken's own echo loop stays off: see _watch
+        self.opened_at = time.monotonic()
+        self._ended = threading.Event()
+        self._closing = threading.Lock()
+        self.end_reason = ""
+
+    @property
+    def last_rx(self) -> float:
+        return self._watched.last_rx
+
+    def serve(self) -> None:
+        send_thr = hub.spawn(self._send_loop)
+        self.send_msg(self.ofproto_parser.OFPHello(self))
+        watch_thr = hub.spawn(self._watch)
+        try:
+            self._recv_loop()  # closes the socket when it ends
+        finally:
+            self._ended.set()
+            self._wake_sender()
+            for thr in (send_thr, watch_thr):
+                thr.join(_JOIN_S)
+                if thr.is_alive():
+                    LOG.error("connection from %s: a helper thread did not end", self.address)
+            self.is_active = False
+
+    def end(self, reason: str) -> None:
+        """Close the connection now (any thread): the receive loop wakes and the connection
+        finishes as if the switch had closed it."""
+        with self._closing:
+            if self.end_reason:
+                return
+            self.end_reason = reason
+        with contextlib.suppress(OSError):  # already closed
+            self.socket.shutdown(socket.SHUT_RDWR)
+
+    def _wake_sender(self) -> None:
+        """os-ken's send loop waits on its queue for good: hand it the "close" entry.  If the
+        queue is full the send thread is busy writing, and the closed socket ends it."""
+        q = self.send_q
+        if q is not None and self._send_q_sem.acquire(blocking=False):
+            try:
+                q.put_nowait((b"", True))
+            except Exception:  # queue.Full: the sender is writing, see above
+                self._send_q_sem.release()
+
+    def _send_nowait(self, msg: Any) -> bool:
+        """Queue a message unless the send queue is full (the watchdog must never block)."""
+        q = self.send_q
+        if q is None or not self._send_q_sem.acquire(blocking=False):
+            return False
+        self.set_xid(msg)
+        msg.serialize()
+        q.put((msg.buf, False))
+        return True
+
+    def _watch(self) -> None:
+        lim = self.limits
+        last_echo = 0.0
+        while not self._ended.is_set():
+            now = time.monotonic()
+            if self.state in (HANDSHAKE_DISPATCHER, CONFIG_DISPATCHER):
+                if now - self.opened_at >= lim.handshake_timeout_s:
+                    self._stats.handshake_timeouts += 1
+                    self._give_up(f"no OpenFlow handshake within {lim.handshake_timeout_s:g} s")
+                    return
+            elif self.state == DEAD_DISPATCHER:
+                return
+            silent = now - self.last_rx
+            if silent >= lim.dead_after_s:
+                self._stats.declared_dead += 1
+                self._give_up(f"no answer for {silent:.1f} s (dead after {lim.dead_after_s:g} s)")
+                return
+            if (
+                silent >= lim.echo_interval_s
+                and now - last_echo >= lim.echo_interval_s
+                and self._send_nowait(self.ofproto_parser.OFPEchoRequest(self))
+            ):
+                last_echo = now
+            wake = [
+                self.last_rx + lim.dead_after_s,
+                max(self.last_rx, last_echo) + lim.echo_interval_s,
+            ]
+            if self.state != MAIN_DISPATCHER:
+                wake.append(self.opened_at + lim.handshake_timeout_s)
+            self._ended.wait(max(0.01, min(wake) - time.monotonic()))
+
+    def _give_up(self, reason: str) -> None:
+        dpid = f"{self.id:016x}" if self.id is not None else "(no datapath id yet)"
+        LOG.warning(
+            "switch %s at %s: %s; closing the connection", dpid, _host(self.address), reason
+        )
+        self.end(reason)
+
+
+def _host(address: Any) -> str:
+    return str(address[0]) if isinstance(address, tuple) and address else "?"
+
+
+class Listener:
+    """The accept loop and the life of each connection, with caps per source and in total."""
+
+    def __init__(self, limits: ConnectionLimits, stats: ConnectionStats) -> None:
+        self.limits = limits
+        self.stats = stats
+        self._lock = threading.Lock()
+        self._by_source: Counter[str] = Counter()
+        self._throttle = Throttle()
+
+    def serve(self, server: socket.socket, tls: ssl.SSLContext | None = None) -> None:
+        """Accept for good: errors are logged and waited out, never fatal."""
+        pause = 0.0
+        while True:
+            try:
+                sock, addr = server.accept()
+            except OSError as exc:
+                if server.fileno() < 0:
+                    return  # the listening socket was closed: shutting down
+                self.stats.accept_errors += 1
+                if exc.errno in _EXHAUSTED:
+                    pause = min(_MAX_ACCEPT_PAUSE_S, pause * 2 or 0.05)
+                    self._log_throttled(
+                        "accept",
+                        logging.ERROR,
+                        "OpenFlow listener cannot accept (%s); retrying",
+                        exc,
+                    )
+                    time.sleep(pause)
+                elif exc.errno not in (errno.ECONNABORTED, errno.EINTR, errno.EAGAIN):
+                    self._log_throttled(
+                        "accept", logging.ERROR, "OpenFlow listener: accept failed (%s)", exc
+                    )
+                    time.sleep(0.05)
+                continue
+            pause = 0.0
+            source = _host(addr)
+            if not self._admit(source):
+                _close(sock)
+                continue
+            try:
+                threading.Thread(
+                    target=self._connection,
+                    args=(sock, addr, tls),
+                    name=f"ofp-{source}",
+                    daemon=True,
+                ).start()
+            except RuntimeError as exc:  # can't start new thread
+                self._release(source)
+                _close(sock)
+                self._log_throttled(
+                    "spawn", logging.ERROR, "OpenFlow connection from %s dropped: %s", source, exc
+                )
+
+    def _admit(self, source: str) -> bool:
+        """Per-source and total caps.  (Who the switch is - its certificate or address - is
+        checked once it says so, in the app's features handler.)"""
+        lim, st = self.limits, self.stats
+        with self._lock:
+            if st.open >= st.max_connections:
+                st.refused_total_cap += 1
+                why = f"{st.max_connections} OpenFlow connections open (the total cap)"
+            elif self._by_source[source] >= lim.max_per_source:
+                st.refused_source_cap += 1
+                why = f"{lim.max_per_source} connections open from it (the per-source cap)"
+            else:
+                st.open += 1
+                st.accepted += 1
+                self._by_source[source] += 1
+                return True
+        self._log_throttled(
+            f"refuse {source}",
+            logging.WARNING,
+            "refusing OpenFlow connections from %s: %s",
+            source,
+            why,
+        )
+        return False
+
+    def _release(self, source: str) -> None:
+        with self._lock:
+            self.stats.open -= 1
+            self._by_source[source] -= 1
+            if self._by_source[source] <= 0:
+                del self._by_source[source]
+
+    def _connection(self, sock: socket.socket, addr: Any, tls: ssl.SSLContext | None) -> None:
+        """One switch connection, start to end, on its own thread."""
+        source = _host(addr)
+        try:
+            if tls is not None:
+                sock.settimeout(self.limits.handshake_timeout_s)
+                sock = tls.wrap_socket(sock, server_side=True)
+            dp = LiveDatapath(sock, addr, self.limits, self.stats)
+            try:
+                dp.serve()
+            finally:
+                dp.close()  # DEAD_DISPATCHER: the app hears the switch is gone
+        except Exception as exc:
+            LOG.warning("OpenFlow connection from %s ended with an error: %s", source, exc)
+        finally:
+            _close(sock)
+            self._release(source)
+
+    def _log_throttled(self, key: str, level: int, msg: str, *args: Any) -> None:
+        skipped = self._throttle(key)
+        if skipped is not None:
+            suffix = f" ({skipped} more like it not logged)" if skipped else ""
+            LOG.log(level, msg + suffix, *args)
+
+
+class TenantnetOpenFlowController(osken_controller.OpenFlowController):  # type: ignore[misc]
+    """What os-ken's OFPHandler starts once `install` ran: its own switch-address client loops
+    (unused here), and our `Listener` instead of ``StreamServer``."""
+
+    limits = ConnectionLimits()
+    stats = ConnectionStats()
+
+    def server_loop(self, ofp_tcp_listen_port: int, ofp_ssl_listen_port: int | None) -> None:
+        conf = cfg.CONF
+        tls = _tls_context(conf)
+        port = (ofp_ssl_listen_port or ofp_tcp_listen_port) if tls else ofp_tcp_listen_port
+        host = conf.ofp_listen_host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server = hub.listen((host, port), family=family, backlog=128)
+        Listener(self.limits, self.stats).serve(server, tls)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def _tls_context(conf: Any) -> ssl.SSLContext | None:
+    """The same TLS server settings os-ken's own server loop builds from its options."""
+    if conf.ctl_privkey is None or conf.ctl_cert is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.options |= ssl.OP_NO_SSLv3 | ssl.OP_NO_SSLv2
+    if conf.ciphers is not None:
+        ctx.set_ciphers(conf.ciphers)
+    ctx.load_cert_chain(conf.ctl_cert, conf.ctl_privkey)
+    if conf.ca_certs is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(conf.ca_certs)
+    return ctx
+
+
+def install(limits: ConnectionLimits, fd_limit: int | None = None, fd_reserve: int = 64) -> None:
+    """Make os-ken's OFPHandler start this module's controller (call before apps start).
+
+    The total cap is lowered to leave ``fd_reserve`` descriptors of ``fd_limit`` to the rest of
+    the process (API, store, OVSDB), so OpenFlow connections alone can never exhaust them.
+    """
+    cap = limits.max_connections
+    if fd_limit is not None:
+        cap = max(1, min(cap, fd_limit - fd_reserve))
+        if cap < limits.max_connections:
+            LOG.warning(
+                "OpenFlow connection cap lowered to %d to fit the file descriptor limit (%d)",
+                cap,
+                fd_limit,
+            )
+    TenantnetOpenFlowController.limits = limits
+    TenantnetOpenFlowController.stats = ConnectionStats(max_connections=cap)
+    ofp_handler.OpenFlowController = TenantnetOpenFlowController

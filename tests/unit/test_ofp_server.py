@@ -1,0 +1,144 @@
+"""southbound/ofp_server: OpenFlow connections end, the accept loop survives, caps hold.
+
+These run the real listener and os-ken's real Datapath on loopback, without the OpenFlow app:
+a connection that never completes the handshake is exactly what a port scanner or a flood of
+idle clients looks like.  (Liveness after the handshake, with real switches and a fake one, is
+tested in tests/integration/test_faults.py.)
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from controller.southbound.ofp_server import ConnectionLimits, ConnectionStats, Listener
+
+OFP_HEADER = 8
+
+
+class Server:
+    def __init__(self, limits: ConnectionLimits, wrap: Callable[[Any], Any] = lambda s: s) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.stats = ConnectionStats(max_connections=limits.max_connections)
+        self.listener = Listener(limits, self.stats)
+        self.thread = threading.Thread(
+            target=self.listener.serve, args=(wrap(self.sock),), daemon=True
+        )
+        self.thread.start()
+
+    def connect(self, source: str = "127.0.0.1") -> socket.socket:
+        s = socket.socket()
+        s.bind((source, 0))
+        s.settimeout(5)
+        s.connect(("127.0.0.1", self.port))
+        return s
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def make(**kw: Any) -> Server:
+        wrap = kw.pop("wrap", lambda s: s)
+        servers.append(Server(ConnectionLimits(**kw), wrap))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def _until(pred: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := pred()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
+def _hello_then_eof(s: socket.socket) -> tuple[bytes, bytes]:
+    """What the server sent first (its HELLO), then what it sent when it closed (b"")."""
+    hello = s.recv(OFP_HEADER)
+    return hello, s.recv(100)
+
+
+def test_closed_connections_release_their_threads_and_sockets(make_server: Any) -> None:
+    srv = make_server()
+    baseline = threading.active_count()
+    for _ in range(200):
+        srv.connect().close()
+    assert _until(lambda: srv.stats.open == 0 and threading.active_count() == baseline), (
+        f"{threading.active_count() - baseline} threads and {srv.stats.open} connections left"
+    )
+    assert srv.stats.accepted == 200
+
+
+def test_a_connection_that_never_completes_the_handshake_is_closed(make_server: Any) -> None:
+    srv = make_server(handshake_timeout_s=0.5)
+    s = srv.connect()
+    hello, rest = _hello_then_eof(s)
+    assert len(hello) == OFP_HEADER and hello[1] == 0  # an OpenFlow HELLO
+    assert rest == b"", "the server should have closed the idle connection"
+    assert _until(lambda: srv.stats.open == 0)
+    assert srv.stats.handshake_timeouts == 1
+    s.close()
+
+
+def test_caps_per_source_and_in_total(make_server: Any) -> None:
+    srv = make_server(max_per_source=2, max_connections=3, handshake_timeout_s=30)
+    kept = [srv.connect("127.0.0.1"), srv.connect("127.0.0.1")]
+    for s in kept:
+        assert s.recv(OFP_HEADER)  # served: HELLO
+    refused = srv.connect("127.0.0.1")
+    assert refused.recv(OFP_HEADER) == b"", "a third connection from one source was served"
+    other = srv.connect("127.0.0.2")  # another source still gets in ...
+    assert other.recv(OFP_HEADER)
+    over = srv.connect("127.0.0.3")  # ... until the total cap
+    assert over.recv(OFP_HEADER) == b""
+    assert srv.stats.refused_source_cap == 1 and srv.stats.refused_total_cap == 1
+    for s in kept:
+        s.close()
+    assert _until(lambda: srv.stats.open == 1)
+    again = srv.connect("127.0.0.1")  # load gone: accepted again
+    assert again.recv(OFP_HEADER)
+    for s in (refused, other, over, again):
+        s.close()
+
+
+class FailingAccept:
+    """A listening socket whose accept() fails like a process out of file descriptors."""
+
+    def __init__(self, sock: socket.socket, failures: int) -> None:
+        self.sock = sock
+        self.failures = failures
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return self.sock.accept()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+def test_accept_errors_are_survived(make_server: Any, caplog: Any) -> None:
+    srv = make_server(wrap=lambda s: FailingAccept(s, failures=5))
+    s = srv.connect()
+    assert s.recv(OFP_HEADER), "the listener did not recover from EMFILE"
+    assert srv.stats.accept_errors == 5
+    logged = [r for r in caplog.records if "cannot accept" in r.getMessage()]
+    assert len(logged) == 1, "one line per outage, not one per failed accept"
+    s.close()
