@@ -84,6 +84,7 @@ class Controller:
         Path(s.database).parent.mkdir(parents=True, exist_ok=True)
         self.store = Store(s.database, self.bus, underlay_mtu=s.underlay_mtu)
         self._manager, self.ofp_app = _start_os_ken(s, fd_limit)
+        self.ofp_app.barrier_timeout_s = s.ofp_barrier_timeout_s
         self.dataplane = DataPlane(
             self.store,
             self.ofp_app,

@@ -549,7 +549,7 @@ class DataPlane:
             self._recompile(key, batch, plans)
         # Hosts a port waits for first: their barriers come back first (a switch on a busy
         # hypervisor answers in milliseconds, and the other hosts' sends would come before).
-        awaited = {h for h in batch.active.values() if h is not None}
+        awaited = {h for own, peers in batch.active.values() for h in (own, *peers)}
         for host_id in sorted(plans, key=lambda h: h not in awaited):
             self._send(self.hosts[host_id], merge_diffs(plans[host_id]), batch)
         self._settle(batch)
@@ -806,9 +806,7 @@ class DataPlane:
         if ok:
             rt.degraded = ""
         elif why in ("timeout", "rejected") and rt.switch_up:
-            rt.degraded = (
-                "did not confirm its flows in time" if why == "timeout" else ("rejected flows")
-            )
+            rt.degraded = "rejected flows" if why == "rejected" else "confirmed nothing in time"
         if rt.degraded != before:
             host_id = rt.record["id"]
             if rt.degraded:

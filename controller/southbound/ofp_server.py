@@ -54,12 +54,7 @@ from os_ken import cfg
 from os_ken.base import app_manager  # noqa: F401 - first: os-ken's modules import circularly
 from os_ken.controller import controller as osken_controller
 from os_ken.controller import ofp_handler
-from os_ken.controller.handler import (
-    CONFIG_DISPATCHER,
-    DEAD_DISPATCHER,
-    HANDSHAKE_DISPATCHER,
-    MAIN_DISPATCHER,
-)
+from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER
 from os_ken.lib import hub
 
 LOG = logging.getLogger(__name__)
@@ -137,7 +132,10 @@ class _WatchedSocket:
         return getattr(self._sock, name)
 
 
-class LiveDatapath(osken_controller.Datapath):  # type: ignore[misc]
+_HANDSHAKE_LOG = Throttle()
+
+
+class LiveDatapath(osken_controller.Datapath):
     """os-ken's Datapath whose connection ends: see the module docstring."""
 
     def __init__(
@@ -203,17 +201,25 @@ class LiveDatapath(osken_controller.Datapath):  # type: ignore[misc]
         return True
 
     def _watch(self) -> None:
+        """Until the handshake is done only its timeout applies (echoes need a negotiated
+        version); from then on, liveness."""
         lim = self.limits
         last_echo = 0.0
         while not self._ended.is_set():
             now = time.monotonic()
-            if self.state in (HANDSHAKE_DISPATCHER, CONFIG_DISPATCHER):
-                if now - self.opened_at >= lim.handshake_timeout_s:
-                    self._stats.handshake_timeouts += 1
-                    self._give_up(f"no OpenFlow handshake within {lim.handshake_timeout_s:g} s")
-                    return
-            elif self.state == DEAD_DISPATCHER:
+            if self.state == DEAD_DISPATCHER:
                 return
+            if self.state != MAIN_DISPATCHER:
+                left = self.opened_at + lim.handshake_timeout_s - now
+                if left <= 0:
+                    self._stats.handshake_timeouts += 1
+                    self._give_up(
+                        f"no OpenFlow handshake within {lim.handshake_timeout_s:g} s",
+                        quiet=_HANDSHAKE_LOG,
+                    )
+                    return
+                self._ended.wait(min(left, lim.echo_interval_s))
+                continue
             silent = now - self.last_rx
             if silent >= lim.dead_after_s:
                 self._stats.declared_dead += 1
@@ -225,19 +231,21 @@ class LiveDatapath(osken_controller.Datapath):  # type: ignore[misc]
                 and self._send_nowait(self.ofproto_parser.OFPEchoRequest(self))
             ):
                 last_echo = now
-            wake = [
+            wake = min(
                 self.last_rx + lim.dead_after_s,
                 max(self.last_rx, last_echo) + lim.echo_interval_s,
-            ]
-            if self.state != MAIN_DISPATCHER:
-                wake.append(self.opened_at + lim.handshake_timeout_s)
-            self._ended.wait(max(0.01, min(wake) - time.monotonic()))
+            )
+            self._ended.wait(max(0.01, wake - time.monotonic()))
 
-    def _give_up(self, reason: str) -> None:
-        dpid = f"{self.id:016x}" if self.id is not None else "(no datapath id yet)"
-        LOG.warning(
-            "switch %s at %s: %s; closing the connection", dpid, _host(self.address), reason
-        )
+    def _give_up(self, reason: str, quiet: Throttle | None = None) -> None:
+        """Close with one log line (per source and interval, for `quiet` ones: a flood of idle
+        connections must not flood the log)."""
+        source = _host(self.address)
+        skipped = quiet(source) if quiet is not None else 0
+        if skipped is not None:
+            dpid = f"{self.id:016x}" if self.id is not None else "(no datapath id yet)"
+            more = f" ({skipped} more like it not logged)" if skipped else ""
+            LOG.warning("switch %s at %s: %s; closing the connection%s", dpid, source, reason, more)
         self.end(reason)
 
 
@@ -356,7 +364,7 @@ class Listener:
             LOG.log(level, msg + suffix, *args)
 
 
-class TenantnetOpenFlowController(osken_controller.OpenFlowController):  # type: ignore[misc]
+class TenantnetOpenFlowController(osken_controller.OpenFlowController):
     """What os-ken's OFPHandler starts once `install` ran: its own switch-address client loops
     (unused here), and our `Listener` instead of ``StreamServer``."""
 
