@@ -65,6 +65,7 @@ _MAX_ACCEPT_PAUSE_S = 1.0
 # How long a finished connection may take to join its helper threads before we say so.
 _JOIN_S = 5.0
 _LOG_EVERY_S = 10.0
+_MAX_KEYS = 4096
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,16 @@ class Throttle:
             if now - self._last.get(key, -self.every_s) < self.every_s:
                 self._skipped[key] += 1
                 return None
+            if len(self._last) >= _MAX_KEYS:  # keys are source addresses: bounded
+                self._forget(now)
             self._last[key] = now
             return self._skipped.pop(key, 0)
+
+    def _forget(self, now: float) -> None:
+        """Drop keys whose interval is over (their suppressed counts go unreported)."""
+        for key in [k for k, t in self._last.items() if now - t >= self.every_s]:
+            del self._last[key]
+            self._skipped.pop(key, None)
 
 
 class _WatchedSocket:

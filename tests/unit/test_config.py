@@ -44,6 +44,10 @@ def test_flags_beat_environment_beat_file(tmp_path: Path) -> None:
         (("--underlay-mtu", "100"), "underlay_mtu"),
         (("--advertise", "1.2.3.4:6653"), "advertise"),
         (("--basic-user", "u"), "basic_password"),
+        (("--ofp-dead-after-s", "0"), "ofp_dead_after_s"),
+        (("--ofp-dead-after-s", "1", "--ofp-echo-interval-s", "2"), "ofp_dead_after_s"),
+        (("--ofp-barrier-timeout-s", "-1"), "ofp_barrier_timeout_s"),
+        (("--ofp-max-connections-per-source", "0"), "ofp_max_connections_per_source"),
     ],
 )
 def test_bad_values_name_the_setting(argv: tuple[str, ...], word: str) -> None:

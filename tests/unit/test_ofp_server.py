@@ -17,7 +17,13 @@ from typing import Any
 
 import pytest
 
-from controller.southbound.ofp_server import ConnectionLimits, ConnectionStats, Listener
+from controller.southbound.ofp_server import (
+    _MAX_KEYS,
+    ConnectionLimits,
+    ConnectionStats,
+    Listener,
+    Throttle,
+)
 
 OFP_HEADER = 8
 
@@ -85,15 +91,20 @@ def test_closed_connections_release_their_threads_and_sockets(make_server: Any) 
     assert srv.stats.accepted == 200
 
 
-def test_a_connection_that_never_completes_the_handshake_is_closed(make_server: Any) -> None:
+def test_connections_that_never_complete_the_handshake_are_closed(
+    make_server: Any, caplog: Any
+) -> None:
     srv = make_server(handshake_timeout_s=0.5)
-    s = srv.connect()
-    hello, rest = _hello_then_eof(s)
-    assert len(hello) == OFP_HEADER and hello[1] == 0  # an OpenFlow HELLO
-    assert rest == b"", "the server should have closed the idle connection"
+    idle = [srv.connect() for _ in range(5)]
+    for s in idle:
+        hello, rest = _hello_then_eof(s)
+        assert len(hello) == OFP_HEADER and hello[1] == 0  # an OpenFlow HELLO
+        assert rest == b"", "the server should have closed the idle connection"
+        s.close()
     assert _until(lambda: srv.stats.open == 0)
-    assert srv.stats.handshake_timeouts == 1
-    s.close()
+    assert srv.stats.handshake_timeouts == 5
+    logged = [r for r in caplog.records if "no OpenFlow handshake" in r.getMessage()]
+    assert len(logged) == 1, "a flood of idle connections must not flood the log"
 
 
 def test_caps_per_source_and_in_total(make_server: Any) -> None:
@@ -142,3 +153,12 @@ def test_accept_errors_are_survived(make_server: Any, caplog: Any) -> None:
     logged = [r for r in caplog.records if "cannot accept" in r.getMessage()]
     assert len(logged) == 1, "one line per outage, not one per failed accept"
     s.close()
+
+
+def test_the_log_throttle_stays_bounded_under_many_sources() -> None:
+    throttle = Throttle(every_s=0.0)
+    for i in range(3 * _MAX_KEYS):
+        assert throttle(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}") == 0
+    assert len(throttle._last) <= _MAX_KEYS
+    quiet = Throttle(every_s=60)
+    assert quiet("a") == 0 and quiet("a") is None and quiet("a") is None
