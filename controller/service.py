@@ -8,6 +8,7 @@ so a restart is hitless.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -76,6 +77,7 @@ class Controller:
 
         from controller.api.app import ApiSettings, create_app
         from controller.dataplane.reconciler import DataPlane
+        from controller.southbound.ovsdb_host import OvsdbHost
         from controller.store import Store
 
         s = self.settings
@@ -83,18 +85,11 @@ class Controller:
         fd_limit = limits.raise_fd_limit()
         Path(s.database).parent.mkdir(parents=True, exist_ok=True)
         self.store = Store(s.database, self.bus, underlay_mtu=s.underlay_mtu)
-        self._manager, self.ofp_app = _start_os_ken(s, fd_limit)
-        self.ofp_app.barrier_timeout_s = s.ofp_barrier_timeout_s
-        self.dataplane = DataPlane(
-            self.store,
-            self.ofp_app,
-            s.controller_target,
-            startup_grace_s=s.startup_grace_s,
-        )
-        self.bus.subscribe(self.dataplane.on_events)
-        self.ofp_app.attach(self.dataplane)
-        self.dataplane.start()
-
+        # The API is built and serving before any switch can connect: FastAPI/pydantic models
+        # and uvicorn's start are the costliest part of start-up, and done later they would
+        # hold the interpreter while the hosts reconnect (measured at H=3: hosts reconciled
+        # ~0.6-1.0 s after the data plane started instead of ~0.1-0.2 s).  Until the data
+        # plane runs, its status says nothing is reconciled yet; the store is already there.
         self.api = create_app(
             self.store,
             ApiSettings(
@@ -117,7 +112,9 @@ class Controller:
         config = uvicorn.Config(
             self.api, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
         )
+        config.load()
         self._server = uvicorn.Server(config)
+
         self._api_thread = threading.Thread(target=self._server.run, name="api", daemon=True)
         self._api_thread.start()
         deadline = time.monotonic() + 10
@@ -125,9 +122,24 @@ class Controller:
             if not self._api_thread.is_alive():
                 raise RuntimeError(f"REST API could not listen on {s.api_listen}")
             time.sleep(0.02)
+        self._manager, self.ofp_app = _start_os_ken(s, fd_limit)
+        self.ofp_app.barrier_timeout_s = s.ofp_barrier_timeout_s
+        # The full collection before the freeze takes ~0.1-0.3 s: done while hosts reconnect,
+        # it would stall them.
         frozen = gc_tuning.freeze_startup_objects()
         gc_tuning.watch_slow_collections()
         LOG.debug("%d start-up objects exempted from garbage collection", frozen)
+        self.dataplane = DataPlane(
+            self.store,
+            self.ofp_app,
+            s.controller_target,
+            agent_factory=functools.partial(OvsdbHost, switch_connected=self.ofp_app.has_session),
+            startup_grace_s=s.startup_grace_s,
+        )
+        self.bus.subscribe(self.dataplane.on_events)
+        self.ofp_app.attach(self.dataplane)
+        self.dataplane.start()
+
         LOG.info(
             "tenantnet up in %.2f s: API http://%s, OpenFlow %s (hosts connect to %s), "
             "store %s, pid %d",

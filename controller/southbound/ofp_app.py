@@ -115,6 +115,11 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         with self._lock:
             return {d for d, sw in self._switches.items() if sw.ready}
 
+    def has_session(self, dpid: int) -> bool:
+        """Whether a switch with this datapath id is connected (synced or not yet)."""
+        with self._lock:
+            return dpid in self._switches
+
     def apply(self, dpid: int, diff: FlowDiff, on_done: DoneCallback) -> bool:
         """Send one diff in dependency order, then a barrier.  False if the switch is gone.
 
@@ -183,13 +188,16 @@ class TenantnetOfpApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _features(self, ev: Any) -> None:
         dp = ev.msg.datapath
+        # From the message: os-ken's own handler sets ``dp.id`` on its thread, which may not
+        # have run yet (seen under load when a switch reconnects twice in a row).
+        dpid = ev.msg.datapath_id
         with self._lock:
-            old = self._switches.get(dp.id)
-            self._switches[dp.id] = _Switch(dp=dp)
+            old = self._switches.get(dpid)
+            self._switches[dpid] = _Switch(dp=dp)
         if old is not None:
             self._fail_barriers(old)
         self.counters.connects += 1
-        LOG.info("switch %016x connected from %s", dp.id, dp.address[0] if dp.address else "?")
+        LOG.info("switch %016x connected from %s", dpid, dp.address[0] if dp.address else "?")
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev: Any) -> None:

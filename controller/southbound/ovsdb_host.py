@@ -22,6 +22,7 @@ rows.  Bindings follow the Nova/OVN convention: an Interface on the integration 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import threading
 from collections.abc import Callable
@@ -53,6 +54,29 @@ class HostObservation:
 
     bindings: dict[str, int] = field(default_factory=dict)  # iface-id -> ofport
     tunnel_ofports: dict[str, int] = field(default_factory=dict)  # "vxlan"/"gre" -> ofport
+
+
+def alternate_target(target: str) -> str | None:
+    """The same OVS connection target spelt the other way, or None if it has no other spelling.
+
+    ``tcp:192.0.2.1:6653`` <-> ``tcp:[192.0.2.1]:6653`` (OVS accepts brackets around IPv4 too);
+    IPv6 compressed <-> exploded.  Used to make vswitchd reconnect at once without ever leaving
+    the bridge without a controller (see `OvsdbHost._controller_target`).
+    """
+    method, sep, rest = target.partition(":")
+    host, colon, port = rest.rpartition(":")
+    if not sep or not colon or not port.isdigit():
+        return None
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        return None
+    if ip.version == 4:
+        other = str(ip) if host.startswith("[") else f"[{ip}]"
+    else:
+        other = f"[{ip.exploded if bare == ip.compressed else ip.compressed}]"
+    return f"{method}:{other}:{port}"
 
 
 ObservationCallback = Callable[[str, HostObservation], None]
@@ -98,7 +122,9 @@ class OvsdbHost:
         ),
         "Port": ("name", "interfaces", "external_ids"),
         "Interface": ("name", "type", "options", "ofport", "ofport_request", "external_ids"),
-        "Controller": ("target", "max_backoff", "inactivity_probe", "external_ids"),
+        "Controller": (
+            "target", "max_backoff", "inactivity_probe", "external_ids",
+        ),
     }  # fmt: skip
 
     def __init__(
@@ -108,8 +134,12 @@ class OvsdbHost:
         on_observation: ObservationCallback,
         on_state: StateCallback,
         timeout: float = 10.0,
+        switch_connected: Callable[[int], bool] | None = None,
     ) -> None:
         self.host_id: str = host["id"]
+        # Whether the controller has an OpenFlow session with a datapath id (the fast
+        # reconnect's test, see `_controller_target`); None: never poke the switch.
+        self.switch_connected = switch_connected
         self.target: str = host["ovsdb"]
         self.bridge: str = host.get("integration_bridge") or "br-int"
         self.datapath_type: str = host.get("datapath_type") or "system"
@@ -212,10 +242,16 @@ class OvsdbHost:
     # ---------------------------------------------------------------------------- writes
 
     def ensure_config(self) -> None:
-        """Make the host ready: bridge, controller target, tunnel ports.  Idempotent."""
+        """Make the host ready: bridge, controller target, tunnel ports.  Idempotent.
+
+        One transaction: ovsdbapp's Open_vSwitch transactions (reads included) bump
+        ``next_cfg`` and wait until vswitchd has applied it, so each one costs a vswitchd
+        reconfiguration; after a controller restart this is on the path to "reconciled".
+        """
         assert self.api is not None
         api = self.api
-        dpid = f"{datapath_id_for(self.host_id):016x}"
+        dpid = datapath_id_for(self.host_id)
+        controller, target = self._controller_target()
         with api.transaction(check_error=True) as txn:
             txn.add(api.add_br(self.bridge, may_exist=True, datapath_type=self.datapath_type))
             txn.add(
@@ -224,7 +260,7 @@ class OvsdbHost:
                     self.bridge,
                     ("fail_mode", "secure"),
                     ("protocols", ["OpenFlow13"]),
-                    ("other_config", {"datapath-id": dpid, "disable-in-band": "true"}),
+                    ("other_config", {"datapath-id": f"{dpid:016x}", "disable-in-band": "true"}),
                     ("external_ids", OWNED),
                 )
             )
@@ -244,24 +280,75 @@ class OvsdbHost:
                     )
                 )
                 txn.add(api.db_set("Port", name, ("external_ids", OWNED)))
-        current = api.get_controller(self.bridge).execute(check_error=True) or []
-        if current != [self.controller_target]:
-            api.set_controller(self.bridge, [self.controller_target]).execute(check_error=True)
-        # 'Controller' is looked up through its bridge (ovsdbapp's lookup table).
-        api.db_set(
-            "Controller",
-            self.bridge,
-            ("max_backoff", 1000),
-            ("inactivity_probe", 5000),
-            ("external_ids", OWNED),
-        ).execute(check_error=True)
+            settings = {
+                "target": target,
+                "max_backoff": 1000,
+                "inactivity_probe": 5000,
+                "external_ids": OWNED,
+            }
+            if controller is not None:
+                txn.add(api.db_set("Controller", controller, *settings.items()))
+            else:  # none, or not only ours: ours replaces them
+                row = txn.add(api.db_create("Controller", **settings))
+                txn.add(api.db_set("Bridge", self.bridge, ("controller", [row])))
         LOG.info(
-            "host %s: %s ready (dpid %s, controller %s)",
+            "host %s: %s ready (dpid %016x, controller %s)",
             self.host_id,
             self.bridge,
             dpid,
-            self.controller_target,
+            target,
         )
+
+    def _controller_target(self) -> tuple[Any, str]:
+        """Our Controller row on the bridge (None if the bridge has not exactly that one) and
+        the target to write into it.
+
+        Fast reconnect: right after a controller restart every switch sits in its reconnect
+        backoff, at least 1 s (``max_backoff`` cannot go lower, and ``rconn`` does not
+        reconnect when it or the probe interval change).  So when this controller (re)connects
+        to a host's OVSDB, the bridge already carries our target, and the switch has no
+        OpenFlow session with us, the target is rewritten in its other spelling
+        (`alternate_target`: ``tcp:IP:PORT`` <-> ``tcp:[IP]:PORT``).  vswitchd keys controller
+        connections by target string: it drops the idle one and connects the new one at once,
+        to the same address.  The bridge has a primary controller before and after, so it keeps
+        its flows; removing the controller first (or re-creating the row in two transactions)
+        would not: vswitchd flushes the flow table whenever a bridge goes from no primary
+        controller to one, which would cost the hitless restart.
+
+        Why not let the controller connect to switches that listen (``ptcp:``/``pssl:`` on the
+        switch)?  OVS treats those as *service* connections (no asynchronous messages by
+        default, not counted for ``fail_mode``, no inactivity probe), and without TLS a
+        listening switch lets anyone on the management network program it.  Poking over
+        OVSDB keeps the switch the one that connects, to the one address tenantnet wrote.
+
+        Whether the switch is connected is the controller's own knowledge (its OpenFlow
+        sessions, `switch_connected`): vswitchd refreshes ``Controller.is_connected`` only
+        every few seconds, so right after a restart OVSDB still says "connected".  A switch
+        with a session is never disturbed; one whose connection comes up in the milliseconds
+        between that check and vswitchd applying the rewrite reconnects once more (an extra
+        handshake and flow read; flows untouched).
+        """
+        assert self._conn is not None
+        ours = {self.controller_target, alternate_target(self.controller_target)}
+        with self._conn.lock:
+            br = idlutils.row_by_value(self._conn.idl, "Bridge", "name", self.bridge, None)
+            rows = list(br.controller) if br is not None else []
+            if len(rows) != 1 or rows[0].target not in ours:
+                return None, self.controller_target
+            row, current = rows[0].uuid, rows[0].target
+        other = alternate_target(current)
+        if (
+            other is None
+            or self.switch_connected is None
+            or self.switch_connected(datapath_id_for(self.host_id))
+        ):
+            return row, current
+        LOG.info(
+            "host %s: switch not connected; target rewritten as %s to connect now",
+            self.host_id,
+            other,
+        )
+        return row, other
 
     def remove_config(self) -> None:
         """Undo `ensure_config`: tunnel ports and controller go; the bridge stays if it carries
