@@ -158,8 +158,9 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                     parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, BUNDLE, []),
                 ]
             sw.errors = 0
-            msgs.append(self._barrier_request(sw, on_done))
-            _send_as_one_write(dp, msgs)
+            barrier = self._barrier_request(sw, on_done)
+            msgs.append(barrier)
+            self._send_or_fail(sw, msgs, barrier)
         return True
 
     def resync(self, dpid: int) -> None:
@@ -179,8 +180,9 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         with sw.lock:
             msgs = [codec.delete_all_ours(dp, COOKIE_BASE, COOKIE_MASK_OURS)]
             msgs += [codec.group_delete(dp, gid) for gid in group_ids]
-            msgs.append(self._barrier_request(sw, on_done))
-            _send_as_one_write(dp, msgs)
+            barrier = self._barrier_request(sw, on_done)
+            msgs.append(barrier)
+            self._send_or_fail(sw, msgs, barrier)
         return True
 
     # ----------------------------------------------------------------------------- os-ken events
@@ -330,8 +332,14 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         sw.ready = False
         sw.flows, sw.groups = [], []
         sw.pending_dumps = 2
-        sw.dp.send_msg(codec.flow_dump_request(sw.dp, COOKIE_BASE, COOKIE_MASK_OURS))
-        sw.dp.send_msg(codec.group_dump_request(sw.dp))
+        requests = [
+            codec.flow_dump_request(sw.dp, COOKIE_BASE, COOKIE_MASK_OURS),
+            codec.group_dump_request(sw.dp),
+        ]
+        if not _send_as_one_write(sw.dp, requests):
+            # Not reading what it is sent: it stays unsynced (nothing is sent to it) until its
+            # connection ends, which the liveness watchdog sees to.
+            LOG.warning("switch %016x is not reading what it is sent: not re-read", sw.dp.id or 0)
 
     def _dump_part_done(self, sw: _Switch) -> None:
         sw.pending_dumps -= 1
@@ -349,6 +357,21 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         if self.listener is not None:
             self.listener.switch_ready(sw.dp.id, installed)
 
+    def _send_or_fail(self, sw: _Switch, msgs: list[Any], barrier: Any) -> None:
+        """Queue the batch; if the switch's send queue is full (it stopped reading what it is
+        sent), fail the batch at once rather than block the data plane, which serves every
+        host from one thread.  Called with `sw.lock` held; the callback runs on a fresh thread
+        so that it never runs under it."""
+        if _send_as_one_write(sw.dp, msgs):
+            return
+        cb = sw.barriers.pop(barrier.xid, None)
+        sw.bundle_in_flight = False
+        skipped = self._log_errors(f"stalled {sw.dp.id}")
+        if skipped is not None:
+            LOG.warning("switch %016x is not reading what it is sent: batch dropped", sw.dp.id or 0)
+        if cb is not None:
+            threading.Thread(target=cb, args=(False, "timeout"), daemon=True).start()
+
     @staticmethod
     def _fail_barriers(sw: _Switch) -> None:
         with sw.lock:
@@ -358,13 +381,14 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             cb(False, "disconnected")
 
 
-def _send_as_one_write(dp: Any, msgs: list[Any]) -> None:
+def _send_as_one_write(dp: Any, msgs: list[Any]) -> bool:
     """Serialise the messages with os-ken and queue them as one buffer.
 
     `Datapath.send_msg` queues each message separately, and the connection's send thread wakes
     and writes once per message: for a diff of thousands of flow-mods those thread hand-offs cost
     more than the encoding.  This is `send_msg` (assign an xid, serialise) for many messages with
     a single `Datapath.send`; the order on the wire, and so OVS's processing order, is the same.
+    False if the connection's send queue is full or closed (`LiveDatapath.send_nowait`).
     """
     bufs = []
     for msg in msgs:
@@ -372,4 +396,5 @@ def _send_as_one_write(dp: Any, msgs: list[Any]) -> None:
             dp.set_xid(msg)
         msg.serialize()
         bufs.append(msg.buf)
-    dp.send(b"".join(bufs))
+    send = getattr(dp, "send_nowait", None) or dp.send
+    return bool(send(b"".join(bufs)))

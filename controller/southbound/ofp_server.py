@@ -199,14 +199,14 @@ class LiveDatapath(osken_controller.Datapath):
             except Exception:  # queue.Full: the sender is writing, see above
                 self._send_q_sem.release()
 
-    def _send_nowait(self, msg: Any) -> bool:
-        """Queue a message unless the send queue is full (the watchdog must never block)."""
+    def send_nowait(self, buf: bytes) -> bool:
+        """``Datapath.send`` that never waits: False if the send queue is full (the switch
+        stopped reading) or closed.  The watchdog and the data plane must never block on one
+        switch; upstream ``send`` waits on the queue's semaphore for as long as it takes."""
         q = self.send_q
         if q is None or not self._send_q_sem.acquire(blocking=False):
             return False
-        self.set_xid(msg)
-        msg.serialize()
-        q.put((msg.buf, False))
+        q.put((buf, False))
         return True
 
     def _watch(self) -> None:
@@ -237,7 +237,7 @@ class LiveDatapath(osken_controller.Datapath):
             if (
                 silent >= lim.echo_interval_s
                 and now - last_echo >= lim.echo_interval_s
-                and self._send_nowait(self.ofproto_parser.OFPEchoRequest(self))
+                and self._echo()
             ):
                 last_echo = now
             wake = min(
@@ -245,6 +245,12 @@ class LiveDatapath(osken_controller.Datapath):
                 max(self.last_rx, last_echo) + lim.echo_interval_s,
             )
             self._ended.wait(max(0.01, wake - time.monotonic()))
+
+    def _echo(self) -> bool:
+        echo = self.ofproto_parser.OFPEchoRequest(self)
+        self.set_xid(echo)
+        echo.serialize()
+        return self.send_nowait(bytes(echo.buf))
 
     def _give_up(self, reason: str, quiet: Throttle | None = None) -> None:
         """Close with one log line (per source and interval, for `quiet` ones: a flood of idle

@@ -342,12 +342,16 @@ def _threads_fds(pid: int) -> tuple[int, int]:
 def test_connect_close_cycles_leave_no_thread_or_descriptor_behind(cloud: Cloud) -> None:
     pid = cloud.ctl.proc.pid  # type: ignore[union-attr]
     before = _threads_fds(pid)
+    handled_before = _handled(cloud.api)
     addr = (cloud.lab.mgmt_ip, 6653)
     peak = before
     for i in range(500):
         socket.create_connection(addr, timeout=5).close()
         if i % 50 == 0:
             peak = max(peak, _threads_fds(pid))
+    wait_for(lambda: _handled(cloud.api) - handled_before == 500, timeout=30,
+             what="the listener to take all 500 connections")  # fmt: skip
+
     def back() -> tuple[int, int] | None:
         now = _threads_fds(pid)
         return now if now[0] <= before[0] and now[1] <= before[1] else None
@@ -358,6 +362,12 @@ def test_connect_close_cycles_leave_no_thread_or_descriptor_behind(cloud: Cloud)
     _ping_ok(cloud, "a1", "a2")
     cloud.figures["connect_close_500"] = {"threads_fds_before": before, "peak": peak,
                                           "after": after}  # fmt: skip
+
+
+def _handled(api: Api) -> int:
+    """Connections the OpenFlow listener took so far (accepted, or refused by a cap)."""
+    st = api.status()["openflow"]["connections"]
+    return int(st["accepted"] + st["refused_total_cap"] + st["refused_source_cap"])
 
 
 def _prlimit_python(tmp: Path, nofile: int) -> str:
