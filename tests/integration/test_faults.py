@@ -407,7 +407,9 @@ def test_fd_exhaustion_neither_kills_the_listener_nor_locks_out_a_switch(
     try:
         pid = ctl.proc.pid  # type: ignore[union-attr]
         assert _soft_nofile(pid) == 100
-        cap = ctl.api.status()["openflow"]["connections"]["max_connections"]
+        cap = wait_for(lambda: ctl.api.status().get("openflow"), what="the OpenFlow side up")[
+            "connections"
+        ]["max_connections"]
         assert cap == 100 - 64, "the cap was not fitted to the open-files limit"
         for _ in range(120):
             idle.append(socket.create_connection((lab.mgmt_ip, port), timeout=5))
