@@ -32,17 +32,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from controller.dataplane.batch import Batch
+from controller.dataplane.bindings import Bindings, requested_host
 from controller.dataplane.compiled import NetCompiled
 from controller.dataplane.views import (
     LocatedPort,
     host_context,
     local_port_of,
-    locate,
     port_macs,
     segment_of,
 )
 from controller.events import ChangeEvent
 from controller.southbound.ovsdb_host import HostObservation, OvsdbHost, datapath_id_for
+from controller.store.ports import REFUSED_HOSTS
 from flows.compiler import (
     compile_base,
     compile_network,
@@ -64,7 +65,8 @@ MAX_RESYNCS = 3
 # binding and its ACTIVE status are one commit (see _write_observations).
 OBSERVATION_HOLD_S = 0.05
 
-# Port fields whose change alters flows; status/revision/timestamps do not.
+# Port fields whose change alters flows; status/revision/timestamps do not.  The binding
+# fields alter flows only through the holder they lead to (see _rebind).
 PORT_FLOW_FIELDS = (
     "network_id",
     "mac_address",
@@ -72,8 +74,8 @@ PORT_FLOW_FIELDS = (
     "admin_state_up",
     "port_security_enabled",
     "allowed_address_pairs",
-    "binding:host_id",
 )
+PORT_BINDING_FIELDS = ("binding:host_id", "_host_requested")
 HOST_AGENT_FIELDS = ("ovsdb", "tunnel_ip", "integration_bridge", "datapath_type")
 
 
@@ -121,6 +123,7 @@ class Stats:
     ports_patched: int = 0
     reconciled_after_s: float | None = None
     last_batch_ms: float = 0.0
+    binding_conflicts: int = 0  # claims refused (bindings.py), counted once per occurrence
 
 
 class DataPlane:
@@ -142,7 +145,8 @@ class DataPlane:
         self.stats = Stats()
         self.hosts: dict[str, HostRuntime] = {}
         self.by_dpid: dict[int, str] = {}
-        self.observed_at: dict[str, str] = {}  # port id -> host id (from OVSDB)
+        self.bindings = Bindings()  # which host holds each port (claims from OVSDB)
+        self._refused_logged: dict[str, set[str]] = {}  # port id -> refused hosts reported
         self.members: dict[int, set[str]] = {}  # network key -> hosts compiled with flows of it
         self.key_to_net: dict[int, str] = {}
         self.net_to_key: dict[str, int] = {}
@@ -159,6 +163,7 @@ class DataPlane:
         self._grace_over = False
         self._status_out: dict[str, str] = {}  # written once per step, see _write_observations
         self._binding_out: dict[str, str | None] = {}
+        self._refused_out: dict[str, list[str]] = {}
         self._held_since: float | None = None
         self._steps = 0
         self._decided: dict[str, int] = {}  # port -> the latest step that decided its status
@@ -189,6 +194,9 @@ class DataPlane:
             self._mirror_port(port["id"], port)
         for host in self.store.list_hosts():
             self._add_host(host)
+        # The recorded holders, before any host has been heard from (bindings.py, rule 3).
+        for port in self.ports.values():
+            self.bindings.resolve(port, self.hosts, self.hosts)
         self._thread = threading.Thread(target=self._run, name="dataplane", daemon=True)
         self._thread.start()
 
@@ -233,6 +241,7 @@ class DataPlane:
             "batches": self.stats.batches,
             "networks_compiled": self.stats.networks_compiled,
             "ports_patched": self.stats.ports_patched,
+            "binding_conflicts": self.stats.binding_conflicts,
             "reconciled_after_s": self.stats.reconciled_after_s,
             "uptime_s": round(time.monotonic() - self.stats.started_at, 3),
         }
@@ -307,20 +316,17 @@ class DataPlane:
                 self.net_to_key.pop(ev.old["id"], None)
         elif ev.kind == "port":
             old, new = ev.old, ev.new
-            self._mirror_port((new or old or {})["id"], new)
-            if old and new:
-                changed = {f for f in PORT_FLOW_FIELDS if old.get(f) != new.get(f)}
-                if not changed:
-                    return  # a status/name/description change: nothing for the switches
-                if changed == {"binding:host_id"} and self.observed_at.get(new["id"]) == (
-                    new.get("binding:host_id") or None
-                ):
-                    return  # the store catching up with a location we already act on
+            pid = (new or old or {})["id"]
+            self._mirror_port(pid, new)
+            if old is None or new is None or any(
+                old.get(f) != new.get(f) for f in PORT_BINDING_FIELDS
+            ):
+                self._rebind([pid])
+            if old and new and all(old.get(f) == new.get(f) for f in PORT_FLOW_FIELDS):
+                return  # a status/name/binding record change: the holder decides the flows
             for rec in (old, new):
                 if rec and rec.get("network_id") in self.net_to_key:
                     self._port_changed(self.net_to_key[rec["network_id"]], rec["id"])
-            if new is not None:
-                self._assert_observed_binding(new)
         elif ev.kind == "host":
             if ev.new is None and ev.old is not None:
                 self._remove_host(ev.old["id"])
@@ -342,11 +348,62 @@ class DataPlane:
     def _port_changed(self, key: int, port_id: str) -> None:
         self._dirty_ports.setdefault(key, set()).add(port_id)
 
-    def _assert_observed_binding(self, port: dict[str, Any]) -> None:
-        """The observed location wins over what the orchestrator wrote."""
-        seen = self.observed_at.get(port["id"])
-        if seen is not None and port.get("binding:host_id") != seen:
-            self._binding_out[port["id"]] = seen
+    def _rebind(self, port_ids: Any) -> None:
+        """Apply the binding rules (bindings.py) to these ports: a new holder recompiles the
+        port, is written back to the store, and refused claims are logged and shown."""
+        unsynced = self._unsynced()
+        for pid in port_ids:
+            port = self.ports.get(pid)
+            old = self.bindings.holder(pid)
+            if port is None:
+                self.bindings.forget(pid)
+                self._refused_logged.pop(pid, None)
+                continue
+            new = self.bindings.resolve(port, unsynced, self.hosts)
+            if new != old:
+                key = self.net_to_key.get(port["network_id"])
+                if key is not None:
+                    self._port_changed(key, pid)
+                if new is not None:
+                    rt = self.hosts[new]
+                    ofport = rt.obs.bindings.get(pid) if rt.obs is not None else None
+                    LOG.info("port %s bound to host %s (ofport %s)", pid, new, ofport)
+                elif old is not None:
+                    LOG.info("port %s no longer bound to host %s", pid, old)
+            if (
+                new is not None
+                and requested_host(port) is None
+                and port.get("binding:host_id") != new
+            ):
+                self._binding_out[pid] = new
+            self._report_refused(port, self.bindings.refused(pid, unsynced))
+
+    def _report_refused(self, port: dict[str, Any], refused: list[str]) -> None:
+        """Each refused claim is logged and counted once while it lasts; the current list is
+        shown in the port's binding:vif_details."""
+        pid = port["id"]
+        before = self._refused_logged.get(pid, set())
+        holder = self.bindings.holder(pid)
+        requested = requested_host(port)
+        for host_id in sorted(set(refused) - before):
+            self.stats.binding_conflicts += 1
+            if requested is not None:
+                why = f"binding:host_id requests {requested}"
+            else:
+                why = f"held by {holder}" if holder else "not bound"
+            LOG.warning(
+                "port %s: interface on host %s refused (%s); no flows for it there",
+                pid, host_id, why,
+            )  # fmt: skip
+        if refused:
+            self._refused_logged[pid] = set(refused)
+        else:
+            self._refused_logged.pop(pid, None)
+        shown = (port.get("binding:vif_details") or {}).get(REFUSED_HOSTS, [])
+        if shown != refused:
+            self._refused_out[pid] = refused
+        else:
+            self._refused_out.pop(pid, None)
 
     # ------------------------------------------------------------------ hosts
 
@@ -384,16 +441,20 @@ class DataPlane:
         if rt.agent is not None:
             agent = rt.agent
             threading.Thread(target=_remove_agent, args=(agent,), daemon=True).start()
-        for pid in [p for p, h in self.observed_at.items() if h == host_id]:
-            del self.observed_at[pid]
-        for port in self.store.list_ports(host_id=host_id):
-            self._binding_out[port["id"]] = None
-            self._set_status(port["id"], "DOWN")
-        affected = [k for k, hs in self.members.items() if host_id in hs]
-        for k in affected:
+        affected = self.bindings.drop_host(host_id)
+        affected |= {p["id"] for p in self.store.list_ports(host_id=host_id)}
+        self._rebind(sorted(affected))
+        for pid in affected:  # not taken over by another host that has it plugged: unbound
+            port = self.ports.get(pid)
+            if port is not None and self.bindings.holder(pid) is None:
+                if requested_host(port) is None:
+                    self._binding_out[pid] = None
+                self._set_status(pid, "DOWN")
+        nets = [k for k, hs in self.members.items() if host_id in hs]
+        for k in nets:
             self.members[k].discard(host_id)
-        self._dirty.update(affected)
-        LOG.info("host %s removed: %d networks recompiled on its peers", host_id, len(affected))
+        self._dirty.update(nets)
+        LOG.info("host %s removed: %d networks recompiled on its peers", host_id, len(nets))
 
     def _apply_observation(self, host_id: str, obs: HostObservation) -> None:
         rt = self.hosts.get(host_id)
@@ -406,29 +467,22 @@ class DataPlane:
         changed = {
             p for p in set(before) | set(obs.bindings) if before.get(p) != obs.bindings.get(p)
         }
-        for pid in set(before) - set(obs.bindings):
-            if self.observed_at.get(pid) == host_id:
-                del self.observed_at[pid]
-        for pid in obs.bindings:
-            self.observed_at[pid] = host_id
+        rebind = self.bindings.set_claims(host_id, obs.bindings)
         if first:
-            # Ports recorded here that the host no longer has must be withdrawn too.
-            changed |= {p["id"] for p in self.store.list_ports(host_id=host_id)}
+            # Ports recorded or trusted here: the host is read now, so they are decided again
+            # (those it no longer has are withdrawn, or taken over by a host that has them).
+            rebind |= {p["id"] for p in self.store.list_ports(host_id=host_id)}
+            rebind |= set(self.bindings.held_by(host_id))
         for pid in changed:
             port = self.ports.get(pid)
             if port is None:
                 continue  # an interface of something that is not a tenantnet port
             key = self.net_to_key.get(port["network_id"])
-            if key is not None:
-                self._port_changed(key, pid)
-            if pid in obs.bindings:
-                if port.get("binding:host_id") != host_id:
-                    self._binding_out[pid] = host_id
-                    LOG.info(
-                        "port %s bound to host %s (ofport %d)", pid, host_id, obs.bindings[pid]
-                    )
-            else:
+            if key is not None and self.bindings.holder(pid) == host_id:
+                self._port_changed(key, pid)  # e.g. a new ofport where it is bound
+            if pid not in obs.bindings and self.bindings.holder(pid) == host_id:
                 LOG.info("port %s unplugged from host %s", pid, host_id)
+        self._rebind(sorted(rebind))
         if tunnels_changed:
             self._dirty_base.add(host_id)
             self._dirty.update(k for k, hs in self.members.items() if host_id in hs)
@@ -477,11 +531,10 @@ class DataPlane:
         assert rt.installed is not None and rt.obs is not None
         keys = {k for k in rt.installed if k != BASE_KEY}
         keys |= {k for k, hs in self.members.items() if host_id in hs}
-        for pid, h in self.observed_at.items():
-            if h == host_id:
-                port = self.ports.get(pid)
-                if port is not None and port["network_id"] in self.net_to_key:
-                    keys.add(self.net_to_key[port["network_id"]])
+        for pid in self.bindings.held_by(host_id):
+            port = self.ports.get(pid)
+            if port is not None and port["network_id"] in self.net_to_key:
+                keys.add(self.net_to_key[port["network_id"]])
         for port in self.store.list_ports(host_id=host_id):
             if port["network_id"] in self.net_to_key:
                 keys.add(self.net_to_key[port["network_id"]])
@@ -494,9 +547,8 @@ class DataPlane:
             return
         rt.down_reported = True
         LOG.warning("host %s down (%s): its ports go DOWN, peers keep their flows", host_id, why)
-        for pid, h in list(self.observed_at.items()):
-            if h == host_id:
-                self._set_status(pid, "DOWN")
+        for pid in self.bindings.held_by(host_id):
+            self._set_status(pid, "DOWN")
 
     def _report_host_state(self, host_id: str) -> None:
         rt = self.hosts.get(host_id)
@@ -571,12 +623,9 @@ class DataPlane:
         net = self.store.get_network(net_id) if net_id and net_id in self.net_to_key else None
         located: list[LocatedPort] = []
         if net is not None:
-            unsynced = self._unsynced()
             for pid in sorted(self.net_ports.get(net["id"], ())):
                 port = self.ports[pid]
-                located.append(
-                    LocatedPort(port, locate(port, self.observed_at, unsynced, self.hosts))
-                )
+                located.append(LocatedPort(port, self.bindings.holder(pid)))
         new_members = {lp.host_id for lp in located if lp.host_id is not None}
         old_members = self.members.get(key, set())
         # Peers a port of a newly joined host waits for (see batch.py); degraded ones not.
@@ -667,7 +716,7 @@ class DataPlane:
         port = self.ports.get(pid)
         if port is not None and port["network_id"] != net_id:
             port = None
-        new_host = locate(port, self.observed_at, self._unsynced(), self.hosts) if port else None
+        new_host = self.bindings.holder(pid) if port else None
         old_host = nc.where.get(pid)
         # The network's hosts must stay the same: a host joining or leaving changes the peers
         # (tunnel ingress, flood buckets) of every host of the network.
@@ -827,7 +876,7 @@ class DataPlane:
         its ACTIVE status, known when its host's barrier returns, then share one commit, and
         the switches get the CPU in between.  A status is written as soon as it is known.
         """
-        if not self._status_out and not self._binding_out:
+        if not self._status_out and not self._binding_out and not self._refused_out:
             self._held_since = None
             return
         now = time.monotonic()
@@ -839,7 +888,8 @@ class DataPlane:
         self._held_since = None
         statuses, self._status_out = self._status_out, {}
         bindings, self._binding_out = self._binding_out, {}
-        self.store.set_ports_observed(statuses=statuses, bindings=bindings)
+        refused, self._refused_out = self._refused_out, {}
+        self.store.set_ports_observed(statuses=statuses, bindings=bindings, refused=refused)
 
     def _check_reconciled(self) -> None:
         if self.stats.reconciled_after_s is not None or self._outstanding or self._dirty:

@@ -1,10 +1,7 @@
 """Turn store records plus observed bindings into the compiler's input (`flows.model` views).
 
-Where is a port?  The observed location wins: a host whose OVSDB shows an interface with
-``iface-id=<port id>`` holds the port.  A host whose OVSDB has not been read yet since the
-controller started is trusted to still hold the ports the store last recorded there
-(``binding:host_id``): that is what keeps a controller restart from withdrawing flows towards
-hosts that simply have not reconnected yet.
+Which host a port is on is decided by `controller.dataplane.bindings`; this module only shapes
+records for the compiler.
 """
 
 from __future__ import annotations
@@ -23,22 +20,6 @@ class LocatedPort:
 
     port: dict[str, Any]
     host_id: str | None
-
-
-def locate(
-    port: dict[str, Any],
-    observed_at: Mapping[str, str],
-    unsynced_hosts: set[str],
-    known_hosts: Mapping[str, Any],
-) -> str | None:
-    """Location of one port: observed host, else the recorded host while it is still unsynced."""
-    host = observed_at.get(port["id"])
-    if host is not None:
-        return host
-    recorded = port.get("binding:host_id") or None
-    if recorded in unsynced_hosts and recorded in known_hosts:
-        return recorded
-    return None
 
 
 def fixed_ip_addresses(port: dict[str, Any]) -> tuple[str, ...]:

@@ -37,6 +37,11 @@ from controller.store.values import (
 
 KIND = "port"
 STATUSES = ("ACTIVE", "DOWN", "BUILD", "ERROR")
+# ``binding:vif_details`` key: hosts that have an interface for the port but may not bind it
+# (controller/dataplane/bindings.py).  vif_details is read-only for clients and describes the
+# binding, which is where Neutron drivers report such facts; ``binding:profile`` is the
+# orchestrator's input and stays untouched.
+REFUSED_HOSTS = "tenantnet_refused_hosts"
 VNIC_TYPES = ("normal",)
 
 CREATE_ATTRS = frozenset(
@@ -222,6 +227,14 @@ def _host(value: Any) -> str:
     return "" if value is None else as_str(value, "binding:host_id")
 
 
+def _request_host(port: dict[str, Any], value: Any) -> None:
+    """The orchestrator sets ``binding:host_id``: a host name pins the port to that host (only
+    it may bind the port), ``""`` lifts the pin.  ``_host_requested`` is what tells this value
+    apart from one the data plane wrote back (`set_observed`), which pins nothing."""
+    port["binding:host_id"] = _host(value)
+    port["_host_requested"] = bool(port["binding:host_id"])
+
+
 def _profile(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise invalid_attr("binding:profile", f"'{value}' is not a dictionary")
@@ -279,7 +292,6 @@ def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
         ),
         "security_groups": as_str_list(body.get("security_groups", []), "security_groups"),
         "allowed_address_pairs": _address_pairs(body.get("allowed_address_pairs", []), mac),
-        "binding:host_id": _host(body.get("binding:host_id")),
         "binding:profile": _profile(body.get("binding:profile", {})),
         "binding:vif_type": "ovs",
         "binding:vif_details": {},
@@ -288,6 +300,7 @@ def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
         ),
         **standard_attrs(body),
     }
+    _request_host(new, body.get("binding:host_id"))
     # The port row goes in first: ip_allocations rows reference it.
     _write_row(tx, new, insert=True)
     new["fixed_ips"] = _allocate_fixed_ips(tx, network, port_id, body.get("fixed_ips"), [])
@@ -310,7 +323,7 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
     if "security_groups" in changes:
         new["security_groups"] = as_str_list(changes["security_groups"], "security_groups")
     if "binding:host_id" in changes:
-        new["binding:host_id"] = _host(changes["binding:host_id"])
+        _request_host(new, changes["binding:host_id"])
     if "binding:profile" in changes:
         new["binding:profile"] = _profile(changes["binding:profile"])
     if "binding:vnic_type" in changes:
@@ -373,7 +386,7 @@ def set_status(tx: Tx, current: dict[str, Any], status: str) -> dict[str, Any]:
 
 
 def set_binding(tx: Tx, current: dict[str, Any], host_id: str | None) -> dict[str, Any]:
-    """Where the data plane observed the port (None or "" = nowhere)."""
+    """The host that holds the port in the data plane (None or "" = none), see set_observed."""
     return set_observed(tx, current, {"binding:host_id": host_id})
 
 
@@ -382,14 +395,24 @@ def set_observed(
     current: dict[str, Any],
     changes: dict[str, Any],
 ) -> dict[str, Any]:
-    """Binding and/or status at once (keys ``binding:host_id``, ``status``): one revision,
-    one event, one row write for a port whose location and status the data plane learnt in
-    the same step (every port of a bulk create)."""
+    """What the data plane learnt about a port, at once (keys ``binding:host_id``, ``status``,
+    ``refused_hosts``): one revision, one event, one row write for a port whose holder and
+    status the data plane learnt in the same step (every port of a bulk create).
+
+    The holder is written only while the orchestrator has not requested a host: a request is
+    the orchestrator's and is never overwritten, also not by a write-back decided before the
+    request arrived.  ``refused_hosts`` (a sorted list, empty for none) goes into
+    ``binding:vif_details`` under `REFUSED_HOSTS`."""
     new = dict(current)
-    if "binding:host_id" in changes:
+    if "binding:host_id" in changes and not current.get("_host_requested"):
         new["binding:host_id"] = _host(changes["binding:host_id"])
     if "status" in changes:
         new["status"] = choice(changes["status"], "status", STATUSES)
+    if "refused_hosts" in changes:
+        details = {k: v for k, v in current["binding:vif_details"].items() if k != REFUSED_HOSTS}
+        if changes["refused_hosts"]:
+            details[REFUSED_HOSTS] = as_str_list(changes["refused_hosts"], "refused_hosts")
+        new["binding:vif_details"] = details
     return save(tx, current, new)
 
 

