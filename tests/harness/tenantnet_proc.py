@@ -120,8 +120,16 @@ class Api:
         raise TimeoutError("controller did not report all hosts reconciled")
 
 
+class StopTimeout(RuntimeError):
+    """The process did not exit within the time it was given after a signal (it was then
+    killed, so the next start is clean)."""
+
+
 class TenantnetProcess:
-    """`tenantnet serve` in a child process with its own state directory and log file."""
+    """`tenantnet serve` in a child process with its own state directory and log file.
+
+    ``startup_grace_s`` is passed as ``--startup-grace-s`` at every start; change the attribute
+    before a ``start()`` to restart with another grace period."""
 
     def __init__(
         self,
@@ -130,12 +138,14 @@ class TenantnetProcess:
         api_port: int | None = None,
         extra_args: tuple[str, ...] = (),
         python: str = sys.executable,
+        startup_grace_s: float = 5,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.ofp_listen = ofp_listen
         self.api_port = api_port or free_port()
         self.extra_args = extra_args
         self.python = python
+        self.startup_grace_s = startup_grace_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.state_dir / "tenantnet.log"
         self.api = Api(f"http://127.0.0.1:{self.api_port}")
@@ -147,7 +157,7 @@ class TenantnetProcess:
             "--api-listen", f"127.0.0.1:{self.api_port}",
             "--ofp-listen", self.ofp_listen,
             "--state-dir", str(self.state_dir),
-            "--startup-grace-s", "5",
+            "--startup-grace-s", f"{self.startup_grace_s:g}",
             *self.extra_args,
         ]  # fmt: skip
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -168,7 +178,10 @@ class TenantnetProcess:
             time.sleep(0.05)
         raise RuntimeError(f"tenantnet API did not come up:\n{self.log_tail()}")
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10, strict: bool = False) -> None:
+        """Send ``sig`` and wait up to ``timeout`` s; a process still running then is killed
+        (SIGKILL), and with ``strict`` that is an error (:class:`StopTimeout`): a test of a
+        graceful stop must notice a hang instead of having it papered over by the kill."""
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.send_signal(sig)
@@ -177,6 +190,11 @@ class TenantnetProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+            if strict:
+                name = signal.Signals(sig).name
+                raise StopTimeout(
+                    f"tenantnet did not exit within {timeout:g} s of {name}:\n{self.log_tail()}"
+                ) from None
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

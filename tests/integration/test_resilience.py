@@ -2,8 +2,16 @@
 
 Each test prints the figures it measured (run pytest with -s to see them) and asserts the ones
 the product promises: a controller restart loses no packet and sends no flow-mod when nothing
-changed; whatever changed while it was away is corrected on reconnect; host failures, removals
-and management partitions leave the rest of the overlay forwarding.
+changed, and a SIGTERM stops it within a couple of seconds; whatever changed while it was away is
+corrected on reconnect; a restarted ovs-vswitchd (graceful or killed) gets back exactly the flows
+it lost; a host that goes down is seen as down and its ports DOWN within seconds, a partitioned
+one as disconnected, and both come back with no manual step; hosts that do not come back after a
+controller restart are left alone for ``--startup-grace-s`` and then have their ports DOWN; no
+acknowledged write is lost across SIGKILLs; a removed host keeps nothing of tenantnet.
+
+The module-wide cloud is built per *transport* (the ``cloud`` fixture's parameter): only
+plain TCP today; a TLS variant adds an entry to ``TRANSPORTS`` and a branch in
+``_start_controller``/``_register_hosts``, and every scenario runs over it unchanged.
 """
 
 from __future__ import annotations
@@ -14,22 +22,34 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from tests.harness.lab import Lab, Vm
+from tests.harness.lab import Hypervisor, Lab, Vm
 from tests.harness.tenantnet_proc import Api, ApiError, TenantnetProcess
 
-PREFIX, MGMT, UNDERLAY = "tnr", "10.251.62.254/24", "10.252.62.0/24"
+# How long a graceful stop may take (issue 11: "SIGTERM must always stop the process within a
+# couple of seconds"); the harness kills it after this and the test fails.
+SIGTERM_EXIT_S = 3.0
+# README, Resilience: a host whose OVS daemons stop is seen as down and its ports go DOWN
+# "within seconds". The bound is generous (measured: well under 1 s); the speed is bench's.
+HOST_DOWN_BOUND_S = 5.0
+# After wait_reconciled, how long to keep watching for flow-mods a late step might still send.
+SETTLE_S = 1.5
+# The grace period used by the startup-grace test (short, so the test stays quick).
+GRACE_S = 4.0
+
+TRANSPORTS = ["tcp"]
 
 
 @dataclass
 class Cloud:
     lab: Lab
     ctl: TenantnetProcess
+    transport: str
     nets: dict[str, dict[str, Any]] = field(default_factory=dict)
     subnets: dict[str, dict[str, Any]] = field(default_factory=dict)
     vms: dict[str, Vm] = field(default_factory=dict)
@@ -51,52 +71,78 @@ class Cloud:
         self.vms[name], self.ports[name] = vm, port
         return vm
 
+    def stop(self, sig: int) -> None:
+        """SIGTERM must end the process in time (a hang fails the test); SIGKILL always does."""
+        if sig == signal.SIGTERM:
+            self.ctl.stop(sig, timeout=SIGTERM_EXIT_S, strict=True)
+        else:
+            self.ctl.stop(sig)
+
     def restart(self, sig: int) -> dict[str, Any]:
-        self.ctl.stop(sig)
+        self.stop(sig)
         self.ctl.start()
         return self.api.wait_reconciled(timeout=30)
 
-
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
-    state = tmp_path_factory.mktemp("tenantnet-resilience")
-    with Lab(3, prefix=PREFIX, mgmt_ip=MGMT, underlay_net=UNDERLAY) as lab:
-        ctl = TenantnetProcess(state, ofp_listen=f"{lab.mgmt_ip}:6653").start()
-        try:
-            c = Cloud(lab, ctl)
-            for hv in lab.hvs:
-                c.api.create(
-                    "host",
-                    id=hv.name,
-                    tunnel_ip=hv.tunnel_ip,
-                    ovsdb=hv.ovsdb_tcp,
-                    datapath_type="netdev",
-                )
-            c.api.wait_hosts_connected([hv.name for hv in lab.hvs])
-            for name, kind in (("A", "vxlan"), ("B", "gre")):
-                c.nets[name] = c.api.create("network", name=name, **{"provider:network_type": kind})
-                c.subnets[name] = c.api.create(
-                    "subnet", network_id=c.nets[name]["id"], cidr="10.62.0.0/24", ip_version=4
-                )
-            c.add_vm("A", 1, "a1", "10.62.0.11")
-            c.add_vm("A", 2, "a2", "10.62.0.12")
-            c.add_vm("A", 3, "a3", "10.62.0.13")
-            c.add_vm("B", 1, "b1", "10.62.0.21")
-            c.add_vm("B", 2, "b2", "10.62.0.22")
-            c.api.wait_ports_active([p["id"] for p in c.ports.values()])
-            assert c.vms["a1"].ping("10.62.0.12").received > 0
-            yield c
-        finally:
-            ctl.stop()
-            print("\nresilience figures:", c.figures if "c" in locals() else {})
+    def host_status(self, host: str) -> str:
+        """The host's `status` in the API: `connected` once both its OVSDB and its switch were
+        read, `disconnected` as soon as either connection is lost."""
+        return str(self.api.show("host", host)["status"])
 
 
-def _ours(hv: Any) -> list[str]:
-    return [f for f in hv.dump_flows() if "cookie=0x7e4e" in f]
+def _start_controller(transport: str, lab: Lab, state: Any) -> TenantnetProcess:
+    assert transport == "tcp", transport
+    return TenantnetProcess(state, ofp_listen=f"{lab.mgmt_ip}:6653").start()
 
 
-def _groups(hv: Any) -> list[str]:
-    return [g for g in hv.ofctl("dump-groups", "br-int").splitlines() if "group_id=" in g]
+def _register_hosts(transport: str, api: Api, lab: Lab) -> None:
+    assert transport == "tcp", transport
+    for hv in lab.hvs:
+        api.create(
+            "host", id=hv.name, tunnel_ip=hv.tunnel_ip, ovsdb=hv.ovsdb_tcp, datapath_type="netdev"
+        )
+
+
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def cloud(
+    request: pytest.FixtureRequest, make_module_lab: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cloud]:
+    transport = request.param
+    state = tmp_path_factory.mktemp(f"tenantnet-resilience-{transport}")
+    lab = make_module_lab(3)
+    ctl = _start_controller(transport, lab, state)
+    c = Cloud(lab, ctl, transport)
+    try:
+        _register_hosts(transport, c.api, lab)
+        c.api.wait_hosts_connected([hv.name for hv in lab.hvs])
+        for name, kind in (("A", "vxlan"), ("B", "gre")):
+            c.nets[name] = c.api.create("network", name=name, **{"provider:network_type": kind})
+            c.subnets[name] = c.api.create(
+                "subnet", network_id=c.nets[name]["id"], cidr="10.62.0.0/24", ip_version=4
+            )
+        c.add_vm("A", 1, "a1", "10.62.0.11")
+        c.add_vm("A", 2, "a2", "10.62.0.12")
+        c.add_vm("A", 3, "a3", "10.62.0.13")
+        c.add_vm("B", 1, "b1", "10.62.0.21")
+        c.add_vm("B", 2, "b2", "10.62.0.22")
+        c.api.wait_ports_active([p["id"] for p in c.ports.values()])
+        assert c.vms["a1"].ping("10.62.0.12").received > 0
+        yield c
+    finally:
+        ctl.stop()
+        print(f"\nresilience figures ({transport}):", c.figures)
+
+
+def _ours(hv: Hypervisor) -> list[str]:
+    """tenantnet's flows in full (cookie, table, priority, match and actions), sorted."""
+    return sorted(f for f in hv.dump_flows() if "cookie=0x7e4e" in f)
+
+
+def _groups(hv: Hypervisor) -> list[str]:
+    return sorted(g for g in hv.ofctl("dump-groups", "br-int").splitlines() if "group_id=" in g)
+
+
+def _snapshot(cloud: Cloud) -> dict[str, tuple[list[str], list[str]]]:
+    return {hv.name: (_ours(hv), _groups(hv)) for hv in cloud.lab.hvs}
 
 
 def _ping_warm(vm: Vm, ip: str) -> None:
@@ -106,33 +152,47 @@ def _ping_warm(vm: Vm, ip: str) -> None:
     raise AssertionError(f"{vm.name} cannot reach {ip}")
 
 
+def _wait(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> float:
+    """Seconds until ``pred()`` is true; AssertionError naming ``what`` after ``timeout``."""
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(interval)
+    return time.monotonic() - t0
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_controller_restart_is_hitless(cloud: Cloud, sig: int) -> None:
     """Flows stay (fail_mode=secure); on restart state comes back from the store and the
-    controller reconciles every switch by reading it back: 0 flow-mods, 0 pings lost."""
-    a1, hv1 = cloud.vms["a1"], cloud.lab.hv(1)
+    controller reconciles every switch by reading it back: every flow and group identical
+    (actions included), 0 flow-mods also after a settle period, 0 pings lost; SIGTERM ends the
+    process within SIGTERM_EXIT_S."""
+    a1 = cloud.vms["a1"]
     _ping_warm(a1, "10.62.0.12")
-    flows_before = sorted(f.split(" actions=")[0].split("priority=")[1] for f in _ours(hv1))
+    before = _snapshot(cloud)
+    assert all(flows for flows, _ in before.values())
     ping = a1.ping_background("10.62.0.12", interval=0.01)
     time.sleep(0.5)
     t0 = time.monotonic()
-    st = cloud.restart(sig)
+    reconciled = cloud.restart(sig)
     restart_s = time.monotonic() - t0
-    time.sleep(0.5)
+    time.sleep(SETTLE_S)  # flow-mods a later step might send are counted too
+    st = cloud.api.status()
     stats = ping.stop()
     name = signal.Signals(sig).name
     cloud.figures[f"restart_{name}"] = {
         "pings_sent": stats.sent, "pings_lost": stats.sent - stats.received,
         "flow_mods": st["flow_mods"], "group_mods": st["group_mods"],
-        "reconciled_after_s": st["reconciled_after_s"],
+        "reconciled_after_s": reconciled["reconciled_after_s"],
         "restart_to_reconciled_s": round(restart_s, 2),
     }  # fmt: skip
+    assert all(h["ready"] for h in reconciled["hosts"].values())
     assert stats.sent > 100
     assert stats.received == stats.sent, f"{stats.sent - stats.received} pings lost"
     assert st["flow_mods"] == 0 and st["group_mods"] == 0, st
-    flows_after = sorted(f.split(" actions=")[0].split("priority=")[1] for f in _ours(hv1))
-    assert flows_after == flows_before
-    assert all(h["ready"] for h in st["hosts"].values())
+    assert st["openflow"]["flow_mods"] == 0 and st["openflow"]["group_mods"] == 0, st
+    assert _snapshot(cloud) == before
 
 
 def test_changes_while_controller_down_are_corrected(cloud: Cloud) -> None:
@@ -175,173 +235,328 @@ def test_changes_while_controller_down_are_corrected(cloud: Cloud) -> None:
     cloud.api.wait_port_status(cloud.ports["a3"]["id"], "ACTIVE", timeout=15)
 
 
-def test_vswitchd_restart_reinstalls_flows(cloud: Cloud) -> None:
-    """ovs-vswitchd restarted on one host loses its flows; the controller reinstalls them."""
-    hv2 = cloud.lab.hv(2)
-    before = len(_ours(hv2))
-    a1 = cloud.vms["a1"]
+@pytest.mark.parametrize("kill", [False, True], ids=["graceful", "sigkill"])
+def test_vswitchd_restart_reinstalls_flows(cloud: Cloud, kill: bool) -> None:
+    """ovs-vswitchd restarted on one host (``ovs-appctl exit``, or SIGKILL as in a crash) comes
+    back with no OpenFlow flows; the controller reinstalls exactly what it had: every flow and
+    group the same as before, compared in full."""
+    hv2, a1 = cloud.lab.hv(2), cloud.vms["a1"]
+    before = (_ours(hv2), _groups(hv2))
+    pid_before = hv2._pid("ovs-vswitchd")
+    st0 = cloud.api.status()
     _ping_warm(a1, "10.62.0.12")
     ping = a1.ping_background("10.62.0.12", interval=0.01)
     time.sleep(0.3)
     t0 = time.monotonic()
-    hv2.restart_vswitchd()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(_ours(hv2)) < before:
-        time.sleep(0.05)
+    hv2.restart_vswitchd(kill=kill)
+    assert hv2._pid("ovs-vswitchd") not in (None, pid_before), "vswitchd was not restarted"
+    _wait(lambda: (_ours(hv2), _groups(hv2)) == before, 30, "hv2's flows and groups restored")
     reinstalled_s = time.monotonic() - t0
-    first_ping = None
-    while time.monotonic() < deadline:
-        if a1.ping("10.62.0.12", count=1, timeout=1).received:
-            first_ping = time.monotonic() - t0
-            break
+    _wait(lambda: a1.ping("10.62.0.12", count=1, timeout=1).received, 30, "a1 reaches a2 again",
+          interval=0)  # fmt: skip
+    first_ping = time.monotonic() - t0
     time.sleep(0.3)
     stats = ping.stop()
-    cloud.figures["vswitchd_restart"] = {
-        "flows_reinstalled_s": round(reinstalled_s, 2),
-        "first_ping_s": round(first_ping, 2) if first_ping else None,
+    st1 = cloud.api.status()
+    # The flows were really lost: the controller only sends what a switch it read back lacks,
+    # and it had to send hv2 every one of its flows and groups again.
+    sent_flows = st1["flow_mods"] - st0["flow_mods"]
+    sent_groups = st1["group_mods"] - st0["group_mods"]
+    cloud.figures[f"vswitchd_restart_{'kill' if kill else 'graceful'}"] = {
+        "flows_reinstalled_s": round(reinstalled_s, 2), "first_ping_s": round(first_ping, 2),
+        "flow_mods": sent_flows, "group_mods": sent_groups,
         "max_gap_ms": stats.max_gap_ms, "pings_lost": stats.sent - stats.received,
     }  # fmt: skip
-    assert len(_ours(hv2)) == before
-    assert first_ping is not None
+    assert sent_flows >= len(before[0]) and sent_groups >= len(before[1]), (sent_flows, before)
+    assert st1["openflow"]["connects"] > st0["openflow"]["connects"]
+    assert stats.lost > 0, "no ping was lost: the datapath never went away"
     cloud.api.wait_port_status(cloud.ports["a2"]["id"], "ACTIVE", timeout=15)
+    assert (_ours(hv2), _groups(hv2)) == before
 
 
 def test_host_down_and_back(cloud: Cloud) -> None:
-    """Host's OVS daemons stopped: its ports go DOWN, the others keep forwarding; back: ACTIVE
+    """Host's OVS daemons stopped: within HOST_DOWN_BOUND_S of the stop the host is
+    disconnected and its ports DOWN, the others stay ACTIVE and keep forwarding; back: ACTIVE
     again with no manual step."""
-    hv3 = cloud.lab.hv(3)
-    a1 = cloud.vms["a1"]
+    hv3, a1 = cloud.lab.hv(3), cloud.vms["a1"]
+    a3 = cloud.ports["a3"]["id"]
     ping = a1.ping_background("10.62.0.12", interval=0.01)
+    t0 = time.monotonic()  # before the daemons go: the clock includes noticing their exit
     hv3.stop_ovs()
-    t0 = time.monotonic()
-    cloud.api.wait_port_status(cloud.ports["a3"]["id"], "DOWN", timeout=20)
+    cloud.api.wait_port_status(a3, "DOWN", timeout=20)
     down_s = time.monotonic() - t0
-    assert cloud.api.show("host", "hv3")["status"] == "disconnected"
+    assert cloud.host_status("hv3") == "disconnected"
+    for name in ("a1", "a2", "b1", "b2"):
+        assert cloud.api.show("port", cloud.ports[name]["id"])["status"] == "ACTIVE", name
     time.sleep(1)
     hv3.start_ovs()
     t1 = time.monotonic()
-    cloud.api.wait_port_status(cloud.ports["a3"]["id"], "ACTIVE", timeout=30)
+    cloud.api.wait_port_status(a3, "ACTIVE", timeout=30)
     back_s = time.monotonic() - t1
     stats = ping.stop()
+    _wait(lambda: cloud.host_status("hv3") == "connected", 30, "hv3 connected again")
     _ping_warm(a1, "10.62.0.13")
     cloud.figures["host_down"] = {
         "ports_down_after_s": round(down_s, 2),
         "ports_active_after_s": round(back_s, 2),
         "a1_a2_pings_lost": stats.sent - stats.received,
     }
+    assert down_s <= HOST_DOWN_BOUND_S, f"hv3's ports DOWN only {down_s:.1f} s after the stop"
     assert stats.received == stats.sent, "traffic between the healthy hosts was hit"
 
 
 def test_management_partition(cloud: Cloud) -> None:
-    """Management link of hv2 down for a while: forwarding continues; a change made during the
-    partition reaches hv2 after it heals."""
+    """Management link of hv2 cut: the controller sees hv2 disconnected while forwarding
+    continues; a port made during the partition reaches hv2 after it heals, and hv2 is
+    connected again."""
     a1 = cloud.vms["a1"]
     ping = a1.ping_background("10.62.0.12", interval=0.01)
     cloud.lab.cut_mgmt(2)
+    t0 = time.monotonic()
     try:
-        time.sleep(1)
+        seen_s = _wait(
+            lambda: cloud.host_status("hv2") == "disconnected",
+            30,
+            "hv2 seen as disconnected during the partition",
+            interval=0.2,
+        )
         new = cloud.add_vm("A", 1, "a5", "10.62.0.15")
-        time.sleep(7)  # longer than the 5 s inactivity probe: both sides notice
     finally:
         cloud.lab.heal_mgmt(2)
-    t0 = time.monotonic()
+    t1 = time.monotonic()
+    back_s = _wait(
+        lambda: cloud.host_status("hv2") == "connected",
+        30,
+        "hv2 connected again after the heal",
+        interval=0.1,
+    )
     hv2, mac = cloud.lab.hv(2), cloud.ports["a5"]["mac_address"]
     # Reachability alone would pass through flooding; convergence means hv2 learnt the port.
-    while time.monotonic() - t0 < 30 and not any(mac in f for f in hv2.dump_flows()):
-        time.sleep(0.1)
-    converged_s = time.monotonic() - t0
-    assert any(mac in f for f in hv2.dump_flows()), "hv2 never got the port made in the partition"
+    converged_s = _wait(
+        lambda: any(mac in f for f in hv2.dump_flows()),
+        30,
+        "hv2 got the port made in the partition",
+        interval=0.1,
+    )
     _ping_warm(new, "10.62.0.12")
     stats = ping.stop()
     cloud.figures["partition"] = {
         "pings_lost": stats.sent - stats.received,
-        "converged_after_heal_s": round(converged_s, 2),
+        "seen_disconnected_after_s": round(seen_s, 2),
+        "partition_s": round(t1 - t0, 2),
+        "connected_after_heal_s": round(back_s, 2),
+        "converged_after_heal_s": round(back_s + converged_s, 2),
     }
     assert stats.received == stats.sent
 
 
+def test_hosts_not_back_after_the_startup_grace_have_their_ports_down(cloud: Cloud) -> None:
+    """A host that does not come back after a controller restart is left alone for
+    ``--startup-grace-s`` (its ports keep their status: it may just be slow to reconnect), then
+    its ports go DOWN; the hosts that did come back are untouched, and the late host is
+    reconciled (ports ACTIVE) when it returns."""
+    hv3, a3 = cloud.lab.hv(3), cloud.ports["a3"]["id"]
+    assert cloud.api.show("port", a3)["status"] == "ACTIVE"
+    cloud.stop(signal.SIGKILL)
+    hv3.stop_ovs()
+    cloud.ctl.startup_grace_s = GRACE_S
+    try:
+        cloud.ctl.start()
+        cloud.api.wait_hosts_connected(["hv1", "hv2"], timeout=20)
+        # Left alone during the grace period, which runs from the controller's own start
+        # (`uptime_s`; the process may take seconds to come up on a loaded machine).
+        looked = 0
+        while cloud.api.status()["uptime_s"] < GRACE_S - 0.5:
+            assert cloud.api.show("port", a3)["status"] == "ACTIVE", "hv3's port changed early"
+            looked += 1
+            time.sleep(0.2)
+        assert looked, "the grace period was over before the test could look"
+        _wait(
+            lambda: cloud.api.show("port", a3)["status"] == "DOWN",
+            HOST_DOWN_BOUND_S,
+            "hv3's port DOWN after the grace period",
+        )
+        down_s = cloud.api.status()["uptime_s"]
+        assert cloud.api.show("host", "hv3")["status"] == "disconnected"
+        for name in ("a1", "a2", "b1", "b2"):
+            assert cloud.api.show("port", cloud.ports[name]["id"])["status"] == "ACTIVE", name
+        hv3.start_ovs()
+        cloud.api.wait_port_status(a3, "ACTIVE", timeout=30)
+        _ping_warm(cloud.vms["a1"], "10.62.0.13")
+    finally:
+        hv3.start_ovs()
+        cloud.ctl.startup_grace_s = 5
+    cloud.figures["startup_grace"] = {"grace_s": GRACE_S, "down_after_start_s": round(down_s, 2)}
+
+
+@dataclass
+class _Ledger:
+    """What the API acknowledged during the crash rounds, and what was in flight at a kill.
+
+    Each worker only touches ports it created itself, so every outcome is known exactly: a
+    port is either settled (``names``: created or renamed with a 2xx, ``gone``: deleted with a
+    204) or was the object of a request in flight at a kill (``maybe``: the acceptable names,
+    ``None`` meaning "deleted"), after which nobody touches it again."""
+
+    names: dict[str, str] = field(default_factory=dict)
+    gone: set[str] = field(default_factory=set)
+    maybe: dict[str, set[str | None]] = field(default_factory=dict)
+    maybe_created: set[str] = field(default_factory=set)  # names of creates in flight at a kill
+    owner: dict[str, int] = field(default_factory=dict)  # port id -> the worker that made it
+    acked: dict[str, int] = field(default_factory=lambda: {"create": 0, "rename": 0, "delete": 0})
+    in_flight_failures: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_TRANSPORT_ERRORS = (OSError, http.client.HTTPException)
+
+
+def _crash_worker(
+    api: Api,
+    net_id: str,
+    wid: int,
+    rnd: int,
+    ledger: _Ledger,
+    killed_at: list[float],
+    stop: threading.Event,
+    errors: list[str],
+) -> None:
+    """Creates, renames and deletes its own ports until ``stop``.  A failure (no answer, or a
+    5xx) is accepted only for a request still in flight when the kill started
+    (``killed_at``); anything else, and any 4xx, is recorded in ``errors``."""
+    rng = random.Random(wid * 1000 + rnd)
+    n = 0
+    while not stop.is_set() and not errors:
+        n += 1
+        op = rng.random()
+        with ledger.lock:
+            mine = [pid for pid, w in ledger.owner.items() if w == wid and pid in ledger.names]
+        # At most 8 live ports per worker: the /24 must never run out of addresses.
+        if not mine or (len(mine) < 8 and op < 0.5):
+            kind, pid, name = "create", None, f"crash-{wid}-{rnd}-{n}"
+        elif op < 0.75:
+            kind, pid, name = "rename", rng.choice(mine), f"renamed-{wid}-{rnd}-{n}"
+        else:
+            kind, pid, name = "delete", rng.choice(mine), None
+        try:
+            if kind == "create":
+                port = api.create("port", network_id=net_id, name=name)
+                with ledger.lock:
+                    ledger.names[port["id"]] = name
+                    ledger.owner[port["id"]] = wid
+            elif kind == "rename":
+                got = api.update("port", pid, name=name)
+                assert got["name"] == name, got
+                with ledger.lock:
+                    ledger.names[pid] = name
+            else:
+                api.delete("port", pid)
+                with ledger.lock:
+                    del ledger.names[pid]
+                    ledger.gone.add(pid)
+            with ledger.lock:
+                ledger.acked[kind] += 1
+        except (*_TRANSPORT_ERRORS, ApiError) as exc:
+            if isinstance(exc, ApiError) and exc.status < 500:
+                errors.append(f"{kind} {pid or name}: {exc}")
+                return
+            if not killed_at or time.monotonic() < killed_at[0]:
+                errors.append(f"{kind} {pid or name} failed while the process was up: {exc!r}")
+                return
+            with ledger.lock:
+                ledger.in_flight_failures += 1
+                if kind == "create":
+                    ledger.maybe_created.add(name)  # type: ignore[arg-type]
+                else:
+                    ledger.maybe[pid] = {ledger.names.pop(pid), name}  # type: ignore[arg-type]
+            return  # the process is gone: this worker's round is over
+
+
 def test_api_crash_safety(cloud: Cloud) -> None:
-    """20 rounds of SIGKILL during concurrent creates/updates/deletes: every 2xx survives,
-    nothing half-written, and the data plane still matches the store afterwards."""
+    """20 rounds of SIGKILL during concurrent creates, renames and deletes: every acknowledged
+    write is there exactly (names included), no acknowledged delete comes back, only requests in
+    flight at a kill may fail, nothing is half-written; then some of the surviving ports are
+    plugged and the data plane matches the store on every host."""
     rng = random.Random(62)
     net_id = cloud.nets["B"]["id"]
-    created: dict[str, str] = {}  # port id -> name, acknowledged creates
-    deleted: set[str] = set()
-    renamed: dict[str, set[str]] = {}  # port id -> acceptable names (acked + in flight)
-    lock = threading.Lock()
-
-    def worker(stop: threading.Event, wid: int) -> None:
-        api = Api(cloud.api.base, timeout=5)
-        n = 0
-        while not stop.is_set():
-            n += 1
-            op = rng.random()
-            try:
-                if op < 0.6 or not created:
-                    name = f"crash-{wid}-{n}"
-                    p = api.create("port", network_id=net_id, name=name)
-                    with lock:
-                        created[p["id"]] = name
-                else:
-                    with lock:
-                        pid = rng.choice(sorted(set(created) - deleted))
-                    if op < 0.8:
-                        new = f"renamed-{wid}-{n}"
-                        with lock:
-                            renamed.setdefault(pid, set()).add(new)
-                        api.update("port", pid, name=new)
-                        with lock:
-                            renamed[pid] = {new}
-                    else:
-                        with lock:
-                            deleted.add(pid)  # in flight counts as possibly deleted
-                        api.delete("port", pid)
-            except (ApiError, OSError, IndexError, http.client.HTTPException):
-                time.sleep(0.01)
-
-    for _ in range(20):
-        stop = threading.Event()
-        threads = [threading.Thread(target=worker, args=(stop, w)) for w in range(4)]
+    ledger, errors = _Ledger(), []
+    rounds = 20
+    for rnd in range(rounds):
+        stop, killed_at = threading.Event(), []
+        threads = [
+            threading.Thread(target=_crash_worker, args=(
+                Api(cloud.api.base, timeout=5), net_id, w, rnd, ledger, killed_at, stop, errors))
+            for w in range(4)
+        ]  # fmt: skip
         for t in threads:
             t.start()
-        time.sleep(rng.uniform(0.2, 0.6))
+        time.sleep(rng.uniform(0.3, 0.6))
+        killed_at.append(time.monotonic())
         cloud.ctl.kill()
         stop.set()
         for t in threads:
-            t.join()
+            t.join(30)
+        assert not errors, errors
         cloud.ctl.start()
-    ports = {p["id"]: p for p in cloud.api.list("port", f"network_id={net_id}")}
-    acked_alive = set(created) - deleted
-    missing = acked_alive - set(ports)
-    assert not missing, f"{len(missing)} acknowledged creates lost"
-    for pid, names in renamed.items():
-        if pid in ports:
-            assert ports[pid]["name"] in names | {created.get(pid)}, ports[pid]
-    for p in ports.values():
+    cloud.api.wait_reconciled(timeout=30)
+
+    stored = {p["id"]: p for p in cloud.api.list("port", f"network_id={net_id}")}
+    crash = {pid: p for pid, p in stored.items() if p["name"].startswith(("crash-", "renamed-"))}
+    lost = {pid: n for pid, n in ledger.names.items() if pid not in stored}
+    assert not lost, f"{len(lost)} acknowledged creates/renames lost: {lost}"
+    wrong = {pid: (n, stored[pid]["name"]) for pid, n in ledger.names.items()
+             if stored[pid]["name"] != n}  # fmt: skip
+    assert not wrong, f"acknowledged names not stored exactly (acked, stored): {wrong}"
+    back = ledger.gone & set(stored)
+    assert not back, f"acknowledged deletes came back: {back}"
+    for pid, names in ledger.maybe.items():
+        assert (stored[pid]["name"] if pid in stored else None) in names, (pid, names)
+    unknown = {pid: p["name"] for pid, p in crash.items()
+               if pid not in ledger.names and pid not in ledger.maybe}  # fmt: skip
+    assert set(unknown.values()) <= ledger.maybe_created, f"ports nobody created: {unknown}"
+    for p in stored.values():
         assert p["mac_address"] and p["fixed_ips"], f"half-written port {p}"
-    macs = [p["mac_address"] for p in ports.values()]
+    macs = [p["mac_address"] for p in stored.values()]
     assert len(macs) == len(set(macs))
-    st = cloud.api.wait_reconciled(timeout=30)
-    _ping_warm(cloud.vms["b1"], "10.62.0.22")
+    # The rounds did real work: every kind of write was acknowledged many times.
+    assert ledger.acked["create"] >= 4 * rounds, ledger.acked
+    assert ledger.acked["rename"] >= rounds and ledger.acked["delete"] >= rounds, ledger.acked
+
+    # Plug a few of the surviving crash-made ports: they must be bound and wired like any other.
+    survivors = sorted(ledger.names)
+    assert len(survivors) >= 4
+    plugged = []
+    for i, pid in enumerate(rng.sample(survivors, 4)):
+        p = stored[pid]
+        ip = p["fixed_ips"][0]["ip_address"]
+        vm = cloud.lab.add_vm(1 + i % 2, f"cr{i}", p["mac_address"], f"{ip}/24", pid)
+        cloud.vms[vm.name], cloud.ports[vm.name] = vm, p
+        plugged.append(vm)
+    cloud.api.wait_ports_active([vm.iface_id for vm in plugged])
+    _ping_warm(plugged[0], plugged[1].ip)
+    _ping_warm(plugged[1], "10.62.0.21")
     _assert_dataplane_matches_store(cloud)
     cloud.figures["crash_safety"] = {
-        "rounds": 20,
-        "acked_creates": len(created),
-        "reconciled_after_s": st["reconciled_after_s"],
+        "rounds": rounds,
+        **{f"acked_{k}s": v for k, v in ledger.acked.items()},
+        "failed_in_flight": ledger.in_flight_failures,
+        "in_flight_creates_stored": len(unknown),
     }
 
 
 def _assert_dataplane_matches_store(cloud: Cloud) -> None:
-    """Per host: the unicast MACs in table 2 are exactly the bound ports of its networks."""
-    ports = cloud.api.list("port")
+    """Per host, from what the lab has plugged (not from what the controller reports): every
+    plugged port is ACTIVE and bound where it is plugged, and the unicast MACs in table 2 are
+    exactly the plugged ports of the networks the host has a plugged port in."""
+    ports = {p["id"]: p for p in cloud.api.list("port")}
+    plugged = {vm.iface_id: vm.hv.name for vm in cloud.lab.vms.values() if vm.plugged}
+    for pid, host in plugged.items():
+        p = ports[pid]
+        assert (p["status"], p["binding:host_id"]) == ("ACTIVE", host), p
     for hv in cloud.lab.hvs:
-        mine = {
-            p["network_id"]
-            for p in ports
-            if p["binding:host_id"] == hv.name and p["status"] == "ACTIVE"
-        }
+        mine = {ports[pid]["network_id"] for pid, h in plugged.items() if h == hv.name}
         expected = {
-            p["mac_address"] for p in ports if p["network_id"] in mine and p["status"] == "ACTIVE"
+            ports[pid]["mac_address"] for pid in plugged if ports[pid]["network_id"] in mine
         }
         seen = set()
         for f in hv.dump_flows():
@@ -354,32 +569,53 @@ def _assert_dataplane_matches_store(cloud: Cloud) -> None:
         assert seen == expected, f"{hv.name}: flows {sorted(seen)} != store {sorted(expected)}"
 
 
+def _tenantnet_left_on(hv: Hypervisor) -> dict[str, Any]:
+    """What tenantnet may have put on a host, as the host's own OVS reports it."""
+    if not hv.has_bridge("br-int"):
+        return {"br-int": False}
+    ports = hv.vsctl("list-ports", "br-int").split()
+    return {
+        "br-int": True,
+        "flows": _ours(hv),
+        "groups": _groups(hv),
+        "controller": hv.vsctl("get-controller", "br-int"),
+        "tunnel ports": [p for p in ports if p.startswith("tn-")],
+    }
+
+
 def test_host_removal(cloud: Cloud) -> None:
-    """DELETE of hosts (one, then a group of two as when a cluster goes): their flows and tunnel
-    state vanish from every other host, their ports are unbound and DOWN."""
+    """DELETE of hosts (one, then a group of two as when a cluster goes): their flows, groups,
+    tunnel ports and controller target vanish, br-int too when nothing else is on it (and stays
+    with the VMs' interfaces otherwise); every flow pointing at them vanishes from the other
+    hosts; their ports are unbound and DOWN."""
     lab = cloud.lab
     hv1, hv2, hv3 = lab.hv(1), lab.hv(2), lab.hv(3)
+    assert _tenantnet_left_on(hv3)["groups"] and _tenantnet_left_on(hv3)["controller"]
+    cloud.vms["a3"].unplug()  # hv3's br-int then carries nothing but tenantnet's own ports
+    cloud.api.wait_port_status(cloud.ports["a3"]["id"], "DOWN", timeout=15)
     cloud.api.delete("host", "hv3")
     ip3 = hv3.tunnel_ip
 
     def mentions(hv: Any, ip: str) -> bool:
         return any(ip in line for line in hv.dump_flows() + _groups(hv))
 
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and (mentions(hv1, ip3) or mentions(hv2, ip3)):
-        time.sleep(0.1)
-    assert not mentions(hv1, ip3) and not mentions(hv2, ip3)
+    _wait(lambda: not mentions(hv1, ip3) and not mentions(hv2, ip3), 15,
+          "hv1 and hv2 forget hv3")  # fmt: skip
+    _wait(lambda: not hv3.has_bridge("br-int"), 15, "hv3's empty br-int removed")
     a3 = cloud.api.show("port", cloud.ports["a3"]["id"])
     assert not a3["binding:host_id"] and a3["status"] == "DOWN"
-    assert not _ours(hv3), "the removed host kept tenantnet flows"
-    assert "tn-vxlan" not in hv3.vsctl("list-ports", "br-int")
     _ping_warm(cloud.vms["a1"], "10.62.0.12")
-    # a group of hosts at once
+    # a group of hosts at once; their br-int keeps the VMs' interfaces, so it stays
+    bound = [p["id"] for p in cloud.api.list("port") if p["binding:host_id"] in ("hv1", "hv2")]
+    assert bound
     cloud.api.delete("host", "hv1")
     cloud.api.delete("host", "hv2")
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and (_ours(hv1) or _ours(hv2)):
-        time.sleep(0.1)
-    assert not _ours(hv1) and not _ours(hv2)
-    assert all(not p["binding:host_id"] for p in cloud.api.list("port"))
+    empty = {"br-int": True, "flows": [], "groups": [], "controller": "", "tunnel ports": []}
+    for hv in (hv1, hv2):
+        _wait(lambda hv=hv: _tenantnet_left_on(hv) == empty, 15,
+              f"{hv.name} emptied of tenantnet")  # fmt: skip
+        assert hv.vsctl("list-ports", "br-int").split(), "the VMs' interfaces were removed"
+    ports = {p["id"]: p for p in cloud.api.list("port")}
+    assert all((ports[pid]["binding:host_id"], ports[pid]["status"]) == ("", "DOWN")
+               for pid in bound), [ports[pid] for pid in bound]  # fmt: skip
     assert cloud.api.list("host") == []
