@@ -41,6 +41,7 @@ from flows.model import (
     ToGroup,
     WriteMetadata,
 )
+from tests.unit.wire_switch import through_the_wire
 
 Packet = Mapping[str, Any]
 
@@ -285,9 +286,10 @@ class Cloud:
         return merge([compile_base(ctx), *nets])
 
     def switch(self, host: str) -> Switch:
-        """The (cached) evaluator of ``host``'s compiled state."""
+        """The (cached) evaluator of ``host``'s compiled state, as the switch holds it after the
+        controller sent it: encoded with os-ken and decoded from flow/group stats."""
         if host not in self._switches:
-            self._switches[host] = Switch(self.host_state(host))
+            self._switches[host] = Switch(through_the_wire(self.host_state(host)))
         return self._switches[host]
 
     def send(self, port_id: str, packet: Packet) -> list[str]:

@@ -17,43 +17,45 @@ import pytest
 
 from controller.dataplane.reconciler import DataPlane
 from controller.events import EventBus
+from controller.southbound import ofp_codec as codec
 from controller.southbound.ovsdb_host import HostObservation, datapath_id_for
 from controller.store import Store
 from flows.diff import FlowDiff
 from flows.model import Output, Slice, ToGroup
+from flows.tables import COOKIE_BASE, COOKIE_MASK_OURS
+from tests.unit.wire_switch import DP, WireSwitch, diff_messages
 
 TUNNELS = {"vxlan": 64001, "gre": 64002}
 
 
 class FakeSwitches:
-    """Applies diffs to an in-memory flow table per datapath and confirms at once."""
+    """One `WireSwitch` per datapath: diffs go in as serialised OpenFlow messages and come back
+    as decoded flow/group stats, so these tests cover the codec too.  Confirms at once."""
 
     def __init__(self) -> None:
-        self.tables: dict[int, set[Any]] = {}
-        self.groups: dict[int, dict[int, Any]] = {}
+        self.switches: dict[int, WireSwitch] = {}
         self.applied: list[tuple[int, FlowDiff]] = []
         self.removed: list[int] = []
         self.lock = threading.Lock()
 
+    def _switch(self, dpid: int) -> WireSwitch:
+        return self.switches.setdefault(dpid, WireSwitch())
+
     def apply(self, dpid: int, diff: FlowDiff, on_done: Callable[[bool], None]) -> bool:
         with self.lock:
-            rules = self.tables.setdefault(dpid, set())
-            groups = self.groups.setdefault(dpid, {})
-            for g in (*diff.add_groups, *diff.mod_groups):
-                groups[g.group_id] = g
-            keys = {r.key for r in diff.add_rules} | {r.key for r in diff.del_rules}
-            rules -= {r for r in rules if r.key in keys}
-            rules |= set(diff.add_rules)
-            for gid in diff.del_groups:
-                groups.pop(gid, None)
+            sw = self._switch(dpid)
+            for msg in diff_messages(diff):
+                sw.receive(msg)
             self.applied.append((dpid, diff))
         on_done(True)
         return True
 
     def remove_all(self, dpid: int, group_ids: list[int], on_done: Callable[[bool], None]) -> bool:
         with self.lock:
-            self.tables[dpid] = set()
-            self.groups[dpid] = {}
+            sw = self._switch(dpid)
+            sw.receive(codec.delete_all_ours(DP, COOKIE_BASE, COOKIE_MASK_OURS))
+            for gid in group_ids:
+                sw.receive(codec.group_delete(DP, gid))
             self.removed.append(dpid)
         on_done(True)
         return True
@@ -62,10 +64,9 @@ class FakeSwitches:
         pass
 
     def installed(self, dpid: int) -> Slice:
+        """What a flow dump (our cookie) and a group dump of the switch report, decoded."""
         with self.lock:
-            return Slice(
-                frozenset(self.tables.get(dpid, ())), frozenset(self.groups.get(dpid, {}).values())
-            )
+            return self._switch(dpid).dump(COOKIE_BASE, COOKIE_MASK_OURS)
 
 
 class FakeAgent:
