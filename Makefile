@@ -21,11 +21,9 @@ lint: bootstrap
 	@$(VENV)/bin/ruff check .
 
 bench: bootstrap
-	@TENANTNET_WITH_OVN=1 bash scripts/bootstrap.sh
 	@$(PY) -m bench.run
 
 bench-quick: bootstrap
-	@TENANTNET_WITH_OVN=1 bash scripts/bootstrap.sh
 	@$(PY) -m bench.run --quick
 
 # Removes emulated hypervisors left by an interrupted run (only tenantnet's own tn- namespaces).

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: must run as root (network namespaces, OVS daemons)", file=sys.stderr)
         return 2
     if not ovn_installed():
-        print("bench: OVN is not installed (TENANTNET_WITH_OVN=1 bash scripts/bootstrap.sh)",
+        print("bench: OVN is not installed (bash scripts/bootstrap.sh)",
               file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _interrupt)

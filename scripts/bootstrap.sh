@@ -1,13 +1,15 @@
 #!/bin/bash
-# Idempotent installer behind `make demo` and `make test`: Debian packages (Open vSwitch, Mininet,
-# traffic tools) and a project venv in .venv.  Safe to run again: it only installs what is missing
+# Idempotent installer behind `make demo` and `make test`: Debian packages (Open vSwitch, OVN for
+# the bench and its smoke test, Mininet, traffic tools) and a project venv in .venv.  Safe to run again: it only installs what is missing
 # and reinstalls the venv only when setup.cfg/pyproject.toml change.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(openvswitch-switch mininet iperf3 iputils-ping ethtool tcpdump iproute2 procps psmisc)
-[ "${TENANTNET_WITH_OVN:-}" = 1 ] && APT_PACKAGES+=(ovn-central ovn-host)
+# OVN is always installed: `make test` runs the bench's smoke test, which runs OVN beside
+# tenantnet (the packages start no daemon here; the bench starts its own).
+APT_PACKAGES=(openvswitch-switch ovn-central ovn-host mininet iperf3 iputils-ping ethtool tcpdump
+              iproute2 procps psmisc)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

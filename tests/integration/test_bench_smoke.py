@@ -1,7 +1,12 @@
-"""Smoke test of the benchmark: a tiny bench (H=2, P=10, one run) produces its table and files.
+"""Smoke test of the benchmark machinery: a tiny bench (H=2, P=10, one run) runs both systems
+end to end and writes its table and files.
 
-The real bench (`make bench` / `make bench-quick`) never runs in `make test`; this only checks
-that `python -m bench.run` still works end to end against the current controller and OVN.
+What it asserts is that the machinery works: the run exits 0 (no scenario raised, no bulk create
+failed), every scenario has its run of tenantnet *and* of OVN, and the files hold
+what bench/README.md says.  It does not assert the bench's targets: at these sizes a PASS or MISS
+says nothing, and speed goals are measured by ``make bench``, not by timed tests.  OVN is
+installed by ``scripts/bootstrap.sh`` (behind ``make test``); without it this test skips, which
+under ``CI=true`` counts as a failure (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -9,7 +14,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -17,7 +21,8 @@ from bench.common import OVN_LAB, REPO, TN_LAB
 from bench.sut_ovn import ovn_installed
 from tests.harness.cleanup import LabLock
 
-pytestmark = [pytest.mark.ovs, pytest.mark.timeout(120)]
+# A hang guard only (the smoke bench takes about a minute here), not a speed check.
+pytestmark = [pytest.mark.ovs, pytest.mark.timeout(600)]
 
 
 def _labs_free() -> bool:
@@ -29,19 +34,16 @@ def _labs_free() -> bool:
     return True
 
 
-@pytest.mark.skipif(not ovn_installed(), reason="OVN not installed (TENANTNET_WITH_OVN=1 "
-                    "bash scripts/bootstrap.sh)")
+@pytest.mark.skipif(not ovn_installed(), reason="OVN not installed (bash scripts/bootstrap.sh)")
 def test_bench_smoke(tmp_path):
     if not _labs_free():
         pytest.skip("a bench is running (its lab prefixes tnb/tno are taken)")
-    t0 = time.monotonic()
     cp = subprocess.run(
         [sys.executable, "-m", "bench.run", "--smoke", "--out", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=110,
-    )
-    elapsed = time.monotonic() - t0
+        cwd=REPO, capture_output=True, text=True, timeout=570,
+    )  # fmt: skip
     out = cp.stdout
-    assert cp.returncode in (0, 1), f"bench crashed ({cp.returncode}):\n{out}\n{cp.stderr[-3000:]}"
+    assert cp.returncode == 0, f"bench failed ({cp.returncode}):\n{out}\n{cp.stderr[-3000:]}"
     assert "measure" in out and "tenantnet" in out and "OVN" in out, out
     files = sorted(p.name for p in tmp_path.iterdir())
     jsons = [p for p in tmp_path.iterdir() if p.suffix == ".json"]
@@ -50,7 +52,11 @@ def test_bench_smoke(tmp_path):
     doc = json.loads(jsons[0].read_text())
     for key in ("machine", "versions", "params", "raw", "rows"):
         assert key in doc, key
+    assert doc["errors"] == [], doc["errors"]
+    assert doc["params"]["smoke"] is True
     labels = " ".join(r["label"] for r in doc["rows"])
     assert "ports/s" in labels and "flows per host" in labels, labels
+    for sc in doc["params"]["scenarios"]:
+        raw = doc["raw"][sc["name"]]
+        assert len(raw["tenantnet"]) == 1 and len(raw["ovn"]) == 1, (sc["name"], raw)
     assert "| measure |" in mds[0].read_text()
-    assert elapsed < 90, f"smoke bench took {elapsed:.0f} s"
