@@ -309,6 +309,54 @@ def test_port_security_allows_allowed_address_pairs(tenancy: Tenancy,
     assert _udp_deliveries(s, peer, cases) == {"fixed", "vip", "vip_mac", "put_vip"}
 
 
+def test_a_diff_that_replaces_flows_is_one_bundle_ovs_commits(tenancy: Tenancy,
+                                                               dp_env: DataplaneEnv) -> None:
+    """A diff that deletes installed flows (here: a port's allowed address pair replaced) goes to
+    the switch as one atomic ONF bundle, and OVS commits it.  Seen from the switch's side, in its
+    own OpenFlow log: the bundle opened, the new and the removed flow-mods added to it, committed,
+    the commit acknowledged, and no error sent back; a ping through the change loses nothing."""
+    net = tenancy.network("vxlan")
+    s = tenancy.vm(1, "bu-src", net, allowed_address_pairs=[{"ip_address": "10.0.0.210"}])
+    peer = tenancy.vm(2, "bu-peer", net)
+    tenancy.wait_active([s, peer])
+    s.wait_reachable(peer.ip)
+    hv1 = dp_env.lab.hv(1)
+    errors0 = dp_env.api.status()["openflow"]["errors"]
+    log_path = f"{hv1.dir}/ovs-vswitchd.log"
+    with open(log_path, "rb") as f:
+        offset = f.seek(0, 2)
+    hv1.appctl("vlog/set", "vconn:file:dbg")
+    try:
+        ping = s.ping_background(peer.ip, interval=0.01)
+        time.sleep(0.3)
+        tenancy.api.update("port", s.iface_id, allowed_address_pairs=[{"ip_address": "10.0.0.211"}])
+        wait_for(lambda: mentions(hv1.dump_flows(), "nw_src=10.0.0.211")
+                 and not mentions(hv1.dump_flows(), "nw_src=10.0.0.210"), 10,
+                 what="the address pair replaced on hv1")
+        time.sleep(0.3)
+        stats = ping.stop()
+    finally:
+        hv1.appctl("vlog/set", "vconn:file:info")
+    with open(log_path, "rb") as f:
+        f.seek(offset)
+        log = f.read().decode(errors="replace")
+    # One log entry per OpenFlow message; the decoded message continues on the next lines.
+    entries = [e for e in re.split(r"\n(?=\d{4}-\d\d-\d\dT)", log) if "|vconn|DBG|tcp:" in e]
+    text = "\n".join(entries)
+    opened = [e for e in entries if "received: ONFT_BUNDLE_CONTROL" in e and "OPEN_REQUEST" in e]
+    assert opened, f"no bundle opened on hv1:\n{text[-3000:]}"
+    bid = re.search(r"bundle_id=(0x[0-9a-f]+)", opened[-1]).group(1)
+    ours = [e for e in entries if f"bundle_id={bid}" in e]
+    assert any("ONFT_BUNDLE_ADD_MESSAGE" in e and "10.0.0.211" in e for e in ours), text[-3000:]
+    assert any("ONFT_BUNDLE_ADD_MESSAGE" in e and "10.0.0.210" in e for e in ours), text[-3000:]
+    assert any("received: ONFT_BUNDLE_CONTROL" in e and "COMMIT_REQUEST" in e for e in ours)
+    assert any("sent (Success): ONFT_BUNDLE_CONTROL" in e and "COMMIT_REPLY" in e for e in ours), \
+        f"OVS did not commit bundle {bid}:\n{text[-3000:]}"
+    assert not [e for e in entries if "sent (Success): OFPT_ERROR" in e], text[-3000:]
+    assert dp_env.api.status()["openflow"]["errors"] == errors0
+    assert stats.lost == 0, stats
+
+
 # ------------------------------------------------------------------------------------ scenario 5
 
 _VNI_RE = re.compile(r"VXLAN, flags \[I\] \(0x08\), vni (\d+)")
