@@ -332,14 +332,29 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         sw.ready = False
         sw.flows, sw.groups = [], []
         sw.pending_dumps = 2
-        requests = [
-            codec.flow_dump_request(sw.dp, COOKIE_BASE, COOKIE_MASK_OURS),
-            codec.group_dump_request(sw.dp),
-        ]
-        if not _send_as_one_write(sw.dp, requests):
-            # Not reading what it is sent: it stays unsynced (nothing is sent to it) until its
-            # connection ends, which the liveness watchdog sees to.
-            LOG.warning("switch %016x is not reading what it is sent: not re-read", sw.dp.id or 0)
+        with sw.lock:
+            # The barrier after the dumps answers once both replies came (one connection is
+            # handled in order); if it times out, the switch answers echoes but not requests.
+            barrier = self._barrier_request(sw, lambda ok, why="": self._dump_answered(sw, why))
+            requests = [
+                codec.flow_dump_request(sw.dp, COOKIE_BASE, COOKIE_MASK_OURS),
+                codec.group_dump_request(sw.dp),
+                barrier,
+            ]
+            self._send_or_fail(sw, requests, barrier)
+
+    @staticmethod
+    def _dump_answered(sw: _Switch, why: str) -> None:
+        """A switch that does not answer its dump in time is never synced, and would hold its
+        datapath id: close the connection so that it starts afresh."""
+        if why != "timeout" or not sw.pending_dumps:
+            return
+        LOG.warning(
+            "switch %016x did not answer the read-back of its flows; closing", sw.dp.id or 0
+        )
+        end = getattr(sw.dp, "end", None)  # LiveDatapath (southbound/ofp_server)
+        if end is not None:
+            end("no answer to the flow/group dump")
 
     def _dump_part_done(self, sw: _Switch) -> None:
         sw.pending_dumps -= 1

@@ -24,6 +24,10 @@ class FakeDatapath(ofproto_protocol.ProtocolDesc):
         self.xid = 0
         self.reading = True
         self.sent: list[bytes] = []
+        self.ended = threading.Event()
+
+    def end(self, reason: str) -> None:
+        self.ended.set()
 
     def set_xid(self, msg: Any) -> int:
         self.xid += 1
@@ -81,3 +85,19 @@ def test_a_switch_that_stopped_reading_fails_the_batch_without_blocking() -> Non
     assert app.apply(DPID, FlowDiff(), done)  # returns: the caller is never blocked
     assert done.event.wait(5)
     assert done.got == [(False, "timeout")] and not sw.barriers
+
+
+def test_a_switch_that_never_answers_its_read_back_is_disconnected() -> None:
+    app, dp, sw = _app(timeout_s=0.2)
+    app.resync(DPID)
+    assert dp.sent and sw.pending_dumps == 2
+    assert dp.ended.wait(5), "a switch that never answers its dump keeps its connection"
+
+
+def test_a_read_back_answered_in_time_keeps_the_connection() -> None:
+    app, dp, sw = _app(timeout_s=0.2)
+    app.resync(DPID)
+    sw.pending_dumps = 0  # what the two replies do (see _dump_part_done)
+    (xid,) = sw.barriers
+    app._barrier(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=xid)))
+    assert not dp.ended.wait(0.5)
