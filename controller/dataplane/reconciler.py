@@ -565,11 +565,10 @@ class DataPlane:
             for host_id, rt in self.hosts.items():
                 if not rt.ready:
                     self._host_down(host_id, "not reconnected after start")
-                    # Never observed since the start, so `_host_down` knows none of its ports:
-                    # they are the ones the store has bound to it and no other host has plugged.
-                    for pid, port in self.ports.items():
-                        if port.get("binding:host_id") == host_id and pid not in self.observed_at:
-                            self._status_out[pid] = "DOWN"
+                    # Also when an earlier loss already reported it down (its held ports are
+                    # the recorded holders: nothing was observed from it since the start).
+                    for pid in self.bindings.held_by(host_id):
+                        self._set_status(pid, "DOWN")
                     self._report_host_state(host_id)  # still "connected" from before the restart
 
     # ------------------------------------------------------------------ compile + send
