@@ -488,9 +488,14 @@ def test_api_crash_safety(cloud: Cloud) -> None:
                 Api(cloud.api.base, timeout=5), net_id, w, rnd, ledger, killed_at, stop, errors))
             for w in range(4)
         ]  # fmt: skip
+        acked_before = sum(ledger.acked.values())
         for t in threads:
             t.start()
         time.sleep(rng.uniform(0.3, 0.6))
+        # On a loaded machine the API may have answered little yet: kill only after some
+        # acknowledged writes, so that every round puts something at stake.
+        _wait(lambda n=acked_before: sum(ledger.acked.values()) - n >= 8 or errors, 10,
+              "8 acknowledged writes in the round")  # fmt: skip
         killed_at.append(time.monotonic())
         cloud.ctl.kill()
         stop.set()
