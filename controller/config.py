@@ -13,6 +13,8 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from controller import tls
+
 
 class ConfigError(ValueError):
     """A setting has a value the controller cannot use; the message names it."""
@@ -48,17 +50,52 @@ class Settings:
     ofp_barrier_timeout_s: float = 5.0  # a batch not confirmed by then: the host is degraded
     ofp_max_connections: int = 1024  # lowered to fit the open-files limit
     ofp_max_connections_per_source: int = 16
+    # TLS (see controller/tls.py).  OpenFlow: the listener's key and certificate and the CA that
+    # signed the switches' certificates (mutual TLS; a switch must present a certificate whose CN
+    # names its host).  OVSDB: the client key/certificate for ``ssl:`` hosts and the CA of their
+    # ovsdb-servers; each defaults to the OpenFlow one.  The switch's own files (its SSL record,
+    # paths on the hypervisor, ``{host}`` = host id) default to ovs-pki's documented places.
+    # API: HTTPS when key and certificate are set; with a CA, clients must present a certificate.
+    ofp_tls_key: str = ""
+    ofp_tls_cert: str = ""
+    ofp_tls_ca: str = ""
+    ovsdb_tls_key: str = ""
+    ovsdb_tls_cert: str = ""
+    ovsdb_tls_ca: str = ""
+    switch_ssl_key: str = "/etc/openvswitch/sc-privkey.pem"
+    switch_ssl_cert: str = "/etc/openvswitch/sc-cert.pem"
+    switch_ssl_ca: str = "/var/lib/openvswitch/pki/controllerca/cacert.pem"
+    api_tls_key: str = ""
+    api_tls_cert: str = ""
+    api_tls_ca: str = ""
 
     @property
     def database(self) -> str:
         return self.db_path or str(Path(self.state_dir) / "tenantnet.sqlite")
 
     @property
+    def ofp_tls(self) -> bool:
+        return bool(self.ofp_tls_key)
+
+    @property
+    def api_tls(self) -> bool:
+        return bool(self.api_tls_key)
+
+    @property
+    def ovsdb_tls_files(self) -> tuple[str, str, str]:
+        """(key, certificate, CA) for ``ssl:`` OVSDB targets; empty strings without TLS."""
+        return (
+            self.ovsdb_tls_key or self.ofp_tls_key,
+            self.ovsdb_tls_cert or self.ofp_tls_cert,
+            self.ovsdb_tls_ca or self.ofp_tls_ca,
+        )
+
+    @property
     def controller_target(self) -> str:
         if self.advertise:
             return self.advertise
         host, port = parse_hostport(self.ofp_listen, "ofp_listen")
-        return f"tcp:{host}:{port}"
+        return f"{'ssl' if self.ofp_tls else 'tcp'}:{host}:{port}"
 
     def validate(self) -> Settings:
         parse_hostport(self.api_listen, "api_listen")
@@ -82,7 +119,39 @@ class Settings:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be at least 1")
         if bool(self.basic_user) != bool(self.basic_password):
             raise ConfigError("basic_user and basic_password go together")
+        self._validate_tls()
         return self
+
+    def _validate_tls(self) -> None:
+        """Key, certificate and CA of a channel go together and must be readable now: a typo
+        found at the first switch connection would look like a network fault."""
+        ofp = ("ofp_tls_key", "ofp_tls_cert", "ofp_tls_ca")
+        if any(getattr(self, n) for n in ofp) and not all(getattr(self, n) for n in ofp):
+            raise ConfigError("ofp_tls_key, ofp_tls_cert and ofp_tls_ca go together")
+        ovsdb = ("ovsdb_tls_key", "ovsdb_tls_cert", "ovsdb_tls_ca")
+        if any(getattr(self, n) for n in ovsdb) and not self.ofp_tls:
+            raise ConfigError("ovsdb_tls_* need ofp_tls_* (TLS is for both southbound channels)")
+        if bool(self.api_tls_key) != bool(self.api_tls_cert):
+            raise ConfigError("api_tls_key and api_tls_cert go together")
+        if self.api_tls_ca and not self.api_tls:
+            raise ConfigError("api_tls_ca needs api_tls_key and api_tls_cert")
+        for name in (*ofp, *ovsdb, "api_tls_key", "api_tls_cert", "api_tls_ca"):
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                why = "does not exist" if not os.path.exists(path) else "is not readable"
+                raise ConfigError(f"{name}: {path} {why}")
+        try:
+            if self.ofp_tls:
+                tls.check_files("ofp", self.ofp_tls_key, self.ofp_tls_cert, self.ofp_tls_ca)
+                tls.check_files("ovsdb", *self.ovsdb_tls_files)
+            if self.api_tls:
+                tls.check_files("api", self.api_tls_key, self.api_tls_cert, self.api_tls_ca)
+        except tls.TlsFileError as exc:
+            raise ConfigError(str(exc)) from exc
+        if self.ofp_tls and self.advertise and not self.advertise.startswith("ssl:"):
+            raise ConfigError(
+                f"advertise: with ofp_tls_* it must be ssl:IP:PORT, got {self.advertise!r}"
+            )
 
 
 def _coerce(name: str, raw: object) -> object:

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller import gc_tuning, limits
+from controller import gc_tuning, limits, tls
 from controller.config import Settings, parse_hostport
+from controller.dataplane.admission import Admission
 from controller.events import EventBus
 
 LOG = logging.getLogger(__name__)
@@ -40,6 +41,13 @@ def _start_os_ken(settings: Settings, fd_limit: int) -> tuple[Any, Any]:
         _start_os_ken._parsed = True  # type: ignore[attr-defined]
     conf.set_override("ofp_listen_host", host)
     conf.set_override("ofp_tcp_listen_port", port)
+    if settings.ofp_tls:
+        # os-ken's listener: TLS on the "ssl" port with these files; with ca_certs it requires
+        # and verifies a client certificate (mutual TLS), whose CN admission then checks.
+        conf.set_override("ofp_ssl_listen_port", port)
+        conf.set_override("ctl_privkey", settings.ofp_tls_key)
+        conf.set_override("ctl_cert", settings.ofp_tls_cert)
+        conf.set_override("ca_certs", settings.ofp_tls_ca)
     ofp_server.install(
         ofp_server.ConnectionLimits(
             echo_interval_s=settings.ofp_echo_interval_s,
@@ -56,6 +64,46 @@ def _start_os_ken(settings: Settings, fd_limit: int) -> tuple[Any, Any]:
     manager.instantiate_apps(**contexts)
     app = next(a for a in manager.applications.values() if type(a).__name__ == "TenantnetOfpApp")
     return manager, app
+
+
+def _southbound_security(s: Settings) -> None:
+    """TLS for OVSDB ``ssl:`` targets, or the loud warning of development mode."""
+    if s.ofp_tls:
+        tls.configure_ovsdb_client(*s.ovsdb_tls_files)
+        return
+    LOG.warning(
+        "DEVELOPMENT MODE: OpenFlow and OVSDB without TLS (no ofp_tls_key/cert/ca). Switches "
+        "are told apart only by their source address and flows travel in clear text; anyone "
+        "on the management network can read them. Configure TLS (README, 'TLS') in production."
+    )
+
+
+def _own_addresses(s: Settings) -> set[str]:
+    """Where a switch on this machine (a ``unix:`` OVSDB host) connects from."""
+    hosts = {parse_hostport(s.ofp_listen, "ofp_listen")[0]}
+    if s.advertise.startswith(("tcp:", "ssl:")):
+        hosts.add(s.advertise[4:].rpartition(":")[0])
+    return {h for h in hosts if h not in ("0.0.0.0", "::", "")}
+
+
+def _switch_ssl(s: Settings) -> tuple[str, str, str] | None:
+    """The SSL record written on hosts (paths on the hypervisor), only when TLS is on."""
+    if not s.ofp_tls:
+        return None
+    return (s.switch_ssl_key, s.switch_ssl_cert, s.switch_ssl_ca)
+
+
+def _api_tls(s: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options: HTTPS with the API's key and certificate; with a CA, clients
+    must present a certificate it signed."""
+    if not s.api_tls:
+        return {}
+    opts: dict[str, Any] = {"ssl_keyfile": s.api_tls_key, "ssl_certfile": s.api_tls_cert}
+    if s.api_tls_ca:
+        import ssl
+
+        opts |= {"ssl_ca_certs": s.api_tls_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return opts
 
 
 class Controller:
@@ -90,6 +138,7 @@ class Controller:
         # hold the interpreter while the hosts reconnect (measured at H=3: hosts reconciled
         # ~0.6-1.0 s after the data plane started instead of ~0.1-0.2 s).  Until the data
         # plane runs, its status says nothing is reconciled yet; the store is already there.
+        _southbound_security(s)
         self.api = create_app(
             self.store,
             ApiSettings(
@@ -110,7 +159,13 @@ class Controller:
         self._add_wait_route()
         host, port = parse_hostport(s.api_listen, "api_listen")
         config = uvicorn.Config(
-            self.api, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+            self.api,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            **_api_tls(s),
         )
         config.load()
         self._server = uvicorn.Server(config)
@@ -135,15 +190,20 @@ class Controller:
             s.controller_target,
             agent_factory=functools.partial(OvsdbHost, switch_connected=self.ofp_app.has_session),
             startup_grace_s=s.startup_grace_s,
+            admission=Admission(tls=s.ofp_tls, local_addresses=_own_addresses(s)),
+            agent_options={"switch_ssl": _switch_ssl(s)},
         )
         self.bus.subscribe(self.dataplane.on_events)
-        self.ofp_app.attach(self.dataplane)
+        # Hosts first, then the OpenFlow app: connections that came meanwhile are admitted
+        # against the host table.
         self.dataplane.start()
+        self.ofp_app.attach(self.dataplane)
 
         LOG.info(
-            "tenantnet up in %.2f s: API http://%s, OpenFlow %s (hosts connect to %s), "
+            "tenantnet up in %.2f s: API %s://%s, OpenFlow %s (hosts connect to %s), "
             "store %s, pid %d",
             time.monotonic() - t0,
+            "https" if s.api_tls else "http",
             s.api_listen,
             s.ofp_listen,
             s.controller_target,

@@ -197,7 +197,12 @@ class HostFields(Body):
     description: str | None = Field(None, max_length=255)
     tunnel_ip: str | None = Field(None, description="IPv4 address terminating the overlay.")
     ovsdb: str | None = Field(
-        None, description="tcp:IP:PORT or unix:/PATH; default tcp:<tunnel_ip>:6640."
+        None, description="tcp:IP:PORT, ssl:IP:PORT or unix:/PATH; default tcp:<tunnel_ip>:6640."
+    )
+    mgmt_ip: str | None = Field(
+        None,
+        description="Address the host's switch connects from (checked without TLS); default: "
+        "the IP of its OVSDB target.",
     )
     integration_bridge: str | None = Field(None, max_length=15)
     datapath_type: Literal["system", "netdev"] | None = None

@@ -104,6 +104,7 @@ class HostView(View):
     description: str
     tunnel_ip: str
     ovsdb: str
+    mgmt_ip: str = ""
     integration_bridge: str
     datapath_type: str
     status: str

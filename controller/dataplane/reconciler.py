@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from controller.dataplane.admission import Admission
 from controller.dataplane.batch import Batch
 from controller.dataplane.bindings import Bindings, requested_host
 from controller.dataplane.compiled import NetCompiled
@@ -136,11 +137,15 @@ class DataPlane:
         controller_target: str,
         agent_factory: Callable[..., Any] = OvsdbHost,
         startup_grace_s: float = 15.0,
+        admission: Admission | None = None,
+        agent_options: dict[str, Any] | None = None,
     ) -> None:
         self.store = store
         self.switches = switches
         self.controller_target = controller_target
         self.agent_factory = agent_factory
+        self.agent_options = agent_options or {}
+        self.admission = admission or Admission(tls=False)
         self.startup_grace_s = startup_grace_s
         self.stats = Stats()
         self.hosts: dict[str, HostRuntime] = {}
@@ -178,6 +183,10 @@ class DataPlane:
 
     def switch_gone(self, dpid: int) -> None:
         self._inbox.put(("switch_gone", (dpid,)))
+
+    def admit(self, dpid: int, peer_ip: str | None, peer_cn: str | None) -> str | None:
+        """Asked by the OpenFlow app before it accepts a session: None, or why it may not."""
+        return self.admission.check(dpid, peer_ip, peer_cn)
 
     def _on_observation(self, host_id: str, obs: HostObservation) -> None:
         self._inbox.put(("observation", (host_id, obs)))
@@ -334,6 +343,7 @@ class DataPlane:
                 self._add_host(ev.new)
             elif ev.new is not None and ev.old is not None:
                 self.hosts[ev.new["id"]].record = ev.new
+                self.admission.set_host(self.hosts[ev.new["id"]].dpid, ev.new)
                 if any(ev.old.get(f) != ev.new.get(f) for f in HOST_AGENT_FIELDS):
                     self._restart_agent(ev.new["id"])
 
@@ -412,11 +422,16 @@ class DataPlane:
         rt = HostRuntime(record=record, dpid=datapath_id_for(host_id))
         self.hosts[host_id] = rt
         self.by_dpid[rt.dpid] = host_id
+        self.admission.set_host(rt.dpid, record)
         self._start_agent(rt)
 
     def _start_agent(self, rt: HostRuntime) -> None:
         rt.agent = self.agent_factory(
-            rt.record, self.controller_target, self._on_observation, self._on_ovsdb_state
+            rt.record,
+            self.controller_target,
+            self._on_observation,
+            self._on_ovsdb_state,
+            **self.agent_options,
         )
         rt.agent.start()
 
@@ -435,6 +450,7 @@ class DataPlane:
         if rt is None:
             return
         self.by_dpid.pop(rt.dpid, None)
+        self.admission.remove_host(rt.dpid)
         if rt.installed is not None:
             group_ids = sorted({g.group_id for s in rt.installed.values() for g in s.groups})
             self.switches.remove_all(rt.dpid, group_ids, lambda ok, why="": None)

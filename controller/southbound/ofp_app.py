@@ -14,9 +14,11 @@ why a batch was not confirmed: ``"timeout"``, ``"rejected"`` (the switch sent er
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +36,7 @@ from os_ken.controller.handler import (
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from controller import tls
 from controller.southbound import ofp_codec as codec
 from controller.southbound.ofp_server import Throttle
 from flows.diff import FlowDiff
@@ -43,6 +46,7 @@ from flows.tables import COOKIE_BASE, COOKIE_MASK_OURS
 LOG = logging.getLogger(__name__)
 
 DoneCallback = Callable[..., None]  # (ok: bool, why: str) - why is "" when ok
+MAX_REFUSALS_REMEMBERED = 1024  # distinct refusals logged once each; the set is then reset
 FULL_MASK = 0xFFFFFFFFFFFFFFFF
 BUNDLE = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 
@@ -53,6 +57,10 @@ class SwitchListener(Protocol):
     def switch_ready(self, dpid: int, installed: Slice) -> None: ...
 
     def switch_gone(self, dpid: int) -> None: ...
+
+    def admit(self, dpid: int, peer_ip: str | None, peer_cn: str | None) -> str | None:
+        """None if this connection may be the switch of ``dpid``, else why not."""
+        ...
 
 
 @dataclass
@@ -80,6 +88,7 @@ class Counters:
     errors: int = 0
     connects: int = 0
     barrier_timeouts: int = 0
+    refused: int = 0  # connections closed because they could not prove their host
 
 
 class TenantnetOfpApp(app_manager.OSKenApp):
@@ -100,16 +109,26 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         self._seq = itertools.count()
         self._reaper: threading.Thread | None = None
         self._log_errors = Throttle()
+        # Connections that answered FEATURES before the data plane was attached: admitted
+        # (or refused) by attach(), since only the data plane knows the hosts.
+        self._unadmitted: dict[Any, int] = {}
+        self._refusals_logged: set[tuple[int, str, str]] = set()
 
     # ----------------------------------------------------------------------------- public API
 
     def attach(self, listener: SwitchListener) -> None:
-        """Set the data plane; switches already synced are reported again."""
-        self.listener = listener
+        """Set the data plane; switches already synced are reported again, connections that
+        came before it are admitted (or refused) now."""
         with self._lock:
+            self.listener = listener
             ready = [(dpid, sw) for dpid, sw in self._switches.items() if sw.ready]
+            waiting, self._unadmitted = self._unadmitted, {}
         for dpid, sw in ready:
             listener.switch_ready(dpid, Slice(frozenset(sw.flows), frozenset(sw.groups)))
+        for dp, dpid in waiting.items():
+            sw = self._admit(dp, dpid)
+            if sw is not None and dp.state == MAIN_DISPATCHER:
+                self._start_dump(sw)
 
     def connected_dpids(self) -> set[int]:
         with self._lock:
@@ -189,21 +208,74 @@ class TenantnetOfpApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _features(self, ev: Any) -> None:
-        dp = ev.msg.datapath
-        # From the message: os-ken's own handler sets ``dp.id`` on its thread, which may not
-        # have run yet (seen under load when a switch reconnects twice in a row).
-        dpid = ev.msg.datapath_id
+        # The id the switch claims, from the message: os-ken's own handler sets ``dp.id`` on its
+        # thread, which may not have run yet (seen under load when a switch reconnects twice in
+        # a row).  Nothing is sent to the connection before it is admitted.
+        dp, dpid = ev.msg.datapath, ev.msg.datapath_id
+        with self._lock:
+            if self.listener is None:
+                self._unadmitted[dp] = dpid
+                return
+        self._admit(dp, dpid)
+
+    def _admit(self, dp: Any, dpid: int) -> _Switch | None:
+        """Accept ``dp`` as the session of ``dpid``, or close it.
+
+        The data plane says whether the connection proves to be that host's switch (certificate
+        or address, see dataplane/admission.py).  A session that is alive is never displaced:
+        whoever connects second, impostor or not, cannot take the host's flows, session or port
+        status; a real switch whose old session died (its DEAD state is set synchronously when
+        the socket fails) gets in on its next attempt.
+        """
+        assert self.listener is not None
+        peer_ip = dp.address[0] if dp.address else None
+        peer_cn = tls.peer_common_name(dp.socket)
+        reason = self.listener.admit(dpid, peer_ip, peer_cn)
         with self._lock:
             old = self._switches.get(dpid)
-            self._switches[dpid] = _Switch(dp=dp)
+            if reason is None and old is not None and old.dp is not dp and _alive(old.dp):
+                reason = "the host's switch already has a live session"
+            if reason is None:
+                sw = self._switches[dpid] = _Switch(dp=dp)
+        if reason is not None:
+            self._refuse(dp, dpid, peer_ip or "?", reason)
+            return None
         if old is not None:
             self._fail_barriers(old)
         self.counters.connects += 1
-        LOG.info("switch %016x connected from %s", dpid, dp.address[0] if dp.address else "?")
+        LOG.info(
+            "switch %016x connected from %s%s",
+            dpid,
+            peer_ip or "?",
+            f" (certificate {peer_cn!r})" if peer_cn else "",
+        )
+        return sw
+
+    def _refuse(self, dp: Any, dpid: int, peer: str, reason: str) -> None:
+        """Close a connection that may not speak for ``dpid``; log each kind of refusal once."""
+        self.counters.refused += 1
+        key = (dpid, peer, reason)
+        with self._lock:
+            first = key not in self._refusals_logged
+            if first:
+                if len(self._refusals_logged) >= MAX_REFUSALS_REMEMBERED:
+                    self._refusals_logged.clear()
+                self._refusals_logged.add(key)
+        if first:
+            LOG.warning(
+                "refused OpenFlow connection from %s claiming datapath %016x: %s",
+                peer,
+                dpid,
+                reason,
+            )
+        _close(dp)
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev: Any) -> None:
         dp = ev.datapath
+        if ev.state == DEAD_DISPATCHER:
+            with self._lock:
+                self._unadmitted.pop(dp, None)
         if dp.id is None:
             return
         if ev.state == MAIN_DISPATCHER:
@@ -394,6 +466,17 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             sw.barriers.clear()
         for cb in pending:
             cb(False, "disconnected")
+
+
+def _alive(dp: Any) -> bool:
+    return bool(dp.is_active) and dp.state != DEAD_DISPATCHER
+
+
+def _close(dp: Any) -> None:
+    """End a connection now: os-ken's close() only stops our writes and waits for the peer."""
+    dp.close()
+    with contextlib.suppress(OSError):
+        dp.socket.shutdown(socket.SHUT_RDWR)
 
 
 def _send_as_one_write(dp: Any, msgs: list[Any]) -> bool:

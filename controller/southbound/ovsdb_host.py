@@ -115,7 +115,7 @@ class OvsdbHost:
     # rewritten by ovs-vswitchd every few seconds for every row: watching them would wake the
     # controller and re-walk every host's ports for nothing.
     COLUMNS: dict[str, tuple[str, ...] | None] = {
-        "Open_vSwitch": ("bridges", "cur_cfg", "next_cfg", "external_ids"),
+        "Open_vSwitch": ("bridges", "cur_cfg", "next_cfg", "external_ids", "ssl"),
         "Bridge": (
             "name", "ports", "controller", "fail_mode", "protocols", "other_config",
             "external_ids", "datapath_type",
@@ -125,6 +125,7 @@ class OvsdbHost:
         "Controller": (
             "target", "max_backoff", "inactivity_probe", "external_ids",
         ),
+        "SSL": ("private_key", "certificate", "ca_cert"),
     }  # fmt: skip
 
     def __init__(
@@ -135,6 +136,7 @@ class OvsdbHost:
         on_state: StateCallback,
         timeout: float = 10.0,
         switch_connected: Callable[[int], bool] | None = None,
+        switch_ssl: tuple[str, str, str] | None = None,
     ) -> None:
         self.host_id: str = host["id"]
         # Whether the controller has an OpenFlow session with a datapath id (the fast
@@ -145,6 +147,14 @@ class OvsdbHost:
         self.datapath_type: str = host.get("datapath_type") or "system"
         self.tunnel_ip: str = host["tunnel_ip"]
         self.controller_target = controller_target
+        # (private key, certificate, CA) paths *on the hypervisor*, "{host}" = host id: the SSL
+        # record vswitchd needs to connect to an ssl: controller.  None without TLS.
+        self.switch_ssl = (
+            None
+            if switch_ssl is None
+            else tuple(p.replace("{host}", self.host_id) for p in switch_ssl)
+        )
+        self._ssl_kept_logged = False
         self.on_observation = on_observation
         self.on_state = on_state
         self.timeout = timeout
@@ -253,6 +263,7 @@ class OvsdbHost:
         dpid = datapath_id_for(self.host_id)
         controller, target = self._controller_target()
         with api.transaction(check_error=True) as txn:
+            self._add_ssl_record(txn)
             txn.add(api.add_br(self.bridge, may_exist=True, datapath_type=self.datapath_type))
             txn.add(
                 api.db_set(
@@ -349,6 +360,43 @@ class OvsdbHost:
             other,
         )
         return row, other
+
+    def _add_ssl_record(self, txn: Any) -> None:
+        """With TLS, vswitchd needs an SSL record (its key, certificate and the controller CA)
+        before it can reach an ``ssl:`` controller: added to ``txn`` (ensure_config's one
+        transaction) when the host has none.  An SSL record the operator set (``ovs-vsctl
+        set-ssl``; an ovsdb-server listening on ``pssl:`` reads it too) is kept as it is."""
+        if self.switch_ssl is None:
+            return
+        assert self.api is not None and self._conn is not None
+        with self._conn.lock:
+            ovs_row = next(iter(self._conn.idl.tables["Open_vSwitch"].rows.values()), None)
+            existing = ovs_row.ssl[0] if ovs_row is not None and ovs_row.ssl else None
+            have = (
+                None
+                if existing is None
+                else (existing.private_key, existing.certificate, existing.ca_cert)
+            )
+        if have is None:
+            key, cert, ca = self.switch_ssl
+            ssl_row = txn.add(
+                self.api.db_create("SSL", private_key=key, certificate=cert, ca_cert=ca)
+            )
+            txn.add(self.api.db_set("Open_vSwitch", ".", ("ssl", ssl_row)))
+            LOG.info(
+                "host %s: SSL record set (key %s, certificate %s, CA %s)",
+                self.host_id,
+                key,
+                cert,
+                ca,
+            )
+        elif have != self.switch_ssl and not self._ssl_kept_logged:
+            self._ssl_kept_logged = True
+            LOG.info(
+                "host %s: keeps its own SSL record (key %s, certificate %s, CA %s)",
+                self.host_id,
+                *have,
+            )
 
     def remove_config(self) -> None:
         """Undo `ensure_config`: tunnel ports and controller go; the bridge stays if it carries

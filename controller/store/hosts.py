@@ -34,6 +34,7 @@ CREATE_ATTRS = frozenset(
         "description",
         "tunnel_ip",
         "ovsdb",
+        "mgmt_ip",
         "integration_bridge",
         "datapath_type",
         "status",
@@ -73,6 +74,11 @@ def _configured(body: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
             new[name] = as_str(body[name], name)
     if body.get("ovsdb") is not None:
         new["ovsdb"] = parse_ovsdb_target(body["ovsdb"])
+    if "mgmt_ip" in body:
+        # Where the host's switch connects from, for admitting it without TLS when the OVSDB
+        # target does not say (unix:); see controller/dataplane/admission.py.
+        mgmt = body["mgmt_ip"]
+        new["mgmt_ip"] = "" if mgmt in (None, "") else str(parse_ip(mgmt, "mgmt_ip"))
     if "integration_bridge" in body:
         new["integration_bridge"] = bridge_name(body["integration_bridge"])
     if "datapath_type" in body:
@@ -98,6 +104,7 @@ def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
             "description": "",
             "tunnel_ip": "",
             "ovsdb": "",
+            "mgmt_ip": "",
             "integration_bridge": "br-int",
             "datapath_type": "system",
             "status": "disconnected",

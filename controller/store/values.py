@@ -124,11 +124,12 @@ def parse_cidr(value: Any, field: str = "cidr") -> netaddr.IPNetwork:
 
 
 def parse_ovsdb_target(value: Any, field: str = "ovsdb") -> str:
-    """An OVSDB connection target the data plane can dial: ``tcp:IP:PORT`` or ``unix:/PATH``.
+    """An OVSDB connection target the data plane can dial: ``tcp:IP:PORT``, ``ssl:IP:PORT``
+    (TLS, see controller/tls.py) or ``unix:/PATH``.
 
     IPv6 addresses are written in brackets (``tcp:[2001:db8::1]:6640``), as ovs-vsctl expects.
     """
-    reason = f"'{value}' is not a valid OVSDB target (tcp:IP:PORT or unix:/PATH)"
+    reason = f"'{value}' is not a valid OVSDB target (tcp:IP:PORT, ssl:IP:PORT or unix:/PATH)"
     if not isinstance(value, str):
         raise invalid_attr(field, reason)
     if value.startswith("unix:"):
@@ -136,7 +137,8 @@ def parse_ovsdb_target(value: Any, field: str = "ovsdb") -> str:
         if not path.startswith("/") or "\x00" in path or len(path) > 107:
             raise invalid_attr(field, reason)
         return value
-    if not value.startswith("tcp:"):
+    scheme = value[:4]
+    if scheme not in ("tcp:", "ssl:"):
         raise invalid_attr(field, reason)
     host, sep, port = value[4:].rpartition(":")
     if not sep:
@@ -149,7 +151,7 @@ def parse_ovsdb_target(value: Any, field: str = "ovsdb") -> str:
         raise invalid_attr(field, reason) from None
     if ip.version != (6 if bracketed else 4) or not 1 <= port_number <= 65535:
         raise invalid_attr(field, reason)
-    return f"tcp:[{ip}]:{port_number}" if bracketed else f"tcp:{ip}:{port_number}"
+    return f"{scheme}[{ip}]:{port_number}" if bracketed else f"{scheme}{ip}:{port_number}"
 
 
 def bridge_name(value: Any, field: str = "integration_bridge") -> str:

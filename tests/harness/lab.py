@@ -52,6 +52,7 @@ from typing import Union
 
 from . import traffic
 from .cleanup import LabLock, check_prefix, cleanup, default_workdir, leftovers, ns_pids
+from .pki import Pki
 from .proc import CommandError, log, pid_alive, read_pidfile, run, terminate
 from .traffic import BackgroundPing, Capture, PingResult, PingStats
 
@@ -107,8 +108,15 @@ class Hypervisor:
         self.ul_link = f"hv{n}"  # underlay side of eth1, in namespace <prefix>-ul
         self.ovsdb_unix = f"unix:{self.dir}/db.sock"
         self.ovsdb_tcp = f"tcp:{self.mgmt_ip}:{lab.ovsdb_port}"
+        self.ovsdb_ssl = f"ssl:{self.mgmt_ip}:{lab.ovsdb_port}"
         self.hwaddr = f"02:fe:{n >> 8:02x}:{n & 0xFF:02x}:00:01"  # br-phy MAC, stable on restart
         self.env = {"OVS_RUNDIR": self.dir, "OVS_DBDIR": self.dir, "OVS_LOGDIR": self.dir}
+
+    @property
+    def ovsdb_target(self) -> str:
+        """What to register: ``ssl:`` in a TLS lab (its ovsdb-server listens on pssl: only),
+        else ``tcp:``."""
+        return self.ovsdb_ssl if self.lab.pki is not None else self.ovsdb_tcp
 
     def __repr__(self) -> str:
         return f"<Hypervisor {self.name} ns={self.ns} tunnel={self.tunnel_ip} mgmt={self.mgmt_ip}>"
@@ -136,6 +144,10 @@ class Hypervisor:
         """)
         run("ovsdb-tool", "create", f"{self.dir}/conf.db", SCHEMA)
         self.start_ovsdb()
+        if self.lab.pki is not None:
+            # What an operator does once per TLS hypervisor: its key and certificate (signed by
+            # the switch CA) and the controller CA, for ovsdb-server's pssl: and for vswitchd.
+            self.vsctl("--no-wait", "set-ssl", *self.lab.pki.switch_files(self.name))
         self.vsctl("--no-wait", "init", "--", "set", "Open_vSwitch", ".",
                    f"external_ids:system-id={self.name}",
                    f"external_ids:hostname={self.lab.prefix}-{self.name}")
@@ -172,8 +184,14 @@ class Hypervisor:
         if self.ovsdb_running():
             return
         d = self.dir
+        remote = [f"--remote=ptcp:{self.lab.ovsdb_port}:{self.mgmt_ip}"]
+        if self.lab.pki is not None:
+            remote = [f"--remote=pssl:{self.lab.ovsdb_port}:{self.mgmt_ip}",
+                      "--private-key=db:Open_vSwitch,SSL,private_key",
+                      "--certificate=db:Open_vSwitch,SSL,certificate",
+                      "--ca-cert=db:Open_vSwitch,SSL,ca_cert"]
         run("ovsdb-server", f"{d}/conf.db", "-vconsole:off", "-vfile:info",
-            f"--remote=punix:{d}/db.sock", f"--remote=ptcp:{self.lab.ovsdb_port}:{self.mgmt_ip}",
+            f"--remote=punix:{d}/db.sock", *remote,
             f"--pidfile={d}/ovsdb-server.pid", f"--unixctl={d}/ovsdb-server.ctl",
             f"--log-file={d}/ovsdb-server.log", "--detach", "--no-chdir",
             ns=self.ns, env=self.env)
@@ -427,12 +445,17 @@ class Lab:
         underlay_net: hypervisor N's tunnel IP is its .N.
         lock_timeout: how long to wait for another lab with the same prefix to finish.
         parallel: hypervisors set up concurrently.
+        pki: a ``tests.harness.pki.Pki``: TLS lab.  Every hypervisor gets its ovs-pki switch
+            certificate in its SSL record (``ovs-vsctl set-ssl``) and its ovsdb-server listens on
+            ``pssl:`` instead of ``ptcp:`` (register ``hv.ovsdb_target``/``hv.ovsdb_ssl``);
+            ``controller_target()`` is ``ssl:``.  Start the controller with
+            ``pki.controller_args()``.
     """
 
     def __init__(self, n_hosts: int = 3, prefix: str = "tn", workdir: str | None = None,
                  mgmt_ip: str = "10.251.0.254/24", underlay_net: str = "10.252.0.0/24",
                  underlay_mtu: int = 9000, ovsdb_port: int = 6640, lock_timeout: float = 0,
-                 parallel: int = 4):
+                 parallel: int = 4, pki: Pki | None = None):
         self.prefix = check_prefix(prefix)
         self.n_hosts = n_hosts
         self.workdir = os.path.abspath(workdir or default_workdir(prefix))
@@ -445,6 +468,7 @@ class Lab:
         self.ovsdb_port = ovsdb_port
         self.lock_timeout = lock_timeout
         self.parallel = max(1, parallel)
+        self.pki = pki
         self.mgmt_bridge = f"{prefix}-mgmt"
         self.ul_ns = f"{prefix}-ul"
         self.hypervisors: list[Hypervisor] = []
@@ -551,6 +575,8 @@ class Lab:
             raise LabError("start the lab first")
         first = len(self.hypervisors) + 1
         new = [Hypervisor(self, n) for n in range(first, first + count)]
+        for hv in new if self.pki is not None else ():
+            self.pki.add_switch(hv.name)  # ovs-pki is not safe to run in parallel
         self.hypervisors.extend(new)
         if not new:
             return new
@@ -584,8 +610,8 @@ class Lab:
         return list(self.hypervisors)
 
     def controller_target(self, port: int = 6653) -> str:
-        """OpenFlow target for ``set-controller`` (``tcp:<mgmt_ip>:<port>``)."""
-        return f"tcp:{self.mgmt_ip}:{port}"
+        """OpenFlow target for ``set-controller`` (``tcp:<mgmt_ip>:<port>``, ``ssl:`` with TLS)."""
+        return f"{'ssl' if self.pki is not None else 'tcp'}:{self.mgmt_ip}:{port}"
 
     # ------------------------------------------------------------------ mgmt partition
     def cut_mgmt(self, hv: HvRef) -> None:
@@ -661,7 +687,7 @@ class Lab:
     def describe(self) -> str:
         lines = [repr(self)]
         for hv in self.hypervisors:
-            lines.append(f"  {hv!r} ovsdb={hv.ovsdb_tcp}")
+            lines.append(f"  {hv!r} ovsdb={hv.ovsdb_target}")
         for vm in self.vms.values():
             lines.append(f"  {vm!r}")
         return "\n".join(lines)

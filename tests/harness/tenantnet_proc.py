@@ -7,11 +7,13 @@ same state directory, which is what the restart scenarios need.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -39,10 +41,19 @@ class ApiError(RuntimeError):
 class Api:
     """Minimal Neutron-style client on urllib (usable from Debian's python3 for Mininet too)."""
 
-    def __init__(self, base: str, token: str | None = None, timeout: float = 30) -> None:
+    def __init__(
+        self,
+        base: str,
+        token: str | None = None,
+        timeout: float = 30,
+        ssl_context: ssl.SSLContext | None = None,
+        basic: tuple[str, str] | None = None,
+    ) -> None:
         self.base = base.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.ssl_context = ssl_context  # for https:// bases (verifies the server's certificate)
+        self.basic = basic  # (user, password): HTTP Basic, as CloudStack sends it
 
     def request(self, method: str, path: str, body: Any = None, expect: int | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -50,8 +61,12 @@ class Api:
         req.add_header("Content-Type", "application/json")
         if self.token:
             req.add_header("X-Auth-Token", self.token)
+        if self.basic:
+            cred = base64.b64encode(":".join(self.basic).encode()).decode()
+            req.add_header("Authorization", f"Basic {cred}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            ctx = self.ssl_context
+            with urllib.request.urlopen(req, timeout=self.timeout, context=ctx) as resp:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
@@ -139,16 +154,23 @@ class TenantnetProcess:
         extra_args: tuple[str, ...] = (),
         python: str = sys.executable,
         startup_grace_s: float = 5,
+        pki: Any = None,
     ) -> None:
+        """``pki`` (a ``tests.harness.pki.Pki``): TLS on OpenFlow and OVSDB, HTTPS API (the
+        client then talks to https://localhost:<port> and verifies the certificate)."""
         self.state_dir = Path(state_dir)
         self.ofp_listen = ofp_listen
         self.api_port = api_port or free_port()
-        self.extra_args = extra_args
+        self.pki = pki
+        self.extra_args = (*pki.controller_args(), *extra_args) if pki is not None else extra_args
         self.python = python
         self.startup_grace_s = startup_grace_s
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.state_dir / "tenantnet.log"
-        self.api = Api(f"http://127.0.0.1:{self.api_port}")
+        if pki is not None:
+            self.api = Api(f"https://localhost:{self.api_port}", ssl_context=pki.client_context())
+        else:
+            self.api = Api(f"http://127.0.0.1:{self.api_port}")
 
     def start(self, timeout: float = 20) -> TenantnetProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)

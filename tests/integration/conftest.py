@@ -4,6 +4,8 @@ Fixtures:
     make_lab(n_hosts=3, **Lab kwargs) -> Lab      started; closed at the end of the test
     make_module_lab(...)                           same, closed at the end of the module
     lab                                            a started 3-hypervisor Lab (per test)
+    pki                                            an ovs-pki PKI (session): TLS labs and
+                                                   controllers, see tests/harness/pki.py
 
 Unless ``prefix`` is given, a lab gets the first free "slot": prefix ``tn`` with mgmt
 10.251.0.254/24, then ``tn1`` with 10.251.1.254/24, ... (``TENANTNET_LAB_PREFIX`` changes the
@@ -20,10 +22,11 @@ import signal
 import pytest
 
 from tests.harness.lab import SCHEMA, Lab, LabBusy
+from tests.harness.pki import Pki
 from tests.harness.proc import base_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REQUIRED = ("ip", "ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl",
+REQUIRED = ("ip", "ovs-pki", "ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl",
             "ovs-appctl", "tcpdump", "ethtool", "ping")
 MAX_SLOTS = 10
 
@@ -148,3 +151,12 @@ def make_module_lab():
 @pytest.fixture
 def lab(make_lab) -> Lab:
     return make_lab(3)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> Pki:
+    """A PKI made with ``ovs-pki`` as the README says: CAs, the controller's certificate, the
+    API's (``localhost``) and one switch certificate per host ``hv1``..``hv6`` (a TLS lab adds
+    more when it has more hosts).  ``make_lab(n, pki=pki)`` + ``TenantnetProcess(..., pki=pki)``
+    run anything with TLS on."""
+    return Pki.create(tmp_path_factory.mktemp("pki"), hosts=[f"hv{i}" for i in range(1, 7)])

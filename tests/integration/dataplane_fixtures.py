@@ -226,8 +226,10 @@ def dp_env(make_module_lab, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         t0 = time.monotonic()
         for hv in lab.hvs:
             ovsdb = hv.ovsdb_unix if hv.n == 3 else hv.ovsdb_tcp
+            # A unix: target says nothing about where the switch connects from: mgmt_ip does
+            # (without TLS, a switch is admitted only from its host's management address).
             ctl.api.create("host", id=hv.name, tunnel_ip=hv.tunnel_ip, ovsdb=ovsdb,
-                           datapath_type="netdev")
+                           mgmt_ip=hv.mgmt_ip, datapath_type="netdev")
         ctl.api.wait_hosts_connected([hv.name for hv in lab.hvs], timeout=60)
         for hv in lab.hvs:
             hv.wait_bridge("br-int", timeout=30)

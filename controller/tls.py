@@ -1,0 +1,78 @@
+"""TLS for the three channels, and what a peer's certificate says about who it is.
+
+The certificates come from OVS's own PKI tool, ``ovs-pki`` (see the README): a switch's
+certificate is made with ``ovs-pki req+sign <host id> switch``, whose subject CN is
+``"<host id> id:<uuid>"`` (or just ``"<host id>"`` with ``ovs-pki -u``).  That CN is what ties
+an OpenFlow connection to a registered host: a switch is who its certificate says, not what
+datapath id it claims.
+
+The TLS itself is done by the libraries (os-ken's listener, python-ovs's SSL stream, uvicorn);
+this module only checks the files early, so that a wrong path or a key that does not match its
+certificate stops the start with a message naming the setting, and reads peer identities.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+ID_SUFFIX = " id:"  # ovs-pki appends " id:<uuid>" to the CN unless run with -u
+
+
+class TlsFileError(ValueError):
+    """A key, certificate or CA file that cannot be used; the message names the setting."""
+
+
+def check_files(channel: str, key: str, cert: str, ca: str = "") -> None:
+    """Load the files the way the listener will, so that a broken set fails at start-up."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsFileError(
+            f"{channel}_tls_cert/{channel}_tls_key: {cert} with {key} unusable ({exc})"
+        ) from exc
+    if ca:
+        try:
+            ctx.load_verify_locations(ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsFileError(f"{channel}_tls_ca: {ca} unusable ({exc})") from exc
+
+
+def host_of_cn(cn: str) -> str:
+    """The host id an ovs-pki certificate names: its CN without the ``" id:..."`` suffix."""
+    head, sep, _ = cn.rpartition(ID_SUFFIX)
+    return head if sep else cn
+
+
+def peer_common_name(sock: Any) -> str | None:
+    """The verified peer certificate's subject CN, or None (plain TCP, or no certificate).
+
+    Only meaningful on a socket whose handshake verified the peer against a CA (os-ken's listener
+    with ``ca_certs`` requires that); ``getpeercert()`` is empty otherwise.
+    """
+    getpeercert = getattr(sock, "getpeercert", None)
+    if getpeercert is None:
+        return None
+    try:
+        cert = getpeercert()
+    except (OSError, ValueError):
+        return None
+    for rdn in (cert or {}).get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return str(value)
+    return None
+
+
+def configure_ovsdb_client(key: str, cert: str, ca: str) -> None:
+    """Key, certificate and CA for every ``ssl:`` OVSDB connection of this process.
+
+    python-ovs keeps them process-wide on its Stream class; its SSL stream verifies the server
+    against the CA (TLS 1.2 or later).
+    """
+    from ovs.stream import Stream
+
+    Stream.ssl_set_private_key_file(key)
+    Stream.ssl_set_certificate_file(cert)
+    Stream.ssl_set_ca_cert_file(ca)

@@ -1,0 +1,264 @@
+"""TLS settings, certificate identities and switch admission (issue 10), without OVS.
+
+Certificates come from ``ovs-pki`` (tests/harness/pki.py), the tool the README tells operators
+to use; the tests skip without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import ssl
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER
+
+from controller import config, tls
+from controller.dataplane.admission import Admission, management_addresses
+from controller.southbound.ofp_app import TenantnetOfpApp
+from controller.store import Store
+from controller.store.errors import InvalidInput
+from flows.model import Slice
+from tests.harness.pki import Pki
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    if shutil.which("ovs-pki") is None:
+        pytest.skip("ovs-pki not installed (openvswitch-common)")
+    return Pki.create(tmp_path_factory.mktemp("pki"), hosts=["hv1", "hv2"])
+
+
+def _load(*argv: str) -> config.Settings:
+    p = argparse.ArgumentParser()
+    config.add_arguments(p)
+    return config.load(p.parse_args(list(argv)), environ={})
+
+
+# ------------------------------------------------------------------------------------ settings
+
+
+def test_tls_settings_give_ssl_targets(pki: Pki) -> None:
+    s = _load(*pki.controller_args())
+    assert s.ofp_tls and s.api_tls
+    assert s.controller_target == "ssl:127.0.0.1:6653"
+    assert s.ovsdb_tls_files == (pki.key("ctl"), pki.cert("ctl"), pki.switch_ca)
+
+
+@pytest.mark.parametrize(
+    ("drop", "word"),
+    [("--ofp-tls-ca", "go together"), ("--api-tls-cert", "api_tls_key and api_tls_cert")],
+)
+def test_tls_files_go_together(pki: Pki, drop: str, word: str) -> None:
+    args = list(pki.controller_args())
+    i = args.index(drop)
+    del args[i : i + 2]
+    with pytest.raises(config.ConfigError, match=word):
+        _load(*args)
+
+
+def test_missing_or_broken_tls_file_named_at_start(pki: Pki, tmp_path: Path) -> None:
+    args = list(pki.controller_args())
+    missing = [*args, "--api-tls-ca", str(tmp_path / "nope.pem")]
+    with pytest.raises(config.ConfigError, match=r"api_tls_ca: .*nope.pem does not exist"):
+        _load(*missing)
+    # a key that is not the certificate's: refused before anything listens
+    wrong = list(args)
+    wrong[wrong.index("--ofp-tls-key") + 1] = pki.key("hv1")
+    with pytest.raises(config.ConfigError, match="ofp_tls_cert/ofp_tls_key"):
+        _load(*wrong)
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate\n")
+    bad_ca = list(args)
+    bad_ca[bad_ca.index("--ofp-tls-ca") + 1] = str(garbage)
+    with pytest.raises(config.ConfigError, match="ofp_tls_ca"):
+        _load(*bad_ca)
+
+
+def test_tls_refuses_plain_advertise(pki: Pki) -> None:
+    with pytest.raises(config.ConfigError, match="advertise"):
+        _load(*pki.controller_args(), "--advertise", "tcp:192.0.2.1:6653")
+    assert _load(*pki.controller_args(), "--advertise", "ssl:192.0.2.1:6653")
+
+
+def test_ovsdb_tls_without_openflow_tls_refused(pki: Pki) -> None:
+    with pytest.raises(config.ConfigError, match="ovsdb_tls"):
+        _load("--ovsdb-tls-key", pki.key("ctl"))
+
+
+# ------------------------------------------------------------------------------------ identity
+
+
+def test_host_of_cn() -> None:
+    assert tls.host_of_cn("hv1 id:3f0e6c1a-0000-4000-8000-000000000000") == "hv1"
+    assert tls.host_of_cn("hv1") == "hv1"  # ovs-pki -u
+    assert tls.host_of_cn("host one id:x") == "host one"
+
+
+def _handshake(pki: Pki, client_cert: str | None) -> str | None:
+    """A real mutual-TLS handshake on a socket pair; the server side's peer CN."""
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(pki.cert("ctl"), pki.key("ctl"))
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    server_ctx.load_verify_locations(pki.switch_ca)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.check_hostname = False
+    client_ctx.load_verify_locations(pki.controller_ca)
+    if client_cert:
+        client_ctx.load_cert_chain(pki.cert(client_cert), pki.key(client_cert))
+    a, b = socket.socketpair()
+    seen: list[str | None] = []
+
+    def serve() -> None:
+        with server_ctx.wrap_socket(a, server_side=True) as s:
+            seen.append(tls.peer_common_name(s))
+            s.sendall(b"x")
+
+    t = threading.Thread(target=serve)
+    t.start()
+    with client_ctx.wrap_socket(b) as c:
+        c.recv(1)
+    t.join(5)
+    return seen[0]
+
+
+def test_peer_common_name_is_the_verified_certificate(pki: Pki) -> None:
+    cn = _handshake(pki, "hv2")
+    assert cn is not None and tls.host_of_cn(cn) == "hv2"
+    assert tls.peer_common_name(socket.socket()) is None  # plain TCP: no identity
+
+
+# ------------------------------------------------------------------------------------ admission
+
+HV1 = {"id": "hv1", "ovsdb": "tcp:192.0.2.1:6640"}
+
+
+def test_management_addresses() -> None:
+    assert management_addresses(HV1) == management_addresses({"mgmt_ip": "192.0.2.1"})
+    assert {str(a) for a in management_addresses({"ovsdb": "ssl:[2001:db8::1]:6640"}) or ()} == {
+        "2001:db8::1"
+    }
+    assert management_addresses({"ovsdb": "unix:/run/db.sock"}) is None
+    explicit = {"ovsdb": "unix:/run/db.sock", "mgmt_ip": "192.0.2.7"}
+    assert {str(a) for a in management_addresses(explicit) or ()} == {"192.0.2.7"}
+
+
+def test_admission_without_tls_is_by_address() -> None:
+    adm = Admission(tls=False, local_addresses={"198.51.100.10"})
+    adm.set_host(1, HV1)
+    adm.set_host(2, {"id": "hv2", "ovsdb": "unix:/run/db.sock"})
+    assert adm.check(1, "192.0.2.1", None) is None
+    assert adm.check(1, "::ffff:192.0.2.1", None) is None
+    assert "192.0.2.1, not 192.0.2.66" in (adm.check(1, "192.0.2.66", None) or "")
+    assert adm.check(2, "127.0.0.1", None) is None  # unix: = this machine
+    assert adm.check(2, "198.51.100.10", None) is None
+    assert "not this machine" in (adm.check(2, "192.0.2.1", None) or "")
+    assert "registered" in (adm.check(3, "192.0.2.1", None) or "")
+    adm.remove_host(1)
+    assert "registered" in (adm.check(1, "192.0.2.1", None) or "")
+
+
+def test_admission_with_tls_is_by_certificate() -> None:
+    adm = Admission(tls=True)
+    adm.set_host(1, HV1)
+    assert adm.check(1, "203.0.113.5", "hv1 id:abc") is None  # any address, right certificate
+    assert "does not name host hv1" in (adm.check(1, "192.0.2.1", "hv2 id:abc") or "")
+    assert "no client certificate" in (adm.check(1, "192.0.2.1", None) or "")
+    assert "registered" in (adm.check(2, "192.0.2.1", "hv1") or "")
+
+
+# ------------------------------------------------------------------------------------ the app
+
+
+class _Dp:
+    """What the app uses of an os-ken Datapath."""
+
+    def __init__(self, ip: str) -> None:
+        self.address = (ip, 40000)
+        self.socket = socket.socket()
+        self.is_active = True
+        self.state = MAIN_DISPATCHER
+        self.id = None
+        self.sent: list[Any] = []
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.is_active = False
+        self.state = DEAD_DISPATCHER
+
+    def send_msg(self, msg: Any) -> None:
+        self.sent.append(msg)
+
+    def set_xid(self, msg: Any) -> None:
+        msg.xid = 1
+
+
+class _Listener:
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.ready: list[int] = []
+
+    def switch_ready(self, dpid: int, installed: Slice) -> None:
+        self.ready.append(dpid)
+
+    def switch_gone(self, dpid: int) -> None:
+        pass
+
+    def admit(self, dpid: int, peer_ip: str | None, peer_cn: str | None) -> str | None:
+        return self.admission.check(dpid, peer_ip, peer_cn)
+
+
+class _Ev:
+    def __init__(self, dp: _Dp, dpid: int) -> None:
+        self.msg = type("Msg", (), {"datapath": dp, "datapath_id": dpid})()
+
+
+def _app() -> TenantnetOfpApp:
+    app = TenantnetOfpApp.__new__(TenantnetOfpApp)  # no os-ken event loop needed
+    TenantnetOfpApp.__init__(app)
+    return app
+
+
+def test_app_admits_before_it_accepts_and_never_displaces_a_live_session() -> None:
+    app = _app()
+    adm = Admission(tls=False)
+    adm.set_host(7, HV1)
+    real, impostor, twin = _Dp("192.0.2.1"), _Dp("192.0.2.99"), _Dp("192.0.2.1")
+    app._features(_Ev(real, 7))  # before attach: decided when the data plane is there
+    assert app.counters.connects == 0 and not real.closed
+    listener = _Listener(adm)
+    app.attach(listener)
+    assert app.counters.connects == 1 and len(real.sent) == 2  # admitted, dump started
+    app._features(_Ev(impostor, 7))
+    assert impostor.closed and impostor.sent == [] and app.counters.refused == 1
+    app._features(_Ev(twin, 7))  # right address, but hv1's session is alive
+    assert twin.closed and app.counters.refused == 2
+    assert app._switches[7].dp is real
+    real.close()  # the real switch's session dies; its reconnect gets in
+    again = _Dp("192.0.2.1")
+    app._features(_Ev(again, 7))
+    assert not again.closed and app._switches[7].dp is again
+
+
+# ------------------------------------------------------------------------------------ store
+
+
+def test_host_ssl_target_and_mgmt_ip(store: Store) -> None:
+    host = store.create_host(
+        {"id": "hv1", "tunnel_ip": "192.0.2.1", "ovsdb": "ssl:192.0.2.1:6640"}
+    )
+    assert host["ovsdb"] == "ssl:192.0.2.1:6640" and host["mgmt_ip"] == ""
+    local = store.create_host(
+        {"id": "hv2", "tunnel_ip": "192.0.2.2", "ovsdb": "unix:/run/db.sock",
+         "mgmt_ip": "192.0.2.20"}
+    )
+    assert local["mgmt_ip"] == "192.0.2.20"
+    with pytest.raises(InvalidInput, match="mgmt_ip"):
+        store.create_host({"id": "hv3", "tunnel_ip": "192.0.2.3", "mgmt_ip": "10.1"})
+    with pytest.raises(InvalidInput, match="ovsdb"):
+        store.create_host({"id": "hv3", "tunnel_ip": "192.0.2.3", "ovsdb": "tls:192.0.2.3:1"})
