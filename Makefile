@@ -2,13 +2,17 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap demo test unit lint bench bench-quick clean-hosts
+.PHONY: bootstrap demo demo-tls test unit lint bench bench-quick clean-hosts
 
 bootstrap:
 	@bash scripts/bootstrap.sh
 
 demo: bootstrap
 	@$(PY) scripts/demo.py
+
+# The same demo with TLS everywhere (PKI from ovs-pki, ssl: OpenFlow and OVSDB, HTTPS API).
+demo-tls: bootstrap
+	@$(PY) scripts/demo.py --tls
 
 test: bootstrap
 	@$(VENV)/bin/ruff check .

@@ -147,6 +147,7 @@ class Controller:
                 basic_password=s.basic_password or None,
                 max_body_bytes=s.max_body_bytes,
                 underlay_mtu=s.underlay_mtu,
+                ovsdb_scheme="ssl" if s.ofp_tls else "tcp",
             ),
         )
         self.api.add_api_route(

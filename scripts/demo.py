@@ -8,6 +8,11 @@
 6. print the ping matrix (expected vs observed), bindings and flows per host; PASS or FAIL.
 
 Everything is torn down at the end, also on failure and on Ctrl-C.
+
+`make demo-tls` (``--tls``) does the same with TLS everywhere: a PKI made with ``ovs-pki`` as the
+README describes, hypervisors whose ovsdb-server listens on ``pssl:`` with their ovs-pki switch
+certificate, the controller with mutual TLS on OpenFlow and OVSDB (``ssl:`` targets) and an
+HTTPS API.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.harness.lab import Lab
+from tests.harness.pki import Pki
 from tests.harness.report import step, table
 from tests.harness.tenantnet_proc import TenantnetProcess
 
@@ -34,12 +40,19 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run(workdir: Path) -> bool:
+def run(workdir: Path, tls: bool = False) -> bool:
     t_start = time.monotonic()
-    step(f"bringing up {HOSTS} emulated hypervisors (userspace OVS, one ovs-vswitchd each)")
-    with Lab(HOSTS, prefix="tnd", mgmt_ip="10.251.50.254/24", underlay_net="10.252.50.0/24") as lab:
-        step(f"starting tenantnet (store {workdir}/tenantnet.sqlite, OpenFlow on {lab.mgmt_ip})")
-        with TenantnetProcess(workdir, ofp_listen=f"{lab.mgmt_ip}:6653") as ctl:
+    pki = None
+    if tls:
+        step(f"creating the PKI with ovs-pki in {workdir}/pki (CAs, controller, one cert per host)")
+        pki = Pki.create(workdir / "pki", hosts=[f"hv{n}" for n in range(1, HOSTS + 1)])
+    step(f"bringing up {HOSTS} emulated hypervisors (userspace OVS, one ovs-vswitchd each)"
+         + (", ovsdb-server on pssl: with each host's certificate" if tls else ""))
+    with Lab(HOSTS, prefix="tnd", mgmt_ip="10.251.50.254/24", underlay_net="10.252.50.0/24",
+             pki=pki) as lab:
+        step(f"starting tenantnet (store {workdir}/tenantnet.sqlite, OpenFlow on {lab.mgmt_ip}"
+             + (", mutual TLS on OpenFlow and OVSDB, HTTPS API)" if tls else ")"))
+        with TenantnetProcess(workdir, ofp_listen=f"{lab.mgmt_ip}:6653", pki=pki) as ctl:
             api = ctl.api
             try:
                 return _scenario(lab, api, t_start)
@@ -49,10 +62,12 @@ def run(workdir: Path) -> bool:
 
 
 def _scenario(lab: Lab, api, t_start: float) -> bool:
-    step("registering hosts via POST /v2.0/hosts (OVSDB tcp:<mgmt ip>:6640)")
+    scheme = "ssl" if lab.pki is not None else "tcp"
+    step(f"registering hosts via POST /v2.0/hosts (OVSDB {scheme}:<mgmt ip>:6640)")
     for hv in lab.hvs:
         api.create(
-            "host", id=hv.name, tunnel_ip=hv.tunnel_ip, ovsdb=hv.ovsdb_tcp, datapath_type="netdev"
+            "host", id=hv.name, tunnel_ip=hv.tunnel_ip, ovsdb=hv.ovsdb_target,
+            datapath_type="netdev",
         )
     api.wait_hosts_connected([hv.name for hv in lab.hvs])
 
@@ -127,11 +142,12 @@ def _scenario(lab: Lab, api, t_start: float) -> bool:
 
 
 def main() -> int:
+    tls = "--tls" in sys.argv[1:]
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored
     with tempfile.TemporaryDirectory(prefix="tenantnet-demo-") as tmp:
         try:
-            ok = run(Path(tmp))
+            ok = run(Path(tmp), tls=tls)
         except KeyboardInterrupt:
             print("\ninterrupted: torn down", flush=True)
             return 130

@@ -35,7 +35,7 @@ def create_app(store: Store, settings: ApiSettings) -> FastAPI:
     for res in (NETWORKS, SUBNETS, PORTS, HOSTS):
         app.include_router(collection_router(store, res), prefix="/v2.0")
     app.include_router(compat.neutron_router(store))
-    app.include_router(compat.nodes_router(store))
+    app.include_router(compat.nodes_router(store, settings.ovsdb_scheme))
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, settings=settings)
     return app

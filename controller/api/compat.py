@@ -42,8 +42,9 @@ def _node(host: dict[str, Any]) -> dict[str, Any]:
     return {"node": {"id": host["id"], "type": NODE_TYPE}, "host": public(host)}
 
 
-def nodes_router(store: Store) -> APIRouter:
-    """The connection manager: register hypervisors by their OVSDB address."""
+def nodes_router(store: Store, ovsdb_scheme: str = "tcp") -> APIRouter:
+    """The connection manager: register hypervisors by their OVSDB address (``ssl:`` targets
+    when the controller speaks OVSDB over TLS)."""
     api = APIRouter(prefix=NODES_PREFIX, tags=["cloudstack"])
 
     def register(host_id: str, ip: str, port: int, datapath_type: str) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def nodes_router(store: Store) -> APIRouter:
             {
                 "id": host_id,
                 "tunnel_ip": ip,
-                "ovsdb": f"tcp:{ip}:{port}",
+                "ovsdb": f"{ovsdb_scheme}:{ip}:{port}",
                 "datapath_type": datapath_type,
             }
         )

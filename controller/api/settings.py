@@ -18,3 +18,6 @@ class ApiSettings:
     basic_password: str | None = None
     max_body_bytes: int = 1_048_576
     underlay_mtu: int = 1500
+    # How hosts registered by CloudStack's connection manager (an IP and a port) are reached:
+    # "ssl" when the controller speaks OVSDB over TLS.
+    ovsdb_scheme: str = "tcp"

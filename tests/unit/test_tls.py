@@ -267,3 +267,10 @@ def test_host_ssl_target_and_mgmt_ip(store: Store) -> None:
         store.create_host({"id": "hv3", "tunnel_ip": "192.0.2.3", "mgmt_ip": "10.1"})
     with pytest.raises(InvalidInput, match="ovsdb"):
         store.create_host({"id": "hv3", "tunnel_ip": "192.0.2.3", "ovsdb": "tls:192.0.2.3:1"})
+
+
+def test_cloudstack_registration_uses_ssl_targets_with_tls(make_client: Any) -> None:
+    client = make_client(ovsdb_scheme="ssl")
+    r = client.put("/controller/nb/v2/connectionmanager/node/OVS/hv9/address/192.0.2.9/port/6640")
+    assert r.status_code == 200, r.text
+    assert r.json()["host"]["ovsdb"] == "ssl:192.0.2.9:6640"
