@@ -130,8 +130,10 @@ def _scenario(lab: Lab, api, t_start: float) -> bool:
     for hv in lab.hvs:
         flows = [f for f in hv.dump_flows() if "cookie=" in f]
         groups = [g for g in hv.ofctl("dump-groups", "br-int").splitlines() if "group_id" in g]
-        frows.append([hv.name, hv.tunnel_ip, hosts[hv.name]["status"], len(flows), len(groups)])
-    print(table(["host", "tunnel ip", "status", "flows", "groups"], frows))
+        target = hv.vsctl("get", "controller", "br-int", "target").strip('"')
+        frows.append([hv.name, hv.tunnel_ip, hosts[hv.name]["ovsdb"], target,
+                      hosts[hv.name]["status"], len(flows), len(groups)])
+    print(table(["host", "tunnel ip", "OVSDB", "OpenFlow", "status", "flows", "groups"], frows))
     st = api.status()
     print(f"\ncontroller: {st['flow_mods']} flow-mods, {st['group_mods']} group-mods sent; "
           f"demo took {time.monotonic() - t_start:.1f} s")
