@@ -47,11 +47,6 @@ LOG = logging.getLogger(__name__)
 
 DoneCallback = Callable[..., None]  # (ok: bool, why: str) - why is "" when ok
 MAX_REFUSALS_REMEMBERED = 1024  # distinct refusals logged once each; the set is then reset
-# A session that has said nothing for this long no longer blocks a new connection for its
-# datapath id.  vswitchd sends an echo request after 5 s of silence (the inactivity_probe
-# ovsdb_host sets), so a live switch is never silent that long; a half-open session (a host
-# that rebooted without closing it) stops blocking its host's reconnect after this.
-SILENT_SESSION_S = 12.0
 FULL_MASK = 0xFFFFFFFFFFFFFFFF
 BUNDLE = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 
@@ -81,7 +76,6 @@ class _Switch:
     bundles: bool = True  # until the switch rejects one
     bundle_id: int = 0
     bundle_in_flight: bool = False
-    last_heard: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -230,8 +224,9 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         The data plane says whether the connection proves to be that host's switch (certificate
         or address, see dataplane/admission.py).  A session that is alive is never displaced:
         whoever connects second, impostor or not, cannot take the host's flows, session or port
-        status; a real switch whose old session died (its DEAD state is set when the socket
-        fails) or fell silent (SILENT_SESSION_S) gets in on its next attempt.
+        status.  A real switch whose old session died gets in on its next attempt: a closed
+        socket ends the session at once, and one that fell silent (a host that rebooted without
+        closing it) is closed by the liveness watchdog (ofp_server.py, ``ofp_dead_after_s``).
         """
         assert self.listener is not None
         peer_ip = dp.address[0] if dp.address else None
@@ -239,7 +234,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         reason = self.listener.admit(dpid, peer_ip, peer_cn)
         with self._lock:
             old = self._switches.get(dpid)
-            if reason is None and old is not None and old.dp is not dp and _alive(old):
+            if reason is None and old is not None and old.dp is not dp and _alive(old.dp):
                 reason = "the host's switch already has a live session"
             if reason is None:
                 sw = self._switches[dpid] = _Switch(dp=dp)
@@ -332,11 +327,6 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         if cb is not None:
             cb(ok, "" if ok else "rejected")
 
-    @set_ev_cls(ofp_event.EventOFPEchoRequest, MAIN_DISPATCHER)
-    def _echo(self, ev: Any) -> None:
-        """os-ken's own handler answers; this only notes that the session is alive."""
-        self._switch_of(ev.msg.datapath)
-
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev: Any) -> None:
         msg = ev.msg
@@ -363,13 +353,9 @@ class TenantnetOfpApp(app_manager.OSKenApp):
     # ----------------------------------------------------------------------------- helpers
 
     def _switch_of(self, dp: Any) -> _Switch | None:
-        """The accepted session of this connection (None for anything else), marked as heard."""
         with self._lock:
             sw = self._switches.get(dp.id)
-        if sw is None or sw.dp is not dp:
-            return None
-        sw.last_heard = time.monotonic()
-        return sw
+        return sw if sw is not None and sw.dp is dp else None
 
     def _barrier_request(self, sw: _Switch, on_done: DoneCallback) -> Any:
         """The barrier that closes a batch: `on_done` runs when the switch has processed
@@ -483,11 +469,8 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             cb(False, "disconnected")
 
 
-def _alive(sw: _Switch) -> bool:
-    """Connected, and heard from recently (see SILENT_SESSION_S)."""
-    if not sw.dp.is_active or sw.dp.state == DEAD_DISPATCHER:
-        return False
-    return time.monotonic() - sw.last_heard < SILENT_SESSION_S
+def _alive(dp: Any) -> bool:
+    return bool(dp.is_active) and dp.state != DEAD_DISPATCHER
 
 
 def _close(dp: Any) -> None:

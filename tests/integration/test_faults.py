@@ -303,6 +303,10 @@ def test_a_switch_that_hangs_or_rejects_is_degraded_and_delays_no_one(
     echoes but never barriers ("silent"), or rejects every flow-mod ("errors"): hv3 turns
     degraded (not disconnected: it is alive), and a bulk on hv2 turns ACTIVE regardless."""
     hv3 = cloud.lab.hv(3)
+    # The fake connects from the controller's side of the management network: register that
+    # as hv3's management address (without TLS a switch is admitted from there only).  Its
+    # disconnect, awaited below, is handled after this update, so the fake finds it in force.
+    cloud.api.update("host", "hv3", mgmt_ip=cloud.lab.mgmt_ip)
     hv3.stop_vswitchd(kill=True)
     fake = None
     try:
@@ -325,6 +329,7 @@ def test_a_switch_that_hangs_or_rejects_is_degraded_and_delays_no_one(
     finally:
         if fake is not None:
             fake.stop()
+        cloud.api.update("host", "hv3", mgmt_ip=None)  # back to its OVSDB target's address
         hv3.start_vswitchd()
     _recovered(cloud, "hv3", ["a3"])
     assert cloud.api.status()["hosts"]["hv3"]["degraded"] is None
@@ -399,12 +404,17 @@ def test_fd_exhaustion_neither_kills_the_listener_nor_locks_out_a_switch(
     lab, hv1 = cloud.lab, cloud.lab.hv(1)
     port = free_port()
     target = f"tcp:{lab.mgmt_ip}:{port}"
+    # br-fd below speaks for a host registered with this controller (an unregistered datapath
+    # id is refused); its OVSDB is never reached, so this controller touches nothing on hv1.
+    fd_host = {"id": "hv1-fd", "tunnel_ip": hv1.tunnel_ip, "mgmt_ip": hv1.mgmt_ip,
+               "ovsdb": f"unix:{tmp_path}/no-ovsdb.sock", "datapath_type": "netdev"}
     ctl = TenantnetProcess(tmp_path / "state", ofp_listen=f"{lab.mgmt_ip}:{port}",
                            python=_prlimit_python(tmp_path, 100),
                            extra_args=("--ofp-max-connections-per-source", "1000"))  # fmt: skip
     ctl.start()
     idle: list[socket.socket] = []
     try:
+        ctl.api.create("host", **fd_host)
         pid = ctl.proc.pid  # type: ignore[union-attr]
         assert _soft_nofile(pid) == 100
         cap = wait_for(lambda: ctl.api.status().get("openflow"), what="the OpenFlow side up")[
@@ -415,7 +425,9 @@ def test_fd_exhaustion_neither_kills_the_listener_nor_locks_out_a_switch(
             idle.append(socket.create_connection((lab.mgmt_ip, port), timeout=5))
         t0 = time.monotonic()
         hv1.vsctl("add-br", "br-fd", "--", "set", "Bridge", "br-fd", "datapath_type=netdev",
-                  "protocols=OpenFlow13", "fail_mode=secure", "--", "set-controller", "br-fd",
+                  "protocols=OpenFlow13", "fail_mode=secure",
+                  f"other_config:datapath-id={datapath_id_for('hv1-fd'):016x}",
+                  "--", "set-controller", "br-fd",
                   target, "--", "set", "Controller", "br-fd", "max_backoff=1000")  # fmt: skip
         # The idle connections never complete a handshake: they are closed after the
         # handshake timeout, and the switch, retrying every second, gets a free place.
