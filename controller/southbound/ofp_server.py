@@ -367,7 +367,15 @@ class Listener:
             finally:
                 dp.close()  # DEAD_DISPATCHER: the app hears the switch is gone
         except Exception as exc:
-            LOG.warning("OpenFlow connection from %s ended with an error: %s", source, exc)
+            # Refused TLS handshakes (plain TCP, no or a foreign certificate) end here: one line
+            # per source and interval, so a client retrying every second does not flood the log.
+            self._log_throttled(
+                f"error {source}",
+                logging.WARNING,
+                "OpenFlow connection from %s ended with an error: %s",
+                source,
+                exc,
+            )
         finally:
             _close(sock)
             self._release(source)
