@@ -246,6 +246,33 @@ def test_certificate_of_the_host_from_elsewhere_is_not_displacing(tls_env: Env) 
     assert_unharmed(env, victim)
 
 
+def test_restart_with_tls_is_hitless(tls_env: Env) -> None:
+    """A controller restart with TLS: every switch (two of them over ssl: OVSDB) reconnects
+    over TLS, is read back and needs nothing; traffic between hosts never stops."""
+    env, api = tls_env, tls_env.api
+    net = api.create("network", name="tls-restart", **{"provider:network_type": "vxlan"})
+    api.create("subnet", network_id=net["id"], cidr="10.7.0.0/24", ip_version=4)
+    vms = []
+    for hv in env.lab.hvs[:2]:
+        port = api.create("port", network_id=net["id"], name=f"rs-{hv.name}")
+        ip = port["fixed_ips"][0]["ip_address"]
+        vms.append(env.lab.add_vm(hv, f"rs{hv.n}", port["mac_address"], f"{ip}/24", port["id"]))
+        api.wait_port_status(port["id"], "ACTIVE")
+    vms[0].wait_reachable(vms[1].ip)
+    ping = vms[0].ping_background(vms[1].ip, interval=0.01)
+    env.ctl.restart()
+    st = api.wait_reconciled(timeout=30)
+    stats = ping.stop()
+    assert stats.sent > 50
+    assert stats.received == stats.sent, f"{stats.sent - stats.received} pings lost"
+    assert st["flow_mods"] == 0 and st["group_mods"] == 0, st
+    assert all(h["ready"] for h in st["hosts"].values())
+    for hv in env.lab.hvs:
+        assert wait_switch_connected(hv)["target"].startswith("ssl:")
+    for vm in vms:
+        env.lab.remove_vm(vm)
+
+
 # ------------------------------------------------------------------------------------ no TLS
 
 
