@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto.ofproto_protocol import ProtocolDesc
 
 from controller import config, tls
 from controller.dataplane.admission import Admission, management_addresses
@@ -174,16 +176,17 @@ def test_admission_with_tls_is_by_certificate() -> None:
 # ------------------------------------------------------------------------------------ the app
 
 
-class _Dp:
-    """What the app uses of an os-ken Datapath."""
+class _Dp(ProtocolDesc):
+    """What the app uses of an os-ken Datapath (OpenFlow 1.3 encoding, a socket, a state)."""
 
     def __init__(self, ip: str) -> None:
+        super().__init__(version=ofp.OFP_VERSION)
         self.address = (ip, 40000)
         self.socket = socket.socket()
         self.is_active = True
         self.state = MAIN_DISPATCHER
         self.id = None
-        self.sent: list[Any] = []
+        self.sent: list[bytes] = []
         self.closed = False
 
     def close(self) -> None:
@@ -191,8 +194,9 @@ class _Dp:
         self.is_active = False
         self.state = DEAD_DISPATCHER
 
-    def send_msg(self, msg: Any) -> None:
-        self.sent.append(msg)
+    def send(self, buf: bytes) -> bool:
+        self.sent.append(buf)
+        return True
 
     def set_xid(self, msg: Any) -> None:
         msg.xid = 1
@@ -233,7 +237,7 @@ def test_app_admits_before_it_accepts_and_never_displaces_a_live_session() -> No
     assert app.counters.connects == 0 and not real.closed
     listener = _Listener(adm)
     app.attach(listener)
-    assert app.counters.connects == 1 and len(real.sent) == 2  # admitted, dump started
+    assert app.counters.connects == 1 and len(real.sent) == 1  # admitted, dump started
     app._features(_Ev(impostor, 7))
     assert impostor.closed and impostor.sent == [] and app.counters.refused == 1
     app._features(_Ev(twin, 7))  # right address, but hv1's session is alive
