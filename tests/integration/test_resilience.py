@@ -16,6 +16,7 @@ plain TCP today; a TLS variant adds an entry to ``TRANSPORTS`` and a branch in
 
 from __future__ import annotations
 
+import functools
 import http.client
 import random
 import re
@@ -433,11 +434,11 @@ def _crash_worker(
             mine = [pid for pid, w in ledger.owner.items() if w == wid and pid in ledger.names]
         # At most 8 live ports per worker: the /24 must never run out of addresses.
         if not mine or (len(mine) < 8 and op < 0.5):
-            kind, pid, name = "create", None, f"crash-{wid}-{rnd}-{n}"
+            kind, pid, name = "create", "", f"crash-{wid}-{rnd}-{n}"
         elif op < 0.75:
             kind, pid, name = "rename", rng.choice(mine), f"renamed-{wid}-{rnd}-{n}"
         else:
-            kind, pid, name = "delete", rng.choice(mine), None
+            kind, pid, name = "delete", rng.choice(mine), ""
         try:
             if kind == "create":
                 port = api.create("port", network_id=net_id, name=name)
@@ -466,9 +467,9 @@ def _crash_worker(
             with ledger.lock:
                 ledger.in_flight_failures += 1
                 if kind == "create":
-                    ledger.maybe_created.add(name)  # type: ignore[arg-type]
+                    ledger.maybe_created.add(name)
                 else:
-                    ledger.maybe[pid] = {ledger.names.pop(pid), name}  # type: ignore[arg-type]
+                    ledger.maybe[pid] = {ledger.names.pop(pid), name if kind == "rename" else None}
             return  # the process is gone: this worker's round is over
 
 
@@ -479,10 +480,10 @@ def test_api_crash_safety(cloud: Cloud) -> None:
     plugged and the data plane matches the store on every host."""
     rng = random.Random(62)
     net_id = cloud.nets["B"]["id"]
-    ledger, errors = _Ledger(), []
+    ledger, errors = _Ledger(), list[str]()
     rounds = 20
     for rnd in range(rounds):
-        stop, killed_at = threading.Event(), []
+        stop, killed_at = threading.Event(), list[float]()
         threads = [
             threading.Thread(target=_crash_worker, args=(
                 Api(cloud.api.base, timeout=5), net_id, w, rnd, ledger, killed_at, stop, errors))
@@ -494,8 +495,11 @@ def test_api_crash_safety(cloud: Cloud) -> None:
         time.sleep(rng.uniform(0.3, 0.6))
         # On a loaded machine the API may have answered little yet: kill only after some
         # acknowledged writes, so that every round puts something at stake.
-        _wait(lambda n=acked_before: sum(ledger.acked.values()) - n >= 8 or errors, 10,
-              "8 acknowledged writes in the round")  # fmt: skip
+
+        def at_stake(n: int = acked_before) -> bool:
+            return sum(ledger.acked.values()) - n >= 8 or bool(errors)
+
+        _wait(at_stake, 10, "8 acknowledged writes in the round")
         killed_at.append(time.monotonic())
         cloud.ctl.kill()
         stop.set()
@@ -589,6 +593,12 @@ def _tenantnet_left_on(hv: Hypervisor) -> dict[str, Any]:
     }
 
 
+def _is_empty_of_tenantnet(hv: Hypervisor) -> bool:
+    """br-int is there (VMs are on it) but nothing of tenantnet is."""
+    empty = {"br-int": True, "flows": [], "groups": [], "controller": "", "tunnel ports": []}
+    return _tenantnet_left_on(hv) == empty
+
+
 def test_host_removal(cloud: Cloud) -> None:
     """DELETE of hosts (one, then a group of two as when a cluster goes): their flows, groups,
     tunnel ports and controller target vanish, br-int too when nothing else is on it (and stays
@@ -616,10 +626,8 @@ def test_host_removal(cloud: Cloud) -> None:
     assert bound
     cloud.api.delete("host", "hv1")
     cloud.api.delete("host", "hv2")
-    empty = {"br-int": True, "flows": [], "groups": [], "controller": "", "tunnel ports": []}
     for hv in (hv1, hv2):
-        _wait(lambda hv=hv: _tenantnet_left_on(hv) == empty, 15,
-              f"{hv.name} emptied of tenantnet")  # fmt: skip
+        _wait(functools.partial(_is_empty_of_tenantnet, hv), 15, f"{hv.name} emptied of tenantnet")
         assert hv.vsctl("list-ports", "br-int").split(), "the VMs' interfaces were removed"
     ports = {p["id"]: p for p in cloud.api.list("port")}
     assert all((ports[pid]["binding:host_id"], ports[pid]["status"]) == ("", "DOWN")
