@@ -228,7 +228,7 @@ def test_a_switch_that_stops_answering_is_declared_gone_and_reconciled(
     stats = ping.stop()
     _ping_ok(cloud, "a1", "a2")
     assert _our_flows(hv2) == flows_before, "hv2's flows differ after reconciliation"
-    assert stats.sent >= 10 and stats.received == stats.sent, "a1 <-> a3 was hit"
+    assert stats.sent >= 10 and stats.received == stats.sent, f"a1 <-> a3 was hit: {stats}"
     cloud.figures[f"gone_{how}"] = {"noticed_s": noticed_s, "active_again_s": back_s,
                                     "a1_a3_lost": stats.sent - stats.received}  # fmt: skip
 
