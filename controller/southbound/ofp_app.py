@@ -47,6 +47,10 @@ LOG = logging.getLogger(__name__)
 
 DoneCallback = Callable[..., None]  # (ok: bool, why: str) - why is "" when ok
 MAX_REFUSALS_REMEMBERED = 1024  # distinct refusals logged once each; the set is then reset
+# A proven connection that finds its host's session alive is decided again after this: when a
+# switch replaces its own connection (a rewritten target, see ovsdb_host's fast reconnect), the
+# old one's end may be seen a moment after the new one's FEATURES.
+SECOND_SESSION_WAIT_S = 0.5
 FULL_MASK = 0xFFFFFFFFFFFFFFFF
 BUNDLE = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 
@@ -218,8 +222,9 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                 return
         self._admit(dp, dpid)
 
-    def _admit(self, dp: Any, dpid: int) -> _Switch | None:
-        """Accept ``dp`` as the session of ``dpid``, or close it.
+    def _admit(self, dp: Any, dpid: int, wait: bool = True) -> _Switch | None:
+        """Accept ``dp`` as the session of ``dpid``, or close it (or, ``wait``, decide again
+        after SECOND_SESSION_WAIT_S if only the live session is in the way).
 
         The data plane says whether the connection proves to be that host's switch (certificate
         or address, see dataplane/admission.py).  A session that is alive is never displaced:
@@ -232,12 +237,21 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         peer_ip = dp.address[0] if dp.address else None
         peer_cn = tls.peer_common_name(dp.socket)
         reason = self.listener.admit(dpid, peer_ip, peer_cn)
+        busy = False
         with self._lock:
             old = self._switches.get(dpid)
+            if old is not None and old.dp is dp:
+                return old  # already its session
             if reason is None and old is not None and old.dp is not dp and _alive(old.dp):
+                busy = wait
                 reason = "the host's switch already has a live session"
             if reason is None:
                 sw = self._switches[dpid] = _Switch(dp=dp)
+        if busy:  # nothing is sent to it meanwhile
+            timer = threading.Timer(SECOND_SESSION_WAIT_S, self._admit_later, (dp, dpid))
+            timer.daemon = True
+            timer.start()
+            return None
         if reason is not None:
             self._refuse(dp, dpid, peer_ip or "?", reason)
             return None
@@ -251,6 +265,14 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             f" (certificate {peer_cn!r})" if peer_cn else "",
         )
         return sw
+
+    def _admit_later(self, dp: Any, dpid: int) -> None:
+        """The second look at a connection that found its host's session alive."""
+        if not _alive(dp):
+            return
+        sw = self._admit(dp, dpid, wait=False)
+        if sw is not None and dp.state == MAIN_DISPATCHER:
+            self._start_dump(sw)  # its MAIN state change came while it was not admitted
 
     def _refuse(self, dp: Any, dpid: int, peer: str, reason: str) -> None:
         """Close a connection that may not speak for ``dpid``; log each kind of refusal once."""

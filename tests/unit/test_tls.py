@@ -21,6 +21,7 @@ from os_ken.ofproto.ofproto_protocol import ProtocolDesc
 
 from controller import config, tls
 from controller.dataplane.admission import Admission, management_addresses
+from controller.southbound import ofp_app
 from controller.southbound.ofp_app import TenantnetOfpApp
 from controller.store import Store
 from controller.store.errors import InvalidInput
@@ -228,7 +229,10 @@ def _app() -> TenantnetOfpApp:
     return app
 
 
-def test_app_admits_before_it_accepts_and_never_displaces_a_live_session() -> None:
+def test_app_admits_before_it_accepts_and_never_displaces_a_live_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ofp_app, "SECOND_SESSION_WAIT_S", 3600)  # the test takes the second look
     app = _app()
     adm = Admission(tls=False)
     adm.set_host(7, HV1)
@@ -240,9 +244,19 @@ def test_app_admits_before_it_accepts_and_never_displaces_a_live_session() -> No
     assert app.counters.connects == 1 and len(real.sent) == 1  # admitted, dump started
     app._features(_Ev(impostor, 7))
     assert impostor.closed and impostor.sent == [] and app.counters.refused == 1
-    app._features(_Ev(twin, 7))  # right address, but hv1's session is alive
-    assert twin.closed and app.counters.refused == 2
-    assert app._switches[7].dp is real
+    app._features(_Ev(twin, 7))  # right address, but hv1's session is alive: a second look...
+    assert not twin.closed and twin.sent == [] and app._switches[7].dp is real
+    app._admit_later(twin, 7)
+    assert twin.closed and app.counters.refused == 2  # ...still alive: refused
+    assert app._switches[7].dp is real and twin.sent == []
+    # The switch replacing its own connection: the old one ends during the second look.
+    successor = _Dp("192.0.2.1")
+    app._features(_Ev(successor, 7))
+    real.close()
+    app._admit_later(successor, 7)
+    assert not successor.closed and app._switches[7].dp is successor
+    assert len(successor.sent) == 1  # admitted on the second look, its dump started
+    real = successor
     real.close()  # the real switch's session dies; its reconnect gets in
     again = _Dp("192.0.2.1")
     app._features(_Ev(again, 7))
