@@ -130,9 +130,9 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         for dpid, sw in ready:
             listener.switch_ready(dpid, Slice(frozenset(sw.flows), frozenset(sw.groups)))
         for dp, dpid in waiting.items():
-            sw = self._admit(dp, dpid)
-            if sw is not None and dp.state == MAIN_DISPATCHER:
-                self._start_dump(sw)
+            admitted = self._admit(dp, dpid)
+            if admitted is not None and dp.state == MAIN_DISPATCHER:
+                self._start_dump(admitted)
 
     def connected_dpids(self) -> set[int]:
         with self._lock:

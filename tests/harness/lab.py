@@ -575,8 +575,9 @@ class Lab:
             raise LabError("start the lab first")
         first = len(self.hypervisors) + 1
         new = [Hypervisor(self, n) for n in range(first, first + count)]
-        for hv in new if self.pki is not None else ():
-            self.pki.add_switch(hv.name)  # ovs-pki is not safe to run in parallel
+        if self.pki is not None:
+            for hv in new:
+                self.pki.add_switch(hv.name)  # ovs-pki is not safe to run in parallel
         self.hypervisors.extend(new)
         if not new:
             return new

@@ -84,7 +84,7 @@ class Pki:
     def controller_args(self, api: bool = True) -> tuple[str, ...]:
         """``tenantnet serve`` flags: mutual TLS on OpenFlow and OVSDB, the SSL record written on
         hosts (``{host}`` = host id), and HTTPS for the API."""
-        args = (
+        args: tuple[str, ...] = (
             "--ofp-tls-key", self.key(CONTROLLER_NAME),
             "--ofp-tls-cert", self.cert(CONTROLLER_NAME),
             "--ofp-tls-ca", self.switch_ca,

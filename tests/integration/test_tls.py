@@ -109,8 +109,13 @@ def impostor(env: Env, host_id: str, *, ns: str | None = None,
 
 def wait_switch_connected(hv: Hypervisor) -> dict[str, str]:
     """vswitchd writes Controller.is_connected a little after the session is up."""
-    return wait_for(lambda: (row := controller_row(hv))["is_connected"] == "true" and row,
-                    timeout=15, what=f"{hv.name}: is_connected=true")
+    def connected() -> dict[str, str] | None:
+        row = controller_row(hv)
+        return row if row["is_connected"] == "true" else None
+
+    row = wait_for(connected, timeout=15, what=f"{hv.name}: is_connected=true")
+    assert row is not None
+    return row
 
 
 def controller_row(hv: Hypervisor) -> dict[str, str]:
