@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from controller import tls
+from controller.store.values import integer_text
 
 
 class ConfigError(ValueError):
@@ -22,9 +23,10 @@ class ConfigError(ValueError):
 
 def parse_hostport(value: str, name: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    number = integer_text(port) if sep else None
+    if not host or number is None or not 0 < number < 65536:
         raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
+    return host.strip("[]"), number
 
 
 @dataclass

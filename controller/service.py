@@ -131,7 +131,7 @@ class Controller:
         s = self.settings
         t0 = time.monotonic()
         fd_limit = limits.raise_fd_limit()
-        Path(s.database).parent.mkdir(parents=True, exist_ok=True)
+        Path(s.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store = Store(s.database, self.bus, underlay_mtu=s.underlay_mtu)
         # The API is built and serving before any switch can connect: FastAPI/pydantic models
         # and uvicorn's start are the costliest part of start-up, and done later they would

@@ -5,9 +5,15 @@ import logging
 from fastapi import FastAPI
 
 from controller.api import compat, errors, versions
-from controller.api.middleware import AuthMiddleware, BodyLimitMiddleware
+from controller.api.middleware import (
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    HeadAsGetMiddleware,
+    JsonCharsetMiddleware,
+)
 from controller.api.resources import HOSTS, NETWORKS, PORTS, SUBNETS, collection_router
 from controller.api.settings import ApiSettings
+from controller.api.strict_json import StrictJsonRoute
 from controller.store import Store
 
 LOG = logging.getLogger(__name__)
@@ -16,8 +22,9 @@ LOG = logging.getLogger(__name__)
 def create_app(store: Store, settings: ApiSettings) -> FastAPI:
     """A self-contained app over ``store``: nothing global, so tests can build several.
 
-    Middleware order (outermost first): authentication, then the body-size limit, so an
-    unauthenticated client cannot make the server buffer a megabyte.
+    Middleware order (outermost first): the JSON charset (so even a 401 carries it),
+    authentication, then the body-size limit, so an unauthenticated client cannot make the
+    server buffer a megabyte, then HEAD-as-GET.
     """
     if settings.underlay_mtu != store.underlay_mtu:
         LOG.warning(
@@ -30,12 +37,15 @@ def create_app(store: Store, settings: ApiSettings) -> FastAPI:
         version="2.0",
         description="Neutron v2.0-compatible API of the tenantnet SDN controller.",
     )
+    app.router.route_class = StrictJsonRoute  # also for routes added later (/tenantnet/wait)
     errors.install(app)
-    app.include_router(versions.router())
+    app.include_router(versions.router(settings.public_url))
     for res in (NETWORKS, SUBNETS, PORTS, HOSTS):
         app.include_router(collection_router(store, res), prefix="/v2.0")
     app.include_router(compat.neutron_router(store))
     app.include_router(compat.nodes_router(store, settings.ovsdb_scheme))
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, settings=settings)
+    app.add_middleware(JsonCharsetMiddleware)
     return app

@@ -19,6 +19,7 @@ from controller.api.resources import (
     SUBNETS,
     collection_router,
 )
+from controller.api.strict_json import StrictJsonRoute
 from controller.store import Store
 from controller.store.errors import not_found
 
@@ -29,7 +30,7 @@ NODE_TYPE = "OVS"
 
 def neutron_router(store: Store) -> APIRouter:
     """Networks, subnets and ports with CloudStack's dialect."""
-    api = APIRouter(prefix=NEUTRON_PREFIX)
+    api = APIRouter(route_class=StrictJsonRoute, prefix=NEUTRON_PREFIX)
     for res in (NETWORKS, SUBNETS, COMPAT_PORTS):
         sub = collection_router(store, res, seg_id_is_hint=True)
         for route in sub.routes:
@@ -45,7 +46,7 @@ def _node(host: dict[str, Any]) -> dict[str, Any]:
 def nodes_router(store: Store, ovsdb_scheme: str = "tcp") -> APIRouter:
     """The connection manager: register hypervisors by their OVSDB address (``ssl:`` targets
     when the controller speaks OVSDB over TLS)."""
-    api = APIRouter(prefix=NODES_PREFIX, tags=["cloudstack"])
+    api = APIRouter(route_class=StrictJsonRoute, prefix=NODES_PREFIX, tags=["cloudstack"])
 
     def register(host_id: str, ip: str, port: int, datapath_type: str) -> dict[str, Any]:
         host, _ = store.upsert_host(

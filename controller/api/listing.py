@@ -14,7 +14,8 @@ from typing import Any
 from starlette.datastructures import URL, QueryParams
 
 from controller.store import InvalidInput
-from controller.store.errors import not_found
+from controller.store.errors import invalid_attr, not_found
+from controller.store.values import integer_text
 
 PAGING_KEYS = frozenset({"fields", "limit", "marker", "sort_key", "sort_dir", "page_reverse"})
 TAG_FILTERS = frozenset({"tags", "tags-any", "not-tags", "not-tags-any"})
@@ -46,7 +47,7 @@ def _matches_scalar(value: Any, wanted: str) -> bool:
     if value is None:
         return wanted in ("", "None", "null")
     if isinstance(value, int):
-        return wanted.strip().lstrip("-").isdigit() and int(wanted) == value
+        return integer_text(wanted) == value
     return str(value) == wanted
 
 
@@ -63,6 +64,10 @@ def _matches_fixed_ip(fixed_ips: list[dict[str, str]], wanted: str) -> bool:
 def _matches(obj: dict[str, Any], name: str, wanted: list[str]) -> bool:
     """Whether one attribute matches any of the wanted values (repeated keys are ORed)."""
     value = obj.get(name)
+    if isinstance(value, int) and not isinstance(value, bool):
+        for w in wanted:
+            if integer_text(w) is None:
+                raise invalid_attr(name, f"'{w}' is not an integer")
     if name == "fixed_ips":
         return any(_matches_fixed_ip(value or [], w) for w in wanted)
     if isinstance(value, list):
@@ -158,12 +163,13 @@ def _limit(raw: str | None) -> int:
     """``limit``: a non-negative integer; 0 or absent means no limit."""
     if raw is None or raw == "":
         return 0
-    if not raw.strip().isdigit():
+    limit = integer_text(raw)
+    if limit is None or limit < 0:
         raise InvalidInput(
             f"Bad limit request: Limit must be an integer 0 or greater and not '{raw}'",
             "HTTPBadRequest",
         )
-    return int(raw)
+    return limit
 
 
 def next_link(url: URL, last: dict[str, Any], limit: str | None) -> dict[str, str]:

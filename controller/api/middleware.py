@@ -1,6 +1,6 @@
-"""ASGI middleware that must act before FastAPI reads a request: authentication, body size.
+"""ASGI middleware that must act around FastAPI: authentication, body size, HEAD, charset.
 
-Both are plain ASGI (not ``BaseHTTPMiddleware``) so they can answer without touching the body:
+All are plain ASGI (not ``BaseHTTPMiddleware``) so they can answer without touching the body:
 an unauthenticated or oversized request is refused before a byte of it is parsed, and a body
 sent without ``Content-Length`` (chunked) is counted as it arrives and cut off at the limit.
 """
@@ -20,6 +20,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+JSON_CONTENT_TYPE = b"application/json; charset=utf-8"
+
 
 async def send_error(
     send: Send, status: int, type_: str, message: str, extra_headers: list[tuple[bytes, bytes]]
@@ -27,7 +29,7 @@ async def send_error(
     """Answer with a Neutron error body directly at the ASGI level."""
     body = neutron_error_bytes(type_, message)
     headers = [
-        (b"content-type", b"application/json"),
+        (b"content-type", JSON_CONTENT_TYPE),
         (b"content-length", str(len(body)).encode()),
         *extra_headers,
     ]
@@ -152,3 +154,60 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class HeadAsGetMiddleware:
+    """``HEAD`` is ``GET`` without the body (RFC 9110, 9.3.2); FastAPI routes only the methods
+    a route names, so without this every ``HEAD`` (load balancers' health checks) is a 405.
+
+    The app sees a ``GET``; the server still knows the request was ``HEAD`` (its own scope is
+    not changed) and keeps the ``GET``'s headers, ``Content-Length`` included, without a body.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_without_body)
+
+
+class JsonCharsetMiddleware:
+    """Every JSON answer says ``charset=utf-8``.
+
+    JSON is UTF-8 by definition (RFC 8259), but CloudStack's HTTP client decodes a body whose
+    content type has no charset as ISO-8859-1, which garbles every non-ASCII name.  One place
+    that rewrites the header covers FastAPI's own answers (``/openapi.json``, validation errors)
+    as well as ours.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_charset(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", [])
+                if any(
+                    k.lower() == b"content-type" and v == b"application/json" for k, v in headers
+                ):
+                    headers = [
+                        (k, JSON_CONTENT_TYPE if k.lower() == b"content-type" else v)
+                        for k, v in headers
+                    ]
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_charset)

@@ -15,7 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from controller.store.values import MAX_LIST_ITEMS
+
 UINT32_MAX = 2**32 - 1
+MAX_ITEMS = MAX_LIST_ITEMS  # list attributes are bounded like the store's free-form lists
 
 
 class Body(BaseModel):
@@ -31,7 +34,7 @@ class StandardAttrs(Body):
     description: str | None = Field(None, max_length=255)
     project_id: str | None = Field(None, max_length=255)
     tenant_id: str | None = Field(None, max_length=255)
-    tags: list[str] | None = None
+    tags: list[str] | None = Field(None, max_length=MAX_ITEMS)
 
 
 class ReadOnlyEcho(Body):
@@ -55,7 +58,7 @@ class NetworkFields(StandardAttrs):
     mtu: int | None = Field(None, ge=68, le=65535)
     port_security_enabled: bool | None = None
     router_external: bool | None = Field(None, alias="router:external")
-    availability_zone_hints: list[str] | None = None
+    availability_zone_hints: list[str] | None = Field(None, max_length=MAX_ITEMS)
     provider_network_type: Literal["vxlan", "gre"] | None = Field(
         None, alias="provider:network_type"
     )
@@ -76,7 +79,7 @@ class NetworkCreate(NetworkFields):
 class NetworkUpdate(NetworkFields, ReadOnlyEcho):
     """Body of a network update."""
 
-    subnets: list[str] | None = None
+    subnets: list[str] | None = Field(None, max_length=MAX_ITEMS)
 
 
 # -- subnets -------------------------------------------------------------------------------------
@@ -104,15 +107,15 @@ class SubnetFields(StandardAttrs):
     cidr: str | None = None
     ip_version: Literal[4, 6] | None = None
     gateway_ip: str | None = Field(None, description="Default: the first host; null: none.")
-    allocation_pools: list[AllocationPool] | None = None
-    dns_nameservers: list[str] | None = None
-    host_routes: list[HostRoute] | None = None
+    allocation_pools: list[AllocationPool] | None = Field(None, max_length=MAX_ITEMS)
+    dns_nameservers: list[str] | None = Field(None, max_length=MAX_ITEMS)
+    host_routes: list[HostRoute] | None = Field(None, max_length=MAX_ITEMS)
     enable_dhcp: bool | None = None
     ipv6_ra_mode: None = None
     ipv6_address_mode: None = None
     subnetpool_id: None = None
     segment_id: None = None
-    service_types: list[str] | None = None
+    service_types: list[str] | None = Field(None, max_length=MAX_ITEMS)
 
 
 class SubnetCreate(SubnetFields):
@@ -149,14 +152,14 @@ class PortFields(StandardAttrs):
     id: str | None = None
     network_id: str | None = None
     mac_address: str | None = None
-    fixed_ips: list[FixedIp] | None = None
+    fixed_ips: list[FixedIp] | None = Field(None, max_length=MAX_ITEMS)
     device_id: str | None = Field(None, max_length=255)
     device_owner: str | None = Field(None, max_length=255)
     admin_state_up: bool | None = None
     status: str | None = Field(None, description="Accepted and ignored: set by the data plane.")
     port_security_enabled: bool | None = None
-    security_groups: list[str] | None = None
-    allowed_address_pairs: list[AddressPair] | None = None
+    security_groups: list[str] | None = Field(None, max_length=MAX_ITEMS)
+    allowed_address_pairs: list[AddressPair] | None = Field(None, max_length=MAX_ITEMS)
     binding_host_id: str | None = Field(None, alias="binding:host_id", max_length=255)
     binding_profile: dict[str, Any] | None = Field(None, alias="binding:profile")
     binding_vnic_type: Literal["normal"] | None = Field(None, alias="binding:vnic_type")
@@ -178,13 +181,13 @@ class PortUpdate(PortFields, ReadOnlyEcho):
 class CompatPortCreate(PortCreate):
     """CloudStack's OpenDaylight plugin sends ``fixed_ips`` as a list of plain addresses."""
 
-    fixed_ips: list[FixedIp | str] | None = None  # type: ignore[assignment]
+    fixed_ips: list[FixedIp | str] | None = Field(None, max_length=MAX_ITEMS)  # type: ignore[assignment]
 
 
 class CompatPortUpdate(PortUpdate):
     """See `CompatPortCreate`."""
 
-    fixed_ips: list[FixedIp | str] | None = None  # type: ignore[assignment]
+    fixed_ips: list[FixedIp | str] | None = Field(None, max_length=MAX_ITEMS)  # type: ignore[assignment]
 
 
 # -- hosts ---------------------------------------------------------------------------------------

@@ -16,8 +16,10 @@ from fastapi.responses import JSONResponse
 from controller.api import request_bodies as rq
 from controller.api import response_bodies as rs
 from controller.api.listing import filtered, next_link, page, project, public, requested_fields
+from controller.api.strict_json import StrictJsonRoute
 from controller.store import InvalidInput, Store
 from controller.store.errors import NotFound, not_found
+from controller.store.values import integer_text
 
 FieldsQuery = Annotated[list[str] | None, Query(description="Attributes to return")]
 IfMatch = Annotated[str | None, Header(description="revision_number=N: 412 unless current")]
@@ -57,12 +59,13 @@ def expected_revision(if_match: str | None) -> int | None:
     for part in if_match.split(","):
         name, sep, value = part.strip().partition("=")
         if sep and name == "revision_number":
-            if not value.strip().isdigit():
+            revision = integer_text(value)
+            if revision is None or revision < 0:
                 raise InvalidInput(
-                    f"Invalid If-Match header: revision_number '{value}' is not an integer",
+                    f"Invalid If-Match header: revision_number {value!r} is not an integer",
                     "HTTPBadRequest",
                 )
-            return int(value)
+            return revision
     return None
 
 
@@ -81,7 +84,7 @@ def to_store(item: rq.Body) -> dict[str, Any]:
 
 def collection_router(store: Store, res: Resource, *, seg_id_is_hint: bool = False) -> APIRouter:
     """The routes of one collection; ``seg_id_is_hint`` is for the CloudStack paths."""
-    router = APIRouter(tags=[res.plural], responses=ERRORS)
+    router = APIRouter(route_class=StrictJsonRoute, tags=[res.plural], responses=ERRORS)
     singular, plural = res.kind, res.plural
     create_model = rq.create_envelope(singular, plural, res.create)
     update_model = rq.update_envelope(singular, res.update)

@@ -10,7 +10,9 @@ class ApiSettings:
 
     With neither ``auth_token`` nor ``basic_user`` set the API is open (a lab, or a controller
     reachable only from the orchestrator's host).  ``underlay_mtu`` should match the `Store`'s:
-    it is advertised in the resources document so operators can check it.
+    it is advertised in the resources document so operators can check it.  ``public_url`` is
+    the base of the links in the discovery documents (Neutron's ``public_endpoint``); when it is
+    empty the links are relative, so a client's ``Host`` header is never echoed back.
     """
 
     auth_token: str | None = None
@@ -21,3 +23,4 @@ class ApiSettings:
     # How hosts registered by CloudStack's connection manager (an IP and a port) are reached:
     # "ssl" when the controller speaks OVSDB over TLS.
     ovsdb_scheme: str = "tcp"
+    public_url: str = ""

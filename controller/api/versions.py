@@ -7,8 +7,9 @@ so these must list exactly what tenantnet implements.
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
+from controller.api.strict_json import StrictJsonRoute
 from controller.store.errors import NotFound
 
 UPDATED = "2024-01-01T00:00:00-00:00"
@@ -34,10 +35,6 @@ EXTENSIONS: list[tuple[str, str, str]] = [
 COLLECTIONS = (("network", "networks"), ("subnet", "subnets"), ("port", "ports"), ("host", "hosts"))
 
 
-def _base(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
-
-
 def _extension(alias: str, name: str, description: str) -> dict[str, Any]:
     return {
         "alias": alias,
@@ -48,19 +45,25 @@ def _extension(alias: str, name: str, description: str) -> dict[str, Any]:
     }
 
 
-def router() -> APIRouter:
-    """The discovery routes."""
-    api = APIRouter(tags=["discovery"])
+def router(public_url: str = "") -> APIRouter:
+    """The discovery routes; links start with ``public_url`` (relative links when empty).
+
+    The links are never built from the request: the ``Host`` header is the client's to choose,
+    and echoing it would let anyone who can reach the API point other clients elsewhere.
+    keystoneauth (openstackclient, openstacksdk) resolves relative version links against the
+    URL it asked.
+    """
+    api = APIRouter(route_class=StrictJsonRoute, tags=["discovery"])
+    base = public_url.rstrip("/")
 
     @api.get("/", summary="API versions (no authentication)")
-    def versions(request: Request) -> dict[str, Any]:
-        link = {"href": f"{_base(request)}/v2.0/", "rel": "self"}
+    def versions() -> dict[str, Any]:
+        link = {"href": f"{base}/v2.0/", "rel": "self"}
         return {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [link]}]}
 
     @api.get("/v2.0/", summary="Resources of API v2.0")
     @api.get("/v2.0", include_in_schema=False)
-    def resources(request: Request) -> dict[str, Any]:
-        base = _base(request)
+    def resources() -> dict[str, Any]:
         return {
             "resources": [
                 {

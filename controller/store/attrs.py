@@ -42,11 +42,26 @@ def standard_attrs(body: dict[str, Any]) -> dict[str, Any]:
         "project_id": project,
         "tenant_id": project,
         "description": as_str(body.get("description", ""), "description"),
-        "tags": as_str_list(body.get("tags", []), "tags"),
+        "tags": as_tags(body.get("tags", [])),
         "created_at": now,
         "updated_at": now,
         "revision_number": 1,
     }
+
+
+MAX_TAG_LEN = 60  # Neutron's
+
+
+def as_tags(value: Any) -> list[str]:
+    """Tags: at most 100, each 1-60 characters without a comma (commas separate tags in the
+    ``tags``/``tags-any`` filters, so a tag containing one could never be matched)."""
+    tags = as_str_list(value, "tags", max_len=MAX_TAG_LEN)
+    for tag in tags:
+        if not tag or "," in tag:
+            raise InvalidInput(
+                f"Invalid input for tags. Reason: '{tag}' is not a valid tag.", "HTTPBadRequest"
+            )
+    return tags
 
 
 def check_revision(current: dict[str, Any], expected: int | None) -> None:
@@ -78,7 +93,7 @@ def updated_common(current: dict[str, Any], changes: dict[str, Any]) -> dict[str
         if name in changes:
             new[name] = as_str(changes[name], name)
     if "tags" in changes:
-        new["tags"] = as_str_list(changes["tags"], "tags")
+        new["tags"] = as_tags(changes["tags"])
     return new
 
 

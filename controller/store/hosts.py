@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from controller.store.attrs import bump, check_read_only, reject_unknown, require, utc_now
-from controller.store.errors import Conflict, invalid_attr, not_found
+from controller.store.errors import Conflict, not_found
 from controller.store.tx import Tx, dumps, loads
 from controller.store.values import (
     as_str,
@@ -20,6 +20,9 @@ from controller.store.values import (
     choice,
     parse_ip,
     parse_ovsdb_target,
+)
+from controller.store.values import (
+    host_id as valid_host_id,
 )
 
 KIND = "host"
@@ -89,9 +92,7 @@ def _configured(body: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
     """Register a host; its OVSDB target defaults to ``tcp:<tunnel_ip>:6640``."""
     reject_unknown(body, CREATE_ATTRS)
-    host_id = as_str(require(body, "id"), "id")
-    if not host_id.strip() or "/" in host_id:
-        raise invalid_attr("id", f"'{host_id}' is not a valid host id")
+    host_id = valid_host_id(require(body, "id"), "id")
     require(body, "tunnel_ip")
     if load(tx, host_id) is not None:
         raise Conflict(f"Host {host_id} already exists.", "HostExists")

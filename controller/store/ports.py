@@ -26,11 +26,13 @@ from controller.store.errors import Conflict, InvalidInput, invalid_attr, not_fo
 from controller.store.tx import Tx, dumps, loads
 from controller.store.values import (
     as_bool,
+    as_document,
     as_str,
     as_str_list,
     as_uuid,
     canonical_mac,
     choice,
+    host_id,
     parse_cidr,
     parse_ip,
 )
@@ -223,8 +225,10 @@ def _address_pairs(value: Any, port_mac: str) -> list[dict[str, str]]:
 
 
 def _host(value: Any) -> str:
-    """``binding:host_id``: a host name, or ``""`` for unbound (Neutron's spelling)."""
-    return "" if value is None else as_str(value, "binding:host_id")
+    """``binding:host_id``: a host id, or ``""`` for unbound (Neutron's spelling)."""
+    if value is None or value == "":
+        return ""
+    return host_id(value, "binding:host_id")
 
 
 def _request_host(port: dict[str, Any], value: Any) -> None:
@@ -236,9 +240,7 @@ def _request_host(port: dict[str, Any], value: Any) -> None:
 
 
 def _profile(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise invalid_attr("binding:profile", f"'{value}' is not a dictionary")
-    return value
+    return as_document(value, "binding:profile")
 
 
 def _check_mac_free(tx: Tx, network_id: str, mac: str, port_id: str | None) -> None:
@@ -332,6 +334,15 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
         )
     if changes.get("mac_address") is not None:
         new["mac_address"] = canonical_mac(changes["mac_address"])
+        if new["mac_address"] != current["mac_address"] and current["binding:host_id"]:
+            # The VM's interface already has the old MAC (Neutron's PortBound): changing it
+            # here would make port security drop everything the VM sends.
+            raise Conflict(
+                f"Unable to complete operation on port {current['id']}, port is already "
+                f"bound, port type: {current['binding:vif_type']}, "
+                f"old_mac {current['mac_address']}, new_mac {new['mac_address']}.",
+                "PortBound",
+            )
         _check_mac_free(tx, current["network_id"], new["mac_address"], current["id"])
     if "allowed_address_pairs" in changes:
         new["allowed_address_pairs"] = _address_pairs(

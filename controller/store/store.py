@@ -23,6 +23,8 @@ network's ``_key``) and are for the data plane only.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 from collections import deque
@@ -53,6 +55,7 @@ class Store:
         self._unpublished: deque[list[ChangeEvent]] = deque()
         self._ip_hints: dict[str, int] = {}
         self._publishing = False
+        _create_private(path)
         self._conn = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
         )
@@ -294,6 +297,25 @@ class Store:
         with self._write(durable=False) as tx:
             current = module.load(tx, obj_id)
             return None if current is None else change(tx, current)
+
+
+def _create_private(path: str) -> None:
+    """Create the database file readable by its owner only (0600), or tighten an existing one.
+
+    It holds every tenant's addresses and the hosts' OVSDB targets.  SQLite gives the ``-wal``
+    and ``-shm`` files the database file's permissions, so they follow.  (``:memory:`` and
+    SQLite URIs are left to SQLite.)
+    """
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for companion in (path + "-wal", path + "-shm"):  # left by an older, laxer version
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(companion, 0o600)
 
 
 def _module(kind: str) -> Any:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.events import ChangeEvent
+from controller.store.errors import InvalidInput
 
 
 @dataclass
@@ -51,8 +52,21 @@ class Tx:
 
 
 def dumps(body: dict[str, Any]) -> str:
-    """The stored JSON form of an object (compact; key order kept for readable dumps)."""
-    return json.dumps(body, separators=(",", ":"))
+    """The stored JSON form of an object (compact; key order kept for readable dumps).
+
+    Strict, so nothing is stored that could not be read back and rendered: ``NaN``/``Infinity``
+    and lone surrogates are refused (the API refuses them earlier, naming the attribute; this
+    is the last line, and it fails the write inside its transaction, so nothing is kept).
+    """
+    try:
+        text = json.dumps(body, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
+    except (ValueError, TypeError) as exc:  # UnicodeEncodeError is a ValueError
+        raise InvalidInput(
+            f"Invalid input: the {body.get('id', 'object')} cannot be stored as JSON ({exc})",
+            "HTTPBadRequest",
+        ) from None
+    return text
 
 
 def loads(text: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ and words the refusal the way Neutron does, naming the attribute.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from typing import Any
@@ -26,6 +27,35 @@ ENCAP_OVERHEAD: dict[str, int] = {"vxlan": 50, "gre": 42}
 """Bytes the overlay adds on an IPv4 underlay; a network's MTU is the underlay's minus this."""
 
 _BRIDGE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_INTEGER = re.compile(r"[+-]?[0-9]{1,20}", re.ASCII)
+HOST_ID_MAX = 255
+_HOST_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:@-]{{0,{HOST_ID_MAX - 1}}}", re.ASCII)
+"""Host ids are the orchestrator's host names (DNS names, Nova's ``host``): letters, digits and
+``_.:@-``, starting with a letter or digit.  No spaces or control characters: a host id ends up
+in log lines, OVSDB ``external_ids`` and the datapath id, and a newline in it would forge logs."""
+
+
+def integer_text(text: str) -> int | None:
+    """An integer written in ASCII digits (optional sign), or None.
+
+    ``str.isdigit`` accepts characters such as ``²`` that ``int()`` refuses, and ``--1`` passes
+    a naive sign strip; every integer that arrives as text (query strings, headers, settings)
+    goes through here instead.
+    """
+    text = text.strip()
+    return int(text) if _INTEGER.fullmatch(text) else None
+
+
+def host_id(value: Any, field: str = "id") -> str:
+    """A host id (see ``_HOST_ID``); the refusal names the attribute."""
+    if not isinstance(value, str) or not _HOST_ID.fullmatch(value):
+        shown = repr(value)[:60] if isinstance(value, str) else value
+        raise invalid_attr(
+            field,
+            f"{shown} is not a valid host id (1-{HOST_ID_MAX} characters: letters, digits and "
+            "'_.:@-', starting with a letter or digit)",
+        )
+    return value
 
 
 def as_bool(value: Any, field: str) -> bool:
@@ -63,11 +93,52 @@ def as_str(value: Any, field: str, max_len: int = 255) -> str:
     return value
 
 
-def as_str_list(value: Any, field: str) -> list[str]:
-    """A list of strings (tags, security group ids)."""
+MAX_LIST_ITEMS = 100
+"""The most entries a free-form list attribute (tags, security groups, zone hints) may have."""
+
+
+def as_str_list(
+    value: Any, field: str, max_items: int = MAX_LIST_ITEMS, max_len: int = 255
+) -> list[str]:
+    """A bounded list of bounded strings (tags, security group ids)."""
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise invalid_attr(field, f"'{value}' is not a list of strings")
+        raise invalid_attr(field, f"'{str(value)[:80]}' is not a list of strings")
+    if len(value) > max_items:
+        raise invalid_attr(field, f"{len(value)} entries exceed the maximum of {max_items}")
+    for item in value:
+        if len(item) > max_len:
+            raise invalid_attr(field, f"'{item[:40]}...' exceeds maximum length of {max_len}")
     return list(value)
+
+
+MAX_DOCUMENT_BYTES = 4096
+MAX_DOCUMENT_DEPTH = 8
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def as_document(value: Any, field: str) -> dict[str, Any]:
+    """A free-form JSON object (``binding:profile``), bounded in size and depth.
+
+    Neutron passes such dictionaries through to drivers without looking; here they are stored
+    and shown with every port, so an unbounded one would make every listing pay for it.
+    """
+    if not isinstance(value, dict):
+        raise invalid_attr(field, f"'{str(value)[:80]}' is not a dictionary")
+    if _depth(value) > MAX_DOCUMENT_DEPTH:
+        raise invalid_attr(field, f"nested deeper than {MAX_DOCUMENT_DEPTH} levels")
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    if size > MAX_DOCUMENT_BYTES:
+        raise invalid_attr(
+            field, f"{size} bytes of JSON exceed the maximum of {MAX_DOCUMENT_BYTES}"
+        )
+    return value
 
 
 def as_uuid(value: Any, field: str) -> str:

@@ -59,20 +59,44 @@ def test_version_document(client: TestClient) -> None:
     assert r.status_code == 200
     assert r.json() == {
         "versions": [
-            {
-                "id": "v2.0",
-                "status": "CURRENT",
-                "links": [{"href": "http://testserver/v2.0/", "rel": "self"}],
-            }
+            {"id": "v2.0", "status": "CURRENT", "links": [{"href": "/v2.0/", "rel": "self"}]}
         ]
     }
 
 
-def test_resources_document(client: TestClient) -> None:
-    body = client.get("/v2.0/").json()
-    collections = {r["collection"]: r for r in body["resources"]}
-    assert {"networks", "subnets", "ports", "hosts"} <= set(collections)
-    assert collections["ports"]["links"][0]["href"] == "http://testserver/v2.0/ports"
+def test_discovery_links_never_reflect_the_host_header(make_client: ClientFactory) -> None:
+    """Links come from the configured public URL (Neutron's public_endpoint), or are relative."""
+    evil = {"Host": "evil.example:666"}
+    for client, base in (
+        (make_client(), ""),
+        (make_client(public_url="https://net.example:9696/"), "https://net.example:9696"),
+    ):
+        versions = client.get("/", headers=evil).json()["versions"]
+        assert versions[0]["links"][0]["href"] == f"{base}/v2.0/"
+        body = client.get("/v2.0/", headers=evil).json()
+        hrefs = {r["collection"]: r["links"][0]["href"] for r in body["resources"]}
+        assert hrefs["ports"] == f"{base}/v2.0/ports"
+        assert "evil" not in client.get("/v2.0/", headers=evil).text
+
+
+def test_head_is_get_without_a_body(client: TestClient) -> None:
+    get, head = client.get("/"), client.head("/")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == get.headers["content-length"]
+    assert client.head("/v2.0/networks").status_code == 200
+    assert client.head("/v2.0/networks/nope").status_code == 404
+
+
+def test_json_answers_say_utf8(make_client: ClientFactory) -> None:
+    client = make_client(auth_token="t")
+    for r in (
+        client.get("/"),
+        client.get("/v2.0/networks"),  # 401 from the middleware
+        client.get("/v2.0/networks", headers={"X-Auth-Token": "t"}),
+        client.get("/v2.0/networks/x", headers={"X-Auth-Token": "t"}),  # 404
+        client.get("/openapi.json", headers={"X-Auth-Token": "t"}),
+    ):
+        assert r.headers["content-type"] == "application/json; charset=utf-8", r.request.url
 
 
 def test_extensions(client: TestClient) -> None:

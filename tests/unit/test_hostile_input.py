@@ -1,0 +1,202 @@
+"""Hostile or careless input: every refusal is a 4xx naming the field, nothing is half-written,
+and nothing the API accepts can break a later read."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.events import EventBus
+from controller.store import Store
+from tests.unit.conftest import ClientFactory, TestClient
+
+
+def _error(r: Any, status: int, *words: str) -> str:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json; charset=utf-8"
+    message = str(r.json()["NeutronError"]["message"])
+    for word in words:
+        assert word in message, message
+    return message
+
+
+def _net(client: TestClient) -> str:
+    r = client.post("/v2.0/networks", json={"network": {"name": "n"}})
+    assert r.status_code == 201, r.text
+    net_id = str(r.json()["network"]["id"])
+    r = client.post("/v2.0/subnets", json={"subnet": {"network_id": net_id, "cidr": "10.9.0.0/24"}})
+    assert r.status_code == 201, r.text
+    return net_id
+
+
+def _post_raw(client: TestClient, path: str, text: str) -> Any:
+    return client.post(path, content=text.encode(), headers={"Content-Type": "application/json"})
+
+
+# -- strict JSON -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("poison", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_are_refused_naming_the_field_and_nothing_is_saved(
+    client: TestClient, poison: str
+) -> None:
+    net = _net(client)
+    r = _post_raw(
+        client,
+        "/v2.0/ports",
+        f'{{"port": {{"network_id": "{net}", "binding:profile": {{"x": {poison}}}}}}}',
+    )
+    _error(r, 400, "binding:profile")
+    listed = client.get("/v2.0/ports")
+    assert listed.status_code == 200 and listed.json()["ports"] == []
+
+
+def test_poison_inside_a_bulk_names_the_field(client: TestClient) -> None:
+    net = _net(client)
+    body = f'{{"ports": [{{"network_id": "{net}"}}, {{"network_id": "{net}", "name": NaN}}]}}'
+    _error(_post_raw(client, "/v2.0/ports", body), 400, "name")
+    assert client.get("/v2.0/ports").json()["ports"] == []
+
+
+def test_lone_surrogates_are_refused(client: TestClient) -> None:
+    _error(_post_raw(client, "/v2.0/networks", '{"network": {"name": "a\\ud800b"}}'), 400, "name")
+    _error(_post_raw(client, "/v2.0/networks", '{"network": {"tags": ["\\udfff"]}}'), 400, "tags")
+    ok = _post_raw(client, "/v2.0/networks", '{"network": {"name": "\\ud83d\\ude00"}}')
+    assert ok.status_code == 201 and ok.json()["network"]["name"] == "\N{GRINNING FACE}"
+    assert client.get("/v2.0/networks").status_code == 200
+
+
+def test_deep_nesting_is_a_400_not_a_crash(client: TestClient) -> None:
+    _error(_post_raw(client, "/v2.0/networks", "[" * 100_000 + "]" * 100_000), 400)
+    _error(_post_raw(client, "/v2.0/networks", "1" * 5000), 400, "Malformed")
+
+
+def test_free_form_fields_are_bounded(client: TestClient) -> None:
+    net = _net(client)
+
+    def port(**attrs: Any) -> Any:
+        return client.post("/v2.0/ports", json={"port": {"network_id": net, **attrs}})
+
+    deep: dict[str, Any] = {}
+    for _ in range(20):
+        deep = {"d": deep}
+    _error(port(**{"binding:profile": deep}), 400, "binding:profile", "deeper")
+    _error(port(**{"binding:profile": {"x": "y" * 5000}}), 400, "binding:profile", "bytes")
+    _error(port(tags=[f"t{i}" for i in range(101)]), 400, "tags")
+    _error(port(tags=["x" * 61]), 400, "tags")
+    _error(port(security_groups=["s" * 256]), 400, "security_groups")
+    _error(port(name="n" * 256), 400, "name")
+    _error(port(allowed_address_pairs=[{"ip_address": "10.9.0.9"}] * 101), 400)
+    assert (
+        port(**{"binding:profile": {"pci_slot": "0000:00:01.0", "n": [1, 2.5]}}).status_code == 201
+    )
+    r = client.put(f"/v2.0/networks/{net}/tags/{'z' * 61}")
+    _error(r, 400, "tags")
+
+
+def test_the_store_refuses_what_it_could_not_read_back(store: Store) -> None:
+    """Last line of defence behind the API: the write fails inside its transaction."""
+    net = store.create_network({})
+    with pytest.raises(Exception, match="cannot be stored"):
+        store.create_port({"network_id": net["id"], "binding:profile": {"x": float("nan")}})
+    with pytest.raises(Exception, match="cannot be stored"):
+        store.create_port({"network_id": net["id"], "name": "\ud800"})
+    assert store.list_ports() == []
+
+
+# -- integers that str.isdigit() accepts but int() refuses -----------------------------------
+
+
+def test_integer_filters_and_headers_never_500(client: TestClient) -> None:
+    net = _net(client)
+    _error(client.get("/v2.0/networks?mtu=--1"), 400, "mtu")
+    _error(client.get("/v2.0/networks?provider:segmentation_id=\u00b2"), 400, "segmentation_id")
+    _error(client.get("/v2.0/networks?limit=\u00b2"), 400, "limit")
+    assert client.get("/v2.0/networks?mtu=-1").json()["networks"] == []
+    mtu = client.get(f"/v2.0/networks/{net}").json()["network"]["mtu"]
+    assert len(client.get(f"/v2.0/networks?mtu=+{mtu}").json()["networks"]) == 1
+    r = client.put(
+        f"/v2.0/networks/{net}",
+        json={"network": {"name": "x"}},
+        headers={"If-Match": b"revision_number=\xb2"},  # type: ignore[dict-item]
+    )
+    _error(r, 400, "If-Match")
+    r = client.delete(f"/v2.0/networks/{net}", headers={"If-Match": "revision_number=--1"})
+    _error(r, 400, "If-Match")
+
+
+# -- host ids --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad", ["hv1\nINFO forged line", "hv 1", "", "-hv", "h/v", "h\x00v", "\u00e9", "h" * 256]
+)
+def test_host_ids_are_a_sane_charset(client: TestClient, bad: str) -> None:
+    r = client.post("/v2.0/hosts", json={"host": {"id": bad, "tunnel_ip": "192.0.2.1"}})
+    assert r.status_code == 400, r.text
+    assert "id" in r.json()["NeutronError"]["message"]
+    net = _net(client)
+    r = client.post("/v2.0/ports", json={"port": {"network_id": net, "binding:host_id": bad}})
+    if bad:  # "" means unbound
+        _error(r, 400, "binding:host_id")
+    assert client.get("/v2.0/hosts").json()["hosts"] == []
+
+
+def test_usual_host_names_are_fine(client: TestClient) -> None:
+    for good in ("hv1", "kvm-01.pod2.example.com", "compute_7", "h" * 255):
+        r = client.post("/v2.0/hosts", json={"host": {"id": good, "tunnel_ip": "192.0.2.1"}})
+        assert r.status_code == 201, r.text
+
+
+# -- ports -----------------------------------------------------------------------------------
+
+
+def test_the_mac_of_a_bound_port_cannot_change(client: TestClient) -> None:
+    net = _net(client)
+    r = client.post("/v2.0/ports", json={"port": {"network_id": net, "binding:host_id": "hv1"}})
+    port = r.json()["port"]
+    r = client.put(f"/v2.0/ports/{port['id']}", json={"port": {"mac_address": "fa:16:3e:00:00:01"}})
+    _error(r, 409, "PortBound", port["mac_address"])
+    # Repeating the same MAC (CloudStack PUTs whole objects) is fine, and so is an unbound port.
+    same = client.put(
+        f"/v2.0/ports/{port['id']}", json={"port": {"mac_address": port["mac_address"].upper()}}
+    )
+    assert same.status_code == 200, same.text
+    unbind = client.put(f"/v2.0/ports/{port['id']}", json={"port": {"binding:host_id": ""}})
+    assert unbind.status_code == 200, unbind.text
+    changed = client.put(
+        f"/v2.0/ports/{port['id']}", json={"port": {"mac_address": "fa:16:3e:00:00:01"}}
+    )
+    assert (
+        changed.status_code == 200 and changed.json()["port"]["mac_address"] == "fa:16:3e:00:00:01"
+    )
+
+
+# -- the database file -----------------------------------------------------------------------
+
+
+def test_the_database_and_its_wal_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    old_umask = os.umask(0o022)
+    try:
+        store = Store(str(path), EventBus())
+        store.create_network({})
+        files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+        for f in files:
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+        store.close()
+        path.chmod(0o644)  # an older version's file is tightened on open
+        Store(str(path), EventBus()).close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(old_umask)
+
+
+def test_head_and_charset_with_authentication(make_client: ClientFactory) -> None:
+    client = make_client(auth_token="t")
+    assert client.head("/").status_code == 200
+    assert client.head("/v2.0/networks").status_code == 401
