@@ -8,7 +8,9 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
+from collections.abc import Callable
 
 from controller import config
 
@@ -26,19 +28,68 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("ovsdbapp.backend.ovs_idl.idlutils").setLevel(logging.CRITICAL)
 
 
+STOP_GRACE_S = 2.0
+"""SIGTERM/SIGINT stop the process within this time, whatever state it is in."""
+
+
+def _exit_later(seconds: float) -> None:
+    """Exit the process after ``seconds`` unless it exited before (a stop that hangs, e.g. a
+    start-up still in progress, must not keep a SIGTERMed controller alive)."""
+
+    def force() -> None:
+        time.sleep(seconds)
+        logging.getLogger("tenantnet").warning("stop took over %.1f s: exiting now", seconds)
+        logging.shutdown()
+        os._exit(1)
+
+    threading.Thread(target=force, name="stop-deadline", daemon=True).start()
+
+
+def _watch_signals(callback: Callable[[int], None]) -> None:
+    """Call ``callback(signum)`` on SIGTERM/SIGINT from a thread of its own, at once.
+
+    A Python signal handler runs only when the main thread returns to the interpreter, which a
+    start-up stuck in C (SQLite waiting for a lock, a blocking connect) may not do for a long
+    time.  The C-level handler always writes the signal number to the wake-up fd, and a thread
+    blocked on it does not depend on the main thread at all.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)  # no default action: the watcher decides
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while True:
+            for signum in os.read(read_fd, 64):
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    callback(signum)
+
+    threading.Thread(target=watch, name="signals", daemon=True).start()
+
+
 def serve(settings: config.Settings) -> int:
     from controller.service import Controller
 
+    log = logging.getLogger("tenantnet")
     ctl = Controller(settings)
     stop = threading.Event()
 
-    def _signal(signum: int, _frame: object) -> None:
-        logging.getLogger("tenantnet").info("signal %d received", signum)
-        stop.set()
+    def on_signal(signum: int) -> None:
+        if not stop.is_set():
+            log.info("signal %d received, stopping", signum)
+            stop.set()
+            _exit_later(STOP_GRACE_S)
 
-    signal.signal(signal.SIGTERM, _signal)
-    signal.signal(signal.SIGINT, _signal)
-    ctl.start()
+    _watch_signals(on_signal)
+    try:
+        ctl.start()
+    except Exception as exc:  # every failed start ends the process, with a one-line reason
+        log.critical("tenantnet cannot start: %s", exc)
+        log.debug("start-up failure", exc_info=True)
+        logging.shutdown()
+        # os-ken's hub threads (if it got that far) are not daemons: leave now.
+        os._exit(1)
     stop.wait()
     ctl.stop()
     logging.shutdown()
@@ -59,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         parser.error(str(exc))
     _setup_logging(settings.log_level)
+    for flag in config.secrets_on_command_line(args):
+        logging.getLogger("tenantnet").warning(
+            "%s is visible to every local user (ps); prefer %s-file or the environment",
+            flag,
+            flag,
+        )
     if args.command == "serve":
         return serve(settings)
     return 2

@@ -8,7 +8,9 @@ API belongs on a public network.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -70,6 +72,21 @@ class Settings:
     api_tls_key: str = ""
     api_tls_cert: str = ""
     api_tls_ca: str = ""
+    # Secrets need not be on the command line (where `ps` shows them): a file holding the
+    # secret, or the TENANTNET_AUTH_TOKEN / TENANTNET_BASIC_PASSWORD environment variables.
+    auth_token_file: str = ""
+    basic_password_file: str = ""
+    # The API's own links (GET /, GET /v2.0/) start here; empty: relative links.
+    public_url: str = ""
+    # API connection hygiene: a client that holds a connection without completing a request
+    # head is dropped after api_header_timeout_s; an idle keep-alive connection after
+    # api_keepalive_s; beyond api_max_connections open connections requests get 503.
+    api_max_connections: int = 1000
+    api_header_timeout_s: float = 10.0
+    api_keepalive_s: float = 5.0
+    # POST /tenantnet/wait: at most this many waits at once (429 beyond), ids per wait (400).
+    wait_max_concurrent: int = 64
+    wait_max_ports: int = 20000
 
     @property
     def database(self) -> str:
@@ -121,8 +138,33 @@ class Settings:
                 raise ConfigError(f"{name}: {getattr(self, name)} must be at least 1")
         if bool(self.basic_user) != bool(self.basic_password):
             raise ConfigError("basic_user and basic_password go together")
+        if _same_endpoint(self.api_listen, self.ofp_listen):
+            raise ConfigError(f"api_listen and ofp_listen are both {self.api_listen}")
+        if self.public_url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", self.public_url):
+            raise ConfigError(
+                f"public_url: expected http(s)://HOST[:PORT][/PATH], got {self.public_url!r}"
+            )
+        for name in (
+            "api_max_connections",
+            "wait_max_concurrent",
+            "wait_max_ports",
+            "max_body_bytes",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name in ("api_header_timeout_s", "api_keepalive_s", "startup_grace_s"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ConfigError(
+                    f"{name}: must be in (0, 3600] seconds, got {getattr(self, name)}"
+                )
         self._validate_tls()
         return self
+
+    @property
+    def auth_mode(self) -> str:
+        """How the API authenticates, for the start-up log: none, token, basic or token+basic."""
+        modes = [m for m, on in (("token", self.auth_token), ("basic", self.basic_user)) if on]
+        return "+".join(modes) or "none"
 
     def _validate_tls(self) -> None:
         """Key, certificate and CA of a channel go together and must be readable now: a typo
@@ -156,16 +198,42 @@ class Settings:
             )
 
 
-def _coerce(name: str, raw: object) -> object:
+SECRETS = {"auth_token": "auth_token_file", "basic_password": "basic_password_file"}
+
+
+def _same_endpoint(a: str, b: str) -> bool:
+    host_a, port_a = parse_hostport(a, "api_listen")
+    host_b, port_b = parse_hostport(b, "ofp_listen")
+    wildcard = {"0.0.0.0", "::", ""}
+    return port_a == port_b and (host_a == host_b or bool({host_a, host_b} & wildcard))
+
+
+def _coerce(name: str, raw: object, source: str, typed: bool = False) -> object:
+    """A setting's value in its type.  Text (flags, environment) is converted; a ``typed``
+    value (TOML) must already have the right type (``underlay_mtu = "9000"`` is a mistake)."""
     kind = {f.name: f.type for f in fields(Settings)}[name]
-    try:
+    if isinstance(raw, str) and (kind == "str" or not typed):
         if kind == "int":
-            return int(raw)  # type: ignore[arg-type]
+            number = integer_text(raw)
+            if number is None:
+                raise ConfigError(f"{name} ({source}): {raw!r} is not an integer")
+            return number
         if kind == "float":
-            return float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name}: {raw!r} is not a number") from exc
-    return str(raw)
+            try:
+                value = float(raw)
+            except ValueError:
+                raise ConfigError(f"{name} ({source}): {raw!r} is not a number") from None
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} ({source}): {raw!r} is not a finite number")
+            return value
+        return raw
+    if kind == "int" and isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if kind == "float" and isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        if not math.isfinite(raw):
+            raise ConfigError(f"{name} ({source}): {raw!r} is not a finite number")
+        return float(raw)
+    raise ConfigError(f"{name} ({source}): {raw!r} is not a {kind}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -175,24 +243,77 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=f.name, default=None, help=f"(default: {f.default!r})")
 
 
+def _file_settings(cfg_file: str) -> dict[str, object]:
+    """The settings of a TOML file: a ``[tenantnet]`` table, or top-level keys, never both
+    (keys beside the table would be silently ignored, e.g. a top-level ``auth_token``)."""
+    try:
+        data = tomllib.loads(Path(cfg_file).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {cfg_file}: {exc}") from exc
+    section: dict[str, object] = data
+    if "tenantnet" in data:
+        if not isinstance(data["tenantnet"], dict):
+            raise ConfigError(f"config file {cfg_file}: 'tenantnet' must be a table")
+        beside = sorted(set(data) - {"tenantnet"})
+        if beside:
+            raise ConfigError(
+                f"config file {cfg_file}: keys {beside} outside the [tenantnet] table would be "
+                "ignored; put every setting inside it"
+            )
+        section = data["tenantnet"]
+    unknown = sorted(set(section) - {f.name for f in fields(Settings)})
+    if unknown:
+        raise ConfigError(f"config file {cfg_file}: unknown settings {unknown}")
+    return section
+
+
+def _read_secret(name: str, path: str) -> str:
+    """A secret from a file: its content without the final newline; empty is an error."""
+    try:
+        secret = Path(path).read_text().rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{name}_file: cannot read {path}: {exc}") from exc
+    if not secret.strip():
+        raise ConfigError(f"{name}_file: {path} is empty")
+    return secret
+
+
 def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Defaults < file < environment < flags.  Strict: unknown keys, empty or doubly given
+    secrets and contradictory settings are errors, because each of them used to mean a
+    controller that starts with less protection than its operator asked for."""
     env = os.environ if environ is None else environ
     values: dict[str, object] = {}
+    sources: dict[str, str] = {}
     cfg_file = getattr(args, "config", None) or env.get("TENANTNET_CONFIG")
     if cfg_file:
-        try:
-            data = tomllib.loads(Path(cfg_file).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {cfg_file}: {exc}") from exc
-        section = data.get("tenantnet", data)
-        known = {f.name for f in fields(Settings)}
-        unknown = set(section) - known
-        if unknown:
-            raise ConfigError(f"config file {cfg_file}: unknown settings {sorted(unknown)}")
-        values.update(section)
+        for name, raw in _file_settings(cfg_file).items():
+            values[name] = _coerce(name, raw, f"config file {cfg_file}", typed=True)
+            sources[name] = "config file"
     for f in fields(Settings):
         if (v := env.get("TENANTNET_" + f.name.upper())) is not None:
-            values[f.name] = v
+            values[f.name] = _coerce(f.name, v, "TENANTNET_" + f.name.upper())
+            sources[f.name] = "environment"
         if args is not None and getattr(args, f.name, None) is not None:
-            values[f.name] = getattr(args, f.name)
-    return Settings(**{k: _coerce(k, v) for k, v in values.items()}).validate()
+            flag = "--" + f.name.replace("_", "-")
+            values[f.name] = _coerce(f.name, getattr(args, f.name), flag)
+            sources[f.name] = "flag"
+    for secret, file_setting in SECRETS.items():
+        if secret in values and not str(values[secret]).strip():
+            raise ConfigError(
+                f"{secret} ({sources[secret]}) is empty; leave it unset to run without it"
+            )
+        if file_setting in values:
+            if secret in values:
+                raise ConfigError(
+                    f"{secret} is given twice: as {file_setting} and ({sources[secret]}) directly"
+                )
+            values[secret] = _read_secret(secret, str(values.pop(file_setting)))
+    if "basic_user" in values and not str(values["basic_user"]).strip():
+        raise ConfigError(f"basic_user ({sources['basic_user']}) is empty")
+    return Settings(**values).validate()  # type: ignore[arg-type]
+
+
+def secrets_on_command_line(args: argparse.Namespace) -> list[str]:
+    """The secret flags that were used (every local user can read them in ``ps``)."""
+    return ["--" + n.replace("_", "-") for n in SECRETS if getattr(args, n, None) is not None]

@@ -121,8 +121,7 @@ class Controller:
         self._api_thread: threading.Thread | None = None
 
     def start(self) -> None:
-        import uvicorn
-
+        from controller.api import server
         from controller.api.app import ApiSettings, create_app
         from controller.dataplane.reconciler import DataPlane
         from controller.southbound.ovsdb_host import OvsdbHost
@@ -130,6 +129,8 @@ class Controller:
 
         s = self.settings
         t0 = time.monotonic()
+        # Bound first: a taken port fails the start before anything else runs.
+        api_socket = server.bind(*parse_hostport(s.api_listen, "api_listen"))
         fd_limit = limits.raise_fd_limit()
         Path(s.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store = Store(s.database, self.bus, underlay_mtu=s.underlay_mtu)
@@ -148,6 +149,7 @@ class Controller:
                 max_body_bytes=s.max_body_bytes,
                 underlay_mtu=s.underlay_mtu,
                 ovsdb_scheme="ssl" if s.ofp_tls else "tcp",
+                public_url=s.public_url,
             ),
         )
         self.api.add_api_route(
@@ -158,25 +160,21 @@ class Controller:
             summary="Data-plane status: hosts, flow-mods sent, time to reconcile",
         )
         self._add_wait_route()
-        host, port = parse_hostport(s.api_listen, "api_listen")
-        config = uvicorn.Config(
+        self._server = server.make_server(
             self.api,
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
+            max_connections=s.api_max_connections,
+            header_timeout=s.api_header_timeout_s,
+            keepalive=s.api_keepalive_s,
             **_api_tls(s),
         )
-        config.load()
-        self._server = uvicorn.Server(config)
-
-        self._api_thread = threading.Thread(target=self._server.run, name="api", daemon=True)
+        self._api_thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [api_socket]}, name="api", daemon=True
+        )
         self._api_thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started and time.monotonic() < deadline:
             if not self._api_thread.is_alive():
-                raise RuntimeError(f"REST API could not listen on {s.api_listen}")
+                raise RuntimeError(f"REST API on {s.api_listen} stopped during start-up")
             time.sleep(0.02)
         self._manager, self.ofp_app = _start_os_ken(s, fd_limit)
         self.ofp_app.barrier_timeout_s = s.ofp_barrier_timeout_s
@@ -201,11 +199,12 @@ class Controller:
         self.ofp_app.attach(self.dataplane)
 
         LOG.info(
-            "tenantnet up in %.2f s: API %s://%s, OpenFlow %s (hosts connect to %s), "
-            "store %s, pid %d",
+            "tenantnet up in %.2f s: API %s://%s (auth: %s), OpenFlow %s (hosts connect to "
+            "%s), store %s, pid %d",
             time.monotonic() - t0,
             "https" if s.api_tls else "http",
             s.api_listen,
+            s.auth_mode,
             s.ofp_listen,
             s.controller_target,
             s.database,
@@ -215,7 +214,13 @@ class Controller:
     def _add_wait_route(self) -> None:
         from controller.port_wait import PortWaiter, add_wait_route
 
-        add_wait_route(self.api, PortWaiter(self.store, self.bus))
+        waiter = PortWaiter(
+            self.store,
+            self.bus,
+            max_waits=self.settings.wait_max_concurrent,
+            max_ports=self.settings.wait_max_ports,
+        )
+        add_wait_route(self.api, waiter)
 
     def status(self) -> dict[str, Any]:
         st = self.dataplane.status() if self.dataplane else {}

@@ -60,3 +60,90 @@ def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
     f.write_text("api_lisen = '127.0.0.1:1'\n")
     with pytest.raises(config.ConfigError, match="api_lisen"):
         config.load(_args("--config", str(f)), environ={})
+
+
+# -- strictness: every mistake that used to start a less protected controller is an error ----
+
+
+def test_keys_beside_the_tenantnet_table_are_refused(tmp_path: Path) -> None:
+    f = tmp_path / "t.toml"
+    f.write_text('auth_token = "s3cret"\n[tenantnet]\napi_listen = "127.0.0.1:1"\n')
+    with pytest.raises(config.ConfigError, match=r"auth_token.*outside the \[tenantnet\] table"):
+        config.load(_args("--config", str(f)), environ={})
+    f.write_text('[tenantnet]\napi_listen = "127.0.0.1:1"\n[other]\nx = 1\n')
+    with pytest.raises(config.ConfigError, match="other"):
+        config.load(_args("--config", str(f)), environ={})
+
+
+def test_file_values_must_have_the_right_type(tmp_path: Path) -> None:
+    f = tmp_path / "t.toml"
+    for line, word in (
+        ('underlay_mtu = "9000"', "underlay_mtu"),
+        ("auth_token = 1234", "auth_token"),
+        ("startup_grace_s = nan", "startup_grace_s"),
+        ("wait_max_ports = true", "wait_max_ports"),
+    ):
+        f.write_text(line + "\n")
+        with pytest.raises(config.ConfigError, match=word):
+            config.load(_args("--config", str(f)), environ={})
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "word"),
+    [
+        (("--auth-token", ""), {}, "auth_token .flag. is empty"),
+        ((), {"TENANTNET_AUTH_TOKEN": ""}, "auth_token .environment. is empty"),
+        (("--auth-token", "  "), {}, "empty"),
+        (("--basic-user", "u", "--basic-password", ""), {}, "basic_password .flag. is empty"),
+        (("--basic-user", "", "--basic-password", "p"), {}, "basic_user"),
+        (("--api-listen", "127.0.0.1:6653"), {}, "api_listen and ofp_listen"),
+        (("--api-listen", "0.0.0.0:6653"), {}, "api_listen and ofp_listen"),
+        (("--public-url", "ftp://x"), {}, "public_url"),
+        (("--public-url", "http://h/v?x=1"), {}, "public_url"),
+        (("--wait-max-ports", "0"), {}, "wait_max_ports"),
+        (("--api-header-timeout-s", "0"), {}, "api_header_timeout_s"),
+        (("--api-max-connections", "\u00b2"), {}, "api_max_connections"),
+        (("--api-listen", "127.0.0.1:\u00b2"), {}, "api_listen"),
+    ],
+)
+def test_empty_secrets_and_contradictions_are_errors(
+    argv: tuple[str, ...], env: dict[str, str], word: str
+) -> None:
+    with pytest.raises(config.ConfigError, match=word):
+        config.load(_args(*argv), environ=env)
+
+
+def test_secrets_come_from_files_or_the_environment(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    password = tmp_path / "password"
+    password.write_text("pw\r\n")
+    s = config.load(
+        _args("--auth-token-file", str(token), "--basic-user", "cs"),
+        environ={"TENANTNET_BASIC_PASSWORD_FILE": str(password)},
+    )
+    assert (s.auth_token, s.basic_user, s.basic_password) == ("s3cret", "cs", "pw")
+    assert s.auth_mode == "token+basic"
+    assert config.load(_args(), environ={"TENANTNET_AUTH_TOKEN": "e"}).auth_token == "e"
+    assert config.load(_args(), environ={}).auth_mode == "none"
+
+
+def test_secret_files_must_exist_hold_something_and_not_double_a_value(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(config.ConfigError, match=r"auth_token_file.*empty"):
+        config.load(_args("--auth-token-file", str(empty)), environ={})
+    with pytest.raises(config.ConfigError, match=r"auth_token_file.*cannot read"):
+        config.load(_args("--auth-token-file", str(tmp_path / "missing")), environ={})
+    token = tmp_path / "token"
+    token.write_text("t")
+    with pytest.raises(config.ConfigError, match="auth_token is given twice"):
+        config.load(
+            _args("--auth-token-file", str(token)), environ={"TENANTNET_AUTH_TOKEN": "other"}
+        )
+
+
+def test_secret_flags_are_named_for_the_ps_warning() -> None:
+    args = _args("--auth-token", "t", "--basic-user", "u", "--basic-password", "p")
+    assert config.secrets_on_command_line(args) == ["--auth-token", "--basic-password"]
+    assert config.secrets_on_command_line(_args("--auth-token-file", "/x")) == []

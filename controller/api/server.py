@@ -1,0 +1,125 @@
+"""The API's HTTP server: uvicorn, with the connection limits a hostile network needs.
+
+uvicorn brings the connection limit (``limit_concurrency``: requests beyond it get 503), the
+keep-alive timeout and the parser's size limits, but no deadline for a request *head*: a client
+that connects and then sends nothing, or one header byte every few seconds, holds its
+connection, its file descriptor and a slot of the limit for ever.  About a hundred of them were
+enough to make the API unreachable.  `HeadDeadlineProtocol` is the thin layer that adds it: a
+subclass of uvicorn's own protocol (the one it picks by default) that arms a timer when a
+connection opens and whenever a new request begins, and cancels it once the request head is
+complete.  Parsing stays uvicorn's and httptools'.  Beyond the connection limit a new
+connection is closed at once, so the number of descriptors the API holds stays bounded too.
+
+The listening socket is bound before anything else starts (`bind`), so a taken port is a
+one-line start-up error, not a thread that dies while the rest of the controller runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+MAX_INCOMPLETE_EVENT_BYTES = 16 * 1024
+"""Largest request head the server buffers (uvicorn's h11 setting; httptools has its own,
+similar, limit)."""
+
+
+class ListenError(RuntimeError):
+    """The API cannot listen where it was told to; the message is the one-line reason."""
+
+
+class HeadDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for each request head (see module doc)."""
+
+    header_timeout: float = 10.0
+    max_connections: int = 1000
+    dropped = 0  # connections closed by the deadline or the cap (for tests and status)
+
+    _head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            type(self).dropped += 1
+            transport.abort()
+            return
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._head_deadline is None:
+            self._head_deadline = self.loop.call_later(self.header_timeout, self._head_expired)
+
+    def _disarm(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_expired(self) -> None:
+        self._head_deadline = None
+        if not self.transport.is_closing():
+            type(self).dropped += 1
+            self.transport.close()
+
+
+def protocol_class(header_timeout: float, max_connections: int) -> type[HeadDeadlineProtocol]:
+    """A protocol class with these limits (a class per server, so tests can run several)."""
+    return type(
+        "ApiProtocol",
+        (HeadDeadlineProtocol,),
+        {"header_timeout": header_timeout, "max_connections": max_connections, "dropped": 0},
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, or `ListenError` with the reason (e.g. the port is taken)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"REST API cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def make_server(
+    app: Any,
+    *,
+    max_connections: int,
+    header_timeout: float,
+    keepalive: float,
+    **options: Any,
+) -> uvicorn.Server:
+    """A uvicorn server for ``app`` with the limits above (``options``: more uvicorn.Config
+    settings, e.g. TLS)."""
+    config = uvicorn.Config(
+        app,
+        http=protocol_class(header_timeout, max_connections),
+        limit_concurrency=max_connections,
+        timeout_keep_alive=max(1, round(keepalive)),
+        h11_max_incomplete_event_size=MAX_INCOMPLETE_EVENT_BYTES,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        **options,
+    )
+    return uvicorn.Server(config)
