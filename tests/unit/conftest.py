@@ -3,6 +3,9 @@ clients over it."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,3 +72,27 @@ def make_client(store: Store) -> Iterator[ClientFactory]:
 def client(make_client: ClientFactory) -> TestClient:
     """An open (no auth) API client."""
     return make_client()
+
+
+@contextlib.contextmanager
+def live_server(app: Any, **limits: Any) -> Iterator[tuple[int, Any]]:
+    """``app`` behind the controller's real HTTP server (uvicorn with its limits) on a free
+    loopback port, in a thread: for what only a real socket shows (slow clients, the event
+    loop staying free)."""
+    from controller.api import server
+
+    sock = server.bind("127.0.0.1", 0)
+    options = {"max_connections": 1000, "header_timeout": 10.0, "keepalive": 5.0, **limits}
+    srv = server.make_server(app, **options)
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert srv.started, "uvicorn did not start"
+    try:
+        yield sock.getsockname()[1], srv
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()

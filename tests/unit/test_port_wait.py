@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 
 from controller.api.app import create_app
@@ -97,3 +99,91 @@ def test_a_port_that_flaps_back_is_pending_again(tmp_path: Path) -> None:
 
     threading.Thread(target=flap).start()
     assert waiter.wait([a, b], "ACTIVE", timeout=0.4) == sorted([a, b])
+
+
+def _limited(tmp_path: Path, **limits: int) -> tuple[Store, TestClient]:
+    bus = EventBus()
+    store = Store(str(tmp_path / "db.sqlite"), bus)
+    app = create_app(store, ApiSettings())
+    add_wait_route(app, PortWaiter(store, bus, **limits))
+    return store, TestClient(app)
+
+
+def test_too_many_ids_is_a_400_naming_port_ids(tmp_path: Path) -> None:
+    _, client = _limited(tmp_path, max_ports=3)
+    r = client.post("/tenantnet/wait", json={"port_ids": ["a", "b", "c", "d"], "timeout": 1})
+    assert r.status_code == 400
+    assert "port_ids" in r.json()["NeutronError"]["message"]
+    r = client.post("/tenantnet/wait", json={"port_ids": ["a", "b", "c"], "timeout": 0.01})
+    assert r.status_code == 200 and r.json()["done"] is False
+
+
+def test_waits_beyond_the_limit_get_429_and_the_slot_comes_back(tmp_path: Path) -> None:
+    store, _ = _limited(tmp_path)
+    bus = EventBus()
+    waiter = PortWaiter(store, bus, max_waits=2)
+    app = create_app(store, ApiSettings())
+    add_wait_route(app, waiter)
+    results: list[list[str]] = []
+
+    def hold() -> None:
+        results.append(waiter.wait(["never"], "ACTIVE", timeout=30))
+
+    held = [threading.Thread(target=hold) for _ in range(2)]
+    for t in held:
+        t.start()
+    deadline = time.monotonic() + 10
+    while waiter._active < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with TestClient(app) as client:
+        r = client.post("/tenantnet/wait", json={"port_ids": ["x"], "timeout": 0.01})
+        assert r.status_code == 429, r.text
+        assert r.headers["retry-after"] == "1"
+        assert r.json()["NeutronError"]["type"] == "TooManyWaits"
+        # End the two waits (as if their port had become ACTIVE): there is room again.
+        for w in list(waiter._waits.get("never", [])):
+            w.update("never", "ACTIVE")
+        for t in held:
+            t.join(10)
+        assert results == [[], []]
+        r = client.post("/tenantnet/wait", json={"port_ids": ["x"], "timeout": 0.01})
+        assert r.status_code == 200, r.text
+
+
+def test_a_wait_never_reads_the_store_on_the_event_loop(tmp_path: Path) -> None:
+    """While another thread holds the store (a long bulk create), a wait is in progress and
+    ``GET /`` still answers: the wait's store read is not on the loop."""
+    from tests.unit.conftest import live_server
+
+    store, _ = _limited(tmp_path)
+    waiter = PortWaiter(store, EventBus())
+    app = create_app(store, ApiSettings())
+    add_wait_route(app, waiter)
+    net = store.create_network({})
+    port = store.create_port({"network_id": net["id"]})["id"]
+    with live_server(app) as (api_port, _):
+        base = f"http://127.0.0.1:{api_port}"
+        store._lock.acquire()  # what a 10,000-port bulk does for a while
+        try:
+            wait_result: list[Any] = []
+            waiting = threading.Thread(
+                target=lambda: wait_result.append(
+                    httpx.post(
+                        f"{base}/tenantnet/wait",
+                        json={"port_ids": [port], "status": "DOWN", "timeout": 20},
+                        timeout=30,
+                    )
+                )
+            )
+            waiting.start()
+            deadline = time.monotonic() + 10
+            while port not in waiter._waits and time.monotonic() < deadline:
+                time.sleep(0.01)  # registered: its store read comes next and blocks
+            assert port in waiter._waits and not wait_result
+            r = httpx.get(f"{base}/", timeout=10)
+            assert r.status_code == 200
+            assert waiting.is_alive(), "the wait is still blocked on the store"
+        finally:
+            store._lock.release()
+        waiting.join(30)
+        assert wait_result[0].json() == {"done": True, "pending": []}

@@ -1,0 +1,117 @@
+"""The API's HTTP server against slow and idle clients on loopback: a bounded number of
+connections, a deadline for each request head, and recovery once the clients are gone."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+
+from controller.api import ApiSettings, create_app, server
+from controller.events import EventBus
+from controller.port_wait import PortWaiter, add_wait_route
+from controller.store import Store
+from tests.unit.conftest import live_server
+
+SLOW_CLIENTS = 120
+PARTIAL_HEAD = b"GET /v2.0/networks HTTP/1.1\r\nHost: x\r\nX-Slow: "
+
+
+@contextlib.contextmanager
+def slow_clients(
+    port: int, count: int, send: bytes = PARTIAL_HEAD
+) -> Iterator[list[socket.socket]]:
+    """``count`` connections that send the start of a request head (or nothing) and stall."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if send:
+                s.sendall(send)
+            socks.append(s)
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _closed_by_server(s: socket.socket, within: float) -> bool:
+    s.settimeout(within)
+    try:
+        return s.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def _get(port: int) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+
+
+def test_the_api_answers_while_many_clients_stall_and_drops_them_at_the_deadline(
+    store: Store,
+) -> None:
+    app = create_app(store, ApiSettings())
+    with (
+        live_server(app, header_timeout=1.0) as (port, srv),
+        slow_clients(port, SLOW_CLIENTS // 2) as partial,
+        slow_clients(port, SLOW_CLIENTS // 2, send=b"") as silent,
+    ):
+        assert _get(port).status_code == 200
+        # Each stalled head is cut off by the server, without the client doing anything.
+        assert all(_closed_by_server(s, within=15) for s in partial + silent)
+        deadline = time.monotonic() + 10
+        while srv.server_state.connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not srv.server_state.connections
+        assert _get(port).status_code == 200
+
+
+def test_beyond_the_connection_cap_new_clients_wait_for_room_and_get_it_back(
+    store: Store,
+) -> None:
+    app = create_app(store, ApiSettings())
+    with live_server(app, max_connections=20, header_timeout=60.0) as (port, _):
+        with slow_clients(port, SLOW_CLIENTS):
+            refused = None
+            try:
+                refused = _get(port).status_code
+            except httpx.TransportError:
+                refused = "closed"
+            assert refused in (503, "closed"), refused
+        # The stalled clients went away: full service again.
+        deadline = time.monotonic() + 10
+        status = None
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                status = _get(port).status_code
+                if status == 200:
+                    break
+            time.sleep(0.05)
+        assert status == 200
+
+
+def test_a_request_being_served_is_not_cut_off(store: Store) -> None:
+    """The deadline is for the head only: a request whose answer takes longer (a wait, a big
+    bulk) keeps its connection."""
+    app = create_app(store, ApiSettings())
+    add_wait_route(app, PortWaiter(store, EventBus()))
+    with live_server(app, header_timeout=0.3) as (port, srv):
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/tenantnet/wait",
+            json={"port_ids": ["nope"], "timeout": 1.0},
+            timeout=10,
+        )
+        assert r.status_code == 200 and r.json() == {"done": False, "pending": ["nope"]}
+        assert srv.config.http.dropped == 0
+
+
+def test_the_protocol_class_carries_its_limits() -> None:
+    cls = server.protocol_class(header_timeout=3.0, max_connections=7)
+    assert issubclass(cls, server.HeadDeadlineProtocol)
+    assert (cls.header_timeout, cls.max_connections) == (3.0, 7)
+    assert server.HeadDeadlineProtocol.header_timeout == 10.0
