@@ -5,7 +5,9 @@ The plugin speaks the old ODL northbound: Neutron bodies under ``/controller/nb/
 connection-manager call that says "hypervisor H has OVSDB at IP:PORT".  It sends
 ``provider:network_type=gre, provider:segmentation_id=100`` for *every* network, so on these paths
 the segmentation id is only a hint: honouring it literally would either merge all CloudStack
-networks into one segment or fail every network after the first.
+networks into one segment or fail every network after the first; on a network PUT it is a hint
+as well.  The plugin re-sends a port create when an earlier call looked lost: an identical
+re-POST answers 201 with the existing object instead of failing the VM start with a 409.
 """
 
 from typing import Any
@@ -26,13 +28,18 @@ from controller.store.errors import not_found
 NEUTRON_PREFIX = "/controller/nb/v2/neutron"
 NODES_PREFIX = "/controller/nb/v2/connectionmanager"
 NODE_TYPE = "OVS"
+HINTS = frozenset({"status", "device_id", "provider:segmentation_id"})
+"""What the plugin sends that is no fact about the object: ``status`` (always "ACTIVE"), a
+``device_id`` it draws at random for every port create (``UUID.randomUUID()``, so a re-sent
+create differs only there) and ``provider:segmentation_id`` (always 100).  An identical re-POST
+(ignoring these) answers 201 with the existing object; see `controller.store.replay`."""
 
 
 def neutron_router(store: Store) -> APIRouter:
     """Networks, subnets and ports with CloudStack's dialect."""
     api = APIRouter(route_class=StrictJsonRoute, prefix=NEUTRON_PREFIX)
     for res in (NETWORKS, SUBNETS, COMPAT_PORTS):
-        sub = collection_router(store, res, seg_id_is_hint=True)
+        sub = collection_router(store, res, seg_id_is_hint=True, replay_ignoring=HINTS)
         for route in sub.routes:
             route.tags = ["cloudstack"]  # type: ignore[attr-defined]
         api.include_router(sub)

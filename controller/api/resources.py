@@ -82,8 +82,15 @@ def to_store(item: rq.Body) -> dict[str, Any]:
     return body
 
 
-def collection_router(store: Store, res: Resource, *, seg_id_is_hint: bool = False) -> APIRouter:
-    """The routes of one collection; ``seg_id_is_hint`` is for the CloudStack paths."""
+def collection_router(
+    store: Store,
+    res: Resource,
+    *,
+    seg_id_is_hint: bool = False,
+    replay_ignoring: frozenset[str] | None = None,
+) -> APIRouter:
+    """The routes of one collection; ``seg_id_is_hint`` and ``replay_ignoring`` (see
+    `Store.create`) are for the CloudStack paths."""
     router = APIRouter(route_class=StrictJsonRoute, tags=[res.plural], responses=ERRORS)
     singular, plural = res.kind, res.plural
     create_model = rq.create_envelope(singular, plural, res.create)
@@ -152,7 +159,10 @@ def collection_router(store: Store, res: Resource, *, seg_id_is_hint: bool = Fal
             )
         items = [one] if one is not None else list(many)
         created = store.create(
-            res.kind, [to_store(i) for i in items], seg_id_is_hint=seg_id_is_hint
+            res.kind,
+            [to_store(i) for i in items],
+            seg_id_is_hint=seg_id_is_hint,
+            replay_ignoring=replay_ignoring,
         )
         if one is not None:
             return JSONResponse({singular: public(created[0])}, status_code=201)
@@ -185,7 +195,11 @@ def collection_router(store: Store, res: Resource, *, seg_id_is_hint: bool = Fal
     ) -> JSONResponse:
         changes = to_store(getattr(body, singular))
         updated = store.update(
-            res.kind, obj_id, changes, expected_revision=expected_revision(if_match)
+            res.kind,
+            obj_id,
+            changes,
+            expected_revision=expected_revision(if_match),
+            seg_id_is_hint=seg_id_is_hint,
         )
         return JSONResponse({singular: public(updated)})
 

@@ -170,9 +170,23 @@ def create(tx: Tx, body: dict[str, Any], *, seg_id_is_hint: bool = False) -> dic
     return new
 
 
-def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """Apply a partial update; re-segmenting is allowed only while the network has no ports."""
+def update(
+    tx: Tx, current: dict[str, Any], changes: dict[str, Any], *, seg_id_is_hint: bool = False
+) -> dict[str, Any]:
+    """Apply a partial update; re-segmenting is allowed only while the network has no ports.
+
+    With ``seg_id_is_hint`` (the CloudStack paths, which PUT whole networks back with the
+    ``provider:segmentation_id`` they sent at creation) the segmentation id of an update is a
+    hint too: the network keeps its segment unless its type changes.
+    """
     reject_unknown(changes, UPDATE_ATTRS)
+    if (
+        seg_id_is_hint
+        and "provider:segmentation_id" in changes
+        and changes.get("provider:network_type", current["provider:network_type"])
+        == current["provider:network_type"]
+    ):
+        changes = {**changes, "provider:segmentation_id": current["provider:segmentation_id"]}
     check_read_only(current, changes, READ_ONLY)
     if "router:external" in changes and as_bool(changes["router:external"], "router:external"):
         raise invalid_attr("router:external", "external networks are not supported")
@@ -192,7 +206,7 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
                 f"{current['id']} cannot be changed while it has ports.",
                 "InvalidInput",
             )
-        seg_type, seg_id = _segment(tx, wanted, False, own_id=current["id"])
+        seg_type, seg_id = _segment(tx, wanted, seg_id_is_hint, own_id=current["id"])
         new["provider:network_type"] = seg_type
         new["provider:segmentation_id"] = seg_id
         if "mtu" not in changes:

@@ -33,11 +33,12 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from controller.events import ChangeEvent, EventBus
-from controller.store import hosts, networks, ports, subnets
+from controller.store import hosts, networks, ports, replay, subnets
 from controller.store.attrs import check_revision
-from controller.store.errors import InvalidInput
+from controller.store.errors import Conflict, InvalidInput
 from controller.store.schema import migrate
 from controller.store.tx import Tx
+from controller.store.values import as_uuid
 
 T = TypeVar("T")
 KINDS = ("network", "subnet", "port", "host")
@@ -125,18 +126,55 @@ class Store:
     # -- generic CRUD (what the API uses) -------------------------------------------------------
 
     def create(
-        self, kind: str, bodies: list[dict[str, Any]], *, seg_id_is_hint: bool = False
+        self,
+        kind: str,
+        bodies: list[dict[str, Any]],
+        *,
+        seg_id_is_hint: bool = False,
+        replay_ignoring: frozenset[str] | None = None,
     ) -> list[dict[str, Any]]:
         """Create objects of one kind in one transaction: all of them, or none.
 
         ``seg_id_is_hint`` (networks only) turns a taken ``provider:segmentation_id`` into a
-        request for a free one instead of a 409.
+        request for a free one instead of a 409.  With ``replay_ignoring`` (a set of attribute
+        names that are only hints), a create naming the id of an existing object that already
+        holds every other attribute returns that object unchanged (see `replay`).
         """
+        module = _module(kind)
         with self._write() as tx:
-            if kind == "network":
-                return [networks.create(tx, b, seg_id_is_hint=seg_id_is_hint) for b in bodies]
-            module = _module(kind)
-            return [module.create(tx, b) for b in bodies]
+            created = []
+            for body in bodies:
+                existing = self._replayed(tx, module, kind, body, replay_ignoring)
+                if existing is not None:
+                    created.append(existing)
+                elif kind == "network":
+                    created.append(networks.create(tx, body, seg_id_is_hint=seg_id_is_hint))
+                else:
+                    created.append(module.create(tx, body))
+            return created
+
+    @staticmethod
+    def _replayed(
+        tx: Tx, module: Any, kind: str, body: dict[str, Any], ignoring: frozenset[str] | None
+    ) -> dict[str, Any] | None:
+        """The existing object a replayed create names, or None (not a replay: create it)."""
+        if ignoring is None or not isinstance(body.get("id"), str):
+            return None
+        try:
+            obj_id = as_uuid(body["id"], "id")
+        except InvalidInput:
+            return None
+        existing: dict[str, Any] | None = module.load(tx, obj_id)
+        if existing is None:
+            return None
+        differ = replay.differences(existing, body, ignoring)
+        if differ:
+            raise Conflict(
+                f"{kind.capitalize()} {obj_id} already exists with a different "
+                f"{', '.join(differ)}.",
+                f"{kind.capitalize()}Exists",
+            )
+        return existing
 
     def update(
         self,
@@ -145,12 +183,16 @@ class Store:
         changes: dict[str, Any],
         *,
         expected_revision: int | None = None,
+        seg_id_is_hint: bool = False,
     ) -> dict[str, Any]:
-        """Partially update one object; ``expected_revision`` implements ``If-Match``."""
+        """Partially update one object; ``expected_revision`` implements ``If-Match``;
+        ``seg_id_is_hint`` as for `create` (a network keeps its segment)."""
         module = _module(kind)
         with self._write() as tx:
             current = module.must_load(tx, obj_id)
             check_revision(current, expected_revision)
+            if kind == "network":
+                return networks.update(tx, current, changes, seg_id_is_hint=seg_id_is_hint)
             return module.update(tx, current, changes)
 
     def delete(self, kind: str, obj_id: str, *, expected_revision: int | None = None) -> None:

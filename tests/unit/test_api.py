@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
@@ -757,3 +758,102 @@ def test_api_writes_publish_events(client: TestClient, events: list[ChangeEvent]
         ("port", False, True),
     ]
     assert events[3].new["admin_state_up"] is False and events[3].old["admin_state_up"] is True
+
+
+def _cloudstack_port(net_id: str, port_id: str, device_id: str) -> dict[str, Any]:
+    """A port create as the OpenDaylight plugin's ConfigurePortCommand sends it."""
+    return {
+        "port": {
+            "id": port_id,
+            "name": port_id,
+            "tenant_id": "acct",
+            "network_id": net_id,
+            "mac_address": "02:00:00:00:00:21",
+            "device_id": device_id,  # the plugin draws a new random UUID for every send
+            "admin_state_up": True,
+            "status": "ACTIVE",
+            "fixed_ips": [],
+        }
+    }
+
+
+def test_cloudstack_resent_port_create_answers_the_existing_port(
+    client: TestClient, events: list[Any]
+) -> None:
+    net = client.post(f"{ODL}/networks", json={"network": {"name": "cs"}}).json()["network"]
+    port_id = "55555555-5555-4555-8555-555555555555"
+    first = client.post(f"{ODL}/ports", json=_cloudstack_port(net["id"], port_id, str(uuid4())))
+    assert first.status_code == 201, first.text
+    before = len(events)
+    again = client.post(f"{ODL}/ports", json=_cloudstack_port(net["id"], port_id, str(uuid4())))
+    assert again.status_code == 201, again.text
+    assert again.json()["port"] == first.json()["port"]
+    assert len(events) == before, "nothing was written"
+    # A create that really differs is still refused, naming what differs...
+    other = _cloudstack_port(net["id"], port_id, str(uuid4()))
+    other["port"]["mac_address"] = "02:00:00:00:00:22"
+    assert "mac_address" in error_of(client.post(f"{ODL}/ports", json=other), 409, "PortExists")
+    # ...and the Neutron path keeps Neutron's rule.
+    error_of(
+        client.post("/v2.0/ports", json=_cloudstack_port(net["id"], port_id, str(uuid4()))),
+        409,
+        "PortExists",
+    )
+    # The same port with the MAC in other spelling and the id in upper case is the same port.
+    same = _cloudstack_port(net["id"], port_id.upper(), str(uuid4()))
+    same["port"]["mac_address"] = "02-00-00-00-00-21"
+    assert client.post(f"{ODL}/ports", json=same).status_code == 201
+
+
+def test_cloudstack_resent_network_create_is_idempotent_too(client: TestClient) -> None:
+    body = {
+        "network": {
+            "id": "66666666-6666-4666-8666-666666666666",
+            "name": "cs",
+            "tenant_id": "acct",
+            "shared": False,
+            "provider:network_type": "gre",
+            "provider:segmentation_id": 100,
+        }
+    }
+    first = client.post(f"{ODL}/networks", json=body)
+    assert first.status_code == 201
+    again = client.post(f"{ODL}/networks", json=body)
+    assert again.status_code == 201 and again.json() == first.json()
+    body["network"]["name"] = "other"
+    assert "name" in error_of(client.post(f"{ODL}/networks", json=body), 409, "NetworkExists")
+
+
+def test_cloudstack_network_put_keeps_the_segment(client: TestClient) -> None:
+    """The plugin PUTs whole networks back with segmentation id 100, which another network
+    holds: on these paths that is a hint, not a re-segmentation (no TunnelIdInUse)."""
+    nets = []
+    for i in range(2):
+        body = {
+            "network": {
+                "name": f"cs{i}",
+                "provider:network_type": "gre",
+                "provider:segmentation_id": 100,
+            }
+        }
+        nets.append(client.post(f"{ODL}/networks", json=body).json()["network"])
+    second = nets[1]
+    assert second["provider:segmentation_id"] != 100
+    whole = {  # what the plugin's NeutronNetwork carries
+        "id": second["id"],
+        "name": "renamed",
+        "shared": False,
+        "tenant_id": second["tenant_id"],
+        "provider:network_type": "gre",
+        "provider:segmentation_id": 100,
+    }
+    r = client.put(f"{ODL}/networks/{second['id']}", json={"network": whole})
+    assert r.status_code == 200, r.text
+    updated = r.json()["network"]
+    assert updated["name"] == "renamed"
+    assert updated["provider:segmentation_id"] == second["provider:segmentation_id"]
+    # The Neutron path still refuses a taken id.
+    strict = client.put(
+        f"/v2.0/networks/{second['id']}", json={"network": {"provider:segmentation_id": 100}}
+    )
+    error_of(strict, 409, "TunnelIdInUse")
