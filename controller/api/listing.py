@@ -8,7 +8,7 @@ order (default ``id``) with ``id`` as tie-breaker, which makes the ``marker`` po
 when the marker object itself no longer matches the filters.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from starlette.datastructures import URL, QueryParams
@@ -92,10 +92,8 @@ def _matches_tags(obj: dict[str, Any], params: QueryParams) -> bool:
     return not ("not-tags-any" in params and _tags(params.getlist("not-tags-any")) & have)
 
 
-def filtered(
-    objs: list[dict[str, Any]], params: QueryParams, attributes: frozenset[str]
-) -> list[dict[str, Any]]:
-    """The objects matching every filter of the query string."""
+def matcher(params: QueryParams, attributes: frozenset[str]) -> Callable[[dict[str, Any]], bool]:
+    """Whether an object matches every filter of the query string (unknown attributes: 400)."""
     filters: dict[str, list[str]] = {}
     for key in params:
         if key in PAGING_KEYS or key in TAG_FILTERS:
@@ -104,12 +102,30 @@ def filtered(
             raise InvalidInput(f"{key} is an invalid attribute for filtering", "HTTPBadRequest")
         filters[key] = params.getlist(key)
     use_tags = any(k in params for k in TAG_FILTERS)
-    return [
-        o
-        for o in objs
-        if all(_matches(o, k, w) for k, w in filters.items())
-        and (not use_tags or _matches_tags(o, params))
-    ]
+
+    def matches(o: dict[str, Any]) -> bool:
+        return all(_matches(o, k, w) for k, w in filters.items()) and (
+            not use_tags or _matches_tags(o, params)
+        )
+
+    return matches
+
+
+def filtered(
+    objs: list[dict[str, Any]], params: QueryParams, attributes: frozenset[str]
+) -> list[dict[str, Any]]:
+    """The objects matching every filter of the query string."""
+    matches = matcher(params, attributes)
+    return [o for o in objs if matches(o)]
+
+
+def exact_filters(params: QueryParams, names: Iterable[str]) -> dict[str, list[str]]:
+    """The filters on ``names`` (columns the store indexes) the store may apply first: each
+    value is compared as plain text there, which is exactly what `matcher` does for these
+    string attributes (an empty value means "unbound" for a host and stays with `matcher`)."""
+    return {
+        name: params.getlist(name) for name in names if name in params and all(params.getlist(name))
+    }
 
 
 def _sort_value(value: Any) -> tuple[int, Any]:
@@ -119,6 +135,19 @@ def _sort_value(value: Any) -> tuple[int, Any]:
     if isinstance(value, (bool, int, float)):
         return (1, value)
     return (2, str(value))
+
+
+def ordering(params: QueryParams, attributes: frozenset[str]) -> tuple[str, bool, int]:
+    """``(sort_key, descending, limit)`` of a list request, validated (limit 0: no limit)."""
+    sort_key = params.get("sort_key", "id")
+    if sort_key not in attributes:
+        raise InvalidInput(f"{sort_key} is an invalid attribute for sorting", "HTTPBadRequest")
+    if params.get("page_reverse", "false").lower() not in ("false", "0"):
+        raise InvalidInput("page_reverse is not supported; use sort_dir", "HTTPBadRequest")
+    if params.get("sort_dir", "asc").lower() not in ("asc", "desc"):
+        raise InvalidInput("sort_dir must be 'asc' or 'desc'", "HTTPBadRequest")
+    descending = params.get("sort_dir", "asc").lower() == "desc"
+    return sort_key, descending, _limit(params.get("limit"))
 
 
 def page(
@@ -132,15 +161,9 @@ def page(
 
     ``lookup_marker(id)`` returns the marker object (or None: Neutron answers 404), whose sort
     position is used, so a marker that was filtered out still places the page correctly.
+    (Pages in ``id`` order are cut by the store instead, without loading the rest.)
     """
-    sort_key = params.get("sort_key", "id")
-    if sort_key not in attributes:
-        raise InvalidInput(f"{sort_key} is an invalid attribute for sorting", "HTTPBadRequest")
-    if params.get("page_reverse", "false").lower() not in ("false", "0"):
-        raise InvalidInput("page_reverse is not supported; use sort_dir", "HTTPBadRequest")
-    descending = params.get("sort_dir", "asc").lower() == "desc"
-    if params.get("sort_dir", "asc").lower() not in ("asc", "desc"):
-        raise InvalidInput("sort_dir must be 'asc' or 'desc'", "HTTPBadRequest")
+    sort_key, descending, limit = ordering(params, attributes)
 
     def key(o: dict[str, Any]) -> tuple[tuple[int, Any], str]:
         return (_sort_value(o.get(sort_key)), str(o.get("id")))
@@ -153,7 +176,6 @@ def page(
             raise not_found(singular, marker_id)
         mark = key(marker)
         ordered = [o for o in ordered if (key(o) < mark if descending else key(o) > mark)]
-    limit = _limit(params.get("limit"))
     if limit and len(ordered) > limit:
         return ordered[:limit], True
     return ordered, False

@@ -15,10 +15,21 @@ from fastapi.responses import JSONResponse
 
 from controller.api import request_bodies as rq
 from controller.api import response_bodies as rs
-from controller.api.listing import filtered, next_link, page, project, public, requested_fields
+from controller.api.listing import (
+    exact_filters,
+    filtered,
+    matcher,
+    next_link,
+    ordering,
+    page,
+    project,
+    public,
+    requested_fields,
+)
 from controller.api.strict_json import StrictJsonRoute
 from controller.store import InvalidInput, Store
 from controller.store.errors import NotFound, not_found
+from controller.store.scan import INDEXED
 from controller.store.values import integer_text
 
 FieldsQuery = Annotated[list[str] | None, Query(description="Attributes to return")]
@@ -104,19 +115,6 @@ def collection_router(
             raise not_found(res.kind, obj_id)
         return obj
 
-    def candidates(request: Request) -> list[dict[str, Any]]:
-        """Everything, or (ports) only one network's or host's ports, read via the index."""
-        params = request.query_params
-        if res.kind == "port":
-            net = params.getlist("network_id")
-            host = params.getlist("binding:host_id")
-            if len(net) == 1 or len(host) == 1:
-                return store.list_ports(
-                    network_id=net[0] if len(net) == 1 else None,
-                    host_id=host[0] if len(host) == 1 and host[0] else None,
-                )
-        return store.list_all(res.kind)
-
     @router.get(
         f"/{plural}",
         summary=f"List {plural}",
@@ -133,10 +131,24 @@ def collection_router(
     ) -> JSONResponse:
         """Filter on any attribute (repeat a key for OR); page with limit/marker."""
         params = request.query_params
-        matching = filtered(candidates(request), params, res.attributes)
-        shown, more = page(
-            matching, params, res.attributes, lambda i: store.get(res.kind, i), singular
-        )
+        sort_key, descending, limit = ordering(params, res.attributes)
+        if sort_key == "id":  # the default: the store cuts the page
+            marker_id = params.get("marker") or None
+            if marker_id is not None and store.get(res.kind, marker_id) is None:
+                raise not_found(singular, marker_id)
+            shown, more = store.page(
+                res.kind,
+                matcher(params, res.attributes),
+                limit=limit,
+                after=marker_id,
+                descending=descending,
+                exact=exact_filters(params, INDEXED[res.kind]),
+            )
+        else:
+            matching = filtered(store.list_all(res.kind), params, res.attributes)
+            shown, more = page(
+                matching, params, res.attributes, lambda i: store.get(res.kind, i), singular
+            )
         names = requested_fields(params)
         result: dict[str, Any] = {plural: [project(o, names) for o in shown]}
         if more:

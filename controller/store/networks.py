@@ -62,10 +62,12 @@ UPDATE_ATTRS = CREATE_ATTRS | frozenset(READ_ONLY)
 def load(tx: Tx, network_id: str) -> dict[str, Any] | None:
     """The network as the API shows it (plus ``_key``), or None."""
     row = tx.one("SELECT body FROM networks WHERE id = ?", (network_id,))
-    if row is None:
-        return None
-    body = loads(row[0])
-    rows = tx.all("SELECT id FROM subnets WHERE network_id = ? ORDER BY seq", (network_id,))
+    return None if row is None else with_subnets(tx, loads(row[0]))
+
+
+def with_subnets(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
+    """A stored network body with its ``subnets`` list (not stored: read from the subnets)."""
+    rows = tx.all("SELECT id FROM subnets WHERE network_id = ? ORDER BY seq", (body["id"],))
     body["subnets"] = [r[0] for r in rows]
     return body
 

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from controller.events import ChangeEvent, EventBus
-from controller.store import hosts, networks, ports, replay, subnets
+from controller.store import hosts, networks, ports, replay, scan, subnets
 from controller.store.attrs import check_revision
 from controller.store.errors import Conflict, InvalidInput
 from controller.store.schema import migrate
@@ -212,6 +212,32 @@ class Store:
         """Every object of a kind, sorted by id."""
         module = _module(kind)
         return self._read(module.load_all)
+
+    def page(
+        self,
+        kind: str,
+        matches: Callable[[dict[str, Any]], bool],
+        *,
+        limit: int = 0,
+        after: str | None = None,
+        descending: bool = False,
+        exact: dict[str, list[str]] | None = None,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """One page of a kind in id order, cut in SQL (see `scan`); (page, more remain)."""
+        _module(kind)
+        complete = networks.with_subnets if kind == "network" else None
+        return self._read(
+            lambda tx: scan.page(
+                tx,
+                kind,
+                matches,
+                limit=limit,
+                after=after,
+                descending=descending,
+                exact=exact,
+                complete=complete,
+            )
+        )
 
     # -- named reads (what the data plane uses) -------------------------------------------------
 

@@ -422,7 +422,7 @@ def test_internal_errors_are_neutron_errors_without_traceback(
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(store, "list_all", broken)
+    monkeypatch.setattr(store, "page", broken)
     r = client.get("/v2.0/networks")
     message = error_of(r, 500, "HTTPInternalServerError")
     assert "secret" not in message and "secret" not in r.text
