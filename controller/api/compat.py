@@ -39,7 +39,9 @@ def neutron_router(store: Store) -> APIRouter:
     """Networks, subnets and ports with CloudStack's dialect."""
     api = APIRouter(route_class=StrictJsonRoute, prefix=NEUTRON_PREFIX)
     for res in (NETWORKS, SUBNETS, COMPAT_PORTS):
-        sub = collection_router(store, res, seg_id_is_hint=True, replay_ignoring=HINTS)
+        sub = collection_router(
+            store, res, seg_id_is_hint=True, replay_ignoring=HINTS, op_prefix="cloudstack_"
+        )
         for route in sub.routes:
             route.tags = ["cloudstack"]  # type: ignore[attr-defined]
         api.include_router(sub)

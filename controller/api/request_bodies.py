@@ -15,16 +15,58 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from controller.store.values import MAX_LIST_ITEMS
+from controller.store.values import HOST_ID_PATTERN, MAX_LIST_ITEMS
 
 UINT32_MAX = 2**32 - 1
 MAX_ITEMS = MAX_LIST_ITEMS  # list attributes are bounded like the store's free-form lists
+# Published in the schema only (the store checks and words the refusal):
+UUID_DOC: dict[str, Any] = {"format": "uuid"}
+HOST_ID_DOC: dict[str, Any] = {"pattern": HOST_ID_PATTERN}
+
+
+NULL_MEANS_DEFAULT = frozenset(
+    {
+        "id",
+        "status",
+        "project_id",
+        "tenant_id",
+        "mtu",
+        "provider:network_type",
+        "provider:segmentation_id",
+        "provider:physical_network",
+        "gateway_ip",
+        "ipv6_ra_mode",
+        "ipv6_address_mode",
+        "subnetpool_id",
+        "segment_id",
+        "mac_address",
+        "fixed_ips",
+        "binding:host_id",
+        "ovsdb",
+        "datapath_id",
+    }
+)
+"""Attributes for which an explicit ``null`` means something (the default, "none", "allocate
+one"); for every other optional attribute ``null`` is refused, and the published schema says so
+(the models accept it only so that the store words the refusal)."""
+
+
+def _publish_nulls_honestly(schema: dict[str, Any]) -> None:
+    for name, prop in schema.get("properties", {}).items():
+        options = prop.get("anyOf")
+        if name in NULL_MEANS_DEFAULT or not options or {"type": "null"} not in options:
+            continue
+        rest = [o for o in options if o != {"type": "null"}]
+        prop.pop("anyOf")
+        prop.update(rest[0] if len(rest) == 1 else {"anyOf": rest})
 
 
 class Body(BaseModel):
     """Base: unknown attributes are an error, aliases (``provider:...``) are the JSON names."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=False, json_schema_extra=_publish_nulls_honestly
+    )
 
 
 class StandardAttrs(Body):
@@ -51,7 +93,7 @@ class ReadOnlyEcho(Body):
 class NetworkFields(StandardAttrs):
     """A network's client-settable attributes."""
 
-    id: str | None = None
+    id: str | None = Field(None, json_schema_extra=UUID_DOC)
     admin_state_up: bool | None = None
     shared: bool | None = None
     status: str | None = Field(None, description="Accepted and ignored: always ACTIVE.")
@@ -102,7 +144,7 @@ class HostRoute(Body):
 class SubnetFields(StandardAttrs):
     """A subnet's client-settable attributes."""
 
-    id: str | None = None
+    id: str | None = Field(None, json_schema_extra=UUID_DOC)
     network_id: str | None = None
     cidr: str | None = None
     ip_version: Literal[4, 6] | None = None
@@ -149,7 +191,7 @@ class AddressPair(Body):
 class PortFields(StandardAttrs):
     """A port's client-settable attributes."""
 
-    id: str | None = None
+    id: str | None = Field(None, json_schema_extra=UUID_DOC)
     network_id: str | None = None
     mac_address: str | None = None
     fixed_ips: list[FixedIp] | None = Field(None, max_length=MAX_ITEMS)
@@ -160,7 +202,9 @@ class PortFields(StandardAttrs):
     port_security_enabled: bool | None = None
     security_groups: list[str] | None = Field(None, max_length=MAX_ITEMS)
     allowed_address_pairs: list[AddressPair] | None = Field(None, max_length=MAX_ITEMS)
-    binding_host_id: str | None = Field(None, alias="binding:host_id", max_length=255)
+    binding_host_id: str | None = Field(
+        None, alias="binding:host_id", max_length=255, json_schema_extra=HOST_ID_DOC
+    )
     binding_profile: dict[str, Any] | None = Field(None, alias="binding:profile")
     binding_vnic_type: Literal["normal"] | None = Field(None, alias="binding:vnic_type")
 
@@ -216,7 +260,7 @@ class HostFields(Body):
 class HostCreate(HostFields):
     """Body of one host in a create request (``id`` is the orchestrator's host name)."""
 
-    id: str = Field(min_length=1, max_length=255)
+    id: str = Field(min_length=1, max_length=255, json_schema_extra=HOST_ID_DOC)
     tunnel_ip: str
 
 
@@ -242,8 +286,21 @@ def create_envelope(singular: str, plural: str, item: type[Body]) -> type[Body]:
         singular: (item | None, None),
         plural: (list[item] | None, Field(None, min_length=1)),  # type: ignore[valid-type]
     }
-    model: type[Body] = create_model(f"{item.__name__}Request", __base__=Body, **fields)
+    model: type[Body] = create_model(
+        f"{item.__name__}Request",
+        __base__=Body,
+        **fields,
+    )
+    # Exactly one of the two keys (the endpoint refuses both or neither).
+    model.model_config["json_schema_extra"] = _one_of_two
+    model.model_rebuild(force=True)
     return model
+
+
+def _one_of_two(schema: dict[str, Any]) -> None:
+    _publish_nulls_honestly(schema)
+    schema["minProperties"] = 1
+    schema["maxProperties"] = 1
 
 
 @cache

@@ -99,9 +99,11 @@ def collection_router(
     *,
     seg_id_is_hint: bool = False,
     replay_ignoring: frozenset[str] | None = None,
+    op_prefix: str = "",
 ) -> APIRouter:
     """The routes of one collection; ``seg_id_is_hint`` and ``replay_ignoring`` (see
-    `Store.create`) are for the CloudStack paths."""
+    `Store.create`) are for the CloudStack paths, ``op_prefix`` keeps their OpenAPI operation
+    ids apart from the Neutron paths'."""
     router = APIRouter(route_class=StrictJsonRoute, tags=[res.plural], responses=ERRORS)
     singular, plural = res.kind, res.plural
     create_model = rq.create_envelope(singular, plural, res.create)
@@ -155,12 +157,29 @@ def collection_router(
             result[f"{plural}_links"] = [next_link(request.url, shown[-1], params.get("limit"))]
         return JSONResponse(result)
 
+    ops = {verb: f"{op_prefix}{verb}_{singular}" for verb in ("show", "update", "delete")}
+    # OpenAPI links: what a client (or a stateful fuzzer) can do with the object it created.
+    links = {
+        f"{verb.capitalize()}{singular.capitalize()}": {
+            "operationId": op,
+            "parameters": {"obj_id": f"$response.body#/{singular}/id"},
+        }
+        for verb, op in ops.items()
+    }
+    if singular == "network":  # a network is where subnets and ports go
+        for child in ("subnet", "port"):
+            links[f"Create{child.capitalize()}"] = {
+                "operationId": f"{op_prefix}create_{child}",
+                "requestBody": {child: {"network_id": "$response.body#/network/id"}},
+            }
+
     @router.post(
         f"/{plural}",
         status_code=201,
+        operation_id=f"{op_prefix}create_{singular}",
         summary=f"Create one {singular} or, with '{plural}', several at once (atomically)",
         response_model=None,
-        responses={201: {"model": show_model}},
+        responses={201: {"model": show_model, "links": links}},
     )
     def create_objects(body: create_model) -> JSONResponse:  # type: ignore[valid-type]
         one = getattr(body, singular)
@@ -182,6 +201,7 @@ def collection_router(
 
     @router.get(
         f"/{plural}/{{obj_id}}",
+        operation_id=ops["show"],
         summary=f"Show one {singular}",
         response_model=None,
         responses={200: {"model": show_model}},
@@ -196,6 +216,7 @@ def collection_router(
 
     @router.put(
         f"/{plural}/{{obj_id}}",
+        operation_id=ops["update"],
         summary=f"Update one {singular} (partial)",
         response_model=None,
         responses={200: {"model": show_model}},
@@ -215,7 +236,12 @@ def collection_router(
         )
         return JSONResponse({singular: public(updated)})
 
-    @router.delete(f"/{plural}/{{obj_id}}", status_code=204, summary=f"Delete one {singular}")
+    @router.delete(
+        f"/{plural}/{{obj_id}}",
+        operation_id=ops["delete"],
+        status_code=204,
+        summary=f"Delete one {singular}",
+    )
     def delete_object(obj_id: str, if_match: IfMatch = None) -> Response:
         store.delete(res.kind, obj_id, expected_revision=expected_revision(if_match))
         return Response(status_code=204)

@@ -29,7 +29,8 @@ ENCAP_OVERHEAD: dict[str, int] = {"vxlan": 50, "gre": 42}
 _BRIDGE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}", re.ASCII)
 HOST_ID_MAX = 255
-_HOST_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9_.:@-]{{0,{HOST_ID_MAX - 1}}}", re.ASCII)
+HOST_ID_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9_.:@-]{{0,{HOST_ID_MAX - 1}}}$"
+_HOST_ID = re.compile(HOST_ID_PATTERN, re.ASCII)
 """Host ids are the orchestrator's host names (DNS names, Nova's ``host``): letters, digits and
 ``_.:@-``, starting with a letter or digit.  No spaces or control characters: a host id ends up
 in log lines, OVSDB ``external_ids`` and the datapath id, and a newline in it would forge logs."""

@@ -1,9 +1,17 @@
-"""Schemathesis fuzzes every operation of the app's own ``/openapi.json``: no input may cause a
-5xx, and every refusal must be a Neutron error body.
+"""Schemathesis fuzzes the app's own ``/openapi.json``: no input may cause a 5xx, every refusal
+is a Neutron error body, and nothing any request managed to create can break a later read.
+
+Two runs, each on its own fresh store (the tests do not depend on each other or on order):
+
+* every operation on its own (stateless), a few examples each;
+* stateful: schemathesis chains operations along the OpenAPI links the API publishes (create ->
+  show / update / delete of the created id), so updates and deletes hit real objects.  Then
+  every object left in the store - whatever the fuzzer managed to create - must be listed,
+  shown, updated and deleted through the API, also after the store is reopened (a restart).
 
 The schema is loaded from the running app (ASGI, in-process), so this also proves the published
-document is valid OpenAPI that describes bodies a generator can build.  Examples are capped so
-the whole module stays well under a minute.
+document is valid OpenAPI that describes bodies a generator can build.  Example counts are
+capped so the module stays around a minute.
 """
 
 from __future__ import annotations
@@ -13,23 +21,31 @@ from pathlib import Path
 from typing import Any
 
 import schemathesis
+from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 
 from controller.api import ApiSettings, create_app
 from controller.events import EventBus
 from controller.store import Store
+from tests.unit.conftest import TestClient
 
 MAX_EXAMPLES = 12
+STATEFUL_SCENARIOS = 40
+STATEFUL_STEPS = 8
+KINDS = (("port", "ports"), ("subnet", "subnets"), ("network", "networks"), ("host", "hosts"))
 
-_TMP = tempfile.TemporaryDirectory(prefix="tenantnet-fuzz-")
-STORE = Store(str(Path(_TMP.name) / "fuzz.db"), EventBus())
-# Something to find, so that show/update/delete of real ids are exercised too.
-_NET = STORE.create_network({"id": "55555555-5555-4555-8555-555555555555", "name": "seed"})
-STORE.create_subnet({"network_id": _NET["id"], "cidr": "10.77.0.0/24"})
-STORE.create_host({"id": "seed-host", "tunnel_ip": "192.0.2.77"})
-APP = create_app(STORE, ApiSettings(max_body_bytes=64 * 1024))
 
-schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+def _seeded(store: Store) -> Store:
+    """Something to find, so show/update/delete of real ids are exercised from the start."""
+    net = store.create_network({"id": "55555555-5555-4555-8555-555555555555", "name": "seed"})
+    store.create_subnet({"network_id": net["id"], "cidr": "10.77.0.0/24"})
+    store.create_host({"id": "seed-host", "tunnel_ip": "192.0.2.77"})
+    return store
+
+
+def _seeded_app(path: str) -> tuple[Store, FastAPI]:
+    store = _seeded(Store(path, EventBus()))
+    return store, create_app(store, ApiSettings(max_body_bytes=64 * 1024))
 
 
 def _check(response: Any) -> None:
@@ -45,22 +61,114 @@ def _check(response: Any) -> None:
         assert body["NeutronError"]["message"], body
 
 
+_TMP = tempfile.TemporaryDirectory(prefix="tenantnet-fuzz-")
+_STORE, _APP = _seeded_app(str(Path(_TMP.name) / "stateless.db"))
+schema = schemathesis.openapi.from_asgi("/openapi.json", _APP)
+
+FUZZ_SETTINGS = {
+    "deadline": None,
+    "suppress_health_check": list(HealthCheck),
+    "derandomize": True,
+}
+
+
 @schema.parametrize()
-@settings(
-    max_examples=MAX_EXAMPLES,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-    derandomize=True,
-)
+@settings(max_examples=MAX_EXAMPLES, **FUZZ_SETTINGS)  # type: ignore[arg-type]
 def test_no_server_errors_and_neutron_error_bodies(case: Any) -> None:
     _check(case.call())
 
 
-def test_fuzzing_left_the_seed_network_consistent() -> None:
-    """Whatever the fuzzer did, the store still answers and its invariants hold."""
-    nets = STORE.list_networks()
-    seg = [(n["provider:network_type"], n["provider:segmentation_id"]) for n in nets]
-    assert len(seg) == len(set(seg))
-    assert len({n["_key"] for n in nets}) == len(nets)
-    for port in STORE.list_ports():
-        assert STORE.get_network(port["network_id"]) is not None
+# -- stateful ------------------------------------------------------------------------------
+
+
+class _CurrentStore:
+    """The store the app talks to, replaced at the start of every scenario: each scenario
+    starts from the same seeded state, so Hypothesis can replay (and shrink) one exactly."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def _everything(client: TestClient) -> dict[str, list[dict[str, Any]]]:
+    """Every object, by collection, listed and shown one by one through the API."""
+    found = {}
+    for singular, plural in KINDS:
+        r = client.get(f"/v2.0/{plural}")
+        assert r.status_code == 200, r.text
+        objs = r.json()[plural]
+        for obj in objs:
+            shown = client.get(f"/v2.0/{plural}/{obj['id']}")
+            assert shown.status_code == 200, shown.text
+            assert shown.json()[singular] == obj
+        found[plural] = objs
+    return found
+
+
+SEED_IDS = {"55555555-5555-4555-8555-555555555555", "seed-host"}
+
+
+def _roundtrip(current: _CurrentStore, path: str, client: TestClient) -> int:
+    """List and show everything, restart (reopen the file), list and show again, then update
+    and delete every object through the API; returns how many objects the fuzzer had made.
+    ``client`` talks to the app over ``current`` (building an app costs a second)."""
+    before = _everything(client)
+    current.list_networks()  # the data plane's own reads too
+    current.list_ports()
+    current.list_hosts()
+    current.store.close()
+    current.store = Store(path, EventBus())  # the restart
+    assert _everything(client) == before
+    for singular, plural in KINDS:
+        for obj in before[plural]:
+            url = f"/v2.0/{plural}/{obj['id']}"
+            r = client.put(url, json={singular: {"name": "roundtrip"}})
+            assert r.status_code == 200, (url, r.text)
+            assert r.json()[singular]["name"] == "roundtrip"
+    for _, plural in KINDS:  # ports before subnets before networks
+        for obj in client.get(f"/v2.0/{plural}").json()[plural]:
+            r = client.delete(f"/v2.0/{plural}/{obj['id']}")
+            assert r.status_code == 204, (plural, obj["id"], r.text)
+    assert all(not objs for objs in _everything(client).values())
+    subnets_of_seed = {s["id"] for s in before["subnets"] if s["network_id"] in SEED_IDS}
+    return sum(
+        1
+        for objs in before.values()
+        for o in objs
+        if o["id"] not in SEED_IDS and o["id"] not in subnets_of_seed
+    )
+
+
+def test_stateful_fuzz_and_everything_created_roundtrips(tmp_path: Path) -> None:
+    paths = (str(tmp_path / f"scenario-{i}.db") for i in range(10**6))
+    current = _CurrentStore(_seeded_app(next(paths))[0])
+    app = create_app(current, ApiSettings(max_body_bytes=64 * 1024))  # type: ignore[arg-type]
+    machine = schemathesis.openapi.from_asgi("/openapi.json", app).as_state_machine()
+    created = [0]
+    client = TestClient(app)
+
+    class Workflow(machine):  # type: ignore[misc, valid-type]
+        def setup(self) -> None:
+            self.path = next(paths)
+            current.store.close()
+            current.store = _seeded(Store(self.path, EventBus()))
+
+        def teardown(self) -> None:
+            created[0] += _roundtrip(current, self.path, client)
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            _check(response)
+
+    Workflow.run(
+        settings=settings(
+            max_examples=STATEFUL_SCENARIOS,
+            stateful_step_count=STATEFUL_STEPS,
+            **FUZZ_SETTINGS,  # type: ignore[arg-type]
+        )
+    )
+    client.close()
+    current.store.close()
+    assert created[0] > 0, "the fuzzer never managed to create anything"
+    print(f"stateful fuzz: {created[0]} objects created and round-tripped")
