@@ -122,4 +122,5 @@ def make_server(
         lifespan="off",
         **options,
     )
+    config.load()  # the app and its middleware now, not when the first request comes
     return uvicorn.Server(config)
