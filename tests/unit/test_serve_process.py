@@ -6,6 +6,7 @@ No switch is needed: os-ken listens on a free loopback port and nothing connects
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,6 +15,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import httpx
 
 from tests.harness.tenantnet_proc import REPO, free_port
 
@@ -108,3 +111,68 @@ def test_sigterm_ends_a_start_that_is_stuck(tmp_path: Path) -> None:
     finally:
         db.execute("ROLLBACK")
         db.close()
+
+
+def _started(state: Path, api_port: int, *extra: str) -> subprocess.Popen[str]:
+    proc = _serve(state, api_port, *extra)
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[0]
+        try:
+            if httpx.get(f"http://127.0.0.1:{api_port}/", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise AssertionError("the API never answered")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=WAIT)
+    assert proc.returncode == 0
+
+
+def test_the_nan_port_is_refused_and_nothing_breaks_across_a_restart(tmp_path: Path) -> None:
+    """Issue 11's poisoned port, against the real process: 400 naming the field, nothing
+    saved, every later listing fine, also after a restart."""
+    port = free_port()
+    proc = _started(tmp_path, port)
+    base = f"http://127.0.0.1:{port}/v2.0"
+    try:
+        net = httpx.post(f"{base}/networks", json={"network": {"name": "n"}}).json()["network"]
+        r = httpx.post(
+            f"{base}/ports",
+            content=f'{{"port": {{"network_id": "{net["id"]}", "binding:profile": {{"x": NaN}}}}}}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == 400 and "binding:profile" in r.text
+        assert httpx.get(f"{base}/ports").json() == {"ports": []}
+    finally:
+        _stop(proc)
+    proc = _started(tmp_path, port)
+    try:
+        assert httpx.get(f"{base}/ports").json() == {"ports": []}
+        assert len(httpx.get(f"{base}/networks").json()["networks"]) == 1
+    finally:
+        _stop(proc)
+
+
+def test_slow_http_clients_do_not_take_the_real_api_down(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _started(tmp_path, port, "--api-header-timeout-s", "1")
+    socks = []
+    try:
+        for _ in range(150):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"POST /v2.0/networks HTTP/1.1\r\nHost: x\r\nContent-")
+            socks.append(s)
+        assert httpx.get(f"http://127.0.0.1:{port}/v2.0/networks", timeout=10).status_code == 200
+        for s in socks:  # each is cut by the server at its head deadline
+            s.settimeout(WAIT)
+            with contextlib.suppress(ConnectionResetError):
+                assert s.recv(1) == b""
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+    finally:
+        for s in socks:
+            s.close()
+        _stop(proc)
