@@ -89,7 +89,9 @@ def protocol_class(header_timeout: float, max_connections: int) -> type[HeadDead
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, or `ListenError` with the reason (e.g. the port is taken)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must say TCP: asyncio sets TCP_NODELAY on accepted sockets only then, and without
+    # it every keep-alive answer (head and body written apart) waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))

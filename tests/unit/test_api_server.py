@@ -115,3 +115,14 @@ def test_the_protocol_class_carries_its_limits() -> None:
     assert issubclass(cls, server.HeadDeadlineProtocol)
     assert (cls.header_timeout, cls.max_connections) == (3.0, 7)
     assert server.HeadDeadlineProtocol.header_timeout == 10.0
+
+
+def test_answers_are_not_held_back_by_nagle(store: Store) -> None:
+    """The server's sockets have TCP_NODELAY (uvicorn writes the head and the body of an
+    answer separately: without it each keep-alive answer waited ~40 ms for a delayed ACK)."""
+    app = create_app(store, ApiSettings())
+    with live_server(app) as (port, srv), httpx.Client() as client:
+        assert client.get(f"http://127.0.0.1:{port}/").status_code == 200
+        (conn,) = srv.server_state.connections
+        sock = conn.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
