@@ -32,4 +32,4 @@ bench-quick: bootstrap
 
 # Removes emulated hypervisors left by an interrupted run (only tenantnet's own tn- namespaces).
 clean-hosts: bootstrap
-	@$(PY) -m tests.harness.cleanup
+	@$(PY) -m lab.cleanup

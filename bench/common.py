@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.harness.lab import Hypervisor, Lab
-from tests.harness.proc import base_env, run, terminate
+from lab.hypervisors import Hypervisor, Lab
+from lab.proc import base_env, run, terminate
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,8 +29,8 @@ from bench.common import (
     preplug_internal,
     static_neigh,
 )
-from tests.harness.lab import Vm
-from tests.harness.proc import base_env, ns_cmd
+from lab.hypervisors import Vm
+from lab.proc import base_env, ns_cmd
 
 VM1 = ("vm1", "0a:00:00:00:00:01", "10.100.255.1")
 VM2 = ("vm2", "0a:00:00:00:00:02", "10.100.255.2")

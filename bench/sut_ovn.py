@@ -22,8 +22,8 @@ import time
 from typing import Any
 
 from bench.common import OVN_LAB, ConfirmTimeout, cpu_seconds, fresh_flows, log, rss_kb
-from tests.harness.lab import Hypervisor, Lab
-from tests.harness.proc import CommandError, base_env, pid_alive, read_pidfile, run
+from lab.hypervisors import Hypervisor, Lab
+from lab.proc import CommandError, base_env, pid_alive, read_pidfile, run
 
 NB_SCHEMA = "/usr/share/ovn/ovn-nb.ovsschema"
 SB_SCHEMA = "/usr/share/ovn/ovn-sb.ovsschema"

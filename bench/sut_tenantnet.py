@@ -11,8 +11,8 @@ import uuid
 from typing import Any
 
 from bench.common import TN_LAB, ConfirmTimeout, cpu_seconds, log, rss_kb
-from tests.harness.lab import Lab
-from tests.harness.tenantnet_proc import TenantnetProcess
+from lab.hypervisors import Lab
+from lab.tenantnet_proc import TenantnetProcess
 
 _NS = uuid.UUID("6d1e6c2a-57a4-4c39-9d43-1c0b5e7a1b00")
 

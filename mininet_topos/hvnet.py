@@ -1,7 +1,7 @@
 """Shared machinery of the tenantnet Mininet topologies (multi_hypervisor.py, single_host.py).
 
 Runs under Debian's ``/usr/bin/python3`` (where Mininet 2.3.0 lives); the controller itself runs
-from the repository's ``.venv`` as a child process (``tests.harness.tenantnet_proc``).
+from the repository's ``.venv`` as a child process (``lab.tenantnet_proc``).
 
 Layout (``TenantLab(n_hosts)``):
 
@@ -59,8 +59,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.harness.report import step, table  # noqa: E402
-from tests.harness.tenantnet_proc import TenantnetProcess  # noqa: E402
+from lab.report import step, table  # noqa: E402
+from lab.tenantnet_proc import TenantnetProcess  # noqa: E402
 
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 
@@ -348,7 +348,7 @@ class TenantLab:
         self.hvs: list[Hypervisor] = []
         self.net: Mininet | None = None
         self.ctl: TenantnetProcess | None = None
-        self.api = None  # tests.harness.tenantnet_proc.Api once the controller runs
+        self.api = None  # lab.tenantnet_proc.Api once the controller runs
         self.workdir: str | None = None
         self._lock_fd: int | None = None
         self._node_pids: list[int] = []

@@ -27,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.harness.lab import Lab
-from tests.harness.pki import Pki
-from tests.harness.report import step, table
-from tests.harness.tenantnet_proc import TenantnetProcess
+from lab.hypervisors import Lab
+from lab.pki import Pki
+from lab.report import step, table
+from lab.tenantnet_proc import TenantnetProcess
 
 TENANTS = [("tenant-a", "vxlan", 11), ("tenant-b", "gre", 21)]
 HOSTS = 3

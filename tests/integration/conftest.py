@@ -1,11 +1,11 @@
-"""Integration tests: emulated hypervisors (tests/harness/lab.py). Needs root and Open vSwitch.
+"""Integration tests: emulated hypervisors (lab/hypervisors.py). Needs root and Open vSwitch.
 
 Fixtures:
     make_lab(n_hosts=3, **Lab kwargs) -> Lab      started; closed at the end of the test
     make_module_lab(...)                           same, closed at the end of the module
     lab                                            a started 3-hypervisor Lab (per test)
     pki                                            an ovs-pki PKI (session): TLS labs and
-                                                   controllers, see tests/harness/pki.py
+                                                   controllers, see lab/pki.py
 
 Unless ``prefix`` is given, a lab gets the first free "slot": prefix ``tn`` with mgmt
 10.251.0.254/24, then ``tn1`` with 10.251.1.254/24, ... (``TENANTNET_LAB_PREFIX`` changes the
@@ -21,9 +21,9 @@ import signal
 
 import pytest
 
-from tests.harness.lab import SCHEMA, Lab, LabBusy
-from tests.harness.pki import Pki
-from tests.harness.proc import base_env
+from lab.hypervisors import SCHEMA, Lab, LabBusy
+from lab.pki import Pki
+from lab.proc import base_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REQUIRED = ("ip", "ovs-pki", "ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl",

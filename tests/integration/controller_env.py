@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.harness.lab import Lab
-from tests.harness.tenantnet_proc import TenantnetProcess
+from lab.hypervisors import Lab
+from lab.tenantnet_proc import TenantnetProcess
 
 
 def start_registered(lab: Lab, state_dir: Path) -> TenantnetProcess:

@@ -30,9 +30,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.harness.lab import Hypervisor, Lab, Vm
-from tests.harness.proc import run
-from tests.harness.tenantnet_proc import Api, ApiError, TenantnetProcess
+from lab.hypervisors import Hypervisor, Lab, Vm
+from lab.proc import run
+from lab.tenantnet_proc import Api, ApiError, TenantnetProcess
 
 PREFIX = "tni"
 MGMT_IP = "10.251.61.254/24"

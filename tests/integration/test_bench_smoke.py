@@ -19,7 +19,7 @@ import pytest
 
 from bench.common import OVN_LAB, REPO, TN_LAB
 from bench.sut_ovn import ovn_installed
-from tests.harness.cleanup import LabLock
+from lab.cleanup import LabLock
 
 # A hang guard only (the smoke bench takes about a minute here), not a speed check.
 pytestmark = [pytest.mark.ovs, pytest.mark.timeout(600)]

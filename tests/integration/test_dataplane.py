@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.harness.lab import Capture, Vm
-from tests.harness.tenantnet_proc import ApiError
+from lab.hypervisors import Capture, Vm
+from lab.tenantnet_proc import ApiError
 from tests.integration import dataplane_fixtures
 from tests.integration.dataplane_fixtures import (
     DataplaneEnv,

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness.lab import Hypervisor, Lab, Vm
-from tests.harness.tenantnet_proc import Api, TenantnetProcess
+from lab.hypervisors import Hypervisor, Lab, Vm
+from lab.tenantnet_proc import Api, TenantnetProcess
 from tests.integration.controller_env import start_registered
 
 _DURATION = re.compile(r"duration=([0-9.]+)s")

@@ -37,9 +37,9 @@ from typing import Any
 import pytest
 
 from controller.southbound.ovsdb_host import datapath_id_for
-from tests.harness.fake_switch import FakeSwitch
-from tests.harness.lab import Hypervisor, Lab, Vm
-from tests.harness.tenantnet_proc import Api, TenantnetProcess, free_port
+from lab.fake_switch import FakeSwitch
+from lab.hypervisors import Hypervisor, Lab, Vm
+from lab.tenantnet_proc import Api, TenantnetProcess, free_port
 from tests.integration.dataplane_fixtures import wait_for
 
 PREFIX, MGMT, UNDERLAY = "tnf", "10.251.65.254/24", "10.252.65.0/24"

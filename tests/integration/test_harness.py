@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.harness.cleanup import LabLock
-from tests.harness.lab import Lab, LabError
+from lab.cleanup import LabLock
+from lab.hypervisors import Lab, LabError
 
 pytestmark = pytest.mark.ovs
 
@@ -235,7 +235,7 @@ def test_close_leaves_nothing_and_lab_restarts(lab, make_lab):
 
 def _crash_a_lab(prefix: str, mgmt: str) -> None:
     """Start a 1-host lab in a child process and SIGKILL it: leaves everything behind."""
-    code = ("import sys, time; from tests.harness.lab import Lab; "
+    code = ("import sys, time; from lab.hypervisors import Lab; "
             f"Lab(1, prefix={prefix!r}, mgmt_ip={mgmt!r}).start(); print('up', flush=True); "
             "time.sleep(60)")
     child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
@@ -255,7 +255,7 @@ def test_stale_leftovers_after_crash(make_lab):
     _crash_a_lab(prefix, mgmt)
     left = Lab(0, prefix=prefix).leftovers()
     assert left["namespaces"] and left["links"] and left["processes"]
-    cli = subprocess.run([sys.executable, "-m", "tests.harness.cleanup", "--prefix", prefix],
+    cli = subprocess.run([sys.executable, "-m", "lab.cleanup", "--prefix", prefix],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0, cli.stderr
     assert not any(Lab(0, prefix=prefix).leftovers().values())

@@ -52,7 +52,7 @@ from typing import Any
 import netaddr
 import pytest
 
-from tests.harness.lab import CommandError, Hypervisor
+from lab.hypervisors import CommandError, Hypervisor
 from tests.integration import dataplane_fixtures
 from tests.integration.dataplane_fixtures import DataplaneEnv, Net, Tenancy, wait_for
 

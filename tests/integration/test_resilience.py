@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness.lab import Hypervisor, Lab, Vm
-from tests.harness.tenantnet_proc import Api, ApiError, TenantnetProcess
+from lab.hypervisors import Hypervisor, Lab, Vm
+from lab.tenantnet_proc import Api, ApiError, TenantnetProcess
 
 # How long a graceful stop may take (issue 11: "SIGTERM must always stop the process within a
 # couple of seconds"); the harness kills it after this and the test fails.

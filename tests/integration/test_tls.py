@@ -9,7 +9,7 @@ Two controllers on two labs:
   writes.
 * ``plain_env``: development mode (no TLS); hv2 is registered over ``unix:`` with ``mgmt_ip``.
 
-The impostor is ``tests/harness/fake_switch.py`` in its "obedient" mode: it speaks OpenFlow,
+The impostor is ``lab/fake_switch.py`` in its "obedient" mode: it speaks OpenFlow,
 claims hv1's datapath id, answers every dump with "nothing here" and every barrier, so a
 controller that accepted it would send it hv1's flows.
 """
@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 
 from controller.southbound.ovsdb_host import datapath_id_for
-from tests.harness.lab import Hypervisor, Lab
-from tests.harness.pki import Pki
-from tests.harness.proc import run
-from tests.harness.tenantnet_proc import REPO, Api, ApiError, TenantnetProcess, free_port
+from lab.hypervisors import Hypervisor, Lab
+from lab.pki import Pki
+from lab.proc import run
+from lab.tenantnet_proc import REPO, Api, ApiError, TenantnetProcess, free_port
 from tests.integration.dataplane_fixtures import wait_for
 
 OFP_PORT = 6653
@@ -99,7 +99,7 @@ def plain_env(make_module_lab, tmp_path_factory) -> Iterator[Env]:
 def impostor(env: Env, host_id: str, *, ns: str | None = None,
              tls: tuple[str, str, str] | None = None, seconds: float = 3) -> dict[str, Any]:
     """Run the fake switch claiming ``host_id``'s datapath id (from namespace ``ns``)."""
-    cmd = [sys.executable, "-m", "tests.harness.fake_switch", env.ofp_addr,
+    cmd = [sys.executable, "-m", "lab.fake_switch", env.ofp_addr,
            f"{datapath_id_for(host_id):x}", "obedient", "--seconds", str(seconds)]
     if tls is not None:
         cmd += ["--tls", *tls]

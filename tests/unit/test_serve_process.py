@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness.tenantnet_proc import REPO, free_port
+from lab.tenantnet_proc import REPO, free_port
 
 WAIT = 30  # generous bound for a shared CI machine; the assertions are about the outcome
 

@@ -1,6 +1,6 @@
 """TLS settings, certificate identities and switch admission (issue 10), without OVS.
 
-Certificates come from ``ovs-pki`` (tests/harness/pki.py), the tool the README tells operators
+Certificates come from ``ovs-pki`` (lab/pki.py), the tool the README tells operators
 to use; the tests skip without it.
 """
 
@@ -26,7 +26,7 @@ from controller.southbound.ofp_app import TenantnetOfpApp
 from controller.store import Store
 from controller.store.errors import InvalidInput
 from flows.model import Slice
-from tests.harness.pki import Pki
+from lab.pki import Pki
 
 
 @pytest.fixture(scope="module")

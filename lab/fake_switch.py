@@ -14,7 +14,7 @@ is the fault:
   else's datapath id, which a controller that accepted it would send that host's flows.
 
 With ``tls`` (an SSL client context) it speaks OpenFlow over TLS.  ``python -m
-tests.harness.fake_switch HOST:PORT DPID_HEX MODE [--tls KEY CERT CA] [--seconds S]`` runs one
+lab.fake_switch HOST:PORT DPID_HEX MODE [--tls KEY CERT CA] [--seconds S]`` runs one
 for ``S`` seconds (inside a namespace with ``ip netns exec``, to connect from a hypervisor's
 address) and prints what happened as JSON: ``{"handshake": "ok" | error, "closed": bool,
 "sent_features": bool, "received": [message type names]}``.

@@ -445,7 +445,7 @@ class Lab:
         underlay_net: hypervisor N's tunnel IP is its .N.
         lock_timeout: how long to wait for another lab with the same prefix to finish.
         parallel: hypervisors set up concurrently.
-        pki: a ``tests.harness.pki.Pki``: TLS lab.  Every hypervisor gets its ovs-pki switch
+        pki: a ``lab.pki.Pki``: TLS lab.  Every hypervisor gets its ovs-pki switch
             certificate in its SSL record (``ovs-vsctl set-ssl``) and its ovsdb-server listens on
             ``pssl:`` instead of ``ptcp:`` (register ``hv.ovsdb_target``/``hv.ovsdb_ssl``);
             ``controller_target()`` is ``ssl:``.  Start the controller with

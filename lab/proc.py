@@ -15,7 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
-log = logging.getLogger("tests.harness")
+log = logging.getLogger("lab")
 
 # Debian puts the OVS daemons, ip and tcpdump in sbin; a venv's PATH may not have it.
 _SBIN = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -156,7 +156,7 @@ class TenantnetProcess:
         startup_grace_s: float = 5,
         pki: Any = None,
     ) -> None:
-        """``pki`` (a ``tests.harness.pki.Pki``): TLS on OpenFlow and OVSDB, HTTPS API (the
+        """``pki`` (a ``lab.pki.Pki``): TLS on OpenFlow and OVSDB, HTTPS API (the
         client then talks to https://localhost:<port> and verifies the certificate)."""
         self.state_dir = Path(state_dir)
         self.ofp_listen = ofp_listen

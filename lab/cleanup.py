@@ -1,6 +1,6 @@
 """Remove everything an emulated-hypervisor lab with a given prefix may have left behind.
 
-    python -m tests.harness.cleanup [--prefix tn] [--prefix tn1 ...] [--all] [--force] [--check]
+    python -m lab.cleanup [--prefix tn] [--prefix tn1 ...] [--all] [--force] [--check]
 
 Removes, for each prefix P: processes running inside the namespaces ``P-*`` (our OVS daemons,
 tcpdump, ping, iperf3), daemons whose pidfiles are under the work dir ``/tmp/tenantnet-lab-P``,
@@ -25,7 +25,7 @@ import time
 
 from .proc import CommandError, cmdline, pid_alive, read_pidfile, run, terminate
 
-log = logging.getLogger("tests.harness")
+log = logging.getLogger("lab")
 
 LOCK_DIR = "/tmp"
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
@@ -203,7 +203,7 @@ def _known_prefixes() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.harness.cleanup", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m lab.cleanup", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prefix", action="append", help="lab prefix (repeatable; default tn)")
     ap.add_argument("--all", action="store_true",
