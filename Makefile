@@ -8,11 +8,11 @@ bootstrap:
 	@bash scripts/bootstrap.sh
 
 demo: bootstrap
-	@$(PY) scripts/demo.py
+	@$(PY) -m scripts.demo
 
 # The same demo with TLS everywhere (PKI from ovs-pki, ssl: OpenFlow and OVSDB, HTTPS API).
 demo-tls: bootstrap
-	@$(PY) scripts/demo.py --tls
+	@$(PY) -m scripts.demo --tls
 
 test: bootstrap
 	@$(VENV)/bin/ruff check .

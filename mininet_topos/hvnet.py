@@ -42,7 +42,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import traceback
@@ -55,12 +54,10 @@ from mininet.log import output, setLogLevel
 from mininet.net import Mininet
 from mininet.node import Switch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from lab.report import step, table
+from lab.tenantnet_proc import TenantnetProcess
 
-from lab.report import step, table  # noqa: E402
-from lab.tenantnet_proc import TenantnetProcess  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 

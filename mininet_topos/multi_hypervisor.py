@@ -1,7 +1,8 @@
-#!/usr/bin/python3
 """tenantnet on a Mininet multi-hypervisor topology.
 
-    /usr/bin/python3 mininet_topos/multi_hypervisor.py [--hosts N] [--tenants M] [--vms K] [--test]
+    /usr/bin/python3 -m mininet_topos.multi_hypervisor [--hosts N] [--tenants M] [--vms K] [--test]
+
+(from the repository root: ``lab/`` and ``mininet_topos/`` are imported from there).
 
 N hypervisors (Mininet switch nodes, each running its own ovsdb-server + ovs-vswitchd with the
 userspace datapath in its namespace), joined by an underlay bridge (MTU 9000) and reached by the
@@ -22,11 +23,10 @@ exit, on failure and on Ctrl-C / SIGTERM.  Must run as root with Debian's /usr/b
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+if not __package__:  # run as a file: the repository root (lab/, mininet_topos/) is not on the path
+    sys.exit("from the repository root: /usr/bin/python3 -m mininet_topos.multi_hypervisor")
 try:
     from mininet_topos import hvnet
 except ImportError as exc:  # e.g. run with a python that has no mininet

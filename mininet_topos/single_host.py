@@ -1,7 +1,6 @@
-#!/usr/bin/python3
 """The smallest tenantnet Mininet demo: one hypervisor, two tenants, two VMs each.
 
-    /usr/bin/python3 mininet_topos/single_host.py [--test]
+    /usr/bin/python3 -m mininet_topos.single_host [--test]      # from the repository root
 
 hv1 is a Mininet node running its own ovsdb-server + ovs-vswitchd (userspace datapath).
 tenantnet is started as a child process and told, through its REST API, about the host, two
@@ -18,11 +17,10 @@ the intra-tenant pairs answer.  Everything is torn down on exit, failure, Ctrl-C
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
+if not __package__:  # run as a file: the repository root (lab/, mininet_topos/) is not on the path
+    sys.exit("from the repository root: /usr/bin/python3 -m mininet_topos.single_host")
 try:
     from mininet_topos import hvnet
 except ImportError as exc:  # e.g. run with a python that has no mininet

@@ -7,7 +7,9 @@
 5. create one port per tenant per host through the API and plug a VM with iface-id=<port id>;
 6. print the ping matrix (expected vs observed), bindings and flows per host; PASS or FAIL.
 
-Everything is torn down at the end, also on failure and on Ctrl-C.
+Everything is torn down at the end, also on failure and on Ctrl-C.  Run it from the repository
+root as ``python -m scripts.demo`` (what `make demo` does): the ``lab`` package it uses is test
+tooling, not installed with tenantnet.
 
 `make demo-tls` (``--tls``) does the same with TLS everywhere: a PKI made with ``ovs-pki`` as the
 README describes, hypervisors whose ovsdb-server listens on ``pssl:`` with their ovs-pki switch
@@ -24,8 +26,6 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lab.hypervisors import Lab
 from lab.pki import Pki

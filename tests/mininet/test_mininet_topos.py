@@ -164,9 +164,14 @@ def parse_matrix(out: str) -> dict[tuple[str, str], tuple[bool, bool]]:
     return result
 
 
+def module(script: str) -> str:
+    """How a user runs a topology: ``python3 -m mininet_topos.<name>`` from the repository root."""
+    return f"{TOPOS.name}.{script.removesuffix('.py')}"
+
+
 def run_topo(script: str, *args: str) -> tuple[str, float]:
     t0 = time.monotonic()
-    cp = subprocess.run([DEBIAN_PY, str(TOPOS / script), *args], cwd=REPO, capture_output=True,
+    cp = subprocess.run([DEBIAN_PY, "-m", module(script), *args], cwd=REPO, capture_output=True,
                         text=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
     took = time.monotonic() - t0
     out = cp.stdout + cp.stderr
@@ -215,7 +220,7 @@ def test_multi_hypervisor_second_run_other_shape() -> None:
 
 
 def _start(script: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([DEBIAN_PY, str(TOPOS / script)], cwd=REPO, text=True,
+    return subprocess.Popen([DEBIAN_PY, "-m", module(script)], cwd=REPO, text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
