@@ -16,6 +16,7 @@ demo-tls: bootstrap
 
 test: bootstrap
 	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/mypy controller flows
 	@$(VENV)/bin/pytest -q tests
 
 unit: bootstrap
@@ -23,6 +24,7 @@ unit: bootstrap
 
 lint: bootstrap
 	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/mypy controller flows
 
 bench: bootstrap
 	@$(PY) -m bench.run

@@ -14,6 +14,7 @@ import re
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from controller import tls
 from controller.store.values import integer_text
@@ -311,7 +312,9 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
             values[secret] = _read_secret(secret, str(values.pop(file_setting)))
     if "basic_user" in values and not str(values["basic_user"]).strip():
         raise ConfigError(f"basic_user ({sources['basic_user']}) is empty")
-    return Settings(**values).validate()  # type: ignore[arg-type]
+    # _coerce gave each value its field's type, which one dict type cannot say per key.
+    typed: dict[str, Any] = values
+    return Settings(**typed).validate()
 
 
 def secrets_on_command_line(args: argparse.Namespace) -> list[str]:

@@ -155,8 +155,12 @@ class PortWaiter:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
 
+        def resolve() -> None:
+            if not done.done():
+                done.set_result(None)
+
         def wake() -> None:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+            loop.call_soon_threadsafe(resolve)
 
         self._admit(port_ids)
         try:

@@ -766,11 +766,11 @@ class DataPlane:
                 return False  # two ports on one ofport: the network compile picks one
         # A host whose last usable port goes (or whose first comes) has an empty slice instead.
         usable_after = Counter(nc.usable)
-        if old_lp is not None:
+        if old_host is not None and old_lp is not None:
             usable_after[old_host] -= usable(old_lp)
-        if new_lp is not None:
+        if new_host is not None and new_lp is not None:
             usable_after[new_host] += usable(new_lp)
-        for host_id in {old_host, new_host} - {None}:
+        for host_id in {h for h in (old_host, new_host) if h is not None}:
             if (nc.usable[host_id] > 0) != (usable_after[host_id] > 0):
                 return False
 
