@@ -9,9 +9,9 @@ one as disconnected, and both come back with no manual step; hosts that do not c
 controller restart are left alone for ``--startup-grace-s`` and then have their ports DOWN; no
 acknowledged write is lost across SIGKILLs; a removed host keeps nothing of tenantnet.
 
-The module-wide cloud is built per *transport* (the ``cloud`` fixture's parameter): only
-plain TCP today; a TLS variant adds an entry to ``TRANSPORTS`` and a branch in
-``_start_controller``/``_register_hosts``, and every scenario runs over it unchanged.
+The module-wide cloud is built per *transport* (the ``cloud`` fixture's parameter): plain TCP,
+and TLS (issue 10: OpenFlow and OVSDB over mutual TLS with an ``ovs-pki`` PKI, HTTPS API), so
+every scenario runs over both unchanged.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ SETTLE_S = 1.5
 # The grace period used by the startup-grace test (short, so the test stays quick).
 GRACE_S = 4.0
 
-TRANSPORTS = ["tcp"]
+TRANSPORTS = ["tcp", "tls"]
 
 
 @dataclass
@@ -90,16 +90,16 @@ class Cloud:
         return str(self.api.show("host", host)["status"])
 
 
-def _start_controller(transport: str, lab: Lab, state: Any) -> TenantnetProcess:
-    assert transport == "tcp", transport
-    return TenantnetProcess(state, ofp_listen=f"{lab.mgmt_ip}:6653").start()
+def _start_controller(lab: Lab, state: Any) -> TenantnetProcess:
+    """With a TLS lab (``lab.pki``) the controller gets the same PKI: ssl: targets, HTTPS API."""
+    return TenantnetProcess(state, ofp_listen=f"{lab.mgmt_ip}:6653", pki=lab.pki).start()
 
 
-def _register_hosts(transport: str, api: Api, lab: Lab) -> None:
-    assert transport == "tcp", transport
-    for hv in lab.hvs:
+def _register_hosts(api: Api, lab: Lab) -> None:
+    for hv in lab.hvs:  # ovsdb_target: ssl: on a TLS lab, tcp: otherwise
         api.create(
-            "host", id=hv.name, tunnel_ip=hv.tunnel_ip, ovsdb=hv.ovsdb_tcp, datapath_type="netdev"
+            "host", id=hv.name, tunnel_ip=hv.tunnel_ip, ovsdb=hv.ovsdb_target,
+            datapath_type="netdev",
         )
 
 
@@ -109,11 +109,12 @@ def cloud(
 ) -> Iterator[Cloud]:
     transport = request.param
     state = tmp_path_factory.mktemp(f"tenantnet-resilience-{transport}")
-    lab = make_module_lab(3)
-    ctl = _start_controller(transport, lab, state)
+    pki = request.getfixturevalue("pki") if transport == "tls" else None
+    lab = make_module_lab(3, pki=pki)
+    ctl = _start_controller(lab, state)
     c = Cloud(lab, ctl, transport)
     try:
-        _register_hosts(transport, c.api, lab)
+        _register_hosts(c.api, lab)
         c.api.wait_hosts_connected([hv.name for hv in lab.hvs])
         for name, kind in (("A", "vxlan"), ("B", "gre")):
             c.nets[name] = c.api.create("network", name=name, **{"provider:network_type": kind})
@@ -486,7 +487,8 @@ def test_api_crash_safety(cloud: Cloud) -> None:
         stop, killed_at = threading.Event(), list[float]()
         threads = [
             threading.Thread(target=_crash_worker, args=(
-                Api(cloud.api.base, timeout=5), net_id, w, rnd, ledger, killed_at, stop, errors))
+                Api(cloud.api.base, timeout=5, ssl_context=cloud.api.ssl_context),
+                net_id, w, rnd, ledger, killed_at, stop, errors))
             for w in range(4)
         ]  # fmt: skip
         acked_before = sum(ledger.acked.values())
