@@ -13,14 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from lab import plans
 from lab.hypervisors import Hypervisor, Lab
 from lab.proc import base_env, run, terminate
 
 REPO = Path(__file__).resolve().parents[1]
 
 # Address plan (see bench/README.md): tenantnet and OVN each get their own lab prefix.
-TN_LAB = {"prefix": "tnb", "mgmt_ip": "10.251.63.254/24", "underlay_net": "10.252.63.0/24"}
-OVN_LAB = {"prefix": "tno", "mgmt_ip": "10.251.64.254/24", "underlay_net": "10.252.64.0/24"}
+TN_LAB = plans.BENCH_TENANTNET.lab_kwargs()
+OVN_LAB = plans.BENCH_OVN.lab_kwargs()
 
 _DURATION_RE = re.compile(r"duration=([0-9.]+)s")
 

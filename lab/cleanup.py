@@ -23,12 +23,12 @@ import shutil
 import sys
 import time
 
+from .plans import DEFAULT, PREFIX_RE
 from .proc import CommandError, cmdline, pid_alive, read_pidfile, run, terminate
 
 log = logging.getLogger("lab")
 
 LOCK_DIR = "/tmp"
-PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 
 
 def default_workdir(prefix: str) -> str:
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     prefixes = list(args.prefix or [])
     if args.all:
         prefixes += _known_prefixes()
-    prefixes = sorted(set(prefixes or ["tn"]))
+    prefixes = sorted(set(prefixes or [DEFAULT.prefix]))
     rc = 0
     for p in prefixes:
         check_prefix(p)

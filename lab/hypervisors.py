@@ -36,8 +36,9 @@ Things worth knowing (userspace datapath, no kernel module):
 
 ``close()`` (also on ``__exit__``) removes everything of the prefix and is idempotent; a start
 first removes stale leftovers of the same prefix. A lab holds ``/tmp/tenantnet-lab-P.lock``
-while up, so two labs with the same prefix never clean each other up; use another prefix and
-``mgmt_ip`` (e.g. ``Lab(prefix="tnb", mgmt_ip="10.251.1.254/24")``) to run two labs at once.
+while up, so two labs with the same prefix never clean each other up.  Two labs run at once with
+different prefixes and mgmt networks: take a plan from ``lab/plans.py`` (the one registry of
+them), e.g. ``Lab(3, **plans.DEMO.lab_kwargs())``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Union
 
-from . import traffic
+from . import plans, traffic
 from .cleanup import LabLock, check_prefix, cleanup, default_workdir, leftovers, ns_pids
 from .pki import Pki
 from .proc import CommandError, log, pid_alive, read_pidfile, run, terminate
@@ -452,8 +453,9 @@ class Lab:
             ``pki.controller_args()``.
     """
 
-    def __init__(self, n_hosts: int = 3, prefix: str = "tn", workdir: str | None = None,
-                 mgmt_ip: str = "10.251.0.254/24", underlay_net: str = "10.252.0.0/24",
+    def __init__(self, n_hosts: int = 3, prefix: str = plans.DEFAULT.prefix,
+                 workdir: str | None = None, mgmt_ip: str = plans.DEFAULT.mgmt_ip,
+                 underlay_net: str = str(plans.DEFAULT.underlay_net),
                  underlay_mtu: int = 9000, ovsdb_port: int = 6640, lock_timeout: float = 0,
                  parallel: int = 4, pki: Pki | None = None):
         self.prefix = check_prefix(prefix)

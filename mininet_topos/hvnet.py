@@ -54,6 +54,7 @@ from mininet.log import output, setLogLevel
 from mininet.net import Mininet
 from mininet.node import Switch
 
+from lab import plans
 from lab.report import step, table
 from lab.tenantnet_proc import TenantnetProcess
 
@@ -61,15 +62,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 
-MGMT_NET = ipaddress.ip_network("10.251.70.0/24")
-MGMT_GW = "10.251.70.254"
-UNDERLAY_NET = ipaddress.ip_network("10.252.70.0/24")
+PLAN = plans.MININET
+MGMT_NET = PLAN.mgmt_net
+MGMT_GW = PLAN.mgmt_gw
+UNDERLAY_NET = PLAN.underlay_net
 VM_SUBNET = ipaddress.ip_network("10.70.0.0/24")
 UNDERLAY_MTU = 9000
 OVSDB_PORT = 6640
 OFP_PORT = 6653
 
-TAG = "mnt70"  # root-namespace links: mnt70_mgmt, mnt70_hvN (the harness can't make '_' names)
+TAG = PLAN.prefix  # root-namespace links: mnt70_mgmt, mnt70_hvN (not Lab's mnt70-* names)
 WORK_PREFIX = "tenantnet-mn70-"  # work dirs /tmp/tenantnet-mn70-XXXX
 LOCK_PATH = "/tmp/tenantnet-mn70.lock"
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
@@ -449,7 +451,7 @@ class TenantLab:
         self.timings["controller"] = time.monotonic() - t1
 
         t2 = time.monotonic()
-        step("registering hypervisors: POST /v2.0/hosts (ovsdb tcp:10.251.70.N:6640)")
+        step(f"registering hypervisors: POST /v2.0/hosts (ovsdb tcp:<hvN's mgmt ip>:{OVSDB_PORT})")
         for hv in self.hvs:
             self.api.create("host", id=hv.name, tunnel_ip=hv.tunnel_ip, ovsdb=hv.ovsdb_tcp,
                             datapath_type="netdev")

@@ -27,6 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from lab import plans
 from lab.hypervisors import Lab
 from lab.pki import Pki
 from lab.report import step, table
@@ -48,8 +49,7 @@ def run(workdir: Path, tls: bool = False) -> bool:
         pki = Pki.create(workdir / "pki", hosts=[f"hv{n}" for n in range(1, HOSTS + 1)])
     step(f"bringing up {HOSTS} emulated hypervisors (userspace OVS, one ovs-vswitchd each)"
          + (", ovsdb-server on pssl: with each host's certificate" if tls else ""))
-    with Lab(HOSTS, prefix="tnd", mgmt_ip="10.251.50.254/24", underlay_net="10.252.50.0/24",
-             pki=pki) as lab:
+    with Lab(HOSTS, **plans.DEMO.lab_kwargs(), pki=pki) as lab:
         step(f"starting tenantnet (store {workdir}/tenantnet.sqlite, OpenFlow on {lab.mgmt_ip}"
              + (", mutual TLS on OpenFlow and OVSDB, HTTPS API)" if tls else ")"))
         with TenantnetProcess(workdir, ofp_listen=f"{lab.mgmt_ip}:6653", pki=pki) as ctl:

@@ -7,9 +7,10 @@ Fixtures:
     pki                                            an ovs-pki PKI (session): TLS labs and
                                                    controllers, see lab/pki.py
 
-Unless ``prefix`` is given, a lab gets the first free "slot": prefix ``tn`` with mgmt
-10.251.0.254/24, then ``tn1`` with 10.251.1.254/24, ... (``TENANTNET_LAB_PREFIX`` changes the
-base). Tests therefore must use ``lab.mgmt_ip`` / ``hv.mgmt_ip`` rather than literal addresses.
+Unless ``prefix`` is given, a lab gets the first free "slot" of ``lab/plans.py``: prefix ``tn``
+with mgmt 10.251.0.254/24, then ``tn1`` with 10.251.1.254/24, ... (``TENANTNET_LAB_PREFIX``
+changes the base). Tests therefore must use ``lab.mgmt_ip`` / ``hv.mgmt_ip`` rather than literal
+addresses.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import signal
 
 import pytest
 
+from lab import plans
 from lab.hypervisors import SCHEMA, Lab, LabBusy
 from lab.pki import Pki
 from lab.proc import base_env
@@ -28,7 +30,6 @@ from lab.proc import base_env
 HERE = os.path.dirname(os.path.abspath(__file__))
 REQUIRED = ("ip", "ovs-pki", "ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl",
             "ovs-appctl", "tcpdump", "ethtool", "ping")
-MAX_SLOTS = 10
 
 
 def _skip_reason() -> str | None:
@@ -62,10 +63,6 @@ def pytest_runtest_makereport(item, call):
     return rep
 
 
-def _slot(base: str, i: int) -> tuple[str, str]:
-    return (base if i == 0 else f"{base}{i}"), f"10.251.{i}.254/24"
-
-
 class LabFactory:
     """Creates started labs, each in a free prefix/mgmt slot, and closes them all."""
 
@@ -77,17 +74,16 @@ class LabFactory:
         if "prefix" in kw:
             lab = Lab(n_hosts, **kw).start()
         else:
-            base = os.environ.get("TENANTNET_LAB_PREFIX", "tn")
+            base = os.environ.get("TENANTNET_LAB_PREFIX", plans.SLOT_BASE)
             lab = None
-            for i in range(MAX_SLOTS):
-                prefix, mgmt = _slot(base, i)
+            for i in range(plans.SLOT_COUNT):
                 try:
-                    lab = Lab(n_hosts, prefix=prefix, **{"mgmt_ip": mgmt, **kw}).start()
+                    lab = Lab(n_hosts, **{**plans.slot(i, base).lab_kwargs(), **kw}).start()
                     break
                 except LabBusy:
                     continue
             if lab is None:
-                pytest.fail(f"no free lab slot ({base}..{base}{MAX_SLOTS - 1} all busy)")
+                pytest.fail(f"no free lab slot ({base}..{base}{plans.SLOT_COUNT - 1} all busy)")
         self.labs.append(lab)
         _live.append(lab)
         return lab

@@ -30,14 +30,12 @@ from typing import Any, TypeVar
 
 import pytest
 
+from lab import plans
 from lab.hypervisors import Hypervisor, Lab, Vm
 from lab.proc import run
 from lab.tenantnet_proc import Api, ApiError, TenantnetProcess
 
-PREFIX = "tni"
-MGMT_IP = "10.251.61.254/24"
-UNDERLAY_NET = "10.252.61.0/24"
-LAB_KW: dict[str, Any] = {"prefix": PREFIX, "mgmt_ip": MGMT_IP, "underlay_net": UNDERLAY_NET}
+PLAN = plans.DATAPLANE_TESTS
 
 COOKIE_BASE = 0x7E4E000000000000  # flows/tables.py: COOKIE_BASE | network key
 VXLAN_OFPORT, GRE_OFPORT = 64001, 64002
@@ -219,7 +217,7 @@ class DataplaneEnv:
 @pytest.fixture(scope="module")
 def dp_env(make_module_lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataplaneEnv]:
     """A started 3-hypervisor lab with a running controller and all hosts connected."""
-    lab = make_module_lab(3, lock_timeout=120, **LAB_KW)
+    lab = make_module_lab(3, lock_timeout=120, **PLAN.lab_kwargs())
     state = tmp_path_factory.mktemp("tenantnet-dp")
     ctl = TenantnetProcess(state, ofp_listen=f"{lab.mgmt_ip}:6653").start()
     try:
@@ -236,14 +234,14 @@ def dp_env(make_module_lab, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         env = DataplaneEnv(lab, ctl)
         env.figures["hosts_connected_s"] = round(time.monotonic() - t0, 2)
         yield env
-        print(f"\n[{PREFIX}] figures: {env.figures}")
+        print(f"\n[{PLAN.prefix}] figures: {env.figures}")
     except BaseException:
         print(f"\n--- tenantnet log (tail) ---\n{ctl.log_tail(80)}")
         raise
     finally:
         t0 = time.monotonic()
         ctl.stop()
-        print(f"[{PREFIX}] controller stopped in {time.monotonic() - t0:.1f} s")
+        print(f"[{PLAN.prefix}] controller stopped in {time.monotonic() - t0:.1f} s")
 
 
 _SEQ = itertools.count(1)

@@ -37,12 +37,12 @@ from typing import Any
 import pytest
 
 from controller.southbound.ovsdb_host import datapath_id_for
+from lab import plans
 from lab.fake_switch import FakeSwitch
 from lab.hypervisors import Hypervisor, Lab, Vm
 from lab.tenantnet_proc import Api, TenantnetProcess, free_port
 from tests.integration.dataplane_fixtures import wait_for
 
-PREFIX, MGMT, UNDERLAY = "tnf", "10.251.65.254/24", "10.252.65.0/24"
 DEAD_AFTER_S = 3.0  # --ofp-dead-after-s default
 BARRIER_TIMEOUT_S = 5.0  # --ofp-barrier-timeout-s default
 HANDSHAKE_TIMEOUT_S = 5.0  # --ofp-handshake-timeout-s default
@@ -105,7 +105,7 @@ class Cloud:
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     state = tmp_path_factory.mktemp("tenantnet-faults")
-    with Lab(3, prefix=PREFIX, mgmt_ip=MGMT, underlay_net=UNDERLAY) as lab:
+    with Lab(3, **plans.FAULT_TESTS.lab_kwargs()) as lab:
         ctl = TenantnetProcess(state, ofp_listen=f"{lab.mgmt_ip}:6653").start()
         c = Cloud(lab, ctl)
         try:

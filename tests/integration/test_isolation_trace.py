@@ -65,7 +65,7 @@ PACKETS_PER_PORT = 40
 INNER_PER_TUNNEL_KEY = 3
 BCAST = "ff:ff:ff:ff:ff:ff"
 UNKNOWN_MAC = "02:99:99:99:99:01"
-UNKNOWN_TUN_SRC = "10.252.61.77"
+UNKNOWN_TUN_SRC = str(dataplane_fixtures.PLAN.underlay_net.network_address + 77)
 
 
 # ------------------------------------------------------------------------------------ topology

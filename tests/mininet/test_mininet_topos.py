@@ -29,14 +29,16 @@ from pathlib import Path
 
 import pytest
 
+from lab import plans
+
 REPO = Path(__file__).resolve().parents[2]
 TOPOS = REPO / "mininet_topos"
 DEBIAN_PY = "/usr/bin/python3"
 OVS_BINARIES = ("ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovsdb-tool", "mnexec")
 WORK_MARKER = b"/tmp/tenantnet-mn70-"
-LINK_PREFIX = "mnt70_"
+LINK_PREFIX = f"{plans.MININET.prefix}_"
 LOCK_PATH = "/tmp/tenantnet-mn70.lock"
-MGMT_GW = "10.251.70.254"
+MGMT_GW = plans.MININET.mgmt_gw
 RUN_TIMEOUT = 180
 
 
