@@ -80,7 +80,7 @@ class Settings:
     # The API's own links (GET /, GET /v2.0/) start here; empty: relative links.
     public_url: str = ""
     # API connection hygiene: a client that holds a connection without completing a request
-    # head is dropped after api_header_timeout_s; an idle keep-alive connection after
+    # (head and body) is dropped after api_header_timeout_s; an idle keep-alive connection after
     # api_keepalive_s; beyond api_max_connections open connections requests get 503.
     api_max_connections: int = 1000
     api_header_timeout_s: float = 10.0

@@ -1,13 +1,15 @@
 """The API's HTTP server: uvicorn, with the connection limits a hostile network needs.
 
 uvicorn brings the connection limit (``limit_concurrency``: requests beyond it get 503), the
-keep-alive timeout and the parser's size limits, but no deadline for a request *head*: a client
-that connects and then sends nothing, or one header byte every few seconds, holds its
-connection, its file descriptor and a slot of the limit for ever.  About a hundred of them were
-enough to make the API unreachable.  `HeadDeadlineProtocol` is the thin layer that adds it: a
-subclass of uvicorn's own protocol (the one it picks by default) that arms a timer when a
-connection opens and whenever a new request begins, and cancels it once the request head is
-complete.  Parsing stays uvicorn's and httptools'.  Beyond the connection limit a new
+keep-alive timeout and the parser's size limits, but no deadline for receiving a request: a
+client that connects and then sends nothing, one header byte every few seconds, or a complete
+head followed by a body that trickles in (or never comes), holds its connection, its file
+descriptor and a slot of the limit for ever.  About a hundred of them were enough to make the
+API unreachable.  `HeadDeadlineProtocol` is the thin layer that adds it: a subclass of
+uvicorn's own protocol (the one it picks by default) that arms a timer when a connection opens
+and whenever a new request begins, and cancels it once the request (head and body, at most
+``--max-body-bytes``) has been received; the time the application then takes to answer is not
+limited.  Parsing stays uvicorn's and httptools'.  Beyond the connection limit a new
 connection is closed at once, so the number of descriptors the API holds stays bounded too.
 
 The listening socket is bound before anything else starts (`bind`), so a taken port is a
@@ -33,7 +35,8 @@ class ListenError(RuntimeError):
 
 
 class HeadDeadlineProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline for each request head (see module doc)."""
+    """uvicorn's httptools protocol with a deadline for receiving each request, head and body
+    (see module doc)."""
 
     header_timeout: float = 10.0
     max_connections: int = 1000
@@ -53,9 +56,9 @@ class HeadDeadlineProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._arm()
 
-    def on_headers_complete(self) -> None:
+    def on_message_complete(self) -> None:
         self._disarm()
-        super().on_headers_complete()
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

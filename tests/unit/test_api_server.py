@@ -1,5 +1,6 @@
 """The API's HTTP server against slow and idle clients on loopback: a bounded number of
-connections, a deadline for each request head, and recovery once the clients are gone."""
+connections, a deadline for receiving each request (head and body), and recovery once the
+clients are gone."""
 
 from __future__ import annotations
 
@@ -71,6 +72,21 @@ def test_the_api_answers_while_many_clients_stall_and_drops_them_at_the_deadline
         assert _get(port).status_code == 200
 
 
+def test_a_body_that_never_arrives_is_cut_off_at_the_deadline(store: Store) -> None:
+    """A complete head announcing a body that trickles in (or never comes) is a slow client
+    too: the deadline covers the whole request, not only its head."""
+    app = create_app(store, ApiSettings())
+    head = (
+        b"POST /v2.0/networks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{\"network\": "
+    )
+    with live_server(app, header_timeout=1.0) as (port, srv), slow_clients(port, 20, head) as s:
+        assert _get(port).status_code == 200
+        assert all(_closed_by_server(c, within=15) for c in s)
+        assert srv.config.http.dropped >= 20
+        assert store.list_networks() == []
+
+
 def test_beyond_the_connection_cap_new_clients_wait_for_room_and_get_it_back(
     store: Store,
 ) -> None:
@@ -96,8 +112,8 @@ def test_beyond_the_connection_cap_new_clients_wait_for_room_and_get_it_back(
 
 
 def test_a_request_being_served_is_not_cut_off(store: Store) -> None:
-    """The deadline is for the head only: a request whose answer takes longer (a wait, a big
-    bulk) keeps its connection."""
+    """The deadline is for receiving the request only: a request whose answer takes longer (a
+    wait, a big bulk) keeps its connection."""
     app = create_app(store, ApiSettings())
     add_wait_route(app, PortWaiter(store, EventBus()))
     with live_server(app, header_timeout=0.3) as (port, srv):
