@@ -22,6 +22,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Collection
 
 from .plans import DEFAULT, PREFIX_RE
 from .proc import CommandError, cmdline, pid_alive, read_pidfile, run, terminate
@@ -46,13 +47,13 @@ def check_prefix(prefix: str) -> str:
 
 
 class LabLock:
-    """An flock on /tmp/tenantnet-lab-<prefix>.lock held while a lab with that prefix is up.
+    """An flock on /tmp/tenantnet-lab-<prefix>.lock (or ``path``) held while a lab is up.
 
     The kernel drops it when the holder dies, so a crashed run never blocks the next one.
     """
 
-    def __init__(self, prefix: str):
-        self.path = lock_path(prefix)
+    def __init__(self, prefix: str, path: str | None = None):
+        self.path = path or lock_path(prefix)
         self.fd: int | None = None
 
     def acquire(self, timeout: float = 0) -> bool:
@@ -95,7 +96,7 @@ def _netns_list() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def _root_links() -> list[str]:
+def root_links() -> list[str]:
     out = run("ip", "-o", "link", "show", timeout=10).stdout
     names = []
     for line in out.splitlines():
@@ -127,18 +128,22 @@ def _workdir_pids(workdir: str) -> list[int]:
 _OUR_PROGRAMS = {"ovsdb-server", "ovs-vswitchd", "tcpdump", "ping", "iperf3", "timeout"}
 
 
-def _procs_mentioning(workdir: str) -> list[int]:
+def procs_mentioning(marker: str, programs: Collection[str] | None = _OUR_PROGRAMS) -> list[int]:
+    """Live processes (but this one) whose command line contains ``marker``, e.g. a work dir;
+    only those running one of ``programs`` unless it is None."""
     pids = []
     me = os.getpid()
     for d in os.listdir("/proc"):
         if not d.isdigit() or int(d) == me:
             continue
-        try:
-            with open(f"/proc/{d}/comm") as f:
-                comm = f.read().strip()
-        except OSError:
-            continue
-        if comm in _OUR_PROGRAMS and workdir + "/" in cmdline(int(d)) and pid_alive(int(d)):
+        if programs is not None:
+            try:
+                with open(f"/proc/{d}/comm") as f:
+                    if f.read().strip() not in programs:
+                        continue
+            except OSError:
+                continue
+        if marker in cmdline(int(d)) and pid_alive(int(d)):
             pids.append(int(d))
     return pids
 
@@ -151,12 +156,12 @@ def leftovers(prefix: str, workdir: str | None = None) -> dict[str, list]:
     """What exists for this prefix: namespaces, root links, processes, work dir."""
     workdir = workdir or default_workdir(prefix)
     namespaces = [n for n in _netns_list() if ours(n, prefix)]
-    procs = set(_procs_mentioning(workdir))
+    procs = set(procs_mentioning(workdir + "/"))
     for ns in namespaces:
         procs.update(ns_pids(ns))
     return {
         "namespaces": namespaces,
-        "links": [link for link in _root_links() if ours(link, prefix)],
+        "links": [link for link in root_links() if ours(link, prefix)],
         "processes": sorted(procs),
         "workdir": [workdir] if os.path.exists(workdir) else [],
     }
@@ -169,13 +174,13 @@ def cleanup(prefix: str, workdir: str | None = None) -> dict[str, int]:
     stats = {"processes": 0, "links": 0, "namespaces": 0}
     namespaces = [n for n in _netns_list() if ours(n, prefix)]
     pids = set(_workdir_pids(workdir)) if os.path.isdir(workdir) else set()
-    pids.update(_procs_mentioning(workdir))
+    pids.update(procs_mentioning(workdir + "/"))
     for ns in namespaces:
         pids.update(ns_pids(ns))
     if pids:
         log.debug("cleanup %s: stopping pids %s", prefix, sorted(pids))
         stats["processes"] = len(terminate(pids))
-    for link in [link for link in _root_links() if ours(link, prefix)]:
+    for link in [link for link in root_links() if ours(link, prefix)]:
         # deleting one end of a veth deletes its peer in the namespace too
         if run("ip", "link", "del", link, check=False, timeout=10).returncode == 0:
             stats["links"] += 1

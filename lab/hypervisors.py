@@ -71,7 +71,7 @@ __all__ = [
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_NO_IPV6 = "net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1"
+NO_IPV6 = "net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1"
 
 
 class LabError(RuntimeError):
@@ -86,7 +86,9 @@ def _ns_script(ns: str, script: str, timeout: float = 20) -> None:
     run("ip", "netns", "exec", ns, "sh", "-ec", script, timeout=timeout)
 
 
-def _disable_ipv6_root(ifname: str) -> None:
+def disable_ipv6_root(ifname: str) -> None:
+    """No IPv6 on a root-namespace interface of ours (no router solicitations, DAD or MLD
+    reports on the lab's links)."""
     with contextlib.suppress(OSError), open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6",
                                              "w") as f:
         f.write("1")
@@ -129,14 +131,14 @@ class Hypervisor:
         run("ip", "netns", "add", self.ns)
         run("ip", "link", "add", self.mgmt_link, "type", "veth", "peer", "name", "mgmt0",
             "netns", self.ns)
-        _disable_ipv6_root(self.mgmt_link)
+        disable_ipv6_root(self.mgmt_link)
         run("ip", "link", "set", self.mgmt_link, "master", f"{p}-mgmt", "up")
         mtu = str(self.lab.underlay_mtu)
         run("ip", "link", "add", "eth1", "netns", self.ns, "mtu", mtu, "type", "veth",
             "peer", "name", self.ul_link, "netns", self.lab.ul_ns, "mtu", mtu)
         run("ip", "-n", self.lab.ul_ns, "link", "set", self.ul_link, "master", "br-ul", "up")
         _ns_script(self.ns, f"""
-            sysctl -q -w {_NO_IPV6} net.ipv6.conf.mgmt0.disable_ipv6=1 \
+            sysctl -q -w {NO_IPV6} net.ipv6.conf.mgmt0.disable_ipv6=1 \
                 net.ipv6.conf.eth1.disable_ipv6=1 net.ipv6.conf.lo.disable_ipv6=1
             ip link set lo up
             ip addr add {self.mgmt_cidr} dev mgmt0
@@ -352,7 +354,7 @@ class Vm:
             self.port, "netns", self.hv.ns)
         gw = f"ip route add default via {self.gateway}" if self.gateway else ""
         _ns_script(self.ns, f"""
-            sysctl -q -w {_NO_IPV6} net.ipv6.conf.eth0.disable_ipv6=1 \
+            sysctl -q -w {NO_IPV6} net.ipv6.conf.eth0.disable_ipv6=1 \
                 net.ipv6.conf.lo.disable_ipv6=1
             ip link set lo up
             ip link set eth0 address {self.mac}
@@ -560,12 +562,12 @@ class Lab:
 
     def _setup_root(self) -> None:
         run("ip", "link", "add", self.mgmt_bridge, "type", "bridge")
-        _disable_ipv6_root(self.mgmt_bridge)
+        disable_ipv6_root(self.mgmt_bridge)
         run("ip", "addr", "add", self.mgmt_cidr, "dev", self.mgmt_bridge)
         run("ip", "link", "set", self.mgmt_bridge, "up")
         run("ip", "netns", "add", self.ul_ns)
         _ns_script(self.ul_ns, f"""
-            sysctl -q -w {_NO_IPV6}
+            sysctl -q -w {NO_IPV6}
             ip link set lo up
             ip link add br-ul mtu {self.underlay_mtu} type bridge
             ip link set br-ul up

@@ -31,8 +31,6 @@ root-namespace links ``mnt70_*``).  Never ``mn -c``.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import glob
 import ipaddress
 import itertools
@@ -55,6 +53,9 @@ from mininet.net import Mininet
 from mininet.node import Switch
 
 from lab import plans
+from lab.cleanup import LabLock, procs_mentioning, root_links
+from lab.hypervisors import NO_IPV6, SCHEMA, disable_ipv6_root
+from lab.proc import pid_alive, read_pidfile, terminate
 from lab.report import step, table
 from lab.tenantnet_proc import TenantnetProcess
 
@@ -74,9 +75,7 @@ OFP_PORT = 6653
 TAG = PLAN.prefix  # root-namespace links: mnt70_mgmt, mnt70_hvN (not Lab's mnt70-* names)
 WORK_PREFIX = "tenantnet-mn70-"  # work dirs /tmp/tenantnet-mn70-XXXX
 LOCK_PATH = "/tmp/tenantnet-mn70.lock"
-SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 NET_TYPES = ("vxlan", "gre")
-NO_IPV6 = "net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1"
 
 
 class TopoError(RuntimeError):
@@ -112,62 +111,13 @@ def nsrun(node, *argv: str, check: bool = True, timeout: float = 30,
     return cp.stdout
 
 
-def _disable_ipv6_root(ifname: str) -> None:
-    with contextlib.suppress(OSError), open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6",
-                                             "w") as f:
-        f.write("1")
-
-
-def _read_pid(path: str) -> int | None:
-    try:
-        with open(path) as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _kill(pids: list[int], grace: float = 3) -> None:
-    """SIGTERM, wait up to ``grace`` s, then SIGKILL (only the given pids)."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    for pid in pids:
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
 def _root_links() -> list[str]:
-    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    names = [ln.split(":", 2)[1].strip().split("@")[0] for ln in out.splitlines() if ":" in ln]
-    return [n for n in names if n.startswith(f"{TAG}_")]
+    return [n for n in root_links() if n.startswith(f"{TAG}_")]
 
 
 def _our_processes() -> list[int]:
     """Processes whose command line names one of our work dirs (OVS daemons, the controller)."""
-    marker = f"/tmp/{WORK_PREFIX}".encode()
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if marker in f.read():
-                    pids.append(int(entry))
-        except OSError:
-            continue
-    return pids
+    return procs_mentioning(f"/tmp/{WORK_PREFIX}", programs=None)
 
 
 def leftovers() -> dict[str, list]:
@@ -184,7 +134,7 @@ def remove_leftovers(verbose: bool = False) -> None:
         print(f"removing leftovers of an earlier run: {leftovers()}", flush=True)
     pids = _our_processes()
     if pids:
-        _kill(pids)
+        terminate(pids)
     for link in _root_links():
         subprocess.run(["ip", "link", "del", link], capture_output=True)
     for d in glob.glob(f"/tmp/{WORK_PREFIX}*"):
@@ -212,14 +162,14 @@ class KernelBridge(Switch):
             script.insert(0, f"sysctl -q -w {NO_IPV6}; ip link set lo up")
         else:
             for port in self.bridge_ports():
-                _disable_ipv6_root(port)
+                disable_ipv6_root(port)
         script += [f"ip link set {p} mtu {mtu} master {br} up" for p in self.bridge_ports()]
         if self.bridge_ip:
             script.append(f"ip addr add {self.bridge_ip} dev {br}")
         script.append(f"ip link set {br} up")
         nsrun(self, "sh", "-ec", "\n".join(script))
         if not self.inNamespace:
-            _disable_ipv6_root(br)
+            disable_ipv6_root(br)
 
     def stop(self, deleteIntfs: bool = True) -> None:
         nsrun(self, "ip", "link", "del", self.bridge, check=False)
@@ -279,7 +229,7 @@ class Hypervisor(Switch):
         """)
 
     def _track(self, daemon: str) -> None:
-        pid = _read_pid(f"{self.dir}/{daemon}.pid")
+        pid = read_pidfile(f"{self.dir}/{daemon}.pid")
         if pid is None:
             raise TopoError(f"{self.name}: {daemon} did not start\n{self.log_tail(daemon)}")
         self.pids.append(pid)
@@ -303,7 +253,7 @@ class Hypervisor(Switch):
             return ""
 
     def stop_ovs(self) -> None:
-        _kill([p for p in self.pids if _alive(p)])
+        terminate([p for p in self.pids if pid_alive(p)])
 
     def stop(self, deleteIntfs: bool = True) -> None:
         self.stop_ovs()
@@ -349,7 +299,7 @@ class TenantLab:
         self.ctl: TenantnetProcess | None = None
         self.api = None  # lab.tenantnet_proc.Api once the controller runs
         self.workdir: str | None = None
-        self._lock_fd: int | None = None
+        self._held: LabLock | None = None  # LOCK_PATH
         self._node_pids: list[int] = []
         self.timings: dict[str, float] = {}
 
@@ -366,25 +316,13 @@ class TenantLab:
         self.close()
 
     def _lock(self, timeout: float = 60) -> None:
-        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        deadline = time.monotonic() + timeout
-        said = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise TopoError(f"another tenantnet Mininet topology holds {LOCK_PATH} "
-                                    f"(pid {Path(LOCK_PATH).read_text().strip()})") from None
-                if not said:
-                    print(f"waiting for {LOCK_PATH} (another topology is running)", flush=True)
-                    said = True
-                time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        lock = LabLock(PLAN.prefix, path=LOCK_PATH)
+        if not lock.acquire(0):
+            print(f"waiting for {LOCK_PATH} (another topology is running)", flush=True)
+            if not lock.acquire(timeout):
+                raise TopoError(f"another tenantnet Mininet topology holds {LOCK_PATH} "
+                                f"(pid {lock.holder()})")
+        self._held = lock
 
     def _check_mgmt_free(self) -> None:
         out = subprocess.run(["ip", "-o", "-4", "addr", "show"], capture_output=True,
@@ -628,24 +566,24 @@ class TenantLab:
             self.net = None
         # whatever Mininet's stop missed: our daemons (by their pids), our root links, node shells
         daemon_pids = [p for hv in self.hvs for p in hv.pids]
-        _kill([p for p in daemon_pids + self._node_pids if _alive(p)], grace=2)
-        if self._lock_fd is not None:  # we hold the lock: anything of ours is stale now
+        terminate([p for p in daemon_pids + self._node_pids if pid_alive(p)], grace=2)
+        if self._held is not None:  # we hold the lock: anything of ours is stale now
             remove_leftovers()
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         deadline = time.monotonic() + 3
         while True:
-            left = [p for p in daemon_pids + self._node_pids if _alive(p)]
+            left = [p for p in daemon_pids + self._node_pids if pid_alive(p)]
             if not left or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         if left:
             problems.append(f"processes still alive: {left}")
-        if self._lock_fd is not None:
+        if self._held is not None:
             rest = leftovers()
             problems += [f"{k}: {v}" for k, v in rest.items() if v]
-            os.close(self._lock_fd)
-            self._lock_fd = None
+            self._held.release()
+            self._held = None
         self.cleanup_report = problems
         if self.timings:
             self.timings["teardown"] = time.monotonic() - t0
