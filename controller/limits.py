@@ -4,7 +4,10 @@ Every switch connection, API client, OVSDB session and the store hold a file des
 starts services with a soft ``RLIMIT_NOFILE`` of 1,024 (a hard one much higher); at the soft limit
 ``accept`` fails with ``EMFILE`` and, before this module, killed os-ken's accept loop for good.
 `raise_fd_limit` lifts the soft limit to the hard one (bounded by `FD_TARGET`), and the listeners
-size their connection caps from the result (see `southbound.ofp_server.install`).
+size their connection caps from the result (`listener_budget`): ``FD_RESERVE`` descriptors stay
+for the rest of the process (the store, OVSDB sessions, modules imported late), and the REST API
+and the OpenFlow listener get half of the remainder each, so neither can starve the other or the
+process: with a limit of 100, idle HTTP clients once made a lazy import fail during start-up.
 """
 
 from __future__ import annotations
@@ -15,6 +18,13 @@ import resource
 LOG = logging.getLogger(__name__)
 
 FD_TARGET = 65536  # plenty for thousands of switches and clients; more only costs kernel memory
+FD_RESERVE = 64  # descriptors never given to connections (store, OVSDB, late imports, logs)
+LISTENERS = 2  # the REST API and the OpenFlow listener
+
+
+def listener_budget(fd_limit: int) -> int:
+    """How many connections one listener may hold under the open-files limit ``fd_limit``."""
+    return max(1, (fd_limit - FD_RESERVE) // LISTENERS)
 
 
 def raise_fd_limit(target: int = FD_TARGET) -> int:

@@ -26,7 +26,7 @@ LOG = logging.getLogger(__name__)
 OFP_APP = "controller.southbound.ofp_app"
 
 
-def _start_os_ken(settings: Settings, fd_limit: int) -> tuple[Any, Any]:
+def _start_os_ken(settings: Settings, fd_budget: int) -> tuple[Any, Any]:
     """Load the OpenFlow app through os-ken's AppManager, listening where the settings say,
     with the connection handling of southbound/ofp_server (liveness, caps, no leaked threads)."""
     from os_ken import cfg
@@ -56,7 +56,7 @@ def _start_os_ken(settings: Settings, fd_limit: int) -> tuple[Any, Any]:
             max_connections=settings.ofp_max_connections,
             max_per_source=settings.ofp_max_connections_per_source,
         ),
-        fd_limit=fd_limit,
+        fd_budget=fd_budget,
     )
     manager = app_manager.AppManager.get_instance()
     manager.load_apps([OFP_APP])
@@ -131,7 +131,7 @@ class Controller:
         t0 = time.monotonic()
         # Bound first: a taken port fails the start before anything else runs.
         api_socket = server.bind(*parse_hostport(s.api_listen, "api_listen"))
-        fd_limit = limits.raise_fd_limit()
+        fd_budget = limits.listener_budget(limits.raise_fd_limit())
         Path(s.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store = Store(s.database, self.bus, underlay_mtu=s.underlay_mtu)
         # The API is built and serving before any switch can connect: FastAPI/pydantic models
@@ -162,7 +162,7 @@ class Controller:
         self._add_wait_route()
         self._server = server.make_server(
             self.api,
-            max_connections=s.api_max_connections,
+            max_connections=min(s.api_max_connections, fd_budget),
             header_timeout=s.api_header_timeout_s,
             keepalive=s.api_keepalive_s,
             **_api_tls(s),
@@ -176,7 +176,7 @@ class Controller:
             if not self._api_thread.is_alive():
                 raise RuntimeError(f"REST API on {s.api_listen} stopped during start-up")
             time.sleep(0.02)
-        self._manager, self.ofp_app = _start_os_ken(s, fd_limit)
+        self._manager, self.ofp_app = _start_os_ken(s, fd_budget)
         self.ofp_app.barrier_timeout_s = s.ofp_barrier_timeout_s
         # The full collection before the freeze takes ~0.1-0.3 s: done while hosts reconnect,
         # it would stall them.

@@ -14,12 +14,20 @@ connection is closed at once, so the number of descriptors the API holds stays b
 
 The listening socket is bound before anything else starts (`bind`), so a taken port is a
 one-line start-up error, not a thread that dies while the rest of the controller runs on.
+
+When the process does run out of descriptors anyway, asyncio's accept loop logs an ERROR with a
+traceback for every connection left in the backlog it tries to take in one go (thousands of
+lines a second under a connection flood) and retries a second later.  The accept burst is
+bounded by the connection cap (uvicorn's ``backlog``, which asyncio uses as the number of
+accepts per wake-up), and `AcceptErrorThrottle` turns those records into one line per interval.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import time
 from typing import Any
 
 import uvicorn
@@ -28,6 +36,41 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 MAX_INCOMPLETE_EVENT_BYTES = 16 * 1024
 """Largest request head the server buffers (uvicorn's h11 setting; httptools has its own,
 similar, limit)."""
+
+
+ACCEPT_ERROR_LOG_INTERVAL_S = 10.0
+
+
+class AcceptErrorThrottle(logging.Filter):
+    """asyncio's "socket.accept() out of system resource" records: one short line per
+    interval instead of one traceback per refused connection (see module doc)."""
+
+    def __init__(self, interval: float = ACCEPT_ERROR_LOG_INTERVAL_S) -> None:
+        super().__init__()
+        self.interval = interval
+        self.suppressed = 0
+        self._last = float("-inf")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("socket.accept() out of system resource"):
+            return True
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self.suppressed += 1
+            return False
+        self._last = now
+        exc = record.exc_info[1] if record.exc_info else None
+        record.msg = "REST API cannot accept connections (%s); asyncio retries every second"
+        record.args = (getattr(exc, "strerror", None) or exc or "out of resources",)
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def _throttle_accept_errors() -> None:
+    log = logging.getLogger("asyncio")
+    if not any(isinstance(f, AcceptErrorThrottle) for f in log.filters):
+        log.addFilter(AcceptErrorThrottle())
 
 
 class ListenError(RuntimeError):
@@ -116,10 +159,14 @@ def make_server(
 ) -> uvicorn.Server:
     """A uvicorn server for ``app`` with the limits above (``options``: more uvicorn.Config
     settings, e.g. TLS)."""
+    _throttle_accept_errors()
     config = uvicorn.Config(
         app,
         http=protocol_class(header_timeout, max_connections),
         limit_concurrency=max_connections,
+        # asyncio takes up to `backlog` connections per wake-up of the listening socket: bound
+        # that burst by the cap, so it cannot open more descriptors than the cap allows.
+        backlog=max(1, min(2048, max_connections)),
         timeout_keep_alive=max(1, round(keepalive)),
         h11_max_incomplete_event_size=MAX_INCOMPLETE_EVENT_BYTES,
         log_level="warning",

@@ -424,20 +424,18 @@ def _tls_context(conf: Any) -> ssl.SSLContext | None:
     return ctx
 
 
-def install(limits: ConnectionLimits, fd_limit: int | None = None, fd_reserve: int = 64) -> None:
+def install(limits: ConnectionLimits, fd_budget: int | None = None) -> None:
     """Make os-ken's OFPHandler start this module's controller (call before apps start).
 
-    The total cap is lowered to leave ``fd_reserve`` descriptors of ``fd_limit`` to the rest of
-    the process (API, store, OVSDB), so OpenFlow connections alone can never exhaust them.
+    The total cap is lowered to ``fd_budget``, the descriptors the OpenFlow listener may hold
+    (`controller.limits.listener_budget`), so OpenFlow connections alone can never exhaust them.
     """
     cap = limits.max_connections
-    if fd_limit is not None:
-        cap = max(1, min(cap, fd_limit - fd_reserve))
+    if fd_budget is not None:
+        cap = max(1, min(cap, fd_budget))
         if cap < limits.max_connections:
             LOG.warning(
-                "OpenFlow connection cap lowered to %d to fit the file descriptor limit (%d)",
-                cap,
-                fd_limit,
+                "OpenFlow connection cap lowered to %d to fit the open files limit", cap
             )
     TenantnetOpenFlowController.limits = limits
     TenantnetOpenFlowController.stats = ConnectionStats(max_connections=cap)

@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 
+from controller.limits import listener_budget
 from controller.southbound.ovsdb_host import datapath_id_for
 from lab import plans
 from lab.fake_switch import FakeSwitch
@@ -394,12 +395,12 @@ def test_fd_exhaustion_neither_kills_the_listener_nor_locks_out_a_switch(
 ) -> None:
     """A second controller with 100 open files at most (soft and hard, so it cannot raise it).
 
-    1. 120 idle OpenFlow connections: the listener caps itself below the limit (100 - 64), the
-       idle ones are closed at the handshake timeout, and a real switch (a bridge on hv1) gets
-       in while they are all still held by the client.
-    2. Idle HTTP clients take every remaining descriptor (the API's own caps are another
-       matter): an OpenFlow connection made meanwhile waits in the backlog, the listener logs
-       and retries; once the clients go it is accepted, and the real switch is still there.
+    1. 120 idle OpenFlow connections: the listener caps itself to its share of the limit
+       (`listener_budget`), the idle ones are closed at the handshake timeout, and a real
+       switch (a bridge on hv1) gets in while they are all still held by the client.
+    2. 100 idle HTTP clients: the API caps itself to its share too, so an OpenFlow connection
+       made meanwhile is accepted, the process keeps running, and once the clients go the API
+       answers again and the real switch is still there.
     """
     lab, hv1 = cloud.lab, cloud.lab.hv(1)
     port = free_port()
@@ -420,7 +421,7 @@ def test_fd_exhaustion_neither_kills_the_listener_nor_locks_out_a_switch(
         cap = wait_for(lambda: ctl.api.status().get("openflow"), what="the OpenFlow side up")[
             "connections"
         ]["max_connections"]
-        assert cap == 100 - 64, "the cap was not fitted to the open-files limit"
+        assert cap == listener_budget(100), "the cap was not fitted to the open-files limit"
         for _ in range(120):
             idle.append(socket.create_connection((lab.mgmt_ip, port), timeout=5))
         t0 = time.monotonic()
@@ -441,7 +442,7 @@ def test_fd_exhaustion_neither_kills_the_listener_nor_locks_out_a_switch(
             s.close()
         idle.clear()
 
-        # 2: descriptors exhausted by someone else
+        # 2: idle HTTP clients
         for _ in range(100):
             with contextlib.suppress(OSError):
                 idle.append(socket.create_connection(("127.0.0.1", ctl.api_port), timeout=5))
@@ -454,6 +455,8 @@ def test_fd_exhaustion_neither_kills_the_listener_nor_locks_out_a_switch(
         waiting.settimeout(HANDSHAKE_TIMEOUT_S + MARGIN_S)
         assert waiting.recv(8), "the OpenFlow listener did not come back after EMFILE"
         waiting.close()
+        assert ctl.proc is not None and ctl.proc.poll() is None, "the controller died"
+        wait_for(lambda: ctl.api.status().get("openflow"), what="the API answering again")
         assert _of_connected(hv1, target), "the real switch lost its connection"
         log = ctl.log_path.read_text(errors="replace")
         cloud.figures["fd_pressure"] = {

@@ -176,3 +176,57 @@ def test_slow_http_clients_do_not_take_the_real_api_down(tmp_path: Path) -> None
         for s in socks:
             s.close()
         _stop(proc)
+
+
+def test_idle_http_clients_under_a_low_fd_limit_neither_kill_nor_flood(tmp_path: Path) -> None:
+    """Issue 11: with 100 open files at most (soft and hard, so it cannot raise them), 300 idle
+    HTTP clients - connected while the controller is still starting - used to make a late
+    import fail (the process died) and asyncio logged a traceback per refused connection.  The
+    API now holds at most its share of the descriptors, the process keeps running, the log
+    says so in a line or two, and the API answers again once the clients are gone."""
+    port = free_port()
+    cmd = [
+        "prlimit", "--nofile=100:100", sys.executable, "-m", "controller.cli", "serve",
+        "--api-listen", f"127.0.0.1:{port}", "--ofp-listen", f"127.0.0.1:{free_port()}",
+        "--state-dir", str(tmp_path), "--api-header-timeout-s", "5",
+    ]  # fmt: skip
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+    socks: list[socket.socket] = []
+    try:
+        _wait_listening(port, proc)
+        for _ in range(300):
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=2)
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            except OSError:
+                break  # the kernel's listen queue is full: the flood is at its height
+            socks.append(s)
+        time.sleep(2)
+        assert proc.poll() is None, log_path.read_text()
+        for s in socks:
+            s.close()
+        socks.clear()
+        deadline = time.monotonic() + WAIT
+        status = None
+        while time.monotonic() < deadline and status != 200:
+            with contextlib.suppress(httpx.TransportError):
+                status = httpx.get(f"http://127.0.0.1:{port}/tenantnet/status", timeout=2)
+                status = status.status_code
+            time.sleep(0.1)
+        assert status == 200
+        assert proc.poll() is None
+        text = log_path.read_text()
+        assert "Traceback" not in text, text
+        assert text.count("cannot accept") <= 3, text
+        assert "open files limit is only 100" in text
+    finally:
+        for s in socks:
+            s.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=WAIT)
