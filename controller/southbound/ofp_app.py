@@ -10,6 +10,13 @@ Every barrier is answered within ``barrier_timeout_s``: by the switch, or by a t
 that answers echoes but never barriers must not hold port statuses for good).  The callback says
 why a batch was not confirmed: ``"timeout"``, ``"rejected"`` (the switch sent errors) or
 ``"disconnected"``.  Whether a silent switch is alive at all is southbound/ofp_server's business.
+
+An error reply names the message it answers by xid.  Each switch keeps the last
+``RECENT_MESSAGES`` messages sent to it (what was asked, of which rule or group), so the log says
+which rule of which table the switch refused, once per distinct failure and throttle interval
+(like Faucet's ``oferror``).  Inside a bundle, the switch answers a refused flow-mod with the xid
+of its bundle-add (os-ken gives the inner message the same xid) and then refuses the commit; only
+a refused bundle open/commit itself (a switch without ONF bundles) turns bundles off.
 """
 
 from __future__ import annotations
@@ -21,9 +28,10 @@ import logging
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -41,6 +49,7 @@ from controller.southbound import ofp_codec as codec
 from controller.southbound.ofp_server import Throttle
 from flows.diff import FlowDiff
 from flows.model import GroupEntry, Rule, Slice
+from flows.readable import group_text, rule_text
 from flows.tables import COOKIE_BASE, COOKIE_MASK_OURS
 
 LOG = logging.getLogger(__name__)
@@ -53,6 +62,28 @@ MAX_REFUSALS_REMEMBERED = 1024  # distinct refusals logged once each; the set is
 SECOND_SESSION_WAIT_S = 0.5
 FULL_MASK = 0xFFFFFFFFFFFFFFFF
 BUNDLE = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
+# Messages remembered per switch for naming the cause of an error reply: one whole diff of a
+# busy host (errors come back after the batch was written, so the ring must span a batch).
+RECENT_MESSAGES = 8192
+
+
+class Sent(NamedTuple):
+    """What one message sent to a switch asked for, kept to explain an error reply."""
+
+    verb: str  # "add flow", "delete flow", "add group", "commit bundle", "barrier", ...
+    subject: Rule | GroupEntry | int | None = None  # the rule, group, group id or bundle id
+    bundle: int | None = None  # the bundle that carried it
+
+    def text(self) -> str:
+        if isinstance(self.subject, Rule):
+            what = f"{self.verb} {rule_text(self.subject)}"
+        elif isinstance(self.subject, GroupEntry):
+            what = f"{self.verb} {group_text(self.subject)}"
+        elif self.subject is not None:
+            what = f"{self.verb} {self.subject}"
+        else:
+            what = self.verb
+        return what if self.bundle is None else f"{what} (in bundle {self.bundle})"
 
 
 class SwitchListener(Protocol):
@@ -80,6 +111,16 @@ class _Switch:
     bundles: bool = True  # until the switch rejects one
     bundle_id: int = 0
     bundle_in_flight: bool = False
+    # xid -> what the message asked, oldest first, at most RECENT_MESSAGES (see _error)
+    sent: OrderedDict[int, Sent] = field(default_factory=OrderedDict)
+
+    def remember(self, msg: Any, what: Sent) -> None:
+        """Give ``msg`` its xid and note what it asks (called with ``lock`` held)."""
+        if msg.xid is None:
+            self.dp.set_xid(msg)
+        self.sent[msg.xid] = what
+        if len(self.sent) > RECENT_MESSAGES:
+            self.sent.popitem(last=False)
 
 
 @dataclass
@@ -155,31 +196,49 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         if sw is None or not sw.ready:
             return False
         dp = sw.dp
-        msgs: list[Any] = []
-        msgs += [codec.group_add(dp, g) for g in diff.add_groups]
-        msgs += [codec.group_modify(dp, g) for g in diff.mod_groups]
-        msgs += [codec.flow_add(dp, r) for r in diff.add_rules]
+        batch: list[tuple[Any, Sent]] = []
+        batch += [(codec.group_add(dp, g), Sent("add group", g)) for g in diff.add_groups]
+        batch += [(codec.group_modify(dp, g), Sent("modify group", g)) for g in diff.mod_groups]
+        batch += [(codec.flow_add(dp, r), Sent("add flow", r)) for r in diff.add_rules]
         # Full cookie mask: a delete only ever removes the flow of the network that owned it.
-        msgs += [codec.flow_delete_strict(dp, r, FULL_MASK) for r in diff.del_rules]
-        msgs += [codec.group_delete(dp, gid) for gid in diff.del_groups]
+        batch += [
+            (codec.flow_delete_strict(dp, r, FULL_MASK), Sent("delete flow", r))
+            for r in diff.del_rules
+        ]
+        batch += [
+            (codec.group_delete(dp, gid), Sent("delete group", gid)) for gid in diff.del_groups
+        ]
         self.counters.flow_mods += len(diff.add_rules) + len(diff.del_rules)
         self.counters.group_mods += (
             len(diff.add_groups) + len(diff.mod_groups) + len(diff.del_groups)
         )
         self.counters.batches += 1
         with sw.lock:
-            if sw.bundles and msgs and not diff.additive:
+            if sw.bundles and batch and not diff.additive:
                 # One atomic, ordered bundle (ONF EXT-230, OpenFlow 1.3): packets see the old
                 # rules or the new ones, never a half-applied diff.  A purely additive diff
                 # (see FlowDiff.additive) needs no bundle and saves its wrapping.
                 sw.bundle_id = (sw.bundle_id + 1) & 0xFFFFFFFF
                 sw.bundle_in_flight = True
                 bid = sw.bundle_id
-                msgs = [
-                    parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, BUNDLE, []),
-                    *(parser.ONFBundleAddMsg(dp, bid, BUNDLE, m, []) for m in msgs),
-                    parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, BUNDLE, []),
+                batch = [
+                    (
+                        parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, BUNDLE, []),
+                        Sent("open bundle", bid),
+                    ),
+                    *(
+                        (parser.ONFBundleAddMsg(dp, bid, BUNDLE, m, []), what._replace(bundle=bid))
+                        for m, what in batch
+                    ),
+                    (
+                        parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, BUNDLE, []),
+                        Sent("commit bundle", bid),
+                    ),
                 ]
+            msgs = []
+            for msg, what in batch:
+                sw.remember(msg, what)  # a bundle-add's inner message gets the same xid
+                msgs.append(msg)
             sw.errors = 0
             barrier = self._barrier_request(sw, on_done)
             msgs.append(barrier)
@@ -202,7 +261,10 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         dp = sw.dp
         with sw.lock:
             msgs = [codec.delete_all_ours(dp, COOKIE_BASE, COOKIE_MASK_OURS)]
-            msgs += [codec.group_delete(dp, gid) for gid in group_ids]
+            sw.remember(msgs[0], Sent("delete all tenantnet flows"))
+            for gid in group_ids:
+                msgs.append(codec.group_delete(dp, gid))
+                sw.remember(msgs[-1], Sent("delete group", gid))
             barrier = self._barrier_request(sw, on_done)
             msgs.append(barrier)
             self._send_or_fail(sw, msgs, barrier)
@@ -351,25 +413,49 @@ class TenantnetOfpApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev: Any) -> None:
+        """Count the error against the batch in flight (its barrier then says "rejected") and
+        log what the switch refused, by the xid of the message that caused it."""
         msg = ev.msg
+        dpid = msg.datapath.id or 0
         self.counters.errors += 1
         sw = self._switch_of(msg.datapath)
+        cause: Sent | None = None
         if sw is not None:
-            sw.errors += 1
-            if sw.bundle_in_flight and sw.bundles:
-                sw.bundles = False
-                LOG.warning(
-                    "switch %016x rejected a bundle: using ordered messages from now on",
-                    msg.datapath.id or 0,
+            with sw.lock:
+                sw.errors += 1
+                cause = sw.sent.get(msg.xid)
+                no_bundles = (
+                    cause is not None
+                    and cause.verb in ("open bundle", "commit bundle")
+                    and not _is_bundle_msg_failed(msg)
+                    and sw.bundles
                 )
-        skipped = self._log_errors(f"{msg.datapath.id}")
+                if no_bundles:
+                    sw.bundles = False
+            if no_bundles:
+                LOG.warning(
+                    "switch %016x refused a bundle (%s): using ordered messages from now on",
+                    dpid,
+                    _error_name(msg),
+                )
+        if cause is not None and cause.verb == "commit bundle" and _is_bundle_msg_failed(msg):
+            # The refused message inside it had its own error reply, logged below.
+            LOG.debug("switch %016x did not commit bundle %s", dpid, cause.subject)
+            return
+        if cause is None:
+            what = f"a message not among the last {RECENT_MESSAGES} sent ({_msg_type(msg)})"
+            key = f"{dpid} {_error_name(msg)} unknown"
+        else:
+            what = cause.text()
+            key = f"{dpid} {_error_name(msg)} {cause._replace(bundle=None).text()}"
+        skipped = self._log_errors(key)
         if skipped is not None:
             LOG.error(
-                "switch %016x rejected a message: type=%d code=%d%s",
-                msg.datapath.id or 0,
-                msg.type,
-                msg.code,
-                f" ({skipped} more rejections not logged)" if skipped else "",
+                "switch %016x refused %s: %s%s",
+                dpid,
+                what,
+                _error_name(msg),
+                f" ({skipped} more times since last logged)" if skipped else "",
             )
 
     # ----------------------------------------------------------------------------- helpers
@@ -384,7 +470,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         everything before it, or after ``barrier_timeout_s``.  Called with `sw.lock` held and
         before anything is sent, so the callback is registered before the reply can come."""
         barrier = parser.OFPBarrierRequest(sw.dp)
-        sw.dp.set_xid(barrier)
+        sw.remember(barrier, Sent("barrier"))
         sw.barriers[barrier.xid] = on_done
         deadline = time.monotonic() + self.barrier_timeout_s
         with self._deadline_cond:
@@ -434,8 +520,10 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             requests = [
                 codec.flow_dump_request(sw.dp, COOKIE_BASE, COOKIE_MASK_OURS),
                 codec.group_dump_request(sw.dp),
-                barrier,
             ]
+            sw.remember(requests[0], Sent("read back tenantnet flows"))
+            sw.remember(requests[1], Sent("read back groups"))
+            requests.append(barrier)
             self._send_or_fail(sw, requests, barrier)
 
     @staticmethod
@@ -489,6 +577,31 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             sw.barriers.clear()
         for cb in pending:
             cb(False, "disconnected")
+
+
+def _error_name(msg: Any) -> str:
+    """``OFPET_FLOW_MOD_FAILED(5) OFPFMFC_TABLE_FULL(1)``, or the ONF experimenter error."""
+    if msg.type == ofp.OFPET_EXPERIMENTER:
+        exp_type = getattr(msg, "exp_type", None)
+        names = [n for n in dir(ofp) if n.startswith("ONFERR_ET_") and getattr(ofp, n) == exp_type]
+        return f"OFPET_EXPERIMENTER {names[0] if names else 'experimenter error'}({exp_type})"
+    names = ofp.ofp_error_to_jsondict(msg.type, msg.code)
+    return f"{names['type']} {names['code']}"
+
+
+def _is_bundle_msg_failed(msg: Any) -> bool:
+    """The commit's error when a message inside the bundle failed (OVS's OFPBFC_MSG_FAILED)."""
+    return msg.type == ofp.OFPET_EXPERIMENTER and getattr(msg, "exp_type", None) == (
+        ofp.ONFERR_ET_FAILED
+    )
+
+
+def _msg_type(msg: Any) -> str:
+    """The type of the refused message, from the head of it that the error reply carries."""
+    data = getattr(msg, "data", b"") or b""
+    if isinstance(data, bytes) and len(data) >= 2:
+        return f"{ofp.ofp_msg_type_to_str(data[1])} xid {msg.xid}"
+    return f"xid {msg.xid}"
 
 
 def _alive(dp: Any) -> bool:

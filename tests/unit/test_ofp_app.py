@@ -1,16 +1,23 @@
 """TenantnetOfpApp's barrier bookkeeping: every batch is answered - by its switch, by the
-barrier timeout, or at once when the switch is not reading what it is sent."""
+barrier timeout, or at once when the switch is not reading what it is sent.  And its error
+replies: the log names the rule the switch refused, found by the xid the switch answers."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from types import SimpleNamespace
 from typing import Any
 
-from os_ken.ofproto import ofproto_protocol
+import pytest
+from os_ken.ofproto import ofproto_parser, ofproto_protocol
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from controller.southbound import ofp_app
 from controller.southbound.ofp_app import TenantnetOfpApp, _Switch
 from flows.diff import FlowDiff
+from flows.model import Apply, GotoTable, Output, Rule, match
 
 DPID = 0x42
 
@@ -101,3 +108,139 @@ def test_a_read_back_answered_in_time_keeps_the_connection() -> None:
     (xid,) = sw.barriers
     app._barrier(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=xid)))
     assert not dp.ended.wait(0.5)
+
+
+# ------------------------------------------------------------------ error replies name their rule
+
+FLOW_A = Rule(3, 100, match(in_port=4, eth_dst="aa:bb:cc:00:00:01"), (Apply((Output(2),)),), 0x51)
+FLOW_B = Rule(5, 200, match(metadata=(7, 0xFFFF)), (GotoTable(6),), 0x52)
+ONF = 0x4F4E4600  # the ONF experimenter id of bundle errors
+
+
+def _on_the_wire(dp: FakeDatapath) -> list[tuple[int, int, bytes]]:
+    """(xid, type, message) of every message sent, as the switch reads them; a bundle-add is
+    reported as the message it carries (which has the bundle-add's xid)."""
+    data, out = b"".join(dp.sent), []
+    while data:
+        _, msg_type, length, xid = ofproto_parser.header(data)
+        msg, data = data[:length], data[length:]
+        if msg_type == ofp.OFPT_EXPERIMENTER and len(msg) > 24:  # ONF bundle-add: 24-byte head
+            inner = msg[24:]
+            _, msg_type, length, xid = ofproto_parser.header(inner)
+            msg = inner[:length]
+        out.append((xid, msg_type, msg))
+    return out
+
+
+def _flow_mod_xid(dp: FakeDatapath, rule: Rule) -> int:
+    for xid, msg_type, msg in _on_the_wire(dp):
+        if msg_type == ofp.OFPT_FLOW_MOD:
+            fm = ofproto_parser.msg(dp, ofp.OFP_VERSION, msg_type, len(msg), xid, msg)
+            if (fm.table_id, fm.priority, fm.cookie) == (rule.table, rule.priority, rule.cookie):
+                return xid
+    raise AssertionError(f"no flow-mod for {rule} was sent")
+
+
+def _switch_answers(app: TenantnetOfpApp, dp: FakeDatapath, error: Any, xid: int) -> None:
+    """The switch's error reply for ``xid``, encoded and parsed as os-ken would deliver it."""
+    error.xid = xid
+    error.serialize()
+    _, msg_type, length, _ = ofproto_parser.header(error.buf)
+    parsed = ofproto_parser.msg(dp, ofp.OFP_VERSION, msg_type, length, xid, bytes(error.buf))
+    parsed.datapath = dp
+    app._error(SimpleNamespace(msg=parsed))
+
+
+def _refused(dp: FakeDatapath, type_: int, code: int) -> Any:
+    return parser.OFPErrorMsg(dp, type_=type_, code=code, data=b"\x04\x0e\x00\x50")
+
+
+def _error_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_an_error_reply_is_logged_with_the_rule_it_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app, dp, sw = _app()
+    done = Outcome()
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_A, FLOW_B), replaces_rules=False), done)
+    xid = _flow_mod_xid(dp, FLOW_B)
+    with caplog.at_level(logging.ERROR):
+        _switch_answers(app, dp, _refused(dp, ofp.OFPET_BAD_INSTRUCTION, 0), xid)
+    (line,) = _error_lines(caplog)
+    assert "add flow table=5 priority=200" in line and "metadata=0x7/0xffff" in line
+    assert "goto_table:6" in line and "OFPET_BAD_INSTRUCTION" in line
+    assert "table=3" not in line  # the other rule of the batch was not refused
+    (barrier_xid,) = sw.barriers
+    app._barrier(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=barrier_xid)))
+    assert done.got == [(False, "rejected")]
+
+
+def test_the_same_failure_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    app, dp, _ = _app()
+    with caplog.at_level(logging.ERROR):
+        for _ in range(3):
+            dp.sent.clear()
+            assert app.apply(DPID, FlowDiff(add_rules=(FLOW_A,), replaces_rules=False), Outcome())
+            xid = _flow_mod_xid(dp, FLOW_A)
+            _switch_answers(app, dp, _refused(dp, ofp.OFPET_FLOW_MOD_FAILED, 1), xid)
+    (line,) = _error_lines(caplog)
+    assert "table=3 priority=100" in line and "OFPFMFC_TABLE_FULL" in line
+    assert app.counters.errors == 3
+
+
+def test_a_refused_rule_inside_a_bundle_is_named_and_bundles_stay_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app, dp, sw = _app()
+    diff = FlowDiff(add_rules=(FLOW_B,), del_rules=(FLOW_A,))  # replaces: one atomic bundle
+    assert app.apply(DPID, diff, Outcome())
+    wire = _on_the_wire(dp)
+    commit_xid = wire[-2][0]  # open, two bundle-adds, commit, barrier
+    assert len(wire) == 5
+    with caplog.at_level(logging.ERROR):
+        # What OVS does: the refused message's own error (its xid), then the commit's.
+        _switch_answers(app, dp, _refused(dp, ofp.OFPET_BAD_ACTION, 4), _flow_mod_xid(dp, FLOW_B))
+        _switch_answers(
+            app,
+            dp,
+            parser.OFPErrorExperimenterMsg(
+                dp, exp_type=ofp.ONFERR_ET_FAILED, experimenter=ONF, data=b""
+            ),
+            commit_xid,
+        )
+    (line,) = _error_lines(caplog)
+    assert "add flow table=5 priority=200" in line and f"in bundle {sw.bundle_id}" in line
+    assert sw.bundles, "one refused rule turned bundles off for the switch"
+
+
+def test_a_switch_that_refuses_bundles_gets_ordered_messages(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app, dp, sw = _app()
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_B,), del_rules=(FLOW_A,)), Outcome())
+    open_xid = _on_the_wire(dp)[0][0]
+    with caplog.at_level(logging.WARNING):
+        _switch_answers(app, dp, _refused(dp, ofp.OFPET_BAD_REQUEST, 3), open_xid)
+    assert not sw.bundles
+    assert any("refused open bundle" in line for line in _error_lines(caplog))
+    dp.sent.clear()
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_A,), del_rules=(FLOW_B,)), Outcome())
+    sent = [msg_type for _, msg_type, _ in _on_the_wire(dp)]
+    assert sent == [ofp.OFPT_FLOW_MOD, ofp.OFPT_FLOW_MOD, ofp.OFPT_BARRIER_REQUEST]
+
+
+def test_only_the_last_messages_are_remembered(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ofp_app, "RECENT_MESSAGES", 4)
+    app, dp, sw = _app()
+    rules = tuple(FLOW_A._replace(priority=p) for p in range(100, 106))
+    assert app.apply(DPID, FlowDiff(add_rules=rules, replaces_rules=False), Outcome())
+    assert len(sw.sent) == 4
+    with caplog.at_level(logging.ERROR):
+        first = _flow_mod_xid(dp, rules[0])
+        _switch_answers(app, dp, _refused(dp, ofp.OFPET_FLOW_MOD_FAILED, 1), first)
+    (line,) = _error_lines(caplog)
+    assert "not among the last 4 sent" in line and "OFPT_FLOW_MOD" in line
