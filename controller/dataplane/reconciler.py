@@ -16,8 +16,23 @@ Two paths turn a change into flow-mods:
   several ports of one network in one step (bulk creates), reconnects, tunnel changes): the
   network is recompiled for every host of it and diffed against what each switch has.
 
-Both read the ports from an in-memory mirror kept current by the store's events, never from the
-store.  Nothing here is O(all ports).
+Both read ports and networks' membership from an in-memory mirror kept current by the store's
+events.  The store is read only for the network record of a recompile and for the ports recorded
+on a host when that host is first read or removed.  Nothing here is O(all ports).
+
+Around the compile:
+
+* **Who holds a port** is decided by `controller.dataplane.bindings` from the hosts' OVSDB
+  claims (a requested host, else the first claim); a refused claim gets no flows.
+* **Which connection is a host's switch** is decided by `controller.dataplane.admission` (the
+  OpenFlow app asks through `admit`).
+* **Health.**  A host is ready once its OVSDB and its switch's flows were read; a switch that
+  lets a batch time out or rejects one is *degraded* (ports elsewhere stop waiting for it) and
+  is re-read, until it confirms a batch again.  Hosts that have not come back ``startup_grace_s``
+  after a start have their ports set DOWN.  Whether a switch is alive at all is decided by the
+  OpenFlow connection's watchdog (southbound/ofp_server), which ends its session.
+* **Write-back.**  Port statuses, holders (``binding:host_id``) and refused claims go to the
+  store in one transaction per step (`_write_observations`); host states on each change.
 """
 
 from __future__ import annotations
@@ -114,7 +129,8 @@ class HostRuntime:
 
 @dataclass
 class Stats:
-    """Exposed on the status endpoint; the restart tests read flow_mods and reconciled_after."""
+    """Exposed on the status endpoint; the restart tests and the bench read flow_mods and
+    group_mods (the one count of what was sent to switches) and reconciled_after_s."""
 
     started_at: float = field(default_factory=time.monotonic)
     flow_mods: int = 0
@@ -835,9 +851,6 @@ class DataPlane:
         plans.setdefault(rt.record["id"], []).append(d)
 
     def _send(self, rt: HostRuntime, d: FlowDiff, batch: Batch) -> None:
-        self.stats.flow_mods += len(d.add_rules) + len(d.del_rules)
-        self.stats.group_mods += len(d.add_groups) + len(d.mod_groups) + len(d.del_groups)
-        self.stats.batches += 1
         self._outstanding += 1
         host_id, dpid = rt.record["id"], rt.dpid
         batch.waiting.add(host_id)
@@ -847,6 +860,11 @@ class DataPlane:
 
         if not self.switches.apply(dpid, d, done):
             done(False, "disconnected")
+            return
+        # Counted once the southbound took the batch (a switch that is gone was sent nothing).
+        self.stats.flow_mods += len(d.add_rules) + len(d.del_rules)
+        self.stats.group_mods += len(d.add_groups) + len(d.mod_groups) + len(d.del_groups)
+        self.stats.batches += 1
 
     def _apply_batch_done(
         self, host_id: str, dpid: int, batch: Batch, ok: bool, why: str = ""

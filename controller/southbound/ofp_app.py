@@ -1,15 +1,19 @@
 """The os-ken application: OpenFlow 1.3 sessions with every integration bridge.
 
-It knows nothing about tenants.  It tells a `SwitchListener` (the data plane) when a switch is
-connected *and* its current tenantnet flows and groups have been read back, and it applies a
-`FlowDiff` to a switch as an ordered batch of messages closed by a barrier, calling back when the
-switch confirmed it.  Because the first thing it does with a (re)connected switch is read its
-state instead of flushing it, a controller restart sends nothing when nothing changed.
+It knows nothing about tenants.  A connection becomes a host's session only when the
+`SwitchListener` (the data plane) admits it - the certificate or address proves the host (see
+dataplane/admission.py) - and a live session is never displaced by a second connection.  It
+tells the listener when a switch is connected *and* its current tenantnet flows and groups have
+been read back, and it applies a `FlowDiff` to a switch as an ordered batch of messages (one ONF
+bundle unless the diff only adds) closed by a barrier, calling back when the switch confirmed it.
+Because the first thing it does with a (re)connected switch is read its state instead of
+flushing it, a controller restart sends nothing when nothing changed.
 
 Every barrier is answered within ``barrier_timeout_s``: by the switch, or by a timeout (a switch
 that answers echoes but never barriers must not hold port statuses for good).  The callback says
 why a batch was not confirmed: ``"timeout"``, ``"rejected"`` (the switch sent errors) or
-``"disconnected"``.  Whether a silent switch is alive at all is southbound/ofp_server's business.
+``"disconnected"``.  A switch that does not answer the read-back of its flows in time is
+disconnected; whether a silent switch is alive at all is southbound/ofp_server's business.
 
 An error reply names the message it answers by xid.  Each switch keeps the last
 ``RECENT_MESSAGES`` messages sent to it (what was asked, of which rule or group), so the log says
@@ -65,6 +69,24 @@ BUNDLE = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 # Messages remembered per switch for naming the cause of an error reply: one whole diff of a
 # busy host (errors come back after the batch was written, so the ring must span a batch).
 RECENT_MESSAGES = 8192
+
+
+# One message per FlowDiff entry (see FlowDiff.messages_in_order), and how the log names it.
+# Full cookie mask on deletes: a delete only ever removes the flow of the owner that installed it.
+_ENCODE: dict[str, Callable[[Any, Any], Any]] = {
+    "add_groups": codec.group_add,
+    "mod_groups": codec.group_modify,
+    "add_rules": codec.flow_add,
+    "del_rules": lambda dp, rule: codec.flow_delete_strict(dp, rule, FULL_MASK),
+    "del_groups": codec.group_delete,
+}
+_VERB = {
+    "add_groups": "add group",
+    "mod_groups": "modify group",
+    "add_rules": "add flow",
+    "del_rules": "delete flow",
+    "del_groups": "delete group",
+}
 
 
 class Sent(NamedTuple):
@@ -125,11 +147,9 @@ class _Switch:
 
 @dataclass
 class Counters:
-    """Totals since start, for the status endpoint and the restart tests."""
+    """Totals since start, for the status endpoint ("openflow").  Flow-mods, group-mods and
+    batches are counted once, by the data plane that asks for them (dataplane Stats)."""
 
-    flow_mods: int = 0
-    group_mods: int = 0
-    batches: int = 0
     errors: int = 0
     connects: int = 0
     barrier_timeouts: int = 0
@@ -187,32 +207,19 @@ class TenantnetOfpApp(app_manager.OSKenApp):
     def apply(self, dpid: int, diff: FlowDiff, on_done: DoneCallback) -> bool:
         """Send one diff in dependency order, then a barrier.  False if the switch is gone.
 
-        Order: new/changed groups (flows may point at them), flow adds/replacements, flow
-        deletions, group deletions (no flow points at them any more).  OVS handles the messages
-        of one connection in order, so the barrier reply confirms all of them.
+        The order is FlowDiff.messages_in_order's (groups before the flows that point at them,
+        group deletions after the flows that pointed at them).  OVS handles the messages of one
+        connection in order, so the barrier reply confirms all of them.
         """
         with self._lock:
             sw = self._switches.get(dpid)
         if sw is None or not sw.ready:
             return False
         dp = sw.dp
-        batch: list[tuple[Any, Sent]] = []
-        batch += [(codec.group_add(dp, g), Sent("add group", g)) for g in diff.add_groups]
-        batch += [(codec.group_modify(dp, g), Sent("modify group", g)) for g in diff.mod_groups]
-        batch += [(codec.flow_add(dp, r), Sent("add flow", r)) for r in diff.add_rules]
-        # Full cookie mask: a delete only ever removes the flow of the network that owned it.
-        batch += [
-            (codec.flow_delete_strict(dp, r, FULL_MASK), Sent("delete flow", r))
-            for r in diff.del_rules
+        batch = [
+            (_ENCODE[kind](dp, item), Sent(_VERB[kind], item))
+            for kind, item in diff.messages_in_order()
         ]
-        batch += [
-            (codec.group_delete(dp, gid), Sent("delete group", gid)) for gid in diff.del_groups
-        ]
-        self.counters.flow_mods += len(diff.add_rules) + len(diff.del_rules)
-        self.counters.group_mods += (
-            len(diff.add_groups) + len(diff.mod_groups) + len(diff.del_groups)
-        )
-        self.counters.batches += 1
         with sw.lock:
             if sw.bundles and batch and not diff.additive:
                 # One atomic, ordered bundle (ONF EXT-230, OpenFlow 1.3): packets see the old

@@ -6,7 +6,10 @@ What the controller writes on a host, and why:
   ``fail_mode=secure`` (flows stay when the controller is away: a controller restart is
   hitless), OpenFlow 1.3 only, a fixed ``datapath-id`` derived from the host id (so an OpenFlow
   connection is recognised before anything else is known), and a controller target with a short
-  reconnect backoff;
+  reconnect backoff and inactivity probe (``ssl:`` with TLS, plus the host's SSL record: its key,
+  certificate and the CA).  A switch that is not connected when this controller (re)connects
+  gets its target rewritten in its other spelling, which makes vswitchd reconnect at once
+  (see `_controller_target`);
 * one flow-based tunnel port per encapsulation (``tn-vxlan``, ``tn-gre``) with
   ``remote_ip=flow`` and ``key=flow``.  One port per type instead of one per remote host means a
   host joining or leaving a network changes only flows, never OVSDB; the ofport numbers stay

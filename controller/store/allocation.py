@@ -64,11 +64,6 @@ def segmentation_id(tx: Tx, seg_type: str, low: int, high: int) -> int:
     return found
 
 
-def segmentation_id_taken(tx: Tx, seg_type: str, seg_id: int) -> bool:
-    """Whether another network already uses this overlay segment."""
-    return tx.exists("SELECT 1 FROM networks WHERE seg_type = ? AND seg_id = ?", (seg_type, seg_id))
-
-
 def network_key(tx: Tx) -> int:
     """A fresh network key.
 

@@ -55,7 +55,3 @@ def invalid_attr(field: str, reason: str) -> InvalidInput:
     """Neutron's wording for a bad attribute value, naming the attribute."""
     return InvalidInput(f"Invalid input for {field}. Reason: {reason}.", "HTTPBadRequest")
 
-
-def invalid_operation(reason: str) -> InvalidInput:
-    """Neutron's wording for a request that is invalid as a whole."""
-    return InvalidInput(f"Invalid input for operation: {reason}.", "InvalidInput")

@@ -391,16 +391,6 @@ def differing_statuses(tx: Tx, wanted: dict[str, str]) -> dict[str, str]:
     return {pid: wanted[pid] for pid, st in statuses(tx, wanted).items() if st != wanted[pid]}
 
 
-def set_status(tx: Tx, current: dict[str, Any], status: str) -> dict[str, Any]:
-    """The data plane's view of the port: ACTIVE once wired, DOWN otherwise."""
-    return set_observed(tx, current, {"status": status})
-
-
-def set_binding(tx: Tx, current: dict[str, Any], host_id: str | None) -> dict[str, Any]:
-    """The host that holds the port in the data plane (None or "" = none), see set_observed."""
-    return set_observed(tx, current, {"binding:host_id": host_id})
-
-
 def set_observed(
     tx: Tx,
     current: dict[str, Any],

@@ -249,14 +249,6 @@ class Store:
         """Every network, sorted by id."""
         return self._read(networks.load_all)
 
-    def get_subnet(self, subnet_id: str) -> dict[str, Any] | None:
-        """A subnet, or None."""
-        return self._read(lambda tx: subnets.load(tx, subnet_id))
-
-    def list_subnets(self, network_id: str | None = None) -> list[dict[str, Any]]:
-        """Subnets sorted by id, optionally of one network."""
-        return self._read(lambda tx: subnets.load_all(tx, network_id))
-
     def get_port(self, port_id: str) -> dict[str, Any] | None:
         """A port, or None."""
         return self._read(lambda tx: ports.load(tx, port_id))
@@ -311,15 +303,6 @@ class Store:
                 return hosts.create(tx, body), True
             changes = {k: v for k, v in body.items() if k != "id"}
             return hosts.update(tx, current, changes), False
-
-    def set_port_status(self, port_id: str, status: str) -> dict[str, Any] | None:
-        """Data plane: the port is ACTIVE/DOWN/BUILD (no-op if unchanged or unknown)."""
-        return self._observe(ports, port_id, lambda tx, cur: ports.set_status(tx, cur, status))
-
-    def set_port_binding(self, port_id: str, host_id: str | None) -> dict[str, Any] | None:
-        """Data plane: the port is held by ``host_id`` (None: nowhere); no-op if unknown or if
-        the orchestrator requested a host (see `ports.set_observed`)."""
-        return self._observe(ports, port_id, lambda tx, cur: ports.set_binding(tx, cur, host_id))
 
     def set_ports_observed(
         self,

@@ -143,7 +143,7 @@ def test_openstack_cli_lifecycle(server: tuple[str, Store]) -> None:
     cli(url, "network", "delete", "cli-net")
     missing = cli(url, "network", "show", "cli-net", ok=False)
     assert "cli-net" in missing.stderr
-    assert store.list_networks() == [] and store.list_subnets() == []
+    assert store.list_networks() == [] and store.list_all("subnet") == []
 
 
 def test_openstacksdk(server: tuple[str, Store]) -> None:
@@ -186,7 +186,7 @@ def test_openstacksdk(server: tuple[str, Store]) -> None:
         paged = list(conn.network.networks(limit=2))
         assert len(paged) == 6 and len({n.id for n in paged}) == 6
 
-        store.set_port_status(port.id, "ACTIVE")
+        store.set_ports_observed(statuses={port.id: "ACTIVE"})
         assert conn.network.get_port(port.id).status == "ACTIVE"
 
         conn.network.delete_port(port)

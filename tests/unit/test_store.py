@@ -95,7 +95,7 @@ def test_subscriber_may_write_back_into_the_store(store: Store, bus: EventBus) -
     def activate(batch: list[ChangeEvent]) -> None:
         for e in batch:
             if e.kind == "port" and e.old is None and e.new is not None:
-                store.set_port_status(e.new["id"], "ACTIVE")
+                store.set_ports_observed(statuses={e.new["id"]: "ACTIVE"})
 
     bus.subscribe(activate)
     port = store.create_port({"network_id": net_id})
@@ -110,7 +110,7 @@ def test_nested_writes_reach_every_subscriber_in_commit_order(store: Store, bus:
     def activate(batch: list[ChangeEvent]) -> None:
         for e in batch:
             if e.kind == "port" and e.old is None and e.new is not None:
-                store.set_port_status(e.new["id"], "ACTIVE")
+                store.set_ports_observed(statuses={e.new["id"]: "ACTIVE"})
 
     seen_by_b: list[tuple[str | None, str | None]] = []
 
@@ -157,7 +157,7 @@ def test_bulk_subnet_create_is_atomic(store: Store) -> None:
                 {"network_id": net["id"], "cidr": "10.1.0.0/25"},  # overlaps the first
             ],
         )
-    assert store.list_subnets() == []
+    assert store.list_all("subnet") == []
 
 
 # -- segmentation ids and keys ---------------------------------------------------------------------
@@ -263,7 +263,7 @@ def test_bad_macs_are_refused_naming_the_field(store: Store, mac: str) -> None:
 
 def test_ip_allocation_skips_gateway_and_reuses_freed(store: Store) -> None:
     net_id, subnet_id = make_net_with_subnet(store, "192.168.5.0/29")
-    subnet = store.get_subnet(subnet_id)
+    subnet = store.get("subnet", subnet_id)
     assert subnet["gateway_ip"] == "192.168.5.1"
     assert subnet["allocation_pools"] == [{"start": "192.168.5.2", "end": "192.168.5.6"}]
     ports = [store.create_port({"network_id": net_id}) for _ in range(5)]
@@ -388,7 +388,7 @@ def test_subnet_in_use_and_network_in_use(store: Store, events: list[ChangeEvent
     store.delete("port", port["id"])
     events.clear()
     store.delete("network", net_id)  # takes its subnet with it, like Neutron
-    assert store.list_subnets() == []
+    assert store.list_all("subnet") == []
     assert [(e.kind, e.new) for e in events] == [("subnet", None), ("network", None)]
 
 
@@ -441,26 +441,30 @@ def test_port_status_and_binding(store: Store, events: list[ChangeEvent]) -> Non
     port = store.create_port({"network_id": net_id, "binding:host_id": "hv1"})
     assert store.list_ports(host_id="hv1") == [port]
     events.clear()
-    active = store.set_port_status(port["id"], "ACTIVE")
+    store.set_ports_observed(statuses={port["id"]: "ACTIVE"})
+    active = store.get_port(port["id"])
     assert active["status"] == "ACTIVE" and active["revision_number"] == 2
-    assert store.set_port_status(port["id"], "ACTIVE") == active  # unchanged: no-op
+    store.set_ports_observed(statuses={port["id"]: "ACTIVE"})  # unchanged: no-op
+    assert store.get_port(port["id"]) == active
     assert len(events) == 1 and events[0].old["status"] == "DOWN"
-    assert store.set_port_status("no-such-port", "ACTIVE") is None
+    store.set_ports_observed(statuses={"no-such-port": "ACTIVE"})  # unknown: skipped
     with pytest.raises(InvalidInput):
-        store.set_port_status(port["id"], "SLEEPY")
+        store.set_ports_observed(statuses={port["id"]: "SLEEPY"})
 
     # hv1 was requested by the orchestrator: the data plane's write-back never overrides it
-    assert store.set_port_binding(port["id"], "hv2")["binding:host_id"] == "hv1"
+    store.set_ports_observed(bindings={port["id"]: "hv2"})
+    assert store.get_port(port["id"])["binding:host_id"] == "hv1"
     free = store.update("port", port["id"], {"binding:host_id": ""})  # request lifted
     assert free["binding:host_id"] == "" and not free["_host_requested"]
-    moved = store.set_port_binding(port["id"], "hv2")
+    store.set_ports_observed(bindings={port["id"]: "hv2"})
+    moved = store.get_port(port["id"])
     assert moved["binding:host_id"] == "hv2" and not moved["_host_requested"]
     assert store.list_ports(host_id="hv1") == []
     assert store.list_ports(host_id="hv2", network_id=net_id) == [moved]
-    unbound = store.set_port_binding(port["id"], None)
-    assert unbound["binding:host_id"] == ""
+    store.set_ports_observed(bindings={port["id"]: None})
+    assert store.get_port(port["id"])["binding:host_id"] == ""
     assert store.list_ports(host_id="hv2") == []
-    assert store.set_port_binding("no-such-port", "hv1") is None
+    store.set_ports_observed(bindings={"no-such-port": "hv1"})  # unknown: skipped
 
 
 def test_requested_host_is_told_apart_from_the_written_back_one(store: Store) -> None:
@@ -469,7 +473,8 @@ def test_requested_host_is_told_apart_from_the_written_back_one(store: Store) ->
     net_id, _ = make_net_with_subnet(store)
     unpinned = store.create_port({"network_id": net_id})
     assert unpinned["binding:host_id"] == "" and not unpinned["_host_requested"]
-    seen = store.set_port_binding(unpinned["id"], "hv1")
+    store.set_ports_observed(bindings={unpinned["id"]: "hv1"})
+    seen = store.get_port(unpinned["id"])
     assert seen["binding:host_id"] == "hv1" and not seen["_host_requested"]
     pinned = store.update("port", seen["id"], {"binding:host_id": "hv2"})  # live migration
     assert pinned["binding:host_id"] == "hv2" and pinned["_host_requested"]
