@@ -130,7 +130,7 @@ class _Switch:
     barriers: dict[int, DoneCallback] = field(default_factory=dict)
     errors: int = 0
     ready: bool = False
-    bundles: bool = True  # until the switch rejects one
+    bundles: bool = True  # until it refuses a bundle open or commit (see _error)
     bundle_id: int = 0
     bundle_in_flight: bool = False
     # xid -> what the message asked, oldest first, at most RECENT_MESSAGES (see _error)
