@@ -394,6 +394,8 @@ class DataPlane:
                     rt = self.hosts[new]
                     ofport = rt.obs.bindings.get(pid) if rt.obs is not None else None
                     LOG.info("port %s bound to host %s (ofport %s)", pid, new, ofport)
+                    if not rt.ready:  # no flows there until its switch is read: not ACTIVE
+                        self._set_status(pid, "DOWN")
                 elif old is not None:
                     LOG.info("port %s no longer bound to host %s", pid, old)
             if (

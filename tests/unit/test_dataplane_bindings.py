@@ -291,3 +291,25 @@ def test_a_holder_that_unplugged_while_the_controller_was_down_hands_over(
     assert 6 in _local_ofports(cloud, "hv2") and 5 not in _local_ofports(cloud, "hv1")
     assert cloud.dp.status()["binding_conflicts"] == 0
     assert datapath_id_for("hv2") in {d for d, _ in cloud.switches.applied}
+
+
+def test_a_port_moved_to_a_host_whose_switch_is_down_is_not_left_active(cloud: Cloud) -> None:
+    """Found by the state machine (test_dataplane_incremental): the new holder's switch has no
+    flows for the port, so its status must not stay the old holder's ACTIVE."""
+    cloud.start(hosts=3)
+    net = cloud.network()
+    port = cloud.store.create_port({"network_id": net["id"], "binding:host_id": "hv1"})
+    _plug("hv1", port, 5)
+    _plug("hv2", port, 6)  # the destination plugs the VM before the switch-over
+    cloud.idle()
+    assert _port(cloud, port)["status"] == "ACTIVE"
+    cloud.dp.switch_gone(datapath_id_for("hv2"))
+    cloud.idle()
+
+    cloud.store.update("port", port["id"], {"binding:host_id": "hv2"})
+    cloud.idle()
+    assert _port(cloud, port)["status"] == "DOWN"
+    cloud.connect("hv2")
+    cloud.idle()
+    got = _port(cloud, port)
+    assert got["status"] == "ACTIVE" and 6 in _local_ofports(cloud, "hv2")
