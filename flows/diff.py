@@ -13,7 +13,6 @@ smaller still: :func:`patch` swaps that port's fragment of a slice without looki
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,21 +145,6 @@ def _group_changes(
     common = sorted(want.keys() & have.keys())
     mod = [want[gid] for gid in common if want[gid].buckets != have[gid].buckets]
     return add, mod, sorted(have.keys() - want.keys())
-
-
-def merge(slices: Iterable[Slice]) -> Slice:
-    """Union of slices: a host's whole desired state is ``merge([base, *networks])``.
-
-    No conflict resolution happens here: slices of distinct networks never share a rule key or a
-    group id by construction (keys are qualified by in_port, by tunnel/VNI/peer or by the network's
-    metadata, group ids are derived from the network key), so a union is exact.
-    """
-    rules: set[Rule] = set()
-    groups: set[GroupEntry] = set()
-    for piece in slices:
-        rules |= piece.rules
-        groups |= piece.groups
-    return Slice(rules=frozenset(rules), groups=frozenset(groups))
 
 
 def split_by_cookie(installed: Slice) -> dict[int, Slice]:

@@ -19,17 +19,17 @@ arrives at the host owning that IP, on its tunnel port of the same type, with ``
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import netaddr
 
 from flows.compiler import compile_base, compile_network
-from flows.diff import merge
 from flows.model import (
     Apply,
     GotoTable,
+    GroupEntry,
     HostContext,
     LocalPort,
     NetworkView,
@@ -46,6 +46,17 @@ from tests.unit.wire_switch import through_the_wire
 Packet = Mapping[str, Any]
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
+
+
+def merge(slices: Iterable[Slice]) -> Slice:
+    """A host's whole table: the union of its slices (``merge([base, *networks])``).  Slices of
+    distinct networks never share a rule key or a group id by construction, so a union is exact."""
+    rules: set[Rule] = set()
+    groups: set[GroupEntry] = set()
+    for piece in slices:
+        rules |= piece.rules
+        groups |= piece.groups
+    return Slice(rules=frozenset(rules), groups=frozenset(groups))
 
 
 class AmbiguousMatch(AssertionError):

@@ -21,7 +21,6 @@ from flows.compiler import (
     shared_rules,
     usable,
 )
-from flows.diff import merge
 from flows.model import (
     Apply,
     GotoTable,
@@ -46,6 +45,7 @@ from tests.unit.flow_sim import (
     Switch,
     TunnelLoop,
     VmPort,
+    merge,
     missing_prerequisites,
 )
 

@@ -1,4 +1,4 @@
-"""Tests of desired/installed reconciliation: diff, merge and split_by_cookie."""
+"""Tests of desired/installed reconciliation: diff, patch and split_by_cookie."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from flows.compiler import (
     local_port_rules,
     remote_port_rules,
 )
-from flows.diff import FlowDiff, diff, merge, patch, split_by_cookie
+from flows.diff import FlowDiff, diff, patch, split_by_cookie
 from flows.model import (
     Apply,
     GotoTable,
@@ -27,6 +27,7 @@ from flows.model import (
     Slice,
     match,
 )
+from tests.unit.flow_sim import merge
 
 CTX = HostContext("10.0.0.1", {"vxlan": 1, "gre": 2})
 
@@ -171,14 +172,7 @@ def test_sorting_survives_mixed_match_value_types() -> None:
     assert d == diff(Slice(frozenset({masked, exact})), Slice())
 
 
-# ------------------------------------------------------------------------------- merge and split
-
-
-def test_merge_is_a_union() -> None:
-    whole = merge([BASE, NET7, NET8])
-    assert whole.rules == BASE.rules | NET7.rules | NET8.rules
-    assert whole.groups == NET7.groups | NET8.groups
-    assert merge([]) == Slice()
+# ------------------------------------------------------------------------------------------ split
 
 
 def test_split_by_cookie_round_trips_merge() -> None:
