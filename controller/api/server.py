@@ -27,41 +27,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from controller.throttle import LOG_EVERY_S, Throttle
 
 MAX_INCOMPLETE_EVENT_BYTES = 16 * 1024
 """Largest request head the server buffers (uvicorn's h11 setting; httptools has its own,
 similar, limit)."""
 
 
-ACCEPT_ERROR_LOG_INTERVAL_S = 10.0
-
-
 class AcceptErrorThrottle(logging.Filter):
     """asyncio's "socket.accept() out of system resource" records: one short line per
     interval instead of one traceback per refused connection (see module doc)."""
 
-    def __init__(self, interval: float = ACCEPT_ERROR_LOG_INTERVAL_S) -> None:
+    def __init__(self, every_s: float = LOG_EVERY_S) -> None:
         super().__init__()
-        self.interval = interval
-        self.suppressed = 0
-        self._last = float("-inf")
+        self._throttle = Throttle(every_s)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith("socket.accept() out of system resource"):
             return True
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self.suppressed += 1
+        skipped = self._throttle("accept")
+        if skipped is None:
             return False
-        self._last = now
         exc = record.exc_info[1] if record.exc_info else None
-        record.msg = "REST API cannot accept connections (%s); asyncio retries every second"
-        record.args = (getattr(exc, "strerror", None) or exc or "out of resources",)
+        record.msg = (
+            "REST API cannot accept connections (%s); asyncio retries every second"
+            " (%d such errors not logged since the last line)"
+        )
+        record.args = (getattr(exc, "strerror", None) or exc or "out of resources", skipped)
         record.exc_info = None
         record.exc_text = None
         return True

@@ -50,7 +50,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller import tls
 from controller.southbound import ofp_codec as codec
-from controller.southbound.ofp_server import Throttle
+from controller.throttle import Throttle
 from flows.diff import FlowDiff
 from flows.model import GroupEntry, Rule, Slice
 from flows.readable import group_text, rule_text

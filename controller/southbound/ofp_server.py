@@ -57,6 +57,8 @@ from os_ken.controller import ofp_handler
 from os_ken.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER
 from os_ken.lib import hub
 
+from controller.throttle import Throttle
+
 LOG = logging.getLogger(__name__)
 
 # Accept errors that mean "out of a resource right now": wait, then accept again.
@@ -64,8 +66,6 @@ _EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _MAX_ACCEPT_PAUSE_S = 1.0
 # How long a finished connection may take to join its helper threads before we say so.
 _JOIN_S = 5.0
-_LOG_EVERY_S = 10.0
-_MAX_KEYS = 4096
 
 
 @dataclass(frozen=True)
@@ -94,34 +94,6 @@ class ConnectionStats:
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
-
-
-class Throttle:
-    """One log line per key per interval, saying how many were suppressed meanwhile."""
-
-    def __init__(self, every_s: float = _LOG_EVERY_S) -> None:
-        self.every_s = every_s
-        self._last: dict[str, float] = {}
-        self._skipped: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def __call__(self, key: str) -> int | None:
-        """None: stay quiet; else the number of lines suppressed since the last one."""
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last.get(key, -self.every_s) < self.every_s:
-                self._skipped[key] += 1
-                return None
-            if len(self._last) >= _MAX_KEYS:  # keys are source addresses: bounded
-                self._forget(now)
-            self._last[key] = now
-            return self._skipped.pop(key, 0)
-
-    def _forget(self, now: float) -> None:
-        """Drop keys whose interval is over (their suppressed counts go unreported)."""
-        for key in [k for k, t in self._last.items() if now - t >= self.every_s]:
-            del self._last[key]
-            self._skipped.pop(key, None)
 
 
 class _WatchedSocket:

@@ -18,12 +18,11 @@ from typing import Any
 import pytest
 
 from controller.southbound.ofp_server import (
-    _MAX_KEYS,
     ConnectionLimits,
     ConnectionStats,
     Listener,
-    Throttle,
 )
+from controller.throttle import MAX_KEYS, Throttle
 
 OFP_HEADER = 8
 
@@ -157,8 +156,8 @@ def test_accept_errors_are_survived(make_server: Any, caplog: Any) -> None:
 
 def test_the_log_throttle_stays_bounded_under_many_sources() -> None:
     throttle = Throttle(every_s=0.0)
-    for i in range(3 * _MAX_KEYS):
+    for i in range(3 * MAX_KEYS):
         assert throttle(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}") == 0
-    assert len(throttle._last) <= _MAX_KEYS
+    assert len(throttle._last) <= MAX_KEYS
     quiet = Throttle(every_s=60)
     assert quiet("a") == 0 and quiet("a") is None and quiet("a") is None
