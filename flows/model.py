@@ -48,7 +48,59 @@ class ToGroup(NamedTuple):
     kind: str = "group"  # see the note above Output
 
 
-Action = Output | SetField | ToGroup
+class OutputReg(NamedTuple):
+    """Send the packet out of the port whose number is in a register (Nicira ``output:reg``).
+
+    Lets one shared rule deliver to whichever port the pipeline chose earlier (the security
+    group tables keep the port they filter for in a register), instead of one rule per port.
+    """
+
+    reg: str  # "reg5": the whole 32-bit register is the port number
+    kind: str = "output_reg"  # see the note above Output
+
+
+class Resubmit(NamedTuple):
+    """Continue in another table and come back (Nicira ``resubmit(,table)``).
+
+    The only way a group bucket can run more of the pipeline (buckets cannot goto a table):
+    a flood copy for a filtered port passes through its ingress filter this way.
+    """
+
+    table: int
+    kind: str = "resubmit"  # see the note above Output
+
+
+class Conjunction(NamedTuple):
+    """Clause ``clause`` of ``n_clauses`` of conjunctive match ``conj_id`` (Nicira action).
+
+    ``clause`` counts from 1 as in ``ovs-ofctl``'s ``conjunction(id,k/n)``; the codec writes the
+    wire's 0-based value.
+    """
+
+    conj_id: int
+    clause: int
+    n_clauses: int
+    kind: str = "conjunction"  # see the note above Output
+
+
+class Ct(NamedTuple):
+    """Send the packet through conntrack (Nicira ``ct``).
+
+    ``zone_reg`` names a register whose low 16 bits are the zone (``zone=reg5[0..15]``), else
+    ``zone`` is the zone itself.  ``table``: recirculate to that table with ``ct_state`` filled
+    in (``None``: continue with the next action).  ``commit`` stores the connection;
+    ``mark`` (with commit) sets its ``ct_mark``.
+    """
+
+    commit: bool = False
+    zone: int = 0
+    zone_reg: str | None = None
+    table: int | None = None
+    mark: int | None = None
+    kind: str = "ct"  # see the note above Output
+
+
+Action = Output | SetField | ToGroup | OutputReg | Resubmit | Conjunction | Ct
 
 # ------------------------------------------------------------------------------------ instructions
 

@@ -12,11 +12,15 @@ from typing import Any
 from flows.model import (
     Action,
     Apply,
+    Conjunction,
+    Ct,
     GotoTable,
     GroupEntry,
     Instruction,
     Match,
     Output,
+    OutputReg,
+    Resubmit,
     Rule,
     SetField,
     ToGroup,
@@ -63,7 +67,25 @@ def actions_text(actions: tuple[Action, ...]) -> str:
             parts.append(f"set_field:{_value(act.value)}->{act.field}")
         elif isinstance(act, ToGroup):
             parts.append(f"group:{act.group_id}")
+        elif isinstance(act, OutputReg):
+            parts.append(f"output:{act.reg}")
+        elif isinstance(act, Resubmit):
+            parts.append(f"resubmit(,{act.table})")
+        elif isinstance(act, Conjunction):
+            parts.append(f"conjunction({act.conj_id},{act.clause}/{act.n_clauses})")
+        elif isinstance(act, Ct):
+            parts.append(_ct_text(act))
     return ",".join(parts)
+
+
+def _ct_text(act: Ct) -> str:
+    args = ["commit"] if act.commit else []
+    args.append(f"zone={act.zone_reg}[0..15]" if act.zone_reg else f"zone={act.zone}")
+    if act.table is not None:
+        args.append(f"table={act.table}")
+    if act.mark is not None:
+        args.append(f"exec(set_field:{act.mark:#x}->ct_mark)")
+    return f"ct({','.join(args)})"
 
 
 def _value(value: Any) -> str:

@@ -10,6 +10,11 @@ OpenFlow metadata register from table 0 onwards)::
     VM port ──> 0 CLASSIFY ──> 1 PORT_SECURITY ──> 2 L2_FROM_PORT ──> VM port / tunnel / flood-all
     tunnel  ──> 0 CLASSIFY ─────────────────────> 3 L2_FROM_TUNNEL ──> VM port / flood-local
 
+With security groups (:mod:`flows.security_groups`), a filtered port's packets take a detour::
+
+    1 PORT_SECURITY ──> 10 SG_EGRESS ─ct─> 11 SG_EGRESS_RULES ──> 12 SG_EGRESS_ACCEPT ──> 2
+    2 / 3 delivery  ──> 20 SG_INGRESS ─ct─> 21 SG_INGRESS_RULES ──> 22 SG_INGRESS_ACCEPT ──> port
+
 Table 0 ``CLASSIFY`` — which network does a packet belong to, and where did it come from?
     * prio 100 ``in_port=<VM ofport>, vlan_vid=NONE`` -> write metadata=<net key>, goto 1.  One
       per local port that is admin up; an admin-down port has no rule, so its packets hit the
@@ -81,6 +86,45 @@ L2_FROM_PORT = 2
 L2_FROM_TUNNEL = 3
 """L2 forwarding of packets from tunnels: local ports only (split horizon)."""
 
+# Security groups (flows/security_groups.py).  Only packets of ports with filtering pass through
+# them: port security sends a filtered port's packets to SG_EGRESS instead of L2_FROM_PORT, and
+# delivery to a filtered port goes through SG_INGRESS instead of straight to its ofport.  The
+# register REG_SG_PORT holds the filtered port's ofport in both directions; its low 16 bits are
+# the port's conntrack zone.
+
+SG_EGRESS = 10
+"""Egress entry (sender's host, after port security): ARP, ND, DHCP client pass to
+L2_FROM_PORT; router advertisements and DHCP server replies from VMs are dropped; IPv4/IPv6
+goes through conntrack (zone = port) to SG_EGRESS_RULES, or straight there for a port whose
+groups are stateless."""
+
+SG_EGRESS_RULES = 11
+"""Egress verdict: invalid or marked connections dropped, replies/related accepted, everything
+else (new *and* established in the original direction) must match a rule (conjunctions:
+port in group x rule match x remote group address) -> SG_EGRESS_ACCEPT; an established
+connection no rule allows any more is marked (ct_mark=1) and dropped."""
+
+SG_EGRESS_ACCEPT = 12
+"""Egress accepted: a new connection is committed, then -> L2_FROM_PORT."""
+
+SG_INGRESS = 20
+"""Ingress entry (receiver's host, before delivery; REG_SG_PORT = destination ofport): ARP,
+ND, DHCP server replies are delivered; IPv4/IPv6 goes through conntrack (zone = destination
+port) to SG_INGRESS_RULES, or straight there for a stateless port."""
+
+SG_INGRESS_RULES = 21
+"""Ingress verdict, as SG_EGRESS_RULES with the remote address being the source."""
+
+SG_INGRESS_ACCEPT = 22
+"""Ingress accepted: a new connection is committed, then output to the port in REG_SG_PORT."""
+
+REG_SG_PORT = "reg5"
+"""Register with the ofport a security-group table filters for (sender on egress, receiver on
+ingress); the port's conntrack zone is its low 16 bits."""
+
+CT_MARK_DENIED = 1
+"""ct_mark of a connection that a rule change no longer allows (every later packet dropped)."""
+
 
 class TableSpec(NamedTuple):
     """A table's id, short name and purpose, for logs, dumps and documentation."""
@@ -98,6 +142,17 @@ TABLES: tuple[TableSpec, ...] = (
 )
 """Every table of the pipeline, in table-id order (the base slice has one miss rule per entry)."""
 
+SG_TABLES: tuple[TableSpec, ...] = (
+    TableSpec(SG_EGRESS, "SG_EGRESS", "security groups: egress entry, always-pass, conntrack"),
+    TableSpec(SG_EGRESS_RULES, "SG_EGRESS_RULES", "security groups: egress state and rules"),
+    TableSpec(SG_EGRESS_ACCEPT, "SG_EGRESS_ACCEPT", "security groups: egress commit"),
+    TableSpec(SG_INGRESS, "SG_INGRESS", "security groups: ingress entry, always-pass, conntrack"),
+    TableSpec(SG_INGRESS_RULES, "SG_INGRESS_RULES", "security groups: ingress state and rules"),
+    TableSpec(SG_INGRESS_ACCEPT, "SG_INGRESS_ACCEPT", "security groups: ingress commit, deliver"),
+)
+"""The security-group tables; their miss rules (drop) come with
+:func:`flows.security_groups.static_rules`, not with the base slice."""
+
 # -------------------------------------------------------------------------------------- priorities
 
 PRIO_EXACT = 100
@@ -111,6 +166,32 @@ PRIO_FLOOD = 10
 
 PRIO_MISS = 0
 """Table-miss rules of the base pipeline (drop)."""
+
+PRIO_SG_HAIRPIN = 210
+"""SG ingress entry: a flood copy back to the port it came from is dropped before anything."""
+
+PRIO_SG_STATE = 200
+"""SG rules tables: drop invalid and marked (denied) connections, before anything else."""
+
+PRIO_SG_REPLY = 190
+"""SG rules tables: replies and related packets of an allowed connection pass."""
+
+PRIO_SG_ALWAYS = 100
+"""SG entry tables: ARP, ND and DHCP pass; SG accept tables: commit new connections."""
+
+PRIO_SG_CONJ = 100
+"""SG rules tables: every conjunctive flow and every ``conj_id`` flow.  One priority for all
+(OVS needs the flows of a conjunction at one priority; no ordinary flow shares it)."""
+
+PRIO_SG_BAN = 90
+"""SG egress entry: what a VM may never send (router advertisements, DHCP server replies)."""
+
+PRIO_SG_STATELESS = 60
+"""SG entry tables: a port of stateless groups skips conntrack."""
+
+PRIO_SG_TRACK = 50
+"""SG entry tables: IP goes through conntrack; SG rules tables: an established connection no
+rule allows is marked and dropped; SG accept tables: the pass-through after commit."""
 
 # ---------------------------------------------------------------------------------------- metadata
 

@@ -12,16 +12,21 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
+from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from flows.model import (
     Action,
     Apply,
+    Conjunction,
+    Ct,
     GotoTable,
     GroupEntry,
     Instruction,
     Output,
+    OutputReg,
+    Resubmit,
     Rule,
     SetField,
     ToGroup,
@@ -29,6 +34,13 @@ from flows.model import (
 )
 
 _INSTRUCTION_ORDER = {Apply: 0, WriteMetadata: 1, GotoTable: 2}
+
+# Nicira action encodings tenantnet uses (the only ones it decodes back to model values; any
+# other bit pattern decodes to a foreign action, so the diff replaces the flow).
+_ZONE_BITS = nicira_ext.ofs_nbits(0, 15)  # ct(zone=regN[0..15])
+_REG_BITS = nicira_ext.ofs_nbits(0, 31)  # output:regN[0..31]
+_CT_NO_RECIRC = 0xFF  # NX_CT_RECIRC_NONE: ct() without table= continues with the next action
+_NX_IN_PORT = 0xFFF8  # OFPP_IN_PORT in the 16-bit port space of Nicira actions: resubmit(,T)
 
 # os-ken orders OXM fields by field number when it builds a match from keyword arguments.
 _OXM_ORDER = {f.name: (f.num[0] if isinstance(f.num, tuple) else f.num) for f in ofp.oxm_types}
@@ -46,9 +58,48 @@ def encode_actions(actions: Iterable[Action]) -> list[Any]:
             out.append(parser.OFPActionSetField(**{act.field: act.value}))
         elif isinstance(act, ToGroup):
             out.append(parser.OFPActionGroup(act.group_id))
+        elif isinstance(act, OutputReg):
+            out.append(parser.NXActionOutputReg(_REG_BITS, act.reg, 0))
+        elif isinstance(act, Resubmit):
+            out.append(parser.NXActionResubmitTable(_NX_IN_PORT, act.table))
+        elif isinstance(act, Conjunction):
+            # the wire counts clauses from 0, ovs-ofctl's text (and the model) from 1
+            out.append(parser.NXActionConjunction(act.clause - 1, act.n_clauses, act.conj_id))
+        elif isinstance(act, Ct):
+            out.append(_encode_ct(act))
         else:  # pragma: no cover - the model has no other action
             raise TypeError(f"unknown action {act!r}")
     return out
+
+
+def _encode_ct(act: Ct) -> Any:
+    flags = nicira_ext.NX_CT_F_COMMIT if act.commit else 0
+    zone_src, zone = (act.zone_reg, _ZONE_BITS) if act.zone_reg else ("", act.zone)
+    table = _CT_NO_RECIRC if act.table is None else act.table
+    nested = [] if act.mark is None else [parser.OFPActionSetField(ct_mark=act.mark)]
+    return parser.NXActionCT(flags, zone_src, zone, table, 0, nested)
+
+
+def _decode_ct(act: Any) -> Action:
+    nested = list(act.actions)
+    mark: int | None = None
+    if (
+        len(nested) == 1
+        and isinstance(nested[0], parser.OFPActionSetField)
+        and (nested[0].key == "ct_mark")
+    ):
+        mark = nested[0].value
+    elif nested or act.alg or act.flags & ~nicira_ext.NX_CT_F_COMMIT:
+        return SetField("__foreign__", repr(act))
+    if act.zone_src:
+        if act.zone_ofs_nbits != _ZONE_BITS:
+            return SetField("__foreign__", repr(act))
+        zone, zone_reg = 0, act.zone_src
+    else:
+        zone, zone_reg = act.zone_ofs_nbits, None
+    table = None if act.recirc_table == _CT_NO_RECIRC else act.recirc_table
+    commit = bool(act.flags & nicira_ext.NX_CT_F_COMMIT)
+    return Ct(commit=commit, zone=zone, zone_reg=zone_reg, table=table, mark=mark)
 
 
 def encode_instructions(instructions: Iterable[Instruction]) -> list[Any]:
@@ -185,6 +236,14 @@ def decode_actions(actions: Iterable[Any]) -> tuple[Action, ...]:
             out.append(SetField(act.key, act.value))
         elif isinstance(act, parser.OFPActionGroup):
             out.append(ToGroup(act.group_id))
+        elif isinstance(act, parser.NXActionConjunction):
+            out.append(Conjunction(act.id, act.clause + 1, act.n_clauses))
+        elif isinstance(act, parser.NXActionCT):
+            out.append(_decode_ct(act))
+        elif isinstance(act, parser.NXActionOutputReg) and act.ofs_nbits == _REG_BITS:
+            out.append(OutputReg(act.src))
+        elif isinstance(act, parser.NXActionResubmitTable) and act.in_port == _NX_IN_PORT:
+            out.append(Resubmit(act.table_id))
         else:
             # An action tenantnet never writes: keep something that can never equal a desired
             # action, so the diff replaces the flow.

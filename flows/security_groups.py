@@ -1,0 +1,535 @@
+"""Compile Neutron security groups into stateful OpenFlow filtering on each port's own host.
+
+Pure like :mod:`flows.compiler`: typed frozen inputs (:class:`SgRule`, :class:`SecurityGroup`,
+:class:`FilteredPort`), :class:`~flows.model.Rule` values out, no I/O, no clock.  The design
+follows Neutron's OVS firewall (conntrack per port, established connections re-checked against
+the rules, ``ct_mark`` to kill connections a change no longer allows) and OVN's port groups and
+address sets (conjunctive matches), in the tables documented in :mod:`flows.tables`:
+
+    1 PORT_SECURITY ──> 10 SG_EGRESS ─ct─> 11 SG_EGRESS_RULES ──> 12 SG_EGRESS_ACCEPT ──> 2
+    2 / 3 delivery  ──> 20 SG_INGRESS ─ct─> 21 SG_INGRESS_RULES ──> 22 SG_INGRESS_ACCEPT ──> port
+
+Semantics (Neutron's):
+
+* Egress rules are enforced where the sender is, ingress rules where the receiver is, each in
+  conntrack zone = the filtered port's ofport (unique on a host, kept by OVS across restarts of
+  the controller and of OVS, so nothing is allocated or persisted and a restart recompiles the
+  same flows).  Two ports on one host talking to each other use two zones, one per side.
+* Invalid packets are dropped; replies and related packets of a connection pass; a packet that
+  opens a connection (``+new``) or continues one in the original direction (``+est-rpl``) must
+  match a rule; a new one is then committed.  Re-checking established packets is what makes a
+  rule removal, a member leaving a remote group or a port leaving a group take effect on open
+  connections: the next packet matches no rule, the connection gets ``ct_mark=1`` and every
+  later packet of it, both ways, is dropped.  It needs nothing but the changed flows, so it is
+  in the same bundle as the change.
+* ``stateful=False`` groups: no conntrack, every packet must match a rule (replies too).  A port
+  takes its mode from its groups (Neutron refuses to mix them; if the input mixes them anyway,
+  stateful wins).
+* ARP, IPv6 ND/MLD and DHCP (client side) always pass; a VM may not send router
+  advertisements or DHCP server replies.  Anything else (other ethertypes) is dropped.
+* A port with port security on and no group drops all IP traffic (Neutron); a port with port
+  security off is not a :class:`FilteredPort` at all and gets none of these flows.
+
+Flow counts grow with rules + members + ports, never with their products: every rule is one
+conjunction ``conj_id = rule.key`` with the clauses (1) ``reg5 = ofport`` for every local port
+in the rule's group, (2) the rule's own match (protocol, masked port ranges, remote prefix) and,
+for a ``remote_group_id``, (3) ``metadata = network, ip_src/dst = address`` for every address of
+the remote group's members in a network that a local port with the rule is on (the network key
+scopes addresses: tenants' address spaces overlap).  A member joining or leaving changes one
+clause-3 flow per address per host that uses the group.  Flows with the same match (the same
+address in two groups, the same port range in two rules) are one flow with several
+``conjunction`` actions, which is why clauses 2 and 3 are compiled for a whole host at once.
+
+Integration (what the core calls; see :func:`plug`, which does all three for a slice):
+
+* port security rules of a filtered port: instructions :func:`egress_hook` instead of
+  ``goto_table:L2_FROM_PORT``;
+* delivery to a filtered port in L2_FROM_PORT and L2_FROM_TUNNEL: :func:`ingress_hook` instead
+  of ``output:<ofport>``;
+* flood group buckets ``(output:<ofport>,)`` of a filtered port: :func:`ingress_bucket`;
+* the security-group flows themselves: :func:`compile_host` (one :class:`~flows.model.Slice`,
+  cookies per owner: :class:`SgCookies`), or its parts :func:`static_rules` (host-independent),
+  :func:`port_rules` (one port's) and :func:`shared_rules` (merged rule/address clauses);
+* deleting a port: flush its conntrack zone :func:`zone_of` (``NXT_CT_FLUSH_ZONE``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import netaddr
+
+from flows import tables as t
+from flows.compiler import normalize_mac
+from flows.model import (
+    Action,
+    Apply,
+    Conjunction,
+    Ct,
+    GotoTable,
+    GroupEntry,
+    Instruction,
+    Match,
+    Output,
+    OutputReg,
+    Resubmit,
+    Rule,
+    SetField,
+    Slice,
+    match,
+)
+
+INGRESS = "ingress"
+EGRESS = "egress"
+IPV4 = "IPv4"
+IPV6 = "IPv6"
+
+ETH_TYPE = {IPV4: 0x0800, IPV6: 0x86DD}
+ETH_TYPE_ARP = 0x0806
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+PROTO_ICMPV6 = 58
+PROTO_SCTP = 132
+PORT_FIELD = {PROTO_TCP: "tcp_dst", PROTO_UDP: "udp_dst", PROTO_SCTP: "sctp_dst"}
+"""Protocols whose rules have destination port ranges, and the OXM field of that port."""
+
+MAX_ZONE_OFPORT = 0xFEFF
+"""OVS numbers ports below 0xFF00; such an ofport fits the 16-bit conntrack zone."""
+
+MAX_CONJ_ID = 0xFFFFFFFF
+
+# ct_state bits (OVS / Nicira)
+CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
+# ICMPv6 types that pass in each direction whatever the rules (MLD query/report/done and MLDv2
+# report, router solicitation/advertisement, neighbour solicitation/advertisement).
+ND_EGRESS = (130, 131, 132, 133, 135, 136, 143)
+ND_INGRESS = (130, 131, 132, 134, 135, 136, 143)
+ICMPV6_RA = 134
+DHCP = {IPV4: (68, 67), IPV6: (546, 547)}  # (client port, server port)
+
+REG = t.REG_SG_PORT
+
+
+# ------------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class SgRule:
+    """A security-group rule as Neutron's API has it, already validated and normalised.
+
+    ``key`` is a stable integer id of the rule (1..2^32-1, unique among all rules; allocated and
+    kept by the store like a network's key): it is the rule's conjunction id, so the flows of a
+    rule do not change when other rules come and go.  ``protocol`` is a number (``None``: any;
+    an IPv6 rule with protocol 1 means ICMPv6, as Neutron's agents read it); the port range is
+    destination ports for tcp/udp/sctp and (type, code) for ICMP/ICMPv6.
+    """
+
+    key: int
+    direction: str  # INGRESS | EGRESS
+    ethertype: str  # IPV4 | IPV6
+    protocol: int | None = None
+    port_range_min: int | None = None
+    port_range_max: int | None = None
+    remote_ip_prefix: str | None = None
+    remote_group_id: str | None = None
+
+
+@dataclass(frozen=True)
+class MemberAddress:
+    """One address a member port of a group may use: a fixed IP or an allowed address pair
+    (address or CIDR, with the pair's MAC), in the network with key ``network_key``."""
+
+    network_key: int
+    ip: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class SecurityGroup:
+    """A group: its rules and the addresses of all its member ports (every host, every network)."""
+
+    id: str
+    rules: tuple[SgRule, ...] = ()
+    members: tuple[MemberAddress, ...] = ()
+    stateful: bool = True
+
+
+@dataclass(frozen=True)
+class FilteredPort:
+    """A port bound to this host with port security on (ports with it off are not passed)."""
+
+    port_id: str
+    ofport: int
+    mac: str
+    network_key: int
+    fixed_ips: tuple[str, ...] = ()
+    allowed_pairs: tuple[tuple[str, str], ...] = ()  # (IP or CIDR, MAC)
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SgCookies:
+    """The cookie of each owner of security-group flows: the host-independent skeleton, the
+    merged rule/address clauses of the host, and each port's own flows (by port id)."""
+
+    static: int
+    shared: int
+    ports: Mapping[str, int] = field(default_factory=dict)
+
+
+def member_addresses(port: FilteredPort) -> tuple[MemberAddress, ...]:
+    """What a port contributes to the address set of each of its groups (remote_group_id):
+    its fixed IPs (with its MAC) and its allowed address pairs."""
+    mac = normalize_mac(port.mac)
+    out = [MemberAddress(port.network_key, ip, mac) for ip in port.fixed_ips]
+    out += [MemberAddress(port.network_key, ip, normalize_mac(m)) for ip, m in port.allowed_pairs]
+    return tuple(out)
+
+
+def zone_of(ofport: int) -> int:
+    """Conntrack zone of a filtered port (flush it when the port is deleted)."""
+    if not 0 < ofport <= MAX_ZONE_OFPORT:
+        raise ValueError(f"ofport {ofport} cannot be a conntrack zone")
+    return ofport
+
+
+# -------------------------------------------------------------------------------- plug points
+
+
+def egress_hook(ofport: int) -> tuple[Instruction, ...]:
+    """Instructions of a filtered port's port-security rules (instead of goto L2_FROM_PORT)."""
+    return (Apply((SetField(REG, zone_of(ofport)),)), GotoTable(t.SG_EGRESS))
+
+
+def ingress_hook(ofport: int) -> tuple[Instruction, ...]:
+    """Instructions of a delivery rule to a filtered port (instead of ``output:<ofport>``)."""
+    return (Apply((SetField(REG, zone_of(ofport)),)), GotoTable(t.SG_INGRESS))
+
+
+def ingress_bucket(ofport: int) -> tuple[Action, ...]:
+    """A flood-group bucket for a filtered port (instead of ``(output:<ofport>,)``): broadcast
+    and multicast copies pass the receiver's ingress filter like unicast does."""
+    return (SetField(REG, zone_of(ofport)), Resubmit(t.SG_INGRESS))
+
+
+def plug(s: Slice, filtered_ofports: Collection[int]) -> Slice:
+    """``s`` (a core slice or fragment) with the three hooks applied for the given ports.
+
+    Port-security rules matching ``in_port`` of a filtered port and going to L2_FROM_PORT get
+    :func:`egress_hook`; delivery rules (L2_FROM_PORT, L2_FROM_TUNNEL) whose only action is
+    ``output`` to a filtered port get :func:`ingress_hook`; flood buckets get
+    :func:`ingress_bucket`.  Everything else is returned unchanged.
+    """
+    filtered = frozenset(filtered_ofports)
+    to_l2 = (GotoTable(t.L2_FROM_PORT),)
+    rules = []
+    for r in s.rules:
+        if r.table == t.PORT_SECURITY and r.instructions == to_l2:
+            in_port = dict(r.match).get("in_port")
+            if in_port in filtered:
+                r = r._replace(instructions=egress_hook(in_port))
+        elif r.table in (t.L2_FROM_PORT, t.L2_FROM_TUNNEL):
+            out = _only_output(r.instructions)
+            if out in filtered:
+                r = r._replace(instructions=ingress_hook(out))
+        rules.append(r)
+    groups = {
+        GroupEntry(
+            g.group_id,
+            tuple(
+                ingress_bucket(b[0].port)
+                if len(b) == 1 and isinstance(b[0], Output) and b[0].port in filtered
+                else b
+                for b in g.buckets
+            ),
+        )
+        for g in s.groups
+    }
+    return Slice(rules=frozenset(rules), groups=frozenset(groups))
+
+
+def _only_output(instructions: tuple[Instruction, ...]) -> int | None:
+    if len(instructions) == 1 and isinstance(instructions[0], Apply):
+        acts = instructions[0].actions
+        if len(acts) == 1 and isinstance(acts[0], Output):
+            return acts[0].port
+    return None
+
+
+# ------------------------------------------------------------------------------- port ranges
+
+
+@lru_cache(maxsize=4096)
+def port_masks(lo: int, hi: int) -> tuple[int | tuple[int, int], ...]:
+    """The fewest value/mask matches that cover exactly the ports ``lo..hi`` (an exact port is
+    a plain ``int``, as the match normal form wants it).
+
+    An aligned power-of-two block of ports is what a CIDR block is for addresses, so netaddr's
+    range-to-CIDR split (ports as the low 16 bits of an IPv4 address) gives the minimal prefix
+    cover; ``prefixlen - 16`` of the 16 port bits are fixed.
+    """
+    if not 0 <= lo <= hi <= 0xFFFF:
+        raise ValueError(f"port range {lo}..{hi} outside 0..65535")
+    out: list[int | tuple[int, int]] = []
+    for block in netaddr.iprange_to_cidrs(netaddr.IPAddress(lo, 4), netaddr.IPAddress(hi, 4)):
+        mask = (0xFFFFFFFF << (32 - block.prefixlen)) & 0xFFFF
+        value = int(block.network)
+        out.append(value if mask == 0xFFFF else (value, mask))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------- rule compiling
+
+
+def _address(ip: str) -> tuple[int, object]:
+    """(version, match value) of an address or CIDR: a host as a plain string, else masked."""
+    net = netaddr.IPNetwork(ip)
+    full = net.prefixlen == (32 if net.version == 4 else 128)
+    value: object = str(net.ip) if full else (str(net.network), str(net.netmask))
+    return net.version, value
+
+
+def _remote_field(rule: SgRule) -> str:
+    """The packet field that names the other end: its source on ingress, destination on egress."""
+    v = "ipv4" if rule.ethertype == IPV4 else "ipv6"
+    return f"{v}_src" if rule.direction == INGRESS else f"{v}_dst"
+
+
+def _protocol(rule: SgRule) -> int | None:
+    if rule.ethertype == IPV6 and rule.protocol == PROTO_ICMP:
+        return PROTO_ICMPV6
+    return rule.protocol
+
+
+def check_rule(rule: SgRule) -> None:
+    """Raise ``ValueError`` for a rule the API should never have stored."""
+    if not 0 < rule.key <= MAX_CONJ_ID:
+        raise ValueError(f"rule key {rule.key} outside 1..{MAX_CONJ_ID}")
+    if rule.direction not in (INGRESS, EGRESS) or rule.ethertype not in ETH_TYPE:
+        raise ValueError(f"rule {rule.key}: direction/ethertype {rule.direction}/{rule.ethertype}")
+    if rule.remote_ip_prefix is not None and rule.remote_group_id is not None:
+        raise ValueError(f"rule {rule.key}: both remote_ip_prefix and remote_group_id")
+    if rule.remote_ip_prefix is not None:
+        version, _ = _address(rule.remote_ip_prefix)
+        if version != (4 if rule.ethertype == IPV4 else 6):
+            raise ValueError(f"rule {rule.key}: {rule.remote_ip_prefix} is not {rule.ethertype}")
+    if rule.protocol is not None and not 0 <= rule.protocol <= 255:
+        raise ValueError(f"rule {rule.key}: protocol {rule.protocol}")
+
+
+def rule_clauses(rule: SgRule) -> tuple[Match, ...]:
+    """Clause 2 of a rule: the matches (one per port-range block) that say what it allows,
+    besides who sends and who the remote group is."""
+    check_rule(rule)
+    base: dict[str, object] = {"eth_type": ETH_TYPE[rule.ethertype]}
+    proto = _protocol(rule)
+    if proto is not None:
+        base["ip_proto"] = proto
+    if rule.remote_ip_prefix is not None and netaddr.IPNetwork(rule.remote_ip_prefix).prefixlen:
+        base[_remote_field(rule)] = _address(rule.remote_ip_prefix)[1]
+    lo, hi = rule.port_range_min, rule.port_range_max
+    if proto in (PROTO_ICMP, PROTO_ICMPV6):
+        kind = "icmpv4" if proto == PROTO_ICMP else "icmpv6"
+        if lo is not None:
+            base[f"{kind}_type"] = lo
+            if hi is not None:
+                base[f"{kind}_code"] = hi
+        return (match(**base),)
+    if proto in PORT_FIELD and lo is not None:
+        hi = lo if hi is None else hi
+        if (lo, hi) not in ((0, 0xFFFF), (1, 0xFFFF)):  # Neutron: 1-65535 means any port
+            return tuple(match(**base, **{PORT_FIELD[proto]: m}) for m in port_masks(lo, hi))
+    return (match(**base),)
+
+
+def _rules_table(direction: str) -> int:
+    return t.SG_INGRESS_RULES if direction == INGRESS else t.SG_EGRESS_RULES
+
+
+def _n_clauses(rule: SgRule) -> int:
+    return 3 if rule.remote_group_id is not None else 2
+
+
+def _port_group_rules(port: FilteredPort, groups: Mapping[str, SecurityGroup]) -> list[SgRule]:
+    """Every rule that applies to a port (unknown group ids are skipped: the port then allows
+    less, never more)."""
+    return [r for gid in dict.fromkeys(port.groups) if gid in groups for r in groups[gid].rules]
+
+
+def is_stateful(port: FilteredPort, groups: Mapping[str, SecurityGroup]) -> bool:
+    """A port is stateless only if every group it is in is (no group: stateful, drop all)."""
+    known = [groups[g] for g in port.groups if g in groups]
+    return not known or any(g.stateful for g in known)
+
+
+# ------------------------------------------------------------------------------------ outputs
+
+
+def static_rules(cookie: int) -> frozenset[Rule]:
+    """The host-independent part: entries, state handling, commits and table misses."""
+    rules: list[Rule] = [Rule(spec.table_id, t.PRIO_MISS, (), (), cookie) for spec in t.SG_TABLES]
+    # L2_FROM_PORT comes before the SG tables and goto_table may only go forward: resubmit
+    to_l2: tuple[Instruction, ...] = (Apply((Resubmit(t.L2_FROM_PORT),)),)
+    deliver: tuple[Instruction, ...] = (Apply((OutputReg(REG),)),)
+    for entry, rules_table, accept, done, nd_types in (
+        (t.SG_EGRESS, t.SG_EGRESS_RULES, t.SG_EGRESS_ACCEPT, to_l2, ND_EGRESS),
+        (t.SG_INGRESS, t.SG_INGRESS_RULES, t.SG_INGRESS_ACCEPT, deliver, ND_INGRESS),
+    ):
+        egress = entry == t.SG_EGRESS
+
+        def add(table: int, prio: int, m: Match, ins: tuple[Instruction, ...]) -> None:
+            rules.append(Rule(table, prio, m, ins, cookie))
+
+        # ---- entry: always-pass, bans, conntrack
+        add(entry, t.PRIO_SG_ALWAYS, match(eth_type=ETH_TYPE_ARP), done)
+        for icmp_type in nd_types:
+            m = match(eth_type=ETH_TYPE[IPV6], ip_proto=PROTO_ICMPV6, icmpv6_type=icmp_type)
+            add(entry, t.PRIO_SG_ALWAYS, m, done)
+        for ethertype, (client, server) in DHCP.items():
+            src, dst = (client, server) if egress else (server, client)
+            m = match(eth_type=ETH_TYPE[ethertype], ip_proto=PROTO_UDP, udp_src=src, udp_dst=dst)
+            add(entry, t.PRIO_SG_ALWAYS, m, done)
+            if egress:  # a VM is no DHCP server
+                m = match(eth_type=ETH_TYPE[ethertype], ip_proto=PROTO_UDP, udp_src=dst,
+                          udp_dst=src)  # fmt: skip
+                add(entry, t.PRIO_SG_BAN, m, ())
+        if egress:  # nor a router
+            m = match(eth_type=ETH_TYPE[IPV6], ip_proto=PROTO_ICMPV6, icmpv6_type=ICMPV6_RA)
+            add(entry, t.PRIO_SG_BAN, m, ())
+        for eth_type in ETH_TYPE.values():
+            track = (Apply((Ct(zone_reg=REG, table=rules_table),)),)
+            add(entry, t.PRIO_SG_TRACK, match(eth_type=eth_type), track)
+
+        # ---- rules table: connection state first
+        trk_inv = CT_TRK | CT_INV
+        add(rules_table, t.PRIO_SG_STATE, match(ct_state=(trk_inv, trk_inv)), ())
+        add(rules_table, t.PRIO_SG_STATE, match(ct_state=(CT_TRK, CT_TRK),
+                                                ct_mark=t.CT_MARK_DENIED), ())  # fmt: skip
+        reply = (CT_TRK | CT_EST | CT_RPL, CT_TRK | CT_EST | CT_REL | CT_RPL)
+        related = (CT_TRK | CT_REL, CT_TRK | CT_NEW | CT_EST | CT_REL | CT_INV)
+        add(rules_table, t.PRIO_SG_REPLY, match(ct_state=reply), done)
+        add(rules_table, t.PRIO_SG_REPLY, match(ct_state=related), done)
+        deny = (Apply((Ct(commit=True, zone_reg=REG, mark=t.CT_MARK_DENIED),)),)
+        for eth_type in ETH_TYPE.values():
+            m = match(eth_type=eth_type, ct_state=(CT_TRK | CT_EST, CT_TRK | CT_EST))
+            add(rules_table, t.PRIO_SG_TRACK, m, deny)
+
+        # ---- accept table: commit what is new, then on
+        commit = Ct(commit=True, zone_reg=REG)
+        for eth_type in ETH_TYPE.values():
+            m = match(eth_type=eth_type, ct_state=(CT_TRK | CT_NEW, CT_TRK | CT_NEW))
+            then = Resubmit(t.L2_FROM_PORT) if egress else OutputReg(REG)
+            ins = (Apply((commit, then)),)
+            add(accept, t.PRIO_SG_ALWAYS, m, ins)
+        add(accept, t.PRIO_SG_TRACK, (), done)
+    return frozenset(rules)
+
+
+def port_rules(
+    port: FilteredPort, groups: Mapping[str, SecurityGroup], cookie: int
+) -> frozenset[Rule]:
+    """One port's own flows: clause 1 (``reg5 = ofport``) of every rule of its groups, per
+    direction, the drop of flood copies to itself, and for a stateless port the entries that
+    skip conntrack."""
+    ofport = zone_of(port.ofport)
+    who = match(**{REG: ofport})
+    out: list[Rule] = []
+    by_dir: dict[str, list[Action]] = defaultdict(list)
+    for rule in sorted(_port_group_rules(port, groups), key=lambda r: r.key):
+        check_rule(rule)
+        by_dir[rule.direction].append(Conjunction(rule.key, 1, _n_clauses(rule)))
+    for direction, acts in by_dir.items():
+        ins = (Apply(tuple(dict.fromkeys(acts))),)
+        out.append(Rule(_rules_table(direction), t.PRIO_SG_CONJ, who, ins, cookie))
+    # A flood copy back to the sender: OVS would skip the output anyway, but only after an
+    # ingress conntrack pass (an entry in the sender's own zone and one recirculation) per packet.
+    hairpin = match(**{REG: ofport}, in_port=ofport)
+    out.append(Rule(t.SG_INGRESS, t.PRIO_SG_HAIRPIN, hairpin, (), cookie))
+    if not is_stateful(port, groups):
+        for entry, rules_table in ((t.SG_EGRESS, t.SG_EGRESS_RULES),
+                                   (t.SG_INGRESS, t.SG_INGRESS_RULES)):  # fmt: skip
+            for eth_type in ETH_TYPE.values():
+                m = match(**{REG: ofport}, eth_type=eth_type)
+                out.append(Rule(entry, t.PRIO_SG_STATELESS, m, (GotoTable(rules_table),), cookie))
+    return frozenset(out)
+
+
+def shared_rules(
+    ports: Iterable[FilteredPort], groups: Mapping[str, SecurityGroup], cookie: int
+) -> frozenset[Rule]:
+    """Clauses 2 and 3 and the ``conj_id`` flows of every rule that applies to a local port.
+
+    Computed for the host as a whole because two rules (or two groups' address sets) may need
+    a flow with the same match: it becomes one flow carrying all their conjunction actions.
+    """
+    ports = list(ports)
+    used: dict[int, SgRule] = {}
+    nets_of_rule: dict[int, set[int]] = defaultdict(set)
+    for port in ports:
+        for rule in _port_group_rules(port, groups):
+            if used.setdefault(rule.key, rule) != rule:
+                raise ValueError(f"two different rules with key {rule.key}")
+            nets_of_rule[rule.key].add(port.network_key)
+
+    clauses: dict[tuple[int, Match], set[Conjunction]] = defaultdict(set)
+    out: list[Rule] = []
+    for key, rule in used.items():
+        table, n = _rules_table(rule.direction), _n_clauses(rule)
+        accept = t.SG_INGRESS_ACCEPT if rule.direction == INGRESS else t.SG_EGRESS_ACCEPT
+        out.append(Rule(table, t.PRIO_SG_CONJ, match(conj_id=key), (GotoTable(accept),), cookie))
+        for m in rule_clauses(rule):
+            clauses[(table, m)].add(Conjunction(key, 2, n))
+        if rule.remote_group_id is None:
+            continue
+        remote = groups.get(rule.remote_group_id)
+        for addr in remote.members if remote is not None else ():
+            if addr.network_key not in nets_of_rule[key]:
+                continue
+            m_addr = _member_match(rule, addr)
+            if m_addr is not None:
+                clauses[(table, m_addr)].add(Conjunction(key, 3, 3))
+    for (table, m), conj in clauses.items():
+        acts = tuple(sorted(conj))
+        out.append(Rule(table, t.PRIO_SG_CONJ, m, (Apply(acts),), cookie))
+    return frozenset(out)
+
+
+def _member_match(rule: SgRule, addr: MemberAddress) -> Match | None:
+    """Clause 3 for one address of a remote group's member: scoped to its network, and to the
+    rule's address family (``None`` for an address of the other family)."""
+    version, value = _address(addr.ip)
+    if version != (4 if rule.ethertype == IPV4 else 6):
+        return None
+    if netaddr.IPNetwork(addr.ip).prefixlen == 0:
+        # an allowed pair "any address": the member is known by its MAC only (as Neutron does)
+        mac_field = "eth_src" if rule.direction == INGRESS else "eth_dst"
+        return match(metadata=addr.network_key, eth_type=ETH_TYPE[rule.ethertype],
+                     **{mac_field: normalize_mac(addr.mac)})  # fmt: skip
+    return match(metadata=addr.network_key, eth_type=ETH_TYPE[rule.ethertype],
+                 **{_remote_field(rule): value})  # fmt: skip
+
+
+def compile_host(
+    ports: Iterable[FilteredPort], groups: Mapping[str, SecurityGroup], cookies: SgCookies
+) -> Slice:
+    """Every security-group flow of a host with these filtered ports (none: empty slice).
+
+    Raises ``ValueError`` for input the API must have refused (bad rule, two ports with one
+    ofport, an ofport that cannot be a zone) rather than compile something ambiguous.
+    """
+    ports = sorted(ports, key=lambda p: p.ofport)
+    if not ports:
+        return Slice()
+    ofports = [p.ofport for p in ports]
+    if len(set(ofports)) != len(ofports):
+        raise ValueError("two filtered ports with the same ofport")
+    rules = set(static_rules(cookies.static))
+    for port in ports:
+        rules |= port_rules(port, groups, cookies.ports.get(port.port_id, cookies.shared))
+    rules |= shared_rules(ports, groups, cookies.shared)
+    return Slice(rules=frozenset(rules))
