@@ -88,6 +88,24 @@ class Settings:
     # POST /tenantnet/wait: at most this many waits at once (429 beyond), ids per wait (400).
     wait_max_concurrent: int = 64
     wait_max_ports: int = 20000
+    # Default per-project quotas (Neutron's names and defaults; -1: unlimited).  A project's own
+    # limits are set through the API (PUT /v2.0/quotas/<project>).  Settings for resources
+    # tenantnet does not serve yet are accepted and take effect once it does.
+    quota_network: int = 100
+    quota_subnet: int = 100
+    quota_port: int = 500
+    quota_security_group: int = 10
+    quota_security_group_rule: int = 100
+    quota_router: int = 10
+
+    @property
+    def quota_defaults(self) -> dict[str, int]:
+        """``{resource: default limit}`` from the ``quota_*`` settings."""
+        return {
+            f.name.removeprefix("quota_"): getattr(self, f.name)
+            for f in fields(self)
+            if f.name.startswith("quota_")
+        }
 
     @property
     def database(self) -> str:
@@ -157,6 +175,11 @@ class Settings:
             if not 0 < getattr(self, name) <= 3600:
                 raise ConfigError(
                     f"{name}: must be in (0, 3600] seconds, got {getattr(self, name)}"
+                )
+        for resource, limit in self.quota_defaults.items():
+            if not -1 <= limit <= 2**31 - 1:
+                raise ConfigError(
+                    f"quota_{resource}: must be -1 (unlimited) or 0..2147483647, got {limit}"
                 )
         self._validate_tls()
         return self

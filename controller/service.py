@@ -133,7 +133,9 @@ class Controller:
         api_socket = server.bind(*parse_hostport(s.api_listen, "api_listen"))
         fd_budget = limits.listener_budget(limits.raise_fd_limit())
         Path(s.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.store = Store(s.database, self.bus, underlay_mtu=s.underlay_mtu)
+        self.store = Store(
+            s.database, self.bus, underlay_mtu=s.underlay_mtu, quota_defaults=s.quota_defaults
+        )
         # The API is built and serving before any switch can connect: FastAPI/pydantic models
         # and uvicorn's start are the costliest part of start-up, and done later they would
         # hold the interpreter while the hosts reconnect (measured at H=3: hosts reconciled

@@ -4,7 +4,7 @@ import logging
 
 from fastapi import FastAPI
 
-from controller.api import compat, errors, versions
+from controller.api import compat, errors, quotas, versions
 from controller.api.middleware import (
     AuthMiddleware,
     BodyLimitMiddleware,
@@ -42,6 +42,7 @@ def create_app(store: Store, settings: ApiSettings) -> FastAPI:
     app.include_router(versions.router(settings.public_url))
     for res in (NETWORKS, SUBNETS, PORTS, HOSTS):
         app.include_router(collection_router(store, res), prefix="/v2.0")
+    app.include_router(quotas.router(store), prefix="/v2.0")
     app.include_router(compat.neutron_router(store))
     app.include_router(compat.nodes_router(store, settings.ovsdb_scheme))
     app.add_middleware(HeadAsGetMiddleware)

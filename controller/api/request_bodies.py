@@ -11,9 +11,9 @@ store refuses them only when their value would change.
 """
 
 from functools import cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from controller.store.values import HOST_ID_PATTERN, MAX_LIST_ITEMS
 
@@ -309,3 +309,33 @@ def update_envelope(singular: str, item: type[Body]) -> type[Body]:
     fields: dict[str, Any] = {singular: (item, ...)}
     model: type[Body] = create_model(f"{item.__name__}Request", __base__=Body, **fields)
     return model
+
+
+# -- quotas --------------------------------------------------------------------------------------
+
+
+def _not_a_bool(value: Any) -> Any:
+    """JSON ``true`` is no quota (pydantic would take it for 1)."""
+    if isinstance(value, bool):
+        raise ValueError(f"'{value}' is not an integer")
+    return value
+
+
+QuotaLimit = Annotated[
+    int,
+    BeforeValidator(_not_a_bool),
+    Field(ge=-1, le=2**31 - 1, description="Limit; -1: unlimited."),
+]
+
+
+@cache
+def quota_update_envelope(resources: tuple[str, ...]) -> type[Body]:
+    """``{"quota": {"network": 10, ...}}``: the registered quota resources, plus Neutron's
+    ``force`` (set a limit below the current usage) and ``check_limit`` (the default since
+    Neutron 2025.1, accepted for older clients such as openstackclient)."""
+    fields: dict[str, Any] = {name: (QuotaLimit, None) for name in resources}
+    fields["force"] = (bool | None, None)
+    fields["check_limit"] = (bool | None, None)
+    item: type[Body] = create_model("QuotaUpdate", __base__=Body, **fields)
+    envelope: type[Body] = create_model("QuotaUpdateRequest", __base__=Body, quota=(item, ...))
+    return envelope

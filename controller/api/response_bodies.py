@@ -157,3 +157,30 @@ def list_envelope(plural: str, view: type[View]) -> type[View]:
     }
     model: type[View] = create_model(f"{view.__name__}List", __base__=View, **fields)
     return model
+
+
+class QuotaView(View):
+    """``{"network": 100, "subnet": 100, "port": 500, ..., "project_id": ...}``: one integer
+    per quota resource (-1: unlimited)."""
+
+    project_id: str | None = None
+
+
+class QuotaShow(View):
+    quota: QuotaView
+
+
+class QuotaList(View):
+    quotas: list[QuotaView]
+
+
+class QuotaUsage(View):
+    used: int
+    limit: int
+    reserved: int
+
+
+class QuotaDetailsShow(View):
+    """``{"quota": {"network": {"used", "limit", "reserved"}, ...}}``."""
+
+    quota: dict[str, QuotaUsage]

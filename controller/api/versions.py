@@ -29,6 +29,14 @@ EXTENSIONS: list[tuple[str, str, str]] = [
     ("pagination", "Pagination support", "limit and marker on collections."),
     ("sorting", "Sorting support", "sort_key and sort_dir on collections."),
     ("filter-validation", "Filter parameters validation", "Unknown filters are refused."),
+    ("quotas", "Quota management support", "Per-project limits, enforced on every create."),
+    ("quota_details", "Quota details management support", "Used, limit, reserved per project."),
+    ("quota-check-limit", "Quota engine limit check", "check_limit accepted on quota updates."),
+    (
+        "quota-check-limit-default",
+        "Quota engine limit check by default",
+        "A limit below the usage is refused unless force.",
+    ),
     ("tenantnet-hosts", "Hypervisor hosts", "The /v2.0/hosts collection of tenantnet."),
 ]
 

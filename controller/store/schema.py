@@ -87,7 +87,28 @@ def _v3_requested_host(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE ports SET body = json_set(body, '$._host_requested', json('false'))")
 
 
-MIGRATIONS: list[Step] = [_v1_core, _v2_hosts, _v3_requested_host]
+def _v4_quotas(conn: sqlite3.Connection) -> None:
+    """Per-project quota limits (one row per project and resource: a resource without a row
+    follows the configured default, also after the default changes), and an index on each
+    quota resource's ``project_id`` so that counting a project's objects inside every create
+    transaction reads only that project's rows (see `controller.store.quotas`)."""
+    _run_script(
+        conn,
+        """
+        CREATE TABLE quotas (
+            project_id  TEXT NOT NULL,
+            resource    TEXT NOT NULL,
+            quota_limit INTEGER NOT NULL,
+            PRIMARY KEY (project_id, resource)
+        );
+        CREATE INDEX networks_by_project ON networks (json_extract(body, '$.project_id'));
+        CREATE INDEX subnets_by_project ON subnets (json_extract(body, '$.project_id'));
+        CREATE INDEX ports_by_project ON ports (json_extract(body, '$.project_id'))
+        """,
+    )
+
+
+MIGRATIONS: list[Step] = [_v1_core, _v2_hosts, _v3_requested_host, _v4_quotas]
 LATEST = len(MIGRATIONS)
 
 

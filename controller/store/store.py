@@ -28,12 +28,12 @@ import os
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from controller.events import ChangeEvent, EventBus
-from controller.store import hosts, networks, ports, replay, scan, subnets
+from controller.store import hosts, networks, ports, quotas, replay, scan, subnets
 from controller.store.attrs import check_revision
 from controller.store.errors import Conflict, InvalidInput
 from controller.store.schema import migrate
@@ -48,9 +48,17 @@ BUSY_TIMEOUT_MS = 30_000
 class Store:
     """Durable tenant-network state; see the module docstring for the guarantees."""
 
-    def __init__(self, path: str, bus: EventBus, underlay_mtu: int = 1500) -> None:
+    def __init__(
+        self,
+        path: str,
+        bus: EventBus,
+        underlay_mtu: int = 1500,
+        quota_defaults: Mapping[str, int] | None = None,
+    ) -> None:
         self.path = path
         self.underlay_mtu = underlay_mtu
+        # Default limit per quota resource (see `quotas`): the settings' over Neutron's.
+        self.quota_defaults = quotas.check_defaults(quota_defaults or {})
         self._bus = bus
         self._lock = threading.RLock()
         self._unpublished: deque[list[ChangeEvent]] = deque()
@@ -133,7 +141,10 @@ class Store:
         seg_id_is_hint: bool = False,
         replay_ignoring: frozenset[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Create objects of one kind in one transaction: all of them, or none.
+        """Create objects of one kind in one transaction: all of them, or none, and only if
+        their projects stay within their quotas (checked in the same transaction, after the
+        inserts, so a bulk counts as a whole and concurrent creates cannot overtake each
+        other).
 
         ``seg_id_is_hint`` (networks only) turns a taken ``provider:segmentation_id`` into a
         request for a free one instead of a 409.  With ``replay_ignoring`` (a set of attribute
@@ -142,15 +153,18 @@ class Store:
         """
         module = _module(kind)
         with self._write() as tx:
-            created = []
+            created, new = [], []
             for body in bodies:
                 existing = self._replayed(tx, module, kind, body, replay_ignoring)
                 if existing is not None:
                     created.append(existing)
-                elif kind == "network":
-                    created.append(networks.create(tx, body, seg_id_is_hint=seg_id_is_hint))
+                    continue
+                if kind == "network":
+                    new.append(networks.create(tx, body, seg_id_is_hint=seg_id_is_hint))
                 else:
-                    created.append(module.create(tx, body))
+                    new.append(module.create(tx, body))
+                created.append(new[-1])
+            quotas.enforce(tx, kind, new, self.quota_defaults)
             return created
 
     @staticmethod
@@ -238,6 +252,36 @@ class Store:
                 complete=complete,
             )
         )
+
+    # -- quotas (see `quotas`) -------------------------------------------------------------------
+
+    def quota_limits(self, project_id: str) -> dict[str, int]:
+        """A project's limit per quota resource (its own, else the default)."""
+        project = quotas.project_id(project_id)
+        return self._read(lambda tx: quotas.limits(tx, project, self.quota_defaults))
+
+    def quota_details(self, project_id: str) -> dict[str, dict[str, int]]:
+        """Used, limit and reserved per quota resource of a project."""
+        project = quotas.project_id(project_id)
+        return self._read(lambda tx: quotas.details(tx, project, self.quota_defaults))
+
+    def quota_list(self) -> list[dict[str, Any]]:
+        """The limits of every project that has a limit of its own."""
+        return self._read(lambda tx: quotas.all_set(tx, self.quota_defaults))
+
+    def update_quota(
+        self, project_id: str, changes: dict[str, Any], *, force: bool = False
+    ) -> dict[str, int]:
+        """Set some of a project's limits (all or none); see `quotas.update`."""
+        project = quotas.project_id(project_id)
+        with self._write() as tx:
+            return quotas.update(tx, project, changes, self.quota_defaults, force)
+
+    def delete_quota(self, project_id: str) -> None:
+        """A project's limits back to the defaults (404 if it had none of its own)."""
+        project = quotas.project_id(project_id)
+        with self._write() as tx:
+            quotas.delete(tx, project)
 
     # -- named reads (what the data plane uses) -------------------------------------------------
 

@@ -147,3 +147,25 @@ def test_secret_flags_are_named_for_the_ps_warning() -> None:
     args = _args("--auth-token", "t", "--basic-user", "u", "--basic-password", "p")
     assert config.secrets_on_command_line(args) == ["--auth-token", "--basic-password"]
     assert config.secrets_on_command_line(_args("--auth-token-file", "/x")) == []
+
+
+def test_quota_defaults_from_flags_environment_and_file(tmp_path: Path) -> None:
+    f = tmp_path / "t.toml"
+    f.write_text("[tenantnet]\nquota_network = 7\nquota_subnet = -1\n")
+    env = {"TENANTNET_QUOTA_PORT": "42", "TENANTNET_QUOTA_NETWORK": "8"}
+    s = config.load(_args("--config", str(f), "--quota-router", "3"), environ=env)
+    assert s.quota_defaults == {
+        "network": 8,
+        "subnet": -1,
+        "port": 42,
+        "security_group": 10,
+        "security_group_rule": 100,
+        "router": 3,
+    }
+    assert config.load(_args(), environ={}).quota_defaults["port"] == 500  # Neutron's
+
+
+@pytest.mark.parametrize("value", ["-2", "2147483648", "ten", "1.5"])
+def test_bad_quota_defaults_name_the_setting(value: str) -> None:
+    with pytest.raises(config.ConfigError, match="quota_port"):
+        config.load(_args("--quota-port", value), environ={})
