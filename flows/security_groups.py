@@ -113,6 +113,7 @@ ICMPV6_RA = 134
 DHCP = {IPV4: (68, 67), IPV6: (546, 547)}  # (client port, server port)
 
 REG = t.REG_SG_PORT
+FLAGS = t.REG_SG_FLAGS
 
 
 # ------------------------------------------------------------------------------------- inputs
@@ -402,27 +403,34 @@ def static_rules(cookie: int) -> frozenset[Rule]:
             m = match(eth_type=ETH_TYPE[IPV6], ip_proto=PROTO_ICMPV6, icmpv6_type=ICMPV6_RA)
             add(entry, t.PRIO_SG_BAN, m, ())
         for eth_type in ETH_TYPE.values():
-            track = (Apply((Ct(zone_reg=REG, table=rules_table),)),)
+            # the flag is reset here: a stateless sender's packet may reach a stateful receiver
+            track = (Apply((SetField(FLAGS, 0), Ct(zone_reg=REG, table=rules_table))),)
             add(entry, t.PRIO_SG_TRACK, match(eth_type=eth_type), track)
 
-        # ---- rules table: connection state first
+        # ---- rules table: connection state first, for stateful ports only.  Every state flow
+        # matches the flag: a packet carries the conntrack state of any earlier ct() (the
+        # sender's zone, or, for a flood copy, another receiver's), which a stateless port must
+        # ignore, and OVS does not even honour ct_clear for a flood copy after such a bucket.
+        def state(**fields: object) -> Match:
+            return match(**{FLAGS: 0}, **fields)
+
         trk_inv = CT_TRK | CT_INV
-        add(rules_table, t.PRIO_SG_STATE, match(ct_state=(trk_inv, trk_inv)), ())
-        add(rules_table, t.PRIO_SG_STATE, match(ct_state=(CT_TRK, CT_TRK),
+        add(rules_table, t.PRIO_SG_STATE, state(ct_state=(trk_inv, trk_inv)), ())
+        add(rules_table, t.PRIO_SG_STATE, state(ct_state=(CT_TRK, CT_TRK),
                                                 ct_mark=t.CT_MARK_DENIED), ())  # fmt: skip
         reply = (CT_TRK | CT_EST | CT_RPL, CT_TRK | CT_EST | CT_REL | CT_RPL)
         related = (CT_TRK | CT_REL, CT_TRK | CT_NEW | CT_EST | CT_REL | CT_INV)
-        add(rules_table, t.PRIO_SG_REPLY, match(ct_state=reply), done)
-        add(rules_table, t.PRIO_SG_REPLY, match(ct_state=related), done)
+        add(rules_table, t.PRIO_SG_REPLY, state(ct_state=reply), done)
+        add(rules_table, t.PRIO_SG_REPLY, state(ct_state=related), done)
         deny = (Apply((Ct(commit=True, zone_reg=REG, mark=t.CT_MARK_DENIED),)),)
         for eth_type in ETH_TYPE.values():
-            m = match(eth_type=eth_type, ct_state=(CT_TRK | CT_EST, CT_TRK | CT_EST))
+            m = state(eth_type=eth_type, ct_state=(CT_TRK | CT_EST, CT_TRK | CT_EST))
             add(rules_table, t.PRIO_SG_TRACK, m, deny)
 
         # ---- accept table: commit what is new, then on
         commit = Ct(commit=True, zone_reg=REG)
         for eth_type in ETH_TYPE.values():
-            m = match(eth_type=eth_type, ct_state=(CT_TRK | CT_NEW, CT_TRK | CT_NEW))
+            m = state(eth_type=eth_type, ct_state=(CT_TRK | CT_NEW, CT_TRK | CT_NEW))
             then = Resubmit(t.L2_FROM_PORT) if egress else OutputReg(REG)
             ins = (Apply((commit, then)),)
             add(accept, t.PRIO_SG_ALWAYS, m, ins)
@@ -444,8 +452,8 @@ def port_rules(
         check_rule(rule)
         by_dir[rule.direction].append(Conjunction(rule.key, 1, _n_clauses(rule)))
     for direction, acts in by_dir.items():
-        ins = (Apply(tuple(dict.fromkeys(acts))),)
-        out.append(Rule(_rules_table(direction), t.PRIO_SG_CONJ, who, ins, cookie))
+        clause1 = (Apply(tuple(dict.fromkeys(acts))),)
+        out.append(Rule(_rules_table(direction), t.PRIO_SG_CONJ, who, clause1, cookie))
     # A flood copy back to the sender: OVS would skip the output anyway, but only after an
     # ingress conntrack pass (an entry in the sender's own zone and one recirculation) per packet.
     hairpin = match(**{REG: ofport}, in_port=ofport)
@@ -455,7 +463,8 @@ def port_rules(
                                    (t.SG_INGRESS, t.SG_INGRESS_RULES)):  # fmt: skip
             for eth_type in ETH_TYPE.values():
                 m = match(**{REG: ofport}, eth_type=eth_type)
-                out.append(Rule(entry, t.PRIO_SG_STATELESS, m, (GotoTable(rules_table),), cookie))
+                skip = (Apply((SetField(FLAGS, t.SG_STATELESS),)), GotoTable(rules_table))
+                out.append(Rule(entry, t.PRIO_SG_STATELESS, m, skip, cookie))
     return frozenset(out)
 
 

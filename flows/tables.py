@@ -122,6 +122,13 @@ REG_SG_PORT = "reg5"
 """Register with the ofport a security-group table filters for (sender on egress, receiver on
 ingress); the port's conntrack zone is its low 16 bits."""
 
+REG_SG_FLAGS = "reg6"
+"""Register that says how the port in REG_SG_PORT is filtered: 0 stateful (set by the conntrack
+entry), SG_STATELESS (set by a stateless port's entry); the state flows only apply to 0."""
+
+SG_STATELESS = 1
+"""REG_SG_FLAGS value of a port whose groups are all stateless."""
+
 CT_MARK_DENIED = 1
 """ct_mark of a connection that a rule change no longer allows (every later packet dropped)."""
 

@@ -290,8 +290,9 @@ def test_stateless_ports_skip_conntrack_and_stateful_ports_do_not() -> None:
     assert {(r.table, dict(r.match)["eth_type"]) for r in skip} == {
         (e, et) for e in entries for et in (0x800, 0x86DD)
     }
-    assert all(r.instructions[-1] in (GotoTable(t.SG_EGRESS_RULES), GotoTable(t.SG_INGRESS_RULES))
-               for r in skip)  # fmt: skip
+    for r in skip:
+        rules_table = t.SG_EGRESS_RULES if r.table == t.SG_EGRESS else t.SG_INGRESS_RULES
+        assert r.instructions == (Apply((SetField("reg6", 1),)), GotoTable(rules_table))
     assert not [r for r in mixed if r.priority == t.PRIO_SG_STATELESS]  # stateful wins
 
 
