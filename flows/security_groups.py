@@ -24,7 +24,9 @@ Semantics (Neutron's):
   in the same bundle as the change.
 * ``stateful=False`` groups: no conntrack, every packet must match a rule (replies too).  A port
   takes its mode from its groups (Neutron refuses to mix them; if the input mixes them anyway,
-  stateful wins).
+  stateful wins).  A stateless port's entry sets ``reg6=1`` and the state flows only match
+  ``reg6=0``: a packet still carries the conntrack state of the sender's zone (or of another
+  flood copy's), which must not count as a reply at a stateless receiver.
 * ARP, IPv6 ND/MLD and DHCP (client side) always pass; a VM may not send router
   advertisements or DHCP server replies.  Anything else (other ethertypes) is dropped.
 * A port with port security on and no group drops all IP traffic (Neutron); a port with port
@@ -47,6 +49,7 @@ Integration (what the core calls; see :func:`plug`, which does all three for a s
 * delivery to a filtered port in L2_FROM_PORT and L2_FROM_TUNNEL: :func:`ingress_hook` instead
   of ``output:<ofport>``;
 * flood group buckets ``(output:<ofport>,)`` of a filtered port: :func:`ingress_bucket`;
+* goto_table can only go forward, so egress returns to L2_FROM_PORT with ``resubmit(,2)``;
 * the security-group flows themselves: :func:`compile_host` (one :class:`~flows.model.Slice`,
   cookies per owner: :class:`SgCookies`), or its parts :func:`static_rules` (host-independent),
   :func:`port_rules` (one port's) and :func:`shared_rules` (merged rule/address clauses);
@@ -176,7 +179,8 @@ class FilteredPort:
 @dataclass(frozen=True)
 class SgCookies:
     """The cookie of each owner of security-group flows: the host-independent skeleton, the
-    merged rule/address clauses of the host, and each port's own flows (by port id)."""
+    merged rule/address clauses of the host, and each port's own flows (by port id; a port
+    without an entry gets ``shared``)."""
 
     static: int
     shared: int

@@ -399,3 +399,17 @@ def test_ct_actions_tenantnet_never_writes_decode_as_foreign() -> None:
     for act in (nat, alg):
         (decoded,) = codec.decode_actions([act])
         assert isinstance(decoded, SetField) and decoded.field == "__foreign__"
+
+
+def test_a_member_joining_or_leaving_changes_one_flow_per_address() -> None:
+    ports, groups = _scenario(20, 50, 5)
+    before = sg.compile_host(ports, groups, COOKIES).rules
+    db = groups["db"]
+    joined = sg.MemberAddress(1, "10.1.9.9", _mac(0x999))
+    groups_after = {**groups, "db": sg.SecurityGroup("db", db.rules, (*db.members, joined))}
+    after = sg.compile_host(ports, groups_after, COOKIES).rules
+    assert len(after - before) == 1 and not before - after
+    (added,) = after - before
+    assert dict(added.match)["ipv4_src"] == "10.1.9.9"
+    left = {**groups, "db": sg.SecurityGroup("db", db.rules, db.members[1:])}
+    assert len(before - sg.compile_host(ports, left, COOKIES).rules) == 1
