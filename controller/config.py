@@ -88,6 +88,9 @@ class Settings:
     # POST /tenantnet/wait: at most this many waits at once (429 beyond), ids per wait (400).
     wait_max_concurrent: int = 64
     wait_max_ports: int = 20000
+    # Who may read GET /metrics and /readyz: "api" (the API's authentication), "localhost"
+    # (loopback clients without credentials, e.g. a Prometheus on this machine) or "open".
+    metrics_auth: str = "api"
     # Default per-project quotas (Neutron's names and defaults; -1: unlimited).  A project's own
     # limits are set through the API (PUT /v2.0/quotas/<project>).  Settings for resources
     # tenantnet does not serve yet are accepted and take effect once it does.
@@ -181,6 +184,11 @@ class Settings:
                 raise ConfigError(
                     f"quota_{resource}: must be -1 (unlimited) or 0..2147483647, got {limit}"
                 )
+        if self.metrics_auth not in METRICS_AUTH:
+            raise ConfigError(
+                f"metrics_auth: expected one of {', '.join(METRICS_AUTH)},"
+                f" got {self.metrics_auth!r}"
+            )
         self._validate_tls()
         return self
 
@@ -222,6 +230,7 @@ class Settings:
             )
 
 
+METRICS_AUTH = ("api", "localhost", "open")
 SECRETS = {"auth_token": "auth_token_file", "basic_password": "basic_password_file"}
 
 

@@ -20,6 +20,7 @@ from controller import gc_tuning, limits, tls
 from controller.config import Settings, parse_hostport
 from controller.dataplane.admission import Admission
 from controller.events import EventBus
+from controller.metrics import Metrics
 
 LOG = logging.getLogger(__name__)
 
@@ -112,6 +113,9 @@ class Controller:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bus = EventBus()
+        # One registry per controller (several run in one test process); see metrics.py.
+        self.metrics = Metrics(process=True)
+        self.metrics.add_status(self.status)
         self.store: Any = None
         self.dataplane: Any = None
         self.ofp_app: Any = None
@@ -134,7 +138,11 @@ class Controller:
         fd_budget = limits.listener_budget(limits.raise_fd_limit())
         Path(s.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store = Store(
-            s.database, self.bus, underlay_mtu=s.underlay_mtu, quota_defaults=s.quota_defaults
+            s.database,
+            self.bus,
+            underlay_mtu=s.underlay_mtu,
+            quota_defaults=s.quota_defaults,
+            metrics=self.metrics,
         )
         # The API is built and serving before any switch can connect: FastAPI/pydantic models
         # and uvicorn's start are the costliest part of start-up, and done later they would
@@ -152,7 +160,10 @@ class Controller:
                 underlay_mtu=s.underlay_mtu,
                 ovsdb_scheme="ssl" if s.ofp_tls else "tcp",
                 public_url=s.public_url,
+                metrics_auth=s.metrics_auth,
             ),
+            metrics=self.metrics,
+            status=self.status,
         )
         self.api.add_api_route(
             "/tenantnet/status",
@@ -180,6 +191,7 @@ class Controller:
             time.sleep(0.02)
         self._manager, self.ofp_app = _start_os_ken(s, fd_budget)
         self.ofp_app.barrier_timeout_s = s.ofp_barrier_timeout_s
+        self.ofp_app.metrics = self.metrics
         # The full collection before the freeze takes ~0.1-0.3 s: done while hosts reconnect,
         # it would stall them.
         frozen = gc_tuning.freeze_startup_objects()
@@ -193,6 +205,7 @@ class Controller:
             startup_grace_s=s.startup_grace_s,
             admission=Admission(tls=s.ofp_tls, local_addresses=_own_addresses(s)),
             agent_options={"switch_ssl": _switch_ssl(s)},
+            metrics=self.metrics,
         )
         self.bus.subscribe(self.dataplane.on_events)
         # Hosts first, then the OpenFlow app: connections that came meanwhile are admitted
@@ -231,6 +244,7 @@ class Controller:
 
             st["openflow"] = {
                 **vars(self.ofp_app.counters),
+                "error_types": dict(self.ofp_app.counters.error_types),
                 "connections": TenantnetOpenFlowController.stats.as_dict(),
             }
         return st

@@ -4,28 +4,40 @@ import logging
 
 from fastapi import FastAPI
 
-from controller.api import compat, errors, quotas, versions
+from controller.api import compat, errors, health, quotas, versions
 from controller.api.middleware import (
     AuthMiddleware,
     BodyLimitMiddleware,
     HeadAsGetMiddleware,
     JsonCharsetMiddleware,
+    RequestMetricsMiddleware,
+    RouteLabelMiddleware,
 )
 from controller.api.resources import HOSTS, NETWORKS, PORTS, SUBNETS, collection_router
 from controller.api.settings import ApiSettings
 from controller.api.strict_json import StrictJsonRoute
+from controller.metrics import Metrics
 from controller.store import Store
 
 LOG = logging.getLogger(__name__)
 
 
-def create_app(store: Store, settings: ApiSettings) -> FastAPI:
+def create_app(
+    store: Store,
+    settings: ApiSettings,
+    metrics: Metrics | None = None,
+    status: health.Status | None = None,
+) -> FastAPI:
     """A self-contained app over ``store``: nothing global, so tests can build several.
+    ``metrics``: the controller's (default: the store's); ``status``: the data plane's status
+    document, for ``/readyz``.
 
-    Middleware order (outermost first): the JSON charset (so even a 401 carries it),
-    authentication, then the body-size limit, so an unauthenticated client cannot make the
-    server buffer a megabyte, then HEAD-as-GET.
+    Middleware order (outermost first): request metrics (so every answer counts), the JSON
+    charset (so even a 401 carries it), authentication, then the body-size limit, so an
+    unauthenticated client cannot make the server buffer a megabyte, then HEAD-as-GET, and
+    next to the router the one that names the matched route for the metrics.
     """
+    metrics = metrics or store.metrics
     if settings.underlay_mtu != store.underlay_mtu:
         LOG.warning(
             "API underlay_mtu %d differs from the store's %d; network MTUs follow the store",
@@ -45,8 +57,11 @@ def create_app(store: Store, settings: ApiSettings) -> FastAPI:
     app.include_router(quotas.router(store), prefix="/v2.0")
     app.include_router(compat.neutron_router(store))
     app.include_router(compat.nodes_router(store, settings.ovsdb_scheme))
+    app.include_router(health.router(metrics, store, status))
+    app.add_middleware(RouteLabelMiddleware)
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, settings=settings)
     app.add_middleware(JsonCharsetMiddleware)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app

@@ -8,11 +8,14 @@ sent without ``Content-Length`` (chunked) is counted as it arrives and cut off a
 import base64
 import binascii
 import hmac
+import ipaddress
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from controller.api.errors import neutron_error_bytes
 from controller.api.settings import ApiSettings
+from controller.metrics import Metrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,12 +47,22 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+OPEN_PATHS = frozenset({"/", "/healthz"})
+"""Open whatever the settings: version discovery (clients call it before they authenticate)
+and the liveness probe (it says nothing but that the process answers)."""
+PROBE_PATHS = frozenset({"/metrics", "/readyz"})
+"""Open, open to loopback clients or authenticated like the API: ``metrics_auth``."""
+
+
 class AuthMiddleware:
-    """``X-Auth-Token`` and/or HTTP Basic, as configured; only ``GET /`` (version discovery)
-    is open, because clients call it before they authenticate."""
+    """``X-Auth-Token`` and/or HTTP Basic, as configured; `OPEN_PATHS` are always open, and
+    `PROBE_PATHS` as ``metrics_auth`` says (a Prometheus or kubelet on this machine often
+    cannot send credentials; ``localhost`` trusts the peer address, so put no proxy on this
+    machine in front of an API that uses it)."""
 
     def __init__(self, app: ASGIApp, settings: ApiSettings) -> None:
         self.app = app
+        self.probes = settings.metrics_auth
         self.token = settings.auth_token
         self.basic = (
             (settings.basic_user, settings.basic_password or "")
@@ -60,7 +73,7 @@ class AuthMiddleware:
     def _allowed(self, scope: Scope) -> bool:
         if self.token is None and self.basic is None:
             return True
-        if scope.get("method") in ("GET", "HEAD") and scope.get("path") == "/":
+        if scope.get("method") in ("GET", "HEAD") and self._open_path(scope):
             return True
         token = _header(scope, b"x-auth-token")
         if (
@@ -73,6 +86,14 @@ class AuthMiddleware:
         if self.basic is not None and authorization is not None:
             return self._basic_ok(authorization)
         return False
+
+    def _open_path(self, scope: Scope) -> bool:
+        path = scope.get("path")
+        if path in OPEN_PATHS:
+            return True
+        if path not in PROBE_PATHS or self.probes == "api":
+            return False
+        return self.probes == "open" or _loopback(scope.get("client"))
 
     def _basic_ok(self, authorization: bytes) -> bool:
         assert self.basic is not None
@@ -95,6 +116,14 @@ class AuthMiddleware:
             return
         challenge = [(b"www-authenticate", b'Basic realm="tenantnet"')] if self.basic else []
         await send_error(send, 401, "HTTPUnauthorized", "Authentication required", challenge)
+
+
+def _loopback(client: Any) -> bool:
+    """Whether the peer of a connection is this machine."""
+    try:
+        return bool(client) and ipaddress.ip_address(client[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class BodyLimitMiddleware:
@@ -211,3 +240,87 @@ class JsonCharsetMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_charset)
+
+
+ROUTE_KEY = "tenantnet.route"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+
+
+class RequestMetricsMiddleware:
+    """Counts every request by method, route template and status, and times it (outermost, so
+    a 401, a 413 and a 500 count too).
+
+    The route is the template the router matched (``/v2.0/ports/{obj_id}``), reported by
+    `RouteLabelMiddleware` next to the router; an unrouted request (refused before routing, or
+    an unknown path) is ``none``.  Raw paths are never labels: every port id would become a
+    time series.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+        seen: dict[str, str] = {}
+        scope[ROUTE_KEY] = seen  # the same dict in every copy of the scope further in
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            method = scope.get("method", "")
+            method = method if method in METHODS else "other"
+            route = seen.get("route", "none")
+            self.metrics.api_requests.labels(method, route, str(status)).inc()
+            self.metrics.api_latency.labels(method, route).observe(time.perf_counter() - t0)
+
+
+class RouteLabelMiddleware:
+    """Innermost: tells `RequestMetricsMiddleware` which route template the router matched
+    (Starlette notes it in the scope it routes; outer middleware may hold a copy of it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            seen = scope.get(ROUTE_KEY)
+            if seen is not None:
+                template = route_template(scope)
+                if template is not None:
+                    seen["route"] = template
+
+
+def route_template(scope: Scope) -> str | None:
+    """The full template of the route that served ``scope``: ``/v2.0/ports/{obj_id}``.
+
+    Routers included with a prefix keep their routes' own paths (``/ports/{obj_id}``; FastAPI
+    0.165 no longer copies them with the prefix), and the same route serves both the Neutron
+    and the CloudStack prefix.  The prefix is the part of the request path before the part the
+    route's pattern matches; the prefixes here are literal (no parameters), so no request
+    value can get into it.
+    """
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    pattern = getattr(route, "path_regex", None)
+    path = scope.get("path", "")
+    if not isinstance(template, str) or pattern is None or not isinstance(path, str):
+        return None
+    start = 0
+    while start != -1:
+        if pattern.match(path[start:]):
+            return path[:start] + template
+        start = path.find("/", start + 1)
+    return template

@@ -13,6 +13,7 @@ class ApiSettings:
     it is advertised in the resources document so operators can check it.  ``public_url`` is
     the base of the links in the discovery documents (Neutron's ``public_endpoint``); when it is
     empty the links are relative, so a client's ``Host`` header is never echoed back.
+    ``metrics_auth``: see middleware.AuthMiddleware.
     """
 
     auth_token: str | None = None
@@ -24,3 +25,6 @@ class ApiSettings:
     # "ssl" when the controller speaks OVSDB over TLS.
     ovsdb_scheme: str = "tcp"
     public_url: str = ""
+    # Who may read /metrics and /readyz: "api" (the API's authentication), "localhost" (open to
+    # loopback clients, the API's authentication for the others) or "open".
+    metrics_auth: str = "api"

@@ -24,12 +24,14 @@ one for that port, so a slow step can never overwrite what a later one settled.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 
 @dataclass
 class Batch:
     step: int = 0
+    started: float = field(default_factory=time.monotonic)  # for the port-ready latency
     waiting: set[str] = field(default_factory=set)  # hosts whose barrier is outstanding
     failed: set[str] = field(default_factory=set)  # hosts that did not confirm
     # port -> (its own host, the peers it waits for as well)

@@ -58,6 +58,7 @@ from controller.dataplane.views import (
     segment_of,
 )
 from controller.events import ChangeEvent
+from controller.metrics import Metrics
 from controller.southbound.ovsdb_host import HostObservation, OvsdbHost, datapath_id_for
 from controller.store.ports import REFUSED_HOSTS
 from flows.compiler import (
@@ -155,8 +156,10 @@ class DataPlane:
         startup_grace_s: float = 15.0,
         admission: Admission | None = None,
         agent_options: dict[str, Any] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
         self.switches = switches
         self.controller_target = controller_target
         self.agent_factory = agent_factory
@@ -249,6 +252,9 @@ class DataPlane:
         return False
 
     def status(self) -> dict[str, Any]:
+        """Read from other threads (API, metrics): dicts the actor changes are copied first.
+        ``flows``/``groups``: what the switch holds of ours (null until it was read back);
+        ``down``: reported down (lost, or not back within the start-up grace)."""
         return {
             "hosts": {
                 h: {
@@ -256,11 +262,14 @@ class DataPlane:
                     "openflow": rt.installed is not None,
                     "ready": rt.ready,
                     "degraded": rt.degraded or None,
+                    "down": rt.down_reported and not rt.ready,
                     "datapath_id": f"{rt.dpid:016x}",
-                    "networks": sorted(k for k, hs in self.members.items() if h in hs),
+                    "networks": sorted(k for k, hs in list(self.members.items()) if h in hs),
+                    **_installed_counts(rt.installed),
                 }
-                for h, rt in self.hosts.items()
+                for h, rt in list(self.hosts.items())
             },
+            "queue_depth": self._inbox.qsize(),
             "flow_mods": self.stats.flow_mods,
             "group_mods": self.stats.group_mods,
             "batches": self.stats.batches,
@@ -562,6 +571,7 @@ class DataPlane:
         rt = self.hosts[host_id]
         if not rt.ready:
             return
+        self.metrics.reconcile.started(host_id)
         assert rt.installed is not None and rt.obs is not None
         keys = {k for k in rt.installed if k != BASE_KEY}
         keys |= {k for k, hs in self.members.items() if host_id in hs}
@@ -644,9 +654,11 @@ class DataPlane:
         for host_id in sorted(plans, key=lambda h: h not in awaited):
             self._send(self.hosts[host_id], merge_diffs(plans[host_id]), batch)
         self._settle(batch)
+        self.metrics.reconcile.flushed(plans)
         sent = self.stats.flow_mods + self.stats.group_mods - sent_before
         ms = (time.perf_counter() - t0) * 1000
         self.stats.last_batch_ms = ms
+        self.metrics.dataplane_step.observe(ms / 1000)
         if sent:
             LOG.info(
                 "%d networks recompiled, %d ports patched: %d flow/group mods to %d hosts"
@@ -722,7 +734,9 @@ class DataPlane:
 
     def _settle(self, batch: Batch) -> None:
         """Take the statuses the batch knows now, unless a later step decided them since."""
-        for pid, status in batch.settle().items():
+        settled = batch.settle()
+        self.metrics.ports_settled(batch.started, settled, self.ports)
+        for pid, status in settled.items():
             if self._decided.get(pid) == batch.step:
                 del self._decided[pid]
                 if status is not None:
@@ -875,6 +889,7 @@ class DataPlane:
         rt = self.hosts.get(host_id)
         if rt is not None and rt.dpid == dpid:
             self._note_health(rt, ok, why)
+            self.metrics.reconcile.confirmed(host_id, ok)
         if not ok and rt is not None and rt.installed is not None:
             rt.failures += 1
             rt.installed = None
@@ -945,6 +960,17 @@ class DataPlane:
             self.stats.flow_mods,
             self.stats.group_mods,
         )
+
+
+def _installed_counts(installed: dict[int, Slice] | None) -> dict[str, int | None]:
+    """Flows and groups of ours on a switch, from the data plane's view of it."""
+    if installed is None:
+        return {"flows": None, "groups": None}
+    slices = list(installed.values())  # one C-level copy: the actor may change the dict
+    return {
+        "flows": sum(len(s.rules) for s in slices),
+        "groups": sum(len(s.groups) for s in slices),
+    }
 
 
 def merge_diffs(diffs: list[FlowDiff]) -> FlowDiff:

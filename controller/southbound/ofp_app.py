@@ -32,7 +32,7 @@ import logging
 import socket
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -49,6 +49,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller import tls
+from controller.metrics import Metrics
 from controller.southbound import ofp_codec as codec
 from controller.throttle import Throttle
 from flows.diff import FlowDiff
@@ -95,6 +96,7 @@ class Sent(NamedTuple):
     verb: str  # "add flow", "delete flow", "add group", "commit bundle", "barrier", ...
     subject: Rule | GroupEntry | int | None = None  # the rule, group, group id or bundle id
     bundle: int | None = None  # the bundle that carried it
+    at: float = 0.0  # when it was sent (monotonic), for barriers: their round trip
 
     def text(self) -> str:
         if isinstance(self.subject, Rule):
@@ -147,10 +149,14 @@ class _Switch:
 
 @dataclass
 class Counters:
-    """Totals since start, for the status endpoint ("openflow").  Flow-mods, group-mods and
-    batches are counted once, by the data plane that asks for them (dataplane Stats)."""
+    """Totals since start, for the status endpoint ("openflow") and the metrics.  Flow-mods,
+    group-mods and batches are counted once, by the data plane that asks for them (dataplane
+    Stats)."""
 
     errors: int = 0
+    error_types: Counter[str] = field(default_factory=Counter)  # OFPET_... -> error replies
+    bundles: int = 0
+    barriers: int = 0
     connects: int = 0
     barrier_timeouts: int = 0
     refused: int = 0  # connections closed because they could not prove their host
@@ -165,6 +171,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         super().__init__(*args, **kwargs)
         self.listener: SwitchListener | None = None
         self.counters = Counters()
+        self.metrics = Metrics()  # the controller's own, set before switches are attached
         self._switches: dict[int, _Switch] = {}
         self._lock = threading.Lock()
         self.barrier_timeout_s = 5.0
@@ -226,6 +233,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                 # rules or the new ones, never a half-applied diff.  A purely additive diff
                 # (see FlowDiff.additive) needs no bundle and saves its wrapping.
                 sw.bundle_id = (sw.bundle_id + 1) & 0xFFFFFFFF
+                self.counters.bundles += 1
                 sw.bundle_in_flight = True
                 bid = sw.bundle_id
                 batch = [
@@ -412,9 +420,12 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             return
         with sw.lock:
             cb = sw.barriers.pop(ev.msg.xid, None)
+            sent = sw.sent.get(ev.msg.xid)
             ok = sw.errors == 0
             sw.errors = 0
             sw.bundle_in_flight = False
+        if cb is not None and sent is not None:
+            self.metrics.barrier_rtt.observe(time.monotonic() - sent.at)
         if cb is not None:
             cb(ok, "" if ok else "rejected")
 
@@ -425,6 +436,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         msg = ev.msg
         dpid = msg.datapath.id or 0
         self.counters.errors += 1
+        self.counters.error_types[_error_type(msg)] += 1
         sw = self._switch_of(msg.datapath)
         cause: Sent | None = None
         if sw is not None:
@@ -477,7 +489,8 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         everything before it, or after ``barrier_timeout_s``.  Called with `sw.lock` held and
         before anything is sent, so the callback is registered before the reply can come."""
         barrier = parser.OFPBarrierRequest(sw.dp)
-        sw.remember(barrier, Sent("barrier"))
+        sw.remember(barrier, Sent("barrier", at=time.monotonic()))
+        self.counters.barriers += 1
         sw.barriers[barrier.xid] = on_done
         deadline = time.monotonic() + self.barrier_timeout_s
         with self._deadline_cond:
@@ -594,6 +607,13 @@ def _error_name(msg: Any) -> str:
         return f"OFPET_EXPERIMENTER {names[0] if names else 'experimenter error'}({exp_type})"
     names = ofp.ofp_error_to_jsondict(msg.type, msg.code)
     return f"{names['type']} {names['code']}"
+
+
+def _error_type(msg: Any) -> str:
+    """``OFPET_BAD_ACTION``: the error's type alone, one of the protocol's few (a metric label;
+    a type the protocol does not define is "unknown", so a switch cannot make up labels)."""
+    name = ofp.ofp_error_type_to_str(msg.type).partition("(")[0]
+    return name if name.startswith("OFPET_") else "unknown"
 
 
 def _is_bundle_msg_failed(msg: Any) -> bool:

@@ -27,12 +27,14 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from controller.events import ChangeEvent, EventBus
+from controller.metrics import Metrics
 from controller.store import hosts, networks, ports, quotas, replay, scan, subnets
 from controller.store.attrs import check_revision
 from controller.store.errors import Conflict, InvalidInput
@@ -54,8 +56,11 @@ class Store:
         bus: EventBus,
         underlay_mtu: int = 1500,
         quota_defaults: Mapping[str, int] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.path = path
+        self.metrics = metrics or Metrics()
+        self.closed = False
         self.underlay_mtu = underlay_mtu
         # Default limit per quota resource (see `quotas`): the settings' over Neutron's.
         self.quota_defaults = quotas.check_defaults(quota_defaults or {})
@@ -77,6 +82,7 @@ class Store:
     def close(self) -> None:
         """Close the database (further calls fail)."""
         with self._lock:
+            self.closed = True
             self._conn.close()
 
     # -- transaction plumbing -------------------------------------------------------------------
@@ -101,11 +107,14 @@ class Store:
                 except BaseException:
                     self._conn.execute("ROLLBACK")
                     raise
+                t0 = time.perf_counter()
                 self._conn.execute("COMMIT")
+                commit_s = time.perf_counter() - t0
                 self._ip_hints.update(tx.new_ip_hints)
             finally:
                 if not durable:
                     self._conn.execute("PRAGMA synchronous = FULL")
+            self.metrics.store_commit.labels("durable" if durable else "observed").observe(commit_s)
             self._publish(tx.events)
 
     def _publish(self, events: list[ChangeEvent]) -> None:

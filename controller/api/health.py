@@ -1,0 +1,74 @@
+"""``GET /metrics``, ``GET /healthz`` and ``GET /readyz``: what Prometheus, systemd and k8s
+probes ask.
+
+* ``/healthz``: the process answers HTTP (its event loop is not stuck).  Nothing else: a
+  liveness probe that failed on a dead switch would restart a healthy controller.
+* ``/readyz``: the store is open and the data plane has an answer for every registered host -
+  read back and reconciled, known to be down (lost, or not back within the start-up grace) or
+  known to be degraded.  Otherwise 503 with the reason, e.g. right after a start while the
+  switches reconnect.
+* ``/metrics``: the Prometheus text format of the controller's own registry
+  (controller/metrics.py).
+
+How they authenticate: middleware.AuthMiddleware (``metrics_auth``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from controller.metrics import CONTENT_TYPE, Metrics, host_state
+
+Status = Callable[[], Mapping[str, Any]]
+
+
+def not_ready(store: Any, status: Status | None) -> str | None:
+    """Why the controller is not ready, or None.  ``status``: the data plane's status
+    document; None when there is no data plane (an API-only app)."""
+    if getattr(store, "closed", False):
+        return "store closed"
+    if status is None:
+        return None
+    st = status()
+    if "hosts" not in st:
+        return "data plane not started"
+    waiting = sorted(
+        f"{h} ({host_state(host)})"
+        for h, host in st["hosts"].items()
+        if not (host.get("ready") or host.get("down") or host.get("degraded"))
+    )
+    if waiting:
+        shown = ", ".join(waiting[:10]) + (
+            f" and {len(waiting) - 10} more" if len(waiting) > 10 else ""
+        )
+        return f"hosts not reconciled yet: {shown}"
+    return None
+
+
+def router(metrics: Metrics, store: Any, status: Status | None = None) -> APIRouter:
+    r = APIRouter(tags=["operations"])
+
+    @r.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    def get_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    @r.get("/healthz", summary="Liveness: the process answers")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @r.get(
+        "/readyz",
+        summary="Readiness: store open, every host reconciled or known to be down",
+        responses={503: {"description": "Not ready; the body says why"}},
+    )
+    def readyz() -> JSONResponse:
+        reason = not_ready(store, status)
+        if reason is not None:
+            return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    return r
