@@ -1,4 +1,6 @@
-"""`tenantnet` console command: `tenantnet serve [options]` runs the controller."""
+"""`tenantnet` console command: `tenantnet serve [options]` runs the controller; `tenantnet
+status`, `hosts` and `ports [--host H]` ask a running one through its REST API
+(controller/apiclient.py) and print tables, or one line and exit code 1 on an error."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from urllib.parse import quote
 
 from controller import config
 
@@ -97,6 +100,45 @@ def serve(settings: config.Settings) -> int:
     os._exit(0)
 
 
+def _client_command(args: argparse.Namespace) -> int:
+    """status / hosts / ports: GETs and a table on stdout, or one line on stderr and 1."""
+    from controller import apiclient, cli_views
+
+    try:
+        client = apiclient.ApiClient(apiclient.resolve(args, os.environ))
+        try:
+            if args.command == "status":
+                _, status = client.get("/tenantnet/status")
+                code, ready = client.get("/readyz", ok=(200, 503, 404))
+                print(cli_views.status_view(status, ready if code != 404 else None))
+            elif args.command == "hosts":
+                _, hosts = client.get("/v2.0/hosts")
+                _, status = client.get("/tenantnet/status")
+                print(cli_views.hosts_view(hosts["hosts"], status))
+            else:
+                params = {}
+                if args.host is not None:
+                    client.get(f"/v2.0/hosts/{quote(args.host, safe='')}")  # 404: no such host
+                    params["binding:host_id"] = args.host
+                _, ports = client.get("/v2.0/ports", params=params)
+                _, nets = client.get("/v2.0/networks", params={"fields": ["id", "name"]})
+                names = {n["id"]: n.get("name") or "" for n in nets["networks"]}
+                print(cli_views.ports_view(ports["ports"], names))
+        finally:
+            client.close()
+    except apiclient.CliError as exc:
+        print(f"tenantnet {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except (KeyError, TypeError) as exc:
+        print(
+            f"tenantnet {args.command}: unexpected answer from the API ({type(exc).__name__}:"
+            f" {exc})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     # python-ovs imports eventlet only to detect it, and eventlet warns about itself on import.
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
@@ -104,7 +146,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run the controller (REST API + OpenFlow + OVSDB)")
     config.add_arguments(p_serve)
+    from controller import apiclient
+
+    for name, help_text in (
+        ("status", "hosts, flows and readiness of a running controller"),
+        ("hosts", "registered hosts with their state and flow counts"),
+        ("ports", "ports with their network, addresses, host and status"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        apiclient.add_arguments(p)
+        if name == "ports":
+            p.add_argument("--host", help="only the ports bound to this host")
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        return _client_command(args)
     try:
         settings = config.load(args)
     except config.ConfigError as exc:

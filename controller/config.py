@@ -276,7 +276,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=f.name, default=None, help=f"(default: {f.default!r})")
 
 
-def _file_settings(cfg_file: str) -> dict[str, object]:
+def file_settings(cfg_file: str) -> dict[str, object]:
     """The settings of a TOML file: a ``[tenantnet]`` table, or top-level keys, never both
     (keys beside the table would be silently ignored, e.g. a top-level ``auth_token``)."""
     try:
@@ -300,7 +300,7 @@ def _file_settings(cfg_file: str) -> dict[str, object]:
     return section
 
 
-def _read_secret(name: str, path: str) -> str:
+def read_secret(name: str, path: str) -> str:
     """A secret from a file: its content without the final newline; empty is an error."""
     try:
         secret = Path(path).read_text().rstrip("\r\n")
@@ -320,7 +320,7 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
     sources: dict[str, str] = {}
     cfg_file = getattr(args, "config", None) or env.get("TENANTNET_CONFIG")
     if cfg_file:
-        for name, raw in _file_settings(cfg_file).items():
+        for name, raw in file_settings(cfg_file).items():
             values[name] = _coerce(name, raw, f"config file {cfg_file}", typed=True)
             sources[name] = "config file"
     for f in fields(Settings):
@@ -341,7 +341,7 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
                 raise ConfigError(
                     f"{secret} is given twice: as {file_setting} and ({sources[secret]}) directly"
                 )
-            values[secret] = _read_secret(secret, str(values.pop(file_setting)))
+            values[secret] = read_secret(secret, str(values.pop(file_setting)))
     if "basic_user" in values and not str(values["basic_user"]).strip():
         raise ConfigError(f"basic_user ({sources['basic_user']}) is empty")
     # _coerce gave each value its field's type, which one dict type cannot say per key.
