@@ -38,3 +38,30 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q -e '.[test]'
   echo "$want" > "$stamp"
 fi
+
+# python-ovs (ovsdbapp's OVSDB library) parses JSON in pure Python unless it has its C extension
+# ovs._json, and PyPI's ovs comes without it (building it needs libopenvswitch).  Debian's
+# python3-openvswitch, a dependency of openvswitch-switch, ships that extension; when it was built
+# for the venv's Python (same ABI tag) it is linked into the venv's ovs package, and kept only
+# if python-ovs then picks it up.  Reading a host's OVSDB costs ~4x less CPU with it, which is
+# most of restart -> reconciled (README, Performance).  Without it everything works, slower.
+.venv/bin/python - <<'PYEOF'
+import importlib.machinery, pathlib, subprocess, sys
+import ovs
+suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+src = pathlib.Path("/usr/lib/python3/dist-packages/ovs") / f"_json{suffix}"
+dst = pathlib.Path(ovs.__file__).parent / src.name
+check = [sys.executable, "-c", "import ovs.json, sys; sys.exit(ovs.json.PARSER != 'C')"]
+if subprocess.run(check).returncode == 0:
+    sys.exit(0)
+if not src.exists():
+    print(f"bootstrap: no {src}: OVSDB JSON is parsed in pure Python (slower)")
+    sys.exit(0)
+dst.unlink(missing_ok=True)
+dst.symlink_to(src)
+if subprocess.run(check, stderr=subprocess.DEVNULL).returncode != 0:
+    dst.unlink()
+    print(f"bootstrap: {src} does not load here: OVSDB JSON is parsed in pure Python (slower)")
+else:
+    print(f"bootstrap: python-ovs uses the C JSON parser of python3-openvswitch ({src})")
+PYEOF
