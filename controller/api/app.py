@@ -4,7 +4,7 @@ import logging
 
 from fastapi import FastAPI
 
-from controller.api import compat, errors, health, quotas, versions
+from controller.api import compat, errors, health, ip_availability, quotas, versions
 from controller.api.middleware import (
     AuthMiddleware,
     BodyLimitMiddleware,
@@ -55,6 +55,7 @@ def create_app(
     for res in (NETWORKS, SUBNETS, PORTS, HOSTS):
         app.include_router(collection_router(store, res), prefix="/v2.0")
     app.include_router(quotas.router(store), prefix="/v2.0")
+    app.include_router(ip_availability.router(store), prefix="/v2.0")
     app.include_router(compat.neutron_router(store))
     app.include_router(compat.nodes_router(store, settings.ovsdb_scheme))
     app.include_router(health.router(metrics, store, status))

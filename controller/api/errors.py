@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from controller.store import Conflict, InvalidInput, NotFound, PreconditionFailed, StoreError
 
@@ -119,18 +120,38 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return neutron_error(400, "HTTPBadRequest", validation_message(list(exc.errors())))
 
 
+METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves on this path (RFC 9110's ``Allow``).
+
+    Starlette answers 405 from the first route whose path matched, so its ``Allow`` named only
+    that route's methods (``GET`` on ``/tags`` although ``PUT`` and ``POST`` work there too);
+    here each method is tried against every route."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    ]
+    if "GET" in allowed:
+        allowed.append("HEAD")  # HeadAsGetMiddleware
+    return ", ".join(sorted(allowed))
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
+    headers = dict(exc.headers or {})
     if status == 404 and exc.detail == "Not Found":
         message = f"The resource could not be found: {request.url.path}"
     elif status == 405:
         message = f"Method {request.method} is not allowed on {request.url.path}"
+        headers["Allow"] = allowed_methods(request)
     else:
         message = str(exc.detail)
-    return neutron_error(
-        status, HTTP_TYPES.get(status, "HTTPError"), message, headers=dict(exc.headers or {})
-    )
+    return neutron_error(status, HTTP_TYPES.get(status, "HTTPError"), message, headers=headers)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -28,11 +28,12 @@ from controller.api.listing import (
 )
 from controller.api.strict_json import StrictJsonRoute
 from controller.store import InvalidInput, Store
-from controller.store.errors import NotFound, not_found
+from controller.store.errors import Conflict, NotFound, PreconditionFailed, not_found
 from controller.store.scan import INDEXED
 from controller.store.values import integer_text
 
 FieldsQuery = Annotated[list[str] | None, Query(description="Attributes to return")]
+TAG_RETRIES = 20  # concurrent tag changes of one object before a tag add gives up (409)
 IfMatch = Annotated[str | None, Header(description="revision_number=N: 412 unless current")]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -264,6 +265,28 @@ def add_tag_routes(router: APIRouter, store: Store, res: Resource) -> None:
     def set_tags(obj_id: str, tags: list[str]) -> list[str]:
         return list(store.update(res.kind, obj_id, {"tags": tags})["tags"])
 
+    def add_tags(obj_id: str, tags: list[str]) -> None:
+        """Add to the current tags without losing a concurrent change: the write is made
+        only on the revision that was read (``If-Match``), and retried on another."""
+        for _ in range(TAG_RETRIES):
+            obj = store.get(res.kind, obj_id)
+            if obj is None:
+                raise not_found(res.kind, obj_id)
+            wanted = list(dict.fromkeys([*obj["tags"], *tags]))
+            if wanted == obj["tags"]:
+                return
+            try:
+                store.update(
+                    res.kind,
+                    obj_id,
+                    {"tags": wanted},
+                    expected_revision=obj["revision_number"],
+                )
+                return
+            except PreconditionFailed:
+                continue
+        raise Conflict(f"Tags of {res.kind} {obj_id} kept changing; try again.", "TagsConflict")
+
     @router.get(base, summary="List tags", responses={200: {"model": rs.TagsView}})
     def get_tags(obj_id: str) -> dict[str, list[str]]:
         return {"tags": tags_of(obj_id)}
@@ -271,6 +294,17 @@ def add_tag_routes(router: APIRouter, store: Store, res: Resource) -> None:
     @router.put(base, summary="Replace all tags", responses={200: {"model": rs.TagsView}})
     def replace_tags(obj_id: str, body: rq.TagsBody) -> dict[str, list[str]]:
         return {"tags": set_tags(obj_id, list(dict.fromkeys(body.tags)))}
+
+    @router.post(
+        base,
+        status_code=201,
+        summary="Add tags (extension tag-creation)",
+        responses={201: {"model": rs.TagsView}},
+    )
+    def create_tags(obj_id: str, body: rq.TagsBody) -> dict[str, list[str]]:
+        tags = list(dict.fromkeys(body.tags))
+        add_tags(obj_id, tags)
+        return {"tags": tags}  # Neutron answers with the tags of the request
 
     @router.delete(base, status_code=204, summary="Remove all tags")
     def clear_tags(obj_id: str) -> Response:
@@ -285,9 +319,7 @@ def add_tag_routes(router: APIRouter, store: Store, res: Resource) -> None:
 
     @router.put(base + "/{tag}", status_code=201, summary="Add one tag")
     def add_tag(obj_id: str, tag: str) -> Response:
-        tags = tags_of(obj_id)
-        if tag not in tags:
-            set_tags(obj_id, [*tags, tag])
+        add_tags(obj_id, [tag])
         return Response(status_code=201)
 
     @router.delete(base + "/{tag}", status_code=204, summary="Remove one tag")

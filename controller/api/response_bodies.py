@@ -184,3 +184,30 @@ class QuotaDetailsShow(View):
     """``{"quota": {"network": {"used", "limit", "reserved"}, ...}}``."""
 
     quota: dict[str, QuotaUsage]
+
+
+class SubnetIpAvailability(View):
+    subnet_id: str
+    subnet_name: str
+    cidr: str
+    ip_version: int
+    total_ips: int
+    used_ips: int
+
+
+class IpAvailabilityView(View):
+    network_id: str
+    network_name: str
+    project_id: str
+    tenant_id: str
+    subnet_ip_availability: list[SubnetIpAvailability]
+    total_ips: int
+    used_ips: int
+
+
+class IpAvailabilityShow(View):
+    network_ip_availability: IpAvailabilityView
+
+
+class IpAvailabilityList(View):
+    network_ip_availabilities: list[IpAvailabilityView]

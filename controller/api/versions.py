@@ -29,6 +29,18 @@ EXTENSIONS: list[tuple[str, str, str]] = [
     ("pagination", "Pagination support", "limit and marker on collections."),
     ("sorting", "Sorting support", "sort_key and sort_dir on collections."),
     ("filter-validation", "Filter parameters validation", "Unknown filters are refused."),
+    ("external-net", "Neutron external network", "router:external (always false for now)."),
+    (
+        "network-ip-availability",
+        "Network IP Availability",
+        "Total and used IPs per network and subnet.",
+    ),
+    ("tag-creation", "Tag creation extension", "POST /<resources>/<id>/tags adds tags."),
+    (
+        "tag-ports-during-bulk-creation",
+        "Tag Ports During Bulk Creation",
+        "tags in (bulk) create bodies.",
+    ),
     ("quotas", "Quota management support", "Per-project limits, enforced on every create."),
     ("quota_details", "Quota details management support", "Used, limit, reserved per project."),
     ("quota-check-limit", "Quota engine limit check", "check_limit accepted on quota updates."),

@@ -35,7 +35,16 @@ from typing import Any, TypeVar
 
 from controller.events import ChangeEvent, EventBus
 from controller.metrics import Metrics
-from controller.store import hosts, networks, ports, quotas, replay, scan, subnets
+from controller.store import (
+    availability,
+    hosts,
+    networks,
+    ports,
+    quotas,
+    replay,
+    scan,
+    subnets,
+)
 from controller.store.attrs import check_revision
 from controller.store.errors import Conflict, InvalidInput
 from controller.store.schema import migrate
@@ -261,6 +270,10 @@ class Store:
                 complete=complete,
             )
         )
+
+    def ip_availability(self, network_id: str | None = None) -> list[dict[str, Any]]:
+        """Total and used addresses per network and subnet (all networks, or one)."""
+        return self._read(lambda tx: availability.load_all(tx, network_id))
 
     # -- quotas (see `quotas`) -------------------------------------------------------------------
 

@@ -23,6 +23,11 @@ REQUIRED_EXTENSIONS = {
     "standard-attr-tag",
     "standard-attr-description",
     "project-id",
+    "external-net",
+    "tag-creation",
+    "network-ip-availability",
+    "quotas",
+    "quota_details",
 }
 
 
@@ -515,6 +520,65 @@ def test_tag_filters_and_tag_routes(client: TestClient) -> None:
     error_of(client.get(f"{url}/x"), 404, "TagNotFound")
     assert client.delete(url).status_code == 204
     assert client.get(f"/v2.0/networks/{a['id']}").json()["network"]["tags"] == []
+
+
+@pytest.mark.parametrize("plural", ["networks", "subnets", "ports"])
+def test_tag_creation_adds_tags(client: TestClient, plural: str) -> None:
+    """Extension tag-creation: ``POST .../tags`` adds (Neutron answers 201 with the posted
+    tags), keeps what was there, and is refused as a whole when a tag is bad."""
+    net_id, subnet_id = net_with_subnet(client)
+    obj_id = {"networks": net_id, "subnets": subnet_id}.get(plural) or create(
+        client, "port", network_id=net_id, tags=["old"]
+    )["id"]
+    url = f"/v2.0/{plural}/{obj_id}/tags"
+    client.put(url, json={"tags": ["old"]})
+    r = client.post(url, json={"tags": ["new", "old", "new"]})
+    assert r.status_code == 201 and r.json() == {"tags": ["new", "old"]}
+    assert client.get(url).json() == {"tags": ["old", "new"]}
+    error_of(client.post(url, json={"tags": ["ok", "x" * 61]}), 400, "HTTPBadRequest")
+    error_of(client.post(url, json={"tags": [f"t{i}" for i in range(99)]}), 400)  # 101 in all
+    error_of(client.post(url, json={"tag": ["a"]}), 400)
+    assert client.get(url).json() == {"tags": ["old", "new"]}
+    missing = f"/v2.0/{plural}/{uuid4()}/tags"
+    error_of(client.post(missing, json={"tags": ["a"]}), 404)
+
+
+def test_concurrent_tag_adds_lose_nothing(client: TestClient) -> None:
+    """Adding reads the tags and writes them on that revision only, retrying otherwise."""
+    import threading
+
+    net = create(client, "network")
+    url = f"/v2.0/networks/{net['id']}/tags"
+    start = threading.Barrier(6)
+    statuses: list[int] = []
+
+    def add(i: int) -> None:
+        start.wait()
+        for j in range(3):
+            if j % 2:
+                statuses.append(client.put(f"{url}/t{i}-{j}").status_code)
+            else:
+                statuses.append(client.post(url, json={"tags": [f"t{i}-{j}"]}).status_code)
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    wanted = {f"t{i}-{j}" for i in range(6) for j in range(3)}
+    got = set(client.get(url).json()["tags"])
+    assert set(statuses) == {201}
+    assert got == wanted
+
+
+def test_405_names_every_method_of_the_path(client: TestClient) -> None:
+    net = create(client, "network")
+    r = client.patch(f"/v2.0/networks/{net['id']}/tags")
+    error_of(r, 405, "HTTPMethodNotAllowed")
+    assert r.headers["allow"] == "DELETE, GET, HEAD, POST, PUT"
+    assert client.delete("/v2.0/networks").headers["allow"] == "GET, HEAD, POST"
+    assert client.post(f"/v2.0/networks/{net['id']}").headers["allow"] == "DELETE, GET, HEAD, PUT"
+    assert client.post("/v2.0/quotas/p").headers["allow"] == "DELETE, GET, HEAD, PUT"
 
 
 def test_fields_projection(client: TestClient) -> None:

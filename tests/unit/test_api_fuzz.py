@@ -19,6 +19,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import schemathesis
 from fastapi import FastAPI
@@ -104,6 +105,13 @@ def _everything(client: TestClient) -> dict[str, list[dict[str, Any]]]:
             assert shown.status_code == 200, shown.text
             assert shown.json()[singular] == obj
         found[plural] = objs
+    for derived in ("quotas", "network-ip-availabilities"):  # whatever the fuzzer set or made
+        r = client.get(f"/v2.0/{derived}")
+        assert r.status_code == 200, (derived, r.text)
+        found[derived] = r.json()[derived.replace("-", "_")]
+    for quota in found["quotas"]:
+        shown = client.get(f"/v2.0/quotas/{quote(quota['project_id'], safe='')}/details")
+        assert shown.status_code == 200, shown.text
     return found
 
 
@@ -131,13 +139,17 @@ def _roundtrip(current: _CurrentStore, path: str, client: TestClient) -> int:
         for obj in client.get(f"/v2.0/{plural}").json()[plural]:
             r = client.delete(f"/v2.0/{plural}/{obj['id']}")
             assert r.status_code == 204, (plural, obj["id"], r.text)
+    for quota in before["quotas"]:
+        r = client.delete(f"/v2.0/quotas/{quote(quota['project_id'], safe='')}")
+        assert r.status_code == 204, r.text
     assert all(not objs for objs in _everything(client).values())
     subnets_of_seed = {s["id"] for s in before["subnets"] if s["network_id"] in SEED_IDS}
     return sum(
         1
-        for objs in before.values()
+        for plural, objs in before.items()
+        if plural != "network-ip-availabilities"
         for o in objs
-        if o["id"] not in SEED_IDS and o["id"] not in subnets_of_seed
+        if plural == "quotas" or (o["id"] not in SEED_IDS and o["id"] not in subnets_of_seed)
     )
 
 

@@ -33,6 +33,9 @@ def _net(client: TestClient) -> str:
     return net_id
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def _post_raw(client: TestClient, path: str, text: str) -> Any:
     return client.post(path, content=text.encode(), headers={"Content-Type": "application/json"})
 
@@ -200,3 +203,51 @@ def test_head_and_charset_with_authentication(make_client: ClientFactory) -> Non
     client = make_client(auth_token="t")
     assert client.head("/").status_code == 200
     assert client.head("/v2.0/networks").status_code == 401
+
+
+# -- quotas, tags, IP availability -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ('{"quota": {"network": NaN}}', "network"),
+        ('{"quota": {"port": 1e999}}', "port"),
+        ('{"quota": {"port": 1e30}}', "port"),
+        ('{"quota": {"subnet": "\\u00b2"}}', "subnet"),
+        ('{"quota": {"subnet": "--1"}}', "subnet"),
+        ('{"quota": {"subnet": -1.0000001}}', "subnet"),
+        ('{"quota": {"router\\u0000": 1}}', "router"),
+    ],
+)
+def test_poisoned_quota_values_name_the_field(client: TestClient, text: str, field: str) -> None:
+    _error(client.put("/v2.0/quotas/p", content=text.encode(), headers=JSON), 400, field)
+    assert client.get("/v2.0/quotas").json() == {"quotas": []}
+
+
+@pytest.mark.parametrize("project", ["%00", "a%0Ab", "%F0%9F%98%80", "a%20b", "%27%3B--"])
+def test_odd_project_ids_are_just_names(client: TestClient, project: str) -> None:
+    """Project ids are opaque (Keystone's are hex, but Neutron stores any string): they are
+    bound parameters, never SQL or log syntax, and read back exactly."""
+    r = client.put(f"/v2.0/quotas/{project}", json={"quota": {"network": 3}})
+    assert r.status_code == 200, r.text
+    stored = r.json()["quota"]["project_id"]
+    assert client.get("/v2.0/quotas").json()["quotas"][0]["project_id"] == stored
+    assert client.delete(f"/v2.0/quotas/{project}").status_code == 204
+
+
+def test_poisoned_tag_creation_is_refused_whole(client: TestClient) -> None:
+    net = _net(client)
+    url = f"/v2.0/networks/{net}/tags"
+    for text in ('{"tags": ["a", NaN]}', '{"tags": ["ok", "\\ud800"]}', '{"tags": "a"}', "[]"):
+        _error(client.post(url, content=text.encode(), headers=JSON), 400)
+    _error(client.post(url, json={"tags": ["a,b"]}), 400, "tags")
+    assert client.get(url).json() == {"tags": []}
+
+
+def test_ip_availability_queries_never_500(client: TestClient) -> None:
+    _net(client)
+    for query in ("ip_version=%00", "network_id=%FF", "fields=%00", "tenant_id=", "ip_version=4"):
+        r = client.get(f"/v2.0/network-ip-availabilities?{query}")
+        assert r.status_code in (200, 400), (query, r.text)
+    _error(client.get("/v2.0/network-ip-availabilities?page_reverse=1"), 400, "page_reverse")

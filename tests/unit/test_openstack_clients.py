@@ -240,3 +240,26 @@ def test_openstack_cli_quota_needs_keystone(server: tuple[str, Store]) -> None:
     for args in (("quota", "show", "--network", "p"), ("quota", "set", "--networks", "3", "p")):
         refused = cli(url, *args, ok=False)
         assert "version '3'" in refused.stderr, refused.stderr  # the identity API it wants
+
+
+def test_openstacksdk_ip_availability_and_tag_creation(server: tuple[str, Store]) -> None:
+    """network_ip_availabilities / get_network_ip_availability, and add_tags (which POSTs to
+    /tags, extension tag-creation) unmodified."""
+    url, _ = server
+    conn = openstack.connect(auth_type="none", auth={"endpoint": url})
+    try:
+        net = conn.network.create_network(name="avail-net", tags=["a"])
+        conn.network.create_subnet(network_id=net.id, cidr="10.40.0.0/29", ip_version=4)
+        conn.network.create_port(network_id=net.id)
+        avail = conn.network.get_network_ip_availability(net.id)
+        assert (avail.total_ips, avail.used_ips, avail.network_name) == (5, 1, "avail-net")
+        assert net.id in {a.network_id for a in conn.network.network_ip_availabilities()}
+
+        conn.network.add_tags(net, ["b", "c"])
+        assert sorted(conn.network.get_network(net.id).tags) == ["a", "b", "c"]
+
+        for port in conn.network.ports(network_id=net.id):
+            conn.network.delete_port(port)
+        conn.network.delete_network(net)
+    finally:
+        conn.close()
