@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 
 # OVN is always installed: `make test` runs the bench's smoke test, which runs OVN beside
 # tenantnet (the packages start no daemon here; the bench starts its own).
+# chromium + chromium-driver: the topology page's test (tests/integration/test_ui.py) drives
+# Debian's headless chromium.
 APT_PACKAGES=(openvswitch-switch ovn-central ovn-host mininet iperf3 iputils-ping ethtool tcpdump
-              iproute2 procps psmisc)
+              iproute2 procps psmisc chromium chromium-driver)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

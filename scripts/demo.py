@@ -54,6 +54,7 @@ def run(workdir: Path, tls: bool = False) -> bool:
              + (", mutual TLS on OpenFlow and OVSDB, HTTPS API)" if tls else ")"))
         with TenantnetProcess(workdir, ofp_listen=f"{lab.mgmt_ip}:6653", pki=pki) as ctl:
             api = ctl.api
+            step(f"live topology page: {api.base}/tenantnet/ui (while the demo runs)")
             try:
                 return _scenario(lab, api, t_start)
             except BaseException:

@@ -4,7 +4,7 @@ import logging
 
 from fastapi import FastAPI
 
-from controller.api import compat, errors, health, ip_availability, quotas, versions
+from controller.api import compat, errors, health, ip_availability, quotas, ui, versions
 from controller.api.middleware import (
     AuthMiddleware,
     BodyLimitMiddleware,
@@ -59,6 +59,7 @@ def create_app(
     app.include_router(compat.neutron_router(store))
     app.include_router(compat.nodes_router(store, settings.ovsdb_scheme))
     app.include_router(health.router(metrics, store, status))
+    app.include_router(ui.router())
     app.add_middleware(RouteLabelMiddleware)
     app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from controller.api import ui
 from controller.api.errors import neutron_error_bytes
 from controller.api.settings import ApiSettings
 from controller.metrics import Metrics
@@ -47,9 +48,10 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-OPEN_PATHS = frozenset({"/", "/healthz"})
-"""Open whatever the settings: version discovery (clients call it before they authenticate)
-and the liveness probe (it says nothing but that the process answers)."""
+OPEN_PATHS = frozenset({"/", "/healthz", *ui.PATHS})
+"""Open whatever the settings: version discovery (clients call it before they authenticate),
+the liveness probe (it says nothing but that the process answers) and the topology page's
+static files (no data: its script calls the API with the operator's credentials)."""
 PROBE_PATHS = frozenset({"/metrics", "/readyz"})
 """Open, open to loopback clients or authenticated like the API: ``metrics_auth``."""
 
