@@ -55,6 +55,14 @@ def log_size(ctl: TenantnetProcess) -> int:
         return 0
 
 
+def log_says_reconciled(ctl: TenantnetProcess, log_offset: int) -> bool:
+    """Whether the controller logged, after ``log_offset``, that every host is reconciled."""
+    with contextlib.suppress(OSError), open(ctl.log_path, "rb") as f:
+        f.seek(log_offset)
+        return b"hosts reconciled" in f.read()
+    return False
+
+
 def wait_reconciled_quietly(ctl: TenantnetProcess, log_offset: int,
                             timeout: float) -> dict[str, Any]:
     """Wait until the controller reports every host reconciled; its status.
@@ -67,11 +75,7 @@ def wait_reconciled_quietly(ctl: TenantnetProcess, log_offset: int,
     deadline = time.monotonic() + timeout
     next_poll = time.monotonic() + 1.0
     while time.monotonic() < deadline:
-        said = False
-        with contextlib.suppress(OSError), open(ctl.log_path, "rb") as f:
-            f.seek(log_offset)
-            said = b"hosts reconciled" in f.read()
-        if said or time.monotonic() >= next_poll:
+        if log_says_reconciled(ctl, log_offset) or time.monotonic() >= next_poll:
             st = ctl.api.status()
             if st.get("reconciled_after_s") is not None:
                 return st
