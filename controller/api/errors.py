@@ -78,11 +78,14 @@ def _reason(error: dict[str, Any]) -> str:
 
 def validation_message(errors: list[dict[str, Any]]) -> str:
     """Neutron's wording for the first problem of a request that failed validation."""
-    unknown = [
-        str(e["loc"][-1]) for e in errors if e.get("type") == "extra_forbidden" and e.get("loc")
-    ]
-    if unknown:
-        return f"Unrecognized attribute(s) '{', '.join(dict.fromkeys(unknown))}'"
+    extra = [e for e in errors if e.get("type") == "extra_forbidden" and e.get("loc")]
+    if extra:
+        unknown = ", ".join(dict.fromkeys(str(e["loc"][-1]) for e in extra))
+        # A key inside an attribute's entries (an address pair, a DHCP option) names that
+        # attribute too, so the client knows where to look.
+        inside = _attribute_of(tuple(extra[0]["loc"]))
+        where = f" in {inside}" if inside != str(extra[0]["loc"][-1]) else ""
+        return f"Unrecognized attribute(s) '{unknown}'{where}"
     first = errors[0]
     kind = first.get("type", "")
     loc = tuple(first.get("loc", ()))

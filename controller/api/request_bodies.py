@@ -188,6 +188,16 @@ class AddressPair(Body):
     mac_address: str | None = None
 
 
+class ExtraDhcpOpt(Body):
+    """A DHCP option for this port (Neutron's ``extra_dhcp_opt``): a name (``mtu``,
+    ``domain-search``...) or an option number, its value (null: remove it on update) and the
+    IP version it is for."""
+
+    opt_name: str = Field(min_length=1, max_length=64)
+    opt_value: str | None = Field(max_length=255)
+    ip_version: Literal[4, 6, "4", "6"] | None = None
+
+
 class PortFields(StandardAttrs):
     """A port's client-settable attributes."""
 
@@ -202,6 +212,7 @@ class PortFields(StandardAttrs):
     port_security_enabled: bool | None = None
     security_groups: list[str] | None = Field(None, max_length=MAX_ITEMS)
     allowed_address_pairs: list[AddressPair] | None = Field(None, max_length=MAX_ITEMS)
+    extra_dhcp_opts: list[ExtraDhcpOpt] | None = Field(None, max_length=MAX_ITEMS)
     binding_host_id: str | None = Field(
         None, alias="binding:host_id", max_length=255, json_schema_extra=HOST_ID_DOC
     )

@@ -54,7 +54,12 @@ class Resource:
 
     @property
     def attributes(self) -> frozenset[str]:
-        return rs.attribute_names(self.view)
+        """What a list may filter and sort on."""
+        return rs.attribute_names(self.view) - NOT_FILTERABLE
+
+
+NOT_FILTERABLE = frozenset({"extra_dhcp_opts"})
+"""Attributes Neutron shows but refuses as filters (no ``is_filter`` in their definition)."""
 
 
 NETWORKS = Resource("network", "networks", rq.NetworkCreate, rq.NetworkUpdate, rs.NetworkView)

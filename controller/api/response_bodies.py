@@ -80,6 +80,12 @@ class AddressPairView(View):
     mac_address: str
 
 
+class ExtraDhcpOptView(View):
+    opt_name: str
+    opt_value: str
+    ip_version: int
+
+
 class PortView(StandardView):
     network_id: str
     mac_address: str
@@ -91,6 +97,7 @@ class PortView(StandardView):
     port_security_enabled: bool
     security_groups: list[str]
     allowed_address_pairs: list[AddressPairView]
+    extra_dhcp_opts: list[ExtraDhcpOptView]
     binding_host_id: str = Field(alias="binding:host_id")
     binding_profile: dict[str, Any] = Field(alias="binding:profile")
     binding_vif_type: str = Field(alias="binding:vif_type")

@@ -19,6 +19,11 @@ EXTENSIONS: list[tuple[str, str, str]] = [
     ("binding", "Port Binding", "Host a port is bound to, and how it is plugged (OVS)."),
     ("port-security", "Port Security", "Anti-spoofing on/off per network and port."),
     ("allowed-address-pairs", "Allowed Address Pairs", "Extra IP/MAC a port may send from."),
+    (
+        "extra_dhcp_opt",
+        "Neutron Extra DHCP options",
+        "Extra DHCP options per port, added to or overriding what tenantnet's DHCP answers.",
+    ),
     ("net-mtu", "Network MTU", "MTU of a network, derived from the underlay MTU."),
     ("standard-attr-revisions", "Resource revision numbers", "revision_number on resources."),
     ("revision-if-match", "If-Match constraints based on revision_number", "412 on mismatch."),

@@ -13,7 +13,7 @@ from typing import Any
 
 import netaddr
 
-from controller.store import allocation, networks, subnets
+from controller.store import allocation, dhcp_opts, networks, subnets
 from controller.store.attrs import (
     bump,
     check_read_only,
@@ -63,6 +63,7 @@ CREATE_ATTRS = frozenset(
         "port_security_enabled",
         "security_groups",
         "allowed_address_pairs",
+        "extra_dhcp_opts",
         "tags",
         "binding:host_id",
         "binding:profile",
@@ -294,6 +295,7 @@ def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
         ),
         "security_groups": as_str_list(body.get("security_groups", []), "security_groups"),
         "allowed_address_pairs": _address_pairs(body.get("allowed_address_pairs", []), mac),
+        "extra_dhcp_opts": dhcp_opts.for_create(body.get("extra_dhcp_opts")),
         "binding:profile": _profile(body.get("binding:profile", {})),
         "binding:vif_type": "ovs",
         "binding:vif_details": {},
@@ -347,6 +349,10 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
     if "allowed_address_pairs" in changes:
         new["allowed_address_pairs"] = _address_pairs(
             changes["allowed_address_pairs"], new["mac_address"]
+        )
+    if "extra_dhcp_opts" in changes:
+        new["extra_dhcp_opts"] = dhcp_opts.merged(
+            current.get("extra_dhcp_opts", []), changes["extra_dhcp_opts"]
         )
     if "fixed_ips" in changes:
         network = networks.must_load(tx, current["network_id"])

@@ -108,7 +108,22 @@ def _v4_quotas(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Step] = [_v1_core, _v2_hosts, _v3_requested_host, _v4_quotas]
+def _v5_extra_dhcp_opts(conn: sqlite3.Connection) -> None:
+    """Ports carry Neutron's ``extra_dhcp_opts`` (`controller.store.dhcp_opts`) in their body;
+    existing ports get the empty list, so every stored port has the attribute the API shows."""
+    conn.execute(
+        "UPDATE ports SET body = json_set(body, '$.extra_dhcp_opts', json('[]')) "
+        "WHERE json_extract(body, '$.extra_dhcp_opts') IS NULL"
+    )
+
+
+MIGRATIONS: list[Step] = [
+    _v1_core,
+    _v2_hosts,
+    _v3_requested_host,
+    _v4_quotas,
+    _v5_extra_dhcp_opts,
+]
 LATEST = len(MIGRATIONS)
 
 

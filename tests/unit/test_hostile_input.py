@@ -94,6 +94,10 @@ def test_free_form_fields_are_bounded(client: TestClient) -> None:
     _error(port(security_groups=["s" * 256]), 400, "security_groups")
     _error(port(name="n" * 256), 400, "name")
     _error(port(allowed_address_pairs=[{"ip_address": "10.9.0.9"}] * 101), 400)
+    opt = {"opt_name": "mtu", "opt_value": "1400"}
+    _error(port(extra_dhcp_opts=[opt] * 101), 400, "extra_dhcp_opts")
+    _error(port(extra_dhcp_opts=[{**opt, "opt_value": "v" * 256}]), 400, "extra_dhcp_opts")
+    _error(port(extra_dhcp_opts=[{**opt, "x": {"d": deep}}]), 400, "extra_dhcp_opts")
     assert (
         port(**{"binding:profile": {"pci_slot": "0000:00:01.0", "n": [1, 2.5]}}).status_code == 201
     )

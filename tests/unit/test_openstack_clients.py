@@ -263,3 +263,42 @@ def test_openstacksdk_ip_availability_and_tag_creation(server: tuple[str, Store]
         conn.network.delete_network(net)
     finally:
         conn.close()
+
+
+def test_openstack_cli_extra_dhcp_options(server: tuple[str, Store]) -> None:
+    """``--extra-dhcp-option`` of the unmodified CLI (port create and port set)."""
+    url, store = server
+    cli_json(url, "network", "create", "dhcp-net")
+    cli_json(
+        url, "subnet", "create", "--network", "dhcp-net", "--subnet-range", "10.21.0.0/24", "s"
+    )
+    port = cli_json(
+        url,
+        "port",
+        "create",
+        "--network",
+        "dhcp-net",
+        "--extra-dhcp-option",
+        "name=mtu,value=1400,ip-version=4",
+        "--extra-dhcp-option",
+        "name=domain-search,value=example.org",
+        "dhcp-p1",
+    )
+    assert port["extra_dhcp_opts"] == [
+        {"opt_name": "mtu", "opt_value": "1400", "ip_version": 4},
+        {"opt_name": "domain-search", "opt_value": "example.org", "ip_version": 4},
+    ]
+    cli(url, "port", "set", "--extra-dhcp-option", "name=mtu,value=1450", "dhcp-p1")
+    assert store.get_port(port["id"])["extra_dhcp_opts"][0]["opt_value"] == "1450"
+    bad = cli(
+        url,
+        "port",
+        "set",
+        "--extra-dhcp-option",
+        "name=mtu,value=1,ip-version=5",
+        "dhcp-p1",
+        ok=False,
+    )
+    assert "extra_dhcp_opts" in bad.stderr
+    cli(url, "port", "delete", "dhcp-p1")
+    cli(url, "network", "delete", "dhcp-net")
