@@ -1,0 +1,1 @@
+"""Network services tenantnet answers itself (DHCP), as pure functions of the store's facts."""

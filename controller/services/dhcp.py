@@ -1,0 +1,343 @@
+"""A pure DHCPv4 server: one client frame and the store's facts in, one reply frame (or None) out.
+
+Why pure: tenantnet answers DHCP from the store, statelessly (issue 15).  Nothing here does I/O,
+keeps leases or looks anything up; the same question with the same facts always gets the same
+answer, so a restarted controller answers a renewal exactly as before, and the whole protocol is
+unit-testable from bytes to bytes.  Parsing and building are os-ken's (``os_ken.lib.packet``:
+ethernet, ipv4, udp, dhcp); option payloads are encoded in `controller.services.dhcp_options`.
+
+Server address scheme (stable and derivable from the store alone, nothing allocated):
+
+* **MAC**: one fixed, locally administered MAC for every network (``DhcpSettings.server_mac``,
+  default ``02:7e:4e:00:00:01``, outside Neutron's ``fa:16:3e`` range).  Networks are separate
+  L2 domains, so sharing it is as safe as OVN's per-deployment ``server_mac``.
+* **IP** (the server identifier, option 54): the subnet's ``gateway_ip`` when it has one (what
+  OVN's Neutron driver uses as ``server_id``), otherwise the subnet's last unicast address (the
+  one before the broadcast).  It may belong to a port (e.g. a router interface later): that is
+  harmless, because the data plane punts every UDP/67 frame a VM port sends, whatever its
+  destination, and the ARP responder answers for the server address only when no port holds it.
+
+How the data plane plugs this in (`controller.southbound` delivers packet-ins; the core owns
+flows and views; this module stays pure):
+
+* A per-network *DHCP owner* installs, for each local VM port of a network with a DHCP-enabled
+  IPv4 subnet, a flow in the port-security table: ``in_port=P, udp, tp_src=68, tp_dst=67 ->
+  controller`` (metered by the per-host packet-in meter), before the L2 tables, so broadcasts
+  and unicast renewals to the server address never leave the host.
+* The packet-in handler maps the packet-in's ``in_port`` (and metadata = network key) to the
+  port record (`DhcpPort`) and its network (`DhcpNetwork`), calls `DhcpResponder.respond`, and
+  sends the reply as a PACKET_OUT to that ``in_port``.  The port record comes from the port
+  that owns ``in_port``, never from the frame: an unknown MAC or a chaddr that is not the port's
+  MAC gets nothing.
+* The ARP responder (`flows.arp_responder`) gets `server_address` for each DHCP subnet, owned by
+  the DHCP owner.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import netaddr
+from os_ken.lib import addrconv
+from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
+from os_ken.lib.packet.ether_types import ETH_TYPE_IP
+from os_ken.lib.packet.in_proto import IPPROTO_UDP
+
+from controller.services import dhcp_options as opt
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_SERVER_MAC = "02:7e:4e:00:00:01"
+CLIENT_PORT = 68
+SERVER_PORT = 67
+BROADCAST_FLAG = 0x8000
+MAX_FRAME = 16384
+"""Bigger frames are not DHCP any client sends; refused before parsing."""
+OPTIONS_BUDGET = 1200
+"""Bytes of options a reply may carry: a reply must fit one 1500-byte frame (RFC 2131 servers
+must not exceed the client's maximum message size, at least 576; clients that boot VMs accept a
+full frame).  Extra options that would exceed it are left out and counted."""
+
+NOT_OVERRIDABLE = frozenset({0, 50, 52, 53, 54, 255})
+"""Options that frame the protocol itself (message type, server identifier, requested address,
+overload, pad/end): an extra option cannot replace them."""
+
+# message types (RFC 2132 section 9.6)
+DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6, 7, 8
+
+
+@dataclass(frozen=True)
+class DhcpOpt:
+    """One of a port's ``extra_dhcp_opts``."""
+
+    name: str
+    value: str
+    ip_version: int = 4
+
+
+@dataclass(frozen=True)
+class DhcpPort:
+    """The facts of the port that sent the frame (the one owning the packet-in's in_port)."""
+
+    mac: str
+    fixed_ips: tuple[tuple[str, str], ...]  # (subnet_id, ip_address)
+    admin_state_up: bool = True
+    extra_dhcp_opts: tuple[DhcpOpt, ...] = ()
+
+
+@dataclass(frozen=True)
+class DhcpSubnet:
+    id: str
+    cidr: str
+    gateway_ip: str | None
+    enable_dhcp: bool = True
+    dns_nameservers: tuple[str, ...] = ()
+    host_routes: tuple[tuple[str, str], ...] = ()  # (destination, nexthop)
+
+
+@dataclass(frozen=True)
+class DhcpNetwork:
+    mtu: int
+    subnets: tuple[DhcpSubnet, ...]
+
+
+@dataclass(frozen=True)
+class DhcpSettings:
+    """Operator settings (not per subnet)."""
+
+    server_mac: str = DEFAULT_SERVER_MAC
+    lease_time: int = 43200
+    dns_servers: tuple[str, ...] = ()
+    """Used for subnets without ``dns_nameservers``; empty: send no DNS option."""
+    domain_name: str = ""
+    """Option 15; empty: none."""
+
+
+@dataclass
+class DhcpCounters:
+    """What the responder saw (exported as metrics by the caller)."""
+
+    malformed: int = 0
+    ignored: int = 0  # well-formed but not ours to answer (no address, DHCP off, other server)
+    offers: int = 0
+    acks: int = 0
+    naks: int = 0
+    released: int = 0  # RELEASE and DECLINE: nothing to answer, nothing kept
+    options_left_out: int = 0
+
+
+@dataclass(frozen=True)
+class _Request:
+    client_mac: str
+    msg_type: int
+    xid: int
+    flags: int
+    ciaddr: str
+    requested_ip: str | None
+    server_id: str | None
+
+
+def server_address(subnet: DhcpSubnet) -> str:
+    """The server identifier of ``subnet`` (see the module docstring)."""
+    if subnet.gateway_ip:
+        return subnet.gateway_ip
+    net = netaddr.IPNetwork(subnet.cidr)
+    return str(netaddr.IPAddress(net.last - 1 if net.prefixlen < 31 else net.last))
+
+
+def _option_value(request: dhcp.dhcp, tag: int) -> bytes | None:
+    for o in request.options.option_list:
+        if isinstance(o, dhcp.option) and o.tag == tag:
+            return bytes(o.value)
+    return None
+
+
+def _parse(frame: bytes) -> _Request | None:
+    """The client message in ``frame``, or None when it is not a well-formed DHCP request."""
+    if len(frame) > MAX_FRAME:
+        return None
+    pkt = packet.Packet(frame)
+    eth = pkt.get_protocol(ethernet.ethernet)
+    ip = pkt.get_protocol(ipv4.ipv4)
+    l4 = pkt.get_protocol(udp.udp)
+    msg = pkt.get_protocol(dhcp.dhcp)
+    if eth is None or ip is None or l4 is None or msg is None or msg.options is None:
+        return None
+    if l4.dst_port != SERVER_PORT or l4.src_port != CLIENT_PORT:
+        return None
+    if msg.op != dhcp.DHCP_BOOT_REQUEST or msg.htype != 1 or msg.hlen != 6:
+        return None
+    if msg.options.magic_cookie != dhcp.options._MAGIC_COOKIE:
+        return None
+    if not isinstance(msg.chaddr, str) or msg.chaddr != eth.src or msg.giaddr != "0.0.0.0":
+        return None  # relayed or spoofed: tenantnet serves on-link clients only
+    kind = _option_value(msg, opt.MESSAGE_TYPE)
+    if kind is None or len(kind) != 1:
+        return None
+    requested = _option_value(msg, opt.REQUESTED_IP)
+    server = _option_value(msg, opt.SERVER_ID)
+    if (requested is not None and len(requested) != 4) or (server is not None and len(server) != 4):
+        return None
+    return _Request(
+        client_mac=msg.chaddr,
+        msg_type=kind[0],
+        xid=msg.xid,
+        flags=msg.flags,
+        ciaddr=msg.ciaddr,
+        requested_ip=None if requested is None else addrconv.ipv4.bin_to_text(requested),
+        server_id=None if server is None else addrconv.ipv4.bin_to_text(server),
+    )
+
+
+def _lease_for(port: DhcpPort, network: DhcpNetwork) -> tuple[DhcpSubnet, str] | None:
+    """The port's first IPv4 address in a DHCP-enabled subnet, with that subnet."""
+    subnets = {s.id: s for s in network.subnets}
+    for subnet_id, address in port.fixed_ips:
+        subnet = subnets.get(subnet_id)
+        if subnet is None or not subnet.enable_dhcp:
+            continue
+        if netaddr.IPNetwork(subnet.cidr).version == 4:
+            return subnet, address
+    return None
+
+
+class DhcpResponder:
+    """Answers DHCPv4 client messages; holds only settings and counters."""
+
+    def __init__(self, settings: DhcpSettings | None = None) -> None:
+        self.settings = settings or DhcpSettings()
+        self.counters = DhcpCounters()
+
+    def respond(self, frame: bytes, port: DhcpPort | None, network: DhcpNetwork) -> bytes | None:
+        """The reply frame to send back to the port, or None.  Never raises for any input."""
+        try:
+            request = _parse(frame)
+        except Exception:  # os-ken's parsers raise anything on hostile bytes
+            request = None
+        if request is None:
+            self.counters.malformed += 1
+            return None
+        try:
+            return self._answer(request, port, network)
+        except (opt.BadValue, netaddr.AddrFormatError, ValueError):
+            # store data that does not encode (the store validates, so: a bug, not input)
+            LOG.warning("DHCP: cannot answer %s: unencodable subnet or option", request.client_mac)
+            self.counters.ignored += 1
+            return None
+
+    def _answer(self, req: _Request, port: DhcpPort | None, net: DhcpNetwork) -> bytes | None:
+        if req.msg_type in (RELEASE, DECLINE):
+            self.counters.released += 1
+            return None
+        lease = None
+        if port is not None and port.admin_state_up and port.mac == req.client_mac:
+            lease = _lease_for(port, net)
+        if port is None or lease is None or req.msg_type not in (DISCOVER, REQUEST, INFORM):
+            self.counters.ignored += 1
+            return None
+        subnet, address = lease
+        server_ip = server_address(subnet)
+        if req.msg_type == REQUEST:
+            if req.server_id is not None and req.server_id != server_ip:
+                self.counters.ignored += 1  # the client chose another server's offer
+                return None
+            wanted = req.requested_ip or (req.ciaddr if req.ciaddr != "0.0.0.0" else None)
+            if wanted != address:
+                self.counters.naks += 1
+                return self._build(req, NAK, "0.0.0.0", server_ip, [], broadcast=True)
+        reply_type = OFFER if req.msg_type == DISCOVER else ACK
+        options = self._options(port, subnet, net, server_ip, lease=req.msg_type != INFORM)
+        if reply_type == OFFER:
+            self.counters.offers += 1
+        else:
+            self.counters.acks += 1
+        yiaddr = "0.0.0.0" if req.msg_type == INFORM else address
+        return self._build(req, reply_type, yiaddr, server_ip, options, broadcast=False)
+
+    def _options(
+        self, port: DhcpPort, subnet: DhcpSubnet, net: DhcpNetwork, server_ip: str, lease: bool
+    ) -> list[tuple[int, bytes]]:
+        """Standard options first, then the port's extra options replace or add by number."""
+        cidr = netaddr.IPNetwork(subnet.cidr)
+        routes = [(r[0], r[1]) for r in subnet.host_routes]
+        if subnet.gateway_ip and not any(netaddr.IPNetwork(d).prefixlen == 0 for d, _ in routes):
+            routes.append(("0.0.0.0/0", subnet.gateway_ip))
+        chosen: dict[int, bytes] = {opt.SUBNET_MASK: cidr.netmask.packed}
+        if subnet.gateway_ip:
+            chosen[opt.ROUTER] = opt.ipv4(subnet.gateway_ip)
+        dns = subnet.dns_nameservers or self.settings.dns_servers
+        if dns:
+            chosen[opt.DNS_SERVERS] = b"".join(opt.ipv4(d) for d in dns)
+        if self.settings.domain_name:
+            chosen[opt.DOMAIN_NAME] = self.settings.domain_name.encode("ascii")
+        chosen[opt.MTU] = opt.encode(opt.MTU, str(net.mtu))
+        if routes:
+            chosen[opt.CLASSLESS_ROUTES] = opt.classless_routes(routes)
+        if lease:
+            seconds = self.settings.lease_time
+            chosen[opt.LEASE_TIME] = opt.encode(opt.LEASE_TIME, str(seconds))
+            chosen[opt.RENEWAL_T1] = opt.encode(opt.RENEWAL_T1, str(seconds // 2))
+            chosen[opt.REBINDING_T2] = opt.encode(opt.REBINDING_T2, str(seconds * 7 // 8))
+        used = sum(2 + len(v) for v in chosen.values())
+        for extra in port.extra_dhcp_opts:
+            number = opt.option_number(extra.name)
+            if extra.ip_version != 4 or number is None or number in NOT_OVERRIDABLE:
+                continue
+            if extra.value == "":  # "send none" (router, classless-static-route)
+                used -= 2 + len(chosen.pop(number, b"")) if number in chosen else 0
+                continue
+            try:
+                value = opt.encode(number, extra.value)
+            except opt.BadValue:
+                self.counters.options_left_out += 1
+                continue
+            after = used - (2 + len(chosen[number]) if number in chosen else 0) + 2 + len(value)
+            if not 0 < len(value) <= 255 or after > OPTIONS_BUDGET:
+                self.counters.options_left_out += 1
+                continue
+            chosen[number], used = value, after
+        return [(opt.SERVER_ID, opt.ipv4(server_ip)), *sorted(chosen.items())]
+
+    def _build(
+        self,
+        req: _Request,
+        reply_type: int,
+        yiaddr: str,
+        server_ip: str,
+        options: list[tuple[int, bytes]],
+        broadcast: bool,
+    ) -> bytes:
+        """The reply frame: server MAC/IP to the client's MAC; IP broadcast when the client
+        asked for it (or for a NAK), else unicast to the address it gets or has."""
+        if reply_type == NAK:
+            options = [(opt.SERVER_ID, opt.ipv4(server_ip))]
+        message = dhcp.dhcp(
+            op=dhcp.DHCP_BOOT_REPLY,
+            chaddr=req.client_mac,
+            xid=req.xid,
+            flags=req.flags,
+            ciaddr=req.ciaddr if reply_type != NAK else "0.0.0.0",
+            yiaddr=yiaddr,
+            options=dhcp.options(
+                [dhcp.option(opt.MESSAGE_TYPE, bytes([reply_type]))]
+                + [dhcp.option(tag, value) for tag, value in options]
+            ),
+        )
+        if broadcast or req.flags & BROADCAST_FLAG:
+            ip_dst = "255.255.255.255"
+        elif req.ciaddr != "0.0.0.0":
+            ip_dst = req.ciaddr
+        else:
+            ip_dst = yiaddr
+        frame = packet.Packet()
+        frame.add_protocol(
+            ethernet.ethernet(
+                dst=req.client_mac, src=self.settings.server_mac, ethertype=ETH_TYPE_IP
+            )
+        )
+        frame.add_protocol(ipv4.ipv4(src=server_ip, dst=ip_dst, proto=IPPROTO_UDP, ttl=64))
+        frame.add_protocol(udp.udp(src_port=SERVER_PORT, dst_port=CLIENT_PORT))
+        frame.add_protocol(message)
+        frame.serialize()
+        return bytes(frame.data)

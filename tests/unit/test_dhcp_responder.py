@@ -1,0 +1,308 @@
+"""The pure DHCPv4 responder, bytes to bytes: every reply is parsed back by os-ken's parser and
+checked field by field; hostile frames are counted and answered with nothing."""
+
+from __future__ import annotations
+
+import netaddr
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
+
+from controller.services import dhcp_options as opt
+from controller.services.dhcp import (
+    ACK,
+    DECLINE,
+    DISCOVER,
+    INFORM,
+    NAK,
+    OFFER,
+    RELEASE,
+    REQUEST,
+    DhcpNetwork,
+    DhcpOpt,
+    DhcpPort,
+    DhcpResponder,
+    DhcpSettings,
+    DhcpSubnet,
+    server_address,
+)
+
+MAC = "fa:16:3e:00:00:05"
+SUBNET = DhcpSubnet(
+    id="s1",
+    cidr="10.0.0.0/24",
+    gateway_ip="10.0.0.1",
+    dns_nameservers=("192.0.2.53",),
+    host_routes=(("172.16.0.0/12", "10.0.0.254"),),
+)
+NETWORK = DhcpNetwork(mtu=1450, subnets=(SUBNET,))
+PORT = DhcpPort(mac=MAC, fixed_ips=(("s1", "10.0.0.5"),))
+SETTINGS = DhcpSettings(lease_time=3600, domain_name="tenant.example")
+
+
+def client_frame(
+    msg_type: int,
+    mac: str = MAC,
+    requested: str | None = None,
+    server_id: str | None = None,
+    ciaddr: str = "0.0.0.0",
+    flags: int = 0,
+    xid: int = 0x1234ABCD,
+    chaddr: str | None = None,
+) -> bytes:
+    options = [dhcp.option(opt.MESSAGE_TYPE, bytes([msg_type]))]
+    if requested:
+        options.append(dhcp.option(opt.REQUESTED_IP, netaddr.IPAddress(requested).packed))
+    if server_id:
+        options.append(dhcp.option(opt.SERVER_ID, netaddr.IPAddress(server_id).packed))
+    pkt = packet.Packet()
+    pkt.add_protocol(ethernet.ethernet(dst="ff:ff:ff:ff:ff:ff", src=mac, ethertype=0x0800))
+    pkt.add_protocol(ipv4.ipv4(src=ciaddr, dst="255.255.255.255", proto=17))
+    pkt.add_protocol(udp.udp(src_port=68, dst_port=67))
+    pkt.add_protocol(
+        dhcp.dhcp(
+            op=dhcp.DHCP_BOOT_REQUEST,
+            chaddr=chaddr or mac,
+            xid=xid,
+            flags=flags,
+            ciaddr=ciaddr,
+            options=dhcp.options(options),
+        )
+    )
+    pkt.serialize()
+    return bytes(pkt.data)
+
+
+def parse(
+    frame: bytes,
+) -> tuple[ethernet.ethernet, ipv4.ipv4, udp.udp, dhcp.dhcp, dict[int, bytes]]:
+    pkt = packet.Packet(frame)
+    msg = pkt.get_protocol(dhcp.dhcp)
+    options = {o.tag: bytes(o.value) for o in msg.options.option_list}
+    return (
+        pkt.get_protocol(ethernet.ethernet),
+        pkt.get_protocol(ipv4.ipv4),
+        pkt.get_protocol(udp.udp),
+        msg,
+        options,
+    )
+
+
+def respond(
+    frame: bytes, port: DhcpPort | None = PORT, network: DhcpNetwork = NETWORK
+) -> bytes | None:
+    return DhcpResponder(SETTINGS).respond(frame, port, network)
+
+
+def test_discover_gets_an_offer_with_every_option() -> None:
+    reply = respond(client_frame(DISCOVER))
+    assert reply is not None
+    eth, ip, l4, msg, options = parse(reply)
+    assert (eth.src, eth.dst) == (SETTINGS.server_mac, MAC)
+    assert (ip.src, ip.dst, l4.src_port, l4.dst_port) == ("10.0.0.1", "10.0.0.5", 67, 68)
+    assert msg.op == dhcp.DHCP_BOOT_REPLY and msg.xid == 0x1234ABCD and msg.chaddr == MAC
+    assert msg.yiaddr == "10.0.0.5"
+    assert options[opt.MESSAGE_TYPE] == bytes([OFFER])
+    assert options[opt.SERVER_ID] == netaddr.IPAddress("10.0.0.1").packed
+    assert options[opt.SUBNET_MASK] == netaddr.IPAddress("255.255.255.0").packed
+    assert options[opt.ROUTER] == netaddr.IPAddress("10.0.0.1").packed
+    assert options[opt.DNS_SERVERS] == netaddr.IPAddress("192.0.2.53").packed
+    assert options[opt.MTU] == (1450).to_bytes(2, "big")
+    assert options[opt.LEASE_TIME] == (3600).to_bytes(4, "big")
+    assert options[opt.RENEWAL_T1] == (1800).to_bytes(4, "big")
+    assert options[opt.REBINDING_T2] == (3150).to_bytes(4, "big")
+    assert options[opt.DOMAIN_NAME] == b"tenant.example"
+    # RFC 3442: 172.16/12 via .254 (2 significant octets), then the default route via gateway
+    assert options[opt.CLASSLESS_ROUTES] == bytes([12, 172, 16, 10, 0, 0, 254, 0, 10, 0, 0, 1])
+
+
+def test_request_for_the_right_address_is_acked_and_a_wrong_one_naked() -> None:
+    responder = DhcpResponder(SETTINGS)
+    ack = responder.respond(
+        client_frame(REQUEST, requested="10.0.0.5", server_id="10.0.0.1"), PORT, NETWORK
+    )
+    assert ack is not None
+    _, _, _, msg, options = parse(ack)
+    assert options[opt.MESSAGE_TYPE] == bytes([ACK]) and msg.yiaddr == "10.0.0.5"
+    nak = responder.respond(client_frame(REQUEST, requested="10.0.0.9"), PORT, NETWORK)
+    assert nak is not None
+    _, ip, _, msg, options = parse(nak)
+    assert options[opt.MESSAGE_TYPE] == bytes([NAK]) and msg.yiaddr == "0.0.0.0"
+    assert ip.dst == "255.255.255.255" and opt.LEASE_TIME not in options
+    assert (responder.counters.acks, responder.counters.naks) == (1, 1)
+
+
+def test_renewal_unicast_from_ciaddr_is_acked_to_ciaddr() -> None:
+    reply = respond(client_frame(REQUEST, ciaddr="10.0.0.5"))
+    assert reply is not None
+    _, ip, _, msg, options = parse(reply)
+    assert options[opt.MESSAGE_TYPE] == bytes([ACK])
+    assert ip.dst == "10.0.0.5" and msg.ciaddr == "10.0.0.5"
+
+
+def test_request_for_another_server_is_not_answered() -> None:
+    assert respond(client_frame(REQUEST, requested="10.0.0.5", server_id="10.0.0.77")) is None
+
+
+def test_broadcast_flag_gets_an_ip_broadcast() -> None:
+    reply = respond(client_frame(DISCOVER, flags=0x8000))
+    assert reply is not None
+    assert parse(reply)[1].dst == "255.255.255.255"
+
+
+def test_inform_gets_options_without_a_lease() -> None:
+    reply = respond(client_frame(INFORM, ciaddr="10.0.0.5"))
+    assert reply is not None
+    _, ip, _, msg, options = parse(reply)
+    assert options[opt.MESSAGE_TYPE] == bytes([ACK]) and msg.yiaddr == "0.0.0.0"
+    assert ip.dst == "10.0.0.5"
+    assert not {opt.LEASE_TIME, opt.RENEWAL_T1, opt.REBINDING_T2} & set(options)
+    assert opt.ROUTER in options
+
+
+@pytest.mark.parametrize("kind", [RELEASE, DECLINE])
+def test_release_and_decline_get_nothing(kind: int) -> None:
+    responder = DhcpResponder(SETTINGS)
+    assert responder.respond(client_frame(kind, ciaddr="10.0.0.5"), PORT, NETWORK) is None
+    assert responder.counters.released == 1 and responder.counters.malformed == 0
+
+
+def test_no_gateway_means_no_router_no_default_route_and_a_derived_server() -> None:
+    subnet = DhcpSubnet(id="s1", cidr="10.0.0.0/24", gateway_ip=None)
+    network = DhcpNetwork(mtu=1500, subnets=(subnet,))
+    reply = respond(client_frame(DISCOVER), network=network)
+    assert reply is not None
+    _, ip, _, _, options = parse(reply)
+    assert opt.ROUTER not in options and opt.CLASSLESS_ROUTES not in options
+    assert opt.DNS_SERVERS not in options  # neither subnet nor settings name one
+    assert server_address(subnet) == "10.0.0.254" == ip.src
+    assert options[opt.SERVER_ID] == netaddr.IPAddress("10.0.0.254").packed
+
+
+def test_default_dns_from_settings() -> None:
+    subnet = DhcpSubnet(id="s1", cidr="10.0.0.0/24", gateway_ip="10.0.0.1")
+    responder = DhcpResponder(DhcpSettings(dns_servers=("192.0.2.1", "192.0.2.2")))
+    reply = responder.respond(client_frame(DISCOVER), PORT, DhcpNetwork(1500, (subnet,)))
+    assert reply is not None
+    assert parse(reply)[4][opt.DNS_SERVERS] == bytes([192, 0, 2, 1, 192, 0, 2, 2])
+
+
+def test_extra_dhcp_opts_override_and_add() -> None:
+    port = DhcpPort(
+        mac=MAC,
+        fixed_ips=(("s1", "10.0.0.5"),),
+        extra_dhcp_opts=(
+            DhcpOpt("mtu", "1400"),
+            DhcpOpt("66", "tftp.example"),
+            DhcpOpt("dns-server", "10.0.0.53,10.0.0.54"),
+            DhcpOpt("router", ""),  # blank: no router option
+            DhcpOpt("domain-search", "a.example,b.example"),
+            DhcpOpt("mtu", "1280", ip_version=6),  # not for DHCPv4
+            DhcpOpt("ntp-server", "not-an-ip"),  # left out, counted
+            DhcpOpt("server-id-spoof", "x"),  # unknown name: ignored
+            DhcpOpt("54", "10.9.9.9"),  # the server identifier is not overridable
+        ),
+    )
+    responder = DhcpResponder(SETTINGS)
+    reply = responder.respond(client_frame(DISCOVER), port, NETWORK)
+    assert reply is not None
+    options = parse(reply)[4]
+    assert options[opt.MTU] == (1400).to_bytes(2, "big")
+    assert options[66] == b"tftp.example"
+    assert options[opt.DNS_SERVERS] == bytes([10, 0, 0, 53, 10, 0, 0, 54])
+    assert opt.ROUTER not in options
+    assert options[119] == b"\x01a\x07example\x00\x01b\x07example\x00"
+    assert options[opt.SERVER_ID] == netaddr.IPAddress("10.0.0.1").packed
+    assert 42 not in options and responder.counters.options_left_out == 1
+
+
+def test_extra_options_are_bounded_to_one_frame() -> None:
+    many = tuple(DhcpOpt(str(n), "x" * 200) for n in range(160, 200))
+    port = DhcpPort(mac=MAC, fixed_ips=(("s1", "10.0.0.5"),), extra_dhcp_opts=many)
+    responder = DhcpResponder(SETTINGS)
+    reply = responder.respond(client_frame(DISCOVER), port, NETWORK)
+    assert reply is not None and len(reply) <= 1514
+    assert responder.counters.options_left_out > 0
+
+
+@pytest.mark.parametrize(
+    ("port", "network", "frame"),
+    [
+        (None, NETWORK, client_frame(DISCOVER)),  # unknown port
+        (PORT, NETWORK, client_frame(DISCOVER, mac="fa:16:3e:00:00:99")),  # not the port's MAC
+        (
+            DhcpPort(MAC, (("s1", "10.0.0.5"),), admin_state_up=False),
+            NETWORK,
+            client_frame(DISCOVER),
+        ),
+        (DhcpPort(MAC, ()), NETWORK, client_frame(DISCOVER)),  # no fixed IP
+        (DhcpPort(MAC, (("other", "10.1.0.5"),)), NETWORK, client_frame(DISCOVER)),
+        (
+            PORT,
+            DhcpNetwork(1500, (DhcpSubnet("s1", "10.0.0.0/24", "10.0.0.1", enable_dhcp=False),)),
+            client_frame(DISCOVER),
+        ),
+        (
+            DhcpPort(MAC, (("s6", "2001:db8::5"),)),
+            DhcpNetwork(1500, (DhcpSubnet("s6", "2001:db8::/64", None),)),
+            client_frame(DISCOVER),
+        ),
+        (PORT, NETWORK, client_frame(OFFER)),  # a server message from a VM
+    ],
+)
+def test_nothing_for_ports_that_get_no_answer(
+    port: DhcpPort | None, network: DhcpNetwork, frame: bytes
+) -> None:
+    responder = DhcpResponder(SETTINGS)
+    assert responder.respond(frame, port, network) is None
+    assert responder.counters.ignored == 1 and responder.counters.malformed == 0
+
+
+def test_second_subnet_of_a_port_and_dhcp_off_on_the_first() -> None:
+    off = DhcpSubnet("s0", "10.5.0.0/24", "10.5.0.1", enable_dhcp=False)
+    network = DhcpNetwork(1500, (off, SUBNET))
+    port = DhcpPort(MAC, (("s0", "10.5.0.7"), ("s1", "10.0.0.5")))
+    reply = respond(client_frame(DISCOVER), port, network)
+    assert reply is not None and parse(reply)[3].yiaddr == "10.0.0.5"
+
+
+def _malformed_frames() -> list[bytes]:
+    good = client_frame(DISCOVER)
+    spoofed_chaddr = client_frame(DISCOVER, chaddr="fa:16:3e:00:00:99")
+    no_type = bytearray(good)
+    no_type[14 + 20 + 8 + 240] = 0xFF  # end option where the message type was
+    bad_cookie = bytearray(good)
+    bad_cookie[14 + 20 + 8 + 236] = 0
+    return [
+        b"",
+        b"\x00" * 13,
+        good[:60],
+        good[: 14 + 20 + 8 + 100],
+        bytes(no_type),
+        bytes(bad_cookie),
+        spoofed_chaddr,
+        good[:14] + b"\x46" + good[15:],  # IHL 6 with no options
+        b"\xff" * 20000,
+    ]
+
+
+@pytest.mark.parametrize("frame", _malformed_frames())
+def test_malformed_frames_are_counted_never_raised(frame: bytes) -> None:
+    responder = DhcpResponder(SETTINGS)
+    assert responder.respond(frame, PORT, NETWORK) is None
+    assert responder.counters.malformed == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=600),
+    st.integers(min_value=0, max_value=400),
+)
+def test_random_bytes_and_mutations_never_raise(noise: bytes, cut: int) -> None:
+    responder = DhcpResponder(SETTINGS)
+    good = client_frame(REQUEST, requested="10.0.0.5")
+    for frame in (noise, good[:cut] + noise, good[: 14 + 20 + 8 + 240] + noise):
+        reply = responder.respond(frame, PORT, NETWORK)
+        if reply is not None:
+            parse(reply)  # whatever we answer is well-formed DHCP
