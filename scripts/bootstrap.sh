@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 # tenantnet (the packages start no daemon here; the bench starts its own).
 # chromium + chromium-driver: the topology page's test (tests/integration/test_ui.py) drives
 # Debian's headless chromium.
+# busybox (udhcpc) + isc-dhcp-client (dhclient): real DHCP clients (tests/integration/test_dhcp_clients.py).
 APT_PACKAGES=(openvswitch-switch ovn-central ovn-host mininet iperf3 iputils-ping ethtool tcpdump
-              iproute2 procps psmisc chromium chromium-driver)
+              iproute2 procps psmisc chromium chromium-driver busybox isc-dhcp-client)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

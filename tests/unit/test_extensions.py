@@ -47,6 +47,13 @@ def allowed_address_pairs(c: TestClient) -> None:
     ]
 
 
+def extra_dhcp_opt(c: TestClient) -> None:
+    port = _port(c, extra_dhcp_opts=[{"opt_name": "mtu", "opt_value": "1400"}])
+    assert port["extra_dhcp_opts"] == [{"opt_name": "mtu", "opt_value": "1400", "ip_version": 4}]
+    body = {"port": {"extra_dhcp_opts": [{"opt_name": "mtu", "opt_value": None}]}}
+    assert c.put(f"/v2.0/ports/{port['id']}", json=body).json()["port"]["extra_dhcp_opts"] == []
+
+
 def net_mtu(c: TestClient) -> None:
     assert _create(c, "network", **{"provider:network_type": "vxlan"})["mtu"] == 1450
     assert _create(c, "network", mtu=1400)["mtu"] == 1400
@@ -172,6 +179,7 @@ CHECKS: dict[str, Callable[[TestClient], None]] = {
     "binding": binding,
     "port-security": port_security,
     "allowed-address-pairs": allowed_address_pairs,
+    "extra_dhcp_opt": extra_dhcp_opt,
     "net-mtu": net_mtu,
     "external-net": external_net,
     "standard-attr-revisions": standard_attr_revisions,
