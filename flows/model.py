@@ -100,7 +100,21 @@ class Ct(NamedTuple):
     kind: str = "ct"  # see the note above Output
 
 
-Action = Output | SetField | ToGroup | OutputReg | Resubmit | Conjunction | Ct
+class Move(NamedTuple):
+    """Copy one whole header field into another (Nicira ``move:src[]->dst[]``).
+
+    What answering a packet from flows needs: an ARP reply's destination is the request's
+    source, which no rule can know in advance (`flows.arp_responder`).  Both fields must have
+    the same width (``eth_src``/``eth_dst``/``arp_sha``/``arp_tha``: 48 bits,
+    ``arp_spa``/``arp_tpa``: 32).
+    """
+
+    src: str
+    dst: str
+    kind: str = "move"  # see the note above Output
+
+
+Action = Output | SetField | ToGroup | OutputReg | Resubmit | Conjunction | Ct | Move
 
 # ------------------------------------------------------------------------------------ instructions
 

@@ -18,6 +18,7 @@ from flows.model import (
     GroupEntry,
     Instruction,
     Match,
+    Move,
     Output,
     OutputReg,
     Resubmit,
@@ -75,6 +76,8 @@ def actions_text(actions: tuple[Action, ...]) -> str:
             parts.append(f"conjunction({act.conj_id},{act.clause}/{act.n_clauses})")
         elif isinstance(act, Ct):
             parts.append(_ct_text(act))
+        elif isinstance(act, Move):
+            parts.append(f"move:{act.src}[]->{act.dst}[]")
     return ",".join(parts)
 
 

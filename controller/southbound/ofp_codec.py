@@ -24,6 +24,7 @@ from flows.model import (
     GotoTable,
     GroupEntry,
     Instruction,
+    Move,
     Output,
     OutputReg,
     Resubmit,
@@ -41,6 +42,11 @@ _ZONE_BITS = nicira_ext.ofs_nbits(0, 15)  # ct(zone=regN[0..15])
 _REG_BITS = nicira_ext.ofs_nbits(0, 31)  # output:regN[0..31]
 _CT_NO_RECIRC = 0xFF  # NX_CT_RECIRC_NONE: ct() without table= continues with the next action
 _NX_IN_PORT = 0xFFF8  # OFPP_IN_PORT in the 16-bit port space of Nicira actions: resubmit(,T)
+
+# Bit widths of the OXM fields, for whole-field moves (Move).
+_FIELD_BITS = {
+    f.name: f.type.size * 8 for f in ofp.oxm_types if isinstance(getattr(f.type, "size", None), int)
+}
 
 # os-ken orders OXM fields by field number when it builds a match from keyword arguments.
 _OXM_ORDER = {f.name: (f.num[0] if isinstance(f.num, tuple) else f.num) for f in ofp.oxm_types}
@@ -67,6 +73,8 @@ def encode_actions(actions: Iterable[Action]) -> list[Any]:
             out.append(parser.NXActionConjunction(act.clause - 1, act.n_clauses, act.conj_id))
         elif isinstance(act, Ct):
             out.append(_encode_ct(act))
+        elif isinstance(act, Move):
+            out.append(_encode_move(act))
         else:  # pragma: no cover - the model has no other action
             raise TypeError(f"unknown action {act!r}")
     return out
@@ -78,6 +86,28 @@ def _encode_ct(act: Ct) -> Any:
     table = _CT_NO_RECIRC if act.table is None else act.table
     nested = [] if act.mark is None else [parser.OFPActionSetField(ct_mark=act.mark)]
     return parser.NXActionCT(flags, zone_src, zone, table, 0, nested)
+
+
+def _encode_move(act: Move) -> Any:
+    bits = _FIELD_BITS.get(act.src)
+    if bits is None or bits != _FIELD_BITS.get(act.dst):
+        raise ValueError(f"move {act.src}->{act.dst}: fields unknown or of different widths")
+    return parser.NXActionRegMove(act.src, act.dst, bits, 0, 0)
+
+
+def _oxm_name(name: str) -> str:
+    """OVS reports Ethernet and ARP fields of a move by their NXM headers, which os-ken names
+    ``eth_src_nxm``, ``arp_spa_nxm``...; the model names the field once, by its OXM name."""
+    base = name.removesuffix("_nxm")
+    return base if base != name and _FIELD_BITS.get(base) == _FIELD_BITS.get(name) else name
+
+
+def _decode_move(act: Any) -> Action:
+    src, dst = _oxm_name(act.src_field), _oxm_name(act.dst_field)
+    whole = act.src_ofs == 0 and act.dst_ofs == 0 and act.n_bits == _FIELD_BITS.get(src)
+    if not whole or _FIELD_BITS.get(src) != _FIELD_BITS.get(dst):
+        return SetField("__foreign__", repr(act))
+    return Move(src, dst)
 
 
 def _decode_ct(act: Any) -> Action:
@@ -244,6 +274,8 @@ def decode_actions(actions: Iterable[Any]) -> tuple[Action, ...]:
             out.append(OutputReg(act.src))
         elif isinstance(act, parser.NXActionResubmitTable) and act.in_port == _NX_IN_PORT:
             out.append(Resubmit(act.table_id))
+        elif isinstance(act, parser.NXActionRegMove):
+            out.append(_decode_move(act))
         else:
             # An action tenantnet never writes: keep something that can never equal a desired
             # action, so the diff replaces the flow.

@@ -8,6 +8,7 @@ it sends, waits for the barrier, and reports OpenFlow errors as exceptions.
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 from typing import Any
@@ -109,3 +110,21 @@ class MgmtClient:
             for reply in self._until_reply(xid, first)
             for stat in reply.body
         )
+
+
+_DPIF_PORT = re.compile(r"^    (\S+) (\d+)/(\d+):")
+
+
+def odp_port_names(dpif_show: str, bridge: str, prefix: str, tunnel: str) -> dict[int, str]:
+    """Datapath port number -> port name without ``prefix`` ("tunnel" for ``tunnel``), for
+    reading ``ofproto/trace``'s "Datapath actions" (``ovs-appctl dpif/show`` text)."""
+    odp: dict[int, str] = {}
+    section = ""
+    for line in dpif_show.splitlines():
+        if line.startswith("  ") and line.strip().endswith(":") and not line.startswith("    "):
+            section = line.strip()[:-1]
+        m = _DPIF_PORT.match(line)
+        if m and section == bridge and m.group(1).startswith(prefix):
+            name = m.group(1)
+            odp[int(m.group(3))] = "tunnel" if name == tunnel else name[len(prefix) :]
+    return odp

@@ -222,6 +222,6 @@ def test_dhclient_gets_address_mtu_routes_and_dns(veth: tuple[str, str, str]) ->
     assert env["new_dhcp_server_identifier"] == "10.61.0.1"
     # RFC 3442 as dhclient prints it: prefix length, significant octets, router
     assert env["new_rfc3442_classless_static_routes"].split() == (
-        "16 172 31 10 61 0 254 0 10 61 0 1".split()
+        ["16", "172", "31", "10", "61", "0", "254", "0", "10", "61", "0", "1"]
     )
     _check_configured(cns, cif)

@@ -38,7 +38,7 @@ from flows import security_groups as sg
 from flows.compiler import compile_base, compile_network
 from flows.model import HostContext, LocalPort, NetworkView, RemotePort, Slice
 from lab.hypervisors import Hypervisor
-from tests.integration.ofp_unix import MgmtClient
+from tests.integration.ofp_unix import MgmtClient, odp_port_names
 
 pytestmark = pytest.mark.ovs
 
@@ -318,9 +318,6 @@ class Bridge:
     odp_to_name: dict[int, str]
 
 
-_DPIF_PORT = re.compile(r"^    (\S+) (\d+)/(\d+):")
-
-
 @pytest.fixture(scope="module")
 def bridge(make_module_lab) -> Iterator[Bridge]:
     lab = make_module_lab(1)
@@ -342,14 +339,7 @@ def bridge(make_module_lab) -> Iterator[Bridge]:
         f"the switch holds other flows than were sent: extra {sorted(installed - state.rules)[:3]}"
         f" missing {sorted(state.rules - installed)[:3]}"
     )
-    odp: dict[int, str] = {}
-    section = ""
-    for line in hv.appctl("dpif/show").splitlines():
-        if line.startswith("  ") and line.strip().endswith(":") and not line.startswith("    "):
-            section = line.strip()[:-1]
-        m = _DPIF_PORT.match(line)
-        if m and section == BRIDGE and m.group(1).startswith("sg"):
-            odp[int(m.group(3))] = m.group(1)[2:] if m.group(1) != "sgtun" else "tunnel"
+    odp = odp_port_names(hv.appctl("dpif/show"), BRIDGE, "sg", "sgtun")
     yield Bridge(hv, state, odp)
     hv.vsctl("--if-exists", "del-br", BRIDGE)
 

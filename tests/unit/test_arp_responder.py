@@ -1,0 +1,103 @@
+"""The ARP responder compiler (flows/arp_responder.py) and the codec's Nicira move."""
+
+from __future__ import annotations
+
+import pytest
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from controller.southbound import ofp_codec as codec
+from flows import arp_responder as arp
+from flows import tables
+from flows.model import Apply, Move, Output, SetField, ToGroup
+from flows.readable import actions_text
+
+MAC = "fa:16:3e:00:00:0a"
+
+
+def _wire_roundtrip(actions: tuple) -> tuple:  # type: ignore[type-arg]
+    buf = bytearray()
+    for act in codec.encode_actions(actions):
+        act.serialize(buf, len(buf))
+    parsed, offset = [], 0
+    while offset < len(buf):
+        act = parser.OFPAction.parser(bytes(buf), offset)
+        parsed.append(act)
+        offset += act.len
+    return codec.decode_actions(parsed)
+
+
+def test_answer_actions_survive_the_wire() -> None:
+    actions = arp.answer_actions("10.0.0.5", MAC)
+    assert _wire_roundtrip(actions) == actions
+    assert actions_text(actions) == (
+        "move:eth_src[]->eth_dst[],set_field:fa:16:3e:00:00:0a->eth_src,set_field:2->arp_op,"
+        "move:arp_sha[]->arp_tha[],set_field:fa:16:3e:00:00:0a->arp_sha,"
+        "move:arp_spa[]->arp_tpa[],set_field:10.0.0.5->arp_spa,output:4294967288"
+    )
+
+
+def test_moves_reported_by_nxm_names_decode_to_the_oxm_names() -> None:
+    """OVS dumps ``move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]``, which os-ken calls ``*_nxm``."""
+    reported = [
+        parser.NXActionRegMove("eth_src_nxm", "eth_dst_nxm", 48, 0, 0),
+        parser.NXActionRegMove("arp_spa_nxm", "arp_tpa_nxm", 32, 0, 0),
+    ]
+    assert codec.decode_actions(reported) == (
+        Move("eth_src", "eth_dst"),
+        Move("arp_spa", "arp_tpa"),
+    )
+
+
+def test_partial_or_mismatched_moves_are_foreign_or_refused() -> None:
+    partial = parser.NXActionRegMove("eth_src", "eth_dst", 24, 0, 0)
+    assert codec.decode_actions([partial])[0].field == "__foreign__"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="widths"):
+        codec.encode_actions([Move("eth_src", "arp_spa")])
+
+
+def test_one_answer_and_two_exclusions_per_address_with_the_owners_cookie() -> None:
+    rules = arp.entry_rules(7, arp.ArpEntry("10.0.0.5", MAC, cookie=0xC0FFEE))
+    assert {r.cookie for r in rules} == {0xC0FFEE}
+    assert {r.table for r in rules} == {tables.L2_FROM_PORT}
+    by_prio = sorted(rules, key=lambda r: (r.priority, r.match))
+    answer, *passes = by_prio
+    assert answer.priority == arp.PRIO_ARP_ANSWER > tables.PRIO_EXACT
+    assert dict(answer.match) == {
+        "metadata": 7, "eth_type": 0x0806, "arp_op": 1, "arp_tpa": "10.0.0.5",
+    }  # fmt: skip
+    assert answer.instructions == (Apply(arp.answer_actions("10.0.0.5", MAC)),)
+    flood = (Apply((ToGroup(tables.flood_all_group_id(7)),)),)
+    assert [p.priority for p in passes] == [arp.PRIO_ARP_PASS] * 2
+    assert {p.instructions for p in passes} == {flood}
+    extra = [{k: v for k, v in p.match if k in ("arp_spa", "arp_sha")} for p in passes]
+    assert {"arp_spa": "10.0.0.5"} in extra and {"arp_sha": MAC} in extra
+
+
+def test_entries_ports_first_ipv4_only_canonical_mac() -> None:
+    ports = [arp.ArpEntry("10.0.0.5", "FA-16-3E-00-00-0A", 1), arp.ArpEntry("fd00::5", MAC, 1)]
+    dhcp = [
+        arp.ArpEntry("10.0.0.5", "02:7e:4e:00:00:01", 2),
+        arp.ArpEntry("10.0.0.1", "02:7e:4e:00:00:01", 2),
+    ]
+    got = arp.entries_for(ports, dhcp)
+    assert got == [
+        arp.ArpEntry("10.0.0.5", MAC, 1),
+        arp.ArpEntry("10.0.0.1", "02:7e:4e:00:00:01", 2),
+    ]
+    rules = arp.compile_network(3, got)
+    answers = [r for r in rules if r.priority == arp.PRIO_ARP_ANSWER]
+    assert len(answers) == 2 and all(dict(r.match)["metadata"] == 3 for r in answers)
+
+
+def test_bypass_for_port_security_off_is_above_every_answer() -> None:
+    rule = arp.bypass_rule(3, ofport=9, cookie=5)
+    assert rule.priority > arp.PRIO_ARP_PASS > arp.PRIO_ARP_ANSWER
+    assert dict(rule.match)["in_port"] == 9 and rule.cookie == 5
+    custom = (Apply((Output(1),)),)
+    assert arp.bypass_rule(3, 9, 5, fallthrough=custom).instructions == custom
+
+
+def test_answer_sets_the_known_mac_and_ip() -> None:
+    actions = arp.answer_actions("10.0.0.5", MAC)
+    assert SetField("arp_spa", "10.0.0.5") in actions and SetField("eth_src", MAC) in actions
+    assert actions[-1] == Output(arp.OFPP_IN_PORT)
