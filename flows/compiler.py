@@ -5,7 +5,9 @@ valve_of): the input is what a host needs to know about a network (:class:`Netwo
 host's own facts (:class:`HostContext`), the output is a :class:`Slice` of plain values.  The
 compiler is pure and deterministic: no I/O, no os-ken, no clock, and the same input (in any
 order) gives an equal slice.  That is what lets the southbound compare desired and installed
-state by set arithmetic, and lets a change in network N recompile only N's slice.
+state by set arithmetic.  Every rule carries the cookie of its *owner* (:mod:`flows.tables`): the
+base pipeline, a network on the host, or a port, so a change of one port recompiles only that
+port's rules and its host's flood groups.
 
 The table layout is described in :mod:`flows.tables`.
 
@@ -147,7 +149,7 @@ def compile_base(ctx: HostContext) -> Slice:
     callers.
     """
     del ctx
-    cookie = t.cookie_for(t.BASE_KEY)
+    cookie = t.BASE_COOKIE
     rules = frozenset(Rule(spec.table_id, t.PRIO_MISS, (), (), cookie) for spec in t.TABLES)
     return Slice(rules=rules)
 
@@ -232,68 +234,82 @@ def _pair_rules(
     return [allow(("eth_type", ETH_TYPE_IPV6), ("ipv6_src", value))]
 
 
-def compile_network(ctx: HostContext, net: NetworkView) -> Slice:
-    """Every rule and group of network ``net`` on the host described by ``ctx``.
+def compile_network_owners(ctx: HostContext, net: NetworkView) -> dict[int, Slice]:
+    """Every rule and group of network ``net`` on the host described by ``ctx``, by owner:
+    ``{owner cookie: Slice}`` for the network on this host and for each port that has rules
+    here (its own rules if it is local, its unicast rules if it is remote).
+
+    One definition of a network's flows: duplicates are resolved first (which port gets an
+    ofport two ports claim, which port a MAC two ports claim is delivered to), then the result
+    is the union of the per-owner fragments (`local_port_fragment`, `remote_port_fragment`,
+    `network_slice`) that the data plane's per-port path also uses.  Without duplicates a
+    port's fragment is exactly `local_port_rules` / `remote_port_rules`, so the two paths
+    cannot disagree.
 
     See the module docstring for how admin-down ports, missing tunnel ports, unknown peers and
     inconsistent duplicates are handled.  Raises ``ValueError`` for a network key that cannot be
-    encoded in metadata/cookie/group ids, or for a non-IPv4 tunnel endpoint.
-
-    The result is the union of the fragments below (`local_port_rules`, `remote_port_rules`,
-    `shared_rules`, `flood_groups`) except where two ports claim the same MAC or ofport: this
-    function resolves such conflicts; the data plane's per-port path uses the fragments alone
-    only when there is none.
+    encoded in metadata/cookie/group ids, for a port number that does not fit a cookie, or for a
+    non-IPv4 tunnel endpoint.
     """
     seg = net.segment
     _check_key(seg.key)
     locals_ = _usable_local_ports(net.local_ports)
     if not locals_:
-        return Slice()
+        return {}
 
-    key = seg.key
-    cookie = t.cookie_for(key)
-    rules: list[Rule] = []
-
-    # Destinations by MAC: local ports first so that they win over a stale remote entry.
-    local_dst: dict[str, int] = {}
+    # Destinations by MAC: local ports first so that they win over a stale remote entry; every
+    # port's own MAC before any address-pair MAC.
+    local_dst: dict[str, LocalPort] = {}
     for port, mac in locals_:
-        local_dst.setdefault(mac, port.ofport)
-    for port, _mac in locals_:  # allowed-address-pair MACs after every port's own MAC
+        local_dst.setdefault(mac, port)
+    for port, _mac in locals_:
         for _addr, pair_mac in sorted(port.allowed_pairs):
-            local_dst.setdefault(normalize_mac(pair_mac), port.ofport)
+            local_dst.setdefault(normalize_mac(pair_mac), port)
+    delivered: dict[str, list[str]] = {}
+    for mac, port in local_dst.items():
+        delivered.setdefault(port.port_id, []).append(mac)
 
-    # ---- local ports: classification, port security, delivery
+    owned: dict[int, set[Rule]] = {}
     for port, mac in locals_:
-        rules.append(_classify_rule(key, port.ofport, cookie))
-        rules.extend(_port_security_rules(port, mac, cookie))
-    for mac, ofport in local_dst.items():
-        rules.extend(_delivery_rules(key, mac, ofport, cookie))
+        fragment = local_port_fragment(seg, port, mac, delivered.get(port.port_id, ()))
+        owned.setdefault(t.port_cookie(port.num), set()).update(fragment)
 
-    # ---- tunnels: ingress from peers, unicast to remote ports
     peers = peer_list(ctx, seg, net.peer_ips)
     tunnel_ofport = _tunnel_ofport(ctx, seg)
     if tunnel_ofport is not None:
         own_ip = _tunnel_ip(ctx.tunnel_ip)
-        remote_dst: dict[str, str] = {}
+        remote_dst: dict[str, tuple[str, RemotePort]] = {}
         remotes = sorted(
-            (normalize_mac(m), _tunnel_ip(r.host_ip), r.port_id)
-            for r in net.remote_ports
-            for m in (r.mac, *r.extra_macs)
-        )
-        for mac, host_ip, _port_id in remotes:
+            (((normalize_mac(m), _tunnel_ip(r.host_ip), r.port_id), r)
+             for r in net.remote_ports
+             for m in (r.mac, *r.extra_macs)),
+            key=lambda item: item[0],
+        )  # fmt: skip
+        for (mac, host_ip, _port_id), rport in remotes:
             if host_ip != own_ip and mac not in local_dst:
-                remote_dst.setdefault(mac, host_ip)
-        for mac, host_ip in remote_dst.items():
-            rules.append(_unicast_rule(seg, mac, host_ip, tunnel_ofport, cookie))
+                remote_dst.setdefault(mac, (host_ip, rport))
+        for mac, (host_ip, rport) in remote_dst.items():
+            rule = _unicast_rule(seg, mac, host_ip, tunnel_ofport, t.port_cookie(rport.num))
+            owned.setdefault(rule.cookie, set()).add(rule)
 
-    rules.extend(shared_rules(ctx, seg, peers))
-    groups = flood_groups(ctx, seg, [p for p, _ in locals_], peers)
-    return Slice(rules=frozenset(rules), groups=groups)
+    out = {cookie: Slice(rules=frozenset(rules)) for cookie, rules in owned.items()}
+    out[t.network_cookie(seg.key)] = network_slice(ctx, seg, [p for p, _ in locals_], peers)
+    return out
+
+
+def compile_network(ctx: HostContext, net: NetworkView) -> Slice:
+    """Network ``net`` on one host as one slice: the union of `compile_network_owners`."""
+    owned = compile_network_owners(ctx, net).values()
+    return Slice(
+        rules=frozenset(r for s in owned for r in s.rules),
+        groups=frozenset(g for s in owned for g in s.groups),
+    )
 
 
 # ------------------------------------------------------------------------------------- fragments
-# The pieces a network's slice is made of, for the data plane's per-port path: a port change on a
-# host that stays in the network touches only that port's fragments and the host's flood groups.
+# The per-owner pieces a network is made of.  A port change on a host that stays in the network
+# touches only that port's fragments (on its host and its peers) and the network slice of its
+# host (the flood groups).
 
 
 def usable(port: LocalPort) -> bool:
@@ -301,37 +317,59 @@ def usable(port: LocalPort) -> bool:
     return port.admin_up and 0 < port.ofport <= OFPP_MAX
 
 
-def local_port_rules(seg: Segment, port: LocalPort) -> frozenset[Rule]:
-    """One usable local port's rules: classification, port security, and delivery of its own
-    and its address-pair MACs in both L2 tables.  Empty for an unusable port."""
-    if not usable(port):
-        return frozenset()
-    cookie = t.cookie_for(seg.key)
-    mac = normalize_mac(port.mac)
+def local_port_fragment(
+    seg: Segment, port: LocalPort, mac: str, deliver_to: Iterable[str]
+) -> frozenset[Rule]:
+    """A usable local port's rules under its own cookie: classification, port security (``mac``
+    is its normalised MAC), and delivery of the MACs ``deliver_to`` (normalised) in both L2
+    tables."""
+    cookie = t.port_cookie(port.num)
     rules = [_classify_rule(seg.key, port.ofport, cookie)]
     rules.extend(_port_security_rules(port, mac, cookie))
-    for dst in dict.fromkeys([mac, *(normalize_mac(m) for _a, m in sorted(port.allowed_pairs))]):
+    for dst in deliver_to:
         rules.extend(_delivery_rules(seg.key, dst, port.ofport, cookie))
     return frozenset(rules)
 
 
+def local_port_rules(seg: Segment, port: LocalPort) -> frozenset[Rule]:
+    """One local port's fragment when no other port claims its MACs or ofport: its rules and
+    the delivery of its own and its address-pair MACs.  Empty for an unusable port."""
+    if not usable(port):
+        return frozenset()
+    mac = normalize_mac(port.mac)
+    pair_macs = (normalize_mac(m) for _a, m in sorted(port.allowed_pairs))
+    return local_port_fragment(seg, port, mac, dict.fromkeys([mac, *pair_macs]))
+
+
 def remote_port_rules(ctx: HostContext, seg: Segment, port: RemotePort) -> frozenset[Rule]:
-    """Unicast towards a port on another host: one rule per MAC it may use.  Empty without a
-    tunnel port of the segment's type, or for a 'remote' port that claims to be on this host."""
+    """Unicast towards a port on another host, under the port's cookie: one rule per MAC it may
+    use.  Empty without a tunnel port of the segment's type, or for a 'remote' port that claims
+    to be on this host."""
     tunnel_ofport = _tunnel_ofport(ctx, seg)
     host_ip = _tunnel_ip(port.host_ip)
     if tunnel_ofport is None or host_ip == _tunnel_ip(ctx.tunnel_ip):
         return frozenset()
-    cookie = t.cookie_for(seg.key)
+    cookie = t.port_cookie(port.num)
     return frozenset(
         _unicast_rule(seg, normalize_mac(m), host_ip, tunnel_ofport, cookie)
         for m in (port.mac, *port.extra_macs)
     )
 
 
+def network_slice(
+    ctx: HostContext, seg: Segment, local_ports: Iterable[LocalPort], peers: list[str]
+) -> Slice:
+    """What the network itself owns on a host: tunnel ingress per peer, the two flood rules and
+    the two flood groups (the groups list the host's usable local ports)."""
+    return Slice(
+        rules=frozenset(shared_rules(ctx, seg, peers)),
+        groups=flood_groups(ctx, seg, local_ports, peers),
+    )
+
+
 def shared_rules(ctx: HostContext, seg: Segment, peers: list[str]) -> list[Rule]:
     """Rules of a network that no single port owns: tunnel ingress per peer, flooding."""
-    key, cookie = seg.key, t.cookie_for(seg.key)
+    key, cookie = seg.key, t.network_cookie(seg.key)
     rules: list[Rule] = []
     tunnel_ofport = _tunnel_ofport(ctx, seg)
     if tunnel_ofport is not None:

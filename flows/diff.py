@@ -6,9 +6,9 @@ groups into the same value types.  Reconciliation is then set arithmetic on hash
 messages were applied yields an empty :class:`FlowDiff`, and a controller restart re-learns the
 installed state from the switch instead of trusting its memory.
 
-Work is done per network: :func:`split_by_cookie` cuts one switch dump into per-network installed
-slices, so a change in network N is diffed against N's flows only.  A change of one port is
-smaller still: :func:`patch` swaps that port's fragment of a slice without looking at the rest.
+Work is done per owner (:mod:`flows.tables`): :func:`split_by_cookie` cuts one switch dump into
+per-owner installed slices, so a change of port P is diffed against P's flows only, and a change
+in network N against the slices of N's owners.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class FlowDiff:
     * ``del_rules``: installed rules whose key is not desired at all.  Ordered first table first,
       so a path loses its entry before its inner rules.  Each carries the installed cookie; the
       southbound should delete strictly *with that cookie and a full cookie mask*, so a flow that
-      another network's diff has just re-added under its own cookie is not removed.
+      another owner's diff has just re-added under its own cookie is not removed.
     * ``mod_groups``: desired groups whose id is installed with other buckets (OFPGC_MODIFY).
     * ``del_groups``: ids of installed groups that are not desired.
     """
@@ -47,7 +47,7 @@ class FlowDiff:
     add_rules: tuple[Rule, ...] = ()
     del_rules: tuple[Rule, ...] = ()
     # Whether some add replaces an installed flow (same key, other instructions or cookie).
-    # Unknown means yes; `diff` and `patch` compute it.
+    # Unknown means yes; `diff` computes it.
     replaces_rules: bool = field(default=True, compare=False)
 
     def __len__(self) -> int:
@@ -110,7 +110,7 @@ def _del_order(rule: Rule) -> tuple[Any, ...]:
 def diff(desired: Slice, installed: Slice) -> FlowDiff:
     """Messages that make a switch holding ``installed`` hold ``desired``.
 
-    Both slices should cover the same scope (one network's slice against that network's part of a
+    Both slices should cover the same scope (one owner's slice against that owner's part of a
     dump, or everything against everything); rules outside ``desired``'s scope would be deleted.
     A rule counts as installed only if it is *equal* (instructions and cookie included), so a
     changed rule is re-added; a key installed twice (only possible in a hand-built slice) is not
@@ -148,67 +148,24 @@ def _group_changes(
 
 
 def split_by_cookie(installed: Slice) -> dict[int, Slice]:
-    """Cut a switch dump into per-network slices: ``{network key: Slice}`` (key 0 = base).
+    """Cut a switch dump into per-owner slices: ``{owner cookie: Slice}``.
 
-    Rules whose cookie lacks tenantnet's ownership bits are dropped: they belong to someone else
-    (an operator's debug flow, another controller) and must never be diffed away.  Groups carry no
-    cookie, so they are attributed by id (``key = group_id // 2``, the inverse of the group-id
-    scheme in :mod:`flows.tables`).  Keys come out in ascending order, for stable logs.
+    Rules whose cookie lacks tenantnet's marker are dropped: they belong to someone else (an
+    operator's debug flow, another controller) and must never be diffed away.  Groups carry no
+    cookie, so they are attributed by id (`flows.tables.owner_of_group`).  Owners come out in
+    ascending cookie order, for stable logs.
     """
     rules: dict[int, set[Rule]] = {}
     groups: dict[int, set[GroupEntry]] = {}
     for rule in installed.rules:
         if t.is_ours(rule.cookie):
-            rules.setdefault(t.key_of_cookie(rule.cookie), set()).add(rule)
+            rules.setdefault(rule.cookie, set()).add(rule)
     for group in installed.groups:
-        groups.setdefault(t.key_of_group(group.group_id), set()).add(group)
+        groups.setdefault(t.owner_of_group(group.group_id), set()).add(group)
     return {
-        key: Slice(
-            rules=frozenset(rules.get(key, ())),
-            groups=frozenset(groups.get(key, ())),
+        owner: Slice(
+            rules=frozenset(rules.get(owner, ())),
+            groups=frozenset(groups.get(owner, ())),
         )
-        for key in sorted(rules.keys() | groups.keys())
+        for owner in sorted(rules.keys() | groups.keys())
     }
-
-
-def patch(
-    installed: Slice,
-    old: frozenset[Rule],
-    new: frozenset[Rule],
-    groups: frozenset[GroupEntry] | None = None,
-) -> tuple[FlowDiff, Slice]:
-    """Replace one fragment of an installed slice: the messages, and the slice after them.
-
-    The incremental counterpart of :func:`diff` for the data plane's per-port path: ``old`` are
-    the rules one port contributed, ``new`` the rules it contributes now, ``groups`` (if given)
-    the slice's groups now.  The work is proportional to the fragments, not to the slice (apart
-    from one set copy).  It assumes the rest of the slice is unchanged and that no other fragment
-    claims the keys of ``old`` or ``new``; the caller checks that, and recompiles the whole
-    network with :func:`diff` otherwise.
-
-    A rule whose key is still wanted with other instructions is re-added (OFPFC_ADD replaces it),
-    not deleted; a rule that is not actually installed is not deleted.
-    """
-    removed = old - new
-    added = new - old
-    added_keys = {r.key for r in added}
-    add_rules = sorted((r for r in added if r not in installed.rules), key=_add_order)
-    del_rules = sorted(
-        (r for r in removed if r.key not in added_keys and r in installed.rules), key=_del_order
-    )
-    if groups is None:
-        groups = installed.groups
-    add_groups, mod_groups, del_groups = _group_changes(groups, installed.groups)
-    after = Slice(rules=(installed.rules - removed) | added, groups=groups)
-    replaces = any(r.key in added_keys for r in removed if r in installed.rules)
-    return (
-        FlowDiff(
-            add_groups=tuple(add_groups),
-            mod_groups=tuple(mod_groups),
-            del_groups=tuple(del_groups),
-            add_rules=tuple(add_rules),
-            del_rules=tuple(del_rules),
-            replaces_rules=replaces,
-        ),
-        after,
-    )

@@ -183,10 +183,11 @@ class GroupEntry:
 
 @dataclass(frozen=True)
 class Slice:
-    """The part of a host's desired state that belongs to one network (or to the base pipeline).
+    """The part of a host's state that belongs to one owner (see :mod:`flows.tables`: the base
+    pipeline, a network on the host, a port), or a union of such parts.
 
-    Slices are the unit of incremental work: a change in network N recompiles only the slices of
-    N on the hosts of N.
+    Per-owner slices are the unit of incremental work: a change of port P is diffed against P's
+    slices only, and a change in network N against the slices of N's owners on N's hosts.
     """
 
     rules: frozenset[Rule] = frozenset()
@@ -208,6 +209,8 @@ class LocalPort:
     admin_up: bool = True
     # Neutron allowed_address_pairs: (IP or CIDR, MAC) the VM may also send from (VRRP, VIPs).
     allowed_pairs: tuple[tuple[str, str], ...] = ()
+    # The port's store number (``_num``): its rules carry ``flows.tables.port_cookie(num)``.
+    num: int = 0
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,7 @@ class RemotePort:
     host_ip: str
     # MACs of the port's allowed_address_pairs that differ from its own MAC.
     extra_macs: tuple[str, ...] = ()
+    num: int = 0  # the port's store number, as in LocalPort
 
 
 @dataclass(frozen=True)

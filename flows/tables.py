@@ -62,14 +62,19 @@ and a group can be attributed to its network from a group dump alone:
       the remote host floods locally itself);
     * ``flood_local`` = ``2 * key + 1``: one bucket per local VM port.
 
-Cookies: ``COOKIE_BASE | key``.  The high 16 bits say "tenantnet owns this flow" (so a dump can be
-filtered and foreign flows left alone), the low 32 bits say which network (key 0 is the base
-pipeline: the four table-miss rules).  This lets the southbound turn one flow dump into
-per-network slices, see :func:`flows.diff.split_by_cookie`.
+Cookies name the *owner* of a flow: ``0x7E4E`` (tenantnet's marker, so a dump can be filtered and
+foreign flows left alone) | an owner kind (8 bits: base, network, port, ...) | an object number
+(40 bits: the network key, the port number the store allocated).  Every rule belongs to exactly
+one owner: the base pipeline of a host; a network on a host (tunnel ingress, flood rules and its
+two groups); a port (classification, port security, delivery on its host, one unicast rule per
+MAC on each peer).  One flow dump thus splits into per-owner slices
+(:func:`flows.diff.split_by_cookie`); groups are attributed by id (:func:`owner_of_group`).
+Capacity: 256 kinds of about 1.1e12 owners each.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import NamedTuple
 
 # ------------------------------------------------------------------------------------------ tables
@@ -206,6 +211,32 @@ METADATA_MASK = 0xFFFFFFFF
 """The network key lives in the low 32 bits of metadata; the high bits are left for later use."""
 
 # ----------------------------------------------------------------------------------------- cookies
+# A cookie names the *owner* of a flow: the store object (or object on this host) that produced
+# it.  Layout of the 64 bits (see docs/architecture.md):
+#
+#     63            48 47      40 39                                      0
+#    +----------------+----------+-----------------------------------------+
+#    |  0x7E4E marker | kind (8) | object number (40)                      |
+#    +----------------+----------+-----------------------------------------+
+#
+# The number comes from persisted store data, never from a runtime counter, so the same owner
+# has the same cookie after a restart (0 flow-mods when nothing changed) and a dump can be cut
+# into per-owner slices by cookie alone.
+
+
+class OwnerKind(IntEnum):
+    """What produced a flow (the ``kind`` field of a cookie).  Values are persisted on every
+    switch: never renumber one; a new kind takes the next free value."""
+
+    BASE = 0
+    """The pipeline skeleton of a host (table-miss drops); object number 0."""
+    NETWORK = 1
+    """A network on a host: tunnel ingress per peer, flood rules, flood groups; the network key."""
+    PORT = 2
+    """A port: its rules on its host and its unicast rules on each peer; the port number the
+    store allocated at create time (``_num``, never reused)."""
+    # Reserved for the services to come: 3 security group, 4 router, 5 subnet DHCP.
+
 
 COOKIE_BASE = 0x7E4E000000000000
 """High bits marking a flow as tenantnet's ("7E4E" ~ "TeNE")."""
@@ -213,11 +244,13 @@ COOKIE_BASE = 0x7E4E000000000000
 COOKIE_MASK_OURS = 0xFFFF000000000000
 """Mask that selects the ownership bits of a cookie (for dumps/deletes restricted to our flows)."""
 
-COOKIE_KEY_MASK = 0xFFFFFFFF
-"""Mask that selects the network key of one of our cookies (0 = base pipeline)."""
+OWNER_KIND_SHIFT = 40
+OWNER_KIND_BITS = 8
+OWNER_NUM_BITS = 40
+OWNER_NUM_MAX = (1 << OWNER_NUM_BITS) - 1
+"""Largest object number of one kind: about 1.1e12 owners per kind, 256 kinds."""
 
-BASE_KEY = 0
-"""Pseudo network key of the base pipeline (table-miss rules); real network keys start at 1."""
+BASE_COOKIE = COOKIE_BASE  # kind BASE, number 0: the same value as before owners existed
 
 OFPG_MAX = 0xFFFFFF00
 """Largest group id OpenFlow 1.3 allows; higher values are reserved (OFPG_ALL, OFPG_ANY)."""
@@ -226,15 +259,25 @@ MAX_NETWORK_KEY = (OFPG_MAX - 1) // 2
 """Largest network key whose two group ids (``2k``, ``2k + 1``) are still valid group ids."""
 
 
-def cookie_for(key: int) -> int:
-    """Cookie of every rule of network ``key`` (``BASE_KEY`` for the base pipeline).
+def owner_cookie(kind: OwnerKind, num: int) -> int:
+    """The cookie of every rule owned by object ``num`` of ``kind``.
 
-    Raises ``ValueError`` for a key that does not fit, rather than silently producing a cookie
-    that would be attributed to another network.
+    Raises ``ValueError`` for a number that does not fit, rather than silently producing a
+    cookie that would be attributed to another owner.
     """
-    if not 0 <= key <= COOKIE_KEY_MASK:
-        raise ValueError(f"network key {key} does not fit in 32 bits")
-    return COOKIE_BASE | key
+    if not 0 <= num <= OWNER_NUM_MAX:
+        raise ValueError(f"{kind.name.lower()} number {num} does not fit in {OWNER_NUM_BITS} bits")
+    return COOKIE_BASE | (int(kind) << OWNER_KIND_SHIFT) | num
+
+
+def network_cookie(key: int) -> int:
+    """Owner cookie of network ``key`` on a host."""
+    return owner_cookie(OwnerKind.NETWORK, key)
+
+
+def port_cookie(num: int) -> int:
+    """Owner cookie of the port numbered ``num`` (on its host and on its peers)."""
+    return owner_cookie(OwnerKind.PORT, num)
 
 
 def is_ours(cookie: int) -> bool:
@@ -242,9 +285,23 @@ def is_ours(cookie: int) -> bool:
     return cookie & COOKIE_MASK_OURS == COOKIE_BASE
 
 
-def key_of_cookie(cookie: int) -> int:
-    """Network key encoded in one of our cookies (the inverse of :func:`cookie_for`)."""
-    return cookie & COOKIE_KEY_MASK
+def owner_kind(cookie: int) -> int:
+    """The kind field of one of our cookies (an int: a newer release may know more kinds)."""
+    return (cookie >> OWNER_KIND_SHIFT) & ((1 << OWNER_KIND_BITS) - 1)
+
+
+def owner_num(cookie: int) -> int:
+    """The object number of one of our cookies."""
+    return cookie & OWNER_NUM_MAX
+
+
+def describe_owner(cookie: int) -> str:
+    """``network 7``, ``port 1234``, ``base``: an owner as logs name it."""
+    kind, num = owner_kind(cookie), owner_num(cookie)
+    if kind == OwnerKind.BASE and num == 0:
+        return "base"
+    name = OwnerKind(kind).name.lower() if kind in OwnerKind._value2member_map_ else f"kind {kind}"
+    return f"{name} {num}"
 
 
 # ------------------------------------------------------------------------------------------ groups
@@ -263,3 +320,10 @@ def flood_local_group_id(key: int) -> int:
 def key_of_group(group_id: int) -> int:
     """Network key a group belongs to (inverse of both group-id functions)."""
     return group_id // 2
+
+
+def owner_of_group(group_id: int) -> int:
+    """Owner cookie of a group: groups carry no cookie, so ownership follows from the id.  Today
+    every group is a network's; a kind that needs groups of its own takes a range of ids here
+    (and the network keys give it up by a lower ``MAX_NETWORK_KEY``)."""
+    return network_cookie(key_of_group(group_id))

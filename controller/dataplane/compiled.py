@@ -31,6 +31,8 @@ class NetCompiled:
     remote: dict[str, RemotePort] = field(default_factory=dict)  # port id -> as peers see it
     macs: dict[str, frozenset[str]] = field(default_factory=dict)  # port id -> its MACs
     mac_users: Counter[str] = field(default_factory=Counter)  # MAC -> located ports using it
+    nums: dict[str, int] = field(default_factory=dict)  # port id -> its number (owner cookie)
+    ofports: Counter[tuple[str, int]] = field(default_factory=Counter)  # usable ports per ofport
 
     def track(
         self,
@@ -47,10 +49,12 @@ class NetCompiled:
         if local is not None:
             self.local.setdefault(host_id, {})[pid] = local
             self.usable[host_id] += usable(local)
+            self.ofports[(host_id, local.ofport)] += usable(local)
         if host_tunnel_ip is not None:
             self.remote[pid] = remote_port_of(port, host_tunnel_ip)
         self.macs[pid] = port_macs(port)
         self.mac_users.update(self.macs[pid])
+        self.nums[pid] = port["_num"]
 
     def untrack(self, port_id: str) -> None:
         host_id = self.where.pop(port_id, None)
@@ -60,8 +64,16 @@ class NetCompiled:
         local = self.local.get(host_id, {}).pop(port_id, None)
         if local is not None:
             self.usable[host_id] -= usable(local)
+            self.ofports[(host_id, local.ofport)] -= usable(local)
         self.remote.pop(port_id, None)
         self.mac_users.subtract(self.macs.pop(port_id, ()))
+        self.nums.pop(port_id, None)
+
+    def ofport_taken(self, host_id: str, port: LocalPort, port_id: str) -> bool:
+        """Whether another usable port of the network has ``port``'s ofport on ``host_id``."""
+        mine = self.local.get(host_id, {}).get(port_id)
+        own = mine is not None and usable(mine) and mine.ofport == port.ofport
+        return self.ofports[(host_id, port.ofport)] - own > 0
 
     def view(self, host_id: str) -> NetworkView:
         """What ``host_id`` compiles: its own ports, everybody else's as remote ports, and the

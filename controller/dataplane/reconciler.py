@@ -61,18 +61,18 @@ from controller.events import ChangeEvent
 from controller.metrics import Metrics
 from controller.southbound.ovsdb_host import HostObservation, OvsdbHost, datapath_id_for
 from controller.store.ports import REFUSED_HOSTS
+from flows import tables as t
 from flows.compiler import (
     compile_base,
-    compile_network,
-    flood_groups,
+    compile_network_owners,
     local_port_rules,
+    network_slice,
     peer_list,
     remote_port_rules,
     usable,
 )
-from flows.diff import FlowDiff, diff, patch, split_by_cookie
+from flows.diff import FlowDiff, diff, split_by_cookie
 from flows.model import LocalPort, Rule, Slice
-from flows.tables import BASE_KEY
 
 LOG = logging.getLogger(__name__)
 
@@ -114,7 +114,10 @@ class HostRuntime:
     agent: Any = None
     dpid: int = 0
     obs: HostObservation | None = None  # None until its OVSDB was read since start
-    installed: dict[int, Slice] | None = None  # None until its switch was read since start
+    # What its switch holds, by owner cookie (flows.tables); None until read since start.
+    installed: dict[int, Slice] | None = None
+    # Network key -> the owners of that network (its own, its ports') installed there.
+    net_owners: dict[int, set[int]] = field(default_factory=dict)
     ovsdb_up: bool = False
     down_reported: bool = False
     failures: int = 0  # consecutive unconfirmed batches
@@ -175,6 +178,7 @@ class DataPlane:
         self.key_to_net: dict[int, str] = {}
         self.net_to_key: dict[str, int] = {}
         self.ports: dict[str, dict[str, Any]] = {}  # mirror of the store's ports, by id
+        self.num_to_port: dict[int, str] = {}  # port number (owner cookie) -> port id
         self.net_ports: dict[str, set[str]] = {}  # network id -> its port ids
         self.compiled: dict[int, NetCompiled] = {}
         self._dirty: set[int] = set()  # networks to recompile whole
@@ -376,9 +380,11 @@ class DataPlane:
         old = self.ports.pop(port_id, None)
         if old is not None:
             self.net_ports.get(old["network_id"], set()).discard(port_id)
+            self.num_to_port.pop(old["_num"], None)
         if record is not None:
             self.ports[port_id] = record
             self.net_ports.setdefault(record["network_id"], set()).add(port_id)
+            self.num_to_port[record["_num"]] = port_id
 
     def _port_changed(self, key: int, port_id: str) -> None:
         self._dirty_ports.setdefault(key, set()).add(port_id)
@@ -548,12 +554,29 @@ class DataPlane:
             return
         rt = self.hosts[host_id]
         rt.installed = split_by_cookie(installed)
+        rt.net_owners = {}
+        for owner in rt.installed:
+            key = self._network_of_owner(owner)
+            if key is not None:
+                rt.net_owners.setdefault(key, set()).add(owner)
         rt.switch_up = True
         rt.down_reported = False
         if rt.failures > MAX_RESYNCS:  # a fresh connection gets a fresh chance
             rt.failures = 0
         self._report_host_state(host_id)
         self._host_became_known(host_id)
+
+    def _network_of_owner(self, owner: int) -> int | None:
+        """The network key an installed owner is compiled with, None for the base pipeline and
+        for owners the state does not know (a port or network deleted while the controller was
+        down, the network cookies of the layout before owners): those are removed whole."""
+        kind, num = t.owner_kind(owner), t.owner_num(owner)
+        if kind == t.OwnerKind.NETWORK:
+            return num if num in self.key_to_net else None
+        if kind == t.OwnerKind.PORT:
+            port = self.ports.get(self.num_to_port.get(num, ""))
+            return self.net_to_key.get(port["network_id"]) if port is not None else None
+        return None
 
     def _apply_switch_gone(self, dpid: int) -> None:
         host_id = self.by_dpid.get(dpid)
@@ -573,7 +596,7 @@ class DataPlane:
             return
         self.metrics.reconcile.started(host_id)
         assert rt.installed is not None and rt.obs is not None
-        keys = {k for k in rt.installed if k != BASE_KEY}
+        keys = set(rt.net_owners)
         keys |= {k for k, hs in self.members.items() if host_id in hs}
         for pid in self.bindings.held_by(host_id):
             port = self.ports.get(pid)
@@ -632,7 +655,10 @@ class DataPlane:
                 continue
             assert rt.installed is not None and rt.obs is not None
             desired = compile_base(host_context(rt.record["tunnel_ip"], rt.obs.tunnel_ofports))
-            self._plan(rt, BASE_KEY, desired, plans)
+            self._plan(rt, t.BASE_COOKIE, None, desired, plans)
+            for owner in sorted(rt.installed):  # owners no state object claims: removed
+                if owner != t.BASE_COOKIE and self._network_of_owner(owner) is None:
+                    self._plan(rt, owner, None, EMPTY, plans)
         self._dirty_base.clear()
         dirty_ports, self._dirty_ports = self._dirty_ports, {}
         patched = 0
@@ -684,7 +710,7 @@ class DataPlane:
             h for h in new_members if h in self.hosts and not self.hosts[h].degraded
         )
         targets = new_members | self.members.get(key, set())
-        targets |= {h for h, rt in self.hosts.items() if rt.installed and key in rt.installed}
+        targets |= {h for h, rt in self.hosts.items() if rt.installed and key in rt.net_owners}
         nc = NetCompiled(segment_of(net)) if net is not None else None
         for lp in located:
             joined = lp.host_id is not None and lp.host_id not in old_members
@@ -697,12 +723,12 @@ class DataPlane:
             if rt is None or not rt.ready:
                 continue
             assert rt.obs is not None
+            desired: dict[int, Slice] = {}
             if nc is not None and host_id in new_members:
                 ctx = host_context(rt.record["tunnel_ip"], rt.obs.tunnel_ofports)
-                desired = compile_network(ctx, nc.view(host_id))
-            else:
-                desired = EMPTY
-            self._plan(rt, key, desired, plans)
+                desired = compile_network_owners(ctx, nc.view(host_id))
+            for owner in sorted(desired.keys() | rt.net_owners.get(key, set())):
+                self._plan(rt, owner, key, desired.get(owner, EMPTY), plans)
         self.members[key] = new_members
         if nc is None:
             self.members.pop(key, None)
@@ -793,8 +819,7 @@ class DataPlane:
         for host_id, lp in ((old_host, old_lp), (new_host, new_lp)):
             if host_id is None or lp is None or not usable(lp):
                 continue
-            others = nc.local.get(host_id, {})
-            if any(p.ofport == lp.ofport and q != pid and usable(p) for q, p in others.items()):
+            if nc.ofport_taken(host_id, lp, pid):
                 return False  # two ports on one ofport: the network compile picks one
         # A host whose last usable port goes (or whose first comes) has an empty slice instead.
         usable_after = Counter(nc.usable)
@@ -806,7 +831,10 @@ class DataPlane:
             if (nc.usable[host_id] > 0) != (usable_after[host_id] > 0):
                 return False
 
-        old_rp = nc.remote.get(pid)
+        num = nc.nums.get(pid) if pid in nc.nums else port["_num"] if port is not None else None
+        if num is None:
+            return True  # gone, and never compiled: nothing to remove
+        owner = t.port_cookie(num)
         nc.untrack(pid)
         if port is not None and new_host is not None:
             self._track(nc, port, new_host)
@@ -823,48 +851,51 @@ class DataPlane:
                 continue  # not synced yet (compiled whole when it is), or an empty slice
             assert rt.obs is not None and rt.installed is not None
             ctx = host_context(rt.record["tunnel_ip"], rt.obs.tunnel_ofports)
-            old: frozenset[Rule] = frozenset()
-            new: frozenset[Rule] = frozenset()
-            if host_id == old_host:
-                if old_lp is not None:
-                    old = local_port_rules(nc.seg, old_lp)
-            elif old_rp is not None:
-                old = remote_port_rules(ctx, nc.seg, old_rp)
+            # The port's own owner: its rules where it is, its unicast rules elsewhere.
+            rules: frozenset[Rule] = frozenset()
             if host_id == new_host:
                 if new_lp is not None:
-                    new = local_port_rules(nc.seg, new_lp)
+                    rules = local_port_rules(nc.seg, new_lp)
             elif new_rp is not None:
-                new = remote_port_rules(ctx, nc.seg, new_rp)
-            groups = None
-            if host_id in (old_host, new_host):
+                rules = remote_port_rules(ctx, nc.seg, new_rp)
+            self._plan(rt, owner, key, Slice(rules=rules), plans)
+            if host_id in (old_host, new_host):  # the network on the host: its flood groups
                 peers = peer_list(ctx, nc.seg, [ip for h, ip in tunnel_ips.items() if h != host_id])
-                groups = flood_groups(ctx, nc.seg, nc.local.get(host_id, {}).values(), peers)
-            d, after = patch(rt.installed.get(key, EMPTY), old, new, groups)
-            self._queue(rt, key, d, after, plans)
+                local = nc.local.get(host_id, {}).values()
+                net_slice = network_slice(ctx, nc.seg, local, peers)
+                self._plan(rt, t.network_cookie(key), key, net_slice, plans)
         if port is not None:
             self._report(port, new_host, batch, frozenset())
         return True
 
     def _plan(
-        self, rt: HostRuntime, key: int, desired: Slice, plans: dict[str, list[FlowDiff]]
+        self,
+        rt: HostRuntime,
+        owner: int,
+        key: int | None,
+        desired: Slice,
+        plans: dict[str, list[FlowDiff]],
     ) -> None:
-        """Diff one slice against the switch; the switch is assumed to follow (optimistic)."""
+        """Diff one owner's slice against the switch and queue the difference; the switch is
+        assumed to follow (optimistic).  ``key``: the network the owner is compiled with (None
+        for the base pipeline and for owners being removed whole)."""
         assert rt.installed is not None
-        self._queue(rt, key, diff(desired, rt.installed.get(key, EMPTY)), desired, plans)
-
-    @staticmethod
-    def _queue(
-        rt: HostRuntime, key: int, d: FlowDiff, after: Slice, plans: dict[str, list[FlowDiff]]
-    ) -> None:
-        """Queue a diff for the host and record the slice it leads to (optimistically)."""
-        assert rt.installed is not None
-        if d.empty:
+        installed = rt.installed.get(owner, EMPTY)
+        if key is not None:
+            owners = rt.net_owners.setdefault(key, set())
+            if desired.rules or desired.groups:
+                owners.add(owner)
+            else:
+                owners.discard(owner)
+                if not owners:
+                    del rt.net_owners[key]
+        if desired == installed:
             return
-        if after.rules or after.groups:
-            rt.installed[key] = after
+        if desired.rules or desired.groups:
+            rt.installed[owner] = desired
         else:
-            rt.installed.pop(key, None)
-        plans.setdefault(rt.record["id"], []).append(d)
+            rt.installed.pop(owner, None)
+        plans.setdefault(rt.record["id"], []).append(diff(desired, installed))
 
     def _send(self, rt: HostRuntime, d: FlowDiff, batch: Batch) -> None:
         self._outstanding += 1
@@ -974,8 +1005,8 @@ def _installed_counts(installed: dict[int, Slice] | None) -> dict[str, int | Non
 
 
 def merge_diffs(diffs: list[FlowDiff]) -> FlowDiff:
-    """One host's diffs of several networks as one: they never share a cookie, and the strict
-    full-cookie deletes keep one network's delete from removing another's re-added flow."""
+    """One host's diffs of several owners as one: they never share a cookie, and the strict
+    full-cookie deletes keep one owner's delete from removing another's re-added flow."""
     if len(diffs) == 1:
         return diffs[0]
     return FlowDiff(

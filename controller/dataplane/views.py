@@ -56,6 +56,7 @@ def local_port_of(port: dict[str, Any], ofport: int) -> LocalPort:
         port_security=bool(port.get("port_security_enabled", True)),
         admin_up=bool(port.get("admin_state_up", True)),
         allowed_pairs=address_pairs(port),
+        num=port["_num"],
     )
 
 
@@ -63,7 +64,11 @@ def remote_port_of(port: dict[str, Any], host_ip: str) -> RemotePort:
     """A port as the other hosts of its network compile it."""
     extra = tuple(sorted({m for _, m in address_pairs(port)} - {port["mac_address"]}))
     return RemotePort(
-        port_id=port["id"], mac=port["mac_address"], host_ip=host_ip, extra_macs=extra
+        port_id=port["id"],
+        mac=port["mac_address"],
+        host_ip=host_ip,
+        extra_macs=extra,
+        num=port["_num"],
     )
 
 

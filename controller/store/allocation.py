@@ -87,6 +87,24 @@ def network_key(tx: Tx) -> int:
     return candidate
 
 
+PORT_NUM_MAX = (1 << 40) - 1  # flows.tables.OWNER_NUM_MAX: a port number is part of a cookie
+
+
+def port_number(tx: Tx) -> int:
+    """A fresh port number: the next value of a counter that never goes back, so a number is
+    never handed out twice (see schema._v6_port_numbers); 2**40 creates exhaust it."""
+    row = tx.one("SELECT value FROM counters WHERE name = 'port_num'")
+    num = 1 if row is None else int(row[0])
+    if num > PORT_NUM_MAX:
+        raise Conflict("No port number is available.", "PortLimitExceeded")
+    tx.conn.execute(
+        "INSERT INTO counters (name, value) VALUES ('port_num', ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (num + 1,),
+    )
+    return num
+
+
 def mac_address(tx: Tx, network_id: str) -> str:
     """A random ``fa:16:3e:xx:xx:xx`` MAC not yet used on the network (retrying on collision)."""
     for _ in range(MAC_ATTEMPTS):

@@ -257,8 +257,9 @@ def _write_row(tx: Tx, body: dict[str, Any], insert: bool) -> None:
     host = body["binding:host_id"] or None
     if insert:
         tx.conn.execute(
-            "INSERT INTO ports (id, network_id, mac, host_id, body) VALUES (?, ?, ?, ?, ?)",
-            (body["id"], body["network_id"], body["mac_address"], host, dumps(body)),
+            "INSERT INTO ports (id, network_id, mac, host_id, num, body)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (body["id"], body["network_id"], body["mac_address"], host, body["_num"], dumps(body)),
         )
     else:
         tx.conn.execute(
@@ -303,6 +304,8 @@ def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
             body.get("binding:vnic_type", "normal"), "binding:vnic_type", VNIC_TYPES
         ),
         **standard_attrs(body),
+        # Names the port's flows on every switch (flows.tables.port_cookie); never reused.
+        "_num": allocation.port_number(tx),
     }
     _request_host(new, body.get("binding:host_id"))
     # The port row goes in first: ip_allocations rows reference it.

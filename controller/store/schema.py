@@ -117,12 +117,34 @@ def _v5_extra_dhcp_opts(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v6_port_numbers(conn: sqlite3.Connection) -> None:
+    """Every port gets a number (``num`` column, ``_num`` in its body), allocated at create time
+    from a counter that is never reset, so a number is never reused: it names the port's flows
+    on every switch (their cookie, ``flows.tables.port_cookie``), and a flow left behind by a
+    deleted port must never be taken for a new port's.  Existing ports are numbered in the
+    order they were inserted; the switches' flows of the old layout are rewritten once at the
+    next start (in place, without a gap: see docs/architecture.md)."""
+    _run_script(
+        conn,
+        """
+        ALTER TABLE ports ADD COLUMN num INTEGER;
+        UPDATE ports SET num = n.r, body = json_set(body, '$._num', n.r)
+            FROM (SELECT id, ROW_NUMBER() OVER (ORDER BY rowid) AS r FROM ports) AS n
+            WHERE ports.id = n.id;
+        CREATE UNIQUE INDEX ports_by_num ON ports (num);
+        INSERT INTO counters (name, value)
+            SELECT 'port_num', COALESCE(MAX(num), 0) + 1 FROM ports
+        """,
+    )
+
+
 MIGRATIONS: list[Step] = [
     _v1_core,
     _v2_hosts,
     _v3_requested_host,
     _v4_quotas,
     _v5_extra_dhcp_opts,
+    _v6_port_numbers,
 ]
 LATEST = len(MIGRATIONS)
 

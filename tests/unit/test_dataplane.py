@@ -20,9 +20,10 @@ from controller.events import EventBus
 from controller.southbound import ofp_codec as codec
 from controller.southbound.ovsdb_host import HostObservation, datapath_id_for
 from controller.store import Store
-from flows.diff import FlowDiff
+from flows import tables as t
+from flows.diff import FlowDiff, diff
 from flows.model import Output, Slice, ToGroup
-from flows.tables import COOKIE_BASE, COOKIE_MASK_OURS
+from flows.tables import BASE_COOKIE, COOKIE_BASE, COOKIE_MASK_OURS
 from tests.unit.wire_switch import DP, WireSwitch, diff_messages
 
 TUNNELS = {"vxlan": 64001, "gre": 64002}
@@ -203,15 +204,11 @@ def test_one_port_change_is_patched_in_whatever_the_total(cloud: Cloud) -> None:
     assert cloud.store.get_port(p["id"])["status"] == "ACTIVE"
 
 
-def test_restarted_controller_sends_nothing_when_switches_are_unchanged(cloud: Cloud) -> None:
-    cloud.start(hosts=3)
-    net = cloud.network()
-    for n in (1, 2, 3):
-        cloud.port(net, f"hv{n}", 5)
-    cloud.idle()
+def restart(cloud: Cloud, while_down: Callable[[], None] = lambda: None) -> None:
+    """A new controller process: same store file, same switches (``while_down`` runs between)."""
     bindings = {h: dict(a.bindings) for h, a in FakeAgent.instances.items()}
     cloud.dp.stop()
-    # a new controller process: same store file, same switches
+    while_down()
     cloud.bus = EventBus()
     cloud.store = Store(cloud.path, cloud.bus)
     cloud.dp = cloud._dataplane()
@@ -222,8 +219,72 @@ def test_restarted_controller_sends_nothing_when_switches_are_unchanged(cloud: C
         FakeAgent.instances[h].push()
         cloud.connect(h)
     cloud.idle()
+
+
+def test_restarted_controller_sends_nothing_when_switches_are_unchanged(cloud: Cloud) -> None:
+    cloud.start(hosts=3)
+    net = cloud.network()
+    for n in (1, 2, 3):
+        cloud.port(net, f"hv{n}", 5)
+    cloud.idle()
+    restart(cloud)
     assert cloud.dp.stats.flow_mods == 0 and cloud.dp.stats.group_mods == 0
     assert cloud.dp.stats.reconciled_after_s is not None
+
+
+def test_flows_of_the_layout_before_owners_are_rewritten_once_in_place(cloud: Cloud) -> None:
+    """An upgrade: the switches hold the old cookies (0x7E4E0000_00000000 | network key).  The
+    first start re-adds every flow under its owner (OFPFC_ADD replaces a flow in place) and its
+    strict deletes under the old cookie find nothing left; no group changes; the next restart
+    sends nothing."""
+    cloud.start(hosts=2)
+    net = cloud.network()
+    for n in (1, 2):
+        cloud.port(net, f"hv{n}", 5)
+    cloud.idle()
+    new_layout = {h: cloud.flows(h) for h in ("hv1", "hv2")}
+    for h, flows in new_layout.items():
+        old = Slice(
+            frozenset(
+                r._replace(cookie=COOKIE_BASE | net["_key"]) if r.cookie != BASE_COOKIE else r
+                for r in flows.rules
+            ),
+            flows.groups,
+        )
+        cloud.switches.switches[datapath_id_for(h)] = WireSwitch()
+        cloud.switches.apply(datapath_id_for(h), diff(old, Slice()), lambda ok: None)
+    restart(cloud)
+    rules = sum(len(s.rules) - len(t.TABLES) for s in new_layout.values())
+    assert cloud.dp.stats.flow_mods == 2 * rules  # each re-added, and a no-op strict delete
+    assert cloud.dp.stats.group_mods == 0
+    assert {h: cloud.flows(h) for h in new_layout} == new_layout
+    restart(cloud)
+    assert cloud.dp.stats.flow_mods == 0 and cloud.dp.stats.group_mods == 0
+
+
+def test_flows_of_a_port_deleted_while_the_controller_was_down_are_removed(cloud: Cloud) -> None:
+    """No state object claims its owner (cookie) any more: its flows go on every switch, and
+    nothing else is touched."""
+    cloud.start(hosts=2)
+    net = cloud.network()
+    keep = cloud.port(net, "hv1", 5)
+    gone = cloud.port(net, "hv2", 5)
+    other = cloud.port(net, "hv2", 6)
+    cloud.idle()
+    owner = t.port_cookie(gone["_num"])
+    assert all(any(r.cookie == owner for r in cloud.flows(h).rules) for h in ("hv1", "hv2"))
+
+    def delete_it() -> None:
+        store = Store(cloud.path, EventBus())
+        store.delete("port", gone["id"])
+        store.close()
+
+    restart(cloud, delete_it)
+    for h in ("hv1", "hv2"):
+        assert not any(r.cookie == owner for r in cloud.flows(h).rules)
+    assert _macs(cloud.flows("hv1")) == {keep["mac_address"], other["mac_address"]}
+    # its unicast rule on hv1, its own rules on hv2, and hv2's flood groups
+    assert cloud.dp.stats.group_mods == 2
 
 
 def test_unplugged_port_is_withdrawn_from_peers(cloud: Cloud) -> None:

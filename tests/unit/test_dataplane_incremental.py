@@ -23,11 +23,13 @@ After every step (the `invariant` methods; skipped while inputs are held):
   left out: a port that loses an ofport conflict, which only an OVSDB that reports one ofport
   for two interfaces can cause, gets no flows and is still shown ACTIVE).
 
-**Owners.**  Every flow belongs to one owner kind; the oracle is one term per kind
-(`OWNER_TERMS`): today the *base* pipeline (one per host) and the *network* (one per network
-and host).  A new owner kind (security group, router, DHCP) adds the rules that change its
-inputs (create/update/delete of its store objects, and whatever else it reads) and one
-function ``(machine, host, host context) -> list[Slice]`` to `OWNER_TERMS` that compiles it
+**Owners.**  Every flow belongs to one owner, named by its cookie (`flows.tables`); the switch
+must hold exactly the owners' slices, cookies included, so a rule under the wrong owner fails
+too.  The oracle is one term per kind (`OWNER_TERMS`): the *base* pipeline (one per host), and
+per network the *network* on each of its hosts and its *ports* (their rules on their host, their
+unicast rules on its peers).  A new owner kind (security group, router, DHCP) adds the rules
+that change its inputs (create/update/delete of its store objects, and whatever else it reads)
+and one function ``(machine, host, host context) -> list[Slice]`` to `OWNER_TERMS` that compiles it
 from scratch (from the store and the hypervisors, never from the data plane); nothing else here
 changes.
 
@@ -71,7 +73,7 @@ from controller.southbound.ovsdb_host import HostObservation, datapath_id_for
 from controller.store import Store
 from controller.store.errors import StoreError
 from controller.store.ports import REFUSED_HOSTS
-from flows.compiler import compile_base, compile_network
+from flows.compiler import compile_base, compile_network_owners
 from flows.model import (
     Apply,
     HostContext,
@@ -82,7 +84,7 @@ from flows.model import (
     Slice,
     WriteMetadata,
 )
-from flows.tables import CLASSIFY, L2_FROM_PORT, cookie_for
+from flows.tables import CLASSIFY, L2_FROM_PORT, port_cookie
 from tests.unit.test_dataplane import FakeSwitches
 
 HOSTS = ("hv1", "hv2", "hv3")
@@ -241,8 +243,10 @@ def base_owner(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Slice]:
 
 
 def network_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Slice]:
-    """Each network the host holds a port of, compiled whole from the store's port records and
-    the hypervisors' interfaces (the data plane builds its views from its per-port records)."""
+    """The owners a network compiles to on a host it holds a port of: the *network* on the host
+    and each *port* with rules there (its own, or its unicast rules on a peer), compiled whole
+    from the store's port records and the hypervisors' interfaces (the data plane builds its
+    views from its per-port records and patches one port's owner at a time)."""
     out = []
     for net in m.store.list_networks():
         local: list[LocalPort] = []
@@ -263,13 +267,18 @@ def network_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Sli
                         port_security=p["port_security_enabled"],
                         admin_up=p["admin_state_up"],
                         allowed_pairs=address_pairs(p),
+                        num=p["_num"],
                     )
                 )
             else:
                 pair_macs = {pair[1] for pair in address_pairs(p)} - {p["mac_address"]}
                 remote.append(
                     RemotePort(
-                        p["id"], p["mac_address"], TUNNEL_IP[where], tuple(sorted(pair_macs))
+                        p["id"],
+                        p["mac_address"],
+                        TUNNEL_IP[where],
+                        tuple(sorted(pair_macs)),
+                        num=p["_num"],
                     )
                 )
         if member:
@@ -282,7 +291,7 @@ def network_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Sli
                 remote_ports=tuple(remote),
                 peer_ips=tuple(sorted({r.host_ip for r in remote})),
             )
-            out.append(compile_network(ctx, view))
+            out.extend(compile_network_owners(ctx, view).values())
     return out
 
 
@@ -696,7 +705,7 @@ class DataPlaneMachine(RuleBasedStateMachine):
             )
             deliver = any(
                 r.table == L2_FROM_PORT
-                and r.cookie == cookie_for(key)
+                and r.cookie == port_cookie(p["_num"])
                 and ("eth_dst", p["mac_address"]) in r.match
                 and any(
                     isinstance(i, Apply) and Output(ofport) in i.actions for i in r.instructions

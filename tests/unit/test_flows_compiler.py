@@ -13,8 +13,10 @@ from flows import tables as t
 from flows.compiler import (
     compile_base,
     compile_network,
+    compile_network_owners,
     flood_groups,
     local_port_rules,
+    network_slice,
     normalize_mac,
     peer_list,
     remote_port_rules,
@@ -97,7 +99,7 @@ def test_base_has_one_drop_rule_per_table_with_base_cookie() -> None:
     assert len(base.rules) == len(t.TABLES)
     for rule in base.rules:
         assert (rule.priority, rule.match, rule.instructions) == (0, (), ())
-        assert rule.cookie == t.cookie_for(0) == t.COOKIE_BASE
+        assert rule.cookie == t.BASE_COOKIE == t.COOKIE_BASE  # unchanged since before owners
     assert base.groups == frozenset()
 
 
@@ -112,12 +114,13 @@ def test_table_ids_are_distinct_and_in_order() -> None:
 
 
 def test_local_port_classified_into_network_and_port_security() -> None:
-    s = compile_network(CTX, net(local_ports=(local("p1", 10, MAC_A, "10.1.0.5"),)))
+    p1 = LocalPort("p1", 10, MAC_A, ("10.1.0.5",), num=41)
+    s = compile_network(CTX, net(local_ports=(p1,)))
     (rule,) = [r for r in rules_in(s, t.CLASSIFY) if dict(r.match).get("in_port") == 10]
     assert rule.priority == 100
     assert rule.match == match(in_port=10, vlan_vid=0)  # untagged frames only
     assert rule.instructions == (WriteMetadata(7, t.METADATA_MASK), GotoTable(t.PORT_SECURITY))
-    assert rule.cookie == t.cookie_for(7)
+    assert rule.cookie == t.port_cookie(41)  # the port owns its classification
 
 
 def test_admin_down_port_has_no_classify_rule_and_receives_nothing() -> None:
@@ -228,7 +231,7 @@ def test_port_security_off_gets_pass_rule_only() -> None:
     )
     (rule,) = rules_in(s, t.PORT_SECURITY)
     assert rule == Rule(
-        t.PORT_SECURITY, 50, match(in_port=10), (GotoTable(t.L2_FROM_PORT),), t.cookie_for(7)
+        t.PORT_SECURITY, 50, match(in_port=10), (GotoTable(t.L2_FROM_PORT),), t.port_cookie(0)
     )
 
 
@@ -527,7 +530,8 @@ def assert_confined(s: Slice, view: NetworkView, ctx: HostContext) -> None:
                 assert action.value == view.seg_id, where
 
     for rule in s.rules:
-        assert rule.cookie == t.cookie_for(view.key), rule
+        owners = {t.port_cookie(p.num) for p in (*view.local_ports, *view.remote_ports)}
+        assert rule.cookie in owners | {t.network_cookie(view.key)}, rule
         fields = dict(rule.match)
         if "metadata" in fields:
             assert fields["metadata"] == view.key, rule
@@ -567,11 +571,12 @@ def network_views(draw: st.DrawFn, key: int = 7, ofport_base: int = 10) -> Netwo
             tuple(draw(st.lists(st.sampled_from(IPS), unique=True, max_size=3))),
             draw(st.booleans()),
             draw(st.sampled_from([True, True, True, False])),
+            num=key * 100 + i,
         )
         for i, mac in enumerate(macs[:n_local])
     )
     remote_ports = tuple(
-        RemotePort(f"n{key}-r{i}", mac, draw(st.sampled_from(PEERS)))
+        RemotePort(f"n{key}-r{i}", mac, draw(st.sampled_from(PEERS)), num=key * 100 + 50 + i)
         for i, mac in enumerate(macs[n_local:])
     )
     peers = tuple(draw(st.lists(st.sampled_from(PEERS), unique=True)))
@@ -594,7 +599,10 @@ def permuted(view: NetworkView, rnd: random.Random) -> NetworkView:
         return tuple(out)
 
     local_ports = tuple(
-        LocalPort(p.port_id, p.ofport, p.mac, shuffled(p.fixed_ips), p.port_security, p.admin_up)
+        LocalPort(
+            p.port_id, p.ofport, p.mac, shuffled(p.fixed_ips), p.port_security, p.admin_up,
+            num=p.num,
+        )
         for p in view.local_ports
     )
     return NetworkView(
@@ -649,6 +657,14 @@ def test_without_conflicts_a_network_is_the_union_of_its_fragments(view: Network
         rules |= remote_port_rules(CTX, seg, r)
     assert whole.rules == frozenset(rules)
     assert whole.groups == flood_groups(CTX, seg, view.local_ports, peers)
+    # ... and owner by owner: each port owns exactly its fragment, the network the rest
+    owned = compile_network_owners(CTX, view)
+    fragments = {t.network_cookie(view.key): network_slice(CTX, seg, view.local_ports, peers)}
+    for p in view.local_ports:
+        fragments[t.port_cookie(p.num)] = Slice(local_port_rules(seg, p))
+    for r in view.remote_ports:
+        fragments[t.port_cookie(r.num)] = Slice(remote_port_rules(CTX, seg, r))
+    assert owned == {c: s for c, s in fragments.items() if s.rules or s.groups}
 
 
 @settings(max_examples=150, deadline=None)

@@ -1,4 +1,4 @@
-"""Tests of desired/installed reconciliation: diff, patch and split_by_cookie."""
+"""Tests of desired/installed reconciliation: diff, per-owner fragments and split_by_cookie."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from flows import tables as t
 from flows.compiler import (
     compile_base,
     compile_network,
-    flood_groups,
+    compile_network_owners,
     local_port_rules,
     remote_port_rules,
 )
-from flows.diff import FlowDiff, diff, patch, split_by_cookie
+from flows.diff import FlowDiff, diff, split_by_cookie
 from flows.model import (
     Apply,
     GotoTable,
@@ -39,17 +39,19 @@ def view(key: int, ofport: int, seg_type: str = "vxlan") -> NetworkView:
         seg_type,
         1000 + key,
         (
-            LocalPort(f"n{key}a", ofport, f"02:00:00:00:{key:02x}:01", ("10.0.0.5",)),
-            LocalPort(f"n{key}b", ofport + 1, f"02:00:00:00:{key:02x}:02", ("10.0.0.6",)),
+            LocalPort(f"n{key}a", ofport, f"02:00:00:00:{key:02x}:01", ("10.0.0.5",), num=key * 10),
+            LocalPort(
+                f"n{key}b", ofport + 1, f"02:00:00:00:{key:02x}:02", ("10.0.0.6",), num=key * 10 + 1
+            ),
         ),
-        (RemotePort(f"n{key}r", f"02:00:00:00:{key:02x}:03", "10.0.0.2"),),
+        (RemotePort(f"n{key}r", f"02:00:00:00:{key:02x}:03", "10.0.0.2", num=key * 10 + 2),),
         ("10.0.0.2",),
     )
 
 
 def rule(table: int = 2, prio: int = 100, port: int = 5, out: int = 9, key: int = 7) -> Rule:
     """A small rule whose match and action can be varied independently."""
-    return Rule(table, prio, match(in_port=port), (Apply((Output(out),)),), t.cookie_for(key))
+    return Rule(table, prio, match(in_port=port), (Apply((Output(out),)),), t.network_cookie(key))
 
 
 def with_rules(s: Slice, rules: set[Rule]) -> Slice:
@@ -165,8 +167,8 @@ def test_messages_in_order_put_groups_around_rules() -> None:
 
 def test_sorting_survives_mixed_match_value_types() -> None:
     """Masked and exact values of one field must not make sorting raise."""
-    exact = Rule(0, 100, (("metadata", 7),), (GotoTable(1),), t.cookie_for(7))
-    masked = Rule(0, 100, (("metadata", (7, 0xFF)),), (GotoTable(1),), t.cookie_for(7))
+    exact = Rule(0, 100, (("metadata", 7),), (GotoTable(1),), t.network_cookie(7))
+    masked = Rule(0, 100, (("metadata", (7, 0xFF)),), (GotoTable(1),), t.network_cookie(7))
     d = diff(Slice(frozenset({exact, masked})), Slice())
     assert set(d.add_rules) == {exact, masked}
     assert d == diff(Slice(frozenset({masked, exact})), Slice())
@@ -175,30 +177,69 @@ def test_sorting_survives_mixed_match_value_types() -> None:
 # ------------------------------------------------------------------------------------------ split
 
 
-def test_split_by_cookie_round_trips_merge() -> None:
-    assert split_by_cookie(merge([BASE, NET7, NET8])) == {0: BASE, 7: NET7, 8: NET8}
-    assert list(split_by_cookie(merge([NET8, BASE, NET7]))) == [0, 7, 8]
+OWNED = {
+    t.BASE_COOKIE: BASE,
+    **compile_network_owners(CTX, view(7, 10)),
+    **compile_network_owners(CTX, view(8, 20, "gre")),
+}
+
+
+def test_split_by_cookie_cuts_a_dump_into_its_owners() -> None:
+    assert split_by_cookie(merge([BASE, NET7, NET8])) == OWNED
+    assert list(split_by_cookie(merge([NET8, BASE, NET7]))) == sorted(OWNED)
+    kinds = {t.owner_kind(c) for c in OWNED}
+    assert kinds == {t.OwnerKind.BASE, t.OwnerKind.NETWORK, t.OwnerKind.PORT}
+    assert split_by_cookie(merge([BASE, NET7]))[t.port_cookie(71)].rules == (
+        local_port_rules(view(7, 10).segment, view(7, 10).local_ports[1])
+    )
 
 
 def test_split_ignores_foreign_flows() -> None:
     foreign = Rule(0, 65535, match(in_port=99), (), 0x1234)
     parts = split_by_cookie(merge([BASE, NET7, Slice(frozenset({foreign}))]))
-    assert parts == {0: BASE, 7: NET7}
+    assert parts == split_by_cookie(merge([BASE, NET7]))
 
 
 def test_split_attributes_groups_without_rules_to_their_network() -> None:
     """A leftover group (its rules already gone) must still be found, so it can be deleted."""
     leftover = GroupEntry(t.flood_local_group_id(9), ((Output(3),),))
     parts = split_by_cookie(Slice(groups=frozenset({leftover})))
-    assert parts == {9: Slice(groups=frozenset({leftover}))}
-    assert diff(Slice(), parts[9]).del_groups == (19,)
+    assert parts == {t.network_cookie(9): Slice(groups=frozenset({leftover}))}
+    assert diff(Slice(), parts[t.network_cookie(9)]).del_groups == (19,)
 
 
-def test_per_network_diffs_reconcile_a_whole_switch() -> None:
-    """The southbound's loop: dump -> split -> diff each network -> apply -> nothing left."""
-    stale = NetworkView(9, "vxlan", 9, (LocalPort("x", 30, "02:00:00:00:09:01"),))
+def test_the_layout_before_owners_is_told_apart() -> None:
+    """Before owners, a network's flows had the cookie 0x7E4E0000_00000000 | key: kind 0 with a
+    number, which no owner has (the base pipeline is number 0), so the data plane removes them
+    as unknown owners while it re-adds the same flows under their owners (docs/architecture)."""
+    old = t.COOKIE_BASE | 7
+    assert t.is_ours(old) and (t.owner_kind(old), t.owner_num(old)) == (t.OwnerKind.BASE, 7)
+    assert old != t.BASE_COOKIE and old not in OWNED
+    assert t.describe_owner(old) == "base 7" and t.describe_owner(t.port_cookie(5)) == "port 5"
+
+
+def test_cookie_fields_round_trip_and_refuse_what_does_not_fit() -> None:
+    for kind in t.OwnerKind:
+        for num in (0, 1, t.OWNER_NUM_MAX):
+            c = t.owner_cookie(kind, num)
+            assert t.is_ours(c) and (t.owner_kind(c), t.owner_num(c)) == (kind, num)
+    try:
+        t.port_cookie(t.OWNER_NUM_MAX + 1)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a port number beyond 40 bits must be refused")
+
+
+def test_per_owner_diffs_reconcile_a_whole_switch() -> None:
+    """The data plane's loop: dump -> split -> diff each owner -> apply -> nothing left."""
+    stale = NetworkView(9, "vxlan", 9, (LocalPort("x", 30, "02:00:00:00:09:01", num=90),))
     installed = merge([BASE, NET7, compile_network(CTX, stale)])
-    desired = {0: BASE, 7: compile_network(CTX, view(7, 10, "gre")), 8: NET8}
+    desired = {
+        t.BASE_COOKIE: BASE,
+        **compile_network_owners(CTX, view(7, 10, "gre")),
+        **compile_network_owners(CTX, view(8, 20, "gre")),
+    }
     parts = split_by_cookie(installed)
     switch_rules, switch_groups = set(installed.rules), {g.group_id: g for g in installed.groups}
     for key in sorted(desired.keys() | parts.keys()):
@@ -212,7 +253,7 @@ def test_per_network_diffs_reconcile_a_whole_switch() -> None:
             del switch_groups[gid]
     after = Slice(frozenset(switch_rules), frozenset(switch_groups.values()))
     assert after == merge(desired.values())
-    assert all(diff(s, split_by_cookie(after).get(k, Slice())).empty for k, s in desired.items())
+    assert split_by_cookie(after) == desired
 
 
 RULES = st.builds(
@@ -245,22 +286,22 @@ def test_applying_a_diff_reaches_the_desired_state(
     assert diff(Slice(desired), Slice(frozenset(switch.values()))).empty
 
 
-# ------------------------------------------------------------------------------------------ patch
+# ----------------------------------------------------------------------------- per-owner fragments
 
 
 def _variants(key: int) -> list[LocalPort]:
     """Ways one port of network ``key`` can change (IP, MAC, admin state, pairs, ofport)."""
-    base = LocalPort(f"n{key}x", 40, f"02:00:00:00:{key:02x}:44", ("10.0.0.44",))
+    base = LocalPort(f"n{key}x", 40, f"02:00:00:00:{key:02x}:44", ("10.0.0.44",), num=99)
     return [
         base,
-        LocalPort(base.port_id, 40, base.mac, ("10.0.0.45",)),
-        LocalPort(base.port_id, 41, base.mac, ("10.0.0.44",)),
-        LocalPort(base.port_id, 40, "02:00:00:00:07:55", ("10.0.0.44",)),
-        LocalPort(base.port_id, 40, base.mac, ("10.0.0.44",), admin_up=False),
-        LocalPort(base.port_id, 40, base.mac, ("10.0.0.44",), port_security=False),
+        LocalPort(base.port_id, 40, base.mac, ("10.0.0.45",), num=99),
+        LocalPort(base.port_id, 41, base.mac, ("10.0.0.44",), num=99),
+        LocalPort(base.port_id, 40, "02:00:00:00:07:55", ("10.0.0.44",), num=99),
+        LocalPort(base.port_id, 40, base.mac, ("10.0.0.44",), admin_up=False, num=99),
+        LocalPort(base.port_id, 40, base.mac, ("10.0.0.44",), port_security=False, num=99),
         LocalPort(
             base.port_id, 40, base.mac, ("10.0.0.44",),
-            allowed_pairs=(("10.0.9.0/24", "02:00:00:00:07:66"),),
+            allowed_pairs=(("10.0.9.0/24", "02:00:00:00:07:66"),), num=99,
         ),
     ]  # fmt: skip
 
@@ -270,50 +311,35 @@ def _with_local(v: NetworkView, extra: list[LocalPort]) -> NetworkView:
                        v.remote_ports, v.peer_ips)  # fmt: skip
 
 
-def test_patch_equals_a_full_diff_for_every_single_port_change() -> None:
-    """Swapping one port's fragment gives the same messages' effect and the same slice as
-    recompiling the network and diffing it: absent -> variant, variant -> variant, -> absent."""
+def test_a_single_port_change_touches_its_owner_and_the_network_slice_only() -> None:
+    """What the per-port path relies on: between two compiles that differ in one port, only
+    that port's owner and the network's owner on the host change, and the port's slice is
+    its fragment alone (absent -> variant, variant -> variant, -> absent)."""
     seg = view(7, 10).segment
     states: list[LocalPort | None] = [None, *_variants(7)]
     for before in states:
         for after in states:
-            v0 = _with_local(view(7, 10), [before] if before else [])
-            v1 = _with_local(view(7, 10), [after] if after else [])
-            installed, desired = compile_network(CTX, v0), compile_network(CTX, v1)
-            old = local_port_rules(seg, before) if before else frozenset()
-            new = local_port_rules(seg, after) if after else frozenset()
-            d, result = patch(
-                installed, old, new, flood_groups(CTX, seg, v1.local_ports, ["10.0.0.2"])
-            )
-            assert result == desired, (before, after)
-            full = diff(desired, installed)
-            assert set(d.add_rules) == set(full.add_rules), (before, after)
-            assert set(d.del_rules) == set(full.del_rules), (before, after)
-            assert (d.add_groups, d.mod_groups, d.del_groups) == (
-                full.add_groups, full.mod_groups, full.del_groups)  # fmt: skip
+            o0 = compile_network_owners(CTX, _with_local(view(7, 10), [before] if before else []))
+            o1 = compile_network_owners(CTX, _with_local(view(7, 10), [after] if after else []))
+            changed = {c for c in o0.keys() | o1.keys() if o0.get(c) != o1.get(c)}
+            assert changed <= {t.port_cookie(99), t.network_cookie(7)}, (before, after)
+            fragment = local_port_rules(seg, after) if after else frozenset()
+            assert o1.get(t.port_cookie(99), Slice()).rules == fragment, (before, after)
 
 
-def test_patch_of_a_remote_port_touches_one_rule_per_mac() -> None:
+def test_a_remote_port_owns_one_rule_per_mac_on_a_peer() -> None:
     seg = view(7, 10).segment
-    r0 = RemotePort("n7q", "02:00:00:00:07:77", "10.0.0.2")
-    r1 = RemotePort("n7q", "02:00:00:00:07:77", "10.0.0.3")  # moved to another host
-    d, after = patch(NET7, frozenset(), remote_port_rules(CTX, seg, r0))
-    assert len(d) == 1 and len(after.rules) == len(NET7.rules) + 1
-    d2, after2 = patch(after, remote_port_rules(CTX, seg, r0), remote_port_rules(CTX, seg, r1))
-    assert len(d2.add_rules) == 1 and d2.del_rules == ()  # re-added in place, never deleted
-    assert len(after2.rules) == len(after.rules)
-
-
-def test_patch_does_not_delete_what_the_switch_does_not_have() -> None:
-    seg = view(7, 10).segment
-    port = _variants(7)[0]
-    d, after = patch(NET7, local_port_rules(seg, port), frozenset())
-    assert d.empty and after == NET7
+    r0 = RemotePort("n7q", "02:00:00:00:07:77", "10.0.0.2", ("02:00:00:00:07:78",), num=5)
+    rules = remote_port_rules(CTX, seg, r0)
+    assert len(rules) == 2 and {r.cookie for r in rules} == {t.port_cookie(5)}
+    moved = RemotePort("n7q", "02:00:00:00:07:77", "10.0.0.3", ("02:00:00:00:07:78",), num=5)
+    d = diff(Slice(remote_port_rules(CTX, seg, moved)), Slice(rules))
+    assert len(d.add_rules) == 2 and d.del_rules == ()  # re-added in place, never deleted
+    assert d.replaces_rules and not d.additive
 
 
 def test_additive_only_when_nothing_installed_is_deleted_or_replaced() -> None:
     """Decides whether a diff may skip the atomic bundle (see FlowDiff.additive)."""
-    seg = view(7, 10).segment
     grown = _with_local(view(7, 10), [_variants(7)[0]])
     assert diff(compile_network(CTX, grown), NET7).additive  # a new port: adds + group mods
     assert not diff(NET7, compile_network(CTX, grown)).additive  # its removal deletes
@@ -323,9 +349,3 @@ def test_additive_only_when_nothing_installed_is_deleted_or_replaced() -> None:
     d = diff(compile_network(CTX, moved), NET7)
     assert d.replaces_rules and not d.additive  # the remote MAC's rule now goes elsewhere
     assert diff(NET7, Slice()).additive and not diff(Slice(), NET7).additive
-    r0 = RemotePort("n7q", "02:00:00:00:07:77", "10.0.0.2")
-    r1 = RemotePort("n7q", "02:00:00:00:07:77", "10.0.0.3")
-    added, after = patch(NET7, frozenset(), remote_port_rules(CTX, seg, r0))
-    assert added.additive
-    replaced, _ = patch(after, remote_port_rules(CTX, seg, r0), remote_port_rules(CTX, seg, r1))
-    assert replaced.replaces_rules and not replaced.additive

@@ -565,17 +565,37 @@ def test_opening_an_older_database_migrates_it(db_path: str, bus: EventBus) -> N
         "INSERT INTO ports (id, network_id, mac, body) VALUES ('p1', 'n1', 'fa:16:3e:00:00:01', ?)",
         (body,),
     )
+    conn.execute(
+        "INSERT INTO ports (id, network_id, mac, body) VALUES ('p0', 'n1', 'fa:16:3e:00:00:02', ?)",
+        (body.replace('"p1"', '"p0"').replace(":01", ":02"),),
+    )
     conn.close()
 
     store = Store(db_path, bus)
     check = sqlite3.connect(db_path)
     assert schema_version(check) == LATEST
     check.close()
-    assert [p["id"] for p in store.list_ports(host_id="hv9")] == ["p1"]  # back-filled index
+    assert [p["id"] for p in store.list_ports(host_id="hv9")] == ["p0", "p1"]  # back-filled
     # v3: a binding stored before requests were told apart counts as written back, not pinned
     assert store.get_port("p1")["_host_requested"] is False
+    # v6: ports numbered in insertion order; new ones continue after them
+    assert (store.get_port("p1")["_num"], store.get_port("p0")["_num"]) == (1, 2)
     store.create_host({"id": "hv9", "tunnel_ip": "192.0.2.9"})  # new table exists
     store.close()
+
+
+def test_port_numbers_are_never_reused(store: Store) -> None:
+    """A port number names the port's flows on every switch (its cookie): a deleted port's
+    number must not come back, or a flow it left behind would be taken for the new port's."""
+    net = store.create_network({"provider:network_type": "vxlan"})
+    first = store.create_port({"network_id": net["id"]})
+    second = store.create_port({"network_id": net["id"]})
+    store.delete("port", second["id"])
+    third = store.create_port({"network_id": net["id"]})
+    nums = [first["_num"], second["_num"], third["_num"]]
+    assert nums == sorted(set(nums)) and store.get_port(first["id"])["_num"] == first["_num"]
+    updated = store.update("port", first["id"], {"name": "renamed"})
+    assert updated["_num"] == first["_num"]
 
 
 def test_a_failing_migration_leaves_the_database_as_it_was(
