@@ -37,7 +37,8 @@ from lab.tenantnet_proc import Api, ApiError, TenantnetProcess
 
 PLAN = plans.DATAPLANE_TESTS
 
-COOKIE_BASE = 0x7E4E000000000000  # flows/tables.py: COOKIE_BASE | network key
+BASE_COOKIE = 0x7E4E000000000000  # flows/tables.py: the base pipeline's owner
+NETWORK_COOKIE = 0x7E4E010000000000  # flows/tables.py: network_cookie(key) = this | key
 VXLAN_OFPORT, GRE_OFPORT = 64001, 64002
 TUNNEL_OFPORT = {"vxlan": VXLAN_OFPORT, "gre": GRE_OFPORT}
 BASE_FLOWS = 4  # one table-miss drop per table 0..3
@@ -62,13 +63,14 @@ def wait_for(pred: Callable[[], T], timeout: float = 10, interval: float = 0.05,
 
 
 def cookie_of(key: int) -> str:
-    """The cookie text of network ``key`` as ovs-ofctl prints it."""
-    return f"cookie={COOKIE_BASE | key:#x},"
+    """The cookie text of network ``key``'s own owner on a host (tunnel ingress, flooding) as
+    ovs-ofctl prints it; its ports' flows have their own owners' cookies."""
+    return f"cookie={NETWORK_COOKIE | key:#x},"
 
 
 def tenant_flows(hv: Hypervisor) -> list[str]:
     """br-int flows that belong to some network (everything but the base pipeline)."""
-    return [f for f in hv.dump_flows() if not f.startswith(cookie_of(0))]
+    return [f for f in hv.dump_flows() if not f.startswith(f"cookie={BASE_COOKIE:#x},")]
 
 
 def groups(hv: Hypervisor) -> list[str]:
@@ -91,7 +93,12 @@ def network_key(hv: Hypervisor, ofport: int) -> int:
 
 
 def flows_of_key(hv: Hypervisor, key: int) -> list[str]:
-    return [f for f in hv.dump_flows() if f.startswith(cookie_of(key))]
+    """Flows of network ``key``: its own owner's, and its ports' that name the key (table 0's
+    classification, the L2 tables' delivery and unicast rules)."""
+    meta = (f"metadata={key:#x},", f"metadata={key:#x} ", f"write_metadata:{key:#x}/")
+    return [
+        f for f in tenant_flows(hv) if f.startswith(cookie_of(key)) or any(m in f for m in meta)
+    ]
 
 
 def mentions(lines: list[str], *needles: str) -> list[str]:
