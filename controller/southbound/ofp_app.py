@@ -51,11 +51,17 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from controller import tls
 from controller.metrics import Metrics
 from controller.southbound import ofp_codec as codec
+from controller.southbound.packet_in import (
+    MAX_FRAME,
+    PacketIn,
+    PacketInHandler,
+    PacketInQueue,
+)
 from controller.throttle import Throttle
 from flows.diff import FlowDiff
 from flows.model import GroupEntry, Rule, Slice
 from flows.readable import group_text, rule_text
-from flows.tables import COOKIE_BASE, COOKIE_MASK_OURS
+from flows.tables import COOKIE_BASE, COOKIE_MASK_OURS, is_ours
 
 LOG = logging.getLogger(__name__)
 
@@ -185,6 +191,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         # (or refused) by attach(), since only the data plane knows the hosts.
         self._unadmitted: dict[Any, int] = {}
         self._refusals_logged: set[tuple[int, str, str]] = set()
+        self.packet_ins: PacketInQueue | None = None
 
     # ----------------------------------------------------------------------------- public API
 
@@ -258,6 +265,41 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             barrier = self._barrier_request(sw, on_done)
             msgs.append(barrier)
             self._send_or_fail(sw, msgs, barrier)
+        return True
+
+    def on_packet_in(self, handler: PacketInHandler, maxsize: int = 256) -> PacketInQueue:
+        """Deliver packet-ins of admitted switches from tenantnet's own flows to ``handler`` on
+        a bounded queue (see `controller.southbound.packet_in`); its replies go out as
+        PACKET_OUTs to the packet's in_port.  Without a handler, packet-ins are ignored."""
+        self.packet_ins = PacketInQueue(handler, self.packet_out, maxsize)
+        return self.packet_ins
+
+    def packet_out(self, dpid: int, port: int, data: bytes) -> bool:
+        """Send a frame out of ``port`` of switch ``dpid``; False if it is gone or not reading."""
+        with self._lock:
+            sw = self._switches.get(dpid)
+        if sw is None or not sw.ready:
+            return False
+        msg = codec.packet_out(sw.dp, port, data)
+        with sw.lock:
+            sw.remember(msg, Sent("packet out", port))
+            return _send_as_one_write(sw.dp, [msg])
+
+    def set_packet_in_meter(
+        self, dpid: int, rate_pps: int, burst: int, on_done: DoneCallback
+    ) -> bool:
+        """Install the host's packet-in meter (`ofp_codec.controller_meter`), then a barrier.
+        The data plane sends it on every switch_ready (idempotent)."""
+        with self._lock:
+            sw = self._switches.get(dpid)
+        if sw is None or not sw.ready:
+            return False
+        with sw.lock:
+            msgs = codec.controller_meter(sw.dp, rate_pps, burst)
+            sw.remember(msgs[0], Sent("delete controller meter"))
+            sw.remember(msgs[1], Sent(f"add controller meter {rate_pps} pps burst {burst}"))
+            barrier = self._barrier_request(sw, on_done)
+            self._send_or_fail(sw, [*msgs, barrier], barrier)
         return True
 
     def resync(self, dpid: int) -> None:
@@ -428,6 +470,40 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             self.metrics.barrier_rtt.observe(time.monotonic() - sent.at)
         if cb is not None:
             cb(ok, "" if ok else "rejected")
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev: Any) -> None:
+        """Hand a packet-in to the queue (never blocks this switch's receive thread).  Only
+        from a switch that is a host's session and a flow with tenantnet's cookie: a packet-in
+        is input from a hypervisor, and anything else is no question tenantnet asked."""
+        queue = self.packet_ins
+        if queue is None:
+            return
+        msg = ev.msg
+        sw = self._switch_of(msg.datapath)
+        data = msg.data if isinstance(msg.data, (bytes, bytearray)) else b""
+        in_port = msg.match.get("in_port") if msg.match is not None else None
+        if (
+            sw is None
+            or not sw.ready
+            or not is_ours(msg.cookie)
+            or in_port is None
+            or not 0 < len(data) <= MAX_FRAME
+        ):
+            queue.refuse()
+            return
+        metadata = msg.match.get("metadata")
+        queue.offer(
+            PacketIn(
+                dpid=sw.dp.id,
+                table_id=msg.table_id,
+                cookie=msg.cookie,
+                reason=msg.reason,
+                in_port=in_port,
+                metadata=metadata if isinstance(metadata, int) else None,
+                data=bytes(data),
+            )
+        )
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev: Any) -> None:

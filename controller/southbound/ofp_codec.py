@@ -237,6 +237,36 @@ def group_delete(dp: Any, group_id: int) -> Any:
     return parser.OFPGroupMod(dp, ofp.OFPGC_DELETE, ofp.OFPGT_ALL, group_id, [])
 
 
+def packet_out(dp: Any, port: int, data: bytes) -> Any:
+    """Send ``data`` out of ``port`` (a reply to a packet-in, back to the port it came from).
+    ``in_port=CONTROLLER``: the frame enters no table, so nothing but this action applies."""
+    return parser.OFPPacketOut(
+        dp,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        in_port=ofp.OFPP_CONTROLLER,
+        actions=[parser.OFPActionOutput(port, 0)],
+        data=data,
+    )
+
+
+def controller_meter(dp: Any, rate_pps: int, burst: int) -> list[Any]:
+    """The host's packet-in budget: OpenFlow's ``OFPM_CONTROLLER`` meter (every packet the
+    switch sends to a controller passes it), ``rate_pps`` packets per second with bursts of
+    ``burst``, the excess dropped by the switch.  Delete then add, so that sending it to a
+    switch that has one (any one: a restart, another rate) is idempotent."""
+    band = parser.OFPMeterBandDrop(rate=rate_pps, burst_size=burst)
+    return [
+        parser.OFPMeterMod(dp, command=ofp.OFPMC_DELETE, flags=0, meter_id=ofp.OFPM_CONTROLLER),
+        parser.OFPMeterMod(
+            dp,
+            command=ofp.OFPMC_ADD,
+            flags=ofp.OFPMF_PKTPS | ofp.OFPMF_BURST,
+            meter_id=ofp.OFPM_CONTROLLER,
+            bands=[band],
+        ),
+    ]
+
+
 def flow_dump_request(dp: Any, cookie: int, cookie_mask: int) -> Any:
     return parser.OFPFlowStatsRequest(
         dp,

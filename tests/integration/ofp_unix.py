@@ -90,6 +90,25 @@ class MgmtClient:
                 if not getattr(msg, "flags", 0) & ofp.OFPMPF_REPLY_MORE:
                     return replies
 
+    def send(self, msg: Any) -> int:
+        """Send one message (its xid is returned); no wait."""
+        return self._send(msg)
+
+    def read(self) -> Any:
+        """The next message from the switch (echo requests answered on the way)."""
+        while True:
+            msg = self._read()
+            if not isinstance(msg, parser.OFPEchoRequest):
+                return msg
+            self._send(parser.OFPEchoReply(DP, data=msg.data))
+
+    def send_all(self, msgs: list[Any]) -> None:
+        """Send ``msgs``, then a barrier; raises OfpError if the switch refused any of them."""
+        first = self.xid + 1
+        for msg in msgs:
+            self.sent[self._send(msg)] = type(msg).__name__
+        self._until_reply(self._send(parser.OFPBarrierRequest(DP)), first)
+
     def install(self, state: Slice) -> None:
         """Delete every flow and group, then add ``state`` (groups first), up to a barrier."""
         first = self.xid + 1

@@ -1,0 +1,169 @@
+"""Packet-in plumbing of TenantnetOfpApp: packet-ins from tenantnet's flows reach the registered
+handler with the table and cookie that sent them, on a bounded queue that never blocks the
+switch's thread; replies leave as PACKET_OUT to the in_port; the host's packet-in meter is
+OpenFlow's controller meter.  Messages are checked as bytes parsed back by os-ken."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from os_ken.ofproto import ofproto_parser
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from controller.southbound.packet_in import PacketIn
+from flows.tables import cookie_for
+from tests.unit.test_ofp_app import DPID, FakeDatapath, Outcome, _app
+
+OURS = cookie_for(7)
+FRAME = b"\x01" * 64
+
+
+def _event(dp: Any, cookie: int = OURS, in_port: int | None = 3, data: bytes = FRAME) -> Any:
+    fields: dict[str, Any] = {"metadata": 7}
+    if in_port is not None:
+        fields["in_port"] = in_port
+    msg = parser.OFPPacketIn(
+        dp,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        total_len=len(data),
+        reason=ofp.OFPR_ACTION,
+        table_id=1,
+        cookie=cookie,
+        match=parser.OFPMatch(**fields),
+        data=data,
+    )
+    return SimpleNamespace(msg=msg)
+
+
+def _sent(dp: FakeDatapath) -> list[bytes]:
+    """Each message the switch reads (os-ken parses no PACKET_OUT or METER_MOD: its parsers
+    for them are stubs, so the tests compare bytes with messages os-ken builds from explicit
+    arguments)."""
+    data, out = b"".join(dp.sent), []
+    while data:
+        _, _, length, _ = ofproto_parser.header(data)
+        out.append(data[:length])
+        data = data[length:]
+    return out
+
+
+def _bytes(msg: Any, like: bytes) -> bytes:
+    msg.set_xid(ofproto_parser.header(like)[3])
+    msg.serialize()
+    return bytes(msg.buf)
+
+
+def _wait(cond: Any, what: str) -> None:
+    deadline = time.monotonic() + 5
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_packet_in_reaches_the_handler_and_its_reply_goes_back_to_the_in_port() -> None:
+    app, dp, _ = _app()
+    seen: list[PacketIn] = []
+
+    def handler(pkt: PacketIn) -> bytes:
+        seen.append(pkt)
+        return b"\x02" * 60
+
+    queue = app.on_packet_in(handler)
+    app._packet_in(_event(dp))
+    _wait(lambda: queue.counters.replies == 1, "no reply sent")
+    assert seen == [PacketIn(DPID, 1, OURS, ofp.OFPR_ACTION, 3, 7, FRAME)]
+    (out,) = _sent(dp)
+    want = parser.OFPPacketOut(
+        dp,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        in_port=ofp.OFPP_CONTROLLER,
+        actions=[parser.OFPActionOutput(3, 0)],
+        data=b"\x02" * 60,
+    )
+    assert out == _bytes(want, out)
+    queue.close()
+
+
+def test_what_is_not_ours_never_reaches_the_handler() -> None:
+    app, dp, sw = _app()
+    seen: list[PacketIn] = []
+    queue = app.on_packet_in(lambda p: seen.append(p))  # type: ignore[func-returns-value]
+    app._packet_in(_event(dp, cookie=0x1234))  # a foreign flow's
+    app._packet_in(_event(dp, in_port=None))
+    app._packet_in(_event(dp, data=b"x" * 10_000))
+    app._packet_in(_event(FakeDatapath()))  # not this host's session
+    sw.ready = False
+    app._packet_in(_event(dp))  # not synced yet
+    queue.close()
+    assert seen == [] and queue.counters.refused == 5 and not dp.sent
+
+
+def test_the_queue_is_bounded_and_never_blocks_the_switch_thread() -> None:
+    app, dp, _ = _app()
+    release = threading.Event()
+    handled: list[int] = []
+
+    def slow(pkt: PacketIn) -> None:
+        release.wait(10)
+        handled.append(pkt.in_port or 0)
+
+    queue = app.on_packet_in(slow, maxsize=4)
+    app._packet_in(_event(dp, in_port=1))
+    _wait(lambda: queue._queue.qsize() == 0, "the worker never took the first packet")
+    for port in range(2, 12):  # 10 more while the handler is stuck: 4 queued, 6 dropped
+        app._packet_in(_event(dp, in_port=port))
+    assert queue.counters.queue_full == 6
+    release.set()
+    queue.close()
+    assert handled == [1, 2, 3, 4, 5] and queue.counters.received == 11
+
+
+def test_a_handler_that_raises_is_counted_and_the_next_packet_is_handled() -> None:
+    app, dp, _ = _app()
+
+    def flaky(pkt: PacketIn) -> bytes:
+        if pkt.in_port == 1:
+            raise ValueError("bad frame")
+        return b"ok"
+
+    queue = app.on_packet_in(flaky)
+    app._packet_in(_event(dp, in_port=1))
+    app._packet_in(_event(dp, in_port=2))
+    queue.close()
+    assert queue.counters.handler_errors == 1 and queue.counters.replies == 1
+
+
+def test_a_reply_to_a_switch_that_went_away_is_counted() -> None:
+    app, dp, _ = _app()
+    queue = app.on_packet_in(lambda p: b"late")
+    dp.reading = False
+    app._packet_in(_event(dp))
+    queue.close()
+    assert queue.counters.reply_failures == 1 and not app.packet_out(0x99, 1, b"x")
+
+
+def test_the_packet_in_meter_is_the_controller_meter_in_packets_per_second() -> None:
+    app, dp, sw = _app()
+    done = Outcome()
+    assert app.set_packet_in_meter(DPID, rate_pps=200, burst=50, on_done=done)
+    delete, add, barrier = _sent(dp)
+    want_delete = parser.OFPMeterMod(
+        dp, command=ofp.OFPMC_DELETE, flags=0, meter_id=ofp.OFPM_CONTROLLER
+    )
+    want_add = parser.OFPMeterMod(
+        dp,
+        command=ofp.OFPMC_ADD,
+        flags=ofp.OFPMF_PKTPS | ofp.OFPMF_BURST,
+        meter_id=ofp.OFPM_CONTROLLER,
+        bands=[parser.OFPMeterBandDrop(rate=200, burst_size=50)],
+    )
+    assert delete == _bytes(want_delete, delete) and add == _bytes(want_add, add)
+    barrier_xid = ofproto_parser.header(barrier)[3]
+    assert ofproto_parser.header(barrier)[1] == ofp.OFPT_BARRIER_REQUEST
+    assert barrier_xid in sw.barriers
+    app._barrier(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=barrier_xid)))
+    assert done.got == [(True, "")]
