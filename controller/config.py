@@ -16,7 +16,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import netaddr
+
 from controller import tls
+from controller.services.dhcp_records import DEFAULT_SERVER_MAC, DhcpSettings
 from controller.store.values import integer_text
 
 
@@ -100,6 +103,16 @@ class Settings:
     quota_security_group: int = 10
     quota_security_group_rule: int = 100
     quota_router: int = 10
+    # Native DHCPv4 (controller/services/dhcp.py): lease time, the DNS servers for subnets
+    # without dns_nameservers (comma-separated IPv4; empty: no DNS option), the domain name
+    # (option 15; empty: none) and the server MAC every network's DHCP answers come from.
+    dhcp_lease_time_s: int = 43200
+    dhcp_dns_servers: str = ""
+    dhcp_domain_name: str = ""
+    dhcp_server_mac: str = DEFAULT_SERVER_MAC
+    # Per-host packet-in budget (OpenFlow's controller meter): packets per second and burst.
+    packet_in_rate_pps: int = 200
+    packet_in_burst: int = 100
 
     @property
     def quota_defaults(self) -> dict[str, int]:
@@ -109,6 +122,16 @@ class Settings:
             for f in fields(self)
             if f.name.startswith("quota_")
         }
+
+    @property
+    def dhcp(self) -> DhcpSettings:
+        """The DHCP responder's settings (validated by `validate`)."""
+        return DhcpSettings(
+            server_mac=str(netaddr.EUI(self.dhcp_server_mac, dialect=netaddr.mac_unix_expanded)),
+            lease_time=self.dhcp_lease_time_s,
+            dns_servers=tuple(d.strip() for d in self.dhcp_dns_servers.split(",") if d.strip()),
+            domain_name=self.dhcp_domain_name,
+        )
 
     @property
     def database(self) -> str:
@@ -189,8 +212,32 @@ class Settings:
                 f"metrics_auth: expected one of {', '.join(METRICS_AUTH)},"
                 f" got {self.metrics_auth!r}"
             )
+        self._validate_dhcp()
         self._validate_tls()
         return self
+
+    def _validate_dhcp(self) -> None:
+        if not 60 <= self.dhcp_lease_time_s <= 2**31 - 1:
+            raise ConfigError(f"dhcp_lease_time_s: {self.dhcp_lease_time_s} is outside 60..2**31-1")
+        for server in filter(None, (d.strip() for d in self.dhcp_dns_servers.split(","))):
+            try:
+                netaddr.IPAddress(server, version=4, flags=netaddr.INET_PTON)
+            except (netaddr.AddrFormatError, ValueError):
+                raise ConfigError(f"dhcp_dns_servers: {server!r} is not an IPv4 address") from None
+        name = self.dhcp_domain_name
+        if name and not re.fullmatch(
+            r"(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}\.?", name
+        ):
+            raise ConfigError(f"dhcp_domain_name: {name!r} is not a domain name")
+        try:
+            mac = netaddr.EUI(self.dhcp_server_mac)
+        except (netaddr.AddrFormatError, ValueError, TypeError):
+            raise ConfigError(f"dhcp_server_mac: {self.dhcp_server_mac!r} is not a MAC") from None
+        if mac.words[0] & 1:
+            raise ConfigError(f"dhcp_server_mac: {self.dhcp_server_mac} is a multicast MAC")
+        for name in ("packet_in_rate_pps", "packet_in_burst"):
+            if not 1 <= getattr(self, name) <= 1_000_000:
+                raise ConfigError(f"{name}: must be in 1..1000000, got {getattr(self, name)}")
 
     @property
     def auth_mode(self) -> str:

@@ -45,10 +45,29 @@ from os_ken.lib.packet.ether_types import ETH_TYPE_IP
 from os_ken.lib.packet.in_proto import IPPROTO_UDP
 
 from controller.services import dhcp_options as opt
+from controller.services.dhcp_records import (
+    DEFAULT_SERVER_MAC,
+    DhcpNetwork,
+    DhcpOpt,
+    DhcpPort,
+    DhcpSettings,
+    DhcpSubnet,
+)
+
+__all__ = [
+    "DEFAULT_SERVER_MAC",
+    "DhcpCounters",
+    "DhcpNetwork",
+    "DhcpOpt",
+    "DhcpPort",
+    "DhcpResponder",
+    "DhcpSettings",
+    "DhcpSubnet",
+    "server_address",
+]
 
 LOG = logging.getLogger(__name__)
 
-DEFAULT_SERVER_MAC = "02:7e:4e:00:00:01"
 CLIENT_PORT = 68
 SERVER_PORT = 67
 BROADCAST_FLAG = 0x8000
@@ -65,53 +84,6 @@ overload, pad/end): an extra option cannot replace them."""
 
 # message types (RFC 2132 section 9.6)
 DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6, 7, 8
-
-
-@dataclass(frozen=True)
-class DhcpOpt:
-    """One of a port's ``extra_dhcp_opts``."""
-
-    name: str
-    value: str
-    ip_version: int = 4
-
-
-@dataclass(frozen=True)
-class DhcpPort:
-    """The facts of the port that sent the frame (the one owning the packet-in's in_port)."""
-
-    mac: str
-    fixed_ips: tuple[tuple[str, str], ...]  # (subnet_id, ip_address)
-    admin_state_up: bool = True
-    extra_dhcp_opts: tuple[DhcpOpt, ...] = ()
-
-
-@dataclass(frozen=True)
-class DhcpSubnet:
-    id: str
-    cidr: str
-    gateway_ip: str | None
-    enable_dhcp: bool = True
-    dns_nameservers: tuple[str, ...] = ()
-    host_routes: tuple[tuple[str, str], ...] = ()  # (destination, nexthop)
-
-
-@dataclass(frozen=True)
-class DhcpNetwork:
-    mtu: int
-    subnets: tuple[DhcpSubnet, ...]
-
-
-@dataclass(frozen=True)
-class DhcpSettings:
-    """Operator settings (not per subnet)."""
-
-    server_mac: str = DEFAULT_SERVER_MAC
-    lease_time: int = 43200
-    dns_servers: tuple[str, ...] = ()
-    """Used for subnets without ``dns_nameservers``; empty: send no DNS option."""
-    domain_name: str = ""
-    """Option 15; empty: none."""
 
 
 @dataclass

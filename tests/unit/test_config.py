@@ -169,3 +169,30 @@ def test_quota_defaults_from_flags_environment_and_file(tmp_path: Path) -> None:
 def test_bad_quota_defaults_name_the_setting(value: str) -> None:
     with pytest.raises(config.ConfigError, match="quota_port"):
         config.load(_args("--quota-port", value), environ={})
+
+
+def test_dhcp_settings(tmp_path: Path) -> None:
+    s = config.load(
+        _args("--dhcp-dns-servers", "192.0.2.1, 192.0.2.2", "--dhcp-lease-time-s", "600"),
+        environ={"TENANTNET_DHCP_DOMAIN_NAME": "cloud.example"},
+    )
+    assert s.dhcp.dns_servers == ("192.0.2.1", "192.0.2.2") and s.dhcp.lease_time == 600
+    assert s.dhcp.domain_name == "cloud.example" and s.dhcp.server_mac == "02:7e:4e:00:00:01"
+    assert config.load(_args(), environ={}).dhcp.dns_servers == ()
+
+
+@pytest.mark.parametrize(
+    ("argv", "word"),
+    [
+        (("--dhcp-lease-time-s", "10"), "dhcp_lease_time_s"),
+        (("--dhcp-dns-servers", "192.0.2.1,nope"), "dhcp_dns_servers"),
+        (("--dhcp-dns-servers", "2001:db8::1"), "dhcp_dns_servers"),
+        (("--dhcp-domain-name", "bad name"), "dhcp_domain_name"),
+        (("--dhcp-server-mac", "01:00:5e:00:00:01"), "dhcp_server_mac"),
+        (("--dhcp-server-mac", "zz"), "dhcp_server_mac"),
+        (("--packet-in-rate-pps", "0"), "packet_in_rate_pps"),
+    ],
+)
+def test_bad_dhcp_settings_name_the_setting(argv: tuple[str, ...], word: str) -> None:
+    with pytest.raises(config.ConfigError, match=word):
+        config.load(_args(*argv), environ={})

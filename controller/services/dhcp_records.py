@@ -1,0 +1,58 @@
+"""The facts the DHCP responder answers from, as typed, frozen records.
+
+Kept apart from `controller.services.dhcp` (which needs os-ken's packet library) so that the
+settings and the data plane's views can build them without importing a packet parser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_SERVER_MAC = "02:7e:4e:00:00:01"
+
+
+@dataclass(frozen=True)
+class DhcpOpt:
+    """One of a port's ``extra_dhcp_opts``."""
+
+    name: str
+    value: str
+    ip_version: int = 4
+
+
+@dataclass(frozen=True)
+class DhcpPort:
+    """The facts of the port that sent the frame (the one owning the packet-in's in_port)."""
+
+    mac: str
+    fixed_ips: tuple[tuple[str, str], ...]  # (subnet_id, ip_address)
+    admin_state_up: bool = True
+    extra_dhcp_opts: tuple[DhcpOpt, ...] = ()
+
+
+@dataclass(frozen=True)
+class DhcpSubnet:
+    id: str
+    cidr: str
+    gateway_ip: str | None
+    enable_dhcp: bool = True
+    dns_nameservers: tuple[str, ...] = ()
+    host_routes: tuple[tuple[str, str], ...] = ()  # (destination, nexthop)
+
+
+@dataclass(frozen=True)
+class DhcpNetwork:
+    mtu: int
+    subnets: tuple[DhcpSubnet, ...]
+
+
+@dataclass(frozen=True)
+class DhcpSettings:
+    """Operator settings (not per subnet)."""
+
+    server_mac: str = DEFAULT_SERVER_MAC
+    lease_time: int = 43200
+    dns_servers: tuple[str, ...] = ()
+    """Used for subnets without ``dns_nameservers``; empty: send no DNS option."""
+    domain_name: str = ""
+    """Option 15; empty: none."""
