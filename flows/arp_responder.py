@@ -24,14 +24,16 @@ What is *not* answered (it behaves as before: flooded by the rule the caller nam
   its ARP to the fallthrough before any answer, since such a VM may own addresses tenantnet
   does not know about (a router or appliance VM).
 
-Ownership (how the core plugs this in): cookies are the caller's.  Each `ArpEntry` carries the
-cookie of its owner - the *port owner* owns the entries of its fixed IPs (so a port's patch adds
-or removes exactly its answer and exclusion rules, on every host of the network), the DHCP owner
-owns the server address's entries, a router owner its interface addresses.  A port with port
-security off owns its `bypass_rule` on its own host.  The same address in two networks gives two
-rules that differ in metadata: tenants with overlapping subnets each get their own MAC.  When
-two entries of one network claim one IP (a port holding the derived DHCP server address) the
-first wins and the caller is expected to order them ports first (`entries_for`).
+Ownership (how the core plugs this in): cookies are the caller's (`flows.tables.owner_cookie`).
+Each `ArpEntry` carries the cookie of its owner - the *port owner* (``port_cookie``) owns the
+entries of its fixed IPs (so a port's fragment adds or removes exactly its answer and exclusion
+rules, on every host of the network), the subnet-DHCP owner (kind 5, reserved in
+`flows.tables.OwnerKind`) the server address's entries, a router owner its interface
+addresses.  A port with port security off owns its `bypass_rule` on its own host.  The same
+address in two networks gives two rules that differ in metadata: tenants with overlapping
+subnets each get their own MAC.  When two entries of one network claim one IP (a port holding
+the derived DHCP server address) the first wins and the caller is expected to order them ports
+first (`entries_for`).
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ Server address scheme (stable and derivable from the store alone, nothing alloca
 How the data plane plugs this in (`controller.southbound` delivers packet-ins; the core owns
 flows and views; this module stays pure):
 
-* A per-network *DHCP owner* installs, for each local VM port of a network with a DHCP-enabled
-  IPv4 subnet, a flow in the port-security table: ``in_port=P, udp, tp_src=68, tp_dst=67 ->
+* A *subnet-DHCP owner* (cookie kind 5, reserved in `flows.tables.OwnerKind`) or the port owner
+  installs, for each local VM port of a network with a DHCP-enabled IPv4 subnet, a flow in the
+  port-security table: ``in_port=P, udp, tp_src=68, tp_dst=67 ->
   controller`` (metered by the per-host packet-in meter), before the L2 tables, so broadcasts
   and unicast renewals to the server address never leave the host.
 * The packet-in handler maps the packet-in's ``in_port`` (and metadata = network key) to the

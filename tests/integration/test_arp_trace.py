@@ -20,6 +20,7 @@ import pytest
 from flows import arp_responder as arp
 from flows.compiler import compile_base, compile_network
 from flows.model import HostContext, LocalPort, NetworkView, RemotePort, Rule, Slice
+from flows.tables import port_cookie
 from lab.hypervisors import Hypervisor
 from tests.integration.ofp_unix import MgmtClient, odp_port_names
 
@@ -29,7 +30,6 @@ BRIDGE = "br-arp"
 TUNNEL_OFPORT = 100
 PEER = "10.98.0.9"
 BCAST = "ff:ff:ff:ff:ff:ff"
-PORT_COOKIE = 0x7E4E_0002_0000_0000  # stands in for the per-port owners' cookies
 VIP = "10.0.0.50"  # an allowed address pair of a1: never answered
 
 A = {  # name -> (ofport, mac, ip)
@@ -65,12 +65,15 @@ def _state(tunnel_ip: str) -> tuple[frozenset[Rule], frozenset]:  # type: ignore
         sl = compile_network(ctx, view)
         rules |= sl.rules
         groups |= sl.groups
-        entries = [arp.ArpEntry(p.fixed_ips[0], p.mac, PORT_COOKIE) for p in view.local_ports]
-        entries += [arp.ArpEntry(REMOTE_A[1], REMOTE_A[0], PORT_COOKIE)] * (view.key == 7)
+        # each port owns its entry (its owner cookie; the port's ofport stands in for its number)
+        entries = [
+            arp.ArpEntry(p.fixed_ips[0], p.mac, port_cookie(p.ofport)) for p in view.local_ports
+        ]
+        entries += [arp.ArpEntry(REMOTE_A[1], REMOTE_A[0], port_cookie(99))] * (view.key == 7)
         rules |= arp.compile_network(view.key, arp.entries_for(entries))
         for p in view.local_ports:
             if not p.port_security:
-                rules.add(arp.bypass_rule(view.key, p.ofport, PORT_COOKIE))
+                rules.add(arp.bypass_rule(view.key, p.ofport, port_cookie(p.ofport)))
     return frozenset(rules), frozenset(groups)
 
 

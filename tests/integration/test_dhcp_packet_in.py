@@ -21,7 +21,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from controller.services.dhcp import DhcpNetwork, DhcpPort, DhcpResponder, DhcpSubnet
 from controller.southbound import ofp_codec as codec
 from flows.model import Apply, Output, Rule, Slice, match
-from flows.tables import cookie_for
+from flows.tables import network_cookie
 from tests.integration.ofp_unix import DP, MgmtClient, OfpError
 
 pytestmark = pytest.mark.ovs
@@ -37,7 +37,7 @@ PUNT = Rule(
     100,
     match(in_port=OFPORT, eth_type=0x0800, ip_proto=17, udp_src=68, udp_dst=67),
     (Apply((Output(ofp.OFPP_CONTROLLER),)),),
-    cookie_for(7),
+    network_cookie(7),
 )
 SCRIPT = """#!/bin/sh
 [ "$1" = bound ] || exit 0

@@ -15,10 +15,10 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.southbound.packet_in import PacketIn
-from flows.tables import cookie_for
+from flows.tables import network_cookie
 from tests.unit.test_ofp_app import DPID, FakeDatapath, Outcome, _app
 
-OURS = cookie_for(7)
+OURS = network_cookie(7)
 FRAME = b"\x01" * 64
 
 
