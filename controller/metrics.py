@@ -249,18 +249,19 @@ class Metrics:
         self,
         started: float,
         statuses: Mapping[str, str | None],
-        ports: Mapping[str, Mapping[str, Any]],
+        ports: Mapping[str, Any],
     ) -> None:
         """A batch begun at ``started`` (monotonic) settled these port statuses; ``ports``: the
-        data plane's copy of the port records.  A port counts when it turns ACTIVE, once per
-        revision of its record that is not ACTIVE: a recompile of its network that confirms it
-        again before its ACTIVE status came back from the store is not a second one."""
+        data plane's copy of the port records (`dataplane.state.PortRec`).  A port counts when
+        it turns ACTIVE, once per revision of its record that is not ACTIVE: a recompile of its
+        network that confirms it again before its ACTIVE status came back from the store is
+        not a second one."""
         elapsed = time.monotonic() - started
         for pid, status in statuses.items():
             record = ports.get(pid)
-            if status != "ACTIVE" or record is None or record.get("status") == "ACTIVE":
+            if status != "ACTIVE" or record is None or record.status == "ACTIVE":
                 continue
-            revision = record.get("revision_number")
+            revision = record.revision
             if self._counted.get(pid) != revision:
                 self._counted[pid] = revision
                 self.port_ready.observe(elapsed)

@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Container, Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
-
-def requested_host(port: dict[str, Any]) -> str | None:
-    """The host the orchestrator asked for, or None."""
-    return (port.get("binding:host_id") or None) if port.get("_host_requested") else None
+if TYPE_CHECKING:
+    from controller.dataplane.state import PortRec
 
 
 class Bindings:
@@ -81,23 +79,20 @@ class Bindings:
         """The port was deleted: no holder (claims stay: the interfaces are still there)."""
         self._holders.pop(port_id, None)
 
-    def resolve(
-        self, port: dict[str, Any], unsynced: Container[str], known: Container[str]
-    ) -> str | None:
+    def resolve(self, port: PortRec, unsynced: Container[str], known: Container[str]) -> str | None:
         """Apply the rules to one port, remember and return its holder (None: not bound).
 
-        ``port`` is its store record (``binding:host_id`` is the request or the recorded
-        holder); ``unsynced`` are hosts whose OVSDB was not read since start; ``known`` the
-        registered hosts."""
-        pid = port["id"]
+        ``port.host`` (``binding:host_id``) is the request or the recorded holder;
+        ``unsynced`` are hosts whose OVSDB was not read since start; ``known`` the registered
+        hosts."""
+        pid = port.id
         claims = self._claims.get(pid, {})
-        requested = requested_host(port)
+        requested = port.requested_host
         current = self._holders.get(pid)
         if requested is not None:
             candidates = [requested]
         else:
-            recorded = port.get("binding:host_id") or None
-            candidates = [h for h in (current, recorded) if h is not None]
+            candidates = [h for h in (current, port.host) if h is not None]
         holder = None
         for host in candidates:
             if host in known and (host in claims or host in unsynced):

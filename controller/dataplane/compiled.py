@@ -1,6 +1,6 @@
 """What the data plane last compiled for one network, port by port.
 
-The per-port path (see `controller.dataplane.reconciler`) patches one port's fragments into the
+The per-port path (see `controller.dataplane.services.l2`) patches one port's fragments into the
 switches; to know what to take out it needs the inputs that port was compiled from, and to know
 whether patching is safe at all it needs who else claims the port's MACs and ofport and how many
 usable ports each host has.  A whole-network compile rebuilds this; the per-port path keeps it
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
+from controller.dataplane.state import PortRec
 from controller.dataplane.views import port_macs, remote_port_of
 from flows.compiler import usable
 from flows.model import LocalPort, NetworkView, RemotePort, Segment
@@ -36,14 +36,14 @@ class NetCompiled:
 
     def track(
         self,
-        port: dict[str, Any],
+        port: PortRec,
         host_id: str,
         local: LocalPort | None,
         host_tunnel_ip: str | None,
     ) -> None:
         """The port is located on ``host_id``; ``local`` is how that host compiles it (None
         while the host shows no ofport for it), ``host_tunnel_ip`` how its peers reach it."""
-        pid = port["id"]
+        pid = port.id
         self.where[pid] = host_id
         self.hosts[host_id] += 1
         if local is not None:
@@ -54,7 +54,7 @@ class NetCompiled:
             self.remote[pid] = remote_port_of(port, host_tunnel_ip)
         self.macs[pid] = port_macs(port)
         self.mac_users.update(self.macs[pid])
-        self.nums[pid] = port["_num"]
+        self.nums[pid] = port.num
 
     def untrack(self, port_id: str) -> None:
         host_id = self.where.pop(port_id, None)

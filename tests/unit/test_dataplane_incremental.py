@@ -67,7 +67,7 @@ from hypothesis.stateful import (
 )
 
 from controller.dataplane.reconciler import DataPlane
-from controller.dataplane.views import address_pairs, segment_of
+from controller.dataplane.state import NetworkRec, PortRec
 from controller.events import EventBus
 from controller.southbound.ovsdb_host import HostObservation, datapath_id_for
 from controller.store import Store
@@ -266,12 +266,12 @@ def network_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Sli
                         fixed_ips=tuple(sorted(ip["ip_address"] for ip in p["fixed_ips"])),
                         port_security=p["port_security_enabled"],
                         admin_up=p["admin_state_up"],
-                        allowed_pairs=address_pairs(p),
+                        allowed_pairs=PortRec.from_store(p).pairs,
                         num=p["_num"],
                     )
                 )
             else:
-                pair_macs = {pair[1] for pair in address_pairs(p)} - {p["mac_address"]}
+                pair_macs = {pair[1] for pair in PortRec.from_store(p).pairs} - {p["mac_address"]}
                 remote.append(
                     RemotePort(
                         p["id"],
@@ -282,7 +282,7 @@ def network_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Sli
                     )
                 )
         if member:
-            seg = segment_of(net)
+            seg = NetworkRec.from_store(net).segment
             view = NetworkView(
                 key=seg.key,
                 seg_type=seg.seg_type,

@@ -1,0 +1,180 @@
+"""The planner on its own: state in, per-host diffs out (no store, no threads, no switches),
+and the actor's retry of a unit whose planning raises."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from controller.dataplane import reconciler
+from controller.dataplane.bindings import Bindings
+from controller.dataplane.planner import Change, Inputs, Planner, Unit, index_owners
+from controller.dataplane.services import l2, services
+from controller.dataplane.state import HostRec, Mirror, NetworkRec, PortRec
+from controller.events import ChangeEvent
+from controller.southbound.ovsdb_host import HostObservation
+from flows import tables as t
+from flows.model import Slice
+from tests.unit.test_dataplane import Cloud
+
+TUNNELS = {"vxlan": 64001, "gre": 64002}
+pytest_plugins = ["tests.unit.test_dataplane"]  # the `cloud` fixture
+
+
+@dataclass
+class Host:
+    """`planner.HostFacts` as plain data."""
+
+    rec: HostRec
+    obs: HostObservation | None
+    installed: dict[int, Slice] | None = field(default_factory=dict)
+    groups: dict[Hashable, set[int]] = field(default_factory=dict)
+    degraded: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.obs is not None and self.installed is not None
+
+
+class World:
+    """Three hosts, one network, ports plugged where the test says: the planner's whole input."""
+
+    def __init__(self) -> None:
+        self.mirror = Mirror()
+        self.bindings = Bindings()
+        self.hosts: dict[str, Host] = {
+            h: Host(HostRec(h, f"10.9.0.{n}", {}), HostObservation({}, dict(TUNNELS)))
+            for n, h in enumerate(("hv1", "hv2", "hv3"), 1)
+        }
+        self.planner = Planner(services())
+        self.inputs = Inputs(
+            self.mirror,
+            self.bindings,
+            self.hosts,
+            lambda o: self.planner.group_of(o, self.inputs),
+        )
+        self.net = NetworkRec("net", 7, "vxlan", 1007)
+        self.mirror.set_network("net", self.net)
+        self.dirty: set[Unit] = set()
+
+    def change(self, change: Change) -> None:
+        self.dirty |= self.planner.changed(change, self.inputs)
+
+    def port(self, num: int, host: str, ofport: int) -> PortRec:
+        port = PortRec(f"p{num}", num, "net", f"02:00:00:00:00:{num:02x}")
+        self.mirror.set_port(port.id, port)
+        obs = self.hosts[host].obs
+        assert obs is not None
+        claims = {**obs.bindings, port.id: ofport}
+        self.hosts[host].obs = HostObservation(claims, obs.tunnel_ofports)
+        self.bindings.set_claims(host, claims)
+        self.bindings.resolve(port, (), self.hosts)
+        self.change(Change("port", port.id, None, port))
+        self.change(Change("binding", port.id, None, host))
+        return port
+
+    def step(self) -> Any:
+        """Plan what is dirty and apply it, as the actor does once the switches confirmed."""
+        plan = self.planner.plan(self.dirty, self.inputs)
+        self.dirty = set()
+        for host_id, owner, group, after in plan.writes:
+            reconciler._record(self.hosts[host_id], owner, group, after)  # type: ignore[arg-type]
+        return plan
+
+
+def test_a_port_is_planned_from_the_state_alone() -> None:
+    """No store, no switch: a port's rules on its host, its unicast rule on its peer, the
+    flood groups of its host, and its status decision, all from the records."""
+    w = World()
+    for h in w.hosts:
+        w.change(Change("switch", h))
+    w.port(1, "hv1", 5)
+    w.port(2, "hv2", 5)
+    first = w.step()
+    assert set(first.diffs) == {"hv1", "hv2", "hv3"}  # base on all three, the network on two
+    assert {d.port_id for d in first.decisions if d.active} == {"p1", "p2"}
+
+    w.port(3, "hv1", 6)
+    plan = w.step()
+    assert plan.counts == {"ports_patched": 1}
+    assert set(plan.diffs) == {"hv1", "hv2"}  # hv3 has no port of the network
+    owners = {(h, o) for h, o, _, _ in plan.writes}
+    assert owners == {("hv1", t.port_cookie(3)), ("hv1", t.network_cookie(7)),
+                      ("hv2", t.port_cookie(3))}  # fmt: skip
+    (peer,) = plan.diffs["hv2"]
+    assert len(peer.add_rules) == 1 and peer.add_rules[0].cookie == t.port_cookie(3)
+    assert [d.port_id for d in plan.decisions] == ["p3"]
+    assert w.step().diffs == {}  # nothing dirty, nothing to do
+
+
+def test_an_input_kind_no_service_reads_is_ignored() -> None:
+    w = World()
+    w.change(Change("security_group", "sg1", None, {"id": "sg1"}))
+    assert w.dirty == set()
+
+
+def test_owners_of_deleted_objects_are_unclaimed_and_removed() -> None:
+    w = World()
+    for h in w.hosts:
+        w.change(Change("switch", h))
+    a = w.port(1, "hv1", 5)
+    w.port(2, "hv2", 5)
+    w.step()
+    installed = dict(w.hosts["hv2"].installed or {})
+    # a restart: the port was deleted meanwhile, the switch still holds its unicast rule
+    w.mirror.set_port(a.id, None)
+    w.bindings.forget(a.id)
+    assert w.inputs.group_of(t.port_cookie(1)) is None
+    assert w.inputs.group_of(t.port_cookie(2)) == l2.group(7)
+    w.hosts["hv2"].groups = index_owners(installed, w.inputs.group_of)
+    w.hosts["hv2"].installed = installed
+    w.change(Change("switch", "hv2"))
+    plan = w.step()
+    deleted = {r.cookie for d in plan.diffs["hv2"] for r in d.del_rules}
+    assert t.port_cookie(1) in deleted and t.port_cookie(2) not in deleted
+
+
+def test_a_unit_that_raises_is_planned_again_with_backoff_logged_once(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The network of a new port cannot be compiled three times (a bug, a bad record): nothing
+    of it is sent or recorded, one error names the unit, and the unit is planned again until
+    it succeeds; then the port is ACTIVE with its flows, and other networks never waited."""
+    monkeypatch.setattr(reconciler, "RETRY_FIRST_S", 0.01)
+    real = l2.compile_network_owners
+    calls = {"n": 0}
+    cloud.start(hosts=2)
+    bad, good = cloud.network(), cloud.network()
+
+    def flaky(ctx: Any, view: Any) -> Any:
+        if view.key == bad["_key"]:
+            calls["n"] += 1
+            if calls["n"] <= 3:
+                raise RuntimeError("injected")
+        return real(ctx, view)
+
+    monkeypatch.setattr(l2, "compile_network_owners", flaky)
+    caplog.set_level(logging.ERROR, logger="controller.dataplane.reconciler")
+    port = cloud.port(bad, "hv1", 1)
+    other = cloud.port(good, "hv1", 2)
+    cloud.idle()
+    assert calls["n"] >= 4
+    errors = [r for r in caplog.records if "planning l2" in r.getMessage()]
+    assert len(errors) == 1 and f"l2 {bad['_key']}" in errors[0].getMessage()
+    assert not cloud.dp._retry
+    for p in (port, other):
+        assert cloud.store.get_port(p["id"])["status"] == "ACTIVE"
+    macs = {v for r in cloud.flows("hv1").rules for k, v in r.match if k == "eth_dst"}
+    assert {port["mac_address"], other["mac_address"]} <= macs
+
+
+def test_an_unknown_store_event_reaches_no_service(cloud: Cloud) -> None:
+    cloud.start(hosts=1)
+    sent = cloud.dp.stats.flow_mods
+    cloud.dp.on_events([ChangeEvent("security_group", None, {"id": "sg1", "rules": []})])
+    cloud.idle()
+    assert cloud.dp.stats.flow_mods == sent and cloud.dp.status()["hosts"]["hv1"]["ready"]
