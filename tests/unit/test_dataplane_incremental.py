@@ -197,7 +197,8 @@ class Model:
 
     def claims(self, pid: str, hvs: dict[str, Hypervisor], registered: set[str]) -> list[str]:
         return sorted(
-            (h for h in registered if pid in hvs[h].ifaces), key=lambda h: self.order[(pid, h)]
+            (h for h in registered if pid in hvs[h].ifaces and (pid, h) in self.order),
+            key=lambda h: self.order[(pid, h)],
         )
 
     def observe(self, host: str, before: set[str], after: set[str]) -> None:
@@ -319,6 +320,9 @@ class DataPlaneMachine(RuleBasedStateMachine):
         self.expect_empty: set[str] = set()  # removed while connected: its switch is wiped
         self.model = Model()
         self.held = False  # inputs queued, no data-plane step yet (see hold/flush)
+        # Registered while inputs are held: the controller reads their OVSDB when it takes the
+        # registration, after every input queued before it, so their claims come after those.
+        self.unread: set[str] = set()
         self._dumps: dict[str, Slice] = {}  # host -> its switch's dump, until the next step
         self.ids = 0
         self.dp = SteppedDataPlane(
@@ -380,6 +384,9 @@ class DataPlaneMachine(RuleBasedStateMachine):
     @rule()
     def flush(self) -> None:
         self.held = False
+        for host in sorted(self.unread):
+            self.model.observe(host, set(), set(self.hvs[host].ifaces))
+        self.unread.clear()
         self._step()
 
     # ------------------------------------------------------------------ hosts and switches
@@ -390,7 +397,10 @@ class DataPlaneMachine(RuleBasedStateMachine):
                                 "ovsdb": f"tcp:10.8.0.{n}:6640"})  # fmt: skip
         self.registered.add(host)
         self.expect_empty.discard(host)
-        self.model.observe(host, set(), set(self.hvs[host].ifaces))
+        if self.held:
+            self.unread.add(host)
+        else:
+            self.model.observe(host, set(), set(self.hvs[host].ifaces))
 
     def _connect(self, host: str, wiped: bool) -> None:
         hv = self.hvs[host]
@@ -412,7 +422,9 @@ class DataPlaneMachine(RuleBasedStateMachine):
             if hv.connected:
                 self.expect_empty.add(host)
             hv.connected = False
-            self.model.observe(host, set(hv.ifaces), set())
+            if host not in self.unread:
+                self.model.observe(host, set(hv.ifaces), set())
+            self.unread.discard(host)
         self._step()
 
     @rule(host=st.sampled_from(HOSTS))
@@ -447,9 +459,20 @@ class DataPlaneMachine(RuleBasedStateMachine):
         self._push(host)
         self._step()
 
+    def _observe(self, host: str, before: set[str]) -> None:
+        """The model sees a registered host's interfaces change (unless it is still unread)."""
+        if host not in self.unread:
+            self.model.observe(host, before, set(self.hvs[host].ifaces))
+
     def _push(self, host: str) -> None:
+        """The host's agent reports its OVSDB.  An agent from an earlier registration of a host
+        that is still unread reports at once: the controller takes that report (after the
+        registration) before the new agent's first one."""
         hv = self.hvs[host]
         if host in self.registered and hv.agent is not None:
+            if host in self.unread:
+                self.unread.discard(host)
+                self.model.observe(host, set(), set(hv.ifaces))
             hv.agent.push()
 
     # ------------------------------------------------------------------ networks
@@ -609,7 +632,7 @@ class DataPlaneMachine(RuleBasedStateMachine):
         before = set(hv.ifaces)
         hv.ifaces[port] = ofport
         if host in self.registered:
-            self.model.observe(host, before, set(hv.ifaces))
+            self._observe(host, before)
         self._push(host)
 
     @rule(port=ports, data=st.data())
@@ -621,7 +644,7 @@ class DataPlaneMachine(RuleBasedStateMachine):
         before = set(self.hvs[host].ifaces)
         del self.hvs[host].ifaces[port]
         if host in self.registered:
-            self.model.observe(host, before, set(self.hvs[host].ifaces))
+            self._observe(host, before)
         self._push(host)
         self._step()
 
