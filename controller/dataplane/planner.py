@@ -1,11 +1,12 @@
 """The planner: dirty units and the data plane's state in, per-host flow diffs out.
 
 Pure in the sense that matters for testing (Faucet's ``Valve`` returning messages): no threads,
-no I/O, never the store.  It reads the state it is given (`Inputs`: the mirror of the store,
-who holds each port, what each host's OVSDB shows and what its switch holds) and returns a
-`Plan`: for each host the `FlowDiff`s to send and the owner slices they lead to, the port
-statuses that follow once the hosts confirm, and the units that failed.  The actor
-(`controller.dataplane.reconciler`) sends, waits for barriers and writes back.
+no I/O, never the store.  It reads the state it is given (`Inputs`: the mirror of the store, who
+holds each port, what each host's OVSDB shows and what its switch holds), never writes it, and
+returns a `Plan`: for each host the `FlowDiff`s to send and the owner slices they lead to, the
+port statuses that follow once the hosts confirm, and the units that failed.  The actor
+(`controller.dataplane.reconciler`) records the slices, sends, waits for barriers and writes
+back.  The planner's only memory is each service's cache of what it last compiled.
 
 **Services.**  Flows are produced by *services* (`controller.dataplane.services`): each is a
 compiler module plus a declaration of the inputs it reads (`Service.inputs`: store kinds such
