@@ -234,7 +234,11 @@ class Controller:
             self.store,
             self.ofp_app,
             s.controller_target,
-            agent_factory=functools.partial(OvsdbHost, switch_connected=self.ofp_app.has_session),
+            agent_factory=functools.partial(
+                OvsdbHost,
+                switch_connected=self.ofp_app.has_session,
+                switch_session=self.ofp_app.session_of,
+            ),
             startup_grace_s=s.startup_grace_s,
             admission=Admission(tls=s.ofp_tls, local_addresses=_own_addresses(s)),
             agent_options={"switch_ssl": _switch_ssl(s)},

@@ -128,10 +128,15 @@ class SwitchListener(Protocol):
         ...
 
 
+# Numbers OpenFlow sessions: a new number for every admitted connection (see `session_of`).
+_SESSION_NUMBERS = itertools.count(1)
+
+
 @dataclass
 class _Switch:
     dp: Any
     lock: threading.Lock = field(default_factory=threading.Lock)
+    number: int = field(default_factory=lambda: next(_SESSION_NUMBERS))
     flows: list[Rule] = field(default_factory=list)
     groups: list[GroupEntry] = field(default_factory=list)
     pending_dumps: int = 0
@@ -217,6 +222,13 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         """Whether a switch with this datapath id is connected (synced or not yet)."""
         with self._lock:
             return dpid in self._switches
+
+    def session_of(self, dpid: int) -> int | None:
+        """The number of the switch's current OpenFlow session (a new one for every connection,
+        however quickly it follows the last), or None if it has none."""
+        with self._lock:
+            sw = self._switches.get(dpid)
+            return None if sw is None else sw.number
 
     def apply(self, dpid: int, diff: FlowDiff, on_done: DoneCallback) -> bool:
         """Send one diff in dependency order, then a barrier.  False if the switch is gone.

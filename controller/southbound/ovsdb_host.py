@@ -9,7 +9,9 @@ What the controller writes on a host, and why:
   reconnect backoff and inactivity probe (``ssl:`` with TLS, plus the host's SSL record: its key,
   certificate and the CA).  A switch that is not connected when this controller (re)connects
   gets its target rewritten in its other spelling, which makes vswitchd reconnect at once
-  (see `_controller_target`);
+  (see `_controller_target`); once a switch has a new OpenFlow session, vswitchd is made to
+  apply that backoff and probe to it (see `_settle_controller_settings`: OVS 3.1.0-3.1.2
+  otherwise keep their built-in 8 s backoff on a new connection);
 * one flow-based tunnel port per encapsulation (``tn-vxlan``, ``tn-gre``) with
   ``remote_ip=flow`` and ``key=flow``.  One port per type instead of one per remote host means a
   host joining or leaving a network changes only flows, never OVSDB; the ofport numbers stay
@@ -30,6 +32,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import ovs.json
@@ -44,6 +47,17 @@ OWNED = {"tenantnet-owned": "true"}
 TUNNEL_PORTS = {"vxlan": "tn-vxlan", "gre": "tn-gre"}
 _TUNNEL_NAMES = {name: kind for kind, name in TUNNEL_PORTS.items()}
 TUNNEL_OFPORT_REQUEST = {"vxlan": 64001, "gre": 64002}
+# The switch's Controller row: retry every second (``max_backoff``, ms; vswitchd rounds it down
+# to whole seconds, 1 s is its minimum) and probe an idle connection after 5 s.  See
+# `OvsdbHost._settle_controller_settings` for when vswitchd actually applies them.
+CONTROLLER_SETTINGS = {"max_backoff": 1000, "inactivity_probe": 5000}
+# Controller row key: when tenantnet last made vswitchd apply CONTROLLER_SETTINGS to a new
+# OpenFlow session (see `OvsdbHost._settle_controller_settings`).
+SETTINGS_APPLIED = "tenantnet-settings-applied"
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def datapath_id_for(host_id: str) -> int:
@@ -151,11 +165,16 @@ class OvsdbHost:
         timeout: float = 10.0,
         switch_connected: Callable[[int], bool] | None = None,
         switch_ssl: tuple[str, str, str] | None = None,
+        switch_session: Callable[[int], int | None] | None = None,
     ) -> None:
         self.host_id: str = host["id"]
         # Whether the controller has an OpenFlow session with a datapath id (the fast
         # reconnect's test, see `_controller_target`); None: never poke the switch.
         self.switch_connected = switch_connected
+        # The number of the switch's current OpenFlow session, None without one (see
+        # `_settle_controller_settings`); None: never re-apply the controller settings.
+        self.switch_session = switch_session
+        self._settled_session: int | None = None
         self.target: str = host["ovsdb"]
         self.bridge: str = host.get("integration_bridge") or "br-int"
         self.datapath_type: str = host.get("datapath_type") or "system"
@@ -262,6 +281,8 @@ class OvsdbHost:
                 if obs != self._last:
                     self._last = obs
                     self.on_observation(self.host_id, obs)
+            if up:
+                self._settle_controller_settings()
 
     # ---------------------------------------------------------------------------- writes
 
@@ -305,12 +326,7 @@ class OvsdbHost:
                     )
                 )
                 txn.add(api.db_set("Port", name, ("external_ids", OWNED)))
-            settings = {
-                "target": target,
-                "max_backoff": 1000,
-                "inactivity_probe": 5000,
-                "external_ids": OWNED,
-            }
+            settings = {"target": target, **CONTROLLER_SETTINGS, "external_ids": OWNED}
             if controller is not None:
                 txn.add(api.db_set("Controller", controller, *settings.items()))
             else:  # none, or not only ours: ours replaces them
@@ -322,6 +338,64 @@ class OvsdbHost:
             self.bridge,
             dpid,
             target,
+        )
+
+    def _settle_controller_settings(self) -> None:
+        """Once per OpenFlow session: make vswitchd apply the Controller row's ``max_backoff``
+        and ``inactivity_probe`` to the connection it just opened.
+
+        OVS 3.1.0 (Debian 12's) reads those columns into a connection only when it reconfigures
+        while that connection is up: ``ofproto/connmgr.c`` creates a controller's ``rconn`` with
+        ``rconn_create(5, 8, ...)`` (8 s max backoff) in ``ofservice_create``, and
+        ``ofservice_reconfigure`` hands the settings to the ``ofconn``s of the service, which do
+        not exist before the first connect (``ofconn_create`` sets the rate limit only).  So
+        after a vswitchd (re)start, after the fast-reconnect rewrite (a new target is a new
+        service) and, depending on timing, after the bridge's first connect, the switch retries
+        at 1, 2, 4, 8 s ("waiting 2 seconds before reconnect" in its log) during the next outage,
+        and can come back up to 8 s after it ends instead of ~1 s.  Fixed upstream in OVS
+        v3.1.3 by "connmgr: Fix ofconn configuration on vswitchd startup" (aa130966d).
+
+        A transaction that changes something makes vswitchd reconfigure (ovsdbapp bumps
+        ``next_cfg`` and waits for it; python-ovs sends nothing, not even that, for a write of
+        the values a row already has): this one writes the time into our Controller row's
+        ``external_ids:tenantnet-settings-applied`` and re-states the two settings, so
+        ``ofconn_reconfigure`` calls ``rconn_set_max_backoff`` on the live connection, which
+        keeps it for the life of that target.  The session number (a new one per connection,
+        `switch_session`) makes this happen once per session, including a vswitchd restart that
+        reconnects within one tick of this loop; a switch that drops before vswitchd applied it
+        gets it on its next session.  Cost: one vswitchd reconfiguration per OpenFlow
+        connection, within a second of it (this loop's tick).
+        """
+        if self.switch_session is None:
+            return
+        session = self.switch_session(datapath_id_for(self.host_id))
+        if session is None or session == self._settled_session:
+            return
+        assert self.api is not None and self._conn is not None
+        ours = {self.controller_target, alternate_target(self.controller_target)}
+        with self._conn.lock:
+            br = idlutils.row_by_value(self._conn.idl, "Bridge", "name", self.bridge, None)
+            rows = [r.uuid for r in (br.controller if br is not None else []) if r.target in ours]
+        if len(rows) != 1:
+            return  # not (yet) ours: ensure_config writes the row with the settings
+        try:
+            with self.api.transaction(check_error=True) as txn:
+                txn.add(
+                    self.api.db_set(
+                        "Controller",
+                        rows[0],
+                        *CONTROLLER_SETTINGS.items(),
+                        ("external_ids", {SETTINGS_APPLIED: _utc_now()}),
+                    )
+                )
+        except Exception as exc:  # retried on the next tick
+            LOG.warning(
+                "host %s: could not re-apply the controller settings: %s", self.host_id, exc
+            )
+            return
+        self._settled_session = session
+        LOG.debug(
+            "host %s: controller settings applied to OpenFlow session %d", self.host_id, session
         )
 
     def _controller_target(self) -> tuple[Any, str]:
