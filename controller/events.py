@@ -16,7 +16,9 @@ from typing import Any
 
 LOG = logging.getLogger(__name__)
 
-KINDS = ("network", "subnet", "port", "host")
+KINDS = ("network", "subnet", "port", "host", "security_group", "security_group_rule")
+"""A security group's event carries its complete ``security_group_rules``; a rule added or
+removed publishes the rule and then its group (with a new revision)."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,15 @@ from controller.api.middleware import (
     RequestMetricsMiddleware,
     RouteLabelMiddleware,
 )
-from controller.api.resources import HOSTS, NETWORKS, PORTS, SUBNETS, collection_router
+from controller.api.resources import (
+    HOSTS,
+    NETWORKS,
+    PORTS,
+    SECURITY_GROUP_RULES,
+    SECURITY_GROUPS,
+    SUBNETS,
+    collection_router,
+)
 from controller.api.settings import ApiSettings
 from controller.api.strict_json import StrictJsonRoute
 from controller.metrics import Metrics
@@ -52,7 +60,7 @@ def create_app(
     app.router.route_class = StrictJsonRoute  # also for routes added later (/tenantnet/wait)
     errors.install(app)
     app.include_router(versions.router(settings.public_url))
-    for res in (NETWORKS, SUBNETS, PORTS, HOSTS):
+    for res in (NETWORKS, SUBNETS, PORTS, HOSTS, SECURITY_GROUPS, SECURITY_GROUP_RULES):
         app.include_router(collection_router(store, res), prefix="/v2.0")
     app.include_router(quotas.router(store), prefix="/v2.0")
     app.include_router(ip_availability.router(store), prefix="/v2.0")

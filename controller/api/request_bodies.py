@@ -13,7 +13,7 @@ store refuses them only when their value would change.
 from functools import cache
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, create_model
 
 from controller.store.values import HOST_ID_PATTERN, MAX_LIST_ITEMS
 
@@ -44,6 +44,13 @@ NULL_MEANS_DEFAULT = frozenset(
         "binding:host_id",
         "ovsdb",
         "datapath_id",
+        "security_groups",
+        "protocol",
+        "port_range_min",
+        "port_range_max",
+        "remote_ip_prefix",
+        "remote_group_id",
+        "remote_address_group_id",
     }
 )
 """Attributes for which an explicit ``null`` means something (the default, "none", "allocate
@@ -279,6 +286,53 @@ class HostUpdate(HostFields, ReadOnlyEcho):
     """Body of a host update."""
 
     id: str | None = None
+
+
+# -- security groups -------------------------------------------------------------------------
+
+
+class SecurityGroupFields(StandardAttrs):
+    """A security group's client-settable attributes."""
+
+    id: str | None = Field(None, json_schema_extra=UUID_DOC)
+    stateful: bool | None = Field(None, description="Default true; false: no conntrack.")
+
+
+class SecurityGroupCreate(SecurityGroupFields):
+    """Body of one security group in a create request (``default`` is not a valid name)."""
+
+
+class SecurityGroupUpdate(SecurityGroupFields, ReadOnlyEcho):
+    """Body of a security group update."""
+
+    security_group_rules: list[dict[str, Any]] | None = Field(None, max_length=MAX_ITEMS)
+    shared: bool | None = None
+
+
+class SecurityGroupRuleCreate(Body):
+    """Body of one security group rule in a create request (rules cannot be updated)."""
+
+    id: str | None = Field(None, json_schema_extra=UUID_DOC)
+    description: str | None = Field(None, max_length=255)
+    project_id: str | None = Field(None, max_length=255)
+    tenant_id: str | None = Field(None, max_length=255)
+    security_group_id: str = Field(json_schema_extra=UUID_DOC)
+    direction: Literal["ingress", "egress"]
+    ethertype: str | None = Field(None, description="IPv4 (default) or IPv6, any case.")
+    protocol: str | StrictInt | None = Field(
+        None, description="null or 'any': any; a name (tcp, udp, icmp, ...) or 0-255."
+    )
+    port_range_min: StrictInt | str | None = Field(
+        None, description="First port (tcp, udp, sctp, udplite, dccp) or the ICMP type."
+    )
+    port_range_max: StrictInt | str | None = Field(
+        None, description="Last port (tcp, udp, sctp, udplite, dccp) or the ICMP code."
+    )
+    remote_ip_prefix: str | None = Field(None, description="Address or CIDR of the peer.")
+    remote_group_id: str | None = Field(
+        None, description="Peers are the members of this group.", json_schema_extra=UUID_DOC
+    )
+    remote_address_group_id: None = None
 
 
 # -- envelopes -----------------------------------------------------------------------------------

@@ -44,18 +44,28 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Resource:
-    """One Neutron collection: names, request models and the response view."""
+    """One Neutron collection: names, request models and the response view.
+
+    ``plural`` is the JSON key of a list (``security_groups``); ``path`` the URL segment when
+    it differs (``security-groups``).  ``update=None``: no PUT (Neutron's security group
+    rules); ``taggable=False``: no ``/tags`` sub-resource."""
 
     kind: str
     plural: str
     create: type[rq.Body]
-    update: type[rq.Body]
+    update: type[rq.Body] | None
     view: type[rs.View]
+    path: str = ""
+    taggable: bool = True
 
     @property
     def attributes(self) -> frozenset[str]:
         """What a list may filter and sort on."""
         return rs.attribute_names(self.view) - NOT_FILTERABLE
+
+    @property
+    def url(self) -> str:
+        return f"/{self.path or self.plural}"
 
 
 NOT_FILTERABLE = frozenset({"extra_dhcp_opts"})
@@ -65,7 +75,24 @@ NOT_FILTERABLE = frozenset({"extra_dhcp_opts"})
 NETWORKS = Resource("network", "networks", rq.NetworkCreate, rq.NetworkUpdate, rs.NetworkView)
 SUBNETS = Resource("subnet", "subnets", rq.SubnetCreate, rq.SubnetUpdate, rs.SubnetView)
 PORTS = Resource("port", "ports", rq.PortCreate, rq.PortUpdate, rs.PortView)
-HOSTS = Resource("host", "hosts", rq.HostCreate, rq.HostUpdate, rs.HostView)
+HOSTS = Resource("host", "hosts", rq.HostCreate, rq.HostUpdate, rs.HostView, taggable=False)
+SECURITY_GROUPS = Resource(
+    "security_group",
+    "security_groups",
+    rq.SecurityGroupCreate,
+    rq.SecurityGroupUpdate,
+    rs.SecurityGroupView,
+    path="security-groups",
+)
+SECURITY_GROUP_RULES = Resource(
+    "security_group_rule",
+    "security_group_rules",
+    rq.SecurityGroupRuleCreate,
+    None,
+    rs.SecurityGroupRuleView,
+    path="security-group-rules",
+    taggable=False,
+)
 COMPAT_PORTS = Resource("port", "ports", rq.CompatPortCreate, rq.CompatPortUpdate, rs.PortView)
 
 
@@ -113,7 +140,6 @@ def collection_router(
     router = APIRouter(route_class=StrictJsonRoute, tags=[res.plural], responses=ERRORS)
     singular, plural = res.kind, res.plural
     create_model = rq.create_envelope(singular, plural, res.create)
-    update_model = rq.update_envelope(singular, res.update)
     show_model = rs.show_envelope(singular, res.view)
     list_model = rs.list_envelope(plural, res.view)
 
@@ -124,7 +150,7 @@ def collection_router(
         return obj
 
     @router.get(
-        f"/{plural}",
+        res.url,
         summary=f"List {plural}",
         response_model=None,
         responses={200: {"model": list_model}},
@@ -163,7 +189,8 @@ def collection_router(
             result[f"{plural}_links"] = [next_link(request.url, shown[-1], params.get("limit"))]
         return JSONResponse(result)
 
-    ops = {verb: f"{op_prefix}{verb}_{singular}" for verb in ("show", "update", "delete")}
+    verbs = ("show", "update", "delete") if res.update is not None else ("show", "delete")
+    ops = {verb: f"{op_prefix}{verb}_{singular}" for verb in verbs}
     # OpenAPI links: what a client (or a stateful fuzzer) can do with the object it created.
     links = {
         f"{verb.capitalize()}{singular.capitalize()}": {
@@ -180,7 +207,7 @@ def collection_router(
             }
 
     @router.post(
-        f"/{plural}",
+        res.url,
         status_code=201,
         operation_id=f"{op_prefix}create_{singular}",
         summary=f"Create one {singular} or, with '{plural}', several at once (atomically)",
@@ -206,7 +233,7 @@ def collection_router(
         return JSONResponse({plural: [public(o) for o in created]}, status_code=201)
 
     @router.get(
-        f"/{plural}/{{obj_id}}",
+        f"{res.url}/{{obj_id}}",
         operation_id=ops["show"],
         summary=f"Show one {singular}",
         response_model=None,
@@ -220,9 +247,40 @@ def collection_router(
         names = requested_fields(request.query_params)
         return JSONResponse({singular: project(load(obj_id), names)})
 
+    if res.update is not None:
+        add_update_route(router, store, res, show_model, ops["update"], seg_id_is_hint)
+
+    @router.delete(
+        f"{res.url}/{{obj_id}}",
+        operation_id=ops["delete"],
+        status_code=204,
+        summary=f"Delete one {singular}",
+    )
+    def delete_object(obj_id: str, if_match: IfMatch = None) -> Response:
+        store.delete(res.kind, obj_id, expected_revision=expected_revision(if_match))
+        return Response(status_code=204)
+
+    if res.taggable:
+        add_tag_routes(router, store, res)
+    return router
+
+
+def add_update_route(
+    router: APIRouter,
+    store: Store,
+    res: Resource,
+    show_model: type[rs.View],
+    operation_id: str,
+    seg_id_is_hint: bool,
+) -> None:
+    """``PUT /<collection>/<id>``: a partial update (``If-Match`` honoured)."""
+    assert res.update is not None
+    singular = res.kind
+    update_model = rq.update_envelope(singular, res.update)
+
     @router.put(
-        f"/{plural}/{{obj_id}}",
-        operation_id=ops["update"],
+        f"{res.url}/{{obj_id}}",
+        operation_id=operation_id,
         summary=f"Update one {singular} (partial)",
         response_model=None,
         responses={200: {"model": show_model}},
@@ -242,24 +300,10 @@ def collection_router(
         )
         return JSONResponse({singular: public(updated)})
 
-    @router.delete(
-        f"/{plural}/{{obj_id}}",
-        operation_id=ops["delete"],
-        status_code=204,
-        summary=f"Delete one {singular}",
-    )
-    def delete_object(obj_id: str, if_match: IfMatch = None) -> Response:
-        store.delete(res.kind, obj_id, expected_revision=expected_revision(if_match))
-        return Response(status_code=204)
-
-    if res.kind != "host":
-        add_tag_routes(router, store, res)
-    return router
-
 
 def add_tag_routes(router: APIRouter, store: Store, res: Resource) -> None:
     """Neutron's tag sub-resource (what ``openstack ... --tag`` and the SDK's tag calls use)."""
-    base = f"/{res.plural}/{{obj_id}}/tags"
+    base = f"{res.url}/{{obj_id}}/tags"
 
     def tags_of(obj_id: str) -> list[str]:
         obj = store.get(res.kind, obj_id)

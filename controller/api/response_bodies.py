@@ -105,6 +105,33 @@ class PortView(StandardView):
     binding_vnic_type: str = Field(alias="binding:vnic_type")
 
 
+class SecurityGroupRuleView(View):
+    id: str
+    project_id: str
+    tenant_id: str
+    description: str
+    created_at: str
+    updated_at: str
+    revision_number: int
+    security_group_id: str
+    direction: str
+    ethertype: str
+    protocol: str | None
+    port_range_min: int | None
+    port_range_max: int | None
+    remote_ip_prefix: str | None
+    normalized_cidr: str | None
+    remote_group_id: str | None
+    remote_address_group_id: str | None
+    belongs_to_default_sg: bool
+
+
+class SecurityGroupView(StandardView):
+    stateful: bool
+    shared: bool
+    security_group_rules: list[SecurityGroupRuleView]
+
+
 class HostView(View):
     id: str
     name: str

@@ -18,6 +18,12 @@ EXTENSIONS: list[tuple[str, str, str]] = [
     ("provider", "Provider Network", "Overlay type and segmentation id of a network."),
     ("binding", "Port Binding", "Host a port is bound to, and how it is plugged (OVS)."),
     ("port-security", "Port Security", "Anti-spoofing on/off per network and port."),
+    ("security-group", "security-group", "The security groups extension."),
+    (
+        "stateful-security-group",
+        "Stateful security group",
+        "Security groups may be stateless (stateful=false).",
+    ),
     ("allowed-address-pairs", "Allowed Address Pairs", "Extra IP/MAC a port may send from."),
     (
         "extra_dhcp_opt",
@@ -57,7 +63,14 @@ EXTENSIONS: list[tuple[str, str, str]] = [
     ("tenantnet-hosts", "Hypervisor hosts", "The /v2.0/hosts collection of tenantnet."),
 ]
 
-COLLECTIONS = (("network", "networks"), ("subnet", "subnets"), ("port", "ports"), ("host", "hosts"))
+COLLECTIONS = (
+    ("network", "networks"),
+    ("subnet", "subnets"),
+    ("port", "ports"),
+    ("host", "hosts"),
+    ("security_group", "security-groups"),
+    ("security_group_rule", "security-group-rules"),
+)
 
 
 def _extension(alias: str, name: str, description: str) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from controller.store.errors import InvalidInput, PreconditionFailed
+from controller.store.errors import InvalidInput, PreconditionFailed, invalid_attr
 from controller.store.values import as_str, as_str_list
 
 
@@ -113,6 +113,13 @@ def reject_unknown(body: dict[str, Any], known: Iterable[str]) -> None:
     if unknown:
         names = ", ".join(unknown)
         raise InvalidInput(f"Unrecognized attribute(s) '{names}'", "HTTPBadRequest")
+
+
+def null_only(body: dict[str, Any], names: Iterable[str]) -> None:
+    """Attributes Neutron has that tenantnet does not implement may only be null."""
+    for name in names:
+        if body.get(name) is not None:
+            raise invalid_attr(name, "not supported by tenantnet")
 
 
 def require(body: dict[str, Any], name: str) -> Any:

@@ -46,12 +46,15 @@ class PreconditionFailed(StoreError):
 
 
 def not_found(kind: str, obj_id: str) -> NotFound:
-    """Neutron's wording: ``Network X could not be found.`` with type ``NetworkNotFound``."""
-    name = kind.capitalize()
-    return NotFound(f"{name} {obj_id} could not be found.", f"{name}NotFound")
+    """Neutron's wording: ``Network X could not be found.`` with type ``NetworkNotFound``;
+    the security-group extension words its own: ``Security group X does not exist``
+    (``SecurityGroupNotFound``)."""
+    type_ = "".join(part.capitalize() for part in kind.split("_")) + "NotFound"
+    if kind.startswith("security_group"):
+        return NotFound(f"{kind.replace('_', ' ').capitalize()} {obj_id} does not exist", type_)
+    return NotFound(f"{kind.capitalize()} {obj_id} could not be found.", type_)
 
 
 def invalid_attr(field: str, reason: str) -> InvalidInput:
     """Neutron's wording for a bad attribute value, naming the attribute."""
     return InvalidInput(f"Invalid input for {field}. Reason: {reason}.", "HTTPBadRequest")
-

@@ -13,7 +13,7 @@ from typing import Any
 
 import netaddr
 
-from controller.store import allocation, dhcp_opts, networks, subnets
+from controller.store import allocation, dhcp_opts, networks, security_groups, subnets
 from controller.store.attrs import (
     bump,
     check_read_only,
@@ -45,6 +45,8 @@ STATUSES = ("ACTIVE", "DOWN", "BUILD", "ERROR")
 # orchestrator's input and stays untouched.
 REFUSED_HOSTS = "tenantnet_refused_hosts"
 VNIC_TYPES = ("normal",)
+TRUSTED_OWNER_PREFIX = "network:"
+"""Neutron gives ports of these device owners (DHCP, routers) no default security group."""
 
 CREATE_ATTRS = frozenset(
     {
@@ -89,10 +91,17 @@ def load(tx: Tx, port_id: str) -> dict[str, Any] | None:
 
 
 def load_all(
-    tx: Tx, network_id: str | None = None, host_id: str | None = None
+    tx: Tx,
+    network_id: str | None = None,
+    host_id: str | None = None,
+    security_group_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Ports sorted by id, optionally of one network and/or bound to one host (indexed)."""
+    """Ports sorted by id, optionally of one network, bound to one host and/or in one
+    security group (all indexed)."""
     where, params = [], []
+    if security_group_id is not None:
+        where.append("id IN (SELECT port_id FROM port_security_groups WHERE security_group_id = ?)")
+        params.append(security_group_id)
     if network_id is not None:
         where.append("network_id = ?")
         params.append(network_id)
@@ -244,6 +253,57 @@ def _profile(value: Any) -> dict[str, Any]:
     return as_document(value, "binding:profile")
 
 
+def _requested_groups(value: Any) -> list[str]:
+    """``security_groups`` as sent: null means none (Neutron's ``convert_none_to_empty_list``)."""
+    return [] if value is None else as_str_list(value, "security_groups")
+
+
+def _groups_on_create(tx: Tx, body: dict[str, Any], port: dict[str, Any]) -> list[str]:
+    """A new port's groups: the ones it asks for, or its project's default group when it names
+    none (created on this first use), unless port security is off or the port is the
+    network's own (``network:*``); asking for groups with port security off is a 400."""
+    if "security_groups" not in body:
+        if port["port_security_enabled"] and not port["device_owner"].startswith(
+            TRUSTED_OWNER_PREFIX
+        ):
+            return [security_groups.ensure_default(tx, port["project_id"])]
+        return []
+    requested = _requested_groups(body["security_groups"])
+    if requested and not port["port_security_enabled"]:
+        raise _port_security_required()
+    return security_groups.for_port(tx, requested)
+
+
+def _groups_on_update(
+    tx: Tx, current: dict[str, Any], changes: dict[str, Any], new: dict[str, Any]
+) -> list[str]:
+    """The groups after an update (Neutron's ``_portsec_ext_port_update_processing``): new
+    groups need port security on (400), and port security cannot be turned off while the port
+    keeps groups (409 ``PortSecurityPortHasSecurityGroup``; send ``security_groups: []`` with
+    it, as ``openstack port set --no-security-group --disable-port-security`` does)."""
+    if "security_groups" in changes:
+        requested = _requested_groups(changes["security_groups"])
+        if requested and not new["port_security_enabled"]:
+            raise _port_security_required()
+        return security_groups.for_port(tx, requested)
+    kept: list[str] = current["security_groups"]
+    if kept and not new["port_security_enabled"]:
+        raise Conflict(
+            "Port has security group associated. Cannot disable port security or IP address "
+            "until security group is removed.",
+            "PortSecurityPortHasSecurityGroup",
+        )
+    return kept
+
+
+def _port_security_required() -> InvalidInput:
+    return InvalidInput(
+        "Port security must be enabled and port must have an IP address in order to use "
+        "security groups.",
+        "PortSecurityAndIPRequiredForSecurityGroups",
+    )
+
+
 def _check_mac_free(tx: Tx, network_id: str, mac: str, port_id: str | None) -> None:
     if allocation.mac_taken(tx, network_id, mac, except_port=port_id):
         raise Conflict(
@@ -294,7 +354,7 @@ def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
             body.get("port_security_enabled", network["port_security_enabled"]),
             "port_security_enabled",
         ),
-        "security_groups": as_str_list(body.get("security_groups", []), "security_groups"),
+        "security_groups": [],
         "allowed_address_pairs": _address_pairs(body.get("allowed_address_pairs", []), mac),
         "extra_dhcp_opts": dhcp_opts.for_create(body.get("extra_dhcp_opts")),
         "binding:profile": _profile(body.get("binding:profile", {})),
@@ -311,6 +371,8 @@ def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
     # The port row goes in first: ip_allocations rows reference it.
     _write_row(tx, new, insert=True)
     new["fixed_ips"] = _allocate_fixed_ips(tx, network, port_id, body.get("fixed_ips"), [])
+    new["security_groups"] = _groups_on_create(tx, body, new)
+    security_groups.bind_port(tx, port_id, new["security_groups"])
     _write_row(tx, new, insert=False)
     tx.emit(KIND, None, new)
     return new
@@ -327,8 +389,10 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
     for name in ("device_id", "device_owner"):
         if name in changes:
             new[name] = as_str(changes[name], name)
-    if "security_groups" in changes:
-        new["security_groups"] = as_str_list(changes["security_groups"], "security_groups")
+    if "security_groups" in changes or "port_security_enabled" in changes:
+        new["security_groups"] = _groups_on_update(tx, current, changes, new)
+        if new["security_groups"] != current["security_groups"]:
+            security_groups.bind_port(tx, current["id"], new["security_groups"])
     if "binding:host_id" in changes:
         _request_host(new, changes["binding:host_id"])
     if "binding:profile" in changes:
@@ -427,8 +491,9 @@ def set_observed(
 
 
 def delete(tx: Tx, current: dict[str, Any]) -> None:
-    """Delete the port and free its addresses."""
+    """Delete the port, free its addresses and leave its security groups."""
     tx.conn.execute("DELETE FROM ip_allocations WHERE port_id = ?", (current["id"],))
+    security_groups.bind_port(tx, current["id"], [])
     allocation.released(tx, current["fixed_ips"])
     tx.conn.execute("DELETE FROM ports WHERE id = ?", (current["id"],))
     tx.emit(KIND, current, None)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from controller.store import security_groups
 from controller.store.errors import Conflict, InvalidInput, NotFound
 from controller.store.tx import Tx
 from controller.store.values import as_int
@@ -174,7 +175,9 @@ def enforce(
 register("network", 100, owned_rows("networks"))
 register("subnet", 100, owned_rows("subnets"))
 register("port", 500, owned_rows("ports"))
+# Counted on their indexed project_id columns; a project's default group (made on its first
+# use) counts, as in Neutron, but is never refused for quota.
+register("security_group", 10, security_groups.count)
+register("security_group_rule", 100, security_groups.count_rules)
 # As they land (their store kinds must be these names; see the module docstring):
-#   register("security_group", 10, owned_rows("security_groups"))
-#   register("security_group_rule", 100, owned_rows("security_group_rules"))
 #   register("router", 10, owned_rows("routers"))

@@ -15,12 +15,26 @@ from typing import Any
 
 from controller.store.tx import Tx, loads
 
-TABLES = {"network": "networks", "subnet": "subnets", "port": "ports", "host": "hosts"}
+TABLES = {
+    "network": "networks",
+    "subnet": "subnets",
+    "port": "ports",
+    "host": "hosts",
+    "security_group": "security_groups",
+    "security_group_rule": "security_group_rules",
+}
 INDEXED: dict[str, dict[str, str]] = {
     "network": {"id": "id"},
     "subnet": {"id": "id", "network_id": "network_id"},
     "port": {"id": "id", "network_id": "network_id", "binding:host_id": "host_id"},
     "host": {"id": "id"},
+    "security_group": {"id": "id", "project_id": "project_id"},
+    "security_group_rule": {
+        "id": "id",
+        "security_group_id": "security_group_id",
+        "remote_group_id": "remote_group_id",
+        "project_id": "project_id",
+    },
 }
 """Attributes whose exact value a column holds, per kind (a port's ``host_id`` column is NULL
 for an unbound port, so only non-empty host ids may be looked up there)."""

@@ -138,6 +138,51 @@ def _v6_port_numbers(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v7_security_groups(conn: sqlite3.Connection) -> None:
+    """Security groups, their rules, and which ports are in which group.
+
+    ``is_default`` with its partial unique index is what makes "one ``default`` group per
+    project, created on first use" safe against two first uses at once.  ``port_security_groups``
+    repeats a port's ``security_groups`` list as rows, so that "which ports does this group hold"
+    (deleting a group in use, the members a ``remote_group_id`` rule expands to) is an index
+    lookup.  Ports stored before this step name groups that cannot exist (the ids were
+    accepted and ignored); they are cleared, and such ports stay without groups, so an upgrade
+    does not start filtering traffic that flowed before it.
+    """
+    _run_script(
+        conn,
+        """
+        CREATE TABLE security_groups (
+            id         TEXT PRIMARY KEY,
+            project_id TEXT NOT NULL,
+            is_default INTEGER NOT NULL,
+            body       TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX one_default_group_per_project
+            ON security_groups (project_id) WHERE is_default;
+        CREATE INDEX security_groups_by_project ON security_groups (project_id);
+        CREATE TABLE security_group_rules (
+            seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+            id                TEXT NOT NULL UNIQUE,
+            security_group_id TEXT NOT NULL REFERENCES security_groups (id),
+            remote_group_id   TEXT REFERENCES security_groups (id),
+            project_id        TEXT NOT NULL,
+            body              TEXT NOT NULL
+        );
+        CREATE INDEX rules_by_group ON security_group_rules (security_group_id);
+        CREATE INDEX rules_by_remote_group ON security_group_rules (remote_group_id);
+        CREATE INDEX rules_by_project ON security_group_rules (project_id);
+        CREATE TABLE port_security_groups (
+            port_id           TEXT NOT NULL REFERENCES ports (id),
+            security_group_id TEXT NOT NULL REFERENCES security_groups (id),
+            PRIMARY KEY (port_id, security_group_id)
+        );
+        CREATE INDEX ports_by_security_group ON port_security_groups (security_group_id);
+        UPDATE ports SET body = json_set(body, '$.security_groups', json('[]'))
+        """,
+    )
+
+
 MIGRATIONS: list[Step] = [
     _v1_core,
     _v2_hosts,
@@ -145,6 +190,7 @@ MIGRATIONS: list[Step] = [
     _v4_quotas,
     _v5_extra_dhcp_opts,
     _v6_port_numbers,
+    _v7_security_groups,
 ]
 LATEST = len(MIGRATIONS)
 

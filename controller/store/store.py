@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from controller.events import ChangeEvent, EventBus
+from controller.events import KINDS, ChangeEvent, EventBus
 from controller.metrics import Metrics
 from controller.store import (
     availability,
@@ -43,6 +43,8 @@ from controller.store import (
     quotas,
     replay,
     scan,
+    security_group_rules,
+    security_groups,
     subnets,
 )
 from controller.store.attrs import check_revision
@@ -52,7 +54,17 @@ from controller.store.tx import Tx
 from controller.store.values import as_uuid
 
 T = TypeVar("T")
-KINDS = ("network", "subnet", "port", "host")
+__all__ = ["KINDS", "Store"]
+MODULES: dict[str, Any] = {
+    "network": networks,
+    "subnet": subnets,
+    "port": ports,
+    "host": hosts,
+    "security_group": security_groups,
+    "security_group_rule": security_group_rules,
+}
+COMPLETE = {"network": networks.with_subnets, "security_group": security_groups.with_rules}
+"""What a kind's stored body lacks and a read adds (a network's subnets, a group's rules)."""
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -257,7 +269,7 @@ class Store:
     ) -> tuple[list[dict[str, Any]], bool]:
         """One page of a kind in id order, cut in SQL (see `scan`); (page, more remain)."""
         _module(kind)
-        complete = networks.with_subnets if kind == "network" else None
+        complete = COMPLETE.get(kind)
         return self._read(
             lambda tx: scan.page(
                 tx,
@@ -324,10 +336,27 @@ class Store:
         return self._read(lambda tx: ports.statuses(tx, port_ids))
 
     def list_ports(
-        self, network_id: str | None = None, host_id: str | None = None
+        self,
+        network_id: str | None = None,
+        host_id: str | None = None,
+        security_group_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Ports sorted by id, optionally of one network and/or bound to one host."""
-        return self._read(lambda tx: ports.load_all(tx, network_id, host_id))
+        """Ports sorted by id, optionally of one network, bound to one host and/or in one
+        security group (its members: their ``fixed_ips`` and ``allowed_address_pairs`` are
+        the addresses a ``remote_group_id`` rule naming the group matches)."""
+        return self._read(lambda tx: ports.load_all(tx, network_id, host_id, security_group_id))
+
+    def get_security_group(self, group_id: str) -> dict[str, Any] | None:
+        """A security group with its ``security_group_rules``, or None."""
+        return self._read(lambda tx: security_groups.load(tx, group_id))
+
+    def list_security_groups(self) -> list[dict[str, Any]]:
+        """Every security group (with its rules), sorted by id."""
+        return self._read(security_groups.load_all)
+
+    def list_security_group_rules(self, group_id: str | None = None) -> list[dict[str, Any]]:
+        """Security group rules sorted by id, optionally of one group."""
+        return self._read(lambda tx: security_group_rules.load_all(tx, group_id))
 
     def get_host(self, host_id: str) -> dict[str, Any] | None:
         """A host, or None."""
@@ -438,6 +467,6 @@ def _create_private(path: str) -> None:
 def _module(kind: str) -> Any:
     """The resource module implementing a kind."""
     try:
-        return {"network": networks, "subnet": subnets, "port": ports, "host": hosts}[kind]
+        return MODULES[kind]
     except KeyError:
         raise InvalidInput(f"Unknown resource kind {kind!r}") from None

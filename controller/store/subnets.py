@@ -16,6 +16,7 @@ import netaddr
 from controller.store.attrs import (
     bump,
     check_read_only,
+    null_only,
     reject_unknown,
     require,
     standard_attrs,
@@ -196,10 +197,8 @@ def _routes(value: Any, version: int) -> list[dict[str, str]]:
 
 
 def _null_only(body: dict[str, Any]) -> None:
-    """Attributes Neutron has that tenantnet does not implement may only be null."""
-    for name in UNSUPPORTED_NULL_ONLY:
-        if body.get(name) is not None:
-            raise invalid_attr(name, "not supported by tenantnet")
+    """Attributes Neutron has that tenantnet does not implement may only be null (or empty)."""
+    null_only(body, UNSUPPORTED_NULL_ONLY)
     if body.get("service_types"):
         raise invalid_attr("service_types", "not supported by tenantnet")
 

@@ -238,7 +238,9 @@ def test_port_create_defaults(client: TestClient) -> None:
     assert port["binding:vif_type"] == "ovs" and port["binding:vnic_type"] == "normal"
     assert port["binding:host_id"] == ""
     assert port["port_security_enabled"] is True
-    assert port["allowed_address_pairs"] == [] and port["security_groups"] == []
+    assert port["allowed_address_pairs"] == []
+    (default,) = client.get("/v2.0/security-groups?name=default").json()["security_groups"]
+    assert port["security_groups"] == [default["id"]]  # the project's, created on first use
     assert port["admin_state_up"] is True and port["device_id"] == "vm1"
     assert port["revision_number"] == 1
 
@@ -817,11 +819,15 @@ def test_api_writes_publish_events(client: TestClient, events: list[ChangeEvent]
     assert kinds == [
         ("network", True, False),
         ("subnet", True, False),
+        # the project's default group, made for the port's first use, before the port
+        ("security_group", True, False),
+        *[("security_group_rule", True, False)] * 4,
         ("port", True, False),
         ("port", False, False),
         ("port", False, True),
     ]
-    assert events[3].new["admin_state_up"] is False and events[3].old["admin_state_up"] is True
+    assert events[8].new["admin_state_up"] is False and events[8].old["admin_state_up"] is True
+    assert events[2].new["security_group_rules"] == [e.new for e in events[3:7]]
 
 
 def _cloudstack_port(net_id: str, port_id: str, device_id: str) -> dict[str, Any]:

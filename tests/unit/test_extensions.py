@@ -37,7 +37,26 @@ def binding(c: TestClient) -> None:
 
 def port_security(c: TestClient) -> None:
     net = _create(c, "network", port_security_enabled=False)
-    assert _create(c, "port", network_id=net["id"])["port_security_enabled"] is False
+    port = _create(c, "port", network_id=net["id"])
+    assert port["port_security_enabled"] is False and port["security_groups"] == []
+
+
+def security_group(c: TestClient) -> None:
+    r = c.post("/v2.0/security-groups", json={"security_group": {"name": "web"}})
+    group = r.json()["security_group"]
+    rule = {"security_group_id": group["id"], "direction": "ingress", "protocol": "tcp"}
+    r = c.post("/v2.0/security-group-rules", json={"security_group_rule": rule})
+    assert r.status_code == 201, r.text
+    port = _port(c, security_groups=[group["id"]])
+    assert port["security_groups"] == [group["id"]]
+    assert c.delete(f"/v2.0/security-groups/{group['id']}").status_code == 409
+
+
+def stateful_security_group(c: TestClient) -> None:
+    body = {"security_group": {"name": "udp-fast", "stateful": False}}
+    group = c.post("/v2.0/security-groups", json=body).json()["security_group"]
+    assert group["stateful"] is False
+    assert c.get("/v2.0/security-groups?stateful=false").json()["security_groups"] == [group]
 
 
 def allowed_address_pairs(c: TestClient) -> None:
@@ -178,6 +197,8 @@ CHECKS: dict[str, Callable[[TestClient], None]] = {
     "provider": provider,
     "binding": binding,
     "port-security": port_security,
+    "security-group": security_group,
+    "stateful-security-group": stateful_security_group,
     "allowed-address-pairs": allowed_address_pairs,
     "extra_dhcp_opt": extra_dhcp_opt,
     "net-mtu": net_mtu,

@@ -15,7 +15,13 @@ from controller.store import Conflict, InvalidInput, NotFound, Store
 from controller.store.schema import migrate
 from tests.unit.conftest import ClientFactory, TestClient
 
-NEUTRON_DEFAULTS = {"network": 100, "subnet": 100, "port": 500}
+NEUTRON_DEFAULTS = {
+    "network": 100,
+    "subnet": 100,
+    "port": 500,
+    "security_group": 10,
+    "security_group_rule": 100,
+}
 
 
 def _error(r: Any, status: int, type_: str, *words: str) -> str:
@@ -39,7 +45,7 @@ def test_defaults_are_neutrons_unless_configured(db_path: str, bus: EventBus) ->
     assert store.quota_limits("p") == NEUTRON_DEFAULTS
     store.close()
     store = Store(db_path, bus, quota_defaults={"network": 2, "port": -1, "router": 7})
-    assert store.quota_limits("p") == {"network": 2, "subnet": 100, "port": -1}
+    assert store.quota_limits("p") == {**NEUTRON_DEFAULTS, "network": 2, "port": -1}
     with pytest.raises(InvalidInput, match="quota_network"):
         Store(db_path, bus, quota_defaults={"network": -2})
     store.close()
@@ -137,7 +143,7 @@ def test_an_upgraded_database_counts_what_it_already_holds(db_path: str, bus: Ev
     migrate(conn, upto=3)
     conn.execute(
         "INSERT INTO networks (id, key, seg_type, seg_id, body) "
-        "VALUES ('n1', 1, 'vxlan', 1, '{\"id\": \"n1\", \"project_id\": \"p\"}')"
+        'VALUES (\'n1\', 1, \'vxlan\', 1, \'{"id": "n1", "project_id": "p"}\')'
     )
     conn.close()
     store = Store(db_path, bus, quota_defaults={"network": 1})
@@ -175,10 +181,14 @@ def test_concurrent_creators_never_exceed_the_quota(tmp_path: Path) -> None:
         for round_ in range(6):
             kind = ("network", "port")[(i + round_) % 2]
             size = 3 if (i + round_) % 3 == 0 else 1
-            body = {"project_id": "p"} if kind == "network" else {
-                "project_id": "p",
-                "network_id": net["id"],
-            }
+            body = (
+                {"project_id": "p"}
+                if kind == "network"
+                else {
+                    "project_id": "p",
+                    "network_id": net["id"],
+                }
+            )
             try:
                 store.create(kind, [dict(body) for _ in range(size)])
             except Conflict as exc:
@@ -212,11 +222,10 @@ def test_quota_documents(client: TestClient) -> None:
     assert shown == {"quota": {**NEUTRON_DEFAULTS, "project_id": "proj-1"}}
     r = client.put("/v2.0/quotas/proj-1", json={"quota": {"network": 5, "port": "-1"}})
     assert r.status_code == 200, r.text
-    assert r.json() == {"quota": {"network": 5, "subnet": 100, "port": -1, "project_id": "proj-1"}}
+    mine = {**NEUTRON_DEFAULTS, "network": 5, "port": -1}
+    assert r.json() == {"quota": {**mine, "project_id": "proj-1"}}
     assert client.get("/v2.0/quotas").json() == {
-        "quotas": [
-            {"network": 5, "subnet": 100, "port": -1, "project_id": "proj-1", "tenant_id": "proj-1"}
-        ]
+        "quotas": [{**mine, "project_id": "proj-1", "tenant_id": "proj-1"}]
     }
     default = client.get("/v2.0/quotas/proj-1/default").json()
     assert default == {"quota": {**NEUTRON_DEFAULTS, "project_id": "proj-1"}}
@@ -227,6 +236,8 @@ def test_quota_documents(client: TestClient) -> None:
             "network": {"used": 1, "limit": 5, "reserved": 0},
             "subnet": {"used": 0, "limit": 100, "reserved": 0},
             "port": {"used": 0, "limit": -1, "reserved": 0},  # that port has no project
+            "security_group": {"used": 0, "limit": 10, "reserved": 0},
+            "security_group_rule": {"used": 0, "limit": 100, "reserved": 0},
         }
     }
     assert client.delete("/v2.0/quotas/proj-1").status_code == 204
