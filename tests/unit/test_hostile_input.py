@@ -115,6 +115,50 @@ def test_the_store_refuses_what_it_could_not_read_back(store: Store) -> None:
     assert store.list_ports() == []
 
 
+def test_security_group_fields_are_bounded_and_named(client: TestClient) -> None:
+    def group(**attrs: Any) -> Any:
+        return client.post("/v2.0/security-groups", json={"security_group": attrs})
+
+    _error(group(name="n" * 256), 400, "name")
+    _error(group(tags=["x" * 61]), 400, "tags")
+    _error(group(stateful="maybe"), 400, "stateful")
+    _error(group(id="../x"), 400, "id")
+    _error(
+        _post_raw(client, "/v2.0/security-groups", '{"security_group": {"description": NaN}}'),
+        400,
+        "description",
+    )
+    r = group(name="ok")
+    assert r.status_code == 201, r.text
+    g = r.json()["security_group"]["id"]
+
+    def rule(**attrs: Any) -> Any:
+        body = {"security_group_id": g, "direction": "ingress", **attrs}
+        return client.post("/v2.0/security-group-rules", json={"security_group_rule": body})
+
+    message = _error(rule(protocol="x" * 5000), 400, "protocol")
+    assert len(message) < 1000  # the refusal does not echo megabytes back
+    _error(rule(protocol="²"), 400, "protocol")
+    _error(rule(protocol="tcp", port_range_min="²", port_range_max=5), 400, "port_range_min")
+    _error(rule(protocol="tcp", port_range_min="9" * 30, port_range_max=5), 400, "port_range_min")
+    _error(rule(remote_ip_prefix="10.0.0.0/8\nINFO forged"), 400, "remote_ip_prefix")
+    _error(rule(remote_ip_prefix="10.0.0.0/٨"), 400, "remote_ip_prefix")
+    _error(rule(remote_ip_prefix=["10.0.0.0/8"]), 400, "remote_ip_prefix")
+    _error(rule(ethertype="IPv4" * 100), 400, "ethertype")
+    _error(rule(remote_group_id=g + "\n"), 400, "remote_group_id")
+    raw = (
+        f'{{"security_group_rule": {{"security_group_id": "{g}", "direction": "ingress", '
+        '"description": "a\\ud800"}}'
+    )
+    _error(_post_raw(client, "/v2.0/security-group-rules", raw), 400, "description")
+    net = _net(client)
+    r = client.post("/v2.0/ports", json={"port": {"network_id": net, "security_groups": [g] * 101}})
+    _error(r, 400, "security_groups")
+    r = client.get(f"/v2.0/security-groups/{g}")
+    assert len(r.json()["security_group"]["security_group_rules"]) == 2  # only the template's
+    assert client.get("/v2.0/security-group-rules").status_code == 200
+
+
 # -- integers that str.isdigit() accepts but int() refuses -----------------------------------
 
 

@@ -302,3 +302,183 @@ def test_openstack_cli_extra_dhcp_options(server: tuple[str, Store]) -> None:
     assert "extra_dhcp_opts" in bad.stderr
     cli(url, "port", "delete", "dhcp-p1")
     cli(url, "network", "delete", "dhcp-net")
+
+
+def _rule_shapes(rules: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+    return {
+        (
+            r["direction"],
+            r["ethertype"],
+            r["protocol"],
+            r["port_range_min"],
+            r["port_range_max"],
+            r["remote_ip_prefix"],
+            r["remote_group_id"],
+        )
+        for r in rules
+    }
+
+
+def test_openstack_cli_security_groups(server: tuple[str, Store]) -> None:
+    url, store = server
+    group = cli_json(url, "security", "group", "create", "--description", "web tier", "cli-web")
+    assert group["name"] == "cli-web" and group["description"] == "web tier"
+    assert {(r["direction"], r["ethertype"]) for r in group["rules"]} == {
+        ("egress", "IPv4"),
+        ("egress", "IPv6"),
+    }
+    listed = {g["Name"]: g["ID"] for g in cli_json(url, "security", "group", "list")}
+    assert listed["cli-web"] == group["id"] and "default" in listed  # made on first use
+    cli(url, "security", "group", "set", "--name", "cli-web2", "--description", "d2", "cli-web")
+    shown = cli_json(url, "security", "group", "show", "cli-web2")
+    assert (shown["id"], shown["description"]) == (group["id"], "d2")
+    assert shown["revision_number"] > group["revision_number"]
+
+    ssh = cli_json(
+        url, "security", "group", "rule", "create", "--protocol", "tcp", "--dst-port", "22",
+        "--remote-ip", "0.0.0.0/0", "cli-web2",
+    )  # fmt: skip
+    assert (ssh["port_range_min"], ssh["port_range_max"], ssh["protocol"]) == (22, 22, "tcp")
+    web = cli_json(
+        url, "security", "group", "rule", "create", "--protocol", "tcp", "--dst-port", "80:81",
+        "--remote-group", "default", "cli-web2",
+    )  # fmt: skip
+    assert web["remote_group_id"] == listed["default"]
+    v6 = cli_json(
+        url,
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--ethertype",
+        "IPv6",
+        "--protocol",
+        "udp",
+        "cli-web2",
+    )
+    assert (v6["ether_type"], v6["remote_ip_prefix"]) == ("IPv6", "::/0")
+    dup = cli(
+        url, "security", "group", "rule", "create", "--protocol", "6", "--dst-port", "22",
+        "--remote-ip", "0.0.0.0/0", "cli-web2", ok=False,
+    )  # fmt: skip
+    assert "SecurityGroupRuleExists" in dup.stderr and ssh["id"] in dup.stderr
+    bad = cli(
+        url,
+        "security",
+        "group",
+        "rule",
+        "create",
+        "--protocol",
+        "gre",
+        "--dst-port",
+        "5",
+        "cli-web2",
+        ok=False,
+    )
+    assert "Ports cannot be specified for protocol gre" in bad.stderr
+    rules = cli_json(url, "security", "group", "rule", "list", "cli-web2", "--long")
+    assert {r["ID"] for r in rules} >= {ssh["id"], web["id"], v6["id"]}
+    assert _rule_shapes(store.get_security_group(group["id"])["security_group_rules"]) >= {
+        ("ingress", "IPv4", "tcp", 22, 22, "0.0.0.0/0", None),
+        ("ingress", "IPv4", "tcp", 80, 81, None, listed["default"]),
+        ("ingress", "IPv6", "udp", None, None, "::/0", None),
+    }
+
+    cli(url, "network", "create", "sg-net")
+    cli(url, "subnet", "create", "--network", "sg-net", "--subnet-range", "10.40.0.0/24", "sg-sub")
+    port = cli_json(
+        url, "port", "create", "--network", "sg-net", "--security-group", "cli-web2", "sg-p"
+    )
+    assert port["security_group_ids"] == [group["id"]]
+    plain = cli_json(url, "port", "create", "--network", "sg-net", "sg-q")
+    assert plain["security_group_ids"] == [listed["default"]]
+    in_use = cli(url, "security", "group", "delete", "cli-web2", ok=False)
+    assert "SecurityGroupInUse" in in_use.stderr
+    lone = cli(url, "port", "set", "--disable-port-security", "sg-q", ok=False)
+    assert "PortSecurityPortHasSecurityGroup" in lone.stderr
+    cli(url, "port", "set", "--no-security-group", "--disable-port-security", "sg-p")
+    off = cli_json(url, "port", "show", "sg-p")
+    assert off["security_group_ids"] == [] and off["port_security_enabled"] is False
+    cli(url, "security", "group", "rule", "delete", ssh["id"])
+    cli(url, "security", "group", "delete", "cli-web2")
+    missing = cli(url, "security", "group", "show", "cli-web2", ok=False)
+    assert "cli-web2" in missing.stderr
+    cli(url, "port", "delete", "sg-p", "sg-q")
+    cli(url, "network", "delete", "sg-net")
+    assert store.get_security_group(group["id"]) is None
+
+
+def test_openstacksdk_security_groups(server: tuple[str, Store]) -> None:
+    url, store = server
+    conn = openstack.connect(auth_type="none", auth={"endpoint": url})
+    try:
+        group = conn.network.create_security_group(name="sdk-sg", description="d")
+        assert len(group.security_group_rules) == 2 and group.stateful is True
+        assert conn.network.find_security_group("sdk-sg").id == group.id
+        default = conn.network.find_security_group("default")
+        assert default is not None and len(default.security_group_rules) == 4
+        rule = conn.network.create_security_group_rule(
+            security_group_id=group.id,
+            direction="ingress",
+            protocol="tcp",
+            port_range_min=443,
+            port_range_max=443,
+            remote_group_id=default.id,
+        )
+        assert rule.remote_group_id == default.id and rule.port_range_max == 443
+        icmp6 = conn.network.create_security_group_rule(
+            security_group_id=group.id, direction="ingress", ethertype="IPv6", protocol="icmp"
+        )
+        assert icmp6.protocol == "ipv6-icmp"
+        with pytest.raises(os_exc.ConflictException) as dup:
+            conn.network.create_security_group_rule(
+                security_group_id=group.id,
+                direction="ingress",
+                protocol="6",
+                port_range_min=443,
+                port_range_max=443,
+                remote_group_id=default.id,
+            )
+        assert "SecurityGroupRuleExists" in str(dup.value)
+        with pytest.raises(os_exc.BadRequestException) as both:
+            conn.network.create_security_group_rule(
+                security_group_id=group.id,
+                direction="ingress",
+                remote_group_id=default.id,
+                remote_ip_prefix="10.0.0.0/8",
+            )
+        assert "remote_ip_prefix" in str(both.value)
+        with pytest.raises(os_exc.NotFoundException):
+            conn.network.create_security_group_rule(
+                security_group_id="44444444-4444-4444-8444-444444444444", direction="ingress"
+            )
+        assert {r.id for r in conn.network.security_group_rules(security_group_id=group.id)} >= {
+            rule.id,
+            icmp6.id,
+        }
+        updated = conn.network.update_security_group(group, name="sdk-sg2", stateful=False)
+        assert updated.name == "sdk-sg2" and updated.stateful is False
+        assert "sdk-sg2" in {g.name for g in conn.network.security_groups()}
+
+        net = conn.network.create_network(name="sdk-sg-net")
+        conn.network.create_subnet(network_id=net.id, cidr="10.50.0.0/24", ip_version=4)
+        port = conn.network.create_port(network_id=net.id, security_group_ids=[group.id])
+        assert port.security_group_ids == [group.id]
+        assert [p["id"] for p in store.list_ports(security_group_id=group.id)] == [port.id]
+        with pytest.raises(os_exc.ConflictException) as in_use:
+            conn.network.delete_security_group(group)
+        assert "SecurityGroupInUse" in str(in_use.value)
+        with pytest.raises(os_exc.BadRequestException):
+            conn.network.create_port(
+                network_id=net.id, port_security_enabled=False, security_group_ids=[group.id]
+            )
+        off = conn.network.update_port(port, security_group_ids=[], port_security_enabled=False)
+        assert off.security_group_ids == [] and off.is_port_security_enabled is False
+        conn.network.delete_security_group_rule(rule)
+        assert conn.network.find_security_group_rule(rule.id) is None
+        conn.network.delete_security_group(group)
+        assert conn.network.find_security_group(group.id) is None
+        conn.network.delete_port(port)
+        conn.network.delete_network(net)
+    finally:
+        conn.close()
