@@ -15,7 +15,7 @@ from controller.store import rule_values
 from controller.store import security_groups as groups
 from controller.store.attrs import null_only, project_of, reject_unknown, require
 from controller.store.errors import Conflict, InvalidInput, not_found
-from controller.store.tx import Tx, loads
+from controller.store.tx import Tx
 from controller.store.values import as_uuid
 
 KIND = "security_group_rule"
@@ -39,21 +39,21 @@ CREATE_ATTRS = frozenset(
 
 
 def load(tx: Tx, rule_id: str) -> dict[str, Any] | None:
-    """The rule, or None."""
-    row = tx.one("SELECT body FROM security_group_rules WHERE id = ?", (rule_id,))
-    return None if row is None else loads(row[0])
+    """The rule (with its ``_key``), or None."""
+    row = tx.one("SELECT seq, body FROM security_group_rules WHERE id = ?", (rule_id,))
+    return None if row is None else groups.keyed_rule(*row)
 
 
 def load_all(tx: Tx, group_id: str | None = None) -> list[dict[str, Any]]:
-    """Rules sorted by id, optionally of one group."""
+    """Rules (with their ``_key``) sorted by id, optionally of one group."""
     if group_id is None:
-        rows = tx.all("SELECT body FROM security_group_rules ORDER BY id")
+        rows = tx.all("SELECT seq, body FROM security_group_rules ORDER BY id")
     else:
         rows = tx.all(
-            "SELECT body FROM security_group_rules WHERE security_group_id = ? ORDER BY id",
+            "SELECT seq, body FROM security_group_rules WHERE security_group_id = ? ORDER BY id",
             (group_id,),
         )
-    return [loads(r[0]) for r in rows]
+    return [groups.keyed_rule(*r) for r in rows]
 
 
 def must_load(tx: Tx, rule_id: str) -> dict[str, Any]:

@@ -70,8 +70,18 @@ def with_rules(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def keyed_rule(seq: int, text: str) -> dict[str, Any]:
+    """A stored rule with its ``_key``: the row's never reused ``seq`` (AUTOINCREMENT), a
+    stable integer id for the data plane (the rule's conjunction id in
+    ``flows.security_groups``).  Rule reads and rule events carry it; the rules embedded in a
+    group (`rules_of`) do not, since the API shows those as they are."""
+    rule = loads(text)
+    rule["_key"] = int(seq)
+    return rule
+
+
 def rules_of(tx: Tx, group_id: str) -> list[dict[str, Any]]:
-    """A group's rules in creation order."""
+    """A group's rules in creation order, as the API embeds them (without ``_key``)."""
     rows = tx.all(
         "SELECT body FROM security_group_rules WHERE security_group_id = ? ORDER BY seq",
         (group_id,),
@@ -185,9 +195,9 @@ def _insert(tx: Tx, body: dict[str, Any], group_id: str, *, default: bool) -> di
         }
         owner = {"project_id": new["project_id"]}
         rules.append(new_rule(group_id, default, rule_values.canonical(fields), owner))
+    new["security_group_rules"] = [dict(rule) for rule in rules]
     for rule in rules:
         insert_rule(tx, rule)
-    new["security_group_rules"] = rules
     tx.emit(KIND, None, new)
     for rule in rules:
         tx.emit(RULE_KIND, None, rule)
@@ -248,12 +258,12 @@ def delete(tx: Tx, current: dict[str, Any]) -> None:
         raise in_use_error(group_id)
     others: dict[str, dict[str, Any]] = {}
     rows = tx.all(
-        "SELECT body FROM security_group_rules WHERE security_group_id = ? OR remote_group_id = ?"
-        " ORDER BY seq",
+        "SELECT seq, body FROM security_group_rules"
+        " WHERE security_group_id = ? OR remote_group_id = ? ORDER BY seq",
         (group_id, group_id),
     )
-    for (text,) in rows:
-        rule = loads(text)
+    for seq, text in rows:
+        rule = keyed_rule(seq, text)
         owner = rule["security_group_id"]
         if owner != group_id and owner not in others:
             others[owner] = must_load(tx, owner)
@@ -290,7 +300,8 @@ def new_rule(
 
 
 def insert_rule(tx: Tx, rule: dict[str, Any]) -> None:
-    tx.conn.execute(
+    """Store a new rule and give it its ``_key`` (see `keyed_rule`)."""
+    cursor = tx.conn.execute(
         "INSERT INTO security_group_rules (id, security_group_id, remote_group_id, project_id, "
         "body) VALUES (?, ?, ?, ?, ?)",
         (
@@ -301,6 +312,7 @@ def insert_rule(tx: Tx, rule: dict[str, Any]) -> None:
             dumps(rule),
         ),
     )
+    rule["_key"] = int(cursor.lastrowid or 0)
 
 
 # -- ports -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from uuid import uuid4
 
 import pytest
 
+from controller.api.listing import public
 from controller.events import ChangeEvent
 from controller.store import Store
 from tests.unit.conftest import ClientFactory, TestClient
@@ -827,7 +828,7 @@ def test_api_writes_publish_events(client: TestClient, events: list[ChangeEvent]
         ("port", False, True),
     ]
     assert events[8].new["admin_state_up"] is False and events[8].old["admin_state_up"] is True
-    assert events[2].new["security_group_rules"] == [e.new for e in events[3:7]]
+    assert events[2].new["security_group_rules"] == [public(e.new) for e in events[3:7]]
 
 
 def _cloudstack_port(net_id: str, port_id: str, device_id: str) -> dict[str, Any]:

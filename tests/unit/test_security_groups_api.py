@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from controller.api.listing import public
 from controller.events import ChangeEvent, EventBus
 from controller.store import Store
 from controller.store.schema import LATEST, MIGRATIONS, migrate
@@ -472,7 +473,7 @@ def test_rules_change_their_groups_revision_and_publish_both(
         ("security_group_rule", True, False),
         ("security_group", False, False),
     ]
-    assert events[0].new == made
+    assert public(events[0].new) == made
     assert events[1].new["revision_number"] == 2 and made in events[1].new["security_group_rules"]
     events.clear()
     assert client.delete(f"{RULES}/{made['id']}").status_code == 204
@@ -497,6 +498,31 @@ def test_deleting_a_group_deletes_the_rules_that_name_it(
     assert kinds[-1] == ("security_group", a["id"], False)
     after = client.get(f"{SG}/{a['id']}").json()["security_group"]
     assert after["revision_number"] == 3 and len(after["security_group_rules"]) == 2
+
+
+def test_rules_carry_a_stable_key_for_the_data_plane(
+    client: TestClient, store: Store, events: list[ChangeEvent]
+) -> None:
+    """``_key`` (a rule's conjunction id in flows.security_groups): unique, never reused, the
+    same in rule events and store reads, and never shown by the API."""
+    g = group(client, name="g")
+    made = rule(client, g["id"], direction="ingress", protocol="tcp").json()["security_group_rule"]
+    keys = {r["id"]: r["_key"] for r in store.list_security_group_rules()}
+    assert len(set(keys.values())) == len(keys) and all(k > 0 for k in keys.values())
+    created = [e.new for e in events if e.kind == "security_group_rule" and e.new]
+    assert {r["id"]: r["_key"] for r in created} == keys
+    assert store.get("security_group_rule", made["id"])["_key"] == keys[made["id"]]
+    assert "_key" not in client.get(f"{RULES}/{made['id']}").text
+    assert "_key" not in client.get(f"{SG}/{g['id']}").text + client.get(RULES).text
+    client.delete(f"{RULES}/{made['id']}")
+    assert [e.old["_key"] for e in events if e.kind == "security_group_rule" and e.old] == [
+        keys[made["id"]]
+    ]
+    again = rule(client, g["id"], direction="ingress", protocol="tcp").json()["security_group_rule"]
+    assert store.get("security_group_rule", again["id"])["_key"] > max(keys.values())
+    client.delete(f"{SG}/{g['id']}")
+    gone = {e.old["id"]: e.old["_key"] for e in events if e.kind == "security_group_rule" and e.old}
+    assert all(isinstance(k, int) for k in gone.values()) and len(gone) == 4
 
 
 def test_quotas_count_the_default_group(client: TestClient, store: Store) -> None:
