@@ -74,15 +74,11 @@ def with_subnets(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
 
 def load_all(tx: Tx) -> list[dict[str, Any]]:
     """Every network, sorted by id, with their subnet lists in two queries."""
-    subnets: dict[str, list[str]] = {}
-    for net_id, sub_id in tx.all("SELECT network_id, id FROM subnets ORDER BY seq"):
-        subnets.setdefault(net_id, []).append(sub_id)
-    result = []
-    for (text,) in tx.all("SELECT body FROM networks ORDER BY id"):
-        body = loads(text)
-        body["subnets"] = subnets.get(body["id"], [])
-        result.append(body)
-    return result
+    return tx.bodies_with_children(
+        "SELECT body FROM networks ORDER BY id",
+        "SELECT network_id, id FROM subnets ORDER BY seq",
+        "subnets",
+    )
 
 
 def must_load(tx: Tx, network_id: str) -> dict[str, Any]:

@@ -91,16 +91,12 @@ def rules_of(tx: Tx, group_id: str) -> list[dict[str, Any]]:
 
 def load_all(tx: Tx) -> list[dict[str, Any]]:
     """Every group, sorted by id, with their rules in two queries."""
-    rules: dict[str, list[dict[str, Any]]] = {}
-    for (text,) in tx.all("SELECT body FROM security_group_rules ORDER BY seq"):
-        rule = loads(text)
-        rules.setdefault(rule["security_group_id"], []).append(rule)
-    result = []
-    for (text,) in tx.all("SELECT body FROM security_groups ORDER BY id"):
-        body = loads(text)
-        body["security_group_rules"] = rules.get(body["id"], [])
-        result.append(body)
-    return result
+    return tx.bodies_with_children(
+        "SELECT body FROM security_groups ORDER BY id",
+        "SELECT security_group_id, body FROM security_group_rules ORDER BY seq",
+        "security_group_rules",
+        loads,
+    )
 
 
 def must_load(tx: Tx, group_id: str) -> dict[str, Any]:

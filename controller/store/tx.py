@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,26 @@ class Tx:
     def exists(self, sql: str, params: tuple[Any, ...] = ()) -> bool:
         """Whether a query returns any row."""
         return self.one(sql, params) is not None
+
+    def bodies_with_children(
+        self,
+        parents: str,
+        children: str,
+        attr: str,
+        child: Callable[[Any], Any] = lambda value: value,
+    ) -> list[dict[str, Any]]:
+        """Every body ``parents`` selects, with ``attr`` set to its children, in two queries:
+        ``children`` selects (parent id, value) rows in the children's order, ``child`` turns a
+        value into what the list holds (a network's subnet ids, a group's rules)."""
+        found: dict[str, list[Any]] = {}
+        for parent_id, value in self.all(children):
+            found.setdefault(parent_id, []).append(child(value))
+        result = []
+        for (text,) in self.all(parents):
+            body = loads(text)
+            body[attr] = found.get(body["id"], [])
+            result.append(body)
+        return result
 
 
 def dumps(body: dict[str, Any]) -> str:

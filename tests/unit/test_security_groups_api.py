@@ -513,6 +513,9 @@ def test_rules_carry_a_stable_key_for_the_data_plane(
     assert {r["id"]: r["_key"] for r in created} == keys
     assert store.get("security_group_rule", made["id"])["_key"] == keys[made["id"]]
     assert "_key" not in client.get(f"{RULES}/{made['id']}").text
+    listed = {x["id"]: x for x in store.list_security_groups()}  # the data plane's read
+    assert listed[g["id"]] == client.get(f"{SG}/{g['id']}").json()["security_group"]
+    assert len(listed[g["id"]]["security_group_rules"]) == 3
     assert "_key" not in client.get(f"{SG}/{g['id']}").text + client.get(RULES).text
     client.delete(f"{RULES}/{made['id']}")
     assert [e.old["_key"] for e in events if e.kind == "security_group_rule" and e.old] == [
