@@ -213,8 +213,9 @@ def test_spoofed_source_mac_or_ip_is_dropped_unless_port_security_off(
     """Crafted frames from a VM with a foreign source MAC, a foreign source IP, another port's
     MAC+IP, or an ARP reply claiming a foreign IP or MAC never reach the peers (same host and
     remote), while the same frames with the VM's own addresses do.  After
-    ``PUT port_security_enabled=false`` the spoofed frames pass; after setting it back to true
-    they are dropped again."""
+    ``PUT port_security_enabled=false`` (with ``security_groups: []``, as Neutron requires) the
+    spoofed frames pass; after setting it back to true (with the groups) they are dropped
+    again."""
     net = tenancy.network("vxlan")
     s = tenancy.vm(1, "sp-src", net)
     peers = [tenancy.vm(1, "sp-local", net), tenancy.vm(2, "sp-remote", net)]
@@ -241,14 +242,17 @@ def test_spoofed_source_mac_or_ip_is_dropped_unless_port_security_off(
     for name, cases in got.items():
         assert cases == legit, f"port security on: {name} received {sorted(cases)}"
 
-    tenancy.api.update("port", s.iface_id, port_security_enabled=False)
+    # Neutron's rule: port security goes off together with the port's security groups (409
+    # PortSecurityPortHasSecurityGroup otherwise), and they come back with it.
+    groups = tenancy.api.show("port", s.iface_id)["security_groups"]
+    tenancy.api.update("port", s.iface_id, port_security_enabled=False, security_groups=[])
     wait_for(port_sec_rule, 10, what="port-security bypass rule on hv1")
     dp_env.lab.revalidator_wait([1, 2])
     got = probe()
     for name, cases in got.items():
         assert cases == all_cases, f"port security off: {name} received {sorted(cases)}"
 
-    tenancy.api.update("port", s.iface_id, port_security_enabled=True)
+    tenancy.api.update("port", s.iface_id, port_security_enabled=True, security_groups=groups)
     wait_for(lambda: not port_sec_rule(), 10, what="port-security bypass rule removed")
     dp_env.lab.revalidator_wait([1, 2])
     got = probe()
