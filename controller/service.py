@@ -245,6 +245,14 @@ class Controller:
             metrics=self.metrics,
         )
         self.bus.subscribe(self.dataplane.on_events)
+        # Native DHCP (issue 15): the ports' punt rules send DHCP here, answered off the actor.
+        from controller.dataplane.dhcp import DhcpPunt
+        from controller.services.dhcp import DhcpResponder
+
+        dp = self.dataplane
+        self.dhcp = DhcpPunt(dp.mirror, dp.bindings, dp.hosts, dp.by_dpid, DhcpResponder(s.dhcp))
+        self.ofp_app.packet_in_meter = (s.packet_in_rate_pps, s.packet_in_burst)
+        self.ofp_app.on_packet_in(self.dhcp.handle)
         # Hosts first, then the OpenFlow app: connections that came meanwhile are admitted
         # against the host table.
         self.dataplane.start()

@@ -42,6 +42,7 @@ from functools import lru_cache
 
 import netaddr
 
+from flows import arp_responder as arp
 from flows import tables as t
 from flows.model import (
     Action,
@@ -88,6 +89,8 @@ _IPV6_DAD = match(
 
 OFPP_MAX = 0xFFFFFF00
 """Largest physical port number in OpenFlow 1.3; above it are reserved ports (IN_PORT, ALL...)."""
+OFPP_CONTROLLER = 0xFFFFFFFD
+_TO_CONTROLLER = (Apply((Output(OFPP_CONTROLLER),)),)
 
 # ---------------------------------------------------------------------------------- normalisation
 # Rules are compared with what the switch reports, so every address must have exactly one spelling.
@@ -269,9 +272,20 @@ def compile_network_owners(ctx: HostContext, net: NetworkView) -> dict[int, Slic
     for mac, port in local_dst.items():
         delivered.setdefault(port.port_id, []).append(mac)
 
+    # ARP answers: one port per IPv4 address, local ports first (the store never gives one
+    # address to two ports of a network; this keeps inconsistent input from colliding).
+    answered: set[str] = set()
+
+    def claim(fixed_ips: Iterable[str]) -> list[str]:
+        mine = [ip for ip in _ipv4s(fixed_ips) if ip not in answered]
+        answered.update(mine)
+        return mine
+
     owned: dict[int, set[Rule]] = {}
     for port, mac in locals_:
-        fragment = local_port_fragment(seg, port, mac, delivered.get(port.port_id, ()))
+        fragment = local_port_fragment(
+            seg, port, mac, delivered.get(port.port_id, ()), claim(port.fixed_ips)
+        )
         owned.setdefault(t.port_cookie(port.num), set()).update(fragment)
 
     peers = peer_list(ctx, seg, net.peer_ips)
@@ -289,8 +303,11 @@ def compile_network_owners(ctx: HostContext, net: NetworkView) -> dict[int, Slic
             if host_ip != own_ip and mac not in local_dst:
                 remote_dst.setdefault(mac, (host_ip, rport))
         for mac, (host_ip, rport) in remote_dst.items():
-            rule = _unicast_rule(seg, mac, host_ip, tunnel_ofport, t.port_cookie(rport.num))
-            owned.setdefault(rule.cookie, set()).add(rule)
+            cookie = t.port_cookie(rport.num)
+            rule = _unicast_rule(seg, mac, host_ip, tunnel_ofport, cookie)
+            owned.setdefault(cookie, set()).add(rule)
+            if mac == normalize_mac(rport.mac):  # its answers go with its own MAC's delivery
+                owned[cookie].update(arp_rules(seg, mac, claim(rport.fixed_ips), cookie))
 
     out = {cookie: Slice(rules=frozenset(rules)) for cookie, rules in owned.items()}
     out[t.network_cookie(seg.key)] = network_slice(ctx, seg, [p for p, _ in locals_], peers)
@@ -318,17 +335,45 @@ def usable(port: LocalPort) -> bool:
 
 
 def local_port_fragment(
-    seg: Segment, port: LocalPort, mac: str, deliver_to: Iterable[str]
+    seg: Segment, port: LocalPort, mac: str, deliver_to: Iterable[str], answer: Iterable[str]
 ) -> frozenset[Rule]:
     """A usable local port's rules under its own cookie: classification, port security (``mac``
-    is its normalised MAC), and delivery of the MACs ``deliver_to`` (normalised) in both L2
-    tables."""
+    is its normalised MAC), delivery of the MACs ``deliver_to`` (normalised) in both L2
+    tables, ARP answers for the addresses ``answer``, its DHCP punt and, with port security
+    off, its ARP bypass."""
     cookie = t.port_cookie(port.num)
     rules = [_classify_rule(seg.key, port.ofport, cookie)]
     rules.extend(_port_security_rules(port, mac, cookie))
     for dst in deliver_to:
         rules.extend(_delivery_rules(seg.key, dst, port.ofport, cookie))
-    return frozenset(rules)
+    if port.dhcp:
+        rules.append(_dhcp_punt_rule(port.ofport, cookie))
+    if not port.port_security:
+        rules.append(arp.bypass_rule(seg.key, port.ofport, cookie))
+    return frozenset(rules).union(arp_rules(seg, mac, answer, cookie))
+
+
+def _ipv4s(addrs: Iterable[str]) -> list[str]:
+    """The IPv4 addresses among ``addrs``, normalised, sorted, once each."""
+    v4 = {text for version, text in map(normalize_ip, addrs) if version == 4}
+    return sorted(v4, key=_ip_sort_key)
+
+
+def arp_rules(seg: Segment, mac: str, fixed_ips: Iterable[str], cookie: int) -> frozenset[Rule]:
+    """A port's ARP answers (`flows.arp_responder`) for its IPv4 fixed IPs, under its own
+    cookie, on every host of its network.  Allowed-address-pair addresses are never answered
+    (VRRP-style addresses move between ports): their requests keep flooding."""
+    entries = (arp.ArpEntry(ip, mac, cookie) for ip in fixed_ips)
+    return arp.compile_network(seg.key, arp.entries_for(entries))
+
+
+def _dhcp_punt_rule(ofport: int, cookie: int) -> Rule:
+    """The port's DHCP client messages go to the controller (`controller.dataplane.dhcp`), in
+    the port-security table above its allow rules (PRIO_EXACT) so that discovers, broadcast
+    requests and unicast renewals are all answered on the host and none is flooded."""
+    m = match(in_port=ofport, eth_type=ETH_TYPE_IPV4, ip_proto=IP_PROTO_UDP,
+              udp_src=DHCP_CLIENT_PORT, udp_dst=DHCP_SERVER_PORT)  # fmt: skip
+    return Rule(t.PORT_SECURITY, t.PRIO_DHCP_PUNT, m, _TO_CONTROLLER, cookie)
 
 
 def local_port_rules(seg: Segment, port: LocalPort) -> frozenset[Rule]:
@@ -338,7 +383,8 @@ def local_port_rules(seg: Segment, port: LocalPort) -> frozenset[Rule]:
         return frozenset()
     mac = normalize_mac(port.mac)
     pair_macs = (normalize_mac(m) for _a, m in sorted(port.allowed_pairs))
-    return local_port_fragment(seg, port, mac, dict.fromkeys([mac, *pair_macs]))
+    answer = _ipv4s(port.fixed_ips)
+    return local_port_fragment(seg, port, mac, dict.fromkeys([mac, *pair_macs]), answer)
 
 
 def remote_port_rules(ctx: HostContext, seg: Segment, port: RemotePort) -> frozenset[Rule]:
@@ -350,10 +396,11 @@ def remote_port_rules(ctx: HostContext, seg: Segment, port: RemotePort) -> froze
     if tunnel_ofport is None or host_ip == _tunnel_ip(ctx.tunnel_ip):
         return frozenset()
     cookie = t.port_cookie(port.num)
+    mac = normalize_mac(port.mac)
     return frozenset(
         _unicast_rule(seg, normalize_mac(m), host_ip, tunnel_ofport, cookie)
         for m in (port.mac, *port.extra_macs)
-    )
+    ).union(arp_rules(seg, mac, _ipv4s(port.fixed_ips), cookie))
 
 
 def network_slice(

@@ -211,6 +211,8 @@ class LocalPort:
     allowed_pairs: tuple[tuple[str, str], ...] = ()
     # The port's store number (``_num``): its rules carry ``flows.tables.port_cookie(num)``.
     num: int = 0
+    # It has an IPv4 address in a subnet with enable_dhcp: its DHCP goes to the controller.
+    dhcp: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,7 @@ class RemotePort:
     # MACs of the port's allowed_address_pairs that differ from its own MAC.
     extra_macs: tuple[str, ...] = ()
     num: int = 0  # the port's store number, as in LocalPort
+    fixed_ips: tuple[str, ...] = ()  # its IPv4 fixed IPs get ARP answers (flows.arp_responder)
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,10 @@ SG_TABLES: tuple[TableSpec, ...] = (
 
 # -------------------------------------------------------------------------------------- priorities
 
+PRIO_DHCP_PUNT = 110
+"""PORT_SECURITY: a port of a DHCP-enabled subnet sends its DHCP client messages to the
+controller (above the port's allow rules, which would flood them)."""
+
 PRIO_EXACT = 100
 """Rules that name one port, address or peer."""
 

@@ -89,7 +89,9 @@ class Inputs:
         """The port as its host compiles it; None while the host shows no ofport for it."""
         rt = self.hosts.get(host_id)
         ofport = rt.obs.bindings.get(port.id) if rt is not None and rt.obs else None
-        return local_port_of(port, ofport) if ofport is not None else None
+        if ofport is None:
+            return None
+        return local_port_of(port, ofport, self.mirror.dhcp_served(port))
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ from controller.dataplane.bindings import Bindings
 from controller.dataplane.planner import Change, Inputs, Planner, Service, Unit, index_owners
 from controller.dataplane.services import services as default_services
 from controller.dataplane.services.l2 import L2Service
-from controller.dataplane.state import RECORDS, HostRec, Mirror, NetworkRec, PortRec
+from controller.dataplane.state import MIRRORED, RECORDS, HostRec, Mirror, NetworkRec, PortRec
 from controller.events import ChangeEvent
 from controller.metrics import Metrics
 from controller.southbound.ovsdb_host import HostObservation, OvsdbHost, datapath_id_for
@@ -197,6 +197,9 @@ class DataPlane:
             self.mirror.set_network(net["id"], NetworkRec.from_store(net))
         for port in self.store.list_ports():
             self.mirror.set_port(port["id"], PortRec.from_store(port))
+        for kind in MIRRORED:
+            for body in self.store.list_all(kind):
+                self.mirror.set_record(kind, body["id"], RECORDS[kind](body))
         for host in self.store.list_hosts():
             self._add_host(HostRec.from_store(host))
         # The recorded holders, before any host has been heard from (bindings.py, rule 3).
@@ -337,10 +340,12 @@ class DataPlane:
                 self.admission.set_host(rt.dpid, dict(new_host.config))
                 if old_host.agent_differs(new_host):
                     self._restart_agent(new_host.id)
-        else:  # a kind the data plane has no record for: ignored unless a service reads it
+        else:  # another kind: mirrored if it has a record, ignored unless a service reads it
             typed = RECORDS.get(ev.kind)
             old = typed(ev.old) if typed is not None and ev.old is not None else ev.old
             new = typed(ev.new) if typed is not None and ev.new is not None else ev.new
+            if typed is not None:
+                self.mirror.set_record(ev.kind, obj_id, new)
             self._changed(Change(ev.kind, obj_id, old, new))
 
     def _rebind(self, port_ids: Iterable[str]) -> None:

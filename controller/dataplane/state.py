@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from controller.services.dhcp_records import DhcpNetwork, DhcpOpt, DhcpPort, DhcpSubnet
 from controller.store.ports import REFUSED_HOSTS
 from flows.model import Segment
 
@@ -39,6 +40,8 @@ class PortRec:
     refused_shown: tuple[str, ...] = ()  # hosts listed as refused in binding:vif_details
     status: str = "DOWN"  # as the store last showed it (metrics: when a port turns ready)
     revision: int = 0
+    subnet_ips: tuple[tuple[str, str], ...] = ()  # (subnet id, ip): what DHCP hands out
+    dhcp_opts: tuple[DhcpOpt, ...] = ()  # extra_dhcp_opts (read by the DHCP responder only)
 
     @classmethod
     def from_store(cls, body: Mapping[str, Any]) -> PortRec:
@@ -66,6 +69,17 @@ class PortRec:
             refused_shown=tuple((body.get("binding:vif_details") or {}).get(REFUSED_HOSTS, ())),
             status=body.get("status", "DOWN"),
             revision=int(body.get("revision_number", 0)),
+            subnet_ips=tuple(
+                sorted(
+                    (str(ip.get("subnet_id", "")), ip["ip_address"])
+                    for ip in body.get("fixed_ips") or ()
+                    if ip.get("ip_address")
+                )
+            ),
+            dhcp_opts=tuple(
+                DhcpOpt(str(o["opt_name"]), str(o["opt_value"]), int(o.get("ip_version", 4)))
+                for o in body.get("extra_dhcp_opts") or ()
+            ),
         )
 
     @property
@@ -79,11 +93,11 @@ class PortRec:
         return (
             self.network_id,
             self.mac,
-            self.fixed_ips,
+            self.subnet_ips,
             self.admin_up,
             self.port_security,
             self.pairs,
-        ) != (other.network_id, other.mac, other.fixed_ips, other.admin_up, other.port_security,
+        ) != (other.network_id, other.mac, other.subnet_ips, other.admin_up, other.port_security,
               other.pairs)  # fmt: skip
 
     def binding_differs(self, other: PortRec) -> bool:
@@ -98,6 +112,7 @@ class NetworkRec:
     key: int  # store-allocated: metadata, group ids, the network owner's cookie
     seg_type: str  # "vxlan" | "gre"
     seg_id: int
+    mtu: int = 1450  # handed out by DHCP (option 26)
 
     @classmethod
     def from_store(cls, body: Mapping[str, Any]) -> NetworkRec:
@@ -106,11 +121,45 @@ class NetworkRec:
             key=int(body["_key"]),
             seg_type=body.get("provider:network_type") or "vxlan",
             seg_id=int(body["provider:segmentation_id"]),
+            mtu=int(body.get("mtu") or 1450),
         )
 
     @property
     def segment(self) -> Segment:
         return Segment(self.key, self.seg_type, self.seg_id)
+
+
+@dataclass(frozen=True)
+class SubnetRec:
+    """A subnet as the DHCP responder answers from it (`controller.services.dhcp`)."""
+
+    id: str
+    network_id: str
+    ip_version: int
+    dhcp: DhcpSubnet
+
+    @classmethod
+    def from_store(cls, body: Mapping[str, Any]) -> SubnetRec:
+        return cls(
+            id=body["id"],
+            network_id=body["network_id"],
+            ip_version=int(body.get("ip_version", 4)),
+            dhcp=DhcpSubnet(
+                id=body["id"],
+                cidr=body["cidr"],
+                gateway_ip=body.get("gateway_ip") or None,
+                enable_dhcp=bool(body.get("enable_dhcp", True)),
+                dns_nameservers=tuple(body.get("dns_nameservers") or ()),
+                host_routes=tuple(
+                    (r["destination"], r["nexthop"]) for r in body.get("host_routes") or ()
+                ),
+            ),
+        )
+
+    @property
+    def serves_dhcp(self) -> bool:
+        """Whether its ports' DHCPv4 is answered by tenantnet."""
+        return self.ip_version == 4 and self.dhcp.enable_dhcp
 
 
 @dataclass(frozen=True)
@@ -144,6 +193,8 @@ class Mirror:
         self.num_to_port: dict[int, str] = {}  # port number -> port id
         self.networks: dict[str, NetworkRec] = {}  # by id
         self.by_key: dict[int, NetworkRec] = {}  # by network key
+        self.subnets: dict[str, SubnetRec] = {}  # by id
+        self.net_subnets: dict[str, frozenset[str]] = {}  # network id -> its subnet ids
 
     def set_port(self, port_id: str, rec: PortRec | None) -> PortRec | None:
         """Store the port's new version (None: deleted); returns the previous one."""
@@ -170,6 +221,46 @@ class Mirror:
             self.networks[network_id] = rec
             self.by_key[rec.key] = rec
 
+    def set_subnet(self, subnet_id: str, rec: SubnetRec | None) -> None:
+        """Store the subnet's new version (None: deleted)."""
+        # The index's sets are replaced, never changed in place: the packet-in thread reads them.
+        old = self.subnets.pop(subnet_id, None)
+        if old is not None:
+            self.net_subnets[old.network_id] = self.net_subnets.get(old.network_id, frozenset()) - {
+                subnet_id
+            }
+        if rec is not None:
+            self.subnets[subnet_id] = rec
+            self.net_subnets[rec.network_id] = self.net_subnets.get(rec.network_id, frozenset()) | {
+                subnet_id
+            }
+
+    def set_record(self, kind: str, obj_id: str, rec: Any) -> None:
+        """Mirror a record of a kind planning reads beyond networks, ports and hosts (those
+        have their own paths in the actor): today subnets.  Other kinds are not mirrored."""
+        if kind == "subnet":
+            self.set_subnet(obj_id, rec)
+
+    def dhcp_served(self, port: PortRec) -> bool:
+        """Whether the port has an IPv4 address in a subnet whose DHCP tenantnet answers."""
+        for subnet_id, _ip in port.subnet_ips:
+            subnet = self.subnets.get(subnet_id)
+            if subnet is not None and subnet.serves_dhcp:
+                return True
+        return False
+
+    def dhcp_facts(self, port: PortRec) -> tuple[DhcpPort, DhcpNetwork] | None:
+        """What the DHCP responder answers this port from, or None if its network is gone.
+        Called from the packet-in thread: it reads records (immutable) by key only."""
+        net = self.networks.get(port.network_id)
+        if net is None:
+            return None
+        subnets = (self.subnets.get(s) for s in sorted(self.net_subnets.get(net.id, ())))
+        return (
+            DhcpPort(port.mac, port.subnet_ips, port.admin_up, port.dhcp_opts),
+            DhcpNetwork(net.mtu, tuple(s.dhcp for s in subnets if s is not None)),
+        )
+
     def key_of(self, network_id: str) -> int | None:
         net = self.networks.get(network_id)
         return net.key if net is not None else None
@@ -187,7 +278,12 @@ RECORDS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "network": NetworkRec.from_store,
     "port": PortRec.from_store,
     "host": HostRec.from_store,
+    "subnet": SubnetRec.from_store,
 }
 """Store kinds the data plane reads as typed records; a service that reads a new kind adds its
-record type here.  Events of other kinds reach the planner with the store's bodies, and no
+record type here (and `Mirror.set_record` an index, if planning looks it up).  Events of
+other kinds reach the planner with the store's bodies, and no
 service reads them."""
+
+MIRRORED = ("subnet",)
+"""Kinds beyond networks, ports and hosts that `Mirror.set_record` keeps (loaded at start)."""

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from controller.dataplane.state import PortRec
 
 
-def local_port_of(port: PortRec, ofport: int) -> LocalPort:
-    """A port as the host it is plugged into compiles it."""
+def local_port_of(port: PortRec, ofport: int, dhcp: bool = False) -> LocalPort:
+    """A port as the host it is plugged into compiles it; ``dhcp``: it has an IPv4 address in
+    a subnet with enable_dhcp (`Mirror.dhcp_served`)."""
     return LocalPort(
         port_id=port.id,
         ofport=ofport,
@@ -27,6 +28,7 @@ def local_port_of(port: PortRec, ofport: int) -> LocalPort:
         admin_up=port.admin_up,
         allowed_pairs=port.pairs,
         num=port.num,
+        dhcp=dhcp,
     )
 
 
@@ -34,7 +36,7 @@ def remote_port_of(port: PortRec, host_ip: str) -> RemotePort:
     """A port as the other hosts of its network compile it."""
     extra = tuple(sorted({m for _, m in port.pairs} - {port.mac}))
     return RemotePort(port_id=port.id, mac=port.mac, host_ip=host_ip, extra_macs=extra,
-                      num=port.num)  # fmt: skip
+                      num=port.num, fixed_ips=port.fixed_ips)  # fmt: skip
 
 
 def port_macs(port: PortRec) -> frozenset[str]:

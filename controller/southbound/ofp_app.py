@@ -197,6 +197,8 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         self._unadmitted: dict[Any, int] = {}
         self._refusals_logged: set[tuple[int, str, str]] = set()
         self.packet_ins: PacketInQueue | None = None
+        # (rate pps, burst): the packet-in meter every switch gets when it becomes ready
+        self.packet_in_meter: tuple[int, int] | None = None
 
     # ----------------------------------------------------------------------------- public API
 
@@ -208,6 +210,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             ready = [(dpid, sw) for dpid, sw in self._switches.items() if sw.ready]
             waiting, self._unadmitted = self._unadmitted, {}
         for dpid, sw in ready:
+            self._install_meter(sw)
             listener.switch_ready(dpid, Slice(frozenset(sw.flows), frozenset(sw.groups)))
         for dp, dpid in waiting.items():
             admitted = self._admit(dp, dpid)
@@ -660,8 +663,24 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             len(sw.flows),
             len(sw.groups),
         )
+        self._install_meter(sw)
         if self.listener is not None:
             self.listener.switch_ready(sw.dp.id, installed)
+
+    def _install_meter(self, sw: _Switch) -> None:
+        """The host's packet-in budget (`packet_in_meter`), sent on every switch_ready: before
+        any punt flow of the data plane, and again after a reconnect (a restarted vswitchd has
+        none).  A switch that refuses it still works; its packet-ins are then unmetered."""
+        if self.packet_in_meter is None:
+            return
+        rate, burst = self.packet_in_meter
+        dpid = sw.dp.id
+
+        def done(ok: bool, why: str = "") -> None:
+            if not ok:
+                LOG.warning("switch %016x: packet-in meter not installed (%s)", dpid, why)
+
+        self.set_packet_in_meter(dpid, rate, burst, done)
 
     def _send_or_fail(self, sw: _Switch, msgs: list[Any], barrier: Any) -> None:
         """Queue the batch; if the switch's send queue is full (it stopped reading what it is

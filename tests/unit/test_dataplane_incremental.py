@@ -249,6 +249,8 @@ def network_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Sli
     from the store's port records and the hypervisors' interfaces (the data plane builds its
     views from its per-port records and patches one port's owner at a time)."""
     out = []
+    # a port with an address in a subnet with enable_dhcp punts its DHCP to the controller
+    served = {s["id"] for s in m.store.list_all("subnet") if s["enable_dhcp"]}
     for net in m.store.list_networks():
         local: list[LocalPort] = []
         remote: list[RemotePort] = []
@@ -257,6 +259,7 @@ def network_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Sli
             where = m.model.holders.get(p["id"])
             if where is None:
                 continue
+            ips = tuple(sorted(ip["ip_address"] for ip in p["fixed_ips"]))
             if where == host:
                 member = True
                 local.append(
@@ -264,11 +267,12 @@ def network_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Sli
                         port_id=p["id"],
                         ofport=m.hvs[host].ifaces[p["id"]],
                         mac=p["mac_address"],
-                        fixed_ips=tuple(sorted(ip["ip_address"] for ip in p["fixed_ips"])),
+                        fixed_ips=ips,
                         port_security=p["port_security_enabled"],
                         admin_up=p["admin_state_up"],
                         allowed_pairs=PortRec.from_store(p).pairs,
                         num=p["_num"],
+                        dhcp=any(ip["subnet_id"] in served for ip in p["fixed_ips"]),
                     )
                 )
             else:
@@ -280,6 +284,7 @@ def network_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Sli
                         TUNNEL_IP[where],
                         tuple(sorted(pair_macs)),
                         num=p["_num"],
+                        fixed_ips=ips,
                     )
                 )
         if member:
@@ -487,6 +492,16 @@ class DataPlaneMachine(RuleBasedStateMachine):
     @rule(kind=st.sampled_from(["vxlan", "gre"]))
     def create_network(self, kind: str) -> None:
         self._create_network(kind)
+        self._step()
+
+    @rule(net=st.integers(0, MAX_NETWORKS - 1), enable=st.booleans())
+    def change_dhcp(self, net: int, enable: bool) -> None:
+        """DHCP of network ``net``'s subnet is turned on or off (its ports' punt rules)."""
+        if net >= len(self.nets):
+            return
+        for subnet in self.store.list_all("subnet"):
+            if subnet["network_id"] == self.nets[net]:
+                self._store(self.store.update, "subnet", subnet["id"], {"enable_dhcp": enable})
         self._step()
 
     @rule(net=st.integers(0, MAX_NETWORKS - 1), kind=st.sampled_from(["vxlan", "gre", "delete"]))

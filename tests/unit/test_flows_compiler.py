@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from flows import tables as t
+from flows.arp_responder import OFPP_IN_PORT
 from flows.compiler import (
+    OFPP_CONTROLLER,
     compile_base,
     compile_network,
     compile_network_owners,
     flood_groups,
     local_port_rules,
     network_slice,
+    normalize_ip,
     normalize_mac,
     peer_list,
     remote_port_rules,
@@ -517,6 +521,9 @@ def assert_confined(s: Slice, view: NetworkView, ctx: HostContext) -> None:
     own_ports = {p.ofport for p in view.local_ports}
     tunnel = ctx.tunnel_ofports.get(view.seg_type)
     allowed_outputs = own_ports | ({tunnel} if tunnel is not None else set())
+    # ARP answers go back to the asking port (the rule matches the network's metadata), DHCP
+    # punts to the controller (the rule matches one of the network's ports).
+    allowed_outputs |= {OFPP_IN_PORT, OFPP_CONTROLLER}
     own_groups = {t.flood_all_group_id(view.key), t.flood_local_group_id(view.key)}
     assert {g.group_id for g in s.groups} <= own_groups
 
@@ -572,11 +579,18 @@ def network_views(draw: st.DrawFn, key: int = 7, ofport_base: int = 10) -> Netwo
             draw(st.booleans()),
             draw(st.sampled_from([True, True, True, False])),
             num=key * 100 + i,
+            dhcp=draw(st.booleans()),
         )
         for i, mac in enumerate(macs[:n_local])
     )
     remote_ports = tuple(
-        RemotePort(f"n{key}-r{i}", mac, draw(st.sampled_from(PEERS)), num=key * 100 + 50 + i)
+        RemotePort(
+            f"n{key}-r{i}",
+            mac,
+            draw(st.sampled_from(PEERS)),
+            num=key * 100 + 50 + i,
+            fixed_ips=tuple(draw(st.lists(st.sampled_from(IPS), unique=True, max_size=2))),
+        )
         for i, mac in enumerate(macs[n_local:])
     )
     peers = tuple(draw(st.lists(st.sampled_from(PEERS), unique=True)))
@@ -598,19 +612,14 @@ def permuted(view: NetworkView, rnd: random.Random) -> NetworkView:
         rnd.shuffle(out)
         return tuple(out)
 
-    local_ports = tuple(
-        LocalPort(
-            p.port_id, p.ofport, p.mac, shuffled(p.fixed_ips), p.port_security, p.admin_up,
-            num=p.num,
-        )
-        for p in view.local_ports
-    )
+    local_ports = tuple(replace(p, fixed_ips=shuffled(p.fixed_ips)) for p in view.local_ports)
+    remote_ports = tuple(replace(p, fixed_ips=shuffled(p.fixed_ips)) for p in view.remote_ports)
     return NetworkView(
         view.key,
         view.seg_type,
         view.seg_id,
         shuffled(local_ports),
-        shuffled(view.remote_ports),
+        shuffled(remote_ports),
         shuffled(view.peer_ips),
     )
 
@@ -639,11 +648,15 @@ def _macs_of(view: NetworkView) -> list[str]:
 @settings(max_examples=200, deadline=None)
 @given(view=network_views())
 def test_without_conflicts_a_network_is_the_union_of_its_fragments(view: NetworkView) -> None:
-    """What the data plane's per-port path relies on: when no two ports claim a MAC or an
-    ofport, fragments compiled one port at a time add up to exactly the whole network."""
+    """What the data plane's per-port path relies on: when no two ports claim a MAC, an
+    ofport or an IPv4 address (the store never gives one address to two ports of a network),
+    fragments compiled one port at a time add up to exactly the whole network."""
     macs = _macs_of(view)
     ofports = [p.ofport for p in view.local_ports if usable(p)]
+    v4 = [ip for p in (*view.local_ports, *view.remote_ports)
+          for ip in {normalize_ip(a) for a in p.fixed_ips} if ip[0] == 4]  # fmt: skip
     assume(len(macs) == len(set(macs)) and len(ofports) == len(set(ofports)))
+    assume(len(v4) == len(set(v4)))
     whole = compile_network(CTX, view)
     if not ofports:
         assert whole == Slice()
@@ -828,5 +841,6 @@ def test_thousand_port_network_compiles() -> None:
         tuple(f"10.0.1.{h + 1}" for h in range(50)),
     )
     s = compile_network(CTX, view)
-    assert len(rules_in(s, t.L2_FROM_PORT)) == 100 + 900 + 1
+    # delivery or unicast per port, the flood rule, 3 ARP rules per local fixed IP
+    assert len(rules_in(s, t.L2_FROM_PORT)) == 100 + 900 + 1 + 3 * 100
     assert len(group(s, t.flood_all_group_id(9)).buckets) == 100 + 50

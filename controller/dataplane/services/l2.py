@@ -1,6 +1,7 @@
 """Tenant L2 networks: the owners NETWORK (a network on a host) and PORT (a port everywhere).
 
-Inputs: ``network`` and ``port`` (store), ``host`` (a host deleted), ``binding`` (the holder of
+Inputs: ``network``, ``subnet`` (enable_dhcp decides its ports' DHCP punt rules) and ``port``
+(store), ``host`` (a host deleted), ``binding`` (the holder of
 a port changed), ``iface`` (the ofport of a port changed where it is held), ``host_facts`` (a
 host's tunnel ports changed or its agent restarted) and ``switch`` (a host was read).
 
@@ -28,7 +29,7 @@ from typing import Any
 
 from controller.dataplane.compiled import NetCompiled
 from controller.dataplane.planner import EMPTY, Change, Inputs, PortDecision, Step, Unit
-from controller.dataplane.state import NetworkRec, PortRec
+from controller.dataplane.state import NetworkRec, PortRec, SubnetRec
 from controller.dataplane.views import port_macs
 from flows import tables as t
 from flows.compiler import (
@@ -49,7 +50,9 @@ def group(key: int) -> tuple[str, int]:
 
 class L2Service:
     name = "l2"
-    inputs = frozenset({"network", "port", "host", "binding", "iface", "host_facts", "switch"})
+    inputs = frozenset(
+        {"network", "subnet", "port", "host", "binding", "iface", "host_facts", "switch"}
+    )
     owner_kinds = frozenset({int(t.OwnerKind.NETWORK), int(t.OwnerKind.PORT)})
 
     def __init__(self) -> None:
@@ -72,6 +75,14 @@ class L2Service:
             if old is not None and new is not None and old.segment != new.segment:
                 return [self._net(new.key)]
             return []
+        if change.kind == "subnet":
+            # Its ports' DHCP punt rules follow enable_dhcp; the answers are read at packet time.
+            was, now = change.old, change.new
+            assert isinstance(was, SubnetRec | None) and isinstance(now, SubnetRec | None)
+            served = [s.serves_dhcp if s is not None else False for s in (was, now)]
+            subnet = now or was
+            key = mirror.key_of(subnet.network_id) if subnet is not None else None
+            return [self._net(key)] if served[0] != served[1] and key is not None else []
         if change.kind == "port":
             old, new = change.old, change.new
             assert isinstance(old, PortRec | None) and isinstance(new, PortRec | None)
