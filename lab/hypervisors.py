@@ -171,6 +171,22 @@ class Hypervisor:
             ip addr replace {self.tunnel_cidr} dev br-phy
             ip link set br-phy mtu {self.lab.underlay_mtu} up
         """)
+        self.warm_underlay_neighbours()
+
+    def warm_underlay_neighbours(self) -> None:
+        """Static tunnel neighbours (``tnl/neigh/set``) for every other hypervisor of the lab.
+
+        The userspace datapath drops a tunnelled packet whose underlay next hop is not in its
+        neighbour cache yet (it ARPs and drops).  A real hypervisor's cache is warm (its peers
+        talk all the time) and a kernel datapath queues instead; here, the first packet between
+        two new hosts would be lost - before tenantnet's ARP responder that was the VM's ARP
+        broadcast (the VM retries), with it a data packet.  The br-phy MACs are fixed, so
+        static entries stay right across vswitchd restarts (re-set by `start_vswitchd`)."""
+        if not self.vswitchd_running():
+            return
+        for other in self.lab.hypervisors:
+            if other is not self and other.n != self.n:
+                self.appctl("tnl/neigh/set", "br-phy", other.tunnel_ip, other.hwaddr)
 
     # ------------------------------------------------------------------ daemons
     def _pid(self, daemon: str) -> int | None:
@@ -588,6 +604,8 @@ class Lab:
         with ThreadPoolExecutor(max_workers=min(self.parallel, len(new))) as ex:
             for f in [ex.submit(hv._setup) for hv in new]:
                 f.result()
+        for hv in self.hypervisors:
+            hv.warm_underlay_neighbours()
         return new
 
     def add_hypervisor(self) -> Hypervisor:

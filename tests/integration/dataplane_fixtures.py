@@ -291,7 +291,8 @@ class Tenancy:
         self.vms: dict[str, Vm] = {}
 
     def network(self, net_type: str = "vxlan", seg_id: int | None = None,
-                cidr: str = "10.0.0.0/24", project: str = "tenant-a", **extra: Any) -> Net:
+                cidr: str = "10.0.0.0/24", project: str = "tenant-a",
+                subnet: dict[str, Any] | None = None, **extra: Any) -> Net:
         body: dict[str, Any] = {"provider:network_type": net_type, **extra}
         if seg_id is not None:
             body["provider:segmentation_id"] = seg_id
@@ -299,7 +300,8 @@ class Tenancy:
         net = self.api.create("network", name=f"{self.tag}-net{n}", project_id=project, **body)
         self.nets.append(Net(net, {}))
         sub = self.api.create("subnet", network_id=net["id"], cidr=cidr, ip_version=4,
-                              name=f"{self.tag}-sub{n}", project_id=project)
+                              name=f"{self.tag}-sub{n}", project_id=project,
+                              **(subnet or {}))
         self.nets[-1].subnet = sub
         return self.nets[-1]
 

@@ -329,7 +329,9 @@ class Generator:
                 elif cat == "arp_spoof_src":
                     src_mac = sha = foreign_mac
                 op = r.choice([1, 2])
-                pkt_fields = {"op": op, "spa": spa, "sha": sha, "tpa": self._rand_ip(),
+                # half of them ask for an address some port holds (the ARP responder's)
+                tpa = r.choice(self.all_ips) if r.random() < 0.5 else self._rand_ip()
+                pkt_fields = {"op": op, "spa": spa, "sha": sha, "tpa": tpa,
                               "tha": "00:00:00:00:00:00" if op == 1 else dst}
                 vlan = r.randrange(1, 4095) if cat == "vlan_arp_spoof" else None
             elif cat in ("ip", "ip_spoof_ip", "ip_spoof_mac", "vlan_ip", "tcp", "icmp"):
@@ -397,7 +399,7 @@ class Generator:
 # ------------------------------------------------------------------------------------ parsing
 
 
-Out = tuple[Any, ...]  # ("port", ofport) | ("tunnel", kind, key, dst_ip)
+Out = tuple[Any, ...]  # ("port", ofport) | ("tunnel", kind, key, dst_ip) | ("controller",)
 
 
 class TraceError(Exception):
@@ -424,6 +426,9 @@ _HDR_DST = re.compile(r"ipv4\(src=[\d.]+,dst=([\d.]+),")
 _HDR_VNI = re.compile(r"vxlan\(flags=0x[0-9a-f]+,vni=(0x[0-9a-f]+)\)")
 _HDR_GRE = re.compile(r"gre\(\(flags=0x[0-9a-f]+,proto=0x[0-9a-f]+\),key=(0x[0-9a-f]+)\)")
 _SET_TUN = re.compile(r"^set\(tunnel\((.*)\)\)$")
+_SET_HEADER = re.compile(r"^set\((eth|arp)\(.*\)\)$")  # the ARP responder's rewrite
+_TO_CONTROLLER = re.compile(r"^sample\(sample=100\.0%,actions\(meter\(\d+\),"
+                            r"userspace\(pid=0,controller\(reason=1,.*\)\)\)\)$")
 _TUN_NAMES = {"tn-vxlan": "vxlan", "tn-gre": "gre"}
 
 
@@ -471,6 +476,11 @@ def parse_actions(actions: str, odp: dict[int, tuple[str, str, int]]) -> list[Ou
                 key = int(found.group(1), 16)
                 outs.append(("tunnel", kind, key, dst.group(1)))
                 pushed = True
+                continue
+            if _SET_HEADER.match(tok):
+                continue
+            if _TO_CONTROLLER.match(tok):  # a punt (DHCP), metered
+                outs.append(("controller",))
                 continue
             m = _SET_TUN.match(tok)
             if m:
@@ -542,10 +552,27 @@ def expected(topo: Topology, pkt: Pkt) -> tuple[str | None, list[Out]]:
     p = topo.ports.get(pid or "")
     if p is None:  # LOCAL or an interface that is no tenantnet port
         return None, []
-    if not p.admin_up or not _port_security_allows(p, pkt):
+    if not p.admin_up or pkt.vlan is not None:
+        return p.net, []
+    f = pkt.fields
+    if pkt.l3 == "ip" and f["proto"] == "udp" and (f["sport"], f["dport"]) == (68, 67):
+        return p.net, [("controller",)]  # every subnet here has DHCP on: punted, any source
+    if not _port_security_allows(p, pkt):
         return p.net, []
     local = topo.usable_local(p.net, pkt.host)
     n = topo.nets[p.net]
+    if pkt.l3 == "arp" and f["op"] == 1:
+        if not p.port_security:  # its ARP requests are never answered: flooded
+            flood_all: list[Out] = [("port", q.ofport) for q in local if q.ofport != pkt.in_port]
+            flood_all += [("tunnel", n.type, n.seg_id, ip)
+                          for ip in sorted(topo.peers(p.net, pkt.host))]
+            return p.net, flood_all
+        # answered on this host for an address a port of the network holds there (local and
+        # admin up) or on a peer (bound), unless gratuitous or the owner's own request
+        owners = [q for q in topo.bound(p.net) if f["tpa"] in q.ips
+                  and (q.host != pkt.host or q.admin_up)]
+        if owners and f["spa"] != f["tpa"] and f["sha"] != owners[0].mac:
+            return p.net, [("port", pkt.in_port)]
     hit = [q for q in local if q.mac == pkt.eth_dst]
     if hit:
         return p.net, [("port", q.ofport) for q in hit if q.ofport != pkt.in_port]
@@ -563,6 +590,8 @@ def isolation_violations(topo: Topology, pkt: Pkt, net: str | None, outs: list[O
     bad = []
     ports_here = topo.ofports[pkt.host]
     for o in outs:
+        if o[0] == "controller":
+            continue  # a punt to tenantnet (DHCP): the controller answers to the in_port only
         if o[0] == "port":
             q = topo.ports.get(ports_here.get(o[1], ""))
             if net is None or q is None or q.net != net:
