@@ -138,9 +138,12 @@ def test_port_removal_touches_only_that_ports_flows_and_the_flood_groups() -> No
     d = diff(compile_network(CTX, smaller), NET7)
     assert d.add_rules == ()
     assert d.del_rules, "the removed port's rules must go"
+    gone = view(7, 10).local_ports[1]
     for r in d.del_rules:
         fields = dict(r.match)
-        assert fields.get("in_port") == 11 or fields.get("eth_dst") == "02:00:00:00:07:02", r
+        assert r.cookie == t.port_cookie(gone.num), r  # its own rules, nothing else
+        assert (fields.get("in_port") == 11 or fields.get("eth_dst") == "02:00:00:00:07:02"
+                or fields.get("arp_tpa") in gone.fixed_ips), r  # its ARP answers too
     assert {g.group_id for g in d.mod_groups} == {14, 15}
 
 
