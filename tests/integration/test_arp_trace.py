@@ -17,10 +17,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from flows import arp_responder as arp
 from flows.compiler import compile_base, compile_network
 from flows.model import HostContext, LocalPort, NetworkView, RemotePort, Rule, Slice
-from flows.tables import port_cookie
 from lab.hypervisors import Hypervisor
 from tests.integration.ofp_unix import MgmtClient, odp_port_names
 
@@ -47,11 +45,11 @@ REMOTE_A = ("fa:16:3e:0a:00:99", "10.0.0.7")  # a port of network A on the peer 
 def _views() -> tuple[NetworkView, NetworkView]:
     a_ports = tuple(
         LocalPort(n, of, mac, (ip,), port_security=n != "a3",
-                  allowed_pairs=((VIP, mac),) if n == "a1" else ())
+                  allowed_pairs=((VIP, mac),) if n == "a1" else (), num=of)
         for n, (of, mac, ip) in A.items()
     )  # fmt: skip
-    b_ports = tuple(LocalPort(n, of, mac, (ip,)) for n, (of, mac, ip) in B.items())
-    remote = (RemotePort("ar", REMOTE_A[0], PEER),)
+    b_ports = tuple(LocalPort(n, of, mac, (ip,), num=of) for n, (of, mac, ip) in B.items())
+    remote = (RemotePort("ar", REMOTE_A[0], PEER, num=99, fixed_ips=(REMOTE_A[1],)),)
     return (
         NetworkView(7, "vxlan", 5007, a_ports, remote, (PEER,)),
         NetworkView(8, "vxlan", 5008, b_ports, (), ()),
@@ -62,18 +60,11 @@ def _state(tunnel_ip: str) -> tuple[frozenset[Rule], frozenset]:  # type: ignore
     ctx = HostContext(tunnel_ip, {"vxlan": TUNNEL_OFPORT})
     rules, groups = set(compile_base(ctx).rules), set()
     for view in _views():
+        # the compiler adds each port's answers (local and remote) and a3's bypass, under the
+        # port's owner cookie (the port's ofport stands in for its number)
         sl = compile_network(ctx, view)
         rules |= sl.rules
         groups |= sl.groups
-        # each port owns its entry (its owner cookie; the port's ofport stands in for its number)
-        entries = [
-            arp.ArpEntry(p.fixed_ips[0], p.mac, port_cookie(p.ofport)) for p in view.local_ports
-        ]
-        entries += [arp.ArpEntry(REMOTE_A[1], REMOTE_A[0], port_cookie(99))] * (view.key == 7)
-        rules |= arp.compile_network(view.key, arp.entries_for(entries))
-        for p in view.local_ports:
-            if not p.port_security:
-                rules.add(arp.bypass_rule(view.key, p.ofport, port_cookie(p.ofport)))
     return frozenset(rules), frozenset(groups)
 
 

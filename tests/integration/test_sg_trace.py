@@ -258,7 +258,14 @@ class Neutron:
 
         if src.filtered and not check(src, "egress"):
             return set(), passes
-        if pkt.dst is not None:
+        if pkt.kind == "arp" and src.local and src.port_security and any(
+            p.local and p.net == src.net and pkt.ip_dst in p.ips for p in PORTS
+        ):
+            return {src.name}, passes  # answered on the host by the port's ARP entry
+        if pkt.kind == "arp" and src.local and not src.port_security:
+            # never answered: the bypass floods its requests, unicast or not
+            dsts = [p for p in PORTS if p.net == src.net and p is not src]
+        elif pkt.dst is not None:
             dsts = [pkt.dst]
         else:
             dsts = [p for p in PORTS if p.net == src.net and p is not src
