@@ -14,15 +14,22 @@ classic OVS recipe::
 What is *not* answered (it behaves as before: flooded by the rule the caller names as
 ``fallthrough``, normally the network's flood group, like the ``PRIO_FLOOD`` rule):
 
-* gratuitous ARP (``arp_spa == arp_tpa``): one rule per address matching ``arp_spa=IP,
-  arp_tpa=IP``, above the answer; and the address owner's own probes (``arp_sha=<its MAC>``,
-  e.g. ``arp_spa=0.0.0.0`` duplicate address detection), which an answer would turn into a
-  conflict on the owner.
+* the address owner's own requests for its own address: gratuitous ARP (``arp_spa ==
+  arp_tpa``) and probes, which an answer would turn into a conflict on the owner.  One rule per
+  address on the owner's host only, matching its ``in_port`` (`own_request_rule`).  Nowhere
+  else is it needed: ``L2_FROM_PORT`` sees only requests sent by a VM on the same host (the
+  owner's broadcast reaches a peer host through ``L2_FROM_TUNNEL``, which has no answers), and
+  port security lets another VM put the owner's address in ``arp_spa`` only through an allowed
+  address pair, whose holder then gets the truthful answer (the address is bound to the owner)
+  like any other asker, on whichever host it sits.
 * addresses nobody listed: allowed-address-pair IPs and CIDRs are never entries (VRRP-style
   virtual IPs move between ports by gratuitous ARP; an answer from flows would pin them).
 * requests from a port with port security off: `bypass_rule` (per such port, in_port match) sends
   its ARP to the fallthrough before any answer, since such a VM may own addresses tenantnet
   does not know about (a router or appliance VM).
+
+So an address costs one rule on every host of its network (the answer) and one more on its
+owner's host (the owner's own requests), whatever the number of ports.
 
 Ownership (how the core plugs this in): cookies are the caller's (`flows.tables.owner_cookie`).
 Each `ArpEntry` carries the cookie of its owner - the *port owner* (``port_cookie``) owns the
@@ -54,7 +61,7 @@ PRIO_ARP_ANSWER = 150
 """Above the L2 unicast rules (PRIO_EXACT): unicast ARP requests (cache refreshes) are answered
 too."""
 PRIO_ARP_PASS = 160
-"""Gratuitous ARP and the owner's own requests: not answered, forwarded as before."""
+"""The owner's own requests for its address (gratuitous ARP, probes): forwarded as before."""
 PRIO_ARP_BYPASS = 170
 """Ports with port security off: their ARP is never answered from flows."""
 
@@ -108,40 +115,46 @@ def answer_actions(ip: str, mac: str) -> tuple[Move | SetField | Output, ...]:
     )
 
 
-def entry_rules(
+def answer_rule(key: int, entry: ArpEntry, table: int = tables.L2_FROM_PORT) -> Rule:
+    """The answer for one address, on every host of the network."""
+    arp = {"metadata": key, "eth_type": ETH_TYPE_ARP, "arp_op": ARP_REQUEST, "arp_tpa": entry.ip}
+    return Rule(
+        table, PRIO_ARP_ANSWER, match(**arp), (Apply(answer_actions(entry.ip, entry.mac)),),
+        entry.cookie,
+    )  # fmt: skip
+
+
+def own_request_rule(
     key: int,
     entry: ArpEntry,
+    ofport: int,
     fallthrough: tuple[Instruction, ...] | None = None,
     table: int = tables.L2_FROM_PORT,
-) -> frozenset[Rule]:
-    """The answer for one address plus its two exclusions (gratuitous, the owner's own)."""
+) -> Rule:
+    """The owner's own requests for its address (from its ``ofport``, on its host): forwarded,
+    never answered (gratuitous ARP, probes)."""
     through = flood_fallthrough(key) if fallthrough is None else fallthrough
-    arp = {"metadata": key, "eth_type": ETH_TYPE_ARP, "arp_op": ARP_REQUEST, "arp_tpa": entry.ip}
-    return frozenset(
-        {
-            Rule(
-                table,
-                PRIO_ARP_ANSWER,
-                match(**arp),
-                (Apply(answer_actions(entry.ip, entry.mac)),),
-                entry.cookie,
-            ),
-            Rule(table, PRIO_ARP_PASS, match(**arp, arp_spa=entry.ip), through, entry.cookie),
-            Rule(table, PRIO_ARP_PASS, match(**arp, arp_sha=entry.mac), through, entry.cookie),
-        }
-    )
+    m = match(metadata=key, in_port=ofport, eth_type=ETH_TYPE_ARP, arp_op=ARP_REQUEST,
+              arp_tpa=entry.ip)  # fmt: skip
+    return Rule(table, PRIO_ARP_PASS, m, through, entry.cookie)
 
 
-def compile_network(
+def compile_entries(
     key: int,
     entries: Iterable[ArpEntry],
+    owner_ofport: int | None = None,
     fallthrough: tuple[Instruction, ...] | None = None,
     table: int = tables.L2_FROM_PORT,
 ) -> frozenset[Rule]:
-    """Every answer of one network (entries as `entries_for` returns them)."""
+    """The answers for ``entries`` (as `entries_for` returns them) and, on the host where their
+    owner is plugged at ``owner_ofport`` (None elsewhere, or when the owner has port security
+    off and its `bypass_rule` already forwards all its requests), the pass for its own requests.
+    """
     rules: set[Rule] = set()
     for entry in entries:
-        rules |= entry_rules(key, entry, fallthrough, table)
+        rules.add(answer_rule(key, entry, table))
+        if owner_ofport is not None:
+            rules.add(own_request_rule(key, entry, owner_ofport, fallthrough, table))
     return frozenset(rules)
 
 

@@ -200,12 +200,13 @@ def _port_security_rules(port: LocalPort, mac: str, cookie: int) -> list[Rule]:
     def allow(*fields: tuple[str, object]) -> Rule:
         return Rule(t.PORT_SECURITY, t.PRIO_EXACT, tuple(sorted(who + fields)), goto, cookie)
 
-    rules = [
-        # DHCP before the VM has an address; the server replies to the MAC, not the IP.
-        allow(*_DHCP_REQUEST),
-        # IPv6 duplicate address detection is sent from the unspecified address.
-        allow(*_IPV6_DAD),
-    ]
+    # IPv6 duplicate address detection is sent from the unspecified address.
+    rules = [allow(*_IPV6_DAD)]
+    if not port.dhcp:
+        # DHCP before the VM has an address; the server replies to the MAC, not the IP.  A
+        # port whose DHCP tenantnet serves has its punt instead (`_dhcp_punt_rule`: above this
+        # priority, a wider match), which would leave this rule unreachable: one flow less.
+        rules.append(allow(*_DHCP_REQUEST))
     for ip in v4:
         # ARP must carry the port's own MAC and IP inside the payload too, or a VM could poison
         # its neighbours' caches while sending from a legitimate Ethernet source.
@@ -307,7 +308,7 @@ def compile_network_owners(ctx: HostContext, net: NetworkView) -> dict[int, Slic
             rule = _unicast_rule(seg, mac, host_ip, tunnel_ofport, cookie)
             owned.setdefault(cookie, set()).add(rule)
             if mac == normalize_mac(rport.mac):  # its answers go with its own MAC's delivery
-                owned[cookie].update(arp_rules(seg, mac, claim(rport.fixed_ips), cookie))
+                owned[cookie].update(arp_rules(seg, mac, claim(rport.fixed_ips), cookie, None))
 
     out = {cookie: Slice(rules=frozenset(rules)) for cookie, rules in owned.items()}
     out[t.network_cookie(seg.key)] = network_slice(ctx, seg, [p for p, _ in locals_], peers)
@@ -348,9 +349,11 @@ def local_port_fragment(
         rules.extend(_delivery_rules(seg.key, dst, port.ofport, cookie))
     if port.dhcp:
         rules.append(_dhcp_punt_rule(port.ofport, cookie))
+    owner_ofport: int | None = port.ofport
     if not port.port_security:
         rules.append(arp.bypass_rule(seg.key, port.ofport, cookie))
-    return frozenset(rules).union(arp_rules(seg, mac, answer, cookie))
+        owner_ofport = None  # the bypass already forwards all its requests
+    return frozenset(rules).union(arp_rules(seg, mac, answer, cookie, owner_ofport))
 
 
 def _ipv4s(addrs: Iterable[str]) -> list[str]:
@@ -359,12 +362,16 @@ def _ipv4s(addrs: Iterable[str]) -> list[str]:
     return sorted(v4, key=_ip_sort_key)
 
 
-def arp_rules(seg: Segment, mac: str, fixed_ips: Iterable[str], cookie: int) -> frozenset[Rule]:
+def arp_rules(
+    seg: Segment, mac: str, fixed_ips: Iterable[str], cookie: int, ofport: int | None
+) -> frozenset[Rule]:
     """A port's ARP answers (`flows.arp_responder`) for its IPv4 fixed IPs, under its own
-    cookie, on every host of its network.  Allowed-address-pair addresses are never answered
-    (VRRP-style addresses move between ports): their requests keep flooding."""
+    cookie, on every host of its network, plus on its own host (``ofport``: where it is
+    plugged, None on peers) the pass for its own requests.  Allowed-address-pair addresses
+    are never answered (VRRP-style addresses move between ports): their requests keep
+    flooding."""
     entries = (arp.ArpEntry(ip, mac, cookie) for ip in fixed_ips)
-    return arp.compile_network(seg.key, arp.entries_for(entries))
+    return arp.compile_entries(seg.key, arp.entries_for(entries), ofport)
 
 
 def _dhcp_punt_rule(ofport: int, cookie: int) -> Rule:
@@ -400,7 +407,7 @@ def remote_port_rules(ctx: HostContext, seg: Segment, port: RemotePort) -> froze
     return frozenset(
         _unicast_rule(seg, normalize_mac(m), host_ip, tunnel_ofport, cookie)
         for m in (port.mac, *port.extra_macs)
-    ).union(arp_rules(seg, mac, _ipv4s(port.fixed_ips), cookie))
+    ).union(arp_rules(seg, mac, _ipv4s(port.fixed_ips), cookie, None))
 
 
 def network_slice(

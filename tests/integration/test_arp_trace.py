@@ -153,6 +153,10 @@ def test_what_is_not_answered_floods_as_before(bridge: Bridge) -> None:
     flood_a = {"a2", "a3", "tunnel"}  # a1's flood: every other local port of A and the peer
     gratuitous = trace(bridge, "a1", "10.0.0.5", spa="10.0.0.5")
     assert gratuitous.outputs == flood_a and "arp_op=2" not in gratuitous.final, gratuitous.text
+    # the owner asking for its own address from another of its addresses (its pair): its port's
+    # pass, not an answer that would report a conflict with itself
+    own = trace(bridge, "a1", "10.0.0.5", spa=VIP)
+    assert own.outputs == flood_a and "arp_op=2" not in own.final, own.text
     unknown = trace(bridge, "a1", "10.0.0.99")
     assert unknown.outputs == flood_a, unknown.text
     vip = trace(bridge, "a2", VIP)  # allowed address pair of a1: VRRP keeps working

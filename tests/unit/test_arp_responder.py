@@ -55,22 +55,25 @@ def test_partial_or_mismatched_moves_are_foreign_or_refused() -> None:
         codec.encode_actions([Move("eth_src", "arp_spa")])
 
 
-def test_one_answer_and_two_exclusions_per_address_with_the_owners_cookie() -> None:
-    rules = arp.entry_rules(7, arp.ArpEntry("10.0.0.5", MAC, cookie=0xC0FFEE))
-    assert {r.cookie for r in rules} == {0xC0FFEE}
-    assert {r.table for r in rules} == {tables.L2_FROM_PORT}
-    by_prio = sorted(rules, key=lambda r: (r.priority, r.match))
-    answer, *passes = by_prio
+def test_one_answer_everywhere_and_the_owners_own_pass_on_its_host() -> None:
+    entry = arp.ArpEntry("10.0.0.5", MAC, cookie=0xC0FFEE)
+    peer = arp.compile_entries(7, [entry])
+    (answer,) = peer  # a peer host: the answer only
     assert answer.priority == arp.PRIO_ARP_ANSWER > tables.PRIO_EXACT
     assert dict(answer.match) == {
         "metadata": 7, "eth_type": 0x0806, "arp_op": 1, "arp_tpa": "10.0.0.5",
     }  # fmt: skip
     assert answer.instructions == (Apply(arp.answer_actions("10.0.0.5", MAC)),)
-    flood = (Apply((ToGroup(tables.flood_all_group_id(7)),)),)
-    assert [p.priority for p in passes] == [arp.PRIO_ARP_PASS] * 2
-    assert {p.instructions for p in passes} == {flood}
-    extra = [{k: v for k, v in p.match if k in ("arp_spa", "arp_sha")} for p in passes]
-    assert {"arp_spa": "10.0.0.5"} in extra and {"arp_sha": MAC} in extra
+    home = arp.compile_entries(7, [entry], owner_ofport=4)
+    assert {r.cookie for r in home} == {0xC0FFEE}
+    assert {r.table for r in home} == {tables.L2_FROM_PORT}
+    (own,) = home - peer
+    # the owner's own requests for its address (gratuitous ARP, probes), from its port only
+    assert own.priority == arp.PRIO_ARP_PASS > arp.PRIO_ARP_ANSWER
+    assert dict(own.match) == {
+        "metadata": 7, "in_port": 4, "eth_type": 0x0806, "arp_op": 1, "arp_tpa": "10.0.0.5",
+    }  # fmt: skip
+    assert own.instructions == (Apply((ToGroup(tables.flood_all_group_id(7)),)),)
 
 
 def test_entries_ports_first_ipv4_only_canonical_mac() -> None:
@@ -84,7 +87,7 @@ def test_entries_ports_first_ipv4_only_canonical_mac() -> None:
         arp.ArpEntry("10.0.0.5", MAC, 1),
         arp.ArpEntry("10.0.0.1", "02:7e:4e:00:00:01", 2),
     ]
-    rules = arp.compile_network(3, got)
+    rules = arp.compile_entries(3, got)
     answers = [r for r in rules if r.priority == arp.PRIO_ARP_ANSWER]
     assert len(answers) == 2 and all(dict(r.match)["metadata"] == 3 for r in answers)
 

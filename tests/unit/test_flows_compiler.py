@@ -229,6 +229,46 @@ def test_spoof_rules_contain_exactly_the_ports_addresses() -> None:
     assert {dhcp, dad} <= {r.match for r in mine}
 
 
+def test_a_served_ports_dhcp_punt_replaces_its_dhcp_allow_rule() -> None:
+    """The punt (higher priority, wider match) would leave the allow rule unreachable."""
+    served = compile_network(CTX, net(local_ports=(local("p1", 10, MAC_A, "10.1.0.5", dhcp=True),)))
+    plain = compile_network(CTX, net(local_ports=(local("p1", 10, MAC_A, "10.1.0.5"),)))
+    (punt,) = served.rules - plain.rules
+    (allow,) = plain.rules - served.rules
+    assert punt.priority > allow.priority and set(punt.match) < set(allow.match)
+    assert actions_of(punt) == [Output(OFPP_CONTROLLER)]
+
+
+def test_arp_answers_on_every_host_and_the_owners_own_pass_only_on_its_host() -> None:
+    """An address costs its answer on each host of the network; its owner's own requests
+    (gratuitous ARP, probes) pass on the owner's host, matched by its in_port."""
+    owner = local("p1", 10, MAC_A, "10.1.0.5", "10.1.0.6")
+    home = compile_network(CTX, net(local_ports=(owner, local("p2", 11, MAC_B, "10.1.0.9"))))
+    peer_ctx = HostContext("10.0.0.2", {"vxlan": VXLAN_OFPORT})
+    peer = compile_network(
+        peer_ctx,
+        net(local_ports=(local("p3", 12, "02:00:00:00:00:0c", "10.1.0.7"),),
+            remote_ports=(RemotePort("p1", MAC_A, "10.0.0.1", fixed_ips=("10.1.0.5", "10.1.0.6")),),
+            peer_ips=("10.0.0.1",)),
+    )  # fmt: skip
+
+    def arp_of(s: Slice, ip: str) -> list[Rule]:
+        return [r for r in s.rules if dict(r.match).get("arp_tpa") == ip]
+
+    for ip in ("10.1.0.5", "10.1.0.6"):
+        (answer,) = arp_of(peer, ip)
+        assert actions_of(answer)[-1] == Output(OFPP_IN_PORT)
+        at_home = arp_of(home, ip)
+        assert len(at_home) == 2 and answer in at_home
+        (own,) = [r for r in at_home if r != answer]
+        assert dict(own.match)["in_port"] == 10 and own.priority > answer.priority
+        assert actions_of(own) == [ToGroup(t.flood_all_group_id(7))]
+    # port security off: its bypass forwards all its requests, no pass per address
+    off = local("p1", 10, MAC_A, "10.1.0.5", port_security=False)
+    (answer,) = arp_of(compile_network(CTX, net(local_ports=(off,))), "10.1.0.5")
+    assert actions_of(answer)[-1] == Output(OFPP_IN_PORT)
+
+
 def test_port_security_off_gets_pass_rule_only() -> None:
     s = compile_network(
         CTX, net(local_ports=(local("p1", 10, MAC_A, "10.1.0.5", port_security=False),))
@@ -841,6 +881,7 @@ def test_thousand_port_network_compiles() -> None:
         tuple(f"10.0.1.{h + 1}" for h in range(50)),
     )
     s = compile_network(CTX, view)
-    # delivery or unicast per port, the flood rule, 3 ARP rules per local fixed IP
-    assert len(rules_in(s, t.L2_FROM_PORT)) == 100 + 900 + 1 + 3 * 100
+    # delivery or unicast per port, the flood rule, per local fixed IP its answer and its
+    # owner's own pass (the remote ports here have no fixed IPs)
+    assert len(rules_in(s, t.L2_FROM_PORT)) == 100 + 900 + 1 + 2 * 100
     assert len(group(s, t.flood_all_group_id(9)).buckets) == 100 + 50
