@@ -550,3 +550,39 @@ def _ip(text: str, version: int) -> str:
     if ip.version != version:
         raise ValueError(f"{text} is not an IPv{version} address")
     return str(ip)
+
+
+_OVS_NAMES = {
+    "eth_src": "dl_src", "eth_dst": "dl_dst", "eth_type": "dl_type", "vlan_vid": None,
+    "ipv4_src": "nw_src", "ipv4_dst": "nw_dst", "ip_proto": "nw_proto",
+    "icmpv4_type": "icmp_type", "icmpv4_code": "icmp_code", "tunnel_id": "tun_id",
+    "tun_ipv4_src": "tun_src", "tun_ipv4_dst": "tun_dst",
+}  # fmt: skip
+
+
+def ovs_flow_text(in_port: int, packet: Packet) -> str:
+    """The packet in ``ovs-appctl ofproto/trace`` syntax, so an operator (and the tests) can
+    ask OVS the same question: ``in_port=3,dl_src=..,dl_type=0x0800,nw_src=..``."""
+    parts = [f"in_port={in_port}"]
+    for name, value in sorted(packet.items(), key=lambda kv: (_ovs_rank(kv[0]), kv[0])):
+        ovs = _OVS_NAMES.get(name, name)
+        if ovs is None or name == "in_port":
+            continue
+        if isinstance(value, int) and name in ("eth_type", "tunnel_id", "metadata"):
+            parts.append(f"{ovs}={value:#x}")
+        else:
+            parts.append(f"{ovs}={value}")
+    return ",".join(parts)
+
+
+def _ovs_rank(name: str) -> int:
+    """OVS parses a flow left to right and wants a field's prerequisites before it."""
+    if name == "eth_type":
+        return 1
+    if name == "ip_proto":
+        return 3
+    if name.split("_")[0] in ("tcp", "udp", "sctp", "icmpv4", "icmpv6"):
+        return 4
+    if name.startswith(("ipv4", "ipv6", "arp")):
+        return 2
+    return 0

@@ -399,8 +399,13 @@ _COMMIT_MARK = re.compile(r"ct\(commit,zone=(\d+),mark=0x1/")
 
 def run_trace(b: Bridge, pkt: Pkt) -> tuple[set[str], list[int], str]:
     """(ports reached - "tunnel" for the peer -, zones marked denied, raw trace)."""
-    args = ["ofproto/trace", BRIDGE, flow_text(pkt)]
-    for state in pkt.states:
+    return ovs_trace(b, flow_text(pkt), pkt.states)
+
+
+def ovs_trace(b: Bridge, flow: str, states: tuple[str, ...]) -> tuple[set[str], list[int], str]:
+    """``run_trace`` for a flow in ofproto/trace syntax and the conntrack states in order."""
+    args = ["ofproto/trace", BRIDGE, flow]
+    for state in states:
         args += ["--ct-next", f"trk,{state}"]
     text = b.hv.appctl(*args)
     got: set[str] = set()

@@ -7,6 +7,7 @@ Its agreement with OVS itself is tests/integration/test_trace_vs_ovs.py.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import netaddr
 import pytest
@@ -246,8 +247,8 @@ def _names(tr_ports: list[int]) -> set[str]:
     return {"tunnel" if p == sgt.TUNNEL_OFPORT else by_ofport[p] for p in tr_ports}
 
 
-def _sg_trace(state: FlowTable, pkt: sgt.Pkt) -> tuple[set[str], list[int]]:
-    """The SG trace test's packet, through the evaluator: (ports reached, zones marked)."""
+def sg_packet(pkt: sgt.Pkt) -> tuple[int, dict[str, Any]]:
+    """The SG trace test's packet as the evaluator reads it: (in_port, fields)."""
     src = pkt.src
     dst_mac = pkt.dst.mac if pkt.dst is not None else sgt.BCAST
     kind = {"arp": None, "dhcp": 17, "dhcp_server": 17, "nd": 58}.get(pkt.kind, pkt.proto)
@@ -264,14 +265,25 @@ def _sg_trace(state: FlowTable, pkt: sgt.Pkt) -> tuple[set[str], list[int]]:
         if pkt.kind == "nd":
             fields.update(icmpv6_type=pkt.icmp_type, icmpv6_code=0)
     if src.local:
-        in_port = src.ofport
-    else:
-        in_port = sgt.TUNNEL_OFPORT
-        fields.update(tunnel_id=sgt.SEGS[src.net], tun_ipv4_src=sgt.PEER)
-    assert in_port is not None
-    tr = trace(state, in_port, fields, list(pkt.states))
+        assert src.ofport is not None
+        return src.ofport, fields
+    fields.update(tunnel_id=sgt.SEGS[src.net], tun_ipv4_src=sgt.PEER)
+    return sgt.TUNNEL_OFPORT, fields
+
+
+def sg_verdict(state: FlowTable, in_port: int, fields: dict[str, Any],
+               states: tuple[str, ...]) -> tuple[set[str], list[int]]:  # fmt: skip
+    """What the evaluator says of a packet on the SG bridge: (ports reached by name,
+    "tunnel" for the peer; zones whose connection is marked denied)."""
+    tr = trace(state, in_port, fields, list(states))
+    by_ofport = {p.ofport: p.name for p in sgt.PORTS if p.ofport is not None}
+    names = {"tunnel" if p == sgt.TUNNEL_OFPORT else by_ofport[p] for p in tr.ports}
     marked = [s.zone for s in tr.steps if s.kind == "commit" and s.mark == t.CT_MARK_DENIED]
-    return _names(tr.ports), [z for z in marked if z is not None]
+    return names, [z for z in marked if z is not None]
+
+
+def _sg_trace(state: FlowTable, pkt: sgt.Pkt) -> tuple[set[str], list[int]]:
+    return sg_verdict(state, *sg_packet(pkt), pkt.states)
 
 
 def test_security_group_flows_agree_with_the_neutron_model() -> None:
