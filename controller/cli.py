@@ -1,6 +1,8 @@
 """`tenantnet` console command: `tenantnet serve [options]` runs the controller; `tenantnet
 status`, `hosts` and `ports [--host H]` ask a running one through its REST API
-(controller/apiclient.py) and print tables, or one line and exit code 1 on an error."""
+(controller/apiclient.py) and print tables, or one line and exit code 1 on an error.
+`tenantnet status` exits with NOT_READY_EXIT (2) when the controller answers but is not ready,
+so that a script or a health check can wait on it."""
 
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ def _setup_logging(level: str) -> None:
     # It logs an ERROR for every failed schema fetch; ovsdb_host says it once per outage.
     logging.getLogger("ovsdbapp.backend.ovs_idl.idlutils").setLevel(logging.CRITICAL)
 
+
+NOT_READY_EXIT = 2
+"""Exit code of `tenantnet status` when /readyz says the controller is not ready (1 stays
+"could not ask": connection, TLS, HTTP errors)."""
 
 STOP_GRACE_S = 2.0
 """SIGTERM/SIGINT stop the process within this time, whatever state it is in."""
@@ -101,9 +107,11 @@ def serve(settings: config.Settings) -> int:
 
 
 def _client_command(args: argparse.Namespace) -> int:
-    """status / hosts / ports: GETs and a table on stdout, or one line on stderr and 1."""
+    """status / hosts / ports: GETs and a table on stdout, or one line on stderr and 1; status
+    of a controller that is not ready: its table, one line on stderr and NOT_READY_EXIT."""
     from controller import apiclient, cli_views
 
+    not_ready: str | None = None
     try:
         client = apiclient.ApiClient(apiclient.resolve(args, os.environ))
         try:
@@ -111,6 +119,8 @@ def _client_command(args: argparse.Namespace) -> int:
                 _, status = client.get("/tenantnet/status")
                 code, ready = client.get("/readyz", ok=(200, 503, 404))
                 print(cli_views.status_view(status, ready if code != 404 else None))
+                if code == 503:  # 404: a server without /readyz, nothing to judge by
+                    not_ready = str(ready.get("reason") or "no reason given")
             elif args.command == "hosts":
                 _, hosts = client.get("/v2.0/hosts")
                 _, status = client.get("/tenantnet/status")
@@ -129,13 +139,16 @@ def _client_command(args: argparse.Namespace) -> int:
     except apiclient.CliError as exc:
         print(f"tenantnet {args.command}: {exc}", file=sys.stderr)
         return 1
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         print(
             f"tenantnet {args.command}: unexpected answer from the API ({type(exc).__name__}:"
             f" {exc})",
             file=sys.stderr,
         )
         return 1
+    if not_ready is not None:
+        print(f"tenantnet {args.command}: controller not ready: {not_ready}", file=sys.stderr)
+        return NOT_READY_EXIT
     return 0
 
 

@@ -1,6 +1,7 @@
 """`tenantnet status`, `hosts` and `ports` against the real HTTP server (uvicorn over a real
 store): the tables show what the API holds, and every failure - connection refused, 401, 404,
-a bad setting - is one line on stderr and exit code 1."""
+a bad setting - is one line on stderr and exit code 1; `status` of a controller that is not
+ready shows its table and exits 2 with the reason in one line."""
 
 from __future__ import annotations
 
@@ -94,12 +95,24 @@ def test_status_shows_hosts_and_why_the_controller_is_not_ready(
     monkeypatch.setenv("TENANTNET_URL", api)
     monkeypatch.setenv("TENANTNET_AUTH_TOKEN", TOKEN)
     code, out, err = run(capsys, "status")
-    assert code == 0, err
+    assert code == cli.NOT_READY_EXIT == 2
+    assert err == (
+        "tenantnet status: controller not ready: hosts not reconciled yet: hv2 (syncing)\n"
+    )
     lines = out.splitlines()
     assert lines[0] == "controller: not ready (hosts not reconciled yet: hv2 (syncing))"
     assert lines[2].split()[:2] == ["hv1", "connected"] and "42" in lines[2].split()
     assert lines[3].split()[:2] == ["hv2", "syncing"]
     assert lines[-1].startswith("flow-mods 120, group-mods 9, batches 7")
+
+
+def test_status_of_a_ready_controller_exits_0(
+    api: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(STATUS["hosts"]["hv2"], "ready", True)
+    code, out, err = run(capsys, "status", "--url", api, "--auth-token", TOKEN)
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == "controller: ready"
 
 
 @pytest.mark.parametrize(
