@@ -112,10 +112,10 @@ class Step:
     no instructions), ``group`` (``group`` copied the packet, one branch per bucket), ``ct``
     (frozen for conntrack in ``zone``; ``ct_state`` is what the recirculation then saw),
     ``commit`` (``ct(commit)`` in ``zone``, ``mark`` if it set one), ``output`` (left through
-    ``port``; ``fields``: the packet as it left), ``skip`` (an output to its ingress ``port``,
-    which OVS leaves out), ``controller`` (punted).  ``branch``: bucket indices from the
-    original packet (``()``) to this copy, so a copy's history is every step whose branch is a
-    prefix of its own.
+    ``port``), ``skip`` (an output to its ingress ``port``, which OVS leaves out),
+    ``controller`` (punted).  ``fields``: the packet as the table saw it (``match``, ``miss``,
+    ``drop``) or as it left (``output``).  ``branch``: bucket indices from the original packet
+    (``()``) to this copy, so a copy's history is every step whose branch is a prefix of its own.
     """
 
     kind: str
@@ -366,13 +366,15 @@ class _Walk:
         """Look ``table`` up and run the flow's instructions; True if the copy was frozen."""
         while True:
             rule, conj_ids = self.t.lookup(table, fields)
+            seen = tuple(sorted(fields.items()))
             if rule is None:
-                self.add(Step("miss", branch, table=table))
+                self.add(Step("miss", branch, table=table, fields=seen))
                 return False
             if not rule.instructions:
-                self.add(Step("drop", branch, table=table, rule=rule, conj_ids=conj_ids))
+                self.add(Step("drop", branch, table=table, rule=rule, conj_ids=conj_ids,
+                              fields=seen))  # fmt: skip
                 return False
-            self.add(Step("match", branch, table=table, rule=rule, conj_ids=conj_ids))
+            self.add(Step("match", branch, table=table, rule=rule, conj_ids=conj_ids, fields=seen))
             goto: int | None = None
             frozen = False
             for ins in rule.instructions:

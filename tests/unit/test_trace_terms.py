@@ -1,0 +1,148 @@
+"""The tenant-terms trace (flows/trace_terms.py) across two compiled hosts with security groups:
+what an operator reads for an allowed packet, a packet a group drops, a spoofed one, an ARP the
+host answers, a broadcast, and a host whose flows are not known."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows import security_groups as sg
+from flows import tables as t
+from flows.compiler import compile_base, compile_network
+from flows.model import HostContext, LocalPort, NetworkView, RemotePort, Slice
+from flows.trace import TraceError, make_packet
+from flows.trace_terms import (
+    Catalog,
+    HostInfo,
+    NetworkInfo,
+    PortInfo,
+    SgRuleInfo,
+    follow,
+)
+
+HV = {"hv1": "198.51.100.1", "hv2": "198.51.100.2"}
+TUNNEL = {"vxlan": 1}
+NET = NetworkInfo(5, "net-web", "web", "vxlan", 5001)
+VM1 = PortInfo("p1", "vm1", "fa:16:3e:00:00:01", 5, ("10.0.0.5",), "hv1",
+               security_groups=("web",), num=11)  # fmt: skip
+VM2 = PortInfo("p2", "vm2", "fa:16:3e:00:00:02", 5, ("10.0.0.6",), "hv2",
+               security_groups=("db",), num=12)  # fmt: skip
+OFPORT = {"p1": 7, "p2": 8}
+RULES = {
+    1: sg.SgRule(1, sg.EGRESS, sg.IPV4),
+    2: sg.SgRule(2, sg.INGRESS, sg.IPV4, 6, 5432, 5432, remote_group_id="web"),
+}
+GROUPS = {
+    "web": sg.SecurityGroup("web", (RULES[1],), sg.member_addresses(
+        sg.FilteredPort("p1", 7, VM1.mac, 5, VM1.fixed_ips))),
+    "db": sg.SecurityGroup("db", (RULES[2],), sg.member_addresses(
+        sg.FilteredPort("p2", 8, VM2.mac, 5, VM2.fixed_ips))),
+}  # fmt: skip
+COOKIES = sg.SgCookies(static=t.owner_cookie(3, 1), shared=t.owner_cookie(3, 2))  # type: ignore[arg-type]
+
+
+def host_state(host: str) -> Slice:
+    ctx = HostContext(HV[host], TUNNEL)
+    ports = [p for p in (VM1, VM2)]
+    local = tuple(LocalPort(p.id, OFPORT[p.id], p.mac, p.fixed_ips, num=p.num)
+                  for p in ports if p.host == host)  # fmt: skip
+    remote = tuple(RemotePort(p.id, p.mac, HV[p.host or ""], num=p.num, fixed_ips=p.fixed_ips)
+                   for p in ports if p.host != host)  # fmt: skip
+    peers = tuple(HV[p.host or ""] for p in ports if p.host != host)
+    net = compile_network(ctx, NetworkView(5, "vxlan", 5001, local, remote, peers))
+    core = sg.plug(Slice(compile_base(ctx).rules | net.rules, net.groups),
+                   {OFPORT[p.id] for p in ports if p.host == host})  # fmt: skip
+    filtered = [sg.FilteredPort(p.id, OFPORT[p.id], p.mac, 5, p.fixed_ips,
+                                groups=p.security_groups) for p in ports if p.host == host]
+    sgs = sg.compile_host(filtered, GROUPS, COOKIES)
+    return Slice(core.rules | sgs.rules, core.groups)
+
+
+CAT = Catalog(
+    ports={"p1": VM1, "p2": VM2},
+    networks={5: NET},
+    hosts={h: HostInfo(h, ip, TUNNEL, {p.id: OFPORT[p.id] for p in (VM1, VM2) if p.host == h})
+           for h, ip in HV.items()},
+    sg_rules={
+        1: SgRuleInfo(1, "web", "egress"),
+        2: SgRuleInfo(2, "db", "ingress", protocol="tcp", port_min=5432, port_max=5432,
+                      remote_group="web"),
+    },
+)  # fmt: skip
+STATES = {h: host_state(h) for h in HV}
+
+
+def tcp(dport: int, src_ip: str = "10.0.0.5", src_mac: str = VM1.mac) -> dict:
+    return make_packet(src_mac, VM2.mac, ip_src=src_ip, ip_dst="10.0.0.6", protocol=6,
+                       src_port=40000, dst_port=dport)  # fmt: skip
+
+
+def test_allowed_packet_reads_as_the_orchestrator_wrote_it() -> None:
+    tr = follow(CAT, STATES.get, "p1", tcp(5432))
+    assert tr.verdict == "delivered" and tr.delivered_to == ["p2"]
+    (path,) = tr.paths
+    text = "\n".join(path.steps)
+    print(text)
+    assert path.steps[0] == "port vm1 (10.0.0.5) on hv1 sends tcp 10.0.0.5:40000 -> 10.0.0.6:22"\
+        .replace(":22", ":5432")
+    for expected in (
+        "hv1: port vm1 enters network web (vxlan 5001)",
+        "hv1: port security: 10.0.0.5 is a fixed IP of port vm1",
+        "hv1: security groups: allowed by rule IPv4 any protocol egress of group web",
+        "hv1: L2: fa:16:3e:00:00:02 is port vm2 (10.0.0.6) on hv2 (tunnel key 5001 to "
+        "198.51.100.2)",
+        "hv1: tunnel vxlan 5001 to 198.51.100.2 (hv2)",
+        "hv2: accepted from hv1 (198.51.100.1), a peer of network web (vxlan 5001)",
+        "hv2: security groups: allowed by rule IPv4 tcp/5432 ingress from members of web of "
+        "group db",
+        "delivered to port vm2 (10.0.0.6) on hv2",
+    ):
+        assert expected in path.steps, f"{expected!r} not in\n{text}"
+    assert [h.host for h in tr.hosts] == ["hv1", "hv2"]
+
+
+def test_a_packet_no_rule_allows_names_the_group_and_the_packet() -> None:
+    tr = follow(CAT, STATES.get, "p1", tcp(22))
+    assert tr.verdict == "dropped"
+    last = tr.paths[0].steps[-1]
+    assert last == ("hv2: dropped: no security-group rule of group(s) db of port vm2 allows "
+                    "tcp 10.0.0.5:40000 -> 10.0.0.6:22 ingress")  # fmt: skip
+
+
+def test_spoofed_source_is_dropped_by_port_security_on_the_sender() -> None:
+    tr = follow(CAT, STATES.get, "p1", tcp(5432, src_ip="10.0.0.9"))
+    assert tr.verdict == "dropped" and [h.host for h in tr.hosts] == ["hv1"]
+    assert tr.paths[0].steps[-1] == (
+        "hv1: dropped: port security: 10.0.0.9 is neither a fixed IP nor an allowed address "
+        "pair of port vm1 (10.0.0.5)")
+    tr = follow(CAT, STATES.get, "p1", tcp(5432, src_mac="fa:16:3e:00:00:99"))
+    assert "may not send from MAC fa:16:3e:00:00:99" in tr.paths[0].steps[-1]
+
+
+def test_arp_is_answered_on_the_senders_host() -> None:
+    ask = make_packet(VM1.mac, "ff:ff:ff:ff:ff:ff", ip_src="10.0.0.5", ip_dst="10.0.0.6",
+                      arp_op=1)  # fmt: skip
+    tr = follow(CAT, STATES.get, "p1", ask)
+    assert tr.verdict == "answered", tr.paths
+    assert "hv1: ARP: 10.0.0.6 is vm2 (10.0.0.6): answered on hv1" in tr.paths[0].steps
+
+
+def test_broadcast_reaches_the_peer_and_stops_at_unknown_flows() -> None:
+    bcast = make_packet(VM1.mac, "ff:ff:ff:ff:ff:ff", ip_src="10.0.0.5",
+                        ip_dst="10.0.0.255", protocol=17, dst_port=9)  # fmt: skip
+    tr = follow(CAT, STATES.get, "p1", bcast)
+    assert tr.delivered_to == []  # db allows only tcp/5432 from web
+    assert any("flooded to local ports and peers" in s for p in tr.paths for s in p.steps)
+    assert {p.host for p in tr.paths} == {"hv2"}  # the copy to its own port is left out
+    unknown = follow(CAT, {"hv1": STATES["hv1"]}.get, "p1", tcp(5432))
+    assert unknown.verdict == "unknown" and unknown.paths[0].steps[-1] == (
+        "hv2: its flows are not known")
+
+
+def test_unbound_port_and_unknown_port_are_errors() -> None:
+    cat = Catalog({**CAT.ports, "p3": PortInfo("p3", "vm3", "fa:16:3e:00:00:03", 5)},
+                  CAT.networks, CAT.hosts)  # fmt: skip
+    with pytest.raises(TraceError, match="not bound"):
+        follow(cat, STATES.get, "p3", tcp(5432))
+    with pytest.raises(KeyError):
+        follow(cat, STATES.get, "nope", tcp(5432))
