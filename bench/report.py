@@ -319,6 +319,72 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
             row.note = ("the controller's own cost; port-ready also includes the switches' "
                         "(see bench/README.md, Caveats)")
             rows.append(row)
+    rows += dhcp_rows(results)
+    return rows
+
+
+def _stat(key: str, sub: str, fn):
+    """A per-run statistic ``fn`` of the list ``run[key][sub]``."""
+    return lambda run: fn(run[key][sub])
+
+
+def dhcp_rows(results: dict[str, Any]) -> list[Row]:
+    """Issue 15 (bench/dhcp_arp.py): DHCP lease latency, renewal load, ARP first ping."""
+    raw, rows = results["raw"], []
+    p90 = lambda v: percentile(v, 90)  # noqa: E731
+    for sc in results["params"]["scenarios"]:
+        if sc.get("role") != "dhcp":
+            continue
+        name = sc["name"]
+        sec = f"8. native DHCP and ARP responder, H={sc['H']}, {_nruns(raw, name)} runs"
+        leases = sc["dhcp_vms"] * sc["leases_per_vm"]
+        row = Row(sec, "DISCOVER -> ACK, median", "ms", digits=2,
+                  **_pair(raw, name, _stat("lease", "total", median)))
+        row.target = _ovn_ratio_target(row, "<= 1.0x OVN", 1.0, "<=")
+        row.note = (f"busybox udhcpc, {leases} leases per run ({sc['dhcp_vms']} VMs on every "
+                    "host), timed on the VM's eth0 (tcpdump); tenantnet: packet-in to the "
+                    "controller; OVN: ovn-controller on the VM's host")
+        rows.append(row)
+        rows.append(Row(sec, "DISCOVER -> ACK, p90", "ms", digits=2,
+                        **_pair(raw, name, _stat("lease", "total", p90))))
+        row = Row(sec, "server's share (DISCOVER -> OFFER + REQUEST -> ACK), median", "ms",
+                  digits=2, **_pair(raw, name, _stat("lease", "server", median)))
+        row.target = _ovn_ratio_target(row, "<= 1.0x OVN", 1.0, "<=")
+        row.note = ("busybox's own OFFER -> REQUEST turnaround (15-40 ms, timer steps) "
+                    "dominates DISCOVER -> ACK for both systems")
+        rows.append(row)
+        rows.append(Row(sec, "server's share, p90", "ms", digits=2,
+                        **_pair(raw, name, _stat("lease", "server", p90))))
+        for part, what in (("offer", "DISCOVER -> OFFER (server)"),
+                           ("client", "OFFER -> REQUEST (the client itself)"),
+                           ("ack", "REQUEST -> ACK (server)")):
+            rows.append(Row(sec, f"  of which {what}, median", "ms", digits=2,
+                            **_pair(raw, name, _stat("lease", part, median))))
+        row = Row(sec, "renewals answered (sustained)", "ACKs/s", digits=0,
+                  **_pair(raw, name, lambda r: r["load"]["acks_per_s"]))
+        meter = results["params"].get("dhcp_meter_pps")
+        row.note = (f"{sc['dhcp_vms']} VMs renewing at once (unicast DHCPREQUEST, "
+                    f"{sc['window']} in flight each, bench/dhcp_load.py); tenantnet's "
+                    "packet-in meter " + (f"raised to {meter} pps/host" if meter else
+                                          "at its default"))
+        rows.append(row)
+        rows.append(Row(sec, "renewals unanswered within 1 s", "requests", digits=0,
+                        **_pair(raw, name, lambda r: r["load"]["lost"])))
+        rows.append(Row(sec, "control-plane CPU during the load", "cores", digits=2,
+                        **_pair(raw, name, lambda r: r["load"]["control_plane_cores"])))
+        for stat, fn in (("median", median), ("p90", p90)):
+            rows.append(Row(sec, f"port-ready during the load, {stat}", "ms",
+                            **_pair(raw, name, _stat("load", "ready_ms", fn))))
+        row = Row(sec, "first ping across hosts, empty neighbour caches, median", "ms",
+                  digits=2, **_pair(raw, name, _stat("arp", "arp_ms", median)))
+        row.note = ("two new VMs on hv1/hv2; both systems answer the ARP request with flows "
+                    "on the asker's host (ping's time of its first echo includes the wait)")
+        rows.append(row)
+        row = Row(sec, "first ping across hosts, neighbours pre-seeded, median", "ms",
+                  digits=2, **_pair(raw, name, _stat("arp", "static_ms", median)))
+        row.note = ("the 'without responder' baseline: no ARP at all (neither system can "
+                    "switch its responder off)")
+        rows.append(row)
     return rows
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from bench import report
 from bench.common import REPO, loadavg, log, machine_info, versions
+from bench.dhcp_arp import run_dhcp_arp
 from bench.scenario import dataplane, run_scenario
 from bench.sut_ovn import OvnSystem, ovn_installed
 from bench.sut_tenantnet import TenantnetSystem
@@ -24,18 +25,36 @@ from bench.sut_tenantnet import TenantnetSystem
 DEFAULT_OUT = str(REPO / "bench" / "results")
 
 
+def dhcp_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Issue 15's scenario (`bench.dhcp_arp`): leases, renewal load, ARP first ping."""
+    if args.no_dhcp:
+        return []
+    if args.smoke:
+        size = {"H": 2, "dhcp_vms": 2, "leases_per_vm": 2, "window": 2, "load_ports": 2,
+                "arp_pairs": 1}
+    elif args.quick:
+        # one run only: the scenario takes ~40 s per system and --quick stays ~5 minutes
+        size = {"H": 3, "dhcp_vms": 6, "leases_per_vm": 5, "window": 4, "load_ports": 10,
+                "arp_pairs": 5, "runs": 1}
+    else:
+        size = {"H": 3, "dhcp_vms": 12, "leases_per_vm": 5, "window": 4, "load_ports": 30,
+                "arp_pairs": 10}
+    return [{"name": f"dhcp-arp-h{size['H']}", "role": "dhcp", "P": 0, "N": 1, **size}]
+
+
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The scenarios: 'main' ones feed measures 1-5, those with lat_after the scaling curve."""
+    """The scenarios: 'main' ones feed measures 1-5, those with lat_after the scaling curve,
+    'dhcp' issue 15's measures."""
     if args.smoke:
         return [{"name": "main-smoke", "role": "main", "H": 2, "P": args.ports or 10,
-                 "N": 2, "lat_before": 3, "restart": True}]
+                 "N": 2, "lat_before": 3, "restart": True}, *dhcp_plan(args)]
     if args.quick:
         sc = [{"name": "h3-p60", "role": "main", "H": 3, "P": 60, "N": 4, "lat_before": 10,
                "restart": True}]
         if not args.no_scaling:
             sc += [{"name": f"scale-h3-p{p}", "role": "scale", "H": 3, "P": p, "N": 4,
                     "lat_after": 10} for p in (50, 200)]
-        return sc
+        return sc + dhcp_plan(args)
     sc = [
         {"name": "h3-p300", "role": "main", "H": 3, "P": 300, "N": 10, "lat_before": 30,
          "restart": True},
@@ -45,7 +64,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not args.no_scaling:
         sc += [{"name": f"scale-h10-p{p}", "role": "scale", "H": 10, "P": p, "N": 10,
                 "lat_after": 30} for p in (100, 5000)]
-    return sc
+    return sc + dhcp_plan(args)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -72,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--systems", default="tenantnet,ovn")
     ap.add_argument("--no-dataplane", action="store_true")
     ap.add_argument("--no-scaling", action="store_true")
+    ap.add_argument("--no-dhcp", action="store_true", help="skip issue 15's DHCP/ARP scenario")
+    ap.add_argument("--dhcp-meter-pps", type=int, default=20000,
+                    help="tenantnet's per-host packet-in meter in the DHCP scenario (default "
+                         "20000, so that the renewal load measures the controller, not the "
+                         "meter; 0 = the controller's default of 200)")
     args = ap.parse_args(argv)
 
     if os.geteuid() != 0:
@@ -96,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": {"quick": args.quick, "smoke": args.smoke, "runs": runs,
                    "iperf_seconds": iperf_s, "iperf_runs": iperf_runs,
                    "ovn_encap": args.ovn_encap, "bulk_chunk": args.bulk_chunk,
+                   "dhcp_meter_pps": args.dhcp_meter_pps,
                    "systems": systems, "scenarios": scenarios, "dataplane": do_dp},
         "ovn_flow_mods_source": OvnSystem.flow_mods_source,
         "raw": {},
@@ -103,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     make = {"tenantnet": lambda h: TenantnetSystem(h, bulk_chunk=args.bulk_chunk),
             "ovn": lambda h: OvnSystem(h, encap=args.ovn_encap)}
+    meter = (("--packet-in-rate-pps", str(args.dhcp_meter_pps), "--packet-in-burst",
+              str(max(100, args.dhcp_meter_pps // 10))) if args.dhcp_meter_pps else ())
+    make_for = {"dhcp": {**make, "tenantnet": lambda h: TenantnetSystem(
+        h, bulk_chunk=args.bulk_chunk, extra_args=meter)}}
+    runners = {"dhcp": run_dhcp_arp}
     t_start = time.monotonic()
     interrupted = False
     try:
@@ -117,12 +147,14 @@ def main(argv: list[str] | None = None) -> int:
                                           "trace": traceback.format_exc()})
         for sc in scenarios:
             raw = results["raw"].setdefault(sc["name"], {s: [] for s in systems})
-            for r in range(runs):
+            sc_runs = args.runs or sc.get("runs", runs)
+            for r in range(sc_runs):
                 for s in systems:
                     log(f"=== {sc['name']} (H={sc['H']} P={sc['P']} N={sc['N']}) run "
-                        f"{r + 1}/{runs}: {s}")
+                        f"{r + 1}/{sc_runs}: {s}")
                     try:
-                        m = run_scenario(make[s](sc["H"]), sc)
+                        runner = runners.get(sc["role"], run_scenario)
+                        m = runner(make_for.get(sc["role"], make)[s](sc["H"]), sc)
                         raw[s].append(m)
                         if m.get("bulk", {}).get("error"):
                             results["errors"].append({"scenario": sc["name"], "system": s,

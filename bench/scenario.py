@@ -10,11 +10,13 @@ Addressing (network k = tenantnet network / OVN logical switch ``bls<k>``, 10.<1
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -174,13 +176,27 @@ def restart(system: Any, vms: list[Vm], down_s: float = 1.0) -> dict[str, Any]:
     return out
 
 
-def run_scenario(system: Any, sc: dict[str, Any]) -> dict[str, Any]:
-    """One run of one scenario on a fresh lab + control plane; torn down at the end."""
+@contextlib.contextmanager
+def fresh_system(system: Any, sc: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """One run of a scenario: start ``system`` on a fresh lab, yield the run's metrics dict
+    (``elapsed_s`` is added at the end), log the control plane's tail on failure, tear down."""
     t0 = time.monotonic()
     system.start()
     try:
-        vms = setup_base(system, sc["N"])
         m: dict[str, Any] = {"hosts": sc["H"]}
+        yield m
+        m["elapsed_s"] = round(time.monotonic() - t0, 1)
+    except BaseException:
+        log(f"{system.name} {sc['name']} failed; control plane log tail:\n{system.log_tail()}")
+        raise
+    finally:
+        system.stop()
+
+
+def run_scenario(system: Any, sc: dict[str, Any]) -> dict[str, Any]:
+    """One run of one scenario on a fresh lab + control plane; torn down at the end."""
+    with fresh_system(system, sc) as m:
+        vms = setup_base(system, sc["N"])
         if sc.get("lat_before"):
             m["lat_before"] = latency(system, vms, sc["lat_before"], f"{sc['name']} latency")
         if sc.get("P"):
@@ -193,13 +209,7 @@ def run_scenario(system: Any, sc: dict[str, Any]) -> dict[str, Any]:
                                      f"{sc['name']} latency after P={sc['P']}")
         if sc.get("restart"):
             m["restart"] = restart(system, vms)
-        m["elapsed_s"] = round(time.monotonic() - t0, 1)
-        return m
-    except BaseException:
-        log(f"{system.name} {sc['name']} failed; control plane log tail:\n{system.log_tail()}")
-        raise
-    finally:
-        system.stop()
+    return m
 
 
 def dataplane(tn: Any, ovn: Any, runs: int, seconds: float) -> dict[str, list[float]]:

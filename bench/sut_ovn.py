@@ -48,6 +48,7 @@ class OvnSystem:
         self.central = ""
         self.nbctl_daemon = ""
         self.nets: dict[int, str] = {}
+        self.dhcp: dict[int, str] = {}  # network index -> DHCP_Options row
 
     # ------------------------------------------------------------------ helpers
     def nbctl(self, *args: str, timeout: float = 600, direct: bool = False) -> str:
@@ -152,11 +153,27 @@ class OvnSystem:
         self.nbctl("--wait=hv", "ls-add", ls)
         self.nets[k] = ls
 
+    def enable_dhcp(self, k: int) -> None:
+        """OVN native DHCP for network ``k`` as Neutron's OVN driver configures it: one
+        ``DHCP_Options`` row for the subnet; ports created afterwards point their
+        ``dhcpv4_options`` at it.  The options match what tenantnet sends for the same subnet
+        (no gateway: no router; server id = the last unicast address; same server MAC)."""
+        mac, ip = self.dhcp_server(k)
+        self.dhcp[k] = self.nbctl("create", "DHCP_Options", f"cidr=10.{100 + k}.0.0/16",
+                                  "options:lease_time=43200", f"options:server_id={ip}",
+                                  f'options:server_mac="{mac}"', "options:mtu=1442")
+
+    def dhcp_server(self, k: int) -> tuple[str, str]:
+        return "02:7e:4e:00:00:01", f"10.{100 + k}.255.254"
+
     def _lsp_args(self, k: int, name: str, mac: str, ip: str) -> list[str]:
         # what Neutron's OVN driver writes for a port with port security on
-        return ["--", "lsp-add", self.nets[k], name,
+        args = ["--", "lsp-add", self.nets[k], name,
                 "--", "lsp-set-addresses", name, f"{mac} {ip}",
                 "--", "lsp-set-port-security", name, f"{mac} {ip}"]
+        if k in self.dhcp:
+            args += ["--", "lsp-set-dhcpv4-options", name, self.dhcp[k]]
+        return args
 
     def create_ports_wait(self, ports: list[tuple[int, str, str, str]], poll: float = 0.05,
                           timeout: float = 600) -> float:

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from bench.common import TN_LAB, ConfirmTimeout, cpu_seconds, log, rss_kb
+from controller.services.dhcp_records import DEFAULT_SERVER_MAC
 from lab.hypervisors import Lab
 from lab.tenantnet_proc import TenantnetProcess
 
@@ -89,8 +90,10 @@ class TenantnetSystem:
     flow_mods_source = "/tenantnet/status flow_mods + group_mods"
 
     def __init__(self, n_hosts: int, bulk_chunk: int = 1000,
-                 lab_kwargs: dict[str, str] | None = None) -> None:
+                 lab_kwargs: dict[str, str] | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.n_hosts = n_hosts
+        self.extra_args = extra_args
         self.bulk_chunk = bulk_chunk
         self.lab = Lab(n_hosts, **(lab_kwargs or TN_LAB))
         self.ctl: TenantnetProcess | None = None
@@ -104,7 +107,8 @@ class TenantnetSystem:
         t0 = time.monotonic()
         self.lab.start()
         self._tmp = tempfile.TemporaryDirectory(prefix="tnbench-")
-        self.ctl = TenantnetProcess(self._tmp.name, ofp_listen=f"{self.lab.mgmt_ip}:6653")
+        self.ctl = TenantnetProcess(self._tmp.name, ofp_listen=f"{self.lab.mgmt_ip}:6653",
+                                    extra_args=self.extra_args)
         self.ctl.start()
         self.http = _KeepAlive(self.ctl.api_port)
         api = self.ctl.api
@@ -144,6 +148,15 @@ class TenantnetSystem:
         sub = api.create("subnet", network_id=net["id"], cidr=f"10.{100 + k}.0.0/16",
                          ip_version=4, gateway_ip=None, project_id="bench")
         self.nets[k] = {"id": net["id"], "subnet": sub["id"]}
+
+    def enable_dhcp(self, k: int) -> None:
+        """Native DHCP for network ``k``'s subnet (Neutron's default, set explicitly)."""
+        self.ctl.api.update("subnet", self.nets[k]["subnet"], enable_dhcp=True)
+
+    def dhcp_server(self, k: int) -> tuple[str, str]:
+        """(MAC, IP) the DHCP server answers from: the default server MAC and, without a
+        gateway, the subnet's last unicast address (controller/services/dhcp.py)."""
+        return DEFAULT_SERVER_MAC, f"10.{100 + k}.255.254"
 
     def _port_body(self, k: int, name: str, mac: str, ip: str) -> dict[str, Any]:
         net = self.nets[k]

@@ -56,6 +56,12 @@ def test_bench_smoke(tmp_path):
     assert doc["params"]["smoke"] is True
     labels = " ".join(r["label"] for r in doc["rows"])
     assert "ports/s" in labels and "flows per host" in labels, labels
+    # issue 15's scenario ran too: both systems answered udhcpc and the renewal load
+    assert "DISCOVER -> ACK" in labels and "renewals answered" in labels, labels
+    for system in ("tenantnet", "ovn"):
+        (run,) = doc["raw"]["dhcp-arp-h2"][system]
+        assert run["lease"]["total"], (system, run["lease"])
+        assert run["load"]["acks"] > 0, (system, run["load"])
     for sc in doc["params"]["scenarios"]:
         raw = doc["raw"][sc["name"]]
         assert len(raw["tenantnet"]) == 1 and len(raw["ovn"]) == 1, (sc["name"], raw)
