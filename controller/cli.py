@@ -1,5 +1,5 @@
 """`tenantnet` console command: `tenantnet serve [options]` runs the controller; `tenantnet
-status`, `hosts` and `ports [--host H]` ask a running one through its REST API
+status`, `hosts`, `ports [--host H]` and `drift HOST` ask a running one through its REST API
 (controller/apiclient.py) and print tables, or one line and exit code 1 on an error.
 `tenantnet status` exits with NOT_READY_EXIT (2) when the controller answers but is not ready,
 so that a script or a health check can wait on it."""
@@ -121,6 +121,11 @@ def _client_command(args: argparse.Namespace) -> int:
                 print(cli_views.status_view(status, ready if code != 404 else None))
                 if code == 503:  # 404: a server without /readyz, nothing to judge by
                     not_ready = str(ready.get("reason") or "no reason given")
+            elif args.command == "drift":
+                from controller.cli_drift import drift_view
+
+                _, drift = client.get(f"/tenantnet/hosts/{quote(args.host, safe='')}/drift")
+                print(drift_view(drift))
             elif args.command == "hosts":
                 _, hosts = client.get("/v2.0/hosts")
                 _, status = client.get("/tenantnet/status")
@@ -165,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
         ("status", "hosts, flows and readiness of a running controller"),
         ("hosts", "registered hosts with their state and flow counts"),
         ("ports", "ports with their network, addresses, host and status"),
+        ("drift", "how a host's switch differs from the desired state (changes nothing)"),
     ):
         p = sub.add_parser(name, help=help_text)
         apiclient.add_arguments(p)
         if name == "ports":
             p.add_argument("--host", help="only the ports bound to this host")
+        if name == "drift":
+            p.add_argument("host", help="the host's id")
     args = parser.parse_args(argv)
     if args.command != "serve":
         return _client_command(args)

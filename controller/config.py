@@ -113,6 +113,9 @@ class Settings:
     # Per-host packet-in budget (OpenFlow's controller meter): packets per second and burst.
     packet_in_rate_pps: int = 200
     packet_in_burst: int = 100
+    # Drift audit (controller/dataplane/audit.py): each host's switch is read back and repaired
+    # every this many seconds, hosts spread over the interval; 0: never (GET .../drift still works).
+    drift_audit_interval_s: float = 300.0
 
     @property
     def quota_defaults(self) -> dict[str, int]:
@@ -211,6 +214,11 @@ class Settings:
             raise ConfigError(
                 f"metrics_auth: expected one of {', '.join(METRICS_AUTH)},"
                 f" got {self.metrics_auth!r}"
+            )
+        if not (self.drift_audit_interval_s == 0 or 1 <= self.drift_audit_interval_s <= 86400):
+            raise ConfigError(
+                "drift_audit_interval_s: must be 0 (off) or 1..86400 seconds, got "
+                f"{self.drift_audit_interval_s}"
             )
         self._validate_dhcp()
         self._validate_tls()

@@ -158,6 +158,7 @@ class Controller:
     def start(self) -> None:
         from controller.api import server
         from controller.api.app import ApiSettings, create_app
+        from controller.api.drift import add_drift_route
         from controller.dataplane.reconciler import DataPlane
         from controller.southbound.ovsdb_host import OvsdbHost
         from controller.store import Store
@@ -204,6 +205,7 @@ class Controller:
             summary="Data-plane status: hosts, flow-mods sent, time to reconcile",
         )
         self._add_wait_route()
+        add_drift_route(self.api, lambda: self.dataplane)
         _build_routes(self.api.router.routes)
         self._server = server.make_server(
             self.api,
@@ -243,6 +245,8 @@ class Controller:
             admission=Admission(tls=s.ofp_tls, local_addresses=_own_addresses(s)),
             agent_options={"switch_ssl": _switch_ssl(s)},
             metrics=self.metrics,
+            audit_interval_s=s.drift_audit_interval_s,
+            audit_read_timeout_s=s.ofp_barrier_timeout_s,
         )
         self.bus.subscribe(self.dataplane.on_events)
         # Native DHCP (issue 15): the ports' punt rules send DHCP here, answered off the actor.

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from controller.dataplane.admission import Admission
+from controller.dataplane.audit import Auditor
 from controller.dataplane.batch import Batch
 from controller.dataplane.bindings import Bindings
 from controller.dataplane.planner import Change, Inputs, Planner, Service, Unit, index_owners
@@ -80,6 +81,10 @@ class Switches(Protocol):
 
     def resync(self, dpid: int) -> None: ...
 
+    def read_all(self, dpid: int, on_done: Callable[..., None]) -> bool:
+        """Dump every flow (any cookie) and group, then ``on_done(Slice | None, why)``."""
+        ...
+
 
 @dataclass
 class HostRuntime:
@@ -100,6 +105,7 @@ class HostRuntime:
     # Why its switch is degraded ("" if it is not): it let a batch time out or rejected one.
     # Ports elsewhere stop waiting for it; cleared by its next confirmed batch or a reconnect.
     degraded: str = ""
+    sent_batches: int = 0  # batches the southbound took for it (the drift audit's clock)
 
     @property
     def ready(self) -> bool:
@@ -136,6 +142,8 @@ class DataPlane:
         agent_options: dict[str, Any] | None = None,
         metrics: Metrics | None = None,
         services: Iterable[Service] | None = None,
+        audit_interval_s: float = 0.0,
+        audit_read_timeout_s: float = 5.0,
     ) -> None:
         self.store = store
         self.metrics = metrics or Metrics()
@@ -168,6 +176,8 @@ class DataPlane:
         self._held_since: float | None = None
         self._steps = 0
         self._decided: dict[str, int] = {}  # port -> the latest step that decided its status
+        # The drift audit (audit.py): every audit_interval_s per host (0: only on request).
+        self.audit = Auditor(self, audit_interval_s, audit_read_timeout_s)
 
     # ------------------------------------------------------------------ inbound (any thread)
 
@@ -189,6 +199,10 @@ class DataPlane:
 
     def _on_ovsdb_state(self, host_id: str, up: bool) -> None:
         self._inbox.put(("ovsdb_state", (host_id, up)))
+
+    def post(self, kind: str, args: tuple[Any, ...]) -> None:
+        """Queue an input for the actor (the audit's reads and requests: kind ``audit``)."""
+        self._inbox.put((kind, args))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -286,6 +300,9 @@ class DataPlane:
                     taken += 1
                     self._handle(kind, args)
                 self._flush()
+                if self.audit.after_step():  # a repair: planned and sent in this step
+                    self._flush()
+                self.audit.poll(time.monotonic())
                 self._write_observations()
             except Exception:
                 LOG.exception("data plane step failed (%s)", kind)
@@ -307,6 +324,8 @@ class DataPlane:
             self._apply_switch_gone(*args)
         elif kind == "batch_done":
             self._apply_batch_done(*args)
+        elif kind == "audit":
+            self.audit.handle(*args)
         elif kind == "tick":
             self._tick()
 
@@ -315,6 +334,8 @@ class DataPlane:
     def _changed(self, change: Change) -> None:
         """An input the planner should know of: the units it makes dirty."""
         self._dirty |= self.planner.changed(change, self.inputs)
+
+    planned_again = _changed  # for the audit's repair (audit.py)
 
     def _apply_event(self, ev: ChangeEvent) -> None:
         obj_id = str((ev.new or ev.old or {}).get("id", ""))
@@ -649,6 +670,7 @@ class DataPlane:
             done(False, "disconnected")
             return
         # Counted once the southbound took the batch (a switch that is gone was sent nothing).
+        rt.sent_batches += 1
         self.stats.flow_mods += len(d.add_rules) + len(d.del_rules)
         self.stats.group_mods += len(d.add_groups) + len(d.mod_groups) + len(d.del_groups)
         self.stats.batches += 1

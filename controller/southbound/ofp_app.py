@@ -76,6 +76,9 @@ BUNDLE = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 # Messages remembered per switch for naming the cause of an error reply: one whole diff of a
 # busy host (errors come back after the batch was written, so the ring must span a batch).
 RECENT_MESSAGES = 8192
+# The most flows one read_all collects: a switch that answers with more is not read (a read is
+# held in memory until its barrier comes back).
+MAX_READ_FLOWS = 1_000_000
 
 
 # One message per FlowDiff entry (see FlowDiff.messages_in_order), and how the log names it.
@@ -133,6 +136,17 @@ _SESSION_NUMBERS = itertools.count(1)
 
 
 @dataclass
+class _Read:
+    """One `TenantnetOfpApp.read_all` in flight: the replies of its two dumps."""
+
+    on_done: Callable[..., None]
+    flows: list[Rule] = field(default_factory=list)
+    groups: list[GroupEntry] = field(default_factory=list)
+    parts_pending: int = 2
+    too_big: bool = False
+
+
+@dataclass
 class _Switch:
     dp: Any
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -148,6 +162,7 @@ class _Switch:
     bundle_in_flight: bool = False
     # xid -> what the message asked, oldest first, at most RECENT_MESSAGES (see _error)
     sent: OrderedDict[int, Sent] = field(default_factory=OrderedDict)
+    reads: dict[int, _Read] = field(default_factory=dict)  # dump xid -> its read_all
 
     def remember(self, msg: Any, what: Sent) -> None:
         """Give ``msg`` its xid and note what it asks (called with ``lock`` held)."""
@@ -324,6 +339,44 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         if sw is not None:
             self._start_dump(sw)
 
+    def read_all(self, dpid: int, on_done: Callable[..., None]) -> bool:
+        """Dump every flow (any cookie: foreign ones too) and every group of a synced switch,
+        then ``on_done(Slice, "")``, or ``on_done(None, why)`` if it did not answer both within
+        ``barrier_timeout_s`` (``"timeout"``, ``"disconnected"``, ``"too many flows"``).  Unlike
+        the read on (re)connect, the switch stays ready meanwhile: batches keep going, and the
+        caller decides whether the answer is still current (the drift audit).  False if the
+        switch is not synced."""
+        with self._lock:
+            sw = self._switches.get(dpid)
+        if sw is None or not sw.ready:
+            return False
+        read = _Read(on_done)
+        with sw.lock:
+            requests = [codec.flow_dump_request(sw.dp, 0, 0), codec.group_dump_request(sw.dp)]
+            sw.remember(requests[0], Sent("read back all flows"))
+            sw.remember(requests[1], Sent("read back groups"))
+            for req in requests:
+                sw.reads[req.xid] = read
+            barrier = self._barrier_request(
+                sw, lambda ok, why="": self._read_answered(sw, requests, read, why)
+            )
+            requests.append(barrier)
+            self._send_or_fail(sw, requests, barrier)
+        return True
+
+    @staticmethod
+    def _read_answered(sw: _Switch, requests: list[Any], read: _Read, why: str) -> None:
+        """The barrier after a read_all: both dumps were answered before it, or never will."""
+        with sw.lock:
+            for req in requests[:2]:
+                sw.reads.pop(req.xid, None)
+        if read.too_big:
+            read.on_done(None, "too many flows")
+        elif read.parts_pending:
+            read.on_done(None, why or "incomplete answer")
+        else:
+            read.on_done(Slice(frozenset(read.flows), frozenset(read.groups)), "")
+
     def remove_all(self, dpid: int, group_ids: list[int], on_done: DoneCallback) -> bool:
         """Delete every flow with our cookie and the given groups (host removal)."""
         with self._lock:
@@ -457,6 +510,8 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         sw = self._switch_of(ev.msg.datapath)
         if sw is None:
             return
+        if self._read_part(sw, ev.msg, codec.decode_flow_stats, "flows"):
+            return
         sw.flows.extend(codec.decode_flow_stats(s) for s in ev.msg.body)
         if not ev.msg.flags & ofp.OFPMPF_REPLY_MORE:
             self._dump_part_done(sw)
@@ -465,6 +520,8 @@ class TenantnetOfpApp(app_manager.OSKenApp):
     def _group_desc(self, ev: Any) -> None:
         sw = self._switch_of(ev.msg.datapath)
         if sw is None:
+            return
+        if self._read_part(sw, ev.msg, codec.decode_group_desc, "groups"):
             return
         sw.groups.extend(codec.decode_group_desc(g) for g in ev.msg.body)
         if not ev.msg.flags & ofp.OFPMPF_REPLY_MORE:
@@ -569,6 +626,22 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             )
 
     # ----------------------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _read_part(sw: _Switch, msg: Any, decode: Callable[[Any], Any], what: str) -> bool:
+        """A reply to a read_all's dump (by xid): collected there.  False: not one of them."""
+        with sw.lock:
+            read = sw.reads.get(msg.xid)
+        if read is None:
+            return False
+        items: list[Any] = getattr(read, what)
+        if len(read.flows) + len(msg.body) > MAX_READ_FLOWS:
+            read.too_big = True
+        if not read.too_big:
+            items.extend(decode(s) for s in msg.body)
+        if not msg.flags & ofp.OFPMPF_REPLY_MORE:
+            read.parts_pending -= 1
+        return True
 
     def _switch_of(self, dp: Any) -> _Switch | None:
         with self._lock:
