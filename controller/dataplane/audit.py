@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -268,7 +269,10 @@ class Auditor:
             host_id, dump, self.dp.mirror, self.dp.bindings, self.dp.hosts, fresh_services()
         )
         self._note_foreign(host_id, found)
-        self._finish(read, DriftAnswer(200, drift_document(found, self.dp.mirror)))
+        doc = drift_document(found, self.dp.mirror)
+        due = self._due.get(host_id) if self.interval_s > 0 else None
+        doc["next_audit_s"] = None if due is None else round(max(0.0, due - time.monotonic()), 3)
+        self._finish(read, DriftAnswer(200, doc))
         if not read.repair:
             return False
         if found.in_sync:

@@ -8,10 +8,14 @@ from lab.hypervisors import Lab
 from lab.tenantnet_proc import TenantnetProcess
 
 
-def start_registered(lab: Lab, state_dir: Path) -> TenantnetProcess:
+def start_registered(
+    lab: Lab, state_dir: Path, extra_args: tuple[str, ...] = ()
+) -> TenantnetProcess:
     """Start the controller on the lab's management address and register each hypervisor
     over OVSDB TCP (``datapath_type=netdev``); returns once all of them are connected."""
-    ctl = TenantnetProcess(state_dir, ofp_listen=f"{lab.mgmt_ip}:6653").start()
+    ctl = TenantnetProcess(
+        state_dir, ofp_listen=f"{lab.mgmt_ip}:6653", extra_args=extra_args
+    ).start()
     try:
         for hv in lab.hvs:
             ctl.api.create(
