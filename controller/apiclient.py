@@ -155,7 +155,7 @@ def _error_message(response: httpx.Response) -> str:
 
 
 class ApiClient:
-    """GETs against one controller; every failure is a `CliError` with a one-line message."""
+    """Requests to one controller; every failure is a `CliError` with a one-line message."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -185,9 +185,16 @@ class ApiClient:
 
     def get(self, path: str, params: Any = None, ok: tuple[int, ...] = (200,)) -> tuple[int, Any]:
         """(status, decoded JSON) of ``GET path``, for a status in ``ok``."""
+        return self._send("GET", path, ok, params=params)
+
+    def post(self, path: str, body: Any, ok: tuple[int, ...] = (200,)) -> tuple[int, Any]:
+        """(status, decoded JSON) of ``POST path`` with a JSON body, for a status in ``ok``."""
+        return self._send("POST", path, ok, json=body)
+
+    def _send(self, method: str, path: str, ok: tuple[int, ...], **kw: Any) -> tuple[int, Any]:
         where = f"{self.target.url}{path}"
         try:
-            response = self._http.get(path, params=params)
+            response = self._http.request(method, path, **kw)
         except httpx.ConnectError as exc:
             raise CliError(f"cannot connect to {self.target.url}: {_reason(exc)}") from None
         except httpx.TimeoutException:

@@ -1,6 +1,7 @@
 """`tenantnet` console command: `tenantnet serve [options]` runs the controller; `tenantnet
-status`, `hosts`, `ports [--host H]` and `drift HOST` ask a running one through its REST API
-(controller/apiclient.py) and print tables, or one line and exit code 1 on an error.
+status`, `hosts`, `ports [--host H]`, `drift HOST` and `trace PORT --to-ip IP ...` ask a
+running one through its REST API (controller/apiclient.py) and print tables, or one line
+and exit code 1 on an error.
 `tenantnet status` exits with NOT_READY_EXIT (2) when the controller answers but is not ready,
 so that a script or a health check can wait on it."""
 
@@ -126,6 +127,11 @@ def _client_command(args: argparse.Namespace) -> int:
 
                 _, drift = client.get(f"/tenantnet/hosts/{quote(args.host, safe='')}/drift")
                 print(drift_view(drift))
+            elif args.command == "trace":
+                from controller import cli_trace
+
+                _, answer = client.post("/tenantnet/trace", cli_trace.request_body(args))
+                print(cli_trace.trace_view(answer["trace"], flows=args.flows))
             elif args.command == "hosts":
                 _, hosts = client.get("/v2.0/hosts")
                 _, status = client.get("/tenantnet/status")
@@ -178,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--host", help="only the ports bound to this host")
         if name == "drift":
             p.add_argument("host", help="the host's id")
+    p_trace = sub.add_parser("trace", help="follow a packet from a port, in tenant terms")
+    apiclient.add_arguments(p_trace)
+    from controller import cli_trace
+
+    cli_trace.add_arguments(p_trace)
     args = parser.parse_args(argv)
     if args.command != "serve":
         return _client_command(args)

@@ -206,6 +206,7 @@ class Controller:
         )
         self._add_wait_route()
         add_drift_route(self.api, lambda: self.dataplane)
+        self._add_trace_route()
         _build_routes(self.api.router.routes)
         self._server = server.make_server(
             self.api,
@@ -285,6 +286,14 @@ class Controller:
             max_ports=self.settings.wait_max_ports,
         )
         add_wait_route(self.api, waiter)
+
+    def _add_trace_route(self) -> None:
+        from controller.api.trace import add_trace_route
+        from controller.tracer import Tracer
+
+        # installed mode reads the switches as the drift audit does (read_all: every cookie)
+        read = lambda: self.ofp_app.read_all if self.ofp_app is not None else None  # noqa: E731
+        add_trace_route(self.api, Tracer(self.store, lambda: self.dataplane, read))
 
     def status(self) -> dict[str, Any]:
         st = self.dataplane.status() if self.dataplane else {}

@@ -46,8 +46,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from controller.dataplane.admission import Admission
 from controller.dataplane.audit import Auditor
@@ -64,6 +66,7 @@ from flows.diff import FlowDiff, split_by_cookie
 from flows.model import Slice
 
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_RESYNCS = 3
 RETRY_FIRST_S = 0.1  # a unit whose planning raised is retried after this, doubling ...
@@ -204,6 +207,19 @@ class DataPlane:
         """Queue an input for the actor (the audit's reads and requests: kind ``audit``)."""
         self._inbox.put((kind, args))
 
+    def on_actor(self, fn: Callable[[DataPlane], T], timeout: float) -> T:
+        """Run ``fn(self)`` on the actor thread, between two inputs, and return its result: how
+        another thread reads the state consistently (e.g. the trace's copy of every host's
+        flows).  ``fn`` must only read and copy.  TimeoutError if the actor did not get to it
+        within ``timeout`` (busy with a big step, or not running)."""
+        done: Future[T] = Future()
+        self._inbox.put(("call", (fn, done)))
+        try:
+            return done.result(timeout)
+        except FutureTimeout:
+            done.cancel()
+            raise TimeoutError(f"the data plane did not answer within {timeout:g} s") from None
+
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
@@ -328,6 +344,13 @@ class DataPlane:
             self.audit.handle(*args)
         elif kind == "tick":
             self._tick()
+        elif kind == "call":
+            fn, done = args
+            if done.set_running_or_notify_cancel():
+                try:
+                    done.set_result(fn(self))
+                except Exception as exc:  # handed to the caller, who asked
+                    done.set_exception(exc)
 
     # ------------------------------------------------------------------ store events
 
