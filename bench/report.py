@@ -320,6 +320,7 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                         "(see bench/README.md, Caveats)")
             rows.append(row)
     rows += dhcp_rows(results)
+    rows += sg_rows(results)
     return rows
 
 
@@ -328,15 +329,21 @@ def _stat(key: str, sub: str, fn):
     return lambda run: fn(run[key][sub])
 
 
+def _pct90(values: Any) -> float | None:
+    return percentile(values, 90)
+
+
+def _of_role(results: dict[str, Any], role: str) -> list[tuple[dict[str, Any], str, int]]:
+    """(scenario, name, runs) of the planned scenarios of ``role``."""
+    return [(sc, sc["name"], _nruns(results["raw"], sc["name"]))
+            for sc in results["params"]["scenarios"] if sc.get("role") == role]
+
+
 def dhcp_rows(results: dict[str, Any]) -> list[Row]:
     """Issue 15 (bench/dhcp_arp.py): DHCP lease latency, renewal load, ARP first ping."""
     raw, rows = results["raw"], []
-    p90 = lambda v: percentile(v, 90)  # noqa: E731
-    for sc in results["params"]["scenarios"]:
-        if sc.get("role") != "dhcp":
-            continue
-        name = sc["name"]
-        sec = f"8. native DHCP and ARP responder, H={sc['H']}, {_nruns(raw, name)} runs"
+    for sc, name, runs in _of_role(results, "dhcp"):
+        sec = f"8. native DHCP and ARP responder, H={sc['H']}, {runs} runs"
         leases = sc["dhcp_vms"] * sc["leases_per_vm"]
         row = Row(sec, "DISCOVER -> ACK, median", "ms", digits=2,
                   **_pair(raw, name, _stat("lease", "total", median)))
@@ -346,7 +353,7 @@ def dhcp_rows(results: dict[str, Any]) -> list[Row]:
                     "controller; OVN: ovn-controller on the VM's host")
         rows.append(row)
         rows.append(Row(sec, "DISCOVER -> ACK, p90", "ms", digits=2,
-                        **_pair(raw, name, _stat("lease", "total", p90))))
+                        **_pair(raw, name, _stat("lease", "total", _pct90))))
         row = Row(sec, "server's share (DISCOVER -> OFFER + REQUEST -> ACK), median", "ms",
                   digits=2, **_pair(raw, name, _stat("lease", "server", median)))
         row.target = _ovn_ratio_target(row, "<= 1.0x OVN", 1.0, "<=")
@@ -354,7 +361,7 @@ def dhcp_rows(results: dict[str, Any]) -> list[Row]:
                     "dominates DISCOVER -> ACK for both systems")
         rows.append(row)
         rows.append(Row(sec, "server's share, p90", "ms", digits=2,
-                        **_pair(raw, name, _stat("lease", "server", p90))))
+                        **_pair(raw, name, _stat("lease", "server", _pct90))))
         for part, what in (("offer", "DISCOVER -> OFFER (server)"),
                            ("client", "OFFER -> REQUEST (the client itself)"),
                            ("ack", "REQUEST -> ACK (server)")):
@@ -372,7 +379,7 @@ def dhcp_rows(results: dict[str, Any]) -> list[Row]:
                         **_pair(raw, name, lambda r: r["load"]["lost"])))
         rows.append(Row(sec, "control-plane CPU during the load", "cores", digits=2,
                         **_pair(raw, name, lambda r: r["load"]["control_plane_cores"])))
-        for stat, fn in (("median", median), ("p90", p90)):
+        for stat, fn in (("median", median), ("p90", _pct90)):
             rows.append(Row(sec, f"port-ready during the load, {stat}", "ms",
                             **_pair(raw, name, _stat("load", "ready_ms", fn))))
         row = Row(sec, "first ping across hosts, empty neighbour caches, median", "ms",
@@ -386,6 +393,73 @@ def dhcp_rows(results: dict[str, Any]) -> list[Row]:
                     "switch its responder off)")
         rows.append(row)
     return rows
+
+
+def sg_rows(results: dict[str, Any]) -> list[Row]:
+    """Issue 14 (bench/secgroups.py): flows, rule -> enforced, join a group, data plane."""
+    raw, rows = results["raw"], []
+    for sc, name, runs in _of_role(results, "sg"):
+        sec = f"9. security groups, H={sc['H']} P={sc['P']} N={sc['N']}, {runs} runs"
+        row = Row(sec, "flows per host (median of hosts)", "flows", digits=0,
+                  **_pair(raw, name, lambda r: median(r["flows"]["flows"])))
+        row.target = _ovn_ratio_target(row, "<= 0.5x OVN", 0.5, "<=")
+        row.note = ("every port in its project's default group + 5 rules (2 with remote "
+                    "groups); OVN: port groups, ACLs allow-related, neutron_pg_drop, as "
+                    "Neutron's OVN driver writes them; n/a rows below: the system did not "
+                    "filter (the JSON's rule.error)")
+        rows.append(row)
+        rows.append(Row(sec, "flows per host (max of hosts)", "flows", digits=0,
+                        **_pair(raw, name, lambda r: max(r["flows"]["flows"]))))
+        row = Row(sec, "rule create -> enforced on all hosts, median", "ms", digits=1,
+                  **_pair(raw, name, lambda r: _ms(median(r["rule"]["enforced_s"]))))
+        row.target = _ovn_ratio_target(row, "<= 0.5x OVN", 0.5, "<=")
+        row.note = (f"{sc['rule_probes']} rules per run, one target VM per host, vm1 connects "
+                    "every 10 ms (n/a: a connection passed before any rule: not filtering)")
+        rows.append(row)
+        rows.append(Row(sec, "rule create -> enforced on all hosts, max", "ms", digits=1,
+                        **_pair(raw, name, lambda r: _ms(max(r["rule"]["enforced_s"])))))
+        g = sc["group_size"]
+        row = Row(sec, f"port create -> ACTIVE in a group of {g}, median", "ms",
+                  **_pair(raw, name, _stat("join", "ready_ms", median)))
+        row.target = _ovn_ratio_target(row, "<= 0.5x OVN", 0.5, "<=")
+        rows.append(row)
+        rows.append(Row(sec, f"port create -> ACTIVE in a group of {g}, p90", "ms",
+                        **_pair(raw, name, _stat("join", "ready_ms", _pct90))))
+        rows.append(Row(sec, "port create -> first ping to a member on another host, median",
+                        "ms", **_pair(raw, name, _stat("join", "ping_ms", median))))
+        if not sc.get("dataplane"):
+            continue
+        def dp(kind: str, pair: str):
+            # "filtered" figures of a run whose probe found no filtering are not filtered ones
+            def get(r: dict[str, Any]) -> float | None:
+                if pair == "filtered" and r["rule"].get("error"):
+                    return None
+                v = r["dataplane"][kind][pair]
+                return v["per_s"] if kind == "conn" else median(v)
+            return get
+        row = Row(sec, "TCP throughput across hosts, filtered ports", "Mbit/s", digits=0,
+                  **_pair(raw, name, dp("iperf", "filtered")))
+        row.target = _ovn_ratio_target(row, ">= 1.0x OVN", 1.0, ">=")
+        rows.append(row)
+        unf = Row(sec, "TCP throughput across hosts, port security off", "Mbit/s", digits=0,
+                  **_pair(raw, name, dp("iperf", "unfiltered")))
+        tn_f = row.tenantnet["median"] if row.tenantnet else None
+        tn_u = unf.tenantnet["median"] if unf.tenantnet else None
+        unf.target = Target(">= 0.9 (tn filtered/unfiltered)", ratio(tn_f, tn_u), 0.9, ">=")
+        rows.append(unf)
+        row = Row(sec, "new TCP connections/s across hosts, filtered ports", "conn/s",
+                  digits=0, **_pair(raw, name, dp("conn", "filtered")))
+        row.target = _ovn_ratio_target(row, ">= 1.0x OVN", 1.0, ">=")
+        row.note = "bench/tcp_probe.py rate: 4 threads connect + close, Python in the VM"
+        rows.append(row)
+        rows.append(Row(sec, "new TCP connections/s across hosts, port security off",
+                        "conn/s", digits=0,
+                        **_pair(raw, name, dp("conn", "unfiltered"))))
+    return rows
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
 
 
 def _mean_cpu(run: dict[str, Any]) -> float | None:

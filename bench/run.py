@@ -19,6 +19,7 @@ from bench import report
 from bench.common import REPO, loadavg, log, machine_info, versions
 from bench.dhcp_arp import run_dhcp_arp
 from bench.scenario import dataplane, run_scenario
+from bench.secgroups import run_secgroups
 from bench.sut_ovn import OvnSystem, ovn_installed
 from bench.sut_tenantnet import TenantnetSystem
 
@@ -42,6 +43,20 @@ def dhcp_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [{"name": f"dhcp-arp-h{size['H']}", "role": "dhcp", "P": 0, "N": 1, **size}]
 
 
+def sg_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Issue 14's scenario (`bench.secgroups`).  Quick: small sizes, one run, and its data-plane
+    rows (iperf3, connections/s) only with --sg-dataplane, so --quick stays short."""
+    if args.no_sg or args.smoke:
+        return []
+    if args.quick:
+        size = {"H": 3, "P": 30, "N": 3, "group_size": 20, "rule_probes": 3, "join_ports": 5,
+                "runs": 1, "dataplane": args.sg_dataplane}
+    else:
+        size = {"H": 3, "P": 300, "N": 10, "group_size": 100, "rule_probes": 5,
+                "join_ports": 30, "dataplane": True}
+    return [{"name": f"sg-h{size['H']}-p{size['P']}", "role": "sg", **size}]
+
+
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The scenarios: 'main' ones feed measures 1-5, those with lat_after the scaling curve,
     'dhcp' issue 15's measures."""
@@ -54,7 +69,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         if not args.no_scaling:
             sc += [{"name": f"scale-h3-p{p}", "role": "scale", "H": 3, "P": p, "N": 4,
                     "lat_after": 10} for p in (50, 200)]
-        return sc + dhcp_plan(args)
+        return sc + dhcp_plan(args) + sg_plan(args)
     sc = [
         {"name": "h3-p300", "role": "main", "H": 3, "P": 300, "N": 10, "lat_before": 30,
          "restart": True},
@@ -64,7 +79,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not args.no_scaling:
         sc += [{"name": f"scale-h10-p{p}", "role": "scale", "H": 10, "P": p, "N": 10,
                 "lat_after": 30} for p in (100, 5000)]
-    return sc + dhcp_plan(args)
+    return sc + dhcp_plan(args) + sg_plan(args)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -92,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-dataplane", action="store_true")
     ap.add_argument("--no-scaling", action="store_true")
     ap.add_argument("--no-dhcp", action="store_true", help="skip issue 15's DHCP/ARP scenario")
+    ap.add_argument("--no-sg", action="store_true",
+                    help="skip issue 14's security-group scenario")
+    ap.add_argument("--sg-dataplane", action="store_true",
+                    help="quick: also the security-group data-plane rows (always in full)")
     ap.add_argument("--dhcp-meter-pps", type=int, default=20000,
                     help="tenantnet's per-host packet-in meter in the DHCP scenario (default "
                          "20000, so that the renewal load measures the controller, not the "
@@ -111,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     iperf_runs = 1 if args.smoke else args.iperf_runs
     systems = [s for s in args.systems.split(",") if s]
     scenarios = [s for s in plan(args) if not args.only or s["name"] in args.only]
+    for sc in scenarios:
+        if sc["role"] == "sg":
+            sc.update(iperf_runs=iperf_runs, iperf_seconds=iperf_s)
     do_dp = not args.no_dataplane and (not args.only or "dataplane" in args.only)
 
     results: dict[str, Any] = {
@@ -132,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
               str(max(100, args.dhcp_meter_pps // 10))) if args.dhcp_meter_pps else ())
     make_for = {"dhcp": {**make, "tenantnet": lambda h: TenantnetSystem(
         h, bulk_chunk=args.bulk_chunk, extra_args=meter)}}
-    runners = {"dhcp": run_dhcp_arp}
+    runners = {"dhcp": run_dhcp_arp, "sg": run_secgroups}
     t_start = time.monotonic()
     interrupted = False
     try:

@@ -46,10 +46,14 @@ def bulk_port(i: int, h: int, n: int) -> tuple[int, int, str, str, str]:
     return i % h + 1, k, f"bp{i}", mac, f"10.{100 + k}.{j // 250}.{j % 250 + 2}"
 
 
-def setup_base(system: Any, n_networks: int) -> list[Vm]:
-    """Networks 0..N-1, vm1 (hv1) and vm2 (hv2) in network 0, reachable from each other."""
+def setup_base(system: Any, n_networks: int, project_prefix: str | None = None) -> list[Vm]:
+    """Networks 0..N-1, vm1 (hv1) and vm2 (hv2) in network 0, reachable from each other.
+    With ``project_prefix``, network k belongs to project ``<prefix><k>`` (else "bench")."""
     for k in range(max(1, n_networks)):
-        system.add_network(k)
+        if project_prefix:
+            system.add_network(k, project=f"{project_prefix}{k}")
+        else:
+            system.add_network(k)
     vms = []
     for hv_n, (name, mac, ip) in ((1, VM1), (2, VM2)):
         vm = system.lab.add_vm(hv_n, name, mac, f"{ip}/16", system.iface_id(name))

@@ -49,6 +49,9 @@ class OvnSystem:
         self.nbctl_daemon = ""
         self.nets: dict[int, str] = {}
         self.dhcp: dict[int, str] = {}  # network index -> DHCP_Options row
+        self.projects: dict[int, str] = {}  # network index -> project (security groups)
+        self.sg = False  # Neutron's security-group port groups and ACLs (enable_security_groups)
+        self.pgs: set[str] = set()  # port groups created
 
     # ------------------------------------------------------------------ helpers
     def nbctl(self, *args: str, timeout: float = 600, direct: bool = False) -> str:
@@ -148,10 +151,89 @@ class OvnSystem:
     def iface_id(self, name: str) -> str:
         return name
 
-    def add_network(self, k: int) -> None:
+    def add_network(self, k: int, project: str = "bench") -> None:
         ls = f"bls{k}"
         self.nbctl("--wait=hv", "ls-add", ls)
         self.nets[k] = ls
+        self.projects[k] = project
+        if self.sg:
+            self._default_group(project)
+
+    # ------------------------------------------------------------------ security groups
+    # What Neutron's OVN driver writes (neutron/common/ovn/acl.py): a port group per security
+    # group (``pg_<id>``; northd derives the address sets ``$pg_<id>_ip4/_ip6`` of its
+    # members), one ACL per rule at priority 1002 with ``allow-related``, and every port with
+    # port security in ``neutron_pg_drop``, whose two ACLs (priority 1001) drop all other IP.
+    DROP_PG = "neutron_pg_drop"
+
+    def enable_security_groups(self) -> None:
+        """From now on ports with port security join their project's default group."""
+        self.sg = True
+        self.nbctl("pg-add", self.DROP_PG,
+                   "--", "--type=port-group", "acl-add", self.DROP_PG, "from-lport", "1001",
+                   f"inport == @{self.DROP_PG} && ip", "drop",
+                   "--", "--type=port-group", "acl-add", self.DROP_PG, "to-lport", "1001",
+                   f"outport == @{self.DROP_PG} && ip", "drop")  # fmt: skip
+        for project in sorted(set(self.projects.values())):
+            self._default_group(project)
+
+    def _default_group(self, project: str) -> str:
+        pg = f"pg_{project}_default"
+        if pg not in self.pgs:
+            self._new_group(pg)
+            # Neutron's default-group template: ingress from the group's own members
+            for eth in ("IPv4", "IPv6"):
+                self.add_rule(pg, "ingress", remote_group=pg, ethertype=eth)
+        return pg
+
+    def _new_group(self, pg: str) -> None:
+        """A port group with Neutron's template for every group: egress anywhere."""
+        self.nbctl("pg-add", pg)
+        self.pgs.add(pg)
+        for eth in ("IPv4", "IPv6"):
+            self.add_rule(pg, "egress", ethertype=eth)
+
+    def default_group(self, k: int) -> str:
+        return self._default_group(self.projects[k])
+
+    def create_group(self, k: int, name: str) -> str:
+        pg = f"pg_{self.projects[k]}_{name}"
+        self._new_group(pg)
+        return pg
+
+    @staticmethod
+    def acl_match(pg: str, direction: str, protocol: str | None,
+                  ports: tuple[int, int] | None, remote_ip: str | None,
+                  remote_group: str | None, ethertype: str = "IPv4") -> str:
+        """The match Neutron's OVN driver builds for one rule (acl.py: acl_direction,
+        acl_ethertype, acl_remote_ip_prefix / acl_remote_group_id, acl_protocol_and_ports)."""
+        ingress = direction == "ingress"
+        ip = "ip4" if ethertype == "IPv4" else "ip6"
+        m = [f"{'outport' if ingress else 'inport'} == @{pg}", ip]
+        field = f"{ip}.src" if ingress else f"{ip}.dst"
+        if remote_ip:
+            m.append(f"{field} == {remote_ip}")
+        if remote_group:
+            m.append(f"{field} == ${remote_group}_{ip}")
+        if protocol in ("tcp", "udp"):
+            m.append(protocol)
+            if ports:
+                lo, hi = ports
+                m.append(f"{protocol}.dst == {lo}" if lo == hi else
+                         f"{protocol}.dst >= {lo} && {protocol}.dst <= {hi}")
+        elif protocol == "icmp":
+            m.append("icmp4")
+        return " && ".join(m)
+
+    def add_rule(self, group: str, direction: str, protocol: str | None = None,
+                 ports: tuple[int, int] | None = None, remote_ip: str | None = None,
+                 remote_group: str | None = None, ethertype: str = "IPv4") -> None:
+        """One ACL as Neutron writes it for a rule (no --wait: Neutron does not wait)."""
+        match = self.acl_match(group, direction, protocol, ports, remote_ip, remote_group,
+                               ethertype)
+        self.nbctl("--type=port-group", "acl-add", group,
+                   "to-lport" if direction == "ingress" else "from-lport", "1002", match,
+                   "allow-related")
 
     def enable_dhcp(self, k: int) -> None:
         """OVN native DHCP for network ``k`` as Neutron's OVN driver configures it: one
@@ -166,24 +248,48 @@ class OvnSystem:
     def dhcp_server(self, k: int) -> tuple[str, str]:
         return "02:7e:4e:00:00:01", f"10.{100 + k}.255.254"
 
-    def _lsp_args(self, k: int, name: str, mac: str, ip: str) -> list[str]:
+    def _lsp_args(self, k: int, name: str, mac: str, ip: str, groups: list[str] | None = None,
+                  port_security: bool = True) -> list[str]:
+        if self.sg:
+            return self._lsp_create_args(k, name, mac, ip, groups, port_security)
         # what Neutron's OVN driver writes for a port with port security on
         args = ["--", "lsp-add", self.nets[k], name,
-                "--", "lsp-set-addresses", name, f"{mac} {ip}",
-                "--", "lsp-set-port-security", name, f"{mac} {ip}"]
+                "--", "lsp-set-addresses", name, f"{mac} {ip}"]
+        if port_security:
+            args += ["--", "lsp-set-port-security", name, f"{mac} {ip}"]
         if k in self.dhcp:
             args += ["--", "lsp-set-dhcpv4-options", name, self.dhcp[k]]
         return args
 
+    def _lsp_create_args(self, k: int, name: str, mac: str, ip: str, groups: list[str] | None,
+                         port_security: bool) -> list[str]:
+        """The port and its port-group memberships in one transaction, as Neutron's IDL
+        writes them: its groups (default: the project's default group) and
+        ``neutron_pg_drop``; port security off: neither."""
+        ref = f"@p_{name.replace('-', '_')}"
+        cols = [f"name={name}", f'addresses="{mac} {ip}"']
+        if port_security:
+            cols.append(f'port_security="{mac} {ip}"')
+        if k in self.dhcp:
+            cols.append(f"dhcpv4_options={self.dhcp[k]}")
+        args = ["--", f"--id={ref}", "create", "Logical_Switch_Port", *cols,
+                "--", "add", "Logical_Switch", self.nets[k], "ports", ref]
+        if port_security:
+            pgs = groups if groups is not None else [self._default_group(self.projects[k])]
+            for pg in [*pgs, self.DROP_PG]:
+                args += ["--", "add", "Port_Group", pg, "ports", ref]
+        return args
+
     def create_ports_wait(self, ports: list[tuple[int, str, str, str]], poll: float = 0.05,
-                          timeout: float = 600) -> float:
+                          timeout: float = 600, groups: list[str] | None = None,
+                          port_security: bool = True) -> float:
         """One ovn-nbctl --wait=hv transaction with every port; seconds until it returns.
 
         Raises `ConfirmTimeout` when --wait=hv did not return within ``timeout`` (the ports
         are committed; one ``--wait=hv sync`` is tried so that later measures can go on)."""
         args: list[str] = []
         for p in ports:
-            args += self._lsp_args(*p)
+            args += self._lsp_args(*p, groups=groups, port_security=port_security)
         t0 = time.perf_counter()
         try:
             self.nbctl("--wait=hv", *args, timeout=timeout)

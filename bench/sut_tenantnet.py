@@ -142,12 +142,51 @@ class TenantnetSystem:
         """The port id the VM interface carries (tenantnet ports are UUIDs)."""
         return str(uuid.uuid5(_NS, name))
 
-    def add_network(self, k: int) -> None:
+    def add_network(self, k: int, project: str = "bench") -> None:
         api = self.ctl.api
-        net = api.create("network", name=f"bnet{k}", project_id="bench")
+        if project != "bench":
+            unlimited = {"port": -1, "security_group": -1, "security_group_rule": -1}
+            api.request("PUT", f"/v2.0/quotas/{project}", {"quota": unlimited}, expect=200)
+        net = api.create("network", name=f"bnet{k}", project_id=project)
         sub = api.create("subnet", network_id=net["id"], cidr=f"10.{100 + k}.0.0/16",
-                         ip_version=4, gateway_ip=None, project_id="bench")
-        self.nets[k] = {"id": net["id"], "subnet": sub["id"]}
+                         ip_version=4, gateway_ip=None, project_id=project)
+        self.nets[k] = {"id": net["id"], "subnet": sub["id"], "project": project}
+
+    # ------------------------------------------------------------------ security groups
+    def enable_security_groups(self) -> None:
+        """Nothing to do: every port with port security gets its project's default group."""
+
+    def default_group(self, k: int) -> str:
+        """The default group of network ``k``'s project (created with its first port)."""
+        project = self.nets[k]["project"]
+        found = self.ctl.api.request(
+            "GET", f"/v2.0/security-groups?project_id={project}&name=default")["security_groups"]
+        if not found:
+            raise RuntimeError(f"project {project} has no default group")
+        return str(found[0]["id"])
+
+    def create_group(self, k: int, name: str) -> str:
+        """A new group in network ``k``'s project (Neutron's template: egress anywhere)."""
+        body = {"security_group": {"name": name, "project_id": self.nets[k]["project"]}}
+        return str(self.ctl.api.request("POST", "/v2.0/security-groups", body,
+                                        expect=201)["security_group"]["id"])
+
+    def add_rule(self, group: str, direction: str, protocol: str | None = None,
+                 ports: tuple[int, int] | None = None, remote_ip: str | None = None,
+                 remote_group: str | None = None, ethertype: str = "IPv4") -> None:
+        body: dict[str, Any] = {"security_group_id": group, "direction": direction,
+                                "ethertype": ethertype, "protocol": protocol}
+        if ports:
+            body["port_range_min"], body["port_range_max"] = ports
+        if remote_ip:
+            body["remote_ip_prefix"] = remote_ip
+        if remote_group:
+            body["remote_group_id"] = remote_group
+        assert self.http is not None
+        st, resp = self.http.request("POST", "/v2.0/security-group-rules",
+                                     {"security_group_rule": body})
+        if st != 201:
+            raise RuntimeError(f"rule create: {st} {resp}")
 
     def enable_dhcp(self, k: int) -> None:
         """Native DHCP for network ``k``'s subnet (Neutron's default, set explicitly)."""
@@ -158,22 +197,32 @@ class TenantnetSystem:
         gateway, the subnet's last unicast address (controller/services/dhcp.py)."""
         return DEFAULT_SERVER_MAC, f"10.{100 + k}.255.254"
 
-    def _port_body(self, k: int, name: str, mac: str, ip: str) -> dict[str, Any]:
+    def _port_body(self, k: int, name: str, mac: str, ip: str, groups: list[str] | None = None,
+                   port_security: bool = True) -> dict[str, Any]:
         net = self.nets[k]
-        return {"id": self.iface_id(name), "name": name, "network_id": net["id"],
-                "mac_address": mac, "project_id": "bench",
+        body = {"id": self.iface_id(name), "name": name, "network_id": net["id"],
+                "mac_address": mac, "project_id": net.get("project", "bench"),
                 "fixed_ips": [{"subnet_id": net["subnet"], "ip_address": ip}]}
+        if not port_security:
+            body["port_security_enabled"] = False
+        elif groups is not None:
+            body["security_groups"] = groups
+        return body
 
     def create_ports_wait(self, ports: list[tuple[int, str, str, str]],
-                          poll: float | None = None, timeout: float = 120) -> float:
+                          poll: float | None = None, timeout: float = 120,
+                          groups: list[str] | None = None, port_security: bool = True) -> float:
         """Create ports (network index, name, mac, ip); seconds until every one is ACTIVE.
 
         One port: POST /v2.0/ports; several: bulk POSTs of ``bulk_chunk`` ports.  Then one
         POST /tenantnet/wait that blocks until they are all ACTIVE (like OVN's --wait=hv),
-        instead of polling, which would compete with the data plane it measures."""
+        instead of polling, which would compete with the data plane it measures.  ``groups``:
+        their security groups (default: the project's default group); ``port_security``
+        False: no filtering, no groups."""
         assert self.http is not None
         del poll  # kept for callers; the wait endpoint needs no polling interval
-        bodies = [self._port_body(*p) for p in ports]
+        bodies = [self._port_body(*p, groups=groups, port_security=port_security)
+                  for p in ports]
         t0 = time.perf_counter()
         if len(bodies) == 1:
             st, resp = self.http.request("POST", "/v2.0/ports", {"port": bodies[0]})
