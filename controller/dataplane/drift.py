@@ -184,9 +184,14 @@ def compare_host(
     return HostDrift(
         host=host_id,
         owners=dict(sorted(owners.items())),
-        foreign=tuple(sorted((r for r in dump.rules if not t.is_ours(r.cookie)), key=_order)),
+        foreign=foreign_rules(dump),
         unplanned=tuple(sorted(_describe(u) for u, _ in plan.failed)),
     )
+
+
+def foreign_rules(dump: Slice) -> tuple[Rule, ...]:
+    """The flows of a dump whose cookie lacks tenantnet's marker, in table order."""
+    return tuple(sorted((r for r in dump.rules if not t.is_ours(r.cookie)), key=_order))
 
 
 def _describe(unit: Unit) -> str:

@@ -375,3 +375,64 @@ def test_a_read_that_times_out_is_skipped_logged_and_counted(
     cloud.switches.fail.clear()
     assert not cloud.dp.audit.request("hv1").document["in_sync"]  # not repaired blindly
     assert cloud.dp.audit.request("hv2").status == 200  # the other host is read as usual
+
+
+# ------------------------------------------------------------------ the HTTP route
+
+
+def test_the_drift_route_answers_as_the_audit_says_and_needs_the_token(tmp_path: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from controller.api import ApiSettings, create_app
+    from controller.api.drift import add_drift_route
+    from controller.dataplane.audit import DriftAnswer
+    from controller.events import EventBus
+    from controller.store import Store
+
+    answers = {
+        "hv1": DriftAnswer(200, {"host": "hv1", "in_sync": True}),
+        "hv2": DriftAnswer(409, state="disconnected", message="Host hv2 is disconnected: ..."),
+        "hv3": DriftAnswer(504, message="the switch of host hv3 did not answer"),
+    }
+    audit = SimpleNamespace(
+        request=lambda host: answers.get(host, DriftAnswer(404, message=f"Host {host} ..."))
+    )
+    running: list[Any] = [None]
+    store = Store(str(tmp_path / "api.sqlite"), EventBus())
+    app = create_app(store, ApiSettings(auth_token="s3cret"))
+    add_drift_route(app, lambda: running[0])
+    with TestClient(app) as client:
+        assert client.get("/tenantnet/hosts/hv1/drift").status_code == 401
+        auth = {"X-Auth-Token": "s3cret"}
+        r = client.get("/tenantnet/hosts/hv1/drift", headers=auth)
+        assert r.status_code == 503 and "not running" in r.text  # before the data plane runs
+        running[0] = SimpleNamespace(audit=audit)
+        r = client.get("/tenantnet/hosts/hv1/drift", headers=auth)
+        assert r.status_code == 200 and r.json() == {"host": "hv1", "in_sync": True}
+        for host, status, kind in (
+            ("hv2", 409, "HostNotConnected"),
+            ("hv3", 504, "SwitchDidNotAnswer"),
+            ("hv9", 404, "HostNotFound"),
+        ):
+            r = client.get(f"/tenantnet/hosts/{host}/drift", headers=auth)
+            assert r.status_code == status and r.json()["NeutronError"]["type"] == kind
+            assert host in r.json()["NeutronError"]["message"]
+    store.close()
+
+
+def test_audits_of_a_switch_in_sync_send_nothing(audit_cloud: AuditCloud) -> None:
+    cloud = audit_cloud
+    _two_hosts_one_network(cloud)
+    sent = (cloud.dp.stats.flow_mods, cloud.dp.stats.group_mods, cloud.dp.stats.batches)
+    before = _samples(cloud)[("tenantnet_drift_audits_total", ("in_sync",))]
+    cloud.dp.audit.interval_s = 0.2
+    deadline = time.monotonic() + 10
+    while _samples(cloud)[("tenantnet_drift_audits_total", ("in_sync",))] < before + 4:
+        assert time.monotonic() < deadline, "no audits"
+        time.sleep(0.05)
+    cloud.dp.audit.interval_s = 0
+    cloud.idle()
+    assert (cloud.dp.stats.flow_mods, cloud.dp.stats.group_mods, cloud.dp.stats.batches) == sent
+    samples = _samples(cloud)
+    assert samples[("tenantnet_drift_audits_total", ("repaired",))] == 0
+    assert samples[("tenantnet_foreign_flows", ("hv1",))] == 0
