@@ -26,7 +26,7 @@ from typing import Any
 
 from flows.model import Slice
 from flows.readable import rule_text
-from flows.trace import FlowTable, Step, make_packet, ovs_flow_text
+from flows.trace import FlowTable, Step, ct_state_text, make_packet, ovs_flow_text
 from flows.trace_terms import (
     Catalog,
     HostInfo,
@@ -315,6 +315,9 @@ def _step_text(s: Step) -> str:
         return f"{branch}{s.kind}{conj}: {rule_text(s.rule)}"
     if s.kind == "miss":
         return f"{branch}miss: table={s.table}"
-    if s.kind in ("ct", "commit"):
-        return f"{branch}{s.kind}: zone={s.zone} state={s.ct_state} mark={s.mark}"
+    if s.kind == "ct":
+        return f"{branch}ct: zone={s.zone} -> table {s.table} with {ct_state_text(s.ct_state or 0)}"
+    if s.kind == "commit":
+        mark = f" mark={s.mark}" if s.mark is not None else ""
+        return f"{branch}commit: zone={s.zone}{mark}"
     return f"{branch}{s.kind}: " + (f"group {s.group}" if s.group is not None else f"port {s.port}")

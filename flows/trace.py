@@ -34,6 +34,7 @@ them; `tests/integration/test_trace_vs_ovs.py` compares verdicts with ``ofproto/
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -184,14 +185,17 @@ def ct_state_text(bits: int) -> str:
 # ------------------------------------------------------------------------------------- matching
 
 
+_MAC = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}")
+
+
 @lru_cache(maxsize=65536)
 def _as_int(value: Any) -> int:
     """A field value or mask as an integer: MACs and IPv4/IPv6 addresses by netaddr."""
     if isinstance(value, int):
         return value
     text = str(value)
-    if netaddr.valid_mac(text) and ":" in text and text.count(":") == 5:
-        return int(netaddr.EUI(text))
+    if _MAC.fullmatch(text):  # the model's spelling of a MAC (flows.model)
+        return int(text.replace(":", ""), 16)
     return int(netaddr.IPAddress(text))
 
 
@@ -235,6 +239,65 @@ def _conjunctions(rule: Rule) -> tuple[Conjunction, ...] | None:
 # ------------------------------------------------------------------------------------- the table
 
 
+class _Level:
+    """The flows of one priority in one table, split into ordinary and conjunctive flows, each
+    indexed by the exact-match field most of them have (an L2 table's ``eth_dst``, port
+    security's ``in_port``): a lookup only tests the flows whose value equals the packet's,
+    plus those without that field.  Pruning only: every candidate is still fully matched."""
+
+    MIN_INDEXED = 8
+
+    def __init__(self, rules: list[Rule]) -> None:
+        plain: list[Rule] = []
+        self.conj_of: dict[Rule, tuple[Conjunction, ...]] = {}
+        for r in rules:
+            c = _conjunctions(r)
+            if c is None:
+                plain.append(r)
+            else:
+                self.conj_of[r] = c
+        self.plain = _Index(plain)
+        self.conj = _Index(list(self.conj_of))
+
+    def ordinary(self, fields: Packet) -> list[Rule]:
+        return [r for r in self.plain.candidates(fields) if matches(r, fields)]
+
+    def conjunctive(self, fields: Packet) -> list[tuple[Rule, tuple[Conjunction, ...]]]:
+        return [(r, self.conj_of[r]) for r in self.conj.candidates(fields)
+                if matches(r, fields)]  # fmt: skip
+
+
+class _Index:
+    def __init__(self, rules: list[Rule]) -> None:
+        counts: dict[str, int] = {}
+        values: dict[str, set[Any]] = {}
+        for r in rules:
+            for name, value in r.match:
+                if not isinstance(value, tuple):
+                    counts[name] = counts.get(name, 0) + 1
+                    values.setdefault(name, set()).add(value)
+        # the field that most flows have, and among those the one that tells them apart best
+        self.field = max(counts, key=lambda n: (counts[n], len(values[n]), n)) if counts else None
+        if self.field is None or counts[self.field] < _Level.MIN_INDEXED:
+            self.field = None
+        self.by_value: dict[int, list[Rule]] = {}
+        self.rest: list[Rule] = []
+        for r in rules:
+            value = next((v for n, v in r.match if n == self.field), None)
+            if value is None or isinstance(value, tuple):
+                self.rest.append(r)
+            else:
+                self.by_value.setdefault(_as_int(value), []).append(r)
+
+    def candidates(self, fields: Packet) -> list[Rule]:
+        if self.field is None:
+            return self.rest
+        have = fields.get(self.field, _ZERO_DEFAULTS.get(self.field))
+        if have is None:
+            return self.rest
+        return self.by_value.get(_as_int(have), []) + self.rest
+
+
 class FlowTable:
     """One host's flows and groups, indexed for lookups (build once, trace many packets)."""
 
@@ -242,29 +305,18 @@ class FlowTable:
         by_table: dict[int, dict[int, list[Rule]]] = {}
         for rule in state.rules:
             by_table.setdefault(rule.table, {}).setdefault(rule.priority, []).append(rule)
-        # per table: (priority, ordinary flows, conjunctive flows), highest priority first
-        self.tables: dict[int, list[tuple[int, list[Rule], list[tuple[Rule, tuple[Conjunction,
-                                                                                     ...]]]]]] = {}
-        for table, levels in by_table.items():
-            out = []
-            for prio in sorted(levels, reverse=True):
-                plain: list[Rule] = []
-                conj: list[tuple[Rule, tuple[Conjunction, ...]]] = []
-                for rule in sorted(levels[prio], key=repr):  # deterministic ties
-                    c = _conjunctions(rule)
-                    if c is None:
-                        plain.append(rule)
-                    else:
-                        conj.append((rule, c))
-                out.append((prio, plain, conj))
-            self.tables[table] = out
+        # per table: (priority, its flows), highest priority first
+        self.tables: dict[int, list[tuple[int, _Level]]] = {
+            table: [(prio, _Level(levels[prio])) for prio in sorted(levels, reverse=True)]
+            for table, levels in by_table.items()
+        }
         self.groups: dict[int, GroupEntry] = {g.group_id: g for g in state.groups}
 
     def lookup(self, table: int, fields: Packet) -> tuple[Rule | None, tuple[int, ...]]:
         """The flow that handles ``fields`` in ``table`` and the conjunctions that led to it."""
-        for prio, plain, conj in self.tables.get(table, ()):
-            hits = _one([r for r in plain if matches(r, fields)], f"table {table}")
-            done = self._satisfied(conj, fields)
+        for prio, level in self.tables.get(table, ()):
+            hits = _one(level.ordinary(fields), f"table {table}")
+            done = self._satisfied(level.conjunctive(fields))
             if hits:
                 if done:
                     raise AmbiguousMatch(
@@ -276,20 +328,16 @@ class FlowTable:
         return None, ()
 
     @staticmethod
-    def _satisfied(
-        conj: list[tuple[Rule, tuple[Conjunction, ...]]], fields: Packet
-    ) -> list[int]:
+    def _satisfied(matched: list[tuple[Rule, tuple[Conjunction, ...]]]) -> list[int]:
         """conj_ids whose every clause is matched by some flow of this priority, ascending."""
         seen: dict[int, set[int]] = {}
         needed: dict[int, int] = {}
-        for rule, acts in conj:
-            if not matches(rule, fields):
-                continue
+        for _rule, acts in matched:
             for a in acts:
                 seen.setdefault(a.conj_id, set()).add(a.clause)
                 needed[a.conj_id] = a.n_clauses
-        return sorted(i for i, clauses in seen.items() if len(clauses) >= needed[i]
-                      and clauses >= set(range(1, needed[i] + 1)))  # fmt: skip
+        return sorted(i for i, clauses in seen.items()
+                      if clauses >= set(range(1, needed[i] + 1)))  # fmt: skip
 
     def _conj_target(self, table: int, fields: Packet, ids: list[int]) -> Rule | None:
         """The ordinary flow a satisfied conjunction leads to (lookup again with conj_id)."""
@@ -297,8 +345,8 @@ class FlowTable:
         for conj_id in ids:
             probe = {**fields, "conj_id": conj_id}
             rule = None
-            for _prio, plain, _conj in self.tables.get(table, ()):
-                hits = _one([r for r in plain if matches(r, probe)], f"table {table}")
+            for _prio, level in self.tables.get(table, ()):
+                hits = _one(level.ordinary(probe), f"table {table}")
                 if hits:
                     rule = hits[0]
                     break
@@ -318,7 +366,7 @@ def _one(hits: list[Rule], where: str) -> list[Rule]:
                 f"{where} priority {hits[0].priority}: {len(hits)} flows with different "
                 "instructions match"
             )
-        return hits[:1]
+        return [min(hits, key=repr)]  # the same whichever: a deterministic report
     return hits
 
 

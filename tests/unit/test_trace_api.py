@@ -102,7 +102,10 @@ def test_desired_and_installed_answers_and_drift_between_them(setup) -> None:
         "desired", "delivered", [st["vm2"]["id"]])
     assert doc["paths"][0]["steps"][-1] == "delivered to port vm2 (10.0.0.6) on hv2"
     assert [h["host"] for h in doc["hosts"]] == ["hv1", "hv2"]
-    assert doc["hosts"][0]["ofproto_trace"].startswith("in_port=10,")
+    obs = dp.hosts["hv1"].obs
+    assert obs is not None
+    ofport = obs.bindings[st["vm1"]["id"]]
+    assert doc["hosts"][0]["ofproto_trace"].startswith(f"in_port={ofport},dl_dst=")
     text = trace_view(doc, flows=True)
     assert text.splitlines()[0] == "tcp 10.0.0.5:40000 -> 10.0.0.6:22 (desired flows): DELIVERED"
 
