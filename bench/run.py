@@ -109,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-dhcp", action="store_true", help="skip issue 15's DHCP/ARP scenario")
     ap.add_argument("--no-sg", action="store_true",
                     help="skip issue 14's security-group scenario")
+    ap.add_argument("--main-sg", action="store_true",
+                    help="measures 1-7: OVN ports also get what Neutron writes for their "
+                         "project's default security group (port group, ACLs, "
+                         "neutron_pg_drop), as tenantnet's ports get the default group; use "
+                         "once tenantnet enforces security groups")
     ap.add_argument("--sg-dataplane", action="store_true",
                     help="quick: also the security-group data-plane rows (always in full)")
     ap.add_argument("--dhcp-meter-pps", type=int, default=20000,
@@ -142,18 +147,22 @@ def main(argv: list[str] | None = None) -> int:
         "params": {"quick": args.quick, "smoke": args.smoke, "runs": runs,
                    "iperf_seconds": iperf_s, "iperf_runs": iperf_runs,
                    "ovn_encap": args.ovn_encap, "bulk_chunk": args.bulk_chunk,
-                   "dhcp_meter_pps": args.dhcp_meter_pps,
+                   "dhcp_meter_pps": args.dhcp_meter_pps, "main_sg": args.main_sg,
                    "systems": systems, "scenarios": scenarios, "dataplane": do_dp},
         "ovn_flow_mods_source": OvnSystem.flow_mods_source,
         "raw": {},
         "errors": [],
     }
     make = {"tenantnet": lambda h: TenantnetSystem(h, bulk_chunk=args.bulk_chunk),
-            "ovn": lambda h: OvnSystem(h, encap=args.ovn_encap)}
+            "ovn": lambda h: OvnSystem(h, encap=args.ovn_encap,
+                                       security_groups=args.main_sg)}
     meter = (("--packet-in-rate-pps", str(args.dhcp_meter_pps), "--packet-in-burst",
               str(max(100, args.dhcp_meter_pps // 10))) if args.dhcp_meter_pps else ())
-    make_for = {"dhcp": {**make, "tenantnet": lambda h: TenantnetSystem(
-        h, bulk_chunk=args.bulk_chunk, extra_args=meter)}}
+    # the DHCP scenario's OVN side has no security groups (neutron_pg_drop would drop DHCP
+    # without the allow ACLs Neutron adds for it)
+    make_for = {"dhcp": {"tenantnet": lambda h: TenantnetSystem(
+        h, bulk_chunk=args.bulk_chunk, extra_args=meter),
+        "ovn": lambda h: OvnSystem(h, encap=args.ovn_encap)}}
     runners = {"dhcp": run_dhcp_arp, "sg": run_secgroups}
     t_start = time.monotonic()
     interrupted = False

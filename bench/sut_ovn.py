@@ -41,8 +41,10 @@ class OvnSystem:
     flow_mods_source = ("n/a: ovn-controller 23.03 has no flow-mod counter (its coverage "
                         "counters stay at 0 here); see the switch-observed row below")
 
-    def __init__(self, n_hosts: int, encap: str = "geneve") -> None:
+    def __init__(self, n_hosts: int, encap: str = "geneve", security_groups: bool = False
+                 ) -> None:
         self.n_hosts = n_hosts
+        self.security_groups_at_start = security_groups
         self.encap = encap
         self.lab = Lab(n_hosts, **OVN_LAB)
         self.central = ""
@@ -112,6 +114,8 @@ class OvnSystem:
         for hv in self.lab.hvs:
             hv.wait_bridge("br-int", timeout=30)
         self.nbctl("--wait=hv", "sync", timeout=60)
+        if self.security_groups_at_start:
+            self.enable_security_groups()
         log(f"ovn: {self.n_hosts} chassis up in {time.monotonic() - t0:.1f} s")
 
     def _start_nbctl_daemon(self) -> None:
@@ -168,6 +172,8 @@ class OvnSystem:
 
     def enable_security_groups(self) -> None:
         """From now on ports with port security join their project's default group."""
+        if self.sg:
+            return
         self.sg = True
         self.nbctl("pg-add", self.DROP_PG,
                    "--", "--type=port-group", "acl-add", self.DROP_PG, "from-lport", "1001",
