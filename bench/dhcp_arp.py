@@ -14,8 +14,10 @@
   control plane's CPU over the load is reported in cores.
 * **ARP, first ping**: pairs of new VMs on hv1 and hv2; the first ``ping`` from one to the
   other with empty neighbour caches (the request is answered by flows on the asker's host,
-  by both systems) and with neighbours pre-seeded both ways (no ARP at all, the baseline
-  'without': neither system can switch its responder off).  ping's time of the first echo
+  by both systems), with neighbours pre-seeded both ways (no ARP at all), and to an
+  allowed-address-pair address of the target, which neither system answers from flows (the
+  request floods through the tunnel and the VM answers: the path without a responder; neither
+  system can switch its responder off for a fixed IP).  ping's time of the first echo
   includes the address resolution it waited for.
 """
 
@@ -167,32 +169,45 @@ def dhcp_load(system: Any, vms: list[Vm], window: int, n_ports: int) -> dict[str
     return res
 
 
-def first_ping_ms(a: Vm, b: Vm) -> float | None:
-    """The time ``ping`` reports for its first echo from ``a`` to ``b`` (None: no reply)."""
-    cp = a.exec("ping", "-n", "-c", "1", "-W", "3", b.ip, check=False, timeout=10)
+def first_ping_ms(a: Vm, ip: str) -> float | None:
+    """The time ``ping`` reports for its first echo from ``a`` to ``ip`` (None: no reply)."""
+    cp = a.exec("ping", "-n", "-c", "1", "-W", "3", ip, check=False, timeout=10)
     m = re.search(r"time=([0-9.]+) ms", cp.stdout)
     return float(m.group(1)) if m else None
 
 
+ARP_MODES = ("arp_ms", "static_ms", "flood_ms")
+
+
 def arp_first_ping(system: Any, pairs: int) -> dict[str, list[float | None]]:
-    """``pairs`` pairs of new VMs (hv1, hv2) per mode: neighbours empty / pre-seeded."""
+    """``pairs`` pairs of new VMs (hv1 -> hv2) per mode: ``arp_ms`` neighbours empty, the
+    target's fixed IP (answered by flows on the asker's host); ``static_ms`` neighbours
+    pre-seeded both ways (no ARP); ``flood_ms`` neighbours empty, the target's second address,
+    an allowed address pair, which neither system answers from flows: the request crosses the
+    tunnel and the target VM answers (the path without a responder)."""
     lab = system.lab
-    out: dict[str, list[float | None]] = {"arp_ms": [], "static_ms": []}
-    vms = []
-    for i in range(1, 2 * pairs + 1):
+    out: dict[str, list[float | None]] = {m: [] for m in ARP_MODES}
+    made = []
+    for i in range(len(ARP_MODES) * pairs):
+        mode = ARP_MODES[i % len(ARP_MODES)]
         pair = []
         for side, hv_n in ((0, 1), (1, 2)):
-            j = 2 * i + side
+            j = 2 * i + side + 2
             name, mac = f"ar{j}", f"0a:00:00:03:{j >> 8:02x}:{j & 255:02x}"
             pair.append(lab.add_vm(hv_n, name, mac, f"10.100.251.{j}/16", system.iface_id(name)))
-        vms.append(pair)
-    system.create_ports_wait([(0, vm.name, vm.mac, vm.ip) for pair in vms for vm in pair])
+        second = f"10.100.248.{i + 2}" if mode == "flood_ms" else None
+        for vm in pair:
+            system.create_ports_wait([(0, vm.name, vm.mac, vm.ip)],
+                                     pair_ip=second if vm is pair[1] else None)
+        if second:
+            pair[1].exec("ip", "addr", "add", f"{second}/16", "dev", "eth0")
+        made.append((mode, pair[0], pair[1], second or pair[1].ip))
     time.sleep(0.5)
-    for i, (a, b) in enumerate(vms):
-        if i % 2:
+    for mode, a, b, ip in made:
+        if mode == "static_ms":
             static_neigh(a.ns, b.ip, b.mac)
             static_neigh(b.ns, a.ip, a.mac)
-        out["static_ms" if i % 2 else "arp_ms"].append(first_ping_ms(a, b))
+        out[mode].append(first_ping_ms(a, ip))
     log(f"{system.name} ARP first ping: {out}")
     return out
 

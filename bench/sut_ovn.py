@@ -255,27 +255,30 @@ class OvnSystem:
         return "02:7e:4e:00:00:01", f"10.{100 + k}.255.254"
 
     def _lsp_args(self, k: int, name: str, mac: str, ip: str, groups: list[str] | None = None,
-                  port_security: bool = True) -> list[str]:
+                  port_security: bool = True, pair_ip: str | None = None) -> list[str]:
+        """``pair_ip``: an allowed address pair (Neutron puts it in port_security only, so
+        OVN's ARP responder does not answer for it)."""
+        sec = f"{mac} {ip}" + (f" {pair_ip}" if pair_ip else "")
         if self.sg:
-            return self._lsp_create_args(k, name, mac, ip, groups, port_security)
+            return self._lsp_create_args(k, name, mac, ip, groups, port_security, sec)
         # what Neutron's OVN driver writes for a port with port security on
         args = ["--", "lsp-add", self.nets[k], name,
                 "--", "lsp-set-addresses", name, f"{mac} {ip}"]
         if port_security:
-            args += ["--", "lsp-set-port-security", name, f"{mac} {ip}"]
+            args += ["--", "lsp-set-port-security", name, sec]
         if k in self.dhcp:
             args += ["--", "lsp-set-dhcpv4-options", name, self.dhcp[k]]
         return args
 
     def _lsp_create_args(self, k: int, name: str, mac: str, ip: str, groups: list[str] | None,
-                         port_security: bool) -> list[str]:
+                         port_security: bool, sec: str) -> list[str]:
         """The port and its port-group memberships in one transaction, as Neutron's IDL
         writes them: its groups (default: the project's default group) and
         ``neutron_pg_drop``; port security off: neither."""
         ref = f"@p_{name.replace('-', '_')}"
         cols = [f"name={name}", f'addresses="{mac} {ip}"']
         if port_security:
-            cols.append(f'port_security="{mac} {ip}"')
+            cols.append(f'port_security="{sec}"')
         if k in self.dhcp:
             cols.append(f"dhcpv4_options={self.dhcp[k]}")
         args = ["--", f"--id={ref}", "create", "Logical_Switch_Port", *cols,
@@ -288,14 +291,15 @@ class OvnSystem:
 
     def create_ports_wait(self, ports: list[tuple[int, str, str, str]], poll: float = 0.05,
                           timeout: float = 600, groups: list[str] | None = None,
-                          port_security: bool = True) -> float:
+                          port_security: bool = True, pair_ip: str | None = None) -> float:
         """One ovn-nbctl --wait=hv transaction with every port; seconds until it returns.
 
         Raises `ConfirmTimeout` when --wait=hv did not return within ``timeout`` (the ports
         are committed; one ``--wait=hv sync`` is tried so that later measures can go on)."""
         args: list[str] = []
         for p in ports:
-            args += self._lsp_args(*p, groups=groups, port_security=port_security)
+            args += self._lsp_args(*p, groups=groups, port_security=port_security,
+                                   pair_ip=pair_ip)
         t0 = time.perf_counter()
         try:
             self.nbctl("--wait=hv", *args, timeout=timeout)

@@ -198,11 +198,13 @@ class TenantnetSystem:
         return DEFAULT_SERVER_MAC, f"10.{100 + k}.255.254"
 
     def _port_body(self, k: int, name: str, mac: str, ip: str, groups: list[str] | None = None,
-                   port_security: bool = True) -> dict[str, Any]:
+                   port_security: bool = True, pair_ip: str | None = None) -> dict[str, Any]:
         net = self.nets[k]
         body = {"id": self.iface_id(name), "name": name, "network_id": net["id"],
                 "mac_address": mac, "project_id": net.get("project", "bench"),
                 "fixed_ips": [{"subnet_id": net["subnet"], "ip_address": ip}]}
+        if pair_ip:
+            body["allowed_address_pairs"] = [{"ip_address": pair_ip}]
         if not port_security:
             body["port_security_enabled"] = False
         elif groups is not None:
@@ -211,18 +213,19 @@ class TenantnetSystem:
 
     def create_ports_wait(self, ports: list[tuple[int, str, str, str]],
                           poll: float | None = None, timeout: float = 120,
-                          groups: list[str] | None = None, port_security: bool = True) -> float:
+                          groups: list[str] | None = None, port_security: bool = True,
+                          pair_ip: str | None = None) -> float:
         """Create ports (network index, name, mac, ip); seconds until every one is ACTIVE.
 
         One port: POST /v2.0/ports; several: bulk POSTs of ``bulk_chunk`` ports.  Then one
         POST /tenantnet/wait that blocks until they are all ACTIVE (like OVN's --wait=hv),
         instead of polling, which would compete with the data plane it measures.  ``groups``:
         their security groups (default: the project's default group); ``port_security``
-        False: no filtering, no groups."""
+        False: no filtering, no groups; ``pair_ip``: an allowed address pair of each port."""
         assert self.http is not None
         del poll  # kept for callers; the wait endpoint needs no polling interval
-        bodies = [self._port_body(*p, groups=groups, port_security=port_security)
-                  for p in ports]
+        bodies = [self._port_body(*p, groups=groups, port_security=port_security,
+                                  pair_ip=pair_ip) for p in ports]
         t0 = time.perf_counter()
         if len(bodies) == 1:
             st, resp = self.http.request("POST", "/v2.0/ports", {"port": bodies[0]})

@@ -98,7 +98,7 @@ def _dhcp_run(total, server, acks):
                       "ack": [1]},
             "load": {"acks_per_s": acks, "lost": 0, "control_plane_cores": 0.5,
                      "ready_ms": [10, 20], "ping_ms": [11, 21]},
-            "arp": {"arp_ms": [1.5], "static_ms": [1.0]}}
+            "arp": {"arp_ms": [1.5], "static_ms": [1.0], "flood_ms": [2.5]}}
 
 
 def _sg_run(flows, enforced, ready, iperf=None):
