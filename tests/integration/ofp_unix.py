@@ -130,6 +130,16 @@ class MgmtClient:
             for stat in reply.body
         )
 
+    def dump_state(self) -> Slice:
+        """Every flow and group, decoded as the controller decodes a switch's replies."""
+        first = self.xid + 1
+        xid = self._send(codec.group_dump_request(DP))
+        groups = frozenset(
+            codec.decode_group_desc(g) for reply in self._until_reply(xid, first)
+            for g in reply.body
+        )  # fmt: skip
+        return Slice(self.dump_rules(), groups)
+
 
 _DPIF_PORT = re.compile(r"^    (\S+) (\d+)/(\d+):")
 

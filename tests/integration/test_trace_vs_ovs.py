@@ -1,4 +1,4 @@
-"""The packet evaluator (flows/trace.py) against OVS's own ``ofproto/trace``, on a real bridge.
+"""The packet evaluator (flows/trace.py) against OVS's own ``ofproto/trace``, on real bridges.
 
 The bridge is test_sg_trace's (one emulated hypervisor, the core pipeline of two networks with
 overlapping addresses plus the security-group flows, loaded through the codec and read back):
@@ -9,6 +9,12 @@ connections) and adversarial ones for the core tables (spoofed MACs and addresse
 foreign sender fields, unknown unicast, tunnel packets with foreign keys or sources).  The
 evaluator must name the same receivers (VM ports, the tunnel) and mark the same conntrack zones
 as OVS, packet for packet; both verdicts must occur.
+
+Then the same on the switches a running controller programmed (test_isolation_trace's three
+hosts and confusable networks, its adversarial packets from every VM port and its tunnel
+packets with valid and foreign keys and sources): the flows and groups read back from each
+br-int through its management socket, evaluated, give exactly the datapath outputs OVS gives -
+the same ports, the same tunnels with the same key and destination, the same punts.
 """
 
 from __future__ import annotations
@@ -20,14 +26,19 @@ from typing import Any
 
 import pytest
 
-from flows.trace import FlowTable, make_packet, ovs_flow_text
+from flows.trace import FlowTable, make_packet, ovs_flow_text, trace
+from tests.integration import dataplane_fixtures
+from tests.integration import test_isolation_trace as iso
 from tests.integration import test_sg_trace as sgt
+from tests.integration.ofp_unix import MgmtClient
+from tests.integration.test_isolation_trace import topo
 from tests.integration.test_sg_trace import bridge
 from tests.unit.test_flows_trace import sg_packet, sg_verdict
 
 pytestmark = pytest.mark.ovs
 
-__all__ = ["bridge"]  # the module-scoped fixture, shared with test_sg_trace
+dp_env = dataplane_fixtures.dp_env
+__all__ = ["bridge", "dp_env", "topo"]  # module-scoped fixtures, shared with their modules
 
 SEED = 0x7ACE
 N_SG = 250
@@ -87,4 +98,72 @@ def test_evaluator_verdicts_equal_ofproto_trace(bridge: sgt.Bridge) -> None:
     problems = [p for p, _ in results if p]
     seen = Counter("delivered" if d else "dropped" for _, d in results)
     assert not problems, f"{len(problems)} of {len(cases)} differ:\n" + "\n".join(problems[:3])
+    assert seen["delivered"] > 50 and seen["dropped"] > 50, seen
+
+
+# --------------------------------------------------------------- the controller's own switches
+
+_PROTO = {"tcp": 6, "udp": 17, "icmp": 1, "udp6": 17, "icmp6": 58, "ipv6": None}
+
+
+def _iso_packet(p: iso.Pkt) -> dict[str, Any]:
+    """test_isolation_trace's packet as the evaluator reads it."""
+    f = p.fields
+    if p.l3 == "arp":
+        pkt = make_packet(p.eth_src, p.eth_dst, ip_src=f["spa"], ip_dst=f["tpa"],
+                          arp_op=f["op"], arp_sha=f["sha"], arp_tha=f["tha"])  # fmt: skip
+    elif p.l3 in ("ip", "ipv6"):
+        proto = _PROTO[f["proto"]]
+        pkt = make_packet(p.eth_src, p.eth_dst, ip_src=f["src"], ip_dst=f["dst"],
+                          protocol=proto, src_port=f.get("sport", 0),
+                          dst_port=f.get("dport", 0), icmp_type=f.get("type", 8))  # fmt: skip
+    else:
+        pkt = make_packet(p.eth_src, p.eth_dst, eth_type=f["dl_type"])
+    if p.vlan is not None:
+        pkt["vlan_vid"] = 0x1000 | p.vlan
+    if p.tun is not None:
+        pkt.update(tunnel_id=p.tun[0], tun_ipv4_src=p.tun[1])
+    return pkt
+
+
+def _evaluated(state: FlowTable, p: iso.Pkt) -> list[iso.Out]:
+    assert isinstance(p.in_port, int)
+    kinds = {of: kind for kind, of in dataplane_fixtures.TUNNEL_OFPORT.items()}
+    outs: list[iso.Out] = []
+    tr = trace(state, p.in_port, _iso_packet(p))
+    for step in tr.steps:
+        if step.kind == "controller":
+            outs.append(("controller",))
+        elif step.kind == "output" and step.port in kinds:
+            f = dict(step.fields)
+            outs.append(("tunnel", kinds[step.port], f["tunnel_id"], f["tun_ipv4_dst"]))
+        elif step.kind == "output":
+            outs.append(("port", step.port))
+    return sorted(outs)
+
+
+def test_evaluator_equals_ofproto_trace_on_the_controllers_switches(topo: iso.Topology) -> None:
+    states = {}
+    for hv in topo.hvs:
+        with MgmtClient(f"{hv.dir}/br-int.mgmt") as client:
+            states[hv.name] = FlowTable(client.dump_state())
+    gen = iso.Generator(topo, SEED)
+    pkts: list[iso.Pkt] = []
+    for p in sorted(topo.ports.values(), key=lambda p: (p.host or "", p.ofport or 0)):
+        if p.host is not None:
+            pkts += gen.vm_packets(p, 25)
+    pkts += gen.tunnel_packets()[::3]
+
+    def one(p: iso.Pkt) -> tuple[str | None, bool]:
+        theirs = sorted(iso.trace(topo, p)[0])
+        mine = _evaluated(states[p.host], p)
+        if mine == theirs:
+            return None, bool(theirs)
+        return f"{p.label} {p.flow()}: evaluator {mine}, OVS {theirs}", bool(theirs)
+
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        results = list(ex.map(one, pkts))
+    problems = [p for p, _ in results if p]
+    seen = Counter("delivered" if d else "dropped" for _, d in results)
+    assert not problems, f"{len(problems)} of {len(pkts)} differ:\n" + "\n".join(problems[:5])
     assert seen["delivered"] > 50 and seen["dropped"] > 50, seen
