@@ -616,6 +616,8 @@ def ovs_flow_text(in_port: int, packet: Packet) -> str:
     parts = [f"in_port={in_port}"]
     for name, value in sorted(packet.items(), key=lambda kv: (_ovs_rank(kv[0]), kv[0])):
         ovs = _OVS_NAMES.get(name, name)
+        if name == "vlan_vid" and value:
+            parts.append(f"dl_vlan={value & 0xFFF}")
         if ovs is None or name == "in_port":
             continue
         if isinstance(value, int) and name in ("eth_type", "tunnel_id", "metadata"):

@@ -40,6 +40,7 @@ from flows.trace import (
     FlowTable,
     Unsupported,
     make_packet,
+    ovs_flow_text,
     parse_ct_state,
     trace,
 )
@@ -327,3 +328,15 @@ def test_a_dropped_sg_packet_ends_in_the_rules_table_miss() -> None:
     assert ok.ports == [b.ofport]
     assert [s.conj_ids for s in ok.steps
             if s.table == t.SG_INGRESS_RULES and s.kind == "match"] == [(11,)]
+
+
+def test_ovs_flow_text_puts_prerequisites_first_and_keeps_the_vlan() -> None:
+    pkt = {**make_packet(A, B, ip_src="10.0.0.1", ip_dst="10.0.0.2", protocol=17, dst_port=53),
+           "vlan_vid": 0x1007, "tunnel_id": 5001, "tun_ipv4_src": "192.0.2.1"}
+    text = ovs_flow_text(1, pkt)
+    assert text.startswith("in_port=1,")
+    parts = text.split(",")
+    assert "dl_vlan=7" in parts and "tun_id=0x1389" in parts and "tun_src=192.0.2.1" in parts
+    order = [p.split("=")[0] for p in parts]
+    assert order.index("dl_type") < order.index("nw_src") < order.index("nw_proto") < order.index(
+        "udp_dst")
