@@ -179,3 +179,24 @@ def test_the_real_data_plane_answers_on_its_actor(cloud: Cloud) -> None:
     assert threading.current_thread() is not cloud.dp._thread
     answered = cloud.dp.on_actor(lambda dp: threading.current_thread(), 5)
     assert answered is cloud.dp._thread
+
+
+def test_cli_request_and_view() -> None:
+    import argparse
+
+    from controller.cli_trace import add_arguments, request_body
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    body = request_body(p.parse_args(["P", "--to-mac", "ff:ff:ff:ff:ff:ff", "--to-ip",
+                                      "10.0.0.255", "--protocol", "47", "--ct-state", "est",
+                                      "--ct-state", "est,rpl"]))  # fmt: skip
+    assert body["protocol"] == 47 and body["ct_state"] == ["est", "est,rpl"]
+    assert body["destination_mac"] == "ff:ff:ff:ff:ff:ff" and "source_ip" not in body
+    assert request_body(p.parse_args(["P", "--to-ip", "10.0.0.6", "--ct-state", "new"]))[
+        "ct_state"] == "new"
+    doc = {"packet": "udp a -> b", "mode": "installed", "verdict": "delivered", "paths": [
+        {"verdict": "delivered", "steps": ["one", "two"]}, {"verdict": "dropped", "steps": ["x"]}]}
+    assert trace_view(doc).splitlines() == [
+        "udp a -> b (installed flows): DELIVERED", "copy 1 of 2: delivered", "  one", "  two",
+        "copy 2 of 2: dropped", "  x"]
