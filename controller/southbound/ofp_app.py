@@ -79,6 +79,7 @@ RECENT_MESSAGES = 8192
 # The most flows one read_all collects: a switch that answers with more is not read (a read is
 # held in memory until its barrier comes back).
 MAX_READ_FLOWS = 1_000_000
+MAX_GIVEN_UP = 16  # reads given up on whose late replies are still recognised, per switch
 
 
 # One message per FlowDiff entry (see FlowDiff.messages_in_order), and how the log names it.
@@ -144,6 +145,7 @@ class _Read:
     groups: list[GroupEntry] = field(default_factory=list)
     parts_pending: int = 2
     too_big: bool = False
+    given_up: bool = False  # answered without its dumps: late replies are dropped
 
 
 @dataclass
@@ -358,18 +360,23 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             for req in requests:
                 sw.reads[req.xid] = read
             barrier = self._barrier_request(
-                sw, lambda ok, why="": self._read_answered(sw, requests, read, why)
+                sw, lambda ok, why="": self._read_answered(sw, read, why)
             )
             requests.append(barrier)
             self._send_or_fail(sw, requests, barrier)
         return True
 
     @staticmethod
-    def _read_answered(sw: _Switch, requests: list[Any], read: _Read, why: str) -> None:
-        """The barrier after a read_all: both dumps were answered before it, or never will."""
+    def _read_answered(sw: _Switch, read: _Read, why: str) -> None:
+        """The barrier after a read_all (or its timeout): both dumps were answered before it,
+        or the read is given up.  A given-up read keeps its xids until its late replies come
+        (they must not be taken for a reconnect's read-back); at most MAX_GIVEN_UP of them."""
         with sw.lock:
-            for req in requests[:2]:
-                sw.reads.pop(req.xid, None)
+            # A dump answered in full has left sw.reads already (_read_part).
+            read.given_up = bool(read.parts_pending)
+            if len(sw.reads) > 2 * MAX_GIVEN_UP:
+                for xid in list(sw.reads)[: len(sw.reads) - 2 * MAX_GIVEN_UP]:
+                    del sw.reads[xid]
         if read.too_big:
             read.on_done(None, "too many flows")
         elif read.parts_pending:
@@ -630,16 +637,21 @@ class TenantnetOfpApp(app_manager.OSKenApp):
     @staticmethod
     def _read_part(sw: _Switch, msg: Any, decode: Callable[[Any], Any], what: str) -> bool:
         """A reply to a read_all's dump (by xid): collected there.  False: not one of them."""
+        last = not msg.flags & ofp.OFPMPF_REPLY_MORE
         with sw.lock:
             read = sw.reads.get(msg.xid)
+            if read is not None and last:
+                del sw.reads[msg.xid]
         if read is None:
             return False
+        if read.given_up:
+            return True  # a late reply to a read already answered without it
         items: list[Any] = getattr(read, what)
         if len(read.flows) + len(msg.body) > MAX_READ_FLOWS:
             read.too_big = True
         if not read.too_big:
             items.extend(decode(s) for s in msg.body)
-        if not msg.flags & ofp.OFPMPF_REPLY_MORE:
+        if last:
             read.parts_pending -= 1
         return True
 

@@ -119,10 +119,20 @@ def test_an_unanswered_read_gives_up_at_the_timeout_and_keeps_the_connection() -
         done.set()
 
     assert app.read_all(DPID, on_done)
+    flow_xid, group_xid = sorted(sw.reads)
     assert done.wait(5), "an unanswered read was never given up"
-    assert got == [(None, "timeout")] and not sw.reads
+    assert got == [(None, "timeout")]
     assert not dp.ended.is_set() and sw.ready
     assert app.apply(DPID, FlowDiff(), Outcome())  # the switch still takes batches
+    # Its late replies are dropped, never taken for a reconnect's read-back of the switch.
+    sw.pending_dumps = 2  # as if a read-back were under way
+    flow = parser.OFPFlowStats(
+        table_id=0, priority=500, cookie=0x1234, match=parser.OFPMatch(in_port=77),
+        instructions=[parser.OFPInstructionActions(4, [parser.OFPActionOutput(1)])],
+    )  # fmt: skip
+    app._flow_stats(_stats_reply(dp, flow_xid, [flow]))
+    app._group_desc(_stats_reply(dp, group_xid, []))
+    assert sw.flows == [] and sw.pending_dumps == 2 and not sw.reads
 
 
 # ------------------------------------------------------------------ against the data plane
@@ -436,3 +446,16 @@ def test_audits_of_a_switch_in_sync_send_nothing(audit_cloud: AuditCloud) -> Non
     samples = _samples(cloud)
     assert samples[("tenantnet_drift_audits_total", ("repaired",))] == 0
     assert samples[("tenantnet_foreign_flows", ("hv1",))] == 0
+
+
+def test_hosts_are_audited_in_slots_of_their_own() -> None:
+    """Each host's slot is a hash of its id within the interval: spread, and stable."""
+    from controller.dataplane.audit import Auditor
+    from controller.metrics import Metrics
+
+    dp = SimpleNamespace(metrics=Metrics(), stats=SimpleNamespace(started_at=1000.0), hosts={})
+    audit = Auditor(dp, interval_s=300, read_timeout_s=5)
+    slots = [audit._next(f"hv{n}", 1000.0) - 1000.0 for n in range(1, 41)]
+    assert all(0 < s <= 300 for s in slots)
+    assert len({int(s // 30) for s in slots}) >= 8  # over most tenths of the interval
+    assert audit._next("hv1", 1000.0 + slots[0] + 1) - audit._next("hv1", 1000.0) == 300
