@@ -45,10 +45,14 @@ def dhcp_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def sg_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Issue 14's scenario (`bench.secgroups`).  Quick: small sizes, one run, and its data-plane
-    rows (iperf3, connections/s) only with --sg-dataplane, so --quick stays short."""
-    if args.no_sg or args.smoke:
+    rows (iperf3, connections/s) only with --sg-dataplane, so --quick stays short; smoke: tiny,
+    no data-plane rows."""
+    if args.no_sg:
         return []
-    if args.quick:
+    if args.smoke:
+        size = {"H": 2, "P": 4, "N": 2, "group_size": 6, "rule_probes": 1, "join_ports": 1,
+                "dataplane": False}
+    elif args.quick:
         size = {"H": 3, "P": 30, "N": 3, "group_size": 20, "rule_probes": 3, "join_ports": 5,
                 "runs": 1, "dataplane": args.sg_dataplane}
     else:
@@ -62,7 +66,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     'dhcp' issue 15's measures."""
     if args.smoke:
         return [{"name": "main-smoke", "role": "main", "H": 2, "P": args.ports or 10,
-                 "N": 2, "lat_before": 3, "restart": True}, *dhcp_plan(args)]
+                 "N": 2, "lat_before": 3, "restart": True}, *dhcp_plan(args), *sg_plan(args)]
     if args.quick:
         sc = [{"name": "h3-p60", "role": "main", "H": 3, "P": 60, "N": 4, "lat_before": 10,
                "restart": True}]

@@ -62,6 +62,10 @@ def test_bench_smoke(tmp_path):
         (run,) = doc["raw"]["dhcp-arp-h2"][system]
         assert run["lease"]["total"], (system, run["lease"])
         assert run["load"]["acks"] > 0, (system, run["load"])
+    # issue 14's scenario: the probe saw OVN's ACLs block, then let in after the rule
+    (ovn,) = doc["raw"]["sg-h2-p4"]["ovn"]
+    assert "error" not in ovn["rule"] and None not in ovn["rule"]["enforced_s"], ovn["rule"]
+    assert len(doc["raw"]["sg-h2-p4"]["tenantnet"]) == 1
     for sc in doc["params"]["scenarios"]:
         raw = doc["raw"][sc["name"]]
         assert len(raw["tenantnet"]) == 1 and len(raw["ovn"]) == 1, (sc["name"], raw)
