@@ -19,6 +19,7 @@ from typing import Any
 import netaddr
 
 from controller import tls
+from controller.services.dhcp_guard import GuardSettings
 from controller.services.dhcp_records import DEFAULT_SERVER_MAC, DhcpSettings
 from controller.store.values import integer_text
 
@@ -116,6 +117,12 @@ class Settings:
     # Drift audit (controller/dataplane/audit.py): each host's switch is read back and repaired
     # every this many seconds, hosts spread over the interval; 0: never (GET .../drift still works).
     drift_audit_interval_s: float = 300.0
+    # Per-port DHCP flood guard (controller/services/dhcp_guard.py): a port sending more DHCP
+    # packets per second gets its DHCP dropped on its switch for dhcp_ban_s, doubling per
+    # repeated offence up to dhcp_ban_max_s.
+    dhcp_port_max_pps: int = 20
+    dhcp_ban_s: int = 10
+    dhcp_ban_max_s: int = 320
 
     @property
     def quota_defaults(self) -> dict[str, int]:
@@ -135,6 +142,11 @@ class Settings:
             dns_servers=tuple(d.strip() for d in self.dhcp_dns_servers.split(",") if d.strip()),
             domain_name=self.dhcp_domain_name,
         )
+
+    @property
+    def dhcp_guard(self) -> GuardSettings:
+        """The per-port DHCP flood guard's settings (validated by `validate`)."""
+        return GuardSettings(self.dhcp_port_max_pps, self.dhcp_ban_s, self.dhcp_ban_max_s)
 
     @property
     def database(self) -> str:
@@ -243,9 +255,15 @@ class Settings:
             raise ConfigError(f"dhcp_server_mac: {self.dhcp_server_mac!r} is not a MAC") from None
         if mac.words[0] & 1:
             raise ConfigError(f"dhcp_server_mac: {self.dhcp_server_mac} is a multicast MAC")
-        for name in ("packet_in_rate_pps", "packet_in_burst"):
+        for name in ("packet_in_rate_pps", "packet_in_burst", "dhcp_port_max_pps"):
             if not 1 <= getattr(self, name) <= 1_000_000:
                 raise ConfigError(f"{name}: must be in 1..1000000, got {getattr(self, name)}")
+        # an OpenFlow hard timeout is 16 bits of seconds
+        if not 1 <= self.dhcp_ban_s <= self.dhcp_ban_max_s <= 65535:
+            raise ConfigError(
+                f"dhcp_ban_s, dhcp_ban_max_s: need 1 <= dhcp_ban_s <= dhcp_ban_max_s <= 65535, "
+                f"got {self.dhcp_ban_s} and {self.dhcp_ban_max_s}"
+            )
 
     @property
     def auth_mode(self) -> str:

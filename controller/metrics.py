@@ -120,6 +120,7 @@ class StatusCollector(Collector):
                 else st["reconciled_after_s"],
             )
         yield from _openflow_metrics(st.get("openflow") or {})
+        yield from _dhcp_metrics(st.get("dhcp") or {}, st.get("packet_in") or {})
 
 
 def _openflow_metrics(of: Mapping[str, Any]) -> Iterator[Metric]:
@@ -141,12 +142,53 @@ def _openflow_metrics(of: Mapping[str, Any]) -> Iterator[Metric]:
         if key in of:
             yield CounterMetricFamily(name, doc, value=of[key])
     if "error_types" in of:
-        errors = CounterMetricFamily(
-            "tenantnet_openflow_errors", "OpenFlow error replies by error type", labels=["type"]
+        yield _by_label(
+            "tenantnet_openflow_errors",
+            "OpenFlow error replies by error type",
+            "type",
+            of["error_types"],
         )
-        for error_type, n in sorted(of["error_types"].items()):
-            errors.add_metric([error_type], n)
-        yield errors
+
+
+def _by_label(name: str, doc: str, label: str, counts: Mapping[str, int]) -> Metric:
+    """One counter family with a sample per ``{label value: count}``."""
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, n in sorted(counts.items()):
+        family.add_metric([key], n)
+    return family
+
+
+def _dhcp_metrics(dhcp: Mapping[str, Any], packet_in: Mapping[str, Any]) -> Iterator[Metric]:
+    """Native DHCP (`controller.dataplane.dhcp.DhcpPunt.status`) and the packet-in queue that
+    feeds it (`controller.southbound.packet_in.PacketInCounters`)."""
+    if "answers" in dhcp:
+        yield _by_label(
+            "tenantnet_dhcp_answers",
+            "DHCP replies sent, by message type",
+            "type",
+            dhcp["answers"],
+        )
+        yield _by_label(
+            "tenantnet_dhcp_drops",
+            "DHCP packet-ins not answered, by reason (malformed, not_served, unmatched, flood)",
+            "reason",
+            dhcp["drops"],
+        )
+        for key, name, doc in (
+            ("released", "tenantnet_dhcp_releases", "DHCP RELEASE and DECLINE messages"),
+            ("port_bans", "tenantnet_dhcp_port_bans", "Temporary DHCP drops of flooding ports"),
+        ):
+            yield CounterMetricFamily(name, doc, value=dhcp[key])
+    if "received" in packet_in:
+        yield CounterMetricFamily(
+            "tenantnet_packet_ins", "Packet-ins from switches", value=packet_in["received"]
+        )
+        yield _by_label(
+            "tenantnet_packet_in_drops",
+            "Packet-ins dropped before any handler saw them, or by a failing handler",
+            "reason",
+            {r: packet_in.get(r, 0) for r in ("queue_full", "refused", "handler_errors")},
+        )
 
 
 class ReconcileTimer:

@@ -149,6 +149,7 @@ class Controller:
         self.store: Any = None
         self.dataplane: Any = None
         self.ofp_app: Any = None
+        self.dhcp: Any = None  # controller.dataplane.dhcp.DhcpPunt, once started
         self.api: Any = None
         self._manager: Any = None
         self._server: Any = None
@@ -253,9 +254,18 @@ class Controller:
         # Native DHCP (issue 15): the ports' punt rules send DHCP here, answered off the actor.
         from controller.dataplane.dhcp import DhcpPunt
         from controller.services.dhcp import DhcpResponder
+        from controller.services.dhcp_guard import FloodGuard
 
         dp = self.dataplane
-        self.dhcp = DhcpPunt(dp.mirror, dp.bindings, dp.hosts, dp.by_dpid, DhcpResponder(s.dhcp))
+        self.dhcp = DhcpPunt(
+            dp.mirror,
+            dp.bindings,
+            dp.hosts,
+            dp.by_dpid,
+            DhcpResponder(s.dhcp),
+            FloodGuard(s.dhcp_guard),
+            self.ofp_app.add_transient_flow,
+        )
         self.ofp_app.packet_in_meter = (s.packet_in_rate_pps, s.packet_in_burst)
         self.ofp_app.on_packet_in(self.dhcp.handle)
         # Hosts first, then the OpenFlow app: connections that came meanwhile are admitted
@@ -311,6 +321,10 @@ class Controller:
                 "error_types": dict(self.ofp_app.counters.error_types),
                 "connections": TenantnetOpenFlowController.stats.as_dict(),
             }
+            if self.ofp_app.packet_ins is not None:
+                st["packet_in"] = vars(self.ofp_app.packet_ins.counters).copy()
+        if self.dhcp is not None:
+            st["dhcp"] = self.dhcp.status()
         return st
 
     def stop(self) -> None:

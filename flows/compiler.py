@@ -52,6 +52,7 @@ from flows.model import (
     HostContext,
     Instruction,
     LocalPort,
+    Match,
     NetworkView,
     Output,
     RemotePort,
@@ -374,13 +375,26 @@ def arp_rules(
     return arp.compile_entries(seg.key, arp.entries_for(entries), ofport)
 
 
+def _dhcp_client_match(ofport: int) -> Match:
+    """Every DHCP client message a port sends, whatever its addresses."""
+    return match(in_port=ofport, eth_type=ETH_TYPE_IPV4, ip_proto=IP_PROTO_UDP,
+                 udp_src=DHCP_CLIENT_PORT, udp_dst=DHCP_SERVER_PORT)  # fmt: skip
+
+
 def _dhcp_punt_rule(ofport: int, cookie: int) -> Rule:
     """The port's DHCP client messages go to the controller (`controller.dataplane.dhcp`), in
     the port-security table above its allow rules (PRIO_EXACT) so that discovers, broadcast
     requests and unicast renewals are all answered on the host and none is flooded."""
-    m = match(in_port=ofport, eth_type=ETH_TYPE_IPV4, ip_proto=IP_PROTO_UDP,
-              udp_src=DHCP_CLIENT_PORT, udp_dst=DHCP_SERVER_PORT)  # fmt: skip
-    return Rule(t.PORT_SECURITY, t.PRIO_DHCP_PUNT, m, _TO_CONTROLLER, cookie)
+    return Rule(t.PORT_SECURITY, t.PRIO_DHCP_PUNT, _dhcp_client_match(ofport), _TO_CONTROLLER,
+                cookie)  # fmt: skip
+
+
+def dhcp_guard_rule(ofport: int, port_num: int) -> Rule:
+    """The drop that stops a port's DHCP flood before it reaches the controller: above its punt
+    rule, same match, no instructions; owned by `flows.tables.OwnerKind.DHCP_GUARD` (the switch
+    expires it, nothing diffs it).  Installed with a hard timeout by `controller.dataplane.dhcp`."""
+    cookie = t.owner_cookie(t.OwnerKind.DHCP_GUARD, port_num)
+    return Rule(t.PORT_SECURITY, t.PRIO_DHCP_GUARD, _dhcp_client_match(ofport), (), cookie)
 
 
 def local_port_rules(seg: Segment, port: LocalPort) -> frozenset[Rule]:

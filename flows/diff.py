@@ -151,14 +151,16 @@ def split_by_cookie(installed: Slice) -> dict[int, Slice]:
     """Cut a switch dump into per-owner slices: ``{owner cookie: Slice}``.
 
     Rules whose cookie lacks tenantnet's marker are dropped: they belong to someone else (an
-    operator's debug flow, another controller) and must never be diffed away.  Groups carry no
+    operator's debug flow, another controller) and must never be diffed away.  So are our
+    transient rules (`flows.tables.TRANSIENT_KINDS`: a flooding port's DHCP drop), which the
+    switch removes itself when their hard timeout ends.  Groups carry no
     cookie, so they are attributed by id (`flows.tables.owner_of_group`).  Owners come out in
     ascending cookie order, for stable logs.
     """
     rules: dict[int, set[Rule]] = {}
     groups: dict[int, set[GroupEntry]] = {}
     for rule in installed.rules:
-        if t.is_ours(rule.cookie):
+        if t.is_ours(rule.cookie) and not t.is_transient(rule.cookie):
             rules.setdefault(rule.cookie, set()).add(rule)
     for group in installed.groups:
         groups.setdefault(t.owner_of_group(group.group_id), set()).add(group)

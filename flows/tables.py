@@ -167,6 +167,10 @@ SG_TABLES: tuple[TableSpec, ...] = (
 
 # -------------------------------------------------------------------------------------- priorities
 
+PRIO_DHCP_GUARD = 120
+"""PORT_SECURITY: a temporary drop of the DHCP of a port that flooded it (above its punt rule;
+installed with a hard timeout by `controller.dataplane.dhcp`, never by the compiler)."""
+
 PRIO_DHCP_PUNT = 110
 """PORT_SECURITY: a port of a DHCP-enabled subnet sends its DHCP client messages to the
 controller (above the port's allow rules, which would flood them)."""
@@ -240,6 +244,15 @@ class OwnerKind(IntEnum):
     """A port: its rules on its host and its unicast rules on each peer; the port number the
     store allocated at create time (``_num``, never reused)."""
     # Reserved for the services to come: 3 security group, 4 router, 5 subnet DHCP.
+    DHCP_GUARD = 6
+    """A temporary drop of a port's DHCP after it flooded the controller; the port number.
+    Installed by the packet-in path with a hard timeout and expired by the switch: no service
+    plans it and the reconciler never diffs it (`TRANSIENT_KINDS`)."""
+
+
+TRANSIENT_KINDS = frozenset({int(OwnerKind.DHCP_GUARD)})
+"""Owner kinds whose flows the switch expires (hard timeout): left out of every desired-state
+diff, as foreign flows are, but still ours (deleted with the host's flows)."""
 
 
 COOKIE_BASE = 0x7E4E000000000000
@@ -292,6 +305,11 @@ def is_ours(cookie: int) -> bool:
 def owner_kind(cookie: int) -> int:
     """The kind field of one of our cookies (an int: a newer release may know more kinds)."""
     return (cookie >> OWNER_KIND_SHIFT) & ((1 << OWNER_KIND_BITS) - 1)
+
+
+def is_transient(cookie: int) -> bool:
+    """Whether one of our cookies belongs to a flow the switch expires (`TRANSIENT_KINDS`)."""
+    return owner_kind(cookie) in TRANSIENT_KINDS
 
 
 def owner_num(cookie: int) -> int:

@@ -13,18 +13,34 @@ OVSDB shows for it.  Anything else (a stale rule of a port that moved or was del
 cookie of another owner) gets no answer.  The frame itself is checked by the responder
 (`controller.services.dhcp`: chaddr must be the port's MAC, the port admin up, an address in a
 DHCP subnet).
+
+A port that sends more than its budget (`controller.services.dhcp_guard`) gets a drop rule
+above its punt rule on its switch (`flows.compiler.dhcp_guard_rule`, hard timeout, doubling per
+repeated offence), logged once per offence; its packet-ins already queued are dropped.  The
+budget is counted per port the switch named, after the checks above, so a forged frame cannot
+get another port banned.  Everything answered or dropped is counted (`status`, exported as
+``tenantnet_dhcp_*`` metrics).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from controller.dataplane.bindings import Bindings
 from controller.dataplane.planner import HostFacts
 from controller.dataplane.state import Mirror
 from controller.services.dhcp import DhcpResponder
+from controller.services.dhcp_guard import DROP, Ban, FloodGuard
 from controller.southbound.packet_in import PacketIn
 from flows import tables as t
+from flows.compiler import dhcp_guard_rule
+from flows.model import Rule
+
+LOG = logging.getLogger(__name__)
+
+BanSender = Callable[[int, Rule, int], bool]  # (dpid, rule, hard timeout s) -> sent
 
 
 class DhcpPunt:
@@ -37,13 +53,20 @@ class DhcpPunt:
         hosts: Mapping[str, HostFacts],
         by_dpid: Mapping[int, str],
         responder: DhcpResponder,
+        guard: FloodGuard | None = None,
+        send_ban: BanSender | None = None,
     ) -> None:
         self.mirror = mirror
         self.bindings = bindings
         self.hosts = hosts
         self.by_dpid = by_dpid
         self.responder = responder
+        self.guard = guard or FloodGuard()
+        self.send_ban = send_ban
         self.unmatched = 0  # packet-ins no current port's punt rule explains
+        self.flooded = 0  # packet-ins of a port over its budget, dropped
+        self.bans = 0  # offences (each one drop rule sent)
+        self.ban_failures = 0  # drop rules the switch could not be sent
 
     def handle(self, pkt: PacketIn) -> bytes | None:
         """The reply frame for the packet-in's in_port, or None."""
@@ -61,8 +84,51 @@ class DhcpPunt:
         ):
             self.unmatched += 1
             return None
+        verdict = self.guard.admit(port.num)
+        if verdict == DROP or isinstance(verdict, Ban):
+            self.flooded += 1
+            if isinstance(verdict, Ban):
+                self._ban(pkt, port.id, port.num, str(host_id), verdict)
+            return None
         facts = self.mirror.dhcp_facts(port)
         if facts is None:
             self.unmatched += 1
             return None
         return self.responder.respond(pkt.data, *facts)
+
+    def _ban(self, pkt: PacketIn, port_id: str, num: int, host_id: str, ban: Ban) -> None:
+        assert pkt.in_port is not None  # the ofport check above
+        self.bans += 1
+        sent = self.send_ban is not None and self.send_ban(
+            pkt.dpid, dhcp_guard_rule(pkt.in_port, num), ban.seconds
+        )
+        if not sent:
+            self.ban_failures += 1
+        LOG.warning(
+            "DHCP flood from port %s (host %s, ofport %d): over %d packets/s, its DHCP is "
+            "dropped on the switch for %d s (offence %d)%s",
+            port_id,
+            host_id,
+            pkt.in_port,
+            self.guard.settings.max_pps,
+            ban.seconds,
+            ban.offence,
+            "" if sent else "; the drop rule could not be sent, dropping here instead",
+        )
+
+    def status(self) -> dict[str, Any]:
+        """Answers by message type and drops by reason, for the status document and metrics."""
+        c = self.responder.counters
+        return {
+            "answers": {"offer": c.offers, "ack": c.acks, "nak": c.naks},
+            "drops": {
+                "malformed": c.malformed,
+                "not_served": c.ignored,  # no address for it, DHCP off, another server's
+                "unmatched": self.unmatched,  # no current port's punt rule explains it
+                "flood": self.flooded,
+            },
+            "released": c.released,
+            "options_left_out": c.options_left_out,
+            "port_bans": self.bans,
+            "port_ban_failures": self.ban_failures,
+        }

@@ -317,6 +317,19 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             sw.remember(msg, Sent("packet out", port))
             return _send_as_one_write(sw.dp, [msg])
 
+    def add_transient_flow(self, dpid: int, rule: Rule, hard_timeout: int) -> bool:
+        """Add ``rule`` with a hard timeout, outside any batch (a flooding port's DHCP drop,
+        `controller.dataplane.dhcp`): the switch expires it and the data plane never diffs it
+        (`flows.tables.TRANSIENT_KINDS`).  False if the switch is gone or not reading."""
+        with self._lock:
+            sw = self._switches.get(dpid)
+        if sw is None or not sw.ready:
+            return False
+        msg = codec.flow_add(sw.dp, rule, hard_timeout=hard_timeout)
+        with sw.lock:
+            sw.remember(msg, Sent(f"add flow for {hard_timeout} s", rule))
+            return _send_as_one_write(sw.dp, [msg])
+
     def set_packet_in_meter(
         self, dpid: int, rate_pps: int, burst: int, on_done: DoneCallback
     ) -> bool:

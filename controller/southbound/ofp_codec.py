@@ -178,13 +178,16 @@ def _shared_instructions(instructions: tuple[Instruction, ...]) -> tuple[Any, ..
     return tuple(encode_instructions(instructions))
 
 
-def flow_add(dp: Any, rule: Rule) -> Any:
-    """OFPFC_ADD: creates the flow, or replaces one with the same table/priority/match."""
+def flow_add(dp: Any, rule: Rule, hard_timeout: int = 0) -> Any:
+    """OFPFC_ADD: creates the flow, or replaces one with the same table/priority/match.  A
+    ``hard_timeout`` (seconds, 0: none) makes the switch remove it by itself (transient rules
+    only, `flows.tables.TRANSIENT_KINDS`)."""
     return parser.OFPFlowMod(
         dp,
         cookie=rule.cookie,
         table_id=rule.table,
         command=ofp.OFPFC_ADD,
+        hard_timeout=hard_timeout,
         priority=rule.priority,
         match=encode_match(rule.match),
         instructions=list(_shared_instructions(rule.instructions)),

@@ -179,6 +179,9 @@ def test_dhcp_settings(tmp_path: Path) -> None:
     assert s.dhcp.dns_servers == ("192.0.2.1", "192.0.2.2") and s.dhcp.lease_time == 600
     assert s.dhcp.domain_name == "cloud.example" and s.dhcp.server_mac == "02:7e:4e:00:00:01"
     assert config.load(_args(), environ={}).dhcp.dns_servers == ()
+    guard = config.load(_args("--dhcp-port-max-pps", "5", "--dhcp-ban-s", "3"), environ={})
+    assert (guard.dhcp_guard.max_pps, guard.dhcp_guard.ban_s, guard.dhcp_guard.max_ban_s) == (
+        5, 3, 320)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -191,6 +194,10 @@ def test_dhcp_settings(tmp_path: Path) -> None:
         (("--dhcp-server-mac", "01:00:5e:00:00:01"), "dhcp_server_mac"),
         (("--dhcp-server-mac", "zz"), "dhcp_server_mac"),
         (("--packet-in-rate-pps", "0"), "packet_in_rate_pps"),
+        (("--dhcp-port-max-pps", "0"), "dhcp_port_max_pps"),
+        (("--dhcp-ban-s", "0"), "dhcp_ban_s"),
+        (("--dhcp-ban-s", "60", "--dhcp-ban-max-s", "30"), "dhcp_ban_max_s"),
+        (("--dhcp-ban-max-s", "70000"), "dhcp_ban_max_s"),  # a 16-bit hard timeout
     ],
 )
 def test_bad_dhcp_settings_name_the_setting(argv: tuple[str, ...], word: str) -> None:

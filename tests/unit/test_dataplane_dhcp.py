@@ -11,12 +11,16 @@ from controller.dataplane.bindings import Bindings
 from controller.dataplane.dhcp import DhcpPunt
 from controller.dataplane.state import HostRec, Mirror, NetworkRec, PortRec, SubnetRec
 from controller.services.dhcp import DISCOVER, OFFER, DhcpResponder
+from controller.services.dhcp_guard import FloodGuard, GuardSettings
 from controller.southbound.ovsdb_host import HostObservation
 from controller.southbound.packet_in import PacketIn
 from flows import tables as t
+from flows.compiler import dhcp_guard_rule
+from flows.model import Rule
 from tests.unit.test_dhcp_responder import client_frame, parse
 
 MAC = "fa:16:3e:00:00:05"
+OTHER_MAC = "fa:16:3e:00:00:06"
 DPID = 0x11
 
 
@@ -78,3 +82,68 @@ def test_a_subnet_with_dhcp_off_is_not_answered() -> None:
     punt, port = _world(enable_dhcp=False)
     assert not punt.mirror.dhcp_served(port)
     assert punt.handle(_pkt()) is None
+
+
+def _guarded(max_pps: int = 3) -> tuple[DhcpPunt, list[tuple[int, Rule, int]]]:
+    """The world above with a second port (p2, ofport 4) on the same host, a small budget and
+    a recorder for the drop rules the handler sends."""
+    punt, _ = _world()
+    other = PortRec.from_store({
+        "id": "p2", "_num": 43, "network_id": "n1", "mac_address": OTHER_MAC,
+        "fixed_ips": [{"subnet_id": "s1", "ip_address": "10.0.0.6"}],
+        "binding:host_id": "hv1"})  # fmt: skip
+    punt.mirror.set_port("p2", other)
+    punt.hosts["hv1"].obs = HostObservation({"p1": 3, "p2": 4})  # type: ignore[attr-defined]
+    punt.bindings.resolve(other, unsynced={"hv1"}, known=punt.hosts)
+    sent: list[tuple[int, Rule, int]] = []
+    punt.guard = FloodGuard(GuardSettings(max_pps=max_pps, ban_s=10, max_ban_s=40))
+    punt.send_ban = lambda dpid, rule, seconds: sent.append((dpid, rule, seconds)) is None
+    return punt, sent
+
+
+def _other_pkt() -> PacketIn:
+    frame = client_frame(DISCOVER, OTHER_MAC)
+    return PacketIn(DPID, t.PORT_SECURITY, t.port_cookie(43), 1, 4, None, frame)
+
+
+def test_a_flooding_port_gets_one_drop_rule_and_its_neighbour_is_still_answered() -> None:
+    punt, sent = _guarded(max_pps=3)
+    replies = [punt.handle(_pkt()) for _ in range(10)]
+    assert all(r is not None for r in replies[:3]) and replies[3:] == [None] * 7
+    assert sent == [(DPID, dhcp_guard_rule(3, 42), 10)]  # one rule for the one offence
+    _, rule, _ = sent[0]
+    assert rule.table == t.PORT_SECURITY and rule.priority > t.PRIO_DHCP_PUNT
+    assert rule.instructions == () and ("in_port", 3) in rule.match  # drop, that port only
+    assert t.owner_kind(rule.cookie) == t.OwnerKind.DHCP_GUARD and t.is_transient(rule.cookie)
+    reply = punt.handle(_other_pkt())
+    assert reply is not None and parse(reply)[3].yiaddr == "10.0.0.6"
+    st = punt.status()
+    assert st["drops"]["flood"] == 7 and st["port_bans"] == 1 and st["port_ban_failures"] == 0
+    assert st["answers"]["offer"] == 4
+
+
+def test_a_drop_rule_that_cannot_be_sent_is_counted_and_the_flood_still_dropped() -> None:
+    punt, _ = _guarded(max_pps=3)
+    punt.send_ban = lambda dpid, rule, seconds: False  # the switch stopped reading
+    replies = [punt.handle(_pkt()) for _ in range(6)]
+    assert replies[3:] == [None] * 3
+    assert punt.status()["port_ban_failures"] == 1
+
+
+def test_garbage_from_a_port_is_dropped_and_counted_by_the_real_parse_path() -> None:
+    """Truncated frames, a reply (wrong op), a mangled option list, random bytes: each goes
+    through the packet-in handler to os-ken's parser and comes out as a counted drop."""
+    punt, _ = _world()
+    good = client_frame(DISCOVER, MAC)
+    dhcp_at = 14 + 20 + 8
+    wrong_op = bytearray(good)
+    wrong_op[dhcp_at] = 2  # BOOTREPLY from a client
+    bad_option = bytearray(good)
+    bad_option[dhcp_at + 240 + 1] = 200  # the message type option claims 200 bytes
+    frames = [b"", good[:20], good[: dhcp_at + 100], bytes(wrong_op), bytes(bad_option),
+              bytes(range(256)) * 3, b"\xff" * 9000]  # fmt: skip
+    for frame in frames:
+        pkt = PacketIn(DPID, t.PORT_SECURITY, t.port_cookie(42), 1, 3, None, frame)
+        assert punt.handle(pkt) is None
+    assert punt.status()["drops"]["malformed"] == len(frames)
+    assert punt.handle(_pkt()) is not None  # and the next good one is answered

@@ -4,6 +4,7 @@ parser, and every value checked here is read before and after the behaviour that
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -318,3 +319,28 @@ def test_a_controller_not_started_yet_can_be_scraped() -> None:
     text = ctl.metrics.exposition().decode()
     assert value(text, "tenantnet_hosts", state="connected") == 0
     assert value(text, "tenantnet_process_open_fds") > 0
+
+
+def test_dhcp_answers_by_type_and_drops_by_reason_are_exported() -> None:
+    """Read from the DHCP handler's own counters through the status document: an OFFER and a
+    malformed frame move exactly their two samples; the packet-in queue's drops come along."""
+    from controller.southbound.packet_in import PacketInCounters
+    from tests.unit.test_dataplane_dhcp import _pkt, _world
+
+    punt, _ = _world()
+    queue = PacketInCounters(received=3, queue_full=1)
+    m = Metrics()
+    m.add_status(lambda: {"dhcp": punt.status(), "packet_in": vars(queue)})
+    before = m.exposition()
+    assert punt.handle(_pkt()) is not None
+    assert punt.handle(dataclasses.replace(_pkt(), data=b"\x00" * 50)) is None
+    after = m.exposition()
+    for name, labels in (
+        ("tenantnet_dhcp_answers_total", {"type": "offer"}),
+        ("tenantnet_dhcp_drops_total", {"reason": "malformed"}),
+    ):
+        assert value(after, name, **labels) - value(before, name, **labels) == 1, name
+    assert value(after, "tenantnet_dhcp_answers_total", type="ack") == 0
+    assert value(after, "tenantnet_dhcp_drops_total", reason="flood") == 0
+    assert value(after, "tenantnet_dhcp_port_bans_total") == 0
+    assert value(after, "tenantnet_packet_in_drops_total", reason="queue_full") == 1

@@ -15,6 +15,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.southbound.packet_in import PacketIn
+from flows.compiler import dhcp_guard_rule
 from flows.tables import network_cookie
 from tests.unit.test_ofp_app import DPID, FakeDatapath, Outcome, _app
 
@@ -167,3 +168,15 @@ def test_the_packet_in_meter_is_the_controller_meter_in_packets_per_second() -> 
     assert barrier_xid in sw.barriers
     app._barrier(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=barrier_xid)))
     assert done.got == [(True, "")]
+
+
+def test_a_transient_drop_is_one_flow_mod_with_its_hard_timeout() -> None:
+    app, dp, _ = _app()
+    rule = dhcp_guard_rule(3, 42)
+    assert app.add_transient_flow(DPID, rule, hard_timeout=20)
+    (sent,) = _sent(dp)
+    mod = ofproto_parser.msg(dp, *ofproto_parser.header(sent), sent)
+    assert isinstance(mod, parser.OFPFlowMod) and mod.command == ofp.OFPFC_ADD
+    assert (mod.hard_timeout, mod.idle_timeout, mod.cookie) == (20, 0, rule.cookie)
+    assert (mod.table_id, mod.priority, mod.instructions) == (rule.table, rule.priority, [])
+    assert not app.add_transient_flow(0x99, rule, hard_timeout=20)  # no such switch
