@@ -144,6 +144,13 @@ def ip_address(tx: Tx, subnet: dict[str, object]) -> str | None:
     requested addresses ahead, or the end of the pools) does it scan the whole subnet from the
     start, which also finds addresses freed meanwhile.  After a restart the first allocation
     in a subnet is such a scan.
+
+    A freed address is therefore not handed out again at once: the hint moves on past it, and
+    it comes back only when the search wraps (the pools' end reached) or after a restart.
+    Reusing it at once would leave peers that talked to the old port with a neighbour entry
+    for the old MAC, which the ARP responder (answering in flows, so peers no longer see each
+    other's requests) does not refresh.  Neutron's IPAM avoids the same by picking at random
+    among the first free addresses of the pool (neutrondb_ipam's ``_generate_ips``).
     """
     version = int(str(subnet["ip_version"]))
     subnet_id = str(subnet["id"])
@@ -164,17 +171,6 @@ def ip_address(tx: Tx, subnet: dict[str, object]) -> str | None:
         return None
     tx.new_ip_hints[subnet_id] = found + 1
     return str(netaddr.IPAddress(found, version=version))
-
-
-def released(tx: Tx, fixed_ips: list[dict[str, str]]) -> None:
-    """Addresses given back (port deleted, fixed_ips changed): move the subnet's hint down to
-    them, so they are the next ones handed out, as the lowest free address would be."""
-    for entry in fixed_ips:
-        hint = tx.ip_hint(entry["subnet_id"])
-        if hint is not None:
-            value = int(netaddr.IPAddress(entry["ip_address"]))
-            if value < hint:
-                tx.new_ip_hints[entry["subnet_id"]] = value
 
 
 def _probe(

@@ -424,7 +424,6 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
     if "fixed_ips" in changes:
         network = networks.must_load(tx, current["network_id"])
         tx.conn.execute("DELETE FROM ip_allocations WHERE port_id = ?", (current["id"],))
-        allocation.released(tx, current["fixed_ips"])
         new["fixed_ips"] = _allocate_fixed_ips(
             tx, network, current["id"], changes["fixed_ips"] or [], current["fixed_ips"]
         )
@@ -494,6 +493,5 @@ def delete(tx: Tx, current: dict[str, Any]) -> None:
     """Delete the port, free its addresses and leave its security groups."""
     tx.conn.execute("DELETE FROM ip_allocations WHERE port_id = ?", (current["id"],))
     security_groups.bind_port(tx, current["id"], [])
-    allocation.released(tx, current["fixed_ips"])
     tx.conn.execute("DELETE FROM ports WHERE id = ?", (current["id"],))
     tx.emit(KIND, current, None)

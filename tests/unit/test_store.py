@@ -278,6 +278,19 @@ def test_ip_allocation_skips_gateway_and_reuses_freed(store: Store) -> None:
     assert again["fixed_ips"][0]["ip_address"] == "192.168.5.3"
 
 
+def test_a_freed_address_is_not_handed_out_again_at_once(store: Store) -> None:
+    """Peers may still hold the old port's MAC for it (the ARP responder does not refresh
+    their caches): the next ports get the addresses after it until the pool wraps."""
+    net_id, _ = make_net_with_subnet(store, "192.168.6.0/28")  # pool .2-.14
+    ports = [store.create_port({"network_id": net_id}) for _ in range(3)]  # .2 .3 .4
+    store.delete("port", ports[1]["id"])
+    store.update("port", ports[2]["id"], {"fixed_ips": []})  # .4 given back by an update
+    ips = [store.create_port({"network_id": net_id})["fixed_ips"][0]["ip_address"]
+           for _ in range(12)]  # fmt: skip
+    assert ips[:10] == [f"192.168.6.{i}" for i in range(5, 15)]
+    assert ips[10:] == ["192.168.6.3", "192.168.6.4"]  # wrapped: the holes, lowest first
+
+
 def test_fixed_ip_rules(store: Store) -> None:
     net_id, subnet_id = make_net_with_subnet(store)
     other_net, other_subnet = make_net_with_subnet(store, "10.9.0.0/24")
@@ -327,8 +340,10 @@ def test_port_fixed_ips_update_keeps_or_replaces(store: Store) -> None:
     assert kept["fixed_ips"] == port["fixed_ips"]
     moved = store.update("port", port["id"], {"fixed_ips": [{"ip_address": "10.0.0.99"}]})
     assert moved["fixed_ips"][0]["ip_address"] == "10.0.0.99"
-    # The old address is free again.
-    other = store.create_port({"network_id": net_id})
+    # The old address is free again (for the asking; not handed out automatically at once).
+    auto = store.create_port({"network_id": net_id})
+    assert auto["fixed_ips"][0]["ip_address"] == "10.0.0.3"
+    other = store.create_port({"network_id": net_id, "fixed_ips": [{"ip_address": "10.0.0.2"}]})
     assert other["fixed_ips"][0]["ip_address"] == "10.0.0.2"
 
 
