@@ -108,8 +108,8 @@ def serve(settings: config.Settings) -> int:
 
 
 def _client_command(args: argparse.Namespace) -> int:
-    """status / hosts / ports: GETs and a table on stdout, or one line on stderr and 1; status
-    of a controller that is not ready: its table, one line on stderr and NOT_READY_EXIT."""
+    """status / hosts / ports / drift: GETs and a table on stdout, or one line on stderr and 1;
+    status of a controller that is not ready: its table, one line on stderr and NOT_READY_EXIT."""
     from controller import apiclient, cli_views
 
     not_ready: str | None = None

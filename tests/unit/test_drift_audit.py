@@ -459,3 +459,14 @@ def test_hosts_are_audited_in_slots_of_their_own() -> None:
     assert all(0 < s <= 300 for s in slots)
     assert len({int(s // 30) for s in slots}) >= 8  # over most tenths of the interval
     assert audit._next("hv1", 1000.0 + slots[0] + 1) - audit._next("hv1", 1000.0) == 300
+
+
+def test_the_audit_interval_setting() -> None:
+    from controller import config
+
+    assert config.load(environ={}).drift_audit_interval_s == 300
+    off = config.load(environ={"TENANTNET_DRIFT_AUDIT_INTERVAL_S": "0"})
+    assert off.drift_audit_interval_s == 0
+    for bad in ("0.5", "-1", "100000", "soon"):
+        with pytest.raises(config.ConfigError, match="drift_audit_interval_s"):
+            config.load(environ={"TENANTNET_DRIFT_AUDIT_INTERVAL_S": bad})
