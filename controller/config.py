@@ -57,6 +57,9 @@ class Settings:
     ofp_dead_after_s: float = 3.0
     ofp_handshake_timeout_s: float = 5.0  # HELLO..FEATURES must complete within this
     ofp_barrier_timeout_s: float = 5.0  # a batch not confirmed by then: the host is degraded
+    # The controller's OVSDB session to each host retries at most this long apart (python-ovs's
+    # own default grows to 8 s: a host whose ovsdb-server restarted would be re-read late).
+    ovsdb_max_backoff_s: float = 1.0
     ofp_max_connections: int = 1024  # lowered to fit the open-files limit
     ofp_max_connections_per_source: int = 16
     # TLS (see controller/tls.py).  OpenFlow: the listener's key and certificate and the CA that
@@ -191,6 +194,11 @@ class Settings:
         ):
             if not 0 < getattr(self, name) <= 3600:
                 raise ConfigError(f"{name}: {getattr(self, name)} is outside (0, 3600]")
+        if not 1 <= self.ovsdb_max_backoff_s <= 3600:
+            raise ConfigError(
+                f"ovsdb_max_backoff_s: {self.ovsdb_max_backoff_s} is outside [1, 3600]"
+                " (python-ovs waits at least 1 s between attempts)"
+            )
         if self.ofp_dead_after_s <= self.ofp_echo_interval_s:
             raise ConfigError("ofp_dead_after_s must be longer than ofp_echo_interval_s")
         for name in ("ofp_max_connections", "ofp_max_connections_per_source"):

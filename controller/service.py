@@ -245,7 +245,7 @@ class Controller:
             ),
             startup_grace_s=s.startup_grace_s,
             admission=Admission(tls=s.ofp_tls, local_addresses=_own_addresses(s)),
-            agent_options={"switch_ssl": _switch_ssl(s)},
+            agent_options={"switch_ssl": _switch_ssl(s), "max_backoff_s": s.ovsdb_max_backoff_s},
             metrics=self.metrics,
             audit_interval_s=s.drift_audit_interval_s,
             audit_read_timeout_s=s.ofp_barrier_timeout_s,

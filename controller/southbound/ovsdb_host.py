@@ -54,6 +54,10 @@ CONTROLLER_SETTINGS = {"max_backoff": 1000, "inactivity_probe": 5000}
 # Controller row key: when tenantnet last made vswitchd apply CONTROLLER_SETTINGS to a new
 # OpenFlow session (see `OvsdbHost._settle_controller_settings`).
 SETTINGS_APPLIED = "tenantnet-settings-applied"
+# How long the controller's own OVSDB session waits at most between reconnect attempts.
+# python-ovs doubles its wait up to 8 s by default, so a host whose ovsdb-server restarted
+# could be re-read up to 8 s late; 1 s is python-ovs's minimum and the switch's own backoff.
+OVSDB_MAX_BACKOFF_S = 1.0
 
 
 def _utc_now() -> str:
@@ -82,6 +86,16 @@ class HostObservation:
 
     bindings: dict[str, int] = field(default_factory=dict)  # iface-id -> ofport
     tunnel_ofports: dict[str, int] = field(default_factory=dict)  # "vxlan"/"gre" -> ofport
+
+
+def bound_reconnect_backoff(idl: Any, max_backoff_s: float) -> None:
+    """Cap the IDL's reconnect backoff at ``max_backoff_s`` (python-ovs: at least 1 s).
+
+    The IDL's jsonrpc session keeps one `ovs.reconnect.Reconnect` for its whole life (a
+    reconnect reuses it), so setting it once, before the connection thread starts, holds for
+    every later outage.  Its connect attempts time out after the same backoff."""
+    fsm = idl._session.reconnect
+    fsm.set_backoff(fsm.get_min_backoff(), max(1000, int(max_backoff_s * 1000)))
 
 
 def alternate_target(target: str) -> str | None:
@@ -166,8 +180,10 @@ class OvsdbHost:
         switch_connected: Callable[[int], bool] | None = None,
         switch_ssl: tuple[str, str, str] | None = None,
         switch_session: Callable[[int], int | None] | None = None,
+        max_backoff_s: float = OVSDB_MAX_BACKOFF_S,
     ) -> None:
         self.host_id: str = host["id"]
+        self.max_backoff_s = max_backoff_s
         # Whether the controller has an OpenFlow session with a datapath id (the fast
         # reconnect's test, see `_controller_target`); None: never poke the switch.
         self.switch_connected = switch_connected
@@ -218,7 +234,7 @@ class OvsdbHost:
     def _connect(self) -> None:
         """Open the IDL, retrying with capped backoff until the host's OVSDB answers."""
         for attempt in tenacity.Retrying(
-            wait=tenacity.wait_exponential(multiplier=0.2, max=5),
+            wait=tenacity.wait_exponential(multiplier=0.2, max=self.max_backoff_s),
             retry=tenacity.retry_if_exception_type(Exception),
             stop=tenacity.stop_when_event_set(self._stop),
             reraise=True,
@@ -235,6 +251,7 @@ class OvsdbHost:
                 idl = _NotifyingIdl(self.target, helper)
                 idl.changed = threading.Event()
                 idl.dirty_ifaces = {}
+                bound_reconnect_backoff(idl, self.max_backoff_s)
                 conn = connection.Connection(idl, timeout=self.timeout)
                 conn.start()
                 self._conn = conn

@@ -234,6 +234,38 @@ def test_a_switch_that_stops_answering_is_declared_gone_and_reconciled(
                                     "a1_a3_lost": stats.sent - stats.received}  # fmt: skip
 
 
+OVSDB_OUTAGE_S = 6.0  # long enough for python-ovs's own backoff to have reached 4-8 s
+
+
+def test_a_restarted_ovsdb_server_is_read_again_and_a_port_plugged_after_it_comes_up(
+    cloud: Cloud,
+) -> None:
+    """hv2's ovsdb-server stopped for OVSDB_OUTAGE_S (its vswitchd and OpenFlow session stay
+    up), then started again: the controller's own OVSDB session reconnects (at most
+    ``--ovsdb-max-backoff-s`` apart, 1 s by default), hv2 is read again and connected, and a
+    port plugged on hv2 after the restart - which only that host's OVSDB can tell - becomes
+    ACTIVE and reaches a1.  The unit tests prove the bound itself (tests/unit/
+    test_ovsdb_reconnect.py); here the waits are only bounded, the times are printed."""
+    hv2 = cloud.lab.hv(2)
+    hv2.stop_ovsdb()
+    try:
+        wait_for(lambda: not cloud.api.status()["hosts"]["hv2"]["ovsdb"], timeout=RECOVER_S,
+                 what="hv2's OVSDB seen as lost")  # fmt: skip
+        assert cloud.status_of("hv2") == "disconnected"
+        time.sleep(OVSDB_OUTAGE_S)  # the fault's duration, not a bound
+    finally:
+        hv2.start_ovsdb()
+    t0 = time.monotonic()
+    wait_for(lambda: cloud.api.status()["hosts"]["hv2"]["ovsdb"], timeout=RECOVER_S,
+             what="hv2's OVSDB read again")  # fmt: skip
+    reread_s = round(time.monotonic() - t0, 2)
+    (new,) = cloud.add_vms("A", 2, ["a6"])
+    cloud.api.wait_ports_active([new], timeout=RECOVER_S)
+    _recovered(cloud, "hv2", ["a2", "b2"])
+    _ping_ok(cloud, "a6", "a1")
+    cloud.figures["ovsdb_restart"] = {"outage_s": OVSDB_OUTAGE_S, "read_again_after_s": reread_s}
+
+
 # ------------------------------------------------------------------ stalls across hosts
 
 

@@ -1,0 +1,102 @@
+"""The controller's own OVSDB session to a host retries at most ``max_backoff_s`` apart.
+
+python-ovs's reconnect FSM doubles its wait up to 8 s by default, so a host whose ovsdb-server
+restarted could be re-read up to 8 s late.  These tests build the IDL the way `OvsdbHost` does
+(its real `_connect`, with the schema read from the local file instead of a server) and drive
+the session's own FSM with explicit clock values: deterministic, no sleeping.  The fault on
+real OVS (an ovsdb-server restart) is in tests/integration/test_faults.py."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from typing import Any
+
+import pytest
+from ovs.db import idl as ovs_idl
+
+from controller import config
+from controller.southbound import ovsdb_host
+from controller.southbound.ovsdb_host import OvsdbHost
+
+SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+
+
+class _IdleConnection:
+    """Stands in for ovsdbapp's Connection: `_connect` returns without a server."""
+
+    is_running = False
+
+    def __init__(self, idl: Any, timeout: float) -> None:
+        self.idl = idl
+
+    def start(self) -> None:
+        pass
+
+
+@pytest.fixture
+def connect(monkeypatch: pytest.MonkeyPatch) -> Any:
+    if not os.path.exists(SCHEMA):
+        pytest.skip(f"{SCHEMA} missing (openvswitch-common not installed)")
+    monkeypatch.setattr(
+        ovsdb_host.idlutils, "get_schema_helper", lambda *_: ovs_idl.SchemaHelper(location=SCHEMA)
+    )
+    monkeypatch.setattr(ovsdb_host.connection, "Connection", _IdleConnection)
+
+    def connect(**kwargs: Any) -> Any:
+        host = OvsdbHost(
+            {"id": "hv1", "ovsdb": "tcp:127.0.0.1:9", "tunnel_ip": "192.0.2.1"},
+            "tcp:127.0.0.1:6653",
+            lambda *_: None,
+            lambda *_: None,
+            **kwargs,
+        )
+        # _connect retries whatever fails until stopped: a broken set-up fails here, not hangs
+        worker = threading.Thread(target=host._connect, daemon=True)
+        worker.start()
+        worker.join(timeout=20)
+        host._stop.set()
+        assert host._conn is not None, "OvsdbHost._connect did not build its IDL"
+        return host._conn.idl._session.reconnect
+
+    return connect
+
+
+def _waits_after_failures(fsm: Any, failures: int) -> list[int]:
+    """Milliseconds the FSM waits before each next attempt, over ``failures`` failed connects
+    (each attempt fails at once, as against a host whose ovsdb-server is down)."""
+    now, waits = 1_000_000, []
+    for _ in range(failures):
+        fsm.connect_failed(now, errno.ECONNREFUSED)
+        wait = fsm.timeout(now)
+        waits.append(wait)
+        now += wait
+        assert fsm.run(now) == "connect"
+        fsm.connecting(now)
+    return waits
+
+
+def test_a_host_is_retried_at_least_every_second_by_default(connect: Any) -> None:
+    fsm = connect()
+    assert fsm.get_max_backoff() == 1000
+    assert max(_waits_after_failures(fsm, 10)) == 1000
+
+
+def test_the_bound_is_configurable(connect: Any) -> None:
+    waits = _waits_after_failures(connect(max_backoff_s=3), 10)
+    assert waits[:3] == [1000, 2000, 3000] and max(waits) == 3000
+
+
+def test_python_ovs_alone_would_wait_up_to_8_s(
+    connect: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control: without the bound, the same session backs off to python-ovs's 8 s."""
+    monkeypatch.setattr(ovsdb_host, "bound_reconnect_backoff", lambda *_: None)
+    assert max(_waits_after_failures(connect(), 10)) == 8000
+
+
+@pytest.mark.parametrize("value", ["0.5", "0", "-1", "7200"])
+def test_a_bound_python_ovs_cannot_honour_is_refused(value: str) -> None:
+    with pytest.raises(config.ConfigError, match="ovsdb_max_backoff_s"):
+        config.Settings(ovsdb_max_backoff_s=float(value)).validate()
