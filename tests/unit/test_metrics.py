@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller.api import ApiSettings, create_app
 from controller.api.health import not_ready
 from controller.config import ConfigError, Settings
+from controller.dataplane.audit import Auditor
 from controller.metrics import Metrics
 from controller.southbound.ovsdb_host import datapath_id_for
 from controller.store import Store
@@ -304,6 +305,9 @@ def test_every_metric_the_sample_dashboard_queries_exists() -> None:
         }
     )
     m.store_commit.labels("durable").observe(0.001)
+    audit = Auditor(SimpleNamespace(metrics=m), interval_s=0, read_timeout_s=5)  # its own
+    audit.repairs.labels("port", "missing").inc()
+    audit.foreign.labels("hv1").set(0)
     m.api_requests.labels("GET", "/v2.0/ports", "200").inc()
     m.api_latency.labels("GET", "/v2.0/ports").observe(0.001)
     exposed = {name for name, _ in samples(m.exposition().decode())}
