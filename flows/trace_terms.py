@@ -455,6 +455,9 @@ class _Describer:
             return f"{self._port(f.get('in_port'))} has no flows here (admin down or not bound)"
         if table == t.PORT_SECURITY:
             p = self.cat.port_at(self.host, int(f.get("in_port", 0)))
+            if s.rule is not None and t.owner_kind(s.rule.cookie) == t.OwnerKind.DHCP_GUARD:
+                who = f"port {p.name or p.id}" if p is not None else "the port"
+                return f"{who} flooded tenantnet with DHCP: its DHCP is dropped for a while"
             if p is None:
                 return "port security: unknown sender"
             src_ip = f.get("ipv4_src", f.get("arp_spa", f.get("ipv6_src")))
@@ -525,6 +528,9 @@ def _owner(cat: Catalog, cookie: int) -> str:
         return f"port {p.label}" if p else f"port #{num}"
     if kind == 3:
         return "security groups"
+    if kind == t.OwnerKind.DHCP_GUARD:
+        p = cat.port_by_num(num)
+        return f"the DHCP guard of port {p.label if p else f'#{num}'}"
     return t.describe_owner(cookie)
 
 

@@ -9,7 +9,7 @@ import pytest
 from flows import security_groups as sg
 from flows import tables as t
 from flows.compiler import compile_base, compile_network
-from flows.model import HostContext, LocalPort, NetworkView, RemotePort, Slice
+from flows.model import HostContext, LocalPort, NetworkView, RemotePort, Rule, Slice, match
 from flows.trace import TraceError, make_packet
 from flows.trace_terms import (
     Catalog,
@@ -146,3 +146,17 @@ def test_unbound_port_and_unknown_port_are_errors() -> None:
         follow(cat, STATES.get, "p3", tcp(5432))
     with pytest.raises(KeyError):
         follow(cat, STATES.get, "nope", tcp(5432))
+
+
+def test_a_dhcp_guard_drop_is_named() -> None:
+    """The packet-in path's temporary drop (owner kind DHCP_GUARD, above the punt) as a
+    switch would report it in installed mode."""
+    guard = Rule(t.PORT_SECURITY, t.PRIO_DHCP_GUARD,
+                 match(in_port=7, eth_type=0x0800, ip_proto=17, udp_src=68, udp_dst=67), (),
+                 t.owner_cookie(t.OwnerKind.DHCP_GUARD, VM1.num))  # fmt: skip
+    states = {**STATES, "hv1": Slice(STATES["hv1"].rules | {guard}, STATES["hv1"].groups)}
+    dhcp = make_packet(VM1.mac, "ff:ff:ff:ff:ff:ff", ip_src="0.0.0.0", ip_dst="255.255.255.255",
+                       protocol=17, src_port=68, dst_port=67)  # fmt: skip
+    tr = follow(CAT, states.get, "p1", dhcp)
+    assert tr.paths[0].steps[-1] == (
+        "hv1: dropped: port vm1 flooded tenantnet with DHCP: its DHCP is dropped for a while")
