@@ -491,11 +491,66 @@ class _Describer:
             groups = ", ".join(port.security_groups) if port and port.security_groups else None
             if port is not None and not port.security_groups:
                 return f"port {who} is in no security group: all IP {side} is dropped"
-            return (f"no security-group rule of group(s) {groups or '?'} of port {who} allows "
-                    f"{pkt} {side}")  # fmt: skip
+            why = f"no security-group rule of group(s) {groups or '?'} of port {who} allows " \
+                  f"{pkt} {side}"
+            near = _near_misses(self.cat, port, side, f) if port is not None else []
+            return why + "".join(f"; {m}" for m in near)
         if s.rule is not None:
             return f"table {table}: {rule_text(s.rule)} ({_owner(self.cat, s.rule.cookie)})"
         return f"no flow in table {table}"
+
+
+_PROTO_NUMBERS = {"tcp": 6, "udp": 17, "icmp": 1, "sctp": 132, "icmpv6": 58, "ipv6-icmp": 58}
+
+
+def _near_misses(cat: Catalog, port: PortInfo, side: str, f: Mapping[str, Any]) -> list[str]:
+    """The rules of the port's groups that allow this protocol and port but not this remote
+    address: the missing membership (or prefix) is usually the answer to "why"."""
+    v6 = f.get("eth_type") == 0x86DD
+    remote = f.get(("ipv6" if v6 else "ipv4") + ("_src" if side == "ingress" else "_dst"))
+    if remote is None:
+        return []
+    out = []
+    for rule in sorted(cat.sg_rules.values(), key=lambda r: r.key):
+        if rule.group not in port.security_groups or rule.direction != side:
+            continue
+        if (rule.ethertype == "IPv6") != v6 or not _allows_l4(rule, f):
+            continue
+        if rule.remote_group:
+            members = {netaddr.IPNetwork(ip) for p in cat.ports.values()
+                       if rule.remote_group in p.security_groups
+                       for ip in (*p.fixed_ips, *(a for a, _ in p.allowed_pairs))}  # fmt: skip
+            if not any(netaddr.IPAddress(remote) in m for m in members):
+                out.append(f"rule {rule.text} of group {rule.group} would, but {remote} is not "
+                           f"an address of a member of {rule.remote_group}")  # fmt: skip
+        elif rule.remote_ip_prefix and netaddr.IPAddress(remote) not in netaddr.IPNetwork(
+            rule.remote_ip_prefix
+        ):
+            out.append(f"rule {rule.text} of group {rule.group} would, but {remote} is outside "
+                       f"{rule.remote_ip_prefix}")  # fmt: skip
+    return out
+
+
+def _allows_l4(rule: SgRuleInfo, f: Mapping[str, Any]) -> bool:
+    """Whether the rule's protocol and port range (ICMP type/code) cover the packet."""
+    if rule.protocol is None:
+        return True
+    proto = _PROTO_NUMBERS.get(rule.protocol.lower()) if not rule.protocol.isdigit() else int(
+        rule.protocol)
+    have = f.get("ip_proto")
+    if proto == 1 and f.get("eth_type") == 0x86DD:
+        proto = 58
+    if proto != have:
+        return False
+    if rule.port_min is None:
+        return True
+    if have in (1, 58):
+        kind = "icmpv4" if have == 1 else "icmpv6"
+        code_ok = rule.port_max is None or f.get(f"{kind}_code") == rule.port_max
+        return f.get(f"{kind}_type") == rule.port_min and code_ok
+    name = {6: "tcp", 17: "udp", 132: "sctp"}.get(int(have or 0))
+    hi = rule.port_max if rule.port_max is not None else rule.port_min
+    return name is not None and rule.port_min <= int(f.get(f"{name}_dst", -1)) <= hi
 
 
 def _md(s: Step) -> int:

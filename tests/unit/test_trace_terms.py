@@ -160,3 +160,29 @@ def test_a_dhcp_guard_drop_is_named() -> None:
     tr = follow(CAT, states.get, "p1", dhcp)
     assert tr.paths[0].steps[-1] == (
         "hv1: dropped: port vm1 flooded tenantnet with DHCP: its DHCP is dropped for a while")
+
+
+def test_a_missing_membership_is_named() -> None:
+    """tcp/5432 to vm2 from vm3 (port security off, in no group): db's rule allows the port,
+    not the sender, and the drop says so."""
+    vm3 = PortInfo("p3", "vm3", "fa:16:3e:00:00:03", 5, ("10.0.0.7",), "hv1",
+                   port_security=False, num=13)  # fmt: skip
+    hosts = {**CAT.hosts, "hv1": HostInfo("hv1", HV["hv1"], TUNNEL, {"p1": 7, "p3": 9})}
+    cat = Catalog({"p1": VM1, "p2": VM2, "p3": vm3}, CAT.networks, hosts, CAT.sg_rules)
+    ctx = HostContext(HV["hv1"], TUNNEL)
+    local = (LocalPort("p1", 7, VM1.mac, VM1.fixed_ips, num=11),
+             LocalPort("p3", 9, vm3.mac, vm3.fixed_ips, port_security=False, num=13))
+    remote = (RemotePort("p2", VM2.mac, HV["hv2"], num=12, fixed_ips=VM2.fixed_ips),)
+    net = compile_network(ctx, NetworkView(5, "vxlan", 5001, local, remote, (HV["hv2"],)))
+    core = sg.plug(Slice(compile_base(ctx).rules | net.rules, net.groups), {7})
+    filtered = [sg.FilteredPort("p1", 7, VM1.mac, 5, VM1.fixed_ips, groups=("web",))]
+    hv1 = Slice(core.rules | sg.compile_host(filtered, GROUPS, COOKIES).rules, core.groups)
+    pkt = make_packet(vm3.mac, VM2.mac, ip_src="10.0.0.7", ip_dst="10.0.0.6", protocol=6,
+                      src_port=40000, dst_port=5432)  # fmt: skip
+    tr = follow(cat, {"hv1": hv1, "hv2": STATES["hv2"]}.get, "p3", pkt)
+    assert tr.verdict == "dropped"
+    assert tr.paths[0].steps[-1] == (
+        "hv2: dropped: no security-group rule of group(s) db of port vm2 allows tcp "
+        "10.0.0.7:40000 -> 10.0.0.6:5432 ingress; rule IPv4 tcp/5432 ingress from members of "
+        "web of group db would, but 10.0.0.7 is not an address of a member of web")
+    assert "port security is off on port vm3: anything passes" in " ".join(tr.paths[0].steps)
