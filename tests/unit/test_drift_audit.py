@@ -470,3 +470,21 @@ def test_the_audit_interval_setting() -> None:
     for bad in ("0.5", "-1", "100000", "soon"):
         with pytest.raises(config.ConfigError, match="drift_audit_interval_s"):
             config.load(environ={"TENANTNET_DRIFT_AUDIT_INTERVAL_S": bad})
+
+
+def test_a_dhcp_guard_drop_is_neither_drift_nor_repaired(audit_cloud: AuditCloud) -> None:
+    """The flood guard's drop (a transient owner kind, expired by the switch) is left alone."""
+    cloud = audit_cloud
+    _, (p1, _) = _two_hosts_one_network(cloud)
+    guard = Rule(1, t.PRIO_DHCP_GUARD, match(in_port=5, eth_type=0x800), (),
+                 t.owner_cookie(t.OwnerKind.DHCP_GUARD, p1["_num"]))  # fmt: skip
+    cloud.switches.tamper("hv1", codec.flow_add(DP, guard))
+    doc = cloud.dp.audit.request("hv1").document
+    assert doc["in_sync"] and doc["foreign_flows"] == []
+    cloud.dp.audit.interval_s = 0.2
+    before = _samples(cloud)[("tenantnet_drift_audits_total", ("in_sync",))]
+    deadline = time.monotonic() + 10
+    while _samples(cloud)[("tenantnet_drift_audits_total", ("in_sync",))] < before + 2:
+        assert time.monotonic() < deadline, "no audits"
+        time.sleep(0.05)
+    assert guard in _everything(cloud, "hv1").rules
