@@ -400,48 +400,53 @@ def dhcp_rows(results: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def _filtering(fn):
+    """``fn`` of a run whose system filtered (its probe found a rule needed), else None: a
+    system that does not enforce security groups has no security-group figures."""
+    return lambda run: None if run["rule"].get("error") else fn(run)
+
+
 def sg_rows(results: dict[str, Any]) -> list[Row]:
     """Issue 14 (bench/secgroups.py): flows, rule -> enforced, join a group, data plane."""
     raw, rows = results["raw"], []
+    pair = lambda fn: _pair(raw, name, _filtering(fn))  # noqa: E731
     for sc, name, runs in _of_role(results, "sg"):
         sec = f"9. security groups, H={sc['H']} P={sc['P']} N={sc['N']}, {runs} runs"
         row = Row(sec, "flows per host (median of hosts)", "flows", digits=0,
-                  **_pair(raw, name, lambda r: median(r["flows"]["flows"])))
+                  **pair(lambda r: median(r["flows"]["flows"])))
         row.target = _ovn_ratio_target(row, "<= 0.5x OVN", 0.5, "<=")
         row.note = ("every port in its project's default group + 5 rules (2 with remote "
                     "groups); OVN: port groups, ACLs allow-related, neutron_pg_drop, as "
-                    "Neutron's OVN driver writes them; n/a rows below: the system did not "
-                    "filter (the JSON's rule.error)")
+                    "Neutron's OVN driver writes them; n/a in every row but 'port security "
+                    "off': the system did not filter (the JSON's rule.error)")
         rows.append(row)
         rows.append(Row(sec, "flows per host (max of hosts)", "flows", digits=0,
-                        **_pair(raw, name, lambda r: max(r["flows"]["flows"]))))
+                        **pair(lambda r: max(r["flows"]["flows"]))))
         row = Row(sec, "rule create -> enforced on all hosts, median", "ms", digits=1,
-                  **_pair(raw, name, lambda r: _ms(median(r["rule"]["enforced_s"]))))
+                  **pair(lambda r: _ms(median(r["rule"]["enforced_s"]))))
         row.target = _ovn_ratio_target(row, "<= 0.5x OVN", 0.5, "<=")
         row.note = (f"{sc['rule_probes']} rules per run, one target VM per host, vm1 connects "
                     "every 10 ms (n/a: a connection passed before any rule: not filtering)")
         rows.append(row)
         rows.append(Row(sec, "rule create -> enforced on all hosts, max", "ms", digits=1,
-                        **_pair(raw, name, lambda r: _ms(max(r["rule"]["enforced_s"])))))
+                        **pair(lambda r: _ms(max(r["rule"]["enforced_s"])))))
         g = sc["group_size"]
         row = Row(sec, f"port create -> ACTIVE in a group of {g}, median", "ms",
-                  **_pair(raw, name, _stat("join", "ready_ms", median)))
+                  **pair(_stat("join", "ready_ms", median)))
         row.target = _ovn_ratio_target(row, "<= 0.5x OVN", 0.5, "<=")
         rows.append(row)
         rows.append(Row(sec, f"port create -> ACTIVE in a group of {g}, p90", "ms",
-                        **_pair(raw, name, _stat("join", "ready_ms", _pct90))))
+                        **pair(_stat("join", "ready_ms", _pct90))))
         rows.append(Row(sec, "port create -> first ping to a member on another host, median",
-                        "ms", **_pair(raw, name, _stat("join", "ping_ms", median))))
+                        "ms", **pair(_stat("join", "ping_ms", median))))
         if not sc.get("dataplane"):
             continue
-        def dp(kind: str, pair: str):
+        def dp(kind: str, which: str):
             # "filtered" figures of a run whose probe found no filtering are not filtered ones
             def get(r: dict[str, Any]) -> float | None:
-                if pair == "filtered" and r["rule"].get("error"):
-                    return None
-                v = r["dataplane"][kind][pair]
+                v = r["dataplane"][kind][which]
                 return v["per_s"] if kind == "conn" else median(v)
-            return get
+            return _filtering(get) if which == "filtered" else get
         row = Row(sec, "TCP throughput across hosts, filtered ports", "Mbit/s", digits=0,
                   **_pair(raw, name, dp("iperf", "filtered")))
         row.target = _ovn_ratio_target(row, ">= 1.0x OVN", 1.0, ">=")

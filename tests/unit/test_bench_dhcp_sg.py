@@ -139,3 +139,6 @@ def test_dhcp_and_sg_rows_targets():
     assert rows["TCP throughput across hosts, filtered ports"].tenantnet is None
     assert rows["new TCP connections/s across hosts, filtered ports"].tenantnet is None
     assert rows["TCP throughput across hosts, port security off"].tenantnet["median"] == 100
+    assert rows["flows per host (median of hosts)"].tenantnet is None
+    assert rows["port create -> ACTIVE in a group of 20, median"].tenantnet is None
+    assert rows["flows per host (median of hosts)"].ovn["median"] == 1000
