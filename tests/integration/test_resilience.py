@@ -309,7 +309,12 @@ def test_host_down_and_back(cloud: Cloud) -> None:
 def test_management_partition(cloud: Cloud) -> None:
     """Management link of hv2 cut: the controller sees hv2 disconnected while forwarding
     continues; a port made during the partition reaches hv2 after it heals, and hv2 is
-    connected again."""
+    connected again.
+
+    The port made meanwhile is plugged on hv3, not on hv1 where the ping runs: plugging any
+    interface into a userspace-datapath bridge can drop a tunnelled packet of that same host
+    in OVS 3.1 (an OVS race, reproduced without tenantnet by `lab/ovs_plug_race.py`: README,
+    Resilience), which cost this test 1 echo in ~6 full-suite runs."""
     a1 = cloud.vms["a1"]
     ping = a1.ping_background("10.62.0.12", interval=0.01)
     cloud.lab.cut_mgmt(2)
@@ -321,7 +326,7 @@ def test_management_partition(cloud: Cloud) -> None:
             "hv2 seen as disconnected during the partition",
             interval=0.2,
         )
-        new = cloud.add_vm("A", 1, "a5", "10.62.0.15")
+        new = cloud.add_vm("A", 3, "a5", "10.62.0.15")
     finally:
         cloud.lab.heal_mgmt(2)
     t1 = time.monotonic()
