@@ -8,10 +8,10 @@ and ``local_ip``, as tenantnet makes it) and two hand-written flows per VM, no c
 ``--cycles`` times on hv1 (the pinging host), then as many times on hv3 (the control), with
 ``--busy`` busy-looping processes as CPU load.  Measured on this 2-core machine: 12 of 5,064
 echoes lost with the plugs on hv1, 0 of 5,164 with them on hv3 (the same with tenantnet's
-flows instead of these: 9-14 lost per 150 cycles on hv1, 0 on hv3); tcpdump placed the losses on hv1 in both directions (a
-request that never reached the underlay, a reply that reached hv1's underlay link and never
-vm1), and a ``dpctl/dump-flows`` poll caught vm1's datapath flow with ``actions:drop`` instead
-of its ``tnl_push``.
+flows instead of these: 9-14 lost per 150 cycles on hv1, 0 on hv3); tcpdump placed the
+losses on hv1 in both directions (a request that never reached the underlay, a reply that
+reached hv1's underlay link and never vm1), and a ``dpctl/dump-flows`` poll caught vm1's
+datapath flow with ``actions:drop`` instead of its ``tnl_push``.
 
 Why (OVS source, lib/route-table.c and lib/ovs-router.c, unchanged upstream): every netlink
 link event in vswitchd's namespace - plugging a port sets it promiscuous - makes the main thread
