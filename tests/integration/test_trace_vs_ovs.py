@@ -142,6 +142,21 @@ def _evaluated(state: FlowTable, p: iso.Pkt) -> list[iso.Out]:
     return sorted(outs)
 
 
+def _ovs_outputs(topo: iso.Topology, p: iso.Pkt) -> list[iso.Out]:
+    """test_isolation_trace's reading of a trace, over every recirculation (security groups
+    send IP through conntrack: each pass has its own "Datapath actions" line; ofproto/trace
+    gives each conntrack pass the state trk,new, as the evaluator does without states)."""
+    hv = next(h for h in topo.hvs if h.name == p.host)
+    outs: list[iso.Out] = []
+    for line in hv.trace("br-int", p.flow()).splitlines():
+        if line.startswith("Datapath actions:"):
+            acts = [a for a in iso._split_top(line.split(":", 1)[1].strip())
+                    if not a.startswith(("ct(", "recirc("))]  # fmt: skip
+            if acts:
+                outs += iso.parse_actions(",".join(acts), topo.odp[p.host])
+    return sorted(outs)
+
+
 def test_evaluator_equals_ofproto_trace_on_the_controllers_switches(topo: iso.Topology) -> None:
     states = {}
     for hv in topo.hvs:
@@ -155,7 +170,7 @@ def test_evaluator_equals_ofproto_trace_on_the_controllers_switches(topo: iso.To
     pkts += gen.tunnel_packets()[::3]
 
     def one(p: iso.Pkt) -> tuple[str | None, bool]:
-        theirs = sorted(iso.trace(topo, p)[0])
+        theirs = _ovs_outputs(topo, p)
         mine = _evaluated(states[p.host], p)
         if mine == theirs:
             return None, bool(theirs)
