@@ -61,7 +61,8 @@ class DhcpPunt:
         self.hosts = hosts
         self.by_dpid = by_dpid
         self.responder = responder
-        self.guard = guard or FloodGuard()
+        # not ``guard or ...``: a guard that tracks no port yet has a length of 0
+        self.guard = guard if guard is not None else FloodGuard()
         self.send_ban = send_ban
         self.unmatched = 0  # packet-ins no current port's punt rule explains
         self.flooded = 0  # packet-ins of a port over its budget, dropped

@@ -84,6 +84,19 @@ def test_a_subnet_with_dhcp_off_is_not_answered() -> None:
     assert punt.handle(_pkt()) is None
 
 
+def test_the_guard_given_to_the_handler_is_the_one_it_uses() -> None:
+    """A new FloodGuard tracks no port yet, so its length is 0: the handler once took it for
+    "no guard" and put the default one (20/s a port) in its place, whatever
+    ``--dhcp-port-max-pps`` said."""
+    world, _ = _world()
+    guard = FloodGuard(GuardSettings(max_pps=50, ban_s=10, max_ban_s=40))
+    punt = DhcpPunt(world.mirror, world.bindings, world.hosts, {DPID: "hv1"}, DhcpResponder(),
+                    guard)  # fmt: skip
+    assert punt.guard is guard
+    replies = [punt.handle(_pkt()) for _ in range(30)]
+    assert all(r is not None for r in replies)
+
+
 def _guarded(max_pps: int = 3) -> tuple[DhcpPunt, list[tuple[int, Rule, int]]]:
     """The world above with a second port (p2, ofport 4) on the same host, a small budget and
     a recorder for the drop rules the handler sends."""
