@@ -251,6 +251,7 @@ class Controller:
             audit_read_timeout_s=s.ofp_barrier_timeout_s,
         )
         self.bus.subscribe(self.dataplane.on_events)
+        self.dataplane.mirror.dhcp_server_mac = s.dhcp.server_mac  # its ARP answers
         # Native DHCP (issue 15): the ports' punt rules send DHCP here, answered off the actor.
         from controller.dataplane.dhcp import DhcpPunt
         from controller.services.dhcp import DhcpResponder

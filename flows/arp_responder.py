@@ -34,8 +34,9 @@ owner's host (the owner's own requests), whatever the number of ports.
 Ownership (how the core plugs this in): cookies are the caller's (`flows.tables.owner_cookie`).
 Each `ArpEntry` carries the cookie of its owner - the *port owner* (``port_cookie``) owns the
 entries of its fixed IPs (so a port's fragment adds or removes exactly its answer and exclusion
-rules, on every host of the network), the subnet-DHCP owner (kind 5, reserved in
-`flows.tables.OwnerKind`) the server address's entries, a router owner its interface
+rules, on every host of the network), the *network owner* the DHCP server addresses' answers
+(`PRIO_ARP_SERVICE`, below a port's, so a port holding the address wins without either owner
+knowing of the other; `flows.compiler.network_slice`), a router owner its interface
 addresses.  A port with port security off owns its `bypass_rule` on its own host.  The same
 address in two networks gives two rules that differ in metadata: tenants with overlapping
 subnets each get their own MAC.  When two entries of one network claim one IP (a port holding
@@ -60,6 +61,9 @@ OFPP_IN_PORT = 0xFFFFFFF8
 PRIO_ARP_ANSWER = 150
 """Above the L2 unicast rules (PRIO_EXACT): unicast ARP requests (cache refreshes) are answered
 too."""
+PRIO_ARP_SERVICE = 140
+"""A service address the network answers for (its DHCP servers): below a port's answer, so a
+port that holds the same address wins without either owner knowing of the other."""
 PRIO_ARP_PASS = 160
 """The owner's own requests for its address (gratuitous ARP, probes): forwarded as before."""
 PRIO_ARP_BYPASS = 170
@@ -115,11 +119,13 @@ def answer_actions(ip: str, mac: str) -> tuple[Move | SetField | Output, ...]:
     )
 
 
-def answer_rule(key: int, entry: ArpEntry, table: int = tables.L2_FROM_PORT) -> Rule:
+def answer_rule(
+    key: int, entry: ArpEntry, table: int = tables.L2_FROM_PORT, priority: int = PRIO_ARP_ANSWER
+) -> Rule:
     """The answer for one address, on every host of the network."""
     arp = {"metadata": key, "eth_type": ETH_TYPE_ARP, "arp_op": ARP_REQUEST, "arp_tpa": entry.ip}
     return Rule(
-        table, PRIO_ARP_ANSWER, match(**arp), (Apply(answer_actions(entry.ip, entry.mac)),),
+        table, priority, match(**arp), (Apply(answer_actions(entry.ip, entry.mac)),),
         entry.cookie,
     )  # fmt: skip
 

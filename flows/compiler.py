@@ -312,7 +312,9 @@ def compile_network_owners(ctx: HostContext, net: NetworkView) -> dict[int, Slic
                 owned[cookie].update(arp_rules(seg, mac, claim(rport.fixed_ips), cookie, None))
 
     out = {cookie: Slice(rules=frozenset(rules)) for cookie, rules in owned.items()}
-    out[t.network_cookie(seg.key)] = network_slice(ctx, seg, [p for p, _ in locals_], peers)
+    out[t.network_cookie(seg.key)] = network_slice(
+        ctx, seg, [p for p, _ in locals_], peers, net.service_answers
+    )
     return out
 
 
@@ -425,12 +427,23 @@ def remote_port_rules(ctx: HostContext, seg: Segment, port: RemotePort) -> froze
 
 
 def network_slice(
-    ctx: HostContext, seg: Segment, local_ports: Iterable[LocalPort], peers: list[str]
+    ctx: HostContext,
+    seg: Segment,
+    local_ports: Iterable[LocalPort],
+    peers: list[str],
+    service_answers: Iterable[tuple[str, str]] = (),
 ) -> Slice:
-    """What the network itself owns on a host: tunnel ingress per peer, the two flood rules and
-    the two flood groups (the groups list the host's usable local ports)."""
+    """What the network itself owns on a host: tunnel ingress per peer, the two flood rules,
+    the ARP answers for its service addresses ((ip, mac): its DHCP servers, so that a client's
+    unicast renewal finds the server) and the two flood groups (the groups list the host's
+    usable local ports)."""
+    cookie = t.network_cookie(seg.key)
+    answers = (
+        arp.answer_rule(seg.key, entry, priority=arp.PRIO_ARP_SERVICE)
+        for entry in arp.entries_for(arp.ArpEntry(ip, mac, cookie) for ip, mac in service_answers)
+    )
     return Slice(
-        rules=frozenset(shared_rules(ctx, seg, peers)),
+        rules=frozenset((*shared_rules(ctx, seg, peers), *answers)),
         groups=flood_groups(ctx, seg, local_ports, peers),
     )
 

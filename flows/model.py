@@ -251,6 +251,8 @@ class NetworkView:
     local_ports: tuple[LocalPort, ...] = ()
     remote_ports: tuple[RemotePort, ...] = ()
     peer_ips: tuple[str, ...] = ()
+    service_answers: tuple[tuple[str, str], ...] = ()
+    """(IPv4, MAC) of addresses the network itself answers ARP for: its DHCP servers."""
 
     @property
     def segment(self) -> Segment:

@@ -33,6 +33,7 @@ class NetCompiled:
     mac_users: Counter[str] = field(default_factory=Counter)  # MAC -> located ports using it
     nums: dict[str, int] = field(default_factory=dict)  # port id -> its number (owner cookie)
     ofports: Counter[tuple[str, int]] = field(default_factory=Counter)  # usable ports per ofport
+    service_answers: tuple[tuple[str, str], ...] = ()  # (ip, mac) the network answers ARP for
 
     def track(
         self,
@@ -86,4 +87,5 @@ class NetCompiled:
             local_ports=tuple(self.local.get(host_id, {}).values()),
             remote_ports=remote,
             peer_ips=tuple(sorted({r.host_ip for r in remote})),
+            service_answers=self.service_answers,
         )

@@ -17,7 +17,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.services.dhcp_records import DhcpNetwork, DhcpOpt, DhcpPort, DhcpSubnet
+from controller.services.dhcp_records import (
+    DEFAULT_SERVER_MAC,
+    DhcpNetwork,
+    DhcpOpt,
+    DhcpPort,
+    DhcpSubnet,
+    server_address,
+)
 from controller.store.ports import REFUSED_HOSTS
 from flows.model import Segment
 
@@ -195,6 +202,9 @@ class Mirror:
         self.by_key: dict[int, NetworkRec] = {}  # by network key
         self.subnets: dict[str, SubnetRec] = {}  # by id
         self.net_subnets: dict[str, frozenset[str]] = {}  # network id -> its subnet ids
+        # The operator's --dhcp-server-mac: what the ARP responder answers for each DHCP
+        # server address with (set once before the data plane starts).
+        self.dhcp_server_mac = DEFAULT_SERVER_MAC
 
     def set_port(self, port_id: str, rec: PortRec | None) -> PortRec | None:
         """Store the port's new version (None: deleted); returns the previous one."""
@@ -248,6 +258,13 @@ class Mirror:
             if subnet is not None and subnet.serves_dhcp:
                 return True
         return False
+
+    def dhcp_server_answers(self, network_id: str) -> tuple[tuple[str, str], ...]:
+        """(server address, server MAC) of each subnet of the network whose DHCP tenantnet
+        answers: the addresses the network's ARP answers cover (`flows.compiler.network_slice`)."""
+        subnets = (self.subnets.get(s) for s in self.net_subnets.get(network_id, ()))
+        served = {server_address(s.dhcp) for s in subnets if s is not None and s.serves_dhcp}
+        return tuple((ip, self.dhcp_server_mac) for ip in sorted(served))
 
     def dhcp_facts(self, port: PortRec) -> tuple[DhcpPort, DhcpNetwork] | None:
         """What the DHCP responder answers this port from, or None if its network is gone.

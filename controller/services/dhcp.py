@@ -30,8 +30,9 @@ flows and views; this module stays pure):
   sends the reply as a PACKET_OUT to that ``in_port``.  The port record comes from the port
   that owns ``in_port``, never from the frame: an unknown MAC or a chaddr that is not the port's
   MAC gets nothing.
-* The ARP responder (`flows.arp_responder`) gets `server_address` for each DHCP subnet, owned by
-  the DHCP owner.
+* The ARP responder answers for `server_address` of each DHCP subnet with the server MAC, in the
+  network owner's slice on every host of the network, one priority below a port's answers (a
+  port holding the address wins), so that a client's unicast renewal finds the server.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from controller.services.dhcp_records import (
     DhcpPort,
     DhcpSettings,
     DhcpSubnet,
+    server_address,
 )
 
 __all__ = [
@@ -109,14 +111,6 @@ class _Request:
     ciaddr: str
     requested_ip: str | None
     server_id: str | None
-
-
-def server_address(subnet: DhcpSubnet) -> str:
-    """The server identifier of ``subnet`` (see the module docstring)."""
-    if subnet.gateway_ip:
-        return subnet.gateway_ip
-    net = netaddr.IPNetwork(subnet.cidr)
-    return str(netaddr.IPAddress(net.last - 1 if net.prefixlen < 31 else net.last))
 
 
 def _option_value(request: dhcp.dhcp, tag: int) -> bytes | None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import netaddr
+
 DEFAULT_SERVER_MAC = "02:7e:4e:00:00:01"
 
 
@@ -56,3 +58,13 @@ class DhcpSettings:
     """Used for subnets without ``dns_nameservers``; empty: send no DNS option."""
     domain_name: str = ""
     """Option 15; empty: none."""
+
+
+def server_address(subnet: DhcpSubnet) -> str:
+    """The server identifier of ``subnet``: its ``gateway_ip``, or its last unicast address
+    when it has none (see `controller.services.dhcp`).  Here, not there, so that the data plane
+    can give the address an ARP answer without importing a packet parser."""
+    if subnet.gateway_ip:
+        return subnet.gateway_ip
+    net = netaddr.IPNetwork(subnet.cidr)
+    return str(netaddr.IPAddress(net.last - 1 if net.prefixlen < 31 else net.last))

@@ -10,7 +10,7 @@ own DHCP counters moved by what the clients got.
 * A VM flooding DHCP gets a temporary drop rule on its switch (logged once per offence,
   counted), while a VM on the same host still gets its lease and the API still answers.
 * A client holding a lease renews by unicast to the server address after a controller restart
-  and gets its ACK once the switch is back.
+  and gets its ACK once the switch is back (the server's MAC from the network's ARP answer).
 """
 
 from __future__ import annotations
@@ -269,10 +269,7 @@ def test_a_lease_is_renewed_by_unicast_after_a_controller_restart(
     )  # fmt: skip
     try:
         wait_for(lambda: f"bound {vm.ip} 10.0.0.1" in _events(events), 20, 0.1, "no first lease")
-        # The gateway's MAC as a router on it would answer ARP with: what lets the client's
-        # unicast reach the wire (tenantnet's ARP responder does not answer for the server).
-        vm.exec("ip", "neigh", "replace", "10.0.0.1", "lladdr", "02:7e:4e:00:00:01",
-                "dev", "eth0", "nud", "permanent")  # fmt: skip
+        vm.neigh_flush()  # the unicast needs the server's MAC: ARP answered by flows
         dp_env.ctl.restart()
         dp_env.api.wait_reconciled(timeout=60)  # the switches are back and read
         acks = _dhcp(dp_env)["answers"]["ack"]
@@ -284,6 +281,8 @@ def test_a_lease_is_renewed_by_unicast_after_a_controller_restart(
         request = cap.text  # the first DHCP message after the signal (tcpdump -e -vv lines)
         assert "> 02:7e:4e:00:00:01," in request, f"not to the server's MAC: {request}"
         assert f"{vm.ip}.68 > 10.0.0.1.67" in request, f"not a unicast renewal: {request}"
+        neigh = vm.exec("ip", "neigh", "show", "10.0.0.1", "dev", "eth0").stdout
+        assert "lladdr 02:7e:4e:00:00:01" in neigh, neigh  # the answer came from the flows
         assert _dhcp(dp_env)["answers"]["ack"] >= 1
     finally:
         client.kill()

@@ -21,6 +21,7 @@ from controller.southbound import ofp_codec as codec
 from controller.southbound.ovsdb_host import HostObservation, datapath_id_for
 from controller.store import Store
 from flows import tables as t
+from flows.arp_responder import PRIO_ARP_SERVICE
 from flows.diff import FlowDiff, diff
 from flows.model import Output, Slice, ToGroup
 from flows.tables import BASE_COOKIE, COOKIE_BASE, COOKIE_MASK_OURS
@@ -221,6 +222,28 @@ def restart(cloud: Cloud, while_down: Callable[[], None] = lambda: None) -> None
         FakeAgent.instances[h].push()
         cloud.connect(h)
     cloud.idle()
+
+
+def test_the_dhcp_server_address_answer_follows_the_subnet(cloud: Cloud) -> None:
+    """The network answers ARP for its subnet's DHCP server address (the gateway, else the
+    last address) on the hosts with its ports; it moves with the gateway and goes with DHCP."""
+    cloud.start(hosts=2)
+    net = cloud.network()  # 10.1.0.0/16, gateway 10.1.0.1
+    cloud.port(net, "hv1", 5)
+    cloud.idle()
+    subnet = cloud.store.list_all("subnet")[0]
+
+    def answered(host: str) -> set[str]:
+        return {dict(r.match)["arp_tpa"] for r in cloud.flows(host).rules
+                if r.priority == PRIO_ARP_SERVICE}  # fmt: skip
+
+    assert answered("hv1") == {"10.1.0.1"} and answered("hv2") == set()  # hv2: no port
+    cloud.store.update("subnet", subnet["id"], {"gateway_ip": None})
+    cloud.idle()
+    assert answered("hv1") == {"10.1.255.254"}
+    cloud.store.update("subnet", subnet["id"], {"enable_dhcp": False})
+    cloud.idle()
+    assert answered("hv1") == set()
 
 
 def test_restarted_controller_sends_nothing_when_switches_are_unchanged(cloud: Cloud) -> None:

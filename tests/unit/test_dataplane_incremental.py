@@ -48,7 +48,7 @@ import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import hypothesis.strategies as st
@@ -67,8 +67,9 @@ from hypothesis.stateful import (
 )
 
 from controller.dataplane.reconciler import DataPlane
-from controller.dataplane.state import NetworkRec, PortRec
+from controller.dataplane.state import NetworkRec, PortRec, SubnetRec
 from controller.events import EventBus
+from controller.services.dhcp_records import DEFAULT_SERVER_MAC, server_address
 from controller.southbound.ovsdb_host import HostObservation, datapath_id_for
 from controller.store import Store
 from controller.store.errors import StoreError
@@ -297,6 +298,14 @@ def network_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Sli
                 remote_ports=tuple(remote),
                 peer_ips=tuple(sorted({r.host_ip for r in remote})),
             )
+            # the network answers ARP for each DHCP server address (served IPv4 subnets)
+            servers = {
+                server_address(SubnetRec.from_store(s).dhcp)
+                for s in m.store.list_all("subnet")
+                if s["network_id"] == net["id"] and s["enable_dhcp"] and s["ip_version"] == 4
+            }
+            view = replace(view, service_answers=tuple(
+                (ip, DEFAULT_SERVER_MAC) for ip in sorted(servers)))  # fmt: skip
             out.extend(compile_network_owners(ctx, view).values())
     return out
 

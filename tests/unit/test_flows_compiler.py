@@ -269,6 +269,31 @@ def test_arp_answers_on_every_host_and_the_owners_own_pass_only_on_its_host() ->
     assert actions_of(answer)[-1] == Output(OFPP_IN_PORT)
 
 
+def test_the_network_answers_arp_for_its_dhcp_servers_below_any_port() -> None:
+    """A DHCP server address (`NetworkView.service_answers`) is answered with the server MAC
+    under the network's own cookie on each host with ports of it, one priority below a port's
+    answer: a port that holds the same address wins, neither owner knowing of the other."""
+    server = ("10.1.0.1", "02:7e:4e:00:00:01")
+    view = net(local_ports=(local("p1", 10, MAC_A, "10.1.0.5"),), service_answers=(server,))
+    owners = compile_network_owners(CTX, view)
+
+    def answers(s: Slice, ip: str) -> list[Rule]:
+        return [r for r in s.rules if dict(r.match).get("arp_tpa") == ip]
+
+    (answer,) = answers(owners[t.network_cookie(7)], "10.1.0.1")
+    assert SetField("eth_src", server[1]) in actions_of(answer)
+    assert SetField("arp_spa", server[0]) in actions_of(answer)
+    assert actions_of(answer)[-1] == Output(OFPP_IN_PORT) and dict(answer.match)["metadata"] == 7
+    assert not any(answers(s, "10.1.0.1") for o, s in owners.items() if o != answer.cookie)
+    holder = local("p2", 11, MAC_B, "10.1.0.1")  # e.g. a router port on the gateway address
+    both = compile_network(CTX, replace(view, local_ports=(*view.local_ports, holder)))
+    others = [r for r in answers(both, "10.1.0.1") if "in_port" not in dict(r.match)]
+    top = max(others, key=lambda r: r.priority)  # what another VM asking gets
+    assert top.cookie == t.port_cookie(0) and SetField("eth_src", MAC_B) in actions_of(top)
+    assert answer in both.rules  # still there, shadowed
+    assert compile_network_owners(CTX, replace(view, local_ports=())) == {}  # no ports, no rules
+
+
 def test_port_security_off_gets_pass_rule_only() -> None:
     s = compile_network(
         CTX, net(local_ports=(local("p1", 10, MAC_A, "10.1.0.5", port_security=False),))

@@ -31,6 +31,7 @@ from controller.dataplane.compiled import NetCompiled
 from controller.dataplane.planner import EMPTY, Change, Inputs, PortDecision, Step, Unit
 from controller.dataplane.state import NetworkRec, PortRec, SubnetRec
 from controller.dataplane.views import port_macs
+from controller.services.dhcp_records import server_address
 from flows import tables as t
 from flows.compiler import (
     compile_network_owners,
@@ -76,10 +77,14 @@ class L2Service:
                 return [self._net(new.key)]
             return []
         if change.kind == "subnet":
-            # Its ports' DHCP punt rules follow enable_dhcp; the answers are read at packet time.
+            # Its ports' DHCP punt rules follow enable_dhcp, the network's ARP answers the
+            # server address; the DHCP answers themselves are read at packet time.
             was, now = change.old, change.new
             assert isinstance(was, SubnetRec | None) and isinstance(now, SubnetRec | None)
-            served = [s.serves_dhcp if s is not None else False for s in (was, now)]
+            served = [
+                server_address(s.dhcp) if s is not None and s.serves_dhcp else None
+                for s in (was, now)
+            ]
             subnet = now or was
             key = mirror.key_of(subnet.network_id) if subnet is not None else None
             return [self._net(key)] if served[0] != served[1] and key is not None else []
@@ -187,6 +192,8 @@ class L2Service:
         targets = new_members | old_members
         targets |= {h for h, rt in hosts.items() if rt.installed and group(key) in rt.groups}
         nc = NetCompiled(net.segment) if net is not None else None
+        if nc is not None and net is not None:
+            nc.service_answers = mirror.dhcp_server_answers(net.id)
         for port, host_id in located:
             joined = host_id is not None and host_id not in old_members
             peers = healthy - {host_id} if joined else frozenset()
@@ -309,7 +316,7 @@ class L2Service:
             if host_id in (old_host, new_host):  # the network on the host: its flood groups
                 peers = peer_list(ctx, nc.seg, [ip for h, ip in tunnel_ips.items() if h != host_id])
                 local = nc.local.get(host_id, {}).values()
-                net_slice = network_slice(ctx, nc.seg, local, peers)
+                net_slice = network_slice(ctx, nc.seg, local, peers, nc.service_answers)
                 step.want(host_id, t.network_cookie(key), group(key), net_slice)
         if port is not None:
             self._report(port, new_host, frozenset(), inputs, step)
