@@ -29,7 +29,7 @@ from typing import Any
 import netaddr
 
 from flows import tables as t
-from flows.model import Output, SetField, Slice
+from flows.model import SetField, Slice
 from flows.readable import rule_text
 from flows.trace import FlowTable, Step, Trace, TraceError, ct_state_text, trace
 
@@ -398,12 +398,16 @@ class _Describer:
         dst = str(f.get("eth_dst"))
         assert s.rule is not None
         acts = [a for ins in s.rule.instructions for a in getattr(ins, "actions", ())]
-        if prio >= 150 and "arp_tpa" in m:
-            owner = self.cat.port_of_mac(key, _answer_mac(acts))
-            if any(isinstance(a, Output) for a in acts) and not any(
-                isinstance(a, SetField) and a.field == "tunnel_id" for a in acts
-            ) and any(isinstance(a, SetField) and a.field == "arp_op" for a in acts):
-                who = owner.label if owner else "a known port"
+        if "arp_tpa" in m:
+            if any(isinstance(a, SetField) and a.field == "arp_op" for a in acts):
+                mac = _answer_mac(acts)
+                owner = self.cat.port_of_mac(key, mac)
+                if owner is not None:
+                    who = owner.label
+                elif t.owner_kind(s.rule.cookie) == t.OwnerKind.NETWORK:
+                    who = f"tenantnet's DHCP server ({mac})"
+                else:
+                    who = mac
                 return f"ARP: {m['arp_tpa']} is {who}: answered on {self.host}"
             return f"ARP for {m['arp_tpa']} is not answered here (gratuitous or the owner's own)"
         if prio == 170:

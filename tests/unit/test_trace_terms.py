@@ -186,3 +186,18 @@ def test_a_missing_membership_is_named() -> None:
         "10.0.0.7:40000 -> 10.0.0.6:5432 ingress; rule IPv4 tcp/5432 ingress from members of "
         "web of group db would, but 10.0.0.7 is not an address of a member of web")
     assert "port security is off on port vm3: anything passes" in " ".join(tr.paths[0].steps)
+
+
+def test_an_arp_for_the_dhcp_server_is_answered_by_the_network() -> None:
+    ctx = HostContext(HV["hv1"], TUNNEL)
+    view = NetworkView(5, "vxlan", 5001, (LocalPort("p1", 7, VM1.mac, VM1.fixed_ips, num=11),),
+                       (RemotePort("p2", VM2.mac, HV["hv2"], num=12, fixed_ips=VM2.fixed_ips),),
+                       (HV["hv2"],), service_answers=(("10.0.0.2", "fa:16:3e:99:99:99"),))
+    net = compile_network(ctx, view)
+    hv1 = Slice(compile_base(ctx).rules | net.rules, net.groups)
+    ask = make_packet(VM1.mac, "ff:ff:ff:ff:ff:ff", ip_src="10.0.0.5", ip_dst="10.0.0.2",
+                      arp_op=1)  # fmt: skip
+    tr = follow(CAT, {"hv1": hv1}.get, "p1", ask)
+    assert tr.verdict == "answered"
+    assert ("hv1: ARP: 10.0.0.2 is tenantnet's DHCP server (fa:16:3e:99:99:99): answered on "
+            "hv1") in tr.paths[0].steps
