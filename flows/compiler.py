@@ -134,6 +134,7 @@ def _tunnel_ip(addr: str) -> str:
     return text
 
 
+@lru_cache(maxsize=65536)
 def _ip_sort_key(text: str) -> tuple[int, int]:
     """Numeric order of normalised addresses, so bucket order reads naturally in dumps."""
     ip = netaddr.IPAddress(text)
@@ -372,9 +373,13 @@ def arp_rules(
     cookie, on every host of its network, plus on its own host (``ofport``: where it is
     plugged, None on peers) the pass for its own requests.  Allowed-address-pair addresses
     are never answered (VRRP-style addresses move between ports): their requests keep
-    flooding."""
-    entries = (arp.ArpEntry(ip, mac, cookie) for ip in fixed_ips)
-    return arp.compile_entries(seg.key, arp.entries_for(entries), ofport)
+    flooding.
+
+    ``mac`` is normalised and ``fixed_ips`` are normalised, distinct IPv4 addresses (as
+    `_ipv4s` returns them), so the entries need none of `arp.entries_for`'s parsing, which was
+    most of the cost of compiling a network (netaddr per address and MAC, uncached)."""
+    entries = [arp.ArpEntry(ip, mac, cookie) for ip in fixed_ips]
+    return arp.compile_entries(seg.key, entries, ofport)
 
 
 def _dhcp_client_match(ofport: int) -> Match:
