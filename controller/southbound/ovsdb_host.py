@@ -30,6 +30,7 @@ import hashlib
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -58,6 +59,9 @@ SETTINGS_APPLIED = "tenantnet-settings-applied"
 # python-ovs doubles its wait up to 8 s by default, so a host whose ovsdb-server restarted
 # could be re-read up to 8 s late; 1 s is python-ovs's minimum and the switch's own backoff.
 OVSDB_MAX_BACKOFF_S = 1.0
+# How old a new OpenFlow session must be before its settings are re-applied (see
+# `OvsdbHost._settle_controller_settings`): past a controller restart's reconcile.
+SETTLE_AFTER_S = 1.0
 
 
 def _utc_now() -> str:
@@ -191,6 +195,7 @@ class OvsdbHost:
         # `_settle_controller_settings`); None: never re-apply the controller settings.
         self.switch_session = switch_session
         self._settled_session: int | None = None
+        self._session_seen: tuple[int, float] | None = None  # (session, when first seen)
         self.target: str = host["ovsdb"]
         self.bridge: str = host.get("integration_bridge") or "br-int"
         self.datapath_type: str = host.get("datapath_type") or "system"
@@ -271,7 +276,7 @@ class OvsdbHost:
         idl = self._conn.idl
         seen_seqno = -1
         while not self._stop.is_set():
-            idl.changed.wait(timeout=1.0)
+            idl.changed.wait(timeout=self._settle_wait())
             idl.changed.clear()
             if self._stop.is_set():
                 break
@@ -381,12 +386,21 @@ class OvsdbHost:
         `switch_session`) makes this happen once per session, including a vswitchd restart that
         reconnects within one tick of this loop; a switch that drops before vswitchd applied it
         gets it on its next session.  Cost: one vswitchd reconfiguration per OpenFlow
-        connection, within a second of it (this loop's tick).
+        connection, `SETTLE_AFTER_S` after this loop first sees it: not at once, because after
+        a controller restart every host's new session is being read back and reconciled then,
+        and the reconfiguration (vswitchd walks its bridges) and this transaction (the agent
+        waits for vswitchd) would compete with that for vswitchd's loop and the interpreter.
+        An outage in that second still meets the 8 s backoff, as before the fix.
         """
         if self.switch_session is None:
             return
         session = self.switch_session(datapath_id_for(self.host_id))
         if session is None or session == self._settled_session:
+            return
+        now = time.monotonic()
+        if self._session_seen is None or self._session_seen[0] != session:
+            self._session_seen = (session, now)
+        if now - self._session_seen[1] < SETTLE_AFTER_S:
             return
         assert self.api is not None and self._conn is not None
         ours = {self.controller_target, alternate_target(self.controller_target)}
@@ -414,6 +428,14 @@ class OvsdbHost:
         LOG.debug(
             "host %s: controller settings applied to OpenFlow session %d", self.host_id, session
         )
+
+    def _settle_wait(self) -> float:
+        """How long the loop may sleep: its 1 s tick, or less when a session's settings are
+        due (`_settle_controller_settings`)."""
+        seen = self._session_seen
+        if seen is None or seen[0] == self._settled_session:
+            return 1.0
+        return min(1.0, max(0.05, seen[1] + SETTLE_AFTER_S - time.monotonic()))
 
     def _controller_target(self) -> tuple[Any, str]:
         """Our Controller row on the bridge (None if the bridge has not exactly that one) and

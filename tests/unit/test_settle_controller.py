@@ -1,0 +1,83 @@
+"""When the OVSDB agent re-applies the switch's controller settings (OVS 3.1.0's 8 s backoff,
+`OvsdbHost._settle_controller_settings`): once per OpenFlow session, and only once that session
+is `SETTLE_AFTER_S` old, so that the vswitchd reconfiguration never competes with a controller
+restart's read-back and reconcile.  The clock, the IDL and the transaction are faked; the
+real-OVS behaviour is tests/integration/test_switch_backoff.py's."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from controller.southbound import ovsdb_host
+from controller.southbound.ovsdb_host import SETTLE_AFTER_S, OvsdbHost
+
+TARGET = "tcp:192.0.2.10:6653"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def agent(monkeypatch: pytest.MonkeyPatch) -> Any:
+    clock = Clock()
+    monkeypatch.setattr(ovsdb_host.time, "monotonic", clock)
+    session: dict[str, int | None] = {"n": None}
+    host = OvsdbHost(
+        {"id": "hv1", "ovsdb": "tcp:192.0.2.1:6640", "tunnel_ip": "192.0.2.101"},
+        TARGET,
+        lambda *_: None,
+        lambda *_: None,
+        switch_session=lambda dpid: session["n"],
+    )
+    bridge = SimpleNamespace(controller=[SimpleNamespace(uuid="c1", target=TARGET)])
+    monkeypatch.setattr(ovsdb_host.idlutils, "row_by_value", lambda *a: bridge)
+    host._conn = SimpleNamespace(lock=threading.Lock(), idl=None)
+    writes: list[tuple[Any, ...]] = []
+
+    @contextmanager
+    def transaction(check_error: bool = False) -> Any:
+        yield SimpleNamespace(add=writes.append)
+
+    host.api = SimpleNamespace(
+        transaction=transaction, db_set=lambda table, row, *cols: (table, row, *cols)
+    )
+    return SimpleNamespace(host=host, clock=clock, session=session, writes=writes)
+
+
+def test_settings_are_applied_once_per_session_once_it_is_settle_after_s_old(agent: Any) -> None:
+    host, clock, writes = agent.host, agent.clock, agent.writes
+    host._settle_controller_settings()
+    assert writes == [] and host._settle_wait() == 1.0  # no session: the loop's tick
+    agent.session["n"] = 7
+    host._settle_controller_settings()  # first seen now: a restart's reconcile is under way
+    assert writes == []
+    clock.now += SETTLE_AFTER_S / 2
+    assert host._settle_wait() == pytest.approx(SETTLE_AFTER_S / 2)  # wakes when it is due
+    host._settle_controller_settings()
+    assert writes == []
+    clock.now += SETTLE_AFTER_S / 2
+    host._settle_controller_settings()
+    assert len(writes) == 1
+    table, row, *cols = writes[0]
+    assert (table, row) == ("Controller", "c1")
+    assert dict(cols)["max_backoff"] == 1000
+    assert ovsdb_host.SETTINGS_APPLIED in dict(cols)["external_ids"]
+    clock.now += 10
+    host._settle_controller_settings()  # the same session: nothing more
+    assert len(writes) == 1 and host._settle_wait() == 1.0
+    agent.session["n"] = 8  # the switch reconnected: a new session, applied once it is due
+    host._settle_controller_settings()
+    assert len(writes) == 1
+    clock.now += SETTLE_AFTER_S
+    host._settle_controller_settings()
+    assert len(writes) == 2
