@@ -2,7 +2,10 @@
 
 If openstackclient and openstacksdk can discover the API, create, list, show, update and delete
 through it, and print tenantnet's refusals readably, then orchestrators built on them will too.
-Only the loopback address is ever contacted.
+Only the loopback address is ever contacted.  The CLI's commands run through its own entry point
+(``openstackclient.shell.main``, what the ``openstack`` script calls) in one long-lived process
+per module (openstack_cli_session.py), each with its own shell and HTTP session: the seconds
+the CLI needs to start are paid once instead of per command.
 """
 
 from __future__ import annotations
@@ -11,11 +14,9 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openstack
@@ -26,8 +27,7 @@ from openstack import exceptions as os_exc
 from controller.api import ApiSettings, create_app
 from controller.events import EventBus
 from controller.store import Store
-
-OPENSTACK_CLI = Path(sys.executable).parent / "openstack"
+from tests.unit.openstack_cli_session import CliSession
 
 # The SDK warns about its own upcoming removals; they say nothing about tenantnet.
 pytestmark = [
@@ -63,17 +63,26 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Stor
     store.close()
 
 
-def cli(url: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the openstack CLI with auth disabled and the endpoint pinned to our server."""
+_session: CliSession | None = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cli_session() -> Iterator[None]:
+    """One process runs every ``openstack`` command of the module (openstack_cli_session.py):
+    the CLI's start-up, seconds per command, is paid once."""
+    global _session
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
     env["HOME"] = env.get("HOME", "/tmp")
-    proc = subprocess.run(
-        [str(OPENSTACK_CLI), "--os-auth-type", "none", "--os-endpoint", url, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    _session = CliSession(env)
+    yield
+    _session.close()
+    _session = None
+
+
+def cli(url: str, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the openstack CLI with auth disabled and the endpoint pinned to our server."""
+    assert _session is not None
+    proc = _session.run(["--os-auth-type", "none", "--os-endpoint", url, *args])
     if ok:
         assert proc.returncode == 0, f"{args}: {proc.stderr}"
     else:
