@@ -185,8 +185,8 @@ def fresh_system(system: Any, sc: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """One run of a scenario: start ``system`` on a fresh lab, yield the run's metrics dict
     (``elapsed_s`` is added at the end), log the control plane's tail on failure, tear down."""
     t0 = time.monotonic()
-    system.start()
     try:
+        system.start()  # inside: a start that fails half-way still frees its lab
         m: dict[str, Any] = {"hosts": sc["H"]}
         yield m
         m["elapsed_s"] = round(time.monotonic() - t0, 1)

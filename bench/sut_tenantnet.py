@@ -126,13 +126,15 @@ class TenantnetSystem:
     def stop(self) -> None:
         if self.http is not None:
             self.http.close()
-        if self.ctl is not None:
-            # SIGTERM, then SIGKILL after 2 s (early versions hung on SIGTERM; see README)
-            self.ctl.stop(timeout=2)
-        self.lab.close()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        try:
+            if self.ctl is not None:
+                # SIGTERM, then SIGKILL after 2 s (early versions hung on SIGTERM; see README)
+                self.ctl.stop(timeout=2)
+        finally:
+            self.lab.close()
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
 
     def log_tail(self) -> str:
         return self.ctl.log_tail() if self.ctl else ""
