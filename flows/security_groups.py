@@ -66,7 +66,7 @@ from functools import lru_cache
 import netaddr
 
 from flows import tables as t
-from flows.compiler import normalize_mac
+from flows.compiler import normalize_mac, usable
 from flows.model import (
     Action,
     Apply,
@@ -75,6 +75,7 @@ from flows.model import (
     GotoTable,
     GroupEntry,
     Instruction,
+    LocalPort,
     Match,
     Output,
     OutputReg,
@@ -256,6 +257,12 @@ def plug(s: Slice, filtered_ofports: Collection[int]) -> Slice:
         for g in s.groups
     }
     return Slice(rules=frozenset(rules), groups=frozenset(groups))
+
+
+def filtered_ofports(ports: Iterable[LocalPort]) -> frozenset[int]:
+    """The ofports of the ports among ``ports`` that get flows (`flows.compiler.usable`) and
+    are filtered (port security on): what :func:`plug` is given for a host's slices."""
+    return frozenset(p.ofport for p in ports if p.port_security and usable(p))
 
 
 def _only_output(instructions: tuple[Instruction, ...]) -> int | None:

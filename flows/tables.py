@@ -243,7 +243,12 @@ class OwnerKind(IntEnum):
     PORT = 2
     """A port: its rules on its host and its unicast rules on each peer; the port number the
     store allocated at create time (``_num``, never reused)."""
-    # Reserved for the services to come: 3 security group, 4 router, 5 subnet DHCP.
+    SECURITY_GROUP = 3
+    """Security-group flows on a host (`flows.security_groups`): number 0 the host's skeleton
+    (entries, conntrack, commits, misses of the SG tables), 1 the host's merged rule and
+    remote-group address clauses, ``SG_PORT_BIT | port number`` one filtered port's own flows
+    (its rules' first clauses, its hairpin drop, its stateless entries)."""
+    # Reserved for the services to come: 4 router, 5 subnet DHCP.
     DHCP_GUARD = 6
     """A temporary drop of a port's DHCP after it flooded the controller; the port number.
     Installed by the packet-in path with a hard timeout and expired by the switch: no service
@@ -295,6 +300,24 @@ def network_cookie(key: int) -> int:
 def port_cookie(num: int) -> int:
     """Owner cookie of the port numbered ``num`` (on its host and on its peers)."""
     return owner_cookie(OwnerKind.PORT, num)
+
+
+SG_STATIC_NUM = 0
+SG_SHARED_NUM = 1
+SG_PORT_BIT = 1 << (OWNER_NUM_BITS - 1)
+"""Security-group owners of one port: this bit plus the port's number (numbers stay below it)."""
+
+
+def sg_host_cookie(num: int) -> int:
+    """Owner cookie of a host-level security-group owner (``SG_STATIC_NUM``, ``SG_SHARED_NUM``)."""
+    return owner_cookie(OwnerKind.SECURITY_GROUP, num)
+
+
+def sg_port_cookie(port_num: int) -> int:
+    """Owner cookie of the security-group flows of the filtered port numbered ``port_num``."""
+    if not 0 <= port_num < SG_PORT_BIT:
+        raise ValueError(f"port number {port_num} does not fit a security-group cookie")
+    return owner_cookie(OwnerKind.SECURITY_GROUP, SG_PORT_BIT | port_num)
 
 
 def is_ours(cookie: int) -> bool:

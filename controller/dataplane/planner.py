@@ -115,10 +115,12 @@ class Plan:
     decisions: list[PortDecision] = field(default_factory=list)
     failed: list[tuple[Unit, BaseException]] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    # host -> conntrack zones to flush once its diff is applied (a filtered port left it)
+    ct_flushes: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        return not self.diffs and not self.decisions and not self.failed
+        return not self.diffs and not self.decisions and not self.failed and not self.ct_flushes
 
 
 class Step:
@@ -130,6 +132,7 @@ class Step:
         self.writes: list[tuple[str, int, Hashable, Slice]] = []
         self.decisions: list[PortDecision] = []
         self.counts: dict[str, int] = {}
+        self.ct_flushes: dict[str, list[int]] = {}
 
     def want(self, host_id: str, owner: int, group: Hashable, desired: Slice) -> None:
         """Owner ``owner`` should hold ``desired`` on the host (EMPTY: nothing).  ``group``
@@ -142,6 +145,11 @@ class Step:
             return
         self.writes.append((host_id, owner, group, desired))
         self.diffs.setdefault(host_id, []).append(diff(desired, installed))
+
+    def flush_zone(self, host_id: str, zone: int) -> None:
+        """Clear conntrack zone ``zone`` on the host after this step's diff (NXT_CT_FLUSH_ZONE):
+        the connections of a filtered port that left it."""
+        self.ct_flushes.setdefault(host_id, []).append(zone)
 
     def decide(self, decision: PortDecision) -> None:
         self.decisions.append(decision)
@@ -220,6 +228,8 @@ class Planner:
                     plan.diffs.setdefault(host_id, []).extend(diffs)
                 plan.writes.extend(step.writes)
                 plan.decisions.extend(step.decisions)
+                for host_id, zones in step.ct_flushes.items():
+                    plan.ct_flushes.setdefault(host_id, []).extend(zones)
                 for what, n in step.counts.items():
                     plan.counts[what] = plan.counts.get(what, 0) + n
         return plan

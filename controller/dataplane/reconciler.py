@@ -88,6 +88,8 @@ class Switches(Protocol):
         """Dump every flow (any cookie) and group, then ``on_done(Slice | None, why)``."""
         ...
 
+    def flush_ct_zones(self, dpid: int, zones: list[int]) -> bool: ...
+
 
 @dataclass
 class HostRuntime:
@@ -129,6 +131,7 @@ class Stats:
     reconciled_after_s: float | None = None
     last_batch_ms: float = 0.0
     binding_conflicts: int = 0  # claims refused (bindings.py), counted once per occurrence
+    ct_zones_flushed: int = 0  # conntrack zones of filtered ports that left their host
 
 
 class DataPlane:
@@ -275,12 +278,16 @@ class DataPlane:
                 for h, rt in list(self.hosts.items())
             },
             "queue_depth": self._inbox.qsize(),
+            # nothing queued, planned but unsent, or awaiting a barrier: what the store holds is
+            # on every reachable switch (tests and scripts wait for it after a change)
+            "idle": not self._inbox.unfinished_tasks and not self._dirty and not self._outstanding,
             "flow_mods": self.stats.flow_mods,
             "group_mods": self.stats.group_mods,
             "batches": self.stats.batches,
             "networks_compiled": self.stats.networks_compiled,
             "ports_patched": self.stats.ports_patched,
             "binding_conflicts": self.stats.binding_conflicts,
+            "ct_zones_flushed": self.stats.ct_zones_flushed,
             "reconciled_after_s": self.stats.reconciled_after_s,
             "uptime_s": round(time.monotonic() - self.stats.started_at, 3),
         }
@@ -635,6 +642,11 @@ class DataPlane:
         awaited = {h for own, peers in batch.active.values() for h in (own, *peers)}
         for host_id in sorted(plan.diffs, key=lambda h: h not in awaited):
             self._send(self.hosts[host_id], merge_diffs(plan.diffs[host_id]), batch)
+        for host_id, zones in sorted(plan.ct_flushes.items()):
+            rt = self.hosts.get(host_id)
+            if rt is not None and self.switches.flush_ct_zones(rt.dpid, sorted(set(zones))):
+                self.stats.ct_zones_flushed += len(set(zones))
+                LOG.info("host %s: conntrack zones %s flushed", host_id, sorted(set(zones)))
         self._settle(batch)
         self.metrics.reconcile.flushed(plan.diffs)
         sent = self.stats.flow_mods + self.stats.group_mods - sent_before

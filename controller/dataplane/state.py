@@ -25,8 +25,10 @@ from controller.services.dhcp_records import (
     DhcpSubnet,
     server_address,
 )
+from controller.store import rule_values
 from controller.store.ports import REFUSED_HOSTS
 from flows.model import Segment
+from flows.security_groups import SgRule
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class PortRec:
     revision: int = 0
     subnet_ips: tuple[tuple[str, str], ...] = ()  # (subnet id, ip): what DHCP hands out
     dhcp_opts: tuple[DhcpOpt, ...] = ()  # extra_dhcp_opts (read by the DHCP responder only)
+    groups: tuple[str, ...] = ()  # security_groups (filtered only with port_security)
 
     @classmethod
     def from_store(cls, body: Mapping[str, Any]) -> PortRec:
@@ -87,6 +90,7 @@ class PortRec:
                 DhcpOpt(str(o["opt_name"]), str(o["opt_value"]), int(o.get("ip_version", 4)))
                 for o in body.get("extra_dhcp_opts") or ()
             ),
+            groups=tuple(sorted(body.get("security_groups") or ())),
         )
 
     @property
@@ -106,6 +110,20 @@ class PortRec:
             self.pairs,
         ) != (other.network_id, other.mac, other.subnet_ips, other.admin_up, other.port_security,
               other.pairs)  # fmt: skip
+
+    def filter_differs(self, other: PortRec) -> bool:
+        """Whether the two versions filter differently where the port is, or contribute other
+        addresses to its groups' remote-group address sets (`flows.security_groups`)."""
+        return (
+            self.network_id,
+            self.mac,
+            self.fixed_ips,
+            self.admin_up,
+            self.port_security,
+            self.pairs,
+            self.groups,
+        ) != (other.network_id, other.mac, other.fixed_ips, other.admin_up, other.port_security,
+              other.pairs, other.groups)  # fmt: skip
 
     def binding_differs(self, other: PortRec) -> bool:
         return (self.host, self.host_requested) != (other.host, other.host_requested)
@@ -170,6 +188,49 @@ class SubnetRec:
 
 
 @dataclass(frozen=True)
+class SecurityGroupRec:
+    """A security group as its flows need it: whether it tracks connections.  Its rules are
+    mirrored from their own events (`SgRuleRec`), which carry the rules' keys."""
+
+    id: str
+    stateful: bool = True
+
+    @classmethod
+    def from_store(cls, body: Mapping[str, Any]) -> SecurityGroupRec:
+        return cls(id=body["id"], stateful=bool(body.get("stateful", True)))
+
+
+@dataclass(frozen=True)
+class SgRuleRec:
+    """A security-group rule, typed (`flows.security_groups.SgRule` with the group it is in)."""
+
+    id: str
+    group_id: str
+    rule: SgRule
+
+    @classmethod
+    def from_store(cls, body: Mapping[str, Any]) -> SgRuleRec:
+        def port(name: str) -> int | None:
+            value = body.get(name)
+            return None if value is None else int(value)
+
+        return cls(
+            id=body["id"],
+            group_id=body["security_group_id"],
+            rule=SgRule(
+                key=int(body["_key"]),
+                direction=body["direction"],
+                ethertype=body.get("ethertype") or "IPv4",
+                protocol=rule_values.protocol_number(body.get("protocol")),
+                port_range_min=port("port_range_min"),
+                port_range_max=port("port_range_max"),
+                remote_ip_prefix=body.get("remote_ip_prefix") or None,
+                remote_group_id=body.get("remote_group_id") or None,
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class HostRec:
     """A registered hypervisor.  ``config`` is its store body, which only its OVSDB agent and
     the admission table read (targets, TLS names); planning uses the typed fields."""
@@ -205,18 +266,26 @@ class Mirror:
         # The operator's --dhcp-server-mac: what the ARP responder answers for each DHCP
         # server address with (set once before the data plane starts).
         self.dhcp_server_mac = DEFAULT_SERVER_MAC
+        self.sgroups: dict[str, SecurityGroupRec] = {}  # by id
+        self.sg_rules: dict[str, SgRuleRec] = {}  # by rule id
+        self.group_rules: dict[str, set[str]] = {}  # group id -> its rule ids
+        self.group_ports: dict[str, set[str]] = {}  # group id -> ids of ports in it
 
     def set_port(self, port_id: str, rec: PortRec | None) -> PortRec | None:
         """Store the port's new version (None: deleted); returns the previous one."""
         old = self.ports.pop(port_id, None)
         if old is not None:
             self.net_ports.get(old.network_id, set()).discard(port_id)
+            for gid in old.groups:
+                self.group_ports.get(gid, set()).discard(port_id)
             if old.host is not None:
                 self.host_ports.get(old.host, set()).discard(port_id)
             self.num_to_port.pop(old.num, None)
         if rec is not None:
             self.ports[port_id] = rec
             self.net_ports.setdefault(rec.network_id, set()).add(port_id)
+            for gid in rec.groups:
+                self.group_ports.setdefault(gid, set()).add(port_id)
             if rec.host is not None:
                 self.host_ports.setdefault(rec.host, set()).add(port_id)
             self.num_to_port[rec.num] = port_id
@@ -247,9 +316,27 @@ class Mirror:
 
     def set_record(self, kind: str, obj_id: str, rec: Any) -> None:
         """Mirror a record of a kind planning reads beyond networks, ports and hosts (those
-        have their own paths in the actor): today subnets.  Other kinds are not mirrored."""
+        have their own paths in the actor): subnets, security groups and their rules.  Other kinds
+        are not mirrored."""
         if kind == "subnet":
             self.set_subnet(obj_id, rec)
+        elif kind == "security_group":
+            if rec is None:
+                self.sgroups.pop(obj_id, None)
+            else:
+                self.sgroups[obj_id] = rec
+        elif kind == "security_group_rule":
+            old = self.sg_rules.pop(obj_id, None)
+            if old is not None:
+                self.group_rules.get(old.group_id, set()).discard(obj_id)
+            if rec is not None:
+                self.sg_rules[obj_id] = rec
+                self.group_rules.setdefault(rec.group_id, set()).add(obj_id)
+
+    def rules_of(self, group_id: str) -> list[SgRuleRec]:
+        """A group's rules, by key (creation order)."""
+        rules = (self.sg_rules[r] for r in self.group_rules.get(group_id, ()))
+        return sorted(rules, key=lambda r: r.rule.key)
 
     def dhcp_served(self, port: PortRec) -> bool:
         """Whether the port has an IPv4 address in a subnet whose DHCP tenantnet answers."""
@@ -296,11 +383,13 @@ RECORDS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "port": PortRec.from_store,
     "host": HostRec.from_store,
     "subnet": SubnetRec.from_store,
+    "security_group": SecurityGroupRec.from_store,
+    "security_group_rule": SgRuleRec.from_store,
 }
 """Store kinds the data plane reads as typed records; a service that reads a new kind adds its
 record type here (and `Mirror.set_record` an index, if planning looks it up).  Events of
 other kinds reach the planner with the store's bodies, and no
 service reads them."""
 
-MIRRORED = ("subnet",)
+MIRRORED = ("subnet", "security_group", "security_group_rule")
 """Kinds beyond networks, ports and hosts that `Mirror.set_record` keeps (loaded at start)."""

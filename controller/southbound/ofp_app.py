@@ -330,6 +330,21 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             sw.remember(msg, Sent(f"add flow for {hard_timeout} s", rule))
             return _send_as_one_write(sw.dp, [msg])
 
+    def flush_ct_zones(self, dpid: int, zones: list[int]) -> bool:
+        """Clear these conntrack zones (`ofp_codec.ct_flush_zone`).  Sent after the step's diff
+        on the same connection, which OVS handles in order: the flows that committed to a zone
+        are gone before it is flushed.  False if the switch is gone (a vswitchd that restarted
+        has lost its conntrack table anyway)."""
+        with self._lock:
+            sw = self._switches.get(dpid)
+        if sw is None or not sw.ready:
+            return False
+        with sw.lock:
+            msgs = [codec.ct_flush_zone(sw.dp, zone) for zone in zones]
+            for msg, zone in zip(msgs, zones, strict=True):
+                sw.remember(msg, Sent("flush conntrack zone", zone))
+            return _send_as_one_write(sw.dp, msgs)
+
     def set_packet_in_meter(
         self, dpid: int, rate_pps: int, burst: int, on_done: DoneCallback
     ) -> bool:

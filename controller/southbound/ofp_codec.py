@@ -8,11 +8,12 @@ already normalises MAC/IP spelling when parsing), instructions in OpenFlow order
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-from os_ken.ofproto import nicira_ext
+from os_ken.ofproto import nicira_ext, ofproto_common
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -249,6 +250,24 @@ def packet_out(dp: Any, port: int, data: bytes) -> Any:
         in_port=ofp.OFPP_CONTROLLER,
         actions=[parser.OFPActionOutput(port, 0)],
         data=data,
+    )
+
+
+NXT_CT_FLUSH_ZONE = 29
+"""Nicira's "flush this conntrack zone" message; os-ken 4.2.2 has no class for it."""
+_NX_ZONE_ID = struct.Struct("!6xH")  # struct nx_zone_id: 6 zero bytes, the zone (OVS nicira-ext.h)
+
+
+def ct_flush_zone(dp: Any, zone: int) -> Any:
+    """``NXT_CT_FLUSH_ZONE``: drop every conntrack entry of ``zone`` (a deleted port's).  Sent
+    as os-ken's generic experimenter message; only its 8-byte body is laid out here."""
+    if not 0 <= zone <= 0xFFFF:
+        raise ValueError(f"conntrack zone {zone} outside 0..65535")
+    return parser.OFPExperimenter(
+        dp,
+        experimenter=ofproto_common.NX_EXPERIMENTER_ID,
+        exp_type=NXT_CT_FLUSH_ZONE,
+        data=_NX_ZONE_ID.pack(zone),
     )
 
 

@@ -71,9 +71,11 @@ from controller.dataplane.state import NetworkRec, PortRec, SubnetRec
 from controller.events import EventBus
 from controller.services.dhcp_records import DEFAULT_SERVER_MAC, server_address
 from controller.southbound.ovsdb_host import HostObservation, datapath_id_for
-from controller.store import Store
+from controller.store import Store, rule_values
 from controller.store.errors import StoreError
 from controller.store.ports import REFUSED_HOSTS
+from flows import security_groups as sg
+from flows import tables as t
 from flows.compiler import compile_base, compile_network_owners
 from flows.model import (
     Apply,
@@ -306,14 +308,62 @@ def network_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Sli
             }
             view = replace(view, service_answers=tuple(
                 (ip, DEFAULT_SERVER_MAC) for ip in sorted(servers)))  # fmt: skip
-            out.extend(compile_network_owners(ctx, view).values())
+            # a filtered port's traffic goes through the security-group tables
+            filtered = sg.filtered_ofports(local)
+            out.extend(sg.plug(s, filtered) for s in compile_network_owners(ctx, view).values())
     return out
+
+
+def sg_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Slice]:
+    """The security-group owners of a host (its skeleton, its shared clauses, each filtered
+    port's own flows), compiled whole from the store's groups, rules and ports: every port held
+    here, plugged, admin up, with port security on, one per ofport (the smallest port id)."""
+    keys = {n["id"]: n["_key"] for n in m.store.list_networks()}
+    ports = m.store.list_ports()
+    chosen: dict[int, dict[str, Any]] = {}
+    for p in sorted(ports, key=lambda p: p["id"]):
+        if m.model.holders.get(p["id"]) != host or p["id"] not in m.hvs[host].ifaces:
+            continue
+        if p["port_security_enabled"] and p["admin_state_up"]:
+            chosen.setdefault(m.hvs[host].ifaces[p["id"]], p)
+
+    def as_port(p: dict[str, Any], ofport: int) -> sg.FilteredPort:
+        return sg.FilteredPort(p["id"], ofport, p["mac_address"], keys[p["network_id"]],
+                               tuple(sorted(ip["ip_address"] for ip in p["fixed_ips"])),
+                               PortRec.from_store(p).pairs,
+                               tuple(p["security_groups"]))  # fmt: skip
+
+    filtered = [as_port(p, ofport) for ofport, p in chosen.items()]
+    rules: dict[str, list[sg.SgRule]] = {}
+    for r in m.store.list_all("security_group_rule"):
+        rules.setdefault(r["security_group_id"], []).append(
+            sg.SgRule(r["_key"], r["direction"], r["ethertype"],
+                      rule_values.protocol_number(r["protocol"]), r["port_range_min"],
+                      r["port_range_max"], r["remote_ip_prefix"], r["remote_group_id"])
+        )  # fmt: skip
+    groups = {
+        g["id"]: sg.SecurityGroup(
+            g["id"],
+            tuple(rules.get(g["id"], ())),
+            tuple(a for p in ports if g["id"] in p["security_groups"]
+                  for a in sg.member_addresses(as_port(p, 0))),
+            g["stateful"],
+        )
+        for g in m.store.list_all("security_group")
+    }
+    cookies = sg.SgCookies(
+        t.sg_host_cookie(t.SG_STATIC_NUM),
+        t.sg_host_cookie(t.SG_SHARED_NUM),
+        {p["id"]: t.sg_port_cookie(p["_num"]) for p in chosen.values()},
+    )
+    return [sg.compile_host(filtered, groups, cookies)]
 
 
 # One term per owner kind; a new kind of owner adds its from-scratch compile here.
 OWNER_TERMS: tuple[Callable[[DataPlaneMachine, str, HostContext], list[Slice]], ...] = (
     base_owner,
     network_owners,
+    sg_owners,
 )
 
 
@@ -599,11 +649,55 @@ class DataPlaneMachine(RuleBasedStateMachine):
         self._store(self.store.update, "port", port, {"admin_state_up": up})
         self._step()
 
+    @rule(port=ports, groups=st.sets(st.sampled_from(["default", "web"])))
+    def set_security_groups(self, port: str, groups: set[str]) -> None:
+        """A port joins or leaves groups: its filter, and its addresses in the address set of
+        every group that names its groups as remote_group_id (web's rule names default)."""
+        ids = [self._group(g) for g in sorted(groups)]
+        self._store(self.store.update, "port", port, {"security_groups": ids})
+        self._step()
+
+    @rule(proto=st.sampled_from([None, "tcp", "udp", "icmp"]), port=st.integers(20, 25),
+          remote=st.booleans(), group=st.sampled_from(["default", "web"]))  # fmt: skip
+    def add_or_remove_rule(self, proto: str | None, port: int, remote: bool, group: str) -> None:
+        """A rule created, or deleted if the same one exists (rules are never updated)."""
+        gid = self._group(group)
+        body: dict[str, Any] = {"security_group_id": gid, "direction": "ingress",
+                                "ethertype": "IPv4", "protocol": proto}  # fmt: skip
+        if proto in ("tcp", "udp"):
+            body.update(port_range_min=port, port_range_max=port + 3)
+        if remote:
+            body["remote_group_id"] = self._group("default")
+        existing = [
+            r for r in self.store.list_all("security_group_rule")
+            if all(r.get(k) == v for k, v in body.items())
+            and r.get("remote_group_id") == body.get("remote_group_id")
+            and r.get("port_range_min") == body.get("port_range_min")
+        ]  # fmt: skip
+        if existing:
+            self._store(self.store.delete, "security_group_rule", existing[0]["id"])
+        else:
+            self._store(self.store.create, "security_group_rule", [body])
+        self._step()
+
+    def _group(self, name: str) -> str:
+        """The id of the project's ``default`` group or of group ``web`` (made on first use)."""
+        for g in self.store.list_all("security_group"):
+            if g["name"] == name:
+                return str(g["id"])
+        if name == "default":
+            body = {"network_id": self.nets[0], "id": self._uuid()}
+            made = self.store.create_port(body)  # creates the project's default group
+            self.store.delete("port", made["id"])
+            return self._group(name)
+        return str(self.store.create("security_group", [{"name": name}])[0]["id"])
+
     @rule(port=ports, enabled=st.booleans())
     def set_port_security(self, port: str, enabled: bool) -> None:
         changes: dict[str, Any] = {"port_security_enabled": enabled}
         if not enabled:
             changes["allowed_address_pairs"] = []
+            changes["security_groups"] = []
         self._store(self.store.update, "port", port, changes)
         self._step()
 
@@ -754,8 +848,10 @@ class DataPlaneMachine(RuleBasedStateMachine):
                 r.table == L2_FROM_PORT
                 and r.cookie == port_cookie(p["_num"])
                 and ("eth_dst", p["mac_address"]) in r.match
-                and any(
-                    isinstance(i, Apply) and Output(ofport) in i.actions for i in r.instructions
+                and (
+                    any(isinstance(i, Apply) and Output(ofport) in i.actions
+                        for i in r.instructions)
+                    or r.instructions == sg.ingress_hook(ofport)  # through its filter
                 )
                 for r in rules
             )

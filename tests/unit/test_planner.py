@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -14,7 +14,15 @@ from controller.dataplane import reconciler
 from controller.dataplane.bindings import Bindings
 from controller.dataplane.planner import Change, Inputs, Planner, Unit, index_owners
 from controller.dataplane.services import l2, services
-from controller.dataplane.state import HostRec, Mirror, NetworkRec, PortRec
+from controller.dataplane.services.security_groups import SHARED
+from controller.dataplane.state import (
+    HostRec,
+    Mirror,
+    NetworkRec,
+    PortRec,
+    SecurityGroupRec,
+    SgRuleRec,
+)
 from controller.events import ChangeEvent
 from controller.southbound.ovsdb_host import HostObservation
 from flows import tables as t
@@ -64,8 +72,11 @@ class World:
     def change(self, change: Change) -> None:
         self.dirty |= self.planner.changed(change, self.inputs)
 
-    def port(self, num: int, host: str, ofport: int) -> PortRec:
-        port = PortRec(f"p{num}", num, "net", f"02:00:00:00:00:{num:02x}")
+    def port(
+        self, num: int, host: str, ofport: int, groups: tuple[str, ...] = (), ip: str = ""
+    ) -> PortRec:
+        port = PortRec(f"p{num}", num, "net", f"02:00:00:00:00:{num:02x}",
+                       fixed_ips=(ip,) if ip else (), groups=groups)  # fmt: skip
         self.mirror.set_port(port.id, port)
         obs = self.hosts[host].obs
         assert obs is not None
@@ -104,7 +115,8 @@ def test_a_port_is_planned_from_the_state_alone() -> None:
     assert set(plan.diffs) == {"hv1", "hv2"}  # hv3 has no port of the network
     owners = {(h, o) for h, o, _, _ in plan.writes}
     assert owners == {("hv1", t.port_cookie(3)), ("hv1", t.network_cookie(7)),
-                      ("hv2", t.port_cookie(3))}  # fmt: skip
+                      ("hv2", t.port_cookie(3)),
+                      ("hv1", t.sg_port_cookie(3))}  # its filter (port security on)  # fmt: skip
     (peer,) = plan.diffs["hv2"]
     assert len(peer.add_rules) == 1 and peer.add_rules[0].cookie == t.port_cookie(3)
     assert [d.port_id for d in plan.decisions] == ["p3"]
@@ -178,3 +190,89 @@ def test_an_unknown_store_event_reaches_no_service(cloud: Cloud) -> None:
     cloud.dp.on_events([ChangeEvent("security_group", None, {"id": "sg1", "rules": []})])
     cloud.idle()
     assert cloud.dp.stats.flow_mods == sent and cloud.dp.status()["hosts"]["hv1"]["ready"]
+
+
+# ------------------------------------------------------------------------ security groups
+
+
+def _sg_world(n_web: int) -> World:
+    """Group ``web`` (tcp 22 from members of ``db``, egress anywhere) on ``n_web`` ports of
+    hv1; group ``db`` on one port of hv2; hv3 has a port in no group."""
+    w = World()
+    for h in w.hosts:
+        w.change(Change("switch", h))
+    for gid in ("web", "db"):
+        rec = SecurityGroupRec(gid)
+        w.mirror.set_record("security_group", gid, rec)
+        w.change(Change("security_group", gid, None, rec))
+    for body in (
+        {"id": "r1", "security_group_id": "web", "_key": 1, "direction": "ingress",
+         "ethertype": "IPv4", "protocol": "tcp", "port_range_min": 22, "port_range_max": 22,
+         "remote_group_id": "db"},
+        {"id": "r2", "security_group_id": "web", "_key": 2, "direction": "egress",
+         "ethertype": "IPv4"},
+    ):  # fmt: skip
+        rule = SgRuleRec.from_store(body)
+        w.mirror.set_record("security_group_rule", rule.id, rule)
+        w.change(Change("security_group_rule", rule.id, None, rule))
+    for n in range(1, n_web + 1):
+        w.port(n, "hv1", n, groups=("web",), ip=f"10.0.0.{n}")
+    w.port(100, "hv2", 1, groups=("db",), ip="10.0.1.1")
+    w.port(101, "hv3", 1, ip="10.0.1.2")
+    w.step()
+    return w
+
+
+def _flow_mods(plan: Any) -> dict[str, int]:
+    return {
+        h: sum(len(d.add_rules) + len(d.del_rules) for d in diffs)
+        for h, diffs in plan.diffs.items()
+    }
+
+
+@pytest.mark.parametrize("n_web", [3, 30])
+def test_a_member_joining_a_remote_group_costs_o1_flows_per_host(n_web: int) -> None:
+    """hv3's port joins ``db``: its address becomes one clause flow on hv1 (whose web ports
+    name db as remote group), whatever the number of web ports there; hv2 (db's own host,
+    whose rules name no remote group) and hv3 (a port in a group without rules: only its own
+    hairpin drop is its filter) change nothing else."""
+    w = _sg_world(n_web)
+    old = w.mirror.ports["p101"]
+    new = replace(old, groups=("db",))
+    w.mirror.set_port(old.id, new)
+    w.change(Change("port", old.id, old, new))
+    assert {u.scope for u in w.dirty if u.service == "sg"} == {("hv1",), ("hv3",)}
+    plan = w.step()
+    assert _flow_mods(plan) == {"hv1": 1}
+    (clause,) = next(iter(plan.diffs["hv1"])).add_rules
+    assert ("ipv4_src", "10.0.1.2") in clause.match and clause.cookie == SHARED
+    # and back out again: the same one flow
+    w.mirror.set_port(old.id, old)
+    w.change(Change("port", old.id, new, old))
+    assert _flow_mods(w.step()) == {"hv1": 1}
+
+
+@pytest.mark.parametrize("n_web", [3, 30])
+def test_a_rule_change_touches_only_the_hosts_of_its_group(n_web: int) -> None:
+    """A rule added to ``db``: only hv2 (db's port) plans and sends: its conjunction flows
+    (the rule's clause, its conj_id flow, the port's first clause)."""
+    w = _sg_world(n_web)
+    rule = SgRuleRec.from_store({"id": "r3", "security_group_id": "db", "_key": 3,
+                                 "direction": "ingress", "ethertype": "IPv4",
+                                 "protocol": "udp", "port_range_min": 53,
+                                 "port_range_max": 53})  # fmt: skip
+    w.mirror.set_record("security_group_rule", rule.id, rule)
+    w.change(Change("security_group_rule", rule.id, None, rule))
+    assert {u.scope for u in w.dirty if u.service == "sg"} == {("hv2",)}
+    assert _flow_mods(w.step()) == {"hv2": 3}
+
+
+def test_a_deleted_filtered_port_has_its_zone_flushed_on_its_host() -> None:
+    w = _sg_world(2)
+    old = w.mirror.ports["p2"]
+    w.mirror.set_port(old.id, None)
+    w.bindings.forget(old.id)
+    w.change(Change("port", old.id, old, None))
+    plan = w.step()
+    assert plan.ct_flushes == {"hv1": [2]}
+    assert t.sg_port_cookie(2) not in w.hosts["hv1"].installed  # type: ignore[operator]

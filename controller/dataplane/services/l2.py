@@ -32,6 +32,7 @@ from controller.dataplane.planner import EMPTY, Change, Inputs, PortDecision, St
 from controller.dataplane.state import NetworkRec, PortRec, SubnetRec
 from controller.dataplane.views import port_macs
 from controller.services.dhcp_records import server_address
+from flows import security_groups as sg
 from flows import tables as t
 from flows.compiler import (
     compile_network_owners,
@@ -41,7 +42,16 @@ from flows.compiler import (
     remote_port_rules,
     usable,
 )
-from flows.model import Rule, Slice
+from flows.model import LocalPort, Rule, Slice
+
+
+def plugged(owners: dict[int, Slice], local_ports: Iterable[LocalPort]) -> dict[int, Slice]:
+    """A network's owner slices on a host with its filtered ports' traffic sent through the
+    security-group tables (`flows.security_groups.plug`; the SG service compiles those)."""
+    filtered = sg.filtered_ofports(local_ports)
+    if not filtered:
+        return owners
+    return {owner: sg.plug(s, filtered) for owner, s in owners.items()}
 
 
 def group(key: int) -> tuple[str, int]:
@@ -207,7 +217,9 @@ class L2Service:
             assert rt.installed is not None
             desired: dict[int, Slice] = {}
             if nc is not None and host_id in new_members:
-                desired = compile_network_owners(inputs.context(host_id), nc.view(host_id))
+                view = nc.view(host_id)
+                desired = compile_network_owners(inputs.context(host_id), view)
+                desired = plugged(desired, view.local_ports)
             for owner in sorted(desired.keys() | rt.groups.get(group(key), set())):
                 step.want(host_id, owner, group(key), desired.get(owner, EMPTY))
         if nc is None:
@@ -309,14 +321,16 @@ class L2Service:
             rules: frozenset[Rule] = frozenset()
             if host_id == new_host:
                 if new_lp is not None:
-                    rules = local_port_rules(nc.seg, new_lp)
+                    rules = sg.plug(Slice(rules=local_port_rules(nc.seg, new_lp)),
+                                    sg.filtered_ofports([new_lp])).rules  # fmt: skip
             elif new_rp is not None:
                 rules = remote_port_rules(ctx, nc.seg, new_rp)
             step.want(host_id, owner, group(key), Slice(rules=rules))
             if host_id in (old_host, new_host):  # the network on the host: its flood groups
                 peers = peer_list(ctx, nc.seg, [ip for h, ip in tunnel_ips.items() if h != host_id])
                 local = nc.local.get(host_id, {}).values()
-                net_slice = network_slice(ctx, nc.seg, local, peers, nc.service_answers)
+                net_slice = sg.plug(network_slice(ctx, nc.seg, local, peers, nc.service_answers),
+                                    sg.filtered_ofports(local))  # fmt: skip
                 step.want(host_id, t.network_cookie(key), group(key), net_slice)
         if port is not None:
             self._report(port, new_host, frozenset(), inputs, step)
