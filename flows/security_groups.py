@@ -298,6 +298,7 @@ def port_masks(lo: int, hi: int) -> tuple[int | tuple[int, int], ...]:
 # ---------------------------------------------------------------------------- rule compiling
 
 
+@lru_cache(maxsize=1 << 16)
 def _address(ip: str) -> tuple[int, object]:
     """(version, match value) of an address or CIDR: a host as a plain string, else masked."""
     net = netaddr.IPNetwork(ip)
@@ -318,6 +319,7 @@ def _protocol(rule: SgRule) -> int | None:
     return rule.protocol
 
 
+@lru_cache(maxsize=1 << 16)
 def check_rule(rule: SgRule) -> None:
     """Raise ``ValueError`` for a rule the API should never have stored."""
     if not 0 < rule.key <= MAX_CONJ_ID:
@@ -334,6 +336,7 @@ def check_rule(rule: SgRule) -> None:
         raise ValueError(f"rule {rule.key}: protocol {rule.protocol}")
 
 
+@lru_cache(maxsize=1 << 16)
 def rule_clauses(rule: SgRule) -> tuple[Match, ...]:
     """Clause 2 of a rule: the matches (one per port-range block) that say what it allows,
     besides who sends and who the remote group is."""
@@ -519,6 +522,7 @@ def shared_rules(
     return frozenset(out)
 
 
+@lru_cache(maxsize=1 << 16)
 def _member_match(rule: SgRule, addr: MemberAddress) -> Match | None:
     """Clause 3 for one address of a remote group's member: scoped to its network, and to the
     rule's address family (``None`` for an address of the other family)."""

@@ -218,7 +218,10 @@ def test_spoofed_source_mac_or_ip_is_dropped_unless_port_security_off(
     again."""
     net = tenancy.network("vxlan")
     s = tenancy.vm(1, "sp-src", net)
-    peers = [tenancy.vm(1, "sp-local", net), tenancy.vm(2, "sp-remote", net)]
+    # The receivers filter nothing themselves: what reaches them is what s's port security
+    # lets out (their security groups would drop a foreign source address on ingress anyway).
+    peers = [tenancy.vm(1, "sp-local", net, port_security_enabled=False),
+             tenancy.vm(2, "sp-remote", net, port_security_enabled=False)]
     victim = tenancy.vm(3, "sp-victim", net)
     tenancy.wait_active([s, *peers, victim])
     foreign_mac = "02:66:66:66:66:66"

@@ -19,6 +19,7 @@ ingress rule at all: replies pass by conntrack alone):
 from __future__ import annotations
 
 import contextlib
+import signal
 import subprocess
 import sys
 import time
@@ -369,3 +370,41 @@ def test_removing_a_rule_stops_an_established_stream_and_deleting_a_port_flushes
         for g in (server_g, client_g):
             delete_group(api, g)
 
+
+
+def test_kill_9_of_the_controller_leaves_a_filtered_tcp_stream_alone(
+    tenancy: Tenancy, dp_env: DataplaneEnv, servers: Servers
+) -> None:
+    """A TCP stream across hosts, let in by a remote-group rule: the controller is killed with
+    SIGKILL and started again; it reads every switch back and sends nothing (zones are the
+    ofports, cookies the store's numbers), and the stream never breaks."""
+    api = dp_env.api
+    net = tenancy.network("vxlan", project=PROJECT, cidr="10.0.8.0/24")
+    client_g, server_g = create_group(api, "client"), create_group(api, "server")
+    try:
+        create_rule(api, server_g, protocol="tcp", port_range_min=STREAM_PORT,
+                    port_range_max=STREAM_PORT, remote_group_id=client_g["id"])  # fmt: skip
+        a = tenancy.vm(1, "sga4", net, ip="10.0.8.11", security_groups=[client_g["id"]])
+        c = tenancy.vm(2, "sgc4", net, ip="10.0.8.13", security_groups=[server_g["id"]])
+        tenancy.wait_active([a, c])
+        servers.start(c)
+        stream = _start_stream(a, c)
+        try:
+            wait_for(lambda: servers.received(c) > 10_000, timeout=10, what="the stream")
+            dp_env.ctl.stop(signal.SIGKILL)
+            dp_env.ctl.start()
+            api.wait_reconciled(timeout=30)
+            settle(dp_env)
+            st = api.status()
+            assert st["flow_mods"] == 0 and st["group_mods"] == 0, st
+            after = servers.received(c)
+            wait_for(lambda: servers.received(c) > after + 10_000, timeout=10,
+                     what="the stream to go on after the restart")  # fmt: skip
+            assert stream.poll() is None, "the stream's connection broke"
+        finally:
+            stream.kill()
+            stream.wait(5)
+    finally:
+        tenancy.cleanup()
+        for g in (server_g, client_g):
+            delete_group(api, g)

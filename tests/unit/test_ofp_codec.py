@@ -16,6 +16,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from controller.southbound import ofp_codec as codec
 from flows.compiler import compile_network
 from flows.model import HostContext, LocalPort, NetworkView, RemotePort, Rule
+from tests.unit.wire_switch import DP as WIRE_DP
 
 
 class _Dp:
@@ -102,3 +103,16 @@ def test_unknown_field_is_rejected_by_os_ken() -> None:
     with pytest.raises(Exception):  # noqa: B017 - os-ken raises its own KeyError subclass
         buf = bytearray()
         codec.encode_match((("no_such_field", 1),)).serialize(buf, 0)
+
+
+def test_ct_flush_zone_is_nicira_message_29_with_the_zone_in_its_last_two_bytes() -> None:
+    """NXT_CT_FLUSH_ZONE as OVS parses it (nicira-ext.h: struct nx_zone_id, 6 zero bytes and
+    the zone): header, Nicira experimenter id, subtype 29, body."""
+    msg = codec.ct_flush_zone(WIRE_DP, 0x1234)
+    msg.serialize()
+    buf = bytes(msg.buf)
+    assert len(buf) == 8 + 8 + 8 and buf[1] == ofp.OFPT_EXPERIMENTER
+    assert buf[8:16] == bytes.fromhex("00002320" "0000001d")
+    assert buf[16:] == bytes(6) + bytes.fromhex("1234")
+    with pytest.raises(ValueError):
+        codec.ct_flush_zone(WIRE_DP, 0x10000)
