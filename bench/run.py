@@ -115,11 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-dhcp", action="store_true", help="skip issue 15's DHCP/ARP scenario")
     ap.add_argument("--no-sg", action="store_true",
                     help="skip issue 14's security-group scenario")
-    ap.add_argument("--main-sg", action="store_true",
-                    help="measures 1-7: OVN ports also get what Neutron writes for their "
-                         "project's default security group (port group, ACLs, "
-                         "neutron_pg_drop), as tenantnet's ports get the default group; use "
-                         "once tenantnet enforces security groups")
+    ap.add_argument("--no-main-sg", dest="main_sg", action="store_false",
+                    help="measures 1-7: OVN ports get no security group (by default they get "
+                         "what Neutron writes for their project's default group: port group, "
+                         "ACLs, neutron_pg_drop, as tenantnet's ports are in that group)")
     ap.add_argument("--sg-dataplane", action="store_true",
                     help="quick: also the security-group data-plane rows (always in full)")
     ap.add_argument("--dhcp-window", type=int, default=None,
