@@ -28,7 +28,10 @@ Two properties are asserted on every trace:
    tunnel (split horizon);
 2. exactness: the outputs equal what a small reference model of the documented pipeline
    (flows/tables.py) predicts, e.g. spoofed packets are dropped, unicast goes to exactly one
-   place, floods reach exactly the network's other local ports and peer hosts.
+   place, floods reach exactly the network's other local ports and peer hosts, and a port
+   with port security on lets in only what its security groups allow (every port here is in
+   its project's ``default`` group: IP from the group's members, ARP, ND and DHCP answers).
+   A packet through conntrack is traced once per pass (one ``Datapath actions:`` line each).
 
 Static underlay neighbour entries (``tnl/neigh/set``) are installed first: without them a
 tunnel output of a trace shows up as "neighbor cache miss ... Datapath actions: drop", which
@@ -430,6 +433,7 @@ _SET_HEADER = re.compile(r"^set\((eth|arp)\(.*\)\)$")  # the ARP responder's rew
 _TO_CONTROLLER = re.compile(r"^sample\(sample=100\.0%,actions\(meter\(\d+\),"
                             r"userspace\(pid=0,controller\(reason=1,.*\)\)\)\)$")
 _TUN_NAMES = {"tn-vxlan": "vxlan", "tn-gre": "gre"}
+_CT_RECIRC = re.compile(r"^(ct\(.*\)|recirc\(0x[0-9a-f]+\))$")
 
 
 def parse_actions(actions: str, odp: dict[int, tuple[str, str, int]]) -> list[Out]:
@@ -477,8 +481,8 @@ def parse_actions(actions: str, odp: dict[int, tuple[str, str, int]]) -> list[Ou
                 outs.append(("tunnel", kind, key, dst.group(1)))
                 pushed = True
                 continue
-            if _SET_HEADER.match(tok):
-                continue
+            if _SET_HEADER.match(tok) or _CT_RECIRC.match(tok):
+                continue  # the passes after a recirculation are traced (and parsed) on their own
             if _TO_CONTROLLER.match(tok):  # a punt (DHCP), metered
                 outs.append(("controller",))
                 continue
@@ -502,10 +506,13 @@ def trace(topo: Topology, pkt: Pkt) -> tuple[list[Out], list[int], str]:
     text = hv.trace("br-int", pkt.flow())
     if "neighbor cache miss" in text:
         raise TraceError(f"underlay neighbour missing on {hv.name}: static entries lost?")
+    # One line per pass: a packet through a filtered port's conntrack (security groups) is
+    # traced again after each recirculation; the outputs are those of every pass.
     lines = [ln for ln in text.splitlines() if ln.startswith("Datapath actions:")]
-    if len(lines) != 1:
-        raise TraceError(f"no single 'Datapath actions:' line in trace of {pkt.flow()}")
-    outs = parse_actions(lines[0].split(":", 1)[1].strip(), topo.odp[pkt.host])
+    if not lines:
+        raise TraceError(f"no 'Datapath actions:' line in trace of {pkt.flow()}")
+    outs = [o for ln in lines
+            for o in parse_actions(ln.split(":", 1)[1].strip(), topo.odp[pkt.host])]
     tun_ids = [int(x, 16) for x in _OF_TUN_ID.findall(text)]
     return outs, tun_ids, text
 
@@ -534,8 +541,36 @@ def _port_security_allows(p: PortInfo, pkt: Pkt) -> bool:
     return False
 
 
+_ND_MLD = (130, 131, 132, 134, 135, 136, 143)  # ICMPv6 a filtered port always receives
+
+
+def _sg_admits(topo: Topology, ofport_out: Out, host: str, pkt: Pkt) -> bool:
+    """Whether the receiver's security groups let the packet in: each network here is its own
+    project, whose ports are all in its ``default`` group (ingress from the group's members,
+    by their fixed IPs in that network); ARP, ND/MLD and DHCP answers always pass, a port with
+    port security off filters nothing."""
+    if ofport_out[0] != "port":
+        return True
+    q = topo.ports.get(topo.ofports[host].get(ofport_out[1], ""))
+    if q is None or not q.port_security or pkt.l3 not in ("ip", "ipv6"):
+        return True
+    f = pkt.fields
+    if pkt.l3 == "ipv6" and f.get("proto") == "icmp6" and f.get("type") in _ND_MLD:
+        return True
+    if f.get("proto") == "udp" and (f.get("sport"), f.get("dport")) in ((67, 68), (547, 546)):
+        return True
+    members = {ip for p in topo.ports.values() if p.net == q.net for ip in p.ips}
+    return f["src"] in members
+
+
 def expected(topo: Topology, pkt: Pkt) -> tuple[str | None, list[Out]]:
     """(network the packet belongs to, the outputs the documented pipeline produces)."""
+    net, outs = _expected_l2(topo, pkt)
+    return net, [o for o in outs if _sg_admits(topo, o, pkt.host, pkt)]
+
+
+def _expected_l2(topo: Topology, pkt: Pkt) -> tuple[str | None, list[Out]]:
+    """What the L2 pipeline does with the packet, before the receivers' ingress filters."""
     host_ip = {hv.name: hv.tunnel_ip for hv in topo.hvs}
     if pkt.tun is not None:
         kind = next(k for k, o in dataplane_fixtures.TUNNEL_OFPORT.items() if o == pkt.in_port)
