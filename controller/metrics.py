@@ -89,12 +89,18 @@ class StatusCollector(Collector):
         groups = GaugeMetricFamily(
             "tenantnet_host_groups", "tenantnet's groups on the host's switch", labels=["host"]
         )
+        sg_flows = GaugeMetricFamily(
+            "tenantnet_host_sg_flows",
+            "tenantnet's security-group (firewall) flows on the host's switch",
+            labels=["host"],
+        )
         for host_id, host in sorted(hosts.items()):
             up.add_metric([host_id], 1 if host.get("ready") else 0)
             if host.get("flows") is not None:
                 flows.add_metric([host_id], host["flows"])
                 groups.add_metric([host_id], host.get("groups") or 0)
-        yield from (up, flows, groups)
+                sg_flows.add_metric([host_id], host.get("sg_flows") or 0)
+        yield from (up, flows, groups, sg_flows)
         for key, name, doc in (
             ("flow_mods", "tenantnet_flow_mods", "Flow-mods sent to switches"),
             ("group_mods", "tenantnet_group_mods", "Group-mods sent to switches"),
@@ -102,6 +108,11 @@ class StatusCollector(Collector):
             ("networks_compiled", "tenantnet_networks_compiled", "Whole-network compiles"),
             ("ports_patched", "tenantnet_ports_patched", "Ports patched in on the per-port path"),
             ("binding_conflicts", "tenantnet_binding_conflicts", "Port claims refused"),
+            (
+                "ct_zones_flushed",
+                "tenantnet_ct_zones_flushed",
+                "Conntrack zones flushed because a filtered port left its host",
+            ),
         ):
             if key in st:
                 yield CounterMetricFamily(name, doc, value=st[key])

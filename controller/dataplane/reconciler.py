@@ -64,6 +64,7 @@ from controller.metrics import Metrics
 from controller.southbound.ovsdb_host import HostObservation, OvsdbHost, datapath_id_for
 from flows.diff import FlowDiff, split_by_cookie
 from flows.model import Slice
+from flows.tables import OwnerKind, owner_kind
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,6 +75,7 @@ RETRY_MAX_S = 30.0  # ... up to this
 # How long port bindings/statuses may wait for outstanding barriers, so that a new port's
 # binding and its ACTIVE status are one commit (see _write_observations).
 OBSERVATION_HOLD_S = 0.05
+
 
 class Switches(Protocol):
     """The OpenFlow side as the data plane uses it (implemented by `TenantnetOfpApp`)."""
@@ -793,11 +795,15 @@ class DataPlane:
 def _installed_counts(installed: dict[int, Slice] | None) -> dict[str, int | None]:
     """Flows and groups of ours on a switch, from the data plane's view of it."""
     if installed is None:
-        return {"flows": None, "groups": None}
-    slices = list(installed.values())  # one C-level copy: the actor may change the dict
+        return {"flows": None, "groups": None, "sg_flows": None}
+    owners = list(installed.items())  # one C-level copy: the actor may change the dict
     return {
-        "flows": sum(len(s.rules) for s in slices),
-        "groups": sum(len(s.groups) for s in slices),
+        "flows": sum(len(s.rules) for _, s in owners),
+        "groups": sum(len(s.groups) for _, s in owners),
+        # the security-group firewall's share: what filtering costs this host
+        "sg_flows": sum(
+            len(s.rules) for c, s in owners if owner_kind(c) == OwnerKind.SECURITY_GROUP
+        ),
     }
 
 

@@ -348,3 +348,28 @@ def test_dhcp_answers_by_type_and_drops_by_reason_are_exported() -> None:
     assert value(after, "tenantnet_dhcp_drops_total", reason="flood") == 0
     assert value(after, "tenantnet_dhcp_port_bans_total") == 0
     assert value(after, "tenantnet_packet_in_drops_total", reason="queue_full") == 1
+
+
+def test_security_group_flows_per_host_and_flushed_zones_are_exported() -> None:
+    """The firewall's share of each host's flows is counted from the owners' cookies (kind 3
+    only), and the conntrack zones flushed for departed filtered ports come from the status."""
+    from controller.dataplane.reconciler import _installed_counts
+    from flows.model import Rule, Slice
+    from flows.tables import OwnerKind, owner_cookie
+
+    def owner(kind: OwnerKind, num: int, n: int) -> tuple[int, Slice]:
+        cookie = owner_cookie(kind, num)
+        return cookie, Slice(frozenset(Rule(0, i, (), (), cookie) for i in range(n)))
+
+    installed = dict(
+        (owner(OwnerKind.SECURITY_GROUP, 0, 4), owner(OwnerKind.SECURITY_GROUP, 7, 3),
+         owner(OwnerKind.PORT, 7, 5))
+    )  # fmt: skip
+    hv1 = {"connected": True, "ready": True, **_installed_counts(installed)}
+    assert (hv1["flows"], hv1["sg_flows"]) == (12, 7)
+    m = Metrics()
+    m.add_status(lambda: {"hosts": {"hv1": hv1}, "ct_zones_flushed": 2})
+    text = m.exposition().decode()
+    assert value(text, "tenantnet_host_sg_flows", host="hv1") == 7
+    assert value(text, "tenantnet_host_flows", host="hv1") == 12
+    assert value(text, "tenantnet_ct_zones_flushed_total") == 2
