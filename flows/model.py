@@ -114,7 +114,15 @@ class Move(NamedTuple):
     kind: str = "move"  # see the note above Output
 
 
-Action = Output | SetField | ToGroup | OutputReg | Resubmit | Conjunction | Ct | Move
+class DecTtl(NamedTuple):
+    """Decrement the IPv4 TTL (OpenFlow ``dec_nw_ttl``), as a router does.  A packet whose TTL
+    is 0 or 1 is not decremented: OVS drops it and runs none of the rule's further actions or
+    instructions (`flows.routing`)."""
+
+    kind: str = "dec_ttl"  # see the note above Output
+
+
+Action = Output | SetField | ToGroup | OutputReg | Resubmit | Conjunction | Ct | Move | DecTtl
 
 # ------------------------------------------------------------------------------------ instructions
 

@@ -14,6 +14,7 @@ from flows.model import (
     Apply,
     Conjunction,
     Ct,
+    DecTtl,
     GotoTable,
     GroupEntry,
     Instruction,
@@ -78,6 +79,8 @@ def actions_text(actions: tuple[Action, ...]) -> str:
             parts.append(_ct_text(act))
         elif isinstance(act, Move):
             parts.append(f"move:{act.src}[]->{act.dst}[]")
+        elif isinstance(act, DecTtl):
+            parts.append("dec_ttl")
     return ",".join(parts)
 
 

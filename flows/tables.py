@@ -91,6 +91,18 @@ L2_FROM_PORT = 2
 L2_FROM_TUNNEL = 3
 """L2 forwarding of packets from tunnels: local ports only (split horizon)."""
 
+# Distributed routing (flows/routing.py).  A VM's IPv4 packet to its router interface's MAC
+# leaves L2_FROM_PORT for L3_ROUTING (which subnet of the router, TTL, new source MAC and
+# network key), then L3_NEIGHBOURS (the destination port's MAC, local delivery through
+# L2_FROM_TUNNEL's rules by resubmit, or the tunnel to its host with its network's key).
+
+L3_ROUTING = 4
+"""Routing on the sending host: per (router interface the packet came to, destination subnet);
+ICMP echo to an interface address is answered here."""
+
+L3_NEIGHBOURS = 5
+"""Per routed destination address: its port's MAC, then its local delivery or its tunnel."""
+
 # Security groups (flows/security_groups.py).  Only packets of ports with filtering pass through
 # them: port security sends a filtered port's packets to SG_EGRESS instead of L2_FROM_PORT, and
 # delivery to a filtered port goes through SG_INGRESS instead of straight to its ofport.  The
@@ -151,6 +163,8 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec(PORT_SECURITY, "PORT_SECURITY", "anti-spoofing of packets sent by VMs"),
     TableSpec(L2_FROM_PORT, "L2_FROM_PORT", "L2 lookup for VM traffic: local, tunnel or flood"),
     TableSpec(L2_FROM_TUNNEL, "L2_FROM_TUNNEL", "L2 lookup for tunnel traffic: local ports only"),
+    TableSpec(L3_ROUTING, "L3_ROUTING", "routing on the sender's host: subnet, TTL, source MAC"),
+    TableSpec(L3_NEIGHBOURS, "L3_NEIGHBOURS", "routed address -> its port's MAC and location"),
 )
 """Every table of the pipeline, in table-id order (the base slice has one miss rule per entry)."""
 
@@ -248,7 +262,12 @@ class OwnerKind(IntEnum):
     (entries, conntrack, commits, misses of the SG tables), 1 the host's merged rule and
     remote-group address clauses, ``SG_PORT_BIT | port number`` one filtered port's own flows
     (its rules' first clauses, its hairpin drop, its stateless entries)."""
-    # Reserved for the services to come: 4 router, 5 subnet DHCP.
+    ROUTER = 4
+    """Distributed routing (`flows.routing`): owned per router *interface* (its port's store
+    number, as a port's own flows are): on each host of the router, the interface's ARP answer,
+    its entry to routing, its echo answers, the routes from its subnet, the neighbour rules of
+    the addresses in its subnet and the tunnel ingress of routed traffic into its network."""
+    # Reserved for the service to come: 5 subnet DHCP.
     DHCP_GUARD = 6
     """A temporary drop of a port's DHCP after it flooded the controller; the port number.
     Installed by the packet-in path with a hard timeout and expired by the switch: no service
@@ -300,6 +319,11 @@ def network_cookie(key: int) -> int:
 def port_cookie(num: int) -> int:
     """Owner cookie of the port numbered ``num`` (on its host and on its peers)."""
     return owner_cookie(OwnerKind.PORT, num)
+
+
+def router_cookie(interface_num: int) -> int:
+    """Owner cookie of the routing flows of the router interface whose port is ``interface_num``."""
+    return owner_cookie(OwnerKind.ROUTER, interface_num)
 
 
 SG_STATIC_NUM = 0

@@ -23,7 +23,9 @@ them; `tests/integration/test_trace_vs_ovs.py` compares verdicts with ``ofproto/
   matches (every compiled flow carries its prerequisites);
 * instructions in order: apply-actions, write-metadata (``md = md & ~mask | value & mask``),
   goto-table (forward only); an empty instruction list is a drop;
-* actions: ``set_field``, ``move``, ``output`` (an output to the ingress port is skipped unless
+* actions: ``dec_ttl`` (a packet's ``nw_ttl``, 64 if it has none; at 0 or 1 the copy is
+  dropped there, as OVS drops it, and nothing after it runs), ``set_field``, ``move``,
+  ``output`` (an output to the ingress port is skipped unless
   it is ``IN_PORT``; ``CONTROLLER`` is a punt), ``output:reg``, ``group`` (type ALL: each bucket
   on its own copy), ``resubmit(,T)`` (the lookup and its actions, then back; changes persist);
 * ``ct(..., table=T)`` freezes the packet; frozen packets are recirculated to ``T`` in the order
@@ -48,6 +50,7 @@ from flows.model import (
     Apply,
     Conjunction,
     Ct,
+    DecTtl,
     GotoTable,
     GroupEntry,
     Move,
@@ -389,6 +392,8 @@ class _Walk:
         self.ct_states = deque(parse_ct_state(s) for s in ct_states)
         self.steps: list[Step] = []
         self.frozen: deque[_Frozen] = deque()
+        self.current: tuple[int, Rule] | None = None  # the flow whose actions run (dec_ttl)
+        self.halted = False  # the current copy was dropped by dec_ttl: nothing more runs
 
     def add(self, step: Step) -> None:
         self.steps.append(step)
@@ -406,6 +411,7 @@ class _Walk:
             state = self.ct_states.popleft() if self.ct_states else CT_DEFAULT
             f.fields["ct_state"] = state
             f.fields["ct_zone"] = f.zone
+            self.halted = False
             self.add(Step("ct", f.branch, table=f.table, zone=f.zone, ct_state=state))
             self.table(f.table, f.fields, f.branch, depth=0)
 
@@ -425,11 +431,14 @@ class _Walk:
             self.add(Step("match", branch, table=table, rule=rule, conj_ids=conj_ids, fields=seen))
             goto: int | None = None
             frozen = False
+            self.current = (table, rule)
             for ins in rule.instructions:
                 if frozen:
                     raise Unsupported(f"table {table}: instructions after ct(table=..)")
                 if isinstance(ins, Apply):
                     frozen = self.actions(ins.actions, fields, branch, depth)
+                    if self.halted:
+                        return False
                 elif isinstance(ins, WriteMetadata):
                     md = fields.get("metadata", 0)
                     fields["metadata"] = (md & ~ins.mask) | (ins.value & ins.mask)
@@ -465,7 +474,10 @@ class _Walk:
             elif isinstance(act, Resubmit):
                 if depth >= MAX_RESUBMIT_DEPTH:
                     raise TraceError(f"resubmits nested deeper than {MAX_RESUBMIT_DEPTH}")
-                if self.table(act.table, fields, branch, depth + 1):
+                resubmitted = self.table(act.table, fields, branch, depth + 1)
+                if self.halted:
+                    return False
+                if resubmitted:
                     if i + 1 < len(acts):
                         raise Unsupported("actions after a resubmit that ended in ct(table=..)")
                     return True
@@ -478,11 +490,28 @@ class _Walk:
                         raise Unsupported("actions after ct(table=..)")
                     self.frozen.append(_Frozen(act.table, dict(fields), branch, zone))
                     return True
+            elif isinstance(act, DecTtl):
+                if self.dec_ttl(fields, branch):
+                    self.halted = True  # dropped: nothing more runs for this copy
+                    return False
             elif isinstance(act, Conjunction):
                 raise Unsupported("a conjunction action outside a conjunctive flow")
             else:  # pragma: no cover - the model has no other action
                 raise Unsupported(f"action {act!r}")
         return False
+
+    def dec_ttl(self, fields: dict[str, Any], branch: tuple[int, ...]) -> bool:
+        """``dec_ttl`` on ``fields``; True if the TTL had run out (the copy is dropped)."""
+        if fields.get("eth_type") != 0x0800:
+            raise Unsupported("dec_ttl on a packet that is not IPv4")
+        ttl = int(fields.get("nw_ttl", 64))
+        if ttl > 1:
+            fields["nw_ttl"] = ttl - 1
+            return False
+        table, rule = self.current if self.current is not None else (None, None)
+        self.add(Step("drop", branch, table=table, rule=rule,
+                      fields=tuple(sorted(fields.items()))))  # fmt: skip
+        return True
 
     def output(self, port: int, fields: dict[str, Any], branch: tuple[int, ...]) -> None:
         in_port = fields["in_port"]
@@ -505,6 +534,7 @@ class _Walk:
         self.add(Step("group", branch, group=group_id))
         for i, bucket in enumerate(group.buckets):
             self.actions(bucket, dict(fields), (*branch, i), depth)
+            self.halted = False  # a copy dropped by dec_ttl: the next bucket's copy runs
 
 
 def trace(

@@ -22,6 +22,7 @@ from flows.model import (
     Apply,
     Conjunction,
     Ct,
+    DecTtl,
     GotoTable,
     GroupEntry,
     Instruction,
@@ -76,6 +77,8 @@ def encode_actions(actions: Iterable[Action]) -> list[Any]:
             out.append(_encode_ct(act))
         elif isinstance(act, Move):
             out.append(_encode_move(act))
+        elif isinstance(act, DecTtl):
+            out.append(parser.OFPActionDecNwTtl())
         else:  # pragma: no cover - the model has no other action
             raise TypeError(f"unknown action {act!r}")
     return out
@@ -328,6 +331,8 @@ def decode_actions(actions: Iterable[Any]) -> tuple[Action, ...]:
             out.append(Resubmit(act.table_id))
         elif isinstance(act, parser.NXActionRegMove):
             out.append(_decode_move(act))
+        elif isinstance(act, parser.OFPActionDecNwTtl):
+            out.append(DecTtl())
         else:
             # An action tenantnet never writes: keep something that can never equal a desired
             # action, so the diff replaces the flow.

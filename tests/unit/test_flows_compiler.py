@@ -110,7 +110,16 @@ def test_base_has_one_drop_rule_per_table_with_base_cookie() -> None:
 def test_table_ids_are_distinct_and_in_order() -> None:
     ids = [spec.table_id for spec in t.TABLES]
     assert (
-        ids == sorted(set(ids)) == [t.CLASSIFY, t.PORT_SECURITY, t.L2_FROM_PORT, t.L2_FROM_TUNNEL]
+        ids
+        == sorted(set(ids))
+        == [
+            t.CLASSIFY,
+            t.PORT_SECURITY,
+            t.L2_FROM_PORT,
+            t.L2_FROM_TUNNEL,
+            t.L3_ROUTING,
+            t.L3_NEIGHBOURS,
+        ]
     )
 
 

@@ -1,0 +1,250 @@
+"""Distributed east-west routing: a tenant's router, routed on the sending hypervisor (issue 16).
+Pure, no I/O.
+
+tenantnet knows every port's MAC and IP, so like OVN's and OpenDaylight's distributed routers it
+routes fully proactively, with no central router in the path and no neighbour learning.  A VM's
+IPv4 packet to the MAC of its router interface, for an address in another subnet of the router,
+is routed on the VM's own host::
+
+    2 L2_FROM_PORT   metadata=K_src, eth_dst=IF_src, ip                 -> goto 4      [IF_src]
+    4 L3_ROUTING     metadata=K_src, eth_dst=IF_src, ip, nw_dst=CIDR_dst
+                       -> dec_ttl, set eth_src=IF_dst, write metadata=K_dst, goto 5    [IF_src]
+                     ... icmp echo, nw_dst=<an interface address>
+                       -> the echo reply, back out of the asking port                 [IF_src]
+    5 L3_NEIGHBOURS  metadata=K_dst, ip, nw_dst=<a port's address>
+                       -> set eth_dst=<its MAC>, then
+                          on this host:  resubmit(,3)  (L2_FROM_TUNNEL's delivery, with the
+                                         receiver's security-group ingress if it has one)
+                          elsewhere:     set tunnel_id=<seg of K_dst>, tun_ipv4_dst=<its host>,
+                                         output:<tunnel port>                          [IF_dst]
+    0 CLASSIFY       in_port=<tunnel>, tunnel_id=<seg of K>, tun_ipv4_src=<router host>
+                       -> write metadata=K, goto 3   (prio 99)                        [IF of K]
+    2 L2_FROM_PORT   ARP request for an interface address -> the answer              [IF]
+
+(``[IF]``: the owner, the interface whose rule it is.)  The packet leaves the sender's host
+already in the destination network, with the destination's key, so the receiver delivers it
+as any tunnel packet of that network: ingress security groups apply there, egress ones applied
+on the sender before routing (Neutron's semantics).  TTL: ``dec_ttl`` drops a packet that
+arrives with TTL 0 or 1 (no ICMP time exceeded is sent: see the README).
+
+**Isolation.**  Every rule is scoped by the network key in metadata: a packet can only enter
+routing through an interface of its own network and only reach the subnets of that interface's
+router; tenants with the same CIDRs have different keys and different routers.  The tunnel
+ingress of routed traffic is exact: a host accepts network K's key from exactly the hosts of
+K's routers (``RouterView.hosts``: the hosts with a usable port in one of the router's
+networks), at priority 99 beside l2's per-peer rules (priority 100), so neither owner needs to
+know the other's rules.
+
+**Owners** (`flows.tables.OwnerKind.ROUTER`, number = the interface port's store number, never
+reused): an interface owns its ARP answer, its entry into routing, its echo answers, the routes
+*from* its subnet, the neighbour rules of the ports *in* its subnet and the tunnel ingress into
+its network.  Adding or removing an interface changes the slices of that router's interfaces
+on that router's hosts only; a port change in a routed network changes one neighbour rule per
+router host (O(1) flow-mods per host).
+
+**Which host gets what.**  A host with a usable local port in some of the router's networks (a
+*router host*) gets, for those networks only, the entries, routes, echo answers, ARP answers
+and tunnel ingress, and the neighbour rules of every routed address (it may send to any).  Other
+hosts get nothing of the router.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import netaddr
+
+from flows import arp_responder as arp
+from flows import tables as t
+from flows.compiler import OFPP_MAX, normalize_mac
+from flows.model import (
+    Action,
+    Apply,
+    DecTtl,
+    GotoTable,
+    HostContext,
+    Move,
+    Output,
+    Resubmit,
+    Rule,
+    Segment,
+    SetField,
+    Slice,
+    WriteMetadata,
+    match,
+)
+
+ETH_TYPE_IPV4 = 0x0800
+IP_PROTO_ICMP = 1
+ICMP_ECHO_REQUEST = 8
+ICMP_ECHO_REPLY = 0
+
+PRIO_ROUTED_INGRESS = t.PRIO_EXACT - 1
+"""CLASSIFY: routed traffic into a network from a router host (beside l2's per-peer rules)."""
+PRIO_ROUTE_BASE = t.PRIO_EXACT
+"""L3_ROUTING: a route's priority is this plus its prefix length (longest prefix first)."""
+PRIO_ECHO = 200
+"""L3_ROUTING: echo requests to an interface address, above every route."""
+
+
+@dataclass(frozen=True)
+class Interface:
+    """A router interface: a port of the router on one subnet, holding the subnet's gateway."""
+
+    num: int  # the interface port's store number: its owner cookie
+    segment: Segment  # its network
+    mac: str
+    ip: str  # the gateway address
+    cidr: str  # the subnet
+
+
+@dataclass(frozen=True)
+class RoutedPort:
+    """A bound port with an address in one of the router's subnets."""
+
+    key: int  # its network's key
+    mac: str
+    ip: str
+    host_ip: str  # tunnel address of the host holding it
+
+
+@dataclass(frozen=True)
+class RouterView:
+    """What one host needs to know about one router (admin up; a down router has no view)."""
+
+    interfaces: tuple[Interface, ...]
+    ports: tuple[RoutedPort, ...]
+    hosts: tuple[str, ...]  # tunnel IPs of every router host (this one included or not)
+    local_keys: frozenset[int]  # networks of the router with a usable port on this host
+
+
+def compile_router(ctx: HostContext, view: RouterView) -> dict[int, Slice]:
+    """Every routing rule of one router on one host, by owner (`flows.tables.router_cookie`).
+    Empty on a host that is not a router host.  Raises ``ValueError`` for an address or CIDR
+    that does not parse (a unit failure, retried) rather than installing a wrong route."""
+    if not view.local_keys:
+        return {}
+    ifaces = _interfaces(view.interfaces)
+    own_ip = _ip4(ctx.tunnel_ip)
+    rules: dict[int, set[Rule]] = {}
+
+    def add(iface: Interface, rule: Rule) -> None:
+        rules.setdefault(rule.cookie, set()).add(rule)
+
+    for src in ifaces:
+        key, cookie, mac = src.segment.key, t.router_cookie(src.num), normalize_mac(src.mac)
+        if key not in view.local_keys:
+            continue
+        entry = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4)
+        add(src, Rule(t.L2_FROM_PORT, t.PRIO_EXACT, entry, (GotoTable(t.L3_ROUTING),), cookie))
+        add(src, arp.answer_rule(key, arp.ArpEntry(_ip4(src.ip), mac, cookie)))
+        for dst in ifaces:
+            add(src, _echo_rule(key, mac, _ip4(dst.ip), cookie))
+            add(src, _route_rule(key, mac, dst, cookie))
+        tunnel = _tunnel_ofport(ctx, src.segment)
+        if tunnel is not None:
+            to_l2 = (WriteMetadata(key, t.METADATA_MASK), GotoTable(t.L2_FROM_TUNNEL))
+            for host in sorted({_ip4(h) for h in view.hosts} - {own_ip}, key=_ip_key):
+                m = match(in_port=tunnel, tunnel_id=src.segment.seg_id, tun_ipv4_src=host)
+                add(src, Rule(t.CLASSIFY, PRIO_ROUTED_INGRESS, m, to_l2, cookie))
+
+    for port in view.ports:
+        iface = _subnet_of(ifaces, port)
+        if iface is None:
+            continue
+        rule = _neighbour_rule(ctx, own_ip, iface, port)
+        if rule is not None:
+            add(iface, rule)
+    return {cookie: Slice(rules=frozenset(rs)) for cookie, rs in rules.items()}
+
+
+def _interfaces(interfaces: Iterable[Interface]) -> list[Interface]:
+    """One interface per network and one per subnet, smallest port number first (the store
+    never attaches a subnet twice or overlapping subnets to one router; this keeps an
+    inconsistent input from producing two owners of one flow)."""
+    out: list[Interface] = []
+    nets: set[int] = set()
+    cidrs: list[netaddr.IPNetwork] = []
+    for iface in sorted(interfaces, key=lambda i: i.num):
+        cidr = netaddr.IPNetwork(iface.cidr)
+        if cidr.version != 4 or iface.segment.key in nets:
+            continue
+        if any(cidr in other or other in cidr for other in cidrs):
+            continue
+        nets.add(iface.segment.key)
+        cidrs.append(cidr)
+        out.append(iface)
+    return out
+
+
+def _subnet_of(ifaces: list[Interface], port: RoutedPort) -> Interface | None:
+    """The interface whose subnet holds the port's address, in the port's network."""
+    ip = netaddr.IPAddress(port.ip)
+    for iface in ifaces:
+        if iface.segment.key == port.key and ip in netaddr.IPNetwork(iface.cidr):
+            return iface if str(ip) != _ip4(iface.ip) else None
+    return None
+
+
+def _route_rule(key: int, mac: str, dst: Interface, cookie: int) -> Rule:
+    cidr = netaddr.IPNetwork(dst.cidr)
+    full = cidr.prefixlen == 32
+    nw_dst: object = str(cidr.ip) if full else (str(cidr.network), str(cidr.netmask))
+    m = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4, ipv4_dst=nw_dst)
+    route = (
+        Apply((DecTtl(), SetField("eth_src", normalize_mac(dst.mac)))),
+        WriteMetadata(dst.segment.key, t.METADATA_MASK),
+        GotoTable(t.L3_NEIGHBOURS),
+    )
+    return Rule(t.L3_ROUTING, PRIO_ROUTE_BASE + cidr.prefixlen, m, route, cookie)
+
+
+def _echo_rule(key: int, mac: str, ip: str, cookie: int) -> Rule:
+    """The echo reply of interface address ``ip`` to a VM that asked through interface ``mac``:
+    addresses swapped, type 0 (OVS fixes the ICMP and IP checksums), back out of its port."""
+    m = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4, ip_proto=IP_PROTO_ICMP,
+              icmpv4_type=ICMP_ECHO_REQUEST, ipv4_dst=ip)  # fmt: skip
+    reply = (
+        Move("eth_src", "eth_dst"),
+        SetField("eth_src", mac),
+        Move("ipv4_src", "ipv4_dst"),
+        SetField("ipv4_src", ip),
+        SetField("icmpv4_type", ICMP_ECHO_REPLY),
+        Output(arp.OFPP_IN_PORT),
+    )
+    return Rule(t.L3_ROUTING, PRIO_ECHO, m, (Apply(reply),), cookie)
+
+
+def _neighbour_rule(
+    ctx: HostContext, own_ip: str, iface: Interface, port: RoutedPort
+) -> Rule | None:
+    cookie = t.router_cookie(iface.num)
+    m = match(metadata=port.key, eth_type=ETH_TYPE_IPV4, ipv4_dst=_ip4(port.ip))
+    acts: list[Action] = [SetField("eth_dst", normalize_mac(port.mac))]
+    host_ip = _ip4(port.host_ip)
+    if host_ip == own_ip:
+        acts.append(Resubmit(t.L2_FROM_TUNNEL))
+    else:
+        tunnel = _tunnel_ofport(ctx, iface.segment)
+        if tunnel is None:
+            return None
+        acts += [SetField("tunnel_id", iface.segment.seg_id), SetField("tun_ipv4_dst", host_ip),
+                 Output(tunnel)]  # fmt: skip
+    return Rule(t.L3_NEIGHBOURS, t.PRIO_EXACT, m, (Apply(tuple(acts)),), cookie)
+
+
+def _tunnel_ofport(ctx: HostContext, seg: Segment) -> int | None:
+    ofport = ctx.tunnel_ofports.get(seg.seg_type)
+    return ofport if ofport is not None and 0 < ofport <= OFPP_MAX else None
+
+
+def _ip4(text: str) -> str:
+    ip = netaddr.IPAddress(text)
+    if ip.version != 4:
+        raise ValueError(f"{text} is not an IPv4 address")
+    return str(ip)
+
+
+def _ip_key(text: str) -> int:
+    return int(netaddr.IPAddress(text))

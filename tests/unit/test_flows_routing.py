@@ -1,0 +1,164 @@
+"""The distributed router's compiler (flows/routing.py), walked with the packet evaluator
+(flows/trace.py) through two hosts' whole tables: the core's flows, the router's, the base."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows import tables as t
+from flows.compiler import compile_base, compile_network_owners
+from flows.model import HostContext, LocalPort, NetworkView, RemotePort, Segment, Slice
+from flows.routing import Interface, RoutedPort, RouterView, compile_router
+from flows.trace import Trace, make_packet, trace
+from tests.unit.wire_switch import through_the_wire
+
+HA, HB = "192.168.0.1", "192.168.0.2"
+TUN = 9
+CTX = {HA: HostContext(HA, {"vxlan": TUN}), HB: HostContext(HB, {"vxlan": TUN})}
+IF1 = Interface(21, Segment(1, "vxlan", 101), "fa:16:3e:00:00:01", "10.0.1.1", "10.0.1.0/24")
+IF2 = Interface(22, Segment(2, "vxlan", 102), "fa:16:3e:00:00:02", "10.0.2.1", "10.0.2.0/24")
+# vm: (num, network key, host, ofport, mac, ip)
+VMS = {
+    "vm1": (11, 1, HA, 1, "02:00:00:00:00:01", "10.0.1.5"),
+    "vm2": (12, 2, HB, 1, "02:00:00:00:00:02", "10.0.2.5"),
+    "vm3": (13, 2, HA, 2, "02:00:00:00:00:03", "10.0.2.6"),
+    # another tenant, the same CIDR as net 1, no router
+    "other": (14, 3, HA, 3, "02:00:00:00:00:04", "10.0.1.5"),
+}
+SEGS = {1: 101, 2: 102, 3: 103}
+
+
+def net_view(key: int, host: str, vms: dict[str, Any]) -> NetworkView:
+    mine = [v for v in vms.values() if v[1] == key]
+    local = tuple(LocalPort(f"p{n}", of, mac, (ip,), num=n) for n, _k, h, of, mac, ip in mine
+                  if h == host)  # fmt: skip
+    remote = tuple(RemotePort(f"p{n}", mac, h, num=n, fixed_ips=(ip,))
+                   for n, _k, h, _of, mac, ip in mine if h != host)  # fmt: skip
+    peers = tuple(sorted({v[2] for v in mine} - {host}))
+    return NetworkView(key, "vxlan", SEGS[key], local, remote, peers)
+
+
+def router_view(host: str, vms: dict[str, Any], ifaces: tuple[Interface, ...] = (IF1, IF2)
+                ) -> RouterView:  # fmt: skip
+    keys = {i.segment.key for i in ifaces}
+    routed = [v for v in vms.values() if v[1] in keys]
+    return RouterView(
+        interfaces=ifaces,
+        ports=tuple(RoutedPort(k, mac, ip, h) for _n, k, h, _of, mac, ip in routed),
+        hosts=tuple(sorted({v[2] for v in routed})),
+        local_keys=frozenset(v[1] for v in routed if v[2] == host),
+    )
+
+
+def host_table(host: str, vms: dict[str, Any] = VMS, **kw: Any) -> Slice:
+    owners: dict[int, Slice] = {t.BASE_COOKIE: compile_base(CTX[host])}
+    for key in SEGS:
+        owners.update(compile_network_owners(CTX[host], net_view(key, host, vms)))
+    owners.update(compile_router(CTX[host], router_view(host, vms, **kw)))
+    return Slice(rules=frozenset(r for s in owners.values() for r in s.rules),
+                 groups=frozenset(g for s in owners.values() for g in s.groups))  # fmt: skip
+
+
+def send(vm: str, dst_ip: str, eth_dst: str = IF1.mac, ttl: int = 64, **kw: Any) -> Trace:
+    _n, _k, host, ofport, mac, ip = VMS[vm]
+    pkt = make_packet(mac, eth_dst, ip_src=ip, ip_dst=dst_ip, **kw)
+    pkt["nw_ttl"] = ttl
+    return trace(host_table(host), ofport, pkt)
+
+
+def test_routed_across_hosts_rewrites_and_tunnels_with_the_destination_key() -> None:
+    tr = send("vm1", "10.0.2.5", protocol=6, dst_port=22)
+    [out] = tr.outputs
+    f = dict(out.fields)
+    assert out.port == TUN
+    assert (f["tunnel_id"], f["tun_ipv4_dst"]) == (102, HB)
+    assert (f["eth_src"], f["eth_dst"], f["nw_ttl"]) == (IF2.mac, VMS["vm2"][4], 63)
+    # the receiver accepts it from the router host and delivers it to vm2 only
+    inner = {k: v for k, v in f.items()
+             if k not in ("in_port", "metadata", "tunnel_id", "tun_ipv4_dst")}  # fmt: skip
+    inner.update(tunnel_id=102, tun_ipv4_src=HA)
+    assert trace(host_table(HB), TUN, inner).ports == [1]
+
+
+def test_routed_on_the_same_host_is_delivered_locally() -> None:
+    tr = send("vm1", "10.0.2.6", protocol=17, dst_port=53)
+    [out] = tr.outputs
+    assert out.port == 2
+    assert dict(out.fields)["eth_dst"] == VMS["vm3"][4]
+
+
+def test_ttl_one_is_dropped_and_an_unknown_address_too() -> None:
+    assert send("vm1", "10.0.2.5", ttl=1, protocol=6).dropped
+    assert send("vm1", "10.0.2.99", protocol=6).dropped  # no port holds it: nothing to learn
+    assert send("vm1", "10.9.0.1", protocol=6).dropped  # no subnet of the router
+
+
+def test_gateway_echo_answered_in_flows() -> None:
+    for gw in ("10.0.1.1", "10.0.2.1"):
+        tr = send("vm1", gw, protocol=1, icmp_type=8)
+        [out] = tr.outputs
+        f = dict(out.fields)
+        assert out.port == 1
+        assert (f["ipv4_src"], f["ipv4_dst"], f["icmpv4_type"]) == (gw, "10.0.1.5", 0)
+        assert (f["eth_src"], f["eth_dst"]) == (IF1.mac, VMS["vm1"][4])
+
+
+def test_gateway_arp_answered() -> None:
+    _n, _k, host, ofport, mac, ip = VMS["vm1"]
+    pkt = make_packet(mac, "ff:ff:ff:ff:ff:ff", ip_src=ip, ip_dst="10.0.1.1", arp_op=1)
+    [out] = trace(host_table(host), ofport, pkt).outputs
+    f = dict(out.fields)
+    assert (out.port, f["arp_op"], f["arp_sha"], f["arp_spa"]) == (1, 2, IF1.mac, "10.0.1.1")
+
+
+def test_other_tenant_with_the_same_cidr_is_not_routed() -> None:
+    # it uses the router's MAC as its gateway: its network has no interface of that router
+    tr = send("other", "10.0.2.5", protocol=6)
+    assert all(s.port not in (TUN, 1, 2) for s in tr.outputs)
+
+
+def test_tunnel_ingress_only_from_router_hosts() -> None:
+    pkt = make_packet(IF2.mac, VMS["vm2"][4], ip_src="10.0.1.5", ip_dst="10.0.2.5", protocol=6)
+    ok = {**pkt, "tunnel_id": 102, "tun_ipv4_src": HA}
+    assert trace(host_table(HB), TUN, ok).ports == [1]
+    forged = {**pkt, "tunnel_id": 102, "tun_ipv4_src": "192.168.0.9"}
+    assert trace(host_table(HB), TUN, forged).dropped
+    # vm3 gone: HA is no longer a host of net 2, but still routes into it from net 1
+    vms = {k: v for k, v in VMS.items() if k != "vm3"}
+    assert trace(host_table(HB, vms), TUN, ok).ports == [1]
+    # vm1 gone too: HA has nothing of the router, HB no longer accepts net 2 from it
+    vms = {k: v for k, v in vms.items() if k != "vm1"}
+    assert trace(host_table(HB, vms), TUN, ok).dropped
+
+
+def test_a_port_change_is_one_rule_per_router_host_under_its_interface() -> None:
+    more = {**VMS, "vm5": (15, 2, HB, 2, "02:00:00:00:00:05", "10.0.2.7")}
+    for host in (HA, HB):
+        before = compile_router(CTX[host], router_view(host, VMS))
+        after = compile_router(CTX[host], router_view(host, more))
+        changed = {c for c in before.keys() | after.keys() if before.get(c) != after.get(c)}
+        assert changed == {t.router_cookie(IF2.num)}
+        cookie = t.router_cookie(IF2.num)
+        assert len(after[cookie].rules ^ before[cookie].rules) == 1
+
+
+def test_removing_an_interface_cuts_the_path_and_touches_only_the_router() -> None:
+    assert send("vm1", "10.0.2.5", protocol=6).outputs
+    _n, _k, host, ofport, mac, ip = VMS["vm1"]
+    pkt = make_packet(mac, IF1.mac, ip_src=ip, ip_dst="10.0.2.5", protocol=6)
+    assert trace(host_table(host, ifaces=(IF1,)), ofport, pkt).dropped
+    owners = compile_router(CTX[HA], router_view(HA, VMS, ifaces=(IF1,)))
+    assert set(owners) == {t.router_cookie(IF1.num)}
+
+
+def test_no_local_port_no_router_flows() -> None:
+    vms = {"vm2": VMS["vm2"]}
+    assert compile_router(CTX[HA], router_view(HA, vms)) == {}
+
+
+def test_router_flows_survive_the_wire_unchanged() -> None:
+    # encoded as flow-mods (dec_ttl, masked nw_dst, moves, resubmit) and decoded back equal:
+    # a restart diffs them to nothing
+    for host in (HA, HB):
+        state = host_table(host)
+        assert through_the_wire(state) == state
