@@ -20,6 +20,12 @@ Layout for prefix P (default ``tn``), hypervisor N (1..253):
   ``port_name`` is given) is in ``P-hvN`` and is plugged into ``br-int`` with
   ``external_ids:iface-id/attached-mac/iface-status``.
 
+IPv6 is off everywhere (no router solicitations, DAD, MLD reports or ND on the lab's links, so
+tests that count packets see only their own) except in a VM created with ``ip6_cidr=``: that VM
+has IPv6 on ``eth0`` and ``lo``, its EUI-64 link-local address (from its MAC) and the given
+address, both without DAD (``accept_dad=0``: usable at once), and no SLAAC (``accept_ra=0``).
+Its neighbour discovery is real: ``ip -6 neigh`` fills only through the switch.
+
 ``add_vm(..., plug=True)`` waits up to ``plug_timeout`` (20 s) for br-int to appear in that
 hypervisor's OVSDB and raises LabError if it does not; ``plug=False`` only creates the VM and
 ``vm.plug()`` plugs it later.
@@ -350,11 +356,15 @@ class Vm:
     """A VM: namespace with eth0, its peer plugged into br-int of ``hv``."""
 
     def __init__(self, lab: Lab, hv: Hypervisor, name: str, mac: str, ip_cidr: str,
-                 iface_id: str, port_name: str, gateway: str | None, ofport_request: int | None):
+                 iface_id: str, port_name: str, gateway: str | None, ofport_request: int | None,
+                 ip6_cidr: str | None = None):
         self.lab, self.hv, self.name, self.mac, self.iface_id = lab, hv, name, mac.lower(), iface_id
         iface = ipaddress.ip_interface(ip_cidr)
         self.ip = str(iface.ip)
         self.cidr = str(iface)
+        iface6 = ipaddress.IPv6Interface(ip6_cidr) if ip6_cidr is not None else None
+        self.ip6 = str(iface6.ip) if iface6 is not None else None  # None: IPv6 off
+        self.cidr6 = str(iface6) if iface6 is not None else None
         self.ns = f"{lab.prefix}-{name}"
         self.port = port_name
         self.gateway = gateway
@@ -369,12 +379,21 @@ class Vm:
         run("ip", "link", "add", "eth0", "netns", self.ns, "type", "veth", "peer", "name",
             self.port, "netns", self.hv.ns)
         gw = f"ip route add default via {self.gateway}" if self.gateway else ""
+        if self.cidr6 is None:
+            v6 = "net.ipv6.conf.eth0.disable_ipv6=1 net.ipv6.conf.lo.disable_ipv6=1"
+            addr6 = ""
+        else:
+            # eth0 is still down: its link-local address is derived from the MAC set below
+            # when it comes up; no DAD (nothing would answer, but it delays the address 1 s)
+            v6 = ("net.ipv6.conf.eth0.accept_dad=0 net.ipv6.conf.eth0.accept_ra=0 "
+                  "net.ipv6.conf.eth0.disable_ipv6=0 net.ipv6.conf.lo.disable_ipv6=0")
+            addr6 = f"ip -6 addr add {self.cidr6} dev eth0 nodad"
         _ns_script(self.ns, f"""
-            sysctl -q -w {NO_IPV6} net.ipv6.conf.eth0.disable_ipv6=1 \
-                net.ipv6.conf.lo.disable_ipv6=1
+            sysctl -q -w {NO_IPV6} {v6}
             ip link set lo up
             ip link set eth0 address {self.mac}
             ip addr add {self.cidr} dev eth0
+            {addr6}
             ip link set eth0 up
             {gw}
             ethtool -K eth0 tx off >/dev/null
@@ -647,9 +666,11 @@ class Lab:
     # ------------------------------------------------------------------ VMs
     def add_vm(self, hv: HvRef, name: str, mac: str, ip_cidr: str, iface_id: str, *,
                plug: bool = True, plug_timeout: float = 20, port_name: str | None = None,
-               gateway: str | None = None, ofport_request: int | None = None) -> Vm:
+               gateway: str | None = None, ofport_request: int | None = None,
+               ip6_cidr: str | None = None) -> Vm:
         """Create VM ``name`` on ``hv``; with ``plug=True`` wait (``plug_timeout``) for br-int and
-        plug it, else call ``vm.plug()`` later. Port name defaults to ``tap<iface_id[:11]>``."""
+        plug it, else call ``vm.plug()`` later. Port name defaults to ``tap<iface_id[:11]>``.
+        ``ip6_cidr``: IPv6 on in this VM, with this address (see the module docstring)."""
         hv = self.hv(hv)
         if not _NAME_RE.match(name) or len(name) > 40:
             raise ValueError(f"bad VM name {name!r}")
@@ -661,7 +682,8 @@ class Lab:
             raise ValueError(f"bad port name {port_name!r} (max 15 chars)")
         if any(v.hv is hv and v.port == port_name for v in self.vms.values()):
             raise LabError(f"port {port_name} already used on {hv.name}; pass port_name=")
-        vm = Vm(self, hv, name, mac, ip_cidr, iface_id, port_name, gateway, ofport_request)
+        vm = Vm(self, hv, name, mac, ip_cidr, iface_id, port_name, gateway, ofport_request,
+                ip6_cidr)
         self.vms[name] = vm
         try:
             vm._create()

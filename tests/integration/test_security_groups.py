@@ -18,203 +18,39 @@ ingress rule at all: replies pass by conntrack alone):
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from lab.hypervisors import Vm
-from lab.proc import base_env, ns_cmd
-from lab.tenantnet_proc import Api
-from tests.integration import dataplane_fixtures
+from tests.integration import dataplane_fixtures, sg_probes
 from tests.integration.dataplane_fixtures import DataplaneEnv, Tenancy, wait_for
+from tests.integration.sg_probes import (
+    PROBES,
+    PROJECT,
+    STREAM_PORT,
+    TCP_PORT,
+    UDP_PORT,
+    Servers,
+    create_group,
+    create_rule,
+    delete_group,
+    delete_rule,
+    icmp_ok,
+    set_groups,
+    settle,
+    start_stream,
+    tcp_ok,
+    udp_ok,
+    verdicts,
+)
 
 pytestmark = pytest.mark.ovs
 
 dp_env = dataplane_fixtures.dp_env
 tenancy = dataplane_fixtures.tenancy
-
-TCP_PORT, UDP_PORT, STREAM_PORT = 5001, 5002, 5003
-PROJECT = "tenant-sg"
-
-# The server in a VM: TCP PING -> PONG, UDP anything -> PONG, and on STREAM_PORT it counts
-# what one connection delivers into a file (what the stream test reads).
-_SERVER = r"""
-import socket, sys, threading
-ip, tcp_port, udp_port, stream_port, out = sys.argv[1], *map(int, sys.argv[2:5]), sys.argv[5]
-def echo(c):
-    with c:
-        c.settimeout(5)
-        try:
-            if c.recv(4) == b"PING":
-                c.sendall(b"PONG")
-        except OSError:
-            pass
-def count(c):
-    total = 0
-    with c:
-        while True:
-            try:
-                d = c.recv(65536)
-            except OSError:
-                return
-            if not d:
-                return
-            total += len(d)
-            with open(out, "w") as f:
-                f.write(str(total))
-def serve(port, handler):
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((ip, port)); s.listen(16)
-    while True:
-        c, _ = s.accept()
-        threading.Thread(target=handler, args=(c,), daemon=True).start()
-def udp():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((ip, udp_port))
-    while True:
-        _, peer = s.recvfrom(2048)
-        s.sendto(b"PONG", peer)
-threading.Thread(target=serve, args=(tcp_port, echo), daemon=True).start()
-threading.Thread(target=serve, args=(stream_port, count), daemon=True).start()
-threading.Thread(target=udp, daemon=True).start()
-print("READY", flush=True)
-threading.Event().wait()
-"""
-
-_TCP_PROBE = r"""
-import socket, sys
-try:
-    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
-    c.sendall(b"PING")
-    sys.exit(0 if c.recv(4) == b"PONG" else 1)
-except OSError:
-    sys.exit(1)
-"""
-
-_UDP_PROBE = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(float(sys.argv[3]))
-for _ in range(2):
-    s.sendto(b"PING", (sys.argv[1], int(sys.argv[2])))
-    try:
-        if s.recv(16) == b"PONG":
-            sys.exit(0)
-    except OSError:
-        pass
-sys.exit(1)
-"""
-
-# Sends a steady trickle (1 KiB every 20 ms) until killed or the connection fails.
-_STREAM = r"""
-import socket, sys, time
-c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
-c.settimeout(None)
-while True:
-    c.sendall(b"x" * 1024)
-    time.sleep(0.02)
-"""
-
-
-# ------------------------------------------------------------------------------ API helpers
-
-
-def create_group(api: Api, name: str) -> dict[str, Any]:
-    """A group (Neutron's template: egress anywhere IPv4/IPv6, no ingress)."""
-    body = {"security_group": {"name": name, "project_id": PROJECT}}
-    return api.request("POST", "/v2.0/security-groups", body)["security_group"]
-
-
-def create_rule(api: Api, group: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    body = {"security_group_rule": {"security_group_id": group["id"], "direction": "ingress",
-                                    "ethertype": "IPv4", **fields}}  # fmt: skip
-    return api.request("POST", "/v2.0/security-group-rules", body)["security_group_rule"]
-
-
-def delete_rule(api: Api, rule: dict[str, Any]) -> None:
-    api.request("DELETE", f"/v2.0/security-group-rules/{rule['id']}", expect=204)
-
-
-def delete_group(api: Api, group: dict[str, Any]) -> None:
-    api.request("DELETE", f"/v2.0/security-groups/{group['id']}", expect=204)
-
-
-def set_groups(api: Api, vm: Vm, *groups: dict[str, Any]) -> None:
-    api.update("port", vm.iface_id, security_groups=[g["id"] for g in groups])
-
-
-# ----------------------------------------------------------------------------------- probes
-
-
-class Servers:
-    """The server process of each server VM, killed at the end."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def start(self, vm: Vm) -> None:
-        cmd = ns_cmd(vm.ns, [sys.executable, "-c", _SERVER, vm.ip, str(TCP_PORT), str(UDP_PORT),
-                             str(STREAM_PORT), str(self.count_file(vm))])  # fmt: skip
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                stdin=subprocess.DEVNULL, env=base_env())  # fmt: skip
-        self.procs.append(proc)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
-
-    def count_file(self, vm: Vm) -> Path:
-        return self.workdir / f"stream-{vm.name}"
-
-    def received(self, vm: Vm) -> int:
-        with contextlib.suppress(OSError, ValueError):
-            return int(self.count_file(vm).read_text() or 0)
-        return 0
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            proc.kill()
-            proc.wait(5)
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    s = Servers(tmp_path)
-    yield s
-    s.stop()
-
-
-def tcp_ok(client: Vm, server: Vm, timeout: float = 1.5) -> bool:
-    cp = client.exec(sys.executable, "-c", _TCP_PROBE, server.ip, str(TCP_PORT), str(timeout),
-                     check=False, timeout=timeout + 10)  # fmt: skip
-    return cp.returncode == 0
-
-
-def udp_ok(client: Vm, server: Vm, timeout: float = 0.7) -> bool:
-    cp = client.exec(sys.executable, "-c", _UDP_PROBE, server.ip, str(UDP_PORT), str(timeout),
-                     check=False, timeout=2 * timeout + 10)  # fmt: skip
-    return cp.returncode == 0
-
-
-def icmp_ok(client: Vm, server: Vm) -> bool:
-    return client.ping(server.ip, count=2, interval=0.2, timeout=1).received > 0
-
-
-PROBES = {"tcp": tcp_ok, "udp": udp_ok, "icmp": icmp_ok}
-
-
-def verdicts(pairs: dict[str, tuple[Vm, Vm]]) -> dict[tuple[str, str], bool]:
-    return {(name, proto): probe(c, s) for name, (c, s) in pairs.items()
-            for proto, probe in PROBES.items()}  # fmt: skip
-
-
-def settle(env: DataplaneEnv) -> None:
-    """The controller has sent (and the switches confirmed) what the last API call implies."""
-    wait_for(lambda: env.api.status()["idle"], timeout=10, what="the controller to settle")
-    env.lab.revalidator_wait()  # the datapath's cached flows follow the new tables
+servers = sg_probes.servers
 
 
 # ------------------------------------------------------------------------------------ tests
@@ -293,7 +129,7 @@ def test_remote_group_membership_opens_and_closes_access(
         set_groups(api, d, outside, trusted)
         settle(dp_env)
         assert icmp_ok(d, c) and tcp_ok(d, c)
-        stream = _start_stream(d, c)
+        stream = start_stream(d, c)
         try:
             wait_for(lambda: servers.received(c) > 10_000, timeout=10, what="the stream")
             set_groups(api, d, outside)
@@ -307,12 +143,6 @@ def test_remote_group_membership_opens_and_closes_access(
         tenancy.cleanup()
         for g in (server_g, trusted, outside):
             delete_group(api, g)
-
-
-def _start_stream(client: Vm, server: Vm) -> subprocess.Popen[str]:
-    cmd = ns_cmd(client.ns, [sys.executable, "-c", _STREAM, server.ip, str(STREAM_PORT)])
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL, env=base_env(), text=True)  # fmt: skip
 
 
 def _assert_stopped(servers: Servers, server: Vm) -> None:
@@ -347,7 +177,7 @@ def test_removing_a_rule_stops_an_established_stream_and_deleting_a_port_flushes
         tenancy.wait_active([a, c])
         servers.start(c)
         zone = c.ofport()
-        stream = _start_stream(a, c)
+        stream = start_stream(a, c)
         try:
             wait_for(lambda: servers.received(c) > 10_000, timeout=10, what="the stream")
             assert any(f"dport={STREAM_PORT}" in e for e in _zone_entries(dp_env, 1, zone))
@@ -388,7 +218,7 @@ def test_kill_9_of_the_controller_leaves_a_filtered_tcp_stream_alone(
         c = tenancy.vm(2, "sgc4", net, ip="10.0.8.13", security_groups=[server_g["id"]])
         tenancy.wait_active([a, c])
         servers.start(c)
-        stream = _start_stream(a, c)
+        stream = start_stream(a, c)
         try:
             wait_for(lambda: servers.received(c) > 10_000, timeout=10, what="the stream")
             dp_env.ctl.stop(signal.SIGKILL)
