@@ -30,6 +30,11 @@ from controller.store.ports import REFUSED_HOSTS
 from flows.model import Segment
 from flows.security_groups import SgRule
 
+ROUTER_INTERFACE_OWNERS = frozenset(
+    {"network:router_interface_distributed", "network:router_interface"}
+)
+"""``device_owner`` of a router's interface port (its ``device_id`` is the router)."""
+
 
 @dataclass(frozen=True)
 class PortRec:
@@ -52,6 +57,8 @@ class PortRec:
     subnet_ips: tuple[tuple[str, str], ...] = ()  # (subnet id, ip): what DHCP hands out
     dhcp_opts: tuple[DhcpOpt, ...] = ()  # extra_dhcp_opts (read by the DHCP responder only)
     groups: tuple[str, ...] = ()  # security_groups (filtered only with port_security)
+    device_owner: str = ""
+    device_id: str = ""
 
     @classmethod
     def from_store(cls, body: Mapping[str, Any]) -> PortRec:
@@ -91,7 +98,16 @@ class PortRec:
                 for o in body.get("extra_dhcp_opts") or ()
             ),
             groups=tuple(sorted(body.get("security_groups") or ())),
+            device_owner=str(body.get("device_owner") or ""),
+            device_id=str(body.get("device_id") or ""),
         )
+
+    @property
+    def router_id(self) -> str | None:
+        """The router this port is an interface of (`flows.routing`), None for any other port."""
+        if self.device_owner in ROUTER_INTERFACE_OWNERS and self.device_id:
+            return self.device_id
+        return None
 
     @property
     def requested_host(self) -> str | None:
@@ -231,6 +247,28 @@ class SgRuleRec:
 
 
 @dataclass(frozen=True)
+class RouterRec:
+    """A router as its flows need it (`flows.routing`); its interfaces are ports
+    (`PortRec.router_id`), indexed by `Mirror.router_ifaces`."""
+
+    id: str
+    project_id: str = ""
+    admin_up: bool = True
+    routes: tuple[tuple[str, str], ...] = ()  # (destination CIDR, nexthop)
+
+    @classmethod
+    def from_store(cls, body: Mapping[str, Any]) -> RouterRec:
+        return cls(
+            id=body["id"],
+            project_id=str(body.get("project_id") or body.get("tenant_id") or ""),
+            admin_up=bool(body.get("admin_state_up", True)),
+            routes=tuple(
+                sorted((str(r["destination"]), str(r["nexthop"])) for r in body.get("routes") or ())
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class HostRec:
     """A registered hypervisor.  ``config`` is its store body, which only its OVSDB agent and
     the admission table read (targets, TLS names); planning uses the typed fields."""
@@ -270,6 +308,9 @@ class Mirror:
         self.sg_rules: dict[str, SgRuleRec] = {}  # by rule id
         self.group_rules: dict[str, set[str]] = {}  # group id -> its rule ids
         self.group_ports: dict[str, set[str]] = {}  # group id -> ids of ports in it
+        self.routers: dict[str, RouterRec] = {}  # by id
+        self.router_ifaces: dict[str, set[str]] = {}  # router id -> its interface port ids
+        self.net_ifaces: dict[str, set[str]] = {}  # network id -> router interface port ids
 
     def set_port(self, port_id: str, rec: PortRec | None) -> PortRec | None:
         """Store the port's new version (None: deleted); returns the previous one."""
@@ -281,6 +322,9 @@ class Mirror:
             if old.host is not None:
                 self.host_ports.get(old.host, set()).discard(port_id)
             self.num_to_port.pop(old.num, None)
+            if old.router_id is not None:
+                self.router_ifaces.get(old.router_id, set()).discard(port_id)
+                self.net_ifaces.get(old.network_id, set()).discard(port_id)
         if rec is not None:
             self.ports[port_id] = rec
             self.net_ports.setdefault(rec.network_id, set()).add(port_id)
@@ -289,6 +333,9 @@ class Mirror:
             if rec.host is not None:
                 self.host_ports.setdefault(rec.host, set()).add(port_id)
             self.num_to_port[rec.num] = port_id
+            if rec.router_id is not None:
+                self.router_ifaces.setdefault(rec.router_id, set()).add(port_id)
+                self.net_ifaces.setdefault(rec.network_id, set()).add(port_id)
         return old
 
     def set_network(self, network_id: str, rec: NetworkRec | None) -> None:
@@ -325,6 +372,11 @@ class Mirror:
                 self.sgroups.pop(obj_id, None)
             else:
                 self.sgroups[obj_id] = rec
+        elif kind == "router":
+            if rec is None:
+                self.routers.pop(obj_id, None)
+            else:
+                self.routers[obj_id] = rec
         elif kind == "security_group_rule":
             old = self.sg_rules.pop(obj_id, None)
             if old is not None:
@@ -365,6 +417,11 @@ class Mirror:
             DhcpNetwork(net.mtu, tuple(s.dhcp for s in subnets if s is not None)),
         )
 
+    def routers_of(self, network_id: str) -> set[str]:
+        """The routers with an interface in the network."""
+        ifaces = (self.ports.get(pid) for pid in self.net_ifaces.get(network_id, ()))
+        return {p.router_id for p in ifaces if p is not None and p.router_id is not None}
+
     def key_of(self, network_id: str) -> int | None:
         net = self.networks.get(network_id)
         return net.key if net is not None else None
@@ -385,6 +442,7 @@ RECORDS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "subnet": SubnetRec.from_store,
     "security_group": SecurityGroupRec.from_store,
     "security_group_rule": SgRuleRec.from_store,
+    "router": RouterRec.from_store,
 }
 """Store kinds the data plane reads as typed records; a service that reads a new kind adds its
 record type here (and `Mirror.set_record` an index, if planning looks it up).  Events of

@@ -10,9 +10,10 @@ from __future__ import annotations
 from controller.dataplane.planner import Service
 from controller.dataplane.services.base import BaseService
 from controller.dataplane.services.l2 import L2Service
+from controller.dataplane.services.routing import RoutingService
 from controller.dataplane.services.security_groups import SecurityGroupService
 
 
 def services() -> list[Service]:
     """Fresh instances (services cache what they last compiled), in planning order."""
-    return [BaseService(), L2Service(), SecurityGroupService()]
+    return [BaseService(), L2Service(), SecurityGroupService(), RoutingService()]

@@ -1,0 +1,171 @@
+"""The routing service (controller/dataplane/services/routing.py) in the data-plane actor, with a
+real Store and faked switches: routed packets walked through what the switches hold (the
+evaluator, flows/trace.py), the owners a change touches, and a restart that sends nothing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from flows import tables as t
+from flows.trace import Trace, make_packet, trace
+from tests.unit.test_dataplane import TUNNELS, Cloud, FakeAgent, restart
+
+RIF = "network:router_interface_distributed"
+TUN = TUNNELS["vxlan"]
+pytest_plugins = ["tests.unit.test_dataplane"]  # the `cloud` fixture
+
+
+class Routed:
+    """Two networks of one project joined by a router; a third network with the same CIDR as
+    the first, in another project, with no router."""
+
+    def __init__(self, cloud: Cloud) -> None:
+        self.cloud = cloud
+        self.router = str(uuid.uuid4())
+        cloud.start(hosts=3)
+        self.net1, self.sub1 = self.network("10.0.1.0/24", "p1")
+        self.net2, self.sub2 = self.network("10.0.2.0/24", "p1")
+        self.net3, self.sub3 = self.network("10.0.1.0/24", "p2")
+        # ingress: TCP 22 from the project's address range (no remote group: see the README)
+        self.groups = {p: self.group(p) for p in ("p1", "p2")}
+        self.if1 = self.interface(self.net1, self.sub1)
+        self.if2 = self.interface(self.net2, self.sub2)
+        self.vms: dict[str, tuple[dict[str, Any], str, int]] = {}
+        self.vm("v1", self.net1, "hv1", 1)
+        self.vm("v2", self.net2, "hv2", 1)
+        self.vm("v3", self.net2, "hv1", 2)
+        self.vm("x1", self.net3, "hv1", 3)
+        cloud.idle()
+
+    def network(self, cidr: str, project: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        net = self.cloud.store.create_network({"project_id": project})
+        sub = self.cloud.store.create_subnet(
+            {"network_id": net["id"], "cidr": cidr, "ip_version": 4, "project_id": project}
+        )
+        return net, sub
+
+    def group(self, project: str) -> str:
+        store = self.cloud.store
+        gid = str(store.create("security_group", [{"name": "ssh", "project_id": project}])[0]["id"])
+        rule = {"security_group_id": gid, "direction": "ingress", "ethertype": "IPv4",
+                "protocol": "tcp", "port_range_min": 22, "port_range_max": 22,
+                "remote_ip_prefix": "10.0.0.0/16", "project_id": project}  # fmt: skip
+        store.create("security_group_rule", [rule])
+        return gid
+
+    def interface(self, net: dict[str, Any], sub: dict[str, Any]) -> dict[str, Any]:
+        return self.cloud.store.create_port(
+            {
+                "network_id": net["id"],
+                "device_owner": RIF,
+                "device_id": self.router,
+                "fixed_ips": [{"subnet_id": sub["id"], "ip_address": sub["gateway_ip"]}],
+            }
+        )
+
+    def vm(self, name: str, net: dict[str, Any], host: str, ofport: int) -> dict[str, Any]:
+        project = net["project_id"]
+        port = self.cloud.store.create_port(
+            {"network_id": net["id"], "project_id": project,
+             "security_groups": [self.groups[project]]}
+        )  # fmt: skip
+        FakeAgent.instances[host].plug(port["id"], ofport)
+        self.vms[name] = (port, host, ofport)
+        return port
+
+    def ip(self, name: str) -> str:
+        return str(self.vms[name][0]["fixed_ips"][0]["ip_address"])
+
+    def send(self, src: str, dst_ip: str, gw: dict[str, Any], **kw: Any) -> Trace:
+        port, host, ofport = self.vms[src]
+        pkt = make_packet(port["mac_address"], gw["mac_address"], ip_src=self.ip(src),
+                          ip_dst=dst_ip, **kw)  # fmt: skip
+        # a new connection all the way (egress and ingress conntrack: the default groups allow
+        # egress to anywhere, ingress from the group's members)
+        return trace(self.cloud.flows(host), ofport, pkt, ["new", "new"])
+
+    def arrive(self, host: str, fields: dict[str, Any], src_host_ip: str) -> Trace:
+        inner = {k: v for k, v in fields.items()
+                 if k not in ("in_port", "metadata", "tun_ipv4_dst", "ct_state", "ct_zone",
+                              "ct_mark") and not k.startswith("reg")}  # fmt: skip
+        inner["tun_ipv4_src"] = src_host_ip
+        return trace(self.cloud.flows(host), TUN, inner, ["new"])
+
+
+@pytest.fixture
+def routed(cloud: Cloud) -> Iterator[Routed]:
+    yield Routed(cloud)
+
+
+def router_rules(cloud: Cloud, host: str) -> set[Any]:
+    kind = t.OwnerKind.ROUTER
+    return {r for r in cloud.flows(host).rules if t.owner_kind(r.cookie) == kind}
+
+
+def test_routed_across_hosts_and_on_one_host(routed: Routed) -> None:
+    v2 = routed.vms["v2"][0]
+    tr = routed.send("v1", routed.ip("v2"), routed.if1, protocol=6, dst_port=22)
+    [out] = tr.outputs
+    f = dict(out.fields)
+    assert (out.port, f["tun_ipv4_dst"], f["eth_dst"]) == (TUN, "10.9.0.2", v2["mac_address"])
+    assert f["eth_src"] == routed.if2["mac_address"]
+    assert routed.arrive("hv2", f, "10.9.0.1").ports == [1]
+    local = routed.send("v1", routed.ip("v3"), routed.if1, protocol=6, dst_port=22)
+    assert local.ports == [2]
+    # hv3 has no port of the router's networks: nothing of it
+    assert router_rules(routed.cloud, "hv3") == set()
+
+
+def test_security_groups_filter_routed_traffic_at_the_receiver(routed: Routed) -> None:
+    ok = routed.send("v1", routed.ip("v2"), routed.if1, protocol=6, dst_port=22)
+    [out] = ok.outputs
+    assert routed.arrive("hv2", dict(out.fields), "10.9.0.1").ports == [1]
+    denied = routed.send("v1", routed.ip("v2"), routed.if1, protocol=6, dst_port=23)
+    [out] = denied.outputs  # egress allows everything: it leaves hv1
+    assert routed.arrive("hv2", dict(out.fields), "10.9.0.1").dropped
+    # on one host: egress at v1's port, routing, ingress at v3's
+    assert routed.send("v1", routed.ip("v3"), routed.if1, protocol=6, dst_port=22).ports == [2]
+    assert routed.send("v1", routed.ip("v3"), routed.if1, protocol=6, dst_port=23).dropped
+
+
+def test_other_project_with_the_same_cidr_is_not_routed(routed: Routed) -> None:
+    tr = routed.send("x1", routed.ip("v2"), routed.if1, protocol=6, dst_port=22)
+    assert TUN not in tr.ports and 2 not in tr.ports
+
+
+def test_a_new_port_is_one_neighbour_rule_per_router_host(routed: Routed) -> None:
+    cloud = routed.cloud
+    before = {h: router_rules(cloud, h) for h in ("hv1", "hv2", "hv3")}
+    routed.vm("v4", routed.net2, "hv2", 2)
+    cloud.idle()
+    for h in ("hv1", "hv2"):
+        added = router_rules(cloud, h) - before[h]
+        assert len(added) == 1 and not before[h] - router_rules(cloud, h)
+        (rule,) = added
+        assert rule.table == t.L3_NEIGHBOURS and rule.cookie == t.router_cookie(routed.if2["_num"])
+    assert router_rules(cloud, "hv3") == set()
+
+
+def test_removing_the_interface_cuts_the_path(routed: Routed) -> None:
+    cloud = routed.cloud
+    assert routed.send("v1", routed.ip("v2"), routed.if1, protocol=6).outputs
+    cloud.store.delete("port", routed.if2["id"])
+    cloud.idle()
+    assert not [
+        s for s in routed.send("v1", routed.ip("v2"), routed.if1, protocol=6).outputs
+        if s.port == TUN
+    ]  # fmt: skip
+    cookies = {r.cookie for h in ("hv1", "hv2") for r in router_rules(cloud, h)}
+    assert cookies == {t.router_cookie(routed.if1["_num"])}
+    # hv2 has no port of net 1: it is no router host any more
+    assert router_rules(cloud, "hv2") == set()
+
+
+def test_restart_sends_nothing(routed: Routed) -> None:
+    assert router_rules(routed.cloud, "hv1")
+    restart(routed.cloud)
+    assert routed.cloud.dp.stats.flow_mods == 0 and routed.cloud.dp.stats.group_mods == 0
