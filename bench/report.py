@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.secgroups import PROBE_EVERY_S
 from bench.stats import across_runs, median, percentile, ratio
 
 SYSTEMS = ("tenantnet", "ovn")
@@ -426,7 +427,8 @@ def sg_rows(results: dict[str, Any]) -> list[Row]:
                   **pair(lambda r: _ms(median(r["rule"]["enforced_s"]))))
         row.target = _ovn_ratio_target(row, "<= 0.5x OVN", 0.5, "<=")
         row.note = (f"{sc['rule_probes']} rules per run, one target VM per host, vm1 connects "
-                    "every 10 ms (n/a: a connection passed before any rule: not filtering)")
+                    f"every {PROBE_EVERY_S * 1000:g} ms (n/a: a connection passed before any "
+                    "rule: not filtering)")
         rows.append(row)
         rows.append(Row(sec, "rule create -> enforced on all hosts, max", "ms", digits=1,
                         **pair(lambda r: _ms(max(r["rule"]["enforced_s"])))))

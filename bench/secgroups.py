@@ -9,10 +9,14 @@ Neutron's OVN driver writes (`bench.sut_ovn`: a port group per group, ACLs at 10
 1. **Flows per host**: P bulk ports (as measure 2), then five rules on every default group
    (`RULES`: two of them with a remote group), until the switches' flow counts are stable.
 2. **Rule create -> enforced on all hosts**: a target VM on every host in a group with no
-   ingress rule and a TCP listener; vm1 (hv1) tries to connect to all of them every 10 ms
-   (`bench.tcp_probe first-success`); one ingress rule (tcp/port from vm1's address) is
-   created; the time until the last target accepted a connection.  Before the first rule, a
-   connection must fail (else the system does not filter and the row is n/a).
+   ingress rule and a TCP listener; vm1 (hv1) tries to connect to all of them every
+   `PROBE_EVERY_S` (2 ms: the probe's own resolution adds half of it on average, the same to
+   both systems; 10 ms added ~5 ms to a ~20 ms figure); one ingress rule (tcp/port from vm1's
+   address) is created; the time until the last target accepted a connection.  Before the
+   first rule, a connection must fail (else the system does not filter and the row is n/a).
+   A system that reports its own phases (tenantnet: `rule_phases`, from its /metrics) gets
+   them per rule in ``phases_ms``: the POST inside the server, its durable commit, the
+   data-plane step (plan, compile, send) and the mean barrier round trip.
 3. **Port create -> ACTIVE in a group of G members**: network 0's default group is filled up to
    G members, then new ports join it one after the other as in measure 1 (ready and first ping
    to vm1, whose host must let the new member in by remote group).
@@ -39,6 +43,7 @@ from lab.proc import base_env, ns_cmd
 PROJECT = "sgp"
 PROBE_PORT = 7000  # rule r opens PROBE_PORT + r
 RATE_PORT = 7999
+PROBE_EVERY_S = 0.002  # first-success: a new connect attempt per target this often
 
 
 def rules(system: Any, k: int, groups: dict[int, str]) -> list[dict[str, Any]]:
@@ -99,7 +104,7 @@ def first_success(src: Vm, targets: list[Vm], port: int, action, timeout: float 
     until every target accepted a connection (None if one never did), and the action's own
     duration."""
     p = _probe_proc(src, "first-success", *(f"{t.ip}:{port}" for t in targets),
-                    "--timeout", str(timeout))
+                    "--timeout", str(timeout), "--every", str(PROBE_EVERY_S))
     time.sleep(0.3)  # the interpreter is up and waiting for "go"
     assert p.stdin is not None
     p.stdin.write("go\n")
@@ -128,7 +133,8 @@ def rule_enforced(system: Any, src: Vm, n: int) -> dict[str, Any]:
     system.create_ports_wait([(0, vm.name, vm.mac, vm.ip) for vm in targets], groups=[group])
     ports = [PROBE_PORT + r for r in range(n + 1)]
     servers = Servers(targets, ports)
-    out: dict[str, Any] = {"enforced_s": [], "api_s": []}
+    out: dict[str, Any] = {"enforced_s": [], "api_s": [], "probe_every_s": PROBE_EVERY_S}
+    phases = getattr(system, "rule_phases", None)
     try:
         # precondition: without a rule nothing gets in (else the row would measure nothing)
         before, _ = first_success(src, targets[:1], ports[-1], lambda: None, timeout=1.5)
@@ -139,14 +145,33 @@ def rule_enforced(system: Any, src: Vm, n: int) -> dict[str, Any]:
         for r in range(n):
             rule = {"direction": "ingress", "protocol": "tcp", "ports": (ports[r], ports[r]),
                     "remote_ip": f"{src.ip}/32"}
+            before = phases() if phases else None
             t, took = first_success(src, targets, ports[r],
                                     lambda rule=rule: system.add_rule(group, **rule))
             out["enforced_s"].append(t)
             out["api_s"].append(round(took, 4))
+            if phases:
+                out.setdefault("phases_ms", []).append(_phase_ms(before, phases()))
             time.sleep(0.3)
     finally:
         servers.stop()
-    log(f"{system.name} rule create -> enforced on {len(targets)} hosts: {out['enforced_s']}")
+    log(f"{system.name} rule create -> enforced on {len(targets)} hosts: {out['enforced_s']}"
+        f" (POST returned after {out['api_s']}; phases {out.get('phases_ms')})")
+    return out
+
+
+def _phase_ms(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+              ) -> dict[str, float | None]:
+    """Milliseconds per phase between two `rule_phases` readings: totals, except the barrier
+    (the mean round trip: the hosts' barriers run in parallel)."""
+    out: dict[str, float | None] = {}
+    for phase, (n1, s1) in after.items():
+        n0, s0 = before[phase]
+        n, secs = n1 - n0, s1 - s0
+        if phase == "barrier":
+            out[phase] = round(secs / n * 1000, 2) if n else None
+        else:
+            out[phase] = round(secs * 1000, 2)
     return out
 
 

@@ -7,13 +7,43 @@ import http.client
 import json
 import tempfile
 import time
+import urllib.request
 import uuid
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import TN_LAB, ConfirmTimeout, cpu_seconds, log, rss_kb
 from controller.services.dhcp_records import DEFAULT_SERVER_MAC
 from lab.hypervisors import Lab
 from lab.tenantnet_proc import TenantnetProcess
+
+# What `rule_phases` reads from the controller's /metrics: (metric, labels that must match).
+_PHASES = {
+    "api": ("tenantnet_api_request_seconds",
+            {"method": "POST", "route": "/v2.0/security-group-rules"}),
+    "commit": ("tenantnet_store_commit_seconds", {"kind": "durable"}),
+    "step": ("tenantnet_dataplane_step_seconds", {}),
+    "barrier": ("tenantnet_openflow_barrier_rtt_seconds", {}),
+}
+
+def phase_totals(metrics_text: str) -> dict[str, tuple[float, float]]:
+    """``{phase: (count, seconds)}`` of the `_PHASES` histograms in a /metrics exposition."""
+    out = dict.fromkeys(_PHASES, (0.0, 0.0))
+    for family in text_string_to_metric_families(metrics_text):
+        for phase, (name, labels) in _PHASES.items():
+            if family.name != name:
+                continue
+            for sample in family.samples:
+                if not all(sample.labels.get(k) == v for k, v in labels.items()):
+                    continue
+                n, total = out[phase]
+                if sample.name == f"{name}_count":
+                    out[phase] = (n + sample.value, total)
+                elif sample.name == f"{name}_sum":
+                    out[phase] = (n, total + sample.value)
+    return out
+
 
 _NS = uuid.UUID("6d1e6c2a-57a4-4c39-9d43-1c0b5e7a1b00")
 
@@ -138,6 +168,16 @@ class TenantnetSystem:
 
     def log_tail(self) -> str:
         return self.ctl.log_tail() if self.ctl else ""
+
+    def rule_phases(self) -> dict[str, tuple[float, float]]:
+        """``{phase: (count, seconds)}`` so far, from the controller's own histograms (the
+        bench takes the difference around one rule create): the rule POST inside the server,
+        its durable commit, the data-plane steps (plan, compile, send) and the barrier round
+        trips (one per host a step sent to)."""
+        assert self.ctl is not None
+        url = f"http://127.0.0.1:{self.ctl.api_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return phase_totals(resp.read().decode())
 
     # ------------------------------------------------------------------ model
     def iface_id(self, name: str) -> str:

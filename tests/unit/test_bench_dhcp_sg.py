@@ -142,3 +142,29 @@ def test_dhcp_and_sg_rows_targets():
     assert rows["flows per host (median of hosts)"].tenantnet is None
     assert rows["port create -> ACTIVE in a group of 20, median"].tenantnet is None
     assert rows["flows per host (median of hosts)"].ovn["median"] == 1000
+
+
+def test_rule_phases_read_the_controllers_histograms_and_differences_per_rule():
+    """What the rule -> enforced row reports per rule from tenantnet's /metrics: the rule POST's
+    own route only, durable commits only, steps, and the barrier as a mean round trip."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from bench.secgroups import _phase_ms
+    from bench.sut_tenantnet import phase_totals
+
+    reg = CollectorRegistry()
+    api = Histogram("tenantnet_api_request_seconds", "", ["method", "route"], registry=reg)
+    commit = Histogram("tenantnet_store_commit_seconds", "", ["kind"], registry=reg)
+    step = Histogram("tenantnet_dataplane_step_seconds", "", registry=reg)
+    barrier = Histogram("tenantnet_openflow_barrier_rtt_seconds", "", registry=reg)
+    api.labels("GET", "/v2.0/ports").observe(5)  # another route: not the rule's
+    commit.labels("observed").observe(5)  # a data-plane write-back: not the API's commit
+    before = phase_totals(generate_latest(reg).decode())
+    api.labels("POST", "/v2.0/security-group-rules").observe(0.012)
+    commit.labels("durable").observe(0.004)
+    step.observe(0.003)
+    for rtt in (0.001, 0.002, 0.003):  # one barrier per host
+        barrier.observe(rtt)
+    after = phase_totals(generate_latest(reg).decode())
+    assert _phase_ms(before, after) == {"api": 12.0, "commit": 4.0, "step": 3.0, "barrier": 2.0}
+    assert _phase_ms(after, after)["barrier"] is None
