@@ -2,10 +2,15 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap demo demo-tls test unit lint bench bench-quick clean-hosts
+.PHONY: bootstrap bootstrap-test demo demo-tls test unit lint bench bench-quick clean-hosts
 
 bootstrap:
 	@bash scripts/bootstrap.sh
+
+# What the tests need on top: Debian's etcd-server (the store's etcd backend runs its tests on a
+# 3-member cluster of it, started on loopback by the suite itself).
+bootstrap-test:
+	@bash scripts/bootstrap.sh --test
 
 demo: bootstrap
 	@$(PY) -m scripts.demo
@@ -14,12 +19,12 @@ demo: bootstrap
 demo-tls: bootstrap
 	@$(PY) -m scripts.demo --tls
 
-test: bootstrap
+test: bootstrap-test
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy controller flows
 	@$(VENV)/bin/pytest -q tests
 
-unit: bootstrap
+unit: bootstrap-test
 	@$(VENV)/bin/pytest -q tests/unit
 
 lint: bootstrap

@@ -163,6 +163,34 @@ def _client_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_copy(args: argparse.Namespace) -> int:
+    """SQLite -> etcd or etcd -> SQLite (`controller.store.transfer`); one line on failure."""
+    from controller.store import StoreError, transfer
+    from controller.store.etcd_log import EtcdUnavailable
+
+    from_etcd, to_etcd = (p.startswith("etcd://") for p in (args.source, args.target))
+    if from_etcd == to_etcd:
+        print("tenantnet store-copy: one side must be etcd://..., one a file", file=sys.stderr)
+        return 2
+    extra = {n: getattr(args, n) for n in ("etcd_prefix", "etcd_timeout_s", "etcd_tls_ca",
+             "etcd_tls_cert", "etcd_tls_key") if getattr(args, n) is not None}  # fmt: skip
+    url = args.source if from_etcd else args.target
+    try:
+        settings = config.load(argparse.Namespace(store=url, **extra), environ={})
+        etcd = settings.etcd
+        assert etcd is not None
+        if to_etcd:
+            size = transfer.sqlite_to_etcd(args.source, etcd, replace=args.replace)
+            print(f"copied {args.source} into {url} (prefix {etcd.prefix}, {size} bytes)")
+        else:
+            transfer.etcd_to_sqlite(etcd, args.target, replace=args.replace)
+            print(f"copied {url} (prefix {etcd.prefix}) into {args.target}")
+    except (config.ConfigError, ValueError, EtcdUnavailable, StoreError) as exc:
+        print(f"tenantnet store-copy: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     # python-ovs imports eventlet only to detect it, and eventlet warns about itself on import.
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
@@ -189,7 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     from controller import cli_trace
 
     cli_trace.add_arguments(p_trace)
+    p_copy = sub.add_parser(
+        "store-copy",
+        help="copy a store between SQLite and etcd (every instance stopped; see docs/ha.md)",
+    )
+    p_copy.add_argument("source", help="a SQLite store file, or etcd://HOST:PORT,...")
+    p_copy.add_argument("target", help="etcd://HOST:PORT,..., or a SQLite store file")
+    p_copy.add_argument("--replace", action="store_true", help="overwrite an existing target")
+    for name in ("etcd_prefix", "etcd_timeout_s", "etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key"):
+        p_copy.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
     args = parser.parse_args(argv)
+    if args.command == "store-copy":
+        return _store_copy(args)
     if args.command != "serve":
         return _client_command(args)
     try:

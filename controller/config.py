@@ -21,6 +21,7 @@ import netaddr
 from controller import tls
 from controller.services.dhcp_guard import GuardSettings
 from controller.services.dhcp_records import DEFAULT_SERVER_MAC, DhcpSettings
+from controller.store.etcd_settings import EtcdSettings, parse_url
 from controller.store.values import integer_text
 
 
@@ -43,7 +44,18 @@ class Settings:
     # What hosts are told to connect to (OVS controller target); default: derived from ofp_listen.
     advertise: str = ""
     state_dir: str = "/var/lib/tenantnet"
-    db_path: str = ""  # default: <state_dir>/tenantnet.sqlite
+    # default: <state_dir>/tenantnet.sqlite (with etcd: <state_dir>/etcd-replica.sqlite)
+    db_path: str = ""
+    # The store: "sqlite" (one node, the file above) or "etcd://HOST:PORT,HOST:PORT,..." (several
+    # instances on one etcd cluster; db_path is then this instance's replica, see docs/ha.md).
+    # etcd_tls_*: the cluster's CA, and a client certificate + key (etcd's client-cert-auth:
+    # the certificate's CN is the etcd user); https when any is set.
+    store: str = "sqlite"
+    etcd_prefix: str = "/tenantnet/"
+    etcd_timeout_s: float = 2.0
+    etcd_tls_ca: str = ""
+    etcd_tls_cert: str = ""
+    etcd_tls_key: str = ""
     underlay_mtu: int = 1500
     auth_token: str = ""
     basic_user: str = ""
@@ -153,7 +165,22 @@ class Settings:
 
     @property
     def database(self) -> str:
-        return self.db_path or str(Path(self.state_dir) / "tenantnet.sqlite")
+        default = "tenantnet.sqlite" if self.store == "sqlite" else "etcd-replica.sqlite"
+        return self.db_path or str(Path(self.state_dir) / default)
+
+    @property
+    def etcd(self) -> EtcdSettings | None:
+        """The etcd cluster of an ``etcd://`` store (validated by `validate`), else None."""
+        if self.store == "sqlite":
+            return None
+        return EtcdSettings(
+            parse_url(self.store),
+            prefix=self.etcd_prefix,
+            timeout_s=self.etcd_timeout_s,
+            ca_cert=self.etcd_tls_ca,
+            cert=self.etcd_tls_cert,
+            key=self.etcd_tls_key,
+        )
 
     @property
     def ofp_tls(self) -> bool:
@@ -242,7 +269,30 @@ class Settings:
             )
         self._validate_dhcp()
         self._validate_tls()
+        self._validate_store()
         return self
+
+    def _validate_store(self) -> None:
+        etcd_only = ("etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key")
+        if self.store == "sqlite":
+            if any(getattr(self, n) for n in etcd_only):
+                raise ConfigError("etcd_tls_* are set but store is sqlite (give store=etcd://...)")
+            return
+        try:
+            parse_url(self.store)
+        except ValueError as exc:
+            raise ConfigError(f"store: 'sqlite' or etcd://HOST:PORT,...: {exc}") from None
+        if not self.etcd_prefix.strip("/"):
+            raise ConfigError("etcd_prefix: must name a key prefix, e.g. /tenantnet/")
+        if not 0.1 <= self.etcd_timeout_s <= 60:
+            raise ConfigError(f"etcd_timeout_s: {self.etcd_timeout_s} is outside [0.1, 60]")
+        if bool(self.etcd_tls_cert) != bool(self.etcd_tls_key):
+            raise ConfigError("etcd_tls_cert and etcd_tls_key go together")
+        for name in etcd_only:
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                why = "does not exist" if not os.path.exists(path) else "is not readable"
+                raise ConfigError(f"{name}: {path} {why}")
 
     def _validate_dhcp(self) -> None:
         if not 60 <= self.dhcp_lease_time_s <= 2**31 - 1:

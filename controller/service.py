@@ -170,13 +170,17 @@ class Controller:
         api_socket = server.bind(*parse_hostport(s.api_listen, "api_listen"))
         fd_budget = limits.listener_budget(limits.raise_fd_limit())
         Path(s.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.store = Store(
-            s.database,
-            self.bus,
-            underlay_mtu=s.underlay_mtu,
-            quota_defaults=s.quota_defaults,
-            metrics=self.metrics,
-        )
+        options: dict[str, Any] = {
+            "underlay_mtu": s.underlay_mtu,
+            "quota_defaults": s.quota_defaults,
+            "metrics": self.metrics,
+        }
+        if s.etcd is None:
+            self.store = Store(s.database, self.bus, **options)
+        else:  # several instances on one etcd cluster (docs/ha.md)
+            from controller.store.replicated import EtcdStore
+
+            self.store = EtcdStore(s.database, self.bus, s.etcd, **options)
         # The API is built and serving before any switch can connect: FastAPI/pydantic models
         # and uvicorn's start are the costliest part of start-up, and done later they would
         # hold the interpreter while the hosts reconnect (measured at H=3: hosts reconciled
@@ -283,7 +287,7 @@ class Controller:
             s.auth_mode,
             s.ofp_listen,
             s.controller_target,
-            s.database,
+            s.database if s.etcd is None else f"{s.store} (replica {s.database})",
             os.getpid(),
         )
 

@@ -13,6 +13,11 @@ cd "$(dirname "$0")/.."
 # busybox (udhcpc) + isc-dhcp-client (dhclient): real DHCP clients (tests/integration/test_dhcp_clients.py).
 APT_PACKAGES=(openvswitch-switch ovn-central ovn-host mininet iperf3 iputils-ping ethtool tcpdump
               iproute2 procps psmisc chromium chromium-driver busybox isc-dhcp-client)
+# --test (make test / make unit): etcd-server, for the etcd store backend's tests (the suite starts
+# its own 3-member cluster on loopback; the package's own service is never started here).
+if [ "${1:-}" = "--test" ]; then
+  APT_PACKAGES+=(etcd-server)
+fi
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

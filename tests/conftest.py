@@ -10,12 +10,16 @@ failure with the skip's reason.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+import shutil
+import tempfile
+import uuid
+from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-ENV_MARKERS = ("ovs", "mininet")
+ENV_MARKERS = ("ovs", "mininet", "etcd")
 
 
 def in_ci() -> bool:
@@ -32,3 +36,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         rep.outcome = "failed"
         rep.longrepr = f"skipped under CI=true, where it must run: {reason}"
     return rep
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster() -> Iterator[Any]:
+    """A 3-member etcd cluster on free loopback ports for the whole session (Debian's
+    etcd-server, installed by `make test`); each test takes its own key prefix."""
+    from lab.etcd_cluster import ETCD, EtcdCluster
+
+    if not os.path.exists(ETCD):
+        pytest.skip("etcd is not installed (Debian package etcd-server)")
+    root = Path(tempfile.mkdtemp(prefix="tn-etcd-"))
+    cluster = EtcdCluster(root)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def etcd_settings(etcd_cluster: Any) -> Any:
+    """Settings for a store on the session cluster under a prefix of this test's own."""
+    from controller.store.etcd_settings import EtcdSettings
+
+    endpoints = tuple(("127.0.0.1", m.client_port) for m in etcd_cluster.members)
+    return EtcdSettings(endpoints, prefix=f"/t-{uuid.uuid4().hex[:12]}/", timeout_s=1.0)

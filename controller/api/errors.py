@@ -16,7 +16,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from controller.store import Conflict, InvalidInput, NotFound, PreconditionFailed, StoreError
+from controller.store import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    StoreError,
+    StoreUnavailable,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -25,6 +32,7 @@ STATUS_OF: dict[type[StoreError], int] = {
     Conflict: 409,
     InvalidInput: 400,
     PreconditionFailed: 412,
+    StoreUnavailable: 503,
 }
 
 HTTP_TYPES = {
@@ -39,6 +47,7 @@ HTTP_TYPES = {
     413: "RequestEntityTooLarge",
     415: "HTTPUnsupportedMediaType",
     500: "HTTPInternalServerError",
+    503: "ServiceUnavailable",
 }
 
 
@@ -115,7 +124,8 @@ async def _store_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StoreError)
     status = next((s for cls, s in STATUS_OF.items() if isinstance(exc, cls)), 500)
     message = f"{exc.type}: {exc.message}" if isinstance(exc, Conflict) else exc.message
-    return neutron_error(status, exc.type, message)
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return neutron_error(status, exc.type, message, headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -10,6 +10,7 @@ from controller.store.errors import (
     NotFound,
     PreconditionFailed,
     StoreError,
+    StoreUnavailable,
 )
 from controller.store.store import KINDS, Store
 
@@ -21,4 +22,5 @@ __all__ = [
     "PreconditionFailed",
     "Store",
     "StoreError",
+    "StoreUnavailable",
 ]

@@ -45,6 +45,14 @@ class PreconditionFailed(StoreError):
     type = "RevisionNumberConstraintFailed"
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot commit now, e.g. its etcd cluster lost quorum (HTTP 503, retry later).
+
+    Nothing of the request was kept: the write was not committed anywhere."""
+
+    type = "ServiceUnavailable"
+
+
 def not_found(kind: str, obj_id: str) -> NotFound:
     """Neutron's wording: ``Network X could not be found.`` with type ``NetworkNotFound``;
     the security-group extension words its own: ``Security group X does not exist``

@@ -71,6 +71,10 @@ BUSY_TIMEOUT_MS = 30_000
 class Store:
     """Durable tenant-network state; see the module docstring for the guarantees."""
 
+    # The etcd backend (`replicated.EtcdStore`) records the statements of a write through its own
+    # connection class; this one is SQLite's, untouched.
+    connection_factory: type[sqlite3.Connection] = sqlite3.Connection
+
     def __init__(
         self,
         path: str,
@@ -92,7 +96,11 @@ class Store:
         self._publishing = False
         _create_private(path)
         self._conn = sqlite3.connect(
-            path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+            path,
+            check_same_thread=False,
+            isolation_level=None,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            factory=self.connection_factory,
         )
         self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self._conn.execute("PRAGMA journal_mode = WAL")

@@ -203,3 +203,32 @@ def test_dhcp_settings(tmp_path: Path) -> None:
 def test_bad_dhcp_settings_name_the_setting(argv: tuple[str, ...], word: str) -> None:
     with pytest.raises(config.ConfigError, match=word):
         config.load(_args(*argv), environ={})
+
+
+def test_store_is_sqlite_by_default_and_etcd_when_named(tmp_path: Path) -> None:
+    s = config.load(_args("--state-dir", str(tmp_path)), environ={})
+    assert s.etcd is None and s.database == str(tmp_path / "tenantnet.sqlite")
+    s = config.load(
+        _args("--state-dir", str(tmp_path), "--store", "etcd://10.0.0.1:2379,[fd00::2]:2379"),
+        environ={"TENANTNET_ETCD_TIMEOUT_S": "3.5"},
+    )
+    assert s.etcd is not None
+    assert s.etcd.endpoints == (("10.0.0.1", 2379), ("fd00::2", 2379))
+    assert s.etcd.timeout_s == 3.5 and s.etcd.protocol == "http"
+    assert s.database == str(tmp_path / "etcd-replica.sqlite")  # a replica, not the single file
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (("--store", "postgres://x"), "store"),
+        (("--store", "etcd://host"), "store"),
+        (("--store", "etcd://h:1", "--etcd-timeout-s", "0"), "etcd_timeout_s"),
+        (("--store", "etcd://h:1", "--etcd-prefix", "/"), "etcd_prefix"),
+        (("--store", "etcd://h:1", "--etcd-tls-cert", "/nonexistent"), "etcd_tls_cert"),
+        (("--etcd-tls-ca", "/etc/hostname"), "etcd_tls"),
+    ],
+)
+def test_bad_store_settings_are_named(argv: tuple[str, ...], named: str) -> None:
+    with pytest.raises(config.ConfigError, match=named):
+        config.load(_args(*argv), environ={})

@@ -1,0 +1,250 @@
+"""The replicated log of store transactions, kept in an etcd v3 cluster (through etcd3gw).
+
+Key layout under a prefix (default ``/tenantnet/``):
+
+* ``meta``: ``{"epoch": uuid, "schema": N}``, written once when the log is created (or replaced
+  by a migration).  An instance whose local replica names another epoch starts over.
+* ``head``: the sequence number of the last entry, as decimal text.  Appending entry N+1 is one
+  etcd transaction: *compare* ``head == N``, *then* put ``head = N+1`` and ``log/<N+1>``.  The
+  compare is what serialises writers on different instances (a loser learns it was overtaken,
+  catches up and retries), so allocations stay atomic across the cluster.
+* ``log/%016d``: one entry per committed store transaction (compressed JSON, see `replicated`).
+  Entries are ordinary keys, not etcd history: a catch-up is a range read, unaffected by etcd's
+  compaction, and the watch on ``log/`` is only a doorbell.
+* ``snap/meta`` and ``snap/<seq>/<i>``: a snapshot of the whole state at entry ``seq`` (an
+  SQLite image, compressed, in chunks below etcd's request limit).  A migration writes one;
+  entries up to ``seq`` may then be deleted.
+
+Every call goes to one member and moves on to the next on a connection failure or timeout; a
+call that no member can answer raises `EtcdUnavailable` (quorum lost, or the cluster is gone).
+Retrying an append on another member is safe: the compare makes a second attempt fail if the
+first one was committed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+with warnings.catch_warnings():
+    # futurist (etcd3gw's thread pool) imports eventlet to detect it; eventlet warns about itself.
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    import etcd3gw
+    from etcd3gw import exceptions as etcd_errors
+
+from controller.store.etcd_settings import EtcdSettings
+
+LOG = logging.getLogger(__name__)
+T = TypeVar("T")
+CHUNK_BYTES = 1_000_000  # below etcd's default 1.5 MiB request limit
+PAGE = 500  # entries per catch-up range read
+
+
+class EtcdUnavailable(RuntimeError):
+    """No member could answer (no quorum, or none reachable).
+
+    ``maybe_sent``: some member may have received the request before failing (a timeout or a
+    server error, not a refused connection).  For a write that means its outcome is unknown:
+    a member that had just lost its followers may still commit it once they return.
+    """
+
+    def __init__(self, message: str, maybe_sent: bool = True) -> None:
+        super().__init__(message)
+        self.maybe_sent = maybe_sent
+
+
+def _b64(data: bytes | str) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.b64encode(raw).decode()
+
+
+class EtcdLog:
+    """The log's keys on one etcd cluster; thread-safe (each call is one HTTP request)."""
+
+    def __init__(self, settings: EtcdSettings) -> None:
+        self.settings = settings
+        self.prefix = settings.prefix if settings.prefix.endswith("/") else settings.prefix + "/"
+        cert = (settings.cert or None, settings.key or None)
+        self._clients = [
+            etcd3gw.Etcd3Client(
+                host=host,
+                port=port,
+                protocol=settings.protocol,
+                ca_cert=settings.ca_cert or None,
+                cert_cert=cert[0],
+                cert_key=cert[1],
+                timeout=settings.timeout_s,
+                api_path="/v3/",  # etcd >= 3.4; saves a discovery round trip per client
+            )
+            for host, port in settings.endpoints
+        ]
+        self._current = 0
+        self._lock = threading.Lock()
+
+    @property
+    def current_member(self) -> int:
+        """Index of the member calls go to first (the last one that answered)."""
+        return self._current
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def entry_key(self, seq: int) -> str:
+        return self.key(f"log/{seq:016d}")
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[Any], T]) -> T:
+        """``fn(client)`` on the current member, then on each other one until one answers."""
+        with self._lock:
+            start = self._current
+        errors = []
+        maybe_sent = False
+        n = len(self._clients)
+        for i in range(n):
+            index = (start + i) % n
+            client = self._clients[index]
+            try:
+                result = fn(client)
+            except etcd_errors.ConnectionFailedError as exc:  # refused, reset, or a 503
+                errors.append(f"{client.host}:{client.port}: {_short(exc)}")
+                continue
+            except etcd_errors.Etcd3Exception as exc:  # a timeout, a 500 ("no leader") ...
+                errors.append(f"{client.host}:{client.port}: {_short(exc)}")
+                maybe_sent = True
+                continue
+            if index != start:
+                with self._lock:
+                    self._current = index
+            return result
+        raise EtcdUnavailable("; ".join(errors), maybe_sent)
+
+    def _txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> bool:
+        txn = {"compare": compare, "success": success, "failure": []}
+        answer = self._call(lambda c: c.transaction(txn))
+        return bool(answer.get("succeeded", False))
+
+    @staticmethod
+    def _put(key: str, value: bytes | str) -> dict[str, Any]:
+        return {"request_put": {"key": _b64(key), "value": _b64(value)}}
+
+    def get(self, name: str) -> bytes | None:
+        values = self._call(lambda c: c.get(self.key(name)))
+        return values[0] if values else None
+
+    # -- the log ----------------------------------------------------------------------------------
+
+    def meta(self) -> dict[str, Any] | None:
+        raw = self.get("meta")
+        return None if raw is None else dict(json.loads(raw))
+
+    def create(self, meta: dict[str, Any], head: int = 0) -> bool:
+        """Create the log (meta + head) if there is none yet; False if one exists."""
+        compare = [
+            {"key": _b64(self.key("meta")), "result": "EQUAL", "target": "CREATE",
+             "create_revision": 0}
+        ]  # fmt: skip
+        meta_text = json.dumps(meta)
+        success = [self._put(self.key("meta"), meta_text), self._put(self.key("head"), str(head))]
+        return self._txn(compare, success)
+
+    def head(self) -> int:
+        """The sequence number of the last entry (a quorum read)."""
+        raw = self.get("head")
+        return int(raw) if raw is not None else 0
+
+    def append(self, after: int, entry: bytes) -> bool:
+        """Entry ``after + 1``, if ``after`` is still the head; False if another writer won."""
+        compare = [
+            {"key": _b64(self.key("head")), "result": "EQUAL", "target": "VALUE",
+             "value": _b64(str(after))}
+        ]  # fmt: skip
+        seq = after + 1
+        return self._txn(
+            compare, [self._put(self.key("head"), str(seq)), self._put(self.entry_key(seq), entry)]
+        )
+
+    def entries_after(self, seq: int) -> Iterator[tuple[int, bytes]]:
+        """Entries ``seq + 1`` ... head, in order, paged."""
+        end = self.key("log0")  # '0' follows '/': the end of the log/ range
+        while True:
+            start = self.entry_key(seq + 1)
+
+            def page(c: Any, start: str = start) -> list[tuple[bytes, Any]]:
+                return list(c.get(start, metadata=True, range_end=end, limit=PAGE))
+
+            items = self._call(page)
+            for value, meta in items:
+                seq = int(meta["key"].decode().rsplit("/", 1)[1])
+                yield seq, value
+            if len(items) < PAGE:
+                return
+
+    def first_entry(self) -> int | None:
+        """The oldest entry still kept (None: none)."""
+        items = self._call(
+            lambda c: c.get(self.entry_key(0), metadata=True, range_end=self.key("log0"), limit=1)
+        )
+        return int(items[0][1]["key"].decode().rsplit("/", 1)[1]) if items else None
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    def put_snapshot(self, seq: int, image: bytes) -> None:
+        """Store a compressed state image taken at entry ``seq``; chunks first, meta last."""
+        chunks = [image[i : i + CHUNK_BYTES] for i in range(0, len(image), CHUNK_BYTES)] or [b""]
+        for i, chunk in enumerate(chunks):
+            key = self.key(f"snap/{seq:016d}/{i:06d}")
+
+            def put(c: Any, key: str = key, chunk: bytes = chunk) -> None:
+                c.put(key, chunk)
+
+            self._call(put)
+        meta = json.dumps({"seq": seq, "chunks": len(chunks)})
+        self._call(lambda c: c.put(self.key("snap/meta"), meta))
+
+    def snapshot(self) -> tuple[int, bytes] | None:
+        """(seq, compressed image) of the latest snapshot, or None."""
+        raw = self.get("snap/meta")
+        if raw is None:
+            return None
+        meta = json.loads(raw)
+        seq = int(meta["seq"])
+        parts = []
+        for i in range(int(meta["chunks"])):
+            part = self.get(f"snap/{seq:016d}/{i:06d}")
+            if part is None:
+                raise EtcdUnavailable(f"snapshot {seq} chunk {i} is missing")
+            parts.append(part)
+        return seq, b"".join(parts)
+
+    def wipe(self) -> None:
+        """Delete every key under the prefix (a migration replacing the log)."""
+        self._call(lambda c: c.delete_prefix(self.prefix))
+
+    def watch_log(self, start_revision: int | None, ring: Callable[[], None]) -> Callable[[], None]:
+        """Call ``ring`` on every change under ``log/`` from ``start_revision``; returns cancel."""
+        events, cancel = self._call(
+            lambda c: c.watch_prefix(self.key("log/"), start_revision=start_revision)
+        )
+
+        def pump() -> None:
+            for _ in events:
+                ring()
+
+        threading.Thread(target=pump, name="etcd-watch", daemon=True).start()
+        return cancel
+
+    def revision(self) -> int:
+        """The cluster's current revision (where a new watch starts)."""
+        status = self._call(lambda c: c.status())
+        return int(status["header"]["revision"])
+
+
+def _short(exc: Exception) -> str:
+    text = " ".join(str(a) for a in exc.args if a) or type(exc).__name__
+    return text[:200]

@@ -1,0 +1,41 @@
+"""Where the store's etcd cluster is and how to talk to it: the ``--store etcd://...`` setting.
+
+Kept apart from `etcd_log` so that reading the configuration does not import the etcd client
+(a single-node controller on SQLite never loads it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEME = "etcd://"
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    """Where the cluster is and how to talk to it (``--store etcd://h1:p1,h2:p2,...``)."""
+
+    endpoints: tuple[tuple[str, int], ...]
+    prefix: str = "/tenantnet/"
+    timeout_s: float = 2.0
+    ca_cert: str = ""
+    cert: str = ""
+    key: str = ""
+
+    @property
+    def protocol(self) -> str:
+        return "https" if self.ca_cert or self.cert else "http"
+
+
+def parse_url(url: str) -> tuple[tuple[str, int], ...]:
+    """``etcd://h1:2379,h2:2379`` -> ((h1, 2379), (h2, 2379)); ValueError names what is wrong."""
+    if not url.startswith(SCHEME):
+        raise ValueError(f"expected {SCHEME}HOST:PORT[,HOST:PORT...], got {url!r}")
+    endpoints = []
+    for part in url[len(SCHEME) :].split(","):
+        host, sep, port = part.strip().rpartition(":")
+        number = int(port) if port.isascii() and port.isdigit() else 0
+        if not sep or not host or not 0 < number < 65536:
+            raise ValueError(f"etcd endpoint {part!r}: expected HOST:PORT")
+        endpoints.append((host.strip("[]"), int(port)))
+    return tuple(endpoints)

@@ -1,0 +1,462 @@
+"""The store on an etcd cluster: etcd holds the replicated log, each instance's SQLite applies it.
+
+Why this shape (docs/ha.md has the longer story): the store's rules - allocation of segmentation
+ids, MACs and IPs, revision numbers and If-Match, quotas, all-or-nothing bulk creates, the change
+events - are ~3,900 lines over SQL.  Rewriting them for a key-value store would be a second
+implementation to keep equal to the first.  Instead every instance keeps a full SQLite replica and
+etcd orders the transactions:
+
+* **A write** runs on the local replica (which has applied the log up to entry N) inside
+  ``BEGIN IMMEDIATE`` exactly as on a single node, while `RecordingConnection` records each
+  statement it executes (with its parameters: every value the rules chose - ids, addresses,
+  timestamps - is a parameter, and no statement calls a non-deterministic SQL function).  The
+  statements and the `ChangeEvent` list become entry N+1, appended with one etcd transaction
+  that *compares* the head with N.  Only after etcd acknowledged it (a quorum has it) does the
+  local transaction COMMIT and the API answer 2xx.  If the compare fails another instance wrote
+  first: roll back, apply the missing entries, run the whole write again (bounded, then 503).
+  So writes are serialised cluster-wide and two instances can never hand out the same id.
+* **Every instance applies** new entries in order (a watch on the log rings; a poll covers a
+  silent watch) by executing their statements and its position in one local transaction, then
+  publishes their events: each data plane sees every change exactly once, in log order, also
+  after a reconnect or a restart (the position is durable with the data it describes).
+* **API reads** first ask etcd for the head (a quorum read) and apply what is missing, so a
+  read on any instance sees every write acknowledged before it.  Reads of the data plane are
+  local (they follow the events anyway).  Without quorum, reads are served from the replica.
+
+The default single-node path (`Store`) is untouched: this subclass only replaces how a write
+transaction ends and adds the follower.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from controller.events import ChangeEvent, EventBus
+from controller.metrics import Metrics
+from controller.store.errors import StoreUnavailable
+from controller.store.etcd_log import EtcdLog, EtcdUnavailable
+from controller.store.etcd_settings import EtcdSettings
+from controller.store.schema import LATEST
+from controller.store.store import Store
+from controller.store.tx import Tx
+
+LOG = logging.getLogger(__name__)
+T = TypeVar("T")
+POSITION_TABLE = "etcd_replica"
+MAX_ATTEMPTS = 50
+WRITES = (
+    "create",
+    "update",
+    "delete",
+    "update_quota",
+    "delete_quota",
+    "upsert_host",
+    "set_ports_observed",
+    "_observe",
+)
+"""Every Store method that opens a write transaction: each is re-run from the start when
+another instance appended first (a unit test checks the list is complete)."""
+API_READS = (
+    "get",
+    "list_all",
+    "page",
+    "ip_availability",
+    "quota_limits",
+    "quota_details",
+    "quota_list",
+)
+"""Reads the API serves: linearisable (they wait for the head of the log first)."""
+_READ_ONLY = ("SELECT", "BEGIN", "COMMIT", "ROLLBACK", "PRAGMA")
+
+
+class Overtaken(Exception):
+    """Another instance appended to the log first: apply its entries and run the write again."""
+
+
+class RecordingConnection(sqlite3.Connection):
+    """A connection that, while ``recorded`` is a list, appends every statement that may write
+    (with its parameters) to it."""
+
+    recorded: list[tuple[str, Any]] | None = None
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        if self.recorded is not None and not sql.lstrip().upper().startswith(_READ_ONLY):
+            self.recorded.append((sql, parameters))
+        return super().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> sqlite3.Cursor:
+        rows = list(seq_of_parameters)
+        if self.recorded is not None:
+            self.recorded.extend((sql, row) for row in rows)
+        return super().executemany(sql, rows)
+
+
+def encode_entry(
+    entry_id: str, statements: list[tuple[str, Any]], events: list[ChangeEvent]
+) -> bytes:
+    """An entry as stored in etcd: compressed JSON (schema version, statements, events)."""
+    body = {
+        "id": entry_id,
+        "schema": LATEST,
+        "sql": [[sql, _params_out(params)] for sql, params in statements],
+        "events": [[e.kind, e.old, e.new] for e in events],
+    }
+    return zlib.compress(json.dumps(body, separators=(",", ":")).encode(), 6)
+
+
+def decode_entry(raw: bytes) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(zlib.decompress(raw))
+    body["sql"] = [(sql, _params_in(params)) for sql, params in body["sql"]]
+    return body
+
+
+def _params_out(params: Any) -> Any:
+    def one(v: Any) -> Any:
+        return {"b64": base64.b64encode(v).decode()} if isinstance(v, bytes | bytearray) else v
+
+    if isinstance(params, Mapping):
+        return {"named": {k: one(v) for k, v in params.items()}}
+    return [one(v) for v in params]
+
+
+def _params_in(params: Any) -> Any:
+    def one(v: Any) -> Any:
+        return base64.b64decode(v["b64"]) if isinstance(v, dict) else v
+
+    if isinstance(params, dict):
+        return {k: one(v) for k, v in params["named"].items()}
+    return tuple(one(v) for v in params)
+
+
+def read_position(path: str) -> tuple[str, int] | None:
+    """(epoch, last applied entry) of a replica file, or None (no file, or not a replica)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        row = conn.execute(f"SELECT epoch, seq FROM {POSITION_TABLE}").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return None if row is None else (str(row[0]), int(row[1]))
+
+
+def _remove_database(path: str) -> None:
+    for name in (path, path + "-wal", path + "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
+
+
+class EtcdStore(Store):
+    """A `Store` whose writes are committed by an etcd cluster first (see the module docstring).
+
+    ``path`` is this instance's replica (a cache of the log: it may be deleted while the
+    instance is stopped, it is then rebuilt from etcd).
+    """
+
+    connection_factory = RecordingConnection
+
+    def __init__(
+        self,
+        path: str,
+        bus: EventBus,
+        etcd: EtcdSettings,
+        underlay_mtu: int = 1500,
+        quota_defaults: Mapping[str, int] | None = None,
+        metrics: Metrics | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.etcd = etcd
+        self._log = EtcdLog(etcd)
+        try:
+            meta = self._log.meta()
+            if meta is None:
+                meta = {"epoch": uuid.uuid4().hex, "schema": LATEST}
+                if not self._log.create(meta):  # another instance created it meanwhile
+                    meta = self._log.meta()
+            assert meta is not None
+            self.epoch = str(meta["epoch"])
+            start = self._prepare_replica(path)
+        except EtcdUnavailable as exc:
+            raise StoreUnavailable(f"etcd cluster {_where(etcd)} unavailable: {exc}") from None
+        super().__init__(
+            path, bus, underlay_mtu=underlay_mtu, quota_defaults=quota_defaults, metrics=metrics
+        )
+        self._conn.execute(f"CREATE TABLE IF NOT EXISTS {POSITION_TABLE} (epoch TEXT, seq INTEGER)")
+        if start is not None:
+            self._conn.execute(f"DELETE FROM {POSITION_TABLE}")
+            self._conn.execute(f"INSERT INTO {POSITION_TABLE} VALUES (?, ?)", (self.epoch, start))
+        position = read_position(path)
+        assert position is not None
+        self.applied = position[1]
+        self.down = False  # etcd unreachable as last seen by the follower
+        self._poll_s = poll_s
+        self._doorbell = threading.Event()
+        self._stopping = threading.Event()
+        self._cancel_watch: Callable[[], None] | None = None
+        self._watched_member = -1
+        self.catch_up()
+        self._follower = threading.Thread(target=self._follow, name="etcd-follower", daemon=True)
+        self._follower.start()
+        LOG.info(
+            "store on etcd %s (prefix %s): replica %s at entry %d",
+            _where(etcd),
+            self._log.prefix,
+            path,
+            self.applied,
+        )
+
+    def _prepare_replica(self, path: str) -> int | None:
+        """Keep the replica if it belongs to this log and the log still has its next entry;
+        otherwise replace it by the snapshot (or start empty).  Returns the new position, or
+        None when the replica was kept."""
+        position = read_position(path)
+        first = self._log.first_entry()
+        kept = position is not None and position[0] == self.epoch
+        if kept and position is not None and (first is None or first <= position[1] + 1):
+            return None
+        _remove_database(path)
+        snapshot = self._log.snapshot()
+        if snapshot is None:
+            if first not in (None, 1):
+                raise StoreUnavailable(f"the etcd log starts at entry {first} and has no snapshot")
+            LOG.info("replica %s: starting empty for log %s", path, self.epoch)
+            return 0
+        seq, image = snapshot
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(zlib.decompress(image))
+        LOG.info("replica %s: loaded the snapshot at entry %d", path, seq)
+        return seq
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._doorbell.set()
+        if self._follower.is_alive() and self._follower is not threading.current_thread():
+            self._follower.join(timeout=10)
+        if self._cancel_watch is not None:
+            self._cancel_watch()
+        super().close()
+
+    # -- writes -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self, durable: bool = True) -> Iterator[Tx]:
+        """A write transaction committed by etcd first, then locally (see the module docstring).
+
+        ``durable`` does not apply: everything written goes through the log.
+        """
+        with self._lock:
+            conn = self._conn
+            assert isinstance(conn, RecordingConnection)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.recorded = []
+            tx = Tx(conn, self.underlay_mtu, ip_hints=self._ip_hints)
+            try:
+                yield tx
+            except BaseException:
+                conn.recorded = None
+                conn.execute("ROLLBACK")
+                raise
+            recorded, conn.recorded = conn.recorded, None
+            if not recorded:  # nothing changed (e.g. an update to the same values)
+                conn.execute("COMMIT")
+                self._publish(tx.events)
+                return
+            entry_id = uuid.uuid4().hex
+            t0 = time.perf_counter()
+            lost: EtcdUnavailable | None = None
+            try:
+                won = self._log.append(self.applied, encode_entry(entry_id, recorded, tx.events))
+            except EtcdUnavailable as exc:
+                won, lost = False, exc
+            if not won:
+                conn.execute("ROLLBACK")
+                # Either another instance appended first, or the answer was lost (a member
+                # timed out after committing, and the retry on the next one found the head
+                # moved): the log says which.  Our entry there means committed: it has just
+                # been applied and published, and the result computed here is the same.
+                try:
+                    if entry_id in self.catch_up():
+                        return
+                except EtcdUnavailable as exc:
+                    lost = lost or exc
+                if lost is not None:
+                    raise StoreUnavailable(
+                        f"The store's etcd cluster {_where(self.etcd)} cannot commit now "
+                        f"(no quorum, or unreachable): {lost}. "
+                        + (
+                            "The write may still be committed when the cluster recovers: "
+                            "read before retrying."
+                            if lost.maybe_sent
+                            else "Nothing was changed; retry later."
+                        )
+                    ) from None
+                raise Overtaken
+            self._set_position(self.applied + 1)
+            conn.execute("COMMIT")
+            self.applied += 1
+            self._ip_hints.update(tx.new_ip_hints)
+            self.metrics.store_commit.labels("durable").observe(time.perf_counter() - t0)
+            self._publish(tx.events)
+
+    def _retrying(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a write; while another instance appends first, catch up and run it again."""
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                return method(self, *args, **kwargs)
+            except Overtaken:  # the replica has caught up meanwhile: run the write again
+                continue
+        raise StoreUnavailable(
+            f"The write was overtaken by other instances {MAX_ATTEMPTS} times in a row; retry."
+        )
+
+    def _set_position(self, seq: int) -> None:
+        self._conn.execute(f"UPDATE {POSITION_TABLE} SET seq = ?", (seq,))
+
+    # -- applying the log -------------------------------------------------------------------------
+
+    def catch_up(self) -> list[str]:
+        """Apply every entry after the local position, in order; returns their ids.
+
+        Raises `EtcdUnavailable` when etcd cannot be read (nothing is applied then)."""
+        fetched = list(self._log.entries_after(self.applied))
+        ids = []
+        with self._lock:
+            for seq, raw in fetched:
+                if seq <= self.applied:  # applied meanwhile (our own write, or another thread)
+                    continue
+                if seq != self.applied + 1:
+                    raise StoreUnavailable(
+                        f"this replica is at entry {self.applied} but the etcd log resumes at "
+                        f"{seq} (truncated after a snapshot): restart the instance to resync"
+                    )
+                ids.append(self._apply(seq, raw))
+        return ids
+
+    def _apply(self, seq: int, raw: bytes) -> str:
+        entry = decode_entry(raw)
+        if entry["schema"] != LATEST:
+            raise StoreUnavailable(
+                f"etcd log entry {seq} was written with store schema {entry['schema']}, this "
+                f"instance runs {LATEST}: run the same tenantnet version on every instance"
+            )
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in entry["sql"]:
+                conn.execute(sql, params)
+            self._set_position(seq)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        self.applied = seq
+        self._publish([ChangeEvent(kind, old, new) for kind, old, new in entry["events"]])
+        return str(entry["id"])
+
+    def sync(self) -> None:
+        """Apply everything the cluster has committed so far (a quorum read of the head); with
+        etcd unreachable, leave the replica as it is (reads are then served from it)."""
+        if self.down:
+            return
+        try:
+            if self._log.head() > self.applied:
+                self.catch_up()
+        except EtcdUnavailable:
+            self.down = True
+            self._doorbell.set()
+
+    def _follow(self) -> None:
+        """Apply new entries as the watch rings (or every ``poll_s``), keep the watch alive."""
+        while not self._stopping.is_set():
+            self._doorbell.wait(self._poll_s)
+            self._doorbell.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self._keep_watching()
+                self.catch_up()
+                if self.down:
+                    LOG.info("etcd cluster %s reachable again", _where(self.etcd))
+                    self.down = False
+            except EtcdUnavailable as exc:
+                if not self.down:
+                    LOG.warning("etcd cluster %s unreachable: %s", _where(self.etcd), exc)
+                self.down = True
+                self._drop_watch()
+            except Exception:
+                LOG.exception("applying the etcd log failed at entry %d", self.applied + 1)
+                self._stopping.wait(self._poll_s)
+
+    def _keep_watching(self) -> None:
+        """A watch on the log through the member in use, from the current revision on (what
+        happened before is read by the catch-up that follows)."""
+        member = self._log.current_member
+        if self._cancel_watch is not None and member == self._watched_member:
+            return
+        self._drop_watch()
+        revision = self._log.revision()
+        self._cancel_watch = self._log.watch_log(revision + 1, self._doorbell.set)
+        self._watched_member = self._log.current_member
+
+    def _drop_watch(self) -> None:
+        if self._cancel_watch is not None:
+            with contextlib.suppress(Exception):
+                self._cancel_watch()
+            self._cancel_watch = None
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    def image(self) -> tuple[int, bytes]:
+        """(entry, compressed SQLite image of the replica at that entry)."""
+        with self._lock:
+            return self.applied, zlib.compress(self._conn.serialize(), 6)
+
+
+def _retried(name: str) -> Callable[..., Any]:
+    base = getattr(Store, name)
+
+    @functools.wraps(base)
+    def method(self: EtcdStore, *args: Any, **kwargs: Any) -> Any:
+        return self._retrying(base, *args, **kwargs)
+
+    return method
+
+
+def _synced(name: str) -> Callable[..., Any]:
+    base = getattr(Store, name)
+
+    @functools.wraps(base)
+    def method(self: EtcdStore, *args: Any, **kwargs: Any) -> Any:
+        self.sync()
+        return base(self, *args, **kwargs)
+
+    return method
+
+
+for _name in WRITES:
+    setattr(EtcdStore, _name, _retried(_name))
+for _name in API_READS:
+    setattr(EtcdStore, _name, _synced(_name))
+
+
+def _where(etcd: EtcdSettings) -> str:
+    return ",".join(f"{host}:{port}" for host, port in etcd.endpoints)

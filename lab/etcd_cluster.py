@@ -1,0 +1,141 @@
+"""A real etcd cluster (Debian's ``etcd-server``) of N members on free loopback ports.
+
+The tests of the etcd store backend and, later, the HA scenarios run tenantnet against this
+cluster: real Raft, real quorum loss when members are stopped, real HTTP gateway that etcd3gw
+talks to.  Each member has its own data directory under the given temporary directory; every
+process started here is stopped by `stop` (and only those: they are tracked by pid).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lab.tenantnet_proc import free_port
+
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+@dataclass
+class Member:
+    name: str
+    client_port: int
+    peer_port: int
+    data_dir: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+
+@dataclass
+class EtcdCluster:
+    """``start`` brings up every member and waits until the cluster has a leader."""
+
+    root: Path
+    size: int = 3
+    members: list[Member] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        token = f"tenantnet-{os.getpid()}-{free_port()}"
+        self.token = token
+        for i in range(self.size):
+            name = f"m{i}"
+            self.members.append(
+                Member(name, free_port(), free_port(), self.root / name, self.root / f"{name}.log")
+            )
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    @property
+    def url(self) -> str:
+        """The ``--store`` value naming every member."""
+        return "etcd://" + ",".join(self.endpoints)
+
+    def _initial_cluster(self) -> str:
+        return ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+
+    def start_member(self, member: Member) -> None:
+        """Start (or restart, on its data directory) one member."""
+        member.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            ETCD,
+            "--name", member.name,
+            "--data-dir", str(member.data_dir),
+            "--listen-client-urls", f"http://127.0.0.1:{member.client_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{member.client_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{member.peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{member.peer_port}",
+            "--initial-cluster", self._initial_cluster(),
+            "--initial-cluster-token", self.token,
+            "--initial-cluster-state", "new",
+            # short elections: quorum loss and recovery within a test's patience
+            "--heartbeat-interval", "50",
+            "--election-timeout", "500",
+            "--quota-backend-bytes", str(256 * 1024 * 1024),
+            "--log-level", "warn",
+        ]  # fmt: skip
+        log = member.log.open("ab")
+        member.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+
+    def stop_member(self, member: Member, sig: int = signal.SIGKILL) -> None:
+        """Stop one member (SIGKILL by default: a crash, not a goodbye)."""
+        if member.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            member.proc.send_signal(sig)
+        member.proc.wait(timeout=30)
+        member.proc = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        if not os.path.exists(ETCD):
+            raise RuntimeError("etcd is not installed (Debian package etcd-server)")
+        for m in self.members:
+            self.start_member(m)
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = 30.0, members: list[Member] | None = None) -> None:
+        """Until each running member (or the given ones) answers /health with a leader."""
+        deadline = time.monotonic() + timeout
+        for m in members or [m for m in self.members if m.proc is not None]:
+            while not self._healthy(m):
+                if m.proc is not None and m.proc.poll() is not None:
+                    raise RuntimeError(f"etcd {m.name} exited: {m.log.read_text()[-2000:]}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"etcd {m.name} not healthy: {m.log.read_text()[-2000:]}")
+                time.sleep(0.1)
+
+    @staticmethod
+    def _healthy(m: Member) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{m.endpoint}/health", timeout=2) as resp:
+                return bool(json.loads(resp.read()).get("health") == "true")
+        except (OSError, ValueError, urllib.error.URLError):
+            return False
+
+    def stop(self) -> None:
+        for m in self.members:
+            self.stop_member(m, signal.SIGTERM)
+
+    def __enter__(self) -> EtcdCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

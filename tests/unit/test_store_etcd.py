@@ -1,0 +1,406 @@
+"""The store on a real 3-member etcd cluster: the core store and API tests again, then what only
+a cluster has - two instances writing at once, events on the other instance exactly once, a
+dropped connection, a lost member, lost quorum - and the migration both ways.
+
+The imported tests run here with this module's ``store`` fixture (an `EtcdStore`), so they prove
+the same behaviour on both backends; the API fixtures of conftest build on it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.events import ChangeEvent, EventBus
+from controller.store import Store, StoreUnavailable
+from controller.store.etcd_log import EtcdLog
+from controller.store.etcd_settings import EtcdSettings, parse_url
+from controller.store.replicated import WRITES, EtcdStore
+from controller.store.transfer import etcd_to_sqlite, sqlite_to_etcd
+from tests.unit.test_api import (  # noqa: F401  (collected again, on etcd)
+    test_bulk_create,
+    test_bulk_create_is_atomic,
+    test_delete_rules,
+    test_filters,
+    test_if_match_revision,
+    test_network_create_defaults_and_shape,
+    test_pagination,
+    test_port_create_defaults,
+    test_port_ip_rules,
+    test_port_mac_rules,
+    test_port_update_and_read_only,
+    test_subnet_defaults,
+)
+from tests.unit.test_store import (  # noqa: F401  (collected again, on etcd)
+    make_net_with_subnet,
+    run_threads,
+    test_bulk_subnet_create_is_atomic,
+    test_events_are_published_after_commit,
+    test_failed_write_rolls_back_and_publishes_nothing,
+    test_fifty_concurrent_port_creates,
+    test_ip_allocation_skips_gateway_and_reuses_freed,
+    test_mac_unique_per_network_only,
+    test_network_crud_round_trip,
+    test_port_status_and_binding,
+    test_segmentation_ids_are_lowest_free_and_unique,
+    test_subnet_in_use_and_network_in_use,
+    test_update_without_change_publishes_nothing,
+)
+
+pytestmark = pytest.mark.etcd
+
+
+@pytest.fixture
+def store(
+    db_path: str, bus: EventBus, events: list[ChangeEvent], etcd_settings: EtcdSettings
+) -> Iterator[Store]:
+    s = EtcdStore(db_path, bus, etcd_settings)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def second(tmp_path: Path, etcd_settings: EtcdSettings) -> Iterator[tuple[EtcdStore, list[Any]]]:
+    """Another instance on the same log, with its own replica and bus; (store, its events)."""
+    bus, seen = EventBus(), []
+    bus.subscribe(seen.extend)
+    s = EtcdStore(str(tmp_path / "second.db"), bus, etcd_settings)
+    yield s, seen
+    s.close()
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Until ``predicate()`` holds; fails naming ``what`` (a bound on a hang, not a speed goal)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def restore_members(etcd_cluster: Any) -> Iterator[Any]:
+    """Whatever a test stops, the next test finds all members running again."""
+    yield etcd_cluster
+    for m in etcd_cluster.members:
+        if m.proc is None:
+            etcd_cluster.start_member(m)
+    etcd_cluster.wait_healthy(60)
+
+
+def test_every_writing_method_is_retried() -> None:
+    """A write method missing from WRITES would not be re-run when overtaken (it would fail)."""
+    writing = set()
+    for name, fn in inspect.getmembers(Store, inspect.isfunction):
+        if "self._write(" in inspect.getsource(fn):
+            writing.add(name)
+    assert writing == set(WRITES)
+
+
+def test_parse_url() -> None:
+    assert parse_url("etcd://a:1,[::1]:2") == (("a", 1), ("::1", 2))
+    for bad in ("http://a:1", "etcd://a", "etcd://a:0", "etcd://:5"):
+        with pytest.raises(ValueError):
+            parse_url(bad)
+
+
+def test_two_instances_creating_at_once_never_collide(
+    store: EtcdStore, second: tuple[EtcdStore, list[Any]]
+) -> None:
+    other, _ = second
+    net_id, _ = make_net_with_subnet(store)
+    stores = (store, other)
+    made = run_threads(
+        40,
+        lambda i: (
+            stores[i % 2].create_network({}),
+            stores[i % 2].create_port({"network_id": net_id}),
+        ),
+    )
+    seg_ids = [n["provider:segmentation_id"] for n, _ in made]
+    macs = [p["mac_address"] for _, p in made]
+    ips = [p["fixed_ips"][0]["ip_address"] for _, p in made]
+    assert len(set(seg_ids)) == 40 and len(set(macs)) == 40 and len(set(ips)) == 40
+    # both replicas hold the same 40 ports (an API read waits for the head of the log)
+    for s in stores:
+        assert {p["id"] for p in s.list_all("port")} == {p["id"] for _, p in made}
+    assert store.applied == other.applied
+
+
+def test_a_write_reaches_the_other_instance_once_in_order(
+    store: EtcdStore, events: list[ChangeEvent], second: tuple[EtcdStore, list[Any]]
+) -> None:
+    _, seen = second
+    net_id, _ = make_net_with_subnet(store)
+    for _ in range(5):
+        store.create_port({"network_id": net_id})
+    port = store.create_port({"network_id": net_id})
+    store.update("port", port["id"], {"name": "renamed"})
+    store.delete("port", port["id"])
+    wait_for(lambda: len(seen) >= len(events), "the other instance's events")
+    time.sleep(0.3)  # a duplicate would arrive now: the follower polls and the watch rings
+
+    def key(e: ChangeEvent) -> tuple[str, str, int]:
+        return (e.kind, e.obj_id, (e.new or e.old or {}).get("revision_number", 0))
+
+    assert [key(e) for e in seen] == [key(e) for e in events]
+    assert seen[-1].new is None and seen[-1].old is not None  # the delete, with its old value
+
+
+def test_watch_resumes_after_the_connection_drops(
+    store: EtcdStore,
+    tmp_path: Path,
+    etcd_settings: EtcdSettings,
+    restore_members: Any,
+) -> None:
+    """An instance whose only etcd member goes away misses nothing and repeats nothing."""
+    cluster = restore_members
+    lonely = cluster.members[2]
+    settings = EtcdSettings(((("127.0.0.1", lonely.client_port),)), prefix=etcd_settings.prefix)
+    bus, seen = EventBus(), []
+    bus.subscribe(seen.extend)
+    other = EtcdStore(str(tmp_path / "other.db"), bus, settings, poll_s=0.2)
+    try:
+        net = store.create_network({"name": "before"})
+        wait_for(lambda: len(seen) == 1, "the first event")
+        cluster.stop_member(lonely)
+        wait_for(lambda: other.down, "the instance noticing its member is gone")
+        during = [store.create_network({"name": f"during{i}"}) for i in range(3)]
+        cluster.start_member(lonely)
+        cluster.wait_healthy(60, [lonely])
+        wait_for(lambda: len(seen) >= 4 and not other.down, "the missed events")
+        after = store.create_network({"name": "after"})
+        wait_for(lambda: len(seen) >= 5, "the event after the resume")
+        time.sleep(0.5)
+        assert [e.obj_id for e in seen] == [net["id"], *(n["id"] for n in during), after["id"]]
+        assert other.get_network(after["id"]) is not None
+    finally:
+        other.close()
+
+
+def test_losing_one_member_changes_nothing(
+    store: EtcdStore, second: tuple[EtcdStore, list[Any]], restore_members: Any
+) -> None:
+    cluster = restore_members
+    other, _ = second
+    net_id, _ = make_net_with_subnet(store)
+    cluster.stop_member(cluster.members[0])
+    ports = [(store, other)[i % 2].create_port({"network_id": net_id}) for i in range(6)]
+    assert len({p["fixed_ips"][0]["ip_address"] for p in ports}) == 6
+    assert {p["id"] for p in other.list_all("port")} == {p["id"] for p in ports}
+
+
+def test_losing_quorum_answers_503_then_recovers(
+    store: EtcdStore,
+    second: tuple[EtcdStore, list[Any]],
+    restore_members: Any,
+    make_client: Any,
+) -> None:
+    cluster = restore_members
+    other, _ = second
+    client = make_client()
+    net = client.post("/v2.0/networks", json={"network": {"name": "kept"}}).json()["network"]
+    cluster.stop_member(cluster.members[0])
+    cluster.stop_member(cluster.members[1])
+    answer = client.post("/v2.0/networks", json={"network": {"name": "refused"}})
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["Retry-After"] == "1"
+    error = answer.json()["NeutronError"]
+    assert error["type"] == "ServiceUnavailable"
+    assert "cannot commit now" in error["message"]
+    # A member that was leader a moment ago may have taken the request into its log: then the
+    # answer must not claim nothing changed (etcd may commit it once the others return).
+    maybe = "may still be committed" in error["message"]
+    assert maybe or "Nothing was changed" in error["message"]
+    # reads are served from the replica meanwhile (what the data plane needs to keep forwarding)
+    assert client.get(f"/v2.0/networks/{net['id']}").status_code == 200
+    for m in cluster.members[:2]:
+        cluster.start_member(m)
+    cluster.wait_healthy(60)
+    wait_for(
+        lambda: (
+            client.post("/v2.0/networks", json={"network": {"name": "again"}}).status_code == 201
+        ),
+        "a write once quorum is back",
+    )
+    wait_for(lambda: not other.down, "the other instance reconnecting")
+    names = [n["name"] for n in other.list_all("network")]
+    assert {"kept", "again"} <= set(names) and len(names) == len(set(names))
+    if not maybe:
+        assert "refused" not in names
+    # whatever the cluster decided, both instances hold the same
+    assert other.list_all("network") == store.list_all("network")
+
+
+def freeze_follower(s: EtcdStore) -> None:
+    """Stop an instance's follower, so only its own calls move its replica on."""
+    s._stopping.set()
+    s._doorbell.set()
+    s._follower.join(timeout=10)
+
+
+def test_an_api_read_on_another_instance_sees_every_acknowledged_write(
+    store: EtcdStore, second: tuple[EtcdStore, list[Any]]
+) -> None:
+    other, _ = second
+    freeze_follower(other)
+    net = store.create_network({"name": "just written"})
+    assert other.get("network", net["id"]) is not None  # waited for the head of the log
+    assert [n["id"] for n in other.list_all("network")] == [net["id"]]
+
+
+def test_concurrent_catch_ups_apply_each_entry_once(
+    store: EtcdStore, second: tuple[EtcdStore, list[Any]]
+) -> None:
+    other, seen = second
+    freeze_follower(other)
+    made = [store.create_network({"name": f"n{i}"})["id"] for i in range(8)]
+    errors: list[BaseException] = []
+
+    def catch_up() -> None:
+        try:
+            other.catch_up()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=catch_up) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert [e.obj_id for e in seen] == made
+    assert other.applied == store.applied
+
+
+def test_an_overtaken_write_is_run_again_on_the_new_state(
+    store: EtcdStore, second: tuple[EtcdStore, list[Any]]
+) -> None:
+    """The other instance's replica is behind (its follower is not told); its create must still
+    take the next segmentation id, not the one it would have picked on its stale replica."""
+    other, _ = second
+    freeze_follower(other)  # only the retry can bring it up to date
+    first = store.create_network({})
+    mine = other.create_network({})
+    assert mine["provider:segmentation_id"] != first["provider:segmentation_id"]
+    assert other.applied == 2  # entry 1 (the first network) applied by the retry, then its own
+
+
+def test_restart_resumes_from_the_replica_and_rebuilds_a_lost_one(
+    store: EtcdStore, db_path: str, etcd_settings: EtcdSettings, tmp_path: Path
+) -> None:
+    net = store.create_network({"name": "n"})
+    replica = tmp_path / "r.db"
+    bus, seen = EventBus(), []
+    bus.subscribe(seen.extend)
+    again = EtcdStore(str(replica), bus, etcd_settings)
+    assert again.get_network(net["id"]) is not None
+    assert [e.obj_id for e in seen] == [net["id"]]  # applied (and published) once
+    again.close()
+    store.create_network({"name": "while stopped"})
+    seen.clear()
+    again = EtcdStore(str(replica), bus, etcd_settings)
+    assert [e.new["name"] for e in seen if e.new] == ["while stopped"]  # only what it missed
+    again.close()
+    replica.unlink()
+    again = EtcdStore(str(replica), EventBus(), etcd_settings)
+    assert {n["name"] for n in again.list_networks()} == {"n", "while stopped"}
+    again.close()
+
+
+def test_migration_sqlite_to_etcd_and_back(tmp_path: Path, etcd_settings: EtcdSettings) -> None:
+    source = str(tmp_path / "single.db")
+    single = Store(source, EventBus())
+    net_id, _ = make_net_with_subnet(single)
+    port = single.create_port({"network_id": net_id, "name": "p"})
+    single.close()
+
+    sqlite_to_etcd(source, etcd_settings)
+    with pytest.raises(ValueError, match="already holds"):
+        sqlite_to_etcd(source, etcd_settings)  # never over an existing log by accident
+    clustered = EtcdStore(str(tmp_path / "replica.db"), EventBus(), etcd_settings)
+    assert clustered.get_port(port["id"]) == port
+    moved = clustered.create_port({"network_id": net_id})  # allocation continues from there
+    assert moved["fixed_ips"][0]["ip_address"] != port["fixed_ips"][0]["ip_address"]
+    clustered.close()
+
+    back = str(tmp_path / "back.db")
+    etcd_to_sqlite(etcd_settings, back)
+    restored = Store(back, EventBus())
+    assert {p["id"] for p in restored.list_ports()} == {port["id"], moved["id"]}
+    restored.close()
+    tables = {r[0] for r in sqlite3.connect(back).execute("SELECT name FROM sqlite_master")}
+    assert "etcd_replica" not in tables
+
+
+def test_unreachable_cluster_at_start_is_a_clear_error(tmp_path: Path) -> None:
+    from lab.tenantnet_proc import free_port
+
+    settings = EtcdSettings((("127.0.0.1", free_port()),), timeout_s=0.5)
+    with pytest.raises(StoreUnavailable, match="unavailable"):
+        EtcdStore(str(tmp_path / "x.db"), EventBus(), settings)
+
+
+def test_entries_are_compare_and_put_on_the_head(etcd_settings: EtcdSettings) -> None:
+    log = EtcdLog(etcd_settings)
+    assert log.create({"epoch": "e", "schema": 1})
+    assert not log.create({"epoch": "f", "schema": 1})
+    assert log.append(0, b"one")
+    assert not log.append(0, b"stale")  # the head moved: a second writer on entry 1 loses
+    assert log.append(1, b"two")
+    assert list(log.entries_after(0)) == [(1, b"one"), (2, b"two")]
+    assert log.head() == 2
+
+
+def test_two_controller_processes_serve_one_store(
+    tmp_path: Path, etcd_cluster: Any, etcd_settings: EtcdSettings
+) -> None:
+    """`tenantnet serve --store etcd://...` twice: a write answered by one is read on the other
+    at once, and the survivor keeps serving when the first is killed."""
+    from lab.tenantnet_proc import TenantnetProcess, free_port
+
+    args = ("--store", etcd_cluster.url, "--etcd-prefix", etcd_settings.prefix)
+    procs = [
+        TenantnetProcess(tmp_path / f"c{i}", f"127.0.0.1:{free_port()}", extra_args=args)
+        for i in range(2)
+    ]
+    try:
+        for p in procs:
+            p.start(timeout=60)
+        a, b = (p.api for p in procs)
+        net = a.create("network", name="shared")
+        a.create("subnet", network_id=net["id"], cidr="10.9.0.0/24")
+        port = a.create("port", network_id=net["id"])
+        assert b.show("port", port["id"]) == port
+        procs[0].kill()
+        other = b.create("port", network_id=net["id"])
+        assert other["fixed_ips"][0]["ip_address"] != port["fixed_ips"][0]["ip_address"]
+        assert "store on etcd 127.0.0.1:" in procs[1].log_tail()
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def test_store_copy_command(tmp_path: Path, etcd_cluster: Any, etcd_settings: EtcdSettings) -> None:
+    from controller.cli import main
+
+    source = str(tmp_path / "one.db")
+    single = Store(source, EventBus())
+    net = single.create_network({"name": "copied"})
+    single.close()
+    prefix = ("--etcd-prefix", etcd_settings.prefix)
+    assert main(["store-copy", source, etcd_cluster.url, *prefix]) == 0
+    assert main(["store-copy", source, etcd_cluster.url, *prefix]) == 1  # exists: refused
+    assert main(["store-copy", source, str(tmp_path / "x.db")]) == 2
+    back = str(tmp_path / "back.db")
+    assert main(["store-copy", etcd_cluster.url, back, *prefix]) == 0
+    restored = Store(back, EventBus())
+    assert restored.get_network(net["id"]) == net
+    restored.close()
