@@ -31,7 +31,7 @@ arrives with TTL 0 or 1 (no ICMP time exceeded is sent: see the README).
 routing through an interface of its own network and only reach the subnets of that interface's
 router; tenants with the same CIDRs have different keys and different routers.  The tunnel
 ingress of routed traffic is exact: a host accepts network K's key from exactly the hosts of
-K's routers (``RouterView.hosts``: the hosts with a usable port in one of the router's
+K's routers (``RouterView.hosts``: the hosts holding a port in one of the router's
 networks), at priority 99 beside l2's per-peer rules (priority 100), so neither owner needs to
 know the other's rules.
 
@@ -42,7 +42,7 @@ its network.  Adding or removing an interface changes the slices of that router'
 on that router's hosts only; a port change in a routed network changes one neighbour rule per
 router host (O(1) flow-mods per host).
 
-**Which host gets what.**  A host with a usable local port in some of the router's networks (a
+**Which host gets what.**  A host holding a port in some of the router's networks (a
 *router host*) gets, for those networks only, the entries, routes, echo answers, ARP answers
 and tunnel ingress, and the neighbour rules of every routed address (it may send to any).  Other
 hosts get nothing of the router.
@@ -116,7 +116,7 @@ class RouterView:
     interfaces: tuple[Interface, ...]
     ports: tuple[RoutedPort, ...]
     hosts: tuple[str, ...]  # tunnel IPs of every router host (this one included or not)
-    local_keys: frozenset[int]  # networks of the router with a usable port on this host
+    local_keys: frozenset[int]  # networks of the router with a port held by this host
 
 
 def compile_router(ctx: HostContext, view: RouterView) -> dict[int, Slice]:

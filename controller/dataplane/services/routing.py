@@ -5,15 +5,15 @@ the ports of routed networks), ``subnet`` (an interface's CIDR), ``network`` (ke
 segments), ``binding`` and ``iface`` (where a port is and whether it is plugged),
 ``host_facts`` (tunnel ports), ``switch`` (a host was read) and ``host`` (one deleted).
 
-One unit per host, ``(host id,)``: every router with a network that has a usable port on the
+One unit per host, ``(host id,)``: every router with a network that has a port held by the
 host is compiled for it (`flows.routing.compile_router`) and each owner (one per interface)
 is diffed on its own, so a change sends only the flows it changes: a port of a routed network
 one neighbour rule per router host, an interface added or removed the flows of that router's
 interfaces on that router's hosts.
 
-A change dirties the hosts of the routers it concerns: the hosts with a usable port in one of
-their networks now, and the hosts this service compiled them on last time (`hosts_of`), so a
-host that stopped being a router host has its owners removed.  Finding them is
+A change dirties the hosts of the routers it concerns: the hosts holding a port in one of
+their networks now (as l2 locates ports), and the hosts this service compiled them on last time
+(`hosts_of`), so a host that stopped being a router host has its owners removed.  Finding them is
 O(ports of the router's networks), like compiling them.
 """
 
@@ -28,23 +28,20 @@ import netaddr
 from controller.dataplane.planner import EMPTY, Change, Inputs, Step, Unit
 from controller.dataplane.state import NetworkRec, PortRec, RouterRec, SubnetRec
 from flows import tables as t
-from flows.compiler import OFPP_MAX
 from flows.routing import Interface, RoutedPort, RouterView, compile_router
 
 GROUP = "router"
 
 
-def _usable_on(port: PortRec, inputs: Inputs) -> str | None:
-    """The host where the port is held, plugged on a valid ofport and admin up (the hosts
-    where `flows.compiler` gives a local port its rules), else None."""
-    if not port.admin_up or port.router_id is not None:
+def located_on(port: PortRec, inputs: Inputs) -> str | None:
+    """The registered host holding the port (None for an interface port).  Like l2's members
+    and remote ports, it counts whether or not the host's OVSDB shows the port yet: a restart
+    knows the recorded holders before any host is heard from, so it compiles the same flows
+    whatever order the hosts come back in."""
+    if port.router_id is not None:
         return None
     holder = inputs.bindings.holder(port.id)
-    rt = inputs.hosts.get(holder) if holder is not None else None
-    if rt is None or rt.obs is None:
-        return None
-    ofport = rt.obs.bindings.get(port.id)
-    return holder if ofport is not None and 0 < ofport <= OFPP_MAX else None
+    return holder if holder is not None and holder in inputs.hosts else None
 
 
 def interfaces_of(router_id: str, inputs: Inputs) -> list[tuple[PortRec, Interface]]:
@@ -84,7 +81,7 @@ def router_view(router_id: str, host_id: str, inputs: Inputs) -> RouterView | No
             continue
         for pid in sorted(mirror.net_ports.get(net_id, ())):
             port = mirror.ports[pid]
-            holder = _usable_on(port, inputs)
+            holder = located_on(port, inputs)
             if holder is None:
                 continue
             host_ip = inputs.hosts[holder].rec.tunnel_ip
@@ -104,16 +101,17 @@ def router_view(router_id: str, host_id: str, inputs: Inputs) -> RouterView | No
 
 
 def routers_on(host_id: str, inputs: Inputs) -> set[str]:
-    """The routers with a network that has a usable port on the host."""
+    """The routers with a network that has a port held by the host."""
     rt = inputs.hosts.get(host_id)
-    if rt is None or rt.obs is None:
+    if rt is None:
         return set()
     mirror = inputs.mirror
+    candidates = mirror.recorded_on(host_id) | set(rt.obs.bindings if rt.obs else ())
     found: set[str] = set()
-    for pid in rt.obs.bindings:
+    for pid in candidates:
         port = mirror.ports.get(pid)
         routed = port is not None and mirror.net_ifaces.get(port.network_id)
-        if routed and port is not None and _usable_on(port, inputs) == host_id:
+        if routed and port is not None and located_on(port, inputs) == host_id:
             found |= mirror.routers_of(port.network_id)
     return found
 
@@ -155,7 +153,7 @@ class RoutingService:
         }
         for net_id in nets:
             for pid in mirror.net_ports.get(net_id, ()):
-                holder = _usable_on(mirror.ports[pid], inputs)
+                holder = located_on(mirror.ports[pid], inputs)
                 if holder is not None:
                     hosts.add(holder)
         return hosts
