@@ -38,10 +38,10 @@ flows and views; this module stays pure):
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 
 import netaddr
-from os_ken.lib import addrconv
 from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
 from os_ken.lib.packet.ether_types import ETH_TYPE_IP
 from os_ken.lib.packet.in_proto import IPPROTO_UDP
@@ -76,6 +76,9 @@ SERVER_PORT = 67
 BROADCAST_FLAG = 0x8000
 MAX_FRAME = 16384
 """Bigger frames are not DHCP any client sends; refused before parsing."""
+PLAN_CACHE_SIZE = 4096
+"""Ports whose replies' content is kept worked out (`DhcpResponder._plan`); the least recently
+added is forgotten first.  A few hundred bytes each."""
 OPTIONS_BUDGET = 1200
 """Bytes of options a reply may carry: a reply must fit one 1500-byte frame (RFC 2131 servers
 must not exceed the client's maximum message size, at least 576; clients that boot VMs accept a
@@ -111,6 +114,20 @@ class _Request:
     ciaddr: str
     requested_ip: str | None
     server_id: str | None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What every reply to one port says, worked out once from its facts: the lease and the
+    options (address and route encodings, extra options) that the same facts always give."""
+
+    subnet: DhcpSubnet
+    address: str
+    server_ip: str
+    lease_options: tuple[tuple[int, bytes], ...]  # OFFER / ACK
+    lease_left_out: int  # extra options that did not fit or encode, per reply
+    inform_options: tuple[tuple[int, bytes], ...]  # ACK to an INFORM: no lease times
+    inform_left_out: int
 
 
 def _option_value(request: dhcp.dhcp, tag: int) -> bytes | None:
@@ -152,8 +169,8 @@ def _parse(frame: bytes) -> _Request | None:
         xid=msg.xid,
         flags=msg.flags,
         ciaddr=msg.ciaddr,
-        requested_ip=None if requested is None else addrconv.ipv4.bin_to_text(requested),
-        server_id=None if server is None else addrconv.ipv4.bin_to_text(server),
+        requested_ip=None if requested is None else socket.inet_ntoa(requested),
+        server_id=None if server is None else socket.inet_ntoa(server),
     )
 
 
@@ -170,11 +187,27 @@ def _lease_for(port: DhcpPort, network: DhcpNetwork) -> tuple[DhcpSubnet, str] |
 
 
 class DhcpResponder:
-    """Answers DHCPv4 client messages; holds only settings and counters."""
+    """Answers DHCPv4 client messages; holds settings, counters and the replies' content worked
+    out per port (`_plan`).
+
+    Why a cache, and why it cannot go stale: working a reply's options out of a port's facts
+    (netmask, addresses, routes, extra options, each through an address parser) cost about as
+    much as parsing the request and building the frame together, and a renewing VM asks the
+    same question every time.  The cache is keyed by the facts themselves (`DhcpPort`,
+    `DhcpNetwork`: frozen records the data plane derives from the store's current state for
+    every packet), so a change to the port, its network or a subnet is a new key and gets a
+    fresh plan; the old entry is simply never asked for again and ages out.  Settings are
+    fixed for the responder's life.
+    """
 
     def __init__(self, settings: DhcpSettings | None = None) -> None:
-        self.settings = settings or DhcpSettings()
+        self._settings = settings or DhcpSettings()
         self.counters = DhcpCounters()
+        self._plans: dict[tuple[DhcpPort, DhcpNetwork], _Plan | None] = {}
+
+    @property
+    def settings(self) -> DhcpSettings:
+        return self._settings
 
     def respond(self, frame: bytes, port: DhcpPort | None, network: DhcpNetwork) -> bytes | None:
         """The reply frame to send back to the port, or None.  Never raises for any input."""
@@ -197,14 +230,13 @@ class DhcpResponder:
         if req.msg_type in (RELEASE, DECLINE):
             self.counters.released += 1
             return None
-        lease = None
+        plan = None
         if port is not None and port.admin_state_up and port.mac == req.client_mac:
-            lease = _lease_for(port, net)
-        if port is None or lease is None or req.msg_type not in (DISCOVER, REQUEST, INFORM):
+            plan = self._plan(port, net)
+        if port is None or plan is None or req.msg_type not in (DISCOVER, REQUEST, INFORM):
             self.counters.ignored += 1
             return None
-        subnet, address = lease
-        server_ip = server_address(subnet)
+        address, server_ip = plan.address, plan.server_ip
         if req.msg_type == REQUEST:
             if req.server_id is not None and req.server_id != server_ip:
                 self.counters.ignored += 1  # the client chose another server's offer
@@ -212,9 +244,13 @@ class DhcpResponder:
             wanted = req.requested_ip or (req.ciaddr if req.ciaddr != "0.0.0.0" else None)
             if wanted != address:
                 self.counters.naks += 1
-                return self._build(req, NAK, "0.0.0.0", server_ip, [], broadcast=True)
+                return self._build(req, NAK, "0.0.0.0", server_ip, (), broadcast=True)
         reply_type = OFFER if req.msg_type == DISCOVER else ACK
-        options = self._options(port, subnet, net, server_ip, lease=req.msg_type != INFORM)
+        if req.msg_type == INFORM:
+            options, left_out = plan.inform_options, plan.inform_left_out
+        else:
+            options, left_out = plan.lease_options, plan.lease_left_out
+        self.counters.options_left_out += left_out
         if reply_type == OFFER:
             self.counters.offers += 1
         else:
@@ -222,10 +258,34 @@ class DhcpResponder:
         yiaddr = "0.0.0.0" if req.msg_type == INFORM else address
         return self._build(req, reply_type, yiaddr, server_ip, options, broadcast=False)
 
+    def _plan(self, port: DhcpPort, net: DhcpNetwork) -> _Plan | None:
+        """The port's plan (None: no address to lease), from the cache or worked out now.
+        Raises what `_options` raises for facts that do not encode (not cached then)."""
+        key = (port, net)
+        try:
+            return self._plans[key]
+        except KeyError:
+            pass
+        lease = _lease_for(port, net)
+        plan = None
+        if lease is not None:
+            subnet, address = lease
+            server_ip = server_address(subnet)
+            with_lease, lease_left_out = self._options(port, subnet, net, server_ip, lease=True)
+            inform, inform_left_out = self._options(port, subnet, net, server_ip, lease=False)
+            plan = _Plan(
+                subnet, address, server_ip, with_lease, lease_left_out, inform, inform_left_out
+            )
+        if len(self._plans) >= PLAN_CACHE_SIZE:
+            del self._plans[next(iter(self._plans))]  # the oldest entry
+        self._plans[key] = plan
+        return plan
+
     def _options(
         self, port: DhcpPort, subnet: DhcpSubnet, net: DhcpNetwork, server_ip: str, lease: bool
-    ) -> list[tuple[int, bytes]]:
-        """Standard options first, then the port's extra options replace or add by number."""
+    ) -> tuple[tuple[tuple[int, bytes], ...], int]:
+        """Standard options first, then the port's extra options replace or add by number;
+        and how many extra options were left out (did not encode or fit)."""
         cidr = netaddr.IPNetwork(subnet.cidr)
         routes = [(r[0], r[1]) for r in subnet.host_routes]
         if subnet.gateway_ip and not any(netaddr.IPNetwork(d).prefixlen == 0 for d, _ in routes):
@@ -247,6 +307,7 @@ class DhcpResponder:
             chosen[opt.RENEWAL_T1] = opt.encode(opt.RENEWAL_T1, str(seconds // 2))
             chosen[opt.REBINDING_T2] = opt.encode(opt.REBINDING_T2, str(seconds * 7 // 8))
         used = sum(2 + len(v) for v in chosen.values())
+        left_out = 0
         for extra in port.extra_dhcp_opts:
             number = opt.option_number(extra.name)
             if extra.ip_version != 4 or number is None or number in NOT_OVERRIDABLE:
@@ -257,14 +318,14 @@ class DhcpResponder:
             try:
                 value = opt.encode(number, extra.value)
             except opt.BadValue:
-                self.counters.options_left_out += 1
+                left_out += 1
                 continue
             after = used - (2 + len(chosen[number]) if number in chosen else 0) + 2 + len(value)
             if not 0 < len(value) <= 255 or after > OPTIONS_BUDGET:
-                self.counters.options_left_out += 1
+                left_out += 1
                 continue
             chosen[number], used = value, after
-        return [(opt.SERVER_ID, opt.ipv4(server_ip)), *sorted(chosen.items())]
+        return ((opt.SERVER_ID, opt.ipv4(server_ip)), *sorted(chosen.items())), left_out
 
     def _build(
         self,
@@ -272,13 +333,13 @@ class DhcpResponder:
         reply_type: int,
         yiaddr: str,
         server_ip: str,
-        options: list[tuple[int, bytes]],
+        options: tuple[tuple[int, bytes], ...],
         broadcast: bool,
     ) -> bytes:
         """The reply frame: server MAC/IP to the client's MAC; IP broadcast when the client
         asked for it (or for a NAK), else unicast to the address it gets or has."""
         if reply_type == NAK:
-            options = [(opt.SERVER_ID, opt.ipv4(server_ip))]
+            options = ((opt.SERVER_ID, opt.ipv4(server_ip)),)
         message = dhcp.dhcp(
             op=dhcp.DHCP_BOOT_REPLY,
             chaddr=req.client_mac,

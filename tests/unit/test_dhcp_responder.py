@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
 
+from controller.services import dhcp as dhcp_server
 from controller.services import dhcp_options as opt
 from controller.services.dhcp import (
     ACK,
@@ -306,3 +307,44 @@ def test_random_bytes_and_mutations_never_raise(noise: bytes, cut: int) -> None:
         reply = responder.respond(frame, PORT, NETWORK)
         if reply is not None:
             parse(reply)  # whatever we answer is well-formed DHCP
+
+
+def test_replies_follow_every_change_of_the_facts_they_were_worked_out_from() -> None:
+    """One responder (its per-port cache warm) answers each renewal from the facts it is given
+    now: a changed MTU, DNS server, gateway, extra option, address or admin state shows in the
+    very next reply, and the old facts' answer comes back unchanged when they do."""
+    responder = DhcpResponder(SETTINGS)
+
+    def ack(port: DhcpPort, network: DhcpNetwork) -> tuple[str, dict[int, bytes]] | None:
+        reply = responder.respond(client_frame(REQUEST, ciaddr="10.0.0.5"), port, network)
+        if reply is None:
+            return None
+        _, _, _, msg, options = parse(reply)
+        return msg.yiaddr, options
+
+    first = ack(PORT, NETWORK)
+    assert first is not None and first[1][opt.MTU] == (1450).to_bytes(2, "big")
+    moved = DhcpSubnet("s1", "10.0.0.0/24", "10.0.0.254", dns_nameservers=("192.0.2.99",))
+    changed = ack(PORT, DhcpNetwork(mtu=1400, subnets=(moved,)))
+    assert changed is not None
+    assert changed[1][opt.MTU] == (1400).to_bytes(2, "big")
+    assert changed[1][opt.DNS_SERVERS] == netaddr.IPAddress("192.0.2.99").packed
+    assert changed[1][opt.ROUTER] == changed[1][opt.SERVER_ID] == bytes([10, 0, 0, 254])
+    with_opt = DhcpPort(MAC, PORT.fixed_ips, extra_dhcp_opts=(DhcpOpt("mtu", "1300"),))
+    assert (ack(with_opt, NETWORK) or ("", {}))[1][opt.MTU] == (1300).to_bytes(2, "big")
+    readdressed = DhcpPort(MAC, (("s1", "10.0.0.6"),))
+    nak = ack(readdressed, NETWORK)  # the client renews the address it no longer has
+    assert nak is not None and nak[1][opt.MESSAGE_TYPE] == bytes([NAK])
+    offer = responder.respond(client_frame(DISCOVER), readdressed, NETWORK)
+    assert offer is not None and parse(offer)[3].yiaddr == "10.0.0.6"
+    assert ack(DhcpPort(MAC, PORT.fixed_ips, admin_state_up=False), NETWORK) is None
+    assert ack(PORT, NETWORK) == first
+
+
+def test_the_per_port_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dhcp_server, "PLAN_CACHE_SIZE", 4)
+    responder = DhcpResponder(SETTINGS)
+    for last in range(2, 12):
+        port = DhcpPort(MAC, (("s1", f"10.0.0.{last}"),))
+        assert responder.respond(client_frame(DISCOVER), port, NETWORK) is not None
+    assert len(responder._plans) == 4
