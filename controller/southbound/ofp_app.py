@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -303,19 +303,25 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         """Deliver packet-ins of admitted switches from tenantnet's own flows to ``handler`` on
         a bounded queue (see `controller.southbound.packet_in`); its replies go out as
         PACKET_OUTs to the packet's in_port.  Without a handler, packet-ins are ignored."""
-        self.packet_ins = PacketInQueue(handler, self.packet_out, maxsize)
+        self.packet_ins = PacketInQueue(handler, self.packet_outs, maxsize)
         return self.packet_ins
 
     def packet_out(self, dpid: int, port: int, data: bytes) -> bool:
         """Send a frame out of ``port`` of switch ``dpid``; False if it is gone or not reading."""
+        return self.packet_outs(dpid, [(port, data)])
+
+    def packet_outs(self, dpid: int, frames: Sequence[tuple[int, bytes]]) -> bool:
+        """Send each (port, frame) out of that port of switch ``dpid``, as one write (see
+        `controller.southbound.packet_in`); False if it is gone or not reading."""
         with self._lock:
             sw = self._switches.get(dpid)
         if sw is None or not sw.ready:
             return False
-        msg = codec.packet_out(sw.dp, port, data)
+        msgs = [codec.packet_out(sw.dp, port, data) for port, data in frames]
         with sw.lock:
-            sw.remember(msg, Sent("packet out", port))
-            return _send_as_one_write(sw.dp, [msg])
+            for msg, (port, _) in zip(msgs, frames, strict=True):
+                sw.remember(msg, Sent("packet out", port))
+            return _send_as_one_write(sw.dp, msgs)
 
     def add_transient_flow(self, dpid: int, rule: Rule, hard_timeout: int) -> bool:
         """Add ``rule`` with a hard timeout, outside any batch (a flooding port's DHCP drop,

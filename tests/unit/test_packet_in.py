@@ -123,6 +123,38 @@ def test_the_queue_is_bounded_and_never_blocks_the_switch_thread() -> None:
     assert handled == [1, 2, 3, 4, 5] and queue.counters.received == 11
 
 
+def test_replies_to_what_queued_up_leave_in_one_write_per_switch() -> None:
+    """Packet-ins that queued while the worker was busy are answered together: their replies
+    reach the switch as one write (one hand-off to the connection's send thread, one slot of
+    its bounded send queue), each a PACKET_OUT to its own in_port, in arrival order."""
+    app, dp, _ = _app()
+    release = threading.Event()
+
+    def slow(pkt: PacketIn) -> bytes:
+        release.wait(10)
+        return bytes([pkt.in_port or 0]) * 60
+
+    queue = app.on_packet_in(slow)
+    app._packet_in(_event(dp, in_port=1))
+    _wait(lambda: queue._queue.qsize() == 0, "the worker never took the first packet")
+    for port in range(2, 7):
+        app._packet_in(_event(dp, in_port=port))
+    release.set()
+    queue.close()
+    assert queue.counters.replies == 6 and queue.counters.reply_failures == 0
+    assert len(dp.sent) == 2  # the first reply alone, then the five that queued behind it
+    outs = _sent(dp)
+    for port, out in zip(range(1, 7), outs, strict=True):
+        want = parser.OFPPacketOut(
+            dp,
+            buffer_id=ofp.OFP_NO_BUFFER,
+            in_port=ofp.OFPP_CONTROLLER,
+            actions=[parser.OFPActionOutput(port, 0)],
+            data=bytes([port]) * 60,
+        )
+        assert out == _bytes(want, out)
+
+
 def test_a_handler_that_raises_is_counted_and_the_next_packet_is_handled() -> None:
     app, dp, _ = _app()
 
@@ -145,6 +177,7 @@ def test_a_reply_to_a_switch_that_went_away_is_counted() -> None:
     app._packet_in(_event(dp))
     queue.close()
     assert queue.counters.reply_failures == 1 and not app.packet_out(0x99, 1, b"x")
+    assert not app.packet_outs(0x99, [(1, b"x"), (2, b"y")])
 
 
 def test_the_packet_in_meter_is_the_controller_meter_in_packets_per_second() -> None:
