@@ -164,8 +164,11 @@ def dhcp_load(system: Any, vms: list[Vm], window: int, n_ports: int) -> dict[str
     res["control_plane_cores"] = round(cpu / (time.monotonic() - t0), 2)
     res["ready_ms"] = lat["ready_ms"]
     res["ping_ms"] = lat["ping_ms"]
+    if hasattr(system, "packet_in_counters"):  # tenantnet: where lost renewals went
+        res["packet_in"] = system.packet_in_counters()
     log(f"{system.name} DHCP load: {res['acks_per_s']} ACKs/s from {res['clients']} clients, "
-        f"lost {res['lost']}, NAKs {res['naks']}, CPU {res['control_plane_cores']} cores")
+        f"lost {res['lost']}, NAKs {res['naks']}, CPU {res['control_plane_cores']} cores"
+        + (f", packet-in {res['packet_in']}" if "packet_in" in res else ""))
     return res
 
 

@@ -293,6 +293,11 @@ class TenantnetSystem:
                 return time.perf_counter() - t0
             ids = resp["pending"]
 
+    def packet_in_counters(self) -> dict[str, int]:
+        """The controller's packet-in counters (`/tenantnet/status` ``packet_in``): received,
+        queue_full, replies, reply_failures..., for the DHCP load's JSON."""
+        return dict(self.ctl.api.status().get("packet_in") or {})
+
     def flow_mods_total(self) -> int:
         st = self.ctl.api.status()
         return int(st["flow_mods"]) + int(st["group_mods"])
