@@ -33,7 +33,7 @@ def _start_os_ken(settings: Settings, fd_budget: int) -> tuple[Any, Any]:
     from os_ken import cfg
     from os_ken.base import app_manager
 
-    from controller.southbound import ofp_server
+    from controller.southbound import ofp_server, osken_addrconv
 
     host, port = parse_hostport(settings.ofp_listen, "ofp_listen")
     conf = cfg.CONF
@@ -59,6 +59,7 @@ def _start_os_ken(settings: Settings, fd_budget: int) -> tuple[Any, Any]:
         ),
         fd_budget=fd_budget,
     )
+    osken_addrconv.install()
     manager = app_manager.AppManager.get_instance()
     manager.load_apps([OFP_APP])
     contexts = manager.create_contexts()
