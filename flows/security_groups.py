@@ -40,7 +40,12 @@ the remote group's members in a network that a local port with the rule is on (t
 scopes addresses: tenants' address spaces overlap).  A member joining or leaving changes one
 clause-3 flow per address per host that uses the group.  Flows with the same match (the same
 address in two groups, the same port range in two rules) are one flow with several
-``conjunction`` actions, which is why clauses 2 and 3 are compiled for a whole host at once.
+``conjunction`` actions, kept as contributions in a `flows.sg_clauses.ClauseIndex`: a rule's
+``conj_id`` and clause-2 flows belong to the rule (owner cookie from its key), a member's
+address flows to the member port on that host (from its number), and a merged flow to the
+smallest cookie among its contributors, so that the sg service patches one rule or one member
+in or out at its own cost and the whole-host compile here (:func:`shared_rules`) gives the
+same flows and cookies from scratch.
 
 Integration (what the core calls; see :func:`plug`, which does all three for a slice):
 
@@ -52,14 +57,16 @@ Integration (what the core calls; see :func:`plug`, which does all three for a s
 * goto_table can only go forward, so egress returns to L2_FROM_PORT with ``resubmit(,2)``;
 * the security-group flows themselves: :func:`compile_host` (one :class:`~flows.model.Slice`,
   cookies per owner: :class:`SgCookies`), or its parts :func:`static_rules` (host-independent),
-  :func:`port_rules` (one port's) and :func:`shared_rules` (merged rule/address clauses);
+  :func:`port_rules` (one port's), :func:`shared_rules` (merged rule/address clauses, the
+  reference) and the contributions the sg service patches (:func:`conj_id_rule`,
+  :func:`rule_entries`, :func:`member_entries`);
 * deleting a port: flush its conntrack zone :func:`zone_of` (``NXT_CT_FLUSH_ZONE``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -85,6 +92,7 @@ from flows.model import (
     Slice,
     match,
 )
+from flows.sg_clauses import ClauseIndex
 
 INGRESS = "ingress"
 EGRESS = "egress"
@@ -152,6 +160,7 @@ class MemberAddress:
     network_key: int
     ip: str
     mac: str
+    port_id: str = ""  # the member port: whose address-clause owner it is (`SgCookies.members`)
 
 
 @dataclass(frozen=True)
@@ -179,21 +188,32 @@ class FilteredPort:
 
 @dataclass(frozen=True)
 class SgCookies:
-    """The cookie of each owner of security-group flows: the host-independent skeleton, the
-    merged rule/address clauses of the host, and each port's own flows (by port id; a port
-    without an entry gets ``shared``)."""
+    """The cookie of each owner of security-group flows: the host-independent skeleton, each
+    port's own flows (by port id), each rule's ``conj_id`` and clause-2 flows (``rules``: rule
+    key -> cookie) and each member port's address (clause-3) flows (``members``: port id ->
+    cookie).  A merged flow (`flows.sg_clauses`) takes the smallest cookie of its
+    contributors.  Whatever has no cookie of its own gets ``shared`` (with neither ``rules``
+    nor ``members``, every merged flow is ``shared``'s)."""
 
     static: int
     shared: int
     ports: Mapping[str, int] = field(default_factory=dict)
+    rules: Callable[[int], int] | None = None
+    members: Mapping[str, int] = field(default_factory=dict)
+
+    def rule(self, key: int) -> int:
+        return self.rules(key) if self.rules is not None else self.shared
+
+    def member(self, port_id: str) -> int:
+        return self.members.get(port_id, self.shared)
 
 
 def member_addresses(port: FilteredPort) -> tuple[MemberAddress, ...]:
     """What a port contributes to the address set of each of its groups (remote_group_id):
     its fixed IPs (with its MAC) and its allowed address pairs."""
-    mac = normalize_mac(port.mac)
-    out = [MemberAddress(port.network_key, ip, mac) for ip in port.fixed_ips]
-    out += [MemberAddress(port.network_key, ip, normalize_mac(m)) for ip, m in port.allowed_pairs]
+    mac, net, pid = normalize_mac(port.mac), port.network_key, port.port_id
+    out = [MemberAddress(net, ip, mac, pid) for ip in port.fixed_ips]
+    out += [MemberAddress(net, ip, normalize_mac(m), pid) for ip, m in port.allowed_pairs]
     return tuple(out)
 
 
@@ -482,13 +502,41 @@ def port_rules(
     return frozenset(out)
 
 
-def shared_rules(
-    ports: Iterable[FilteredPort], groups: Mapping[str, SecurityGroup], cookie: int
-) -> frozenset[Rule]:
-    """Clauses 2 and 3 and the ``conj_id`` flows of every rule that applies to a local port.
+def conj_id_rule(rule: SgRule, cookie: int) -> Rule:
+    """A rule's ``conj_id`` flow: all its clauses matched -> its direction's accept table."""
+    table = _rules_table(rule.direction)
+    accept = t.SG_INGRESS_ACCEPT if rule.direction == INGRESS else t.SG_EGRESS_ACCEPT
+    return Rule(table, t.PRIO_SG_CONJ, match(conj_id=rule.key), (GotoTable(accept),), cookie)
 
-    Computed for the host as a whole because two rules (or two groups' address sets) may need
-    a flow with the same match: it becomes one flow carrying all their conjunction actions.
+
+@lru_cache(maxsize=1 << 16)
+def rule_entries(rule: SgRule) -> tuple[tuple[int, Match, Conjunction], ...]:
+    """Clause 2 of a rule as (table, match, conjunction action) contributions to merged flows."""
+    table, conj = _rules_table(rule.direction), Conjunction(rule.key, 2, _n_clauses(rule))
+    return tuple((table, m, conj) for m in rule_clauses(rule))
+
+
+def member_entries(
+    rule: SgRule, addrs: Iterable[MemberAddress]
+) -> list[tuple[int, Match, Conjunction]]:
+    """Clause 3 of a remote-group rule for these member addresses (already filtered to the
+    networks where the rule applies): one contribution per address of the rule's family."""
+    table, conj = _rules_table(rule.direction), Conjunction(rule.key, 3, 3)
+    out = []
+    for addr in addrs:
+        m = _member_match(rule, addr)
+        if m is not None:
+            out.append((table, m, conj))
+    return out
+
+
+def shared_rules(
+    ports: Iterable[FilteredPort], groups: Mapping[str, SecurityGroup], cookies: SgCookies
+) -> frozenset[Rule]:
+    """Clauses 2 and 3 and the ``conj_id`` flows of every rule that applies to a local port,
+    merged (two rules or two address sets needing one match share one flow with all their
+    conjunction actions) in a fresh `flows.sg_clauses.ClauseIndex`, the same structure the sg
+    service patches incrementally: this is the reference it is tested against.
     """
     ports = list(ports)
     used: dict[int, SgRule] = {}
@@ -499,27 +547,20 @@ def shared_rules(
                 raise ValueError(f"two different rules with key {rule.key}")
             nets_of_rule[rule.key].add(port.network_key)
 
-    clauses: dict[tuple[int, Match], set[Conjunction]] = defaultdict(set)
-    out: list[Rule] = []
+    index = ClauseIndex()
     for key, rule in used.items():
-        table, n = _rules_table(rule.direction), _n_clauses(rule)
-        accept = t.SG_INGRESS_ACCEPT if rule.direction == INGRESS else t.SG_EGRESS_ACCEPT
-        out.append(Rule(table, t.PRIO_SG_CONJ, match(conj_id=key), (GotoTable(accept),), cookie))
-        for m in rule_clauses(rule):
-            clauses[(table, m)].add(Conjunction(key, 2, n))
+        owner = cookies.rule(key)
+        index.add_fixed(owner, conj_id_rule(rule, owner))
+        for entry in rule_entries(rule):
+            index.add(owner, *entry)
         if rule.remote_group_id is None:
             continue
         remote = groups.get(rule.remote_group_id)
         for addr in remote.members if remote is not None else ():
-            if addr.network_key not in nets_of_rule[key]:
-                continue
-            m_addr = _member_match(rule, addr)
-            if m_addr is not None:
-                clauses[(table, m_addr)].add(Conjunction(key, 3, 3))
-    for (table, m), conj in clauses.items():
-        acts = tuple(sorted(conj))
-        out.append(Rule(table, t.PRIO_SG_CONJ, m, (Apply(acts),), cookie))
-    return frozenset(out)
+            if addr.network_key in nets_of_rule[key]:
+                for entry in member_entries(rule, (addr,)):
+                    index.add(cookies.member(addr.port_id), *entry)
+    return frozenset(index.rules())
 
 
 @lru_cache(maxsize=1 << 16)
@@ -555,5 +596,5 @@ def compile_host(
     rules = set(static_rules(cookies.static))
     for port in ports:
         rules |= port_rules(port, groups, cookies.ports.get(port.port_id, cookies.shared))
-    rules |= shared_rules(ports, groups, cookies.shared)
+    rules |= shared_rules(ports, groups, cookies)
     return Slice(rules=frozenset(rules))

@@ -258,10 +258,15 @@ class OwnerKind(IntEnum):
     """A port: its rules on its host and its unicast rules on each peer; the port number the
     store allocated at create time (``_num``, never reused)."""
     SECURITY_GROUP = 3
-    """Security-group flows on a host (`flows.security_groups`): number 0 the host's skeleton
-    (entries, conntrack, commits, misses of the SG tables), 1 the host's merged rule and
-    remote-group address clauses, ``SG_PORT_BIT | port number`` one filtered port's own flows
-    (its rules' first clauses, its hairpin drop, its stateless entries)."""
+    """Security-group flows on a host (`flows.security_groups`), the number's top bits saying
+    which part: 0 the host's skeleton (entries, conntrack, commits, misses of the SG tables);
+    ``SG_PORT_BIT | port number`` one filtered port's own flows (its rules' first clauses, its
+    hairpin drop, its stateless entries); ``SG_RULE_BIT | rule key`` a rule's ``conj_id`` flow
+    and its clause-2 flows; ``SG_MEMBER_BIT | port number`` a member port's remote-group
+    address (clause-3) flows on that host.  A flow merged from several rules or members
+    (`flows.sg_clauses`) belongs to the smallest of their cookies.  Number 1 held the host's
+    merged clauses whole before release 2026-11-30 (evening); it is no longer compiled and is
+    replaced, in the same bundle, at the first reconnect after the upgrade."""
     ROUTER = 4
     """Distributed routing (`flows.routing`): owned per router *interface* (its port's store
     number, as a port's own flows are): on each host of the router, the interface's ARP answer,
@@ -328,8 +333,16 @@ def router_cookie(interface_num: int) -> int:
 
 SG_STATIC_NUM = 0
 SG_SHARED_NUM = 1
+"""The host's merged clauses as one owner: the layout before per-rule and per-member owners
+(no longer compiled; claimed only to be replaced atomically)."""
 SG_PORT_BIT = 1 << (OWNER_NUM_BITS - 1)
-"""Security-group owners of one port: this bit plus the port's number (numbers stay below it)."""
+"""Security-group owners of one port: this bit plus the port's number (numbers stay below
+``SG_MEMBER_BIT``)."""
+SG_MEMBER_BIT = 1 << (OWNER_NUM_BITS - 2)
+"""A member port's address clauses on a host: this bit (and not ``SG_PORT_BIT``) plus the port's
+number."""
+SG_RULE_BIT = 1 << (OWNER_NUM_BITS - 3)
+"""A rule's flows on a host: this bit (and neither above) plus the rule's key (< 2^32)."""
 
 
 def sg_host_cookie(num: int) -> int:
@@ -339,9 +352,37 @@ def sg_host_cookie(num: int) -> int:
 
 def sg_port_cookie(port_num: int) -> int:
     """Owner cookie of the security-group flows of the filtered port numbered ``port_num``."""
-    if not 0 <= port_num < SG_PORT_BIT:
+    if not 0 <= port_num < SG_MEMBER_BIT:
         raise ValueError(f"port number {port_num} does not fit a security-group cookie")
     return owner_cookie(OwnerKind.SECURITY_GROUP, SG_PORT_BIT | port_num)
+
+
+def sg_member_cookie(port_num: int) -> int:
+    """Owner cookie of the address clauses of the port numbered ``port_num`` as a member of
+    remote groups (on every host whose rules name one of its groups)."""
+    if not 0 <= port_num < SG_MEMBER_BIT:
+        raise ValueError(f"port number {port_num} does not fit a security-group cookie")
+    return owner_cookie(OwnerKind.SECURITY_GROUP, SG_MEMBER_BIT | port_num)
+
+
+def sg_rule_cookie(rule_key: int) -> int:
+    """Owner cookie of the ``conj_id`` and clause-2 flows of the rule with key ``rule_key``."""
+    if not 0 < rule_key < SG_RULE_BIT:
+        raise ValueError(f"rule key {rule_key} does not fit a security-group cookie")
+    return owner_cookie(OwnerKind.SECURITY_GROUP, SG_RULE_BIT | rule_key)
+
+
+def sg_owner_part(cookie: int) -> tuple[str, int]:
+    """Which part of a host's firewall a kind-3 cookie names: ``("port", port number)``,
+    ``("member", port number)``, ``("rule", rule key)`` or ``("host", 0 | 1)``."""
+    num = owner_num(cookie)
+    if num & SG_PORT_BIT:
+        return "port", num & ~SG_PORT_BIT
+    if num & SG_MEMBER_BIT:
+        return "member", num & ~SG_MEMBER_BIT
+    if num & SG_RULE_BIT:
+        return "rule", num & ~SG_RULE_BIT
+    return "host", num
 
 
 def is_ours(cookie: int) -> bool:

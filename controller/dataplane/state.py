@@ -307,7 +307,8 @@ class Mirror:
         self.sgroups: dict[str, SecurityGroupRec] = {}  # by id
         self.sg_rules: dict[str, SgRuleRec] = {}  # by rule id
         self.group_rules: dict[str, set[str]] = {}  # group id -> its rule ids
-        self.group_ports: dict[str, set[str]] = {}  # group id -> ids of ports in it
+        self.group_ports: dict[str, set[str]] = {}  # group id -> ids of ports in it (members)
+        self.rule_keys: dict[int, str] = {}  # rule key -> rule id (its flows' owner, `sg`)
         self.routers: dict[str, RouterRec] = {}  # by id
         self.router_ifaces: dict[str, set[str]] = {}  # router id -> its interface port ids
         self.net_ifaces: dict[str, set[str]] = {}  # network id -> router interface port ids
@@ -381,9 +382,11 @@ class Mirror:
             old = self.sg_rules.pop(obj_id, None)
             if old is not None:
                 self.group_rules.get(old.group_id, set()).discard(obj_id)
+                self.rule_keys.pop(old.rule.key, None)
             if rec is not None:
                 self.sg_rules[obj_id] = rec
                 self.group_rules.setdefault(rec.group_id, set()).add(obj_id)
+                self.rule_keys[rec.rule.key] = obj_id
 
     def rules_of(self, group_id: str) -> list[SgRuleRec]:
         """A group's rules, by key (creation order)."""

@@ -315,9 +315,10 @@ def network_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Sli
 
 
 def sg_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Slice]:
-    """The security-group owners of a host (its skeleton, its shared clauses, each filtered
-    port's own flows), compiled whole from the store's groups, rules and ports: every port held
-    here, plugged, admin up, with port security on, one per ofport (the smallest port id)."""
+    """The security-group owners of a host (its skeleton, each rule's and each member's merged
+    clause flows, each filtered port's own flows), compiled whole from the store's groups,
+    rules and ports: every port held here, plugged, admin up, with port security on, one per
+    ofport (the smallest port id)."""
     keys = {n["id"]: n["_key"] for n in m.store.list_networks()}
     ports = m.store.list_ports()
     chosen: dict[int, dict[str, Any]] = {}
@@ -355,6 +356,8 @@ def sg_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Slice]:
         t.sg_host_cookie(t.SG_STATIC_NUM),
         t.sg_host_cookie(t.SG_SHARED_NUM),
         {p["id"]: t.sg_port_cookie(p["_num"]) for p in chosen.values()},
+        rules=t.sg_rule_cookie,
+        members={p["id"]: t.sg_member_cookie(p["_num"]) for p in ports},
     )
     return [sg.compile_host(filtered, groups, cookies)]
 
@@ -658,16 +661,22 @@ class DataPlaneMachine(RuleBasedStateMachine):
         self._step()
 
     @rule(proto=st.sampled_from([None, "tcp", "udp", "icmp"]), port=st.integers(20, 25),
-          remote=st.booleans(), group=st.sampled_from(["default", "web"]))  # fmt: skip
-    def add_or_remove_rule(self, proto: str | None, port: int, remote: bool, group: str) -> None:
-        """A rule created, or deleted if the same one exists (rules are never updated)."""
+          remote=st.sampled_from([None, "default", "web"]),
+          group=st.sampled_from(["default", "web"]),
+          direction=st.sampled_from(["ingress", "egress"]))  # fmt: skip
+    def add_or_remove_rule(
+        self, proto: str | None, port: int, remote: str | None, group: str, direction: str
+    ) -> None:
+        """A rule created, or deleted if the same one exists (rules are never updated): rules
+        of both groups naming either group as remote group, so that one member's change
+        lands in several rules' clauses and two groups' rules share clause flows."""
         gid = self._group(group)
-        body: dict[str, Any] = {"security_group_id": gid, "direction": "ingress",
+        body: dict[str, Any] = {"security_group_id": gid, "direction": direction,
                                 "ethertype": "IPv4", "protocol": proto}  # fmt: skip
         if proto in ("tcp", "udp"):
             body.update(port_range_min=port, port_range_max=port + 3)
         if remote:
-            body["remote_group_id"] = self._group("default")
+            body["remote_group_id"] = self._group(remote)
         existing = [
             r for r in self.store.list_all("security_group_rule")
             if all(r.get(k) == v for k, v in body.items())

@@ -14,7 +14,6 @@ from controller.dataplane import reconciler
 from controller.dataplane.bindings import Bindings
 from controller.dataplane.planner import Change, Inputs, Planner, Unit, index_owners
 from controller.dataplane.services import l2, services
-from controller.dataplane.services.security_groups import SHARED
 from controller.dataplane.state import (
     HostRec,
     Mirror,
@@ -241,11 +240,12 @@ def test_a_member_joining_a_remote_group_costs_o1_flows_per_host(n_web: int) -> 
     new = replace(old, groups=("db",))
     w.mirror.set_port(old.id, new)
     w.change(Change("port", old.id, old, new))
-    assert {u.scope for u in w.dirty if u.service == "sg"} == {("hv1",), ("hv3",)}
+    assert {u.scope[0] for u in w.dirty if u.service == "sg"} == {"hv1", "hv3"}
     plan = w.step()
     assert _flow_mods(plan) == {"hv1": 1}
     (clause,) = next(iter(plan.diffs["hv1"])).add_rules
-    assert ("ipv4_src", "10.0.1.2") in clause.match and clause.cookie == SHARED
+    assert ("ipv4_src", "10.0.1.2") in clause.match
+    assert clause.cookie == t.sg_member_cookie(101)  # the member's address clauses
     # and back out again: the same one flow
     w.mirror.set_port(old.id, old)
     w.change(Change("port", old.id, new, old))
@@ -263,7 +263,7 @@ def test_a_rule_change_touches_only_the_hosts_of_its_group(n_web: int) -> None:
                                  "port_range_max": 53})  # fmt: skip
     w.mirror.set_record("security_group_rule", rule.id, rule)
     w.change(Change("security_group_rule", rule.id, None, rule))
-    assert {u.scope for u in w.dirty if u.service == "sg"} == {("hv2",)}
+    assert {u.scope[0] for u in w.dirty if u.service == "sg"} == {"hv2"}
     assert _flow_mods(w.step()) == {"hv2": 3}
 
 

@@ -4,23 +4,26 @@ Inputs: ``port`` (groups, addresses, port security), ``binding`` and ``iface`` (
 and on which ofport), ``switch`` (a host was read), ``host`` (one deleted), ``security_group``
 (stateful, deleted) and ``security_group_rule`` (store).
 
-One unit per host, ``(host id,)``: the security-group flows of a host are compiled for the host
-at once (`flows.security_groups.compile_host`), because flows with the same match from two rules
-or two groups' address sets are one flow with several conjunction actions; the result is split
-by owner (the host's skeleton, its shared clauses, each filtered port's own flows) and each owner
-is diffed on its own, so a change sends only the flows it changes:
+Each host's firewall is kept between steps (`sg_host.HostFirewall`) and patched per change, so
+that one port or one rule costs its own flows, whatever the number of members of its groups
+(issue 14: "a member added or removed changes O(1) flows per affected host"; issue 13: "a port
+change still costs O(1) flow-mods and CPU").  Units, all per host:
 
-* a rule added or removed: the hosts with a port in its group (its conjunction flows there);
-* a port joining or leaving a group, or changing its addresses: its own host (its clause-1
-  flows) and only the hosts that matched that group as a ``remote_group_id`` at their last
-  compile (one address flow per address there);
-* anything else about a group: the hosts using it.
+* ``(host, "port", port id)``: the port's record, holder or ofport changed; planned on its
+  holder (its own filter), on the hosts where it was filtered, and on the hosts whose applied
+  rules name one of its old or new groups as ``remote_group_id`` (its address clauses there);
+* ``(host, "rule", rule id)``: a rule created or deleted, on the hosts using its group;
+* ``(host,)``: rebuild the host's firewall from scratch: its switch was (re)read, a group's
+  record changed there, or an earlier step failed (the kept firewall is then dropped).
 
-Which hosts use which group is what this service remembers of its last compile of each host
-(`uses`, `remote_uses`): finding them is O(hosts), never O(ports).  The core's own flows of a
-filtered port (port security, delivery, flood buckets) are plugged into these tables by the l2
-service (`flows.security_groups.plug`), from the port's record alone, so both always agree on
-which ports are filtered: the bound, usable ports with port security on.
+Only the owners a patch touched are diffed (a port's own flows, a rule's, a member's address
+clauses on the host: `flows.tables.OwnerKind.SECURITY_GROUP`); a rebuild diffs every owner of
+the host, so it also removes what no current object owns.  Finding the hosts is O(hosts).
+
+The core's own flows of a filtered port (port security, delivery, flood buckets) are plugged
+into these tables by the l2 service (`flows.security_groups.plug`), from the port's record
+alone, so both always agree on which ports are filtered: the bound, usable ports with port
+security on.
 
 Zones are the ports' ofports (`flows.security_groups.zone_of`): nothing is allocated, and a
 restart compiles the same flows.  When a filtered port leaves its host (deleted, unplugged,
@@ -35,105 +38,16 @@ from functools import partial
 from typing import Any
 
 from controller.dataplane.planner import EMPTY, Change, Inputs, Step, Unit
-from controller.dataplane.state import Mirror, PortRec, SgRuleRec
+from controller.dataplane.services.sg_host import HostFirewall
+from controller.dataplane.state import PortRec, SgRuleRec
 from flows import security_groups as sg
 from flows import tables as t
-from flows.compiler import OFPP_MAX
-from flows.diff import split_by_cookie
+from flows.model import Slice
 
 GROUP = "sg"
 STATIC = t.sg_host_cookie(t.SG_STATIC_NUM)
-SHARED = t.sg_host_cookie(t.SG_SHARED_NUM)
-
-
-def filtered_port(port: PortRec, network_key: int, ofport: int) -> sg.FilteredPort:
-    """A port as `flows.security_groups` compiles it (``ofport`` 0: a remote group's member)."""
-    return sg.FilteredPort(
-        port_id=port.id,
-        ofport=ofport,
-        mac=port.mac,
-        network_key=network_key,
-        fixed_ips=port.fixed_ips,
-        allowed_pairs=port.pairs,
-        groups=port.groups,
-    )
-
-
-def host_ports(host_id: str, inputs: Inputs) -> list[tuple[PortRec, sg.FilteredPort]]:
-    """The host's filtered ports: held there, plugged (an ofport), admin up, port security on,
-    in a known network; one per ofport (the smallest (ofport, port id), as `flows.compiler`
-    picks among duplicates)."""
-    rt = inputs.hosts[host_id]
-    assert rt.obs is not None
-    mirror = inputs.mirror
-    found: list[tuple[int, str, PortRec, int]] = []
-    for pid, ofport in rt.obs.bindings.items():
-        port = mirror.ports.get(pid)
-        if port is None or inputs.bindings.holder(pid) != host_id:
-            continue
-        key = mirror.key_of(port.network_id)
-        if key is None or not port.port_security or not port.admin_up:
-            continue
-        if not 0 < ofport <= OFPP_MAX:
-            continue
-        found.append((ofport, pid, port, key))
-    out: list[tuple[PortRec, sg.FilteredPort]] = []
-    seen: set[int] = set()
-    for ofport, _pid, port, key in sorted(found, key=lambda f: (f[0], f[1])):
-        if ofport not in seen:
-            seen.add(ofport)
-            out.append((port, filtered_port(port, key, ofport)))
-    return out
-
-
-def host_groups(
-    ports: Iterable[sg.FilteredPort], mirror: Mirror
-) -> tuple[dict[str, sg.SecurityGroup], set[str]]:
-    """The groups the compiler needs for these ports: theirs (with rules) and the groups their
-    rules name as ``remote_group_id`` (with the addresses of their members in the networks of
-    these ports; other networks' addresses would never match).  Also returns the remote ones."""
-    ports = list(ports)
-    nets = {p.network_key for p in ports}
-    local = {g for p in ports for g in p.groups if g in mirror.sgroups}
-    rules = {g: tuple(r.rule for r in mirror.rules_of(g)) for g in local}
-    remote = {r.remote_group_id for rs in rules.values() for r in rs if r.remote_group_id}
-    out: dict[str, sg.SecurityGroup] = {}
-    for gid in sorted(local | remote):
-        members: list[sg.MemberAddress] = []
-        if gid in remote:
-            for pid in sorted(mirror.group_ports.get(gid, ())):
-                port = mirror.ports[pid]
-                key = mirror.key_of(port.network_id)
-                if key is not None and key in nets and port.port_security:
-                    members.extend(sg.member_addresses(filtered_port(port, key, 0)))
-        rec = mirror.sgroups.get(gid)
-        out[gid] = sg.SecurityGroup(
-            id=gid,
-            rules=rules.get(gid, ()),
-            members=tuple(members),
-            stateful=rec.stateful if rec is not None else True,
-        )
-    return out, remote
-
-
-def compile_host_owners(host_id: str, inputs: Inputs) -> dict[int, Any]:
-    """Every security-group owner's slice on a ready host (`flows.security_groups`)."""
-    owners, _, _ = _compile(host_id, inputs)
-    return owners
-
-
-def _compile(
-    host_id: str, inputs: Inputs
-) -> tuple[dict[int, Any], list[tuple[PortRec, sg.FilteredPort]], set[str]]:
-    ports = host_ports(host_id, inputs)
-    groups, remote = host_groups((fp for _, fp in ports), inputs.mirror)
-    cookies = sg.SgCookies(
-        static=STATIC,
-        shared=SHARED,
-        ports={fp.port_id: t.sg_port_cookie(rec.num) for rec, fp in ports},
-    )
-    compiled = sg.compile_host((fp for _, fp in ports), groups, cookies)
-    return split_by_cookie(compiled), ports, remote
+SHARED = t.sg_host_cookie(t.SG_SHARED_NUM)  # the layout before per-rule/member owners
+PORT, RULE = "port", "rule"
 
 
 class SecurityGroupService:
@@ -144,82 +58,156 @@ class SecurityGroupService:
     owner_kinds = frozenset({int(t.OwnerKind.SECURITY_GROUP)})
 
     def __init__(self) -> None:
-        self.uses: dict[str, frozenset[str]] = {}  # host -> groups of its filtered ports
-        self.remote_uses: dict[str, frozenset[str]] = {}  # host -> groups it matched as remote
-        self.zones: dict[str, dict[str, int]] = {}  # host -> filtered port id -> its zone
+        self.firewalls: dict[str, HostFirewall] = {}  # host -> its firewall as last planned
+        # host -> zones of its filtered ports when its firewall was dropped (step failed)
+        self.orphan_zones: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ inputs -> units
 
     def changed(self, change: Change, inputs: Inputs) -> Iterable[Unit]:
         kind = change.kind
-        hosts: set[str] = set()
+        units: set[tuple[Hashable, ...]] = set()
         if kind == "port":
             old, new = change.old, change.new
             assert isinstance(old, PortRec | None) and isinstance(new, PortRec | None)
             if old is not None and new is not None and not old.filter_differs(new):
                 return []
-            holder = inputs.bindings.holder(change.id)
+            pid = change.id
+            groups = {g for rec in (old, new) if rec is not None for g in rec.groups}
+            hosts = {h for h, fw in self.firewalls.items()
+                     if pid in fw.eligible or pid in fw.member_rules
+                     or any(g in fw.remote_rules for g in groups)}  # fmt: skip
+            holder = inputs.bindings.holder(pid)
             if holder is not None:
                 hosts.add(holder)
-            # a deleted port has no holder any more: where it was filtered at the last compile
-            hosts |= {h for h, zones in self.zones.items() if change.id in zones}
-            groups = {g for rec in (old, new) if rec is not None for g in rec.groups}
-            hosts |= {h for h, used in self.remote_uses.items() if used & groups}
+            units = {(h, PORT, pid) for h in hosts}
         elif kind == "binding":
-            hosts |= {h for h in (change.old, change.new) if isinstance(h, str)}
-        elif kind in ("iface", "switch"):
-            hosts.add(str(change.new if kind == "iface" else change.id))
+            units = {(h, PORT, change.id) for h in (change.old, change.new) if isinstance(h, str)}
+        elif kind == "iface":
+            units = {(str(change.new), PORT, change.id)}
+        elif kind == "switch":
+            units = {(change.id,)}
         elif kind == "host":
             if change.new is None:
                 self._drop(change.id)
             return []
         elif kind == "security_group":
-            gid = change.id
-            hosts |= {h for h, used in self.uses.items() if gid in used}
-            hosts |= {h for h, used in self.remote_uses.items() if gid in used}
+            if change.old is not None and change.new is not None and change.old == change.new:
+                return []
+            units = {(h,) for h, fw in self.firewalls.items() if fw.uses(change.id)}
         elif kind == "security_group_rule":
             rec = change.new or change.old
             assert isinstance(rec, SgRuleRec)
-            hosts |= {h for h, used in self.uses.items() if rec.group_id in used}
-        return [Unit(self.name, (h,)) for h in sorted(hosts) if h in inputs.hosts]
+            units = {(h, RULE, change.id) for h, fw in self.firewalls.items()
+                     if rec.group_id in fw.group_locals or change.id in fw.applied}  # fmt: skip
+        return [Unit(self.name, s) for s in sorted(units, key=str) if s[0] in inputs.hosts]
 
     def _drop(self, host_id: str) -> None:
-        self.uses.pop(host_id, None)
-        self.remote_uses.pop(host_id, None)
-        self.zones.pop(host_id, None)
+        self.firewalls.pop(host_id, None)
+        self.orphan_zones.pop(host_id, None)
 
     def group_of(self, owner: int, inputs: Inputs) -> Hashable | None:
-        num = t.owner_num(owner)
-        if num in (t.SG_STATIC_NUM, t.SG_SHARED_NUM):
-            return GROUP
-        if num & t.SG_PORT_BIT and inputs.mirror.port_by_num(num & ~t.SG_PORT_BIT) is not None:
-            return GROUP
-        return None
+        part, num = t.sg_owner_part(owner)
+        mirror = inputs.mirror
+        if part == "host":
+            # SHARED is no longer compiled: claimed so that a rebuild removes it in the same
+            # diff (and bundle) that re-adds its flows under their new owners
+            return GROUP if num in (t.SG_STATIC_NUM, t.SG_SHARED_NUM) else None
+        if part in ("port", "member"):
+            return GROUP if mirror.port_by_num(num) is not None else None
+        return GROUP if num in mirror.rule_keys else None
 
     def forget(self, unit: Unit) -> None:
-        """Nothing cached is half-done: a failed host is simply compiled again."""
+        """A step failed half-way through a host's firewall: drop it (the retried unit is the
+        host's rebuild), keeping its ports' zones so that the rebuild still flushes those of
+        ports that left."""
+        host_id = str(unit.scope[0])
+        fw = self.firewalls.pop(host_id, None)
+        if fw is not None:
+            zones = self.orphan_zones.setdefault(host_id, {})
+            for pid, (_num, fp) in fw.local.items():
+                zones.setdefault(pid, fp.ofport)
 
     # ------------------------------------------------------------------ units -> work
 
     def work(self, units: Collection[Unit], inputs: Inputs) -> Iterator[tuple[Unit, Any]]:
-        for unit in sorted(units, key=lambda u: str(u.scope[0])):
-            yield unit, partial(self._plan, str(unit.scope[0]), inputs)
+        by_host: dict[str, list[tuple[Hashable, ...]]] = {}
+        for unit in units:
+            by_host.setdefault(str(unit.scope[0]), []).append(unit.scope[1:])
+        for host_id in sorted(by_host):
+            items = by_host[host_id]
+            rebuild = () in items or host_id not in self.firewalls
+            # one piece per host; if it fails the host is rebuilt (see `forget`)
+            yield (
+                Unit(self.name, (host_id,)),
+                partial(self._plan, host_id, None if rebuild else items, inputs),
+            )
 
-    def _plan(self, host_id: str, inputs: Inputs, step: Step) -> None:
+    def _plan(
+        self, host_id: str, items: list[tuple[Hashable, ...]] | None, inputs: Inputs, step: Step
+    ) -> None:
         rt = inputs.hosts.get(host_id)
         if rt is None:
             self._drop(host_id)
             return
         if not rt.ready:
-            return  # compiled when its switch has been read ("switch")
-        assert rt.installed is not None
-        desired, ports, remote = _compile(host_id, inputs)
+            # planned again whole when its switch has been read ("switch"); until then no
+            # patch can be checked against what it holds
+            self.forget(Unit(self.name, (host_id,)))
+            return
+        mirror = inputs.mirror
+        if items is None:
+            fw = self._rebuild(host_id, inputs, step)
+        else:
+            fw = self.firewalls[host_id]
+            had_ports = bool(fw.local)
+            for rid in sorted(str(i[1]) for i in items if i[0] == RULE):
+                fw.sync_rule(rid, mirror)
+            for pid in sorted(str(i[1]) for i in items if i[0] == PORT):
+                fw.sync_local(pid, inputs)
+                fw.sync_member(pid, mirror)
+            if bool(fw.local) != had_ports:
+                step.want(host_id, STATIC, GROUP, self._static(fw))
+            for owner in sorted(fw.index.touched):
+                step.want(host_id, owner, GROUP, fw.index.slice_of(owner))
+            for pid, owner in sorted(fw.touched_ports.items()):
+                step.want(host_id, owner, GROUP, fw.port_slice(pid, mirror))
+            for pid, zone in sorted(fw.left_zones.items()):
+                now = fw.local.get(pid)
+                if now is None or now[1].ofport != zone:
+                    step.flush_zone(host_id, zone)
+        fw.index.touched.clear()
+        fw.touched_ports.clear()
+        fw.left_zones.clear()
+        self.firewalls[host_id] = fw
+
+    def _rebuild(self, host_id: str, inputs: Inputs, step: Step) -> HostFirewall:
+        """The host's firewall from scratch: every owner it holds is diffed (what no current
+        object owns is removed), and the zones of ports gone since the last plan flushed."""
+        rt = inputs.hosts[host_id]
+        assert rt.obs is not None and rt.installed is not None
+        old = self.firewalls.pop(host_id, None)
+        zones = self.orphan_zones.pop(host_id, {})
+        if old is not None:
+            zones.update((pid, fp.ofport) for pid, (_num, fp) in old.local.items())
+        fw = HostFirewall(host_id)
+        # by (ofport, port id): the port each ofport keeps comes first, nothing is undone
+        for pid, _ofport in sorted(rt.obs.bindings.items(), key=lambda b: (b[1], b[0])):
+            fw.sync_local(pid, inputs)
+        desired = {owner: fw.index.slice_of(owner) for owner in fw.index.owners()}
+        for pid, (num, _fp) in fw.local.items():
+            desired[t.sg_port_cookie(num)] = fw.port_slice(pid, inputs.mirror)
+        if fw.local:
+            desired[STATIC] = self._static(fw)
         for owner in sorted(desired.keys() | rt.groups.get(GROUP, set())):
             step.want(host_id, owner, GROUP, desired.get(owner, EMPTY))
-        zones = {fp.port_id: sg.zone_of(fp.ofport) for _, fp in ports}
-        for pid, zone in sorted(self.zones.get(host_id, {}).items()):
-            if zones.get(pid) != zone:
+        for pid, zone in sorted(zones.items()):
+            now = fw.local.get(pid)
+            if now is None or now[1].ofport != zone:
                 step.flush_zone(host_id, zone)
-        self.zones[host_id] = zones
-        self.uses[host_id] = frozenset(g for _, fp in ports for g in fp.groups)
-        self.remote_uses[host_id] = frozenset(remote)
+        return fw
+
+    @staticmethod
+    def _static(fw: HostFirewall) -> Slice:
+        """The host's skeleton: there as long as it has a filtered port."""
+        return Slice(rules=sg.static_rules(STATIC)) if fw.local else EMPTY

@@ -1,0 +1,328 @@
+"""One host's firewall as the sg service keeps it between steps, patched one change at a time.
+
+`HostFirewall` holds what the whole-host compile (`flows.security_groups.compile_host`) would
+derive, in the shape that lets one port or one rule be patched in or out at its own cost:
+
+* the host's filtered ports (held, plugged, admin up, port security on, one per ofport: the
+  smallest port id, as `flows.compiler` picks among duplicates) and, per group, which of them
+  are in it and in which networks (`group_nets`);
+* the rules applied on the host (those of the known groups its filtered ports are in), and by
+  remote group the applied rules naming it (`remote_rules`);
+* the merged conjunctive flows as contributions (`flows.sg_clauses.ClauseIndex`): each applied
+  rule's ``conj_id`` and clause-2 flows under the rule's cookie, and for each remote-group rule
+  and each member port of that group in a network where the rule applies, the member's address
+  (clause-3) flows under the member's cookie (`c3`, `member_rules`: what was contributed, so it
+  can be taken back without recomputing it).
+
+Costs: a member port joining, leaving or changing addresses costs its addresses times the
+applied rules naming its groups (`sync_member`), never the other members; a filtered port of
+the host costs its groups' rules (`sync_local`), plus, only when it is the first or last port
+of a group (or of a group in one network) there, that group's rules and their remote groups'
+members, which are flows the host gains or loses; a rule costs its own flows, its remote
+group's members and the first clauses of the local ports of its group.  The owners whose
+slices may have changed are collected (`touched`) and only they are re-planned.
+
+A group's record coming, going or changing (``stateful``) rebuilds the hosts that use it: rare,
+and then a rebuild (`HostFirewall` from scratch, every held port synced) is the simple truth.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from controller.dataplane.state import Mirror, PortRec, SgRuleRec
+from flows import security_groups as sg
+from flows import tables as t
+from flows.compiler import OFPP_MAX
+from flows.model import Conjunction, Match, Slice
+from flows.sg_clauses import ClauseIndex
+
+if TYPE_CHECKING:
+    from controller.dataplane.planner import Inputs
+
+Entry = tuple[int, int, int, Match, Conjunction]
+"""A clause-3 contribution: (network key, owner cookie, table, match, conjunction action)."""
+
+
+def filtered_port(port: PortRec, network_key: int, ofport: int) -> sg.FilteredPort:
+    """A port as `flows.security_groups` compiles it (``ofport`` 0: a remote group's member)."""
+    return sg.FilteredPort(
+        port_id=port.id,
+        ofport=ofport,
+        mac=port.mac,
+        network_key=network_key,
+        fixed_ips=port.fixed_ips,
+        allowed_pairs=port.pairs,
+        groups=port.groups,
+    )
+
+
+class HostFirewall:
+    """See the module docstring.  ``visited``: member and port records read so far (what the
+    complexity tests count)."""
+
+    def __init__(self, host_id: str) -> None:
+        self.host_id = host_id
+        self.index = ClauseIndex()
+        self.local: dict[str, tuple[int, sg.FilteredPort]] = {}  # port id -> (num, as compiled)
+        self.chosen: dict[int, str] = {}  # ofport -> the local port on it
+        self.eligible: dict[str, int] = {}  # port id -> ofport, before duplicates are resolved
+        self.at_ofport: dict[int, set[str]] = {}  # ofport -> eligible port ids on it
+        self.group_locals: dict[str, set[str]] = {}  # group -> local ports in it
+        self.group_nets: dict[str, Counter[int]] = {}  # group -> network key -> local ports
+        self.applied: dict[str, SgRuleRec] = {}  # rule id -> the rule as its flows have it
+        self.group_applied: dict[str, set[str]] = {}  # group -> its applied rule ids
+        self.remote_rules: dict[str, set[str]] = {}  # remote group -> applied rules naming it
+        self.c3: dict[str, dict[str, list[Entry]]] = {}  # rule id -> member port -> entries
+        self.member_rules: dict[str, set[str]] = {}  # member port -> rule ids it contributes to
+        self.touched_ports: dict[str, int] = {}  # port id -> its port owner, to re-plan
+        self.left_zones: dict[str, int] = {}  # port id -> zone it had before this step
+        self.visited = 0
+
+    def uses(self, group_id: str) -> bool:
+        """Whether the host's flows depend on the group (a local port in it, or an applied rule
+        naming it as remote group)."""
+        return group_id in self.group_locals or group_id in self.remote_rules
+
+    # ------------------------------------------------------------------ local ports
+
+    def _eligible(self, pid: str, inputs: Inputs) -> int | None:
+        self.visited += 1
+        mirror = inputs.mirror
+        port = mirror.ports.get(pid)
+        if port is None or inputs.bindings.holder(pid) != self.host_id:
+            return None
+        obs = inputs.hosts[self.host_id].obs
+        ofport = obs.bindings.get(pid) if obs is not None else None
+        if ofport is None or not 0 < ofport <= OFPP_MAX:
+            return None
+        if not port.port_security or not port.admin_up or mirror.key_of(port.network_id) is None:
+            return None
+        return ofport
+
+    def _wanted(self, pid: str, mirror: Mirror) -> tuple[int, sg.FilteredPort] | None:
+        ofport = self.eligible.get(pid)
+        if ofport is None or min(self.at_ofport[ofport]) != pid:
+            return None
+        port = mirror.ports[pid]
+        key = mirror.key_of(port.network_id)
+        assert key is not None
+        return port.num, filtered_port(port, key, ofport)
+
+    def sync_local(self, pid: str, inputs: Inputs) -> None:
+        """The port's record, holder or ofport changed: is it (still) filtered here, and as
+        what; a port sharing its old or new ofport may take or lose the ofport with it."""
+        old_of = self.eligible.pop(pid, None)
+        if old_of is not None:
+            on = self.at_ofport[old_of]
+            on.discard(pid)
+            if not on:
+                del self.at_ofport[old_of]
+        new_of = self._eligible(pid, inputs)
+        if new_of is not None:
+            self.eligible[pid] = new_of
+            self.at_ofport.setdefault(new_of, set()).add(pid)
+        cands = {pid}
+        for ofport in {old_of, new_of} - {None}:
+            assert ofport is not None
+            if ofport in self.chosen:
+                cands.add(self.chosen[ofport])
+            if ofport in self.at_ofport:
+                cands.add(min(self.at_ofport[ofport]))
+        want = {q: self._wanted(q, inputs.mirror) for q in sorted(cands)}
+        changed = [q for q, w in want.items() if self.local.get(q) != w]
+        # the ports that leave their ofport first: the one that takes it finds it free
+        for q in sorted(changed, key=lambda q: want[q] is not None):
+            self._set_local(q, want[q], inputs.mirror)
+
+    def _set_local(self, pid: str, new: tuple[int, sg.FilteredPort] | None, mirror: Mirror) -> None:
+        old = self.local.pop(pid, None)
+        if old is not None:
+            if self.chosen.get(old[1].ofport) == pid:
+                del self.chosen[old[1].ofport]
+            self.left_zones.setdefault(pid, old[1].ofport)
+        if new is not None:
+            self.local[pid] = new
+            self.chosen[new[1].ofport] = pid
+        before = {(g, old[1].network_key) for g in old[1].groups} if old else set()
+        after = {(g, new[1].network_key) for g in new[1].groups} if new else set()
+        for gid, net in sorted(after - before):  # joins first: no group empties on the way
+            self._join(gid, net, pid, mirror)
+        for gid, net in sorted(before - after):
+            self._leave(gid, net, pid)
+        num = new[0] if new is not None else old[0] if old is not None else None
+        if num is not None:
+            self.touched_ports[pid] = t.sg_port_cookie(num)
+
+    def _join(self, gid: str, net: int, pid: str, mirror: Mirror) -> None:
+        first = gid not in self.group_locals
+        self.group_locals.setdefault(gid, set()).add(pid)
+        nets = self.group_nets.setdefault(gid, Counter())
+        nets[net] += 1
+        if first:
+            if gid in mirror.sgroups:
+                for rec in mirror.rules_of(gid):
+                    self._apply(rec, mirror)
+        elif nets[net] == 1:  # the group's remote-group rules now apply in this network too
+            for rid in sorted(self.group_applied.get(gid, ())):
+                self._add_c3(rid, mirror, only_net=net)
+
+    def _leave(self, gid: str, net: int, pid: str) -> None:
+        ports = self.group_locals[gid]
+        ports.discard(pid)
+        nets = self.group_nets[gid]
+        nets[net] -= 1
+        if not nets[net]:
+            del nets[net]
+        if not ports:
+            del self.group_locals[gid], self.group_nets[gid]
+            for rid in sorted(self.group_applied.get(gid, ())):
+                self._unapply(rid)
+        elif net not in nets:
+            for rid in sorted(self.group_applied.get(gid, ())):
+                self._drop_c3(rid, only_net=net)
+
+    # ------------------------------------------------------------------ rules
+
+    def sync_rule(self, rid: str, mirror: Mirror) -> None:
+        """The rule was created or deleted: apply or unapply it (its group used here)."""
+        old, new = self.applied.get(rid), mirror.sg_rules.get(rid)
+        want = (
+            new is not None
+            and new.group_id in self.group_locals
+            and (new.group_id in mirror.sgroups)
+        )
+        if old is not None and (not want or old != new):
+            self._unapply(rid)
+        if want and rid not in self.applied:
+            assert new is not None
+            self._apply(new, mirror)
+
+    def _apply(self, rec: SgRuleRec, mirror: Mirror) -> None:
+        rule = rec.rule
+        entries = sg.rule_entries(rule)  # raises for a rule the API should have refused
+        owner = t.sg_rule_cookie(rule.key)
+        self.applied[rec.id] = rec
+        self.group_applied.setdefault(rec.group_id, set()).add(rec.id)
+        self.index.add_fixed(owner, sg.conj_id_rule(rule, owner))
+        for entry in entries:
+            self.index.add(owner, *entry)
+        if rule.remote_group_id is not None:
+            self.remote_rules.setdefault(rule.remote_group_id, set()).add(rec.id)
+            self._add_c3(rec.id, mirror)
+        self._touch_group_ports(rec.group_id)
+
+    def _unapply(self, rid: str) -> None:
+        rec = self.applied.pop(rid)
+        rule = rec.rule
+        owner = t.sg_rule_cookie(rule.key)
+        applied = self.group_applied[rec.group_id]
+        applied.discard(rid)
+        if not applied:
+            del self.group_applied[rec.group_id]
+        self.index.remove_fixed(owner, sg.conj_id_rule(rule, owner))
+        for entry in sg.rule_entries(rule):
+            self.index.remove(owner, *entry)
+        if rule.remote_group_id is not None:
+            naming = self.remote_rules[rule.remote_group_id]
+            naming.discard(rid)
+            if not naming:
+                del self.remote_rules[rule.remote_group_id]
+            self._drop_c3(rid)
+        self._touch_group_ports(rec.group_id)
+
+    def _touch_group_ports(self, gid: str) -> None:
+        """The local ports of the group: their first clauses name the group's rules."""
+        for pid in self.group_locals.get(gid, ()):
+            self.touched_ports[pid] = t.sg_port_cookie(self.local[pid][0])
+
+    # ------------------------------------------------------------------ members
+
+    def _add_c3(self, rid: str, mirror: Mirror, only_net: int | None = None) -> None:
+        """Clause 3 of an applied remote-group rule for every member of its remote group (in
+        network ``only_net``, if given, else in every network where the rule applies)."""
+        rg = self.applied[rid].rule.remote_group_id
+        if rg is None or rg not in mirror.sgroups:
+            return  # a remote group that is not known has no members to match
+        for mpid in sorted(mirror.group_ports.get(rg, ())):
+            self._contribute(mpid, rid, mirror, only_net)
+
+    def _contribute(self, mpid: str, rid: str, mirror: Mirror, only_net: int | None) -> None:
+        self.visited += 1
+        port = mirror.ports.get(mpid)
+        if port is None or not port.port_security:
+            return
+        key = mirror.key_of(port.network_id)
+        rec = self.applied[rid]
+        if key is None or key not in self.group_nets.get(rec.group_id, ()):
+            return  # addresses of networks without a local port of the rule never match
+        if only_net is not None and key != only_net:
+            return
+        entries = sg.member_entries(rec.rule, sg.member_addresses(filtered_port(port, key, 0)))
+        if not entries:
+            return
+        owner = t.sg_member_cookie(port.num)
+        self.c3.setdefault(rid, {}).setdefault(mpid, []).extend(
+            (key, owner, *entry) for entry in entries
+        )
+        self.member_rules.setdefault(mpid, set()).add(rid)
+        for entry in entries:
+            self.index.add(owner, *entry)
+
+    def _drop_c3(self, rid: str, only_net: int | None = None) -> None:
+        """Take back clause-3 contributions of a rule (in one network, or all)."""
+        per_member = self.c3.get(rid, {})
+        for mpid in sorted(per_member):
+            entries = per_member[mpid]
+            gone = [e for e in entries if only_net is None or e[0] == only_net]
+            for _net, owner, table, m, conj in gone:
+                self.index.remove(owner, table, m, conj)
+            if len(gone) == len(entries):
+                del per_member[mpid]
+                rules = self.member_rules[mpid]
+                rules.discard(rid)
+                if not rules:
+                    del self.member_rules[mpid]
+            else:
+                per_member[mpid] = [e for e in entries if e[0] != only_net]
+        if not per_member:
+            self.c3.pop(rid, None)
+
+    def sync_member(self, mpid: str, mirror: Mirror) -> None:
+        """The port's record changed: its addresses in the remote-group clauses of this host
+        (taken back as contributed, then added as it is now)."""
+        for rid in sorted(self.member_rules.pop(mpid, ())):
+            per_member = self.c3[rid]
+            for _net, owner, table, m, conj in per_member.pop(mpid):
+                self.index.remove(owner, table, m, conj)
+            if not per_member:
+                del self.c3[rid]
+        port = mirror.ports.get(mpid)
+        if port is None:
+            return
+        for gid in dict.fromkeys(port.groups):
+            if gid in mirror.sgroups:
+                for rid in sorted(self.remote_rules.get(gid, ())):
+                    self._contribute(mpid, rid, mirror, None)
+
+    # ------------------------------------------------------------------ slices
+
+    def port_slice(self, pid: str, mirror: Mirror) -> Slice:
+        """The port's own flows (`flows.security_groups.port_rules`), empty if not filtered:
+        its known groups with the rules applied here (by key) and their ``stateful``."""
+        local = self.local.get(pid)
+        if local is None:
+            return Slice()
+        num, fp = local
+        groups = {
+            gid: sg.SecurityGroup(
+                gid,
+                tuple(self.applied[r].rule for r in self.group_applied.get(gid, ())),
+                (),
+                mirror.sgroups[gid].stateful,
+            )
+            for gid in fp.groups
+            if gid in mirror.sgroups
+        }
+        return Slice(rules=sg.port_rules(fp, groups, t.sg_port_cookie(num)))
