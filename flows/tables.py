@@ -69,6 +69,8 @@ one owner: the base pipeline of a host; a network on a host (tunnel ingress, flo
 two groups); a port (classification, port security, delivery on its host, one unicast rule per
 MAC on each peer).  One flow dump thus splits into per-owner slices
 (:func:`flows.diff.split_by_cookie`); groups are attributed by id (:func:`owner_of_group`).
+Security groups (kind 3) split a host's firewall into its skeleton, each filtered port's own
+flows, each rule's flows and each member port's address flows (:func:`sg_owner_part`).
 Capacity: 256 kinds of about 1.1e12 owners each.
 """
 
@@ -265,8 +267,9 @@ class OwnerKind(IntEnum):
     and its clause-2 flows; ``SG_MEMBER_BIT | port number`` a member port's remote-group
     address (clause-3) flows on that host.  A flow merged from several rules or members
     (`flows.sg_clauses`) belongs to the smallest of their cookies.  Number 1 held the host's
-    merged clauses whole before release 2026-11-30 (evening); it is no longer compiled and is
-    replaced, in the same bundle, at the first reconnect after the upgrade."""
+    merged clauses whole before release 2026-11-30 (evening); it is no longer compiled, so no
+    object claims it, and it is replaced, in the same bundle, at the first reconnect after the
+    upgrade."""
     ROUTER = 4
     """Distributed routing (`flows.routing`): owned per router *interface* (its port's store
     number, as a port's own flows are): on each host of the router, the interface's ARP answer,
@@ -334,7 +337,7 @@ def router_cookie(interface_num: int) -> int:
 SG_STATIC_NUM = 0
 SG_SHARED_NUM = 1
 """The host's merged clauses as one owner: the layout before per-rule and per-member owners
-(no longer compiled; claimed only to be replaced atomically)."""
+(no longer compiled, unclaimed)."""
 SG_PORT_BIT = 1 << (OWNER_NUM_BITS - 1)
 """Security-group owners of one port: this bit plus the port's number (numbers stay below
 ``SG_MEMBER_BIT``)."""

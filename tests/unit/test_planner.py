@@ -14,6 +14,7 @@ from controller.dataplane import reconciler
 from controller.dataplane.bindings import Bindings
 from controller.dataplane.planner import Change, Inputs, Planner, Unit, index_owners
 from controller.dataplane.services import l2, services
+from controller.dataplane.services.security_groups import SHARED
 from controller.dataplane.state import (
     HostRec,
     Mirror,
@@ -276,3 +277,30 @@ def test_a_deleted_filtered_port_has_its_zone_flushed_on_its_host() -> None:
     plan = w.step()
     assert plan.ct_flushes == {"hv1": [2]}
     assert t.sg_port_cookie(2) not in w.hosts["hv1"].installed  # type: ignore[operator]
+
+
+def test_the_merged_clause_owner_of_the_old_layout_is_replaced_in_one_diff() -> None:
+    """A switch that holds the firewall as the release before per-rule and per-member owners
+    wrote it (every merged clause under owner number 1): its rebuild re-adds the same flows
+    under their owners and deletes the old cookie's, in one merged diff (adds first, one
+    bundle), so no flow of the firewall is ever missing; the next rebuild sends nothing."""
+    w = _sg_world(3)
+    rt = w.hosts["hv1"]
+    assert rt.installed is not None
+    moved = {o for o in rt.installed if t.sg_owner_part(o)[0] in ("rule", "member")}
+    assert moved  # web's rules and db's member on hv1
+    legacy = frozenset(r._replace(cookie=SHARED) for o in moved for r in rt.installed[o].rules)
+    for o in moved:
+        reconciler._record(rt, o, "sg", Slice())  # type: ignore[arg-type]
+    reconciler._record(rt, SHARED, "sg", Slice(rules=legacy))  # type: ignore[arg-type]
+    rt.groups = index_owners(rt.installed, w.inputs.group_of)
+    w.change(Change("switch", "hv1"))
+    plan = w.step()
+    merged = reconciler.merge_diffs(plan.diffs["hv1"])
+    assert {r._replace(cookie=0) for r in merged.add_rules} == {
+        r._replace(cookie=0) for r in legacy
+    }
+    assert set(merged.del_rules) == legacy and not merged.additive  # strict, old cookie, bundle
+    assert SHARED not in rt.installed
+    w.change(Change("switch", "hv1"))
+    assert w.step().diffs == {}

@@ -46,7 +46,7 @@ from flows.model import Slice
 
 GROUP = "sg"
 STATIC = t.sg_host_cookie(t.SG_STATIC_NUM)
-SHARED = t.sg_host_cookie(t.SG_SHARED_NUM)  # the layout before per-rule/member owners
+SHARED = t.sg_host_cookie(t.SG_SHARED_NUM)  # the layout before per-rule/member owners (gone)
 PORT, RULE = "port", "rule"
 
 
@@ -110,9 +110,9 @@ class SecurityGroupService:
         part, num = t.sg_owner_part(owner)
         mirror = inputs.mirror
         if part == "host":
-            # SHARED is no longer compiled: claimed so that a rebuild removes it in the same
-            # diff (and bundle) that re-adds its flows under their new owners
-            return GROUP if num in (t.SG_STATIC_NUM, t.SG_SHARED_NUM) else None
+            # not SHARED: no longer compiled, so unclaimed, and removed by the base service in
+            # the step of the switch read that rebuilds the firewall: one diff, adds first
+            return GROUP if num == t.SG_STATIC_NUM else None
         if part in ("port", "member"):
             return GROUP if mirror.port_by_num(num) is not None else None
         return GROUP if num in mirror.rule_keys else None
