@@ -304,3 +304,46 @@ def test_the_merged_clause_owner_of_the_old_layout_is_replaced_in_one_diff() -> 
     assert SHARED not in rt.installed
     w.change(Change("switch", "hv1"))
     assert w.step().diffs == {}
+
+
+def test_a_patch_that_raises_drops_the_hosts_firewall_and_its_retry_rebuilds_it() -> None:
+    """A rule the API should have refused (an unknown direction) makes hv1's patch raise half
+    way: nothing of it is sent, hv1's kept firewall is dropped and the unit returned is hv1's
+    rebuild; once the rule is gone the retry (as the actor makes it) rebuilds hv1 to exactly
+    what a fresh planner compiles, zones of ports that left meanwhile flushed."""
+    w = _sg_world(3)
+    sg_service = w.planner.services["sg"]
+    bad = SgRuleRec.from_store({"id": "bad", "security_group_id": "web", "_key": 9,
+                                "direction": "ingress", "ethertype": "IPv4"})  # fmt: skip
+    bad = replace(bad, rule=replace(bad.rule, direction="sideways"))
+    w.mirror.set_record("security_group_rule", bad.id, bad)
+    w.change(Change("security_group_rule", bad.id, None, bad))
+    before = dict(w.hosts["hv1"].installed or {})
+    plan = w.step()
+    assert [u for u, _ in plan.failed] == [Unit("sg", ("hv1",))] and "hv1" not in plan.diffs
+    assert "hv1" not in sg_service.firewalls  # type: ignore[attr-defined]
+    assert w.hosts["hv1"].installed == before
+    # meanwhile the rule is deleted and a filtered port of hv1 leaves (no unit reaches hv1:
+    # it has no firewall to patch), then the actor retries the failed unit
+    w.mirror.set_record("security_group_rule", bad.id, None)
+    w.change(Change("security_group_rule", bad.id, bad, None))
+    gone = w.mirror.ports["p2"]
+    w.mirror.set_port(gone.id, None)
+    w.bindings.forget(gone.id)
+    w.change(Change("port", gone.id, gone, None))
+    w.dirty.add(Unit("sg", ("hv1",)))
+    plan = w.step()
+    assert not plan.failed and plan.ct_flushes == {"hv1": [2]}
+    sg_kind = t.OwnerKind.SECURITY_GROUP
+    want = {o: s for o, s in fresh_owners(Planner(services()), w, "hv1").items()
+            if t.owner_kind(o) == sg_kind}  # fmt: skip
+    got = {o: s for o, s in (w.hosts["hv1"].installed or {}).items() if t.owner_kind(o) == sg_kind}
+    assert got == want and len(want) > 3  # skeleton, ports, rules, member
+
+
+def fresh_owners(planner: Planner, w: World, host_id: str) -> dict[int, Slice]:
+    """What a fresh planner wants on a host that holds nothing (its from-scratch compile)."""
+    hosts = {h: replace(rt, installed={}, groups={}) for h, rt in w.hosts.items()}
+    inputs = Inputs(w.mirror, w.bindings, hosts, lambda o: planner.group_of(o, inputs))
+    plan = planner.plan(planner.changed(Change("switch", host_id), inputs), inputs)
+    return {o: s for h, o, _, s in plan.writes if h == host_id}
