@@ -21,6 +21,9 @@ class EtcdSettings:
     ca_cert: str = ""
     cert: str = ""
     key: str = ""
+    # An entry (one transaction's statements and events, compressed) must fit etcd's request
+    # limit (--max-request-bytes, 1.5 MiB by default) with the rest of its transaction.
+    max_entry_bytes: int = 1_400_000
 
     @property
     def protocol(self) -> str:

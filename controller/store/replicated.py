@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 from controller.events import ChangeEvent, EventBus
 from controller.metrics import Metrics
-from controller.store.errors import StoreUnavailable
+from controller.store.errors import InvalidInput, StoreError, StoreUnavailable
 from controller.store.etcd_log import EtcdLog, EtcdUnavailable
 from controller.store.etcd_settings import EtcdSettings
 from controller.store.schema import LATEST
@@ -281,10 +281,18 @@ class EtcdStore(Store):
                 self._publish(tx.events)
                 return
             entry_id = uuid.uuid4().hex
+            entry = encode_entry(entry_id, recorded, tx.events)
+            if len(entry) > self.etcd.max_entry_bytes:
+                conn.execute("ROLLBACK")
+                raise InvalidInput(
+                    f"The request changes too much for one etcd transaction ({len(entry)} bytes "
+                    f"compressed, limit {self.etcd.max_entry_bytes}): split it into smaller bulks.",
+                    "HTTPBadRequest",
+                )
             t0 = time.perf_counter()
             lost: EtcdUnavailable | None = None
             try:
-                won = self._log.append(self.applied, encode_entry(entry_id, recorded, tx.events))
+                won = self._log.append(self.applied, entry)
             except EtcdUnavailable as exc:
                 won, lost = False, exc
             if not won:
@@ -324,9 +332,26 @@ class EtcdStore(Store):
                 return method(self, *args, **kwargs)
             except Overtaken:  # the replica has caught up meanwhile: run the write again
                 continue
+            except StoreError as exc:
+                # A refusal (404, 409, 412 ...) may come from a replica that has not applied
+                # the latest entries yet (the network was just created on another instance):
+                # it stands only if the replica was at the head.  Refusals are rare, so this
+                # quorum read costs nothing on the path that succeeds.
+                if isinstance(exc, StoreUnavailable) or not self._was_behind():
+                    raise
         raise StoreUnavailable(
             f"The write was overtaken by other instances {MAX_ATTEMPTS} times in a row; retry."
         )
+
+    def _was_behind(self) -> bool:
+        """Whether the cluster has entries this replica had not applied (now applied)."""
+        try:
+            if self._log.head() <= self.applied:
+                return False
+            self.catch_up()
+        except EtcdUnavailable:
+            return False  # cannot tell: the refusal computed on the replica stands
+        return True
 
     def _set_position(self, seq: int) -> None:
         self._conn.execute(f"UPDATE {POSITION_TABLE} SET seq = ?", (seq,))
@@ -402,9 +427,13 @@ class EtcdStore(Store):
                     LOG.warning("etcd cluster %s unreachable: %s", _where(self.etcd), exc)
                 self.down = True
                 self._drop_watch()
+            except StoreUnavailable as exc:  # a schema mismatch, a truncated log: stop here
+                # (writes then fail with the same reason, since this replica cannot catch up)
+                LOG.error("etcd log: %s; this instance no longer follows it", exc.message)
+                return
             except Exception:
                 LOG.exception("applying the etcd log failed at entry %d", self.applied + 1)
-                self._stopping.wait(self._poll_s)
+                self._stopping.wait(10 * self._poll_s)
 
     def _keep_watching(self) -> None:
         """A watch on the log through the member in use, from the current revision on (what

@@ -8,6 +8,7 @@ the same behaviour on both backends; the API fixtures of conftest build on it.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import sqlite3
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from controller.events import ChangeEvent, EventBus
-from controller.store import Store, StoreUnavailable
+from controller.store import InvalidInput, NotFound, Store, StoreUnavailable
 from controller.store.etcd_log import EtcdLog
 from controller.store.etcd_settings import EtcdSettings, parse_url
 from controller.store.replicated import WRITES, EtcdStore
@@ -256,6 +257,24 @@ def test_an_api_read_on_another_instance_sees_every_acknowledged_write(
     assert [n["id"] for n in other.list_all("network")] == [net["id"]]
 
 
+def test_a_write_on_a_lagging_replica_is_judged_on_the_latest_state(
+    store: EtcdStore, second: tuple[EtcdStore, list[Any]]
+) -> None:
+    """The network was just created through the other instance, whose entry this replica has
+    not applied: the port create must not answer 404, nor an If-Match 412 on a stale revision."""
+    other, _ = second
+    freeze_follower(other)
+    net_id, _ = make_net_with_subnet(store)
+    assert other.create_port({"network_id": net_id})["network_id"] == net_id
+    renamed = store.update("network", net_id, {"name": "newer"})
+    updated = other.update(
+        "network", net_id, {"name": "newest"}, expected_revision=renamed["revision_number"]
+    )
+    assert updated["name"] == "newest"
+    with pytest.raises(NotFound):  # a refusal on the latest state still stands
+        other.create_port({"network_id": "00000000-0000-4000-8000-000000000000"})
+
+
 def test_concurrent_catch_ups_apply_each_entry_once(
     store: EtcdStore, second: tuple[EtcdStore, list[Any]]
 ) -> None:
@@ -338,6 +357,22 @@ def test_migration_sqlite_to_etcd_and_back(tmp_path: Path, etcd_settings: EtcdSe
     restored.close()
     tables = {r[0] for r in sqlite3.connect(back).execute("SELECT name FROM sqlite_master")}
     assert "etcd_replica" not in tables
+
+
+def test_a_bulk_too_large_for_one_etcd_transaction_is_a_400_and_changes_nothing(
+    tmp_path: Path, etcd_settings: EtcdSettings
+) -> None:
+    small = dataclasses.replace(etcd_settings, max_entry_bytes=20_000)
+    s = EtcdStore(str(tmp_path / "s.db"), EventBus(), small)
+    try:
+        net_id, _ = make_net_with_subnet(s)
+        head = s.applied
+        with pytest.raises(InvalidInput, match="split it into smaller bulks"):
+            s.create("port", [{"network_id": net_id} for _ in range(200)])
+        assert s.list_ports() == [] and s.applied == head
+        assert len(s.create("port", [{"network_id": net_id} for _ in range(5)])) == 5
+    finally:
+        s.close()
 
 
 def test_unreachable_cluster_at_start_is_a_clear_error(tmp_path: Path) -> None:
