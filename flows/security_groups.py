@@ -227,19 +227,24 @@ def zone_of(ofport: int) -> int:
 # -------------------------------------------------------------------------------- plug points
 
 
+@lru_cache(maxsize=1 << 16)
 def egress_hook(ofport: int) -> tuple[Instruction, ...]:
     """Instructions of a filtered port's port-security rules (instead of goto L2_FROM_PORT)."""
     return (Apply((SetField(REG, zone_of(ofport)),)), GotoTable(t.SG_EGRESS))
 
 
+@lru_cache(maxsize=1 << 16)
 def ingress_hook(ofport: int) -> tuple[Instruction, ...]:
     """Instructions of a delivery rule to a filtered port (instead of ``output:<ofport>``)."""
     return (Apply((SetField(REG, zone_of(ofport)),)), GotoTable(t.SG_INGRESS))
 
 
+@lru_cache(maxsize=1 << 16)
 def ingress_bucket(ofport: int) -> tuple[Action, ...]:
     """A flood-group bucket for a filtered port (instead of ``(output:<ofport>,)``): broadcast
-    and multicast copies pass the receiver's ingress filter like unicast does."""
+    and multicast copies pass the receiver's ingress filter like unicast does.  Cached (as the
+    two hooks are): a network's flood groups are plugged again, bucket by bucket, whenever one
+    of its ports changes on the host."""
     return (SetField(REG, zone_of(ofport)), Resubmit(t.SG_INGRESS))
 
 
