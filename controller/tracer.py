@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from controller.dataplane.state import ROUTER_INTERFACE_OWNERS
 from flows.model import Slice
 from flows.readable import rule_text
 from flows.trace import FlowTable, Step, ct_state_text, make_packet, ovs_flow_text
@@ -122,30 +123,44 @@ class Tracer:
         self.read_switch = read_switch
 
     def trace(self, req: Request) -> dict[str, Any]:
-        port = self.store.get_port(req.source_port_id)
-        if port is None:
-            raise TraceInputError("source_port_id", f"port {req.source_port_id} not found", 404)
-        net = self.store.get_network(port["network_id"])
-        if net is None:  # deleted meanwhile
-            raise TraceInputError("source_port_id", f"port {req.source_port_id} not found", 404)
-        ports = self.store.list_ports(network_id=net["id"])
-        dp, read = self.dataplane(), self.read_switch()
-        if dp is None:
-            raise TraceInputError("source_port_id", "the data plane is not running", 503)
+        port_id = req.source_port_id
+        cat, snap, gateways = self._catalog(port_id)
+        read = self.read_switch()
         if req.installed and read is None:
             raise TraceInputError("installed", "reading the switches is not available", 503)
+        packet = build_packet(req, cat.ports[port_id], cat, gateways)
+        tables = _installed(snap, read) if req.installed and read else _desired(snap)
+        states = req.ct_state * CT_PASSES if len(req.ct_state) == 1 else req.ct_state
+        result = follow(cat, tables, port_id, packet, list(states))
+        return render(result, "installed" if req.installed else "desired", cat)
+
+    def _catalog(self, port_id: str) -> tuple[Catalog, Snapshot, dict[int, str]]:
+        """The names and flows a trace from the port needs: its network and the networks its
+        routers reach (a routed packet ends in one of their ports), and the MAC of its
+        network's router interface (its gateway) by network key."""
+        port = self.store.get_port(port_id)
+        if port is None:
+            raise TraceInputError("source_port_id", f"port {port_id} not found", 404)
+        net = self.store.get_network(port["network_id"])
+        if net is None:  # deleted meanwhile
+            raise TraceInputError("source_port_id", f"port {port_id} not found", 404)
+        dp = self.dataplane()
+        if dp is None:
+            raise TraceInputError("source_port_id", "the data plane is not running", 503)
         try:
+            routers, routed = dp.on_actor(lambda dp: routed_networks(dp.mirror, net["id"]),
+                                          SNAPSHOT_TIMEOUT_S)  # fmt: skip
+            nets = [net, *(n for n in map(self.store.get_network, routed) if n is not None)]
+            ports = [p for n in nets for p in self.store.list_ports(network_id=n["id"])]
             snap: Snapshot = dp.on_actor(
                 lambda dp: snapshot(dp, [p["id"] for p in ports]), SNAPSHOT_TIMEOUT_S
             )
         except TimeoutError as exc:
             raise TraceInputError("source_port_id", str(exc), 503) from None
-        cat = catalog(self.store, net, ports, snap)
-        packet = build_packet(req, cat.ports[port["id"]], cat)
-        tables = _installed(snap, read) if req.installed and read else _desired(snap)
-        states = req.ct_state * CT_PASSES if len(req.ct_state) == 1 else req.ct_state
-        result = follow(cat, tables, port["id"], packet, list(states))
-        return render(result, "installed" if req.installed else "desired", cat)
+        gateways = {int(net["_key"]): p["mac_address"] for p in ports
+                    if p["network_id"] == net["id"] and p.get("device_id") in routers
+                    and p.get("device_owner") in ROUTER_INTERFACE_OWNERS}  # fmt: skip
+        return catalog(self.store, nets, ports, snap), snap, gateways
 
 
 def _installed(snap: Snapshot, read: ReadSwitch) -> Callable[[str], FlowTable | None]:
@@ -195,11 +210,25 @@ def _read(read: ReadSwitch, dpid: int) -> Slice | None:
 # ----------------------------------------------------------------------------------- catalog
 
 
-def catalog(store: Any, net: Mapping[str, Any], ports: list[Mapping[str, Any]],
+def routed_networks(mirror: Any, network_id: str) -> tuple[set[str], list[str]]:
+    """Run on the actor: the routers with an interface in the network and their other
+    networks (`controller.dataplane.state.Mirror`)."""
+    routers = set(mirror.routers_of(network_id))
+    found: set[str] = set()
+    for router_id in routers:
+        for pid in mirror.router_ifaces.get(router_id, ()):
+            port = mirror.ports.get(pid)
+            if port is not None:
+                found.add(port.network_id)
+    return routers, sorted(found - {network_id})
+
+
+def catalog(store: Any, nets: list[Mapping[str, Any]], ports: list[Mapping[str, Any]],
             snap: Snapshot) -> Catalog:  # fmt: skip
-    """The names a trace in ``net`` needs: its ports (with their holders), the network, every
-    host, and the rules of the security groups its ports are in."""
-    key = int(net["_key"])
+    """The names a trace from a port of ``nets[0]`` needs: the ports of ``nets`` (its network
+    and those its routers reach) with their holders, the networks, every host, and the rules
+    of the security groups the ports are in."""
+    keys = {n["id"]: int(n["_key"]) for n in nets}
     group_ids = sorted({g for p in ports for g in p.get("security_groups") or ()})
     names: dict[str, str] = {}
     rules: dict[int, SgRuleInfo] = {}
@@ -217,7 +246,8 @@ def catalog(store: Any, net: Mapping[str, Any], ports: list[Mapping[str, Any]],
             )  # fmt: skip
     infos = {
         p["id"]: PortInfo(
-            id=p["id"], name=p.get("name") or "", mac=p["mac_address"], network_key=key,
+            id=p["id"], name=p.get("name") or "", mac=p["mac_address"],
+            network_key=keys[p["network_id"]],
             fixed_ips=tuple(ip["ip_address"] for ip in p.get("fixed_ips") or ()),
             host=snap.holders.get(p["id"]),
             allowed_pairs=tuple((a["ip_address"], a.get("mac_address") or p["mac_address"])
@@ -228,20 +258,23 @@ def catalog(store: Any, net: Mapping[str, Any], ports: list[Mapping[str, Any]],
         )
         for p in ports
     }  # fmt: skip
-    network = NetworkInfo(key, net["id"], net.get("name") or "",
-                          net.get("provider:network_type") or "vxlan",
-                          int(net["provider:segmentation_id"]))  # fmt: skip
+    networks = {keys[n["id"]]: NetworkInfo(keys[n["id"]], n["id"], n.get("name") or "",
+                                           n.get("provider:network_type") or "vxlan",
+                                           int(n["provider:segmentation_id"]))
+                for n in nets}  # fmt: skip
     hosts = {h.id: HostInfo(h.id, h.tunnel_ip, h.tunnel_ofports, h.ofports)
              for h in snap.hosts.values()}  # fmt: skip
-    return Catalog(infos, {key: network}, hosts, rules)
+    return Catalog(infos, networks, hosts, rules)
 
 
 PROTOCOL_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132, "icmpv6": 58}
 
 
-def build_packet(req: Request, src: PortInfo, cat: Catalog) -> dict[str, Any]:
+def build_packet(req: Request, src: PortInfo, cat: Catalog,
+                 gateways: Mapping[int, str] | None = None) -> dict[str, Any]:  # fmt: skip
     """The packet the source port would send: its MAC and fixed IP unless overridden, the
-    destination's MAC looked up in the network when only an IP is given."""
+    destination's MAC looked up in the network when only an IP is given, or its gateway's
+    (``gateways``: network key -> its router interface's MAC) for a port of a routed network."""
     dst_mac = req.destination_mac
     if dst_mac is None:
         assert req.destination_ip is not None  # the request model requires one of them
@@ -253,6 +286,8 @@ def build_packet(req: Request, src: PortInfo, cat: Catalog) -> dict[str, Any]:
                 "destination_mac too",
             )
         dst_mac = owner.mac
+        if owner.network_key != src.network_key:
+            dst_mac = (gateways or {}).get(src.network_key, owner.mac)
     dst_ip = req.destination_ip
     v6 = dst_ip is not None and ":" in dst_ip
     src_ip = req.source_ip or next((ip for ip in src.fixed_ips if (":" in ip) == v6), None)

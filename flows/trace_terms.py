@@ -29,7 +29,7 @@ from typing import Any
 import netaddr
 
 from flows import tables as t
-from flows.model import SetField, Slice
+from flows.model import DecTtl, SetField, Slice
 from flows.readable import rule_text
 from flows.trace import FlowTable, Step, Trace, TraceError, ct_state_text, trace
 
@@ -346,6 +346,8 @@ class _Describer:
         f = dict(s.fields)
         m = dict(s.rule.match)
         table, prio = s.table, s.rule.priority
+        if t.owner_kind(s.rule.cookie) == t.OwnerKind.ROUTER:
+            return self._routing(s, f, m)
         if table == t.CLASSIFY:
             net = self.cat.network(_md(s))
             if "tunnel_id" in m:
@@ -371,6 +373,46 @@ class _Describer:
         if table in (t.SG_EGRESS_ACCEPT, t.SG_INGRESS_ACCEPT):
             return None
         return f"table {table}: {_owner(self.cat, s.rule.cookie)}"
+
+    def _routing(self, s: Step, f: dict[str, Any], m: dict[str, Any]) -> str:
+        """A router's flow (`flows.routing`): which step of routing on the sending host."""
+        assert s.rule is not None
+        acts = [a for ins in s.rule.instructions for a in getattr(ins, "actions", ())]
+        table = s.table
+        if table == t.CLASSIFY:
+            peer = self.cat.host_by_ip(str(m.get("tun_ipv4_src")))
+            who = f"{peer.id} ({peer.tunnel_ip})" if peer else str(m.get("tun_ipv4_src"))
+            net = self.cat.network(_md(s))
+            return f"accepted from {who}, a host that routes into network {net}"
+        if "arp_tpa" in m:
+            mac = _answer_mac(acts)
+            return f"ARP: {m['arp_tpa']} is a router interface ({mac}): answered on {self.host}"
+        if table == t.L2_FROM_PORT:
+            return f"to router interface {m.get('eth_dst')}: routed on {self.host}"
+        if table == t.L3_ROUTING and "icmpv4_type" in m:
+            return f"router interface {m.get('ipv4_dst')} answers the ping"
+        if table == t.L3_ROUTING:
+            nw = m.get("ipv4_dst")
+            cidr = str(netaddr.IPNetwork("/".join(nw))) if isinstance(nw, tuple) else str(nw)
+            ttl = int(f.get("nw_ttl", 64))
+            src, dst_net = self.cat.network(_md(s)), self.cat.network(self._written_key(s))
+            return (
+                f"routed from network {src} into {cidr} of network {dst_net} (TTL {ttl} -> "
+                f"{ttl - 1})"
+            )
+        sets = {a.field: str(a.value) for a in acts if isinstance(a, SetField)}
+        port = self.cat.port_of_mac(_md(s), sets.get("eth_dst", ""))
+        name = port.label if port is not None else sets.get("eth_dst", "?")
+        where = f"tunnelled to {sets['tun_ipv4_dst']}" if "tun_ipv4_dst" in sets else "here"
+        return f"{m.get('ipv4_dst')} is port {name}: {where}"
+
+    @staticmethod
+    def _written_key(s: Step) -> int:
+        assert s.rule is not None
+        for ins in s.rule.instructions:
+            if ins.kind == "write_metadata":
+                return int(getattr(ins, "value", 0)) & t.METADATA_MASK
+        return 0
 
     def _port_security(self, s: Step, f: dict[str, Any], m: dict[str, Any],
                        prio: int) -> str:  # fmt: skip
@@ -477,6 +519,14 @@ class _Describer:
                    f"{f.get('eth_type', 0):#06x}"
         if table in (t.L2_FROM_PORT, t.L2_FROM_TUNNEL):
             return f"no destination for {f.get('eth_dst')} in this network here"
+        acts = [a for ins in (s.rule.instructions if s.rule else ()) for a in
+                getattr(ins, "actions", ())]  # fmt: skip
+        if any(isinstance(a, DecTtl) for a in acts):
+            return f"TTL expired at the router ({pkt}, TTL {f.get('nw_ttl', 64)})"
+        if table == t.L3_ROUTING:
+            return f"the router has no route to {f.get('ipv4_dst')}"
+        if table == t.L3_NEIGHBOURS:
+            return f"no port holds {f.get('ipv4_dst')} in network {self.cat.network(_md(s))}"
         port = self._sg_port(f)
         who = port.name or port.id if port else "the port"
         side = "egress" if table in (t.SG_EGRESS, t.SG_EGRESS_RULES, t.SG_EGRESS_ACCEPT) \

@@ -4,14 +4,18 @@ evaluator, flows/trace.py), the owners a change touches, and a restart that send
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from controller.tracer import Request, Tracer, catalog, snapshot
+from controller.tracer import _desired as desired_tables
 from flows import tables as t
 from flows.trace import Trace, make_packet, trace
+from flows.trace_terms import follow
 from tests.unit.test_dataplane import TUNNELS, Cloud, FakeAgent, restart
 
 RIF = "network:router_interface_distributed"
@@ -169,3 +173,67 @@ def test_restart_sends_nothing(routed: Routed) -> None:
     assert router_rules(routed.cloud, "hv1")
     restart(routed.cloud)
     assert routed.cloud.dp.stats.flow_mods == 0 and routed.cloud.dp.stats.group_mods == 0
+
+
+def test_tenant_trace_follows_a_routed_packet_and_names_its_steps(routed: Routed) -> None:
+    tracer = Tracer(routed.cloud.store, lambda: routed.cloud.dp, lambda: None)
+    v1, v2 = routed.vms["v1"][0], routed.vms["v2"][0]
+    doc = tracer.trace(Request(v1["id"], destination_ip=routed.ip("v2"), protocol="tcp",
+                               destination_l4_port=22))  # fmt: skip
+    assert doc["delivered_to"] == [v2["id"]]
+    (path,) = doc["paths"]
+    text = "\n".join(path["steps"])
+    assert "routed on hv1" in text and "TTL 64 -> 63" in text and "tunnelled to 10.9.0.2" in text
+    assert "a host that routes into network" in text or "a peer of network" in text
+    expired = tracer.trace(Request(v1["id"], destination_ip=routed.ip("v2"), protocol="tcp",
+                                   destination_l4_port=23))  # fmt: skip
+    assert expired["delivered_to"] == [] and "no security-group rule" in str(expired["paths"])
+
+
+def test_random_packets_never_cross_projects_and_routed_ones_reach_exactly_their_port(
+    routed: Routed,
+) -> None:
+    """Seeded random packets from every VM (its gateway's MAC, the other gateway's, the other
+    project's gateway-like MACs, random and foreign addresses, TTL 1..3), walked through the
+    switches as the data plane left them (the tenant trace's `follow`, across tunnels): a copy
+    is only ever delivered to a port of the sender's project, and a packet to the sender's own
+    gateway for the address of a port in the router's other subnet reaches exactly that port
+    (TTL > 1, port 22 which the groups let in) or nothing (TTL 1)."""
+    cloud = routed.cloud
+    rng = random.Random(0x7E4E16)
+    store = cloud.store
+    every = store.list_ports()
+    snap = cloud.dp.on_actor(lambda d: snapshot(d, [p["id"] for p in every]), 5)
+    cat = catalog(store, store.list_networks(), every, snap)
+    tables = desired_tables(snap)
+    by_ip = {routed.ip(n): n for n in routed.vms if n != "x1"}
+    project = {n: ("p2" if n == "x1" else "p1") for n in routed.vms}
+    ids = {routed.vms[n][0]["id"]: n for n in routed.vms}
+    gws = [routed.if1["mac_address"], routed.if2["mac_address"], "fa:16:3e:00:00:99"]
+    targets = [*by_ip, "10.0.1.1", "10.0.2.1", "10.0.2.99", "10.0.3.5", "10.0.1.5"]
+    own_gw = {"v1": routed.if1, "v2": routed.if2, "v3": routed.if2}
+    routed_ok = 0
+    for _ in range(150):
+        src = rng.choice(sorted(routed.vms))
+        port = routed.vms[src][0]
+        dst_ip, gw, ttl = rng.choice(targets), rng.choice(gws), rng.choice((1, 2, 3, 64))
+        pkt = make_packet(port["mac_address"], gw, ip_src=routed.ip(src), ip_dst=dst_ip,
+                          protocol=6, dst_port=22)  # fmt: skip
+        pkt["nw_ttl"] = ttl
+        # every network and port named, so a copy delivered anywhere is seen (a tenant trace
+        # names only the sender's networks and those its routers reach)
+        result = follow(cat, tables, port["id"], pkt, ["new"] * 4)
+        assert all(p.port in ids for p in result.paths if p.verdict == "delivered"), result
+        delivered = {ids[p] for p in result.delivered_to}
+        assert all(project[d] == project[src] for d in delivered), (src, dst_ip, gw, delivered)
+        target = by_ip.get(dst_ip)
+        if (
+            src in own_gw
+            and gw == own_gw[src]["mac_address"]
+            and target is not None
+            and target != src
+            and routed.vms[target][0]["network_id"] != port["network_id"]
+        ):
+            assert delivered == ({target} if ttl > 1 else set()), (src, dst_ip, ttl, delivered)
+            routed_ok += ttl > 1
+    assert routed_ok > 5  # the generator does exercise routing

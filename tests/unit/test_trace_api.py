@@ -12,7 +12,7 @@ import pytest
 from controller.api.trace import add_trace_route
 from controller.cli_trace import trace_view
 from controller.dataplane.reconciler import HostRuntime
-from controller.dataplane.state import HostRec, PortRec
+from controller.dataplane.state import HostRec, Mirror, PortRec
 from controller.dataplane.views import host_context, local_port_of, remote_port_of
 from controller.southbound.ovsdb_host import HostObservation
 from controller.store import Store
@@ -53,6 +53,7 @@ class FakeDataPlane:
                                            obs=HostObservation(mine, dict(TUNNELS)),
                                            installed=owners)  # fmt: skip
         self.timeout = False
+        self.mirror = Mirror()  # no router: the trace stays in the source port's network
 
     @property
     def bindings(self) -> Any:
