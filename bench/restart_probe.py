@@ -107,6 +107,10 @@ def main() -> None:
             log(f"restart {i}: {json.dumps(row)}")
             if args.log and system.ctl is not None:
                 print(system.ctl.log_tail(40), file=sys.stderr)
+                for hv in system.lab.hvs:  # the switches' side: rconn's connecting/connected
+                    lines = hv.log_tail(lines=200).splitlines()
+                    print(f"{hv.name}:", *[ln for ln in lines if "br-int<->" in ln][-6:],
+                          sep="\n  ", file=sys.stderr)
             rows.append(row)
         summary = {k: statistics.median(r[k] for r in rows)
                    for k in ("reconciled_after_s", "wall_s", "cpu_s", "cpu_after_api_s",

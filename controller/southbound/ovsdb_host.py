@@ -9,9 +9,10 @@ What the controller writes on a host, and why:
   reconnect backoff and inactivity probe (``ssl:`` with TLS, plus the host's SSL record: its key,
   certificate and the CA).  A switch that is not connected when this controller (re)connects
   gets its target rewritten in its other spelling, which makes vswitchd reconnect at once
-  (see `_controller_target`); once a switch has a new OpenFlow session, vswitchd is made to
-  apply that backoff and probe to it (see `_settle_controller_settings`: OVS 3.1.0-3.1.2
-  otherwise keep their built-in 8 s backoff on a new connection);
+  (see `_controller_target`; done before the IDL is loaded, by `switch_poke`); once a switch
+  has a new OpenFlow session, vswitchd is made to apply that backoff and probe to it (see
+  `_settle_controller_settings`: OVS 3.1.0-3.1.2 otherwise keep their built-in 8 s backoff on
+  a new connection);
 * one flow-based tunnel port per encapsulation (``tn-vxlan``, ``tn-gre``) with
   ``remote_ip=flow`` and ``key=flow``.  One port per type instead of one per remote host means a
   host joining or leaving a network changes only flows, never OVSDB; the ofport numbers stay
@@ -42,6 +43,8 @@ from ovs.db import idl as ovs_idl
 from ovsdbapp.backend.ovs_idl import connection, idlutils
 from ovsdbapp.schema.open_vswitch import impl_idl
 
+from controller.southbound import switch_poke
+
 LOG = logging.getLogger(__name__)
 
 OWNED = {"tenantnet-owned": "true"}
@@ -59,6 +62,8 @@ SETTINGS_APPLIED = "tenantnet-settings-applied"
 # python-ovs doubles its wait up to 8 s by default, so a host whose ovsdb-server restarted
 # could be re-read up to 8 s late; 1 s is python-ovs's minimum and the switch's own backoff.
 OVSDB_MAX_BACKOFF_S = 1.0
+# The most the poke before the IDL (`OvsdbHost._poke_switch`) may take.
+POKE_TIMEOUT_S = 2.0
 # How old a new OpenFlow session must be before its settings are re-applied (see
 # `OvsdbHost._settle_controller_settings`): past a controller restart's reconcile.
 SETTLE_AFTER_S = 1.0
@@ -195,6 +200,9 @@ class OvsdbHost:
         # `_settle_controller_settings`); None: never re-apply the controller settings.
         self.switch_session = switch_session
         self._settled_session: int | None = None
+        # The target the poke wrote before the IDL came up (see `_poke_switch`): the next
+        # `_controller_target` keeps it instead of rewriting it back while the switch connects.
+        self._poked_target: str | None = None
         self._session_seen: tuple[int, float] | None = None  # (session, when first seen)
         self.target: str = host["ovsdb"]
         self.bridge: str = host.get("integration_bridge") or "br-int"
@@ -265,7 +273,36 @@ class OvsdbHost:
                 api_cls = type(f"OvsdbIdl_{self.host_id}", (impl_idl.OvsdbIdl,), {})
                 self.api = api_cls(conn)
 
+    def _poke_switch(self) -> None:
+        """The fast reconnect's rewrite, before the IDL (`switch_poke`): a switch without an
+        OpenFlow session with us starts reconnecting while the IDL is still loading.  If it
+        cannot be done, `ensure_config` does the rewrite once the IDL is up, as without it."""
+        if self.switch_connected is None or self.switch_connected(datapath_id_for(self.host_id)):
+            return
+        ours = {
+            t: other
+            for t in (self.controller_target, alternate_target(self.controller_target))
+            if t is not None and (other := alternate_target(t)) is not None
+        }
+        if not ours:
+            return
+        try:
+            written = switch_poke.poke(
+                self.target, self.bridge, ours, min(self.timeout, POKE_TIMEOUT_S)
+            )
+        except Exception as exc:  # OVSDB not reachable yet: the IDL's retries take over
+            LOG.debug("host %s: no early reconnect of its switch: %s", self.host_id, exc)
+            return
+        if written is not None:
+            self._poked_target = written
+            LOG.info(
+                "host %s: switch not connected; target rewritten as %s to connect now",
+                self.host_id,
+                written,
+            )
+
     def _run(self) -> None:
+        self._poke_switch()
         try:
             self._connect()
         except Exception:
@@ -459,6 +496,10 @@ class OvsdbHost:
         listening switch lets anyone on the management network program it.  Poking over
         OVSDB keeps the switch the one that connects, to the one address tenantnet wrote.
 
+        The agent first tries this rewrite on its own short OVSDB connection, before its IDL
+        is loaded (`_poke_switch`, `switch_poke`): the switch then reconnects meanwhile, and the
+        target the poke wrote is kept here (it is the one the switch is connecting through).
+
         Whether the switch is connected is the controller's own knowledge (its OpenFlow
         sessions, `switch_connected`): vswitchd refreshes ``Controller.is_connected`` only
         every few seconds, so right after a restart OVSDB still says "connected".  A switch
@@ -474,6 +515,9 @@ class OvsdbHost:
             if len(rows) != 1 or rows[0].target not in ours:
                 return None, self.controller_target
             row, current = rows[0].uuid, rows[0].target
+        poked, self._poked_target = self._poked_target, None
+        if current == poked:
+            return row, current  # rewritten by the poke: the switch is connecting through it
         other = alternate_target(current)
         if (
             other is None
