@@ -159,6 +159,7 @@ class _Switch:
     barriers: dict[int, DoneCallback] = field(default_factory=dict)
     errors: int = 0
     ready: bool = False
+    read_back_started: bool = False  # the session's first read-back (see _read_back)
     bundles: bool = True  # until it refuses a bundle open or commit (see _error)
     bundle_id: int = 0
     bundle_in_flight: bool = False
@@ -231,8 +232,8 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             listener.switch_ready(dpid, Slice(frozenset(sw.flows), frozenset(sw.groups)))
         for dp, dpid in waiting.items():
             admitted = self._admit(dp, dpid)
-            if admitted is not None and dp.state == MAIN_DISPATCHER:
-                self._start_dump(admitted)
+            if admitted is not None:
+                self._read_back(admitted)
 
     def connected_dpids(self) -> set[int]:
         with self._lock:
@@ -448,7 +449,9 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             if self.listener is None:
                 self._unadmitted[dp] = dpid
                 return
-        self._admit(dp, dpid)
+        sw = self._admit(dp, dpid)
+        if sw is not None:
+            self._read_back(sw)
 
     def _admit(self, dp: Any, dpid: int, wait: bool = True) -> _Switch | None:
         """Accept ``dp`` as the session of ``dpid``, or close it (or, ``wait``, decide again
@@ -499,8 +502,8 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         if not _alive(dp):
             return
         sw = self._admit(dp, dpid, wait=False)
-        if sw is not None and dp.state == MAIN_DISPATCHER:
-            self._start_dump(sw)  # its MAIN state change came while it was not admitted
+        if sw is not None:
+            self._read_back(sw)
 
     def _refuse(self, dp: Any, dpid: int, peer: str, reason: str) -> None:
         """Close a connection that may not speak for ``dpid``; log each kind of refusal once."""
@@ -534,7 +537,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                 sw = self._switches.get(dp.id)
             if sw is None or sw.dp is not dp:
                 return
-            self._start_dump(sw)
+            self._read_back(sw)  # started at FEATURES already, unless it came before that
         elif ev.state == DEAD_DISPATCHER:
             with self._lock:
                 sw = self._switches.get(dp.id)
@@ -546,7 +549,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             if self.listener is not None:
                 self.listener.switch_gone(dp.id)
 
-    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _flow_stats(self, ev: Any) -> None:
         sw = self._switch_of(ev.msg.datapath)
         if sw is None:
@@ -557,7 +560,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         if not ev.msg.flags & ofp.OFPMPF_REPLY_MORE:
             self._dump_part_done(sw)
 
-    @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
+    @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _group_desc(self, ev: Any) -> None:
         sw = self._switch_of(ev.msg.datapath)
         if sw is None:
@@ -568,7 +571,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         if not ev.msg.flags & ofp.OFPMPF_REPLY_MORE:
             self._dump_part_done(sw)
 
-    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _barrier(self, ev: Any) -> None:
         sw = self._switch_of(ev.msg.datapath)
         if sw is None:
@@ -738,6 +741,18 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                 self.barrier_timeout_s,
             )
             cb(False, "timeout")
+
+    def _read_back(self, sw: _Switch) -> None:
+        """The read-back of a new session's flows and groups, once per session: as soon as it is
+        admitted (at FEATURES), not after os-ken's port description round trip (which only
+        moves the connection to MAIN_DISPATCHER; tenantnet never reads those ports).  The
+        replies may therefore come while os-ken still says CONFIG_DISPATCHER: the handlers
+        of the dump's replies and barrier listen in both states."""
+        with sw.lock:
+            if sw.read_back_started:
+                return
+            sw.read_back_started = True
+        self._start_dump(sw)
 
     def _start_dump(self, sw: _Switch) -> None:
         sw.ready = False

@@ -244,3 +244,60 @@ def test_only_the_last_messages_are_remembered(
         _switch_answers(app, dp, _refused(dp, ofp.OFPET_FLOW_MOD_FAILED, 1), first)
     (line,) = _error_lines(caplog)
     assert "not among the last 4 sent" in line and "OFPT_FLOW_MOD" in line
+
+
+class _Listener:
+    """Admits every connection; records the switches reported ready."""
+
+    def __init__(self) -> None:
+        self.ready: list[int] = []
+
+    def admit(self, dpid: int, peer_ip: str | None, peer_cn: str | None) -> str | None:
+        return None
+
+    def switch_ready(self, dpid: int, installed: Any) -> None:
+        self.ready.append(dpid)
+
+    def switch_gone(self, dpid: int) -> None:
+        pass
+
+
+def _sent_types(dp: FakeDatapath) -> list[tuple[int, int | None]]:
+    """(message type, multipart type or None) of everything sent, in order."""
+    out = []
+    for buf in dp.sent:
+        while buf:
+            _, msg_type, length, _ = ofproto_parser.header(buf)
+            mp = None
+            if msg_type == ofp.OFPT_MULTIPART_REQUEST:
+                mp = int.from_bytes(buf[ofp.OFP_HEADER_SIZE : ofp.OFP_HEADER_SIZE + 2], "big")
+            out.append((msg_type, mp))
+            buf = buf[length:]
+    return out
+
+
+def test_a_new_session_is_read_back_at_features_once() -> None:
+    """The read-back of a new connection's flows starts when it is admitted (FEATURES), not
+    after os-ken's port description round trip; the move to MAIN does not start a second one,
+    and replies that come while os-ken still says CONFIG complete it."""
+    from os_ken.controller import ofp_event
+    from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER
+
+    app = TenantnetOfpApp()
+    listener = _Listener()
+    app.attach(listener)
+    dp = FakeDatapath()
+    dp.address, dp.socket, dp.is_active, dp.state = ("192.0.2.1", 1), None, True, CONFIG_DISPATCHER
+    app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
+    dumps = [(ofp.OFPT_MULTIPART_REQUEST, ofp.OFPMP_FLOW),
+             (ofp.OFPT_MULTIPART_REQUEST, ofp.OFPMP_GROUP_DESC), (ofp.OFPT_BARRIER_REQUEST, None)]
+    assert _sent_types(dp) == dumps
+    dp.state = MAIN_DISPATCHER
+    app._state_change(SimpleNamespace(datapath=dp, state=MAIN_DISPATCHER))
+    assert _sent_types(dp) == dumps, "the read-back was started twice"
+    for handler, ev_cls in ((app._flow_stats, ofp_event.EventOFPFlowStatsReply),
+                            (app._group_desc, ofp_event.EventOFPGroupDescStatsReply),
+                            (app._barrier, ofp_event.EventOFPBarrierReply)):  # fmt: skip
+        assert CONFIG_DISPATCHER in handler.callers[ev_cls].dispatchers
+        handler(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=0, flags=0, body=[])))
+    assert listener.ready == [DPID]
