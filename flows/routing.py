@@ -17,6 +17,9 @@ is routed on the VM's own host::
                                          receiver's security-group ingress if it has one)
                           elsewhere:     set tunnel_id=<seg of K_dst>, tun_ipv4_dst=<its host>,
                                          output:<tunnel port>                          [IF_dst]
+    4 L3_ROUTING     an extra route: ..., nw_dst=<its destination>
+                       -> dec_ttl, set eth_src=IF_hop, set eth_dst=<the nexthop's MAC>, then
+                          its local delivery or its tunnel, as above                   [IF_src]
     0 CLASSIFY       in_port=<tunnel>, tunnel_id=<seg of K>, tun_ipv4_src=<router host>
                        -> write metadata=K, goto 3   (prio 99)                        [IF of K]
     2 L2_FROM_PORT   ARP request for an interface address -> the answer              [IF]
@@ -117,6 +120,7 @@ class RouterView:
     ports: tuple[RoutedPort, ...]
     hosts: tuple[str, ...]  # tunnel IPs of every router host (this one included or not)
     local_keys: frozenset[int]  # networks of the router with a port held by this host
+    routes: tuple[tuple[str, str], ...] = ()  # extra routes: (destination CIDR, nexthop IP)
 
 
 def compile_router(ctx: HostContext, view: RouterView) -> dict[int, Slice]:
@@ -156,6 +160,10 @@ def compile_router(ctx: HostContext, view: RouterView) -> dict[int, Slice]:
         rule = _neighbour_rule(ctx, own_ip, iface, port)
         if rule is not None:
             add(iface, rule)
+    for src in ifaces:
+        if src.segment.key in view.local_keys:
+            for rule in _extra_routes(ctx, own_ip, src, ifaces, view):
+                add(src, rule)
     return {cookie: Slice(rules=frozenset(rs)) for cookie, rs in rules.items()}
 
 
@@ -198,6 +206,45 @@ def _route_rule(key: int, mac: str, dst: Interface, cookie: int) -> Rule:
         GotoTable(t.L3_NEIGHBOURS),
     )
     return Rule(t.L3_ROUTING, PRIO_ROUTE_BASE + cidr.prefixlen, m, route, cookie)
+
+
+def _extra_routes(ctx: HostContext, own_ip: str, src: Interface, ifaces: list[Interface],
+                  view: RouterView) -> list[Rule]:  # fmt: skip
+    """The router's extra routes as seen from interface ``src``: a packet for the destination
+    goes to the nexthop's port, routed like a packet for the nexthop itself (TTL, the
+    interface's MAC on the nexthop's subnet, the nexthop's MAC), in one rule (the neighbour
+    table is keyed by the packet's own destination address).  A route whose nexthop is no bound
+    port in a subnet of the router, or whose destination is a subnet of the router, is left
+    out (the API refuses both; nothing is routed to a guess)."""
+    by_ip = {_ip4(p.ip): p for p in view.ports}
+    connected = {netaddr.IPNetwork(i.cidr).cidr for i in ifaces}
+    out: list[Rule] = []
+    seen: set[netaddr.IPNetwork] = set()
+    for destination, nexthop in sorted(view.routes):  # one nexthop per destination: the first
+        dest = netaddr.IPNetwork(destination).cidr
+        hop = by_ip.get(_ip4(nexthop))
+        iface = _subnet_of(ifaces, hop) if hop is not None else None
+        if hop is None or iface is None or dest.version != 4 or dest in connected | seen:
+            continue
+        seen.add(dest)
+        full = dest.prefixlen == 32
+        nw_dst: object = str(dest.ip) if full else (str(dest.network), str(dest.netmask))
+        m = match(metadata=src.segment.key, eth_dst=normalize_mac(src.mac),
+                  eth_type=ETH_TYPE_IPV4, ipv4_dst=nw_dst)  # fmt: skip
+        acts: list[Action] = [DecTtl(), SetField("eth_src", normalize_mac(iface.mac)),
+                              SetField("eth_dst", normalize_mac(hop.mac))]  # fmt: skip
+        if _ip4(hop.host_ip) == own_ip:
+            acts += [SetField("metadata", hop.key), Resubmit(t.L2_FROM_TUNNEL)]
+        else:
+            tunnel = _tunnel_ofport(ctx, iface.segment)
+            if tunnel is None:
+                continue
+            acts += [SetField("tunnel_id", iface.segment.seg_id),
+                     SetField("tun_ipv4_dst", _ip4(hop.host_ip)), Output(tunnel)]  # fmt: skip
+        cookie = t.router_cookie(src.num)
+        out.append(Rule(t.L3_ROUTING, PRIO_ROUTE_BASE + dest.prefixlen, m, (Apply(tuple(acts)),),
+                        cookie))  # fmt: skip
+    return out
 
 
 def _echo_rule(key: int, mac: str, ip: str, cookie: int) -> Rule:

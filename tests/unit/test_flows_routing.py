@@ -38,8 +38,8 @@ def net_view(key: int, host: str, vms: dict[str, Any]) -> NetworkView:
     return NetworkView(key, "vxlan", SEGS[key], local, remote, peers)
 
 
-def router_view(host: str, vms: dict[str, Any], ifaces: tuple[Interface, ...] = (IF1, IF2)
-                ) -> RouterView:  # fmt: skip
+def router_view(host: str, vms: dict[str, Any], ifaces: tuple[Interface, ...] = (IF1, IF2),
+                routes: tuple[tuple[str, str], ...] = ()) -> RouterView:  # fmt: skip
     keys = {i.segment.key for i in ifaces}
     routed = [v for v in vms.values() if v[1] in keys]
     return RouterView(
@@ -47,6 +47,7 @@ def router_view(host: str, vms: dict[str, Any], ifaces: tuple[Interface, ...] = 
         ports=tuple(RoutedPort(k, mac, ip, h) for _n, k, h, _of, mac, ip in routed),
         hosts=tuple(sorted({v[2] for v in routed})),
         local_keys=frozenset(v[1] for v in routed if v[2] == host),
+        routes=routes,
     )
 
 
@@ -162,3 +163,25 @@ def test_router_flows_survive_the_wire_unchanged() -> None:
     for host in (HA, HB):
         state = host_table(host)
         assert through_the_wire(state) == state
+
+
+ROUTES = (("10.0.99.0/24", "10.0.2.6"), ("10.0.98.0/24", "10.0.2.5"), ("10.0.97.0/24", "10.9.9.9"),
+          ("10.0.99.0/24", "10.0.2.7"))  # fmt: skip
+
+
+def test_extra_routes_go_to_their_nexthop_port_locally_or_through_the_tunnel() -> None:
+    _n, _k, host, ofport, mac, ip = VMS["vm1"]
+
+    def send_to(dst: str) -> Trace:
+        pkt = make_packet(mac, IF1.mac, ip_src=ip, ip_dst=dst, protocol=6, dst_port=22)
+        return trace(host_table(host, routes=ROUTES), ofport, pkt)
+
+    [local] = send_to("10.0.99.7").outputs  # via vm3, on vm1's host (one nexthop: the first)
+    f = dict(local.fields)
+    assert (local.port, f["eth_dst"], f["eth_src"], f["nw_ttl"]) == (2, VMS["vm3"][4], IF2.mac, 63)
+    [remote] = send_to("10.0.98.1").outputs  # via vm2, on the other host
+    f = dict(remote.fields)
+    assert (remote.port, f["tun_ipv4_dst"], f["eth_dst"]) == (TUN, HB, VMS["vm2"][4])
+    assert send_to("10.0.97.1").dropped  # its nexthop is no port: not routed
+    state = host_table(host, routes=ROUTES)
+    assert through_the_wire(state) == state

@@ -97,6 +97,7 @@ def router_view(router_id: str, host_id: str, inputs: Inputs) -> RouterView | No
         ports=tuple(ports),
         hosts=tuple(sorted(hosts)),
         local_keys=frozenset(local),
+        routes=rec.routes if rec is not None else (),
     )
 
 
