@@ -318,8 +318,19 @@ class EtcdStore(Store):
                         )
                     ) from None
                 raise Overtaken
-            self._set_position(self.applied + 1)
-            conn.execute("COMMIT")
+            try:
+                self._set_position(self.applied + 1)
+                conn.execute("COMMIT")
+            except BaseException:
+                # Committed by the cluster, not here (disk full, I/O error): the entry is in
+                # the log, so this replica applies it from there like any other (or, if even
+                # that fails, at the next catch-up or restart); the write was not lost.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                LOG.exception("local commit of etcd log entry %d failed", self.applied + 1)
+                if entry_id in self.catch_up():
+                    return
+                raise
             self.applied += 1
             self._ip_hints.update(tx.new_ip_hints)
             self.metrics.store_commit.labels("durable").observe(time.perf_counter() - t0)

@@ -730,9 +730,11 @@ WRITER = textwrap.dedent(
 )
 
 
-def test_every_acknowledged_write_survives_sigkill(db_path: str, tmp_path: Path) -> None:
+def kill_writer_after(n: int, script: str, *args: str) -> list[tuple[str, str]]:
+    """Run a writer ``script`` printing ``kind id`` per acknowledged write; SIGKILL it after
+    ``n`` acknowledgements (mid-stream: it is still writing); returns what it acknowledged."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, db_path],
+        [sys.executable, "-c", script, *args],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parents[2],
@@ -740,17 +742,21 @@ def test_every_acknowledged_write_survives_sigkill(db_path: str, tmp_path: Path)
     assert proc.stdout is not None
     acknowledged: list[tuple[str, str]] = []
     try:
-        while len(acknowledged) < 60:
+        while len(acknowledged) < n:
             line = proc.stdout.readline()
             assert line, "writer exited early"
             kind, obj_id = line.split()
             acknowledged.append((kind, obj_id))
-        proc.send_signal(signal.SIGKILL)  # mid-stream: it is still writing
+        proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+    return acknowledged
 
+
+def test_every_acknowledged_write_survives_sigkill(db_path: str, tmp_path: Path) -> None:
+    acknowledged = kill_writer_after(60, WRITER, db_path)
     store = Store(db_path, EventBus())
     for kind, obj_id in acknowledged:
         assert store.get(kind, obj_id) is not None, (kind, obj_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sqlite3
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ from tests.unit.test_api import (  # noqa: F401  (collected again, on etcd)
     test_subnet_defaults,
 )
 from tests.unit.test_store import (  # noqa: F401  (collected again, on etcd)
+    kill_writer_after,
     make_net_with_subnet,
     run_threads,
     test_bulk_subnet_create_is_atomic,
@@ -372,6 +374,67 @@ def test_a_bulk_too_large_for_one_etcd_transaction_is_a_400_and_changes_nothing(
         assert s.list_ports() == [] and s.applied == head
         assert len(s.create("port", [{"network_id": net_id} for _ in range(5)])) == 5
     finally:
+        s.close()
+
+
+def test_a_local_commit_failing_after_etcd_acknowledged_loses_nothing(
+    store: EtcdStore,
+    events: list[ChangeEvent],
+    second: tuple[EtcdStore, list[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    other, seen = second
+    real = store._set_position
+    failures = iter([True])
+
+    def flaky(seq: int) -> None:
+        if next(failures, False):
+            raise sqlite3.OperationalError("disk I/O error")
+        real(seq)
+
+    monkeypatch.setattr(store, "_set_position", flaky)
+    net = store.create_network({"name": "acknowledged"})  # answered: committed by the cluster
+    assert store.get_network(net["id"]) == net  # applied here from the log
+    assert [e.obj_id for e in events] == [net["id"]]  # published once
+    after = store.create_network({"name": "next"})  # the replica is usable afterwards
+    wait_for(lambda: len(seen) == 2, "the other instance's events")
+    assert [e.obj_id for e in seen] == [net["id"], after["id"]]
+    assert other.get("network", net["id"]) == net
+
+
+ETCD_WRITER = textwrap.dedent(
+    """
+    import sys
+    from controller.events import EventBus
+    from controller.store.etcd_settings import EtcdSettings, parse_url
+    from controller.store.replicated import EtcdStore
+
+    store = EtcdStore(sys.argv[1], EventBus(), EtcdSettings(parse_url(sys.argv[2]), sys.argv[3]))
+    net = store.create_network({})
+    store.create_subnet({"network_id": net["id"], "cidr": "10.0.0.0/16"})
+    print("network", net["id"], flush=True)
+    while True:
+        port = store.create_port({"network_id": net["id"]})
+        print("port", port["id"], flush=True)
+    """
+)
+
+
+def test_every_acknowledged_write_survives_sigkill(
+    tmp_path: Path, etcd_cluster: Any, etcd_settings: EtcdSettings
+) -> None:
+    """SIGKILL mid-stream: every write the killed instance acknowledged is there, on a fresh
+    replica and on the killed one's own (which may have missed its last local commit)."""
+    replica = str(tmp_path / "killed.db")
+    acknowledged = kill_writer_after(
+        40, ETCD_WRITER, replica, etcd_cluster.url, etcd_settings.prefix
+    )
+    for path in (str(tmp_path / "fresh.db"), replica):
+        s = EtcdStore(path, EventBus(), etcd_settings)
+        for kind, obj_id in acknowledged:
+            assert s.get(kind, obj_id) is not None, (path, kind, obj_id)
+        ports = s.list_ports()
+        assert len({p["fixed_ips"][0]["ip_address"] for p in ports}) == len(ports) >= 39
         s.close()
 
 
