@@ -16,9 +16,20 @@ from typing import Any
 
 LOG = logging.getLogger(__name__)
 
-KINDS = ("network", "subnet", "port", "host", "security_group", "security_group_rule")
+KINDS = (
+    "network",
+    "subnet",
+    "port",
+    "host",
+    "security_group",
+    "security_group_rule",
+    "router",
+)
 """A security group's event carries its complete ``security_group_rules``; a rule added or
-removed publishes the rule and then its group (with a new revision)."""
+removed publishes the rule and then its group (with a new revision).  A router's event carries
+its API body (``routes`` as ``{destination, nexthop}`` pairs); its interfaces are ports
+(``device_owner`` ``network:router_interface_distributed``, ``device_id`` the router), published
+as port events, each followed by the router's own event (a new revision)."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,16 @@ import logging
 
 from fastapi import FastAPI
 
-from controller.api import compat, errors, health, ip_availability, quotas, ui, versions
+from controller.api import (
+    compat,
+    errors,
+    health,
+    ip_availability,
+    quotas,
+    router_actions,
+    ui,
+    versions,
+)
 from controller.api.middleware import (
     AuthMiddleware,
     BodyLimitMiddleware,
@@ -17,6 +26,7 @@ from controller.api.resources import (
     HOSTS,
     NETWORKS,
     PORTS,
+    ROUTERS,
     SECURITY_GROUP_RULES,
     SECURITY_GROUPS,
     SUBNETS,
@@ -60,8 +70,9 @@ def create_app(
     app.router.route_class = StrictJsonRoute  # also for routes added later (/tenantnet/wait)
     errors.install(app)
     app.include_router(versions.router(settings.public_url))
-    for res in (NETWORKS, SUBNETS, PORTS, HOSTS, SECURITY_GROUPS, SECURITY_GROUP_RULES):
+    for res in (NETWORKS, SUBNETS, PORTS, HOSTS, SECURITY_GROUPS, SECURITY_GROUP_RULES, ROUTERS):
         app.include_router(collection_router(store, res), prefix="/v2.0")
+    app.include_router(router_actions.router(store), prefix="/v2.0")
     app.include_router(quotas.router(store), prefix="/v2.0")
     app.include_router(ip_availability.router(store), prefix="/v2.0")
     app.include_router(compat.neutron_router(store))

@@ -51,6 +51,7 @@ NULL_MEANS_DEFAULT = frozenset(
         "remote_ip_prefix",
         "remote_group_id",
         "remote_address_group_id",
+        "external_gateway_info",
     }
 )
 """Attributes for which an explicit ``null`` means something (the default, "none", "allocate
@@ -333,6 +334,58 @@ class SecurityGroupRuleCreate(Body):
         None, description="Peers are the members of this group.", json_schema_extra=UUID_DOC
     )
     remote_address_group_id: None = None
+
+
+# -- routers -----------------------------------------------------------------------------------
+
+
+class RouterFields(StandardAttrs):
+    """A router's client-settable attributes."""
+
+    id: str | None = Field(None, json_schema_extra=UUID_DOC)
+    admin_state_up: bool | None = None
+    distributed: bool | None = Field(None, description="Always true (the only accepted value).")
+    ha: bool | None = Field(None, description="Always false (the only accepted value).")
+    external_gateway_info: dict[str, Any] | None = Field(
+        None, description="Null only: tenantnet routes east-west, north-south is not supported."
+    )
+
+
+class RouterCreate(RouterFields):
+    """Body of one router in a create request (routes are set by update)."""
+
+
+class RouterUpdate(RouterFields, ReadOnlyEcho):
+    """Body of a router update; ``routes`` replaces the extra routes as a whole."""
+
+    status: str | None = None
+    routes: list[HostRoute] | None = Field(None, max_length=MAX_ITEMS)
+
+
+ID_TEXT_DOC: dict[str, Any] = {"type": "string", "format": "uuid"}
+
+
+class RouterInterface(Body):
+    """``PUT /routers/<id>/add_router_interface`` (or ``remove_``): one of the two.
+
+    The body is not wrapped in ``router`` (Neutron's shape), so a wrong value type is worded by
+    the store, which names the attribute (this model's errors would be taken for the
+    envelope's); the schema still publishes strings."""
+
+    subnet_id: Any = Field(None, json_schema_extra=ID_TEXT_DOC)
+    port_id: Any = Field(None, json_schema_extra=ID_TEXT_DOC)
+
+
+class ExtraRoutes(Body):
+    """The ``router`` of ``add_extraroutes`` / ``remove_extraroutes``."""
+
+    routes: list[HostRoute] = Field(max_length=MAX_ITEMS)
+
+
+class ExtraRoutesRequest(Body):
+    """``{"router": {"routes": [...]}}``."""
+
+    router: ExtraRoutes
 
 
 # -- envelopes -----------------------------------------------------------------------------------

@@ -93,6 +93,7 @@ SECURITY_GROUP_RULES = Resource(
     path="security-group-rules",
     taggable=False,
 )
+ROUTERS = Resource("router", "routers", rq.RouterCreate, rq.RouterUpdate, rs.RouterView)
 COMPAT_PORTS = Resource("port", "ports", rq.CompatPortCreate, rq.CompatPortUpdate, rs.PortView)
 
 

@@ -132,6 +132,27 @@ class SecurityGroupView(StandardView):
     security_group_rules: list[SecurityGroupRuleView]
 
 
+class RouterView(StandardView):
+    admin_state_up: bool
+    status: str
+    distributed: bool
+    ha: bool
+    routes: list[RouteView]
+    external_gateway_info: dict[str, Any] | None
+
+
+class RouterInterfaceView(View):
+    """The answer of add/remove_router_interface (Neutron's, not wrapped in ``router``)."""
+
+    id: str
+    tenant_id: str
+    project_id: str
+    port_id: str
+    network_id: str
+    subnet_id: str
+    subnet_ids: list[str]
+
+
 class HostView(View):
     id: str
     name: str

@@ -60,6 +60,14 @@ EXTENSIONS: list[tuple[str, str, str]] = [
         "Quota engine limit check by default",
         "A limit below the usage is refused unless force.",
     ),
+    ("router", "Neutron L3 Router", "Routers joining a project's subnets (east-west only)."),
+    ("extraroute", "Neutron Extra Route", "Extra routes on routers (routes)."),
+    (
+        "extraroute-atomic",
+        "Atomically add/remove extra routes",
+        "PUT /routers/<id>/add_extraroutes and remove_extraroutes.",
+    ),
+    ("dvr", "Distributed Virtual Router", "Routers route on the sending hypervisor."),
     ("tenantnet-hosts", "Hypervisor hosts", "The /v2.0/hosts collection of tenantnet."),
 ]
 
@@ -70,6 +78,7 @@ COLLECTIONS = (
     ("host", "hosts"),
     ("security_group", "security-groups"),
     ("security_group_rule", "security-group-rules"),
+    ("router", "routers"),
 )
 
 

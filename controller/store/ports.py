@@ -47,6 +47,11 @@ REFUSED_HOSTS = "tenantnet_refused_hosts"
 VNIC_TYPES = ("normal",)
 TRUSTED_OWNER_PREFIX = "network:"
 """Neutron gives ports of these device owners (DHCP, routers) no default security group."""
+ROUTER_INTERFACE = "network:router_interface_distributed"
+"""The ``device_owner`` of a router's interface port (`controller.store.routers`)."""
+ROUTER_OWNER_PREFIX = "network:router_"
+"""Device owners only the router operations give: the data plane routes for a port that
+claims one, so the port API may not set them (Neutron keeps them for its L3 plugin too)."""
 
 CREATE_ATTRS = frozenset(
     {
@@ -328,8 +333,42 @@ def _write_row(tx: Tx, body: dict[str, Any], insert: bool) -> None:
         )
 
 
-def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
-    """Insert one port (allocating its MAC and IPs) and queue its event."""
+def router_of(tx: Tx, port_id: str) -> str | None:
+    """The router whose interface the port is (its ``router_ports`` row), or None."""
+    row = tx.one("SELECT router_id FROM router_ports WHERE port_id = ?", (port_id,))
+    return None if row is None else str(row[0])
+
+
+def _device_owner(value: Any) -> str:
+    """A ``device_owner`` a client may set: not a router's (see `ROUTER_OWNER_PREFIX`)."""
+    owner = as_str(value, "device_owner")
+    if owner.startswith(ROUTER_OWNER_PREFIX):
+        raise invalid_attr(
+            "device_owner",
+            f"'{owner}' is given by add_router_interface only (PUT /v2.0/routers/<id>/"
+            "add_router_interface)",
+        )
+    return owner
+
+
+def _check_not_interface(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> None:
+    """A router interface keeps its owner and address while it is one (remove it from the
+    router first): the router's address on the subnet is what its VMs route through."""
+    router_id = router_of(tx, current["id"])
+    if router_id is None:
+        return
+    for name in ("device_id", "device_owner", "fixed_ips"):
+        if name in changes and changes[name] != current[name]:
+            raise Conflict(
+                f"Port {current['id']} is an interface of router {router_id}: its {name} "
+                "cannot change (remove_router_interface first).",
+                "RouterInterfaceInUse",
+            )
+
+
+def create(tx: Tx, body: dict[str, Any], *, router_interface: bool = False) -> dict[str, Any]:
+    """Insert one port (allocating its MAC and IPs) and queue its event; ``router_interface``
+    is the router module's own call, the only one that may give a router's device owner."""
     reject_unknown(body, CREATE_ATTRS)
     network = networks.must_load(tx, as_str(require(body, "network_id"), "network_id"))
     port_id = as_uuid(body["id"], "id") if body.get("id") is not None else str(uuid.uuid4())
@@ -348,7 +387,11 @@ def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
         "admin_state_up": as_bool(body.get("admin_state_up", True), "admin_state_up"),
         "status": "DOWN",
         "device_id": as_str(body.get("device_id", ""), "device_id"),
-        "device_owner": as_str(body.get("device_owner", ""), "device_owner"),
+        "device_owner": (
+            as_str(body["device_owner"], "device_owner")
+            if router_interface
+            else _device_owner(body.get("device_owner", ""))
+        ),
         "fixed_ips": [],
         "port_security_enabled": as_bool(
             body.get("port_security_enabled", network["port_security_enabled"]),
@@ -382,13 +425,15 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
     """Apply a partial update; a new ``fixed_ips`` list replaces the old allocations."""
     reject_unknown(changes, UPDATE_ATTRS)
     check_read_only(current, changes, READ_ONLY)
+    _check_not_interface(tx, current, changes)
     new = updated_common(current, changes)
     for name in ("admin_state_up", "port_security_enabled"):
         if name in changes:
             new[name] = as_bool(changes[name], name)
-    for name in ("device_id", "device_owner"):
-        if name in changes:
-            new[name] = as_str(changes[name], name)
+    if "device_id" in changes:
+        new["device_id"] = as_str(changes["device_id"], "device_id")
+    if "device_owner" in changes and changes["device_owner"] != current["device_owner"]:
+        new["device_owner"] = _device_owner(changes["device_owner"])
     if "security_groups" in changes or "port_security_enabled" in changes:
         new["security_groups"] = _groups_on_update(tx, current, changes, new)
         if new["security_groups"] != current["security_groups"]:
@@ -490,7 +535,15 @@ def set_observed(
 
 
 def delete(tx: Tx, current: dict[str, Any]) -> None:
-    """Delete the port, free its addresses and leave its security groups."""
+    """Delete the port, free its addresses and leave its security groups; a router's
+    interface is removed with remove_router_interface instead (409 ``ServicePortInUse``,
+    Neutron's ``prevent_l3_port_deletion``)."""
+    if router_of(tx, current["id"]) is not None:
+        raise Conflict(
+            f"Port {current['id']} cannot be deleted directly via the port API: has device "
+            f"owner {current['device_owner']}.",
+            "ServicePortInUse",
+        )
     tx.conn.execute("DELETE FROM ip_allocations WHERE port_id = ?", (current["id"],))
     security_groups.bind_port(tx, current["id"], [])
     tx.conn.execute("DELETE FROM ports WHERE id = ?", (current["id"],))

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from controller.store import security_groups
+from controller.store import routers, security_groups
 from controller.store.errors import Conflict, InvalidInput, NotFound
 from controller.store.tx import Tx
 from controller.store.values import as_int
@@ -179,5 +179,4 @@ register("port", 500, owned_rows("ports"))
 # use) counts, as in Neutron, but is never refused for quota.
 register("security_group", 10, security_groups.count)
 register("security_group_rule", 100, security_groups.count_rules)
-# As they land (their store kinds must be these names; see the module docstring):
-#   register("router", 10, owned_rows("routers"))
+register("router", 10, routers.count)

@@ -22,6 +22,7 @@ TABLES = {
     "host": "hosts",
     "security_group": "security_groups",
     "security_group_rule": "security_group_rules",
+    "router": "routers",
 }
 INDEXED: dict[str, dict[str, str]] = {
     "network": {"id": "id"},
@@ -35,6 +36,7 @@ INDEXED: dict[str, dict[str, str]] = {
         "remote_group_id": "remote_group_id",
         "project_id": "project_id",
     },
+    "router": {"id": "id", "project_id": "project_id"},
 }
 """Attributes whose exact value a column holds, per kind (a port's ``host_id`` column is NULL
 for an unbound port, so only non-empty host ids may be looked up there)."""

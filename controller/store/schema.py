@@ -183,6 +183,35 @@ def _v7_security_groups(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v8_routers(conn: sqlite3.Connection) -> None:
+    """Neutron routers and their interfaces.
+
+    ``router_ports`` holds one row per interface: the port (a normal port of its network, with
+    ``device_owner`` ``network:router_interface_distributed`` and ``device_id`` the router) and
+    the one subnet it has its address on.  The unique ``subnet_id`` is what keeps a subnet on
+    at most one router even when two requests race, and the rows make "does this router still
+    have interfaces", "which subnets does it connect" and "is this port an interface" index
+    lookups.  Nothing existing changes: no router existed before this step.
+    """
+    _run_script(
+        conn,
+        """
+        CREATE TABLE routers (
+            id         TEXT PRIMARY KEY,
+            project_id TEXT NOT NULL,
+            body       TEXT NOT NULL
+        );
+        CREATE INDEX routers_by_project ON routers (project_id);
+        CREATE TABLE router_ports (
+            port_id   TEXT PRIMARY KEY REFERENCES ports (id),
+            router_id TEXT NOT NULL REFERENCES routers (id),
+            subnet_id TEXT NOT NULL UNIQUE REFERENCES subnets (id)
+        );
+        CREATE INDEX router_ports_by_router ON router_ports (router_id)
+        """,
+    )
+
+
 MIGRATIONS: list[Step] = [
     _v1_core,
     _v2_hosts,
@@ -191,6 +220,7 @@ MIGRATIONS: list[Step] = [
     _v5_extra_dhcp_opts,
     _v6_port_numbers,
     _v7_security_groups,
+    _v8_routers,
 ]
 LATEST = len(MIGRATIONS)
 

@@ -42,6 +42,7 @@ from controller.store import (
     ports,
     quotas,
     replay,
+    routers,
     scan,
     security_group_rules,
     security_groups,
@@ -62,6 +63,7 @@ MODULES: dict[str, Any] = {
     "host": hosts,
     "security_group": security_groups,
     "security_group_rule": security_group_rules,
+    "router": routers,
 }
 COMPLETE = {"network": networks.with_subnets, "security_group": security_groups.with_rules}
 """What a kind's stored body lacks and a read adds (a network's subnets, a group's rules)."""
@@ -295,6 +297,35 @@ class Store:
         """Total and used addresses per network and subnet (all networks, or one)."""
         return self._read(lambda tx: availability.load_all(tx, network_id))
 
+    # -- router operations (see `routers`) -------------------------------------------------------
+
+    def router_interface(
+        self, router_id: str, body: Any, *, add: bool, expected_revision: int | None = None
+    ) -> dict[str, Any]:
+        """``add_router_interface`` / ``remove_router_interface``: the interface port, the
+        router's new revision and their events in one transaction; Neutron's answer body."""
+        with self._write() as tx:
+            current = routers.must_load(tx, router_id)
+            check_revision(current, expected_revision)
+            if not add:
+                return routers.remove_interface(tx, current, body)
+            answer = routers.add_interface(tx, current, body)
+            if isinstance(body, dict) and body.get("subnet_id") is not None:
+                # The port made for the subnet counts against the project's port quota.
+                quotas.enforce(tx, "port", [answer], self.quota_defaults)
+            return answer
+
+    def router_routes(
+        self, router_id: str, body: Any, *, add: bool, expected_revision: int | None = None
+    ) -> dict[str, Any]:
+        """``add_extraroutes`` / ``remove_extraroutes`` (extraroute-atomic): the router after."""
+        with self._write() as tx:
+            current = routers.must_load(tx, router_id)
+            check_revision(current, expected_revision)
+            if add:
+                return routers.add_routes(tx, current, body)
+            return routers.remove_routes(tx, current, body)
+
     # -- quotas (see `quotas`) -------------------------------------------------------------------
 
     def quota_limits(self, project_id: str) -> dict[str, int]:
@@ -365,6 +396,10 @@ class Store:
     def list_security_group_rules(self, group_id: str | None = None) -> list[dict[str, Any]]:
         """Security group rules sorted by id, optionally of one group."""
         return self._read(lambda tx: security_group_rules.load_all(tx, group_id))
+
+    def list_routers(self) -> list[dict[str, Any]]:
+        """Every router, sorted by id."""
+        return self._read(routers.load_all)
 
     def get_host(self, host_id: str) -> dict[str, Any] | None:
         """A host, or None."""

@@ -251,6 +251,22 @@ def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
     return new
 
 
+def _check_gateway_unrouted(tx: Tx, current: dict[str, Any]) -> None:
+    """The gateway may not move while it is a router's address on the subnet (its VMs route
+    through that address; Neutron's ``GatewayIpInUse``)."""
+    row = tx.one(
+        "SELECT rp.router_id FROM router_ports rp JOIN ip_allocations a ON a.port_id = rp.port_id"
+        " WHERE rp.subnet_id = ? AND a.subnet_id = ? AND a.ip = ?",
+        (current["id"], current["id"], current["gateway_ip"]),
+    )
+    if row is not None:
+        raise Conflict(
+            f"Gateway ip {current['gateway_ip']} of subnet {current['id']} is the interface "
+            f"address of router {row[0]}; remove the interface first (gateway_ip).",
+            "GatewayIpInUse",
+        )
+
+
 def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     """Apply a partial update (gateway and pools are re-validated together)."""
     reject_unknown(changes, UPDATE_ATTRS)
@@ -261,6 +277,8 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
     if "gateway_ip" in changes or "allocation_pools" in changes:
         gateway = _gateway({"gateway_ip": changes.get("gateway_ip", current["gateway_ip"])}, cidr)
         pools = changes.get("allocation_pools", current["allocation_pools"])
+        if gateway != current["gateway_ip"]:
+            _check_gateway_unrouted(tx, current)
         new["gateway_ip"] = gateway
         new["allocation_pools"] = _pools({"allocation_pools": pools}, cidr, gateway)
     if "dns_nameservers" in changes:

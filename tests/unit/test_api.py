@@ -113,7 +113,7 @@ def test_extensions(client: TestClient) -> None:
     assert "ext-gw-mode" not in aliases
     one = client.get("/v2.0/extensions/binding")
     assert one.status_code == 200 and one.json()["extension"]["alias"] == "binding"
-    error_of(client.get("/v2.0/extensions/router"), 404, "ExtensionNotFound")
+    error_of(client.get("/v2.0/extensions/l3-ha"), 404, "ExtensionNotFound")
 
 
 def test_openapi_and_docs_are_served(client: TestClient) -> None:
@@ -417,7 +417,7 @@ def test_wrong_types_name_the_field(client: TestClient, attrs: dict[str, Any], f
 
 
 def test_unknown_routes_and_methods(client: TestClient) -> None:
-    error_of(client.get("/v2.0/routers"), 404)
+    error_of(client.get("/v2.0/floatingips"), 404)
     error_of(client.delete("/v2.0/networks"), 405, "HTTPMethodNotAllowed")
     error_of(client.get("/v2.0/ports/does-not-exist"), 404, "PortNotFound")
 

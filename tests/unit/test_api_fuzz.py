@@ -34,6 +34,7 @@ MAX_EXAMPLES = 12
 STATEFUL_SCENARIOS = 40
 STATEFUL_STEPS = 8
 KINDS = (
+    ("router", "routers"),
     ("port", "ports"),
     ("subnet", "subnets"),
     ("network", "networks"),
@@ -41,8 +42,8 @@ KINDS = (
     ("security_group", "security-groups"),
     ("host", "hosts"),
 )
-"""In the order they can be deleted in (ports before subnets before networks, rules before
-groups)."""
+"""In the order they can be deleted in (routers, once their interfaces are removed, before
+ports before subnets before networks, rules before groups)."""
 UPDATES: dict[str, dict[str, Any] | None] = {
     "security_group_rule": None,  # rules cannot be updated (Neutron's API has no PUT for them)
     "security_group": {"description": "roundtrip"},  # a default group keeps its name
@@ -156,6 +157,12 @@ def _roundtrip(current: _CurrentStore, path: str, client: TestClient) -> int:
             r = client.put(url, json={singular: change})
             assert r.status_code == 200, (url, r.text)
             assert change.items() <= r.json()[singular].items()
+    for router in before["routers"]:  # routes first: a route's nexthop keeps its interface
+        url = f"/v2.0/routers/{router['id']}"
+        assert client.put(url, json={"router": {"routes": []}}).status_code == 200
+        for port in client.get(f"/v2.0/ports?device_id={router['id']}").json()["ports"]:
+            r = client.put(f"{url}/remove_router_interface", json={"port_id": port["id"]})
+            assert r.status_code == 200, r.text
     for _, plural in KINDS:
         for obj in client.get(f"/v2.0/{plural}").json()[_key(plural)]:
             r = client.delete(f"/v2.0/{plural}/{obj['id']}")

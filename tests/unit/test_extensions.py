@@ -193,6 +193,48 @@ def quota_check_limit_default(c: TestClient) -> None:
     assert c.put("/v2.0/quotas/p", json=forced).status_code == 200
 
 
+def _routed(c: TestClient) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A router with one subnet (10.5.0.0/24) connected."""
+    port = _port(c)
+    router = _create(c, "router", name="r")
+    subnet_id = port["fixed_ips"][0]["subnet_id"]
+    r = c.put(f"/v2.0/routers/{router['id']}/add_router_interface", json={"subnet_id": subnet_id})
+    assert r.status_code == 200, r.text
+    return router, r.json()
+
+
+def router(c: TestClient) -> None:
+    router, answer = _routed(c)
+    (gateway,) = c.get(f"/v2.0/ports?device_id={router['id']}").json()["ports"]
+    assert (
+        gateway["id"] == answer["port_id"] and gateway["fixed_ips"][0]["ip_address"] == "10.5.0.1"
+    )
+    assert c.delete(f"/v2.0/routers/{router['id']}").status_code == 409
+
+
+def extraroute(c: TestClient) -> None:
+    router, _ = _routed(c)
+    route = {"destination": "10.6.0.0/16", "nexthop": "10.5.0.9"}
+    r = c.put(f"/v2.0/routers/{router['id']}", json={"router": {"routes": [route]}})
+    assert r.status_code == 200 and r.json()["router"]["routes"] == [route], r.text
+
+
+def extraroute_atomic(c: TestClient) -> None:
+    router, _ = _routed(c)
+    route = {"destination": "10.6.0.0/16", "nexthop": "10.5.0.9"}
+    url = f"/v2.0/routers/{router['id']}/add_extraroutes"
+    r = c.put(url, json={"router": {"routes": [route]}})
+    assert r.status_code == 200 and r.json()["router"]["routes"] == [route], r.text
+    r = c.put(url.replace("add_", "remove_"), json={"router": {"routes": [route]}})
+    assert r.status_code == 200 and r.json()["router"]["routes"] == [], r.text
+
+
+def dvr(c: TestClient) -> None:
+    router = _create(c, "router")
+    assert router["distributed"] is True and router["ha"] is False
+    assert c.post("/v2.0/routers", json={"router": {"distributed": False}}).status_code == 400
+
+
 CHECKS: dict[str, Callable[[TestClient], None]] = {
     "provider": provider,
     "binding": binding,
@@ -220,6 +262,10 @@ CHECKS: dict[str, Callable[[TestClient], None]] = {
     "quota_details": quota_details,
     "quota-check-limit": quota_check_limit,
     "quota-check-limit-default": quota_check_limit_default,
+    "router": router,
+    "extraroute": extraroute,
+    "extraroute-atomic": extraroute_atomic,
+    "dvr": dvr,
 }
 
 

@@ -21,6 +21,7 @@ NEUTRON_DEFAULTS = {
     "port": 500,
     "security_group": 10,
     "security_group_rule": 100,
+    "router": 10,
 }
 
 
@@ -45,7 +46,7 @@ def test_defaults_are_neutrons_unless_configured(db_path: str, bus: EventBus) ->
     assert store.quota_limits("p") == NEUTRON_DEFAULTS
     store.close()
     store = Store(db_path, bus, quota_defaults={"network": 2, "port": -1, "router": 7})
-    assert store.quota_limits("p") == {**NEUTRON_DEFAULTS, "network": 2, "port": -1}
+    assert store.quota_limits("p") == {**NEUTRON_DEFAULTS, "network": 2, "port": -1, "router": 7}
     with pytest.raises(InvalidInput, match="quota_network"):
         Store(db_path, bus, quota_defaults={"network": -2})
     store.close()
@@ -238,6 +239,7 @@ def test_quota_documents(client: TestClient) -> None:
             "port": {"used": 0, "limit": -1, "reserved": 0},  # that port has no project
             "security_group": {"used": 0, "limit": 10, "reserved": 0},
             "security_group_rule": {"used": 0, "limit": 100, "reserved": 0},
+            "router": {"used": 0, "limit": 10, "reserved": 0},
         }
     }
     assert client.delete("/v2.0/quotas/proj-1").status_code == 204
