@@ -18,7 +18,6 @@ the README, "Routing"), so a default group would drop routed traffic.
 from __future__ import annotations
 
 import signal
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,21 +53,44 @@ XFER_PORT = 5004  # the bulk transfer's own port (the probe servers hold 5001-50
 
 @dataclass
 class Router:
-    """A router of one project: its id and its interface ports (one per subnet)."""
+    """A router of one project (made through the API, named for the test so that the test's
+    teardown finds it) and its interface ports (one per subnet)."""
 
     tenancy: Tenancy
     project: str
-    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    id: str = ""
     interfaces: dict[str, dict[str, Any]] = field(default_factory=dict)  # network id -> port
 
+    def __post_init__(self) -> None:
+        made = self.tenancy.api.create("router", name=self.tenancy.tag, project_id=self.project)
+        self.id = made["id"]
+
     def add(self, net: Net) -> dict[str, Any]:
-        port = self.tenancy.port(net, ip=net.subnet["gateway_ip"], device_owner=RIF,
-                                 device_id=self.id)  # fmt: skip
+        """The subnet's interface: a port at its gateway address."""
+        answer = self.tenancy.api.request(
+            "PUT", f"/v2.0/routers/{self.id}/add_router_interface", {"subnet_id": net.subnet["id"]}
+        )
+        port = self.tenancy.api.show("port", answer["port_id"])
+        assert port["device_owner"] == RIF and port["device_id"] == self.id
         self.interfaces[net.id] = port
         return port
 
     def remove(self, net: Net) -> None:
-        self.tenancy.delete_port(self.interfaces.pop(net.id)["id"])
+        port = self.interfaces.pop(net.id)
+        self.tenancy.api.request(
+            "PUT", f"/v2.0/routers/{self.id}/remove_router_interface", {"port_id": port["id"]}
+        )
+
+
+def remove_routers(tenancy: Tenancy) -> None:
+    """The test's routers with their interfaces and routes (before its networks can go)."""
+    api = tenancy.api
+    for made in api.list("router", f"name={tenancy.tag}"):
+        url = f"/v2.0/routers/{made['id']}"
+        api.update("router", made["id"], routes=[])
+        for port in api.list("port", f"device_id={made['id']}"):
+            api.request("PUT", f"{url}/remove_router_interface", {"port_id": port["id"]})
+        api.delete("router", made["id"])
 
 
 @dataclass
@@ -113,6 +135,7 @@ def groups(tenancy: Tenancy, dp_env: DataplaneEnv) -> Iterator[list[dict[str, An
     """Groups a test made, deleted once its ports are (the test's objects go first)."""
     made: list[dict[str, Any]] = []
     yield made
+    remove_routers(tenancy)
     tenancy.cleanup()
     for g in made:
         delete_group(dp_env.api, g)
