@@ -1,10 +1,11 @@
 """Packet-ins from switches to one registered handler, on a bounded queue; its replies go back
 out as PACKET_OUTs to the port the packet came from.
 
-Why a queue and one worker: os-ken delivers every message of a switch on that switch's receive
-thread, so a slow handler (the DHCP responder reads views, builds a frame) would stall barrier
-replies and flow dumps of that switch.  The queue is bounded (``maxsize``) and never blocks the
-receive thread: when it is full the packet-in is dropped and counted, exactly what a switch does
+Why a queue and one worker: os-ken delivers the messages of every switch to the app's one
+event thread (from each switch's receive thread, through a bounded queue that blocks the
+receive thread when full), so a slow handler (the DHCP responder reads views, builds a frame)
+would stall barrier replies and flow dumps of every switch, and at worst their liveness.  The
+queue is bounded (``maxsize``) and never blocks the event thread: when it is full the packet-in is dropped and counted, exactly what a switch does
 with the packet-ins its meter refuses.  The first line of defence is that meter (see
 `controller.southbound.ofp_codec.controller_meter`: OpenFlow's ``OFPM_CONTROLLER`` meter, one
 per host, limits every packet-in the switch sends), so one flooding VM costs its host's budget,
