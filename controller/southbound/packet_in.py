@@ -5,11 +5,12 @@ Why a queue and one worker: os-ken delivers the messages of every switch to the 
 event thread (from each switch's receive thread, through a bounded queue that blocks the
 receive thread when full), so a slow handler (the DHCP responder reads views, builds a frame)
 would stall barrier replies and flow dumps of every switch, and at worst their liveness.  The
-queue is bounded (``maxsize``) and never blocks the event thread: when it is full the packet-in is dropped and counted, exactly what a switch does
-with the packet-ins its meter refuses.  The first line of defence is that meter (see
-`controller.southbound.ofp_codec.controller_meter`: OpenFlow's ``OFPM_CONTROLLER`` meter, one
-per host, limits every packet-in the switch sends), so one flooding VM costs its host's budget,
-not the controller's CPU, and the API and other hosts are unaffected.
+queue is bounded (``maxsize``) and never blocks the event thread: when it is full the packet-in
+is dropped and counted, exactly what a switch does with the packet-ins its meter refuses.  The
+first line of defence is that meter (see `controller.southbound.ofp_codec.controller_meter`:
+OpenFlow's ``OFPM_CONTROLLER`` meter, one per host, limits every packet-in the switch sends), so
+one flooding VM costs its host's budget, not the controller's CPU, and the API and other hosts
+are unaffected.
 
 The worker takes what is queued in one go (up to ``MAX_BATCH``), answers it, and sends the
 replies for one switch as one write (`PacketOutSender` gets them together): under a load of
