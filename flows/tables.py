@@ -409,10 +409,14 @@ def owner_num(cookie: int) -> int:
 
 
 def describe_owner(cookie: int) -> str:
-    """``network 7``, ``port 1234``, ``base``: an owner as logs name it."""
+    """``network 7``, ``port 1234``, ``base``, ``security_group rule 12``: an owner as logs
+    name it."""
     kind, num = owner_kind(cookie), owner_num(cookie)
     if kind == OwnerKind.BASE and num == 0:
         return "base"
+    if kind == OwnerKind.SECURITY_GROUP:
+        part, n = sg_owner_part(cookie)
+        return f"security_group {part} {n}" if part != "host" else f"security_group {n}"
     name = OwnerKind(kind).name.lower() if kind in OwnerKind._value2member_map_ else f"kind {kind}"
     return f"{name} {num}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -362,3 +363,28 @@ def test_additive_only_when_nothing_installed_is_deleted_or_replaced() -> None:
     d = diff(compile_network(CTX, moved), NET7)
     assert d.replaces_rules and not d.additive  # the remote MAC's rule now goes elsewhere
     assert diff(NET7, Slice()).additive and not diff(Slice(), NET7).additive
+
+
+def test_security_group_cookies_name_their_part_and_never_collide() -> None:
+    """Kind 3's number says which part of a host's firewall a flow is: the skeleton, a port's
+    own flows, a member's address clauses or a rule's flows; the same number in two parts
+    gives two cookies, and numbers that would spill into another part are refused."""
+    cookies = {
+        t.sg_host_cookie(t.SG_STATIC_NUM): ("host", 0),
+        t.sg_port_cookie(5): ("port", 5),
+        t.sg_member_cookie(5): ("member", 5),
+        t.sg_rule_cookie(5): ("rule", 5),
+    }
+    assert len(cookies) == 4
+    for cookie, part in cookies.items():
+        assert t.owner_kind(cookie) == t.OwnerKind.SECURITY_GROUP
+        assert t.sg_owner_part(cookie) == part
+    assert t.describe_owner(t.sg_rule_cookie(12)) == "security_group rule 12"
+    assert t.describe_owner(t.sg_member_cookie(3)) == "security_group member 3"
+    top = t.SG_MEMBER_BIT - 1
+    assert t.sg_owner_part(t.sg_port_cookie(top)) == ("port", top)
+    assert t.sg_owner_part(t.sg_member_cookie(top)) == ("member", top)
+    for bad in (lambda: t.sg_port_cookie(t.SG_MEMBER_BIT), lambda: t.sg_member_cookie(-1),
+                lambda: t.sg_rule_cookie(0), lambda: t.sg_rule_cookie(t.SG_RULE_BIT)):  # fmt: skip
+        with pytest.raises(ValueError):
+            bad()

@@ -35,7 +35,9 @@ from flows.model import (
     Resubmit,
     SetField,
     Slice,
+    match,
 )
+from flows.sg_clauses import ClauseIndex
 from tests.unit.wire_switch import through_the_wire
 
 COOKIES = sg.SgCookies(static=0x7E4E_0000_0000_0001, shared=0x7E4E_0000_0000_0002)
@@ -413,3 +415,30 @@ def test_a_member_joining_or_leaving_changes_one_flow_per_address() -> None:
     assert dict(added.match)["ipv4_src"] == "10.1.9.9"
     left = {**groups, "db": sg.SecurityGroup("db", db.rules, db.members[1:])}
     assert len(before - sg.compile_host(ports, left, COOKIES).rules) == 1
+
+
+def test_clause_index_merges_by_match_and_hands_a_flow_to_its_smallest_contributor() -> None:
+    """One flow per (table, match) with every contributor's conjunction; its cookie is the
+    smallest contributor's and moves when that one leaves; a contribution made twice must be
+    taken back twice; taking back what was never given is refused."""
+    index = ClauseIndex()
+    m = match(eth_type=0x0800, ip_proto=6)
+    index.add(9, t.SG_INGRESS_RULES, m, Conjunction(9, 2, 2))
+    index.add(4, t.SG_INGRESS_RULES, m, Conjunction(4, 2, 3))
+    index.add(4, t.SG_INGRESS_RULES, m, Conjunction(4, 2, 3))  # e.g. a fixed IP and a pair
+    (flow,) = index.rules()
+    assert flow.cookie == 4 and flow.instructions == (
+        Apply((Conjunction(4, 2, 3), Conjunction(9, 2, 2))),
+    )
+    assert index.touched == {4, 9} and index.slice_of(9) == Slice()
+    index.touched.clear()
+    index.remove(4, t.SG_INGRESS_RULES, m, Conjunction(4, 2, 3))
+    assert next(iter(index.rules())).cookie == 4  # one of its two contributions is left
+    index.remove(4, t.SG_INGRESS_RULES, m, Conjunction(4, 2, 3))
+    (flow,) = index.slice_of(9).rules
+    assert flow.cookie == 9 and flow.instructions == (Apply((Conjunction(9, 2, 2),)),)
+    assert index.touched == {4, 9} and index.slice_of(4) == Slice()
+    with pytest.raises(KeyError):
+        index.remove(4, t.SG_INGRESS_RULES, m, Conjunction(4, 2, 3))
+    index.remove(9, t.SG_INGRESS_RULES, m, Conjunction(9, 2, 2))
+    assert list(index.rules()) == [] and index.owners() == set()
