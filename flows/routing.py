@@ -87,6 +87,9 @@ PRIO_ROUTED_INGRESS = t.PRIO_EXACT - 1
 """CLASSIFY: routed traffic into a network from a router host (beside l2's per-peer rules)."""
 PRIO_ROUTE_BASE = t.PRIO_EXACT
 """L3_ROUTING: a route's priority is this plus its prefix length (longest prefix first)."""
+PRIO_ARP_GATEWAY = arp.PRIO_ARP_BYPASS + 5
+"""L2_FROM_PORT: an interface's ARP answer, above the bypass of ports with port security off
+(an appliance VM must find its gateway too; the address is never a VM's to claim)."""
 PRIO_ECHO = 200
 """L3_ROUTING: echo requests to an interface address, above every route."""
 
@@ -142,7 +145,8 @@ def compile_router(ctx: HostContext, view: RouterView) -> dict[int, Slice]:
             continue
         entry = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4)
         add(src, Rule(t.L2_FROM_PORT, t.PRIO_EXACT, entry, (GotoTable(t.L3_ROUTING),), cookie))
-        add(src, arp.answer_rule(key, arp.ArpEntry(_ip4(src.ip), mac, cookie)))
+        answer = arp.ArpEntry(_ip4(src.ip), mac, cookie)
+        add(src, arp.answer_rule(key, answer, priority=PRIO_ARP_GATEWAY))
         for dst in ifaces:
             add(src, _echo_rule(key, mac, _ip4(dst.ip), cookie))
             add(src, _route_rule(key, mac, dst, cookie))

@@ -452,5 +452,5 @@ record type here (and `Mirror.set_record` an index, if planning looks it up).  E
 other kinds reach the planner with the store's bodies, and no
 service reads them."""
 
-MIRRORED = ("subnet", "security_group", "security_group_rule")
+MIRRORED = ("subnet", "security_group", "security_group_rule", "router")
 """Kinds beyond networks, ports and hosts that `Mirror.set_record` keeps (loaded at start)."""

@@ -217,6 +217,31 @@ def test_removing_an_interface_cuts_the_path(proj: Project, tenancy: Tenancy,
                     what="the path back once the interface is added again")  # fmt: skip
 
 
+def test_extra_route_to_a_vm_acting_as_nexthop(proj: Project, tenancy: Tenancy,
+                                               dp_env: DataplaneEnv) -> None:  # fmt: skip
+    """``10.0.99.0/24 via r`` (on another host) and ``10.0.98.0/24 via s`` (on the sender's):
+    r and s (port security off, as appliance VMs are) hold 10.0.99.1 and 10.0.98.1 and answer
+    from them; the answers go back through their own gateway (its ARP answered from flows
+    although their ARP otherwise floods)."""
+    n1, n2 = proj.nets
+    a = proj.vm(1, "re", n1, "10.0.21.81")
+    r = proj.vm(2, "re2", n2, "10.0.22.82", port_security_enabled=False, security_groups=[])
+    s = proj.vm(1, "re3", n2, "10.0.22.83", port_security_enabled=False, security_groups=[])
+    r.exec("ip", "addr", "add", "10.0.99.1/32", "dev", "lo")
+    s.exec("ip", "addr", "add", "10.0.98.1/32", "dev", "lo")
+    tenancy.wait_active([a, r, s])
+    url = f"/v2.0/routers/{proj.router.id}"
+    route = {"router": {"routes": [{"destination": "10.0.99.0/24", "nexthop": r.ip},
+                                   {"destination": "10.0.98.0/24", "nexthop": s.ip}]}}  # fmt: skip
+    dp_env.api.request("PUT", f"{url}/add_extraroutes", route)
+    settle(dp_env)
+    assert a.ping("10.0.99.1", count=3, interval=0.2).received == 3
+    assert a.ping("10.0.98.1", count=3, interval=0.2).received == 3
+    dp_env.api.request("PUT", f"{url}/remove_extraroutes", route)
+    settle(dp_env)
+    assert a.ping("10.0.99.1", count=3, interval=0.2, timeout=1).received == 0
+
+
 def test_two_projects_with_the_same_cidrs_stay_apart(
     proj: Project, tenancy: Tenancy, groups: list[dict[str, Any]], dp_env: DataplaneEnv
 ) -> None:

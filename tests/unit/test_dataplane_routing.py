@@ -237,3 +237,27 @@ def test_random_packets_never_cross_projects_and_routed_ones_reach_exactly_their
             assert delivered == ({target} if ttl > 1 else set()), (src, dst_ip, ttl, delivered)
             routed_ok += ttl > 1
     assert routed_ok > 5  # the generator does exercise routing
+
+
+def test_extra_route_and_admin_state_from_the_router_record(routed: Routed) -> None:
+    store, cloud = routed.cloud.store, routed.cloud
+    v3 = routed.vms["v3"][0]
+    routes = {"routes": [{"destination": "10.0.99.0/24", "nexthop": routed.ip("v3")}]}
+    store.router_routes(routed.router, routes, add=True)
+    cloud.idle()
+    [out] = routed.send("v1", "10.0.99.7", routed.if1, protocol=6, dst_port=22).outputs
+    assert (out.port, dict(out.fields)["eth_dst"]) == (2, v3["mac_address"])
+    # a restart reads the router (its routes) back before it plans: nothing to send
+    restart(cloud)
+    assert cloud.dp.stats.flow_mods == 0 and cloud.dp.stats.group_mods == 0
+    store = cloud.store
+    store.router_routes(routed.router, routes, add=False)
+    cloud.idle()
+    assert routed.send("v1", "10.0.99.7", routed.if1, protocol=6, dst_port=22).dropped
+    # admin down: the router routes nothing and answers nothing; up again: as before
+    store.update("router", routed.router, {"admin_state_up": False})
+    cloud.idle()
+    assert not router_rules(cloud, "hv1") and not router_rules(cloud, "hv2")
+    store.update("router", routed.router, {"admin_state_up": True})
+    cloud.idle()
+    assert routed.send("v1", routed.ip("v3"), routed.if1, protocol=6, dst_port=22).ports == [2]
