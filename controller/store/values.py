@@ -166,9 +166,19 @@ def canonical_mac(value: Any, field: str = "mac_address") -> str:
     return str(mac).lower()
 
 
+SHOWN_MAX = 60
+
+
+def _shown(value: Any) -> str:
+    """A refused value as a message quotes it: cut short, so that a refusal never echoes
+    megabytes back (an address or CIDR is far shorter than this)."""
+    text = str(value)
+    return text if len(text) <= SHOWN_MAX else text[:SHOWN_MAX] + "..."
+
+
 def parse_ip(value: Any, field: str, version: int | None = None) -> netaddr.IPAddress:
     """An IPv4/IPv6 address (strict syntax: no ``10.1`` shorthand), optionally of one version."""
-    reason = f"'{value}' is not a valid IP address"
+    reason = f"'{_shown(value)}' is not a valid IP address"
     if not isinstance(value, str) or "/" in value:
         raise invalid_attr(field, reason)
     try:
@@ -176,18 +186,18 @@ def parse_ip(value: Any, field: str, version: int | None = None) -> netaddr.IPAd
     except (netaddr.AddrFormatError, TypeError, ValueError):
         raise invalid_attr(field, reason) from None
     if version is not None and ip.version != version:
-        raise invalid_attr(field, f"'{value}' is not an IPv{version} address")
+        raise invalid_attr(field, f"'{_shown(value)}' is not an IPv{version} address")
     return ip
 
 
 def parse_cidr(value: Any, field: str = "cidr") -> netaddr.IPNetwork:
     """A network in CIDR form with no host bits set, like Neutron's ``validate_subnet``."""
     if not isinstance(value, str) or "/" not in value:
-        raise invalid_attr(field, f"'{value}' is not a valid IP subnet")
+        raise invalid_attr(field, f"'{_shown(value)}' is not a valid IP subnet")
     try:
         net = netaddr.IPNetwork(value)
     except (netaddr.AddrFormatError, TypeError, ValueError):
-        raise invalid_attr(field, f"'{value}' is not a valid IP subnet") from None
+        raise invalid_attr(field, f"'{_shown(value)}' is not a valid IP subnet") from None
     if net.ip != net.network:
         raise invalid_attr(
             field, f"'{value}' isn't a recognized IP subnet cidr, '{net.cidr}' is recommended"

@@ -162,6 +162,71 @@ def test_security_group_fields_are_bounded_and_named(client: TestClient) -> None
 # -- integers that str.isdigit() accepts but int() refuses -----------------------------------
 
 
+def test_router_fields_and_actions_are_bounded_and_named(client: TestClient) -> None:
+    def router(**attrs: Any) -> Any:
+        return client.post("/v2.0/routers", json={"router": attrs})
+
+    _error(router(name="n" * 256), 400, "name")
+    _error(router(tags=["x" * 61]), 400, "tags")
+    _error(router(admin_state_up="maybe"), 400, "admin_state_up")
+    _error(router(id="../x"), 400, "id")
+    _error(router(external_gateway_info="x" * 5000), 400, "external_gateway_info")
+    deep: Any = {}
+    for _ in range(50):
+        deep = {"a": deep}
+    assert router(external_gateway_info=deep).status_code == 400
+    _error(
+        _post_raw(client, "/v2.0/routers", '{"router": {"external_gateway_info": {"x": NaN}}}'),
+        400,
+        "external_gateway_info",
+    )
+    assert client.get("/v2.0/routers").json()["routers"] == []
+    r = router(name="ok")
+    assert r.status_code == 201, r.text
+    url = f"/v2.0/routers/{r.json()['router']['id']}"
+    net = _net(client)
+    (sub,) = client.get(f"/v2.0/subnets?network_id={net}").json()["subnets"]
+    assert (
+        client.put(f"{url}/add_router_interface", json={"subnet_id": sub["id"]}).status_code == 200
+    )
+
+    def put(path: str, text: str) -> Any:
+        return client.put(path, content=text.encode(), headers=JSON)
+
+    for poison, field in (
+        ('{"subnet_id": NaN}', "subnet_id"),
+        ('{"subnet_id": ["a"]}', "subnet_id"),
+        ('{"subnet_id": {"a": 1}}', "subnet_id"),
+        ('{"port_id": "' + "p" * 5000 + '"}', "port_id"),
+        ('{"port_id": true}', "port_id"),
+    ):
+        message = _error(put(f"{url}/add_router_interface", poison), 400, field)
+        assert len(message) < 1000
+        _error(put(f"{url}/remove_router_interface", poison), 400, field)
+    for poison in ('"x"', "[]", "null", '{"subnet_id": "\\ud800"}'):
+        assert 400 <= put(f"{url}/add_router_interface", poison).status_code < 500
+    routes_url = f"{url}/add_extraroutes"
+    for poison in (
+        '{"router": {"routes": [{"destination": NaN, "nexthop": "10.9.0.5"}]}}',
+        '{"router": {"routes": [{"destination": "' + "1" * 5000 + '", "nexthop": "10.9.0.5"}]}}',
+        '{"router": {"routes": [{"destination": "10.1.0.0/16", "nexthop": ["10.9.0.5"]}]}}',
+        '{"router": {"routes": "10.1.0.0/16"}}',
+        '{"router": {"routes": ['
+        + ",".join(['{"destination": "10.1.0.0/16", "nexthop": "10.9.0.5"}'] * 101)
+        + "]}}",
+    ):
+        message = _error(put(routes_url, poison), 400, "routes")
+        assert len(message) < 1000
+    _error(put(url, '{"router": {"routes": [{"destination": "::/0", "nexthop": "10.9.0.5"}]}}'),
+           400, "routes")  # fmt: skip
+    bad_match = client.put(
+        routes_url, json={"router": {"routes": []}}, headers={"If-Match": "revision_number=x"}
+    )
+    _error(bad_match, 400, "If-Match")
+    shown = client.get(url).json()["router"]
+    assert shown["routes"] == [] and shown["revision_number"] == 2  # only the interface
+
+
 def test_integer_filters_and_headers_never_500(client: TestClient) -> None:
     net = _net(client)
     _error(client.get("/v2.0/networks?mtu=--1"), 400, "mtu")
