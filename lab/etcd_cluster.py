@@ -50,10 +50,15 @@ class EtcdCluster:
     def __post_init__(self) -> None:
         token = f"tenantnet-{os.getpid()}-{free_port()}"
         self.token = token
+        ports: list[int] = []
+        while len(ports) < 2 * self.size:  # the kernel may hand the same free port out twice
+            if (port := free_port()) not in ports:
+                ports.append(port)
         for i in range(self.size):
             name = f"m{i}"
+            client, peer = ports[2 * i], ports[2 * i + 1]
             self.members.append(
-                Member(name, free_port(), free_port(), self.root / name, self.root / f"{name}.log")
+                Member(name, client, peer, self.root / name, self.root / f"{name}.log")
             )
 
     @property

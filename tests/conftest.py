@@ -47,8 +47,13 @@ def etcd_cluster() -> Iterator[Any]:
     if not os.path.exists(ETCD):
         pytest.skip("etcd is not installed (Debian package etcd-server)")
     root = Path(tempfile.mkdtemp(prefix="tn-etcd-"))
-    cluster = EtcdCluster(root)
-    cluster.start()
+    cluster = EtcdCluster(root / "1")
+    try:
+        cluster.start()
+    except RuntimeError:  # a port taken between choosing and binding it: once more, new ports
+        cluster.stop()
+        cluster = EtcdCluster(root / "2")
+        cluster.start()
     try:
         yield cluster
     finally:

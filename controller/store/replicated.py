@@ -64,6 +64,8 @@ WRITES = (
     "update_quota",
     "delete_quota",
     "upsert_host",
+    "router_interface",
+    "router_routes",
     "set_ports_observed",
     "_observe",
 )
