@@ -21,6 +21,7 @@ from controller.config import Settings, parse_hostport
 from controller.dataplane.admission import Admission
 from controller.events import EventBus
 from controller.metrics import Metrics
+from flows.tables import OwnerKind, owner_kind
 
 LOG = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class Controller:
         self.dataplane: Any = None
         self.ofp_app: Any = None
         self.dhcp: Any = None  # controller.dataplane.dhcp.DhcpPunt, once started
+        self.ttl: Any = None  # controller.dataplane.ttl.TtlExpired, once started
         self.api: Any = None
         self._manager: Any = None
         self._server: Any = None
@@ -272,8 +274,12 @@ class Controller:
             FloodGuard(s.dhcp_guard),
             self.ofp_app.add_transient_flow,
         )
+        # Routers (issue 16): a routed packet whose TTL ran out, answered ICMP time exceeded.
+        from controller.dataplane.ttl import TtlExpired
+
+        self.ttl = TtlExpired(dp.mirror, dp.bindings, dp.hosts, dp.by_dpid)
         self.ofp_app.packet_in_meter = (s.packet_in_rate_pps, s.packet_in_burst)
-        self.ofp_app.on_packet_in(self.dhcp.handle)
+        self.ofp_app.on_packet_in(self._packet_in)
         # Hosts first, then the OpenFlow app: connections that came meanwhile are admitted
         # against the host table.
         self.dataplane.start()
@@ -291,6 +297,13 @@ class Controller:
             s.database if s.etcd is None else f"{s.store} (replica {s.database})",
             os.getpid(),
         )
+
+    def _packet_in(self, pkt: Any) -> bytes | None:
+        """Packet-ins to the handler of the owner whose flow sent them: a router interface's
+        (TTL expired) or a port's (DHCP)."""
+        if owner_kind(pkt.cookie) == OwnerKind.ROUTER:
+            return self.ttl.handle(pkt)
+        return self.dhcp.handle(pkt)
 
     def _add_wait_route(self) -> None:
         from controller.port_wait import PortWaiter, add_wait_route

@@ -11,6 +11,7 @@ is routed on the VM's own host::
                        -> dec_ttl, set eth_src=IF_dst, write metadata=K_dst, goto 5    [IF_src]
                      ... icmp echo, nw_dst=<an interface address>
                        -> the echo reply, back out of the asking port                 [IF_src]
+                     ... nw_ttl=1 -> controller (ICMP time exceeded)                  [IF_src]
     5 L3_NEIGHBOURS  metadata=K_dst, ip, nw_dst=<a port's address>
                        -> set eth_dst=<its MAC>, then
                           on this host:  resubmit(,3)  (L2_FROM_TUNNEL's delivery, with the
@@ -27,8 +28,10 @@ is routed on the VM's own host::
 (``[IF]``: the owner, the interface whose rule it is.)  The packet leaves the sender's host
 already in the destination network, with the destination's key, so the receiver delivers it
 as any tunnel packet of that network: ingress security groups apply there, egress ones applied
-on the sender before routing (Neutron's semantics).  TTL: ``dec_ttl`` drops a packet that
-arrives with TTL 0 or 1 (no ICMP time exceeded is sent: see the README).
+on the sender before routing (Neutron's semantics).  TTL: a packet to be routed that arrives
+with TTL 1 goes to the controller (the packet-in meter of its host limits them), which answers
+ICMP time exceeded from the interface (`controller.dataplane.ttl`), so traceroute shows the
+router; ``dec_ttl`` drops what else cannot be decremented (TTL 0).
 
 **Isolation.**  Every rule is scoped by the network key in metadata: a packet can only enter
 routing through an interface of its own network and only reach the subnets of that interface's
@@ -90,6 +93,11 @@ PRIO_ROUTE_BASE = t.PRIO_EXACT
 PRIO_ARP_GATEWAY = arp.PRIO_ARP_BYPASS + 5
 """L2_FROM_PORT: an interface's ARP answer, above the bypass of ports with port security off
 (an appliance VM must find its gateway too; the address is never a VM's to claim)."""
+PRIO_TTL_EXPIRED = 190
+"""L3_ROUTING: a packet with TTL 1 to be routed goes to the controller, which answers ICMP time
+exceeded from the interface (`controller.dataplane.ttl`); above the routes, below the echo
+answers (a router answers what is addressed to it whatever the TTL)."""
+OFPP_CONTROLLER = 0xFFFFFFFD
 PRIO_ECHO = 200
 """L3_ROUTING: echo requests to an interface address, above every route."""
 
@@ -150,6 +158,9 @@ def compile_router(ctx: HostContext, view: RouterView) -> dict[int, Slice]:
         for dst in ifaces:
             add(src, _echo_rule(key, mac, _ip4(dst.ip), cookie))
             add(src, _route_rule(key, mac, dst, cookie))
+        expired = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4, nw_ttl=1)
+        to_controller = (Apply((Output(OFPP_CONTROLLER),)),)
+        add(src, Rule(t.L3_ROUTING, PRIO_TTL_EXPIRED, expired, to_controller, cookie))
         tunnel = _tunnel_ofport(ctx, src.segment)
         if tunnel is not None:
             to_l2 = (WriteMetadata(key, t.METADATA_MASK), GotoTable(t.L2_FROM_TUNNEL))

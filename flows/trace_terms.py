@@ -268,7 +268,8 @@ class _Follow:
                                    host=host))  # fmt: skip
             return
         if end.kind == "controller":
-            self.paths.append(Path("punted", (*lines, f"{host}: sent to tenantnet (DHCP)"),
+            why = "ICMP time exceeded" if lines and "TTL 1" in lines[-1] else "DHCP"
+            self.paths.append(Path("punted", (*lines, f"{host}: sent to tenantnet ({why})"),
                                    host=host))  # fmt: skip
             return
         fields = dict(end.fields)
@@ -389,6 +390,8 @@ class _Describer:
             return f"ARP: {m['arp_tpa']} is a router interface ({mac}): answered on {self.host}"
         if table == t.L2_FROM_PORT:
             return f"to router interface {m.get('eth_dst')}: routed on {self.host}"
+        if table == t.L3_ROUTING and "nw_ttl" in m:
+            return "TTL 1: not routed, tenantnet answers ICMP time exceeded"
         if table == t.L3_ROUTING and "icmpv4_type" in m:
             return f"router interface {m.get('ipv4_dst')} answers the ping"
         if table == t.L3_ROUTING:

@@ -51,7 +51,12 @@ _FIELD_BITS = {
 }
 
 # os-ken orders OXM fields by field number when it builds a match from keyword arguments.
-_OXM_ORDER = {f.name: (f.num[0] if isinstance(f.num, tuple) else f.num) for f in ofp.oxm_types}
+_OXM_ORDER: dict[str, float] = {
+    f.name: (f.num[0] if isinstance(f.num, tuple) else f.num) for f in ofp.oxm_types
+}
+# A Nicira field whose prerequisite is an OpenFlow field must follow it on the wire (OVS checks
+# prerequisites in order: OFPBMC_BAD_PREREQ otherwise), but its number sorts it first.
+_OXM_ORDER["nw_ttl"] = _OXM_ORDER["eth_type"] + 0.5  # the router's TTL-1 rule (flows.routing)
 
 
 # ------------------------------------------------------------------------------------- encoding

@@ -261,3 +261,37 @@ def test_extra_route_and_admin_state_from_the_router_record(routed: Routed) -> N
     store.update("router", routed.router, {"admin_state_up": True})
     cloud.idle()
     assert routed.send("v1", routed.ip("v3"), routed.if1, protocol=6, dst_port=22).ports == [2]
+
+
+def test_time_exceeded_answered_for_the_port_the_switch_names(routed: Routed) -> None:
+    """The packet-in handler (controller/dataplane/ttl.py) over the data plane's state."""
+    from os_ken.lib.packet import ethernet, icmp, ipv4, packet, udp
+
+    from controller.dataplane.ttl import TtlExpired
+    from controller.southbound.ovsdb_host import datapath_id_for
+    from controller.southbound.packet_in import PacketIn
+
+    dp = routed.cloud.dp
+    handler = TtlExpired(dp.mirror, dp.bindings, dp.hosts, dp.by_dpid)
+    v1 = routed.vms["v1"][0]
+    probe = packet.Packet()
+    probe.add_protocol(ethernet.ethernet(dst=routed.if1["mac_address"], src=v1["mac_address"]))
+    probe.add_protocol(ipv4.ipv4(src=routed.ip("v1"), dst=routed.ip("v2"), ttl=1, proto=17))
+    probe.add_protocol(udp.udp(src_port=40000, dst_port=33434))
+    probe.add_protocol(b"traceroute")
+    probe.serialize()
+
+    def packet_in(in_port: int, cookie: int = t.router_cookie(routed.if1["_num"]),
+                  host: str = "hv1") -> bytes | None:  # fmt: skip
+        return handler.handle(PacketIn(datapath_id_for(host), t.L3_ROUTING, cookie, 0, in_port,
+                                       None, bytes(probe.data)))  # fmt: skip
+
+    reply = packet.Packet(packet_in(1))
+    eth, ip, err = (reply.get_protocol(c) for c in (ethernet.ethernet, ipv4.ipv4, icmp.icmp))
+    assert (eth.src, eth.dst) == (routed.if1["mac_address"], v1["mac_address"])
+    assert (ip.src, ip.dst, err.type, err.code) == ("10.0.1.1", routed.ip("v1"), 11, 0)
+    assert err.data.data == bytes(probe.data)[14 : 14 + 20 + 8]  # the IP header + 8 bytes
+    # who asks is the switch's word: another port's ofport, another host, a port's cookie
+    assert packet_in(3) is None and packet_in(1, host="hv2") is None
+    assert packet_in(1, cookie=t.port_cookie(v1["_num"])) is None
+    assert handler.status() == {"answered": 1, "unmatched": 3, "malformed": 0}

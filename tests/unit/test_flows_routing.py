@@ -88,8 +88,11 @@ def test_routed_on_the_same_host_is_delivered_locally() -> None:
     assert dict(out.fields)["eth_dst"] == VMS["vm3"][4]
 
 
-def test_ttl_one_is_dropped_and_an_unknown_address_too() -> None:
-    assert send("vm1", "10.0.2.5", ttl=1, protocol=6).dropped
+def test_ttl_one_goes_to_the_controller_and_an_unknown_address_is_dropped() -> None:
+    expired = send("vm1", "10.0.2.5", ttl=1, protocol=6)
+    assert expired.punted and not expired.outputs  # answered ICMP time exceeded there
+    # addressed to the router itself: answered whatever the TTL
+    assert send("vm1", "10.0.2.1", ttl=1, protocol=1, icmp_type=8).ports == [1]
     assert send("vm1", "10.0.2.99", protocol=6).dropped  # no port holds it: nothing to learn
     assert send("vm1", "10.9.0.1", protocol=6).dropped  # no subnet of the router
 
@@ -185,3 +188,13 @@ def test_extra_routes_go_to_their_nexthop_port_locally_or_through_the_tunnel() -
     assert send_to("10.0.97.1").dropped  # its nexthop is no port: not routed
     state = host_table(host, routes=ROUTES)
     assert through_the_wire(state) == state
+
+
+def test_the_ttl_rule_puts_eth_type_before_nw_ttl_on_the_wire() -> None:
+    """OVS checks a field's prerequisites in wire order (OFPBMC_BAD_PREREQ otherwise), and
+    os-ken's field numbers would put the Nicira nw_ttl first."""
+    from controller.southbound import ofp_codec as codec
+
+    [rule] = [r for r in host_table(HA).rules if dict(r.match).get("nw_ttl") == 1][:1]
+    names = [name for name, _value in codec.encode_match(rule.match)._fields2]
+    assert names.index("eth_type") < names.index("nw_ttl")
