@@ -40,6 +40,12 @@ from tests.unit.test_api import (  # noqa: F401  (collected again, on etcd)
     test_port_update_and_read_only,
     test_subnet_defaults,
 )
+from tests.unit.test_routers_api import (  # noqa: F401  (collected again, on etcd)
+    test_add_and_remove_extraroutes_atomically,
+    test_add_by_subnet_makes_a_port_at_the_gateway,
+    test_interface_refusals_by_subnet,
+    test_remove_interface_by_subnet_or_port,
+)
 from tests.unit.test_store import (  # noqa: F401  (collected again, on etcd)
     kill_writer_after,
     make_net_with_subnet,
