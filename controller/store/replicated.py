@@ -68,8 +68,6 @@ WRITES = (
     "router_routes",
     "set_ports_observed",
     "_observe",
-    "router_interface",
-    "router_routes",
 )
 """Every Store method that opens a write transaction: each is re-run from the start when
 another instance appended first (a unit test checks the list is complete)."""
