@@ -111,9 +111,13 @@ class EtcdCluster:
     def start(self, timeout: float = 30.0) -> None:
         if not os.path.exists(ETCD):
             raise RuntimeError("etcd is not installed (Debian package etcd-server)")
-        for m in self.members:
-            self.start_member(m)
-        self.wait_healthy(timeout)
+        try:
+            for m in self.members:
+                self.start_member(m)
+            self.wait_healthy(timeout)
+        except BaseException:  # e.g. a port taken meanwhile: leave no member running
+            self.stop()
+            raise
 
     def wait_healthy(self, timeout: float = 30.0, members: list[Member] | None = None) -> None:
         """Until each running member (or the given ones) answers /health with a leader."""

@@ -51,7 +51,6 @@ def etcd_cluster() -> Iterator[Any]:
     try:
         cluster.start()
     except RuntimeError:  # a port taken between choosing and binding it: once more, new ports
-        cluster.stop()
         cluster = EtcdCluster(root / "2")
         cluster.start()
     try:
