@@ -34,7 +34,7 @@ def _start_os_ken(settings: Settings, fd_budget: int) -> tuple[Any, Any]:
     from os_ken import cfg
     from os_ken.base import app_manager
 
-    from controller.southbound import ofp_server, osken_addrconv
+    from controller.southbound import ofp_server, osken_addrconv, osken_flowstats
 
     host, port = parse_hostport(settings.ofp_listen, "ofp_listen")
     conf = cfg.CONF
@@ -61,6 +61,7 @@ def _start_os_ken(settings: Settings, fd_budget: int) -> tuple[Any, Any]:
         fd_budget=fd_budget,
     )
     osken_addrconv.install()
+    osken_flowstats.install()
     manager = app_manager.AppManager.get_instance()
     manager.load_apps([OFP_APP])
     contexts = manager.create_contexts()
@@ -163,7 +164,10 @@ class Controller:
         from controller.api import server
         from controller.api.app import ApiSettings, create_app
         from controller.api.drift import add_drift_route
+        from controller.dataplane.dhcp import DhcpPunt
         from controller.dataplane.reconciler import DataPlane
+        from controller.services.dhcp import DhcpResponder
+        from controller.services.dhcp_guard import FloodGuard
         from controller.southbound.ovsdb_host import OvsdbHost
         from controller.store import Store
 
@@ -260,10 +264,6 @@ class Controller:
         self.bus.subscribe(self.dataplane.on_events)
         self.dataplane.mirror.dhcp_server_mac = s.dhcp.server_mac  # its ARP answers
         # Native DHCP (issue 15): the ports' punt rules send DHCP here, answered off the actor.
-        from controller.dataplane.dhcp import DhcpPunt
-        from controller.services.dhcp import DhcpResponder
-        from controller.services.dhcp_guard import FloodGuard
-
         dp = self.dataplane
         self.dhcp = DhcpPunt(
             dp.mirror,
