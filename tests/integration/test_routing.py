@@ -310,3 +310,27 @@ def test_kill_9_with_routed_ping_running_loses_nothing_and_sends_nothing(
 def bg_replies(tmp_path: Any, bg: Any) -> int:
     with open(bg.outfile) as f:
         return sum(1 for line in f if "bytes from" in line)
+
+
+def test_tenant_trace_of_a_routed_packet_matches_the_switches(
+    proj: Project, tenancy: Tenancy, dp_env: DataplaneEnv
+) -> None:
+    """``POST /tenantnet/trace`` follows a routed packet to its port, in tenant terms, on the
+    desired flows and on the flows read back from the switches; OVS's own ``ofproto/trace`` of
+    the same packet on the sender's host leaves through the tunnel with the destination
+    network's key, TTL decremented."""
+    a, c = proj.pair("rtr", (91, 92))
+    body = {"source_port_id": a.iface_id, "destination_ip": c.ip, "protocol": "icmp"}
+    for installed in (False, True):
+        doc = dp_env.api.request("POST", "/tenantnet/trace", {**body, "installed": installed})
+        answer = doc.get("trace", doc)
+        assert answer["delivered_to"] == [c.iface_id], answer
+        steps = "\n".join(answer["paths"][0]["steps"])
+        assert "routed on hv1" in steps and "TTL 64 -> 63" in steps, steps
+    gw_mac = proj.router.interfaces[proj.nets[0].id]["mac_address"]
+    flow = (f"in_port={a.ofport()},dl_src={a.mac},dl_dst={gw_mac},icmp,nw_src={a.ip},"
+            f"nw_dst={c.ip},nw_ttl=64,icmp_type=8")  # fmt: skip
+    ovs = dp_env.hvs[0].trace("br-int", flow)  # one pass per conntrack recirculation
+    seg, hv2 = proj.nets[1].seg_id, dp_env.hvs[1]
+    assert "dec_ttl" in ovs and f"set_field:{seg:#x}->tun_id" in ovs, ovs
+    assert f"set_field:{hv2.tunnel_ip}->tun_dst" in ovs, ovs
