@@ -1,12 +1,14 @@
 """Packet-ins from switches to one registered handler, on a bounded queue; its replies go back
 out as PACKET_OUTs to the port the packet came from.
 
-Why a queue and one worker: os-ken delivers the messages of every switch to the app's one
-event thread (from each switch's receive thread, through a bounded queue that blocks the
-receive thread when full), so a slow handler (the DHCP responder reads views, builds a frame)
-would stall barrier replies and flow dumps of every switch, and at worst their liveness.  The
-queue is bounded (``maxsize``) and never blocks the event thread: when it is full the packet-in
-is dropped and counted, exactly what a switch does with the packet-ins its meter refuses.  The
+Why a queue and one worker: packet-ins are offered here by the receive thread of the switch
+that sent them (`TenantnetOfpApp._send_event` takes them out of os-ken's one app event thread,
+which would cost a thread hand-off per packet and put them in front of every switch's barrier
+replies), and a slow handler (the DHCP responder reads views, builds a frame) on that thread
+would stall its switch's barrier replies and flow dumps.  The queue is bounded (``maxsize``)
+and never blocks the receive thread: when it is full the packet-in is dropped and counted,
+exactly what a switch does with the packet-ins its meter refuses.  Several receive threads
+offer at once, so the counters they touch are kept under a lock.  The
 first line of defence is that meter (see `controller.southbound.ofp_codec.controller_meter`:
 OpenFlow's ``OFPM_CONTROLLER`` meter, one per host, limits every packet-in the switch sends), so
 one flooding VM costs its host's budget, not the controller's CPU, and the API and other hosts
@@ -83,28 +85,30 @@ class PacketInQueue:
         self._send_out = send_out
         self._queue: queue.Queue[PacketIn | None] = queue.Queue(maxsize=maxsize)
         self.counters = PacketInCounters()
+        self._count_lock = threading.Lock()  # offer/refuse run on every switch's thread
         self._log = Throttle()
         self._thread = threading.Thread(target=self._run, name="packet-in", daemon=True)
         self._thread.start()
 
     def offer(self, pkt: PacketIn) -> bool:
         """Queue a packet-in without ever blocking the caller (a switch's receive thread)."""
-        self.counters.received += 1
+        with self._count_lock:
+            self.counters.received += 1
         try:
             self._queue.put_nowait(pkt)
         except queue.Full:
-            self.counters.queue_full += 1
-            skipped = self._log("packet-in queue full")
-            if skipped is not None:
-                LOG.warning(
-                    "packet-in queue full: dropping (%d dropped so far)", self.counters.queue_full
-                )
+            with self._count_lock:
+                self.counters.queue_full += 1
+                dropped = self.counters.queue_full
+            if self._log("packet-in queue full") is not None:
+                LOG.warning("packet-in queue full: dropping (%d dropped so far)", dropped)
             return False
         return True
 
     def refuse(self) -> None:
-        self.counters.received += 1
-        self.counters.refused += 1
+        with self._count_lock:
+            self.counters.received += 1
+            self.counters.refused += 1
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker after what is queued (used by tests and shutdown)."""

@@ -10,10 +10,13 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import MAIN_DISPATCHER
 from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from controller.southbound.ofp_app import _Switch
 from controller.southbound.packet_in import PacketIn
 from flows.compiler import dhcp_guard_rule
 from flows.tables import network_cookie
@@ -38,6 +41,11 @@ def _event(dp: Any, cookie: int = OURS, in_port: int | None = 3, data: bytes = F
         data=data,
     )
     return SimpleNamespace(msg=msg)
+
+
+def _event_of(dp: Any, **kw: Any) -> Any:
+    """`_event` as os-ken's event class, the way the switch's receive thread delivers it."""
+    return ofp_event.EventOFPPacketIn(_event(dp, **kw).msg)
 
 
 def _sent(dp: FakeDatapath) -> list[bytes]:
@@ -153,6 +161,51 @@ def test_replies_to_what_queued_up_leave_in_one_write_per_switch() -> None:
             data=bytes([port]) * 60,
         )
         assert out == _bytes(want, out)
+
+
+def test_a_packet_in_flood_never_enters_the_event_queue_of_other_switches_replies() -> None:
+    """os-ken hands each decoded message to the app on the switch's receive thread
+    (`_send_event`); packet-ins are offered to the packet-in queue right there and never take
+    a slot of os-ken's one app event queue (128 entries, shared by every switch, blocking the
+    receive thread that finds it full).  So a host flooding packet-ins while the handler is
+    stuck neither blocks its own receive thread nor queues ahead of another switch's barrier
+    reply: that reply is the first event the app's event thread gets.  Counted: without the
+    bypass the flood's 129th delivery blocks and 128 packet-ins stand before the barrier."""
+    app, dp, _ = _app()
+    other = FakeDatapath()
+    other.id = DPID + 1
+    app._switches[other.id] = _Switch(dp=other, ready=True)
+    release = threading.Event()
+    queue = app.on_packet_in(lambda p: release.wait(10) and None, maxsize=4)
+    app._send_event(_event_of(dp), MAIN_DISPATCHER)
+    _wait(lambda: queue._queue.qsize() == 0, "the worker never took the first packet")
+
+    def flood() -> None:
+        for _ in range(500):
+            app._send_event(_event_of(dp), MAIN_DISPATCHER)
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    flooder.join(10)
+    queued_events = app.events.qsize()
+    release.set()
+    assert queued_events == 0 and not flooder.is_alive()
+    assert queue.counters.received == 501 and queue.counters.queue_full == 496
+    barrier = ofp_event.EventOFPBarrierReply(parser.OFPBarrierReply(other))
+    app._send_event(barrier, MAIN_DISPATCHER)
+    assert app.events.get_nowait() == (barrier, MAIN_DISPATCHER)
+    queue.close()
+
+
+def test_a_packet_in_that_cannot_be_read_is_counted_and_the_receive_loop_goes_on() -> None:
+    """An exception while classifying a packet-in must not end the switch's receive loop (the
+    thread that delivered it): it is counted as refused."""
+    app, dp, _ = _app()
+    queue = app.on_packet_in(lambda p: None)
+    app._send_event(ofp_event.EventOFPPacketIn(SimpleNamespace(datapath=dp)), MAIN_DISPATCHER)
+    app._send_event(_event_of(dp), MAIN_DISPATCHER)
+    queue.close()
+    assert queue.counters.refused == 1 and queue.counters.received == 2
 
 
 def test_a_handler_that_raises_is_counted_and_the_next_packet_is_handled() -> None:
