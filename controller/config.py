@@ -56,6 +56,10 @@ class Settings:
     etcd_tls_ca: str = ""
     etcd_tls_cert: str = ""
     etcd_tls_key: str = ""
+    # A snapshot of the state every etcd_snapshot_every log entries; the log keeps the
+    # etcd_log_margin entries before it (docs/ha.md).
+    etcd_snapshot_every: int = 1000
+    etcd_log_margin: int = 200
     underlay_mtu: int = 1500
     auth_token: str = ""
     basic_user: str = ""
@@ -180,6 +184,8 @@ class Settings:
             ca_cert=self.etcd_tls_ca,
             cert=self.etcd_tls_cert,
             key=self.etcd_tls_key,
+            snapshot_every=self.etcd_snapshot_every,
+            log_margin=self.etcd_log_margin,
         )
 
     @property
@@ -286,6 +292,12 @@ class Settings:
             raise ConfigError("etcd_prefix: must name a key prefix, e.g. /tenantnet/")
         if not 0.1 <= self.etcd_timeout_s <= 60:
             raise ConfigError(f"etcd_timeout_s: {self.etcd_timeout_s} is outside [0.1, 60]")
+        if not 10 <= self.etcd_snapshot_every <= 10**7:
+            raise ConfigError(
+                f"etcd_snapshot_every: {self.etcd_snapshot_every} is outside [10, 10000000]"
+            )
+        if not 1 <= self.etcd_log_margin <= 10**7:
+            raise ConfigError(f"etcd_log_margin: {self.etcd_log_margin} is outside [1, 10000000]")
         if bool(self.etcd_tls_cert) != bool(self.etcd_tls_key):
             raise ConfigError("etcd_tls_cert and etcd_tls_key go together")
         for name in etcd_only:

@@ -11,9 +11,10 @@ Key layout under a prefix (default ``/tenantnet/``):
 * ``log/%016d``: one entry per committed store transaction (compressed JSON, see `replicated`).
   Entries are ordinary keys, not etcd history: a catch-up is a range read, unaffected by etcd's
   compaction, and the watch on ``log/`` is only a doorbell.
-* ``snap/meta`` and ``snap/<seq>/<i>``: a snapshot of the whole state at entry ``seq`` (an
-  SQLite image, compressed, in chunks below etcd's request limit).  A migration writes one;
-  entries up to ``seq`` may then be deleted.
+* ``snap/meta`` and ``snap/<seq>-<token>/<i>``: a snapshot of the whole state at entry ``seq``
+  (an SQLite image, compressed, in chunks below etcd's request limit).  A migration writes one;
+  instances write one every so many entries, then delete the entries older than it minus a
+  margin (``snap/claim``, held under a lease, lets one instance at a time do it).
 
 Every call goes to one member and moves on to the next on a connection failure or timeout; a
 call that no member can answer raises `EtcdUnavailable` (quorum lost, or the cluster is gone).
@@ -24,9 +25,11 @@ first one was committed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import threading
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -193,34 +196,102 @@ class EtcdLog:
         return int(items[0][1]["key"].decode().rsplit("/", 1)[1]) if items else None
 
     # -- snapshots --------------------------------------------------------------------------------
+    #
+    # ``snap/meta`` = {"seq", "dir", "chunks"} names the latest snapshot; its chunks live under
+    # ``<dir>/%06d`` where ``dir`` is unique per attempt (``snap/<seq>-<token>``), so two
+    # instances snapshotting at once never write into each other's chunks.  The meta is replaced
+    # by a compare on its own mod revision (the last writer to have read it wins, the other
+    # deletes its chunks), and only after every chunk is in: a reader never sees a partial one.
 
-    def put_snapshot(self, seq: int, image: bytes) -> None:
-        """Store a compressed state image taken at entry ``seq``; chunks first, meta last."""
+    def snapshot_meta(self) -> tuple[dict[str, Any], int] | None:
+        """(meta of the latest snapshot, its mod revision), or None."""
+        items = self._call(lambda c: list(c.get(self.key("snap/meta"), metadata=True)))
+        if not items:
+            return None
+        value, kv = items[0]
+        meta = dict(json.loads(value))
+        meta.setdefault("dir", f"snap/{int(meta['seq']):016d}")  # written by the first step
+        return meta, int(kv["mod_revision"])
+
+    def _put_chunks(self, folder: str, image: bytes) -> int:
         chunks = [image[i : i + CHUNK_BYTES] for i in range(0, len(image), CHUNK_BYTES)] or [b""]
         for i, chunk in enumerate(chunks):
-            key = self.key(f"snap/{seq:016d}/{i:06d}")
+            key = self.key(f"{folder}/{i:06d}")
 
             def put(c: Any, key: str = key, chunk: bytes = chunk) -> None:
                 c.put(key, chunk)
 
             self._call(put)
-        meta = json.dumps({"seq": seq, "chunks": len(chunks)})
+        return len(chunks)
+
+    def put_snapshot(self, seq: int, image: bytes) -> None:
+        """Store a compressed state image taken at entry ``seq`` unconditionally (a migration,
+        with every instance stopped)."""
+        folder = f"snap/{seq:016d}-{uuid.uuid4().hex[:12]}"
+        meta = json.dumps({"seq": seq, "dir": folder, "chunks": self._put_chunks(folder, image)})
         self._call(lambda c: c.put(self.key("snap/meta"), meta))
 
+    def publish_snapshot(self, seq: int, image: bytes, replaces: int) -> bool:
+        """Store a snapshot at entry ``seq`` if ``snap/meta`` still has mod revision
+        ``replaces`` (0: there is none); False (and nothing left behind) if another instance
+        published one meanwhile."""
+        folder = f"snap/{seq:016d}-{uuid.uuid4().hex[:12]}"
+        count = self._put_chunks(folder, image)
+        meta = json.dumps({"seq": seq, "dir": folder, "chunks": count})
+        compare = [
+            {"key": _b64(self.key("snap/meta")), "result": "EQUAL", "target": "MOD",
+             "mod_revision": replaces}
+        ]  # fmt: skip
+        won = self._txn(compare, [self._put(self.key("snap/meta"), meta)])
+        if not won:
+            self.delete_folder(folder)
+        return won
+
+    def delete_folder(self, folder: str) -> None:
+        """Delete a snapshot's chunks (one that was replaced, or lost the race)."""
+        self._call(lambda c: c.delete_prefix(self.key(folder + "/")))
+
     def snapshot(self) -> tuple[int, bytes] | None:
-        """(seq, compressed image) of the latest snapshot, or None."""
-        raw = self.get("snap/meta")
-        if raw is None:
-            return None
-        meta = json.loads(raw)
-        seq = int(meta["seq"])
-        parts = []
-        for i in range(int(meta["chunks"])):
-            part = self.get(f"snap/{seq:016d}/{i:06d}")
-            if part is None:
-                raise EtcdUnavailable(f"snapshot {seq} chunk {i} is missing")
-            parts.append(part)
-        return seq, b"".join(parts)
+        """(seq, compressed image) of the latest snapshot, or None.
+
+        A chunk missing means another instance replaced that snapshot (and deleted its chunks)
+        while this one read it: read the new one (a few times, then give up)."""
+        for _ in range(5):
+            found = self.snapshot_meta()
+            if found is None:
+                return None
+            meta = found[0]
+            parts = [self.get(f"{meta['dir']}/{i:06d}") for i in range(int(meta["chunks"]))]
+            if all(p is not None for p in parts):
+                return int(meta["seq"]), b"".join(p for p in parts if p is not None)
+        raise EtcdUnavailable("the snapshot kept being replaced while it was read", False)
+
+    def truncate(self, upto: int) -> None:
+        """Delete entries 1 .. ``upto`` (one range delete)."""
+        if upto > 0:
+            end = self.entry_key(upto + 1)
+            self._call(lambda c: c.delete(self.entry_key(0), range_end=end))
+
+    def claim(self, name: str, ttl_s: int) -> Any | None:
+        """Hold key ``name`` under a new lease of ``ttl_s`` if nobody holds it (the lease, to
+        `release`), else None.  An instance that dies holding it frees it after ``ttl_s``."""
+        lease = self._call(lambda c: c.lease(ttl_s))
+        compare = [
+            {"key": _b64(self.key(name)), "result": "EQUAL", "target": "CREATE",
+             "create_revision": 0}
+        ]  # fmt: skip
+        put = self._put(self.key(name), str(lease.id))
+        put["request_put"]["lease"] = lease.id
+        if self._txn(compare, [put]):
+            return lease
+        self.release(lease)
+        return None
+
+    @staticmethod
+    def release(lease: Any) -> None:
+        """Give a claim back (if this fails, the lease expires by itself)."""
+        with contextlib.suppress(Exception):
+            lease.revoke()
 
     def wipe(self) -> None:
         """Delete every key under the prefix (a migration replacing the log)."""

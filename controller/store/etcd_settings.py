@@ -24,6 +24,11 @@ class EtcdSettings:
     # An entry (one transaction's statements and events, compressed) must fit etcd's request
     # limit (--max-request-bytes, 1.5 MiB by default) with the rest of its transaction.
     max_entry_bytes: int = 1_400_000
+    # A snapshot of the state every ``snapshot_every`` entries; the log then keeps only the
+    # ``log_margin`` entries before it (at least 1: the head entry stays, so a lagging replica
+    # always sees the gap), so it stays bounded.  A replica further behind loads the snapshot.
+    snapshot_every: int = 1000
+    log_margin: int = 200
 
     @property
     def protocol(self) -> str:

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 import uuid
@@ -44,7 +45,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from controller.events import ChangeEvent, EventBus
+from controller.events import KINDS, ChangeEvent, EventBus
 from controller.metrics import Metrics
 from controller.store.errors import InvalidInput, StoreError, StoreUnavailable
 from controller.store.etcd_log import EtcdLog, EtcdUnavailable
@@ -56,6 +57,7 @@ from controller.store.tx import Tx
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 POSITION_TABLE = "etcd_replica"
+CREATE_POSITION = f"CREATE TABLE IF NOT EXISTS {POSITION_TABLE} (epoch TEXT, seq INTEGER)"
 MAX_ATTEMPTS = 50
 WRITES = (
     "create",
@@ -201,7 +203,7 @@ class EtcdStore(Store):
         super().__init__(
             path, bus, underlay_mtu=underlay_mtu, quota_defaults=quota_defaults, metrics=metrics
         )
-        self._conn.execute(f"CREATE TABLE IF NOT EXISTS {POSITION_TABLE} (epoch TEXT, seq INTEGER)")
+        self._conn.execute(CREATE_POSITION)
         if start is not None:
             self._conn.execute(f"DELETE FROM {POSITION_TABLE}")
             self._conn.execute(f"INSERT INTO {POSITION_TABLE} VALUES (?, ?)", (self.epoch, start))
@@ -214,6 +216,8 @@ class EtcdStore(Store):
         self._stopping = threading.Event()
         self._cancel_watch: Callable[[], None] | None = None
         self._watched_member = -1
+        self._snapshot_seq = start or 0
+        self._snapshotting = threading.Thread()
         self.catch_up()
         self._follower = threading.Thread(target=self._follow, name="etcd-follower", daemon=True)
         self._follower.start()
@@ -374,20 +378,68 @@ class EtcdStore(Store):
     def catch_up(self) -> list[str]:
         """Apply every entry after the local position, in order; returns their ids.
 
+        If the log no longer holds the next entry (truncated after a snapshot while this
+        replica was behind), load the latest snapshot first, then the entries after it.
         Raises `EtcdUnavailable` when etcd cannot be read (nothing is applied then)."""
-        fetched = list(self._log.entries_after(self.applied))
-        ids = []
+        for _ in range(3):
+            fetched = list(self._log.entries_after(self.applied))
+            if fetched and fetched[0][0] > self.applied + 1:
+                self._load_snapshot(fetched[0][0])
+                continue
+            ids = []
+            with self._lock:
+                for seq, raw in fetched:
+                    if seq <= self.applied:  # applied meanwhile (our own write, another thread)
+                        continue
+                    if seq != self.applied + 1:  # truncated meanwhile: load the snapshot
+                        break
+                    ids.append(self._apply(seq, raw))
+                else:
+                    return ids
+        raise StoreUnavailable(
+            f"this replica is at entry {self.applied} and the etcd log kept being truncated "
+            "past it while it loaded the snapshot"
+        )
+
+    def _load_snapshot(self, resumes_at: int) -> None:
+        """Replace the replica's content by the latest snapshot (the log resumes at entry
+        ``resumes_at``, after this replica's position), and publish the difference as change
+        events, so the data plane converges on the new state as if it had seen every entry."""
+        found = self._log.snapshot()
+        if found is None or found[0] < resumes_at - 1:
+            raise StoreUnavailable(
+                f"this replica is at entry {self.applied}, the etcd log resumes at {resumes_at} "
+                f"and no snapshot covers the gap (snapshot at {found and found[0]})"
+            )
+        seq, image = found
         with self._lock:
-            for seq, raw in fetched:
-                if seq <= self.applied:  # applied meanwhile (our own write, or another thread)
-                    continue
-                if seq != self.applied + 1:
-                    raise StoreUnavailable(
-                        f"this replica is at entry {self.applied} but the etcd log resumes at "
-                        f"{seq} (truncated after a snapshot): restart the instance to resync"
-                    )
-                ids.append(self._apply(seq, raw))
-        return ids
+            if seq <= self.applied:  # caught up meanwhile (another thread)
+                return
+            before = {kind: Store.list_all(self, kind) for kind in KINDS}
+            folder = os.path.dirname(os.path.abspath(self.path))
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".snapshot-") as tmp:
+                tmp.write(zlib.decompress(image))
+                tmp.flush()
+                source = sqlite3.connect(tmp.name)
+                try:
+                    source.backup(self._conn)
+                finally:
+                    source.close()
+            self._conn.execute(CREATE_POSITION)
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(f"DELETE FROM {POSITION_TABLE}")
+            self._conn.execute(f"INSERT INTO {POSITION_TABLE} VALUES (?, ?)", (self.epoch, seq))
+            self._conn.execute("COMMIT")
+            LOG.info(
+                "replica %s was at entry %d behind the truncated log: loaded the snapshot at %d",
+                self.path,
+                self.applied,
+                seq,
+            )
+            self.applied = seq
+            self._ip_hints.clear()
+            after = {kind: Store.list_all(self, kind) for kind in KINDS}
+            self._publish(difference(before, after))
 
     def _apply(self, seq: int, raw: bytes) -> str:
         entry = decode_entry(raw)
@@ -432,6 +484,8 @@ class EtcdStore(Store):
             try:
                 self._keep_watching()
                 self.catch_up()
+                if self.snapshot_due():
+                    self._snapshot_in_background()
                 if self.down:
                     LOG.info("etcd cluster %s reachable again", _where(self.etcd))
                     self.down = False
@@ -440,7 +494,7 @@ class EtcdStore(Store):
                     LOG.warning("etcd cluster %s unreachable: %s", _where(self.etcd), exc)
                 self.down = True
                 self._drop_watch()
-            except StoreUnavailable as exc:  # a schema mismatch, a truncated log: stop here
+            except StoreUnavailable as exc:  # a schema mismatch, a log without snapshot: stop
                 # (writes then fail with the same reason, since this replica cannot catch up)
                 LOG.error("etcd log: %s; this instance no longer follows it", exc.message)
                 return
@@ -471,6 +525,76 @@ class EtcdStore(Store):
         """(entry, compressed SQLite image of the replica at that entry)."""
         with self._lock:
             return self.applied, zlib.compress(self._conn.serialize(), 6)
+
+    def snapshot_due(self) -> bool:
+        return self.applied - self._snapshot_seq >= self.etcd.snapshot_every
+
+    def snapshot(self, force: bool = False) -> bool:
+        """Publish a snapshot at the replica's position and truncate the log behind it, if one
+        is due (``force``: if there is any entry after the last one) and no other instance is
+        doing it; True if this one did.
+
+        One instance at a time holds ``snap/claim`` (a lease of a few timeouts, so a crashed
+        holder frees it); the meta is replaced by a compare on its mod revision, so even two
+        claims overlapping (a lease expired mid-way) cannot interleave two snapshots.  Bounded:
+        one image, in chunks, then one range delete."""
+        found = self._log.snapshot_meta()
+        if found is not None:
+            self._snapshot_seq = max(self._snapshot_seq, int(found[0]["seq"]))
+        if not (self.snapshot_due() or (force and self.applied > self._snapshot_seq)):
+            return False
+        lease = self._log.claim("snap/claim", max(10, int(10 * self.etcd.timeout_s)))
+        if lease is None:
+            return False
+        try:
+            seq, image = self.image()
+            if not self._log.publish_snapshot(seq, image, found[1] if found else 0):
+                return False
+            self._snapshot_seq = seq
+            if found is not None and found[0]["dir"]:
+                self._log.delete_folder(found[0]["dir"])
+            self._log.truncate(seq - max(1, self.etcd.log_margin))
+            LOG.info(
+                "etcd log: snapshot at entry %d (%d bytes), entries up to %d deleted",
+                seq,
+                len(image),
+                seq - max(1, self.etcd.log_margin),
+            )
+            return True
+        finally:
+            self._log.release(lease)
+
+    def _snapshot_in_background(self) -> None:
+        """Start `snapshot` on its own thread (the follower keeps applying meanwhile)."""
+        if self._snapshotting.is_alive():
+            return
+
+        def run() -> None:
+            try:
+                self.snapshot()
+            except EtcdUnavailable as exc:
+                LOG.warning("etcd log: snapshot not taken now: %s", exc)
+            except Exception:
+                LOG.exception("etcd log: snapshot failed")
+
+        self._snapshotting = threading.Thread(target=run, name="etcd-snapshot", daemon=True)
+        self._snapshotting.start()
+
+
+def difference(
+    before: Mapping[str, list[dict[str, Any]]], after: Mapping[str, list[dict[str, Any]]]
+) -> list[ChangeEvent]:
+    """The change events that take ``before`` to ``after`` (objects by kind): creates and
+    updates in `KINDS` order (a network before its ports), deletes in the reverse order."""
+    changed: list[ChangeEvent] = []
+    deleted: list[ChangeEvent] = []
+    for kind in KINDS:
+        old = {o["id"]: o for o in before.get(kind, [])}
+        new = {o["id"]: o for o in after.get(kind, [])}
+        changed += [ChangeEvent(kind, old.get(i), o) for i, o in new.items() if old.get(i) != o]
+        deleted += [ChangeEvent(kind, o, None) for i, o in old.items() if i not in new]
+    deleted.sort(key=lambda e: -KINDS.index(e.kind))
+    return changed + deleted
 
 
 def _retried(name: str) -> Callable[..., Any]:

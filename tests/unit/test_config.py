@@ -210,11 +210,12 @@ def test_store_is_sqlite_by_default_and_etcd_when_named(tmp_path: Path) -> None:
     assert s.etcd is None and s.database == str(tmp_path / "tenantnet.sqlite")
     s = config.load(
         _args("--state-dir", str(tmp_path), "--store", "etcd://10.0.0.1:2379,[fd00::2]:2379"),
-        environ={"TENANTNET_ETCD_TIMEOUT_S": "3.5"},
+        environ={"TENANTNET_ETCD_TIMEOUT_S": "3.5", "TENANTNET_ETCD_SNAPSHOT_EVERY": "500"},
     )
     assert s.etcd is not None
     assert s.etcd.endpoints == (("10.0.0.1", 2379), ("fd00::2", 2379))
     assert s.etcd.timeout_s == 3.5 and s.etcd.protocol == "http"
+    assert s.etcd.snapshot_every == 500 and s.etcd.log_margin == 200
     assert s.database == str(tmp_path / "etcd-replica.sqlite")  # a replica, not the single file
 
 
@@ -232,3 +233,11 @@ def test_store_is_sqlite_by_default_and_etcd_when_named(tmp_path: Path) -> None:
 def test_bad_store_settings_are_named(argv: tuple[str, ...], named: str) -> None:
     with pytest.raises(config.ConfigError, match=named):
         config.load(_args(*argv), environ={})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("ETCD_SNAPSHOT_EVERY", "9"), ("ETCD_LOG_MARGIN", "0")]
+)
+def test_bad_snapshot_settings_are_named(name: str, value: str) -> None:
+    with pytest.raises(config.ConfigError, match=name.lower()):
+        config.load(_args("--store", "etcd://h:1"), environ={"TENANTNET_" + name: value})
