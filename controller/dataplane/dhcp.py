@@ -2,10 +2,11 @@
 
 The punt rules are the port owner's (`flows.compiler.local_port_fragment`: a port with an IPv4
 address in a subnet with enable_dhcp sends UDP 68 -> 67 to the controller from the port-security
-table), so a packet-in's cookie names the port whose rule sent it.  The handler runs on the
-southbound's packet-in worker (`controller.southbound.packet_in`: a bounded queue, never the
-actor's thread nor a switch's receive thread); it reads the data plane's state - immutable
-records looked up by key - and never the store, never waits on anything, and never writes.
+table), so a packet-in's cookie names the port whose rule sent it.  The handler runs where
+`controller.southbound.packet_in` calls it - one call at a time, on its worker or, bounded, on
+the receive thread of the switch that asked (never the actor's thread); it reads the data
+plane's state - immutable records looked up by key - and never the store, never waits on
+anything (a wait there would hold a switch's receive thread), and never writes.
 
 Who asks is decided by the switch, never by the frame: the packet-in must come from the punt
 rule of a port (its cookie), on the host that holds that port, from the ofport that host's

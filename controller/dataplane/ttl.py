@@ -11,7 +11,8 @@ frame: the packet-in must come from a router interface's flow in ``L3_ROUTING``,
 from an ofport that host's OVSDB shows for a port of the interface's network, and the
 interface's router must be up.  The frame must be IPv4 from that port's MAC and one of its
 addresses; an ICMP error is never answered with another (RFC 1122).  The host's packet-in
-meter limits how many arrive; runs on the southbound's packet-in worker, reads records by key.
+meter limits how many arrive; runs where `controller.southbound.packet_in` calls it (its worker
+or, bounded, the asking switch's receive thread), reads records by key and never waits.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.southbound.ofp_app import _Switch
-from controller.southbound.packet_in import PacketIn
+from controller.southbound.packet_in import PacketIn, PacketInQueue
 from flows.compiler import dhcp_guard_rule
 from flows.tables import network_cookie
 from tests.unit.test_ofp_app import DPID, FakeDatapath, Outcome, _app
@@ -121,6 +121,7 @@ def test_the_queue_is_bounded_and_never_blocks_the_switch_thread() -> None:
         handled.append(pkt.in_port or 0)
 
     queue = app.on_packet_in(slow, maxsize=4)
+    queue.inline_burst = 0  # the worker's path (answers on the receiving thread: below)
     app._packet_in(_event(dp, in_port=1))
     _wait(lambda: queue._queue.qsize() == 0, "the worker never took the first packet")
     for port in range(2, 12):  # 10 more while the handler is stuck: 4 queued, 6 dropped
@@ -143,6 +144,7 @@ def test_replies_to_what_queued_up_leave_in_one_write_per_switch() -> None:
         return bytes([pkt.in_port or 0]) * 60
 
     queue = app.on_packet_in(slow)
+    queue.inline_burst = 0  # the worker's path (answers on the receiving thread: below)
     app._packet_in(_event(dp, in_port=1))
     _wait(lambda: queue._queue.qsize() == 0, "the worker never took the first packet")
     for port in range(2, 7):
@@ -177,6 +179,7 @@ def test_a_packet_in_flood_never_enters_the_event_queue_of_other_switches_replie
     app._switches[other.id] = _Switch(dp=other, ready=True)
     release = threading.Event()
     queue = app.on_packet_in(lambda p: release.wait(10) and None, maxsize=4)
+    queue.inline_burst = 0  # the worker's path (answers on the receiving thread: below)
     app._send_event(_event_of(dp), MAIN_DISPATCHER)
     _wait(lambda: queue._queue.qsize() == 0, "the worker never took the first packet")
 
@@ -195,6 +198,65 @@ def test_a_packet_in_flood_never_enters_the_event_queue_of_other_switches_replie
     app._send_event(barrier, MAIN_DISPATCHER)
     assert app.events.get_nowait() == (barrier, MAIN_DISPATCHER)
     queue.close()
+
+
+def test_an_idle_queue_answers_on_the_receiving_thread_up_to_its_budget() -> None:
+    """With nothing queued, a packet-in is answered on the thread that offers it (a switch's
+    receive thread: no hand-off to the worker), at most ``inline_burst`` of one switch in a
+    row and ``inline_per_s`` after that; the rest go to the worker.  Counted, on a fake clock."""
+    app, dp, _ = _app()
+    now = [100.0]
+    where: list[tuple[int, str]] = []
+
+    def handler(pkt: PacketIn) -> bytes:
+        where.append((pkt.in_port or 0, threading.current_thread().name))
+        return bytes([pkt.in_port or 0]) * 60
+
+    app.packet_ins = queue = PacketInQueue(handler, app.packet_outs, clock=lambda: now[0])
+    queue.inline_burst, queue.inline_per_s = 3, 2.0
+    for port in range(1, 11):
+        app._packet_in(_event(dp, in_port=port))
+    _wait(lambda: queue.counters.replies == 10, "not every packet-in was answered")
+    here = threading.current_thread().name
+    assert [p for p, t in where if t == here] == [1, 2, 3]
+    assert [p for p, t in where if t == "packet-in"] == list(range(4, 11))
+    now[0] += 0.5  # one token back: one more on the receiving thread, then the queue again
+    _wait(lambda: queue._pending == 0, "the worker never finished")
+    app._packet_in(_event(dp, in_port=11))
+    app._packet_in(_event(dp, in_port=12))
+    queue.close()
+    assert where[-2:] == [(11, here), (12, "packet-in")]
+    assert queue.counters.answered_inline == 4 and queue.counters.replies == 12
+    assert [out[-1] for out in _sent(dp)] == list(range(1, 13))  # each reply to its port
+
+
+def test_a_packet_in_is_never_answered_ahead_of_one_queued_before_it() -> None:
+    """One answer at a time, in arrival order: while one is worked out on a receive thread the
+    next is queued (never waits for it), and while anything is queued a new packet-in queues
+    behind it although the receiving thread has budget left."""
+    app, dp, _ = _app()
+    gates = {1: threading.Event(), 2: threading.Event()}
+    order: list[tuple[int, str]] = []
+
+    def handler(pkt: PacketIn) -> None:
+        port = pkt.in_port or 0
+        if port in gates:
+            gates[port].wait(10)
+        order.append((port, threading.current_thread().name))
+
+    queue = app.on_packet_in(handler)
+    first = threading.Thread(target=app._packet_in, args=(_event(dp, in_port=1),), name="rx-1")
+    first.start()
+    _wait(lambda: queue.counters.answered_inline == 1, "the first was not taken inline")
+    app._packet_in(_event(dp, in_port=2))  # port 1 is being answered: queued, no waiting
+    assert queue._pending == 1 and not order
+    gates[1].set()
+    first.join(10)
+    app._packet_in(_event(dp, in_port=3))  # port 2 is queued or in the worker: behind it
+    gates[2].set()
+    queue.close()
+    assert order == [(1, "rx-1"), (2, "packet-in"), (3, "packet-in")]
+    assert queue.counters.answered_inline == 1 and queue.counters.received == 3
 
 
 def test_a_packet_in_that_cannot_be_read_is_counted_and_the_receive_loop_goes_on() -> None:
