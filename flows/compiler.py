@@ -442,6 +442,18 @@ def network_slice(
     the ARP answers for its service addresses ((ip, mac): its DHCP servers, so that a client's
     unicast renewal finds the server) and the two flood groups (the groups list the host's
     usable local ports)."""
+    return network_slice_of(ctx, seg, local_buckets(local_ports), peers, service_answers)
+
+
+def network_slice_of(
+    ctx: HostContext,
+    seg: Segment,
+    buckets: tuple[tuple[Action, ...], ...],
+    peers: list[str],
+    service_answers: Iterable[tuple[str, str]] = (),
+) -> Slice:
+    """`network_slice` from the host's local flood buckets as they are (`local_buckets`, or a
+    list the caller keeps up to date port by port, as the data plane's per-port path does)."""
     cookie = t.network_cookie(seg.key)
     answers = (
         arp.answer_rule(seg.key, entry, priority=arp.PRIO_ARP_SERVICE)
@@ -449,7 +461,7 @@ def network_slice(
     )
     return Slice(
         rules=frozenset((*shared_rules(ctx, seg, peers), *answers)),
-        groups=flood_groups(ctx, seg, local_ports, peers),
+        groups=flood_groups_of(ctx, seg, buckets, peers),
     )
 
 
@@ -475,20 +487,32 @@ def flood_groups(
     ctx: HostContext, seg: Segment, local_ports: Iterable[LocalPort], peers: list[str]
 ) -> frozenset[GroupEntry]:
     """flood_all (local ports + one copy per peer host) and flood_local (local ports only)."""
-    # sorted by ofport, one entry per ofport: the bucket order is canonical
-    local_buckets: list[tuple[Action, ...]] = [
-        (Output(port.ofport),) for port, _ in _usable_local_ports(local_ports)
-    ]
+    return flood_groups_of(ctx, seg, local_buckets(local_ports), peers)
+
+
+def local_buckets(local_ports: Iterable[LocalPort]) -> tuple[tuple[Action, ...], ...]:
+    """One ``output`` bucket per usable local port, sorted by ofport, one per ofport: the
+    canonical bucket order."""
+    return tuple((Output(port.ofport),) for port, _ in _usable_local_ports(local_ports))
+
+
+def flood_groups_of(
+    ctx: HostContext, seg: Segment, buckets: tuple[tuple[Action, ...], ...], peers: list[str]
+) -> frozenset[GroupEntry]:
+    """The two flood groups from the host's local buckets (in canonical order) and its peers.
+
+    An OpenFlow 1.3 group-mod carries every bucket, so a group is as large as the host's local
+    ports of the network; building it from a kept bucket tuple is one C-level copy."""
     tunnel_ofport = _tunnel_ofport(ctx, seg)
     tunnel_buckets = (
-        [_to_tunnel(seg.seg_id, peer, tunnel_ofport) for peer in peers]
+        tuple(_to_tunnel(seg.seg_id, peer, tunnel_ofport) for peer in peers)
         if tunnel_ofport is not None
-        else []
+        else ()
     )
     return frozenset(
         {
-            GroupEntry(t.flood_all_group_id(seg.key), tuple(local_buckets + tunnel_buckets)),
-            GroupEntry(t.flood_local_group_id(seg.key), tuple(local_buckets)),
+            GroupEntry(t.flood_all_group_id(seg.key), buckets + tunnel_buckets),
+            GroupEntry(t.flood_local_group_id(seg.key), buckets),
         }
     )
 

@@ -188,6 +188,12 @@ class GroupEntry:
     group_id: int
     buckets: tuple[tuple[Action, ...], ...]
 
+    def __hash__(self) -> int:
+        """By id and bucket count only, not by every bucket: a flood group has one bucket per
+        local port of its network, and slices holding it are hashed on every per-port patch.
+        Equal groups still hash equal; equality compares the buckets."""
+        return hash((self.group_id, len(self.buckets)))
+
 
 @dataclass(frozen=True)
 class Slice:

@@ -4,12 +4,12 @@ and the actor's retry of a unit whose planning raises."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from bench.planner_port_cost import Host
 from controller.dataplane import reconciler
 from controller.dataplane.bindings import Bindings
 from controller.dataplane.planner import Change, Inputs, Planner, Unit, index_owners
@@ -31,21 +31,6 @@ from tests.unit.test_dataplane import Cloud
 
 TUNNELS = {"vxlan": 64001, "gre": 64002}
 pytest_plugins = ["tests.unit.test_dataplane"]  # the `cloud` fixture
-
-
-@dataclass
-class Host:
-    """`planner.HostFacts` as plain data."""
-
-    rec: HostRec
-    obs: HostObservation | None
-    installed: dict[int, Slice] | None = field(default_factory=dict)
-    groups: dict[Hashable, set[int]] = field(default_factory=dict)
-    degraded: str = ""
-
-    @property
-    def ready(self) -> bool:
-        return self.obs is not None and self.installed is not None
 
 
 class World:

@@ -16,18 +16,12 @@ from typing import Any
 
 import pytest
 
+from bench.planner_port_cost import default_group
 from controller.dataplane import planner
 from controller.dataplane.planner import Change, Step
-from controller.dataplane.state import PortRec, SecurityGroupRec, SgRuleRec
+from controller.dataplane.state import PortRec
 from flows import security_groups as sg
 from tests.unit.test_planner import World
-
-DEFAULT_RULES = (  # Neutron's default group, plus the usual egress rules
-    {"direction": "ingress", "ethertype": "IPv4", "remote_group_id": "default"},
-    {"direction": "ingress", "ethertype": "IPv6", "remote_group_id": "default"},
-    {"direction": "egress", "ethertype": "IPv4"},
-    {"direction": "egress", "ethertype": "IPv6"},
-)
 
 
 def _mac(num: int) -> str:
@@ -53,14 +47,8 @@ def _world(members: int) -> World:
     w = World()
     for h in w.hosts:
         w.change(Change("switch", h))
-    rec = SecurityGroupRec("default")
-    w.mirror.set_record("security_group", "default", rec)
-    w.change(Change("security_group", "default", None, rec))
-    for key, body in enumerate(DEFAULT_RULES, 1):
-        rule = SgRuleRec.from_store({"id": f"r{key}", "security_group_id": "default",
-                                     "_key": key, **body})  # fmt: skip
-        w.mirror.set_record("security_group_rule", rule.id, rule)
-        w.change(Change("security_group_rule", rule.id, None, rule))
+    for change in default_group(w.mirror):
+        w.change(change)
     hosts = sorted(w.hosts)
     for num in range(1, members + 1):
         _add_port(w, num, hosts[num % 3], 1 + num // 3)

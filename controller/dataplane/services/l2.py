@@ -11,7 +11,10 @@ owners of it), O(ports in the network); ``(key, port id)`` patches one port in. 
 * **Per port** (the common case: a port created, deleted, updated, plugged or unplugged on a
   host that stays in its network): the port's own owner on its host and on each peer (its
   rules, or one unicast rule per MAC) plus the network owner of its old and new host (the flood
-  groups).  The cost does not depend on how many ports the network has.
+  groups).  The cost does not depend on how many ports the network has: no other port is
+  visited, the flood buckets are kept port by port (`compiled.FloodBuckets`).  The one thing
+  that grows is the flood group-mod itself: OpenFlow 1.3 sends all of a group's buckets, one
+  per local port of the network on that host (a C-level copy of the kept list to build).
 * **Per network** (everything else: a host joining or leaving a network, MAC or ofport
   conflicts, several ports of one network in one step (bulk creates), reconnects, tunnel
   changes): `flows.compiler.compile_network_owners` on every host of it, diffed owner by owner.
@@ -22,7 +25,6 @@ what the last compile of each network used; `members` which hosts carry each net
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Collection, Hashable, Iterable, Iterator
 from functools import partial
 from typing import Any
@@ -37,7 +39,7 @@ from flows import tables as t
 from flows.compiler import (
     compile_network_owners,
     local_port_rules,
-    network_slice,
+    network_slice_of,
     peer_list,
     remote_port_rules,
     usable,
@@ -291,13 +293,13 @@ class L2Service:
             if nc.ofport_taken(host_id, lp, pid):
                 return False  # two ports on one ofport: the network compile picks one
         # A host whose last usable port goes (or whose first comes) has an empty slice instead.
-        usable_after = Counter(nc.usable)
-        if old_host is not None and old_lp is not None:
-            usable_after[old_host] -= usable(old_lp)
-        if new_host is not None and new_lp is not None:
-            usable_after[new_host] += usable(new_lp)
         for host_id in {h for h in (old_host, new_host) if h is not None}:
-            if (nc.usable[host_id] > 0) != (usable_after[host_id] > 0):
+            after = nc.usable[host_id]
+            if host_id == old_host and old_lp is not None:
+                after -= usable(old_lp)
+            if host_id == new_host and new_lp is not None:
+                after += usable(new_lp)
+            if (nc.usable[host_id] > 0) != (after > 0):
                 return False
 
         num = nc.nums.get(pid) if pid in nc.nums else port.num if port is not None else None
@@ -327,10 +329,11 @@ class L2Service:
                 rules = remote_port_rules(ctx, nc.seg, new_rp)
             step.want(host_id, owner, group(key), Slice(rules=rules))
             if host_id in (old_host, new_host):  # the network on the host: its flood groups
+                # from the buckets `nc` keeps (plugged already): the network's other ports are
+                # not visited (the network slice's rules do not depend on them)
                 peers = peer_list(ctx, nc.seg, [ip for h, ip in tunnel_ips.items() if h != host_id])
-                local = nc.local.get(host_id, {}).values()
-                net_slice = sg.plug(network_slice(ctx, nc.seg, local, peers, nc.service_answers),
-                                    sg.filtered_ofports(local))  # fmt: skip
+                net_slice = network_slice_of(ctx, nc.seg, nc.flood_buckets(host_id), peers,
+                                             nc.service_answers)  # fmt: skip
                 step.want(host_id, t.network_cookie(key), group(key), net_slice)
         if port is not None:
             self._report(port, new_host, frozenset(), inputs, step)
