@@ -50,6 +50,7 @@ from controller.metrics import Metrics
 from controller.store.errors import InvalidInput, StoreError, StoreUnavailable
 from controller.store.etcd_log import EtcdLog, EtcdUnavailable
 from controller.store.etcd_settings import EtcdSettings
+from controller.store.pending import Observations, PendingObservations
 from controller.store.schema import LATEST
 from controller.store.store import Store
 from controller.store.tx import Tx
@@ -218,6 +219,7 @@ class EtcdStore(Store):
         self._watched_member = -1
         self._snapshot_seq = start or 0
         self._snapshotting = threading.Thread()
+        self._pending = PendingObservations()
         self.catch_up()
         self._follower = threading.Thread(target=self._follow, name="etcd-follower", daemon=True)
         self._follower.start()
@@ -489,6 +491,8 @@ class EtcdStore(Store):
                 if self.down:
                     LOG.info("etcd cluster %s reachable again", _where(self.etcd))
                     self.down = False
+                if self._pending.holding:
+                    self.write_held_observations()
             except EtcdUnavailable as exc:
                 if not self.down:
                     LOG.warning("etcd cluster %s unreachable: %s", _where(self.etcd), exc)
@@ -518,6 +522,82 @@ class EtcdStore(Store):
             with contextlib.suppress(Exception):
                 self._cancel_watch()
             self._cancel_watch = None
+
+    # -- the data plane's observations ----------------------------------------------------------
+
+    def set_ports_observed(
+        self,
+        statuses: dict[str, str] | None = None,
+        bindings: dict[str, str | None] | None = None,
+        refused: dict[str, list[str]] | None = None,
+    ) -> None:
+        """As `Store.set_ports_observed`, but never fails nor waits on a cluster without
+        quorum: the observations are then held (latest per port) and written when it is back
+        (`write_held_observations`), since the data plane must keep forwarding meanwhile."""
+        observed = Observations(dict(statuses or {}), dict(bindings or {}), dict(refused or {}))
+        if not observed or self._held(observed):
+            return
+        try:
+            self._retrying(Store.set_ports_observed, statuses, bindings, refused)
+        except StoreUnavailable as exc:
+            self._hold(observed, exc)
+
+    def set_host_state(
+        self, host_id: str, status: str, datapath_id: str | None
+    ) -> dict[str, Any] | None:
+        """As `Store.set_host_state`, held like `set_ports_observed` (then returns None)."""
+        observed = Observations(hosts={host_id: (status, datapath_id)})
+        if self._held(observed):
+            return None
+        try:
+            return self._retrying(Store.set_host_state, host_id, status, datapath_id)
+        except StoreUnavailable as exc:
+            self._hold(observed, exc)
+            return None
+
+    def _held(self, observed: Observations) -> bool:
+        """Queue ``observed`` behind held ones, or at once when etcd is known unreachable (a
+        write would wait a timeout per member); False: write it now."""
+        if self._pending.add_if_holding(observed):
+            return True
+        if self.down:
+            self._hold(observed, None)
+            return True
+        return False
+
+    def _hold(self, observed: Observations, why: StoreUnavailable | None) -> None:
+        if not self._pending.holding:
+            LOG.warning(
+                "etcd cluster %s cannot take the data plane's observations now%s: holding the "
+                "latest port statuses, bindings and host states until it is back",
+                _where(self.etcd),
+                f" ({why.message})" if why is not None else "",
+            )
+        self._pending.hold(observed)
+        self._doorbell.set()  # the follower probes the cluster and writes them when it answers
+
+    def write_held_observations(self) -> bool:
+        """Write what was held, oldest first; True when nothing is held any more.  On the
+        follower's thread once etcd answers again (and callable from tests)."""
+        written = 0
+        while (taken := self._pending.take()) is not None:
+            try:
+                if taken.statuses or taken.bindings or taken.refused:
+                    self._retrying(
+                        Store.set_ports_observed, taken.statuses, taken.bindings, taken.refused
+                    )
+                for host_id, (status, dpid) in taken.hosts.items():
+                    self._retrying(Store.set_host_state, host_id, status, dpid)
+            except StoreUnavailable:
+                self._pending.give_back(taken)  # rewriting what did go through is a no-op
+                return False
+            except StoreError as exc:  # refused (cannot happen for the data plane's values)
+                LOG.error("held data-plane observations refused, dropped: %s", exc.message)
+            written += len(taken.statuses) + len(taken.bindings) + len(taken.refused)
+            written += len(taken.hosts)
+        if written:
+            LOG.info("etcd: wrote %d held data-plane observations", written)
+        return True
 
     # -- snapshots --------------------------------------------------------------------------------
 
@@ -619,7 +699,8 @@ def _synced(name: str) -> Callable[..., Any]:
 
 
 for _name in WRITES:
-    setattr(EtcdStore, _name, _retried(_name))
+    if _name not in EtcdStore.__dict__:  # the observations retry (and hold) themselves
+        setattr(EtcdStore, _name, _retried(_name))
 for _name in API_READS:
     setattr(EtcdStore, _name, _synced(_name))
 

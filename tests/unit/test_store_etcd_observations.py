@@ -1,0 +1,113 @@
+"""The data plane's observations (port statuses, bindings, host states) while the etcd cluster
+has no quorum: held, latest value per object, never raising and never trying a cluster known
+to be down, and written once it is back (issue 18, second step)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.events import EventBus
+from controller.store.etcd_log import EtcdLog, EtcdUnavailable
+from controller.store.etcd_settings import EtcdSettings
+from controller.store.pending import Observations, PendingObservations
+from controller.store.replicated import EtcdStore
+from tests.unit.test_store import make_net_with_subnet
+from tests.unit.test_store_etcd import restore_members, wait_for  # noqa: F401  (fixture)
+
+
+def test_held_observations_keep_the_latest_value_and_queue_while_written() -> None:
+    pending = PendingObservations()
+    assert not pending.add_if_holding(Observations(statuses={"p": "DOWN"}))  # write it now
+    pending.hold(Observations(statuses={"p": "DOWN"}, hosts={"h": ("connected", "1")}))
+    assert pending.add_if_holding(Observations(statuses={"p": "ACTIVE"}, bindings={"p": "h"}))
+    taken = pending.take()
+    assert taken == Observations(
+        statuses={"p": "ACTIVE"}, bindings={"p": "h"}, hosts={"h": ("connected", "1")}
+    )
+    # observed while that write ran: queued (not written before it), and newer than it
+    assert pending.add_if_holding(Observations(statuses={"p": "DOWN"}))
+    pending.give_back(taken)  # the write failed
+    again = pending.take()
+    assert again is not None and again.statuses == {"p": "DOWN"} and again.bindings == {"p": "h"}
+    assert pending.take() is None  # nothing left: holding ends
+    assert not pending.holding and not pending.add_if_holding(Observations(statuses={"p": "x"}))
+
+
+@pytest.mark.etcd
+def test_observations_during_quorum_loss_are_held_then_written(
+    tmp_path: Path,
+    etcd_settings: EtcdSettings,
+    restore_members: Any,  # noqa: F811  (the fixture imported above)
+    monkeypatch: Any,
+) -> None:
+    cluster = restore_members
+    store = EtcdStore(str(tmp_path / "a.db"), EventBus(), etcd_settings, poll_s=0.2)
+    other = EtcdStore(str(tmp_path / "b.db"), EventBus(), etcd_settings, poll_s=0.2)
+    try:
+        net_id, _ = make_net_with_subnet(store)
+        port = store.create_port({"network_id": net_id})
+        store.create_host({"id": "hv1", "tunnel_ip": "192.0.2.10"})
+        appends: list[int] = []
+        real_append = EtcdLog.append
+        monkeypatch.setattr(
+            EtcdLog, "append", lambda log, *a: appends.append(1) or real_append(log, *a)
+        )
+        cluster.stop_member(cluster.members[0])
+        cluster.stop_member(cluster.members[1])
+        wait_for(lambda: store.down, "the follower noticing the lost quorum", timeout=60)
+        # known down: held at once, the cluster is not even tried (a timeout per member)
+        store.set_ports_observed(statuses={port["id"]: "DOWN"}, bindings={port["id"]: "hv1"})
+        store.set_ports_observed(statuses={port["id"]: "ACTIVE"})
+        assert store.set_host_state("hv1", "connected", "00000000000000aa") is None
+        assert appends == []
+        assert store.get_port(port["id"])["binding:host_id"] == ""  # not written yet
+        for m in cluster.members[:2]:
+            cluster.start_member(m)
+        cluster.wait_healthy(60)
+
+        def written() -> bool:
+            seen = other.get_port(port["id"])
+            host = other.get_host("hv1")
+            return (
+                seen is not None
+                and seen["status"] == "ACTIVE"  # the latest, not the first one held
+                and seen["binding:host_id"] == "hv1"
+                and host is not None
+                and host["status"] == "connected"
+            )
+
+        wait_for(written, "the held observations written once quorum is back", timeout=60)
+        assert not store._pending.holding
+        # and observations go straight to the cluster again
+        store.set_ports_observed(statuses={port["id"]: "DOWN"})
+        assert appends and other.get("port", port["id"])["status"] == "DOWN"
+    finally:
+        store.close()
+        other.close()
+
+
+@pytest.mark.etcd
+def test_an_observation_the_cluster_fails_is_held_then_written(
+    tmp_path: Path, etcd_settings: EtcdSettings, monkeypatch: Any
+) -> None:
+    store = EtcdStore(str(tmp_path / "a.db"), EventBus(), etcd_settings, poll_s=0.2)
+    try:
+        net_id, _ = make_net_with_subnet(store)
+        port = store.create_port({"network_id": net_id})
+        real_append = EtcdLog.append
+
+        def unavailable(log: EtcdLog, *args: Any) -> bool:
+            raise EtcdUnavailable("injected", maybe_sent=False)
+
+        monkeypatch.setattr(EtcdLog, "append", unavailable)
+        store.set_ports_observed(statuses={port["id"]: "ACTIVE"})  # raises nothing
+        assert store._pending.holding
+        assert store.get_port(port["id"])["status"] == "DOWN"
+        monkeypatch.setattr(EtcdLog, "append", real_append)
+        wait_for(lambda: not store._pending.holding, "the follower writing what was held")
+        assert store.get("port", port["id"])["status"] == "ACTIVE"
+    finally:
+        store.close()
