@@ -14,18 +14,23 @@ OpenFlow's ``OFPM_CONTROLLER`` meter, one per host, limits every packet-in the s
 one flooding VM costs its host's budget, not the controller's CPU, and the API and other hosts
 are unaffected.
 
-Answered where it arrives, when nothing waits: a packet-in offered while the queue is empty
-and no answer is being worked out is answered right away on the receive thread that offered
-it, and its reply handed to the connection's send thread from there.  On an idle controller
+Answered where it arrives, when the controller is quiet: a packet-in offered while the queue
+is empty, no answer is being worked out and no other packet-in came in the last ``QUIET_S`` is
+answered right away on the receive thread that offered it, and its reply handed to the
+connection's send thread from there.  On an idle controller
 (DHCP leases, renewals) that saves the hand-off to the worker, a thread wake-up that costs
 ~0.15-0.3 ms of a ~2 ms answer on a loaded machine.  It is bounded so that a slow or hostile
 host never holds its own receive thread (and so its barrier replies, flow dumps and the
 liveness its watchdog reads) for long: per switch at most ``INLINE_BURST`` such answers in a
 row and ``INLINE_PER_S`` a second (a token bucket; an answer costs well under 1 ms, so under
 a flood that is a few ms, then under 10% of the thread); past that, and whenever anything is
-queued or being answered, the packet-in takes the queue as before.  Only one answer is ever
-worked out at a time (the handler runs under one lock, taken without waiting by the receive
-thread, so it never waits for the worker), and never ahead of a packet-in queued before it.
+queued or being answered, the packet-in takes the queue as before.  The quiet rule keeps a
+load of many clients on the worker's path: answered one by one, their replies were one write
+each, and os-ken's 16-write send queue overflowed again (bench, 6 clients renewing at once:
+7-16 replies refused per 25,000 with the answers on the receive threads, 0-2 without).
+Only one answer is ever worked out at a time (the handler runs under one lock, taken without
+waiting by the receive thread, so it never waits for the worker), and never ahead of a
+packet-in queued before it.
 
 The worker takes what is queued in one go (up to ``MAX_BATCH``), answers it, and sends the
 replies for one switch as one write (`PacketOutSender` gets them together): under a load of
@@ -64,6 +69,8 @@ INLINE_BURST = 20
 """Packet-ins of one switch answered on its receive thread in a row (see the module doc)."""
 INLINE_PER_S = 200.0
 """... and per second after that burst: past it they go through the queue."""
+QUIET_S = 0.002
+"""No packet-in (from any switch) for this long before one is answered on its receive thread."""
 MAX_SWITCHES = 4096
 """Token buckets kept (one per switch that sent a packet-in); beyond, they start afresh."""
 
@@ -113,6 +120,8 @@ class PacketInQueue:
         self.counters = PacketInCounters()
         self.inline_burst = INLINE_BURST  # 0: every packet-in through the queue
         self.inline_per_s = INLINE_PER_S
+        self.quiet_s = QUIET_S
+        self._last_offer = float("-inf")
         self._clock = clock
         self._count_lock = threading.Lock()  # offer/refuse run on every switch's thread
         self._pending = 0  # queued or in the worker's batch, not yet answered
@@ -127,7 +136,9 @@ class PacketInQueue:
         receive thread): see the module doc."""
         with self._count_lock:
             self.counters.received += 1
-            inline = self._pending == 0 and self._take_token(pkt.dpid)
+            now = self._clock()
+            quiet, self._last_offer = now - self._last_offer >= self.quiet_s, now
+            inline = quiet and self._pending == 0 and self._take_token(pkt.dpid, now)
         if inline and self._handling.acquire(blocking=False):
             try:
                 with self._count_lock:
@@ -159,11 +170,10 @@ class PacketInQueue:
         self._queue.put(None)
         self._thread.join(timeout)
 
-    def _take_token(self, dpid: int) -> bool:
+    def _take_token(self, dpid: int, now: float) -> bool:
         """One of the switch's inline answers (called under ``_count_lock``)."""
         if self.inline_burst <= 0:
             return False
-        now = self._clock()
         if dpid not in self._tokens and len(self._tokens) >= MAX_SWITCHES:
             self._tokens.clear()
         tokens, at = self._tokens.get(dpid, (float(self.inline_burst), now))

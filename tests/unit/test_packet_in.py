@@ -201,9 +201,11 @@ def test_a_packet_in_flood_never_enters_the_event_queue_of_other_switches_replie
 
 
 def test_an_idle_queue_answers_on_the_receiving_thread_up_to_its_budget() -> None:
-    """With nothing queued, a packet-in is answered on the thread that offers it (a switch's
-    receive thread: no hand-off to the worker), at most ``inline_burst`` of one switch in a
-    row and ``inline_per_s`` after that; the rest go to the worker.  Counted, on a fake clock."""
+    """With nothing queued and no packet-in for ``quiet_s``, a packet-in is answered on the
+    thread that offers it (a switch's receive thread: no hand-off to the worker), at most
+    ``inline_burst`` of one switch in a row and ``inline_per_s`` after that; the rest go to
+    the worker, and so does one that follows another closer than ``quiet_s`` (a load of
+    clients, whose replies the worker sends in one write).  Counted, on a fake clock."""
     app, dp, _ = _app()
     now = [100.0]
     where: list[tuple[int, str]] = []
@@ -213,8 +215,9 @@ def test_an_idle_queue_answers_on_the_receiving_thread_up_to_its_budget() -> Non
         return bytes([pkt.in_port or 0]) * 60
 
     app.packet_ins = queue = PacketInQueue(handler, app.packet_outs, clock=lambda: now[0])
-    queue.inline_burst, queue.inline_per_s = 3, 2.0
+    queue.inline_burst, queue.inline_per_s, queue.quiet_s = 3, 2.0, 0.001
     for port in range(1, 11):
+        now[0] += 0.001
         app._packet_in(_event(dp, in_port=port))
     _wait(lambda: queue.counters.replies == 10, "not every packet-in was answered")
     here = threading.current_thread().name
@@ -223,11 +226,16 @@ def test_an_idle_queue_answers_on_the_receiving_thread_up_to_its_budget() -> Non
     now[0] += 0.5  # one token back: one more on the receiving thread, then the queue again
     _wait(lambda: queue._pending == 0, "the worker never finished")
     app._packet_in(_event(dp, in_port=11))
+    now[0] += 0.001
     app._packet_in(_event(dp, in_port=12))
+    _wait(lambda: queue._pending == 0, "the worker never finished")
+    now[0] += 1.0  # tokens back, but the next one follows this one within quiet_s
+    app._packet_in(_event(dp, in_port=13))
+    app._packet_in(_event(dp, in_port=14))
     queue.close()
-    assert where[-2:] == [(11, here), (12, "packet-in")]
-    assert queue.counters.answered_inline == 4 and queue.counters.replies == 12
-    assert [out[-1] for out in _sent(dp)] == list(range(1, 13))  # each reply to its port
+    assert where[-4:] == [(11, here), (12, "packet-in"), (13, here), (14, "packet-in")]
+    assert queue.counters.answered_inline == 5 and queue.counters.replies == 14
+    assert [out[-1] for out in _sent(dp)] == list(range(1, 15))  # each reply to its port
 
 
 def test_a_packet_in_is_never_answered_ahead_of_one_queued_before_it() -> None:
