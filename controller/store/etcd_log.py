@@ -293,6 +293,39 @@ class EtcdLog:
         with contextlib.suppress(Exception):
             lease.revoke()
 
+    # -- leases (controller membership) -----------------------------------------------------------
+
+    def grant(self, ttl_s: int) -> int:
+        """A new lease of ``ttl_s`` seconds; its id."""
+        answer = self._call(lambda c: c.post(c.get_url("/lease/grant"), json={"TTL": ttl_s}))
+        return int(answer["ID"])
+
+    def keep_alive(self, lease_id: int) -> int:
+        """Renew a lease; its new TTL, or -1 if it had expired (or was revoked)."""
+        answer = self._call(lambda c: c.post(c.get_url("/lease/keepalive"), json={"ID": lease_id}))
+        return int(answer.get("result", {}).get("TTL", -1))
+
+    def revoke(self, lease_id: int) -> None:
+        """End a lease now: the keys put under it are deleted."""
+        self._call(lambda c: c.post(c.get_url("/kv/lease/revoke"), json={"ID": lease_id}))
+
+    def put_leased(self, name: str, value: str, lease_id: int) -> None:
+        """Put ``name`` under a lease (deleted by etcd when the lease ends)."""
+        body = {"key": _b64(self.key(name)), "value": _b64(value), "lease": lease_id}
+        self._call(lambda c: c.post(c.get_url("/kv/put"), json=body))
+
+    def list_prefix(self, name: str) -> tuple[int, list[tuple[str, bytes]]]:
+        """(the cluster's revision, [(key after ``name``, value)]) of every key under ``name``."""
+        start = self.key(name)
+        end = start[:-1] + chr(ord(start[-1]) + 1)
+        body = {"key": _b64(start), "range_end": _b64(end)}
+        answer = self._call(lambda c: c.post(c.get_url("/kv/range"), json=body))
+        items = [
+            (base64.b64decode(kv["key"]).decode()[len(start) :], base64.b64decode(kv["value"]))
+            for kv in answer.get("kvs", [])
+        ]
+        return int(answer["header"]["revision"]), items
+
     def wipe(self) -> None:
         """Delete every key under the prefix (a migration replacing the log)."""
         self._call(lambda c: c.delete_prefix(self.prefix))

@@ -1,0 +1,82 @@
+"""Controller membership through etcd leases (controller/store/etcd_members.py) on the lab's
+3-member cluster: members see each other, one that stops leaves at once, one that dies leaves
+when its lease expires, and one that cannot renew its lease stops counting itself live."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from controller.membership import MemberView
+from controller.store.etcd_log import EtcdLog, EtcdUnavailable
+from controller.store.etcd_members import EtcdMembership
+from controller.store.etcd_settings import EtcdSettings
+from tests.unit.test_store_etcd import wait_for
+
+pytestmark = pytest.mark.etcd
+TTL = 2
+
+
+@pytest.fixture
+def members(etcd_settings: EtcdSettings) -> Iterator[Any]:
+    started: list[EtcdMembership] = []
+
+    def join(name: str, seen: list[MemberView] | None = None) -> EtcdMembership:
+        m = EtcdMembership(
+            etcd_settings, name, TTL, on_change=None if seen is None else seen.append
+        )
+        m.start()
+        started.append(m)
+        return m
+
+    yield join
+    for m in started:
+        m.stop()
+
+
+def test_members_see_each_other_and_agree_on_every_host_owner(members: Any) -> None:
+    seen: list[MemberView] = []
+    a = members("a", seen)
+    b = members("b")
+    wait_for(lambda: a.view.members == b.view.members == ("a", "b"), "both members listed")
+    assert a.view.live and b.view.live
+    hosts = [f"hv{i}" for i in range(20)]
+    assert a.view.status(hosts)["host_owner"] == b.view.status(hosts)["host_owner"]
+    assert sorted(a.view.owned(hosts) + b.view.owned(hosts)) == sorted(hosts)
+    assert seen[-1].members == ("a", "b")  # told when the list changed
+    assert a.lease_id is not None and a.lease_id != b.lease_id
+
+
+def test_a_stopped_member_leaves_at_once_and_a_dead_one_after_its_ttl(members: Any) -> None:
+    a = members("a")
+    b = members("b")
+    c = members("c")
+    wait_for(lambda: a.view.members == ("a", "b", "c"), "three members")
+    b.stop()  # revokes its lease: its key is gone when stop returns
+    assert [k for k, _ in a._log.list_prefix("members/")[1]] == ["a", "c"]
+    wait_for(lambda: a.view.members == ("a", "c"), "b gone")
+    c._stopping.set()  # killed: no revoke, its lease is left to expire
+    c._thread.join()
+    wait_for(lambda: a.view.members == ("a",), "c gone when its lease expired")
+    assert a.view.owned(["hv1", "hv2", "hv3"]) == ["hv1", "hv2", "hv3"]
+
+
+def test_a_member_that_cannot_renew_its_lease_is_not_live_then_rejoins(
+    members: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = members("a")
+    assert a.view.live
+    real = EtcdLog.keep_alive
+
+    def unreachable(log: EtcdLog, lease_id: int) -> int:
+        raise EtcdUnavailable("injected")
+
+    monkeypatch.setattr(EtcdLog, "keep_alive", unreachable)
+    wait_for(lambda: not a.view.live, "a no longer live without its lease")
+    assert a.view.owned(["hv1"]) == []
+    lost = a.lease_id
+    monkeypatch.setattr(EtcdLog, "keep_alive", real)
+    wait_for(lambda: a.view.live, "a live again")
+    assert a.lease_id != lost  # the old lease expired meanwhile: a new one
