@@ -60,6 +60,11 @@ class Settings:
     # etcd_log_margin entries before it (docs/ha.md).
     etcd_snapshot_every: int = 1000
     etcd_log_margin: int = 200
+    # Controller membership on the etcd cluster (an etcd lease of etcd_member_ttl_s seconds per
+    # instance; a killed instance leaves the members list when it expires).  etcd_member_id
+    # names this instance (default: host name and API address); shown in /tenantnet/status.
+    etcd_member_id: str = ""
+    etcd_member_ttl_s: int = 3
     underlay_mtu: int = 1500
     auth_token: str = ""
     basic_user: str = ""
@@ -298,6 +303,10 @@ class Settings:
             )
         if not 1 <= self.etcd_log_margin <= 10**7:
             raise ConfigError(f"etcd_log_margin: {self.etcd_log_margin} is outside [1, 10000000]")
+        if not 2 <= self.etcd_member_ttl_s <= 60:
+            raise ConfigError(f"etcd_member_ttl_s: {self.etcd_member_ttl_s} is outside [2, 60]")
+        if "/" in self.etcd_member_id:
+            raise ConfigError(f"etcd_member_id: {self.etcd_member_id!r} must not contain '/'")
         if bool(self.etcd_tls_cert) != bool(self.etcd_tls_key):
             raise ConfigError("etcd_tls_cert and etcd_tls_key go together")
         for name in etcd_only:

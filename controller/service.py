@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -153,6 +154,7 @@ class Controller:
         self.dataplane: Any = None
         self.ofp_app: Any = None
         self.dhcp: Any = None  # controller.dataplane.dhcp.DhcpPunt, once started
+        self.members: Any = None  # controller.store.etcd_members.EtcdMembership, on etcd
         self.ttl: Any = None  # controller.dataplane.ttl.TtlExpired, once started
         self.api: Any = None
         self._manager: Any = None
@@ -188,6 +190,7 @@ class Controller:
             from controller.store.replicated import EtcdStore
 
             self.store = EtcdStore(s.database, self.bus, s.etcd, **options)
+            self._join_members(s, s.etcd)
         # The API is built and serving before any switch can connect: FastAPI/pydantic models
         # and uvicorn's start are the costliest part of start-up, and done later they would
         # hold the interpreter while the hosts reconnect (measured at H=3: hosts reconciled
@@ -344,7 +347,17 @@ class Controller:
                 st["packet_in"] = vars(self.ofp_app.packet_ins.counters).copy()
         if self.dhcp is not None:
             st["dhcp"] = self.dhcp.status()
+        if self.members is not None:  # who would own each host (nothing acts on it yet)
+            st["cluster"] = self.members.view.status(h["id"] for h in self.store.list_hosts())
         return st
+
+    def _join_members(self, s: Settings, etcd: Any) -> None:
+        """Membership on the store's etcd cluster (docs/ha.md); only a view for now."""
+        from controller.store.etcd_members import EtcdMembership
+
+        member_id = s.etcd_member_id or f"{socket.gethostname()}-{s.api_listen}"
+        self.members = EtcdMembership(etcd, member_id.replace("/", "_"), s.etcd_member_ttl_s)
+        self.members.start()
 
     def stop(self) -> None:
         LOG.info("tenantnet stopping (flows stay on the switches)")
@@ -354,5 +367,7 @@ class Controller:
             self._api_thread.join(timeout=5)
         if self.dataplane is not None:
             self.dataplane.stop()
+        if self.members is not None:
+            self.members.stop()
         # os-ken's AppManager.close() joins its native hub threads, which can block for good on
         # a listening socket; the process is about to exit, which ends them.

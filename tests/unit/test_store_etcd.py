@@ -483,9 +483,18 @@ def test_two_controller_processes_serve_one_store(
         a.create("subnet", network_id=net["id"], cidr="10.9.0.0/24")
         port = a.create("port", network_id=net["id"])
         assert b.show("port", port["id"]) == port
+        # both are members (etcd leases), and agree on who would own each host
+        wait_for(lambda: len(b.status()["cluster"]["members"]) == 2, "both instances members")
+        cluster_a, cluster_b = a.status()["cluster"], b.status()["cluster"]
+        assert cluster_a["members"] == cluster_b["members"] and cluster_a["live"]
+        assert cluster_a["member"] != cluster_b["member"]
         procs[0].kill()
         other = b.create("port", network_id=net["id"])
         assert other["fixed_ips"][0]["ip_address"] != port["fixed_ips"][0]["ip_address"]
+        # the killed one leaves the members when its lease expires (etcd_member_ttl_s)
+        wait_for(
+            lambda: b.status()["cluster"]["members"] == [cluster_b["member"]], "a's lease expiring"
+        )
         assert "store on etcd 127.0.0.1:" in procs[1].log_tail()
     finally:
         for p in procs:
