@@ -603,8 +603,9 @@ class EtcdStore(Store):
 
     def image(self) -> tuple[int, bytes]:
         """(entry, compressed SQLite image of the replica at that entry)."""
-        with self._lock:
-            return self.applied, zlib.compress(self._conn.serialize(), 6)
+        with self._lock:  # the copy under the lock, the compression (the slow part) outside
+            seq, raw = self.applied, self._conn.serialize()
+        return seq, zlib.compress(raw, 6)
 
     def snapshot_due(self) -> bool:
         return self.applied - self._snapshot_seq >= self.etcd.snapshot_every
