@@ -32,6 +32,13 @@ Only one answer is ever worked out at a time (the handler runs under one lock, t
 waiting by the receive thread, so it never waits for the worker), and never ahead of a
 packet-in queued before it.
 
+Why the reply still goes through the connection's send thread (one more wake-up) rather than
+straight onto the socket: that thread is the only writer of os-ken's connection, and a second
+writer would need every producer (flow-mod bundles, barriers, echoes) to share its ordering -
+a partial non-blocking write followed by another thread's buffer corrupts the OpenFlow stream,
+a blocking one lets a switch that stops reading hold a receive thread - and a TLS socket takes
+no non-blocking partial writes.  That is os-ken's send path to change, not to bypass.
+
 The worker takes what is queued in one go (up to ``MAX_BATCH``), answers it, and sends the
 replies for one switch as one write (`PacketOutSender` gets them together): under a load of
 many clients a reply per write meant one hand-off to the connection's send thread per reply,
