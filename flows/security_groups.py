@@ -37,7 +37,9 @@ conjunction ``conj_id = rule.key`` with the clauses (1) ``reg5 = ofport`` for ev
 in the rule's group, (2) the rule's own match (protocol, masked port ranges, remote prefix) and,
 for a ``remote_group_id``, (3) ``metadata = network, ip_src/dst = address`` for every address of
 the remote group's members in a network that a local port with the rule is on (the network key
-scopes addresses: tenants' address spaces overlap).  A member joining or leaving changes one
+scopes addresses: tenants' address spaces overlap; a member's addresses are given once under
+its own network's key and once under each network routed to it, where its packets arrive
+routed: the caller's `MemberAddress` list says which).  A member joining or leaving changes one
 clause-3 flow per address per host that uses the group.  Flows with the same match (the same
 address in two groups, the same port range in two rules) are one flow with several
 ``conjunction`` actions, kept as contributions in a `flows.sg_clauses.ClauseIndex`: a rule's

@@ -425,6 +425,19 @@ class Mirror:
         ifaces = (self.ports.get(pid) for pid in self.net_ifaces.get(network_id, ()))
         return {p.router_id for p in ifaces if p is not None and p.router_id is not None}
 
+    def routed_networks(self, network_id: str) -> set[str]:
+        """The other networks with an interface on a router that has one in this network: where
+        packets from this network's ports arrive routed (under those networks' keys).  Routers
+        are per project, so these are the project's own networks.  O(the routers' interfaces)."""
+        nets = {
+            p.network_id
+            for r in self.routers_of(network_id)
+            for p in (self.ports.get(pid) for pid in self.router_ifaces.get(r, ()))
+            if p is not None
+        }
+        nets.discard(network_id)
+        return nets
+
     def key_of(self, network_id: str) -> int | None:
         net = self.networks.get(network_id)
         return net.key if net is not None else None

@@ -10,9 +10,9 @@ CIDRs and their own routers kept apart, security groups applied to routed traffi
 the sender's port, ingress at the receiver's), and a controller killed with SIGKILL while a
 routed ping runs.
 
-The VMs' groups let in what the tests send by CIDR (``remote_ip_prefix``), not by remote group:
-a remote group's address set holds only the members in the receiver's own networks today (see
-the README, "Routing"), so a default group would drop routed traffic.
+Most VMs' groups let in what the tests send by CIDR (``remote_ip_prefix``); one test uses only
+the project's default group (ingress from its members): a member's addresses also count under
+the keys of the networks routed to its network.
 """
 
 from __future__ import annotations
@@ -283,6 +283,24 @@ def test_security_groups_apply_to_routed_traffic(
     servers.start(c)
     assert (icmp_ok(a, c), tcp_ok(a, c), udp_ok(a, c)) == (True, True, False)
     assert (icmp_ok(d, c), tcp_ok(d, c)) == (True, False)
+
+
+def test_default_group_admits_members_across_the_router(
+    proj: Project, tenancy: Tenancy, servers: Servers, dp_env: DataplaneEnv
+) -> None:
+    """Two VMs in different subnets, only in their project's default group (ingress from its
+    members): ping and TCP across the router, both ways."""
+    listed = dp_env.api.request("GET", f"/v2.0/security-groups?project_id={proj.name}")
+    [default] = [g for g in listed["security_groups"] if g["name"] == "default"]
+    n1, n2 = proj.nets
+    a = proj.vm(1, "rd", n1, "10.0.21.71", security_groups=[default["id"]])
+    c = proj.vm(2, "rd2", n2, "10.0.22.73", security_groups=[default["id"]])
+    tenancy.wait_active([a, c])
+    settle(dp_env)
+    servers.start(c)
+    assert a.ping(c.ip, count=3, interval=0.2).received == 3
+    assert c.ping(a.ip, count=3, interval=0.2).received == 3
+    assert tcp_ok(a, c)
 
 
 def test_kill_9_with_routed_ping_running_loses_nothing_and_sends_nothing(

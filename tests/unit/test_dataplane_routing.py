@@ -295,3 +295,60 @@ def test_time_exceeded_answered_for_the_port_the_switch_names(routed: Routed) ->
     assert packet_in(3) is None and packet_in(1, host="hv2") is None
     assert packet_in(1, cookie=t.port_cookie(v1["_num"])) is None
     assert handler.status() == {"answered": 1, "unmatched": 3, "malformed": 0}
+
+
+def default_group(cloud: Cloud, project: str) -> str:
+    """The project's default group (made by the store: ingress from its own members only,
+    egress anywhere)."""
+    cloud.store.create_network({"project_id": project})  # makes sure the project has one
+    [gid] = [g["id"] for g in cloud.store.list_all("security_group")
+             if g["name"] == "default" and g["project_id"] == project]  # fmt: skip
+    return str(gid)
+
+
+def member_flows(cloud: Cloud, host: str, port: dict[str, Any]) -> set[Any]:
+    cookie = t.sg_member_cookie(port["_num"])
+    return {r for r in cloud.flows(host).rules if r.cookie == cookie}
+
+
+def test_default_group_admits_routed_members_and_only_them(routed: Routed) -> None:
+    """Issue 14 x 16: two VMs in different subnets behind one router, both only in their
+    project's default group (ingress from its members), reach each other; a VM of another
+    project with the same address does not; the router's interface removed, the routed keys'
+    address flows go."""
+    cloud = routed.cloud
+    routed.groups = {p: default_group(cloud, p) for p in ("p1", "p2")}
+    a = routed.vm("a", routed.net1, "hv1", 4)
+    b = routed.vm("b", routed.net2, "hv2", 2)
+    cloud.idle()
+    # a -> b: egress on hv1 (a's network key), ingress on hv2 (b's key, a's address)
+    [out] = routed.send("a", routed.ip("b"), routed.if1, protocol=6, dst_port=80).outputs
+    assert routed.arrive("hv2", dict(out.fields), "10.9.0.1").ports == [2]
+    [back] = routed.send("b", routed.ip("a"), routed.if2, protocol=1).outputs
+    assert routed.arrive("hv1", dict(back.fields), "10.9.0.2").ports == [4]
+    # a VM of project p2 with a's address (same CIDR, no router): not a member anywhere here
+    store = cloud.store
+    y = store.create_port({"network_id": routed.net3["id"], "project_id": "p2",
+                           "security_groups": [routed.groups["p2"]],
+                           "fixed_ips": [{"subnet_id": routed.sub3["id"],
+                                          "ip_address": routed.ip("a")}]})  # fmt: skip
+    FakeAgent.instances["hv3"].plug(y["id"], 1)
+    cloud.idle()
+    forged = dict(out.fields) | {"eth_src": y["mac_address"]}
+    assert routed.arrive("hv2", forged, "10.9.0.3").dropped  # hv3 is no peer of net 2
+    # a's address flows on hv2 are under b's network key (routed), none under net 3's
+    keys = {n["id"]: n["_key"] for n in store.list_networks()}
+    on_hv2 = member_flows(cloud, "hv2", a)
+    assert on_hv2 and {dict(r.match)["metadata"] for r in on_hv2} == {
+        keys[routed.net2["id"]]}  # fmt: skip
+    assert not member_flows(cloud, "hv2", y) and not member_flows(cloud, "hv1", y)
+    # the interface removed: the routed address flows go on both sides
+    store.router_interface(routed.router, {"port_id": routed.if2["id"]}, add=False)
+    cloud.idle()
+    assert not member_flows(cloud, "hv2", a) and not member_flows(cloud, "hv1", b)
+    # back: the same flows as before, and a restart (whole-host compile) sends nothing
+    routed.if2 = routed.interface(routed.net2, routed.sub2)
+    cloud.idle()
+    assert member_flows(cloud, "hv2", a) == on_hv2
+    restart(cloud)
+    assert cloud.dp.stats.flow_mods == 0 and cloud.dp.stats.group_mods == 0

@@ -1,8 +1,9 @@
 """Security groups on each port's own host (owner kind SECURITY_GROUP, `flows.security_groups`).
 
-Inputs: ``port`` (groups, addresses, port security), ``binding`` and ``iface`` (where a port is
-and on which ofport), ``switch`` (a host was read), ``host`` (one deleted), ``security_group``
-(stateful, deleted) and ``security_group_rule`` (store).
+Inputs: ``port`` (groups, addresses, port security; router interfaces, which route other
+networks' addresses to a network: `Mirror.routed_networks`), ``binding`` and ``iface`` (where a
+port is and on which ofport), ``switch`` (a host was read), ``host`` (one deleted),
+``security_group`` (stateful, deleted) and ``security_group_rule`` (store).
 
 Each host's firewall is kept between steps (`sg_host.HostFirewall`) and patched per change, so
 that one port or one rule costs its own flows, whatever the number of members of its groups
@@ -12,6 +13,8 @@ change still costs O(1) flow-mods and CPU").  Units, all per host:
 * ``(host, "port", port id)``: the port's record, holder or ofport changed; planned on its
   holder (its own filter), on the hosts where it was filtered, and on the hosts whose applied
   rules name one of its old or new groups as ``remote_group_id`` (its address clauses there);
+  a router interface added or removed makes such a unit of every port of the networks of its
+  router, on the hosts whose applied rules name one of the port's groups;
 * ``(host, "rule", rule id)``: a rule created or deleted, on the hosts using its group;
 * ``(host,)``: rebuild the host's firewall from scratch: its switch was (re)read, a group's
   record changed there, or an earlier step failed (the kept firewall is then dropped).
@@ -70,8 +73,9 @@ class SecurityGroupService:
         if kind == "port":
             old, new = change.old, change.new
             assert isinstance(old, PortRec | None) and isinstance(new, PortRec | None)
+            routed = self._routed_members(old, new, inputs)
             if old is not None and new is not None and not old.filter_differs(new):
-                return []
+                return self._units(routed, inputs)
             pid = change.id
             groups = {g for rec in (old, new) if rec is not None for g in rec.groups}
             hosts = {h for h, fw in self.firewalls.items()
@@ -80,7 +84,7 @@ class SecurityGroupService:
             holder = inputs.bindings.holder(pid)
             if holder is not None:
                 hosts.add(holder)
-            units = {(h, PORT, pid) for h in hosts}
+            units = {(h, PORT, pid) for h in hosts} | routed
         elif kind == "binding":
             units = {(h, PORT, change.id) for h in (change.old, change.new) if isinstance(h, str)}
         elif kind == "iface":
@@ -100,7 +104,38 @@ class SecurityGroupService:
             assert isinstance(rec, SgRuleRec)
             units = {(h, RULE, change.id) for h, fw in self.firewalls.items()
                      if rec.group_id in fw.group_locals or change.id in fw.applied}  # fmt: skip
+        return self._units(units, inputs)
+
+    def _units(self, units: set[tuple[Hashable, ...]], inputs: Inputs) -> list[Unit]:
         return [Unit(self.name, s) for s in sorted(units, key=str) if s[0] in inputs.hosts]
+
+    def _routed_members(
+        self, old: PortRec | None, new: PortRec | None, inputs: Inputs
+    ) -> set[tuple[Hashable, ...]]:
+        """A router interface came, went or moved: the networks of its router(s) gain or lose
+        keys routed to them, so their members' address clauses change, on the hosts whose
+        applied rules name one of their groups.  O(the routers' networks' ports)."""
+        ifaces = [(r.router_id, r.network_id) for r in (old, new)
+                  if r is not None and r.router_id is not None]  # fmt: skip
+        if not ifaces or (old is not None and new is not None and
+                          (old.router_id, old.network_id) == (new.router_id, new.network_id)):
+            return set()
+        mirror = inputs.mirror
+        nets = {net for _r, net in ifaces}
+        for router_id, _net in ifaces:
+            for pid in mirror.router_ifaces.get(router_id, ()):
+                iface = mirror.ports.get(pid)
+                if iface is not None:
+                    nets.add(iface.network_id)
+        units: set[tuple[Hashable, ...]] = set()
+        for net in sorted(nets):
+            for mpid in mirror.net_ports.get(net, ()):
+                port = mirror.ports.get(mpid)
+                groups = set(port.groups) if port is not None else set()
+                units |= {(h, PORT, mpid) for h, fw in self.firewalls.items()
+                          if mpid in fw.member_rules
+                          or any(g in fw.remote_rules for g in groups)}  # fmt: skip
+        return units
 
     def _drop(self, host_id: str) -> None:
         self.firewalls.pop(host_id, None)

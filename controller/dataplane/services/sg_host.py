@@ -253,22 +253,25 @@ class HostFirewall:
         port = mirror.ports.get(mpid)
         if port is None or not port.port_security:
             return
-        key = mirror.key_of(port.network_id)
         rec = self.applied[rid]
-        if key is None or key not in self.group_nets.get(rec.group_id, ()):
-            return  # addresses of networks without a local port of the rule never match
-        if only_net is not None and key != only_net:
-            return
-        entries = sg.member_entries(rec.rule, sg.member_addresses(filtered_port(port, key, 0)))
-        if not entries:
-            return
+        nets = self.group_nets.get(rec.group_id, ())
+        # the member's own network, and those routed to it: its packets arrive under their keys
+        nids = (port.network_id, *mirror.routed_networks(port.network_id))
+        keys = {mirror.key_of(n) for n in nids}
+        # addresses under networks without a local port of the rule never match
+        keys = {k for k in keys if k is not None and k in nets and only_net in (None, k)}
         owner = t.sg_member_cookie(port.num)
-        self.c3.setdefault(rid, {}).setdefault(mpid, []).extend(
-            (key, owner, *entry) for entry in entries
-        )
-        self.member_rules.setdefault(mpid, set()).add(rid)
-        for entry in entries:
-            self.index.add(owner, *entry)
+        for key in sorted(k for k in keys if k is not None):
+            fp = filtered_port(port, key, 0)
+            entries = sg.member_entries(rec.rule, sg.member_addresses(fp))
+            if not entries:
+                continue
+            self.c3.setdefault(rid, {}).setdefault(mpid, []).extend(
+                (key, owner, *entry) for entry in entries
+            )
+            self.member_rules.setdefault(mpid, set()).add(rid)
+            for entry in entries:
+                self.index.add(owner, *entry)
 
     def _drop_c3(self, rid: str, only_net: int | None = None) -> None:
         """Take back clause-3 contributions of a rule (in one network, or all)."""
