@@ -25,7 +25,8 @@ the port (`controller.store.ports.REFUSED_HOSTS` in ``binding:vif_details``).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Container, Iterable
+from collections import Counter
+from collections.abc import Collection, Container, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -40,9 +41,22 @@ class Bindings:
         self._by_host: dict[str, set[str]] = {}  # host id -> port ids it claims
         self._holders: dict[str, str] = {}
         self._order = itertools.count()
+        # Counted by network, kept with each holder (`_hold`), so that routing finds a host's
+        # networks and a network's hosts without a scan of ports: only non-interface ports.
+        self._held_net: dict[str, tuple[str, str]] = {}  # port id -> (holder, network id)
+        self._host_nets: dict[str, Counter[str]] = {}  # host -> network id -> ports held
+        self._net_hosts: dict[str, Counter[str]] = {}  # network id -> host -> ports held
 
     def holder(self, port_id: str) -> str | None:
         return self._holders.get(port_id)
+
+    def networks_held(self, host_id: str) -> Collection[str]:
+        """The networks in which the host holds a port (not a router interface)."""
+        return self._host_nets.get(host_id, {}).keys()
+
+    def hosts_holding(self, network_id: str) -> Collection[str]:
+        """The hosts holding a port (not a router interface) of the network."""
+        return self._net_hosts.get(network_id, {}).keys()
 
     def held_by(self, host_id: str) -> list[str]:
         return [p for p, h in self._holders.items() if h == host_id]
@@ -73,11 +87,13 @@ class Bindings:
         held = set(self.held_by(host_id))
         for pid in held:
             del self._holders[pid]
+            self._hold(pid, None, None)
         return affected | held
 
     def forget(self, port_id: str) -> None:
         """The port was deleted: no holder (claims stay: the interfaces are still there)."""
         self._holders.pop(port_id, None)
+        self._hold(port_id, None, None)
 
     def resolve(self, port: PortRec, unsynced: Container[str], known: Container[str]) -> str | None:
         """Apply the rules to one port, remember and return its holder (None: not bound).
@@ -106,7 +122,19 @@ class Bindings:
             self._holders.pop(pid, None)
         else:
             self._holders[pid] = holder
+        self._hold(pid, holder, port.network_id if port.router_id is None else None)
         return holder
+
+    def _hold(self, port_id: str, holder: str | None, network_id: str | None) -> None:
+        """Keep the counted indexes by network in step with the port's holder."""
+        old = self._held_net.pop(port_id, None)
+        if old is not None:
+            _uncount(self._host_nets, old[0], old[1])
+            _uncount(self._net_hosts, old[1], old[0])
+        if holder is not None and network_id is not None:
+            self._held_net[port_id] = (holder, network_id)
+            self._host_nets.setdefault(holder, Counter())[network_id] += 1
+            self._net_hosts.setdefault(network_id, Counter())[holder] += 1
 
     def refused(self, port_id: str, unsynced: Container[str]) -> list[str]:
         """Hosts that claim the port but do not hold it: the conflicts to report.  Nothing is
@@ -123,3 +151,14 @@ class Bindings:
             claims.pop(host_id, None)
             if not claims:
                 del self._claims[port_id]
+
+
+def _uncount(index: dict[str, Counter[str]], key: str, item: str) -> None:
+    counts = index.get(key)
+    if counts is None:
+        return
+    counts[item] -= 1
+    if counts[item] <= 0:
+        del counts[item]
+    if not counts:
+        del index[key]

@@ -142,7 +142,14 @@ class PortRec:
               other.pairs, other.groups)  # fmt: skip
 
     def binding_differs(self, other: PortRec) -> bool:
-        return (self.host, self.host_requested) != (other.host, other.host_requested)
+        """Whether the port's holder must be decided again: another requested or recorded host,
+        or it became or stopped being a router interface (`Bindings.networks_held` counts only
+        the other ports)."""
+        return (self.host, self.host_requested, self.router_id) != (
+            other.host,
+            other.host_requested,
+            other.router_id,
+        )
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,11 @@ interfaces on that router's hosts.
 
 A change dirties the hosts of the routers it concerns: the hosts holding a port in one of
 their networks now (as l2 locates ports), and the hosts this service compiled them on last time
-(`hosts_of`), so a host that stopped being a router host has its owners removed.  Finding them is
-O(ports of the router's networks), like compiling them.
+(`hosts_of`), so a host that stopped being a router host has its owners removed.  Finding them,
+and a host's routers (`routers_on`), reads the holders' counted index by network
+(`Bindings.hosts_holding`, `Bindings.networks_held`), never a network's ports; a port of a
+network without a router dirties nothing here.  Compiling a router host still reads the ports
+of the router's networks (its neighbour rules).
 """
 
 from __future__ import annotations
@@ -102,18 +105,15 @@ def router_view(router_id: str, host_id: str, inputs: Inputs) -> RouterView | No
 
 
 def routers_on(host_id: str, inputs: Inputs) -> set[str]:
-    """The routers with a network that has a port held by the host."""
-    rt = inputs.hosts.get(host_id)
-    if rt is None:
+    """The routers with a network that has a port held by the host: O(networks the host holds
+    a port in), from the holders' counted index (`Bindings.networks_held`), never its ports."""
+    if host_id not in inputs.hosts:
         return set()
     mirror = inputs.mirror
-    candidates = mirror.recorded_on(host_id) | set(rt.obs.bindings if rt.obs else ())
     found: set[str] = set()
-    for pid in candidates:
-        port = mirror.ports.get(pid)
-        routed = port is not None and mirror.net_ifaces.get(port.network_id)
-        if routed and port is not None and located_on(port, inputs) == host_id:
-            found |= mirror.routers_of(port.network_id)
+    for net_id in inputs.bindings.networks_held(host_id):
+        if mirror.net_ifaces.get(net_id):
+            found |= mirror.routers_of(net_id)
     return found
 
 
@@ -153,10 +153,7 @@ class RoutingService:
             if pid in mirror.ports
         }
         for net_id in nets:
-            for pid in mirror.net_ports.get(net_id, ()):
-                holder = located_on(mirror.ports[pid], inputs)
-                if holder is not None:
-                    hosts.add(holder)
+            hosts.update(h for h in inputs.bindings.hosts_holding(net_id) if h in inputs.hosts)
         return hosts
 
     # ------------------------------------------------------------------ inputs -> units
@@ -191,9 +188,8 @@ class RoutingService:
             port = mirror.ports.get(change.id)
             if port is not None:
                 routers |= mirror.routers_of(port.network_id)
-            hosts |= {h for h in (change.old, change.new) if isinstance(h, str)}
-            if kind == "iface":
-                hosts.add(str(change.new))
+            if routers:  # a port of a network without a router costs this service nothing
+                hosts |= {h for h in (change.old, change.new) if isinstance(h, str)}
         elif kind in ("switch", "host_facts"):
             hosts.add(change.id)
         elif kind == "host":
