@@ -245,8 +245,8 @@ def ingress_hook(ofport: int) -> tuple[Instruction, ...]:
 def ingress_bucket(ofport: int) -> tuple[Action, ...]:
     """A flood-group bucket for a filtered port (instead of ``(output:<ofport>,)``): broadcast
     and multicast copies pass the receiver's ingress filter like unicast does.  Cached (as the
-    two hooks are): a network's flood groups are plugged again, bucket by bucket, whenever one
-    of its ports changes on the host."""
+    two hooks are): a whole-network compile plugs every bucket of its flood groups (the per-port
+    path keeps its buckets in `controller.dataplane.compiled.FloodBuckets` instead)."""
     return (SetField(REG, zone_of(ofport)), Resubmit(t.SG_INGRESS))
 
 

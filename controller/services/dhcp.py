@@ -78,7 +78,7 @@ MAX_FRAME = 16384
 """Bigger frames are not DHCP any client sends; refused before parsing."""
 PLAN_CACHE_SIZE = 4096
 """Ports whose replies' content is kept worked out (`DhcpResponder._plan`); the least recently
-added is forgotten first.  A few hundred bytes each."""
+used is forgotten first.  A few hundred bytes each."""
 OPTIONS_BUDGET = 1200
 """Bytes of options a reply may carry: a reply must fit one 1500-byte frame (RFC 2131 servers
 must not exceed the client's maximum message size, at least 576; clients that boot VMs accept a
@@ -196,8 +196,8 @@ class DhcpResponder:
     same question every time.  The cache is keyed by the facts themselves (`DhcpPort`,
     `DhcpNetwork`: frozen records the data plane derives from the store's current state for
     every packet), so a change to the port, its network or a subnet is a new key and gets a
-    fresh plan; the old entry is simply never asked for again and ages out.  Settings are
-    fixed for the responder's life.
+    fresh plan; the old entry is simply never asked for again and is evicted as the least
+    recently used.  Settings are fixed for the responder's life.
     """
 
     def __init__(self, settings: DhcpSettings | None = None) -> None:
@@ -262,10 +262,10 @@ class DhcpResponder:
         """The port's plan (None: no address to lease), from the cache or worked out now.
         Raises what `_options` raises for facts that do not encode (not cached then)."""
         key = (port, net)
-        try:
-            return self._plans[key]
-        except KeyError:
-            pass
+        if key in self._plans:  # a cached plan may be None (no address to lease)
+            cached = self._plans.pop(key)
+            self._plans[key] = cached  # used last: eviction takes the least recently used
+            return cached
         lease = _lease_for(port, net)
         plan = None
         if lease is not None:
@@ -277,7 +277,7 @@ class DhcpResponder:
                 subnet, address, server_ip, with_lease, lease_left_out, inform, inform_left_out
             )
         if len(self._plans) >= PLAN_CACHE_SIZE:
-            del self._plans[next(iter(self._plans))]  # the oldest entry
+            del self._plans[next(iter(self._plans))]  # the least recently used entry
         self._plans[key] = plan
         return plan
 

@@ -348,3 +348,18 @@ def test_the_per_port_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         port = DhcpPort(MAC, (("s1", f"10.0.0.{last}"),))
         assert responder.respond(client_frame(DISCOVER), port, NETWORK) is not None
     assert len(responder._plans) == 4
+
+
+def test_the_per_port_cache_evicts_the_least_recently_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A port renewing all the time keeps its plan while ports that stopped asking are evicted."""
+    monkeypatch.setattr(dhcp_server, "PLAN_CACHE_SIZE", 3)
+    responder = DhcpResponder(SETTINGS)
+    busy = DhcpPort(MAC, (("s1", "10.0.0.2"),))
+    for last in range(3, 10):
+        assert responder.respond(client_frame(DISCOVER), busy, NETWORK) is not None
+        port = DhcpPort(MAC, (("s1", f"10.0.0.{last}"),))
+        assert responder.respond(client_frame(DISCOVER), port, NETWORK) is not None
+        assert (busy, NETWORK) in responder._plans, f"evicted after 10.0.0.{last}"
+    assert len(responder._plans) == 3
