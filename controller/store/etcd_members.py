@@ -75,11 +75,16 @@ class EtcdMembership:
             try:
                 self._step()
             except EtcdUnavailable as exc:
-                if self.view.live and time.monotonic() - self._renewed_at >= self.ttl_s:
-                    LOG.warning("membership lease not renewed for %d s: %s", self.ttl_s, exc)
-                    self._set(MemberView(self.view.me, (), self.view.revision))
-            except Exception:
+                self._not_renewed(exc)
+            except Exception as exc:  # a bug or a malformed answer: same rule as an outage
                 LOG.exception("membership: renewing or reading the members failed")
+                self._not_renewed(exc)
+
+    def _not_renewed(self, exc: Exception) -> None:
+        """Not live once the lease may have expired on the cluster: owns nothing from then."""
+        if self.view.live and time.monotonic() - self._renewed_at >= self.ttl_s:
+            LOG.warning("membership lease not renewed for %d s: %s", self.ttl_s, exc)
+            self._set(MemberView(self.view.me, (), self.view.revision))
 
     def _step(self) -> None:
         """Renew the lease (or take a new one if it expired), then read the live members."""

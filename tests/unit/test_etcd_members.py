@@ -80,3 +80,23 @@ def test_a_member_that_cannot_renew_its_lease_is_not_live_then_rejoins(
     monkeypatch.setattr(EtcdLog, "keep_alive", real)
     wait_for(lambda: a.view.live, "a live again")
     assert a.lease_id != lost  # the old lease expired meanwhile: a new one
+
+
+
+def test_a_member_whose_renewal_fails_unexpectedly_is_not_live_either(
+    members: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = members("a")
+    assert a.view.live
+    real = EtcdLog.keep_alive
+
+    def unreachable(log: EtcdLog, lease_id: int) -> int:
+        raise ValueError("injected: a malformed answer")
+
+    monkeypatch.setattr(EtcdLog, "keep_alive", unreachable)
+    wait_for(lambda: not a.view.live, "a no longer live without its lease")
+    assert a.view.owned(["hv1"]) == []
+    lost = a.lease_id
+    monkeypatch.setattr(EtcdLog, "keep_alive", real)
+    wait_for(lambda: a.view.live, "a live again")
+    assert a.lease_id != lost  # the old lease expired meanwhile: a new one
