@@ -63,15 +63,20 @@ def test_a_stopped_member_leaves_at_once_and_a_dead_one_after_its_ttl(members: A
     assert a.view.owned(["hv1", "hv2", "hv3"]) == ["hv1", "hv2", "hv3"]
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [EtcdUnavailable("injected"), ValueError("injected: a malformed answer")],
+    ids=["outage", "unexpected"],
+)
 def test_a_member_that_cannot_renew_its_lease_is_not_live_then_rejoins(
-    members: Any, monkeypatch: pytest.MonkeyPatch
+    members: Any, monkeypatch: pytest.MonkeyPatch, failure: Exception
 ) -> None:
     a = members("a")
     assert a.view.live
     real = EtcdLog.keep_alive
 
     def unreachable(log: EtcdLog, lease_id: int) -> int:
-        raise EtcdUnavailable("injected")
+        raise failure
 
     monkeypatch.setattr(EtcdLog, "keep_alive", unreachable)
     wait_for(lambda: not a.view.live, "a no longer live without its lease")
@@ -81,22 +86,3 @@ def test_a_member_that_cannot_renew_its_lease_is_not_live_then_rejoins(
     wait_for(lambda: a.view.live, "a live again")
     assert a.lease_id != lost  # the old lease expired meanwhile: a new one
 
-
-
-def test_a_member_whose_renewal_fails_unexpectedly_is_not_live_either(
-    members: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    a = members("a")
-    assert a.view.live
-    real = EtcdLog.keep_alive
-
-    def unreachable(log: EtcdLog, lease_id: int) -> int:
-        raise ValueError("injected: a malformed answer")
-
-    monkeypatch.setattr(EtcdLog, "keep_alive", unreachable)
-    wait_for(lambda: not a.view.live, "a no longer live without its lease")
-    assert a.view.owned(["hv1"]) == []
-    lost = a.lease_id
-    monkeypatch.setattr(EtcdLog, "keep_alive", real)
-    wait_for(lambda: a.view.live, "a live again")
-    assert a.lease_id != lost  # the old lease expired meanwhile: a new one
