@@ -309,20 +309,29 @@ class TenantnetOfpApp(app_manager.OSKenApp):
 
     def packet_out(self, dpid: int, port: int, data: bytes) -> bool:
         """Send a frame out of ``port`` of switch ``dpid``; False if it is gone or not reading."""
-        return self.packet_outs(dpid, [(port, data)])
+        return bool(self.packet_outs(dpid, [(port, data)]))
 
-    def packet_outs(self, dpid: int, frames: Sequence[tuple[int, bytes]]) -> bool:
+    def packet_outs(
+        self, dpid: int, frames: Sequence[tuple[int, bytes]], wait: bool = True
+    ) -> bool | None:
         """Send each (port, frame) out of that port of switch ``dpid``, as one write (see
-        `controller.southbound.packet_in`); False if it is gone or not reading."""
+        `controller.southbound.packet_in`); False if it is gone or not reading.  With ``wait``
+        False (a switch's receive thread) None, nothing sent, if another thread holds the
+        switch (the data plane encodes whole bundles under `sw.lock`): a receive thread that
+        waited for that would hold back its switch's barrier replies and echoes."""
         with self._lock:
             sw = self._switches.get(dpid)
         if sw is None or not sw.ready:
             return False
         msgs = [codec.packet_out(sw.dp, port, data) for port, data in frames]
-        with sw.lock:
+        if not sw.lock.acquire(blocking=wait):
+            return None
+        try:
             for msg, (port, _) in zip(msgs, frames, strict=True):
                 sw.remember(msg, Sent("packet out", port))
             return _send_as_one_write(sw.dp, msgs)
+        finally:
+            sw.lock.release()
 
     def add_transient_flow(self, dpid: int, rule: Rule, hard_timeout: int) -> bool:
         """Add ``rule`` with a hard timeout, outside any batch (a flooding port's DHCP drop,

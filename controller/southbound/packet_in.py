@@ -28,6 +28,10 @@ queued or being answered, the packet-in takes the queue as before.  The quiet ru
 load of many clients on the worker's path: answered one by one, their replies were one write
 each, and os-ken's 16-write send queue overflowed again (bench, 6 clients renewing at once:
 7-16 replies refused per 25,000 with the answers on the receive threads, 0-2 without).
+The receive thread never waits to send its answer either: the switch's connection is held
+(`TenantnetOfpApp.packet_outs`' ``sw.lock``) by whoever hands it messages, and the data plane
+holds it while it encodes a whole bundle (thousands of flow-mods, tens of ms).  When it is
+held the answer is queued, already worked out, and the worker sends it.
 Only one answer is ever worked out at a time (the handler runs under one lock, taken without
 waiting by the receive thread, so it never waits for the worker), and never ahead of a
 packet-in queued before it.
@@ -96,8 +100,12 @@ class PacketIn:
 
 
 PacketInHandler = Callable[[PacketIn], bytes | None]
-PacketOutSender = Callable[[int, Sequence[tuple[int, bytes]]], bool]
-"""(dpid, [(port, frame), ...]) -> sent: the frames go out to the switch in one write."""
+PacketOutSender = Callable[[int, Sequence[tuple[int, bytes]], bool], bool | None]
+"""(dpid, [(port, frame), ...], wait) -> sent: the frames go out to the switch in one write.
+With ``wait`` False it never waits for the switch's connection: None if that is busy (another
+thread is handing it messages, e.g. the data plane encoding a bundle), nothing sent."""
+_Answered = tuple[PacketIn, bytes | None]
+"""A packet-in answered on a receive thread whose reply the worker sends (see `offer`)."""
 
 
 @dataclass
@@ -123,7 +131,7 @@ class PacketInQueue:
     ) -> None:
         self._handler = handler
         self._send_out = send_out
-        self._queue: queue.Queue[PacketIn | None] = queue.Queue(maxsize=maxsize)
+        self._queue: queue.Queue[PacketIn | _Answered | None] = queue.Queue(maxsize=maxsize)
         self.counters = PacketInCounters()
         self.inline_burst = INLINE_BURST  # 0: every packet-in through the queue
         self.inline_per_s = INLINE_PER_S
@@ -150,13 +158,17 @@ class PacketInQueue:
             try:
                 with self._count_lock:
                     self.counters.answered_inline += 1
-                self._send([pkt], [self._answer(pkt)])
+                reply = self._answer(pkt)
+                if self._send([pkt], [reply], wait=False):
+                    return True
+                item: PacketIn | _Answered = (pkt, reply)
             finally:
                 self._handling.release()
-            return True
+        else:
+            item = pkt
         with self._count_lock:
             try:
-                self._queue.put_nowait(pkt)
+                self._queue.put_nowait(item)
             except queue.Full:
                 self.counters.queue_full += 1
                 dropped = self.counters.queue_full
@@ -199,27 +211,38 @@ class PacketInQueue:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            pkts = [pkt for pkt in batch if pkt is not None]
+            items = [item for item in batch if item is not None]
+            pkts = [item[0] if isinstance(item, tuple) else item for item in items]
             with self._handling:  # waits for at most one answer on a receive thread
-                self._send(pkts, [self._answer(pkt) for pkt in pkts])
+                answers = [
+                    item[1] if isinstance(item, tuple) else self._answer(item) for item in items
+                ]
+                self._send(pkts, answers, wait=True)
             with self._count_lock:
                 self._pending -= len(pkts)
             if batch[-1] is None:
                 return
 
-    def _send(self, pkts: Sequence[PacketIn], answers: Sequence[bytes | None]) -> None:
-        """The replies, one write per switch, in arrival order."""
+    def _send(
+        self, pkts: Sequence[PacketIn], answers: Sequence[bytes | None], wait: bool
+    ) -> bool:
+        """The replies, one write per switch, in arrival order.  Without ``wait`` (one packet,
+        on a receive thread): False, nothing sent nor counted, if its switch's connection is
+        busy, so that the worker sends the reply instead of the receive thread waiting."""
         replies: dict[int, list[tuple[int, bytes]]] = {}
         for pkt, reply in zip(pkts, answers, strict=True):
             if reply is not None and pkt.in_port is not None:
                 replies.setdefault(pkt.dpid, []).append((pkt.in_port, reply))
         for dpid, frames in replies.items():
-            sent = self._send_out(dpid, frames)
+            sent = self._send_out(dpid, frames, wait)
+            if sent is None:
+                return False
             with self._count_lock:
                 if sent:
                     self.counters.replies += len(frames)
                 else:
                     self.counters.reply_failures += len(frames)
+        return True
 
     def _answer(self, pkt: PacketIn) -> bytes | None:
         try:

@@ -267,6 +267,48 @@ def test_a_packet_in_is_never_answered_ahead_of_one_queued_before_it() -> None:
     assert queue.counters.answered_inline == 1 and queue.counters.received == 3
 
 
+def test_a_receive_thread_never_waits_for_the_switch_held_by_another_thread() -> None:
+    """The data plane holds the switch (`sw.lock`) while it encodes a whole bundle: a packet-in
+    answered on the receive thread meanwhile must not wait for it (that thread also carries
+    the switch's barrier replies and echoes).  Its answer goes to the worker, which sends it
+    once the switch is free, in order with what comes after it."""
+    app, dp, sw = _app()
+    where: list[tuple[int, str]] = []
+
+    def handler(pkt: PacketIn) -> bytes:
+        where.append((pkt.in_port or 0, threading.current_thread().name))
+        return bytes([pkt.in_port or 0]) * 60
+
+    queue = app.on_packet_in(handler)
+    held, release = threading.Event(), threading.Event()
+
+    def encode_a_bundle() -> None:
+        with sw.lock:
+            held.set()
+            release.wait(10)
+
+    encoder = threading.Thread(target=encode_a_bundle, daemon=True)
+    encoder.start()
+    assert held.wait(5)
+    receiver = threading.Thread(
+        target=app._send_event, args=(_event_of(dp, in_port=1), MAIN_DISPATCHER), name="rx-1"
+    )
+    receiver.start()
+    receiver.join(5)
+    returned_while_held = not receiver.is_alive()
+    app._packet_in(_event(dp, in_port=2))  # queued behind the first's reply
+    sent_while_held = list(dp.sent)
+    release.set()
+    receiver.join(10)
+    encoder.join(10)
+    _wait(lambda: queue.counters.replies == 2, "the replies were never sent")
+    queue.close()
+    assert returned_while_held and not sent_while_held
+    assert where == [(1, "rx-1"), (2, "packet-in")]
+    assert [out[-1] for out in _sent(dp)] == [1, 2]
+    assert queue.counters.answered_inline == 1 and queue.counters.reply_failures == 0
+
+
 def test_a_packet_in_that_cannot_be_read_is_counted_and_the_receive_loop_goes_on() -> None:
     """An exception while classifying a packet-in must not end the switch's receive loop (the
     thread that delivered it): it is counted as refused."""
