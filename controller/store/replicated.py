@@ -15,6 +15,8 @@ etcd orders the transactions:
   local transaction COMMIT and the API answer 2xx.  If the compare fails another instance wrote
   first: roll back, apply the missing entries, run the whole write again (bounded, then 503).
   So writes are serialised cluster-wide and two instances can never hand out the same id.
+  Writes run on their own connection under their own lock: while one waits for etcd, the
+  instance's reads go on (they see the last local commit; see `EtcdStore._write`).
 * **Every instance applies** new entries in order (a watch on the log rings; a poll covers a
   silent watch) by executing their statements and its position in one local transaction, then
   publishes their events: each data plane sees every change exactly once, in log order, also
@@ -208,6 +210,13 @@ class EtcdStore(Store):
         if start is not None:
             self._conn.execute(f"DELETE FROM {POSITION_TABLE}")
             self._conn.execute(f"INSERT INTO {POSITION_TABLE} VALUES (?, ?)", (self.epoch, start))
+        # Writes (the API's, the data plane's, and applying the log) go through their own
+        # connection under their own lock: a write waiting for etcd holds only those, while
+        # reads go on on ``_conn`` under the store lock (WAL: they see the last commit).
+        self._writer = threading.RLock()
+        wconn = self._connect()
+        assert isinstance(wconn, RecordingConnection)
+        self._wconn = wconn
         position = read_position(path)
         assert position is not None
         self.applied = position[1]
@@ -261,6 +270,8 @@ class EtcdStore(Store):
             self._follower.join(timeout=10)
         if self._cancel_watch is not None:
             self._cancel_watch()
+        with self._writer:
+            self._wconn.close()
         super().close()
 
     # -- writes -----------------------------------------------------------------------------------
@@ -270,10 +281,26 @@ class EtcdStore(Store):
         """A write transaction committed by etcd first, then locally (see the module docstring).
 
         ``durable`` does not apply: everything written goes through the log.
+
+        Only the writer lock is held, on the writer connection, also while etcd is asked (up
+        to a timeout per member when the cluster is slow or without quorum): reads - the
+        API's, the data plane's, /status - go on meanwhile on the read connection and see the
+        last local commit, which is every entry up to ``applied`` and nothing after.  What
+        the lock orders is everything that changes the replica (writes of this instance and
+        the application of the log), so the guarantees are those of one lock:
+
+        * entries are committed locally in log order, and each once: a write appends entry
+          ``applied + 1`` only while no other local change can move ``applied``, and the
+          catch-up skips entries already applied;
+        * each entry's events are published once, by whoever applied it, in log order;
+        * a 2xx only after etcd acknowledged (the local COMMIT follows the append);
+        * an overtaken write rolls back, catches up and runs again on the new state;
+        * an API read that finds the head ahead of ``applied`` (e.g. this very write was
+          appended but not yet committed locally) catches up, which waits for the writer lock:
+          it never answers without an acknowledged write.
         """
-        with self._lock:
-            conn = self._conn
-            assert isinstance(conn, RecordingConnection)
+        with self._writer:
+            conn = self._wconn
             conn.execute("BEGIN IMMEDIATE")
             conn.recorded = []
             tx = Tx(conn, self.underlay_mtu, ip_hints=self._ip_hints)
@@ -373,7 +400,7 @@ class EtcdStore(Store):
         return True
 
     def _set_position(self, seq: int) -> None:
-        self._conn.execute(f"UPDATE {POSITION_TABLE} SET seq = ?", (seq,))
+        self._wconn.execute(f"UPDATE {POSITION_TABLE} SET seq = ?", (seq,))
 
     # -- applying the log -------------------------------------------------------------------------
 
@@ -389,7 +416,7 @@ class EtcdStore(Store):
                 self._load_snapshot(fetched[0][0])
                 continue
             ids = []
-            with self._lock:
+            with self._writer:
                 for seq, raw in fetched:
                     if seq <= self.applied:  # applied meanwhile (our own write, another thread)
                         continue
@@ -414,7 +441,7 @@ class EtcdStore(Store):
                 f"and no snapshot covers the gap (snapshot at {found and found[0]})"
             )
         seq, image = found
-        with self._lock:
+        with self._writer, self._lock:  # no write in flight, no read while the content changes
             if seq <= self.applied:  # caught up meanwhile (another thread)
                 return
             before = {kind: Store.list_all(self, kind) for kind in KINDS}
@@ -450,7 +477,7 @@ class EtcdStore(Store):
                 f"etcd log entry {seq} was written with store schema {entry['schema']}, this "
                 f"instance runs {LATEST}: run the same tenantnet version on every instance"
             )
-        conn = self._conn
+        conn = self._wconn
         conn.execute("BEGIN IMMEDIATE")
         try:
             for sql, params in entry["sql"]:
@@ -603,7 +630,9 @@ class EtcdStore(Store):
 
     def image(self) -> tuple[int, bytes]:
         """(entry, compressed SQLite image of the replica at that entry)."""
-        with self._lock:  # the copy under the lock, the compression (the slow part) outside
+        # the copy under the locks (no commit between reading the position and the copy), the
+        # compression (the slow part) outside
+        with self._writer, self._lock:
             seq, raw = self.applied, self._conn.serialize()
         return seq, zlib.compress(raw, 6)
 

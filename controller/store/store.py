@@ -97,18 +97,24 @@ class Store:
         self._ip_hints: dict[str, int] = {}
         self._publishing = False
         _create_private(path)
-        self._conn = sqlite3.connect(
-            path,
+        self._conn = self._connect()
+        migrate(self._conn)
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection to the database file with the store's settings (WAL, FULL sync,
+        foreign keys), shareable between threads (callers serialise their use of it)."""
+        conn = sqlite3.connect(
+            self.path,
             check_same_thread=False,
             isolation_level=None,
             timeout=BUSY_TIMEOUT_MS / 1000,
             factory=self.connection_factory,
         )
-        self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        migrate(self._conn)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
 
     def close(self) -> None:
         """Close the database (further calls fail)."""

@@ -320,6 +320,56 @@ def test_an_overtaken_write_is_run_again_on_the_new_state(
     assert other.applied == 2  # entry 1 (the first network) applied by the retry, then its own
 
 
+def test_a_write_waiting_for_etcd_blocks_no_read(
+    store: EtcdStore,
+    events: list[ChangeEvent],
+    second: tuple[EtcdStore, list[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a write waits for the cluster (its append held here, as a slow or quorum-less
+    cluster holds it for a timeout per member), the instance's reads - the API's and the data
+    plane's - answer at once, without the unacknowledged write; an instance appending
+    meanwhile overtakes it, so it runs again on the new state, and every event comes once."""
+    net = store.create_network({"name": "before"})
+    entered, release = threading.Event(), threading.Event()
+    real_append = store._log.append
+
+    def held_append(after: int, entry: bytes) -> bool:
+        if not release.is_set():
+            entered.set()
+            release.wait(60)
+        return real_append(after, entry)
+
+    monkeypatch.setattr(store._log, "append", held_append)
+    written: list[dict[str, Any]] = []
+    writer = threading.Thread(target=lambda: written.append(store.create_network({})))
+    read: dict[str, Any] = {}
+
+    def reads() -> None:
+        read["api"] = store.get("network", net["id"])
+        read["data plane"] = [n["id"] for n in store.list_networks()]
+        read["hosts"] = store.list_hosts()
+
+    reader = threading.Thread(target=reads)
+    try:
+        writer.start()
+        assert entered.wait(20), "the write never reached etcd"
+        reader.start()
+        reader.join(20)  # a bound on the hang of the old code (the lock held across the append)
+        assert not reader.is_alive(), "a read waited for a write's etcd round trip"
+        assert read == {"api": net, "data plane": [net["id"]], "hosts": []}
+        other, _ = second
+        overtaking = other.create_network({})
+    finally:
+        release.set()
+        writer.join(60)
+    assert len(written) == 1
+    held = written[0]
+    assert held["provider:segmentation_id"] != overtaking["provider:segmentation_id"]
+    assert [e.obj_id for e in events] == [net["id"], overtaking["id"], held["id"]]
+    assert store.get("network", held["id"]) == held
+
+
 def test_restart_resumes_from_the_replica_and_rebuilds_a_lost_one(
     store: EtcdStore, db_path: str, etcd_settings: EtcdSettings, tmp_path: Path
 ) -> None:
