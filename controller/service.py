@@ -263,6 +263,7 @@ class Controller:
             metrics=self.metrics,
             audit_interval_s=s.drift_audit_interval_s,
             audit_read_timeout_s=s.ofp_barrier_timeout_s,
+            membership=None if self.members is None else self.members.current,
         )
         self.bus.subscribe(self.dataplane.on_events)
         self.dataplane.mirror.dhcp_server_mac = s.dhcp.server_mac  # its ARP answers
@@ -286,6 +287,9 @@ class Controller:
         # Hosts first, then the OpenFlow app: connections that came meanwhile are admitted
         # against the host table.
         self.dataplane.start()
+        if self.members is not None:  # hosts move with the members (docs/ha.md)
+            self.members.on_change = self.dataplane.on_membership
+            self.dataplane.on_membership(self.members.view)  # a change before the line above
         self.ofp_app.attach(self.dataplane)
 
         LOG.info(
@@ -347,12 +351,14 @@ class Controller:
                 st["packet_in"] = vars(self.ofp_app.packet_ins.counters).copy()
         if self.dhcp is not None:
             st["dhcp"] = self.dhcp.status()
-        if self.members is not None:  # who would own each host (nothing acts on it yet)
-            st["cluster"] = self.members.view.status(h["id"] for h in self.store.list_hosts())
+        if self.members is not None:  # who owns each host (this instance acts on its own)
+            st["cluster"] = self.members.current().status(
+                h["id"] for h in self.store.list_hosts()
+            )
         return st
 
     def _join_members(self, s: Settings, etcd: Any) -> None:
-        """Membership on the store's etcd cluster (docs/ha.md); only a view for now."""
+        """Membership on the store's etcd cluster (docs/ha.md): which hosts this instance owns."""
         from controller.store.etcd_members import EtcdMembership
 
         member_id = s.etcd_member_id or f"{socket.gethostname()}-{s.api_listen}"

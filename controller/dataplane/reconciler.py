@@ -30,6 +30,14 @@ Around it:
   claims (a requested host, else the first claim); a refused claim gets no flows.
 * **Which connection is a host's switch** is decided by `controller.dataplane.admission` (the
   OpenFlow app asks through `admit`).
+* **Ownership** (several instances on one etcd cluster, docs/ha.md): ``membership`` gives the
+  view to act on (`controller.membership.MemberView`); each host is owned by exactly one live
+  instance.  Only the owner runs the host's OVSDB agent, so only it reads the host, plans and
+  sends its flows and decides its ports' statuses; other instances know where its ports are
+  from the holders the owner writes to the store (``binding:host_id``), exactly as for a host
+  not yet read after a restart (bindings.py, rule 3).  Store writes are filtered by the view
+  *at the time of the write*: an instance whose lease lapsed stops writing at once, before
+  its agents are stopped.  Without ``membership`` (one node) this instance owns every host.
 * **Health.**  A host is ready once its OVSDB and its switch's flows were read; a switch that
   lets a batch time out or rejects one is *degraded* (ports elsewhere stop waiting for it) and
   is re-read, until it confirms a batch again.  Hosts that have not come back ``startup_grace_s``
@@ -60,6 +68,7 @@ from controller.dataplane.services import services as default_services
 from controller.dataplane.services.l2 import L2Service
 from controller.dataplane.state import MIRRORED, RECORDS, HostRec, Mirror, NetworkRec, PortRec
 from controller.events import ChangeEvent
+from controller.membership import MemberView
 from controller.metrics import Metrics
 from controller.southbound.ovsdb_host import HostObservation, OvsdbHost, datapath_id_for
 from flows.diff import FlowDiff, split_by_cookie
@@ -152,8 +161,13 @@ class DataPlane:
         services: Iterable[Service] | None = None,
         audit_interval_s: float = 0.0,
         audit_read_timeout_s: float = 5.0,
+        membership: Callable[[], MemberView] | None = None,
     ) -> None:
         self.store = store
+        # The membership view to act on now (None: one node, every host is ours), and the
+        # members the hosts' agents were last arranged for (see _apply_ownership).
+        self.membership = membership
+        self._arranged_for: tuple[str, ...] | None = None
         self.metrics = metrics or Metrics()
         self.switches = switches
         self.controller_target = controller_target
@@ -207,6 +221,20 @@ class DataPlane:
 
     def _on_ovsdb_state(self, host_id: str, up: bool) -> None:
         self._inbox.put(("ovsdb_state", (host_id, up)))
+
+    def on_membership(self, view: MemberView) -> None:
+        """The live members changed (membership thread): hosts may have moved."""
+        self._inbox.put(("ownership", ()))
+
+    def owns(self, host_id: str | None) -> bool:
+        """Whether this instance acts for the host now (any thread).  ``None``, a port bound
+        to no host: the first live member writes its status, so that exactly one does."""
+        if self.membership is None:
+            return True
+        view = self.membership()
+        if not view.live:
+            return False
+        return view.members[0] == view.me if host_id is None else view.owner(host_id) == view.me
 
     def post(self, kind: str, args: tuple[Any, ...]) -> None:
         """Queue an input for the actor (the audit's reads and requests: kind ``audit``)."""
@@ -274,6 +302,7 @@ class DataPlane:
                     "degraded": rt.degraded or None,
                     "down": rt.down_reported and not rt.ready,
                     "datapath_id": f"{rt.dpid:016x}",
+                    "owned": rt.agent is not None,
                     "networks": self._networks_of(h),
                     **_installed_counts(rt.installed),
                 }
@@ -351,6 +380,8 @@ class DataPlane:
             self._apply_batch_done(*args)
         elif kind == "audit":
             self.audit.handle(*args)
+        elif kind == "ownership":
+            self._apply_ownership()
         elif kind == "tick":
             self._tick()
         elif kind == "call":
@@ -460,7 +491,8 @@ class DataPlane:
         self.hosts[rec.id] = rt
         self.by_dpid[rt.dpid] = rec.id
         self.admission.set_host(rt.dpid, dict(rec.config))
-        self._start_agent(rt)
+        if self.owns(rec.id):
+            self._start_agent(rt)
 
     def _start_agent(self, rt: HostRuntime) -> None:
         rt.agent = self.agent_factory(
@@ -474,12 +506,42 @@ class DataPlane:
 
     def _restart_agent(self, host_id: str) -> None:
         rt = self.hosts[host_id]
-        if rt.agent is not None:
-            rt.agent.stop()
+        if rt.agent is None:
+            return  # another instance's host: its owner restarts its agent
+        rt.agent.stop()
         rt.obs = None
         rt.ovsdb_up = False
         self._start_agent(rt)
         self._changed(Change("host_facts", host_id))
+
+    def _apply_ownership(self) -> None:
+        """Start the agents of hosts this instance now owns, stop those of hosts it lost.
+
+        A host taken over is read afresh, OVSDB and switch (its previous owner changed its
+        flows meanwhile), and reconciled like after a restart: nothing is sent if nothing
+        changed.  A host given up is forgotten as read: no flows are planned for it here, and
+        its ports stay with their recorded holders (bindings.py, rule 3), which its new owner
+        keeps writing."""
+        view = self.membership() if self.membership is not None else None
+        self._arranged_for = view.members if view is not None else None
+        for host_id, rt in self.hosts.items():
+            owned = self.owns(host_id)
+            if owned and rt.agent is None:
+                LOG.info("host %s: owned by this instance now; reading it", host_id)
+                rt.down_reported = False
+                if rt.installed is not None:
+                    rt.installed = None
+                    self.switches.resync(rt.dpid)
+                self._start_agent(rt)
+            elif not owned and rt.agent is not None:
+                owner = view.owner(host_id) if view is not None and view.live else None
+                LOG.info("host %s: owned by %s now; its agent stops here", host_id, owner)
+                threading.Thread(target=rt.agent.stop, daemon=True).start()
+                rt.agent = None
+                rt.obs = None
+                rt.ovsdb_up = False
+                rebind = self.bindings.set_claims(host_id, ()) | set(self.bindings.held_by(host_id))
+                self._rebind(sorted(rebind))
 
     def _remove_host(self, host_id: str) -> None:
         """DELETE of a host: its flows go, peers forget it, its ports are unbound."""
@@ -508,7 +570,7 @@ class DataPlane:
 
     def _apply_observation(self, host_id: str, obs: HostObservation) -> None:
         rt = self.hosts.get(host_id)
-        if rt is None:
+        if rt is None or rt.agent is None:  # a late one from an agent stopped since
             return
         first = rt.obs is None
         before = rt.obs.bindings if rt.obs is not None else {}
@@ -538,7 +600,7 @@ class DataPlane:
 
     def _apply_ovsdb_state(self, host_id: str, up: bool) -> None:
         rt = self.hosts.get(host_id)
-        if rt is None:
+        if rt is None or rt.agent is None:
             return
         rt.ovsdb_up = up
         if not up:
@@ -579,7 +641,7 @@ class DataPlane:
 
     def _host_down(self, host_id: str, why: str) -> None:
         rt = self.hosts[host_id]
-        if rt.down_reported:
+        if rt.down_reported or not self.owns(host_id):
             return
         rt.down_reported = True
         LOG.warning("host %s down (%s): its ports go DOWN, peers keep their flows", host_id, why)
@@ -588,7 +650,7 @@ class DataPlane:
 
     def _report_host_state(self, host_id: str) -> None:
         rt = self.hosts.get(host_id)
-        if rt is None:
+        if rt is None or not self.owns(host_id):
             return
         status = "disconnected"
         if rt.ovsdb_up and rt.switch_up:
@@ -596,10 +658,12 @@ class DataPlane:
         self.store.set_host_state(host_id, status, f"{rt.dpid:016x}")
 
     def _tick(self) -> None:
+        if self.membership is not None and self.membership().members != self._arranged_for:
+            self._apply_ownership()  # e.g. the lease lapsed while a renewal hangs
         if not self._grace_over and time.monotonic() - self.stats.started_at > self.startup_grace_s:
             self._grace_over = True
             for host_id, rt in self.hosts.items():
-                if not rt.ready:
+                if not rt.ready and self.owns(host_id):
                     self._host_down(host_id, "not reconnected after start")
                     # Also when an earlier loss already reported it down (its held ports are
                     # the recorded holders: nothing was observed from it since the start).
@@ -703,7 +767,9 @@ class DataPlane:
         def done(ok: bool, why: str = "") -> None:
             self._inbox.put(("batch_done", (host_id, dpid, batch, ok, why)))
 
-        if not self.switches.apply(dpid, d, done):
+        # The ownership may have lapsed since the plan (the lease, on another thread): nothing
+        # more is sent until the actor has given the host up (_apply_ownership).
+        if not self.owns(host_id) or not self.switches.apply(dpid, d, done):
             done(False, "disconnected")
             return
         # Counted once the southbound took the batch (a switch that is gone was sent nothing).
@@ -720,7 +786,9 @@ class DataPlane:
         if rt is not None and rt.dpid == dpid:
             self._note_health(rt, ok, why)
             self.metrics.reconcile.confirmed(host_id, ok)
-        if not ok and rt is not None and rt.installed is not None:
+        if not ok and rt is not None and not self.owns(host_id):
+            pass  # not sent: the host is no longer ours (read afresh if it comes back)
+        elif not ok and rt is not None and rt.installed is not None:
             rt.failures += 1
             rt.installed = None
             if rt.failures <= MAX_RESYNCS:
@@ -772,20 +840,34 @@ class DataPlane:
             if now - self._held_since < OBSERVATION_HOLD_S:
                 return
         self._held_since = None
-        statuses, self._status_out = self._status_out, {}
-        bindings, self._binding_out = self._binding_out, {}
-        refused, self._refused_out = self._refused_out, {}
-        self.store.set_ports_observed(statuses=statuses, bindings=bindings, refused=refused)
+        statuses, self._status_out = self._ours(self._status_out), {}
+        bindings, self._binding_out = self._ours(self._binding_out), {}
+        refused, self._refused_out = self._ours(self._refused_out), {}
+        if statuses or bindings or refused:
+            self.store.set_ports_observed(statuses=statuses, bindings=bindings, refused=refused)
+
+    def _ours(self, out: dict[str, T]) -> dict[str, T]:
+        """The observations of ports whose host this instance owns (the holder, else the
+        recorded one): each port has one writer (see `owns`)."""
+        if self.membership is None:
+            return out
+        kept = {}
+        for pid, value in out.items():
+            port = self.mirror.ports.get(pid)
+            if self.owns(self.bindings.holder(pid) or (port.host if port is not None else None)):
+                kept[pid] = value
+        return kept
 
     def _check_reconciled(self) -> None:
         if self.stats.reconciled_after_s is not None or self._outstanding or self._dirty:
             return
-        if not self.hosts or not all(rt.ready for rt in self.hosts.values()):
+        owned = [rt for h, rt in self.hosts.items() if self.owns(h)]
+        if not owned or not all(rt.ready for rt in owned):
             return
         self.stats.reconciled_after_s = round(time.monotonic() - self.stats.started_at, 3)
         LOG.info(
             "all %d hosts reconciled %.2f s after start (%d flow-mods, %d group-mods sent)",
-            len(self.hosts),
+            len(owned),
             self.stats.reconciled_after_s,
             self.stats.flow_mods,
             self.stats.group_mods,

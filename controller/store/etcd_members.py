@@ -8,7 +8,8 @@ rendezvous hashing.  An instance that cannot renew its lease for ``ttl_s`` (coun
 last renewal *sent* that succeeded, so never later than etcd's own expiry) considers itself
 not live at once and owns nothing, before another instance can take its hosts over.
 
-Only the view for now: nothing connects to or releases switches by it yet.
+The data plane acts on the view (`controller.dataplane.reconciler`): an instance runs the
+OVSDB agent of, and writes observations for, only the hosts it owns.
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ class EtcdMembership:
         self._log = EtcdLog(settings)
         self.ttl_s = ttl_s
         self.view = MemberView(member_id)
-        self._on_change = on_change
+        self.on_change = on_change
         self._lease: int | None = None
+        # Taken to install or take away ``_lease``: a grant that returns after `stop` took the
+        # lease revokes itself instead of leaving a lease to expire by itself.
+        self._lease_lock = threading.Lock()
+        self._stopped = False
         self._renewed_at = 0.0  # monotonic time the last successful renewal was sent
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="etcd-membership", daemon=True)
@@ -55,20 +60,43 @@ class EtcdMembership:
         """The lease this instance is a member under (the future role generation's source)."""
         return self._lease
 
+    def current(self) -> MemberView:
+        """The view to act on now: not live (owns nothing) once no renewal succeeded for a TTL,
+        even while the renewal under way still waits on an unresponsive cluster (the thread
+        notices only when the call gives up, which can take a timeout per etcd member)."""
+        view = self.view
+        if view.live and time.monotonic() - self._renewed_at >= self.ttl_s:
+            return MemberView(view.me, (), view.revision)
+        return view
+
     def start(self) -> None:
         """Join (raises `EtcdUnavailable` if the cluster cannot be reached) and keep renewing."""
         self._step()
         self._thread.start()
 
     def stop(self) -> None:
-        """Leave at once: revoke the lease (other instances see it gone on their next read)."""
+        """Leave at once: revoke the lease (other instances see it gone on their next read).
+        A renewal still running (the join below may time out on a slow cluster) that is granted
+        a new lease after this revokes that one itself (`_take_lease`)."""
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
-        if self._lease is not None:
+        with self._lease_lock:
+            self._stopped = True
+            lease, self._lease = self._lease, None
+        if lease is not None:
             with contextlib.suppress(EtcdUnavailable):  # else it expires by itself
-                self._log.revoke(self._lease)
-            self._lease = None
+                self._log.revoke(lease)
+
+    def _take_lease(self, lease: int) -> bool:
+        """Keep a lease just granted, unless `stop` ran meanwhile: then revoke it (False)."""
+        with self._lease_lock:
+            if not self._stopped:
+                self._lease = lease
+                return True
+        with contextlib.suppress(EtcdUnavailable):
+            self._log.revoke(lease)
+        return False
 
     def _run(self) -> None:
         while not self._stopping.wait(self.ttl_s / 3):
@@ -89,12 +117,15 @@ class EtcdMembership:
     def _step(self) -> None:
         """Renew the lease (or take a new one if it expired), then read the live members."""
         sent = time.monotonic()
-        if self._lease is None or self._log.keep_alive(self._lease) <= 0:
-            if self._lease is not None:
-                LOG.warning("membership lease %x expired: joining again", self._lease)
-            self._lease = self._log.grant(self.ttl_s)
+        held = self._lease
+        if held is None or self._log.keep_alive(held) <= 0:
+            if held is not None:
+                LOG.warning("membership lease %x expired: joining again", held)
+            lease = self._log.grant(self.ttl_s)
+            if not self._take_lease(lease):
+                return
             body = json.dumps({"id": self.view.me, "since": time.time()})
-            self._log.put_leased(PREFIX + self.view.me, body, self._lease)
+            self._log.put_leased(PREFIX + self.view.me, body, lease)
         self._renewed_at = sent
         revision, items = self._log.list_prefix(PREFIX)
         self._set(MemberView(self.view.me, tuple(sorted(k for k, _ in items)), revision))
@@ -104,5 +135,5 @@ class EtcdMembership:
         self.view = view
         if changed:
             LOG.info("controller members: %s (this one: %s)", ", ".join(view.members), view.me)
-            if self._on_change is not None:
-                self._on_change(view)
+            if self.on_change is not None:
+                self.on_change(view)

@@ -86,3 +86,35 @@ def test_a_member_that_cannot_renew_its_lease_is_not_live_then_rejoins(
     wait_for(lambda: a.view.live, "a live again")
     assert a.lease_id != lost  # the old lease expired meanwhile: a new one
 
+
+
+def test_a_lease_granted_after_stop_is_revoked_not_left_to_expire(
+    etcd_settings: EtcdSettings,
+) -> None:
+    """The renewal thread may be inside a grant when `stop` runs (a slow cluster outlives the
+    join): the lease it gets must be revoked, not left holding the member key for a TTL."""
+    m = EtcdMembership(etcd_settings, "late", ttl_s=30)
+    m.stop()  # stop ran first; the grant below is the one that was still under way
+    granted: list[int] = []
+    real = EtcdLog.grant
+
+    def grant(log: EtcdLog, ttl_s: int) -> int:
+        granted.append(real(log, ttl_s))
+        return granted[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(EtcdLog, "grant", grant)
+        m._step()
+    assert len(granted) == 1
+    assert m._log.keep_alive(granted[0]) <= 0  # revoked: etcd no longer knows it
+    assert [k for k, _ in m._log.list_prefix("members/")[1]] == []
+    assert m.lease_id is None
+
+
+def test_a_member_whose_renewal_hangs_past_its_ttl_is_not_live_at_once(members: Any) -> None:
+    """`current` stops counting the member live when its last renewal is a TTL old, without
+    waiting for the hanging call to give up."""
+    a = members("a")
+    assert a.current().live
+    a._renewed_at -= TTL  # the last renewal that succeeded is now a TTL old
+    assert not a.current().live and a.current().owned(["hv1"]) == []

@@ -1,0 +1,232 @@
+"""Host ownership (issue 18, docs/ha.md): two data planes on one store, as two controller
+instances on one etcd cluster; switches and OVSDB agents faked (test_dataplane's fakes).
+
+Each host's agent runs on its owner only, only the owner sends it flows and writes its ports'
+statuses and its state; an instance that is no longer live writes nothing from that moment;
+the instance that takes a host over reads it and, when nothing changed, sends it nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from controller.dataplane.reconciler import DataPlane
+from controller.events import EventBus
+from controller.membership import MemberView, owner_of
+from controller.southbound.ovsdb_host import datapath_id_for
+from controller.store import Store
+from flows.diff import FlowDiff
+from tests.unit.test_dataplane import FakeAgent, FakeSwitches
+
+HOSTS = [f"hv{n}" for n in range(1, 5)]
+
+
+class Switches:
+    """One instance's OpenFlow side over the shared fake switches: counts what it sends;
+    a resync reads the switch back (as TenantnetOfpApp's does, through switch_ready)."""
+
+    def __init__(self, shared: FakeSwitches) -> None:
+        self.shared = shared
+        self.dp: DataPlane | None = None
+        self.sent: list[int] = []  # dpid of every batch sent
+
+    def apply(self, dpid: int, diff: FlowDiff, on_done: Callable[..., None]) -> bool:
+        self.sent.append(dpid)
+        return self.shared.apply(dpid, diff, on_done)
+
+    def remove_all(self, dpid: int, group_ids: list[int], on_done: Callable[..., None]) -> bool:
+        return self.shared.remove_all(dpid, group_ids, on_done)
+
+    def resync(self, dpid: int) -> None:
+        assert self.dp is not None
+        self.dp.switch_ready(dpid, self.shared.installed(dpid))
+
+    def flush_ct_zones(self, dpid: int, zones: list[int]) -> bool:
+        return self.shared.flush_ct_zones(dpid, zones)
+
+
+class Instance:
+    def __init__(self, name: str, store: Store, bus: EventBus, shared: FakeSwitches) -> None:
+        self.view = MemberView(name, ("a", "b"), 1)
+        self.switches = Switches(shared)
+        self.writes: list[tuple[str, Any]] = []
+        self.dp = DataPlane(
+            _Recording(store, self.writes),
+            self.switches,
+            "tcp:127.0.0.1:6653",
+            agent_factory=self._agent,
+            membership=lambda: self.view,
+        )
+        self.switches.dp = self.dp
+        self.agents: list[str] = []
+        bus.subscribe(self.dp.on_events)
+
+    def _agent(self, record: dict[str, Any], *args: Any) -> FakeAgent:
+        self.agents.append(record["id"])
+        return FakeAgent(record, *args)
+
+    def set_view(self, members: tuple[str, ...]) -> None:
+        self.view = MemberView(self.view.me, members, self.view.revision + 1)
+        self.dp.on_membership(self.view)
+
+    def owned(self) -> list[str]:
+        return self.view.owned(HOSTS)
+
+
+class _Recording:
+    """The store, with the data plane's writes noted (which instance wrote what)."""
+
+    def __init__(self, store: Store, writes: list[tuple[str, Any]]) -> None:
+        self._store, self._writes = store, writes
+
+    def set_ports_observed(self, **kw: Any) -> Any:
+        self._writes.append(("ports", kw))
+        return self._store.set_ports_observed(**kw)
+
+    def set_host_state(self, host_id: str, *args: Any) -> Any:
+        self._writes.append(("host", host_id))
+        return self._store.set_host_state(host_id, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+class Cluster:
+    def __init__(self, path: str) -> None:
+        self.bus = EventBus()
+        self.store = Store(path, self.bus)
+        self.shared = FakeSwitches()
+        self.a = Instance("a", self.store, self.bus, self.shared)
+        self.b = Instance("b", self.store, self.bus, self.shared)
+
+    def start(self) -> None:
+        for inst in (self.a, self.b):
+            inst.dp.start()
+        for n, host in enumerate(HOSTS, 1):
+            self.store.create_host(
+                {"id": host, "tunnel_ip": f"10.9.0.{n}", "ovsdb": f"tcp:10.8.0.{n}:6640"}
+            )
+            for inst in (self.a, self.b):  # every instance has a session with every switch
+                inst.dp.switch_ready(datapath_id_for(host), self.shared.installed(dpid(host)))
+        self.idle()
+
+    def idle(self) -> None:
+        assert self.a.dp.wait_idle(10) and self.b.dp.wait_idle(10)
+
+    def status(self, port: dict[str, Any]) -> str:
+        return str(self.store.get_port(port["id"])["status"])
+
+
+def dpid(host: str) -> int:
+    return datapath_id_for(host)
+
+
+@pytest.fixture
+def cluster(tmp_path: Any) -> Iterator[Cluster]:
+    FakeAgent.instances.clear()
+    c = Cluster(str(tmp_path / "db.sqlite"))
+    yield c
+    c.a.dp.stop()
+    c.b.dp.stop()
+
+
+def _split_hosts() -> tuple[str, str]:
+    """A host owned by a and one owned by b (rendezvous hashing over (a, b))."""
+    of_a = [h for h in HOSTS if owner_of(h, ("a", "b")) == "a"]
+    of_b = [h for h in HOSTS if owner_of(h, ("a", "b")) == "b"]
+    assert of_a and of_b, "the test's hosts must be split between the two members"
+    return of_a[0], of_b[0]
+
+
+def test_each_host_is_read_served_and_written_by_its_owner_only(cluster: Cluster) -> None:
+    cluster.start()
+    assert sorted(cluster.a.agents + cluster.b.agents) == HOSTS  # one agent per host
+    assert cluster.a.agents == cluster.a.owned() and cluster.b.agents == cluster.b.owned()
+    ha, hb = _split_hosts()
+    net = cluster.store.create_network({"provider:network_type": "vxlan"})
+    cluster.store.create_subnet({"network_id": net["id"], "cidr": "10.1.0.0/16", "ip_version": 4})
+    pa = cluster.store.create_port({"network_id": net["id"]})
+    pb = cluster.store.create_port({"network_id": net["id"]})
+    FakeAgent.instances[ha].plug(pa["id"], 1)
+    FakeAgent.instances[hb].plug(pb["id"], 1)
+    cluster.idle()
+    assert cluster.status(pa) == cluster.status(pb) == "ACTIVE"
+    # each host's flows reach the other's port: b learnt pa's host from the holder a wrote
+    for host in (ha, hb):
+        macs = {v for r in cluster.shared.installed(dpid(host)).rules for k, v in r.match
+                if k == "eth_dst"}  # fmt: skip
+        assert {pa["mac_address"], pb["mac_address"]} <= macs
+    assert set(cluster.a.switches.sent) <= {dpid(h) for h in cluster.a.owned()}
+    assert set(cluster.b.switches.sent) <= {dpid(h) for h in cluster.b.owned()}
+    written_a = {p for kind, kw in cluster.a.writes if kind == "ports" for p in kw["statuses"]}
+    written_b = {p for kind, kw in cluster.b.writes if kind == "ports" for p in kw["statuses"]}
+    assert written_a == {pa["id"]} and written_b == {pb["id"]}
+    hosts_a = {h for kind, h in cluster.a.writes if kind == "host"}
+    assert hosts_a == set(cluster.a.owned())
+
+
+def test_a_member_not_live_writes_nothing_and_its_hosts_move_with_no_flow_mods(
+    cluster: Cluster,
+) -> None:
+    cluster.start()
+    ha, _ = _split_hosts()
+    net = cluster.store.create_network({"provider:network_type": "vxlan"})
+    cluster.store.create_subnet({"network_id": net["id"], "cidr": "10.1.0.0/16", "ip_version": 4})
+    p1 = cluster.store.create_port({"network_id": net["id"]})
+    p2 = cluster.store.create_port({"network_id": net["id"]})
+    agent = FakeAgent.instances[ha]
+    agent.plug(p1["id"], 1)
+    agent.plug(p2["id"], 2)
+    cluster.idle()
+    assert cluster.status(p1) == "ACTIVE"
+    given = cluster.a.owned()
+    # a's lease lapses: from this moment it writes nothing, even what its agent still tells it
+    cluster.a.view = MemberView("a", (), cluster.a.view.revision)
+    writes_before = len(cluster.a.writes)
+    agent.unplug(p1["id"])
+    cluster.idle()
+    assert cluster.a.writes[writes_before:] == []
+    assert cluster.status(p1) == "ACTIVE"  # nobody wrote DOWN yet
+    # b sees a gone and takes a's hosts over: reads them, sends nothing but what changed
+    FakeAgent.preset = {h: dict(FakeAgent.instances[h].bindings) for h in given}
+    sent_before = len(cluster.b.switches.sent)
+    flow_mods_before = cluster.b.dp.stats.flow_mods
+    cluster.b.set_view(("b",))
+    cluster.idle()
+    assert sorted(cluster.b.agents) == HOSTS
+    assert cluster.status(p1) == "DOWN" and cluster.status(p2) == "ACTIVE"  # b wrote it
+    status = cluster.b.dp.status()["hosts"]
+    assert all(status[h]["ready"] and status[h]["owned"] for h in HOSTS)
+    # p1's flows were withdrawn (it was unplugged); nothing else was sent
+    p1_mods = cluster.b.dp.stats.flow_mods - flow_mods_before
+    assert p1_mods > 0 and set(cluster.b.switches.sent[sent_before:]) <= {dpid(ha)}
+    # a's actor gives its hosts up (its tick notices the lapsed view): agents stopped
+    cluster.a.dp.post("tick", ())
+    assert cluster.a.dp.wait_idle(10)
+    assert not any(h["owned"] for h in cluster.a.dp.status()["hosts"].values())
+
+
+def test_a_host_handed_over_with_nothing_changed_gets_zero_flow_mods(cluster: Cluster) -> None:
+    cluster.start()
+    ha, hb = _split_hosts()
+    net = cluster.store.create_network({"provider:network_type": "vxlan"})
+    cluster.store.create_subnet({"network_id": net["id"], "cidr": "10.1.0.0/16", "ip_version": 4})
+    for n, host in enumerate((ha, hb), 1):
+        port = cluster.store.create_port({"network_id": net["id"]})
+        FakeAgent.instances[host].plug(port["id"], n)
+    cluster.idle()
+    FakeAgent.preset = {h: dict(FakeAgent.instances[h].bindings) for h in cluster.a.owned()}
+    given = cluster.a.owned()
+    mods_before = (cluster.b.dp.stats.flow_mods, cluster.b.dp.stats.group_mods)
+    sent_before = len(cluster.b.switches.sent)
+    cluster.a.set_view(("b",))  # a left (its view: not live) ...
+    cluster.b.set_view(("b",))  # ... and b sees it gone
+    cluster.idle()
+    status = cluster.b.dp.status()["hosts"]
+    assert all(status[h]["ready"] and status[h]["owned"] for h in given)
+    assert (cluster.b.dp.stats.flow_mods, cluster.b.dp.stats.group_mods) == mods_before
+    assert cluster.b.switches.sent[sent_before:] == []
+    assert not any(cluster.a.dp.status()["hosts"][h]["owned"] for h in HOSTS)
