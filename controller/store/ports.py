@@ -366,9 +366,12 @@ def _check_not_interface(tx: Tx, current: dict[str, Any], changes: dict[str, Any
             )
 
 
-def create(tx: Tx, body: dict[str, Any], *, router_interface: bool = False) -> dict[str, Any]:
+def create(
+    tx: Tx, body: dict[str, Any], *, router_interface: bool = False, status: str = "DOWN"
+) -> dict[str, Any]:
     """Insert one port (allocating its MAC and IPs) and queue its event; ``router_interface``
-    is the router module's own call, the only one that may give a router's device owner."""
+    is the router module's own call, the only one that may give a router's device owner (and
+    its ``status``, which is the router's: `routers.interface_status`)."""
     reject_unknown(body, CREATE_ATTRS)
     network = networks.must_load(tx, as_str(require(body, "network_id"), "network_id"))
     port_id = as_uuid(body["id"], "id") if body.get("id") is not None else str(uuid.uuid4())
@@ -385,7 +388,7 @@ def create(tx: Tx, body: dict[str, Any], *, router_interface: bool = False) -> d
         "network_id": network["id"],
         "mac_address": mac,
         "admin_state_up": as_bool(body.get("admin_state_up", True), "admin_state_up"),
-        "status": "DOWN",
+        "status": status,
         "device_id": as_str(body.get("device_id", ""), "device_id"),
         "device_owner": (
             as_str(body["device_owner"], "device_owner")

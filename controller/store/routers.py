@@ -5,8 +5,20 @@ A router joins subnets of one project.  Each interface is a normal port of the s
 ``gateway_ip`` when added by ``subnet_id``, the port's own address when added by ``port_id``.
 The port says whose it is (``device_owner`` `ports.ROUTER_INTERFACE`, ``device_id`` the
 router); the ``router_ports`` rows are the authority, and their unique ``subnet_id`` keeps a
-subnet on one router at most (a subnet on two routers would give its VMs two gateways with
-two MACs for one address).
+subnet on one router at most.  Neutron allows a second router on a subnet through a port at
+another address (``add_router_interface`` with ``port_id``); tenantnet does not: its routers
+answer ARP and route for a subnet's gateway on every host, and two routers on one subnet would
+need the data plane to tell which router a packet to each gateway MAC belongs to, which it does
+not.  Adding the subnet itself to a second router fails as in Neutron (its gateway address is
+taken: 409 ``IpAddressAlreadyAllocated``); adding a port of it is refused with Neutron's error
+for an attachment a backend refuses (409 ``RouterInterfaceAttachmentConflict``).
+
+An interface port's ``status`` is the router's to give, not a switch's: a distributed router
+has no host an interface is bound to, so nothing confirms it but the router's own state.  It
+is ACTIVE while the router is admin up and DOWN while it is down (what Neutron with OVN shows),
+written in the transaction that adds the interface or changes the router's admin state (a
+change with the writer the data plane uses for the statuses it learns, `ports.set_observed`);
+the data plane never writes an interface's status (`Store.set_ports_observed`).
 
 There is no north-south yet: ``external_gateway_info`` must stay null, ``distributed`` is
 always true and ``ha`` always false; anything else is a 400 that says so rather than an
@@ -84,6 +96,11 @@ def must_load(tx: Tx, router_id: str) -> dict[str, Any]:
     if body is None:
         raise not_found(KIND, router_id)
     return body
+
+
+def interface_status(router: dict[str, Any]) -> str:
+    """The ``status`` of the router's interface ports (see the module docstring)."""
+    return "ACTIVE" if router["admin_state_up"] else "DOWN"
 
 
 def count(tx: Tx, project_id: str) -> int:
@@ -211,6 +228,9 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
         new["admin_state_up"] = as_bool(changes["admin_state_up"], "admin_state_up")
     if "routes" in changes:
         new["routes"] = _routes_for(tx, current, _route_entries(changes["routes"]))
+    if interface_status(new) != interface_status(current):
+        for port_id, _ in interfaces(tx, current["id"]):
+            ports.set_observed(tx, _port(tx, port_id), {"status": interface_status(new)})
     return _save(tx, current, new)
 
 
@@ -314,19 +334,26 @@ def _same_project(router: dict[str, Any], obj: dict[str, Any], kind: str) -> Non
         )
 
 
-def _check_subnet_free(tx: Tx, router: dict[str, Any], subnet: dict[str, Any]) -> None:
-    """The subnet is on no router yet, and overlaps none of this router's subnets."""
+def _check_subnet_free(
+    tx: Tx, router: dict[str, Any], subnet: dict[str, Any], port_id: str | None = None
+) -> None:
+    """The subnet is on no router yet, and overlaps none of this router's subnets.
+
+    ``port_id``: the interface is added by port (else by subnet, whose new port at the
+    gateway address is then refused by the allocator as in Neutron)."""
     row = tx.one("SELECT router_id, port_id FROM router_ports WHERE subnet_id = ?", (subnet["id"],))
     if row is not None and row[0] == router["id"]:
         raise InvalidInput(
             f"Bad router request: Router already has a port on subnet {subnet['id']}.",
             "BadRequest",
         )
-    if row is not None:
+    if row is not None and port_id is not None:
         raise Conflict(
-            f"Subnet {subnet['id']} is already connected to router {row[0]} (port {row[1]}): "
-            "a subnet is on one router at most.",
-            "SubnetInUseByRouter",
+            "Error cannot perform router interface attachment due to port_id: port "
+            f"{port_id} is on subnet {subnet['id']}, which is already connected to router "
+            f"{row[0]} (port {row[1]}); tenantnet connects a subnet to one router at most "
+            "while attempting the operation.",
+            "RouterInterfaceAttachmentConflict",
         )
     cidr = netaddr.IPNetwork(subnet["cidr"])
     for _, other in interfaces(tx, router["id"]):
@@ -393,6 +420,7 @@ def _port_for_subnet(
             "admin_state_up": True,
         },
         router_interface=True,
+        status=interface_status(router),
     )
     return port, subnet
 
@@ -422,8 +450,13 @@ def _port_given(
             "BadRequest",
         )
     subnet = subnets.must_load(tx, port["fixed_ips"][0]["subnet_id"])
-    _check_subnet_free(tx, router, subnet)
-    owned = {**port, "device_id": router["id"], "device_owner": ports.ROUTER_INTERFACE}
+    _check_subnet_free(tx, router, subnet, port["id"])
+    owned = {
+        **port,
+        "device_id": router["id"],
+        "device_owner": ports.ROUTER_INTERFACE,
+        "status": interface_status(router),
+    }
     return ports.save(tx, port, owned), subnet
 
 

@@ -457,7 +457,8 @@ class Store:
         """Data plane: many bindings, statuses and refused claims (see `ports.set_observed`)
         in one transaction (one commit, not one per port: a bulk create of 1,000 ports would
         otherwise pay 2,000), and one revision and one event per port that changed; unknown
-        ids and unchanged values are skipped."""
+        ids and unchanged values are skipped.  A router interface's status is its router's
+        (`routers.interface_status`): a status the data plane reports for one is dropped."""
         if not statuses and not bindings and not refused:
             return
         with self._write(durable=False) as tx:
@@ -467,7 +468,8 @@ class Store:
             for port_id, hosts in (refused or {}).items():
                 changes.setdefault(port_id, {})["refused_hosts"] = hosts
             for port_id, status in ports.differing_statuses(tx, statuses or {}).items():
-                changes.setdefault(port_id, {})["status"] = status
+                if ports.router_of(tx, port_id) is None:
+                    changes.setdefault(port_id, {})["status"] = status
             for port_id, change in changes.items():
                 current = ports.load(tx, port_id)
                 if current is not None:

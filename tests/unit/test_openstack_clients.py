@@ -529,6 +529,14 @@ def test_openstack_cli_routers(server: tuple[str, Store]) -> None:
     assert store.get_port(given["id"])["device_id"] == made["id"]
     twice = cli(url, "router", "add", "subnet", "cli-r2", a["id"], ok=False)
     assert "already has a port on subnet" in twice.stderr
+    # interfaces ACTIVE while the router is up, DOWN while it is admin down (OVN's DVR)
+    assert cli_json(url, "port", "show", gw["id"])["status"] == "ACTIVE"
+    cli(url, "router", "set", "--disable", "cli-r2")
+    assert cli_json(url, "port", "show", given["id"])["status"] == "DOWN"
+    listed_ports = cli_json(url, "port", "list", "--router", "cli-r2", "--long")
+    assert {p["Status"] for p in listed_ports} == {"DOWN"} and len(listed_ports) == 2
+    cli(url, "router", "set", "--enable", "cli-r2")
+    assert cli_json(url, "port", "show", given["id"])["status"] == "ACTIVE"
     interface = cli(url, "port", "delete", gw["id"], ok=False)
     assert "ServicePortInUse" in interface.stderr or "cannot be deleted" in interface.stderr
 
@@ -595,6 +603,16 @@ def test_openstacksdk_routers(server: tuple[str, Store]) -> None:
         assert answer["port_id"] == given.id and answer["network_id"] == b["network_id"]
         with pytest.raises(os_exc.BadRequestException):
             conn.network.add_interface_to_router(router, subnet=a["id"])
+        assert {conn.network.get_port(p).status for p in (gw.id, given.id)} == {"ACTIVE"}
+        conn.network.update_router(router.id, is_admin_state_up=False)
+        assert {p.status for p in conn.network.ports(device_id=router.id)} == {"DOWN"}
+        conn.network.update_router(router.id, is_admin_state_up=True)
+        assert conn.network.get_port(gw.id).status == "ACTIVE"
+        other = conn.network.create_router(name="sdk-r-other")
+        with pytest.raises(os_exc.ConflictException) as second:
+            conn.network.add_interface_to_router(other, subnet=a["id"])
+        assert "10.60.0.1 already allocated" in str(second.value)
+        conn.network.delete_router(other)
 
         route = {"destination": "10.70.0.0/16", "nexthop": "10.61.0.9"}
         updated = conn.network.update_router(router, routes=[route])

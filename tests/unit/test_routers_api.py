@@ -256,8 +256,9 @@ def test_interface_refusals_by_subnet(client: TestClient) -> None:
     assert add(client, r["id"], subnet_id=a["id"]).status_code == 200
     msg = error_of(add(client, r["id"], subnet_id=a["id"]), 400, "BadRequest")
     assert "already has a port on subnet" in msg
-    msg = error_of(add(client, other["id"], subnet_id=a["id"]), 409, "SubnetInUseByRouter")
-    assert r["id"] in msg and a["id"] in msg
+    # Neutron: the second router's port at the gateway address fails in the allocator
+    msg = error_of(add(client, other["id"], subnet_id=a["id"]), 409, "IpAddressAlreadyAllocated")
+    assert a["gateway_ip"] in msg and a["id"] in msg
     msg = error_of(add(client, r["id"], subnet_id=overlapping["id"]), 400, "BadRequest")
     assert "overlaps" in msg and "10.1.0.0/24" in msg and "10.1.0.0/16" in msg
     assert add(client, other["id"], subnet_id=overlapping["id"]).status_code == 200
@@ -300,7 +301,50 @@ def test_interface_refusals_by_port(client: TestClient) -> None:
     fresh = port(client, sub, fixed_ips=[{"subnet_id": sub["id"]}])
     msg = error_of(add(client, r["id"], port_id=fresh["id"]), 400, "BadRequest")
     assert "already has a port on subnet" in msg
+    # Neutron would take a second router through a port at another address; tenantnet refuses
+    # it with Neutron's error for an attachment the backend refuses, naming the field.
+    other = router(client, project_id="p")
+    msg = error_of(
+        add(client, other["id"], port_id=fresh["id"]), 409, "RouterInterfaceAttachmentConflict"
+    )
+    assert "port_id" in msg and fresh["id"] in msg and r["id"] in msg
     assert client.get(f"/v2.0/ports/{fresh['id']}").json()["port"]["device_owner"] == ""
+    assert show(client, other["id"])["revision_number"] == other["revision_number"]
+
+
+def port_status(client: TestClient, port_id: str) -> str:
+    return str(client.get(f"/v2.0/ports/{port_id}").json()["port"]["status"])
+
+
+def test_an_interface_is_active_while_its_router_is_up(client: TestClient, store: Store) -> None:
+    """As Neutron with OVN shows a distributed router's interfaces: ACTIVE once added to a
+    router that is up, DOWN while the router is admin down, whichever way it was added; and
+    the data plane's reports (an interface is bound nowhere: DOWN) do not overwrite it."""
+    r = router(client, project_id="p")
+    a = subnet(client, "10.1.0.0/24")
+    b = subnet(client, "10.2.0.0/24")
+    by_subnet = add(client, r["id"], subnet_id=a["id"]).json()["port_id"]
+    given = port(client, b, fixed_ips=[{"subnet_id": b["id"]}])
+    assert given["status"] == "DOWN"
+    assert add(client, r["id"], port_id=given["id"]).status_code == 200
+    assert [port_status(client, p) for p in (by_subnet, given["id"])] == ["ACTIVE", "ACTIVE"]
+    store.set_ports_observed(statuses={by_subnet: "DOWN", given["id"]: "DOWN"})
+    assert [port_status(client, p) for p in (by_subnet, given["id"])] == ["ACTIVE", "ACTIVE"]
+    revision = client.get(f"/v2.0/ports/{by_subnet}").json()["port"]["revision_number"]
+    down = client.put(f"{R}/{r['id']}", json={"router": {"admin_state_up": False}})
+    assert down.status_code == 200, down.text
+    assert [port_status(client, p) for p in (by_subnet, given["id"])] == ["DOWN", "DOWN"]
+    now = client.get(f"/v2.0/ports/{by_subnet}").json()["port"]
+    assert now["revision_number"] == revision + 1  # a status change is a revision, as Neutron
+    c = subnet(client, "10.3.0.0/24")
+    added_down = add(client, r["id"], subnet_id=c["id"]).json()["port_id"]
+    assert port_status(client, added_down) == "DOWN"
+    up = client.put(f"{R}/{r['id']}", json={"router": {"admin_state_up": True}})
+    assert up.status_code == 200, up.text
+    assert {port_status(client, p) for p in (by_subnet, given["id"], added_down)} == {"ACTIVE"}
+    renamed = client.put(f"{R}/{r['id']}", json={"router": {"name": "n"}})
+    assert renamed.status_code == 200
+    assert client.get(f"/v2.0/ports/{by_subnet}").json()["port"]["revision_number"] == revision + 2
 
 
 def test_an_interface_is_protected_while_it_is_one(client: TestClient) -> None:

@@ -240,7 +240,10 @@ class L2Service:
         step: Step,
     ) -> None:
         """A port's status once the hosts it depends on confirmed (batch.py): ACTIVE if plugged
-        and up; `peers` are the other hosts it waits for."""
+        and up; `peers` are the other hosts it waits for.  A router interface's status is its
+        router's (`controller.store.routers.interface_status`), not decided here."""
+        if port.router_id is not None:
+            return
         rt = inputs.hosts.get(host_id) if host_id else None
         if rt is not None and rt.ready and rt.obs is not None and port.id in rt.obs.bindings:
             active = port.admin_up
