@@ -40,6 +40,15 @@ class MemberView:
     me: str
     members: tuple[str, ...] = ()
     revision: int = 0
+    # (member, its OpenFlow target as switches reach it), published in its membership record:
+    # what an owner writes as the bridges' other controllers
+    targets: tuple[tuple[str, str], ...] = ()
+
+    def peer_targets(self) -> tuple[str, ...]:
+        """The other live members' OpenFlow targets, sorted (none while not live)."""
+        if not self.live:
+            return ()
+        return tuple(sorted(t for m, t in self.targets if m != self.me and m in self.members))
 
     @property
     def live(self) -> bool:

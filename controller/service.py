@@ -289,6 +289,10 @@ class Controller:
         self.dataplane.start()
         if self.members is not None:  # hosts move with the members (docs/ha.md)
             self.members.on_change = self.dataplane.on_membership
+            dataplane = self.dataplane
+            self.ofp_app.on_role_refused = lambda dpid, gen: dataplane.post(
+                "role_refused", (dpid, gen)
+            )
             self.dataplane.on_membership(self.members.view)  # a change before the line above
         self.ofp_app.attach(self.dataplane)
 
@@ -362,7 +366,12 @@ class Controller:
         from controller.store.etcd_members import EtcdMembership
 
         member_id = s.etcd_member_id or f"{socket.gethostname()}-{s.api_listen}"
-        self.members = EtcdMembership(etcd, member_id.replace("/", "_"), s.etcd_member_ttl_s)
+        self.members = EtcdMembership(
+            etcd,
+            member_id.replace("/", "_"),
+            s.etcd_member_ttl_s,
+            ofp_target=s.controller_target,
+        )
         self.members.start()
 
     def stop(self) -> None:

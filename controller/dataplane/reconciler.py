@@ -122,6 +122,12 @@ class HostRuntime:
     # Ports elsewhere stop waiting for it; cleared by its next confirmed batch or a reconnect.
     degraded: str = ""
     sent_batches: int = 0  # batches the southbound took for it (the drift audit's clock)
+    # Several instances (docs/ha.md): the host's owner as this instance last saw it, and the
+    # generation id of its OpenFlow role: the etcd revision at which that owner was seen (a
+    # later owner is seen at a later revision, so a stale master's id is the older one).
+    owner: str | None = None
+    generation: int = 0
+    role_refused: int | None = None  # a generation the switch refused as stale
 
     @property
     def ready(self) -> bool:
@@ -382,6 +388,8 @@ class DataPlane:
             self.audit.handle(*args)
         elif kind == "ownership":
             self._apply_ownership()
+        elif kind == "role_refused":
+            self._apply_role_refused(*args)
         elif kind == "tick":
             self._tick()
         elif kind == "call":
@@ -493,6 +501,7 @@ class DataPlane:
         self.admission.set_host(rt.dpid, dict(rec.config))
         if self.owns(rec.id):
             self._start_agent(rt)
+        self._arrange_role(rt)
 
     def _start_agent(self, rt: HostRuntime) -> None:
         rt.agent = self.agent_factory(
@@ -502,7 +511,48 @@ class DataPlane:
             self._on_ovsdb_state,
             **self.agent_options,
         )
+        self._tell_peers(rt.agent)
         rt.agent.start()
+
+    def _tell_peers(self, agent: Any) -> None:
+        """The other live instances' OpenFlow targets, which the owner's agent lists as the
+        bridge's other controllers (their sessions are slaves)."""
+        if self.membership is not None and hasattr(agent, "set_peer_targets"):
+            agent.set_peer_targets(self.membership().peer_targets())
+
+    def _arrange_role(self, rt: HostRuntime) -> None:
+        """Ask the host's switch for MASTER if this instance owns the host, else SLAVE, with
+        the generation id of the current owner (several instances only)."""
+        set_role = getattr(self.switches, "set_role", None)
+        if self.membership is None or set_role is None:
+            return
+        view = self.membership()
+        owner = view.owner(rt.rec.id) if view.live else None
+        if owner != rt.owner or rt.generation == 0:
+            rt.owner, rt.generation, rt.role_refused = owner, view.revision, None
+        set_role(rt.dpid, owner is not None and owner == view.me, rt.generation)
+
+    def _apply_role_refused(self, dpid: int, generation: int) -> None:
+        host_id = self.by_dpid.get(dpid)
+        rt = self.hosts.get(host_id) if host_id is not None else None
+        if rt is not None and generation == rt.generation:
+            LOG.warning(
+                "host %s: switch refused generation %d as stale; asked again with a newer one",
+                host_id,
+                generation,
+            )
+            rt.role_refused = generation
+
+    def _retry_roles(self) -> None:
+        """A role refused as stale is asked again once this instance has read a newer etcd
+        revision (at least the one the switch saw, which some instance read before)."""
+        if self.membership is None:
+            return
+        revision = self.membership().revision
+        for rt in self.hosts.values():
+            if rt.role_refused is not None and revision > rt.role_refused:
+                rt.generation = 0  # taken again from the view, at its newer revision
+                self._arrange_role(rt)
 
     def _restart_agent(self, host_id: str) -> None:
         rt = self.hosts[host_id]
@@ -526,6 +576,9 @@ class DataPlane:
         self._arranged_for = view.members if view is not None else None
         for host_id, rt in self.hosts.items():
             owned = self.owns(host_id)
+            self._arrange_role(rt)  # before a take-over's re-read: no flow-mod as a slave
+            if owned and rt.agent is not None:
+                self._tell_peers(rt.agent)
             if owned and rt.agent is None:
                 LOG.info("host %s: owned by this instance now; reading it", host_id)
                 rt.down_reported = False
@@ -660,6 +713,7 @@ class DataPlane:
     def _tick(self) -> None:
         if self.membership is not None and self.membership().members != self._arranged_for:
             self._apply_ownership()  # e.g. the lease lapsed while a renewal hangs
+        self._retry_roles()
         if not self._grace_over and time.monotonic() - self.stats.started_at > self.startup_grace_s:
             self._grace_over = True
             for host_id, rt in self.hosts.items():

@@ -217,6 +217,10 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         self.packet_ins: PacketInQueue | None = None
         # (rate pps, burst): the packet-in meter every switch gets when it becomes ready
         self.packet_in_meter: tuple[int, int] | None = None
+        # Several controllers (docs/ha.md): dpid -> (master?, generation id) asked of each
+        # session of the switch before anything else; none: the switch's default role (equal).
+        self._roles: dict[int, tuple[bool, int]] = {}
+        self.on_role_refused: Callable[[int, int], None] | None = None  # (dpid, generation)
 
     # ----------------------------------------------------------------------------- public API
 
@@ -250,6 +254,36 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         with self._lock:
             sw = self._switches.get(dpid)
             return None if sw is None else sw.number
+
+    def set_role(self, dpid: int, master: bool, generation: int) -> None:
+        """This controller's role on the switch: asked now if it is connected, and first thing
+        on every later session.  A switch that refuses it (a newer generation id was seen)
+        is reported to ``on_role_refused``."""
+        with self._lock:
+            before = self._roles.get(dpid)
+            self._roles[dpid] = (master, generation)
+            sw = self._switches.get(dpid)
+        if sw is None or before == (master, generation):
+            return
+        self._send_role(sw)
+        if master and not (before or (False, 0))[0] and sw.ready:
+            self._install_meter(sw)  # not installed while it was a slave
+
+    def _send_role(self, sw: _Switch) -> None:
+        with self._lock:
+            role = self._roles.get(sw.dp.id)
+        if role is None:
+            return
+        with sw.lock:
+            msg = codec.role_request(sw.dp, *role)
+            sw.remember(msg, Sent("master role" if role[0] else "slave role", role[1]))
+            _send_as_one_write(sw.dp, [msg])
+        LOG.info(
+            "switch %016x: %s role asked (generation %d)",
+            sw.dp.id,
+            "master" if role[0] else "slave",
+            role[1],
+        )
 
     def apply(self, dpid: int, diff: FlowDiff, on_done: DoneCallback) -> bool:
         """Send one diff in dependency order, then a barrier.  False if the switch is gone.
@@ -683,6 +717,9 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                     dpid,
                     _error_name(msg),
                 )
+        if cause is not None and cause.verb.endswith(" role") and self.on_role_refused is not None:
+            assert isinstance(cause.subject, int)
+            self.on_role_refused(dpid, cause.subject)
         if cause is not None and cause.verb == "commit bundle" and _is_bundle_msg_failed(msg):
             # The refused message inside it had its own error reply, logged below.
             LOG.debug("switch %016x did not commit bundle %s", dpid, cause.subject)
@@ -786,6 +823,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             if sw.read_back_started:
                 return
             sw.read_back_started = True
+        self._send_role(sw)  # before anything else of the session: a slave sends no flow-mod
         self._start_dump(sw)
 
     def _start_dump(self, sw: _Switch) -> None:
@@ -839,7 +877,9 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         """The host's packet-in budget (`packet_in_meter`), sent on every switch_ready: before
         any punt flow of the data plane, and again after a reconnect (a restarted vswitchd has
         none).  A switch that refuses it still works; its packet-ins are then unmetered."""
-        if self.packet_in_meter is None:
+        with self._lock:
+            slave = not self._roles.get(sw.dp.id, (True, 0))[0]
+        if self.packet_in_meter is None or slave:  # a slave may not (set_role installs it)
             return
         rate, burst = self.packet_in_meter
         dpid = sw.dp.id

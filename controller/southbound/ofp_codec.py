@@ -317,6 +317,15 @@ def group_dump_request(dp: Any) -> Any:
 # ------------------------------------------------------------------------------------- decoding
 
 
+def role_request(dp: Any, master: bool, generation: int) -> Any:
+    """OFPT_ROLE_REQUEST: MASTER or SLAVE with a generation id.  The switch refuses a request
+    whose id is older than the newest it has seen (OFPRRFC_STALE, compared as a signed 64-bit
+    difference), and a new MASTER makes every other master connection a slave: how a stale
+    controller is fenced (docs/ha.md)."""
+    role = ofp.OFPCR_ROLE_MASTER if master else ofp.OFPCR_ROLE_SLAVE
+    return parser.OFPRoleRequest(dp, role, generation & 0xFFFFFFFFFFFFFFFF)
+
+
 def decode_actions(actions: Iterable[Any]) -> tuple[Action, ...]:
     out: list[Action] = []
     for act in actions:

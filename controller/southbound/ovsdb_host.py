@@ -229,6 +229,18 @@ class OvsdbHost:
         # interface uuid -> ("tunnel", kind, ofport) | ("binding", iface-id, ofport)
         self._seen: dict[Any, tuple[str, str, int]] = {}
         self._on_bridge: set[Any] = set()  # interfaces of the integration bridge
+        # Several controller instances (docs/ha.md): the others' OpenFlow targets, listed as
+        # the bridge's other controllers (they hold the slave role); None: one node, ours only.
+        self.peer_targets: tuple[str, ...] | None = None
+        self._peers_written: tuple[str, ...] | None = None
+
+    def set_peer_targets(self, targets: tuple[str, ...]) -> None:
+        """The other instances' targets (any thread): written with the bridge's config, now
+        if the host is connected."""
+        self.peer_targets = tuple(targets)
+        conn = self._conn
+        if conn is not None and self.peer_targets != self._peers_written:
+            conn.idl.changed.set()  # the loop rewrites the controllers
 
     # ---------------------------------------------------------------------------- lifecycle
 
@@ -340,6 +352,11 @@ class OvsdbHost:
                 if obs != self._last:
                     self._last = obs
                     self.on_observation(self.host_id, obs)
+            if up and self.peer_targets is not None and self.peer_targets != self._peers_written:
+                try:
+                    self.ensure_config()
+                except Exception:
+                    LOG.exception("host %s: could not list the other controllers", self.host_id)
             if up:
                 self._settle_controller_settings()
 
@@ -356,6 +373,7 @@ class OvsdbHost:
         api = self.api
         dpid = datapath_id_for(self.host_id)
         controller, target = self._controller_target()
+        peers = self.peer_targets
         with api.transaction(check_error=True) as txn:
             self._add_ssl_record(txn)
             txn.add(api.add_br(self.bridge, may_exist=True, datapath_type=self.datapath_type))
@@ -388,9 +406,16 @@ class OvsdbHost:
             settings = {"target": target, **CONTROLLER_SETTINGS, "external_ids": OWNED}
             if controller is not None:
                 txn.add(api.db_set("Controller", controller, *settings.items()))
-            else:  # none, or not only ours: ours replaces them
+            if peers is not None:  # ours first, then one row per other instance
+                row = controller
+                if row is None:
+                    row = txn.add(api.db_create("Controller", **settings))
+                rows = [row, *self._peer_rows(txn, peers)]
+                txn.add(api.db_set("Bridge", self.bridge, ("controller", rows)))
+            elif controller is None:  # none, or not only ours: ours replaces them
                 row = txn.add(api.db_create("Controller", **settings))
                 txn.add(api.db_set("Bridge", self.bridge, ("controller", [row])))
+        self._peers_written = peers
         LOG.info(
             "host %s: %s ready (dpid %016x, controller %s)",
             self.host_id,
@@ -398,6 +423,21 @@ class OvsdbHost:
             dpid,
             target,
         )
+
+    def _peer_rows(self, txn: Any, peers: tuple[str, ...]) -> list[Any]:
+        """The Controller rows of the other instances' targets: kept where the bridge has one
+        (vswitchd keeps that connection), created where it has none."""
+        assert self.api is not None and self._conn is not None
+        with self._conn.lock:
+            br = idlutils.row_by_value(self._conn.idl, "Bridge", "name", self.bridge, None)
+            have = {r.target: r.uuid for r in (br.controller if br is not None else [])}
+        settings = {**CONTROLLER_SETTINGS, "external_ids": OWNED}
+        create = self.api.db_create
+        return [
+            have[t] if t in have else txn.add(create("Controller", target=t, **settings))
+            for t in peers
+            if t not in (self.controller_target, alternate_target(self.controller_target))
+        ]
 
     def _settle_controller_settings(self) -> None:
         """Once per OpenFlow session: make vswitchd apply the Controller row's ``max_backoff``
@@ -512,6 +552,8 @@ class OvsdbHost:
         with self._conn.lock:
             br = idlutils.row_by_value(self._conn.idl, "Bridge", "name", self.bridge, None)
             rows = list(br.controller) if br is not None else []
+            if self.peer_targets is not None:  # several controllers: ours among them
+                rows = [r for r in rows if r.target in ours]
             if len(rows) != 1 or rows[0].target not in ours:
                 return None, self.controller_target
             row, current = rows[0].uuid, rows[0].target

@@ -39,11 +39,13 @@ class EtcdMembership:
         member_id: str,
         ttl_s: int = 3,
         on_change: Callable[[MemberView], None] | None = None,
+        ofp_target: str = "",
     ) -> None:
         if not member_id or "/" in member_id:
             raise ValueError(f"member id {member_id!r}: non-empty, without '/'")
         self._log = EtcdLog(settings)
         self.ttl_s = ttl_s
+        self.ofp_target = ofp_target  # published for the owners of bridges (MemberView.targets)
         self.view = MemberView(member_id)
         self.on_change = on_change
         self._lease: int | None = None
@@ -124,16 +126,30 @@ class EtcdMembership:
             lease = self._log.grant(self.ttl_s)
             if not self._take_lease(lease):
                 return
-            body = json.dumps({"id": self.view.me, "since": time.time()})
+            body = json.dumps({"id": self.view.me, "since": time.time(), "ofp": self.ofp_target})
             self._log.put_leased(PREFIX + self.view.me, body, lease)
         self._renewed_at = sent
         revision, items = self._log.list_prefix(PREFIX)
-        self._set(MemberView(self.view.me, tuple(sorted(k for k, _ in items)), revision))
+        members = tuple(sorted(k for k, _ in items))
+        targets = tuple(sorted((k, t) for k, v in items if (t := _ofp_target(v))))
+        self._set(MemberView(self.view.me, members, revision, targets))
 
     def _set(self, view: MemberView) -> None:
-        changed = view.members != self.view.members
+        changed = view.members != self.view.members or view.targets != self.view.targets
         self.view = view
         if changed:
             LOG.info("controller members: %s (this one: %s)", ", ".join(view.members), view.me)
             if self.on_change is not None:
                 self.on_change(view)
+
+
+def _ofp_target(record: bytes) -> str:
+    """The OpenFlow target a member published ("" if none or its record is malformed: it is
+    still a member, its bridges just do not list it)."""
+    try:
+        target = json.loads(record).get("ofp", "")
+    except (ValueError, AttributeError):
+        return ""
+    if not isinstance(target, str) or not target.startswith(("tcp:", "ssl:")) or len(target) > 300:
+        return ""
+    return target

@@ -32,6 +32,7 @@ class Switches:
         self.shared = shared
         self.dp: DataPlane | None = None
         self.sent: list[int] = []  # dpid of every batch sent
+        self.roles: dict[int, tuple[bool, int]] = {}  # dpid -> the last (master?, generation)
 
     def apply(self, dpid: int, diff: FlowDiff, on_done: Callable[..., None]) -> bool:
         self.sent.append(dpid)
@@ -46,6 +47,9 @@ class Switches:
 
     def flush_ct_zones(self, dpid: int, zones: list[int]) -> bool:
         return self.shared.flush_ct_zones(dpid, zones)
+
+    def set_role(self, dpid: int, master: bool, generation: int) -> None:
+        self.roles[dpid] = (master, generation)
 
 
 class Instance:
@@ -230,3 +234,27 @@ def test_a_host_handed_over_with_nothing_changed_gets_zero_flow_mods(cluster: Cl
     assert (cluster.b.dp.stats.flow_mods, cluster.b.dp.stats.group_mods) == mods_before
     assert cluster.b.switches.sent[sent_before:] == []
     assert not any(cluster.a.dp.status()["hosts"][h]["owned"] for h in HOSTS)
+
+
+def test_the_owner_asks_master_and_a_later_owner_a_newer_generation(cluster: Cluster) -> None:
+    cluster.start()
+    for inst in (cluster.a, cluster.b):
+        assert inst.switches.roles == {dpid(h): (h in inst.owned(), 1) for h in HOSTS}
+    given = cluster.a.owned()
+    cluster.a.set_view(())  # a's lease lapsed: a slave everywhere, asks nothing as master
+    cluster.b.view = MemberView("b", ("b",), 7)  # b read the members at revision 7
+    cluster.b.dp.on_membership(cluster.b.view)
+    cluster.idle()
+    assert cluster.b.switches.roles == {dpid(h): (True, 7 if h in given else 1) for h in HOSTS}
+    assert not any(master for master, _ in cluster.a.switches.roles.values())
+    # a switch refused b's generation as stale (another instance read a newer revision first):
+    # asked again once b has read a newer one, not before
+    h = given[0]
+    cluster.b.dp.post("role_refused", (dpid(h), 7))
+    cluster.b.dp.post("tick", ())
+    cluster.idle()
+    assert cluster.b.switches.roles[dpid(h)] == (True, 7)
+    cluster.b.view = MemberView("b", ("b",), 9)
+    cluster.b.dp.post("tick", ())
+    cluster.idle()
+    assert cluster.b.switches.roles[dpid(h)] == (True, 9)

@@ -5,6 +5,7 @@ replies: the log names the rule the switch refused, found by the xid the switch 
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 from types import SimpleNamespace
 from typing import Any
@@ -301,3 +302,34 @@ def test_a_new_session_is_read_back_at_features_once() -> None:
         assert CONFIG_DISPATCHER in handler.callers[ev_cls].dispatchers
         handler(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=0, flags=0, body=[])))
     assert listener.ready == [DPID]
+
+
+def test_the_role_is_asked_first_on_a_new_session_and_a_refusal_is_reported() -> None:
+    """Several controllers (docs/ha.md): the role set for a switch is the first message of each
+    of its sessions (before the read-back), a change is sent at once to a connected switch, and
+    a switch's refusal of a role request reaches ``on_role_refused`` with its generation."""
+    from os_ken.controller.handler import CONFIG_DISPATCHER
+
+    app = TenantnetOfpApp()
+    app.packet_in_meter = (100, 10)
+    refused: list[tuple[int, int]] = []
+    app.on_role_refused = lambda dpid, gen: refused.append((dpid, gen))
+    app.attach(_Listener())
+    app.set_role(DPID, False, 5)  # not connected yet: remembered
+    dp = FakeDatapath()
+    dp.address, dp.socket, dp.is_active, dp.state = ("192.0.2.1", 1), None, True, CONFIG_DISPATCHER
+    app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
+    sent = _on_the_wire(dp)
+    assert sent[0][1] == ofp.OFPT_ROLE_REQUEST
+    # os-ken parses only what switches send: the body read with its own layout
+    body = struct.unpack_from(ofp.OFP_ROLE_REQUEST_PACK_STR, sent[0][2], ofp.OFP_HEADER_SIZE)
+    assert body == (ofp.OFPCR_ROLE_SLAVE, 5)
+    app._switches[DPID].ready = True
+    dp.sent.clear()
+    app.set_role(DPID, True, 9)  # taken over: master now, and its packet-in meter follows
+    types = [t for _, t, _ in _on_the_wire(dp)]
+    assert types[0] == ofp.OFPT_ROLE_REQUEST and ofp.OFPT_METER_MOD in types
+    role_xid = _on_the_wire(dp)[0][0]
+    _switch_answers(app, dp, _refused(dp, ofp.OFPET_ROLE_REQUEST_FAILED, ofp.OFPRRFC_STALE),
+                    role_xid)  # fmt: skip
+    assert refused == [(DPID, 9)]
