@@ -17,7 +17,7 @@ is routed on the VM's own host::
                           on this host:  resubmit(,3)  (L2_FROM_TUNNEL's delivery, with the
                                          receiver's security-group ingress if it has one)
                           elsewhere:     set tunnel_id=<seg of K_dst>, tun_ipv4_dst=<its host>,
-                                         output:<tunnel port>                          [IF_dst]
+                                         output:<tunnel port>                          [P]
     4 L3_ROUTING     an extra route: ..., nw_dst=<its destination>
                        -> dec_ttl, set eth_src=IF_hop, set eth_dst=<the nexthop's MAC>, then
                           its local delivery or its tunnel, as above                   [IF_src]
@@ -25,13 +25,13 @@ is routed on the VM's own host::
                        -> write metadata=K, goto 3   (prio 99)                        [IF of K]
     2 L2_FROM_PORT   ARP request for an interface address -> the answer              [IF]
 
-(``[IF]``: the owner, the interface whose rule it is.)  The packet leaves the sender's host
-already in the destination network, with the destination's key, so the receiver delivers it
-as any tunnel packet of that network: ingress security groups apply there, egress ones applied
-on the sender before routing (Neutron's semantics).  TTL: a packet to be routed that arrives
-with TTL 1 goes to the controller (the packet-in meter of its host limits them), which answers
-ICMP time exceeded from the interface (`controller.dataplane.ttl`), so traceroute shows the
-router; ``dec_ttl`` drops what else cannot be decremented (TTL 0).
+(``[IF]``: the owner, the interface whose rule it is; ``[P]``: the routed port whose rule it is.)
+The packet leaves the sender's host already in the destination network, with the destination's key,
+so the receiver delivers it as any tunnel packet of that network: ingress security groups apply
+there, egress ones applied on the sender before routing (Neutron's semantics). TTL: a packet to be
+routed that arrives with TTL 1 goes to the controller (the packet-in meter of its host limits
+them), which answers ICMP time exceeded from the interface (`controller.dataplane.ttl`), so
+traceroute shows the router; ``dec_ttl`` drops what else cannot be decremented (TTL 0).
 
 **Isolation.**  Every rule is scoped by the network key in metadata: a packet can only enter
 routing through an interface of its own network and only reach the subnets of that interface's
@@ -41,12 +41,15 @@ K's routers (``RouterView.hosts``: the hosts holding a port in one of the router
 networks), at priority 99 beside l2's per-peer rules (priority 100), so neither owner needs to
 know the other's rules.
 
-**Owners** (`flows.tables.OwnerKind.ROUTER`, number = the interface port's store number, never
+**Owners** (`flows.tables.OwnerKind.ROUTER`; the number is a port's store number, never
 reused): an interface owns its ARP answer, its entry into routing, its echo answers, the routes
-*from* its subnet, the neighbour rules of the ports *in* its subnet and the tunnel ingress into
-its network.  Adding or removing an interface changes the slices of that router's interfaces
-on that router's hosts only; a port change in a routed network changes one neighbour rule per
-router host (O(1) flow-mods per host).
+*from* its subnet and the tunnel ingress into its network; a routed port (a bound port with an
+address in a subnet of a router) owns its neighbour rules (``[P]`` above), on every host of
+every router of its network.  So a port change in a routed network is one owner per router host
+(`routed_port_rules`, O(1) flow-mods and CPU whatever the number of ports), and the whole
+compile of a router is the interface owners plus the same per-port pieces (`compile_router`).
+Adding or removing an interface changes the slices of that router's interfaces and its
+networks' routed ports on that router's hosts only.
 
 **Which host gets what.**  A host holding a port in some of the router's networks (a
 *router host*) gets, for those networks only, the entries, routes, echo answers, ARP answers
@@ -58,6 +61,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import netaddr
 
@@ -115,12 +119,17 @@ class Interface:
 
 @dataclass(frozen=True)
 class RoutedPort:
-    """A bound port with an address in one of the router's subnets."""
+    """A bound port's address in one of the router's subnets (`Subnets.routed`)."""
 
-    key: int  # its network's key
+    num: int  # the port's store number: the owner of its neighbour rules
+    segment: Segment  # its network
     mac: str
-    ip: str
+    ip: str  # normalized
     host_ip: str  # tunnel address of the host holding it
+
+    @property
+    def key(self) -> int:
+        return self.segment.key
 
 
 @dataclass(frozen=True)
@@ -134,17 +143,57 @@ class RouterView:
     routes: tuple[tuple[str, str], ...] = ()  # extra routes: (destination CIDR, nexthop IP)
 
 
+class Subnets:
+    """A router's interfaces (`_interfaces`: one per network and per subnet), their CIDRs and
+    gateways parsed once, so that placing a port's address is integer compares: what makes a
+    port change O(1) on a router host (`RoutedPort` entries are built per port, never by
+    walking the router's networks)."""
+
+    def __init__(self, interfaces: Iterable[Interface]) -> None:
+        self.interfaces = tuple(_interfaces(interfaces))
+        self._parsed: list[tuple[int, int, int, int, Interface]] = []  # key, net, mask, gw
+        for iface in self.interfaces:
+            cidr = netaddr.IPNetwork(iface.cidr)
+            gw = int(netaddr.IPAddress(_ip4(iface.ip)))
+            self._parsed.append((iface.segment.key, int(cidr.network), int(cidr.netmask), gw,
+                                 iface))  # fmt: skip
+
+    def interface_of(self, key: int, ip: str) -> Interface | None:
+        """The interface whose subnet holds ``ip`` (IPv4, normalized), in network ``key``; None
+        outside the router's subnets and for the gateway address itself."""
+        addr = _ip_int(ip)
+        for k, net, mask, gw, iface in self._parsed:
+            if k == key and addr & mask == net:
+                return iface if addr != gw else None
+        return None
+
+    def routed(self, num: int, segment: Segment, mac: str, fixed_ips: Iterable[str],
+               host_ip: str) -> tuple[RoutedPort, ...]:  # fmt: skip
+        """A bound port's entries: its IPv4 addresses in a subnet of the router."""
+        out = []
+        for text in fixed_ips:
+            if ":" in text:
+                continue
+            ip = _ip4(text)
+            if self.interface_of(segment.key, ip) is not None:
+                out.append(RoutedPort(num, segment, mac, ip, host_ip))
+        return tuple(out)
+
+
 def compile_router(ctx: HostContext, view: RouterView) -> dict[int, Slice]:
-    """Every routing rule of one router on one host, by owner (`flows.tables.router_cookie`).
-    Empty on a host that is not a router host.  Raises ``ValueError`` for an address or CIDR
-    that does not parse (a unit failure, retried) rather than installing a wrong route."""
+    """Every routing rule of one router on one host, by owner (`flows.tables.router_cookie`):
+    its interfaces' rules, and each routed port's neighbour rules (`routed_port_rules`, the
+    per-port path's own function).  Empty on a host that is not a router host.  Raises
+    ``ValueError`` for an address or CIDR that does not parse (a unit failure, retried) rather
+    than installing a wrong route."""
     if not view.local_keys:
         return {}
-    ifaces = _interfaces(view.interfaces)
+    subnets = Subnets(view.interfaces)
+    ifaces = list(subnets.interfaces)
     own_ip = _ip4(ctx.tunnel_ip)
     rules: dict[int, set[Rule]] = {}
 
-    def add(iface: Interface, rule: Rule) -> None:
+    def add(rule: Rule) -> None:
         rules.setdefault(rule.cookie, set()).add(rule)
 
     for src in ifaces:
@@ -152,34 +201,37 @@ def compile_router(ctx: HostContext, view: RouterView) -> dict[int, Slice]:
         if key not in view.local_keys:
             continue
         entry = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4)
-        add(src, Rule(t.L2_FROM_PORT, t.PRIO_EXACT, entry, (GotoTable(t.L3_ROUTING),), cookie))
+        add(Rule(t.L2_FROM_PORT, t.PRIO_EXACT, entry, (GotoTable(t.L3_ROUTING),), cookie))
         answer = arp.ArpEntry(_ip4(src.ip), mac, cookie)
-        add(src, arp.answer_rule(key, answer, priority=PRIO_ARP_GATEWAY))
+        add(arp.answer_rule(key, answer, priority=PRIO_ARP_GATEWAY))
         for dst in ifaces:
-            add(src, _echo_rule(key, mac, _ip4(dst.ip), cookie))
-            add(src, _route_rule(key, mac, dst, cookie))
+            add(_echo_rule(key, mac, _ip4(dst.ip), cookie))
+            add(_route_rule(key, mac, dst, cookie))
         expired = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4, nw_ttl=1)
         to_controller = (Apply((Output(OFPP_CONTROLLER),)),)
-        add(src, Rule(t.L3_ROUTING, PRIO_TTL_EXPIRED, expired, to_controller, cookie))
+        add(Rule(t.L3_ROUTING, PRIO_TTL_EXPIRED, expired, to_controller, cookie))
         tunnel = _tunnel_ofport(ctx, src.segment)
         if tunnel is not None:
             to_l2 = (WriteMetadata(key, t.METADATA_MASK), GotoTable(t.L2_FROM_TUNNEL))
-            for host in sorted({_ip4(h) for h in view.hosts} - {own_ip}, key=_ip_key):
+            for host in sorted({_ip4(h) for h in view.hosts} - {own_ip}, key=_ip_int):
                 m = match(in_port=tunnel, tunnel_id=src.segment.seg_id, tun_ipv4_src=host)
-                add(src, Rule(t.CLASSIFY, PRIO_ROUTED_INGRESS, m, to_l2, cookie))
+                add(Rule(t.CLASSIFY, PRIO_ROUTED_INGRESS, m, to_l2, cookie))
 
-    for port in view.ports:
-        iface = _subnet_of(ifaces, port)
-        if iface is None:
-            continue
-        rule = _neighbour_rule(ctx, own_ip, iface, port)
-        if rule is not None:
-            add(iface, rule)
+    for rule in routed_port_rules(ctx, view.ports):
+        add(rule)
     for src in ifaces:
         if src.segment.key in view.local_keys:
-            for rule in _extra_routes(ctx, own_ip, src, ifaces, view):
-                add(src, rule)
+            for rule in _extra_routes(ctx, own_ip, src, subnets, view):
+                add(rule)
     return {cookie: Slice(rules=frozenset(rs)) for cookie, rs in rules.items()}
+
+
+def routed_port_rules(ctx: HostContext, ports: Iterable[RoutedPort]) -> frozenset[Rule]:
+    """The neighbour rules of routed ports on a router host (each under its port's cookie):
+    the one definition both the whole compile and a port change use."""
+    own_ip = _ip4(ctx.tunnel_ip)
+    out = (_neighbour_rule(ctx, own_ip, port) for port in ports)
+    return frozenset(r for r in out if r is not None)
 
 
 def _interfaces(interfaces: Iterable[Interface]) -> list[Interface]:
@@ -201,15 +253,6 @@ def _interfaces(interfaces: Iterable[Interface]) -> list[Interface]:
     return out
 
 
-def _subnet_of(ifaces: list[Interface], port: RoutedPort) -> Interface | None:
-    """The interface whose subnet holds the port's address, in the port's network."""
-    ip = netaddr.IPAddress(port.ip)
-    for iface in ifaces:
-        if iface.segment.key == port.key and ip in netaddr.IPNetwork(iface.cidr):
-            return iface if str(ip) != _ip4(iface.ip) else None
-    return None
-
-
 def _route_rule(key: int, mac: str, dst: Interface, cookie: int) -> Rule:
     cidr = netaddr.IPNetwork(dst.cidr)
     full = cidr.prefixlen == 32
@@ -223,7 +266,7 @@ def _route_rule(key: int, mac: str, dst: Interface, cookie: int) -> Rule:
     return Rule(t.L3_ROUTING, PRIO_ROUTE_BASE + cidr.prefixlen, m, route, cookie)
 
 
-def _extra_routes(ctx: HostContext, own_ip: str, src: Interface, ifaces: list[Interface],
+def _extra_routes(ctx: HostContext, own_ip: str, src: Interface, subnets: Subnets,
                   view: RouterView) -> list[Rule]:  # fmt: skip
     """The router's extra routes as seen from interface ``src``: a packet for the destination
     goes to the nexthop's port, routed like a packet for the nexthop itself (TTL, the
@@ -232,13 +275,13 @@ def _extra_routes(ctx: HostContext, own_ip: str, src: Interface, ifaces: list[In
     port in a subnet of the router, or whose destination is a subnet of the router, is left
     out (the API refuses both; nothing is routed to a guess)."""
     by_ip = {_ip4(p.ip): p for p in view.ports}
-    connected = {netaddr.IPNetwork(i.cidr).cidr for i in ifaces}
+    connected = {netaddr.IPNetwork(i.cidr).cidr for i in subnets.interfaces}
     out: list[Rule] = []
     seen: set[netaddr.IPNetwork] = set()
     for destination, nexthop in sorted(view.routes):  # one nexthop per destination: the first
         dest = netaddr.IPNetwork(destination).cidr
         hop = by_ip.get(_ip4(nexthop))
-        iface = _subnet_of(ifaces, hop) if hop is not None else None
+        iface = subnets.interface_of(hop.key, hop.ip) if hop is not None else None
         if hop is None or iface is None or dest.version != 4 or dest in connected | seen:
             continue
         seen.add(dest)
@@ -278,20 +321,18 @@ def _echo_rule(key: int, mac: str, ip: str, cookie: int) -> Rule:
     return Rule(t.L3_ROUTING, PRIO_ECHO, m, (Apply(reply),), cookie)
 
 
-def _neighbour_rule(
-    ctx: HostContext, own_ip: str, iface: Interface, port: RoutedPort
-) -> Rule | None:
-    cookie = t.router_cookie(iface.num)
+def _neighbour_rule(ctx: HostContext, own_ip: str, port: RoutedPort) -> Rule | None:
+    cookie = t.router_cookie(port.num)
     m = match(metadata=port.key, eth_type=ETH_TYPE_IPV4, ipv4_dst=_ip4(port.ip))
     acts: list[Action] = [SetField("eth_dst", normalize_mac(port.mac))]
     host_ip = _ip4(port.host_ip)
     if host_ip == own_ip:
         acts.append(Resubmit(t.L2_FROM_TUNNEL))
     else:
-        tunnel = _tunnel_ofport(ctx, iface.segment)
+        tunnel = _tunnel_ofport(ctx, port.segment)
         if tunnel is None:
             return None
-        acts += [SetField("tunnel_id", iface.segment.seg_id), SetField("tun_ipv4_dst", host_ip),
+        acts += [SetField("tunnel_id", port.segment.seg_id), SetField("tun_ipv4_dst", host_ip),
                  Output(tunnel)]  # fmt: skip
     return Rule(t.L3_NEIGHBOURS, t.PRIO_EXACT, m, (Apply(tuple(acts)),), cookie)
 
@@ -301,12 +342,16 @@ def _tunnel_ofport(ctx: HostContext, seg: Segment) -> int | None:
     return ofport if ofport is not None and 0 < ofport <= OFPP_MAX else None
 
 
+@lru_cache(maxsize=65536)
 def _ip4(text: str) -> str:
+    """The normalized IPv4 address (cached: the same few thousand addresses come back on
+    every compile of a router host)."""
     ip = netaddr.IPAddress(text)
     if ip.version != 4:
         raise ValueError(f"{text} is not an IPv4 address")
     return str(ip)
 
 
-def _ip_key(text: str) -> int:
+@lru_cache(maxsize=65536)
+def _ip_int(text: str) -> int:
     return int(netaddr.IPAddress(text))

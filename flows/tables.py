@@ -271,10 +271,11 @@ class OwnerKind(IntEnum):
     object claims it, and it is replaced, in the same bundle, at the first reconnect after the
     upgrade."""
     ROUTER = 4
-    """Distributed routing (`flows.routing`): owned per router *interface* (its port's store
-    number, as a port's own flows are): on each host of the router, the interface's ARP answer,
-    its entry to routing, its echo answers, the routes from its subnet, the neighbour rules of
-    the addresses in its subnet and the tunnel ingress of routed traffic into its network."""
+    """Distributed routing (`flows.routing`), the number a port's store number: a routed port
+    (an address in a router's subnet) owns its neighbour rules on each host of the router; a
+    router *interface* owns the rest: on each host of the router, the interface's ARP answer,
+    its entry to routing, its echo answers, the routes from its subnet and the tunnel ingress
+    of routed traffic into its network."""
     # Reserved for the service to come: 5 subnet DHCP.
     DHCP_GUARD = 6
     """A temporary drop of a port's DHCP after it flooded the controller; the port number.

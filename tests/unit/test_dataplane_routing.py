@@ -144,13 +144,13 @@ def test_other_project_with_the_same_cidr_is_not_routed(routed: Routed) -> None:
 def test_a_new_port_is_one_neighbour_rule_per_router_host(routed: Routed) -> None:
     cloud = routed.cloud
     before = {h: router_rules(cloud, h) for h in ("hv1", "hv2", "hv3")}
-    routed.vm("v4", routed.net2, "hv2", 2)
+    v4 = routed.vm("v4", routed.net2, "hv2", 2)
     cloud.idle()
     for h in ("hv1", "hv2"):
         added = router_rules(cloud, h) - before[h]
         assert len(added) == 1 and not before[h] - router_rules(cloud, h)
         (rule,) = added
-        assert rule.table == t.L3_NEIGHBOURS and rule.cookie == t.router_cookie(routed.if2["_num"])
+        assert rule.table == t.L3_NEIGHBOURS and rule.cookie == t.router_cookie(v4["_num"])
     assert router_rules(cloud, "hv3") == set()
 
 
@@ -164,7 +164,8 @@ def test_removing_the_interface_cuts_the_path(routed: Routed) -> None:
         if s.port == TUN
     ]  # fmt: skip
     cookies = {r.cookie for h in ("hv1", "hv2") for r in router_rules(cloud, h)}
-    assert cookies == {t.router_cookie(routed.if1["_num"])}
+    v1 = routed.vms["v1"][0]
+    assert cookies == {t.router_cookie(routed.if1["_num"]), t.router_cookie(v1["_num"])}
     # hv2 has no port of net 1: it is no router host any more
     assert router_rules(cloud, "hv2") == set()
 
@@ -173,6 +174,41 @@ def test_restart_sends_nothing(routed: Routed) -> None:
     assert router_rules(routed.cloud, "hv1")
     restart(routed.cloud)
     assert routed.cloud.dp.stats.flow_mods == 0 and routed.cloud.dp.stats.group_mods == 0
+
+
+def test_routed_port_changes_leave_the_switches_as_a_whole_compile(routed: Routed) -> None:
+    """Ports of the routed networks created, readdressed, made the nexthop of an extra route
+    and moved (between router hosts: patched, its route follows), created on a host that was
+    no router host (the router compiled whole) and deleted: the switches then hold exactly
+    what a fresh controller compiles whole (a restart sends nothing)."""
+    cloud, store = routed.cloud, routed.cloud.store
+    v4 = routed.vm("v4", routed.net2, "hv2", 2)
+    cloud.idle()
+    fixed = [{"subnet_id": routed.sub2["id"], "ip_address": "10.0.2.77"}]
+    store.update("port", v4["id"], {"fixed_ips": fixed})
+    cloud.idle()
+    routes = {"routes": [{"destination": "10.0.99.0/24", "nexthop": "10.0.2.77"}]}
+    store.router_routes(routed.router, routes, add=True)
+    cloud.idle()
+
+    def via() -> tuple[int, str | None]:
+        [out] = routed.send("v1", "10.0.99.7", routed.if1, protocol=6, dst_port=22).outputs
+        assert dict(out.fields)["eth_dst"] == v4["mac_address"]
+        return out.port, dict(out.fields).get("tun_ipv4_dst")
+
+    assert via() == (TUN, "10.9.0.2")
+    FakeAgent.instances["hv2"].unplug(v4["id"])
+    FakeAgent.instances["hv1"].plug(v4["id"], 5)  # hv1 and hv2 stay the router's hosts
+    cloud.idle()
+    assert via() == (5, None)
+    v5 = routed.vm("v5", routed.net1, "hv3", 6)  # hv3: a router host from now on
+    cloud.idle()
+    assert router_rules(cloud, "hv3")
+    store.delete("port", v5["id"])
+    cloud.idle()
+    assert not router_rules(cloud, "hv3")
+    restart(cloud)
+    assert cloud.dp.stats.flow_mods == 0 and cloud.dp.stats.group_mods == 0
 
 
 def test_tenant_trace_follows_a_routed_packet_and_names_its_steps(routed: Routed) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from flows import tables as t
 from flows.compiler import compile_base, compile_network_owners
 from flows.model import HostContext, LocalPort, NetworkView, RemotePort, Segment, Slice
-from flows.routing import Interface, RoutedPort, RouterView, compile_router
+from flows.routing import Interface, RoutedPort, RouterView, compile_router, routed_port_rules
 from flows.trace import Trace, make_packet, trace
 from tests.unit.wire_switch import through_the_wire
 
@@ -44,7 +44,10 @@ def router_view(host: str, vms: dict[str, Any], ifaces: tuple[Interface, ...] = 
     routed = [v for v in vms.values() if v[1] in keys]
     return RouterView(
         interfaces=ifaces,
-        ports=tuple(RoutedPort(k, mac, ip, h) for _n, k, h, _of, mac, ip in routed),
+        ports=tuple(
+            RoutedPort(n, Segment(k, "vxlan", SEGS[k]), mac, ip, h)
+            for n, k, h, _of, mac, ip in routed
+        ),
         hosts=tuple(sorted({v[2] for v in routed})),
         local_keys=frozenset(v[1] for v in routed if v[2] == host),
         routes=routes,
@@ -135,15 +138,19 @@ def test_tunnel_ingress_only_from_router_hosts() -> None:
     assert trace(host_table(HB, vms), TUN, ok).dropped
 
 
-def test_a_port_change_is_one_rule_per_router_host_under_its_interface() -> None:
+def test_a_port_change_is_one_rule_per_router_host_under_its_own_owner() -> None:
+    """A routed port owns its neighbour rule (not its subnet's interface): a port change
+    touches one owner of one rule per router host, and the whole compile holds exactly the
+    per-port function's rules for it (one definition)."""
     more = {**VMS, "vm5": (15, 2, HB, 2, "02:00:00:00:00:05", "10.0.2.7")}
+    vm5 = RoutedPort(15, Segment(2, "vxlan", 102), "02:00:00:00:00:05", "10.0.2.7", HB)
     for host in (HA, HB):
         before = compile_router(CTX[host], router_view(host, VMS))
         after = compile_router(CTX[host], router_view(host, more))
         changed = {c for c in before.keys() | after.keys() if before.get(c) != after.get(c)}
-        assert changed == {t.router_cookie(IF2.num)}
-        cookie = t.router_cookie(IF2.num)
-        assert len(after[cookie].rules ^ before[cookie].rules) == 1
+        assert changed == {t.router_cookie(15)}
+        assert len(after[t.router_cookie(15)].rules) == 1
+        assert after[t.router_cookie(15)].rules == routed_port_rules(CTX[host], [vm5])
 
 
 def test_removing_an_interface_cuts_the_path_and_touches_only_the_router() -> None:
@@ -152,7 +159,7 @@ def test_removing_an_interface_cuts_the_path_and_touches_only_the_router() -> No
     pkt = make_packet(mac, IF1.mac, ip_src=ip, ip_dst="10.0.2.5", protocol=6)
     assert trace(host_table(host, ifaces=(IF1,)), ofport, pkt).dropped
     owners = compile_router(CTX[HA], router_view(HA, VMS, ifaces=(IF1,)))
-    assert set(owners) == {t.router_cookie(IF1.num)}
+    assert set(owners) == {t.router_cookie(IF1.num), t.router_cookie(11)}  # vm1: still routed
 
 
 def test_no_local_port_no_router_flows() -> None:

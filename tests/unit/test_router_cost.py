@@ -1,14 +1,15 @@
 """What one port costs the routing service, counted, not timed: the same work whether its
-network has 10 ports or 500 (issue 13: "a port change still costs O(1) flow-mods and CPU
+network has 10 ports or 200 (issue 13: "a port change still costs O(1) flow-mods and CPU
 whatever the number of ports"; issue 16: a port of a routed network is one neighbour rule per
 router host).
 
-Counted: the ports the service looks at to *find* its work (`routing.located_on` outside a
-router's compile: which routers a host has, which hosts a router has), the router units it
-plans, and the router owners' flow-mods.  A port of a network without a router must cost the
-service nothing at all, even when a router exists elsewhere.  Not counted, because it still
-grows by design of `flows.routing` (one owner per interface holds the neighbour rules of its
-whole subnet): the ports a router host's compile reads (`routing.router_view`).
+Counted: every port the service looks at (`routing.located_on`, finding its work or compiling),
+the ports it places in a router's subnets (`routing.routed_entries`), the router bases it builds
+(`routing.router_base`: interfaces and CIDRs parsed), the hosts it compiles whole and the ports
+it patches, the router owners it plans and their flow-mods.  A port of a network without a
+router must cost the service nothing at all, even when a router exists elsewhere; a port of a
+routed network one patch (its own owner on each router host), never a router host's whole
+compile, which reads every port of the router's networks.
 """
 
 from __future__ import annotations
@@ -46,6 +47,21 @@ def _interface(w: World, num: int, net_id: str, subnet_id: str, ip: str) -> None
     w.change(Change("port", port.id, None, port))
 
 
+def _routed_port(w: World, n: int, host: str) -> None:
+    """Port q<n> of "rnet" (192.168.200.<4+n>), created and bound to ``host``."""
+    ip = f"192.168.200.{4 + n}"
+    port = PortRec(f"q{n}", 900_099 + n, "rnet", f"02:ee:00:00:00:{n:02x}", fixed_ips=(ip,),
+                   subnet_ips=(("rs", ip),))  # fmt: skip
+    w.mirror.set_port(port.id, port)
+    obs = w.hosts[host].obs
+    assert obs is not None
+    obs.bindings[port.id] = 9_000 - n
+    w.bindings.set_claims(host, obs.bindings)
+    w.bindings.resolve(port, (), w.hosts)
+    w.change(Change("port", port.id, None, port))
+    w.change(Change("binding", port.id, None, host))
+
+
 def _router(w: World, on_the_ports_network: bool) -> None:
     """Router r1 on network "rnet" (one port there, on hv3), and on "net" if asked."""
     rnet = NetworkRec("rnet", 8, "vxlan", 1008)
@@ -56,16 +72,7 @@ def _router(w: World, on_the_ports_network: bool) -> None:
     w.change(Change("router", "r1", None, rec))
     _subnet(w, "rs", "rnet", "192.168.200.0/24")
     _interface(w, 900_001, "rnet", "rs", "192.168.200.1")
-    port = PortRec("q1", 900_100, "rnet", "02:ee:00:00:00:01", fixed_ips=("192.168.200.5",),
-                   subnet_ips=(("rs", "192.168.200.5"),))  # fmt: skip
-    w.mirror.set_port(port.id, port)
-    obs = w.hosts["hv3"].obs
-    assert obs is not None
-    obs.bindings[port.id] = 8_999
-    w.bindings.set_claims("hv3", obs.bindings)
-    w.bindings.resolve(port, (), w.hosts)
-    w.change(Change("port", port.id, None, port))
-    w.change(Change("binding", port.id, None, "hv3"))
+    _routed_port(w, 1, "hv3")
     if on_the_ports_network:
         _subnet(w, "s", "net", "10.0.0.0/8")
         _interface(w, 900_002, "net", "s", "10.255.255.254")
@@ -79,25 +86,27 @@ def _costs(ports: int, router: str, monkeypatch: pytest.MonkeyPatch) -> dict[str
     if router != "none":
         _router(w, router == "here")
     counts: Counter[str] = Counter()
-    compiling = [0]
-    located_on, router_view = routing.located_on, routing.router_view
-    plan = routing.RoutingService._plan
 
-    def located_counted(port: PortRec, inputs: Any) -> Any:
-        counts["ports visited compiling" if compiling[0] else "ports visited finding"] += 1
-        return located_on(port, inputs)
+    def counted(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            counts[name] += 1
+            return fn(*args, **kwargs)
 
-    def view_counted(*args: Any) -> Any:
-        compiling[0] += 1
-        try:
-            return router_view(*args)
-        finally:
-            compiling[0] -= 1
+        return wrapper
 
-    def plan_counted(self: Any, *args: Any) -> Any:
-        counts["router units planned"] += 1
-        return plan(self, *args)
-
+    service = routing.RoutingService
+    for module, attr, name in (
+        (routing, "located_on", "ports looked at"),
+        (routing, "routed_entries", "ports placed"),
+        (routing, "router_base", "router bases built"),
+        (service, "_plan", "router hosts compiled whole"),
+        (service, "_patch", "router ports patched"),
+    ):
+        # raising=False: the counts also run on a release without the per-port path (the
+        # whole compile's port scan then shows in "ports looked at")
+        fn = getattr(module, attr, None)
+        if fn is not None:
+            monkeypatch.setattr(module, attr, counted(name, fn))
     want = Step.want
 
     def want_counted(self: Step, host_id: str, owner: int, group: Any, desired: Any) -> None:
@@ -105,9 +114,6 @@ def _costs(ports: int, router: str, monkeypatch: pytest.MonkeyPatch) -> dict[str
             counts["router owners planned"] += 1
         want(self, host_id, owner, group, desired)
 
-    monkeypatch.setattr(routing, "located_on", located_counted)
-    monkeypatch.setattr(routing, "router_view", view_counted)
-    monkeypatch.setattr(routing.RoutingService, "_plan", plan_counted)
     monkeypatch.setattr(planner.Step, "want", want_counted)
     out = {}
     change: Callable[[World], None]
@@ -123,7 +129,6 @@ def _costs(ports: int, router: str, monkeypatch: pytest.MonkeyPatch) -> dict[str
             for r in (*d.add_rules, *d.del_rules)
             if t.owner_kind(r.cookie) == t.OwnerKind.ROUTER
         )
-        counts.pop("ports visited compiling", None)  # grows by design: see the docstring
         out[change.__name__] = Counter(counts)
     monkeypatch.undo()
     return out
@@ -135,25 +140,57 @@ def test_a_port_of_a_network_without_router_costs_routing_nothing(
 ) -> None:
     """A port created on hv1, one deleted on hv2, one readdressed on hv3, in a network with no
     router (a router on another network, or none at all): no port looked at, no unit planned."""
-    small, large = _costs(10, router, monkeypatch), _costs(500, router, monkeypatch)
+    small, large = _costs(10, router, monkeypatch), _costs(200, router, monkeypatch)
     assert small == large, (small, large)
     for change, counts in small.items():
         assert not +counts, (change, counts)
 
 
-def test_a_port_of_a_routed_network_finds_its_router_hosts_without_a_scan(
+def test_a_port_of_a_routed_network_is_one_patch_whatever_the_ports(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The same changes in the router's network: the router hosts are planned (one neighbour
-    rule each), and finding them looks at no port, at 10 ports as at 500."""
-    small, large = _costs(10, "here", monkeypatch), _costs(500, "here", monkeypatch)
+    """The same changes in the router's network: the port's own owner is patched on the three
+    router hosts (one neighbour rule each), the port itself the only one looked at; no router
+    host compiled whole, no interface parsed again, at 10 ports as at 200.  (Before the per-port
+    path: 3 hosts compiled whole, each looking at every port: 42 vs 612 ports looked at.)"""
+    small, large = _costs(10, "here", monkeypatch), _costs(200, "here", monkeypatch)
     assert small == large, (small, large)
     for change, counts in small.items():
-        assert not counts["ports visited finding"], (change, counts)
-        assert counts["router units planned"] == 3, (change, counts)  # all three hold a port
-        assert counts["router owners planned"] > 0, (change, counts)
+        gone = change == "_leave"
+        assert counts["ports looked at"] == counts["ports placed"] == (0 if gone else 1), counts
+        assert not counts["router hosts compiled whole"] and not counts["router bases built"]
+        assert counts["router ports patched"] == 1, (change, counts)
+        assert counts["router owners planned"] == 3, (change, counts)  # all three hold a port
         # one neighbour rule on each router host (added, removed, or replaced: two)
         assert counts["router flow-mods"] == (6 if change == "_readdress" else 3), (change, counts)
+
+
+def test_a_port_that_makes_a_router_host_compiles_the_router_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first port of a routed network on a host changes every router host's tunnel
+    ingress: the router is compiled whole on its hosts, old and new (not patched)."""
+    w = _world(10)
+    _router(w, on_the_ports_network=False)  # r1 on rnet only: its one port is on hv3
+    plans: Counter[str] = Counter()
+    plan = routing.RoutingService._plan
+
+    def plan_counted(self: Any, host_id: str, *args: Any) -> Any:
+        plans[host_id] += 1
+        return plan(self, host_id, *args)
+
+    monkeypatch.setattr(routing.RoutingService, "_plan", plan_counted)
+    _routed_port(w, 2, "hv1")
+    result = w.step()
+    assert not result.failed
+    assert set(plans) == {"hv1", "hv3"}, plans
+    ingress = {
+        r
+        for d in result.diffs["hv3"]
+        for r in d.add_rules
+        if r.table == t.CLASSIFY and t.owner_kind(r.cookie) == t.OwnerKind.ROUTER
+    }
+    assert len(ingress) == 1  # hv3 now accepts rnet routed from hv1
 
 
 def test_the_holders_index_by_network_follows_every_holder_change() -> None:

@@ -1,28 +1,35 @@
 """Distributed routers on their hosts (owner kind ROUTER, `flows.routing`).
 
-Inputs: ``router`` (admin state), ``port`` (interfaces, and the addresses, MACs and state of
-the ports of routed networks), ``subnet`` (an interface's CIDR), ``network`` (keys and
-segments), ``binding`` and ``iface`` (where a port is and whether it is plugged),
-``host_facts`` (tunnel ports), ``switch`` (a host was read) and ``host`` (one deleted).
+Inputs: ``router`` (admin state, routes), ``port`` (interfaces, and the addresses, MACs and
+state of the ports of routed networks), ``subnet`` (an interface's CIDR), ``network`` (keys and
+segments), ``binding`` and ``iface`` (where a port is), ``host_facts`` (tunnel ports),
+``switch`` (a host was read) and ``host`` (one deleted).
 
-One unit per host, ``(host id,)``: every router with a network that has a port held by the
-host is compiled for it (`flows.routing.compile_router`) and each owner (one per interface)
-is diffed on its own, so a change sends only the flows it changes: a port of a routed network
-one neighbour rule per router host, an interface added or removed the flows of that router's
-interfaces on that router's hosts.
+Two kinds of unit.  ``(host id,)``: the host compiled whole, every router with a network that
+has a port held by the host (`flows.routing.compile_router`), each owner diffed on its own.
+``(port id, network id, port number)``: one port of a routed network patched in, its own
+owner (its neighbour rules, `flows.routing.routed_port_rules`, the function the whole compile
+uses too) on each host of its network's routers: O(1) per router host whatever the number of
+ports, one flow-mod per router host (two for a readdress).
 
-A change dirties the hosts of the routers it concerns: the hosts holding a port in one of
-their networks now (as l2 locates ports), and the hosts this service compiled them on last time
-(`hosts_of`), so a host that stopped being a router host has its owners removed.  Finding them,
-and a host's routers (`routers_on`), reads the holders' counted index by network
-(`Bindings.hosts_holding`, `Bindings.networks_held`), never a network's ports; a port of a
-network without a router dirties nothing here.  Compiling a router host still reads the ports
-of the router's networks (its neighbour rules).
+What a port change reads of a router apart from the port is kept per router (`RouterBase`: its
+interfaces with their CIDRs parsed once, its networks, its nexthops) with its *hosts* at the
+last compile (`router_hosts`: which hosts hold a port in which of its networks, from the
+holders' counted index `Bindings.hosts_holding`, never a network's ports).  A change that
+alters a router's base (the router, an interface, a subnet or network of it, a port that is a
+nexthop of its extra routes) drops it; a router whose base is gone or whose hosts moved (the
+first port of a network on a host, the last one leaving) is compiled whole on every host it
+has or had, since every router host's tunnel ingress follows its hosts.  A port of a network
+without a router dirties nothing here.
+
+A router the mirror does not know (its interface seen before its record, or after its
+deletion) routes nothing and answers nothing, like one that is admin down.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Hashable, Iterable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -31,9 +38,21 @@ import netaddr
 from controller.dataplane.planner import EMPTY, Change, Inputs, Step, Unit
 from controller.dataplane.state import NetworkRec, PortRec, RouterRec, SubnetRec
 from flows import tables as t
-from flows.routing import Interface, RoutedPort, RouterView, compile_router
+from flows.model import Slice
+from flows.routing import (
+    Interface,
+    RoutedPort,
+    RouterView,
+    Subnets,
+    compile_router,
+    routed_port_rules,
+)
 
 GROUP = "router"
+
+Hosts = dict[str, tuple[str, frozenset[int]]]
+"""A router's hosts: host id -> (its tunnel IP, the keys of the router's networks it holds a
+port in)."""
 
 
 def located_on(port: PortRec, inputs: Inputs) -> str | None:
@@ -65,42 +84,83 @@ def interfaces_of(router_id: str, inputs: Inputs) -> list[tuple[PortRec, Interfa
     return out
 
 
-def router_view(router_id: str, host_id: str, inputs: Inputs) -> RouterView | None:
-    """What the host needs of the router, None if it is admin down or has no interface."""
+@dataclass(frozen=True)
+class RouterBase:
+    """What a router's compile reads of it apart from its networks' ports: O(interfaces)."""
+
+    subnets: Subnets
+    nets: tuple[str, ...]  # its interfaces' networks
+    routes: tuple[tuple[str, str], ...]
+    nexthops: frozenset[str]  # its extra routes' nexthops, normalized
+
+
+def router_base(router_id: str, inputs: Inputs) -> RouterBase | None:
+    """None if the router is admin down, unknown to the mirror, or has no interface."""
     rec = inputs.mirror.routers.get(router_id)
-    if rec is not None and not rec.admin_up:
+    if rec is None or not rec.admin_up:
         return None
     ifaces = interfaces_of(router_id, inputs)
     if not ifaces:
         return None
-    mirror = inputs.mirror
-    cidrs = [(i.segment.key, netaddr.IPNetwork(i.cidr)) for _, i in ifaces]
-    ports: list[RoutedPort] = []
-    hosts: set[str] = set()
-    local: set[int] = set()
-    for net_id in sorted({p.network_id for p, _ in ifaces}):
-        key = mirror.key_of(net_id)
-        if key is None:
-            continue
-        for pid in sorted(mirror.net_ports.get(net_id, ())):
-            port = mirror.ports[pid]
-            holder = located_on(port, inputs)
-            if holder is None:
+    return RouterBase(
+        subnets=Subnets(i for _, i in ifaces),
+        nets=tuple(sorted({p.network_id for p, _ in ifaces})),
+        routes=rec.routes,
+        nexthops=frozenset(filter(None, (_normalized(nh) for _, nh in rec.routes))),
+    )
+
+
+def _normalized(ip: str) -> str | None:
+    try:
+        return str(netaddr.IPAddress(ip))
+    except (ValueError, netaddr.AddrFormatError):
+        return None
+
+
+def router_hosts(base: RouterBase | None, inputs: Inputs) -> Hosts:
+    """The router's hosts, from the holders' index: O(its networks x their hosts)."""
+    out: dict[str, set[int]] = {}
+    if base is not None:
+        mirror = inputs.mirror
+        for net_id in base.nets:
+            key = mirror.key_of(net_id)
+            if key is None:
                 continue
-            host_ip = inputs.hosts[holder].rec.tunnel_ip
-            hosts.add(host_ip)
-            if holder == host_id:
-                local.add(key)
-            for ip in port.fixed_ips:
-                addr = netaddr.IPAddress(ip)
-                if any(k == key and addr in c for k, c in cidrs):
-                    ports.append(RoutedPort(key, port.mac, str(addr), host_ip))
+            for h in inputs.bindings.hosts_holding(net_id):
+                if h in inputs.hosts:
+                    out.setdefault(h, set()).add(key)
+    return {h: (inputs.hosts[h].rec.tunnel_ip, frozenset(ks)) for h, ks in out.items()}
+
+
+def routed_entries(base: RouterBase, port: PortRec, inputs: Inputs) -> tuple[RoutedPort, ...]:
+    """One port's addresses in the router's subnets, where it is: O(its addresses)."""
+    holder = located_on(port, inputs)
+    net = inputs.mirror.networks.get(port.network_id)
+    if holder is None or net is None:
+        return ()
+    host_ip = inputs.hosts[holder].rec.tunnel_ip
+    return base.subnets.routed(port.num, net.segment, port.mac, port.fixed_ips, host_ip)
+
+
+def router_view(router_id: str, host_id: str, inputs: Inputs,
+                base: RouterBase | None = None) -> RouterView | None:  # fmt: skip
+    """What the host needs of the router (every routed port: a whole compile), None if it has
+    no base (`router_base`)."""
+    base = base if base is not None else router_base(router_id, inputs)
+    if base is None:
+        return None
+    mirror = inputs.mirror
+    hosts = router_hosts(base, inputs)
+    ports: list[RoutedPort] = []
+    for net_id in base.nets:
+        for pid in sorted(mirror.net_ports.get(net_id, ())):
+            ports += routed_entries(base, mirror.ports[pid], inputs)
     return RouterView(
-        interfaces=tuple(i for _, i in ifaces),
+        interfaces=base.subnets.interfaces,
         ports=tuple(ports),
-        hosts=tuple(sorted(hosts)),
-        local_keys=frozenset(local),
-        routes=rec.routes if rec is not None else (),
+        hosts=tuple(sorted(ip for ip, _ in hosts.values())),
+        local_keys=hosts[host_id][1] if host_id in hosts else frozenset(),
+        routes=base.routes,
     )
 
 
@@ -117,15 +177,17 @@ def routers_on(host_id: str, inputs: Inputs) -> set[str]:
     return found
 
 
-def compile_host_owners(host_id: str, inputs: Inputs) -> dict[int, Any]:
-    """Every router owner's slice on a ready host."""
-    ctx = inputs.context(host_id)
-    owners: dict[int, Any] = {}
-    for router_id in sorted(routers_on(host_id, inputs)):
-        view = router_view(router_id, host_id, inputs)
-        if view is not None:
-            owners.update(compile_router(ctx, view))
-    return owners
+def merge(owners: dict[int, Slice], more: dict[int, Slice]) -> None:
+    """Add one router's owners to a host's: a routed port of a network on two routers owns the
+    rules of both."""
+    for cookie, piece in more.items():
+        have = owners.get(cookie)
+        owners[cookie] = piece if have is None else Slice(rules=have.rules | piece.rules)
+
+
+def _routing_differs(old: PortRec, new: PortRec) -> bool:
+    return (old.network_id, old.mac, old.fixed_ips, old.router_id) != (
+        new.network_id, new.mac, new.fixed_ips, new.router_id)  # fmt: skip
 
 
 class RoutingService:
@@ -138,6 +200,8 @@ class RoutingService:
 
     def __init__(self) -> None:
         self.compiled_on: dict[str, frozenset[str]] = {}  # host -> routers compiled there
+        self.bases: dict[str, RouterBase | None] = {}  # router -> its base (None: no routing)
+        self.hosts: dict[str, Hosts] = {}  # router -> its hosts at its last compile
 
     def hosts_of(self, router_ids: Iterable[str], inputs: Inputs) -> set[str]:
         """The hosts of these routers now and at their last compile."""
@@ -145,6 +209,8 @@ class RoutingService:
         if not routers:
             return set()
         hosts = {h for h, rs in self.compiled_on.items() if rs & routers}
+        for r in routers:
+            hosts.update(self.hosts.get(r, {}))
         mirror = inputs.mirror
         nets = {
             mirror.ports[pid].network_id
@@ -159,9 +225,12 @@ class RoutingService:
     # ------------------------------------------------------------------ inputs -> units
 
     def changed(self, change: Change, inputs: Inputs) -> Iterable[Unit]:
+        """Whole hosts for what changes a router (its base: dropped here), one unit per port of
+        a routed network."""
         kind, mirror = change.kind, inputs.mirror
-        routers: set[str] = set()
+        routers: set[str] = set()  # compiled whole on their hosts
         hosts: set[str] = set()
+        ports: list[Unit] = []
         if kind == "router":
             routers.add(change.id)
             rec = change.new or change.old
@@ -169,13 +238,15 @@ class RoutingService:
         elif kind == "port":
             old, new = change.old, change.new
             assert isinstance(old, PortRec | None) and isinstance(new, PortRec | None)
+            if old is not None and new is not None and not _routing_differs(old, new):
+                return []
             for rec in (old, new):
                 if rec is None:
                     continue
                 if rec.router_id is not None:
                     routers.add(rec.router_id)
                 else:
-                    routers |= mirror.routers_of(rec.network_id)
+                    ports += self._port_units(rec, inputs, routers, old, new)
         elif kind == "subnet":
             sub = change.new or change.old
             assert isinstance(sub, SubnetRec)
@@ -186,31 +257,87 @@ class RoutingService:
             routers |= mirror.routers_of(net.id)
         elif kind in ("binding", "iface"):
             port = mirror.ports.get(change.id)
-            if port is not None:
-                routers |= mirror.routers_of(port.network_id)
-            if routers:  # a port of a network without a router costs this service nothing
-                hosts |= {h for h in (change.old, change.new) if isinstance(h, str)}
+            if port is not None and port.router_id is None:
+                ports += self._port_units(port, inputs, routers, port)
         elif kind in ("switch", "host_facts"):
             hosts.add(change.id)
-        elif kind == "host":
-            if change.new is None:
-                self.compiled_on.pop(change.id, None)
-            return []
+        elif kind == "host" and change.new is None:
+            routers |= self.compiled_on.pop(change.id, frozenset())
+        for r in routers:
+            self.bases.pop(r, None)
         hosts |= self.hosts_of(routers, inputs)
-        return [Unit(self.name, (h,)) for h in sorted(hosts) if h in inputs.hosts]
+        units = [Unit(self.name, (h,)) for h in sorted(hosts) if h in inputs.hosts]
+        return units + list(dict.fromkeys(ports))
+
+    def _port_units(self, rec: PortRec, inputs: Inputs, routers: set[str],
+                    *versions: PortRec | None) -> list[Unit]:  # fmt: skip
+        """The port's unit if its network is routed; a router with one of its addresses as a
+        nexthop goes into ``routers`` (its extra routes name the port's MAC and host)."""
+        routed = inputs.mirror.routers_of(rec.network_id)
+        if not routed:
+            return []  # a port of a network without a router costs this service nothing
+        ips = {ip for v in versions if v is not None for ip in v.fixed_ips}
+        for r in routed:
+            base = self.bases.get(r)
+            if (
+                base is not None
+                and base.nexthops
+                and any(_normalized(ip) in base.nexthops for ip in ips)
+            ):
+                routers.add(r)
+        return [Unit(self.name, (rec.id, rec.network_id, rec.num))]
 
     def group_of(self, owner: int, inputs: Inputs) -> Hashable | None:
-        port = inputs.mirror.port_by_num(t.owner_num(owner))
-        return GROUP if port is not None and port.router_id is not None else None
+        """An interface's or a routed port's owner: claimed while the port exists."""
+        return GROUP if inputs.mirror.port_by_num(t.owner_num(owner)) is not None else None
 
     def forget(self, unit: Unit) -> None:
-        """Nothing is cached half-done: a host whose compile failed is compiled whole again."""
+        """A failed unit: every router is compiled whole on its hosts next time it is touched
+        (what was cached may be half-done)."""
+        self.bases.clear()
+        self.hosts.clear()
 
     # ------------------------------------------------------------------ units -> work
 
     def work(self, units: Collection[Unit], inputs: Inputs) -> Iterator[tuple[Unit, Any]]:
-        hosts = sorted({str(u.scope[0]) for u in units})
-        return ((Unit(self.name, (h,)), partial(self._plan, h, inputs)) for h in hosts)
+        """Whole hosts, then the ports of hosts not compiled whole.  A router touched whose
+        base was dropped or whose hosts moved is compiled whole on all its hosts, old and new,
+        first (so that what a port patch reads is current)."""
+        whole = {str(u.scope[0]) for u in units if len(u.scope) == 1}
+        ports = sorted({u.scope for u in units if len(u.scope) == 3}, key=str)
+        mirror = inputs.mirror
+        pending: list[str] = []
+        for _pid, net_id, _num in ports:
+            pending += sorted(mirror.routers_of(str(net_id)))
+        for h in sorted(whole):
+            pending += sorted(routers_on(h, inputs) | self.compiled_on.get(h, frozenset()))
+        seen: set[str] = set()
+        while pending:
+            r = pending.pop()
+            if r in seen:
+                continue
+            seen.add(r)
+            stale = r not in self.bases
+            if stale:
+                self.bases[r] = router_base(r, inputs)
+            hosts = router_hosts(self.bases[r], inputs)
+            before = self.hosts.get(r)
+            if not stale and hosts == before:
+                continue
+            self.hosts[r] = hosts
+            more = hosts.keys() | (before or {}).keys()
+            more |= {h for h, rs in self.compiled_on.items() if r in rs}
+            for h in sorted(more - whole):
+                whole.add(h)
+                pending += sorted(routers_on(h, inputs) | self.compiled_on.get(h, frozenset()))
+        out: list[tuple[Unit, Any]] = [
+            (Unit(self.name, (h,)), partial(self._plan, h, inputs)) for h in sorted(whole)
+        ]
+        for scope in ports:
+            pid, net_id, num = str(scope[0]), str(scope[1]), int(scope[2])  # type: ignore[call-overload]
+            patch = partial(self._patch, pid, net_id, num, frozenset(whole), inputs)
+            out.append((Unit(self.name, scope), patch))
+        return iter(out)
 
     def _plan(self, host_id: str, inputs: Inputs, step: Step) -> None:
         """The host's router owners, each diffed against what its switch holds (a host that is
@@ -221,7 +348,41 @@ class RoutingService:
                 self.compiled_on.pop(host_id, None)
             return
         assert rt.installed is not None
-        desired = compile_host_owners(host_id, inputs)
+        desired = self.compile_host_owners(host_id, inputs)
+        step.count("router_hosts_compiled")
         for owner in sorted(desired.keys() | rt.groups.get(GROUP, set())):
             step.want(host_id, owner, GROUP, desired.get(owner, EMPTY))
         self.compiled_on[host_id] = frozenset(routers_on(host_id, inputs))
+
+    def compile_host_owners(self, host_id: str, inputs: Inputs) -> dict[int, Slice]:
+        """Every router owner's slice on a ready host."""
+        ctx = inputs.context(host_id)
+        owners: dict[int, Slice] = {}
+        for router_id in sorted(routers_on(host_id, inputs)):
+            view = router_view(router_id, host_id, inputs, self.bases.get(router_id))
+            if view is not None:
+                merge(owners, compile_router(ctx, view))
+        return owners
+
+    def _patch(self, pid: str, net_id: str, num: int, whole: frozenset[str], inputs: Inputs,
+               step: Step) -> None:  # fmt: skip
+        """One port's owner on each host of its network's routers (but those compiled whole
+        in this step): its neighbour rules from each router of the host, from the bases and
+        hosts `work` made current.  O(its routers x their hosts)."""
+        mirror = inputs.mirror
+        port = mirror.ports.get(pid)
+        if port is not None and (port.network_id != net_id or port.num != num):
+            port = None
+        entries: dict[str, list[RoutedPort]] = {}  # router host -> the port's entries there
+        for r in sorted(mirror.routers_of(net_id)):
+            base = self.bases.get(r)
+            mine = routed_entries(base, port, inputs) if base is not None and port else ()
+            for h in self.hosts.get(r, {}):
+                entries.setdefault(h, []).extend(mine)
+        step.count("router_ports_patched")
+        for h in sorted(entries.keys() - whole):
+            rt = inputs.hosts.get(h)
+            if rt is None or not rt.ready:
+                continue
+            rules = routed_port_rules(inputs.context(h), entries[h])
+            step.want(h, t.router_cookie(num), GROUP, Slice(rules=rules))
