@@ -9,22 +9,27 @@ traceroute show the router as a hop.  Encoded with ``os_ken.lib.packet``.
 As for DHCP (`controller.dataplane.dhcp`), who asks is decided by the switch, never by the
 frame: the packet-in must come from a router interface's flow in ``L3_ROUTING``, on a host
 from an ofport that host's OVSDB shows for a port of the interface's network, and the
-interface's router must be up.  The frame must be IPv4 from that port's MAC and one of its
-addresses; an ICMP error is never answered with another (RFC 1122).  The host's packet-in
-meter limits how many arrive; runs where `controller.southbound.packet_in` calls it (its worker
-or, bounded, the asking switch's receive thread), reads records by key and never waits.
+interface's router must be known and up (an interface whose router record the mirror does not
+have, e.g. events reordered, answers nothing, as its flows route nothing).  The frame must be
+IPv4 from that port's MAC and one of its addresses; an ICMP error is never answered with
+another (RFC 1122).  The host's packet-in meter limits how many arrive; runs where
+`controller.southbound.packet_in` calls it (its worker or, bounded, the asking switch's receive
+thread), reads records by key and never waits: the asking port is found from the in_port by an
+ofport index of the host's observation, built once per observation, not per packet.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from types import MappingProxyType
 
 from os_ken.lib.packet import ethernet, icmp, ipv4, packet
 
 from controller.dataplane.bindings import Bindings
 from controller.dataplane.planner import HostFacts
 from controller.dataplane.state import Mirror, PortRec
+from controller.southbound.ovsdb_host import HostObservation
 from controller.southbound.packet_in import PacketIn
 from flows import tables as t
 
@@ -47,6 +52,9 @@ class TtlExpired:
         self.answered = 0
         self.unmatched = 0  # no current interface's flow, or a sender that is no port there
         self.malformed = 0
+        # host -> (the observation, its ofport -> iface-ids): rebuilt when the data plane
+        # replaces the host's observation (it never edits one in place)
+        self._at: dict[str, tuple[HostObservation, Mapping[int, tuple[str, ...]]]] = {}
 
     def handle(self, pkt: PacketIn) -> bytes | None:
         """The time-exceeded frame for the packet-in's in_port, or None."""
@@ -82,22 +90,35 @@ class TtlExpired:
         if port is None or port.router_id is None:
             return None
         router = self.mirror.routers.get(port.router_id)
-        return port if router is None or router.admin_up else None
+        return port if router is not None and router.admin_up else None
 
     def _sender(self, pkt: PacketIn, iface: PortRec) -> PortRec | None:
         """The port of the interface's network held on the packet-in's host at its in_port."""
         host_id = self.by_dpid.get(pkt.dpid)
         rt = self.hosts.get(host_id) if host_id is not None else None
         obs = rt.obs if rt is not None else None
-        if obs is None or pkt.in_port is None:
+        if host_id is None or obs is None or pkt.in_port is None:
             return None
-        for pid, ofport in obs.bindings.items():
+        for pid in self._ports_at(host_id, obs).get(pkt.in_port, ()):
             port = self.mirror.ports.get(pid)
-            if (ofport == pkt.in_port and port is not None
-                    and port.network_id == iface.network_id
+            if (port is not None and port.network_id == iface.network_id
                     and self.bindings.holder(pid) == host_id):  # fmt: skip
                 return port
         return None
+
+    def _ports_at(self, host_id: str, obs: HostObservation) -> Mapping[int, tuple[str, ...]]:
+        """The host's ofport -> iface-ids (normally one each), once per observation."""
+        cached = self._at.get(host_id)
+        if cached is not None and cached[0] is obs:
+            return cached[1]
+        index: dict[int, tuple[str, ...]] = {}
+        for pid, ofport in obs.bindings.items():
+            index[ofport] = (*index.get(ofport, ()), pid)
+        if len(self._at) > len(self.hosts):  # bounded: hosts deleted since are dropped
+            self._at = {h: v for h, v in list(self._at.items()) if h in self.hosts}
+        view = MappingProxyType(index)
+        self._at[host_id] = (obs, view)
+        return view
 
     def status(self) -> dict[str, int]:
         return {"answered": self.answered, "unmatched": self.unmatched,

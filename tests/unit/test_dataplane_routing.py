@@ -333,6 +333,91 @@ def test_time_exceeded_answered_for_the_port_the_switch_names(routed: Routed) ->
     assert handler.status() == {"answered": 1, "unmatched": 3, "malformed": 0}
 
 
+def _probe(routed: Routed, src: str, dst: str) -> bytes:
+    """A TTL-1 UDP packet from VM ``src`` to its gateway's MAC for ``dst``'s address."""
+    from os_ken.lib.packet import ethernet, ipv4, packet, udp
+
+    port = routed.vms[src][0]
+    probe = packet.Packet()
+    probe.add_protocol(ethernet.ethernet(dst=routed.if1["mac_address"], src=port["mac_address"]))
+    probe.add_protocol(ipv4.ipv4(src=routed.ip(src), dst=routed.ip(dst), ttl=1, proto=17))
+    probe.add_protocol(udp.udp(src_port=40000, dst_port=33434))
+    probe.serialize()
+    return bytes(probe.data)
+
+
+class CountedBindings(dict[str, int]):
+    """An observation's bindings that count how often they are walked."""
+
+    walks = 0
+
+    def items(self) -> Any:
+        CountedBindings.walks += 1
+        return super().items()
+
+
+def test_time_exceeded_finds_the_sender_by_ofport_not_by_a_scan(routed: Routed) -> None:
+    """The asking port is looked up by in_port in an index of the host's observation, built
+    once per observation: 50 packet-ins from a host with 500 bindings walk them once (the
+    old handler walked them per packet); a new observation (the port re-plugged elsewhere)
+    is indexed again."""
+    from types import SimpleNamespace
+
+    from controller.dataplane.ttl import TtlExpired
+    from controller.southbound.ovsdb_host import HostObservation, datapath_id_for
+    from controller.southbound.packet_in import PacketIn
+
+    dp = routed.cloud.dp
+    v1 = routed.vms["v1"][0]
+    bindings = CountedBindings({f"other-{i}": 100 + i for i in range(500)})
+    bindings[v1["id"]] = 1
+    hv1 = SimpleNamespace(obs=HostObservation(bindings, {}))
+    handler = TtlExpired(dp.mirror, dp.bindings, {"hv1": hv1}, dp.by_dpid)
+    data = _probe(routed, "v1", "v2")
+    cookie = t.router_cookie(routed.if1["_num"])
+
+    def ask(in_port: int) -> bytes | None:
+        pkt = PacketIn(datapath_id_for("hv1"), t.L3_ROUTING, cookie, 0, in_port, None, data)
+        return handler.handle(pkt)
+
+    CountedBindings.walks = 0
+    assert all(ask(1) is not None for _ in range(50))
+    assert CountedBindings.walks == 1 and handler.answered == 50
+    moved = CountedBindings({**bindings, v1["id"]: 7})
+    hv1.obs = HostObservation(moved, {})
+    assert ask(1) is None and ask(7) is not None
+    assert CountedBindings.walks == 2
+
+
+def test_an_interface_whose_router_is_unknown_routes_and_answers_nothing(routed: Routed) -> None:
+    """Events reordered: the router's record goes (or has not arrived yet) while its interfaces
+    stay.  Without it nothing is routed or answered (no entry, ARP or echo answer, no ICMP time
+    exceeded), as for a router that is admin down; the record back, all is back."""
+    from controller.dataplane.ttl import TtlExpired
+    from controller.events import ChangeEvent
+    from controller.southbound.ovsdb_host import datapath_id_for
+    from controller.southbound.packet_in import PacketIn
+
+    cloud = routed.cloud
+    record = cloud.store.get("router", routed.router)
+    assert record is not None and router_rules(cloud, "hv1")
+    dp = cloud.dp
+    handler = TtlExpired(dp.mirror, dp.bindings, dp.hosts, dp.by_dpid)
+    cookie = t.router_cookie(routed.if1["_num"])
+    pkt = PacketIn(datapath_id_for("hv1"), t.L3_ROUTING, cookie, 0, 1, None,
+                   _probe(routed, "v1", "v2"))  # fmt: skip
+    assert handler.handle(pkt) is not None
+    cloud.bus.publish([ChangeEvent("router", record, None)])  # the store still has it
+    cloud.idle()
+    assert not router_rules(cloud, "hv1") and not router_rules(cloud, "hv2")
+    assert routed.send("v1", routed.ip("v3"), routed.if1, protocol=6, dst_port=22).dropped
+    assert handler.handle(pkt) is None
+    cloud.bus.publish([ChangeEvent("router", None, record)])
+    cloud.idle()
+    assert routed.send("v1", routed.ip("v3"), routed.if1, protocol=6, dst_port=22).ports == [2]
+    assert handler.handle(pkt) is not None
+
+
 def default_group(cloud: Cloud, project: str) -> str:
     """The project's default group (made by the store: ingress from its own members only,
     egress anywhere)."""
