@@ -24,6 +24,13 @@ TN_LAB = plans.BENCH_TENANTNET.lab_kwargs()
 OVN_LAB = plans.BENCH_OVN.lab_kwargs()
 
 _DURATION_RE = re.compile(r"duration=([0-9.]+)s")
+_TABLE_RE = re.compile(r"\btable=(\d+)")
+
+
+def gateway_ip(k: int) -> str:
+    """Network ``k``'s gateway (its subnet 10.<100+k>.0.0/16's first address, Neutron's
+    default), the address its router interface takes in the routing scenario."""
+    return f"10.{100 + k}.0.1"
 
 
 class ConfirmTimeout(RuntimeError):
@@ -129,6 +136,17 @@ def cpu_seconds(pid: int | None) -> float:
 def count_flows(hv: Hypervisor) -> int:
     out = hv.ofctl("dump-flows", "br-int", timeout=60)
     return sum(1 for line in out.splitlines() if "actions=" in line)
+
+
+def flows_by_table(hv: Hypervisor) -> dict[int, int]:
+    """``{table id: flows}`` of br-int (what `count_flows` counts, per table)."""
+    out: dict[int, int] = {}
+    for line in hv.ofctl("dump-flows", "br-int", timeout=60).splitlines():
+        if "actions=" in line:
+            m = _TABLE_RE.search(line)
+            t = int(m.group(1)) if m else 0
+            out[t] = out.get(t, 0) + 1
+    return out
 
 
 def count_groups(hv: Hypervisor) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 from bench.secgroups import PROBE_EVERY_S
 from bench.stats import across_runs, median, percentile, ratio
+from flows.tables import L3_NEIGHBOURS, L3_ROUTING
 
 SYSTEMS = ("tenantnet", "ovn")
 
@@ -322,6 +323,7 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
             rows.append(row)
     rows += dhcp_rows(results)
     rows += sg_rows(results)
+    rows += routing_rows(results)
     return rows
 
 
@@ -467,6 +469,82 @@ def sg_rows(results: dict[str, Any]) -> list[Row]:
         rows.append(Row(sec, "new TCP connections/s across hosts, port security off",
                         "conn/s", digits=0,
                         **_pair(raw, name, dp("conn", "unfiltered"))))
+    return rows
+
+
+def _every(values: list[Any], fn) -> float | None:
+    """``fn`` of the values, None when one of them is None (a ping never answered)."""
+    return None if not values or any(v is None for v in values) else fn(values)
+
+
+def _tables_median(tables: tuple[int, ...]):
+    """Median over the hosts of their flows in ``tables`` (a run's ``flows_by_table``; the
+    JSON's keys are strings)."""
+    return lambda run: median([sum(int(t.get(str(n), t.get(n, 0))) for n in tables)
+                               for t in run["flows_by_table"]])
+
+
+def routing_rows(results: dict[str, Any]) -> list[Row]:
+    """Issue 16 (bench/routing.py): flows with N subnets on a router, add_router_interface ->
+    first routed ping, a new pair's first routed ping, routed vs bridged throughput."""
+    raw, rows = results["raw"], []
+    for sc, name, runs in _of_role(results, "routing"):
+        n = sc["N"]
+        sec = f"10. distributed routing, H={sc['H']} P={sc['P']} N={n}, {runs} runs"
+        row = Row(sec, f"flows per host, {n} subnets on one router (median of hosts)", "flows",
+                  digits=0, **_pair(raw, name, lambda r: median(r["flows"]["flows"])))
+        row.target = _ovn_ratio_target(row, "<= 0.5x OVN", 0.5, "<=")
+        row.note = (f"{sc['P']} ports over {n} subnets of one project (default group as in "
+                    "measures 1-7); OVN: Logical_Router + a router port per subnet, as "
+                    "Neutron's OVN driver writes them; per table in the JSON's flows_by_table")
+        rows.append(row)
+        rows.append(Row(sec, "flows per host (max of hosts)", "flows", digits=0,
+                        **_pair(raw, name, lambda r: max(r["flows"]["flows"]))))
+        rows.append(Row(sec, "flows per host before the router (median of hosts)", "flows",
+                        digits=0,
+                        **_pair(raw, name, lambda r: median(r["flows_before"]["flows"]))))
+        row = Row(sec, f"  of which tenantnet's tables {L3_ROUTING}+{L3_NEIGHBOURS} "
+                  "(L3_ROUTING, L3_NEIGHBOURS)", "flows", digits=0,
+                  tenantnet=_agg(raw, name, "tenantnet",
+                                 _tables_median((L3_ROUTING, L3_NEIGHBOURS))))
+        rows.append(row)
+        row = Row(sec, "add_router_interface -> first routed ping reply, median", "ms",
+                  **_pair(raw, name, lambda r: None if r["if_add"].get("error") else
+                          _every(r["if_add"]["ping_ms"], median)))
+        row.target = _ovn_ratio_target(row, "<= 0.5x OVN", 0.5, "<=")
+        row.note = (f"{sc['if_adds']} adds per run (removed in between): vm1 (hv1) pings a VM "
+                    "of a routed subnet on hv2 every 2 ms, its gateway resolved by ARP; "
+                    "tenantnet: PUT add_router_interface; OVN: lrp-add + router-type "
+                    "lsp-add, no --wait (n/a: a ping never answered)")
+        rows.append(row)
+        rows.append(Row(sec, "add_router_interface -> first routed ping reply, max", "ms",
+                        **_pair(raw, name, lambda r: _every(r["if_add"]["ping_ms"], max))))
+        row = Row(sec, "flow-mods per add_router_interface, all hosts (tenantnet)", "msgs",
+                  digits=0, **_pair(raw, name, _stat("if_add", "flow_mods", median)))
+        row.note = "its phases (API, commit, data-plane steps, barrier) in the JSON's phases_ms"
+        rows.append(row)
+        rows.append(Row(sec, "new VM pair on hv1/hv2 across the router: ports ready, median",
+                        "ms", **_pair(raw, name, _stat("pairs", "ready_ms", median))))
+        row = Row(sec, "new VM pair on hv1/hv2 across the router: first routed ping, median",
+                  "ms", **_pair(raw, name, lambda r: _every(r["pairs"]["ping_ms"], median)))
+        row.note = (f"{sc['new_pairs']} pairs per run, plugged first, both ports created in "
+                    "one call while the first pings the second every 2 ms")
+        rows.append(row)
+        if not sc.get("dataplane"):
+            continue
+        dp = lambda which: lambda r: median(r["dataplane"][which])  # noqa: E731
+        row = Row(sec, "routed TCP throughput across hosts", "Mbit/s", digits=0,
+                  **_pair(raw, name, dp("routed")))
+        row.target = _ovn_ratio_target(row, ">= 1.0x OVN", 1.0, ">=")
+        row.note = "iperf3 vm1 (hv1, subnet 0) -> rb (hv2, subnet 1)"
+        rows.append(row)
+        bridged = Row(sec, "bridged TCP throughput, the same hosts", "Mbit/s", digits=0,
+                      **_pair(raw, name, dp("bridged")))
+        tn_r = row.tenantnet["median"] if row.tenantnet else None
+        tn_b = bridged.tenantnet["median"] if bridged.tenantnet else None
+        bridged.target = Target(">= 0.95 (tn routed/bridged)", ratio(tn_r, tn_b), 0.95, ">=")
+        bridged.note = "iperf3 vm1 -> vm2 (hv2, subnet 0), interleaved with the routed runs"
+        rows.append(bridged)
     return rows
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from bench import report
 from bench.common import REPO, loadavg, log, machine_info, versions
 from bench.dhcp_arp import run_dhcp_arp
+from bench.routing import run_routing
 from bench.scenario import dataplane, run_scenario
 from bench.secgroups import run_secgroups
 from bench.sut_ovn import OvnSystem, ovn_installed
@@ -63,19 +64,36 @@ def sg_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [{"name": f"sg-h{size['H']}-p{size['P']}", "role": "sg", **size}]
 
 
+def routing_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Issue 16's scenario (`bench.routing`).  Full: the issue's 10 subnets x 30 ports on H=3;
+    quick: 3 subnets x 10 ports, one run, its data-plane rows only with --routing-dataplane;
+    smoke: tiny, no data-plane rows."""
+    if args.no_routing:
+        return []
+    if args.smoke:
+        size = {"H": 2, "P": 4, "N": 2, "if_adds": 1, "new_pairs": 1, "dataplane": False}
+    elif args.quick:
+        size = {"H": 3, "P": 30, "N": 3, "if_adds": 3, "new_pairs": 3, "runs": 1,
+                "dataplane": args.routing_dataplane}
+    else:
+        size = {"H": 3, "P": 300, "N": 10, "if_adds": 5, "new_pairs": 5, "dataplane": True}
+    return [{"name": f"routing-h{size['H']}-p{size['P']}", "role": "routing", **size}]
+
+
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The scenarios: 'main' ones feed measures 1-5, those with lat_after the scaling curve,
     'dhcp' issue 15's measures."""
     if args.smoke:
         return [{"name": "main-smoke", "role": "main", "H": 2, "P": args.ports or 10,
-                 "N": 2, "lat_before": 3, "restart": True}, *dhcp_plan(args), *sg_plan(args)]
+                 "N": 2, "lat_before": 3, "restart": True}, *dhcp_plan(args), *sg_plan(args),
+                *routing_plan(args)]
     if args.quick:
         sc = [{"name": "h3-p60", "role": "main", "H": 3, "P": 60, "N": 4, "lat_before": 10,
                "restart": True}]
         if not args.no_scaling:
             sc += [{"name": f"scale-h3-p{p}", "role": "scale", "H": 3, "P": p, "N": 4,
                     "lat_after": 10} for p in (50, 200)]
-        return sc + dhcp_plan(args) + sg_plan(args)
+        return sc + dhcp_plan(args) + sg_plan(args) + routing_plan(args)
     sc = [
         {"name": "h3-p300", "role": "main", "H": 3, "P": 300, "N": 10, "lat_before": 30,
          "restart": True},
@@ -85,7 +103,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not args.no_scaling:
         sc += [{"name": f"scale-h10-p{p}", "role": "scale", "H": 10, "P": p, "N": 10,
                 "lat_after": 30} for p in (100, 5000)]
-    return sc + dhcp_plan(args) + sg_plan(args)
+    return sc + dhcp_plan(args) + sg_plan(args) + routing_plan(args)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -121,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                          "ACLs, neutron_pg_drop, as tenantnet's ports are in that group)")
     ap.add_argument("--sg-dataplane", action="store_true",
                     help="quick: also the security-group data-plane rows (always in full)")
+    ap.add_argument("--no-routing", action="store_true",
+                    help="skip issue 16's routing scenario")
+    ap.add_argument("--routing-dataplane", action="store_true",
+                    help="quick: also the routed data-plane rows (always in full)")
     ap.add_argument("--dhcp-window", type=int, default=None,
                     help="DHCP renewal load: requests in flight per VM (default 16, smoke 2; "
                          "with 4 tenantnet's rate was bound by its latency, not its CPU)")
@@ -144,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     systems = [s for s in args.systems.split(",") if s]
     scenarios = [s for s in plan(args) if not args.only or s["name"] in args.only]
     for sc in scenarios:
-        if sc["role"] == "sg":
+        if sc["role"] in ("sg", "routing"):
             sc.update(iperf_runs=iperf_runs, iperf_seconds=iperf_s)
     do_dp = not args.no_dataplane and (not args.only or "dataplane" in args.only)
 
@@ -174,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     make_for = {"dhcp": {"tenantnet": lambda h: TenantnetSystem(
         h, bulk_chunk=args.bulk_chunk, extra_args=meter),
         "ovn": lambda h: OvnSystem(h, encap=args.ovn_encap)}}
-    runners = {"dhcp": run_dhcp_arp, "sg": run_secgroups}
+    runners = {"dhcp": run_dhcp_arp, "sg": run_secgroups, "routing": run_routing}
     t_start = time.monotonic()
     interrupted = False
     try:

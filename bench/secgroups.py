@@ -151,7 +151,7 @@ def rule_enforced(system: Any, src: Vm, n: int) -> dict[str, Any]:
             out["enforced_s"].append(t)
             out["api_s"].append(round(took, 4))
             if phases:
-                out.setdefault("phases_ms", []).append(_phase_ms(before, phases()))
+                out.setdefault("phases_ms", []).append(phase_ms(before, phases()))
             time.sleep(0.3)
     finally:
         servers.stop()
@@ -160,7 +160,7 @@ def rule_enforced(system: Any, src: Vm, n: int) -> dict[str, Any]:
     return out
 
 
-def _phase_ms(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+def phase_ms(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
               ) -> dict[str, float | None]:
     """Milliseconds per phase between two `rule_phases` readings: totals, except the barrier
     (the mean round trip: the hosts' barriers run in parallel)."""

@@ -21,7 +21,15 @@ import signal
 import time
 from typing import Any
 
-from bench.common import OVN_LAB, ConfirmTimeout, cpu_seconds, fresh_flows, log, rss_kb
+from bench.common import (
+    OVN_LAB,
+    ConfirmTimeout,
+    cpu_seconds,
+    fresh_flows,
+    gateway_ip,
+    log,
+    rss_kb,
+)
 from lab.hypervisors import Hypervisor, Lab
 from lab.proc import CommandError, base_env, pid_alive, read_pidfile, run
 
@@ -155,13 +163,40 @@ class OvnSystem:
     def iface_id(self, name: str) -> str:
         return name
 
-    def add_network(self, k: int, project: str = "bench") -> None:
+    def add_network(self, k: int, project: str = "bench", gateway: bool = False) -> None:
+        """Logical switch ``bls<k>`` (a switch has no gateway: ``gateway`` is the address its
+        router port takes, `add_interface`)."""
         ls = f"bls{k}"
         self.nbctl("--wait=hv", "ls-add", ls)
         self.nets[k] = ls
         self.projects[k] = project
         if self.sg:
             self._default_group(project)
+
+    # ------------------------------------------------------------------ routers
+    # What Neutron's OVN driver writes for a distributed router (no gateway chassis: east-west
+    # is routed on the sending chassis): a Logical_Router, and per interface a
+    # Logical_Router_Port with the interface's MAC and gateway address plus the switch's
+    # port of type router (addresses "router", options:router-port), in one transaction and
+    # without --wait, as Neutron does.
+    def create_router(self) -> str:
+        self.nbctl("lr-add", "blr0")
+        return "blr0"
+
+    @staticmethod
+    def router_mac(k: int) -> str:
+        return f"fa:16:3e:fe:{k >> 8 & 255:02x}:{k & 255:02x}"
+
+    def add_interface(self, router: str, k: int) -> None:
+        lrp, lsp = f"lrp-bls{k}", f"rp-bls{k}"
+        self.nbctl("lrp-add", router, lrp, self.router_mac(k), f"{gateway_ip(k)}/16",
+                   "--", "lsp-add", self.nets[k], lsp,
+                   "--", "lsp-set-type", lsp, "router",
+                   "--", "lsp-set-addresses", lsp, "router",
+                   "--", "lsp-set-options", lsp, f"router-port={lrp}")  # fmt: skip
+
+    def remove_interface(self, router: str, k: int) -> None:
+        self.nbctl("lrp-del", f"lrp-bls{k}", "--", "lsp-del", f"rp-bls{k}")
 
     # ------------------------------------------------------------------ security groups
     # What Neutron's OVN driver writes (neutron/common/ovn/acl.py): a port group per security

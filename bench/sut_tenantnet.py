@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import TN_LAB, ConfirmTimeout, cpu_seconds, log, rss_kb
+from bench.common import TN_LAB, ConfirmTimeout, cpu_seconds, gateway_ip, log, rss_kb
 from controller.services.dhcp_records import DEFAULT_SERVER_MAC
 from lab.hypervisors import Lab
 from lab.tenantnet_proc import TenantnetProcess
@@ -27,11 +27,19 @@ _PHASES = {
     "barrier": ("tenantnet_openflow_barrier_rtt_seconds", {}),
 }
 
-def phase_totals(metrics_text: str) -> dict[str, tuple[float, float]]:
-    """``{phase: (count, seconds)}`` of the `_PHASES` histograms in a /metrics exposition."""
-    out = dict.fromkeys(_PHASES, (0.0, 0.0))
+INTERFACE_ROUTE = "/v2.0/routers/{obj_id}/add_router_interface"
+
+
+def phase_totals(metrics_text: str, api_route: str | None = None
+                 ) -> dict[str, tuple[float, float]]:
+    """``{phase: (count, seconds)}`` of the `_PHASES` histograms in a /metrics exposition
+    (``api_route``: the PUT of that route instead of the rule POST)."""
+    phases = dict(_PHASES)
+    if api_route:
+        phases["api"] = (_PHASES["api"][0], {"method": "PUT", "route": api_route})
+    out = dict.fromkeys(phases, (0.0, 0.0))
     for family in text_string_to_metric_families(metrics_text):
-        for phase, (name, labels) in _PHASES.items():
+        for phase, (name, labels) in phases.items():
             if family.name != name:
                 continue
             for sample in family.samples:
@@ -174,25 +182,59 @@ class TenantnetSystem:
         bench takes the difference around one rule create): the rule POST inside the server,
         its durable commit, the data-plane steps (plan, compile, send) and the barrier round
         trips (one per host a step sent to)."""
+        return self._phases()
+
+    def interface_phases(self) -> dict[str, tuple[float, float]]:
+        """As `rule_phases`, with the ``add_router_interface`` PUT as the API phase."""
+        return self._phases(INTERFACE_ROUTE)
+
+    def _phases(self, api_route: str | None = None) -> dict[str, tuple[float, float]]:
         assert self.ctl is not None
         url = f"http://127.0.0.1:{self.ctl.api_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as resp:
-            return phase_totals(resp.read().decode())
+            return phase_totals(resp.read().decode(), api_route)
 
     # ------------------------------------------------------------------ model
     def iface_id(self, name: str) -> str:
         """The port id the VM interface carries (tenantnet ports are UUIDs)."""
         return str(uuid.uuid5(_NS, name))
 
-    def add_network(self, k: int, project: str = "bench") -> None:
+    def add_network(self, k: int, project: str = "bench", gateway: bool = False) -> None:
+        """Network ``k`` with one subnet 10.<100+k>.0.0/16; ``gateway``: its gateway is
+        `gateway_ip` (k) (a router can take it) and DHCP is off, as on OVN's switches here
+        (with DHCP on, tenantnet's DHCP server answers ARP for a gateway no router holds
+        yet, with its own MAC: see bench/README.md, measure 10); else no gateway."""
         api = self.ctl.api
         if project != "bench":
             unlimited = {"port": -1, "security_group": -1, "security_group_rule": -1}
             api.request("PUT", f"/v2.0/quotas/{project}", {"quota": unlimited}, expect=200)
         net = api.create("network", name=f"bnet{k}", project_id=project)
         sub = api.create("subnet", network_id=net["id"], cidr=f"10.{100 + k}.0.0/16",
-                         ip_version=4, gateway_ip=None, project_id=project)
+                         ip_version=4, project_id=project,
+                         **({"gateway_ip": gateway_ip(k), "enable_dhcp": False} if gateway
+                            else {"gateway_ip": None}))
         self.nets[k] = {"id": net["id"], "subnet": sub["id"], "project": project}
+
+    # ------------------------------------------------------------------ routers
+    def create_router(self) -> str:
+        """A router of the bench project (distributed, no external gateway)."""
+        return str(self.ctl.api.create("router", name="brouter", project_id="bench")["id"])
+
+    def _router_action(self, router: str, action: str, body: dict[str, str]) -> dict[str, Any]:
+        assert self.http is not None
+        st, resp = self.http.request("PUT", f"/v2.0/routers/{router}/{action}", body)
+        if st != 200:
+            raise RuntimeError(f"{action}: {st} {resp}")
+        return dict(resp)
+
+    def add_interface(self, router: str, k: int) -> None:
+        """``add_router_interface`` by network ``k``'s subnet (a port at its gateway IP); returns
+        when the API answered (the data plane follows, as OVN's NB write is not waited on)."""
+        self._router_action(router, "add_router_interface", {"subnet_id": self.nets[k]["subnet"]})
+
+    def remove_interface(self, router: str, k: int) -> None:
+        self._router_action(router, "remove_router_interface",
+                            {"subnet_id": self.nets[k]["subnet"]})
 
     # ------------------------------------------------------------------ security groups
     def enable_security_groups(self) -> None:

@@ -67,6 +67,13 @@ def test_bench_smoke(tmp_path):
         (run,) = doc["raw"]["sg-h2-p4"][system]
         assert "error" not in run["rule"], (system, run["rule"])
         assert None not in run["rule"]["enforced_s"], (system, run["rule"])
+    # issue 16's scenario: on both systems the interface added let the ping through, and a new
+    # pair of VMs across the router reached each other
+    for system in ("tenantnet", "ovn"):
+        (run,) = doc["raw"]["routing-h2-p4"][system]
+        assert "error" not in run["if_add"], (system, run["if_add"])
+        assert run["if_add"]["ping_ms"] and None not in run["if_add"]["ping_ms"], (system, run)
+        assert None not in run["pairs"]["ping_ms"], (system, run["pairs"])
     for sc in doc["params"]["scenarios"]:
         raw = doc["raw"][sc["name"]]
         assert len(raw["tenantnet"]) == 1 and len(raw["ovn"]) == 1, (sc["name"], raw)

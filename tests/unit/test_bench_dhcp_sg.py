@@ -149,7 +149,7 @@ def test_rule_phases_read_the_controllers_histograms_and_differences_per_rule():
     own route only, durable commits only, steps, and the barrier as a mean round trip."""
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    from bench.secgroups import _phase_ms
+    from bench.secgroups import phase_ms
     from bench.sut_tenantnet import phase_totals
 
     reg = CollectorRegistry()
@@ -166,5 +166,5 @@ def test_rule_phases_read_the_controllers_histograms_and_differences_per_rule():
     for rtt in (0.001, 0.002, 0.003):  # one barrier per host
         barrier.observe(rtt)
     after = phase_totals(generate_latest(reg).decode())
-    assert _phase_ms(before, after) == {"api": 12.0, "commit": 4.0, "step": 3.0, "barrier": 2.0}
-    assert _phase_ms(after, after)["barrier"] is None
+    assert phase_ms(before, after) == {"api": 12.0, "commit": 4.0, "step": 3.0, "barrier": 2.0}
+    assert phase_ms(after, after)["barrier"] is None

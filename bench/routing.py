@@ -1,0 +1,185 @@
+"""Issue 16's measures, the same work for both systems: distributed routing between a
+project's subnets.
+
+Setup (one run, fresh lab): N networks with a gateway (network k: 10.<100+k>.0.0/16, gateway
+10.<100+k>.0.1), all in the project "bench" (tenantnet: its default security group; OVN: what
+Neutron writes for it unless ``--no-main-sg``, as in measures 1-7); vm1 (hv1) and vm2 (hv2) in
+network 0 as in `bench.scenario.setup_base`, vm1 with its default route via network 0's
+gateway, and ``rb`` on hv2 in network 1 (default route via network 1's gateway); then P bulk
+ports over the hosts and networks (measure 2), and one router.  tenantnet: ``POST /routers``
+and ``PUT .../add_router_interface {"subnet_id"}`` through its API; OVN: what Neutron's OVN
+driver writes (`bench.sut_ovn`: a Logical_Router, per interface a Logical_Router_Port and the
+switch's port of type router, one transaction, no --wait).
+
+1. **add_router_interface -> first routed ping reply**: networks 1..N-1 are on the router,
+   network 0 not; vm1 pings rb every `PING_EVERY_S` (2 ms), then network 0's interface is
+   added; the time from the call to the first echo reply (``ping -D``).  vm1 resolves its
+   gateway with ARP (the interface's MAC is not known before it exists; both systems answer
+   from flows), with the neighbour retry made as fast as the ping (`fast_arp`) so that the
+   kernel's 1 s retry timer is not what is measured.  Repeated ``if_adds`` times, the
+   interface removed in between (vm1's neighbours flushed).
+2. **Flows per host** once all N subnets are on the router (flow counts stable, as measure 9),
+   also before the router existed (after the bulk), and per table (the JSON's
+   ``flows_by_table``).
+3. **First routed ping between two new VMs on different hosts**: ``new_pairs`` times, two VMs
+   plugged first, in networks 2 and 3 (1 and 0 when N < 4) on hv1 and hv2; the first pings the
+   second every 2 ms; both ports are created in one call (tenantnet: bulk POST + wait; OVN:
+   one ``--wait=hv`` transaction); ready and first reply, from the create.
+4. **Data plane** (``sc["dataplane"]``): iperf3 vm1 -> rb (routed) and vm1 -> vm2 (bridged,
+   the same hosts), interleaved.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.common import (
+    first_reply_time,
+    flows_and_groups,
+    flows_by_table,
+    gateway_ip,
+    log,
+    ping_first_reply,
+)
+from bench.scenario import VM1, VM2, bulk, fresh_system
+from bench.secgroups import phase_ms, settle_flows
+from bench.stats import median
+from lab.hypervisors import Vm
+from lab.proc import run
+
+PING_EVERY_S = 0.002
+RB = ("rb", "0a:00:00:06:00:02", "10.101.255.2")
+
+
+def fast_arp(vm: Vm, every_ms: int = 2) -> None:
+    """The VM's neighbour resolution retried every ``every_ms`` and never given up (20,000
+    probes): an address whose owner does not exist yet is resolved as soon as it answers,
+    and ping gets no "host unreachable" error that would end it."""
+    vm.exec("sysctl", "-q", "-w", f"net.ipv4.neigh.eth0.retrans_time_ms={every_ms}",
+            "net.ipv4.neigh.eth0.mcast_solicit=20000", "net.ipv4.neigh.eth0.ucast_solicit=20000")
+
+
+def pair_networks(n: int) -> tuple[int, int]:
+    """The networks of the new-VM pairs: 2 and 3, or 1 and 0 with fewer than 4 networks."""
+    return (2, 3) if n >= 4 else (1, 0)
+
+
+def routed_vm(system: Any, hv: int, name: str, mac: str, ip: str, k: int) -> Vm:
+    """A VM in network ``k`` with its default route via the network's gateway (not plugged
+    into a port yet: the caller creates it)."""
+    vm = system.lab.add_vm(hv, name, mac, f"{ip}/16", system.iface_id(name),
+                           gateway=gateway_ip(k))
+    fast_arp(vm)
+    return vm
+
+
+def setup(system: Any, n: int) -> tuple[Vm, Vm, Vm]:
+    """Networks 0..N-1 with gateways; vm1, vm2 (network 0) and rb (network 1), ACTIVE."""
+    for k in range(n):
+        system.add_network(k, gateway=True)
+    vm1 = routed_vm(system, 1, *VM1, k=0)
+    vm2 = system.lab.add_vm(2, VM2[0], VM2[1], f"{VM2[2]}/16", system.iface_id(VM2[0]))
+    rb = routed_vm(system, 2, *RB, k=1)
+    system.create_ports_wait([(0, *VM1), (0, *VM2), (1, *RB)])
+    vm1.wait_reachable(vm2.ip, timeout=20)
+    return vm1, vm2, rb
+
+
+def interface_to_ping(system: Any, router: str, src: Vm, dst: Vm, n: int) -> dict[str, Any]:
+    """``n`` times: network 0's interface added while ``src`` pings ``dst`` (network 1)."""
+    out: dict[str, Any] = {"ping_ms": [], "api_ms": [], "ping_every_s": PING_EVERY_S}
+    before = src.ping(dst.ip, count=1, timeout=0.5).received
+    if before:
+        out["error"] = "routed before the interface existed"
+        return out
+    dst.wait_reachable(gateway_ip(1), timeout=20)  # dst's own gateway is resolved
+    phases = getattr(system, "interface_phases", None)
+    for i in range(n):
+        if i:
+            system.remove_interface(router, 0)
+            time.sleep(0.5)
+        run("ip", "-n", src.ns, "neigh", "flush", "dev", "eth0")
+        ping = ping_first_reply(src.ns, dst.ip, interval=PING_EVERY_S)
+        time.sleep(0.3)
+        before = phases() if phases else None
+        fm0 = system.flow_mods_total()
+        t0 = time.time()
+        system.add_interface(router, 0)
+        out["api_ms"].append(round((time.time() - t0) * 1000, 2))
+        tr = first_reply_time(ping)
+        out["ping_ms"].append(round((tr - t0) * 1000, 2) if tr else None)
+        time.sleep(0.3)  # the last hosts' steps are done (the reply needed only two of them)
+        if phases:
+            out.setdefault("phases_ms", []).append(phase_ms(before, phases()))
+        if fm0 is not None:
+            out.setdefault("flow_mods", []).append(system.flow_mods_total() - fm0)
+    log(f"{system.name} add_router_interface -> first routed ping: {out['ping_ms']} ms "
+        f"(call returned after {out['api_ms']} ms; flow-mods {out.get('flow_mods')}; "
+        f"phases {out.get('phases_ms')})")
+    return out
+
+
+def new_pairs(system: Any, n_pairs: int, n_networks: int) -> dict[str, list[float | None]]:
+    """``n_pairs`` times two new VMs on hv1 / hv2 in two routed networks: ports created in
+    one call while the first pings the second; ready and first reply from the create."""
+    ka, kb = pair_networks(n_networks)
+    out: dict[str, list[float | None]] = {"ready_ms": [], "ping_ms": []}
+    for i in range(1, n_pairs + 1):
+        a = routed_vm(system, 1, f"ra{i}", f"0a:00:00:07:00:{i:02x}",
+                      f"10.{100 + ka}.253.{i}", k=ka)
+        b = routed_vm(system, 2, f"rc{i}", f"0a:00:00:07:01:{i:02x}",
+                      f"10.{100 + kb}.253.{100 + i}", k=kb)
+        time.sleep(0.3)
+        ping = ping_first_reply(a.ns, b.ip, interval=PING_EVERY_S)
+        time.sleep(0.3)
+        t0 = time.time()
+        dt = system.create_ports_wait([(ka, a.name, a.mac, a.ip), (kb, b.name, b.mac, b.ip)])
+        tr = first_reply_time(ping)
+        out["ready_ms"].append(round(dt * 1000, 2))
+        out["ping_ms"].append(round((tr - t0) * 1000, 2) if tr else None)
+        time.sleep(0.2)
+    log(f"{system.name} new VM pair across the router: ready {out['ready_ms']} ms, "
+        f"first ping {out['ping_ms']} ms")
+    return out
+
+
+def dataplane(vm1: Vm, vm2: Vm, rb: Vm, runs: int, seconds: float) -> dict[str, list[float]]:
+    """iperf3 vm1 -> rb (routed) and vm1 -> vm2 (bridged), interleaved run by run."""
+    rb.wait_reachable(vm1.ip, timeout=20)
+    out: dict[str, list[float]] = {"routed": [], "bridged": []}
+    for _ in range(runs):
+        out["routed"].append(vm1.iperf(rb, seconds))
+        out["bridged"].append(vm1.iperf(vm2, seconds))
+    return out
+
+
+def _tables(system: Any) -> list[dict[int, int]]:
+    return [flows_by_table(hv) for hv in system.lab.hvs]
+
+
+def run_routing(system: Any, sc: dict[str, Any]) -> dict[str, Any]:
+    """One run on a fresh lab and control plane; torn down at the end."""
+    n = sc["N"]
+    with fresh_system(system, sc) as m:
+        vm1, vm2, rb = setup(system, n)
+        m["bulk"] = bulk(system, sc["P"], n)
+        settle_flows(system)
+        m["flows_before"] = flows_and_groups(system.lab)
+        router = system.create_router()
+        for k in range(1, n):
+            system.add_interface(router, k)
+        m["if_add"] = interface_to_ping(system, router, vm1, rb, sc["if_adds"])
+        m["settle_s"] = settle_flows(system)
+        m["flows"] = flows_and_groups(system.lab)
+        m["flows_by_table"] = _tables(system)
+        log(f"{system.name}: flows per host {m['flows_before']['flows']} before the router, "
+            f"{m['flows']['flows']} with {n} subnets on it; by table {m['flows_by_table']}")
+        m["pairs"] = new_pairs(system, sc["new_pairs"], n)
+        if sc.get("dataplane"):
+            m["dataplane"] = dataplane(vm1, vm2, rb, sc["iperf_runs"], sc["iperf_seconds"])
+            log(f"{system.name} routed data plane: {m['dataplane']}")
+        log(f"{system.name} routing: interface -> ping median "
+            f"{median(m['if_add']['ping_ms'])} ms, pair first ping median "
+            f"{median(m['pairs']['ping_ms'])} ms")
+    return m

@@ -1,0 +1,134 @@
+"""The pure parts of the bench's routing scenario (issue 16): its plan and CLI, the per-table
+flow count, what OVN gets for a router interface, and the report's rows and targets."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from bench import report, routing, run
+from bench.common import flows_by_table, gateway_ip
+from bench.sut_ovn import OvnSystem
+
+
+def _args(**kw: object) -> argparse.Namespace:
+    base = {"smoke": False, "quick": False, "no_scaling": False, "no_dhcp": True,
+            "no_sg": True, "no_routing": False, "routing_dataplane": False,
+            "dhcp_window": None, "sg_dataplane": False, "ports": None}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def _routing(args: argparse.Namespace) -> list[dict]:
+    return [sc for sc in run.plan(args) if sc["role"] == "routing"]
+
+
+def test_plan_has_the_issues_sizes_and_a_small_quick_one():
+    (full,) = _routing(_args())
+    assert (full["name"], full["H"], full["P"], full["N"]) == ("routing-h3-p300", 3, 300, 10)
+    assert full["dataplane"] and "runs" not in full  # every run of a full bench
+    (quick,) = _routing(_args(quick=True))
+    assert (quick["P"], quick["N"], quick["runs"], quick["dataplane"]) == (30, 3, 1, False)
+    (quick,) = _routing(_args(quick=True, routing_dataplane=True))
+    assert quick["dataplane"]
+    (smoke,) = _routing(_args(smoke=True))
+    assert (smoke["H"], smoke["N"], smoke["dataplane"]) == (2, 2, False)
+    assert _routing(_args(no_routing=True)) == []
+
+
+def test_pairs_use_two_routed_networks_other_than_the_probes():
+    assert routing.pair_networks(10) == (2, 3)
+    assert routing.pair_networks(2) == (1, 0)
+
+
+class _Hv:
+    def __init__(self, dump: str) -> None:
+        self.dump = dump
+
+    def ofctl(self, *args: str, timeout: float = 10) -> str:
+        assert args[:2] == ("dump-flows", "br-int")
+        return self.dump
+
+
+def test_flows_by_table_counts_what_count_flows_counts():
+    dump = (" cookie=0x1, duration=1.0s, table=0, n_packets=0, priority=100,in_port=1 "
+            "actions=goto_table:1\n"
+            " cookie=0x1, duration=1.0s, n_packets=0, priority=0 actions=drop\n"  # table 0
+            " cookie=0x1, duration=1.0s, table=4, priority=116,ip actions=dec_ttl\n"
+            " cookie=0x1, duration=1.0s, table=45, priority=0 actions=drop\n"
+            "NXST_FLOW reply (xid=0x4):\n")
+    assert flows_by_table(_Hv(dump)) == {0: 2, 4: 1, 45: 1}
+
+
+def test_ovn_interface_is_a_router_port_and_its_switch_port_in_one_transaction():
+    calls: list[tuple[str, ...]] = []
+    ovn = OvnSystem.__new__(OvnSystem)
+    ovn.nets = {3: "bls3"}
+    ovn.nbctl = lambda *a, **kw: calls.append(a) or ""  # type: ignore[method-assign]
+    ovn.add_interface("blr0", 3)
+    (txn,) = calls
+    assert txn[:5] == ("lrp-add", "blr0", "lrp-bls3", OvnSystem.router_mac(3),
+                       f"{gateway_ip(3)}/16")
+    cmds = " ".join(txn)
+    assert "lsp-add bls3 rp-bls3" in cmds and "lsp-set-type rp-bls3 router" in cmds
+    assert "router-port=lrp-bls3" in cmds and "--wait" not in cmds
+    ovn.remove_interface("blr0", 3)
+    assert calls[1] == ("lrp-del", "lrp-bls3", "--", "lsp-del", "rp-bls3")
+
+
+def _run(flows, tables, if_ms, pair_ms, dp=None, error=None, fm=None):
+    r = {"flows": {"flows": flows, "groups": [0]}, "flows_before": {"flows": [100, 100]},
+         "flows_by_table": tables, "if_add": {"ping_ms": if_ms, "flow_mods": fm},
+         "pairs": {"ready_ms": [10.0], "ping_ms": pair_ms}}
+    if error:
+        r["if_add"]["error"] = error
+    if dp:
+        r["dataplane"] = {"routed": [dp[0]], "bridged": [dp[1]]}
+    return r
+
+
+def test_routing_rows_targets_and_unanswered_pings():
+    sc = {"name": "r", "role": "routing", "H": 3, "P": 30, "N": 3, "if_adds": 2,
+          "new_pairs": 1, "dataplane": True}
+    tn_tables = [{"4": 20, "5": 30, "0": 7}, {"4": 22, "5": 30}]  # JSON keys: strings
+    results = {"params": {"scenarios": [sc]}, "raw": {"r": {
+        "tenantnet": [_run([300, 320], tn_tables, [10.0, 30.0], [5.0], dp=(900, 1000),
+                            fm=[30, 50])],
+        "ovn": [_run([1000, 1000], [{"20": 1}], [40.0, None], [6.0], dp=(800, 1000))],
+    }}}
+    rows = {r.label: r for r in report.routing_rows(results)}
+    flows = rows["flows per host, 3 subnets on one router (median of hosts)"]
+    assert flows.ratio == pytest.approx(0.31) and flows.target.result == "PASS"
+    split = rows["  of which tenantnet's tables 4+5 (L3_ROUTING, L3_NEIGHBOURS)"]
+    assert split.tenantnet["median"] == 51 and split.ovn is None
+    add = rows["add_router_interface -> first routed ping reply, median"]
+    assert add.tenantnet["median"] == 20
+    assert add.ovn is None and add.target.result == "n/a"  # one of OVN's pings never answered
+    fm = rows["flow-mods per add_router_interface, all hosts (tenantnet)"]
+    assert fm.tenantnet["median"] == 40 and fm.ovn is None
+    routed = rows["routed TCP throughput across hosts"]
+    assert routed.ratio == pytest.approx(900 / 800) and routed.target.result == "PASS"
+    bridged = rows["bridged TCP throughput, the same hosts"]
+    assert bridged.target.value == 0.9 and bridged.target.result == "MISS"
+    # a run that routed before the interface existed measured nothing
+    results["raw"]["r"]["tenantnet"][0]["if_add"]["error"] = "routed before"
+    rows = {r.label: r for r in report.routing_rows(results)}
+    assert rows["add_router_interface -> first routed ping reply, median"].tenantnet is None
+    # quick without --routing-dataplane: no throughput rows
+    sc["dataplane"] = False
+    assert not [r for r in report.routing_rows(results) if "throughput" in r.label]
+
+
+def test_interface_phases_read_the_interface_put_not_the_rule_post():
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from bench.sut_tenantnet import INTERFACE_ROUTE, phase_totals
+
+    reg = CollectorRegistry()
+    api = Histogram("tenantnet_api_request_seconds", "", ["method", "route"], registry=reg)
+    api.labels("POST", "/v2.0/security-group-rules").observe(5)
+    api.labels("PUT", "/v2.0/routers/{obj_id}/remove_router_interface").observe(7)
+    api.labels("PUT", INTERFACE_ROUTE).observe(0.02)
+    text = generate_latest(reg).decode()
+    assert phase_totals(text, INTERFACE_ROUTE)["api"] == (1.0, pytest.approx(0.02))
+    assert phase_totals(text)["api"] == (1.0, 5.0)  # the rule POST, as before
