@@ -195,6 +195,10 @@ class OvnSystem:
                    "--", "lsp-set-addresses", lsp, "router",
                    "--", "lsp-set-options", lsp, f"router-port={lrp}")  # fmt: skip
 
+    def wait_idle(self, timeout: float = 120) -> None:
+        """Until every chassis has what the NB holds (``--wait=hv sync``)."""
+        self.nbctl("--wait=hv", "sync", timeout=timeout)
+
     def remove_interface(self, router: str, k: int) -> None:
         self.nbctl("lrp-del", f"lrp-bls{k}", "--", "lsp-del", f"rp-bls{k}")
 

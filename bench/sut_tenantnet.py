@@ -232,6 +232,16 @@ class TenantnetSystem:
         when the API answered (the data plane follows, as OVN's NB write is not waited on)."""
         self._router_action(router, "add_router_interface", {"subnet_id": self.nets[k]["subnet"]})
 
+    def wait_idle(self, timeout: float = 120) -> None:
+        """Until the data plane is idle (`/tenantnet/status` ``idle``: nothing queued, planned
+        but unsent, or awaiting a barrier), polled every 50 ms: between measures only (a status
+        request costs the controller CPU)."""
+        deadline = time.monotonic() + timeout
+        while not self.ctl.api.status().get("idle"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"data plane not idle after {timeout} s")
+            time.sleep(0.05)
+
     def remove_interface(self, router: str, k: int) -> None:
         self._router_action(router, "remove_router_interface",
                             {"subnet_id": self.nets[k]["subnet"]})
