@@ -519,6 +519,11 @@ def routing_rows(results: dict[str, Any]) -> list[Row]:
         rows.append(row)
         rows.append(Row(sec, "add_router_interface -> first routed ping reply, max", "ms",
                         **_pair(raw, name, lambda r: _every(r["if_add"]["ping_ms"], max))))
+        row = Row(sec, "control-plane CPU per add_router_interface, until applied", "ms",
+                  digits=0, **_pair(raw, name, _stat("if_add", "cpu_ms", median)))
+        row.note = ("tenantnet: its process; OVN: northd + NB + SB + every ovn-controller; "
+                    "until tenantnet's data plane is idle / OVN's --wait=hv sync returned")
+        rows.append(row)
         row = Row(sec, "flow-mods per add_router_interface, all hosts (tenantnet)", "msgs",
                   digits=0, **_pair(raw, name, _stat("if_add", "flow_mods", median)))
         row.note = "its phases (API, commit, data-plane steps, barrier) in the JSON's phases_ms"

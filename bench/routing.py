@@ -102,7 +102,7 @@ def interface_to_ping(system: Any, router: str, src: Vm, dst: Vm, n: int) -> dic
     Each add starts from a settled system (`settle`: the previous remove is in the switches)
     in which ``src`` does not reach ``dst``; a reply before the call would measure nothing
     (None, and the run's ``error`` says so).  The add's flow-mods and phases are read once the
-    system settled again."""
+    system settled again, and the control plane's CPU from the call until then."""
     out: dict[str, Any] = {"ping_ms": [], "api_ms": [], "ping_every_s": PING_EVERY_S}
     dst.wait_reachable(gateway_ip(1), timeout=20)  # dst's own gateway is resolved
     phases = getattr(system, "interface_phases", None)
@@ -120,6 +120,7 @@ def interface_to_ping(system: Any, router: str, src: Vm, dst: Vm, n: int) -> dic
         time.sleep(0.3)
         before = phases() if phases else None
         fm0 = system.flow_mods_total()
+        cpu0 = system.control_plane_cpu()
         t0 = time.time()
         system.add_interface(router, 0)
         out["api_ms"].append(round((time.time() - t0) * 1000, 2))
@@ -129,12 +130,15 @@ def interface_to_ping(system: Any, router: str, src: Vm, dst: Vm, n: int) -> dic
             tr = None
         out["ping_ms"].append(round((tr - t0) * 1000, 2) if tr else None)
         settle(system)
+        # CPU in clock ticks until settled (the idle polls add ~3 ms per 0.2 s of wait)
+        out.setdefault("cpu_ms", []).append(round((system.control_plane_cpu() - cpu0) * 1000))
         if phases:
             out.setdefault("phases_ms", []).append(phase_ms(before, phases()))
         if fm0 is not None:
             out.setdefault("flow_mods", []).append(system.flow_mods_total() - fm0)
     log(f"{system.name} add_router_interface -> first routed ping: {out['ping_ms']} ms "
-        f"(call returned after {out['api_ms']} ms; flow-mods {out.get('flow_mods')}; "
+        f"(call returned after {out['api_ms']} ms; CPU {out['cpu_ms']} ms; flow-mods "
+        f"{out.get('flow_mods')}; "
         f"phases {out.get('phases_ms')})")
     return out
 

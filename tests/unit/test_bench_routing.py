@@ -76,9 +76,10 @@ def test_ovn_interface_is_a_router_port_and_its_switch_port_in_one_transaction()
     assert calls[1] == ("lrp-del", "lrp-bls3", "--", "lsp-del", "rp-bls3")
 
 
-def _run(flows, tables, if_ms, pair_ms, dp=None, error=None, fm=None):
+def _run(flows, tables, if_ms, pair_ms, dp=None, error=None, fm=None, cpu=(60, 60)):
     r = {"flows": {"flows": flows, "groups": [0]}, "flows_before": {"flows": [100, 100]},
-         "flows_by_table": tables, "if_add": {"ping_ms": if_ms, "flow_mods": fm},
+         "flows_by_table": tables,
+         "if_add": {"ping_ms": if_ms, "flow_mods": fm, "cpu_ms": list(cpu)},
          "pairs": {"ready_ms": [10.0], "ping_ms": pair_ms}}
     if error:
         r["if_add"]["error"] = error
@@ -93,7 +94,7 @@ def test_routing_rows_targets_and_unanswered_pings():
     tn_tables = [{"4": 20, "5": 30, "0": 7}, {"4": 22, "5": 30}]  # JSON keys: strings
     results = {"params": {"scenarios": [sc]}, "raw": {"r": {
         "tenantnet": [_run([300, 320], tn_tables, [10.0, 30.0], [5.0], dp=(900, 1000),
-                            fm=[30, 50])],
+                            fm=[30, 50], cpu=(200, 400))],
         "ovn": [_run([1000, 1000], [{"20": 1}], [40.0, None], [6.0], dp=(800, 1000))],
     }}}
     rows = {r.label: r for r in report.routing_rows(results)}
@@ -104,6 +105,8 @@ def test_routing_rows_targets_and_unanswered_pings():
     add = rows["add_router_interface -> first routed ping reply, median"]
     assert add.tenantnet["median"] == 20
     assert add.ovn is None and add.target.result == "n/a"  # one of OVN's pings never answered
+    cpu = rows["control-plane CPU per add_router_interface, until applied"]
+    assert cpu.ratio == pytest.approx(300 / 60)
     fm = rows["flow-mods per add_router_interface, all hosts (tenantnet)"]
     assert fm.tenantnet["median"] == 40 and fm.ovn is None
     routed = rows["routed TCP throughput across hosts"]
