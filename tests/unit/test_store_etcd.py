@@ -1,9 +1,10 @@
-"""The store on a real 3-member etcd cluster: the core store and API tests again, then what only
-a cluster has - two instances writing at once, events on the other instance exactly once, a
-dropped connection, a lost member, lost quorum - and the migration both ways.
+"""The store on a real 3-member etcd cluster: the core store tests again (the API's are in
+`test_api_etcd`), then what only a cluster has - two instances writing at once, events on the
+other instance exactly once, a dropped connection, a lost member, lost quorum - and the
+migration both ways.
 
 The imported tests run here with this module's ``store`` fixture (an `EtcdStore`), so they prove
-the same behaviour on both backends; the API fixtures of conftest build on it.
+the same behaviour on both backends.
 """
 
 from __future__ import annotations
@@ -26,26 +27,6 @@ from controller.store.etcd_log import EtcdLog
 from controller.store.etcd_settings import EtcdSettings, parse_url
 from controller.store.replicated import WRITES, EtcdStore
 from controller.store.transfer import etcd_to_sqlite, sqlite_to_etcd
-from tests.unit.test_api import (  # noqa: F401  (collected again, on etcd)
-    test_bulk_create,
-    test_bulk_create_is_atomic,
-    test_delete_rules,
-    test_filters,
-    test_if_match_revision,
-    test_network_create_defaults_and_shape,
-    test_pagination,
-    test_port_create_defaults,
-    test_port_ip_rules,
-    test_port_mac_rules,
-    test_port_update_and_read_only,
-    test_subnet_defaults,
-)
-from tests.unit.test_routers_api import (  # noqa: F401  (collected again, on etcd)
-    test_add_and_remove_extraroutes_atomically,
-    test_add_by_subnet_makes_a_port_at_the_gateway,
-    test_interface_refusals_by_subnet,
-    test_remove_interface_by_subnet_or_port,
-)
 from tests.unit.test_store import (  # noqa: F401  (collected again, on etcd)
     kill_writer_after,
     make_net_with_subnet,
