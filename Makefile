@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bootstrap bootstrap-test demo demo-tls test unit lint bench bench-quick clean-hosts
+.PHONY: bootstrap bootstrap-test demo demo-tls demo-ha test unit lint bench bench-quick clean-hosts
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -18,6 +18,11 @@ demo: bootstrap
 # The same demo with TLS everywhere (PKI from ovs-pki, ssl: OpenFlow and OVSDB, HTTPS API).
 demo-tls: bootstrap
 	@$(PY) -m scripts.demo --tls
+
+# 3 controllers on a 3-member etcd cluster (etcd-server: bootstrap-test), 3 hypervisors: kills the
+# OpenFlow master of a host mid-ping and prints the failover time and the pings lost (docs/ha.md).
+demo-ha: bootstrap-test
+	@$(PY) -m scripts.demo_ha
 
 test: bootstrap-test
 	@$(VENV)/bin/ruff check .

@@ -293,6 +293,18 @@ class Hypervisor:
         return [line.strip() for line in out.splitlines()
                 if line.strip() and not line.startswith(("OFPST_FLOW", "NXST_FLOW"))]
 
+    def controller_roles(self) -> dict[str, str]:
+        """Controller target -> its OpenFlow role as vswitchd reports it (``master``,
+        ``slave``, ``other``), or ``down`` while not connected.  vswitchd refreshes these
+        columns every few seconds: a role change shows up late, never early."""
+        out = self.vsctl("--format=csv", "--no-headings", "--columns=target,role,is_connected",
+                         "list", "Controller")
+        roles = {}
+        for line in out.splitlines():
+            target, role, connected = (f.strip('"') for f in line.split(","))
+            roles[target] = role if connected == "true" else "down"
+        return roles
+
     def trace(self, bridge: str, flow: str) -> str:
         """``ofproto/trace`` output for ``flow`` (e.g. ``in_port=1,dl_dst=...,ip``)."""
         return self.appctl("ofproto/trace", bridge, flow)

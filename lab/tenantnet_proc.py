@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -133,6 +134,37 @@ class Api:
                 return st
             time.sleep(0.05)
         raise TimeoutError("controller did not report all hosts reconciled")
+
+
+class ApiProbe:
+    """API writes to one instance in a background thread (create + delete of a network every
+    ``interval`` s) while something else happens, e.g. another instance is killed: how many
+    pairs went through and the errors of those that did not."""
+
+    def __init__(self, api: Api, interval: float = 0.05) -> None:
+        self.api, self.interval = api, interval
+        self.calls = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="api-probe", daemon=True)
+
+    def start(self) -> ApiProbe:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                net = self.api.create("network", name=f"probe-{self.calls}")
+                self.api.delete("network", net["id"])
+                self.calls += 1
+            except Exception as exc:  # counted: the caller asserts on it
+                self.errors.append(repr(exc))
+            self._stop.wait(self.interval)
 
 
 class StopTimeout(RuntimeError):

@@ -24,6 +24,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -144,13 +145,14 @@ def _scenario(lab: Lab, api, t_start: float) -> bool:
     return ok
 
 
-def main() -> int:
-    tls = "--tls" in sys.argv[1:]
+def main_of(run_in: Callable[[Path], bool], prefix: str) -> int:
+    """Run a demo in a fresh temporary directory, torn down on failure and on Ctrl-C/SIGTERM;
+    the exit status (0 PASS, 1 FAIL, 130 interrupted).  `make demo-ha` runs through it too."""
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored
-    with tempfile.TemporaryDirectory(prefix="tenantnet-demo-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         try:
-            ok = run(Path(tmp), tls=tls)
+            ok = run_in(Path(tmp))
         except KeyboardInterrupt:
             print("\ninterrupted: torn down", flush=True)
             return 130
@@ -158,6 +160,11 @@ def main() -> int:
             print(f"\nFAIL: {exc}", flush=True)
             return 1
     return 0 if ok else 1
+
+
+def main() -> int:
+    tls = "--tls" in sys.argv[1:]
+    return main_of(lambda workdir: run(workdir, tls=tls), "tenantnet-demo-")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ threshold.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from lab.hypervisors import Hypervisor, Lab
-from lab.tenantnet_proc import TenantnetProcess
+from lab.hypervisors import Lab
+from lab.tenantnet_proc import ApiProbe, TenantnetProcess
 
 pytestmark = pytest.mark.etcd
 TTL_S = 2
@@ -35,17 +34,6 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
             return got
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def roles(hv: Hypervisor) -> dict[str, str]:
-    """target -> role of the bridge's controllers, as vswitchd reports them."""
-    out = hv.vsctl("--format=csv", "--no-headings", "--columns=target,role,is_connected",
-                   "list", "Controller")  # fmt: skip
-    got = {}
-    for line in out.splitlines():
-        target, role, connected = (f.strip('"') for f in line.split(","))
-        got[target] = role if connected == "true" else "down"
-    return got
 
 
 @pytest.fixture
@@ -95,7 +83,7 @@ def test_killing_a_hosts_owner_moves_its_master_role_without_losing_a_ping(
     # every bridge lists both instances: its owner is master, the other a slave
     for hv in lab.hvs:
         want = {t: ("master" if m == owner_of[hv.name] else "slave") for m, t in target_of.items()}
-        wait_for(lambda hv=hv, want=want: roles(hv) == want, f"{hv.name}: roles {want}")
+        wait_for(lambda hv=hv, want=want: hv.controller_roles() == want, f"{hv.name}: roles {want}")
     victim_name = owner_of[lab.hvs[0].name]
     victim = by_member[victim_name]
     survivor = next(p for p in procs if p is not victim)
@@ -103,23 +91,8 @@ def test_killing_a_hosts_owner_moves_its_master_role_without_losing_a_ping(
     wait_for(lambda: survivor.api.status()["idle"], "survivor idle")
     sent_before = survivor.api.status()["flow_mods"]
 
-    api_errors: list[str] = []
-    api_calls = [0]
-    stop = threading.Event()
-
-    def keep_asking() -> None:  # API requests to the survivor throughout
-        while not stop.is_set():
-            try:
-                n = survivor.api.create("network", name=f"during-{api_calls[0]}")
-                survivor.api.delete("network", n["id"])
-                api_calls[0] += 1
-            except Exception as exc:
-                api_errors.append(repr(exc))
-            time.sleep(0.05)
-
-    asker = threading.Thread(target=keep_asking, daemon=True)
     ping = vms[0].ping_background(vms[1].ip, interval=0.05)
-    asker.start()
+    probe = ApiProbe(survivor.api).start()  # API requests to the survivor throughout
     time.sleep(0.5)
     victim.kill()
     killed = time.monotonic()
@@ -133,20 +106,19 @@ def test_killing_a_hosts_owner_moves_its_master_role_without_losing_a_ping(
     wait_for(taken_over, "the survivor owning and reconciling the hosts it took over")
     failover_s = time.monotonic() - killed
     for hv in (x for x in lab.hvs if x.name in moved):  # vswitchd's view (refreshed lazily)
-        h = hv.name
-        wait_for(lambda hv=hv: roles(hv).get(new_target) == "master", f"{h}: a new master")
+        master = lambda hv=hv: hv.controller_roles().get(new_target) == "master"  # noqa: E731
+        wait_for(master, f"{hv.name}: a new master")
     time.sleep(0.5)
-    stop.set()
-    asker.join(10)
+    probe.stop()
     stats = ping.stop()
     st = survivor.api.status()
     print(f"\nfailover: {len(moved)} host(s) reconciled as master by the survivor "
           f"{failover_s:.2f} s after kill -9 (lease TTL {TTL_S} s); pings sent {stats.sent}, lost "
           f"{stats.sent - stats.received}, max gap {stats.max_gap_ms:.0f} ms; "
-          f"{api_calls[0]} API create+delete pairs during it")  # fmt: skip
+          f"{probe.calls} API create+delete pairs during it")  # fmt: skip
     assert all(st["hosts"][h]["owned"] for h in moved)
     assert st["flow_mods"] == sent_before, "the survivor re-sent flows that were in place"
     assert stats.sent - stats.received == 0
-    assert api_errors == [] and api_calls[0] > 0
+    assert probe.errors == [] and probe.calls > 0
     for hv in lab.hvs:  # the dead instance is no longer listed; the survivor is master
-        assert roles(hv) == {new_target: "master"}
+        assert hv.controller_roles() == {new_target: "master"}
