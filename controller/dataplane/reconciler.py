@@ -53,12 +53,13 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from controller.dataplane import garp
 from controller.dataplane.admission import Admission
 from controller.dataplane.audit import Auditor
 from controller.dataplane.batch import Batch
@@ -100,6 +101,12 @@ class Switches(Protocol):
         ...
 
     def flush_ct_zones(self, dpid: int, zones: list[int]) -> bool: ...
+
+    def packet_outs(
+        self, dpid: int, frames: Sequence[tuple[int, bytes]], wait: bool = True
+    ) -> bool | None:
+        """Send each (port, frame) out of that port (gratuitous ARPs, `garp`)."""
+        ...
 
 
 @dataclass
@@ -204,6 +211,7 @@ class DataPlane:
         self._held_since: float | None = None
         self._steps = 0
         self._decided: dict[str, int] = {}  # port -> the latest step that decided its status
+        self._appeared: set[str] = set()  # router interfaces to announce (garp.py)
         # The drift audit (audit.py): every audit_interval_s per host (0: only on request).
         self.audit = Auditor(self, audit_interval_s, audit_read_timeout_s)
 
@@ -420,6 +428,10 @@ class DataPlane:
             if old_port is None or new_port is None or old_port.binding_differs(new_port):
                 self._rebind([obj_id])
             self._changed(Change("port", obj_id, old_port, new_port))
+            if garp.appeared(old_port, new_port):
+                self._appeared.add(obj_id)
+            else:
+                self._appeared.discard(obj_id)
         elif ev.kind == "host":
             old_host, new_host = _typed(HostRec, ev.old), _typed(HostRec, ev.new)
             if new_host is None and old_host is not None:
@@ -767,6 +779,7 @@ class DataPlane:
             if rt is not None and self.switches.flush_ct_zones(rt.dpid, sorted(set(zones))):
                 self.stats.ct_zones_flushed += len(set(zones))
                 LOG.info("host %s: conntrack zones %s flushed", host_id, sorted(set(zones)))
+        self._announce(batch)
         self._settle(batch)
         self.metrics.reconcile.flushed(plan.diffs)
         sent = self.stats.flow_mods + self.stats.group_mods - sent_before
@@ -781,6 +794,34 @@ class DataPlane:
                 sent, len(plan.diffs), ms,
             )  # fmt: skip
         self._check_reconciled()
+
+    def _announce(self, batch: Batch) -> None:
+        """Gratuitous ARPs for the router interfaces that appeared (garp.py): out of a host
+        once it confirms this step (which installs the interface's flows), at once from a host
+        this step sends nothing."""
+        appeared, self._appeared = self._appeared, set()
+        observed = {h: rt.obs for h, rt in self.hosts.items() if rt.ready and self.owns(h)}
+        for pid in sorted(appeared):
+            port = self.mirror.ports.get(pid)
+            if port is None:
+                continue
+            for host_id, frames in garp.announcements(
+                port, self.mirror, self.bindings, observed
+            ).items():
+                if host_id in batch.waiting:
+                    batch.announce.setdefault(host_id, []).extend(frames)
+                else:
+                    self._send_announcements(host_id, frames)
+
+    def _send_announcements(self, host_id: str, frames: garp.Frames) -> None:
+        rt = self.hosts.get(host_id)
+        if rt is None or not frames:
+            return
+        sent = self.switches.packet_outs(rt.dpid, frames)
+        LOG.info(
+            "host %s: %d gratuitous ARPs for a router interface %s",
+            host_id, len(frames), "sent" if sent else "not sent (switch gone)",
+        )  # fmt: skip
 
     def _failed(self, unit: Unit, exc: BaseException, now: float) -> None:
         """Planning ``unit`` raised: nothing of it was sent or recorded; it is planned again
@@ -853,6 +894,9 @@ class DataPlane:
         elif ok and rt is not None:
             rt.failures = 0
         batch.confirmed(host_id, ok)
+        frames = batch.announce.pop(host_id, [])
+        if ok and rt is not None and rt.dpid == dpid:
+            self._send_announcements(host_id, frames)
         self._settle(batch)
         self._check_reconciled()
 

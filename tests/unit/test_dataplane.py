@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -40,6 +40,7 @@ class FakeSwitches:
         self.applied: list[tuple[int, FlowDiff]] = []
         self.removed: list[int] = []
         self.flushed: list[tuple[int, list[int]]] = []
+        self.packets: list[tuple[int, int, bytes]] = []  # (dpid, port, frame) sent out
         self.lock = threading.Lock()
 
     def _switch(self, dpid: int) -> WireSwitch:
@@ -70,6 +71,13 @@ class FakeSwitches:
     def flush_ct_zones(self, dpid: int, zones: list[int]) -> bool:
         with self.lock:
             self.flushed.append((dpid, list(zones)))
+        return True
+
+    def packet_outs(
+        self, dpid: int, frames: Sequence[tuple[int, bytes]], wait: bool = True
+    ) -> bool | None:
+        with self.lock:
+            self.packets.extend((dpid, port, data) for port, data in frames)
         return True
 
     def installed(self, dpid: int) -> Slice:

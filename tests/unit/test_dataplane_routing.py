@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from os_ken.lib.packet import arp, ethernet, packet
 
+from controller.southbound.ovsdb_host import datapath_id_for
 from controller.tracer import Request, Tracer, catalog, snapshot
 from controller.tracer import _desired as desired_tables
 from flows import tables as t
@@ -473,3 +475,39 @@ def test_default_group_admits_routed_members_and_only_them(routed: Routed) -> No
     assert member_flows(cloud, "hv2", a) == on_hv2
     restart(cloud)
     assert cloud.dp.stats.flow_mods == 0 and cloud.dp.stats.group_mods == 0
+
+
+def announced(cloud: Cloud, since: int) -> list[tuple[str, int, str, str]]:
+    """(host, port, sender MAC, sender IP) of the gratuitous ARPs sent since ``since``."""
+    hosts = {datapath_id_for(f"hv{n}"): f"hv{n}" for n in range(1, 4)}
+    out = []
+    for dpid, port, data in cloud.switches.packets[since:]:
+        pkt = packet.Packet(data)
+        eth, req = pkt.get_protocol(ethernet.ethernet), pkt.get_protocol(arp.arp)
+        assert eth.dst == "ff:ff:ff:ff:ff:ff" and req.opcode == arp.ARP_REQUEST
+        assert req.dst_ip == req.src_ip and eth.src == req.src_mac
+        out.append((hosts[dpid], port, req.src_mac, req.src_ip))
+    return sorted(out)
+
+
+def test_an_interface_that_reappears_is_announced_once_to_its_networks_ports(
+    routed: Routed,
+) -> None:
+    """A re-added interface comes back with another MAC: each port of its network, on the host
+    holding it, gets one gratuitous ARP for the gateway at the new MAC; nothing else does, and
+    nothing is announced again without a new appearance."""
+    cloud, store = routed.cloud, routed.cloud.store
+    store.router_interface(routed.router, {"subnet_id": routed.sub2["id"]}, add=False)
+    cloud.idle()
+    before = len(cloud.switches.packets)
+    again = routed.interface(routed.net2, routed.sub2)
+    cloud.idle()
+    assert again["mac_address"] != routed.if2["mac_address"]
+    gw = (again["mac_address"], "10.0.2.1")
+    # v2 on hv2 (ofport 1), v3 on hv1 (ofport 2); not v1 (net1) nor x1 (another project)
+    assert announced(cloud, before) == [("hv1", 2, *gw), ("hv2", 1, *gw)]
+    before = len(cloud.switches.packets)
+    store.update("port", again["id"], {"name": "renamed"})
+    store.update("router", routed.router, {"name": "r"})
+    cloud.idle()
+    assert cloud.switches.packets[before:] == []
