@@ -3,11 +3,12 @@ hosts with N ports (issue 13: "a port change costs O(1) flow-mods and CPU whatev
 ports").  No switches, no store, no actor: the planner's state built in memory, as the unit
 tests build it, then the same three changes timed `--repeat` times each (median in ms).
 
-Layouts: ``one``: all N ports in one network; ``ten``: N ports spread over 10 networks (the
-change is in the first).  Every port is in its project's default group (Neutron's template),
-so the security-group service runs too.  Printed per size: the whole step
-(`Planner.changed` + `Planner.plan`; not the harness's own bookkeeping), each service's share
-of `plan`, and the flow-mods of the plan.
+Layouts: ``one``: all N ports in one network; ``ten``: N ports spread over 10 networks (the change
+is in the first); ``routed``: ``one`` with a router joining the network to another (the routing
+service patches the port's neighbour rule on each router host). Every port is in its project's
+default group (Neutron's template), so the security-group service runs too. Printed per size: the
+whole step (`Planner.changed` + `Planner.plan`; not the harness's own bookkeeping), each service's
+share of `plan`, and the flow-mods of the plan.
 
     PYTHONPATH=$PWD .venv/bin/python -m bench.planner_port_cost --sizes 50 200 1000 3000
 """
@@ -32,13 +33,17 @@ from controller.dataplane.state import (
     Mirror,
     NetworkRec,
     PortRec,
+    RouterRec,
     SecurityGroupRec,
     SgRuleRec,
+    SubnetRec,
 )
+from controller.services.dhcp_records import DhcpSubnet
 from controller.southbound.ovsdb_host import HostObservation
 from flows.model import Slice
 
 TUNNELS = {"vxlan": 64001, "gre": 64002}
+RIF = "network:router_interface_distributed"
 HOSTS = ("hv1", "hv2", "hv3")
 DEFAULT_RULES = (
     {"direction": "ingress", "ethertype": "IPv4", "remote_group_id": "default"},
@@ -148,8 +153,30 @@ def _ip(num: int) -> str:
     return f"10.{num >> 16 & 255}.{num >> 8 & 255}.{num & 255}"
 
 
-def build(ports: int, networks: int) -> World:
+def route(w: World) -> None:
+    """Router r1 with an interface on the first network (10.0.0.0/8, where `_ip` puts every
+    port) and one on a network of its own (192.168.0.0/24)."""
+    w.mirror.set_network("rnet", NetworkRec("rnet", 999, "vxlan", 1999))
+    router = RouterRec("r1")
+    w.mirror.set_record("router", "r1", router)
+    w.change(Change("router", "r1", None, router))
+    plan = ((w.networks[0], "10.0.0.0/8", "10.255.255.254"), ("rnet", "192.168.0.0/24",
+            "192.168.0.1"))  # fmt: skip
+    for n, (net_id, cidr, gw) in enumerate(plan):
+        sub = SubnetRec(f"s{n}", net_id, 4, DhcpSubnet(f"s{n}", cidr, None))
+        w.mirror.set_subnet(sub.id, sub)
+        w.change(Change("subnet", sub.id, None, sub))
+        port = PortRec(f"if{n}", 900_000_000 + n, net_id, f"02:ff:00:00:00:{n:02x}",
+                       fixed_ips=(gw,), subnet_ips=((sub.id, gw),), device_owner=RIF,
+                       device_id="r1")  # fmt: skip
+        w.mirror.set_port(port.id, port)
+        w.change(Change("port", port.id, None, port))
+
+
+def build(ports: int, networks: int, routed: bool = False) -> World:
     w = World(networks)
+    if routed:
+        route(w)
     for num in range(1, ports + 1):
         host = HOSTS[num % 3]
         net_id = w.networks[num % networks]
@@ -184,8 +211,9 @@ class ServiceClock:
         return timed_work
 
 
-def measure(ports: int, networks: int, repeat: int) -> dict[str, dict[str, float]]:
-    w = build(ports, networks)
+def measure(ports: int, networks: int, repeat: int,
+            routed: bool = False) -> dict[str, dict[str, float]]:  # fmt: skip
+    w = build(ports, networks, routed)
     clock = ServiceClock(w.planner)
     net0 = w.networks[0]
     samples: dict[str, dict[str, list[float]]] = {
@@ -221,12 +249,13 @@ def measure(ports: int, networks: int, repeat: int) -> dict[str, dict[str, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 1000, 3000])
-    parser.add_argument("--layouts", nargs="+", default=["one", "ten"], choices=["one", "ten"])
+    parser.add_argument("--layouts", nargs="+", default=["one", "ten", "routed"],
+                        choices=["one", "ten", "routed"])  # fmt: skip
     parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args()
     for layout in args.layouts:
         for size in args.sizes:
-            result = measure(size, 1 if layout == "one" else 10, args.repeat)
+            result = measure(size, 10 if layout == "ten" else 1, args.repeat, layout == "routed")
             for change, m in result.items():
                 shares = " ".join(f"{k}={v:.2f}" for k, v in sorted(m.items())
                                   if k not in ("step", "flow-mods"))  # fmt: skip

@@ -325,6 +325,8 @@ class RoutingService:
             if not stale and hosts == before:
                 continue
             self.hosts[r] = hosts
+            if r not in mirror.routers and not hosts:  # deleted: nothing kept of it
+                del self.bases[r], self.hosts[r]
             more = hosts.keys() | (before or {}).keys()
             more |= {h for h, rs in self.compiled_on.items() if r in rs}
             for h in sorted(more - whole):
