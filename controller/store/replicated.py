@@ -559,8 +559,9 @@ class EtcdStore(Store):
         refused: dict[str, list[str]] | None = None,
     ) -> None:
         """As `Store.set_ports_observed`, but never fails nor waits on a cluster without
-        quorum: the observations are then held (latest per port) and written when it is back
-        (`write_held_observations`), since the data plane must keep forwarding meanwhile."""
+        quorum, nor behind another write waiting for etcd: the observations are then held
+        (latest per port) and written by the follower (`write_held_observations`), since the
+        data plane must keep forwarding meanwhile."""
         observed = Observations(dict(statuses or {}), dict(bindings or {}), dict(refused or {}))
         if not observed or self._held(observed):
             return
@@ -568,6 +569,8 @@ class EtcdStore(Store):
             self._retrying(Store.set_ports_observed, statuses, bindings, refused)
         except StoreUnavailable as exc:
             self._hold(observed, exc)
+        finally:
+            self._writer.release()
 
     def set_host_state(
         self, host_id: str, status: str, datapath_id: str | None
@@ -581,14 +584,22 @@ class EtcdStore(Store):
         except StoreUnavailable as exc:
             self._hold(observed, exc)
             return None
+        finally:
+            self._writer.release()
 
     def _held(self, observed: Observations) -> bool:
         """Queue ``observed`` behind held ones, or at once when etcd is known unreachable (a
-        write would wait a timeout per member); False: write it now."""
+        write would wait a timeout per member) or another write holds the writer lock (it may
+        be waiting for etcd just as long); False: write it now, with the writer lock taken
+        (the caller releases it)."""
         if self._pending.add_if_holding(observed):
             return True
         if self.down:
             self._hold(observed, None)
+            return True
+        if not self._writer.acquire(blocking=False):
+            self._pending.hold(observed)  # not a failure: no warning, the follower writes it
+            self._doorbell.set()
             return True
         return False
 

@@ -301,6 +301,24 @@ def test_an_overtaken_write_is_run_again_on_the_new_state(
     assert other.applied == 2  # entry 1 (the first network) applied by the retry, then its own
 
 
+def hold_appends(
+    store: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Event, threading.Event]:
+    """Hold the store's next appends to etcd (as a slow or quorum-less cluster holds them for a
+    timeout per member) until ``release`` is set; ``entered``: one is being held."""
+    entered, release = threading.Event(), threading.Event()
+    real_append = store._log.append
+
+    def held_append(after: int, entry: bytes) -> bool:
+        if not release.is_set():
+            entered.set()
+            release.wait(60)
+        return real_append(after, entry)
+
+    monkeypatch.setattr(store._log, "append", held_append)
+    return entered, release
+
+
 def test_a_write_waiting_for_etcd_blocks_no_read(
     store: EtcdStore,
     events: list[ChangeEvent],
@@ -312,16 +330,7 @@ def test_a_write_waiting_for_etcd_blocks_no_read(
     plane's - answer at once, without the unacknowledged write; an instance appending
     meanwhile overtakes it, so it runs again on the new state, and every event comes once."""
     net = store.create_network({"name": "before"})
-    entered, release = threading.Event(), threading.Event()
-    real_append = store._log.append
-
-    def held_append(after: int, entry: bytes) -> bool:
-        if not release.is_set():
-            entered.set()
-            release.wait(60)
-        return real_append(after, entry)
-
-    monkeypatch.setattr(store._log, "append", held_append)
+    entered, release = hold_appends(store, monkeypatch)
     written: list[dict[str, Any]] = []
     writer = threading.Thread(target=lambda: written.append(store.create_network({})))
     read: dict[str, Any] = {}

@@ -4,6 +4,7 @@ to be down, and written once it is back (issue 18, second step)."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,11 @@ from controller.store.etcd_settings import EtcdSettings
 from controller.store.pending import Observations, PendingObservations
 from controller.store.replicated import EtcdStore
 from tests.unit.test_store import make_net_with_subnet
-from tests.unit.test_store_etcd import restore_members, wait_for  # noqa: F401  (fixture)
+from tests.unit.test_store_etcd import (  # noqa: F401  (a fixture)
+    hold_appends,
+    restore_members,
+    wait_for,
+)
 
 
 def test_held_observations_keep_the_latest_value_and_queue_while_written() -> None:
@@ -109,5 +114,52 @@ def test_an_observation_the_cluster_fails_is_held_then_written(
         monkeypatch.setattr(EtcdLog, "append", real_append)
         wait_for(lambda: not store._pending.holding, "the follower writing what was held")
         assert store.get("port", port["id"])["status"] == "ACTIVE"
+    finally:
+        store.close()
+
+
+@pytest.mark.etcd
+def test_an_observation_never_waits_behind_a_write_waiting_for_etcd(
+    tmp_path: Path, etcd_settings: EtcdSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API write held by a slow cluster holds the writer lock; the data plane's actor
+    writing a port status or host state meanwhile returns at once (held), and the follower
+    writes it once the write is through."""
+    store = EtcdStore(str(tmp_path / "a.db"), EventBus(), etcd_settings, poll_s=0.2)
+    try:
+        net_id, _ = make_net_with_subnet(store)
+        port = store.create_port({"network_id": net_id})
+        store.create_host({"id": "hv1", "tunnel_ip": "192.0.2.10"})
+        before = store.get_port(port["id"])
+        entered, release = hold_appends(store, monkeypatch)
+        writer = threading.Thread(target=lambda: store.create_network({}))
+
+        def observe() -> None:
+            store.set_ports_observed(statuses={port["id"]: "ACTIVE"}, bindings={port["id"]: "hv1"})
+            store.set_host_state("hv1", "connected", "00000000000000aa")
+
+        observer = threading.Thread(target=observe)
+        try:
+            writer.start()
+            assert entered.wait(20), "the write never reached etcd"
+            observer.start()
+            observer.join(20)  # a bound on the old code's wait for the lock
+            assert not observer.is_alive(), "the data plane waited behind an API write"
+            assert store.get_port(port["id"]) == before  # held, not written yet
+        finally:
+            release.set()
+            writer.join(60)
+
+        def written() -> bool:
+            seen, host = store.get_port(port["id"]), store.get_host("hv1")
+            return (
+                seen is not None
+                and seen["status"] == "ACTIVE"
+                and seen["binding:host_id"] == "hv1"
+                and host is not None
+                and host["status"] == "connected"
+            )
+
+        wait_for(written, "the held observations written by the follower")
     finally:
         store.close()
