@@ -119,14 +119,17 @@ class _Request:
 @dataclass(frozen=True)
 class _Plan:
     """What every reply to one port says, worked out once from its facts: the lease and the
-    options (address and route encodings, extra options) that the same facts always give."""
+    options (address and route encodings, extra options) that the same facts always give,
+    encoded once per reply type: only the fixed header (xid, flags, addresses) differs from one
+    reply to the next."""
 
     subnet: DhcpSubnet
     address: str
     server_ip: str
-    lease_options: tuple[tuple[int, bytes], ...]  # OFFER / ACK
+    offer: bytes  # os-ken's encoding of the OFFER's options (see `_encoded_options`)
+    ack: bytes  # ... of the ACK's
     lease_left_out: int  # extra options that did not fit or encode, per reply
-    inform_options: tuple[tuple[int, bytes], ...]  # ACK to an INFORM: no lease times
+    inform_ack: bytes  # ... of the ACK to an INFORM: no lease times
     inform_left_out: int
 
 
@@ -141,14 +144,19 @@ def _parse(frame: bytes) -> _Request | None:
     """The client message in ``frame``, or None when it is not a well-formed DHCP request."""
     if len(frame) > MAX_FRAME:
         return None
-    pkt = packet.Packet(frame)
-    eth = pkt.get_protocol(ethernet.ethernet)
-    ip = pkt.get_protocol(ipv4.ipv4)
-    l4 = pkt.get_protocol(udp.udp)
-    msg = pkt.get_protocol(dhcp.dhcp)
-    if eth is None or ip is None or l4 is None or msg is None or msg.options is None:
+    # os-ken's parsers one layer at a time (what `packet.Packet` does for any frame), each only
+    # once the one before said what follows: the punt rule sends IPv4 UDP 68 -> 67 alone.
+    eth, _, rest = ethernet.ethernet.parser(frame)
+    if eth.ethertype != ETH_TYPE_IP:
         return None
+    ip, _, rest = ipv4.ipv4.parser(rest)
+    if ip.proto != IPPROTO_UDP:
+        return None
+    l4, _, rest = udp.udp.parser(rest)
     if l4.dst_port != SERVER_PORT or l4.src_port != CLIENT_PORT:
+        return None
+    msg, _, _ = dhcp.dhcp.parser(rest)
+    if msg.options is None:
         return None
     if msg.op != dhcp.DHCP_BOOT_REQUEST or msg.htype != 1 or msg.hlen != 6:
         return None
@@ -244,19 +252,22 @@ class DhcpResponder:
             wanted = req.requested_ip or (req.ciaddr if req.ciaddr != "0.0.0.0" else None)
             if wanted != address:
                 self.counters.naks += 1
-                return self._build(req, NAK, "0.0.0.0", server_ip, (), broadcast=True)
+                nak = _encoded_options(NAK, ((opt.SERVER_ID, opt.ipv4(server_ip)),))
+                return self._build(req, "0.0.0.0", server_ip, nak, broadcast=True)
         reply_type = OFFER if req.msg_type == DISCOVER else ACK
         if req.msg_type == INFORM:
-            options, left_out = plan.inform_options, plan.inform_left_out
+            options, left_out = plan.inform_ack, plan.inform_left_out
+        elif reply_type == OFFER:
+            options, left_out = plan.offer, plan.lease_left_out
         else:
-            options, left_out = plan.lease_options, plan.lease_left_out
+            options, left_out = plan.ack, plan.lease_left_out
         self.counters.options_left_out += left_out
         if reply_type == OFFER:
             self.counters.offers += 1
         else:
             self.counters.acks += 1
         yiaddr = "0.0.0.0" if req.msg_type == INFORM else address
-        return self._build(req, reply_type, yiaddr, server_ip, options, broadcast=False)
+        return self._build(req, yiaddr, server_ip, options, broadcast=False)
 
     def _plan(self, port: DhcpPort, net: DhcpNetwork) -> _Plan | None:
         """The port's plan (None: no address to lease), from the cache or worked out now.
@@ -274,7 +285,14 @@ class DhcpResponder:
             with_lease, lease_left_out = self._options(port, subnet, net, server_ip, lease=True)
             inform, inform_left_out = self._options(port, subnet, net, server_ip, lease=False)
             plan = _Plan(
-                subnet, address, server_ip, with_lease, lease_left_out, inform, inform_left_out
+                subnet,
+                address,
+                server_ip,
+                _encoded_options(OFFER, with_lease),
+                _encoded_options(ACK, with_lease),
+                lease_left_out,
+                _encoded_options(ACK, inform),
+                inform_left_out,
             )
         if len(self._plans) >= PLAN_CACHE_SIZE:
             del self._plans[next(iter(self._plans))]  # the least recently used entry
@@ -328,29 +346,20 @@ class DhcpResponder:
         return ((opt.SERVER_ID, opt.ipv4(server_ip)), *sorted(chosen.items())), left_out
 
     def _build(
-        self,
-        req: _Request,
-        reply_type: int,
-        yiaddr: str,
-        server_ip: str,
-        options: tuple[tuple[int, bytes], ...],
-        broadcast: bool,
+        self, req: _Request, yiaddr: str, server_ip: str, options: bytes, broadcast: bool
     ) -> bytes:
         """The reply frame: server MAC/IP to the client's MAC; IP broadcast when the client
-        asked for it (or for a NAK), else unicast to the address it gets or has."""
-        if reply_type == NAK:
-            options = ((opt.SERVER_ID, opt.ipv4(server_ip)),)
+        asked for it (or for a NAK), else unicast to the address it gets or has.  ``options``
+        are the reply's options as os-ken encoded them (`_encoded_options`): os-ken's options
+        class serialises an entry that is bytes as those bytes, after the magic cookie."""
         message = dhcp.dhcp(
             op=dhcp.DHCP_BOOT_REPLY,
             chaddr=req.client_mac,
             xid=req.xid,
             flags=req.flags,
-            ciaddr=req.ciaddr if reply_type != NAK else "0.0.0.0",
+            ciaddr="0.0.0.0" if broadcast else req.ciaddr,  # only a NAK is always broadcast
             yiaddr=yiaddr,
-            options=dhcp.options(
-                [dhcp.option(opt.MESSAGE_TYPE, bytes([reply_type]))]
-                + [dhcp.option(tag, value) for tag, value in options]
-            ),
+            options=dhcp.options([options]),
         )
         if broadcast or req.flags & BROADCAST_FLAG:
             ip_dst = "255.255.255.255"
@@ -369,3 +378,14 @@ class DhcpResponder:
         frame.add_protocol(message)
         frame.serialize()
         return bytes(frame.data)
+
+
+def _encoded_options(reply_type: int, options: tuple[tuple[int, bytes], ...]) -> bytes:
+    """A reply's options serialised by os-ken (message type first, then ``options``, then the
+    end option), without the magic cookie os-ken puts before them: what `_build` hands back to
+    os-ken's options class, once per plan and reply type rather than once per reply."""
+    encoded = dhcp.options(
+        [dhcp.option(opt.MESSAGE_TYPE, bytes([reply_type]))]
+        + [dhcp.option(tag, value) for tag, value in options]
+    ).serialize()
+    return bytes(encoded[len(opt.ipv4(dhcp.options._MAGIC_COOKIE)) :])

@@ -341,6 +341,44 @@ def test_replies_follow_every_change_of_the_facts_they_were_worked_out_from() ->
     assert ack(PORT, NETWORK) == first
 
 
+def test_a_ports_options_are_encoded_once_not_per_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The options of a port's OFFER, ACK and INFORM ACK are encoded (by os-ken) when its plan
+    is worked out; a renewal after that encodes no option, and each reply still carries its
+    own xid, flags, ciaddr and message type with the plan's options.  Counted: calls of
+    os-ken's option encoder."""
+    responder = DhcpResponder(SETTINGS)
+    encoded = [0]
+    encode = dhcp.option.serialize
+
+    def counting(self: dhcp.option) -> bytes:
+        encoded[0] += 1
+        return encode(self)  # type: ignore[no-any-return]
+
+    renewals = [
+        client_frame(REQUEST, ciaddr="10.0.0.5", xid=x, flags=f)
+        for x, f in ((1, 0), (2, 0x8000), (3, 0))
+    ]
+    informing = client_frame(INFORM, ciaddr="10.0.0.5", xid=4)
+    monkeypatch.setattr(dhcp.option, "serialize", counting)
+    offer = responder.respond(client_frame(DISCOVER), PORT, NETWORK)
+    after_plan = encoded[0]
+    replies = [responder.respond(frame, PORT, NETWORK) for frame in renewals]
+    inform = responder.respond(informing, PORT, NETWORK)
+    assert encoded[0] == after_plan > 0
+    assert offer is not None and inform is not None and None not in replies
+    offer_options = parse(offer)[4]
+    assert offer_options[opt.MESSAGE_TYPE] == bytes([OFFER])
+    for xid, reply in enumerate(replies, start=1):
+        _, ip, _, msg, options = parse(reply or b"")
+        assert (msg.xid, msg.ciaddr, msg.yiaddr) == (xid, "10.0.0.5", "10.0.0.5")
+        assert msg.flags == (0x8000 if xid == 2 else 0)
+        assert ip.dst == ("255.255.255.255" if xid == 2 else "10.0.0.5")
+        assert options == {**offer_options, opt.MESSAGE_TYPE: bytes([ACK])}
+    _, _, _, msg, options = parse(inform)
+    assert (msg.xid, msg.yiaddr, options[opt.MESSAGE_TYPE]) == (4, "0.0.0.0", bytes([ACK]))
+    assert opt.LEASE_TIME not in options and opt.LEASE_TIME in offer_options
+
+
 def test_the_per_port_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dhcp_server, "PLAN_CACHE_SIZE", 4)
     responder = DhcpResponder(SETTINGS)
