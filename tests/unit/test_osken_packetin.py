@@ -1,0 +1,116 @@
+"""`osken_packetin`: the lean packet-in parser reads every packet-in exactly as os-ken's does,
+and hands what it cannot read to os-ken's parser (bad input fails as before).
+
+os-ken cannot serialise a packet-in (its switch-to-controller messages have no encoder), so the
+messages are put together here from os-ken's own pieces: its header and packet-in pack strings
+and its ``OFPMatch.serialize``."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from os_ken.controller import ofp_event
+from os_ken.ofproto import ofproto_parser
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from controller.southbound import osken_packetin
+from controller.southbound.osken_packetin import lean_parser
+from tests.unit.test_dhcp_responder import REQUEST, client_frame
+from tests.unit.wire_switch import DP
+
+FRAME = client_frame(REQUEST, ciaddr="10.0.0.5")
+
+
+def packet_in(match: Any, data: bytes = FRAME, total_len: int | None = None) -> bytes:
+    m = bytearray()
+    match.serialize(m, 0)  # padded to 8 bytes
+    body = (
+        struct.pack(ofp.OFP_PACKET_IN_PACK_STR, ofp.OFP_NO_BUFFER,
+                    len(data) if total_len is None else total_len, ofp.OFPR_ACTION, 1,
+                    0x0500_0000_0000_0007)
+        + bytes(m) + b"\0\0" + data
+    )  # fmt: skip
+    head = struct.pack(ofp.OFP_HEADER_PACK_STR, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN,
+                       ofp.OFP_HEADER_SIZE + len(body), 9)  # fmt: skip
+    return head + body
+
+
+MESSAGES = [
+    packet_in(parser.OFPMatch(in_port=3, metadata=7)),
+    packet_in(parser.OFPMatch(in_port=0xFFFFFF00, metadata=0xFFFF_FFFF_FFFF_FFFF)),
+    packet_in(parser.OFPMatch(in_port=3)),
+    packet_in(parser.OFPMatch()),
+    packet_in(parser.OFPMatch(in_port=3, metadata=(7, 0xFF), eth_type=0x800, ip_proto=17)),
+    packet_in(parser.OFPMatch(in_port=3, metadata=7), data=b""),
+    packet_in(parser.OFPMatch(in_port=3, metadata=7), data=FRAME + b"\0" * 6, total_len=len(FRAME)),
+]
+
+
+@pytest.fixture
+def installed() -> Iterator[None]:
+    osken_packetin.install()
+    try:
+        yield
+    finally:
+        osken_packetin.uninstall()
+
+
+def _both(data: bytes) -> tuple[Any, Any]:
+    args = (DP, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(data), 9, data)
+    return lean_parser(*args), parser.OFPPacketIn.parser(*args)
+
+
+def _same(ours: Any, theirs: Any) -> None:
+    assert type(ours) is parser.OFPPacketIn  # os-ken's class: the event stays EventOFPPacketIn
+    assert ours.match.items() == theirs.match.items()
+    for name in ("buffer_id", "total_len", "reason", "table_id", "cookie", "data", "xid",
+                 "msg_len", "version", "msg_type"):  # fmt: skip
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.match.length == theirs.match.length
+    assert ours.match.get("in_port") == theirs.match.get("in_port")
+    assert ours.match.get("metadata") == theirs.match.get("metadata")
+
+
+def test_every_packet_in_parses_as_os_ken_parses_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_fallback(*args: Any) -> None:
+        raise AssertionError("handed to os-ken's parser")
+
+    monkeypatch.setattr(osken_packetin, "_OS_KEN_PARSER", no_fallback)
+    for data in MESSAGES:
+        ours, theirs = _both(data)
+        _same(ours, theirs)
+    assert _both(MESSAGES[-1])[0].data == FRAME  # the alignment padding left out
+
+
+def test_what_it_cannot_read_fails_or_parses_as_with_os_ken() -> None:
+    """Every truncation and every corrupted byte of the match: os-ken's outcome, raised or
+    parsed, exactly."""
+    whole = MESSAGES[0]
+    variants = [whole[:cut] for cut in range(ofp.OFP_HEADER_SIZE, len(whole))]
+    match_at = ofp.OFP_PACKET_IN_SIZE - ofp.OFP_MATCH_SIZE
+    for at in range(match_at, match_at + 32):
+        for value in (0, 1, 3, 4, 0x7F, 0xFF):
+            variants.append(whole[:at] + bytes([value]) + whole[at + 1 :])
+    for data in variants:
+        try:
+            theirs = _both(data)[1]
+        except Exception as exc:
+            with pytest.raises(type(exc)):
+                lean_parser(DP, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(data), 9, data)
+            continue
+        _same(_both(data)[0], theirs)
+
+
+def test_installed_it_parses_packet_ins_into_os_kens_event(installed: None) -> None:
+    data = MESSAGES[0]
+    msg = ofproto_parser.msg(DP, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(data), 9, data)
+    assert msg.match.fields == []  # the lean parse
+    assert isinstance(ofp_event.ofp_msg_to_ev(msg), ofp_event.EventOFPPacketIn)
+    osken_packetin.uninstall()
+    reference = ofproto_parser.msg(DP, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(data), 9, data)
+    assert reference.match.fields
+    _same(msg, reference)
