@@ -363,7 +363,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         try:
             for msg, (port, _) in zip(msgs, frames, strict=True):
                 sw.remember(msg, Sent("packet out", port))
-            return _send_as_one_write(sw.dp, msgs)
+            return _send_as_one_write(sw.dp, msgs, direct=True)
         finally:
             sw.lock.release()
 
@@ -957,7 +957,7 @@ def _close(dp: Any) -> None:
         dp.socket.shutdown(socket.SHUT_RDWR)
 
 
-def _send_as_one_write(dp: Any, msgs: list[Any]) -> bool:
+def _send_as_one_write(dp: Any, msgs: list[Any], direct: bool = False) -> bool:
     """Serialise the messages with os-ken and queue them as one buffer.
 
     `Datapath.send_msg` queues each message separately, and the connection's send thread wakes
@@ -965,6 +965,8 @@ def _send_as_one_write(dp: Any, msgs: list[Any]) -> bool:
     more than the encoding.  This is `send_msg` (assign an xid, serialise) for many messages with
     a single `Datapath.send`; the order on the wire, and so OVS's processing order, is the same.
     False if the connection's send queue is full or closed (`LiveDatapath.send_nowait`).
+    ``direct`` (packet-outs): written on this thread when the connection's send thread has
+    nothing to write (`LiveDatapath.write_now`), saving its wake-up.
     """
     bufs = []
     for msg in msgs:
@@ -972,5 +974,6 @@ def _send_as_one_write(dp: Any, msgs: list[Any]) -> bool:
             dp.set_xid(msg)
         msg.serialize()
         bufs.append(msg.buf)
-    send = getattr(dp, "send_nowait", None) or dp.send
+    send = (direct and getattr(dp, "write_now", None)) or getattr(dp, "send_nowait", None)
+    send = send or dp.send
     return bool(send(b"".join(bufs)))

@@ -47,6 +47,7 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,17 +98,34 @@ class ConnectionStats:
 
 
 class _WatchedSocket:
-    """The connection's socket, noting when anything was last received (liveness)."""
+    """The connection's socket, noting when anything was last received (liveness) and when
+    os-ken's send thread finished writing a buffer it took off the send queue (`written`,
+    see `LiveDatapath.write_now`)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self.last_rx = time.monotonic()
+        self.written: Callable[[], None] = lambda: None
 
     def recv(self, n: int) -> bytes:
         data = self._sock.recv(n)
         if data:
             self.last_rx = time.monotonic()
         return data
+
+    def send_now(self, buf: bytes) -> int:
+        """Write what the kernel takes without waiting (`LiveDatapath.write_now`)."""
+        try:
+            return self._sock.send(buf, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+
+    def sendall(self, buf: bytes) -> None:
+        """os-ken's send thread writes each queued buffer with this (only it)."""
+        try:
+            self._sock.sendall(buf)
+        finally:
+            self.written()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
@@ -131,6 +149,12 @@ class LiveDatapath(osken_controller.Datapath):
         self._ended = threading.Event()
         self._closing = threading.Lock()
         self.end_reason = ""
+        # Buffers handed to the send queue and not yet written (queued, or in the send
+        # thread's hands), counted under _order: see write_now.
+        self._order = threading.Lock()
+        self._unwritten = 0
+        self._watched.written = self._one_written
+        self._direct = not isinstance(sock, ssl.SSLSocket)
 
     @property
     def last_rx(self) -> float:
@@ -164,22 +188,71 @@ class LiveDatapath(osken_controller.Datapath):
     def _wake_sender(self) -> None:
         """os-ken's send loop waits on its queue for good: hand it the "close" entry.  If the
         queue is full the send thread is busy writing, and the closed socket ends it."""
-        q = self.send_q
-        if q is not None and self._send_q_sem.acquire(blocking=False):
-            try:
-                q.put_nowait((b"", True))
-            except Exception:  # queue.Full: the sender is writing, see above
-                self._send_q_sem.release()
+        if self.send_q is not None and self._send_q_sem.acquire(blocking=False):
+            with self._order:
+                self._put(b"", True)
 
     def send_nowait(self, buf: bytes) -> bool:
         """``Datapath.send`` that never waits: False if the send queue is full (the switch
         stopped reading) or closed.  The watchdog and the data plane must never block on one
         switch; upstream ``send`` waits on the queue's semaphore for as long as it takes."""
-        q = self.send_q
-        if q is None or not self._send_q_sem.acquire(blocking=False):
+        if not self._send_q_sem.acquire(blocking=False):
             return False
-        q.put((buf, False))
+        with self._order:
+            return self._put(buf, False)
+
+    def send(self, buf: bytes, close_socket: bool = False) -> bool:
+        """os-ken's ``Datapath.send`` (``send_msg`` uses it), counted for `write_now`."""
+        self._send_q_sem.acquire()
+        with self._order:
+            return self._put(buf, close_socket)
+
+    def _put(self, buf: bytes, close_socket: bool) -> bool:
+        """Queue a buffer (the queue's semaphore taken, ``_order`` held): False if the queue
+        is closed.  Never blocks: the semaphore bounds the queue."""
+        q = self.send_q
+        if q is None:
+            self._send_q_sem.release()
+            return False
+        self._unwritten += 1
+        q.put((buf, close_socket))
         return True
+
+    def _one_written(self) -> None:
+        with self._order:
+            self._unwritten -= 1
+
+    def write_now(self, buf: bytes) -> bool:
+        """Write ``buf`` on the calling thread when nothing is queued or being written, else
+        queue it like `send_nowait`; False if it could not be sent.
+
+        Why: handing a buffer to os-ken's send thread costs a thread wake-up and a GIL hand-off,
+        a good part of the controller's time for a DHCP answer.  The stream's order and
+        integrity stay those of one writer: the check that nothing is queued or in the send
+        thread's hands, the write, and the queueing of whatever the socket did not take happen
+        under ``_order``, which every producer takes to queue (so anything queued after is
+        written after), and the write never blocks (``MSG_DONTWAIT``): what the kernel did not
+        take at once is queued first, for the send thread.  A TLS connection takes no partial
+        writes: there it always queues.
+        """
+        if not self._direct or not self._order.acquire(blocking=False):
+            return self.send_nowait(buf)
+        try:
+            if self._unwritten or self.send_q is None or self.state == DEAD_DISPATCHER:
+                return self._send_q_sem.acquire(blocking=False) and self._put(buf, False)
+            try:
+                sent = self._watched.send_now(buf)
+            except OSError:
+                return False  # the connection is going; its receive loop ends it
+            if sent == len(buf):
+                return True
+            if self._send_q_sem.acquire(blocking=False) and self._put(buf[sent:], False):
+                return True
+            if sent:  # half a message on the wire and the rest nowhere: the stream is lost
+                self.end("a partly written message could not be completed")
+            return False
+        finally:
+            self._order.release()
 
     def _watch(self) -> None:
         """Until the handshake is done only its timeout applies (echoes need a negotiated

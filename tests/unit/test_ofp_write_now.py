@@ -1,0 +1,95 @@
+"""`LiveDatapath.write_now`: a buffer written on the calling thread only when os-ken's send thread
+has nothing queued or in hand, never ahead of what was queued before it, never blocking, and
+never leaving half a message behind.  A real TCP connection on loopback, os-ken's real send
+loop."""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from controller.southbound.ofp_server import ConnectionLimits, ConnectionStats, LiveDatapath
+
+
+class _HeldSocket:
+    """A socket whose blocking ``sendall`` (the send thread's) waits until ``go`` is set."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.taken, self.go = sock, threading.Event(), threading.Event()
+
+    def sendall(self, buf: bytes) -> None:
+        self.taken.set()
+        assert self.go.wait(10)
+        self.sock.sendall(buf)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[LiveDatapath, socket.socket]]:
+    listener = socket.create_server(("127.0.0.1", 0))  # TCP, as a switch's connection
+    peer = socket.create_connection(listener.getsockname(), timeout=5)
+    ours, _ = listener.accept()
+    listener.close()
+    dp = LiveDatapath(ours, ("127.0.0.1", 1), ConnectionLimits(), ConnectionStats())
+    yield dp, peer
+    dp.end("test over")
+    ours.close()
+    peer.close()
+
+
+def _start_sender(dp: LiveDatapath) -> threading.Thread:
+    thread = threading.Thread(target=dp._send_loop, daemon=True)
+    thread.start()
+    return thread
+
+
+def _read(peer: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        chunk = peer.recv(n - len(got))
+        assert chunk, "closed early"
+        got += chunk
+    return got
+
+
+def _nothing_waiting(peer: socket.socket) -> bool:
+    """Nothing to read (loopback TCP delivers a write before the writing call returns)."""
+    return not select.select([peer], [], [], 0)[0]
+
+
+def test_with_nothing_queued_it_writes_on_the_calling_thread(pair: Any) -> None:
+    dp, peer = pair  # no send thread running: only a direct write can reach the peer
+    assert dp.write_now(b"reply")
+    assert _read(peer, 5) == b"reply"
+
+
+def test_it_never_overtakes_what_is_queued_or_being_written(pair: Any) -> None:
+    dp, peer = pair
+    held = _HeldSocket(dp._watched._sock)
+    dp._watched._sock = held
+    assert dp.send_nowait(b"first")  # queued: no send thread yet
+    assert dp.write_now(b"second") and _nothing_waiting(peer)  # behind it, not written
+    _start_sender(dp)
+    assert held.taken.wait(5)  # the send thread holds "first", nothing queued any more
+    assert dp.write_now(b"third") and _nothing_waiting(peer)
+    held.go.set()
+    assert _read(peer, len(b"firstsecondthird")) == b"firstsecondthird"
+    assert dp.write_now(b"fourth") and _read(peer, 6) == b"fourth"  # idle again: direct
+
+
+def test_what_the_socket_does_not_take_at_once_is_queued_first(pair: Any) -> None:
+    dp, peer = pair  # the peer reads nothing yet: the kernel's buffers fill up
+    big = bytes(range(256)) * 40_000  # 10 MB, far more than loopback TCP buffers
+    assert dp.write_now(big)  # returns without blocking, part written, the rest queued
+    assert dp._unwritten == 1
+    assert dp.write_now(b"after")  # queued behind the rest
+    sender = _start_sender(dp)
+    assert _read(peer, len(big) + 5) == big + b"after"
+    assert sender.is_alive() and dp._unwritten == 0
