@@ -265,6 +265,8 @@ class Controller:
             audit_interval_s=s.drift_audit_interval_s,
             audit_read_timeout_s=s.ofp_barrier_timeout_s,
             membership=None if self.members is None else self.members.current,
+            # a host gained from a live member: after that member's next read of the members
+            handover_delay_s=s.etcd_member_ttl_s / 3 + 0.5,
         )
         self.bus.subscribe(self.dataplane.on_events)
         self.dataplane.mirror.dhcp_server_mac = s.dhcp.server_mac  # its ARP answers

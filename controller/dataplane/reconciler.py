@@ -175,12 +175,19 @@ class DataPlane:
         audit_interval_s: float = 0.0,
         audit_read_timeout_s: float = 5.0,
         membership: Callable[[], MemberView] | None = None,
+        handover_delay_s: float = 0.0,
     ) -> None:
         self.store = store
         # The membership view to act on now (None: one node, every host is ours), and the
         # members the hosts' agents were last arranged for (see _apply_ownership).
         self.membership = membership
         self._arranged_for: tuple[str, ...] | None = None
+        # A host this instance gains from a member that is still live (it joined, or started
+        # without knowing who owned what) is taken only after handover_delay_s (the members'
+        # read interval and a margin): the previous owner sees the change and stops first, so
+        # the two never act on the host at once.  host -> monotonic time it may be taken.
+        self.handover_delay_s = handover_delay_s
+        self._takeover_at: dict[str, float] = {}
         self.metrics = metrics or Metrics()
         self.switches = switches
         self.controller_target = controller_target
@@ -241,14 +248,17 @@ class DataPlane:
         self._inbox.put(("ownership", ()))
 
     def owns(self, host_id: str | None) -> bool:
-        """Whether this instance acts for the host now (any thread).  ``None``, a port bound
-        to no host: the first live member writes its status, so that exactly one does."""
+        """Whether this instance acts for the host now (any thread); ``None`` (no host): no
+        instance of several does."""
         if self.membership is None:
             return True
         view = self.membership()
         if not view.live:
             return False
-        return view.members[0] == view.me if host_id is None else view.owner(host_id) == view.me
+        if host_id is None or view.owner(host_id) != view.me:
+            return False
+        due = self._takeover_at.get(host_id)
+        return due is None or time.monotonic() >= due
 
     def post(self, kind: str, args: tuple[Any, ...]) -> None:
         """Queue an input for the actor (the audit's reads and requests: kind ``audit``)."""
@@ -426,6 +436,7 @@ class DataPlane:
             old_port, new_port = _typed(PortRec, ev.old), _typed(PortRec, ev.new)
             self.mirror.set_port(obj_id, new_port)
             if old_port is None or new_port is None or old_port.binding_differs(new_port):
+                self._follow_recorded_holder(obj_id, old_port, new_port)
                 self._rebind([obj_id])
             self._changed(Change("port", obj_id, old_port, new_port))
             if garp.appeared(old_port, new_port):
@@ -476,7 +487,28 @@ class DataPlane:
                     LOG.info("port %s no longer bound to host %s", pid, old)
             if new is not None and port.requested_host is None and port.host != new:
                 self._binding_out[pid] = new
+            elif (
+                new is None
+                and self.membership is not None
+                and port.requested_host is None
+                and port.host is not None
+                and port.host == old
+                and old not in unsynced
+            ):  # its host no longer has it: other instances must not keep it held there
+                self._binding_out[pid] = None
             self._report_refused(port, self.bindings.refused(pid, unsynced))
+
+    def _follow_recorded_holder(
+        self, pid: str, old: PortRec | None, new: PortRec | None
+    ) -> None:
+        """Several instances: a port held by a host this instance does not read is held where
+        the store says (its owner writes it), so when the recorded host changes the holding is
+        decided again from it, not kept (bindings.py keeps a holder on a host not read)."""
+        if self.membership is None or old is None or new is None or old.host == new.host:
+            return
+        holder = self.bindings.holder(pid)
+        if holder is not None and holder in self._unsynced():
+            self.bindings.forget(pid)
 
     def _report_refused(self, port: PortRec, refused: list[str]) -> None:
         """Each refused claim is logged and counted once while it lasts; the current list is
@@ -511,6 +543,7 @@ class DataPlane:
         self.hosts[rec.id] = rt
         self.by_dpid[rt.dpid] = rec.id
         self.admission.set_host(rt.dpid, dict(rec.config))
+        self._note_owner(rt)
         if self.owns(rec.id):
             self._start_agent(rt)
         self._arrange_role(rt)
@@ -532,17 +565,36 @@ class DataPlane:
         if self.membership is not None and hasattr(agent, "set_peer_targets"):
             agent.set_peer_targets(self.membership().peer_targets())
 
+    def _note_owner(self, rt: HostRuntime) -> None:
+        """Track the host's owner in the current view, with its generation id (the revision
+        at which this instance first saw that owner); a host gained from a member that may
+        still act on it (live, or unknown: this instance just started) waits for the handover
+        delay (see ``_takeover_at``)."""
+        if self.membership is None:
+            return
+        view = self.membership()
+        host_id = rt.rec.id
+        owner = view.owner(host_id) if view.live else None
+        if owner == rt.owner:
+            if rt.generation == 0:  # a refused one is taken again (_retry_roles)
+                rt.generation, rt.role_refused = view.revision, None
+            return
+        if owner != view.me:
+            self._takeover_at.pop(host_id, None)
+        elif self.handover_delay_s > 0 and (
+            rt.owner in view.members or (rt.owner is None and len(view.members) > 1)
+        ):
+            self._takeover_at[host_id] = time.monotonic() + self.handover_delay_s
+        rt.owner, rt.generation, rt.role_refused = owner, view.revision, None
+
     def _arrange_role(self, rt: HostRuntime) -> None:
         """Ask the host's switch for MASTER if this instance owns the host, else SLAVE, with
         the generation id of the current owner (several instances only)."""
         set_role = getattr(self.switches, "set_role", None)
         if self.membership is None or set_role is None:
             return
-        view = self.membership()
-        owner = view.owner(rt.rec.id) if view.live else None
-        if owner != rt.owner or rt.generation == 0:
-            rt.owner, rt.generation, rt.role_refused = owner, view.revision, None
-        set_role(rt.dpid, owner is not None and owner == view.me, rt.generation)
+        self._note_owner(rt)
+        set_role(rt.dpid, self.owns(rt.rec.id), rt.generation)
 
     def _apply_role_refused(self, dpid: int, generation: int) -> None:
         host_id = self.by_dpid.get(dpid)
@@ -587,6 +639,7 @@ class DataPlane:
         view = self.membership() if self.membership is not None else None
         self._arranged_for = view.members if view is not None else None
         for host_id, rt in self.hosts.items():
+            self._note_owner(rt)
             owned = self.owns(host_id)
             self._arrange_role(rt)  # before a take-over's re-read: no flow-mod as a slave
             if owned and rt.agent is not None:
@@ -723,8 +776,16 @@ class DataPlane:
         self.store.set_host_state(host_id, status, f"{rt.dpid:016x}")
 
     def _tick(self) -> None:
-        if self.membership is not None and self.membership().members != self._arranged_for:
-            self._apply_ownership()  # e.g. the lease lapsed while a renewal hangs
+        now = time.monotonic()
+        if self.membership is not None and (
+            self.membership().members != self._arranged_for
+            or any(
+                due <= now and self.hosts[h].agent is None
+                for h, due in self._takeover_at.items()
+                if h in self.hosts
+            )
+        ):
+            self._apply_ownership()  # the lease lapsed while a renewal hangs; a handover due
         self._retry_roles()
         if not self._grace_over and time.monotonic() - self.stats.started_at > self.startup_grace_s:
             self._grace_over = True
@@ -946,7 +1007,10 @@ class DataPlane:
 
     def _ours(self, out: dict[str, T]) -> dict[str, T]:
         """The observations of ports whose host this instance owns (the holder, else the
-        recorded one): each port has one writer (see `owns`)."""
+        recorded one): each port has one writer (see `owns`).  A port that never had a host
+        is written by none: it was created DOWN, and every instance decides it on its own
+        view, which may be older than the owner's that binds it (a late DOWN would undo the
+        owner's ACTIVE); a port that loses its holder still has its recorded host."""
         if self.membership is None:
             return out
         kept = {}

@@ -8,6 +8,7 @@ the instance that takes a host over reads it and, when nothing changed, sends it
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,8 +54,16 @@ class Switches:
 
 
 class Instance:
-    def __init__(self, name: str, store: Store, bus: EventBus, shared: FakeSwitches) -> None:
-        self.view = MemberView(name, ("a", "b"), 1)
+    def __init__(
+        self,
+        name: str,
+        store: Store,
+        bus: EventBus,
+        shared: FakeSwitches,
+        members: tuple[str, ...] = ("a", "b"),
+        handover_delay_s: float = 0.0,
+    ) -> None:
+        self.view = MemberView(name, members, 1)
         self.switches = Switches(shared)
         self.writes: list[tuple[str, Any]] = []
         self.dp = DataPlane(
@@ -63,6 +72,7 @@ class Instance:
             "tcp:127.0.0.1:6653",
             agent_factory=self._agent,
             membership=lambda: self.view,
+            handover_delay_s=handover_delay_s,
         )
         self.switches.dp = self.dp
         self.agents: list[str] = []
@@ -258,3 +268,60 @@ def test_the_owner_asks_master_and_a_later_owner_a_newer_generation(cluster: Clu
     cluster.b.dp.post("tick", ())
     cluster.idle()
     assert cluster.b.switches.roles[dpid(h)] == (True, 9)
+
+
+def test_a_joining_member_takes_its_hosts_only_after_their_owners_let_go(
+    cluster: Cluster,
+) -> None:
+    """A member that joins (or restarts) does not know who owned its hosts: it waits for the
+    handover delay, by which time the previous owners have seen it and stopped, so no host
+    ever has two acting owners (two agents, two masters, two writers)."""
+    cluster.start()
+    joined = ("a", "b", "c")
+    c = Instance("c", cluster.store, cluster.bus, cluster.shared, joined, handover_delay_s=0.6)
+    gained = c.view.owned(HOSTS)
+    assert gained, "the test's hosts must give c some"
+    c.dp.start()
+    for host in HOSTS:
+        c.dp.switch_ready(dpid(host), cluster.shared.installed(dpid(host)))
+    assert c.dp.wait_idle(10)
+    assert c.agents == [] and not any(m for m, _ in c.switches.roles.values())
+    assert not any(c.dp.owns(h) for h in HOSTS)
+    FakeAgent.preset = {h: dict(FakeAgent.instances[h].bindings) for h in gained}
+    for inst in (cluster.a, cluster.b):  # the others read the members: they let go
+        inst.set_view(joined)
+    cluster.idle()
+    assert not set(gained) & set(cluster.a.owned() + cluster.b.owned())
+    deadline = time.monotonic() + 10
+    while sorted(c.agents) != sorted(gained) and time.monotonic() < deadline:
+        c.dp.post("tick", ())
+        time.sleep(0.1)
+    assert sorted(c.agents) == sorted(gained)
+    assert c.dp.wait_idle(10)
+    assert {d: m for d, (m, _) in c.switches.roles.items()} == {
+        dpid(h): h in gained for h in HOSTS
+    }
+    assert c.switches.sent == []  # it found what the previous owners had installed
+    c.dp.stop()
+
+
+def test_a_port_moved_between_hosts_of_different_owners_follows_its_vm(cluster: Cluster) -> None:
+    """CloudStack sets no binding:host_id: the VM is unplugged on one host and plugged on
+    another owned by the other instance, which must take the port (first claim holds) once
+    the first owner has seen it go, although it cannot read the first host itself."""
+    cluster.start()
+    ha, hb = _split_hosts()
+    net = cluster.store.create_network({"provider:network_type": "vxlan"})
+    cluster.store.create_subnet({"network_id": net["id"], "cidr": "10.1.0.0/16", "ip_version": 4})
+    port = cluster.store.create_port({"network_id": net["id"]})
+    FakeAgent.instances[ha].plug(port["id"], 3)
+    cluster.idle()
+    assert cluster.store.get_port(port["id"])["binding:host_id"] == ha
+    FakeAgent.instances[ha].unplug(port["id"])
+    FakeAgent.instances[hb].plug(port["id"], 4)
+    cluster.idle()
+    cluster.idle()
+    shown = cluster.store.get_port(port["id"])
+    assert (shown["binding:host_id"], shown["status"]) == (hb, "ACTIVE")
+    assert cluster.b.dp.bindings.holder(port["id"]) == hb
+    assert cluster.a.dp.bindings.holder(port["id"]) == hb
