@@ -86,10 +86,14 @@ def main() -> None:
                          "machine's other load were not there; root only)")
     ap.add_argument("--log", action="store_true", help="print the controller's log of each restart")
     ap.add_argument("--profile", metavar="DIR", help="py-spy record each restart into DIR")
+    ap.add_argument("--slot", type=int, metavar="N",
+                    help="use integration-test lab slot N (lab/plans.py) instead of the bench's "
+                         "own addresses, e.g. while a bench runs")
     args = ap.parse_args()
     if args.profile and not Path(_py_spy()).exists():
         raise SystemExit("py-spy not found (pip install py-spy)")
-    system = TenantnetSystem(3, lab_kwargs=plans.BENCH_TENANTNET.lab_kwargs())
+    plan = plans.BENCH_TENANTNET if args.slot is None else plans.slot(args.slot)
+    system = TenantnetSystem(3, lab_kwargs=plan.lab_kwargs())
     system.start()
     try:
         vms = setup_base(system, 4)

@@ -169,9 +169,10 @@ class Controller:
         from controller.api.drift import add_drift_route
         from controller.dataplane.dhcp import DhcpPunt
         from controller.dataplane.reconciler import DataPlane
+        from controller.dataplane.ttl import TtlExpired  # imported before the data plane starts
         from controller.services.dhcp import DhcpResponder
         from controller.services.dhcp_guard import FloodGuard
-        from controller.southbound.ovsdb_host import OvsdbHost
+        from controller.southbound.ovsdb_host import OvsdbHost, poke_switches
         from controller.store import Store
 
         s = self.settings
@@ -192,12 +193,24 @@ class Controller:
 
             self.store = EtcdStore(s.database, self.bus, s.etcd, **options)
             self._join_members(s, s.etcd)
-        # The API is built and serving before any switch can connect: FastAPI/pydantic models
+        _southbound_security(s)
+        # The OpenFlow listener first, then every switch is told to reconnect now (the poke,
+        # southbound/ovsdb_host.poke_switches): its TCP and TLS handshake, HELLO and FEATURES
+        # happen while the API is built below, instead of after the data plane started (the
+        # switch's reaction to the poke was 50-400 ms of a restart on a loaded machine).  The
+        # connections wait for the data plane to admit them; nothing is sent to them before.
+        # With several instances (etcd) only a host's owner's agent pokes it, as before: a
+        # switch may have a live session with another instance that this one cannot see.
+        self._manager, self.ofp_app = _start_os_ken(s, fd_budget)
+        self.ofp_app.barrier_timeout_s = s.ofp_barrier_timeout_s
+        self.ofp_app.metrics = self.metrics
+        if self.members is None:
+            poke_switches(self.store.list_hosts(), s.controller_target, self.ofp_app.has_session)
+        # The API is built and serving before the data plane starts: FastAPI/pydantic models
         # and uvicorn's start are the costliest part of start-up, and done later they would
-        # hold the interpreter while the hosts reconnect (measured at H=3: hosts reconciled
+        # hold the interpreter while the hosts are read back (measured at H=3: hosts reconciled
         # ~0.6-1.0 s after the data plane started instead of ~0.1-0.2 s).  Until the data
         # plane runs, its status says nothing is reconciled yet; the store is already there.
-        _southbound_security(s)
         self.api = create_app(
             self.store,
             ApiSettings(
@@ -240,9 +253,6 @@ class Controller:
             if not self._api_thread.is_alive():
                 raise RuntimeError(f"REST API on {s.api_listen} stopped during start-up")
             time.sleep(0.02)
-        self._manager, self.ofp_app = _start_os_ken(s, fd_budget)
-        self.ofp_app.barrier_timeout_s = s.ofp_barrier_timeout_s
-        self.ofp_app.metrics = self.metrics
         # The full collection before the freeze takes ~0.1-0.3 s: done while hosts reconnect,
         # it would stall them.
         frozen = gc_tuning.freeze_startup_objects()
@@ -257,6 +267,7 @@ class Controller:
                 OvsdbHost,
                 switch_connected=self.ofp_app.has_session,
                 switch_session=self.ofp_app.session_of,
+                idl_may_load=self._reconciled_once,
             ),
             startup_grace_s=s.startup_grace_s,
             admission=Admission(tls=s.ofp_tls, local_addresses=_own_addresses(s)),
@@ -282,8 +293,6 @@ class Controller:
             self.ofp_app.add_transient_flow,
         )
         # Routers (issue 16): a routed packet whose TTL ran out, answered ICMP time exceeded.
-        from controller.dataplane.ttl import TtlExpired
-
         self.ttl = TtlExpired(dp.mirror, dp.bindings, dp.hosts, dp.by_dpid)
         self.ofp_app.packet_in_meter = (s.packet_in_rate_pps, s.packet_in_burst)
         self.ofp_app.on_packet_in(self._packet_in)
@@ -311,6 +320,11 @@ class Controller:
             s.database if s.etcd is None else f"{s.store} (replica {s.database})",
             os.getpid(),
         )
+
+    def _reconciled_once(self) -> bool:
+        """Whether the data plane has reconciled every host since it started (the agents load
+        their IDLs after that, see OvsdbHost._defer_idl)."""
+        return self.dataplane is not None and self.dataplane.stats.reconciled_after_s is not None
 
     def _packet_in(self, pkt: Any) -> bytes | None:
         """Packet-ins to the handler of the owner whose flow sent them: a router interface's

@@ -244,9 +244,12 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             return {d for d, sw in self._switches.items() if sw.ready}
 
     def has_session(self, dpid: int) -> bool:
-        """Whether a switch with this datapath id is connected (synced or not yet)."""
+        """Whether a switch with this datapath id is connected (synced or not yet), or a
+        connection claiming it waits for `attach` to be admitted: the fast reconnect must not
+        make a switch drop the connection it just opened (seen when a switch's own retry came
+        just before the data plane started: its read-back failed, one more reconnect)."""
         with self._lock:
-            return dpid in self._switches
+            return dpid in self._switches or dpid in self._unadmitted.values()
 
     def session_of(self, dpid: int) -> int | None:
         """The number of the switch's current OpenFlow session (a new one for every connection,

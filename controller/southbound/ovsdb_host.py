@@ -9,7 +9,8 @@ What the controller writes on a host, and why:
   reconnect backoff and inactivity probe (``ssl:`` with TLS, plus the host's SSL record: its key,
   certificate and the CA).  A switch that is not connected when this controller (re)connects
   gets its target rewritten in its other spelling, which makes vswitchd reconnect at once
-  (see `_controller_target`; done before the IDL is loaded, by `switch_poke`); once a switch
+  (see `_controller_target`; done before the IDL is loaded, by `switch_poke`, whose read
+  also reports the host's bindings before the IDL's); once a switch
   has a new OpenFlow session, vswitchd is made to apply that backoff and probe to it (see
   `_settle_controller_settings`: OVS 3.1.0-3.1.2 otherwise keep their built-in 8 s backoff on
   a new connection);
@@ -32,7 +33,7 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -62,8 +63,12 @@ SETTINGS_APPLIED = "tenantnet-settings-applied"
 # python-ovs doubles its wait up to 8 s by default, so a host whose ovsdb-server restarted
 # could be re-read up to 8 s late; 1 s is python-ovs's minimum and the switch's own backoff.
 OVSDB_MAX_BACKOFF_S = 1.0
-# The most the poke before the IDL (`OvsdbHost._poke_switch`) may take.
+# The most the poke before the IDL (`OvsdbHost._early_read`) may take.
 POKE_TIMEOUT_S = 2.0
+# The longest the IDL's load waits, after the early read, for the restart's reconcile (see
+# `OvsdbHost._defer_idl`), and how often it looks.
+IDL_DEFER_MAX_S = 1.0
+IDL_DEFER_POLL_S = 0.01
 # How old a new OpenFlow session must be before its settings are re-applied (see
 # `OvsdbHost._settle_controller_settings`): past a controller restart's reconcile.
 SETTLE_AFTER_S = 1.0
@@ -130,6 +135,88 @@ def alternate_target(target: str) -> str | None:
     return f"{method}:{other}:{port}"
 
 
+def _classify(name: str, ofport: int | None, iface_id: str | None) -> tuple[str, str, int] | None:
+    """What one interface of the bridge contributes to a `HostObservation`: a tunnel port
+    ``("tunnel", kind, ofport)``, a binding ``("binding", iface-id, ofport)``, or nothing (no
+    ofport yet, or neither)."""
+    if ofport is None or ofport <= 0:
+        return None
+    if name in _TUNNEL_NAMES:
+        return ("tunnel", _TUNNEL_NAMES[name], ofport)
+    if iface_id:
+        return ("binding", iface_id, ofport)
+    return None
+
+
+def _observation(seen: Iterable[tuple[str, str, int] | None]) -> HostObservation:
+    obs = HostObservation()
+    for entry in seen:
+        if entry is not None:
+            kind, key, ofport = entry
+            (obs.tunnel_ofports if kind == "tunnel" else obs.bindings)[key] = ofport
+    return obs
+
+
+def _spellings(controller_target: str) -> dict[str, str]:
+    """Each spelling of our controller target -> the other one (the fast reconnect's rewrite,
+    see `OvsdbHost._controller_target`); empty if it has no other spelling."""
+    return {
+        t: other
+        for t in (controller_target, alternate_target(controller_target))
+        if t is not None and (other := alternate_target(t)) is not None
+    }
+
+
+def _log_poked(host_id: str, written: str) -> None:
+    LOG.info(
+        "host %s: switch not connected; target rewritten as %s to connect now", host_id, written
+    )
+
+
+def poke_switches(
+    hosts: Iterable[dict[str, Any]],
+    controller_target: str,
+    switch_connected: Callable[[int], bool],
+) -> list[threading.Thread]:
+    """The fast reconnect's rewrite for every host at once, each on a thread of its own that
+    ends with its poke (bounded by POKE_TIMEOUT_S), before the data plane and its agents exist;
+    the threads (nobody needs to wait for them but tests).
+
+    Called at start-up as soon as the OpenFlow listener is up: the switches then reconnect
+    and answer FEATURES while the REST API is built (over a second of CPU), and wait for the
+    data plane to admit them (nothing is sent to them before, see ofp_app).  A switch that is
+    connected by then (`switch_connected` counts the connections waiting for admission) is
+    not poked again by its agent.  Any failure is left to the agent, which tries once more."""
+    ours = _spellings(controller_target)
+    threads = [
+        threading.Thread(
+            target=_poke_one,
+            args=(dict(host), ours, switch_connected),
+            name=f"poke-{host['id']}",
+            daemon=True,
+        )
+        for host in (hosts if ours else ())
+    ]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def _poke_one(
+    host: dict[str, Any], ours: dict[str, str], switch_connected: Callable[[int], bool]
+) -> None:
+    if switch_connected(datapath_id_for(host["id"])):
+        return
+    bridge = host.get("integration_bridge") or "br-int"
+    try:
+        written = switch_poke.poke(host["ovsdb"], bridge, ours, POKE_TIMEOUT_S)
+    except Exception as exc:
+        LOG.debug("host %s: no early reconnect of its switch: %s", host["id"], exc)
+        return
+    if written is not None:
+        _log_poked(host["id"], written)
+
+
 ObservationCallback = Callable[[str, HostObservation], None]
 StateCallback = Callable[[str, bool], None]
 
@@ -190,6 +277,7 @@ class OvsdbHost:
         switch_ssl: tuple[str, str, str] | None = None,
         switch_session: Callable[[int], int | None] | None = None,
         max_backoff_s: float = OVSDB_MAX_BACKOFF_S,
+        idl_may_load: Callable[[], bool] | None = None,
     ) -> None:
         self.host_id: str = host["id"]
         self.max_backoff_s = max_backoff_s
@@ -199,8 +287,11 @@ class OvsdbHost:
         # The number of the switch's current OpenFlow session, None without one (see
         # `_settle_controller_settings`); None: never re-apply the controller settings.
         self.switch_session = switch_session
+        # Whether the IDL may load now: the data plane has reconciled every host since it
+        # started (see `_defer_idl`); None: the IDL loads right after the early read.
+        self.idl_may_load = idl_may_load
         self._settled_session: int | None = None
-        # The target the poke wrote before the IDL came up (see `_poke_switch`): the next
+        # The target the poke wrote before the IDL came up (see `_early_read`): the next
         # `_controller_target` keeps it instead of rewriting it back while the switch connects.
         self._poked_target: str | None = None
         self._session_seen: tuple[int, float] | None = None  # (session, when first seen)
@@ -270,6 +361,9 @@ class OvsdbHost:
                     LOG.warning(
                         "host %s: OVSDB %s unreachable, retrying", self.host_id, self.target
                     )
+                    if self._last is not None:  # the early read's: lost since, as on a loss
+                        self._last = None
+                        self.on_state(self.host_id, False)
                 helper = idlutils.get_schema_helper(self.target, "Open_vSwitch")
                 for table, columns in self.COLUMNS.items():
                     helper.register_columns(table, list(columns or ()))
@@ -285,36 +379,60 @@ class OvsdbHost:
                 api_cls = type(f"OvsdbIdl_{self.host_id}", (impl_idl.OvsdbIdl,), {})
                 self.api = api_cls(conn)
 
-    def _poke_switch(self) -> None:
-        """The fast reconnect's rewrite, before the IDL (`switch_poke`): a switch without an
-        OpenFlow session with us starts reconnecting while the IDL is still loading.  If it
-        cannot be done, `ensure_config` does the rewrite once the IDL is up, as without it."""
-        if self.switch_connected is None or self.switch_connected(datapath_id_for(self.host_id)):
-            return
-        ours = {
-            t: other
-            for t in (self.controller_target, alternate_target(self.controller_target))
-            if t is not None and (other := alternate_target(t)) is not None
-        }
-        if not ours:
-            return
+    def _early_read(self) -> bool:
+        """Before the IDL, on one short OVSDB connection (`switch_poke`): the fast reconnect's
+        rewrite, so that a switch without an OpenFlow session with us starts reconnecting while
+        the IDL is still loading, and the bridge's bindings and tunnel ofports, reported at
+        once, so that the host's reconcile waits only for its switch's read-back.
+
+        The IDL's load (schema, monitor, full dump, then ensure_config's transaction) took
+        100-300 ms per host after a restart at H=3 and was the last thing every host waited
+        for.  Its first observation is compared with this one (`_last`): only a difference is
+        reported.  If the read cannot be done, the IDL reports as without it, and
+        `ensure_config` does the rewrite.  True if the host was reported and its switch is
+        connected or connecting (then the IDL can wait, `_defer_idl`)."""
+        dpid = datapath_id_for(self.host_id)
+        ours: dict[str, str] = {}
+        if self.switch_connected is not None and not self.switch_connected(dpid):
+            ours = _spellings(self.controller_target)
         try:
-            written = switch_poke.poke(
+            poked = switch_poke.read_and_poke(
                 self.target, self.bridge, ours, min(self.timeout, POKE_TIMEOUT_S)
             )
         except Exception as exc:  # OVSDB not reachable yet: the IDL's retries take over
-            LOG.debug("host %s: no early reconnect of its switch: %s", self.host_id, exc)
+            LOG.debug("host %s: no early read of its OVSDB: %s", self.host_id, exc)
+            return False
+        if poked.written is not None:
+            self._poked_target = poked.written
+            _log_poked(self.host_id, poked.written)
+        if poked.interfaces is None or self._stop.is_set():
+            return False
+        obs = _observation(_classify(i.name, i.ofport, i.iface_id) for i in poked.interfaces)
+        self._last = obs
+        self.on_observation(self.host_id, obs)
+        return poked.written is not None or not ours
+
+    def _defer_idl(self) -> None:
+        """Load the IDL once the data plane has reconciled every host (or after IDL_DEFER_MAX_S).
+
+        After a restart every host's IDL load (schema, monitor, full dump, ensure_config's
+        transaction: ~20-40 ms of CPU each with the C JSON parser) ran while the switches'
+        read-backs and the data plane's plan ran, on the one interpreter: it delayed
+        "reconciled" although the early read already told the data plane what the host's OVSDB
+        says (waiting for the host's own read-back only was not enough: the first hosts' loads
+        then ran during the last one's).  What waits meanwhile: a port plugged or unplugged in
+        that moment is seen once the IDL is loaded (at most IDL_DEFER_MAX_S later), and
+        `ensure_config` repairs the bridge's settings then."""
+        if self.idl_may_load is None:
             return
-        if written is not None:
-            self._poked_target = written
-            LOG.info(
-                "host %s: switch not connected; target rewritten as %s to connect now",
-                self.host_id,
-                written,
-            )
+        deadline = time.monotonic() + IDL_DEFER_MAX_S
+        while not self.idl_may_load() and time.monotonic() < deadline:
+            if self._stop.wait(IDL_DEFER_POLL_S):
+                return
 
     def _run(self) -> None:
-        self._poke_switch()
+        if self._early_read():
+            self._defer_idl()
         try:
             self._connect()
         except Exception:
@@ -537,7 +655,7 @@ class OvsdbHost:
         OVSDB keeps the switch the one that connects, to the one address tenantnet wrote.
 
         The agent first tries this rewrite on its own short OVSDB connection, before its IDL
-        is loaded (`_poke_switch`, `switch_poke`): the switch then reconnects meanwhile, and the
+        is loaded (`_early_read`, `switch_poke`): the switch then reconnects meanwhile, and the
         target the poke wrote is kept here (it is the one the switch is connecting through).
 
         Whether the switch is connected is the controller's own knowledge (its OpenFlow
@@ -567,11 +685,7 @@ class OvsdbHost:
             or self.switch_connected(datapath_id_for(self.host_id))
         ):
             return row, current
-        LOG.info(
-            "host %s: switch not connected; target rewritten as %s to connect now",
-            self.host_id,
-            other,
-        )
+        _log_poked(self.host_id, other)
         return row, other
 
     def _add_ssl_record(self, txn: Any) -> None:
@@ -643,10 +757,7 @@ class OvsdbHost:
                 for uuid, row in dirty.items():
                     if uuid in self._on_bridge:
                         self._iface_seen(uuid, row)
-        obs = HostObservation()
-        for kind, key, ofport in self._seen.values():
-            (obs.tunnel_ofports if kind == "tunnel" else obs.bindings)[key] = ofport
-        return obs
+        return _observation(self._seen.values())
 
     def _walk(self, idl: Any) -> None:
         self._seen = {}
@@ -664,12 +775,10 @@ class OvsdbHost:
         self._seen.pop(uuid, None)
         if iface is None:
             return
-        ofport = iface.ofport[0] if iface.ofport else -1
-        if ofport is None or ofport <= 0:
-            return
-        if iface.name in _TUNNEL_NAMES:
-            self._seen[uuid] = ("tunnel", _TUNNEL_NAMES[iface.name], ofport)
-            return
-        iface_id = iface.external_ids.get("iface-id")
-        if iface_id:
-            self._seen[uuid] = ("binding", iface_id, ofport)
+        seen = _classify(
+            iface.name,
+            iface.ofport[0] if iface.ofport else None,
+            iface.external_ids.get("iface-id"),
+        )
+        if seen is not None:
+            self._seen[uuid] = seen

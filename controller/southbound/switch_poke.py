@@ -16,6 +16,11 @@ controller is ours (its target is ours in either spelling) and its target is sti
 Anything else (no such bridge yet, another controller beside ours, a change in between) and the
 poke does nothing; the agent's `ensure_config` then writes what it must, as before.
 
+The same first select also reads the bridge's interfaces (name, ofport, ``iface-id``): what
+the data plane needs from OVSDB to reconcile the host (its bindings and tunnel ofports), so the
+agent can report them at once (`OvsdbHost._early_read`) instead of after the IDL's load, which
+then no longer stands between a restart and "reconciled".
+
 The operations are OVSDB's own transact format (RFC 7047, 5.2): python-ovs builds them only
 inside its IDL, which is exactly the wait this avoids.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ovs import jsonrpc, poller, stream
@@ -34,6 +40,23 @@ DB = "Open_vSwitch"
 
 class PokeError(Exception):
     """The poke could not be done (unreachable, refused, timed out, unexpected answer)."""
+
+
+@dataclass(frozen=True)
+class Iface:
+    """One interface of the bridge as the poke's select saw it."""
+
+    name: str
+    ofport: int | None  # None: vswitchd has not assigned one (yet)
+    iface_id: str | None  # external_ids:iface-id
+
+
+@dataclass(frozen=True)
+class Poked:
+    """What `read_and_poke` found and did."""
+
+    written: str | None  # the target written, None if nothing was
+    interfaces: tuple[Iface, ...] | None  # the bridge's interfaces; None: no such bridge
 
 
 def _transact(conn: jsonrpc.Connection, ops: list[dict[str, Any]], deadline: float) -> list[Any]:
@@ -74,8 +97,9 @@ def _uuid(value: Any) -> str | None:
     return None
 
 
-def _controllers(value: Any) -> list[str] | None:
-    """The uuids of a Bridge's ``controller`` column (an atom or a ``["set", [...]]``)."""
+def _uuids(value: Any) -> list[str] | None:
+    """The uuids of a set-of-references column such as a Bridge's ``controller`` or ``ports``
+    (an atom or a ``["set", [...]]``); None if it is not one."""
     one = _uuid(value)
     if one is not None:
         return [one]
@@ -85,16 +109,58 @@ def _controllers(value: Any) -> list[str] | None:
     return None
 
 
-def poke(
-    ovsdb_target: str, bridge: str, ours: dict[str, str], timeout_s: float
-) -> str | None:
+def _ofport(value: Any) -> int | None:
+    """An Interface's ``ofport`` (an optional integer: the integer or ``["set", [n]]``)."""
+    if isinstance(value, list) and len(value) == 2 and value[0] == "set":
+        value = value[1][0] if isinstance(value[1], list) and len(value[1]) == 1 else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _map_get(value: Any, key: str) -> str | None:
+    """``value[key]`` of a string-to-string map column (``["map", [[k, v], ...]]``)."""
+    if not (isinstance(value, list) and len(value) == 2 and value[0] == "map"):
+        return None
+    for pair in value[1] if isinstance(value[1], list) else ():
+        if isinstance(pair, list) and len(pair) == 2 and pair[0] == key:
+            return pair[1] if isinstance(pair[1], str) else None
+    return None
+
+
+def _bridge_interfaces(
+    bridge: dict[str, Any], ports: list[Any], interfaces: list[Any]
+) -> tuple[Iface, ...]:
+    """The interfaces of ``bridge``'s ports, from the rows of the Port and Interface selects."""
+    port_uuids = set(_uuids(bridge.get("ports")) or ())
+    wanted: set[str] = set()
+    for row in ports:
+        if isinstance(row, dict) and _uuid(row.get("_uuid")) in port_uuids:
+            wanted.update(_uuids(row.get("interfaces")) or ())
+    found = []
+    for row in interfaces:
+        if not isinstance(row, dict) or _uuid(row.get("_uuid")) not in wanted:
+            continue
+        name = row.get("name")
+        if isinstance(name, str):
+            found.append(
+                Iface(
+                    name, _ofport(row.get("ofport")), _map_get(row.get("external_ids"), "iface-id")
+                )
+            )
+    return tuple(found)
+
+
+def poke(ovsdb_target: str, bridge: str, ours: dict[str, str], timeout_s: float) -> str | None:
     """Rewrite ``bridge``'s controller target ``t`` as ``ours[t]`` if the bridge has exactly
     one controller and its target is a key of ``ours``; the target written, or None if the
     bridge is not in that shape (nothing written).  PokeError if OVSDB could not be asked."""
+    return read_and_poke(ovsdb_target, bridge, ours, timeout_s).written
+
+
+def read_and_poke(ovsdb_target: str, bridge: str, ours: dict[str, str], timeout_s: float) -> Poked:
+    """Read ``bridge``'s interfaces and, as `poke` says, rewrite its controller target (never
+    with an empty ``ours``: a read alone).  PokeError if OVSDB could not be asked."""
     deadline = time.monotonic() + timeout_s
-    err, strm = stream.Stream.open_block(
-        stream.Stream.open(ovsdb_target), int(timeout_s * 1000)
-    )
+    err, strm = stream.Stream.open_block(stream.Stream.open(ovsdb_target), int(timeout_s * 1000))
     if err:
         raise PokeError(os.strerror(err) if err > 0 else "cannot connect")
     conn = jsonrpc.Connection(strm)
@@ -103,26 +169,32 @@ def poke(
             conn,
             [
                 {"op": "select", "table": "Bridge", "where": [["name", "==", bridge]],
-                 "columns": ["controller"]},
+                 "columns": ["controller", "ports"]},
                 {"op": "select", "table": "Controller", "where": [],
                  "columns": ["_uuid", "target"]},
+                {"op": "select", "table": "Port", "where": [],
+                 "columns": ["_uuid", "interfaces"]},
+                {"op": "select", "table": "Interface", "where": [],
+                 "columns": ["_uuid", "name", "ofport", "external_ids"]},
             ],
             deadline,
         )  # fmt: skip
-        if any("error" in r for r in found):
+        if len(found) < 4 or any("error" in r for r in found):
             raise PokeError(f"select failed: {found}")
         bridges = found[0].get("rows", [])
-        if len(bridges) != 1:
-            return None
-        uuids = _controllers(bridges[0].get("controller"))
-        if uuids is None or len(uuids) != 1:
-            return None
-        row = next(
-            (r for r in found[1].get("rows", []) if _uuid(r.get("_uuid")) == uuids[0]), None
+        if len(bridges) != 1 or not isinstance(bridges[0], dict):
+            return Poked(None, None)
+        read = Poked(
+            None,
+            _bridge_interfaces(bridges[0], found[2].get("rows", []), found[3].get("rows", [])),
         )
+        uuids = _uuids(bridges[0].get("controller"))
+        if uuids is None or len(uuids) != 1:
+            return read
+        row = next((r for r in found[1].get("rows", []) if _uuid(r.get("_uuid")) == uuids[0]), None)
         current = row.get("target") if row is not None else None
         if not isinstance(current, str) or current not in ours:
-            return None
+            return read
         other = ours[current]
         done = _transact(
             conn,
@@ -138,9 +210,9 @@ def poke(
             deadline,
         )  # fmt: skip
         if "error" in done[0]:  # the wait: the bridge changed since the select
-            return None
+            return read
         if len(done) < 2 or "error" in done[1]:
             raise PokeError(f"update failed: {done}")
-        return other if done[1].get("count") == 1 else None
+        return Poked(other if done[1].get("count") == 1 else None, read.interfaces)
     finally:
         conn.close()

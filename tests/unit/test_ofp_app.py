@@ -333,3 +333,19 @@ def test_the_role_is_asked_first_on_a_new_session_and_a_refusal_is_reported() ->
     _switch_answers(app, dp, _refused(dp, ofp.OFPET_ROLE_REQUEST_FAILED, ofp.OFPRRFC_STALE),
                     role_xid)  # fmt: skip
     assert refused == [(DPID, 9)]
+
+
+def test_a_connection_waiting_for_attach_counts_as_the_switchs_session() -> None:
+    """The fast reconnect asks `has_session` before it rewrites a switch's target: a switch
+    whose own retry connected just before the data plane was attached must not be made to drop
+    that connection.  Once attached, it is admitted and read back as any other."""
+    from os_ken.controller.handler import CONFIG_DISPATCHER
+
+    app = TenantnetOfpApp()
+    dp = FakeDatapath()
+    dp.address, dp.socket, dp.is_active, dp.state = ("192.0.2.1", 1), None, True, CONFIG_DISPATCHER
+    app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
+    assert app.has_session(DPID) and not app.has_session(DPID + 1)
+    assert not dp.sent  # nothing sent before it is admitted
+    app.attach(_Listener())
+    assert app.has_session(DPID) and dp.sent  # admitted: its read-back started

@@ -113,3 +113,96 @@ def test_a_server_that_never_answers_is_given_up_on(tmp_path: Path) -> None:
             switch_poke.poke(f"unix:{path}", "br-int", SPELLINGS, 0.3)
     finally:
         mute.close()
+
+
+def test_the_bridges_interfaces_are_read_with_their_ofports_and_iface_ids(db: Db) -> None:
+    """What the agent reports before its IDL loads (`OvsdbHost._early_read`): only the named
+    bridge's interfaces, an unassigned ofport as None; a read alone writes nothing."""
+    db.vsctl("set-controller", "br-int", OURS)
+    db.vsctl("add-port", "br-int", "vm1", "--", "set", "Interface", "vm1",
+             "external_ids:iface-id=port-1", "ofport=7")  # fmt: skip
+    db.vsctl("add-port", "br-int", "tn-vxlan", "--", "set", "Interface", "tn-vxlan",
+             "ofport=64001")  # fmt: skip
+    db.vsctl("add-port", "br-int", "vm2", "--", "set", "Interface", "vm2",
+             "external_ids:iface-id=port-2")  # fmt: skip
+    db.vsctl("add-br", "br-ex")
+    db.vsctl("add-port", "br-ex", "ex1", "--", "set", "Interface", "ex1",
+             "external_ids:iface-id=port-x", "ofport=3")  # fmt: skip
+    read = switch_poke.read_and_poke(db.target, "br-int", {}, 5)
+    assert read.written is None and db.targets() == [OURS]
+    assert read.interfaces is not None
+    assert sorted(read.interfaces, key=lambda i: i.name) == [
+        switch_poke.Iface("br-int", None, None),  # the bridge's own port, no ofport set here
+        switch_poke.Iface("tn-vxlan", 64001, None),
+        switch_poke.Iface("vm1", 7, "port-1"),
+        switch_poke.Iface("vm2", None, "port-2"),
+    ]
+    poked = switch_poke.read_and_poke(db.target, "br-int", SPELLINGS, 5)
+    assert poked.written == OTHER and poked.interfaces == read.interfaces
+    assert switch_poke.read_and_poke(db.target, "br-none", SPELLINGS, 5).interfaces is None
+
+
+def test_the_agent_reports_the_early_read_and_its_idl_waits_for_the_reconcile(db: Db) -> None:
+    """`OvsdbHost._early_read` reports the bindings and tunnel ofports it read (what the data
+    plane reconciles a host with) and pokes a switch without a session; `_defer_idl` then
+    waits until the data plane says every host is reconciled (asked on every look) or the
+    agent stops."""
+    from controller.southbound.ovsdb_host import HostObservation, OvsdbHost
+
+    db.vsctl("set-controller", "br-int", OURS)
+    db.vsctl("add-port", "br-int", "vm1", "--", "set", "Interface", "vm1",
+             "external_ids:iface-id=port-1", "ofport=7")  # fmt: skip
+    db.vsctl("add-port", "br-int", "tn-gre", "--", "set", "Interface", "tn-gre",
+             "ofport=64002")  # fmt: skip
+    reported: list[HostObservation] = []
+    looks: list[int] = []
+
+    def reconciled() -> bool:
+        looks.append(1)
+        return len(looks) >= 3
+
+    host = {"id": "hv1", "ovsdb": db.target, "tunnel_ip": "192.0.2.1"}
+    agent = OvsdbHost(
+        host, OURS, lambda h, obs: reported.append(obs), lambda h, up: None,
+        switch_connected=lambda dpid: False, idl_may_load=reconciled,
+    )  # fmt: skip
+    assert agent._early_read()
+    assert reported == [HostObservation(bindings={"port-1": 7}, tunnel_ofports={"gre": 64002})]
+    assert db.targets() == [OTHER]  # the switch was told to reconnect
+    agent._defer_idl()
+    assert len(looks) == 3  # waited until the data plane had reconciled, not longer
+    agent.stop()
+    looks.clear()
+    agent._defer_idl()
+    assert len(looks) == 1  # a stopped agent does not wait
+
+
+def test_no_bridge_yet_reports_nothing_and_the_idl_loads_at_once(db: Db) -> None:
+    from controller.southbound.ovsdb_host import OvsdbHost
+
+    reported: list[object] = []
+    host = {"id": "hv1", "ovsdb": db.target, "tunnel_ip": "192.0.2.1", "integration_bridge": "br-x"}
+    agent = OvsdbHost(
+        host, OURS, lambda h, obs: reported.append(obs), lambda h, up: None,
+        switch_connected=lambda dpid: False, idl_may_load=lambda: False,
+    )  # fmt: skip
+    assert not agent._early_read() and reported == []
+
+
+def test_start_up_pokes_every_host_whose_switch_has_no_session(db: Db, tmp_path: Path) -> None:
+    """`poke_switches` (service start-up, before the API is built): a switch without a
+    session is told to reconnect, one with a session (or waiting for admission) is left alone,
+    an unreachable host does not keep the others from being poked."""
+    from controller.southbound.ovsdb_host import datapath_id_for, poke_switches
+
+    db.vsctl("set-controller", "br-int", OURS)
+    hosts = [{"id": "hv1", "ovsdb": db.target},
+             {"id": "hv2", "ovsdb": f"unix:{tmp_path / 'none.sock'}"}]  # fmt: skip
+    connected = {datapath_id_for("hv1")}
+    for t in poke_switches(hosts, OURS, lambda dpid: dpid in connected):
+        t.join()
+    assert db.targets() == [OURS]  # hv1 has a session: untouched
+    connected.clear()
+    for t in poke_switches(hosts, OURS, lambda dpid: dpid in connected):
+        t.join()
+    assert db.targets() == [OTHER]
