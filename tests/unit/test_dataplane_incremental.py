@@ -7,7 +7,8 @@ and ports created, updated (MAC, fixed IPs, allowed address pairs, admin state, 
 ``binding:host_id``) and deleted; interfaces plugged and unplugged on hypervisors (second
 claims that must be refused, ofport conflicts, duplicate MACs through address pairs); hosts
 registered, re-targeted and removed; switches disconnecting and reconnecting with what they
-really hold (also with nothing, after a vswitchd restart); tunnel ports changing; and bulk
+really hold (also with nothing, after a vswitchd restart); tunnel ports changing; routers
+(interfaces added and removed, admin state, an extra route, deleted); and bulk
 steps (`hold` ... `flush`: several inputs before one data-plane step, so that the per-network
 path runs next to the per-port one).  Hypothesis shrinks a failure to a minimal sequence.
 
@@ -19,7 +20,8 @@ After every step (the `invariant` methods; skipped while inputs are held):
 * the holder of each port follows the binding rules, as modelled here independently of
   `controller.dataplane.bindings` (`Model`), and is what the store shows; refused
   claims are listed on the port and never get flows;
-* no port is ACTIVE unless its holder's switch is connected and has its flows (a known gap is
+* no port is ACTIVE unless its holder's switch is connected and has its flows (router
+  interfaces aside: bound nowhere, they are ACTIVE while their router is up; a known gap is
   left out: a port that loses an ofport conflict, which only an OVSDB that reports one ofport
   for two interfaces can cause, gets no flows and is still shown ACTIVE).
 
@@ -27,11 +29,11 @@ After every step (the `invariant` methods; skipped while inputs are held):
 must hold exactly the owners' slices, cookies included, so a rule under the wrong owner fails
 too.  The oracle is one term per kind (`OWNER_TERMS`): the *base* pipeline (one per host), and
 per network the *network* on each of its hosts and its *ports* (their rules on their host, their
-unicast rules on its peers).  A new owner kind (security group, router, DHCP) adds the rules
-that change its inputs (create/update/delete of its store objects, and whatever else it reads)
-and one function ``(machine, host, host context) -> list[Slice]`` to `OWNER_TERMS` that compiles it
-from scratch (from the store and the hypervisors, never from the data plane); nothing else here
-changes.
+unicast rules on its peers), the security groups, and each router on its hosts.  A new owner
+kind adds the rules that change its inputs (create/update/delete of its store objects, and
+whatever else it reads) and one function ``(machine, host, host context) -> list[Slice]`` to
+`OWNER_TERMS` that compiles it from scratch (from the store and the hypervisors, never from the
+data plane); nothing else here changes.
 
 Running it: the suite runs a modest number of examples (`EXAMPLES`, `STEPS`); under CI
 (``CI`` set) the run is derandomized, so it is reproducible.  ``TENANTNET_HYPOTHESIS_LONG=1``
@@ -49,6 +51,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import hypothesis.strategies as st
@@ -67,7 +70,7 @@ from hypothesis.stateful import (
 )
 
 from controller.dataplane.reconciler import DataPlane
-from controller.dataplane.state import NetworkRec, PortRec, SubnetRec
+from controller.dataplane.state import ROUTER_INTERFACE_OWNERS, NetworkRec, PortRec, SubnetRec
 from controller.events import EventBus
 from controller.services.dhcp_records import DEFAULT_SERVER_MAC, server_address
 from controller.southbound.ovsdb_host import HostObservation, datapath_id_for
@@ -87,6 +90,7 @@ from flows.model import (
     Slice,
     WriteMetadata,
 )
+from flows.routing import Interface, RouterView, Subnets, compile_router
 from flows.tables import CLASSIFY, L2_FROM_PORT, port_cookie
 from tests.unit.test_dataplane import FakeSwitches
 
@@ -98,6 +102,14 @@ PAIR_IPS = ("10.1.9.1", "10.1.9.2", "10.1.8.0/24")
 MAX_NETWORKS = 3
 MAX_PORTS = 8
 MAX_OFPORT = 6
+ROUTERS = tuple(str(uuid.UUID(int=0xA0 + i)) for i in range(2))
+# Router addresses (a port made for the interface: the machine's subnets have no gateway), and
+# an extra route through a VM address.  All networks share 10.1.0.0/16, so a router is on one
+# of them at most (overlapping subnets): routers cover interfaces, their ports' neighbour
+# rules and routes, not traffic between networks (flows/test_flows_routing and
+# test_dataplane_routing do).
+GATEWAYS = ("10.1.0.1", "10.1.0.2")
+EXTRA_ROUTE = {"destination": "10.7.0.0/24", "nexthop": IPS[0]}
 
 LONG = os.environ.get("TENANTNET_HYPOTHESIS_LONG") == "1"
 EXAMPLES = 2000 if LONG else 50
@@ -362,11 +374,55 @@ def sg_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Slice]:
     return [sg.compile_host(filtered, groups, cookies)]
 
 
+def router_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Slice]:
+    """Each router's owners on the host (owner kind ROUTER), compiled whole from the store's
+    routers and interface ports and the machine's holders: a router that is admin up with an
+    interface is on every host holding a port of one of its networks, and routes to each such
+    port's addresses in its subnets (`flows.routing.compile_router`)."""
+    nets = {n["id"]: NetworkRec.from_store(n).segment for n in m.store.list_networks()}
+    cidrs = {s["id"]: s["cidr"] for s in m.store.list_all("subnet") if s["ip_version"] == 4}
+    ports = m.store.list_ports()
+    out: list[Slice] = []
+    for router in m.store.list_all("router"):
+        if not router["admin_state_up"]:
+            continue
+        ifaces = [
+            Interface(p["_num"], nets[p["network_id"]], p["mac_address"], ip["ip_address"],
+                      cidrs[ip["subnet_id"]])
+            for p in ports
+            if p["device_owner"] in ROUTER_INTERFACE_OWNERS and p["device_id"] == router["id"]
+            for ip in p["fixed_ips"][:1]
+        ]  # fmt: skip
+        if not ifaces:
+            continue
+        subnets = Subnets(ifaces)
+        keys: dict[str, set[int]] = {}  # router host -> its networks there
+        routed = []
+        for p in ports:
+            where = m.model.holders.get(p["id"])
+            seg = nets[p["network_id"]]
+            if where is None or all(i.segment != seg for i in ifaces):
+                continue
+            keys.setdefault(where, set()).add(seg.key)
+            addrs = [ip["ip_address"] for ip in p["fixed_ips"]]
+            routed += subnets.routed(p["_num"], seg, p["mac_address"], addrs, TUNNEL_IP[where])
+        view = RouterView(
+            interfaces=subnets.interfaces,
+            ports=tuple(routed),
+            hosts=tuple(sorted(TUNNEL_IP[h] for h in keys)),
+            local_keys=frozenset(keys.get(host, ())),
+            routes=tuple((r["destination"], r["nexthop"]) for r in router["routes"]),
+        )
+        out.extend(compile_router(ctx, view).values())
+    return out
+
+
 # One term per owner kind; a new kind of owner adds its from-scratch compile here.
 OWNER_TERMS: tuple[Callable[[DataPlaneMachine, str, HostContext], list[Slice]], ...] = (
     base_owner,
     network_owners,
     sg_owners,
+    router_owners,
 )
 
 
@@ -618,6 +674,68 @@ class DataPlaneMachine(RuleBasedStateMachine):
             self._plug(body["id"], plug_on, share=False)
         return str(body["id"])
 
+    # ------------------------------------------------------------------ routers
+
+    @initialize()
+    def a_router(self) -> None:
+        """Every example starts with a router on the first network (rules add more, remove
+        them, change the routers)."""
+        self._add_interface(0, 0, GATEWAYS[0])
+
+    @precondition(lambda self: len(self._port_ids()) < MAX_PORTS)
+    @rule(router=st.integers(0, 1), net=st.integers(0, MAX_NETWORKS - 1),
+          gateway=st.sampled_from(GATEWAYS))  # fmt: skip
+    def add_interface(self, router: int, net: int, gateway: str) -> None:
+        """Router ``router`` (made on first use) gets an interface on network ``net`` (by
+        creation order): a port at ``gateway`` (no group, as Neutron's router ports) given to
+        add_router_interface.  Refused (the port deleted again) if a router is on that subnet
+        already."""
+        self._add_interface(router, net, gateway)
+
+    def _add_interface(self, router: int, net: int, gateway: str) -> None:
+        body = {"id": self._uuid(), "network_id": self.nets[net % len(self.nets)],
+                "security_groups": [], "fixed_ips": [{"ip_address": gateway}]}  # fmt: skip
+        port = self._store(self.store.create_port, body)
+        if port is not None:
+            rid = ROUTERS[router]
+            if self.store.get("router", rid) is None:
+                self.store.create("router", [{"id": rid, "project_id": port["project_id"]}])
+            attach = partial(self.store.router_interface, rid, add=True)
+            if self._store(attach, {"port_id": port["id"]}) is None:
+                self.store.delete("port", port["id"])
+            else:
+                WORK["interfaces_added"] += 1
+        self._step()
+
+    @rule(router=st.integers(0, 1), net=st.integers(0, MAX_NETWORKS - 1))
+    def remove_interface(self, router: int, net: int) -> None:
+        """Router ``router``'s interface on network ``net`` is removed (its port deleted);
+        refused while an extra route goes through it."""
+        rid = ROUTERS[router]
+        detach = partial(self.store.router_interface, rid, add=False)
+        for p in self.store.list_ports(network_id=self.nets[net % len(self.nets)]):
+            if p["device_id"] == rid:
+                self._store(detach, {"port_id": p["id"]})
+        self._step()
+
+    @rule(router=st.integers(0, 1), change=st.sampled_from(["up", "down", "route", "no route",
+                                                             "delete"]))  # fmt: skip
+    def change_router(self, router: int, change: str) -> None:
+        """Router ``router`` set admin up or down, given the extra route (refused unless its
+        nexthop is in a connected subnet) or none, or deleted (refused while it has
+        interfaces)."""
+        rid = ROUTERS[router]
+        if self.store.get("router", rid) is None:
+            return
+        if change == "delete":
+            self._store(self.store.delete, "router", rid)
+        elif change in ("up", "down"):
+            self._store(self.store.update, "router", rid, {"admin_state_up": change == "up"})
+        else:
+            routes = [EXTRA_ROUTE] if change == "route" else []
+            self._store(self.store.update, "router", rid, {"routes": routes})
+        self._step()
+
     @rule(port=consumes(ports))
     def delete_port(self, port: str) -> None:
         self._store(self.store.delete, "port", port)
@@ -831,8 +949,8 @@ class DataPlaneMachine(RuleBasedStateMachine):
         if self.held:
             return
         for p in self.store.list_ports():
-            if p["status"] != "ACTIVE":
-                continue
+            if p["status"] != "ACTIVE" or p["device_owner"] in ROUTER_INTERFACE_OWNERS:
+                continue  # an interface is ACTIVE while its router is up (bound nowhere)
             pid = p["id"]
             holder = self.model.holders.get(pid)
             assert holder is not None, f"{pid} ACTIVE but bound nowhere"
@@ -893,3 +1011,4 @@ def test_incremental_equals_full_compile() -> None:
     # Half an example's worth on average still proves both paths carried work in this run.
     assert WORK["ports_patched"] >= EXAMPLES // 2, dict(WORK)
     assert WORK["networks_compiled"] >= EXAMPLES // 2, dict(WORK)
+    assert WORK["interfaces_added"] >= EXAMPLES // 2, dict(WORK)
