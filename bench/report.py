@@ -248,9 +248,11 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
                             **_pair(raw, name, lambda r: r["restart"]["fresh_flows"])))
             row = Row(sec, "restart -> reconciled", "s", digits=2,
                       **_pair(raw, name, lambda r: r["restart"]["reconcile_s"]))
-            row.note = ("tenantnet: reconciled_after_s, from the data plane's start (OpenFlow "
-                        "listener up, API already serving; Python start-up before that is in "
-                        "the JSON's wall_s); OVN: ovn-controller start -> --wait=hv sync "
+            row.note = ("tenantnet: reconciled_after_s, from the data plane's start (API "
+                        "already serving; the OpenFlow listener was up and the switches poked "
+                        "before the API was built, so their reconnect up to FEATURES overlaps "
+                        "start-up; Python start-up, API build and that reconnect are in the "
+                        "JSON's wall_s); OVN: ovn-controller start -> --wait=hv sync "
                         "returned and hv2's table rewritten")
             rows.append(row)
 
