@@ -355,7 +355,8 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         `controller.southbound.packet_in`); False if it is gone or not reading.  With ``wait``
         False (a switch's receive thread) None, nothing sent, if another thread holds the
         switch (the data plane encodes whole bundles under `sw.lock`): a receive thread that
-        waited for that would hold back its switch's barrier replies and echoes."""
+        waited for that would hold back its switch's barrier replies and echoes; and the frames
+        are written on it when the connection's send thread is idle."""
         with self._lock:
             sw = self._switches.get(dpid)
         if sw is None or not sw.ready:
@@ -366,7 +367,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         try:
             for msg, (port, _) in zip(msgs, frames, strict=True):
                 sw.remember(msg, Sent("packet out", port))
-            return _send_as_one_write(sw.dp, msgs, direct=True)
+            return _send_as_one_write(sw.dp, msgs, direct=not wait)
         finally:
             sw.lock.release()
 
@@ -968,8 +969,9 @@ def _send_as_one_write(dp: Any, msgs: list[Any], direct: bool = False) -> bool:
     more than the encoding.  This is `send_msg` (assign an xid, serialise) for many messages with
     a single `Datapath.send`; the order on the wire, and so OVS's processing order, is the same.
     False if the connection's send queue is full or closed (`LiveDatapath.send_nowait`).
-    ``direct`` (packet-outs): written on this thread when the connection's send thread has
-    nothing to write (`LiveDatapath.write_now`), saving its wake-up.
+    ``direct`` (a packet-out answered on a receive thread): written on this thread when the
+    connection's send thread has nothing to write (`LiveDatapath.write_now`), saving its
+    wake-up (see `controller.southbound.packet_in` for why only there).
     """
     bufs = []
     for msg in msgs:

@@ -309,20 +309,27 @@ def test_a_receive_thread_never_waits_for_the_switch_held_by_another_thread() ->
     assert queue.counters.answered_inline == 1 and queue.counters.reply_failures == 0
 
 
-def test_replies_are_written_directly_and_flow_mods_queued() -> None:
-    """Packet-outs go to the connection's `write_now` (written on the answering thread when
-    os-ken's send thread is idle, `LiveDatapath.write_now`); everything else to its send
-    queue as before."""
+def test_a_reply_answered_on_the_receive_thread_is_written_from_there() -> None:
+    """A packet-out answered on a receive thread goes to the connection's `write_now` (written
+    there when os-ken's send thread is idle, `LiveDatapath.write_now`); the worker's replies
+    and everything else go to its send queue as before."""
     app, dp, _ = _app()
     how: list[str] = []
-    dp.write_now = lambda buf: how.append("direct") or dp.send_nowait(buf)  # type: ignore[attr-defined]
-    queue = app.on_packet_in(lambda p: b"\x02" * 60)
-    app._packet_in(_event(dp))
-    _wait(lambda: queue.counters.replies == 1, "no reply sent")
+
+    def write_now(buf: bytes) -> bool:
+        how.append("direct")
+        return dp.send_nowait(buf)
+
+    dp.write_now = write_now  # type: ignore[attr-defined]
+    queue = app.on_packet_in(lambda p: bytes([p.in_port or 0]) * 60)
+    app._packet_in(_event(dp, in_port=1))  # quiet: answered on this thread
+    queue.inline_burst = 0  # from now on: the worker
+    app._packet_in(_event(dp, in_port=2))
+    _wait(lambda: queue.counters.replies == 2, "no reply sent")
     queue.close()
-    done = Outcome()
-    assert app.set_packet_in_meter(DPID, rate_pps=200, burst=50, on_done=done)
-    assert how == ["direct"] and len(_sent(dp)) == 4  # the reply, then meter mods + barrier
+    assert app.set_packet_in_meter(DPID, rate_pps=200, burst=50, on_done=Outcome())
+    assert how == ["direct"] and queue.counters.answered_inline == 1
+    assert [out[-1] for out in _sent(dp)[:2]] == [1, 2] and len(_sent(dp)) == 5
 
 
 def test_a_packet_in_that_cannot_be_read_is_counted_and_the_receive_loop_goes_on() -> None:
