@@ -192,7 +192,6 @@ class Controller:
             from controller.store.replicated import EtcdStore
 
             self.store = EtcdStore(s.database, self.bus, s.etcd, **options)
-            self._join_members(s, s.etcd)
         _southbound_security(s)
         # The OpenFlow listener first, then every switch is told to reconnect now (the poke,
         # southbound/ovsdb_host.poke_switches): its TCP and TLS handshake, HELLO and FEATURES
@@ -259,6 +258,10 @@ class Controller:
         gc_tuning.watch_slow_collections()
         LOG.debug("%d start-up objects exempted from garbage collection", frozen)
         self._startup_cpu_s = time.process_time()
+        if s.etcd is not None:
+            # Joined only now, when this instance can act on its hosts at once: the members
+            # that held them let go as soon as they see it (docs/ha.md, handover).
+            self._join_members(s, s.etcd)
         self.dataplane = DataPlane(
             self.store,
             self.ofp_app,

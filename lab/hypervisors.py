@@ -295,14 +295,17 @@ class Hypervisor:
 
     def controller_roles(self) -> dict[str, str]:
         """Controller target -> its OpenFlow role as vswitchd reports it (``master``,
-        ``slave``, ``other``), or ``down`` while not connected.  vswitchd refreshes these
+        ``slave``, ``other``), or ``down`` while not connected.  Targets in their plain
+        spelling (the fast reconnect may write ``tcp:[IP]:PORT``).  vswitchd refreshes these
         columns every few seconds: a role change shows up late, never early."""
         out = self.vsctl("--format=csv", "--no-headings", "--columns=target,role,is_connected",
                          "list", "Controller")
         roles = {}
         for line in out.splitlines():
             target, role, connected = (f.strip('"') for f in line.split(","))
-            roles[target] = role if connected == "true" else "down"
+            roles[target.replace("[", "").replace("]", "")] = (
+                role if connected == "true" else "down"
+            )
         return roles
 
     def trace(self, bridge: str, flow: str) -> str:

@@ -617,6 +617,9 @@ class DataPlane:
             if rt.role_refused is not None and revision > rt.role_refused:
                 rt.generation = 0  # taken again from the view, at its newer revision
                 self._arrange_role(rt)
+                if self.owns(rt.rec.id) and rt.installed is not None:
+                    rt.installed = None  # what was planned meanwhile was not sent
+                    self.switches.resync(rt.dpid)
 
     def _restart_agent(self, host_id: str) -> None:
         rt = self.hosts[host_id]
@@ -641,6 +644,9 @@ class DataPlane:
         for host_id, rt in self.hosts.items():
             self._note_owner(rt)
             owned = self.owns(host_id)
+            if owned and self._takeover_at.pop(host_id, None) is not None and view is not None:
+                # a handover now due: the previous owner asked SLAVE with what it read since
+                rt.generation = max(rt.generation, view.revision)
             self._arrange_role(rt)  # before a take-over's re-read: no flow-mod as a slave
             if owned and rt.agent is not None:
                 self._tell_peers(rt.agent)
@@ -925,7 +931,13 @@ class DataPlane:
 
         # The ownership may have lapsed since the plan (the lease, on another thread): nothing
         # more is sent until the actor has given the host up (_apply_ownership).
-        if not self.owns(host_id) or not self.switches.apply(dpid, d, done):
+        # Nor while the switch refused our MASTER request: the session's role is then not
+        # ours to use (an equal one would still take flow-mods); re-read once asked again.
+        if (
+            not self.owns(host_id)
+            or rt.role_refused is not None
+            or not self.switches.apply(dpid, d, done)
+        ):
             done(False, "disconnected")
             return
         # Counted once the southbound took the batch (a switch that is gone was sent nothing).
@@ -942,8 +954,8 @@ class DataPlane:
         if rt is not None and rt.dpid == dpid:
             self._note_health(rt, ok, why)
             self.metrics.reconcile.confirmed(host_id, ok)
-        if not ok and rt is not None and not self.owns(host_id):
-            pass  # not sent: the host is no longer ours (read afresh if it comes back)
+        if not ok and rt is not None and (not self.owns(host_id) or rt.role_refused is not None):
+            pass  # not sent: not ours, or not master (read afresh when it is again)
         elif not ok and rt is not None and rt.installed is not None:
             rt.failures += 1
             rt.installed = None

@@ -5,7 +5,8 @@ Two instances, two hypervisors, a VM on each pinging the other.  Every bridge li
 instances as controllers: its owner holds MASTER (OVSDB's ``Controller.role``), the other SLAVE.
 The owner of a host is killed with SIGKILL: the survivor becomes that host's master once the
 lease expires, reconciles it without sending a flow-mod (nothing changed), no ping is lost, and
-API requests to the survivor keep working throughout.  The failover time (kill -9 to the
+API requests to the survivor keep working throughout.  Restarted, the killed instance takes
+its hosts back the same way.  The failover time (kill -9 to the
 survivor owning the hosts, master, reconciled) is printed: a figure for the notes, not a
 threshold.
 """
@@ -122,3 +123,25 @@ def test_killing_a_hosts_owner_moves_its_master_role_without_losing_a_ping(
     assert probe.errors == [] and probe.calls > 0
     for hv in lab.hvs:  # the dead instance is no longer listed; the survivor is master
         assert hv.controller_roles() == {new_target: "master"}
+
+    # The killed instance comes back: it takes its hosts back once the survivor has let go
+    # (the handover delay), from the flows in place: nothing sent, no ping lost.
+    ping = vms[0].ping_background(vms[1].ip, interval=0.05)
+    victim.start(timeout=60)
+
+    def handed_back() -> bool:
+        st = victim.api.status()
+        hosts = st.get("hosts", {})
+        return bool(st.get("idle")) and all(
+            h in hosts and hosts[h]["owned"] and hosts[h]["ready"] for h in moved
+        )
+
+    wait_for(handed_back, "the restarted instance owning its hosts again", timeout=60)
+    for hv in lab.hvs:
+        want = {t: ("master" if m == owner_of[hv.name] else "slave") for m, t in target_of.items()}
+        wait_for(lambda hv=hv, want=want: hv.controller_roles() == want, f"{hv.name}: {want}")
+    stats = ping.stop()
+    assert stats.sent - stats.received == 0
+    assert victim.api.status()["flow_mods"] == 0
+    assert survivor.api.status()["flow_mods"] == sent_before
+    assert not any(survivor.api.status()["hosts"][h]["owned"] for h in moved)

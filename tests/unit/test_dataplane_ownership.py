@@ -264,10 +264,21 @@ def test_the_owner_asks_master_and_a_later_owner_a_newer_generation(cluster: Clu
     cluster.b.dp.post("tick", ())
     cluster.idle()
     assert cluster.b.switches.roles[dpid(h)] == (True, 7)
+    # meanwhile nothing is sent to that switch (its session is not master)
+    net = cluster.store.create_network({"provider:network_type": "vxlan"})
+    cluster.store.create_subnet({"network_id": net["id"], "cidr": "10.1.0.0/16", "ip_version": 4})
+    port = cluster.store.create_port({"network_id": net["id"]})
+    sent_before = len(cluster.b.switches.sent)
+    FakeAgent.instances[h].plug(port["id"], 5)
+    cluster.idle()
+    assert dpid(h) not in cluster.b.switches.sent[sent_before:]
     cluster.b.view = MemberView("b", ("b",), 9)
     cluster.b.dp.post("tick", ())
     cluster.idle()
     assert cluster.b.switches.roles[dpid(h)] == (True, 9)
+    # asked again: the switch is read again and gets what was held back
+    assert dpid(h) in cluster.b.switches.sent[sent_before:]
+    assert cluster.status(port) == "ACTIVE"
 
 
 def test_a_joining_member_takes_its_hosts_only_after_their_owners_let_go(
