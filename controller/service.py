@@ -203,7 +203,7 @@ class Controller:
         self._manager, self.ofp_app = _start_os_ken(s, fd_budget)
         self.ofp_app.barrier_timeout_s = s.ofp_barrier_timeout_s
         self.ofp_app.metrics = self.metrics
-        if self.members is None:
+        if s.etcd is None:
             poke_switches(self.store.list_hosts(), s.controller_target, self.ofp_app.has_session)
         # The API is built and serving before the data plane starts: FastAPI/pydantic models
         # and uvicorn's start are the costliest part of start-up, and done later they would
