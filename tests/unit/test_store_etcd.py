@@ -524,7 +524,10 @@ def test_two_controller_processes_serve_one_store(
         port = a.create("port", network_id=net["id"])
         assert b.show("port", port["id"]) == port
         # both are members (etcd leases), and agree on who would own each host
-        wait_for(lambda: len(b.status()["cluster"]["members"]) == 2, "both instances members")
+        wait_for(  # each sees the other at its next read of the members (every TTL/3)
+            lambda: all(len(x.status().get("cluster", {}).get("members", ())) == 2 for x in (a, b)),
+            "both instances members",
+        )
         cluster_a, cluster_b = a.status()["cluster"], b.status()["cluster"]
         assert cluster_a["members"] == cluster_b["members"] and cluster_a["live"]
         assert cluster_a["member"] != cluster_b["member"]
