@@ -61,10 +61,13 @@ class Settings:
     etcd_snapshot_every: int = 1000
     etcd_log_margin: int = 200
     # Controller membership on the etcd cluster (an etcd lease of etcd_member_ttl_s seconds per
-    # instance; a killed instance leaves the members list when it expires).  etcd_member_id
-    # names this instance (default: host name and API address); shown in /tenantnet/status.
+    # instance; a killed instance leaves the members list when it expires).  2 s keeps failover
+    # within ~3 s (TTL + up to TTL/3 + etcd's expiry check); a longer TTL rides out longer
+    # stalls of an instance (one stalled past the TTL loses its hosts) but fails over slower.
+    # Not below 2: etcd's minimum lease TTL is ~1.5 s with its default election settings.
+    # etcd_member_id names this instance (default: host name and API address).
     etcd_member_id: str = ""
-    etcd_member_ttl_s: int = 3
+    etcd_member_ttl_s: int = 2
     underlay_mtu: int = 1500
     auth_token: str = ""
     basic_user: str = ""
