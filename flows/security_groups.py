@@ -37,9 +37,11 @@ conjunction ``conj_id = rule.key`` with the clauses (1) ``reg5 = ofport`` for ev
 in the rule's group, (2) the rule's own match (protocol, masked port ranges, remote prefix) and,
 for a ``remote_group_id``, (3) ``metadata = network, ip_src/dst = address`` for every address of
 the remote group's members in a network that a local port with the rule is on (the network key
-scopes addresses: tenants' address spaces overlap; a member's addresses are given once under
-its own network's key and once under each network routed to it, where its packets arrive
-routed: the caller's `MemberAddress` list says which).  A member joining or leaving changes one
+scopes addresses: tenants' address spaces overlap).  A member whose network is on a router has
+its packets arrive under every key of the router's networks, so its addresses are scoped by
+the L3 domain instead (``reg7/reg8 = domain``, set by the SG entry of each routed port: one
+flow per address, whatever the number of networks routed together, and adding a network to
+a router re-scopes only that network's members and ports).  A member joining or leaving changes one
 clause-3 flow per address per host that uses the group.  Flows with the same match (the same
 address in two groups, the same port range in two rules) are one flow with several
 ``conjunction`` actions, kept as contributions in a `flows.sg_clauses.ClauseIndex`: a rule's
@@ -163,6 +165,7 @@ class MemberAddress:
     ip: str
     mac: str
     port_id: str = ""  # the member port: whose address-clause owner it is (`SgCookies.members`)
+    domain: int = 0  # the L3 domain of its network (`FilteredPort.domain`), 0: none
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,11 @@ class FilteredPort:
     fixed_ips: tuple[str, ...] = ()
     allowed_pairs: tuple[tuple[str, str], ...] = ()  # (IP or CIDR, MAC)
     groups: tuple[str, ...] = ()
+    domain: int = 0
+    """The L3 domain of the port's network: 0 if it is on no router, else an id shared by the
+    networks that routers join (`controller.dataplane.state.Mirror.domain_of`), unique among
+    domains and never 0.  Remote-group addresses are scoped by it instead of the network key,
+    since a member's packets arrive under any key of its domain (routed)."""
 
 
 @dataclass(frozen=True)
@@ -213,10 +221,36 @@ class SgCookies:
 def member_addresses(port: FilteredPort) -> tuple[MemberAddress, ...]:
     """What a port contributes to the address set of each of its groups (remote_group_id):
     its fixed IPs (with its MAC) and its allowed address pairs."""
-    mac, net, pid = normalize_mac(port.mac), port.network_key, port.port_id
-    out = [MemberAddress(net, ip, mac, pid) for ip in port.fixed_ips]
-    out += [MemberAddress(net, ip, normalize_mac(m), pid) for ip, m in port.allowed_pairs]
+    mac, net, pid, dom = normalize_mac(port.mac), port.network_key, port.port_id, port.domain
+    out = [MemberAddress(net, ip, mac, pid, dom) for ip in port.fixed_ips]
+    out += [MemberAddress(net, ip, normalize_mac(m), pid, dom) for ip, m in port.allowed_pairs]
     return tuple(out)
+
+
+DOMAIN_SCOPE = 1 << 64
+"""Scopes above this are L3 domains (`scope_of`), below it network keys."""
+
+
+def scope_of(network_key: int, domain: int) -> int:
+    """Where a remote-group address applies and is matched: its network (key) if that is on no
+    router, else its L3 domain (kept apart from keys by `DOMAIN_SCOPE`)."""
+    return DOMAIN_SCOPE | domain if domain else network_key
+
+
+def _scope_match(network_key: int, domain: int) -> dict[str, int]:
+    """The match fields of a scope: the network key in metadata, or the domain registers (that
+    the entry of a routed port sets, `port_rules`)."""
+    if not domain:
+        return {"metadata": network_key}
+    return {t.REG_SG_DOMAIN: domain & 0xFFFFFFFF, t.REG_SG_DOMAIN_HI: domain >> 32}
+
+
+def _domain_actions(port: FilteredPort) -> tuple[Action, ...]:
+    """A routed port's entry sets its domain (a packet's registers start at 0)."""
+    if not port.domain:
+        return ()
+    return (SetField(t.REG_SG_DOMAIN, port.domain & 0xFFFFFFFF),
+            SetField(t.REG_SG_DOMAIN_HI, port.domain >> 32))  # fmt: skip
 
 
 def zone_of(ofport: int) -> int:
@@ -499,13 +533,21 @@ def port_rules(
     # ingress conntrack pass (an entry in the sender's own zone and one recirculation) per packet.
     hairpin = match(**{REG: ofport}, in_port=ofport)
     out.append(Rule(t.SG_INGRESS, t.PRIO_SG_HAIRPIN, hairpin, (), cookie))
-    if not is_stateful(port, groups):
+    domain = _domain_actions(port)
+    stateful = is_stateful(port, groups)
+    if domain or not stateful:
         for entry, rules_table in ((t.SG_EGRESS, t.SG_EGRESS_RULES),
                                    (t.SG_INGRESS, t.SG_INGRESS_RULES)):  # fmt: skip
             for eth_type in ETH_TYPE.values():
                 m = match(**{REG: ofport}, eth_type=eth_type)
-                skip = (Apply((SetField(FLAGS, t.SG_STATELESS),)), GotoTable(rules_table))
-                out.append(Rule(entry, t.PRIO_SG_STATELESS, m, skip, cookie))
+                if not stateful:
+                    skip = (Apply((SetField(FLAGS, t.SG_STATELESS), *domain)),
+                            GotoTable(rules_table))  # fmt: skip
+                    out.append(Rule(entry, t.PRIO_SG_STATELESS, m, skip, cookie))
+                else:  # the static track flow, with the domain set first
+                    track = Apply((SetField(FLAGS, 0), *domain,
+                                   Ct(zone_reg=REG, table=rules_table)))  # fmt: skip
+                    out.append(Rule(entry, t.PRIO_SG_DOMAIN, m, (track,), cookie))
     return frozenset(out)
 
 
@@ -547,12 +589,12 @@ def shared_rules(
     """
     ports = list(ports)
     used: dict[int, SgRule] = {}
-    nets_of_rule: dict[int, set[int]] = defaultdict(set)
+    nets_of_rule: dict[int, set[int]] = defaultdict(set)  # rule key -> scopes it applies in
     for port in ports:
         for rule in _port_group_rules(port, groups):
             if used.setdefault(rule.key, rule) != rule:
                 raise ValueError(f"two different rules with key {rule.key}")
-            nets_of_rule[rule.key].add(port.network_key)
+            nets_of_rule[rule.key].add(scope_of(port.network_key, port.domain))
 
     index = ClauseIndex()
     for key, rule in used.items():
@@ -564,7 +606,7 @@ def shared_rules(
             continue
         remote = groups.get(rule.remote_group_id)
         for addr in remote.members if remote is not None else ():
-            if addr.network_key in nets_of_rule[key]:
+            if scope_of(addr.network_key, addr.domain) in nets_of_rule[key]:
                 for entry in member_entries(rule, (addr,)):
                     index.add(cookies.member(addr.port_id), *entry)
     return frozenset(index.rules())
@@ -572,17 +614,19 @@ def shared_rules(
 
 @lru_cache(maxsize=1 << 16)
 def _member_match(rule: SgRule, addr: MemberAddress) -> Match | None:
-    """Clause 3 for one address of a remote group's member: scoped to its network, and to the
-    rule's address family (``None`` for an address of the other family)."""
+    """Clause 3 for one address of a remote group's member: scoped to its network or L3 domain
+    (`scope_of`), and to the rule's address family (``None`` for an address of the other
+    family)."""
     version, value = _address(addr.ip)
     if version != (4 if rule.ethertype == IPV4 else 6):
         return None
+    where = _scope_match(addr.network_key, addr.domain)
     if netaddr.IPNetwork(addr.ip).prefixlen == 0:
         # an allowed pair "any address": the member is known by its MAC only (as Neutron does)
         mac_field = "eth_src" if rule.direction == INGRESS else "eth_dst"
-        return match(metadata=addr.network_key, eth_type=ETH_TYPE[rule.ethertype],
+        return match(**where, eth_type=ETH_TYPE[rule.ethertype],
                      **{mac_field: normalize_mac(addr.mac)})  # fmt: skip
-    return match(metadata=addr.network_key, eth_type=ETH_TYPE[rule.ethertype],
+    return match(**where, eth_type=ETH_TYPE[rule.ethertype],
                  **{_remote_field(rule): value})  # fmt: skip
 
 

@@ -148,6 +148,14 @@ entry), SG_STATELESS (set by a stateless port's entry); the state flows only app
 SG_STATELESS = 1
 """REG_SG_FLAGS value of a port whose groups are all stateless."""
 
+REG_SG_DOMAIN = "reg7"
+REG_SG_DOMAIN_HI = "reg8"
+"""Registers with the L3 domain of the filtered port in REG_SG_PORT (low and high 32 bits; both 0
+for a port whose network is on no router).  A routed port's SG entry sets them, and the
+remote-group address clauses of routed members match them instead of the network key: one
+flow per address per domain, not per network key that can carry the member's packets
+(`flows.security_groups.FilteredPort.domain`)."""
+
 CT_MARK_DENIED = 1
 """ct_mark of a connection that a rule change no longer allows (every later packet dropped)."""
 
@@ -224,6 +232,9 @@ PRIO_SG_BAN = 90
 
 PRIO_SG_STATELESS = 60
 """SG entry tables: a port of stateless groups skips conntrack."""
+
+PRIO_SG_DOMAIN = 55
+"""SG entry tables: a routed port's IP packets set its L3 domain, then go through conntrack."""
 
 PRIO_SG_TRACK = 50
 """SG entry tables: IP goes through conntrack; SG rules tables: an established connection no

@@ -445,6 +445,35 @@ class Mirror:
         nets.discard(network_id)
         return nets
 
+    def routed_component(self, network_id: str) -> tuple[set[str], set[str]]:
+        """(networks, routers) joined to this network by routers, itself included (no
+        router: just itself).  O(the component's interfaces)."""
+        nets, todo = {network_id}, [network_id]
+        routers: set[str] = set()
+        while todo:
+            for r in self.routers_of(todo.pop()) - routers:
+                routers.add(r)
+                for p in (self.ports.get(pid) for pid in self.router_ifaces.get(r, ())):
+                    if p is not None and p.network_id not in nets:
+                        nets.add(p.network_id)
+                        todo.append(p.network_id)
+        return nets, routers
+
+    def domain_of(self, network_id: str) -> int:
+        """The network's L3 domain (`flows.security_groups.FilteredPort.domain`): 0 if it is on
+        no router, else the smallest number of a router interface among the networks routers
+        join to it.  Port numbers are never reused and a new interface gets a larger one, so
+        the domain stays when a network joins (only the joining network is re-scoped); two
+        routers' domains differ unless a network joins them.  O(the component's interfaces)."""
+        ifaces = self.net_ifaces.get(network_id)
+        if not ifaces:
+            return 0
+        _nets, routers = self.routed_component(network_id)
+        nums = (p.num for r in routers
+                for p in (self.ports.get(pid) for pid in self.router_ifaces.get(r, ()))
+                if p is not None)  # fmt: skip
+        return min(nums, default=0)
+
     def key_of(self, network_id: str) -> int | None:
         net = self.networks.get(network_id)
         return net.key if net is not None else None

@@ -459,11 +459,13 @@ def test_default_group_admits_routed_members_and_only_them(routed: Routed) -> No
     cloud.idle()
     forged = dict(out.fields) | {"eth_src": y["mac_address"]}
     assert routed.arrive("hv2", forged, "10.9.0.3").dropped  # hv3 is no peer of net 2
-    # a's address flows on hv2 are under b's network key (routed), none under net 3's
-    keys = {n["id"]: n["_key"] for n in store.list_networks()}
+    # a's address flows on hv2 are under the router's L3 domain (the smallest number of its
+    # interfaces), not under a network key: none under net 3's
+    domain = min(routed.if1["_num"], routed.if2["_num"])
     on_hv2 = member_flows(cloud, "hv2", a)
-    assert on_hv2 and {dict(r.match)["metadata"] for r in on_hv2} == {
-        keys[routed.net2["id"]]}  # fmt: skip
+    assert on_hv2 and {(dict(r.match).get("metadata"), dict(r.match)[t.REG_SG_DOMAIN],
+                        dict(r.match)[t.REG_SG_DOMAIN_HI]) for r in on_hv2} == {
+        (None, domain, 0)}  # fmt: skip
     assert not member_flows(cloud, "hv2", y) and not member_flows(cloud, "hv1", y)
     # the interface removed: the routed address flows go on both sides
     store.router_interface(routed.router, {"port_id": routed.if2["id"]}, add=False)
@@ -511,3 +513,51 @@ def test_an_interface_that_reappears_is_announced_once_to_its_networks_ports(
     store.update("router", routed.router, {"name": "r"})
     cloud.idle()
     assert cloud.switches.packets[before:] == []
+
+
+def test_two_tenants_same_cidrs_own_routers_default_groups_stay_apart(routed: Routed) -> None:
+    """Remote-group addresses of routed members are scoped by the L3 domain (the router's), not
+    the network key: project p2 builds p1's two subnets (10.0.1.0/24, 10.0.2.0/24) behind its
+    own router, with VMs at p1's addresses, every VM only in its project's default group.  Each
+    project routes to its own peer; p1's member c (an address p2 does not use) is admitted by
+    p1's receiver but not by p2's on the same host; the two domains differ."""
+    cloud, store = routed.cloud, routed.cloud.store
+    routed.groups = {p: default_group(cloud, p) for p in ("p1", "p2")}
+    routed.vm("a", routed.net1, "hv1", 4)
+    routed.vm("b", routed.net2, "hv2", 2)
+    routed.vm("c", routed.net1, "hv3", 1)
+    p1_router, routed.router = routed.router, str(uuid.uuid4())
+    if3 = routed.interface(routed.net3, routed.sub3)
+    net4, sub4 = routed.network("10.0.2.0/24", "p2")
+    routed.interface(net4, sub4)
+    routed.router = p1_router
+
+    def twin(name: str, net: dict[str, Any], sub: dict[str, Any], host: str, ofport: int,
+             of: str) -> None:  # fmt: skip
+        port = store.create_port({"network_id": net["id"], "project_id": "p2",
+                                  "security_groups": [routed.groups["p2"]],
+                                  "fixed_ips": [{"subnet_id": sub["id"],
+                                                 "ip_address": routed.ip(of)}]})  # fmt: skip
+        FakeAgent.instances[host].plug(port["id"], ofport)
+        routed.vms[name] = (port, host, ofport)
+
+    twin("y", routed.net3, routed.sub3, "hv1", 6, of="a")
+    twin("y2", net4, sub4, "hv2", 3, of="b")
+    cloud.idle()
+    [out] = routed.send("a", routed.ip("b"), routed.if1, protocol=6, dst_port=80).outputs
+    assert routed.arrive("hv2", dict(out.fields), "10.9.0.1").ports == [2]
+    [out] = routed.send("c", routed.ip("b"), routed.if1, protocol=6, dst_port=80).outputs
+    assert routed.arrive("hv2", dict(out.fields), "10.9.0.3").ports == [2]
+    [out] = routed.send("y", routed.ip("y2"), if3, protocol=6, dst_port=80).outputs
+    assert routed.arrive("hv2", dict(out.fields), "10.9.0.1").ports == [3]
+    # the same packet in p2's domain from c's address: no member of p2's group has it
+    forged = dict(out.fields) | {"ipv4_src": routed.ip("c")}
+    assert routed.arrive("hv2", forged, "10.9.0.1").dropped
+    # a and y (same address) are matched on hv2 under two domains, neither a network key
+    [dom_a] = {dict(r.match)[t.REG_SG_DOMAIN]
+               for r in member_flows(cloud, "hv2", routed.vms["a"][0])}  # fmt: skip
+    [dom_y] = {dict(r.match)[t.REG_SG_DOMAIN]
+               for r in member_flows(cloud, "hv2", routed.vms["y"][0])}  # fmt: skip
+    assert dom_a != dom_y
+    restart(cloud)
+    assert cloud.dp.stats.flow_mods == 0 and cloud.dp.stats.group_mods == 0

@@ -31,7 +31,12 @@ def _mac(num: int) -> str:
 def _add_port(w: World, num: int, host: str, ofport: int) -> None:
     """A port of the default group with one address, plugged and held on ``host``."""
     ip = f"10.{num >> 16 & 255}.{num >> 8 & 255}.{num & 255}"
-    port = PortRec(f"p{num}", num, "net", _mac(num), fixed_ips=(ip,), groups=("default",))
+    _plug(w, PortRec(f"p{num}", num, "net", _mac(num), fixed_ips=(ip,), groups=("default",)),
+          host, ofport)  # fmt: skip
+
+
+def _plug(w: World, port: PortRec, host: str, ofport: int) -> None:
+    """A new port, plugged on ``host`` at ``ofport`` and held there."""
     w.mirror.set_port(port.id, port)
     obs = w.hosts[host].obs
     assert obs is not None

@@ -1,7 +1,8 @@
 """Security groups on each port's own host (owner kind SECURITY_GROUP, `flows.security_groups`).
 
-Inputs: ``port`` (groups, addresses, port security; router interfaces, which route other
-networks' addresses to a network: `Mirror.routed_networks`), ``binding`` and ``iface`` (where a
+Inputs: ``port`` (groups, addresses, port security; router interfaces, which join networks
+into an L3 domain whose members' addresses are matched once for all of them:
+`Mirror.domain_of`), ``binding`` and ``iface`` (where a
 port is and on which ofport), ``switch`` (a host was read), ``host`` (one deleted),
 ``security_group`` (stateful, deleted) and ``security_group_rule`` (store).
 
@@ -13,8 +14,9 @@ change still costs O(1) flow-mods and CPU").  Units, all per host:
 * ``(host, "port", port id)``: the port's record, holder or ofport changed; planned on its
   holder (its own filter), on the hosts where it was filtered, and on the hosts whose applied
   rules name one of its old or new groups as ``remote_group_id`` (its address clauses there);
-  a router interface added or removed makes such a unit of every port of the networks of its
-  router, on the hosts whose applied rules name one of the port's groups;
+  a router interface added or removed makes such a unit of every port of the networks whose
+  L3 domain it changed (usually just its own network), on the ports' holders and on the hosts
+  whose applied rules name one of the port's groups;
 * ``(host, "rule", rule id)``: a rule created or deleted, on the hosts using its group;
 * ``(host,)``: rebuild the host's firewall from scratch: its switch was (re)read, a group's
   record changed there, or an earlier step failed (the kept firewall is then dropped).
@@ -62,6 +64,9 @@ class SecurityGroupService:
 
     def __init__(self) -> None:
         self.firewalls: dict[str, HostFirewall] = {}  # host -> its firewall as last planned
+        # network id -> its L3 domain as last planned (routed networks only): an interface
+        # change re-scopes only the networks whose domain it changed
+        self.domains: dict[str, int] = {}
         # host -> zones of its filtered ports when its firewall was dropped (step failed)
         self.orphan_zones: dict[str, dict[str, int]] = {}
 
@@ -112,29 +117,44 @@ class SecurityGroupService:
     def _routed_members(
         self, old: PortRec | None, new: PortRec | None, inputs: Inputs
     ) -> set[tuple[Hashable, ...]]:
-        """A router interface came, went or moved: the networks of its router(s) gain or lose
-        keys routed to them, so their members' address clauses change, on the hosts whose
-        applied rules name one of their groups.  O(the routers' networks' ports)."""
+        """A router interface came, went or moved: the networks whose L3 domain changed
+        (`Mirror.domain_of`: the interface's own, or a whole side when the interface joins or
+        splits two routers' networks) re-scope their ports' entries, on their holders, and
+        their members' address clauses, on the hosts whose applied rules name one of their
+        groups.  O(the routers' interfaces + the re-scoped networks' ports): the other networks
+        of the router keep their domain and cost nothing."""
         ifaces = [(r.router_id, r.network_id) for r in (old, new)
                   if r is not None and r.router_id is not None]  # fmt: skip
         if not ifaces or (old is not None and new is not None and
                           (old.router_id, old.network_id) == (new.router_id, new.network_id)):
             return set()
         mirror = inputs.mirror
-        nets = {net for _r, net in ifaces}
-        for router_id, _net in ifaces:
-            for pid in mirror.router_ifaces.get(router_id, ()):
-                iface = mirror.ports.get(pid)
-                if iface is not None:
-                    nets.add(iface.network_id)
+        # the component(s) now: their union holds every network whose domain may have changed
+        nets: set[str] = set()
+        for router_id, net in ifaces:
+            others = (mirror.ports.get(pid) for pid in mirror.router_ifaces.get(router_id, ()))
+            seeds = [net, *(p.network_id for p in others if p is not None)]
+            for seed in seeds:
+                if seed not in nets:
+                    nets |= mirror.routed_component(seed)[0]
         units: set[tuple[Hashable, ...]] = set()
         for net in sorted(nets):
+            domain = mirror.domain_of(net)
+            if self.domains.get(net, 0) == domain:
+                continue
+            if domain:
+                self.domains[net] = domain
+            else:
+                self.domains.pop(net, None)
             for mpid in mirror.net_ports.get(net, ()):
                 port = mirror.ports.get(mpid)
                 groups = set(port.groups) if port is not None else set()
                 units |= {(h, PORT, mpid) for h, fw in self.firewalls.items()
-                          if mpid in fw.member_rules
+                          if mpid in fw.member_rules or mpid in fw.eligible
                           or any(g in fw.remote_rules for g in groups)}  # fmt: skip
+                holder = inputs.bindings.holder(mpid)
+                if holder is not None:
+                    units.add((holder, PORT, mpid))
         return units
 
     def _drop(self, host_id: str) -> None:

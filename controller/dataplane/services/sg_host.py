@@ -5,12 +5,13 @@ derive, in the shape that lets one port or one rule be patched in or out at its 
 
 * the host's filtered ports (held, plugged, admin up, port security on, one per ofport: the
   smallest port id, as `flows.compiler` picks among duplicates) and, per group, which of them
-  are in it and in which networks (`group_nets`);
+  are in it and in which scopes (`group_nets`: network keys, or L3 domains of routed networks,
+  `flows.security_groups.scope_of`);
 * the rules applied on the host (those of the known groups its filtered ports are in), and by
   remote group the applied rules naming it (`remote_rules`);
 * the merged conjunctive flows as contributions (`flows.sg_clauses.ClauseIndex`): each applied
   rule's ``conj_id`` and clause-2 flows under the rule's cookie, and for each remote-group rule
-  and each member port of that group in a network where the rule applies, the member's address
+  and each member port of that group in a scope where the rule applies, the member's address
   (clause-3) flows under the member's cookie (`c3`, `member_rules`: what was contributed, so it
   can be taken back without recomputing it).
 
@@ -42,11 +43,19 @@ if TYPE_CHECKING:
     from controller.dataplane.planner import Inputs
 
 Entry = tuple[int, int, int, Match, Conjunction]
-"""A clause-3 contribution: (network key, owner cookie, table, match, conjunction action)."""
+"""A clause-3 contribution: (scope, owner cookie, table, match, conjunction action)."""
 
 
-def filtered_port(port: PortRec, network_key: int, ofport: int) -> sg.FilteredPort:
-    """A port as `flows.security_groups` compiles it (``ofport`` 0: a remote group's member)."""
+def _scope(fp: sg.FilteredPort) -> int:
+    """Where the port's addresses are matched (`flows.security_groups.scope_of`)."""
+    return sg.scope_of(fp.network_key, fp.domain)
+
+
+def filtered_port(port: PortRec, mirror: Mirror, ofport: int) -> sg.FilteredPort:
+    """A port as `flows.security_groups` compiles it (``ofport`` 0: a remote group's member);
+    its network is known."""
+    network_key = mirror.key_of(port.network_id)
+    assert network_key is not None
     return sg.FilteredPort(
         port_id=port.id,
         ofport=ofport,
@@ -55,6 +64,7 @@ def filtered_port(port: PortRec, network_key: int, ofport: int) -> sg.FilteredPo
         fixed_ips=port.fixed_ips,
         allowed_pairs=port.pairs,
         groups=port.groups,
+        domain=mirror.domain_of(port.network_id),
     )
 
 
@@ -70,7 +80,7 @@ class HostFirewall:
         self.eligible: dict[str, int] = {}  # port id -> ofport, before duplicates are resolved
         self.at_ofport: dict[int, set[str]] = {}  # ofport -> eligible port ids on it
         self.group_locals: dict[str, set[str]] = {}  # group -> local ports in it
-        self.group_nets: dict[str, Counter[int]] = {}  # group -> network key -> local ports
+        self.group_nets: dict[str, Counter[int]] = {}  # group -> scope -> local ports
         self.applied: dict[str, SgRuleRec] = {}  # rule id -> the rule as its flows have it
         self.group_applied: dict[str, set[str]] = {}  # group -> its applied rule ids
         self.remote_rules: dict[str, set[str]] = {}  # remote group -> applied rules naming it
@@ -105,10 +115,7 @@ class HostFirewall:
         ofport = self.eligible.get(pid)
         if ofport is None or min(self.at_ofport[ofport]) != pid:
             return None
-        port = mirror.ports[pid]
-        key = mirror.key_of(port.network_id)
-        assert key is not None
-        return port.num, filtered_port(port, key, ofport)
+        return mirror.ports[pid].num, filtered_port(mirror.ports[pid], mirror, ofport)
 
     def sync_local(self, pid: str, inputs: Inputs) -> None:
         """The port's record, holder or ofport changed: is it (still) filtered here, and as
@@ -145,12 +152,13 @@ class HostFirewall:
         if new is not None:
             self.local[pid] = new
             self.chosen[new[1].ofport] = pid
-        before = {(g, old[1].network_key) for g in old[1].groups} if old else set()
-        after = {(g, new[1].network_key) for g in new[1].groups} if new else set()
+        before = {(g, _scope(old[1])) for g in old[1].groups} if old else set()
+        after = {(g, _scope(new[1])) for g in new[1].groups} if new else set()
         for gid, net in sorted(after - before):  # joins first: no group empties on the way
             self._join(gid, net, pid, mirror)
+        stays = {g for g, _ in after}  # a port re-scoped (its network routed) stays in its groups
         for gid, net in sorted(before - after):
-            self._leave(gid, net, pid)
+            self._leave(gid, net, pid, gid in stays)
         num = new[0] if new is not None else old[0] if old is not None else None
         if num is not None:
             self.touched_ports[pid] = t.sg_port_cookie(num)
@@ -168,9 +176,10 @@ class HostFirewall:
             for rid in sorted(self.group_applied.get(gid, ())):
                 self._add_c3(rid, mirror, only_net=net)
 
-    def _leave(self, gid: str, net: int, pid: str) -> None:
+    def _leave(self, gid: str, net: int, pid: str, stays: bool) -> None:
         ports = self.group_locals[gid]
-        ports.discard(pid)
+        if not stays:
+            ports.discard(pid)
         nets = self.group_nets[gid]
         nets[net] -= 1
         if not nets[net]:
@@ -255,23 +264,24 @@ class HostFirewall:
             return
         rec = self.applied[rid]
         nets = self.group_nets.get(rec.group_id, ())
-        # the member's own network, and those routed to it: its packets arrive under their keys
-        nids = (port.network_id, *mirror.routed_networks(port.network_id))
-        keys = {mirror.key_of(n) for n in nids}
-        # addresses under networks without a local port of the rule never match
-        keys = {k for k in keys if k is not None and k in nets and only_net in (None, k)}
+        if mirror.key_of(port.network_id) is None:
+            return
+        # the member's scope: its network, or its L3 domain if routed (its packets then arrive
+        # under any key of the domain); addresses where no local port has the rule never match
+        fp = filtered_port(port, mirror, 0)
+        scope = _scope(fp)
+        if scope not in nets or only_net not in (None, scope):
+            return
         owner = t.sg_member_cookie(port.num)
-        for key in sorted(k for k in keys if k is not None):
-            fp = filtered_port(port, key, 0)
-            entries = sg.member_entries(rec.rule, sg.member_addresses(fp))
-            if not entries:
-                continue
-            self.c3.setdefault(rid, {}).setdefault(mpid, []).extend(
-                (key, owner, *entry) for entry in entries
-            )
-            self.member_rules.setdefault(mpid, set()).add(rid)
-            for entry in entries:
-                self.index.add(owner, *entry)
+        entries = sg.member_entries(rec.rule, sg.member_addresses(fp))
+        if not entries:
+            return
+        self.c3.setdefault(rid, {}).setdefault(mpid, []).extend(
+            (scope, owner, *entry) for entry in entries
+        )
+        self.member_rules.setdefault(mpid, set()).add(rid)
+        for entry in entries:
+            self.index.add(owner, *entry)
 
     def _drop_c3(self, rid: str, only_net: int | None = None) -> None:
         """Take back clause-3 contributions of a rule (in one network, or all)."""

@@ -1,0 +1,83 @@
+"""What adding a router interface costs the security groups, counted: the flow-mods on each host
+are those of the joining network (its members' address clauses re-scoped from its key to the
+router's L3 domain, its ports' entries), the same whether the router's other networks hold 4
+members or 40 (issue 16: "adding or removing an interface changes only the flows of the router
+and its networks' hosts").  Before L3 domains, every member of the router's other networks was
+matched once more under the joining network's key on every host with a port there: one
+interface add re-keyed the whole router (634 flow-mods per host at 10 x 30 in the bench).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from bench.planner_port_cost import default_group
+from controller.dataplane.planner import Change
+from controller.dataplane.state import NetworkRec, PortRec, RouterRec
+from flows import tables as t
+from tests.unit.test_planner import World
+from tests.unit.test_router_cost import _interface, _subnet
+from tests.unit.test_sg_cost import _mac, _plug
+
+HOSTS = ("hv1", "hv2", "hv3")
+
+
+def _network(w: World, n: int) -> str:
+    net = NetworkRec(f"n{n}", 100 + n, "vxlan", 2000 + n)
+    w.mirror.set_network(net.id, net)
+    w.change(Change("network", net.id, None, net))
+    _subnet(w, f"s{n}", net.id, f"10.{n}.0.0/16")
+    return net.id
+
+
+def _member(w: World, n: int, i: int) -> None:
+    """Port i of network n, in the default group, plugged on one of the three hosts."""
+    num = 1000 * (n + 1) + i
+    ip = f"10.{n}.{i >> 8}.{i & 255 or 250}"
+    port = PortRec(f"n{n}p{i}", num, f"n{n}", _mac(num), fixed_ips=(ip,),
+                   subnet_ips=((f"s{n}", ip),), groups=("default",))  # fmt: skip
+    _plug(w, port, HOSTS[i % 3], num)
+
+
+def _sg_flow_mods(others: int) -> dict[str, Counter[str]]:
+    """Per host, the security-group flow-mods of adding network 0 (3 ports, one per host) to a
+    router that joins networks 1..3 of ``others`` members each (all in the default group),
+    by what they are: port entries, member addresses, other."""
+    w = World()
+    for h in HOSTS:
+        w.change(Change("switch", h))
+    for change in default_group(w.mirror):
+        w.change(change)
+    router = RouterRec("r1")
+    w.mirror.set_record("router", "r1", router)
+    w.change(Change("router", "r1", None, router))
+    for n in range(4):
+        _network(w, n)
+        for i in range(1, (3 if n == 0 else others) + 1):
+            _member(w, n, i)
+        if n:
+            _interface(w, 900_000 + n, f"n{n}", f"s{n}", f"10.{n}.255.254")
+    assert not w.step().failed
+    _interface(w, 900_100, "n0", "s0", "10.0.255.254")
+    plan = w.step()
+    assert not plan.failed
+    out: dict[str, Counter[str]] = {}
+    for host, diffs in plan.diffs.items():
+        counts: Counter[str] = Counter()
+        for d in diffs:
+            for r in (*d.add_rules, *d.del_rules):
+                if t.owner_kind(r.cookie) == t.OwnerKind.SECURITY_GROUP:
+                    counts[t.sg_owner_part(r.cookie)[0]] += 1
+        out[host] = counts
+    return out
+
+
+def test_an_interface_add_costs_the_joining_network_whatever_the_others_hold() -> None:
+    """Each host holds one of network 0's ports: its entries (2 families x 2 directions, set
+    with the domain) and the address clause of each of network 0's 3 members (old key out,
+    domain in), nothing of the other networks' members, at 4 as at 40 per network (the old
+    per-key scheme added each of them under network 0's key: 12 vs 120 per host)."""
+    small, large = _sg_flow_mods(4), _sg_flow_mods(40)
+    assert small == large, (small, large)
+    for host in HOSTS:
+        assert small[host] == Counter({"port": 4, "member": 6}), (host, small[host])
