@@ -326,6 +326,27 @@ def network_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Sli
     return out
 
 
+def l3_domains(ports: list[dict[str, Any]]) -> dict[str, int]:
+    """Network id -> its L3 domain (`flows.security_groups.FilteredPort.domain`) for the
+    networks on a router: routers join their interfaces' networks, and a joined set's domain
+    is the smallest number of an interface port in it (union-find over the store's ports)."""
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def root(x: tuple[str, str]) -> tuple[str, str]:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    ifaces = [r for r in map(PortRec.from_store, ports) if r.router_id is not None]
+    for rec in ifaces:
+        parent[root(("net", rec.network_id))] = root(("router", str(rec.router_id)))
+    smallest: dict[tuple[str, str], int] = {}
+    for rec in ifaces:
+        top = root(("net", rec.network_id))
+        smallest[top] = min(smallest.get(top, rec.num), rec.num)
+    return {rec.network_id: smallest[root(("net", rec.network_id))] for rec in ifaces}
+
+
 def sg_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Slice]:
     """The security-group owners of a host (its skeleton, each rule's and each member's merged
     clause flows, each filtered port's own flows), compiled whole from the store's groups,
@@ -340,11 +361,14 @@ def sg_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Slice]:
         if p["port_security_enabled"] and p["admin_state_up"]:
             chosen.setdefault(m.hvs[host].ifaces[p["id"]], p)
 
+    domain = l3_domains(ports)
+
     def as_port(p: dict[str, Any], ofport: int) -> sg.FilteredPort:
         return sg.FilteredPort(p["id"], ofport, p["mac_address"], keys[p["network_id"]],
                                tuple(sorted(ip["ip_address"] for ip in p["fixed_ips"])),
                                PortRec.from_store(p).pairs,
-                               tuple(p["security_groups"]))  # fmt: skip
+                               tuple(p["security_groups"]),
+                               domain.get(p["network_id"], 0))  # fmt: skip
 
     filtered = [as_port(p, ofport) for ofport, p in chosen.items()]
     rules: dict[str, list[sg.SgRule]] = {}
