@@ -1,7 +1,7 @@
 """`LiveDatapath.write_now`: a buffer written on the calling thread only when os-ken's send thread
 has nothing queued or in hand, never ahead of what was queued before it, never blocking, and
-never leaving half a message behind.  A real TCP connection on loopback, os-ken's real send
-loop."""
+never leaving half a message behind (a real TCP connection on loopback, os-ken's real send
+loop); and the receive side's read-ahead (`_WatchedSocket.recv`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,12 @@ from typing import Any
 
 import pytest
 
-from controller.southbound.ofp_server import ConnectionLimits, ConnectionStats, LiveDatapath
+from controller.southbound.ofp_server import (
+    ConnectionLimits,
+    ConnectionStats,
+    LiveDatapath,
+    _WatchedSocket,
+)
 
 
 class _HeldSocket:
@@ -93,3 +98,29 @@ def test_what_the_socket_does_not_take_at_once_is_queued_first(pair: Any) -> Non
     sender = _start_sender(dp)
     assert _read(peer, len(big) + 5) == big + b"after"
     assert sender.is_alive() and dp._unwritten == 0
+
+
+class _CountingSocket:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.reads = sock, 0
+
+    def recv(self, n: int) -> bytes:
+        self.reads += 1
+        return self.sock.recv(n)
+
+
+def test_the_receive_loop_reads_what_arrived_together_in_one_system_call() -> None:
+    """os-ken's receive loop asks for each message's header, then its rest: served from one
+    read of what arrived together, byte for byte, then EOF as the socket says it."""
+    ours, peer = socket.socketpair()
+    counting = _CountingSocket(ours)
+    watched = _WatchedSocket(counting)  # type: ignore[arg-type]
+    messages = [bytes([i]) * 8 + bytes([i + 100]) * (40 + i) for i in range(5)]
+    peer.sendall(b"".join(messages))
+    got = [watched.recv(8) + watched.recv(40 + i) for i in range(5)]
+    assert got == messages and counting.reads == 1
+    peer.sendall(b"x" * 3)
+    assert watched.recv(8) == b"xxx" and counting.reads == 2  # what there is, as recv
+    peer.close()
+    assert watched.recv(8) == b"" and counting.reads == 3
+    ours.close()
