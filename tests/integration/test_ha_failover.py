@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from lab.hypervisors import Lab
-from lab.tenantnet_proc import ApiProbe, TenantnetProcess
+from lab.tenantnet_proc import ApiError, ApiProbe, TenantnetProcess
 
 pytestmark = pytest.mark.etcd
 TTL_S = 2
@@ -57,10 +57,10 @@ def cluster(make_lab: Any, etcd_cluster: Any, tmp_path: Path) -> Iterator[tuple[
             p.stop()
 
 
-def test_killing_a_hosts_owner_moves_its_master_role_without_losing_a_ping(
-    cluster: tuple[Lab, list[TenantnetProcess]],
-) -> None:
-    lab, procs = cluster
+def two_vms(lab: Lab, procs: list[TenantnetProcess]) -> tuple[Any, list[Any], Any, Any, Any]:
+    """Both hosts registered, a VM on each (ACTIVE, reaching the other), and every bridge
+    listing both instances, its owner as master and the other as slave.  Returns the API of
+    the first instance, the VMs, the subnet, host -> owner and member -> OpenFlow target."""
     api = procs[0].api
     for hv in lab.hvs:
         api.create("host", id=hv.name, tunnel_ip=hv.tunnel_ip, ovsdb=hv.ovsdb_tcp,
@@ -79,12 +79,20 @@ def test_killing_a_hosts_owner_moves_its_master_role_without_losing_a_ping(
         api.wait_port_status(port["id"], "ACTIVE")
     vms[0].wait_reachable(vms[1].ip)
     owner_of = procs[0].api.status()["cluster"]["host_owner"]
-    by_member = {p.api.status()["cluster"]["member"]: p for p in procs}
     target_of = {name: f"tcp:{lab.mgmt_ip}:{6653 + i}" for i, name in enumerate(("ctl-a", "ctl-b"))}
     # every bridge lists both instances: its owner is master, the other a slave
     for hv in lab.hvs:
         want = {t: ("master" if m == owner_of[hv.name] else "slave") for m, t in target_of.items()}
         wait_for(lambda hv=hv, want=want: hv.controller_roles() == want, f"{hv.name}: roles {want}")
+    return api, vms, sub, owner_of, target_of
+
+
+def test_killing_a_hosts_owner_moves_its_master_role_without_losing_a_ping(
+    cluster: tuple[Lab, list[TenantnetProcess]],
+) -> None:
+    lab, procs = cluster
+    _, vms, _, owner_of, target_of = two_vms(lab, procs)
+    by_member = {p.api.status()["cluster"]["member"]: p for p in procs}
     victim_name = owner_of[lab.hvs[0].name]
     victim = by_member[victim_name]
     survivor = next(p for p in procs if p is not victim)
@@ -145,3 +153,67 @@ def test_killing_a_hosts_owner_moves_its_master_role_without_losing_a_ping(
     assert victim.api.status()["flow_mods"] == 0
     assert survivor.api.status()["flow_mods"] == sent_before
     assert not any(survivor.api.status()["hosts"][h]["owned"] for h in moved)
+
+
+def test_losing_etcd_quorum_answers_writes_503_keeps_forwarding_and_recovers(
+    cluster: tuple[Lab, list[TenantnetProcess]], etcd_cluster: Any
+) -> None:
+    """1 of 3 etcd members lost: writes go on.  2 of 3: a write answers 503 naming the
+    cluster, a GET answers, pings go on past the lease TTL (every instance stops acting, the
+    flows stay).  Members back: every host has a master again, a new port becomes ACTIVE and
+    reachable, and no ping was lost over all of it."""
+    lab, procs = cluster
+    api, vms, sub, _, _ = two_vms(lab, procs)
+    down = etcd_cluster.members[:2]
+    ping = vms[0].ping_background(vms[1].ip, interval=0.05)
+    try:
+        etcd_cluster.stop_member(down[0])
+        for p in procs:  # one member lost changes nothing
+            p.api.delete("network", p.api.create("network", name="one-lost")["id"])
+        etcd_cluster.stop_member(down[1])
+        lost = time.monotonic()
+        with pytest.raises(ApiError) as refused:
+            api.create("network", name="no-quorum")
+        assert refused.value.status == 503
+        message = str(refused.value.body)
+        assert "etcd" in message and "quorum" in message, message
+        assert any(n["name"] == "ha" for n in procs[1].api.list("network"))  # reads answer
+        # past the lease TTL: no instance is live, so none acts on any host; the flows stay
+        wait_for(lambda: not any(p.api.status()["cluster"]["live"] for p in procs),
+                 "every instance counting itself not live")  # fmt: skip
+        for hv in lab.hvs:  # both ask SLAVE: no switch has a master (vswitchd's view, lazy)
+            wait_for(lambda hv=hv: "master" not in hv.controller_roles().values(),
+                     f"{hv.name}: no master without quorum")  # fmt: skip
+        time.sleep(1)
+        outage_s = time.monotonic() - lost
+        for m in down:
+            etcd_cluster.start_member(m)
+        back = time.monotonic()
+        etcd_cluster.wait_healthy(60)
+    finally:
+        for m in down:  # the cluster is the session's: never leave it without quorum
+            if m.proc is None:
+                etcd_cluster.start_member(m)
+        etcd_cluster.wait_healthy(60)
+
+    def every_host_owned() -> bool:
+        sts = [p.api.status() for p in procs]
+        return all(any(st["hosts"].get(hv.name, {}).get("owned") for st in sts) for hv in lab.hvs)
+
+    wait_for(every_host_owned, "every host owned again after quorum returned", timeout=60)
+    owned_s = time.monotonic() - back
+    for hv in lab.hvs:  # vswitchd's view (refreshed lazily)
+        wait_for(lambda hv=hv: "master" in hv.controller_roles().values(),
+                 f"{hv.name}: a master after quorum returned", timeout=60)  # fmt: skip
+    mastered_s = time.monotonic() - back
+    port = api.create("port", network_id=sub["network_id"],
+                      fixed_ips=[{"subnet_id": sub["id"], "ip_address": "10.77.0.30"}])  # fmt: skip
+    vm = lab.add_vm(lab.hvs[1], "ha3", port["mac_address"], "10.77.0.30/24", port["id"])
+    api.wait_port_status(port["id"], "ACTIVE", timeout=60)
+    vms[0].wait_reachable(vm.ip)
+    stats = ping.stop()
+    print(f"\nquorum loss: outage {outage_s:.1f} s (lease TTL {TTL_S} s), every host owned "
+          f"{owned_s:.2f} s and listed as master by vswitchd {mastered_s:.2f} s after the "
+          f"members restarted; pings sent {stats.sent}, lost "
+          f"{stats.sent - stats.received}, max gap {stats.max_gap_ms:.0f} ms")  # fmt: skip
+    assert stats.sent - stats.received == 0
