@@ -182,10 +182,25 @@ class Subnets:
 
 def compile_router(ctx: HostContext, view: RouterView) -> dict[int, Slice]:
     """Every routing rule of one router on one host, by owner (`flows.tables.router_cookie`):
-    its interfaces' rules, and each routed port's neighbour rules (`routed_port_rules`, the
-    per-port path's own function).  Empty on a host that is not a router host.  Raises
-    ``ValueError`` for an address or CIDR that does not parse (a unit failure, retried) rather
-    than installing a wrong route."""
+    its interfaces' rules (`interface_rules`), and each routed port's neighbour rules
+    (`routed_port_rules`, the per-port path's own function).  Empty on a host that is not a
+    router host.  Raises ``ValueError`` for an address or CIDR that does not parse (a unit
+    failure, retried) rather than installing a wrong route."""
+    if not view.local_keys:
+        return {}
+    rules = interface_rules(ctx, view)
+    for rule in routed_port_rules(ctx, view.ports):
+        rules.setdefault(rule.cookie, set()).add(rule)
+    return {cookie: Slice(rules=frozenset(rs)) for cookie, rs in rules.items()}
+
+
+def interface_rules(ctx: HostContext, view: RouterView) -> dict[int, set[Rule]]:
+    """The interfaces' owners of one router on one host: what depends on the set of
+    interfaces and on the router's hosts (entries, routes, echo and ARP answers, TTL, tunnel
+    ingress, extra routes; ``view.ports`` is read only for the extra routes' nexthops).  A
+    routed port's neighbour rules depend on none of it (only on the port, its host and the
+    interface of its own network that makes it routed), which is what lets an interface
+    change recompile these and the ports of the networks whose interface changed only."""
     if not view.local_keys:
         return {}
     subnets = Subnets(view.interfaces)
@@ -217,13 +232,11 @@ def compile_router(ctx: HostContext, view: RouterView) -> dict[int, Slice]:
                 m = match(in_port=tunnel, tunnel_id=src.segment.seg_id, tun_ipv4_src=host)
                 add(Rule(t.CLASSIFY, PRIO_ROUTED_INGRESS, m, to_l2, cookie))
 
-    for rule in routed_port_rules(ctx, view.ports):
-        add(rule)
     for src in ifaces:
         if src.segment.key in view.local_keys:
             for rule in _extra_routes(ctx, own_ip, src, subnets, view):
                 add(rule)
-    return {cookie: Slice(rules=frozenset(rs)) for cookie, rs in rules.items()}
+    return rules
 
 
 def routed_port_rules(ctx: HostContext, ports: Iterable[RoutedPort]) -> frozenset[Rule]:
@@ -274,6 +287,8 @@ def _extra_routes(ctx: HostContext, own_ip: str, src: Interface, subnets: Subnet
     table is keyed by the packet's own destination address).  A route whose nexthop is no bound
     port in a subnet of the router, or whose destination is a subnet of the router, is left
     out (the API refuses both; nothing is routed to a guess)."""
+    if not view.routes:
+        return []  # the common case: no index of the router's ports to build per interface
     by_ip = {_ip4(p.ip): p for p in view.ports}
     connected = {netaddr.IPNetwork(i.cidr).cidr for i in subnets.interfaces}
     out: list[Rule] = []

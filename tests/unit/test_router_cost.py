@@ -26,6 +26,7 @@ from controller.dataplane.planner import Change, Step
 from controller.dataplane.services import routing
 from controller.dataplane.state import NetworkRec, PortRec, RouterRec, SubnetRec
 from controller.services.dhcp_records import DhcpSubnet
+from flows import routing as flows_routing
 from flows import tables as t
 from tests.unit.test_l2_cost import _readdress
 from tests.unit.test_planner import World
@@ -165,25 +166,33 @@ def test_a_port_of_a_routed_network_is_one_patch_whatever_the_ports(
         assert counts["router flow-mods"] == (6 if change == "_readdress" else 3), (change, counts)
 
 
-def test_a_port_that_makes_a_router_host_compiles_the_router_whole(
+def test_a_port_that_makes_a_router_host_compiles_the_router_whole_there(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The first port of a routed network on a host changes every router host's tunnel
-    ingress: the router is compiled whole on its hosts, old and new (not patched)."""
+    ingress: the router is compiled whole on the new host, and its interfaces' owners (not its
+    ports') again on the hosts it had."""
     w = _world(10)
     _router(w, on_the_ports_network=False)  # r1 on rnet only: its one port is on hv3
     plans: Counter[str] = Counter()
-    plan = routing.RoutingService._plan
+    parts: Counter[str] = Counter()
+    plan, part = routing.RoutingService._plan, routing.RoutingService._plan_part
 
     def plan_counted(self: Any, host_id: str, *args: Any) -> Any:
         plans[host_id] += 1
         return plan(self, host_id, *args)
 
+    def part_counted(self: Any, host_id: str, routers: Any, *args: Any) -> Any:
+        parts[host_id] += 1
+        assert routers == {"r1": set()}  # no network's ports
+        return part(self, host_id, routers, *args)
+
     monkeypatch.setattr(routing.RoutingService, "_plan", plan_counted)
+    monkeypatch.setattr(routing.RoutingService, "_plan_part", part_counted)
     _routed_port(w, 2, "hv1")
     result = w.step()
     assert not result.failed
-    assert set(plans) == {"hv1", "hv3"}, plans
+    assert set(plans) == {"hv1"} and set(parts) == {"hv3"}, (plans, parts)
     ingress = {
         r
         for d in result.diffs["hv3"]
@@ -215,3 +224,41 @@ def test_the_holders_index_by_network_follows_every_holder_change() -> None:
     assert set(b.hosts_holding("n1")) == {"hv2"} and not b.networks_held("hv1")
     b.drop_host("hv2")
     assert not b.hosts_holding("n1") and not b.networks_held("hv2")
+
+
+def _interface_add_costs(others: int, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Router r1 on "rnet" with ``others`` ports spread over the three hosts; then an interface
+    added on "net" (10 ports): the neighbour owners compiled, by network."""
+    w = _world(10)
+    _router(w, on_the_ports_network=False)
+    hosts = sorted(w.hosts)
+    for n in range(2, others + 1):
+        _routed_port(w, n, hosts[n % 3])
+    assert not w.step().failed
+    counts: Counter[str] = Counter()
+    rnet = {p.num for p in w.mirror.ports.values() if p.network_id == "rnet"}
+    neighbour = flows_routing._neighbour_rule
+
+    def counted(ctx: Any, own_ip: str, port: Any) -> Any:
+        counts["rnet" if port.num in rnet else port.segment.key] += 1
+        return neighbour(ctx, own_ip, port)
+
+    monkeypatch.setattr(flows_routing, "_neighbour_rule", counted)
+    _subnet(w, "s", "net", "10.0.0.0/8")
+    _interface(w, 900_002, "net", "s", "10.255.255.254")
+    result = w.step()
+    assert not result.failed
+    monkeypatch.undo()
+    return counts
+
+
+def test_an_interface_add_compiles_no_neighbour_owner_of_the_other_networks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An interface added to a router whose other network holds 4 or 40 ports: the routers'
+    hosts compile the added network's ports' neighbour rules (10 ports on 3 hosts) and none of
+    the other network's (the old whole compile: every port on every router host, 12 vs 120)."""
+    small, large = (_interface_add_costs(n, monkeypatch) for n in (4, 40))
+    assert small == large, (small, large)
+    assert small["rnet"] == 0, small
+    assert sum(small.values()) == 30, small  # "net"'s 10 ports on each of its 3 hosts

@@ -38,13 +38,14 @@ import netaddr
 from controller.dataplane.planner import EMPTY, Change, Inputs, Step, Unit
 from controller.dataplane.state import NetworkRec, PortRec, RouterRec, SubnetRec
 from flows import tables as t
-from flows.model import Slice
+from flows.model import Rule, Slice
 from flows.routing import (
     Interface,
     RoutedPort,
     RouterView,
     Subnets,
     compile_router,
+    interface_rules,
     routed_port_rules,
 )
 
@@ -92,6 +93,7 @@ class RouterBase:
     nets: tuple[str, ...]  # its interfaces' networks
     routes: tuple[tuple[str, str], ...]
     nexthops: frozenset[str]  # its extra routes' nexthops, normalized
+    iface_nets: frozenset[tuple[str, Interface]] = frozenset()  # (network id, its interface)
 
 
 def router_base(router_id: str, inputs: Inputs) -> RouterBase | None:
@@ -102,12 +104,22 @@ def router_base(router_id: str, inputs: Inputs) -> RouterBase | None:
     ifaces = interfaces_of(router_id, inputs)
     if not ifaces:
         return None
+    subnets = Subnets(i for _, i in ifaces)
+    net_of = {i.num: p.network_id for p, i in ifaces}
     return RouterBase(
-        subnets=Subnets(i for _, i in ifaces),
+        subnets=subnets,
         nets=tuple(sorted({p.network_id for p, _ in ifaces})),
         routes=rec.routes,
         nexthops=frozenset(filter(None, (_normalized(nh) for _, nh in rec.routes))),
+        iface_nets=frozenset((net_of[i.num], i) for i in subnets.interfaces),
     )
+
+
+def changed_networks(old: RouterBase, new: RouterBase) -> set[str]:
+    """The networks whose interface (the one that makes their ports routed: CIDR, gateway,
+    segment, MAC) differs between two bases of a router: the only networks whose ports'
+    neighbour rules an interface change can alter (`flows.routing.interface_rules`)."""
+    return {net for net, _ in old.iface_nets ^ new.iface_nets}
 
 
 def _normalized(ip: str) -> str | None:
@@ -202,25 +214,7 @@ class RoutingService:
         self.compiled_on: dict[str, frozenset[str]] = {}  # host -> routers compiled there
         self.bases: dict[str, RouterBase | None] = {}  # router -> its base (None: no routing)
         self.hosts: dict[str, Hosts] = {}  # router -> its hosts at its last compile
-
-    def hosts_of(self, router_ids: Iterable[str], inputs: Inputs) -> set[str]:
-        """The hosts of these routers now and at their last compile."""
-        routers = set(router_ids)
-        if not routers:
-            return set()
-        hosts = {h for h, rs in self.compiled_on.items() if rs & routers}
-        for r in routers:
-            hosts.update(self.hosts.get(r, {}))
-        mirror = inputs.mirror
-        nets = {
-            mirror.ports[pid].network_id
-            for r in routers
-            for pid in mirror.router_ifaces.get(r, ())
-            if pid in mirror.ports
-        }
-        for net_id in nets:
-            hosts.update(h for h in inputs.bindings.hosts_holding(net_id) if h in inputs.hosts)
-        return hosts
+        self.dirty: set[str] = set()  # routers whose base changed (the old one kept to diff)
 
     # ------------------------------------------------------------------ inputs -> units
 
@@ -263,10 +257,9 @@ class RoutingService:
             hosts.add(change.id)
         elif kind == "host" and change.new is None:
             routers |= self.compiled_on.pop(change.id, frozenset())
-        for r in routers:
-            self.bases.pop(r, None)
-        hosts |= self.hosts_of(routers, inputs)
+        self.dirty |= routers
         units = [Unit(self.name, (h,)) for h in sorted(hosts) if h in inputs.hosts]
+        units += [Unit(self.name, ("router", r)) for r in sorted(routers)]
         return units + list(dict.fromkeys(ports))
 
     def _port_units(self, rec: PortRec, inputs: Inputs, routers: set[str],
@@ -296,31 +289,43 @@ class RoutingService:
         (what was cached may be half-done)."""
         self.bases.clear()
         self.hosts.clear()
+        self.dirty.clear()
 
     # ------------------------------------------------------------------ units -> work
 
     def work(self, units: Collection[Unit], inputs: Inputs) -> Iterator[tuple[Unit, Any]]:
         """Whole hosts, then the ports of hosts not compiled whole.  A router touched whose
-        base was dropped or whose hosts moved is compiled whole on all its hosts, old and new,
-        first (so that what a port patch reads is current)."""
-        whole = {str(u.scope[0]) for u in units if len(u.scope) == 1}
+        base changed or whose hosts moved is made current first (so that what a port patch
+        reads is current).  If it had a base and has one, with no extra routes (whose rules
+        read any port of the router: nexthops), its hosts that stay its hosts with the same
+        tunnel address get only what depends on the change (`_plan_part`): its interfaces'
+        owners and the neighbour owners of the ports of the networks whose interface changed
+        (an interface added or removed: one network's ports, whatever the router's size);
+        hosts that join or leave it, and every host of any other change, are compiled whole."""
+        # (host,), or a failed ("part", host) retried: the host whole
+        whole = {str(u.scope[-1]) for u in units if len(u.scope) == 1 or u.scope[0] == "part"}
         ports = sorted({u.scope for u in units if len(u.scope) == 3}, key=str)
         mirror = inputs.mirror
-        pending: list[str] = []
+        pending = sorted(str(u.scope[1]) for u in units if u.scope[0] == "router")
         for _pid, net_id, _num in ports:
             pending += sorted(mirror.routers_of(str(net_id)))
         for h in sorted(whole):
             pending += sorted(routers_on(h, inputs) | self.compiled_on.get(h, frozenset()))
+        parts: dict[str, dict[str, set[str]]] = {}  # host -> router -> its changed networks
+        olds: dict[str, set[int]] = {}  # host -> interface numbers of the routers' old bases
         seen: set[str] = set()
         while pending:
             r = pending.pop()
             if r in seen:
                 continue
             seen.add(r)
-            stale = r not in self.bases
+            stale = r not in self.bases or r in self.dirty
+            old = self.bases.get(r)
             if stale:
                 self.bases[r] = router_base(r, inputs)
-            hosts = router_hosts(self.bases[r], inputs)
+                self.dirty.discard(r)
+            new = self.bases[r]
+            hosts = router_hosts(new, inputs)
             before = self.hosts.get(r)
             if not stale and hosts == before:
                 continue
@@ -329,12 +334,27 @@ class RoutingService:
                 del self.bases[r], self.hosts[r]
             more = hosts.keys() | (before or {}).keys()
             more |= {h for h, rs in self.compiled_on.items() if r in rs}
+            # (a host gone unlocates its ports: their neighbour rules go on every router host)
+            if (old is not None and new is not None and before is not None
+                    and not old.routes and not new.routes
+                    and all(h in inputs.hosts for h in before)):  # fmt: skip
+                stay = {h for h in hosts.keys() & before.keys() if hosts[h][0] == before[h][0]}
+                nets = changed_networks(old, new)
+                for h in stay:
+                    parts.setdefault(h, {}).setdefault(r, set()).update(nets)
+                    olds.setdefault(h, set()).update(i.num for i in old.subnets.interfaces)
+                for net_id in nets:  # their ports' owners read these routers' bases too
+                    pending += sorted(mirror.routers_of(net_id))
+                more -= stay
             for h in sorted(more - whole):
                 whole.add(h)
                 pending += sorted(routers_on(h, inputs) | self.compiled_on.get(h, frozenset()))
         out: list[tuple[Unit, Any]] = [
             (Unit(self.name, (h,)), partial(self._plan, h, inputs)) for h in sorted(whole)
         ]
+        for h in sorted(parts.keys() - whole):
+            plan = partial(self._plan_part, h, parts[h], olds.get(h, set()), inputs)
+            out.append((Unit(self.name, ("part", h)), plan))
         for scope in ports:
             pid, net_id, num = str(scope[0]), str(scope[1]), int(scope[2])  # type: ignore[call-overload]
             patch = partial(self._patch, pid, net_id, num, frozenset(whole), inputs)
@@ -365,6 +385,60 @@ class RoutingService:
             if view is not None:
                 merge(owners, compile_router(ctx, view))
         return owners
+
+    def _plan_part(self, host_id: str, routers: dict[str, set[str]], old_nums: set[int],
+                   inputs: Inputs, step: Step) -> None:  # fmt: skip
+        """What a change of these routers alters on a host that stays their host: the
+        interfaces' owners (old and new; `flows.routing.interface_rules`, the whole compile's
+        own function) and the owners of the ports of the given networks (each from every
+        router of its network on the host, as `_patch`).  The union of such pieces is the
+        whole compile, so the switch ends up holding what a whole compile would give."""
+        rt = inputs.hosts.get(host_id)
+        if rt is None or not rt.ready:
+            return
+        mirror = inputs.mirror
+        ctx = inputs.context(host_id)
+        rules: dict[int, set[Rule]] = {}
+        nums = set(old_nums)
+        ports: set[str] = set()
+        for r, nets in sorted(routers.items()):
+            base, hosts = self.bases.get(r), self.hosts.get(r, {})
+            if base is None or host_id not in hosts:
+                continue
+            nums.update(i.num for i in base.subnets.interfaces)
+            view = RouterView(
+                interfaces=base.subnets.interfaces,
+                ports=(),  # no extra routes here (`work`): no nexthop to find
+                hosts=tuple(sorted(ip for ip, _ in hosts.values())),
+                local_keys=hosts[host_id][1],
+                routes=base.routes,
+            )
+            for cookie, rs in interface_rules(ctx, view).items():
+                rules.setdefault(cookie, set()).update(rs)
+            for net_id in nets:
+                ports.update(mirror.net_ports.get(net_id, ()))
+        step.count("router_parts_compiled")
+        for pid in sorted(ports):
+            port = mirror.ports[pid]
+            nums.add(port.num)
+            entries = self._entries_on(host_id, port, inputs)
+            step.count("router_neighbour_owners_compiled")
+            for rule in routed_port_rules(ctx, entries):
+                rules.setdefault(rule.cookie, set()).add(rule)
+        for num in sorted(nums):
+            cookie = t.router_cookie(num)
+            step.want(host_id, cookie, GROUP, Slice(rules=frozenset(rules.get(cookie, ()))))
+        self.compiled_on[host_id] = frozenset(routers_on(host_id, inputs))
+
+    def _entries_on(self, host_id: str, port: PortRec, inputs: Inputs) -> list[RoutedPort]:
+        """A port's neighbour entries on a host: from each router of its network that has
+        the host (bases and hosts made current by `work`)."""
+        out: list[RoutedPort] = []
+        for r in sorted(inputs.mirror.routers_of(port.network_id)):
+            base = self.bases.get(r)
+            if base is not None and host_id in self.hosts.get(r, {}):
+                out += routed_entries(base, port, inputs)
+        return out
 
     def _patch(self, pid: str, net_id: str, num: int, whole: frozenset[str], inputs: Inputs,
                step: Step) -> None:  # fmt: skip
