@@ -267,16 +267,23 @@ def _interfaces(interfaces: Iterable[Interface]) -> list[Interface]:
 
 
 def _route_rule(key: int, mac: str, dst: Interface, cookie: int) -> Rule:
-    cidr = netaddr.IPNetwork(dst.cidr)
-    full = cidr.prefixlen == 32
-    nw_dst: object = str(cidr.ip) if full else (str(cidr.network), str(cidr.netmask))
+    nw_dst, prefixlen = _cidr_dst(dst.cidr)
     m = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4, ipv4_dst=nw_dst)
     route = (
         Apply((DecTtl(), SetField("eth_src", normalize_mac(dst.mac)))),
         WriteMetadata(dst.segment.key, t.METADATA_MASK),
         GotoTable(t.L3_NEIGHBOURS),
     )
-    return Rule(t.L3_ROUTING, PRIO_ROUTE_BASE + cidr.prefixlen, m, route, cookie)
+    return Rule(t.L3_ROUTING, PRIO_ROUTE_BASE + prefixlen, m, route, cookie)
+
+
+@lru_cache(maxsize=4096)
+def _cidr_dst(text: str) -> tuple[object, int]:
+    """A subnet's ``ipv4_dst`` match value and prefix length (cached: a router's routes are
+    interfaces x interfaces rules on each host, from the same few CIDRs)."""
+    cidr = netaddr.IPNetwork(text)
+    full = cidr.prefixlen == 32
+    return (str(cidr.ip) if full else (str(cidr.network), str(cidr.netmask))), cidr.prefixlen
 
 
 def _extra_routes(ctx: HostContext, own_ip: str, src: Interface, subnets: Subnets,
