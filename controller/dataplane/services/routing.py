@@ -17,9 +17,12 @@ interfaces with their CIDRs parsed once, its networks, its nexthops) with its *h
 last compile (`router_hosts`: which hosts hold a port in which of its networks, from the
 holders' counted index `Bindings.hosts_holding`, never a network's ports).  A change that
 alters a router's base (the router, an interface, a subnet or network of it, a port that is a
-nexthop of its extra routes) drops it; a router whose base is gone or whose hosts moved (the
-first port of a network on a host, the last one leaving) is compiled whole on every host it
-has or had, since every router host's tunnel ingress follows its hosts.  A port of a network
+nexthop of its extra routes) marks it dirty (the old base kept to diff); a router whose base
+changed or whose hosts moved (the first port of a network on a host, the last one leaving) is
+compiled whole on the hosts that join or leave it, and on the hosts that stay only what
+depends on the change (`RoutingService._plan_part`: its interfaces' owners, which follow its
+interfaces and hosts, and the ports of the networks whose interface changed), unless it has
+extra routes or a host of it was deleted (then whole everywhere).  A port of a network
 without a router dirties nothing here.
 
 A router the mirror does not know (its interface seen before its record, or after its
