@@ -65,7 +65,9 @@ class SecurityGroupService:
     def __init__(self) -> None:
         self.firewalls: dict[str, HostFirewall] = {}  # host -> its firewall as last planned
         # network id -> its L3 domain as last planned (routed networks only): an interface
-        # change re-scopes only the networks whose domain it changed
+        # change re-scopes only the networks whose domain it changed.  Kept both here (an
+        # interface change) and by the firewalls as they scope ports (`HostFirewall._scoped`),
+        # so that a network already routed when the controller started is known too
         self.domains: dict[str, int] = {}
         # host -> zones of its filtered ports when its firewall was dropped (step failed)
         self.orphan_zones: dict[str, dict[str, int]] = {}
@@ -245,7 +247,7 @@ class SecurityGroupService:
         zones = self.orphan_zones.pop(host_id, {})
         if old is not None:
             zones.update((pid, fp.ofport) for pid, (_num, fp) in old.local.items())
-        fw = HostFirewall(host_id)
+        fw = HostFirewall(host_id, self.domains)
         # by (ofport, port id): the port each ofport keeps comes first, nothing is undone
         for pid, _ofport in sorted(rt.obs.bindings.items(), key=lambda b: (b[1], b[0])):
             fw.sync_local(pid, inputs)

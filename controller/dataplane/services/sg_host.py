@@ -72,8 +72,11 @@ class HostFirewall:
     """See the module docstring.  ``visited``: member and port records read so far (what the
     complexity tests count)."""
 
-    def __init__(self, host_id: str) -> None:
+    def __init__(self, host_id: str, domains: dict[str, int] | None = None) -> None:
         self.host_id = host_id
+        # network id -> the L3 domain its ports were last scoped with here (routed networks
+        # only), shared by the service's firewalls: what an interface change compares with
+        self.domains: dict[str, int] = {} if domains is None else domains
         self.index = ClauseIndex()
         self.local: dict[str, tuple[int, sg.FilteredPort]] = {}  # port id -> (num, as compiled)
         self.chosen: dict[int, str] = {}  # ofport -> the local port on it
@@ -115,7 +118,18 @@ class HostFirewall:
         ofport = self.eligible.get(pid)
         if ofport is None or min(self.at_ofport[ofport]) != pid:
             return None
-        return mirror.ports[pid].num, filtered_port(mirror.ports[pid], mirror, ofport)
+        fp = filtered_port(mirror.ports[pid], mirror, ofport)
+        self._scoped(mirror.ports[pid].network_id, fp.domain)
+        return mirror.ports[pid].num, fp
+
+    def _scoped(self, network_id: str, domain: int) -> None:
+        """A port of the network was scoped with ``domain``: recorded, so that an interface
+        change that moves the network to another domain re-scopes it, also after a restart
+        (a firewall rebuilt from a mirror in which the network was already routed)."""
+        if domain:
+            self.domains[network_id] = domain
+        else:
+            self.domains.pop(network_id, None)
 
     def sync_local(self, pid: str, inputs: Inputs) -> None:
         """The port's record, holder or ofport changed: is it (still) filtered here, and as
@@ -269,6 +283,7 @@ class HostFirewall:
         # the member's scope: its network, or its L3 domain if routed (its packets then arrive
         # under any key of the domain); addresses where no local port has the rule never match
         fp = filtered_port(port, mirror, 0)
+        self._scoped(port.network_id, fp.domain)
         scope = _scope(fp)
         if scope not in nets or only_net not in (None, scope):
             return
