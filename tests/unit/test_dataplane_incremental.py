@@ -55,6 +55,7 @@ from functools import partial
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (
     Bundle,
@@ -69,6 +70,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from controller.dataplane.planner import Unit
 from controller.dataplane.reconciler import DataPlane
 from controller.dataplane.state import ROUTER_INTERFACE_OWNERS, NetworkRec, PortRec, SubnetRec
 from controller.events import EventBus
@@ -1038,3 +1040,25 @@ def test_incremental_equals_full_compile() -> None:
     # Interfaces are a rarer draw (a whole CI run added 19 in 50 examples, a lone run 37): a
     # tenth of the examples still proves the router term carried work.
     assert WORK["interfaces_added"] >= EXAMPLES // 10, dict(WORK)
+
+
+@pytest.mark.parametrize("forgotten", [False, True])
+def test_a_host_deleted_before_its_switch_was_read_leaves_its_router_peers(
+    forgotten: bool,
+) -> None:
+    """A drawn divergence, replayed: a host of a router deleted, registered again (its ports
+    still plugged: its peers route to it at once, its own switch not read yet) and deleted
+    again.  The second delete had nothing compiled on the host, so no router was touched and
+    the other router host kept its tunnel-in flow and its port's neighbour rule.
+    ``forgotten``: a failed unit dropped the routing service's caches just before."""
+    m = DataPlaneMachine()
+    try:
+        m.a_router()
+        m.some_vms(plug_on=["hv2", "hv1", "hv3"])  # hv2 and hv3 hold a port of the routed net
+        for n in range(3):  # deleted, registered again (switch unread), deleted
+            if forgotten and n == 2:
+                m.dp.planner.services["router"].forget(Unit("router", ("hv2",)))
+            m.add_or_remove_host(host="hv3")
+            m.switches_equal_a_full_compile()
+    finally:
+        m.teardown()

@@ -259,11 +259,24 @@ class RoutingService:
         elif kind in ("switch", "host_facts"):
             hosts.add(change.id)
         elif kind == "host" and change.new is None:
-            routers |= self.compiled_on.pop(change.id, frozenset())
+            routers |= self._routers_naming(change.id, inputs)
         self.dirty |= routers
         units = [Unit(self.name, (h,)) for h in sorted(hosts) if h in inputs.hosts]
         units += [Unit(self.name, ("router", r)) for r in sorted(routers)]
         return units + list(dict.fromkeys(ports))
+
+    def _routers_naming(self, host_id: str, inputs: Inputs) -> set[str]:
+        """The routers whose flows on any host may name a deleted host: those compiled on it,
+        and those it was a host of at their last compile (its tunnel in their interfaces'
+        owners, its ports' neighbour rules on the other hosts).  Not only the first: a host
+        whose switch was never read holds nothing compiled, yet its peers route to it.  A
+        router with no hosts kept (never compiled, or forgotten after a failed unit) may name
+        it too.  Its bindings are dropped already, so the kept hosts are what says it: O(routers)
+        for a rare event."""
+        found = set(self.compiled_on.pop(host_id, frozenset()))
+        found |= {r for r, hosts in self.hosts.items() if host_id in hosts}
+        found |= {r for r in inputs.mirror.routers if r not in self.hosts}
+        return found
 
     def _port_units(self, rec: PortRec, inputs: Inputs, routers: set[str],
                     *versions: PortRec | None) -> list[Unit]:  # fmt: skip
