@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -134,7 +135,17 @@ class _WatchedSocket:
         return out
 
     def send_now(self, buf: bytes) -> int:
-        """Write what the kernel takes without waiting (`LiveDatapath.write_now`)."""
+        """Write what the kernel takes without waiting (`LiveDatapath.write_now`): 0 when the
+        socket is not writable.  The poll comes first because os-ken gives the socket a timeout
+        (``socket_timeout``, 5 s), and on such a socket Python's ``send`` waits up to that long
+        for room before trying, ``MSG_DONTWAIT`` or not - a full buffer would hold the
+        answering thread, and with it ``_order`` and the data plane's next send to the switch.
+        Only this thread writes while the poll's answer is used (nothing is queued or in the
+        send thread's hands), so room it saw is still there."""
+        ready = select.poll()
+        ready.register(self._sock.fileno(), select.POLLOUT)
+        if not ready.poll(0):
+            return 0
         try:
             return self._sock.send(buf, socket.MSG_DONTWAIT)
         except BlockingIOError:

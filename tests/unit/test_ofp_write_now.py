@@ -5,6 +5,7 @@ loop); and the receive side's read-ahead (`_WatchedSocket.recv`)."""
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
@@ -124,3 +125,23 @@ def test_the_receive_loop_reads_what_arrived_together_in_one_system_call() -> No
     peer.close()
     assert watched.recv(8) == b"" and counting.reads == 3
     ours.close()
+
+
+def test_a_full_socket_buffer_queues_the_buffer_instead_of_waiting_on_the_socket(
+    pair: tuple[LiveDatapath, socket.socket],
+) -> None:
+    """os-ken's socket has a timeout, under which Python's ``send`` waits for room before it
+    tries (``MSG_DONTWAIT`` notwithstanding): with the kernel's buffer full and nothing counted
+    as queued (the send thread handed everything over), the direct write must take nothing and
+    queue the buffer, not wait out the timeout and drop it (the old code raised TimeoutError
+    inside, and write_now returned False with nothing sent or queued)."""
+    dp, _peer = pair
+    ours = dp.socket._sock
+    ours.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            ours.send(b"f" * 65536)
+    ours.settimeout(0.3)  # os-ken's is 5 s; short, so the old code fails fast
+    assert dp._watched.send_now(b"x" * 100) == 0
+    assert dp.write_now(b"y" * 100)
+    assert dp._unwritten, "the buffer was neither written nor queued"
