@@ -213,14 +213,7 @@ def _read(read: ReadSwitch, dpid: int) -> Slice | None:
 def routed_networks(mirror: Any, network_id: str) -> tuple[set[str], list[str]]:
     """Run on the actor: the routers with an interface in the network and their other
     networks (`controller.dataplane.state.Mirror`)."""
-    routers = set(mirror.routers_of(network_id))
-    found: set[str] = set()
-    for router_id in routers:
-        for pid in mirror.router_ifaces.get(router_id, ()):
-            port = mirror.ports.get(pid)
-            if port is not None:
-                found.add(port.network_id)
-    return routers, sorted(found - {network_id})
+    return mirror.routers_of(network_id), sorted(mirror.routed_networks(network_id))
 
 
 def catalog(store: Any, nets: list[Mapping[str, Any]], ports: list[Mapping[str, Any]],
