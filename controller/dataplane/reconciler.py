@@ -249,7 +249,13 @@ class DataPlane:
 
     def owns(self, host_id: str | None) -> bool:
         """Whether this instance acts for the host now (any thread); ``None`` (no host): no
-        instance of several does."""
+        instance of several does.
+
+        The view alone is not enough: it changes on the membership thread, while the handover
+        delay is armed by the actor when it takes the change (``_note_owner``).  A host gained
+        from a live member is acted on only once the actor has recorded this instance as its
+        owner and the delay is over, so an input queued before the change (an API update) never
+        writes over what the previous owner, still acting, writes."""
         if self.membership is None:
             return True
         view = self.membership()
@@ -257,6 +263,9 @@ class DataPlane:
             return False
         if host_id is None or view.owner(host_id) != view.me:
             return False
+        rt = self.hosts.get(host_id)
+        if rt is not None and rt.owner != view.me:
+            return False  # the actor has not taken the change yet: no handover armed
         due = self._takeover_at.get(host_id)
         return due is None or time.monotonic() >= due
 

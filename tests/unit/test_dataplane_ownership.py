@@ -336,3 +336,33 @@ def test_a_port_moved_between_hosts_of_different_owners_follows_its_vm(cluster: 
     assert (shown["binding:host_id"], shown["status"]) == (hb, "ACTIVE")
     assert cluster.b.dp.bindings.holder(port["id"]) == hb
     assert cluster.a.dp.bindings.holder(port["id"]) == hb
+
+
+def test_a_gained_host_is_not_written_before_the_actor_has_armed_its_handover(
+    cluster: Cluster,
+) -> None:
+    """The membership thread changes the view before the actor takes the change (and arms the
+    handover delay): an input queued in between (here the binding the previous owner, still
+    acting, writes) must not make the new owner write the port's status over the previous
+    owner's ACTIVE (it wrote DOWN: the host is not read here yet)."""
+    cluster.start()
+    joined = ("a", "b", "c")
+    c = Instance("c", cluster.store, cluster.bus, cluster.shared, ("a", "b"), handover_delay_s=60)
+    gained = MemberView("c", joined, 1).owned(HOSTS)
+    assert gained, "the test's hosts must give c some"
+    c.dp.start()
+    assert c.dp.wait_idle(10)
+    net = cluster.store.create_network({"provider:network_type": "vxlan"})
+    cluster.store.create_subnet({"network_id": net["id"], "cidr": "10.1.0.0/16", "ip_version": 4})
+    port = cluster.store.create_port({"network_id": net["id"]})
+    cluster.idle()
+    assert c.dp.wait_idle(10)
+    c.view = MemberView("c", joined, 2)  # read by the membership thread; "ownership" not yet
+    FakeAgent.instances[gained[0]].plug(port["id"], 7)  # the previous owner still acts
+    cluster.idle()
+    assert c.dp.wait_idle(10)
+    cluster.idle()
+    assert [kw for kind, kw in c.writes if kind == "ports"] == []
+    assert not any(c.dp.owns(h) for h in HOSTS)
+    assert cluster.status(port) == "ACTIVE"
+    c.dp.stop()
