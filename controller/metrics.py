@@ -198,7 +198,10 @@ def _dhcp_metrics(dhcp: Mapping[str, Any], packet_in: Mapping[str, Any]) -> Iter
             "tenantnet_packet_in_drops",
             "Packet-ins dropped before any handler saw them, or by a failing handler",
             "reason",
-            {r: packet_in.get(r, 0) for r in ("queue_full", "refused", "handler_errors")},
+            {
+                r: packet_in.get(r, 0)
+                for r in ("queue_full", "refused", "not_owner", "handler_errors")
+            },
         )
 
 

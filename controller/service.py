@@ -308,6 +308,7 @@ class Controller:
             self.ofp_app.on_role_refused = lambda dpid, gen: dataplane.post(
                 "role_refused", (dpid, gen)
             )
+            self.ofp_app.owns = lambda dpid: dataplane.owns(dataplane.by_dpid.get(dpid))
             self.dataplane.on_membership(self.members.view)  # a change before the line above
         self.ofp_app.attach(self.dataplane)
 

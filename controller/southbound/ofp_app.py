@@ -161,6 +161,9 @@ class _Switch:
     ready: bool = False
     read_back_started: bool = False  # the session's first read-back (see _read_back)
     bundles: bool = True  # until it refuses a bundle open or commit (see _error)
+    # Several controllers: the switch answered this session's MASTER request (ROLE_REPLY).
+    # A refused one leaves the session EQUAL, which still gets packet-ins (see _packet_in).
+    master: bool = False
     bundle_id: int = 0
     bundle_in_flight: bool = False
     # xid -> what the message asked, oldest first, at most RECENT_MESSAGES (see _error)
@@ -221,6 +224,10 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         # session of the switch before anything else; none: the switch's default role (equal).
         self._roles: dict[int, tuple[bool, int]] = {}
         self.on_role_refused: Callable[[int, int], None] | None = None  # (dpid, generation)
+        # Several controllers: whether this instance acts for a switch's host now (the data
+        # plane's ``owns``; any thread, never blocks).  Set: packet-ins are answered only from
+        # the switches of owned hosts whose session the switch confirmed MASTER.
+        self.owns: Callable[[int], bool] | None = None
 
     # ----------------------------------------------------------------------------- public API
 
@@ -266,6 +273,8 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             before = self._roles.get(dpid)
             self._roles[dpid] = (master, generation)
             sw = self._switches.get(dpid)
+            if sw is not None and not master:
+                sw.master = False  # from now on: a reply still on its way must not count
         if sw is None or before == (master, generation):
             return
         self._send_role(sw)
@@ -680,6 +689,9 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         ):
             queue.refuse()
             return
+        if not self._answers_for(sw):
+            queue.refuse(not_owner=True)
+            return
         metadata = msg.match.get("metadata")
         queue.offer(
             PacketIn(
@@ -692,6 +704,29 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                 data=bytes(data),
             )
         )
+
+    def _answers_for(self, sw: _Switch) -> bool:
+        """Whether packet-ins of this session are this instance's to answer.  One controller:
+        always.  Several: only while it owns the switch's host and the switch confirmed the
+        session MASTER; a former owner (its SLAVE request not taken yet, or refused: the
+        session stays EQUAL and keeps getting packet-ins) must not answer DHCP or ARP for a
+        host another instance now serves.  No lock: this runs on the receive thread."""
+        owns = self.owns
+        if owns is None:
+            return True
+        role = self._roles.get(sw.dp.id)
+        return role is not None and role[0] and sw.master and owns(sw.dp.id)
+
+    @set_ev_cls(ofp_event.EventOFPRoleReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def _role_reply(self, ev: Any) -> None:
+        """The switch took a role request: the session is MASTER if that is what it says and
+        still what this instance asks (a SLAVE request sent since makes a late reply void)."""
+        sw = self._switch_of(ev.msg.datapath)
+        if sw is None:
+            return
+        with self._lock:
+            role = self._roles.get(sw.dp.id)
+        sw.master = ev.msg.role == ofp.OFPCR_ROLE_MASTER and role is not None and role[0]
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev: Any) -> None:
@@ -721,9 +756,11 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                     dpid,
                     _error_name(msg),
                 )
-        if cause is not None and cause.verb.endswith(" role") and self.on_role_refused is not None:
-            assert isinstance(cause.subject, int)
-            self.on_role_refused(dpid, cause.subject)
+        if cause is not None and cause.verb.endswith(" role"):
+            assert sw is not None and isinstance(cause.subject, int)
+            sw.master = False  # the session kept its role (EQUAL): answers no packet-in
+            if self.on_role_refused is not None:
+                self.on_role_refused(dpid, cause.subject)
         if cause is not None and cause.verb == "commit bundle" and _is_bundle_msg_failed(msg):
             # The refused message inside it had its own error reply, logged below.
             LOG.debug("switch %016x did not commit bundle %s", dpid, cause.subject)

@@ -115,6 +115,7 @@ class PacketInCounters:
     received: int = 0
     queue_full: int = 0
     refused: int = 0  # unknown switch, foreign cookie, no in_port, oversized
+    not_owner: int = 0  # several controllers: another instance's host, or the session not master
     handler_errors: int = 0
     replies: int = 0
     reply_failures: int = 0  # the switch was gone or not reading
@@ -181,10 +182,13 @@ class PacketInQueue:
             LOG.warning("packet-in queue full: dropping (%d dropped so far)", dropped)
         return False
 
-    def refuse(self) -> None:
+    def refuse(self, not_owner: bool = False) -> None:
         with self._count_lock:
             self.counters.received += 1
-            self.counters.refused += 1
+            if not_owner:
+                self.counters.not_owner += 1
+            else:
+                self.counters.refused += 1
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker after what is queued (used by tests and shutdown)."""

@@ -83,9 +83,11 @@ echo "$ip $mask $router $dns $mtu" > "$0.$interface.bound"
 """
 
 
-def _udhcpc(vm: Vm, script: Path) -> tuple[int, str]:
-    """Run busybox udhcpc once in ``vm``; (exit code, what the bound script recorded)."""
-    vm.exec("ip", "addr", "flush", "dev", "eth0")
+def _udhcpc(vm: Vm, script: Path, flush: bool = True) -> tuple[int, str]:
+    """Run busybox udhcpc once in ``vm``; (exit code, what the bound script recorded).  The
+    script only records the lease: without ``flush`` the VM keeps its address (and traffic)."""
+    if flush:
+        vm.exec("ip", "addr", "flush", "dev", "eth0")
     cmd = ["busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "4", "-T", "1",
            "-O", "mtu", "-s", str(script)]  # fmt: skip
     proc = vm.exec(*cmd, check=False, timeout=60)

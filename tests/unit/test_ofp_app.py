@@ -335,6 +335,77 @@ def test_the_role_is_asked_first_on_a_new_session_and_a_refusal_is_reported() ->
     assert refused == [(DPID, 9)]
 
 
+def _role_reply(app: TenantnetOfpApp, dp: FakeDatapath, role: int) -> None:
+    """The switch's ROLE_REPLY, encoded and parsed as os-ken would deliver it."""
+    from os_ken.controller import ofp_event
+    from os_ken.controller.handler import MAIN_DISPATCHER
+
+    assert MAIN_DISPATCHER in app._role_reply.callers[ofp_event.EventOFPRoleReply].dispatchers
+    body = struct.pack(ofp.OFP_ROLE_REQUEST_PACK_STR, role, 9)
+    length = ofp.OFP_HEADER_SIZE + len(body)
+    buf = struct.pack(ofp.OFP_HEADER_PACK_STR, ofp.OFP_VERSION, ofp.OFPT_ROLE_REPLY, length, 1)
+    msg = ofproto_parser.msg(dp, ofp.OFP_VERSION, ofp.OFPT_ROLE_REPLY, length, 1, buf + body)
+    msg.datapath = dp
+    app._role_reply(SimpleNamespace(msg=msg))
+
+
+def test_packet_ins_are_answered_only_by_the_owner_as_confirmed_master() -> None:
+    """Several controllers (docs/ha.md): a refused role request leaves the session EQUAL, which
+    still gets packet-ins; a former owner must not answer DHCP/ARP for a host another instance
+    serves.  Packet-ins count (dropped, ``not_owner``) unless the host is owned and the switch
+    confirmed this session MASTER; one controller answers them whatever its role."""
+    from os_ken.controller.handler import CONFIG_DISPATCHER
+
+    from flows.tables import COOKIE_BASE
+
+    app = TenantnetOfpApp()
+    owned = {DPID: True}
+    app.owns = lambda dpid: owned.get(dpid, False)
+    handled: list[int] = []
+
+    def handler(pkt: Any) -> None:
+        handled.append(pkt.in_port)
+
+    queue = app.on_packet_in(handler)
+    queue.inline_burst = 0  # every one through the worker: all seen once it is closed
+    app.attach(_Listener())
+    app.set_role(DPID, True, 9)
+    dp = FakeDatapath()
+    dp.address, dp.socket, dp.is_active, dp.state = ("192.0.2.1", 1), None, True, CONFIG_DISPATCHER
+    app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
+    app._switches[DPID].ready = True
+
+    def punt(in_port: int) -> None:
+        msg = SimpleNamespace(datapath=dp, cookie=COOKIE_BASE, match={"in_port": in_port},
+                              data=b"\xff" * 60, table_id=0, reason=0)  # fmt: skip
+        app._packet_in(SimpleNamespace(msg=msg))
+
+    punt(1)  # asked MASTER, not confirmed yet
+    role_xid = _on_the_wire(dp)[0][0]
+    _switch_answers(app, dp, _refused(dp, ofp.OFPET_ROLE_REQUEST_FAILED, ofp.OFPRRFC_STALE),
+                    role_xid)  # fmt: skip
+    punt(2)  # refused: the session stays EQUAL
+    _role_reply(app, dp, ofp.OFPCR_ROLE_MASTER)  # asked again and taken
+    punt(3)
+    owned[DPID] = False  # the view moved on; the data plane has not asked SLAVE yet
+    punt(4)
+    owned[DPID] = True
+    app.set_role(DPID, False, 10)
+    punt(5)
+    _role_reply(app, dp, ofp.OFPCR_ROLE_MASTER)  # a late reply to the MASTER request
+    punt(6)
+    queue.close()
+    assert handled == [3]
+    assert (queue.counters.not_owner, queue.counters.refused) == (5, 0)
+    # one controller (no ownership): no role asked, every packet-in answered
+    app.owns, app._roles = None, {}
+    handled.clear()
+    queue = app.on_packet_in(handler)
+    punt(7)
+    queue.close()
+    assert handled == [7] and queue.counters.not_owner == 0
+
+
 def test_a_connection_waiting_for_attach_counts_as_the_switchs_session() -> None:
     """The fast reconnect asks `has_session` before it rewrites a switch's target: a switch
     whose own retry connected just before the data plane was attached must not be made to drop
