@@ -5,8 +5,10 @@ evaluator, flows/trace.py), the owners a change touches, and a restart that send
 from __future__ import annotations
 
 import random
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -588,4 +590,40 @@ def test_interface_added_and_removed_leave_the_switches_as_a_whole_compile(
     held = {h: router_rules(cloud, h) for h in ("hv1", "hv2", "hv3")}
     restart(cloud)
     assert {h: router_rules(cloud, h) for h in held} == held
+    assert cloud.dp.stats.flow_mods == 0 and cloud.dp.stats.group_mods == 0
+
+
+@pytest.mark.parametrize("port_first", [True, False])
+def test_a_port_deleted_with_its_networks_interface_in_one_step_leaves_no_neighbour_rule(
+    routed: Routed, port_first: bool
+) -> None:
+    """v1 (net 1, on hv1) deleted in the same data-plane step as net 1's router interface: hv1
+    and hv2 stay the router's hosts (net 2), so the step patches them rather than compiling
+    them whole, and v1's neighbour rules (its router owner) must go there too, whichever input
+    came first (the port's patch no longer finds a router of net 1; the interface's partial
+    compile no longer finds v1 among net 1's ports).  Then the switches hold what a whole
+    compile gives: a restart sends nothing."""
+    cloud = routed.cloud
+    v1_cookie = t.router_cookie(routed.vms["v1"][0]["_num"])
+    assert any(r.cookie == v1_cookie for r in router_rules(cloud, "hv2"))
+    gate, taken = threading.Event(), threading.Event()
+    done: Future[None] = Future()
+
+    def hold(_dp: Any) -> None:  # the actor waits here while both inputs queue behind it
+        taken.set()
+        gate.wait(10)
+
+    cloud.dp.post("call", (hold, done))
+    assert taken.wait(10)
+    writes = [lambda: cloud.store.delete("port", routed.vms["v1"][0]["id"]),
+              lambda: cloud.store.router_interface(routed.router, {"port_id": routed.if1["id"]},
+                                                   add=False)]  # fmt: skip
+    for write in writes if port_first else writes[::-1]:
+        write()
+    gate.set()
+    done.result(10)
+    cloud.idle()
+    held = {h: [r for r in cloud.flows(h).rules if r.cookie == v1_cookie] for h in ("hv1", "hv2")}
+    assert held == {"hv1": [], "hv2": []}
+    restart(cloud)
     assert cloud.dp.stats.flow_mods == 0 and cloud.dp.stats.group_mods == 0

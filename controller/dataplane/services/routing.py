@@ -408,7 +408,13 @@ class RoutingService:
         interfaces' owners (old and new; `flows.routing.interface_rules`, the whole compile's
         own function) and the owners of the ports of the given networks (each from every
         router of its network on the host, as `_patch`).  The union of such pieces is the
-        whole compile, so the switch ends up holding what a whole compile would give."""
+        whole compile, so the switch ends up holding what a whole compile would give.
+
+        A port deleted in the same step is no longer among its network's ports, and its own
+        patch finds no router if the interface went first (or no unit was made for it at
+        all, if the interface's removal came first): the owners the host holds of ports that
+        are gone are emptied here too.  O(router owners on the host), once per change of an
+        interface."""
         rt = inputs.hosts.get(host_id)
         if rt is None or not rt.ready:
             return
@@ -416,6 +422,11 @@ class RoutingService:
         ctx = inputs.context(host_id)
         rules: dict[int, set[Rule]] = {}
         nums = set(old_nums)
+        nums.update(
+            t.owner_num(o)
+            for o in rt.groups.get(GROUP, ())
+            if mirror.port_by_num(t.owner_num(o)) is None
+        )
         ports: set[str] = set()
         for r, nets in sorted(routers.items()):
             base, hosts = self.bases.get(r), self.hosts.get(r, {})
