@@ -266,7 +266,12 @@ def _interfaces(interfaces: Iterable[Interface]) -> list[Interface]:
     return out
 
 
+@lru_cache(maxsize=1 << 14)
 def _route_rule(key: int, mac: str, dst: Interface, cookie: int) -> Rule:
+    """The route from interface ``mac`` (network ``key``) to ``dst``'s subnet.  Cached, as
+    `_echo_rule`: a router of N interfaces has N x N of both on each of its hosts, the same on
+    every host, and an interface added or removed recompiles them all there (only 2N - 1 of
+    them new)."""
     nw_dst, prefixlen = _cidr_dst(dst.cidr)
     m = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4, ipv4_dst=nw_dst)
     route = (
@@ -327,6 +332,7 @@ def _extra_routes(ctx: HostContext, own_ip: str, src: Interface, subnets: Subnet
     return out
 
 
+@lru_cache(maxsize=1 << 14)
 def _echo_rule(key: int, mac: str, ip: str, cookie: int) -> Rule:
     """The echo reply of interface address ``ip`` to a VM that asked through interface ``mac``:
     addresses swapped, type 0 (OVS fixes the ICMP and IP checksums), back out of its port."""

@@ -319,10 +319,18 @@ class Mirror:
         self.routers: dict[str, RouterRec] = {}  # by id
         self.router_ifaces: dict[str, set[str]] = {}  # router id -> its interface port ids
         self.net_ifaces: dict[str, set[str]] = {}  # network id -> router interface port ids
+        # network id -> its L3 domain (`domain_of`), dropped whenever a router interface port
+        # changes (nothing else moves a domain): an interface add scopes each member it
+        # re-scopes on every host that matches it, each asking for its network's domain
+        self._domains: dict[str, int] = {}
 
     def set_port(self, port_id: str, rec: PortRec | None) -> PortRec | None:
         """Store the port's new version (None: deleted); returns the previous one."""
         old = self.ports.pop(port_id, None)
+        if (old is not None and old.router_id is not None) or (
+            rec is not None and rec.router_id is not None
+        ):
+            self._domains = {}
         if old is not None:
             self.net_ports.get(old.network_id, set()).discard(port_id)
             for gid in old.groups:
@@ -464,15 +472,22 @@ class Mirror:
         no router, else the smallest number of a router interface among the networks routers
         join to it.  Port numbers are never reused and a new interface gets a larger one, so
         the domain stays when a network joins (only the joining network is re-scoped); two
-        routers' domains differ unless a network joins them.  O(the component's interfaces)."""
-        ifaces = self.net_ifaces.get(network_id)
-        if not ifaces:
+        routers' domains differ unless a network joins them.  O(the component's interfaces)
+        the first time after an interface changed, then a lookup (kept for every network of
+        the component at once)."""
+        known = self._domains.get(network_id)
+        if known is not None:
+            return known
+        if not self.net_ifaces.get(network_id):
             return 0
-        _nets, routers = self.routed_component(network_id)
+        nets, routers = self.routed_component(network_id)
         nums = (p.num for r in routers
                 for p in (self.ports.get(pid) for pid in self.router_ifaces.get(r, ()))
                 if p is not None)  # fmt: skip
-        return min(nums, default=0)
+        domain = min(nums, default=0)
+        for net in nets:  # one component, one domain
+            self._domains[net] = domain
+        return domain
 
     def key_of(self, network_id: str) -> int | None:
         net = self.networks.get(network_id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -80,6 +81,16 @@ def _router(w: World, on_the_ports_network: bool) -> None:
     assert not w.step().failed
 
 
+def counting(counts: Counter[str], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn``, counting its calls in ``counts[name]``."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        counts[name] += 1
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _costs(ports: int, router: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Counter[str]]:
     """The counts of each change below, one after the other, in a network of ``ports``;
     ``router``: "none", "elsewhere" (on another network) or "here" (on the ports' network)."""
@@ -87,14 +98,7 @@ def _costs(ports: int, router: str, monkeypatch: pytest.MonkeyPatch) -> dict[str
     if router != "none":
         _router(w, router == "here")
     counts: Counter[str] = Counter()
-
-    def counted(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            counts[name] += 1
-            return fn(*args, **kwargs)
-
-        return wrapper
-
+    counted = partial(counting, counts)
     service = routing.RoutingService
     for module, attr, name in (
         (routing, "located_on", "ports looked at"),

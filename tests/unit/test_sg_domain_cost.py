@@ -10,6 +10,7 @@ interface add re-keyed the whole router (634 flow-mods per host at 10 x 30 in th
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 from bench.planner_port_cost import default_group
 from controller.dataplane.planner import Change
@@ -39,10 +40,9 @@ def _member(w: World, n: int, i: int) -> None:
     _plug(w, port, HOSTS[i % 3], num)
 
 
-def _sg_flow_mods(others: int) -> dict[str, Counter[str]]:
-    """Per host, the security-group flow-mods of adding network 0 (3 ports, one per host) to a
-    router that joins networks 1..3 of ``others`` members each (all in the default group),
-    by what they are: port entries, member addresses, other."""
+def routed_world(networks: int, ports: Callable[[int], int]) -> World:
+    """Three hosts, the default group, networks 0..N-1 with ``ports(n)`` members each (spread
+    over the hosts) and router r1 with an interface on each of them but network 0; planned."""
     w = World()
     for h in HOSTS:
         w.change(Change("switch", h))
@@ -51,13 +51,21 @@ def _sg_flow_mods(others: int) -> dict[str, Counter[str]]:
     router = RouterRec("r1")
     w.mirror.set_record("router", "r1", router)
     w.change(Change("router", "r1", None, router))
-    for n in range(4):
+    for n in range(networks):
         _network(w, n)
-        for i in range(1, (3 if n == 0 else others) + 1):
+        for i in range(1, ports(n) + 1):
             _member(w, n, i)
         if n:
             _interface(w, 900_000 + n, f"n{n}", f"s{n}", f"10.{n}.255.254")
     assert not w.step().failed
+    return w
+
+
+def _sg_flow_mods(others: int) -> dict[str, Counter[str]]:
+    """Per host, the security-group flow-mods of adding network 0 (3 ports, one per host) to a
+    router that joins networks 1..3 of ``others`` members each (all in the default group),
+    by what they are: port entries, member addresses, other."""
+    w = routed_world(4, lambda n: 3 if n == 0 else others)
     _interface(w, 900_100, "n0", "s0", "10.0.255.254")
     plan = w.step()
     assert not plan.failed

@@ -1,0 +1,100 @@
+"""What one add_router_interface step compiles and sends, counted (issue 16: "time from
+add_router_interface to the first routed ping reply"; the step was ~115 ms of one data-plane
+step at 10 subnets x 30 ports on H=3, most of it planning).
+
+Counted in the step that plans the interface added to a router of N-1 networks (N networks of M
+ports, every port in its project's default group, on three hosts):
+
+* the L3 domain walks (`Mirror.routed_component`): each re-scoped member asked for its
+  network's domain on every host that matches it, and each ask walked the router's whole
+  component (O(members x hosts x interfaces)); the domain is now kept per network until an
+  interface changes: a walk per component;
+* the route and echo rules built (`flows.routing._route_rule`, `_echo_rule`): each router host
+  rebuilt all N x N of both (O(hosts x N^2)); they are now built once and shared (the same on
+  every host): only the 2N - 1 pairs with the new interface are new;
+* the flow-mods per host by owner kind, which the cuts above must leave as they were.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from functools import partial
+from typing import Any
+
+import pytest
+
+from controller.dataplane.state import Mirror
+from flows import routing as flows_routing
+from flows import tables as t
+from tests.unit.test_router_cost import _interface, counting
+from tests.unit.test_sg_domain_cost import HOSTS, routed_world
+
+
+def _add_step(networks: int, ports: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Networks 1..N-1 on router r1, network 0's interface added: the add step's counts."""
+    for builder in (flows_routing._route_rule, flows_routing._echo_rule):
+        if hasattr(builder, "cache_clear"):
+            builder.cache_clear()
+    w = routed_world(networks, lambda n: ports)
+    counts: Counter[str] = Counter()
+    counted = partial(counting, counts)
+    # what the cached builders build (a hit builds no match)
+    monkeypatch.setattr(flows_routing, "match", counted("routing matches", flows_routing.match))
+    monkeypatch.setattr(Mirror, "routed_component",
+                        counted("domain walks", Mirror.routed_component))  # fmt: skip
+    for attr, name in (("_route_rule", "routes built"), ("_echo_rule", "echoes built")):
+        builder = getattr(flows_routing, attr)
+        if hasattr(builder, "cache_info"):  # built: the misses
+            counts[name] -= builder.cache_info().misses
+        else:  # (a release without the caches builds on every call)
+            monkeypatch.setattr(flows_routing, attr, counted(name, builder))
+    _interface(w, 900_100, "n0", "s0", "10.0.255.254")
+    plan = w.step()
+    monkeypatch.undo()
+    for attr, name in (("_route_rule", "routes built"), ("_echo_rule", "echoes built")):
+        builder = getattr(flows_routing, attr)
+        if hasattr(builder, "cache_info"):
+            counts[name] += builder.cache_info().misses
+    assert not plan.failed
+    sent: dict[str, Counter[str]] = {}
+    for host, diffs in plan.diffs.items():
+        kinds: Counter[str] = Counter()
+        for d in diffs:
+            for r in (*d.add_rules, *d.del_rules):
+                kinds[t.OwnerKind(t.owner_kind(r.cookie)).name] += 1
+        sent[host] = kinds
+    return {
+        "walks": counts["domain walks"],
+        "routes built": counts["routes built"],
+        "echoes built": counts["echoes built"],
+        "matches": counts["routing matches"],
+        "sent": sent,
+    }
+
+
+@pytest.mark.parametrize("networks", [4, 8])
+def test_an_interface_add_builds_what_is_new_once(
+    networks: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """N networks of 6 ports (2 per host).  Two domain walks for the whole step (the sg
+    service's, finding the networks whose domain may have changed, and the first ask, kept for
+    them all; the old code walked the component once more per member per host matching it:
+    47 walks at N=4, 51 at N=8); 2N - 1 routes and as many echo answers built (the new
+    interface to every subnet, every interface to the new subnet), shared by the three hosts
+    (the old code: 3 x N x N of each, 48 at N=4, 192 at N=8); the routing matches built besides
+    those: per host, each interface's entry, TTL and tunnel ingress from the two other hosts,
+    and the joining network's 6 neighbour rules (old code, all: 162 at N=4, 498 at N=8).  Sent
+    per host, as before: the router's flows (the new interface's owner, a route and an echo
+    answer on each other interface, the 6 neighbour rules) and network 0's security-group
+    changes (its 2 local ports' entries, 4 each, and its 6 members' address clauses
+    re-scoped: 6 out, 6 in)."""
+    c = _add_step(networks, 6, monkeypatch)
+    n = networks
+    assert c["walks"] == 2, c
+    assert c["routes built"] == c["echoes built"] == 2 * n - 1, c
+    per_host = n * (1 + 1 + 2) + 6
+    assert c["matches"] == 2 * (2 * n - 1) + 3 * per_host, c
+    # the new interface's entry, ARP, N echo answers, N routes, TTL, 2 ingress; 2 on each other
+    router = (1 + 1 + 2 * n + 1 + 2) + 2 * (n - 1) + 6
+    for host in HOSTS:
+        assert c["sent"][host] == Counter(ROUTER=router, SECURITY_GROUP=2 * 4 + 12), (host, c)
