@@ -87,8 +87,8 @@ MAX_GIVEN_UP = 16  # reads given up on whose late replies are still recognised, 
 _ENCODE: dict[str, Callable[[Any, Any], Any]] = {
     "add_groups": codec.group_add,
     "mod_groups": codec.group_modify,
-    "add_rules": codec.flow_add,
-    "del_rules": lambda dp, rule: codec.flow_delete_strict(dp, rule, FULL_MASK),
+    "add_rules": codec.flow_add_encoded,
+    "del_rules": lambda dp, rule: codec.flow_delete_strict_encoded(dp, rule, FULL_MASK),
     "del_groups": codec.group_delete,
 }
 _VERB = {

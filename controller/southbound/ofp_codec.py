@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
-from os_ken.ofproto import nicira_ext, ofproto_common
+from os_ken.ofproto import nicira_ext, ofproto_common, ofproto_parser, ofproto_protocol
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -216,6 +216,54 @@ def flow_delete_strict(dp: Any, rule: Rule, cookie_mask: int) -> Any:
         out_port=ofp.OFPP_ANY,
         out_group=ofp.OFPG_ANY,
     )
+
+
+ENCODED_RULES = 16384
+"""Flow-mod bodies remembered (`flow_add_encoded`): a few hundred bytes each."""
+
+
+class EncodedFlowMod(ofproto_parser.MsgBase):
+    """A flow-mod whose body os-ken serialised earlier (`flow_add_encoded`): os-ken writes
+    its header (xid, length) when it is serialised, alone or inside a bundle-add, as for any
+    message; ``rule`` is kept for whoever inspects what was sent."""
+
+    cls_msg_type = ofp.OFPT_FLOW_MOD
+
+    def __init__(self, dp: Any, body: bytes, rule: Rule) -> None:
+        super().__init__(dp)
+        self.body = body
+        self.rule = rule
+
+    def _serialize_body(self) -> None:
+        self.buf += self.body
+
+
+_BODY_DP = ofproto_protocol.ProtocolDesc(version=ofp.OFP_VERSION)
+
+
+@lru_cache(maxsize=ENCODED_RULES)
+def _flow_mod_body(rule: Rule, cookie_mask: int | None) -> bytes:
+    """os-ken's serialisation of the rule's OFPFC_ADD (``cookie_mask`` None) or strict delete,
+    without its 8-byte header: the same for every switch and every xid."""
+    msg = (flow_add(_BODY_DP, rule) if cookie_mask is None
+           else flow_delete_strict(_BODY_DP, rule, cookie_mask))  # fmt: skip
+    msg.xid = 0
+    msg.serialize()
+    return bytes(msg.buf[ofp.OFP_HEADER_SIZE:])
+
+
+def flow_add_encoded(dp: Any, rule: Rule) -> Any:
+    """`flow_add`, its body serialised once per distinct rule (bounded LRU): a router's and a
+    security group's flows are the same on every host that gets them (an interface added
+    sends its routes, echo answers and re-scoped member clauses to each of the router's
+    hosts), and os-ken's build and serialisation of a flow-mod (~50-100 us) were most of a
+    data-plane step that sends them.  The bytes are os-ken's own (a unit test compares)."""
+    return EncodedFlowMod(dp, _flow_mod_body(rule, None), rule)
+
+
+def flow_delete_strict_encoded(dp: Any, rule: Rule, cookie_mask: int) -> Any:
+    """`flow_delete_strict`, its body serialised once per distinct rule (as `flow_add_encoded`)."""
+    return EncodedFlowMod(dp, _flow_mod_body(rule, cookie_mask), rule)
 
 
 def delete_all_ours(dp: Any, cookie: int, cookie_mask: int) -> Any:

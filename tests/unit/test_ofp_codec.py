@@ -14,8 +14,10 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.southbound import ofp_codec as codec
+from flows import security_groups as sg
 from flows.compiler import compile_network
-from flows.model import HostContext, LocalPort, NetworkView, RemotePort, Rule
+from flows.model import HostContext, LocalPort, NetworkView, RemotePort, Rule, Segment
+from flows.routing import Interface, RouterView, Subnets, compile_router
 from tests.unit.wire_switch import DP as WIRE_DP
 
 
@@ -88,6 +90,50 @@ def test_flow_delete_strict_matches_like_add() -> None:
             out_group=ofp.OFPG_ANY,
         )
         assert _wire(fast) == _wire(ref)
+
+
+def _shapes() -> list[Rule]:
+    """The network's rules, a router's (routes, echo answers, neighbours, tunnel ingress) and
+    a host's security-group flows (conntrack, conjunctions, registers)."""
+    subnets = Subnets([Interface(9, Segment(7, "vxlan", 5007), "0a:00:00:00:09:01", "10.7.0.1",
+                                 "10.7.0.0/16"),
+                       Interface(10, Segment(8, "gre", 5008), "0a:00:00:00:0a:01", "10.8.0.1",
+                                 "10.8.0.0/16")])  # fmt: skip
+    ports = (*subnets.routed(11, Segment(7, "vxlan", 5007), "0a:00:00:00:0b:01", ("10.7.0.5",),
+                             "192.0.2.1"),
+             *subnets.routed(12, Segment(8, "gre", 5008), "0a:00:00:00:0c:01", ("10.8.0.6",),
+                             "192.0.2.2"))  # fmt: skip
+    view = RouterView(subnets.interfaces, ports, ("192.0.2.1", "192.0.2.2"), frozenset({7, 8}))
+    ctx = HostContext("192.0.2.1", {"vxlan": 64001, "gre": 64002})
+    router = [r for piece in compile_router(ctx, view).values() for r in piece.rules]
+    assert len(router) == 18  # 2 x (entry, ARP, 2 echo, 2 routes, TTL, ingress) + 2 neighbours
+    return [*_rules(), *sorted(router, key=repr), *sorted(sg.static_rules(99), key=repr)]
+
+
+def test_encoded_flow_mods_are_os_kens_bytes_alone_and_in_a_bundle() -> None:
+    """`flow_add_encoded` / `flow_delete_strict_encoded` put the same bytes on the wire as
+    os-ken's own messages, for every shape, with any xid, alone or inside a bundle-add, on
+    first use and from the cache."""
+    for rule in _shapes():
+        for _ in range(2):  # built, then remembered
+            for xid in (1, 0x7FFF_FFF3):
+                for fast, ref in (
+                    (codec.flow_add_encoded(_Dp(), rule), codec.flow_add(_Dp(), rule)),
+                    (codec.flow_delete_strict_encoded(_Dp(), rule, 2**64 - 1),
+                     codec.flow_delete_strict(_Dp(), rule, 2**64 - 1)),
+                ):  # fmt: skip
+                    outer = [parser.ONFBundleAddMsg(_Dp(), 3, 0, m, []) for m in (fast, ref)]
+                    for m in outer:
+                        m.set_xid(xid)
+                        m.serialize()
+                    assert bytes(outer[0].buf) == bytes(outer[1].buf), rule
+                    alone = [type(m)(_Dp(), m.body, rule) if m is fast else m
+                             for m in (fast, ref)]  # fmt: skip
+                    for m in alone:
+                        m.xid = None
+                        m.set_xid(xid)
+                        m.serialize()
+                    assert bytes(alone[0].buf) == bytes(alone[1].buf), rule
 
 
 def test_masked_and_cidr_values_keep_os_kens_normalisation() -> None:
