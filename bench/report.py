@@ -486,6 +486,13 @@ def _tables_median(tables: tuple[int, ...]):
                                for t in run["flows_by_table"]])
 
 
+def _datapath(kind: str, key: str):
+    """Median over a run's data-plane runs of ``kind`` of one `bench.routing.per_packet` figure
+    (None for results files from before it was recorded)."""
+    return lambda run: median([d.get(key) for d in run["dataplane"].get("datapath", [])
+                               if d.get("kind") == kind])
+
+
 def routing_rows(results: dict[str, Any]) -> list[Row]:
     """Issue 16 (bench/routing.py): flows with N subnets on a router, add_router_interface ->
     first routed ping, a new pair's first routed ping, routed vs bridged throughput."""
@@ -543,7 +550,8 @@ def routing_rows(results: dict[str, Any]) -> list[Row]:
         row = Row(sec, "routed TCP throughput across hosts", "Mbit/s", digits=0,
                   **_pair(raw, name, dp("routed")))
         row.target = _ovn_ratio_target(row, ">= 1.0x OVN", 1.0, ">=")
-        row.note = "iperf3 vm1 (hv1, subnet 0) -> rb (hv2, subnet 1)"
+        row.note = ("iperf3 vm1 (hv1, subnet 0) -> rb (hv2, subnet 1); both systems' labs up, "
+                    "their runs alternated (ABBA)")
         rows.append(row)
         bridged = Row(sec, "bridged TCP throughput, the same hosts", "Mbit/s", digits=0,
                       **_pair(raw, name, dp("bridged")))
@@ -552,6 +560,18 @@ def routing_rows(results: dict[str, Any]) -> list[Row]:
         bridged.target = Target(">= 0.95 (tn routed/bridged)", ratio(tn_r, tn_b), 0.95, ">=")
         bridged.note = "iperf3 vm1 -> vm2 (hv2, subnet 0), interleaved with the routed runs"
         rows.append(bridged)
+        for kind in ("routed", "bridged"):
+            for key, label, unit in (
+                    ("passes_per_packet", "datapath passes per packet", "passes"),
+                    ("upcalls_per_packet", "upcalls per packet", "upcalls"),
+                    ("switch_cpu_ms_per_mb", "hv1 + hv2 switch CPU per MB", "ms/MB")):
+                digits = {"passes_per_packet": 3, "upcalls_per_packet": 5}.get(key, 1)
+                row = Row(sec, f"  {kind} TCP: {label}", unit, digits=digits,
+                          **_pair(raw, name, _datapath(kind, key)))
+                if key == "switch_cpu_ms_per_mb":
+                    row.note = ("what the throughput costs, less bound to the machine's load "
+                                "than Mbit/s (dpif-netdev/pmd-stats-show, /proc)")
+                rows.append(row)
     return rows
 
 

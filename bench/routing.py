@@ -26,15 +26,24 @@ switch's port of type router, one transaction, no --wait).
    second every 2 ms; both ports are created in one call (tenantnet: bulk POST + wait; OVN:
    one ``--wait=hv`` transaction); ready and first reply, from the create.
 4. **Data plane** (``sc["dataplane"]``): iperf3 vm1 -> rb (routed) and vm1 -> vm2 (bridged,
-   the same hosts), interleaved.
+   the same hosts).  Both systems' labs stay up after measures 1-3 and their runs alternate
+   (`run_routing_systems`, `dataplane`): on this 2-core machine the same system's throughput
+   swings ~2x from one stretch of time to the next (OVN's own runs in one quiet bench:
+   218, 357, 376 Mbit/s), so one system measured a minute after the other compared two
+   stretches of time, not two systems.  Each run also records what does not depend on the
+   machine's load: the datapath's passes, upcalls and EMC/megaflow hits per packet and the
+   switches' CPU per MB (`datapath_counters`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from bench.common import (
+    cpu_seconds,
     first_reply_time,
     flows_and_groups,
     flows_by_table,
@@ -167,13 +176,87 @@ def new_pairs(system: Any, n_pairs: int, n_networks: int) -> dict[str, list[floa
     return out
 
 
-def dataplane(vm1: Vm, vm2: Vm, rb: Vm, runs: int, seconds: float) -> dict[str, list[float]]:
-    """iperf3 vm1 -> rb (routed) and vm1 -> vm2 (bridged), interleaved run by run."""
-    rb.wait_reachable(vm1.ip, timeout=20)
-    out: dict[str, list[float]] = {"routed": [], "bridged": []}
-    for _ in range(runs):
-        out["routed"].append(vm1.iperf(rb, seconds))
-        out["bridged"].append(vm1.iperf(vm2, seconds))
+_PMD_FIELDS = {"packets received": "packets", "packet recirculations": "recirculations",
+               "emc hits": "emc_hits", "smc hits": "smc_hits", "megaflow hits": "megaflow_hits",
+               "miss with success upcall": "upcalls", "miss with failed upcall": "failed_upcalls"}
+
+
+def pmd_counts(text: str) -> dict[str, int]:
+    """The counters of ``ovs-appctl dpif-netdev/pmd-stats-show``, summed over its threads."""
+    out = dict.fromkeys(_PMD_FIELDS.values(), 0)
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep and key in _PMD_FIELDS:
+            out[_PMD_FIELDS[key]] += int(value.split()[0])
+    return out
+
+
+def per_packet(counts: dict[str, int], cpu_s: float, mbytes: float) -> dict[str, float | None]:
+    """What a run cost the sender's and receiver's switches, per packet and per MB received:
+    datapath passes (1 + recirculations), lookups that missed the EMC, upcalls; CPU ms/MB."""
+    n = counts["packets"]
+    if not n:
+        return {"packets": 0}
+    return {"packets": n,
+            "passes_per_packet": round((n + counts["recirculations"]) / n, 3),
+            "emc_miss_per_packet": round(
+                (n + counts["recirculations"] - counts["emc_hits"]) / n, 4),
+            "upcalls_per_packet": round(
+                (counts["upcalls"] + counts["failed_upcalls"]) / n, 5),
+            "switch_cpu_ms_per_mb": round(cpu_s * 1000 / mbytes, 2) if mbytes else None}
+
+
+class _DatapathProbe:
+    """Counters of the two switches a run crosses (hv1, hv2), cleared before and read after."""
+
+    def __init__(self, lab: Any) -> None:
+        self.hvs = lab.hvs[:2]
+
+    def _cpu(self) -> float:
+        return sum(cpu_seconds(hv._pid("ovs-vswitchd")) for hv in self.hvs)
+
+    def start(self) -> None:
+        for hv in self.hvs:
+            hv.appctl("dpif-netdev/pmd-stats-clear")
+        self.cpu0 = self._cpu()
+
+    def stop(self, mbit_s: float, seconds: float) -> dict[str, float | None]:
+        cpu = self._cpu() - self.cpu0
+        total = dict.fromkeys(_PMD_FIELDS.values(), 0)
+        for hv in self.hvs:
+            for k, v in pmd_counts(hv.appctl("dpif-netdev/pmd-stats-show")).items():
+                total[k] += v
+        return per_packet(total, cpu, mbit_s * seconds / 8)
+
+
+def run_order(systems: list[str], runs: int) -> list[tuple[str, str]]:
+    """(system, "routed"|"bridged") in the order they run: each kind alternates the systems,
+    and the system that goes first alternates run by run (ABBA), so that neither a stretch of
+    load on the machine nor going first favours one system."""
+    order = []
+    for r in range(runs):
+        names = systems if r % 2 == 0 else systems[::-1]
+        for kind in ("routed", "bridged"):
+            order += [(name, kind) for name in names]
+    return order
+
+
+def dataplane(vms: dict[str, tuple[Vm, Vm, Vm]], runs: int, seconds: float,
+              probe: Any = _DatapathProbe) -> dict[str, dict[str, list[Any]]]:
+    """iperf3 vm1 -> rb (routed) and vm1 -> vm2 (bridged) of every system whose lab is up
+    (``vms``: system name -> its vm1, vm2, rb), in `run_order`; per run its `_DatapathProbe`
+    counters under "datapath"."""
+    for vm1, _vm2, rb in vms.values():
+        rb.wait_reachable(vm1.ip, timeout=20)
+    out: dict[str, dict[str, list[Any]]] = {
+        name: {"routed": [], "bridged": [], "datapath": []} for name in vms}
+    for name, kind in run_order(list(vms), runs):
+        vm1, vm2, rb = vms[name]
+        p = probe(vm1.lab)
+        p.start()
+        mbit = vm1.iperf(rb if kind == "routed" else vm2, seconds)
+        out[name][kind].append(mbit)
+        out[name]["datapath"].append({"kind": kind, **p.stop(mbit, seconds)})
     return out
 
 
@@ -181,8 +264,11 @@ def _tables(system: Any) -> list[dict[int, int]]:
     return [flows_by_table(hv) for hv in system.lab.hvs]
 
 
-def run_routing(system: Any, sc: dict[str, Any]) -> dict[str, Any]:
-    """One run on a fresh lab and control plane; torn down at the end."""
+@contextlib.contextmanager
+def routing_session(system: Any, sc: dict[str, Any]
+                    ) -> Iterator[tuple[dict[str, Any], tuple[Vm, Vm, Vm]]]:
+    """Measures 1-3 of one system on a fresh lab and control plane; yields its metrics and
+    (vm1, vm2, rb) with everything still up (for the data plane), torn down on exit."""
     n = sc["N"]
     with fresh_system(system, sc) as m:
         vm1, vm2, rb = setup(system, n)
@@ -199,10 +285,38 @@ def run_routing(system: Any, sc: dict[str, Any]) -> dict[str, Any]:
         log(f"{system.name}: flows per host {m['flows_before']['flows']} before the router, "
             f"{m['flows']['flows']} with {n} subnets on it; by table {m['flows_by_table']}")
         m["pairs"] = new_pairs(system, sc["new_pairs"], n)
-        if sc.get("dataplane"):
-            m["dataplane"] = dataplane(vm1, vm2, rb, sc["iperf_runs"], sc["iperf_seconds"])
-            log(f"{system.name} routed data plane: {m['dataplane']}")
         log(f"{system.name} routing: interface -> ping median "
             f"{median(m['if_add']['ping_ms'])} ms, pair first ping median "
             f"{median(m['pairs']['ping_ms'])} ms")
-    return m
+        yield m, (vm1, vm2, rb)
+
+
+def run_routing_systems(systems: dict[str, Any], sc: dict[str, Any]
+                        ) -> dict[str, dict[str, Any] | BaseException]:
+    """One run of every system (name -> system): measures 1-3 one system after the other,
+    each lab kept up, then the data plane of all of them interleaved (`dataplane`); every lab
+    torn down at the end.  A system that fails gets its exception instead of its metrics; the
+    others go on without it."""
+    out: dict[str, dict[str, Any] | BaseException] = {}
+    with contextlib.ExitStack() as stack:
+        vms: dict[str, tuple[Vm, Vm, Vm]] = {}
+        for name, system in systems.items():
+            try:
+                out[name], vms[name] = stack.enter_context(routing_session(system, sc))
+            except Exception as exc:
+                out[name] = exc
+        if sc.get("dataplane") and vms:
+            try:
+                dp = dataplane(vms, sc["iperf_runs"], sc["iperf_seconds"])
+            except Exception as exc:
+                for name in vms:
+                    out[name] = exc
+            else:
+                for name, res in dp.items():
+                    m = out[name]
+                    assert isinstance(m, dict)
+                    m["dataplane"] = res
+                    log(f"{name} routed data plane: routed {res['routed']}, bridged "
+                        f"{res['bridged']} Mbit/s; datapath {res['datapath']}")
+    return out
+

@@ -18,7 +18,7 @@ from typing import Any
 from bench import report
 from bench.common import REPO, loadavg, log, machine_info, versions
 from bench.dhcp_arp import run_dhcp_arp
-from bench.routing import run_routing
+from bench.routing import run_routing_systems
 from bench.scenario import dataplane, run_scenario
 from bench.secgroups import run_secgroups
 from bench.sut_ovn import OvnSystem, ovn_installed
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     make_for = {"dhcp": {"tenantnet": lambda h: TenantnetSystem(
         h, bulk_chunk=args.bulk_chunk, extra_args=meter),
         "ovn": lambda h: OvnSystem(h, encap=args.ovn_encap)}}
-    runners = {"dhcp": run_dhcp_arp, "sg": run_secgroups, "routing": run_routing}
+    runners = {"dhcp": run_dhcp_arp, "sg": run_secgroups}
     t_start = time.monotonic()
     interrupted = False
     try:
@@ -213,6 +213,20 @@ def main(argv: list[str] | None = None) -> int:
             raw = results["raw"].setdefault(sc["name"], {s: [] for s in systems})
             sc_runs = args.runs or sc.get("runs", runs)
             for r in range(sc_runs):
+                if sc["role"] == "routing":  # both labs up, data-plane runs interleaved
+                    log(f"=== {sc['name']} (H={sc['H']} P={sc['P']} N={sc['N']}) run "
+                        f"{r + 1}/{sc_runs}: {', '.join(systems)}")
+                    done = run_routing_systems({s: make[s](sc["H"]) for s in systems}, sc)
+                    for s, m in done.items():
+                        if isinstance(m, BaseException):
+                            log(f"{s} {sc['name']} run {r + 1} failed: {m!r}")
+                            results["errors"].append({
+                                "scenario": sc["name"], "system": s, "run": r + 1,
+                                "error": repr(m), "trace": "".join(
+                                    traceback.format_exception(m))})
+                        else:
+                            raw[s].append(m)
+                    continue
                 for s in systems:
                     log(f"=== {sc['name']} (H={sc['H']} P={sc['P']} N={sc['N']}) run "
                         f"{r + 1}/{sc_runs}: {s}")

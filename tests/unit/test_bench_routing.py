@@ -4,6 +4,7 @@ flow count, what OVN gets for a router interface, and the report's rows and targ
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import pytest
 
@@ -135,3 +136,106 @@ def test_interface_phases_read_the_interface_put_not_the_rule_post():
     text = generate_latest(reg).decode()
     assert phase_totals(text, INTERFACE_ROUTE)["api"] == (1.0, pytest.approx(0.02))
     assert phase_totals(text)["api"] == (1.0, 5.0)  # the rule POST, as before
+
+
+# ---------------------------------------------------------------- data plane, both systems at once
+PMD_STATS = """main thread:
+  packets received: 56500
+  packet recirculations: 66589
+  avg. datapath passes per packet: 2.18
+  phwol hits: 0
+  emc hits: 121759
+  smc hits: 0
+  megaflow hits: 1325
+  avg. subtable lookups per megaflow hit: 2.19
+  miss with success upcall: 5
+  miss with failed upcall: 0
+  avg. packets per output batch: 19.34
+"""
+
+
+def test_pmd_stats_give_passes_misses_and_upcalls_per_packet():
+    c = routing.pmd_counts(PMD_STATS + PMD_STATS.replace("main thread", "pmd thread numa_id 0"))
+    assert (c["packets"], c["recirculations"], c["emc_hits"], c["upcalls"]) == (
+        113000, 133178, 243518, 10)
+    pp = routing.per_packet(c, cpu_s=1.5, mbytes=100)
+    assert pp["passes_per_packet"] == 2.179  # what pmd-stats-show prints
+    assert pp["emc_miss_per_packet"] == round((113000 + 133178 - 243518) / 113000, 4)
+    assert pp["upcalls_per_packet"] == round(10 / 113000, 5)
+    assert pp["switch_cpu_ms_per_mb"] == 15.0
+    assert routing.per_packet(dict.fromkeys(c, 0), 0.0, 0) == {"packets": 0}
+
+
+class _Vm:
+    def __init__(self, system: str, name: str, calls: list) -> None:
+        self.system, self.name, self.calls = system, name, calls
+        self.ip = f"{system}-{name}"
+        self.lab = system
+
+    def wait_reachable(self, ip: str, timeout: float) -> None:
+        self.calls.append(("reachable", self.system))
+
+    def iperf(self, server: _Vm, seconds: float) -> float:
+        self.calls.append(("iperf", self.system, server.name))
+        return 100.0 if self.system == "tenantnet" else 200.0
+
+
+class _Probe:
+    def __init__(self, lab: str) -> None:
+        self.lab = lab
+
+    def start(self) -> None:
+        pass
+
+    def stop(self, mbit_s: float, seconds: float) -> dict:
+        return {"lab": self.lab, "mbit": mbit_s}
+
+
+def test_data_plane_alternates_the_systems_run_by_run():
+    """Both systems' labs are up and their iperf runs alternate, the first system alternating
+    too (ABBA): measured one after the other, the same system's throughput swung ~2x between
+    stretches of time on the 2-core machine, which read as a difference between systems."""
+    calls: list = []
+    vms = {s: (_Vm(s, "vm1", calls), _Vm(s, "vm2", calls), _Vm(s, "rb", calls))
+           for s in ("tenantnet", "ovn")}
+    out = routing.dataplane(vms, runs=2, seconds=1, probe=_Probe)
+    iperfs = [c[1:] for c in calls if c[0] == "iperf"]
+    assert iperfs == [("tenantnet", "rb"), ("ovn", "rb"), ("tenantnet", "vm2"), ("ovn", "vm2"),
+                      ("ovn", "rb"), ("tenantnet", "rb"), ("ovn", "vm2"), ("tenantnet", "vm2")]
+    assert calls.index(("reachable", "ovn")) < calls.index(("iperf", "tenantnet", "rb"))
+    assert out["tenantnet"]["routed"] == [100.0, 100.0] and out["ovn"]["bridged"] == [200.0] * 2
+    assert out["ovn"]["datapath"][0] == {"kind": "routed", "lab": "ovn", "mbit": 200.0}
+    assert [d["kind"] for d in out["tenantnet"]["datapath"]] == [
+        "routed", "bridged", "routed", "bridged"]
+
+
+def test_run_routing_systems_keeps_every_lab_up_until_the_data_plane_ran(monkeypatch):
+    """Measures 1-3 one system after the other, each lab still up for the data plane; a
+    system that fails is reported alone and the others are measured."""
+    events: list = []
+
+    @contextlib.contextmanager
+    def session(system, sc):
+        events.append(("up", system))
+        if system == "broken":
+            events.append(("down", system))
+            raise RuntimeError("lab did not start")
+        try:
+            yield {"hosts": 3}, (system, "vm2", "rb")
+        finally:
+            events.append(("down", system))
+
+    def dataplane(vms, runs, seconds):
+        events.append(("dataplane", tuple(vms)))
+        return {s: {"routed": [1.0], "bridged": [2.0], "datapath": []} for s in vms}
+
+    monkeypatch.setattr(routing, "routing_session", session)
+    monkeypatch.setattr(routing, "dataplane", dataplane)
+    sc = {"dataplane": True, "iperf_runs": 1, "iperf_seconds": 1}
+    out = routing.run_routing_systems({"tenantnet": "tenantnet", "broken": "broken",
+                                       "ovn": "ovn"}, sc)
+    assert events == [("up", "tenantnet"), ("up", "broken"), ("down", "broken"), ("up", "ovn"),
+                      ("dataplane", ("tenantnet", "ovn")), ("down", "ovn"),
+                      ("down", "tenantnet")]
+    assert out["tenantnet"]["dataplane"]["routed"] == [1.0]
+    assert isinstance(out["broken"], RuntimeError)
