@@ -79,6 +79,9 @@ MAX_FRAME = 16384
 PLAN_CACHE_SIZE = 4096
 """Ports whose replies' content is kept worked out (`DhcpResponder._plan`); the least recently
 used is forgotten first.  A few hundred bytes each."""
+HEAD_CACHE_SIZE = 4096
+"""Reply headers kept (`DhcpResponder._head`: one per client MAC, server and destination
+address and reply length); the oldest is forgotten first.  About 150 bytes each."""
 OPTIONS_BUDGET = 1200
 """Bytes of options a reply may carry: a reply must fit one 1500-byte frame (RFC 2131 servers
 must not exceed the client's maximum message size, at least 576; clients that boot VMs accept a
@@ -212,6 +215,7 @@ class DhcpResponder:
         self._settings = settings or DhcpSettings()
         self.counters = DhcpCounters()
         self._plans: dict[tuple[DhcpPort, DhcpNetwork], _Plan | None] = {}
+        self._heads: dict[tuple[str, str, str, int], tuple[bytes, ipv4.ipv4]] = {}
 
     @property
     def settings(self) -> DhcpSettings:
@@ -351,7 +355,11 @@ class DhcpResponder:
         """The reply frame: server MAC/IP to the client's MAC; IP broadcast when the client
         asked for it (or for a NAK), else unicast to the address it gets or has.  ``options``
         are the reply's options as os-ken encoded them (`_encoded_options`): os-ken's options
-        class serialises an entry that is bytes as those bytes, after the magic cookie."""
+        class serialises an entry that is bytes as those bytes, after the magic cookie.
+
+        Every byte is os-ken's: the DHCP message and the UDP header (its checksum covers the
+        message) are serialised per reply; the Ethernet and IPv4 headers, which depend only on
+        the addresses and the message's length, come from `_head`."""
         message = dhcp.dhcp(
             op=dhcp.DHCP_BOOT_REPLY,
             chaddr=req.client_mac,
@@ -367,17 +375,44 @@ class DhcpResponder:
             ip_dst = req.ciaddr
         else:
             ip_dst = yiaddr
+        payload = message.serialize()
+        head, ip = self._head(req.client_mac, server_ip, ip_dst, payload)
+        l4 = udp.udp(src_port=SERVER_PORT, dst_port=CLIENT_PORT)
+        return head + l4.serialize(payload, ip) + payload
+
+    def _head(
+        self, client_mac: str, server_ip: str, ip_dst: str, payload: bytes
+    ) -> tuple[bytes, ipv4.ipv4]:
+        """The Ethernet and IPv4 headers of a reply carrying ``payload`` (a serialised DHCP
+        message), as os-ken serialises them, and the IPv4 header object (the UDP checksum's
+        pseudo header is taken from it).
+
+        Why cached: a cold packet-in answer (one every few ms, CPU caches taken by the rest of
+        the host meanwhile) spent about a third of its build in these two headers and os-ken's
+        ``Packet`` around them, and they are the same for every reply to a client: they depend
+        only on the two MACs, the two addresses and the length of what follows (the IPv4 total
+        length and header checksum; no identification, TTL 64).  The xid, flags and addresses
+        of the message change the UDP checksum only, which is computed per reply.  On a miss
+        the whole frame is built by os-ken's ``Packet`` and its first two headers kept, so a hit
+        returns exactly what ``Packet`` returned for them (tested byte for byte)."""
+        key = (client_mac, server_ip, ip_dst, len(payload))
+        hit = self._heads.get(key)
+        if hit is not None:
+            return hit
+        ip = ipv4.ipv4(src=server_ip, dst=ip_dst, proto=IPPROTO_UDP, ttl=64)
         frame = packet.Packet()
         frame.add_protocol(
-            ethernet.ethernet(
-                dst=req.client_mac, src=self.settings.server_mac, ethertype=ETH_TYPE_IP
-            )
+            ethernet.ethernet(dst=client_mac, src=self.settings.server_mac, ethertype=ETH_TYPE_IP)
         )
-        frame.add_protocol(ipv4.ipv4(src=server_ip, dst=ip_dst, proto=IPPROTO_UDP, ttl=64))
+        frame.add_protocol(ip)
         frame.add_protocol(udp.udp(src_port=SERVER_PORT, dst_port=CLIENT_PORT))
-        frame.add_protocol(message)
+        frame.add_protocol(payload)
         frame.serialize()
-        return bytes(frame.data)
+        head = bytes(frame.data[: ethernet.ethernet._MIN_LEN + ip.header_length * 4])
+        if len(self._heads) >= HEAD_CACHE_SIZE:
+            del self._heads[next(iter(self._heads))]  # the oldest entry
+        self._heads[key] = (head, ip)
+        return head, ip
 
 
 def _encoded_options(reply_type: int, options: tuple[tuple[int, bytes], ...]) -> bytes:

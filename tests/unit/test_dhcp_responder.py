@@ -401,3 +401,67 @@ def test_the_per_port_cache_evicts_the_least_recently_used(
         assert responder.respond(client_frame(DISCOVER), port, NETWORK) is not None
         assert (busy, NETWORK) in responder._plans, f"evicted after 10.0.0.{last}"
     assert len(responder._plans) == 3
+
+
+def packet_reply(reply: bytes) -> bytes:
+    """The same reply built the way every reply was before the header cache: os-ken's
+    ``Packet`` of Ethernet, IPv4, UDP and the DHCP message, all serialised at once."""
+    eth, ip, _, msg, _ = parse(reply)
+    pkt = packet.Packet()
+    pkt.add_protocol(ethernet.ethernet(dst=eth.dst, src=eth.src, ethertype=0x0800))
+    pkt.add_protocol(ipv4.ipv4(src=ip.src, dst=ip.dst, proto=17, ttl=64))
+    pkt.add_protocol(udp.udp(src_port=67, dst_port=68))
+    pkt.add_protocol(msg)
+    pkt.serialize()
+    return bytes(pkt.data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([DISCOVER, REQUEST, INFORM]),
+            st.integers(0, 0xFFFFFFFF),
+            st.sampled_from([0, 0x8000, 0x0001]),
+            st.sampled_from(["0.0.0.0", "10.0.0.5", "10.0.0.77"]),
+        ),
+        min_size=2,
+        max_size=8,
+    )
+)
+def test_replies_with_cached_headers_are_os_kens_whole_frame_byte_for_byte(
+    asks: list[tuple[int, int, int, str]],
+) -> None:
+    """Each reply's Ethernet and IPv4 headers come from the responder's cache after the first
+    reply to the same client, destination and length; every reply, first or cached, is the
+    frame os-ken's ``Packet`` builds for the same fields (the UDP checksum follows each xid,
+    flags and ciaddr; the IPv4 destination follows the broadcast flag and ciaddr)."""
+    responder = DhcpResponder(SETTINGS)
+    for kind, xid, flags, ciaddr in asks:
+        reply = responder.respond(client_frame(kind, xid=xid, flags=flags, ciaddr=ciaddr),
+                                  PORT, NETWORK)  # fmt: skip
+        assert reply is not None
+        assert reply == packet_reply(reply)
+        _, _, _, msg, options = parse(reply)
+        nak = options[opt.MESSAGE_TYPE] == bytes([NAK])  # a NAK's ciaddr is always 0.0.0.0
+        assert (msg.xid, msg.flags, msg.ciaddr) == (xid, flags, "0.0.0.0" if nak else ciaddr)
+
+
+def test_reply_headers_are_cached_per_destination_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Renewals from one client reuse one cached header; a broadcast one gets its own (another
+    IPv4 destination); renewals from many addresses (ciaddr is the client's to choose) keep at
+    most HEAD_CACHE_SIZE headers."""
+    monkeypatch.setattr(dhcp_server, "HEAD_CACHE_SIZE", 4)
+    responder = DhcpResponder(SETTINGS)
+    for xid in range(5):
+        assert responder.respond(client_frame(REQUEST, ciaddr="10.0.0.5", xid=xid), PORT, NETWORK)
+    assert len(responder._heads) == 1
+    assert responder.respond(client_frame(REQUEST, ciaddr="10.0.0.5", flags=0x8000), PORT, NETWORK)
+    assert len(responder._heads) == 2
+    for last in range(10, 30):  # NAKed (not the port's address), each to the broadcast address
+        assert responder.respond(client_frame(REQUEST, ciaddr=f"10.0.0.{last}"), PORT, NETWORK)
+    for last in range(10, 30):  # INFORMs are answered to their ciaddr: one header each
+        assert responder.respond(client_frame(INFORM, ciaddr=f"10.0.0.{last}"), PORT, NETWORK)
+    assert len(responder._heads) == 4
