@@ -465,3 +465,53 @@ def test_reply_headers_are_cached_per_destination_and_bounded(
     for last in range(10, 30):  # INFORMs are answered to their ciaddr: one header each
         assert responder.respond(client_frame(INFORM, ciaddr=f"10.0.0.{last}"), PORT, NETWORK)
     assert len(responder._heads) == 4
+
+
+def test_the_ack_after_an_offer_is_built_with_the_offer_and_is_the_same_frame(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A DISCOVER's OFFER comes with the ACK for the REQUEST that follows (same xid, flags,
+    ciaddr, facts) built ahead: that REQUEST builds nothing, and gets byte for byte what a
+    responder that never saw the DISCOVER answers.  A retransmitted REQUEST, one with other
+    flags, and one after the port's facts changed are built afresh (and so are right)."""
+    builds = [0]
+    build = DhcpResponder._build
+
+    def counting(self: DhcpResponder, *args: object, **kwargs: object) -> bytes:
+        builds[0] += 1
+        return build(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DhcpResponder, "_build", counting)
+    select = client_frame(REQUEST, requested="10.0.0.5", server_id="10.0.0.1", xid=77)
+    responder = DhcpResponder(SETTINGS)
+    assert responder.respond(client_frame(DISCOVER, xid=77), PORT, NETWORK) is not None
+    assert builds[0] == 2  # the OFFER and the ACK
+    ack = responder.respond(select, PORT, NETWORK)
+    assert builds[0] == 2
+    assert ack == respond(select) and ack is not None
+    assert parse(ack)[4][opt.MESSAGE_TYPE] == bytes([ACK])
+    assert responder.counters.acks == 1 and responder.counters.offers == 1
+    assert responder.respond(select, PORT, NETWORK) == ack  # retransmitted: built again
+    assert builds[0] == 4  # (respond() above built one with its own responder)
+
+    flagged = client_frame(REQUEST, requested="10.0.0.5", flags=0x8000, xid=78)
+    responder.respond(client_frame(DISCOVER, xid=78), PORT, NETWORK)
+    reply = responder.respond(flagged, PORT, NETWORK)
+    assert reply == respond(flagged) and parse(reply or b"")[1].dst == "255.255.255.255"
+
+    moved = DhcpNetwork(mtu=1400, subnets=NETWORK.subnets)
+    responder.respond(client_frame(DISCOVER, xid=79), PORT, NETWORK)
+    select = client_frame(REQUEST, requested="10.0.0.5", xid=79)
+    reply = responder.respond(select, PORT, moved)
+    assert reply == respond(select, PORT, moved)
+    assert parse(reply or b"")[4][opt.MTU] == (1400).to_bytes(2, "big")
+
+
+def test_acks_built_ahead_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DISCOVERs that no REQUEST follows leave at most PREPARED_SIZE ACKs, the oldest out."""
+    monkeypatch.setattr(dhcp_server, "PREPARED_SIZE", 3)
+    responder = DhcpResponder(SETTINGS)
+    for xid in range(10):
+        assert responder.respond(client_frame(DISCOVER, xid=xid), PORT, NETWORK) is not None
+    assert len(responder._prepared) == 3
+    assert sorted(key[1] for key in responder._prepared) == [7, 8, 9]
