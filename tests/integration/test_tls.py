@@ -224,16 +224,29 @@ def test_client_without_certificate_refused(tls_env: Env) -> None:
 
 
 def test_certificate_of_another_host_refused(tls_env: Env) -> None:
-    """hv2's valid certificate does not make its holder hv1: refused, logged once, hv1 intact."""
+    """hv2's valid certificate does not make its holder hv1: refused, logged once, hv1 intact.
+
+    Every attempt must end closed by the controller without one privileged message, whatever
+    message it is closed at: admission decides at FEATURES (the datapath id is claimed there),
+    but a connection may also end before it (once, in a loaded CI run, right after HELLO), and
+    that must not fail the test, nor count as proof.  So attempts go on until two reached
+    FEATURES, where the certificate was checked against the claimed host (logged once)."""
     env = tls_env
     assert env.pki is not None
     victim = plug_victim(env, "vic-tls")
     hv2_files = env.pki.switch_files("hv2")
     before = len(refusals_logged(env))
-    for _ in range(2):
-        result = impostor(env, "hv1", tls=hv2_files)
-        assert result["handshake"] == "ok" and result["sent_features"], result
+    checked = []
+    for _ in range(6):
+        # a long window: the fake ends as soon as it is closed, so only a failure waits it out
+        result = impostor(env, "hv1", tls=hv2_files, seconds=10)
+        assert result["handshake"] == "ok", result  # TLS itself takes a valid certificate
         assert_refused(result)
+        if result["sent_features"]:
+            checked.append(result)
+        if len(checked) == 2:
+            break
+    assert len(checked) == 2, "no two attempts reached FEATURES (the admission check)"
     logged = refusals_logged(env)[before:]
     assert len(logged) == 1, logged
     assert "does not name host hv1" in logged[0]
