@@ -172,7 +172,7 @@ class Controller:
         from controller.dataplane.ttl import TtlExpired  # imported before the data plane starts
         from controller.services.dhcp import DhcpResponder
         from controller.services.dhcp_guard import FloodGuard
-        from controller.southbound.ovsdb_host import OvsdbHost, poke_switches
+        from controller.southbound.ovsdb_host import OvsdbHost, datapath_id_for, poke_switches
         from controller.store import Store
 
         s = self.settings
@@ -196,15 +196,23 @@ class Controller:
         # The OpenFlow listener first, then every switch is told to reconnect now (the poke,
         # southbound/ovsdb_host.poke_switches): its TCP and TLS handshake, HELLO and FEATURES
         # happen while the API is built below, instead of after the data plane started (the
-        # switch's reaction to the poke was 50-400 ms of a restart on a loaded machine).  The
-        # connections wait for the data plane to admit them; nothing is sent to them before.
+        # switch's reaction to the poke was 50-400 ms of a restart on a loaded machine).  They
+        # are admitted against the store's hosts at once and their flows read back meanwhile
+        # too; nothing is sent to them until the data plane is attached.
         # With several instances (etcd) only a host's owner's agent pokes it, as before: a
         # switch may have a live session with another instance that this one cannot see.
         self._manager, self.ofp_app = _start_os_ken(s, fd_budget)
         self.ofp_app.barrier_timeout_s = s.ofp_barrier_timeout_s
         self.ofp_app.metrics = self.metrics
+        admission = Admission(tls=s.ofp_tls, local_addresses=_own_addresses(s))
         if s.etcd is None:
-            poke_switches(self.store.list_hosts(), s.controller_target, self.ofp_app.has_session)
+            # Admitted from the store's hosts and read back now, while the API is built (see
+            # TenantnetOfpApp.admit_early); the data plane keeps this table current after.
+            hosts = self.store.list_hosts()
+            for host in hosts:
+                admission.set_host(datapath_id_for(host["id"]), host)
+            self.ofp_app.admit_early(admission.check)
+            poke_switches(hosts, s.controller_target, self.ofp_app.has_session)
         # The API is built and serving before the data plane starts: FastAPI/pydantic models
         # and uvicorn's start are the costliest part of start-up, and done later they would
         # hold the interpreter while the hosts are read back (measured at H=3: hosts reconciled
@@ -273,7 +281,7 @@ class Controller:
                 idl_may_load=self._reconciled_once,
             ),
             startup_grace_s=s.startup_grace_s,
-            admission=Admission(tls=s.ofp_tls, local_addresses=_own_addresses(s)),
+            admission=admission,
             agent_options={"switch_ssl": _switch_ssl(s), "max_backoff_s": s.ovsdb_max_backoff_s},
             metrics=self.metrics,
             audit_interval_s=s.drift_audit_interval_s,

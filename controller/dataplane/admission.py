@@ -78,6 +78,12 @@ class Admission:
         with self._lock:
             self._by_dpid.pop(dpid, None)
 
+    def keep_only(self, dpids: set[int]) -> None:
+        """Forget every host but these (the data plane's, when it starts: the table may have
+        been filled from the store earlier, see TenantnetOfpApp.admit_early)."""
+        with self._lock:
+            self._by_dpid = {d: e for d, e in self._by_dpid.items() if d in dpids}
+
     def check(self, dpid: int, peer_ip: str | None, peer_cn: str | None) -> str | None:
         """None if the connection may be ``dpid``'s switch, else why not (for the log)."""
         with self._lock:

@@ -298,6 +298,7 @@ class DataPlane:
                 self.mirror.set_record(kind, body["id"], RECORDS[kind](body))
         for host in self.store.list_hosts():
             self._add_host(HostRec.from_store(host))
+        self.admission.keep_only(set(self.by_dpid))  # a host deleted since it was filled
         # The recorded holders, before any host has been heard from (bindings.py, rule 3).
         for port in self.mirror.ports.values():
             self.bindings.resolve(port, self.hosts, self.hosts)

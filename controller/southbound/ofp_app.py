@@ -155,6 +155,7 @@ class _Switch:
     number: int = field(default_factory=lambda: next(_SESSION_NUMBERS))
     flows: list[Rule] = field(default_factory=list)
     groups: list[GroupEntry] = field(default_factory=list)
+    installed: Slice | None = None  # flows and groups as last read back (`_dump_part_done`)
     pending_dumps: int = 0
     barriers: dict[int, DoneCallback] = field(default_factory=dict)
     errors: int = 0
@@ -213,9 +214,10 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         self._seq = itertools.count()
         self._reaper: threading.Thread | None = None
         self._log_errors = Throttle()
-        # Connections that answered FEATURES before the data plane was attached: admitted
-        # (or refused) by attach(), since only the data plane knows the hosts.
+        # Connections that answered FEATURES before the data plane was attached and before
+        # `admit_early`: admitted (or refused) by attach(), when the hosts are known.
         self._unadmitted: dict[Any, int] = {}
+        self._early_admit: Callable[[int, str | None, str | None], str | None] | None = None
         self._refusals_logged: set[tuple[int, str, str]] = set()
         self.packet_ins: PacketInQueue | None = None
         # (rate pps, burst): the packet-in meter every switch gets when it becomes ready
@@ -240,7 +242,31 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             waiting, self._unadmitted = self._unadmitted, {}
         for dpid, sw in ready:
             self._install_meter(sw)
-            listener.switch_ready(dpid, Slice(frozenset(sw.flows), frozenset(sw.groups)))
+            installed = sw.installed
+            if installed is None:  # pragma: no cover - ready means read back
+                installed = Slice(frozenset(sw.flows), frozenset(sw.groups))
+            listener.switch_ready(dpid, installed)
+        for dp, dpid in waiting.items():
+            admitted = self._admit(dp, dpid)
+            if admitted is not None:
+                self._read_back(admitted)
+
+    def admit_early(self, admit: Callable[[int, str | None, str | None], str | None]) -> None:
+        """Admit switches with ``admit`` (`SwitchListener.admit`'s question, answered from the
+        registered hosts) until the data plane is attached, and read their flows back at once.
+
+        Why: after a restart the switches reconnect while the API is built (the poke, see
+        service.py), and their read-back (~500 flows per host at H=3: parsing and decoding
+        the replies is most of a restart's CPU after start-up) then overlaps that build
+        instead of following the data plane's start.  A switch read back meanwhile is
+        reported by `attach` with what was read; nothing is sent to it before (no role: only
+        a single instance admits early, no meter: `packet_in_meter` is set before `attach`).
+        Connections that came before this call wait for `attach`, as before."""
+        with self._lock:
+            if self.listener is not None:
+                return
+            self._early_admit = admit
+            waiting, self._unadmitted = self._unadmitted, {}
         for dp, dpid in waiting.items():
             admitted = self._admit(dp, dpid)
             if admitted is not None:
@@ -502,7 +528,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         # a row).  Nothing is sent to the connection before it is admitted.
         dp, dpid = ev.msg.datapath, ev.msg.datapath_id
         with self._lock:
-            if self.listener is None:
+            if self.listener is None and self._early_admit is None:
                 self._unadmitted[dp] = dpid
                 return
         sw = self._admit(dp, dpid)
@@ -520,10 +546,11 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         socket ends the session at once, and one that fell silent (a host that rebooted without
         closing it) is closed by the liveness watchdog (ofp_server.py, ``ofp_dead_after_s``).
         """
-        assert self.listener is not None
+        admit = self.listener.admit if self.listener is not None else self._early_admit
+        assert admit is not None
         peer_ip = dp.address[0] if dp.address else None
         peer_cn = tls.peer_common_name(dp.socket)
-        reason = self.listener.admit(dpid, peer_ip, peer_cn)
+        reason = admit(dpid, peer_ip, peer_cn)
         busy = False
         with self._lock:
             old = self._switches.get(dpid)
@@ -869,7 +896,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
 
     def _start_dump(self, sw: _Switch) -> None:
         sw.ready = False
-        sw.flows, sw.groups = [], []
+        sw.flows, sw.groups, sw.installed = [], [], None
         sw.pending_dumps = 2
         with sw.lock:
             # The barrier after the dumps answers once both replies came (one connection is
@@ -910,8 +937,9 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             len(sw.flows),
             len(sw.groups),
         )
-        self._install_meter(sw)
-        if self.listener is not None:
+        sw.installed = installed
+        if self.listener is not None:  # else `attach` reports it (and installs the meter)
+            self._install_meter(sw)
             self.listener.switch_ready(sw.dp.id, installed)
 
     def _install_meter(self, sw: _Switch) -> None:

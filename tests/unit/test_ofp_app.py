@@ -420,3 +420,35 @@ def test_a_connection_waiting_for_attach_counts_as_the_switchs_session() -> None
     assert not dp.sent  # nothing sent before it is admitted
     app.attach(_Listener())
     assert app.has_session(DPID) and dp.sent  # admitted: its read-back started
+
+
+def test_switches_admitted_early_are_read_back_before_attach_and_reported_by_it() -> None:
+    """After a restart the switches reconnect while the API is built: `admit_early` admits them
+    from the registered hosts and reads their flows back then, so the data plane gets them the
+    moment it is attached.  An unproven connection is still refused and closed; nothing but the
+    read-back is sent before `attach` (no packet-in meter: the data plane's, sent by attach)."""
+    from os_ken.controller.handler import CONFIG_DISPATCHER
+
+    app = TenantnetOfpApp()
+    app.packet_in_meter = (100, 10)
+    app.admit_early(lambda dpid, ip, cn: None if ip == "192.0.2.1" else f"not from {ip}")
+    impostor, closed = FakeDatapath(), threading.Event()
+    impostor.address, impostor.is_active = ("192.0.2.66", 1), True
+    impostor.state = CONFIG_DISPATCHER
+    impostor.socket = SimpleNamespace(shutdown=lambda how: closed.set())
+    impostor.close = lambda: None  # type: ignore[method-assign]
+    app._features(SimpleNamespace(msg=SimpleNamespace(datapath=impostor, datapath_id=DPID)))
+    assert closed.is_set() and not impostor.sent and app.counters.refused == 1
+    dp = FakeDatapath()
+    dp.address, dp.socket, dp.is_active, dp.state = ("192.0.2.1", 1), None, True, CONFIG_DISPATCHER
+    app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
+    dumps = [(ofp.OFPT_MULTIPART_REQUEST, ofp.OFPMP_FLOW),
+             (ofp.OFPT_MULTIPART_REQUEST, ofp.OFPMP_GROUP_DESC), (ofp.OFPT_BARRIER_REQUEST, None)]
+    assert _sent_types(dp) == dumps, "not read back before attach"
+    for handler in (app._flow_stats, app._group_desc, app._barrier):
+        handler(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=0, flags=0, body=[])))
+    assert _sent_types(dp) == dumps, "something besides the read-back sent before attach"
+    listener = _Listener()
+    app.attach(listener)
+    assert listener.ready == [DPID]
+    assert (ofp.OFPT_METER_MOD, None) in _sent_types(dp)[len(dumps):]
