@@ -172,7 +172,12 @@ class Controller:
         from controller.dataplane.ttl import TtlExpired  # imported before the data plane starts
         from controller.services.dhcp import DhcpResponder
         from controller.services.dhcp_guard import FloodGuard
-        from controller.southbound.ovsdb_host import OvsdbHost, datapath_id_for, poke_switches
+        from controller.southbound.ovsdb_host import (
+            EarlyReads,
+            OvsdbHost,
+            datapath_id_for,
+            poke_switches,
+        )
         from controller.store import Store
 
         s = self.settings
@@ -205,6 +210,7 @@ class Controller:
         self.ofp_app.barrier_timeout_s = s.ofp_barrier_timeout_s
         self.ofp_app.metrics = self.metrics
         admission = Admission(tls=s.ofp_tls, local_addresses=_own_addresses(s))
+        early_reads = EarlyReads()  # what the pokes read of the bridges, for the agents
         if s.etcd is None:
             # Admitted from the store's hosts and read back now, while the API is built (see
             # TenantnetOfpApp.admit_early); the data plane keeps this table current after.
@@ -212,7 +218,7 @@ class Controller:
             for host in hosts:
                 admission.set_host(datapath_id_for(host["id"]), host)
             self.ofp_app.admit_early(admission.check)
-            poke_switches(hosts, s.controller_target, self.ofp_app.has_session)
+            poke_switches(hosts, s.controller_target, self.ofp_app.has_session, early_reads)
         # The API is built and serving before the data plane starts: FastAPI/pydantic models
         # and uvicorn's start are the costliest part of start-up, and done later they would
         # hold the interpreter while the hosts are read back (measured at H=3: hosts reconciled
@@ -279,6 +285,7 @@ class Controller:
                 switch_connected=self.ofp_app.has_session,
                 switch_session=self.ofp_app.session_of,
                 idl_may_load=self._reconciled_once,
+                early_reads=early_reads,
             ),
             startup_grace_s=s.startup_grace_s,
             admission=admission,

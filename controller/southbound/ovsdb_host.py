@@ -173,10 +173,39 @@ def _log_poked(host_id: str, written: str) -> None:
     )
 
 
+class EarlyReads:
+    """What the start-up pokes (`poke_switches`) read of each host's bridge, each taken once by
+    the host's agent (`OvsdbHost._early_read`) instead of reading it again.
+
+    Why: the agents start with the data plane, and their own read (one OVSDB connection and
+    select per host) was what every host waited for after its switch had been read back
+    (that read-back now overlaps the API build too, see `TenantnetOfpApp.admit_early`).  What
+    is read is as old as the API build (1-3 s): a port plugged or unplugged meanwhile is seen
+    when the IDL loads, right after the restart's reconcile, as with the agent's own read."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reads: dict[str, tuple[str, str, switch_poke.Poked]] = {}
+
+    def put(self, host_id: str, target: str, bridge: str, poked: switch_poke.Poked) -> None:
+        with self._lock:
+            self._reads[host_id] = (target, bridge, poked)
+
+    def take(self, host_id: str, target: str, bridge: str) -> switch_poke.Poked | None:
+        """The read of this host's ``bridge`` through ``target``, once; None if there is none
+        (not read, or read for another target or bridge)."""
+        with self._lock:
+            read = self._reads.pop(host_id, None)
+        if read is None or read[:2] != (target, bridge):
+            return None
+        return read[2]
+
+
 def poke_switches(
     hosts: Iterable[dict[str, Any]],
     controller_target: str,
     switch_connected: Callable[[int], bool],
+    reads: EarlyReads | None = None,
 ) -> list[threading.Thread]:
     """The fast reconnect's rewrite for every host at once, each on a thread of its own that
     ends with its poke (bounded by POKE_TIMEOUT_S), before the data plane and its agents exist;
@@ -186,12 +215,13 @@ def poke_switches(
     and answer FEATURES while the REST API is built (over a second of CPU), and wait for the
     data plane to admit them (nothing is sent to them before, see ofp_app).  A switch that is
     connected by then (`switch_connected` counts the connections waiting for admission) is
-    not poked again by its agent.  Any failure is left to the agent, which tries once more."""
+    not poked again by its agent.  Any failure is left to the agent, which tries once more.
+    What each poke read of the bridge goes to ``reads``, for the host's agent."""
     ours = _spellings(controller_target)
     threads = [
         threading.Thread(
             target=_poke_one,
-            args=(dict(host), ours, switch_connected),
+            args=(dict(host), ours, switch_connected, reads),
             name=f"poke-{host['id']}",
             daemon=True,
         )
@@ -203,18 +233,25 @@ def poke_switches(
 
 
 def _poke_one(
-    host: dict[str, Any], ours: dict[str, str], switch_connected: Callable[[int], bool]
+    host: dict[str, Any],
+    ours: dict[str, str],
+    switch_connected: Callable[[int], bool],
+    reads: EarlyReads | None,
 ) -> None:
     if switch_connected(datapath_id_for(host["id"])):
-        return
+        if reads is None:
+            return
+        ours = {}  # connected already: a read alone
     bridge = host.get("integration_bridge") or "br-int"
     try:
-        written = switch_poke.poke(host["ovsdb"], bridge, ours, POKE_TIMEOUT_S)
+        poked = switch_poke.read_and_poke(host["ovsdb"], bridge, ours, POKE_TIMEOUT_S)
     except Exception as exc:
         LOG.debug("host %s: no early reconnect of its switch: %s", host["id"], exc)
         return
-    if written is not None:
-        _log_poked(host["id"], written)
+    if poked.written is not None:
+        _log_poked(host["id"], poked.written)
+    if reads is not None:
+        reads.put(host["id"], host["ovsdb"], bridge, poked)
 
 
 ObservationCallback = Callable[[str, HostObservation], None]
@@ -278,8 +315,10 @@ class OvsdbHost:
         switch_session: Callable[[int], int | None] | None = None,
         max_backoff_s: float = OVSDB_MAX_BACKOFF_S,
         idl_may_load: Callable[[], bool] | None = None,
+        early_reads: EarlyReads | None = None,
     ) -> None:
         self.host_id: str = host["id"]
+        self.early_reads = early_reads  # the start-up poke's read of the bridge (`_early_read`)
         self.max_backoff_s = max_backoff_s
         # Whether the controller has an OpenFlow session with a datapath id (the fast
         # reconnect's test, see `_controller_target`); None: never poke the switch.
@@ -395,16 +434,24 @@ class OvsdbHost:
         ours: dict[str, str] = {}
         if self.switch_connected is not None and not self.switch_connected(dpid):
             ours = _spellings(self.controller_target)
-        try:
-            poked = switch_poke.read_and_poke(
-                self.target, self.bridge, ours, min(self.timeout, POKE_TIMEOUT_S)
-            )
-        except Exception as exc:  # OVSDB not reachable yet: the IDL's retries take over
-            LOG.debug("host %s: no early read of its OVSDB: %s", self.host_id, exc)
-            return False
-        if poked.written is not None:
+        poked = None
+        if self.early_reads is not None:
+            poked = self.early_reads.take(self.host_id, self.target, self.bridge)
+        if poked is not None and (poked.written is not None or not ours):
+            # read at start-up, and the switch was poked then or is connected now (else it
+            # is read and poked again below)
             self._poked_target = poked.written
-            _log_poked(self.host_id, poked.written)
+        else:
+            try:
+                poked = switch_poke.read_and_poke(
+                    self.target, self.bridge, ours, min(self.timeout, POKE_TIMEOUT_S)
+                )
+            except Exception as exc:  # OVSDB not reachable yet: the IDL's retries take over
+                LOG.debug("host %s: no early read of its OVSDB: %s", self.host_id, exc)
+                return False
+            if poked.written is not None:
+                self._poked_target = poked.written
+                _log_poked(self.host_id, poked.written)
         if poked.interfaces is None or self._stop.is_set():
             return False
         obs = _observation(_classify(i.name, i.ofport, i.iface_id) for i in poked.interfaces)

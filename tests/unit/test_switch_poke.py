@@ -206,3 +206,38 @@ def test_start_up_pokes_every_host_whose_switch_has_no_session(db: Db, tmp_path:
     for t in poke_switches(hosts, OURS, lambda dpid: dpid in connected):
         t.join()
     assert db.targets() == [OTHER]
+
+
+def test_the_start_up_pokes_read_is_what_the_agent_reports_once(db: Db) -> None:
+    """The bridge read by the start-up poke (`EarlyReads`) is what the host's agent reports,
+    without reading or poking again (a second poke would undo the first: a switch told to
+    reconnect twice); it is taken once, and never for another OVSDB target."""
+    from controller.southbound.ovsdb_host import (
+        EarlyReads,
+        HostObservation,
+        OvsdbHost,
+        poke_switches,
+    )
+
+    db.vsctl("set-controller", "br-int", OURS)
+    db.vsctl("add-port", "br-int", "vm1", "--", "set", "Interface", "vm1",
+             "external_ids:iface-id=port-1", "ofport=7")  # fmt: skip
+    host = {"id": "hv1", "ovsdb": db.target, "tunnel_ip": "192.0.2.1"}
+    reads = EarlyReads()
+    for t in poke_switches([host], OURS, lambda dpid: False, reads):
+        t.join()
+    assert db.targets() == [OTHER]
+    db.vsctl("add-port", "br-int", "vm2", "--", "set", "Interface", "vm2",
+             "external_ids:iface-id=port-2", "ofport=8")  # fmt: skip
+    reported: list[HostObservation] = []
+    agent = OvsdbHost(
+        host, OURS, lambda h, obs: reported.append(obs), lambda h, up: None,
+        switch_connected=lambda dpid: False, early_reads=reads,
+    )  # fmt: skip
+    assert agent._early_read()
+    assert reported == [HostObservation(bindings={"port-1": 7}, tunnel_ofports={})]
+    assert db.targets() == [OTHER]  # not poked again
+    assert agent._early_read()  # taken: read (and poked) afresh
+    assert reported[-1].bindings == {"port-1": 7, "port-2": 8} and db.targets() == [OURS]
+    reads.put("hv1", "unix:/elsewhere.sock", "br-int", switch_poke.Poked(OTHER, ()))
+    assert reads.take("hv1", db.target, "br-int") is None
