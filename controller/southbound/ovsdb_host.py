@@ -212,11 +212,12 @@ def poke_switches(
     the threads (nobody needs to wait for them but tests).
 
     Called at start-up as soon as the OpenFlow listener is up: the switches then reconnect
-    and answer FEATURES while the REST API is built (over a second of CPU), and wait for the
-    data plane to admit them (nothing is sent to them before, see ofp_app).  A switch that is
-    connected by then (`switch_connected` counts the connections waiting for admission) is
-    not poked again by its agent.  Any failure is left to the agent, which tries once more.
-    What each poke read of the bridge goes to ``reads``, for the host's agent."""
+    and answer FEATURES while the REST API is built (over a second of CPU), and are admitted
+    and read back then (`TenantnetOfpApp.admit_early`; nothing else is sent to them before the
+    data plane starts).  A switch that is connected by then (`switch_connected` counts the
+    connections waiting for admission) is not poked again by its agent.  Any failure is left
+    to the agent, which tries once more.  What each poke read of the bridge goes to ``reads``,
+    for the host's agent."""
     ours = _spellings(controller_target)
     threads = [
         threading.Thread(
