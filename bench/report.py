@@ -331,6 +331,7 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
     rows += dhcp_rows(results)
     rows += sg_rows(results)
     rows += routing_rows(results)
+    rows += ha_rows(results)
     return rows
 
 
@@ -578,6 +579,66 @@ def routing_rows(results: dict[str, Any]) -> list[Row]:
                                 "than Mbit/s (dpif-netdev/pmd-stats-show, /proc)")
                 rows.append(row)
     return rows
+
+
+def ha_rows(results: dict[str, Any]) -> list[Row]:
+    """Issue 18 (bench/ha.py): port-ready, API and bulk on tenantnet's etcd cluster (and on its
+    SQLite store) vs OVN's clustered NB/SB; failover of a controller and of the store's leader.
+    The tenantnet column is tenantnet on etcd unless the label says SQLite."""
+    raw, rows = results["raw"], []
+    for sc, name, runs in _of_role(results, "ha"):
+        sec = (f"11. clustered: 3 tenantnet instances on 3 etcd members vs OVN NB/SB Raft x 3 "
+               f"+ 2 northd, H={sc['H']}, {runs} runs")
+
+        def sqlite(fn):
+            return lambda r: fn(r["sqlite"])
+
+        for label, fn, unit, digits, target in (
+                ("port create -> ready, median", _med("lat", "ready_ms"), "ms", 1, True),
+                ("port create -> ready, p90", _p90("lat", "ready_ms"), "ms", 1, False),
+                ("port create -> first ping reply, median", _med("lat", "ping_ms"), "ms", 1,
+                 False),
+                ("API create (POST answered), median", _med("lat", "api_ms"), "ms", 1, False),
+                (f"bulk {sc['P']} ports", lambda r: r["bulk"]["ports_per_s"], "ports/s", 0,
+                 False),
+                ("control-plane CPU per port add (mean)",
+                 lambda r: _mean(r["lat"]["cpu_ms"]), "ms", 1, False)):
+            row = Row(sec, label, unit, digits=digits, **_pair(raw, name, fn))
+            if target:
+                row.target = _ovn_ratio_target(row, "<= 0.5x OVN", 0.5, "<=")
+                row.note = (f"{sc['lat']} ports one after the other, VM pre-plugged; API calls "
+                            "to one instance; OVN: --wait=hv through a clustered NB")
+            if label.startswith("control-plane"):
+                row.note = ("tenantnet: its instances + etcd members; OVN: both northd, the "
+                            "6 database members and every ovn-controller")
+            rows.append(row)
+            rows.append(Row(sec, "  the same on tenantnet's SQLite store (1 instance)", unit,
+                            digits=digits, tenantnet=_agg(raw, name, "tenantnet", sqlite(fn)),
+                            ovn=_agg(raw, name, "ovn", fn)))
+        for kind, what in (("control", "kill -9 of hv1's controller (tenantnet: its owning "
+                                       "instance; OVN: the active northd)"),
+                           ("store", "kill -9 of the store's leader (etcd; OVN: NB + SB)")):
+            key = f"failover_{kind}"
+            row = Row(sec, f"{what}: recovered", "s", digits=2,
+                      **_pair(raw, name, lambda r, k=key: r[k]["recovered_s"]))
+            row.note = ("tenantnet: survivors own, have read and reconciled the victim's "
+                        "hosts and are idle; OVN: the standby northd is active"
+                        if kind == "control" else
+                        "a new leader: etcd's / both NB and SB clusters'")
+            rows.append(row)
+            row = Row(sec, "  a port created on hv1 right after the kill: ready", "s", digits=2,
+                      **_pair(raw, name, lambda r, k=key: r[k]["port_ready_s"]))
+            row.note = "from the kill; through a surviving instance / the NB cluster"
+            rows.append(row)
+            rows.append(Row(sec, "  pings lost, vm1 (hv1) -> vm2 (hv2) every 10 ms", "pings",
+                            digits=0, **_pair(raw, name, lambda r, k=key: r[k]["lost"])))
+            rows.append(Row(sec, "  longest ping gap", "ms", digits=0,
+                            **_pair(raw, name, lambda r, k=key: r[k]["max_gap_ms"])))
+    return rows
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def _ms(seconds: float | None) -> float | None:

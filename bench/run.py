@@ -18,9 +18,11 @@ from typing import Any
 from bench import report
 from bench.common import REPO, loadavg, log, machine_info, versions
 from bench.dhcp_arp import run_dhcp_arp
+from bench.ha import run_ha
 from bench.routing import run_routing_systems
 from bench.scenario import dataplane, run_scenario
 from bench.secgroups import run_secgroups
+from bench.sut_ha import EtcdTenantnetSystem, OvnClusteredSystem
 from bench.sut_ovn import OvnSystem, ovn_installed
 from bench.sut_tenantnet import TenantnetSystem
 
@@ -80,6 +82,18 @@ def routing_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [{"name": f"routing-h{size['H']}-p{size['P']}", "role": "routing", **size}]
 
 
+def ha_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Issue 18's scenario (`bench.ha`): latency, bulk and failovers of the clustered systems
+    (tenantnet on etcd and on SQLite, OVN on clustered NB/SB).  Not in --smoke (it starts
+    three clusters); quick: one run."""
+    if args.no_ha or args.smoke:
+        return []
+    size = {"H": 3, "P": 150, "N": 3, "lat": 10}
+    if args.quick:
+        size.update(P=60, lat=5, runs=1)
+    return [{"name": f"ha-h{size['H']}", "role": "ha", **size}]
+
+
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The scenarios: 'main' ones feed measures 1-5, those with lat_after the scaling curve,
     'dhcp' issue 15's measures."""
@@ -93,7 +107,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         if not args.no_scaling:
             sc += [{"name": f"scale-h3-p{p}", "role": "scale", "H": 3, "P": p, "N": 4,
                     "lat_after": 10} for p in (50, 200)]
-        return sc + dhcp_plan(args) + sg_plan(args) + routing_plan(args)
+        return sc + dhcp_plan(args) + sg_plan(args) + routing_plan(args) + ha_plan(args)
     sc = [
         {"name": "h3-p300", "role": "main", "H": 3, "P": 300, "N": 10, "lat_before": 30,
          "restart": True},
@@ -103,7 +117,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not args.no_scaling:
         sc += [{"name": f"scale-h10-p{p}", "role": "scale", "H": 10, "P": p, "N": 10,
                 "lat_after": 30} for p in (100, 5000)]
-    return sc + dhcp_plan(args) + sg_plan(args) + routing_plan(args)
+    return sc + dhcp_plan(args) + sg_plan(args) + routing_plan(args) + ha_plan(args)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -141,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="quick: also the security-group data-plane rows (always in full)")
     ap.add_argument("--no-routing", action="store_true",
                     help="skip issue 16's routing scenario")
+    ap.add_argument("--no-ha", action="store_true",
+                    help="skip issue 18's clustered scenario (etcd / SQLite / OVN Raft)")
     ap.add_argument("--routing-dataplane", action="store_true",
                     help="quick: also the routed data-plane rows (always in full)")
     ap.add_argument("--dhcp-window", type=int, default=None,
@@ -196,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     make_for = {"dhcp": {"tenantnet": lambda h: TenantnetSystem(
         h, bulk_chunk=args.bulk_chunk, extra_args=meter),
         "ovn": lambda h: OvnSystem(h, encap=args.ovn_encap)}}
-    runners = {"dhcp": run_dhcp_arp, "sg": run_secgroups}
+    make_for["ha"] = {"tenantnet": lambda h: EtcdTenantnetSystem(h, bulk_chunk=args.bulk_chunk),
+                      "ovn": lambda h: OvnClusteredSystem(h, encap=args.ovn_encap,
+                                                          security_groups=args.main_sg)}
+    runners = {"dhcp": run_dhcp_arp, "sg": run_secgroups, "ha": run_ha}
     t_start = time.monotonic()
     interrupted = False
     try:

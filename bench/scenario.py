@@ -78,7 +78,8 @@ def latency(system: Any, vms: list[Vm], n: int, tag: str) -> dict[str, list[floa
         static_neigh(vm1.ns, ip, mac)
         lat.append(vm)
     time.sleep(0.5)
-    out: dict[str, list[float]] = {"ready_ms": [], "ping_ms": [], "flow_mods": [], "cpu_ms": []}
+    out: dict[str, list[float]] = {"ready_ms": [], "ping_ms": [], "flow_mods": [], "cpu_ms": [],
+                                   "api_ms": []}
     for vm in lat:
         ping = ping_first_reply(vm.ns, vm1.ip)
         time.sleep(0.1)
@@ -92,6 +93,9 @@ def latency(system: Any, vms: list[Vm], n: int, tag: str) -> dict[str, list[floa
         fm1 = system.flow_mods_total()
         tr = first_reply_time(ping)
         out["ready_ms"].append(round(dt * 1000, 2))
+        api_s = getattr(system, "last_api_s", None)  # tenantnet: until the POST was answered
+        if api_s is not None:
+            out["api_ms"].append(round(api_s * 1000, 2))
         out["ping_ms"].append(round((tr - t0) * 1000, 2) if tr else None)
         if fm0 is not None and fm1 is not None:
             out["flow_mods"].append(fm1 - fm0)

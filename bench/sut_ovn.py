@@ -46,6 +46,7 @@ def ovn_installed() -> bool:
 
 class OvnSystem:
     name = "ovn"
+    central_procs: tuple[str, ...] = ("northd", "nb", "sb")  # pidfiles in the central dir
     flow_mods_source = ("n/a: ovn-controller 23.03 has no flow-mod counter (its coverage "
                         "counters stay at 0 here); see the switch-observed row below")
 
@@ -64,17 +65,32 @@ class OvnSystem:
         self.pgs: set[str] = set()  # port groups created
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def nb_db(self) -> str:
+        """The NB database as its clients (ovn-nbctl, northd) name it."""
+        return f"unix:{self.central}/nb.sock"
+
+    @property
+    def sb_db(self) -> str:
+        """The SB database as ovn-sbctl and northd name it."""
+        return f"unix:{self.central}/sb.sock"
+
+    @property
+    def sb_remote(self) -> str:
+        """The SB database as the ovn-controllers reach it (over the management network)."""
+        return f"tcp:{self.lab.mgmt_ip}:6642"
+
     def nbctl(self, *args: str, timeout: float = 600, direct: bool = False) -> str:
         """ovn-nbctl through its daemon (a persistent NB connection, as Neutron's OVN driver
         keeps one: a one-shot ovn-nbctl would download the NB database on every call)."""
         if self.nbctl_daemon and not direct:
             return run("ovn-nbctl", f"--timeout={int(timeout)}", *args, timeout=timeout + 10,
                        env={"OVN_NB_DAEMON": self.nbctl_daemon}).stdout.strip()
-        return run("ovn-nbctl", f"--db=unix:{self.central}/nb.sock", f"--timeout={int(timeout)}",
+        return run("ovn-nbctl", f"--db={self.nb_db}", f"--timeout={int(timeout)}",
                    *args, timeout=timeout + 10).stdout.strip()
 
     def sbctl(self, *args: str, timeout: float = 60) -> str:
-        return run("ovn-sbctl", f"--db=unix:{self.central}/sb.sock", f"--timeout={int(timeout)}",
+        return run("ovn-sbctl", f"--db={self.sb_db}", f"--timeout={int(timeout)}",
                    *args, timeout=timeout + 10).stdout.strip()
 
     def _ctl_pid(self, hv: Hypervisor) -> int | None:
@@ -89,24 +105,14 @@ class OvnSystem:
     def start(self) -> None:
         t0 = time.monotonic()
         self.lab.start()
-        c = self.central = os.path.join(self.lab.workdir, "central")
-        os.makedirs(c, exist_ok=True)
-        for db, schema, tcp in (("nb", NB_SCHEMA, None), ("sb", SB_SCHEMA, 6642)):
-            run("ovsdb-tool", "create", f"{c}/{db}.db", schema)
-            remotes = [f"--remote=punix:{c}/{db}.sock"]
-            if tcp:
-                remotes.append(f"--remote=ptcp:{tcp}:{self.lab.mgmt_ip}")
-            run("ovsdb-server", f"{c}/{db}.db", "-vconsole:off", "-vfile:info", *remotes,
-                f"--pidfile={c}/{db}.pid", f"--unixctl={c}/{db}.ctl",
-                f"--log-file={c}/{db}.log", "--detach", "--no-chdir")
-        run("ovn-northd", f"--ovnnb-db=unix:{c}/nb.sock", f"--ovnsb-db=unix:{c}/sb.sock",
-            "-vconsole:off", f"--pidfile={c}/northd.pid", f"--unixctl={c}/northd.ctl",
-            f"--log-file={c}/northd.log", "--detach", "--no-chdir")
+        self.central = os.path.join(self.lab.workdir, "central")
+        os.makedirs(self.central, exist_ok=True)
+        self._start_central()
         self.nbctl("--wait=sb", "sync", timeout=30)
         self._start_nbctl_daemon()
         for hv in self.lab.hvs:
             hv.vsctl("set", "Open_vSwitch", ".",
-                     f"external_ids:ovn-remote=tcp:{self.lab.mgmt_ip}:6642",
+                     f"external_ids:ovn-remote={self.sb_remote}",
                      f"external_ids:ovn-encap-type={self.encap}",
                      f"external_ids:ovn-encap-ip={hv.tunnel_ip}",
                      "external_ids:ovn-bridge-datapath-type=netdev")
@@ -126,6 +132,25 @@ class OvnSystem:
             self.enable_security_groups()
         log(f"ovn: {self.n_hosts} chassis up in {time.monotonic() - t0:.1f} s")
 
+    def _start_central(self) -> None:
+        """One NB and one SB ovsdb-server (standalone databases) and one ovn-northd."""
+        c = self.central
+        for db, schema, tcp in (("nb", NB_SCHEMA, None), ("sb", SB_SCHEMA, 6642)):
+            run("ovsdb-tool", "create", f"{c}/{db}.db", schema)
+            remotes = [f"--remote=punix:{c}/{db}.sock"]
+            if tcp:
+                remotes.append(f"--remote=ptcp:{tcp}:{self.lab.mgmt_ip}")
+            run("ovsdb-server", f"{c}/{db}.db", "-vconsole:off", "-vfile:info", *remotes,
+                f"--pidfile={c}/{db}.pid", f"--unixctl={c}/{db}.ctl",
+                f"--log-file={c}/{db}.log", "--detach", "--no-chdir")
+        self._start_northd("northd")
+
+    def _start_northd(self, name: str) -> None:
+        c = self.central
+        run("ovn-northd", f"--ovnnb-db={self.nb_db}", f"--ovnsb-db={self.sb_db}",
+            "-vconsole:off", f"--pidfile={c}/{name}.pid", f"--unixctl={c}/{name}.ctl",
+            f"--log-file={c}/{name}.log", "--detach", "--no-chdir")
+
     def _start_nbctl_daemon(self) -> None:
         c = self.central
         pid = read_pidfile(f"{c}/nbctl.pid")
@@ -134,7 +159,7 @@ class OvnSystem:
             while pid_alive(pid):
                 time.sleep(0.02)
         self.nbctl_daemon = run(
-            "ovn-nbctl", f"--db=unix:{c}/nb.sock", f"--pidfile={c}/nbctl.pid", "--detach",
+            "ovn-nbctl", f"--db={self.nb_db}", f"--pidfile={c}/nbctl.pid", "--detach",
             "--no-chdir", "-vconsole:off", f"--log-file={c}/nbctl.log", env={"OVN_RUNDIR": c},
         ).stdout.strip()
 
@@ -365,13 +390,13 @@ class OvnSystem:
 
     # ------------------------------------------------------------------ measurements
     def control_plane_rss(self) -> dict[str, int]:
-        out = {f"ovn-{w}": rss_kb(self._central_pid(w)) for w in ("northd", "nb", "sb")}
+        out = {f"ovn-{w}": rss_kb(self._central_pid(w)) for w in self.central_procs}
         for hv in self.lab.hvs:
             out[f"ovn-controller-{hv.name}"] = rss_kb(self._ctl_pid(hv))
         return out
 
     def control_plane_cpu(self) -> float:
-        t = sum(cpu_seconds(self._central_pid(w)) for w in ("northd", "nb", "sb"))
+        t = sum(cpu_seconds(self._central_pid(w)) for w in self.central_procs)
         return t + sum(cpu_seconds(self._ctl_pid(hv)) for hv in self.lab.hvs)
 
     def kill_controller(self, hv_index: int) -> None:

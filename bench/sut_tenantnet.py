@@ -149,6 +149,12 @@ class TenantnetSystem:
                                     extra_args=self.extra_args)
         self.ctl.start()
         self.http = _KeepAlive(self.ctl.api_port)
+        self._register_hosts()
+        log(f"tenantnet: {self.n_hosts} hosts up in {time.monotonic() - t0:.1f} s")
+
+    def _register_hosts(self) -> None:
+        """Every hypervisor as a host (through ``self.ctl``), connected, and no port quota."""
+        assert self.ctl is not None
         api = self.ctl.api
         for hv in self.lab.hvs:
             api.create("host", id=hv.name, tunnel_ip=hv.tunnel_ip, ovsdb=hv.ovsdb_tcp,
@@ -159,7 +165,6 @@ class TenantnetSystem:
         api.request("PUT", "/v2.0/quotas/bench", {"quota": unlimited}, expect=200)
         for hv in self.lab.hvs:
             hv.wait_bridge("br-int", timeout=30)
-        log(f"tenantnet: {self.n_hosts} hosts up in {time.monotonic() - t0:.1f} s")
 
     def stop(self) -> None:
         if self.http is not None:

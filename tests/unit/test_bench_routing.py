@@ -15,7 +15,7 @@ from bench.sut_ovn import OvnSystem
 
 def _args(**kw: object) -> argparse.Namespace:
     base = {"smoke": False, "quick": False, "no_scaling": False, "no_dhcp": True,
-            "no_sg": True, "no_routing": False, "routing_dataplane": False,
+            "no_sg": True, "no_routing": False, "routing_dataplane": False, "no_ha": True,
             "dhcp_window": None, "sg_dataplane": False, "ports": None}
     return argparse.Namespace(**{**base, **kw})
 
