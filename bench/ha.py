@@ -75,6 +75,8 @@ def failover(system: Any, vms: list[Vm], kind: str, vm: Vm, timeout: float = 60
     try:
         system.create_ports_wait([(0, vm.name, vm.mac, vm.ip)], timeout=timeout)
         out["port_ready_s"] = round(time.monotonic() - t0, 3)
+        api_s = getattr(system, "last_api_s", None)  # tenantnet: the POST alone
+        out["api_s"] = round(api_s, 3) if api_s is not None else None
     except Exception as exc:  # recorded: the row shows n/a, the JSON why
         out["port_ready_s"], out["error"] = None, repr(exc)
     poller.join(timeout + 5)

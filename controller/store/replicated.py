@@ -62,6 +62,7 @@ T = TypeVar("T")
 POSITION_TABLE = "etcd_replica"
 CREATE_POSITION = f"CREATE TABLE IF NOT EXISTS {POSITION_TABLE} (epoch TEXT, seq INTEGER)"
 MAX_ATTEMPTS = 50
+ARRIVED_MAX_BYTES = 16 * 1024 * 1024  # entries delivered by the watch, awaiting the follower
 WRITES = (
     "create",
     "update",
@@ -229,6 +230,11 @@ class EtcdStore(Store):
         self._snapshot_seq = start or 0
         self._snapshotting = threading.Thread()
         self._pending = PendingObservations()
+        # entries the watch delivered, not applied yet: seq -> value (bounded in bytes; an
+        # entry that does not fit is read from the log instead)
+        self._arrived: dict[int, bytes] = {}
+        self._arrived_bytes = 0
+        self._arrived_lock = threading.Lock()
         self.catch_up()
         self._follower = threading.Thread(target=self._follow, name="etcd-follower", daemon=True)
         self._follower.start()
@@ -430,6 +436,41 @@ class EtcdStore(Store):
             "past it while it loaded the snapshot"
         )
 
+    def _entry_arrived(self, seq: int, raw: bytes) -> None:
+        """The watch's copy of entry ``seq`` (called on the watch's thread, before its ring)."""
+        with self._arrived_lock:
+            if seq <= self.applied or seq in self._arrived:
+                return
+            if self._arrived_bytes + len(raw) > ARRIVED_MAX_BYTES:
+                return  # the follower reads it from the log
+            self._arrived[seq] = raw
+            self._arrived_bytes += len(raw)
+
+    def _take_arrived(self, seq: int) -> bytes | None:
+        """Entry ``seq`` as the watch delivered it, if it did; forgets entries before it."""
+        with self._arrived_lock:
+            for old in [s for s in self._arrived if s < seq]:
+                self._arrived_bytes -= len(self._arrived.pop(old))
+            raw = self._arrived.pop(seq, None)
+            if raw is not None:
+                self._arrived_bytes -= len(raw)
+            return raw
+
+    def _apply_arrived(self) -> bool:
+        """Apply, in order, the entries the watch delivered from ``applied + 1`` on.
+
+        They are the log's entries as committed (a watch event follows the commit), so this
+        is what `catch_up` would apply, without reading them again: one etcd range read less
+        per entry and instance, and one round trip less between a write on one instance and
+        its events on another.  False when the next entry has not arrived (a gap: the watch
+        was re-created, or an entry did not fit the bound): the follower then reads the log."""
+        applied = False
+        with self._writer:
+            while (raw := self._take_arrived(self.applied + 1)) is not None:
+                self._apply(self.applied + 1, raw)
+                applied = True
+        return applied
+
     def _load_snapshot(self, resumes_at: int) -> None:
         """Replace the replica's content by the latest snapshot (the log resumes at entry
         ``resumes_at``, after this replica's position), and publish the difference as change
@@ -512,7 +553,8 @@ class EtcdStore(Store):
                 return
             try:
                 self._keep_watching()
-                self.catch_up()
+                if not self._apply_arrived():
+                    self.catch_up()
                 if self.snapshot_due():
                     self._snapshot_in_background()
                 if self.down:
@@ -541,7 +583,9 @@ class EtcdStore(Store):
             return
         self._drop_watch()
         revision = self._log.revision()
-        self._cancel_watch = self._log.watch_log(revision + 1, self._doorbell.set)
+        self._cancel_watch = self._log.watch_log(
+            revision + 1, self._doorbell.set, self._entry_arrived
+        )
         self._watched_member = self._log.current_member
 
     def _drop_watch(self) -> None:

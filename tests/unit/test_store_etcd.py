@@ -144,6 +144,48 @@ def test_a_write_reaches_the_other_instance_once_in_order(
     assert seen[-1].new is None and seen[-1].old is not None  # the delete, with its old value
 
 
+def test_the_follower_applies_what_the_watch_carried_without_reading_it_again(
+    store: EtcdStore, tmp_path: Path, etcd_settings: EtcdSettings
+) -> None:
+    """An entry reaches the other instance in the watch event (no range read per entry and
+    instance); a gap (an entry the watch did not carry) is read from the log, in order."""
+    bus, seen = EventBus(), []
+    bus.subscribe(seen.extend)
+    other = EtcdStore(str(tmp_path / "w.db"), bus, etcd_settings, poll_s=60)  # no poll here
+    try:
+        other._doorbell.set()  # the follower creates its watch at its first wake-up
+        wait_for(lambda: other._cancel_watch is not None, "the other instance's watch")
+        first = store.create_network({"name": "first"})
+        wait_for(lambda: other.applied == store.applied, "the first write on the other")
+        yielded: list[int] = []
+        real = other._log.entries_after
+
+        def counted(seq: int) -> Iterator[tuple[int, bytes]]:
+            for got in real(seq):
+                yielded.append(got[0])
+                yield got
+
+        other._log.entries_after = counted  # type: ignore[method-assign]
+        second_net = store.create_network({"name": "second"})
+        wait_for(lambda: other.applied == store.applied, "the second write on the other")
+        assert yielded == []  # applied from the watch's copy
+        assert [e.obj_id for e in seen if e.new] == [first["id"], second_net["id"]]
+
+        freeze_follower(other)  # from here on, only this test moves the replica
+        store.create_network({"name": "third"})
+        store.create_network({"name": "fourth"})
+        wait_for(lambda: len(other._arrived) == 2, "both entries in the watch")
+        fourth = other._arrived[store.applied]
+        other._take_arrived(store.applied + 1)  # forget both, then only the later one came
+        other._entry_arrived(store.applied, fourth)
+        assert not other._apply_arrived() and other.applied == store.applied - 2
+        other.catch_up()
+        assert other.applied == store.applied
+        assert [e.new["name"] for e in seen if e.new] == ["first", "second", "third", "fourth"]
+    finally:
+        other.close()
+
+
 def test_watch_resumes_after_the_connection_drops(
     store: EtcdStore,
     tmp_path: Path,
