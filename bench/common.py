@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Address plan (see bench/README.md): tenantnet and OVN each get their own lab prefix.
 TN_LAB = plans.BENCH_TENANTNET.lab_kwargs()
 OVN_LAB = plans.BENCH_OVN.lab_kwargs()
+HA_TN_LAB = plans.BENCH_HA_TENANTNET.lab_kwargs()  # the clustered scenario's (bench/ha.py)
+HA_OVN_LAB = plans.BENCH_HA_OVN.lab_kwargs()
 
 _DURATION_RE = re.compile(r"duration=([0-9.]+)s")
 _TABLE_RE = re.compile(r"\btable=(\d+)")

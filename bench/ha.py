@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from bench.common import log
+from bench.common import HA_TN_LAB, log
 from bench.scenario import _Ping, bulk, fresh_system, latency, setup_base
 from bench.sut_ha import EtcdTenantnetSystem
 from bench.sut_tenantnet import TenantnetSystem
@@ -91,7 +91,7 @@ def run_ha(system: Any, sc: dict[str, Any]) -> dict[str, Any]:
     (``m["sqlite"]``); then the clustered system: latency, bulk and both failovers."""
     sqlite: dict[str, Any] | None = None
     if isinstance(system, EtcdTenantnetSystem):
-        single = TenantnetSystem(sc["H"], bulk_chunk=system.bulk_chunk)
+        single = TenantnetSystem(sc["H"], bulk_chunk=system.bulk_chunk, lab_kwargs=HA_TN_LAB)
         with fresh_system(single, sc) as sqlite:
             _api_and_bulk(single, sc, sqlite)
     with fresh_system(system, sc) as m:

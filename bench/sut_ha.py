@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import cpu_seconds, log, rss_kb
+from bench.common import HA_OVN_LAB, HA_TN_LAB, cpu_seconds, log, rss_kb
 from bench.sut_ovn import NB_SCHEMA, SB_SCHEMA, OvnSystem
 from bench.sut_tenantnet import TenantnetSystem, _KeepAlive
 from lab.etcd_cluster import EtcdCluster, Member
@@ -45,7 +45,7 @@ class EtcdTenantnetSystem(TenantnetSystem):
 
     def __init__(self, n_hosts: int, instances: int = 3, ttl_s: float = 2,
                  bulk_chunk: int = 1000) -> None:
-        super().__init__(n_hosts, bulk_chunk=bulk_chunk)
+        super().__init__(n_hosts, bulk_chunk=bulk_chunk, lab_kwargs=HA_TN_LAB)
         self.instances, self.ttl_s = instances, ttl_s
         self.procs: list[TenantnetProcess] = []
         self.etcd: EtcdCluster | None = None
@@ -186,6 +186,10 @@ class OvnClusteredSystem(OvnSystem):
     ``join-cluster``, Raft on loopback ports) and two ovn-northd on them (one active, holding
     the SB lock, one standby).  ovn-nbctl and northd reach every member by its unix socket;
     ovn-controllers every SB member over the management network (ports 6642..6644)."""
+
+    def __init__(self, n_hosts: int, encap: str = "geneve", security_groups: bool = False
+                 ) -> None:
+        super().__init__(n_hosts, encap, security_groups, lab_kwargs=HA_OVN_LAB)
 
     central_procs = ("northd0", "northd1", *(f"{d}{i}" for d in ("nb", "sb")
                                              for i in range(MEMBERS)))

@@ -50,12 +50,12 @@ class OvnSystem:
     flow_mods_source = ("n/a: ovn-controller 23.03 has no flow-mod counter (its coverage "
                         "counters stay at 0 here); see the switch-observed row below")
 
-    def __init__(self, n_hosts: int, encap: str = "geneve", security_groups: bool = False
-                 ) -> None:
+    def __init__(self, n_hosts: int, encap: str = "geneve", security_groups: bool = False,
+                 lab_kwargs: dict[str, str] | None = None) -> None:
         self.n_hosts = n_hosts
         self.security_groups_at_start = security_groups
         self.encap = encap
-        self.lab = Lab(n_hosts, **OVN_LAB)
+        self.lab = Lab(n_hosts, **(lab_kwargs or OVN_LAB))
         self.central = ""
         self.nbctl_daemon = ""
         self.nets: dict[int, str] = {}

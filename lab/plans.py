@@ -17,6 +17,8 @@ X     prefix          user
 63    tnb             bench, tenantnet side
 64    tno             bench, OVN side
 65    tnf             fault-injection tests (tests/integration/test_faults.py)
+66    tnh             bench's clustered scenario, tenantnet side (bench/ha.py)
+67    toh             bench's clustered scenario, OVN side
 70    mnt70           Mininet topologies (mininet_topos/; its links are ``mnt70_*``)
 ====  ==============  ===============================================================
 
@@ -85,9 +87,13 @@ DATAPLANE_TESTS = AddressPlan(61, "tni", "data-plane integration tests")
 BENCH_TENANTNET = AddressPlan(63, "tnb", "bench: tenantnet")
 BENCH_OVN = AddressPlan(64, "tno", "bench: OVN")
 FAULT_TESTS = AddressPlan(65, "tnf", "fault-injection tests")
+# the clustered scenario has labs of its own: it runs beside the other scenarios' benches
+BENCH_HA_TENANTNET = AddressPlan(66, "tnh", "bench HA: tenantnet")
+BENCH_HA_OVN = AddressPlan(67, "toh", "bench HA: OVN")
 MININET = AddressPlan(70, "mnt70", "Mininet topologies")
 
-PLANS = (*SLOTS, DEMO, DATAPLANE_TESTS, BENCH_TENANTNET, BENCH_OVN, FAULT_TESTS, MININET)
+PLANS = (*SLOTS, DEMO, DATAPLANE_TESTS, BENCH_TENANTNET, BENCH_OVN, FAULT_TESTS,
+         BENCH_HA_TENANTNET, BENCH_HA_OVN, MININET)
 
 
 def collisions(plans: tuple[AddressPlan, ...]) -> list[str]:
