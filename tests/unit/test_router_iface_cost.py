@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from controller.dataplane.state import Mirror
+from controller.dataplane.state import Mirror, PortRec
 from flows import routing as flows_routing
 from flows import tables as t
-from tests.unit.test_router_cost import _interface, counting
+from tests.unit.test_router_cost import RIF, _interface, counting
 from tests.unit.test_sg_domain_cost import HOSTS, routed_world
 
 
@@ -98,3 +98,41 @@ def test_an_interface_add_builds_what_is_new_once(
     router = (1 + 1 + 2 * n + 1 + 2) + 2 * (n - 1) + 6
     for host in HOSTS:
         assert c["sent"][host] == Counter(ROUTER=router, SECURITY_GROUP=2 * 4 + 12), (host, c)
+
+
+def test_a_kept_domain_follows_every_interface_change() -> None:
+    """The domains kept between interface changes are the ones a fresh walk gives: two
+    routers' networks apart, joined by an interface of one on the other's network (the
+    smaller interface number wins), split again, an interface moved to another router, and
+    a plain port's change (no interface) keeping what was kept."""
+    m = Mirror()
+
+    def iface(num: int, net: str, router: str | None) -> None:
+        pid = f"if{num}"
+        m.set_port(pid, None if router is None else PortRec(
+            pid, num, net, "02:00:00:00:00:01", device_owner=RIF, device_id=router))
+
+    def fresh(net: str) -> int:
+        walk = Mirror()
+        for rec in m.ports.values():
+            walk.set_port(rec.id, rec)
+        return walk.domain_of(net)
+
+    def check(expected: dict[str, int]) -> None:
+        for net, domain in expected.items():
+            assert m.domain_of(net) == fresh(net) == domain, (net, expected)
+
+    iface(10, "a", "r1")
+    iface(11, "b", "r1")
+    iface(20, "c", "r2")
+    check({"a": 10, "b": 10, "c": 20, "d": 0})
+    iface(21, "b", "r2")  # r2 on b too: one component
+    check({"a": 10, "b": 10, "c": 10})
+    m.set_port("vm", PortRec("vm", 5, "c", "02:00:00:00:00:05"))  # not an interface
+    check({"a": 10, "b": 10, "c": 10})
+    iface(21, "b", None)  # split again
+    check({"a": 10, "b": 10, "c": 20})
+    iface(10, "a", "r2")  # moved to r2: a joins c, b stays on r1 alone
+    check({"a": 10, "b": 11, "c": 10})
+    iface(10, "a", None)
+    check({"a": 0, "b": 11, "c": 20})
