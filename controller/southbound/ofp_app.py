@@ -161,6 +161,8 @@ class _Switch:
     errors: int = 0
     ready: bool = False
     read_back_started: bool = False  # the session's first read-back (see _read_back)
+    # Admitted by `admit_early` (the store's hosts at start-up): asked again by `attach`.
+    early: bool = False
     bundles: bool = True  # until it refuses a bundle open or commit (see _error)
     # Several controllers: the switch answered this session's MASTER request (ROLE_REPLY).
     # A refused one leaves the session EQUAL, which still gets packet-ins (see _packet_in).
@@ -236,10 +238,20 @@ class TenantnetOfpApp(app_manager.OSKenApp):
     def attach(self, listener: SwitchListener) -> None:
         """Set the data plane; switches already synced are reported again, connections that
         came before it are admitted (or refused) now."""
-        with self._lock:
-            self.listener = listener
-            ready = [(dpid, sw) for dpid, sw in self._switches.items() if sw.ready]
-            waiting, self._unadmitted = self._unadmitted, {}
+        while True:
+            # Every session admitted early is asked again, by the data plane, before it is
+            # reported: a host deleted (or re-registered) or whose address changed since the
+            # store's hosts were read may no longer prove it.  Until the listener is set,
+            # `admit_early` may add more; the listener is set once none is left to ask.
+            with self._lock:
+                early = [(d, sw) for d, sw in self._switches.items() if sw.early]
+                if not early:
+                    self.listener = listener
+                    ready = [(dpid, sw) for dpid, sw in self._switches.items() if sw.ready]
+                    waiting, self._unadmitted = self._unadmitted, {}
+                    break
+            for dpid, sw in early:
+                self._admit_again(listener, dpid, sw)
         for dpid, sw in ready:
             self._install_meter(sw)
             installed = sw.installed
@@ -250,6 +262,18 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             admitted = self._admit(dp, dpid)
             if admitted is not None:
                 self._read_back(admitted)
+
+    def _admit_again(self, listener: SwitchListener, dpid: int, sw: _Switch) -> None:
+        """Ask ``listener`` whether an early session may stay; close and forget it if not."""
+        peer_ip = sw.dp.address[0] if sw.dp.address else None
+        reason = listener.admit(dpid, peer_ip, tls.peer_common_name(sw.dp.socket))
+        with self._lock:
+            sw.early = False
+            if reason is None or self._switches.get(dpid) is not sw:
+                return
+            del self._switches[dpid]  # before the close: its end is nobody's news
+        self._fail_barriers(sw)
+        self._refuse(sw.dp, dpid, peer_ip or "?", reason)
 
     def admit_early(self, admit: Callable[[int, str | None, str | None], str | None]) -> None:
         """Admit switches with ``admit`` (`SwitchListener.admit`'s question, answered from the
@@ -546,21 +570,27 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         socket ends the session at once, and one that fell silent (a host that rebooted without
         closing it) is closed by the liveness watchdog (ofp_server.py, ``ofp_dead_after_s``).
         """
-        admit = self.listener.admit if self.listener is not None else self._early_admit
+        listener = self.listener
+        admit = listener.admit if listener is not None else self._early_admit
         assert admit is not None
         peer_ip = dp.address[0] if dp.address else None
         peer_cn = tls.peer_common_name(dp.socket)
         reason = admit(dpid, peer_ip, peer_cn)
-        busy = False
+        busy = again = False
         with self._lock:
             old = self._switches.get(dpid)
             if old is not None and old.dp is dp:
                 return old  # already its session
-            if reason is None and old is not None and old.dp is not dp and _alive(old.dp):
+            if listener is None and self.listener is not None:
+                # `attach` came meanwhile and asks only the sessions it sees: ask its listener
+                again = True
+            elif reason is None and old is not None and old.dp is not dp and _alive(old.dp):
                 busy = wait
                 reason = "the host's switch already has a live session"
-            if reason is None:
-                sw = self._switches[dpid] = _Switch(dp=dp)
+            elif reason is None:
+                sw = self._switches[dpid] = _Switch(dp=dp, early=listener is None)
+        if again:
+            return self._admit(dp, dpid, wait)
         if busy:  # nothing is sent to it meanwhile
             timer = threading.Timer(SECOND_SESSION_WAIT_S, self._admit_later, (dp, dpid))
             timer.daemon = True

@@ -452,3 +452,43 @@ def test_switches_admitted_early_are_read_back_before_attach_and_reported_by_it(
     app.attach(listener)
     assert listener.ready == [DPID]
     assert (ofp.OFPT_METER_MOD, None) in _sent_types(dp)[len(dumps):]
+
+
+def test_a_switch_admitted_early_is_asked_again_by_attach_and_dropped_if_refused() -> None:
+    """`admit_early` answers from the hosts read at start-up; a host deleted (or its address
+    changed) before the data plane starts must not keep the session admitted then: `attach`
+    asks the data plane again, closes a session it refuses and does not report it."""
+    from os_ken.controller.handler import CONFIG_DISPATCHER
+
+    app = TenantnetOfpApp()
+    app.admit_early(lambda dpid, ip, cn: None)
+    dp, closed = FakeDatapath(), threading.Event()
+    dp.address, dp.is_active, dp.state = ("192.0.2.1", 1), True, CONFIG_DISPATCHER
+    dp.socket = SimpleNamespace(shutdown=lambda how: closed.set())
+    dp.close = lambda: None  # type: ignore[method-assign]
+    app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
+    for handler in (app._flow_stats, app._group_desc, app._barrier):
+        handler(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=0, flags=0, body=[])))
+    assert app.connected_dpids() == {DPID} and not closed.is_set()
+
+    class Refusing(_Listener):
+        def admit(self, dpid: int, peer_ip: str | None, peer_cn: str | None) -> str | None:
+            return f"{peer_ip} is not the host's address"
+
+    listener = Refusing()
+    app.attach(listener)
+    assert listener.ready == [], "refused switch reported ready"
+    assert closed.is_set() and app.counters.refused == 1
+    assert not app.has_session(DPID) and app.connected_dpids() == set()
+    # A switch the data plane still admits is kept and reported as before
+    app2 = TenantnetOfpApp()
+    app2.admit_early(lambda dpid, ip, cn: None)
+    dp2 = FakeDatapath()
+    dp2.address, dp2.socket, dp2.is_active = ("192.0.2.1", 1), None, True
+    dp2.state = CONFIG_DISPATCHER
+    app2._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp2, datapath_id=DPID)))
+    for handler in (app2._flow_stats, app2._group_desc, app2._barrier):
+        handler(SimpleNamespace(msg=SimpleNamespace(datapath=dp2, xid=0, flags=0, body=[])))
+    listener2 = _Listener()
+    app2.attach(listener2)
+    assert listener2.ready == [DPID]
