@@ -960,17 +960,21 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             return
         # Our groups are the ones our flows can point at: the data plane owns ids by network key.
         installed = Slice(frozenset(sw.flows), frozenset(sw.groups))
-        sw.ready = True
+        # Ready and the listener read together, as `attach` reads them: the switch is reported
+        # once, here or by `attach` (twice, the data plane would diff and send it twice).
+        with self._lock:
+            sw.installed = installed
+            sw.ready = True
+            listener = self.listener
         LOG.info(
             "switch %016x: read %d flows and %d groups back",
             sw.dp.id,
             len(sw.flows),
             len(sw.groups),
         )
-        sw.installed = installed
-        if self.listener is not None:  # else `attach` reports it (and installs the meter)
+        if listener is not None:  # else `attach` reports it (and installs the meter)
             self._install_meter(sw)
-            self.listener.switch_ready(sw.dp.id, installed)
+            listener.switch_ready(sw.dp.id, installed)
 
     def _install_meter(self, sw: _Switch) -> None:
         """The host's packet-in budget (`packet_in_meter`), sent on every switch_ready: before

@@ -492,3 +492,31 @@ def test_a_switch_admitted_early_is_asked_again_by_attach_and_dropped_if_refused
     listener2 = _Listener()
     app2.attach(listener2)
     assert listener2.ready == [DPID]
+
+
+def test_a_switch_read_back_while_attach_runs_is_reported_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The read-back finishing and `attach` on two threads: `attach` is made to run at the
+    read-back's log line, between the switch becoming ready and the listener being looked at.
+    Reported twice, the data plane would diff and send the switch's flows (and meter) twice."""
+    from os_ken.controller.handler import CONFIG_DISPATCHER
+
+    app = TenantnetOfpApp()
+    app.admit_early(lambda dpid, ip, cn: None)
+    dp = FakeDatapath()
+    dp.address, dp.socket, dp.is_active = ("192.0.2.1", 1), None, True
+    dp.state = CONFIG_DISPATCHER
+    app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
+    listener = _Listener()
+    info = ofp_app.LOG.info
+
+    def attach_meanwhile(msg: str, *args: Any) -> None:
+        info(msg, *args)
+        if "read %d flows" in msg:
+            app.attach(listener)
+
+    monkeypatch.setattr(ofp_app.LOG, "info", attach_meanwhile)
+    for handler in (app._flow_stats, app._group_desc, app._barrier):
+        handler(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=0, flags=0, body=[])))
+    assert listener.ready == [DPID]
