@@ -317,6 +317,7 @@ class Controller:
         # Hosts first, then the OpenFlow app: connections that came meanwhile are admitted
         # against the host table.
         self.dataplane.start()
+        early_reads.close()  # the first agents have claimed theirs (OvsdbHost.start)
         if self.members is not None:  # hosts move with the members (docs/ha.md)
             self.members.on_change = self.dataplane.on_membership
             dataplane = self.dataplane

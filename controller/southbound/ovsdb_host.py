@@ -181,24 +181,42 @@ class EarlyReads:
     select per host) was what every host waited for after its switch had been read back
     (that read-back now overlaps the API build too, see `TenantnetOfpApp.admit_early`).  What
     is read is as old as the API build (1-3 s): a port plugged or unplugged meanwhile is seen
-    when the IDL loads, right after the restart's reconcile, as with the agent's own read."""
+    when the IDL loads, right after the restart's reconcile, as with the agent's own read.
+
+    Single-use, for start-up only: a read is the current state for the first agent of its
+    host and for no later one.  A host's read that comes after its agent asked is dropped,
+    and the table is closed (`close`) once the data plane's first agents have claimed theirs:
+    an agent restarted much later (host updated, or deleted and added again) reads afresh."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._reads: dict[str, tuple[str, str, switch_poke.Poked]] = {}
+        self._asked: set[str] = set()
+        self._closed = False
 
     def put(self, host_id: str, target: str, bridge: str, poked: switch_poke.Poked) -> None:
         with self._lock:
-            self._reads[host_id] = (target, bridge, poked)
+            if not self._closed and host_id not in self._asked:
+                self._reads[host_id] = (target, bridge, poked)
 
     def take(self, host_id: str, target: str, bridge: str) -> switch_poke.Poked | None:
         """The read of this host's ``bridge`` through ``target``, once; None if there is none
-        (not read, or read for another target or bridge)."""
+        (not read yet, read for another target or bridge, or the table is closed)."""
         with self._lock:
+            if self._closed:
+                return None
+            self._asked.add(host_id)
             read = self._reads.pop(host_id, None)
         if read is None or read[:2] != (target, bridge):
             return None
         return read[2]
+
+    def close(self) -> None:
+        """End start-up: reads not taken are dropped, and so is every later one."""
+        with self._lock:
+            self._closed = True
+            self._reads.clear()
+            self._asked.clear()
 
 
 def poke_switches(
@@ -320,6 +338,7 @@ class OvsdbHost:
     ) -> None:
         self.host_id: str = host["id"]
         self.early_reads = early_reads  # the start-up poke's read of the bridge (`_early_read`)
+        self._early_poked: switch_poke.Poked | None = None  # claimed by `start`
         self.max_backoff_s = max_backoff_s
         # Whether the controller has an OpenFlow session with a datapath id (the fast
         # reconnect's test, see `_controller_target`); None: never poke the switch.
@@ -376,8 +395,16 @@ class OvsdbHost:
     # ---------------------------------------------------------------------------- lifecycle
 
     def start(self) -> None:
+        self.claim_early_read()
         self._thread = threading.Thread(target=self._run, name=f"ovsdb-{self.host_id}", daemon=True)
         self._thread.start()
+
+    def claim_early_read(self) -> None:
+        """Take the start-up poke's read of the bridge now, on the caller's thread: the data
+        plane starts its first agents before it closes the table (service.py), and only
+        those may have it (`EarlyReads`)."""
+        if self.early_reads is not None:
+            self._early_poked = self.early_reads.take(self.host_id, self.target, self.bridge)
 
     def stop(self) -> None:
         self._stop.set()
@@ -435,9 +462,7 @@ class OvsdbHost:
         ours: dict[str, str] = {}
         if self.switch_connected is not None and not self.switch_connected(dpid):
             ours = _spellings(self.controller_target)
-        poked = None
-        if self.early_reads is not None:
-            poked = self.early_reads.take(self.host_id, self.target, self.bridge)
+        poked, self._early_poked = self._early_poked, None
         if poked is not None and (poked.written is not None or not ours):
             # read at start-up, and the switch was poked then or is connected now (else it
             # is read and poked again below)

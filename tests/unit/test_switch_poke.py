@@ -234,6 +234,7 @@ def test_the_start_up_pokes_read_is_what_the_agent_reports_once(db: Db) -> None:
         host, OURS, lambda h, obs: reported.append(obs), lambda h, up: None,
         switch_connected=lambda dpid: False, early_reads=reads,
     )  # fmt: skip
+    agent.claim_early_read()  # as start() does
     assert agent._early_read()
     assert reported == [HostObservation(bindings={"port-1": 7}, tunnel_ofports={})]
     assert db.targets() == [OTHER]  # not poked again
@@ -241,3 +242,30 @@ def test_the_start_up_pokes_read_is_what_the_agent_reports_once(db: Db) -> None:
     assert reported[-1].bindings == {"port-1": 7, "port-2": 8} and db.targets() == [OURS]
     reads.put("hv1", "unix:/elsewhere.sock", "br-int", switch_poke.Poked(OTHER, ()))
     assert reads.take("hv1", db.target, "br-int") is None
+
+
+def test_a_start_up_read_that_comes_after_its_agent_asked_is_dropped() -> None:
+    """A poke finishing after the host's agent took (nothing, then) its read must not stay for
+    a much later agent of that host (restarted on a host update): that would report an
+    hours-old bridge as the current one."""
+    from controller.southbound.ovsdb_host import EarlyReads
+
+    reads = EarlyReads()
+    assert reads.take("hv1", "tcp:192.0.2.1:6640", "br-int") is None
+    reads.put("hv1", "tcp:192.0.2.1:6640", "br-int", switch_poke.Poked(OTHER, ()))
+    assert reads.take("hv1", "tcp:192.0.2.1:6640", "br-int") is None
+
+
+def test_start_up_reads_are_gone_once_the_table_is_closed() -> None:
+    """Closed once the data plane's first agents have claimed theirs: a read never taken (its
+    host's agent did not start) and any later one are not given to a later agent."""
+    from controller.southbound.ovsdb_host import EarlyReads
+
+    reads = EarlyReads()
+    reads.put("hv1", "tcp:192.0.2.1:6640", "br-int", switch_poke.Poked(OTHER, ()))
+    reads.put("hv2", "tcp:192.0.2.2:6640", "br-int", switch_poke.Poked(OTHER, ()))
+    assert reads.take("hv2", "tcp:192.0.2.2:6640", "br-int") is not None  # before the close
+    reads.close()
+    assert reads.take("hv1", "tcp:192.0.2.1:6640", "br-int") is None
+    reads.put("hv3", "tcp:192.0.2.3:6640", "br-int", switch_poke.Poked(OTHER, ()))
+    assert reads.take("hv3", "tcp:192.0.2.3:6640", "br-int") is None
