@@ -462,14 +462,17 @@ class EtcdStore(Store):
         They are the log's entries as committed (a watch event follows the commit), so this
         is what `catch_up` would apply, without reading them again: one etcd range read less
         per entry and instance, and one round trip less between a write on one instance and
-        its events on another.  False when the next entry has not arrived (a gap: the watch
-        was re-created, or an entry did not fit the bound): the follower then reads the log."""
+        its events on another.  False when nothing arrived, or when it stopped at a gap (the
+        next entry did not arrive but later ones did: the watch was re-created, or an entry did
+        not fit the bound): the follower then reads the log at once, not at its next poll."""
         applied = False
         with self._writer:
             while (raw := self._take_arrived(self.applied + 1)) is not None:
                 self._apply(self.applied + 1, raw)
                 applied = True
-        return applied
+            with self._arrived_lock:
+                gap = any(seq > self.applied for seq in self._arrived)
+        return applied and not gap
 
     def _load_snapshot(self, resumes_at: int) -> None:
         """Replace the replica's content by the latest snapshot (the log resumes at entry

@@ -186,6 +186,63 @@ def test_the_follower_applies_what_the_watch_carried_without_reading_it_again(
         other.close()
 
 
+def test_a_gap_after_entries_from_the_watch_is_read_in_the_same_wake_up(
+    store: EtcdStore, tmp_path: Path, etcd_settings: EtcdSettings
+) -> None:
+    """The follower applies what the watch carried up to a gap, then reads the gap from the
+    log at once: not at its next poll (the entries after the gap would wait ``poll_s``).
+    One wake-up of the follower is run, with the poll made never to come."""
+    bus = EventBus()
+    other = EtcdStore(str(tmp_path / "w.db"), bus, etcd_settings, poll_s=60)
+    try:
+        other._doorbell.set()  # the follower creates its watch at its first wake-up
+        wait_for(lambda: other._cancel_watch is not None, "the other instance's watch")
+        freeze_follower(other)  # from here on, only this test moves the replica
+        at = other.applied
+        for name in ("third", "fourth", "fifth"):
+            store.create_network({"name": name})
+        wait_for(lambda: len(other._arrived) == 3, "the three entries in the watch")
+        third = other._take_arrived(at + 1)
+        other._take_arrived(at + 2)  # the fourth never came with the watch
+        assert third is not None
+        other._entry_arrived(at + 1, third)
+        read: list[int] = []
+        real = other._log.entries_after
+
+        def counted(seq: int) -> Iterator[tuple[int, bytes]]:
+            for got in real(seq):
+                read.append(got[0])
+                yield got
+
+        class OneWakeUp:
+            """The doorbell rung once; waiting for it again ends the follower."""
+
+            def __init__(self) -> None:
+                self.waits = 0
+
+            def wait(self, timeout: float | None = None) -> bool:
+                self.waits += 1
+                if self.waits > 1:
+                    other._stopping.set()
+                return True
+
+            def clear(self) -> None:
+                pass
+
+            def set(self) -> None:
+                pass
+
+        other._log.entries_after = counted  # type: ignore[method-assign]
+        other._keep_watching = lambda: None  # type: ignore[method-assign]
+        other._doorbell = OneWakeUp()  # type: ignore[assignment]
+        other._stopping.clear()
+        other._follow()
+        assert other.applied == at + 3, "the entries after the gap waited for the poll"
+        assert read == [at + 2, at + 3]  # the gap and what followed, from the log
+    finally:
+        other.close()
+
+
 def test_watch_resumes_after_the_connection_drops(
     store: EtcdStore,
     tmp_path: Path,
