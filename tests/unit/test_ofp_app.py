@@ -454,10 +454,9 @@ def test_switches_admitted_early_are_read_back_before_attach_and_reported_by_it(
     assert (ofp.OFPT_METER_MOD, None) in _sent_types(dp)[len(dumps):]
 
 
-def test_a_switch_admitted_early_is_asked_again_by_attach_and_dropped_if_refused() -> None:
-    """`admit_early` answers from the hosts read at start-up; a host deleted (or its address
-    changed) before the data plane starts must not keep the session admitted then: `attach`
-    asks the data plane again, closes a session it refuses and does not report it."""
+def _admitted_early() -> tuple[TenantnetOfpApp, FakeDatapath, threading.Event]:
+    """An app admitting every switch early, and a switch it admitted (not read back yet);
+    the event is set when its connection is closed."""
     from os_ken.controller.handler import CONFIG_DISPATCHER
 
     app = TenantnetOfpApp()
@@ -467,8 +466,20 @@ def test_a_switch_admitted_early_is_asked_again_by_attach_and_dropped_if_refused
     dp.socket = SimpleNamespace(shutdown=lambda how: closed.set())
     dp.close = lambda: None  # type: ignore[method-assign]
     app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
+    return app, dp, closed
+
+
+def _finish_read_back(app: TenantnetOfpApp, dp: FakeDatapath) -> None:
     for handler in (app._flow_stats, app._group_desc, app._barrier):
         handler(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=0, flags=0, body=[])))
+
+
+def test_a_switch_admitted_early_is_asked_again_by_attach_and_dropped_if_refused() -> None:
+    """`admit_early` answers from the hosts read at start-up; a host deleted (or its address
+    changed) before the data plane starts must not keep the session admitted then: `attach`
+    asks the data plane again, closes a session it refuses and does not report it."""
+    app, dp, closed = _admitted_early()
+    _finish_read_back(app, dp)
     assert app.connected_dpids() == {DPID} and not closed.is_set()
 
     class Refusing(_Listener):
@@ -481,17 +492,11 @@ def test_a_switch_admitted_early_is_asked_again_by_attach_and_dropped_if_refused
     assert closed.is_set() and app.counters.refused == 1
     assert not app.has_session(DPID) and app.connected_dpids() == set()
     # A switch the data plane still admits is kept and reported as before
-    app2 = TenantnetOfpApp()
-    app2.admit_early(lambda dpid, ip, cn: None)
-    dp2 = FakeDatapath()
-    dp2.address, dp2.socket, dp2.is_active = ("192.0.2.1", 1), None, True
-    dp2.state = CONFIG_DISPATCHER
-    app2._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp2, datapath_id=DPID)))
-    for handler in (app2._flow_stats, app2._group_desc, app2._barrier):
-        handler(SimpleNamespace(msg=SimpleNamespace(datapath=dp2, xid=0, flags=0, body=[])))
-    listener2 = _Listener()
-    app2.attach(listener2)
-    assert listener2.ready == [DPID]
+    app, dp, closed = _admitted_early()
+    _finish_read_back(app, dp)
+    kept = _Listener()
+    app.attach(kept)
+    assert kept.ready == [DPID] and not closed.is_set()
 
 
 def test_a_switch_read_back_while_attach_runs_is_reported_once(
@@ -500,14 +505,7 @@ def test_a_switch_read_back_while_attach_runs_is_reported_once(
     """The read-back finishing and `attach` on two threads: `attach` is made to run at the
     read-back's log line, between the switch becoming ready and the listener being looked at.
     Reported twice, the data plane would diff and send the switch's flows (and meter) twice."""
-    from os_ken.controller.handler import CONFIG_DISPATCHER
-
-    app = TenantnetOfpApp()
-    app.admit_early(lambda dpid, ip, cn: None)
-    dp = FakeDatapath()
-    dp.address, dp.socket, dp.is_active = ("192.0.2.1", 1), None, True
-    dp.state = CONFIG_DISPATCHER
-    app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
+    app, dp, _ = _admitted_early()
     listener = _Listener()
     info = ofp_app.LOG.info
 
@@ -517,6 +515,5 @@ def test_a_switch_read_back_while_attach_runs_is_reported_once(
             app.attach(listener)
 
     monkeypatch.setattr(ofp_app.LOG, "info", attach_meanwhile)
-    for handler in (app._flow_stats, app._group_desc, app._barrier):
-        handler(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=0, flags=0, body=[])))
+    _finish_read_back(app, dp)
     assert listener.ready == [DPID]
