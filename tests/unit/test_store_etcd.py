@@ -157,15 +157,7 @@ def test_the_follower_applies_what_the_watch_carried_without_reading_it_again(
         wait_for(lambda: other._cancel_watch is not None, "the other instance's watch")
         first = store.create_network({"name": "first"})
         wait_for(lambda: other.applied == store.applied, "the first write on the other")
-        yielded: list[int] = []
-        real = other._log.entries_after
-
-        def counted(seq: int) -> Iterator[tuple[int, bytes]]:
-            for got in real(seq):
-                yielded.append(got[0])
-                yield got
-
-        other._log.entries_after = counted  # type: ignore[method-assign]
+        yielded = count_log_reads(other)
         second_net = store.create_network({"name": "second"})
         wait_for(lambda: other.applied == store.applied, "the second write on the other")
         assert yielded == []  # applied from the watch's copy
@@ -206,14 +198,6 @@ def test_a_gap_after_entries_from_the_watch_is_read_in_the_same_wake_up(
         other._take_arrived(at + 2)  # the fourth never came with the watch
         assert third is not None
         other._entry_arrived(at + 1, third)
-        read: list[int] = []
-        real = other._log.entries_after
-
-        def counted(seq: int) -> Iterator[tuple[int, bytes]]:
-            for got in real(seq):
-                read.append(got[0])
-                yield got
-
         class OneWakeUp:
             """The doorbell rung once; waiting for it again ends the follower."""
 
@@ -232,7 +216,7 @@ def test_a_gap_after_entries_from_the_watch_is_read_in_the_same_wake_up(
             def set(self) -> None:
                 pass
 
-        other._log.entries_after = counted  # type: ignore[method-assign]
+        read = count_log_reads(other)
         other._keep_watching = lambda: None  # type: ignore[method-assign]
         other._doorbell = OneWakeUp()  # type: ignore[assignment]
         other._stopping.clear()
@@ -326,6 +310,21 @@ def test_losing_quorum_answers_503_then_recovers(
         assert "refused" not in names
     # whatever the cluster decided, both instances hold the same
     assert other.list_all("network") == store.list_all("network")
+
+
+def count_log_reads(s: EtcdStore) -> list[int]:
+    """From now on, the sequence number of every entry an instance reads from etcd's log
+    (`entries_after`, the range read), in order, in the list returned."""
+    read: list[int] = []
+    real = s._log.entries_after
+
+    def counted(seq: int) -> Iterator[tuple[int, bytes]]:
+        for got in real(seq):
+            read.append(got[0])
+            yield got
+
+    s._log.entries_after = counted  # type: ignore[method-assign]
+    return read
 
 
 def freeze_follower(s: EtcdStore) -> None:
