@@ -11,12 +11,10 @@ returning a ``recovered()`` check the scenario polls until it holds.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,16 +149,7 @@ class EtcdTenantnetSystem(TenantnetSystem):
     def _leader(self) -> Member:
         """The etcd member that is the Raft leader (maintenance/status of each member)."""
         assert self.etcd is not None
-        for m in self.etcd.members:
-            if m.proc is None:
-                continue
-            req = urllib.request.Request(f"http://{m.endpoint}/v3/maintenance/status",
-                                         data=b"{}", method="POST")
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                st = json.loads(resp.read())
-            if st.get("leader") and st["leader"] == st.get("header", {}).get("member_id"):
-                return m
-        raise RuntimeError("no etcd member reports itself leader")
+        return self.etcd.leader()
 
     def kill_store_leader(self) -> tuple[dict[str, Any], Recovered]:
         """kill -9 the etcd leader; recovered once the others elected one and a write through

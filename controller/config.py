@@ -53,6 +53,9 @@ class Settings:
     store: str = "sqlite"
     etcd_prefix: str = "/tenantnet/"
     etcd_timeout_s: float = 2.0
+    # each etcd member is tried first with this shorter timeout (a member stuck on a killed
+    # leader is left after it, not after etcd_timeout_s), then with etcd_timeout_s
+    etcd_attempt_timeout_s: float = 0.5
     etcd_tls_ca: str = ""
     etcd_tls_cert: str = ""
     etcd_tls_key: str = ""
@@ -189,6 +192,7 @@ class Settings:
             parse_url(self.store),
             prefix=self.etcd_prefix,
             timeout_s=self.etcd_timeout_s,
+            attempt_timeout_s=self.etcd_attempt_timeout_s,
             ca_cert=self.etcd_tls_ca,
             cert=self.etcd_tls_cert,
             key=self.etcd_tls_key,
@@ -300,6 +304,10 @@ class Settings:
             raise ConfigError("etcd_prefix: must name a key prefix, e.g. /tenantnet/")
         if not 0.1 <= self.etcd_timeout_s <= 60:
             raise ConfigError(f"etcd_timeout_s: {self.etcd_timeout_s} is outside [0.1, 60]")
+        if not 0.05 <= self.etcd_attempt_timeout_s <= 60:  # >= etcd_timeout_s: one pass only
+            raise ConfigError(
+                f"etcd_attempt_timeout_s: {self.etcd_attempt_timeout_s} is outside [0.05, 60]"
+            )
         if not 10 <= self.etcd_snapshot_every <= 10**7:
             raise ConfigError(
                 f"etcd_snapshot_every: {self.etcd_snapshot_every} is outside [10, 10000000]"

@@ -108,6 +108,29 @@ class EtcdCluster:
         member.proc.wait(timeout=30)
         member.proc = None
 
+    @staticmethod
+    def pause_member(member: Member, paused: bool = True) -> None:
+        """Freeze (SIGSTOP) or thaw (SIGCONT) one member: a frozen member accepts connections
+        and answers nothing, like a member waiting on a leader that is gone."""
+        if member.proc is not None:
+            member.proc.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+
+    def leader(self) -> Member:
+        """The member that is the Raft leader now (from each member's /v3 status)."""
+        for m in self.members:
+            if m.proc is None:
+                continue
+            request = urllib.request.Request(
+                f"http://{m.endpoint}/v3/maintenance/status", data=b"{}", method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                status = json.loads(resp.read())
+            if status.get("leader") and status["leader"] == status.get("header", {}).get(
+                "member_id"
+            ):
+                return m
+        raise RuntimeError("no etcd member reports itself leader")
+
     def start(self, timeout: float = 30.0) -> None:
         if not os.path.exists(ETCD):
             raise RuntimeError("etcd is not installed (Debian package etcd-server)")

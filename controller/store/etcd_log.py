@@ -18,8 +18,16 @@ Key layout under a prefix (default ``/tenantnet/``):
 
 Every call goes to one member and moves on to the next on a connection failure or timeout; a
 call that no member can answer raises `EtcdUnavailable` (quorum lost, or the cluster is gone).
-Retrying an append on another member is safe: the compare makes a second attempt fail if the
-first one was committed.
+Each member is first given a short ``attempt_timeout_s``, then, if none answered, the full
+``timeout_s``: a member whose leader was just killed forwards a write to the dead leader and
+answers only at the timeout, so the short pass moves the call to a member of the new leader's
+term after about an election instead of ``timeout_s``; the full pass keeps a slow but working
+cluster answering.  Retrying a write on another member (or the same one) is safe because every
+write that must happen once carries something only its writer knows: an append compares the
+head (a second attempt fails if the first was committed) and its entry holds a unique id that
+`replicated.EtcdStore` looks for in the log; a snapshot's meta names a folder with a unique
+token (`publish_snapshot` recognises its own after a lost answer); a claim is revoked and
+simply not taken; a lease granted twice expires by itself.
 """
 
 from __future__ import annotations
@@ -72,22 +80,38 @@ class EtcdLog:
     def __init__(self, settings: EtcdSettings) -> None:
         self.settings = settings
         self.prefix = settings.prefix if settings.prefix.endswith("/") else settings.prefix + "/"
-        cert = (settings.cert or None, settings.key or None)
-        self._clients = [
+        # one client per member and timeout (a client's timeout is fixed; clients are shared
+        # between threads): the short first pass, then the full one (see the module docstring)
+        self._clients = self._connect(settings.timeout_s)
+        self._passes = [self._clients]
+        if settings.attempt_timeout_s < settings.timeout_s:
+            self._passes.insert(0, self._connect(settings.attempt_timeout_s))
+        self._current = 0
+        self._lock = threading.Lock()
+
+    def _connect(self, timeout_s: float) -> list[Any]:
+        settings = self.settings
+        return [
             etcd3gw.Etcd3Client(
                 host=host,
                 port=port,
                 protocol=settings.protocol,
                 ca_cert=settings.ca_cert or None,
-                cert_cert=cert[0],
-                cert_key=cert[1],
-                timeout=settings.timeout_s,
+                cert_cert=settings.cert or None,
+                cert_key=settings.key or None,
+                timeout=timeout_s,
                 api_path="/v3/",  # etcd >= 3.4; saves a discovery round trip per client
             )
             for host, port in settings.endpoints
         ]
-        self._current = 0
-        self._lock = threading.Lock()
+
+    def client(self, member: int) -> Any:
+        """The etcd3gw client of member ``member`` (with the full timeout)."""
+        return self._clients[member % len(self._clients)]
+
+    @property
+    def members(self) -> int:
+        return len(self._clients)
 
     @property
     def current_member(self) -> int:
@@ -103,15 +127,15 @@ class EtcdLog:
     # -- plumbing ---------------------------------------------------------------------------------
 
     def _call(self, fn: Callable[[Any], T]) -> T:
-        """``fn(client)`` on the current member, then on each other one until one answers."""
+        """``fn(client)`` on the current member, then on each other one until one answers:
+        each with the short attempt timeout first, then each with the full one."""
         with self._lock:
             start = self._current
         errors = []
         maybe_sent = False
         n = len(self._clients)
-        for i in range(n):
-            index = (start + i) % n
-            client = self._clients[index]
+        order = [(start + i) % n for i in range(n)]
+        for index, client in ((i, clients[i]) for clients in self._passes for i in order):
             try:
                 result = fn(client)
             except etcd_errors.ConnectionFailedError as exc:  # refused, reset, or a 503
@@ -244,6 +268,11 @@ class EtcdLog:
         ]  # fmt: skip
         won = self._txn(compare, [self._put(self.key("snap/meta"), meta)])
         if not won:
+            # an attempt whose answer was lost (a timeout, then a retry) may have put our
+            # meta: the folder's token says whose it is; never delete a published snapshot
+            found = self.snapshot_meta()
+            if found is not None and found[0]["dir"] == folder:
+                return True
             self.delete_folder(folder)
         return won
 

@@ -18,6 +18,11 @@ class EtcdSettings:
     endpoints: tuple[tuple[str, int], ...]
     prefix: str = "/tenantnet/"
     timeout_s: float = 2.0
+    # Each member is tried first with this shorter timeout, then with ``timeout_s`` (see
+    # `etcd_log`): a call reaching a member stuck on a dead leader moves on after this, not
+    # after ``timeout_s``.  Not below etcd's ordinary commit time on a loaded cluster, or calls
+    # are sent twice for nothing (harmless, but more load).
+    attempt_timeout_s: float = 0.5
     ca_cert: str = ""
     cert: str = ""
     key: str = ""

@@ -77,11 +77,13 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) ->
 
 @pytest.fixture
 def restore_members(etcd_cluster: Any) -> Iterator[Any]:
-    """Whatever a test stops, the next test finds all members running again."""
+    """Whatever a test stops or freezes, the next test finds all members running again."""
     yield etcd_cluster
     for m in etcd_cluster.members:
         if m.proc is None:
             etcd_cluster.start_member(m)
+        else:
+            etcd_cluster.pause_member(m, False)
     etcd_cluster.wait_healthy(60)
 
 
