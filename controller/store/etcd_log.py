@@ -359,38 +359,8 @@ class EtcdLog:
         """Delete every key under the prefix (a migration replacing the log)."""
         self._call(lambda c: c.delete_prefix(self.prefix))
 
-    def watch_log(
-        self,
-        start_revision: int | None,
-        ring: Callable[[], None],
-        entry: Callable[[int, bytes], None] | None = None,
-    ) -> Callable[[], None]:
-        """Call ``ring`` on every change under ``log/`` from ``start_revision``; returns cancel.
-
-        ``entry(seq, value)`` first, for each entry put: the watch carries the committed value
-        (etcd sends a watch event only once its Raft log has committed the change), so the
-        follower can apply it without reading it again (`EtcdStore._apply_arrived`)."""
-        events, cancel = self._call(
-            lambda c: c.watch_prefix(self.key("log/"), start_revision=start_revision)
-        )
-        log_prefix = self.key("log/")
-
-        def pump() -> None:
-            for event in events:
-                kv = event.get("kv", {})
-                if entry is not None and event.get("type", "PUT") == "PUT" and "value" in kv:
-                    key = kv.get("key", b"")
-                    name = key.decode() if isinstance(key, bytes) else str(key)
-                    tail = name[len(log_prefix) :]
-                    if name.startswith(log_prefix) and tail.isdigit():
-                        entry(int(tail), kv["value"])
-                ring()
-
-        threading.Thread(target=pump, name="etcd-watch", daemon=True).start()
-        return cancel
-
     def revision(self) -> int:
-        """The cluster's current revision (where a new watch starts)."""
+        """The cluster's current revision (where a new watch starts, `etcd_watch`)."""
         status = self._call(lambda c: c.status())
         return int(status["header"]["revision"])
 

@@ -23,6 +23,10 @@ class EtcdSettings:
     # after ``timeout_s``.  Not below etcd's ordinary commit time on a loaded cluster, or calls
     # are sent twice for nothing (harmless, but more load).
     attempt_timeout_s: float = 0.5
+    # A watch stream silent for this long is opened again (on the same member; on the next one
+    # if that one does not even confirm the new watch): a frozen member is left within twice
+    # this (`etcd_watch`).  Idle reconnects cost one request each.
+    watch_idle_s: float = 10.0
     ca_cert: str = ""
     cert: str = ""
     key: str = ""

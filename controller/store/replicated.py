@@ -52,6 +52,7 @@ from controller.metrics import Metrics
 from controller.store.errors import InvalidInput, StoreError, StoreUnavailable
 from controller.store.etcd_log import EtcdLog, EtcdUnavailable
 from controller.store.etcd_settings import EtcdSettings
+from controller.store.etcd_watch import LogWatch
 from controller.store.pending import Observations, PendingObservations
 from controller.store.schema import LATEST
 from controller.store.store import Store
@@ -225,8 +226,11 @@ class EtcdStore(Store):
         self._poll_s = poll_s
         self._doorbell = threading.Event()
         self._stopping = threading.Event()
-        self._cancel_watch: Callable[[], None] | None = None
-        self._watched_member = -1
+        self._watch: LogWatch | None = None
+        # the watchdog (`_check_watch`): entries after ``_watch_floor`` are the watch's to
+        # deliver; ``_lagging`` = (an entry applied from the log that it had not, since when)
+        self._watch_floor: int | None = None
+        self._lagging: tuple[int, float] | None = None
         self._snapshot_seq = start or 0
         self._snapshotting = threading.Thread()
         self._pending = PendingObservations()
@@ -274,8 +278,8 @@ class EtcdStore(Store):
         self._doorbell.set()
         if self._follower.is_alive() and self._follower is not threading.current_thread():
             self._follower.join(timeout=10)
-        if self._cancel_watch is not None:
-            self._cancel_watch()
+        if self._watch is not None:
+            self._watch.stop()
         with self._writer:
             self._wconn.close()
         super().close()
@@ -568,8 +572,7 @@ class EtcdStore(Store):
             except EtcdUnavailable as exc:
                 if not self.down:
                     LOG.warning("etcd cluster %s unreachable: %s", _where(self.etcd), exc)
-                self.down = True
-                self._drop_watch()
+                self.down = True  # the watch resumes by itself (`etcd_watch`)
             except StoreUnavailable as exc:  # a schema mismatch, a log without snapshot: stop
                 # (writes then fail with the same reason, since this replica cannot catch up)
                 LOG.error("etcd log: %s; this instance no longer follows it", exc.message)
@@ -579,23 +582,44 @@ class EtcdStore(Store):
                 self._stopping.wait(10 * self._poll_s)
 
     def _keep_watching(self) -> None:
-        """A watch on the log through the member in use, from the current revision on (what
-        happened before is read by the catch-up that follows)."""
-        member = self._log.current_member
-        if self._cancel_watch is not None and member == self._watched_member:
+        """A watch on the log (`LogWatch`: it resumes by itself after its member fails), from
+        the current revision on at first (what happened before is read by the catch-up that
+        follows); one whose thread ended (a bug: it logged why) is replaced by another from
+        its last revision; one that lags is restarted (`_check_watch`)."""
+        watch = self._watch
+        if watch is not None and watch.alive:
+            self._check_watch(watch)
             return
-        self._drop_watch()
-        revision = self._log.revision()
-        self._cancel_watch = self._log.watch_log(
-            revision + 1, self._doorbell.set, self._entry_arrived
-        )
-        self._watched_member = self._log.current_member
+        if watch is None:
+            start = self._log.revision() + 1
+        else:
+            LOG.warning("etcd watch thread ended at revision %d: starting another", watch.revision)
+            start = watch.revision + 1
+        self._watch = LogWatch(self._log, start, self._doorbell.set, self._entry_arrived)
+        self._watch_floor, self._lagging = None, None
 
-    def _drop_watch(self) -> None:
-        if self._cancel_watch is not None:
-            with contextlib.suppress(Exception):
-                self._cancel_watch()
-            self._cancel_watch = None
+    def _check_watch(self, watch: LogWatch) -> None:
+        """The watchdog: an entry this replica read from the log that the watch has still not
+        delivered a while later (the longer of the poll and the etcd timeout) means its stream
+        is stuck - a member frozen, or cut off without a reset - even before the stream's idle
+        timeout says so: the watch resumes on the next member."""
+        if self._watch_floor is None:  # entries up to here came before the watch started
+            self._watch_floor = self.applied
+            return
+        ahead = self.applied > max(watch.last_seq, self._watch_floor)
+        if not ahead:
+            self._lagging = None
+        elif self._lagging is None:
+            self._lagging = (self.applied, time.monotonic())
+        elif watch.last_seq < self._lagging[0] and time.monotonic() - self._lagging[1] >= max(
+            self._poll_s, self.etcd.timeout_s
+        ):
+            LOG.warning(
+                "etcd watch has not delivered entry %d, applied from the log: restarting it",
+                self._lagging[0],
+            )
+            self._lagging = None
+            watch.restart()
 
     # -- the data plane's observations ----------------------------------------------------------
 

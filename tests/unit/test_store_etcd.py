@@ -156,7 +156,7 @@ def test_the_follower_applies_what_the_watch_carried_without_reading_it_again(
     other = EtcdStore(str(tmp_path / "w.db"), bus, etcd_settings, poll_s=60)  # no poll here
     try:
         other._doorbell.set()  # the follower creates its watch at its first wake-up
-        wait_for(lambda: other._cancel_watch is not None, "the other instance's watch")
+        wait_for(lambda: other._watch is not None, "the other instance's watch")
         first = store.create_network({"name": "first"})
         wait_for(lambda: other.applied == store.applied, "the first write on the other")
         yielded = count_log_reads(other)
@@ -190,7 +190,7 @@ def test_a_gap_after_entries_from_the_watch_is_read_in_the_same_wake_up(
     other = EtcdStore(str(tmp_path / "w.db"), bus, etcd_settings, poll_s=60)
     try:
         other._doorbell.set()  # the follower creates its watch at its first wake-up
-        wait_for(lambda: other._cancel_watch is not None, "the other instance's watch")
+        wait_for(lambda: other._watch is not None, "the other instance's watch")
         freeze_follower(other)  # from here on, only this test moves the replica
         at = other.applied
         for name in ("third", "fourth", "fifth"):

@@ -1,0 +1,248 @@
+"""A watch on the etcd log that outlives the member it is on (issue 18: faults are normal).
+
+etcd3gw's watch reads the stream on a thread of its own and hands events to an iterator
+through a queue; when the member dies the reading thread ends and the iterator waits on its
+queue for ever, and the stream has no read timeout, so a watch on a frozen member stays silent
+for ever too.  Nothing noticed either: the follower fell back to its poll (1 s per change).
+
+`LogWatch` owns the stream instead (the same HTTP session and gateway route as etcd3gw, with a
+read timeout) and keeps it going itself:
+
+* it remembers the last revision it delivered (an event's ``mod_revision``, or the revision of
+  a progress notification), and every new stream resumes at the next one, on the same member
+  after an idle timeout, on the next member after a failure: no change is missed, none comes
+  twice (etcd delivers each revision of the range once per stream, in order);
+* a failure is noticed when the stream ends or breaks (a killed member: at once), or when it
+  stays silent for ``idle_s`` and then does not even confirm a new watch (a frozen member:
+  within two ``idle_s``); the follower's watchdog (`EtcdStore._check_watch`) also restarts it
+  when it lags behind what the log already holds;
+* if etcd compacted the revision to resume at, the watch starts again at the oldest one kept
+  and rings: the follower reads the log's keys (its source of truth; the watch only spares
+  it those reads), so that is the full resync;
+* every end is logged once (a warning when a member fails, the resume at info level; an idle
+  reconnect says nothing), and each one rings the follower, which applies what the log holds
+  meanwhile.  An unexpected error ends the thread with a logged traceback and a ring; the
+  follower then sees ``alive`` false and starts a new watch from ``revision``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from urllib3.exceptions import ReadTimeoutError
+
+from controller.store.etcd_log import EtcdLog, _b64
+
+LOG = logging.getLogger(__name__)
+MAX_LINE_BYTES = 64 * 1024 * 1024  # one watch response (a batch of entries) at most
+
+
+class WatchEnded(Exception):
+    """The stream ended without an error of the transport (EOF, a cancel, a restart)."""
+
+
+class LogWatch:
+    """Delivers ``entry(seq, value)`` for each log entry put and then ``ring()``, from
+    ``start_revision`` on, until `stop` (see the module docstring)."""
+
+    def __init__(
+        self,
+        log: EtcdLog,
+        start_revision: int,
+        ring: Callable[[], None],
+        entry: Callable[[int, bytes], None] | None = None,
+        idle_s: float | None = None,
+    ) -> None:
+        self.log = log
+        self.revision = start_revision - 1  # every change up to this one has been delivered
+        self.member = log.current_member
+        self.last_seq = 0  # the highest log entry delivered
+        self.idle_s = log.settings.watch_idle_s if idle_s is None else idle_s
+        self._ring = ring
+        self._entry = entry
+        self._prefix = log.key("log/")
+        self._stopping = threading.Event()
+        self._move_on = threading.Event()  # `restart`: leave this member
+        self._response: requests.Response | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="etcd-watch", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._close()
+
+    def restart(self) -> None:
+        """Leave the current stream and resume on the next member (it is not delivering)."""
+        self._move_on.set()
+        self._close()
+
+    def _close(self) -> None:
+        with self._lock:
+            response = self._response
+        if response is not None:
+            _shut(response)
+
+    # -- the thread --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        failing = ""  # the failure being reported ("" while the watch is healthy)
+        failed_in_a_row = 0
+        try:
+            while not self._stopping.is_set():
+                member = self.member
+                created = [False]
+                try:
+                    self._stream(member, created)
+                    error: Exception = WatchEnded("the stream ended")
+                except (requests.RequestException, OSError, ValueError, WatchEnded) as exc:
+                    error = exc
+                if self._stopping.is_set():
+                    return
+                if created[0] and failing:
+                    where = self._where(member)
+                    LOG.info("etcd watch resumed on %s from revision %d", where, self.revision + 1)
+                    failing = ""
+                if created[0] and _idle(error) and not self._move_on.is_set():
+                    failed_in_a_row = 0
+                    continue  # only quiet: a new stream on the same member
+                self._move_on.clear()
+                if created[0]:
+                    failed_in_a_row = 0
+                failed_in_a_row += 1
+                self.member = (member + 1) % self.log.members
+                if not failing:
+                    failing = f"{type(error).__name__}: {error}"[:200]
+                    LOG.warning(
+                        "etcd watch on %s ended (%s): resuming from revision %d on %s",
+                        self._where(member),
+                        failing,
+                        self.revision + 1,
+                        self._where(self.member),
+                    )
+                self._ring()  # the follower reads the log meanwhile
+                if failed_in_a_row >= self.log.members:  # every member failed: do not spin
+                    self._stopping.wait(min(1.0, self.idle_s))
+        except Exception:
+            LOG.exception("etcd watch stopped at revision %d", self.revision)
+            self._ring()  # the follower notices (`alive`) and starts another
+
+    def _stream(self, member: int, created: list[bool]) -> None:
+        """One watch stream on ``member`` from ``revision + 1``, until it ends or breaks."""
+        client = self.log.client(member)
+        body = {
+            "create_request": {
+                "key": _b64(self._prefix),
+                "range_end": _b64(self._prefix[:-1] + chr(ord(self._prefix[-1]) + 1)),
+                "start_revision": self.revision + 1,
+                "progress_notify": True,
+            }
+        }
+        response = client.session.post(
+            client.get_url("/watch"),
+            json=body,
+            stream=True,
+            timeout=(self.log.settings.timeout_s, self.idle_s),
+        )
+        with self._lock:
+            self._response = response
+        try:
+            if self._stopping.is_set() or self._move_on.is_set():
+                raise WatchEnded("stopped")
+            if response.status_code != 200:
+                raise WatchEnded(f"HTTP {response.status_code}: {response.text[:200]}")
+            pending = b""
+            for chunk in response.iter_content(chunk_size=None):
+                pending += chunk
+                if len(pending) > MAX_LINE_BYTES:
+                    raise WatchEnded(f"a watch response over {MAX_LINE_BYTES} bytes")
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        self._handle(json.loads(line), created)
+        finally:
+            with self._lock:
+                self._response = None
+            _shut(response)
+
+    def _handle(self, message: dict[str, Any], created: list[bool]) -> None:
+        if "error" in message:
+            raise WatchEnded(f"etcd: {str(message['error'])[:200]}")
+        result = message.get("result", {})
+        if result.get("created"):
+            created[0] = True
+        compacted = int(result.get("compact_revision", 0) or 0)
+        if result.get("canceled"):
+            if compacted > self.revision + 1:
+                LOG.warning(
+                    "etcd watch: revision %d was compacted (oldest kept %d): resuming there, "
+                    "the log's keys are read again meanwhile",
+                    self.revision + 1,
+                    compacted,
+                )
+                self.revision = compacted - 1
+                self._ring()
+            raise WatchEnded(f"canceled: {result.get('cancel_reason', '')}"[:200])
+        events = result.get("events") or []
+        for event in events:
+            kv = event.get("kv", {})
+            name = _text(kv.get("key", ""))
+            tail = name[len(self._prefix) :]
+            if (
+                self._entry is not None
+                and event.get("type", "PUT") == "PUT"
+                and "value" in kv
+                and name.startswith(self._prefix)
+                and tail.isdigit()
+            ):
+                self._entry(int(tail), _bytes(kv["value"]))
+                self.last_seq = max(self.last_seq, int(tail))
+            self.revision = max(self.revision, int(kv.get("mod_revision", 0)))
+        if events:
+            self._ring()
+        elif created[0] and not result.get("created"):  # a progress notification
+            self.revision = max(self.revision, int(result.get("header", {}).get("revision", 0)))
+
+    def _where(self, member: int) -> str:
+        client = self.log.client(member)
+        return f"{client.host}:{client.port}"
+
+
+def _idle(error: Exception) -> bool:
+    """A read timeout on a stream (nothing arrived for ``idle_s``), not a broken one."""
+    if isinstance(error, requests.exceptions.ReadTimeout):
+        return True
+    return isinstance(error, requests.exceptions.ConnectionError) and any(
+        isinstance(a, ReadTimeoutError) for a in error.args
+    )
+
+
+def _text(b64: str) -> str:
+    return _bytes(b64).decode(errors="replace")
+
+
+def _bytes(b64: str) -> bytes:
+    return base64.b64decode(b64)
+
+
+def _shut(response: requests.Response) -> None:
+    """End a streaming response from any thread (its reader gets EOF or an error at once):
+    closing alone would wait for the reader; etcd3gw's `Watcher.stop` does the same."""
+    with contextlib.suppress(Exception):
+        sock = socket.fromfd(response.raw._fp.fileno(), socket.AF_INET, socket.SOCK_STREAM)
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+    with contextlib.suppress(Exception):
+        response.close()
