@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from etcd3gw import exceptions as etcd_errors
 
 from controller.events import ChangeEvent, EventBus
+from controller.store import replicated
 from controller.store.etcd_log import EtcdLog
 from controller.store.etcd_settings import EtcdSettings
 from controller.store.replicated import EtcdStore, decode_entry
@@ -235,6 +238,43 @@ def test_a_watch_thread_that_fails_is_logged_once_and_replaced_from_its_revision
         assert store._watch is not first_watch and not first_watch.alive
         stopped = [r for r in caplog.records if "etcd watch stopped" in r.getMessage()]
         assert len(stopped) == 1 and stopped[0].exc_info is not None
+    finally:
+        store.close()
+        writer.close()
+
+
+def test_the_watchdog_restarts_a_watch_that_lags_behind_the_log(
+    tmp_path: Path, etcd_settings: EtcdSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream stuck without closing delivers nothing: once an entry read from the log has
+    not come through the watch for the longer of the poll and the etcd timeout, the follower
+    restarts the watch (on the next member); one that delivers in time is left alone.  The
+    clock and the watch are faked; the follower's calls are made here."""
+    now = [1000.0]
+    clock = SimpleNamespace(monotonic=lambda: now[0], perf_counter=time.perf_counter)
+    monkeypatch.setattr(replicated, "time", clock)
+    writer = EtcdStore(str(tmp_path / "w.db"), EventBus(), etcd_settings)
+    store = EtcdStore(str(tmp_path / "r.db"), EventBus(), etcd_settings, poll_s=3600)
+    restarts: list[int] = []
+    watch: Any = SimpleNamespace(last_seq=0, restart=lambda: restarts.append(1))
+    grace = max(store._poll_s, etcd_settings.timeout_s)
+    try:
+        writer.create_network({"name": "before"})
+        store.catch_up()
+        store._check_watch(watch)  # the watch starts here: what came before is not its to carry
+        writer.create_network({"name": "delivered"})
+        store.catch_up()
+        watch.last_seq = store.applied
+        store._check_watch(watch)
+        writer.create_network({"name": "stuck"})
+        store.catch_up()
+        store._check_watch(watch)
+        now[0] += grace / 2
+        store._check_watch(watch)
+        assert restarts == []
+        now[0] += grace / 2
+        store._check_watch(watch)
+        assert restarts == [1]
     finally:
         store.close()
         writer.close()
