@@ -307,7 +307,8 @@ class OvsdbHost:
 
     # Only what tenantnet reads or writes.  Interface statistics/status and Controller status are
     # rewritten by ovs-vswitchd every few seconds for every row: watching them would wake the
-    # controller and re-walk every host's ports for nothing.
+    # controller and re-walk every host's ports for nothing.  ``Controller.is_connected`` changes
+    # only when a connection comes up or goes down (`_settle_peer_settings` acts on it).
     COLUMNS: dict[str, tuple[str, ...] | None] = {
         "Open_vSwitch": ("bridges", "cur_cfg", "next_cfg", "external_ids", "ssl"),
         "Bridge": (
@@ -317,7 +318,7 @@ class OvsdbHost:
         "Port": ("name", "interfaces", "external_ids"),
         "Interface": ("name", "type", "options", "ofport", "ofport_request", "external_ids"),
         "Controller": (
-            "target", "max_backoff", "inactivity_probe", "external_ids",
+            "target", "max_backoff", "inactivity_probe", "external_ids", "is_connected",
         ),
         "SSL": ("private_key", "certificate", "ca_cert"),
     }  # fmt: skip
@@ -383,6 +384,9 @@ class OvsdbHost:
         # the bridge's other controllers (they hold the slave role); None: one node, ours only.
         self.peer_targets: tuple[str, ...] | None = None
         self._peers_written: tuple[str, ...] | None = None
+        # the other instances' Controller rows whose current connection had the settings
+        # re-applied (`_settle_peer_settings`)
+        self._settled_peers: set[Any] = set()
 
     def set_peer_targets(self, targets: tuple[str, ...]) -> None:
         """The other instances' targets (any thread): written with the bridge's config, now
@@ -550,6 +554,7 @@ class OvsdbHost:
                     LOG.exception("host %s: could not list the other controllers", self.host_id)
             if up:
                 self._settle_controller_settings()
+                self._settle_peer_settings()
 
     # ---------------------------------------------------------------------------- writes
 
@@ -696,6 +701,44 @@ class OvsdbHost:
         LOG.debug(
             "host %s: controller settings applied to OpenFlow session %d", self.host_id, session
         )
+
+    def _settle_peer_settings(self) -> None:
+        """The same as `_settle_controller_settings` for the other instances' rows (several
+        controllers, docs/ha.md): once per connection that vswitchd reports up
+        (``is_connected``), re-state their ``max_backoff`` and ``inactivity_probe``.
+
+        Without it, a peer's connection that came up after vswitchd last reconfigured kept
+        OVS 3.1.0's 8 s backoff: when that instance was killed and restarted, each bridge
+        retried it at 1, 2, 4, 8 s and it waited up to 8 s to be reconnected (and to take
+        over hosts as MASTER), instead of ~1 s.  One vswitchd reconfiguration per peer
+        connection that comes up; a connection that goes down is settled again on its next."""
+        if self.peer_targets is None:
+            return
+        assert self.api is not None and self._conn is not None
+        ours = {self.controller_target, alternate_target(self.controller_target)}
+        with self._conn.lock:
+            br = idlutils.row_by_value(self._conn.idl, "Bridge", "name", self.bridge, None)
+            rows = [r for r in (br.controller if br is not None else []) if r.target not in ours]
+            up = {r.uuid for r in rows if r.is_connected}
+        self._settled_peers &= up
+        due = up - self._settled_peers
+        if not due:
+            return
+        applied = ("external_ids", {SETTINGS_APPLIED: _utc_now()})
+        try:
+            with self.api.transaction(check_error=True) as txn:
+                for row in due:
+                    txn.add(
+                        self.api.db_set("Controller", row, *CONTROLLER_SETTINGS.items(), applied)
+                    )
+        except Exception as exc:  # retried on the next tick
+            LOG.warning(
+                "host %s: could not re-apply the other controllers' settings: %s",
+                self.host_id,
+                exc,
+            )
+            return
+        self._settled_peers |= due
 
     def _settle_wait(self) -> float:
         """How long the loop may sleep: its 1 s tick, or less when a session's settings are

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from controller.southbound.ovsdb_host import SETTINGS_APPLIED
 from lab.hypervisors import Lab
 from lab.tenantnet_proc import ApiError, ApiProbe, TenantnetProcess
 from tests.integration.test_native_dhcp_arp import SCRIPT, _udhcpc
@@ -88,11 +89,24 @@ def two_vms(lab: Lab, procs: list[TenantnetProcess]) -> tuple[Any, list[Any], An
     return api, vms, sub, owner_of, target_of
 
 
+def settings_applied(hv: Any) -> bool:
+    """Both Controller rows of the bridge had their settings (1 s max backoff) re-applied
+    while connected: the owner's by the session rule, the other instance's once vswitchd
+    reported it up (`OvsdbHost._settle_peer_settings`).  OVS 3.1.0 leaves a connection that
+    came up after vswitchd last reconfigured at an 8 s backoff, so a killed and restarted
+    instance waited up to 8 s to be reconnected (test_switch_backoff shows the effect)."""
+    out = hv.vsctl("--bare", "--columns=external_ids", "list", "Controller")
+    rows = [r for r in out.split("\n\n") if r.strip()]
+    return len(rows) == 2 and all(SETTINGS_APPLIED in r for r in rows)
+
+
 def test_killing_a_hosts_owner_moves_its_master_role_without_losing_a_ping(
     cluster: tuple[Lab, list[TenantnetProcess]], tmp_path: Path
 ) -> None:
     lab, procs = cluster
     _, vms, _, owner_of, target_of = two_vms(lab, procs)
+    for hv in lab.hvs:
+        wait_for(lambda hv=hv: settings_applied(hv), f"{hv.name}: settings on both connections")
     by_member = {p.api.status()["cluster"]["member"]: p for p in procs}
     victim_name = owner_of[lab.hvs[0].name]
     victim = by_member[victim_name]

@@ -51,7 +51,7 @@ def agent(monkeypatch: pytest.MonkeyPatch) -> Any:
     host.api = SimpleNamespace(
         transaction=transaction, db_set=lambda table, row, *cols: (table, row, *cols)
     )
-    return SimpleNamespace(host=host, clock=clock, session=session, writes=writes)
+    return SimpleNamespace(host=host, clock=clock, session=session, writes=writes, bridge=bridge)
 
 
 def test_settings_are_applied_once_per_session_once_it_is_settle_after_s_old(agent: Any) -> None:
@@ -81,3 +81,33 @@ def test_settings_are_applied_once_per_session_once_it_is_settle_after_s_old(age
     clock.now += SETTLE_AFTER_S
     host._settle_controller_settings()
     assert len(writes) == 2
+
+
+def test_other_instances_rows_are_settled_once_per_connection_that_comes_up(agent: Any) -> None:
+    """Several instances: a peer's connection that came up after vswitchd last reconfigured
+    kept OVS 3.1.0's 8 s backoff (a restarted instance waited up to 8 s to be reconnected).
+    Its row's settings are re-applied once vswitchd reports that connection up, and again
+    after it went down and came back; our own row is left to the session rule above."""
+    host, writes = agent.host, agent.writes
+    host.peer_targets = ("tcp:192.0.2.11:6653", "tcp:192.0.2.12:6653")
+    peers = [
+        SimpleNamespace(uuid="p1", target=host.peer_targets[0], is_connected=False),
+        SimpleNamespace(uuid="p2", target=host.peer_targets[1], is_connected=False),
+    ]
+    ours = SimpleNamespace(uuid="c1", target=TARGET, is_connected=True)
+    agent.bridge.controller = [ours, *peers]
+    host._settle_peer_settings()
+    assert writes == []  # nobody connected: nothing to apply to
+    peers[0].is_connected = True
+    host._settle_peer_settings()
+    host._settle_peer_settings()
+    assert [w[:2] for w in writes] == [("Controller", "p1")]
+    cols = writes[0][2:]
+    assert dict(cols)["max_backoff"] == 1000 and dict(cols)["inactivity_probe"] == 5000
+    assert ovsdb_host.SETTINGS_APPLIED in dict(cols)["external_ids"]
+    peers[0].is_connected = False  # the instance was killed ...
+    peers[1].is_connected = True
+    host._settle_peer_settings()
+    peers[0].is_connected = True  # ... and restarted: a new connection
+    host._settle_peer_settings()
+    assert [w[1] for w in writes] == ["p1", "p2", "p1"]
