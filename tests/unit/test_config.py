@@ -215,6 +215,7 @@ def test_store_is_sqlite_by_default_and_etcd_when_named(tmp_path: Path) -> None:
     assert s.etcd is not None
     assert s.etcd.endpoints == (("10.0.0.1", 2379), ("fd00::2", 2379))
     assert s.etcd.timeout_s == 3.5 and s.etcd.protocol == "http"
+    assert s.etcd.attempt_timeout_s == 0.5  # each member first with this, then with timeout_s
     assert s.etcd.snapshot_every == 500 and s.etcd.log_margin == 200
     assert s.database == str(tmp_path / "etcd-replica.sqlite")  # a replica, not the single file
 
@@ -225,6 +226,7 @@ def test_store_is_sqlite_by_default_and_etcd_when_named(tmp_path: Path) -> None:
         (("--store", "postgres://x"), "store"),
         (("--store", "etcd://host"), "store"),
         (("--store", "etcd://h:1", "--etcd-timeout-s", "0"), "etcd_timeout_s"),
+        (("--store", "etcd://h:1", "--etcd-attempt-timeout-s", "0"), "etcd_attempt_timeout_s"),
         (("--store", "etcd://h:1", "--etcd-prefix", "/"), "etcd_prefix"),
         (("--store", "etcd://h:1", "--etcd-tls-cert", "/nonexistent"), "etcd_tls_cert"),
         (("--etcd-tls-ca", "/etc/hostname"), "etcd_tls"),
