@@ -18,12 +18,13 @@ Key layout under a prefix (default ``/tenantnet/``):
 
 Every call goes to one member and moves on to the next on a connection failure or timeout; a
 call that no member can answer raises `EtcdUnavailable` (quorum lost, or the cluster is gone).
-Each member is first given a short ``attempt_timeout_s``, then, if none answered, the full
-``timeout_s``: a member whose leader was just killed forwards a write to the dead leader and
-answers only at the timeout, so the short pass moves the call to a member of the new leader's
-term after about an election instead of ``timeout_s``; the full pass keeps a slow but working
-cluster answering.  Retrying a write on another member (or the same one) is safe because every
-write that must happen once carries something only its writer knows: an append compares the
+Attempts are short (``attempt_timeout_s``) and go round the members for up to ``timeout_s``,
+then each member gets one attempt with the full ``timeout_s`` (see `EtcdLog._call`): a member
+whose leader was just killed forwards a write to the dead leader and answers only at the
+timeout, so short attempts reach a member of the new leader's term about an election after
+the kill instead of ``timeout_s``; the long pass keeps a slow but working cluster answering.
+Retrying a write on another member (or the same one) is safe because every write that must
+happen once carries something only its writer knows: an append compares the
 head (a second attempt fails if the first was committed) and its entry holds a unique id that
 `replicated.EtcdStore` looks for in the log; a snapshot's meta names a folder with a unique
 token (`publish_snapshot` recognises its own after a lost answer); a claim is revoked and
@@ -37,6 +38,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -127,29 +129,50 @@ class EtcdLog:
     # -- plumbing ---------------------------------------------------------------------------------
 
     def _call(self, fn: Callable[[Any], T]) -> T:
-        """``fn(client)`` on the current member, then on each other one until one answers:
-        each with the short attempt timeout first, then each with the full one."""
+        """``fn(client)`` on the current member, then on each other one until one answers.
+
+        Short attempts (``attempt_timeout_s``) go round the members for up to ``timeout_s``,
+        then each member gets one attempt with ``timeout_s``.  A request a member forwarded
+        to a leader that died is lost, so only an attempt sent after the member learned the
+        new leader succeeds: short attempts repeated reach it about an election after the
+        kill, whatever the election takes (a long attempt sent during the election would
+        wait out its whole timeout).  The long pass keeps a slow but working cluster
+        answering.  A round that failed without any member timing out (all refused: nothing
+        reachable) ends the short phase; one that failed fast ("no leader" during an
+        election) pauses briefly before the next, so as not to spin."""
         with self._lock:
             start = self._current
-        errors = []
+        errors: list[str] = []
         maybe_sent = False
         n = len(self._clients)
         order = [(start + i) % n for i in range(n)]
-        for index, client in ((i, clients[i]) for clients in self._passes for i in order):
-            try:
-                result = fn(client)
-            except etcd_errors.ConnectionFailedError as exc:  # refused, reset, or a 503
-                errors.append(f"{client.host}:{client.port}: {_short(exc)}")
-                continue
-            except etcd_errors.Etcd3Exception as exc:  # a timeout, a 500 ("no leader") ...
-                errors.append(f"{client.host}:{client.port}: {_short(exc)}")
-                maybe_sent = True
-                continue
-            if index != start:
-                with self._lock:
-                    self._current = index
-            return result
-        raise EtcdUnavailable("; ".join(errors), maybe_sent)
+        short_until = time.monotonic() + self.settings.timeout_s
+        for clients in self._passes:
+            while True:
+                began = time.monotonic()
+                waited = False  # some member may have taken the request (not refused)
+                for index in order:
+                    client = clients[index]
+                    try:
+                        result = fn(client)
+                    except etcd_errors.ConnectionFailedError as exc:  # refused, reset, a 503
+                        errors.append(f"{client.host}:{client.port}: {_short(exc)}")
+                        continue
+                    except etcd_errors.Etcd3Exception as exc:  # a timeout, a 500 ("no leader")
+                        errors.append(f"{client.host}:{client.port}: {_short(exc)}")
+                        maybe_sent = waited = True
+                        continue
+                    if index != start:
+                        with self._lock:
+                            self._current = index
+                    return result
+                now = time.monotonic()
+                if clients is self._clients or not waited or now >= short_until:
+                    break
+                pause = self.settings.attempt_timeout_s / 5
+                if now - began < pause:
+                    time.sleep(pause)
+        raise EtcdUnavailable("; ".join(dict.fromkeys(errors[-2 * n :])), maybe_sent)
 
     def _txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> bool:
         txn = {"compare": compare, "success": success, "failure": []}

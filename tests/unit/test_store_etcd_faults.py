@@ -278,3 +278,33 @@ def test_the_watchdog_restarts_a_watch_that_lags_behind_the_log(
     finally:
         store.close()
         writer.close()
+
+
+def test_short_attempts_go_round_until_a_member_has_the_new_leader(
+    etcd_settings: EtcdSettings,
+) -> None:
+    """During an election every live member times out (it forwarded the request to the dead
+    leader, where it is lost) until it learns the new leader; an attempt sent after that
+    succeeds.  The call keeps going round the members in short attempts and succeeds then,
+    instead of waiting out a long attempt sent during the election.  Fake clients: member 0
+    refuses (the killed leader), members 1 and 2 time out on their first three calls."""
+    log = EtcdLog(etcd_settings)
+    calls: list[tuple[int, float]] = []
+
+    class Member:
+        def __init__(self, index: int, timeout: float) -> None:
+            self.index, self.timeout, self.host, self.port = index, timeout, "m", index
+
+        def get(self, key: str) -> list[bytes]:
+            calls.append((self.index, self.timeout))
+            if self.index == 0:
+                raise etcd_errors.ConnectionFailedError("refused")
+            if sum(1 for i, _ in calls if i == self.index) <= 3:
+                raise etcd_errors.ConnectionTimeoutError("no leader yet")
+            return [b"7"]
+
+    log._passes = [[Member(i, c.timeout) for i, c in enumerate(clients)] for clients in log._passes]
+    log._clients = log._passes[-1]
+    assert log.head() == 7
+    assert calls[-1] == (1, etcd_settings.attempt_timeout_s)  # a short attempt succeeded
+    assert len(calls) == 11  # three rounds of 3, then members 0 and 1
