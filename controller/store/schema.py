@@ -212,6 +212,31 @@ def _v8_routers(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v9_interface_statuses(conn: sqlite3.Connection) -> None:
+    """Each router interface port gets its router's status (`controller.store.routers.
+    interface_status`: ACTIVE while the router is admin up, DOWN while it is down).
+
+    Files written before that rule hold their interfaces as created, DOWN (bound to no host),
+    and nothing writes an interface's status again until its router's admin state changes:
+    the data plane's reports for interfaces are dropped (`Store.set_ports_observed`).  Only
+    ports whose status differs change, each with its revision and ``updated_at`` advanced as
+    any change does (a client's If-Match must see it)."""
+    conn.execute(
+        """
+        UPDATE ports SET body = json_set(
+                body,
+                '$.status', w.status,
+                '$.revision_number', json_extract(body, '$.revision_number') + 1,
+                '$.updated_at', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+            FROM (SELECT rp.port_id AS id,
+                         CASE WHEN json_extract(r.body, '$.admin_state_up')
+                              THEN 'ACTIVE' ELSE 'DOWN' END AS status
+                    FROM router_ports rp JOIN routers r ON r.id = rp.router_id) AS w
+            WHERE ports.id = w.id AND json_extract(ports.body, '$.status') IS NOT w.status
+        """
+    )
+
+
 MIGRATIONS: list[Step] = [
     _v1_core,
     _v2_hosts,
@@ -221,6 +246,7 @@ MIGRATIONS: list[Step] = [
     _v6_port_numbers,
     _v7_security_groups,
     _v8_routers,
+    _v9_interface_statuses,
 ]
 LATEST = len(MIGRATIONS)
 

@@ -519,7 +519,7 @@ def test_router_and_interface_port_quotas(client: TestClient, store: Store) -> N
 
 
 def test_the_routers_step_upgrades_a_version_7_file(tmp_path: Any) -> None:
-    assert MIGRATIONS[-1].__name__ == "_v8_routers" and LATEST == 8
+    assert MIGRATIONS[7].__name__ == "_v8_routers"
     path = str(tmp_path / "old.db")
     conn = sqlite3.connect(path, isolation_level=None)
     migrate(conn, upto=7)
@@ -532,12 +532,46 @@ def test_the_routers_step_upgrades_a_version_7_file(tmp_path: Any) -> None:
     made = store.create("router", [{"name": "r"}])[0]
     store.close()
     check = sqlite3.connect(path)
-    assert schema_version(check) == 8
+    assert schema_version(check) == LATEST
     assert check.execute("SELECT count(*) FROM networks").fetchone() == (1,)
     tables = {r[0] for r in check.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"routers", "router_ports"} <= tables
     assert check.execute("SELECT id FROM routers").fetchall() == [(made["id"],)]
     check.close()
+
+
+def test_interfaces_stored_down_by_an_older_version_follow_their_router_after_an_upgrade(
+    tmp_path: Any,
+) -> None:
+    """Interface ports added before their status became the router's were stored DOWN (bound
+    to no host, nothing ever wrote them again): opening the file makes each one its router's
+    status, and only those."""
+    path = str(tmp_path / "old.db")
+    store = Store(path, EventBus())
+    net = store.create_network({"project_id": "p"})
+    subs = [
+        store.create_subnet({"network_id": net["id"], "cidr": cidr, "project_id": "p"})
+        for cidr in ("10.1.0.0/24", "10.2.0.0/24")
+    ]
+    up = store.create("router", [{"project_id": "p"}])[0]
+    down = store.create("router", [{"project_id": "p", "admin_state_up": False}])[0]
+    on_up = store.router_interface(up["id"], {"subnet_id": subs[0]["id"]}, add=True)
+    on_down = store.router_interface(down["id"], {"subnet_id": subs[1]["id"]}, add=True)
+    vm = store.create_port({"network_id": net["id"], "project_id": "p"})
+    revision = store.get_port(on_up["port_id"])["revision_number"]
+    store.close()
+    old = sqlite3.connect(path, isolation_level=None)  # what the older version left
+    old.execute("UPDATE ports SET body = json_set(body, '$.status', 'DOWN')")
+    old.execute("UPDATE ports SET body = json_set(body, '$.status', 'ACTIVE') WHERE id = ?",
+                (on_down["port_id"],))  # fmt: skip
+    old.execute("PRAGMA user_version = 8")
+    old.close()
+    again = Store(path, EventBus())
+    iface_up, iface_down = again.get_port(on_up["port_id"]), again.get_port(on_down["port_id"])
+    assert (iface_up["status"], iface_down["status"]) == ("ACTIVE", "DOWN")
+    assert again.get_port(vm["id"])["status"] == "DOWN"  # a VM's is the data plane's
+    assert iface_up["revision_number"] == revision + 1  # a changed port: If-Match sees it
+    again.close()
 
 
 def test_routers_and_interfaces_survive_a_restart(db_path: str) -> None:
