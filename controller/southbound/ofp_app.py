@@ -80,6 +80,7 @@ RECENT_MESSAGES = 8192
 # held in memory until its barrier comes back).
 MAX_READ_FLOWS = 1_000_000
 MAX_GIVEN_UP = 16  # reads given up on whose late replies are still recognised, per switch
+BARRIER_THREAD = "barrier-timeouts"  # the one thread that fails unanswered barriers
 
 
 # One message per FlowDiff entry (see FlowDiff.messages_in_order), and how the log names it.
@@ -215,6 +216,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         self._deadline_cond = threading.Condition()
         self._seq = itertools.count()
         self._reaper: threading.Thread | None = None
+        self._stopped = False  # stop(): no reaper is started again
         self._log_errors = Throttle()
         # Connections that answered FEATURES before the data plane was attached and before
         # `admit_early`: admitted (or refused) by attach(), when the hosts are known.
@@ -877,20 +879,43 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         deadline = time.monotonic() + self.barrier_timeout_s
         with self._deadline_cond:
             heapq.heappush(self._deadlines, (deadline, next(self._seq), barrier.xid, sw))
-            if self._reaper is None:
+            if self._reaper is None and not self._stopped:
                 self._reaper = threading.Thread(
-                    target=self._expire_barriers, name="barrier-timeouts", daemon=True
+                    target=self._expire_barriers, name=BARRIER_THREAD, daemon=True
                 )
                 self._reaper.start()
             self._deadline_cond.notify()
         return barrier
 
+    def stop(self) -> None:
+        """Stop the app's own threads (the barrier reaper, the packet-in worker), then os-ken's
+        part (`AppManager.close` calls this).  Batches still waiting for their barrier are
+        answered as failed, as a lost connection answers them: every batch gets its answer,
+        and no thread is left to report one long after its app is gone."""
+        with self._deadline_cond:
+            self._stopped = True
+            reaper, self._reaper = self._reaper, None
+            self._deadlines.clear()
+            self._deadline_cond.notify_all()
+        if reaper is not None:
+            reaper.join()
+        with self._lock:
+            switches = list(self._switches.values())
+        for sw in switches:
+            self._fail_barriers(sw, "stopped")
+        if self.packet_ins is not None:
+            self.packet_ins.close()
+        super().stop()
+
     def _expire_barriers(self) -> None:
-        """Fail every barrier its switch has not answered in time (one thread for all)."""
+        """Fail every barrier its switch has not answered in time (one thread for all), until
+        `stop`."""
         while True:
             with self._deadline_cond:
-                while not self._deadlines:
+                while not self._deadlines and not self._stopped:
                     self._deadline_cond.wait()
+                if self._stopped:
+                    return
                 deadline, _, xid, sw = self._deadlines[0]
                 wait = deadline - time.monotonic()
                 if wait > 0:
@@ -1009,12 +1034,12 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             threading.Thread(target=cb, args=(False, "timeout"), daemon=True).start()
 
     @staticmethod
-    def _fail_barriers(sw: _Switch) -> None:
+    def _fail_barriers(sw: _Switch, why: str = "disconnected") -> None:
         with sw.lock:
             pending = list(sw.barriers.values())
             sw.barriers.clear()
         for cb in pending:
-            cb(False, "disconnected")
+            cb(False, why)
 
 
 def _error_name(msg: Any) -> str:

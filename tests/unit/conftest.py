@@ -4,6 +4,7 @@ clients over it."""
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 import warnings
@@ -96,3 +97,38 @@ def live_server(app: Any, **limits: Any) -> Iterator[tuple[int, Any]]:
         srv.should_exit = True
         thread.join(10)
         sock.close()
+
+
+_OFP_APPS: list[Any] = []
+
+
+def new_ofp_app() -> Any:
+    """A `TenantnetOfpApp` (no os-ken event loop) that is stopped when the test ends: its
+    barrier reaper would otherwise outlive the test and report, seconds later, a batch of a
+    fake switch that no one answers any more."""
+    from controller.southbound.ofp_app import TenantnetOfpApp
+
+    app = TenantnetOfpApp()
+    _OFP_APPS.append(app)
+    return app
+
+
+@pytest.fixture(autouse=True)
+def _ofp_apps_stopped() -> Iterator[None]:
+    """Every app `new_ofp_app` made is stopped, and no app's thread started by the test
+    outlives it (one left by an earlier test is that test's failure, not this one's)."""
+    before = set(_barrier_threads())
+    yield
+    apps = list(_OFP_APPS)
+    _OFP_APPS.clear()
+    for app in apps:
+        app.stop()
+    left = [t.name for t in _barrier_threads() if t not in before]
+    assert not left, f"an OpenFlow app's thread outlived its test: {left}"
+
+
+def _barrier_threads() -> list[threading.Thread]:
+    module = sys.modules.get("controller.southbound.ofp_app")
+    if module is None:
+        return []
+    return [t for t in threading.enumerate() if t.name == module.BARRIER_THREAD]

@@ -19,6 +19,7 @@ from controller.southbound import ofp_app
 from controller.southbound.ofp_app import TenantnetOfpApp, _Switch
 from flows.diff import FlowDiff
 from flows.model import Apply, GotoTable, Output, Rule, match
+from tests.unit.conftest import new_ofp_app
 
 DPID = 0x42
 
@@ -59,7 +60,7 @@ class Outcome:
 
 
 def _app(timeout_s: float = 5.0) -> tuple[TenantnetOfpApp, FakeDatapath, _Switch]:
-    app = TenantnetOfpApp()
+    app = new_ofp_app()
     app.barrier_timeout_s = timeout_s
     dp = FakeDatapath()
     sw = _Switch(dp=dp, ready=True)
@@ -84,6 +85,18 @@ def test_an_unanswered_barrier_times_out() -> None:
     assert done.event.wait(5), "the barrier never timed out"
     assert done.got == [(False, "timeout")]
     assert not sw.barriers and app.counters.barrier_timeouts == 1
+
+
+def test_stop_ends_the_barrier_thread_and_answers_the_batch_still_waiting() -> None:
+    app, _, sw = _app()
+    done = Outcome()
+    assert app.apply(DPID, FlowDiff(), done)
+    reaper = next(t for t in threading.enumerate() if t.name == ofp_app.BARRIER_THREAD)
+    app.stop()
+    assert not reaper.is_alive(), "the barrier thread outlived its app"
+    assert done.got == [(False, "stopped")] and not sw.barriers
+    assert app.apply(DPID, FlowDiff(), Outcome())
+    assert ofp_app.BARRIER_THREAD not in {t.name for t in threading.enumerate()}
 
 
 def test_a_switch_that_stopped_reading_fails_the_batch_without_blocking() -> None:
@@ -284,7 +297,7 @@ def test_a_new_session_is_read_back_at_features_once() -> None:
     from os_ken.controller import ofp_event
     from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER
 
-    app = TenantnetOfpApp()
+    app = new_ofp_app()
     listener = _Listener()
     app.attach(listener)
     dp = FakeDatapath()
@@ -310,7 +323,7 @@ def test_the_role_is_asked_first_on_a_new_session_and_a_refusal_is_reported() ->
     a switch's refusal of a role request reaches ``on_role_refused`` with its generation."""
     from os_ken.controller.handler import CONFIG_DISPATCHER
 
-    app = TenantnetOfpApp()
+    app = new_ofp_app()
     app.packet_in_meter = (100, 10)
     refused: list[tuple[int, int]] = []
     app.on_role_refused = lambda dpid, gen: refused.append((dpid, gen))
@@ -358,7 +371,7 @@ def test_packet_ins_are_answered_only_by_the_owner_as_confirmed_master() -> None
 
     from flows.tables import COOKIE_BASE
 
-    app = TenantnetOfpApp()
+    app = new_ofp_app()
     owned = {DPID: True}
     app.owns = lambda dpid: owned.get(dpid, False)
     handled: list[int] = []
@@ -412,7 +425,7 @@ def test_a_connection_waiting_for_attach_counts_as_the_switchs_session() -> None
     that connection.  Once attached, it is admitted and read back as any other."""
     from os_ken.controller.handler import CONFIG_DISPATCHER
 
-    app = TenantnetOfpApp()
+    app = new_ofp_app()
     dp = FakeDatapath()
     dp.address, dp.socket, dp.is_active, dp.state = ("192.0.2.1", 1), None, True, CONFIG_DISPATCHER
     app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
@@ -429,7 +442,7 @@ def test_switches_admitted_early_are_read_back_before_attach_and_reported_by_it(
     read-back is sent before `attach` (no packet-in meter: the data plane's, sent by attach)."""
     from os_ken.controller.handler import CONFIG_DISPATCHER
 
-    app = TenantnetOfpApp()
+    app = new_ofp_app()
     app.packet_in_meter = (100, 10)
     app.admit_early(lambda dpid, ip, cn: None if ip == "192.0.2.1" else f"not from {ip}")
     impostor, closed = FakeDatapath(), threading.Event()
@@ -459,7 +472,7 @@ def _admitted_early() -> tuple[TenantnetOfpApp, FakeDatapath, threading.Event]:
     the event is set when its connection is closed."""
     from os_ken.controller.handler import CONFIG_DISPATCHER
 
-    app = TenantnetOfpApp()
+    app = new_ofp_app()
     app.admit_early(lambda dpid, ip, cn: None)
     dp, closed = FakeDatapath(), threading.Event()
     dp.address, dp.is_active, dp.state = ("192.0.2.1", 1), True, CONFIG_DISPATCHER

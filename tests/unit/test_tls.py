@@ -27,6 +27,7 @@ from controller.store import Store
 from controller.store.errors import InvalidInput
 from flows.model import Slice
 from lab.pki import Pki
+from tests.unit.conftest import new_ofp_app
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +225,7 @@ class _Ev:
 
 
 def _app() -> TenantnetOfpApp:
-    app = TenantnetOfpApp.__new__(TenantnetOfpApp)  # no os-ken event loop needed
-    TenantnetOfpApp.__init__(app)
+    app: TenantnetOfpApp = new_ofp_app()  # no os-ken event loop needed
     return app
 
 
