@@ -143,9 +143,13 @@ class Hypervisor:
         run("ip", "link", "add", "eth1", "netns", self.ns, "mtu", mtu, "type", "veth",
             "peer", "name", self.ul_link, "netns", self.lab.ul_ns, "mtu", mtu)
         run("ip", "-n", self.lab.ul_ns, "link", "set", self.ul_link, "master", "br-ul", "up")
+        # eth1 is br-phy's port, as a real hypervisor's NIC is; unlike that NIC it is also a
+        # kernel interface, which would answer ARP for br-phy's (the tunnel) address with
+        # eth1's MAC: arp_ignore=1 leaves the answer to br-phy, with the bridge's MAC.
         _ns_script(self.ns, f"""
             sysctl -q -w {NO_IPV6} net.ipv6.conf.mgmt0.disable_ipv6=1 \
-                net.ipv6.conf.eth1.disable_ipv6=1 net.ipv6.conf.lo.disable_ipv6=1
+                net.ipv6.conf.eth1.disable_ipv6=1 net.ipv6.conf.lo.disable_ipv6=1 \
+                net.ipv4.conf.eth1.arp_ignore=1
             ip link set lo up
             ip addr add {self.mgmt_cidr} dev mgmt0
             ip link set mgmt0 up
@@ -390,6 +394,8 @@ class Vm:
         return f"<Vm {self.name} {self.ip} {self.mac} on {self.hv.name} port={self.port}>"
 
     def _create(self) -> None:
+        # arp_ignore stays Linux's default (0) here, as in cloud images: a VM answers ARP on
+        # eth0 for any of its addresses, also one on lo (the extra-route nexthop test's).
         run("ip", "netns", "add", self.ns)
         run("ip", "link", "add", "eth0", "netns", self.ns, "type", "veth", "peer", "name",
             self.port, "netns", self.hv.ns)

@@ -52,9 +52,6 @@ def _bridge(hv: Hypervisor) -> None:
              "fail_mode=secure", "protocols=OpenFlow13", "--", "add-port", "br-int", "vx",
              "--", "set", "Interface", "vx", "type=vxlan", "ofport_request=100",
              "options:remote_ip=flow", "options:key=flow", f"options:local_ip={hv.tunnel_ip}")
-    # Only br-phy answers ARP for the underlay address: the kernel would also answer from
-    # eth1 (br-phy's port) with eth1's MAC, which OVS's neighbour snooping then learns.
-    hv.exec("sysctl", "-q", "-w", "net.ipv4.conf.all.arp_ignore=1")
     hv.exec("ip", "link", "add", SPARE, "type", "veth", "peer", "name", SPARE + "p")
     for dev in (SPARE, SPARE + "p"):
         hv.exec("ip", "link", "set", dev, "up")

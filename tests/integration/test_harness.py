@@ -175,6 +175,20 @@ def test_tcp_transfer(lab, net):
     assert mbps > 0  # iperf3 measured a transfer; its speed belongs in bench/
 
 
+def test_only_br_phy_answers_arp_for_the_underlay_address(lab):
+    """On a real hypervisor the NIC under br-phy belongs to OVS and its kernel never answers
+    from it; here eth1 is also a kernel veth, which would answer ARP for br-phy's address with
+    its own MAC (and OVS's neighbour snooping would learn that MAC for the tunnel endpoint)."""
+    hv1, hv2 = lab.hv(1), lab.hv(2)
+    hv1.exec("ip", "neigh", "flush", "dev", "br-phy")
+    cap = lab.capture_underlay("arp", count=4, timeout=2)
+    assert hv1.exec("ping", "-c", "1", "-W", "2", hv2.tunnel_ip, check=False).returncode == 0
+    replies = [line for line in cap.wait() if f"Reply {hv2.tunnel_ip} is-at" in line]
+    assert replies, "no ARP reply seen on the underlay"
+    answered = {line.split(" is-at ")[1].split(",")[0] for line in replies}
+    assert answered == {hv2.hwaddr}, replies
+
+
 def test_mgmt_cut_and_heal(lab):
     hv2 = lab.hv(2)
     assert tcp_open(hv2.mgmt_ip, 6640)
