@@ -219,15 +219,15 @@ def _v9_interface_statuses(conn: sqlite3.Connection) -> None:
     Files written before that rule hold their interfaces as created, DOWN (bound to no host),
     and nothing writes an interface's status again until its router's admin state changes:
     the data plane's reports for interfaces are dropped (`Store.set_ports_observed`).  Only
-    ports whose status differs change, each with its revision and ``updated_at`` advanced as
-    any change does (a client's If-Match must see it)."""
+    ports whose status differs change, each with its revision advanced (a client's If-Match
+    sees the change).  ``updated_at`` stays: on an etcd cluster every instance migrates its
+    own replica, and a clock read here would make their copies of the port differ."""
     conn.execute(
         """
         UPDATE ports SET body = json_set(
                 body,
                 '$.status', w.status,
-                '$.revision_number', json_extract(body, '$.revision_number') + 1,
-                '$.updated_at', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+                '$.revision_number', json_extract(body, '$.revision_number') + 1)
             FROM (SELECT rp.port_id AS id,
                          CASE WHEN json_extract(r.body, '$.admin_state_up')
                               THEN 'ACTIVE' ELSE 'DOWN' END AS status

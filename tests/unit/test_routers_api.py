@@ -558,7 +558,7 @@ def test_interfaces_stored_down_by_an_older_version_follow_their_router_after_an
     on_up = store.router_interface(up["id"], {"subnet_id": subs[0]["id"]}, add=True)
     on_down = store.router_interface(down["id"], {"subnet_id": subs[1]["id"]}, add=True)
     vm = store.create_port({"network_id": net["id"], "project_id": "p"})
-    revision = store.get_port(on_up["port_id"])["revision_number"]
+    stored = store.get_port(on_up["port_id"])
     store.close()
     old = sqlite3.connect(path, isolation_level=None)  # what the older version left
     old.execute("UPDATE ports SET body = json_set(body, '$.status', 'DOWN')")
@@ -570,7 +570,8 @@ def test_interfaces_stored_down_by_an_older_version_follow_their_router_after_an
     iface_up, iface_down = again.get_port(on_up["port_id"]), again.get_port(on_down["port_id"])
     assert (iface_up["status"], iface_down["status"]) == ("ACTIVE", "DOWN")
     assert again.get_port(vm["id"])["status"] == "DOWN"  # a VM's is the data plane's
-    assert iface_up["revision_number"] == revision + 1  # a changed port: If-Match sees it
+    assert iface_up["revision_number"] == stored["revision_number"] + 1  # If-Match sees it
+    assert iface_up["updated_at"] == stored["updated_at"]  # the same on every etcd replica
     again.close()
 
 
