@@ -87,6 +87,11 @@ class Settings:
     # The controller's OVSDB session to each host retries at most this long apart (python-ovs's
     # own default grows to 8 s: a host whose ovsdb-server restarted would be re-read late).
     ovsdb_max_backoff_s: float = 1.0
+    # Written into every Controller row tenantnet manages (ours and, with several instances, the
+    # others'): how long a switch waits at most between attempts to reach a controller (vswitchd:
+    # whole seconds, at least 1, 8 by default) and after how long idle it probes the connection.
+    switch_max_backoff_s: int = 1
+    switch_inactivity_probe_s: int = 5
     ofp_max_connections: int = 1024  # lowered to fit the open-files limit
     ofp_max_connections_per_source: int = 16
     # TLS (see controller/tls.py).  OpenFlow: the listener's key and certificate and the CA that
@@ -243,6 +248,15 @@ class Settings:
             raise ConfigError(
                 f"ovsdb_max_backoff_s: {self.ovsdb_max_backoff_s} is outside [1, 3600]"
                 " (python-ovs waits at least 1 s between attempts)"
+            )
+        if not 1 <= self.switch_max_backoff_s <= 60:
+            raise ConfigError(
+                f"switch_max_backoff_s: {self.switch_max_backoff_s} is outside [1, 60]"
+                " (vswitchd waits at least 1 s between attempts)"
+            )
+        if not 1 <= self.switch_inactivity_probe_s <= 600:
+            raise ConfigError(
+                f"switch_inactivity_probe_s: {self.switch_inactivity_probe_s} is outside [1, 600]"
             )
         if self.ofp_dead_after_s <= self.ofp_echo_interval_s:
             raise ConfigError("ofp_dead_after_s must be longer than ofp_echo_interval_s")

@@ -175,6 +175,7 @@ class Controller:
         from controller.southbound.ovsdb_host import (
             EarlyReads,
             OvsdbHost,
+            controller_settings,
             datapath_id_for,
             poke_switches,
         )
@@ -289,7 +290,13 @@ class Controller:
             ),
             startup_grace_s=s.startup_grace_s,
             admission=admission,
-            agent_options={"switch_ssl": _switch_ssl(s), "max_backoff_s": s.ovsdb_max_backoff_s},
+            agent_options={
+                "switch_ssl": _switch_ssl(s),
+                "max_backoff_s": s.ovsdb_max_backoff_s,
+                "controller_settings": controller_settings(
+                    s.switch_max_backoff_s, s.switch_inactivity_probe_s
+                ),
+            },
             metrics=self.metrics,
             audit_interval_s=s.drift_audit_interval_s,
             audit_read_timeout_s=s.ofp_barrier_timeout_s,

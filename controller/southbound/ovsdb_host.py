@@ -53,7 +53,8 @@ TUNNEL_PORTS = {"vxlan": "tn-vxlan", "gre": "tn-gre"}
 _TUNNEL_NAMES = {name: kind for kind, name in TUNNEL_PORTS.items()}
 TUNNEL_OFPORT_REQUEST = {"vxlan": 64001, "gre": 64002}
 # The switch's Controller row: retry every second (``max_backoff``, ms; vswitchd rounds it down
-# to whole seconds, 1 s is its minimum) and probe an idle connection after 5 s.  See
+# to whole seconds, 1 s is its minimum) and probe an idle connection after 5 s (the defaults;
+# settings switch_max_backoff_s and switch_inactivity_probe_s, `controller_settings`).  See
 # `OvsdbHost._settle_controller_settings` for when vswitchd actually applies them.
 CONTROLLER_SETTINGS = {"max_backoff": 1000, "inactivity_probe": 5000}
 # Controller row key: when tenantnet last made vswitchd apply CONTROLLER_SETTINGS to a new
@@ -100,6 +101,11 @@ class HostObservation:
 
     bindings: dict[str, int] = field(default_factory=dict)  # iface-id -> ofport
     tunnel_ofports: dict[str, int] = field(default_factory=dict)  # "vxlan"/"gre" -> ofport
+
+
+def controller_settings(max_backoff_s: int, inactivity_probe_s: int) -> dict[str, int]:
+    """The Controller row's columns for these settings (OVSDB wants milliseconds)."""
+    return {"max_backoff": 1000 * max_backoff_s, "inactivity_probe": 1000 * inactivity_probe_s}
 
 
 def bound_reconnect_backoff(idl: Any, max_backoff_s: float) -> None:
@@ -336,8 +342,11 @@ class OvsdbHost:
         max_backoff_s: float = OVSDB_MAX_BACKOFF_S,
         idl_may_load: Callable[[], bool] | None = None,
         early_reads: EarlyReads | None = None,
+        controller_settings: dict[str, int] | None = None,
     ) -> None:
         self.host_id: str = host["id"]
+        # written into every Controller row of the bridge (see CONTROLLER_SETTINGS)
+        self.controller_settings = dict(controller_settings or CONTROLLER_SETTINGS)
         self.early_reads = early_reads  # the start-up poke's read of the bridge (`_early_read`)
         self._early_poked: switch_poke.Poked | None = None  # claimed by `start`
         self.max_backoff_s = max_backoff_s
@@ -599,7 +608,7 @@ class OvsdbHost:
                     )
                 )
                 txn.add(api.db_set("Port", name, ("external_ids", OWNED)))
-            settings = {"target": target, **CONTROLLER_SETTINGS, "external_ids": OWNED}
+            settings = {"target": target, **self.controller_settings, "external_ids": OWNED}
             if controller is not None:
                 txn.add(api.db_set("Controller", controller, *settings.items()))
             if peers is not None:  # ours first, then one row per other instance
@@ -627,7 +636,7 @@ class OvsdbHost:
         with self._conn.lock:
             br = idlutils.row_by_value(self._conn.idl, "Bridge", "name", self.bridge, None)
             have = {r.target: r.uuid for r in (br.controller if br is not None else [])}
-        settings = {**CONTROLLER_SETTINGS, "external_ids": OWNED}
+        settings = {**self.controller_settings, "external_ids": OWNED}
         create = self.api.db_create
         return [
             have[t] if t in have else txn.add(create("Controller", target=t, **settings))
@@ -688,7 +697,7 @@ class OvsdbHost:
                     self.api.db_set(
                         "Controller",
                         rows[0],
-                        *CONTROLLER_SETTINGS.items(),
+                        *self.controller_settings.items(),
                         ("external_ids", {SETTINGS_APPLIED: _utc_now()}),
                     )
                 )
@@ -724,13 +733,14 @@ class OvsdbHost:
         due = up - self._settled_peers
         if not due:
             return
-        applied = ("external_ids", {SETTINGS_APPLIED: _utc_now()})
+        columns = (
+            *self.controller_settings.items(),
+            ("external_ids", {SETTINGS_APPLIED: _utc_now()}),
+        )
         try:
             with self.api.transaction(check_error=True) as txn:
                 for row in due:
-                    txn.add(
-                        self.api.db_set("Controller", row, *CONTROLLER_SETTINGS.items(), applied)
-                    )
+                    txn.add(self.api.db_set("Controller", row, *columns))
         except Exception as exc:  # retried on the next tick
             LOG.warning(
                 "host %s: could not re-apply the other controllers' settings: %s",

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from controller import config
 from controller.southbound import ovsdb_host
 from controller.southbound.ovsdb_host import SETTLE_AFTER_S, OvsdbHost
 
@@ -111,3 +112,36 @@ def test_other_instances_rows_are_settled_once_per_connection_that_comes_up(agen
     peers[0].is_connected = True  # ... and restarted: a new connection
     host._settle_peer_settings()
     assert [w[1] for w in writes] == ["p1", "p2", "p1"]
+
+
+def test_the_settings_written_are_the_configured_ones(agent: Any) -> None:
+    """switch_max_backoff_s / switch_inactivity_probe_s (whole seconds) become the rows'
+    columns in milliseconds, for our row and the other instances' alike."""
+    host, writes = agent.host, agent.writes
+    settings = config.Settings(switch_max_backoff_s=2, switch_inactivity_probe_s=9)
+    settings.validate()
+    host.controller_settings = ovsdb_host.controller_settings(
+        settings.switch_max_backoff_s, settings.switch_inactivity_probe_s
+    )
+    host.peer_targets = ("tcp:192.0.2.11:6653",)
+    agent.bridge.controller = [
+        SimpleNamespace(uuid="c1", target=TARGET, is_connected=True),
+        SimpleNamespace(uuid="p1", target=host.peer_targets[0], is_connected=True),
+    ]
+    agent.session["n"] = 1
+    host._settle_controller_settings()
+    agent.clock.now += SETTLE_AFTER_S
+    host._settle_controller_settings()
+    host._settle_peer_settings()
+    assert [w[1] for w in writes] == ["c1", "p1"]
+    for w in writes:
+        assert dict(w[2:])["max_backoff"] == 2000 and dict(w[2:])["inactivity_probe"] == 9000
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("switch_max_backoff_s", 0), ("switch_max_backoff_s", 61), ("switch_inactivity_probe_s", 0)],
+)
+def test_switch_settings_outside_their_bounds_are_refused(name: str, value: int) -> None:
+    with pytest.raises(config.ConfigError, match=name):
+        config.Settings(**{name: value}).validate()
