@@ -238,6 +238,8 @@ class EtcdStore(Store):
         # entry that does not fit is read from the log instead)
         self._arrived: dict[int, bytes] = {}
         self._arrived_bytes = 0
+        self._arrivals = 0  # entries the watch delivered since the follower last looked
+        self._arrived_missed = False  # ... and one of them did not fit the bound
         self._arrived_lock = threading.Lock()
         self.catch_up()
         self._follower = threading.Thread(target=self._follow, name="etcd-follower", daemon=True)
@@ -249,6 +251,20 @@ class EtcdStore(Store):
             path,
             self.applied,
         )
+
+    def _connect(self) -> sqlite3.Connection:
+        """As the single node's, but local commits skip the fsync (synchronous=NORMAL).
+
+        The replica is a cache of the log: what makes a write durable is etcd's commit, which
+        comes first.  In WAL mode a NORMAL commit is still atomic and the replica stays
+        consistent after a power loss; it may only lose its last commits, and since the
+        position is written in the same transaction as the entry's statements, it then
+        resumes from an earlier position and applies those entries again from the log.  With
+        FULL, each instance paid an fsync per entry - three instances, two entries per port
+        create - on the same disks as etcd's own write-ahead log."""
+        conn = super()._connect()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
 
     def _prepare_replica(self, path: str) -> int | None:
         """Keep the replica if it belongs to this log and the log still has its next entry;
@@ -443,10 +459,12 @@ class EtcdStore(Store):
     def _entry_arrived(self, seq: int, raw: bytes) -> None:
         """The watch's copy of entry ``seq`` (called on the watch's thread, before its ring)."""
         with self._arrived_lock:
+            self._arrivals += 1
             if seq <= self.applied or seq in self._arrived:
                 return
             if self._arrived_bytes + len(raw) > ARRIVED_MAX_BYTES:
-                return  # the follower reads it from the log
+                self._arrived_missed = True  # the follower reads it from the log
+                return
             self._arrived[seq] = raw
             self._arrived_bytes += len(raw)
 
@@ -466,17 +484,25 @@ class EtcdStore(Store):
         They are the log's entries as committed (a watch event follows the commit), so this
         is what `catch_up` would apply, without reading them again: one etcd range read less
         per entry and instance, and one round trip less between a write on one instance and
-        its events on another.  False when nothing arrived, or when it stopped at a gap (the
-        next entry did not arrive but later ones did: the watch was re-created, or an entry did
-        not fit the bound): the follower then reads the log at once, not at its next poll."""
-        applied = False
+        its events on another.  False when no entry arrived since the last call (a poll, or a
+        ring that was not an entry), when one did not fit the bound, or when it stopped at a gap
+        (the next entry did not arrive but later ones did: the watch was re-created): the
+        follower then reads the log at once, not at its next poll.
+
+        An entry that arrived already applied counts as arrived: it is this instance's own
+        write, committed locally before its watch event came back.  Reading the log after it
+        (as when only applied entries counted) found nothing new, at one etcd range read per
+        write on the instance that made it.  The watch delivers entries in log order, so a
+        later entry of another instance still rings when it arrives."""
         with self._writer:
+            with self._arrived_lock:
+                arrived, self._arrivals = self._arrivals, 0
+                missed, self._arrived_missed = self._arrived_missed, False
             while (raw := self._take_arrived(self.applied + 1)) is not None:
                 self._apply(self.applied + 1, raw)
-                applied = True
             with self._arrived_lock:
                 gap = any(seq > self.applied for seq in self._arrived)
-        return applied and not gap
+        return arrived > 0 and not gap and not missed
 
     def _load_snapshot(self, resumes_at: int) -> None:
         """Replace the replica's content by the latest snapshot (the log resumes at entry
@@ -559,8 +585,8 @@ class EtcdStore(Store):
             if self._stopping.is_set():
                 return
             try:
-                self._keep_watching()
-                if not self._apply_arrived():
+                renewed = self._keep_watching()
+                if not self._apply_arrived() or renewed:
                     self.catch_up()
                 if self.snapshot_due():
                     self._snapshot_in_background()
@@ -581,15 +607,16 @@ class EtcdStore(Store):
                 LOG.exception("applying the etcd log failed at entry %d", self.applied + 1)
                 self._stopping.wait(10 * self._poll_s)
 
-    def _keep_watching(self) -> None:
+    def _keep_watching(self) -> bool:
         """A watch on the log (`LogWatch`: it resumes by itself after its member fails), from
         the current revision on at first (what happened before is read by the catch-up that
         follows); one whose thread ended (a bug: it logged why) is replaced by another from
-        its last revision; one that lags is restarted (`_check_watch`)."""
+        its last revision; one that lags is restarted (`_check_watch`).  True when it started
+        a new one (the follower then reads the log)."""
         watch = self._watch
         if watch is not None and watch.alive:
             self._check_watch(watch)
-            return
+            return False
         if watch is None:
             start = self._log.revision() + 1
         else:
@@ -597,6 +624,7 @@ class EtcdStore(Store):
             start = watch.revision + 1
         self._watch = LogWatch(self._log, start, self._doorbell.set, self._entry_arrived)
         self._watch_floor, self._lagging = None, None
+        return True
 
     def _check_watch(self, watch: LogWatch) -> None:
         """The watchdog: an entry this replica read from the log that the watch has still not

@@ -200,33 +200,64 @@ def test_a_gap_after_entries_from_the_watch_is_read_in_the_same_wake_up(
         other._take_arrived(at + 2)  # the fourth never came with the watch
         assert third is not None
         other._entry_arrived(at + 1, third)
-        class OneWakeUp:
-            """The doorbell rung once; waiting for it again ends the follower."""
-
-            def __init__(self) -> None:
-                self.waits = 0
-
-            def wait(self, timeout: float | None = None) -> bool:
-                self.waits += 1
-                if self.waits > 1:
-                    other._stopping.set()
-                return True
-
-            def clear(self) -> None:
-                pass
-
-            def set(self) -> None:
-                pass
-
         read = count_log_reads(other)
-        other._keep_watching = lambda: None  # type: ignore[method-assign]
-        other._doorbell = OneWakeUp()  # type: ignore[assignment]
-        other._stopping.clear()
-        other._follow()
+        follow_once(other)
         assert other.applied == at + 3, "the entries after the gap waited for the poll"
         assert read == [at + 2, at + 3]  # the gap and what followed, from the log
     finally:
         other.close()
+
+
+def test_an_instance_does_not_read_the_log_after_its_own_writes(
+    store: EtcdStore, etcd_settings: EtcdSettings
+) -> None:
+    """A write is one etcd transaction on the instance that made it: when its own entry comes
+    back with the watch (already applied), the follower does not read the log after it (that
+    range read found nothing new: one per write and instance before).  A wake-up with a
+    watch just made still reads the log (entries before the new watch's start come from
+    there)."""
+    store._doorbell.set()  # the follower creates its watch at its first wake-up
+    wait_for(lambda: store._watch is not None, "the instance's watch")
+    freeze_follower(store)  # from here on, only this test moves the follower
+    reads = count_log_range_reads(store)
+    bell = store._doorbell  # what the watch rings (follow_once replaces the attribute)
+    for renewed in (False, True):
+        bell.clear()
+        store.create_network({"name": f"renewed {renewed}"})
+        # the watch hands an entry over before it rings
+        wait_for(bell.is_set, "the own entry back with the watch")
+        follow_once(store, renewed)
+        if not renewed:
+            assert reads == [], "the follower read the log after the instance's own write"
+    assert reads == [store.applied]
+
+
+def test_the_cluster_is_reached_directly_whatever_the_proxy_environment(
+    etcd_settings: EtcdSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clients do not read the environment (requests did on every call, for proxies,
+    .netrc and CA bundles: CPU on each etcd request): a proxy variable that would send the
+    calls to a closed port changes nothing."""
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert EtcdLog(etcd_settings).revision() > 0
+
+
+def test_replica_commits_skip_the_fsync_that_the_single_node_keeps(
+    store: EtcdStore, tmp_path: Path
+) -> None:
+    """The replica is a cache of the log (etcd's commit makes a write durable): synchronous
+    NORMAL on both of its connections, while the single node's store keeps FULL."""
+    normal, full = 1, 2
+    assert store._wconn.execute("PRAGMA synchronous").fetchone()[0] == normal
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == normal
+    single = Store(str(tmp_path / "single.db"), EventBus())
+    try:
+        assert single._conn.execute("PRAGMA synchronous").fetchone()[0] == full
+    finally:
+        single.close()
 
 
 def test_watch_resumes_after_the_connection_drops(
@@ -327,6 +358,49 @@ def count_log_reads(s: EtcdStore) -> list[int]:
 
     s._log.entries_after = counted  # type: ignore[method-assign]
     return read
+
+
+class OneWakeUp:
+    """A doorbell rung once: waiting for it again ends the follower of ``s``."""
+
+    def __init__(self, s: EtcdStore) -> None:
+        self.s = s
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        if self.waits > 1:
+            self.s._stopping.set()
+        return True
+
+    def clear(self) -> None:
+        pass
+
+    def set(self) -> None:
+        pass
+
+
+def follow_once(s: EtcdStore, renewed: bool = False) -> None:
+    """Run one wake-up of a frozen follower on this thread, its watch kept as it is
+    (``renewed``: as if the follower had just made a new one)."""
+    s._keep_watching = lambda: renewed  # type: ignore[method-assign]
+    s._doorbell = OneWakeUp(s)  # type: ignore[assignment]
+    s._stopping.clear()
+    s._follow()
+
+
+def count_log_range_reads(s: EtcdStore) -> list[int]:
+    """From now on, the position after which every range read of the log starts (one per
+    `entries_after` call, whether it finds entries or not), in the list returned."""
+    calls: list[int] = []
+    real = s._log.entries_after
+
+    def counted(seq: int) -> Iterator[tuple[int, bytes]]:
+        calls.append(seq)
+        return real(seq)
+
+    s._log.entries_after = counted  # type: ignore[method-assign]
+    return calls
 
 
 def freeze_follower(s: EtcdStore) -> None:
