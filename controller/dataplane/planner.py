@@ -16,6 +16,16 @@ kind, which name the *units* (their owners, or a group of them) that must be pla
 A change of a kind nobody reads is ignored.  Adding a service is adding a module and listing it
 in `controller.dataplane.services.SERVICES`: the actor does not change.
 
+**Pipelining.**  A service says which pieces of its work plan one host only
+(`Service.host_of`).  `Planner.plan` runs the other pieces first, then one host's pieces (of
+every service) after the other, hosts that ports wait for first, and hands each host over
+(``release``) as soon as nothing left can plan for it: the actor sends that host its bundle
+while the next hosts are planned, so the first switch works on its bundle instead of waiting
+for the whole step's plan.  Each host still gets all of the step's diffs for it in one bundle.
+Reordering is safe because services own disjoint owners and no owner is planned twice in a
+step; a piece declared for one host that plans another raises (`Step.want`), so it fails like
+any unit instead of slipping into a bundle already sent.
+
 **Failures.**  A unit whose planning raises contributes nothing (its staged diffs and slices are
 dropped, the service forgets what it cached about it) and is returned in `Plan.failed`; the
 actor marks it dirty again and retries it with backoff.
@@ -126,8 +136,9 @@ class Plan:
 class Step:
     """Where one unit stages its output; merged into the plan only if the unit succeeds."""
 
-    def __init__(self, inputs: Inputs) -> None:
+    def __init__(self, inputs: Inputs, host: str | None = None) -> None:
         self.inputs = inputs
+        self.host = host  # the only host this piece may plan (`Service.host_of`), None: any
         self.diffs: dict[str, list[FlowDiff]] = {}
         self.writes: list[tuple[str, int, Hashable, Slice]] = []
         self.decisions: list[PortDecision] = []
@@ -138,6 +149,8 @@ class Step:
         """Owner ``owner`` should hold ``desired`` on the host (EMPTY: nothing).  ``group``
         indexes the owner on the host (`HostFacts.groups`) so that its service finds it again,
         also once it is no longer desired (a network's owners: the network and its ports)."""
+        if self.host is not None and host_id != self.host:
+            raise ValueError(f"a piece of work for host {self.host} planned host {host_id}")
         rt = self.inputs.hosts[host_id]
         assert rt.installed is not None
         installed = rt.installed.get(owner, EMPTY)
@@ -175,6 +188,11 @@ class Service(Protocol):
         """The dirty units as pieces of work: ``(unit, fn)``, ``fn(step)`` plans one piece."""
         ...
 
+    def host_of(self, unit: Unit) -> str | None:
+        """The only host the piece of work ``unit`` (as `work` yields it) plans, None if it may
+        plan several (see "Pipelining" in the module docstring)."""
+        ...
+
     def group_of(self, owner: int, inputs: Inputs) -> Hashable | None:
         """The index group of one of its installed owners (see `Step.want`), None if no
         current object claims it: it is then removed whole."""
@@ -210,29 +228,64 @@ class Planner:
         service = self._by_kind.get(owner_kind(owner))
         return service.group_of(owner, inputs) if service is not None else None
 
-    def plan(self, dirty: Collection[Unit], inputs: Inputs) -> Plan:
+    def plan(
+        self,
+        dirty: Collection[Unit],
+        inputs: Inputs,
+        release: Callable[[str, Plan], None] | None = None,
+    ) -> Plan:
+        """Plan the dirty units; ``release(host, plan)`` is called once for each host the plan
+        has diffs or conntrack flushes for, as soon as no piece left can add to them (see
+        "Pipelining" in the module docstring): ``plan`` then holds all of that host's."""
         plan = Plan()
+        pieces: list[tuple[Service, Unit, Any, str | None]] = []
         for name, service in self.services.items():
             units = [u for u in dirty if u.service == name]
-            if not units:
-                continue
-            for unit, fn in service.work(units, inputs):
-                step = Step(inputs)
-                try:
-                    fn(step)
-                except Exception as exc:  # the unit is retried by the actor (see module doc)
-                    service.forget(unit)
-                    plan.failed.append((unit, exc))
-                    continue
-                for host_id, diffs in step.diffs.items():
-                    plan.diffs.setdefault(host_id, []).extend(diffs)
-                plan.writes.extend(step.writes)
-                plan.decisions.extend(step.decisions)
-                for host_id, zones in step.ct_flushes.items():
-                    plan.ct_flushes.setdefault(host_id, []).extend(zones)
-                for what, n in step.counts.items():
-                    plan.counts[what] = plan.counts.get(what, 0) + n
+            if units:
+                pieces += [(service, unit, fn, service.host_of(unit))
+                           for unit, fn in service.work(units, inputs)]  # fmt: skip
+        per_host: dict[str, list[tuple[Service, Unit, Any, str | None]]] = {}
+        for piece in pieces:
+            if piece[3] is None:
+                self._run(piece, inputs, plan)
+            else:
+                per_host.setdefault(piece[3], []).append(piece)
+        waited = awaited(plan.decisions)
+        done = plan.diffs.keys() | plan.ct_flushes.keys()
+        order = sorted(done | per_host.keys(), key=lambda h: (h not in waited, h in per_host, h))
+        for host_id in order:
+            for piece in per_host.get(host_id, ()):
+                self._run(piece, inputs, plan)
+            if release is not None and (host_id in plan.diffs or host_id in plan.ct_flushes):
+                release(host_id, plan)
         return plan
+
+    @staticmethod
+    def _run(piece: tuple[Service, Unit, Any, str | None], inputs: Inputs, plan: Plan) -> None:
+        """One piece of work, merged into ``plan`` if it succeeds."""
+        service, unit, fn, host = piece
+        step = Step(inputs, host)
+        try:
+            fn(step)
+        except Exception as exc:  # the unit is retried by the actor (see module doc)
+            service.forget(unit)
+            plan.failed.append((unit, exc))
+            return
+        for host_id, diffs in step.diffs.items():
+            plan.diffs.setdefault(host_id, []).extend(diffs)
+        plan.writes.extend(step.writes)
+        plan.decisions.extend(step.decisions)
+        for host_id, zones in step.ct_flushes.items():
+            plan.ct_flushes.setdefault(host_id, []).extend(zones)
+        for what, n in step.counts.items():
+            plan.counts[what] = plan.counts.get(what, 0) + n
+
+
+def awaited(decisions: Iterable[PortDecision]) -> set[str]:
+    """The hosts that ports going ACTIVE wait for: planned and sent first (their barriers come
+    back first: a switch on a busy hypervisor answers in milliseconds, and the other hosts'
+    sends would come before)."""
+    return {h for d in decisions if d.host is not None and d.active for h in (d.host, *d.peers)}
 
 
 def index_owners(

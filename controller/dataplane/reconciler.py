@@ -64,7 +64,15 @@ from controller.dataplane.admission import Admission
 from controller.dataplane.audit import Auditor
 from controller.dataplane.batch import Batch
 from controller.dataplane.bindings import Bindings
-from controller.dataplane.planner import Change, Inputs, Planner, Service, Unit, index_owners
+from controller.dataplane.planner import (
+    Change,
+    Inputs,
+    Plan,
+    Planner,
+    Service,
+    Unit,
+    index_owners,
+)
 from controller.dataplane.services import services as default_services
 from controller.dataplane.services.l2 import L2Service
 from controller.dataplane.state import MIRRORED, RECORDS, HostRec, Mirror, NetworkRec, PortRec
@@ -817,7 +825,9 @@ class DataPlane:
     # ------------------------------------------------------------------ plan + send
 
     def _flush(self) -> None:
-        """Plan what is dirty (and due), then send each host one diff (one bundle, one barrier)."""
+        """Plan what is dirty (and due), and send each host one diff (one bundle, one barrier)
+        as soon as its plan is complete (`Planner.plan`'s ``release``): the first hosts'
+        switches apply their bundles while the next hosts are planned."""
         if not self._dirty:
             return
         now = time.monotonic()
@@ -827,35 +837,49 @@ class DataPlane:
         t0 = time.perf_counter()
         sent_before = self.stats.flow_mods + self.stats.group_mods
         self._dirty -= due
-        plan = self.planner.plan(due, self.inputs)
+        self._steps += 1
+        batch = Batch(step=self._steps)
+        decided = 0  # the plan's decisions already in the batch
+        writes: dict[str, list[tuple[int, Hashable, Slice]]] = {}  # by host, not yet recorded
+        indexed = 0  # the plan's writes already in ``writes``
+
+        def take_decisions(plan: Plan) -> None:
+            nonlocal decided
+            for d in plan.decisions[decided:]:
+                if d.host is not None and d.active:
+                    batch.active[d.port_id] = (d.host, d.peers)
+                else:
+                    batch.down[d.port_id] = d.host
+                self._decided[d.port_id] = batch.step
+            decided = len(plan.decisions)
+
+        def release(host_id: str, plan: Plan) -> None:
+            """The host's plan is complete: record what its switch will hold and send it."""
+            nonlocal indexed
+            take_decisions(plan)  # before the first send: a barrier may settle them
+            for h, owner, group, after in plan.writes[indexed:]:
+                writes.setdefault(h, []).append((owner, group, after))
+            indexed = len(plan.writes)
+            for owner, group, after in writes.pop(host_id, ()):
+                _record(self.hosts[host_id], owner, group, after)
+            if host_id in plan.diffs:
+                self._send(self.hosts[host_id], merge_diffs(plan.diffs[host_id]), batch)
+            zones = sorted(set(plan.ct_flushes.get(host_id, ())))
+            rt = self.hosts.get(host_id)
+            if zones and rt is not None and self.switches.flush_ct_zones(rt.dpid, zones):
+                self.stats.ct_zones_flushed += len(zones)
+                LOG.info("host %s: conntrack zones %s flushed", host_id, zones)
+
+        plan = self.planner.plan(due, self.inputs, release)
+        take_decisions(plan)
         failed = {unit for unit, _ in plan.failed}
         for unit, exc in plan.failed:
             self._failed(unit, exc, now)
         for unit in due - failed:
             if self._retry.pop(unit, None) is not None:
                 LOG.info("planning %s succeeded again", _describe(unit))
-        for host_id, owner, group, after in plan.writes:
-            _record(self.hosts[host_id], owner, group, after)
-        self._steps += 1
-        batch = Batch(step=self._steps)
-        for d in plan.decisions:
-            if d.host is not None and d.active:
-                batch.active[d.port_id] = (d.host, d.peers)
-            else:
-                batch.down[d.port_id] = d.host
-            self._decided[d.port_id] = batch.step
         self.stats.networks_compiled += plan.counts.get("networks_compiled", 0)
         self.stats.ports_patched += plan.counts.get("ports_patched", 0)
-        # Hosts a port waits for first: their barriers come back first (a switch on a busy
-        # hypervisor answers in milliseconds, and the other hosts' sends would come before).
-        awaited = {h for own, peers in batch.active.values() for h in (own, *peers)}
-        for host_id in sorted(plan.diffs, key=lambda h: h not in awaited):
-            self._send(self.hosts[host_id], merge_diffs(plan.diffs[host_id]), batch)
-        for host_id, zones in sorted(plan.ct_flushes.items()):
-            rt = self.hosts.get(host_id)
-            if rt is not None and self.switches.flush_ct_zones(rt.dpid, sorted(set(zones))):
-                self.stats.ct_zones_flushed += len(set(zones))
-                LOG.info("host %s: conntrack zones %s flushed", host_id, sorted(set(zones)))
         self._announce(batch)
         self._settle(batch)
         self.metrics.reconcile.flushed(plan.diffs)

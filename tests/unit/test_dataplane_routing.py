@@ -627,3 +627,54 @@ def test_a_port_deleted_with_its_networks_interface_in_one_step_leaves_no_neighb
     assert held == {"hv1": [], "hv2": []}
     restart(cloud)
     assert cloud.dp.stats.flow_mods == 0 and cloud.dp.stats.group_mods == 0
+
+
+def test_each_host_is_sent_its_bundle_once_its_plan_is_complete(
+    routed: Routed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16, add_router_interface -> first routed ping: the step that adds an interface
+    plans security groups and router owners on every router host; the first host's bundle goes
+    out while the later hosts are still planned, and no host is planned again after its bundle
+    left (so each still gets the whole step in one bundle).  Recorded in the actor's order:
+    ("planned", host) for every piece of work that wanted something on the host, ("sent", host)
+    for each apply.  The old actor planned every host before sending any."""
+    cloud = routed.cloud
+    net4, sub4 = routed.network("10.0.4.0/24", "p1")
+    routed.vm("w1", net4, "hv1", 7)
+    routed.vm("w2", net4, "hv2", 8)
+    routed.vm("w3", net4, "hv3", 9)
+    cloud.idle()
+    events: list[tuple[str, str]] = []
+    host_of = {datapath_id_for(h): h for h in ("hv1", "hv2", "hv3")}
+    apply = cloud.switches.apply
+
+    def sent(dpid: int, diff: Any, on_done: Any) -> bool:
+        events.append(("sent", host_of[dpid]))
+        return bool(apply(dpid, diff, on_done))
+
+    def recording(work: Any) -> Any:
+        def wrapped(units: Any, inputs: Any) -> Any:
+            for unit, fn in work(units, inputs):
+
+                def piece(step: Any, fn: Any = fn) -> None:
+                    fn(step)
+                    events.extend(("planned", h) for h in sorted(step.diffs))
+
+                yield unit, piece
+
+        return wrapped
+
+    monkeypatch.setattr(cloud.switches, "apply", sent)
+    for service in cloud.dp.planner.services.values():
+        monkeypatch.setattr(service, "work", recording(service.work))
+    routed.interface(net4, sub4)
+    cloud.idle()
+    hosts = [h for kind, h in events if kind == "sent"]
+    assert sorted(hosts) == ["hv1", "hv2", "hv3"], events  # one bundle each
+    planned = {(kind, h) for kind, h in events if kind == "planned"}
+    assert planned == {("planned", h) for h in hosts}, events
+    first_sent = events.index(("sent", hosts[0]))
+    assert any(kind == "planned" for kind, _ in events[first_sent:]), events  # pipelined
+    for h in hosts:  # complete when sent
+        assert ("planned", h) not in events[events.index(("sent", h)):], (h, events)
+    assert routed.send("v1", routed.ip("w3"), routed.if1, protocol=6, dst_port=22).outputs

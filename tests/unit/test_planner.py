@@ -332,3 +332,36 @@ def fresh_owners(planner: Planner, w: World, host_id: str) -> dict[int, Slice]:
     inputs = Inputs(w.mirror, w.bindings, hosts, lambda o: planner.group_of(o, inputs))
     plan = planner.plan(planner.changed(Change("switch", host_id), inputs), inputs)
     return {o: s for h, o, _, s in plan.writes if h == host_id}
+
+
+def test_a_piece_declared_for_one_host_that_plans_another_fails_alone() -> None:
+    """Pipelining relies on `Service.host_of`: a host is sent once its own pieces ran, so a
+    piece that says it plans hv1 but wants something on hv2 (whose bundle may have left) fails
+    like any unit (retried by the actor) instead of slipping into a later bundle; the other
+    pieces are planned, and each host is released once, with all of its diffs."""
+    w = World()
+    for h in w.hosts:
+        w.change(Change("switch", h))
+    bad, good = Unit("base", ("hv1",)), Unit("base", ("hv2",))
+    base = w.planner.services["base"]
+    work = base.work
+
+    def lying(units: Any, inputs: Inputs) -> Any:
+        for unit, fn in work(units, inputs):
+            if unit != bad:
+                yield unit, fn
+                continue
+
+            def also_hv2(step: Any, fn: Any = fn) -> None:
+                fn(step)
+                step.want("hv2", t.BASE_COOKIE, None, Slice())
+
+            yield unit, also_hv2
+
+    base.work = lying  # type: ignore[method-assign]
+    released: list[tuple[str, int]] = []
+    plan = w.planner.plan(w.dirty, w.inputs, lambda h, p: released.append((h, len(p.diffs[h]))))
+    assert [u for u, _ in plan.failed] == [bad]
+    assert "hv1" not in plan.diffs and set(plan.diffs) == {"hv2", "hv3"}
+    assert sorted(released) == [("hv2", 1), ("hv3", 1)]
+    assert good not in {u for u, _ in plan.failed}

@@ -42,6 +42,9 @@ class BaseService:
             if owner not in indexed and inputs.group_of(owner) is None:
                 step.want(host_id, owner, None, EMPTY)
 
+    def host_of(self, unit: Unit) -> str | None:
+        return str(unit.scope[0])  # a host's base pipeline
+
     def group_of(self, owner: int, inputs: Inputs) -> Hashable | None:
         return GROUP if owner == t.BASE_COOKIE else None
 

@@ -145,6 +145,10 @@ class L2Service:
     def _port(self, key: int, port_id: str) -> Unit:
         return Unit(self.name, (key, port_id))
 
+    def host_of(self, unit: Unit) -> str | None:
+        """None: a network's or a port's piece plans every host of the network."""
+        return None
+
     def group_of(self, owner: int, inputs: Inputs) -> Hashable | None:
         kind, num = t.owner_kind(owner), t.owner_num(owner)
         if kind == t.OwnerKind.NETWORK:

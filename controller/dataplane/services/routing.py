@@ -300,6 +300,15 @@ class RoutingService:
         """An interface's or a routed port's owner: claimed while the port exists."""
         return GROUP if inputs.mirror.port_by_num(t.owner_num(owner)) is not None else None
 
+    def host_of(self, unit: Unit) -> str | None:
+        """A whole host ``(host,)`` or a host's part ``("part", host)`` plans that host; a
+        port's patch (its id, network, number) plans every host of its network's routers."""
+        if len(unit.scope) == 1:
+            return str(unit.scope[0])
+        if unit.scope[0] == "part":
+            return str(unit.scope[1])
+        return None
+
     def forget(self, unit: Unit) -> None:
         """A failed unit: every router is compiled whole on its hosts next time it is touched
         (what was cached may be half-done)."""

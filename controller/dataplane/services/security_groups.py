@@ -187,6 +187,10 @@ class SecurityGroupService:
 
     # ------------------------------------------------------------------ units -> work
 
+    def host_of(self, unit: Unit) -> str | None:
+        """Each piece is one host's firewall (`work`)."""
+        return str(unit.scope[0])
+
     def work(self, units: Collection[Unit], inputs: Inputs) -> Iterator[tuple[Unit, Any]]:
         by_host: dict[str, list[tuple[Hashable, ...]]] = {}
         for unit in units:
