@@ -23,6 +23,8 @@ is routed on the VM's own host::
                           its local delivery or its tunnel, as above                   [IF_src]
     0 CLASSIFY       in_port=<tunnel>, tunnel_id=<seg of K>, tun_ipv4_src=<router host>
                        -> write metadata=K, goto 3   (prio 99)                        [IF of K]
+    3 L2_FROM_TUNNEL metadata=K, eth_src=IF_K  -> drop   (prio 55: below the delivery to a
+                       local port, above the flood: a routed packet is never flooded)   [IF of K]
     2 L2_FROM_PORT   ARP request for an interface address -> the answer              [IF]
 
 (``[IF]``: the owner, the interface whose rule it is; ``[P]``: the routed port whose rule it is.)
@@ -104,6 +106,11 @@ answers (a router answers what is addressed to it whatever the TTL)."""
 OFPP_CONTROLLER = 0xFFFFFFFD
 PRIO_ECHO = 200
 """L3_ROUTING: echo requests to an interface address, above every route."""
+PRIO_ROUTED_UNKNOWN = (t.PRIO_FLOOD + t.PRIO_EXACT) // 2
+"""L2_FROM_TUNNEL: a routed packet (source MAC: the interface of its network) whose
+destination this host does not deliver is dropped, not flooded: the sender routed it to one
+known port, so a flood copy could only reach ports it was never meant for (it happens while a
+new port's own host has not applied its bundle yet: the sender's route may land first)."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +232,8 @@ def interface_rules(ctx: HostContext, view: RouterView) -> dict[int, set[Rule]]:
         expired = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4, nw_ttl=1)
         to_controller = (Apply((Output(OFPP_CONTROLLER),)),)
         add(Rule(t.L3_ROUTING, PRIO_TTL_EXPIRED, expired, to_controller, cookie))
+        routed = match(metadata=key, eth_src=mac)
+        add(Rule(t.L2_FROM_TUNNEL, PRIO_ROUTED_UNKNOWN, routed, (), cookie))
         tunnel = _tunnel_ofport(ctx, src.segment)
         if tunnel is not None:
             to_l2 = (WriteMetadata(key, t.METADATA_MASK), GotoTable(t.L2_FROM_TUNNEL))

@@ -678,3 +678,22 @@ def test_each_host_is_sent_its_bundle_once_its_plan_is_complete(
     for h in hosts:  # complete when sent
         assert ("planned", h) not in events[events.index(("sent", h)):], (h, events)
     assert routed.send("v1", routed.ip("w3"), routed.if1, protocol=6, dst_port=22).outputs
+
+
+def test_a_routed_packet_to_a_port_its_host_does_not_deliver_is_dropped_not_flooded(
+    routed: Routed,
+) -> None:
+    """While a new port's own host has not applied its bundle, another host may already route
+    to it (its neighbour rule there came first): the routed packet reaches a host with no
+    delivery rule for the MAC.  It is dropped there; before, L2 flooded it to every local port
+    of the network (v2 and v4 on hv2, which its security groups let in).  A bridged packet to
+    an unknown MAC is still flooded (L2's normal unknown-unicast)."""
+    routed.vm("v4", routed.net2, "hv2", 4)
+    routed.cloud.idle()
+    [out] = routed.send("v1", routed.ip("v2"), routed.if1, protocol=6, dst_port=22).outputs
+    f = dict(out.fields)
+    assert routed.arrive("hv2", f, "10.9.0.1").ports == [1]
+    unknown = {**f, "eth_dst": "02:77:00:00:00:01"}  # a port hv2 does not deliver (yet)
+    assert routed.arrive("hv2", unknown, "10.9.0.1").ports == []
+    bridged = {**unknown, "eth_src": routed.vms["v3"][0]["mac_address"]}  # v3: net 2, on hv1
+    assert sorted(routed.arrive("hv2", bridged, "10.9.0.1").ports) == [1, 4]

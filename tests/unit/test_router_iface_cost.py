@@ -82,8 +82,9 @@ def test_an_interface_add_builds_what_is_new_once(
     47 walks at N=4, 51 at N=8); 2N - 1 routes and as many echo answers built (the new
     interface to every subnet, every interface to the new subnet), shared by the three hosts
     (the old code: 3 x N x N of each, 48 at N=4, 192 at N=8); the routing matches built besides
-    those: per host, each interface's entry, TTL and tunnel ingress from the two other hosts,
-    and the joining network's 6 neighbour rules (old code, all: 162 at N=4, 498 at N=8).  Sent
+    those: per host, each interface's entry, TTL, tunnel ingress from the two other hosts and
+    drop of routed packets to no local port, and the joining network's 6 neighbour rules
+    (old code, all: 162 at N=4, 498 at N=8).  Sent
     per host, as before: the router's flows (the new interface's owner, a route and an echo
     answer on each other interface, the 6 neighbour rules) and network 0's security-group
     changes (its 2 local ports' entries, 4 each, and its 6 members' address clauses
@@ -92,10 +93,11 @@ def test_an_interface_add_builds_what_is_new_once(
     n = networks
     assert c["walks"] == 2, c
     assert c["routes built"] == c["echoes built"] == 2 * n - 1, c
-    per_host = n * (1 + 1 + 2) + 6
+    per_host = n * (1 + 1 + 2 + 1) + 6
     assert c["matches"] == 2 * (2 * n - 1) + 3 * per_host, c
-    # the new interface's entry, ARP, N echo answers, N routes, TTL, 2 ingress; 2 on each other
-    router = (1 + 1 + 2 * n + 1 + 2) + 2 * (n - 1) + 6
+    # the new interface's entry, ARP, N echo answers, N routes, TTL, 2 ingress, the drop of
+    # routed packets to no local port; 2 on each other
+    router = (1 + 1 + 2 * n + 1 + 2 + 1) + 2 * (n - 1) + 6
     for host in HOSTS:
         assert c["sent"][host] == Counter(ROUTER=router, SECURITY_GROUP=2 * 4 + 12), (host, c)
 
