@@ -19,8 +19,9 @@ is compiled once.  One step of the actor:
    a `Change` that the planner maps to dirty units (a kind no service reads is ignored);
 2. plan the dirty units (`Planner.plan`); a unit that raised is marked dirty again and retried
    with backoff (0.1 s doubling up to 30 s), logged once until it succeeds;
-3. record the slices the plan leads to (optimistically), send each host one diff (one bundle,
-   one barrier), hosts that ports wait for first;
+3. as soon as a host's plan is complete (pipelined: the planner hands it over before it plans
+   the next host, hosts that ports wait for first), record the slices it leads to
+   (optimistically) and send the host one diff (one bundle, one barrier);
 4. write back what the step learnt: port statuses once barriers confirm (`batch.py`), holders
    (``binding:host_id``) and refused claims in one store transaction.
 
