@@ -182,6 +182,16 @@ class EtcdLog:
                         errors.append(f"{client.host}:{client.port}: {_short(exc)}")
                         maybe_sent = waited = True
                         continue
+                    except (requests.RequestException, ValueError, LookupError, TypeError) as exc:
+                        # An answer that is not etcd's: a body that is not JSON (something
+                        # else on the port, a proxy's page), one cut off mid-way, JSON without
+                        # the fields read.  etcd3gw lets these through; the member failed like
+                        # any other, and may have taken the request.
+                        errors.append(
+                            f"{client.host}:{client.port}: malformed answer: {_short(exc)}"
+                        )
+                        maybe_sent = waited = True
+                        continue
                     if index != start:
                         with self._lock:
                             self._current = index
@@ -369,8 +379,9 @@ class EtcdLog:
 
     def grant(self, ttl_s: int) -> int:
         """A new lease of ``ttl_s`` seconds; its id."""
-        answer = self._call(lambda c: c.post(c.get_url("/lease/grant"), json={"TTL": ttl_s}))
-        return int(answer["ID"])
+        return self._call(
+            lambda c: int(c.post(c.get_url("/lease/grant"), json={"TTL": ttl_s})["ID"])
+        )
 
     def keep_alive(self, lease_id: int) -> int:
         """Renew a lease; its new TTL, or -1 if it had expired (or was revoked)."""
@@ -391,12 +402,16 @@ class EtcdLog:
         start = self.key(name)
         end = start[:-1] + chr(ord(start[-1]) + 1)
         body = {"key": _b64(start), "range_end": _b64(end)}
-        answer = self._call(lambda c: c.post(c.get_url("/kv/range"), json=body))
-        items = [
-            (base64.b64decode(kv["key"]).decode()[len(start) :], base64.b64decode(kv["value"]))
-            for kv in answer.get("kvs", [])
-        ]
-        return int(answer["header"]["revision"]), items
+
+        def read(c: Any) -> tuple[int, list[tuple[str, bytes]]]:
+            answer = c.post(c.get_url("/kv/range"), json=body)
+            items = [
+                (base64.b64decode(kv["key"]).decode()[len(start) :], base64.b64decode(kv["value"]))
+                for kv in answer.get("kvs", [])
+            ]
+            return int(answer["header"]["revision"]), items
+
+        return self._call(read)
 
     def wipe(self) -> None:
         """Delete every key under the prefix (a migration replacing the log)."""
@@ -404,8 +419,7 @@ class EtcdLog:
 
     def revision(self) -> int:
         """The cluster's current revision (where a new watch starts, `etcd_watch`)."""
-        status = self._call(lambda c: c.status())
-        return int(status["header"]["revision"])
+        return self._call(lambda c: int(c.status()["header"]["revision"]))
 
 
 def _short(exc: Exception) -> str:

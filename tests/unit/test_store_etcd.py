@@ -245,6 +245,51 @@ def test_the_cluster_is_reached_directly_whatever_the_proxy_environment(
     assert EtcdLog(etcd_settings).revision() > 0
 
 
+@pytest.fixture
+def not_etcd() -> Iterator[tuple[str, int]]:
+    """An HTTP server answering every request 200 with a body that is not JSON (a proxy's
+    or another service's page, on a port the settings name)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Page(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"<html>503 starting</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield "127.0.0.1", server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_answer_that_is_not_json_is_a_failed_member(
+    not_etcd: tuple[str, int], etcd_settings: EtcdSettings, tmp_path: Path
+) -> None:
+    """A member answering something that is not etcd's JSON counts as failed: the call moves on
+    to the next member, and when none answers the start is a clear `StoreUnavailable`
+    (etcd3gw lets the decoding error through: it ended the start with a traceback)."""
+    only_bad = dataclasses.replace(etcd_settings, endpoints=(not_etcd,), timeout_s=0.5)
+    with pytest.raises(StoreUnavailable, match="malformed answer"):
+        EtcdStore(str(tmp_path / "x.db"), EventBus(), only_bad)
+    bad_first = dataclasses.replace(etcd_settings, endpoints=(not_etcd, *etcd_settings.endpoints))
+    log = EtcdLog(bad_first)
+    assert log.revision() > 0
+    assert log.current_member != 0
+    assert log.create({"epoch": "e", "schema": 1}) and log.meta() == {"epoch": "e", "schema": 1}
+
+
 def test_replica_commits_skip_the_fsync_that_the_single_node_keeps(
     store: EtcdStore, tmp_path: Path
 ) -> None:
