@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.tenantnet_proc import free_port
+from lab.tenantnet_proc import DIRECT, free_port
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
@@ -123,7 +123,7 @@ class EtcdCluster:
             request = urllib.request.Request(
                 f"http://{m.endpoint}/v3/maintenance/status", data=b"{}", method="POST"
             )
-            with urllib.request.urlopen(request, timeout=5) as resp:
+            with DIRECT.open(request, timeout=5) as resp:
                 status = json.loads(resp.read())
             if status.get("leader") and status["leader"] == status.get("header", {}).get(
                 "member_id"
@@ -156,7 +156,7 @@ class EtcdCluster:
     @staticmethod
     def _healthy(m: Member) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{m.endpoint}/health", timeout=2) as resp:
+            with DIRECT.open(f"http://{m.endpoint}/health", timeout=2) as resp:
                 return bool(json.loads(resp.read()).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False

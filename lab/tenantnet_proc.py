@@ -27,12 +27,44 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
+    """A port free now; another process may take it before the caller binds it (every lab
+    on this machine picks ports this way), so a caller must check whom it then talks to:
+    `TenantnetProcess.start` does."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""urllib without proxies: the lab's servers are on loopback, and ``http_proxy`` in a CI
+environment would otherwise send the requests to the proxy (its error page is not JSON)."""
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the socket listening on TCP ``port`` (this network
+    namespace), from /proc: the answer on a port chosen with `free_port` may come from
+    whatever else took it meanwhile (an etcd member answers ``GET /`` with a text 404,
+    another tenantnet with its JSON)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    fd_dir = f"/proc/{pid}/fd"
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"{fd_dir}/{fd}") in inodes:
+                    return True
+    return False
+
+
 class ApiError(RuntimeError):
+    """An answer with an error status, or one whose body is not JSON (then ``body`` is its
+    text): a test sees what answered instead of a decoding error."""
+
     def __init__(self, status: int, body: Any, method: str, path: str) -> None:
         super().__init__(f"{method} {path} -> {status}: {body}")
         self.status = status
@@ -65,13 +97,19 @@ class Api:
         if self.basic:
             cred = base64.b64encode(":".join(self.basic).encode()).decode()
             req.add_header("Authorization", f"Basic {cred}")
+        opener = DIRECT
+        if self.ssl_context is not None:
+            https = urllib.request.HTTPSHandler(context=self.ssl_context)
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), https)
         try:
-            ctx = self.ssl_context
-            with urllib.request.urlopen(req, timeout=self.timeout, context=ctx) as resp:
+            with opener.open(req, timeout=self.timeout) as resp:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
-        payload = json.loads(raw) if raw else None
+        try:
+            payload = json.loads(raw) if raw else None
+        except ValueError:
+            raise ApiError(status, raw[:200].decode(errors="replace"), method, path) from None
         if (expect is not None and status != expect) or (expect is None and status >= 400):
             raise ApiError(status, payload, method, path)
         return payload
@@ -167,6 +205,10 @@ class ApiProbe:
             self._stop.wait(self.interval)
 
 
+class PortTaken(RuntimeError):
+    """The API port was taken before the process could listen on it."""
+
+
 class StopTimeout(RuntimeError):
     """The process did not exit within the time it was given after a signal (it was then
     killed, so the next start is clean)."""
@@ -193,6 +235,7 @@ class TenantnetProcess:
         self.state_dir = Path(state_dir)
         self.ofp_listen = ofp_listen
         self.api_port = api_port or free_port()
+        self._port_chosen = api_port is None  # ours to change if something else takes it
         self.pki = pki
         self.extra_args = (*pki.controller_args(), *extra_args) if pki is not None else extra_args
         self.python = python
@@ -205,6 +248,20 @@ class TenantnetProcess:
             self.api = Api(f"http://127.0.0.1:{self.api_port}")
 
     def start(self, timeout: float = 20) -> TenantnetProcess:
+        """Start and wait until the API answers from this process.  A port chosen here that
+        something else took before the process bound it (`free_port`) is replaced by another
+        one (up to 3 times); the ``api`` client follows."""
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if not self._port_chosen or attempt == 2:
+                    raise
+                self.api_port = free_port()
+                self.api.base = f"{self.api.base.rsplit(':', 1)[0]}:{self.api_port}"
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> TenantnetProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             self.python, "-m", "controller.cli", "serve",
@@ -215,6 +272,7 @@ class TenantnetProcess:
             *self.extra_args,
         ]  # fmt: skip
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        log_start = log.tell()
         # Own session: a terminal's Ctrl-C goes to the demo/test, which then stops the
         # controller in order, instead of killing it underneath a half-done teardown.
         self.proc = subprocess.Popen(
@@ -225,10 +283,13 @@ class TenantnetProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 code = self.proc.returncode
-                raise RuntimeError(f"tenantnet exited with {code}:\n{self.log_tail()}")
+                taken = b"REST API cannot listen on" in self._log_since(log_start)
+                error = PortTaken if taken else RuntimeError
+                raise error(f"tenantnet exited with {code}:\n{self.log_tail()}")
             with contextlib.suppress(OSError, ApiError):
                 self.api.request("GET", "/")
-                return self
+                if listens_on(self.proc.pid, self.api_port):  # not whatever took the port
+                    return self
             time.sleep(0.05)
         raise RuntimeError(f"tenantnet API did not come up:\n{self.log_tail()}")
 
@@ -256,6 +317,14 @@ class TenantnetProcess:
     def restart(self, sig: int = signal.SIGTERM) -> None:
         self.stop(sig)
         self.start()
+
+    def _log_since(self, offset: int) -> bytes:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read()
+        except OSError:
+            return b""
 
     def log_tail(self, lines: int = 60) -> str:
         try:
