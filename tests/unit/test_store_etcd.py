@@ -249,24 +249,9 @@ def test_the_cluster_is_reached_directly_whatever_the_proxy_environment(
 def not_etcd() -> Iterator[tuple[str, int]]:
     """An HTTP server answering every request 200 with a body that is not JSON (a proxy's
     or another service's page, on a port the settings name)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from tests.unit.test_tenantnet_proc import answering_server
 
-    class Page(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            body = b"<html>503 starting</html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = answering_server(200, b"<html>503 starting</html>", "text/html")
     try:
         yield "127.0.0.1", server.server_address[1]
     finally:

@@ -20,14 +20,20 @@ import pytest
 import lab.tenantnet_proc as tp
 
 
-def _server(status: int, body: bytes, content_type: str) -> ThreadingHTTPServer:
+def answering_server(status: int, body: bytes, content_type: str) -> ThreadingHTTPServer:
+    """A loopback HTTP server answering every GET and POST with this answer (in a thread;
+    ``shutdown`` and ``server_close`` it)."""
+
     class Answer(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        do_POST = do_GET
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -41,9 +47,9 @@ def _server(status: int, body: bytes, content_type: str) -> ThreadingHTTPServer:
 def squatter(request: pytest.FixtureRequest) -> Iterator[ThreadingHTTPServer]:
     """What took the port: an etcd member (text 404) or another controller (JSON)."""
     if request.param == "etcd":
-        server = _server(404, b"404 page not found\n", "text/plain; charset=utf-8")
+        server = answering_server(404, b"404 page not found\n", "text/plain; charset=utf-8")
     else:
-        server = _server(200, b'{"versions": []}', "application/json")
+        server = answering_server(200, b'{"versions": []}', "application/json")
     try:
         yield server
     finally:
@@ -52,7 +58,7 @@ def squatter(request: pytest.FixtureRequest) -> Iterator[ThreadingHTTPServer]:
 
 
 def test_an_answer_that_is_not_json_is_an_api_error() -> None:
-    server = _server(404, b"404 page not found\n", "text/plain")
+    server = answering_server(404, b"404 page not found\n", "text/plain")
     try:
         api = tp.Api(f"http://127.0.0.1:{server.server_address[1]}")
         with pytest.raises(tp.ApiError) as err:
@@ -64,7 +70,7 @@ def test_an_answer_that_is_not_json_is_an_api_error() -> None:
 
 
 def test_a_start_on_a_port_taken_meanwhile_moves_to_another(
-    squatter: ThreadingHTTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    squatter: ThreadingHTTPServer, tmp_path: Path
 ) -> None:
     taken = squatter.server_address[1]
     proc = tp.TenantnetProcess(tmp_path / "c", f"127.0.0.1:{tp.free_port()}", api_port=None)
