@@ -109,6 +109,10 @@ class LogWatch:
                     error: Exception = WatchEnded("the stream ended")
                 except (requests.RequestException, OSError, ValueError, WatchEnded) as exc:
                     error = exc
+                except (LookupError, TypeError, AttributeError) as exc:
+                    # JSON that is not a watch response (a list, fields of the wrong type):
+                    # the member failed, as for a body that is not JSON at all (ValueError)
+                    error = WatchEnded(f"a malformed watch response ({type(exc).__name__})")
                 if self._stopping.is_set():
                     return
                 if created[0] and failing:

@@ -275,6 +275,30 @@ def test_an_answer_that_is_not_json_is_a_failed_member(
     assert log.create({"epoch": "e", "schema": 1}) and log.meta() == {"epoch": "e", "schema": 1}
 
 
+def test_a_watch_response_that_is_not_etcd_s_ends_the_stream_not_the_watch(
+    etcd_settings: EtcdSettings,
+) -> None:
+    """JSON that is not a watch response (here a list, line after line) is a failed member:
+    the watch goes on trying (a ring each time) instead of its thread ending with a traceback
+    (old code: one ring, then ``alive`` false)."""
+    from controller.store.etcd_watch import LogWatch
+    from tests.unit.test_tenantnet_proc import answering_server
+
+    server = answering_server(200, b"[1]\n" * 3, "application/json")
+    settings = dataclasses.replace(
+        etcd_settings, endpoints=(("127.0.0.1", server.server_address[1]),)
+    )
+    rings: list[int] = []
+    watch = LogWatch(EtcdLog(settings), 1, lambda: rings.append(1), idle_s=0.2)
+    try:
+        wait_for(lambda: len(rings) >= 3, "the watch trying again", timeout=30)
+        assert watch.alive
+    finally:
+        watch.stop()
+        server.shutdown()
+        server.server_close()
+
+
 def test_replica_commits_skip_the_fsync_that_the_single_node_keeps(
     store: EtcdStore, tmp_path: Path
 ) -> None:
