@@ -398,11 +398,17 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             self._send_or_fail(sw, msgs, barrier)
         return True
 
-    def on_packet_in(self, handler: PacketInHandler, maxsize: int = 256) -> PacketInQueue:
+    def on_packet_in(
+        self,
+        handler: PacketInHandler,
+        maxsize: int = 256,
+        after_replies: Callable[[], None] | None = None,
+    ) -> PacketInQueue:
         """Deliver packet-ins of admitted switches from tenantnet's own flows to ``handler`` on
         a bounded queue (see `controller.southbound.packet_in`); its replies go out as
-        PACKET_OUTs to the packet's in_port.  Without a handler, packet-ins are ignored."""
-        self.packet_ins = PacketInQueue(handler, self.packet_outs, maxsize)
+        PACKET_OUTs to the packet's in_port, then ``after_replies`` runs.  Without a handler,
+        packet-ins are ignored."""
+        self.packet_ins = PacketInQueue(handler, self.packet_outs, maxsize, after=after_replies)
         return self.packet_ins
 
     def packet_out(self, dpid: int, port: int, data: bytes) -> bool:
@@ -591,6 +597,8 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                 reason = "the host's switch already has a live session"
             elif reason is None:
                 sw = self._switches[dpid] = _Switch(dp=dp, early=listener is None)
+                # its packet-ins come straight from the parser (`osken_packetin`), no event
+                dp.packet_in_sink = self._packet_in_now
         if again:
             return self._admit(dp, dpid, wait)
         if busy:  # nothing is sent to it meanwhile
@@ -704,38 +712,58 @@ class TenantnetOfpApp(app_manager.OSKenApp):
 
     def _send_event(self, ev: Any, state: Any) -> None:
         """os-ken's delivery of an event to this app, called on the thread that decoded it:
-        packet-ins are handed to `_packet_in` right here, on their switch's receive thread;
-        everything else goes to os-ken's app event queue as before.
+        packet-ins are handed to `_deliver` right here, on their switch's receive thread;
+        everything else goes to os-ken's app event queue as before.  (An admitted switch's
+        packet-ins in its main state come from the parser without an event: `_packet_in_now`.)
 
         Why: that queue is one thread for every switch, 128 entries, and a full queue blocks
         the receive thread of whichever switch delivers next.  Through it, each packet-in cost
         one more thread hand-off (~0.3 ms of a DHCP answer's ~2 ms on a loaded machine), and a
         burst of packet-ins from one host sat in front of other switches' barrier replies and
-        flow dumps.  `_packet_in` never blocks (it classifies and offers to the bounded
+        flow dumps.  `_deliver` never blocks (it classifies and offers to the bounded
         packet-in queue), so a host's packet-ins now cost only its own receive thread, and
         the event queue carries control messages alone.  (The ``set_ev_cls`` registration
         below stays: it is what makes os-ken's OpenFlow brick send packet-ins to this app.)
         """
         if isinstance(ev, ofp_event.EventOFPPacketIn):
-            try:
-                self._packet_in(ev)
-            except Exception:  # never let one bad message end the switch's receive loop
-                if self.packet_ins is not None:
-                    self.packet_ins.refuse()
-                if self._log_errors("packet-in delivery") is not None:
-                    LOG.exception("packet-in from a switch could not be handled")
+            self._deliver_safely(ev.msg)
             return
         super()._send_event(ev, state)
 
+    def _packet_in_now(self, msg: Any) -> bool:
+        """An admitted switch's packet-in, handed over by the parser on its receive thread
+        (`controller.southbound.osken_packetin`: its `Fields`, no message nor event is made
+        of it): delivered as `_packet_in` would (True), or left to os-ken's event path
+        (False) while the session is not in its main state, where `_packet_in`'s
+        registration does not take it."""
+        if msg.datapath.state != MAIN_DISPATCHER:
+            return False
+        self._deliver_safely(msg)
+        return True
+
+    def _deliver_safely(self, msg: Any) -> None:
+        """`_deliver` on a switch's receive thread: one bad message must never end its loop."""
+        try:
+            self._deliver(msg)
+        except Exception:
+            if self.packet_ins is not None:
+                self.packet_ins.refuse()
+            if self._log_errors("packet-in delivery") is not None:
+                LOG.exception("packet-in from a switch could not be handled")
+
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev: Any) -> None:
-        """Hand a packet-in to the queue (never blocks this switch's receive thread).  Only
-        from a switch that is a host's session and a flow with tenantnet's cookie: a packet-in
-        is input from a hypervisor, and anything else is no question tenantnet asked."""
+        """A packet-in that came as an event (see `_send_event`)."""
+        self._deliver(ev.msg)
+
+    def _deliver(self, msg: Any) -> None:
+        """Hand a packet-in (os-ken's ``OFPPacketIn`` or `osken_packetin.Fields`) to the
+        queue (never blocks this switch's receive thread).  Only from a switch that is a
+        host's session and a flow with tenantnet's cookie: a packet-in is input from a
+        hypervisor, and anything else is no question tenantnet asked."""
         queue = self.packet_ins
         if queue is None:
             return
-        msg = ev.msg
         sw = self._switch_of(msg.datapath)
         data = msg.data if isinstance(msg.data, (bytes, bytearray)) else b""
         in_port = msg.match.get("in_port") if msg.match is not None else None

@@ -57,7 +57,10 @@ What the handler gets (`PacketIn`): the switch, the table and cookie of the flow
 ``in_port`` and ``metadata`` (network key) from the packet-in's match, and the frame.  It
 returns the reply frame or None.  The handler must not raise; if it does, the packet is counted
 as a handler error and the worker carries on.  It must never wait on anything (it may run on a
-switch's receive thread, see above); it is never called twice at once.
+switch's receive thread, see above); it is never called twice at once.  Work the handler can
+leave until its replies are out (``after``) runs right after they are written, under the same
+rule (the DHCP responder builds the ACKs its OFFERs will be asked for then, see
+`controller.services.dhcp.DhcpResponder.build_ahead`).
 """
 
 from __future__ import annotations
@@ -131,8 +134,10 @@ class PacketInQueue:
         send_out: PacketOutSender,
         maxsize: int = 256,
         clock: Callable[[], float] = time.monotonic,
+        after: Callable[[], None] | None = None,
     ) -> None:
         self._handler = handler
+        self._after = after
         self._send_out = send_out
         self._queue: queue.Queue[PacketIn | _Answered | None] = queue.Queue(maxsize=maxsize)
         self.counters = PacketInCounters()
@@ -162,7 +167,9 @@ class PacketInQueue:
                 with self._count_lock:
                     self.counters.answered_inline += 1
                 reply = self._answer(pkt)
-                if self._send([pkt], [reply], wait=False):
+                sent = self._send([pkt], [reply], wait=False)
+                self._after_replies()
+                if sent:
                     return True
                 item: PacketIn | _Answered = (pkt, reply)
             finally:
@@ -228,6 +235,7 @@ class PacketInQueue:
                     done = len(batch)
                     self._take_queued(batch)
                 self._send(pkts, answers, wait=True)
+                self._after_replies()
             with self._count_lock:
                 self._pending -= len(pkts)
             if batch[-1] is None:
@@ -268,6 +276,20 @@ class PacketInQueue:
                 else:
                     self.counters.reply_failures += len(frames)
         return True
+
+    def _after_replies(self) -> None:
+        """The handler's work that waits until its replies are out (``after``: e.g. the DHCP
+        ACKs built ahead for the DISCOVERs just answered), so that it never delays them.  Run
+        under the handling lock, like the handler, before anything else is answered."""
+        if self._after is None:
+            return
+        try:
+            self._after()
+        except Exception:
+            with self._count_lock:
+                self.counters.handler_errors += 1
+            if self._log("packet-in after-replies error") is not None:
+                LOG.exception("packet-in handler's work after its replies failed")
 
     def _answer(self, pkt: PacketIn) -> bytes | None:
         try:

@@ -16,6 +16,7 @@ from os_ken.controller import ofp_event
 from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
+from os_ken.ofproto.ofproto_protocol import ProtocolDesc
 
 from controller.southbound import osken_packetin
 from controller.southbound.osken_packetin import lean_parser
@@ -25,13 +26,15 @@ from tests.unit.wire_switch import DP
 FRAME = client_frame(REQUEST, ciaddr="10.0.0.5")
 
 
-def packet_in(match: Any, data: bytes = FRAME, total_len: int | None = None) -> bytes:
+def packet_in(
+    match: Any, data: bytes = FRAME, total_len: int | None = None,
+    cookie: int = 0x0500_0000_0000_0007,
+) -> bytes:  # fmt: skip
     m = bytearray()
     match.serialize(m, 0)  # padded to 8 bytes
     body = (
         struct.pack(ofp.OFP_PACKET_IN_PACK_STR, ofp.OFP_NO_BUFFER,
-                    len(data) if total_len is None else total_len, ofp.OFPR_ACTION, 1,
-                    0x0500_0000_0000_0007)
+                    len(data) if total_len is None else total_len, ofp.OFPR_ACTION, 1, cookie)
         + bytes(m) + b"\0\0" + data
     )  # fmt: skip
     head = struct.pack(ofp.OFP_HEADER_PACK_STR, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN,
@@ -114,3 +117,64 @@ def test_installed_it_parses_packet_ins_into_os_kens_event(installed: None) -> N
     reference = ofproto_parser.msg(DP, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(data), 9, data)
     assert reference.match.fields
     _same(msg, reference)
+
+
+class _SinkDatapath(ProtocolDesc):
+    """A datapath whose packet-ins a sink takes (what `TenantnetOfpApp` sets at admission)."""
+
+    def __init__(self, takes: bool) -> None:
+        super().__init__(version=ofp.OFP_VERSION)
+        self.got: list[Any] = []
+        self.takes = takes
+
+    def packet_in_sink(self, fields: Any) -> bool:
+        self.got.append(fields)
+        return self.takes
+
+
+def test_a_sink_gets_the_fields_os_ken_parses_and_no_message_is_made() -> None:
+    """With a ``packet_in_sink`` on the datapath, the parser hands it the packet-in's fields
+    (each as os-ken's own parse has it) and returns None when it takes them (no message, so
+    no event); when it does not, the message as before."""
+    for data in MESSAGES:
+        theirs = _both(data)[1]
+        for takes in (True, False):
+            dp = _SinkDatapath(takes)
+            ours = lean_parser(dp, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(data), 9, data)
+            (fields,) = dp.got
+            assert fields.datapath is dp
+            for name in ("buffer_id", "total_len", "reason", "table_id", "cookie", "data"):
+                assert getattr(fields, name) == getattr(theirs, name), name
+            assert fields.match.items() == theirs.match.items()
+            if takes:
+                assert ours is None
+            else:
+                _same(ours, theirs)
+
+
+def test_what_a_sink_cannot_be_given_fails_or_parses_as_with_os_ken() -> None:
+    """Truncated or corrupted packet-ins that cannot be read never reach the sink: os-ken's
+    outcome, raised or parsed, exactly as without one."""
+    whole = MESSAGES[0]
+    variants = [whole[:cut] for cut in range(ofp.OFP_HEADER_SIZE, len(whole))]
+    match_at = ofp.OFP_PACKET_IN_SIZE - ofp.OFP_MATCH_SIZE
+    variants += [whole[:match_at + 2] + bytes([0, v]) + whole[match_at + 4:] for v in (0, 1, 3)]
+    refused = 0
+    for data in variants:
+        dp = _SinkDatapath(takes=True)
+        args = (ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(data), 9, data)
+        try:
+            theirs = parser.OFPPacketIn.parser(DP, *args)
+        except Exception as exc:
+            with pytest.raises(type(exc)):
+                lean_parser(dp, *args)
+            assert not dp.got
+            refused += 1
+            continue
+        ours = lean_parser(dp, *args)
+        if dp.got:  # readable: the sink took the fields os-ken reads
+            assert ours is None and dp.got[-1].match.items() == theirs.match.items()
+            assert dp.got[-1].data == theirs.data
+        else:
+            _same(ours, theirs)
+    assert refused > 10

@@ -11,16 +11,20 @@ from types import SimpleNamespace
 from typing import Any
 
 from os_ken.controller import ofp_event
-from os_ken.controller.handler import MAIN_DISPATCHER
+from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER
 from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from controller.southbound import osken_packetin
 from controller.southbound.ofp_app import _Switch
 from controller.southbound.packet_in import PacketIn, PacketInQueue
 from flows.compiler import dhcp_guard_rule
 from flows.tables import network_cookie
-from tests.unit.test_ofp_app import DPID, FakeDatapath, Outcome, _app
+from tests.unit.conftest import new_ofp_app
+from tests.unit.test_ofp_app import DPID, FakeDatapath, Outcome, _app, _Listener
+from tests.unit.test_osken_packetin import FRAME as DHCP_FRAME
+from tests.unit.test_osken_packetin import packet_in
 
 OURS = network_cookie(7)
 FRAME = b"\x01" * 64
@@ -403,3 +407,65 @@ def test_a_transient_drop_is_one_flow_mod_with_its_hard_timeout() -> None:
     assert (mod.hard_timeout, mod.idle_timeout, mod.cookie) == (20, 0, rule.cookie)
     assert (mod.table_id, mod.priority, mod.instructions) == (rule.table, rule.priority, [])
     assert not app.add_transient_flow(0x99, rule, hard_timeout=20)  # no such switch
+
+
+def test_a_packet_in_taken_from_the_parser_is_answered_as_its_event_would_be() -> None:
+    """An admitted switch's packet-ins go from os-ken's parser straight to the app (the
+    datapath's ``packet_in_sink``, set at admission; no message, no event): the handler gets
+    the same `PacketIn` and the switch the same PACKET_OUT, byte for byte but the xid, as
+    through os-ken's message and event.  Before the session's main state the parser returns
+    the message as before and the sink answers nothing."""
+    app = new_ofp_app()
+    app.attach(_Listener())
+    dp = FakeDatapath()
+    dp.address, dp.socket, dp.is_active, dp.state = ("192.0.2.1", 1), None, True, CONFIG_DISPATCHER
+    app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
+    app._switches[DPID].ready = True
+    seen: list[PacketIn] = []
+    queue = app.on_packet_in(lambda p: seen.append(p) or bytes(reversed(p.data)))
+    wire = packet_in(parser.OFPMatch(in_port=3, metadata=7), DHCP_FRAME, cookie=OURS)
+    args = (ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(wire), 9, bytearray(wire))
+    osken_packetin.install()
+    try:
+        msg = ofproto_parser.msg(dp, *args)  # CONFIG: os-ken's message, the sink not asked
+        assert type(msg) is parser.OFPPacketIn and queue.counters.received == 0
+        dp.state = MAIN_DISPATCHER
+        assert ofproto_parser.msg(dp, *args) is None  # taken and answered: no message
+        assert queue.counters.received == 1 and queue.counters.answered_inline == 1
+    finally:
+        osken_packetin.uninstall()
+    app._send_event(ofp_event.EventOFPPacketIn(msg), MAIN_DISPATCHER)  # the event path
+    _wait(lambda: queue.counters.replies == 2, "not both answered")
+    queue.close()
+    assert seen[0] == seen[1] == PacketIn(DPID, 1, OURS, ofp.OFPR_ACTION, 3, 7, DHCP_FRAME)
+    fast, slow = _sent(dp)[-2:]
+    assert fast[:4] + fast[8:] == slow[:4] + slow[8:]
+    assert fast.endswith(bytes(reversed(DHCP_FRAME)))
+
+
+def test_the_handlers_work_after_its_replies_runs_once_they_are_written() -> None:
+    """``after`` (the DHCP responder's ACKs built ahead) runs after the replies are handed to
+    the switch, on the receive thread and on the worker alike, before the next packet is
+    answered; if it raises, that is counted and the next packet-in is still answered."""
+    events: list[str] = []
+
+    def send_out(dpid: int, frames: Any, wait: bool) -> bool:
+        events.append(f"sent {len(frames)}")
+        return True
+
+    def after() -> None:
+        events.append("after")
+        if len(events) > 6:
+            raise RuntimeError("after failed")
+
+    queue = PacketInQueue(lambda p: events.append("answer") or b"r", send_out, after=after)
+    pkt = PacketIn(DPID, 1, OURS, 1, 3, 7, FRAME)
+    assert queue.offer(pkt)  # quiet: on this thread
+    assert events == ["answer", "sent 1", "after"]
+    queue.inline_burst = 0  # the worker from now on
+    queue.offer(pkt)
+    _wait(lambda: queue._pending == 0, "the worker never finished")
+    queue.offer(pkt)
+    queue.close()
+    assert events[3:] == ["answer", "sent 1", "after", "answer", "sent 1", "after"]
+    assert queue.counters.handler_errors == 1 and queue.counters.replies == 3
