@@ -98,6 +98,11 @@ class DhcpPunt:
             return None
         return self.responder.respond(pkt.data, *facts)
 
+    def after_replies(self) -> None:
+        """Work that waited for the replies to be sent: the ACKs for the DISCOVERs just
+        answered (`DhcpResponder.build_ahead`)."""
+        self.responder.build_ahead()
+
     def _ban(self, pkt: PacketIn, port_id: str, num: int, host_id: str, ban: Ban) -> None:
         assert pkt.in_port is not None  # the ofport check above
         self.bans += 1

@@ -485,7 +485,9 @@ def test_the_ack_after_an_offer_is_built_with_the_offer_and_is_the_same_frame(
     select = client_frame(REQUEST, requested="10.0.0.5", server_id="10.0.0.1", xid=77)
     responder = DhcpResponder(SETTINGS)
     assert responder.respond(client_frame(DISCOVER, xid=77), PORT, NETWORK) is not None
-    assert builds[0] == 2  # the OFFER and the ACK
+    assert builds[0] == 1  # the OFFER; its ACK once the replies are out
+    responder.build_ahead()
+    assert builds[0] == 2
     ack = responder.respond(select, PORT, NETWORK)
     assert builds[0] == 2
     assert ack == respond(select) and ack is not None
@@ -508,10 +510,16 @@ def test_the_ack_after_an_offer_is_built_with_the_offer_and_is_the_same_frame(
 
 
 def test_acks_built_ahead_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    """DISCOVERs that no REQUEST follows leave at most PREPARED_SIZE ACKs, the oldest out."""
+    """DISCOVERs that no REQUEST follows leave at most PREPARED_SIZE ACKs, the oldest out;
+    and at most PREPARED_SIZE waiting to be built when nothing calls `build_ahead`."""
     monkeypatch.setattr(dhcp_server, "PREPARED_SIZE", 3)
     responder = DhcpResponder(SETTINGS)
     for xid in range(10):
         assert responder.respond(client_frame(DISCOVER, xid=xid), PORT, NETWORK) is not None
-    assert len(responder._prepared) == 3
-    assert sorted(key[1] for key in responder._prepared) == [7, 8, 9]
+    assert [req.xid for req, _ in responder._ahead] == [7, 8, 9]
+    responder.build_ahead()
+    for xid in range(10, 20):
+        assert responder.respond(client_frame(DISCOVER, xid=xid), PORT, NETWORK) is not None
+        responder.build_ahead()
+    assert not responder._ahead and len(responder._prepared) == 3
+    assert sorted(key[1] for key in responder._prepared) == [17, 18, 19]
