@@ -30,6 +30,9 @@ from controller.store.ports import REFUSED_HOSTS
 from flows.model import Segment
 from flows.security_groups import SgRule
 
+DHCP_FACTS_KEPT = 16384
+"""Ports whose DHCP facts `Mirror.dhcp_facts` keeps (a few hundred bytes each); past that it
+starts afresh."""
 ROUTER_INTERFACE_OWNERS = frozenset(
     {"network:router_interface_distributed", "network:router_interface"}
 )
@@ -323,6 +326,8 @@ class Mirror:
         # changes (nothing else moves a domain): an interface add scopes each member it
         # re-scopes on every host that matches it, each asking for its network's domain
         self._domains: dict[str, int] = {}
+        # port id -> the records `dhcp_facts` last answered it from, and that answer
+        self._dhcp_facts: dict[str, tuple[Any, ...]] = {}
 
     def set_port(self, port_id: str, rec: PortRec | None) -> PortRec | None:
         """Store the port's new version (None: deleted); returns the previous one."""
@@ -365,7 +370,8 @@ class Mirror:
 
     def set_subnet(self, subnet_id: str, rec: SubnetRec | None) -> None:
         """Store the subnet's new version (None: deleted)."""
-        # The index's sets are replaced, never changed in place: the packet-in thread reads them.
+        # The index's sets are replaced, never changed in place: the packet-in thread reads them
+        # (and `dhcp_facts` takes a set that is the same object for unchanged subnets).
         old = self.subnets.pop(subnet_id, None)
         if old is not None:
             self.net_subnets[old.network_id] = self.net_subnets.get(old.network_id, frozenset()) - {
@@ -425,15 +431,29 @@ class Mirror:
 
     def dhcp_facts(self, port: PortRec) -> tuple[DhcpPort, DhcpNetwork] | None:
         """What the DHCP responder answers this port from, or None if its network is gone.
-        Called from the packet-in thread: it reads records (immutable) by key only."""
+        Called from the packet-in thread: it reads records (immutable) by key only.  The
+        answer is remembered per port with the records it came from, and given again while
+        they are the same objects (a renewing VM asks with unchanged records every time)."""
         net = self.networks.get(port.network_id)
         if net is None:
             return None
-        subnets = (self.subnets.get(s) for s in sorted(self.net_subnets.get(net.id, ())))
-        return (
+        ids = self.net_subnets.get(net.id, ())
+        last = self._dhcp_facts.get(port.id)
+        # The same records: the same facts, the same objects (so the responder finds its plan
+        # for them without hashing new ones).  Every change replaces a record, and a change
+        # of any of the network's subnets also its set of ids (`set_subnet`).
+        if last is not None and last[0] is port and last[1] is net and last[2] is ids:
+            facts: tuple[DhcpPort, DhcpNetwork] = last[3]
+            return facts
+        subnets = (self.subnets.get(s) for s in sorted(ids))
+        facts = (
             DhcpPort(port.mac, port.subnet_ips, port.admin_up, port.dhcp_opts),
             DhcpNetwork(net.mtu, tuple(s.dhcp for s in subnets if s is not None)),
         )
+        if len(self._dhcp_facts) >= DHCP_FACTS_KEPT:
+            self._dhcp_facts.clear()
+        self._dhcp_facts[port.id] = (port, net, ids, facts)
+        return facts
 
     def routers_of(self, network_id: str) -> set[str]:
         """The routers with an interface in the network."""

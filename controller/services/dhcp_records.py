@@ -6,6 +6,7 @@ settings and the data plane's views can build them without importing a packet pa
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import netaddr
@@ -31,6 +32,15 @@ class DhcpPort:
     admin_state_up: bool = True
     extra_dhcp_opts: tuple[DhcpOpt, ...] = ()
 
+    @functools.cached_property
+    def _hash(self) -> int:
+        return hash((self.mac, self.fixed_ips, self.admin_state_up, self.extra_dhcp_opts))
+
+    def __hash__(self) -> int:
+        """The dataclass's hash, computed once: the responder looks its plans up by these
+        records on every message (`controller.services.dhcp.DhcpResponder._plan`)."""
+        return self._hash
+
 
 @dataclass(frozen=True)
 class DhcpSubnet:
@@ -46,6 +56,14 @@ class DhcpSubnet:
 class DhcpNetwork:
     mtu: int
     subnets: tuple[DhcpSubnet, ...]
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        return hash((self.mtu, self.subnets))
+
+    def __hash__(self) -> int:
+        """Computed once, as `DhcpPort`'s."""
+        return self._hash
 
 
 @dataclass(frozen=True)

@@ -160,3 +160,36 @@ def test_garbage_from_a_port_is_dropped_and_counted_by_the_real_parse_path() -> 
         assert punt.handle(pkt) is None
     assert punt.status()["drops"]["malformed"] == len(frames)
     assert punt.handle(_pkt()) is not None  # and the next good one is answered
+
+
+def test_the_facts_follow_every_change_of_the_port_its_network_and_subnets() -> None:
+    """`Mirror.dhcp_facts` gives the same objects again while the records are the same (the
+    responder then finds its plan without hashing new ones), and the new facts as soon as the
+    port, its network or one of its subnets is replaced, or a subnet is added or removed: the
+    answers follow (MTU, gateway, address)."""
+    punt, port = _world()
+    mirror = punt.mirror
+    first = mirror.dhcp_facts(port)
+    assert first is not None and mirror.dhcp_facts(port) is first
+    mirror.set_network("n1", NetworkRec.from_store({
+        "id": "n1", "_key": 7, "provider:segmentation_id": 77, "mtu": 1300}))  # fmt: skip
+    assert parse(punt.handle(_pkt()) or b"")[4][26] == (1300).to_bytes(2, "big")
+    mirror.set_record("subnet", "s1", SubnetRec.from_store({
+        "id": "s1", "network_id": "n1", "cidr": "10.0.0.0/24", "ip_version": 4,
+        "gateway_ip": "10.0.0.254", "enable_dhcp": True}))  # fmt: skip
+    assert parse(punt.handle(_pkt()) or b"")[4][3] == bytes([10, 0, 0, 254])  # the router
+    mirror.set_record("subnet", "s2", SubnetRec.from_store({
+        "id": "s2", "network_id": "n1", "cidr": "10.1.0.0/24", "ip_version": 4,
+        "gateway_ip": "10.1.0.1", "enable_dhcp": True}))  # fmt: skip
+    facts = mirror.dhcp_facts(port)
+    assert facts is not None and [s.id for s in facts[1].subnets] == ["s1", "s2"]
+    moved = PortRec.from_store({
+        "id": "p1", "_num": 42, "network_id": "n1", "mac_address": MAC,
+        "fixed_ips": [{"subnet_id": "s2", "ip_address": "10.1.0.9"}],
+        "binding:host_id": "hv1"})  # fmt: skip
+    mirror.set_port("p1", moved)
+    assert parse(punt.handle(_pkt()) or b"")[3].yiaddr == "10.1.0.9"
+    mirror.set_record("subnet", "s2", None)
+    facts = mirror.dhcp_facts(moved)
+    assert facts is not None and [s.id for s in facts[1].subnets] == ["s1"]
+    assert punt.handle(_pkt()) is None  # its only address is in a subnet that is gone
