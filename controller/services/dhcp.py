@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import netaddr
 from os_ken.lib.packet import dhcp, ethernet, ipv4, packet, udp
@@ -111,8 +112,9 @@ class DhcpCounters:
     options_left_out: int = 0
 
 
-@dataclass(frozen=True)
-class _Request:
+class _Request(NamedTuple):
+    """What a client asked (a tuple: built for every message, on the answer's path)."""
+
     client_mac: str
     msg_type: int
     xid: int
@@ -140,11 +142,17 @@ class _Plan:
     inform_left_out: int
 
 
-def _option_value(request: dhcp.dhcp, tag: int) -> bytes | None:
+_WANTED = (opt.MESSAGE_TYPE, opt.REQUESTED_IP, opt.SERVER_ID)
+"""The request's options the answer depends on."""
+
+
+def _option_values(request: dhcp.dhcp) -> dict[int, bytes]:
+    """The first value of each of the `_WANTED` options the request carries, in one pass."""
+    found: dict[int, bytes] = {}
     for o in request.options.option_list:
-        if isinstance(o, dhcp.option) and o.tag == tag:
-            return bytes(o.value)
-    return None
+        if isinstance(o, dhcp.option) and o.tag in _WANTED and o.tag not in found:
+            found[o.tag] = bytes(o.value)
+    return found
 
 
 def _parse(frame: bytes) -> _Request | None:
@@ -171,11 +179,12 @@ def _parse(frame: bytes) -> _Request | None:
         return None
     if not isinstance(msg.chaddr, str) or msg.chaddr != eth.src or msg.giaddr != "0.0.0.0":
         return None  # relayed or spoofed: tenantnet serves on-link clients only
-    kind = _option_value(msg, opt.MESSAGE_TYPE)
+    values = _option_values(msg)
+    kind = values.get(opt.MESSAGE_TYPE)
     if kind is None or len(kind) != 1:
         return None
-    requested = _option_value(msg, opt.REQUESTED_IP)
-    server = _option_value(msg, opt.SERVER_ID)
+    requested = values.get(opt.REQUESTED_IP)
+    server = values.get(opt.SERVER_ID)
     if (requested is not None and len(requested) != 4) or (server is not None and len(server) != 4):
         return None
     return _Request(
