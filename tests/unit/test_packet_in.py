@@ -469,3 +469,57 @@ def test_the_handlers_work_after_its_replies_runs_once_they_are_written() -> Non
     queue.close()
     assert events[3:] == ["answer", "sent 1", "after", "answer", "sent 1", "after"]
     assert queue.counters.handler_errors == 1 and queue.counters.replies == 3
+
+
+def test_dhcp_through_the_parsers_fast_path_is_answered_as_through_the_event() -> None:
+    """The real DHCP handler behind the parser's fast path: a DISCOVER and its REQUEST get
+    the same PACKET_OUTs, byte for byte but the xid, as the same packet-ins through os-ken's
+    message and event (answered by a second, fresh handler); malformed DHCP frames taken on
+    the fast path get nothing and are counted, and the next good one is answered."""
+    from controller.services.dhcp import DISCOVER, REQUEST
+    from flows import tables as t
+    from tests.unit.test_dataplane_dhcp import MAC, _world
+    from tests.unit.test_dhcp_responder import client_frame
+
+    def wired(frame: bytes) -> bytearray:
+        return bytearray(packet_in(parser.OFPMatch(in_port=3, metadata=7), frame,
+                                   cookie=t.port_cookie(42)))  # fmt: skip
+
+    lease = [wired(client_frame(DISCOVER, MAC, xid=5)),
+             wired(client_frame(REQUEST, MAC, requested="10.0.0.5", server_id="10.0.0.1",
+                                xid=5))]  # fmt: skip
+    garbage = [wired(b"\xff" * 300), wired(client_frame(DISCOVER, MAC)[:100])]
+    outs = []
+    for fast in (True, False):
+        punt, _ = _world()
+        punt.by_dpid = {DPID: "hv1"}
+        app = new_ofp_app()
+        app.attach(_Listener())
+        dp = FakeDatapath()
+        dp.address, dp.socket, dp.is_active = ("192.0.2.1", 1), None, True
+        dp.state = CONFIG_DISPATCHER
+        app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
+        app._switches[DPID].ready = True
+        dp.state = MAIN_DISPATCHER
+        queue = app.on_packet_in(punt.handle, after_replies=punt.after_replies)
+        queue.quiet_s = 0.0  # each one answered and written on this thread, in turn
+        osken_packetin.install()
+        try:
+            for buf in lease + (garbage + lease[:1] if fast else []):
+                args = (ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(buf), 9, buf)
+                if fast:
+                    assert ofproto_parser.msg(dp, *args) is None  # taken by the sink
+                else:
+                    dp.packet_in_sink = None  # os-ken's message and event, as before
+                    app._send_event(ofp_event.ofp_msg_to_ev(ofproto_parser.msg(dp, *args)),
+                                    MAIN_DISPATCHER)  # fmt: skip
+        finally:
+            osken_packetin.uninstall()
+            queue.close()
+        assert queue.counters.answered_inline == queue.counters.received
+        outs.append([m[:4] + m[8:] for m in _sent(dp) if m[1] == ofp.OFPT_PACKET_OUT])
+        if fast:
+            assert punt.status()["drops"]["malformed"] == len(garbage)
+    fast_outs, slow_outs = outs
+    assert len(fast_outs) == 3 and fast_outs[:2] == slow_outs
+    assert fast_outs[2] == slow_outs[0]  # the good DISCOVER after the garbage
