@@ -224,14 +224,18 @@ class EtcdLog:
         return None if raw is None else dict(json.loads(raw))
 
     def create(self, meta: dict[str, Any], head: int = 0) -> bool:
-        """Create the log (meta + head) if there is none yet; False if one exists."""
+        """Create the log (meta + head) if there is none yet; False if another one exists.
+
+        A meta equal to ``meta`` (its epoch is unique) is this call's own: an attempt whose
+        answer was lost (a short attempt timing out on a loaded member) put it before the
+        retry's compare failed."""
         compare = [
             {"key": _b64(self.key("meta")), "result": "EQUAL", "target": "CREATE",
              "create_revision": 0}
         ]  # fmt: skip
         meta_text = json.dumps(meta)
         success = [self._put(self.key("meta"), meta_text), self._put(self.key("head"), str(head))]
-        return self._txn(compare, success)
+        return self._txn(compare, success) or self.meta() == meta
 
     def head(self) -> int:
         """The sequence number of the last entry (a quorum read)."""
@@ -366,14 +370,28 @@ class EtcdLog:
         put["request_put"]["lease"] = lease.id
         if self._txn(compare, [put]):
             return lease
+        # an attempt whose answer was lost (a short attempt timing out on a loaded member,
+        # then a retry) may have put our own lease: the key's value says whose claim it is
+        if self.get(name) == str(lease.id).encode():
+            return lease
         self.release(lease)
         return None
 
-    @staticmethod
-    def release(lease: Any) -> None:
-        """Give a claim back (if this fails, the lease expires by itself)."""
-        with contextlib.suppress(Exception):
-            lease.revoke()
+    def release(self, lease: Any) -> None:
+        """Give a claim back, trying each member like any call (one short attempt timing out
+        on a loaded member held the claim for its whole lease); if every member fails, the
+        lease expires by itself.  A lease etcd no longer knows is given back already (an
+        attempt whose answer was lost revoked it)."""
+
+        def revoke(c: Any) -> None:
+            try:
+                c.post(c.get_url("/kv/lease/revoke"), json={"ID": lease.id})
+            except etcd_errors.Etcd3Exception as exc:
+                if "lease not found" not in str(getattr(exc, "detail_text", "")):
+                    raise
+
+        with contextlib.suppress(EtcdUnavailable):
+            self._call(revoke)
 
     # -- leases (controller membership) -----------------------------------------------------------
 

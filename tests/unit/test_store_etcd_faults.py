@@ -147,6 +147,69 @@ def test_a_snapshot_published_before_its_answer_was_lost_is_kept(
         store.close()
 
 
+def test_a_claim_taken_before_its_answer_was_lost_is_held(
+    tmp_path: Path, etcd_settings: EtcdSettings
+) -> None:
+    """The snapshot's claim is a compare on the claim key: the retry fails the compare against
+    the key its own first attempt put.  The key holds our lease, so the claim is ours: the
+    snapshot is taken (before, nobody held the claim but the instance gave up, and a forced
+    snapshot under a loaded cluster returned False), and the claim is given back after."""
+    store = EtcdStore(str(tmp_path / "a.db"), EventBus(), etcd_settings)
+    try:
+        store.create_network({"name": "n"})
+        lost = lose_answers(store._log, store._log.current_member, 1)  # the claim's
+        assert store.snapshot(force=True)
+        assert lost == [1]
+        found = store._log.snapshot()
+        assert found is not None and found[0] == store.applied
+        again = store._log.claim("snap/claim", 10)  # released: free for the next snapshot
+        assert again is not None
+        store._log.release(again)
+    finally:
+        store.close()
+
+
+def test_a_log_created_before_its_answer_was_lost_is_ours(etcd_settings: EtcdSettings) -> None:
+    """Creating the log is a compare on its meta: the retry fails against the meta its own
+    first attempt put.  That log is ours (a migration raised "written to during the
+    migration" before); one created by another epoch is still refused."""
+    log = EtcdLog(etcd_settings)
+    lost = lose_answers(log, log.current_member, 1)
+    assert log.create({"epoch": "ours", "schema": 0})
+    assert lost == [1]
+    assert not log.create({"epoch": "theirs", "schema": 0})
+    assert log.meta() == {"epoch": "ours", "schema": 0}
+
+
+def test_a_claim_whose_release_timed_out_is_released_on_another_member(
+    etcd_settings: EtcdSettings,
+) -> None:
+    """Giving the claim back is one revoke: one that times out on the first member (never
+    sent) goes to the next, so the claim is free at once (before, the one attempt failed
+    quietly and the claim stayed held for its whole lease: the next snapshot was refused)."""
+    log = EtcdLog(etcd_settings)
+    lease = log.claim("snap/claim", 60)
+    assert lease is not None
+    timed_out = [0]
+    for clients in log._passes:
+        client = clients[log.current_member]
+        real = client.post
+
+        def revoke_times_out(url: str, *args: Any, real: Any = real, **kwargs: Any) -> Any:
+            if url.endswith("/lease/revoke") and not timed_out[0]:
+                timed_out[0] += 1
+                raise etcd_errors.ConnectionTimeoutError("timed out (injected)")
+            return real(url, *args, **kwargs)
+
+        client.post = revoke_times_out
+    log.release(lease)
+    assert timed_out == [1]
+    again = log.claim("snap/claim", 60)
+    assert again is not None
+    log.release(again)
+    log.release(again)  # already given back: quiet
+
+
 def watching(
     tmp_path: Path, settings: EtcdSettings
 ) -> tuple[EtcdStore, list[ChangeEvent], list[int]]:
