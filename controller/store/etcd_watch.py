@@ -21,8 +21,17 @@ read timeout) and keeps it going itself:
   it those reads), so that is the full resync;
 * every end is logged once (a warning when a member fails, the resume at info level; an idle
   reconnect says nothing), and each one rings the follower, which applies what the log holds
-  meanwhile.  An unexpected error ends the thread with a logged traceback and a ring; the
-  follower then sees ``alive`` false and starts a new watch from ``revision``.
+  meanwhile (``resyncs`` counts those rings: the follower reads the log after each, even if
+  entries came meanwhile).  An unexpected error ends the thread with a logged traceback and a
+  ring; the follower then sees ``alive`` false and starts a new watch from ``revision``.  An
+  error of the ``entry`` callback is one of those, not a malformed response of the member;
+* a member (or something in its place) that confirms each watch and ends it at once is a
+  failure like any other: streams that delivered nothing and lasted less than ``idle_s`` count
+  towards the pause after a round of failed members, so such a peer gets a paced retry, not a
+  tight loop of watch requests each ringing the follower into a log read;
+* the member's stream is hostile input: it is read in pieces of ``READ_BYTES`` whatever the
+  HTTP chunk sizes it announces (a chunk header of a terabyte allocates nothing), and a line
+  (one watch response) longer than ``MAX_LINE_BYTES`` ends the stream as a failed member.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -43,10 +53,16 @@ from controller.store.etcd_log import EtcdLog, _b64
 
 LOG = logging.getLogger(__name__)
 MAX_LINE_BYTES = 64 * 1024 * 1024  # one watch response (a batch of entries) at most
+READ_BYTES = 64 * 1024  # read from the stream at a time, whatever its HTTP chunks announce
 
 
 class WatchEnded(Exception):
     """The stream ended without an error of the transport (EOF, a cancel, a restart)."""
+
+
+class _DeliveryFailed(Exception):
+    """The ``entry`` callback raised (its error is the cause): a bug on this side, which ends
+    the thread with a traceback, whatever its type (a KeyError is not a malformed response)."""
 
 
 class LogWatch:
@@ -65,6 +81,10 @@ class LogWatch:
         self.revision = start_revision - 1  # every change up to this one has been delivered
         self.member = log.current_member
         self.last_seq = 0  # the highest log entry delivered
+        # rings after which the follower must read the log (a failed member, a compaction,
+        # the thread's end), and how many of them were compactions (see `EtcdStore`)
+        self.resyncs = 0
+        self.compactions = 0
         self.idle_s = log.settings.watch_idle_s if idle_s is None else idle_s
         self._ring = ring
         self._entry = entry
@@ -90,10 +110,16 @@ class LogWatch:
         self._close()
 
     def _close(self) -> None:
+        # under the lock: `_stream` lets go of its response under it too, so this never shuts
+        # a connection the stream has finished with (and that may be in use elsewhere)
         with self._lock:
-            response = self._response
-        if response is not None:
-            _shut(response)
+            if self._response is not None:
+                _shut(self._response)
+
+    def _resync(self) -> None:
+        """Ring for a read of the log (entries may have been missed, or skipped)."""
+        self.resyncs += 1
+        self._ring()
 
     # -- the thread --------------------------------------------------------------------------------
 
@@ -103,7 +129,9 @@ class LogWatch:
         try:
             while not self._stopping.is_set():
                 member = self.member
-                created = [False]
+                # the watch was confirmed; events or a progress notification came through it
+                created = [False, False]
+                began = time.monotonic()
                 try:
                     self._stream(member, created)
                     error: Exception = WatchEnded("the stream ended")
@@ -123,8 +151,8 @@ class LogWatch:
                     failed_in_a_row = 0
                     continue  # only quiet: a new stream on the same member
                 self._move_on.clear()
-                if created[0]:
-                    failed_in_a_row = 0
+                if created[1] or time.monotonic() - began >= self.idle_s:
+                    failed_in_a_row = 0  # a stream that worked for a while: not spinning
                 failed_in_a_row += 1
                 self.member = (member + 1) % self.log.members
                 if not failing:
@@ -136,12 +164,16 @@ class LogWatch:
                         self.revision + 1,
                         self._where(self.member),
                     )
-                self._ring()  # the follower reads the log meanwhile
+                self._resync()  # the follower reads the log meanwhile
                 if failed_in_a_row >= self.log.members:  # every member failed: do not spin
-                    self._stopping.wait(min(1.0, self.idle_s))
+                    self._pause()
         except Exception:
             LOG.exception("etcd watch stopped at revision %d", self.revision)
-            self._ring()  # the follower notices (`alive`) and starts another
+            self._resync()  # the follower notices (`alive`) and starts another
+
+    def _pause(self) -> None:
+        """After a round of failed members, before the next attempt."""
+        self._stopping.wait(min(1.0, self.idle_s))
 
     def _stream(self, member: int, created: list[bool]) -> None:
         """One watch stream on ``member`` from ``revision + 1``, until it ends or breaks."""
@@ -166,20 +198,29 @@ class LogWatch:
             if self._stopping.is_set() or self._move_on.is_set():
                 raise WatchEnded("stopped")
             if response.status_code != 200:
-                raise WatchEnded(f"HTTP {response.status_code}: {response.text[:200]}")
-            pending = b""
-            for chunk in response.iter_content(chunk_size=None):
-                pending += chunk
-                if len(pending) > MAX_LINE_BYTES:
-                    raise WatchEnded(f"a watch response over {MAX_LINE_BYTES} bytes")
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if line.strip():
+                # a bounded read of the body (``text`` would read all of it)
+                reason = response.raw.read(200, decode_content=True).decode(errors="replace")
+                raise WatchEnded(f"HTTP {response.status_code}: {reason}")
+            # in pieces of READ_BYTES: with no size, urllib3 reads each HTTP chunk whole,
+            # allocated at the size its header announces; the line is searched for from where
+            # the last piece ended (not from its start: quadratic with many small pieces)
+            pending = bytearray()
+            for piece in response.iter_content(chunk_size=READ_BYTES):
+                scanned = len(pending)
+                pending += piece
+                start = 0
+                while (end := pending.find(b"\n", scanned)) >= 0:
+                    line = pending[start:end]
+                    start = scanned = end + 1
+                    if line and not line.isspace():
                         self._handle(json.loads(line), created)
+                del pending[:start]
+                if len(pending) > MAX_LINE_BYTES:  # so it holds at most that and one piece
+                    raise WatchEnded(f"a watch response over {MAX_LINE_BYTES} bytes")
         finally:
             with self._lock:
                 self._response = None
-            _shut(response)
+                _shut(response)
 
     def _handle(self, message: dict[str, Any], created: list[bool]) -> None:
         if "error" in message:
@@ -197,8 +238,11 @@ class LogWatch:
                     compacted,
                 )
                 self.revision = compacted - 1
-                self._ring()
+                self.compactions += 1
+                self._resync()
             raise WatchEnded(f"canceled: {result.get('cancel_reason', '')}"[:200])
+        if not result.get("created"):
+            created[1] = True  # events or a progress notification: the stream works
         events = result.get("events") or []
         for event in events:
             kv = event.get("kv", {})
@@ -211,7 +255,11 @@ class LogWatch:
                 and name.startswith(self._prefix)
                 and tail.isdigit()
             ):
-                self._entry(int(tail), _bytes(kv["value"]))
+                value = _bytes(kv["value"])
+                try:
+                    self._entry(int(tail), value)
+                except Exception as exc:
+                    raise _DeliveryFailed from exc
                 self.last_seq = max(self.last_seq, int(tail))
             self.revision = max(self.revision, int(kv.get("mod_revision", 0)))
         if events:
@@ -243,10 +291,16 @@ def _bytes(b64: str) -> bytes:
 
 def _shut(response: requests.Response) -> None:
     """End a streaming response from any thread (its reader gets EOF or an error at once):
-    closing alone would wait for the reader; etcd3gw's `Watcher.stop` does the same."""
+    closing alone would wait for the reader.
+
+    Through the connection's socket object, not its descriptor number (as etcd3gw's
+    `Watcher.stop` does, with `socket.fromfd`): once the stream closed, that number may be
+    another socket's (an OpenFlow session's), while the closed object has none.  A TLS
+    socket is shut at the TCP level (``socket.socket.shutdown``), as by number before: its
+    TLS state belongs to the reading thread."""
     with contextlib.suppress(Exception):
-        sock = socket.fromfd(response.raw._fp.fileno(), socket.AF_INET, socket.SOCK_STREAM)
-        sock.shutdown(socket.SHUT_RDWR)
-        sock.close()
+        sock = response.raw._connection.sock
+        if sock is not None:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
     with contextlib.suppress(Exception):
         response.close()
