@@ -231,6 +231,9 @@ class EtcdStore(Store):
         # deliver; ``_lagging`` = (an entry applied from the log that it had not, since when)
         self._watch_floor: int | None = None
         self._lagging: tuple[int, float] | None = None
+        # the watch's `resyncs` (`_watch_resynced`) and `compactions` (`_check_watch`) as last
+        # seen by the follower
+        self._resyncs_seen = self._compactions_seen = 0
         self._snapshot_seq = start or 0
         self._snapshotting = threading.Thread()
         self._pending = PendingObservations()
@@ -586,7 +589,8 @@ class EtcdStore(Store):
                 return
             try:
                 renewed = self._keep_watching()
-                if not self._apply_arrived() or renewed:
+                resync = self._watch_resynced()
+                if not self._apply_arrived() or renewed or resync:
                     self.catch_up()
                 if self.snapshot_due():
                     self._snapshot_in_background()
@@ -624,13 +628,34 @@ class EtcdStore(Store):
             start = watch.revision + 1
         self._watch = LogWatch(self._log, start, self._doorbell.set, self._entry_arrived)
         self._watch_floor, self._lagging = None, None
+        self._resyncs_seen = self._compactions_seen = 0
         return True
+
+    def _watch_resynced(self) -> bool:
+        """Whether the watch rang for a read of the log since the follower last looked (a
+        failed member, a compaction): the follower then reads the log even if entries
+        arrived meanwhile - they may be later ones, the missed or skipped ones are in the log
+        only, and would otherwise wait for the poll."""
+        watch = self._watch
+        if watch is None:
+            return False
+        seen, self._resyncs_seen = self._resyncs_seen, watch.resyncs
+        return seen != self._resyncs_seen
 
     def _check_watch(self, watch: LogWatch) -> None:
         """The watchdog: an entry this replica read from the log that the watch has still not
         delivered a while later (the longer of the poll and the etcd timeout) means its stream
         is stuck - a member frozen, or cut off without a reset - even before the stream's idle
-        timeout says so: the watch resumes on the next member."""
+        timeout says so: the watch resumes on the next member.
+
+        After a compaction the watch resumed past entries the follower reads from the log:
+        those never come through the watch, so the floor is taken again (at the next check,
+        after that read), as for a new watch; on a quiet cluster the watch would otherwise
+        "lag" behind them for ever, restarted at every check."""
+        if watch.compactions != self._compactions_seen:
+            self._compactions_seen = watch.compactions
+            self._watch_floor, self._lagging = None, None
+            return
         if self._watch_floor is None:  # entries up to here came before the watch started
             self._watch_floor = self.applied
             return

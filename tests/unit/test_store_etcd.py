@@ -232,6 +232,32 @@ def test_an_instance_does_not_read_the_log_after_its_own_writes(
     assert reads == [store.applied]
 
 
+def test_a_ring_for_a_resync_reads_the_log_even_if_entries_arrived(
+    store: EtcdStore, tmp_path: Path, etcd_settings: EtcdSettings
+) -> None:
+    """A ring of the watch after a failed member or a compaction (its ``resyncs``) makes the
+    follower read the log in that wake-up, even if an entry arrived meanwhile (here: the
+    instance's own write back with the watch, which alone reads nothing): the entry the
+    watch skipped waited for the poll before."""
+    other = EtcdStore(str(tmp_path / "w.db"), EventBus(), etcd_settings, poll_s=60)
+    try:
+        other._doorbell.set()  # the follower creates its watch at its first wake-up
+        wait_for(lambda: other._watch is not None, "the other instance's watch")
+        freeze_follower(other)  # from here on, only this test moves the replica
+        watch = other._watch
+        assert watch is not None
+        store.create_network({"name": "skipped"})
+        wait_for(lambda: len(other._arrived) == 1, "the entry in the watch")
+        other._take_arrived(store.applied + 1)  # it never came (a compaction skipped it)
+        other._arrivals = 0
+        other._entry_arrived(other.applied, b"")  # an own entry came back
+        watch.resyncs += 1  # ... and the watch rang for a read of the log
+        follow_once(other)
+        assert other.applied == store.applied, "the skipped entry waited for the poll"
+    finally:
+        other.close()
+
+
 def test_the_cluster_is_reached_directly_whatever_the_proxy_environment(
     etcd_settings: EtcdSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -306,21 +306,30 @@ def test_a_watch_thread_that_fails_is_logged_once_and_replaced_from_its_revision
         writer.close()
 
 
-def test_the_watchdog_restarts_a_watch_that_lags_behind_the_log(
+@pytest.fixture
+def watchdog(
     tmp_path: Path, etcd_settings: EtcdSettings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A stream stuck without closing delivers nothing: once an entry read from the log has
-    not come through the watch for the longer of the poll and the etcd timeout, the follower
-    restarts the watch (on the next member); one that delivers in time is left alone.  The
-    clock and the watch are faked; the follower's calls are made here."""
+) -> tuple[EtcdStore, EtcdStore, Any, list[int], list[float], float]:
+    """For a test of the follower's watchdog: (a writer, a store whose follower never polls, a
+    fake watch, its restarts, the faked clock, the watchdog's grace)."""
     now = [1000.0]
     clock = SimpleNamespace(monotonic=lambda: now[0], perf_counter=time.perf_counter)
     monkeypatch.setattr(replicated, "time", clock)
     writer = EtcdStore(str(tmp_path / "w.db"), EventBus(), etcd_settings)
     store = EtcdStore(str(tmp_path / "r.db"), EventBus(), etcd_settings, poll_s=3600)
     restarts: list[int] = []
-    watch: Any = SimpleNamespace(last_seq=0, restart=lambda: restarts.append(1))
-    grace = max(store._poll_s, etcd_settings.timeout_s)
+    watch: Any = SimpleNamespace(last_seq=0, compactions=0, restart=lambda: restarts.append(1))
+    return writer, store, watch, restarts, now, max(store._poll_s, etcd_settings.timeout_s)
+
+
+def test_the_watchdog_restarts_a_watch_that_lags_behind_the_log(
+    watchdog: Any,
+) -> None:
+    """A stream stuck without closing delivers nothing: once an entry read from the log has
+    not come through the watch for the longer of the poll and the etcd timeout, the follower
+    restarts the watch (on the next member); one that delivers in time is left alone.  The
+    clock and the watch are faked; the follower's calls are made here."""
+    writer, store, watch, restarts, now, grace = watchdog
     try:
         writer.create_network({"name": "before"})
         store.catch_up()
@@ -337,6 +346,37 @@ def test_the_watchdog_restarts_a_watch_that_lags_behind_the_log(
         assert restarts == []
         now[0] += grace / 2
         store._check_watch(watch)
+        assert restarts == [1]
+    finally:
+        store.close()
+        writer.close()
+
+
+def test_entries_skipped_by_a_compaction_do_not_make_the_watch_lag(
+    watchdog: Any,
+) -> None:
+    """After a compaction the watch resumes past entries the follower reads from the log: they
+    never come through the watch.  On a quiet cluster the watchdog restarted the watch at
+    every check after that (a warning and a member hop each time); it takes its floor again
+    instead, and still restarts a watch that then misses a new entry.  The clock and the watch
+    are faked; the follower's calls are made here, in its order (check, then read the log)."""
+    writer, store, watch, restarts, now, grace = watchdog
+    try:
+        store._check_watch(watch)  # the watch starts here
+        writer.create_network({"name": "skipped 1"})
+        writer.create_network({"name": "skipped 2"})
+        watch.compactions += 1  # the watch resumed past both, and rang
+        store._check_watch(watch)
+        store.catch_up()
+        for _ in range(3):  # quiet
+            store._check_watch(watch)
+            now[0] += grace
+        assert restarts == []
+        writer.create_network({"name": "missed"})
+        store.catch_up()
+        for _ in range(3):
+            store._check_watch(watch)
+            now[0] += grace
         assert restarts == [1]
     finally:
         store.close()
