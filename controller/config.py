@@ -56,6 +56,10 @@ class Settings:
     # each etcd member is tried first with this shorter timeout (a member stuck on a killed
     # leader is left after it, not after etcd_timeout_s), then with etcd_timeout_s
     etcd_attempt_timeout_s: float = 0.5
+    # a call no member answers ends once no further attempt would end within this (the short
+    # attempts and one with etcd_timeout_s are always made): a write without quorum answers 503
+    # after about 5 s with the defaults (9.5 s without the bound)
+    etcd_call_timeout_s: float = 6.0
     etcd_tls_ca: str = ""
     etcd_tls_cert: str = ""
     etcd_tls_key: str = ""
@@ -198,6 +202,7 @@ class Settings:
             prefix=self.etcd_prefix,
             timeout_s=self.etcd_timeout_s,
             attempt_timeout_s=self.etcd_attempt_timeout_s,
+            call_timeout_s=self.etcd_call_timeout_s,
             ca_cert=self.etcd_tls_ca,
             cert=self.etcd_tls_cert,
             key=self.etcd_tls_key,
@@ -321,6 +326,10 @@ class Settings:
         if not 0.05 <= self.etcd_attempt_timeout_s <= 60:  # >= etcd_timeout_s: one pass only
             raise ConfigError(
                 f"etcd_attempt_timeout_s: {self.etcd_attempt_timeout_s} is outside [0.05, 60]"
+            )
+        if not 0.1 <= self.etcd_call_timeout_s <= 600:
+            raise ConfigError(
+                f"etcd_call_timeout_s: {self.etcd_call_timeout_s} is outside [0.1, 600]"
             )
         if not 10 <= self.etcd_snapshot_every <= 10**7:
             raise ConfigError(

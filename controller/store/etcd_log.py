@@ -19,7 +19,8 @@ Key layout under a prefix (default ``/tenantnet/``):
 Every call goes to one member and moves on to the next on a connection failure or timeout; a
 call that no member can answer raises `EtcdUnavailable` (quorum lost, or the cluster is gone).
 Attempts are short (``attempt_timeout_s``) and go round the members for up to ``timeout_s``,
-then each member gets one attempt with the full ``timeout_s`` (see `EtcdLog._call`): a member
+then each member gets one attempt with the full ``timeout_s``, the first always and the others
+while they end within ``call_timeout_s`` (see `EtcdLog._call`): a member
 whose leader was just killed forwards a write to the dead leader and answers only at the
 timeout, so short attempts reach a member of the new leader's term about an election after
 the kill instead of ``timeout_s``; the long pass keeps a slow but working cluster answering.
@@ -152,7 +153,8 @@ class EtcdLog:
         """``fn(client)`` on the current member, then on each other one until one answers.
 
         Short attempts (``attempt_timeout_s``) go round the members for up to ``timeout_s``,
-        then each member gets one attempt with ``timeout_s``.  A request a member forwarded
+        then each member gets one attempt with ``timeout_s`` while it can end within
+        ``call_timeout_s`` of the call's start (the first always).  A request a member forwarded
         to a leader that died is lost, so only an attempt sent after the member learned the
         new leader succeeds: short attempts repeated reach it about an election after the
         kill, whatever the election takes (a long attempt sent during the election would
@@ -166,12 +168,20 @@ class EtcdLog:
         maybe_sent = False
         n = len(self._clients)
         order = [(start + i) % n for i in range(n)]
-        short_until = time.monotonic() + self.settings.timeout_s
+        called = time.monotonic()
+        short_until = called + self.settings.timeout_s
+        ends = called + self.settings.call_timeout_s
         for clients in self._passes:
             while True:
                 began = time.monotonic()
                 waited = False  # some member may have taken the request (not refused)
                 for index in order:
+                    if (
+                        clients is self._clients
+                        and index != order[0]
+                        and time.monotonic() + self.settings.timeout_s > ends
+                    ):
+                        break  # the call's bound (`EtcdSettings.call_timeout_s`)
                     client = clients[index]
                     try:
                         result = fn(client)

@@ -23,6 +23,13 @@ class EtcdSettings:
     # after ``timeout_s``.  Not below etcd's ordinary commit time on a loaded cluster, or calls
     # are sent twice for nothing (harmless, but more load).
     attempt_timeout_s: float = 0.5
+    # A call that no member answers ends (`EtcdUnavailable`: a write answers 503) once its short
+    # attempts and one attempt with ``timeout_s`` are done and no further one would end within
+    # this: without it, a cluster without quorum whose members still accept connections held
+    # a write for timeout_s + n x attempt_timeout_s + n x timeout_s (9.5 s for 3 members and
+    # the defaults; 5 s with this one).  The first long attempt is always made (a slow but
+    # working cluster still answers).
+    call_timeout_s: float = 6.0
     # A watch stream silent for this long is opened again (on the same member; on the next one
     # if that one does not even confirm the new watch): a frozen member is left within twice
     # this (`etcd_watch`).  Idle reconnects cost one request each.

@@ -227,6 +227,7 @@ def test_store_is_sqlite_by_default_and_etcd_when_named(tmp_path: Path) -> None:
         (("--store", "etcd://host"), "store"),
         (("--store", "etcd://h:1", "--etcd-timeout-s", "0"), "etcd_timeout_s"),
         (("--store", "etcd://h:1", "--etcd-attempt-timeout-s", "0"), "etcd_attempt_timeout_s"),
+        (("--store", "etcd://h:1", "--etcd-call-timeout-s", "0"), "etcd_call_timeout_s"),
         (("--store", "etcd://h:1", "--etcd-prefix", "/"), "etcd_prefix"),
         (("--store", "etcd://h:1", "--etcd-tls-cert", "/nonexistent"), "etcd_tls_cert"),
         (("--etcd-tls-ca", "/etc/hostname"), "etcd_tls"),

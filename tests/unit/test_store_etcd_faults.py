@@ -21,7 +21,7 @@ import pytest
 from etcd3gw import exceptions as etcd_errors
 
 from controller.events import ChangeEvent, EventBus
-from controller.store import replicated
+from controller.store import etcd_log, replicated
 from controller.store.etcd_log import EtcdLog
 from controller.store.etcd_settings import EtcdSettings
 from controller.store.replicated import EtcdStore, decode_entry
@@ -411,3 +411,37 @@ def test_short_attempts_go_round_until_a_member_has_the_new_leader(
     assert log.head() == 7
     assert calls[-1] == (1, etcd_settings.attempt_timeout_s)  # a short attempt succeeded
     assert len(calls) == 11  # three rounds of 3, then members 0 and 1
+
+
+@pytest.mark.parametrize(("call_timeout_s", "calls", "took"), [(6.0, 7, 5.0), (60.0, 9, 9.0)])
+def test_a_call_without_quorum_ends_within_its_bound(
+    monkeypatch: pytest.MonkeyPatch, call_timeout_s: float, calls: int, took: float
+) -> None:
+    """Three members that accept and time out (a cluster without quorum): the short attempts
+    go round for ``timeout_s`` (two rounds of three, 3 s), then one attempt with ``timeout_s``
+    (5 s), and no other, which would end after ``call_timeout_s``: the 503 comes after 5 s, not
+    9.5 s (every member's long attempt; 9 s here, the short rounds being exact).  With a
+    large bound every member gets its long attempt, as before.  Fake clock and members."""
+    now = [0.0]
+    monkeypatch.setattr(
+        etcd_log, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=lambda s: None)
+    )
+    settings = EtcdSettings(endpoints=(("m", 1),) * 3, call_timeout_s=call_timeout_s)
+    log = EtcdLog(settings)
+    made: list[float] = []
+
+    class Member:
+        def __init__(self, timeout: float) -> None:
+            self.timeout, self.host, self.port = timeout, "m", 1
+
+        def get(self, key: str) -> list[bytes]:
+            made.append(self.timeout)
+            now[0] += self.timeout
+            raise etcd_errors.ConnectionTimeoutError("no quorum")
+
+    log._passes = [[Member(c.timeout) for c in clients] for clients in log._passes]
+    log._clients = log._passes[-1]
+    with pytest.raises(replicated.EtcdUnavailable):
+        log.head()
+    assert len(made) == calls and now[0] == took
+    assert made[6:] == [settings.timeout_s] * (calls - 6)
