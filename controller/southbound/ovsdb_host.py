@@ -720,7 +720,15 @@ class OvsdbHost:
         OVS 3.1.0's 8 s backoff: when that instance was killed and restarted, each bridge
         retried it at 1, 2, 4, 8 s and it waited up to 8 s to be reconnected (and to take
         over hosts as MASTER), instead of ~1 s.  One vswitchd reconfiguration per peer
-        connection that comes up; a connection that goes down is settled again on its next."""
+        connection that comes up; a connection that goes down is settled again on its next.
+
+        Known gap: only ``is_connected`` tells connections apart here, and vswitchd refreshes
+        it every few seconds (this runs every 1 s tick), so a peer connection that drops and
+        comes back between two refreshes never reads false: it is not settled again and keeps
+        the 8 s backoff for its next reconnect.  The per-connection value vswitchd has
+        (``status:sec_since_connect``) is in the column it rewrites every few seconds for
+        every row, which `COLUMNS` leaves out on purpose; the peer's next drop that is seen
+        settles it."""
         if self.peer_targets is None:
             return
         assert self.api is not None and self._conn is not None
