@@ -71,6 +71,10 @@ MAX_REFUSALS_REMEMBERED = 1024  # distinct refusals logged once each; the set is
 # switch replaces its own connection (a rewritten target, see ovsdb_host's fast reconnect), the
 # old one's end may be seen a moment after the new one's FEATURES.
 SECOND_SESSION_WAIT_S = 0.5
+REPLY_WAIT_S = 0.2
+"""How long the packet-in worker waits for room in a switch's full send queue (os-ken's, 16
+buffers) before its replies count as failed: the queue fills for a few ms under load while the
+switch reads everything (`LiveDatapath.send_within`; once per stall of a switch not reading)."""
 FULL_MASK = 0xFFFFFFFFFFFFFFFF
 BUNDLE = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 # Messages remembered per switch for naming the cause of an error reply: one whole diff of a
@@ -434,7 +438,9 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         try:
             for msg, (port, _) in zip(msgs, frames, strict=True):
                 sw.remember(msg, Sent("packet out", port))
-            return _send_as_one_write(sw.dp, msgs, direct=not wait)
+            return _send_as_one_write(
+                sw.dp, msgs, direct=not wait, wait_s=REPLY_WAIT_S if wait else 0.0
+            )
         finally:
             sw.lock.release()
 
@@ -1113,7 +1119,7 @@ def _close(dp: Any) -> None:
         dp.socket.shutdown(socket.SHUT_RDWR)
 
 
-def _send_as_one_write(dp: Any, msgs: list[Any], direct: bool = False) -> bool:
+def _send_as_one_write(dp: Any, msgs: list[Any], direct: bool = False, wait_s: float = 0.0) -> bool:
     """Serialise the messages with os-ken and queue them as one buffer.
 
     `Datapath.send_msg` queues each message separately, and the connection's send thread wakes
@@ -1123,7 +1129,9 @@ def _send_as_one_write(dp: Any, msgs: list[Any], direct: bool = False) -> bool:
     False if the connection's send queue is full or closed (`LiveDatapath.send_nowait`).
     ``direct`` (a packet-out answered on a receive thread): written on this thread when the
     connection's send thread has nothing to write (`LiveDatapath.write_now`), saving its
-    wake-up (see `controller.southbound.packet_in` for why only there).
+    wake-up (see `controller.southbound.packet_in` for why only there).  ``wait_s`` (the
+    packet-in worker's replies): wait that long for room in a full send queue
+    (`LiveDatapath.send_within`) instead of dropping them.
     """
     bufs = []
     for msg in msgs:
@@ -1131,6 +1139,9 @@ def _send_as_one_write(dp: Any, msgs: list[Any], direct: bool = False) -> bool:
             dp.set_xid(msg)
         msg.serialize()
         bufs.append(msg.buf)
+    buf = b"".join(bufs)
+    if wait_s > 0 and hasattr(dp, "send_within"):
+        return bool(dp.send_within(buf, wait_s))
     send = (direct and getattr(dp, "write_now", None)) or getattr(dp, "send_nowait", None)
     send = send or dp.send
-    return bool(send(b"".join(bufs)))
+    return bool(send(buf))

@@ -186,6 +186,7 @@ class LiveDatapath(osken_controller.Datapath):
         self._unwritten = 0
         self._watched.written = self._one_written
         self._direct = not isinstance(sock, ssl.SSLSocket)
+        self._stalled = False  # a send_within found no room in time: see there
 
     @property
     def last_rx(self) -> float:
@@ -229,6 +230,25 @@ class LiveDatapath(osken_controller.Datapath):
         switch; upstream ``send`` waits on the queue's semaphore for as long as it takes."""
         if not self._send_q_sem.acquire(blocking=False):
             return False
+        with self._order:
+            return self._put(buf, False)
+
+    def send_within(self, buf: bytes, timeout: float) -> bool:
+        """`send_nowait` that waits up to ``timeout`` for room in the send queue: False if
+        there was none by then (the switch is not reading) or the queue is closed.
+
+        Why: os-ken's send queue holds 16 buffers, and under a load of packet-ins the answering
+        thread can fill it faster than the connection's send thread (which needs the GIL and
+        the CPU the answers take) empties it, although the switch reads everything: replies
+        dropped for a queue that is full for a few ms.  Waiting gives the send thread the CPU.
+        Bounded, and only once per stall: after a wait that found no room, the next calls do
+        not wait until the queue took a buffer again, so a switch that stopped reading costs
+        the caller one ``timeout``, not one per reply (its watchdog ends it meanwhile)."""
+        room = self._send_q_sem.acquire(blocking=False)
+        if not room and (self._stalled or not self._send_q_sem.acquire(timeout=timeout)):
+            self._stalled = True
+            return False
+        self._stalled = False
         with self._order:
             return self._put(buf, False)
 
@@ -510,9 +530,7 @@ def install(limits: ConnectionLimits, fd_budget: int | None = None) -> None:
     if fd_budget is not None:
         cap = max(1, min(cap, fd_budget))
         if cap < limits.max_connections:
-            LOG.warning(
-                "OpenFlow connection cap lowered to %d to fit the open files limit", cap
-            )
+            LOG.warning("OpenFlow connection cap lowered to %d to fit the open files limit", cap)
     TenantnetOpenFlowController.limits = limits
     TenantnetOpenFlowController.stats = ConnectionStats(max_connections=cap)
     ofp_handler.OpenFlowController = TenantnetOpenFlowController

@@ -5,6 +5,7 @@ OpenFlow's controller meter.  Messages are checked as bytes parsed back by os-ke
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from types import SimpleNamespace
@@ -16,13 +17,15 @@ from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller.southbound import osken_packetin
+from controller.southbound import ofp_app, osken_packetin
 from controller.southbound.ofp_app import _Switch
+from controller.southbound.ofp_server import ConnectionLimits, ConnectionStats, LiveDatapath
 from controller.southbound.packet_in import PacketIn, PacketInQueue
 from flows.compiler import dhcp_guard_rule
 from flows.tables import network_cookie
 from tests.unit.conftest import new_ofp_app
 from tests.unit.test_ofp_app import DPID, FakeDatapath, Outcome, _app, _Listener
+from tests.unit.test_ofp_write_now import _read
 from tests.unit.test_osken_packetin import FRAME as DHCP_FRAME
 from tests.unit.test_osken_packetin import packet_in
 
@@ -523,3 +526,110 @@ def test_dhcp_through_the_parsers_fast_path_is_answered_as_through_the_event() -
     fast_outs, slow_outs = outs
     assert len(fast_outs) == 3 and fast_outs[:2] == slow_outs
     assert fast_outs[2] == slow_outs[0]  # the good DISCOVER after the garbage
+
+
+class _SeenWaiting:
+    """os-ken's send-queue semaphore, noting when a caller waits for room."""
+
+    def __init__(self, sem: Any) -> None:
+        self.sem, self.waiting = sem, threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        if blocking:
+            self.waiting.set()
+        return bool(self.sem.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self.sem.release()
+
+
+def _live_switch(app: Any) -> tuple[LiveDatapath, socket.socket]:
+    """A real connection (os-ken's Datapath on loopback TCP) as an admitted switch; its send
+    thread is not running yet."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    peer = socket.create_connection(listener.getsockname(), timeout=5)
+    ours, _ = listener.accept()
+    listener.close()
+    dp = LiveDatapath(ours, ("127.0.0.1", 1), ConnectionLimits(), ConnectionStats())
+    dp.set_version(ofp.OFP_VERSION)
+    dp.id = DPID
+    app._switches[DPID] = _Switch(dp=dp, ready=True)
+    return dp, peer
+
+
+def _read_message(peer: socket.socket) -> bytes:
+    head = _read(peer, 8)
+    return head + _read(peer, ofproto_parser.header(head)[2] - 8)
+
+
+def test_replies_wait_for_room_in_a_full_send_queue_of_a_switch_that_reads(
+    monkeypatch: Any,
+) -> None:
+    """os-ken's send queue (16 buffers) is full while the switch reads everything - under load
+    the answering thread fills it faster than the connection's send thread empties it.  Replies
+    are not dropped for that: the one answered on the receive thread goes to the worker, the
+    worker waits for room, and both reach the switch behind what was queued, none counted as
+    failed.  (Old code: both refused and counted in reply_failures, renewals lost under the
+    bench's load.)"""
+    monkeypatch.setattr(ofp_app, "REPLY_WAIT_S", 10.0)  # the send thread starts when it waits
+    app = new_ofp_app()
+    dp, peer = _live_switch(app)
+    sem = dp._send_q_sem = _SeenWaiting(dp._send_q_sem)  # type: ignore[assignment]
+    for _ in range(16):
+        assert dp.send_nowait(b"q")
+    assert not dp.send_nowait(b"q")  # full
+    queue = app.on_packet_in(lambda p: bytes([p.in_port or 0]) * 60)
+    app._packet_in(_event(dp, in_port=1))  # quiet: answered on this thread
+    queue.inline_burst = 0
+    app._packet_in(_event(dp, in_port=2))  # the worker's
+    sem.waiting.wait(5)  # (the old code never waits: its replies are dropped by then)
+    threading.Thread(target=dp._send_loop, daemon=True).start()
+    _wait(lambda: queue.counters.replies + queue.counters.reply_failures == 2, "no outcome")
+    queue.close()
+    try:
+        assert queue.counters.reply_failures == 0 and queue.counters.replies == 2
+        assert _read(peer, 16) == b"q" * 16
+        outs = [_read_message(peer) for _ in range(2)]
+        assert [ofproto_parser.header(out)[1] for out in outs] == [ofp.OFPT_PACKET_OUT] * 2
+        assert [out[-60:] for out in outs] == [b"\x01" * 60, b"\x02" * 60]
+    finally:
+        dp.end("test over")
+        peer.close()
+
+
+def test_a_switch_that_stopped_reading_costs_one_wait_and_its_replies_are_counted(
+    monkeypatch: Any,
+) -> None:
+    """A real overload: the switch reads nothing and its send queue stays full.  The worker
+    waits once (bounded), counts the reply as failed, and does not wait again for that
+    switch until its queue takes a buffer: the next replies are counted at once."""
+    monkeypatch.setattr(ofp_app, "REPLY_WAIT_S", 0.05)
+    app = new_ofp_app()
+    dp, peer = _live_switch(app)
+    waits: list[float | None] = []
+    real = dp._send_q_sem
+
+    class _Counting(_SeenWaiting):
+        def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+            if blocking:
+                waits.append(timeout)
+            return bool(self.sem.acquire(blocking, timeout))
+
+    dp._send_q_sem = _Counting(real)  # type: ignore[assignment]
+    for _ in range(16):
+        assert dp.send_nowait(b"q")
+    queue = app.on_packet_in(lambda p: bytes([p.in_port or 0]) * 60)
+    queue.inline_burst = 0
+    for port in (1, 2, 3):
+        app._packet_in(_event(dp, in_port=port))
+        _wait(lambda: queue._pending == 0, "not answered")
+    queue.close()
+    try:
+        assert queue.counters.reply_failures == 3 and queue.counters.replies == 0
+        assert waits == [0.05]
+        dp.send_q.get_nowait()  # room again, as os-ken's send thread takes a buffer:
+        real.release()  # the next reply goes without a wait
+        assert app.packet_outs(DPID, [(5, b"x" * 60)]) and waits == [0.05]
+    finally:
+        dp.end("test over")
+        peer.close()
