@@ -23,8 +23,10 @@ every service) after the other, hosts that ports wait for first, and hands each 
 while the next hosts are planned, so the first switch works on its bundle instead of waiting
 for the whole step's plan.  Each host still gets all of the step's diffs for it in one bundle.
 Reordering is safe because services own disjoint owners and no owner is planned twice in a
-step; a piece declared for one host that plans another raises (`Step.want`), so it fails like
-any unit instead of slipping into a bundle already sent.
+step; a piece declared for one host that plans another (`Step.want`, `Step.flush_zone`) or
+decides a port's status (`Step.decide`) raises, so it fails like any unit instead of slipping
+into a bundle already sent or a batch already settling.  ``release`` must not raise: the actor
+handles a host it could not send on its own (the later hosts are still planned and released).
 
 **Failures.**  A unit whose planning raises contributes nothing (its staged diffs and slices are
 dropped, the service forgets what it cached about it) and is returned in `Plan.failed`; the
@@ -149,8 +151,7 @@ class Step:
         """Owner ``owner`` should hold ``desired`` on the host (EMPTY: nothing).  ``group``
         indexes the owner on the host (`HostFacts.groups`) so that its service finds it again,
         also once it is no longer desired (a network's owners: the network and its ports)."""
-        if self.host is not None and host_id != self.host:
-            raise ValueError(f"a piece of work for host {self.host} planned host {host_id}")
+        self._check_host(host_id)
         rt = self.inputs.hosts[host_id]
         assert rt.installed is not None
         installed = rt.installed.get(owner, EMPTY)
@@ -162,10 +163,22 @@ class Step:
     def flush_zone(self, host_id: str, zone: int) -> None:
         """Clear conntrack zone ``zone`` on the host after this step's diff (NXT_CT_FLUSH_ZONE):
         the connections of a filtered port that left it."""
+        self._check_host(host_id)
         self.ct_flushes.setdefault(host_id, []).append(zone)
 
     def decide(self, decision: PortDecision) -> None:
+        """A port's status once the hosts confirm.  Only a piece that may plan several hosts
+        decides: the actor puts decisions into the step's batch before its first send (a
+        barrier may settle them), and a one-host piece runs after other hosts were sent."""
+        if self.host is not None:
+            raise ValueError(f"a piece of work for host {self.host} decided {decision.port_id}")
         self.decisions.append(decision)
+
+    def _check_host(self, host_id: str) -> None:
+        """A piece declared for one host (`Service.host_of`) touches that host only: another
+        host's bundle may have left already (see "Pipelining" in the module docstring)."""
+        if self.host is not None and host_id != self.host:
+            raise ValueError(f"a piece of work for host {self.host} planned host {host_id}")
 
     def count(self, what: str, n: int = 1) -> None:
         self.counts[what] = self.counts.get(what, 0) + n

@@ -4,6 +4,7 @@ and the actor's retry of a unit whose planning raises."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -12,7 +13,14 @@ import pytest
 from bench.planner_port_cost import Host
 from controller.dataplane import reconciler
 from controller.dataplane.bindings import Bindings
-from controller.dataplane.planner import Change, Inputs, Planner, Unit, index_owners
+from controller.dataplane.planner import (
+    Change,
+    Inputs,
+    Planner,
+    PortDecision,
+    Unit,
+    index_owners,
+)
 from controller.dataplane.services import l2, services
 from controller.dataplane.services.security_groups import SHARED
 from controller.dataplane.state import (
@@ -334,6 +342,27 @@ def fresh_owners(planner: Planner, w: World, host_id: str) -> dict[int, Slice]:
     return {o: s for h, o, _, s in plan.writes if h == host_id}
 
 
+def base_pieces_also(w: World, also: Callable[[Unit, Any], None], only: Unit | None = None) -> None:
+    """Make the base service's pieces (``only`` that one, if given) run ``also(unit, step)``
+    after their own planning: a piece that does more than its `Service.host_of` says."""
+    base = w.planner.services["base"]
+    work = base.work
+
+    def wrapped(units: Any, inputs: Inputs) -> Any:
+        for unit, fn in work(units, inputs):
+            if only is not None and unit != only:
+                yield unit, fn
+                continue
+
+            def piece(step: Any, fn: Any = fn, unit: Unit = unit) -> None:
+                fn(step)
+                also(unit, step)
+
+            yield unit, piece
+
+    base.work = wrapped  # type: ignore[method-assign]
+
+
 def test_a_piece_declared_for_one_host_that_plans_another_fails_alone() -> None:
     """Pipelining relies on `Service.host_of`: a host is sent once its own pieces ran, so a
     piece that says it plans hv1 but wants something on hv2 (whose bundle may have left) fails
@@ -343,25 +372,46 @@ def test_a_piece_declared_for_one_host_that_plans_another_fails_alone() -> None:
     for h in w.hosts:
         w.change(Change("switch", h))
     bad, good = Unit("base", ("hv1",)), Unit("base", ("hv2",))
-    base = w.planner.services["base"]
-    work = base.work
-
-    def lying(units: Any, inputs: Inputs) -> Any:
-        for unit, fn in work(units, inputs):
-            if unit != bad:
-                yield unit, fn
-                continue
-
-            def also_hv2(step: Any, fn: Any = fn) -> None:
-                fn(step)
-                step.want("hv2", t.BASE_COOKIE, None, Slice())
-
-            yield unit, also_hv2
-
-    base.work = lying  # type: ignore[method-assign]
+    base_pieces_also(w, lambda u, step: step.want("hv2", t.BASE_COOKIE, None, Slice()), bad)
     released: list[tuple[str, int]] = []
     plan = w.planner.plan(w.dirty, w.inputs, lambda h, p: released.append((h, len(p.diffs[h]))))
     assert [u for u, _ in plan.failed] == [bad]
     assert "hv1" not in plan.diffs and set(plan.diffs) == {"hv2", "hv3"}
     assert sorted(released) == [("hv2", 1), ("hv3", 1)]
     assert good not in {u for u, _ in plan.failed}
+
+
+@pytest.mark.parametrize("lie", ["flush_zone", "decide"])
+def test_a_one_host_piece_that_flushes_another_host_or_decides_fails_alone(lie: str) -> None:
+    """The guard of the test above for the step's other outputs: a piece declared for hv1
+    that flushes a conntrack zone of hv2 (whose bundle, and flush, may have left) or decides a
+    port's status (the actor puts decisions into the batch before its first send) fails like
+    any unit; nothing of it reaches the plan, the other hosts are released once."""
+    w = World()
+    for h in w.hosts:
+        w.change(Change("switch", h))
+    bad = Unit("base", ("hv1",))
+
+    def also(unit: Unit, step: Any) -> None:
+        if lie == "flush_zone":
+            step.flush_zone("hv2", 5)
+        else:
+            step.decide(PortDecision("p1", "hv1", True))
+
+    base_pieces_also(w, also, bad)
+    released: list[str] = []
+    plan = w.planner.plan(w.dirty, w.inputs, lambda h, p: released.append(h))
+    assert [u for u, _ in plan.failed] == [bad]
+    assert plan.ct_flushes == {} and plan.decisions == []
+    assert sorted(released) == ["hv2", "hv3"]
+
+
+def test_a_one_host_piece_flushes_its_own_hosts_zone() -> None:
+    """The guard lets a one-host piece flush its own host's zones (the security groups do)."""
+    w = World()
+    for h in w.hosts:
+        w.change(Change("switch", h))
+    base_pieces_also(w, lambda unit, step: step.flush_zone(str(unit.scope[0]), 5))
+    plan = w.planner.plan(w.dirty, w.inputs)
+    assert plan.failed == []
+    assert plan.ct_flushes == {"hv1": [5], "hv2": [5], "hv3": [5]}
