@@ -855,21 +855,27 @@ class DataPlane:
             decided = len(plan.decisions)
 
         def release(host_id: str, plan: Plan) -> None:
-            """The host's plan is complete: record what its switch will hold and send it."""
+            """The host's plan is complete: record what its switch will hold and send it.
+            Never raises (`Planner.plan` goes on with the next hosts): a host whose send
+            fails is re-read and planned again (`_not_sent`)."""
             nonlocal indexed
             take_decisions(plan)  # before the first send: a barrier may settle them
             for h, owner, group, after in plan.writes[indexed:]:
                 writes.setdefault(h, []).append((owner, group, after))
             indexed = len(plan.writes)
-            for owner, group, after in writes.pop(host_id, ()):
-                _record(self.hosts[host_id], owner, group, after)
-            if host_id in plan.diffs:
-                self._send(self.hosts[host_id], merge_diffs(plan.diffs[host_id]), batch)
-            zones = sorted(set(plan.ct_flushes.get(host_id, ())))
-            rt = self.hosts.get(host_id)
-            if zones and rt is not None and self.switches.flush_ct_zones(rt.dpid, zones):
-                self.stats.ct_zones_flushed += len(zones)
-                LOG.info("host %s: conntrack zones %s flushed", host_id, zones)
+            host_writes = writes.pop(host_id, ())
+            try:
+                for owner, group, after in host_writes:
+                    _record(self.hosts[host_id], owner, group, after)
+                if host_id in plan.diffs:
+                    self._send(self.hosts[host_id], merge_diffs(plan.diffs[host_id]), batch)
+                zones = sorted(set(plan.ct_flushes.get(host_id, ())))
+                rt = self.hosts.get(host_id)
+                if zones and rt is not None and self.switches.flush_ct_zones(rt.dpid, zones):
+                    self.stats.ct_zones_flushed += len(zones)
+                    LOG.info("host %s: conntrack zones %s flushed", host_id, zones)
+            except Exception as exc:
+                self._not_sent(host_id, batch, exc)
 
         plan = self.planner.plan(due, self.inputs, release)
         take_decisions(plan)
@@ -925,6 +931,27 @@ class DataPlane:
             host_id, len(frames), "sent" if sent else "not sent (switch gone)",
         )  # fmt: skip
 
+    def _not_sent(self, host_id: str, batch: Batch, exc: Exception) -> None:
+        """Sending the host its part of the step raised (a flow-mod that does not encode, a
+        southbound bug): what was recorded for it is void, so its switch is re-read and the
+        host planned again whole, like after a batch it did not confirm (at most MAX_RESYNCS
+        times until it reconnects).  The ports waiting for it settle as for a failed barrier;
+        the other hosts of the step are planned and sent as usual."""
+        rt = self.hosts.get(host_id)
+        if host_id not in batch.waiting:  # nothing of the step in flight to it
+            batch.confirmed(host_id, False)
+        retry = rt is not None and rt.installed is not None and rt.failures < MAX_RESYNCS
+        LOG.error(
+            "host %s: sending this step failed (%s: %s); %s",
+            host_id, type(exc).__name__, exc,
+            "re-reading its switch" if retry else "left alone until it reconnects",
+        )  # fmt: skip
+        if rt is not None and rt.installed is not None:
+            rt.failures += 1
+            rt.installed = None
+            if retry:
+                self.switches.resync(rt.dpid)
+
     def _failed(self, unit: Unit, exc: BaseException, now: float) -> None:
         """Planning ``unit`` raised: nothing of it was sent or recorded; it is planned again
         after a backoff (doubling up to RETRY_MAX_S), logged when it first fails."""
@@ -968,11 +995,17 @@ class DataPlane:
         # more is sent until the actor has given the host up (_apply_ownership).
         # Nor while the switch refused our MASTER request: the session's role is then not
         # ours to use (an equal one would still take flow-mods); re-read once asked again.
-        if (
-            not self.owns(host_id)
-            or rt.role_refused is not None
-            or not self.switches.apply(dpid, d, done)
-        ):
+        try:
+            taken = (
+                self.owns(host_id)
+                and rt.role_refused is None
+                and self.switches.apply(dpid, d, done)
+            )
+        except BaseException:  # nothing in flight: the caller handles the host (_not_sent)
+            self._outstanding -= 1
+            batch.waiting.discard(host_id)
+            raise
+        if not taken:
             done(False, "disconnected")
             return
         # Counted once the southbound took the batch (a switch that is gone was sent nothing).

@@ -415,6 +415,50 @@ def test_a_switch_that_keeps_rejecting_flows_is_not_hammered(cloud: Cloud) -> No
     assert cloud.dp.stats.reconciled_after_s is None
 
 
+@pytest.mark.parametrize("failing", ["hv2", "hv3"])
+def test_a_host_whose_send_raises_is_re_read_and_the_other_hosts_are_sent(
+    cloud: Cloud, caplog: pytest.LogCaptureFixture, failing: str
+) -> None:
+    """A step's hosts are sent one by one as their plans complete (`Planner.plan`'s release):
+    a send that raises for one host (a flow-mod that does not encode) must not cost the
+    others.  hv3 joins a network of hv1 and hv2; the send to a peer (hv2) or to the port's
+    own host (hv3) raises once: the other hosts get the step, the failing host's switch is
+    re-read and the host planned again, one error line, and the port goes ACTIVE (a failed
+    peer does not hold it; its own host confirms the plan made after the re-read).  The old
+    actor ended the step at the exception: later hosts were never planned or sent, the
+    failing host was not re-read, the port's status was never settled."""
+    resyncs: list[int] = []
+    dpid_failing = datapath_id_for(failing)
+
+    class RaisingOnce(FakeSwitches):
+        armed = False
+
+        def apply(self, dpid: int, diff: FlowDiff, on_done: Callable[[bool], None]) -> bool:
+            if self.armed and dpid == dpid_failing:
+                self.armed = False
+                raise ValueError("cannot encode")
+            return super().apply(dpid, diff, on_done)
+
+        def resync(self, dpid: int) -> None:
+            resyncs.append(dpid)
+            cloud.dp.switch_ready(dpid, self.installed(dpid))  # what a re-read reports
+
+    switches = RaisingOnce()
+    net = _network_of_hv1_hv2(cloud, switches)
+    switches.armed = True
+    with caplog.at_level("ERROR", logger="controller.dataplane.reconciler"):
+        joining = cloud.port(net, "hv3", 1)
+        cloud.idle()
+        assert _status_soon(cloud, joining["id"], "ACTIVE"), f"the step ended at {failing}"
+    assert not switches.armed and resyncs == [dpid_failing]
+    mac = joining["mac_address"]
+    assert all(mac in _macs(cloud.flows(h)) for h in ("hv1", "hv2", "hv3"))
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and f"host {failing}" in errors[0], errors
+    assert "cannot encode" in errors[0], errors
+    assert cloud.dp.status()["idle"]
+
+
 class HoldingSwitches(FakeSwitches):
     """Applies at once but confirms the hosts in `held` only when `release` is called."""
 
@@ -465,8 +509,8 @@ def _plug_together(cloud: Cloud, net: dict[str, Any], host: str, ofports: list[i
     return ids
 
 
-def _held_cloud(cloud: Cloud) -> tuple[HoldingSwitches, dict[str, Any]]:
-    switches = HoldingSwitches()
+def _network_of_hv1_hv2(cloud: Cloud, switches: FakeSwitches) -> dict[str, Any]:
+    """Three hosts on ``switches``, a network with a port on hv1 and one on hv2."""
     cloud.switches = switches
     cloud.dp = cloud._dataplane()
     cloud.start(hosts=3)
@@ -474,6 +518,12 @@ def _held_cloud(cloud: Cloud) -> tuple[HoldingSwitches, dict[str, Any]]:
     cloud.port(net, "hv1", 1)
     cloud.port(net, "hv2", 1)
     cloud.idle()
+    return net
+
+
+def _held_cloud(cloud: Cloud) -> tuple[HoldingSwitches, dict[str, Any]]:
+    switches = HoldingSwitches()
+    net = _network_of_hv1_hv2(cloud, switches)
     switches.held = {datapath_id_for("hv1")}  # hv1 hangs from now on
     return switches, net
 
