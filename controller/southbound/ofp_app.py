@@ -912,20 +912,27 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         sw.barriers[barrier.xid] = on_done
         deadline = time.monotonic() + self.barrier_timeout_s
         with self._deadline_cond:
-            heapq.heappush(self._deadlines, (deadline, next(self._seq), barrier.xid, sw))
-            if self._reaper is None and not self._stopped:
-                self._reaper = threading.Thread(
-                    target=self._expire_barriers, name=BARRIER_THREAD, daemon=True
-                )
-                self._reaper.start()
-            self._deadline_cond.notify()
+            stopped = self._stopped
+            if not stopped:
+                heapq.heappush(self._deadlines, (deadline, next(self._seq), barrier.xid, sw))
+                if self._reaper is None:
+                    self._reaper = threading.Thread(
+                        target=self._expire_barriers, name=BARRIER_THREAD, daemon=True
+                    )
+                    self._reaper.start()
+                self._deadline_cond.notify()
+        if stopped:  # no reaper any more: failed at once, off the caller's `sw.lock`
+            threading.Thread(
+                target=self._fail_barrier, args=(sw, barrier.xid, "stopped"), daemon=True
+            ).start()
         return barrier
 
     def stop(self) -> None:
         """Stop the app's own threads (the barrier reaper, the packet-in worker), then os-ken's
         part (`AppManager.close` calls this).  Batches still waiting for their barrier are
-        answered as failed, as a lost connection answers them: every batch gets its answer,
-        and no thread is left to report one long after its app is gone."""
+        answered as failed, as a lost connection answers them, and so is every batch sent
+        after: every batch gets its answer, and no thread is left to report one long after
+        its app is gone."""
         with self._deadline_cond:
             self._stopped = True
             reaper, self._reaper = self._reaper, None
@@ -1066,6 +1073,16 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             LOG.warning("switch %016x is not reading what it is sent: batch dropped", sw.dp.id or 0)
         if cb is not None:
             threading.Thread(target=cb, args=(False, "timeout"), daemon=True).start()
+
+    @staticmethod
+    def _fail_barrier(sw: _Switch, xid: int, why: str) -> None:
+        """Answer one batch as failed, unless its barrier was answered already."""
+        with sw.lock:
+            cb = sw.barriers.pop(xid, None)
+            if cb is not None:
+                sw.bundle_in_flight = False
+        if cb is not None:
+            cb(False, why)
 
     @staticmethod
     def _fail_barriers(sw: _Switch, why: str = "disconnected") -> None:

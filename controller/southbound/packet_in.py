@@ -93,6 +93,8 @@ QUIET_S = 0.002
 """No packet-in (from any switch) for this long before one is answered on its receive thread."""
 MAX_SWITCHES = 4096
 """Token buckets kept (one per switch that sent a packet-in); beyond, they start afresh."""
+WORKER_THREAD = "packet-in"
+"""The name of the thread that answers queued packet-ins (`PacketInQueue`)."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class PacketInQueue:
         self._tokens: dict[int, tuple[float, float]] = {}  # dpid -> (tokens, at)
         self._handling = threading.Lock()  # held while the handler works something out
         self._log = Throttle()
-        self._thread = threading.Thread(target=self._run, name="packet-in", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=WORKER_THREAD, daemon=True)
         self._thread.start()
 
     def offer(self, pkt: PacketIn) -> bool:

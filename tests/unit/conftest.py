@@ -117,18 +117,24 @@ def new_ofp_app() -> Any:
 def _ofp_apps_stopped() -> Iterator[None]:
     """Every app `new_ofp_app` made is stopped, and no app's thread started by the test
     outlives it (one left by an earlier test is that test's failure, not this one's)."""
-    before = set(_barrier_threads())
+    before = set(_app_threads())
     yield
     apps = list(_OFP_APPS)
     _OFP_APPS.clear()
     for app in apps:
         app.stop()
-    left = [t.name for t in _barrier_threads() if t not in before]
+    left = [t.name for t in _app_threads() if t not in before]
     assert not left, f"an OpenFlow app's thread outlived its test: {left}"
 
 
-def _barrier_threads() -> list[threading.Thread]:
-    module = sys.modules.get("controller.southbound.ofp_app")
-    if module is None:
-        return []
-    return [t for t in threading.enumerate() if t.name == module.BARRIER_THREAD]
+def _app_threads() -> list[threading.Thread]:
+    """The threads an app starts and `TenantnetOfpApp.stop` ends: its barrier reaper and its
+    packet-in worker (also a `PacketInQueue` a test made and did not close)."""
+    names = set()
+    for module, name in (
+        ("controller.southbound.ofp_app", "BARRIER_THREAD"),
+        ("controller.southbound.packet_in", "WORKER_THREAD"),
+    ):
+        if module in sys.modules:
+            names.add(getattr(sys.modules[module], name))
+    return [t for t in threading.enumerate() if t.name in names]

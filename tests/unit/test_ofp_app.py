@@ -95,7 +95,18 @@ def test_stop_ends_the_barrier_thread_and_answers_the_batch_still_waiting() -> N
     app.stop()
     assert not reaper.is_alive(), "the barrier thread outlived its app"
     assert done.got == [(False, "stopped")] and not sw.barriers
-    assert app.apply(DPID, FlowDiff(), Outcome())
+    assert ofp_app.BARRIER_THREAD not in {t.name for t in threading.enumerate()}
+
+
+def test_a_batch_sent_after_stop_is_answered_as_failed() -> None:
+    """No reaper runs after `stop`, so a barrier armed then (a batch the data plane sends
+    while it shuts down, a re-read) is answered failed at once instead of never."""
+    app, _, sw = _app()
+    app.stop()
+    late = Outcome()
+    assert app.apply(DPID, FlowDiff(), late)
+    assert late.event.wait(5), "a batch sent after stop was never answered"
+    assert late.got == [(False, "stopped")] and not sw.barriers and not app._deadlines
     assert ofp_app.BARRIER_THREAD not in {t.name for t in threading.enumerate()}
 
 
