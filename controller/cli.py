@@ -163,6 +163,11 @@ def _client_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# the etcd settings `store-copy` takes (as flags only: it reads no config file)
+COPY_SETTINGS = ("etcd_prefix", "etcd_timeout_s", "etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key",
+                 "etcd_user", "etcd_password_file")  # fmt: skip
+
+
 def _store_copy(args: argparse.Namespace) -> int:
     """SQLite -> etcd or etcd -> SQLite (`controller.store.transfer`); one line on failure."""
     from controller.store import StoreError, transfer
@@ -172,8 +177,7 @@ def _store_copy(args: argparse.Namespace) -> int:
     if from_etcd == to_etcd:
         print("tenantnet store-copy: one side must be etcd://..., one a file", file=sys.stderr)
         return 2
-    extra = {n: getattr(args, n) for n in ("etcd_prefix", "etcd_timeout_s", "etcd_tls_ca",
-             "etcd_tls_cert", "etcd_tls_key") if getattr(args, n) is not None}  # fmt: skip
+    extra = {n: getattr(args, n) for n in COPY_SETTINGS if getattr(args, n) is not None}
     url = args.source if from_etcd else args.target
     try:
         settings = config.load(argparse.Namespace(store=url, **extra), environ={})
@@ -224,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p_copy.add_argument("source", help="a SQLite store file, or etcd://HOST:PORT,...")
     p_copy.add_argument("target", help="etcd://HOST:PORT,..., or a SQLite store file")
     p_copy.add_argument("--replace", action="store_true", help="overwrite an existing target")
-    for name in ("etcd_prefix", "etcd_timeout_s", "etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key"):
+    for name in COPY_SETTINGS:
         p_copy.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
     args = parser.parse_args(argv)
     if args.command == "store-copy":

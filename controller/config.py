@@ -11,6 +11,7 @@ import argparse
 import math
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -63,6 +64,10 @@ class Settings:
     etcd_tls_ca: str = ""
     etcd_tls_cert: str = ""
     etcd_tls_key: str = ""
+    # etcd role-based auth (``etcdctl user add`` + ``auth enable``): a user, and a file holding
+    # its password (never on the command line; the file must not be readable by every user).
+    etcd_user: str = ""
+    etcd_password_file: str = ""
     # A snapshot of the state every etcd_snapshot_every log entries; the log keeps the
     # etcd_log_margin entries before it (docs/ha.md).
     etcd_snapshot_every: int = 1000
@@ -206,9 +211,30 @@ class Settings:
             ca_cert=self.etcd_tls_ca,
             cert=self.etcd_tls_cert,
             key=self.etcd_tls_key,
+            user=self.etcd_user,
+            password=self._etcd_password(),
             snapshot_every=self.etcd_snapshot_every,
             log_margin=self.etcd_log_margin,
         )
+
+    def _etcd_password(self) -> str:
+        """The etcd user's password, from ``etcd_password_file`` ("" without a user).
+
+        The file is refused when every user can read it: a password anyone on the host can
+        read protects nothing (the same rule as ssh's keys)."""
+        path = self.etcd_password_file
+        if not path:
+            return ""
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as exc:
+            raise ConfigError(f"etcd_password_file: cannot read {path}: {exc.strerror}") from None
+        if mode & stat.S_IROTH:
+            raise ConfigError(
+                f"etcd_password_file: {path} is readable by every user (mode "
+                f"{stat.S_IMODE(mode):04o}); make it private, e.g. chmod 600 {path}"
+            )
+        return read_secret("etcd_password", path)
 
     @property
     def ofp_tls(self) -> bool:
@@ -314,7 +340,15 @@ class Settings:
         if self.store == "sqlite":
             if any(getattr(self, n) for n in etcd_only):
                 raise ConfigError("etcd_tls_* are set but store is sqlite (give store=etcd://...)")
+            if self.etcd_user or self.etcd_password_file:
+                raise ConfigError(
+                    "etcd_user/etcd_password_file are set but store is sqlite "
+                    "(give store=etcd://...)"
+                )
             return
+        if bool(self.etcd_user.strip()) != bool(self.etcd_password_file):
+            raise ConfigError("etcd_user and etcd_password_file go together")
+        self._etcd_password()  # readable, private, not empty
         try:
             parse_url(self.store)
         except ValueError as exc:

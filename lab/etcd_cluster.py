@@ -46,6 +46,8 @@ class EtcdCluster:
     root: Path
     size: int = 3
     members: list[Member] = field(default_factory=list)
+    # more etcd flags for every member (e.g. ``--auth-token-ttl``)
+    extra_args: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         token = f"tenantnet-{os.getpid()}-{free_port()}"
@@ -92,6 +94,7 @@ class EtcdCluster:
             "--election-timeout", "500",
             "--quota-backend-bytes", str(256 * 1024 * 1024),
             "--log-level", "warn",
+            *self.extra_args,
         ]  # fmt: skip
         log = member.log.open("ab")
         member.proc = subprocess.Popen(

@@ -53,6 +53,7 @@ with warnings.catch_warnings():
 
 import requests
 
+from controller.store import etcd_auth
 from controller.store.etcd_settings import EtcdSettings
 
 LOG = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class EtcdUnavailable(RuntimeError):
         self.maybe_sent = maybe_sent
 
 
-def _session(settings: EtcdSettings) -> requests.Session:
+def _session(settings: EtcdSettings, timeout_s: float) -> requests.Session:
     """The HTTP session of one member's client: TLS from the settings, nothing from the
     environment.
 
@@ -84,13 +85,14 @@ def _session(settings: EtcdSettings) -> requests.Session:
     makes a few calls on each instance.  None of it applies to the store's cluster, reached
     directly on the management network with the CA and the client certificate named in the
     settings (an HTTP proxy between the controllers and their store would be one more hop for
-    every commit)."""
+    every commit).  The etcd user's token rides on the session too (`etcd_auth`)."""
     session = requests.Session()
     session.trust_env = False
     if settings.ca_cert:
         session.verify = settings.ca_cert
     if settings.cert and settings.key:
         session.cert = (settings.cert, settings.key)
+    etcd_auth.install(session, settings.user, settings.password, timeout_s)
     return session
 
 
@@ -123,7 +125,7 @@ class EtcdLog:
                 protocol=settings.protocol,
                 timeout=timeout_s,
                 api_path="/v3/",  # etcd >= 3.4; saves a discovery round trip per client
-                session=_session(settings),
+                session=_session(settings, timeout_s),
             )
             for host, port in settings.endpoints
         ]
@@ -185,6 +187,9 @@ class EtcdLog:
                     client = clients[index]
                     try:
                         result = fn(client)
+                    except etcd_auth.EtcdAuthError as exc:  # every member would say the same
+                        where = f"{client.host}:{client.port}"
+                        raise EtcdUnavailable(f"{where}: {exc}", maybe_sent=False) from None
                     except etcd_errors.ConnectionFailedError as exc:  # refused, reset, a 503
                         errors.append(f"{client.host}:{client.port}: {_short(exc)}")
                         continue

@@ -6,7 +6,7 @@ Kept apart from `etcd_log` so that reading the configuration does not import the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SCHEME = "etcd://"
 
@@ -37,6 +37,10 @@ class EtcdSettings:
     ca_cert: str = ""
     cert: str = ""
     key: str = ""
+    # etcd role-based auth (`etcd_auth`): a user and its password (read from
+    # etcd_password_file; never in a repr, a log line or an error message)
+    user: str = ""
+    password: str = field(default="", repr=False)
     # An entry (one transaction's statements and events, compressed) must fit etcd's request
     # limit (--max-request-bytes, 1.5 MiB by default) with the rest of its transaction.
     max_entry_bytes: int = 1_400_000

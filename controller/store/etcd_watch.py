@@ -49,6 +49,7 @@ from typing import Any
 import requests
 from urllib3.exceptions import ReadTimeoutError
 
+from controller.store import etcd_auth
 from controller.store.etcd_log import EtcdLog, _b64
 
 LOG = logging.getLogger(__name__)
@@ -217,6 +218,10 @@ class LogWatch:
                 del pending[:start]
                 if len(pending) > MAX_LINE_BYTES:  # so it holds at most that and one piece
                     raise WatchEnded(f"a watch response over {MAX_LINE_BYTES} bytes")
+        except WatchEnded as exc:
+            if etcd_auth.INVALID_TOKEN in str(exc):  # expired, or the member restarted
+                etcd_auth.forget(client.session, response.request.headers.get("Authorization"))
+            raise
         finally:
             with self._lock:
                 self._response = None

@@ -1,0 +1,132 @@
+"""etcd user/password authentication for the store's HTTP sessions (etcd's role-based auth).
+
+etcd3gw (2.7, the newest) has no credentials of its own, so the token flow rides on requests'
+own authentication hook (`requests.auth.AuthBase`, as ``HTTPDigestAuth`` does): each member's
+session authenticates once (``POST /v3/auth/authenticate``) and sends the token in the
+``Authorization`` header of every request, etcd3gw's and the watch stream's alike.
+
+etcd's simple tokens are per member and expire after ``--auth-token-ttl`` (300 s) without use,
+and a restarted member forgets them all: a request answered 401 "invalid auth token" is sent
+again once with a new token, so the store never sees it.  A watch stream is answered 200 and
+canceled instead; `etcd_watch` calls `forget` so its next stream authenticates again.
+
+A wrong user or password, or a cluster with auth enabled while no user is configured, raises
+`EtcdAuthError`: `etcd_log` turns it into a one-line `EtcdUnavailable` at once (another member
+would answer the same).  Neither message ever holds the password.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import requests
+from etcd3gw import exceptions as etcd_errors
+
+AUTHENTICATE = "/v3/auth/authenticate"
+INVALID_TOKEN = "invalid auth token"
+NO_USER = "user name is empty"
+BAD_PASSWORD = "invalid user ID or password"
+
+
+class EtcdAuthError(RuntimeError):
+    """The cluster refused this instance's credentials (or wants some); names the user only."""
+
+
+class TokenAuth(requests.auth.AuthBase):
+    """The token of one member's session; thread-safe (the session is shared by threads)."""
+
+    def __init__(self, session: requests.Session, user: str, password: str, timeout_s: float):
+        self._session = session
+        self.user = user
+        self._password = password
+        self._timeout_s = timeout_s
+        self._token = ""
+        self._lock = threading.Lock()
+        self.authentications = 0  # how many times a token was obtained (tests, metrics)
+
+    def __repr__(self) -> str:  # never the password, never the token
+        return f"TokenAuth(user={self.user!r})"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        url = request.url or ""
+        if url.endswith(AUTHENTICATE):
+            return request
+        if self.user:
+            request.headers["Authorization"] = self._renew(url, stale="")
+        request.register_hook("response", self._on_response)
+        return request
+
+    def forget(self, token: str | None) -> None:
+        """``token`` was refused: the next request authenticates again (unless another
+        thread already did)."""
+        with self._lock:
+            if token and token == self._token:
+                self._token = ""
+
+    def _renew(self, url: str, stale: str) -> str:
+        """The current token, or a new one if there is none or it is ``stale``."""
+        with self._lock:
+            if self._token and self._token != stale:
+                return self._token
+            base = url.split("/v3/", 1)[0]
+            try:
+                answer = self._session.post(
+                    base + AUTHENTICATE,
+                    json={"name": self.user, "password": self._password},
+                    timeout=self._timeout_s,
+                )
+            except requests.exceptions.Timeout as exc:
+                raise etcd_errors.ConnectionTimeoutError(str(exc)) from None
+            except requests.exceptions.ConnectionError as exc:
+                raise etcd_errors.ConnectionFailedError(str(exc)) from None
+            if answer.status_code == 200:
+                self._token = str(answer.json()["token"])
+                self.authentications += 1
+                return self._token
+            text = answer.text[:300]
+            if BAD_PASSWORD in text or "authentication is not enabled" in text:
+                raise EtcdAuthError(
+                    f"etcd user {self.user!r}: authentication failed ({_reason(text)}); "
+                    "check etcd_user and etcd_password_file"
+                )
+            if answer.status_code == 503:
+                raise etcd_errors.ConnectionFailedError(text, answer.reason)
+            raise etcd_errors.Etcd3Exception(text, answer.reason)
+
+    def _on_response(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+        if response.status_code == 401 and self.user and INVALID_TOKEN in response.text:
+            sent = response.request.headers.get("Authorization", "")
+            retry = response.request.copy()
+            retry.headers["Authorization"] = self._renew(response.request.url or "", str(sent))
+            response.close()
+            # sent by the adapter, not the session: its hooks (this one) do not run again,
+            # so a token refused twice in a row fails the request (once, not a loop)
+            again: requests.Response = response.connection.send(retry, **kwargs)
+            again.history.append(response)
+            again.request = retry
+            return again
+        if response.status_code == 400 and NO_USER in response.text:
+            raise EtcdAuthError(
+                "the etcd cluster requires authentication: set etcd_user and etcd_password_file"
+            )
+        return response
+
+
+def _reason(text: str) -> str:
+    for marker in (BAD_PASSWORD, "authentication is not enabled"):
+        if marker in text:
+            return marker
+    return text[:100]
+
+
+def install(session: requests.Session, user: str, password: str, timeout_s: float) -> None:
+    """Authenticate ``session``'s requests as ``user`` (also with no user: then a cluster that
+    wants credentials gives a clear `EtcdAuthError` instead of a generic failure)."""
+    session.auth = TokenAuth(session, user, password, timeout_s)
+
+
+def forget(session: requests.Session, token: str | None) -> None:
+    """A watch stream on ``session`` was canceled for ``token``: authenticate again."""
+    if isinstance(session.auth, TokenAuth):
+        session.auth.forget(token)

@@ -1,0 +1,214 @@
+"""The etcd store on a cluster with role-based auth (user + password, `etcd_auth`).
+
+One etcd member of its own (auth enabled through the gateway API, tokens expiring after 1 s
+without use: ``--auth-token-ttl 1``), so token expiry happens for real within a test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from controller import config
+from controller.events import EventBus
+from controller.store import Store, StoreUnavailable
+from controller.store.etcd_auth import TokenAuth
+from controller.store.etcd_log import EtcdLog, EtcdUnavailable
+from controller.store.etcd_settings import EtcdSettings
+from controller.store.etcd_watch import LogWatch
+from controller.store.replicated import EtcdStore
+
+pytestmark = pytest.mark.etcd
+
+USER, PASSWORD = "tenantnet", "s3cret-Pw-" + uuid.uuid4().hex[:8]
+
+
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.fixture(scope="module")
+def auth_cluster() -> Iterator[Any]:
+    """A 1-member cluster with auth on: root, and USER with read-write on every key."""
+    from lab.etcd_cluster import ETCD, EtcdCluster
+
+    if not os.path.exists(ETCD):
+        pytest.skip("etcd is not installed (Debian package etcd-server)")
+    root = Path(tempfile.mkdtemp(prefix="tn-etcd-auth-"))
+    cluster = EtcdCluster(root, size=1, extra_args=["--auth-token-ttl", "1"])
+    cluster.start()
+    try:
+        base = f"http://{cluster.members[0].endpoint}/v3/auth"
+        http = requests.Session()
+        http.trust_env = False
+        for path, body in [
+            ("/user/add", {"name": "root", "password": uuid.uuid4().hex}),
+            ("/role/add", {"name": "root"}),
+            ("/user/grant", {"user": "root", "role": "root"}),
+            ("/role/add", {"name": "tn"}),
+            ("/role/grant", {"name": "tn", "perm": {"permType": "READWRITE", "key": _b64("/"),
+                                                    "range_end": _b64("0")}}),
+            ("/user/add", {"name": USER, "password": PASSWORD}),
+            ("/user/grant", {"user": USER, "role": "tn"}),
+            ("/enable", {}),
+        ]:  # fmt: skip
+            answer = http.post(base + path, json=body, timeout=10)
+            assert answer.status_code == 200, (path, answer.text)
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def settings(auth_cluster: Any) -> EtcdSettings:
+    endpoints = tuple(("127.0.0.1", m.client_port) for m in auth_cluster.members)
+    return EtcdSettings(
+        endpoints, prefix=f"/t-{uuid.uuid4().hex[:12]}/", timeout_s=1.0, user=USER,
+        password=PASSWORD,
+    )  # fmt: skip
+
+
+def _auth(log: EtcdLog, first_pass: bool = True) -> TokenAuth:
+    """The token holder of the member's client that calls try first (short attempts), or of
+    the one with the full timeout (the watch's)."""
+    client = log._passes[0][0] if first_pass else log.client(0)
+    auth = client.session.auth
+    assert isinstance(auth, TokenAuth)
+    return auth
+
+
+def test_the_store_works_with_credentials(tmp_path: Path, settings: EtcdSettings) -> None:
+    store = EtcdStore(str(tmp_path / "r.db"), EventBus(), settings)
+    try:
+        net = store.create_network({"name": "authed"})
+        assert store.get_network(net["id"])["name"] == "authed"
+    finally:
+        store.close()
+    assert PASSWORD not in repr(settings)
+
+
+def test_an_expired_or_invalid_token_is_renewed_once_transparently(settings: EtcdSettings) -> None:
+    """etcd forgets a token unused for --auth-token-ttl (or on a restart): the call is sent
+    again with a new token; the caller sees nothing (old code: 401 on every call after it)."""
+    log = EtcdLog(settings)
+    auth = _auth(log)
+    assert log.create({"epoch": "e", "schema": 1})
+    old = auth._token
+    time.sleep(2.5)  # > the 1 s TTL plus etcd's 1 s expiry check
+    gone = requests.post(
+        f"http://127.0.0.1:{settings.endpoints[0][1]}/v3/kv/range",
+        json={"key": _b64("x")}, headers={"Authorization": old}, timeout=5,
+    )  # fmt: skip
+    assert gone.status_code == 401  # etcd really forgot it
+    assert log.head() == 0
+    assert auth.authentications == 2 and auth._token != old
+    auth._token = "forged.1"  # a token etcd never issued
+    assert log.append(0, b"entry")
+    assert auth.authentications == 3
+
+
+def test_a_watch_whose_token_expired_resumes_with_a_new_one(settings: EtcdSettings) -> None:
+    """A quiet watch is opened again after idle_s (here 3 s) with the token it had, which etcd
+    forgot meanwhile (1 s TTL): etcd cancels that stream (HTTP 200, "invalid auth token");
+    the next one authenticates again instead of being canceled forever (old code)."""
+    log = EtcdLog(settings)
+    assert log.create({"epoch": "e", "schema": 1})
+    entries: list[int] = []
+    watch = LogWatch(log, 1, lambda: None, lambda seq, _: entries.append(seq), idle_s=3)
+    try:
+        auth = _auth(log, first_pass=False)
+        deadline = time.monotonic() + 30
+        while watch.resyncs == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert watch.resyncs >= 1  # a stream ended: the one refused
+        assert log.append(0, b"one")
+        while not entries and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert entries == [1] and watch.alive and auth.authentications >= 2
+    finally:
+        watch.stop()
+
+
+def test_a_wrong_password_or_none_is_one_clear_line_without_the_password(
+    tmp_path: Path, settings: EtcdSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = dataclasses.replace(settings, password=PASSWORD + "x")
+    with pytest.raises(StoreUnavailable) as bad:
+        EtcdStore(str(tmp_path / "a.db"), EventBus(), wrong)
+    message = str(bad.value)
+    assert f"etcd user {USER!r}: authentication failed" in message and "\n" not in message
+    with pytest.raises(EtcdUnavailable) as none:
+        EtcdLog(dataclasses.replace(settings, user="", password="")).head()
+    assert "requires authentication: set etcd_user and etcd_password_file" in str(none.value)
+    assert not none.value.maybe_sent
+    for text in (message, str(none.value), caplog.text):
+        assert PASSWORD not in text
+
+
+def _password_file(tmp_path: Path, mode: int) -> Path:
+    path = tmp_path / "etcd-password"
+    path.write_text(PASSWORD + "\n")
+    path.chmod(mode)
+    return path
+
+
+def test_the_password_comes_from_a_private_file(tmp_path: Path) -> None:
+    private = _password_file(tmp_path, 0o600)
+    s = config.load(
+        config.argparse.Namespace(
+            store="etcd://127.0.0.1:1", etcd_user=USER, etcd_password_file=str(private)
+        ),
+        environ={},
+    )
+    assert s.etcd is not None and (s.etcd.user, s.etcd.password) == (USER, PASSWORD)
+    assert PASSWORD not in repr(s) + repr(s.etcd)
+    private.chmod(0o644)
+    with pytest.raises(config.ConfigError, match=r"etcd_password_file: .* readable by every"):
+        config.load(config.argparse.Namespace(), environ={
+            "TENANTNET_STORE": "etcd://127.0.0.1:1", "TENANTNET_ETCD_USER": USER,
+            "TENANTNET_ETCD_PASSWORD_FILE": str(private)})  # fmt: skip
+    with pytest.raises(config.ConfigError, match="etcd_user and etcd_password_file go together"):
+        config.load(config.argparse.Namespace(store="etcd://127.0.0.1:1", etcd_user=USER),
+                    environ={})  # fmt: skip
+
+
+def test_store_copy_takes_the_credentials(
+    tmp_path: Path, auth_cluster: Any, settings: EtcdSettings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from controller.cli import main
+
+    source = str(tmp_path / "one.db")
+    single = Store(source, EventBus())
+    net = single.create_network({"name": "copied"})
+    single.close()
+    private = _password_file(tmp_path, 0o600)
+    creds = ("--etcd-prefix", settings.prefix, "--etcd-user", USER)
+    assert main(["store-copy", source, auth_cluster.url, *creds,
+                 "--etcd-password-file", str(private)]) == 0  # fmt: skip
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope")
+    wrong.chmod(0o600)
+    back = str(tmp_path / "back.db")
+    assert main(["store-copy", auth_cluster.url, back, *creds,
+                 "--etcd-password-file", str(wrong)]) == 1  # fmt: skip
+    assert f"etcd user {USER!r}: authentication failed" in capsys.readouterr().err
+    assert main(["store-copy", auth_cluster.url, back, *creds,
+                 "--etcd-password-file", str(private)]) == 0  # fmt: skip
+    restored = Store(back, EventBus())
+    assert restored.get_network(net["id"]) == net
+    restored.close()
