@@ -1,0 +1,105 @@
+"""The etcd client's HTTP session (`etcd_log._session`): each call's TLS settings, timeout and
+errors, the lean path every plain POST takes, and the pooled connection's TCP_NODELAY."""
+
+from __future__ import annotations
+
+import json
+import socket
+from typing import Any
+
+import pytest
+import requests
+from requests.adapters import BaseAdapter
+
+from controller.store.etcd_log import EtcdLog, EtcdUnavailable
+from controller.store.etcd_settings import EtcdSettings
+
+
+class Recorder(BaseAdapter):
+    """An adapter that answers every request itself and records how it was asked."""
+
+    def __init__(self, body: dict[str, Any] | None = None, error: Exception | None = None):
+        super().__init__()
+        self.body = body if body is not None else {"header": {"revision": "1"}}
+        self.error = error
+        self.sent: list[tuple[requests.PreparedRequest, dict[str, Any]]] = []
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        self.sent.append((request, kwargs))
+        if self.error is not None:
+            raise self.error
+        response = requests.Response()
+        response.status_code = 200
+        response._content = json.dumps(self.body).encode()
+        response.request = request
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+def tls_log(adapter: Recorder) -> EtcdLog:
+    settings = EtcdSettings(
+        (("etcd1.example", 2379), ("etcd2.example", 2379)),
+        ca_cert="/etc/tn/ca.pem", cert="/etc/tn/cert.pem", key="/etc/tn/key.pem",
+        timeout_s=2.0, attempt_timeout_s=0.5,
+    )  # fmt: skip
+    log = EtcdLog(settings)
+    for clients in log._passes:
+        for client in clients:
+            client.session.mount("https://", adapter)
+    return log
+
+
+def test_each_call_carries_tls_settings_and_short_timeout_without_session_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def merged(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("Session.request: the per-call merging the client skips")
+
+    monkeypatch.setattr(requests.Session, "request", merged)
+    adapter = Recorder({"kvs": [{"key": "eA==", "value": "NDI="}]})
+    assert tls_log(adapter).head() == 42
+    [(request, kwargs)] = adapter.sent
+    assert request.url == "https://etcd1.example:2379/v3/kv/range"
+    assert json.loads(request.body or b"")["key"]  # etcd3gw's body, base64 key
+    assert kwargs["verify"] == "/etc/tn/ca.pem"
+    assert kwargs["cert"] == ("/etc/tn/cert.pem", "/etc/tn/key.pem")
+    assert kwargs["timeout"] == 0.5  # the short attempt first
+    assert kwargs["proxies"] == {}
+
+
+def test_transaction_body_and_a_refused_connection_still_map_to_etcd3gw_errors() -> None:
+    adapter = Recorder({"succeeded": True})
+    log = tls_log(adapter)
+    assert log.append(0, b"entry")
+    request, _ = adapter.sent[0]
+    assert request.url is not None and request.url.endswith("/v3/kv/txn")
+    assert len(json.loads(request.body or b"")["success"]) == 2
+    adapter.error = requests.exceptions.ConnectionError("refused")
+    with pytest.raises(EtcdUnavailable) as caught:
+        log.head()
+    assert caught.value.maybe_sent is False  # refused everywhere: nothing reached a member
+    adapter.error = requests.exceptions.ReadTimeout("slow")
+    with pytest.raises(EtcdUnavailable) as caught:
+        log.head()
+    assert caught.value.maybe_sent is True
+
+
+def test_pooled_connection_sends_without_nagle(etcd_settings: EtcdSettings) -> None:
+    """A call's header and body go out in two writes: without TCP_NODELAY on the kept-alive
+    connection the second would wait for the member's delayed ACK (up to 40 ms a call)."""
+    log = EtcdLog(etcd_settings)
+    log.head()
+    client = log._passes[0][log.current_member]
+    url = client.get_url("/kv/range")
+    pools = client.session.get_adapter(url).poolmanager.pools
+    kept = [
+        conn
+        for key in pools.keys()  # noqa: SIM118 (urllib3's container is not iterable)
+        for conn in list(pools[key].pool.queue)
+        if conn is not None and conn.sock is not None
+    ]
+    assert kept, "the call's connection is kept in the pool"
+    assert all(c.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for c in kept)
+
