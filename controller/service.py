@@ -93,6 +93,12 @@ def _southbound_security(s: Settings) -> None:
     )
 
 
+def _member_id(s: Settings) -> str:
+    """This instance's id among the controllers on one etcd cluster (default: host name and
+    API address)."""
+    return (s.etcd_member_id or f"{socket.gethostname()}-{s.api_listen}").replace("/", "_")
+
+
 def _own_addresses(s: Settings) -> set[str]:
     """Where a switch on this machine (a ``unix:`` OVSDB host) connects from."""
     hosts = {parse_hostport(s.ofp_listen, "ofp_listen")[0]}
@@ -197,7 +203,7 @@ class Controller:
         else:  # several instances on one etcd cluster (docs/ha.md)
             from controller.store.replicated import EtcdStore
 
-            self.store = EtcdStore(s.database, self.bus, s.etcd, **options)
+            self.store = EtcdStore(s.database, self.bus, s.etcd, member_id=_member_id(s), **options)
         _southbound_security(s)
         # The OpenFlow listener first, then every switch is told to reconnect now (the poke,
         # southbound/ovsdb_host.poke_switches): its TCP and TLS handshake, HELLO and FEATURES
@@ -409,10 +415,9 @@ class Controller:
         """Membership on the store's etcd cluster (docs/ha.md): which hosts this instance owns."""
         from controller.store.etcd_members import EtcdMembership
 
-        member_id = s.etcd_member_id or f"{socket.gethostname()}-{s.api_listen}"
         self.members = EtcdMembership(
             etcd,
-            member_id.replace("/", "_"),
+            _member_id(s),
             s.etcd_member_ttl_s,
             ofp_target=s.controller_target,
         )

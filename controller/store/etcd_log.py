@@ -42,6 +42,7 @@ import threading
 import time
 import uuid
 import warnings
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -141,7 +142,12 @@ def _b64(data: bytes | str) -> str:
 class EtcdLog:
     """The log's keys on one etcd cluster; thread-safe (each call is one HTTP request)."""
 
-    def __init__(self, settings: EtcdSettings) -> None:
+    def __init__(self, settings: EtcdSettings, spread_by: str = "") -> None:
+        """``spread_by``: the instance's id, which picks the member its calls go to first (a
+        stable hash of it), so that instances spread over the members instead of all asking
+        the first one: the member a call reaches pays its HTTP gateway's work (JSON to gRPC
+        and back) and the watch streams' fan-out, which made the first member of a 3-instance
+        cluster use twice the CPU of the others."""
         self.settings = settings
         self.prefix = settings.prefix if settings.prefix.endswith("/") else settings.prefix + "/"
         # one client per member and timeout (a client's timeout is fixed; clients are shared
@@ -150,7 +156,7 @@ class EtcdLog:
         self._passes = [self._clients]
         if settings.attempt_timeout_s < settings.timeout_s:
             self._passes.insert(0, self._connect(settings.attempt_timeout_s))
-        self._current = 0
+        self._current = zlib.crc32(spread_by.encode()) % len(self._clients) if spread_by else 0
         self._lock = threading.Lock()
 
     def _connect(self, timeout_s: float) -> list[Any]:

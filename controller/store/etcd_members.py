@@ -43,7 +43,7 @@ class EtcdMembership:
     ) -> None:
         if not member_id or "/" in member_id:
             raise ValueError(f"member id {member_id!r}: non-empty, without '/'")
-        self._log = EtcdLog(settings)
+        self._log = EtcdLog(settings, spread_by=member_id)
         self.ttl_s = ttl_s
         self.ofp_target = ofp_target  # published for the owners of bridges (MemberView.targets)
         self.view = MemberView(member_id)

@@ -191,9 +191,10 @@ class EtcdStore(Store):
         quota_defaults: Mapping[str, int] | None = None,
         metrics: Metrics | None = None,
         poll_s: float = 1.0,
+        member_id: str = "",
     ) -> None:
         self.etcd = etcd
-        self._log = EtcdLog(etcd)
+        self._log = EtcdLog(etcd, spread_by=member_id)  # the first member: by the instance's id
         try:
             meta = self._log.meta()
             if meta is None:

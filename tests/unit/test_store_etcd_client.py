@@ -12,6 +12,7 @@ import requests
 from requests.adapters import BaseAdapter
 
 from controller.store.etcd_log import EtcdLog, EtcdUnavailable
+from controller.store.etcd_members import EtcdMembership
 from controller.store.etcd_settings import EtcdSettings
 
 
@@ -103,3 +104,24 @@ def test_pooled_connection_sends_without_nagle(etcd_settings: EtcdSettings) -> N
     assert kept, "the call's connection is kept in the pool"
     assert all(c.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for c in kept)
 
+
+def test_instances_first_member_follows_their_id() -> None:
+    """Instances spread over the members (each call first goes to the member picked by the
+    instance's id), instead of all asking the first member."""
+    firsts = {}
+    for member_id in ("ctl-a", "ctl-b", "ctl-c", "ctl-d", "ctl-e"):
+        adapter = Recorder({"kvs": [{"key": "eA==", "value": "Nw=="}]})
+        settings = EtcdSettings(
+            (("etcd0.example", 2379), ("etcd1.example", 2379), ("etcd2.example", 2379))
+        )
+        log = EtcdLog(settings, spread_by=member_id)
+        for clients in log._passes:
+            for client in clients:
+                client.session.mount("http://", adapter)
+        assert log.head() == 7
+        [(request, _)] = adapter.sent
+        firsts[member_id] = request.url
+        assert EtcdLog(settings, spread_by=member_id).current_member == log.current_member
+        assert EtcdMembership(settings, member_id)._log.current_member == log.current_member
+    assert len(set(firsts.values())) > 1, firsts
+    assert EtcdLog(settings).current_member == 0  # no id (a migration): the first member
