@@ -53,7 +53,6 @@ with warnings.catch_warnings():
     from etcd3gw import exceptions as etcd_errors
 
 import requests
-from requests.hooks import dispatch_hook
 
 from controller.store import etcd_auth
 from controller.store.etcd_settings import EtcdSettings
@@ -77,41 +76,6 @@ class EtcdUnavailable(RuntimeError):
         self.maybe_sent = maybe_sent
 
 
-class _Session(requests.Session):
-    """requests' session, whose plain POSTs (every etcd3gw call but the watch stream) go
-    straight to the session's own connection pool (its `HTTPAdapter`).
-
-    ``Session.request`` merges, on every call, the session's cookies, params and environment
-    settings into the request, stores the answer's cookies and walks redirects: none of it
-    applies to etcd's gateway (no cookies, no redirects), and with the session's own hops it
-    cost about 250 us of CPU of the ~1 ms a call takes on the client (a 2-core machine;
-    measured against a 3-member loopback cluster), on every append and every quorum read.
-    What stays is what applies: requests' preparation of the request (URL, headers, the JSON
-    body) with the session's auth (`etcd_auth`'s token) and hooks, which run on the answer as
-    ``Session.send`` runs them (the token's renewal on a 401), the adapter's pooled
-    keep-alive connection with the session's TLS settings (urllib3 sets TCP_NODELAY on it, so
-    the header and body writes are not held back by Nagle), and its errors, which etcd3gw
-    maps to its exceptions as for any call.  Any other call (e.g. ``stream=True``) takes the
-    full path."""
-
-    def post(
-        self, url: str | bytes, data: Any = None, json: Any = None, **kwargs: Any
-    ) -> requests.Response:
-        if set(kwargs) - {"timeout"}:
-            return super().post(url, data=data, json=json, **kwargs)
-        prepared = requests.Request(
-            "POST", url, headers=self.headers, data=data, json=json, auth=self.auth,
-            hooks=self.hooks,
-        ).prepare()  # fmt: skip
-        send: dict[str, Any] = {
-            "timeout": kwargs.get("timeout"), "stream": False, "verify": self.verify,
-            "cert": self.cert, "proxies": {},
-        }  # fmt: skip
-        response = self.get_adapter(prepared.url or "").send(prepared, **send)
-        answer: requests.Response = dispatch_hook("response", prepared.hooks, response, **send)
-        return answer
-
-
 def _session(settings: EtcdSettings, timeout_s: float) -> requests.Session:
     """The HTTP session of one member's client: TLS from the settings, nothing from the
     environment.
@@ -122,9 +86,8 @@ def _session(settings: EtcdSettings, timeout_s: float) -> requests.Session:
     makes a few calls on each instance.  None of it applies to the store's cluster, reached
     directly on the management network with the CA and the client certificate named in the
     settings (an HTTP proxy between the controllers and their store would be one more hop for
-    every commit).  The etcd user's token rides on the session too (`etcd_auth`).  The
-    session's POSTs skip the rest of requests' per-call merging (`_Session`)."""
-    session = _Session()
+    every commit).  The etcd user's token rides on the session too (`etcd_auth`)."""
+    session = requests.Session()
     session.trust_env = False
     if settings.ca_cert:
         session.verify = settings.ca_cert

@@ -1,5 +1,5 @@
 """The etcd client's HTTP session (`etcd_log._session`): each call's TLS settings, timeout and
-errors, the lean path every plain POST takes, and the pooled connection's TCP_NODELAY."""
+errors, and the pooled connection's TCP_NODELAY."""
 
 from __future__ import annotations
 
@@ -52,13 +52,7 @@ def tls_log(adapter: Recorder) -> EtcdLog:
     return log
 
 
-def test_each_call_carries_tls_settings_and_short_timeout_without_session_request(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    def merged(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("Session.request: the per-call merging the client skips")
-
-    monkeypatch.setattr(requests.Session, "request", merged)
+def test_each_call_carries_tls_settings_and_short_timeout() -> None:
     adapter = Recorder({"kvs": [{"key": "eA==", "value": "NDI="}]})
     assert tls_log(adapter).head() == 42
     [(request, kwargs)] = adapter.sent
