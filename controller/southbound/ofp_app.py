@@ -74,7 +74,7 @@ SECOND_SESSION_WAIT_S = 0.5
 REPLY_WAIT_S = 0.2
 """How long the packet-in worker waits for room in a switch's full send queue (os-ken's, 16
 buffers) before its replies count as failed: the queue fills for a few ms under load while the
-switch reads everything (`LiveDatapath.send_within`; once per stall of a switch not reading)."""
+switch reads everything (`LiveDatapath.take_room`: at most its wait budget per switch)."""
 FULL_MASK = 0xFFFFFFFFFFFFFFFF
 BUNDLE = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 # Messages remembered per switch for naming the cause of an error reply: one whole diff of a
@@ -396,10 +396,17 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             for msg, what in batch:
                 sw.remember(msg, what)  # a bundle-add's inner message gets the same xid
                 msgs.append(msg)
+            try:
+                # Encoded before the barrier is registered: a message that does not encode
+                # raises to the caller with nothing registered, so the batch gets exactly one
+                # answer (the exception), never a later barrier timeout as well.
+                body = _serialise(dp, msgs)
+            except BaseException:
+                sw.bundle_in_flight = False
+                raise
             sw.errors = 0
             barrier = self._barrier_request(sw, on_done)
-            msgs.append(barrier)
-            self._send_or_fail(sw, msgs, barrier)
+            self._send_or_fail(sw, body + _serialise(dp, [barrier]), barrier)
         return True
 
     def on_packet_in(
@@ -412,7 +419,12 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         a bounded queue (see `controller.southbound.packet_in`); its replies go out as
         PACKET_OUTs to the packet's in_port, then ``after_replies`` runs.  Without a handler,
         packet-ins are ignored."""
-        self.packet_ins = PacketInQueue(handler, self.packet_outs, maxsize, after=after_replies)
+
+        def replies_out(dpid: int, frames: Sequence[tuple[int, bytes]], wait: bool) -> bool | None:
+            # The worker (wait) waits a little for room: see `packet_in`; nobody else does.
+            return self.packet_outs(dpid, frames, wait, REPLY_WAIT_S if wait else 0.0)
+
+        self.packet_ins = PacketInQueue(handler, replies_out, maxsize, after=after_replies)
         return self.packet_ins
 
     def packet_out(self, dpid: int, port: int, data: bytes) -> bool:
@@ -420,29 +432,47 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         return bool(self.packet_outs(dpid, [(port, data)]))
 
     def packet_outs(
-        self, dpid: int, frames: Sequence[tuple[int, bytes]], wait: bool = True
+        self,
+        dpid: int,
+        frames: Sequence[tuple[int, bytes]],
+        wait: bool = True,
+        wait_s: float = 0.0,
     ) -> bool | None:
         """Send each (port, frame) out of that port of switch ``dpid``, as one write (see
-        `controller.southbound.packet_in`); False if it is gone or not reading.  With ``wait``
-        False (a switch's receive thread) None, nothing sent, if another thread holds the
-        switch (the data plane encodes whole bundles under `sw.lock`): a receive thread that
-        waited for that would hold back its switch's barrier replies and echoes; and the frames
-        are written on it when the connection's send thread is idle."""
+        `controller.southbound.packet_in`); False if it is gone or not reading (its send queue
+        full: nobody but the packet-in worker waits for room, the data plane serves every host
+        from one thread).  With ``wait`` False (a switch's receive thread) None, nothing sent,
+        if another thread holds the switch (the data plane encodes whole bundles under
+        `sw.lock`): a receive thread that waited for that would hold back its switch's barrier
+        replies and echoes; and the frames are written on it when the connection's send thread
+        is idle.  ``wait_s`` (only the packet-in worker's replies, `on_packet_in`): wait up to
+        that long for room in a full send queue (`LiveDatapath.take_room`, within the switch's
+        wait budget) - before taking `sw.lock`, so that nobody waits behind that wait."""
         with self._lock:
             sw = self._switches.get(dpid)
         if sw is None or not sw.ready:
             return False
-        msgs = [codec.packet_out(sw.dp, port, data) for port, data in frames]
-        if not sw.lock.acquire(blocking=wait):
-            return None
+        dp = sw.dp
+        msgs = [codec.packet_out(dp, port, data) for port, data in frames]
+        reserved = wait_s > 0 and hasattr(dp, "take_room")
+        if reserved and not dp.take_room(wait_s):
+            return False
         try:
-            for msg, (port, _) in zip(msgs, frames, strict=True):
-                sw.remember(msg, Sent("packet out", port))
-            return _send_as_one_write(
-                sw.dp, msgs, direct=not wait, wait_s=REPLY_WAIT_S if wait else 0.0
-            )
+            if not sw.lock.acquire(blocking=wait):
+                return None
+            try:
+                for msg, (port, _) in zip(msgs, frames, strict=True):
+                    sw.remember(msg, Sent("packet out", port))
+                if not reserved:
+                    return _send_as_one_write(dp, msgs, direct=not wait)
+                buf = _serialise(dp, msgs)
+                reserved = False  # the place is the buffer's now, whatever happens to it
+                return bool(dp.put_taken(buf))
+            finally:
+                sw.lock.release()
         finally:
-            sw.lock.release()
+            if reserved:
+                dp.give_back_room()
 
     def add_transient_flow(self, dpid: int, rule: Rule, hard_timeout: int) -> bool:
         """Add ``rule`` with a hard timeout, outside any batch (a flooding port's DHCP drop,
@@ -1059,12 +1089,18 @@ class TenantnetOfpApp(app_manager.OSKenApp):
 
         self.set_packet_in_meter(dpid, rate, burst, done)
 
-    def _send_or_fail(self, sw: _Switch, msgs: list[Any], barrier: Any) -> None:
+    def _send_or_fail(self, sw: _Switch, msgs: list[Any] | bytes, barrier: Any) -> None:
         """Queue the batch; if the switch's send queue is full (it stopped reading what it is
         sent), fail the batch at once rather than block the data plane, which serves every
         host from one thread.  Called with `sw.lock` held; the callback runs on a fresh thread
         so that it never runs under it."""
-        if _send_as_one_write(sw.dp, msgs):
+        try:
+            buf = msgs if isinstance(msgs, bytes) else _serialise(sw.dp, msgs)
+        except BaseException:  # the exception is the batch's one answer: disarm its barrier
+            sw.barriers.pop(barrier.xid, None)
+            sw.bundle_in_flight = False
+            raise
+        if _send_buf(sw.dp, buf):
             return
         cb = sw.barriers.pop(barrier.xid, None)
         sw.bundle_in_flight = False
@@ -1136,7 +1172,7 @@ def _close(dp: Any) -> None:
         dp.socket.shutdown(socket.SHUT_RDWR)
 
 
-def _send_as_one_write(dp: Any, msgs: list[Any], direct: bool = False, wait_s: float = 0.0) -> bool:
+def _send_as_one_write(dp: Any, msgs: list[Any], direct: bool = False) -> bool:
     """Serialise the messages with os-ken and queue them as one buffer.
 
     `Datapath.send_msg` queues each message separately, and the connection's send thread wakes
@@ -1146,19 +1182,24 @@ def _send_as_one_write(dp: Any, msgs: list[Any], direct: bool = False, wait_s: f
     False if the connection's send queue is full or closed (`LiveDatapath.send_nowait`).
     ``direct`` (a packet-out answered on a receive thread): written on this thread when the
     connection's send thread has nothing to write (`LiveDatapath.write_now`), saving its
-    wake-up (see `controller.southbound.packet_in` for why only there).  ``wait_s`` (the
-    packet-in worker's replies): wait that long for room in a full send queue
-    (`LiveDatapath.send_within`) instead of dropping them.
+    wake-up (see `controller.southbound.packet_in` for why only there).
     """
+    return _send_buf(dp, _serialise(dp, msgs), direct)
+
+
+def _serialise(dp: Any, msgs: list[Any]) -> bytes:
+    """The messages as os-ken encodes them, one after the other (xids assigned if missing)."""
     bufs = []
     for msg in msgs:
         if msg.xid is None:
             dp.set_xid(msg)
         msg.serialize()
         bufs.append(msg.buf)
-    buf = b"".join(bufs)
-    if wait_s > 0 and hasattr(dp, "send_within"):
-        return bool(dp.send_within(buf, wait_s))
+    return b"".join(bufs)
+
+
+def _send_buf(dp: Any, buf: bytes, direct: bool = False) -> bool:
+    """Queue one encoded buffer without waiting (see `_send_as_one_write`)."""
     send = (direct and getattr(dp, "write_now", None)) or getattr(dp, "send_nowait", None)
     send = send or dp.send
     return bool(send(buf))

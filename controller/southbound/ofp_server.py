@@ -98,6 +98,10 @@ class ConnectionStats:
         return dict(vars(self))
 
 
+WAIT_BUDGET_S = 0.05
+"""Seconds per second a switch's full send queue may keep a thread waiting for room
+(`LiveDatapath.take_room`); beyond it, sends to it fail at once."""
+_MIN_WAIT_S = 0.005  # budget left below this: no wait (a thread wake-up for nothing)
 READ_AHEAD = 65536
 """Bytes a connection's receive loop reads at once (see `_WatchedSocket.recv`)."""
 
@@ -186,7 +190,11 @@ class LiveDatapath(osken_controller.Datapath):
         self._unwritten = 0
         self._watched.written = self._one_written
         self._direct = not isinstance(sock, ssl.SSLSocket)
-        self._stalled = False  # a send_within found no room in time: see there
+        # Waiting for room in the send queue, bounded per switch: see take_room.
+        self.clock: Callable[[], float] = time.monotonic
+        self._wait_lock = threading.Lock()
+        self._wait_budget = WAIT_BUDGET_S
+        self._wait_at = self.clock()
 
     @property
     def last_rx(self) -> float:
@@ -233,24 +241,44 @@ class LiveDatapath(osken_controller.Datapath):
         with self._order:
             return self._put(buf, False)
 
-    def send_within(self, buf: bytes, timeout: float) -> bool:
-        """`send_nowait` that waits up to ``timeout`` for room in the send queue: False if
-        there was none by then (the switch is not reading) or the queue is closed.
+    def take_room(self, timeout: float) -> bool:
+        """Take one place in the send queue, waiting up to ``timeout`` for it - within this
+        switch's wait budget: False if there was none by then.  `put_taken` then queues a
+        buffer in that place, or `give_back_room` returns it.
 
-        Why: os-ken's send queue holds 16 buffers, and under a load of packet-ins the answering
-        thread can fill it faster than the connection's send thread (which needs the GIL and
-        the CPU the answers take) empties it, although the switch reads everything: replies
-        dropped for a queue that is full for a few ms.  Waiting gives the send thread the CPU.
-        Bounded, and only once per stall: after a wait that found no room, the next calls do
-        not wait until the queue took a buffer again, so a switch that stopped reading costs
-        the caller one ``timeout``, not one per reply (its watchdog ends it meanwhile)."""
-        room = self._send_q_sem.acquire(blocking=False)
-        if not room and (self._stalled or not self._send_q_sem.acquire(timeout=timeout)):
-            self._stalled = True
-            return False
-        self._stalled = False
+        Why wait: os-ken's send queue holds 16 buffers, and under a load of packet-ins the
+        answering thread can fill it faster than the connection's send thread (which needs the
+        GIL and the CPU the answers take) empties it, although the switch reads everything:
+        replies dropped for a queue that is full for a few ms.  Waiting gives the send thread
+        the CPU.  Why a budget (``WAIT_BUDGET_S`` of waiting per second, a token bucket, any
+        thread): a switch that reads slowly or not at all would otherwise cost the waiting
+        thread - the packet-in worker, which answers every switch - a wait on every reply; its
+        replies beyond the budget fail at once and are counted.  (The watchdog only ends a
+        switch that sends nothing; one that sends but does not read is bounded only here.)"""
+        if self._send_q_sem.acquire(blocking=False):
+            return True
+        with self._wait_lock:  # the wait is paid for before it starts: no overdraft
+            now = self.clock()
+            budget = self._wait_budget + (now - self._wait_at) * WAIT_BUDGET_S
+            self._wait_budget, self._wait_at = min(WAIT_BUDGET_S, budget), now
+            grant = min(timeout, self._wait_budget)
+            if grant < min(timeout, _MIN_WAIT_S):  # not worth a thread wake-up: fail now
+                return False
+            self._wait_budget -= grant
+        room = self._send_q_sem.acquire(timeout=grant)
+        if room:  # what was not waited goes back
+            with self._wait_lock:
+                self._wait_budget += max(0.0, grant - (self.clock() - now))
+        return room
+
+    def put_taken(self, buf: bytes) -> bool:
+        """Queue ``buf`` in the place `take_room` took: False if the queue is closed."""
         with self._order:
             return self._put(buf, False)
+
+    def give_back_room(self) -> None:
+        """Return a place `take_room` took and nothing was queued in."""
+        self._send_q_sem.release()
 
     def send(self, buf: bytes, close_socket: bool = False) -> bool:
         """os-ken's ``Datapath.send`` (``send_msg`` uses it), counted for `write_now`."""

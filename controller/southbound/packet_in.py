@@ -52,9 +52,12 @@ and when that thread fell 16 writes behind (os-ken's send queue) further replies
 and counted as ``reply_failures`` although the switch was fine.  With one packet-in queued -
 the usual case - a batch is that one packet and its reply leaves at once.  Joined writes still
 fill that queue for a few ms when the answers take the CPU its send thread needs, so the worker
-waits for room, bounded (`controller.southbound.ofp_app.REPLY_WAIT_S`, and once per stall of a
-switch that stopped reading: `LiveDatapath.send_within`), and a reply the receive thread could
-not hand over goes to the worker rather than counting as failed.
+waits for room, bounded (`controller.southbound.ofp_app.REPLY_WAIT_S`, and within a wait
+budget per switch, so that a switch that reads slowly or not at all cannot hold the worker, and
+so every other switch's replies, for long: `LiveDatapath.take_room`), and a reply the receive
+thread could not hand over goes to the worker rather than counting as failed.  The worker is
+the only one that waits so (the data plane's gratuitous ARPs never do), and it waits before it
+takes the switch's connection, so nobody waits behind it.
 
 What the handler gets (`PacketIn`): the switch, the table and cookie of the flow that sent it
 (so the core can tell its owner - e.g. the DHCP owner's punt flow - from anything else), the
@@ -114,7 +117,8 @@ PacketInHandler = Callable[[PacketIn], bytes | None]
 PacketOutSender = Callable[[int, Sequence[tuple[int, bytes]], bool], bool | None]
 """(dpid, [(port, frame), ...], wait) -> sent: the frames go out to the switch in one write.
 With ``wait`` False it never waits for the switch's connection: None if that is busy (another
-thread is handing it messages, e.g. the data plane encoding a bundle), nothing sent."""
+thread is handing it messages, e.g. the data plane encoding a bundle), nothing sent.  With
+``wait`` (the worker) it may wait, bounded, for room in the switch's send queue."""
 _Answered = tuple[PacketIn, bytes | None]
 """A packet-in answered on a receive thread whose reply the worker sends (see `offer`)."""
 
@@ -173,10 +177,10 @@ class PacketInQueue:
                 with self._count_lock:
                     self.counters.answered_inline += 1
                 reply = self._answer(pkt)
-                sent = self._send([pkt], [reply], wait=False)
-                self._after_replies()
-                if sent:
+                if self._send([pkt], [reply], wait=False):
+                    self._after_replies()
                     return True
+                # Not handed over: the worker sends it, then runs `after` (once, after it).
                 item: PacketIn | _Answered = (pkt, reply)
             finally:
                 self._handling.release()
@@ -240,8 +244,9 @@ class PacketInQueue:
                             )
                     done = len(batch)
                     self._take_queued(batch)
-                self._send(pkts, answers, wait=True)
-                self._after_replies()
+                if pkts:  # (not for the stop entry alone)
+                    self._send(pkts, answers, wait=True)
+                    self._after_replies()
             with self._count_lock:
                 self._pending -= len(pkts)
             if batch[-1] is None:

@@ -596,3 +596,65 @@ def _wait_until(pred: Callable[[], Any], timeout: float = 2.0) -> Any:
     while not (value := pred()) and time.monotonic() < deadline:
         time.sleep(0.01)
     return value
+
+
+def test_a_batch_the_openflow_app_cannot_encode_is_answered_once(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hv2's batch goes through a real `TenantnetOfpApp` (a fake connection), whose group-mod
+    does not serialise: the data plane hears of it once (the exception), re-reads hv2 once and
+    is idle again; the app never answers the batch later.  (Old code: the app had armed the
+    barrier before encoding; its timeout answered the batch a second time - the data plane's
+    outstanding count went to -1, it was never idle again, and hv2 was re-read twice.)"""
+    from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+    from controller.southbound.ofp_app import _Switch
+    from tests.unit.conftest import new_ofp_app
+    from tests.unit.test_ofp_app import FakeDatapath, Outcome
+
+    app = new_ofp_app()
+    app.barrier_timeout_s = 0.05
+    failing = datapath_id_for("hv2")
+    resyncs: list[int] = []
+    late: list[tuple[bool, str]] = []
+    fake = FakeDatapath()
+    fake.id = failing
+    app._switches[failing] = _Switch(dp=fake, ready=True)
+
+    class ThroughOfpApp(FakeSwitches):
+        armed = False
+
+        def apply(self, dpid: int, diff: FlowDiff, on_done: Callable[..., None]) -> bool:
+            if self.armed and dpid == failing:
+                self.armed = False
+                assert diff.add_groups or diff.mod_groups or diff.del_groups
+
+                def answer(ok: bool, why: str = "") -> None:
+                    late.append((ok, why))
+                    on_done(ok, why)
+
+                return app.apply(dpid, diff, answer)
+            return super().apply(dpid, diff, on_done)
+
+        def resync(self, dpid: int) -> None:
+            resyncs.append(dpid)
+            cloud.dp.switch_ready(dpid, self.installed(dpid))
+
+    real = parser.OFPGroupMod.serialize
+
+    def serialize(self: Any) -> Any:
+        if isinstance(self.datapath, FakeDatapath):
+            raise ValueError("cannot encode")
+        return real(self)
+
+    switches = ThroughOfpApp()
+    net = _network_of_hv1_hv2(cloud, switches)
+    monkeypatch.setattr(parser.OFPGroupMod, "serialize", serialize)
+    switches.armed = True
+    cloud.port(net, "hv3", 1)
+    cloud.idle()
+    assert not switches.armed and resyncs == [failing]
+    later = Outcome()  # its barrier expires after the one the failed batch would have had
+    assert app.apply(failing, FlowDiff(), later) and later.event.wait(5)
+    assert late == [] and resyncs == [failing]
+    assert cloud.dp._outstanding == 0 and cloud.dp.wait_idle(5) and cloud.dp.status()["idle"]

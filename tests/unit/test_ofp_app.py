@@ -541,3 +541,29 @@ def test_a_switch_read_back_while_attach_runs_is_reported_once(
     monkeypatch.setattr(ofp_app.LOG, "info", attach_meanwhile)
     _finish_read_back(app, dp)
     assert listener.ready == [DPID]
+
+
+def test_a_batch_that_does_not_encode_raises_and_is_never_answered_later(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A group-mod that os-ken cannot serialise: `apply` raises to the caller (the data plane
+    then re-reads the host) and that is the batch's only answer - no barrier is left armed, so
+    the barrier reaper never answers it as well, and the switch takes the next batch.  (Old
+    code: the barrier was registered before the group-mods were encoded; it timed out later
+    and the data plane counted the batch done a second time.)"""
+    app, dp, sw = _app(timeout_s=0.05)
+    real = parser.OFPGroupMod.serialize
+
+    def serialize(self: Any) -> Any:
+        raise ValueError("cannot encode")
+
+    monkeypatch.setattr(parser.OFPGroupMod, "serialize", serialize)
+    done = Outcome()
+    with pytest.raises(ValueError, match="cannot encode"):
+        app.apply(DPID, FlowDiff(del_groups=(7,)), done)
+    assert not sw.barriers and not sw.bundle_in_flight and not dp.sent
+    monkeypatch.setattr(parser.OFPGroupMod, "serialize", real)
+    after = Outcome()  # its barrier expires after the one the failed batch would have had
+    assert app.apply(DPID, FlowDiff(del_groups=(7,)), after)
+    assert after.event.wait(5) and after.got == [(False, "timeout")]
+    assert done.got == []

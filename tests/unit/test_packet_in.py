@@ -17,7 +17,7 @@ from os_ken.ofproto import ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from controller.southbound import ofp_app, osken_packetin
+from controller.southbound import ofp_app, ofp_server, osken_packetin
 from controller.southbound.ofp_app import _Switch
 from controller.southbound.ofp_server import ConnectionLimits, ConnectionStats, LiveDatapath
 from controller.southbound.packet_in import PacketIn, PacketInQueue
@@ -572,6 +572,7 @@ def test_replies_wait_for_room_in_a_full_send_queue_of_a_switch_that_reads(
     failed.  (Old code: both refused and counted in reply_failures, renewals lost under the
     bench's load.)"""
     monkeypatch.setattr(ofp_app, "REPLY_WAIT_S", 10.0)  # the send thread starts when it waits
+    monkeypatch.setattr(ofp_server, "WAIT_BUDGET_S", 10.0)
     app = new_ofp_app()
     dp, peer = _live_switch(app)
     sem = dp._send_q_sem = _SeenWaiting(dp._send_q_sem)  # type: ignore[assignment]
@@ -633,3 +634,123 @@ def test_a_switch_that_stopped_reading_costs_one_wait_and_its_replies_are_counte
     finally:
         dp.end("test over")
         peer.close()
+
+
+def _full_live_switch(app: Any) -> tuple[LiveDatapath, socket.socket, _SeenWaiting, list[Any]]:
+    """`_live_switch` with its send queue full; the blocking acquires of its semaphore (the
+    timeouts of those who wait for room) are noted."""
+    dp, peer = _live_switch(app)
+    waits: list[Any] = []
+
+    class _Noting(_SeenWaiting):
+        def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+            if blocking:
+                waits.append(timeout)
+            return super().acquire(blocking, timeout)
+
+    sem = dp._send_q_sem = _Noting(dp._send_q_sem)  # type: ignore[assignment]
+    for _ in range(16):
+        assert dp.send_nowait(b"q")
+    return dp, peer, sem, waits
+
+
+def test_the_data_planes_packet_outs_never_wait_for_room() -> None:
+    """The data plane (one thread serving every host) sends gratuitous ARPs with
+    `packet_outs`' defaults: a switch whose send queue is full fails them at once, without
+    waiting for room.  (Old code: it waited up to REPLY_WAIT_S, holding the switch.)"""
+    app = new_ofp_app()
+    dp, peer, _, waits = _full_live_switch(app)
+    try:
+        assert app.packet_outs(DPID, [(1, b"g" * 60)]) is False
+        assert waits == []
+    finally:
+        dp.end("test over")
+        peer.close()
+
+
+def test_the_worker_waits_for_room_without_holding_the_switch(monkeypatch: Any) -> None:
+    """While the packet-in worker waits for room in a switch's full send queue, the switch's
+    lock is free: the data plane can hand it a batch meanwhile.  (Old code: the worker waited
+    holding `sw.lock`.)"""
+    monkeypatch.setattr(ofp_app, "REPLY_WAIT_S", 10.0)
+    monkeypatch.setattr(ofp_server, "WAIT_BUDGET_S", 10.0)
+    app = new_ofp_app()
+    dp, peer, sem, _ = _full_live_switch(app)
+    queue = app.on_packet_in(lambda p: b"r" * 60)
+    queue.inline_burst = 0
+    app._packet_in(_event(dp, in_port=2))
+    try:
+        assert sem.waiting.wait(5), "the worker never waited"
+        lock = app._switches[DPID].lock
+        assert lock.acquire(blocking=False), "the worker waits holding the switch"
+        lock.release()
+        threading.Thread(target=dp._send_loop, daemon=True).start()
+        _wait(lambda: queue.counters.replies == 1, "the reply never left")
+    finally:
+        queue.close()
+        dp.end("test over")
+        peer.close()
+
+
+def test_a_slowly_draining_switch_costs_the_worker_at_most_its_wait_budget() -> None:
+    """A switch that reads, but only one buffer every 0.19 s: the worker's waits for room in
+    its send queue add up to at most ``WAIT_BUDGET_S`` a second (plus one budget), whatever
+    the rate of replies; the rest fail at once and are counted, so every other switch's
+    replies are held back at most that long.  (Old code: each stall ended with the buffer
+    taken, so the worker waited on nearly every reply, ~95% of the time.)  Fake clock."""
+    app = new_ofp_app()
+    dp, peer = _live_switch(app)
+    now = [0.0]
+    dp.clock = lambda: now[0]  # type: ignore[method-assign]
+    dp._wait_at = 0.0
+
+    class _Draining:
+        next_drain = 0.19
+
+        def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+            if not blocking or timeout is None:
+                return False
+            if now[0] + timeout >= self.next_drain:
+                now[0] = self.next_drain
+                self.next_drain += 0.19
+                return True
+            now[0] += timeout
+            return False
+
+        def release(self) -> None:
+            pass
+
+    dp._send_q_sem = _Draining()  # type: ignore[assignment]
+    dp.send_q = __import__("queue").Queue()  # nothing reads it: the drain is simulated
+    queue = app.on_packet_in(lambda p: None)
+    waited, sent = 0.0, 0
+    try:
+        for _ in range(300):
+            now[0] += 0.01  # the worker's other work between batches
+            before = now[0]
+            sent += bool(queue._send_out(DPID, [(1, b"r" * 60)], True))
+            waited += now[0] - before
+    finally:
+        queue.close()
+        dp.end("test over")
+        peer.close()
+    assert 0 < sent < 300
+    assert waited <= ofp_server.WAIT_BUDGET_S * (1 + now[0]) + 1e-9, (waited, now[0])
+
+
+def test_a_reply_the_receive_thread_could_not_hand_over_runs_after_once_after_it() -> None:
+    """Answered on the receive thread, its switch's connection busy: the worker sends the
+    reply, and ``after`` runs once, after that write.  (Old code: also on the receive thread,
+    before the reply had left.)"""
+    events: list[str] = []
+
+    def send_out(dpid: int, frames: Any, wait: bool) -> bool | None:
+        events.append(f"sent wait={wait}" if wait else "busy")
+        return True if wait else None
+
+    queue = PacketInQueue(lambda p: b"r", send_out, after=lambda: events.append("after"))
+    assert queue.offer(PacketIn(DPID, 1, OURS, 1, 3, 7, FRAME))  # quiet: on this thread
+    _wait(lambda: queue._pending == 0, "the worker never sent it")
+    queue.close()
+    assert events == ["busy", "sent wait=True", "after"]
+    assert queue.counters.replies == 1 and queue.counters.reply_failures == 0
