@@ -220,21 +220,36 @@ class Settings:
     def _etcd_password(self) -> str:
         """The etcd user's password, from ``etcd_password_file`` ("" without a user).
 
-        The file is refused when every user can read it: a password anyone on the host can
-        read protects nothing (the same rule as ssh's keys)."""
+        The file is opened once and checked and read through that one descriptor (a check of
+        the path and a separate open could see two different files); it is refused when another
+        user could read it or replace its content, or another user owns it: a password anyone
+        on the host can read protects nothing (the same rule as ssh's keys)."""
         path = self.etcd_password_file
         if not path:
             return ""
         try:
-            mode = os.stat(path).st_mode
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise ConfigError(f"etcd_password_file: cannot read {path}: {exc.strerror}") from None
-        if mode & stat.S_IROTH:
-            raise ConfigError(
-                f"etcd_password_file: {path} is readable by every user (mode "
-                f"{stat.S_IMODE(mode):04o}); make it private, e.g. chmod 600 {path}"
-            )
-        return read_secret("etcd_password", path)
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(fd)
+            mode = stat.S_IMODE(info.st_mode)
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigError(f"etcd_password_file: {path} is not a regular file")
+            if info.st_uid not in (os.geteuid(), 0):
+                raise ConfigError(
+                    f"etcd_password_file: {path} belongs to another user (uid {info.st_uid}); "
+                    "it must be this user's or root's"
+                )
+            if info.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
+                raise ConfigError(
+                    f"etcd_password_file: {path} is readable or writable by other users (mode "
+                    f"{mode:04o}); make it private, e.g. chmod 600 {path}"
+                )
+            data = file.read(64 * 1024 + 1)
+        if len(data) > 64 * 1024:
+            raise ConfigError(f"etcd_password_file: {path} is over 64 KiB")
+        return _secret_text("etcd_password", path, data)
 
     @property
     def ofp_tls(self) -> bool:
@@ -523,9 +538,20 @@ def file_settings(cfg_file: str) -> dict[str, object]:
 def read_secret(name: str, path: str) -> str:
     """A secret from a file: its content without the final newline; empty is an error."""
     try:
-        secret = Path(path).read_text().rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{name}_file: cannot read {path}: {exc}") from exc
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
+    return _secret_text(name, path, data)
+
+
+def _secret_text(name: str, path: str, data: bytes) -> str:
+    """A secret file's bytes as text, without the final newline.  The error of bytes that are
+    not UTF-8 names only the file: Python's own message quotes the offending byte, which is a
+    byte of the secret."""
+    try:
+        secret = data.decode().rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}_file: {path} is not UTF-8 text") from None
     if not secret.strip():
         raise ConfigError(f"{name}_file: {path} is empty")
     return secret

@@ -244,3 +244,76 @@ def test_bad_store_settings_are_named(argv: tuple[str, ...], named: str) -> None
 def test_bad_snapshot_settings_are_named(name: str, value: str) -> None:
     with pytest.raises(config.ConfigError, match=name.lower()):
         config.load(_args("--store", "etcd://h:1"), environ={"TENANTNET_" + name: value})
+
+
+SECRET = "pw-\u00e9t\u00e9-1234"
+
+
+def _etcd_password(path: Path) -> str:
+    s = config.load(
+        _args("--store", "etcd://127.0.0.1:1", "--etcd-user", "tn",
+              "--etcd-password-file", str(path)),
+        environ={},
+    )  # fmt: skip
+    assert s.etcd is not None
+    return s.etcd.password
+
+
+@pytest.mark.parametrize("mode", [0o602, 0o620, 0o604])
+def test_an_etcd_password_file_others_can_write_or_read_is_refused(
+    tmp_path: Path, mode: int
+) -> None:
+    """World- or group-writable: another user could put their own password in (old code
+    checked only that it was not world-readable)."""
+    path = tmp_path / "pw"
+    path.write_text(SECRET + "\n")
+    path.chmod(0o600)
+    assert _etcd_password(path) == SECRET
+    path.chmod(mode)
+    with pytest.raises(config.ConfigError, match=r"etcd_password_file: .* by other users"):
+        _etcd_password(path)
+
+
+def test_an_etcd_password_file_of_another_user_is_refused(tmp_path: Path) -> None:
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to chown")
+    path = tmp_path / "pw"
+    path.write_text(SECRET)
+    path.chmod(0o600)
+    os.chown(path, 65534, 65534)  # nobody
+    with pytest.raises(config.ConfigError, match=r"etcd_password_file: .* another user"):
+        _etcd_password(path)
+
+
+def test_the_etcd_password_file_is_checked_and_read_as_one_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file checked is the file read: a path check (os.stat) that saw a private file
+    while the open got a world-readable one (swapped meanwhile) must not pass."""
+    import os
+
+    path = tmp_path / "pw"
+    path.write_text(SECRET)
+    path.chmod(0o644)
+    real_stat = os.stat
+    private = os.stat_result((0o100600, *real_stat(path)[1:]))
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: private if str(p) == str(path)
+                        else real_stat(p, *a, **k))  # fmt: skip
+    with pytest.raises(config.ConfigError, match=r"etcd_password_file: .* by other users"):
+        _etcd_password(path)
+
+
+def test_a_secret_file_that_is_not_utf8_is_refused_without_its_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "pw"
+    path.write_bytes(b"s3cr\xe9t-\xff")
+    path.chmod(0o600)
+    with pytest.raises(config.ConfigError) as bad:
+        _etcd_password(path)
+    assert "is not UTF-8" in str(bad.value)
+    assert "xe9" not in str(bad.value) and "xff" not in str(bad.value)
+    assert "position" not in str(bad.value)
+    with pytest.raises(config.ConfigError) as token:
+        config.load(_args(), environ={"TENANTNET_AUTH_TOKEN_FILE": str(path)})
+    assert "is not UTF-8" in str(token.value) and "xe9" not in str(token.value)

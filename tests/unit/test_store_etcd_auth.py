@@ -178,7 +178,7 @@ def test_the_password_comes_from_a_private_file(tmp_path: Path) -> None:
     assert s.etcd is not None and (s.etcd.user, s.etcd.password) == (USER, PASSWORD)
     assert PASSWORD not in repr(s) + repr(s.etcd)
     private.chmod(0o644)
-    with pytest.raises(config.ConfigError, match=r"etcd_password_file: .* readable by every"):
+    with pytest.raises(config.ConfigError, match=r"password_file: .* readable or writable by"):
         config.load(config.argparse.Namespace(), environ={
             "TENANTNET_STORE": "etcd://127.0.0.1:1", "TENANTNET_ETCD_USER": USER,
             "TENANTNET_ETCD_PASSWORD_FILE": str(private)})  # fmt: skip
