@@ -27,6 +27,7 @@ AUTHENTICATE = "/v3/auth/authenticate"
 INVALID_TOKEN = "invalid auth token"
 NO_USER = "user name is empty"
 BAD_PASSWORD = "invalid user ID or password"
+HEAD_BYTES = 300  # of an error's body: enough for etcd's JSON error, bounded whatever it sends
 
 
 class EtcdAuthError(RuntimeError):
@@ -95,7 +96,10 @@ class TokenAuth(requests.auth.AuthBase):
             raise etcd_errors.Etcd3Exception(text, answer.reason)
 
     def _on_response(self, response: requests.Response, **kwargs: Any) -> requests.Response:
-        if response.status_code == 401 and self.user and INVALID_TOKEN in response.text:
+        if response.status_code not in (400, 401):
+            return response
+        text = head(response)
+        if response.status_code == 401 and self.user and INVALID_TOKEN in text:
             sent = response.request.headers.get("Authorization", "")
             retry = response.request.copy()
             retry.headers["Authorization"] = self._renew(response.request.url or "", str(sent))
@@ -106,11 +110,29 @@ class TokenAuth(requests.auth.AuthBase):
             again.history.append(response)
             again.request = retry
             return again
-        if response.status_code == 400 and NO_USER in response.text:
+        if response.status_code == 400 and NO_USER in text:
             raise EtcdAuthError(
                 "the etcd cluster requires authentication: set etcd_user and etcd_password_file"
             )
         return response
+
+
+def head(response: requests.Response) -> str:
+    """The first `HEAD_BYTES` of an error response's body, read at most once.
+
+    Not ``response.text``: that reads the whole body, whatever size the member announces (this
+    hook runs before requests reads a body, on the watch stream too).  What is read becomes the
+    response's content, so etcd3gw's error message and the watch see the same bytes; a body
+    left unread closes its connection (the pool would hand it out with those bytes pending)."""
+    if response._content is False:  # not read yet
+        data = b""
+        if response.raw is not None:
+            data = response.raw.read(HEAD_BYTES, decode_content=True) or b""
+            if not response.raw.closed:  # more followed: the connection is not reusable
+                response.raw.close()
+        response._content = bytes(data)
+        response._content_consumed = True
+    return (response._content or b"")[:HEAD_BYTES].decode(errors="replace")
 
 
 def _reason(text: str) -> str:

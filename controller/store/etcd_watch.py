@@ -200,7 +200,7 @@ class LogWatch:
                 raise WatchEnded("stopped")
             if response.status_code != 200:
                 # a bounded read of the body (``text`` would read all of it)
-                reason = response.raw.read(200, decode_content=True).decode(errors="replace")
+                reason = etcd_auth.head(response)[:200]
                 raise WatchEnded(f"HTTP {response.status_code}: {reason}")
             # in pieces of READ_BYTES: with no size, urllib3 reads each HTTP chunk whole,
             # allocated at the size its header announces; the line is searched for from where

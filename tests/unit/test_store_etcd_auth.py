@@ -212,3 +212,32 @@ def test_store_copy_takes_the_credentials(
     restored = Store(back, EventBus())
     assert restored.get_network(net["id"]) == net
     restored.close()
+
+
+def test_a_401_is_read_only_as_far_as_the_token_check_needs() -> None:
+    """A 401 announcing 100 MB (a stream or not): the hook reads the first HEAD_BYTES to look
+    for "invalid auth token", not the whole body (``response.text``); what it read stays the
+    response's content.  No etcd needed."""
+    import io
+
+    from urllib3.response import HTTPResponse
+
+    from controller.store import etcd_auth
+
+    class Body(io.BytesIO):
+        served = 0
+
+        def read(self, size: int | None = -1) -> bytes:
+            data = super().read(size)
+            Body.served += len(data)
+            return data
+
+    body = Body(b"u" * 100_000_000)
+    response = requests.Response()
+    response.status_code = 401
+    response.raw = HTTPResponse(body=body, status=401, preload_content=False)
+    response.request = requests.Request("POST", "http://127.0.0.1:1/v3/watch").prepare()
+    auth = TokenAuth(requests.Session(), USER, PASSWORD, 1.0)
+    assert auth._on_response(response, stream=True) is response
+    assert Body.served <= 64 * 1024  # old code: 100 MB
+    assert response.content == b"u" * etcd_auth.HEAD_BYTES

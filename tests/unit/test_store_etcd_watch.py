@@ -141,20 +141,22 @@ def test_a_line_over_the_bound_ends_the_stream_with_bounded_memory(
     assert peak < 16 * 1024 * 1024, f"{peak} bytes allocated for a 256 KiB line"
 
 
+@pytest.mark.parametrize("status", [b"500 Oops", b"400 No"])
 def test_an_error_answer_is_read_only_as_far_as_the_message_needs(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, status: bytes
 ) -> None:
-    """A 500 announcing a body of 100 MB (then silent): the warning names the status and the
-    start of the body at once; ``response.text`` read the whole body (here: until the idle
-    timeout, which then was the reason logged)."""
+    """A 500 (or a 400) announcing a body of 100 MB (then silent): the warning names the status
+    and the start of the body at once; ``response.text`` read the whole body (here: until the
+    idle timeout, which then was the reason logged).  The 400: the token hook (`etcd_auth`)
+    looks into every 400/401 for etcd's auth errors, and read it whole, on the stream too."""
 
     def script(s: socket.socket) -> None:
-        s.sendall(b"HTTP/1.1 500 Oops\r\nContent-Length: 100000000\r\n\r\n" + b"e" * 1000)
+        s.sendall(b"HTTP/1.1 %s\r\nContent-Length: 100000000\r\n\r\n" % status + b"e" * 1000)
         hold(s)
 
     first_end(FakeMember(script), caplog)
     warned = [r.getMessage() for r in caplog.records if "etcd watch on" in r.getMessage()]
-    assert warned and "HTTP 500: eeee" in warned[0]
+    assert warned and f"HTTP {status[:3].decode()}: eeee" in warned[0]
 
 
 def test_a_member_that_confirms_each_watch_and_ends_it_gets_paced_retries() -> None:
