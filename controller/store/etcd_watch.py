@@ -26,9 +26,13 @@ read timeout) and keeps it going itself:
   ring; the follower then sees ``alive`` false and starts a new watch from ``revision``.  An
   error of the ``entry`` callback is one of those, not a malformed response of the member;
 * a member (or something in its place) that confirms each watch and ends it at once is a
-  failure like any other: streams that delivered nothing and lasted less than ``idle_s`` count
-  towards the pause after a round of failed members, so such a peer gets a paced retry, not a
-  tight loop of watch requests each ringing the follower into a log read;
+  failure like any other: streams that delivered no new event (a progress notification alone
+  does not count) and lasted less than ``idle_s`` count towards the pause after a round of
+  failed members, so such a peer gets a paced retry, not a tight loop of watch requests each
+  ringing the follower into a log read;
+* a token that cannot be renewed (`etcd_auth`: the member does not answer the authenticate,
+  or refuses the password, e.g. rotated) fails the member the same way, paced, logged once (an
+  error for a refused password), instead of ending the thread with a traceback every poll;
 * the member's stream is hostile input: it is read in pieces of ``READ_BYTES`` whatever the
   HTTP chunk sizes it announces (a chunk header of a terabyte allocates nothing), and a line
   (one watch response) longer than ``MAX_LINE_BYTES`` ends the stream as a failed member.
@@ -47,6 +51,7 @@ from collections.abc import Callable
 from typing import Any
 
 import requests
+from etcd3gw import exceptions as etcd_errors
 from urllib3.exceptions import ReadTimeoutError
 
 from controller.store import etcd_auth
@@ -130,13 +135,22 @@ class LogWatch:
         try:
             while not self._stopping.is_set():
                 member = self.member
-                # the watch was confirmed; events or a progress notification came through it
+                # the watch was confirmed; events that advanced the revision came through it
                 created = [False, False]
                 began = time.monotonic()
                 try:
                     self._stream(member, created)
                     error: Exception = WatchEnded("the stream ended")
-                except (requests.RequestException, OSError, ValueError, WatchEnded) as exc:
+                except (
+                    requests.RequestException,
+                    OSError,
+                    ValueError,
+                    WatchEnded,
+                    # the token's renewal (`etcd_auth`): a member that does not answer it, a
+                    # password refused (rotated): a failed member, paced, logged once
+                    etcd_errors.Etcd3Exception,
+                    etcd_auth.EtcdAuthError,
+                ) as exc:
                     error = exc
                 except (LookupError, TypeError, AttributeError) as exc:
                     # JSON that is not a watch response (a list, fields of the wrong type):
@@ -158,7 +172,8 @@ class LogWatch:
                 self.member = (member + 1) % self.log.members
                 if not failing:
                     failing = f"{type(error).__name__}: {error}"[:200]
-                    LOG.warning(
+                    refused = isinstance(error, etcd_auth.EtcdAuthError)
+                    (LOG.error if refused else LOG.warning)(
                         "etcd watch on %s ended (%s): resuming from revision %d on %s",
                         self._where(member),
                         failing,
@@ -246,9 +261,8 @@ class LogWatch:
                 self.compactions += 1
                 self._resync()
             raise WatchEnded(f"canceled: {result.get('cancel_reason', '')}"[:200])
-        if not result.get("created"):
-            created[1] = True  # events or a progress notification: the stream works
         events = result.get("events") or []
+        before = self.revision
         for event in events:
             kv = event.get("kv", {})
             name = _text(kv.get("key", ""))
@@ -268,6 +282,9 @@ class LogWatch:
                 self.last_seq = max(self.last_seq, int(tail))
             self.revision = max(self.revision, int(kv.get("mod_revision", 0)))
         if events:
+            # events past what was delivered: the stream works (a progress notification alone
+            # does not count: a peer that sends one and closes each stream gets paced retries)
+            created[1] = created[1] or self.revision > before
             self._ring()
         elif created[0] and not result.get("created"):  # a progress notification
             self.revision = max(self.revision, int(result.get("header", {}).get("revision", 0)))

@@ -4,6 +4,7 @@ member sends ends that stream as a failed member, never the watch's thread nor t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import socket
 import threading
@@ -14,8 +15,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from etcd3gw import exceptions as etcd_errors
 
-from controller.store import etcd_watch
+from controller.store import etcd_auth, etcd_watch
 from controller.store.etcd_log import EtcdLog, _b64
 from controller.store.etcd_settings import EtcdSettings
 from controller.store.etcd_watch import LogWatch, _shut
@@ -159,12 +161,17 @@ def test_an_error_answer_is_read_only_as_far_as_the_message_needs(
     assert warned and f"HTTP {status[:3].decode()}: eeee" in warned[0]
 
 
-def test_a_member_that_confirms_each_watch_and_ends_it_gets_paced_retries() -> None:
+PROGRESS = b'{"result":{"header":{"revision":"5"}}}\n'
+
+
+@pytest.mark.parametrize("then", [b"", chunk(PROGRESS)], ids=["ends", "progress-then-ends"])
+def test_a_member_that_confirms_each_watch_and_ends_it_gets_paced_retries(then: bytes) -> None:
     """Each stream is confirmed (``created``) and ends at once: that is a failed member too,
     so after a round of the members every attempt waits the pause.  The old watch counted a
     confirmed stream as a success and went round without pause: a tight loop of watch
-    requests, each ringing the follower into a log read.  Pauses are recorded, not waited."""
-    member = FakeMember(lambda s: chunked_200(s, chunk(CREATED) + b"0\r\n\r\n"))
+    requests, each ringing the follower into a log read; and then still when the stream sent
+    one progress notification before it ended.  Pauses are recorded, not waited."""
+    member = FakeMember(lambda s: chunked_200(s, chunk(CREATED) + then + b"0\r\n\r\n"))
     pauses: list[int] = []
 
     class Recorded(LogWatch):
@@ -250,3 +257,48 @@ def test_restart_shuts_the_stream_s_own_socket_and_nothing_else() -> None:
     finally:
         unrelated.close()
         peer.close()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        etcd_errors.ConnectionTimeoutError("the member did not answer the authenticate"),
+        etcd_auth.EtcdAuthError("etcd user 'u': authentication failed (rotated)"),
+    ],
+    ids=["renewal-timeout", "password-refused"],
+)
+def test_a_token_that_cannot_be_renewed_fails_the_member_not_the_thread(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """The token's renewal runs inside the stream's request (`etcd_auth`) and raises etcd3gw's
+    errors (a slow member) or EtcdAuthError (a rotated password): the old watch caught neither
+    and its thread ended with a traceback ("etcd watch stopped"), once per follower poll.  Now
+    a failed member: paced retries, one line.  Pauses are recorded, not waited."""
+
+    def renew(self: etcd_auth.TokenAuth, url: str, stale: str) -> str:
+        raise error
+
+    monkeypatch.setattr(etcd_auth.TokenAuth, "_renew", renew)
+    member = FakeMember(hold)
+    pauses: list[int] = []
+
+    class Recorded(LogWatch):
+        def _pause(self) -> None:
+            pauses.append(1)
+            if len(pauses) == 3:
+                self._stopping.set()
+
+    settings = dataclasses.replace(member.settings(2), user="u", password="p")
+    with caplog.at_level(logging.WARNING):
+        watch = Recorded(EtcdLog(settings), 1, lambda: None, idle_s=5.0)
+        try:
+            wait_for(lambda: not watch.alive, "three pauses")
+        finally:
+            watch.stop()
+            member.close()
+    assert len(pauses) == 3 and member.attempts == 0
+    assert not [r for r in caplog.records if "etcd watch stopped" in r.getMessage()]
+    lines = [r for r in caplog.records if "etcd watch on" in r.getMessage()]
+    assert len(lines) == 1 and type(error).__name__ in lines[0].getMessage()
+    refused = isinstance(error, etcd_auth.EtcdAuthError)
+    assert lines[0].levelno == (logging.ERROR if refused else logging.WARNING)
