@@ -252,6 +252,20 @@ class Settings:
         return _secret_text("etcd_password", path, data)
 
     @property
+    def etcd_cleartext_warning(self) -> str:
+        """The start-up warning of an etcd user without etcd TLS ("" when there is none).
+
+        A warning, not a refusal, for now: the test labs' etcd clusters are plain HTTP (no TLS
+        fixture yet).  The management network is hostile, so production gives etcd_tls_ca."""
+        if not self.etcd_user or self.etcd_tls_ca or self.etcd_tls_cert:
+            return ""
+        return (
+            f"INSECURE: etcd_user {self.etcd_user!r} without etcd TLS (no etcd_tls_ca): the "
+            "password (at each authenticate) and the token (on every call) cross the "
+            "management network in clear text; set etcd_tls_ca (docs/ha.md, 'Operating it')"
+        )
+
+    @property
     def ofp_tls(self) -> bool:
         return bool(self.ofp_tls_key)
 

@@ -28,7 +28,8 @@ class EtcdSettings:
     # this: without it, a cluster without quorum whose members still accept connections held
     # a write for timeout_s + n x attempt_timeout_s + n x timeout_s (9.5 s for 3 members and
     # the defaults; 5 s with this one).  The first long attempt is always made (a slow but
-    # working cluster still answers).
+    # working cluster still answers).  With ``user``, an attempt that must first authenticate
+    # can take two of its timeouts, so such a call may end up to one attempt later than this.
     call_timeout_s: float = 6.0
     # A watch stream silent for this long is opened again (on the same member; on the next one
     # if that one does not even confirm the new watch): a frozen member is left within twice

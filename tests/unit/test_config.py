@@ -317,3 +317,30 @@ def test_a_secret_file_that_is_not_utf8_is_refused_without_its_bytes(tmp_path: P
     with pytest.raises(config.ConfigError) as token:
         config.load(_args(), environ={"TENANTNET_AUTH_TOKEN_FILE": str(path)})
     assert "is not UTF-8" in str(token.value) and "xe9" not in str(token.value)
+
+
+def test_an_etcd_user_without_etcd_tls_is_a_loud_start_up_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The password (authenticate) and the token (every call) would cross the management
+    network in clear text: one warning line at start naming etcd_tls_ca, never the password
+    (old code: nothing)."""
+    import logging
+
+    from controller import service
+
+    path = tmp_path / "pw"
+    path.write_text(SECRET)
+    path.chmod(0o600)
+    argv = ("--store", "etcd://127.0.0.1:1", "--etcd-user", "tn", "--etcd-password-file", str(path))
+    s = config.load(_args(*argv), environ={})
+    with caplog.at_level(logging.WARNING):
+        service._southbound_security(s)
+    lines = [r.getMessage() for r in caplog.records if "etcd_user" in r.getMessage()]
+    assert len(lines) == 1 and "INSECURE" in lines[0] and "etcd_tls_ca" in lines[0]
+    assert SECRET not in caplog.text
+    with_tls = config.load(_args(*argv, "--etcd-tls-ca", str(path)), environ={})
+    assert with_tls.etcd_cleartext_warning == ""
+    assert (
+        config.load(_args("--store", "etcd://127.0.0.1:1"), environ={}).etcd_cleartext_warning == ""
+    )
