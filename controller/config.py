@@ -8,6 +8,7 @@ API belongs on a public network.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import re
@@ -212,44 +213,17 @@ class Settings:
             cert=self.etcd_tls_cert,
             key=self.etcd_tls_key,
             user=self.etcd_user,
-            password=self._etcd_password(),
+            password=self._etcd_password,
             snapshot_every=self.etcd_snapshot_every,
             log_margin=self.etcd_log_margin,
         )
 
+    @functools.cached_property
     def _etcd_password(self) -> str:
-        """The etcd user's password, from ``etcd_password_file`` ("" without a user).
-
-        The file is opened once and checked and read through that one descriptor (a check of
-        the path and a separate open could see two different files); it is refused when another
-        user could read it or replace its content, or another user owns it: a password anyone
-        on the host can read protects nothing (the same rule as ssh's keys)."""
+        """The etcd user's password, from ``etcd_password_file`` ("" without a user): read
+        (and checked, `read_secret`) once, by `validate` at start; `etcd` reuses it."""
         path = self.etcd_password_file
-        if not path:
-            return ""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as exc:
-            raise ConfigError(f"etcd_password_file: cannot read {path}: {exc.strerror}") from None
-        with os.fdopen(fd, "rb") as file:
-            info = os.fstat(fd)
-            mode = stat.S_IMODE(info.st_mode)
-            if not stat.S_ISREG(info.st_mode):
-                raise ConfigError(f"etcd_password_file: {path} is not a regular file")
-            if info.st_uid not in (os.geteuid(), 0):
-                raise ConfigError(
-                    f"etcd_password_file: {path} belongs to another user (uid {info.st_uid}); "
-                    "it must be this user's or root's"
-                )
-            if info.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
-                raise ConfigError(
-                    f"etcd_password_file: {path} is readable or writable by other users (mode "
-                    f"{mode:04o}); make it private, e.g. chmod 600 {path}"
-                )
-            data = file.read(64 * 1024 + 1)
-        if len(data) > 64 * 1024:
-            raise ConfigError(f"etcd_password_file: {path} is over 64 KiB")
-        return _secret_text("etcd_password", path, data)
+        return read_secret("etcd_password", path) if path else ""
 
     @property
     def etcd_cleartext_warning(self) -> str:
@@ -377,7 +351,7 @@ class Settings:
             return
         if bool(self.etcd_user.strip()) != bool(self.etcd_password_file):
             raise ConfigError("etcd_user and etcd_password_file go together")
-        self._etcd_password()  # readable, private, not empty
+        self._etcd_password  # noqa: B018 (read now: readable, private, not empty)
         try:
             parse_url(self.store)
         except ValueError as exc:
@@ -549,12 +523,40 @@ def file_settings(cfg_file: str) -> dict[str, object]:
     return section
 
 
+MAX_SECRET_BYTES = 64 * 1024
+
+
 def read_secret(name: str, path: str) -> str:
-    """A secret from a file: its content without the final newline; empty is an error."""
+    """A secret from a file (``{name}_file``): its content without the final newline.
+
+    Every secret file is held to ssh's rule for keys: it is refused when another user could
+    read it or replace its content (world-readable, group- or world-writable) or another user
+    than this one or root owns it, since a secret anyone on the host can read protects
+    nothing.  The file is opened once and checked (fstat) and read through that descriptor:
+    a check of the path and a separate open could see two different files.  Empty, over
+    MAX_SECRET_BYTES, not a regular file or not UTF-8 is an error too."""
+    setting = f"{name}_file"
     try:
-        data = Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
-        raise ConfigError(f"{name}_file: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{setting}: {path} is not a regular file")
+        if info.st_uid not in (os.geteuid(), 0):
+            raise ConfigError(
+                f"{setting}: {path} belongs to another user (uid {info.st_uid}); it must be "
+                f"this user's (uid {os.geteuid()}) or root's: chown {os.geteuid()} {path}"
+            )
+        if info.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
+            raise ConfigError(
+                f"{setting}: {path} is readable or writable by other users (mode "
+                f"{stat.S_IMODE(info.st_mode):04o}); make it private: chmod 600 {path}"
+            )
+        data = file.read(MAX_SECRET_BYTES + 1)
+    if len(data) > MAX_SECRET_BYTES:
+        raise ConfigError(f"{setting}: {path} is over {MAX_SECRET_BYTES // 1024} KiB")
     return _secret_text(name, path, data)
 
 

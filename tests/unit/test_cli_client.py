@@ -54,6 +54,7 @@ def api(store: Store, tmp_path: Path) -> Iterator[str]:
 def token_file(tmp_path: Path) -> str:
     path = tmp_path / "token"
     path.write_text(TOKEN + "\n")
+    path.chmod(0o600)  # a secret file others can read is refused (`config.read_secret`)
     return str(path)
 
 
@@ -170,6 +171,14 @@ def test_the_servers_config_file_is_enough(tmp_path: Path, token_file: str) -> N
                    'basic_password = "p"\n')  # fmt: skip
     target = apiclient.resolve(_args(config=cfg), {})
     assert target.url == "https://[::1]:443" and target.basic == ("u", "p")
+
+
+def test_a_token_file_others_can_read_is_refused_as_the_server_refuses_it(
+    token_file: str,
+) -> None:
+    Path(token_file).chmod(0o644)
+    with pytest.raises(apiclient.CliError, match=rf"auth_token_file: .* chmod 600 {token_file}"):
+        apiclient.resolve(_args(auth_token_file=token_file), {})
 
 
 def test_flags_beat_the_environment_which_beats_the_file(tmp_path: Path) -> None:

@@ -16,6 +16,13 @@ def _args(*argv: str) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
+def _private(path: Path, text: str) -> Path:
+    """A secret file as an operator must write it (mode 0600: umask 022 would give 0644)."""
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
 def test_defaults_are_loopback_only() -> None:
     s = config.load(_args(), environ={})
     assert s.api_listen == "127.0.0.1:9696" and s.ofp_listen == "127.0.0.1:6653"
@@ -114,10 +121,8 @@ def test_empty_secrets_and_contradictions_are_errors(
 
 
 def test_secrets_come_from_files_or_the_environment(tmp_path: Path) -> None:
-    token = tmp_path / "token"
-    token.write_text("s3cret\n")
-    password = tmp_path / "password"
-    password.write_text("pw\r\n")
+    token = _private(tmp_path / "token", "s3cret\n")
+    password = _private(tmp_path / "password", "pw\r\n")
     s = config.load(
         _args("--auth-token-file", str(token), "--basic-user", "cs"),
         environ={"TENANTNET_BASIC_PASSWORD_FILE": str(password)},
@@ -129,14 +134,12 @@ def test_secrets_come_from_files_or_the_environment(tmp_path: Path) -> None:
 
 
 def test_secret_files_must_exist_hold_something_and_not_double_a_value(tmp_path: Path) -> None:
-    empty = tmp_path / "empty"
-    empty.write_text("\n")
+    empty = _private(tmp_path / "empty", "\n")
     with pytest.raises(config.ConfigError, match=r"auth_token_file.*empty"):
         config.load(_args("--auth-token-file", str(empty)), environ={})
     with pytest.raises(config.ConfigError, match=r"auth_token_file.*cannot read"):
         config.load(_args("--auth-token-file", str(tmp_path / "missing")), environ={})
-    token = tmp_path / "token"
-    token.write_text("t")
+    token = _private(tmp_path / "token", "t")
     with pytest.raises(config.ConfigError, match="auth_token is given twice"):
         config.load(
             _args("--auth-token-file", str(token)), environ={"TENANTNET_AUTH_TOKEN": "other"}
@@ -247,62 +250,112 @@ def test_bad_snapshot_settings_are_named(name: str, value: str) -> None:
 
 
 SECRET = "pw-\u00e9t\u00e9-1234"
+ETCD = ("--store", "etcd://127.0.0.1:1", "--etcd-user", "tn")
 
 
 def _etcd_password(path: Path) -> str:
+    # /etc/hostname: any readable file passes as the CA here (nothing connects)
     s = config.load(
-        _args("--store", "etcd://127.0.0.1:1", "--etcd-user", "tn",
-              "--etcd-password-file", str(path)),
+        _args(*ETCD, "--etcd-tls-ca", "/etc/hostname", "--etcd-password-file", str(path)),
         environ={},
-    )  # fmt: skip
+    )
     assert s.etcd is not None
     return s.etcd.password
 
 
-@pytest.mark.parametrize("mode", [0o602, 0o620, 0o604])
-def test_an_etcd_password_file_others_can_write_or_read_is_refused(
-    tmp_path: Path, mode: int
+def _secret(setting: str, path: Path) -> str:
+    """The secret ``{setting}_file`` names, loaded as the controller loads it."""
+    if setting == "etcd_password":
+        return _etcd_password(path)
+    if setting == "basic_password":
+        return config.load(_args("--basic-user", "u", "--basic-password-file", str(path)),
+                           environ={}).basic_password  # fmt: skip
+    return config.load(_args("--auth-token-file", str(path)), environ={}).auth_token
+
+
+SECRET_SETTINGS = ("auth_token", "basic_password", "etcd_password")
+
+
+@pytest.mark.parametrize("setting", SECRET_SETTINGS)
+@pytest.mark.parametrize("mode", [0o602, 0o620, 0o604, 0o644], ids=oct)
+def test_a_secret_file_others_can_write_or_read_is_refused(
+    tmp_path: Path, setting: str, mode: int
 ) -> None:
-    """World- or group-writable: another user could put their own password in (old code
-    checked only that it was not world-readable)."""
-    path = tmp_path / "pw"
-    path.write_text(SECRET + "\n")
-    path.chmod(0o600)
-    assert _etcd_password(path) == SECRET
+    """Every secret file, not only etcd_password_file: world-readable, group- or
+    world-writable (another user could put their own token in) is refused, naming the setting,
+    the file and the fix (old code: auth_token_file and basic_password_file unchecked)."""
+    path = _private(tmp_path / "secret", SECRET + "\n")
+    assert _secret(setting, path) == SECRET
+    path.chmod(0o640)  # group-readable: a group of the operator's choosing, accepted
+    assert _secret(setting, path) == SECRET
     path.chmod(mode)
-    with pytest.raises(config.ConfigError, match=r"etcd_password_file: .* by other users"):
-        _etcd_password(path)
+    with pytest.raises(config.ConfigError) as refused:
+        _secret(setting, path)
+    message = str(refused.value)
+    assert message.startswith(f"{setting}_file: {path} is readable or writable by other users")
+    assert f"chmod 600 {path}" in message and SECRET not in message
 
 
-def test_an_etcd_password_file_of_another_user_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("setting", SECRET_SETTINGS)
+def test_a_secret_file_of_another_user_is_refused(tmp_path: Path, setting: str) -> None:
     import os
 
     if os.geteuid() != 0:
         pytest.skip("needs root to chown")
-    path = tmp_path / "pw"
-    path.write_text(SECRET)
-    path.chmod(0o600)
+    path = _private(tmp_path / "secret", SECRET)
     os.chown(path, 65534, 65534)  # nobody
-    with pytest.raises(config.ConfigError, match=r"etcd_password_file: .* another user"):
-        _etcd_password(path)
+    with pytest.raises(config.ConfigError, match=rf"{setting}_file: .* another user .* chown"):
+        _secret(setting, path)
 
 
-def test_the_etcd_password_file_is_checked_and_read_as_one_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("setting", SECRET_SETTINGS)
+def test_a_secret_file_is_checked_and_read_as_one_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str
 ) -> None:
     """The file checked is the file read: a path check (os.stat) that saw a private file
     while the open got a world-readable one (swapped meanwhile) must not pass."""
     import os
 
-    path = tmp_path / "pw"
+    path = tmp_path / "secret"
     path.write_text(SECRET)
     path.chmod(0o644)
     real_stat = os.stat
     private = os.stat_result((0o100600, *real_stat(path)[1:]))
     monkeypatch.setattr(os, "stat", lambda p, *a, **k: private if str(p) == str(path)
                         else real_stat(p, *a, **k))  # fmt: skip
-    with pytest.raises(config.ConfigError, match=r"etcd_password_file: .* by other users"):
-        _etcd_password(path)
+    with pytest.raises(config.ConfigError, match=rf"{setting}_file: .* by other users"):
+        _secret(setting, path)
+
+
+def test_a_secret_that_is_not_a_regular_file_or_too_long_is_refused(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(config.ConfigError, match=r"auth_token_file: .* not a regular file"):
+        _secret("auth_token", fifo)  # and no wait for a writer that never comes
+    big = _private(tmp_path / "big", "x" * (64 * 1024 + 1))
+    with pytest.raises(config.ConfigError, match=r"auth_token_file: .* over 64 KiB"):
+        _secret("auth_token", big)
+
+
+def test_the_etcd_password_file_is_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked by `validate` and used by `Settings.etcd`, the file is read once (old code:
+    twice, and any later `.etcd` read it again)."""
+    path = _private(tmp_path / "pw", SECRET)
+    reads: list[str] = []
+    real = config.read_secret
+    monkeypatch.setattr(config, "read_secret", lambda n, p: reads.append(n) or real(n, p))
+    s = config.load(
+        _args(*ETCD, "--etcd-tls-ca", "/etc/hostname", "--etcd-password-file", str(path)),
+        environ={},
+    )
+    path.write_text("changed")
+    assert s.etcd is not None and s.etcd.password == SECRET
+    assert s.etcd.password == SECRET
+    assert reads == ["etcd_password"]
 
 
 def test_a_secret_file_that_is_not_utf8_is_refused_without_its_bytes(tmp_path: Path) -> None:

@@ -73,6 +73,7 @@ def test_sigterm_stops_a_running_controller_and_the_log_states_the_auth_mode(
 ) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret\n")
+    token.chmod(0o600)  # a secret file others can read is refused
     port = free_port()
     proc = _serve(tmp_path, port, "--auth-token-file", str(token))
     deadline = time.monotonic() + WAIT
