@@ -183,8 +183,6 @@ def _store_copy(args: argparse.Namespace) -> int:
         settings = config.load(argparse.Namespace(store=url, **extra), environ={})
         etcd = settings.etcd
         assert etcd is not None
-        if settings.etcd_cleartext_warning:
-            print(f"tenantnet store-copy: {settings.etcd_cleartext_warning}", file=sys.stderr)
         if to_etcd:
             size = transfer.sqlite_to_etcd(args.source, etcd, replace=args.replace)
             print(f"copied {args.source} into {url} (prefix {etcd.prefix}, {size} bytes)")

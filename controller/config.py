@@ -226,20 +226,6 @@ class Settings:
         return read_secret("etcd_password", path) if path else ""
 
     @property
-    def etcd_cleartext_warning(self) -> str:
-        """The start-up warning of an etcd user without etcd TLS ("" when there is none).
-
-        A warning, not a refusal, for now: the test labs' etcd clusters are plain HTTP (no TLS
-        fixture yet).  The management network is hostile, so production gives etcd_tls_ca."""
-        if not self.etcd_user or self.etcd_tls_ca or self.etcd_tls_cert:
-            return ""
-        return (
-            f"INSECURE: etcd_user {self.etcd_user!r} without etcd TLS (no etcd_tls_ca): the "
-            "password (at each authenticate) and the token (on every call) cross the "
-            "management network in clear text; set etcd_tls_ca (docs/ha.md, 'Operating it')"
-        )
-
-    @property
     def ofp_tls(self) -> bool:
         return bool(self.ofp_tls_key)
 
@@ -351,6 +337,15 @@ class Settings:
             return
         if bool(self.etcd_user.strip()) != bool(self.etcd_password_file):
             raise ConfigError("etcd_user and etcd_password_file go together")
+        if self.etcd_user and not (self.etcd_tls_ca or self.etcd_tls_cert):
+            # A refusal, not a warning: on the hostile management network the password (at
+            # each authenticate) and the token (on every call) would travel in clear text.
+            raise ConfigError(
+                f"etcd_user {self.etcd_user!r} needs etcd TLS: give etcd_tls_ca (the CA of the "
+                "etcd members' certificates, and https:// client URLs on the members); without "
+                "it the password and the token would cross the network in clear text "
+                "(docs/ha.md, 'Operating it')"
+            )
         self._etcd_password  # noqa: B018 (read now: readable, private, not empty)
         try:
             parse_url(self.store)

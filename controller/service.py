@@ -74,8 +74,7 @@ def _start_os_ken(settings: Settings, fd_budget: int) -> tuple[Any, Any]:
 
 def _southbound_security(s: Settings) -> None:
     """TLS for OVSDB ``ssl:`` targets, or the loud warning of development mode; and a warning
-    when python-ovs has no C JSON parser (a slower restart, README 'Performance'), or when the
-    etcd password and token would travel in clear text (no etcd TLS)."""
+    when python-ovs has no C JSON parser (a slower restart, README 'Performance')."""
     from controller.southbound.ovsdb_host import json_parser_is_c
 
     if not json_parser_is_c():
@@ -84,8 +83,6 @@ def _southbound_security(s: Settings) -> None:
             "each host's OVSDB costs ~4x the CPU and restarts reconcile later (README, "
             "'Performance': how to use python3-openvswitch's parser)"
         )
-    if s.etcd_cleartext_warning:
-        LOG.warning("%s", s.etcd_cleartext_warning)
     if s.ofp_tls:
         tls.configure_ovsdb_client(*s.ovsdb_tls_files)
         return

@@ -4,6 +4,11 @@ The tests of the etcd store backend and, later, the HA scenarios run tenantnet a
 cluster: real Raft, real quorum loss when members are stopped, real HTTP gateway that etcd3gw
 talks to.  Each member has its own data directory under the given temporary directory; every
 process started here is stopped by `stop` (and only those: they are tracked by pid).
+
+With ``tls=True`` the members serve their clients over https only (``--cert-file``/``--key-file``,
+certificates made with OVS's ``ovs-pki`` as the southbound TLS tests make theirs: `lab.pki`),
+under the certificate's name ``localhost``; peers stay on plain http (loopback, and no client
+setting depends on them).  `client_settings` gives the matching `EtcdSettings` (the CA set).
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from lab.pki import API_NAME, Pki
 from lab.tenantnet_proc import DIRECT, free_port
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -33,10 +41,11 @@ class Member:
     data_dir: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
+    host: str = "127.0.0.1"  # what clients connect to (with TLS: the certificate's name)
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
+        return f"{self.host}:{self.client_port}"
 
 
 @dataclass
@@ -48,6 +57,9 @@ class EtcdCluster:
     members: list[Member] = field(default_factory=list)
     # more etcd flags for every member (e.g. ``--auth-token-ttl``)
     extra_args: list[str] = field(default_factory=list)
+    # clients talk https to every member (certificates from ovs-pki, `lab.pki`)
+    tls: bool = False
+    pki: Pki | None = None
 
     def __post_init__(self) -> None:
         token = f"tenantnet-{os.getpid()}-{free_port()}"
@@ -59,9 +71,40 @@ class EtcdCluster:
         for i in range(self.size):
             name = f"m{i}"
             client, peer = ports[2 * i], ports[2 * i + 1]
+            host = API_NAME if self.tls else "127.0.0.1"  # "localhost": the name certified
             self.members.append(
-                Member(name, client, peer, self.root / name, self.root / f"{name}.log")
+                Member(name, client, peer, self.root / name, self.root / f"{name}.log", host=host)
             )
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def ca(self) -> str:
+        """The CA file clients verify the members' certificate with ("" without TLS)."""
+        return self.pki.controller_ca if self.pki is not None else ""
+
+    def http(self, member: Member, path: str, body: dict[str, Any] | None = None) -> Any:
+        """``GET`` (or ``POST`` ``body``) ``path`` on one member; its JSON answer.  Over https
+        with TLS, verifying the member's certificate."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.scheme}://{member.endpoint}{path}", data=data)
+        opener = DIRECT
+        if self.pki is not None:
+            context = ssl.create_default_context(cafile=self.ca)
+            https = urllib.request.HTTPSHandler(context=context)
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), https)
+        with opener.open(request, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def client_settings(self, **settings: Any) -> Any:
+        """`EtcdSettings` for a store on this cluster (every member, the CA with TLS), with
+        ``settings`` (a prefix, credentials, timeouts) on top."""
+        from controller.store.etcd_settings import EtcdSettings
+
+        endpoints = tuple((m.host, m.client_port) for m in self.members)
+        return EtcdSettings(endpoints, **{"ca_cert": self.ca, **settings})
 
     @property
     def endpoints(self) -> list[str]:
@@ -78,12 +121,17 @@ class EtcdCluster:
     def start_member(self, member: Member) -> None:
         """Start (or restart, on its data directory) one member."""
         member.data_dir.mkdir(parents=True, exist_ok=True)
+        client_url = f"{self.scheme}://127.0.0.1:{member.client_port}"
+        tls: list[str] = []
+        if self.pki is not None:
+            tls = ["--cert-file", self.pki.cert(API_NAME), "--key-file", self.pki.key(API_NAME)]
         args = [
             ETCD,
             "--name", member.name,
             "--data-dir", str(member.data_dir),
-            "--listen-client-urls", f"http://127.0.0.1:{member.client_port}",
-            "--advertise-client-urls", f"http://127.0.0.1:{member.client_port}",
+            "--listen-client-urls", client_url,
+            "--advertise-client-urls", f"{self.scheme}://{member.endpoint}",
+            *tls,
             "--listen-peer-urls", f"http://127.0.0.1:{member.peer_port}",
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{member.peer_port}",
             "--initial-cluster", self._initial_cluster(),
@@ -123,11 +171,7 @@ class EtcdCluster:
         for m in self.members:
             if m.proc is None:
                 continue
-            request = urllib.request.Request(
-                f"http://{m.endpoint}/v3/maintenance/status", data=b"{}", method="POST"
-            )
-            with DIRECT.open(request, timeout=5) as resp:
-                status = json.loads(resp.read())
+            status = self.http(m, "/v3/maintenance/status", {})
             if status.get("leader") and status["leader"] == status.get("header", {}).get(
                 "member_id"
             ):
@@ -137,6 +181,8 @@ class EtcdCluster:
     def start(self, timeout: float = 30.0) -> None:
         if not os.path.exists(ETCD):
             raise RuntimeError("etcd is not installed (Debian package etcd-server)")
+        if self.tls and self.pki is None:
+            self.pki = Pki.create(self.root / "pki", hosts=[])
         try:
             for m in self.members:
                 self.start_member(m)
@@ -156,11 +202,9 @@ class EtcdCluster:
                     raise RuntimeError(f"etcd {m.name} not healthy: {m.log.read_text()[-2000:]}")
                 time.sleep(0.1)
 
-    @staticmethod
-    def _healthy(m: Member) -> bool:
+    def _healthy(self, m: Member) -> bool:
         try:
-            with DIRECT.open(f"http://{m.endpoint}/health", timeout=2) as resp:
-                return bool(json.loads(resp.read()).get("health") == "true")
+            return bool(self.http(m, "/health").get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False
 

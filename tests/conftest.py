@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +60,22 @@ def etcd_cluster() -> Iterator[Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _etcd_test_settings(cluster: Any, **settings: Any) -> Any:
+    return cluster.client_settings(
+        **{"prefix": f"/t-{uuid.uuid4().hex[:12]}/", "timeout_s": 1.0, **settings}
+    )
+
+
+@pytest.fixture
+def etcd_settings_for() -> Callable[..., Any]:
+    """``etcd_settings_for(cluster, **settings)``: `EtcdSettings` for a store on ``cluster``
+    (`EtcdCluster.client_settings`: every member, its CA with TLS) under a key prefix of the
+    test's own, with a 1 s timeout, and ``settings`` (e.g. credentials) on top: the shape of
+    every etcd test's settings (`etcd_settings`, the auth tests' own cluster's)."""
+    return _etcd_test_settings
+
+
 @pytest.fixture
 def etcd_settings(etcd_cluster: Any) -> Any:
     """Settings for a store on the session cluster under a prefix of this test's own."""
-    from controller.store.etcd_settings import EtcdSettings
-
-    endpoints = tuple(("127.0.0.1", m.client_port) for m in etcd_cluster.members)
-    return EtcdSettings(endpoints, prefix=f"/t-{uuid.uuid4().hex[:12]}/", timeout_s=1.0)
+    return _etcd_test_settings(etcd_cluster)

@@ -372,28 +372,20 @@ def test_a_secret_file_that_is_not_utf8_is_refused_without_its_bytes(tmp_path: P
     assert "is not UTF-8" in str(token.value) and "xe9" not in str(token.value)
 
 
-def test_an_etcd_user_without_etcd_tls_is_a_loud_start_up_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_an_etcd_user_without_etcd_tls_is_refused_naming_etcd_tls_ca(tmp_path: Path) -> None:
     """The password (authenticate) and the token (every call) would cross the management
-    network in clear text: one warning line at start naming etcd_tls_ca, never the password
-    (old code: nothing)."""
-    import logging
+    network in clear text: the controller and store-copy refuse to start, naming
+    etcd_tls_ca, never the password (before: an INSECURE warning, and it ran)."""
+    from controller.cli import main
 
-    from controller import service
-
-    path = tmp_path / "pw"
-    path.write_text(SECRET)
-    path.chmod(0o600)
-    argv = ("--store", "etcd://127.0.0.1:1", "--etcd-user", "tn", "--etcd-password-file", str(path))
-    s = config.load(_args(*argv), environ={})
-    with caplog.at_level(logging.WARNING):
-        service._southbound_security(s)
-    lines = [r.getMessage() for r in caplog.records if "etcd_user" in r.getMessage()]
-    assert len(lines) == 1 and "INSECURE" in lines[0] and "etcd_tls_ca" in lines[0]
-    assert SECRET not in caplog.text
-    with_tls = config.load(_args(*argv, "--etcd-tls-ca", str(path)), environ={})
-    assert with_tls.etcd_cleartext_warning == ""
-    assert (
-        config.load(_args("--store", "etcd://127.0.0.1:1"), environ={}).etcd_cleartext_warning == ""
-    )
+    path = _private(tmp_path / "pw", SECRET)
+    argv = (*ETCD, "--etcd-password-file", str(path))
+    with pytest.raises(config.ConfigError) as refused:
+        config.load(_args(*argv), environ={})
+    assert "etcd_tls_ca" in str(refused.value) and SECRET not in str(refused.value)
+    assert str(refused.value).startswith("etcd_user 'tn' needs etcd TLS")
+    with_tls = config.load(_args(*argv, "--etcd-tls-ca", "/etc/hostname"), environ={})
+    assert with_tls.etcd is not None and with_tls.etcd.protocol == "https"
+    assert config.load(_args("--store", "etcd://127.0.0.1:1"), environ={}).etcd is not None
+    assert main(["store-copy", str(tmp_path / "x.db"), "etcd://127.0.0.1:1",
+                 "--etcd-user", "tn", "--etcd-password-file", str(path)]) == 1  # fmt: skip
