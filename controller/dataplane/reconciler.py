@@ -216,6 +216,9 @@ class DataPlane:
         )
         self._dirty: set[Unit] = set()
         self._retry: dict[Unit, tuple[int, float]] = {}  # failed unit -> (failures, due at)
+        # host -> conntrack zones planned to be flushed there and not yet taken by its switch
+        # (`_flush_zones`): a flush is planned once (the firewall forgets the port that left)
+        self._unflushed: dict[str, set[int]] = {}
         self._inbox: queue.Queue[tuple[str, tuple[Any, ...]]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -864,21 +867,25 @@ class DataPlane:
                 writes.setdefault(h, []).append((owner, group, after))
             indexed = len(plan.writes)
             host_writes = writes.pop(host_id, ())
+            if plan.ct_flushes.get(host_id):
+                self._unflushed.setdefault(host_id, set()).update(plan.ct_flushes[host_id])
             try:
                 for owner, group, after in host_writes:
                     _record(self.hosts[host_id], owner, group, after)
                 if host_id in plan.diffs:
                     self._send(self.hosts[host_id], merge_diffs(plan.diffs[host_id]), batch)
-                zones = sorted(set(plan.ct_flushes.get(host_id, ())))
-                rt = self.hosts.get(host_id)
-                if zones and rt is not None and self.switches.flush_ct_zones(rt.dpid, zones):
-                    self.stats.ct_zones_flushed += len(zones)
-                    LOG.info("host %s: conntrack zones %s flushed", host_id, zones)
+                self._flush_zones(host_id)
             except Exception as exc:
                 self._not_sent(host_id, batch, exc)
 
         plan = self.planner.plan(due, self.inputs, release)
         take_decisions(plan)
+        released = plan.diffs.keys() | plan.ct_flushes.keys()
+        for host_id in [h for h in self._unflushed if h not in released]:
+            try:  # e.g. the host re-read after its flush raised: nothing else to send it first
+                self._flush_zones(host_id)
+            except Exception as err:
+                self._not_sent(host_id, batch, err)
         failed = {unit for unit, _ in plan.failed}
         for unit, exc in plan.failed:
             self._failed(unit, exc, now)
@@ -930,6 +937,26 @@ class DataPlane:
             "host %s: %d gratuitous ARPs for a router interface %s",
             host_id, len(frames), "sent" if sent else "not sent (switch gone)",
         )  # fmt: skip
+
+    def _flush_zones(self, host_id: str) -> None:
+        """Send the host's conntrack zone flushes, after its diff of the step (if any) on the
+        same connection.  A zone stays in ``_unflushed`` until the switch took its flush: one
+        whose flush (or the step's send before it) raised, or whose switch was gone, is sent
+        once the host is ready again (re-read, `_not_sent`).  Nothing else would send it: the
+        step that planned it also made the firewall forget the port that left, so the host's
+        plan after the re-read flushes nothing (the departed port's connections would stay in
+        conntrack, where a new port given its ofport, the zone, would meet them)."""
+        zones = self._unflushed.get(host_id)
+        rt = self.hosts.get(host_id)
+        if rt is None or not zones:
+            self._unflushed.pop(host_id, None)  # a removed host: its switch is not ours
+            return
+        if not rt.ready or not self.owns(host_id):
+            return
+        if self.switches.flush_ct_zones(rt.dpid, sorted(zones)):
+            del self._unflushed[host_id]
+            self.stats.ct_zones_flushed += len(zones)
+            LOG.info("host %s: conntrack zones %s flushed", host_id, sorted(zones))
 
     def _not_sent(self, host_id: str, batch: Batch, exc: Exception) -> None:
         """Sending the host its part of the step raised (a flow-mod that does not encode, a

@@ -459,6 +459,56 @@ def test_a_host_whose_send_raises_is_re_read_and_the_other_hosts_are_sent(
     assert cloud.dp.status()["idle"]
 
 
+@pytest.mark.parametrize("raises", ["flush", "send"])
+def test_a_zone_flush_lost_to_a_raising_send_is_sent_after_the_re_read(
+    cloud: Cloud, raises: str
+) -> None:
+    """A filtered port leaves hv1; in that step either the zone flush raises after hv1's
+    bundle went out, or the bundle's send raises before the flush.  hv1's switch is re-read
+    and planned again, and its zone is flushed then, after the flows that used it are gone.
+    The old actor dropped the flush: the step had already made the firewall forget the port,
+    so the plan after the re-read flushed nothing and the port's connections stayed in
+    conntrack (where a port later given its ofport, the zone, would meet them)."""
+    hv1 = datapath_id_for("hv1")
+    resyncs: list[int] = []
+
+    class RaisingOnce(FakeSwitches):
+        armed = ""
+
+        def apply(self, dpid: int, diff: FlowDiff, on_done: Callable[[bool], None]) -> bool:
+            if self.armed == "send" and dpid == hv1:
+                self.armed = ""
+                raise ValueError("cannot encode")
+            return super().apply(dpid, diff, on_done)
+
+        def flush_ct_zones(self, dpid: int, zones: list[int]) -> bool:
+            if self.armed == "flush" and dpid == hv1:
+                self.armed = ""
+                raise ValueError("cannot encode")
+            return super().flush_ct_zones(dpid, zones)
+
+        def resync(self, dpid: int) -> None:
+            resyncs.append(dpid)
+            cloud.dp.switch_ready(dpid, self.installed(dpid))  # what a re-read reports
+
+    switches = RaisingOnce()
+    net = _network_of_hv1_hv2(cloud, switches)
+    leaving = cloud.port(net, "hv1", 7)  # in the project's default group: filtered, zone 7
+    cloud.idle()
+    sg_kind = t.OwnerKind.SECURITY_GROUP
+    assert any(t.owner_kind(r.cookie) == sg_kind for r in cloud.flows("hv1").rules)
+    flushed_before = cloud.dp.stats.ct_zones_flushed
+    switches.armed = raises
+    FakeAgent.instances["hv1"].unplug(leaving["id"])
+    cloud.idle()
+    assert _wait_until(lambda: switches.flushed)
+    assert not switches.armed and resyncs == [hv1]
+    assert switches.flushed == [(hv1, [7])]
+    assert cloud.dp.stats.ct_zones_flushed == flushed_before + 1
+    assert leaving["mac_address"] not in _macs(cloud.flows("hv1"))
+    assert cloud.dp.status()["idle"]
+
+
 class HoldingSwitches(FakeSwitches):
     """Applies at once but confirms the hosts in `held` only when `release` is called."""
 
