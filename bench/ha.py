@@ -38,6 +38,8 @@ FAILOVER_VMS = {"control": ("fo1", "0a:00:00:02:00:01", "10.100.253.1"),
 def _api_and_bulk(system: Any, sc: dict[str, Any], m: dict[str, Any]) -> list[Vm]:
     vms = setup_base(system, sc["N"])
     m["lat"] = latency(system, vms, sc["lat"], f"{sc['name']} {system.name} latency")
+    if sc.get("latency_only"):  # --ha-latency-only
+        return vms
     m["bulk"] = bulk(system, sc["P"], sc["N"])
     vms[0].wait_reachable(vms[1].ip, timeout=20)
     return vms
@@ -88,18 +90,22 @@ def failover(system: Any, vms: list[Vm], kind: str, vm: Vm, timeout: float = 60
 
 def run_ha(system: Any, sc: dict[str, Any]) -> dict[str, Any]:
     """One run: for tenantnet on etcd, first the same latency and bulk on one SQLite instance
-    (``m["sqlite"]``); then the clustered system: latency, bulk and both failovers."""
+    (``m["sqlite"]``); then the clustered system: latency, bulk and both failovers (with
+    ``latency_only``, from ``--ha-latency-only``: the latency alone, on each system)."""
     sqlite: dict[str, Any] | None = None
     if isinstance(system, EtcdTenantnetSystem):
         single = TenantnetSystem(sc["H"], bulk_chunk=system.bulk_chunk, lab_kwargs=HA_TN_LAB)
         with fresh_system(single, sc) as sqlite:
             _api_and_bulk(single, sc, sqlite)
     with fresh_system(system, sc) as m:
-        fo = {kind: system.lab.add_vm(1, name, mac, f"{ip}/16", system.iface_id(name))
-              for kind, (name, mac, ip) in FAILOVER_VMS.items()}
-        vms = _api_and_bulk(system, sc, m)
-        for kind in ("control", "store"):
-            m[f"failover_{kind}"] = failover(system, vms, kind, fo[kind])
+        if sc.get("latency_only"):  # --ha-latency-only: the port-ready rows alone
+            _api_and_bulk(system, sc, m)
+        else:
+            fo = {kind: system.lab.add_vm(1, name, mac, f"{ip}/16", system.iface_id(name))
+                  for kind, (name, mac, ip) in FAILOVER_VMS.items()}
+            vms = _api_and_bulk(system, sc, m)
+            for kind in ("control", "store"):
+                m[f"failover_{kind}"] = failover(system, vms, kind, fo[kind])
     if sqlite is not None:
         m["sqlite"] = sqlite
     return m

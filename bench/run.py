@@ -88,9 +88,11 @@ def ha_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     three clusters); quick: one run."""
     if args.no_ha or args.smoke:
         return []
-    size = {"H": 3, "P": 150, "N": 3, "lat": 10}
+    size: dict[str, Any] = {"H": 3, "P": 150, "N": 3, "lat": 10}
     if args.quick:
         size.update(P=60, lat=5, runs=1)
+    if args.ha_latency_only:
+        size["latency_only"] = True
     return [{"name": f"ha-h{size['H']}", "role": "ha", **size}]
 
 
@@ -155,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="quick: also the security-group data-plane rows (always in full)")
     ap.add_argument("--no-routing", action="store_true",
                     help="skip issue 16's routing scenario")
+    ap.add_argument("--ha-latency-only", action="store_true",
+                    help="issue 18's scenario: only the port-ready latency (no bulk, no "
+                         "failovers; about a third of the time), for A/B runs of that row")
     ap.add_argument("--no-ha", action="store_true",
                     help="skip issue 18's clustered scenario (etcd / SQLite / OVN Raft)")
     ap.add_argument("--routing-dataplane", action="store_true",
