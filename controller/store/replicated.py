@@ -17,10 +17,11 @@ etcd orders the transactions:
   So writes are serialised cluster-wide and two instances can never hand out the same id.
   Writes run on their own connection under their own lock: while one waits for etcd, the
   instance's reads go on (they see the last local commit; see `EtcdStore._write`).
-* **Every instance applies** new entries in order (a watch on the log rings; a poll covers a
-  silent watch) by executing their statements and its position in one local transaction, then
-  publishes their events: each data plane sees every change exactly once, in log order, also
-  after a reconnect or a restart (the position is durable with the data it describes).
+* **Every instance applies** new entries in order (on the watch's thread as they arrive, else
+  on the follower's, which the watch rings; a poll covers a silent watch) by executing their
+  statements and its position in one local transaction, then publishes their events: each
+  data plane sees every change exactly once, in log order, also after a reconnect or a
+  restart (the position is durable with the data it describes).
 * **API reads** first ask etcd for the head (a quorum read) and apply what is missing, so a
   read on any instance sees every write acknowledged before it.  Reads of the data plane are
   local (they follow the events anyway).  Without quorum, reads are served from the replica.
@@ -508,6 +509,53 @@ class EtcdStore(Store):
                 gap = any(seq > self.applied for seq in self._arrived)
         return arrived > 0 and not gap and not missed
 
+    def _watch_rang(self) -> None:
+        """The watch's ring, on its thread: apply what it delivered right here if nothing else
+        is changing the replica (`_apply_on_watch`), else ring the follower, as before."""
+        if not self._apply_on_watch():
+            self._doorbell.set()
+
+    def _apply_on_watch(self) -> bool:
+        """Apply, on the watch's thread, the entries it delivered; True when that is all the
+        follower would have done for this ring (it is then not woken).
+
+        Handing every entry to the follower's thread cost a thread wake-up per entry and
+        instance (0.3-0.7 ms median, 1-5 ms p90 on a loaded 2-core machine), and a port's
+        path to ACTIVE has two such hand-overs in a row: its create reaching the host's
+        owner, then the owner's ACTIVE reaching the instance that serves the wait.
+
+        The guarantees are those of `_apply_arrived`, under the same writer lock: entries in
+        log order, each once, from ``applied + 1``.  The lock is only tried: a write or the
+        follower holding it (possibly waiting for etcd) leaves the entries to the follower.
+        Everything that is not "the next entries arrived" stays the follower's: a ring for a
+        resync (a failed member, a compaction: it reads the log), an entry that did not fit
+        the bound, a gap, a follower that stopped (a log it cannot apply, or a test that
+        froze it), and an entry that fails to apply (the follower reads it from the log again
+        and reports the error)."""
+        watch = self._watch
+        if (
+            watch is None  # a ring while the watch is being made
+            or watch.resyncs != self._resyncs_seen
+            or self._stopping.is_set()
+            or not self._follower.is_alive()
+            or not self._writer.acquire(blocking=False)
+        ):
+            return False
+        try:
+            with self._arrived_lock:
+                if self._arrived_missed or self._stopping.is_set():
+                    return False
+            while (raw := self._take_arrived(self.applied + 1)) is not None:
+                self._apply(self.applied + 1, raw)
+            with self._arrived_lock:
+                return not any(seq > self.applied for seq in self._arrived)
+        except Exception:
+            with self._arrived_lock:
+                self._arrived_missed = True  # so the follower reads the log
+            return False
+        finally:
+            self._writer.release()
+
     def _load_snapshot(self, resumes_at: int) -> None:
         """Replace the replica's content by the latest snapshot (the log resumes at entry
         ``resumes_at``, after this replica's position), and publish the difference as change
@@ -627,7 +675,7 @@ class EtcdStore(Store):
         else:
             LOG.warning("etcd watch thread ended at revision %d: starting another", watch.revision)
             start = watch.revision + 1
-        self._watch = LogWatch(self._log, start, self._doorbell.set, self._entry_arrived)
+        self._watch = LogWatch(self._log, start, self._watch_rang, self._entry_arrived)
         self._watch_floor, self._lagging = None, None
         self._resyncs_seen = self._compactions_seen = 0
         return True

@@ -180,6 +180,34 @@ def test_the_follower_applies_what_the_watch_carried_without_reading_it_again(
         other.close()
 
 
+def test_an_entry_is_applied_on_the_watch_s_thread_unless_the_replica_is_busy(
+    store: EtcdStore, tmp_path: Path, etcd_settings: EtcdSettings
+) -> None:
+    """Another instance's entry is applied and published by the thread its watch delivered
+    it on, without waking the follower (a thread hand-over per entry, twice on a port's path
+    to ACTIVE); while something else holds the replica's writer lock (a write waiting for
+    etcd), the entry is left to the follower, which applies it once the lock is free."""
+    bus, threads = EventBus(), []
+    bus.subscribe(lambda events: threads.extend(threading.current_thread().name for _ in events))
+    other = EtcdStore(str(tmp_path / "w.db"), bus, etcd_settings, poll_s=60)  # no poll here
+    try:
+        other._doorbell.set()  # the follower creates its watch at its first wake-up
+        wait_for(lambda: other._watch is not None, "the other instance's watch")
+        store.create_network({"name": "first"})
+        wait_for(lambda: other.applied == store.applied, "the first write on the other")
+        assert threads == ["etcd-watch"]
+
+        with other._writer:  # e.g. a write of the other instance waiting for etcd
+            store.create_network({"name": "second"})
+            wait_for(lambda: other._arrivals > 0, "the second entry in the watch")
+            assert other.applied == store.applied - 1
+        wait_for(lambda: other.applied == store.applied, "the second write on the other")
+        assert threads == ["etcd-watch", "etcd-follower"]
+        assert sorted(n["name"] for n in other.list_all("network")) == ["first", "second"]
+    finally:
+        other.close()
+
+
 def test_a_gap_after_entries_from_the_watch_is_read_in_the_same_wake_up(
     store: EtcdStore, tmp_path: Path, etcd_settings: EtcdSettings
 ) -> None:
@@ -222,6 +250,7 @@ def test_an_instance_does_not_read_the_log_after_its_own_writes(
     reads = count_log_range_reads(store)
     bell = store._doorbell  # what the watch rings (follow_once replaces the attribute)
     for renewed in (False, True):
+        store._doorbell = bell
         bell.clear()
         store.create_network({"name": f"renewed {renewed}"})
         # the watch hands an entry over before it rings
