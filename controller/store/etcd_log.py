@@ -18,6 +18,9 @@ Key layout under a prefix (default ``/tenantnet/``):
 
 Every call goes to one member and moves on to the next on a connection failure or timeout; a
 call that no member can answer raises `EtcdUnavailable` (quorum lost, or the cluster is gone).
+Transactions (every write of the log) go to the Raft leader first, learnt off the write path
+(`EtcdLog.find_leader`), so a follower does not forward each one; the rest go to the member
+the instance's id picks.
 Attempts are short (``attempt_timeout_s``) and go round the members for up to ``timeout_s``,
 then each member gets one attempt with the full ``timeout_s``, the first always and the others
 while they end within ``call_timeout_s`` (see `EtcdLog._call`): a member
@@ -121,6 +124,11 @@ class EtcdLog:
             self._passes.insert(0, self._connect(settings.attempt_timeout_s))
         self._current = zlib.crc32(spread_by.encode()) % len(self._clients) if spread_by else 0
         self._lock = threading.Lock()
+        # where transactions go first (`find_leader`): the leader, as last learnt, and the
+        # raft term last searched in; an answer naming another term starts a new search
+        self._leader: int | None = None
+        self._leader_term = -1
+        self._finding = threading.Thread()
 
     def _connect(self, timeout_s: float) -> list[Any]:
         settings = self.settings
@@ -157,8 +165,9 @@ class EtcdLog:
 
     # -- plumbing ---------------------------------------------------------------------------------
 
-    def _call(self, fn: Callable[[Any], T]) -> T:
-        """``fn(client)`` on the current member, then on each other one until one answers.
+    def _call(self, fn: Callable[[Any], T], first: int | None = None) -> T:
+        """``fn(client)`` on the current member (or ``first``), then on each other one until
+        one answers.
 
         Short attempts (``attempt_timeout_s``) go round the members for up to ``timeout_s``,
         then each member gets one attempt with ``timeout_s`` while it can end within
@@ -171,7 +180,7 @@ class EtcdLog:
         reachable) ends the short phase; one that failed fast ("no leader" during an
         election) pauses briefly before the next, so as not to spin."""
         with self._lock:
-            start = self._current
+            start = self._current if first is None else first
         errors: list[str] = []
         maybe_sent = False
         n = len(self._clients)
@@ -216,6 +225,8 @@ class EtcdLog:
                     if index != start:
                         with self._lock:
                             self._current = index
+                            if first is not None and self._leader == first:
+                                self._leader = None  # it failed: until the next search
                     return result
                 now = time.monotonic()
                 if clients is self._clients or not waited or now >= short_until:
@@ -226,9 +237,64 @@ class EtcdLog:
         raise EtcdUnavailable("; ".join(dict.fromkeys(errors[-2 * n :])), maybe_sent)
 
     def _txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]]) -> bool:
+        """A transaction, sent to the leader first (`find_leader`)."""
         txn = {"compare": compare, "success": success, "failure": []}
-        answer = self._call(lambda c: c.transaction(txn))
+        with self._lock:
+            leader = self._leader
+        answer = self._call(lambda c: c.transaction(txn), first=leader)
+        self._note_term(answer)
         return bool(answer.get("succeeded", False))
+
+    def _note_term(self, answer: dict[str, Any]) -> None:
+        """A transaction's answer names the raft term: one other than the term in which the
+        leader was learnt (an election since, or none learnt yet) starts `find_leader` on a
+        thread of its own, off the write path (a member that does not answer costs it an
+        attempt's timeout)."""
+        try:
+            term = int(answer.get("header", {}).get("raft_term", 0))
+        except (TypeError, ValueError, AttributeError):
+            return
+        with self._lock:
+            if term == self._leader_term or self._finding.is_alive():
+                return
+            self._leader_term = term  # one search per term, whatever it finds
+            self._finding = threading.Thread(
+                target=self.find_leader, name="etcd-leader", daemon=True
+            )
+            self._finding.start()
+
+    def find_leader(self) -> int | None:
+        """Ask every member (one short attempt each) which one leads, so that transactions go
+        there first; its index (None: no member knows one, or the one named did not answer).
+
+        A member that is not the leader forwards a proposal to it: one more hop per write
+        (0.6 ms of a 5.4-6.0 ms transaction measured through the gateways on a 3-member
+        loopback cluster), and a port's path to ACTIVE holds two transactions in a row.  The
+        instances' spread over the members (``spread_by``) stays for everything else: reads
+        and the watch, whose fan-out is each member's main cost."""
+        ids: dict[int, int] = {}  # member id -> index
+        leader_id = term = 0
+        for index, client in enumerate(self._passes[0]):
+            try:
+                status = client.status()
+                header = status["header"]
+                ids[int(header["member_id"])] = index
+                if int(header.get("raft_term", 0)) >= term:
+                    term = int(header.get("raft_term", 0))
+                    leader_id = int(status.get("leader", 0))
+            except (
+                etcd_auth.EtcdAuthError,
+                etcd_errors.Etcd3Exception,
+                requests.RequestException,
+                ValueError,
+                LookupError,
+                TypeError,
+            ):
+                continue  # this member is not asked first, that is all
+        with self._lock:
+            self._leader = ids.get(leader_id) if leader_id else None
+            self._leader_term = max(self._leader_term, term)
+            return self._leader
 
     @staticmethod
     def _put(key: str, value: bytes | str) -> dict[str, Any]:

@@ -197,9 +197,12 @@ def test_an_entry_is_applied_on_the_watch_s_thread_unless_the_replica_is_busy(
         wait_for(lambda: other.applied == store.applied, "the first write on the other")
         assert threads == ["etcd-watch"]
 
+        tried: list[bool] = []  # what the watch's thread did with each ring
+        real = other._apply_on_watch
+        other._apply_on_watch = lambda: tried.append(real()) or tried[-1]  # type: ignore
         with other._writer:  # e.g. a write of the other instance waiting for etcd
             store.create_network({"name": "second"})
-            wait_for(lambda: other._arrivals > 0, "the second entry in the watch")
+            wait_for(lambda: False in tried, "the watch leaving the entry to the follower")
             assert other.applied == store.applied - 1
         wait_for(lambda: other.applied == store.applied, "the second write on the other")
         assert threads == ["etcd-watch", "etcd-follower"]
@@ -784,6 +787,35 @@ def test_entries_are_compare_and_put_on_the_head(etcd_settings: EtcdSettings) ->
     assert log.append(1, b"two")
     assert list(log.entries_after(0)) == [(1, b"one"), (2, b"two")]
     assert log.head() == 2
+
+
+def test_transactions_go_to_the_leader_first(
+    etcd_cluster: Any, etcd_settings: EtcdSettings
+) -> None:
+    """An instance whose calls go first to a member that does not lead learns the leader from
+    the first transaction's answer (its raft term), on a thread of its own, and sends the
+    next transactions there: a follower would forward each one to the leader, a hop more
+    on every write of a port's path."""
+    settings = dataclasses.replace(etcd_settings, prefix=f"/leader-first-{time.time_ns()}/")
+    leader = [m.name for m in etcd_cluster.members].index(etcd_cluster.leader().name)
+    names = (f"i{n}" for n in range(99))
+    log = next(log for n in names if (log := EtcdLog(settings, n)).current_member != leader)
+    sent: list[int] = []
+    for clients in log._passes:
+        for index, client in enumerate(clients):
+            real = client.transaction
+
+            def recorded(txn: Any, index: int = index, real: Any = real) -> Any:
+                sent.append(index)
+                return real(txn)
+
+            client.transaction = recorded
+    assert log.create({"epoch": "e", "schema": 1})
+    assert sent == [log.current_member]
+    wait_for(lambda: log._leader == leader, "the leader found")
+    assert log.append(0, b"entry") and log.append(1, b"entry")
+    assert sent[1:] == [leader, leader]
+    log.wipe()
 
 
 def test_two_controller_processes_serve_one_store(

@@ -119,3 +119,21 @@ def test_instances_first_member_follows_their_id() -> None:
         assert EtcdMembership(settings, member_id)._log.current_member == log.current_member
     assert len(set(firsts.values())) > 1, firsts
     assert EtcdLog(settings).current_member == 0  # no id (a migration): the first member
+
+
+def test_a_leader_that_fails_is_not_asked_first_any_more() -> None:
+    """A transaction sent to the leader first that another member answers (the leader is
+    gone) stops the preference: the next ones go to the member that answered, not through a
+    dead member's timeout each, until the next election's term starts a new search."""
+    dead = Recorder(error=requests.ConnectionError("refused"))
+    alive = Recorder({"succeeded": True, "header": {"raft_term": "5"}})
+    log = EtcdLog(EtcdSettings((("etcd0.example", 2379), ("etcd1.example", 2379))))
+    for clients in log._passes:
+        clients[0].session.mount("http://", dead)
+        clients[1].session.mount("http://", alive)
+    log._leader, log._leader_term = 0, 5
+    assert log.append(0, b"entry")
+    assert log._leader is None and log.current_member == 1
+    dead.sent.clear()
+    assert log.append(1, b"entry")
+    assert dead.sent == [] and len(alive.sent) == 2
