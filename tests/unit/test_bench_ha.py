@@ -13,7 +13,8 @@ from bench.sut_ha import OvnClusteredSystem
 def _args(**kw: object) -> argparse.Namespace:
     base = {"smoke": False, "quick": False, "no_scaling": True, "no_dhcp": True,
             "no_sg": True, "no_routing": True, "no_ha": False, "routing_dataplane": False,
-            "dhcp_window": None, "sg_dataplane": False, "ports": None}
+            "dhcp_window": None, "sg_dataplane": False, "ports": None,
+            "ha_latency_only": False}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -29,6 +30,8 @@ def test_plan_full_and_quick_not_smoke():
     assert (quick["P"], quick["runs"]) == (60, 1)
     assert _ha(_args(smoke=True)) == []  # the smoke bench stays short
     assert _ha(_args(no_ha=True)) == []
+    (lat_only,) = _ha(_args(ha_latency_only=True))  # --ha-latency-only: the A/B of port-ready
+    assert lat_only["latency_only"] and "latency_only" not in full
 
 
 def _run(ready, api, pps, recovered, port_s, lost, sqlite_ready=None):
