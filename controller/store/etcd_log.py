@@ -157,6 +157,13 @@ class EtcdLog:
         """Index of the member calls go to first (the last one that answered)."""
         return self._current
 
+    @property
+    def write_member(self) -> int:
+        """Index of the member transactions go to first: the leader as last learnt
+        (`find_leader`), else `current_member`."""
+        with self._lock:
+            return self._current if self._leader is None else self._leader
+
     def key(self, name: str) -> str:
         return self.prefix + name
 
