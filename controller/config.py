@@ -524,25 +524,35 @@ MAX_SECRET_BYTES = 64 * 1024
 def read_secret(name: str, path: str) -> str:
     """A secret from a file (``{name}_file``): its content without the final newline.
 
-    Every secret file is held to ssh's rule for keys: it is refused when another user could
-    read it or replace its content (world-readable, group- or world-writable) or another user
-    than this one or root owns it, since a secret anyone on the host can read protects
-    nothing.  The file is opened once and checked (fstat) and read through that descriptor:
-    a check of the path and a separate open could see two different files.  Empty, over
-    MAX_SECRET_BYTES, not a regular file or not UTF-8 is an error too."""
+    A secret anyone on the host can read protects nothing, so the file must be private.
+    Accepted: a regular file that others cannot read, that neither its group nor others can
+    write (0600, 0400, 0640, 0440), owned by this user or root; a reader running as root
+    accepts any owner (``sudo tenantnet status`` reading the token file of the service user,
+    which a chown to root would take away from the service).  Group-readable is allowed, unlike
+    ssh's rule for keys, so that a service group can read a file root owns (``root:tenantnet``
+    0640).  Refused: world-readable, group- or world-writable, another user's, not a regular
+    file, empty, over MAX_SECRET_BYTES or not UTF-8.  The file is opened once and checked
+    (fstat) and read through that descriptor: a check of the path and a separate open could
+    see two different files.  Symbolic links are followed (Kubernetes mounts secrets as links
+    into a directory of its own); O_NOCTTY: a terminal device named here is opened before it
+    is found not to be a regular file, and must not become the controlling terminal."""
     setting = f"{name}_file"
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
         raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as file:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ConfigError(f"{setting}: {path} is not a regular file")
-        if info.st_uid not in (os.geteuid(), 0):
+        euid = os.geteuid()
+        if euid != 0 and info.st_uid not in (euid, 0):
+            # no chown hint: the file is likely another service's (tenantnet's, when an
+            # operator runs the CLI), and taking it away from that user would break it
             raise ConfigError(
-                f"{setting}: {path} belongs to another user (uid {info.st_uid}); it must be "
-                f"this user's (uid {os.geteuid()}) or root's: chown {os.geteuid()} {path}"
+                f"{setting}: {path} belongs to another user (uid {info.st_uid}), not to this "
+                f"one (uid {euid}) or root; run as its owner or as root, or give this user a "
+                "private copy of its own"
             )
         if info.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
             raise ConfigError(

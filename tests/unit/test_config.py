@@ -297,15 +297,83 @@ def test_a_secret_file_others_can_write_or_read_is_refused(
 
 
 @pytest.mark.parametrize("setting", SECRET_SETTINGS)
-def test_a_secret_file_of_another_user_is_refused(tmp_path: Path, setting: str) -> None:
+def test_a_secret_file_of_another_user_is_refused_without_a_chown_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    """Read by a user that is not root (uid 1000: the euid seen by `read_secret`), a file of
+    another user (nobody) is refused, with no ``chown`` hint: following it would take the
+    file away from the service that owns it (old code: "chown 1000 <path>")."""
     import os
 
     if os.geteuid() != 0:
         pytest.skip("needs root to chown")
     path = _private(tmp_path / "secret", SECRET)
     os.chown(path, 65534, 65534)  # nobody
-    with pytest.raises(config.ConfigError, match=rf"{setting}_file: .* another user .* chown"):
+    monkeypatch.setattr(config.os, "geteuid", lambda: 1000)
+    with pytest.raises(config.ConfigError) as refused:
         _secret(setting, path)
+    message = str(refused.value)
+    assert message.startswith(f"{setting}_file: {path} belongs to another user (uid 65534)")
+    assert "chown" not in message and SECRET not in message
+
+
+@pytest.mark.parametrize("setting", SECRET_SETTINGS)
+def test_root_reads_a_private_secret_file_of_any_owner(tmp_path: Path, setting: str) -> None:
+    """``sudo tenantnet status`` with the service user's token file (0600, owned by it: here
+    nobody) works (old code: refused, "chown 0 <path>", which breaks the service); the mode
+    rule still holds for root."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to chown")
+    path = _private(tmp_path / "secret", SECRET + "\n")
+    os.chown(path, 65534, 65534)  # nobody
+    assert _secret(setting, path) == SECRET
+    path.chmod(0o644)
+    with pytest.raises(config.ConfigError, match=rf"{setting}_file: .* by other users"):
+        _secret(setting, path)
+
+
+def test_a_symlink_to_a_private_secret_file_is_followed(tmp_path: Path) -> None:
+    """Kubernetes mounts a secret as a link (``token -> ..data/token``): the file it names is
+    checked and read; a link to a world-readable file is refused all the same."""
+    target = _private(tmp_path / "target", SECRET)
+    link = tmp_path / "token"
+    link.symlink_to(target)
+    for setting in SECRET_SETTINGS:
+        assert _secret(setting, link) == SECRET
+    target.chmod(0o644)
+    with pytest.raises(config.ConfigError, match=r"auth_token_file: .* by other users"):
+        _secret("auth_token", link)
+
+
+def test_a_terminal_named_as_a_secret_file_does_not_become_the_controlling_terminal() -> None:
+    """A terminal is opened before the fstat finds it is not a regular file: without O_NOCTTY
+    a session leader with no terminal would make it its controlling terminal (old code).  Run
+    in a new session (a subprocess) on a pseudo-terminal of its own."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os\n"
+        "from controller import config\n"
+        "master, slave = os.openpty()\n"
+        "try:\n"
+        "    config.read_secret('auth_token', os.ttyname(slave))\n"
+        "except config.ConfigError as exc:\n"
+        "    print(exc)\n"
+        "try:\n"
+        "    os.close(os.open('/dev/tty', os.O_RDONLY))\n"
+        "    print('controlling terminal')\n"
+        "except OSError:\n"
+        "    print('no controlling terminal')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+        start_new_session=True, check=True,
+    ).stdout  # fmt: skip
+    assert "not a regular file" in out
+    assert out.splitlines()[-1] == "no controlling terminal"
 
 
 @pytest.mark.parametrize("setting", SECRET_SETTINGS)
