@@ -12,7 +12,9 @@ canceled instead; `etcd_watch` calls `forget` so its next stream authenticates a
 
 A wrong user or password, or a cluster with auth enabled while no user is configured, raises
 `EtcdAuthError`: `etcd_log` turns it into a one-line `EtcdUnavailable` at once (another member
-would answer the same).  Neither message ever holds the password.
+would answer the same).  Neither message ever holds the password.  With a user, a member
+reached over plain ``http://`` raises `EtcdAuthError` before anything is sent: the password
+and the token travel over TLS only.
 """
 
 from __future__ import annotations
@@ -71,6 +73,14 @@ class TokenAuth(requests.auth.AuthBase):
             if self._token and self._token != stale:
                 return self._token
             base = url.split("/v3/", 1)[0]
+            if not base.startswith("https://"):
+                # Defence in depth beside `config.Settings.validate`: settings built another
+                # way (an EtcdSettings without ca_cert) must not send the password in clear
+                # text either, nor get a token to send so.  Raised before anything is sent.
+                raise EtcdAuthError(
+                    f"etcd user {self.user!r}: refusing to send credentials over plain http; "
+                    "an etcd user needs etcd TLS (etcd_tls_ca)"
+                )
             try:
                 answer = self._session.post(
                     base + AUTHENTICATE,

@@ -535,5 +535,12 @@ class EtcdLog:
 
 
 def _short(exc: Exception) -> str:
-    text = " ".join(str(a) for a in exc.args if a) or type(exc).__name__
-    return text[:200]
+    """A member's failure in a few words.  etcd3gw keeps the reason in ``detail_text``, not in
+    the args (without it a certificate that does not verify, a refused connection and a reset
+    all read "ConnectionFailedError"); requests' text leads with the pool and the URL, and the
+    reason follows "Caused by"."""
+    parts = (getattr(exc, "detail_text", None), *exc.args)
+    text = " ".join(str(a) for a in parts if a)
+    _, caused, reason = text.partition("(Caused by ")
+    text = reason.rstrip(")") if caused else text
+    return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__

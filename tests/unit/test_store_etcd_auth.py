@@ -102,6 +102,23 @@ def test_the_store_works_with_credentials(
     assert PASSWORD not in repr(settings)
 
 
+def test_a_member_certificate_from_another_ca_is_refused(
+    tmp_path: Path, auth_cluster: Any, settings: EtcdSettings
+) -> None:
+    """Certificate verification is on: trusting another ovs-pki CA (not the one that signed
+    the members' certificates), the TLS handshake fails before the password is sent, and the
+    store does not start (a client that verified nothing would have authenticated)."""
+    from lab.pki import Pki
+
+    other = Pki.create(tmp_path / "other", hosts=[])
+    host, port = settings.endpoints[0]
+    with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
+        requests.get(f"https://{host}:{port}/health", timeout=5, verify=other.controller_ca)
+    untrusted = dataclasses.replace(settings, ca_cert=other.controller_ca, call_timeout_s=2.0)
+    with pytest.raises(EtcdUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+        EtcdLog(untrusted).head()
+
+
 def test_an_expired_or_invalid_token_is_renewed_once_transparently(settings: EtcdSettings) -> None:
     """etcd forgets a token unused for --auth-token-ttl (or on a restart): the call is sent
     again with a new token; the caller sees nothing (old code: 401 on every call after it).
@@ -163,6 +180,48 @@ def test_a_wrong_password_or_none_is_one_clear_line_without_the_password(
     assert not none.value.maybe_sent
     for text in (message, str(none.value), caplog.text):
         assert PASSWORD not in text
+
+
+def test_credentials_are_never_sent_over_plain_http() -> None:
+    """Settings built without `config` (no Settings.validate): a user on a member reached over
+    plain http gets one clear error naming etcd_tls_ca, and the member (a socket that records
+    what it is sent) gets nothing (old code: the password in the authenticate request)."""
+    import contextlib
+    import socket
+    import threading
+
+    received: list[bytes] = []
+    done = threading.Event()
+
+    def record(server: socket.socket) -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    received.append(conn.recv(65536))
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.1)
+        recorder = threading.Thread(target=record, args=(server,), daemon=True)
+        recorder.start()
+        settings = EtcdSettings(
+            (server.getsockname()[:2],), prefix="/t/", timeout_s=0.5, attempt_timeout_s=0.2,
+            call_timeout_s=1.0, user=USER, password=PASSWORD,
+        )  # fmt: skip
+        try:
+            with pytest.raises(EtcdUnavailable) as refused:
+                EtcdLog(settings).head()
+        finally:
+            done.set()
+            recorder.join(5)
+    message = str(refused.value)
+    assert "refusing to send credentials over plain http" in message and "etcd_tls_ca" in message
+    assert PASSWORD not in message and not refused.value.maybe_sent
+    assert received == []
 
 
 def _password_file(tmp_path: Path, mode: int) -> Path:
