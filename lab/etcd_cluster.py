@@ -6,9 +6,10 @@ talks to.  Each member has its own data directory under the given temporary dire
 process started here is stopped by `stop` (and only those: they are tracked by pid).
 
 With ``tls=True`` the members serve their clients over https only (``--cert-file``/``--key-file``,
-certificates made with OVS's ``ovs-pki`` as the southbound TLS tests make theirs: `lab.pki`),
-under the certificate's name ``localhost``; peers stay on plain http (loopback, and no client
-setting depends on them).  `client_settings` gives the matching `EtcdSettings` (the CA set).
+certificates from OVS's ``ovs-pki`` CA as the southbound TLS tests make theirs: `lab.pki`), under
+a certificate that names the address they listen on, 127.0.0.1 (an IP subjectAltName: clients
+dial that address, and verify it); peers stay on plain http (loopback, and no client setting
+depends on them).  `client_settings` gives the matching `EtcdSettings` (the CA set).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.pki import API_NAME, Pki
+from lab.pki import Pki
 from lab.tenantnet_proc import DIRECT, free_port
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+HOST = "127.0.0.1"  # where members listen and clients dial (with TLS: the certificate's IP)
+CERT_NAME = "etcd"  # the members' certificate in the `Pki` (`Pki.add_ip_server`)
 
 
 @dataclass
@@ -41,11 +44,10 @@ class Member:
     data_dir: Path
     log: Path
     proc: subprocess.Popen[bytes] | None = None
-    host: str = "127.0.0.1"  # what clients connect to (with TLS: the certificate's name)
 
     @property
     def endpoint(self) -> str:
-        return f"{self.host}:{self.client_port}"
+        return f"{HOST}:{self.client_port}"
 
 
 @dataclass
@@ -71,9 +73,8 @@ class EtcdCluster:
         for i in range(self.size):
             name = f"m{i}"
             client, peer = ports[2 * i], ports[2 * i + 1]
-            host = API_NAME if self.tls else "127.0.0.1"  # "localhost": the name certified
             self.members.append(
-                Member(name, client, peer, self.root / name, self.root / f"{name}.log", host=host)
+                Member(name, client, peer, self.root / name, self.root / f"{name}.log")
             )
 
     @property
@@ -103,7 +104,7 @@ class EtcdCluster:
         ``settings`` (a prefix, credentials, timeouts) on top."""
         from controller.store.etcd_settings import EtcdSettings
 
-        endpoints = tuple((m.host, m.client_port) for m in self.members)
+        endpoints = tuple((HOST, m.client_port) for m in self.members)
         return EtcdSettings(endpoints, **{"ca_cert": self.ca, **settings})
 
     @property
@@ -121,16 +122,16 @@ class EtcdCluster:
     def start_member(self, member: Member) -> None:
         """Start (or restart, on its data directory) one member."""
         member.data_dir.mkdir(parents=True, exist_ok=True)
-        client_url = f"{self.scheme}://127.0.0.1:{member.client_port}"
+        client_url = f"{self.scheme}://{member.endpoint}"
         tls: list[str] = []
         if self.pki is not None:
-            tls = ["--cert-file", self.pki.cert(API_NAME), "--key-file", self.pki.key(API_NAME)]
+            tls = ["--cert-file", self.pki.cert(CERT_NAME), "--key-file", self.pki.key(CERT_NAME)]
         args = [
             ETCD,
             "--name", member.name,
             "--data-dir", str(member.data_dir),
             "--listen-client-urls", client_url,
-            "--advertise-client-urls", f"{self.scheme}://{member.endpoint}",
+            "--advertise-client-urls", client_url,
             *tls,
             "--listen-peer-urls", f"http://127.0.0.1:{member.peer_port}",
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{member.peer_port}",
@@ -183,6 +184,8 @@ class EtcdCluster:
             raise RuntimeError("etcd is not installed (Debian package etcd-server)")
         if self.tls and self.pki is None:
             self.pki = Pki.create(self.root / "pki", hosts=[])
+        if self.pki is not None:
+            self.pki.add_ip_server(CERT_NAME, HOST)
         try:
             for m in self.members:
                 self.start_member(m)

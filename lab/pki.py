@@ -8,7 +8,8 @@ Layout under ``root``: ``pki/`` is ``ovs-pki --dir`` (``controllerca/`` and ``sw
 ``certs/`` holds what ``ovs-pki req+sign`` writes in its working directory:
 ``ctl-*`` (the controller, type ``controller``), ``<host>-*`` per hypervisor (type ``switch``,
 CN ``"<host> id:<uuid>"``) and ``localhost-*`` (the HTTPS API's certificate, ``-u`` so that the
-name clients connect to, ``localhost``, is its CN and DNS subjectAltName).
+name clients connect to, ``localhost``, is its CN and DNS subjectAltName); `add_ip_server` adds
+a server certificate for an address (the lab etcd members': ``etcd-*``, IP 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -69,6 +70,23 @@ class Pki:
         """``ovs-pki req+sign <host> switch`` (no-op if that certificate exists)."""
         if not os.path.exists(self.cert(host)):
             self._ovs_pki("req+sign", host, "switch")
+
+    def add_ip_server(self, name: str, ip: str) -> None:
+        """A server certificate for the address ``ip`` (an IP subjectAltName), signed by the
+        controller CA (no-op if it exists).
+
+        ``ovs-pki req`` writes ``subjectAltName = DNS:<name>`` only, and a client that dials an
+        address matches it against IP names alone (Python's ssl, RFC 6125): so the request
+        is made with openssl (the fields ``ovs-pki`` would put in, the CA's policy matches the
+        organization) and signed with ``ovs-pki sign``, which copies its extensions (the way
+        ovs-pki signs any request made elsewhere)."""
+        if os.path.exists(self.cert(name)):
+            return
+        subject = "/C=US/ST=CA/L=Palo Alto/O=Open vSwitch/OU=Open vSwitch certifier/CN=" + name
+        run("openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes",
+            "-keyout", self.key(name), "-out", str(self.certs / f"{name}-req.pem"),
+            "-subj", subject, "-addext", f"subjectAltName = IP:{ip}", timeout=120)  # fmt: skip
+        self._ovs_pki("--batch", "sign", name, "controller")
 
     def _ovs_pki(self, *args: str) -> None:
         # req+sign writes its files into the working directory, hence cd.

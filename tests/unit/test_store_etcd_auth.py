@@ -89,8 +89,10 @@ def _auth(log: EtcdLog, first_pass: bool = True) -> TokenAuth:
 def test_the_store_works_with_credentials(
     tmp_path: Path, auth_cluster: Any, settings: EtcdSettings
 ) -> None:
-    """Over TLS: the members answer https only, verified against the ovs-pki CA."""
+    """Over TLS: the members answer https only, verified against the ovs-pki CA, at the
+    address they listen on (its certificate names 127.0.0.1: old lab, ``localhost``)."""
     assert settings.protocol == "https" and settings.ca_cert == auth_cluster.ca
+    assert {host for host, _ in settings.endpoints} == {"127.0.0.1"}
     with pytest.raises(requests.RequestException):  # no plain http beside it
         requests.get(f"http://{auth_cluster.members[0].endpoint}/health", timeout=5)
     store = EtcdStore(str(tmp_path / "r.db"), EventBus(), settings)
