@@ -178,3 +178,55 @@ def test_what_a_sink_cannot_be_given_fails_or_parses_as_with_os_ken() -> None:
         else:
             _same(ours, theirs)
     assert refused > 10
+
+
+def test_the_sink_gets_each_distinct_match_parsed_once_and_the_memo_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Repeated packet-ins with one match are parsed once (the same object each time, with
+    os-ken's items); another match is parsed anew; past ``MATCHES_KEPT`` the oldest goes."""
+    monkeypatch.setattr(osken_packetin, "_matches", {})
+    monkeypatch.setattr(osken_packetin, "MATCHES_KEPT", 2)
+    first = packet_in(parser.OFPMatch(in_port=3, metadata=7))
+    expected = _both(first)[1].match.items()
+    calls: list[int] = []
+    real = osken_packetin.parse_match
+
+    def counting(buf: Any, offset: int) -> Any:
+        calls.append(offset)
+        return real(buf, offset)
+
+    monkeypatch.setattr(osken_packetin, "parse_match", counting)
+    dp = _SinkDatapath(takes=True)
+    for data in (first, first, first):
+        lean_parser(dp, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(data), 9, data)
+    assert len(calls) == 1
+    assert dp.got[0].match is dp.got[2].match
+    assert dp.got[0].match.items() == expected
+    for port in (4, 5):
+        data = packet_in(parser.OFPMatch(in_port=port, metadata=7))
+        lean_parser(dp, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(data), 9, data)
+        assert dp.got[-1].match.get("in_port") == port
+    assert len(calls) == 3 and len(osken_packetin._matches) == 2
+    lean_parser(dp, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(first), 9, first)
+    assert len(calls) == 4  # the first match was forgotten: parsed again
+
+
+def test_a_match_field_running_past_the_match_never_reaches_the_sink_from_the_memo() -> None:
+    """A field whose length runs past the match's own length is not read from the bytes after
+    it: the sink does not get it (os-ken's parser decides, as for any unreadable match)."""
+    whole = bytearray(MESSAGES[0])
+    match_at = ofp.OFP_PACKET_IN_SIZE - ofp.OFP_MATCH_SIZE
+    whole[match_at + 2 : match_at + 4] = (10).to_bytes(2, "big")  # in_port runs past it
+    data = bytes(whole)
+    dp = _SinkDatapath(takes=True)
+    try:
+        theirs = parser.OFPPacketIn.parser(DP, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(data), 9,
+                                           data)  # fmt: skip
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            lean_parser(dp, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(data), 9, data)
+    else:
+        ours = lean_parser(dp, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(data), 9, data)
+        _same(ours, theirs)
+    assert not dp.got
