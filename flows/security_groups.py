@@ -39,10 +39,11 @@ for a ``remote_group_id``, (3) ``metadata = network, ip_src/dst = address`` for 
 the remote group's members in a network that a local port with the rule is on (the network key
 scopes addresses: tenants' address spaces overlap).  A member whose network is on a router has
 its packets arrive under every key of the router's networks, so its addresses are scoped by
-the L3 domain instead (``reg7/reg8 = domain``, set by the SG entry of each routed port: one
-flow per address, whatever the number of networks routed together, and adding a network to
-a router re-scopes only that network's members and ports).  A member joining or leaving changes one
-clause-3 flow per address per host that uses the group.  Flows with the same match (the same
+the L3 domain instead (``reg7/reg8 = domain``, set by one SG entry per routed network and
+host, `network_entries`: one flow per address, whatever the number of networks routed
+together, and adding a network to a router re-scopes only that network's members and
+entries).  A member joining or leaving changes one clause-3 flow per address per host that uses
+the group.  Flows with the same match (the same
 address in two groups, the same port range in two rules) are one flow with several
 ``conjunction`` actions, kept as contributions in a `flows.sg_clauses.ClauseIndex`: a rule's
 ``conj_id`` and clause-2 flows belong to the rule (owner cookie from its key), a member's
@@ -210,9 +211,13 @@ class SgCookies:
     ports: Mapping[str, int] = field(default_factory=dict)
     rules: Callable[[int], int] | None = None
     members: Mapping[str, int] = field(default_factory=dict)
+    networks: Callable[[int], int] | None = None  # network key -> its entries' owner
 
     def rule(self, key: int) -> int:
         return self.rules(key) if self.rules is not None else self.shared
+
+    def network(self, key: int) -> int:
+        return self.networks(key) if self.networks is not None else self.shared
 
     def member(self, port_id: str) -> int:
         return self.members.get(port_id, self.shared)
@@ -245,12 +250,36 @@ def _scope_match(network_key: int, domain: int) -> dict[str, int]:
     return {t.REG_SG_DOMAIN: domain & 0xFFFFFFFF, t.REG_SG_DOMAIN_HI: domain >> 32}
 
 
-def _domain_actions(port: FilteredPort) -> tuple[Action, ...]:
+@lru_cache(maxsize=4096)
+def _domain_actions(domain: int) -> tuple[Action, ...]:
     """A routed port's entry sets its domain (a packet's registers start at 0)."""
-    if not port.domain:
+    if not domain:
         return ()
-    return (SetField(t.REG_SG_DOMAIN, port.domain & 0xFFFFFFFF),
-            SetField(t.REG_SG_DOMAIN_HI, port.domain >> 32))  # fmt: skip
+    return (SetField(t.REG_SG_DOMAIN, domain & 0xFFFFFFFF),
+            SetField(t.REG_SG_DOMAIN_HI, domain >> 32))  # fmt: skip
+
+
+@lru_cache(maxsize=4096)
+def network_entries(network_key: int, domain: int, cookie: int) -> frozenset[Rule]:
+    """The entries of a routed network's filtered ports on a host: in both entry tables, its
+    IP packets (``metadata`` = the network: the sender's on egress, the receiver's on ingress,
+    also for a routed packet, which has its destination network's key by then) set the
+    network's L3 domain, then go through conntrack as the static track flow does.  One owner
+    per network and host (`flows.tables.sg_net_cookie`), not per port: a network joining or
+    leaving a router changes 4 flows on each of its hosts whatever its number of ports, and a
+    port of a routed network costs no entry of its own.  A stateless port's own entries
+    (above these) set the domain themselves.  Empty for a network on no router."""
+    if not domain:
+        return frozenset()
+    out = []
+    for entry, rules_table in ((t.SG_EGRESS, t.SG_EGRESS_RULES),
+                               (t.SG_INGRESS, t.SG_INGRESS_RULES)):  # fmt: skip
+        track = (Apply((SetField(FLAGS, 0), *_domain_actions(domain),
+                        Ct(zone_reg=REG, table=rules_table))),)  # fmt: skip
+        for eth_type in ETH_TYPE.values():
+            m = match(metadata=network_key, eth_type=eth_type)
+            out.append(Rule(entry, t.PRIO_SG_DOMAIN, m, track, cookie))
+    return frozenset(out)
 
 
 def zone_of(ofport: int) -> int:
@@ -533,21 +562,15 @@ def port_rules(
     # ingress conntrack pass (an entry in the sender's own zone and one recirculation) per packet.
     hairpin = match(**{REG: ofport}, in_port=ofport)
     out.append(Rule(t.SG_INGRESS, t.PRIO_SG_HAIRPIN, hairpin, (), cookie))
-    domain = _domain_actions(port)
-    stateful = is_stateful(port, groups)
-    if domain or not stateful:
+    if not is_stateful(port, groups):  # (a stateful routed port: `network_entries`)
+        domain = _domain_actions(port.domain)
         for entry, rules_table in ((t.SG_EGRESS, t.SG_EGRESS_RULES),
                                    (t.SG_INGRESS, t.SG_INGRESS_RULES)):  # fmt: skip
             for eth_type in ETH_TYPE.values():
                 m = match(**{REG: ofport}, eth_type=eth_type)
-                if not stateful:
-                    skip = (Apply((SetField(FLAGS, t.SG_STATELESS), *domain)),
-                            GotoTable(rules_table))  # fmt: skip
-                    out.append(Rule(entry, t.PRIO_SG_STATELESS, m, skip, cookie))
-                else:  # the static track flow, with the domain set first
-                    track = Apply((SetField(FLAGS, 0), *domain,
-                                   Ct(zone_reg=REG, table=rules_table)))  # fmt: skip
-                    out.append(Rule(entry, t.PRIO_SG_DOMAIN, m, (track,), cookie))
+                skip = (Apply((SetField(FLAGS, t.SG_STATELESS), *domain)),
+                        GotoTable(rules_table))  # fmt: skip
+                out.append(Rule(entry, t.PRIO_SG_STATELESS, m, skip, cookie))
     return frozenset(out)
 
 
@@ -647,5 +670,7 @@ def compile_host(
     rules = set(static_rules(cookies.static))
     for port in ports:
         rules |= port_rules(port, groups, cookies.ports.get(port.port_id, cookies.shared))
+    for key, domain in sorted({(p.network_key, p.domain) for p in ports if p.domain}):
+        rules |= network_entries(key, domain, cookies.network(key))
     rules |= shared_rules(ports, groups, cookies)
     return Slice(rules=frozenset(rules))

@@ -151,7 +151,8 @@ SG_STATELESS = 1
 REG_SG_DOMAIN = "reg7"
 REG_SG_DOMAIN_HI = "reg8"
 """Registers with the L3 domain of the filtered port in REG_SG_PORT (low and high 32 bits; both 0
-for a port whose network is on no router).  A routed port's SG entry sets them, and the
+for a port whose network is on no router).  A routed network's SG entries set them (matching
+the network key in metadata: one set per network and host), and the
 remote-group address clauses of routed members match them instead of the network key: one
 flow per address per domain, not per network key that can carry the member's packets
 (`flows.security_groups.FilteredPort.domain`)."""
@@ -234,7 +235,8 @@ PRIO_SG_STATELESS = 60
 """SG entry tables: a port of stateless groups skips conntrack."""
 
 PRIO_SG_DOMAIN = 55
-"""SG entry tables: a routed port's IP packets set its L3 domain, then go through conntrack."""
+"""SG entry tables: a routed network's IP packets set its L3 domain, then go through
+conntrack."""
 
 PRIO_SG_TRACK = 50
 """SG entry tables: IP goes through conntrack; SG rules tables: an established connection no
@@ -275,7 +277,9 @@ class OwnerKind(IntEnum):
     which part: 0 the host's skeleton (entries, conntrack, commits, misses of the SG tables);
     ``SG_PORT_BIT | port number`` one filtered port's own flows (its rules' first clauses, its
     hairpin drop, its stateless entries); ``SG_RULE_BIT | rule key`` a rule's ``conj_id`` flow
-    and its clause-2 flows; ``SG_MEMBER_BIT | port number`` a member port's remote-group
+    and its clause-2 flows; ``SG_NET_BIT | network key`` a routed network's entries (its L3
+    domain set for every filtered port of it on that host, release 2026-12-01 on: before,
+    each routed port had its own); ``SG_MEMBER_BIT | port number`` a member port's remote-group
     address (clause-3) flows on that host.  A flow merged from several rules or members
     (`flows.sg_clauses`) belongs to the smallest of their cookies.  Number 1 held the host's
     merged clauses whole before release 2026-11-30 (evening); it is no longer compiled, so no
@@ -358,6 +362,9 @@ SG_MEMBER_BIT = 1 << (OWNER_NUM_BITS - 2)
 number."""
 SG_RULE_BIT = 1 << (OWNER_NUM_BITS - 3)
 """A rule's flows on a host: this bit (and neither above) plus the rule's key (< 2^32)."""
+SG_NET_BIT = 1 << (OWNER_NUM_BITS - 4)
+"""A routed network's entries on a host (they set its L3 domain): this bit (and none above)
+plus the network key (< 2^32)."""
 
 
 def sg_host_cookie(num: int) -> int:
@@ -387,9 +394,18 @@ def sg_rule_cookie(rule_key: int) -> int:
     return owner_cookie(OwnerKind.SECURITY_GROUP, SG_RULE_BIT | rule_key)
 
 
+def sg_net_cookie(network_key: int) -> int:
+    """Owner cookie of the security-group entries of a routed network on a host (the flows
+    that set its L3 domain for all its filtered ports there, `flows.security_groups`)."""
+    if not 0 <= network_key <= MAX_NETWORK_KEY:
+        raise ValueError(f"network key {network_key} does not fit a security-group cookie")
+    return owner_cookie(OwnerKind.SECURITY_GROUP, SG_NET_BIT | network_key)
+
+
 def sg_owner_part(cookie: int) -> tuple[str, int]:
     """Which part of a host's firewall a kind-3 cookie names: ``("port", port number)``,
-    ``("member", port number)``, ``("rule", rule key)`` or ``("host", 0 | 1)``."""
+    ``("member", port number)``, ``("rule", rule key)``, ``("network", network key)`` or
+    ``("host", 0 | 1)``."""
     num = owner_num(cookie)
     if num & SG_PORT_BIT:
         return "port", num & ~SG_PORT_BIT
@@ -397,6 +413,8 @@ def sg_owner_part(cookie: int) -> tuple[str, int]:
         return "member", num & ~SG_MEMBER_BIT
     if num & SG_RULE_BIT:
         return "rule", num & ~SG_RULE_BIT
+    if num & SG_NET_BIT:
+        return "network", num & ~SG_NET_BIT
     return "host", num
 
 

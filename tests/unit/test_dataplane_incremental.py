@@ -398,6 +398,7 @@ def sg_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Slice]:
         {p["id"]: t.sg_port_cookie(p["_num"]) for p in chosen.values()},
         rules=t.sg_rule_cookie,
         members={p["id"]: t.sg_member_cookie(p["_num"]) for p in ports},
+        networks=t.sg_net_cookie,
     )
     return [sg.compile_host(filtered, groups, cookies)]
 

@@ -374,17 +374,21 @@ def test_security_group_cookies_name_their_part_and_never_collide() -> None:
         t.sg_port_cookie(5): ("port", 5),
         t.sg_member_cookie(5): ("member", 5),
         t.sg_rule_cookie(5): ("rule", 5),
+        t.sg_net_cookie(5): ("network", 5),
     }
-    assert len(cookies) == 4
+    assert len(cookies) == 5
     for cookie, part in cookies.items():
         assert t.owner_kind(cookie) == t.OwnerKind.SECURITY_GROUP
         assert t.sg_owner_part(cookie) == part
     assert t.describe_owner(t.sg_rule_cookie(12)) == "security_group rule 12"
     assert t.describe_owner(t.sg_member_cookie(3)) == "security_group member 3"
+    assert t.describe_owner(t.sg_net_cookie(t.MAX_NETWORK_KEY)) == (
+        f"security_group network {t.MAX_NETWORK_KEY}")
     top = t.SG_MEMBER_BIT - 1
     assert t.sg_owner_part(t.sg_port_cookie(top)) == ("port", top)
     assert t.sg_owner_part(t.sg_member_cookie(top)) == ("member", top)
     for bad in (lambda: t.sg_port_cookie(t.SG_MEMBER_BIT), lambda: t.sg_member_cookie(-1),
-                lambda: t.sg_rule_cookie(0), lambda: t.sg_rule_cookie(t.SG_RULE_BIT)):  # fmt: skip
+                lambda: t.sg_rule_cookie(0), lambda: t.sg_rule_cookie(t.SG_RULE_BIT),
+                lambda: t.sg_net_cookie(t.MAX_NETWORK_KEY + 1)):  # fmt: skip
         with pytest.raises(ValueError):
             bad()

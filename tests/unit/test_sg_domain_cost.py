@@ -61,11 +61,11 @@ def routed_world(networks: int, ports: Callable[[int], int]) -> World:
     return w
 
 
-def _sg_flow_mods(others: int) -> dict[str, Counter[str]]:
-    """Per host, the security-group flow-mods of adding network 0 (3 ports, one per host) to a
-    router that joins networks 1..3 of ``others`` members each (all in the default group),
-    by what they are: port entries, member addresses, other."""
-    w = routed_world(4, lambda n: 3 if n == 0 else others)
+def _sg_flow_mods(others: int, own: int = 3) -> dict[str, Counter[str]]:
+    """Per host, the security-group flow-mods of adding network 0 (``own`` ports, spread over
+    the hosts) to a router that joins networks 1..3 of ``others`` members each (all in the
+    default group), by owner part: network entries, port flows, member addresses, other."""
+    w = routed_world(4, lambda n: own if n == 0 else others)
     _interface(w, 900_100, "n0", "s0", "10.0.255.254")
     plan = w.step()
     assert not plan.failed
@@ -81,11 +81,22 @@ def _sg_flow_mods(others: int) -> dict[str, Counter[str]]:
 
 
 def test_an_interface_add_costs_the_joining_network_whatever_the_others_hold() -> None:
-    """Each host holds one of network 0's ports: its entries (2 families x 2 directions, set
-    with the domain) and the address clause of each of network 0's 3 members (old key out,
-    domain in), nothing of the other networks' members, at 4 as at 40 per network (the old
-    per-key scheme added each of them under network 0's key: 12 vs 120 per host)."""
+    """Each host holds one of network 0's ports: the network's entries (2 families x 2
+    directions, set with the domain) and the address clause of each of network 0's 3 members
+    (old key out, domain in), nothing of the other networks' members, at 4 as at 40 per
+    network (the old per-key scheme added each of them under network 0's key: 12 vs 120 per
+    host)."""
     small, large = _sg_flow_mods(4), _sg_flow_mods(40)
     assert small == large, (small, large)
     for host in HOSTS:
-        assert small[host] == Counter({"port": 4, "member": 6}), (host, small[host])
+        assert small[host] == Counter({"network": 4, "member": 6}), (host, small[host])
+
+
+def test_the_joining_networks_entries_are_per_host_not_per_port() -> None:
+    """Network 0 with 4 ports on each host: still 4 entries per host (one per family and
+    direction, matching the network's key), not 4 per port (16 per host, 40 at issue size:
+    the release before set each routed port's domain in entries of its own); its ports' own
+    flows do not change."""
+    sent = _sg_flow_mods(4, own=12)
+    for host in HOSTS:
+        assert sent[host] == Counter({"network": 4, "member": 24}), (host, sent[host])

@@ -21,9 +21,10 @@ change still costs O(1) flow-mods and CPU").  Units, all per host:
 * ``(host,)``: rebuild the host's firewall from scratch: its switch was (re)read, a group's
   record changed there, or an earlier step failed (the kept firewall is then dropped).
 
-Only the owners a patch touched are diffed (a port's own flows, a rule's, a member's address
-clauses on the host: `flows.tables.OwnerKind.SECURITY_GROUP`); a rebuild diffs every owner of
-the host, so it also removes what no current object owns.  Finding the hosts is O(hosts).
+Only the owners a patch touched are diffed (a port's own flows, a routed network's entries, a
+rule's, a member's address clauses on the host: `flows.tables.OwnerKind.SECURITY_GROUP`); a
+rebuild diffs every owner of the host, so it also removes what no current object owns.  Finding
+the hosts is O(hosts).
 
 The core's own flows of a filtered port (port security, delivery, flood buckets) are plugged
 into these tables by the l2 service (`flows.security_groups.plug`), from the port's record
@@ -172,6 +173,8 @@ class SecurityGroupService:
             return GROUP if num == t.SG_STATIC_NUM else None
         if part in ("port", "member"):
             return GROUP if mirror.port_by_num(num) is not None else None
+        if part == "network":
+            return GROUP if num in mirror.by_key else None
         return GROUP if num in mirror.rule_keys else None
 
     def forget(self, unit: Unit) -> None:
@@ -233,12 +236,15 @@ class SecurityGroupService:
                 step.want(host_id, owner, GROUP, fw.index.slice_of(owner))
             for pid, owner in sorted(fw.touched_ports.items()):
                 step.want(host_id, owner, GROUP, fw.port_slice(pid, mirror))
+            for key in sorted(fw.touched_nets):
+                step.want(host_id, t.sg_net_cookie(key), GROUP, fw.net_slice(key))
             for pid, zone in sorted(fw.left_zones.items()):
                 now = fw.local.get(pid)
                 if now is None or now[1].ofport != zone:
                     step.flush_zone(host_id, zone)
         fw.index.touched.clear()
         fw.touched_ports.clear()
+        fw.touched_nets.clear()
         fw.left_zones.clear()
         self.firewalls[host_id] = fw
 
@@ -258,6 +264,8 @@ class SecurityGroupService:
         desired = {owner: fw.index.slice_of(owner) for owner in fw.index.owners()}
         for pid, (num, _fp) in fw.local.items():
             desired[t.sg_port_cookie(num)] = fw.port_slice(pid, inputs.mirror)
+        for key in fw.net_domains:
+            desired[t.sg_net_cookie(key)] = fw.net_slice(key)
         if fw.local:
             desired[STATIC] = self._static(fw)
         for owner in sorted(desired.keys() | rt.groups.get(GROUP, set())):

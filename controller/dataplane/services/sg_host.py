@@ -90,6 +90,8 @@ class HostFirewall:
         self.c3: dict[str, dict[str, list[Entry]]] = {}  # rule id -> member port -> entries
         self.member_rules: dict[str, set[str]] = {}  # member port -> rule ids it contributes to
         self.touched_ports: dict[str, int] = {}  # port id -> its port owner, to re-plan
+        self.net_domains: dict[int, Counter[int]] = {}  # routed key -> domain -> local ports
+        self.touched_nets: set[int] = set()  # network keys whose entries to re-plan
         self.left_zones: dict[str, int] = {}  # port id -> zone it had before this step
         self.visited = 0
 
@@ -166,6 +168,9 @@ class HostFirewall:
         if new is not None:
             self.local[pid] = new
             self.chosen[new[1].ofport] = pid
+        for fp, step in ((old[1] if old else None, -1), (new[1] if new else None, 1)):
+            if fp is not None and fp.domain:
+                self._count_domain(fp.network_key, fp.domain, step)
         before = {(g, _scope(old[1])) for g in old[1].groups} if old else set()
         after = {(g, _scope(new[1])) for g in new[1].groups} if new else set()
         for gid, net in sorted(after - before):  # joins first: no group empties on the way
@@ -176,6 +181,28 @@ class HostFirewall:
         num = new[0] if new is not None else old[0] if old is not None else None
         if num is not None:
             self.touched_ports[pid] = t.sg_port_cookie(num)
+
+    def _count_domain(self, key: int, domain: int, step: int) -> None:
+        """A local filtered port of routed network ``key`` came (+1) or went (-1) with
+        ``domain``: the network's entries (`flows.security_groups.network_entries`) are
+        re-planned when its first port comes, its last goes or its domain moves."""
+        counts = self.net_domains.setdefault(key, Counter())
+        counts[domain] += step
+        if counts[domain] <= 0:
+            del counts[domain]
+            self.touched_nets.add(key)
+        elif step > 0 and counts[domain] == 1:
+            self.touched_nets.add(key)
+        if not counts:
+            del self.net_domains[key]
+
+    def net_slice(self, key: int) -> Slice:
+        """The entries of routed network ``key`` on the host: there while it has a filtered
+        port here (with the domain its ports were scoped with; one within a planned step)."""
+        domains = self.net_domains.get(key)
+        if not domains:
+            return Slice()
+        return Slice(rules=sg.network_entries(key, min(domains), t.sg_net_cookie(key)))
 
     def _join(self, gid: str, net: int, pid: str, mirror: Mirror) -> None:
         first = gid not in self.group_locals
