@@ -37,20 +37,19 @@ conjunction ``conj_id = rule.key`` with the clauses (1) ``reg5 = ofport`` for ev
 in the rule's group, (2) the rule's own match (protocol, masked port ranges, remote prefix) and,
 for a ``remote_group_id``, (3) ``metadata = network, ip_src/dst = address`` for every address of
 the remote group's members in a network that a local port with the rule is on (the network key
-scopes addresses: tenants' address spaces overlap).  A member whose network is on a router has
-its packets arrive under every key of the router's networks, so its addresses are scoped by
-the L3 domain instead (``reg7/reg8 = domain``, set by one SG entry per routed network and
-host, `network_entries`: one flow per address, whatever the number of networks routed
-together, and adding a network to a router re-scopes only that network's members and
-entries).  A member joining or leaving changes one clause-3 flow per address per host that uses
-the group.  Flows with the same match (the same
-address in two groups, the same port range in two rules) are one flow with several
-``conjunction`` actions, kept as contributions in a `flows.sg_clauses.ClauseIndex`: a rule's
-``conj_id`` and clause-2 flows belong to the rule (owner cookie from its key), a member's
-address flows to the member port on that host (from its number), and a merged flow to the
-smallest cookie among its contributors, so that the sg service patches one rule or one member
-in or out at its own cost and the whole-host compile here (:func:`shared_rules`) gives the
-same flows and cookies from scratch.
+scopes addresses: tenants' address spaces overlap). A member whose network is on a router has its
+packets arrive under every key of the router's networks, so its addresses are scoped by the L3
+domain as well (`scopes_of`; ``reg7/reg8 = domain``, set by one SG entry per routed network and
+host, `network_entries`: one flow per address, whatever the number of networks routed together, and
+adding a network to a router adds only that network's members' domain flows and its entries). A
+member joining or leaving changes one clause-3 flow per address and scope per host that uses the
+group. Flows with the same match (the same address in two groups, the same port range in two rules)
+are one flow with several ``conjunction`` actions, kept as contributions in a
+`flows.sg_clauses.ClauseIndex`: a rule's ``conj_id`` and clause-2 flows belong to the rule (owner
+cookie from its key), a member's address flows to the member port on that host (from its number),
+and a merged flow to the smallest cookie among its contributors, so that the sg service patches one
+rule or one member in or out at its own cost and the whole-host compile here (:func:`shared_rules`)
+gives the same flows and cookies from scratch.
 
 Integration (what the core calls; see :func:`plug`, which does all three for a slice):
 
@@ -72,7 +71,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import netaddr
@@ -240,6 +239,24 @@ def scope_of(network_key: int, domain: int) -> int:
     """Where a remote-group address applies and is matched: its network (key) if that is on no
     router, else its L3 domain (kept apart from keys by `DOMAIN_SCOPE`)."""
     return DOMAIN_SCOPE | domain if domain else network_key
+
+
+def scopes_of(network_key: int, domain: int) -> tuple[int, ...]:
+    """Every scope a port's rules apply in and its addresses are matched in: its network, and
+    its L3 domain if the network is on a router.  The network scope stays when the network
+    joins or leaves a router: its members' address flows under the key are not rewritten, only
+    those under the domain come or go (half the flow-mods of moving them, at one more flow per
+    routed member address and host).  A key-scoped flow admits nothing the domain's does not:
+    a packet under the key of a routed network is in its domain."""
+    return (network_key, DOMAIN_SCOPE | domain) if domain else (network_key,)
+
+
+def in_scope(addr: MemberAddress, scope: int) -> MemberAddress | None:
+    """The address as its clause-3 flows in ``scope`` match it (`scopes_of`), None if it is not
+    matched there."""
+    if scope == addr.network_key:
+        return replace(addr, domain=0) if addr.domain else addr
+    return addr if addr.domain and scope == DOMAIN_SCOPE | addr.domain else None
 
 
 def _scope_match(network_key: int, domain: int) -> dict[str, int]:
@@ -617,7 +634,7 @@ def shared_rules(
         for rule in _port_group_rules(port, groups):
             if used.setdefault(rule.key, rule) != rule:
                 raise ValueError(f"two different rules with key {rule.key}")
-            nets_of_rule[rule.key].add(scope_of(port.network_key, port.domain))
+            nets_of_rule[rule.key].update(scopes_of(port.network_key, port.domain))
 
     index = ClauseIndex()
     for key, rule in used.items():
@@ -629,16 +646,18 @@ def shared_rules(
             continue
         remote = groups.get(rule.remote_group_id)
         for addr in remote.members if remote is not None else ():
-            if scope_of(addr.network_key, addr.domain) in nets_of_rule[key]:
-                for entry in member_entries(rule, (addr,)):
-                    index.add(cookies.member(addr.port_id), *entry)
+            for scope in scopes_of(addr.network_key, addr.domain):
+                scoped = in_scope(addr, scope)
+                if scope in nets_of_rule[key] and scoped is not None:
+                    for entry in member_entries(rule, (scoped,)):
+                        index.add(cookies.member(addr.port_id), *entry)
     return frozenset(index.rules())
 
 
 @lru_cache(maxsize=1 << 16)
 def _member_match(rule: SgRule, addr: MemberAddress) -> Match | None:
     """Clause 3 for one address of a remote group's member: scoped to its network or L3 domain
-    (`scope_of`), and to the rule's address family (``None`` for an address of the other
+    (`scope_of`, `in_scope`), and to the rule's address family (``None`` for an address of the other
     family)."""
     version, value = _address(addr.ip)
     if version != (4 if rule.ethertype == IPV4 else 6):

@@ -88,7 +88,8 @@ def test_an_interface_add_builds_what_is_new_once(
     per host, as before: the router's flows (the new interface's owner, a route and an echo
     answer on each other interface, the 6 neighbour rules) and network 0's security-group
     changes (its entries, 4 per host whatever its local ports (the release before: 4 per
-    port, 8 here), and its 6 members' address clauses re-scoped: 6 out, 6 in)."""
+    port, 8 here), and its 6 members' address clauses under the domain added, those under its
+    key kept (the release before: 6 out, 6 in)."""
     c = _add_step(networks, 6, monkeypatch)
     n = networks
     assert c["walks"] == 2, c
@@ -99,7 +100,7 @@ def test_an_interface_add_builds_what_is_new_once(
     # routed packets to no local port; 2 on each other
     router = (1 + 1 + 2 * n + 1 + 2 + 1) + 2 * (n - 1) + 6
     for host in HOSTS:
-        assert c["sent"][host] == Counter(ROUTER=router, SECURITY_GROUP=4 + 12), (host, c)
+        assert c["sent"][host] == Counter(ROUTER=router, SECURITY_GROUP=4 + 6), (host, c)
 
 
 def test_a_kept_domain_follows_every_interface_change() -> None:

@@ -1,10 +1,10 @@
 """What adding a router interface costs the security groups, counted: the flow-mods on each host
-are those of the joining network (its members' address clauses re-scoped from its key to the
-router's L3 domain, its ports' entries), the same whether the router's other networks hold 4
-members or 40 (issue 16: "adding or removing an interface changes only the flows of the router
-and its networks' hosts").  Before L3 domains, every member of the router's other networks was
-matched once more under the joining network's key on every host with a port there: one
-interface add re-keyed the whole router (634 flow-mods per host at 10 x 30 in the bench).
+are those of the joining network (its members' address clauses added under the router's L3 domain,
+those under its key kept; its entries, per host), the same whether the router's other networks hold
+4 members or 40 (issue 16: "adding or removing an interface changes only the flows of the router
+and its networks' hosts"). Before L3 domains, every member of the router's other networks was
+matched once more under the joining network's key on every host with a port there: one interface
+add re-keyed the whole router (634 flow-mods per host at 10 x 30 in the bench).
 """
 
 from __future__ import annotations
@@ -61,21 +61,28 @@ def routed_world(networks: int, ports: Callable[[int], int]) -> World:
     return w
 
 
-def _sg_flow_mods(others: int, own: int = 3) -> dict[str, Counter[str]]:
+def _sg_flow_mods(others: int, own: int = 3, remove: bool = False) -> dict[str, Counter[str]]:
     """Per host, the security-group flow-mods of adding network 0 (``own`` ports, spread over
     the hosts) to a router that joins networks 1..3 of ``others`` members each (all in the
-    default group), by owner part: network entries, port flows, member addresses, other."""
+    default group), by owner part and "+"/"-" for an add or a delete (``remove``: of removing
+    the interface again after)."""
     w = routed_world(4, lambda n: own if n == 0 else others)
     _interface(w, 900_100, "n0", "s0", "10.0.255.254")
     plan = w.step()
+    if remove:
+        port = w.mirror.ports["if900100"]
+        w.mirror.set_port(port.id, None)
+        w.change(Change("port", port.id, port, None))
+        plan = w.step()
     assert not plan.failed
     out: dict[str, Counter[str]] = {}
     for host, diffs in plan.diffs.items():
         counts: Counter[str] = Counter()
         for d in diffs:
-            for r in (*d.add_rules, *d.del_rules):
-                if t.owner_kind(r.cookie) == t.OwnerKind.SECURITY_GROUP:
-                    counts[t.sg_owner_part(r.cookie)[0]] += 1
+            for sign, rules in (("+", d.add_rules), ("-", d.del_rules)):
+                for r in rules:
+                    if t.owner_kind(r.cookie) == t.OwnerKind.SECURITY_GROUP:
+                        counts[sign + t.sg_owner_part(r.cookie)[0]] += 1
         out[host] = counts
     return out
 
@@ -83,20 +90,31 @@ def _sg_flow_mods(others: int, own: int = 3) -> dict[str, Counter[str]]:
 def test_an_interface_add_costs_the_joining_network_whatever_the_others_hold() -> None:
     """Each host holds one of network 0's ports: the network's entries (2 families x 2
     directions, set with the domain) and the address clause of each of network 0's 3 members
-    (old key out, domain in), nothing of the other networks' members, at 4 as at 40 per
+    under the domain (added: the one under network 0's key stays; the release before moved
+    it, a delete and an add), nothing of the other networks' members, at 4 as at 40 per
     network (the old per-key scheme added each of them under network 0's key: 12 vs 120 per
     host)."""
     small, large = _sg_flow_mods(4), _sg_flow_mods(40)
     assert small == large, (small, large)
     for host in HOSTS:
-        assert small[host] == Counter({"network": 4, "member": 6}), (host, small[host])
+        assert small[host] == Counter({"+network": 4, "+member": 3}), (host, small[host])
 
 
 def test_the_joining_networks_entries_are_per_host_not_per_port() -> None:
     """Network 0 with 4 ports on each host: still 4 entries per host (one per family and
     direction, matching the network's key), not 4 per port (16 per host, 40 at issue size:
     the release before set each routed port's domain in entries of its own); its ports' own
-    flows do not change."""
+    flows do not change; its 12 members' addresses are added under the domain, nothing
+    deleted (the release before: 16 entries, 12 deletes and 12 adds per host)."""
     sent = _sg_flow_mods(4, own=12)
     for host in HOSTS:
-        assert sent[host] == Counter({"network": 4, "member": 24}), (host, sent[host])
+        assert sent[host] == Counter({"+network": 4, "+member": 12}), (host, sent[host])
+
+
+def test_removing_the_interface_deletes_the_domain_flows_only() -> None:
+    """The interface removed again: per host, the network's 4 entries and its members'
+    addresses under the domain go; those under its key, which never left, stay (the release
+    before: 12 deletes and 12 adds of member flows, and 16 entries)."""
+    sent = _sg_flow_mods(4, own=12, remove=True)
+    for host in HOSTS:
+        assert sent[host] == Counter({"-network": 4, "-member": 12}), (host, sent[host])

@@ -5,8 +5,8 @@ derive, in the shape that lets one port or one rule be patched in or out at its 
 
 * the host's filtered ports (held, plugged, admin up, port security on, one per ofport: the
   smallest port id, as `flows.compiler` picks among duplicates) and, per group, which of them
-  are in it and in which scopes (`group_nets`: network keys, or L3 domains of routed networks,
-  `flows.security_groups.scope_of`);
+  are in it and in which scopes (`group_nets`: network keys, and L3 domains of routed networks,
+  `flows.security_groups.scopes_of`);
 * the rules applied on the host (those of the known groups its filtered ports are in), and by
   remote group the applied rules naming it (`remote_rules`);
 * the merged conjunctive flows as contributions (`flows.sg_clauses.ClauseIndex`): each applied
@@ -46,9 +46,10 @@ Entry = tuple[int, int, int, Match, Conjunction]
 """A clause-3 contribution: (scope, owner cookie, table, match, conjunction action)."""
 
 
-def _scope(fp: sg.FilteredPort) -> int:
-    """Where the port's addresses are matched (`flows.security_groups.scope_of`)."""
-    return sg.scope_of(fp.network_key, fp.domain)
+def _scopes(fp: sg.FilteredPort) -> tuple[int, ...]:
+    """Where the port's rules apply and its addresses are matched
+    (`flows.security_groups.scopes_of`)."""
+    return sg.scopes_of(fp.network_key, fp.domain)
 
 
 def filtered_port(port: PortRec, mirror: Mirror, ofport: int) -> sg.FilteredPort:
@@ -171,13 +172,15 @@ class HostFirewall:
         for fp, step in ((old[1] if old else None, -1), (new[1] if new else None, 1)):
             if fp is not None and fp.domain:
                 self._count_domain(fp.network_key, fp.domain, step)
-        before = {(g, _scope(old[1])) for g in old[1].groups} if old else set()
-        after = {(g, _scope(new[1])) for g in new[1].groups} if new else set()
+        before = {(g, s) for g in old[1].groups for s in _scopes(old[1])} if old else set()
+        after = {(g, s) for g in new[1].groups for s in _scopes(new[1])} if new else set()
         for gid, net in sorted(after - before):  # joins first: no group empties on the way
             self._join(gid, net, pid, mirror)
         stays = {g for g, _ in after}  # a port re-scoped (its network routed) stays in its groups
-        for gid, net in sorted(before - after):
-            self._leave(gid, net, pid, gid in stays)
+        gone = sorted(before - after)
+        last = {gid: net for gid, net in gone}  # a group left in two scopes: the port goes last
+        for gid, net in gone:
+            self._leave(gid, net, pid, gid in stays or last[gid] != net)
         num = new[0] if new is not None else old[0] if old is not None else None
         if num is not None:
             self.touched_ports[pid] = t.sg_port_cookie(num)
@@ -311,19 +314,21 @@ class HostFirewall:
         # under any key of the domain); addresses where no local port has the rule never match
         fp = filtered_port(port, mirror, 0)
         self._scoped(port.network_id, fp.domain)
-        scope = _scope(fp)
-        if scope not in nets or only_net not in (None, scope):
-            return
         owner = t.sg_member_cookie(port.num)
-        entries = sg.member_entries(rec.rule, sg.member_addresses(fp))
-        if not entries:
-            return
-        self.c3.setdefault(rid, {}).setdefault(mpid, []).extend(
-            (scope, owner, *entry) for entry in entries
-        )
-        self.member_rules.setdefault(mpid, set()).add(rid)
-        for entry in entries:
-            self.index.add(owner, *entry)
+        addrs = sg.member_addresses(fp)
+        for scope in _scopes(fp):
+            if scope not in nets or only_net not in (None, scope):
+                continue
+            scoped = (sg.in_scope(a, scope) for a in addrs)
+            entries = sg.member_entries(rec.rule, [a for a in scoped if a is not None])
+            if not entries:
+                continue
+            self.c3.setdefault(rid, {}).setdefault(mpid, []).extend(
+                (scope, owner, *entry) for entry in entries
+            )
+            self.member_rules.setdefault(mpid, set()).add(rid)
+            for entry in entries:
+                self.index.add(owner, *entry)
 
     def _drop_c3(self, rid: str, only_net: int | None = None) -> None:
         """Take back clause-3 contributions of a rule (in one network, or all)."""
