@@ -90,8 +90,8 @@ BARRIER_THREAD = "barrier-timeouts"  # the one thread that fails unanswered barr
 # One message per FlowDiff entry (see FlowDiff.messages_in_order), and how the log names it.
 # Full cookie mask on deletes: a delete only ever removes the flow of the owner that installed it.
 _ENCODE: dict[str, Callable[[Any, Any], Any]] = {
-    "add_groups": codec.group_add,
-    "mod_groups": codec.group_modify,
+    "add_groups": codec.group_add_encoded,
+    "mod_groups": codec.group_modify_encoded,
     "add_rules": codec.flow_add_encoded,
     "del_rules": lambda dp, rule: codec.flow_delete_strict_encoded(dp, rule, FULL_MASK),
     "del_groups": codec.group_delete,

@@ -16,7 +16,19 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from controller.southbound import ofp_codec as codec
 from flows import security_groups as sg
 from flows.compiler import compile_network
-from flows.model import HostContext, LocalPort, NetworkView, RemotePort, Rule, Segment
+from flows.model import (
+    GroupEntry,
+    HostContext,
+    LocalPort,
+    NetworkView,
+    Output,
+    RemotePort,
+    Resubmit,
+    Rule,
+    Segment,
+    SetField,
+    Slice,
+)
 from flows.routing import Interface, RouterView, Subnets, compile_router
 from tests.unit.wire_switch import DP as WIRE_DP
 
@@ -29,6 +41,14 @@ class _Dp:
 
 
 def _rules() -> list[Rule]:
+    rules = sorted(_network().rules, key=repr)
+    assert len(rules) > 20
+    return rules
+
+
+def _network() -> Slice:
+    """A network's flows and flood groups on a host: local ports with and without port
+    security and address pairs, a remote port, two peer hosts."""
     local = (
         LocalPort("a", 1, "0A:00:00:00:00:01", ("10.0.0.1", "fd00::1")),
         LocalPort("b", 2, "0a:00:00:00:00:02", ("10.0.0.2",), port_security=False),
@@ -47,9 +67,7 @@ def _rules() -> list[Rule]:
     remote = (RemotePort("r", "0a:00:00:00:01:01", "192.0.2.2", extra_macs=("0a:00:00:00:01:02",)),)
     view = NetworkView(7, "vxlan", 5007, local, remote, ("192.0.2.2", "192.0.2.3"))
     ctx = HostContext("192.0.2.1", {"vxlan": 64001, "gre": 64002})
-    rules = sorted(compile_network(ctx, view).rules, key=repr)
-    assert len(rules) > 20
-    return rules
+    return compile_network(ctx, view)
 
 
 def _wire(msg: Any) -> bytes:
@@ -163,3 +181,29 @@ def test_ct_flush_zone_is_nicira_message_29_with_the_zone_in_its_last_two_bytes(
     assert buf[16:] == bytes(6) + bytes.fromhex("1234")
     with pytest.raises(ValueError):
         codec.ct_flush_zone(WIRE_DP, 0x10000)
+
+
+def test_encoded_group_mods_are_os_kens_bytes_alone_and_in_a_bundle() -> None:
+    """`group_add_encoded` / `group_modify_encoded` put the same bytes on the wire as os-ken's
+    own group-mods, for every bucket shape the compiler makes (flood buckets into the
+    security-group tables, outputs, tunnel buckets), with any xid, alone or inside a
+    bundle-add, on first use and with the buckets remembered."""
+    filtered = GroupEntry(9, ((SetField("reg5", 13), Resubmit(20)), (Output(2),)))
+    groups = [*_network().groups, filtered, GroupEntry(10, ())]  # the last: no bucket left
+    assert any(len(g.buckets) > 1 for g in groups)
+    for group in groups:
+        for _ in range(2):  # built, then remembered
+            for xid in (1, 0x7FFF_FFF3):
+                for fast, ref in (
+                    (codec.group_add_encoded(_Dp(), group), codec.group_add(_Dp(), group)),
+                    (codec.group_modify_encoded(_Dp(), group), codec.group_modify(_Dp(), group)),
+                ):
+                    for m in (fast, ref):
+                        m.set_xid(xid)
+                        m.serialize()
+                    assert bytes(fast.buf) == bytes(ref.buf), group
+                    outer = [parser.ONFBundleAddMsg(_Dp(), 3, 0, m, []) for m in (fast, ref)]
+                    for m in outer:
+                        m.set_xid(xid)
+                        m.serialize()
+                    assert bytes(outer[0].buf) == bytes(outer[1].buf), group
