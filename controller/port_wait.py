@@ -209,3 +209,9 @@ def add_wait_route(app: FastAPI, waiter: PortWaiter) -> None:
         summary="Block until the given ports have a status (like ovn-nbctl --wait=hv)",
         responses={429: {"description": "Too many waits in progress"}},
     )  # fmt: skip
+    # Matched first: FastAPI tries the routes in order, one regex each, and added last this
+    # one came after the ~130 of the Neutron collections - ~1 ms of CPU per wait, taken from
+    # the data plane while it wires the very port the client waits for.  Its path is unique
+    # (no other route matches it, and it matches no other path), so no match changes.
+    routes = app.router.routes
+    routes.insert(0, routes.pop())
