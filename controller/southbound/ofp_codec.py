@@ -187,10 +187,11 @@ def _shared_instructions(instructions: tuple[Instruction, ...]) -> tuple[Any, ..
     return tuple(encode_instructions(instructions))
 
 
-def flow_add(dp: Any, rule: Rule, hard_timeout: int = 0) -> Any:
+def flow_add(dp: Any, rule: Rule, hard_timeout: int = 0, instructions: bool = True) -> Any:
     """OFPFC_ADD: creates the flow, or replaces one with the same table/priority/match.  A
     ``hard_timeout`` (seconds, 0: none) makes the switch remove it by itself (transient rules
-    only, `flows.tables.TRANSIENT_KINDS`)."""
+    only, `flows.tables.TRANSIENT_KINDS`).  ``instructions=False``: without them (for
+    `_flow_mod_body`, which appends them serialised)."""
     return parser.OFPFlowMod(
         dp,
         cookie=rule.cookie,
@@ -199,7 +200,7 @@ def flow_add(dp: Any, rule: Rule, hard_timeout: int = 0) -> Any:
         hard_timeout=hard_timeout,
         priority=rule.priority,
         match=encode_match(rule.match),
-        instructions=list(_shared_instructions(rule.instructions)),
+        instructions=list(_shared_instructions(rule.instructions)) if instructions else [],
     )
 
 
@@ -244,12 +245,30 @@ _BODY_DP = ofproto_protocol.ProtocolDesc(version=ofp.OFP_VERSION)
 @lru_cache(maxsize=ENCODED_RULES)
 def _flow_mod_body(rule: Rule, cookie_mask: int | None) -> bytes:
     """os-ken's serialisation of the rule's OFPFC_ADD (``cookie_mask`` None) or strict delete,
-    without its 8-byte header: the same for every switch and every xid."""
-    msg = (flow_add(_BODY_DP, rule) if cookie_mask is None
-           else flow_delete_strict(_BODY_DP, rule, cookie_mask))  # fmt: skip
+    without its 8-byte header: the same for every switch and every xid.
+
+    An add is serialised without its instructions, which follow from `_instruction_bytes`:
+    os-ken writes them right after the (padded) match, so the bytes are the same, and a new
+    port's rules share a few instruction lists (its register and the next table) that are
+    then serialised once, not once per rule (~20 of a rule's ~70 us)."""
+    if cookie_mask is not None:
+        msg = flow_delete_strict(_BODY_DP, rule, cookie_mask)
+        tail = b""
+    else:
+        msg = flow_add(_BODY_DP, rule, instructions=False)
+        tail = _instruction_bytes(rule.instructions)
     msg.xid = 0
     msg.serialize()
-    return bytes(msg.buf[ofp.OFP_HEADER_SIZE:])
+    return bytes(msg.buf[ofp.OFP_HEADER_SIZE:]) + tail
+
+
+@lru_cache(maxsize=ENCODED_RULES)
+def _instruction_bytes(instructions: tuple[Instruction, ...]) -> bytes:
+    """os-ken's serialisation of an instruction list, as it ends a flow-mod."""
+    buf = bytearray()
+    for ins in _shared_instructions(instructions):
+        ins.serialize(buf, len(buf))
+    return bytes(buf)
 
 
 def flow_add_encoded(dp: Any, rule: Rule) -> Any:
