@@ -406,7 +406,13 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                 raise
             sw.errors = 0
             barrier = self._barrier_request(sw, on_done)
-            self._send_or_fail(sw, body + _serialise(dp, [barrier]), barrier)
+            # Written on this thread when the connection's send thread has nothing queued
+            # (`LiveDatapath.write_now`: in order, never blocking, the rest queued): handed
+            # to that thread, the batch waited for the interpreter until the data plane let
+            # go of it - after it had planned and encoded the step's other hosts, up to a
+            # switch interval (5 ms) later - while this host's switch, the one a new port
+            # waits for, could have been applying it.
+            self._send_or_fail(sw, body + _serialise(dp, [barrier]), barrier, direct=True)
         return True
 
     def on_packet_in(
@@ -1089,18 +1095,23 @@ class TenantnetOfpApp(app_manager.OSKenApp):
 
         self.set_packet_in_meter(dpid, rate, burst, done)
 
-    def _send_or_fail(self, sw: _Switch, msgs: list[Any] | bytes, barrier: Any) -> None:
-        """Queue the batch; if the switch's send queue is full (it stopped reading what it is
-        sent), fail the batch at once rather than block the data plane, which serves every
-        host from one thread.  Called with `sw.lock` held; the callback runs on a fresh thread
-        so that it never runs under it."""
+    def _send_or_fail(
+        self, sw: _Switch, msgs: list[Any] | bytes, barrier: Any, direct: bool = False
+    ) -> None:
+        """Queue the batch (``direct``: write it now if nothing is queued, see `_send_buf`);
+        if the switch's send queue is full (it stopped reading what it is sent), fail the
+        batch at once rather than block the data plane, which serves every host from one
+        thread.  Called with `sw.lock` held; the callback runs on a fresh thread so that it
+        never runs under it."""
         try:
             buf = msgs if isinstance(msgs, bytes) else _serialise(sw.dp, msgs)
         except BaseException:  # the exception is the batch's one answer: disarm its barrier
             sw.barriers.pop(barrier.xid, None)
             sw.bundle_in_flight = False
             raise
-        if _send_buf(sw.dp, buf):
+        # A direct write that failed on the socket (the connection is going) is queued as
+        # before, so the batch is answered by the disconnect, as a queued one would be.
+        if _send_buf(sw.dp, buf, direct) or (direct and _send_buf(sw.dp, buf)):
             return
         cb = sw.barriers.pop(barrier.xid, None)
         sw.bundle_in_flight = False

@@ -119,6 +119,51 @@ def test_a_switch_that_stopped_reading_fails_the_batch_without_blocking() -> Non
     assert done.got == [(False, "timeout")] and not sw.barriers
 
 
+class DirectDatapath(FakeDatapath):
+    """A live connection's `write_now`: ``socket_ok`` False is a socket that fails (the
+    connection is going), which takes nothing and queues nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.socket_ok = True
+        self.direct: list[tuple[bytes, str]] = []  # (buffer, the thread that wrote it)
+
+    def write_now(self, buf: bytes) -> bool:
+        if self.socket_ok:
+            self.direct.append((buf, threading.current_thread().name))
+        return self.socket_ok
+
+
+def test_a_batch_is_written_on_the_data_planes_thread_not_handed_to_the_send_thread() -> None:
+    """The bundle and its barrier go out as one direct write on the caller's thread (the
+    data plane's), so the switch gets them while the step's other hosts are planned."""
+    app, _, sw = _app()
+    dp = DirectDatapath()
+    sw.dp = dp
+    done = Outcome()
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_A,)), done)
+    assert [t for _, t in dp.direct] == [threading.current_thread().name] and not dp.sent
+    (xid,) = sw.barriers
+    app._barrier(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=xid)))
+    assert done.got == [(True, "")]
+
+
+def test_a_direct_write_the_socket_refuses_is_queued_and_left_to_the_disconnect() -> None:
+    """A socket error on the direct write (the connection is going) does not fail the batch
+    as an unread switch ("timeout", which would mark the host degraded): the batch is queued
+    as before, and the disconnect answers it."""
+    app, _, sw = _app()
+    dp = DirectDatapath()
+    dp.socket_ok = False
+    sw.dp = dp
+    done = Outcome()
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_A,)), done)
+    assert len(dp.sent) == 1 and not dp.direct and len(sw.barriers) == 1
+    assert not done.event.wait(0.2)
+    app._fail_barriers(sw)
+    assert done.got == [(False, "disconnected")]
+
+
 def test_a_switch_that_never_answers_its_read_back_is_disconnected() -> None:
     app, dp, sw = _app(timeout_s=0.2)
     app.resync(DPID)
