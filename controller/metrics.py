@@ -111,7 +111,12 @@ class StatusCollector(Collector):
             (
                 "ct_zones_flushed",
                 "tenantnet_ct_zones_flushed",
-                "Conntrack zones flushed because a filtered port left its host",
+                "Conntrack zones flushed: a filtered port's flows went, or came to a zone",
+            ),
+            (
+                "ct_zone_flush_errors",
+                "tenantnet_ct_zone_flush_errors",
+                "Conntrack zone flushes that raised (not sent; logged once per host)",
             ),
         ):
             if key in st:

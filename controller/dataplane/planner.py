@@ -129,10 +129,19 @@ class Plan:
     counts: dict[str, int] = field(default_factory=dict)
     # host -> conntrack zones to flush once its diff is applied (a filtered port left it)
     ct_flushes: dict[str, list[int]] = field(default_factory=dict)
+    # host -> conntrack zones to flush before its diff: a filtered port's flows are installed
+    # on a zone its switch held none of them on (`Step.flush_zone`)
+    ct_flushes_first: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        return not self.diffs and not self.decisions and not self.failed and not self.ct_flushes
+        return (
+            not self.diffs
+            and not self.decisions
+            and not self.failed
+            and not self.ct_flushes
+            and not self.ct_flushes_first
+        )
 
 
 class Step:
@@ -146,6 +155,7 @@ class Step:
         self.decisions: list[PortDecision] = []
         self.counts: dict[str, int] = {}
         self.ct_flushes: dict[str, list[int]] = {}
+        self.ct_flushes_first: dict[str, list[int]] = {}
 
     def want(self, host_id: str, owner: int, group: Hashable, desired: Slice) -> None:
         """Owner ``owner`` should hold ``desired`` on the host (EMPTY: nothing).  ``group``
@@ -160,11 +170,12 @@ class Step:
         self.writes.append((host_id, owner, group, desired))
         self.diffs.setdefault(host_id, []).append(diff(desired, installed))
 
-    def flush_zone(self, host_id: str, zone: int) -> None:
-        """Clear conntrack zone ``zone`` on the host after this step's diff (NXT_CT_FLUSH_ZONE):
-        the connections of a filtered port that left it."""
+    def flush_zone(self, host_id: str, zone: int, first: bool = False) -> None:
+        """Clear conntrack zone ``zone`` on the host (NXT_CT_FLUSH_ZONE) after this step's diff:
+        the connections of a filtered port that left it; with ``first``, before the diff: the
+        zone's old connections, before the flows of a port that now filters in it meet them."""
         self._check_host(host_id)
-        self.ct_flushes.setdefault(host_id, []).append(zone)
+        (self.ct_flushes_first if first else self.ct_flushes).setdefault(host_id, []).append(zone)
 
     def decide(self, decision: PortDecision) -> None:
         """A port's status once the hosts confirm.  Only a piece that may plan several hosts
@@ -264,12 +275,16 @@ class Planner:
             else:
                 per_host.setdefault(piece[3], []).append(piece)
         waited = awaited(plan.decisions)
-        done = plan.diffs.keys() | plan.ct_flushes.keys()
+        done = plan.diffs.keys() | plan.ct_flushes.keys() | plan.ct_flushes_first.keys()
         order = sorted(done | per_host.keys(), key=lambda h: (h not in waited, h in per_host, h))
         for host_id in order:
             for piece in per_host.get(host_id, ()):
                 self._run(piece, inputs, plan)
-            if release is not None and (host_id in plan.diffs or host_id in plan.ct_flushes):
+            if release is not None and (
+                host_id in plan.diffs
+                or host_id in plan.ct_flushes
+                or host_id in plan.ct_flushes_first
+            ):
                 release(host_id, plan)
         return plan
 
@@ -290,6 +305,8 @@ class Planner:
         plan.decisions.extend(step.decisions)
         for host_id, zones in step.ct_flushes.items():
             plan.ct_flushes.setdefault(host_id, []).extend(zones)
+        for host_id, zones in step.ct_flushes_first.items():
+            plan.ct_flushes_first.setdefault(host_id, []).extend(zones)
         for what, n in step.counts.items():
             plan.counts[what] = plan.counts.get(what, 0) + n
 

@@ -164,7 +164,8 @@ class Stats:
     reconciled_after_s: float | None = None
     last_batch_ms: float = 0.0
     binding_conflicts: int = 0  # claims refused (bindings.py), counted once per occurrence
-    ct_zones_flushed: int = 0  # conntrack zones of filtered ports that left their host
+    ct_zones_flushed: int = 0  # conntrack zones flushed (security_groups.py: which, when)
+    ct_zone_flush_errors: int = 0  # flushes that raised (logged once per host until one works)
 
 
 class DataPlane:
@@ -216,9 +217,7 @@ class DataPlane:
         )
         self._dirty: set[Unit] = set()
         self._retry: dict[Unit, tuple[int, float]] = {}  # failed unit -> (failures, due at)
-        # host -> conntrack zones planned to be flushed there and not yet taken by its switch
-        # (`_flush_zones`): a flush is planned once (the firewall forgets the port that left)
-        self._unflushed: dict[str, set[int]] = {}
+        self._flush_failing: set[str] = set()  # hosts whose last zone flush raised (logged)
         self._inbox: queue.Queue[tuple[str, tuple[Any, ...]]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -365,6 +364,7 @@ class DataPlane:
             "ports_patched": self.stats.ports_patched,
             "binding_conflicts": self.stats.binding_conflicts,
             "ct_zones_flushed": self.stats.ct_zones_flushed,
+            "ct_zone_flush_errors": self.stats.ct_zone_flush_errors,
             "reconciled_after_s": self.stats.reconciled_after_s,
             "uptime_s": round(time.monotonic() - self.stats.started_at, 3),
         }
@@ -694,6 +694,7 @@ class DataPlane:
         rt = self.hosts.pop(host_id, None)
         if rt is None:
             return
+        self._flush_failing.discard(host_id)
         self.by_dpid.pop(rt.dpid, None)
         self.admission.remove_host(rt.dpid)
         if rt.installed is not None:
@@ -867,25 +868,20 @@ class DataPlane:
                 writes.setdefault(h, []).append((owner, group, after))
             indexed = len(plan.writes)
             host_writes = writes.pop(host_id, ())
-            if plan.ct_flushes.get(host_id):
-                self._unflushed.setdefault(host_id, set()).update(plan.ct_flushes[host_id])
+            rt = self.hosts[host_id]
+            self._flush_zones(rt, plan.ct_flushes_first.get(host_id, ()))
             try:
                 for owner, group, after in host_writes:
-                    _record(self.hosts[host_id], owner, group, after)
+                    _record(rt, owner, group, after)
                 if host_id in plan.diffs:
-                    self._send(self.hosts[host_id], merge_diffs(plan.diffs[host_id]), batch)
-                self._flush_zones(host_id)
-            except Exception as exc:
+                    self._send(rt, merge_diffs(plan.diffs[host_id]), batch)
+            except Exception as exc:  # the re-read plans the flushes after it again
                 self._not_sent(host_id, batch, exc)
+            else:
+                self._flush_zones(rt, plan.ct_flushes.get(host_id, ()))
 
         plan = self.planner.plan(due, self.inputs, release)
         take_decisions(plan)
-        released = plan.diffs.keys() | plan.ct_flushes.keys()
-        for host_id in [h for h in self._unflushed if h not in released]:
-            try:  # e.g. the host re-read after its flush raised: nothing else to send it first
-                self._flush_zones(host_id)
-            except Exception as err:
-                self._not_sent(host_id, batch, err)
         failed = {unit for unit, _ in plan.failed}
         for unit, exc in plan.failed:
             self._failed(unit, exc, now)
@@ -938,25 +934,44 @@ class DataPlane:
             host_id, len(frames), "sent" if sent else "not sent (switch gone)",
         )  # fmt: skip
 
-    def _flush_zones(self, host_id: str) -> None:
-        """Send the host's conntrack zone flushes, after its diff of the step (if any) on the
-        same connection.  A zone stays in ``_unflushed`` until the switch took its flush: one
-        whose flush (or the step's send before it) raised, or whose switch was gone, is sent
-        once the host is ready again (re-read, `_not_sent`).  Nothing else would send it: the
-        step that planned it also made the firewall forget the port that left, so the host's
-        plan after the re-read flushes nothing (the departed port's connections would stay in
-        conntrack, where a new port given its ofport, the zone, would meet them)."""
-        zones = self._unflushed.get(host_id)
-        rt = self.hosts.get(host_id)
-        if rt is None or not zones:
-            self._unflushed.pop(host_id, None)  # a removed host: its switch is not ours
+    def _flush_zones(self, rt: HostRuntime, zones: Iterable[int]) -> None:
+        """Flush conntrack zones of the host (`Plan.ct_flushes_first` before its diff of the
+        step, `Plan.ct_flushes` after it, on the same connection: OVS handles one connection's
+        messages in order).  Taken means written to the connection, not confirmed (no barrier
+        of its own; the diff's barrier, if any, comes after a first flush).
+
+        A flush is tried once and never kept for later: the planner derives flushes from what
+        the switch holds (services/security_groups.py), so one lost with a switch that is gone
+        is planned again after the re-read on reconnect if its zone still needs it; a flush
+        kept in memory would go stale when another instance takes the host or this one
+        restarts, and would clear the live connections of a port given the zone meanwhile.  A
+        flush that raises (a southbound bug) is logged, once per host until one succeeds, and
+        costs the host nothing else: its flows are still sent and its record of the switch is
+        kept (voiding it would re-read the switch, raise again and leave the host alone)."""
+        zones = sorted(set(zones))
+        host_id = rt.rec.id
+        if not zones or not self.owns(host_id) or rt.role_refused is not None:
             return
-        if not rt.ready or not self.owns(host_id):
+        try:
+            taken = self.switches.flush_ct_zones(rt.dpid, zones)
+        except Exception as exc:
+            self.stats.ct_zone_flush_errors += 1
+            if host_id not in self._flush_failing:
+                self._flush_failing.add(host_id)
+                LOG.error(
+                    "host %s: flushing conntrack zones %s failed (%s: %s); their old "
+                    "connections stay until the zones are flushed again (logged once until a "
+                    "flush works)",
+                    host_id, zones, type(exc).__name__, exc,
+                )  # fmt: skip
             return
-        if self.switches.flush_ct_zones(rt.dpid, sorted(zones)):
-            del self._unflushed[host_id]
+        if taken:
+            self._flush_failing.discard(host_id)
             self.stats.ct_zones_flushed += len(zones)
-            LOG.info("host %s: conntrack zones %s flushed", host_id, sorted(zones))
+        LOG.info(
+            "host %s: conntrack zones %s %s",
+            host_id, zones, "flushed" if taken else "not flushed (switch gone)",
+        )  # fmt: skip
 
     def _not_sent(self, host_id: str, batch: Batch, exc: Exception) -> None:
         """Sending the host its part of the step raised (a flow-mod that does not encode, a

@@ -494,10 +494,11 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             return _send_as_one_write(sw.dp, [msg])
 
     def flush_ct_zones(self, dpid: int, zones: list[int]) -> bool:
-        """Clear these conntrack zones (`ofp_codec.ct_flush_zone`).  Sent after the step's diff
-        on the same connection, which OVS handles in order: the flows that committed to a zone
-        are gone before it is flushed.  False if the switch is gone (a vswitchd that restarted
-        has lost its conntrack table anyway)."""
+        """Clear these conntrack zones (`ofp_codec.ct_flush_zone`).  Sent before or after a
+        step's diff on the same connection, which OVS handles in order (the data plane says
+        which: a zone a port's flows are about to filter in, a zone whose port's flows are
+        gone).  True: written to the connection (no barrier).  False if the switch is gone (a
+        vswitchd that restarted has lost its conntrack table anyway) or not reading."""
         with self._lock:
             sw = self._switches.get(dpid)
         if sw is None or not sw.ready:

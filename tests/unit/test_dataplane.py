@@ -41,6 +41,8 @@ class FakeSwitches:
         self.removed: list[int] = []
         self.flushed: list[tuple[int, list[int]]] = []
         self.packets: list[tuple[int, int, bytes]] = []  # (dpid, port, frame) sent out
+        # ("apply", dpid, diff) and ("flush", dpid, zones) in the order they were taken
+        self.log: list[tuple[str, int, Any]] = []
         self.lock = threading.Lock()
 
     def _switch(self, dpid: int) -> WireSwitch:
@@ -52,6 +54,7 @@ class FakeSwitches:
             for msg in diff_messages(diff):
                 sw.receive(msg)
             self.applied.append((dpid, diff))
+            self.log.append(("apply", dpid, diff))
         on_done(True)
         return True
 
@@ -71,7 +74,22 @@ class FakeSwitches:
     def flush_ct_zones(self, dpid: int, zones: list[int]) -> bool:
         with self.lock:
             self.flushed.append((dpid, list(zones)))
+            self.log.append(("flush", dpid, list(zones)))
         return True
+
+    def flushed_before_flows(self, dpid: int, zone: int, port: dict[str, Any]) -> bool:
+        """Whether ``zone`` was flushed on the switch before the first diff that installed the
+        port's own security-group flows there (and such a diff came)."""
+        owner = t.sg_port_cookie(port["_num"])
+        flushed = False
+        for what, d, item in self.log:
+            if d != dpid:
+                continue
+            if what == "flush" and zone in item:
+                flushed = True
+            elif what == "apply" and any(r.cookie == owner for r in item.add_rules):
+                return flushed
+        return False
 
     def packet_outs(
         self, dpid: int, frames: Sequence[tuple[int, bytes]], wait: bool = True
@@ -275,9 +293,12 @@ def test_restarted_controller_sends_nothing_when_switches_are_unchanged(cloud: C
     # from ofports and store numbers, so the security-group flows come out the same too
     sg_kind = t.OwnerKind.SECURITY_GROUP
     assert any(t.owner_kind(r.cookie) == sg_kind for r in cloud.flows("hv1").rules)
+    flushed = list(cloud.switches.flushed)
     restart(cloud)
     assert cloud.dp.stats.flow_mods == 0 and cloud.dp.stats.group_mods == 0
     assert cloud.dp.stats.reconciled_after_s is not None
+    # the ports' flows are on their zones already: their live connections are left alone
+    assert cloud.switches.flushed == flushed
 
 
 def test_flows_of_the_layout_before_owners_are_rewritten_once_in_place(cloud: Cloud) -> None:
@@ -327,12 +348,42 @@ def test_flows_of_a_port_deleted_while_the_controller_was_down_are_removed(cloud
         store.delete("port", gone["id"])
         store.close()
 
+    flushed = len(cloud.switches.flushed)
     restart(cloud, delete_it)
     for h in ("hv1", "hv2"):
         assert not any(r.cookie == owner for r in cloud.flows(h).rules)
     assert _macs(cloud.flows("hv1")) == {keep["mac_address"], other["mac_address"]}
     # its unicast rule on hv1, its own rules on hv2, and hv2's flood groups
     assert cloud.dp.stats.group_mods == 2
+    # its zone on hv2 (its ofport: it was filtered, in its project's default group), read
+    # from the switch's flows: nothing else told this controller it had been there (old: kept)
+    assert cloud.switches.flushed[flushed:] == [(datapath_id_for("hv2"), [5])]
+
+
+def test_a_zone_reused_while_the_controller_was_down_is_flushed_before_its_new_flows(
+    cloud: Cloud,
+) -> None:
+    """While the controller is down, a filtered port leaves hv1 and a new one is plugged on
+    its ofport (its zone).  The restarted controller finds the old port's flows on the switch
+    and none of the new port's: zone 7 is flushed before the new port's flows go in (they
+    would meet the old port's connections, which its security groups allowed), and only that.
+    The old controller sent no flush at all: the departure was never seen as an event."""
+    cloud.start(hosts=2)
+    net = cloud.network()
+    old = cloud.port(net, "hv1", 7)
+    cloud.port(net, "hv1", 8)  # stays: its zone is never flushed
+    new = cloud.store.create_port({"network_id": net["id"]})  # not plugged yet
+    cloud.idle()
+    hv1 = datapath_id_for("hv1")
+    flushed = len(cloud.switches.flushed)
+    bindings = FakeAgent.instances["hv1"].bindings  # what hv1's OVSDB will show (not pushed)
+    del bindings[old["id"]]
+    bindings[new["id"]] = 7
+    restart(cloud)
+    assert cloud.switches.flushed[flushed:] == [(hv1, [7])]
+    assert cloud.switches.flushed_before_flows(hv1, 7, new)
+    assert _macs(cloud.flows("hv1")) >= {new["mac_address"]}
+    assert old["mac_address"] not in _macs(cloud.flows("hv1"))
 
 
 def test_unplugged_port_is_withdrawn_from_peers(cloud: Cloud) -> None:
@@ -459,18 +510,14 @@ def test_a_host_whose_send_raises_is_re_read_and_the_other_hosts_are_sent(
     assert cloud.dp.status()["idle"]
 
 
-@pytest.mark.parametrize("raises", ["flush", "send"])
-def test_a_zone_flush_lost_to_a_raising_send_is_sent_after_the_re_read(
-    cloud: Cloud, raises: str
-) -> None:
-    """A filtered port leaves hv1; in that step either the zone flush raises after hv1's
-    bundle went out, or the bundle's send raises before the flush.  hv1's switch is re-read
-    and planned again, and its zone is flushed then, after the flows that used it are gone.
-    The old actor dropped the flush: the step had already made the firewall forget the port,
-    so the plan after the re-read flushed nothing and the port's connections stayed in
-    conntrack (where a port later given its ofport, the zone, would meet them)."""
+def test_a_zone_flush_lost_to_a_raising_send_is_sent_after_the_re_read(cloud: Cloud) -> None:
+    """A filtered port leaves hv1; in that step the bundle's send raises, before the flush.
+    hv1's switch is re-read and planned again: the switch still holds the port's flows on its
+    zone, so the zone is flushed then, after they are gone.  (Before 2ea7e4a the flush was
+    dropped: the step had made the firewall forget the port.)"""
     hv1 = datapath_id_for("hv1")
     resyncs: list[int] = []
+    raises = "send"
 
     class RaisingOnce(FakeSwitches):
         armed = ""
@@ -480,12 +527,6 @@ def test_a_zone_flush_lost_to_a_raising_send_is_sent_after_the_re_read(
                 self.armed = ""
                 raise ValueError("cannot encode")
             return super().apply(dpid, diff, on_done)
-
-        def flush_ct_zones(self, dpid: int, zones: list[int]) -> bool:
-            if self.armed == "flush" and dpid == hv1:
-                self.armed = ""
-                raise ValueError("cannot encode")
-            return super().flush_ct_zones(dpid, zones)
 
         def resync(self, dpid: int) -> None:
             resyncs.append(dpid)
@@ -498,15 +539,123 @@ def test_a_zone_flush_lost_to_a_raising_send_is_sent_after_the_re_read(
     sg_kind = t.OwnerKind.SECURITY_GROUP
     assert any(t.owner_kind(r.cookie) == sg_kind for r in cloud.flows("hv1").rules)
     flushed_before = cloud.dp.stats.ct_zones_flushed
+    n = len(switches.flushed)
     switches.armed = raises
     FakeAgent.instances["hv1"].unplug(leaving["id"])
     cloud.idle()
-    assert _wait_until(lambda: switches.flushed)
+    assert _wait_until(lambda: switches.flushed[n:])
     assert not switches.armed and resyncs == [hv1]
-    assert switches.flushed == [(hv1, [7])]
+    assert switches.flushed[n:] == [(hv1, [7])]
     assert cloud.dp.stats.ct_zones_flushed == flushed_before + 1
     assert leaving["mac_address"] not in _macs(cloud.flows("hv1"))
     assert cloud.dp.status()["idle"]
+
+
+def test_a_zone_flush_that_always_raises_costs_the_host_nothing_else(
+    cloud: Cloud, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every conntrack flush to hv1 raises (a southbound bug).  A filtered port leaves hv1
+    (its zone's flush after the diff raises), a new one takes its ofport (the flush before
+    its flows raises), then a third port is plugged: each step's flows still reach hv1, its
+    switch is never re-read, one error line is logged and the failures are counted.  The old
+    actor took a raising flush for a failed send: it voided hv1's record and re-read it, the
+    retried flush raised again, and after MAX_RESYNCS hv1 was left alone until it
+    reconnected: no later change reached it."""
+    hv1 = datapath_id_for("hv1")
+    resyncs: list[int] = []
+
+    class FlushRaises(FakeSwitches):
+        def flush_ct_zones(self, dpid: int, zones: list[int]) -> bool:
+            if dpid == hv1:
+                raise ValueError("cannot encode")
+            return super().flush_ct_zones(dpid, zones)
+
+        def resync(self, dpid: int) -> None:
+            resyncs.append(dpid)
+            cloud.dp.switch_ready(dpid, self.installed(dpid))
+
+    net = _network_of_hv1_hv2(cloud, FlushRaises())
+    leaving = cloud.port(net, "hv1", 7)
+    cloud.idle()
+    with caplog.at_level("ERROR", logger="controller.dataplane.reconciler"):
+        FakeAgent.instances["hv1"].unplug(leaving["id"])
+        cloud.idle()
+        taking = cloud.port(net, "hv1", 7)
+        cloud.idle()
+        later = [cloud.port(net, "hv1", 8 + i) for i in range(3)]
+        cloud.idle()
+    assert resyncs == []
+    macs = _macs(cloud.flows("hv1"))
+    assert leaving["mac_address"] not in macs
+    assert {p["mac_address"] for p in (taking, *later)} <= macs
+    assert all(_status_soon(cloud, p["id"], "ACTIVE") for p in (taking, *later))
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "host hv1" in errors[0] and "cannot encode" in errors[0]
+    assert cloud.dp.stats.ct_zone_flush_errors >= 5  # 7 twice, then 8, 9, 10
+    assert cloud.dp.status()["idle"]
+
+
+def test_a_zone_flush_the_switch_did_not_take_is_made_when_the_zone_is_used_again(
+    cloud: Cloud,
+) -> None:
+    """The switch is gone as hv1's flush of a departed port's zone is sent (False): nothing
+    keeps it.  When a new port takes that ofport, its zone is flushed before its flows go in,
+    since the switch holds none of the new port's flows on it; a port whose flows are on
+    their zone is not flushed.  (The old actor kept the lost flush in memory, see
+    test_dataplane_ownership for where that went wrong.)"""
+    hv1 = datapath_id_for("hv1")
+
+    class Gone(FakeSwitches):
+        gone = False
+
+        def flush_ct_zones(self, dpid: int, zones: list[int]) -> bool:
+            return False if self.gone else super().flush_ct_zones(dpid, zones)
+
+    switches = Gone()
+    net = _network_of_hv1_hv2(cloud, switches)
+    leaving = cloud.port(net, "hv1", 7)
+    cloud.idle()
+    assert switches.flushed_before_flows(hv1, 7, leaving)  # a new port's zone: flushed first
+    flushed = len(switches.flushed)
+    switches.gone = True
+    FakeAgent.instances["hv1"].unplug(leaving["id"])
+    cloud.idle()
+    assert switches.flushed[flushed:] == [] and cloud.dp.stats.ct_zones_flushed == flushed
+    switches.gone = False
+    taking = cloud.port(net, "hv1", 7)
+    cloud.idle()
+    assert switches.flushed[flushed:] == [(hv1, [7])]
+    assert switches.flushed_before_flows(hv1, 7, taking)
+    cloud.store.update("port", taking["id"], {"name": "renamed"})  # nothing to flush
+    cloud.idle()
+    assert switches.flushed[flushed:] == [(hv1, [7])]
+
+
+def test_a_removed_host_is_sent_no_flush_and_starts_afresh_when_registered_again(
+    cloud: Cloud,
+) -> None:
+    """hv2 has a filtered port and is removed: its flows go (remove_all) and no flush is sent
+    to it then or later.  Registered again with a new port on the same ofport, the zone is
+    flushed before the new port's flows (its switch holds none of them)."""
+    cloud.start(hosts=2)
+    net = cloud.network()
+    cloud.port(net, "hv1", 1)
+    cloud.port(net, "hv2", 7)
+    cloud.idle()
+    hv2 = datapath_id_for("hv2")
+    flushed = len(cloud.switches.flushed)
+    cloud.store.delete("host", "hv2")
+    cloud.idle()
+    cloud.port(net, "hv1", 2)  # a later step
+    cloud.idle()
+    assert hv2 in cloud.switches.removed
+    assert [z for d, z in cloud.switches.flushed[flushed:] if d == hv2] == []
+    cloud.store.create_host({"id": "hv2", "tunnel_ip": "10.9.0.2", "ovsdb": "tcp:10.8.0.2:6640"})
+    cloud.connect("hv2")
+    cloud.idle()
+    again = cloud.port(net, "hv2", 7)
+    cloud.idle()
+    assert cloud.switches.flushed_before_flows(hv2, 7, again)
 
 
 class HoldingSwitches(FakeSwitches):

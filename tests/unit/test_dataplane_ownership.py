@@ -366,3 +366,63 @@ def test_a_gained_host_is_not_written_before_the_actor_has_armed_its_handover(
     assert not any(c.dp.owns(h) for h in HOSTS)
     assert cluster.status(port) == "ACTIVE"
     c.dp.stop()
+
+
+def test_zone_flushes_follow_the_switch_not_the_instance_that_lost_the_host(
+    cluster: Cluster,
+) -> None:
+    """Conntrack zones across a host handed back and forth (the reviewer's reproduction of
+    2ea7e4a, issue of zone flushes kept in one instance's memory).  On ha, owned by a: port
+    ``left`` (zone 7) is unplugged while a's switch connection is gone (its flush is not
+    taken); ``moved`` (zone 8) stays.  a loses ha to b.  While b owns it, ``moved`` leaves and
+    two new ports take ofports 7 and 8: b flushes both zones before their flows go in (the
+    switch holds none of their flows there; zone 7 still held ``left``'s connections, which
+    the new port would have inherited).  ha goes back to a: the switch holds both new ports'
+    flows on their zones, so a flushes nothing (and sends nothing).  The old actors: b never
+    flushed (the departures were a's events), and a, back, sent its stale flush of zone 7 and
+    the zone of ``moved`` it had kept when it lost ha (`orphan_zones`): both cleared the live
+    connections of the new ports."""
+    cluster.start()
+    ha, _ = _split_hosts()
+    net = cluster.store.create_network({"provider:network_type": "vxlan"})
+    cluster.store.create_subnet({"network_id": net["id"], "cidr": "10.1.0.0/16", "ip_version": 4})
+    left, moved, new7, new8 = (cluster.store.create_port({"network_id": net["id"]})
+                               for _ in range(4))  # fmt: skip
+    FakeAgent.instances[ha].plug(left["id"], 7)
+    FakeAgent.instances[ha].plug(moved["id"], 8)
+    cluster.idle()
+    shared, hv = cluster.shared, dpid(ha)
+    real = cluster.a.switches.flush_ct_zones
+    cluster.a.switches.flush_ct_zones = lambda d, z: False  # type: ignore[method-assign]
+    FakeAgent.instances[ha].unplug(left["id"])
+    cluster.idle()
+    cluster.a.switches.flush_ct_zones = real  # type: ignore[method-assign]
+    # ha moves to b (a is not live)
+    FakeAgent.preset = {h: dict(FakeAgent.instances[h].bindings) for h in cluster.a.owned()}
+    cluster.a.view = MemberView("a", (), cluster.a.view.revision)
+    cluster.b.set_view(("b",))
+    cluster.idle()
+    cluster.a.dp.post("tick", ())
+    cluster.idle()
+    assert cluster.b.dp.owns(ha) and not cluster.a.dp.owns(ha)
+    n = len(shared.flushed)
+    agent = FakeAgent.instances[ha]  # b's
+    agent.unplug(moved["id"])
+    cluster.idle()
+    agent.plug(new7["id"], 7)
+    agent.plug(new8["id"], 8)
+    cluster.idle()
+    assert cluster.status(new7) == cluster.status(new8) == "ACTIVE"
+    assert shared.flushed_before_flows(hv, 7, new7) and shared.flushed_before_flows(hv, 8, new8)
+    # ha goes back to a
+    m, sent = len(shared.flushed), len(cluster.a.switches.sent)
+    FakeAgent.preset = {ha: dict(agent.bindings)}
+    cluster.a.set_view(("a", "b"))
+    cluster.b.set_view(("a", "b"))
+    cluster.idle()
+    cluster.b.dp.post("tick", ())
+    cluster.idle()
+    assert cluster.a.dp.owns(ha) and cluster.a.dp.status()["hosts"][ha]["ready"]
+    assert shared.flushed[m:] == [], "the new ports' live zones were flushed"
+    assert dpid(ha) not in cluster.a.switches.sent[sent:]
+    assert (hv, [8]) in shared.flushed[n:m]  # b: ``moved`` left, after its flows went

@@ -272,6 +272,30 @@ def test_a_deleted_filtered_port_has_its_zone_flushed_on_its_host() -> None:
     assert t.sg_port_cookie(2) not in w.hosts["hv1"].installed  # type: ignore[operator]
 
 
+def test_zone_flushes_follow_what_the_switch_holds() -> None:
+    """A filtered port given another ofport on its host: its new zone is flushed before the
+    diff (the switch holds none of its flows there), its old zone after it (nothing filters
+    in it now).  A rebuild of a host whose switch holds every port's flows on its zone (a
+    restart, a take-over) flushes nothing; one whose switch lost a port's flows flushes that
+    port's zone before they go back, and only that one."""
+    w = _sg_world(2)
+    rt = w.hosts["hv1"]
+    assert rt.obs is not None and rt.installed is not None
+    claims = {**rt.obs.bindings, "p2": 9}
+    rt.obs = HostObservation(claims, rt.obs.tunnel_ofports)
+    w.bindings.set_claims("hv1", claims)
+    w.change(Change("iface", "p2", None, "hv1"))
+    plan = w.step()
+    assert plan.ct_flushes_first == {"hv1": [9]} and plan.ct_flushes == {"hv1": [2]}
+    w.change(Change("switch", "hv1"))
+    plan = w.step()
+    assert plan.ct_flushes_first == {} and plan.ct_flushes == {} and plan.diffs == {}
+    del rt.installed[t.sg_port_cookie(1)]  # p1's own flows went missing on the switch
+    w.change(Change("switch", "hv1"))
+    plan = w.step()
+    assert plan.ct_flushes_first == {"hv1": [1]} and plan.ct_flushes == {}
+
+
 def test_the_merged_clause_owner_of_the_old_layout_is_replaced_in_one_diff() -> None:
     """A switch that holds the firewall as the release before per-rule and per-member owners
     wrote it (every merged clause under owner number 1): its rebuild re-adds the same flows

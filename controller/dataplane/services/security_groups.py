@@ -32,9 +32,25 @@ alone, so both always agree on which ports are filtered: the bound, usable ports
 security on.
 
 Zones are the ports' ofports (`flows.security_groups.zone_of`): nothing is allocated, and a
-restart compiles the same flows.  When a filtered port leaves its host (deleted, unplugged,
-moved, port security turned off) its zone is flushed there (`Step.flush_zone`): its
-connections' entries are gone with it.
+restart compiles the same flows.  Zone flushes (`Step.flush_zone`) are derived from what the
+switch holds (`HostRuntime.installed`: read on every (re)connect, take-over and re-read, then
+what was sent), never from a memory of events that another instance, a restart or a lost
+message would not share:
+
+* **before** the step's diff, the zone of a filtered port whose own flows the switch does not
+  hold on that zone yet (a new port, one moved to another ofport, port security turned on, a
+  port plugged while no instance owned or read the host): whatever an earlier occupant of the
+  ofport left in the zone is gone before the port's flows meet it.  A port whose flows are
+  installed on its zone is never flushed: a restart or a take-over that finds the switch as
+  it should be is hitless;
+* **after** the step's diff, the zone the switch held a port's flows on when those flows go
+  (deleted, unplugged, moved, port security turned off; also a port deleted while the
+  controller was down), unless another filtered port is on that zone now (its own flows are
+  either installed, and the zone is its live one, or flushed first): its connections' entries
+  are gone with it.
+
+A flush that is lost (a raising send, a switch gone) is not kept to be replayed: the next port
+to filter in that zone gets it flushed first anyway.
 """
 
 from __future__ import annotations
@@ -70,8 +86,6 @@ class SecurityGroupService:
         # interface change) and by the firewalls as they scope ports (`HostFirewall._scoped`),
         # so that a network already routed when the controller started is known too
         self.domains: dict[str, int] = {}
-        # host -> zones of its filtered ports when its firewall was dropped (step failed)
-        self.orphan_zones: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ inputs -> units
 
@@ -162,7 +176,6 @@ class SecurityGroupService:
 
     def _drop(self, host_id: str) -> None:
         self.firewalls.pop(host_id, None)
-        self.orphan_zones.pop(host_id, None)
 
     def group_of(self, owner: int, inputs: Inputs) -> Hashable | None:
         part, num = t.sg_owner_part(owner)
@@ -178,15 +191,10 @@ class SecurityGroupService:
         return GROUP if num in mirror.rule_keys else None
 
     def forget(self, unit: Unit) -> None:
-        """A step failed half-way through a host's firewall: drop it (the retried unit is the
-        host's rebuild), keeping its ports' zones so that the rebuild still flushes those of
-        ports that left."""
-        host_id = str(unit.scope[0])
-        fw = self.firewalls.pop(host_id, None)
-        if fw is not None:
-            zones = self.orphan_zones.setdefault(host_id, {})
-            for pid, (_num, fp) in fw.local.items():
-                zones.setdefault(pid, fp.ofport)
+        """A step failed half-way through a host's firewall, or the host is not read (its
+        switch gone, another instance owns it): drop the firewall (the retried unit is the
+        host's rebuild, which finds the zones to flush in what the switch then holds)."""
+        self.firewalls.pop(str(unit.scope[0]), None)
 
     # ------------------------------------------------------------------ units -> work
 
@@ -238,25 +246,19 @@ class SecurityGroupService:
                 step.want(host_id, owner, GROUP, fw.port_slice(pid, mirror))
             for key in sorted(fw.touched_nets):
                 step.want(host_id, t.sg_net_cookie(key), GROUP, fw.net_slice(key))
-            for pid, zone in sorted(fw.left_zones.items()):
-                now = fw.local.get(pid)
-                if now is None or now[1].ofport != zone:
-                    step.flush_zone(host_id, zone)
+            _flush_zones(step, fw, {o: _zone(fw, p) for p, o in fw.touched_ports.items()}, rt)
         fw.index.touched.clear()
         fw.touched_ports.clear()
         fw.touched_nets.clear()
-        fw.left_zones.clear()
         self.firewalls[host_id] = fw
 
     def _rebuild(self, host_id: str, inputs: Inputs, step: Step) -> HostFirewall:
         """The host's firewall from scratch: every owner it holds is diffed (what no current
-        object owns is removed), and the zones of ports gone since the last plan flushed."""
+        object owns is removed), and the zones flushed that what the switch holds calls for
+        (`_flush_zones`)."""
         rt = inputs.hosts[host_id]
         assert rt.obs is not None and rt.installed is not None
-        old = self.firewalls.pop(host_id, None)
-        zones = self.orphan_zones.pop(host_id, {})
-        if old is not None:
-            zones.update((pid, fp.ofport) for pid, (_num, fp) in old.local.items())
+        self.firewalls.pop(host_id, None)
         fw = HostFirewall(host_id, self.domains)
         # by (ofport, port id): the port each ofport keeps comes first, nothing is undone
         for pid, _ofport in sorted(rt.obs.bindings.items(), key=lambda b: (b[1], b[0])):
@@ -268,15 +270,54 @@ class SecurityGroupService:
             desired[t.sg_net_cookie(key)] = fw.net_slice(key)
         if fw.local:
             desired[STATIC] = self._static(fw)
+        # every port owner the switch holds (also one no object claims any more: a port
+        # deleted while the controller was down, which the base service removes) and every
+        # filtered port now, with the zone its flows will be on
+        ports: dict[int, int | None] = {o: None for o in rt.installed if _is_port_owner(o)}
+        for num, fp in fw.local.values():
+            ports[t.sg_port_cookie(num)] = sg.zone_of(fp.ofport)
+        _flush_zones(step, fw, ports, rt)
         for owner in sorted(desired.keys() | rt.groups.get(GROUP, set())):
             step.want(host_id, owner, GROUP, desired.get(owner, EMPTY))
-        for pid, zone in sorted(zones.items()):
-            now = fw.local.get(pid)
-            if now is None or now[1].ofport != zone:
-                step.flush_zone(host_id, zone)
         return fw
 
     @staticmethod
     def _static(fw: HostFirewall) -> Slice:
         """The host's skeleton: there as long as it has a filtered port."""
         return Slice(rules=sg.static_rules(STATIC)) if fw.local else EMPTY
+
+
+def _is_port_owner(owner: int) -> bool:
+    return t.owner_kind(owner) == t.OwnerKind.SECURITY_GROUP and t.sg_owner_part(owner)[0] == PORT
+
+
+def _zone(fw: HostFirewall, pid: str) -> int | None:
+    """The zone the port's own flows filter in after this step (None: it has none)."""
+    local = fw.local.get(pid)
+    return sg.zone_of(local[1].ofport) if local is not None else None
+
+
+def _held_zones(s: Slice | None) -> set[int]:
+    """The zones a port's own flows on the switch filter in (`flows.security_groups.port_rules`:
+    each of them matches the port's zone register); normally one."""
+    if s is None:
+        return set()
+    return {z for r in s.rules for k, z in r.match if k == sg.REG and isinstance(z, int)}
+
+
+def _flush_zones(
+    step: Step, fw: HostFirewall, ports: dict[int, int | None], rt: Any
+) -> None:
+    """The zone flushes of these port owners (owner -> the zone its flows will be on, None:
+    none), from what the host's switch holds before this step (see the module docstring):
+    a zone the switch holds none of the port's flows on is flushed before the diff, a zone it
+    held them on and that no filtered port of the host is on now after it."""
+    host_id = fw.host_id
+    installed = rt.installed or {}
+    for owner, zone in sorted(ports.items()):
+        held = _held_zones(installed.get(owner))
+        if zone is not None and zone not in held:
+            step.flush_zone(host_id, zone, first=True)
+        for gone in sorted(held - {zone}):
+            if gone not in fw.chosen:
+                step.flush_zone(host_id, gone)

@@ -93,7 +93,6 @@ class HostFirewall:
         self.touched_ports: dict[str, int] = {}  # port id -> its port owner, to re-plan
         self.net_domains: dict[int, Counter[int]] = {}  # routed key -> domain -> local ports
         self.touched_nets: set[int] = set()  # network keys whose entries to re-plan
-        self.left_zones: dict[str, int] = {}  # port id -> zone it had before this step
         self.visited = 0
 
     def uses(self, group_id: str) -> bool:
@@ -162,10 +161,8 @@ class HostFirewall:
 
     def _set_local(self, pid: str, new: tuple[int, sg.FilteredPort] | None, mirror: Mirror) -> None:
         old = self.local.pop(pid, None)
-        if old is not None:
-            if self.chosen.get(old[1].ofport) == pid:
-                del self.chosen[old[1].ofport]
-            self.left_zones.setdefault(pid, old[1].ofport)
+        if old is not None and self.chosen.get(old[1].ofport) == pid:
+            del self.chosen[old[1].ofport]
         if new is not None:
             self.local[pid] = new
             self.chosen[new[1].ofport] = pid
