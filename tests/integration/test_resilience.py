@@ -205,6 +205,7 @@ def test_controller_restart_is_hitless(cloud: Cloud, sig: int) -> None:
     assert stats.sent > 100
     assert stats.received == stats.sent, f"{stats.sent - stats.received} pings lost"
     assert st["flow_mods"] == 0 and st["group_mods"] == 0, st
+    assert st["ct_zones_flushed"] == 0, st  # every filtered port's flows were on its zone
     assert _snapshot(cloud) == before
 
 

@@ -202,6 +202,55 @@ def test_removing_a_rule_stops_an_established_stream_and_deleting_a_port_flushes
 
 
 
+def test_a_zone_reused_while_the_controller_was_down_is_flushed_before_its_new_port(
+    tenancy: Tenancy, dp_env: DataplaneEnv, servers: Servers
+) -> None:
+    """A TCP stream into c (hv2) has an established entry in c's zone.  The controller is
+    killed; c's interface is unplugged and a new filtered port's VM d is plugged on c's ofport
+    (its zone).  The restarted controller finds c's flows on hv2 and none of d's: the zone is
+    flushed before d's flows go in, so d does not inherit c's connection (the stream's
+    retransmissions are mid-stream packets: invalid, never committed again).  The old
+    controller flushed nothing: c's departure was not an event it saw."""
+    api = dp_env.api
+    net = tenancy.network("vxlan", project=PROJECT, cidr="10.0.9.0/24")
+    server_g = create_group(api, "server")
+    try:
+        create_rule(api, server_g, protocol="tcp", port_range_min=STREAM_PORT,
+                    port_range_max=STREAM_PORT)  # fmt: skip
+        a = tenancy.vm(1, "sga5", net, ip="10.0.9.11")
+        c = tenancy.vm(2, "sgc5", net, ip="10.0.9.13", security_groups=[server_g["id"]])
+        d_port = tenancy.port(net, ip="10.0.9.14", security_groups=[server_g["id"]])
+        tenancy.wait_active([a, c])
+        servers.start(c)
+        zone = c.ofport()
+        stream = start_stream(a, c)
+        try:
+            wait_for(lambda: servers.received(c) > 10_000, timeout=10, what="the stream")
+
+            def streamed() -> list[str]:
+                return [e for e in _zone_entries(dp_env, 1, zone) if f"dport={STREAM_PORT}" in e]
+
+            assert streamed()
+            dp_env.ctl.stop(signal.SIGKILL)
+            c.unplug()
+            d = tenancy.lab.add_vm(2, "sgd5", d_port["mac_address"], f"10.0.9.14/{net.prefixlen}",
+                                   d_port["id"], ofport_request=zone)  # fmt: skip
+            tenancy.vms[d.name] = d
+            assert d.ofport() == zone and streamed()
+            dp_env.ctl.start()
+            api.wait_reconciled(timeout=30)
+            tenancy.wait_active([d])
+            wait_for(lambda: not streamed(), timeout=10,
+                     what=f"c's connection to leave zone {zone}")  # fmt: skip
+            assert api.status()["ct_zones_flushed"] >= 1
+        finally:
+            stream.kill()
+            stream.wait(5)
+    finally:
+        tenancy.cleanup()
+        delete_group(api, server_g)
+
+
 def test_kill_9_of_the_controller_leaves_a_filtered_tcp_stream_alone(
     tenancy: Tenancy, dp_env: DataplaneEnv, servers: Servers
 ) -> None:
