@@ -507,7 +507,10 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             msgs = [codec.ct_flush_zone(sw.dp, zone) for zone in zones]
             for msg, zone in zip(msgs, zones, strict=True):
                 sw.remember(msg, Sent("flush conntrack zone", zone))
-            return _send_as_one_write(sw.dp, msgs)
+            # Written now, like the diff after it (`apply`): queued, it would hold that diff
+            # back for the send thread (a new port's first flows come right after a flush).
+            buf = _serialise(sw.dp, msgs)
+            return _send_buf(sw.dp, buf, True) or _send_buf(sw.dp, buf)
 
     def set_packet_in_meter(
         self, dpid: int, rate_pps: int, burst: int, on_done: DoneCallback

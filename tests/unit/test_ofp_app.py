@@ -148,6 +148,21 @@ def test_a_batch_is_written_on_the_data_planes_thread_not_handed_to_the_send_thr
     assert done.got == [(True, "")]
 
 
+def test_a_zone_flush_is_written_directly_so_the_diff_after_it_is_too() -> None:
+    """A new port's zone is flushed right before its first flows (the data plane's order):
+    the flush goes out as a direct write on the caller's thread like the diff, which a flush
+    left in the send thread's queue would push into that queue behind it; a socket that
+    refuses the direct write gets it queued."""
+    app, _, sw = _app()
+    dp = DirectDatapath()
+    sw.dp = dp
+    assert app.flush_ct_zones(DPID, [7, 8])
+    assert [t for _, t in dp.direct] == [threading.current_thread().name] and not dp.sent
+    dp.socket_ok = False
+    assert app.flush_ct_zones(DPID, [9])
+    assert len(dp.sent) == 1 and len(dp.direct) == 1
+
+
 def test_a_direct_write_the_socket_refuses_is_queued_and_left_to_the_disconnect() -> None:
     """A socket error on the direct write (the connection is going) does not fail the batch
     as an unread switch ("timeout", which would mark the host degraded): the batch is queued
