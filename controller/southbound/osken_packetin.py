@@ -63,6 +63,10 @@ _MATCH_HEADER = struct.Struct(ofp.OFP_MATCH_PACK_STR[:3])  # type, length
 MATCHES_KEPT = 1024
 """Distinct packet-in matches whose parse is kept for the sink (`_sink_match`); a few hundred
 bytes each.  A host sends one per punting port."""
+MATCH_KEPT_MAX_BYTES = 64
+"""Only matches this short are kept: a punt's match (in_port, metadata) is ~32 bytes.  A longer
+one, which a hostile switch could send by the thousand with ~13,000 fields each, is parsed and
+not kept, so the memo holds at most ``MATCHES_KEPT`` x 64 bytes of keys, not up to ~1 GB."""
 _matches: dict[bytes, Any] = {}
 _matches_lock = threading.Lock()
 
@@ -125,6 +129,8 @@ def _sink_match(buf: Any) -> Any:
     match = _matches.get(key)
     if match is None:
         match = parse_match(key, 0)
+        if length > MATCH_KEPT_MAX_BYTES:
+            return match
         with _matches_lock:  # every switch's receive thread
             if len(_matches) >= MATCHES_KEPT:
                 del _matches[next(iter(_matches))]  # the oldest entry

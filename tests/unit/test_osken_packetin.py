@@ -230,3 +230,23 @@ def test_a_match_field_running_past_the_match_never_reaches_the_sink_from_the_me
         ours = lean_parser(dp, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(data), 9, data)
         _same(ours, theirs)
     assert not dp.got
+
+
+def test_a_long_match_is_parsed_for_the_sink_but_never_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A match longer than ``MATCH_KEPT_MAX_BYTES`` (a hostile switch's many fields) reaches the
+    sink parsed as os-ken parses it, and the memo stays empty: the memo's size is bounded in
+    bytes, not only in entries."""
+    monkeypatch.setattr(osken_packetin, "_matches", {})
+    fields = {f"reg{i}": i + 1 for i in range(8)}
+    data = packet_in(parser.OFPMatch(in_port=3, metadata=7, **fields))
+    _, length = osken_packetin._MATCH_HEADER.unpack_from(data, osken_packetin._MATCH_AT)
+    assert length > osken_packetin.MATCH_KEPT_MAX_BYTES
+    dp = _SinkDatapath(takes=True)
+    lean_parser(dp, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(data), 9, data)
+    assert dp.got[0].match.get("reg7") == 8 and dp.got[0].match.get("in_port") == 3
+    assert osken_packetin._matches == {}
+    short = packet_in(parser.OFPMatch(in_port=3, metadata=7))
+    lean_parser(dp, ofp.OFP_VERSION, ofp.OFPT_PACKET_IN, len(short), 9, short)
+    assert len(osken_packetin._matches) == 1
