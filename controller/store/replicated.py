@@ -548,7 +548,11 @@ class EtcdStore(Store):
             while (raw := self._take_arrived(self.applied + 1)) is not None:
                 self._apply(self.applied + 1, raw)
             with self._arrived_lock:
-                return not any(seq > self.applied for seq in self._arrived)
+                if any(seq > self.applied for seq in self._arrived):
+                    return False
+            # the follower's chores after an apply (a snapshot due, etcd back after an
+            # outage, held observations) still need its turn: ring it for those
+            return not (self.down or self._pending.holding or self.snapshot_due())
         except Exception:
             with self._arrived_lock:
                 self._arrived_missed = True  # so the follower reads the log

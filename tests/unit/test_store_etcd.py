@@ -211,6 +211,26 @@ def test_an_entry_is_applied_on_the_watch_s_thread_unless_the_replica_is_busy(
         other.close()
 
 
+def test_an_entry_applied_on_the_watch_s_thread_still_wakes_the_follower_for_its_chores(
+    store: EtcdStore, tmp_path: Path, etcd_settings: EtcdSettings
+) -> None:
+    """After an outage (``down``), an entry applied by the watch's thread still rings the
+    follower, which then marks etcd reachable again at once: reads go back to quorum reads
+    without waiting ``poll_s`` (60 s here)."""
+    other = EtcdStore(str(tmp_path / "w.db"), EventBus(), etcd_settings, poll_s=60)
+    try:
+        other._doorbell.set()  # the follower creates its watch at its first wake-up
+        wait_for(lambda: other._watch is not None, "the other instance's watch")
+        store.create_network({"name": "first"})
+        wait_for(lambda: other.applied == store.applied, "the first write on the other")
+        other.down = True  # as the follower leaves it after an outage
+        store.create_network({"name": "second"})
+        wait_for(lambda: other.applied == store.applied, "the second write on the other")
+        wait_for(lambda: not other.down, "the follower marking etcd reachable again")
+    finally:
+        other.close()
+
+
 def test_a_gap_after_entries_from_the_watch_is_read_in_the_same_wake_up(
     store: EtcdStore, tmp_path: Path, etcd_settings: EtcdSettings
 ) -> None:
