@@ -208,9 +208,11 @@ def test_a_zone_reused_while_the_controller_was_down_is_flushed_before_its_new_p
     """A TCP stream into c (hv2) has an established entry in c's zone.  The controller is
     killed; c's interface is unplugged and a new filtered port's VM d is plugged on c's ofport
     (its zone).  The restarted controller finds c's flows on hv2 and none of d's: the zone is
-    flushed before d's flows go in, so d does not inherit c's connection (the stream's
-    retransmissions are mid-stream packets: invalid, never committed again).  The old
-    controller flushed nothing: c's departure was not an event it saw."""
+    flushed before d's flows go in, so d does not inherit c's connection, and again right
+    after the diff that removed c's flows: the stream's retransmissions keep coming, and OVS's
+    conntrack takes a mid-stream segment as a new connection, which c's flows committed until
+    they went (CI once caught one in that window when only the first flush was made).  The
+    old controller flushed nothing: c's departure was not an event it saw."""
     api = dp_env.api
     net = tenancy.network("vxlan", project=PROJECT, cidr="10.0.9.0/24")
     server_g = create_group(api, "server")

@@ -91,6 +91,20 @@ class FakeSwitches:
                 return flushed
         return False
 
+    def flushed_after_flows_went(self, dpid: int, zone: int, port: dict[str, Any]) -> bool:
+        """Whether ``zone`` was flushed on the switch after a diff that deleted the port's own
+        security-group flows (and such a diff came)."""
+        owner = t.sg_port_cookie(port["_num"])
+        removed = False
+        for what, d, item in self.log:
+            if d != dpid:
+                continue
+            if what == "apply" and any(r.cookie == owner for r in item.del_rules):
+                removed = True
+            elif what == "flush" and zone in item and removed:
+                return True
+        return False
+
     def packet_outs(
         self, dpid: int, frames: Sequence[tuple[int, bytes]], wait: bool = True
     ) -> bool | None:
@@ -366,8 +380,9 @@ def test_a_zone_reused_while_the_controller_was_down_is_flushed_before_its_new_f
     """While the controller is down, a filtered port leaves hv1 and a new one is plugged on
     its ofport (its zone).  The restarted controller finds the old port's flows on the switch
     and none of the new port's: zone 7 is flushed before the new port's flows go in (they
-    would meet the old port's connections, which its security groups allowed), and only that.
-    The old controller sent no flush at all: the departure was never seen as an event."""
+    would meet the old port's connections, which its security groups allowed) and after them,
+    and no other zone.  The old controller sent no flush at all: the departure was never seen
+    as an event."""
     cloud.start(hosts=2)
     net = cloud.network()
     old = cloud.port(net, "hv1", 7)
@@ -380,8 +395,11 @@ def test_a_zone_reused_while_the_controller_was_down_is_flushed_before_its_new_f
     del bindings[old["id"]]
     bindings[new["id"]] = 7
     restart(cloud)
-    assert cloud.switches.flushed[flushed:] == [(hv1, [7])]
+    # before the new port's flows, and again right after the diff that removed the old
+    # port's: until then they committed its connections' packets again (a retransmission)
+    assert cloud.switches.flushed[flushed:] == [(hv1, [7]), (hv1, [7])]
     assert cloud.switches.flushed_before_flows(hv1, 7, new)
+    assert cloud.switches.flushed_after_flows_went(hv1, 7, old)
     assert _macs(cloud.flows("hv1")) >= {new["mac_address"]}
     assert old["mac_address"] not in _macs(cloud.flows("hv1"))
 

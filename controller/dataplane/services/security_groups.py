@@ -45,9 +45,11 @@ message would not share:
   it should be is hitless;
 * **after** the step's diff, the zone the switch held a port's flows on when those flows go
   (deleted, unplugged, moved, port security turned off; also a port deleted while the
-  controller was down), unless another filtered port is on that zone now (its own flows are
-  either installed, and the zone is its live one, or flushed first): its connections' entries
-  are gone with it.
+  controller was down), unless another filtered port's flows are live on that zone: its
+  connections' entries are gone with it.  A zone that changes hands in the step (flushed
+  first for its new port) is flushed after too: until the diff, the old port's flows still
+  commit its connections' packets (a retransmitted mid-stream TCP segment is a new
+  connection to OVS's conntrack).
 
 A flush that is lost (a raising send, a switch gone) is not kept to be replayed: the next port
 to filter in that zone gets it flushed first anyway.
@@ -311,13 +313,26 @@ def _flush_zones(
     """The zone flushes of these port owners (owner -> the zone its flows will be on, None:
     none), from what the host's switch holds before this step (see the module docstring):
     a zone the switch holds none of the port's flows on is flushed before the diff, a zone it
-    held them on and that no filtered port of the host is on now after it."""
+    held them on after it unless a filtered port's flows are live on it now.
+
+    A zone that changes hands in this step (the switch held another port's flows on it, a
+    new occupant's go in) is flushed both before and after: the old occupant's flows filter
+    in it until the diff removes them, and a packet of its connections in that window is
+    committed again (OVS's conntrack takes a mid-stream TCP segment, a retransmission, as a
+    new connection).  The flush after the diff is written right behind the bundle and its
+    barrier: the new port's flows have been in for microseconds, too short for a connection
+    of its own that the flush could cut."""
     host_id = fw.host_id
     installed = rt.installed or {}
-    for owner, zone in sorted(ports.items()):
-        held = _held_zones(installed.get(owner))
+    first: set[int] = set()
+    left: set[int] = set()
+    for _owner, zone in sorted(ports.items()):
+        held = _held_zones(installed.get(_owner))
         if zone is not None and zone not in held:
-            step.flush_zone(host_id, zone, first=True)
-        for gone in sorted(held - {zone}):
-            if gone not in fw.chosen:
-                step.flush_zone(host_id, gone)
+            first.add(zone)
+        left |= held - {zone}
+    for zone in sorted(first):
+        step.flush_zone(host_id, zone, first=True)
+    for gone in sorted(left):
+        if gone not in fw.chosen or gone in first:
+            step.flush_zone(host_id, gone)
