@@ -168,11 +168,18 @@ class _WatchedSocket:
             return 0
 
     def sendall(self, buf: bytes) -> None:
-        """os-ken's send thread writes each queued buffer with this (only it)."""
-        try:
-            self._sock.sendall(buf)
-        finally:
-            self.written()
+        """os-ken's send thread writes each queued buffer with this (only it).
+
+        A buffer counts as written only once all of it was: a ``sendall`` that raises may have
+        left part of it on the wire (a timeout, a reset), and os-ken's send loop closes the
+        queue only after the exception reaches it.  Counted as written, the buffer would let
+        `LiveDatapath.write_now` see an idle connection in that moment and write a message
+        behind the truncated one.  Not counted, the connection never looks idle again, so it
+        is never written to directly afterwards (what is queued then is dropped with the
+        queue)."""
+        self._sock.sendall(buf)
+        self.written()
+
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

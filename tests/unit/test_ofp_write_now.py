@@ -145,3 +145,38 @@ def test_a_full_socket_buffer_queues_the_buffer_instead_of_waiting_on_the_socket
     assert dp._watched.send_now(b"x" * 100) == 0
     assert dp.write_now(b"y" * 100)
     assert dp._unwritten, "the buffer was neither written nor queued"
+
+
+class _CutSocket:
+    """A socket whose ``sendall`` writes the first ``n`` bytes, then raises (a send timeout or
+    a reset in the middle of a message)."""
+
+    def __init__(self, sock: socket.socket, n: int) -> None:
+        self.sock, self.n = sock, n
+
+    def sendall(self, buf: bytes) -> None:
+        self.sock.sendall(buf[: self.n])
+        raise TimeoutError("timed out")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+def test_a_connection_whose_send_raised_is_never_written_to_directly(pair: Any) -> None:
+    """os-ken's send thread takes a buffer off the queue and its ``sendall`` raises with half of
+    it on the wire; os-ken closes the queue only once the exception reaches its loop.  A
+    direct write in that moment must not follow the half message (the old `sendall` counted
+    the buffer as written in a ``finally``, so the connection looked idle and "second" went
+    out right behind "fir")."""
+    dp, peer = pair
+    assert dp.send_nowait(b"first")
+    buf, _ = dp.send_q.get()  # what os-ken's send loop does, up to its sendall
+    dp._send_q_sem.release()
+    real = dp._watched._sock
+    dp._watched._sock = _CutSocket(real, 3)
+    with pytest.raises(TimeoutError):
+        dp._watched.sendall(buf)
+    dp._watched._sock = real
+    assert _read(peer, 3) == b"fir"
+    dp.write_now(b"second")
+    assert _nothing_waiting(peer), "a direct write followed a truncated message"
