@@ -51,6 +51,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from controller import tls
 from controller.metrics import Metrics
 from controller.southbound import ofp_codec as codec
+from controller.southbound.ofp_server import Write
 from controller.southbound.packet_in import (
     MAX_FRAME,
     PacketIn,
@@ -412,8 +413,9 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             # go of it - after it had planned and encoded the step's other hosts, up to a
             # switch interval (5 ms) later - while this host's switch, the one a new port
             # waits for, could have been applying it.
-            self._send_or_fail(sw, body + _serialise(dp, [barrier]), barrier, direct=True)
-        return True
+            # A stream lost to a partial write (False): not taken, as from a switch that is
+            # gone; the caller answers the batch (`apply`'s False) and its barrier is disarmed.
+            return self._send_or_fail(sw, body + _serialise(dp, [barrier]), barrier, direct=True)
 
     def on_packet_in(
         self,
@@ -509,8 +511,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                 sw.remember(msg, Sent("flush conntrack zone", zone))
             # Written now, like the diff after it (`apply`): queued, it would hold that diff
             # back for the send thread (a new port's first flows come right after a flush).
-            buf = _serialise(sw.dp, msgs)
-            return _send_buf(sw.dp, buf, True) or _send_buf(sw.dp, buf)
+            return bool(_write_now(sw.dp, _serialise(sw.dp, msgs)))
 
     def set_packet_in_meter(
         self, dpid: int, rate_pps: int, burst: int, on_done: DoneCallback
@@ -1101,29 +1102,35 @@ class TenantnetOfpApp(app_manager.OSKenApp):
 
     def _send_or_fail(
         self, sw: _Switch, msgs: list[Any] | bytes, barrier: Any, direct: bool = False
-    ) -> None:
-        """Queue the batch (``direct``: write it now if nothing is queued, see `_send_buf`);
+    ) -> bool:
+        """Queue the batch (``direct``: write it now if nothing is queued, see `_write_now`);
         if the switch's send queue is full (it stopped reading what it is sent), fail the
         batch at once rather than block the data plane, which serves every host from one
-        thread.  Called with `sw.lock` held; the callback runs on a fresh thread so that it
-        never runs under it."""
+        thread.  False, with the batch disarmed and not answered, if a direct write lost the
+        stream (`Write.LOST`): the caller reports the batch not taken.  Called with `sw.lock`
+        held; the callback runs on a fresh thread so that it never runs under it."""
         try:
             buf = msgs if isinstance(msgs, bytes) else _serialise(sw.dp, msgs)
         except BaseException:  # the exception is the batch's one answer: disarm its barrier
             sw.barriers.pop(barrier.xid, None)
             sw.bundle_in_flight = False
             raise
-        # A direct write that failed on the socket (the connection is going) is queued as
-        # before, so the batch is answered by the disconnect, as a queued one would be.
-        if _send_buf(sw.dp, buf, direct) or (direct and _send_buf(sw.dp, buf)):
-            return
+        if direct:
+            written = _write_now(sw.dp, buf)
+        else:
+            written = Write.TAKEN if _send_buf(sw.dp, buf) else Write.REFUSED
+        if written:
+            return True
         cb = sw.barriers.pop(barrier.xid, None)
         sw.bundle_in_flight = False
+        if written is Write.LOST:
+            return False
         skipped = self._log_errors(f"stalled {sw.dp.id}")
         if skipped is not None:
             LOG.warning("switch %016x is not reading what it is sent: batch dropped", sw.dp.id or 0)
         if cb is not None:
             threading.Thread(target=cb, args=(False, "timeout"), daemon=True).start()
+        return True
 
     @staticmethod
     def _fail_barrier(sw: _Switch, xid: int, why: str) -> None:
@@ -1211,6 +1218,19 @@ def _serialise(dp: Any, msgs: list[Any]) -> bytes:
         msg.serialize()
         bufs.append(msg.buf)
     return b"".join(bufs)
+
+
+def _write_now(dp: Any, buf: bytes) -> Write:
+    """Write ``buf`` now if the connection's send thread is idle (`LiveDatapath.write_now`),
+    else queue it.  A buffer the direct write refused whole is queued as before: a socket
+    that failed (the connection is going) then leaves the batch to the disconnect, as a queued
+    one would be.  One whose stream was lost is not: the switch holds part of it, and
+    anything queued behind that part would be read as garbage (`Write.LOST`)."""
+    write_now = getattr(dp, "write_now", None)
+    written = write_now(buf) if write_now is not None else Write.REFUSED
+    if written is Write.LOST:
+        return written
+    return Write.TAKEN if written or _send_buf(dp, buf) else Write.REFUSED
 
 
 def _send_buf(dp: Any, buf: bytes, direct: bool = False) -> bool:

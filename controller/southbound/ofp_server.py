@@ -40,6 +40,7 @@ that logs and backs off on ``EMFILE``/``ENFILE``/``ENOBUFS``/``ENOMEM``.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import logging
 import os
@@ -105,6 +106,23 @@ WAIT_BUDGET_S = 0.05
 _MIN_WAIT_S = 0.005  # budget left below this: no wait (a thread wake-up for nothing)
 READ_AHEAD = 65536
 """Bytes a connection's receive loop reads at once (see `_WatchedSocket.recv`)."""
+
+
+class Write(enum.Enum):
+    """What `LiveDatapath.write_now` did with a buffer.  Only `TAKEN` is true, so a caller
+    that asks "sent?" reads it as it read the old bool; one that would queue a refused buffer
+    itself must tell `REFUSED` (nothing of it went out: the stream is whole) from `LOST`."""
+
+    TAKEN = "taken"  # written, or queued behind what is queued (the send thread writes it)
+    REFUSED = "refused"  # nothing of it written or queued: the queue is full or closed
+    LOST = "lost"
+    """Part of it was written and the rest could not be queued: the switch holds half a
+    message, so the stream is unusable.  The connection is shut down (nothing more reaches
+    the switch) and ends; the caller reports the buffer not taken, as for a switch that is
+    gone, and the switch is read again when it reconnects."""
+
+    def __bool__(self) -> bool:
+        return self is Write.TAKEN
 
 
 class _WatchedSocket:
@@ -180,7 +198,6 @@ class _WatchedSocket:
         self._sock.sendall(buf)
         self.written()
 
-
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
 
@@ -209,6 +226,7 @@ class LiveDatapath(osken_controller.Datapath):
         self._unwritten = 0
         self._watched.written = self._one_written
         self._direct = not isinstance(sock, ssl.SSLSocket)
+        self._lost = False  # a partial write broke the stream: nothing more is taken (write_now)
         # Waiting for room in the send queue, bounded per switch: see take_room.
         self.clock: Callable[[], float] = time.monotonic
         self._wait_lock = threading.Lock()
@@ -236,11 +254,12 @@ class LiveDatapath(osken_controller.Datapath):
 
     def end(self, reason: str) -> None:
         """Close the connection now (any thread): the receive loop wakes and the connection
-        finishes as if the switch had closed it."""
+        finishes as if the switch had closed it.  The first reason is kept; the socket is
+        shut down by every call, so that nothing is written to it once any call returns (one
+        that came second must not rely on the first having got that far: see write_now)."""
         with self._closing:
-            if self.end_reason:
-                return
-            self.end_reason = reason
+            if not self.end_reason:
+                self.end_reason = reason
         with contextlib.suppress(OSError):  # already closed
             self.socket.shutdown(socket.SHUT_RDWR)
 
@@ -307,9 +326,9 @@ class LiveDatapath(osken_controller.Datapath):
 
     def _put(self, buf: bytes, close_socket: bool) -> bool:
         """Queue a buffer (the queue's semaphore taken, ``_order`` held): False if the queue
-        is closed.  Never blocks: the semaphore bounds the queue."""
+        is closed or the stream lost.  Never blocks: the semaphore bounds the queue."""
         q = self.send_q
-        if q is None:
+        if q is None or self._lost:
             self._send_q_sem.release()
             return False
         self._unwritten += 1
@@ -320,9 +339,10 @@ class LiveDatapath(osken_controller.Datapath):
         with self._order:
             self._unwritten -= 1
 
-    def write_now(self, buf: bytes) -> bool:
+    def write_now(self, buf: bytes) -> Write:
         """Write ``buf`` on the calling thread when nothing is queued or being written, else
-        queue it like `send_nowait`; False if it could not be sent.
+        queue it like `send_nowait`: `Write.TAKEN` if it was, `Write.REFUSED` if nothing of it
+        went out, `Write.LOST` if part of it did and the rest could not be queued.
 
         Why: handing a buffer to os-ken's send thread costs a thread wake-up and a GIL hand-off,
         a good part of the controller's time for a DHCP answer.  The stream's order and
@@ -332,23 +352,33 @@ class LiveDatapath(osken_controller.Datapath):
         written after), and the write never blocks (``MSG_DONTWAIT``): what the kernel did not
         take at once is queued first, for the send thread.  A TLS connection takes no partial
         writes: there it always queues.
+
+        A socket that raised is never written to directly again (its stream may have lost
+        bytes: see `_WatchedSocket.sendall` for the send thread's writes).  A lost stream is
+        shut down before ``_order`` is let go and takes nothing more (queued or written), so
+        nothing reaches the switch behind the half message, and no later send of the ending
+        connection counts as taken.  The caller must not queue the buffer again.
         """
         if not self._direct or not self._order.acquire(blocking=False):
-            return self.send_nowait(buf)
+            return Write.TAKEN if self.send_nowait(buf) else Write.REFUSED
         try:
             if self._unwritten or self.send_q is None or self.state == DEAD_DISPATCHER:
-                return self._send_q_sem.acquire(blocking=False) and self._put(buf, False)
+                queued = self._send_q_sem.acquire(blocking=False) and self._put(buf, False)
+                return Write.TAKEN if queued else Write.REFUSED
             try:
                 sent = self._watched.send_now(buf)
-            except OSError:
-                return False  # the connection is going; its receive loop ends it
+            except OSError:  # nothing written; the connection is going, its receive loop ends it
+                self._direct = False
+                return Write.REFUSED
             if sent == len(buf):
-                return True
+                return Write.TAKEN
             if self._send_q_sem.acquire(blocking=False) and self._put(buf[sent:], False):
-                return True
-            if sent:  # half a message on the wire and the rest nowhere: the stream is lost
-                self.end("a partly written message could not be completed")
-            return False
+                return Write.TAKEN
+            if not sent:
+                return Write.REFUSED
+            self._direct, self._lost = False, True  # half a message out, the rest nowhere
+            self.end("a partly written message could not be completed")
+            return Write.LOST
         finally:
             self._order.release()
 

@@ -17,6 +17,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from controller.southbound import ofp_app
 from controller.southbound.ofp_app import TenantnetOfpApp, _Switch
+from controller.southbound.ofp_server import Write
 from flows.diff import FlowDiff
 from flows.model import Apply, GotoTable, Output, Rule, match
 from tests.unit.conftest import new_ofp_app
@@ -121,17 +122,22 @@ def test_a_switch_that_stopped_reading_fails_the_batch_without_blocking() -> Non
 
 class DirectDatapath(FakeDatapath):
     """A live connection's `write_now`: ``socket_ok`` False is a socket that fails (the
-    connection is going), which takes nothing and queues nothing."""
+    connection is going), which takes nothing and queues nothing; ``loses`` True one that
+    takes part of the buffer and has no place in the queue for the rest (`Write.LOST`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.socket_ok = True
+        self.loses = False
         self.direct: list[tuple[bytes, str]] = []  # (buffer, the thread that wrote it)
 
-    def write_now(self, buf: bytes) -> bool:
+    def write_now(self, buf: bytes) -> Write:
+        if self.loses:
+            self.direct.append((buf[:10], threading.current_thread().name))
+            return Write.LOST
         if self.socket_ok:
             self.direct.append((buf, threading.current_thread().name))
-        return self.socket_ok
+        return Write.TAKEN if self.socket_ok else Write.REFUSED
 
 
 def test_a_batch_is_written_on_the_data_planes_thread_not_handed_to_the_send_thread() -> None:
@@ -177,6 +183,35 @@ def test_a_direct_write_the_socket_refuses_is_queued_and_left_to_the_disconnect(
     assert not done.event.wait(0.2)
     app._fail_barriers(sw)
     assert done.got == [(False, "disconnected")]
+
+
+def test_a_batch_whose_stream_a_partial_write_lost_is_not_taken_nor_queued_again() -> None:
+    """Part of the batch went out and the rest had no place in the send queue: the switch holds
+    half a message and the connection is ending.  The batch is not taken - `apply` says so, as
+    for a switch that is gone, and its barrier is disarmed, so the caller's answer is the only
+    one - and nothing is queued behind the half message.  The old code queued the whole
+    buffer again and reported the batch taken."""
+    app, _, sw = _app()
+    dp = DirectDatapath()
+    dp.loses = True
+    sw.dp = dp
+    done = Outcome()
+    assert not app.apply(DPID, FlowDiff(add_rules=(FLOW_A,), del_rules=(FLOW_B,)), done)
+    assert not dp.sent and len(dp.direct) == 1
+    assert not sw.barriers and not sw.bundle_in_flight
+    assert not done.event.wait(0.2), "answered by the app as well as by the caller"
+
+
+def test_a_zone_flush_whose_stream_a_partial_write_lost_is_not_taken() -> None:
+    """The same for a conntrack zone flush: reported not taken (the data plane then holds
+    back the diff it goes before), and not queued again behind its own first bytes (the old
+    code did, and reported it taken)."""
+    app, _, sw = _app()
+    dp = DirectDatapath()
+    dp.loses = True
+    sw.dp = dp
+    assert not app.flush_ct_zones(DPID, [7])
+    assert not dp.sent and len(dp.direct) == 1
 
 
 def test_a_switch_that_never_answers_its_read_back_is_disconnected() -> None:

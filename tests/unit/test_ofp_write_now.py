@@ -18,6 +18,7 @@ from controller.southbound.ofp_server import (
     ConnectionLimits,
     ConnectionStats,
     LiveDatapath,
+    Write,
     _WatchedSocket,
 )
 
@@ -180,3 +181,25 @@ def test_a_connection_whose_send_raised_is_never_written_to_directly(pair: Any) 
     assert _read(peer, 3) == b"fir"
     dp.write_now(b"second")
     assert _nothing_waiting(peer), "a direct write followed a truncated message"
+
+
+def test_a_partial_write_whose_rest_cannot_be_queued_loses_the_stream(pair: Any) -> None:
+    """The socket takes part of a buffer and the send queue has no place for the rest (every
+    place taken by producers about to queue, `take_room`): half a message is on the wire, so
+    `write_now` says the stream is lost - not merely refused, which tells the caller it may
+    queue the whole buffer again - shuts the connection down, and takes nothing more: a
+    reservation's buffer, a later write."""
+    dp, peer = pair  # the peer reads nothing yet: the kernel's buffers fill up
+    while dp._send_q_sem.acquire(blocking=False):
+        pass  # every place in the queue reserved
+    big = bytes(range(256)) * 40_000  # 10 MB, far more than loopback TCP buffers
+    assert dp.write_now(big) is Write.LOST
+    assert dp.end_reason
+    assert not dp.put_taken(b"after")  # its place given back
+    assert dp.write_now(b"later") is Write.REFUSED and not dp.send_nowait(b"later")
+    assert not dp._unwritten
+    got = b""
+    peer.settimeout(5)
+    while chunk := peer.recv(1 << 20):
+        got += chunk
+    assert 0 < len(got) < len(big) and big.startswith(got), "more than the prefix arrived"
