@@ -869,14 +869,20 @@ class DataPlane:
             indexed = len(plan.writes)
             host_writes = writes.pop(host_id, ())
             rt = self.hosts[host_id]
-            self._flush_zones(rt, plan.ct_flushes_first.get(host_id, ()))
+            if not self._flush_zones(rt, plan.ct_flushes_first.get(host_id, ())):
+                # Not its diff without the flush: a new port's flows would take up a zone
+                # that still holds an old port's connections.  Re-read, the plan derives it
+                # again from what the switch holds (the flows are not there yet).
+                why = "a conntrack zone flush before its flows was not taken"
+                self._not_sent(host_id, batch, why, logging.WARNING)
+                return
             try:
                 for owner, group, after in host_writes:
                     _record(rt, owner, group, after)
                 if host_id in plan.diffs:
                     self._send(rt, merge_diffs(plan.diffs[host_id]), batch)
             except Exception as exc:  # the re-read plans the flushes after it again
-                self._not_sent(host_id, batch, exc)
+                self._not_sent(host_id, batch, f"{type(exc).__name__}: {exc}")
             else:
                 self._flush_zones(rt, plan.ct_flushes.get(host_id, ()))
 
@@ -934,7 +940,7 @@ class DataPlane:
             host_id, len(frames), "sent" if sent else "not sent (switch gone)",
         )  # fmt: skip
 
-    def _flush_zones(self, rt: HostRuntime, zones: Iterable[int]) -> None:
+    def _flush_zones(self, rt: HostRuntime, zones: Iterable[int]) -> bool:
         """Flush conntrack zones of the host (`Plan.ct_flushes_first` before its diff of the
         step, `Plan.ct_flushes` after it, on the same connection: OVS handles one connection's
         messages in order).  Taken means written to the connection, not confirmed (no barrier
@@ -947,11 +953,14 @@ class DataPlane:
         restarts, and would clear the live connections of a port given the zone meanwhile.  A
         flush that raises (a southbound bug) is logged, once per host until one succeeds, and
         costs the host nothing else: its flows are still sent and its record of the switch is
-        kept (voiding it would re-read the switch, raise again and leave the host alone)."""
+        kept (voiding it would re-read the switch, raise again and leave the host alone).
+
+        False only if the switch did not take the flush (gone, or its send queue full): a
+        first flush's caller then sends the host nothing more this step (see `_flush`)."""
         zones = sorted(set(zones))
         host_id = rt.rec.id
         if not zones or not self.owns(host_id) or rt.role_refused is not None:
-            return
+            return True
         try:
             taken = self.switches.flush_ct_zones(rt.dpid, zones)
         except Exception as exc:
@@ -964,28 +973,30 @@ class DataPlane:
                     "flush works)",
                     host_id, zones, type(exc).__name__, exc,
                 )  # fmt: skip
-            return
+            return True
         if taken:
             self._flush_failing.discard(host_id)
             self.stats.ct_zones_flushed += len(zones)
         LOG.info(
             "host %s: conntrack zones %s %s",
-            host_id, zones, "flushed" if taken else "not flushed (switch gone)",
+            host_id, zones, "flushed" if taken else "not flushed (switch gone or not reading)",
         )  # fmt: skip
+        return taken
 
-    def _not_sent(self, host_id: str, batch: Batch, exc: Exception) -> None:
+    def _not_sent(self, host_id: str, batch: Batch, why: str, level: int = logging.ERROR) -> None:
         """Sending the host its part of the step raised (a flow-mod that does not encode, a
-        southbound bug): what was recorded for it is void, so its switch is re-read and the
-        host planned again whole, like after a batch it did not confirm (at most MAX_RESYNCS
-        times until it reconnects).  The ports waiting for it settle as for a failed barrier;
-        the other hosts of the step are planned and sent as usual."""
+        southbound bug), or its first zone flush was not taken: what was recorded for it is
+        void, so its switch is re-read and the host planned again whole, like after a batch
+        it did not confirm (at most MAX_RESYNCS times until it reconnects).  The ports waiting
+        for it settle as for a failed barrier; the other hosts of the step are planned and
+        sent as usual."""
         rt = self.hosts.get(host_id)
         if host_id not in batch.waiting:  # nothing of the step in flight to it
             batch.confirmed(host_id, False)
         retry = rt is not None and rt.installed is not None and rt.failures < MAX_RESYNCS
-        LOG.error(
-            "host %s: sending this step failed (%s: %s); %s",
-            host_id, type(exc).__name__, exc,
+        LOG.log(
+            level, "host %s: sending this step failed (%s); %s",
+            host_id, why,
             "re-reading its switch" if retry else "left alone until it reconnects",
         )  # fmt: skip
         if rt is not None and rt.installed is not None:

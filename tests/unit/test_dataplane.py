@@ -649,6 +649,44 @@ def test_a_zone_flush_the_switch_did_not_take_is_made_when_the_zone_is_used_agai
     assert switches.flushed[flushed:] == [(hv1, [7])]
 
 
+def test_a_refused_first_flush_holds_back_the_hosts_diff_until_the_re_read(cloud: Cloud) -> None:
+    """hv1's send queue is full as a new filtered port's zone is flushed before its first flows
+    (False), and has room again for the diff right after.  The diff must not go without the
+    flush: the zone may still hold an old port's connections, which the new port would take
+    over.  hv1 is sent nothing more in that step and is re-read; the new plan flushes the zone
+    (the switch holds none of the port's flows) before the flows go in, and the port goes
+    ACTIVE.  The old actor sent the diff anyway, and the flush was never made: once the
+    flows were in, nothing asked for it again."""
+    hv1 = datapath_id_for("hv1")
+    resyncs: list[int] = []
+
+    class FullOnce(FakeSwitches):
+        armed = False
+
+        def flush_ct_zones(self, dpid: int, zones: list[int]) -> bool:
+            if self.armed and dpid == hv1:
+                self.armed = False
+                return False
+            return super().flush_ct_zones(dpid, zones)
+
+        def resync(self, dpid: int) -> None:
+            resyncs.append(dpid)
+            cloud.dp.switch_ready(dpid, self.installed(dpid))  # what a re-read reports
+
+    switches = FullOnce()
+    net = _network_of_hv1_hv2(cloud, switches)
+    flushed = len(switches.flushed)
+    switches.armed = True
+    port = cloud.port(net, "hv1", 7)
+    cloud.idle()
+    assert not switches.armed and resyncs == [hv1]
+    assert switches.flushed[flushed:] == [(hv1, [7])]
+    assert switches.flushed_before_flows(hv1, 7, port), "its flows went in before the flush"
+    assert _status_soon(cloud, port["id"], "ACTIVE")
+    assert port["mac_address"] in _macs(cloud.flows("hv1"))
+    assert cloud.dp.status()["idle"]
+
+
 def test_a_removed_host_is_sent_no_flush_and_starts_afresh_when_registered_again(
     cloud: Cloud,
 ) -> None:
