@@ -380,6 +380,8 @@ class Settings:
             if path and not os.access(path, os.R_OK):
                 why = "does not exist" if not os.path.exists(path) else "is not readable"
                 raise ConfigError(f"{name}: {path} {why}")
+        if self.etcd_tls_key:
+            check_private_key("etcd_tls_key", self.etcd_tls_key)
 
     def _validate_dhcp(self) -> None:
         if not 60 <= self.dhcp_lease_time_s <= 2**31 - 1:
@@ -434,6 +436,9 @@ class Settings:
             if path and not os.access(path, os.R_OK):
                 why = "does not exist" if not os.path.exists(path) else "is not readable"
                 raise ConfigError(f"{name}: {path} {why}")
+        for name in ("ofp_tls_key", "ovsdb_tls_key", "api_tls_key"):
+            if getattr(self, name):
+                check_private_key(name, getattr(self, name))
         try:
             if self.ofp_tls:
                 tls.check_files("ofp", self.ofp_tls_key, self.ofp_tls_cert, self.ofp_tls_ca)
@@ -545,24 +550,45 @@ def read_secret(name: str, path: str) -> str:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ConfigError(f"{setting}: {path} is not a regular file")
-        euid = os.geteuid()
-        if euid != 0 and info.st_uid not in (euid, 0):
-            # no chown hint: the file is likely another service's (tenantnet's, when an
-            # operator runs the CLI), and taking it away from that user would break it
-            raise ConfigError(
-                f"{setting}: {path} belongs to another user (uid {info.st_uid}), not to this "
-                f"one (uid {euid}) or root; run as its owner or as root, or give this user a "
-                "private copy of its own"
-            )
-        if info.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
-            raise ConfigError(
-                f"{setting}: {path} is readable or writable by other users (mode "
-                f"{stat.S_IMODE(info.st_mode):04o}); make it private: chmod 600 {path}"
-            )
+        _check_private(setting, path, info)
         data = file.read(MAX_SECRET_BYTES + 1)
     if len(data) > MAX_SECRET_BYTES:
         raise ConfigError(f"{setting}: {path} is over {MAX_SECRET_BYTES // 1024} KiB")
     return _secret_text(name, path, data)
+
+
+def _check_private(setting: str, path: str, info: os.stat_result) -> None:
+    """The rule every secret file and TLS private key meets (see `read_secret`): owned by this
+    user or root (any owner when run as root), and neither readable by others nor writable by
+    group or others."""
+    euid = os.geteuid()
+    if euid != 0 and info.st_uid not in (euid, 0):
+        # no chown hint: the file is likely another service's (tenantnet's, when an
+        # operator runs the CLI), and taking it away from that user would break it
+        raise ConfigError(
+            f"{setting}: {path} belongs to another user (uid {info.st_uid}), not to this "
+            f"one (uid {euid}) or root; run as its owner or as root, or give this user a "
+            "private copy of its own"
+        )
+    if info.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
+        raise ConfigError(
+            f"{setting}: {path} is readable or writable by other users (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}); make it private: chmod 600 {path}"
+        )
+
+
+def check_private_key(setting: str, path: str) -> None:
+    """A TLS private key (``*_tls_key``) is as secret as a token and meets the same rule.  The
+    libraries that use it (OpenSSL through Python's ssl, python-ovs, etcd3gw's requests) open
+    it themselves, by path, so it is checked by path here, at start: a key others can read
+    stops the start rather than serve TLS whose identity anyone on the host can take."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"{setting}: {path} is not a regular file")
+    _check_private(setting, path, info)
 
 
 def _secret_text(name: str, path: str, data: bytes) -> str:

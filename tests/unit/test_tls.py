@@ -26,7 +26,7 @@ from controller.southbound.ofp_app import TenantnetOfpApp
 from controller.store import Store
 from controller.store.errors import InvalidInput
 from flows.model import Slice
-from lab.pki import Pki
+from lab.pki import API_NAME, Pki
 from tests.unit.conftest import new_ofp_app
 
 
@@ -81,6 +81,52 @@ def test_missing_or_broken_tls_file_named_at_start(pki: Pki, tmp_path: Path) -> 
     bad_ca[bad_ca.index("--ofp-tls-ca") + 1] = str(garbage)
     with pytest.raises(config.ConfigError, match="ofp_tls_ca"):
         _load(*bad_ca)
+
+
+KEY_FLAGS = ("--ofp-tls-key", "--ovsdb-tls-key", "--api-tls-key", "--etcd-tls-key")
+
+
+def _with_key(pki: Pki, flag: str, key: str) -> list[str]:
+    """Settings that use ``key`` as the private key of ``flag``'s channel, all else valid."""
+    if flag == "--etcd-tls-key":
+        return ["--store", "etcd://127.0.0.1:2379", "--etcd-tls-ca", pki.controller_ca,
+                "--etcd-tls-cert", pki.cert("ctl"), flag, key]  # fmt: skip
+    args = list(pki.controller_args())
+    if flag == "--ovsdb-tls-key":
+        return [*args, flag, key, "--ovsdb-tls-cert", pki.cert("ctl"),
+                "--ovsdb-tls-ca", pki.switch_ca]  # fmt: skip
+    args[args.index(flag) + 1] = key
+    return args
+
+
+@pytest.mark.parametrize("flag", KEY_FLAGS)
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o660], ids=oct)
+def test_a_tls_private_key_others_can_read_or_write_stops_the_start(
+    pki: Pki, tmp_path: Path, flag: str, mode: int
+) -> None:
+    """A TLS private key is as secret as the API token: a key others can read (or write) is
+    refused at start, naming the setting, the file and the fix, like a secret file.  The
+    libraries open keys themselves, so only the path is checked.  0640 (a service group) is
+    accepted, as for secret files.  Old code: any readable key was accepted."""
+    key = tmp_path / "privkey.pem"
+    key.write_bytes(Path(pki.key(API_NAME if flag == "--api-tls-key" else "ctl")).read_bytes())
+    key.chmod(0o600)
+    assert _load(*_with_key(pki, flag, str(key)))
+    key.chmod(0o640)
+    assert _load(*_with_key(pki, flag, str(key)))
+    key.chmod(mode)
+    setting = flag[2:].replace("-", "_")
+    with pytest.raises(config.ConfigError) as refused:
+        _load(*_with_key(pki, flag, str(key)))
+    message = str(refused.value)
+    assert message.startswith(f"{setting}: {key} is readable or writable by other users")
+    assert f"chmod 600 {key}" in message
+
+
+def test_a_tls_private_key_that_is_not_a_regular_file_is_refused(pki: Pki, tmp_path: Path) -> None:
+    """A directory (or a pipe) named as a key stops the start with the setting named."""
+    with pytest.raises(config.ConfigError, match=r"api_tls_key: .* is not a regular file"):
+        _load(*_with_key(pki, "--api-tls-key", str(tmp_path)))
 
 
 def test_tls_refuses_plain_advertise(pki: Pki) -> None:
