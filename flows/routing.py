@@ -6,21 +6,26 @@ routes fully proactively, with no central router in the path and no neighbour le
 IPv4 packet to the MAC of its router interface, for an address in another subnet of the router,
 is routed on the VM's own host::
 
-    2 L2_FROM_PORT   metadata=K_src, eth_dst=IF_src, ip                 -> goto 4      [IF_src]
-    4 L3_ROUTING     metadata=K_src, eth_dst=IF_src, ip, nw_dst=CIDR_dst
-                       -> dec_ttl, set eth_src=IF_dst, write metadata=K_dst, goto 5    [IF_src]
-                     ... icmp echo, nw_dst=<an interface address>
-                       -> the echo reply, back out of the asking port                 [IF_src]
-                     ... nw_ttl=1 -> controller (ICMP time exceeded)                  [IF_src]
+    2 L2_FROM_PORT   metadata=K_src, eth_dst=IF_src, ip
+                       -> set reg3/reg4=R (the router), goto 4                        [IF_src]
+    4 L3_ROUTING     reg3/reg4=R, ip, nw_dst=CIDR_dst
+                       -> dec_ttl, set eth_src=IF_dst, write metadata=K_dst, goto 5    [IF_dst]
+                     reg3/reg4=R, icmp echo, nw_dst=<IF_dst's address>
+                       -> the echo reply (addresses swapped, type 0, eth_dst=the asker),
+                          reg4=ECHO_MARK|R_hi, resubmit(,4)                            [IF_dst]
+                     reg3/reg4=R_lo/ECHO_MARK|R_hi, metadata=K_src
+                       -> set eth_src=IF_src, back out of the asking port              [IF_src]
+                     metadata=K_src, eth_dst=IF_src, ip, nw_ttl=1
+                       -> controller (ICMP time exceeded)                              [IF_src]
     5 L3_NEIGHBOURS  metadata=K_dst, ip, nw_dst=<a port's address>
                        -> set eth_dst=<its MAC>, then
                           on this host:  resubmit(,3)  (L2_FROM_TUNNEL's delivery, with the
                                          receiver's security-group ingress if it has one)
                           elsewhere:     set tunnel_id=<seg of K_dst>, tun_ipv4_dst=<its host>,
                                          output:<tunnel port>                          [P]
-    4 L3_ROUTING     an extra route: ..., nw_dst=<its destination>
+    4 L3_ROUTING     an extra route: reg3/reg4=R, ip, nw_dst=<its destination>
                        -> dec_ttl, set eth_src=IF_hop, set eth_dst=<the nexthop's MAC>, then
-                          its local delivery or its tunnel, as above                   [IF_src]
+                          its local delivery or its tunnel, as above                   [IF_hop]
     0 CLASSIFY       in_port=<tunnel>, tunnel_id=<seg of K>, tun_ipv4_src=<router host>
                        -> write metadata=K, goto 3   (prio 99)                        [IF of K]
     3 L2_FROM_TUNNEL metadata=K, eth_src=IF_K  -> drop   (prio 55: below the delivery to a
@@ -35,23 +40,35 @@ routed that arrives with TTL 1 goes to the controller (the packet-in meter of it
 them), which answers ICMP time exceeded from the interface (`controller.dataplane.ttl`), so
 traceroute shows the router; ``dec_ttl`` drops what else cannot be decremented (TTL 0).
 
-**Isolation.**  Every rule is scoped by the network key in metadata: a packet can only enter
-routing through an interface of its own network and only reach the subnets of that interface's
-router; tenants with the same CIDRs have different keys and different routers.  The tunnel
+**Router id.**  The entry marks the packet with its router (`router_id_of`: the smallest
+store number among the router's interface ports; numbers are never reused and a port is an
+interface of one router at most, so no two routers share one, and an interface added later
+gets a larger number, so adding one changes no other rule).  Routes and echo answers match
+the mark: one per interface of the router and host, where keying them on the entering
+interface took one per pair (a router of N interfaces: 2N instead of 2N x N rules per host,
+and an added interface is its own rules only).  Removing the interface with the smallest
+number renumbers the router: its routes and echo answers are rewritten on its hosts.
+
+**Isolation.**  Every entry is scoped by the network key in metadata and the interface's MAC,
+and the mark is set by entries only: a packet can only enter routing through an interface of
+its own network and only reach the subnets of that interface's router; tenants with the same
+CIDRs have different keys and different routers (different marks).  The tunnel
 ingress of routed traffic is exact: a host accepts network K's key from exactly the hosts of
 K's routers (``RouterView.hosts``: the hosts holding a port in one of the router's
 networks), at priority 99 beside l2's per-peer rules (priority 100), so neither owner needs to
 know the other's rules.
 
 **Owners** (`flows.tables.OwnerKind.ROUTER`; the number is a port's store number, never
-reused): an interface owns its ARP answer, its entry into routing, its echo answers, the routes
-*from* its subnet and the tunnel ingress into its network; a routed port (a bound port with an
-address in a subnet of a router) owns its neighbour rules (``[P]`` above), on every host of
-every router of its network.  So a port change in a routed network is one owner per router host
-(`routed_port_rules`, O(1) flow-mods and CPU whatever the number of ports), and the whole
-compile of a router is the interface owners plus the same per-port pieces (`compile_router`).
-Adding or removing an interface changes the slices of that router's interfaces and its
-networks' routed ports on that router's hosts only.
+reused): an interface owns its ARP answer, its entry into routing, the route *to* its subnet,
+the echo answer of its address, the source MAC of echo replies to its subnet, the extra routes
+whose nexthop is in its subnet and the tunnel ingress into its network; a routed port (a bound
+port with an address in a subnet of a router) owns its neighbour rules (``[P]`` above), on
+every host of every router of its network.  So a port change in a routed network is one owner
+per router host (`routed_port_rules`, O(1) flow-mods and CPU whatever the number of ports), and
+the whole compile of a router is the interface owners plus the same per-port pieces
+(`compile_router`).  Adding an interface adds its own owner and the ports of its network on
+that router's hosts, nothing else; removing one removes them (and, if it held the router's
+mark, rewrites the router's routes and echo answers there).
 
 **Which host gets what.**  A host holding a port in some of the router's networks (a
 *router host*) gets, for those networks only, the entries, routes, echo answers, ARP answers
@@ -150,6 +167,12 @@ class RouterView:
     routes: tuple[tuple[str, str], ...] = ()  # extra routes: (destination CIDR, nexthop IP)
 
 
+def router_id_of(interfaces: Iterable[Interface]) -> int:
+    """A router's mark: the smallest store number among its interfaces (unique among routers:
+    see "Router id" above), 0 for none."""
+    return min((i.num for i in interfaces), default=0)
+
+
 class Subnets:
     """A router's interfaces (`_interfaces`: one per network and per subnet), their CIDRs and
     gateways parsed once, so that placing a port's address is integer compares: what makes a
@@ -218,17 +241,22 @@ def interface_rules(ctx: HostContext, view: RouterView) -> dict[int, set[Rule]]:
     def add(rule: Rule) -> None:
         rules.setdefault(rule.cookie, set()).add(rule)
 
+    rid = router_id_of(ifaces)
+    mark = _mark(rid)
+    for dst in ifaces:  # what every router host needs of each interface, whoever sends
+        cookie = t.router_cookie(dst.num)
+        add(_echo_rule(rid, _ip4(dst.ip), cookie))
+        add(_route_rule(rid, dst, cookie))
     for src in ifaces:
         key, cookie, mac = src.segment.key, t.router_cookie(src.num), normalize_mac(src.mac)
         if key not in view.local_keys:
             continue
         entry = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4)
-        add(Rule(t.L2_FROM_PORT, t.PRIO_EXACT, entry, (GotoTable(t.L3_ROUTING),), cookie))
+        enter = (Apply(mark), GotoTable(t.L3_ROUTING))
+        add(Rule(t.L2_FROM_PORT, t.PRIO_EXACT, entry, enter, cookie))
         answer = arp.ArpEntry(_ip4(src.ip), mac, cookie)
         add(arp.answer_rule(key, answer, priority=PRIO_ARP_GATEWAY))
-        for dst in ifaces:
-            add(_echo_rule(key, mac, _ip4(dst.ip), cookie))
-            add(_route_rule(key, mac, dst, cookie))
+        add(_echo_source_rule(rid, key, mac, cookie))
         expired = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4, nw_ttl=1)
         to_controller = (Apply((Output(OFPP_CONTROLLER),)),)
         add(Rule(t.L3_ROUTING, PRIO_TTL_EXPIRED, expired, to_controller, cookie))
@@ -241,10 +269,8 @@ def interface_rules(ctx: HostContext, view: RouterView) -> dict[int, set[Rule]]:
                 m = match(in_port=tunnel, tunnel_id=src.segment.seg_id, tun_ipv4_src=host)
                 add(Rule(t.CLASSIFY, PRIO_ROUTED_INGRESS, m, to_l2, cookie))
 
-    for src in ifaces:
-        if src.segment.key in view.local_keys:
-            for rule in _extra_routes(ctx, own_ip, src, subnets, view):
-                add(rule)
+    for rule in _extra_routes(ctx, own_ip, rid, subnets, view):
+        add(rule)
     return rules
 
 
@@ -275,14 +301,22 @@ def _interfaces(interfaces: Iterable[Interface]) -> list[Interface]:
     return out
 
 
+@lru_cache(maxsize=4096)
+def _mark(rid: int) -> tuple[Action, ...]:
+    """The entry's actions that mark a packet with its router (`flows.tables.REG_ROUTER`)."""
+    return (SetField(t.REG_ROUTER, rid & 0xFFFFFFFF), SetField(t.REG_ROUTER_HI, rid >> 32))
+
+
+def _marked(rid: int) -> dict[str, int]:
+    return {t.REG_ROUTER: rid & 0xFFFFFFFF, t.REG_ROUTER_HI: rid >> 32}
+
+
 @lru_cache(maxsize=1 << 14)
-def _route_rule(key: int, mac: str, dst: Interface, cookie: int) -> Rule:
-    """The route from interface ``mac`` (network ``key``) to ``dst``'s subnet.  Cached, as
-    `_echo_rule`: a router of N interfaces has N x N of both on each of its hosts, the same on
-    every host, and an interface added or removed recompiles them all there (only 2N - 1 of
-    them new)."""
+def _route_rule(rid: int, dst: Interface, cookie: int) -> Rule:
+    """The route of router ``rid`` to ``dst``'s subnet.  Cached, as `_echo_rule`: the same on
+    every host of the router, and an interface added or removed recompiles them all there."""
     nw_dst, prefixlen = _cidr_dst(dst.cidr)
-    m = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4, ipv4_dst=nw_dst)
+    m = match(eth_type=ETH_TYPE_IPV4, ipv4_dst=nw_dst, **_marked(rid))
     route = (
         Apply((DecTtl(), SetField("eth_src", normalize_mac(dst.mac)))),
         WriteMetadata(dst.segment.key, t.METADATA_MASK),
@@ -300,14 +334,14 @@ def _cidr_dst(text: str) -> tuple[object, int]:
     return (str(cidr.ip) if full else (str(cidr.network), str(cidr.netmask))), cidr.prefixlen
 
 
-def _extra_routes(ctx: HostContext, own_ip: str, src: Interface, subnets: Subnets,
+def _extra_routes(ctx: HostContext, own_ip: str, rid: int, subnets: Subnets,
                   view: RouterView) -> list[Rule]:  # fmt: skip
-    """The router's extra routes as seen from interface ``src``: a packet for the destination
-    goes to the nexthop's port, routed like a packet for the nexthop itself (TTL, the
-    interface's MAC on the nexthop's subnet, the nexthop's MAC), in one rule (the neighbour
-    table is keyed by the packet's own destination address).  A route whose nexthop is no bound
-    port in a subnet of the router, or whose destination is a subnet of the router, is left
-    out (the API refuses both; nothing is routed to a guess)."""
+    """The extra routes of router ``rid``, each owned by the interface of its nexthop's subnet:
+    a packet for the destination goes to the nexthop's port, routed like a packet for the
+    nexthop itself (TTL, the interface's MAC on the nexthop's subnet, the nexthop's MAC), in one
+    rule (the neighbour table is keyed by the packet's own destination address).  A route
+    whose nexthop is no bound port in a subnet of the router, or whose destination is a subnet
+    of the router, is left out (the API refuses both; nothing is routed to a guess)."""
     if not view.routes:
         return []  # the common case: no index of the router's ports to build per interface
     by_ip = {_ip4(p.ip): p for p in view.ports}
@@ -323,8 +357,7 @@ def _extra_routes(ctx: HostContext, own_ip: str, src: Interface, subnets: Subnet
         seen.add(dest)
         full = dest.prefixlen == 32
         nw_dst: object = str(dest.ip) if full else (str(dest.network), str(dest.netmask))
-        m = match(metadata=src.segment.key, eth_dst=normalize_mac(src.mac),
-                  eth_type=ETH_TYPE_IPV4, ipv4_dst=nw_dst)  # fmt: skip
+        m = match(eth_type=ETH_TYPE_IPV4, ipv4_dst=nw_dst, **_marked(rid))
         acts: list[Action] = [DecTtl(), SetField("eth_src", normalize_mac(iface.mac)),
                               SetField("eth_dst", normalize_mac(hop.mac))]  # fmt: skip
         if _ip4(hop.host_ip) == own_ip:
@@ -335,27 +368,41 @@ def _extra_routes(ctx: HostContext, own_ip: str, src: Interface, subnets: Subnet
                 continue
             acts += [SetField("tunnel_id", iface.segment.seg_id),
                      SetField("tun_ipv4_dst", _ip4(hop.host_ip)), Output(tunnel)]  # fmt: skip
-        cookie = t.router_cookie(src.num)
+        cookie = t.router_cookie(iface.num)
         out.append(Rule(t.L3_ROUTING, PRIO_ROUTE_BASE + dest.prefixlen, m, (Apply(tuple(acts)),),
                         cookie))  # fmt: skip
     return out
 
 
 @lru_cache(maxsize=1 << 14)
-def _echo_rule(key: int, mac: str, ip: str, cookie: int) -> Rule:
-    """The echo reply of interface address ``ip`` to a VM that asked through interface ``mac``:
-    addresses swapped, type 0 (OVS fixes the ICMP and IP checksums), back out of its port."""
-    m = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4, ip_proto=IP_PROTO_ICMP,
-              icmpv4_type=ICMP_ECHO_REQUEST, ipv4_dst=ip)  # fmt: skip
+def _echo_rule(rid: int, ip: str, cookie: int) -> Rule:
+    """The echo reply of router ``rid``'s interface address ``ip``, whichever of its interfaces
+    the request came through: addresses swapped, type 0 (OVS fixes the ICMP and IP checksums),
+    then marked and resubmitted to this table, where the asking interface's
+    `_echo_source_rule` (the packet still carries its network's key) sets the source MAC the
+    VM sent to and sends it back out of its port."""
+    m = match(eth_type=ETH_TYPE_IPV4, ip_proto=IP_PROTO_ICMP, icmpv4_type=ICMP_ECHO_REQUEST,
+              ipv4_dst=ip, **_marked(rid))  # fmt: skip
     reply = (
         Move("eth_src", "eth_dst"),
-        SetField("eth_src", mac),
         Move("ipv4_src", "ipv4_dst"),
         SetField("ipv4_src", ip),
         SetField("icmpv4_type", ICMP_ECHO_REPLY),
-        Output(arp.OFPP_IN_PORT),
+        SetField(t.REG_ROUTER_HI, t.ROUTER_ECHO_MARK | rid >> 32),
+        Resubmit(t.L3_ROUTING),
     )
     return Rule(t.L3_ROUTING, PRIO_ECHO, m, (Apply(reply),), cookie)
+
+
+@lru_cache(maxsize=1 << 14)
+def _echo_source_rule(rid: int, key: int, mac: str, cookie: int) -> Rule:
+    """An echo reply's second pass (`_echo_rule`) to a VM of network ``key``: from the MAC of
+    router ``rid``'s interface on it (a network can be on two routers: the mark keeps their
+    rules apart), back out of the asking port."""
+    m = match(metadata=key, **{t.REG_ROUTER: rid & 0xFFFFFFFF,
+                               t.REG_ROUTER_HI: t.ROUTER_ECHO_MARK | rid >> 32})  # fmt: skip
+    back = (SetField("eth_src", mac), Output(arp.OFPP_IN_PORT))
+    return Rule(t.L3_ROUTING, PRIO_ECHO + 1, m, (Apply(back),), cookie)
 
 
 def _neighbour_rule(ctx: HostContext, own_ip: str, port: RoutedPort) -> Rule | None:

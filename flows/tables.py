@@ -157,6 +157,20 @@ remote-group address clauses of routed members match them instead of the network
 flow per address per domain, not per network key that can carry the member's packets
 (`flows.security_groups.FilteredPort.domain`)."""
 
+REG_ROUTER = "reg3"
+REG_ROUTER_HI = "reg4"
+"""Registers with the router a packet entered routing through (low and high 32 bits of its
+`flows.routing.router_id_of`), set by the interface's entry in L2_FROM_PORT: L3_ROUTING's
+routes and echo answers match them, one rule per interface of the router and host instead of
+one per pair of interfaces (the entry is the only way in, so a packet can only reach the
+subnets of the router it was sent to)."""
+
+ROUTER_ECHO_MARK = 0x80000000
+"""Set in REG_ROUTER_HI (beside the router's high bits) on an echo reply built in L3_ROUTING on
+its way back to the asking port (`flows.routing`): never in a router's high bits (ids have
+OWNER_NUM_BITS bits), so only the reply's second pass matches the rule that sets its source
+MAC, and no route or echo answer matches the reply."""
+
 CT_MARK_DENIED = 1
 """ct_mark of a connection that a rule change no longer allows (every later packet dropped)."""
 

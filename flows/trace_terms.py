@@ -392,6 +392,8 @@ class _Describer:
             return f"to router interface {m.get('eth_dst')}: routed on {self.host}"
         if table == t.L3_ROUTING and "nw_ttl" in m:
             return "TTL 1: not routed, tenantnet answers ICMP time exceeded"
+        if table == t.L3_ROUTING and int(m.get(t.REG_ROUTER_HI, 0)) & t.ROUTER_ECHO_MARK:
+            return f"the echo reply leaves from interface {_answer_mac(acts)}, back to the VM"
         if table == t.L3_ROUTING and "icmpv4_type" in m:
             return f"router interface {m.get('ipv4_dst')} answers the ping"
         if table == t.L3_ROUTING:

@@ -188,6 +188,16 @@ def test_gateway_answers_arp_and_ping_from_flows(proj: Project, tenancy: Tenancy
     assert a.ping(n2.subnet["gateway_ip"], count=3, interval=0.2).received == 3
     neigh = a.exec("ip", "neigh", "show", n1.subnet["gateway_ip"]).stdout
     assert proj.router.interfaces[n1.id]["mac_address"] in neigh.lower()
+    # the echo replies leave from the interface a sent to (its gateway's MAC, whichever
+    # interface's address it pinged: the router's second pass in L3_ROUTING), back to a's port
+    gw_mac = proj.router.interfaces[n1.id]["mac_address"].lower()
+    for net in (n1, n2):
+        flow = (f"in_port={a.ofport()},dl_src={a.mac},dl_dst={gw_mac},icmp,nw_src={a.ip},"
+                f"nw_dst={net.subnet['gateway_ip']},nw_ttl=64,icmp_type=8,icmp_code=0")  # fmt: skip
+        ovs = dp_env.hvs[0].trace("br-int", flow)
+        final = [line for line in ovs.splitlines() if line.startswith("Datapath actions:")][-1]
+        assert f"set(eth(src={gw_mac},dst={a.mac.lower()}))" in final, ovs[-3000:]
+        assert f"src={net.subnet['gateway_ip']},dst={a.ip}" in final, ovs[-3000:]
 
 
 def test_ttl_is_decremented_and_ttl_one_answered_time_exceeded(

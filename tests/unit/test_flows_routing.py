@@ -205,3 +205,45 @@ def test_the_ttl_rule_puts_eth_type_before_nw_ttl_on_the_wire() -> None:
     [rule] = [r for r in host_table(HA).rules if dict(r.match).get("nw_ttl") == 1][:1]
     names = [name for name, _value in codec.encode_match(rule.match)._fields2]
     assert names.index("eth_type") < names.index("nw_ttl")
+
+
+def test_a_network_on_two_routers_keeps_their_marks_apart() -> None:
+    """Network 1 is on router A (with network 2) through IF1 and on router B (with network 3)
+    through IF3: a packet sent to IF1 reaches network 2's subnet and not network 3's, one sent
+    to IF3 the reverse; each router's gateways answer pings with the MAC the VM sent to (the
+    echo reply's source MAC is chosen by the mark of the router it came through), and the two
+    routers' rules never share a match (two owners of one flow)."""
+    if3 = Interface(23, Segment(1, "vxlan", 101), "fa:16:3e:00:00:03", "10.0.9.1", "10.0.9.0/24")
+    if4 = Interface(24, Segment(3, "vxlan", 103), "fa:16:3e:00:00:04", "10.0.3.1", "10.0.3.0/24")
+    vms = {**VMS, "vm4": (15, 3, HA, 4, "02:00:00:00:00:05", "10.0.3.5")}
+    vms.pop("other")
+    owners: dict[int, Slice] = {t.BASE_COOKIE: compile_base(CTX[HA])}
+    for key in SEGS:
+        owners.update(compile_network_owners(CTX[HA], net_view(key, HA, vms)))
+    rules = [r for s in owners.values() for r in s.rules]
+    for ifaces in ((IF1, IF2), (if3, if4)):
+        rules += [r for s in compile_router(CTX[HA], router_view(HA, vms, ifaces)).values()
+                  for r in s.rules]  # fmt: skip
+    seen: dict[tuple[int, int, Any], Any] = {}
+    for r in rules:
+        assert seen.setdefault((r.table, r.priority, r.match), r) == r, r
+    table = Slice(rules=frozenset(rules))
+    _n, _k, _host, ofport, mac, ip = vms["vm1"]
+
+    def from_vm1(gw_mac: str, dst: str, **kw: Any) -> Trace:
+        return trace(table, ofport, make_packet(mac, gw_mac, ip_src=ip, ip_dst=dst, **kw))
+
+    assert from_vm1(IF1.mac, "10.0.2.6", protocol=6).ports == [2]  # vm3, through A
+    assert from_vm1(IF1.mac, "10.0.3.5", protocol=6).dropped  # network 3 is B's
+    assert from_vm1(if3.mac, "10.0.3.5", protocol=6).ports == [4]  # vm4, through B
+    assert from_vm1(if3.mac, "10.0.2.6", protocol=6).dropped  # network 2 is A's
+    for gw_mac, gw, answers in ((IF1.mac, "10.0.2.1", True), (if3.mac, "10.0.3.1", True),
+                                (IF1.mac, "10.0.3.1", False), (if3.mac, "10.0.2.1", False)):
+        tr = from_vm1(gw_mac, gw, protocol=1, icmp_type=8)
+        if not answers:
+            assert not tr.outputs, (gw_mac, gw)
+            continue
+        [out] = tr.outputs
+        f = dict(out.fields)
+        assert out.port == ofport
+        assert (f["eth_src"], f["eth_dst"], f["ipv4_src"], f["icmpv4_type"]) == (gw_mac, mac, gw, 0)

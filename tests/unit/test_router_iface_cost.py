@@ -10,8 +10,9 @@ ports, every port in its project's default group, on three hosts):
   component (O(members x hosts x interfaces)); the domain is now kept per network until an
   interface changes: a walk per component;
 * the route and echo rules built (`flows.routing._route_rule`, `_echo_rule`): each router host
-  rebuilt all N x N of both (O(hosts x N^2)); they are now built once and shared (the same on
-  every host): only the 2N - 1 pairs with the new interface are new;
+  rebuilt all N x N of both (O(hosts x N^2)); then they were built once and shared (the same on
+  every host): the 2N - 1 pairs with the new interface; now they are keyed on the router's mark
+  instead of the entering interface (N of each per host, not N x N): the new interface's own;
 * the flow-mods per host by owner kind, which the cuts above must leave as they were.
 """
 
@@ -32,7 +33,8 @@ from tests.unit.test_sg_domain_cost import HOSTS, routed_world
 
 def _add_step(networks: int, ports: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Networks 1..N-1 on router r1, network 0's interface added: the add step's counts."""
-    for builder in (flows_routing._route_rule, flows_routing._echo_rule):
+    for builder in (flows_routing._route_rule, flows_routing._echo_rule,
+                    getattr(flows_routing, "_echo_source_rule", None)):  # fmt: skip
         if hasattr(builder, "cache_clear"):
             builder.cache_clear()
     w = routed_world(networks, lambda n: ports)
@@ -79,26 +81,27 @@ def test_an_interface_add_builds_what_is_new_once(
     """N networks of 6 ports (2 per host).  Two domain walks for the whole step (the sg
     service's, finding the networks whose domain may have changed, and the first ask, kept for
     them all; the old code walked the component once more per member per host matching it:
-    47 walks at N=4, 51 at N=8); 2N - 1 routes and as many echo answers built (the new
-    interface to every subnet, every interface to the new subnet), shared by the three hosts
-    (the old code: 3 x N x N of each, 48 at N=4, 192 at N=8); the routing matches built besides
+    47 walks at N=4, 51 at N=8); one route and one echo answer built (to the new interface's
+    subnet and address, under the router's mark, and the source MAC of echo replies to its
+    network), shared by the three hosts (keyed on the entering interface: 2N - 1 of each; the
+    old code: 3 x N x N of each, 48 at N=4, 192 at N=8); the routing matches built besides
     those: per host, each interface's entry, TTL, tunnel ingress from the two other hosts and
     drop of routed packets to no local port, and the joining network's 6 neighbour rules
-    (old code, all: 162 at N=4, 498 at N=8).  Sent
-    per host, as before: the router's flows (the new interface's owner, a route and an echo
-    answer on each other interface, the 6 neighbour rules) and network 0's security-group
+    (old code, all: 162 at N=4, 498 at N=8).  Sent per host: the router's flows (the new
+    interface's owner, the 6 neighbour rules; keyed on the entering interface, also a route
+    and an echo answer on each other interface: 14 more at N=8) and network 0's security-group
     changes (its entries, 4 per host whatever its local ports (the release before: 4 per
     port, 8 here), and its 6 members' address clauses under the domain added, those under its
     key kept (the release before: 6 out, 6 in)."""
     c = _add_step(networks, 6, monkeypatch)
     n = networks
     assert c["walks"] == 2, c
-    assert c["routes built"] == c["echoes built"] == 2 * n - 1, c
+    assert c["routes built"] == c["echoes built"] == 1, c
     per_host = n * (1 + 1 + 2 + 1) + 6
-    assert c["matches"] == 2 * (2 * n - 1) + 3 * per_host, c
-    # the new interface's entry, ARP, N echo answers, N routes, TTL, 2 ingress, the drop of
-    # routed packets to no local port; 2 on each other
-    router = (1 + 1 + 2 * n + 1 + 2 + 1) + 2 * (n - 1) + 6
+    assert c["matches"] == 2 + 1 + 3 * per_host, c
+    # the new interface's entry, ARP, echo answer, route, echo source MAC, TTL, 2 ingress, the
+    # drop of routed packets to no local port; nothing on the others
+    router = (1 + 1 + 1 + 1 + 1 + 1 + 2 + 1) + 6
     for host in HOSTS:
         assert c["sent"][host] == Counter(ROUTER=router, SECURITY_GROUP=4 + 6), (host, c)
 
