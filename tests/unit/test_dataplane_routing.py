@@ -697,3 +697,34 @@ def test_a_routed_packet_to_a_port_its_host_does_not_deliver_is_dropped_not_floo
     assert routed.arrive("hv2", unknown, "10.9.0.1").ports == []
     bridged = {**unknown, "eth_src": routed.vms["v3"][0]["mac_address"]}  # v3: net 2, on hv1
     assert sorted(routed.arrive("hv2", bridged, "10.9.0.1").ports) == [1, 4]
+
+
+def test_removing_the_interface_that_holds_the_routers_mark_renumbers_it(routed: Routed) -> None:
+    """The router's mark is its smallest interface number (net 1's, the first added): a third
+    interface added changes nothing of the first two; removing net 1's moves the mark to
+    net 2's interface, and the routes and echo answers that remain are rewritten under it on
+    the router's hosts (the switches then hold what a fresh controller compiles whole: a
+    restart sends nothing), and net 2 still reaches net 4 through it, both ways."""
+    cloud = routed.cloud
+    net4, sub4 = routed.network("10.0.4.0/24", "p1")
+    routed.vm("w1", net4, "hv1", 7)
+    cloud.idle()
+    before = {h: router_rules(cloud, h) for h in ("hv1", "hv2")}
+    if4 = routed.interface(net4, sub4)
+    cloud.idle()
+    for h, rules in before.items():  # the add only added
+        assert rules <= router_rules(cloud, h), h
+    gw_ip = str(routed.if2["fixed_ips"][0]["ip_address"])
+    cloud.store.router_interface(routed.router, {"port_id": routed.if1["id"]}, add=False)
+    cloud.idle()
+    restart(cloud)
+    assert cloud.dp.stats.flow_mods == 0 and cloud.dp.stats.group_mods == 0
+    tr = routed.send("v3", routed.ip("w1"), routed.if2, protocol=6, dst_port=22)
+    assert tr.ports == [7], tr
+    echo = routed.send("v3", gw_ip, routed.if2, protocol=1, icmp_type=8)
+    [out] = echo.outputs
+    assert (out.port, dict(out.fields)["eth_src"]) == (2, routed.if2["mac_address"])
+    back = routed.send("w1", routed.ip("v3"), if4, protocol=6, dst_port=22)
+    assert back.ports == [2], back
+    # net 1 is no longer routed: v1's packet to its old gateway goes nowhere
+    assert not routed.send("v1", routed.ip("v3"), routed.if1, protocol=6, dst_port=22).ports
