@@ -152,6 +152,16 @@ class EtcdLog:
     def members(self) -> int:
         return len(self._clients)
 
+    def spread(self, rank: int) -> None:
+        """Send calls first to member ``rank`` (modulo the members): the instance's rank among
+        the live controllers (`controller.store.etcd_members.EtcdMembership`), so that while
+        there are no more instances than members each member serves one instance's reads and
+        watch.  The hash of the instance's id the log starts with spreads them only by chance
+        (CRC-32 of ``ctl-1``, ``ctl-2``, ``ctl-3`` is the same modulo 3).  A member that fails
+        is still left for the next one at the call that finds it failed."""
+        with self._lock:
+            self._current = rank % len(self._clients)
+
     @property
     def current_member(self) -> int:
         """Index of the member calls go to first (the last one that answered)."""
