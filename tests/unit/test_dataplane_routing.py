@@ -228,6 +228,12 @@ def test_tenant_trace_follows_a_routed_packet_and_names_its_steps(routed: Routed
     expired = tracer.trace(Request(v1["id"], destination_ip=routed.ip("v2"), protocol="tcp",
                                    destination_l4_port=23))  # fmt: skip
     assert expired["delivered_to"] == [] and "no security-group rule" in str(expired["paths"])
+    # a ping of the other subnet's gateway: answered by the router on hv1, in two passes
+    gw2 = str(routed.if2["fixed_ips"][0]["ip_address"])
+    echo = tracer.trace(Request(v1["id"], destination_ip=gw2, protocol="icmp"))
+    text = "\n".join(s for p in echo["paths"] for s in p["steps"])
+    assert f"router interface {gw2} answers the ping" in text, echo
+    assert f"leaves from interface {routed.if1['mac_address']}" in text, echo
 
 
 def test_random_packets_never_cross_projects_and_routed_ones_reach_exactly_their_port(
