@@ -40,14 +40,15 @@ routed that arrives with TTL 1 goes to the controller (the packet-in meter of it
 them), which answers ICMP time exceeded from the interface (`controller.dataplane.ttl`), so
 traceroute shows the router; ``dec_ttl`` drops what else cannot be decremented (TTL 0).
 
-**Router id.**  The entry marks the packet with its router (`router_id_of`: the smallest
-store number among the router's interface ports; numbers are never reused and a port is an
-interface of one router at most, so no two routers share one, and an interface added later
-gets a larger number, so adding one changes no other rule).  Routes and echo answers match
-the mark: one per interface of the router and host, where keying them on the entering
-interface took one per pair (a router of N interfaces: 2N instead of 2N x N rules per host,
-and an added interface is its own rules only).  Removing the interface with the smallest
-number renumbers the router: its routes and echo answers are rewritten on its hosts.
+**Router id.**  The entry marks the packet with its router (`router_id_of`: the smallest store
+number among the router's interface ports; numbers are never reused and a port is an interface
+of one router at most, so no two routers share one; an interface added by subnet is a new port
+with a larger number, so adding it changes no other rule, while one added by ``port_id`` may be
+an older port with a smaller number and move the mark, as below).  Routes and echo answers match
+the mark: one per interface of the router and host, where keying them on the entering interface
+took one per pair (a router of N interfaces: 2N instead of 2N x N rules per host, and an added
+interface is its own rules only).  Removing the interface with the smallest number renumbers the
+router: its routes and echo answers are rewritten on its hosts.
 
 **Isolation.**  Every entry is scoped by the network key in metadata and the interface's MAC,
 and the mark is set by entries only: a packet can only enter routing through an interface of

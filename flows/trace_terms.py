@@ -400,7 +400,9 @@ class _Describer:
             nw = m.get("ipv4_dst")
             cidr = str(netaddr.IPNetwork("/".join(nw))) if isinstance(nw, tuple) else str(nw)
             ttl = int(f.get("nw_ttl", 64))
-            src, dst_net = self.cat.network(_md(s)), self.cat.network(self._written_key(s))
+            # the packet's own key as the table saw it (`_md` prefers what the rule writes)
+            src_key = int(dict(s.fields).get("metadata", 0)) & t.METADATA_MASK
+            src, dst_net = self.cat.network(src_key), self.cat.network(self._written_key(s))
             return (
                 f"routed from network {src} into {cidr} of network {dst_net} (TTL {ttl} -> "
                 f"{ttl - 1})"

@@ -149,8 +149,9 @@ class EtcdMembership:
     def spread_over(self, log: EtcdLog) -> None:
         """Also point ``log``'s calls at this instance's member (`EtcdLog.spread`)."""
         self._spread.append(log)
-        if self.view.live:
-            log.spread(self.view.members.index(self.view.me))
+        view = self.view
+        if view.live:
+            log.spread(view.members.index(view.me))
 
     def _set(self, view: MemberView) -> None:
         changed = view.members != self.view.members or view.targets != self.view.targets

@@ -224,6 +224,7 @@ def test_tenant_trace_follows_a_routed_packet_and_names_its_steps(routed: Routed
     (path,) = doc["paths"]
     text = "\n".join(path["steps"])
     assert "routed on hv1" in text and "TTL 64 -> 63" in text and "tunnelled to 10.9.0.2" in text
+    assert f"routed from network {routed.net1['id']}" in text, text  # the sender's, not net 2's
     assert "a host that routes into network" in text or "a peer of network" in text
     expired = tracer.trace(Request(v1["id"], destination_ip=routed.ip("v2"), protocol="tcp",
                                    destination_l4_port=23))  # fmt: skip

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
+
+import pytest
 
 from flows import tables as t
 from flows.compiler import compile_base, compile_network_owners
@@ -207,27 +210,33 @@ def test_the_ttl_rule_puts_eth_type_before_nw_ttl_on_the_wire() -> None:
     assert names.index("eth_type") < names.index("nw_ttl")
 
 
-def test_a_network_on_two_routers_keeps_their_marks_apart() -> None:
+@pytest.mark.parametrize("nums", [(21, 22, 23, 24), (5, 2**32 + 9, 2**32 + 5, 2**33 + 5)])
+def test_a_network_on_two_routers_keeps_their_marks_apart(nums: tuple[int, ...]) -> None:
     """Network 1 is on router A (with network 2) through IF1 and on router B (with network 3)
     through IF3: a packet sent to IF1 reaches network 2's subnet and not network 3's, one sent
     to IF3 the reverse; each router's gateways answer pings with the MAC the VM sent to (the
     echo reply's source MAC is chosen by the mark of the router it came through), and the two
-    routers' rules never share a match (two owners of one flow)."""
-    if3 = Interface(23, Segment(1, "vxlan", 101), "fa:16:3e:00:00:03", "10.0.9.1", "10.0.9.0/24")
-    if4 = Interface(24, Segment(3, "vxlan", 103), "fa:16:3e:00:00:04", "10.0.3.1", "10.0.3.0/24")
+    routers' rules never share a match (two owners of one flow).  Also with marks that differ
+    in their high 32 bits only (reg4), through the codec and back."""
+    if1 = replace(IF1, num=nums[0])
+    if2 = replace(IF2, num=nums[1])
+    if3 = Interface(nums[2], Segment(1, "vxlan", 101), "fa:16:3e:00:00:03", "10.0.9.1",
+                    "10.0.9.0/24")  # fmt: skip
+    if4 = Interface(nums[3], Segment(3, "vxlan", 103), "fa:16:3e:00:00:04", "10.0.3.1",
+                    "10.0.3.0/24")  # fmt: skip
     vms = {**VMS, "vm4": (15, 3, HA, 4, "02:00:00:00:00:05", "10.0.3.5")}
     vms.pop("other")
     owners: dict[int, Slice] = {t.BASE_COOKIE: compile_base(CTX[HA])}
     for key in SEGS:
         owners.update(compile_network_owners(CTX[HA], net_view(key, HA, vms)))
     rules = [r for s in owners.values() for r in s.rules]
-    for ifaces in ((IF1, IF2), (if3, if4)):
+    for ifaces in ((if1, if2), (if3, if4)):
         rules += [r for s in compile_router(CTX[HA], router_view(HA, vms, ifaces)).values()
                   for r in s.rules]  # fmt: skip
     seen: dict[tuple[int, int, Any], Any] = {}
     for r in rules:
         assert seen.setdefault((r.table, r.priority, r.match), r) == r, r
-    table = Slice(rules=frozenset(rules))
+    table = through_the_wire(Slice(rules=frozenset(rules)))
     _n, _k, _host, ofport, mac, ip = vms["vm1"]
 
     def from_vm1(gw_mac: str, dst: str, **kw: Any) -> Trace:
