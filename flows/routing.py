@@ -302,14 +302,16 @@ def _interfaces(interfaces: Iterable[Interface]) -> list[Interface]:
     return out
 
 
+def _marked(rid: int) -> dict[str, int]:
+    """The registers' values that mark a packet with router ``rid`` (`flows.tables.REG_ROUTER`):
+    what the entries set and the routes and echo answers match."""
+    return {t.REG_ROUTER: rid & 0xFFFFFFFF, t.REG_ROUTER_HI: rid >> 32}
+
+
 @lru_cache(maxsize=4096)
 def _mark(rid: int) -> tuple[Action, ...]:
-    """The entry's actions that mark a packet with its router (`flows.tables.REG_ROUTER`)."""
-    return (SetField(t.REG_ROUTER, rid & 0xFFFFFFFF), SetField(t.REG_ROUTER_HI, rid >> 32))
-
-
-def _marked(rid: int) -> dict[str, int]:
-    return {t.REG_ROUTER: rid & 0xFFFFFFFF, t.REG_ROUTER_HI: rid >> 32}
+    """The entry's actions that set the mark."""
+    return tuple(SetField(reg, value) for reg, value in _marked(rid).items())
 
 
 @lru_cache(maxsize=1 << 14)
@@ -400,8 +402,7 @@ def _echo_source_rule(rid: int, key: int, mac: str, cookie: int) -> Rule:
     """An echo reply's second pass (`_echo_rule`) to a VM of network ``key``: from the MAC of
     router ``rid``'s interface on it (a network can be on two routers: the mark keeps their
     rules apart), back out of the asking port."""
-    m = match(metadata=key, **{t.REG_ROUTER: rid & 0xFFFFFFFF,
-                               t.REG_ROUTER_HI: t.ROUTER_ECHO_MARK | rid >> 32})  # fmt: skip
+    m = match(metadata=key, **{**_marked(rid), t.REG_ROUTER_HI: t.ROUTER_ECHO_MARK | rid >> 32})
     back = (SetField("eth_src", mac), Output(arp.OFPP_IN_PORT))
     return Rule(t.L3_ROUTING, PRIO_ECHO + 1, m, (Apply(back),), cookie)
 

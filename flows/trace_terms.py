@@ -400,9 +400,8 @@ class _Describer:
             nw = m.get("ipv4_dst")
             cidr = str(netaddr.IPNetwork("/".join(nw))) if isinstance(nw, tuple) else str(nw)
             ttl = int(f.get("nw_ttl", 64))
-            # the packet's own key as the table saw it (`_md` prefers what the rule writes)
-            src_key = int(dict(s.fields).get("metadata", 0)) & t.METADATA_MASK
-            src, dst_net = self.cat.network(src_key), self.cat.network(self._written_key(s))
+            # the packet's own key (`_md` would give the one the route writes)
+            src, dst_net = self.cat.network(_key_seen(s)), self.cat.network(self._written_key(s))
             return (
                 f"routed from network {src} into {cidr} of network {dst_net} (TTL {ttl} -> "
                 f"{ttl - 1})"
@@ -621,8 +620,12 @@ def _md(s: Step) -> int:
             value = getattr(ins, "value", None)
             if isinstance(value, int) and ins.kind == "write_metadata":
                 return value
-    md = dict(s.fields).get("metadata", 0)
-    return int(md) & t.METADATA_MASK
+    return _key_seen(s)
+
+
+def _key_seen(s: Step) -> int:
+    """The network key the step's packet carries as the table saw it."""
+    return int(dict(s.fields).get("metadata", 0)) & t.METADATA_MASK
 
 
 def _answer_mac(acts: list[Any]) -> str:
