@@ -628,6 +628,16 @@ class DataPlane:
                 generation,
             )
             rt.role_refused = generation
+            # A refused SLAVE leaves this session the switch's master.  While some instance is
+            # live its MASTER request demotes it; with none live (etcd without quorum) no newer
+            # generation can be read until quorum returns, so step down to EQUAL, which the
+            # switch grants without one.  This instance acts on nothing meanwhile (it is not
+            # live), so no fencing is lost: a zombie that thinks it is live asks MASTER, not
+            # this; `_retry_roles` asks SLAVE again once a newer revision is read.
+            step_down = getattr(self.switches, "step_down", None)
+            view = self.membership() if self.membership is not None else None
+            if step_down is not None and view is not None and not view.live:
+                step_down(dpid)
 
     def _retry_roles(self) -> None:
         """A role refused as stale is asked again once this instance has read a newer etcd

@@ -354,6 +354,21 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             role[1],
         )
 
+    def step_down(self, dpid: int) -> None:
+        """Ask EQUAL on the switch's session now (`codec.equal_role_request`), after it refused
+        a SLAVE request as stale: the session stops being the switch's master.  Nothing is
+        remembered: a later session starts EQUAL anyway, and `set_role` asks again."""
+        with self._lock:
+            sw = self._switches.get(dpid)
+            if sw is None:
+                return
+            sw.master = False
+        with sw.lock:
+            msg = codec.equal_role_request(sw.dp)
+            sw.remember(msg, Sent("equal role request", 0))
+            _send_as_one_write(sw.dp, [msg])
+        LOG.info("switch %016x: equal role asked (a slave role was refused as stale)", dpid)
+
     def apply(self, dpid: int, diff: FlowDiff, on_done: DoneCallback) -> bool:
         """Send one diff in dependency order, then a barrier.  False if the switch is gone.
 

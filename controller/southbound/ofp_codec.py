@@ -441,6 +441,14 @@ def role_request(dp: Any, master: bool, generation: int) -> Any:
     return parser.OFPRoleRequest(dp, role, generation & 0xFFFFFFFFFFFFFFFF)
 
 
+def equal_role_request(dp: Any) -> Any:
+    """OFPT_ROLE_REQUEST: EQUAL, which the switch grants whatever generation it has seen (no
+    generation id is compared for it): how a master that may no longer act, and cannot read a
+    generation newer than the switch's, stops being listed as the switch's master
+    (`controller.dataplane.reconciler.DataPlane._apply_role_refused`)."""
+    return parser.OFPRoleRequest(dp, ofp.OFPCR_ROLE_EQUAL, 0)
+
+
 def decode_actions(actions: Iterable[Any]) -> tuple[Action, ...]:
     out: list[Action] = []
     for act in actions:

@@ -52,6 +52,9 @@ class Switches:
     def set_role(self, dpid: int, master: bool, generation: int) -> None:
         self.roles[dpid] = (master, generation)
 
+    def step_down(self, dpid: int) -> None:
+        self.roles[dpid] = (False, -1)  # EQUAL: no generation
+
 
 class Instance:
     def __init__(
@@ -279,6 +282,33 @@ def test_the_owner_asks_master_and_a_later_owner_a_newer_generation(cluster: Clu
     # asked again: the switch is read again and gets what was held back
     assert dpid(h) in cluster.b.switches.sent[sent_before:]
     assert cluster.status(port) == "ACTIVE"
+
+
+def test_a_refused_demotion_without_quorum_steps_down_to_equal(cluster: Cluster) -> None:
+    """etcd lost quorum: no instance is live, each asks SLAVE with the generation it last
+    read.  A switch that saw a newer one (the other instance read the members later) refuses
+    the former master's SLAVE as stale, and no newer generation can be read until quorum
+    returns: the former master steps down to EQUAL (which takes no generation) instead of
+    staying the switch's master.  A live instance whose SLAVE is refused does not (the new
+    master's MASTER request demotes it), and with quorum back SLAVE is asked again."""
+    cluster.start()
+    h = cluster.a.owned()[0]
+    other = next(x for x in HOSTS if x not in cluster.a.owned())
+    generation = cluster.a.switches.roles[dpid(other)][1]
+    cluster.a.dp.post("role_refused", (dpid(other), generation))  # live: waits for a newer one
+    cluster.idle()
+    assert cluster.a.switches.roles[dpid(other)] == (False, generation)
+    cluster.a.set_view(())  # no quorum: a's lease lapsed, it reads nothing newer
+    cluster.idle()
+    generation = cluster.a.switches.roles[dpid(h)][1]
+    assert cluster.a.switches.roles[dpid(h)] == (False, generation)  # SLAVE asked ...
+    cluster.a.dp.post("role_refused", (dpid(h), generation))  # ... refused as stale
+    cluster.idle()
+    assert cluster.a.switches.roles[dpid(h)] == (False, -1)  # stepped down to EQUAL
+    cluster.a.view = MemberView("a", ("a", "b"), generation + 5)  # quorum back, newer revision
+    cluster.a.dp.post("tick", ())
+    cluster.idle()
+    assert cluster.a.switches.roles[dpid(h)] == (h in cluster.a.owned(), generation + 5)
 
 
 def test_a_joining_member_takes_its_hosts_only_after_their_owners_let_go(

@@ -452,6 +452,15 @@ def test_the_role_is_asked_first_on_a_new_session_and_a_refusal_is_reported() ->
     _switch_answers(app, dp, _refused(dp, ofp.OFPET_ROLE_REQUEST_FAILED, ofp.OFPRRFC_STALE),
                     role_xid)  # fmt: skip
     assert refused == [(DPID, 9)]
+    # stepping down (a refused SLAVE while no instance is live): EQUAL, which carries no
+    # generation for the switch to compare; the session answers no packet-in from then on
+    app.set_role(DPID, False, 9)
+    dp.sent.clear()
+    app.step_down(DPID)
+    [(_, kind, raw)] = _on_the_wire(dp)
+    body = struct.unpack_from(ofp.OFP_ROLE_REQUEST_PACK_STR, raw, ofp.OFP_HEADER_SIZE)
+    assert kind == ofp.OFPT_ROLE_REQUEST and body[0] == ofp.OFPCR_ROLE_EQUAL
+    assert not app._switches[DPID].master
 
 
 def _role_reply(app: TenantnetOfpApp, dp: FakeDatapath, role: int) -> None:
