@@ -422,6 +422,9 @@ class Controller:
             ofp_target=s.controller_target,
         )
         self.members.start()
+        log = getattr(self.store, "log", None)  # the EtcdStore's: its calls follow the rank too
+        if log is not None:
+            self.members.spread_over(log)
 
     def stop(self) -> None:
         LOG.info("tenantnet stopping (flows stay on the switches)")

@@ -64,6 +64,8 @@ LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 CHUNK_BYTES = 1_000_000  # below etcd's default 1.5 MiB request limit
 PAGE = 500  # entries per catch-up range read
+SPREAD_AVOID_S = 30.0
+"""A member a call found failed is not chosen by `EtcdLog.spread` for this long."""
 
 
 class EtcdUnavailable(RuntimeError):
@@ -123,6 +125,7 @@ class EtcdLog:
         if settings.attempt_timeout_s < settings.timeout_s:
             self._passes.insert(0, self._connect(settings.attempt_timeout_s))
         self._current = zlib.crc32(spread_by.encode()) % len(self._clients) if spread_by else 0
+        self._failed_at: dict[int, float] = {}  # member -> monotonic time a call to it failed
         self._lock = threading.Lock()
         # where transactions go first (`find_leader`): the leader, as last learnt, and the
         # raft term last searched in; an answer naming another term starts a new search
@@ -151,6 +154,21 @@ class EtcdLog:
     @property
     def members(self) -> int:
         return len(self._clients)
+
+    def spread(self, rank: int) -> None:
+        """Send calls first to member ``rank`` (modulo the members): the instance's rank among
+        the live controllers (`controller.store.etcd_members.EtcdMembership`), so that while
+        there are no more instances than members each member serves one instance's reads and
+        watch.  The hash of the instance's id the log starts with spreads them only by chance
+        (CRC-32 of ``ctl-1``, ``ctl-2``, ``ctl-3`` is the same modulo 3).  A member that fails
+        is still left for the next one at the call that finds it failed, and one that failed
+        in the last ``SPREAD_AVOID_S`` is not chosen (a node that died with its etcd member
+        changes the ranks: the survivors must not all be sent to it)."""
+        index = rank % len(self._clients)
+        with self._lock:
+            failed = self._failed_at.get(index)
+            if failed is None or time.monotonic() - failed >= SPREAD_AVOID_S:
+                self._current = index
 
     @property
     def current_member(self) -> int:
@@ -214,9 +232,11 @@ class EtcdLog:
                         raise EtcdUnavailable(f"{where}: {exc}", maybe_sent=False) from None
                     except etcd_errors.ConnectionFailedError as exc:  # refused, reset, a 503
                         errors.append(f"{client.host}:{client.port}: {_short(exc)}")
+                        self._failed_at[index] = time.monotonic()
                         continue
                     except etcd_errors.Etcd3Exception as exc:  # a timeout, a 500 ("no leader")
                         errors.append(f"{client.host}:{client.port}: {_short(exc)}")
+                        self._failed_at[index] = time.monotonic()
                         maybe_sent = waited = True
                         continue
                     except (requests.RequestException, ValueError, LookupError, TypeError) as exc:
@@ -227,6 +247,7 @@ class EtcdLog:
                         errors.append(
                             f"{client.host}:{client.port}: malformed answer: {_short(exc)}"
                         )
+                        self._failed_at[index] = time.monotonic()
                         maybe_sent = waited = True
                         continue
                     if index != start:

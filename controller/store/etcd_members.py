@@ -29,6 +29,17 @@ LOG = logging.getLogger(__name__)
 PREFIX = "members/"
 
 
+def first_rank(log: EtcdLog, member_id: str) -> int:
+    """The rank ``member_id`` has among the live members and itself (sorted ids), read before
+    it joins: what its store's log and watch start on (`EtcdLog.spread`), so that instances
+    started one after the other, or one restarted among the others, each take another etcd
+    member (`EtcdMembership` follows the rank as members come and go, for the calls; the
+    watch stays on its member until that member fails).  Raises `EtcdUnavailable` as any
+    call."""
+    _, items = log.list_prefix(PREFIX)
+    return sorted({k for k, _ in items} | {member_id}).index(member_id)
+
+
 class EtcdMembership:
     """This instance's lease and view of the live members (a thread renews and re-reads every
     third of the TTL)."""
@@ -44,6 +55,7 @@ class EtcdMembership:
         if not member_id or "/" in member_id:
             raise ValueError(f"member id {member_id!r}: non-empty, without '/'")
         self._log = EtcdLog(settings, spread_by=member_id)
+        self._spread: list[EtcdLog] = [self._log]  # the logs whose first member follows the rank
         self.ttl_s = ttl_s
         self.ofp_target = ofp_target  # published for the owners of bridges (MemberView.targets)
         self.view = MemberView(member_id)
@@ -134,11 +146,21 @@ class EtcdMembership:
         targets = tuple(sorted((k, t) for k, v in items if (t := _ofp_target(v))))
         self._set(MemberView(self.view.me, members, revision, targets))
 
+    def spread_over(self, log: EtcdLog) -> None:
+        """Also point ``log``'s calls at this instance's member (`EtcdLog.spread`)."""
+        self._spread.append(log)
+        view = self.view
+        if view.live:
+            log.spread(view.members.index(view.me))
+
     def _set(self, view: MemberView) -> None:
         changed = view.members != self.view.members or view.targets != self.view.targets
         self.view = view
         if changed:
             LOG.info("controller members: %s (this one: %s)", ", ".join(view.members), view.me)
+            if view.live:  # instances spread over the etcd members by their rank
+                for log in self._spread:
+                    log.spread(view.members.index(view.me))
             if self.on_change is not None:
                 self.on_change(view)
 

@@ -52,6 +52,7 @@ from controller.events import KINDS, ChangeEvent, EventBus
 from controller.metrics import Metrics
 from controller.store.errors import InvalidInput, StoreError, StoreUnavailable
 from controller.store.etcd_log import EtcdLog, EtcdUnavailable
+from controller.store.etcd_members import first_rank
 from controller.store.etcd_settings import EtcdSettings
 from controller.store.etcd_watch import LogWatch
 from controller.store.pending import Observations, PendingObservations
@@ -197,6 +198,8 @@ class EtcdStore(Store):
         self.etcd = etcd
         self._log = EtcdLog(etcd, spread_by=member_id)  # the first member: by the instance's id
         try:
+            if member_id:  # ... or by its rank among the live instances (`first_rank`)
+                self._log.spread(first_rank(self._log, member_id))
             meta = self._log.meta()
             if meta is None:
                 meta = {"epoch": uuid.uuid4().hex, "schema": LATEST}
@@ -256,6 +259,12 @@ class EtcdStore(Store):
             path,
             self.applied,
         )
+
+    @property
+    def log(self) -> EtcdLog:
+        """The log's keys on the cluster (membership points its first member at this
+        instance's rank: `controller.store.etcd_members.EtcdMembership.spread_over`)."""
+        return self._log
 
     def _connect(self) -> sqlite3.Connection:
         """As the single node's, but local commits skip the fsync (synchronous=NORMAL).

@@ -118,3 +118,49 @@ def test_a_member_whose_renewal_hangs_past_its_ttl_is_not_live_at_once(members: 
     assert a.current().live
     a._renewed_at -= TTL  # the last renewal that succeeded is now a TTL old
     assert not a.current().live and a.current().owned(["hv1"]) == []
+
+
+def test_instances_spread_over_the_etcd_members_by_rank(
+    etcd_settings: EtcdSettings, tmp_path: Any
+) -> None:
+    """Three instances started one after the other as the service starts them (the store,
+    then membership) each send their store's calls and watch to another etcd member, and a
+    restarted one takes the member its rank gives.  Picked by the hash of the ids alone, all
+    three of ctl-1, ctl-2, ctl-3 went to one member (CRC-32 modulo 3)."""
+    from controller.events import EventBus
+    from controller.store.replicated import EtcdStore
+
+    stores: dict[str, EtcdStore] = {}
+    joined: dict[str, EtcdMembership] = {}
+
+    def start(name: str) -> None:
+        stores[name] = EtcdStore(str(tmp_path / f"{name}.db"), EventBus(), etcd_settings,
+                                 member_id=name)  # fmt: skip
+        joined[name] = EtcdMembership(etcd_settings, name, TTL)
+        joined[name].start()
+        joined[name].spread_over(stores[name].log)
+
+    def stop(name: str) -> None:
+        joined.pop(name).stop()
+        stores.pop(name).close()
+
+    names = ("ctl-1", "ctl-2", "ctl-3")
+    assert len({EtcdLog(etcd_settings, spread_by=n).current_member for n in names}) == 1
+    try:
+        for name in names:
+            start(name)
+        wait_for(lambda: all(m.view.members == names for m in joined.values()), "3 members")
+        firsts = {n: s.log.current_member for n, s in stores.items()}
+        assert sorted(firsts.values()) == [0, 1, 2], firsts
+        assert {n: m._log.current_member for n, m in joined.items()} == firsts
+        wait_for(lambda: all(s._watch is not None for s in stores.values()), "the watches")
+        assert {n: s._watch.member for n, s in stores.items() if s._watch} == firsts
+        stop("ctl-2")
+        start("ctl-2")  # among ctl-1 and ctl-3: its rank is still 1
+        assert stores["ctl-2"].log.current_member == firsts["ctl-2"]
+        wait_for(lambda: stores["ctl-2"]._watch is not None, "the watch")
+        watch = stores["ctl-2"]._watch
+        assert watch is not None and watch.member == firsts["ctl-2"]
+    finally:
+        for name in list(joined):
+            stop(name)

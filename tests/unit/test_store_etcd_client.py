@@ -137,3 +137,46 @@ def test_a_leader_that_fails_is_not_asked_first_any_more() -> None:
     dead.sent.clear()
     assert log.append(1, b"entry")
     assert dead.sent == [] and len(alive.sent) == 2
+
+
+def test_a_rank_never_sends_calls_back_to_a_member_that_just_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three nodes each run an instance and an etcd member; node 2 dies (member 1 with it),
+    and the ranks change as its lease expires.  The first call sent to member 1 by the new
+    rank fails over to another; later changes of the members (each re-spreads) leave the log
+    there instead of sending every call through the dead member first again, until the
+    failure is old (`SPREAD_AVOID_S`)."""
+    from etcd3gw import exceptions as etcd_errors
+
+    from controller.membership import MemberView
+    from controller.store import etcd_log
+
+    tried: list[int] = []
+
+    class Member:
+        def __init__(self, i: int) -> None:
+            self.i, self.host, self.port = i, f"m{i}", 2379
+
+        def get(self, key: str, **kw: Any) -> list[bytes]:
+            tried.append(self.i)
+            if self.i == 1:
+                raise etcd_errors.Etcd3Exception("timed out")
+            return [b"7"]
+
+    log = EtcdLog(EtcdSettings((("m0", 1), ("m1", 1), ("m2", 1))), spread_by="ctl-3")
+    log._clients = [Member(i) for i in range(3)]
+    log._passes = [[Member(i) for i in range(3)], log._clients]
+    members = EtcdMembership.__new__(EtcdMembership)
+    members._spread, members.on_change = [log], None
+    members.view = MemberView("ctl-3", ("ctl-1", "ctl-2", "ctl-3"))
+    log.spread(2)
+    assert log.head() == 7 and tried == [2]
+    for i in range(3):  # ctl-2 gone: ctl-3's rank is 1, the dead member's
+        tried.clear()
+        members._set(MemberView("ctl-3", ("ctl-1", "ctl-3"), 10 + i, (("ctl-3", f"t{i}"),)))
+        assert log.head() == 7
+        assert tried == ([1, 2] if i == 0 else [2]), (i, tried)
+    monkeypatch.setattr(etcd_log, "SPREAD_AVOID_S", 0.0)  # the failure is old now
+    log.spread(1)
+    assert log.current_member == 1
