@@ -343,15 +343,13 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             role = self._roles.get(sw.dp.id)
         if role is None:
             return
-        with sw.lock:
-            msg = codec.role_request(sw.dp, *role)
-            sw.remember(msg, Sent("master role" if role[0] else "slave role", role[1]))
-            _send_as_one_write(sw.dp, [msg])
-        LOG.info(
-            "switch %016x: %s role asked (generation %d)",
-            sw.dp.id,
-            "master" if role[0] else "slave",
-            role[1],
+        master, generation = role
+        name = "master role" if master else "slave role"
+        self._ask_role(
+            sw,
+            codec.role_request(sw.dp, master, generation),
+            Sent(name, generation),
+            f"{name} asked (generation {generation})",
         )
 
     def step_down(self, dpid: int) -> None:
@@ -363,11 +361,20 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             if sw is None:
                 return
             sw.master = False
+        self._ask_role(
+            sw,
+            codec.equal_role_request(sw.dp),
+            Sent("equal role request", 0),
+            "equal role asked (a slave role was refused as stale)",
+        )
+
+    def _ask_role(self, sw: _Switch, msg: Any, label: Sent, asked: str) -> None:
+        """Send the role request ``msg`` on the switch's session, remembered as ``label`` (what
+        an error reply to it is explained with), and log ``asked``."""
         with sw.lock:
-            msg = codec.equal_role_request(sw.dp)
-            sw.remember(msg, Sent("equal role request", 0))
+            sw.remember(msg, label)
             _send_as_one_write(sw.dp, [msg])
-        LOG.info("switch %016x: equal role asked (a slave role was refused as stale)", dpid)
+        LOG.info("switch %016x: %s", sw.dp.id, asked)
 
     def apply(self, dpid: int, diff: FlowDiff, on_done: DoneCallback) -> bool:
         """Send one diff in dependency order, then a barrier.  False if the switch is gone.

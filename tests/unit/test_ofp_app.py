@@ -423,12 +423,16 @@ def test_a_new_session_is_read_back_at_features_once() -> None:
     assert listener.ready == [DPID]
 
 
-def test_the_role_is_asked_first_on_a_new_session_and_a_refusal_is_reported() -> None:
+def test_the_role_is_asked_first_on_a_new_session_and_a_refusal_is_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Several controllers (docs/ha.md): the role set for a switch is the first message of each
     of its sessions (before the read-back), a change is sent at once to a connected switch, and
-    a switch's refusal of a role request reaches ``on_role_refused`` with its generation."""
+    a switch's refusal of a role request reaches ``on_role_refused`` with its generation.  Each
+    role request is remembered by its xid (an error reply to it names it) and logged."""
     from os_ken.controller.handler import CONFIG_DISPATCHER
 
+    caplog.set_level(logging.INFO, logger=ofp_app.LOG.name)
     app = new_ofp_app()
     app.packet_in_meter = (100, 10)
     refused: list[tuple[int, int]] = []
@@ -449,6 +453,11 @@ def test_the_role_is_asked_first_on_a_new_session_and_a_refusal_is_reported() ->
     types = [t for _, t, _ in _on_the_wire(dp)]
     assert types[0] == ofp.OFPT_ROLE_REQUEST and ofp.OFPT_METER_MOD in types
     role_xid = _on_the_wire(dp)[0][0]
+    assert app._switches[DPID].sent[role_xid] == ofp_app.Sent("master role", 9)
+    assert _role_lines(caplog) == [
+        "switch 0000000000000042: slave role asked (generation 5)",
+        "switch 0000000000000042: master role asked (generation 9)",
+    ]
     _switch_answers(app, dp, _refused(dp, ofp.OFPET_ROLE_REQUEST_FAILED, ofp.OFPRRFC_STALE),
                     role_xid)  # fmt: skip
     assert refused == [(DPID, 9)]
@@ -457,10 +466,19 @@ def test_the_role_is_asked_first_on_a_new_session_and_a_refusal_is_reported() ->
     app.set_role(DPID, False, 9)
     dp.sent.clear()
     app.step_down(DPID)
-    [(_, kind, raw)] = _on_the_wire(dp)
+    [(xid, kind, raw)] = _on_the_wire(dp)
     body = struct.unpack_from(ofp.OFP_ROLE_REQUEST_PACK_STR, raw, ofp.OFP_HEADER_SIZE)
     assert kind == ofp.OFPT_ROLE_REQUEST and body[0] == ofp.OFPCR_ROLE_EQUAL
     assert not app._switches[DPID].master
+    assert app._switches[DPID].sent[xid] == ofp_app.Sent("equal role request", 0)
+    assert _role_lines(caplog)[-2:] == [
+        "switch 0000000000000042: slave role asked (generation 9)",
+        "switch 0000000000000042: equal role asked (a slave role was refused as stale)",
+    ]
+
+
+def _role_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [m for r in caplog.records if " role asked " in (m := r.getMessage())]
 
 
 def _role_reply(app: TenantnetOfpApp, dp: FakeDatapath, role: int) -> None:
