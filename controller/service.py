@@ -421,10 +421,12 @@ class Controller:
             s.etcd_member_ttl_s,
             ofp_target=s.controller_target,
         )
-        self.members.start()
         log = getattr(self.store, "log", None)  # the EtcdStore's: its calls follow the rank too
         if log is not None:
+            # before the start: its first view then spreads both logs, and no older view read
+            # here can be applied after a newer one the membership thread spread
             self.members.spread_over(log)
+        self.members.start()
 
     def stop(self) -> None:
         LOG.info("tenantnet stopping (flows stay on the switches)")

@@ -250,6 +250,7 @@ class EtcdLog:
                         self._failed_at[index] = time.monotonic()
                         maybe_sent = waited = True
                         continue
+                    self._failed_at.pop(index, None)  # answered: no longer avoided (`spread`)
                     if index != start:
                         with self._lock:
                             self._current = index

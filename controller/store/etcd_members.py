@@ -156,11 +156,16 @@ class EtcdMembership:
     def _set(self, view: MemberView) -> None:
         changed = view.members != self.view.members or view.targets != self.view.targets
         self.view = view
+        if view.live:
+            # Instances spread over the etcd members by their rank, asked at every renewal and
+            # not only when the members change: a rank's member skipped because it had just
+            # failed (an election, a quorum loss: every member looks failed for a moment) is
+            # taken again once that failure is old (`EtcdLog.spread`), so the spread comes
+            # back by itself after an outage.
+            for log in self._spread:
+                log.spread(view.members.index(view.me))
         if changed:
             LOG.info("controller members: %s (this one: %s)", ", ".join(view.members), view.me)
-            if view.live:  # instances spread over the etcd members by their rank
-                for log in self._spread:
-                    log.spread(view.members.index(view.me))
             if self.on_change is not None:
                 self.on_change(view)
 

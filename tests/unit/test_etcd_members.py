@@ -137,8 +137,8 @@ def test_instances_spread_over_the_etcd_members_by_rank(
         stores[name] = EtcdStore(str(tmp_path / f"{name}.db"), EventBus(), etcd_settings,
                                  member_id=name)  # fmt: skip
         joined[name] = EtcdMembership(etcd_settings, name, TTL)
-        joined[name].start()
         joined[name].spread_over(stores[name].log)
+        joined[name].start()
 
     def stop(name: str) -> None:
         joined.pop(name).stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -180,3 +181,47 @@ def test_a_rank_never_sends_calls_back_to_a_member_that_just_failed(
     monkeypatch.setattr(etcd_log, "SPREAD_AVOID_S", 0.0)  # the failure is old now
     log.spread(1)
     assert log.current_member == 1
+
+
+def test_the_spread_comes_back_after_an_outage_without_a_membership_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """During an election or a quorum loss every member fails a call for a moment, and the
+    rank's member is skipped while that is recent; once it is old (and at once for a member
+    that answered since), the next renewal points the log at the rank's member again, although
+    the members did not change (they rejoin within the avoid time).  Re-spread only on a change
+    of the members, every instance stayed wherever its failover had left it."""
+    from controller.membership import MemberView
+    from controller.store import etcd_log
+
+    class Member:
+        def __init__(self, i: int) -> None:
+            self.i, self.host, self.port = i, f"m{i}", 2379
+
+        def get(self, key: str, **kw: Any) -> list[bytes]:
+            return [b"7"]
+
+    log = EtcdLog(EtcdSettings((("m0", 1), ("m1", 1), ("m2", 1))), spread_by="ctl-2")
+    log._clients = [Member(i) for i in range(3)]
+    log._passes = [log._clients]
+    members = EtcdMembership.__new__(EtcdMembership)
+    members._spread, members.on_change = [log], None
+    view = MemberView("ctl-2", ("ctl-1", "ctl-2", "ctl-3"), 5)
+    members.view = view
+    now = time.monotonic()
+    log._failed_at = {0: now, 1: now, 2: now}  # the outage: every member failed a call
+    log._current = 2  # where the failover left it
+    members._set(view)
+    assert log.current_member == 2  # its rank's member failed just now: not taken yet
+    monkeypatch.setattr(etcd_log, "SPREAD_AVOID_S", 0.0)  # the failures are old now
+    members._set(MemberView("ctl-2", view.members, 6))  # a renewal: the same members
+    assert log.current_member == 1
+    monkeypatch.setattr(etcd_log, "SPREAD_AVOID_S", 3600.0)  # recent again, for any stamp
+    log._current = 0
+    assert log.head() == 7  # member 0 answers: its failure is forgotten at once
+    assert 0 not in log._failed_at and 2 in log._failed_at
+    log._current = 2
+    members._set(MemberView("ctl-2", ("ctl-2", "ctl-3"), 7))  # rank 0: member 0, answered
+    assert log.current_member == 0
+    members._set(MemberView("ctl-2", ("ctl-1", "ctl-2", "ctl-3"), 8))  # rank 1: still avoided
+    assert log.current_member == 0
