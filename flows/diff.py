@@ -153,33 +153,50 @@ class Owners(dict[int, Slice]):
 
     Why: the data plane's status (``/status``, and ``/metrics`` on every scrape) reported them
     by walking every owner of every host, O(ports) per read under the interpreter lock that the
-    data plane's actor needs; now a read is three integers per host.  Every way a dict can
-    change is kept counted (set, delete, pop, popitem, setdefault, update, clear, ``|=``), so
-    the totals cannot drift from the content whoever changes it."""
+    data plane's actor needs; now a read is one tuple per host.  Every way a dict can change is
+    counted (set, delete, pop, popitem, setdefault, update, clear, ``|=``), and a copy or a
+    pickle is rebuilt from the slices (`__reduce__`), so the totals cannot drift from the
+    content whoever changes it.  ``totals`` is replaced in one assignment per change: a thread
+    reading it meanwhile sees the totals before or after, never a mix."""
 
     def __init__(self, owners: Any = ()) -> None:
         super().__init__()
-        self.flows = 0
-        self.groups = 0
-        self.sg_flows = 0
+        self.totals: tuple[int, int, int] = (0, 0, 0)  # flows, groups, security-group flows
         self.update(owners)
 
-    def _count(self, owner: int, piece: Slice, sign: int) -> None:
-        self.flows += sign * len(piece.rules)
-        self.groups += sign * len(piece.groups)
-        if t.owner_kind(owner) == t.OwnerKind.SECURITY_GROUP:
-            self.sg_flows += sign * len(piece.rules)
+    @property
+    def flows(self) -> int:
+        return self.totals[0]
+
+    @property
+    def groups(self) -> int:
+        return self.totals[1]
+
+    @property
+    def sg_flows(self) -> int:
+        return self.totals[2]
+
+    @staticmethod
+    def _weight(owner: int, piece: Slice | None) -> tuple[int, int, int]:
+        if piece is None:
+            return (0, 0, 0)
+        sg = len(piece.rules) if t.owner_kind(owner) == t.OwnerKind.SECURITY_GROUP else 0
+        return (len(piece.rules), len(piece.groups), sg)
+
+    def _adjust(self, owner: int, old: Slice | None, new: Slice | None) -> None:
+        (f0, g0, s0), (f1, g1, s1) = self._weight(owner, old), self._weight(owner, new)
+        flows, groups, sg = self.totals
+        self.totals = (flows - f0 + f1, groups - g0 + g1, sg - s0 + s1)
 
     def __setitem__(self, owner: int, piece: Slice) -> None:
         old = super().get(owner)
-        if old is not None:
-            self._count(owner, old, -1)
         super().__setitem__(owner, piece)
-        self._count(owner, piece, 1)
+        self._adjust(owner, old, piece)
 
     def __delitem__(self, owner: int) -> None:
-        self._count(owner, self[owner], -1)
+        old = self[owner]
         super().__delitem__(owner)
+        self._adjust(owner, old, None)
 
     def pop(self, owner: int, *default: Any) -> Any:
         if owner not in self:
@@ -187,12 +204,12 @@ class Owners(dict[int, Slice]):
                 return default[0]
             raise KeyError(owner)
         piece = super().pop(owner)
-        self._count(owner, piece, -1)
+        self._adjust(owner, piece, None)
         return piece
 
     def popitem(self) -> tuple[int, Slice]:
         owner, piece = super().popitem()
-        self._count(owner, piece, -1)
+        self._adjust(owner, piece, None)
         return owner, piece
 
     def setdefault(self, owner: int, piece: Slice = Slice()) -> Slice:  # noqa: B008
@@ -214,10 +231,15 @@ class Owners(dict[int, Slice]):
 
     def clear(self) -> None:
         super().clear()
-        self.flows = self.groups = self.sg_flows = 0
+        self.totals = (0, 0, 0)
 
     def copy(self) -> Owners:
         return Owners(self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copied, deep-copied and pickled as its slices, its totals counted again (the
+        default would restore the totals and then add every slice once more)."""
+        return (type(self), (dict(self),))
 
 
 def split_by_cookie(installed: Slice) -> Owners:

@@ -1185,8 +1185,8 @@ def _installed_counts(installed: dict[int, Slice] | None) -> dict[str, int | Non
     if installed is None:
         return {"flows": None, "groups": None, "sg_flows": None}
     if isinstance(installed, Owners):
-        return {"flows": installed.flows, "groups": installed.groups,
-                "sg_flows": installed.sg_flows}  # fmt: skip
+        flows, groups, sg_flows = installed.totals  # one read: never a mix of two changes
+        return {"flows": flows, "groups": groups, "sg_flows": sg_flows}
     owners = list(installed.items())  # one C-level copy: the actor may change the dict
     return {
         "flows": sum(len(s.rules) for _, s in owners),

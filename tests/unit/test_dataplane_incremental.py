@@ -982,6 +982,24 @@ class DataPlaneMachine(RuleBasedStateMachine):
                 assert got == Slice(), f"{host} removed but its switch keeps {got}"
 
     @invariant()
+    def recorded_totals_are_what_the_record_holds(self) -> None:
+        """What the status reports of each host (flows, groups, the security groups' share) is
+        the totals its record keeps (`flows.diff.Owners`), equal to a walk over the record."""
+        from flows.diff import Owners
+
+        for host, rt in self.dp.hosts.items():
+            if rt.installed is None:
+                continue
+            assert isinstance(rt.installed, Owners), (host, type(rt.installed))
+            walked = (
+                sum(len(s.rules) for s in rt.installed.values()),
+                sum(len(s.groups) for s in rt.installed.values()),
+                sum(len(s.rules) for c, s in rt.installed.items()
+                    if t.owner_kind(c) == t.OwnerKind.SECURITY_GROUP),
+            )  # fmt: skip
+            assert rt.installed.totals == walked, (host, rt.installed.totals, walked)
+
+    @invariant()
     def bindings_follow_the_rules(self) -> None:
         if self.held:
             return

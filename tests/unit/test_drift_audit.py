@@ -291,6 +291,13 @@ def test_the_audit_repairs_drift_leaves_foreign_flows_and_counts(audit_cloud: Au
     assert repaired[("tenantnet_drift_audits_total", ("repaired",))] == 1
     assert after[("tenantnet_foreign_flows", ("hv1",))] == 1
     assert cloud.dp.audit.request("hv1").document["in_sync"]
+    # the repaired record keeps the totals the status reports (`flows.diff.Owners`)
+    installed = cloud.dp.hosts["hv1"].installed
+    assert installed is not None and installed.totals == (
+        len(wanted.rules), len(wanted.groups),
+        sum(1 for r in wanted.rules if t.owner_kind(r.cookie) == t.OwnerKind.SECURITY_GROUP),
+    )  # fmt: skip
+    assert cloud.dp.status()["hosts"]["hv1"]["flows"] == len(wanted.rules)
 
 
 def _samples(cloud: AuditCloud) -> dict[tuple[str, tuple[str, ...]], float]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -456,6 +459,10 @@ def test_owner_totals_follow_every_change(ops: list[tuple[str, int, int, int]]) 
                 d.clear()
         assert owners == plain
         assert (owners.flows, owners.groups, owners.sg_flows) == _walked(owners)
+    for copied in (copy.copy(owners), copy.deepcopy(owners), pickle.loads(pickle.dumps(owners)),
+                   owners.copy()):  # fmt: skip
+        assert isinstance(copied, Owners) and copied == plain
+        assert copied.totals == _walked(copied) == owners.totals
 
 
 def test_split_by_cookie_counts_what_it_split() -> None:
