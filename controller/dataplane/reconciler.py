@@ -83,7 +83,6 @@ from controller.metrics import Metrics
 from controller.southbound.ovsdb_host import HostObservation, OvsdbHost, datapath_id_for
 from flows.diff import FlowDiff, Owners, split_by_cookie
 from flows.model import Slice
-from flows.tables import OwnerKind, owner_kind
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -1181,21 +1180,13 @@ class DataPlane:
 
 def _installed_counts(installed: dict[int, Slice] | None) -> dict[str, int | None]:
     """Flows and groups of ours on a switch, from the data plane's view of it: the totals its
-    `flows.diff.Owners` keeps (O(1)), else counted (a plain dict: tests, tools)."""
+    `flows.diff.Owners` keeps (O(1)); a plain dict (tests, tools) is counted by the same rule,
+    as an `Owners` built from one C-level copy of it (the actor may change the dict)."""
     if installed is None:
         return {"flows": None, "groups": None, "sg_flows": None}
-    if isinstance(installed, Owners):
-        flows, groups, sg_flows = installed.totals  # one read: never a mix of two changes
-        return {"flows": flows, "groups": groups, "sg_flows": sg_flows}
-    owners = list(installed.items())  # one C-level copy: the actor may change the dict
-    return {
-        "flows": sum(len(s.rules) for _, s in owners),
-        "groups": sum(len(s.groups) for _, s in owners),
-        # the security-group firewall's share: what filtering costs this host
-        "sg_flows": sum(
-            len(s.rules) for c, s in owners if owner_kind(c) == OwnerKind.SECURITY_GROUP
-        ),
-    }
+    owners = installed if isinstance(installed, Owners) else Owners(list(installed.items()))
+    flows, groups, sg_flows = owners.totals  # one read: never a mix of two changes
+    return {"flows": flows, "groups": groups, "sg_flows": sg_flows}
 
 
 def merge_diffs(diffs: list[FlowDiff]) -> FlowDiff:
