@@ -155,8 +155,11 @@ Match = tuple[tuple[str, Any], ...]
 
 
 def match(**fields: Any) -> Match:
-    """Build a normalised match: pairs sorted by field name, ``None`` values left out."""
-    return tuple(sorted((k, v) for k, v in fields.items() if v is not None))
+    """Build a normalised match: pairs sorted by field name, ``None`` values left out (the
+    names are distinct, so the sort never compares values)."""
+    if None in fields.values():
+        return tuple(sorted((k, v) for k, v in fields.items() if v is not None))
+    return tuple(sorted(fields.items()))
 
 
 # ------------------------------------------------------------------------------------ rules/groups

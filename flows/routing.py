@@ -181,7 +181,7 @@ class Subnets:
     walking the router's networks)."""
 
     def __init__(self, interfaces: Iterable[Interface]) -> None:
-        self.interfaces = tuple(_interfaces(interfaces))
+        self.interfaces = _interfaces(interfaces)
         self._parsed: list[tuple[int, int, int, int, Interface]] = []  # key, net, mask, gw
         for iface in self.interfaces:
             cidr = netaddr.IPNetwork(iface.cidr)
@@ -211,6 +211,14 @@ class Subnets:
         return tuple(out)
 
 
+@lru_cache(maxsize=1024)
+def _subnets(interfaces: tuple[Interface, ...]) -> Subnets:
+    """`Subnets` of a router's interfaces, shared by its hosts (never changed once built): each
+    router host's `interface_rules` in a step asks for the same ones, and building them parses
+    every CIDR and gateway."""
+    return Subnets(interfaces)
+
+
 def compile_router(ctx: HostContext, view: RouterView) -> dict[int, Slice]:
     """Every routing rule of one router on one host, by owner (`flows.tables.router_cookie`):
     its interfaces' rules (`interface_rules`), and each routed port's neighbour rules
@@ -234,7 +242,7 @@ def interface_rules(ctx: HostContext, view: RouterView) -> dict[int, set[Rule]]:
     change recompile these and the ports of the networks whose interface changed only."""
     if not view.local_keys:
         return {}
-    subnets = Subnets(view.interfaces)
+    subnets = _subnets(tuple(view.interfaces))
     ifaces = list(subnets.interfaces)
     own_ip = _ip4(ctx.tunnel_ip)
     rules: dict[int, set[Rule]] = {}
@@ -283,14 +291,22 @@ def routed_port_rules(ctx: HostContext, ports: Iterable[RoutedPort]) -> frozense
     return frozenset(r for r in out if r is not None)
 
 
-def _interfaces(interfaces: Iterable[Interface]) -> list[Interface]:
+def _interfaces(interfaces: Iterable[Interface]) -> tuple[Interface, ...]:
     """One interface per network and one per subnet, smallest port number first (the store
     never attaches a subnet twice or overlapping subnets to one router; this keeps an
     inconsistent input from producing two owners of one flow)."""
+    return _distinct(tuple(sorted(interfaces, key=lambda i: i.num)))
+
+
+@lru_cache(maxsize=4096)
+def _distinct(interfaces: tuple[Interface, ...]) -> tuple[Interface, ...]:
+    """`_interfaces` of interfaces in port-number order.  Cached: every host of a router asks
+    for the same interfaces in a step (`interface_rules`), and the pairwise CIDR checks are
+    O(interfaces^2) parses and compares."""
     out: list[Interface] = []
     nets: set[int] = set()
     cidrs: list[netaddr.IPNetwork] = []
-    for iface in sorted(interfaces, key=lambda i: i.num):
+    for iface in interfaces:
         cidr = netaddr.IPNetwork(iface.cidr)
         if cidr.version != 4 or iface.segment.key in nets:
             continue
@@ -299,7 +315,7 @@ def _interfaces(interfaces: Iterable[Interface]) -> list[Interface]:
         nets.add(iface.segment.key)
         cidrs.append(cidr)
         out.append(iface)
-    return out
+    return tuple(out)
 
 
 def _marked(rid: int) -> dict[str, int]:

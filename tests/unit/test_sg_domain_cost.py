@@ -9,12 +9,17 @@ add re-keyed the whole router (634 flow-mods per host at 10 x 30 in the bench).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Callable
 
+import pytest
+
 from bench.planner_port_cost import default_group
 from controller.dataplane.planner import Change
-from controller.dataplane.state import NetworkRec, PortRec, RouterRec
+from controller.dataplane.services import sg_host
+from controller.dataplane.state import Mirror, NetworkRec, PortRec, RouterRec
+from flows import security_groups as sg
 from flows import tables as t
 from tests.unit.test_planner import World
 from tests.unit.test_router_cost import _interface, _subnet
@@ -118,3 +123,38 @@ def test_removing_the_interface_deletes_the_domain_flows_only() -> None:
     sent = _sg_flow_mods(4, own=12, remove=True)
     for host in HOSTS:
         assert sent[host] == Counter({"-network": 4, "-member": 12}), (host, sent[host])
+
+
+def test_a_members_clauses_are_computed_once_per_step_not_once_per_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every host of the interface add matches network 0's members under the domain: what
+    each member contributes to each of the default group's two remote-group rules is the same
+    on every host, so it is computed once in the step (the sg service's step memo) and each
+    host only keeps the scopes it applies the rule in.  A later step sees the mirror as it is
+    then: a member readdressed after is matched by its new address on every host, its old one
+    gone (nothing of the earlier step's memo is reused)."""
+    w = routed_world(4, lambda n: 3 if n == 0 else 4)
+    built: Counter[str] = Counter()
+    real = sg_host.filtered_port
+
+    def counted(port: PortRec, mirror: Mirror, ofport: int) -> sg.FilteredPort:
+        if ofport == 0:  # a member's addresses, not a local port's own filter
+            built[port.id] += 1
+        return real(port, mirror, ofport)
+
+    monkeypatch.setattr(sg_host, "filtered_port", counted)
+    _interface(w, 900_100, "n0", "s0", "10.0.255.254")
+    assert not w.step().failed
+    assert built == Counter({"n0p1": 2, "n0p2": 2, "n0p3": 2}), built
+
+    old = w.mirror.ports["n0p2"]
+    new = dataclasses.replace(old, fixed_ips=("10.0.0.77",), subnet_ips=(("s0", "10.0.0.77"),))
+    w.mirror.set_port(new.id, new)
+    w.change(Change("port", new.id, old, new))
+    plan = w.step()
+    assert not plan.failed
+    owner = t.sg_member_cookie(new.num)
+    for host in HOSTS:
+        text = repr(w.hosts[host].installed[owner])
+        assert "10.0.0.77" in text and f"'{old.fixed_ips[0]}'" not in text, (host, text)

@@ -88,6 +88,9 @@ class SecurityGroupService:
         # interface change) and by the firewalls as they scope ports (`HostFirewall._scoped`),
         # so that a network already routed when the controller started is known too
         self.domains: dict[str, int] = {}
+        # members' contributions computed in this step, shared by its hosts' firewalls
+        # (`HostFirewall._member_facts`): a fresh one per step, the mirror is fixed within one
+        self.memo: dict[tuple[str, str], Any] = {}
 
     # ------------------------------------------------------------------ inputs -> units
 
@@ -205,6 +208,7 @@ class SecurityGroupService:
         return str(unit.scope[0])
 
     def work(self, units: Collection[Unit], inputs: Inputs) -> Iterator[tuple[Unit, Any]]:
+        self.memo = {}
         by_host: dict[str, list[tuple[Hashable, ...]]] = {}
         for unit in units:
             by_host.setdefault(str(unit.scope[0]), []).append(unit.scope[1:])
@@ -234,6 +238,7 @@ class SecurityGroupService:
             fw = self._rebuild(host_id, inputs, step)
         else:
             fw = self.firewalls[host_id]
+            fw.memo = self.memo
             had_ports = bool(fw.local)
             for rid in sorted(str(i[1]) for i in items if i[0] == RULE):
                 fw.sync_rule(rid, mirror)
@@ -262,6 +267,7 @@ class SecurityGroupService:
         assert rt.obs is not None and rt.installed is not None
         self.firewalls.pop(host_id, None)
         fw = HostFirewall(host_id, self.domains)
+        fw.memo = self.memo
         # by (ofport, port id): the port each ofport keeps comes first, nothing is undone
         for pid, _ofport in sorted(rt.obs.bindings.items(), key=lambda b: (b[1], b[0])):
             fw.sync_local(pid, inputs)

@@ -45,11 +45,27 @@ if TYPE_CHECKING:
 Entry = tuple[int, int, int, Match, Conjunction]
 """A clause-3 contribution: (scope, owner cookie, table, match, conjunction action)."""
 
+MemberFacts = tuple[str, int, tuple[tuple[int, tuple[Entry, ...]], ...]]
+"""A member's contributions to one rule, on any host: (its network id, its L3 domain, per scope
+its entries)."""
+
 
 def _scopes(fp: sg.FilteredPort) -> tuple[int, ...]:
     """Where the port's rules apply and its addresses are matched
     (`flows.security_groups.scopes_of`)."""
     return sg.scopes_of(fp.network_key, fp.domain)
+
+
+def _difference(before: list[Entry], after: list[Entry]) -> tuple[list[Entry], list[Entry]]:
+    """What to take back and what to add to go from contributions ``before`` to ``after``, as
+    multisets (an address that is both a fixed IP and a pair contributes twice)."""
+    had, has = set(before), set(after)
+    if len(had) == len(before) and len(has) == len(after):
+        return [e for e in before if e not in has], [e for e in after if e not in had]
+    gone, came = Counter(before), Counter(after)
+    gone.subtract(after)
+    came.subtract(before)
+    return list(gone.elements()), list(came.elements())
 
 
 def filtered_port(port: PortRec, mirror: Mirror, ofport: int) -> sg.FilteredPort:
@@ -94,6 +110,8 @@ class HostFirewall:
         self.net_domains: dict[int, Counter[int]] = {}  # routed key -> domain -> local ports
         self.touched_nets: set[int] = set()  # network keys whose entries to re-plan
         self.visited = 0
+        # the service's step memo of members' contributions (`_member_facts`), None: none
+        self.memo: dict[tuple[str, str], tuple[SgRuleRec, MemberFacts | None]] | None = None
 
     def uses(self, group_id: str) -> bool:
         """Whether the host's flows depend on the group (a local port in it, or an applied rule
@@ -299,33 +317,63 @@ class HostFirewall:
             self._contribute(mpid, rid, mirror, only_net)
 
     def _contribute(self, mpid: str, rid: str, mirror: Mirror, only_net: int | None) -> None:
+        entries = self._member_entries(mpid, rid, mirror, only_net)
+        if entries:
+            self._record_c3(mpid, rid, entries)
+
+    def _record_c3(self, mpid: str, rid: str, entries: list[Entry]) -> None:
+        self.c3.setdefault(rid, {}).setdefault(mpid, []).extend(entries)
+        self.member_rules.setdefault(mpid, set()).add(rid)
+        for _scope, owner, table, m, conj in entries:
+            self.index.add(owner, table, m, conj)
+
+    def _member_entries(
+        self, mpid: str, rid: str, mirror: Mirror, only_net: int | None
+    ) -> list[Entry]:
+        """The member's clause-3 contributions to applied rule ``rid`` on this host: in the
+        scopes where a local port has the rule (``only_net``: in that one only)."""
         self.visited += 1
-        port = mirror.ports.get(mpid)
-        if port is None or not port.port_security:
-            return
         rec = self.applied[rid]
-        nets = self.group_nets.get(rec.group_id, ())
-        if mirror.key_of(port.network_id) is None:
-            return
+        facts = self._member_facts(mpid, rec, mirror)
+        if facts is None:
+            return []
+        network_id, domain, per_scope = facts
         # the member's scope: its network, or its L3 domain if routed (its packets then arrive
         # under any key of the domain); addresses where no local port has the rule never match
-        fp = filtered_port(port, mirror, 0)
-        self._scoped(port.network_id, fp.domain)
-        owner = t.sg_member_cookie(port.num)
-        addrs = sg.member_addresses(fp)
-        for scope in _scopes(fp):
-            if scope not in nets or only_net not in (None, scope):
-                continue
-            scoped = (sg.in_scope(a, scope) for a in addrs)
-            entries = sg.member_entries(rec.rule, [a for a in scoped if a is not None])
-            if not entries:
-                continue
-            self.c3.setdefault(rid, {}).setdefault(mpid, []).extend(
-                (scope, owner, *entry) for entry in entries
-            )
-            self.member_rules.setdefault(mpid, set()).add(rid)
-            for entry in entries:
-                self.index.add(owner, *entry)
+        self._scoped(network_id, domain)
+        nets = self.group_nets.get(rec.group_id, ())
+        return [
+            entry
+            for scope, entries in per_scope
+            if scope in nets and only_net in (None, scope)
+            for entry in entries
+        ]
+
+    def _member_facts(self, mpid: str, rec: SgRuleRec, mirror: Mirror) -> MemberFacts | None:
+        """What a member contributes to a rule in each of its scopes, whatever the host: the
+        same on every host of a step, so computed once per step when the service shares its
+        step memo (`memo`, emptied at each step: the mirror does not change within one)."""
+        memo = self.memo
+        if memo is not None:
+            hit = memo.get((mpid, rec.id))
+            if hit is not None and hit[0] is rec:
+                return hit[1]
+        facts: MemberFacts | None = None
+        port = mirror.ports.get(mpid)
+        if port is not None and port.port_security and mirror.key_of(port.network_id) is not None:
+            fp = filtered_port(port, mirror, 0)
+            owner = t.sg_member_cookie(port.num)
+            addrs = sg.member_addresses(fp)
+            per_scope = []
+            for scope in _scopes(fp):
+                scoped = (sg.in_scope(a, scope) for a in addrs)
+                entries = sg.member_entries(rec.rule, [a for a in scoped if a is not None])
+                if entries:
+                    per_scope.append((scope, tuple((scope, owner, *entry) for entry in entries)))
+            facts = (port.network_id, fp.domain, tuple(per_scope))
+        if memo is not None:
+            memo[(mpid, rec.id)] = (rec, facts)
+        return facts
 
     def _drop_c3(self, rid: str, only_net: int | None = None) -> None:
         """Take back clause-3 contributions of a rule (in one network, or all)."""
@@ -347,21 +395,35 @@ class HostFirewall:
             self.c3.pop(rid, None)
 
     def sync_member(self, mpid: str, mirror: Mirror) -> None:
-        """The port's record changed: its addresses in the remote-group clauses of this host
-        (taken back as contributed, then added as it is now)."""
-        for rid in sorted(self.member_rules.pop(mpid, ())):
+        """The port's record changed: its addresses in the remote-group clauses of this host,
+        as it is now against what it contributed: only the difference is taken back or added,
+        so an owner whose clauses stay the same is not re-planned."""
+        old: dict[str, list[Entry]] = {}
+        for rid in self.member_rules.pop(mpid, ()):
             per_member = self.c3[rid]
-            for _net, owner, table, m, conj in per_member.pop(mpid):
-                self.index.remove(owner, table, m, conj)
+            old[rid] = per_member.pop(mpid)
             if not per_member:
                 del self.c3[rid]
+        new: dict[str, list[Entry]] = {}
         port = mirror.ports.get(mpid)
-        if port is None:
-            return
-        for gid in dict.fromkeys(port.groups):
-            if gid in mirror.sgroups:
-                for rid in sorted(self.remote_rules.get(gid, ())):
-                    self._contribute(mpid, rid, mirror, None)
+        if port is not None:
+            for gid in dict.fromkeys(port.groups):
+                if gid in mirror.sgroups:
+                    for rid in sorted(self.remote_rules.get(gid, ())):
+                        entries = self._member_entries(mpid, rid, mirror, None)
+                        if entries:
+                            new.setdefault(rid, []).extend(entries)
+        for rid in sorted(old.keys() | new.keys()):
+            before, after = old.get(rid, []), new.get(rid, [])
+            if before != after:
+                gone, came = _difference(before, after)
+                for _net, owner, table, m, conj in gone:
+                    self.index.remove(owner, table, m, conj)
+                for _net, owner, table, m, conj in came:
+                    self.index.add(owner, table, m, conj)
+            if after:
+                self.c3.setdefault(rid, {})[mpid] = after
+                self.member_rules.setdefault(mpid, set()).add(rid)
 
     # ------------------------------------------------------------------ slices
 
