@@ -13,6 +13,7 @@ in network N against the slices of N's owners.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,15 +117,23 @@ def diff(desired: Slice, installed: Slice) -> FlowDiff:
     changed rule is re-added; a key installed twice (only possible in a hand-built slice) is not
     deleted as long as it is desired.
     """
-    desired_keys = {rule.key for rule in desired.rules}
-    added = desired.rules - installed.rules
-    add_rules = sorted(added, key=_add_order)
-    del_rules = sorted((r for r in installed.rules if r.key not in desired_keys), key=_del_order)
-    replaces = bool(added) and bool(
-        {r.key for r in added} & {r.key for r in installed.rules if r not in desired.rules}
-    )
+    if not installed.rules:  # a new owner (the common case of a change): every rule is added
+        add_rules, del_rules, replaces = _ordered(desired.rules, _add_order), [], False
+    elif not desired.rules:  # an owner that goes: every rule is deleted
+        add_rules, del_rules, replaces = [], _ordered(installed.rules, _del_order), False
+    else:
+        desired_keys = {rule.key for rule in desired.rules}
+        added = desired.rules - installed.rules
+        add_rules = _ordered(added, _add_order)
+        del_rules = _ordered([r for r in installed.rules if r.key not in desired_keys], _del_order)
+        replaces = bool(added) and bool(
+            {r.key for r in added} & {r.key for r in installed.rules if r not in desired.rules}
+        )
 
-    add_groups, mod_groups, del_groups = _group_changes(desired.groups, installed.groups)
+    if desired.groups or installed.groups:
+        add_groups, mod_groups, del_groups = _group_changes(desired.groups, installed.groups)
+    else:  # most owners have no group: nothing to index
+        add_groups, mod_groups, del_groups = [], [], []
     return FlowDiff(
         add_groups=tuple(add_groups),
         mod_groups=tuple(mod_groups),
@@ -133,6 +142,11 @@ def diff(desired: Slice, installed: Slice) -> FlowDiff:
         del_rules=tuple(del_rules),
         replaces_rules=replaces,
     )
+
+
+def _ordered(rules: Collection[Rule], key: Callable[[Rule], tuple[Any, ...]]) -> list[Rule]:
+    """``rules`` in ``key``'s order; one rule needs no key (an owner's change is often one)."""
+    return list(rules) if len(rules) < 2 else sorted(rules, key=key)
 
 
 def _group_changes(
