@@ -69,16 +69,17 @@ def sg_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
 def routing_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Issue 16's scenario (`bench.routing`).  Full: the issue's 10 subnets x 30 ports on H=3;
     quick: 3 subnets x 10 ports, one run, its data-plane rows only with --routing-dataplane;
-    smoke: tiny, no data-plane rows."""
+    smoke: tiny, no data-plane rows, no adds alternated between the systems."""
     if args.no_routing:
         return []
     if args.smoke:
         size = {"H": 2, "P": 4, "N": 2, "if_adds": 1, "new_pairs": 1, "dataplane": False}
     elif args.quick:
-        size = {"H": 3, "P": 30, "N": 3, "if_adds": 3, "new_pairs": 3, "runs": 1,
-                "dataplane": args.routing_dataplane}
+        size = {"H": 3, "P": 30, "N": 3, "if_adds": 3, "if_adds_alternated": 3,
+                "new_pairs": 3, "runs": 1, "dataplane": args.routing_dataplane}
     else:
-        size = {"H": 3, "P": 300, "N": 10, "if_adds": 5, "new_pairs": 5, "dataplane": True}
+        size = {"H": 3, "P": 300, "N": 10, "if_adds": 5, "if_adds_alternated": 5,
+                "new_pairs": 5, "dataplane": True}
     return [{"name": f"routing-h{size['H']}-p{size['P']}", "role": "routing", **size}]
 
 

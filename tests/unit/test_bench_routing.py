@@ -28,12 +28,14 @@ def test_plan_has_the_issues_sizes_and_a_small_quick_one():
     (full,) = _routing(_args())
     assert (full["name"], full["H"], full["P"], full["N"]) == ("routing-h3-p300", 3, 300, 10)
     assert full["dataplane"] and "runs" not in full  # every run of a full bench
+    assert (full["if_adds"], full["if_adds_alternated"]) == (5, 5)
     (quick,) = _routing(_args(quick=True))
     assert (quick["P"], quick["N"], quick["runs"], quick["dataplane"]) == (30, 3, 1, False)
     (quick,) = _routing(_args(quick=True, routing_dataplane=True))
     assert quick["dataplane"]
     (smoke,) = _routing(_args(smoke=True))
     assert (smoke["H"], smoke["N"], smoke["dataplane"]) == (2, 2, False)
+    assert not smoke.get("if_adds_alternated")  # the smoke test stays short
     assert _routing(_args(no_routing=True)) == []
 
 
@@ -239,3 +241,89 @@ def test_run_routing_systems_keeps_every_lab_up_until_the_data_plane_ran(monkeyp
                       ("down", "tenantnet")]
     assert out["tenantnet"]["dataplane"]["routed"] == [1.0]
     assert isinstance(out["broken"], RuntimeError)
+
+
+class _System:
+    """A system whose interface 0 is removed before each alternated add (recorded)."""
+
+    def __init__(self, name: str, calls: list) -> None:
+        self.name, self.calls = name, calls
+
+    def remove_interface(self, router: str, k: int) -> None:
+        self.calls.append(("remove", self.name, router, k))
+
+
+def test_alternated_adds_take_turns_abba_each_from_a_removed_interface():
+    """One add per system and round, the first system alternating (ABBA): measured one
+    session after the other, the systems' adds were ~30 s apart and the machine's pace moved
+    both by up to 2x between such stretches; each add starts with network 0's interface
+    removed, and an error (a reply before the add) is kept for the report."""
+    calls: list = []
+
+    def measure(system, router, src, dst, n):
+        assert n == 1 and (src, dst) == (f"{system.name}-vm1", f"{system.name}-rb")
+        calls.append(("add", system.name, router))
+        ms = 10.0 if system.name == "tenantnet" else 30.0
+        out = {"ping_ms": [ms + len(calls)], "api_ms": [1.0]}
+        if system.name == "ovn" and len(calls) > 10:
+            out["error"] = "a reply came before the interface was added"
+        return out
+
+    sessions = {name: (_System(name, calls), f"r-{name}", f"{name}-vm1", f"{name}-rb")
+                for name in ("tenantnet", "ovn")}
+    out = routing.alternated_adds(sessions, 3, measure=measure)
+    adds = [c[1] for c in calls if c[0] == "add"]
+    assert adds == ["tenantnet", "ovn", "ovn", "tenantnet", "tenantnet", "ovn"]
+    assert calls[:2] == [("remove", "tenantnet", "r-tenantnet", 0),
+                         ("add", "tenantnet", "r-tenantnet")]
+    assert [c[0] for c in calls] == ["remove", "add"] * 6
+    assert len(out["tenantnet"]["ping_ms"]) == 3 and "error" not in out["tenantnet"]
+    assert out["ovn"]["error"].startswith("a reply came before")
+
+
+def test_run_routing_systems_alternates_the_adds_once_both_labs_are_up(monkeypatch):
+    """With two systems up the alternated adds run after both sessions and before the data
+    plane, each system's own router and probe VMs; their result lands in each system's run."""
+    events: list = []
+
+    @contextlib.contextmanager
+    def session(system, sc):
+        events.append(("up", system))
+        yield {"router": f"r-{system}"}, (f"{system}-vm1", f"{system}-vm2", f"{system}-rb")
+        events.append(("down", system))
+
+    def alternated(sessions, rounds):
+        events.append(("alternated", rounds, tuple(sorted(sessions.items()))))
+        return {name: {"ping_ms": [1.0] * rounds, "api_ms": []} for name in sessions}
+
+    monkeypatch.setattr(routing, "routing_session", session)
+    monkeypatch.setattr(routing, "alternated_adds", alternated)
+    sc = {"dataplane": False, "if_adds_alternated": 2}
+    out = routing.run_routing_systems({"tenantnet": "tn", "ovn": "ov"}, sc)
+    assert events[:3] == [("up", "tn"), ("up", "ov"), ("alternated", 2, (
+        ("ovn", ("ov", "r-ov", "ov-vm1", "ov-rb")),
+        ("tenantnet", ("tn", "r-tn", "tn-vm1", "tn-rb"))))]
+    assert out["tenantnet"]["if_add_alternated"]["ping_ms"] == [1.0, 1.0]
+    # one system alone: nothing to alternate with
+    events.clear()
+    routing.run_routing_systems({"tenantnet": "tn"}, sc)
+    assert [e[0] for e in events] == ["up", "down"]
+
+
+def test_the_alternated_row_carries_the_target_and_reads_old_results_as_missing():
+    sc = {"name": "r", "role": "routing", "H": 3, "P": 30, "N": 3, "if_adds": 2,
+          "if_adds_alternated": 2, "new_pairs": 1, "dataplane": False}
+    tn, ovn = _run([300], [{}], [10.0], [5.0]), _run([1000], [{}], [40.0], [6.0])
+    tn["if_add_alternated"] = {"ping_ms": [20.0, 24.0], "api_ms": []}
+    ovn["if_add_alternated"] = {"ping_ms": [50.0, 40.0], "api_ms": []}
+    results = {"params": {"scenarios": [sc]}, "raw": {"r": {"tenantnet": [tn], "ovn": [ovn]}}}
+    label = ("add_router_interface -> first routed ping reply, adds alternated with the other "
+             "system's, median")
+    row = {r.label: r for r in report.routing_rows(results)}[label]
+    assert row.ratio == pytest.approx(22 / 45) and row.target.result == "PASS"
+    ovn["if_add_alternated"]["error"] = "a reply came before the interface was added"
+    row = {r.label: r for r in report.routing_rows(results)}[label]
+    assert row.ovn is None and row.target.result == "n/a"
+    del tn["if_add_alternated"], ovn["if_add_alternated"]  # a results file from before
+    row = {r.label: r for r in report.routing_rows(results)}[label]
+    assert row.tenantnet is None and row.ovn is None
