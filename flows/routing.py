@@ -295,18 +295,10 @@ def _interfaces(interfaces: Iterable[Interface]) -> tuple[Interface, ...]:
     """One interface per network and one per subnet, smallest port number first (the store
     never attaches a subnet twice or overlapping subnets to one router; this keeps an
     inconsistent input from producing two owners of one flow)."""
-    return _distinct(tuple(sorted(interfaces, key=lambda i: i.num)))
-
-
-@lru_cache(maxsize=4096)
-def _distinct(interfaces: tuple[Interface, ...]) -> tuple[Interface, ...]:
-    """`_interfaces` of interfaces in port-number order.  Cached: every host of a router asks
-    for the same interfaces in a step (`interface_rules`), and the pairwise CIDR checks are
-    O(interfaces^2) parses and compares."""
     out: list[Interface] = []
     nets: set[int] = set()
     cidrs: list[netaddr.IPNetwork] = []
-    for iface in interfaces:
+    for iface in sorted(interfaces, key=lambda i: i.num):
         cidr = netaddr.IPNetwork(iface.cidr)
         if cidr.version != 4 or iface.segment.key in nets:
             continue
