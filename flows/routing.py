@@ -243,44 +243,76 @@ def interface_rules(ctx: HostContext, view: RouterView) -> dict[int, set[Rule]]:
     if not view.local_keys:
         return {}
     subnets = _subnets(tuple(view.interfaces))
-    ifaces = list(subnets.interfaces)
+    ifaces = subnets.interfaces
     own_ip = _ip4(ctx.tunnel_ip)
     rules: dict[int, set[Rule]] = {}
-
-    def add(rule: Rule) -> None:
-        rules.setdefault(rule.cookie, set()).add(rule)
-
     rid = router_id_of(ifaces)
-    mark = _mark(rid)
-    for dst in ifaces:  # what every router host needs of each interface, whoever sends
-        cookie = t.router_cookie(dst.num)
-        add(_echo_rule(rid, _ip4(dst.ip), cookie))
-        add(_route_rule(rid, dst, cookie))
+    pieces = [_every_host_rules(ifaces)]  # what every router host needs, whoever sends
+    peers = tuple(sorted({_ip4(h) for h in view.hosts} - {own_ip}, key=_ip_int))
     for src in ifaces:
-        key, cookie, mac = src.segment.key, t.router_cookie(src.num), normalize_mac(src.mac)
-        if key not in view.local_keys:
+        if src.segment.key not in view.local_keys:
             continue
-        entry = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4)
-        enter = (Apply(mark), GotoTable(t.L3_ROUTING))
-        add(Rule(t.L2_FROM_PORT, t.PRIO_EXACT, entry, enter, cookie))
-        answer = arp.ArpEntry(_ip4(src.ip), mac, cookie)
-        add(arp.answer_rule(key, answer, priority=PRIO_ARP_GATEWAY))
-        add(_echo_source_rule(rid, key, mac, cookie))
-        expired = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4, nw_ttl=1)
-        to_controller = (Apply((Output(OFPP_CONTROLLER),)),)
-        add(Rule(t.L3_ROUTING, PRIO_TTL_EXPIRED, expired, to_controller, cookie))
-        routed = match(metadata=key, eth_src=mac)
-        add(Rule(t.L2_FROM_TUNNEL, PRIO_ROUTED_UNKNOWN, routed, (), cookie))
+        pieces.append(_entry_rules(rid, src))
         tunnel = _tunnel_ofport(ctx, src.segment)
         if tunnel is not None:
-            to_l2 = (WriteMetadata(key, t.METADATA_MASK), GotoTable(t.L2_FROM_TUNNEL))
-            for host in sorted({_ip4(h) for h in view.hosts} - {own_ip}, key=_ip_int):
-                m = match(in_port=tunnel, tunnel_id=src.segment.seg_id, tun_ipv4_src=host)
-                add(Rule(t.CLASSIFY, PRIO_ROUTED_INGRESS, m, to_l2, cookie))
-
+            pieces.append(_ingress_rules(src, tunnel, peers))
+    for piece in pieces:
+        for cookie, rs in piece:
+            rules.setdefault(cookie, set()).update(rs)
     for rule in _extra_routes(ctx, own_ip, rid, subnets, view):
-        add(rule)
+        rules.setdefault(rule.cookie, set()).add(rule)
     return rules
+
+
+Piece = tuple[tuple[int, tuple[Rule, ...]], ...]
+"""Rules by owner cookie: a part of `interface_rules` that is the same on every host that needs
+it, built once and shared (the caches below), so that a router's second and third hosts in a
+step, and the interfaces that did not change, cost set updates instead of rule construction."""
+
+
+@lru_cache(maxsize=1024)
+def _every_host_rules(ifaces: tuple[Interface, ...]) -> Piece:
+    """Each interface's echo answer and route: the same on every router host, whoever sends."""
+    rid = router_id_of(ifaces)
+    return tuple(
+        (t.router_cookie(dst.num), (_echo_rule(rid, _ip4(dst.ip), t.router_cookie(dst.num)),
+                                    _route_rule(rid, dst, t.router_cookie(dst.num))))
+        for dst in ifaces
+    )  # fmt: skip
+
+
+@lru_cache(maxsize=1 << 14)
+def _entry_rules(rid: int, src: Interface) -> Piece:
+    """What a host with a port in ``src``'s network needs of it: the entry into router ``rid``
+    (the mark), the ARP and echo answers from its MAC, TTL expiry, and the drop of a routed
+    packet that no port here takes (it is never flooded)."""
+    key, cookie, mac = src.segment.key, t.router_cookie(src.num), normalize_mac(src.mac)
+    entry = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4)
+    enter = (Apply(_mark(rid)), GotoTable(t.L3_ROUTING))
+    expired = match(metadata=key, eth_dst=mac, eth_type=ETH_TYPE_IPV4, nw_ttl=1)
+    to_controller = (Apply((Output(OFPP_CONTROLLER),)),)
+    routed = match(metadata=key, eth_src=mac)
+    return ((cookie, (
+        Rule(t.L2_FROM_PORT, t.PRIO_EXACT, entry, enter, cookie),
+        arp.answer_rule(key, arp.ArpEntry(_ip4(src.ip), mac, cookie), priority=PRIO_ARP_GATEWAY),
+        _echo_source_rule(rid, key, mac, cookie),
+        Rule(t.L3_ROUTING, PRIO_TTL_EXPIRED, expired, to_controller, cookie),
+        Rule(t.L2_FROM_TUNNEL, PRIO_ROUTED_UNKNOWN, routed, (), cookie),
+    )),)  # fmt: skip
+
+
+@lru_cache(maxsize=1 << 14)
+def _ingress_rules(src: Interface, tunnel: int, peers: tuple[str, ...]) -> Piece:
+    """``src``'s network's key accepted from the other router hosts ``peers`` (they route into
+    it), on tunnel port ``tunnel``."""
+    key, cookie = src.segment.key, t.router_cookie(src.num)
+    to_l2 = (WriteMetadata(key, t.METADATA_MASK), GotoTable(t.L2_FROM_TUNNEL))
+    return ((cookie, tuple(
+        Rule(t.CLASSIFY, PRIO_ROUTED_INGRESS,
+             match(in_port=tunnel, tunnel_id=src.segment.seg_id, tun_ipv4_src=host), to_l2,
+             cookie)
+        for host in peers
+    )),)  # fmt: skip
 
 
 def routed_port_rules(ctx: HostContext, ports: Iterable[RoutedPort]) -> frozenset[Rule]:
@@ -416,18 +448,26 @@ def _echo_source_rule(rid: int, key: int, mac: str, cookie: int) -> Rule:
 
 
 def _neighbour_rule(ctx: HostContext, own_ip: str, port: RoutedPort) -> Rule | None:
+    local = _ip4(port.host_ip) == own_ip
+    tunnel = None if local else _tunnel_ofport(ctx, port.segment)
+    if not local and tunnel is None:
+        return None
+    return _neighbour(port, tunnel)
+
+
+@lru_cache(maxsize=1 << 16)
+def _neighbour(port: RoutedPort, tunnel: int | None) -> Rule:
+    """A routed port's neighbour rule on its own host (``tunnel`` None) or on another router
+    host (out of ``tunnel``): the same on every host of a kind, so built once for all of them
+    (an interface add gives every router host the joining network's ports)."""
     cookie = t.router_cookie(port.num)
     m = match(metadata=port.key, eth_type=ETH_TYPE_IPV4, ipv4_dst=_ip4(port.ip))
     acts: list[Action] = [SetField("eth_dst", normalize_mac(port.mac))]
-    host_ip = _ip4(port.host_ip)
-    if host_ip == own_ip:
+    if tunnel is None:
         acts.append(Resubmit(t.L2_FROM_TUNNEL))
     else:
-        tunnel = _tunnel_ofport(ctx, port.segment)
-        if tunnel is None:
-            return None
-        acts += [SetField("tunnel_id", port.segment.seg_id), SetField("tun_ipv4_dst", host_ip),
-                 Output(tunnel)]  # fmt: skip
+        acts += [SetField("tunnel_id", port.segment.seg_id),
+                 SetField("tun_ipv4_dst", _ip4(port.host_ip)), Output(tunnel)]  # fmt: skip
     return Rule(t.L3_NEIGHBOURS, t.PRIO_EXACT, m, (Apply(tuple(acts)),), cookie)
 
 

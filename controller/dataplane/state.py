@@ -13,7 +13,7 @@ Switch observations (what OVSDB shows, what a switch holds) live with the host t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -516,6 +516,11 @@ class Mirror:
     def port_by_num(self, num: int) -> PortRec | None:
         pid = self.num_to_port.get(num)
         return self.ports.get(pid) if pid is not None else None
+
+    def gone_nums(self, nums: Iterable[int]) -> set[int]:
+        """Those of ``nums`` whose port is gone (`port_by_num` None), in one pass."""
+        num_to_port, ports = self.num_to_port, self.ports
+        return {n for n in nums if num_to_port.get(n) not in ports}
 
     def recorded_on(self, host_id: str) -> set[str]:
         """Ports whose binding:host_id names the host (requested or written back)."""

@@ -33,9 +33,10 @@ from tests.unit.test_sg_domain_cost import HOSTS, routed_world
 
 def _add_step(networks: int, ports: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Networks 1..N-1 on router r1, network 0's interface added: the add step's counts."""
-    for builder in (flows_routing._route_rule, flows_routing._echo_rule,
-                    getattr(flows_routing, "_echo_source_rule", None)):  # fmt: skip
-        if hasattr(builder, "cache_clear"):
+    for name in ("_route_rule", "_echo_rule", "_echo_source_rule", "_every_host_rules",
+                 "_entry_rules", "_ingress_rules", "_neighbour"):  # fmt: skip
+        builder = getattr(flows_routing, name, None)
+        if hasattr(builder, "cache_clear"):  # a test before built the same ones
             builder.cache_clear()
     w = routed_world(networks, lambda n: ports)
     counts: Counter[str] = Counter()
@@ -85,20 +86,22 @@ def test_an_interface_add_builds_what_is_new_once(
     subnet and address, under the router's mark, and the source MAC of echo replies to its
     network), shared by the three hosts (keyed on the entering interface: 2N - 1 of each; the
     old code: 3 x N x N of each, 48 at N=4, 192 at N=8); the routing matches built besides
-    those: per host, each interface's entry, TTL, tunnel ingress from the two other hosts and
-    drop of routed packets to no local port, and the joining network's 6 neighbour rules
-    (old code, all: 162 at N=4, 498 at N=8).  Sent per host: the router's flows (the new
+    those, whatever N: the new interface's entry, TTL and drop of routed packets to no local
+    port once for the three hosts, its tunnel ingress from the two other hosts on each host,
+    and each of the joining network's 6 neighbour rules twice (on its port's host, and once
+    for the two others); the interfaces that stay reuse what their last compile built (the
+    release before built each interface's entry, TTL, ingress and drop again on every host,
+    and every neighbour rule on every host: 81 at N=4, 141 at N=8; older code, all: 162 at
+    N=4, 498 at N=8).  Sent per host: the router's flows (the new
     interface's owner, the 6 neighbour rules; keyed on the entering interface, also a route
     and an echo answer on each other interface: 14 more at N=8) and network 0's security-group
     changes (its entries, 4 per host whatever its local ports (the release before: 4 per
     port, 8 here), and its 6 members' address clauses under the domain added, those under its
     key kept (the release before: 6 out, 6 in)."""
     c = _add_step(networks, 6, monkeypatch)
-    n = networks
     assert c["walks"] == 2, c
     assert c["routes built"] == c["echoes built"] == 1, c
-    per_host = n * (1 + 1 + 2 + 1) + 6
-    assert c["matches"] == 2 + 1 + 3 * per_host, c
+    assert c["matches"] == 2 + 1 + 3 + 3 * 2 + 2 * 6, c
     # the new interface's entry, ARP, echo answer, route, echo source MAC, TTL, 2 ingress, the
     # drop of routed packets to no local port; nothing on the others
     router = (1 + 1 + 1 + 1 + 1 + 1 + 2 + 1) + 6

@@ -205,6 +205,10 @@ def _routing_differs(old: PortRec, new: PortRec) -> bool:
         new.network_id, new.mac, new.fixed_ips, new.router_id)  # fmt: skip
 
 
+StepEntries = tuple[RouterBase, PortRec, tuple[RoutedPort, ...]]
+"""A port's routed entries from one router's base, kept for one step (`_entries_on`)."""
+
+
 class RoutingService:
     name = "router"
     inputs = frozenset(
@@ -218,6 +222,9 @@ class RoutingService:
         self.bases: dict[str, RouterBase | None] = {}  # router -> its base (None: no routing)
         self.hosts: dict[str, Hosts] = {}  # router -> its hosts at its last compile
         self.dirty: set[str] = set()  # routers whose base changed (the old one kept to diff)
+        # a step's routed entries of a port by (router, port id), read by every router host's
+        # part: the same on each (its holder's address, not the reader's); emptied per step
+        self.step_entries: dict[tuple[str, str], StepEntries] = {}
 
     # ------------------------------------------------------------------ inputs -> units
 
@@ -327,6 +334,7 @@ class RoutingService:
         owners and the neighbour owners of the ports of the networks whose interface changed
         (an interface added or removed: one network's ports, whatever the router's size);
         hosts that join or leave it, and every host of any other change, are compiled whole."""
+        self.step_entries = {}
         # (host,), or a failed ("part", host) retried: the host whole
         whole = {str(u.scope[-1]) for u in units if len(u.scope) == 1 or u.scope[0] == "part"}
         ports = sorted({u.scope for u in units if len(u.scope) == 3}, key=str)
@@ -431,11 +439,7 @@ class RoutingService:
         ctx = inputs.context(host_id)
         rules: dict[int, set[Rule]] = {}
         nums = set(old_nums)
-        nums.update(
-            t.owner_num(o)
-            for o in rt.groups.get(GROUP, ())
-            if mirror.port_by_num(t.owner_num(o)) is None
-        )
+        nums |= mirror.gone_nums(t.owner_num(o) for o in rt.groups.get(GROUP, ()))
         ports: set[str] = set()
         for r, nets in sorted(routers.items()):
             base, hosts = self.bases.get(r), self.hosts.get(r, {})
@@ -468,12 +472,17 @@ class RoutingService:
 
     def _entries_on(self, host_id: str, port: PortRec, inputs: Inputs) -> list[RoutedPort]:
         """A port's neighbour entries on a host: from each router of its network that has
-        the host (bases and hosts made current by `work`)."""
+        the host (bases and hosts made current by `work`), each computed once per step."""
         out: list[RoutedPort] = []
+        memo = self.step_entries
         for r in sorted(inputs.mirror.routers_of(port.network_id)):
             base = self.bases.get(r)
-            if base is not None and host_id in self.hosts.get(r, {}):
-                out += routed_entries(base, port, inputs)
+            if base is None or host_id not in self.hosts.get(r, {}):
+                continue
+            hit = memo.get((r, port.id))
+            if hit is None or hit[0] is not base or hit[1] is not port:
+                hit = memo[r, port.id] = (base, port, routed_entries(base, port, inputs))
+            out += hit[2]
         return out
 
     def _patch(self, pid: str, net_id: str, num: int, whole: frozenset[str], inputs: Inputs,
