@@ -564,12 +564,25 @@ def port_rules(
 ) -> frozenset[Rule]:
     """One port's own flows: clause 1 (``reg5 = ofport``) of every rule of its groups, per
     direction, the drop of flood copies to itself, and for a stateless port the entries that
-    skip conntrack."""
-    ofport = zone_of(port.ofport)
-    who = match(**{REG: ofport})
+    skip conntrack.  They depend on the port's ofport, its known groups and, if stateless, its
+    domain only (`_port_rules`)."""
+    known = tuple(groups[gid] for gid in dict.fromkeys(port.groups) if gid in groups)
+    stateful = not known or any(g.stateful for g in known)
+    return _port_rules(port.ofport, known, 0 if stateful else port.domain, stateful, cookie)
+
+
+@lru_cache(maxsize=1 << 14)
+def _port_rules(ofport: int, known: tuple[SecurityGroup, ...], domain: int, stateful: bool,
+                cookie: int) -> frozenset[Rule]:  # fmt: skip
+    """`port_rules` from what they depend on: cached, since a port is re-planned unchanged when
+    only its addresses' scope moves (its network joins or leaves a router: every local port of
+    the network on every host), and equal inputs then give the very same rules (the diff's
+    comparison with what the switch holds is an identity check)."""
+    zone = zone_of(ofport)
+    who = match(**{REG: zone})
     out: list[Rule] = []
     by_dir: dict[str, list[Action]] = defaultdict(list)
-    for rule in sorted(_port_group_rules(port, groups), key=lambda r: r.key):
+    for rule in sorted((r for g in known for r in g.rules), key=lambda r: r.key):
         check_rule(rule)
         by_dir[rule.direction].append(Conjunction(rule.key, 1, _n_clauses(rule)))
     for direction, acts in by_dir.items():
@@ -577,15 +590,15 @@ def port_rules(
         out.append(Rule(_rules_table(direction), t.PRIO_SG_CONJ, who, clause1, cookie))
     # A flood copy back to the sender: OVS would skip the output anyway, but only after an
     # ingress conntrack pass (an entry in the sender's own zone and one recirculation) per packet.
-    hairpin = match(**{REG: ofport}, in_port=ofport)
+    hairpin = match(**{REG: zone}, in_port=zone)
     out.append(Rule(t.SG_INGRESS, t.PRIO_SG_HAIRPIN, hairpin, (), cookie))
-    if not is_stateful(port, groups):  # (a stateful routed port: `network_entries`)
-        domain = _domain_actions(port.domain)
+    if not stateful:  # (a stateful routed port: `network_entries`)
+        domain_acts = _domain_actions(domain)
         for entry, rules_table in ((t.SG_EGRESS, t.SG_EGRESS_RULES),
                                    (t.SG_INGRESS, t.SG_INGRESS_RULES)):  # fmt: skip
             for eth_type in ETH_TYPE.values():
-                m = match(**{REG: ofport}, eth_type=eth_type)
-                skip = (Apply((SetField(FLAGS, t.SG_STATELESS), *domain)),
+                m = match(**{REG: zone}, eth_type=eth_type)
+                skip = (Apply((SetField(FLAGS, t.SG_STATELESS), *domain_acts)),
                         GotoTable(rules_table))  # fmt: skip
                 out.append(Rule(entry, t.PRIO_SG_STATELESS, m, skip, cookie))
     return frozenset(out)
