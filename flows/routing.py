@@ -274,11 +274,11 @@ step, and the interfaces that did not change, cost set updates instead of rule c
 def _every_host_rules(ifaces: tuple[Interface, ...]) -> Piece:
     """Each interface's echo answer and route: the same on every router host, whoever sends."""
     rid = router_id_of(ifaces)
+    cookies = [(dst, t.router_cookie(dst.num)) for dst in ifaces]
     return tuple(
-        (t.router_cookie(dst.num), (_echo_rule(rid, _ip4(dst.ip), t.router_cookie(dst.num)),
-                                    _route_rule(rid, dst, t.router_cookie(dst.num))))
-        for dst in ifaces
-    )  # fmt: skip
+        (cookie, (_echo_rule(rid, _ip4(dst.ip), cookie), _route_rule(rid, dst, cookie)))
+        for dst, cookie in cookies
+    )
 
 
 @lru_cache(maxsize=1 << 14)
