@@ -106,6 +106,18 @@ _VERB = {
 }
 
 
+_REPLIES = {
+    ofp_event.EventOFPBarrierReply: "_barrier",
+    ofp_event.EventOFPErrorMsg: "_error",
+    ofp_event.EventOFPFlowStatsReply: "_flow_stats",
+    ofp_event.EventOFPGroupDescStatsReply: "_group_desc",
+    ofp_event.EventOFPRoleReply: "_role_reply",
+}
+"""Replies handled on their switch's receive thread, in order (`TenantnetOfpApp._send_event`):
+their handlers, which keep their ``set_ev_cls`` registration (os-ken sends an app only the
+events it registered for) and its states (CONFIG and MAIN)."""
+
+
 class Sent(NamedTuple):
     """What one message sent to a switch asked for, kept to explain an error reply."""
 
@@ -793,9 +805,28 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         packet-in queue), so a host's packet-ins now cost only its own receive thread, and
         the event queue carries control messages alone.  (The ``set_ev_cls`` registration
         below stays: it is what makes os-ken's OpenFlow brick send packet-ins to this app.)
+
+        The replies to what this app asks a switch (`_REPLIES`: barrier, error, flow and
+        group dumps, role) are handled here too, by the same handlers: in the order the
+        switch sent them, which is all their handlers rely on (an error before the barrier
+        that closes its batch, a dump's parts before the barrier after the dump), and never
+        behind another switch's.  Through the shared queue, a barrier reply - the end of
+        every batch, what a new port waits for to be ACTIVE - took one more thread hand-off
+        on its path, and waited behind whatever other switches had queued: a drift audit's
+        dump of thousands of flows decoded there held every host's barriers meanwhile.  The
+        session's state changes stay on the queue; a reply is matched to its session
+        (`_switch_of`) and a barrier is answered once (popped under the switch's lock), so a
+        reply that overtakes the queued disconnect of its own session is simply taken.
         """
         if isinstance(ev, ofp_event.EventOFPPacketIn):
             self._deliver_safely(ev.msg)
+            return
+        handler = _REPLIES.get(type(ev))
+        if handler is not None and state in (CONFIG_DISPATCHER, MAIN_DISPATCHER):
+            try:
+                getattr(self, handler)(ev)
+            except Exception:  # as os-ken's event loop: logged, the receive loop goes on
+                LOG.exception("switch reply %s could not be handled", type(ev).__name__)
             return
         super()._send_event(ev, state)
 

@@ -297,6 +297,57 @@ def test_an_error_reply_is_logged_with_the_rule_it_refused(
     assert done.got == [(False, "rejected")]
 
 
+def test_replies_are_handled_on_their_switchs_thread_in_the_order_it_sent_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A switch's replies (error, barrier, dumps, role) are not queued behind other switches'
+    events: os-ken hands each to the app on the switch's receive thread (`_send_event`), and
+    they are handled right there, in the switch's order.  So the barrier that closes a batch
+    sees the error the switch sent before it (the batch is "rejected", not confirmed), nothing
+    enters the app's shared event queue, and a handler that fails is logged without ending
+    the receive loop (the next reply is still handled)."""
+    from os_ken.controller import ofp_event
+    from os_ken.controller.handler import MAIN_DISPATCHER
+
+    app, dp, sw = _app()
+    done = Outcome()
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_A,), replaces_rules=False), done)
+    error = _refused(dp, ofp.OFPET_FLOW_MOD_FAILED, 1)
+    error.xid = _flow_mod_xid(dp, FLOW_A)
+    error.serialize()
+    _, msg_type, length, _ = ofproto_parser.header(error.buf)
+    parsed = ofproto_parser.msg(dp, ofp.OFP_VERSION, msg_type, length, error.xid, bytes(error.buf))
+    parsed.datapath = dp
+    (barrier_xid,) = sw.barriers
+    reply = parser.OFPBarrierReply(dp)
+    reply.xid = barrier_xid
+    with caplog.at_level(logging.ERROR):
+        app._send_event(ofp_event.EventOFPErrorMsg(parsed), MAIN_DISPATCHER)
+        app._send_event(ofp_event.EventOFPBarrierReply(reply), MAIN_DISPATCHER)
+    assert done.got == [(False, "rejected")] and app.events.qsize() == 0
+
+    def broken(ev: Any) -> None:
+        raise RuntimeError("handler bug")
+
+    later = Outcome()
+    sw.barriers[barrier_xid + 100] = later
+    app._role_reply = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR):
+        app._send_event(ofp_event.EventOFPRoleReply(parser.OFPRoleReply(dp)), MAIN_DISPATCHER)
+    assert any("could not be handled" in line for line in _error_lines(caplog))
+    reply = parser.OFPBarrierReply(dp)
+    reply.xid = barrier_xid + 100
+    app._send_event(ofp_event.EventOFPBarrierReply(reply), MAIN_DISPATCHER)
+    assert later.got == [(True, "")] and app.events.qsize() == 0
+    from os_ken.controller.handler import CONFIG_DISPATCHER
+
+    for ev_cls, name in ofp_app._REPLIES.items():  # the states their registration names
+        assert set(getattr(TenantnetOfpApp, name).callers[ev_cls].dispatchers) == {
+            CONFIG_DISPATCHER,
+            MAIN_DISPATCHER,
+        }
+
+
 def test_the_same_failure_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     app, dp, _ = _app()
     with caplog.at_level(logging.ERROR):

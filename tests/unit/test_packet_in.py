@@ -179,9 +179,10 @@ def test_a_packet_in_flood_never_enters_the_event_queue_of_other_switches_replie
     (`_send_event`); packet-ins are offered to the packet-in queue right there and never take
     a slot of os-ken's one app event queue (128 entries, shared by every switch, blocking the
     receive thread that finds it full).  So a host flooding packet-ins while the handler is
-    stuck neither blocks its own receive thread nor queues ahead of another switch's barrier
-    reply: that reply is the first event the app's event thread gets.  Counted: without the
-    bypass the flood's 129th delivery blocks and 128 packet-ins stand before the barrier."""
+    stuck neither blocks its own receive thread nor delays another switch's barrier reply,
+    which is answered at once on that switch's own thread (no event queue at all).  Counted:
+    without the bypass the flood's 129th delivery blocks and 128 packet-ins stand in the
+    queue the barrier reply then went through."""
     app, dp, _ = _app()
     other = FakeDatapath()
     other.id = DPID + 1
@@ -203,9 +204,12 @@ def test_a_packet_in_flood_never_enters_the_event_queue_of_other_switches_replie
     release.set()
     assert queued_events == 0 and not flooder.is_alive()
     assert queue.counters.received == 501 and queue.counters.queue_full == 496
-    barrier = ofp_event.EventOFPBarrierReply(parser.OFPBarrierReply(other))
-    app._send_event(barrier, MAIN_DISPATCHER)
-    assert app.events.get_nowait() == (barrier, MAIN_DISPATCHER)
+    answered: list[bool] = []
+    app._switches[other.id].barriers[7] = lambda ok, why="": answered.append(ok)
+    reply = parser.OFPBarrierReply(other)
+    reply.xid = 7
+    app._send_event(ofp_event.EventOFPBarrierReply(reply), MAIN_DISPATCHER)
+    assert answered == [True] and app.events.qsize() == 0
     queue.close()
 
 
