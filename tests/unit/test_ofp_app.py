@@ -261,14 +261,19 @@ def _flow_mod_xid(dp: FakeDatapath, rule: Rule) -> int:
     raise AssertionError(f"no flow-mod for {rule} was sent")
 
 
-def _switch_answers(app: TenantnetOfpApp, dp: FakeDatapath, error: Any, xid: int) -> None:
+def _parsed_error(dp: FakeDatapath, error: Any, xid: int) -> Any:
     """The switch's error reply for ``xid``, encoded and parsed as os-ken would deliver it."""
     error.xid = xid
     error.serialize()
     _, msg_type, length, _ = ofproto_parser.header(error.buf)
     parsed = ofproto_parser.msg(dp, ofp.OFP_VERSION, msg_type, length, xid, bytes(error.buf))
     parsed.datapath = dp
-    app._error(SimpleNamespace(msg=parsed))
+    return parsed
+
+
+def _switch_answers(app: TenantnetOfpApp, dp: FakeDatapath, error: Any, xid: int) -> None:
+    """`_parsed_error`, handed to the app's error handler."""
+    app._error(SimpleNamespace(msg=_parsed_error(dp, error, xid)))
 
 
 def _refused(dp: FakeDatapath, type_: int, code: int) -> Any:
@@ -307,17 +312,13 @@ def test_replies_are_handled_on_their_switchs_thread_in_the_order_it_sent_them(
     enters the app's shared event queue, and a handler that fails is logged without ending
     the receive loop (the next reply is still handled)."""
     from os_ken.controller import ofp_event
-    from os_ken.controller.handler import MAIN_DISPATCHER
+    from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER
 
     app, dp, sw = _app()
     done = Outcome()
     assert app.apply(DPID, FlowDiff(add_rules=(FLOW_A,), replaces_rules=False), done)
-    error = _refused(dp, ofp.OFPET_FLOW_MOD_FAILED, 1)
-    error.xid = _flow_mod_xid(dp, FLOW_A)
-    error.serialize()
-    _, msg_type, length, _ = ofproto_parser.header(error.buf)
-    parsed = ofproto_parser.msg(dp, ofp.OFP_VERSION, msg_type, length, error.xid, bytes(error.buf))
-    parsed.datapath = dp
+    refused = _refused(dp, ofp.OFPET_FLOW_MOD_FAILED, 1)
+    parsed = _parsed_error(dp, refused, _flow_mod_xid(dp, FLOW_A))
     (barrier_xid,) = sw.barriers
     reply = parser.OFPBarrierReply(dp)
     reply.xid = barrier_xid
@@ -339,8 +340,6 @@ def test_replies_are_handled_on_their_switchs_thread_in_the_order_it_sent_them(
     reply.xid = barrier_xid + 100
     app._send_event(ofp_event.EventOFPBarrierReply(reply), MAIN_DISPATCHER)
     assert later.got == [(True, "")] and app.events.qsize() == 0
-    from os_ken.controller.handler import CONFIG_DISPATCHER
-
     for ev_cls, name in ofp_app._REPLIES.items():  # the states their registration names
         assert set(getattr(TenantnetOfpApp, name).callers[ev_cls].dispatchers) == {
             CONFIG_DISPATCHER,
