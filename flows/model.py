@@ -101,17 +101,35 @@ class Ct(NamedTuple):
 
 
 class Move(NamedTuple):
-    """Copy one whole header field into another (Nicira ``move:src[]->dst[]``).
+    """Copy a header field, or its low bits, into the whole of another (Nicira ``move``).
 
     What answering a packet from flows needs: an ARP reply's destination is the request's
-    source, which no rule can know in advance (`flows.arp_responder`).  Both fields must have
+    source, which no rule can know in advance (`flows.arp_responder`).  Either both fields have
     the same width (``eth_src``/``eth_dst``/``arp_sha``/``arp_tha``: 48 bits,
-    ``arp_spa``/``arp_tpa``: 32).
+    ``arp_spa``/``arp_tpa``: 32), or ``src`` is wider and ``dst`` gets its low bits
+    (``move:src[0..n-1]->dst[]``, n = dst's width; see `move_low_bits`): how the network key,
+    which tenantnet keeps in the 64-bit metadata and is always below 2**32, reaches a 32-bit
+    register (``Move("metadata", "reg9")``).  A source narrower than its destination is refused.
     """
 
     src: str
     dst: str
     kind: str = "move"  # see the note above Output
+
+
+MOVE_FIELD_BITS: Mapping[str, int] = {"metadata": 64, **{f"reg{i}": 32 for i in range(16)}}
+"""Widths of the fields between which a move may copy only the low bits: `flows` never imports
+os-ken (whose field table the codec uses), and the trace and the readable text must know where a
+move truncates.  The codec writes a partial move only between fields listed here (a test checks
+these widths against os-ken's), so the three always agree on what a move copies."""
+
+
+def move_low_bits(move: Move) -> int | None:
+    """n, when ``move`` copies the low n bits of a wider ``src`` into the whole of ``dst``
+    (``Move("metadata", "reg9")``: 32); None for a whole-field move (or fields not listed in
+    `MOVE_FIELD_BITS`, which the codec only moves whole)."""
+    src, dst = MOVE_FIELD_BITS.get(move.src), MOVE_FIELD_BITS.get(move.dst)
+    return dst if src is not None and dst is not None and src > dst else None
 
 
 class DecTtl(NamedTuple):

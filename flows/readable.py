@@ -27,6 +27,7 @@ from flows.model import (
     SetField,
     ToGroup,
     WriteMetadata,
+    move_low_bits,
 )
 
 
@@ -78,7 +79,9 @@ def actions_text(actions: tuple[Action, ...]) -> str:
         elif isinstance(act, Ct):
             parts.append(_ct_text(act))
         elif isinstance(act, Move):
-            parts.append(f"move:{act.src}[]->{act.dst}[]")
+            n_bits = move_low_bits(act)
+            src = f"{act.src}[]" if n_bits is None else f"{act.src}[0..{n_bits - 1}]"
+            parts.append(f"move:{src}->{act.dst}[]")
         elif isinstance(act, DecTtl):
             parts.append("dec_ttl")
     return ",".join(parts)

@@ -24,10 +24,11 @@ them; `tests/integration/test_trace_vs_ovs.py` compares verdicts with ``ofproto/
 * instructions in order: apply-actions, write-metadata (``md = md & ~mask | value & mask``),
   goto-table (forward only); an empty instruction list is a drop;
 * actions: ``dec_ttl`` (a packet's ``nw_ttl``, 64 if it has none; at 0 or 1 the copy is
-  dropped there, as OVS drops it, and nothing after it runs), ``set_field``, ``move``,
-  ``output`` (an output to the ingress port is skipped unless
-  it is ``IN_PORT``; ``CONTROLLER`` is a punt), ``output:reg``, ``group`` (type ALL: each bucket
-  on its own copy), ``resubmit(,T)`` (the lookup and its actions, then back; changes persist);
+  dropped there, as OVS drops it, and nothing after it runs), ``set_field``, ``move`` (into a
+  narrower destination only the source's low bits: ``move:metadata[0..31]->reg9[]``),
+  ``output`` (an output to the ingress port is skipped unless it is ``IN_PORT``;
+  ``CONTROLLER`` is a punt), ``output:reg``, ``group`` (type ALL: each bucket on its own
+  copy), ``resubmit(,T)`` (the lookup and its actions, then back; changes persist);
 * ``ct(..., table=T)`` freezes the packet; frozen packets are recirculated to ``T`` in the order
   they were frozen (OVS's queue), each with the next supplied conntrack state
   (``ofproto/trace --ct-next``; ``trk,new`` once the list is used up), registers and metadata
@@ -62,6 +63,7 @@ from flows.model import (
     Slice,
     ToGroup,
     WriteMetadata,
+    move_low_bits,
 )
 
 OFPP_MAX = 0xFFFFFF00
@@ -226,6 +228,17 @@ def matches(rule: Rule, fields: Packet) -> bool:
         if not field_matches(want, have):
             return False
     return True
+
+
+def _moved(act: Move, fields: Packet) -> Any:
+    """What ``act`` writes into its destination: the source (0 for metadata or a register no
+    action set, as OVS reads them), cut to its low bits when the destination is narrower
+    (``move:metadata[0..31]->reg9[]``)."""
+    value = fields.get(act.src, _ZERO_DEFAULTS.get(act.src))
+    if value is None:
+        raise Unsupported(f"move from {act.src}, which the packet does not have")
+    n_bits = move_low_bits(act)
+    return value if n_bits is None else int(value) & ((1 << n_bits) - 1)
 
 
 def _conjunctions(rule: Rule) -> tuple[Conjunction, ...] | None:
@@ -462,9 +475,7 @@ class _Walk:
                     raise Unsupported(f"an action tenantnet never writes: {act.value}")
                 fields[act.field] = act.value
             elif isinstance(act, Move):
-                if act.src not in fields:
-                    raise Unsupported(f"move from {act.src}, which the packet does not have")
-                fields[act.dst] = fields[act.src]
+                fields[act.dst] = _moved(act, fields)
             elif isinstance(act, Output):
                 self.output(act.port, fields, branch)
             elif isinstance(act, OutputReg):

@@ -34,6 +34,7 @@ from flows.model import (
     SetField,
     ToGroup,
     WriteMetadata,
+    move_low_bits,
 )
 
 _INSTRUCTION_ORDER = {Apply: 0, WriteMetadata: 1, GotoTable: 2}
@@ -45,7 +46,7 @@ _REG_BITS = nicira_ext.ofs_nbits(0, 31)  # output:regN[0..31]
 _CT_NO_RECIRC = 0xFF  # NX_CT_RECIRC_NONE: ct() without table= continues with the next action
 _NX_IN_PORT = 0xFFF8  # OFPP_IN_PORT in the 16-bit port space of Nicira actions: resubmit(,T)
 
-# Bit widths of the OXM fields, for whole-field moves (Move).
+# Bit widths of the OXM fields, for moves (Move).
 _FIELD_BITS = {
     f.name: f.type.size * 8 for f in ofp.oxm_types if isinstance(getattr(f.type, "size", None), int)
 }
@@ -97,10 +98,26 @@ def _encode_ct(act: Ct) -> Any:
     return parser.NXActionCT(flags, zone_src, zone, table, 0, nested)
 
 
+def _move_bits(act: Move) -> int | None:
+    """n_bits of ``move:src[0..n-1]->dst[]`` for a move tenantnet writes (dst's whole width:
+    the whole of src when the widths match, its low bits when src is wider and `flows.model`
+    knows both widths, so that the trace and the readable text truncate where the switch does);
+    None for any other move (unknown fields, a narrower source)."""
+    src, dst = _FIELD_BITS.get(act.src), _FIELD_BITS.get(act.dst)
+    if src is None or dst is None or src < dst:
+        return None
+    if src > dst and move_low_bits(act) != dst:
+        return None
+    return dst
+
+
 def _encode_move(act: Move) -> Any:
-    bits = _FIELD_BITS.get(act.src)
-    if bits is None or bits != _FIELD_BITS.get(act.dst):
-        raise ValueError(f"move {act.src}->{act.dst}: fields unknown or of different widths")
+    bits = _move_bits(act)
+    if bits is None:
+        raise ValueError(
+            f"move {act.src}->{act.dst}: fields unknown, or a source narrower than its "
+            "destination, or different widths flows.model.MOVE_FIELD_BITS does not list"
+        )
     return parser.NXActionRegMove(act.src, act.dst, bits, 0, 0)
 
 
@@ -112,11 +129,13 @@ def _oxm_name(name: str) -> str:
 
 
 def _decode_move(act: Any) -> Action:
-    src, dst = _oxm_name(act.src_field), _oxm_name(act.dst_field)
-    whole = act.src_ofs == 0 and act.dst_ofs == 0 and act.n_bits == _FIELD_BITS.get(src)
-    if not whole or _FIELD_BITS.get(src) != _FIELD_BITS.get(dst):
+    """The inverse of `_encode_move`: only a move it would have written bit for bit (offsets 0,
+    n_bits = dst's width) is a Move; any other bit range is a foreign action, since decoding it
+    to the desired Move would hide a flow that differs on the switch from the reconciler."""
+    move = Move(_oxm_name(act.src_field), _oxm_name(act.dst_field))
+    if act.src_ofs != 0 or act.dst_ofs != 0 or act.n_bits != _move_bits(move):
         return SetField("__foreign__", repr(act))
-    return Move(src, dst)
+    return move
 
 
 def _decode_ct(act: Any) -> Action:

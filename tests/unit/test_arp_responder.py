@@ -1,4 +1,5 @@
-"""The ARP responder compiler (flows/arp_responder.py) and the codec's Nicira move."""
+"""The ARP responder compiler (flows/arp_responder.py) and the codec's Nicira move (whole
+fields, and the low bits of metadata into a register)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 from controller.southbound import ofp_codec as codec
 from flows import arp_responder as arp
 from flows import tables
-from flows.model import Apply, Move, Output, SetField, ToGroup
+from flows.model import MOVE_FIELD_BITS, Apply, Move, Output, SetField, ToGroup, move_low_bits
 from flows.readable import actions_text
 
 MAC = "fa:16:3e:00:00:0a"
@@ -53,6 +54,52 @@ def test_partial_or_mismatched_moves_are_foreign_or_refused() -> None:
     assert codec.decode_actions([partial])[0].field == "__foreign__"  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="widths"):
         codec.encode_actions([Move("eth_src", "arp_spa")])
+
+
+def test_low_bits_of_metadata_into_a_register_encode_as_a_32_bit_move_from_bit_0() -> None:
+    (act,) = codec.encode_actions([Move("metadata", "reg9")])
+    assert isinstance(act, parser.NXActionRegMove)
+    assert (act.src_field, act.dst_field, act.n_bits, act.src_ofs, act.dst_ofs) == (
+        "metadata", "reg9", 32, 0, 0)  # fmt: skip
+    (whole,) = codec.encode_actions([Move("reg1", "reg9")])  # equal widths: the whole field
+    assert (whole.n_bits, whole.src_ofs, whole.dst_ofs) == (32, 0, 0)
+
+
+def test_partial_move_survives_the_wire_and_reads_as_ovs_writes_it() -> None:
+    """What the switch reports back must decode to the very Move sent, or the reconciler
+    would see drift and resend the flow forever."""
+    actions = (Move("metadata", "reg9"), Move("reg1", "reg9"), Move("eth_src", "eth_dst"))
+    assert _wire_roundtrip(actions) == actions
+    assert actions_text(actions) == (
+        "move:metadata[0..31]->reg9[],move:reg1[]->reg9[],move:eth_src[]->eth_dst[]"
+    )
+
+
+def test_other_bit_ranges_decode_as_foreign() -> None:
+    for reported in (
+        parser.NXActionRegMove("metadata", "reg9", 32, 32, 0),  # the high half
+        parser.NXActionRegMove("metadata", "reg9", 16, 0, 0),  # part of the register
+        parser.NXActionRegMove("metadata", "reg9", 16, 0, 16),
+        parser.NXActionRegMove("metadata", "reg9", 64, 0, 0),  # wider than the register
+        parser.NXActionRegMove("reg9", "metadata", 32, 0, 0),  # into part of metadata
+        parser.NXActionRegMove("eth_src", "reg9", 32, 0, 0),  # a width flows does not know
+    ):
+        (got,) = codec.decode_actions([reported])
+        assert isinstance(got, SetField) and got.field == "__foreign__", reported
+
+
+def test_a_narrower_source_or_a_partial_move_flows_cannot_follow_is_refused() -> None:
+    for move in (Move("reg9", "metadata"), Move("eth_src", "reg9"), Move("reg9", "nope")):
+        with pytest.raises(ValueError, match="narrower"):
+            codec.encode_actions([move])
+
+
+def test_the_models_move_widths_are_os_kens() -> None:
+    """flows cannot import os-ken: its own table of widths must agree with the codec's."""
+    assert {f: codec._FIELD_BITS[f] for f in MOVE_FIELD_BITS} == dict(MOVE_FIELD_BITS)
+    assert move_low_bits(Move("metadata", "reg9")) == 32
+    assert move_low_bits(Move("reg1", "reg9")) is None
+    assert move_low_bits(Move("reg9", "metadata")) is None
 
 
 def test_one_answer_everywhere_and_the_owners_own_pass_on_its_host() -> None:

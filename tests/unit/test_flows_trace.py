@@ -22,6 +22,7 @@ from flows.model import (
     GroupEntry,
     HostContext,
     LocalPort,
+    Move,
     NetworkView,
     Output,
     OutputReg,
@@ -85,6 +86,23 @@ def test_goto_write_metadata_masked_and_fields_ovs_reads_as_zero() -> None:
     assert trace(s, 1, {**PKT, "metadata": 0xA0}).ports == []  # 0xa5 is not 0x5
     assert trace(s, 1, PKT).ports == [9]
     assert trace(s, 1, {**PKT, "vlan_vid": 0x1064}).dropped  # a tagged frame
+
+
+def test_a_move_into_a_narrower_register_keeps_only_the_low_bits() -> None:
+    s = Slice(frozenset({
+        rule(0, 1, (), Apply((Move("metadata", "reg9"),)), GotoTable(3)),
+        rule(3, 1, match(reg9=5), out(50)),
+        rule(3, 1, match(reg9=0), out(40)),
+        rule(3, 0, (), out(60)),
+    }))  # fmt: skip
+    tr = trace(s, 1, {**PKT, "metadata": 0x1_0000_0005})
+    assert tr.ports == [50]
+    left = dict(tr.outputs[0].fields)
+    assert (left["reg9"], left["metadata"]) == (5, 0x1_0000_0005)  # the source is kept
+    assert trace(s, 1, PKT).ports == [40]  # metadata nothing set reads as 0
+    missing = Slice(frozenset({rule(0, 1, (), Apply((Move("arp_spa", "arp_tpa"),)))}))
+    with pytest.raises(Unsupported, match="does not have"):
+        trace(missing, 1, PKT)  # a TCP packet has no ARP fields
 
 
 def test_goto_backwards_is_refused() -> None:
