@@ -35,13 +35,18 @@ Semantics (Neutron's):
 Flow counts grow with rules + members + ports, never with their products: every rule is one
 conjunction ``conj_id = rule.key`` with the clauses (1) ``reg5 = ofport`` for every local port
 in the rule's group, (2) the rule's own match (protocol, masked port ranges, remote prefix) and,
-for a ``remote_group_id``, (3) ``metadata = network, ip_src/dst = address`` for every address of
-the remote group's members in a network that a local port with the rule is on (the network key
-scopes addresses: tenants' address spaces overlap). A member whose network is on a router has its
-packets arrive under every key of the router's networks, so its addresses are scoped by the L3
-domain as well (`scopes_of`; ``reg7/reg8 = domain``, set by one SG entry per routed network and
-host, `network_entries`: one flow per address, whatever the number of networks routed together, and
-adding a network to a router adds only that network's members' domain flows and its entries). A
+for a ``remote_group_id``, (3) ``reg9 = network, ip_src/dst = address`` for every address of
+the remote group's members whose network (or L3 domain) a local port with the rule is in (the
+network key scopes addresses: tenants' address spaces overlap). ``reg9`` (REG_SG_NET) is the
+network the other end is in: every SG entry copies the port's own key from metadata, and a routed
+network's entries (`network_entries`, one set per network and host, which also set the L3 domain
+in ``reg7/reg8``) ask the domain's scope flows (`domain_rules`: one per subnet of the domain that
+overlaps no other network's, `classified_subnets`) which network of the domain holds the address:
+a routed packet arrives under the receiver's key, not the sender's.  So a member's address is one
+flow whether or not its network is on a router, and a network joining a router adds its entries
+and its subnets' scope flows, never a flow per member.  Only an address the subnets cannot place
+(`MemberAddress.fallback`: an allowed pair outside them, a subnet overlapping another's) is also
+matched under the domain (``reg7/reg8 = domain``), as every routed address was before.  A
 member joining or leaving changes one clause-3 flow per address and scope per host that uses the
 group. Flows with the same match (the same address in two groups, the same port range in two rules)
 are one flow with several ``conjunction`` actions, kept as contributions in a
@@ -71,7 +76,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import netaddr
@@ -88,6 +93,7 @@ from flows.model import (
     Instruction,
     LocalPort,
     Match,
+    Move,
     Output,
     OutputReg,
     Resubmit,
@@ -166,6 +172,11 @@ class MemberAddress:
     mac: str
     port_id: str = ""  # the member port: whose address-clause owner it is (`SgCookies.members`)
     domain: int = 0  # the L3 domain of its network (`FilteredPort.domain`), 0: none
+    fallback: bool = False
+    """Matched under the L3 domain as well as under its network: a routed member's address that
+    is not inside one of its network's classified subnets (`FilteredPort.subnets`: an allowed
+    pair elsewhere, an address "any" known by its MAC, a subnet that overlaps another network's
+    in the domain), so the domain's scope flows cannot tell which network it is in."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +205,10 @@ class FilteredPort:
     networks that routers join (`controller.dataplane.state.Mirror.domain_of`), unique among
     domains and never 0.  Remote-group addresses are scoped by it instead of the network key,
     since a member's packets arrive under any key of its domain (routed)."""
+    subnets: tuple[str, ...] = ()
+    """The CIDRs of the port's network that the domain's scope flows classify to it
+    (`classified_subnets`; empty on no router): an address inside one is matched under the
+    network key alone, whichever network of the domain the packet is in."""
 
 
 @dataclass(frozen=True)
@@ -226,44 +241,90 @@ def member_addresses(port: FilteredPort) -> tuple[MemberAddress, ...]:
     """What a port contributes to the address set of each of its groups (remote_group_id):
     its fixed IPs (with its MAC) and its allowed address pairs."""
     mac, net, pid, dom = normalize_mac(port.mac), port.network_key, port.port_id, port.domain
-    out = [MemberAddress(net, ip, mac, pid, dom) for ip in port.fixed_ips]
-    out += [MemberAddress(net, ip, normalize_mac(m), pid, dom) for ip, m in port.allowed_pairs]
-    return tuple(out)
+    pairs = [(ip, mac) for ip in port.fixed_ips]
+    pairs += [(ip, normalize_mac(m)) for ip, m in port.allowed_pairs]
+    return tuple(MemberAddress(net, ip, m, pid, dom, bool(dom) and not _inside(ip, port.subnets))
+                 for ip, m in pairs)  # fmt: skip
 
+
+@lru_cache(maxsize=1 << 16)
+def _inside(ip: str, cidrs: tuple[str, ...]) -> bool:
+    """Whether the address (or CIDR) lies within one of ``cidrs`` (an address "any" never does:
+    it is matched by its MAC)."""
+    addr = netaddr.IPNetwork(ip)
+    if addr.prefixlen == 0:
+        return False
+    return any(addr.version == c.version and addr in c for c in map(netaddr.IPNetwork, cidrs))
+
+
+def classified_subnets(subnets: Iterable[tuple[int, str]]) -> dict[int, tuple[str, ...]]:
+    """Of an L3 domain's subnets (network key, CIDR), those its scope flows classify: per
+    network key, sorted, each CIDR that overlaps no other network's (an address there is in one
+    network only).  CIDRs nest or are disjoint, so a block of nested ones with two networks'
+    CIDRs in it is left out whole (conservative: an address outside every classified subnet is
+    only matched under the domain too, `MemberAddress.fallback`).  O(n log n)."""
+    nets = sorted({(netaddr.IPNetwork(c).cidr, key) for key, c in subnets},
+                  key=lambda n: (n[0].version, n[0].first, n[0].prefixlen))  # fmt: skip
+    out: dict[int, list[str]] = {}
+    i = 0
+    while i < len(nets):
+        top, j = nets[i][0], i + 1
+        while j < len(nets) and nets[j][0].version == top.version and nets[j][0] in top:
+            j += 1
+        block = nets[i:j]
+        if len({key for _c, key in block}) == 1:
+            for cidr, key in block:
+                out.setdefault(key, []).append(str(cidr))
+        i = j
+    return {key: tuple(sorted(cidrs)) for key, cidrs in out.items()}
+
+
+@lru_cache(maxsize=4096)
+def domain_rules(domain: int, classified: tuple[tuple[int, tuple[str, ...]], ...],
+                 cookie: int) -> frozenset[Rule]:  # fmt: skip
+    """An L3 domain's scope flows on a host: for every classified subnet of it
+    (`classified_subnets`, as sorted items), a packet of the domain whose other end (destination
+    on egress, source on ingress) is in the subnet gets its network's key in REG_SG_NET, where
+    the remote-group clauses look for it (one flow per subnet and direction, whatever the number
+    of members: a network joining a router adds its subnets' flows, never its members')."""
+    out = []
+    where = _scope_match(0, domain)
+    for key, cidrs in classified:
+        to_key = (Apply((SetField(t.REG_SG_NET, key),)),)
+        for cidr in cidrs:
+            version, value = _address(cidr)
+            eth_type, v = (ETH_TYPE[IPV4], "ipv4") if version == 4 else (ETH_TYPE[IPV6], "ipv6")
+            for table, end in ((t.SG_EGRESS_SCOPE, "dst"), (t.SG_INGRESS_SCOPE, "src")):
+                m = match(**where, eth_type=eth_type, **{f"{v}_{end}": value})
+                out.append(Rule(table, t.PRIO_SG_SCOPE, m, to_key, cookie))
+    return frozenset(out)
+
+
+TO_NET = Move("metadata", t.REG_SG_NET)
+"""Every SG entry copies the port's network key into REG_SG_NET: the scope of the remote-group
+address clauses (`_scope_match`) unless a routed network's scope flows say otherwise."""
+
+_SCOPE_TABLE = {t.SG_EGRESS: t.SG_EGRESS_SCOPE, t.SG_INGRESS: t.SG_INGRESS_SCOPE}
 
 DOMAIN_SCOPE = 1 << 64
 """Scopes above this are L3 domains (`scope_of`), below it network keys."""
 
 
 def scope_of(network_key: int, domain: int) -> int:
-    """Where a remote-group address applies and is matched: its network (key) if that is on no
-    router, else its L3 domain (kept apart from keys by `DOMAIN_SCOPE`)."""
+    """Where a port's rules apply and a member's addresses are relevant: its network (key) if
+    that is on no router, else its L3 domain (kept apart from keys by `DOMAIN_SCOPE`).  A
+    member's address flows are on a host where one of the rules naming its group applies to a
+    local port of the same scope: whatever its flows match (`_member_matches`), its packets
+    only reach ports of that scope."""
     return DOMAIN_SCOPE | domain if domain else network_key
 
 
-def scopes_of(network_key: int, domain: int) -> tuple[int, ...]:
-    """Every scope a port's rules apply in and its addresses are matched in: its network, and
-    its L3 domain if the network is on a router.  The network scope stays when the network
-    joins or leaves a router: its members' address flows under the key are not rewritten, only
-    those under the domain come or go (half the flow-mods of moving them, at one more flow per
-    routed member address and host).  A key-scoped flow admits nothing the domain's does not:
-    a packet under the key of a routed network is in its domain."""
-    return (network_key, DOMAIN_SCOPE | domain) if domain else (network_key,)
-
-
-def in_scope(addr: MemberAddress, scope: int) -> MemberAddress | None:
-    """The address as its clause-3 flows in ``scope`` match it (`scopes_of`), None if it is not
-    matched there."""
-    if scope == addr.network_key:
-        return replace(addr, domain=0) if addr.domain else addr
-    return addr if addr.domain and scope == DOMAIN_SCOPE | addr.domain else None
-
-
 def _scope_match(network_key: int, domain: int) -> dict[str, int]:
-    """The match fields of a scope: the network key in metadata, or the domain registers (that
-    the entry of a routed port sets, `port_rules`)."""
+    """The match fields of a scope: the network key in REG_SG_NET (what the entries put there:
+    the port's own network, or the network of its L3 domain that the other end is in), or the
+    domain registers (that the entries of a routed network set, `network_entries`)."""
     if not domain:
-        return {"metadata": network_key}
+        return {t.REG_SG_NET: network_key}
     return {t.REG_SG_DOMAIN: domain & 0xFFFFFFFF, t.REG_SG_DOMAIN_HI: domain >> 32}
 
 
@@ -281,7 +342,9 @@ def network_entries(network_key: int, domain: int, cookie: int) -> frozenset[Rul
     """The entries of a routed network's filtered ports on a host: in both entry tables, its
     IP packets (``metadata`` = the network: the sender's on egress, the receiver's on ingress,
     also for a routed packet, which has its destination network's key by then) set the
-    network's L3 domain, then go through conntrack as the static track flow does.  One owner
+    network's L3 domain and, by the domain's scope flows (`domain_rules`), the network the other
+    end is in (REG_SG_NET: the port's own if no classified subnet holds it), then go through
+    conntrack as the static track flow does.  One owner
     per network and host (`flows.tables.sg_net_cookie`), not per port: a network joining or
     leaving a router changes 4 flows on each of its hosts whatever its number of ports, and a
     port of a routed network costs no entry of its own.  A stateless port's own entries
@@ -291,7 +354,8 @@ def network_entries(network_key: int, domain: int, cookie: int) -> frozenset[Rul
     out = []
     for entry, rules_table in ((t.SG_EGRESS, t.SG_EGRESS_RULES),
                                (t.SG_INGRESS, t.SG_INGRESS_RULES)):  # fmt: skip
-        track = (Apply((SetField(FLAGS, 0), *_domain_actions(domain),
+        track = (Apply((SetField(FLAGS, 0), *_domain_actions(domain), TO_NET,
+                        Resubmit(_SCOPE_TABLE[entry]),
                         Ct(zone_reg=REG, table=rules_table))),)  # fmt: skip
         for eth_type in ETH_TYPE.values():
             m = match(metadata=network_key, eth_type=eth_type)
@@ -525,7 +589,7 @@ def static_rules(cookie: int) -> frozenset[Rule]:
             add(entry, t.PRIO_SG_BAN, m, ())
         for eth_type in ETH_TYPE.values():
             # the flag is reset here: a stateless sender's packet may reach a stateful receiver
-            track = (Apply((SetField(FLAGS, 0), Ct(zone_reg=REG, table=rules_table))),)
+            track = (Apply((SetField(FLAGS, 0), TO_NET, Ct(zone_reg=REG, table=rules_table))),)
             add(entry, t.PRIO_SG_TRACK, match(eth_type=eth_type), track)
 
         # ---- rules table: connection state first, for stateful ports only.  Every state flow
@@ -596,9 +660,10 @@ def _port_rules(ofport: int, known: tuple[SecurityGroup, ...], domain: int, stat
         domain_acts = _domain_actions(domain)
         for entry, rules_table in ((t.SG_EGRESS, t.SG_EGRESS_RULES),
                                    (t.SG_INGRESS, t.SG_INGRESS_RULES)):  # fmt: skip
+            scope = (Resubmit(_SCOPE_TABLE[entry]),) if domain else ()
             for eth_type in ETH_TYPE.values():
                 m = match(**{REG: zone}, eth_type=eth_type)
-                skip = (Apply((SetField(FLAGS, t.SG_STATELESS), *domain_acts)),
+                skip = (Apply((SetField(FLAGS, t.SG_STATELESS), *domain_acts, TO_NET, *scope)),
                         GotoTable(rules_table))  # fmt: skip
                 out.append(Rule(entry, t.PRIO_SG_STATELESS, m, skip, cookie))
     return frozenset(out)
@@ -622,14 +687,10 @@ def member_entries(
     rule: SgRule, addrs: Iterable[MemberAddress]
 ) -> list[tuple[int, Match, Conjunction]]:
     """Clause 3 of a remote-group rule for these member addresses (already filtered to the
-    networks where the rule applies): one contribution per address of the rule's family."""
+    scopes where the rule applies): one contribution per address of the rule's family (two for
+    a `MemberAddress.fallback` one)."""
     table, conj = _rules_table(rule.direction), Conjunction(rule.key, 3, 3)
-    out = []
-    for addr in addrs:
-        m = _member_match(rule, addr)
-        if m is not None:
-            out.append((table, m, conj))
-    return out
+    return [(table, m, conj) for addr in addrs for m in _member_matches(rule, addr)]
 
 
 def shared_rules(
@@ -642,12 +703,12 @@ def shared_rules(
     """
     ports = list(ports)
     used: dict[int, SgRule] = {}
-    nets_of_rule: dict[int, set[int]] = defaultdict(set)  # rule key -> scopes it applies in
+    scopes: dict[int, set[int]] = defaultdict(set)  # rule key -> scopes it applies in
     for port in ports:
         for rule in _port_group_rules(port, groups):
             if used.setdefault(rule.key, rule) != rule:
                 raise ValueError(f"two different rules with key {rule.key}")
-            nets_of_rule[rule.key].update(scopes_of(port.network_key, port.domain))
+            scopes[rule.key].add(scope_of(port.network_key, port.domain))
 
     index = ClauseIndex()
     for key, rule in used.items():
@@ -659,37 +720,43 @@ def shared_rules(
             continue
         remote = groups.get(rule.remote_group_id)
         for addr in remote.members if remote is not None else ():
-            for scope in scopes_of(addr.network_key, addr.domain):
-                scoped = in_scope(addr, scope)
-                if scope in nets_of_rule[key] and scoped is not None:
-                    for entry in member_entries(rule, (scoped,)):
-                        index.add(cookies.member(addr.port_id), *entry)
+            if scope_of(addr.network_key, addr.domain) in scopes[key]:
+                for entry in member_entries(rule, (addr,)):
+                    index.add(cookies.member(addr.port_id), *entry)
     return frozenset(index.rules())
 
 
 @lru_cache(maxsize=1 << 16)
-def _member_match(rule: SgRule, addr: MemberAddress) -> Match | None:
-    """Clause 3 for one address of a remote group's member: scoped to its network or L3 domain
-    (`scope_of`, `in_scope`), and to the rule's address family (``None`` for an address of the other
-    family)."""
+def _member_matches(rule: SgRule, addr: MemberAddress) -> tuple[Match, ...]:
+    """Clause 3 for one address of a remote group's member, in the rule's address family (none
+    for an address of the other family): under its network's key (REG_SG_NET), and for a
+    `MemberAddress.fallback` one under its L3 domain too."""
     version, value = _address(addr.ip)
     if version != (4 if rule.ethertype == IPV4 else 6):
-        return None
-    where = _scope_match(addr.network_key, addr.domain)
+        return ()
     if netaddr.IPNetwork(addr.ip).prefixlen == 0:
         # an allowed pair "any address": the member is known by its MAC only (as Neutron does)
-        mac_field = "eth_src" if rule.direction == INGRESS else "eth_dst"
-        return match(**where, eth_type=ETH_TYPE[rule.ethertype],
-                     **{mac_field: normalize_mac(addr.mac)})  # fmt: skip
-    return match(**where, eth_type=ETH_TYPE[rule.ethertype],
-                 **{_remote_field(rule): value})  # fmt: skip
+        what: dict[str, object] = {
+            "eth_src" if rule.direction == INGRESS else "eth_dst": normalize_mac(addr.mac)
+        }
+    else:
+        what = {_remote_field(rule): value}
+    wheres = [_scope_match(addr.network_key, 0)]
+    if addr.fallback:
+        wheres.append(_scope_match(0, addr.domain))
+    return tuple(match(**where, eth_type=ETH_TYPE[rule.ethertype], **what) for where in wheres)
 
 
 def compile_host(
-    ports: Iterable[FilteredPort], groups: Mapping[str, SecurityGroup], cookies: SgCookies
+    ports: Iterable[FilteredPort],
+    groups: Mapping[str, SecurityGroup],
+    cookies: SgCookies,
+    domains: Mapping[int, Mapping[int, tuple[str, ...]]] | None = None,
 ) -> Slice:
     """Every security-group flow of a host with these filtered ports (none: empty slice).
 
+    ``domains``: each L3 domain's classified subnets (`classified_subnets`), for its scope
+    flows (`domain_rules`) on a host with a filtered port in it (none given: none classified).
     Raises ``ValueError`` for input the API must have refused (bad rule, two ports with one
     ofport, an ofport that cannot be a zone) rather than compile something ambiguous.
     """
@@ -704,5 +771,8 @@ def compile_host(
         rules |= port_rules(port, groups, cookies.ports.get(port.port_id, cookies.shared))
     for key, domain in sorted({(p.network_key, p.domain) for p in ports if p.domain}):
         rules |= network_entries(key, domain, cookies.network(key))
+    for domain in sorted({p.domain for p in ports if p.domain}):
+        classified = tuple(sorted((domains or {}).get(domain, {}).items()))
+        rules |= domain_rules(domain, classified, t.sg_domain_cookie(domain))
     rules |= shared_rules(ports, groups, cookies)
     return Slice(rules=frozenset(rules))

@@ -126,6 +126,11 @@ connection no rule allows any more is marked (ct_mark=1) and dropped."""
 SG_EGRESS_ACCEPT = 12
 """Egress accepted: a new connection is committed, then -> L2_FROM_PORT."""
 
+SG_EGRESS_SCOPE = 13
+"""Egress, routed networks only (resubmitted to by their entries, before conntrack): which
+network of the sender's L3 domain the destination address is in, by the domain's subnets
+(REG_SG_NET; `flows.security_groups.domain_rules`)."""
+
 SG_INGRESS = 20
 """Ingress entry (receiver's host, before delivery; REG_SG_PORT = destination ofport): ARP,
 ND, DHCP server replies are delivered; IPv4/IPv6 goes through conntrack (zone = destination
@@ -136,6 +141,10 @@ SG_INGRESS_RULES = 21
 
 SG_INGRESS_ACCEPT = 22
 """Ingress accepted: a new connection is committed, then output to the port in REG_SG_PORT."""
+
+SG_INGRESS_SCOPE = 23
+"""Ingress, as SG_EGRESS_SCOPE with the source address: the network of the receiver's L3 domain
+a routed packet came from (its key in metadata is the receiver's by then)."""
 
 REG_SG_PORT = "reg5"
 """Register with the ofport a security-group table filters for (sender on egress, receiver on
@@ -152,10 +161,18 @@ REG_SG_DOMAIN = "reg7"
 REG_SG_DOMAIN_HI = "reg8"
 """Registers with the L3 domain of the filtered port in REG_SG_PORT (low and high 32 bits; both 0
 for a port whose network is on no router).  A routed network's SG entries set them (matching
-the network key in metadata: one set per network and host), and the
-remote-group address clauses of routed members match them instead of the network key: one
-flow per address per domain, not per network key that can carry the member's packets
-(`flows.security_groups.FilteredPort.domain`)."""
+the network key in metadata: one set per network and host); the domain's scope flows match them
+(SG_EGRESS_SCOPE, SG_INGRESS_SCOPE), and so does the address clause of a routed member's address
+that those cannot place (`flows.security_groups.MemberAddress.fallback`)."""
+
+REG_SG_NET = "reg9"
+"""Register with the network the other end of a packet is in, as the remote-group address
+clauses match it: the network key (metadata) of the filtered port, copied by every SG entry,
+or for a routed network the network of its L3 domain whose subnet holds the other end's address
+(SG_EGRESS_SCOPE, SG_INGRESS_SCOPE).  A member's addresses are matched under its own network's
+key whether or not the network is on a router, so a network joining a router rewrites none of
+its members' flows (only a member address outside its network's classified subnets is also
+matched under the domain: `flows.security_groups.MemberAddress.fallback`)."""
 
 REG_ROUTER = "reg3"
 REG_ROUTER_HI = "reg4"
@@ -197,9 +214,11 @@ SG_TABLES: tuple[TableSpec, ...] = (
     TableSpec(SG_EGRESS, "SG_EGRESS", "security groups: egress entry, always-pass, conntrack"),
     TableSpec(SG_EGRESS_RULES, "SG_EGRESS_RULES", "security groups: egress state and rules"),
     TableSpec(SG_EGRESS_ACCEPT, "SG_EGRESS_ACCEPT", "security groups: egress commit"),
+    TableSpec(SG_EGRESS_SCOPE, "SG_EGRESS_SCOPE", "security groups: routed destination's network"),
     TableSpec(SG_INGRESS, "SG_INGRESS", "security groups: ingress entry, always-pass, conntrack"),
     TableSpec(SG_INGRESS_RULES, "SG_INGRESS_RULES", "security groups: ingress state and rules"),
     TableSpec(SG_INGRESS_ACCEPT, "SG_INGRESS_ACCEPT", "security groups: ingress commit, deliver"),
+    TableSpec(SG_INGRESS_SCOPE, "SG_INGRESS_SCOPE", "security groups: routed source's network"),
 )
 """The security-group tables; their miss rules (drop) come with
 :func:`flows.security_groups.static_rules`, not with the base slice."""
@@ -252,6 +271,10 @@ PRIO_SG_DOMAIN = 55
 """SG entry tables: a routed network's IP packets set its L3 domain, then go through
 conntrack."""
 
+PRIO_SG_SCOPE = 100
+"""SG scope tables: a subnet of an L3 domain names its network (the subnets of one domain that
+a flow names never overlap, so one priority)."""
+
 PRIO_SG_TRACK = 50
 """SG entry tables: IP goes through conntrack; SG rules tables: an established connection no
 rule allows is marked and dropped; SG accept tables: the pass-through after commit."""
@@ -293,7 +316,8 @@ class OwnerKind(IntEnum):
     hairpin drop, its stateless entries); ``SG_RULE_BIT | rule key`` a rule's ``conj_id`` flow
     and its clause-2 flows; ``SG_NET_BIT | network key`` a routed network's entries (its L3
     domain set for every filtered port of it on that host, release 2026-12-01 on: before,
-    each routed port had its own); ``SG_MEMBER_BIT | port number`` a member port's remote-group
+    each routed port had its own); ``SG_DOMAIN_BIT | domain`` an L3 domain's scope flows
+    (release 2026-12-03 on); ``SG_MEMBER_BIT | port number`` a member port's remote-group
     address (clause-3) flows on that host.  A flow merged from several rules or members
     (`flows.sg_clauses`) belongs to the smallest of their cookies.  Number 1 held the host's
     merged clauses whole before release 2026-11-30 (evening); it is no longer compiled, so no
@@ -379,6 +403,9 @@ SG_RULE_BIT = 1 << (OWNER_NUM_BITS - 3)
 SG_NET_BIT = 1 << (OWNER_NUM_BITS - 4)
 """A routed network's entries on a host (they set its L3 domain): this bit (and none above)
 plus the network key (< 2^32)."""
+SG_DOMAIN_BIT = 1 << (OWNER_NUM_BITS - 5)
+"""An L3 domain's scope flows on a host (its subnets -> their networks): this bit (and none
+above) plus the domain (a router interface's port number, below this bit)."""
 
 
 def sg_host_cookie(num: int) -> int:
@@ -416,10 +443,18 @@ def sg_net_cookie(network_key: int) -> int:
     return owner_cookie(OwnerKind.SECURITY_GROUP, SG_NET_BIT | network_key)
 
 
+def sg_domain_cookie(domain: int) -> int:
+    """Owner cookie of an L3 domain's scope flows on a host
+    (`flows.security_groups.domain_rules`)."""
+    if not 0 < domain < SG_DOMAIN_BIT:
+        raise ValueError(f"L3 domain {domain} does not fit a security-group cookie")
+    return owner_cookie(OwnerKind.SECURITY_GROUP, SG_DOMAIN_BIT | domain)
+
+
 def sg_owner_part(cookie: int) -> tuple[str, int]:
     """Which part of a host's firewall a kind-3 cookie names: ``("port", port number)``,
-    ``("member", port number)``, ``("rule", rule key)``, ``("network", network key)`` or
-    ``("host", 0 | 1)``."""
+    ``("member", port number)``, ``("rule", rule key)``, ``("network", network key)``,
+    ``("domain", L3 domain)`` or ``("host", 0 | 1)``."""
     num = owner_num(cookie)
     if num & SG_PORT_BIT:
         return "port", num & ~SG_PORT_BIT
@@ -429,6 +464,8 @@ def sg_owner_part(cookie: int) -> tuple[str, int]:
         return "rule", num & ~SG_RULE_BIT
     if num & SG_NET_BIT:
         return "network", num & ~SG_NET_BIT
+    if num & SG_DOMAIN_BIT:
+        return "domain", num & ~SG_DOMAIN_BIT
     return "host", num
 
 

@@ -366,13 +366,22 @@ def sg_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Slice]:
             chosen.setdefault(m.hvs[host].ifaces[p["id"]], p)
 
     domain = l3_domains(ports)
+    # each domain's classified subnets: per network key, its CIDRs that no other network of the
+    # domain overlaps (`flows.security_groups.classified_subnets`)
+    in_domain: dict[int, list[tuple[int, str]]] = {}
+    for s in m.store.list_all("subnet"):
+        if domain.get(s["network_id"]):
+            in_domain.setdefault(domain[s["network_id"]], []).append(
+                (keys[s["network_id"]], s["cidr"]))
+    classified = {d: sg.classified_subnets(subs) for d, subs in in_domain.items()}
 
     def as_port(p: dict[str, Any], ofport: int) -> sg.FilteredPort:
+        dom = domain.get(p["network_id"], 0)
         return sg.FilteredPort(p["id"], ofport, p["mac_address"], keys[p["network_id"]],
                                tuple(sorted(ip["ip_address"] for ip in p["fixed_ips"])),
                                PortRec.from_store(p).pairs,
-                               tuple(p["security_groups"]),
-                               domain.get(p["network_id"], 0))  # fmt: skip
+                               tuple(p["security_groups"]), dom,
+                               classified.get(dom, {}).get(keys[p["network_id"]], ()))  # fmt: skip
 
     filtered = [as_port(p, ofport) for ofport, p in chosen.items()]
     rules: dict[str, list[sg.SgRule]] = {}
@@ -400,7 +409,7 @@ def sg_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Slice]:
         members={p["id"]: t.sg_member_cookie(p["_num"]) for p in ports},
         networks=t.sg_net_cookie,
     )
-    return [sg.compile_host(filtered, groups, cookies)]
+    return [sg.compile_host(filtered, groups, cookies, classified)]
 
 
 def router_owners(m: DataPlaneMachine, host: str, ctx: HostContext) -> list[Slice]:

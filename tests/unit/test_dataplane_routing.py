@@ -447,7 +447,8 @@ def test_default_group_admits_routed_members_and_only_them(routed: Routed) -> No
     """Issue 14 x 16: two VMs in different subnets behind one router, both only in their
     project's default group (ingress from its members), reach each other; a VM of another
     project with the same address does not; the router's interface removed, the routed keys'
-    address flows go."""
+    address flows go.  A member's address flows are under its own network's key (REG_SG_NET,
+    which the receiver's entry takes from the domain's scope flows for a routed packet)."""
     cloud = routed.cloud
     routed.groups = {p: default_group(cloud, p) for p in ("p1", "p2")}
     a = routed.vm("a", routed.net1, "hv1", 4)
@@ -468,19 +469,61 @@ def test_default_group_admits_routed_members_and_only_them(routed: Routed) -> No
     cloud.idle()
     forged = dict(out.fields) | {"eth_src": y["mac_address"]}
     assert routed.arrive("hv2", forged, "10.9.0.3").dropped  # hv3 is no peer of net 2
-    # a's address flows on hv2 are under the router's L3 domain (the smallest number of its
-    # interfaces), not under a network key: none under net 3's
-    domain = min(routed.if1["_num"], routed.if2["_num"])
+    # a's address flows on hv2 are under net 1's key, not under the router's L3 domain (its
+    # address is in net 1's subnet, which the domain's scope flows name) nor net 3's key
     on_hv2 = member_flows(cloud, "hv2", a)
-    assert on_hv2 and {(dict(r.match).get("metadata"), dict(r.match)[t.REG_SG_DOMAIN],
-                        dict(r.match)[t.REG_SG_DOMAIN_HI]) for r in on_hv2} == {
-        (None, domain, 0)}  # fmt: skip
+    assert on_hv2 and {(dict(r.match).get(t.REG_SG_NET), dict(r.match).get(t.REG_SG_DOMAIN))
+                       for r in on_hv2} == {(routed.net1["_key"], None)}  # fmt: skip
     assert not member_flows(cloud, "hv2", y) and not member_flows(cloud, "hv1", y)
     # the interface removed: the routed address flows go on both sides
     store.router_interface(routed.router, {"port_id": routed.if2["id"]}, add=False)
     cloud.idle()
     assert not member_flows(cloud, "hv2", a) and not member_flows(cloud, "hv1", b)
     # back: the same flows as before, and a restart (whole-host compile) sends nothing
+    routed.if2 = routed.interface(routed.net2, routed.sub2)
+    cloud.idle()
+    assert member_flows(cloud, "hv2", a) == on_hv2
+    restart(cloud)
+    assert cloud.dp.stats.flow_mods == 0 and cloud.dp.stats.group_mods == 0
+
+
+def test_a_members_pair_outside_the_subnets_is_admitted_across_the_router(routed: Routed) -> None:
+    """A member's allowed address pair outside every subnet of the router's networks (a VIP):
+    the domain's scope flows cannot name its network, so that address alone is matched under
+    the L3 domain as well as under its network's key.  A packet from the VIP reaches a member
+    of the default group across the router; a VM outside the group, with a VIP of its own, is
+    still refused there; the interface removed and added again, a restart sends nothing."""
+    cloud, store = routed.cloud, routed.cloud.store
+    routed.groups = {p: default_group(cloud, p) for p in ("p1", "p2")}
+    a = routed.vm("a", routed.net1, "hv1", 4)
+    routed.vm("b", routed.net2, "hv2", 2)
+    ssh_only = routed.group("p1")  # TCP 22 from 10.0.0.0/16: nothing of a's default group
+    e = store.create_port({"network_id": routed.net1["id"], "project_id": "p1",
+                           "security_groups": [ssh_only]})  # fmt: skip
+    FakeAgent.instances["hv1"].plug(e["id"], 5)
+    routed.vms["e"] = (e, "hv1", 5)
+    for port, vip in ((a, "192.168.50.5"), (e, "192.168.60.6")):
+        store.update("port", port["id"], {"allowed_address_pairs": [{"ip_address": vip}]})
+    cloud.idle()
+
+    def from_vip(name: str, vip: str) -> Trace:
+        port, host, ofport = routed.vms[name]
+        pkt = make_packet(port["mac_address"], routed.if1["mac_address"], ip_src=vip,
+                          ip_dst=routed.ip("b"), protocol=6, dst_port=80)  # fmt: skip
+        [out] = trace(cloud.flows(host), ofport, pkt, ["new", "new"]).outputs
+        return routed.arrive("hv2", dict(out.fields), "10.9.0.1")
+
+    assert from_vip("a", "192.168.50.5").ports == [2]
+    assert from_vip("e", "192.168.60.6").dropped
+    on_hv2 = member_flows(cloud, "hv2", a)
+    scopes = {(dict(r.match).get("ipv4_src"), dict(r.match).get(t.REG_SG_NET),
+               dict(r.match).get(t.REG_SG_DOMAIN)) for r in on_hv2}  # fmt: skip
+    domain = min(routed.if1["_num"], routed.if2["_num"])
+    key = routed.net1["_key"]
+    assert scopes == {(routed.ip("a"), key, None), ("192.168.50.5", key, None),
+                      ("192.168.50.5", None, domain)}, scopes  # fmt: skip
+    store.router_interface(routed.router, {"port_id": routed.if2["id"]}, add=False)
+    cloud.idle()
     routed.if2 = routed.interface(routed.net2, routed.sub2)
     cloud.idle()
     assert member_flows(cloud, "hv2", a) == on_hv2
@@ -525,8 +568,9 @@ def test_an_interface_that_reappears_is_announced_once_to_its_networks_ports(
 
 
 def test_two_tenants_same_cidrs_own_routers_default_groups_stay_apart(routed: Routed) -> None:
-    """Remote-group addresses of routed members are scoped by the L3 domain (the router's), not
-    the network key: project p2 builds p1's two subnets (10.0.1.0/24, 10.0.2.0/24) behind its
+    """Remote-group addresses of routed members are scoped by their network, which each L3
+    domain's scope flows name from the address (a routed packet arrives under the receiver's
+    key): project p2 builds p1's two subnets (10.0.1.0/24, 10.0.2.0/24) behind its
     own router, with VMs at p1's addresses, every VM only in its project's default group.  Each
     project routes to its own peer; p1's member c (an address p2 does not use) is admitted by
     p1's receiver but not by p2's on the same host; the two domains differ."""
@@ -562,12 +606,12 @@ def test_two_tenants_same_cidrs_own_routers_default_groups_stay_apart(routed: Ro
     # the same packet in p2's domain from c's address: no member of p2's group has it
     forged = dict(out.fields) | {"ipv4_src": routed.ip("c")}
     assert routed.arrive("hv2", forged, "10.9.0.1").dropped
-    # a and y (same address) are matched on hv2 under two domains, neither a network key
-    [dom_a] = {dict(r.match)[t.REG_SG_DOMAIN]
+    # a and y (same address) are matched on hv2 under their own networks' keys, no domain
+    [net_a] = {(dict(r.match)[t.REG_SG_NET], dict(r.match).get(t.REG_SG_DOMAIN))
                for r in member_flows(cloud, "hv2", routed.vms["a"][0])}  # fmt: skip
-    [dom_y] = {dict(r.match)[t.REG_SG_DOMAIN]
+    [net_y] = {(dict(r.match)[t.REG_SG_NET], dict(r.match).get(t.REG_SG_DOMAIN))
                for r in member_flows(cloud, "hv2", routed.vms["y"][0])}  # fmt: skip
-    assert dom_a != dom_y
+    assert (net_a, net_y) == ((routed.net1["_key"], None), (routed.net3["_key"], None))
     restart(cloud)
     assert cloud.dp.stats.flow_mods == 0 and cloud.dp.stats.group_mods == 0
 

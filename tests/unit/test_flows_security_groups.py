@@ -188,7 +188,7 @@ def test_member_addresses_only_for_networks_of_ports_that_use_the_rule() -> None
     only_net1 = [p for p in ports if p.network_key == 1]
     s = sg.compile_host(only_net1, groups, COOKIES)
     addr = [r for r in s.rules if any(k == "ipv4_src" and "10.1." in str(v) for k, v in r.match)]
-    assert len(addr) == 5 and all(dict(r.match)["metadata"] == 1 for r in addr)
+    assert len(addr) == 5 and all(dict(r.match)[t.REG_SG_NET] == 1 for r in addr)
     # no port in a group whose rules reference "db": none of db's addresses at all
     plain = [sg.FilteredPort("x", 1, _mac(1), 1, ("10.0.0.1",), groups=("db",))]
     s = sg.compile_host(plain, groups, COOKIES)
@@ -212,7 +212,7 @@ def test_shared_address_and_clause_flows_carry_every_conjunction() -> None:
     both = (Apply((Conjunction(7, 2, 3), Conjunction(9, 2, 3))),)
     tcp22 = (("eth_type", 0x800), ("ip_proto", 6), ("tcp_dst", 22))
     assert by_match[(t.SG_INGRESS_RULES, tcp22)].instructions == both
-    addr = (("eth_type", 0x800), ("ipv4_src", "10.9.0.1"), ("metadata", 1))
+    addr = (("eth_type", 0x800), ("ipv4_src", "10.9.0.1"), (t.REG_SG_NET, 1))
     assert by_match[(t.SG_INGRESS_RULES, addr)].instructions == (
         Apply((Conjunction(7, 3, 3), Conjunction(9, 3, 3))),
     )
@@ -294,7 +294,7 @@ def test_stateless_ports_skip_conntrack_and_stateful_ports_do_not() -> None:
     }
     for r in skip:
         rules_table = t.SG_EGRESS_RULES if r.table == t.SG_EGRESS else t.SG_INGRESS_RULES
-        assert r.instructions == (Apply((SetField("reg6", 1),)), GotoTable(rules_table))
+        assert r.instructions == (Apply((SetField("reg6", 1), sg.TO_NET)), GotoTable(rules_table))
     assert not [r for r in mixed if r.priority == t.PRIO_SG_STATELESS]  # stateful wins
 
 

@@ -79,10 +79,12 @@ def _add_step(networks: int, ports: int, monkeypatch: pytest.MonkeyPatch) -> dic
 def test_an_interface_add_builds_what_is_new_once(
     networks: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """N networks of 6 ports (2 per host).  Two domain walks for the whole step (the sg
-    service's, finding the networks whose domain may have changed, and the first ask, kept for
-    them all; the old code walked the component once more per member per host matching it:
-    47 walks at N=4, 51 at N=8); one route and one echo answer built (to the new interface's
+    """N networks of 6 ports (2 per host).  Four domain walks for the whole step, whatever N
+    and M (the sg service's, finding the networks whose domain may have changed; the first ask,
+    kept for them all; the domain's subnets classified when the change comes in, to find the
+    networks whose classified subnets moved, and once in the step for every host; the old
+    code walked the component once more per member per host matching it: 47 walks at N=4, 51
+    at N=8); one route and one echo answer built (to the new interface's
     subnet and address, under the router's mark, and the source MAC of echo replies to its
     network), shared by the three hosts (keyed on the entering interface: 2N - 1 of each; the
     old code: 3 x N x N of each, 48 at N=4, 192 at N=8); the routing matches built besides
@@ -96,17 +98,17 @@ def test_an_interface_add_builds_what_is_new_once(
     interface's owner, the 6 neighbour rules; keyed on the entering interface, also a route
     and an echo answer on each other interface: 14 more at N=8) and network 0's security-group
     changes (its entries, 4 per host whatever its local ports (the release before: 4 per
-    port, 8 here), and its 6 members' address clauses under the domain added, those under its
-    key kept (the release before: 6 out, 6 in)."""
+    port, 8 here), and its subnet's 2 scope flows; its 6 members' address clauses stay as they
+    are (the release before added them under the domain; before that: 6 out, 6 in))."""
     c = _add_step(networks, 6, monkeypatch)
-    assert c["walks"] == 2, c
+    assert c["walks"] == 4, c
     assert c["routes built"] == c["echoes built"] == 1, c
     assert c["matches"] == 2 + 1 + 3 + 3 * 2 + 2 * 6, c
     # the new interface's entry, ARP, echo answer, route, echo source MAC, TTL, 2 ingress, the
     # drop of routed packets to no local port; nothing on the others
     router = (1 + 1 + 1 + 1 + 1 + 1 + 2 + 1) + 6
     for host in HOSTS:
-        assert c["sent"][host] == Counter(ROUTER=router, SECURITY_GROUP=4 + 6), (host, c)
+        assert c["sent"][host] == Counter(ROUTER=router, SECURITY_GROUP=4 + 2), (host, c)
 
 
 def test_a_kept_domain_follows_every_interface_change() -> None:

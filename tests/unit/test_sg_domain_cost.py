@@ -1,10 +1,13 @@
 """What adding a router interface costs the security groups, counted: the flow-mods on each host
-are those of the joining network (its members' address clauses added under the router's L3 domain,
-those under its key kept; its entries, per host), the same whether the router's other networks hold
-4 members or 40 (issue 16: "adding or removing an interface changes only the flows of the router
-and its networks' hosts"). Before L3 domains, every member of the router's other networks was
-matched once more under the joining network's key on every host with a port there: one interface
-add re-keyed the whole router (634 flow-mods per host at 10 x 30 in the bench).
+are those of the joining network (its entries, per host, and its subnets' scope flows; its members'
+address clauses stay as they are, matched by its key), the same whether the router's other networks
+hold 4 members or 40 (issue 16: "adding or removing an interface changes only the flows of the
+router and its networks' hosts"). Before L3 domains, every member of the router's other networks
+was matched once more under the joining network's key on every host with a port there: one
+interface add re-keyed the whole router (634 flow-mods per host at 10 x 30 in the bench); before
+scope flows (release 2026-12-03), each of the joining network's members was matched once more
+under the domain (30 of 73 flow-mods per host and add in the bench).  Only a member address the
+domain's subnets cannot place (an allowed pair elsewhere, overlapping subnets) still is.
 """
 
 from __future__ import annotations
@@ -94,35 +97,34 @@ def _sg_flow_mods(others: int, own: int = 3, remove: bool = False) -> dict[str, 
 
 def test_an_interface_add_costs_the_joining_network_whatever_the_others_hold() -> None:
     """Each host holds one of network 0's ports: the network's entries (2 families x 2
-    directions, set with the domain) and the address clause of each of network 0's 3 members
-    under the domain (added: the one under network 0's key stays; the release before moved
-    it, a delete and an add), nothing of the other networks' members, at 4 as at 40 per
-    network (the old per-key scheme added each of them under network 0's key: 12 vs 120 per
-    host)."""
+    directions, set with the domain) and its subnet's scope flows (one per direction), nothing
+    of any member's, at 4 as at 40 per network (the old per-key scheme added each of the others
+    under network 0's key: 12 vs 120 per host; the release before added network 0's 3 members
+    under the domain)."""
     small, large = _sg_flow_mods(4), _sg_flow_mods(40)
     assert small == large, (small, large)
     for host in HOSTS:
-        assert small[host] == Counter({"+network": 4, "+member": 3}), (host, small[host])
+        assert small[host] == Counter({"+network": 4, "+domain": 2}), (host, small[host])
 
 
 def test_the_joining_networks_entries_are_per_host_not_per_port() -> None:
     """Network 0 with 4 ports on each host: still 4 entries per host (one per family and
     direction, matching the network's key), not 4 per port (16 per host, 40 at issue size:
     the release before set each routed port's domain in entries of its own); its ports' own
-    flows do not change; its 12 members' addresses are added under the domain, nothing
-    deleted (the release before: 16 entries, 12 deletes and 12 adds per host)."""
+    flows do not change, nor do its 12 members' addresses (the release before: 12 added under
+    the domain; before that 16 entries, 12 deletes and 12 adds per host)."""
     sent = _sg_flow_mods(4, own=12)
     for host in HOSTS:
-        assert sent[host] == Counter({"+network": 4, "+member": 12}), (host, sent[host])
+        assert sent[host] == Counter({"+network": 4, "+domain": 2}), (host, sent[host])
 
 
 def test_removing_the_interface_deletes_the_domain_flows_only() -> None:
-    """The interface removed again: per host, the network's 4 entries and its members'
-    addresses under the domain go; those under its key, which never left, stay (the release
-    before: 12 deletes and 12 adds of member flows, and 16 entries)."""
+    """The interface removed again: per host, the network's 4 entries and its subnet's 2 scope
+    flows go; its members' addresses, matched by its key all along, stay (the release before:
+    12 deletes under the domain; before that 12 deletes and 12 adds, and 16 entries)."""
     sent = _sg_flow_mods(4, own=12, remove=True)
     for host in HOSTS:
-        assert sent[host] == Counter({"-network": 4, "-member": 12}), (host, sent[host])
+        assert sent[host] == Counter({"-network": 4, "-domain": 2}), (host, sent[host])
 
 
 def test_a_members_clauses_are_computed_once_per_step_not_once_per_host(
@@ -138,10 +140,12 @@ def test_a_members_clauses_are_computed_once_per_step_not_once_per_host(
     built: Counter[str] = Counter()
     real = sg_host.filtered_port
 
-    def counted(port: PortRec, mirror: Mirror, ofport: int) -> sg.FilteredPort:
+    def counted(
+        port: PortRec, mirror: Mirror, ofport: int, classified: sg_host.Classified | None = None
+    ) -> sg.FilteredPort:
         if ofport == 0:  # a member's addresses, not a local port's own filter
             built[port.id] += 1
-        return real(port, mirror, ofport)
+        return real(port, mirror, ofport, classified)
 
     monkeypatch.setattr(sg_host, "filtered_port", counted)
     _interface(w, 900_100, "n0", "s0", "10.0.255.254")
@@ -158,3 +162,111 @@ def test_a_members_clauses_are_computed_once_per_step_not_once_per_host(
     for host in HOSTS:
         text = repr(w.hosts[host].installed[owner])
         assert "10.0.0.77" in text and f"'{old.fixed_ips[0]}'" not in text, (host, text)
+
+
+def _sg_mods(plan_diffs: dict[str, list], host: str) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for d in plan_diffs.get(host, ()):
+        for sign, rules in (("+", d.add_rules), ("-", d.del_rules)):
+            for r in rules:
+                if t.owner_kind(r.cookie) == t.OwnerKind.SECURITY_GROUP:
+                    counts[sign + t.sg_owner_part(r.cookie)[0]] += 1
+    return counts
+
+
+def _step_sends(w: World, expected: Counter[str]) -> None:
+    """The next step sends each host these security-group flow-mods (by owner part)."""
+    plan = w.step()
+    assert not plan.failed
+    for host in HOSTS:
+        assert _sg_mods(plan.diffs, host) == expected, (host, _sg_mods(plan.diffs, host))
+
+
+def _unroute(w: World) -> None:
+    """Network 0's interface removed."""
+    port = w.mirror.ports["if900100"]
+    w.mirror.set_port(port.id, None)
+    w.change(Change("port", port.id, port, None))
+
+
+def _rebuilt_sends_nothing(w: World) -> None:
+    """Every host's switch read again: its firewall rebuilt from scratch (the whole-host
+    compile) finds the switch holding exactly what the incremental steps sent."""
+    for h in HOSTS:
+        w.change(Change("switch", h))
+    plan = w.step()
+    assert not plan.failed
+    for h in HOSTS:
+        assert not _sg_mods(plan.diffs, h), (h, _sg_mods(plan.diffs, h))
+
+
+def _domain_matches(w: World, host: str, ip: str) -> list[tuple[tuple[str, object], ...]]:
+    """The member address flows on the host that match ``ip`` under an L3 domain."""
+    return [
+        r.match
+        for owner, s in w.hosts[host].installed.items()
+        if t.owner_kind(owner) == t.OwnerKind.SECURITY_GROUP
+        and t.sg_owner_part(owner)[0] == "member"
+        for r in s.rules
+        if ("ipv4_src", ip) in r.match and t.REG_SG_DOMAIN in dict(r.match)
+    ]
+
+
+def test_a_pair_outside_the_networks_subnets_is_matched_under_the_domain_too() -> None:
+    """A member of network 0 with an allowed address pair outside its subnet (a VIP the
+    domain's scope flows cannot place): when network 0 joins the router, that address alone is
+    added under the domain (the default group's IPv4 ingress rule: one flow per host); its
+    fixed address, inside the subnet, is not.  Leaving the router takes it back; a rebuild
+    finds nothing to change either time."""
+    w = routed_world(4, lambda n: 3 if n == 0 else 4)
+    old = w.mirror.ports["n0p1"]
+    new = dataclasses.replace(old, pairs=(("192.168.7.7", old.mac),))
+    w.mirror.set_port(new.id, new)
+    w.change(Change("port", new.id, old, new))
+    assert not w.step().failed
+    _interface(w, 900_100, "n0", "s0", "10.0.255.254")
+    _step_sends(w, Counter({"+network": 4, "+domain": 2, "+member": 1}))
+    for host in HOSTS:
+        assert len(_domain_matches(w, host, "192.168.7.7")) == 1
+        assert not _domain_matches(w, host, old.fixed_ips[0])
+    _rebuilt_sends_nothing(w)
+    _unroute(w)
+    _step_sends(w, Counter({"-network": 4, "-domain": 2, "-member": 1}))
+    _rebuilt_sends_nothing(w)
+
+
+def test_overlapping_subnets_in_a_domain_are_not_classified() -> None:
+    """Network 0 has a second subnet with network 1's CIDR (Neutron refuses that on one router;
+    two routers sharing a network can still join them): neither may name its network, so
+    network 1's scope flows go and its members are matched under the domain (network 0's, in
+    its other subnet, are not); a rebuild agrees with every incremental step, and removing the
+    interface restores network 1's scope flows."""
+    w = routed_world(4, lambda n: 3 if n == 0 else 4)
+    _subnet(w, "s0b", "n0", "10.1.0.0/16")
+    assert not w.step().failed
+    _interface(w, 900_100, "n0", "s0", "10.0.255.254")
+    # scope flows: network 0's 10.0/16 added (2), network 1's 10.1/16 removed (2); members
+    # under the domain: network 1's 4, for the IPv4 rule
+    _step_sends(w, Counter({"+network": 4, "+domain": 2, "-domain": 2, "+member": 4}))
+    _rebuilt_sends_nothing(w)
+    _unroute(w)
+    assert not w.step().failed
+    _rebuilt_sends_nothing(w)
+    for host in HOSTS:
+        assert not _domain_matches(w, host, "10.1.0.1")
+
+
+def test_a_subnet_added_to_a_routed_network_classifies_its_addresses() -> None:
+    """A routed network gains a subnet: its scope flows (one per direction) are added on every
+    host of the domain, and a member's pair inside it is no longer matched under the domain."""
+    w = routed_world(3, lambda n: 3)
+    old = w.mirror.ports["n1p1"]
+    new = dataclasses.replace(old, pairs=(("172.16.5.5", old.mac),))
+    w.mirror.set_port(new.id, new)
+    w.change(Change("port", new.id, old, new))
+    assert not w.step().failed
+    assert all(len(_domain_matches(w, h, "172.16.5.5")) == 1 for h in HOSTS)
+    _subnet(w, "s1b", "n1", "172.16.0.0/16")
+    _step_sends(w, Counter({"+domain": 2, "-member": 1}))
+    assert not any(_domain_matches(w, h, "172.16.5.5") for h in HOSTS)
+    _rebuilt_sends_nothing(w)

@@ -62,8 +62,8 @@ from functools import partial
 from typing import Any
 
 from controller.dataplane.planner import EMPTY, Change, Inputs, Step, Unit
-from controller.dataplane.services.sg_host import HostFirewall
-from controller.dataplane.state import PortRec, SgRuleRec
+from controller.dataplane.services.sg_host import HostFirewall, classify_domain
+from controller.dataplane.state import PortRec, SgRuleRec, SubnetRec
 from flows import security_groups as sg
 from flows import tables as t
 from flows.model import Slice
@@ -71,13 +71,14 @@ from flows.model import Slice
 GROUP = "sg"
 STATIC = t.sg_host_cookie(t.SG_STATIC_NUM)
 SHARED = t.sg_host_cookie(t.SG_SHARED_NUM)  # the layout before per-rule/member owners (gone)
-PORT, RULE = "port", "rule"
+PORT, RULE, DOMAIN = "port", "rule", "domain"
 
 
 class SecurityGroupService:
     name = "sg"
     inputs = frozenset(
         {"port", "binding", "iface", "switch", "host", "security_group", "security_group_rule"}
+        | {"subnet"}  # a routed network's subnets classify its domain's addresses
     )
     owner_kinds = frozenset({int(t.OwnerKind.SECURITY_GROUP)})
 
@@ -91,6 +92,11 @@ class SecurityGroupService:
         # members' contributions computed in this step, shared by its hosts' firewalls
         # (`HostFirewall._member_facts`): a fresh one per step, the mirror is fixed within one
         self.memo: dict[tuple[str, str], Any] = {}
+        # routed network id -> its classified subnets (`sg_host.classify_domain`) as last
+        # planned: a change that moves them re-scopes the network's members
+        self.classified: dict[str, tuple[str, ...]] = {}
+        # L3 domain -> its classified subnets, computed in this step (fresh per step)
+        self.scope_memo: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ inputs -> units
 
@@ -126,6 +132,11 @@ class SecurityGroupService:
             if change.old is not None and change.new is not None and change.old == change.new:
                 return []
             units = {(h,) for h, fw in self.firewalls.items() if fw.uses(change.id)}
+        elif kind == "subnet":
+            rec = change.new or change.old
+            assert isinstance(rec, SubnetRec)
+            if inputs.mirror.domain_of(rec.network_id):
+                units = self._rescope(inputs.mirror.routed_component(rec.network_id)[0], inputs)
         elif kind == "security_group_rule":
             rec = change.new or change.old
             assert isinstance(rec, SgRuleRec)
@@ -159,15 +170,35 @@ class SecurityGroupService:
             for seed in seeds:
                 if seed not in nets:
                     nets |= mirror.routed_component(seed)[0]
+        return self._rescope(nets, inputs)
+
+    def _rescope(self, nets: set[str], inputs: Inputs) -> set[tuple[Hashable, ...]]:
+        """The networks ``nets`` (whole L3 domains, or networks that left one) may have changed
+        domain or classified subnets (`sg_host.classify_domain`): re-plan the scope flows of
+        their old and new domains on the hosts that have them, and re-scope the member ports
+        of the networks whose domain or classified subnets moved (a network joining a router
+        without overlapping another's subnets: just its own).  O(the domains' networks and
+        subnets + the re-scoped networks' ports)."""
+        mirror = inputs.mirror
         units: set[tuple[Hashable, ...]] = set()
+        by_domain: dict[int, dict[int, tuple[str, ...]]] = {}
+        touched: set[int] = set()
         for net in sorted(nets):
             domain = mirror.domain_of(net)
-            if self.domains.get(net, 0) == domain:
+            if domain and domain not in by_domain:
+                by_domain[domain] = classify_domain(mirror, net)[1]
+            key = mirror.key_of(net)
+            classified = by_domain[domain].get(key, ()) if domain and key is not None else ()
+            old = self.domains.get(net, 0)
+            touched |= {d for d in (old, domain) if d}
+            if old == domain and self.classified.get(net, ()) == classified:
                 continue
             if domain:
                 self.domains[net] = domain
+                self.classified[net] = classified
             else:
                 self.domains.pop(net, None)
+                self.classified.pop(net, None)
             for mpid in mirror.net_ports.get(net, ()):
                 port = mirror.ports.get(mpid)
                 groups = set(port.groups) if port is not None else set()
@@ -177,6 +208,9 @@ class SecurityGroupService:
                 holder = inputs.bindings.holder(mpid)
                 if holder is not None:
                     units.add((holder, PORT, mpid))
+        for domain in touched:
+            units |= {(h, DOMAIN, domain) for h, fw in self.firewalls.items()
+                      if fw.dom_ports.get(domain)}  # fmt: skip
         return units
 
     def _drop(self, host_id: str) -> None:
@@ -193,6 +227,8 @@ class SecurityGroupService:
             return GROUP if mirror.port_by_num(num) is not None else None
         if part == "network":
             return GROUP if num in mirror.by_key else None
+        if part == "domain":
+            return GROUP if mirror.port_by_num(num) is not None else None
         return GROUP if num in mirror.rule_keys else None
 
     def forget(self, unit: Unit) -> None:
@@ -209,6 +245,7 @@ class SecurityGroupService:
 
     def work(self, units: Collection[Unit], inputs: Inputs) -> Iterator[tuple[Unit, Any]]:
         self.memo = {}
+        self.scope_memo = {}
         by_host: dict[str, list[tuple[Hashable, ...]]] = {}
         for unit in units:
             by_host.setdefault(str(unit.scope[0]), []).append(unit.scope[1:])
@@ -238,8 +275,9 @@ class SecurityGroupService:
             fw = self._rebuild(host_id, inputs, step)
         else:
             fw = self.firewalls[host_id]
-            fw.memo = self.memo
+            fw.memo, fw.scope_memo = self.memo, self.scope_memo
             had_ports = bool(fw.local)
+            fw.touched_domains.update(int(str(i[1])) for i in items if i[0] == DOMAIN)
             for rid in sorted(str(i[1]) for i in items if i[0] == RULE):
                 fw.sync_rule(rid, mirror)
             for pid in sorted(str(i[1]) for i in items if i[0] == PORT):
@@ -253,10 +291,14 @@ class SecurityGroupService:
                 step.want(host_id, owner, GROUP, fw.port_slice(pid, mirror))
             for key in sorted(fw.touched_nets):
                 step.want(host_id, t.sg_net_cookie(key), GROUP, fw.net_slice(key))
+            for domain in sorted(fw.touched_domains):
+                step.want(host_id, t.sg_domain_cookie(domain), GROUP,
+                          fw.domain_slice(domain, mirror))  # fmt: skip
             _flush_zones(step, fw, {o: _zone(fw, p) for p, o in fw.touched_ports.items()}, rt)
         fw.index.touched.clear()
         fw.touched_ports.clear()
         fw.touched_nets.clear()
+        fw.touched_domains.clear()
         self.firewalls[host_id] = fw
 
     def _rebuild(self, host_id: str, inputs: Inputs, step: Step) -> HostFirewall:
@@ -266,8 +308,8 @@ class SecurityGroupService:
         rt = inputs.hosts[host_id]
         assert rt.obs is not None and rt.installed is not None
         self.firewalls.pop(host_id, None)
-        fw = HostFirewall(host_id, self.domains)
-        fw.memo = self.memo
+        fw = HostFirewall(host_id, self.domains, self.classified)
+        fw.memo, fw.scope_memo = self.memo, self.scope_memo
         # by (ofport, port id): the port each ofport keeps comes first, nothing is undone
         for pid, _ofport in sorted(rt.obs.bindings.items(), key=lambda b: (b[1], b[0])):
             fw.sync_local(pid, inputs)
@@ -276,6 +318,8 @@ class SecurityGroupService:
             desired[t.sg_port_cookie(num)] = fw.port_slice(pid, inputs.mirror)
         for key in fw.net_domains:
             desired[t.sg_net_cookie(key)] = fw.net_slice(key)
+        for domain in fw.dom_ports:
+            desired[t.sg_domain_cookie(domain)] = fw.domain_slice(domain, inputs.mirror)
         if fw.local:
             desired[STATIC] = self._static(fw)
         # every port owner the switch holds (also one no object claims any more: a port

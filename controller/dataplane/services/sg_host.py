@@ -5,8 +5,9 @@ derive, in the shape that lets one port or one rule be patched in or out at its 
 
 * the host's filtered ports (held, plugged, admin up, port security on, one per ofport: the
   smallest port id, as `flows.compiler` picks among duplicates) and, per group, which of them
-  are in it and in which scopes (`group_nets`: network keys, and L3 domains of routed networks,
-  `flows.security_groups.scopes_of`);
+  are in it and in which scopes (`group_nets`: network keys, or L3 domains of routed networks,
+  `flows.security_groups.scope_of`), and per L3 domain how many of them are in it (`dom_ports`:
+  the domain's scope flows are on the host while it has one);
 * the rules applied on the host (those of the known groups its filtered ports are in), and by
   remote group the applied rules naming it (`remote_rules`);
 * the merged conjunctive flows as contributions (`flows.sg_clauses.ClauseIndex`): each applied
@@ -30,7 +31,7 @@ and then a rebuild (`HostFirewall` from scratch, every held port synced) is the 
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from controller.dataplane.state import Mirror, PortRec, SgRuleRec
 from flows import security_groups as sg
@@ -45,18 +46,42 @@ if TYPE_CHECKING:
 Entry = tuple[int, int, int, Match, Conjunction]
 """A clause-3 contribution: (scope, owner cookie, table, match, conjunction action)."""
 
+T = TypeVar("T")
+
 MemberFacts = tuple[str, int, tuple[tuple[int, tuple[Entry, ...]], ...]]
 """A member's contributions to one rule, on any host: (its network id, its L3 domain, per scope
 its entries)."""
 
 
 def _scopes(fp: sg.FilteredPort) -> tuple[int, ...]:
-    """Where the port's rules apply and its addresses are matched
-    (`flows.security_groups.scopes_of`)."""
-    return sg.scopes_of(fp.network_key, fp.domain)
+    """Where the port's rules apply and its addresses are relevant
+    (`flows.security_groups.scope_of`)."""
+    return (sg.scope_of(fp.network_key, fp.domain),)
 
 
-def _difference(before: list[Entry], after: list[Entry]) -> tuple[list[Entry], list[Entry]]:
+Classified = dict[int, tuple[str, ...]]
+"""An L3 domain's classified subnets: network key -> CIDRs
+(`flows.security_groups.classified_subnets`)."""
+
+
+def classify_domain(mirror: Mirror, network_id: str) -> tuple[int, Classified]:
+    """The L3 domain of a network and its classified subnets ({} for a network on no router).
+    O(the domain's networks and subnets)."""
+    domain = mirror.domain_of(network_id)
+    if not domain:
+        return 0, {}
+    subnets = []
+    for net in mirror.routed_component(network_id)[0]:
+        key = mirror.key_of(net)
+        if key is not None:
+            for sid in mirror.net_subnets.get(net, ()):
+                subnet = mirror.subnets.get(sid)
+                if subnet is not None:
+                    subnets.append((key, subnet.dhcp.cidr))
+    return domain, sg.classified_subnets(subnets)
+
+
+def _difference(before: list[T], after: list[T]) -> tuple[list[T], list[T]]:
     """What to take back and what to add to go from contributions ``before`` to ``after``, as
     multisets (an address that is both a fixed IP and a pair contributes twice)."""
     had, has = set(before), set(after)
@@ -68,9 +93,11 @@ def _difference(before: list[Entry], after: list[Entry]) -> tuple[list[Entry], l
     return list(gone.elements()), list(came.elements())
 
 
-def filtered_port(port: PortRec, mirror: Mirror, ofport: int) -> sg.FilteredPort:
+def filtered_port(
+    port: PortRec, mirror: Mirror, ofport: int, classified: Classified | None = None
+) -> sg.FilteredPort:
     """A port as `flows.security_groups` compiles it (``ofport`` 0: a remote group's member);
-    its network is known."""
+    its network is known.  ``classified``: its L3 domain's classified subnets, if routed."""
     network_key = mirror.key_of(port.network_id)
     assert network_key is not None
     return sg.FilteredPort(
@@ -82,6 +109,7 @@ def filtered_port(port: PortRec, mirror: Mirror, ofport: int) -> sg.FilteredPort
         allowed_pairs=port.pairs,
         groups=port.groups,
         domain=mirror.domain_of(port.network_id),
+        subnets=(classified or {}).get(network_key, ()),
     )
 
 
@@ -89,11 +117,18 @@ class HostFirewall:
     """See the module docstring.  ``visited``: member and port records read so far (what the
     complexity tests count)."""
 
-    def __init__(self, host_id: str, domains: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        host_id: str,
+        domains: dict[str, int] | None = None,
+        classified: dict[str, tuple[str, ...]] | None = None,
+    ) -> None:
         self.host_id = host_id
         # network id -> the L3 domain its ports were last scoped with here (routed networks
-        # only), shared by the service's firewalls: what an interface change compares with
+        # only), and its classified subnets then, shared by the service's firewalls: what an
+        # interface or subnet change compares with
         self.domains: dict[str, int] = {} if domains is None else domains
+        self.classified_nets: dict[str, tuple[str, ...]] = {} if classified is None else classified
         self.index = ClauseIndex()
         self.local: dict[str, tuple[int, sg.FilteredPort]] = {}  # port id -> (num, as compiled)
         self.chosen: dict[int, str] = {}  # ofport -> the local port on it
@@ -109,6 +144,10 @@ class HostFirewall:
         self.touched_ports: dict[str, int] = {}  # port id -> its port owner, to re-plan
         self.net_domains: dict[int, Counter[int]] = {}  # routed key -> domain -> local ports
         self.touched_nets: set[int] = set()  # network keys whose entries to re-plan
+        self.dom_ports: Counter[int] = Counter()  # L3 domain -> local filtered ports in it
+        self.touched_domains: set[int] = set()  # L3 domains whose scope flows to re-plan
+        # the service's step memo of domains' classified subnets (`classified`), None: none
+        self.scope_memo: dict[int, Classified] | None = None
         self.visited = 0
         # the service's step memo of members' contributions (`_member_facts`), None: none
         self.memo: dict[tuple[str, str], tuple[SgRuleRec, MemberFacts | None]] | None = None
@@ -139,17 +178,22 @@ class HostFirewall:
         if ofport is None or min(self.at_ofport[ofport]) != pid:
             return None
         fp = filtered_port(mirror.ports[pid], mirror, ofport)
-        self._scoped(mirror.ports[pid].network_id, fp.domain)
+        self._scoped(mirror.ports[pid].network_id, fp.domain, mirror)
         return mirror.ports[pid].num, fp
 
-    def _scoped(self, network_id: str, domain: int) -> None:
-        """A port of the network was scoped with ``domain``: recorded, so that an interface
-        change that moves the network to another domain re-scopes it, also after a restart
-        (a firewall rebuilt from a mirror in which the network was already routed)."""
+    def _scoped(self, network_id: str, domain: int, mirror: Mirror) -> None:
+        """A port of the network was scoped with ``domain``: recorded, with the network's
+        classified subnets, so that an interface or subnet change that moves either re-scopes
+        it, also after a restart (a firewall rebuilt from a mirror in which the network was
+        already routed)."""
         if domain:
             self.domains[network_id] = domain
+            key = mirror.key_of(network_id)
+            subnets = self.classified(network_id, mirror).get(key, ()) if key is not None else ()
+            self.classified_nets[network_id] = subnets
         else:
             self.domains.pop(network_id, None)
+            self.classified_nets.pop(network_id, None)
 
     def sync_local(self, pid: str, inputs: Inputs) -> None:
         """The port's record, holder or ofport changed: is it (still) filtered here, and as
@@ -206,6 +250,12 @@ class HostFirewall:
         re-planned when its first port comes, its last goes or its domain moves."""
         counts = self.net_domains.setdefault(key, Counter())
         counts[domain] += step
+        self.dom_ports[domain] += step
+        if self.dom_ports[domain] <= 0:
+            del self.dom_ports[domain]
+            self.touched_domains.add(domain)
+        elif step > 0 and self.dom_ports[domain] == 1:
+            self.touched_domains.add(domain)
         if counts[domain] <= 0:
             del counts[domain]
             self.touched_nets.add(key)
@@ -221,6 +271,31 @@ class HostFirewall:
         if not domains:
             return Slice()
         return Slice(rules=sg.network_entries(key, min(domains), t.sg_net_cookie(key)))
+
+    def classified(self, network_id: str, mirror: Mirror) -> Classified:
+        """The classified subnets of the network's L3 domain (`classify_domain`), once per
+        step and domain when the service shares its step memo."""
+        memo = self.scope_memo
+        domain = mirror.domain_of(network_id)
+        if not domain:
+            return {}
+        if memo is not None and domain in memo:
+            return memo[domain]
+        out = classify_domain(mirror, network_id)[1]
+        if memo is not None:
+            memo[domain] = out
+        return out
+
+    def domain_slice(self, domain: int, mirror: Mirror) -> Slice:
+        """The L3 domain's scope flows on the host: there while it has a filtered port in the
+        domain (`flows.security_groups.domain_rules`)."""
+        if not self.dom_ports.get(domain):
+            return Slice()
+        iface = mirror.port_by_num(domain)  # the domain is its smallest interface's number
+        if iface is None or mirror.domain_of(iface.network_id) != domain:
+            return Slice()
+        classified = tuple(sorted(self.classified(iface.network_id, mirror).items()))
+        return Slice(rules=sg.domain_rules(domain, classified, t.sg_domain_cookie(domain)))
 
     def _join(self, gid: str, net: int, pid: str, mirror: Mirror) -> None:
         first = gid not in self.group_locals
@@ -340,7 +415,7 @@ class HostFirewall:
         network_id, domain, per_scope = facts
         # the member's scope: its network, or its L3 domain if routed (its packets then arrive
         # under any key of the domain); addresses where no local port has the rule never match
-        self._scoped(network_id, domain)
+        self._scoped(network_id, domain, mirror)
         nets = self.group_nets.get(rec.group_id, ())
         return [
             entry
@@ -361,16 +436,12 @@ class HostFirewall:
         facts: MemberFacts | None = None
         port = mirror.ports.get(mpid)
         if port is not None and port.port_security and mirror.key_of(port.network_id) is not None:
-            fp = filtered_port(port, mirror, 0)
+            fp = filtered_port(port, mirror, 0, self.classified(port.network_id, mirror))
             owner = t.sg_member_cookie(port.num)
-            addrs = sg.member_addresses(fp)
-            per_scope = []
-            for scope in _scopes(fp):
-                scoped = (sg.in_scope(a, scope) for a in addrs)
-                entries = sg.member_entries(rec.rule, [a for a in scoped if a is not None])
-                if entries:
-                    per_scope.append((scope, tuple((scope, owner, *entry) for entry in entries)))
-            facts = (port.network_id, fp.domain, tuple(per_scope))
+            entries = sg.member_entries(rec.rule, sg.member_addresses(fp))
+            (scope,) = _scopes(fp)
+            tagged = tuple((scope, owner, *entry) for entry in entries)
+            facts = (port.network_id, fp.domain, ((scope, tagged),) if tagged else ())
         if memo is not None:
             memo[(mpid, rec.id)] = (rec, facts)
         return facts
@@ -416,10 +487,12 @@ class HostFirewall:
         for rid in sorted(old.keys() | new.keys()):
             before, after = old.get(rid, []), new.get(rid, [])
             if before != after:
-                gone, came = _difference(before, after)
-                for _net, owner, table, m, conj in gone:
+                # by contribution, whatever its scope: a member whose network joins or leaves a
+                # router is re-scoped (`_scopes`) but matched the same (by its network's key)
+                gone, came = _difference([e[1:] for e in before], [e[1:] for e in after])
+                for owner, table, m, conj in gone:
                     self.index.remove(owner, table, m, conj)
-                for _net, owner, table, m, conj in came:
+                for owner, table, m, conj in came:
                     self.index.add(owner, table, m, conj)
             if after:
                 self.c3.setdefault(rid, {})[mpid] = after
