@@ -21,6 +21,7 @@ import pytest
 from bench.planner_port_cost import default_group
 from controller.dataplane.planner import Change
 from controller.dataplane.services import sg_host
+from controller.dataplane.services.security_groups import SecurityGroupService
 from controller.dataplane.state import Mirror, NetworkRec, PortRec, RouterRec
 from flows import security_groups as sg
 from flows import tables as t
@@ -191,7 +192,18 @@ def _unroute(w: World) -> None:
 
 def _rebuilt_sends_nothing(w: World) -> None:
     """Every host's switch read again: its firewall rebuilt from scratch (the whole-host
-    compile) finds the switch holding exactly what the incremental steps sent."""
+    compile) finds the switch holding exactly what the incremental steps sent.  Before that,
+    each kept firewall's index of members by rule and scope is what its contributions say
+    (a stale entry would make a scope's take-back miss or leak a member)."""
+    service = w.planner.services["sg"]
+    assert isinstance(service, SecurityGroupService)
+    for fw in service.firewalls.values():
+        derived: dict[tuple[str, int], set[str]] = {}
+        for rid, per_member in fw.c3.items():
+            for mpid, entries in per_member.items():
+                for entry in entries:
+                    derived.setdefault((rid, entry[0]), set()).add(mpid)
+        assert fw.scoped_members == derived, fw.host_id
     for h in HOSTS:
         w.change(Change("switch", h))
     plan = w.step()
@@ -202,9 +214,11 @@ def _rebuilt_sends_nothing(w: World) -> None:
 
 def _domain_matches(w: World, host: str, ip: str) -> list[tuple[tuple[str, object], ...]]:
     """The member address flows on the host that match ``ip`` under an L3 domain."""
+    installed = w.hosts[host].installed
+    assert installed is not None
     return [
         r.match
-        for owner, s in w.hosts[host].installed.items()
+        for owner, s in installed.items()
         if t.owner_kind(owner) == t.OwnerKind.SECURITY_GROUP
         and t.sg_owner_part(owner)[0] == "member"
         for r in s.rules

@@ -141,6 +141,9 @@ class HostFirewall:
         self.remote_rules: dict[str, set[str]] = {}  # remote group -> applied rules naming it
         self.c3: dict[str, dict[str, list[Entry]]] = {}  # rule id -> member port -> entries
         self.member_rules: dict[str, set[str]] = {}  # member port -> rule ids it contributes to
+        # (rule id, scope) -> member ports with a contribution in that scope: what a rule that
+        # stops applying in one scope takes back, without a pass over all its members
+        self.scoped_members: dict[tuple[str, int], set[str]] = {}
         self.touched_ports: dict[str, int] = {}  # port id -> its port owner, to re-plan
         self.net_domains: dict[int, Counter[int]] = {}  # routed key -> domain -> local ports
         self.touched_nets: set[int] = set()  # network keys whose entries to re-plan
@@ -399,6 +402,7 @@ class HostFirewall:
     def _record_c3(self, mpid: str, rid: str, entries: list[Entry]) -> None:
         self.c3.setdefault(rid, {}).setdefault(mpid, []).extend(entries)
         self.member_rules.setdefault(mpid, set()).add(rid)
+        self._index_scopes(rid, mpid, entries, add=True)
         for _scope, owner, table, m, conj in entries:
             self.index.add(owner, table, m, conj)
 
@@ -446,10 +450,29 @@ class HostFirewall:
             memo[(mpid, rec.id)] = (rec, facts)
         return facts
 
+    def _index_scopes(self, rid: str, mpid: str, entries: list[Entry], add: bool) -> None:
+        """Record (or forget) the scopes of a member's contributions to a rule
+        (`scoped_members`)."""
+        for scope in {e[0] for e in entries}:
+            key = (rid, scope)
+            if add:
+                self.scoped_members.setdefault(key, set()).add(mpid)
+            elif key in self.scoped_members:
+                self.scoped_members[key].discard(mpid)
+                if not self.scoped_members[key]:
+                    del self.scoped_members[key]
+
     def _drop_c3(self, rid: str, only_net: int | None = None) -> None:
-        """Take back clause-3 contributions of a rule (in one network, or all)."""
+        """Take back clause-3 contributions of a rule (in one scope, or all): the members with
+        one in that scope only (`scoped_members`), or every member of the rule."""
         per_member = self.c3.get(rid, {})
-        for mpid in sorted(per_member):
+        if only_net is None:
+            mpids = sorted(per_member)
+            for scope in {e[0] for entries in per_member.values() for e in entries}:
+                self.scoped_members.pop((rid, scope), None)
+        else:
+            mpids = sorted(self.scoped_members.pop((rid, only_net), set()) & per_member.keys())
+        for mpid in mpids:
             entries = per_member[mpid]
             gone = [e for e in entries if only_net is None or e[0] == only_net]
             for _net, owner, table, m, conj in gone:
@@ -473,6 +496,7 @@ class HostFirewall:
         for rid in self.member_rules.pop(mpid, ()):
             per_member = self.c3[rid]
             old[rid] = per_member.pop(mpid)
+            self._index_scopes(rid, mpid, old[rid], add=False)
             if not per_member:
                 del self.c3[rid]
         new: dict[str, list[Entry]] = {}
@@ -497,6 +521,7 @@ class HostFirewall:
             if after:
                 self.c3.setdefault(rid, {})[mpid] = after
                 self.member_rules.setdefault(mpid, set()).add(rid)
+                self._index_scopes(rid, mpid, after, add=True)
 
     # ------------------------------------------------------------------ slices
 
