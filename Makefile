@@ -27,7 +27,7 @@ demo-ha: bootstrap-test
 test: bootstrap-test
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/mypy controller flows
-	@$(VENV)/bin/pytest -q tests
+	@$(VENV)/bin/pytest -q --durations=25 tests
 
 unit: bootstrap-test
 	@$(VENV)/bin/pytest -q tests/unit
