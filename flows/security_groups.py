@@ -44,9 +44,11 @@ in ``reg7/reg8``) ask the domain's scope flows (`domain_rules`: one per subnet o
 overlaps no other network's, `classified_subnets`) which network of the domain holds the address:
 a routed packet arrives under the receiver's key, not the sender's.  So a member's address is one
 flow whether or not its network is on a router, and a network joining a router adds its entries
-and its subnets' scope flows, never a flow per member.  Only an address the subnets cannot place
-(`MemberAddress.fallback`: an allowed pair outside them, a subnet overlapping another's) is also
-matched under the domain (``reg7/reg8 = domain``), as every routed address was before.  A
+and its subnets' scope flows on the hosts that already match its members, not a flow per member
+(a host with only the other networks' ports gains the joining members' addresses: it needs
+them).  Only an address the subnets cannot place (`MemberAddress.fallback`: an allowed pair
+outside them, a subnet overlapping another's) is also matched under the domain (``reg7/reg8 =
+domain``), as every routed address was before.  A
 member joining or leaving changes one clause-3 flow per address and scope per host that uses the
 group. Flows with the same match (the same address in two groups, the same port range in two rules)
 are one flow with several ``conjunction`` actions, kept as contributions in a
@@ -286,7 +288,8 @@ def domain_rules(domain: int, classified: tuple[tuple[int, tuple[str, ...]], ...
     (`classified_subnets`, as sorted items), a packet of the domain whose other end (destination
     on egress, source on ingress) is in the subnet gets its network's key in REG_SG_NET, where
     the remote-group clauses look for it (one flow per subnet and direction, whatever the number
-    of members: a network joining a router adds its subnets' flows, never its members')."""
+    of members: a network joining a router adds its subnets' flows, not its members' where they
+    are matched already)."""
     out = []
     where = _scope_match(0, domain)
     for key, cidrs in classified:

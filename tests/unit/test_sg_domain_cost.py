@@ -175,6 +175,16 @@ def _sg_mods(plan_diffs: dict[str, list], host: str) -> Counter[str]:
     return counts
 
 
+def _give_pair(w: World, pid: str, ip: str) -> PortRec:
+    """The port gets an allowed address pair (its own MAC), planned; its record before."""
+    old = w.mirror.ports[pid]
+    new = dataclasses.replace(old, pairs=((ip, old.mac),))
+    w.mirror.set_port(new.id, new)
+    w.change(Change("port", new.id, old, new))
+    assert not w.step().failed
+    return old
+
+
 def _step_sends(w: World, expected: Counter[str]) -> None:
     """The next step sends each host these security-group flow-mods (by owner part)."""
     plan = w.step()
@@ -233,11 +243,7 @@ def test_a_pair_outside_the_networks_subnets_is_matched_under_the_domain_too() -
     fixed address, inside the subnet, is not.  Leaving the router takes it back; a rebuild
     finds nothing to change either time."""
     w = routed_world(4, lambda n: 3 if n == 0 else 4)
-    old = w.mirror.ports["n0p1"]
-    new = dataclasses.replace(old, pairs=(("192.168.7.7", old.mac),))
-    w.mirror.set_port(new.id, new)
-    w.change(Change("port", new.id, old, new))
-    assert not w.step().failed
+    old = _give_pair(w, "n0p1", "192.168.7.7")
     _interface(w, 900_100, "n0", "s0", "10.0.255.254")
     _step_sends(w, Counter({"+network": 4, "+domain": 2, "+member": 1}))
     for host in HOSTS:
@@ -263,6 +269,14 @@ def test_overlapping_subnets_in_a_domain_are_not_classified() -> None:
     # under the domain: network 1's 4, for the IPv4 rule
     _step_sends(w, Counter({"+network": 4, "+domain": 2, "-domain": 2, "+member": 4}))
     _rebuilt_sends_nothing(w)
+    # the overlapping subnet deleted: network 1's subnet classifies its members again
+    rec = w.mirror.subnets["s0b"]
+    w.mirror.set_subnet("s0b", None)
+    w.change(Change("subnet", "s0b", rec, None))
+    _step_sends(w, Counter({"+domain": 2, "-member": 4}))
+    _rebuilt_sends_nothing(w)
+    _subnet(w, "s0b", "n0", "10.1.0.0/16")
+    _step_sends(w, Counter({"-domain": 2, "+member": 4}))
     _unroute(w)
     assert not w.step().failed
     _rebuilt_sends_nothing(w)
@@ -270,15 +284,31 @@ def test_overlapping_subnets_in_a_domain_are_not_classified() -> None:
         assert not _domain_matches(w, host, "10.1.0.1")
 
 
+def test_a_domain_renumbered_moves_its_fallback_members_and_scope_flows() -> None:
+    """The router's interface with the smallest number removed: the domain takes the next
+    number, so its scope flows and its members' domain flows move to it (network 1, which left,
+    is matched by its key alone again), and a rebuild agrees."""
+    w = routed_world(4, lambda n: 3)
+    _give_pair(w, "n2p1", "192.168.9.9")
+    first = w.mirror.domain_of("n1")
+    port = w.mirror.ports["if900001"]
+    w.mirror.set_port(port.id, None)
+    w.change(Change("port", port.id, port, None))
+    plan = w.step()
+    assert not plan.failed
+    assert w.mirror.domain_of("n2") != first and not w.mirror.domain_of("n1")
+    for host in HOSTS:
+        matches = _domain_matches(w, host, "192.168.9.9")
+        assert [dict(m)[t.REG_SG_DOMAIN] for m in matches] == [w.mirror.domain_of("n2")]
+        assert _sg_mods(plan.diffs, host)["+domain"] == 2 * 2  # networks 2 and 3, renumbered
+    _rebuilt_sends_nothing(w)
+
+
 def test_a_subnet_added_to_a_routed_network_classifies_its_addresses() -> None:
     """A routed network gains a subnet: its scope flows (one per direction) are added on every
     host of the domain, and a member's pair inside it is no longer matched under the domain."""
     w = routed_world(3, lambda n: 3)
-    old = w.mirror.ports["n1p1"]
-    new = dataclasses.replace(old, pairs=(("172.16.5.5", old.mac),))
-    w.mirror.set_port(new.id, new)
-    w.change(Change("port", new.id, old, new))
-    assert not w.step().failed
+    _give_pair(w, "n1p1", "172.16.5.5")
     assert all(len(_domain_matches(w, h, "172.16.5.5")) == 1 for h in HOSTS)
     _subnet(w, "s1b", "n1", "172.16.0.0/16")
     _step_sends(w, Counter({"+domain": 2, "-member": 1}))

@@ -95,7 +95,9 @@ class SecurityGroupService:
         # routed network id -> its classified subnets (`sg_host.classify_domain`) as last
         # planned: a change that moves them re-scopes the network's members
         self.classified: dict[str, tuple[str, ...]] = {}
-        # L3 domain -> its classified subnets, computed in this step (fresh per step)
+        # L3 domain -> its classified subnets, shared by the firewalls and kept until a router
+        # interface or a routed network's subnet changes (nothing else moves them): a port
+        # change in a routed network does not classify its domain again
         self.scope_memo: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ inputs -> units
@@ -136,6 +138,7 @@ class SecurityGroupService:
             rec = change.new or change.old
             assert isinstance(rec, SubnetRec)
             if inputs.mirror.domain_of(rec.network_id):
+                self.scope_memo.clear()
                 units = self._rescope(inputs.mirror.routed_component(rec.network_id)[0], inputs)
         elif kind == "security_group_rule":
             rec = change.new or change.old
@@ -161,6 +164,7 @@ class SecurityGroupService:
         if not ifaces or (old is not None and new is not None and
                           (old.router_id, old.network_id) == (new.router_id, new.network_id)):
             return set()
+        self.scope_memo.clear()
         mirror = inputs.mirror
         # the component(s) now: their union holds every network whose domain may have changed
         nets: set[str] = set()
@@ -186,7 +190,9 @@ class SecurityGroupService:
         for net in sorted(nets):
             domain = mirror.domain_of(net)
             if domain and domain not in by_domain:
-                by_domain[domain] = classify_domain(mirror, net)[1]
+                if domain not in self.scope_memo:
+                    self.scope_memo[domain] = classify_domain(mirror, net)[1]
+                by_domain[domain] = self.scope_memo[domain]
             key = mirror.key_of(net)
             classified = by_domain[domain].get(key, ()) if domain and key is not None else ()
             old = self.domains.get(net, 0)
@@ -245,7 +251,6 @@ class SecurityGroupService:
 
     def work(self, units: Collection[Unit], inputs: Inputs) -> Iterator[tuple[Unit, Any]]:
         self.memo = {}
-        self.scope_memo = {}
         by_host: dict[str, list[tuple[Hashable, ...]]] = {}
         for unit in units:
             by_host.setdefault(str(unit.scope[0]), []).append(unit.scope[1:])

@@ -149,7 +149,7 @@ class HostFirewall:
         self.touched_nets: set[int] = set()  # network keys whose entries to re-plan
         self.dom_ports: Counter[int] = Counter()  # L3 domain -> local filtered ports in it
         self.touched_domains: set[int] = set()  # L3 domains whose scope flows to re-plan
-        # the service's step memo of domains' classified subnets (`classified`), None: none
+        # the service's memo of domains' classified subnets (`classified`), None: none
         self.scope_memo: dict[int, Classified] | None = None
         self.visited = 0
         # the service's step memo of members' contributions (`_member_facts`), None: none
@@ -277,7 +277,8 @@ class HostFirewall:
 
     def classified(self, network_id: str, mirror: Mirror) -> Classified:
         """The classified subnets of the network's L3 domain (`classify_domain`), once per
-        step and domain when the service shares its step memo."""
+        domain until an interface or a routed subnet changes when the service shares its memo
+        (`SecurityGroupService.scope_memo`)."""
         memo = self.scope_memo
         domain = mirror.domain_of(network_id)
         if not domain:
