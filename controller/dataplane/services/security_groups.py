@@ -185,16 +185,12 @@ class SecurityGroupService:
         subnets + the re-scoped networks' ports)."""
         mirror = inputs.mirror
         units: set[tuple[Hashable, ...]] = set()
-        by_domain: dict[int, dict[int, tuple[str, ...]]] = {}
         touched: set[int] = set()
         for net in sorted(nets):
             domain = mirror.domain_of(net)
-            if domain and domain not in by_domain:
-                if domain not in self.scope_memo:
-                    self.scope_memo[domain] = classify_domain(mirror, net)[1]
-                by_domain[domain] = self.scope_memo[domain]
             key = mirror.key_of(net)
-            classified = by_domain[domain].get(key, ()) if domain and key is not None else ()
+            classified = (classify_domain(mirror, net, self.scope_memo).get(key, ())
+                          if key is not None else ())  # fmt: skip
             old = self.domains.get(net, 0)
             touched |= {d for d in (old, domain) if d}
             if old == domain and self.classified.get(net, ()) == classified:

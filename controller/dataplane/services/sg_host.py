@@ -64,12 +64,17 @@ Classified = dict[int, tuple[str, ...]]
 (`flows.security_groups.classified_subnets`)."""
 
 
-def classify_domain(mirror: Mirror, network_id: str) -> tuple[int, Classified]:
-    """The L3 domain of a network and its classified subnets ({} for a network on no router).
-    O(the domain's networks and subnets)."""
+def classify_domain(
+    mirror: Mirror, network_id: str, memo: dict[int, Classified] | None = None
+) -> Classified:
+    """The classified subnets of the network's L3 domain ({} for a network on no router):
+    O(the domain's networks and subnets), or a lookup in ``memo`` (by domain), which keeps
+    what it computes."""
     domain = mirror.domain_of(network_id)
     if not domain:
-        return 0, {}
+        return {}
+    if memo is not None and domain in memo:
+        return memo[domain]
     subnets = []
     for net in mirror.routed_component(network_id)[0]:
         key = mirror.key_of(net)
@@ -78,7 +83,10 @@ def classify_domain(mirror: Mirror, network_id: str) -> tuple[int, Classified]:
                 subnet = mirror.subnets.get(sid)
                 if subnet is not None:
                     subnets.append((key, subnet.dhcp.cidr))
-    return domain, sg.classified_subnets(subnets)
+    out = sg.classified_subnets(subnets)
+    if memo is not None:
+        memo[domain] = out
+    return out
 
 
 def _difference(before: list[T], after: list[T]) -> tuple[list[T], list[T]]:
@@ -279,16 +287,7 @@ class HostFirewall:
         """The classified subnets of the network's L3 domain (`classify_domain`), once per
         domain until an interface or a routed subnet changes when the service shares its memo
         (`SecurityGroupService.scope_memo`)."""
-        memo = self.scope_memo
-        domain = mirror.domain_of(network_id)
-        if not domain:
-            return {}
-        if memo is not None and domain in memo:
-            return memo[domain]
-        out = classify_domain(mirror, network_id)[1]
-        if memo is not None:
-            memo[domain] = out
-        return out
+        return classify_domain(mirror, network_id, self.scope_memo)
 
     def domain_slice(self, domain: int, mirror: Mirror) -> Slice:
         """The L3 domain's scope flows on the host: there while it has a filtered port in the
