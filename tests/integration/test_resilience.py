@@ -327,7 +327,8 @@ def test_management_partition(cloud: Cloud) -> None:
     The port made meanwhile is plugged on hv3, not on hv1 where the ping runs: plugging any
     interface into a userspace-datapath bridge can drop a tunnelled packet of that same host
     in OVS 3.1 (an OVS race, reproduced without tenantnet by `lab/ovs_plug_race.py`: README,
-    Resilience), which cost this test 1 echo in ~6 full-suite runs."""
+    Resilience), which cost this test 1 echo in ~6 full-suite runs.  The cut itself leaves hv2's
+    link up (`Lab.cut_mgmt`): taking it down was such a link event on hv2, and cost 1 echo."""
     a1 = cloud.vms["a1"]
     ping = a1.ping_background("10.62.0.12", interval=0.01)
     cloud.lab.cut_mgmt(2)
