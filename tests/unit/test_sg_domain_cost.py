@@ -131,12 +131,13 @@ def test_removing_the_interface_deletes_the_domain_flows_only() -> None:
 def test_a_members_clauses_are_computed_once_per_step_not_once_per_host(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Every host of the interface add matches network 0's members under the domain: what
-    each member contributes to each of the default group's two remote-group rules is the same
-    on every host, so it is computed once in the step (the sg service's step memo) and each
-    host only keeps the scopes it applies the rule in.  A later step sees the mirror as it is
-    then: a member readdressed after is matched by its new address on every host, its old one
-    gone (nothing of the earlier step's memo is reused)."""
+    """An interface add computes no member's addresses: network 0's members are matched the
+    same (by its key) before and after, their contributions only move to the domain's scope on
+    each host (`HostFirewall.begin_rescope`; before: twice per member, once per remote-group
+    rule, in every add).  A member readdressed after is: what it contributes to each of the
+    default group's two remote-group rules is the same on every host, so it is computed once
+    in the step (the sg service's step memo), not once per host, and it is matched by its new
+    address on every host, its old one gone (nothing of the earlier step's memo is reused)."""
     w = routed_world(4, lambda n: 3 if n == 0 else 4)
     built: Counter[str] = Counter()
     real = sg_host.filtered_port
@@ -151,7 +152,7 @@ def test_a_members_clauses_are_computed_once_per_step_not_once_per_host(
     monkeypatch.setattr(sg_host, "filtered_port", counted)
     _interface(w, 900_100, "n0", "s0", "10.0.255.254")
     assert not w.step().failed
-    assert built == Counter({"n0p1": 2, "n0p2": 2, "n0p3": 2}), built
+    assert built == Counter(), built
 
     old = w.mirror.ports["n0p2"]
     new = dataclasses.replace(old, fixed_ips=("10.0.0.77",), subnet_ips=(("s0", "10.0.0.77"),))
@@ -159,6 +160,7 @@ def test_a_members_clauses_are_computed_once_per_step_not_once_per_host(
     w.change(Change("port", new.id, old, new))
     plan = w.step()
     assert not plan.failed
+    assert built == Counter({"n0p2": 2}), built
     owner = t.sg_member_cookie(new.num)
     for host in HOSTS:
         text = repr(w.hosts[host].installed[owner])
@@ -214,6 +216,7 @@ def _rebuilt_sends_nothing(w: World) -> None:
                 for entry in entries:
                     derived.setdefault((rid, entry[0]), set()).add(mpid)
         assert fw.scoped_members == derived, fw.host_id
+        assert not fw.pending and not fw.rescoping, fw.host_id
     for h in HOSTS:
         w.change(Change("switch", h))
     plan = w.step()
@@ -234,6 +237,41 @@ def _domain_matches(w: World, host: str, ip: str) -> list[tuple[tuple[str, objec
         for r in s.rules
         if ("ipv4_src", ip) in r.match and t.REG_SG_DOMAIN in dict(r.match)
     ]
+
+
+@pytest.mark.parametrize(
+    ("networks", "ports", "added"),
+    [
+        # network 0's one member is on hv2: hv1 and hv3 hold the group's ports in networks 1-3
+        # only, so its address comes to them with the interface (and goes with it)
+        (4, lambda n: 1 if n == 0 else 3, {"hv1": 1, "hv2": 0, "hv3": 1}),
+        # the router's first interface: the domain is new on every host
+        (1, lambda n: 3, {"hv1": 0, "hv2": 0, "hv3": 0}),
+        # a domain whose other network has no port: new on every host too
+        (2, lambda n: 0 if n else 3, {"hv1": 0, "hv2": 0, "hv3": 0}),
+    ],
+)
+def test_a_rescoped_network_gains_and_loses_its_members_where_the_scope_does(
+    networks: int, ports: Callable[[int], int], added: dict[str, int]
+) -> None:
+    """The re-tagging of an interface change (`HostFirewall.begin_rescope`) against what the
+    rules' scopes call for: a host where the group had no port in the joining network gains
+    its members' addresses, one where the domain is new keeps them, and removing the interface
+    takes back exactly what came; each step agrees with a rebuild, and each host's index of
+    members by rule and scope with its contributions."""
+    w = routed_world(networks, ports)
+    _interface(w, 900_100, "n0", "s0", "10.0.255.254")
+    plan = w.step()
+    assert not plan.failed
+    for host in HOSTS:
+        assert _sg_mods(plan.diffs, host)["+member"] == added[host], host
+    _rebuilt_sends_nothing(w)
+    _unroute(w)
+    plan = w.step()
+    assert not plan.failed
+    for host in HOSTS:
+        assert _sg_mods(plan.diffs, host)["-member"] == added[host], host
+    _rebuilt_sends_nothing(w)
 
 
 def test_a_pair_outside_the_networks_subnets_is_matched_under_the_domain_too() -> None:

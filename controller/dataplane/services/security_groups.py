@@ -14,9 +14,13 @@ change still costs O(1) flow-mods and CPU").  Units, all per host:
 * ``(host, "port", port id)``: the port's record, holder or ofport changed; planned on its
   holder (its own filter), on the hosts where it was filtered, and on the hosts whose applied
   rules name one of its old or new groups as ``remote_group_id`` (its address clauses there);
-  a router interface added or removed makes such a unit of every port of the networks whose
-  L3 domain it changed (usually just its own network), on the ports' holders and on the hosts
-  whose applied rules name one of the port's groups;
+* ``(host, "local", port id)`` and ``(host, "net", network id)``: a router interface added or
+  removed re-scopes the networks whose L3 domain it changed (usually just its own network):
+  each port's own filter on its holder, and on each host whose applied rules name one of the
+  network's groups its members' address clauses, moved to the new scope as they are (they
+  match the network's key either way; `SecurityGroupService._rescope`), or, for a member with
+  allowed address pairs or a network with subnets its domain cannot classify, as a "port"
+  unit of the member (its addresses computed again);
 * ``(host, "rule", rule id)``: a rule created or deleted, on the hosts using its group;
 * ``(host,)``: rebuild the host's firewall from scratch: its switch was (re)read, a group's
   record changed there, or an earlier step failed (the kept firewall is then dropped).
@@ -61,6 +65,8 @@ from collections.abc import Collection, Hashable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
+import netaddr
+
 from controller.dataplane.planner import EMPTY, Change, Inputs, Step, Unit
 from controller.dataplane.services.sg_host import HostFirewall, classify_domain
 from controller.dataplane.state import PortRec, SgRuleRec, SubnetRec
@@ -72,6 +78,7 @@ GROUP = "sg"
 STATIC = t.sg_host_cookie(t.SG_STATIC_NUM)
 SHARED = t.sg_host_cookie(t.SG_SHARED_NUM)  # the layout before per-rule/member owners (gone)
 PORT, RULE, DOMAIN = "port", "rule", "domain"
+LOCAL, NET = "local", "net"  # a port's own filter only; a re-scoped network's members
 
 
 class SecurityGroupService:
@@ -139,7 +146,8 @@ class SecurityGroupService:
             assert isinstance(rec, SubnetRec)
             if inputs.mirror.domain_of(rec.network_id):
                 self.scope_memo.clear()
-                units = self._rescope(inputs.mirror.routed_component(rec.network_id)[0], inputs)
+                nets = inputs.mirror.routed_component(rec.network_id)[0]
+                units = self._rescope(nets, inputs, retag=False)
         elif kind == "security_group_rule":
             rec = change.new or change.old
             assert isinstance(rec, SgRuleRec)
@@ -176,13 +184,22 @@ class SecurityGroupService:
                     nets |= mirror.routed_component(seed)[0]
         return self._rescope(nets, inputs)
 
-    def _rescope(self, nets: set[str], inputs: Inputs) -> set[tuple[Hashable, ...]]:
+    def _rescope(
+        self, nets: set[str], inputs: Inputs, retag: bool = True
+    ) -> set[tuple[Hashable, ...]]:
         """The networks ``nets`` (whole L3 domains, or networks that left one) may have changed
         domain or classified subnets (`sg_host.classify_domain`): re-plan the scope flows of
         their old and new domains on the hosts that have them, and re-scope the member ports
         of the networks whose domain or classified subnets moved (a network joining a router
         without overlapping another's subnets: just its own).  O(the domains' networks and
-        subnets + the re-scoped networks' ports)."""
+        subnets + the re-scoped networks' ports).
+
+        Re-scoped on its ports' holders (their own filters, ``LOCAL``) and, for its members'
+        addresses, with one ``NET`` unit per host (`HostFirewall.begin_rescope`: re-tagged,
+        not computed again) when ``retag`` (an interface change, not a subnet's) and its
+        classified subnets hold all of its subnets before and after (no address of a fixed IP
+        is matched under the domain, `flows.security_groups.MemberAddress.fallback`); a member
+        with allowed address pairs, or every member otherwise, is synced whole (``PORT``)."""
         mirror = inputs.mirror
         units: set[tuple[Hashable, ...]] = set()
         touched: set[int] = set()
@@ -193,8 +210,14 @@ class SecurityGroupService:
                           if key is not None else ())  # fmt: skip
             old = self.domains.get(net, 0)
             touched |= {d for d in (old, domain) if d}
-            if old == domain and self.classified.get(net, ()) == classified:
+            old_classified = self.classified.get(net, ())
+            if old == domain and old_classified == classified:
                 continue
+            fast = (
+                retag
+                and _holds_all(mirror, net, old, old_classified)
+                and _holds_all(mirror, net, domain, classified)
+            )
             if domain:
                 self.domains[net] = domain
                 self.classified[net] = classified
@@ -204,12 +227,15 @@ class SecurityGroupService:
             for mpid in mirror.net_ports.get(net, ()):
                 port = mirror.ports.get(mpid)
                 groups = set(port.groups) if port is not None else set()
-                units |= {(h, PORT, mpid) for h, fw in self.firewalls.items()
-                          if mpid in fw.member_rules or mpid in fw.eligible
-                          or any(g in fw.remote_rules for g in groups)}  # fmt: skip
+                whole = not fast or (port is not None and bool(port.pairs))
+                for h, fw in self.firewalls.items():
+                    if mpid in fw.member_rules or any(g in fw.remote_rules for g in groups):
+                        units.add((h, PORT, mpid) if whole else (h, NET, net))
+                    if mpid in fw.eligible:
+                        units.add((h, PORT if whole else LOCAL, mpid))
                 holder = inputs.bindings.holder(mpid)
                 if holder is not None:
-                    units.add((holder, PORT, mpid))
+                    units.add((holder, PORT if whole else LOCAL, mpid))
         for domain in touched:
             units |= {(h, DOMAIN, domain) for h, fw in self.firewalls.items()
                       if fw.dom_ports.get(domain)}  # fmt: skip
@@ -279,10 +305,19 @@ class SecurityGroupService:
             fw.memo, fw.scope_memo = self.memo, self.scope_memo
             had_ports = bool(fw.local)
             fw.touched_domains.update(int(str(i[1])) for i in items if i[0] == DOMAIN)
+            rescoped = sorted(str(i[1]) for i in items if i[0] == NET)
+            for net in rescoped:
+                fw.begin_rescope(net, mirror)
             for rid in sorted(str(i[1]) for i in items if i[0] == RULE):
                 fw.sync_rule(rid, mirror)
-            for pid in sorted(str(i[1]) for i in items if i[0] == PORT):
+            members = sorted(str(i[1]) for i in items if i[0] == PORT)
+            for pid in sorted({*members, *(str(i[1]) for i in items if i[0] == LOCAL)}):
                 fw.sync_local(pid, inputs)
+            for net in rescoped:
+                fw.end_rescope(net, mirror)
+            for pid in members:
+                fw.sync_member(pid, mirror)
+            for pid in sorted(fw.pending):  # none: `end_rescope` took them all
                 fw.sync_member(pid, mirror)
             if bool(fw.local) != had_ports:
                 step.want(host_id, STATIC, GROUP, self._static(fw))
@@ -338,6 +373,19 @@ class SecurityGroupService:
     def _static(fw: HostFirewall) -> Slice:
         """The host's skeleton: there as long as it has a filtered port."""
         return Slice(rules=sg.static_rules(STATIC)) if fw.local else EMPTY
+
+
+def _holds_all(mirror: Any, network_id: str, domain: int, classified: tuple[str, ...]) -> bool:
+    """Whether a network on no router (``domain`` 0), or one whose ``classified`` subnets hold
+    every subnet it has, matches none of its fixed IPs under the domain."""
+    if not domain:
+        return True
+    have = set(classified)
+    return all(
+        str(netaddr.IPNetwork(sub.dhcp.cidr).cidr) in have
+        for sid in mirror.net_subnets.get(network_id, ())
+        if (sub := mirror.subnets.get(sid)) is not None
+    )
 
 
 def _is_port_owner(owner: int) -> bool:

@@ -159,6 +159,12 @@ class HostFirewall:
         self.touched_domains: set[int] = set()  # L3 domains whose scope flows to re-plan
         # the service's memo of domains' classified subnets (`classified`), None: none
         self.scope_memo: dict[int, Classified] | None = None
+        # members of networks being re-scoped in this step (`begin_rescope`): their
+        # contributions are out of `scoped_members` and left alone until `end_rescope`
+        self.pending: set[str] = set()
+        # re-scoped network id -> the applied remote-group rules that applied in its old scope
+        # (`begin_rescope`): a member that contributed nothing to one had nothing to give
+        self.rescoping: dict[str, set[str]] = {}
         self.visited = 0
         # the service's step memo of members' contributions (`_member_facts`), None: none
         self.memo: dict[tuple[str, str], tuple[SgRuleRec, MemberFacts | None]] | None = None
@@ -395,6 +401,8 @@ class HostFirewall:
             self._contribute(mpid, rid, mirror, only_net)
 
     def _contribute(self, mpid: str, rid: str, mirror: Mirror, only_net: int | None) -> None:
+        if mpid in self.pending:
+            return  # `end_rescope` decides for it, once the local ports have moved
         entries = self._member_entries(mpid, rid, mirror, only_net)
         if entries:
             self._record_c3(mpid, rid, entries)
@@ -492,6 +500,7 @@ class HostFirewall:
         """The port's record changed: its addresses in the remote-group clauses of this host,
         as it is now against what it contributed: only the difference is taken back or added,
         so an owner whose clauses stay the same is not re-planned."""
+        self.pending.discard(mpid)  # recomputed whole: a member like any other from here on
         old: dict[str, list[Entry]] = {}
         for rid in self.member_rules.pop(mpid, ()):
             per_member = self.c3[rid]
@@ -522,6 +531,81 @@ class HostFirewall:
                 self.c3.setdefault(rid, {})[mpid] = after
                 self.member_rules.setdefault(mpid, set()).add(rid)
                 self._index_scopes(rid, mpid, after, add=True)
+
+    # ------------------------------------------------------------------ re-scoped networks
+
+    def begin_rescope(self, network_id: str, mirror: Mirror) -> None:
+        """The network's L3 domain changed (a router interface came, went or renumbered the
+        domain) and its classified subnets hold every one of its subnets before and after
+        (the service's `SecurityGroupService._rescope`): its members' addresses are matched
+        the same (by their network's key, no fallback), only the scope they count in moves.
+        Before the local ports move: the members' contributions leave the (rule, scope) index
+        and are left alone (`pending`) by the rules that start or stop applying in a scope on
+        the way, so nothing is taken back and added again.  O(the network's ports + the
+        remote-group rules applied here)."""
+        old: int | None = None  # the scope the members were matched in, if they or local
+        for mpid in mirror.net_ports.get(network_id, ()):  # ports of the network say which
+            local = self.local.get(mpid)
+            if local is not None:
+                (old,) = _scopes(local[1])
+            rules = self.member_rules.get(mpid)
+            if rules is None:
+                continue
+            self.pending.add(mpid)
+            for rid in rules:
+                entries = self.c3[rid][mpid]
+                old = entries[0][0]
+                self._index_scopes(rid, mpid, entries, add=False)
+        self.rescoping[network_id] = {
+            rid for rids in self.remote_rules.values() for rid in rids
+            if old is not None and self._applies(rid, old)
+        }  # fmt: skip
+
+    def end_rescope(self, network_id: str, mirror: Mirror) -> None:
+        """After the local ports moved (`begin_rescope`): each pending member's contribution to
+        a rule is re-tagged with the network's new scope where the rule applies there and taken
+        back where it does not; a member of a group a rule names that had none gains its
+        addresses where the rule now applies.  O(the network's ports x their groups' rules
+        here), and no member's addresses are computed again unless it gains some."""
+        key = mirror.key_of(network_id)
+        domain = mirror.domain_of(network_id)
+        self._scoped(network_id, domain, mirror)
+        scope = sg.scope_of(key, domain) if key is not None else None
+        applied_before = self.rescoping.pop(network_id, set())
+        for mpid in sorted(mirror.net_ports.get(network_id, ())):
+            if mpid in self.pending:
+                self.pending.discard(mpid)
+                for rid in sorted(self.member_rules.get(mpid, ())):
+                    self._retag(mpid, rid, scope)
+            port = mirror.ports.get(mpid)
+            if port is None or scope is None:
+                continue
+            for gid in dict.fromkeys(port.groups):
+                for rid in sorted(self.remote_rules.get(gid, set()) - applied_before):
+                    if mpid not in self.c3.get(rid, {}) and self._applies(rid, scope):
+                        self._contribute(mpid, rid, mirror, scope)
+
+    def _applies(self, rid: str, scope: int) -> bool:
+        """Whether applied rule ``rid`` has a local port in ``scope`` (its members count there)."""
+        return scope in self.group_nets.get(self.applied[rid].group_id, ())
+
+    def _retag(self, mpid: str, rid: str, scope: int | None) -> None:
+        per_member = self.c3[rid]
+        entries = per_member[mpid]
+        if scope is not None and self._applies(rid, scope):
+            after = [(scope, *e[1:]) for e in entries]
+            per_member[mpid] = after
+            self._index_scopes(rid, mpid, after, add=True)
+            return
+        for _scope, owner, table, m, conj in entries:
+            self.index.remove(owner, table, m, conj)
+        del per_member[mpid]
+        if not per_member:
+            del self.c3[rid]
+        rules = self.member_rules[mpid]
+        rules.discard(rid)
+        if not rules:
+            del self.member_rules[mpid]
 
     # ------------------------------------------------------------------ slices
 
