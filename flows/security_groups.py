@@ -259,6 +259,12 @@ def _inside(ip: str, cidrs: tuple[str, ...]) -> bool:
     return any(addr.version == c.version and addr in c for c in map(netaddr.IPNetwork, cidrs))
 
 
+def classified_form(cidr: str) -> str:
+    """A subnet's CIDR as `classified_subnets` lists it (its network address, netaddr's
+    spelling): what a caller compares with its lists."""
+    return str(netaddr.IPNetwork(cidr).cidr)
+
+
 def classified_subnets(subnets: Iterable[tuple[int, str]]) -> dict[int, tuple[str, ...]]:
     """Of an L3 domain's subnets (network key, CIDR), those its scope flows classify: per
     network key, sorted, each CIDR that overlaps no other network's (an address there is in one

@@ -65,11 +65,9 @@ from collections.abc import Collection, Hashable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
-import netaddr
-
 from controller.dataplane.planner import EMPTY, Change, Inputs, Step, Unit
 from controller.dataplane.services.sg_host import HostFirewall, classify_domain
-from controller.dataplane.state import PortRec, SgRuleRec, SubnetRec
+from controller.dataplane.state import Mirror, PortRec, SgRuleRec, SubnetRec
 from flows import security_groups as sg
 from flows import tables as t
 from flows.model import Slice
@@ -375,14 +373,14 @@ class SecurityGroupService:
         return Slice(rules=sg.static_rules(STATIC)) if fw.local else EMPTY
 
 
-def _holds_all(mirror: Any, network_id: str, domain: int, classified: tuple[str, ...]) -> bool:
+def _holds_all(mirror: Mirror, network_id: str, domain: int, classified: tuple[str, ...]) -> bool:
     """Whether a network on no router (``domain`` 0), or one whose ``classified`` subnets hold
     every subnet it has, matches none of its fixed IPs under the domain."""
     if not domain:
         return True
     have = set(classified)
     return all(
-        str(netaddr.IPNetwork(sub.dhcp.cidr).cidr) in have
+        sg.classified_form(sub.dhcp.cidr) in have
         for sid in mirror.net_subnets.get(network_id, ())
         if (sub := mirror.subnets.get(sid)) is not None
     )

@@ -481,20 +481,27 @@ class HostFirewall:
         else:
             mpids = sorted(self.scoped_members.pop((rid, only_net), set()) & per_member.keys())
         for mpid in mpids:
-            entries = per_member[mpid]
-            gone = [e for e in entries if only_net is None or e[0] == only_net]
-            for _net, owner, table, m, conj in gone:
-                self.index.remove(owner, table, m, conj)
-            if len(gone) == len(entries):
-                del per_member[mpid]
-                rules = self.member_rules[mpid]
-                rules.discard(rid)
-                if not rules:
-                    del self.member_rules[mpid]
-            else:
-                per_member[mpid] = [e for e in entries if e[0] != only_net]
+            self._take_back(rid, mpid, only_net)
+
+    def _take_back(self, rid: str, mpid: str, only_net: int | None = None) -> None:
+        """Take a member's contribution to a rule out of the index (its entries in scope
+        ``only_net``, or all of them) and forget the contribution once nothing of it is left.
+        The caller keeps `scoped_members` (it knows which scopes it empties)."""
+        per_member = self.c3[rid]
+        entries = per_member[mpid]
+        gone = [e for e in entries if only_net is None or e[0] == only_net]
+        for _scope, owner, table, m, conj in gone:
+            self.index.remove(owner, table, m, conj)
+        if len(gone) < len(entries):
+            per_member[mpid] = [e for e in entries if e[0] != only_net]
+            return
+        del per_member[mpid]
         if not per_member:
-            self.c3.pop(rid, None)
+            del self.c3[rid]
+        rules = self.member_rules[mpid]
+        rules.discard(rid)
+        if not rules:
+            del self.member_rules[mpid]
 
     def sync_member(self, mpid: str, mirror: Mirror) -> None:
         """The port's record changed: its addresses in the remote-group clauses of this host,
@@ -590,22 +597,15 @@ class HostFirewall:
         return scope in self.group_nets.get(self.applied[rid].group_id, ())
 
     def _retag(self, mpid: str, rid: str, scope: int | None) -> None:
-        per_member = self.c3[rid]
-        entries = per_member[mpid]
+        """A pending member's contribution to a rule, in the network's new ``scope``: re-tagged
+        where the rule applies there, else taken back."""
         if scope is not None and self._applies(rid, scope):
-            after = [(scope, *e[1:]) for e in entries]
+            per_member = self.c3[rid]
+            after = [(scope, *e[1:]) for e in per_member[mpid]]
             per_member[mpid] = after
             self._index_scopes(rid, mpid, after, add=True)
-            return
-        for _scope, owner, table, m, conj in entries:
-            self.index.remove(owner, table, m, conj)
-        del per_member[mpid]
-        if not per_member:
-            del self.c3[rid]
-        rules = self.member_rules[mpid]
-        rules.discard(rid)
-        if not rules:
-            del self.member_rules[mpid]
+        else:
+            self._take_back(rid, mpid)
 
     # ------------------------------------------------------------------ slices
 
