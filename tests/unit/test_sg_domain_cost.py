@@ -128,17 +128,9 @@ def test_removing_the_interface_deletes_the_domain_flows_only() -> None:
         assert sent[host] == Counter({"-network": 4, "-domain": 2}), (host, sent[host])
 
 
-def test_a_members_clauses_are_computed_once_per_step_not_once_per_host(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """An interface add computes no member's addresses: network 0's members are matched the
-    same (by its key) before and after, their contributions only move to the domain's scope on
-    each host (`HostFirewall.begin_rescope`; before: twice per member, once per remote-group
-    rule, in every add).  A member readdressed after is: what it contributes to each of the
-    default group's two remote-group rules is the same on every host, so it is computed once
-    in the step (the sg service's step memo), not once per host, and it is matched by its new
-    address on every host, its old one gone (nothing of the earlier step's memo is reused)."""
-    w = routed_world(4, lambda n: 3 if n == 0 else 4)
+def _count_member_builds(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """From now on, how many times each port's member addresses are computed (not a local
+    port's own filter), by port id."""
     built: Counter[str] = Counter()
     real = sg_host.filtered_port
 
@@ -150,6 +142,21 @@ def test_a_members_clauses_are_computed_once_per_step_not_once_per_host(
         return real(port, mirror, ofport, classified)
 
     monkeypatch.setattr(sg_host, "filtered_port", counted)
+    return built
+
+
+def test_a_members_clauses_are_computed_once_per_step_not_once_per_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An interface add computes no member's addresses: network 0's members are matched the
+    same (by its key) before and after, their contributions only move to the domain's scope on
+    each host (`HostFirewall.begin_rescope`; before: twice per member, once per remote-group
+    rule, in every add).  A member readdressed after is: what it contributes to each of the
+    default group's two remote-group rules is the same on every host, so it is computed once
+    in the step (the sg service's step memo), not once per host, and it is matched by its new
+    address on every host, its old one gone (nothing of the earlier step's memo is reused)."""
+    w = routed_world(4, lambda n: 3 if n == 0 else 4)
+    built = _count_member_builds(monkeypatch)
     _interface(w, 900_100, "n0", "s0", "10.0.255.254")
     assert not w.step().failed
     assert built == Counter(), built
@@ -351,4 +358,28 @@ def test_a_subnet_added_to_a_routed_network_classifies_its_addresses() -> None:
     _subnet(w, "s1b", "n1", "172.16.0.0/16")
     _step_sends(w, Counter({"+domain": 2, "-member": 1}))
     assert not any(_domain_matches(w, h, "172.16.5.5") for h in HOSTS)
+    _rebuilt_sends_nothing(w)
+
+
+def test_a_subnet_that_comes_or_goes_computes_no_members_addresses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A routed network gains a subnet, then loses it: only its scope flows change on each host
+    (+2, then -2); its members, whose addresses are in its other subnet, keep their flows and
+    none of their addresses is computed again (the subnet holds none: a port gets one later,
+    a subnet with one cannot be deleted), while before every member of the network was
+    synced whole on every host; a rebuild agrees after each step.  A subnet that overlaps
+    another network's still syncs that network's members whole (the overlap test above)."""
+    w = routed_world(3, lambda n: 4)
+    built = _count_member_builds(monkeypatch)
+    _subnet(w, "s1b", "n1", "172.16.0.0/16")
+    _step_sends(w, Counter({"+domain": 2}))
+    assert built == Counter(), built
+    _rebuilt_sends_nothing(w)
+    built.clear()
+    rec = w.mirror.subnets["s1b"]
+    w.mirror.set_subnet("s1b", None)
+    w.change(Change("subnet", "s1b", rec, None))
+    _step_sends(w, Counter({"-domain": 2}))
+    assert built == Counter(), built
     _rebuilt_sends_nothing(w)

@@ -145,7 +145,11 @@ class SecurityGroupService:
             if inputs.mirror.domain_of(rec.network_id):
                 self.scope_memo.clear()
                 nets = inputs.mirror.routed_component(rec.network_id)[0]
-                units = self._rescope(nets, inputs, retag=False)
+                # a subnet that comes or goes holds no port's address (a port gets one later;
+                # a subnet with one cannot be deleted, 409 SubnetInUse), so whether it is
+                # classified changes no member's flows
+                empty = rec.id if change.old is None or change.new is None else None
+                units = self._rescope(nets, inputs, empty_subnet=empty)
         elif kind == "security_group_rule":
             rec = change.new or change.old
             assert isinstance(rec, SgRuleRec)
@@ -183,7 +187,7 @@ class SecurityGroupService:
         return self._rescope(nets, inputs)
 
     def _rescope(
-        self, nets: set[str], inputs: Inputs, retag: bool = True
+        self, nets: set[str], inputs: Inputs, empty_subnet: str | None = None
     ) -> set[tuple[Hashable, ...]]:
         """The networks ``nets`` (whole L3 domains, or networks that left one) may have changed
         domain or classified subnets (`sg_host.classify_domain`): re-plan the scope flows of
@@ -194,10 +198,11 @@ class SecurityGroupService:
 
         Re-scoped on its ports' holders (their own filters, ``LOCAL``) and, for its members'
         addresses, with one ``NET`` unit per host (`HostFirewall.begin_rescope`: re-tagged,
-        not computed again) when ``retag`` (an interface change, not a subnet's) and its
-        classified subnets hold all of its subnets before and after (no address of a fixed IP
-        is matched under the domain, `flows.security_groups.MemberAddress.fallback`); a member
-        with allowed address pairs, or every member otherwise, is synced whole (``PORT``)."""
+        not computed again) when its classified subnets hold all of its subnets, but
+        ``empty_subnet`` (one no port has an address in), before and after (no address of a
+        fixed IP is matched under the domain, `flows.security_groups.MemberAddress.fallback`);
+        a member with allowed address pairs, or every member otherwise, is synced whole
+        (``PORT``)."""
         mirror = inputs.mirror
         units: set[tuple[Hashable, ...]] = set()
         touched: set[int] = set()
@@ -211,10 +216,8 @@ class SecurityGroupService:
             old_classified = self.classified.get(net, ())
             if old == domain and old_classified == classified:
                 continue
-            fast = (
-                retag
-                and _holds_all(mirror, net, old, old_classified)
-                and _holds_all(mirror, net, domain, classified)
+            fast = _holds_all(mirror, net, old, old_classified, empty_subnet) and _holds_all(
+                mirror, net, domain, classified, empty_subnet
             )
             if domain:
                 self.domains[net] = domain
@@ -373,16 +376,23 @@ class SecurityGroupService:
         return Slice(rules=sg.static_rules(STATIC)) if fw.local else EMPTY
 
 
-def _holds_all(mirror: Mirror, network_id: str, domain: int, classified: tuple[str, ...]) -> bool:
+def _holds_all(
+    mirror: Mirror,
+    network_id: str,
+    domain: int,
+    classified: tuple[str, ...],
+    empty_subnet: str | None = None,
+) -> bool:
     """Whether a network on no router (``domain`` 0), or one whose ``classified`` subnets hold
-    every subnet it has, matches none of its fixed IPs under the domain."""
+    every subnet it has (but ``empty_subnet``, where no port has an address), matches none of
+    its fixed IPs under the domain."""
     if not domain:
         return True
     have = set(classified)
     return all(
         sg.classified_form(sub.dhcp.cidr) in have
         for sid in mirror.net_subnets.get(network_id, ())
-        if (sub := mirror.subnets.get(sid)) is not None
+        if sid != empty_subnet and (sub := mirror.subnets.get(sid)) is not None
     )
 
 
