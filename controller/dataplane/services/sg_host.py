@@ -53,10 +53,10 @@ MemberFacts = tuple[str, int, tuple[tuple[int, tuple[Entry, ...]], ...]]
 its entries)."""
 
 
-def _scopes(fp: sg.FilteredPort) -> tuple[int, ...]:
+def _scope(fp: sg.FilteredPort) -> int:
     """Where the port's rules apply and its addresses are relevant
     (`flows.security_groups.scope_of`)."""
-    return (sg.scope_of(fp.network_key, fp.domain),)
+    return sg.scope_of(fp.network_key, fp.domain)
 
 
 Classified = dict[int, tuple[str, ...]]
@@ -248,8 +248,8 @@ class HostFirewall:
         for fp, step in ((old[1] if old else None, -1), (new[1] if new else None, 1)):
             if fp is not None and fp.domain:
                 self._count_domain(fp.network_key, fp.domain, step)
-        before = {(g, s) for g in old[1].groups for s in _scopes(old[1])} if old else set()
-        after = {(g, s) for g in new[1].groups for s in _scopes(new[1])} if new else set()
+        before = {(g, _scope(old[1])) for g in old[1].groups} if old else set()
+        after = {(g, _scope(new[1])) for g in new[1].groups} if new else set()
         for gid, net in sorted(after - before):  # joins first: no group empties on the way
             self._join(gid, net, pid, mirror)
         stays = {g for g, _ in after}  # a port re-scoped (its network routed) stays in its groups
@@ -451,7 +451,7 @@ class HostFirewall:
             fp = filtered_port(port, mirror, 0, self.classified(port.network_id, mirror))
             owner = t.sg_member_cookie(port.num)
             entries = sg.member_entries(rec.rule, sg.member_addresses(fp))
-            (scope,) = _scopes(fp)
+            scope = _scope(fp)
             tagged = tuple((scope, owner, *entry) for entry in entries)
             facts = (port.network_id, fp.domain, ((scope, tagged),) if tagged else ())
         if memo is not None:
@@ -528,7 +528,7 @@ class HostFirewall:
             before, after = old.get(rid, []), new.get(rid, [])
             if before != after:
                 # by contribution, whatever its scope: a member whose network joins or leaves a
-                # router is re-scoped (`_scopes`) but matched the same (by its network's key)
+                # router is re-scoped (`_scope`) but matched the same (by its network's key)
                 gone, came = _difference([e[1:] for e in before], [e[1:] for e in after])
                 for owner, table, m, conj in gone:
                     self.index.remove(owner, table, m, conj)
@@ -554,7 +554,7 @@ class HostFirewall:
         for mpid in mirror.net_ports.get(network_id, ()):  # ports of the network say which
             local = self.local.get(mpid)
             if local is not None:
-                (old,) = _scopes(local[1])
+                old = _scope(local[1])
             rules = self.member_rules.get(mpid)
             if rules is None:
                 continue
