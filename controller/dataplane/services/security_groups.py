@@ -66,7 +66,12 @@ from functools import partial
 from typing import Any
 
 from controller.dataplane.planner import EMPTY, Change, Inputs, Step, Unit
-from controller.dataplane.services.sg_host import HostFirewall, classify_domain
+from controller.dataplane.services.sg_host import (
+    Classified,
+    HostFirewall,
+    MemberFacts,
+    classify_domain,
+)
 from controller.dataplane.state import Mirror, PortRec, SgRuleRec, SubnetRec
 from flows import security_groups as sg
 from flows import tables as t
@@ -96,14 +101,14 @@ class SecurityGroupService:
         self.domains: dict[str, int] = {}
         # members' contributions computed in this step, shared by its hosts' firewalls
         # (`HostFirewall._member_facts`): a fresh one per step, the mirror is fixed within one
-        self.memo: dict[tuple[str, str], Any] = {}
+        self.memo: dict[tuple[str, str], tuple[SgRuleRec, MemberFacts | None]] = {}
         # routed network id -> its classified subnets (`sg_host.classify_domain`) as last
         # planned: a change that moves them re-scopes the network's members
         self.classified: dict[str, tuple[str, ...]] = {}
         # L3 domain -> its classified subnets, shared by the firewalls and kept until a router
         # interface or a routed network's subnet changes (nothing else moves them): a port
         # change in a routed network does not classify its domain again
-        self.scope_memo: dict[int, Any] = {}
+        self.scope_memo: dict[int, Classified] = {}
 
     # ------------------------------------------------------------------ inputs -> units
 
