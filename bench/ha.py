@@ -8,6 +8,8 @@ each (fresh lab, H hosts):
 * latency: ``lat`` new ports one after the other, VM pre-plugged (`bench.scenario.latency`:
   create -> ready, first ping, the POST alone for tenantnet);
 * bulk: ``P`` pre-plugged ports at once (`bench.scenario.bulk`);
+* after both systems' runs, the latency again with both clustered systems up, creates
+  alternated between them (`alternated_latency`, ``lat_alternated`` ports each);
 * on the clustered systems only, two failovers while vm1 (hv1) pings vm2 (hv2) every 10 ms:
   ``control``: kill -9 of what computes hv1's state (tenantnet: the instance owning hv1; OVN:
   the active ovn-northd), ``store``: kill -9 of the store's Raft leader (etcd's; OVN: the NB
@@ -20,12 +22,22 @@ each (fresh lab, H hosts):
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
 
 from bench.common import HA_TN_LAB, log
-from bench.scenario import _Ping, bulk, fresh_system, latency, setup_base
+from bench.scenario import (
+    _Ping,
+    bulk,
+    fresh_system,
+    latency,
+    latency_record,
+    one_port_latency,
+    plug_latency_vms,
+    setup_base,
+)
 from bench.sut_ha import EtcdTenantnetSystem
 from bench.sut_tenantnet import TenantnetSystem
 from lab.hypervisors import Vm
@@ -85,6 +97,42 @@ def failover(system: Any, vms: list[Vm], kind: str, vm: Vm, timeout: float = 60
     time.sleep(0.5)
     out.update(rec, **ping.stop())
     log(f"{system.name} failover ({kind}): {out}")
+    return out
+
+
+def alternated_latency(systems: dict[str, Any], sc: dict[str, Any],
+                       measure: Any = one_port_latency) -> dict[str, dict[str, Any]]:
+    """The latency with every clustered system up at once (``systems``: name -> a system not
+    started yet, each on a fresh lab of its own): ``lat_alternated`` ports per system, one
+    port per system per round and the system that goes first alternating round by round
+    (ABBA).  Measured one system after the other, OVN clustered's median moved from 25.5 to
+    35.4 ms between two runs minutes apart (2026-12-03), more than the ratio's margin:
+    alternated, each pair of creates meets the same moment of the machine.  A system that
+    fails gets ``error`` (the others' figures stand)."""
+    n = sc["lat_alternated"]
+    out: dict[str, dict[str, Any]] = {name: latency_record() for name in systems}
+    with contextlib.ExitStack() as stack:
+        plugged: dict[str, tuple[Any, Vm, list[Vm]]] = {}
+        for name, system in systems.items():
+            try:
+                stack.enter_context(fresh_system(system, sc))
+                vms = setup_base(system, sc["N"])
+                plugged[name] = (system, vms[0], plug_latency_vms(system, vms, n))
+            except Exception as exc:
+                out[name]["error"] = repr(exc)
+        names = list(plugged)
+        for r in range(n):
+            for name in names if r % 2 == 0 else names[::-1]:
+                system, vm1, lat = plugged[name]
+                if "error" in out[name]:
+                    continue
+                try:
+                    measure(system, vm1, lat[r], out[name])
+                except Exception as exc:
+                    out[name]["error"] = repr(exc)
+    for name, res in out.items():
+        log(f"{name} port create -> ready, alternated: {res['ready_ms']} ms "
+            f"{res.get('error', '')}")
     return out
 
 

@@ -534,9 +534,7 @@ def routing_rows(results: dict[str, Any]) -> list[Row]:
         rows.append(row)
         row = Row(sec, "add_router_interface -> first routed ping reply, adds alternated with "
                   "the other system's, median", "ms",
-                  **_pair(raw, name, lambda r: None if "if_add_alternated" not in r
-                          or r["if_add_alternated"].get("error") else
-                          _every(r["if_add_alternated"]["ping_ms"], median)))
+                  **_pair(raw, name, _alternated("if_add_alternated", "ping_ms")))
         row.target = _ovn_ratio_target(row, "<= 0.5x OVN", 0.5, "<=")
         row.note = (f"{sc.get('if_adds_alternated', 0)} rounds per run after both systems' "
                     "measures above, both labs up: in each round one add per system, the "
@@ -625,6 +623,8 @@ def ha_rows(results: dict[str, Any]) -> list[Row]:
             rows.append(Row(sec, "  the same on tenantnet's SQLite store (1 instance)", unit,
                             digits=digits, tenantnet=_agg(raw, name, "tenantnet", sqlite(fn)),
                             ovn=_agg(raw, name, "ovn", fn)))
+            if label.startswith("port create -> ready, median"):
+                rows.append(_alternated_ready_row(sec, raw, name, sc))
         for kind, what in (("control", "kill -9 of hv1's controller (tenantnet: its owning "
                                        "instance; OVN: the active northd)"),
                            ("store", "kill -9 of the store's leader (etcd; OVN: NB + SB)")):
@@ -645,6 +645,26 @@ def ha_rows(results: dict[str, Any]) -> list[Row]:
             rows.append(Row(sec, "  longest ping gap", "ms", digits=0,
                             **_pair(raw, name, lambda r, k=key: r[k]["max_gap_ms"])))
     return rows
+
+
+def _alternated(key: str, sub: str):
+    """A run's median of ``run[key][sub]`` from its alternated phase; None (n/a) in results
+    from before that phase, where a system failed in it, or a ping never answered."""
+    return lambda r: (None if key not in r or r[key].get("error") else
+                      _every(r[key][sub], median))
+
+
+def _alternated_ready_row(sec: str, raw: dict[str, Any], name: str, sc: dict[str, Any]) -> Row:
+    """Port-ready with both clustered systems up, creates alternated (`bench.ha`
+    `alternated_latency`); n/a in results from before it or where a system failed."""
+    row = Row(sec, "port create -> ready, creates alternated with the other system's, median",
+              "ms", digits=1,
+              **_pair(raw, name, _alternated("lat_alternated", "ready_ms")))
+    row.target = _ovn_ratio_target(row, "<= 0.5x OVN", 0.5, "<=")
+    row.note = (f"{sc.get('lat_alternated', 0)} ports per system and run after both systems' "
+                "measures, both labs up: one create per system per round, the system going "
+                "first alternating (ABBA), so both meet the same moment of the machine")
+    return row
 
 
 def _mean(values: list[float]) -> float | None:

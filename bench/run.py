@@ -18,7 +18,7 @@ from typing import Any
 from bench import report
 from bench.common import REPO, loadavg, log, machine_info, versions
 from bench.dhcp_arp import run_dhcp_arp
-from bench.ha import run_ha
+from bench.ha import alternated_latency, run_ha
 from bench.routing import run_routing_systems
 from bench.scenario import dataplane, run_scenario
 from bench.secgroups import run_secgroups
@@ -89,9 +89,9 @@ def ha_plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     three clusters); quick: one run."""
     if args.no_ha or args.smoke:
         return []
-    size: dict[str, Any] = {"H": 3, "P": 150, "N": 3, "lat": 10}
+    size: dict[str, Any] = {"H": 3, "P": 150, "N": 3, "lat": 10, "lat_alternated": 10}
     if args.quick:
-        size.update(P=60, lat=5, runs=1)
+        size.update(P=60, lat=5, lat_alternated=5, runs=1)
     if args.ha_latency_only:
         size["latency_only"] = True
     return [{"name": f"ha-h{size['H']}", "role": "ha", **size}]
@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                         else:
                             raw[s].append(m)
                     continue
+                this_run: dict[str, dict[str, Any]] = {}
                 for s in systems:
                     log(f"=== {sc['name']} (H={sc['H']} P={sc['P']} N={sc['N']}) run "
                         f"{r + 1}/{sc_runs}: {s}")
@@ -259,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                         runner = runners.get(sc["role"], run_scenario)
                         m = runner(make_for.get(sc["role"], make)[s](sc["H"]), sc)
                         raw[s].append(m)
+                        this_run[s] = m
                         if m.get("bulk", {}).get("error"):
                             results["errors"].append({"scenario": sc["name"], "system": s,
                                                       "run": r + 1,
@@ -268,6 +270,16 @@ def main(argv: list[str] | None = None) -> int:
                         results["errors"].append({"scenario": sc["name"], "system": s,
                                                   "run": r + 1, "error": repr(exc),
                                                   "trace": traceback.format_exc()})
+                if sc["role"] == "ha" and sc.get("lat_alternated") and len(this_run) > 1:
+                    log(f"=== {sc['name']} run {r + 1}/{sc_runs}: port creates alternated "
+                        f"between {', '.join(this_run)}")
+                    alt = alternated_latency({s: make_for["ha"][s](sc["H"]) for s in this_run},
+                                             sc)
+                    for s, res in alt.items():
+                        this_run[s]["lat_alternated"] = res
+                        if res.get("error"):
+                            results["errors"].append({"scenario": sc["name"], "system": s,
+                                                      "run": r + 1, "error": res["error"]})
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: writing what was measured so far")

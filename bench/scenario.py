@@ -66,6 +66,21 @@ def setup_base(system: Any, n_networks: int, project_prefix: str | None = None) 
 def latency(system: Any, vms: list[Vm], n: int, tag: str) -> dict[str, list[float]]:
     """``n`` new ports, one after the other, each with its VM already plugged and pinging vm1
     (on hv1) every 5 ms: time to flows confirmed (a) and to the first ping reply (b)."""
+    out = latency_record()
+    for vm in plug_latency_vms(system, vms, n):
+        one_port_latency(system, vms[0], vm, out)
+    log(f"{system.name} {tag}: {n} ports, ready ms {out['ready_ms']}, ping ms {out['ping_ms']}")
+    return out
+
+
+def latency_record() -> dict[str, list[float]]:
+    """What `one_port_latency` appends to, per port."""
+    return {"ready_ms": [], "ping_ms": [], "flow_mods": [], "cpu_ms": [], "api_ms": []}
+
+
+def plug_latency_vms(system: Any, vms: list[Vm], n: int) -> list[Vm]:
+    """``n`` VMs plugged on hv2..hvH in turn (hv1 if alone), each with static neighbours to
+    and from vm1 (``vms[0]``), for ports not created yet; after half a second to settle."""
     lab, vm1 = system.lab, vms[0]
     h = len(lab.hvs)
     lat = []
@@ -78,30 +93,32 @@ def latency(system: Any, vms: list[Vm], n: int, tag: str) -> dict[str, list[floa
         static_neigh(vm1.ns, ip, mac)
         lat.append(vm)
     time.sleep(0.5)
-    out: dict[str, list[float]] = {"ready_ms": [], "ping_ms": [], "flow_mods": [], "cpu_ms": [],
-                                   "api_ms": []}
-    for vm in lat:
-        ping = ping_first_reply(vm.ns, vm1.ip)
-        time.sleep(0.1)
-        fm0 = system.flow_mods_total()
-        cpu0 = system.control_plane_cpu()
-        t0 = time.time()
-        dt = system.create_ports_wait([(0, vm.name, vm.mac, vm.ip)])
-        # CPU in clock ticks (10 ms), so one port's figure is coarse; their mean over the
-        # ports is what the table shows.
-        out["cpu_ms"].append(round((system.control_plane_cpu() - cpu0) * 1000, 1))
-        fm1 = system.flow_mods_total()
-        tr = first_reply_time(ping)
-        out["ready_ms"].append(round(dt * 1000, 2))
-        api_s = getattr(system, "last_api_s", None)  # tenantnet: until the POST was answered
-        if api_s is not None:
-            out["api_ms"].append(round(api_s * 1000, 2))
-        out["ping_ms"].append(round((tr - t0) * 1000, 2) if tr else None)
-        if fm0 is not None and fm1 is not None:
-            out["flow_mods"].append(fm1 - fm0)
-        time.sleep(0.2)
-    log(f"{system.name} {tag}: {n} ports, ready ms {out['ready_ms']}, ping ms {out['ping_ms']}")
-    return out
+    return lat
+
+
+def one_port_latency(system: Any, vm1: Vm, vm: Vm, out: dict[str, list[float]]) -> None:
+    """Create the port of plugged ``vm`` while it pings ``vm1`` every 5 ms: create -> ready,
+    -> first ping reply, the POST alone (tenantnet), flow-mods and control-plane CPU, appended
+    to ``out`` (`latency_record`)."""
+    ping = ping_first_reply(vm.ns, vm1.ip)
+    time.sleep(0.1)
+    fm0 = system.flow_mods_total()
+    cpu0 = system.control_plane_cpu()
+    t0 = time.time()
+    dt = system.create_ports_wait([(0, vm.name, vm.mac, vm.ip)])
+    # CPU in clock ticks (10 ms), so one port's figure is coarse; their mean over the
+    # ports is what the table shows.
+    out["cpu_ms"].append(round((system.control_plane_cpu() - cpu0) * 1000, 1))
+    fm1 = system.flow_mods_total()
+    tr = first_reply_time(ping)
+    out["ready_ms"].append(round(dt * 1000, 2))
+    api_s = getattr(system, "last_api_s", None)  # tenantnet: until the POST was answered
+    if api_s is not None:
+        out["api_ms"].append(round(api_s * 1000, 2))
+    out["ping_ms"].append(round((tr - t0) * 1000, 2) if tr else None)
+    if fm0 is not None and fm1 is not None:
+        out["flow_mods"].append(fm1 - fm0)
+    time.sleep(0.2)
 
 
 def bulk(system: Any, p: int, n_networks: int) -> dict[str, Any]:

@@ -5,8 +5,9 @@ port-ready vs OVN clustered, failover figures per kind)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 
-from bench import report, run
+from bench import ha, report, run
 from bench.sut_ha import OvnClusteredSystem
 
 
@@ -25,9 +26,10 @@ def _ha(args: argparse.Namespace) -> list[dict]:
 def test_plan_full_and_quick_not_smoke():
     (full,) = _ha(_args())
     assert (full["name"], full["H"], full["P"], full["lat"]) == ("ha-h3", 3, 150, 10)
+    assert full["lat_alternated"] == 10
     assert "runs" not in full and "lat_before" not in full and "lat_after" not in full
     (quick,) = _ha(_args(quick=True))
-    assert (quick["P"], quick["runs"]) == (60, 1)
+    assert (quick["P"], quick["runs"], quick["lat_alternated"]) == (60, 1, 5)
     assert _ha(_args(smoke=True)) == []  # the smoke bench stays short
     assert _ha(_args(no_ha=True)) == []
     (lat_only,) = _ha(_args(ha_latency_only=True))  # --ha-latency-only: the A/B of port-ready
@@ -75,3 +77,78 @@ def test_ovn_clustered_names_every_member():
     assert ovn.nb_db == "unix:/c/nb0.sock,unix:/c/nb1.sock,unix:/c/nb2.sock"
     assert ovn.sb_db.count("unix:/c/sb") == 3
     assert len(OvnClusteredSystem.central_procs) == 8  # 2 northd + 2 x 3 members
+
+
+class _Up:
+    """A clustered system for `ha.alternated_latency`: its start and stop recorded."""
+
+    def __init__(self, name: str, events: list, fail: bool = False) -> None:
+        self.name, self.events, self.fail = name, events, fail
+
+
+def test_alternated_latency_takes_turns_abba_with_both_systems_up(monkeypatch):
+    """Both systems are up (and their VMs plugged) before the first create; then one create
+    per system and round, the first system alternating (ABBA), each on the system's next
+    plugged VM; both are torn down at the end.  A system that fails to start gets its error
+    and the other's figures stand; one failing mid-way keeps what it measured."""
+    events: list = []
+
+    @contextlib.contextmanager
+    def fresh(system, sc):
+        if system.fail:
+            raise RuntimeError(f"{system.name} did not start")
+        events.append(("up", system.name))
+        yield {}
+        events.append(("down", system.name))
+
+    def plug(system, vms, n):
+        events.append(("plugged", system.name, n))
+        return [f"{system.name}-lat{i}" for i in range(1, n + 1)]
+
+    monkeypatch.setattr(ha, "fresh_system", fresh)
+    monkeypatch.setattr(ha, "setup_base", lambda system, n: [f"{system.name}-vm1"])
+    monkeypatch.setattr(ha, "plug_latency_vms", plug)
+
+    def measure(system, vm1, vm, out):
+        assert vm1 == f"{system.name}-vm1"
+        events.append(("create", vm))
+        out["ready_ms"].append(10.0 if system.name == "tn" else 30.0)
+
+    sc = {"lat_alternated": 3, "N": 3}
+    out = ha.alternated_latency({"tn": _Up("tn", events), "ov": _Up("ov", events)}, sc,
+                                measure=measure)
+    assert events == [("up", "tn"), ("plugged", "tn", 3), ("up", "ov"), ("plugged", "ov", 3),
+                      ("create", "tn-lat1"), ("create", "ov-lat1"), ("create", "ov-lat2"),
+                      ("create", "tn-lat2"), ("create", "tn-lat3"), ("create", "ov-lat3"),
+                      ("down", "ov"), ("down", "tn")]
+    assert out["tn"]["ready_ms"] == [10.0] * 3 and out["ov"]["ready_ms"] == [30.0] * 3
+    assert "error" not in out["tn"]
+
+    events.clear()
+    out = ha.alternated_latency({"tn": _Up("tn", events), "ov": _Up("ov", events, fail=True)},
+                                sc, measure=measure)
+    assert out["ov"]["error"].startswith("RuntimeError") and not out["ov"]["ready_ms"]
+    assert out["tn"]["ready_ms"] == [10.0] * 3
+
+
+def test_the_alternated_ready_row_carries_the_target_and_reads_old_results_as_missing():
+    sc = {"name": "ha-h3", "role": "ha", "H": 3, "P": 150, "N": 3, "lat": 10,
+          "lat_alternated": 2}
+    tn, ovn = _run([30, 40], [20], 300, 2.5, 2.6, 0), _run([100, 120], [], 200, 0.1, 0.2, 0)
+    tn["lat_alternated"] = {"ready_ms": [20.0, 24.0]}
+    ovn["lat_alternated"] = {"ready_ms": [50.0, 40.0]}
+    label = "port create -> ready, creates alternated with the other system's, median"
+
+    def row(runs):
+        results = {"params": {"scenarios": [sc]}, "raw": {"ha-h3": runs}}
+        (found,) = [r for r in report.ha_rows(results) if r.label == label]
+        return found
+
+    alt = row({"tenantnet": [tn], "ovn": [ovn]})
+    assert (alt.tenantnet["median"], alt.ovn["median"]) == (22, 45)
+    assert alt.target.result == "PASS"  # 22 / 45 <= 0.5
+    old = row({"tenantnet": [_run([30], [20], 300, 2.5, 2.6, 0)],
+               "ovn": [_run([100], [], 200, 0.1, 0.2, 0)]})
+    assert old.tenantnet is None and old.ovn is None  # results from before: n/a
+    ovn["lat_alternated"]["error"] = "RuntimeError('ovn did not start')"
+    assert row({"tenantnet": [tn], "ovn": [ovn]}).ovn is None
