@@ -490,7 +490,7 @@ class HostFirewall:
         per_member = self.c3[rid]
         entries = per_member[mpid]
         gone = [e for e in entries if only_net is None or e[0] == only_net]
-        for _scope, owner, table, m, conj in gone:
+        for _s, owner, table, m, conj in gone:
             self.index.remove(owner, table, m, conj)
         if len(gone) < len(entries):
             per_member[mpid] = [e for e in entries if e[0] != only_net]
