@@ -201,7 +201,6 @@ def test_removing_a_rule_stops_an_established_stream_and_deleting_a_port_flushes
             delete_group(api, g)
 
 
-
 def test_a_zone_reused_while_the_controller_was_down_is_flushed_before_its_new_port(
     tenancy: Tenancy, dp_env: DataplaneEnv, servers: Servers
 ) -> None:
@@ -209,19 +208,23 @@ def test_a_zone_reused_while_the_controller_was_down_is_flushed_before_its_new_p
     killed; c's interface is unplugged and a new filtered port's VM d is plugged on c's ofport
     (its zone).  The restarted controller finds c's flows on hv2 and none of d's: the zone is
     flushed before d's flows go in, so d does not inherit c's connection, and again right
-    after the diff that removed c's flows: the stream's retransmissions keep coming, and OVS's
-    conntrack takes a mid-stream segment as a new connection, which c's flows committed until
-    they went (CI once caught one in that window when only the first flush was made).  The
-    old controller flushed nothing: c's departure was not an event it saw."""
+    after the diff that removed c's flows, which admitted the stream's retransmissions until
+    then (OVS's conntrack takes a mid-stream segment as a new connection).  The old controller
+    flushed nothing: c's departure was not an event it saw.
+
+    d's group admits no ingress, so any entry of the stream left in the zone is c's: a's
+    retransmissions to c's MAC, no longer bound, are flooded to hv2's ports, and a rule of d's
+    admitting them commits them in d's zone as d's own new connections (CI failed on this test
+    twice while d shared c's group; a lab reproduced it on the first try)."""
     api = dp_env.api
     net = tenancy.network("vxlan", project=PROJECT, cidr="10.0.9.0/24")
-    server_g = create_group(api, "server")
+    server_g, closed_g = create_group(api, "server"), create_group(api, "closed")
     try:
         create_rule(api, server_g, protocol="tcp", port_range_min=STREAM_PORT,
                     port_range_max=STREAM_PORT)  # fmt: skip
         a = tenancy.vm(1, "sga5", net, ip="10.0.9.11")
         c = tenancy.vm(2, "sgc5", net, ip="10.0.9.13", security_groups=[server_g["id"]])
-        d_port = tenancy.port(net, ip="10.0.9.14", security_groups=[server_g["id"]])
+        d_port = tenancy.port(net, ip="10.0.9.14", security_groups=[closed_g["id"]])
         tenancy.wait_active([a, c])
         servers.start(c)
         zone = c.ofport()
@@ -251,6 +254,7 @@ def test_a_zone_reused_while_the_controller_was_down_is_flushed_before_its_new_p
     finally:
         tenancy.cleanup()
         delete_group(api, server_g)
+        delete_group(api, closed_g)
 
 
 def test_kill_9_of_the_controller_leaves_a_filtered_tcp_stream_alone(
