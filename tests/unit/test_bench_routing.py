@@ -91,6 +91,9 @@ def _run(flows, tables, if_ms, pair_ms, dp=None, error=None, fm=None, cpu=(60, 6
     return r
 
 
+FIRST_ADD = "add_router_interface -> first routed ping reply, each run's first add"
+
+
 def test_routing_rows_targets_and_unanswered_pings():
     sc = {"name": "r", "role": "routing", "H": 3, "P": 30, "N": 3, "if_adds": 2,
           "new_pairs": 1, "dataplane": True}
@@ -108,6 +111,9 @@ def test_routing_rows_targets_and_unanswered_pings():
     add = rows["add_router_interface -> first routed ping reply, median"]
     assert add.tenantnet["median"] == 20
     assert add.ovn is None and add.target.result == "n/a"  # one of OVN's pings never answered
+    first = rows[FIRST_ADD]
+    assert first.tenantnet["median"] == 10.0 and first.ovn["median"] == 40.0
+    assert first.ratio == pytest.approx(0.25) and first.target.result == "PASS"
     cpu = rows["control-plane CPU per add_router_interface, until applied"]
     assert cpu.ratio == pytest.approx(300 / 60)
     fm = rows["flow-mods per add_router_interface, all hosts (tenantnet)"]
@@ -120,6 +126,7 @@ def test_routing_rows_targets_and_unanswered_pings():
     results["raw"]["r"]["tenantnet"][0]["if_add"]["error"] = "routed before"
     rows = {r.label: r for r in report.routing_rows(results)}
     assert rows["add_router_interface -> first routed ping reply, median"].tenantnet is None
+    assert rows[FIRST_ADD].tenantnet is None
     # quick without --routing-dataplane: no throughput rows
     sc["dataplane"] = False
     assert not [r for r in report.routing_rows(results) if "throughput" in r.label]
