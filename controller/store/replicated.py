@@ -221,6 +221,9 @@ class EtcdStore(Store):
         # connection under their own lock: a write waiting for etcd holds only those, while
         # reads go on on ``_conn`` under the store lock (WAL: they see the last commit).
         self._writer = threading.RLock()
+        # Per thread: the entry the replica was at when this thread's write transaction ran
+        # (None: none ran yet in this attempt), which is what a refusal was judged on.
+        self._judged_at = threading.local()
         wconn = self._connect()
         assert isinstance(wconn, RecordingConnection)
         self._wconn = wconn
@@ -340,6 +343,7 @@ class EtcdStore(Store):
           it never answers without an acknowledged write.
         """
         with self._writer:
+            self._judged_at.seq = self.applied
             conn = self._wconn
             conn.execute("BEGIN IMMEDIATE")
             conn.recorded = []
@@ -414,6 +418,7 @@ class EtcdStore(Store):
     def _retrying(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a write; while another instance appends first, catch up and run it again."""
         for _ in range(MAX_ATTEMPTS):
+            self._judged_at.seq = None
             try:
                 return method(self, *args, **kwargs)
             except Overtaken:  # the replica has caught up meanwhile: run the write again
@@ -421,18 +426,27 @@ class EtcdStore(Store):
             except StoreError as exc:
                 # A refusal (404, 409, 412 ...) may come from a replica that has not applied
                 # the latest entries yet (the network was just created on another instance):
-                # it stands only if the replica was at the head.  Refusals are rare, so this
-                # quorum read costs nothing on the path that succeeds.
-                if isinstance(exc, StoreUnavailable) or not self._was_behind():
+                # it stands only if the replica was at the head when the write was judged.
+                # Refusals are rare, so this quorum read costs nothing on the path that
+                # succeeds.  One raised before any write transaction ran (a method that reads
+                # first) is judged against the replica's position now, at least the one it
+                # read at.
+                judged_at = self._judged_at.seq
+                if judged_at is None:
+                    judged_at = self.applied
+                if isinstance(exc, StoreUnavailable) or not self._was_behind(judged_at):
                     raise
         raise StoreUnavailable(
             f"The write was overtaken by other instances {MAX_ATTEMPTS} times in a row; retry."
         )
 
-    def _was_behind(self) -> bool:
-        """Whether the cluster has entries this replica had not applied (now applied)."""
+    def _was_behind(self, judged_at: int) -> bool:
+        """Whether the cluster has entries after ``judged_at`` (the replica's position when
+        the refused write ran), now applied.  Compared with that position, not with the
+        replica's current one: the follower may have applied the missing entries between the
+        refusal and this read, which left the refusal judged on a stale state all the same."""
         try:
-            if self._log.head() <= self.applied:
+            if self._log.head() <= judged_at:
                 return False
             self.catch_up()
         except EtcdUnavailable:

@@ -570,6 +570,34 @@ def test_a_write_on_a_lagging_replica_is_judged_on_the_latest_state(
         other.create_port({"network_id": "00000000-0000-4000-8000-000000000000"})
 
 
+def test_a_refusal_from_a_lagging_replica_is_retried_when_it_caught_up_meanwhile(
+    store: EtcdStore, second: tuple[EtcdStore, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The port create is refused on the stale replica (its network not applied yet), and the
+    follower applies the network before the refusal is judged: the replica is at the head by
+    then, but the refusal was computed behind it, so the write runs again (CI once answered
+    this 404 while a member was frozen)."""
+    other, _ = second
+    freeze_follower(other)
+    net_id, _ = make_net_with_subnet(store)
+    real_execute = other._wconn.execute
+    applied_after_refusal = []
+
+    def execute(sql: str, *args: Any) -> Any:
+        result = real_execute(sql, *args)
+        if sql == "ROLLBACK" and not applied_after_refusal:
+            # the refused write is rolled back: the follower, waiting for the writer lock,
+            # applies the missing entries before the refusal is judged
+            applied_after_refusal.extend(other.catch_up())
+        return result
+
+    monkeypatch.setattr(other._wconn, "execute", execute)
+    assert other.create_port({"network_id": net_id})["network_id"] == net_id
+    assert applied_after_refusal  # the race was staged
+    with pytest.raises(NotFound):  # a refusal on the latest state still stands
+        other.create_port({"network_id": "00000000-0000-4000-8000-000000000000"})
+
+
 def test_concurrent_catch_ups_apply_each_entry_once(
     store: EtcdStore, second: tuple[EtcdStore, list[Any]]
 ) -> None:
