@@ -5,10 +5,11 @@ builds a router between two subnets of one project; VMs are network namespaces p
 br-int, with their default route via their subnet's gateway (the router interface's address).
 Packets are routed on the sending hypervisor (`flows.routing`): ping and TCP between subnets on
 one host and across hosts, the gateway answering ARP and ping from flows, TTL decremented and a
-packet with TTL 1 dropped, the path cut by removing an interface, two projects with the same
-CIDRs and their own routers kept apart, security groups applied to routed traffic (egress at
-the sender's port, ingress at the receiver's), and a controller killed with SIGKILL while a
-routed ping runs.
+packet with TTL 1 dropped, the path cut by removing an interface, VMs that resolved their
+gateway to the DHCP server's MAC before the router existed moved to the interface's MAC, two
+projects with the same CIDRs and their own routers kept apart, security groups applied to
+routed traffic (egress at the sender's port, ingress at the receiver's), and a controller
+killed with SIGKILL while a routed ping runs.
 
 Most VMs' groups let in what the tests send by CIDR (``remote_ip_prefix``); one test uses only
 the project's default group (ingress from its members): a member's addresses also count under
@@ -24,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from controller.services.dhcp_records import DEFAULT_SERVER_MAC
 from lab.hypervisors import Vm
 from tests.integration import dataplane_fixtures, sg_probes
 from tests.integration.dataplane_fixtures import DataplaneEnv, Net, Tenancy, wait_for
@@ -246,6 +248,42 @@ def test_removing_an_interface_cuts_the_path(proj: Project, tenancy: Tenancy,
              what="the gratuitous ARP to update c's entry for its gateway")  # fmt: skip
     settle(dp_env)
     assert a.ping(c.ip, count=1, timeout=1).received == 1
+
+
+def test_vms_that_resolved_their_gateway_before_the_router_route_once_it_is_attached(
+    tenancy: Tenancy, groups: list[dict[str, Any]], dp_env: DataplaneEnv
+) -> None:
+    """A cloud's usual order: VMs boot on subnets with DHCP on (Neutron's default) and use
+    their gateway (cloud-init's metadata route, say) before anyone attaches a router.  Until
+    then the gateway address is the DHCP server's identifier, which the ARP responder answers
+    with the server's MAC, so the VMs cache that MAC for their gateway.  Attaching the router
+    must move them to the interface's MAC (the interface's gratuitous ARP) without waiting for
+    their entries to expire (Linux: 15-45 s reachable, then a probe): routed pings then work."""
+    name = "tenant-r6"
+    group = open_group(tenancy.api, name)
+    groups.append(group)
+    n1, n2 = (tenancy.network("vxlan", project=name, cidr=c)
+              for c in ("10.0.21.0/24", "10.0.22.0/24"))  # fmt: skip
+    assert n1.subnet["enable_dhcp"] and n2.subnet["enable_dhcp"]
+    a = tenancy.vm(1, "rd", n1, ip="10.0.21.61", security_groups=[group["id"]])
+    c = tenancy.vm(2, "rd2", n2, ip="10.0.22.62", security_groups=[group["id"]])
+    tenancy.wait_active([a, c])
+    settle(dp_env)
+    server_mac = DEFAULT_SERVER_MAC  # the lab's controllers keep the default
+    for vm, net in ((a, n1), (c, n2)):
+        vm.exec("ip", "route", "add", "default", "via", net.subnet["gateway_ip"])
+        # a routed packet before any router: resolves the gateway, goes nowhere
+        assert vm.ping("10.0.99.1", count=1, timeout=1).received == 0
+        assert gateway_mac(vm, net.subnet["gateway_ip"]) == server_mac
+    router = Router(tenancy, name)
+    macs = {net.id: router.add(net)["mac_address"].lower() for net in (n1, n2)}
+    for vm, net in ((a, n1), (c, n2)):
+        gw = net.subnet["gateway_ip"]
+        wait_for(lambda vm=vm, gw=gw, mac=macs[net.id]: gateway_mac(vm, gw) == mac, timeout=10,
+                 what=f"{vm.name}'s entry for its gateway to take the interface's MAC")  # fmt: skip
+    settle(dp_env)
+    assert a.ping(c.ip, count=3, interval=0.2, timeout=1).received == 3
+    assert c.ping(a.ip, count=1, timeout=1).received == 1
 
 
 def test_extra_route_to_a_vm_acting_as_nexthop(proj: Project, tenancy: Tenancy,
