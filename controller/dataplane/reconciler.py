@@ -76,7 +76,15 @@ from controller.dataplane.planner import (
 )
 from controller.dataplane.services import services as default_services
 from controller.dataplane.services.l2 import L2Service
-from controller.dataplane.state import MIRRORED, RECORDS, HostRec, Mirror, NetworkRec, PortRec
+from controller.dataplane.state import (
+    MIRRORED,
+    RECORDS,
+    HostRec,
+    Mirror,
+    NetworkRec,
+    PortRec,
+    RouterRec,
+)
 from controller.events import ChangeEvent
 from controller.membership import MemberView
 from controller.metrics import Metrics
@@ -483,6 +491,10 @@ class DataPlane:
             if typed is not None:
                 self.mirror.set_record(ev.kind, obj_id, new)
             self._changed(Change(ev.kind, obj_id, old, new))
+            if ev.kind == "router" and garp.router_came_up(
+                _typed(RouterRec, ev.old), _typed(RouterRec, ev.new)
+            ):
+                self._appeared.update(self.mirror.router_ifaces.get(obj_id, ()))
 
     def _rebind(self, port_ids: Iterable[str]) -> None:
         """Apply the binding rules (bindings.py) to these ports: a new holder recompiles the

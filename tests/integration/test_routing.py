@@ -284,6 +284,18 @@ def test_vms_that_resolved_their_gateway_before_the_router_route_once_it_is_atta
     settle(dp_env)
     assert a.ping(c.ip, count=3, interval=0.2, timeout=1).received == 3
     assert c.ping(a.ip, count=1, timeout=1).received == 1
+    # the same when the router was down while a asked again: set up, it is announced again
+    tenancy.api.update("router", router.id, admin_state_up=False)
+    settle(dp_env)
+    gw = n1.subnet["gateway_ip"]
+    a.exec("ip", "neigh", "flush", "dev", "eth0")
+    assert a.ping(c.ip, count=1, timeout=1).received == 0
+    assert gateway_mac(a, gw) == server_mac
+    tenancy.api.update("router", router.id, admin_state_up=True)
+    wait_for(lambda: gateway_mac(a, gw) == macs[n1.id], timeout=10,
+             what="the router set up again to announce its interface to a")  # fmt: skip
+    settle(dp_env)
+    assert a.ping(c.ip, count=2, interval=0.2, timeout=1).received == 2
 
 
 def test_extra_route_to_a_vm_acting_as_nexthop(proj: Project, tenancy: Tenancy,

@@ -567,6 +567,36 @@ def test_an_interface_that_reappears_is_announced_once_to_its_networks_ports(
     assert cloud.switches.packets[before:] == []
 
 
+def test_a_router_set_admin_up_again_announces_its_interfaces_and_a_down_one_nothing(
+    routed: Routed,
+) -> None:
+    """While a router is down its gateways' ARP answers are gone (a VM asking then gets the
+    DHCP server's MAC or nothing), so setting it up again announces every interface to its
+    network's ports; an interface added while the router is down routes nothing and is not
+    announced then."""
+    cloud, store = routed.cloud, routed.cloud.store
+    store.update("router", routed.router, {"admin_state_up": False})
+    cloud.idle()
+    before = len(cloud.switches.packets)
+    store.router_interface(routed.router, {"subnet_id": routed.sub2["id"]}, add=False)
+    cloud.idle()
+    again = routed.interface(routed.net2, routed.sub2)
+    cloud.idle()
+    assert cloud.switches.packets[before:] == []
+    store.update("router", routed.router, {"admin_state_up": True})
+    cloud.idle()
+    gw1 = (routed.if1["mac_address"], "10.0.1.1")
+    gw2 = (again["mac_address"], "10.0.2.1")
+    # v1 (net1) on hv1 (ofport 1); v2 (net2) on hv2 (ofport 1), v3 (net2) on hv1 (ofport 2)
+    assert announced(cloud, before) == sorted(
+        [("hv1", 1, *gw1), ("hv2", 1, *gw2), ("hv1", 2, *gw2)]
+    )
+    before = len(cloud.switches.packets)
+    store.update("router", routed.router, {"admin_state_up": True, "name": "still up"})
+    cloud.idle()
+    assert cloud.switches.packets[before:] == []
+
+
 def test_two_tenants_same_cidrs_own_routers_default_groups_stay_apart(routed: Routed) -> None:
     """Remote-group addresses of routed members are scoped by their network, which each L3
     domain's scope flows name from the address (a routed packet arrives under the receiver's
