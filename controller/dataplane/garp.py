@@ -1,40 +1,49 @@
-"""Gratuitous ARP for a router interface that (re)appears.
+"""Gratuitous ARP for a router interface a host newly answers for.
 
 A VM keeps its gateway's MAC in its ARP cache until the entry goes stale and a probe fails
-(Linux: ~5 s after the last confirmation, then a unicast probe, then broadcast).  When an
-interface is removed and added again it usually comes back with another port, so another MAC:
-until the VM notices, it sends its routed traffic to a MAC no flow routes any more.  So when an
-interface port appears (a new interface, or a port that became one, or one whose MAC or
-address changed, or its router set admin up again) the data plane announces it once: one
+(Linux: 15-45 s after the last confirmation, then ~5 s, then a unicast probe).  Until it
+notices that the MAC changed, it sends its routed traffic to a MAC no flow routes.  That happens
+when an interface is removed and added again (another port, so another MAC), when its router
+was down while the VM asked (no answer then, or, on a subnet with DHCP, the DHCP server's MAC:
+the responder answers the server address, the gateway, while no router holds it), and when a
+VM asked before the router existed at all (the same), or on a host that missed the interface's
+flows while its switch was away.
+
+What all of these have in common is that the host's switch gets the interface's ARP answer
+(`flows.routing`, ``L2_FROM_PORT`` at `flows.routing.PRIO_ARP_GATEWAY`, the interface's owner)
+as a new or changed flow.  So that is the trigger: when a step's diff for a host adds such an
+answer, once that host has confirmed the step (`controller.dataplane.batch.Batch.announce`:
+the interface's flows are in, so a VM that takes the MAC finds it routed) the host sends one
 gratuitous ARP request (sender and target the interface's address, sender MAC its MAC,
-broadcast) out of each port of the interface's network on every host that holds them, sent
-when that host has confirmed the step that installed the interface's flows
-(`controller.dataplane.batch.Batch.announce`), so a VM that takes the new MAC finds it routed.
-Linux updates an existing neighbour entry from such an ARP whatever ``arp_accept`` says (that
+broadcast) out of each of its ports in the interface's network.  A restart or reconnect that
+finds the answers installed sends none; a switch that lost its flows gets them again.  Linux
+updates an existing neighbour entry from such an ARP whatever ``arp_accept`` says (that
 setting governs creating new entries only).
 
-Bounded: one frame per port, once per appearance, at most `MAX_PER_HOST` per host (the rest
-learn the MAC the usual way), as one write per host; no repeats and no flooding through the
-tunnels (each host sends to its own ports).  Frames are built with os-ken's packet library.
+Bounded: one frame per port and answer added, at most `MAX_PER_HOST` per interface and host
+(the rest learn the MAC the usual way), as one write per host; no flooding through the tunnels
+(each host sends to its own ports).  Frames are built with os-ken's packet library.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable
 
-import netaddr
 from os_ken.lib.packet import arp, ethernet, packet
 from os_ken.lib.packet.ether_types import ETH_TYPE_ARP
 
 from controller.dataplane.bindings import Bindings
-from controller.dataplane.state import Mirror, PortRec, RouterRec
+from controller.dataplane.state import Mirror
 from controller.southbound.ovsdb_host import HostObservation
+from flows import tables as t
+from flows.model import Rule
+from flows.routing import PRIO_ARP_GATEWAY
 
 LOG = logging.getLogger(__name__)
 
 MAX_PER_HOST = 512
-"""Gratuitous ARPs one interface's appearance sends on one host (one per local port)."""
+"""Gratuitous ARPs one added answer sends on one host (one per local port of its network)."""
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 UNKNOWN = "00:00:00:00:00:00"
@@ -43,30 +52,20 @@ Frames = list[tuple[int, bytes]]
 """(ofport, frame) pairs for one host's switch."""
 
 
-def appeared(old: PortRec | None, new: PortRec | None) -> bool:
-    """Whether a port event makes a router interface appear to its network's VMs: a new
-    interface, a port that became one, or an interface whose MAC or addresses changed."""
-    if new is None or new.router_id is None:
-        return False
-    return (
-        old is None
-        or old.router_id is None
-        or (old.mac, old.fixed_ips)
-        != (
-            new.mac,
-            new.fixed_ips,
-        )
-    )
-
-
-def router_came_up(old: RouterRec | None, new: RouterRec | None) -> bool:
-    """Whether a router event makes its interfaces route again: set admin up, or its record
-    seen after its interfaces (events reordered).  While a router does not route, its
-    interfaces' ARP answers are gone too, and a VM that asks for its gateway then gets the
-    DHCP server's MAC (the responder answers a DHCP subnet's server address, its gateway,
-    when no router holds it) or nothing; its interfaces are announced again so such VMs
-    move back at once."""
-    return new is not None and new.admin_up and (old is None or not old.admin_up)
+def added_answers(add_rules: Iterable[Rule]) -> list[tuple[int, str]]:
+    """(interface port number, address) of each router interface's ARP answer among a host
+    diff's added rules (new, or replacing an installed one: another MAC, another owner)."""
+    out = []
+    for rule in add_rules:
+        if (
+            rule.table == t.L2_FROM_PORT
+            and rule.priority == PRIO_ARP_GATEWAY
+            and t.owner_kind(rule.cookie) == t.OwnerKind.ROUTER
+        ):
+            tpa = dict(rule.match).get("arp_tpa")
+            if isinstance(tpa, str):
+                out.append((t.owner_num(rule.cookie), tpa))
+    return out
 
 
 def frame(mac: str, ip: str) -> bytes:
@@ -82,30 +81,34 @@ def frame(mac: str, ip: str) -> bytes:
 
 
 def announcements(
-    interface: PortRec,
+    answers: Iterable[tuple[int, str]],
+    host_id: str,
+    obs: HostObservation | None,
     mirror: Mirror,
     bindings: Bindings,
-    observed: Mapping[str, HostObservation | None],
-) -> dict[str, Frames]:
-    """host id -> the gratuitous ARPs for ``interface`` out of each port of its network that
-    the host holds and shows plugged (``observed``: each host's OVSDB, None if not read).  No
-    IPv4 address, or a router down or unknown: nothing (IPv6 neighbours are not announced)."""
-    ips = [ip for ip in interface.fixed_ips if netaddr.valid_ipv4(ip)]
-    router = mirror.routers.get(interface.router_id or "")
-    if not ips or router is None or not router.admin_up:
-        return {}  # a router that routes nothing is not announced (`router_came_up` does)
-    announce = frame(interface.mac, ips[0])
-    out: dict[str, Frames] = {}
-    for pid in sorted(mirror.net_ports.get(interface.network_id, ())):
+) -> Frames:
+    """The gratuitous ARPs one host sends for the interface answers it was given (`added_answers`):
+    out of each port of the interface's network that the host holds and shows plugged
+    (``obs``: its OVSDB, None if not read).  An interface the mirror no longer knows: nothing.
+    O(the host's ports), never the network's: a network may span many hosts."""
+    out: Frames = []
+    if obs is None:
+        return out
+    by_net: dict[str, list[bytes]] = {}
+    for num, ip in answers:
+        interface = mirror.port_by_num(num)
+        if interface is not None and interface.router_id is not None:
+            by_net.setdefault(interface.network_id, []).append(frame(interface.mac, ip))
+    sent: dict[bytes, int] = {}
+    for pid, ofport in sorted(obs.bindings.items()):
         port = mirror.ports.get(pid)
         if port is None or port.router_id is not None or not port.admin_up:
             continue
-        host = bindings.holder(pid)
-        obs = observed.get(host) if host is not None else None
-        ofport = obs.bindings.get(pid) if obs is not None else None
-        if host is None or ofport is None:
+        announce = by_net.get(port.network_id)
+        if not announce or bindings.holder(pid) != host_id:
             continue
-        frames = out.setdefault(host, [])
-        if len(frames) < MAX_PER_HOST:
-            frames.append((ofport, announce))
+        for data in announce:
+            if sent.get(data, 0) < MAX_PER_HOST:
+                sent[data] = sent.get(data, 0) + 1
+                out.append((ofport, data))
     return out

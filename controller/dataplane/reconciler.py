@@ -76,15 +76,7 @@ from controller.dataplane.planner import (
 )
 from controller.dataplane.services import services as default_services
 from controller.dataplane.services.l2 import L2Service
-from controller.dataplane.state import (
-    MIRRORED,
-    RECORDS,
-    HostRec,
-    Mirror,
-    NetworkRec,
-    PortRec,
-    RouterRec,
-)
+from controller.dataplane.state import MIRRORED, RECORDS, HostRec, Mirror, NetworkRec, PortRec
 from controller.events import ChangeEvent
 from controller.membership import MemberView
 from controller.metrics import Metrics
@@ -236,7 +228,6 @@ class DataPlane:
         self._held_since: float | None = None
         self._steps = 0
         self._decided: dict[str, int] = {}  # port -> the latest step that decided its status
-        self._appeared: set[str] = set()  # router interfaces to announce (garp.py)
         # The drift audit (audit.py): every audit_interval_s per host (0: only on request).
         self.audit = Auditor(self, audit_interval_s, audit_read_timeout_s)
 
@@ -468,10 +459,6 @@ class DataPlane:
                 self._follow_recorded_holder(obj_id, old_port, new_port)
                 self._rebind([obj_id])
             self._changed(Change("port", obj_id, old_port, new_port))
-            if garp.appeared(old_port, new_port):
-                self._appeared.add(obj_id)
-            else:
-                self._appeared.discard(obj_id)
         elif ev.kind == "host":
             old_host, new_host = _typed(HostRec, ev.old), _typed(HostRec, ev.new)
             if new_host is None and old_host is not None:
@@ -491,10 +478,6 @@ class DataPlane:
             if typed is not None:
                 self.mirror.set_record(ev.kind, obj_id, new)
             self._changed(Change(ev.kind, obj_id, old, new))
-            if ev.kind == "router" and garp.router_came_up(
-                _typed(RouterRec, ev.old), _typed(RouterRec, ev.new)
-            ):
-                self._appeared.update(self.mirror.router_ifaces.get(obj_id, ()))
 
     def _rebind(self, port_ids: Iterable[str]) -> None:
         """Apply the binding rules (bindings.py) to these ports: a new holder recompiles the
@@ -901,7 +884,9 @@ class DataPlane:
                 for owner, group, after in host_writes:
                     _record(rt, owner, group, after)
                 if host_id in plan.diffs:
-                    self._send(rt, merge_diffs(plan.diffs[host_id]), batch)
+                    diff = merge_diffs(plan.diffs[host_id])
+                    self._send(rt, diff, batch)
+                    self._announce(rt, diff, batch)
             except Exception as exc:  # the re-read plans the flushes after it again
                 self._not_sent(host_id, batch, f"{type(exc).__name__}: {exc}")
             else:
@@ -917,7 +902,6 @@ class DataPlane:
                 LOG.info("planning %s succeeded again", _describe(unit))
         self.stats.networks_compiled += plan.counts.get("networks_compiled", 0)
         self.stats.ports_patched += plan.counts.get("ports_patched", 0)
-        self._announce(batch)
         self._settle(batch)
         self.metrics.reconcile.flushed(plan.diffs)
         sent = self.stats.flow_mods + self.stats.group_mods - sent_before
@@ -933,23 +917,14 @@ class DataPlane:
             )  # fmt: skip
         self._check_reconciled()
 
-    def _announce(self, batch: Batch) -> None:
-        """Gratuitous ARPs for the router interfaces that appeared (garp.py): out of a host
-        once it confirms this step (which installs the interface's flows), at once from a host
-        this step sends nothing."""
-        appeared, self._appeared = self._appeared, set()
-        observed = {h: rt.obs for h, rt in self.hosts.items() if rt.ready and self.owns(h)}
-        for pid in sorted(appeared):
-            port = self.mirror.ports.get(pid)
-            if port is None:
-                continue
-            for host_id, frames in garp.announcements(
-                port, self.mirror, self.bindings, observed
-            ).items():
-                if host_id in batch.waiting:
-                    batch.announce.setdefault(host_id, []).extend(frames)
-                else:
-                    self._send_announcements(host_id, frames)
+    def _announce(self, rt: HostRuntime, diff: FlowDiff, batch: Batch) -> None:
+        """Gratuitous ARPs for the router interfaces whose ARP answer this diff adds to the
+        host (garp.py), sent once the host confirms the step (`_apply_batch_done`)."""
+        answers = garp.added_answers(diff.add_rules)
+        if answers and rt.rec.id in batch.waiting:
+            frames = garp.announcements(answers, rt.rec.id, rt.obs, self.mirror, self.bindings)
+            if frames:
+                batch.announce.setdefault(rt.rec.id, []).extend(frames)
 
     def _send_announcements(self, host_id: str, frames: garp.Frames) -> None:
         rt = self.hosts.get(host_id)

@@ -176,8 +176,28 @@ def test_removing_the_interface_cuts_the_path(routed: Routed) -> None:
 
 def test_restart_sends_nothing(routed: Routed) -> None:
     assert router_rules(routed.cloud, "hv1")
+    before = len(routed.cloud.switches.packets)
     restart(routed.cloud)
     assert routed.cloud.dp.stats.flow_mods == 0 and routed.cloud.dp.stats.group_mods == 0
+    assert routed.cloud.switches.packets[before:] == []  # nor a gratuitous ARP
+
+
+def test_an_interface_the_switches_missed_is_announced_when_they_get_it(routed: Routed) -> None:
+    """The interface re-added (a new MAC) while no controller ran: the switches hold the old
+    interface's flows and get the new ones from the restarted controller's first diff, so its
+    ports hear of the new MAC then, as they would have at the add."""
+    cloud = routed.cloud
+    before = len(cloud.switches.packets)
+    made: dict[str, Any] = {}
+
+    def readd() -> None:
+        cloud.store.router_interface(routed.router, {"subnet_id": routed.sub2["id"]}, add=False)
+        made.update(routed.interface(routed.net2, routed.sub2))
+
+    restart(cloud, while_down=readd)
+    assert made["mac_address"] != routed.if2["mac_address"]
+    gw = (made["mac_address"], "10.0.2.1")
+    assert announced(cloud, before) == [("hv1", 2, *gw), ("hv2", 1, *gw)]
 
 
 def test_routed_port_changes_leave_the_switches_as_a_whole_compile(routed: Routed) -> None:
