@@ -932,7 +932,7 @@ class DataPlane:
             return
         sent = self.switches.packet_outs(rt.dpid, frames)
         LOG.info(
-            "host %s: %d gratuitous ARPs for a router interface %s",
+            "host %s: %d gratuitous ARPs for router interfaces it now answers for %s",
             host_id, len(frames), "sent" if sent else "not sent (switch gone)",
         )  # fmt: skip
 
