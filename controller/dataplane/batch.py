@@ -39,6 +39,7 @@ class Batch:
     down: dict[str, str | None] = field(default_factory=dict)  # port -> its host, None: all
     # host -> gratuitous ARPs sent once it confirms this step (controller.dataplane.garp)
     announce: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)
+    announced: dict[str, list[str]] = field(default_factory=dict)  # their addresses, for the log
 
     def confirmed(self, host_id: str, ok: bool) -> None:
         self.waiting.discard(host_id)

@@ -925,15 +925,17 @@ class DataPlane:
             frames = garp.announcements(answers, rt.rec.id, rt.obs, self.mirror, self.bindings)
             if frames:
                 batch.announce.setdefault(rt.rec.id, []).extend(frames)
+                batch.announced.setdefault(rt.rec.id, []).extend(ip for _, ip in answers)
 
-    def _send_announcements(self, host_id: str, frames: garp.Frames) -> None:
+    def _send_announcements(self, host_id: str, frames: garp.Frames, what: list[str]) -> None:
         rt = self.hosts.get(host_id)
         if rt is None or not frames:
             return
         sent = self.switches.packet_outs(rt.dpid, frames)
         LOG.info(
-            "host %s: %d gratuitous ARPs for router interfaces it now answers for %s",
-            host_id, len(frames), "sent" if sent else "not sent (switch gone)",
+            "host %s: router interface %s announced (gratuitous ARP) to %d ports%s",
+            host_id, ", ".join(sorted(set(what))), len(frames),
+            "" if sent else ": not sent, switch gone",
         )  # fmt: skip
 
     def _flush_zones(self, rt: HostRuntime, zones: Iterable[int]) -> bool:
@@ -1084,9 +1086,9 @@ class DataPlane:
         elif ok and rt is not None:
             rt.failures = 0
         batch.confirmed(host_id, ok)
-        frames = batch.announce.pop(host_id, [])
+        frames, what = batch.announce.pop(host_id, []), batch.announced.pop(host_id, [])
         if ok and rt is not None and rt.dpid == dpid:
-            self._send_announcements(host_id, frames)
+            self._send_announcements(host_id, frames, what)
         self._settle(batch)
         self._check_reconciled()
 
