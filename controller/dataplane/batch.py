@@ -37,9 +37,9 @@ class Batch:
     # port -> (its own host, the peers it waits for as well)
     active: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
     down: dict[str, str | None] = field(default_factory=dict)  # port -> its host, None: all
-    # host -> gratuitous ARPs sent once it confirms this step (controller.dataplane.garp)
-    announce: dict[str, list[tuple[int, bytes]]] = field(default_factory=dict)
-    announced: dict[str, list[str]] = field(default_factory=dict)  # their addresses, for the log
+    # host -> gratuitous ARPs sent once it confirms this step, and the interface addresses they
+    # announce (controller.dataplane.garp)
+    announce: dict[str, tuple[list[tuple[int, bytes]], set[str]]] = field(default_factory=dict)
 
     def confirmed(self, host_id: str, ok: bool) -> None:
         self.waiting.discard(host_id)

@@ -86,20 +86,22 @@ def announcements(
     obs: HostObservation | None,
     mirror: Mirror,
     bindings: Bindings,
-) -> Frames:
+) -> tuple[Frames, set[str]]:
     """The gratuitous ARPs one host sends for the interface answers it was given (`added_answers`):
     out of each port of the interface's network that the host holds and shows plugged
-    (``obs``: its OVSDB, None if not read).  An interface the mirror no longer knows: nothing.
-    O(the host's ports), never the network's: a network may span many hosts."""
+    (``obs``: its OVSDB, None if not read); with the addresses they announce (for the log).  An
+    interface the mirror no longer knows: nothing.  O(the host's ports), never the network's: a
+    network may span many hosts."""
     out: Frames = []
     if obs is None:
-        return out
-    by_net: dict[str, list[bytes]] = {}
+        return out, set()
+    by_net: dict[str, list[tuple[bytes, str]]] = {}
     for num, ip in answers:
         interface = mirror.port_by_num(num)
         if interface is not None and interface.router_id is not None:
-            by_net.setdefault(interface.network_id, []).append(frame(interface.mac, ip))
-    sent: dict[bytes, int] = {}
+            by_net.setdefault(interface.network_id, []).append((frame(interface.mac, ip), ip))
+    sent: dict[bytes, int] = {}  # per interface (two tenants' gateways may share an address)
+    what: set[str] = set()
     for pid, ofport in sorted(obs.bindings.items()):
         port = mirror.ports.get(pid)
         if port is None or port.router_id is not None or not port.admin_up:
@@ -107,8 +109,9 @@ def announcements(
         announce = by_net.get(port.network_id)
         if not announce or bindings.holder(pid) != host_id:
             continue
-        for data in announce:
+        for data, ip in announce:
             if sent.get(data, 0) < MAX_PER_HOST:
                 sent[data] = sent.get(data, 0) + 1
                 out.append((ofport, data))
-    return out
+                what.add(ip)
+    return out, what

@@ -922,19 +922,22 @@ class DataPlane:
         host (garp.py), sent once the host confirms the step (`_apply_batch_done`)."""
         answers = garp.added_answers(diff.add_rules)
         if answers and rt.rec.id in batch.waiting:
-            frames = garp.announcements(answers, rt.rec.id, rt.obs, self.mirror, self.bindings)
+            frames, what = garp.announcements(
+                answers, rt.rec.id, rt.obs, self.mirror, self.bindings
+            )
             if frames:
-                batch.announce.setdefault(rt.rec.id, []).extend(frames)
-                batch.announced.setdefault(rt.rec.id, []).extend(ip for _, ip in answers)
+                queued = batch.announce.setdefault(rt.rec.id, ([], set()))
+                queued[0].extend(frames)
+                queued[1].update(what)
 
-    def _send_announcements(self, host_id: str, frames: garp.Frames, what: list[str]) -> None:
+    def _send_announcements(self, host_id: str, frames: garp.Frames, what: set[str]) -> None:
         rt = self.hosts.get(host_id)
         if rt is None or not frames:
             return
         sent = self.switches.packet_outs(rt.dpid, frames)
         LOG.info(
             "host %s: router interface %s announced (gratuitous ARP) to %d ports%s",
-            host_id, ", ".join(sorted(set(what))), len(frames),
+            host_id, ", ".join(sorted(what)), len(frames),
             "" if sent else ": not sent, switch gone",
         )  # fmt: skip
 
@@ -1086,7 +1089,7 @@ class DataPlane:
         elif ok and rt is not None:
             rt.failures = 0
         batch.confirmed(host_id, ok)
-        frames, what = batch.announce.pop(host_id, []), batch.announced.pop(host_id, [])
+        frames, what = batch.announce.pop(host_id, ([], set()))
         if ok and rt is not None and rt.dpid == dpid:
             self._send_announcements(host_id, frames, what)
         self._settle(batch)
