@@ -434,7 +434,22 @@ class EtcdStore(Store):
                 judged_at = self._judged_at.seq
                 if judged_at is None:
                     judged_at = self.applied
-                if isinstance(exc, StoreUnavailable) or not self._was_behind(judged_at):
+                if isinstance(exc, StoreUnavailable):
+                    raise
+                try:
+                    behind = self._was_behind(judged_at)
+                except EtcdUnavailable as lost:
+                    # Without the head the refusal may be stale, and a 404 or 409 that a read
+                    # contradicts once the cluster is back makes an orchestrator give up on a
+                    # network it has just created.  A write cannot commit now anyway: 503, as
+                    # every write without quorum answers, naming the refusal it could not check.
+                    raise StoreUnavailable(
+                        f"The store's etcd cluster {_where(self.etcd)} cannot be read now (no "
+                        f"quorum, or unreachable: {lost}), so this instance cannot tell whether "
+                        f"its refusal holds on the latest state: {exc.message} Nothing was "
+                        "changed; retry later."
+                    ) from None
+                if not behind:
                     raise
         raise StoreUnavailable(
             f"The write was overtaken by other instances {MAX_ATTEMPTS} times in a row; retry."
@@ -444,13 +459,11 @@ class EtcdStore(Store):
         """Whether the cluster has entries after ``judged_at`` (the replica's position when
         the refused write ran), now applied.  Compared with that position, not with the
         replica's current one: the follower may have applied the missing entries between the
-        refusal and this read, which left the refusal judged on a stale state all the same."""
-        try:
-            if self._log.head() <= judged_at:
-                return False
-            self.catch_up()
-        except EtcdUnavailable:
-            return False  # cannot tell: the refusal computed on the replica stands
+        refusal and this read, which left the refusal judged on a stale state all the same.
+        Raises `EtcdUnavailable` when the head cannot be read or the entries applied."""
+        if self._log.head() <= judged_at:
+            return False
+        self.catch_up()
         return True
 
     def _set_position(self, seq: int) -> None:

@@ -23,7 +23,7 @@ import pytest
 
 from controller.events import ChangeEvent, EventBus
 from controller.store import InvalidInput, NotFound, Store, StoreUnavailable
-from controller.store.etcd_log import EtcdLog
+from controller.store.etcd_log import EtcdLog, EtcdUnavailable
 from controller.store.etcd_settings import EtcdSettings, parse_url
 from controller.store.replicated import WRITES, EtcdStore
 from controller.store.transfer import etcd_to_sqlite, sqlite_to_etcd
@@ -596,6 +596,30 @@ def test_a_refusal_from_a_lagging_replica_is_retried_when_it_caught_up_meanwhile
     assert applied_after_refusal  # the race was staged
     with pytest.raises(NotFound):  # a refusal on the latest state still stands
         other.create_port({"network_id": "00000000-0000-4000-8000-000000000000"})
+
+
+def test_a_refusal_that_cannot_be_checked_against_the_cluster_is_a_503_not_a_404(
+    store: EtcdStore, second: tuple[EtcdStore, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lagging replica refuses the port (its network not applied yet) just as the cluster
+    stops answering: it cannot tell whether the refusal is stale, so the write answers
+    StoreUnavailable (503, retry) naming the refusal, not a 404 for a network that exists and
+    that a read will show once the cluster is back; the retry then succeeds."""
+    other, _ = second
+    freeze_follower(other)
+    net_id, _ = make_net_with_subnet(store)
+
+    def no_quorum() -> int:
+        raise EtcdUnavailable("no quorum (test)")
+
+    monkeypatch.setattr(other._log, "head", no_quorum)
+    with pytest.raises(StoreUnavailable) as refused:
+        other.create_port({"network_id": net_id})
+    assert f"Network {net_id} could not be found." in refused.value.message
+    assert "retry later" in refused.value.message
+    monkeypatch.undo()
+    port = other.create_port({"network_id": net_id})  # the cluster is back: the retry succeeds
+    assert [p["id"] for p in store.list_all("port")] == [port["id"]]  # nothing else was kept
 
 
 def test_concurrent_catch_ups_apply_each_entry_once(
