@@ -14,9 +14,10 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(openvswitch-switch ovn-central ovn-host mininet iperf3 iputils-ping ethtool tcpdump
               iproute2 procps psmisc chromium chromium-driver busybox isc-dhcp-client)
 # --test (make test / make unit): etcd-server, for the etcd store backend's tests (the suite starts
-# its own 3-member cluster on loopback; the package's own service is never started here).
+# its own 3-member cluster on loopback; the package's own service is never started here), and
+# traceroute, which the routing tests run across a router (tests/integration/test_routing.py).
 if [ "${1:-}" = "--test" ]; then
-  APT_PACKAGES+=(etcd-server)
+  APT_PACKAGES+=(etcd-server traceroute)
 fi
 
 missing=()

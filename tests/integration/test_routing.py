@@ -5,11 +5,12 @@ builds a router between two subnets of one project; VMs are network namespaces p
 br-int, with their default route via their subnet's gateway (the router interface's address).
 Packets are routed on the sending hypervisor (`flows.routing`): ping and TCP between subnets on
 one host and across hosts, the gateway answering ARP and ping from flows, TTL decremented and a
-packet with TTL 1 dropped, the path cut by removing an interface, VMs that resolved their
-gateway to the DHCP server's MAC before the router existed moved to the interface's MAC, two
-projects with the same CIDRs and their own routers kept apart, security groups applied to
-routed traffic (egress at the sender's port, ingress at the receiver's), and a controller
-killed with SIGKILL while a routed ping runs.
+packet with TTL 1 dropped and answered (Debian's ``traceroute`` shows the gateway as the one
+hop), the path cut by removing an interface, VMs that resolved their gateway to the DHCP
+server's MAC before the router existed moved to the interface's MAC, two projects with the same
+CIDRs and their own routers kept apart, security groups applied to routed traffic (egress at the
+sender's port, ingress at the receiver's), and a controller killed with SIGKILL while a routed
+ping runs.
 
 Most VMs' groups let in what the tests send by CIDR (``remote_ip_prefix``); one test uses only
 the project's default group (ingress from its members): a member's addresses also count under
@@ -215,6 +216,25 @@ def test_ttl_is_decremented_and_ttl_one_answered_time_exceeded(
     assert f"From {gateway} icmp_seq=1 Time to live exceeded" in cp.stdout  # ... the router's
     # the received echo shows the decrement (Linux answers with TTL 64: 63 after one hop)
     assert "ttl=63" in a.exec("ping", "-n", "-c", "1", "-W", "1", c.ip).stdout
+
+
+def traceroute_hops(vm: Vm, dest: str, *options: str) -> list[str]:
+    """What Debian's ``traceroute`` prints for each hop to ``dest`` from ``vm`` (its address,
+    or ``*`` when the probe went unanswered), one probe per hop, at most 3 hops."""
+    out = vm.exec("traceroute", "-n", "-q", "1", "-w", "1", "-m", "3", *options, dest).stdout
+    return [line.split()[1] for line in out.splitlines()[1:] if line.split()[0].isdigit()]
+
+
+def test_traceroute_shows_one_hop_at_the_gateway(
+    proj: Project, tenancy: Tenancy, dp_env: DataplaneEnv
+) -> None:
+    """The real tool across hosts: the gateway is the one hop before the VM behind the router
+    (ICMP probes, which the VM's group lets in); with UDP probes, which its group does not let
+    in, the gateway still answers the first hop and the VM's group drops the rest."""
+    a, c = proj.pair("tr", (35, 36))
+    gateway = proj.nets[0].subnet["gateway_ip"]
+    assert traceroute_hops(a, c.ip, "-I") == [gateway, c.ip]
+    assert traceroute_hops(a, c.ip) == [gateway, "*", "*"]
 
 
 def gateway_mac(vm: Vm, gateway: str) -> str:
