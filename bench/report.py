@@ -15,6 +15,7 @@ from typing import Any
 
 from bench.secgroups import PROBE_EVERY_S
 from bench.stats import across_runs, median, percentile, ratio
+from bench.sut_ovn import OvnSystem
 from flows.tables import L3_NEIGHBOURS, L3_ROUTING
 
 SYSTEMS = ("tenantnet", "ovn")
@@ -198,14 +199,16 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
     for sc in plan:
         if sc.get("role") != "main":
             continue
-        name, runs = sc["name"], _nruns(raw, name)
+        name = sc["name"]
+        runs = _nruns(raw, name)
         tag = f"H={sc['H']} P={sc['P']} N={sc['N']}"
         sec = f"2. bulk provisioning {tag}, {runs} runs"
         row = Row(sec, "ports/s until all ready", "ports/s", digits=0,
                   **_pair(raw, name, lambda r: r["bulk"]["ports_per_s"]))
         row.target = _ovn_ratio_target(row, ">= 2x OVN", 2.0, ">=")
         row.note = (f"tenantnet: API bulk create (<= {results['params'].get('bulk_chunk', 1000)} "
-                    "ports/request) until every port ACTIVE; OVN: one ovn-nbctl --wait=hv txn")
+                    "ports/request) until every port ACTIVE; OVN: ovn-nbctl transactions of "
+                    f"<= {OvnSystem.TXN_PORTS} ports, the last with --wait=hv")
         rows.append(row)
         rows.append(Row(sec, "time until all ready", "s", digits=2,
                         **_pair(raw, name, lambda r: r["bulk"]["seconds"])))
