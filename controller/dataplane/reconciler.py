@@ -224,7 +224,7 @@ class DataPlane:
         self._grace_over = False
         self._status_out: dict[str, str] = {}  # written once per step, see _write_observations
         self._binding_out: dict[str, str | None] = {}
-        self._refused_out: dict[str, list[str]] = {}
+        self._refused_out: dict[str, dict[str, bool]] = {}  # port -> host -> refused?
         self._held_since: float | None = None
         self._steps = 0
         self._decided: dict[str, int] = {}  # port -> the latest step that decided its status
@@ -512,7 +512,10 @@ class DataPlane:
                 and old not in unsynced
             ):  # its host no longer has it: other instances must not keep it held there
                 self._binding_out[pid] = None
-            self._report_refused(port, self.bindings.refused(pid, unsynced))
+            # a holder on a host another instance reads is as its owner recorded it: claims on
+            # this instance's hosts are refused now (while one of its own hosts is not read yet
+            # since a start, the holder may have unplugged meanwhile: reported once read)
+            self._report_refused(port, self.bindings.refused(pid, self._own(unsynced)))
 
     def _follow_recorded_holder(
         self, pid: str, old: PortRec | None, new: PortRec | None
@@ -547,8 +550,17 @@ class DataPlane:
             self._refused_logged[pid] = set(refused)
         else:
             self._refused_logged.pop(pid, None)
-        if list(port.refused_shown) != refused:
-            self._refused_out[pid] = refused
+        # per host, for the hosts this instance reads (each instance of several owns its own
+        # and keeps the others' entries: ports.set_observed); a host no longer known is
+        # cleared by its rendezvous owner
+        shown = set(port.refused_shown)
+        changed = {
+            h: h in refused
+            for h in shown.symmetric_difference(refused)
+            if self.membership is None or h not in self.hosts or self.hosts[h].agent is not None
+        }
+        if changed:
+            self._refused_out[pid] = changed
         else:
             self._refused_out.pop(pid, None)
 
@@ -1135,7 +1147,7 @@ class DataPlane:
         self._held_since = None
         statuses, self._status_out = self._ours(self._status_out), {}
         bindings, self._binding_out = self._ours(self._binding_out), {}
-        refused, self._refused_out = self._ours(self._refused_out), {}
+        refused, self._refused_out = self._ours_per_host(self._refused_out), {}
         if statuses or bindings or refused:
             self.store.set_ports_observed(statuses=statuses, bindings=bindings, refused=refused)
 
@@ -1153,6 +1165,24 @@ class DataPlane:
             if self.owns(self.bindings.holder(pid) or (port.host if port is not None else None)):
                 kept[pid] = value
         return kept
+
+    def _ours_per_host(self, out: dict[str, dict[str, bool]]) -> dict[str, dict[str, bool]]:
+        """Refused claims: per host, the entries of hosts this instance owns when the write is
+        made (whoever holds the port: a claim is refused where it is made)."""
+        if self.membership is None:
+            return out
+        kept = {}
+        for pid, hosts in out.items():
+            mine = {h: v for h, v in hosts.items() if self.owns(h)}
+            if mine:
+                kept[pid] = mine
+        return kept
+
+    def _own(self, hosts: set[str]) -> set[str]:
+        """Those of ``hosts`` this instance owns (all of them on a single node)."""
+        if self.membership is None:
+            return hosts
+        return {h for h in hosts if self.owns(h)}
 
     def _check_reconciled(self) -> None:
         if self.stats.reconciled_after_s is not None or self._outstanding or self._dirty:

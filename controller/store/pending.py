@@ -20,7 +20,7 @@ class Observations:
 
     statuses: dict[str, str] = field(default_factory=dict)
     bindings: dict[str, str | None] = field(default_factory=dict)
-    refused: dict[str, list[str]] = field(default_factory=dict)
+    refused: dict[str, dict[str, bool]] = field(default_factory=dict)  # port -> host -> refused?
     hosts: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # status, dpid
 
     def __bool__(self) -> bool:
@@ -30,14 +30,16 @@ class Observations:
         """Take ``other``'s values over these (``other`` was observed later)."""
         self.statuses.update(other.statuses)
         self.bindings.update(other.bindings)
-        self.refused.update(other.refused)
+        for pid, hosts in other.refused.items():  # per host: each is observed on its own
+            self.refused[pid] = {**self.refused.get(pid, {}), **hosts}
         self.hosts.update(other.hosts)
 
     def older(self, other: Observations) -> None:
         """Take ``other``'s values only where these have none (``other`` is older)."""
         self.statuses = {**other.statuses, **self.statuses}
         self.bindings = {**other.bindings, **self.bindings}
-        self.refused = {**other.refused, **self.refused}
+        for pid, hosts in other.refused.items():
+            self.refused[pid] = {**hosts, **self.refused.get(pid, {})}
         self.hosts = {**other.hosts, **self.hosts}
 
 

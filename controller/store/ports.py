@@ -522,8 +522,11 @@ def set_observed(
 
     The holder is written only while the orchestrator has not requested a host: a request is
     the orchestrator's and is never overwritten, also not by a write-back decided before the
-    request arrived.  ``refused_hosts`` (a sorted list, empty for none) goes into
-    ``binding:vif_details`` under `REFUSED_HOSTS`."""
+    request arrived.  ``refused_hosts`` is ``{host: refused?}`` for the hosts the writer
+    speaks for: each instance of several reads only the hosts it owns, so it sets or clears
+    only their entries and keeps the others' (the writes are serialised, so this read-modify-
+    write sees every earlier one).  The sorted list of refused hosts is shown in
+    ``binding:vif_details`` under `REFUSED_HOSTS` (absent when empty)."""
     new = dict(current)
     if "binding:host_id" in changes and not current.get("_host_requested"):
         new["binding:host_id"] = _host(changes["binding:host_id"])
@@ -531,10 +534,25 @@ def set_observed(
         new["status"] = choice(changes["status"], "status", STATUSES)
     if "refused_hosts" in changes:
         details = {k: v for k, v in current["binding:vif_details"].items() if k != REFUSED_HOSTS}
-        if changes["refused_hosts"]:
-            details[REFUSED_HOSTS] = as_str_list(changes["refused_hosts"], "refused_hosts")
+        shown = set(current["binding:vif_details"].get(REFUSED_HOSTS, ()))
+        for host_id, refused in _per_host(changes["refused_hosts"]).items():
+            if refused:
+                shown.add(host_id)
+            else:
+                shown.discard(host_id)
+        if shown:
+            details[REFUSED_HOSTS] = as_str_list(sorted(shown), "refused_hosts")
         new["binding:vif_details"] = details
     return save(tx, current, new)
+
+
+def _per_host(value: Any) -> dict[str, bool]:
+    """``{host id: refused?}`` as the data plane writes it (checked: it reaches the log)."""
+    if not isinstance(value, dict) or not all(
+        isinstance(h, str) and isinstance(v, bool) for h, v in value.items()
+    ):
+        raise invalid_attr("refused_hosts", "not a mapping of host ids to booleans")
+    return value
 
 
 def delete(tx: Tx, current: dict[str, Any]) -> None:

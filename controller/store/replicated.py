@@ -769,7 +769,7 @@ class EtcdStore(Store):
         self,
         statuses: dict[str, str] | None = None,
         bindings: dict[str, str | None] | None = None,
-        refused: dict[str, list[str]] | None = None,
+        refused: dict[str, dict[str, bool]] | None = None,
     ) -> None:
         """As `Store.set_ports_observed`, but never fails nor waits on a cluster without
         quorum, nor behind another write waiting for etcd: the observations are then held

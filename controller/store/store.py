@@ -452,9 +452,10 @@ class Store:
         self,
         statuses: dict[str, str] | None = None,
         bindings: dict[str, str | None] | None = None,
-        refused: dict[str, list[str]] | None = None,
+        refused: dict[str, dict[str, bool]] | None = None,
     ) -> None:
-        """Data plane: many bindings, statuses and refused claims (see `ports.set_observed`)
+        """Data plane: many bindings, statuses and refused claims (``{port: {host:
+        refused?}}``, the hosts the writer speaks for: see `ports.set_observed`)
         in one transaction (one commit, not one per port: a bulk create of 1,000 ports would
         otherwise pay 2,000), and one revision and one event per port that changed; unknown
         ids and unchanged values are skipped.  A router interface's status is its router's

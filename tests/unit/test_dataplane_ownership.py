@@ -19,6 +19,7 @@ from controller.events import EventBus
 from controller.membership import MemberView, owner_of
 from controller.southbound.ovsdb_host import datapath_id_for
 from controller.store import Store
+from controller.store.ports import REFUSED_HOSTS
 from flows.diff import FlowDiff
 from tests.unit.test_dataplane import FakeAgent, FakeSwitches
 
@@ -364,6 +365,8 @@ def test_a_port_moved_between_hosts_of_different_owners_follows_its_vm(cluster: 
     cluster.idle()
     shown = cluster.store.get_port(port["id"])
     assert (shown["binding:host_id"], shown["status"]) == (hb, "ACTIVE")
+    # a claim b saw before a cleared the holder may have been shown refused for a moment
+    assert REFUSED_HOSTS not in shown["binding:vif_details"]
     assert cluster.b.dp.bindings.holder(port["id"]) == hb
     assert cluster.a.dp.bindings.holder(port["id"]) == hb
 
@@ -456,3 +459,55 @@ def test_zone_flushes_follow_the_switch_not_the_instance_that_lost_the_host(
     assert shared.flushed[m:] == [], "the new ports' live zones were flushed"
     assert dpid(ha) not in cluster.a.switches.sent[sent:]
     assert (hv, [8]) in shared.flushed[n:m]  # b: ``moved`` left, after its flows went
+
+
+def test_a_claim_refused_on_either_instances_host_is_shown_and_cleared_by_that_instance(
+    cluster: Cluster,
+) -> None:
+    """The port is held on one of b's hosts; its interface is plugged on a's host too (a claim
+    that only a reads, for a port whose holder a cannot read) and on another of b's hosts.  Both
+    claims are refused (no flows there) and both are shown in binding:vif_details: each
+    instance sets or clears only the entries of the hosts it owns and keeps the other's.  Before,
+    a neither refused claim was shown nor logged (docs/ha.md listed it as a gap)."""
+    cluster.start()
+    of_a = [h for h in HOSTS if owner_of(h, ("a", "b")) == "a"]
+    of_b = [h for h in HOSTS if owner_of(h, ("a", "b")) == "b"]
+    assert of_a and len(of_b) >= 2, "the test's hosts must be split this way"
+    holder, thief_a, thief_b = of_b[0], of_a[0], of_b[1]
+    net = cluster.store.create_network({"provider:network_type": "vxlan"})
+    cluster.store.create_subnet({"network_id": net["id"], "cidr": "10.1.0.0/16", "ip_version": 4})
+    port = cluster.store.create_port({"network_id": net["id"]})
+    FakeAgent.instances[holder].plug(port["id"], 3)
+    cluster.idle()
+
+    def shown() -> tuple[str, str, list[str]]:
+        got = cluster.store.get_port(port["id"])
+        refused = got["binding:vif_details"].get(REFUSED_HOSTS, [])
+        return got["binding:host_id"], got["status"], refused
+
+    def in_ports(host: str) -> set[int]:
+        return {v for r in cluster.shared.installed(dpid(host)).rules for k, v in r.match
+                if k == "in_port"}  # fmt: skip
+
+    assert shown() == (holder, "ACTIVE", [])
+    FakeAgent.instances[thief_a].plug(port["id"], 7)
+    cluster.idle()
+    assert shown() == (holder, "ACTIVE", [thief_a])
+    assert 7 not in in_ports(thief_a) and 3 in in_ports(holder)
+    assert cluster.a.dp.status()["binding_conflicts"] == 1
+    FakeAgent.instances[thief_b].plug(port["id"], 8)
+    cluster.idle()
+    assert shown() == (holder, "ACTIVE", sorted([thief_a, thief_b]))  # b kept a's entry
+    assert 8 not in in_ports(thief_b)
+    FakeAgent.instances[thief_a].unplug(port["id"])
+    cluster.idle()
+    assert shown() == (holder, "ACTIVE", [thief_b])  # a cleared its own, kept b's
+    FakeAgent.instances[thief_b].unplug(port["id"])
+    cluster.idle()
+    assert shown() == (holder, "ACTIVE", [])
+    # a's refused entries were written by a, b's by b
+    by_a = {h for kind, kw in cluster.a.writes if kind == "ports"
+            for hosts in kw.get("refused", {}).values() for h in hosts}  # fmt: skip
+    by_b = {h for kind, kw in cluster.b.writes if kind == "ports"
+            for hosts in kw.get("refused", {}).values() for h in hosts}  # fmt: skip
+    assert by_a == {thief_a} and by_b == {thief_b}

@@ -502,11 +502,17 @@ def test_requested_host_is_told_apart_from_the_written_back_one(store: Store) ->
 def test_refused_hosts_shown_in_vif_details(store: Store) -> None:
     net_id, _ = make_net_with_subnet(store)
     port = store.create_port({"network_id": net_id})
-    store.set_ports_observed(refused={port["id"]: ["hv2", "hv3"]})
+    store.set_ports_observed(refused={port["id"]: {"hv3": True, "hv2": True}})
     got = store.get_port(port["id"])
     assert got["binding:vif_details"] == {REFUSED_HOSTS: ["hv2", "hv3"]}
-    store.set_ports_observed(refused={port["id"]: []})
+    # per host: a writer sets or clears the hosts it names and keeps the others (several
+    # instances each own some hosts)
+    store.set_ports_observed(refused={port["id"]: {"hv2": False, "hv4": True}})
+    assert store.get_port(port["id"])["binding:vif_details"] == {REFUSED_HOSTS: ["hv3", "hv4"]}
+    store.set_ports_observed(refused={port["id"]: {"hv3": False, "hv4": False}})
     assert store.get_port(port["id"])["binding:vif_details"] == {}
+    with pytest.raises(InvalidInput):  # what reaches the log is checked
+        store.set_ports_observed(refused={port["id"]: ["hv2"]})  # type: ignore[dict-item]
     with pytest.raises(InvalidInput):  # read-only for clients, like in Neutron
         store.update("port", port["id"], {"binding:vif_details": {REFUSED_HOSTS: []}})
 

@@ -25,6 +25,7 @@ from controller.events import ChangeEvent, EventBus
 from controller.store import InvalidInput, NotFound, Store, StoreUnavailable
 from controller.store.etcd_log import EtcdLog, EtcdUnavailable
 from controller.store.etcd_settings import EtcdSettings, parse_url
+from controller.store.ports import REFUSED_HOSTS
 from controller.store.replicated import WRITES, EtcdStore
 from controller.store.transfer import etcd_to_sqlite, sqlite_to_etcd
 from tests.unit.test_store import (  # noqa: F401  (collected again, on etcd)
@@ -39,6 +40,7 @@ from tests.unit.test_store import (  # noqa: F401  (collected again, on etcd)
     test_mac_unique_per_network_only,
     test_network_crud_round_trip,
     test_port_status_and_binding,
+    test_refused_hosts_shown_in_vif_details,
     test_segmentation_ids_are_lowest_free_and_unique,
     test_subnet_in_use_and_network_in_use,
     test_update_without_change_publishes_nothing,
@@ -124,6 +126,36 @@ def test_two_instances_creating_at_once_never_collide(
     for s in stores:
         assert {p["id"] for p in s.list_all("port")} == {p["id"] for _, p in made}
     assert store.applied == other.applied
+
+
+def test_refused_claims_written_by_two_instances_at_once_are_all_kept(
+    store: EtcdStore, second: tuple[EtcdStore, list[Any]]
+) -> None:
+    """Each instance writes the refused claims of its own hosts (per host, docs/ha.md): 20
+    writes from both at once, each setting its own host, lose none of the other's (a write
+    that finds another one waiting for etcd is held and written by the follower: merged per
+    host there too)."""
+    other, _ = second
+    net_id, _ = make_net_with_subnet(store)
+    port = store.create_port({"network_id": net_id})
+    # the other replica has the port, as the data plane knows it from its replica's events
+    # (a write finding no such port is skipped, nothing appended)
+    assert other.get("port", port["id"])["id"] == port["id"]
+    stores = (store, other)
+    run_threads(
+        20,
+        lambda i: stores[i % 2].set_ports_observed(refused={port["id"]: {f"hv{i}": True}}),
+    )
+
+    def shown(s: EtcdStore) -> list[str]:
+        return list(s.get_port(port["id"])["binding:vif_details"].get(REFUSED_HOSTS, []))
+
+    want = sorted(f"hv{i}" for i in range(20))
+    for s in stores:
+        wait_for(lambda s=s: shown(s) == want, "every instance's refused claims")
+    other.set_ports_observed(refused={port["id"]: {f"hv{i}": False for i in range(1, 20, 2)}})
+    even = sorted(f"hv{i}" for i in range(0, 20, 2))
+    wait_for(lambda: shown(store) == even, "the other instance's claims cleared, the rest kept")
 
 
 def test_a_write_reaches_the_other_instance_once_in_order(
