@@ -501,6 +501,11 @@ class DataPlane:
                         self._set_status(pid, "DOWN")
                 elif old is not None:
                     LOG.info("port %s no longer bound to host %s", pid, old)
+                    # DOWN at once, in the same write as the cleared holder: with several
+                    # instances a port's observations are written by its host's owner, and once
+                    # the cleared holder is stored the port names no host, so a DOWN decided
+                    # after the step's barrier would have no writer (_ours)
+                    self._set_status(pid, "DOWN")
             if new is not None and port.requested_host is None and port.host != new:
                 self._binding_out[pid] = new
             elif (

@@ -8,6 +8,7 @@ the instance that takes a host over reads it and, when nothing changed, sends it
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -35,10 +36,17 @@ class Switches:
         self.dp: DataPlane | None = None
         self.sent: list[int] = []  # dpid of every batch sent
         self.roles: dict[int, tuple[bool, int]] = {}  # dpid -> the last (master?, generation)
+        self.barrier_s = 0.0  # how long the switches take to confirm a batch (0: at once)
 
     def apply(self, dpid: int, diff: FlowDiff, on_done: Callable[..., None]) -> bool:
         self.sent.append(dpid)
-        return self.shared.apply(dpid, diff, on_done)
+        if not self.barrier_s:
+            return self.shared.apply(dpid, diff, on_done)
+
+        def confirm_later(*args: Any) -> None:
+            threading.Timer(self.barrier_s, on_done, args).start()
+
+        return self.shared.apply(dpid, diff, confirm_later)
 
     def remove_all(self, dpid: int, group_ids: list[int], on_done: Callable[..., None]) -> bool:
         return self.shared.remove_all(dpid, group_ids, on_done)
@@ -511,3 +519,31 @@ def test_a_claim_refused_on_either_instances_host_is_shown_and_cleared_by_that_i
     by_b = {h for kind, kw in cluster.b.writes if kind == "ports"
             for hosts in kw.get("refused", {}).values() for h in hosts}  # fmt: skip
     assert by_a == {thief_a} and by_b == {thief_b}
+
+
+def test_a_port_unplugged_from_an_owned_host_is_down_and_unbound(cluster: Cluster) -> None:
+    """The owner clears the holder of a port whose VM left its host and sets it DOWN in the
+    same write: once the cleared holder is stored the port names no host, and a status with no
+    host has no writer among several instances (a DOWN decided after the step's barrier was
+    dropped: the port stayed ACTIVE on etcd, test_resilience's host removal on etcd)."""
+    cluster.start()
+    ha, hb = _split_hosts()
+    net = cluster.store.create_network({"provider:network_type": "vxlan"})
+    cluster.store.create_subnet({"network_id": net["id"], "cidr": "10.1.0.0/16", "ip_version": 4})
+    for host in (ha, hb):
+        port = cluster.store.create_port({"network_id": net["id"]})
+        FakeAgent.instances[host].plug(port["id"], 3)
+        cluster.idle()
+        assert (cluster.store.get_port(port["id"])["binding:host_id"], cluster.status(port)) == (
+            host,
+            "ACTIVE",
+        )
+        for inst in (cluster.a, cluster.b):  # longer than the data plane holds a binding
+            inst.switches.barrier_s = 0.2  # back for its status (OBSERVATION_HOLD_S)
+        FakeAgent.instances[host].unplug(port["id"])
+        time.sleep(0.5)
+        cluster.idle()
+        for inst in (cluster.a, cluster.b):
+            inst.switches.barrier_s = 0.0
+        got = cluster.store.get_port(port["id"])
+        assert (got["binding:host_id"], got["status"]) == ("", "DOWN"), (host, got)
