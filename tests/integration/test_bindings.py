@@ -12,6 +12,7 @@ and the conflict is visible through the API.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -48,10 +49,18 @@ class Env:
         return self.lab.add_vm(hv, name, port["mac_address"], f"{ip}/24", port["id"])
 
 
-@pytest.fixture(scope="module")
-def env(make_module_lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+def env(
+    request: pytest.FixtureRequest, make_module_lab: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Env]:
+    """The controller on the embedded store, and again on the suite's etcd cluster (one
+    instance owning every host: its observations go through the replicated store)."""
+    store_args: tuple[str, ...] = ()
+    if request.param == "etcd":
+        etcd = request.getfixturevalue("etcd_cluster")
+        store_args = ("--store", etcd.url, "--etcd-prefix", f"/bindings-{uuid.uuid4().hex}/")
     lab = make_module_lab(3)
-    ctl = start_registered(lab, tmp_path_factory.mktemp("tenantnet-bindings"))
+    ctl = start_registered(lab, tmp_path_factory.mktemp("tenantnet-bindings"), store_args)
     try:
         net = ctl.api.create("network", name="bind")
         sub = ctl.api.create("subnet", network_id=net["id"], cidr="10.65.0.0/24", ip_version=4)
