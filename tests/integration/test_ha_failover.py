@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from controller.southbound.ovsdb_host import SETTINGS_APPLIED
+from controller.store.ports import REFUSED_HOSTS
 from lab.hypervisors import Lab
 from lab.tenantnet_proc import ApiError, ApiProbe, TenantnetProcess
 from tests.integration.test_native_dhcp_arp import SCRIPT, _udhcpc
@@ -39,12 +40,13 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def cluster(make_lab: Any, etcd_cluster: Any, tmp_path: Path) -> Iterator[tuple[Lab, list[Any]]]:
+def _instances(
+    make_lab: Any, etcd_cluster: Any, tmp_path: Path, names: tuple[str, str]
+) -> Iterator[tuple[Lab, list[Any]]]:
     lab = make_lab(2)
     prefix = f"/failover-{time.monotonic_ns()}/"
     procs = []
-    for i, name in enumerate(("ctl-a", "ctl-b")):
+    for i, name in enumerate(names):
         args = ("--store", etcd_cluster.url, "--etcd-prefix", prefix, "--etcd-member-id", name,
                 "--etcd-member-ttl-s", str(TTL_S))  # fmt: skip
         procs.append(
@@ -57,6 +59,20 @@ def cluster(make_lab: Any, etcd_cluster: Any, tmp_path: Path) -> Iterator[tuple[
     finally:
         for p in procs:
             p.stop()
+
+
+@pytest.fixture
+def cluster(make_lab: Any, etcd_cluster: Any, tmp_path: Path) -> Iterator[tuple[Lab, list[Any]]]:
+    """Two instances; rendezvous hashing gives both hosts to ctl-a."""
+    yield from _instances(make_lab, etcd_cluster, tmp_path, ("ctl-a", "ctl-b"))
+
+
+@pytest.fixture
+def split_cluster(
+    make_lab: Any, etcd_cluster: Any, tmp_path: Path
+) -> Iterator[tuple[Lab, list[Any]]]:
+    """Two instances that own one host each (hv1: ctl-c, hv2: ctl-d)."""
+    yield from _instances(make_lab, etcd_cluster, tmp_path, ("ctl-c", "ctl-d"))
 
 
 def two_vms(lab: Lab, procs: list[TenantnetProcess]) -> tuple[Any, list[Any], Any, Any, Any]:
@@ -81,7 +97,8 @@ def two_vms(lab: Lab, procs: list[TenantnetProcess]) -> tuple[Any, list[Any], An
         api.wait_port_status(port["id"], "ACTIVE")
     vms[0].wait_reachable(vms[1].ip)
     owner_of = procs[0].api.status()["cluster"]["host_owner"]
-    target_of = {name: f"tcp:{lab.mgmt_ip}:{6653 + i}" for i, name in enumerate(("ctl-a", "ctl-b"))}
+    members = [p.api.status()["cluster"]["member"] for p in procs]
+    target_of = {name: f"tcp:{lab.mgmt_ip}:{6653 + i}" for i, name in enumerate(members)}
     # every bridge lists both instances: its owner is master, the other a slave
     for hv in lab.hvs:
         want = {t: ("master" if m == owner_of[hv.name] else "slave") for m, t in target_of.items()}
@@ -235,6 +252,36 @@ def test_changes_made_while_a_host_has_no_master_are_applied_by_its_new_owner(
           f"after kill -9 (lease TTL {TTL_S} s); pings sent {stats.sent}, lost "
           f"{stats.sent - stats.received}, max gap {stats.max_gap_ms:.0f} ms")  # fmt: skip
     assert stats.sent - stats.received == 0, stats
+
+
+def test_a_claim_refused_on_one_instances_host_is_shown_whoever_holds_the_port(
+    split_cluster: tuple[Lab, list[TenantnetProcess]],
+) -> None:
+    """The victim's port is held on hv1, owned by one instance; its iface-id is plugged on
+    hv2, owned by the other, which cannot read hv1.  The claim is refused (the thief's host
+    gets no flows for it, the victim keeps its traffic) and shown in the port's
+    binding:vif_details through both instances' APIs; the thief gone, it is cleared."""
+    lab, procs = split_cluster
+    _, vms, _, owner_of, _ = two_vms(lab, procs)
+    hv1, hv2 = lab.hvs
+    assert owner_of[hv1.name] != owner_of[hv2.name], owner_of
+    victim = vms[0]
+
+    def refused(p: TenantnetProcess) -> list[str]:
+        port = p.api.show("port", victim.iface_id)
+        assert (port["binding:host_id"], port["status"]) == (hv1.name, "ACTIVE"), port
+        return list(port["binding:vif_details"].get(REFUSED_HOSTS, []))
+
+    thief = lab.add_vm(hv2, "thief", victim.mac, "10.77.0.99/24", victim.iface_id,
+                       port_name="tapthief")  # fmt: skip
+    for p in procs:
+        wait_for(lambda p=p: refused(p) == [hv2.name], "the refused claim shown")
+    vms[1].wait_reachable(victim.ip)  # the victim keeps its traffic
+    assert not thief.ping(vms[1].ip, count=3, interval=0.1, timeout=1).received
+    lab.remove_vm(thief)
+    for p in procs:
+        wait_for(lambda p=p: refused(p) == [], "the refused claim cleared")
+    vms[1].wait_reachable(victim.ip)
 
 
 def test_losing_etcd_quorum_answers_writes_503_keeps_forwarding_and_recovers(
