@@ -73,7 +73,11 @@ class _DeliveryFailed(Exception):
 
 class LogWatch:
     """Delivers ``entry(seq, value)`` for each log entry put and then ``ring()``, from
-    ``start_revision`` on, until `stop` (see the module docstring)."""
+    ``start_revision`` on, until `stop` (see the module docstring).
+
+    ``prefix``: the keys watched, under the log's prefix (default the log's entries).  Without
+    ``entry`` a change there only rings: the membership watches ``members/`` so that a member
+    that joins or whose lease ends is seen at once, not at the next poll (`etcd_members`)."""
 
     def __init__(
         self,
@@ -82,6 +86,8 @@ class LogWatch:
         ring: Callable[[], None],
         entry: Callable[[int, bytes], None] | None = None,
         idle_s: float | None = None,
+        prefix: str = "log/",
+        name: str = "etcd-watch",
     ) -> None:
         self.log = log
         self.revision = start_revision - 1  # every change up to this one has been delivered
@@ -94,12 +100,14 @@ class LogWatch:
         self.idle_s = log.settings.watch_idle_s if idle_s is None else idle_s
         self._ring = ring
         self._entry = entry
-        self._prefix = log.key("log/")
+        self._prefix = log.key(prefix)
+        # what its log lines call it: the log's watch keeps its plain name
+        self._label = "etcd watch" if prefix == "log/" else f"etcd watch of {prefix}"
         self._stopping = threading.Event()
         self._move_on = threading.Event()  # `restart`: leave this member
         self._response: requests.Response | None = None
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="etcd-watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     @property
@@ -160,7 +168,9 @@ class LogWatch:
                     return
                 if created[0] and failing:
                     where = self._where(member)
-                    LOG.info("etcd watch resumed on %s from revision %d", where, self.revision + 1)
+                    LOG.info(
+                        "%s resumed on %s from revision %d", self._label, where, self.revision + 1
+                    )
                     failing = ""
                 if created[0] and _idle(error) and not self._move_on.is_set():
                     failed_in_a_row = 0
@@ -174,7 +184,8 @@ class LogWatch:
                     failing = f"{type(error).__name__}: {error}"[:200]
                     refused = isinstance(error, etcd_auth.EtcdAuthError)
                     (LOG.error if refused else LOG.warning)(
-                        "etcd watch on %s ended (%s): resuming from revision %d on %s",
+                        "%s on %s ended (%s): resuming from revision %d on %s",
+                        self._label,
                         self._where(member),
                         failing,
                         self.revision + 1,
@@ -184,7 +195,7 @@ class LogWatch:
                 if failed_in_a_row >= self.log.members:  # every member failed: do not spin
                     self._pause()
         except Exception:
-            LOG.exception("etcd watch stopped at revision %d", self.revision)
+            LOG.exception("%s stopped at revision %d", self._label, self.revision)
             self._resync()  # the follower notices (`alive`) and starts another
 
     def _pause(self) -> None:
@@ -252,8 +263,9 @@ class LogWatch:
         if result.get("canceled"):
             if compacted > self.revision + 1:
                 LOG.warning(
-                    "etcd watch: revision %d was compacted (oldest kept %d): resuming there, "
-                    "the log's keys are read again meanwhile",
+                    "%s: revision %d was compacted (oldest kept %d): resuming there, "
+                    "the keys are read again meanwhile",
+                    self._label,
                     self.revision + 1,
                     compacted,
                 )
