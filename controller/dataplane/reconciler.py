@@ -93,6 +93,9 @@ RETRY_MAX_S = 30.0  # ... up to this
 # How long port bindings/statuses may wait for outstanding barriers, so that a new port's
 # binding and its ACTIVE status are one commit (see _write_observations).
 OBSERVATION_HOLD_S = 0.05
+# The actor's periodic work (`_tick`: a handover that fell due, a stale role asked again, the
+# start-up grace's end) runs this often, however busy the inbox is.
+TICK_S = 1.0
 
 
 class Switches(Protocol):
@@ -374,21 +377,25 @@ class DataPlane:
     # ------------------------------------------------------------------ the actor
 
     def _run(self) -> None:
+        next_tick = time.monotonic() + TICK_S
         while not self._stopping:
             taken = 0
-            timeout = 1.0
+            now = time.monotonic()
+            timeout = next_tick - now
             if self._held_since is not None:
-                timeout = max(0.0, self._held_since + OBSERVATION_HOLD_S - time.monotonic())
+                timeout = min(timeout, self._held_since + OBSERVATION_HOLD_S - now)
             if self._retry:
-                due = min(at for _, at in self._retry.values())
-                timeout = max(0.0, min(timeout, due - time.monotonic()))
+                timeout = min(timeout, min(at for _, at in self._retry.values()) - now)
+            # nothing arrived: only what fell due runs (tick, retries, held writes)
+            kind, args = "wait", ()
             try:
-                kind, args = self._inbox.get(timeout=timeout)
+                kind, args = self._inbox.get(timeout=max(0.0, timeout))
                 taken = 1
             except queue.Empty:
-                kind, args = "tick", ()
+                pass
             try:
-                self._handle(kind, args)
+                if taken:
+                    self._handle(kind, args)
                 # drain whatever else arrived, so a burst is compiled once
                 while True:
                     try:
@@ -397,6 +404,12 @@ class DataPlane:
                         break
                     taken += 1
                     self._handle(kind, args)
+                # On time, not only when the inbox is quiet: steady input (a port a second,
+                # the observations of a busy host) must not hold back a handover or a retry.
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + TICK_S
+                    kind = "tick"
+                    self._tick()
                 self._flush()
                 if self.audit.after_step():  # a repair: planned and sent in this step
                     self._flush()
@@ -522,9 +535,7 @@ class DataPlane:
             # since a start, the holder may have unplugged meanwhile: reported once read)
             self._report_refused(port, self.bindings.refused(pid, self._own(unsynced)))
 
-    def _follow_recorded_holder(
-        self, pid: str, old: PortRec | None, new: PortRec | None
-    ) -> None:
+    def _follow_recorded_holder(self, pid: str, old: PortRec | None, new: PortRec | None) -> None:
         """Several instances: a port held by a host this instance does not read is held where
         the store says (its owner writes it), so when the recorded host changes the holding is
         decided again from it, not kept (bindings.py keeps a holder on a host not read)."""

@@ -842,6 +842,28 @@ def test_a_switch_that_lets_a_batch_time_out_is_degraded_and_not_waited_for(
     assert cloud.dp.status()["hosts"]["hv1"]["degraded"] is None
 
 
+def test_the_periodic_work_runs_on_time_under_steady_input(cloud: Cloud) -> None:
+    """An input every 0.3 s keeps the inbox from ever being quiet for a tick's second: the
+    start-up grace still ends (a host that never came back is reported down), as a handover
+    that fell due or a stale role's retry would (the same tick)."""
+    cloud.dp.startup_grace_s = 0.5
+    cloud.dp.start()
+    for n in (1, 2):
+        cloud.store.create_host(
+            {"id": f"hv{n}", "tunnel_ip": f"10.9.0.{n}", "ovsdb": f"tcp:10.8.0.{n}:6640"}
+        )
+    cloud.connect("hv1")  # hv2's switch never comes back
+    started = time.monotonic()
+    down = False
+    while not down and time.monotonic() - started < 4.0:
+        cloud.dp.on_actor(lambda dp: None, 1.0)  # steady input
+        down = cloud.dp.status()["hosts"]["hv2"]["down"]
+        time.sleep(0.3)
+    assert down, "the start-up grace never ended while inputs kept coming"
+    assert time.monotonic() - started < 0.5 + 2 * 1.0 + 0.5  # grace, two ticks, margin
+    assert not cloud.dp.status()["hosts"]["hv1"]["down"]
+
+
 def _status_soon_host(cloud: Cloud, host_id: str, want: str) -> bool:
     return bool(_wait_until(lambda: cloud.store.get_host(host_id)["status"] == want))
 
