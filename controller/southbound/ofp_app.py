@@ -726,7 +726,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                 dpid,
                 reason,
             )
-        _close(dp)
+        _close(dp, f"refused: {reason}")
 
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
     def _state_change(self, ev: Any) -> None:
@@ -1240,9 +1240,19 @@ def _alive(dp: Any) -> bool:
     return bool(dp.is_active) and dp.state != DEAD_DISPATCHER
 
 
-def _close(dp: Any) -> None:
-    """End a connection now: os-ken's close() only stops our writes and waits for the peer."""
-    dp.close()
+def _close(dp: Any, reason: str) -> None:
+    """End a connection now, from any thread, without waiting for anything.
+
+    Only the socket is shut down (`LiveDatapath.end`); the connection's own thread then sees its
+    receive loop end and calls os-ken's ``Datapath.close``.  Calling ``close`` here instead would
+    be a self-deadlock when this runs on the app's event thread (a refusal in `_features`):
+    ``close`` posts the DEAD state change to this app's bounded event queue and blocks while it
+    is full, and the only thread that empties it is the one waiting.
+    """
+    end = getattr(dp, "end", None)
+    if end is not None:
+        end(reason)
+        return
     with contextlib.suppress(OSError):
         dp.socket.shutdown(socket.SHUT_RDWR)
 

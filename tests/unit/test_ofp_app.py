@@ -628,13 +628,11 @@ def test_switches_admitted_early_are_read_back_before_attach_and_reported_by_it(
     app = new_ofp_app()
     app.packet_in_meter = (100, 10)
     app.admit_early(lambda dpid, ip, cn: None if ip == "192.0.2.1" else f"not from {ip}")
-    impostor, closed = FakeDatapath(), threading.Event()
+    impostor = FakeDatapath()
     impostor.address, impostor.is_active = ("192.0.2.66", 1), True
-    impostor.state = CONFIG_DISPATCHER
-    impostor.socket = SimpleNamespace(shutdown=lambda how: closed.set())
-    impostor.close = lambda: None  # type: ignore[method-assign]
+    impostor.state, impostor.socket = CONFIG_DISPATCHER, None
     app._features(SimpleNamespace(msg=SimpleNamespace(datapath=impostor, datapath_id=DPID)))
-    assert closed.is_set() and not impostor.sent and app.counters.refused == 1
+    assert impostor.ended.is_set() and not impostor.sent and app.counters.refused == 1
     dp = FakeDatapath()
     dp.address, dp.socket, dp.is_active, dp.state = ("192.0.2.1", 1), None, True, CONFIG_DISPATCHER
     app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
@@ -652,17 +650,16 @@ def test_switches_admitted_early_are_read_back_before_attach_and_reported_by_it(
 
 def _admitted_early() -> tuple[TenantnetOfpApp, FakeDatapath, threading.Event]:
     """An app admitting every switch early, and a switch it admitted (not read back yet);
-    the event is set when its connection is closed."""
+    the event is set when its connection is ended."""
     from os_ken.controller.handler import CONFIG_DISPATCHER
 
     app = new_ofp_app()
     app.admit_early(lambda dpid, ip, cn: None)
-    dp, closed = FakeDatapath(), threading.Event()
+    dp = FakeDatapath()
     dp.address, dp.is_active, dp.state = ("192.0.2.1", 1), True, CONFIG_DISPATCHER
-    dp.socket = SimpleNamespace(shutdown=lambda how: closed.set())
-    dp.close = lambda: None  # type: ignore[method-assign]
+    dp.socket = None
     app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
-    return app, dp, closed
+    return app, dp, dp.ended
 
 
 def _finish_read_back(app: TenantnetOfpApp, dp: FakeDatapath) -> None:

@@ -242,6 +242,11 @@ class _Dp(ProtocolDesc):
         self.is_active = False
         self.state = DEAD_DISPATCHER
 
+    def end(self, reason: str) -> None:
+        """`LiveDatapath.end`: the socket is shut down and the connection's own thread then
+        closes the datapath (done here at once)."""
+        self.close()
+
     def send(self, buf: bytes) -> bool:
         self.sent.append(buf)
         return True
@@ -307,6 +312,46 @@ def test_app_admits_before_it_accepts_and_never_displaces_a_live_session(
     again = _Dp("192.0.2.1")
     app._features(_Ev(again, 7))
     assert not again.closed and app._switches[7].dp is again
+
+
+def test_refusing_a_connection_never_waits_on_the_apps_own_event_queue() -> None:
+    """A refusal runs on the app's os-ken event thread, the only consumer of its bounded
+    queue.  os-ken's ``Datapath.close`` posts the DEAD state change to that queue and blocks
+    while it is full (a burst of connections, or a peer opening many): refusing by ``close``
+    there would wait for itself, and no switch would ever be admitted again.  The refusal
+    only shuts the socket down; the connection's thread closes the datapath."""
+    from os_ken.controller import ofp_event
+
+    app = _app()
+    adm = Admission(tls=False)
+    adm.set_host(7, HV1)
+    app.attach(_Listener(adm))
+
+    class _OsKenDp(_Dp):
+        def close(self) -> None:  # what os-ken's Datapath.close does for this app
+            super().close()
+            ev = ofp_event.EventOFPStateChange(self)
+            ev.state = DEAD_DISPATCHER
+            app._send_event(ev, DEAD_DISPATCHER)
+
+        def end(self, reason: str) -> None:  # LiveDatapath.end: the socket only
+            self.ended = reason
+
+    for _ in range(app.events.maxsize):  # other connections' events queued behind this one
+        ev = ofp_event.EventOFPStateChange(_Dp("192.0.2.50"))
+        ev.state = DEAD_DISPATCHER
+        app._send_event(ev, DEAD_DISPATCHER)
+    bogus = _OsKenDp("192.0.2.99")
+    t = threading.Thread(target=app._features, args=(_Ev(bogus, 7),), daemon=True)
+    t.start()  # stands for the event thread handling the impostor's FEATURES
+    t.join(2.0)
+    blocked = t.is_alive()
+    while not app.events.empty():  # unblock it, so that the test ends either way
+        app.events.get()
+        app._events_sem.release()
+    t.join(2.0)
+    assert not blocked, "the app's event thread blocked on its own full queue"
+    assert bogus.ended.startswith("refused") and app.counters.refused == 1
 
 
 # ------------------------------------------------------------------------------------ store
