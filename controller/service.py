@@ -35,7 +35,13 @@ def _start_os_ken(settings: Settings, fd_budget: int) -> tuple[Any, Any]:
     from os_ken import cfg
     from os_ken.base import app_manager
 
-    from controller.southbound import ofp_server, osken_addrconv, osken_flowstats, osken_packetin
+    from controller.southbound import (
+        ofp_server,
+        osken_addrconv,
+        osken_flowstats,
+        osken_guard,
+        osken_packetin,
+    )
 
     host, port = parse_hostport(settings.ofp_listen, "ofp_listen")
     conf = cfg.CONF
@@ -64,6 +70,7 @@ def _start_os_ken(settings: Settings, fd_budget: int) -> tuple[Any, Any]:
     osken_addrconv.install()
     osken_flowstats.install()
     osken_packetin.install()
+    osken_guard.install()
     manager = app_manager.AppManager.get_instance()
     manager.load_apps([OFP_APP])
     contexts = manager.create_contexts()

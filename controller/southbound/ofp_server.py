@@ -94,6 +94,7 @@ class ConnectionStats:
     accept_errors: int = 0
     handshake_timeouts: int = 0
     declared_dead: int = 0
+    malformed_messages: int = 0  # connections ended for a message os-ken cannot walk (osken_guard)
     max_connections: int = 0  # the cap in force (the setting, lowered to fit the fd limit)
 
     def as_dict(self) -> dict[str, int]:
@@ -203,6 +204,7 @@ class _WatchedSocket:
 
 
 _HANDSHAKE_LOG = Throttle()
+_MALFORMED_LOG = Throttle()
 
 
 class LiveDatapath(osken_controller.Datapath):
@@ -262,6 +264,12 @@ class LiveDatapath(osken_controller.Datapath):
                 self.end_reason = reason
         with contextlib.suppress(OSError):  # already closed
             self.socket.shutdown(socket.SHUT_RDWR)
+
+    def refuse_input(self, reason: str) -> None:
+        """End the connection over a message that must not be parsed (`osken_guard`), with one
+        log line per source and interval: the sender may be any peer, retrying."""
+        self._stats.malformed_messages += 1
+        self._give_up(reason, quiet=_MALFORMED_LOG)
 
     def _wake_sender(self) -> None:
         """os-ken's send loop waits on its queue for good: hand it the "close" entry.  If the
