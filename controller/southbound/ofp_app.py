@@ -439,7 +439,9 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             except BaseException:
                 sw.bundle_in_flight = False
                 raise
-            sw.errors = 0
+            # sw.errors is not reset here: an earlier batch's barrier reply may still be on its
+            # way, and the switch's errors for that batch (which come before it) are its own.
+            # Barrier replies come in order, so `_barrier` takes the errors since the last one.
             barrier = self._barrier_request(sw, on_done)
             # Written on this thread when the connection's send thread has nothing queued
             # (`LiveDatapath.write_now`: in order, never blocking, the rest queued): handed

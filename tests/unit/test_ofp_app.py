@@ -302,6 +302,23 @@ def test_an_error_reply_is_logged_with_the_rule_it_refused(
     assert done.got == [(False, "rejected")]
 
 
+def test_a_refused_batch_stays_refused_when_the_next_is_sent_before_its_barrier_reply() -> None:
+    """Batch A is refused (the switch's error for it is handled), then the data plane sends
+    batch B before A's barrier reply is handled: A is still reported rejected, and B, which
+    the switch took, confirmed."""
+    app, dp, sw = _app()
+    a, b = Outcome(), Outcome()
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_A,), replaces_rules=False), a)
+    (barrier_a,) = sw.barriers
+    _switch_answers(app, dp, _refused(dp, ofp.OFPET_FLOW_MOD_FAILED, 1), _flow_mod_xid(dp, FLOW_A))
+    dp.sent.clear()
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_B,), replaces_rules=False), b)
+    (barrier_b,) = set(sw.barriers) - {barrier_a}
+    for xid in (barrier_a, barrier_b):
+        app._barrier(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=xid)))
+    assert a.got == [(False, "rejected")] and b.got == [(True, "")]
+
+
 def test_replies_are_handled_on_their_switchs_thread_in_the_order_it_sent_them(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
