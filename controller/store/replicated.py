@@ -356,6 +356,8 @@ class EtcdStore(Store):
                 raise
             recorded, conn.recorded = conn.recorded, None
             if not recorded:  # nothing changed (e.g. an update to the same values)
+                if durable:
+                    self._unchanged_on_the_latest(conn)
                 conn.execute("COMMIT")
                 self._publish(tx.events)
                 return
@@ -414,6 +416,31 @@ class EtcdStore(Store):
             self._ip_hints.update(tx.new_ip_hints)
             self.metrics.store_commit.labels("durable").observe(time.perf_counter() - t0)
             self._publish(tx.events)
+
+    def _unchanged_on_the_latest(self, conn: sqlite3.Connection) -> None:
+        """A write that changes nothing is answered only if the replica was at the cluster's
+        head when it was judged.  Otherwise "nothing to change" may be a lagging replica's
+        view: the client's update (say, a name set back to what it was before another
+        instance's acknowledged rename) would get a 2xx and be lost, and an If-Match the
+        cluster has moved past would pass.  Then the write rolls back, the replica catches up
+        and it runs again (`Overtaken`).  One quorum read, on API writes only: the data
+        plane's observations come from the one instance that owns their host."""
+        judged_at = self._judged_at.seq
+        assert judged_at is not None
+        try:
+            if self._log.head() <= judged_at:
+                return
+            conn.execute("ROLLBACK")  # before the catch-up applies entries on this connection
+            self.catch_up()
+        except EtcdUnavailable as lost:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreUnavailable(
+                f"The store's etcd cluster {_where(self.etcd)} cannot be read now (no quorum, "
+                f"or unreachable: {lost}), so this instance cannot tell whether the request "
+                "changes anything on the latest state. Nothing was changed; retry later."
+            ) from None
+        raise Overtaken
 
     def _retrying(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a write; while another instance appends first, catch up and run it again."""

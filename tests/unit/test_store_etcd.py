@@ -574,6 +574,38 @@ def freeze_follower(s: EtcdStore) -> None:
     s._follower.join(timeout=10)
 
 
+def test_an_update_that_changes_nothing_on_a_lagging_replica_is_judged_on_the_latest(
+    store: EtcdStore, second: tuple[EtcdStore, list[Any]]
+) -> None:
+    """B's replica has not applied A's acknowledged rename to "y" yet.  A client sets the
+    name back to "x" through B: on B's stale view that changes nothing, and it was answered
+    200 without asking etcd, so the cluster kept "y" - an acknowledged update lost.  And an
+    If-Match with the revision the cluster has moved past passed.  The write now runs again
+    on the latest state: it changes the name, and the stale If-Match is a 412.  Without the
+    cluster's head, such a write is a 503 that says nothing was changed."""
+    from controller.store import PreconditionFailed
+
+    other, _ = second
+    net = store.create_network({"name": "x"})
+    other.catch_up()
+    freeze_follower(other)  # as a watch a few ms behind
+    store.update("network", net["id"], {"name": "y"})
+    with pytest.raises(PreconditionFailed):
+        other.update("network", net["id"], {"name": "y"}, expected_revision=net["revision_number"])
+    store.update("network", net["id"], {"name": "x"})
+    store.update("network", net["id"], {"name": "y"})
+    assert other.update("network", net["id"], {"name": "x"})["name"] == "x"
+    assert store.get("network", net["id"])["name"] == "x"
+    assert other.update("network", net["id"], {"name": "x"})["name"] == "x"  # at the head
+
+    def unreachable() -> int:
+        raise EtcdUnavailable("every member refused (test)", maybe_sent=False)
+
+    other._log.head = unreachable  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable, match="Nothing was changed"):
+        other.update("network", net["id"], {"name": "x"})
+
+
 def test_an_api_read_on_another_instance_sees_every_acknowledged_write(
     store: EtcdStore, second: tuple[EtcdStore, list[Any]]
 ) -> None:
