@@ -155,13 +155,30 @@ class EtcdMembership:
             if not self._take_lease(lease):
                 return
             body = json.dumps({"id": self.view.me, "since": time.time(), "ofp": self.ofp_target})
-            self._log.put_leased(PREFIX + self.view.me, body, lease)
-        self._renewed_at = sent
+            try:
+                self._log.put_leased(PREFIX + self.view.me, body, lease)
+            except BaseException:
+                # A lease without the member key would be renewed at every step and the key
+                # never put again: this instance would stay out of the members for good.
+                self._drop_lease(lease)
+                raise
         revision, items = self._log.list_prefix(PREFIX)
         self._keep_watching(revision)
         members = tuple(sorted(k for k, _ in items))
         targets = tuple(sorted((k, t) for k, v in items if (t := _ofp_target(v))))
         self._set(MemberView(self.view.me, members, revision, targets))
+        # Only now: with the renewal's time set before the read, `current` would show the
+        # view from before a lapsed lease as live while the members are read (the hosts this
+        # instance owned then, which another instance owns now).
+        self._renewed_at = sent
+
+    def _drop_lease(self, lease: int) -> None:
+        """Forget ``lease`` (the next step takes a new one and puts the key) and revoke it."""
+        with self._lease_lock:
+            if self._lease == lease:
+                self._lease = None
+        with contextlib.suppress(EtcdUnavailable):
+            self._log.revoke(lease)
 
     def _keep_watching(self, revision: int) -> None:
         """A watch on the members' keys from the revision just read (nothing after it is

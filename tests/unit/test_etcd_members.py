@@ -4,6 +4,7 @@ when its lease expires, and one that cannot renew its lease stops counting itsel
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -212,3 +213,71 @@ def test_instances_spread_over_the_etcd_members_by_rank(
     finally:
         for name in list(joined):
             stop(name)
+
+
+def test_a_member_whose_key_put_failed_after_the_grant_joins_at_its_next_renewal(
+    etcd_settings: EtcdSettings,
+) -> None:
+    """The grant succeeds, the put of ``members/<id>`` under it fails (every etcd member
+    refused for a moment).  The lease used to be kept and renewed at every step without the
+    key ever being put again: the instance never became live (owned no host)."""
+    a = EtcdMembership(etcd_settings, "a", TTL)
+    real_put = a._log.put_leased
+    failed: list[int] = []
+
+    def put_once_refused(name: str, value: str, lease_id: int) -> None:
+        if not failed:
+            failed.append(lease_id)
+            raise EtcdUnavailable("every member refused (test)", maybe_sent=False)
+        real_put(name, value, lease_id)
+
+    a._log.put_leased = put_once_refused  # type: ignore[method-assign]
+    with pytest.raises(EtcdUnavailable):
+        a._step()
+    assert a.lease_id is None and a._log.keep_alive(failed[0]) <= 0  # dropped and revoked
+    a._thread.start()
+    try:
+        wait_for(lambda: a.view.live, "a live at its next renewal", timeout=8)
+    finally:
+        a.stop()
+
+
+def test_a_member_rejoining_after_its_lease_lapsed_is_not_live_on_its_old_view(
+    etcd_settings: EtcdSettings,
+) -> None:
+    """A stalled past its TTL: its lease expired and B took every host.  On its next renewal A
+    joins again and reads the members; meanwhile `current()` must not show the view from
+    before the lapse (A owning its old hosts) as live."""
+    a = EtcdMembership(etcd_settings, "a", TTL)
+    b = EtcdMembership(etcd_settings, "b", TTL)
+    a._step()  # joined; no renewal thread: the stall
+    b.start()
+    try:
+        wait_for(lambda: b.view.members == ("a", "b"), "both")
+        a._step()
+        assert a.current().live and a.current().owned([f"hv{i}" for i in range(20)])
+        assert a.lease_id is not None
+        a._log.revoke(a.lease_id)  # the lease expires (revoked here to save the TTL)
+        a._renewed_at -= 10  # and the clock moved on
+        wait_for(lambda: b.view.members == ("b",), "b alone")
+        entered, release = threading.Event(), threading.Event()
+        real_list = a._log.list_prefix
+
+        def slow_list(name: str) -> Any:  # the read after the join is slow
+            entered.set()
+            release.wait(10)
+            return real_list(name)
+
+        a._log.list_prefix = slow_list  # type: ignore[method-assign]
+        t = threading.Thread(target=a._step)
+        t.start()
+        try:
+            assert entered.wait(10)
+            assert not a.current().live, "acting on the view from before the lapse"
+        finally:
+            release.set()
+            t.join()
+        assert a.current().live and a.current().members == ("a", "b")
+    finally:
+        b.stop()
+        a.stop()
