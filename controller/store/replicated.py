@@ -64,6 +64,14 @@ LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 POSITION_TABLE = "etcd_replica"
 CREATE_POSITION = f"CREATE TABLE IF NOT EXISTS {POSITION_TABLE} (epoch TEXT, seq INTEGER)"
+# The ids of the last entries applied, kept with the position (and so in every snapshot): a
+# write whose append was committed but answered as lost finds its entry here even when the log
+# was truncated past it meanwhile (`_write`), instead of running a second time.
+APPLIED_IDS_TABLE = "etcd_applied_ids"
+CREATE_APPLIED_IDS = (
+    f"CREATE TABLE IF NOT EXISTS {APPLIED_IDS_TABLE} (seq INTEGER PRIMARY KEY, id TEXT NOT NULL)"
+)
+APPLIED_IDS_KEPT = 4096
 MAX_ATTEMPTS = 50
 ARRIVED_MAX_BYTES = 16 * 1024 * 1024  # entries delivered by the watch, awaiting the follower
 WRITES = (
@@ -214,6 +222,7 @@ class EtcdStore(Store):
             path, bus, underlay_mtu=underlay_mtu, quota_defaults=quota_defaults, metrics=metrics
         )
         self._conn.execute(CREATE_POSITION)
+        self._conn.execute(CREATE_APPLIED_IDS)
         if start is not None:
             self._conn.execute(f"DELETE FROM {POSITION_TABLE}")
             self._conn.execute(f"INSERT INTO {POSITION_TABLE} VALUES (?, ?)", (self.epoch, start))
@@ -383,7 +392,7 @@ class EtcdStore(Store):
                 # moved): the log says which.  Our entry there means committed: it has just
                 # been applied and published, and the result computed here is the same.
                 try:
-                    if entry_id in self.catch_up():
+                    if entry_id in self.catch_up() or self._applied_before(entry_id):
                         return
                 except EtcdUnavailable as exc:
                     lost = lost or exc
@@ -400,7 +409,7 @@ class EtcdStore(Store):
                     ) from None
                 raise Overtaken
             try:
-                self._set_position(self.applied + 1)
+                self._set_position(self.applied + 1, entry_id)
                 conn.execute("COMMIT")
             except BaseException:
                 # Committed by the cluster, not here (disk full, I/O error): the entry is in
@@ -409,7 +418,7 @@ class EtcdStore(Store):
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 LOG.exception("local commit of etcd log entry %d failed", self.applied + 1)
-                if entry_id in self.catch_up():
+                if entry_id in self.catch_up() or self._applied_before(entry_id):
                     return
                 raise
             self.applied += 1
@@ -493,8 +502,24 @@ class EtcdStore(Store):
         self.catch_up()
         return True
 
-    def _set_position(self, seq: int) -> None:
+    def _set_position(self, seq: int, entry_id: str) -> None:
+        """Entry ``seq`` (``entry_id``) applied: in the transaction that applies it."""
         self._wconn.execute(f"UPDATE {POSITION_TABLE} SET seq = ?", (seq,))
+        self._wconn.execute(
+            f"INSERT OR REPLACE INTO {APPLIED_IDS_TABLE} VALUES (?, ?)", (seq, entry_id)
+        )
+        self._wconn.execute(
+            f"DELETE FROM {APPLIED_IDS_TABLE} WHERE seq <= ?", (seq - APPLIED_IDS_KEPT,)
+        )
+
+    def _applied_before(self, entry_id: str) -> bool:
+        """Whether entry ``entry_id`` is among the last `APPLIED_IDS_KEPT` applied here
+        (loaded with a snapshot too: the log may no longer hold it)."""
+        with self._writer:
+            row = self._wconn.execute(
+                f"SELECT 1 FROM {APPLIED_IDS_TABLE} WHERE id = ?", (entry_id,)
+            ).fetchone()
+        return row is not None
 
     # -- applying the log -------------------------------------------------------------------------
 
@@ -648,6 +673,7 @@ class EtcdStore(Store):
                 finally:
                     source.close()
             self._conn.execute(CREATE_POSITION)
+            self._conn.execute(CREATE_APPLIED_IDS)  # a snapshot from before it was kept
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.execute(f"DELETE FROM {POSITION_TABLE}")
             self._conn.execute(f"INSERT INTO {POSITION_TABLE} VALUES (?, ?)", (self.epoch, seq))
@@ -675,7 +701,7 @@ class EtcdStore(Store):
         try:
             for sql, params in entry["sql"]:
                 conn.execute(sql, params)
-            self._set_position(seq)
+            self._set_position(seq, str(entry["id"]))
         except BaseException:
             conn.execute("ROLLBACK")
             raise

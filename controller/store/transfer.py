@@ -21,7 +21,7 @@ from pathlib import Path
 from controller.events import EventBus
 from controller.store.etcd_log import EtcdLog
 from controller.store.etcd_settings import EtcdSettings
-from controller.store.replicated import POSITION_TABLE, EtcdStore
+from controller.store.replicated import APPLIED_IDS_TABLE, POSITION_TABLE, EtcdStore
 from controller.store.schema import LATEST
 from controller.store.store import Store
 
@@ -59,6 +59,7 @@ def etcd_to_sqlite(etcd: EtcdSettings, path: str, *, replace: bool = False) -> N
         EtcdStore(replica, EventBus(), etcd).close()
         conn = sqlite3.connect(replica, isolation_level=None)
         conn.execute(f"DROP TABLE {POSITION_TABLE}")
+        conn.execute(f"DROP TABLE {APPLIED_IDS_TABLE}")
         with sqlite3.connect(path) as dst:
             conn.backup(dst)
         conn.close()

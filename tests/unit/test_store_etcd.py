@@ -606,6 +606,44 @@ def test_an_update_that_changes_nothing_on_a_lagging_replica_is_judged_on_the_la
         other.update("network", net["id"], {"name": "x"})
 
 
+def test_a_committed_write_whose_answer_was_lost_runs_once_even_after_a_truncation(
+    tmp_path: Path, etcd_settings: EtcdSettings
+) -> None:
+    """B's append is committed but its answer is lost (the retry on the next member finds the
+    head moved: its own entry).  Meanwhile the log went on and was truncated past B's entry
+    after a snapshot: the catch-up loads the snapshot, which holds B's entry, but reads no
+    entry ids.  B took that for "overtaken" and ran the create a second time: two networks
+    for one POST.  The ids of the last entries applied are kept with the replica (and so in
+    the snapshot): B finds its entry there."""
+    settings = dataclasses.replace(etcd_settings, snapshot_every=10**9, log_margin=2)
+    a = EtcdStore(str(tmp_path / "a.db"), EventBus(), settings, poll_s=0.2)
+    b = EtcdStore(str(tmp_path / "b.db"), EventBus(), settings, poll_s=0.2)
+    try:
+        freeze_follower(b)
+        real_append = b._log.append
+        lost: list[int] = []
+
+        def append_answer_lost(after: int, entry: bytes) -> bool:
+            assert real_append(after, entry)  # committed by the cluster
+            if lost:
+                return True
+            lost.append(after + 1)
+            a.catch_up()
+            for i in range(6):  # the others go on writing meanwhile
+                a.create_network({"name": f"other{i}"})
+            assert a.snapshot(force=True)  # and truncate past B's entry
+            return False  # the retry's compare found the head moved: its own entry
+
+        b._log.append = append_answer_lost  # type: ignore[method-assign]
+        mine = b.create_network({"name": "mine"})
+        names = [n["name"] for n in a.list_all("network")]
+        assert names.count("mine") == 1, names
+        assert b.get("network", mine["id"])["name"] == "mine"
+    finally:
+        a.close()
+        b.close()
+
+
 def test_an_api_read_on_another_instance_sees_every_acknowledged_write(
     store: EtcdStore, second: tuple[EtcdStore, list[Any]]
 ) -> None:
@@ -855,10 +893,10 @@ def test_a_local_commit_failing_after_etcd_acknowledged_loses_nothing(
     real = store._set_position
     failures = iter([True])
 
-    def flaky(seq: int) -> None:
+    def flaky(seq: int, entry_id: str) -> None:
         if next(failures, False):
             raise sqlite3.OperationalError("disk I/O error")
-        real(seq)
+        real(seq, entry_id)
 
     monkeypatch.setattr(store, "_set_position", flaky)
     net = store.create_network({"name": "acknowledged"})  # answered: committed by the cluster
