@@ -81,8 +81,8 @@ BUNDLE = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 # Messages remembered per switch for naming the cause of an error reply: one whole diff of a
 # busy host (errors come back after the batch was written, so the ring must span a batch).
 RECENT_MESSAGES = 8192
-# The most flows one read_all collects: a switch that answers with more is not read (a read is
-# held in memory until its barrier comes back).
+# The most flows and groups one read collects: a switch that answers with more is not read (a
+# read is held in memory until its barrier comes back; a read-back's, until the switch is ready).
 MAX_READ_FLOWS = 1_000_000
 MAX_GIVEN_UP = 16  # reads given up on whose late replies are still recognised, per switch
 BARRIER_THREAD = "barrier-timeouts"  # the one thread that fails unanswered barriers
@@ -190,6 +190,9 @@ class _Switch:
     # xid -> what the message asked, oldest first, at most RECENT_MESSAGES (see _error)
     sent: OrderedDict[int, Sent] = field(default_factory=OrderedDict)
     reads: dict[int, _Read] = field(default_factory=dict)  # dump xid -> its read_all
+    # The read-back's two dump requests not fully answered yet: a reply with any other xid is
+    # not the switch's table (unsolicited, or late from an earlier read-back) and is dropped.
+    dump_xids: set[int] = field(default_factory=set)
 
     def remember(self, msg: Any, what: Sent) -> None:
         """Give ``msg`` its xid and note what it asks (called with ``lock`` held)."""
@@ -762,9 +765,10 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             return
         if self._read_part(sw, ev.msg, codec.decode_flow_stats, "flows"):
             return
-        sw.flows.extend(codec.decode_flow_stats(s) for s in ev.msg.body)
-        if not ev.msg.flags & ofp.OFPMPF_REPLY_MORE:
-            self._dump_part_done(sw)
+        if self._read_back_part(sw, ev.msg):
+            sw.flows.extend(codec.decode_flow_stats(s) for s in ev.msg.body)
+            if not ev.msg.flags & ofp.OFPMPF_REPLY_MORE:
+                self._dump_part_done(sw)
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _group_desc(self, ev: Any) -> None:
@@ -773,9 +777,10 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             return
         if self._read_part(sw, ev.msg, codec.decode_group_desc, "groups"):
             return
-        sw.groups.extend(codec.decode_group_desc(g) for g in ev.msg.body)
-        if not ev.msg.flags & ofp.OFPMPF_REPLY_MORE:
-            self._dump_part_done(sw)
+        if self._read_back_part(sw, ev.msg):
+            sw.groups.extend(codec.decode_group_desc(g) for g in ev.msg.body)
+            if not ev.msg.flags & ofp.OFPMPF_REPLY_MORE:
+                self._dump_part_done(sw)
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _barrier(self, ev: Any) -> None:
@@ -985,13 +990,30 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         if read.given_up:
             return True  # a late reply to a read already answered without it
         items: list[Any] = getattr(read, what)
-        if len(read.flows) + len(msg.body) > MAX_READ_FLOWS:
+        if len(read.flows) + len(read.groups) + len(msg.body) > MAX_READ_FLOWS:
             read.too_big = True
         if not read.too_big:
             items.extend(decode(s) for s in msg.body)
         if last:
             read.parts_pending -= 1
         return True
+
+    @staticmethod
+    def _read_back_part(sw: _Switch, msg: Any) -> bool:
+        """Whether ``msg`` is a reply to the read-back under way, and it fits: a switch that
+        answers with more than MAX_READ_FLOWS flows and groups is closed (its replies would be
+        held until it is ready), as one that does not answer."""
+        last = not msg.flags & ofp.OFPMPF_REPLY_MORE
+        with sw.lock:
+            if msg.xid not in sw.dump_xids:
+                return False
+            if last:
+                sw.dump_xids.discard(msg.xid)
+            if len(sw.flows) + len(sw.groups) + len(msg.body) <= MAX_READ_FLOWS:
+                return True
+            sw.dump_xids.clear()
+        _end(sw.dp, f"more than {MAX_READ_FLOWS} flows and groups in its read-back")
+        return False
 
     def _switch_of(self, dp: Any) -> _Switch | None:
         with self._lock:
@@ -1100,21 +1122,21 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             ]
             sw.remember(requests[0], Sent("read back tenantnet flows"))
             sw.remember(requests[1], Sent("read back groups"))
+            sw.dump_xids = {requests[0].xid, requests[1].xid}
             requests.append(barrier)
             self._send_or_fail(sw, requests, barrier)
 
     @staticmethod
     def _dump_answered(sw: _Switch, why: str) -> None:
         """A switch that does not answer its dump in time is never synced, and would hold its
-        datapath id: close the connection so that it starts afresh."""
-        if why != "timeout" or not sw.pending_dumps:
+        datapath id: close the connection so that it starts afresh.  So is one that answers
+        the barrier after the dumps without having answered them (a switch answers in order:
+        it lies, or a reply was lost), which would otherwise stay unsynced for good."""
+        if not sw.pending_dumps or why not in ("timeout", ""):
             return
-        LOG.warning(
-            "switch %016x did not answer the read-back of its flows; closing", sw.dp.id or 0
-        )
-        end = getattr(sw.dp, "end", None)  # LiveDatapath (southbound/ofp_server)
-        if end is not None:
-            end("no answer to the flow/group dump")
+        reason = "no answer to" if why else "a barrier reply before the end of"
+        LOG.warning("switch %016x: %s the read-back of its flows; closing", sw.dp.id or 0, reason)
+        _end(sw.dp, f"{reason} the flow/group dump")
 
     def _dump_part_done(self, sw: _Switch) -> None:
         sw.pending_dumps -= 1
@@ -1240,6 +1262,14 @@ def _msg_type(msg: Any) -> str:
 
 def _alive(dp: Any) -> bool:
     return bool(dp.is_active) and dp.state != DEAD_DISPATCHER
+
+
+def _end(dp: Any, reason: str) -> None:
+    """End a switch's connection from any thread (`LiveDatapath.end`: the socket is shut
+    down, the connection's own thread then closes it and the app hears it is gone)."""
+    end = getattr(dp, "end", None)
+    if end is not None:
+        end(reason)
 
 
 def _close(dp: Any, reason: str) -> None:

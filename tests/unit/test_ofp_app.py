@@ -486,7 +486,7 @@ def test_a_new_session_is_read_back_at_features_once() -> None:
                             (app._group_desc, ofp_event.EventOFPGroupDescStatsReply),
                             (app._barrier, ofp_event.EventOFPBarrierReply)):  # fmt: skip
         assert CONFIG_DISPATCHER in handler.callers[ev_cls].dispatchers
-        handler(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=0, flags=0, body=[])))
+    _finish_read_back(app, dp)
     assert listener.ready == [DPID]
 
 
@@ -656,8 +656,7 @@ def test_switches_admitted_early_are_read_back_before_attach_and_reported_by_it(
     dumps = [(ofp.OFPT_MULTIPART_REQUEST, ofp.OFPMP_FLOW),
              (ofp.OFPT_MULTIPART_REQUEST, ofp.OFPMP_GROUP_DESC), (ofp.OFPT_BARRIER_REQUEST, None)]
     assert _sent_types(dp) == dumps, "not read back before attach"
-    for handler in (app._flow_stats, app._group_desc, app._barrier):
-        handler(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=0, flags=0, body=[])))
+    _finish_read_back(app, dp)
     assert _sent_types(dp) == dumps, "something besides the read-back sent before attach"
     listener = _Listener()
     app.attach(listener)
@@ -680,8 +679,13 @@ def _admitted_early() -> tuple[TenantnetOfpApp, FakeDatapath, threading.Event]:
 
 
 def _finish_read_back(app: TenantnetOfpApp, dp: FakeDatapath) -> None:
-    for handler in (app._flow_stats, app._group_desc, app._barrier):
-        handler(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=0, flags=0, body=[])))
+    """The switch answers the read-back's two dumps (empty) and its barrier, by their xids."""
+    sent = [(xid, t) for xid, t, _ in _on_the_wire(dp)]
+    xids = [x for x, t in sent if t == ofp.OFPT_MULTIPART_REQUEST][-2:]
+    barrier = [x for x, t in sent if t == ofp.OFPT_BARRIER_REQUEST][-1]
+    handlers = (app._flow_stats, app._group_desc, app._barrier)
+    for handler, xid in zip(handlers, (*xids, barrier), strict=True):
+        handler(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=xid, flags=0, body=[])))
 
 
 def test_a_switch_admitted_early_is_asked_again_by_attach_and_dropped_if_refused() -> None:
@@ -753,3 +757,47 @@ def test_a_batch_that_does_not_encode_raises_and_is_never_answered_later(
     assert app.apply(DPID, FlowDiff(del_groups=(7,)), after)
     assert after.event.wait(5) and after.got == [(False, "timeout")]
     assert done.got == []
+
+
+def test_dump_replies_nobody_asked_for_are_not_kept() -> None:
+    """Flow-stats and group-desc replies whose xid is neither a read_all's nor the read-back's
+    under way (unsolicited, or late from an earlier read-back) used to be appended to the
+    session's tables for good, and a last part counted as the read-back's."""
+    app, dp, sw = _app()
+    entry = parser.OFPFlowStats(
+        table_id=0, priority=1, cookie=0, match=parser.OFPMatch(in_port=1), instructions=[]
+    )
+    for i in range(100):
+        msg = SimpleNamespace(datapath=dp, xid=10_000 + i, flags=0, body=[entry] * 50)
+        app._flow_stats(SimpleNamespace(msg=msg))
+        app._group_desc(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=i, flags=0, body=[])))
+    assert sw.flows == [] and sw.groups == [] and sw.pending_dumps == 0
+
+
+def test_a_read_back_barrier_answered_without_its_dumps_ends_the_session() -> None:
+    """A switch answers in order, so a barrier reply after the read-back's dumps with a dump
+    unanswered means it lies or a reply was lost (os-ken drops one it cannot parse): the
+    session would never be ready and would hold the host's datapath id."""
+    app, dp, sw = _app()
+    app.resync(DPID)
+    (xid,) = sw.barriers
+    app._barrier(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=xid)))
+    assert not sw.ready and dp.ended.is_set()
+
+
+def test_a_read_back_larger_than_the_bound_ends_the_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ofp_app, "MAX_READ_FLOWS", 120)
+    app, dp, sw = _app()
+    app.resync(DPID)
+    flows_xid = min(sw.dump_xids)
+    entry = parser.OFPFlowStats(
+        table_id=0, priority=1, cookie=0, match=parser.OFPMatch(in_port=1), instructions=[]
+    )
+    for _ in range(3):
+        msg = SimpleNamespace(
+            datapath=dp, xid=flows_xid, flags=ofp.OFPMPF_REPLY_MORE, body=[entry] * 50
+        )
+        app._flow_stats(SimpleNamespace(msg=msg))
+    assert len(sw.flows) == 100 and dp.ended.is_set() and not sw.ready
