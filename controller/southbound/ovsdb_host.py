@@ -444,7 +444,11 @@ class OvsdbHost:
                     if self._last is not None:  # the early read's: lost since, as on a loss
                         self._last = None
                         self.on_state(self.host_id, False)
-                helper = idlutils.get_schema_helper(self.target, "Open_vSwitch")
+                # Bounded (ovsdbapp's get_schema_helper waits for good on a server that
+                # accepts and never answers: the agent would be stuck and never retried).
+                helper = idlutils.create_schema_helper(
+                    switch_poke.fetch_schema(self.target, self.timeout)
+                )
                 for table, columns in self.COLUMNS.items():
                     helper.register_columns(table, list(columns or ()))
                 idl = _NotifyingIdl(self.target, helper)
@@ -452,7 +456,11 @@ class OvsdbHost:
                 idl.dirty_ifaces = {}
                 bound_reconnect_backoff(idl, self.max_backoff_s)
                 conn = connection.Connection(idl, timeout=self.timeout)
-                conn.start()
+                try:
+                    conn.start()  # bounded by the timeout (the IDL's initial dump)
+                except BaseException:
+                    idl.close()  # its socket, before the next attempt opens another
+                    raise
                 self._conn = conn
                 # ovsdbapp keeps the connection on the *class*: one subclass per host keeps
                 # hosts from sharing (and writing through) the first host's connection.

@@ -59,10 +59,9 @@ class Poked:
     interfaces: tuple[Iface, ...] | None  # the bridge's interfaces; None: no such bridge
 
 
-def _transact(conn: jsonrpc.Connection, ops: list[dict[str, Any]], deadline: float) -> list[Any]:
-    """One ``transact`` request, its reply's results (one dict per operation, ``error`` in the
-    one that failed); bounded by ``deadline`` (monotonic)."""
-    request = jsonrpc.Message.create_request("transact", [DB, *ops])
+def _call(conn: jsonrpc.Connection, method: str, params: list[Any], deadline: float) -> Any:
+    """One JSON-RPC request and its reply's result; bounded by ``deadline`` (monotonic)."""
+    request = jsonrpc.Message.create_request(method, params)
     err = conn.send(request)
     while not err:
         err, msg = conn.recv()
@@ -81,13 +80,41 @@ def _transact(conn: jsonrpc.Connection, ops: list[dict[str, Any]], deadline: flo
         if err:
             break
         if msg is not None and msg.id == request.id:
-            if msg.type != jsonrpc.Message.T_REPLY or not isinstance(msg.result, list):
-                raise PokeError(f"transaction refused: {msg.error}")
-            results: list[Any] = msg.result
-            if not all(isinstance(r, dict) for r in results):
-                raise PokeError("malformed answer")
-            return results
+            if msg.type != jsonrpc.Message.T_REPLY:
+                raise PokeError(f"{method} refused: {msg.error}")
+            return msg.result
     raise PokeError(os.strerror(err) if err > 0 else "connection closed")
+
+
+def _transact(conn: jsonrpc.Connection, ops: list[dict[str, Any]], deadline: float) -> list[Any]:
+    """One ``transact`` request, its reply's results (one dict per operation, ``error`` in the
+    one that failed); bounded by ``deadline`` (monotonic)."""
+    results = _call(conn, "transact", [DB, *ops], deadline)
+    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        raise PokeError("malformed answer")
+    return results
+
+
+def _open(ovsdb_target: str, timeout_s: float) -> jsonrpc.Connection:
+    err, strm = stream.Stream.open_block(stream.Stream.open(ovsdb_target), int(timeout_s * 1000))
+    if err:
+        raise PokeError(os.strerror(err) if err > 0 else "cannot connect")
+    return jsonrpc.Connection(strm)
+
+
+def fetch_schema(ovsdb_target: str, timeout_s: float) -> dict[str, Any]:
+    """The server's ``Open_vSwitch`` schema (JSON), within ``timeout_s``: what ovsdbapp's
+    ``get_schema_helper`` fetches with no bound at all, so that a server that accepts the
+    connection and never answers (hung, stopped, or hostile) held the host's agent for good."""
+    deadline = time.monotonic() + timeout_s
+    conn = _open(ovsdb_target, timeout_s)
+    try:
+        schema = _call(conn, "get_schema", [DB], deadline)
+    finally:
+        conn.close()
+    if not isinstance(schema, dict):
+        raise PokeError("malformed schema")
+    return schema
 
 
 def _uuid(value: Any) -> str | None:
@@ -160,10 +187,7 @@ def read_and_poke(ovsdb_target: str, bridge: str, ours: dict[str, str], timeout_
     """Read ``bridge``'s interfaces and, as `poke` says, rewrite its controller target (never
     with an empty ``ours``: a read alone).  PokeError if OVSDB could not be asked."""
     deadline = time.monotonic() + timeout_s
-    err, strm = stream.Stream.open_block(stream.Stream.open(ovsdb_target), int(timeout_s * 1000))
-    if err:
-        raise PokeError(os.strerror(err) if err > 0 else "cannot connect")
-    conn = jsonrpc.Connection(strm)
+    conn = _open(ovsdb_target, timeout_s)
     try:
         found = _transact(
             conn,

@@ -9,12 +9,14 @@ real OVS (an ovsdb-server restart) is in tests/integration/test_faults.py."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+import socket
 import threading
+import time
 from typing import Any
 
 import pytest
-from ovs.db import idl as ovs_idl
 
 from controller import config
 from controller.southbound import ovsdb_host
@@ -39,9 +41,9 @@ class _IdleConnection:
 def connect(monkeypatch: pytest.MonkeyPatch) -> Any:
     if not os.path.exists(SCHEMA):
         pytest.skip(f"{SCHEMA} missing (openvswitch-common not installed)")
-    monkeypatch.setattr(
-        ovsdb_host.idlutils, "get_schema_helper", lambda *_: ovs_idl.SchemaHelper(location=SCHEMA)
-    )
+    with open(SCHEMA) as f:
+        schema = json.load(f)
+    monkeypatch.setattr(ovsdb_host.switch_poke, "fetch_schema", lambda *_: schema)
     monkeypatch.setattr(ovsdb_host.connection, "Connection", _IdleConnection)
 
     def connect(**kwargs: Any) -> Any:
@@ -100,3 +102,30 @@ def test_python_ovs_alone_would_wait_up_to_8_s(
 def test_a_bound_python_ovs_cannot_honour_is_refused(value: str) -> None:
     with pytest.raises(config.ConfigError, match="ovsdb_max_backoff_s"):
         config.Settings(ovsdb_max_backoff_s=float(value)).validate()
+
+
+def test_an_ovsdb_server_that_accepts_and_never_answers_does_not_hold_the_agent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hung or stopped ovsdb-server (the kernel still completes the TCP handshake), or a
+    hostile peer: ovsdbapp's schema fetch waits for good, so the agent's thread was stuck
+    there, never retried, and outlived `stop` with its socket.  The fetch is bounded by the
+    agent's timeout and retried; `stop` ends the thread."""
+    monkeypatch.setattr(ovsdb_host, "POKE_TIMEOUT_S", 0.3)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)  # accepts (in the kernel), never answers
+    host = OvsdbHost(
+        {"id": "hv1", "ovsdb": f"tcp:127.0.0.1:{srv.getsockname()[1]}", "tunnel_ip": "192.0.2.1"},
+        "tcp:127.0.0.1:6653",
+        lambda *_: None,
+        lambda *_: None,
+        timeout=0.5,
+    )
+    try:
+        host.start()
+        time.sleep(2.0)  # the poke's timeout, then several of the agent's own
+        host.stop()
+        assert host._thread is not None and not host._thread.is_alive()
+    finally:
+        srv.close()
