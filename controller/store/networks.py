@@ -67,9 +67,27 @@ def load(tx: Tx, network_id: str) -> dict[str, Any] | None:
 
 def with_subnets(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
     """A stored network body with its ``subnets`` list (not stored: read from the subnets)."""
-    rows = tx.all("SELECT id FROM subnets WHERE network_id = ? ORDER BY seq", (body["id"],))
-    body["subnets"] = [r[0] for r in rows]
+    body["subnets"] = subnet_ids(tx, body["id"])
     return body
+
+
+def subnet_ids(tx: Tx, network_id: str) -> list[str]:
+    """The network's subnets, as its ``subnets`` attribute lists them."""
+    rows = tx.all("SELECT id FROM subnets WHERE network_id = ? ORDER BY seq", (network_id,))
+    return [r[0] for r in rows]
+
+
+def subnets_changed(tx: Tx, network_id: str, before: list[str]) -> None:
+    """A subnet of the network was created or deleted: its ``subnets`` list, part of what
+    the API shows, changed, so its revision moves (as Neutron's does), and an If-Match on the
+    revision read before fails."""
+    now = load(tx, network_id)
+    if now is None or now["subnets"] == before:
+        return
+    new = bump({**now, "subnets": before}, now)
+    stored = {k: v for k, v in new.items() if k != "subnets"}
+    tx.conn.execute("UPDATE networks SET body = ? WHERE id = ?", (dumps(stored), network_id))
+    tx.emit(KIND, {**now, "subnets": before}, new)
 
 
 def load_all(tx: Tx) -> list[dict[str, Any]]:
@@ -196,7 +214,7 @@ def update(
         new["availability_zone_hints"] = as_str_list(
             changes["availability_zone_hints"], "availability_zone_hints"
         )
-    wanted = {**{a: current[a] for a in PROVIDER_ATTRS}, **_provider_changes(changes)}
+    wanted = {**{a: current[a] for a in PROVIDER_ATTRS}, **_provider_changes(changes, current)}
     if any(wanted[a] != current[a] for a in PROVIDER_ATTRS):
         if tx.exists("SELECT 1 FROM ports WHERE network_id = ?", (current["id"],)):
             raise InvalidInput(
@@ -227,12 +245,14 @@ def update(
     return new
 
 
-def _provider_changes(changes: dict[str, Any]) -> dict[str, Any]:
-    """The provider attributes an update names; a new type without an id means "allocate"."""
+def _provider_changes(changes: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """The provider attributes an update names; a new type without an id means "allocate".
+    The network's own type named again (a client echoing what it read) changes nothing."""
     if changes.get("provider:physical_network") is not None:
         raise invalid_attr("provider:physical_network", "not supported for overlay networks")
     wanted = {a: changes[a] for a in PROVIDER_ATTRS if a in changes}
-    if "provider:network_type" in wanted and "provider:segmentation_id" not in wanted:
+    new_type = wanted.get("provider:network_type", current["provider:network_type"])
+    if new_type != current["provider:network_type"] and "provider:segmentation_id" not in wanted:
         wanted["provider:segmentation_id"] = None
     return wanted
 

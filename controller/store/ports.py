@@ -235,8 +235,23 @@ def _address_pairs(value: Any, port_mac: str) -> list[dict[str, str]]:
             else str(parse_ip(raw_ip, "allowed_address_pairs"))
         )
         mac = canonical_mac(pair.get("mac_address") or port_mac, "allowed_address_pairs")
+        if {"ip_address": ip, "mac_address": mac} in pairs:  # Neutron's 400 as well
+            raise InvalidInput(
+                f"Request contains duplicate address pair: mac_address {mac} ip_address {ip}.",
+                "DuplicateAddressPairInRequest",
+            )
         pairs.append({"ip_address": ip, "mac_address": mac})
     return pairs
+
+
+def _check_pairs_need_port_security(port: dict[str, Any]) -> None:
+    """Address pairs widen what port security lets a port send: without it they mean nothing,
+    and Neutron refuses them (409)."""
+    if port["allowed_address_pairs"] and not port["port_security_enabled"]:
+        raise Conflict(
+            "Port Security must be enabled in order to have allowed address pairs on a port.",
+            "AddressPairAndPortSecurityRequired",
+        )
 
 
 def _host(value: Any) -> str:
@@ -414,6 +429,7 @@ def create(
         "_num": allocation.port_number(tx),
     }
     _request_host(new, body.get("binding:host_id"))
+    _check_pairs_need_port_security(new)
     # The port row goes in first: ip_allocations rows reference it.
     _write_row(tx, new, insert=True)
     new["fixed_ips"] = _allocate_fixed_ips(tx, network, port_id, body.get("fixed_ips"), [])
@@ -465,6 +481,8 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
         new["allowed_address_pairs"] = _address_pairs(
             changes["allowed_address_pairs"], new["mac_address"]
         )
+    if "allowed_address_pairs" in changes or "port_security_enabled" in changes:
+        _check_pairs_need_port_security(new)
     if "extra_dhcp_opts" in changes:
         new["extra_dhcp_opts"] = dhcp_opts.merged(
             current.get("extra_dhcp_opts", []), changes["extra_dhcp_opts"]

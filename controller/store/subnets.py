@@ -13,6 +13,7 @@ from typing import Any
 
 import netaddr
 
+from controller.store import networks
 from controller.store.attrs import (
     bump,
     check_read_only,
@@ -140,6 +141,8 @@ def _pools(
     """The allocation pools: given ones validated, else the usable range minus the gateway."""
     hosts = usable(cidr)
     raw = body.get("allocation_pools")
+    if raw is None and "allocation_pools" in body:  # Neutron too: not "the default pools"
+        raise invalid_attr("allocation_pools", "null is not a list of {start, end} pools")
     if raw is None:
         if gateway is not None:
             hosts.remove(netaddr.IPAddress(gateway))
@@ -192,6 +195,8 @@ def _routes(value: Any, version: int) -> list[dict[str, str]]:
         hop = parse_ip(route["nexthop"], "host_routes", version)
         if dest.version != version:
             raise invalid_attr("host_routes", f"'{dest}' is not an IPv{version} network")
+        if {"destination": str(dest), "nexthop": str(hop)} in routes:  # as Neutron: a 400
+            raise invalid_attr("host_routes", f"duplicate host route '{dest} via {hop}'")
         routes.append({"destination": str(dest), "nexthop": str(hop)})
     return routes
 
@@ -225,6 +230,7 @@ def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
                 "InvalidInput",
             )
     gateway = _gateway(body, cidr)
+    before = networks.subnet_ids(tx, network_id)
     new: dict[str, Any] = {
         "id": subnet_id,
         "name": as_str(body.get("name", ""), "name"),
@@ -248,6 +254,7 @@ def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
         (subnet_id, network_id, dumps(new)),
     )
     tx.emit(KIND, None, new)
+    networks.subnets_changed(tx, network_id, before)
     return new
 
 
@@ -302,5 +309,7 @@ def delete(tx: Tx, current: dict[str, Any]) -> None:
             "One or more ports have an IP allocation from this subnet.",
             "SubnetInUse",
         )
+    before = networks.subnet_ids(tx, current["network_id"])
     tx.conn.execute("DELETE FROM subnets WHERE id = ?", (current["id"],))
     tx.emit(KIND, current, None)
+    networks.subnets_changed(tx, current["network_id"], before)

@@ -820,6 +820,7 @@ def test_api_writes_publish_events(client: TestClient, events: list[ChangeEvent]
     assert kinds == [
         ("network", True, False),
         ("subnet", True, False),
+        ("network", False, False),  # its subnets changed: a new revision
         # the project's default group, made for the port's first use, before the port
         ("security_group", True, False),
         *[("security_group_rule", True, False)] * 4,
@@ -827,8 +828,8 @@ def test_api_writes_publish_events(client: TestClient, events: list[ChangeEvent]
         ("port", False, False),
         ("port", False, True),
     ]
-    assert events[8].new["admin_state_up"] is False and events[8].old["admin_state_up"] is True
-    assert events[2].new["security_group_rules"] == [public(e.new) for e in events[3:7]]
+    assert events[9].new["admin_state_up"] is False and events[9].old["admin_state_up"] is True
+    assert events[3].new["security_group_rules"] == [public(e.new) for e in events[4:8]]
 
 
 def _cloudstack_port(net_id: str, port_id: str, device_id: str) -> dict[str, Any]:
@@ -928,3 +929,86 @@ def test_cloudstack_network_put_keeps_the_segment(client: TestClient) -> None:
         f"/v2.0/networks/{second['id']}", json={"network": {"provider:segmentation_id": 100}}
     )
     error_of(strict, 409, "TunnelIdInUse")
+
+
+# -- what the API fuzz found -----------------------------------------------------------------------
+
+
+def test_a_network_put_echoing_its_own_type_keeps_its_segment(client: TestClient) -> None:
+    """A client that sends back the type it read must not move the network to another VNI
+    (nor be refused once it has ports)."""
+    net = create(client, "network", name="n")
+    create(client, "port", network_id=net["id"])
+    for _ in range(2):
+        r = client.put(
+            f"/v2.0/networks/{net['id']}", json={"network": {"provider:network_type": "vxlan"}}
+        )
+        assert r.status_code == 200, r.text
+        got = r.json()["network"]
+        assert got["provider:segmentation_id"] == net["provider:segmentation_id"]
+        assert got["revision_number"] == net["revision_number"]
+
+
+def test_null_allocation_pools_are_refused_naming_the_field(client: TestClient) -> None:
+    net = create(client, "network", name="n")
+    pools = [{"start": "10.0.0.100", "end": "10.0.0.110"}]
+    sub = create(client, "subnet", network_id=net["id"], cidr="10.0.0.0/24", allocation_pools=pools)
+    put = client.put(f"/v2.0/subnets/{sub['id']}", json={"subnet": {"allocation_pools": None}})
+    assert "allocation_pools" in error_of(put, 400)
+    post = client.post(
+        "/v2.0/subnets",
+        json={"subnet": {"network_id": net["id"], "cidr": "10.1.0.0/24", "allocation_pools": None}},
+    )
+    assert "allocation_pools" in error_of(post, 400)
+    assert client.get(f"/v2.0/subnets/{sub['id']}").json()["subnet"]["allocation_pools"] == pools
+
+
+def test_a_subnet_added_or_removed_revises_its_network(client: TestClient) -> None:
+    """The network's ``subnets`` list is part of what a client read: an If-Match on the
+    revision read before the change fails (Neutron revises the network too)."""
+    net = create(client, "network", name="n")
+    sub = create(client, "subnet", network_id=net["id"], cidr="10.0.0.0/24")
+    after = client.get(f"/v2.0/networks/{net['id']}").json()["network"]
+    assert after["subnets"] == [sub["id"]]
+    assert after["revision_number"] == net["revision_number"] + 1
+    stale = client.put(
+        f"/v2.0/networks/{net['id']}",
+        json={"network": {"name": "m"}},
+        headers={"If-Match": f"revision_number={net['revision_number']}"},
+    )
+    assert stale.status_code == 412, stale.text
+    assert client.delete(f"/v2.0/subnets/{sub['id']}").status_code == 204
+    gone = client.get(f"/v2.0/networks/{net['id']}").json()["network"]
+    assert gone["subnets"] == [] and gone["revision_number"] == after["revision_number"] + 1
+
+
+def test_duplicate_routes_and_pairs_and_pairs_without_port_security_are_refused(
+    client: TestClient,
+) -> None:
+    net = create(client, "network", name="n")
+    route = {"destination": "10.9.0.0/16", "nexthop": "10.0.0.9"}
+    dup_routes = client.post(
+        "/v2.0/subnets",
+        json={
+            "subnet": {"network_id": net["id"], "cidr": "10.0.0.0/24", "host_routes": [route] * 2}
+        },
+    )
+    assert "host_routes" in error_of(dup_routes, 400)
+    pair = {"ip_address": "10.0.0.50"}
+    dup_pairs = client.post(
+        "/v2.0/ports", json={"port": {"network_id": net["id"], "allowed_address_pairs": [pair] * 2}}
+    )
+    error_of(dup_pairs, 400, "DuplicateAddressPairInRequest")
+    off = {"network_id": net["id"], "port_security_enabled": False, "allowed_address_pairs": [pair]}
+    error_of(
+        client.post("/v2.0/ports", json={"port": off}), 409, "AddressPairAndPortSecurityRequired"
+    )
+    port = create(client, "port", network_id=net["id"], allowed_address_pairs=[pair])
+    turn_off = client.put(
+        f"/v2.0/ports/{port['id']}",
+        json={"port": {"port_security_enabled": False, "security_groups": []}},
+    )
+    error_of(turn_off, 409, "AddressPairAndPortSecurityRequired")
+    both = {"port_security_enabled": False, "security_groups": [], "allowed_address_pairs": []}
+    assert client.put(f"/v2.0/ports/{port['id']}", json={"port": both}).status_code == 200
+    assert [p["name"] for p in client.get("/v2.0/ports").json()["ports"]] == [""]
