@@ -101,6 +101,12 @@ API_READS = (
 _READ_ONLY = ("SELECT", "BEGIN", "COMMIT", "ROLLBACK", "PRAGMA")
 
 
+class LogMovedOn(StoreUnavailable):
+    """The log was truncated past this replica again while it loaded a snapshot (a cluster
+    taking snapshots faster than this instance loads them): a 503 for the request, and the
+    follower tries again, unlike a log it can never apply."""
+
+
 class Overtaken(Exception):
     """Another instance appended to the log first: apply its entries and run the write again."""
 
@@ -544,7 +550,7 @@ class EtcdStore(Store):
                     ids.append(self._apply(seq, raw))
                 else:
                     return ids
-        raise StoreUnavailable(
+        raise LogMovedOn(
             f"this replica is at entry {self.applied} and the etcd log kept being truncated "
             "past it while it loaded the snapshot"
         )
@@ -745,6 +751,9 @@ class EtcdStore(Store):
                 if not self.down:
                     LOG.warning("etcd cluster %s unreachable: %s", _where(self.etcd), exc)
                 self.down = True  # the watch resumes by itself (`etcd_watch`)
+            except LogMovedOn as exc:  # not for good: the next round loads the newer snapshot
+                LOG.warning("etcd log: %s; trying again", exc.message)
+                self._stopping.wait(self._poll_s)
             except StoreUnavailable as exc:  # a schema mismatch, a log without snapshot: stop
                 # (writes then fail with the same reason, since this replica cannot catch up)
                 LOG.error("etcd log: %s; this instance no longer follows it", exc.message)

@@ -644,6 +644,34 @@ def test_a_committed_write_whose_answer_was_lost_runs_once_even_after_a_truncati
         b.close()
 
 
+def test_the_follower_goes_on_after_the_log_moved_on_while_it_loaded_a_snapshot(
+    store: EtcdStore, second: tuple[EtcdStore, list[Any]]
+) -> None:
+    """"Kept being truncated past it" is a race with other instances' snapshots, not a log this
+    replica can never apply: its follower used to stop for good on it, and the replica then
+    applied nothing more by itself (no watch delivery, no poll)."""
+    from controller.store.replicated import LogMovedOn
+
+    other, _ = second
+    real = other.catch_up
+    raised: list[int] = []
+
+    def moved_on_once() -> list[str]:
+        if not raised:
+            raised.append(other.applied)
+            raise LogMovedOn("the etcd log kept being truncated (test)")
+        return real()
+
+    other.catch_up = moved_on_once  # type: ignore[method-assign]
+    with other._arrived_lock:
+        other._arrived_missed = True  # the follower's next round reads the log
+    other._doorbell.set()
+    wait_for(lambda: bool(raised), "the follower met the truncation")
+    store.create_network({"name": "after"})
+    wait_for(lambda: other.applied == store.applied, "the follower still applying")
+    assert other._follower.is_alive()
+
+
 def test_an_api_read_on_another_instance_sees_every_acknowledged_write(
     store: EtcdStore, second: tuple[EtcdStore, list[Any]]
 ) -> None:
