@@ -281,7 +281,12 @@ class PacketInQueue:
             if reply is not None and pkt.in_port is not None:
                 replies.setdefault(pkt.dpid, []).append((pkt.in_port, reply))
         for dpid, frames in replies.items():
-            sent = self._send_out(dpid, frames, wait)
+            try:
+                sent = self._send_out(dpid, frames, wait)
+            except Exception:  # a bug or a connection torn down under it: never the worker's end
+                sent = None
+                if self._log("packet-out error") is not None:
+                    LOG.exception("packet-out to switch %016x failed", dpid)
             if not sent and not wait:
                 return False  # busy or its send queue full: the worker sends it, waiting
             with self._count_lock:

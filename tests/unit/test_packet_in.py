@@ -758,3 +758,25 @@ def test_a_reply_the_receive_thread_could_not_hand_over_runs_after_once_after_it
     queue.close()
     assert events == ["busy", "sent wait=True", "after"]
     assert queue.counters.replies == 1 and queue.counters.reply_failures == 0
+
+
+def test_a_reply_that_fails_to_go_out_never_ends_the_worker() -> None:
+    """The worker sends every queued reply: an exception from the packet-out (a bug, a
+    connection torn down under it) used to end its thread, and no packet-in of any switch was
+    answered again."""
+    sent: list[int] = []
+
+    def send_out(dpid: int, frames: Any, wait: bool) -> bool:
+        if not sent:
+            sent.append(-1)
+            raise OSError("the connection went away (test)")
+        sent.extend(port for port, _ in frames)
+        return True
+
+    queue = PacketInQueue(lambda pkt: b"reply", send_out, maxsize=8)
+    queue.inline_burst = 0  # every one through the worker
+    for port in (1, 2):
+        queue.offer(PacketIn(DPID, 1, OURS, 0, port, 7, FRAME))
+        _wait(lambda: queue._pending == 0, "the worker took it")
+    queue.close()
+    assert sent == [-1, 2] and queue.counters.reply_failures == 1 and queue.counters.replies == 1
