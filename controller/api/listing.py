@@ -8,7 +8,7 @@ order (default ``id``) with ``id`` as tie-breaker, which makes the ``marker`` po
 when the marker object itself no longer matches the filters.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from starlette.datastructures import URL, QueryParams
@@ -20,6 +20,7 @@ from controller.store.values import integer_text
 PAGING_KEYS = frozenset({"fields", "limit", "marker", "sort_key", "sort_dir", "page_reverse"})
 TAG_FILTERS = frozenset({"tags", "tags-any", "not-tags", "not-tags-any"})
 TRUE_WORDS = {"true": True, "1": True, "false": False, "0": False}
+NULL_WORDS = ("", "None", "null")
 
 
 def public(obj: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def _matches_scalar(value: Any, wanted: str) -> bool:
     if isinstance(value, bool):
         return TRUE_WORDS.get(wanted.lower()) is value
     if value is None:
-        return wanted in ("", "None", "null")
+        return wanted in NULL_WORDS
     if isinstance(value, int):
         return integer_text(wanted) == value
     return str(value) == wanted
@@ -61,13 +62,20 @@ def _matches_fixed_ip(fixed_ips: list[dict[str, str]], wanted: str) -> bool:
     return any(ip.get(key) == value for ip in fixed_ips)
 
 
+def _check_spelling(name: str, wanted: list[str], kind: type | None) -> None:
+    """400 for a value a boolean or integer attribute cannot hold ("" or None: null)."""
+    for w in wanted:
+        if w in NULL_WORDS:
+            continue
+        if kind is bool and w.lower() not in TRUE_WORDS:
+            raise invalid_attr(name, f"'{w}' is not a boolean")
+        if kind is int and integer_text(w) is None:
+            raise invalid_attr(name, f"'{w}' is not an integer")
+
+
 def _matches(obj: dict[str, Any], name: str, wanted: list[str]) -> bool:
     """Whether one attribute matches any of the wanted values (repeated keys are ORed)."""
     value = obj.get(name)
-    if isinstance(value, int) and not isinstance(value, bool):
-        for w in wanted:
-            if integer_text(w) is None:
-                raise invalid_attr(name, f"'{w}' is not an integer")
     if name == "fixed_ips":
         return any(_matches_fixed_ip(value or [], w) for w in wanted)
     if isinstance(value, list):
@@ -92,8 +100,14 @@ def _matches_tags(obj: dict[str, Any], params: QueryParams) -> bool:
     return not ("not-tags-any" in params and _tags(params.getlist("not-tags-any")) & have)
 
 
-def matcher(params: QueryParams, attributes: frozenset[str]) -> Callable[[dict[str, Any]], bool]:
-    """Whether an object matches every filter of the query string (unknown attributes: 400)."""
+def matcher(
+    params: QueryParams, attributes: frozenset[str], types: Mapping[str, type] | None = None
+) -> Callable[[dict[str, Any]], bool]:
+    """Whether an object matches every filter of the query string (unknown attributes: 400).
+
+    A value a ``bool`` or ``int`` attribute (``types``) cannot hold is a 400 naming it, judged
+    on the query alone: the same query never gets a 200 or a 400 depending on what is stored
+    (as when only stored integers were checked), nor a next link that leads to a 400."""
     filters: dict[str, list[str]] = {}
     for key in params:
         if key in PAGING_KEYS or key in TAG_FILTERS:
@@ -101,6 +115,7 @@ def matcher(params: QueryParams, attributes: frozenset[str]) -> Callable[[dict[s
         if key not in attributes:
             raise InvalidInput(f"{key} is an invalid attribute for filtering", "HTTPBadRequest")
         filters[key] = params.getlist(key)
+        _check_spelling(key, filters[key], (types or {}).get(key))
     use_tags = any(k in params for k in TAG_FILTERS)
 
     def matches(o: dict[str, Any]) -> bool:
@@ -112,10 +127,13 @@ def matcher(params: QueryParams, attributes: frozenset[str]) -> Callable[[dict[s
 
 
 def filtered(
-    objs: list[dict[str, Any]], params: QueryParams, attributes: frozenset[str]
+    objs: list[dict[str, Any]],
+    params: QueryParams,
+    attributes: frozenset[str],
+    types: Mapping[str, type] | None = None,
 ) -> list[dict[str, Any]]:
     """The objects matching every filter of the query string."""
-    matches = matcher(params, attributes)
+    matches = matcher(params, attributes, types)
     return [o for o in objs if matches(o)]
 
 

@@ -173,14 +173,16 @@ def collection_router(
                 raise not_found(singular, marker_id)
             shown, more = store.page(
                 res.kind,
-                matcher(params, res.attributes),
+                matcher(params, res.attributes, rs.scalar_types(res.view)),
                 limit=limit,
                 after=marker_id,
                 descending=descending,
                 exact=exact_filters(params, INDEXED[res.kind]),
             )
         else:
-            matching = filtered(store.list_all(res.kind), params, res.attributes)
+            matching = filtered(
+                store.list_all(res.kind), params, res.attributes, rs.scalar_types(res.view)
+            )
             shown, more = page(
                 matching, params, res.attributes, lambda i: store.get(res.kind, i), singular
             )

@@ -6,7 +6,7 @@ and projected on, so the published schema and the accepted filters cannot drift 
 """
 
 from functools import cache
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -193,6 +193,18 @@ class TagsView(View):
 def attribute_names(view: type[View]) -> frozenset[str]:
     """The JSON attribute names of a view (aliases where given)."""
     return frozenset(f.alias or name for name, f in view.model_fields.items())
+
+
+@cache
+def scalar_types(view: type[View]) -> dict[str, type]:
+    """``bool`` or ``int`` per attribute of a view that holds one (or null): what a list filter
+    on it must spell, whatever the stored objects hold."""
+    out: dict[str, type] = {}
+    for name, f in view.model_fields.items():
+        args = set(get_args(f.annotation)) - {type(None)} or {f.annotation}
+        if args in ({bool}, {int}):
+            out[f.alias or name] = args.pop()
+    return out
 
 
 @cache

@@ -1012,3 +1012,37 @@ def test_duplicate_routes_and_pairs_and_pairs_without_port_security_are_refused(
     both = {"port_security_enabled": False, "security_groups": [], "allowed_address_pairs": []}
     assert client.put(f"/v2.0/ports/{port['id']}", json={"port": both}).status_code == 200
     assert [p["name"] for p in client.get("/v2.0/ports").json()["ports"]] == [""]
+
+
+def test_a_list_filter_is_judged_on_the_query_not_on_what_is_stored(client: TestClient) -> None:
+    """A value an integer or boolean attribute cannot hold is a 400 naming it, whether or not
+    a stored object holds an integer there (it was a 200 while every rule's port was null,
+    and a 400 once one was not; a next link could lead to a 400); null's spellings find the
+    null ones either way; a boolean filter refuses what is not a boolean (it returned [])."""
+    made = client.post("/v2.0/security-groups", json={"security_group": {"name": "g"}})
+    group = made.json()["security_group"]
+
+    def listed(query: str) -> Any:
+        return client.get(f"/v2.0/security-group-rules?{query}")
+
+    before = [listed("port_range_min=abc"), listed("port_range_min=")]
+    rule = {
+        "security_group_id": group["id"],
+        "direction": "ingress",
+        "protocol": "tcp",
+        "port_range_min": 22,
+        "port_range_max": 22,
+    }
+    made = client.post("/v2.0/security-group-rules", json={"security_group_rule": rule})
+    assert made.status_code == 201, made.text
+    after = [listed("port_range_min=abc"), listed("port_range_min=")]
+    for bad in (before[0], after[0]):
+        assert "port_range_min" in error_of(bad, 400)
+    nulls = [r.json()["security_group_rules"] for r in (before[1], after[1])]
+    assert nulls[0] and nulls[0] == nulls[1]
+    assert [
+        r["port_range_min"] for r in listed("port_range_min=22").json()["security_group_rules"]
+    ] == [22]
+    create(client, "network", name="n")
+    assert "admin_state_up" in error_of(client.get("/v2.0/networks?admin_state_up=maybe"), 400)
+    assert len(client.get("/v2.0/networks?admin_state_up=True").json()["networks"]) == 1
