@@ -56,6 +56,7 @@ with warnings.catch_warnings():
     from etcd3gw import exceptions as etcd_errors
 
 import requests
+import urllib3
 
 from controller.store import etcd_auth
 from controller.store.etcd_settings import EtcdSettings
@@ -233,6 +234,10 @@ class EtcdLog:
                     except etcd_errors.ConnectionFailedError as exc:  # refused, reset, a 503
                         errors.append(f"{client.host}:{client.port}: {_short(exc)}")
                         self._failed_at[index] = time.monotonic()
+                        # only a connection never made sent nothing: a reset or an abort may
+                        # come after the member read the request, and etcd answers 503 to a
+                        # proposal that timed out, which may still commit
+                        maybe_sent = maybe_sent or not _never_connected(exc)
                         continue
                     except etcd_errors.Etcd3Exception as exc:  # a timeout, a 500 ("no leader")
                         errors.append(f"{client.host}:{client.port}: {_short(exc)}")
@@ -554,6 +559,17 @@ class EtcdLog:
     def revision(self) -> int:
         """The cluster's current revision (where a new watch starts, `etcd_watch`)."""
         return self._call(lambda c: int(c.status()["header"]["revision"]))
+
+
+def _never_connected(exc: Exception) -> bool:
+    """Whether etcd3gw's ConnectionFailedError stands for a connection that was never made
+    (refused, no route: urllib3's NewConnectionError behind requests' ConnectionError, which
+    etcd3gw raised it from), so that the member cannot have read the request."""
+    cause = exc.__context__
+    if not isinstance(cause, requests.exceptions.ConnectionError) or not cause.args:
+        return False
+    reason = getattr(cause.args[0], "reason", None)  # urllib3's MaxRetryError
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 def _short(exc: Exception) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import requests
+import urllib3
 from requests.adapters import BaseAdapter
 
 from controller.store.etcd_log import EtcdLog, EtcdUnavailable
@@ -72,7 +73,7 @@ def test_transaction_body_and_a_refused_connection_still_map_to_etcd3gw_errors()
     request, _ = adapter.sent[0]
     assert request.url is not None and request.url.endswith("/v3/kv/txn")
     assert len(json.loads(request.body or b"")["success"]) == 2
-    adapter.error = requests.exceptions.ConnectionError("refused")
+    adapter.error = _refused()
     with pytest.raises(EtcdUnavailable) as caught:
         log.head()
     assert caught.value.maybe_sent is False  # refused everywhere: nothing reached a member
@@ -80,6 +81,41 @@ def test_transaction_body_and_a_refused_connection_still_map_to_etcd3gw_errors()
     with pytest.raises(EtcdUnavailable) as caught:
         log.head()
     assert caught.value.maybe_sent is True
+
+
+def _refused() -> requests.exceptions.ConnectionError:
+    """What requests raises for a refused connection (its urllib3 reason inside)."""
+    reason = urllib3.exceptions.NewConnectionError(None, "[Errno 111] Connection refused")
+    return requests.exceptions.ConnectionError(
+        urllib3.exceptions.MaxRetryError(None, "/v3/kv/range", reason)  # type: ignore[arg-type]
+    )
+
+
+class _Unavailable(Recorder):
+    """A member that answers 503, as etcd does to a proposal that timed out."""
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        response = super().send(request, **kwargs)
+        response.status_code = 503
+        response._content = b'{"error": "etcdserver: request timed out", "code": 14}'
+        return response
+
+
+def test_a_reset_or_a_503_may_have_reached_the_member_a_refusal_did_not() -> None:
+    """A write whose every member failed is answered "may still be committed" unless none can
+    have read it: a connection reset or aborted after the request went out, or etcd's 503 for
+    a proposal that timed out, used to be reported as "nothing was changed"."""
+    aborted = requests.exceptions.ConnectionError(
+        urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104))
+    )
+    for adapter, sent in (
+        (Recorder(error=_refused()), False),
+        (Recorder(error=aborted), True),
+        (_Unavailable(), True),
+    ):
+        with pytest.raises(EtcdUnavailable) as caught:
+            tls_log(adapter).append(0, b"entry")
+        assert caught.value.maybe_sent is sent, adapter
 
 
 def test_pooled_connection_sends_without_nagle(etcd_settings: EtcdSettings) -> None:
