@@ -81,6 +81,20 @@ class EtcdMembership:
         """The lease this instance is a member under (the future role generation's source)."""
         return self._lease
 
+    def fence(self) -> tuple[str, int] | None:
+        """(this member's key, its lease) while it is live, else None: the data plane's
+        observations are appended only while etcd still holds that key under that lease
+        (`EtcdStore.fence`), so that none commits after the lease ended and another instance
+        took the hosts."""
+        if not self.current().live:
+            return None
+        return self.lease_key()
+
+    def lease_key(self) -> tuple[str, int] | None:
+        """(this member's key, the lease it holds now, live or not), or None without one."""
+        lease = self._lease
+        return None if lease is None else (PREFIX + self.view.me, lease)
+
     def current(self) -> MemberView:
         """The view to act on now: not live (owns nothing) once no renewal succeeded for a TTL,
         even while the renewal under way still waits on an unresponsive cluster (the thread
@@ -151,6 +165,11 @@ class EtcdMembership:
         if held is None or self._log.keep_alive(held) <= 0:
             if held is not None:
                 LOG.warning("membership lease %x expired: joining again", held)
+            if self.view.live:
+                # The view read under the lease that ended is void: with the renewal's time
+                # set below, `current` would show it live while the members are read again
+                # (the hosts this instance owned then, which another instance owns now).
+                self._set(MemberView(self.view.me, (), self.view.revision))
             lease = self._log.grant(self.ttl_s)
             if not self._take_lease(lease):
                 return
@@ -162,15 +181,13 @@ class EtcdMembership:
                 # never put again: this instance would stay out of the members for good.
                 self._drop_lease(lease)
                 raise
+        # Before the view it reads is set: whoever `on_change` wakes sees that view live.
+        self._renewed_at = sent
         revision, items = self._log.list_prefix(PREFIX)
         self._keep_watching(revision)
         members = tuple(sorted(k for k, _ in items))
         targets = tuple(sorted((k, t) for k, v in items if (t := _ofp_target(v))))
         self._set(MemberView(self.view.me, members, revision, targets))
-        # Only now: with the renewal's time set before the read, `current` would show the
-        # view from before a lapsed lease as live while the members are read (the hosts this
-        # instance owned then, which another instance owns now).
-        self._renewed_at = sent
 
     def _drop_lease(self, lease: int) -> None:
         """Forget ``lease`` (the next step takes a new one and puts the key) and revoke it."""
