@@ -196,8 +196,11 @@ def _store_copy(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # python-ovs imports eventlet only to detect it, and eventlet warns about itself on import.
+    # python-ovs imports eventlet only to detect it, and eventlet warns about itself on import;
+    # its DNS support imports dnspython, whose DSA code warns at import under cryptography >= 51
+    # (16 lines at every start, about code tenantnet never runs).
     warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+    warnings.filterwarnings("ignore", module=r"dns\.")
     parser = argparse.ArgumentParser(prog="tenantnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_serve = sub.add_parser("serve", help="run the controller (REST API + OpenFlow + OVSDB)")
