@@ -434,6 +434,9 @@ class Controller:
             # here can be applied after a newer one the membership thread spread
             self.members.spread_over(log)
         self.members.start()
+        if hasattr(self.store, "fence"):  # observations only while a live member (replicated.py)
+            self.store.lease_key = self.members.lease_key
+            self.store.fence = self.members.fence
 
     def stop(self) -> None:
         LOG.info("tenantnet stopping (flows stay on the switches)")

@@ -363,12 +363,20 @@ class EtcdLog:
         raw = self.get("head")
         return int(raw) if raw is not None else 0
 
-    def append(self, after: int, entry: bytes) -> bool:
-        """Entry ``after + 1``, if ``after`` is still the head; False if another writer won."""
+    def append(self, after: int, entry: bytes, fence: tuple[str, int] | None = None) -> bool:
+        """Entry ``after + 1``, if ``after`` is still the head (and, with ``fence`` = (key name,
+        lease id), that key is still held under that lease: a member's own key, which etcd
+        deletes when its lease ends); False if another writer won or the fence failed."""
         compare = [
             {"key": _b64(self.key("head")), "result": "EQUAL", "target": "VALUE",
              "value": _b64(str(after))}
         ]  # fmt: skip
+        if fence is not None:
+            name, lease = fence
+            compare.append(
+                {"key": _b64(self.key(name)), "result": "EQUAL", "target": "LEASE",
+                 "lease": str(lease)}
+            )  # fmt: skip
         seq = after + 1
         return self._txn(
             compare, [self._put(self.key("head"), str(seq)), self._put(self.entry_key(seq), entry)]

@@ -59,6 +59,7 @@ from controller.store.pending import Observations, PendingObservations
 from controller.store.schema import LATEST
 from controller.store.store import Store
 from controller.store.tx import Tx
+from controller.throttle import Throttle
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,6 +106,12 @@ class LogMovedOn(StoreUnavailable):
     """The log was truncated past this replica again while it loaded a snapshot (a cluster
     taking snapshots faster than this instance loads them): a 503 for the request, and the
     follower tries again, unlike a log it can never apply."""
+
+
+class NotOwner(Exception):
+    """A data-plane observation written after this instance stopped being a live member (its
+    lease ended, or was replaced by a new one since the observation was held): not written,
+    since the hosts it is about may be another instance's now, which reports them itself."""
 
 
 class Overtaken(Exception):
@@ -164,6 +171,21 @@ def _params_in(params: Any) -> Any:
     if isinstance(params, dict):
         return {k: one(v) for k, v in params["named"].items()}
     return tuple(one(v) for v in params)
+
+
+_NOT_OWNER_LOG = Throttle()
+
+
+def _log_not_owner(count: int) -> None:
+    """One line per interval: observations dropped because this instance is not a member."""
+    skipped = _NOT_OWNER_LOG("not owner")
+    if skipped is not None and count:
+        LOG.warning(
+            "not a live member of the cluster: %d data-plane observations not written (the "
+            "hosts' owners report them)%s",
+            count,
+            f"; {skipped} more times since last logged" if skipped else "",
+        )
 
 
 def read_position(path: str) -> tuple[str, int] | None:
@@ -260,6 +282,13 @@ class EtcdStore(Store):
         self._snapshot_seq = start or 0
         self._snapshotting = threading.Thread()
         self._pending = PendingObservations()
+        # (member key, lease) while this instance is a live member, None when it is not
+        # (`EtcdMembership.fence`); unset: a store without membership (tools, tests).
+        self.fence: Callable[[], tuple[str, int] | None] | None = None
+        # (member key, lease) it holds, live or not (`EtcdMembership.lease_key`), and that
+        # lease when holding began: held observations are written only under the same one
+        self.lease_key: Callable[[], tuple[str, int] | None] | None = None
+        self._held_under: tuple[str, int] | None = None
         # entries the watch delivered, not applied yet: seq -> value (bounded in bytes; an
         # entry that does not fit is read from the log instead)
         self._arrived: dict[int, bytes] = {}
@@ -376,6 +405,12 @@ class EtcdStore(Store):
                 conn.execute("COMMIT")
                 self._publish(tx.events)
                 return
+            fence = None
+            if not durable and self.fence is not None:  # a data-plane observation
+                fence = self.fence()
+                if fence is None:
+                    conn.execute("ROLLBACK")
+                    raise NotOwner
             entry_id = uuid.uuid4().hex
             entry = encode_entry(entry_id, recorded, tx.events)
             if len(entry) > self.etcd.max_entry_bytes:
@@ -387,8 +422,9 @@ class EtcdStore(Store):
                 )
             t0 = time.perf_counter()
             lost: EtcdUnavailable | None = None
+            before = self.applied
             try:
-                won = self._log.append(self.applied, entry)
+                won = self._log.append(self.applied, entry, fence)
             except EtcdUnavailable as exc:
                 won, lost = False, exc
             if not won:
@@ -402,6 +438,8 @@ class EtcdStore(Store):
                         return
                 except EtcdUnavailable as exc:
                     lost = lost or exc
+                if fence is not None and lost is None and self.applied == before:
+                    raise NotOwner  # the head had not moved: the fence failed
                 if lost is not None:
                     raise StoreUnavailable(
                         f"The store's etcd cluster {_where(self.etcd)} cannot commit now "
@@ -844,6 +882,8 @@ class EtcdStore(Store):
             self._retrying(Store.set_ports_observed, statuses, bindings, refused)
         except StoreUnavailable as exc:
             self._hold(observed, exc)
+        except NotOwner:
+            _log_not_owner(len(observed.statuses) + len(observed.bindings) + len(observed.refused))
         finally:
             self._writer.release()
 
@@ -859,6 +899,9 @@ class EtcdStore(Store):
         except StoreUnavailable as exc:
             self._hold(observed, exc)
             return None
+        except NotOwner:
+            _log_not_owner(1)
+            return None
         finally:
             self._writer.release()
 
@@ -873,12 +916,19 @@ class EtcdStore(Store):
             self._hold(observed, None)
             return True
         if not self._writer.acquire(blocking=False):
+            self._note_holder()
             self._pending.hold(observed)  # not a failure: no warning, the follower writes it
             self._doorbell.set()
             return True
         return False
 
+    def _note_holder(self) -> None:
+        """Before holding starts: the fence it starts under (`write_held_observations`)."""
+        if not self._pending.holding:
+            self._held_under = self.lease_key() if self.lease_key is not None else None
+
     def _hold(self, observed: Observations, why: StoreUnavailable | None) -> None:
+        self._note_holder()
         if not self._pending.holding:
             LOG.warning(
                 "etcd cluster %s cannot take the data plane's observations now%s: holding the "
@@ -893,6 +943,18 @@ class EtcdStore(Store):
         """Write what was held, oldest first; True when nothing is held any more.  On the
         follower's thread once etcd answers again (and callable from tests)."""
         written = 0
+        now = self.fence() if self.fence is not None else None
+        if self.fence is not None and now is None:
+            return False  # not live (yet: etcd answers before the lease is renewed): keep them
+        if now is not None and now != self._held_under:
+            # held under a lease that ended since: the hosts they are about may be another
+            # instance's now, which reports them itself
+            dropped = 0
+            while (taken := self._pending.take()) is not None:
+                dropped += len(taken.statuses) + len(taken.bindings) + len(taken.refused)
+                dropped += len(taken.hosts)
+            _log_not_owner(dropped)
+            return True
         while (taken := self._pending.take()) is not None:
             try:
                 if taken.statuses or taken.bindings or taken.refused:
@@ -906,6 +968,11 @@ class EtcdStore(Store):
                 return False
             except StoreError as exc:  # refused (cannot happen for the data plane's values)
                 LOG.error("held data-plane observations refused, dropped: %s", exc.message)
+            except NotOwner:  # the lease ended meanwhile: the rest is no longer ours either
+                _log_not_owner(len(taken.statuses) + len(taken.bindings) + len(taken.hosts))
+                while self._pending.take() is not None:
+                    pass
+                return True
             written += len(taken.statuses) + len(taken.bindings) + len(taken.refused)
             written += len(taken.hosts)
         if written:

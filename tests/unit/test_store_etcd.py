@@ -623,8 +623,8 @@ def test_a_committed_write_whose_answer_was_lost_runs_once_even_after_a_truncati
         real_append = b._log.append
         lost: list[int] = []
 
-        def append_answer_lost(after: int, entry: bytes) -> bool:
-            assert real_append(after, entry)  # committed by the cluster
+        def append_answer_lost(after: int, entry: bytes, fence: Any = None) -> bool:
+            assert real_append(after, entry, fence)  # committed by the cluster
             if lost:
                 return True
             lost.append(after + 1)
@@ -797,11 +797,11 @@ def hold_appends(
     entered, release = threading.Event(), threading.Event()
     real_append = store._log.append
 
-    def held_append(after: int, entry: bytes) -> bool:
+    def held_append(after: int, entry: bytes, fence: Any = None) -> bool:
         if not release.is_set():
             entered.set()
             release.wait(60)
-        return real_append(after, entry)
+        return real_append(after, entry, fence)
 
     monkeypatch.setattr(store._log, "append", held_append)
     return entered, release

@@ -41,6 +41,19 @@ def test_held_observations_keep_the_latest_value_and_queue_while_written() -> No
     assert not pending.holding and not pending.add_if_holding(Observations(statuses={"p": "x"}))
 
 
+def hold_a_status(store: EtcdStore, port_id: str, monkeypatch: Any) -> None:
+    """An ACTIVE status observed while every append fails as never sent: held, not written."""
+    real_append = EtcdLog.append
+
+    def unavailable(log: EtcdLog, *args: Any) -> bool:
+        raise EtcdUnavailable("injected", maybe_sent=False)
+
+    monkeypatch.setattr(EtcdLog, "append", unavailable)
+    store.set_ports_observed(statuses={port_id: "ACTIVE"})
+    assert store._pending.holding
+    monkeypatch.setattr(EtcdLog, "append", real_append)
+
+
 @pytest.mark.etcd
 def test_observations_during_quorum_loss_are_held_then_written(
     tmp_path: Path,
@@ -104,16 +117,8 @@ def test_an_observation_the_cluster_fails_is_held_then_written(
     try:
         net_id, _ = make_net_with_subnet(store)
         port = store.create_port({"network_id": net_id})
-        real_append = EtcdLog.append
-
-        def unavailable(log: EtcdLog, *args: Any) -> bool:
-            raise EtcdUnavailable("injected", maybe_sent=False)
-
-        monkeypatch.setattr(EtcdLog, "append", unavailable)
-        store.set_ports_observed(statuses={port["id"]: "ACTIVE"})  # raises nothing
-        assert store._pending.holding
+        hold_a_status(store, port["id"], monkeypatch)  # raises nothing
         assert store.get_port(port["id"])["status"] == "DOWN"
-        monkeypatch.setattr(EtcdLog, "append", real_append)
         wait_for(lambda: not store._pending.holding, "the follower writing what was held")
         assert store.get("port", port["id"])["status"] == "ACTIVE"
     finally:
@@ -165,3 +170,91 @@ def test_an_observation_never_waits_behind_a_write_waiting_for_etcd(
         wait_for(written, "the held observations written by the follower")
     finally:
         store.close()
+
+
+@pytest.mark.etcd
+def test_an_observation_is_not_committed_once_the_members_lease_ended(
+    tmp_path: Path, etcd_settings: EtcdSettings
+) -> None:
+    """The data plane checks ownership before it reports, but its write may reach etcd after
+    the instance's lease ended (a stall, a slow cluster) and another instance took the host:
+    the append carries a compare on the member's own key under its lease, so such a write
+    fails at etcd and is dropped, never overwriting the new owner's report.  While live, the
+    fence costs nothing but that compare."""
+    from controller.store.etcd_members import EtcdMembership
+
+    member = EtcdMembership(etcd_settings, "a", 30)
+    store = EtcdStore(str(tmp_path / "a.db"), EventBus(), etcd_settings, poll_s=0.2)
+    try:
+        member._step()  # joined (no renewal thread: the stall)
+        store.fence = member.fence
+        net_id, _ = make_net_with_subnet(store)
+        port = store.create_port({"network_id": net_id})
+        store.set_ports_observed(statuses={port["id"]: "ACTIVE"})
+        assert store.get("port", port["id"])["status"] == "ACTIVE"  # live: written
+        assert member.lease_id is not None
+        member._log.revoke(member.lease_id)  # the lease ends; this instance does not know yet
+        assert member.fence() is not None
+        head = store.applied
+        store.set_ports_observed(statuses={port["id"]: "DOWN"})  # raises nothing
+        assert store.applied == head and not store._pending.holding
+        assert store.get("port", port["id"])["status"] == "ACTIVE"
+        member._renewed_at -= 60  # now it knows: nothing is even tried
+        assert member.fence() is None
+        store.set_host_state("hv1", "connected", "00000000000000aa")
+        assert store.applied == head
+        # an API write is not fenced (any instance serves the API)
+        store.update("port", port["id"], {"name": "still served"})
+        assert store.applied == head + 1
+    finally:
+        store.close()
+        member.stop()
+
+
+@pytest.mark.etcd
+def test_observations_held_under_a_lease_that_ended_are_dropped_not_written(
+    tmp_path: Path, etcd_settings: EtcdSettings, monkeypatch: Any
+) -> None:
+    """Held during an outage under one lease, written after this instance joined again under
+    another: meanwhile its hosts were another instance's, whose reports they would overwrite."""
+    store = EtcdStore(str(tmp_path / "a.db"), EventBus(), etcd_settings, poll_s=60)
+    lease: list[tuple[str, int] | None] = [("members/a", 1)]
+    live = [True]
+    try:
+        net_id, _ = make_net_with_subnet(store)
+        port = store.create_port({"network_id": net_id})
+        store.lease_key = lambda: lease[0]
+        store.fence = lambda: lease[0] if live[0] else None
+        hold_a_status(store, port["id"], monkeypatch)
+        live[0] = False  # etcd answers again, the membership has not renewed yet: kept
+        assert not store.write_held_observations() and store._pending.holding
+        live[0], lease[0] = True, ("members/a", 2)  # joined again under a new lease
+        head = store.applied
+        assert store.write_held_observations()
+        assert store.applied == head and not store._pending.holding
+        assert store.get("port", port["id"])["status"] == "DOWN"
+    finally:
+        store.close()
+
+
+@pytest.mark.etcd
+def test_observations_held_under_the_lease_still_held_are_written(
+    tmp_path: Path, etcd_settings: EtcdSettings, monkeypatch: Any
+) -> None:
+    """The same lease across the outage (etcd keeps leases while it has no leader): nobody
+    took the hosts, the held observations are written as before."""
+    from controller.store.etcd_members import EtcdMembership
+
+    member = EtcdMembership(etcd_settings, "a", 30)
+    store = EtcdStore(str(tmp_path / "a.db"), EventBus(), etcd_settings, poll_s=60)
+    try:
+        member._step()
+        store.lease_key, store.fence = member.lease_key, member.fence
+        net_id, _ = make_net_with_subnet(store)
+        port = store.create_port({"network_id": net_id})
+        hold_a_status(store, port["id"], monkeypatch)
+        assert store.write_held_observations()
+        assert store.get("port", port["id"])["status"] == "ACTIVE"
+    finally:
+        store.close()
+        member.stop()
