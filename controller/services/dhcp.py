@@ -91,9 +91,16 @@ OPTIONS_BUDGET = 1200
 must not exceed the client's maximum message size, at least 576; clients that boot VMs accept a
 full frame).  Extra options that would exceed it are left out and counted."""
 
+MAX_OPTION_LEN = 255
+"""An option's longest value (one length byte; no RFC 3396 long options here).  A standard option
+the store's facts make longer is left out and counted (`DhcpResponder._options`)."""
+
 NOT_OVERRIDABLE = frozenset({0, 50, 52, 53, 54, 255})
 """Options that frame the protocol itself (message type, server identifier, requested address,
 overload, pad/end): an extra option cannot replace them."""
+
+LEASE_OPTIONS = frozenset({opt.LEASE_TIME, opt.RENEWAL_T1, opt.REBINDING_T2})
+"""The lease's times: never in the ACK to an INFORM, not even as a port's extra option."""
 
 # message types (RFC 2132 section 9.6)
 DISCOVER, OFFER, REQUEST, DECLINE, ACK, NAK, RELEASE, INFORM = 1, 2, 3, 4, 5, 6, 7, 8
@@ -381,6 +388,9 @@ class DhcpResponder:
         if subnet.gateway_ip:
             chosen[opt.ROUTER] = opt.ipv4(subnet.gateway_ip)
         dns = subnet.dns_nameservers or self.settings.dns_servers
+        left_out = 0
+        if len(dns) > MAX_OPTION_LEN // 4:  # the store takes up to 100; clients use a few
+            dns, left_out = dns[: MAX_OPTION_LEN // 4], 1
         if dns:
             chosen[opt.DNS_SERVERS] = b"".join(opt.ipv4(d) for d in dns)
         if self.settings.domain_name:
@@ -393,12 +403,20 @@ class DhcpResponder:
             chosen[opt.LEASE_TIME] = opt.encode(opt.LEASE_TIME, str(seconds))
             chosen[opt.RENEWAL_T1] = opt.encode(opt.RENEWAL_T1, str(seconds // 2))
             chosen[opt.REBINDING_T2] = opt.encode(opt.REBINDING_T2, str(seconds * 7 // 8))
+        for too_long in [n for n, v in chosen.items() if len(v) > MAX_OPTION_LEN]:
+            # Too long for one option (e.g. 30 host routes: the store takes 100): os-ken cannot
+            # frame it (struct.error), which escaped `respond` and left every port of the
+            # subnet without DHCP.  Left out whole, not cut: a partial route list would route
+            # silently wrong, and without option 121 the client uses option 3 (the gateway).
+            del chosen[too_long]
+            left_out += 1
         used = sum(2 + len(v) for v in chosen.values())
-        left_out = 0
         for extra in port.extra_dhcp_opts:
             number = opt.option_number(extra.name)
             if extra.ip_version != 4 or number is None or number in NOT_OVERRIDABLE:
                 continue
+            if not lease and number in LEASE_OPTIONS:
+                continue  # RFC 2131 4.3.5: an ACK to an INFORM MUST NOT carry a lease time
             if extra.value == "":  # "send none" (router, classless-static-route)
                 used -= 2 + len(chosen.pop(number, b"")) if number in chosen else 0
                 continue
@@ -408,7 +426,7 @@ class DhcpResponder:
                 left_out += 1
                 continue
             after = used - (2 + len(chosen[number]) if number in chosen else 0) + 2 + len(value)
-            if not 0 < len(value) <= 255 or after > OPTIONS_BUDGET:
+            if not 0 < len(value) <= MAX_OPTION_LEN or after > OPTIONS_BUDGET:
                 left_out += 1
                 continue
             chosen[number], used = value, after
@@ -438,8 +456,10 @@ class DhcpResponder:
             ip_dst = "255.255.255.255"
         elif req.ciaddr != "0.0.0.0":
             ip_dst = req.ciaddr
-        else:
+        elif yiaddr != "0.0.0.0":
             ip_dst = yiaddr
+        else:  # an INFORM without its ciaddr: 0.0.0.0 is no destination (RFC 1122 3.2.1.3)
+            ip_dst = "255.255.255.255"
         payload = message.serialize()
         head, ip = self._head(req.client_mac, server_ip, ip_dst, payload)
         l4 = udp.udp(src_port=SERVER_PORT, dst_port=CLIENT_PORT)

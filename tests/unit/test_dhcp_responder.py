@@ -162,6 +162,33 @@ def test_inform_gets_options_without_a_lease() -> None:
     assert opt.ROUTER in options
 
 
+def test_inform_gets_no_lease_time_even_from_a_ports_extra_options() -> None:
+    """RFC 2131 4.3.5: the server MUST NOT send a lease expiration time in the ACK to an
+    INFORM; a port's extra options used to put one there."""
+    port = DhcpPort(
+        mac=MAC,
+        fixed_ips=(("s1", "10.0.0.5"),),
+        extra_dhcp_opts=(DhcpOpt("lease-time", "600"), DhcpOpt("T1", "300")),
+    )
+    responder = DhcpResponder(SETTINGS)
+    inform = responder.respond(client_frame(INFORM, ciaddr="10.0.0.5"), port, NETWORK)
+    assert inform is not None
+    assert not {opt.LEASE_TIME, opt.RENEWAL_T1, opt.REBINDING_T2} & set(parse(inform)[4])
+    offer = responder.respond(client_frame(DISCOVER), port, NETWORK)
+    assert offer is not None  # a lease's replies still take them
+    assert parse(offer)[4][opt.LEASE_TIME] == (600).to_bytes(4, "big")
+    assert responder.counters.options_left_out == 0
+
+
+def test_inform_without_ciaddr_is_answered_to_broadcast_not_to_0_0_0_0() -> None:
+    """An INFORM without ciaddr (broken or hostile client) used to be answered with IP
+    destination 0.0.0.0, which no stack accepts."""
+    reply = respond(client_frame(INFORM))
+    assert reply is not None
+    _, ip, _, msg, _ = parse(reply)
+    assert ip.dst == "255.255.255.255" and msg.yiaddr == "0.0.0.0"
+
+
 @pytest.mark.parametrize("kind", [RELEASE, DECLINE])
 def test_release_and_decline_get_nothing(kind: int) -> None:
     responder = DhcpResponder(SETTINGS)
@@ -225,6 +252,28 @@ def test_extra_options_are_bounded_to_one_frame() -> None:
     reply = responder.respond(client_frame(DISCOVER), port, NETWORK)
     assert reply is not None and len(reply) <= 1514
     assert responder.counters.options_left_out > 0
+
+
+def test_a_subnet_whose_routes_or_dns_outgrow_one_option_is_still_answered() -> None:
+    """The store takes 100 host routes and DNS servers; 30 /24 routes or 64 servers are more
+    than one option's 255 bytes.  os-ken's struct.error used to escape `respond`, so no port of
+    the subnet got DHCP at all."""
+    subnet = DhcpSubnet(
+        id="s1",
+        cidr="10.0.0.0/24",
+        gateway_ip="10.0.0.1",
+        dns_nameservers=tuple(f"192.0.2.{i}" for i in range(1, 71)),
+        host_routes=tuple((f"172.16.{i}.0/24", "10.0.0.254") for i in range(40)),
+    )
+    responder = DhcpResponder(SETTINGS)
+    reply = responder.respond(client_frame(DISCOVER), PORT, DhcpNetwork(1450, (subnet,)))
+    assert reply is not None
+    msg, options = parse(reply)[3:]
+    assert msg.yiaddr == "10.0.0.5"
+    assert opt.CLASSLESS_ROUTES not in options  # left out whole: the client uses option 3
+    assert options[opt.ROUTER] == netaddr.IPAddress("10.0.0.1").packed
+    assert len(options[opt.DNS_SERVERS]) == 63 * 4  # the first 63 servers
+    assert responder.counters.options_left_out == 2
 
 
 @pytest.mark.parametrize(
