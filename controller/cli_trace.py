@@ -4,8 +4,22 @@ so the tests feed it documents)."""
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Mapping
 from typing import Any
+
+# C0 and C1 controls, DEL, line and paragraph separators and the bidi overrides/isolates
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(value: object) -> str:
+    """``value`` as text that shows on a terminal as what it is: every control character as
+    ``\\xNN``/``\\uNNNN``.  Names in a trace (ports, networks, security groups) are whatever a
+    tenant typed: an escape sequence in one would otherwise reach the operator's terminal (clear
+    it, retitle it, recolour or hide lines) and a newline would forge a line of the answer."""
+    return _UNSAFE.sub(
+        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", str(value)
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,8 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     dst = p.add_argument_group("destination (one at least)")
     dst.add_argument("--to-ip", help="destination IP (its MAC is looked up in the network)")
     dst.add_argument("--to-mac", help="destination MAC, e.g. ff:ff:ff:ff:ff:ff")
-    p.add_argument("--protocol", default="icmp",
-                   help="tcp, udp, icmp, sctp, arp or an IP protocol number (default icmp)")
+    p.add_argument(
+        "--protocol",
+        default="icmp",
+        help="tcp, udp, icmp, sctp, arp or an IP protocol number (default icmp)",
+    )
     p.add_argument("--dport", type=int, default=0, help="destination tcp/udp/sctp port")
     p.add_argument("--sport", type=int, default=40000, help="source tcp/udp/sctp port")
     p.add_argument("--icmp-type", type=int, default=8)
@@ -24,8 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ct-state", action="append",
                    help="conntrack state of each pass (new, est, est,rpl, rel, inv); once: "
                         "every pass")  # fmt: skip
-    p.add_argument("--installed", action="store_true",
-                   help="trace the flows read from the switches now, not the desired ones")
+    p.add_argument(
+        "--installed",
+        action="store_true",
+        help="trace the flows read from the switches now, not the desired ones",
+    )
     p.add_argument("--flows", action="store_true", help="also print every flow that matched")
 
 
@@ -65,4 +85,4 @@ def trace_view(doc: Mapping[str, Any], flows: bool = False) -> str:
             lines.append(f"{host.get('host')}: ovs-appctl ofproto/trace br-int "
                          f"'{host.get('ofproto_trace')}'")  # fmt: skip
             lines += [f"  {f}" for f in host.get("flows") or ()]
-    return "\n".join(lines)
+    return "\n".join(map(visible, lines))

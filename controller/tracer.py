@@ -20,9 +20,12 @@ O(ports of that network + flows of the hosts it visits).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import netaddr
 
 from controller.dataplane.state import ROUTER_INTERFACE_OWNERS
 from flows.model import Slice
@@ -40,6 +43,8 @@ from flows.trace_terms import (
 
 SNAPSHOT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 10.0
+READ_BUDGET_S = 30.0  # every switch read of one installed trace together (a flood visits many)
+MAX_INSTALLED_TRACES = 4  # installed traces at once: each dumps whole switches, like drift
 CT_PASSES = 16  # a single ct_state given for "every pass": more than any path has
 
 ReadSwitch = Callable[[int, Callable[..., None]], bool]
@@ -121,6 +126,9 @@ class Tracer:
         self.store = store
         self.dataplane = dataplane
         self.read_switch = read_switch
+        # An installed trace dumps every flow and group of each switch it visits and holds an
+        # API worker thread while it waits: bounded like drift requests (the rest get a 429).
+        self._installed_traces = threading.BoundedSemaphore(MAX_INSTALLED_TRACES)
 
     def trace(self, req: Request) -> dict[str, Any]:
         port_id = req.source_port_id
@@ -128,11 +136,24 @@ class Tracer:
         read = self.read_switch()
         if req.installed and read is None:
             raise TraceInputError("installed", "reading the switches is not available", 503)
-        packet = build_packet(req, cat.ports[port_id], cat, gateways)
-        tables = _installed(snap, read) if req.installed and read else _desired(snap)
+        src = cat.ports.get(port_id)
+        if src is None:  # deleted between its read and its network's listing: a 404, not a 500
+            raise TraceInputError("source_port_id", f"port {port_id} not found", 404)
+        packet = build_packet(req, src, cat, gateways)
         states = req.ct_state * CT_PASSES if len(req.ct_state) == 1 else req.ct_state
-        result = follow(cat, tables, port_id, packet, list(states))
-        return render(result, "installed" if req.installed else "desired", cat)
+        if not (req.installed and read):
+            result = follow(cat, _desired(snap), port_id, packet, list(states))
+            return render(result, "desired", cat)
+        if not self._installed_traces.acquire(blocking=False):
+            raise TraceInputError(
+                "installed", "too many installed traces in progress; retry later", 429
+            )
+        try:
+            tables = _installed(snap, read, time.monotonic() + READ_BUDGET_S)
+            result = follow(cat, tables, port_id, packet, list(states))
+        finally:
+            self._installed_traces.release()
+        return render(result, "installed", cat)
 
     def _catalog(self, port_id: str) -> tuple[Catalog, Snapshot, dict[int, str]]:
         """The names and flows a trace from the port needs: its network and the networks its
@@ -163,13 +184,19 @@ class Tracer:
         return catalog(self.store, nets, ports, snap), snap, gateways
 
 
-def _installed(snap: Snapshot, read: ReadSwitch) -> Callable[[str], FlowTable | None]:
+def _installed(
+    snap: Snapshot, read: ReadSwitch, deadline: float
+) -> Callable[[str], FlowTable | None]:
+    """The hosts' flows read from their switches, one at a time as the packet reaches them;
+    none after ``deadline`` (monotonic): a flood reaches every host of the network, and one
+    slow switch after another must not hold the request for READ_TIMEOUT_S each."""
     cache: dict[str, FlowTable | None] = {}
 
     def table(host_id: str) -> FlowTable | None:
         if host_id not in cache:
             host = snap.hosts.get(host_id)
-            got = _read(read, host.dpid) if host is not None else None
+            left = min(READ_TIMEOUT_S, deadline - time.monotonic())
+            got = _read(read, host.dpid, left) if host is not None and left > 0 else None
             cache[host_id] = FlowTable(got) if got is not None else None
         return cache[host_id]
 
@@ -192,7 +219,7 @@ def _desired(snap: Snapshot) -> Callable[[str], FlowTable | None]:
     return table
 
 
-def _read(read: ReadSwitch, dpid: int) -> Slice | None:
+def _read(read: ReadSwitch, dpid: int, timeout_s: float = READ_TIMEOUT_S) -> Slice | None:
     """One switch's flows and groups now, or None (gone, or no answer in time)."""
     done = threading.Event()
     box: list[Slice | None] = [None]
@@ -202,7 +229,7 @@ def _read(read: ReadSwitch, dpid: int) -> Slice | None:
         box[0] = result
         done.set()
 
-    if not read(dpid, on_done) or not done.wait(READ_TIMEOUT_S):
+    if not read(dpid, on_done) or not done.wait(timeout_s):
         return None
     return box[0]
 
@@ -272,15 +299,12 @@ def build_packet(req: Request, src: PortInfo, cat: Catalog,
     if dst_mac is None:
         assert req.destination_ip is not None  # the request model requires one of them
         owner = next((p for p in cat.ports.values() if req.destination_ip in p.fixed_ips), None)
-        if owner is None:
-            raise TraceInputError(
-                "destination_ip",
-                f"no port of the source port's network has {req.destination_ip}; give "
-                "destination_mac too",
-            )
-        dst_mac = owner.mac
+        if owner is not None:
+            dst_mac = owner.mac
+        else:
+            owner, dst_mac = pair_holder(cat, req.destination_ip)
         if owner.network_key != src.network_key:
-            dst_mac = (gateways or {}).get(src.network_key, owner.mac)
+            dst_mac = (gateways or {}).get(src.network_key, dst_mac)
     dst_ip = req.destination_ip
     v6 = dst_ip is not None and ":" in dst_ip
     src_ip = req.source_ip or next((ip for ip in src.fixed_ips if (":" in ip) == v6), None)
@@ -288,8 +312,17 @@ def build_packet(req: Request, src: PortInfo, cat: Catalog,
     if req.protocol == "arp":
         if dst_ip is None or v6:
             raise TraceInputError("destination_ip", "an ARP request needs an IPv4 destination_ip")
-        return make_packet(src_mac, "ff:ff:ff:ff:ff:ff" if req.destination_mac is None
-                           else dst_mac, ip_src=src_ip or "0.0.0.0", ip_dst=dst_ip, arp_op=1)
+        if src_ip is not None and ":" in src_ip:
+            # An ARP sender address is IPv4: an IPv6 source_ip is the client's mistake (400),
+            # not an error of make_packet's (a 500).
+            raise TraceInputError("source_ip", "an ARP request needs an IPv4 source_ip")
+        return make_packet(
+            src_mac,
+            "ff:ff:ff:ff:ff:ff" if req.destination_mac is None else dst_mac,
+            ip_src=src_ip or "0.0.0.0",
+            ip_dst=dst_ip,
+            arp_op=1,
+        )
     if dst_ip is None:
         raise TraceInputError("destination_ip", f"a {req.protocol} packet needs destination_ip")
     if src_ip is None:
@@ -303,6 +336,37 @@ def build_packet(req: Request, src: PortInfo, cat: Catalog,
     return make_packet(src_mac, dst_mac, ip_src=src_ip, ip_dst=dst_ip, protocol=proto,
                        src_port=req.source_l4_port, dst_port=req.destination_l4_port,
                        icmp_type=req.icmp_type, icmp_code=req.icmp_code)  # fmt: skip
+
+
+def pair_holder(cat: Catalog, ip: str) -> tuple[PortInfo, str]:
+    """The port that holds ``ip`` as an allowed address pair (a VIP, keepalived's address) and
+    the pair's MAC: the API lets that port receive for it, so a trace to it must not say that
+    no port has it.  The most specific pair wins; several equally specific (a VIP that
+    moves between ports) need ``destination_mac`` to say which one holds it now."""
+    addr = netaddr.IPAddress(ip)
+    found: list[tuple[int, PortInfo, str]] = []
+    for p in cat.ports.values():
+        for prefix, mac in p.allowed_pairs:
+            try:
+                net = netaddr.IPNetwork(prefix)
+            except (netaddr.AddrFormatError, ValueError, TypeError):
+                continue
+            if net.version == addr.version and addr in net:
+                found.append((net.prefixlen, p, mac))
+    longest = max((n for n, _, _ in found), default=0)
+    best = [(p, mac) for n, p, mac in found if n == longest]
+    if len(best) == 1:
+        return best[0]
+    if not best:
+        raise TraceInputError(
+            "destination_ip",
+            f"no port of the source port's network has {ip}; give destination_mac too",
+        )
+    names = ", ".join(sorted(p.label for p, _ in best))
+    raise TraceInputError(
+        "destination_ip",
+        f"{ip} is an allowed address pair of several ports ({names}); give destination_mac too",
+    )
 
 
 # ------------------------------------------------------------------------------------ answer

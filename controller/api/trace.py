@@ -4,18 +4,23 @@ orchestrator's terms (`controller.tracer`).
 The body is validated strictly (unknown fields refused, addresses parsed, ranges checked), so a
 bad request is a 400 naming the field; an unknown source port is a 404; a port that is bound
 nowhere, or a flow table the evaluator cannot evaluate exactly, a 409; a data plane that does
-not answer in time, or switches that cannot be read, a 503.
+not answer in time, or switches that cannot be read, a 503; an installed trace while
+MAX_INSTALLED_TRACES others read switches, a 429.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
 
-from controller.api.errors import neutron_error
-from controller.tracer import Request, TraceInputError, Tracer
+from controller.api.errors import neutron_error, validation_message
+from controller.api.strict_json import StrictJsonRoute
+from controller.tracer import Request as TraceQuery
+from controller.tracer import TraceInputError, Tracer
 from flows.trace import TraceError, parse_ct_state
 
 _MAC = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
@@ -40,11 +45,14 @@ class TraceRequest(BaseModel):
     icmp_type: int = Field(default=8, ge=0, le=255)
     icmp_code: int = Field(default=0, ge=0, le=255)
     source_ip: IPvAnyAddress | None = Field(
-        default=None, description="Send from this address instead of the port's (spoofing).")
+        default=None, description="Send from this address instead of the port's (spoofing)."
+    )
     source_mac: str | None = Field(default=None, pattern=_MAC)
     ct_state: str | list[str] | None = Field(
-        default=None, description="Conntrack state each conntrack pass sees (new, est, "
-        "est,rpl, rel, inv): one for every pass, or one per pass in order; default new.")
+        default=None,
+        description="Conntrack state each conntrack pass sees (new, est, "
+        "est,rpl, rel, inv): one for every pass, or one per pass in order; default new.",
+    )
     installed: bool = Field(
         default=False, description="Trace the flows read from the switches now instead of the "
         "desired ones; a different answer is drift.")  # fmt: skip
@@ -72,9 +80,9 @@ class TraceRequest(BaseModel):
             raise ValueError("destination_ip or destination_mac is required")
         return self
 
-    def request(self) -> Request:
+    def request(self) -> TraceQuery:
         states = [self.ct_state] if isinstance(self.ct_state, str) else self.ct_state or []
-        return Request(
+        return TraceQuery(
             source_port_id=self.source_port_id,
             destination_ip=None if self.destination_ip is None else str(self.destination_ip),
             destination_mac=None if self.destination_mac is None else self.destination_mac.lower(),
@@ -91,7 +99,35 @@ class TraceRequest(BaseModel):
 
 
 _TYPES = {400: "HTTPBadRequest", 404: "PortNotFound", 409: "HTTPConflict",
-          503: "ServiceUnavailable"}  # fmt: skip
+          429: "TooManyRequests", 503: "ServiceUnavailable"}  # fmt: skip
+
+
+class BareBodyRoute(StrictJsonRoute):
+    """The API's validation messages (`validation_message`) assume a resource envelope
+    (``{"port": {...}}``): an error one level into the body is the envelope's, "the resource
+    must be a JSON object", and a field is named from the second level.  The trace body has no
+    envelope, so ``{"source_port_id": 5}`` got that message and a bad ``ct_state`` was named
+    ``str`` (pydantic's union branch).  Here the errors get an envelope before being worded,
+    so each names the field at fault."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def bare_body_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                errors = [_enveloped(e) for e in exc.errors()]
+                return neutron_error(400, "HTTPBadRequest", validation_message(errors))
+
+        return bare_body_handler
+
+
+def _enveloped(error: dict[str, Any]) -> dict[str, Any]:
+    loc = tuple(error.get("loc", ()))
+    if len(loc) > 1 and loc[0] == "body":
+        return {**error, "loc": ("body", "trace", *loc[1:])}
+    return error
 
 
 def add_trace_route(app: FastAPI, tracer: Tracer) -> None:
@@ -102,14 +138,19 @@ def add_trace_route(app: FastAPI, tracer: Tracer) -> None:
             return {"trace": tracer.trace(body.request())}
         except TraceInputError as exc:
             message = f"{exc.field}: {exc}" if exc.status == 400 else str(exc)
-            return neutron_error(exc.status, _TYPES.get(exc.status, "HTTPBadRequest"), message)
+            headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+            return neutron_error(
+                exc.status, _TYPES.get(exc.status, "HTTPBadRequest"), message, headers
+            )
         except TraceError as exc:
             return neutron_error(409, "HTTPConflict", f"cannot trace this packet exactly: {exc}")
 
-    app.add_api_route(
+    app.router.add_api_route(
         "/tenantnet/trace", trace, methods=["POST"], tags=["tenantnet"],
+        route_class_override=BareBodyRoute,
         summary="Follow a packet from a port and explain its fate (desired or installed flows)",
         responses={404: {"description": "Unknown source port"},
                    409: {"description": "Port not bound, or flows that cannot be traced"},
+                   429: {"description": "Too many installed traces in progress; retry"},
                    503: {"description": "Data plane or switches did not answer"}},
     )  # fmt: skip

@@ -72,9 +72,12 @@ class FakeDataPlane:
 def setup(store: Store, make_client: ClientFactory) -> tuple[TestClient, FakeDataPlane, dict]:
     net = store.create_network({"name": "web", "provider:network_type": "vxlan"})
     store.create_subnet({"network_id": net["id"], "cidr": "10.0.0.0/24", "ip_version": 4})
-    ports = {name: store.create_port({"network_id": net["id"], "name": name,
-                                      "fixed_ips": [{"ip_address": ip}]})
-             for name, ip in (("vm1", "10.0.0.5"), ("vm2", "10.0.0.6"), ("spare", "10.0.0.7"))}
+    ports = {
+        name: store.create_port(
+            {"network_id": net["id"], "name": name, "fixed_ips": [{"ip_address": ip}]}
+        )
+        for name, ip in (("vm1", "10.0.0.5"), ("vm2", "10.0.0.6"), ("spare", "10.0.0.7"))
+    }
     dp = FakeDataPlane(store, {ports["vm1"]["id"]: "hv1", ports["vm2"]["id"]: "hv2"})
     switches: dict[int, Slice | None] = {}
 
@@ -100,7 +103,10 @@ def test_desired_and_installed_answers_and_drift_between_them(setup) -> None:
     assert r.status_code == 200, r.text
     doc = r.json()["trace"]
     assert (doc["mode"], doc["verdict"], doc["delivered_to"]) == (
-        "desired", "delivered", [st["vm2"]["id"]])
+        "desired",
+        "delivered",
+        [st["vm2"]["id"]],
+    )
     assert doc["paths"][0]["steps"][-1] == "delivered to port vm2 (10.0.0.6) on hv2"
     assert [h["host"] for h in doc["hosts"]] == ["hv1", "hv2"]
     obs = dp.hosts["hv1"].obs
@@ -116,13 +122,13 @@ def test_desired_and_installed_answers_and_drift_between_them(setup) -> None:
         rules = {r for s in owners.values() for r in s.rules}
         groups = {g for s in owners.values() for g in s.groups}
         if host == "hv2":
-            rules = {r for r in rules if not (r.table == t.CLASSIFY and "tunnel_id" in dict(
-                r.match))}
+            rules = {
+                r for r in rules if not (r.table == t.CLASSIFY and "tunnel_id" in dict(r.match))
+            }
         st["switches"][rt.dpid] = Slice(frozenset(rules), frozenset(groups))
     installed = post(client, **body, installed=True).json()["trace"]
     assert (installed["mode"], installed["verdict"]) == ("installed", "dropped")
-    assert installed["paths"][0]["steps"][-1].startswith(
-        "hv2: dropped: hv2 accepts no vxlan key")
+    assert installed["paths"][0]["steps"][-1].startswith("hv2: dropped: hv2 accepts no vxlan key")
     assert post(client, **body).json()["trace"]["verdict"] == "delivered"  # desired: unchanged
 
     st["switches"][dp.hosts["hv2"].dpid] = None  # hv2 does not answer its read
@@ -155,6 +161,148 @@ def test_errors(setup) -> None:
     dp.timeout = False
     r = post(client, source_port_id=st["vm1"]["id"], installed=True, **body)
     assert r.status_code == 503 and "not available" in r.text
+
+
+def test_arp_from_an_ipv6_source_ip_is_a_400_naming_it(setup) -> None:
+    """An ARP request's sender address is IPv4: an IPv6 ``source_ip`` used to reach
+    make_packet and come back as a 500 (ValueError)."""
+    client, _dp, st = setup
+    r = post(client, source_port_id=st["vm1"]["id"], destination_ip="10.0.0.6",
+             protocol="arp", source_ip="2001:db8::5")  # fmt: skip
+    assert r.status_code == 400, r.text
+    assert r.json()["NeutronError"]["message"].startswith("source_ip: ")
+
+
+def test_a_wrong_type_names_the_field(setup) -> None:
+    """The body has no resource envelope: a wrong type one level in used to be worded as the
+    envelope's ("the resource must be a JSON object"), a union's as its branch ("str")."""
+    client, _dp, st = setup
+    r = post(client, source_port_id=5, destination_ip="10.0.0.6")
+    assert r.status_code == 400
+    assert r.json()["NeutronError"]["message"].startswith("Invalid input for source_port_id.")
+    r = post(client, source_port_id=st["vm1"]["id"], destination_ip="10.0.0.6", ct_state=5)
+    assert r.status_code == 400
+    assert r.json()["NeutronError"]["message"].startswith("Invalid input for ct_state.")
+    r = post(client, source_port_id=st["vm1"]["id"], destination_ip="10.0.0.6", ttl=3)
+    assert r.json()["NeutronError"]["message"] == "Unrecognized attribute(s) 'ttl'"
+    r = client.post("/tenantnet/trace", content=b"[]", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "JSON object" in r.text
+
+
+def test_the_cli_view_shows_control_characters_in_names_escaped(setup, store: Store) -> None:
+    """Port names are the tenant's: an escape sequence or a newline in one used to reach the
+    operator's terminal as is (clearing it, forging a line of the answer)."""
+    client, _dp, st = setup
+    store.update("port", st["vm2"]["id"], {"name": "vm2\x1b[2J\x1b]0;x\x07\nforged\u202e"})
+    r = post(client, source_port_id=st["vm1"]["id"], destination_ip="10.0.0.6")
+    doc = r.json()["trace"]
+    assert "\x1b" in doc["paths"][0]["steps"][-1]  # the API answers the name as it is
+    text = trace_view(doc, flows=True)
+    assert not any(c in text for c in "\x1b\x07\u202e")
+    assert "vm2\\x1b[2J\\x1b]0;x\\x07\\x0aforged\\u202e (10.0.0.6)" in text
+    assert not any(line.startswith("forged") for line in text.splitlines())
+
+
+def test_a_source_port_deleted_during_the_trace_is_a_404(setup, store: Store, monkeypatch) -> None:
+    """The port is read, then its network's ports listed: a delete in between used to be a
+    KeyError (500)."""
+    client, _dp, st = setup
+    listed = store.list_ports
+
+    def list_ports_after_a_delete(**filters: Any) -> Any:
+        if st["vm1"]["id"] in {p["id"] for p in listed()}:
+            store.delete("port", st["vm1"]["id"])
+        return listed(**filters)
+
+    monkeypatch.setattr(store, "list_ports", list_ports_after_a_delete)
+    r = post(client, source_port_id=st["vm1"]["id"], destination_ip="10.0.0.6")
+    assert r.status_code == 404, r.text
+
+
+def test_an_allowed_address_pair_is_a_destination(setup, store: Store) -> None:
+    """The API lets a port receive for its allowed address pairs (a VIP): a trace to one used
+    to be refused with "no port of the source port's network has" it."""
+    client, dp, st = setup
+    store.update("port", st["vm2"]["id"], {"allowed_address_pairs": [
+        {"ip_address": "10.0.0.100"}]})  # fmt: skip
+    st["dp"] = FakeDataPlane(store, dp.holders)  # its flows now let the pair in
+    r = post(client, source_port_id=st["vm1"]["id"], destination_ip="10.0.0.100",
+             protocol="tcp", destination_l4_port=80)  # fmt: skip
+    assert r.status_code == 200, r.text
+    doc = r.json()["trace"]
+    assert (doc["verdict"], doc["delivered_to"]) == ("delivered", [st["vm2"]["id"]]), doc
+
+    store.update("port", st["spare"]["id"], {"allowed_address_pairs": [
+        {"ip_address": "10.0.0.100"}]})  # fmt: skip
+    r = post(client, source_port_id=st["vm1"]["id"], destination_ip="10.0.0.100")
+    assert r.status_code == 400
+    assert "pair of several ports" in r.json()["NeutronError"]["message"]
+
+
+def test_installed_traces_at_once_are_bounded(setup) -> None:
+    """An installed trace dumps whole switches and holds an API thread while it waits: more
+    than MAX_INSTALLED_TRACES at once get a 429 (they used to pile up without limit)."""
+    import controller.tracer as tracer_mod
+
+    client, _dp, st = setup
+    release, reading = threading.Event(), threading.Semaphore(0)
+
+    def stalled_read(dpid: int, on_done: Any) -> bool:
+        reading.release()
+        release.wait(10)
+        on_done(None, "timeout")
+        return True
+
+    st["read"] = stalled_read
+    body = {"source_port_id": st["vm1"]["id"], "destination_ip": "10.0.0.6", "installed": True}
+    codes: list[int] = []
+    threads = [threading.Thread(target=lambda: codes.append(post(client, **body).status_code))
+               for _ in range(tracer_mod.MAX_INSTALLED_TRACES)]  # fmt: skip
+    for th in threads:
+        th.start()
+    for _ in threads:
+        assert reading.acquire(timeout=10)  # every one of them is reading a switch now
+    extra = threading.Thread(target=lambda: codes.append(post(client, **body).status_code))
+    extra.start()
+    extra.join(5)
+    release.set()
+    for th in (*threads, extra):
+        th.join(15)
+    assert codes[0] == 429 and sorted(codes[1:]) == [200] * tracer_mod.MAX_INSTALLED_TRACES
+    r = post(client, **body)  # the slots are free again
+    assert r.status_code == 200 and r.json()["trace"]["verdict"] == "unknown"
+
+
+def test_installed_trace_reads_share_one_budget(setup, monkeypatch) -> None:
+    """Each switch read of an installed trace may take READ_TIMEOUT_S, and a packet visits one
+    host after another: past READ_BUDGET_S the rest are not read (their flows are unknown)
+    rather than holding the request for READ_TIMEOUT_S per host."""
+    import controller.tracer as tracer_mod
+
+    client, dp, st = setup
+    now = [1000.0]
+
+    class Clock:
+        @staticmethod
+        def monotonic() -> float:
+            return now[0]
+
+    def slow_read(dpid: int, on_done: Any) -> bool:
+        now[0] += tracer_mod.READ_TIMEOUT_S  # every read takes its whole timeout
+        rt = next(rt for rt in dp.hosts.values() if rt.dpid == dpid)
+        owners = rt.installed or {}
+        on_done(Slice(frozenset(r for s in owners.values() for r in s.rules),
+                      frozenset(g for s in owners.values() for g in s.groups)), "")  # fmt: skip
+        return True
+
+    monkeypatch.setattr(tracer_mod, "time", Clock, raising=False)
+    # the budget of one slow read: hv1's read spends it all, hv2's is not made
+    monkeypatch.setattr(tracer_mod, "READ_BUDGET_S", tracer_mod.READ_TIMEOUT_S, raising=False)
+    st["read"] = slow_read
+    r = post(client, source_port_id=st["vm1"]["id"], destination_ip="10.0.0.6", installed=True)
+    doc = r.json()["trace"]
+    assert doc["verdict"] == "unknown", doc
+    assert doc["paths"][0]["steps"][-1] == "hv2: its flows are not known"
 
 
 def test_the_real_data_plane_answers_on_its_actor(cloud: Cloud) -> None:
@@ -194,10 +342,24 @@ def test_cli_request_and_view() -> None:
                                       "--ct-state", "est,rpl"]))  # fmt: skip
     assert body["protocol"] == 47 and body["ct_state"] == ["est", "est,rpl"]
     assert body["destination_mac"] == "ff:ff:ff:ff:ff:ff" and "source_ip" not in body
-    assert request_body(p.parse_args(["P", "--to-ip", "10.0.0.6", "--ct-state", "new"]))[
-        "ct_state"] == "new"
-    doc = {"packet": "udp a -> b", "mode": "installed", "verdict": "delivered", "paths": [
-        {"verdict": "delivered", "steps": ["one", "two"]}, {"verdict": "dropped", "steps": ["x"]}]}
+    assert (
+        request_body(p.parse_args(["P", "--to-ip", "10.0.0.6", "--ct-state", "new"]))["ct_state"]
+        == "new"
+    )
+    doc = {
+        "packet": "udp a -> b",
+        "mode": "installed",
+        "verdict": "delivered",
+        "paths": [
+            {"verdict": "delivered", "steps": ["one", "two"]},
+            {"verdict": "dropped", "steps": ["x"]},
+        ],
+    }
     assert trace_view(doc).splitlines() == [
-        "udp a -> b (installed flows): DELIVERED", "copy 1 of 2: delivered", "  one", "  two",
-        "copy 2 of 2: dropped", "  x"]
+        "udp a -> b (installed flows): DELIVERED",
+        "copy 1 of 2: delivered",
+        "  one",
+        "  two",
+        "copy 2 of 2: dropped",
+        "  x",
+    ]
