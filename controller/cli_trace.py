@@ -4,22 +4,10 @@ so the tests feed it documents)."""
 from __future__ import annotations
 
 import argparse
-import re
 from collections.abc import Mapping
 from typing import Any
 
-# C0 and C1 controls, DEL, line and paragraph separators and the bidi overrides/isolates
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def visible(value: object) -> str:
-    """``value`` as text that shows on a terminal as what it is: every control character as
-    ``\\xNN``/``\\uNNNN``.  Names in a trace (ports, networks, security groups) are whatever a
-    tenant typed: an escape sequence in one would otherwise reach the operator's terminal (clear
-    it, retitle it, recolour or hide lines) and a newline would forge a line of the answer."""
-    return _UNSAFE.sub(
-        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", str(value)
-    )
+from controller.cli_views import visible
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

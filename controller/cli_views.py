@@ -3,16 +3,31 @@ no I/O, so the tests feed them documents)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from controller.metrics import host_state
 
+# C0 and C1 controls, DEL, line and paragraph separators and the bidi overrides/isolates
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(value: object) -> str:
+    """``value`` as text that shows on a terminal as what it is: every control character as
+    ``\\xNN``/``\\uNNNN``.  Names (ports, networks, security groups) are whatever a
+    tenant typed: an escape sequence in one would otherwise reach the operator's terminal (clear
+    it, retitle it, recolour or hide lines) and a newline would forge a line of the answer."""
+    return _UNSAFE.sub(
+        lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", str(value)
+    )
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Left-aligned columns, two spaces apart; ``-`` for a missing value."""
+    """Left-aligned columns, two spaces apart; ``-`` for a missing value.  Cells are
+    `visible`: names and descriptions are whatever a tenant typed."""
     cells = [[str(h) for h in headers]] + [
-        ["-" if v is None or v == "" else str(v) for v in row] for row in rows
+        ["-" if v is None or v == "" else visible(v) for v in row] for row in rows
     ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
