@@ -26,7 +26,8 @@ is routed on the VM's own host::
     4 L3_ROUTING     an extra route: reg3/reg4=R, ip, nw_dst=<its destination>
                        -> dec_ttl, set eth_src=IF_hop, set eth_dst=<the nexthop's MAC>, then
                           its local delivery or its tunnel, as above                   [IF_hop]
-    0 CLASSIFY       in_port=<tunnel>, tunnel_id=<seg of K>, tun_ipv4_src=<router host>
+    0 CLASSIFY       in_port=<tunnel>, tunnel_id=<seg of K>, tun_ipv4_src=<router host>,
+                     eth_src=IF_K
                        -> write metadata=K, goto 3   (prio 99)                        [IF of K]
     3 L2_FROM_TUNNEL metadata=K, eth_src=IF_K  -> drop   (prio 55: below the delivery to a
                        local port, above the flood: a routed packet is never flooded)   [IF of K]
@@ -57,7 +58,10 @@ CIDRs have different keys and different routers (different marks).  The tunnel
 ingress of routed traffic is exact: a host accepts network K's key from exactly the hosts of
 K's routers (``RouterView.hosts``: the hosts holding a port in one of the router's
 networks), at priority 99 beside l2's per-peer rules (priority 100), so neither owner needs to
-know the other's rules.
+know the other's rules, and only with the source MAC of the router's interface on K (what
+every routed packet into K carries: its route set it).  That MAC also keeps the ingress rules
+of two routers on one network (through two of its subnets) apart when a host is a host of
+both: without it they would be one flow with two owners.
 
 **Owners** (`flows.tables.OwnerKind.ROUTER`; the number is a port's store number, never
 reused): an interface owns its ARP answer, its entry into routing, the route *to* its subnet,
@@ -304,13 +308,17 @@ def _entry_rules(rid: int, src: Interface) -> Piece:
 @lru_cache(maxsize=1 << 14)
 def _ingress_rules(src: Interface, tunnel: int, peers: tuple[str, ...]) -> Piece:
     """``src``'s network's key accepted from the other router hosts ``peers`` (they route into
-    it), on tunnel port ``tunnel``."""
+    it), on tunnel port ``tunnel``, for packets from ``src``'s MAC only: a packet routed into
+    the network always has it as its source (`_route_rule`, `_extra_routes`), and matching it
+    keeps two routers of one network from owning one flow (see "Isolation" above) and a
+    router host from sending the network anything but routed packets."""
     key, cookie = src.segment.key, t.router_cookie(src.num)
     to_l2 = (WriteMetadata(key, t.METADATA_MASK), GotoTable(t.L2_FROM_TUNNEL))
+    mac = normalize_mac(src.mac)
     return ((cookie, tuple(
         Rule(t.CLASSIFY, PRIO_ROUTED_INGRESS,
-             match(in_port=tunnel, tunnel_id=src.segment.seg_id, tun_ipv4_src=host), to_l2,
-             cookie)
+             match(in_port=tunnel, tunnel_id=src.segment.seg_id, tun_ipv4_src=host,
+                   eth_src=mac), to_l2, cookie)
         for host in peers
     )),)  # fmt: skip
 

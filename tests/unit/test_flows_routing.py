@@ -210,6 +210,22 @@ def test_the_ttl_rule_puts_eth_type_before_nw_ttl_on_the_wire() -> None:
     assert names.index("eth_type") < names.index("nw_ttl")
 
 
+def two_routers_on_ha(vms: dict[str, Any], *routers: tuple[Interface, ...]) -> Any:
+    """HA's base, network and router flows (one router per interface tuple), after checking
+    that no two owners' rules share a match (one flow with two owners), through the codec."""
+    owners: dict[int, Slice] = {t.BASE_COOKIE: compile_base(CTX[HA])}
+    for key in SEGS:
+        owners.update(compile_network_owners(CTX[HA], net_view(key, HA, vms)))
+    rules = [r for s in owners.values() for r in s.rules]
+    for ifaces in routers:
+        rules += [r for s in compile_router(CTX[HA], router_view(HA, vms, ifaces)).values()
+                  for r in s.rules]  # fmt: skip
+    seen: dict[tuple[int, int, Any], Any] = {}
+    for r in rules:
+        assert seen.setdefault((r.table, r.priority, r.match), r) == r, r
+    return through_the_wire(Slice(rules=frozenset(rules)))
+
+
 @pytest.mark.parametrize("nums", [(21, 22, 23, 24), (5, 2**32 + 9, 2**32 + 5, 2**33 + 5)])
 def test_a_network_on_two_routers_keeps_their_marks_apart(nums: tuple[int, ...]) -> None:
     """Network 1 is on router A (with network 2) through IF1 and on router B (with network 3)
@@ -226,17 +242,7 @@ def test_a_network_on_two_routers_keeps_their_marks_apart(nums: tuple[int, ...])
                     "10.0.3.0/24")  # fmt: skip
     vms = {**VMS, "vm4": (15, 3, HA, 4, "02:00:00:00:00:05", "10.0.3.5")}
     vms.pop("other")
-    owners: dict[int, Slice] = {t.BASE_COOKIE: compile_base(CTX[HA])}
-    for key in SEGS:
-        owners.update(compile_network_owners(CTX[HA], net_view(key, HA, vms)))
-    rules = [r for s in owners.values() for r in s.rules]
-    for ifaces in ((if1, if2), (if3, if4)):
-        rules += [r for s in compile_router(CTX[HA], router_view(HA, vms, ifaces)).values()
-                  for r in s.rules]  # fmt: skip
-    seen: dict[tuple[int, int, Any], Any] = {}
-    for r in rules:
-        assert seen.setdefault((r.table, r.priority, r.match), r) == r, r
-    table = through_the_wire(Slice(rules=frozenset(rules)))
+    table = two_routers_on_ha(vms, (if1, if2), (if3, if4))
     _n, _k, _host, ofport, mac, ip = vms["vm1"]
 
     def from_vm1(gw_mac: str, dst: str, **kw: Any) -> Trace:
@@ -246,8 +252,12 @@ def test_a_network_on_two_routers_keeps_their_marks_apart(nums: tuple[int, ...])
     assert from_vm1(IF1.mac, "10.0.3.5", protocol=6).dropped  # network 3 is B's
     assert from_vm1(if3.mac, "10.0.3.5", protocol=6).ports == [4]  # vm4, through B
     assert from_vm1(if3.mac, "10.0.2.6", protocol=6).dropped  # network 2 is A's
-    for gw_mac, gw, answers in ((IF1.mac, "10.0.2.1", True), (if3.mac, "10.0.3.1", True),
-                                (IF1.mac, "10.0.3.1", False), (if3.mac, "10.0.2.1", False)):
+    for gw_mac, gw, answers in (
+        (IF1.mac, "10.0.2.1", True),
+        (if3.mac, "10.0.3.1", True),
+        (IF1.mac, "10.0.3.1", False),
+        (if3.mac, "10.0.2.1", False),
+    ):
         tr = from_vm1(gw_mac, gw, protocol=1, icmp_type=8)
         if not answers:
             assert not tr.outputs, (gw_mac, gw)
@@ -256,3 +266,27 @@ def test_a_network_on_two_routers_keeps_their_marks_apart(nums: tuple[int, ...])
         f = dict(out.fields)
         assert out.port == ofport
         assert (f["eth_src"], f["eth_dst"], f["ipv4_src"], f["icmpv4_type"]) == (gw_mac, mac, gw, 0)
+
+
+def test_a_network_on_two_routers_across_hosts_gives_each_ingress_rule_one_owner() -> None:
+    """Network 1 is on router A (IF1, with network 2) and router B (IF3, with network 3),
+    and HB is a host of both (vm2 in network 2, vm5 in network 3) without a port of network
+    1: on HA, each router accepts network 1's key from HB.  Those tunnel ingress rules must
+    not share a match (two owners of one flow: whichever owner wrote last holds it, and the
+    other's removal deletes it under the survivor); matching the interface's own MAC as the
+    source keeps them apart, and lets in only what HB routed into network 1 (no flood of
+    anything else HB sends with network 1's key)."""
+    if3 = Interface(23, Segment(1, "vxlan", 101), "fa:16:3e:00:00:03", "10.0.9.1",
+                    "10.0.9.0/24")  # fmt: skip
+    if4 = Interface(24, Segment(3, "vxlan", 103), "fa:16:3e:00:00:04", "10.0.3.1",
+                    "10.0.3.0/24")  # fmt: skip
+    vms = {**VMS, "vm5": (15, 3, HB, 2, "02:00:00:00:00:05", "10.0.3.5")}
+    vms.pop("other")
+    table = two_routers_on_ha(vms, (IF1, IF2), (if3, if4))
+    vm1_mac = VMS["vm1"][4]
+    for gw_mac, src in ((IF1.mac, "10.0.2.5"), (if3.mac, "10.0.3.5")):  # routed by A, by B
+        pkt = make_packet(gw_mac, vm1_mac, ip_src=src, ip_dst="10.0.1.5", protocol=6)
+        assert trace(table, TUN, {**pkt, "tunnel_id": 101, "tun_ipv4_src": HB}).ports == [1]
+    bcast = make_packet("02:00:00:00:00:05", "ff:ff:ff:ff:ff:ff", ip_src="10.0.1.9",
+                        ip_dst="10.0.1.255", protocol=17)  # fmt: skip
+    assert trace(table, TUN, {**bcast, "tunnel_id": 101, "tun_ipv4_src": HB}).dropped
