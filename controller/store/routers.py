@@ -357,6 +357,18 @@ def _check_subnet_free(
         )
     cidr = netaddr.IPNetwork(subnet["cidr"])
     for _, other in interfaces(tx, router["id"]):
+        if (
+            other["network_id"] == subnet["network_id"]
+            and cidr.version == 4 == netaddr.IPNetwork(other["cidr"]).version
+        ):
+            # The data plane routes one IPv4 subnet per network on a router (its interface
+            # is per network: `flows.routing`); a second was accepted and never routed.
+            raise InvalidInput(
+                f"Bad router request: router {router['id']} already has an interface on "
+                f"network {subnet['network_id']} (subnet {other['id']}); tenantnet routes one "
+                "IPv4 subnet of a network per router (subnet_id).",
+                "BadRequest",
+            )
         if cidr in netaddr.IPNetwork(other["cidr"]) or netaddr.IPNetwork(other["cidr"]) in cidr:
             raise InvalidInput(
                 f"Bad router request: Cidr {subnet['cidr']} of subnet {subnet['id']} overlaps "
@@ -450,6 +462,9 @@ def _port_given(
             "BadRequest",
         )
     subnet = subnets.must_load(tx, port["fixed_ips"][0]["subnet_id"])
+    # the port's project is the router's, but the subnet's may not be (a port can be created
+    # with any project on a network): checked as when the subnet is given by id
+    _same_project(router, subnet, "subnet")
     _check_subnet_free(tx, router, subnet, port["id"])
     owned = {
         **port,

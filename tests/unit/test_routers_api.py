@@ -316,6 +316,38 @@ def port_status(client: TestClient, port_id: str) -> str:
     return str(client.get(f"/v2.0/ports/{port_id}").json()["port"]["status"])
 
 
+def test_another_projects_subnet_is_refused_by_port_as_by_subnet(client: TestClient) -> None:
+    """A port can be created with the router's project on another project's network: added by
+    port, the router would route that project's subnet, which by subnet_id is a 400."""
+    r = router(client, project_id="p")
+    theirs = subnet(client, "10.8.0.0/24", project="q")
+    mine = port(client, {**theirs, "project_id": "p"}, fixed_ips=[{"subnet_id": theirs["id"]}])
+    assert "project_id" in error_of(add(client, r["id"], subnet_id=theirs["id"]), 400)
+    msg = error_of(add(client, r["id"], port_id=mine["id"]), 400, "BadRequest")
+    assert "project_id" in msg and theirs["id"] in msg
+    assert client.get(f"/v2.0/ports/{mine['id']}").json()["port"]["device_owner"] == ""
+
+
+def test_a_second_ipv4_subnet_of_a_network_on_one_router_is_refused(client: TestClient) -> None:
+    """The data plane routes one IPv4 subnet per network on a router: a second one was
+    accepted (200) and never routed; now a 400 naming the network.  Another router may take
+    it, and an IPv6 subnet of the network is not affected."""
+    r, other = router(client, project_id="p"), router(client, project_id="p")
+    a = subnet(client, "10.1.0.0/24")
+    b, v6 = (
+        client.post("/v2.0/subnets", json={"subnet": {
+            "network_id": a["network_id"], "cidr": cidr, "project_id": "p"}}).json()["subnet"]
+        for cidr in ("10.2.0.0/24", "fd00:2::/64")
+    )  # fmt: skip
+    assert add(client, r["id"], subnet_id=a["id"]).status_code == 200
+    msg = error_of(add(client, r["id"], subnet_id=b["id"]), 400, "BadRequest")
+    assert a["network_id"] in msg and "subnet_id" in msg
+    given = port(client, a, fixed_ips=[{"subnet_id": b["id"]}])
+    assert a["network_id"] in error_of(add(client, r["id"], port_id=given["id"]), 400)
+    assert add(client, other["id"], subnet_id=b["id"]).status_code == 200
+    assert add(client, r["id"], subnet_id=v6["id"]).status_code == 200
+
+
 def test_an_interface_is_active_while_its_router_is_up(client: TestClient, store: Store) -> None:
     """As Neutron with OVN shows a distributed router's interfaces: ACTIVE once added to a
     router that is up, DOWN while the router is admin down, whichever way it was added; and
