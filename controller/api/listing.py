@@ -1,8 +1,9 @@
 """Neutron list semantics: filters, ``fields`` projection, sorting and ``limit``/``marker`` pages.
 
 Filters follow Neutron: any attribute of the resource, repeated keys mean OR, booleans in any
-of Neutron's spellings, ``fixed_ips=ip_address=...`` for ports, ``tags``/``tags-any``/``not-tags``/
-``not-tags-any`` with comma-separated tags; an unknown attribute is a 400 (Neutron's
+of Neutron's spellings, MACs, IPs and CIDRs in any spelling the store accepts (`canonical_filter`),
+``fixed_ips=ip_address=...`` for ports, ``tags``/``tags-any``/``not-tags``/``not-tags-any`` with
+comma-separated tags; an unknown attribute is a 400 (Neutron's
 filter-validation), so a typo does not silently return everything.  Pages are in ``sort_key``
 order (default ``id``) with ``id`` as tie-breaker, which makes the ``marker`` position exact even
 when the marker object itself no longer matches the filters.
@@ -13,9 +14,15 @@ from typing import Any
 
 from starlette.datastructures import URL, QueryParams
 
-from controller.store import InvalidInput
+from controller.store import InvalidInput, rule_values
 from controller.store.errors import invalid_attr, not_found
-from controller.store.values import integer_text
+from controller.store.values import (
+    canonical_mac,
+    integer_text,
+    parse_cidr,
+    parse_ip,
+    parse_ovsdb_target,
+)
 
 PAGING_KEYS = frozenset({"fields", "limit", "marker", "sort_key", "sort_dir", "page_reverse"})
 TAG_FILTERS = frozenset({"tags", "tags-any", "not-tags", "not-tags-any"})
@@ -50,6 +57,55 @@ def _matches_scalar(value: Any, wanted: str) -> bool:
     if isinstance(value, int):
         return integer_text(wanted) == value
     return str(value) == wanted
+
+
+def _ip_text(name: str) -> Callable[[str], str]:
+    return lambda text: str(parse_ip(text, name))
+
+
+def _protocol_text(text: str) -> str:
+    protocol = rule_values.protocol(text)
+    return "" if protocol is None else protocol  # "any": no protocol, i.e. null
+
+
+CANONICAL_SPELLING: dict[str, Callable[[str], str]] = {
+    "mac_address": canonical_mac,
+    "cidr": lambda text: str(parse_cidr(text)),
+    "gateway_ip": _ip_text("gateway_ip"),
+    "tunnel_ip": _ip_text("tunnel_ip"),
+    "mgmt_ip": _ip_text("mgmt_ip"),
+    "ovsdb": parse_ovsdb_target,
+    "remote_ip_prefix": lambda text: rule_values.ip_prefix(text) or "",
+    "protocol": _protocol_text,
+    "ethertype": rule_values.ethertype,
+}
+"""The store keeps one spelling of these values (``FA-16-3E-..`` as ``fa:16:3e:..``,
+``2001:DB8:0::1`` as ``2001:db8::1``, a rule's ``10.0.0.5/24`` as ``10.0.0.0/24``, ``TCP`` as
+``tcp``), so a filter value is brought to the same spelling before it is compared: a client
+filtering by the value it sent finds the object.  Neutron does the same by passing every filter
+value through the attribute's ``convert_to`` (``api_common.get_filters``).  A value that does not
+parse is compared as sent (it matches nothing), as before."""
+
+
+def _respelled(spell: Callable[[str], str], wanted: str) -> str:
+    if wanted in NULL_WORDS:
+        return wanted
+    try:
+        return spell(wanted)
+    except InvalidInput:
+        return wanted
+
+
+def canonical_filter(name: str, wanted: str) -> str:
+    """``wanted`` as the store spells a value of attribute ``name`` (see `CANONICAL_SPELLING`);
+    for ``fixed_ips=ip_address=...`` the address."""
+    if name == "fixed_ips":
+        key, sep, value = wanted.partition("=")
+        if sep and key == "ip_address":
+            return f"{key}={_respelled(_ip_text(name), value)}"
+        return wanted
+    spell = CANONICAL_SPELLING.get(name)
+    return wanted if spell is None else _respelled(spell, wanted)
 
 
 def _matches_fixed_ip(fixed_ips: list[dict[str, str]], wanted: str) -> bool:
@@ -114,7 +170,7 @@ def matcher(
             continue
         if key not in attributes:
             raise InvalidInput(f"{key} is an invalid attribute for filtering", "HTTPBadRequest")
-        filters[key] = params.getlist(key)
+        filters[key] = [canonical_filter(key, w) for w in params.getlist(key)]
         _check_spelling(key, filters[key], (types or {}).get(key))
     use_tags = any(k in params for k in TAG_FILTERS)
 
