@@ -130,6 +130,7 @@ class NetworkUpdate(NetworkFields, ReadOnlyEcho):
     """Body of a network update."""
 
     subnets: list[str] | None = Field(None, max_length=MAX_ITEMS)
+    availability_zones: list[str] | None = Field(None, max_length=MAX_ITEMS)
 
 
 # -- subnets -------------------------------------------------------------------------------------

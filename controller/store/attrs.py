@@ -54,14 +54,18 @@ MAX_TAG_LEN = 60  # Neutron's
 
 def as_tags(value: Any) -> list[str]:
     """Tags: at most 100, each 1-60 characters without a comma (commas separate tags in the
-    ``tags``/``tags-any`` filters, so a tag containing one could never be matched)."""
+    ``tags``/``tags-any`` filters, so a tag containing one could never be matched).
+
+    Tags are a set (Neutron keeps one row per tag and resource), so a repeated tag is kept once,
+    in first-seen order, as ``PUT .../tags`` does: stored twice, it was shown twice, and adding
+    that tag again (a no-op) rewrote the list and bumped the revision."""
     tags = as_str_list(value, "tags", max_len=MAX_TAG_LEN)
     for tag in tags:
         if not tag or "," in tag:
             raise InvalidInput(
                 f"Invalid input for tags. Reason: '{tag}' is not a valid tag.", "HTTPBadRequest"
             )
-    return tags
+    return list(dict.fromkeys(tags))
 
 
 def check_revision(current: dict[str, Any], expected: int | None) -> None:

@@ -55,7 +55,16 @@ CREATE_ATTRS = frozenset(
         "provider:physical_network",
     }
 )
-READ_ONLY = ("id", "created_at", "updated_at", "revision_number", "subnets")
+# What a network shows but a client cannot set; an update may repeat it unchanged (CloudStack
+# PUTs whole objects back, so a network read with GET must be accepted back by PUT).
+READ_ONLY = (
+    "id",
+    "created_at",
+    "updated_at",
+    "revision_number",
+    "subnets",
+    "availability_zones",
+)
 UPDATE_ATTRS = CREATE_ATTRS | frozenset(READ_ONLY)
 
 

@@ -196,6 +196,8 @@ def _allocate_fixed_ips(
                     "IpAddressAlreadyAllocated",
                 )
         else:
+            if entry.get("subnet_id") is None:  # e.g. {"ip_address": null}: a KeyError (500)
+                raise invalid_attr("fixed_ips", "IP allocation requires subnet_id or ip_address")
             subnet = _network_subnet(tx, network, entry["subnet_id"])
             kept = keep.pop(subnet["id"], None)
             if kept is not None and not allocation.ip_taken(tx, subnet["id"], kept):
@@ -337,8 +339,7 @@ def _write_row(tx: Tx, body: dict[str, Any], insert: bool) -> None:
     host = body["binding:host_id"] or None
     if insert:
         tx.conn.execute(
-            "INSERT INTO ports (id, network_id, mac, host_id, num, body)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO ports (id, network_id, mac, host_id, num, body) VALUES (?, ?, ?, ?, ?, ?)",
             (body["id"], body["network_id"], body["mac_address"], host, body["_num"], dumps(body)),
         )
     else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from controller.store import dhcp_opts
+from controller.store.attrs import as_tags
 from controller.store.errors import StoreError
 from controller.store.values import as_bool, canonical_mac, parse_cidr, parse_ip
 
@@ -63,6 +64,8 @@ def _holds(existing: dict[str, Any], name: str, wanted: Any) -> bool:
         return str(parse_ip(wanted, name)) == current
     if name in ("tenant_id", "project_id"):
         return wanted == existing.get("project_id")
+    if name == "tags":
+        return as_tags(wanted) == current
     if name == "extra_dhcp_opts":
         return dhcp_opts.for_create(wanted) == (current or [])
     if name == "binding:host_id" and wanted is None:

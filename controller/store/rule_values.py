@@ -68,6 +68,18 @@ def _bad(type_: str, message: str) -> InvalidInput:
     return InvalidInput(message, type_)
 
 
+def _decimal(text: str) -> int | None:
+    """A number written in ASCII decimal digits (leading zeros allowed), or None.
+
+    Python's ``int()`` refuses strings of more than 4300 digits with a ValueError, which here
+    was a 500; every number a rule holds is far smaller, so such a string is just not one of
+    them (None), refused by the caller like any other bad spelling."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 20 else None
+
+
 def protocol(value: Any) -> str | None:
     """``convert_protocol``: None or ``any`` (any protocol), a name (case-insensitive) or a
     number 0-255, which is kept as a decimal string like Neutron keeps it."""
@@ -76,8 +88,9 @@ def protocol(value: Any) -> str | None:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
         return str(value)
     if isinstance(value, str):
-        if value.isascii() and value.isdigit() and int(value) <= 255:
-            return str(int(value))
+        number = _decimal(value)
+        if number is not None and number <= 255:
+            return str(number)
         if value.lower() in IP_PROTOCOLS:
             return value.lower()
     shown = str(value)[:40]
@@ -114,8 +127,8 @@ def port_value(value: Any, field: str) -> int | None:
     number = None
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
-    elif isinstance(value, str) and value.isascii() and value.isdigit():
-        number = int(value)
+    elif isinstance(value, str):
+        number = _decimal(value)
     if number is None or not 0 <= number <= PORT_MAX:
         raise _bad(
             "SecurityGroupInvalidPortValue",
@@ -139,11 +152,10 @@ def ip_prefix(value: Any) -> str | None:
         raise _bad("InvalidCIDR", reason) from None
     if not sep:
         return str(netaddr.IPNetwork(ip))
-    if not (
-        length.isascii() and length.isdigit() and int(length) <= (32 if ip.version == 4 else 128)
-    ):
+    bits = _decimal(length)
+    if bits is None or bits > (32 if ip.version == 4 else 128):
         raise _bad("InvalidCIDR", reason)
-    return str(netaddr.IPNetwork(f"{ip}/{int(length)}").cidr)
+    return str(netaddr.IPNetwork(f"{ip}/{bits}").cidr)
 
 
 def canonical(rule: dict[str, Any]) -> dict[str, Any]:

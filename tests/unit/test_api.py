@@ -502,6 +502,51 @@ def test_filters(client: TestClient) -> None:
     del p1
 
 
+def test_filters_find_what_was_stored_by_the_spelling_that_was_sent(client: TestClient) -> None:
+    """The store keeps one spelling of MACs, IPs, CIDRs and rule values; a filter by the value
+    the client sent (any spelling the create accepted) still finds the object."""
+    net = create(client, "network", name="n")
+    v6 = create(
+        client, "subnet", network_id=net["id"], cidr="2001:DB8:0::/64", ip_version=6,
+        gateway_ip="2001:DB8::0001",
+    )  # fmt: skip
+    port = create(
+        client, "port", network_id=net["id"], mac_address="FA-16-3E-AA-BB-CC",
+        fixed_ips=[{"subnet_id": v6["id"], "ip_address": "2001:DB8:0:0::0005"}],
+    )  # fmt: skip
+    create(client, "port", network_id=net["id"])  # another port, which no filter finds
+    host = create(client, "host", id="hv1", tunnel_ip="192.0.2.10", mgmt_ip="2001:DB8::A")
+    group = client.post("/v2.0/security-groups", json={"security_group": {"name": "g"}}).json()[
+        "security_group"
+    ]
+    rule = client.post(
+        "/v2.0/security-group-rules",
+        json={"security_group_rule": {
+            "security_group_id": group["id"], "direction": "ingress", "ethertype": "ipv4",
+            "protocol": "TCP", "remote_ip_prefix": "10.0.0.5/24",
+        }},
+    ).json()["security_group_rule"]  # fmt: skip
+
+    def ids(path: str, query: dict[str, str]) -> list[str]:
+        r = client.get(f"/v2.0/{path}", params=query)
+        assert r.status_code == 200, r.text
+        return [o["id"] for o in next(iter(r.json().values()))]
+
+    assert ids("ports", {"mac_address": "FA-16-3E-AA-BB-CC"}) == [port["id"]]
+    assert ids("ports", {"mac_address": "fa16.3eaa.bbcc"}) == [port["id"]]
+    assert ids("ports", {"fixed_ips": "ip_address=2001:DB8:0:0::0005"}) == [port["id"]]
+    assert ids("subnets", {"cidr": "2001:DB8:0::/64"}) == [v6["id"]]
+    assert ids("subnets", {"gateway_ip": "2001:DB8::0001"}) == [v6["id"]]
+    assert ids("hosts", {"mgmt_ip": "2001:DB8::A"}) == [host["id"]]
+    sent = {"ethertype": "ipv4", "protocol": "TCP", "remote_ip_prefix": "10.0.0.5/24"}
+    for name, spelling in sent.items():  # each sent spelling, the others as stored
+        query = {"direction": "ingress", **{n: rule[n] for n in sent}, name: spelling}
+        assert ids("security-group-rules", query) == [rule["id"]], name
+    # A value that does not parse still matches nothing (and is no error).
+    assert ids("ports", {"mac_address": "not-a-mac"}) == []
+    assert ids("ports", {"fixed_ips": "ip_address=10.0.0.0999"}) == []
+
+
 def test_tag_filters_and_tag_routes(client: TestClient) -> None:
     a = create(client, "network", name="a", tags=["red", "big"])
     create(client, "network", name="b", tags=["red"])
@@ -523,6 +568,26 @@ def test_tag_filters_and_tag_routes(client: TestClient) -> None:
     error_of(client.get(f"{url}/x"), 404, "TagNotFound")
     assert client.delete(url).status_code == 204
     assert client.get(f"/v2.0/networks/{a['id']}").json()["network"]["tags"] == []
+
+
+def test_a_repeated_tag_is_kept_once(client: TestClient) -> None:
+    """Tags are a set: a create or update naming one twice keeps it once, so adding that tag
+    again is the no-op it is (no new revision) and removing it leaves no copy behind."""
+    net = create(client, "network", name="n", tags=["a", "b", "a"])
+    assert net["tags"] == ["a", "b"]
+    url = f"/v2.0/networks/{net['id']}"
+    assert client.put(f"{url}/tags/a").status_code == 201
+    assert client.get(url).json()["network"]["revision_number"] == net["revision_number"]
+    updated = client.put(url, json={"network": {"tags": ["c", "c"]}}).json()["network"]
+    assert updated["tags"] == ["c"]
+    assert client.delete(f"{url}/tags/c").status_code == 204
+    error_of(client.get(f"{url}/tags/c"), 404, "TagNotFound")
+    # A CloudStack create sent again is still recognised as the same create.
+    body = {"network": {"id": str(uuid4()), "name": "cs", "tags": ["x", "x"]}}
+    first = client.post("/controller/nb/v2/neutron/networks", json=body)
+    assert first.status_code == 201 and first.json()["network"]["tags"] == ["x"]
+    again = client.post("/controller/nb/v2/neutron/networks", json=body)
+    assert again.status_code == 201 and again.json() == first.json(), again.text
 
 
 @pytest.mark.parametrize("plural", ["networks", "subnets", "ports"])
@@ -947,6 +1012,25 @@ def test_a_network_put_echoing_its_own_type_keeps_its_segment(client: TestClient
         got = r.json()["network"]
         assert got["provider:segmentation_id"] == net["provider:segmentation_id"]
         assert got["revision_number"] == net["revision_number"]
+
+
+def test_every_object_read_with_get_can_be_put_back_unchanged(client: TestClient) -> None:
+    """Update bodies accept the read-only attributes unchanged (CloudStack PUTs whole objects
+    back); a network's ``availability_zones`` was the one attribute a GET shows that a PUT
+    refused as unrecognised.  Changing it is still refused."""
+    net_id, subnet_id = net_with_subnet(client)
+    port = create(client, "port", network_id=net_id)
+    for plural, singular, obj_id in (
+        ("networks", "network", net_id),
+        ("subnets", "subnet", subnet_id),
+        ("ports", "port", port["id"]),
+    ):
+        shown = client.get(f"/v2.0/{plural}/{obj_id}").json()[singular]
+        r = client.put(f"/v2.0/{plural}/{obj_id}", json={singular: shown})
+        assert r.status_code == 200, (plural, r.text)
+        assert r.json()[singular] == shown  # nothing changed, not even the revision
+    r = client.put(f"/v2.0/networks/{net_id}", json={"network": {"availability_zones": ["az"]}})
+    assert "availability_zones" in error_of(r, 400)
 
 
 def test_null_allocation_pools_are_refused_naming_the_field(client: TestClient) -> None:

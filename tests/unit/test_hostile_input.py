@@ -159,6 +159,53 @@ def test_security_group_fields_are_bounded_and_named(client: TestClient) -> None
     assert client.get("/v2.0/security-group-rules").status_code == 200
 
 
+def test_a_fixed_ip_entry_naming_neither_subnet_nor_address_is_a_400(
+    make_client: ClientFactory,
+) -> None:
+    """``{"ip_address": null}`` passed the entry check and then looked up a missing
+    ``subnet_id`` (KeyError, a 500); it is Neutron's "requires subnet_id or ip_address"."""
+    client = make_client(raise_server_exceptions=False)
+    net = _net(client)
+    neither: list[dict[str, Any]] = [{"ip_address": None}, {"subnet_id": None}]
+    for entry in [*neither, {"subnet_id": None, "ip_address": None}]:
+        r = client.post("/v2.0/ports", json={"port": {"network_id": net, "fixed_ips": [entry]}})
+        _error(r, 400, "fixed_ips")
+    port = client.post("/v2.0/ports", json={"port": {"network_id": net}}).json()["port"]
+    r = client.put(f"/v2.0/ports/{port['id']}", json={"port": {"fixed_ips": neither[:1]}})
+    _error(r, 400, "fixed_ips", "requires subnet_id or ip_address")
+    assert client.get(f"/v2.0/ports/{port['id']}").json()["port"] == port
+    assert len(client.get("/v2.0/ports").json()["ports"]) == 1
+
+
+def test_rule_numbers_longer_than_int_converts_are_400s(make_client: ClientFactory) -> None:
+    """``int()`` refuses more than 4300 digits with a ValueError (a 500 here, in a create
+    and in a list filter); such a protocol, port or prefix length is refused as any bad one,
+    while leading zeros on a small number still read as that number."""
+    client = make_client(raise_server_exceptions=False)
+    g = client.post("/v2.0/security-groups", json={"security_group": {"name": "g"}}).json()[
+        "security_group"
+    ]["id"]
+
+    def rule(**attrs: Any) -> Any:
+        body = {"security_group_id": g, "direction": "ingress", **attrs}
+        return client.post("/v2.0/security-group-rules", json={"security_group_rule": body})
+
+    long = "9" * 5000
+    _error(rule(protocol=long), 400, "protocol")
+    _error(rule(protocol="tcp", port_range_min=long, port_range_max=5), 400, "port_range_min")
+    _error(rule(remote_ip_prefix=f"10.0.0.0/{long}"), 400, "remote_ip_prefix")
+    r = client.get("/v2.0/security-group-rules", params={"remote_ip_prefix": f"10.0.0.0/{long}"})
+    assert r.status_code == 200 and r.json() == {"security_group_rules": []}, r.text
+    zeros = "0" * 5000
+    made = rule(protocol=f"{zeros}6", port_range_min=f"{zeros}22", port_range_max=22,
+                remote_ip_prefix=f"10.0.0.0/{zeros}8")  # fmt: skip
+    assert made.status_code == 201, made.text
+    shown = made.json()["security_group_rule"]
+    assert (shown["protocol"], shown["port_range_min"], shown["remote_ip_prefix"]) == (
+        "6", 22, "10.0.0.0/8",
+    )  # fmt: skip
+
+
 # -- integers that str.isdigit() accepts but int() refuses -----------------------------------
 
 
