@@ -1130,3 +1130,27 @@ def test_a_list_filter_is_judged_on_the_query_not_on_what_is_stored(client: Test
     create(client, "network", name="n")
     assert "admin_state_up" in error_of(client.get("/v2.0/networks?admin_state_up=maybe"), 400)
     assert len(client.get("/v2.0/networks?admin_state_up=True").json()["networks"]) == 1
+
+
+def test_a_content_length_of_thousands_of_digits_is_a_413_not_a_500() -> None:
+    """int() refuses more than 4300 digits (ValueError): a Content-Length that long, digits
+    only, reached it and was a 500 instead of the 413 any too large length gets."""
+    import asyncio
+
+    from controller.api.middleware import BodyLimitMiddleware
+
+    sent: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("the body limit let it through")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v2.0/networks",
+             "headers": [(b"content-length", b"9" * 5000)]}  # fmt: skip
+    asyncio.run(BodyLimitMiddleware(app, 200)(scope, receive, send))
+    assert sent[0]["status"] == 413
