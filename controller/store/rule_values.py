@@ -82,8 +82,10 @@ def _decimal(text: str) -> int | None:
 
 def protocol(value: Any) -> str | None:
     """``convert_protocol``: None or ``any`` (any protocol), a name (case-insensitive) or a
-    number 0-255, which is kept as a decimal string like Neutron keeps it."""
-    if value is None or value == ANY:
+    number 0-255, which is kept as a decimal string like Neutron keeps it.  ``any`` is matched
+    case-insensitively like the names: Neutron lowers the value before looking it up among
+    ``sg_supported_protocols`` (which hold ``any``), so ``ANY`` is "any protocol" there too."""
+    if value is None or (isinstance(value, str) and value.lower() == ANY):
         return None
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
         return str(value)

@@ -311,6 +311,19 @@ def test_rule_shape_and_normalised_prefix(client: TestClient) -> None:
     assert anyproto.json()["security_group_rule"]["remote_ip_prefix"] is None
 
 
+def test_protocol_any_is_any_protocol_in_any_case(client: TestClient) -> None:
+    """Neutron's ``convert_protocol`` lowers the value before looking it up, and ``any`` is
+    one of the values it looks in: ``ANY`` is any protocol there (it was a 400 here)."""
+    g = group(client, name="g", project_id="p")
+    r = rule(client, g["id"], direction="ingress", protocol="ANY")
+    assert r.status_code == 201, r.text
+    assert r.json()["security_group_rule"]["protocol"] is None
+    error_of(
+        rule(client, g["id"], direction="ingress", protocol="Any"), 409, "SecurityGroupRuleExists"
+    )
+    error_of(rule(client, g["id"], direction="ingress"), 409, "SecurityGroupRuleExists")
+
+
 BAD_RULES: list[tuple[dict[str, Any], int, str, str]] = [
     ({"direction": "sideways"}, 400, "HTTPBadRequest", "direction"),
     ({"direction": "MISSING"}, 400, "HTTPBadRequest", "direction"),
