@@ -26,7 +26,7 @@ from controller.services.dhcp_records import (
     server_address,
 )
 from controller.store import rule_values
-from controller.store.ports import REFUSED_HOSTS
+from controller.store.ports import REFUSED_HOSTS, TRUSTED_OWNER_PREFIX
 from flows.model import Segment
 from flows.security_groups import SgRule
 
@@ -49,6 +49,11 @@ class PortRec:
     mac: str
     fixed_ips: tuple[str, ...] = ()
     admin_up: bool = True
+    # port security as the data plane applies it: off for a port the network owns
+    # (``device_owner`` ``network:*``, DHCP or router), whatever ``port_security_enabled``
+    # says.  Neutron trusts those ports: its security-group RPC leaves them out and its OVS
+    # agent gives them no anti-spoofing (`is_port_trusted`), so a DHCP server port is neither
+    # dropped for having no group nor banned from sending DHCP replies.
     port_security: bool = True
     # allowed_address_pairs as (IP or CIDR, MAC), the MAC defaulted to the port's
     pairs: tuple[tuple[str, str], ...] = ()
@@ -77,7 +82,8 @@ class PortRec:
                 )
             ),
             admin_up=bool(body.get("admin_state_up", True)),
-            port_security=bool(body.get("port_security_enabled", True)),
+            port_security=bool(body.get("port_security_enabled", True))
+            and not str(body.get("device_owner") or "").startswith(TRUSTED_OWNER_PREFIX),
             pairs=tuple(
                 sorted(
                     (pair["ip_address"], pair.get("mac_address") or mac)
@@ -104,6 +110,13 @@ class PortRec:
             device_owner=str(body.get("device_owner") or ""),
             device_id=str(body.get("device_id") or ""),
         )
+
+    @property
+    def trusted(self) -> bool:
+        """Whether the network owns the port (``network:*``): it is never filtered (see
+        ``port_security``), yet still a member of the groups it is in, whose remote-group rules
+        match its addresses as Neutron's do."""
+        return self.device_owner.startswith(TRUSTED_OWNER_PREFIX)
 
     @property
     def router_id(self) -> str | None:

@@ -18,10 +18,12 @@ from hypothesis import strategies as st
 from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from controller.dataplane.state import PortRec
+from controller.dataplane.views import local_port_of
 from controller.southbound import ofp_codec as codec
 from flows import security_groups as sg
 from flows import tables as t
-from flows.compiler import compile_network
+from flows.compiler import compile_base, compile_network
 from flows.model import (
     Apply,
     Conjunction,
@@ -38,6 +40,7 @@ from flows.model import (
     match,
 )
 from flows.sg_clauses import ClauseIndex
+from flows.trace import make_packet, trace
 from tests.unit.wire_switch import through_the_wire
 
 COOKIES = sg.SgCookies(static=0x7E4E_0000_0000_0001, shared=0x7E4E_0000_0000_0002)
@@ -337,6 +340,39 @@ def test_plug_rewrites_only_the_filtered_ports_rules_and_buckets() -> None:
     assert sg.ingress_bucket(1) in buckets and (Output(1),) not in buckets
     assert (Output(2),) in buckets and (Output(3),) in buckets
     assert sg.plug(core, ()) == core
+
+
+def test_a_port_the_network_owns_is_not_filtered_as_in_neutron() -> None:
+    """A ``network:dhcp`` port (a DHCP server's, port security on by its network's default and
+    no group, as Neutron gives such ports) sends a DHCP offer to a VM: Neutron trusts
+    ``network:*`` ports (no firewall, no anti-spoofing), so it arrives.  Filtered, the offer
+    was dropped twice over: no group allows any IP, and a filtered port may send no DHCP
+    server replies.  The record the data plane compiles from says so for both the l2 hooks and
+    the sg service (`PortRec.port_security`)."""
+
+    def rec(num: int, owner: str, groups: list[str]) -> PortRec:
+        return PortRec.from_store({
+            "id": owner, "_num": num, "network_id": "n", "mac_address": _mac(num),
+            "fixed_ips": [{"ip_address": f"10.0.0.{num}"}], "admin_state_up": True,
+            "port_security_enabled": True, "device_owner": owner, "security_groups": groups,
+        })  # fmt: skip
+
+    dhcp, vm = rec(1, "network:dhcp", []), rec(2, "compute:nova", ["g"])
+    local = (local_port_of(dhcp, 1), local_port_of(vm, 2))
+    core = compile_network(CTX, NetworkView(7, "vxlan", 5007, local, (), ("192.0.2.2",)))
+    core = sg.plug(Slice(compile_base(CTX).rules | core.rules, core.groups),
+                   sg.filtered_ofports(local))  # fmt: skip
+    filtered = [sg.FilteredPort(p.id, o, p.mac, 7, p.fixed_ips, p.pairs, p.groups)
+                for p, o in ((dhcp, 1), (vm, 2)) if p.port_security]  # fmt: skip
+    groups = {"g": sg.SecurityGroup("g", (sg.SgRule(1, sg.EGRESS, sg.IPV4),))}
+    table = Slice(core.rules | sg.compile_host(filtered, groups, COOKIES).rules, core.groups)
+    offer = make_packet(_mac(1), _mac(2), ip_src="10.0.0.1", ip_dst="10.0.0.2", protocol=17,
+                        src_port=67, dst_port=68)  # fmt: skip
+    assert trace(table, 1, offer, ["new"]).ports == [2]
+    assert not dhcp.port_security and [f.port_id for f in filtered] == [vm.id]
+    ping = make_packet(_mac(1), _mac(2), ip_src="10.0.0.1", ip_dst="10.0.0.2", protocol=1,
+                       icmp_type=8)  # fmt: skip
+    assert trace(table, 1, ping, ["new"]).ports == []  # the VM's own ingress filter still holds
 
 
 def test_hooks_load_the_port_register_then_enter_the_sg_tables() -> None:

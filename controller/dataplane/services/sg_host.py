@@ -447,7 +447,8 @@ class HostFirewall:
                 return hit[1]
         facts: MemberFacts | None = None
         port = mirror.ports.get(mpid)
-        if port is not None and port.port_security and mirror.key_of(port.network_id) is not None:
+        if (port is not None and (port.port_security or port.trusted)
+                and mirror.key_of(port.network_id) is not None):  # fmt: skip
             fp = filtered_port(port, mirror, 0, self.classified(port.network_id, mirror))
             owner = t.sg_member_cookie(port.num)
             entries = sg.member_entries(rec.rule, sg.member_addresses(fp))
