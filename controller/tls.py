@@ -46,10 +46,17 @@ def host_of_cn(cn: str) -> str:
 
 
 def peer_common_name(sock: Any) -> str | None:
-    """The verified peer certificate's subject CN, or None (plain TCP, or no certificate).
+    """The verified peer certificate's subject CN, or None (plain TCP, no certificate, or a
+    subject with no CN or with several).
 
     Only meaningful on a socket whose handshake verified the peer against a CA (os-ken's listener
     with ``ca_certs`` requires that); ``getpeercert()`` is empty otherwise.
+
+    A subject with several CNs names no one host: ``ovs-pki sign`` copies a request's subject as
+    it is, so a request made with ``-subj ".../CN=hv2/CN=hv1"`` comes back signed with both, and
+    which one "is" the host depends on who reads it (``openssl x509 -subject`` lists both; RFC
+    6125 takes the last, the first was taken here).  Such a certificate proves no identity: it
+    is treated like one without a CN, and admission refuses it for every host.
     """
     getpeercert = getattr(sock, "getpeercert", None)
     if getpeercert is None:
@@ -58,11 +65,13 @@ def peer_common_name(sock: Any) -> str | None:
         cert = getpeercert()
     except (OSError, ValueError):
         return None
-    for rdn in (cert or {}).get("subject", ()):
-        for name, value in rdn:
-            if name == "commonName":
-                return str(value)
-    return None
+    names = [
+        str(value)
+        for rdn in (cert or {}).get("subject", ())
+        for name, value in rdn
+        if name == "commonName"
+    ]
+    return names[0] if len(names) == 1 else None
 
 
 def configure_ovsdb_client(key: str, cert: str, ca: str) -> None:

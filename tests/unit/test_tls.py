@@ -10,6 +10,7 @@ import argparse
 import shutil
 import socket
 import ssl
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,42 @@ def test_peer_common_name_is_the_verified_certificate(pki: Pki) -> None:
     cn = _handshake(pki, "hv2")
     assert cn is not None and tls.host_of_cn(cn) == "hv2"
     assert tls.peer_common_name(socket.socket()) is None  # plain TCP: no identity
+
+
+def test_a_certificate_with_several_cns_names_no_host(pki: Pki) -> None:
+    """``ovs-pki sign`` keeps a request's subject as it is: a certificate the switch CA signed
+    with ``CN=hv1`` and ``CN=hv2`` was admitted as hv1 (its first CN), whichever host it was
+    signed for.  It names no one host, so it proves none (like a certificate without a CN)."""
+    name = "hv1-and-hv2"
+    subject = "/C=US/ST=CA/L=Palo Alto/O=Open vSwitch/OU=Open vSwitch certifier/CN=hv1/CN=hv2"
+    subprocess.run(
+        ["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", pki.key(name),
+         "-out", str(pki.certs / f"{name}-req.pem"), "-subj", subject],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    pki._ovs_pki("--batch", "sign", name, "switch")
+    assert _handshake(pki, name) is None
+    admission = Admission(tls=True)
+    admission.set_host(1, {"id": "hv1", "ovsdb": "ssl:192.0.2.1:6640"})
+    assert admission.check(1, "192.0.2.1", _handshake(pki, name)) is not None
+
+
+class _Peer:
+    def __init__(self, subject: tuple[tuple[tuple[str, str], ...], ...]) -> None:
+        self.subject = subject
+
+    def getpeercert(self) -> dict[str, Any]:
+        return {"subject": self.subject}
+
+
+def test_peer_common_name_needs_exactly_one_cn() -> None:
+    org = (("organizationName", "Open vSwitch"),)
+    assert tls.peer_common_name(_Peer((org, (("commonName", "hv1 id:x"),)))) == "hv1 id:x"
+    assert tls.peer_common_name(_Peer((org,))) is None  # no CN
+    two = (org, (("commonName", "hv1"),), (("commonName", "hv2"),))
+    assert tls.peer_common_name(_Peer(two)) is None
+    multi_valued = (org, (("commonName", "hv1"), ("commonName", "hv2")))  # one RDN, two CNs
+    assert tls.peer_common_name(_Peer(multi_valued)) is None
 
 
 # ------------------------------------------------------------------------------------ admission
@@ -358,13 +395,15 @@ def test_refusing_a_connection_never_waits_on_the_apps_own_event_queue() -> None
 
 
 def test_host_ssl_target_and_mgmt_ip(store: Store) -> None:
-    host = store.create_host(
-        {"id": "hv1", "tunnel_ip": "192.0.2.1", "ovsdb": "ssl:192.0.2.1:6640"}
-    )
+    host = store.create_host({"id": "hv1", "tunnel_ip": "192.0.2.1", "ovsdb": "ssl:192.0.2.1:6640"})
     assert host["ovsdb"] == "ssl:192.0.2.1:6640" and host["mgmt_ip"] == ""
     local = store.create_host(
-        {"id": "hv2", "tunnel_ip": "192.0.2.2", "ovsdb": "unix:/run/db.sock",
-         "mgmt_ip": "192.0.2.20"}
+        {
+            "id": "hv2",
+            "tunnel_ip": "192.0.2.2",
+            "ovsdb": "unix:/run/db.sock",
+            "mgmt_ip": "192.0.2.20",
+        }
     )
     assert local["mgmt_ip"] == "192.0.2.20"
     with pytest.raises(InvalidInput, match="mgmt_ip"):
