@@ -354,18 +354,25 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             self._install_meter(sw)  # not installed while it was a slave
 
     def _send_role(self, sw: _Switch) -> None:
-        with self._lock:
+        """Ask the switch for the role `set_role` last set.  The role is read and its request
+        written under ``sw.lock``: the session's first request (`_read_back`, on a switch
+        thread) and a change (`set_role`, on the data plane's) may run at once, and the one
+        that read first must not write last.  Read outside the lock, an old SLAVE request
+        could follow a new MASTER on the wire: the switch refuses it as stale, the session
+        stays MASTER on the switch while this app counts it refused (no packet-in answered
+        for the host it owns) and nothing asks again, the role being unchanged.  (The dict is
+        read without ``self._lock``, as `_answers_for` does: `set_role` writes it before it
+        takes ``sw.lock``, and no thread takes ``sw.lock`` while it holds ``self._lock``.)"""
+        with sw.lock:
             role = self._roles.get(sw.dp.id)
-        if role is None:
-            return
-        master, generation = role
-        name = "master role" if master else "slave role"
-        self._ask_role(
-            sw,
-            codec.role_request(sw.dp, master, generation),
-            Sent(name, generation),
-            f"{name} asked (generation {generation})",
-        )
+            if role is None:
+                return
+            master, generation = role
+            name = "master role" if master else "slave role"
+            msg = codec.role_request(sw.dp, master, generation)
+            sw.remember(msg, Sent(name, generation))
+            _send_as_one_write(sw.dp, [msg])
+        LOG.info("switch %016x: %s asked (generation %d)", sw.dp.id, name, generation)
 
     def step_down(self, dpid: int) -> None:
         """Ask EQUAL on the switch's session now (`codec.equal_role_request`), after it refused

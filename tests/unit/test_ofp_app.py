@@ -476,8 +476,11 @@ def test_a_new_session_is_read_back_at_features_once() -> None:
     dp = FakeDatapath()
     dp.address, dp.socket, dp.is_active, dp.state = ("192.0.2.1", 1), None, True, CONFIG_DISPATCHER
     app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
-    dumps = [(ofp.OFPT_MULTIPART_REQUEST, ofp.OFPMP_FLOW),
-             (ofp.OFPT_MULTIPART_REQUEST, ofp.OFPMP_GROUP_DESC), (ofp.OFPT_BARRIER_REQUEST, None)]
+    dumps = [
+        (ofp.OFPT_MULTIPART_REQUEST, ofp.OFPMP_FLOW),
+        (ofp.OFPT_MULTIPART_REQUEST, ofp.OFPMP_GROUP_DESC),
+        (ofp.OFPT_BARRIER_REQUEST, None),
+    ]
     assert _sent_types(dp) == dumps
     dp.state = MAIN_DISPATCHER
     app._state_change(SimpleNamespace(datapath=dp, state=MAIN_DISPATCHER))
@@ -542,6 +545,43 @@ def test_the_role_is_asked_first_on_a_new_session_and_a_refusal_is_reported(
         "switch 0000000000000042: slave role asked (generation 9)",
         "switch 0000000000000042: equal role asked (a slave role was refused as stale)",
     ]
+
+
+def test_a_role_change_during_a_new_sessions_first_request_is_sent_last(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The session's first role request (`_read_back`, a switch thread) and a change of role
+    (`set_role`, the data plane) may run at once.  The first read the role (SLAVE 5), the
+    change then sent MASTER 9, and the first wrote SLAVE 5 after it: the switch refuses that
+    as stale, keeps the session MASTER, and the app, counting it refused, answered no
+    packet-in of the host it owns; nothing asked again (the role did not change).  The
+    request for the latest role must be the last on the wire."""
+    from os_ken.controller.handler import CONFIG_DISPATCHER
+
+    app = new_ofp_app()
+    app.attach(_Listener())
+    app.set_role(DPID, False, 5)
+    real = ofp_app.codec.role_request
+    changes: list[threading.Thread] = []
+
+    def role_request(dp: Any, master: bool, generation: int) -> Any:
+        if not changes:  # the session's first request: the data plane changes the role now
+            changes.append(threading.Thread(target=app.set_role, args=(DPID, True, 9)))
+            changes[0].start()
+            changes[0].join(0.5)  # done at once, unless it waits for this request's lock
+        return real(dp, master, generation)
+
+    monkeypatch.setattr(ofp_app.codec, "role_request", role_request)
+    dp = FakeDatapath()
+    dp.address, dp.socket, dp.is_active, dp.state = ("192.0.2.1", 1), None, True, CONFIG_DISPATCHER
+    app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
+    changes[0].join(5)
+    roles = [
+        struct.unpack_from(ofp.OFP_ROLE_REQUEST_PACK_STR, raw, ofp.OFP_HEADER_SIZE)
+        for _, kind, raw in _on_the_wire(dp)
+        if kind == ofp.OFPT_ROLE_REQUEST
+    ]
+    assert roles[-1] == (ofp.OFPCR_ROLE_MASTER, 9), roles
 
 
 def _role_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -653,15 +693,18 @@ def test_switches_admitted_early_are_read_back_before_attach_and_reported_by_it(
     dp = FakeDatapath()
     dp.address, dp.socket, dp.is_active, dp.state = ("192.0.2.1", 1), None, True, CONFIG_DISPATCHER
     app._features(SimpleNamespace(msg=SimpleNamespace(datapath=dp, datapath_id=DPID)))
-    dumps = [(ofp.OFPT_MULTIPART_REQUEST, ofp.OFPMP_FLOW),
-             (ofp.OFPT_MULTIPART_REQUEST, ofp.OFPMP_GROUP_DESC), (ofp.OFPT_BARRIER_REQUEST, None)]
+    dumps = [
+        (ofp.OFPT_MULTIPART_REQUEST, ofp.OFPMP_FLOW),
+        (ofp.OFPT_MULTIPART_REQUEST, ofp.OFPMP_GROUP_DESC),
+        (ofp.OFPT_BARRIER_REQUEST, None),
+    ]
     assert _sent_types(dp) == dumps, "not read back before attach"
     _finish_read_back(app, dp)
     assert _sent_types(dp) == dumps, "something besides the read-back sent before attach"
     listener = _Listener()
     app.attach(listener)
     assert listener.ready == [DPID]
-    assert (ofp.OFPT_METER_MOD, None) in _sent_types(dp)[len(dumps):]
+    assert (ofp.OFPT_METER_MOD, None) in _sent_types(dp)[len(dumps) :]
 
 
 def _admitted_early() -> tuple[TenantnetOfpApp, FakeDatapath, threading.Event]:
