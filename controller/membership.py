@@ -43,6 +43,11 @@ class MemberView:
     # (member, its OpenFlow target as switches reach it), published in its membership record:
     # what an owner writes as the bridges' other controllers
     targets: tuple[tuple[str, str], ...] = ()
+    # The etcd lease this instance held when it read the list (0: none).  A new one means it
+    # left the members in between (its lease lapsed: a stall, a partition) and joined again,
+    # though the list may read the same: another instance may have taken its hosts meanwhile,
+    # so what it recorded as its own under the old lease is void (`DataPlane._note_owner`).
+    lease: int = 0
 
     def peer_targets(self) -> tuple[str, ...]:
         """The other live members' OpenFlow targets, sorted (none while not live)."""

@@ -144,6 +144,7 @@ class HostRuntime:
     # generation id of its OpenFlow role: the etcd revision at which that owner was seen (a
     # later owner is seen at a later revision, so a stale master's id is the older one).
     owner: str | None = None
+    owner_lease: int = 0  # this instance's lease (`MemberView.lease`) when it saw that owner
     generation: int = 0
     role_refused: int | None = None  # a generation the switch refused as stale
 
@@ -276,8 +277,8 @@ class DataPlane:
         if host_id is None or view.owner(host_id) != view.me:
             return False
         rt = self.hosts.get(host_id)
-        if rt is not None and rt.owner != view.me:
-            return False  # the actor has not taken the change yet: no handover armed
+        if rt is not None and (rt.owner != view.me or rt.owner_lease != view.lease):
+            return False  # the actor has not taken the change (or a rejoin) yet: no handover armed
         due = self._takeover_at.get(host_id)
         return due is None or time.monotonic() >= due
 
@@ -619,7 +620,12 @@ class DataPlane:
         view = self.membership()
         host_id = rt.rec.id
         owner = view.owner(host_id) if view.live else None
-        if owner == rt.owner:
+        # Owned under another lease: this instance left the members and joined again, perhaps
+        # before the actor heard it was out (the two views can come in one step).  Another
+        # instance may have taken the host meanwhile and used a newer generation: taken like a
+        # host gained from a live member (handover delay, re-read, MASTER with a new id), not
+        # kept with the old id, which the switch refuses or, unasked, leaves this session SLAVE.
+        if owner == rt.owner and (owner != view.me or rt.owner_lease == view.lease):
             if rt.generation == 0:  # a refused one is taken again (_retry_roles)
                 rt.generation, rt.role_refused = view.revision, None
             return
@@ -629,7 +635,8 @@ class DataPlane:
             rt.owner in view.members or (rt.owner is None and len(view.members) > 1)
         ):
             self._takeover_at[host_id] = time.monotonic() + self.handover_delay_s
-        rt.owner, rt.generation, rt.role_refused = owner, view.revision, None
+        rt.owner, rt.owner_lease = owner, view.lease
+        rt.generation, rt.role_refused = view.revision, None
 
     def _arrange_role(self, rt: HostRuntime) -> None:
         """Ask the host's switch for MASTER if this instance owns the host, else SLAVE, with

@@ -187,7 +187,7 @@ class EtcdMembership:
         self._keep_watching(revision)
         members = tuple(sorted(k for k, _ in items))
         targets = tuple(sorted((k, t) for k, v in items if (t := _ofp_target(v))))
-        self._set(MemberView(self.view.me, members, revision, targets))
+        self._set(MemberView(self.view.me, members, revision, targets, self._lease or 0))
 
     def _drop_lease(self, lease: int) -> None:
         """Forget ``lease`` (the next step takes a new one and puts the key) and revoke it."""

@@ -320,6 +320,44 @@ def test_a_refused_demotion_without_quorum_steps_down_to_equal(cluster: Cluster)
     assert cluster.a.switches.roles[dpid(h)] == (h in cluster.a.owned(), generation + 5)
 
 
+def test_a_member_that_rejoined_under_a_new_lease_takes_its_hosts_back_as_a_handover(
+    cluster: Cluster,
+) -> None:
+    """a stalls past its lease: b takes a's host (MASTER, a newer generation).  a resumes and
+    joins again under a new lease; its membership thread reads the same members as before the
+    stall before its actor heard that a was ever out.  a acted on the host at once (two
+    acting owners while b has not read a's return) and kept its old generation, never asking
+    MASTER again: its session, demoted by b's MASTER, refused its flow-mods for good.  A new
+    lease voids what a owned under the old one: the host is taken like one gained from a live
+    member (handover delay, then MASTER with a newer generation than b's, and a re-read)."""
+    cluster.start()
+    a, b = cluster.a, cluster.b
+    a.dp.handover_delay_s = 0.3
+    h = a.owned()[0]
+    assert a.dp.owns(h)
+    old_generation = a.switches.roles[dpid(h)][1]
+    agents_before = a.agents.count(h)
+    b.set_view(("b",))  # a's lease expired: b takes its hosts at once
+    cluster.idle()
+    assert b.switches.roles[dpid(h)] == (True, b.view.revision)
+    # a back under a new lease, same members; its actor has not taken any of it yet
+    a.view = MemberView("a", ("a", "b"), b.view.revision + 5, lease=2)
+    assert not a.dp.owns(h), "acting on the host before b has let go"
+    b.set_view(("a", "b"))  # b reads a's return and lets go
+    a.dp.on_membership(a.view)
+    cluster.idle()
+    deadline = time.monotonic() + 10
+    while not a.switches.roles[dpid(h)][0] and time.monotonic() < deadline:
+        a.dp.post("tick", ())  # the handover falls due
+        time.sleep(0.05)
+        cluster.idle()
+    assert a.dp.owns(h)
+    master, generation = a.switches.roles[dpid(h)]
+    assert master and generation == a.view.revision
+    assert generation > max(old_generation, b.switches.roles[dpid(h)][1])
+    assert a.agents.count(h) == agents_before + 1  # re-read: b may have changed it meanwhile
+
+
 def test_a_joining_member_takes_its_hosts_only_after_their_owners_let_go(
     cluster: Cluster,
 ) -> None:
@@ -348,9 +386,7 @@ def test_a_joining_member_takes_its_hosts_only_after_their_owners_let_go(
         time.sleep(0.1)
     assert sorted(c.agents) == sorted(gained)
     assert c.dp.wait_idle(10)
-    assert {d: m for d, (m, _) in c.switches.roles.items()} == {
-        dpid(h): h in gained for h in HOSTS
-    }
+    assert {d: m for d, (m, _) in c.switches.roles.items()} == {dpid(h): h in gained for h in HOSTS}
     assert c.switches.sent == []  # it found what the previous owners had installed
     c.dp.stop()
 

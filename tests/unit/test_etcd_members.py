@@ -123,6 +123,7 @@ def test_a_member_that_cannot_renew_its_lease_is_not_live_then_rejoins(
 ) -> None:
     a = members("a")
     assert a.view.live
+    assert a.view.lease == a.lease_id  # the lease the view was read under (DataPlane._note_owner)
     real = EtcdLog.keep_alive
 
     def unreachable(log: EtcdLog, lease_id: int) -> int:
@@ -135,6 +136,7 @@ def test_a_member_that_cannot_renew_its_lease_is_not_live_then_rejoins(
     monkeypatch.setattr(EtcdLog, "keep_alive", real)
     wait_for(lambda: a.view.live, "a live again")
     assert a.lease_id != lost  # the old lease expired meanwhile: a new one
+    assert a.view.lease == a.lease_id  # what a owned under the old one is void
 
 
 def test_a_lease_granted_after_stop_is_revoked_not_left_to_expire(
