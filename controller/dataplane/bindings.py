@@ -20,6 +20,11 @@ the port (`controller.store.ports.REFUSED_HOSTS` in ``binding:vif_details``).
    still claims it, and also while that host's OVSDB has not been read yet (so that flows
    towards a host that is merely slow to reconnect are not withdrawn): which host the
    controller hears from first cannot change who holds a port.
+4. **Router interfaces are held by no host.**  A router's interface port is distributed: every
+   host with a port of the router's networks routes for it, and no hypervisor ever plugs it.
+   A claim on one is always refused: holding it would make the claiming host a member of the
+   interface's network (its peers would accept that network's key from it and tunnel the
+   gateway's MAC to it), whichever tenant the network belongs to.
 """
 
 from __future__ import annotations
@@ -110,12 +115,14 @@ class Bindings:
         else:
             candidates = [h for h in (current, port.host) if h is not None]
         holder = None
+        if port.router_id is not None:
+            candidates = []  # rule 4: never held, every claim refused
         for host in candidates:
             if host in known and (host in claims or host in unsynced):
                 holder = host
                 break
         else:
-            if requested is None:
+            if requested is None and port.router_id is None:
                 live = [h for h in claims if h in known]
                 holder = min(live, key=lambda h: (claims[h], h)) if live else None
         if holder is None:

@@ -777,7 +777,7 @@ def test_each_host_is_sent_its_bundle_once_its_plan_is_complete(
     first_sent = events.index(("sent", hosts[0]))
     assert any(kind == "planned" for kind, _ in events[first_sent:]), events  # pipelined
     for h in hosts:  # complete when sent
-        assert ("planned", h) not in events[events.index(("sent", h)):], (h, events)
+        assert ("planned", h) not in events[events.index(("sent", h)) :], (h, events)
     assert routed.send("v1", routed.ip("w3"), routed.if1, protocol=6, dst_port=22).outputs
 
 
@@ -829,3 +829,25 @@ def test_removing_the_interface_that_holds_the_routers_mark_renumbers_it(routed:
     assert back.ports == [2], back
     # net 1 is no longer routed: v1's packet to its old gateway goes nowhere
     assert not routed.send("v1", routed.ip("v3"), routed.if1, protocol=6, dst_port=22).ports
+
+
+def test_a_claim_on_a_router_interface_is_refused(routed: Routed) -> None:
+    """A router's interface is distributed and never plugged: a host whose OVSDB claims one
+    (``iface-id=<interface port>``, anyone who reaches that OVSDB can write it) must not hold
+    it.  Held, it made hv3 (no port of net 1, another tenant's host) a member of net 1: flows
+    for its interface (no port security: a ``network:`` owner) and its peers tunnelling the
+    gateway's MAC to it."""
+    cloud = routed.cloud
+    gw = routed.if1
+    FakeAgent.instances["hv3"].plug(gw["id"], 9)
+    cloud.idle()
+    assert cloud.dp.bindings.holder(gw["id"]) is None
+    assert 9 not in {v for r in cloud.flows("hv3").rules for k, v in r.match if k == "in_port"}
+    assert not [r for r in cloud.flows("hv1").rules if ("eth_dst", gw["mac_address"]) in r.match
+                and "10.9.0.3" in repr(r.instructions)]  # fmt: skip
+    got = cloud.store.get_port(gw["id"])
+    assert got is not None and not got["binding:host_id"]
+    assert got["binding:vif_details"].get("tenantnet_refused_hosts") == ["hv3"]
+    assert cloud.dp.status()["binding_conflicts"] == 1
+    # routing on net 1 is as before
+    assert routed.send("v1", routed.ip("v3"), gw, protocol=6, dst_port=22).ports == [2]
