@@ -89,6 +89,25 @@ def _configured(body: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     return new
 
 
+def _check_tunnel_ip_free(tx: Tx, new: dict[str, Any]) -> None:
+    """409 if another host already terminates tunnels at ``new``'s tunnel IP.
+
+    A tunnel IP is how a host is known to its peers: they accept a network's key only from its
+    hosts' addresses (``tun_src``) and send to a port's host by it (``tun_dst``).  Two hosts at
+    one address would make every peer accept, from that address, the networks of both, and
+    send both hosts' traffic there: the machine at that address could read and inject into
+    the networks of the other host's tenants (OVN's Encap table refuses the same clash)."""
+    row = tx.one(
+        "SELECT id FROM hosts WHERE json_extract(body, '$.tunnel_ip') = ? AND id != ?",
+        (new["tunnel_ip"], new["id"]),
+    )
+    if row is not None:
+        raise Conflict(
+            f"Tunnel IP {new['tunnel_ip']} is already in use by host {row[0]}.",
+            "HostTunnelIpInUse",
+        )
+
+
 def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
     """Register a host; its OVSDB target defaults to ``tcp:<tunnel_ip>:6640``."""
     reject_unknown(body, CREATE_ATTRS)
@@ -117,6 +136,7 @@ def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
     )
     if not new["ovsdb"]:
         new["ovsdb"] = f"tcp:{new['tunnel_ip']}:{OVSDB_PORT}"
+    _check_tunnel_ip_free(tx, new)
     tx.conn.execute("INSERT INTO hosts (id, body) VALUES (?, ?)", (host_id, dumps(new)))
     tx.emit(KIND, None, new)
     return new
@@ -126,7 +146,10 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
     """Change how a host is reached or configured."""
     reject_unknown(changes, UPDATE_ATTRS)
     check_read_only(current, changes, READ_ONLY)
-    return save(tx, current, _configured(changes, current))
+    new = _configured(changes, current)
+    if new["tunnel_ip"] != current["tunnel_ip"]:
+        _check_tunnel_ip_free(tx, new)
+    return save(tx, current, new)
 
 
 def save(tx: Tx, current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

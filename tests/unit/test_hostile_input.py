@@ -310,8 +310,9 @@ def test_host_ids_are_a_sane_charset(client: TestClient, bad: str) -> None:
 
 
 def test_usual_host_names_are_fine(client: TestClient) -> None:
-    for good in ("hv1", "kvm-01.pod2.example.com", "compute_7", "h" * 255):
-        r = client.post("/v2.0/hosts", json={"host": {"id": good, "tunnel_ip": "192.0.2.1"}})
+    for n, good in enumerate(("hv1", "kvm-01.pod2.example.com", "compute_7", "h" * 255)):
+        ip = f"192.0.2.{n + 1}"  # a tunnel IP is one host's (store/hosts.py)
+        r = client.post("/v2.0/hosts", json={"host": {"id": good, "tunnel_ip": ip}})
         assert r.status_code == 201, r.text
 
 

@@ -571,6 +571,28 @@ def test_upsert_host(store: Store) -> None:
     assert not created and host["tunnel_ip"] == "192.0.2.2" and host["revision_number"] == 2
 
 
+def test_two_hosts_never_share_a_tunnel_ip(store: Store) -> None:
+    """Peers accept a network's key from its hosts' tunnel IPs and send to a host by its IP:
+    a second host at an address already in use would let the machine there read and inject
+    into the networks of both hosts' tenants."""
+    store.create_host({"id": "hv1", "tunnel_ip": "192.0.2.1"})
+    store.create_host({"id": "hv2", "tunnel_ip": "192.0.2.2"})
+    with pytest.raises(Conflict, match=r"192\.0\.2\.1 is already in use by host hv1"):
+        store.create_host({"id": "hv3", "tunnel_ip": "192.0.2.1", "ovsdb": "tcp:192.0.2.3:6640"})
+    with pytest.raises(Conflict, match=r"192\.0\.2\.1"):
+        store.update("host", "hv2", {"tunnel_ip": "192.0.2.1"})
+    with pytest.raises(Conflict, match=r"192\.0\.2\.2"):  # the same upsert CloudStack sends
+        store.upsert_host({"id": "hv1", "tunnel_ip": "192.0.2.2"})
+    assert {h["id"]: h["tunnel_ip"] for h in store.list_hosts()} == {
+        "hv1": "192.0.2.1",
+        "hv2": "192.0.2.2",
+    }
+    # its own address again, another change of its own, or a free address: fine
+    store.update("host", "hv1", {"tunnel_ip": "192.0.2.1", "description": "rack 4"})
+    store.upsert_host({"id": "hv2", "tunnel_ip": "192.0.2.9"})
+    store.create_host({"id": "hv3", "tunnel_ip": "192.0.2.2"})  # freed by hv2's move
+
+
 # -- schema ----------------------------------------------------------------------------------------
 
 
