@@ -52,6 +52,11 @@ OWNED = {"tenantnet-owned": "true"}
 TUNNEL_PORTS = {"vxlan": "tn-vxlan", "gre": "tn-gre"}
 _TUNNEL_NAMES = {name: kind for kind, name in TUNNEL_PORTS.items()}
 TUNNEL_OFPORT_REQUEST = {"vxlan": 64001, "gre": 64002}
+# The largest ofport an OVS interface can have (the schema's range for ``ofport_request``) and
+# name in OpenFlow 1.3: OVS refuses a port 0xff00-0xfffffeff in a flow ("port ... is outside
+# the supported range"), so one such flow fails the host's whole bundle.  The bridge's own
+# interface shows 65534 (OpenFlow 1.0's LOCAL) in OVSDB, which is not a port to compile for.
+OFPORT_MAX = 65279
 # The switch's Controller row: retry every second (``max_backoff``, ms; vswitchd rounds it down
 # to whole seconds, 1 s is its minimum) and probe an idle connection after 5 s (the defaults;
 # settings switch_max_backoff_s and switch_inactivity_probe_s, `controller_settings`).  See
@@ -144,8 +149,10 @@ def alternate_target(target: str) -> str | None:
 def _classify(name: str, ofport: int | None, iface_id: str | None) -> tuple[str, str, int] | None:
     """What one interface of the bridge contributes to a `HostObservation`: a tunnel port
     ``("tunnel", kind, ofport)``, a binding ``("binding", iface-id, ofport)``, or nothing (no
-    ofport yet, or neither)."""
-    if ofport is None or ofport <= 0:
+    ofport yet, or neither).  An ofport outside 1..`OFPORT_MAX` (-1: vswitchd could not add
+    it; 65534: the bridge's own interface; anything a faulty or hostile OVSDB reports) is no
+    ofport: the port stays DOWN there instead of ACTIVE with flows the switch refuses."""
+    if ofport is None or not 0 < ofport <= OFPORT_MAX:
         return None
     if name in _TUNNEL_NAMES:
         return ("tunnel", _TUNNEL_NAMES[name], ofport)

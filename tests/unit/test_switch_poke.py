@@ -269,3 +269,20 @@ def test_start_up_reads_are_gone_once_the_table_is_closed() -> None:
     assert reads.take("hv1", "tcp:192.0.2.1:6640", "br-int") is None
     reads.put("hv3", "tcp:192.0.2.3:6640", "br-int", switch_poke.Poked(OTHER, ()))
     assert reads.take("hv3", "tcp:192.0.2.3:6640", "br-int") is None
+
+
+def test_an_ofport_openflow_cannot_name_is_no_binding() -> None:
+    """What a host's OVSDB says its interfaces' ofports are is checked before it reaches the
+    data plane: an iface-id set on the bridge's own interface (65534, OpenFlow 1.0's LOCAL),
+    or a number OVS would never assign (0xff00 and up: refused in an OpenFlow 1.3 flow, which
+    failed the host's whole bundle; huge ones do not fit the wire at all), binds nothing and
+    is no tunnel port; a valid one still does."""
+    from controller.southbound.ovsdb_host import _classify, _observation
+
+    bad = (0, -1, 65280, 65534, 0xFFFFFFFD, 2**40)
+    seen = [_classify("br-int", n, f"port-{n}") for n in bad]
+    seen += [_classify("tn-vxlan", n, None) for n in bad]
+    seen += [_classify("vm1", 7, "port-1"), _classify("tn-gre", 64002, None)]
+    obs = _observation(seen)
+    assert obs.bindings == {"port-1": 7} and obs.tunnel_ofports == {"gre": 64002}
+    assert _classify("vm9", 65279, "port-9") == ("binding", "port-9", 65279)
