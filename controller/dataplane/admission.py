@@ -92,7 +92,10 @@ class Admission:
             return "not the datapath id of a registered host"
         if self.tls:
             if peer_cn is None:
-                return f"no client certificate (host {entry.host_id} needs one)"
+                return (
+                    f"no certificate with exactly one CN (host {entry.host_id} needs one that "
+                    "names it)"
+                )
             if host_of_cn(peer_cn) != entry.host_id:
                 return f"certificate CN {peer_cn!r} does not name host {entry.host_id}"
             return None
