@@ -222,6 +222,11 @@ class DataPlane:
         self._retry: dict[Unit, tuple[int, float]] = {}  # failed unit -> (failures, due at)
         self._flush_failing: set[str] = set()  # hosts whose last zone flush raised (logged)
         self._inbox: queue.Queue[tuple[str, tuple[Any, ...]]] = queue.Queue()
+        # A host's observation still queued, by host: a newer one replaces it in place (each is
+        # the host's whole state), so a host whose OVSDB churns holds one message in the inbox,
+        # not one full copy of its ports per change (`_on_observation`).
+        self._obs_lock = threading.Lock()
+        self._obs_queued: dict[str, list[HostObservation]] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._outstanding = 0
@@ -251,10 +256,28 @@ class DataPlane:
         return self.admission.check(dpid, peer_ip, peer_cn)
 
     def _on_observation(self, host_id: str, obs: HostObservation) -> None:
-        self._inbox.put(("observation", (host_id, obs)))
+        """The host's OVSDB changed (its agent's thread).  Observations are snapshots: one
+        still queued for the host takes the newer one instead of a second message, which
+        bounds what a host that churns rows (buggy, hostile) keeps queued to one."""
+        with self._obs_lock:
+            slot = self._obs_queued.get(host_id)
+            if slot is not None:
+                slot[0] = obs
+                return
+            slot = self._obs_queued[host_id] = [obs]
+            self._inbox.put(("observation", (host_id, slot)))
 
     def _on_ovsdb_state(self, host_id: str, up: bool) -> None:
-        self._inbox.put(("ovsdb_state", (host_id, up)))
+        with self._obs_lock:  # an observation after this is applied after it, not before
+            self._obs_queued.pop(host_id, None)
+            self._inbox.put(("ovsdb_state", (host_id, up)))
+
+    def _take_observation(self, host_id: str, slot: list[HostObservation]) -> HostObservation:
+        """The newest observation of a queued message; later ones get a message of their own."""
+        with self._obs_lock:
+            if self._obs_queued.get(host_id) is slot:
+                del self._obs_queued[host_id]
+            return slot[0]
 
     def on_membership(self, view: MemberView) -> None:
         """The live members changed (membership thread): hosts may have moved."""
@@ -427,7 +450,8 @@ class DataPlane:
             for ev in args[0]:
                 self._apply_event(ev)
         elif kind == "observation":
-            self._apply_observation(*args)
+            host_id, slot = args
+            self._apply_observation(host_id, self._take_observation(host_id, slot))
         elif kind == "ovsdb_state":
             self._apply_ovsdb_state(*args)
         elif kind == "switch_ready":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -935,3 +936,28 @@ def test_a_batch_the_openflow_app_cannot_encode_is_answered_once(
     assert app.apply(failing, FlowDiff(), later) and later.event.wait(5)
     assert late == [] and resyncs == [failing]
     assert cloud.dp._outstanding == 0 and cloud.dp.wait_idle(5) and cloud.dp.status()["idle"]
+
+
+def test_a_host_whose_ovsdb_churns_holds_one_observation_in_the_inbox(cloud: Cloud) -> None:
+    """Each observation is the host's whole state: while the actor is busy, a host that
+    changes its rows 500 times (buggy, hostile) keeps one message queued, which applies the
+    newest, instead of 500 full copies.  An OVSDB state change in between keeps its place:
+    what came before it is applied before it, what came after, after."""
+    cloud.start(hosts=1)
+    net = cloud.network()
+    port = cloud.store.create_port({"network_id": net["id"]})
+    agent = FakeAgent.instances["hv1"]
+    release = threading.Event()
+    cloud.dp.post("call", (lambda dp: release.wait(10), Future()))  # the actor is busy
+    time.sleep(0.1)
+    for n in range(1, 501):
+        agent.plug(port["id"], n)
+    assert cloud.dp._inbox.qsize() == 1
+    agent.on_state("hv1", False)
+    agent.plug(port["id"], 7)
+    assert cloud.dp._inbox.qsize() == 3
+    release.set()
+    cloud.idle()
+    rt = cloud.dp.hosts["hv1"]
+    assert rt.obs is not None and rt.obs.bindings == {port["id"]: 7}
+    assert not rt.ovsdb_up
