@@ -26,6 +26,10 @@ class Observations:
     def __bool__(self) -> bool:
         return bool(self.statuses or self.bindings or self.refused or self.hosts)
 
+    def __len__(self) -> int:
+        """How many values the batch holds (what a log line counts as written or dropped)."""
+        return len(self.statuses) + len(self.bindings) + len(self.refused) + len(self.hosts)
+
     def newer(self, other: Observations) -> None:
         """Take ``other``'s values over these (``other`` was observed later)."""
         self.statuses.update(other.statuses)

@@ -883,7 +883,7 @@ class EtcdStore(Store):
         except StoreUnavailable as exc:
             self._hold(observed, exc)
         except NotOwner:
-            _log_not_owner(len(observed.statuses) + len(observed.bindings) + len(observed.refused))
+            _log_not_owner(len(observed))
         finally:
             self._writer.release()
 
@@ -951,8 +951,7 @@ class EtcdStore(Store):
             # instance's now, which reports them itself
             dropped = 0
             while (taken := self._pending.take()) is not None:
-                dropped += len(taken.statuses) + len(taken.bindings) + len(taken.refused)
-                dropped += len(taken.hosts)
+                dropped += len(taken)
             _log_not_owner(dropped)
             return True
         while (taken := self._pending.take()) is not None:
@@ -969,12 +968,11 @@ class EtcdStore(Store):
             except StoreError as exc:  # refused (cannot happen for the data plane's values)
                 LOG.error("held data-plane observations refused, dropped: %s", exc.message)
             except NotOwner:  # the lease ended meanwhile: the rest is no longer ours either
-                _log_not_owner(len(taken.statuses) + len(taken.bindings) + len(taken.hosts))
+                _log_not_owner(len(taken))
                 while self._pending.take() is not None:
                     pass
                 return True
-            written += len(taken.statuses) + len(taken.bindings) + len(taken.refused)
-            written += len(taken.hosts)
+            written += len(taken)
         if written:
             LOG.info("etcd: wrote %d held data-plane observations", written)
         return True
