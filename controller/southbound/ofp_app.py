@@ -67,6 +67,9 @@ from flows.tables import COOKIE_BASE, COOKIE_MASK_OURS, is_ours
 LOG = logging.getLogger(__name__)
 
 DoneCallback = Callable[..., None]  # (ok: bool, why: str) - why is "" when ok
+MAX_HELD = 64
+"""Batches held per switch while its MASTER request is unanswered (`TenantnetOfpApp._hold`);
+the data plane sends at most one per host and step, and the answer takes a round trip."""
 MAX_REFUSALS_REMEMBERED = 1024  # distinct refusals logged once each; the set is then reset
 # A proven connection that finds its host's session alive is decided again after this: when a
 # switch replaces its own connection (a rewritten target, see ovsdb_host's fast reconnect), the
@@ -183,8 +186,13 @@ class _Switch:
     early: bool = False
     bundles: bool = True  # until it refuses a bundle open or commit (see _error)
     # Several controllers: the switch answered this session's MASTER request (ROLE_REPLY).
-    # A refused one leaves the session EQUAL, which still gets packet-ins (see _packet_in).
+    # A refused one leaves the session EQUAL, which still gets packet-ins (see _packet_in)
+    # and would still take flow-mods: `apply` sends none unless this is True.
     master: bool = False
+    # Several controllers: the xid of the MASTER request the switch has not answered yet,
+    # and the batches `apply` holds until it does (see `TenantnetOfpApp._hold`).
+    role_asked: int | None = None
+    held: list[tuple[FlowDiff, DoneCallback]] = field(default_factory=list)
     bundle_id: int = 0
     bundle_in_flight: bool = False
     # xid -> what the message asked, oldest first, at most RECENT_MESSAGES (see _error)
@@ -371,8 +379,27 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             name = "master role" if master else "slave role"
             msg = codec.role_request(sw.dp, master, generation)
             sw.remember(msg, Sent(name, generation))
-            _send_as_one_write(sw.dp, [msg])
+            xid = msg.xid
+            # A barrier after it bounds how long batches are held for its answer (`_hold`):
+            # a switch that answers neither fails them at the barrier timeout.
+            barrier = self._barrier_request(
+                sw, lambda ok, why="": self._role_unanswered(sw, xid, why or "no role reply")
+            )
+            sw.role_asked = xid if master else None
+            dropped = [] if master else [cb for _, cb in _take_held(sw)]
+            _send_as_one_write(sw.dp, [msg, barrier])
+        _fail_held(dropped, "not master")
         LOG.info("switch %016x: %s asked (generation %d)", sw.dp.id, name, generation)
+
+    def _role_unanswered(self, sw: _Switch, xid: int, why: str) -> None:
+        """The barrier after role request ``xid`` came back (or timed out, or the session
+        ended) and the switch never answered the request itself: batches held for it fail."""
+        with sw.lock:
+            dropped = []
+            if sw.role_asked == xid:
+                sw.role_asked = None
+                dropped = [cb for _, cb in _take_held(sw)]
+        _fail_held(dropped, why)
 
     def step_down(self, dpid: int) -> None:
         """Ask EQUAL on the switch's session now (`codec.equal_role_request`), after it refused
@@ -407,61 +434,101 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         """
         with self._lock:
             sw = self._switches.get(dpid)
+            role = self._roles.get(dpid)
         if sw is None or not sw.ready:
             return False
-        dp = sw.dp
-        batch = [
-            (_ENCODE[kind](dp, item), Sent(_VERB[kind], item))
+        if role is not None and not sw.master:
+            held = self._hold(sw, role[0], diff, on_done)
+            if held is not None:
+                return held
+        batch = self._encode(sw, diff)
+        with sw.lock:
+            return self._write_diff(sw, diff, batch, on_done)
+
+    def _hold(
+        self, sw: _Switch, master: bool, diff: FlowDiff, on_done: DoneCallback
+    ) -> bool | None:
+        """Several controllers: whether a batch for a session the switch has not confirmed
+        MASTER is held (True) or not taken (False); None if it was confirmed meanwhile.
+
+        Why: a session starts EQUAL, and one whose MASTER request the switch refused as stale
+        (a newer owner's generation id) stays EQUAL - and an EQUAL session's flow-mods are
+        taken like a master's.  Sent right behind the request, as they were, a fenced-off
+        instance's flows (it reconnected while a partition hid the new owner from it) were
+        installed over the new owner's.  So flows go out only on a session the switch said is
+        MASTER.  While the request is unanswered they are held, in order, and sent by
+        `_role_reply` the moment it is taken (one round trip later; the session's first request
+        is answered before its read-back, so only a role change mid-session waits), or failed
+        if it is refused, unanswered by the barrier after it, or the session ends.  Bounded
+        (`MAX_HELD`): beyond it, or with no request pending, the batch is not taken, as from
+        a switch that is gone."""
+        with sw.lock:
+            if sw.master:
+                return None
+            if not master or sw.role_asked is None or len(sw.held) >= MAX_HELD:
+                return False
+            sw.held.append((diff, on_done))
+            return True
+
+    @staticmethod
+    def _encode(sw: _Switch, diff: FlowDiff) -> list[tuple[Any, Sent]]:
+        return [
+            (_ENCODE[kind](sw.dp, item), Sent(_VERB[kind], item))
             for kind, item in diff.messages_in_order()
         ]
-        with sw.lock:
-            if sw.bundles and batch and not diff.additive:
-                # One atomic, ordered bundle (ONF EXT-230, OpenFlow 1.3): packets see the old
-                # rules or the new ones, never a half-applied diff.  A purely additive diff
-                # (see FlowDiff.additive) needs no bundle and saves its wrapping.
-                sw.bundle_id = (sw.bundle_id + 1) & 0xFFFFFFFF
-                self.counters.bundles += 1
-                sw.bundle_in_flight = True
-                bid = sw.bundle_id
-                batch = [
-                    (
-                        parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, BUNDLE, []),
-                        Sent("open bundle", bid),
-                    ),
-                    *(
-                        (parser.ONFBundleAddMsg(dp, bid, BUNDLE, m, []), what._replace(bundle=bid))
-                        for m, what in batch
-                    ),
-                    (
-                        parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, BUNDLE, []),
-                        Sent("commit bundle", bid),
-                    ),
-                ]
-            msgs = []
-            for msg, what in batch:
-                sw.remember(msg, what)  # a bundle-add's inner message gets the same xid
-                msgs.append(msg)
-            try:
-                # Encoded before the barrier is registered: a message that does not encode
-                # raises to the caller with nothing registered, so the batch gets exactly one
-                # answer (the exception), never a later barrier timeout as well.
-                body = _serialise(dp, msgs)
-            except BaseException:
-                sw.bundle_in_flight = False
-                raise
-            # sw.errors is not reset here: an earlier batch's barrier reply may still be on its
-            # way, and the switch's errors for that batch (which come before it) are its own.
-            # Barrier replies come in order, so `_barrier` takes the errors since the last one.
-            barrier = self._barrier_request(sw, on_done)
-            # Written on this thread when the connection's send thread has nothing queued
-            # (`LiveDatapath.write_now`: in order, never blocking, the rest queued): handed
-            # to that thread, the batch waited for the interpreter until the data plane let
-            # go of it - after it had planned and encoded the step's other hosts, up to a
-            # switch interval (5 ms) later - while this host's switch, the one a new port
-            # waits for, could have been applying it.
-            # A stream lost to a partial write (False): not taken, as from a switch that is
-            # gone; the caller answers the batch (`apply`'s False) and its barrier is disarmed.
-            return self._send_or_fail(sw, body + _serialise(dp, [barrier]), barrier, direct=True)
+
+    def _write_diff(
+        self, sw: _Switch, diff: FlowDiff, batch: list[tuple[Any, Sent]], on_done: DoneCallback
+    ) -> bool:
+        """Write one encoded diff and its barrier (`apply`); called with ``sw.lock`` held."""
+        dp = sw.dp
+        if sw.bundles and batch and not diff.additive:
+            # One atomic, ordered bundle (ONF EXT-230, OpenFlow 1.3): packets see the old
+            # rules or the new ones, never a half-applied diff.  A purely additive diff
+            # (see FlowDiff.additive) needs no bundle and saves its wrapping.
+            sw.bundle_id = (sw.bundle_id + 1) & 0xFFFFFFFF
+            self.counters.bundles += 1
+            sw.bundle_in_flight = True
+            bid = sw.bundle_id
+            batch = [
+                (
+                    parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_OPEN_REQUEST, BUNDLE, []),
+                    Sent("open bundle", bid),
+                ),
+                *(
+                    (parser.ONFBundleAddMsg(dp, bid, BUNDLE, m, []), what._replace(bundle=bid))
+                    for m, what in batch
+                ),
+                (
+                    parser.ONFBundleCtrlMsg(dp, bid, ofp.ONF_BCT_COMMIT_REQUEST, BUNDLE, []),
+                    Sent("commit bundle", bid),
+                ),
+            ]
+        msgs = []
+        for msg, what in batch:
+            sw.remember(msg, what)  # a bundle-add's inner message gets the same xid
+            msgs.append(msg)
+        try:
+            # Encoded before the barrier is registered: a message that does not encode
+            # raises to the caller with nothing registered, so the batch gets exactly one
+            # answer (the exception), never a later barrier timeout as well.
+            body = _serialise(dp, msgs)
+        except BaseException:
+            sw.bundle_in_flight = False
+            raise
+        # sw.errors is not reset here: an earlier batch's barrier reply may still be on its
+        # way, and the switch's errors for that batch (which come before it) are its own.
+        # Barrier replies come in order, so `_barrier` takes the errors since the last one.
+        barrier = self._barrier_request(sw, on_done)
+        # Written on this thread when the connection's send thread has nothing queued
+        # (`LiveDatapath.write_now`: in order, never blocking, the rest queued): handed
+        # to that thread, the batch waited for the interpreter until the data plane let
+        # go of it - after it had planned and encoded the step's other hosts, up to a
+        # switch interval (5 ms) later - while this host's switch, the one a new port
+        # waits for, could have been applying it.
+        # A stream lost to a partial write (False): not taken, as from a switch that is
+        # gone; the caller answers the batch (`apply`'s False) and its barrier is disarmed.
+        return self._send_or_fail(sw, body + _serialise(dp, [barrier]), barrier, direct=True)
 
     def on_packet_in(
         self,
@@ -927,7 +994,22 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             return
         with self._lock:
             role = self._roles.get(sw.dp.id)
-        sw.master = ev.msg.role == ofp.OFPCR_ROLE_MASTER and role is not None and role[0]
+        dropped: list[DoneCallback] = []
+        with sw.lock:
+            sw.master = ev.msg.role == ofp.OFPCR_ROLE_MASTER and role is not None and role[0]
+            if sw.role_asked is not None and ev.msg.xid == sw.role_asked:
+                sw.role_asked = None
+                for diff, on_done in _take_held(sw):  # in the order `apply` was asked
+                    if not sw.master:
+                        dropped.append(on_done)
+                        continue
+                    try:
+                        if not self._write_diff(sw, diff, self._encode(sw, diff), on_done):
+                            dropped.append(on_done)
+                    except Exception:  # pragma: no cover - the compilers' rules all encode
+                        LOG.exception("switch %016x: a held batch did not encode", sw.dp.id)
+                        dropped.append(on_done)
+        _fail_held(dropped, "not master")
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev: Any) -> None:
@@ -962,6 +1044,8 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             sw.master = False  # the session kept its role (EQUAL): answers no packet-in
             if self.on_role_refused is not None:
                 self.on_role_refused(dpid, cause.subject)
+            # After the refusal is posted: the data plane hears it before these batches fail.
+            self._role_unanswered(sw, msg.xid, "role refused")
         if cause is not None and cause.verb == "commit bundle" and _is_bundle_msg_failed(msg):
             # The refused message inside it had its own error reply, logged below.
             LOG.debug("switch %016x did not commit bundle %s", dpid, cause.subject)
@@ -1228,11 +1312,27 @@ class TenantnetOfpApp(app_manager.OSKenApp):
 
     @staticmethod
     def _fail_barriers(sw: _Switch, why: str = "disconnected") -> None:
+        """Answer every batch of a session that ended, sent or held, as failed."""
         with sw.lock:
             pending = list(sw.barriers.values())
             sw.barriers.clear()
+            sw.role_asked = None
+            held = [cb for _, cb in _take_held(sw)]
+        _fail_held(held, why)
         for cb in pending:
             cb(False, why)
+
+
+def _take_held(sw: _Switch) -> list[tuple[FlowDiff, DoneCallback]]:
+    """The batches held for a role reply (`TenantnetOfpApp._hold`), now none; ``sw.lock`` held."""
+    held, sw.held = sw.held, []
+    return held
+
+
+def _fail_held(callbacks: Sequence[DoneCallback], why: str) -> None:
+    """Answer held batches as failed, in order; never called under ``sw.lock``."""
+    for on_done in callbacks:
+        on_done(False, why)
 
 
 def _error_name(msg: Any) -> str:

@@ -83,3 +83,18 @@ def test_generation_ids_compare_as_signed_64_bit_differences(two_controllers) ->
     _role(old, True, 2**64 + 1)  # 1 after wrapping: newer than 2**64 - 1
     with pytest.raises(OfpError):
         new.send_all([codec.flow_add(DP, _rule(5))])
+
+
+def test_a_new_session_refused_master_stays_equal_and_takes_flow_mods(two_controllers) -> None:  # type: ignore[no-untyped-def]
+    """Why the controller sends flows only on a session the switch confirmed MASTER
+    (`TenantnetOfpApp._hold`): a stale instance that connects again starts EQUAL, its MASTER
+    request is refused as stale, and OVS still takes that EQUAL session's flow-mods.  The
+    generation id fences a stale master's existing session, not a new one."""
+    hv, _, new = two_controllers
+    _role(new, True, 20)
+    with MgmtClient(f"{hv.dir}/{BRIDGE}.mgmt") as fresh:
+        with pytest.raises(OfpError) as stale:
+            _role(fresh, True, 10)
+        assert _code(stale.value) == (ofp.OFPET_ROLE_REQUEST_FAILED, ofp.OFPRRFC_STALE)
+        fresh.send_all([codec.flow_add(DP, _rule(6))])
+    assert "in_port=6" in "\n".join(hv.dump_flows(BRIDGE))

@@ -659,6 +659,89 @@ def test_packet_ins_are_answered_only_by_the_owner_as_confirmed_master() -> None
     assert handled == [7] and queue.counters.not_owner == 0
 
 
+def _role_answer(app: TenantnetOfpApp, dp: FakeDatapath, role: int, xid: int) -> None:
+    """The switch's ROLE_REPLY to request ``xid``, encoded and parsed as os-ken delivers it."""
+    body = struct.pack(ofp.OFP_ROLE_REQUEST_PACK_STR, role, 9)
+    length = ofp.OFP_HEADER_SIZE + len(body)
+    buf = struct.pack(ofp.OFP_HEADER_PACK_STR, ofp.OFP_VERSION, ofp.OFPT_ROLE_REPLY, length, xid)
+    msg = ofproto_parser.msg(dp, ofp.OFP_VERSION, ofp.OFPT_ROLE_REPLY, length, xid, buf + body)
+    msg.datapath = dp
+    app._role_reply(SimpleNamespace(msg=msg))
+
+
+def _kinds(dp: FakeDatapath) -> list[int]:
+    return [kind for _, kind, _ in _on_the_wire(dp)]
+
+
+def test_a_session_whose_master_request_is_refused_is_sent_no_flow_mod() -> None:
+    """Several controllers (docs/ha.md): a session starts EQUAL and one whose MASTER request
+    the switch refuses as stale stays EQUAL, which takes flow-mods like a master.  A fenced-off
+    instance that reconnects and asks MASTER with an old generation must not get its flows in
+    behind that request: the batch the data plane sends right after it is held until the
+    switch answers, failed when it refuses (after the refusal is reported, so the data plane
+    knows why), and later batches on the EQUAL session are not taken at all."""
+    app, dp, _ = _app()
+    events: list[str] = []
+    app.on_role_refused = lambda dpid, gen: events.append(f"refused {gen}")
+    app.set_role(DPID, True, 9)
+    [role_xid] = [x for x, kind, _ in _on_the_wire(dp) if kind == ofp.OFPT_ROLE_REQUEST]
+
+    def done(ok: bool, why: str = "") -> None:
+        events.append(f"batch {ok} {why}")
+
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_A,), replaces_rules=False), done)
+    assert ofp.OFPT_FLOW_MOD not in _kinds(dp) and events == []
+    _switch_answers(app, dp, _refused(dp, ofp.OFPET_ROLE_REQUEST_FAILED, ofp.OFPRRFC_STALE),
+                    role_xid)  # fmt: skip
+    assert events == ["refused 9", "batch False role refused"]
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_B,), replaces_rules=False), Outcome()) is False
+    assert ofp.OFPT_FLOW_MOD not in _kinds(dp)
+
+
+def test_batches_held_for_the_master_reply_go_out_in_order_when_it_comes() -> None:
+    """A role change mid-session (this instance took the host over): the batches sent before
+    the switch confirmed MASTER go out, in the order they were given, as soon as it does; each
+    is answered by its own barrier.  A SLAVE request (the host moved on again) fails what is
+    still held, and so does a session that ends or a switch that answers the barrier after
+    the request but never the request."""
+    app, dp, sw = _app()
+    app.set_role(DPID, True, 9)
+    [role_xid] = [x for x, kind, _ in _on_the_wire(dp) if kind == ofp.OFPT_ROLE_REQUEST]
+    first, second = Outcome(), Outcome()
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_A,), replaces_rules=False), first)
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_B,), replaces_rules=False), second)
+    assert ofp.OFPT_FLOW_MOD not in _kinds(dp)
+    _role_answer(app, dp, ofp.OFPCR_ROLE_MASTER, role_xid)
+    assert sw.master and not sw.held
+    flow_mods = [x for x, kind, _ in _on_the_wire(dp) if kind == ofp.OFPT_FLOW_MOD]
+    assert flow_mods == [_flow_mod_xid(dp, FLOW_A), _flow_mod_xid(dp, FLOW_B)]
+    assert flow_mods[0] < flow_mods[1]
+    for xid in sorted(sw.barriers):
+        app._barrier(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=xid)))
+    assert first.got == [(True, "")] and second.got == [(True, "")]
+    # the host moved to another instance and back: held again, then given up as slave
+    app.set_role(DPID, False, 10)
+    app.set_role(DPID, True, 11)
+    again = Outcome()
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_A,), replaces_rules=False), again)
+    app.set_role(DPID, False, 12)
+    assert again.got == [(False, "not master")] and not sw.held
+    # asked MASTER; the switch answers the barrier behind the request, never the request
+    app.set_role(DPID, True, 13)
+    silent = Outcome()
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_B,), replaces_rules=False), silent)
+    role_barrier = max(sw.barriers)
+    app._barrier(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=role_barrier)))
+    assert silent.got == [(False, "no role reply")]
+    # asked MASTER again; the session ends before the answer
+    app.set_role(DPID, False, 14)
+    app.set_role(DPID, True, 15)
+    ended = Outcome()
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_B,), replaces_rules=False), ended)
+    app._fail_barriers(sw)
+    assert ended.got == [(False, "disconnected")] and not sw.held
+
+
 def test_a_connection_waiting_for_attach_counts_as_the_switchs_session() -> None:
     """The fast reconnect asks `has_session` before it rewrites a switch's target: a switch
     whose own retry connected just before the data plane was attached must not be made to drop
