@@ -192,6 +192,14 @@ class Auditor:
                 self._start(host_id, repair=True)
         self._earliest = min(self._due.values(), default=math.inf)
 
+    def forget(self, host_id: str) -> None:
+        """A host was deleted: its slot, and its foreign-flows series and count, go now.
+        Why not only in `poll`'s sweep: with audits on request only (interval 0) that sweep
+        never runs, and every deleted host that was asked for its drift kept its series."""
+        self._due.pop(host_id, None)
+        if self._foreign_seen.pop(host_id, None) is not None:
+            self.foreign.remove(host_id)
+
     def _next(self, host_id: str, now: float) -> float:
         """The host's next slot after ``now``: its phase (a hash of its id) plus a whole number
         of intervals after the data plane's start."""

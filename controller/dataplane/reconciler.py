@@ -758,6 +758,7 @@ class DataPlane:
         if rt is None:
             return
         self._flush_failing.discard(host_id)
+        self.audit.forget(host_id)
         self.by_dpid.pop(rt.dpid, None)
         self.admission.remove_host(rt.dpid)
         if rt.installed is not None:
@@ -1135,6 +1136,8 @@ class DataPlane:
         if rt is not None and rt.dpid == dpid:
             self._note_health(rt, ok, why)
             self.metrics.reconcile.confirmed(host_id, ok)
+        elif rt is None:  # deleted with this batch in flight: its timer goes (no sample)
+            self.metrics.reconcile.confirmed(host_id, False)
         if not ok and rt is not None and (not self.owns(host_id) or rt.role_refused is not None):
             pass  # not sent: not ours, or not master (read afresh when it is again)
         elif not ok and rt is not None and rt.installed is not None:

@@ -350,15 +350,15 @@ class Mirror:
         ):
             self._domains = {}
         if old is not None:
-            self.net_ports.get(old.network_id, set()).discard(port_id)
+            _discard(self.net_ports, old.network_id, port_id)
             for gid in old.groups:
-                self.group_ports.get(gid, set()).discard(port_id)
+                _discard(self.group_ports, gid, port_id)
             if old.host is not None:
-                self.host_ports.get(old.host, set()).discard(port_id)
+                _discard(self.host_ports, old.host, port_id)
             self.num_to_port.pop(old.num, None)
             if old.router_id is not None:
-                self.router_ifaces.get(old.router_id, set()).discard(port_id)
-                self.net_ifaces.get(old.network_id, set()).discard(port_id)
+                _discard(self.router_ifaces, old.router_id, port_id)
+                _discard(self.net_ifaces, old.network_id, port_id)
         if rec is not None:
             self.ports[port_id] = rec
             self.net_ports.setdefault(rec.network_id, set()).add(port_id)
@@ -387,9 +387,11 @@ class Mirror:
         # (and `dhcp_facts` takes a set that is the same object for unchanged subnets).
         old = self.subnets.pop(subnet_id, None)
         if old is not None:
-            self.net_subnets[old.network_id] = self.net_subnets.get(old.network_id, frozenset()) - {
-                subnet_id
-            }
+            rest = self.net_subnets.get(old.network_id, frozenset()) - {subnet_id}
+            if rest:
+                self.net_subnets[old.network_id] = rest
+            else:  # the network's last: no empty entry left behind for good (see `_discard`)
+                self.net_subnets.pop(old.network_id, None)
         if rec is not None:
             self.subnets[subnet_id] = rec
             self.net_subnets[rec.network_id] = self.net_subnets.get(rec.network_id, frozenset()) | {
@@ -415,7 +417,7 @@ class Mirror:
         elif kind == "security_group_rule":
             old = self.sg_rules.pop(obj_id, None)
             if old is not None:
-                self.group_rules.get(old.group_id, set()).discard(obj_id)
+                _discard(self.group_rules, old.group_id, obj_id)
                 self.rule_keys.pop(old.rule.key, None)
             if rec is not None:
                 self.sg_rules[obj_id] = rec
@@ -538,6 +540,19 @@ class Mirror:
     def recorded_on(self, host_id: str) -> set[str]:
         """Ports whose binding:host_id names the host (requested or written back)."""
         return set(self.host_ports.get(host_id, ()))
+
+
+def _discard(index: dict[str, set[str]], key: str, item: str) -> None:
+    """Take ``item`` out of ``index[key]``, and the key with its last item.
+
+    Why: these indexes are keyed by ids of networks, groups, hosts and routers, which are
+    never reused; an empty set kept for each one deleted grew the mirror by one entry per
+    index and deleted object for the life of the process (readers use ``.get(key, ())``)."""
+    items = index.get(key)
+    if items is not None:
+        items.discard(item)
+        if not items:
+            del index[key]
 
 
 RECORDS: dict[str, Callable[[Mapping[str, Any]], Any]] = {

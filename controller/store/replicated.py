@@ -466,7 +466,7 @@ class EtcdStore(Store):
                     return
                 raise
             self.applied += 1
-            self._ip_hints.update(tx.new_ip_hints)
+            tx.commit_ip_hints(self._ip_hints)
             self.metrics.store_commit.labels("durable").observe(time.perf_counter() - t0)
             self._publish(tx.events)
 

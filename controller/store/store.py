@@ -147,7 +147,7 @@ class Store:
                 t0 = time.perf_counter()
                 self._conn.execute("COMMIT")
                 commit_s = time.perf_counter() - t0
-                self._ip_hints.update(tx.new_ip_hints)
+                tx.commit_ip_hints(self._ip_hints)
             finally:
                 if not durable:
                     self._conn.execute("PRAGMA synchronous = FULL")

@@ -34,6 +34,15 @@ class Tx:
     def ip_hint(self, subnet_id: str) -> int | None:
         return self.new_ip_hints.get(subnet_id, self.ip_hints.get(subnet_id))
 
+    def commit_ip_hints(self, hints: dict[str, int]) -> None:
+        """Adopt this transaction's hints into the store's committed ``hints`` (after its
+        COMMIT), and drop those of the subnets it deleted: subnet ids are never reused, so
+        a deleted subnet's hint was kept, never read again, for the life of the process."""
+        hints.update(self.new_ip_hints)
+        for ev in self.events:
+            if ev.kind == "subnet" and ev.new is None and ev.old is not None:
+                hints.pop(str(ev.old.get("id")), None)
+
     def emit(self, kind: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         """Queue one change for publication after commit."""
         self.events.append(ChangeEvent(kind, old, new))
