@@ -50,6 +50,7 @@ The store is only written here (statuses, holders, host states), never read afte
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -126,6 +127,9 @@ class HostRuntime:
 
     rec: HostRec
     agent: Any = None
+    # Which of the host's agents is `agent` (`DataPlane._start_agent` numbers them): what an
+    # agent reports is tagged with its number, and a replaced agent's late reports are dropped.
+    agent_epoch: int = 0
     dpid: int = 0
     obs: HostObservation | None = None  # None until its OVSDB was read since start
     # What its switch holds, by owner cookie (flows.tables); None until read since start.
@@ -225,8 +229,14 @@ class DataPlane:
         # A host's observation still queued, by host: a newer one replaces it in place (each is
         # the host's whole state), so a host whose OVSDB churns holds one message in the inbox,
         # not one full copy of its ports per change (`_on_observation`).
+        # Keyed by (host, agent epoch): a replaced agent's late observation never takes the
+        # place of its successor's (see `HostRuntime.agent_epoch`).
         self._obs_lock = threading.Lock()
-        self._obs_queued: dict[str, list[HostObservation]] = {}
+        self._obs_queued: dict[tuple[str, int], list[HostObservation]] = {}
+        self._epochs = 0  # the last agent epoch handed out (`_start_agent`)
+        # Removed hosts' agents still cleaning up (`_remove_host`), by host id: a host registered
+        # again meanwhile starts its new agent only once they are done (`_apply_agent_removed`).
+        self._removing: dict[str, int] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._outstanding = 0
@@ -255,28 +265,32 @@ class DataPlane:
         """Asked by the OpenFlow app before it accepts a session: None, or why it may not."""
         return self.admission.check(dpid, peer_ip, peer_cn)
 
-    def _on_observation(self, host_id: str, obs: HostObservation) -> None:
-        """The host's OVSDB changed (its agent's thread).  Observations are snapshots: one
-        still queued for the host takes the newer one instead of a second message, which
-        bounds what a host that churns rows (buggy, hostile) keeps queued to one."""
+    def _on_observation(self, epoch: int, host_id: str, obs: HostObservation) -> None:
+        """The host's OVSDB changed (the thread of its agent number ``epoch``).  Observations
+        are snapshots: one still queued from the same agent takes the newer one instead of a
+        second message, which bounds what a host that churns rows (buggy, hostile) keeps
+        queued to one."""
+        key = (host_id, epoch)
         with self._obs_lock:
-            slot = self._obs_queued.get(host_id)
+            slot = self._obs_queued.get(key)
             if slot is not None:
                 slot[0] = obs
                 return
-            slot = self._obs_queued[host_id] = [obs]
-            self._inbox.put(("observation", (host_id, slot)))
+            slot = self._obs_queued[key] = [obs]
+            self._inbox.put(("observation", (host_id, epoch, slot)))
 
-    def _on_ovsdb_state(self, host_id: str, up: bool) -> None:
+    def _on_ovsdb_state(self, epoch: int, host_id: str, up: bool) -> None:
         with self._obs_lock:  # an observation after this is applied after it, not before
-            self._obs_queued.pop(host_id, None)
-            self._inbox.put(("ovsdb_state", (host_id, up)))
+            self._obs_queued.pop((host_id, epoch), None)
+            self._inbox.put(("ovsdb_state", (host_id, epoch, up)))
 
-    def _take_observation(self, host_id: str, slot: list[HostObservation]) -> HostObservation:
+    def _take_observation(
+        self, host_id: str, epoch: int, slot: list[HostObservation]
+    ) -> HostObservation:
         """The newest observation of a queued message; later ones get a message of their own."""
         with self._obs_lock:
-            if self._obs_queued.get(host_id) is slot:
-                del self._obs_queued[host_id]
+            if self._obs_queued.get((host_id, epoch)) is slot:
+                del self._obs_queued[(host_id, epoch)]
             return slot[0]
 
     def on_membership(self, view: MemberView) -> None:
@@ -450,10 +464,13 @@ class DataPlane:
             for ev in args[0]:
                 self._apply_event(ev)
         elif kind == "observation":
-            host_id, slot = args
-            self._apply_observation(host_id, self._take_observation(host_id, slot))
+            host_id, epoch, slot = args
+            obs = self._take_observation(host_id, epoch, slot)
+            self._apply_observation(host_id, epoch, obs)
         elif kind == "ovsdb_state":
             self._apply_ovsdb_state(*args)
+        elif kind == "agent_removed":
+            self._apply_agent_removed(*args)
         elif kind == "switch_ready":
             self._apply_switch_ready(*args)
         elif kind == "switch_gone":
@@ -613,16 +630,21 @@ class DataPlane:
         self.by_dpid[rt.dpid] = rec.id
         self.admission.set_host(rt.dpid, dict(rec.config))
         self._note_owner(rt)
-        if self.owns(rec.id):
+        if self.owns(rec.id) and rec.id not in self._removing:
             self._start_agent(rt)
         self._arrange_role(rt)
 
     def _start_agent(self, rt: HostRuntime) -> None:
+        """Start a new agent for the host, with callbacks that tag what it reports with a new
+        epoch: an agent replaced since (stopped, or still cleaning up after its host's
+        delete) may report late from its own thread, and must not speak for its successor."""
+        self._epochs += 1
+        epoch = rt.agent_epoch = self._epochs
         rt.agent = self.agent_factory(
             dict(rt.rec.config),
             self.controller_target,
-            self._on_observation,
-            self._on_ovsdb_state,
+            functools.partial(self._on_observation, epoch),
+            functools.partial(self._on_ovsdb_state, epoch),
             **self.agent_options,
         )
         self._tell_peers(rt.agent)
@@ -735,7 +757,7 @@ class DataPlane:
             self._arrange_role(rt)  # before a take-over's re-read: no flow-mod as a slave
             if owned and rt.agent is not None:
                 self._tell_peers(rt.agent)
-            if owned and rt.agent is None:
+            if owned and rt.agent is None and host_id not in self._removing:
                 LOG.info("host %s: owned by this instance now; reading it", host_id)
                 rt.down_reported = False
                 if rt.installed is not None:
@@ -765,8 +787,8 @@ class DataPlane:
             group_ids = sorted({g.group_id for s in rt.installed.values() for g in s.groups})
             self.switches.remove_all(rt.dpid, group_ids, lambda ok, why="": None)
         if rt.agent is not None:
-            agent = rt.agent
-            threading.Thread(target=_remove_agent, args=(agent,), daemon=True).start()
+            self._removing[host_id] = self._removing.get(host_id, 0) + 1
+            self._clean_up_agent(host_id, rt.agent)
         affected = self.bindings.drop_host(host_id) | self.mirror.recorded_on(host_id)
         self._rebind(sorted(affected))
         for pid in affected:  # not taken over by another host that has it plugged: unbound
@@ -779,10 +801,37 @@ class DataPlane:
         self._changed(Change("host", host_id, rt.rec, None))
         LOG.info("host %s removed: %d units planned again", host_id, len(self._dirty) - before)
 
-    def _apply_observation(self, host_id: str, obs: HostObservation) -> None:
-        rt = self.hosts.get(host_id)
-        if rt is None or rt.agent is None:  # a late one from an agent stopped since
+    def _clean_up_agent(self, host_id: str, agent: Any) -> None:
+        """Remove a removed host's agent on a thread of its own: it talks to the host's OVSDB,
+        which may be slow or gone, and the actor must not wait for it."""
+        threading.Thread(target=self._remove_agent, args=(host_id, agent), daemon=True).start()
+
+    def _remove_agent(self, host_id: str, agent: Any) -> None:
+        """A removed host's agent: its config off the host, then stopped; the actor hears
+        when it is done (`_apply_agent_removed`)."""
+        try:
+            _remove_agent(agent)
+        finally:
+            self._inbox.put(("agent_removed", (host_id,)))
+
+    def _apply_agent_removed(self, host_id: str) -> None:
+        """A removed host's agent is cleaned up and stopped.  If the host was registered again
+        meanwhile, its new agent starts now, not before: the old one's ``remove_config`` (the
+        bridge's controllers and tunnel ports) would otherwise remove what the new one wrote,
+        and the new one writes them again only when its OVSDB connection comes up again."""
+        left = self._removing.pop(host_id, 0) - 1
+        if left > 0:
+            self._removing[host_id] = left
             return
+        rt = self.hosts.get(host_id)
+        if rt is not None and rt.agent is None and self.owns(host_id):
+            LOG.info("host %s: registered again; its old agent is cleaned up, reading it", host_id)
+            self._start_agent(rt)
+
+    def _apply_observation(self, host_id: str, epoch: int, obs: HostObservation) -> None:
+        rt = self.hosts.get(host_id)
+        if rt is None or rt.agent is None or epoch != rt.agent_epoch:
+            return  # a late one from an agent stopped or replaced since
         first = rt.obs is None
         before = rt.obs.bindings if rt.obs is not None else {}
         tunnels_changed = rt.obs is None or rt.obs.tunnel_ofports != obs.tunnel_ofports
@@ -809,10 +858,10 @@ class DataPlane:
         if first:
             self._host_became_known(host_id)
 
-    def _apply_ovsdb_state(self, host_id: str, up: bool) -> None:
+    def _apply_ovsdb_state(self, host_id: str, epoch: int, up: bool) -> None:
         rt = self.hosts.get(host_id)
-        if rt is None or rt.agent is None:
-            return
+        if rt is None or rt.agent is None or epoch != rt.agent_epoch:
+            return  # from an agent stopped or replaced since
         rt.ovsdb_up = up
         if not up:
             self._host_down(host_id, "OVSDB connection lost")

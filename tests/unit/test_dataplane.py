@@ -961,3 +961,88 @@ def test_a_host_whose_ovsdb_churns_holds_one_observation_in_the_inbox(cloud: Clo
     rt = cloud.dp.hosts["hv1"]
     assert rt.obs is not None and rt.obs.bindings == {port["id"]: 7}
     assert not rt.ovsdb_up
+
+
+def _new_agent_soon(host: str, old: FakeAgent, timeout: float = 5.0) -> FakeAgent:
+    """The host's agent once one other than ``old`` was made (a replaced agent may start
+    only once the old one was cleaned up, on the cleanup's thread's word)."""
+    deadline = time.monotonic() + timeout
+    while FakeAgent.instances.get(host) is old and time.monotonic() < deadline:
+        time.sleep(0.01)
+    agent = FakeAgent.instances[host]
+    assert agent is not old, f"no new agent for {host}"
+    return agent
+
+
+@pytest.mark.parametrize("how", ["registered again", "ovsdb moved"])
+def test_a_replaced_agents_late_observations_change_nothing(cloud: Cloud, how: str) -> None:
+    """A host's agent is replaced (the host deleted and registered again under its id, or its
+    OVSDB target changed), but the old agent's thread may still deliver what it saw: e.g. the
+    bridge without its tunnel ports while its own cleanup removes them, or a lost connection
+    as it stops.  Only the current agent speaks for the host: the old one's late observation
+    and OVSDB state, even queued after the new agent's, change nothing (they were taken by
+    host id, so the old one's replaced the new one's queued observation and unbound the port)."""
+    cloud.start(hosts=1)
+    net = cloud.network()
+    port = cloud.port(net, "hv1", 1)
+    cloud.idle()
+    old = FakeAgent.instances["hv1"]
+    FakeAgent.preset["hv1"] = {port["id"]: 1}  # what the new agent reads: the port plugged
+    if how == "registered again":
+        cloud.store.delete("host", "hv1")
+        cloud.idle()
+        cloud.store.create_host(
+            {"id": "hv1", "tunnel_ip": "10.9.0.1", "ovsdb": "tcp:10.8.0.1:6640"}
+        )
+    else:
+        cloud.store.update("host", "hv1", {"ovsdb": "tcp:10.8.0.11:6640"})
+    new = _new_agent_soon("hv1", old)
+    cloud.connect("hv1")
+    cloud.idle()
+    assert _status_soon(cloud, port["id"], "ACTIVE")
+    release = threading.Event()
+    cloud.dp.post("call", (lambda dp: release.wait(10), Future()))  # the actor is busy
+    time.sleep(0.1)
+    new.push()  # the current agent's observation, queued
+    old.on_obs("hv1", HostObservation({}, {}))  # then the old one's: its bridge torn down
+    old.on_state("hv1", False)
+    release.set()
+    cloud.idle()
+    rt = cloud.dp.hosts["hv1"]
+    assert rt.agent is new and rt.ovsdb_up
+    assert rt.obs == HostObservation({port["id"]: 1}, dict(TUNNELS))
+    assert cloud.dp.bindings.holder(port["id"]) == "hv1"
+    assert cloud.store.get_port(port["id"])["status"] == "ACTIVE"
+
+
+def test_a_host_registered_again_starts_its_agent_once_the_old_one_cleaned_up(
+    cloud: Cloud,
+) -> None:
+    """A host deleted and at once registered again under its id: the old agent's cleanup
+    (``remove_config``, on a thread of its own: the bridge's controller and tunnel ports go)
+    ran while the new agent had already written them, and removed what the new one set (it
+    writes them only when its OVSDB connection comes up, so the host stayed without a
+    controller).  The new agent starts once the old one is cleaned up and stopped."""
+    cloud.start(hosts=1)
+    old = FakeAgent.instances["hv1"]
+    cleaning, release = threading.Event(), threading.Event()
+
+    def remove_config() -> None:  # the old agent's cleanup, still under way
+        cleaning.set()
+        release.wait(10)
+        old.removed = True
+
+    old.remove_config = remove_config  # type: ignore[method-assign]
+    cloud.store.delete("host", "hv1")
+    assert cleaning.wait(5)
+    cloud.store.create_host({"id": "hv1", "tunnel_ip": "10.9.0.1", "ovsdb": "tcp:10.8.0.1:6640"})
+    cloud.idle()
+    assert FakeAgent.instances["hv1"] is old, "a new agent started during the old one's cleanup"
+    assert not cloud.dp.hosts["hv1"].ready
+    release.set()
+    new = _new_agent_soon("hv1", old)
+    assert old.removed
+    cloud.connect("hv1")
+    cloud.idle()
+    rt = cloud.dp.hosts["hv1"]
+    assert rt.agent is new and rt.ready and rt.ovsdb_up
