@@ -28,7 +28,6 @@ rows.  Bindings follow the Nova/OVN convention: an Interface on the integration 
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import logging
 import threading
@@ -44,6 +43,7 @@ from ovs.db import idl as ovs_idl
 from ovsdbapp.backend.ovs_idl import connection, idlutils
 from ovsdbapp.schema.open_vswitch import impl_idl
 
+from controller.datapath_id import datapath_id_for
 from controller.southbound import switch_poke
 
 LOG = logging.getLogger(__name__)
@@ -82,12 +82,6 @@ SETTLE_AFTER_S = 1.0
 
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def datapath_id_for(host_id: str) -> int:
-    """A stable 48-bit datapath id for a host (16 hex digits in OVSDB, low bit set)."""
-    digest = hashlib.sha256(host_id.encode()).digest()
-    return (int.from_bytes(digest[:6], "big") | 1) & 0xFFFFFFFFFFFF
 
 
 def json_parser_is_c() -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.datapath_id import datapath_id_for
 from controller.store.attrs import bump, check_read_only, reject_unknown, require, utc_now
 from controller.store.errors import Conflict, not_found
 from controller.store.tx import Tx, dumps, loads
@@ -108,6 +109,28 @@ def _check_tunnel_ip_free(tx: Tx, new: dict[str, Any]) -> None:
         )
 
 
+def _check_datapath_id_free(tx: Tx, host_id: str) -> None:
+    """409 if another host's id maps to the datapath id ``host_id`` maps to.
+
+    A host's datapath id is a 48-bit hash of its id (`datapath_id_for`), written into its
+    bridge; it is how the controller recognises the host's switch when it connects (admission,
+    the data plane's switch-to-host map).  A second host with the same one would share the
+    first's switch identity: its switch taken for the first's (or the first's taken over), its
+    flows sent to the other.  Rare (the low bit is always set: one pair in 2**47), so no column
+    holds it: the ids are hashed here, in the write transaction, which keeps the check atomic
+    with the insert on both backends (the etcd store runs the same transaction, again if it was
+    overtaken).  The id never changes, so only a create (also CloudStack's upsert of a new
+    host) needs it."""
+    dpid = datapath_id_for(host_id)
+    for (other,) in tx.all("SELECT id FROM hosts WHERE id != ?", (host_id,)):
+        if datapath_id_for(other) == dpid:
+            raise Conflict(
+                f"Host {host_id} maps to datapath_id {dpid:016x}, which is already in use by "
+                f"host {other}; register it under another id.",
+                "HostDatapathIdInUse",
+            )
+
+
 def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
     """Register a host; its OVSDB target defaults to ``tcp:<tunnel_ip>:6640``."""
     reject_unknown(body, CREATE_ATTRS)
@@ -137,6 +160,7 @@ def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
     if not new["ovsdb"]:
         new["ovsdb"] = f"tcp:{new['tunnel_ip']}:{OVSDB_PORT}"
     _check_tunnel_ip_free(tx, new)
+    _check_datapath_id_free(tx, host_id)
     tx.conn.execute("INSERT INTO hosts (id, body) VALUES (?, ?)", (host_id, dumps(new)))
     tx.emit(KIND, None, new)
     return new

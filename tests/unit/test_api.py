@@ -11,7 +11,8 @@ import pytest
 
 from controller.api.listing import public
 from controller.events import ChangeEvent
-from controller.store import Store
+from controller.southbound.ovsdb_host import datapath_id_for
+from controller.store import Store, hosts
 from tests.unit.conftest import ClientFactory, TestClient
 
 NET_ID = "22222222-2222-4222-8222-222222222222"
@@ -729,6 +730,25 @@ def test_hosts_api(client: TestClient, store: Store) -> None:
     assert [h["id"] for h in client.get("/v2.0/hosts?status=connected").json()["hosts"]] == ["hv1"]
     assert client.delete("/v2.0/hosts/hv1").status_code == 204
     error_of(client.get("/v2.0/hosts/hv1"), 404, "HostNotFound")
+
+
+def test_a_host_whose_datapath_id_is_taken_is_a_409(
+    client: TestClient, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two host ids that hash to one datapath id (forced here): the second is refused with a
+    409 naming the field, through the Neutron-style API and CloudStack's connection manager."""
+
+    def collide(host_id: str) -> int:
+        return 0x2B if host_id.startswith("hv") else datapath_id_for(host_id)
+
+    monkeypatch.setattr(hosts, "datapath_id_for", collide, raising=False)
+    create(client, "host", id="hv1", tunnel_ip="192.0.2.1")
+    clash = client.post("/v2.0/hosts", json={"host": {"id": "hv2", "tunnel_ip": "192.0.2.2"}})
+    message = error_of(clash, 409, "HostDatapathIdInUse")
+    assert "datapath_id" in message and "hv1" in message
+    url = "/controller/nb/v2/connectionmanager/node/OVS/hv3/address/192.0.2.3/port/6640"
+    error_of(client.put(url), 409, "HostDatapathIdInUse")
+    assert [h["id"] for h in store.list_hosts()] == ["hv1"]
 
 
 # -- auth ------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from tests.unit.test_api import (  # noqa: F401  (collected again, on etcd)
+    test_a_host_whose_datapath_id_is_taken_is_a_409,
     test_api_writes_publish_events,
     test_bulk_create,
     test_bulk_create_is_atomic,

@@ -16,7 +16,16 @@ import netaddr
 import pytest
 
 from controller.events import ChangeEvent, EventBus
-from controller.store import Conflict, InvalidInput, NotFound, PreconditionFailed, Store, schema
+from controller.southbound.ovsdb_host import datapath_id_for
+from controller.store import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    Store,
+    hosts,
+    schema,
+)
 from controller.store.ports import REFUSED_HOSTS
 from controller.store.schema import LATEST, migrate, schema_version
 
@@ -591,6 +600,42 @@ def test_two_hosts_never_share_a_tunnel_ip(store: Store) -> None:
     store.update("host", "hv1", {"tunnel_ip": "192.0.2.1", "description": "rack 4"})
     store.upsert_host({"id": "hv2", "tunnel_ip": "192.0.2.9"})
     store.create_host({"id": "hv3", "tunnel_ip": "192.0.2.2"})  # freed by hv2's move
+
+
+def _colliding_datapath_ids(monkeypatch: pytest.MonkeyPatch, *ids: str) -> None:
+    """Make ``ids`` map to one datapath id (a real 48-bit collision is not at hand)."""
+    # raising=False: on a store that never asked it, the test fails on the missing 409
+    monkeypatch.setattr(
+        hosts, "datapath_id_for", lambda h: 0x2B if h in ids else datapath_id_for(h), raising=False
+    )
+
+
+def test_two_hosts_never_share_a_datapath_id(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host's datapath id is a hash of its id, and the controller knows a host's switch by
+    it: a second host whose id hashes to the first's would share (and take over) its switch,
+    so it is refused, on every path that registers a host, and nothing of it is kept."""
+    _colliding_datapath_ids(monkeypatch, "hv1", "hv-clash", "hv-clash-2")
+    store.create_host({"id": "hv1", "tunnel_ip": "192.0.2.1"})
+    with pytest.raises(Conflict, match=r"datapath_id 000000000000002b.* in use by host hv1") as e:
+        store.create_host({"id": "hv-clash", "tunnel_ip": "192.0.2.2"})
+    assert e.value.type == "HostDatapathIdInUse"
+    with pytest.raises(Conflict, match="datapath_id"):  # CloudStack's upsert of a new host
+        store.upsert_host({"id": "hv-clash", "tunnel_ip": "192.0.2.2"})
+    with pytest.raises(Conflict, match="datapath_id"):  # in one bulk: all or nothing
+        store.create(
+            "host",
+            [
+                {"id": "hv2", "tunnel_ip": "192.0.2.3"},
+                {"id": "hv-clash-2", "tunnel_ip": "192.0.2.4"},
+            ],
+        )
+    assert [h["id"] for h in store.list_hosts()] == ["hv1"]
+    # the host itself, updated or upserted again, is no clash with itself; other ids are fine
+    store.upsert_host({"id": "hv1", "tunnel_ip": "192.0.2.1", "description": "rack 4"})
+    store.update("host", "hv1", {"tunnel_ip": "192.0.2.9"})
+    store.create_host({"id": "hv2", "tunnel_ip": "192.0.2.2"})
+    store.delete("host", "hv1")
+    store.create_host({"id": "hv-clash", "tunnel_ip": "192.0.2.1"})  # hv1's id is free now
 
 
 # -- schema ----------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from tests.unit.test_store import (  # noqa: F401  (collected again, on etcd)
     test_refused_hosts_shown_in_vif_details,
     test_segmentation_ids_are_lowest_free_and_unique,
     test_subnet_in_use_and_network_in_use,
+    test_two_hosts_never_share_a_datapath_id,
     test_update_without_change_publishes_nothing,
 )
 
