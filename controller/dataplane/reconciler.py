@@ -786,6 +786,12 @@ class DataPlane:
         if rt.installed is not None:
             group_ids = sorted({g.group_id for s in rt.installed.values() for g in s.groups})
             self.switches.remove_all(rt.dpid, group_ids, lambda ok, why="": None)
+        # Several instances: its role and pending handover go with it (kept per host, they
+        # would outlive it for good; a host registered again is arranged afresh).
+        self._takeover_at.pop(host_id, None)
+        forget_role = getattr(self.switches, "forget_role", None)
+        if forget_role is not None:
+            forget_role(rt.dpid)
         if rt.agent is not None:
             self._removing[host_id] = self._removing.get(host_id, 0) + 1
             self._clean_up_agent(host_id, rt.agent)

@@ -361,6 +361,16 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         if master and not (before or (False, 0))[0] and sw.ready:
             self._install_meter(sw)  # not installed while it was a slave
 
+    def forget_role(self, dpid: int) -> None:
+        """The switch's host was deleted: its role is forgotten (`set_role` keeps one per
+        datapath id, and ids of deleted hosts come back only if the host does).  A session still
+        connected answers no packet-in from now on (`_answers_for`)."""
+        with self._lock:
+            self._roles.pop(dpid, None)
+            sw = self._switches.get(dpid)
+            if sw is not None:
+                sw.master = False
+
     def _send_role(self, sw: _Switch) -> None:
         """Ask the switch for the role `set_role` last set.  The role is read and its request
         written under ``sw.lock``: the session's first request (`_read_back`, on a switch

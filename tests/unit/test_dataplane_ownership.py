@@ -64,6 +64,9 @@ class Switches:
     def step_down(self, dpid: int) -> None:
         self.roles[dpid] = (False, -1)  # EQUAL: no generation
 
+    def forget_role(self, dpid: int) -> None:
+        self.roles.pop(dpid, None)
+
 
 class Instance:
     def __init__(
@@ -583,3 +586,24 @@ def test_a_port_unplugged_from_an_owned_host_is_down_and_unbound(cluster: Cluste
             inst.switches.barrier_s = 0.0
         got = cluster.store.get_port(port["id"])
         assert (got["binding:host_id"], got["status"]) == ("", "DOWN"), (host, got)
+
+
+def test_a_deleted_host_leaves_no_role_and_no_pending_handover(cluster: Cluster) -> None:
+    """The role asked of each host's switch and a handover still pending are kept per host:
+    a deleted host's went on being kept for good, one entry per host ever deleted."""
+    cluster.start()
+    joined = ("a", "b", "c")
+    c = Instance("c", cluster.store, cluster.bus, cluster.shared, joined, handover_delay_s=60)
+    gained = c.view.owned(HOSTS)
+    assert gained, "the test's hosts must give c some"
+    c.dp.start()
+    assert c.dp.wait_idle(10)
+    assert set(c.dp._takeover_at) == set(gained)
+    for host in HOSTS:
+        cluster.store.delete("host", host)
+    assert c.dp.wait_idle(10)
+    cluster.idle()
+    for inst in (cluster.a, cluster.b, c):
+        assert inst.switches.roles == {}, inst.view.me
+        assert inst.dp._takeover_at == {}, inst.view.me
+    c.dp.stop()

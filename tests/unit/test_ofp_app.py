@@ -742,6 +742,18 @@ def test_batches_held_for_the_master_reply_go_out_in_order_when_it_comes() -> No
     assert ended.got == [(False, "disconnected")] and not sw.held
 
 
+def test_a_forgotten_role_is_gone_and_its_session_answers_nothing() -> None:
+    """Host deleted (`DataPlane._remove_host`): the role kept for its datapath id goes, and a
+    session still connected stops answering its packet-ins."""
+    app, _, sw = _app()
+    app.owns = lambda dpid: True
+    app.set_role(DPID, True, 9)
+    sw.master = True
+    assert app._answers_for(sw)
+    app.forget_role(DPID)
+    assert DPID not in app._roles and not app._answers_for(sw)
+
+
 def test_a_connection_waiting_for_attach_counts_as_the_switchs_session() -> None:
     """The fast reconnect asks `has_session` before it rewrites a switch's target: a switch
     whose own retry connected just before the data plane was attached must not be made to drop
