@@ -146,7 +146,10 @@ class SwitchListener(Protocol):
 
     def switch_ready(self, dpid: int, installed: Slice) -> None: ...
 
-    def switch_gone(self, dpid: int) -> None: ...
+    def switch_gone(self, dpid: int) -> None:
+        """Called with the app's lock held (see `TenantnetOfpApp._state_change`): it must only
+        queue, never call back into the app."""
+        ...
 
     def admit(self, dpid: int, peer_ip: str | None, peer_cn: str | None) -> str | None:
         """None if this connection may be the switch of ``dpid``, else why not."""
@@ -353,8 +356,12 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             before = self._roles.get(dpid)
             self._roles[dpid] = (master, generation)
             sw = self._switches.get(dpid)
-            if sw is not None and not master:
-                sw.master = False  # from now on: a reply still on its way must not count
+        if sw is not None and not master:
+            # From now on a reply still on its way must not count: under ``sw.lock``, where
+            # `_role_reply` reads the role and sets this, so it cannot set it from the role
+            # it read before the one just written.
+            with sw.lock:
+                sw.master = False
         if sw is None or before == (master, generation):
             return
         self._send_role(sw)
@@ -368,7 +375,8 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         with self._lock:
             self._roles.pop(dpid, None)
             sw = self._switches.get(dpid)
-            if sw is not None:
+        if sw is not None:
+            with sw.lock:  # see `set_role`
                 sw.master = False
 
     def _send_role(self, sw: _Switch) -> None:
@@ -769,6 +777,14 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                 sw = self._switches[dpid] = _Switch(dp=dp, early=listener is None)
                 # its packet-ins come straight from the parser (`osken_packetin`), no event
                 dp.packet_in_sink = self._packet_in_now
+                if old is not None and listener is not None:
+                    # A session that ended but whose end is still queued (its DEAD state
+                    # change, which will find this one in its place and say nothing): the data
+                    # plane hears it is gone now, before its batches fail below and before this
+                    # one is ready.  Unheard, it took those failures ("disconnected") for the
+                    # session it still had recorded and re-read the switch - this new session,
+                    # mid read-back, whose first dump's barrier then closed it.
+                    listener.switch_gone(dpid)
         if again:
             return self._admit(dp, dpid, wait)
         if busy:  # nothing is sent to it meanwhile
@@ -837,10 +853,16 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                 if sw is None or sw.dp is not dp:
                     return
                 del self._switches[dp.id]
+                # Told under the lock that let the session go (`switch_gone` only queues): a
+                # next session of the switch is admitted only after this (`_admit`, on a
+                # timer thread when it came while this one was alive), so its switch_ready
+                # is queued after this switch_gone.  Told after the lock, the next session
+                # could be read back and reported ready first: the data plane then took the
+                # late gone for the new session, and held the host down for good.
+                if self.listener is not None:
+                    self.listener.switch_gone(dp.id)
             self._fail_barriers(sw)
             LOG.warning("switch %016x disconnected", dp.id)
-            if self.listener is not None:
-                self.listener.switch_gone(dp.id)
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _flow_stats(self, ev: Any) -> None:
@@ -1002,10 +1024,13 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         sw = self._switch_of(ev.msg.datapath)
         if sw is None:
             return
-        with self._lock:
-            role = self._roles.get(sw.dp.id)
         dropped: list[DoneCallback] = []
         with sw.lock:
+            # The role read under ``sw.lock`` (as `_send_role` reads it), where `set_role`
+            # demotes the session: read before it, a reply to the MASTER request crossing a
+            # change to SLAVE made the session master again after `set_role` had said no
+            # reply on its way counts - and `apply` then wrote batches straight to it.
+            role = self._roles.get(sw.dp.id)
             sw.master = ev.msg.role == ofp.OFPCR_ROLE_MASTER and role is not None and role[0]
             if sw.role_asked is not None and ev.msg.xid == sw.role_asked:
                 sw.role_asked = None

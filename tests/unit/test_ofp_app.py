@@ -939,3 +939,134 @@ def test_a_read_back_larger_than_the_bound_ends_the_session(
         )
         app._flow_stats(SimpleNamespace(msg=msg))
     assert len(sw.flows) == 100 and dp.ended.is_set() and not sw.ready
+
+
+def _connection() -> FakeDatapath:
+    """A new connection from the switch's address, in os-ken's CONFIG state."""
+    from os_ken.controller.handler import CONFIG_DISPATCHER
+
+    dp = FakeDatapath()
+    dp.address, dp.socket, dp.is_active = ("192.0.2.1", 1), None, True
+    dp.state = CONFIG_DISPATCHER
+    return dp
+
+
+def test_a_session_that_ends_is_reported_gone_before_the_next_one_is_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A switch replaced its own connection: the second one came while the first was alive
+    and is decided again on a timer thread (`_admit_later`).  The first one's end is handled
+    on os-ken's event thread; here the timer fires in the middle of it, right after the
+    session was let go, and the second session is read back at once.  Its switch_ready must
+    reach the data plane after the first one's switch_gone: the other way round the data
+    plane takes the late gone for the new session and holds the host down until the switch
+    reconnects again (the old code told switch_gone after letting go of the lock)."""
+    from os_ken.controller.handler import DEAD_DISPATCHER
+
+    class Recorder(_Listener):
+        def __init__(self) -> None:
+            super().__init__()
+            self.told: list[str] = []
+
+        def switch_ready(self, dpid: int, installed: Any) -> None:
+            self.told.append("ready")
+
+        def switch_gone(self, dpid: int) -> None:
+            self.told.append("gone")
+
+    app = new_ofp_app()
+    listener = Recorder()
+    app.attach(listener)
+    first, second = _connection(), _connection()
+    app._features(SimpleNamespace(msg=SimpleNamespace(datapath=first, datapath_id=DPID)))
+    _finish_read_back(app, first)
+    assert listener.told == ["ready"]
+
+    fail_barriers = app._fail_barriers
+
+    def second_session_meanwhile(sw: _Switch, why: str = "disconnected") -> None:
+        if sw.dp is first:  # the timer thread, while the event thread handles the end
+            app._admit_later(second, DPID)
+            _finish_read_back(app, second)
+        fail_barriers(sw, why)
+
+    monkeypatch.setattr(app, "_fail_barriers", second_session_meanwhile)
+    first.is_active, first.state = False, DEAD_DISPATCHER
+    app._state_change(SimpleNamespace(datapath=first, state=DEAD_DISPATCHER))
+    assert app.connected_dpids() == {DPID}, "the second session was not read back"
+    assert listener.told == ["ready", "gone", "ready"]
+
+
+def test_a_session_replaced_before_its_end_was_handled_is_reported_gone_first() -> None:
+    """The next session's FEATURES is handled before the end of the last one (its receive
+    loop ended, its DEAD state change still queued behind the FEATURES): the new session
+    takes its place, and the DEAD event later finds it and says nothing.  The data plane must
+    hear that the old session is gone before its batch in flight fails ("disconnected") and
+    before the new session is ready: the old code never told it, so it took the failure for
+    the session it had recorded and re-read the switch - the new session, in the middle of
+    its read-back, which a second dump makes close at its first dump's barrier."""
+    from os_ken.controller.handler import DEAD_DISPATCHER
+
+    told: list[str] = []
+
+    class Recorder(_Listener):
+        def switch_ready(self, dpid: int, installed: Any) -> None:
+            told.append("ready")
+
+        def switch_gone(self, dpid: int) -> None:
+            told.append("gone")
+
+    app = new_ofp_app()
+    app.attach(Recorder())
+    first, second = _connection(), _connection()
+    app._features(SimpleNamespace(msg=SimpleNamespace(datapath=first, datapath_id=DPID)))
+    _finish_read_back(app, first)
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_A,)), lambda ok, why="": told.append(why))
+    first.is_active = False  # its receive loop ended; its DEAD event is not handled yet
+    app._features(SimpleNamespace(msg=SimpleNamespace(datapath=second, datapath_id=DPID)))
+    _finish_read_back(app, second)
+    first.state = DEAD_DISPATCHER
+    app._state_change(SimpleNamespace(datapath=first, state=DEAD_DISPATCHER))
+    assert told == ["ready", "gone", "disconnected", "ready"]
+    assert app.connected_dpids() == {DPID} and not second.ended.is_set()
+
+
+def test_a_master_reply_crossing_a_change_to_slave_does_not_make_the_session_master() -> None:
+    """The switch's MASTER reply is handled on its receive thread while the data plane sets
+    the host's role to SLAVE (the host moved to another instance).  `set_role` demotes the
+    session at once: the late reply must not make it master again.  The old code read the
+    role before taking the switch's lock; here `set_role` runs right there (the lock's
+    first taker runs it), and the session stayed master until the switch answered the
+    SLAVE request - `apply` wrote batches straight to it meanwhile."""
+    app, dp, sw = _app()
+    app.set_role(DPID, True, 9)
+    [role_xid] = [x for x, kind, _ in _on_the_wire(dp) if kind == ofp.OFPT_ROLE_REQUEST]
+
+    class CrossedLock:
+        """The switch's lock, whose first taker lets `set_role` run first."""
+
+        def __init__(self, lock: Any) -> None:
+            self.lock, self.crossed = lock, False
+
+        def __enter__(self) -> Any:
+            if not self.crossed:
+                self.crossed = True
+                app.set_role(DPID, False, 10)  # the data plane's thread, meanwhile
+            return self.lock.__enter__()
+
+        def __exit__(self, *exc: Any) -> Any:
+            return self.lock.__exit__(*exc)
+
+        def acquire(self, *args: Any, **kwargs: Any) -> bool:
+            return bool(self.lock.acquire(*args, **kwargs))
+
+        def release(self) -> None:
+            self.lock.release()
+
+    sw.lock = CrossedLock(sw.lock)  # type: ignore[assignment]
+    _role_answer(app, dp, ofp.OFPCR_ROLE_MASTER, role_xid)
+    assert sw.lock.crossed and app._roles[DPID] == (False, 10)
+    assert not sw.master, "a reply to the old MASTER request made the session master again"
+    done = Outcome()
+    assert not app.apply(DPID, FlowDiff(add_rules=(FLOW_A,), replaces_rules=False), done)
+    assert ofp.OFPT_FLOW_MOD not in _kinds(dp)
