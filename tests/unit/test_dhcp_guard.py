@@ -78,3 +78,16 @@ def test_memory_is_bounded_by_the_ports_seen_recently() -> None:
     clock.now += 41
     guard.admit("new")
     assert len(guard) == 1
+
+
+def test_making_room_never_forgives_a_recent_offender() -> None:
+    """Idle entries are dropped when the table is full, but a port whose last ban ended less
+    than ``max_ban_s`` ago is not idle: forgetting it would forgive it early, and its next
+    flood would get the first ban again instead of a doubled one."""
+    guard, clock = _guard(max_pps=5, ban_s=10, max_ban_s=40)
+    assert _flood(guard, "flooder", 6)[-1] == Ban(10, 1)
+    clock.now += 10 + 35  # the ban ended 35 s ago; its window opened 45 s ago
+    for port in range(PRUNE_AT):  # other ports fill the table: room is made
+        guard.admit(port)
+    assert len(guard) <= PRUNE_AT + 1
+    assert _flood(guard, "flooder", 6)[-1] == Ban(20, 2)

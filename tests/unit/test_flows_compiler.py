@@ -372,6 +372,27 @@ def test_allowed_address_pairs_extend_port_security_and_delivery() -> None:
     assert [(e.port, e.tun_ipv4_dst) for e in out] == [(VXLAN_OFPORT, "10.0.0.2")]
 
 
+def test_an_allowed_address_pair_is_no_licence_on_another_port() -> None:
+    """A pair (MAC and IP, or CIDR) allowed on p1 lets only p1 send from it: p2 sending with
+    the pair's own MAC and address is dropped like any spoofer, on the same host."""
+    vip_mac = "02:00:00:00:00:99"
+    p1 = LocalPort("p1", 10, MAC_A, ("10.1.0.5",),
+                   allowed_pairs=(("10.1.0.100", MAC_A), ("10.9.0.0/24", vip_mac),
+                                  ("fd00::100", vip_mac)))  # fmt: skip
+    p2 = local("p2", 11, MAC_B, "10.1.0.6")
+    p3 = local("p3", 12, "02:00:00:00:00:0c", "10.1.0.7")
+    sw = Switch(merge([compile_base(CTX), compile_network(CTX, net(local_ports=(p1, p2, p3)))]))
+    to_p3 = "02:00:00:00:00:0c"
+    assert [e.port for e in sw.process(10, ipv4_packet(vip_mac, to_p3, "10.9.0.77"))] == [12]
+    assert sw.process(11, ipv4_packet(vip_mac, to_p3, "10.9.0.77")) == []
+    assert sw.process(11, ipv4_packet(MAC_A, to_p3, "10.1.0.100")) == []
+    arp = {"eth_src": vip_mac, "eth_dst": BROADCAST, "eth_type": 0x0806, "arp_spa": "10.9.0.77",
+           "arp_sha": vip_mac}  # fmt: skip
+    assert sw.process(10, arp) != [] and sw.process(11, arp) == []
+    v6 = {"eth_src": vip_mac, "eth_dst": to_p3, "eth_type": 0x86DD, "ipv6_src": "fd00::100"}
+    assert sw.process(10, v6) != [] and sw.process(11, v6) == []
+
+
 def test_all_matches_are_normalised_and_have_their_prerequisites() -> None:
     s = compile_network(
         CTX,

@@ -52,3 +52,15 @@ def test_an_instance_that_is_not_live_owns_nothing() -> None:
     status = view.status(["hv2", "hv1"])
     assert list(status["host_owner"]) == ["hv1", "hv2"]
     assert set(status["host_owner"].values()) <= {"b", "c"} and status["live"] is False
+
+
+def test_peer_targets_are_the_other_live_members_and_none_while_not_live() -> None:
+    """What an owner lists as a bridge's other controllers: the targets of the other live
+    members, sorted; not its own, not those of members whose lease is gone, and none at all
+    while this instance is not live (it must not rewrite a bridge then)."""
+    targets = (("a", "tcp:192.0.2.1:6653"), ("b", "tcp:192.0.2.2:6653"),
+               ("c", "tcp:192.0.2.3:6653"), ("d", "tcp:192.0.2.4:6653"))  # fmt: skip
+    live = MemberView("a", ("a", "c", "d"), targets=targets)
+    assert live.peer_targets() == ("tcp:192.0.2.3:6653", "tcp:192.0.2.4:6653")
+    assert MemberView("a", ("b", "c"), targets=targets).peer_targets() == ()
+    assert MemberView("a", ("a",), targets=targets).peer_targets() == ()

@@ -3,11 +3,13 @@
 These run the real listener and os-ken's real Datapath on loopback, without the OpenFlow app:
 a connection that never completes the handshake is exactly what a port scanner or a flood of
 idle clients looks like.  (Liveness after the handshake, with real switches and a fake one, is
-tested in tests/integration/test_faults.py.)
+tested in tests/integration/test_faults.py; the watchdog's own rule, on a session put in the
+state the handshake leaves it in, is tested here.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import threading
@@ -16,11 +18,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from os_ken.controller.handler import MAIN_DISPATCHER
+from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from controller.southbound.ofp_server import (
     ConnectionLimits,
     ConnectionStats,
     Listener,
+    LiveDatapath,
 )
 from controller.throttle import MAX_KEYS, Throttle
 
@@ -161,3 +166,76 @@ def test_the_log_throttle_stays_bounded_under_many_sources() -> None:
     assert len(throttle._last) <= MAX_KEYS
     quiet = Throttle(every_s=60)
     assert quiet("a") == 0 and quiet("a") is None and quiet("a") is None
+
+
+def _session(
+    limits: ConnectionLimits, stats: ConnectionStats
+) -> tuple[LiveDatapath, socket.socket]:
+    """A LiveDatapath on a loopback TCP connection, as the handshake leaves it (OpenFlow 1.3,
+    MAIN_DISPATCHER), and the switch's end of the connection."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    switch = socket.create_connection(srv.getsockname())
+    sock, addr = srv.accept()
+    srv.close()
+    dp = LiveDatapath(sock, addr, limits, stats)
+    dp.set_version(ofp.OFP_VERSION)
+    dp.state = MAIN_DISPATCHER
+    return dp, switch
+
+
+def _receive_loop(dp: LiveDatapath) -> None:
+    """What os-ken's receive loop does with the socket: read until it is shut down."""
+    while True:
+        try:
+            if not dp.socket.recv(8):
+                return
+        except OSError:
+            return
+
+
+def test_a_silent_switch_is_closed_after_the_dead_time_and_one_that_sends_anything_is_not() -> None:
+    """Liveness (``--ofp-dead-after-s``): echo requests go out once the switch is quiet, but
+    only what the switch sends counts as an answer - an echo request sent is no sign of life,
+    and any message received (not only an echo reply) is one.  A switch that stops sending
+    is closed after the dead time, counted in ``declared_dead``."""
+    limits = ConnectionLimits(echo_interval_s=0.1, dead_after_s=0.8)
+    stats = ConnectionStats()
+    dp, switch = _session(limits, stats)
+    reader = threading.Thread(target=_receive_loop, args=(dp,), daemon=True)
+    reader.start()
+    talking = threading.Event()
+    talking.set()
+
+    def talk() -> None:  # any message will do: a port status, here a bare header
+        while talking.is_set():
+            with contextlib.suppress(OSError):
+                switch.sendall(bytes([ofp.OFP_VERSION, ofp.OFPT_PORT_STATUS, 0, 8, 0, 0, 0, 1]))
+            time.sleep(0.05)
+
+    talker = threading.Thread(target=talk, daemon=True)
+    talker.start()
+    watch = threading.Thread(target=dp._watch, daemon=True)
+    watch.start()
+    try:
+        watch.join(2.5 * limits.dead_after_s)
+        assert watch.is_alive() and not dp.end_reason, f"closed while sending: {dp.end_reason}"
+        assert stats.declared_dead == 0
+        talking.clear()  # the switch falls silent
+        talker.join(1)
+        silent_at = time.monotonic()
+        watch.join(10)
+        assert not watch.is_alive(), "a silent switch was never declared dead"
+        waited = time.monotonic() - silent_at
+        assert limits.dead_after_s - 0.1 <= waited < limits.dead_after_s + 1.0, waited
+        assert dp.end_reason.startswith("no answer for"), dp.end_reason
+        assert stats.declared_dead == 1
+        assert dp.send_q.qsize() >= 1, "no echo request was sent to the quiet switch"
+        reader.join(5)
+        assert not reader.is_alive(), "the connection was not shut down"
+    finally:
+        talking.clear()
+        dp.end("test over")
+        switch.close()
+        dp.socket.close()
