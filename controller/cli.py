@@ -241,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = config.load(args)
     except config.ConfigError as exc:
-        parser.error(str(exc))
+        # one line naming the setting (argparse's error would print the usage first)
+        print(f"tenantnet serve: error: {exc}", file=sys.stderr)
+        return 2
     _setup_logging(settings.log_level)
     for flag in config.secrets_on_command_line(args):
         logging.getLogger("tenantnet").warning(

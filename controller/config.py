@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import math
 import os
 import re
@@ -23,8 +24,9 @@ import netaddr
 from controller import tls
 from controller.services.dhcp_guard import GuardSettings
 from controller.services.dhcp_records import DEFAULT_SERVER_MAC, DhcpSettings
+from controller.store.errors import InvalidInput
 from controller.store.etcd_settings import EtcdSettings, parse_url
-from controller.store.values import integer_text
+from controller.store.values import integer_text, parse_ovsdb_target
 
 
 class ConfigError(ValueError):
@@ -37,6 +39,27 @@ def parse_hostport(value: str, name: str) -> tuple[str, int]:
     if not host or number is None or not 0 < number < 65536:
         raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
     return host.strip("[]"), number
+
+
+def _listen_ip(value: str, name: str) -> netaddr.IPAddress:
+    """The address of a ``HOST:PORT`` listen setting, which must be an IP address: os-ken's
+    listener binds it on a thread of its own, where a name that does not resolve only logs an
+    error and leaves the controller running without OpenFlow, and switches are told to connect
+    to it (``controller_target``)."""
+    host, _ = parse_hostport(value, name)
+    try:
+        return netaddr.IPAddress(host, flags=netaddr.INET_PTON)
+    except (netaddr.AddrFormatError, ValueError):
+        raise ConfigError(
+            f"{name}: expected IP:PORT or [IPv6]:PORT, got {value!r} ({host!r} is not an IP"
+            " address)"
+        ) from None
+
+
+# Timeouts and intervals below this would make the controller busy-loop (an echo request per
+# wake-up) or time out every switch, batch or client on a healthy network.
+MIN_TIMEOUT_S = 0.1
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass
@@ -247,13 +270,31 @@ class Settings:
         if self.advertise:
             return self.advertise
         host, port = parse_hostport(self.ofp_listen, "ofp_listen")
+        if ":" in host:  # OVS reads an IPv6 target only in brackets: tcp:[2001:db8::1]:6653
+            host = f"[{host}]"
         return f"{'ssl' if self.ofp_tls else 'tcp'}:{host}:{port}"
 
     def validate(self) -> Settings:
         parse_hostport(self.api_listen, "api_listen")
-        parse_hostport(self.ofp_listen, "ofp_listen")
-        if self.advertise and not self.advertise.startswith(("tcp:", "ssl:", "unix:")):
-            raise ConfigError(f"advertise: expected tcp:IP:PORT, got {self.advertise!r}")
+        # what logging knows (WARN and FATAL too); anything else used to mean INFO, silently
+        if self.log_level.upper() not in logging.getLevelNamesMapping():
+            raise ConfigError(
+                f"log_level: expected one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        ofp_ip = _listen_ip(self.ofp_listen, "ofp_listen")
+        if self.advertise:
+            try:
+                parse_ovsdb_target(self.advertise, "advertise")
+            except InvalidInput:
+                raise ConfigError(
+                    "advertise: expected tcp:IP:PORT, ssl:IP:PORT ([IPv6] in brackets) or "
+                    f"unix:/PATH, got {self.advertise!r}"
+                ) from None
+        elif ofp_ip.value == 0:  # 0.0.0.0 or ::
+            raise ConfigError(
+                f"ofp_listen: {self.ofp_listen} listens on every address, so it cannot be the "
+                "address switches connect to: give advertise (e.g. tcp:192.0.2.10:6653)"
+            )
         if not 1280 <= self.underlay_mtu <= 65535:
             raise ConfigError(f"underlay_mtu: {self.underlay_mtu} is outside 1280..65535")
         for name in (
@@ -262,8 +303,10 @@ class Settings:
             "ofp_handshake_timeout_s",
             "ofp_barrier_timeout_s",
         ):
-            if not 0 < getattr(self, name) <= 3600:
-                raise ConfigError(f"{name}: {getattr(self, name)} is outside (0, 3600]")
+            if not MIN_TIMEOUT_S <= getattr(self, name) <= 3600:
+                raise ConfigError(
+                    f"{name}: {getattr(self, name)} is outside [{MIN_TIMEOUT_S}, 3600] seconds"
+                )
         if not 1 <= self.ovsdb_max_backoff_s <= 3600:
             raise ConfigError(
                 f"ovsdb_max_backoff_s: {self.ovsdb_max_backoff_s} is outside [1, 3600]"
@@ -300,9 +343,9 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         for name in ("api_header_timeout_s", "api_keepalive_s", "startup_grace_s"):
-            if not 0 < getattr(self, name) <= 3600:
+            if not MIN_TIMEOUT_S <= getattr(self, name) <= 3600:
                 raise ConfigError(
-                    f"{name}: must be in (0, 3600] seconds, got {getattr(self, name)}"
+                    f"{name}: must be in [{MIN_TIMEOUT_S}, 3600] seconds, got {getattr(self, name)}"
                 )
         for resource, limit in self.quota_defaults.items():
             if not -1 <= limit <= 2**31 - 1:
@@ -382,15 +425,26 @@ class Settings:
                 raise ConfigError(f"{name}: {path} {why}")
         if self.etcd_tls_key:
             check_private_key("etcd_tls_key", self.etcd_tls_key)
+        # loaded now, as for the other channels: a CA that is no certificate or a key that is
+        # not the certificate's used to read as "etcd cluster unavailable", a network fault
+        try:
+            if self.etcd_tls_cert:
+                tls.check_files("etcd", self.etcd_tls_key, self.etcd_tls_cert, self.etcd_tls_ca)
+            elif self.etcd_tls_ca:
+                tls.check_ca("etcd", self.etcd_tls_ca)
+        except tls.TlsFileError as exc:
+            raise ConfigError(str(exc)) from exc
 
     def _validate_dhcp(self) -> None:
         if not 60 <= self.dhcp_lease_time_s <= 2**31 - 1:
             raise ConfigError(f"dhcp_lease_time_s: {self.dhcp_lease_time_s} is outside 60..2**31-1")
         for server in filter(None, (d.strip() for d in self.dhcp_dns_servers.split(","))):
             try:
-                netaddr.IPAddress(server, version=4, flags=netaddr.INET_PTON)
+                ip = netaddr.IPAddress(server, version=4, flags=netaddr.INET_PTON)
             except (netaddr.AddrFormatError, ValueError):
                 raise ConfigError(f"dhcp_dns_servers: {server!r} is not an IPv4 address") from None
+            if ip.value in (0, 0xFFFFFFFF) or ip.is_multicast():
+                raise ConfigError(f"dhcp_dns_servers: {server} cannot be a DNS server's address")
         name = self.dhcp_domain_name
         if name and not re.fullmatch(
             r"(?=.{1,253}$)([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}\.?", name
@@ -400,8 +454,12 @@ class Settings:
             mac = netaddr.EUI(self.dhcp_server_mac)
         except (netaddr.AddrFormatError, ValueError, TypeError):
             raise ConfigError(f"dhcp_server_mac: {self.dhcp_server_mac!r} is not a MAC") from None
+        if mac.version != 48:  # an EUI-64 parses, and then fits no Ethernet header
+            raise ConfigError(f"dhcp_server_mac: {self.dhcp_server_mac!r} is not a 48-bit MAC")
         if mac.words[0] & 1:
             raise ConfigError(f"dhcp_server_mac: {self.dhcp_server_mac} is a multicast MAC")
+        if mac.value == 0:
+            raise ConfigError(f"dhcp_server_mac: {self.dhcp_server_mac} is the all-zero MAC")
         for name in ("packet_in_rate_pps", "packet_in_burst", "dhcp_port_max_pps"):
             if not 1 <= getattr(self, name) <= 1_000_000:
                 raise ConfigError(f"{name}: must be in 1..1000000, got {getattr(self, name)}")
@@ -468,6 +526,8 @@ def _coerce(name: str, raw: object, source: str, typed: bool = False) -> object:
     """A setting's value in its type.  Text (flags, environment) is converted; a ``typed``
     value (TOML) must already have the right type (``underlay_mtu = "9000"`` is a mistake)."""
     kind = {f.name: f.type for f in fields(Settings)}[name]
+    if isinstance(raw, str) and "\x00" in raw:  # no path, address or name holds one
+        raise ConfigError(f"{name} ({source}): contains a NUL character")
     if isinstance(raw, str) and (kind == "str" or not typed):
         if kind == "int":
             number = integer_text(raw)

@@ -110,7 +110,7 @@ def _own_addresses(s: Settings) -> set[str]:
     """Where a switch on this machine (a ``unix:`` OVSDB host) connects from."""
     hosts = {parse_hostport(s.ofp_listen, "ofp_listen")[0]}
     if s.advertise.startswith(("tcp:", "ssl:")):
-        hosts.add(s.advertise[4:].rpartition(":")[0])
+        hosts.add(s.advertise[4:].rpartition(":")[0].strip("[]"))  # [IPv6]:PORT
     return {h for h in hosts if h not in ("0.0.0.0", "::", "")}
 
 

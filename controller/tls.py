@@ -33,10 +33,15 @@ def check_files(channel: str, key: str, cert: str, ca: str = "") -> None:
             f"{channel}_tls_cert/{channel}_tls_key: {cert} with {key} unusable ({exc})"
         ) from exc
     if ca:
-        try:
-            ctx.load_verify_locations(ca)
-        except (OSError, ssl.SSLError) as exc:
-            raise TlsFileError(f"{channel}_tls_ca: {ca} unusable ({exc})") from exc
+        check_ca(channel, ca)
+
+
+def check_ca(channel: str, ca: str) -> None:
+    """A CA file must hold at least one certificate OpenSSL can load (not a key, not empty)."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsFileError(f"{channel}_tls_ca: {ca} unusable ({exc})") from exc
 
 
 def host_of_cn(cn: str) -> str:

@@ -6,7 +6,10 @@ Kept apart from `etcd_log` so that reading the configuration does not import the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+import netaddr
 
 SCHEME = "etcd://"
 
@@ -60,11 +63,33 @@ def parse_url(url: str) -> tuple[tuple[str, int], ...]:
     """``etcd://h1:2379,h2:2379`` -> ((h1, 2379), (h2, 2379)); ValueError names what is wrong."""
     if not url.startswith(SCHEME):
         raise ValueError(f"expected {SCHEME}HOST:PORT[,HOST:PORT...], got {url!r}")
-    endpoints = []
+    endpoints: list[tuple[str, int]] = []
     for part in url[len(SCHEME) :].split(","):
         host, sep, port = part.strip().rpartition(":")
         number = int(port) if port.isascii() and port.isdigit() else 0
-        if not sep or not host or not 0 < number < 65536:
+        if not sep or not _valid_host(host) or not 0 < number < 65536:
             raise ValueError(f"etcd endpoint {part!r}: expected HOST:PORT")
-        endpoints.append((host.strip("[]"), int(port)))
+        endpoint = (host.strip("[]"), number)
+        if endpoint in endpoints:
+            raise ValueError(f"etcd endpoint {part!r} is given twice")
+        endpoints.append(endpoint)
     return tuple(endpoints)
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*"
+)
+
+
+def _valid_host(host: str) -> bool:
+    """An IPv4 address, an IPv6 address (brackets optional: the port is after the last
+    colon), or a DNS name; not a URL (``etcd://http://h:2379``) or a name with spaces, which
+    used to fail only at the first call, as if the cluster were down."""
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in bare:
+        return netaddr.valid_ipv6(bare)
+    if bare != host:  # brackets around something that is not IPv6, or only one of them
+        return False
+    if bare.replace(".", "").isdigit():  # all digits: an IPv4 address or nothing
+        return netaddr.valid_ipv4(bare, flags=netaddr.INET_PTON)
+    return _HOST_NAME.fullmatch(bare) is not None

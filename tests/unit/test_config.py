@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import certifi
 import pytest
 
 from controller import config
+
+CA_FILE = certifi.where()  # a CA bundle that loads, for settings that need one (nothing connects)
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -254,9 +257,9 @@ ETCD = ("--store", "etcd://127.0.0.1:1", "--etcd-user", "tn")
 
 
 def _etcd_password(path: Path) -> str:
-    # /etc/hostname: any readable file passes as the CA here (nothing connects)
+    # any CA file passes here (nothing connects)
     s = config.load(
-        _args(*ETCD, "--etcd-tls-ca", "/etc/hostname", "--etcd-password-file", str(path)),
+        _args(*ETCD, "--etcd-tls-ca", CA_FILE, "--etcd-password-file", str(path)),
         environ={},
     )
     assert s.etcd is not None
@@ -417,7 +420,7 @@ def test_the_etcd_password_file_is_read_once(
     real = config.read_secret
     monkeypatch.setattr(config, "read_secret", lambda n, p: reads.append(n) or real(n, p))
     s = config.load(
-        _args(*ETCD, "--etcd-tls-ca", "/etc/hostname", "--etcd-password-file", str(path)),
+        _args(*ETCD, "--etcd-tls-ca", CA_FILE, "--etcd-password-file", str(path)),
         environ={},
     )
     path.write_text("changed")
@@ -452,8 +455,114 @@ def test_an_etcd_user_without_etcd_tls_is_refused_naming_etcd_tls_ca(tmp_path: P
         config.load(_args(*argv), environ={})
     assert "etcd_tls_ca" in str(refused.value) and SECRET not in str(refused.value)
     assert str(refused.value).startswith("etcd_user 'tn' needs etcd TLS")
-    with_tls = config.load(_args(*argv, "--etcd-tls-ca", "/etc/hostname"), environ={})
+    with_tls = config.load(_args(*argv, "--etcd-tls-ca", CA_FILE), environ={})
     assert with_tls.etcd is not None and with_tls.etcd.protocol == "https"
     assert config.load(_args("--store", "etcd://127.0.0.1:1"), environ={}).etcd is not None
     assert main(["store-copy", str(tmp_path / "x.db"), "etcd://127.0.0.1:1",
                  "--etcd-user", "tn", "--etcd-password-file", str(path)]) == 1  # fmt: skip
+
+
+# -- values that used to be accepted and then broke the controller later ----------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # a typo'd level used to mean INFO, silently; BASIC_FORMAT a traceback at start
+        (("--log-level", "DEBG"), "^log_level: expected one of DEBUG, INFO"),
+        (("--log-level", "basic_format"), "^log_level"),
+        # os-ken binds ofp_listen on a thread of its own: a name that does not resolve only
+        # logged an error there, and the controller ran without an OpenFlow listener
+        (("--ofp-listen", "ctl.example.invalid:6653"), "^ofp_listen: expected IP:PORT"),
+        (("--ofp-listen", "999.1.2.3:6653"), "^ofp_listen"),
+        # tcp:0.0.0.0:6653 was written into every switch's Controller row
+        (("--ofp-listen", "0.0.0.0:6653"), "^ofp_listen: .*give advertise"),
+        (("--ofp-listen", "[::]:6653"), "^ofp_listen: .*give advertise"),
+        # written into every switch's Controller row as they were: no switch could connect
+        (("--advertise", "tcp:garbage"), "^advertise: expected tcp:IP:PORT"),
+        (("--advertise", "tcp:192.0.2.10"), "^advertise"),
+        (("--advertise", "ssl:192.0.2.10:99999"), "^advertise"),
+        (("--advertise", "tcp:2001:db8::1:6653"), "^advertise"),  # IPv6 needs brackets
+        (("--advertise", "unix:"), "^advertise"),
+        # an echo request per wake-up (a busy loop per switch), or every switch, batch and
+        # API client timed out on a healthy network
+        (("--ofp-echo-interval-s", "1e-9"), "^ofp_echo_interval_s: .* outside \\[0.1, 3600\\]"),
+        (("--ofp-handshake-timeout-s", "0.001"), "^ofp_handshake_timeout_s"),
+        (("--ofp-barrier-timeout-s", "0.001"), "^ofp_barrier_timeout_s"),
+        (("--api-header-timeout-s", "1e-6"), "^api_header_timeout_s"),
+        (("--startup-grace-s", "0.01"), "^startup_grace_s"),
+        # an EUI-64 passed, then failed in the middle of the start (IndexError, no setting named)
+        (("--dhcp-server-mac", "00-1B-77-FF-FE-49-54-FD"), "^dhcp_server_mac: .* not a 48-bit"),
+        (("--dhcp-server-mac", "00:00:00:00:00:00"), "^dhcp_server_mac: .* all-zero"),
+        (("--dhcp-dns-servers", "192.0.2.1,0.0.0.0"), "^dhcp_dns_servers: 0.0.0.0"),
+        (("--dhcp-dns-servers", "255.255.255.255"), "^dhcp_dns_servers"),
+        (("--dhcp-dns-servers", "224.0.0.251"), "^dhcp_dns_servers"),
+        # endpoints that parsed and then failed at the first call, as if the cluster were down
+        (("--store", "etcd://http://10.0.0.1:2379"), "^store: .*http://10.0.0.1:2379"),
+        (("--store", "etcd://etcd 1:2379"), "^store"),
+        (("--store", "etcd://[fd00::1:2379"), "^store"),
+        (("--store", "etcd://10.0.0.1:2379,10.0.0.1:2379"), "^store: .*given twice"),
+        (
+            ("--store", "etcd://10.0.0.1:2379", "--etcd-tls-ca", "/etc/hostname"),
+            "^etcd_tls_ca: /etc/hostname unusable",
+        ),
+    ],
+)
+def test_values_that_broke_the_controller_later_are_refused_at_start(
+    argv: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(_args(*argv), environ={})
+
+
+def test_good_addresses_levels_and_endpoints_still_load() -> None:
+    """What the checks above must keep accepting, and the IPv6 controller target OVS reads."""
+    ok = {
+        ("--log-level", "debug"): ("log_level", "debug"),
+        ("--log-level", "WARN"): ("log_level", "WARN"),
+        ("--ofp-listen", "0.0.0.0:6653", "--advertise", "tcp:192.0.2.10:6653"): (
+            "controller_target", "tcp:192.0.2.10:6653"),
+        ("--advertise", "unix:/run/tenantnet/ofp.sock"): (
+            "controller_target", "unix:/run/tenantnet/ofp.sock"),
+        ("--advertise", "ssl:[2001:db8::10]:6653"): (
+            "controller_target", "ssl:[2001:db8::10]:6653"),
+        # the derived target of an IPv6 listener is bracketed (was tcp:2001:db8::10:6653)
+        ("--ofp-listen", "[2001:db8::10]:6653"): (
+            "controller_target", "tcp:[2001:db8::10]:6653"),
+        ("--ofp-echo-interval-s", "0.1", "--ofp-dead-after-s", "0.3"): (
+            "ofp_echo_interval_s", 0.1),
+        ("--dhcp-server-mac", "fa-16-3e-00-00-01"): ("dhcp_server_mac", "fa-16-3e-00-00-01"),
+    }  # fmt: skip
+    for argv, (name, value) in ok.items():
+        assert getattr(config.load(_args(*argv), environ={}), name) == value, argv
+    etcd = config.load(
+        _args("--store", "etcd://etcd-1.example.org:2379,10.0.0.2:2379,[fd00::3]:2379"),
+        environ={},
+    ).etcd
+    assert etcd is not None
+    assert etcd.endpoints == (("etcd-1.example.org", 2379), ("10.0.0.2", 2379), ("fd00::3", 2379))
+
+
+def test_a_nul_character_in_a_file_value_is_refused_naming_the_setting(tmp_path: Path) -> None:
+    """Old code: ``ValueError: embedded null byte`` from os.access, a traceback at start."""
+    f = tmp_path / "t.toml"
+    f.write_text('[tenantnet]\nofp_tls_key = "a\\u0000b"\nofp_tls_cert = "c"\nofp_tls_ca = "d"\n')
+    with pytest.raises(config.ConfigError, match=r"^ofp_tls_key \(config file .*NUL"):
+        config.load(_args("--config", str(f)), environ={})
+
+
+def test_serve_with_a_bad_value_exits_2_with_one_line_naming_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tenantnet serve`` with a bad setting: exit code 2, one line on stderr naming the
+    setting, nothing else (argparse's error printed its usage line first)."""
+    from controller import cli
+
+    monkeypatch.setattr(cli, "serve", lambda settings: 0)  # never start a controller here
+    assert cli.main(["serve", "--log-level", "DEBG"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "tenantnet serve: error: log_level: expected one of DEBUG, INFO, WARNING, ERROR, "
+        "CRITICAL, got 'DEBG'"
+    ]

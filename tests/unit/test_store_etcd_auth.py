@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import certifi
 import pytest
 import requests
 
@@ -238,7 +239,7 @@ def test_the_password_comes_from_a_private_file(tmp_path: Path) -> None:
     s = config.load(
         config.argparse.Namespace(
             store="etcd://127.0.0.1:1", etcd_user=USER, etcd_password_file=str(private),
-            etcd_tls_ca="/etc/hostname",  # any readable file: nothing connects
+            etcd_tls_ca=certifi.where(),  # any CA file: nothing connects
         ),
         environ={},
     )
@@ -249,7 +250,7 @@ def test_the_password_comes_from_a_private_file(tmp_path: Path) -> None:
         config.load(config.argparse.Namespace(), environ={
             "TENANTNET_STORE": "etcd://127.0.0.1:1", "TENANTNET_ETCD_USER": USER,
             "TENANTNET_ETCD_PASSWORD_FILE": str(private),
-            "TENANTNET_ETCD_TLS_CA": "/etc/hostname"})  # fmt: skip
+            "TENANTNET_ETCD_TLS_CA": certifi.where()})  # fmt: skip
     with pytest.raises(config.ConfigError, match="etcd_user and etcd_password_file go together"):
         config.load(config.argparse.Namespace(store="etcd://127.0.0.1:1", etcd_user=USER),
                     environ={})  # fmt: skip

@@ -84,6 +84,26 @@ def test_missing_or_broken_tls_file_named_at_start(pki: Pki, tmp_path: Path) -> 
         _load(*bad_ca)
 
 
+def test_etcd_tls_files_are_loaded_at_start(pki: Pki, tmp_path: Path) -> None:
+    """etcd's CA, certificate and key are loaded at start like the other channels' files: a CA
+    that holds no certificate or a key that is not the certificate's is refused naming the
+    setting.  Old code: only readability was checked, and the first etcd call failed as
+    "etcd cluster ... unavailable", which reads as a network fault."""
+    etcd = ["--store", "etcd://127.0.0.1:2379"]
+    good = [*etcd, "--etcd-tls-ca", pki.controller_ca,
+            "--etcd-tls-cert", pki.cert("ctl"), "--etcd-tls-key", pki.key("ctl")]  # fmt: skip
+    assert _load(*good).etcd is not None
+    assert _load(*etcd, "--etcd-tls-ca", pki.controller_ca).etcd is not None
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(config.ConfigError, match=r"^etcd_tls_ca: .*ca.pem unusable"):
+        _load(*etcd, "--etcd-tls-ca", str(garbage))
+    wrong = list(good)
+    wrong[wrong.index("--etcd-tls-key") + 1] = pki.key("hv1")
+    with pytest.raises(config.ConfigError, match=r"^etcd_tls_cert/etcd_tls_key"):
+        _load(*wrong)
+
+
 KEY_FLAGS = ("--ofp-tls-key", "--ovsdb-tls-key", "--api-tls-key", "--etcd-tls-key")
 
 
