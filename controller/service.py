@@ -198,6 +198,11 @@ class Controller:
         t0 = time.monotonic()
         # Bound first: a taken port fails the start before anything else runs.
         api_socket = server.bind(*parse_hostport(s.api_listen, "api_listen"))
+        # Also bound now, before anything starts: os-ken would listen on a thread of its own,
+        # where a taken port is only logged (`ofp_server.bind`).
+        from controller.southbound import ofp_server
+
+        ofp_server.bind(*parse_hostport(s.ofp_listen, "ofp_listen"))
         fd_budget = limits.listener_budget(limits.raise_fd_limit())
         Path(s.database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         options: dict[str, Any] = {

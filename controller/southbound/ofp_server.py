@@ -574,15 +574,38 @@ class TenantnetOpenFlowController(osken_controller.OpenFlowController):
 
     limits = ConnectionLimits()
     stats = ConnectionStats()
+    listening: socket.socket | None = None  # bound by `bind` on the thread that starts us
 
     def server_loop(self, ofp_tcp_listen_port: int, ofp_ssl_listen_port: int | None) -> None:
         conf = cfg.CONF
         tls = _tls_context(conf)
-        port = (ofp_ssl_listen_port or ofp_tcp_listen_port) if tls else ofp_tcp_listen_port
-        host = conf.ofp_listen_host
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server = hub.listen((host, port), family=family, backlog=128)
+        server, TenantnetOpenFlowController.listening = self.listening, None
+        if server is None:  # os-ken started without `bind` (nothing in tenantnet does that)
+            port = (ofp_ssl_listen_port or ofp_tcp_listen_port) if tls else ofp_tcp_listen_port
+            server = _listen(conf.ofp_listen_host, port)
         Listener(self.limits, self.stats).serve(server, tls)
+
+
+class ListenError(RuntimeError):
+    """The OpenFlow listener cannot listen where it was told to; the message is the reason."""
+
+
+def bind(host: str, port: int) -> None:
+    """Bind the OpenFlow listening socket now, for `TenantnetOpenFlowController.server_loop`.
+
+    Why here and not in that loop: os-ken runs the loop on a thread of its own, where a port
+    already taken (or an address not on this machine) only logged a traceback, and the
+    controller ran on with its API up and no switch able to connect.  Bound on the thread that
+    starts the controller, the failure stops the start with one line (`ListenError`)."""
+    try:
+        TenantnetOpenFlowController.listening = _listen(host, port)
+    except OSError as exc:
+        raise ListenError(f"OpenFlow cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return hub.listen((host, port), family=family, backlog=128)
 
 
 def _close(sock: socket.socket) -> None:

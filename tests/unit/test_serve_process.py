@@ -24,12 +24,16 @@ WAIT = 30  # generous bound for a shared CI machine; the assertions are about th
 
 
 def _serve(
-    state: Path, api_port: int, *extra: str, env: dict[str, str] | None = None
+    state: Path,
+    api_port: int,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    ofp_port: int | None = None,
 ) -> subprocess.Popen[str]:
     cmd = [
         sys.executable, "-m", "controller.cli", "serve",
         "--api-listen", f"127.0.0.1:{api_port}",
-        "--ofp-listen", f"127.0.0.1:{free_port()}",
+        "--ofp-listen", f"127.0.0.1:{ofp_port or free_port()}",
         "--state-dir", str(state),
         *extra,
     ]  # fmt: skip
@@ -65,6 +69,25 @@ def test_a_taken_api_port_ends_the_process_with_one_line(tmp_path: Path) -> None
     lines = out.strip().splitlines()
     assert len(lines) == 1, out
     assert "cannot listen" in lines[0] and "in use" in lines[0]
+    assert not (tmp_path / "tenantnet.sqlite").exists(), "nothing was started before the bind"
+
+
+def test_a_taken_openflow_port_ends_the_process_with_one_line(tmp_path: Path) -> None:
+    """os-ken listens on a thread of its own, where a taken port used to be a logged traceback
+    while the controller ran on, its API answering and no switch able to connect."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = _serve(tmp_path, free_port(), ofp_port=taken.getsockname()[1])
+        try:
+            out, _ = proc.communicate(timeout=WAIT)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+    assert proc.returncode == 1, out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out
+    assert "OpenFlow cannot listen" in lines[0] and "in use" in lines[0]
     assert not (tmp_path / "tenantnet.sqlite").exists(), "nothing was started before the bind"
 
 
