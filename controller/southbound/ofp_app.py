@@ -375,9 +375,16 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         with self._lock:
             self._roles.pop(dpid, None)
             sw = self._switches.get(dpid)
-        if sw is not None:
-            with sw.lock:  # see `set_role`
-                sw.master = False
+        if sw is None:
+            return
+        with sw.lock:  # see `set_role`
+            sw.master = False
+            # Batches held for a MASTER request are the deleted host's: failed now, as a SLAVE
+            # request fails them.  Held on, a MASTER reply after the host was registered again
+            # sent them - after the delete's `remove_all`, which is never held.
+            sw.role_asked = None
+            dropped = [cb for _, cb in _take_held(sw)]
+        _fail_held(dropped, "not master")
 
     def _send_role(self, sw: _Switch) -> None:
         """Ask the switch for the role `set_role` last set.  The role is read and its request
@@ -1031,7 +1038,14 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             # change to SLAVE made the session master again after `set_role` had said no
             # reply on its way counts - and `apply` then wrote batches straight to it.
             role = self._roles.get(sw.dp.id)
-            sw.master = ev.msg.role == ofp.OFPCR_ROLE_MASTER and role is not None and role[0]
+            master = ev.msg.role == ofp.OFPCR_ROLE_MASTER and role is not None and role[0]
+            if sw.role_asked is not None and ev.msg.xid != sw.role_asked:
+                # A reply to an earlier request while a later MASTER request is unanswered:
+                # it may demote the session, never confirm it.  Confirmed here, `apply` sent
+                # the next batches straight away, ahead of those held for the later request
+                # (sent when its reply comes), and behind their barriers.
+                master = master and sw.master
+            sw.master = master
             if sw.role_asked is not None and ev.msg.xid == sw.role_asked:
                 sw.role_asked = None
                 for diff, on_done in _take_held(sw):  # in the order `apply` was asked

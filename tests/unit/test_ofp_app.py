@@ -1070,3 +1070,55 @@ def test_a_master_reply_crossing_a_change_to_slave_does_not_make_the_session_mas
     done = Outcome()
     assert not app.apply(DPID, FlowDiff(add_rules=(FLOW_A,), replaces_rules=False), done)
     assert ofp.OFPT_FLOW_MOD not in _kinds(dp)
+
+
+def test_a_reply_to_an_earlier_master_request_lets_no_batch_pass_the_held_ones() -> None:
+    """Two MASTER requests in flight (a newer generation asked before the first was
+    answered): batches given meanwhile are held for the later one.  The reply to the earlier
+    request must not confirm the session: confirmed there, the next batch went out at once,
+    and the held one only with the later reply - after it, and after its barrier."""
+    app, dp, sw = _app()
+    app.set_role(DPID, True, 9)
+    app.set_role(DPID, True, 10)
+    first, second = [x for x, kind, _ in _on_the_wire(dp) if kind == ofp.OFPT_ROLE_REQUEST]
+    held, later = Outcome(), Outcome()
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_A,), replaces_rules=False), held)
+    _role_answer(app, dp, ofp.OFPCR_ROLE_MASTER, first)
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_B,), replaces_rules=False), later)
+    _role_answer(app, dp, ofp.OFPCR_ROLE_MASTER, second)
+    assert sw.master and not sw.held
+    flow_mods = [x for x, kind, _ in _on_the_wire(dp) if kind == ofp.OFPT_FLOW_MOD]
+    assert flow_mods == [_flow_mod_xid(dp, FLOW_A), _flow_mod_xid(dp, FLOW_B)]
+    for xid in sorted(sw.barriers):
+        app._barrier(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=xid)))
+    assert held.got == [(True, "")] and later.got == [(True, "")]
+
+
+def test_batches_held_when_the_host_is_deleted_are_failed_and_never_sent() -> None:
+    """Host deleted (`forget_role`) while batches wait for the switch's MASTER reply: they are
+    the deleted host's, answered now as failed.  Kept, the host registered again (a new
+    MASTER request) had them sent with its reply, after the delete's `remove_all`."""
+    app, dp, sw = _app()
+    app.set_role(DPID, True, 9)
+    held = Outcome()
+    assert app.apply(DPID, FlowDiff(add_rules=(FLOW_A,), replaces_rules=False), held)
+    app.remove_all(DPID, [], Outcome())
+    app.forget_role(DPID)
+    assert held.got == [(False, "not master")] and not sw.held and sw.role_asked is None
+    app.set_role(DPID, True, 10)  # registered again
+    for xid in [x for x, kind, _ in _on_the_wire(dp) if kind == ofp.OFPT_ROLE_REQUEST]:
+        _role_answer(app, dp, ofp.OFPCR_ROLE_MASTER, xid)
+    assert sw.master
+    assert (FLOW_A.table, FLOW_A.priority, FLOW_A.cookie) not in _sent_rules(dp)
+    assert held.got == [(False, "not master")]
+
+
+def _sent_rules(dp: FakeDatapath) -> list[tuple[int, int, int]]:
+    """(table, priority, cookie) of every flow-mod that adds a rule."""
+    out = []
+    for xid, msg_type, msg in _on_the_wire(dp):
+        if msg_type == ofp.OFPT_FLOW_MOD:
+            fm = ofproto_parser.msg(dp, ofp.OFP_VERSION, msg_type, len(msg), xid, msg)
+            if fm.command == ofp.OFPFC_ADD:
+                out.append((fm.table_id, fm.priority, fm.cookie))
+    return out
