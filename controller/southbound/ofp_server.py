@@ -52,7 +52,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from os_ken import cfg
 from os_ken.base import app_manager  # noqa: F401 - first: os-ken's modules import circularly
@@ -574,14 +574,16 @@ class TenantnetOpenFlowController(osken_controller.OpenFlowController):
 
     limits = ConnectionLimits()
     stats = ConnectionStats()
-    listening: socket.socket | None = None  # bound by `bind` on the thread that starts us
+    # Bound by `bind` on the thread that starts us, by port: each controller started in one
+    # process takes its own (a shared slot was taken by whichever loop ran first).
+    listening: ClassVar[dict[int, socket.socket]] = {}
 
     def server_loop(self, ofp_tcp_listen_port: int, ofp_ssl_listen_port: int | None) -> None:
         conf = cfg.CONF
         tls = _tls_context(conf)
-        server, TenantnetOpenFlowController.listening = self.listening, None
+        port = (ofp_ssl_listen_port or ofp_tcp_listen_port) if tls else ofp_tcp_listen_port
+        server = self.listening.pop(port, None)
         if server is None:  # os-ken started without `bind` (nothing in tenantnet does that)
-            port = (ofp_ssl_listen_port or ofp_tcp_listen_port) if tls else ofp_tcp_listen_port
             server = _listen(conf.ofp_listen_host, port)
         Listener(self.limits, self.stats).serve(server, tls)
 
@@ -597,8 +599,13 @@ def bind(host: str, port: int) -> None:
     already taken (or an address not on this machine) only logged a traceback, and the
     controller ran on with its API up and no switch able to connect.  Bound on the thread that
     starts the controller, the failure stops the start with one line (`ListenError`)."""
+    # One bound by a start that failed before os-ken took it would hold the port for good:
+    # every later start in this process was refused as "in use".
+    left = TenantnetOpenFlowController.listening.pop(port, None)
+    if left is not None:
+        _close(left)
     try:
-        TenantnetOpenFlowController.listening = _listen(host, port)
+        TenantnetOpenFlowController.listening[port] = _listen(host, port)
     except OSError as exc:
         raise ListenError(f"OpenFlow cannot listen on {host}:{port}: {exc.strerror}") from None
 

@@ -239,3 +239,54 @@ def test_a_silent_switch_is_closed_after_the_dead_time_and_one_that_sends_anythi
         dp.end("test over")
         switch.close()
         dp.socket.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_start_that_failed_after_the_bind_does_not_hold_the_port_for_the_next() -> None:
+    """`ofp_server.bind` runs first in a start; a start that fails after it (the store, the
+    TLS files) never gets to os-ken, which would have taken the socket.  A later start in
+    the same process (tests, the demo) must still be able to listen there."""
+    from controller.southbound import ofp_server
+
+    port = _free_port()
+    try:
+        ofp_server.bind("127.0.0.1", port)  # ... and that start failed
+        ofp_server.bind("127.0.0.1", port)  # the next start
+    finally:
+        left = ofp_server.TenantnetOpenFlowController.listening.pop(port, None)
+        if left is not None:
+            left.close()
+
+
+def test_two_controllers_started_in_one_process_each_serve_their_own_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two starts in one process bind two ports before either's os-ken loop runs: each loop
+    serves the port it was started for, not whichever was bound last."""
+    from controller.southbound import ofp_server
+
+    served: list[int] = []
+
+    class Serving:
+        def __init__(self, *args: Any) -> None:
+            pass
+
+        def serve(self, server: socket.socket, tls: Any) -> None:
+            served.append(server.getsockname()[1])
+            server.close()
+
+    monkeypatch.setattr(ofp_server, "Listener", Serving)
+    monkeypatch.setattr(ofp_server, "_tls_context", lambda conf: None)
+    first, second = _free_port(), _free_port()
+    ofp_server.bind("127.0.0.1", first)
+    ofp_server.bind("127.0.0.1", second)
+    loop = ofp_server.TenantnetOpenFlowController.server_loop
+    controller = object.__new__(ofp_server.TenantnetOpenFlowController)
+    loop(controller, first, None)
+    loop(controller, second, None)
+    assert served == [first, second]
