@@ -213,8 +213,10 @@ def test_dhclient_gets_address_mtu_routes_and_dns(veth: tuple[str, str, str]) ->
         assert proc.returncode == 0, proc.stderr
         env = _env(f"{dump}.BOUND")
     finally:
-        if Path(pidfile).exists():  # dhclient stays in the background to renew
-            os.kill(int(Path(pidfile).read_text().strip()), 15)
+        # dhclient stays in the background to renew.  Found by its command line (the pid file
+        # is unique to this test), not by reading the pid file: dhclient creates that file
+        # before it writes its pid, and a read in between got '' (a failure seen in CI).
+        subprocess.run(["pkill", "-TERM", "-f", pidfile], check=False)
     assert env["new_ip_address"] == "10.61.0.23"
     assert env["new_routers"] == "10.61.0.1"
     assert env["new_domain_name_servers"].split() == ["10.61.0.53", "10.61.0.54"]

@@ -124,8 +124,9 @@ def dhclient_once(vm: Vm, tmp: Path) -> dict[str, str]:
     try:
         vm.exec(*cmd, check=False, timeout=60)
     finally:
-        if pidfile.exists():  # dhclient stays in the background to renew
-            vm.exec("kill", pidfile.read_text().strip(), check=False)
+        # dhclient stays in the background to renew: found by its command line, not by the
+        # pid file, which may still be empty (created before dhclient writes its pid)
+        subprocess.run(["pkill", "-TERM", "-f", str(pidfile)], check=False)
     bound = Path(f"{dump}.BOUND")
     return _env(bound) if bound.exists() else {}
 
