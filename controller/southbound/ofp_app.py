@@ -382,8 +382,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             # Batches held for a MASTER request are the deleted host's: failed now, as a SLAVE
             # request fails them.  Held on, a MASTER reply after the host was registered again
             # sent them - after the delete's `remove_all`, which is never held.
-            sw.role_asked = None
-            dropped = [cb for _, cb in _take_held(sw)]
+            dropped = _give_up_held(sw)
         _fail_held(dropped, "not master")
 
     def _send_role(self, sw: _Switch) -> None:
@@ -410,8 +409,10 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             barrier = self._barrier_request(
                 sw, lambda ok, why="": self._role_unanswered(sw, xid, why or "no role reply")
             )
-            sw.role_asked = xid if master else None
-            dropped = [] if master else [cb for _, cb in _take_held(sw)]
+            if master:
+                sw.role_asked, dropped = xid, []
+            else:
+                dropped = _give_up_held(sw)
             _send_as_one_write(sw.dp, [msg, barrier])
         _fail_held(dropped, "not master")
         LOG.info("switch %016x: %s asked (generation %d)", sw.dp.id, name, generation)
@@ -420,10 +421,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         """The barrier after role request ``xid`` came back (or timed out, or the session
         ended) and the switch never answered the request itself: batches held for it fail."""
         with sw.lock:
-            dropped = []
-            if sw.role_asked == xid:
-                sw.role_asked = None
-                dropped = [cb for _, cb in _take_held(sw)]
+            dropped = _give_up_held(sw) if sw.role_asked == xid else []
         _fail_held(dropped, why)
 
     def step_down(self, dpid: int) -> None:
@@ -1047,7 +1045,6 @@ class TenantnetOfpApp(app_manager.OSKenApp):
                 master = master and sw.master
             sw.master = master
             if sw.role_asked is not None and ev.msg.xid == sw.role_asked:
-                sw.role_asked = None
                 for diff, on_done in _take_held(sw):  # in the order `apply` was asked
                     if not sw.master:
                         dropped.append(on_done)
@@ -1365,17 +1362,23 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         with sw.lock:
             pending = list(sw.barriers.values())
             sw.barriers.clear()
-            sw.role_asked = None
-            held = [cb for _, cb in _take_held(sw)]
+            held = _give_up_held(sw)
         _fail_held(held, why)
         for cb in pending:
             cb(False, why)
 
 
 def _take_held(sw: _Switch) -> list[tuple[FlowDiff, DoneCallback]]:
-    """The batches held for a role reply (`TenantnetOfpApp._hold`), now none; ``sw.lock`` held."""
+    """The batches held for a role reply (`TenantnetOfpApp._hold`), now none, and the request
+    they waited for no longer awaited (batches are held only while one is); ``sw.lock`` held."""
+    sw.role_asked = None
     held, sw.held = sw.held, []
     return held
+
+
+def _give_up_held(sw: _Switch) -> list[DoneCallback]:
+    """`_take_held` for batches that will not be sent: their callbacks, to fail."""
+    return [on_done for _, on_done in _take_held(sw)]
 
 
 def _fail_held(callbacks: Sequence[DoneCallback], why: str) -> None:
