@@ -361,6 +361,16 @@ def test_a_member_that_rejoined_under_a_new_lease_takes_its_hosts_back_as_a_hand
     assert a.agents.count(h) == agents_before + 1  # re-read: b may have changed it meanwhile
 
 
+def _third_member_joins(cluster: Cluster, handover_delay_s: float) -> tuple[Instance, list[str]]:
+    """Member c, started with members (a, b, c), and the hosts it gains from a and b."""
+    c = Instance("c", cluster.store, cluster.bus, cluster.shared, ("a", "b", "c"),
+                 handover_delay_s=handover_delay_s)  # fmt: skip
+    gained = c.view.owned(HOSTS)
+    assert gained, "the test's hosts must give c some"
+    c.dp.start()
+    return c, gained
+
+
 def test_a_joining_member_takes_its_hosts_only_after_their_owners_let_go(
     cluster: Cluster,
 ) -> None:
@@ -368,11 +378,8 @@ def test_a_joining_member_takes_its_hosts_only_after_their_owners_let_go(
     handover delay, by which time the previous owners have seen it and stopped, so no host
     ever has two acting owners (two agents, two masters, two writers)."""
     cluster.start()
-    joined = ("a", "b", "c")
-    c = Instance("c", cluster.store, cluster.bus, cluster.shared, joined, handover_delay_s=0.6)
-    gained = c.view.owned(HOSTS)
-    assert gained, "the test's hosts must give c some"
-    c.dp.start()
+    c, gained = _third_member_joins(cluster, handover_delay_s=0.6)
+    joined = c.view.members
     for host in HOSTS:
         c.dp.switch_ready(dpid(host), cluster.shared.installed(dpid(host)))
     assert c.dp.wait_idle(10)
@@ -592,11 +599,7 @@ def test_a_deleted_host_leaves_no_role_and_no_pending_handover(cluster: Cluster)
     """The role asked of each host's switch and a handover still pending are kept per host:
     a deleted host's went on being kept for good, one entry per host ever deleted."""
     cluster.start()
-    joined = ("a", "b", "c")
-    c = Instance("c", cluster.store, cluster.bus, cluster.shared, joined, handover_delay_s=60)
-    gained = c.view.owned(HOSTS)
-    assert gained, "the test's hosts must give c some"
-    c.dp.start()
+    c, gained = _third_member_joins(cluster, handover_delay_s=60)
     assert c.dp.wait_idle(10)
     assert set(c.dp._takeover_at) == set(gained)
     for host in HOSTS:
