@@ -381,7 +381,8 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             sw.master = False
             # Batches held for a MASTER request are the deleted host's: failed now, as a SLAVE
             # request fails them.  Held on, a MASTER reply after the host was registered again
-            # sent them - after the delete's `remove_all`, which is never held.
+            # sent them - after the delete's `remove_all`, which is never held (nor sent
+            # unless the session is confirmed MASTER).
             dropped = _give_up_held(sw)
         _fail_held(dropped, "not master")
 
@@ -717,13 +718,20 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             read.on_done(Slice(frozenset(read.flows), frozenset(read.groups)), "")
 
     def remove_all(self, dpid: int, group_ids: list[int], on_done: DoneCallback) -> bool:
-        """Delete every flow with our cookie and the given groups (host removal)."""
+        """Delete every flow with our cookie and the given groups (host removal).  False if
+        the switch is gone, or (several controllers) if its session is not one the switch
+        confirmed MASTER: fenced like `apply`'s batches, since an EQUAL session's deletes are
+        taken like a master's and a stale instance's late delete would empty the flows of the
+        host registered again under a new owner.  Not held either: `forget_role` follows."""
         with self._lock:
             sw = self._switches.get(dpid)
+            fenced = dpid in self._roles
         if sw is None:
             return False
         dp = sw.dp
         with sw.lock:
+            if fenced and not sw.master:
+                return False
             msgs = [codec.delete_all_ours(dp, COOKIE_BASE, COOKIE_MASK_OURS)]
             sw.remember(msgs[0], Sent("delete all tenantnet flows"))
             for gid in group_ids:

@@ -1122,3 +1122,31 @@ def _sent_rules(dp: FakeDatapath) -> list[tuple[int, int, int]]:
             if fm.command == ofp.OFPFC_ADD:
                 out.append((fm.table_id, fm.priority, fm.cookie))
     return out
+
+
+def test_a_host_delete_sends_its_flow_deletes_only_on_a_session_confirmed_master() -> None:
+    """Several controllers: the delete of every flow of a deleted host goes through the fence
+    like any batch.  On a session the switch has not confirmed MASTER (its request unanswered,
+    or a SLAVE one) nothing is sent - an EQUAL session takes deletes like a master, and a
+    stale instance's late delete would empty the host registered again under a new owner.
+    Once the switch confirms MASTER, the same call deletes them."""
+    app, dp, sw = _app()
+    app.set_role(DPID, True, 9)
+    assert not app.remove_all(DPID, [7], Outcome())
+    assert ofp.OFPT_FLOW_MOD not in _kinds(dp) and ofp.OFPT_GROUP_MOD not in _kinds(dp)
+    app.set_role(DPID, False, 10)
+    assert not app.remove_all(DPID, [7], Outcome())
+    assert ofp.OFPT_FLOW_MOD not in _kinds(dp) and ofp.OFPT_GROUP_MOD not in _kinds(dp)
+    app.set_role(DPID, True, 11)
+    asked = [x for x, kind, _ in _on_the_wire(dp) if kind == ofp.OFPT_ROLE_REQUEST]
+    _role_answer(app, dp, ofp.OFPCR_ROLE_MASTER, asked[-1])
+    assert sw.master
+    assert app.remove_all(DPID, [7], Outcome())
+    assert ofp.OFPT_FLOW_MOD in _kinds(dp) and ofp.OFPT_GROUP_MOD in _kinds(dp)
+
+
+def test_a_host_delete_on_a_single_controller_is_sent_at_once() -> None:
+    """One controller asks no role: the delete goes out on the session as it is."""
+    app, dp, _ = _app()
+    assert app.remove_all(DPID, [7], Outcome())
+    assert ofp.OFPT_FLOW_MOD in _kinds(dp) and ofp.OFPT_GROUP_MOD in _kinds(dp)
