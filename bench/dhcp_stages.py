@@ -6,8 +6,8 @@ OVS's.  This sets up tenantnet alone (H=3, DHCP on, ``--vms`` VMs, as `bench.dhc
 first free integration-test lab slot from the top, captures the VM's eth0 and the lab's
 management bridge (the OpenFlow connections, TCP 6653: the controller listens on the bridge's
 address, so a segment is stamped there as it enters or leaves the controller's host stack), takes
-``--leases`` udhcpc leases in the last VM, and splits each round trip (a DISCOVER or REQUEST
-and its reply) into:
+``--leases`` leases by ``--client`` (udhcpc or dhclient) in the last VM, and splits each round
+trip (a DISCOVER or REQUEST and its reply) into:
 
 * ``ovs_in``: the client's frame on eth0 -> the PACKET_IN on the bridge (OVS's upcall, the
   controller action, the packet-in's send);
@@ -34,7 +34,7 @@ from os_ken.lib import pcaplib
 from os_ken.lib.packet import dhcp, packet
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from bench.dhcp_arp import dhcp_vms
+from bench.dhcp_arp import CLIENTS, dhcp_vms
 from bench.dhcp_probe import start_system
 from bench.scenario import setup_base
 from lab.proc import ns_cmd
@@ -121,6 +121,7 @@ def main() -> None:
     ap.add_argument("--leases", type=int, default=30)
     ap.add_argument("--vms", type=int, default=1)
     ap.add_argument("--keep", metavar="DIR", help="keep the two captures in DIR")
+    ap.add_argument("--client", choices=sorted(CLIENTS), default="udhcpc")
     args = ap.parse_args()
     system = start_system(20_000)
     try:
@@ -133,10 +134,9 @@ def main() -> None:
         caps = [_tcpdump(None, f"{system.lab.prefix}-mgmt", f"tcp port {OF_PORT}", of_pcap),
                 _tcpdump(vm.ns, "eth0", "udp and (port 67 or port 68)", vm_pcap)]  # fmt: skip
         try:
+            take = CLIENTS[args.client]
             for _ in range(args.leases):
-                # -s /bin/true: keep the static address (as bench.dhcp_arp.lease_latency)
-                vm.exec("busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T",
-                        "1", "-s", "/bin/true", check=False, timeout=30)  # fmt: skip
+                take(vm, str(where))  # as bench.dhcp_arp.lease_latency
             time.sleep(0.2)
         finally:
             for cap in caps:

@@ -168,3 +168,23 @@ def test_rule_phases_read_the_controllers_histograms_and_differences_per_rule():
     after = phase_totals(generate_latest(reg).decode())
     assert phase_ms(before, after) == {"api": 12.0, "commit": 4.0, "step": 3.0, "barrier": 2.0}
     assert phase_ms(after, after)["barrier"] is None
+
+
+def test_dhclient_lease_rows_carry_the_target_and_older_results_have_none():
+    """The dhclient leases (no client turnaround to hide the servers' work) are a row of
+    their own with issue 15's target; a results file from before they were measured reports
+    no figure for them instead of failing."""
+    scs = [{"name": "d", "role": "dhcp", "H": 3, "dhcp_vms": 6, "leases_per_vm": 5,
+            "window": 4}]
+    ours, ovn = _dhcp_run([30, 32], [4, 6], 800), _dhcp_run([29, 31], [2, 4], 1600)
+    ours["lease_dhclient"] = {"total": [2.0, 2.2], "client": [0.1]}
+    ovn["lease_dhclient"] = {"total": [1.1, 1.3], "client": [0.1]}
+    results = {"params": {"scenarios": scs}, "raw": {"d": {"tenantnet": [ours], "ovn": [ovn]}}}
+    rows = {r.label: r for r in report.dhcp_rows(results)}
+    row = rows["DISCOVER -> ACK with ISC dhclient, median"]
+    assert row.ratio == pytest.approx(2.1 / 1.2)
+    assert row.target.result == "MISS"
+    assert rows["DISCOVER -> ACK with ISC dhclient, p90"].tenantnet["median"] == 2.2
+    del ours["lease_dhclient"], ovn["lease_dhclient"]
+    rows = {r.label: r for r in report.dhcp_rows(results)}
+    assert rows["DISCOVER -> ACK with ISC dhclient, median"].tenantnet is None
