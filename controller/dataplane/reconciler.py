@@ -824,7 +824,10 @@ class DataPlane:
         """A removed host's agent is cleaned up and stopped.  If the host was registered again
         meanwhile, its new agent starts now, not before: the old one's ``remove_config`` (the
         bridge's controllers and tunnel ports) would otherwise remove what the new one wrote,
-        and the new one writes them again only when its OVSDB connection comes up again."""
+        and the new one writes them again only when its OVSDB connection comes up again.
+        Where this ordering cannot hold (the same OVSDB registered again under another id, or
+        owned by another instance now), the old agent's ``remove_config`` removes nothing once
+        the bridge carries another agent's mark (``ovsdb_host.WRITER``)."""
         left = self._removing.pop(host_id, 0) - 1
         if left > 0:
             self._removing[host_id] = left

@@ -28,6 +28,7 @@ rows.  Bindings follow the Nova/OVN convention: an Interface on the integration 
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import logging
 import threading
@@ -40,6 +41,7 @@ from typing import Any
 import ovs.json
 import tenacity
 from ovs.db import idl as ovs_idl
+from ovsdbapp.backend.ovs_idl import command as ovs_command
 from ovsdbapp.backend.ovs_idl import connection, idlutils
 from ovsdbapp.schema.open_vswitch import impl_idl
 
@@ -49,6 +51,11 @@ from controller.southbound import switch_poke
 LOG = logging.getLogger(__name__)
 
 OWNED = {"tenantnet-owned": "true"}
+# Bridge key: which agent configured the bridge last, "<host id> <controller target>" (each
+# instance has a target of its own).  `OvsdbHost.remove_config` removes nothing once another
+# wrote it: a host deleted and registered again (the same OVSDB, under another id or owned by
+# another instance) is not stripped by the old agent's late cleanup.
+WRITER = "tenantnet-writer"
 TUNNEL_PORTS = {"vxlan": "tn-vxlan", "gre": "tn-gre"}
 _TUNNEL_NAMES = {name: kind for kind, name in TUNNEL_PORTS.items()}
 TUNNEL_OFPORT_REQUEST = {"vxlan": 64001, "gre": 64002}
@@ -309,6 +316,50 @@ class _NotifyingIdl(connection.OvsdbIdl):
         self.changed.set()
 
 
+class _NotOurs(Exception):
+    """The bridge is no longer the one this agent configured (`OvsdbHost.remove_config`)."""
+
+
+class _IfStillOurs(ovs_command.BaseCommand):
+    """First command of `OvsdbHost.remove_config`'s transactions: aborts them (`_NotOurs`)
+    unless the bridge still carries the agent's `WRITER` mark (and, with ``empty``, has no
+    port left but its own), and verifies what it read, so that a transaction committed by
+    another agent since its read (the bridge configured again, a port plugged) makes the server
+    refuse this one: ovsdbapp then runs it again on the new state, and this check aborts it."""
+
+    def __init__(self, api: Any, bridge: str, writer: str, empty: bool = False) -> None:
+        super().__init__(api)
+        self.bridge, self.writer, self.empty = bridge, writer, empty
+
+    def run_idl(self, txn: Any) -> None:
+        br = idlutils.row_by_value(self.api.idl, "Bridge", "name", self.bridge, None)
+        if br is None or br.external_ids.get(WRITER) != self.writer:
+            raise _NotOurs(self.bridge)
+        br.verify("external_ids")
+        if self.empty:
+            if any(p.name != self.bridge for p in br.ports):  # not its own internal port
+                raise _NotOurs(self.bridge)
+            br.verify("ports")
+
+
+# The one thread that builds every agent's IDL (see `_build_idl`); started on first use.
+_IDL_BUILDER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ovsdb-idl")
+
+
+def _build_idl(target: str, helper: Any) -> _NotifyingIdl:
+    """A new IDL for ``target``, built on one long-lived thread shared by every agent.
+
+    Why not on the agent's own thread: python-ovs's ``Idl()`` calls ``uuid.uuid1()``, which
+    CPython hands to libuuid's ``uuid_generate_time_safe``; without a ``uuidd`` daemon, libuuid
+    opens ``/var/lib/libuuid/clock.txt`` once per calling *thread*, keeps it in thread-local
+    state and never closes it when the thread ends.  Each agent runs on a thread of its own,
+    so every agent replaced (host updated, host moved to or from another instance, deleted
+    and added again) left one open file for good: measured, 200 replacements, 200 more fds,
+    towards the process's limit (controller/limits.py).  Built here, all IDLs share one such
+    file.  ``Idl()`` does no I/O (its session connects in ``run``): a few ms of CPU each."""
+    return _IDL_BUILDER.submit(_NotifyingIdl, target, helper).result()
+
+
 class OvsdbHost:
     """Keeps one hypervisor's OVSDB in the shape tenantnet needs and reports what it sees."""
 
@@ -370,6 +421,7 @@ class OvsdbHost:
         self.datapath_type: str = host.get("datapath_type") or "system"
         self.tunnel_ip: str = host["tunnel_ip"]
         self.controller_target = controller_target
+        self._writer = f"{self.host_id} {controller_target}"  # the bridge's WRITER mark
         # (private key, certificate, CA) paths *on the hypervisor*, "{host}" = host id: the SSL
         # record vswitchd needs to connect to an ssl: controller.  None without TLS.
         self.switch_ssl = (
@@ -452,7 +504,7 @@ class OvsdbHost:
                 )
                 for table, columns in self.COLUMNS.items():
                     helper.register_columns(table, list(columns or ()))
-                idl = _NotifyingIdl(self.target, helper)
+                idl = _build_idl(self.target, helper)  # not on this thread: see there
                 idl.changed = threading.Event()
                 idl.dirty_ifaces = {}
                 bound_reconnect_backoff(idl, self.max_backoff_s)
@@ -598,7 +650,7 @@ class OvsdbHost:
                     ("fail_mode", "secure"),
                     ("protocols", ["OpenFlow13"]),
                     ("other_config", {"datapath-id": f"{dpid:016x}", "disable-in-band": "true"}),
-                    ("external_ids", OWNED),
+                    ("external_ids", {**OWNED, WRITER: self._writer}),
                 )
             )
             for kind, name in TUNNEL_PORTS.items():
@@ -869,18 +921,33 @@ class OvsdbHost:
             )
 
     def remove_config(self) -> None:
-        """Undo `ensure_config`: tunnel ports and controller go; the bridge stays if it carries
-        anything tenantnet did not create (VM interfaces belong to the hypervisor)."""
+        """Undo `ensure_config`: tunnel ports and controllers go; the bridge stays if it carries
+        anything tenantnet did not create (VM interfaces belong to the hypervisor).
+
+        Only while the bridge is still this agent's (its `WRITER` mark, checked and verified in
+        the same transactions, `_IfStillOurs`): the host may have been registered again
+        meanwhile, under another id or owned by another instance, whose agent has configured
+        it already.  That agent writes its config only when it connects, so removing it would
+        leave the switch without a controller and tunnels until its OVSDB session is lost."""
         if self.api is None or not self.connected:
             return
         api = self.api
-        with api.transaction(check_error=True) as txn:
-            for name in TUNNEL_PORTS.values():
-                txn.add(api.del_port(name, bridge=self.bridge, if_exists=True))
-            txn.add(api.del_controller(self.bridge))
-        remaining = [p for p in api.list_ports(self.bridge).execute(check_error=True) or []]
-        if not remaining:
-            api.del_br(self.bridge, if_exists=True).execute(check_error=True)
+        try:
+            with api.transaction(check_error=True, log_errors=False) as txn:
+                txn.add(_IfStillOurs(api, self.bridge, self._writer))
+                for name in TUNNEL_PORTS.values():
+                    txn.add(api.del_port(name, bridge=self.bridge, if_exists=True))
+                txn.add(api.del_controller(self.bridge))
+            remaining = [p for p in api.list_ports(self.bridge).execute(check_error=True) or []]
+            if not remaining:
+                with api.transaction(check_error=True, log_errors=False) as txn:
+                    txn.add(_IfStillOurs(api, self.bridge, self._writer, empty=True))
+                    txn.add(api.del_br(self.bridge, if_exists=True))
+        except _NotOurs:
+            LOG.info(
+                "host %s: %s was configured again since; left as it is", self.host_id, self.bridge
+            )
+            return
         LOG.info("host %s: removed tenantnet config from %s", self.host_id, self.bridge)
 
     # ---------------------------------------------------------------------------- reads
