@@ -14,7 +14,6 @@ is needed, and an agent's whole life takes a few ms.  The restart of a host's ov
 from __future__ import annotations
 
 import gc
-import json
 import os
 import threading
 import time
@@ -26,40 +25,16 @@ from typing import Any
 
 import pytest
 
-from controller.southbound import ovsdb_host
 from controller.southbound.ovsdb_host import OvsdbHost
+from tests.unit.private_ovsdb import agents_without_server
 
-SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 AGENTS = 30
-
-
-class _IdleConnection:
-    """Stands in for ovsdbapp's Connection: `_connect` returns without a server; `stop`
-    closes the IDL as the real one's thread does when it ends."""
-
-    is_running = False
-
-    def __init__(self, idl: Any, timeout: float) -> None:
-        self.idl = idl
-        self.lock = threading.RLock()
-
-    def start(self) -> None:
-        pass
-
-    def stop(self, timeout: float | None = None) -> bool:
-        self.idl.close()
-        return True
 
 
 @pytest.fixture
 def agent_lives(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[[], Any]:
     """One agent's whole life: started, IDL built, stopped; returns its IDL."""
-    if not os.path.exists(SCHEMA):
-        pytest.skip(f"{SCHEMA} missing (openvswitch-common not installed)")
-    with open(SCHEMA) as f:
-        schema = json.load(f)
-    monkeypatch.setattr(ovsdb_host.switch_poke, "fetch_schema", lambda *_: schema)
-    monkeypatch.setattr(ovsdb_host.connection, "Connection", _IdleConnection)
+    agents_without_server(monkeypatch)
 
     def live() -> Any:
         host = OvsdbHost(

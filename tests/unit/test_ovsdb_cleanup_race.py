@@ -14,8 +14,6 @@ vswitchd to apply ``next_cfg`` is skipped)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,63 +23,22 @@ import pytest
 from ovsdbapp.schema.open_vswitch import impl_idl
 
 from controller.southbound.ovsdb_host import OvsdbHost
+from tests.unit.private_ovsdb import PrivateOvsdb as Db
+from tests.unit.private_ovsdb import running_ovsdb
 
-SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 TARGET_A = "tcp:192.0.2.10:6653"
 TARGET_B = "tcp:192.0.2.11:6653"
 
 
-class Db:
-    def __init__(self, path: Path) -> None:
-        self.sock = path / "db.sock"
-        self.target = f"unix:{self.sock}"
-
-    def vsctl(self, *args: str) -> str:
-        out = subprocess.run(
-            ["ovs-vsctl", f"--db={self.target}", "--no-wait", "--timeout=5", *args],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        return out.stdout.strip()
-
-    def bridges(self) -> list[str]:
-        return self.vsctl("list-br").split()
-
-    def ports(self) -> list[str]:
-        return sorted(self.vsctl("list-ports", "br-int").split())
-
-    def controllers(self) -> list[str]:
-        return sorted(self.vsctl("get-controller", "br-int").split())
-
-    def bridge_row(self) -> str:
-        return self.vsctl("list", "Bridge", "br-int")
-
-
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Db]:
-    if not (shutil.which("ovsdb-server") and Path(SCHEMA).exists()):
-        pytest.skip("ovsdb-server or the vswitch schema missing (openvswitch-switch)")
     # no vswitchd here: nothing would ever apply next_cfg
     monkeypatch.setattr(impl_idl.OvsVsctlTransaction, "vswitchd_has_completed", lambda *a: True)
     monkeypatch.setattr(  # nor any ofport for the tunnel ports it would add
         impl_idl.OvsVsctlTransaction, "post_commit_failed_interfaces", lambda *a: []
     )
-    subprocess.run(["ovsdb-tool", "create", str(tmp_path / "conf.db"), SCHEMA], check=True)
-    d = Db(tmp_path)
-    proc = subprocess.Popen(
-        ["ovsdb-server", str(tmp_path / "conf.db"), f"--remote=punix:{d.sock}",
-         f"--unixctl={tmp_path / 'ctl'}", "--no-chdir", f"--pidfile={tmp_path / 'pid'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for _ in range(200):
-            if d.sock.exists():
-                break
-            time.sleep(0.02)
-        d.vsctl("init")
+    with running_ovsdb(tmp_path) as d:
         yield d
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 @pytest.fixture

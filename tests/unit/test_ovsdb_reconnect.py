@@ -9,8 +9,6 @@ real OVS (an ovsdb-server restart) is in tests/integration/test_faults.py."""
 from __future__ import annotations
 
 import errno
-import json
-import os
 import socket
 import threading
 import time
@@ -21,30 +19,12 @@ import pytest
 from controller import config
 from controller.southbound import ovsdb_host
 from controller.southbound.ovsdb_host import OvsdbHost
-
-SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
-
-
-class _IdleConnection:
-    """Stands in for ovsdbapp's Connection: `_connect` returns without a server."""
-
-    is_running = False
-
-    def __init__(self, idl: Any, timeout: float) -> None:
-        self.idl = idl
-
-    def start(self) -> None:
-        pass
+from tests.unit.private_ovsdb import agents_without_server
 
 
 @pytest.fixture
 def connect(monkeypatch: pytest.MonkeyPatch) -> Any:
-    if not os.path.exists(SCHEMA):
-        pytest.skip(f"{SCHEMA} missing (openvswitch-common not installed)")
-    with open(SCHEMA) as f:
-        schema = json.load(f)
-    monkeypatch.setattr(ovsdb_host.switch_poke, "fetch_schema", lambda *_: schema)
-    monkeypatch.setattr(ovsdb_host.connection, "Connection", _IdleConnection)
+    agents_without_server(monkeypatch)
 
     def connect(**kwargs: Any) -> Any:
         host = OvsdbHost(

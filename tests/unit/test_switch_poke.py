@@ -5,9 +5,6 @@ is tests/integration/test_fast_reconnect.py)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,52 +12,18 @@ import pytest
 
 from controller.southbound import switch_poke
 from controller.southbound.ovsdb_host import alternate_target
+from tests.unit.private_ovsdb import PrivateOvsdb as Db
+from tests.unit.private_ovsdb import running_ovsdb
 
-SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 OURS = "tcp:192.0.2.254:6653"
 OTHER = "tcp:[192.0.2.254]:6653"
 SPELLINGS = {OURS: OTHER, OTHER: OURS}
 
 
-class Db:
-    def __init__(self, path: Path) -> None:
-        self.sock = path / "db.sock"
-        self.target = f"unix:{self.sock}"
-
-    def vsctl(self, *args: str) -> str:
-        out = subprocess.run(
-            ["ovs-vsctl", f"--db={self.target}", "--no-wait", "--timeout=5", *args],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        return out.stdout.strip()
-
-    def targets(self) -> list[str]:
-        out = self.vsctl("--columns=target", "--bare", "list", "Controller")
-        return sorted(line for line in out.splitlines() if line)
-
-
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Db]:
-    if not (shutil.which("ovsdb-server") and Path(SCHEMA).exists()):
-        pytest.skip("ovsdb-server or the vswitch schema missing (openvswitch-switch)")
-    subprocess.run(["ovsdb-tool", "create", str(tmp_path / "conf.db"), SCHEMA], check=True)
-    d = Db(tmp_path)
-    proc = subprocess.Popen(
-        ["ovsdb-server", str(tmp_path / "conf.db"), f"--remote=punix:{d.sock}",
-         f"--unixctl={tmp_path / 'ctl'}", "--no-chdir", f"--pidfile={tmp_path / 'pid'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        for _ in range(200):
-            if d.sock.exists():
-                break
-            time.sleep(0.02)
-        d.vsctl("init")
-        d.vsctl("add-br", "br-int")
+    with running_ovsdb(tmp_path, "br-int") as d:
         yield d
-    finally:
-        proc.terminate()
-        proc.wait(5)
 
 
 def test_our_only_controller_is_rewritten_in_its_other_spelling(db: Db) -> None:
