@@ -810,13 +810,15 @@ class DataPlane:
     def _clean_up_agent(self, host_id: str, agent: Any) -> None:
         """Remove a removed host's agent on a thread of its own: it talks to the host's OVSDB,
         which may be slow or gone, and the actor must not wait for it."""
-        threading.Thread(target=self._remove_agent, args=(host_id, agent), daemon=True).start()
+        threading.Thread(
+            target=self._remove_agent_then_report, args=(host_id, agent), daemon=True
+        ).start()
 
-    def _remove_agent(self, host_id: str, agent: Any) -> None:
+    def _remove_agent_then_report(self, host_id: str, agent: Any) -> None:
         """A removed host's agent: its config off the host, then stopped; the actor hears
         when it is done (`_apply_agent_removed`)."""
         try:
-            _remove_agent(agent)
+            _unconfigure_and_stop(agent)
         finally:
             self._inbox.put(("agent_removed", (host_id,)))
 
@@ -1359,7 +1361,8 @@ def _describe(unit: Unit) -> str:
     return f"{unit.service} {'/'.join(map(str, unit.scope))}"
 
 
-def _remove_agent(agent: Any) -> None:
+def _unconfigure_and_stop(agent: Any) -> None:
+    """Take tenantnet's config off a removed host (best effort, logged), then stop its agent."""
     try:
         agent.remove_config()
     except Exception:

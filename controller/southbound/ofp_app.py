@@ -204,6 +204,7 @@ class _Switch:
     # The read-back's two dump requests not fully answered yet: a reply with any other xid is
     # not the switch's table (unsolicited, or late from an earlier read-back) and is dropped.
     dump_xids: set[int] = field(default_factory=set)
+    read_backs: int = 0  # read-backs started (`_start_dump`): only the last one's barrier counts
 
     def remember(self, msg: Any, what: Sent) -> None:
         """Give ``msg`` its xid and note what it asks (called with ``lock`` held)."""
@@ -884,10 +885,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             return
         if self._read_part(sw, ev.msg, codec.decode_flow_stats, "flows"):
             return
-        if self._read_back_part(sw, ev.msg):
-            sw.flows.extend(codec.decode_flow_stats(s) for s in ev.msg.body)
-            if not ev.msg.flags & ofp.OFPMPF_REPLY_MORE:
-                self._dump_part_done(sw)
+        self._read_back_part(sw, ev.msg, codec.decode_flow_stats, "flows")
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _group_desc(self, ev: Any) -> None:
@@ -896,10 +894,7 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             return
         if self._read_part(sw, ev.msg, codec.decode_group_desc, "groups"):
             return
-        if self._read_back_part(sw, ev.msg):
-            sw.groups.extend(codec.decode_group_desc(g) for g in ev.msg.body)
-            if not ev.msg.flags & ofp.OFPMPF_REPLY_MORE:
-                self._dump_part_done(sw)
+        self._read_back_part(sw, ev.msg, codec.decode_group_desc, "groups")
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _barrier(self, ev: Any) -> None:
@@ -1143,22 +1138,34 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             read.parts_pending -= 1
         return True
 
-    @staticmethod
-    def _read_back_part(sw: _Switch, msg: Any) -> bool:
-        """Whether ``msg`` is a reply to the read-back under way, and it fits: a switch that
-        answers with more than MAX_READ_FLOWS flows and groups is closed (its replies would be
-        held until it is ready), as one that does not answer."""
-        last = not msg.flags & ofp.OFPMPF_REPLY_MORE
+    def _read_back_part(
+        self, sw: _Switch, msg: Any, decode: Callable[[Any], Any], what: str
+    ) -> None:
+        """Add ``msg`` to the read-back under way if it is one of its replies (by xid: any other
+        is unsolicited, or late from an earlier read-back, and dropped); its last dump's last
+        part makes the switch ready.  A switch that answers with more than MAX_READ_FLOWS flows
+        and groups is closed (its replies would be held until it is ready), as one that does
+        not answer.  The xid is checked again, the part added and the dump counted in one hold
+        of ``sw.lock``, under which `_start_dump` replaces the read-back: a resync meanwhile
+        (decoding, outside it, may take a while) makes this reply a stale one."""
         with sw.lock:
             if msg.xid not in sw.dump_xids:
-                return False
-            if last:
-                sw.dump_xids.discard(msg.xid)
-            if len(sw.flows) + len(sw.groups) + len(msg.body) <= MAX_READ_FLOWS:
-                return True
-            sw.dump_xids.clear()
-        _end(sw.dp, f"more than {MAX_READ_FLOWS} flows and groups in its read-back")
-        return False
+                return
+        items = [decode(m) for m in msg.body]
+        with sw.lock:
+            if msg.xid not in sw.dump_xids:
+                return  # a resync started another read-back while it was decoded
+            fits = len(sw.flows) + len(sw.groups) + len(items) <= MAX_READ_FLOWS
+            if not fits:
+                sw.dump_xids.clear()
+            else:
+                getattr(sw, what).extend(items)
+            done = fits and not msg.flags & ofp.OFPMPF_REPLY_MORE
+            ready = self._dump_part_done(sw, msg.xid) if done else None
+        if not fits:
+            _end(sw.dp, f"more than {MAX_READ_FLOWS} flows and groups in its read-back")
+        elif ready is not None:
+            self._read_back_done(sw, *ready)
 
     def _switch_of(self, dp: Any) -> _Switch | None:
         with self._lock:
@@ -1254,13 +1261,31 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         self._start_dump(sw)
 
     def _start_dump(self, sw: _Switch) -> None:
-        sw.ready = False
-        sw.flows, sw.groups, sw.installed = [], [], None
-        sw.pending_dumps = 2
+        """Read the switch's flows and groups (back): a new session's (`_read_back`, on its
+        connection thread) or again (`resync`, on the data plane's).  The two can overlap: a
+        resync while a read-back's replies or its barrier are still being handled.  So the
+        read-back is replaced whole under ``sw.lock``, under which the reply handlers check a
+        reply's xid and count it (`_read_back_part`) and the barrier's callback reads the
+        count (`_dump_answered`): the previous read-back's late replies are dropped by xid,
+        its barrier by number.  (Reset outside the lock, a reply of the previous one was
+        counted as the new one's, which was then ready without one of its dumps, and the
+        previous one's barrier found the new one's dumps unanswered and closed the switch.)
+        ``ready`` is also written under ``self._lock``, where `attach` reads it with the
+        listener; lock order ``sw.lock`` then ``self._lock``, as no thread takes ``sw.lock``
+        while it holds ``self._lock``."""
         with sw.lock:
+            with self._lock:
+                sw.ready = False
+                sw.installed = None
+            sw.flows, sw.groups = [], []
+            sw.pending_dumps = 2
+            sw.read_backs += 1
+            number = sw.read_backs
             # The barrier after the dumps answers once both replies came (one connection is
             # handled in order); if it times out, the switch answers echoes but not requests.
-            barrier = self._barrier_request(sw, lambda ok, why="": self._dump_answered(sw, why))
+            barrier = self._barrier_request(
+                sw, lambda ok, why="": self._dump_answered(sw, number, why)
+            )
             requests = [
                 codec.flow_dump_request(sw.dp, COOKIE_BASE, COOKIE_MASK_OURS),
                 codec.group_dump_request(sw.dp),
@@ -1272,21 +1297,28 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             self._send_or_fail(sw, requests, barrier)
 
     @staticmethod
-    def _dump_answered(sw: _Switch, why: str) -> None:
+    def _dump_answered(sw: _Switch, number: int, why: str) -> None:
         """A switch that does not answer its dump in time is never synced, and would hold its
         datapath id: close the connection so that it starts afresh.  So is one that answers
         the barrier after the dumps without having answered them (a switch answers in order:
-        it lies, or a reply was lost), which would otherwise stay unsynced for good."""
-        if not sw.pending_dumps or why not in ("timeout", ""):
+        it lies, or a reply was lost), which would otherwise stay unsynced for good.  Only
+        for read-back ``number`` while it is the last one: one replaced by a resync has no
+        say (the new one's dumps come after this barrier; its own barrier judges it)."""
+        with sw.lock:
+            unanswered = sw.pending_dumps if number == sw.read_backs else 0
+        if not unanswered or why not in ("timeout", ""):
             return
         reason = "no answer to" if why else "a barrier reply before the end of"
         LOG.warning("switch %016x: %s the read-back of its flows; closing", sw.dp.id or 0, reason)
         _end(sw.dp, f"{reason} the flow/group dump")
 
-    def _dump_part_done(self, sw: _Switch) -> None:
+    def _dump_part_done(self, sw: _Switch, xid: int) -> tuple[Slice, SwitchListener | None] | None:
+        """Dump ``xid`` of the read-back under way is answered in full; with ``sw.lock`` held.
+        The last one makes the switch ready: what was read and the listener to tell."""
+        sw.dump_xids.discard(xid)
         sw.pending_dumps -= 1
         if sw.pending_dumps:
-            return
+            return None
         # Our groups are the ones our flows can point at: the data plane owns ids by network key.
         installed = Slice(frozenset(sw.flows), frozenset(sw.groups))
         # Ready and the listener read together, as `attach` reads them: the switch is reported
@@ -1294,12 +1326,17 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         with self._lock:
             sw.installed = installed
             sw.ready = True
-            listener = self.listener
+            return installed, self.listener
+
+    def _read_back_done(
+        self, sw: _Switch, installed: Slice, listener: SwitchListener | None
+    ) -> None:
+        """Report a read-back finished (`_dump_part_done`); off ``sw.lock``."""
         LOG.info(
             "switch %016x: read %d flows and %d groups back",
             sw.dp.id,
-            len(sw.flows),
-            len(sw.groups),
+            len(installed.rules),
+            len(installed.groups),
         )
         if listener is not None:  # else `attach` reports it (and installs the meter)
             self._install_meter(sw)

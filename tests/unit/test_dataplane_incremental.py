@@ -181,7 +181,7 @@ class SteppedDataPlane(DataPlane):
     def _clean_up_agent(self, host_id: str, agent: Any) -> None:
         """At once, not on a thread: the agent-removed input it queues is then taken in the
         same `pump`, so a host registered again starts its agent at a step the machine knows."""
-        self._remove_agent(host_id, agent)
+        self._remove_agent_then_report(host_id, agent)
 
     def pump(self) -> None:
         for _ in range(50):
