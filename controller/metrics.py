@@ -135,6 +135,13 @@ class StatusCollector(Collector):
                 if st["reconciled_after_s"] is None
                 else st["reconciled_after_s"],
             )
+        if "store_quorum" in st:  # on etcd only
+            yield GaugeMetricFamily(
+                "tenantnet_store_quorum",
+                "1 while the store's etcd cluster can commit this instance's writes, 0 once it "
+                "has no quorum or cannot be reached (writes answer 503; as GET /readyz)",
+                value=1 if st["store_quorum"] else 0,
+            )
         yield from _openflow_metrics(st.get("openflow") or {})
         yield from _dhcp_metrics(st.get("dhcp") or {}, st.get("packet_in") or {})
 

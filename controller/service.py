@@ -417,6 +417,9 @@ class Controller:
                 st["packet_in"] = vars(self.ofp_app.packet_ins.counters).copy()
         if self.dhcp is not None:
             st["dhcp"] = self.dhcp.status()
+        lost_for = getattr(self.store, "quorum_lost_for", None)  # on etcd (health.py's rule)
+        if lost_for is not None:
+            st["store_quorum"] = lost_for() is None
         if self.members is not None:  # who owns each host (this instance acts on its own)
             st["cluster"] = self.members.current().status(
                 h["id"] for h in self.store.list_hosts()
@@ -442,6 +445,8 @@ class Controller:
         if hasattr(self.store, "fence"):  # observations only while a live member (replicated.py)
             self.store.lease_key = self.members.lease_key
             self.store.fence = self.members.fence
+            # /readyz and tenantnet_store_quorum judge etcd by the lease renewals
+            self.store.quorum_signal = self.members.quorum_lost_for
 
     def stop(self) -> None:
         LOG.info("tenantnet stopping (flows stay on the switches)")

@@ -3,10 +3,23 @@ probes ask.
 
 * ``/healthz``: the process answers HTTP (its event loop is not stuck).  Nothing else: a
   liveness probe that failed on a dead switch would restart a healthy controller.
-* ``/readyz``: the store is open and the data plane has an answer for every registered host -
-  read back and reconciled, known to be down (lost, or not back within the start-up grace) or
-  known to be degraded.  Otherwise 503 with the reason, e.g. right after a start while the
-  switches reconnect.
+* ``/readyz``: the store is open, it can commit (on etcd: the cluster has a quorum this
+  instance reaches), and the data plane has an answer for every registered host - read back
+  and reconciled, known to be down (lost, or not back within the start-up grace) or known to
+  be degraded.  Otherwise 503 with the reason, e.g. right after a start while the switches
+  reconnect, or ``store: etcd cluster has no quorum or cannot be reached (writes answer 503)
+  for 9 s`` while every write answers 503 (forwarding goes on; reads are served from the
+  replica).
+
+  The etcd rule (`EtcdStore.quorum_lost_for`): not ready once the membership lease has not
+  been renewed for as long as a write waits before its 503 - the longer of the lease TTL and
+  ``etcd_call_timeout_s`` (6 s by default) - counted from the last renewal that succeeded;
+  ready again as soon as one succeeds (every TTL/3 while it can).  A renewal needs etcd's
+  leader, hence a quorum, like every write, and it runs every TTL/3 whether or not anyone
+  writes.  A shorter gap (a leader election, ~1 s; one slow call) is not reported: writes
+  sent then wait and commit, and a balancer would otherwise take every instance out at once
+  for it.  The answer costs no etcd call (the renewal thread's last success is read), so it
+  comes at once even while etcd hangs.  On SQLite there is nothing to judge: unchanged.
 * ``/metrics``: the Prometheus text format of the controller's own registry
   (controller/metrics.py).
 
@@ -31,6 +44,12 @@ def not_ready(store: Any, status: Status | None) -> str | None:
     document; None when there is no data plane (an API-only app)."""
     if getattr(store, "closed", False):
         return "store closed"
+    lost_for = getattr(store, "quorum_lost_for", None)  # EtcdStore's; none on SQLite
+    if lost_for is not None and (lost := lost_for()) is not None:
+        return (
+            "store: etcd cluster has no quorum or cannot be reached (writes answer 503) "
+            f"for {lost:.0f} s"
+        )
     if status is None:
         return None
     st = status()
@@ -62,7 +81,7 @@ def router(metrics: Metrics, store: Any, status: Status | None = None) -> APIRou
 
     @r.get(
         "/readyz",
-        summary="Readiness: store open, every host reconciled or known to be down",
+        summary="Readiness: store open and committing, every host reconciled or known down",
         responses={503: {"description": "Not ready; the body says why"}},
     )
     def readyz() -> JSONResponse:

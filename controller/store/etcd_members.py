@@ -14,6 +14,14 @@ nothing, before another instance can take its hosts over.
 
 The data plane acts on the view (`controller.dataplane.reconciler`): an instance runs the
 OVSDB agent of, and writes observations for, only the hosts it owns.
+
+The renewals are also what ``GET /readyz`` judges etcd by (`EtcdMembership.quorum_lost_for`,
+read through `EtcdStore.quorum_lost_for`): a renewal needs etcd's leader, so a quorum, as
+every write does.  No renewal succeeding for as long as a write waits before its 503 (the
+longer of ``ttl_s`` and ``etcd_call_timeout_s``) means the cluster has no quorum or cannot be
+reached from here: not ready, until the next renewal succeeds.  Shorter gaps (a leader
+election, one slow call) are not reported: a write sent then waits and commits.  Reading it
+is a clock read: no etcd call, so /readyz answers at once even while a renewal hangs.
 """
 
 from __future__ import annotations
@@ -94,6 +102,24 @@ class EtcdMembership:
         """(this member's key, the lease it holds now, live or not), or None without one."""
         lease = self._lease
         return None if lease is None else (PREFIX + self.view.me, lease)
+
+    @property
+    def quorum_bound_s(self) -> float:
+        """How long without a successful renewal before `quorum_lost_for` reports it: as long
+        as a write waits before its 503 (`EtcdSettings.call_timeout_s`), and at least the TTL
+        (not live from then on)."""
+        return max(float(self.ttl_s), self._log.settings.call_timeout_s)
+
+    def quorum_lost_for(self) -> float | None:
+        """Seconds since the last renewal that succeeded was sent, once that is at least
+        `quorum_bound_s` (the etcd cluster has no quorum, or this instance cannot reach it:
+        writes answer 503); None until then, and before the first renewal (not joined yet:
+        the start says why).  No etcd call: a clock read."""
+        renewed = self._renewed_at
+        if not renewed:
+            return None
+        age = time.monotonic() - renewed
+        return age if age >= self.quorum_bound_s else None
 
     def current(self) -> MemberView:
         """The view to act on now: not live (owns nothing) once no renewal succeeded for a TTL,

@@ -267,7 +267,9 @@ class EtcdStore(Store):
         position = read_position(path)
         assert position is not None
         self.applied = position[1]
-        self.down = False  # etcd unreachable as last seen by the follower
+        # etcd unreachable as last seen by the follower (or an API read): since when
+        # (monotonic), None while reachable (`down`)
+        self._down_since: float | None = None
         self._poll_s = poll_s
         self._doorbell = threading.Event()
         self._stopping = threading.Event()
@@ -289,6 +291,9 @@ class EtcdStore(Store):
         # lease when holding began: held observations are written only under the same one
         self.lease_key: Callable[[], tuple[str, int] | None] | None = None
         self._held_under: tuple[str, int] | None = None
+        # `EtcdMembership.quorum_lost_for`, wired with the membership: what /readyz judges
+        # etcd by (`quorum_lost_for`); unset: the follower's ``down`` instead
+        self.quorum_signal: Callable[[], float | None] | None = None
         # entries the watch delivered, not applied yet: seq -> value (bounded in bytes; an
         # entry that does not fit is read from the log instead)
         self._arrived: dict[int, bytes] = {}
@@ -306,6 +311,34 @@ class EtcdStore(Store):
             path,
             self.applied,
         )
+
+    @property
+    def down(self) -> bool:
+        """etcd unreachable (no quorum, or no member answers) as the follower, or an API
+        read, last saw it; False again once the follower reads the log."""
+        return self._down_since is not None
+
+    @down.setter
+    def down(self, value: bool) -> None:
+        if not value:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = time.monotonic()
+
+    def quorum_lost_for(self) -> float | None:
+        """Seconds this instance has been unable to commit to etcd (no quorum, or no member
+        reachable: every write answers 503), None while it can: what ``GET /readyz`` and the
+        ``tenantnet_store_quorum`` gauge report.  No etcd call (a read of what the background
+        threads last saw), so it answers at once while etcd hangs.
+
+        With membership (`quorum_signal`, every instance of the service): its lease renewals,
+        the rule of `EtcdMembership.quorum_lost_for` (no renewal succeeded for as long as a
+        write waits before its 503).  Without (tools, tests): the follower's ``down`` - its
+        last read of the log failed, after the whole call bound, and none succeeded since."""
+        if self.quorum_signal is not None:
+            return self.quorum_signal()
+        since = self._down_since
+        return None if since is None else time.monotonic() - since
 
     @property
     def log(self) -> EtcdLog:
