@@ -13,7 +13,8 @@ probes ask.
 
   The etcd rule (`EtcdStore.quorum_lost_for`): not ready once the membership lease has not
   been renewed for as long as a write waits before its 503 - the longer of the lease TTL and
-  ``etcd_call_timeout_s`` (6 s by default) - counted from the last renewal that succeeded;
+  ``etcd_call_timeout_s`` (6 s by default) - counted from the first renewal sent after the
+  last success (a slow renewal that succeeds never counts);
   ready again as soon as one succeeds (every TTL/3 while it can).  A renewal needs etcd's
   leader, hence a quorum, like every write, and it runs every TTL/3 whether or not anyone
   writes.  A shorter gap (a leader election, ~1 s; one slow call) is not reported: writes

@@ -17,11 +17,13 @@ OVSDB agent of, and writes observations for, only the hosts it owns.
 
 The renewals are also what ``GET /readyz`` judges etcd by (`EtcdMembership.quorum_lost_for`,
 read through `EtcdStore.quorum_lost_for`): a renewal needs etcd's leader, so a quorum, as
-every write does.  No renewal succeeding for as long as a write waits before its 503 (the
-longer of ``ttl_s`` and ``etcd_call_timeout_s``) means the cluster has no quorum or cannot be
-reached from here: not ready, until the next renewal succeeds.  Shorter gaps (a leader
-election, one slow call) are not reported: a write sent then waits and commits.  Reading it
-is a clock read: no etcd call, so /readyz answers at once even while a renewal hangs.
+every write does.  Renewals failing or unanswered for as long as a write waits before its 503
+(the longer of ``ttl_s`` and ``etcd_call_timeout_s``, counted from when the first of them was
+sent, not from the last success: a slow renewal that succeeds must not count) means the
+cluster has no quorum or cannot be reached from here: not ready, until a renewal succeeds.
+Shorter gaps (a leader election, one slow call) are not reported: a write sent then waits
+and commits.  Reading it is a clock read: no etcd call, so /readyz answers at once even while
+a renewal hangs.
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ class EtcdMembership:
         self._lease_lock = threading.Lock()
         self._stopped = False
         self._renewed_at = 0.0  # monotonic time the last successful renewal was sent
+        # monotonic time the first renewal since the last success was sent (None: the last one
+        # succeeded, or none was tried yet): what `quorum_lost_for` judges
+        self._failing_since: float | None = None
         self._stopping = threading.Event()
         self._changed = threading.Event()  # rung by the watch: the members' keys changed
         self._watch: LogWatch | None = None
@@ -111,14 +116,15 @@ class EtcdMembership:
         return max(float(self.ttl_s), self._log.settings.call_timeout_s)
 
     def quorum_lost_for(self) -> float | None:
-        """Seconds since the last renewal that succeeded was sent, once that is at least
+        """Seconds since the first renewal after the last success was sent (it and any after it
+        failed or are unanswered), once that is at least
         `quorum_bound_s` (the etcd cluster has no quorum, or this instance cannot reach it:
         writes answer 503); None until then, and before the first renewal (not joined yet:
         the start says why).  No etcd call: a clock read."""
-        renewed = self._renewed_at
-        if not renewed:
+        since = self._failing_since
+        if since is None:
             return None
-        age = time.monotonic() - renewed
+        age = time.monotonic() - since
         return age if age >= self.quorum_bound_s else None
 
     def current(self) -> MemberView:
@@ -187,6 +193,8 @@ class EtcdMembership:
     def _step(self) -> None:
         """Renew the lease (or take a new one if it expired), then read the live members."""
         sent = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = sent
         held = self._lease
         if held is None or self._log.keep_alive(held) <= 0:
             if held is not None:
@@ -209,6 +217,7 @@ class EtcdMembership:
                 raise
         # Before the view it reads is set: whoever `on_change` wakes sees that view live.
         self._renewed_at = sent
+        self._failing_since = None
         revision, items = self._log.list_prefix(PREFIX)
         self._keep_watching(revision)
         members = tuple(sorted(k for k, _ in items))
