@@ -170,6 +170,7 @@ class Controller:
         self.dhcp: Any = None  # controller.dataplane.dhcp.DhcpPunt, once started
         self.members: Any = None  # controller.store.etcd_members.EtcdMembership, on etcd
         self.ttl: Any = None  # controller.dataplane.ttl.TtlExpired, once started
+        self.vips: Any = None  # controller.dataplane.vips.VipLearner, once started
         self.api: Any = None
         self._manager: Any = None
         self._server: Any = None
@@ -183,6 +184,7 @@ class Controller:
         from controller.dataplane.dhcp import DhcpPunt
         from controller.dataplane.reconciler import DataPlane
         from controller.dataplane.ttl import TtlExpired  # imported before the data plane starts
+        from controller.dataplane.vips import VipLearner
         from controller.services.dhcp import DhcpResponder
         from controller.services.dhcp_guard import FloodGuard
         from controller.southbound.ovsdb_host import (
@@ -337,6 +339,8 @@ class Controller:
         )
         # Routers (issue 16): a routed packet whose TTL ran out, answered ICMP time exceeded.
         self.ttl = TtlExpired(dp.mirror, dp.bindings, dp.hosts, dp.by_dpid)
+        # Virtual IPs (address pairs): the ARP a port announces one with says it holds it now.
+        self.vips = VipLearner(dp.mirror, dp.bindings, dp.hosts, dp.by_dpid, dp.post)
         self.ofp_app.packet_in_meter = (s.packet_in_rate_pps, s.packet_in_burst)
         self.ofp_app.on_packet_in(self._packet_in, after_replies=self.dhcp.after_replies)
         # Hosts first, then the OpenFlow app: connections that came meanwhile are admitted
@@ -373,9 +377,11 @@ class Controller:
 
     def _packet_in(self, pkt: Any) -> bytes | None:
         """Packet-ins to the handler of the owner whose flow sent them: a router interface's
-        (TTL expired) or a port's (DHCP)."""
+        (TTL expired) or a port's (an ARP announcing a virtual IP, else DHCP)."""
         if owner_kind(pkt.cookie) == OwnerKind.ROUTER:
             return self.ttl.handle(pkt)
+        if self.vips.handle(pkt):
+            return None
         return self.dhcp.handle(pkt)
 
     def _add_wait_route(self) -> None:
@@ -420,6 +426,8 @@ class Controller:
         lost_for = getattr(self.store, "quorum_lost_for", None)  # on etcd (health.py's rule)
         if lost_for is not None:
             st["store_quorum"] = lost_for() is None
+        if self.vips is not None:
+            st["vips"] = self.vips.status()
         if self.members is not None:  # who owns each host (this instance acts on its own)
             st["cluster"] = self.members.current().status(
                 h["id"] for h in self.store.list_hosts()

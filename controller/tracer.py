@@ -28,6 +28,7 @@ from typing import Any
 import netaddr
 
 from controller.dataplane.state import ROUTER_INTERFACE_OWNERS
+from controller.store.ports import VIPS_HELD
 from flows.model import Slice
 from flows.readable import rule_text
 from flows.trace import FlowTable, Step, ct_state_text, make_packet, ovs_flow_text
@@ -275,6 +276,7 @@ def catalog(store: Any, nets: list[Mapping[str, Any]], ports: list[Mapping[str, 
             security_groups=tuple(names.get(g, g) for g in p.get("security_groups") or ()),
             port_security=bool(p.get("port_security_enabled", True)),
             admin_up=bool(p.get("admin_state_up", True)), num=int(p["_num"]),
+            vips=tuple((p.get("binding:vif_details") or {}).get(VIPS_HELD, ())),
         )
         for p in ports
     }  # fmt: skip
@@ -341,8 +343,9 @@ def build_packet(req: Request, src: PortInfo, cat: Catalog,
 def pair_holder(cat: Catalog, ip: str) -> tuple[PortInfo, str]:
     """The port that holds ``ip`` as an allowed address pair (a VIP, keepalived's address) and
     the pair's MAC: the API lets that port receive for it, so a trace to it must not say that
-    no port has it.  The most specific pair wins; several equally specific (a VIP that
-    moves between ports) need ``destination_mac`` to say which one holds it now."""
+    no port has it.  The most specific pair wins; of several equally specific (a VIP that
+    moves between ports), the one the data plane learnt holds it now (`ports.claim_vip`),
+    else ``destination_mac`` must say which one."""
     addr = netaddr.IPAddress(ip)
     found: list[tuple[int, PortInfo, str]] = []
     for p in cat.ports.values():
@@ -355,6 +358,9 @@ def pair_holder(cat: Catalog, ip: str) -> tuple[PortInfo, str]:
                 found.append((net.prefixlen, p, mac))
     longest = max((n for n, _, _ in found), default=0)
     best = [(p, mac) for n, p, mac in found if n == longest]
+    held = [(p, mac) for p, mac in best if str(addr) in p.vips]
+    if len(best) > 1 and len(held) == 1:
+        return held[0]
     if len(best) == 1:
         return best[0]
     if not best:

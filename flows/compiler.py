@@ -37,7 +37,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from functools import lru_cache
 
 import netaddr
@@ -216,25 +216,39 @@ def _port_security_rules(port: LocalPort, mac: str, cookie: int) -> list[Rule]:
         rules.append(allow(("eth_type", ETH_TYPE_IPV4), ("ipv4_src", ip)))
     rules.extend(allow(("eth_type", ETH_TYPE_IPV6), ("ipv6_src", ip)) for ip in v6)
     for addr, pair_mac in port.allowed_pairs:
-        rules.extend(_pair_rules(normalize_mac(pair_mac), ofport, addr, goto, cookie))
+        rules.extend(_pair_rules(normalize_mac(pair_mac), ofport, addr, goto, cookie, v4))
     return rules
 
 
 def _pair_rules(
-    mac: str, ofport: int, addr: str, goto: tuple[Instruction, ...], cookie: int
+    mac: str,
+    ofport: int,
+    addr: str,
+    goto: tuple[Instruction, ...],
+    cookie: int,
+    fixed_v4: Collection[str] = (),
 ) -> list[Rule]:
-    """Port security for one allowed address pair: a host address, or a CIDR as a masked match."""
+    """Port security for one allowed address pair: a host address, or a CIDR as a masked match.
+
+    A single IPv4 address that is not one of the port's fixed IPs is a virtual IP (VRRP,
+    keepalived, a load balancer): an ARP the port sends from it (gratuitous or not) says the
+    port holds it now, so that rule also copies the ARP to the controller
+    (`controller.dataplane.vips`, over the host's metered packet-in path) before forwarding it
+    as before.  No other ARP goes there: the copy is this allow rule's, matched on the port,
+    its MAC and the pair's address."""
     net = netaddr.IPNetwork(addr)
     full = net.prefixlen == (32 if net.version == 4 else 128)
     value: object = str(net.ip) if full else (str(net.network), str(net.netmask))
     who = (("eth_src", mac), ("in_port", ofport))
 
-    def allow(*fields: tuple[str, object]) -> Rule:
-        return Rule(t.PORT_SECURITY, t.PRIO_EXACT, tuple(sorted(who + fields)), goto, cookie)
+    def allow(*fields: tuple[str, object], then: tuple[Instruction, ...] = goto) -> Rule:
+        return Rule(t.PORT_SECURITY, t.PRIO_EXACT, tuple(sorted(who + fields)), then, cookie)
 
     if net.version == 4:
+        vip = full and str(net.ip) not in fixed_v4
+        arp_then = (*_TO_CONTROLLER, *goto) if vip else goto
         return [
-            allow(("eth_type", ETH_TYPE_ARP), ("arp_spa", value), ("arp_sha", mac)),
+            allow(("eth_type", ETH_TYPE_ARP), ("arp_spa", value), ("arp_sha", mac), then=arp_then),
             allow(("eth_type", ETH_TYPE_IPV4), ("ipv4_src", value)),
         ]
     return [allow(("eth_type", ETH_TYPE_IPV6), ("ipv6_src", value))]

@@ -75,6 +75,13 @@ the whole compile of a router is the interface owners plus the same per-port pie
 that router's hosts, nothing else; removing one removes them (and, if it held the router's
 mark, rewrites the router's routes and echo answers there).
 
+**Virtual IPs.**  A port's address pair that it was learnt to hold (`RoutedPort.vip`: an ARP
+it sent from that address, `controller.dataplane.vips`) gets the same neighbour rule as a
+fixed IP, to the pair's MAC, owned by the port and at `PRIO_VIP_NEIGHBOUR` (one below a fixed
+IP's, so an address that is also a bound port's fixed IP stays that port's, and the two are
+never one flow with two owners).  The store keeps one holder per VIP and network, so a move is
+the old holder's rule deleted and the new one's added on each router host.
+
 **Which host gets what.**  A host holding a port in some of the router's networks (a
 *router host*) gets, for those networks only, the entries, routes, echo answers, ARP answers
 and tunnel ingress, and the neighbour rules of every routed address (it may send to any).  Other
@@ -133,6 +140,10 @@ PRIO_ROUTED_UNKNOWN = (t.PRIO_FLOOD + t.PRIO_EXACT) // 2
 destination this host does not deliver is dropped, not flooded: the sender routed it to one
 known port, so a flood copy could only reach ports it was never meant for (it happens while a
 new port's own host has not applied its bundle yet: the sender's route may land first)."""
+PRIO_VIP_NEIGHBOUR = t.PRIO_EXACT - 1
+"""L3_NEIGHBOURS: a virtual IP's rule (its holder's), below a fixed IP's: an address that is a
+bound port's fixed IP and another's address pair goes to the fixed IP's port, and the two
+rules are never one flow with two owners."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,7 @@ class RoutedPort:
     mac: str
     ip: str  # normalized
     host_ip: str  # tunnel address of the host holding it
+    vip: bool = False  # a virtual IP the port holds (an address pair), not a fixed IP of it
 
     @property
     def key(self) -> int:
@@ -203,8 +215,10 @@ class Subnets:
         return None
 
     def routed(self, num: int, segment: Segment, mac: str, fixed_ips: Iterable[str],
-               host_ip: str) -> tuple[RoutedPort, ...]:  # fmt: skip
-        """A bound port's entries: its IPv4 addresses in a subnet of the router."""
+               host_ip: str,
+               vips: Iterable[tuple[str, str]] = ()) -> tuple[RoutedPort, ...]:  # fmt: skip
+        """A bound port's entries: its IPv4 addresses in a subnet of the router, then the
+        virtual IPs it holds there (``vips``: (address, the MAC it is reached at))."""
         out = []
         for text in fixed_ips:
             if ":" in text:
@@ -212,6 +226,12 @@ class Subnets:
             ip = _ip4(text)
             if self.interface_of(segment.key, ip) is not None:
                 out.append(RoutedPort(num, segment, mac, ip, host_ip))
+        for text, vip_mac in vips:
+            if ":" in text:
+                continue
+            ip = _ip4(text)
+            if self.interface_of(segment.key, ip) is not None:
+                out.append(RoutedPort(num, segment, vip_mac, ip, host_ip, vip=True))
         return tuple(out)
 
 
@@ -395,7 +415,8 @@ def _extra_routes(ctx: HostContext, own_ip: str, rid: int, subnets: Subnets,
     of the router, is left out (the API refuses both; nothing is routed to a guess)."""
     if not view.routes:
         return []  # the common case: no index of the router's ports to build per interface
-    by_ip = {_ip4(p.ip): p for p in view.ports}
+    # a fixed IP over a virtual IP that is the same address (its rule is the one that routes)
+    by_ip = {_ip4(p.ip): p for p in sorted(view.ports, key=lambda p: not p.vip)}
     connected = {netaddr.IPNetwork(i.cidr).cidr for i in subnets.interfaces}
     out: list[Rule] = []
     seen: set[netaddr.IPNetwork] = set()
@@ -476,7 +497,8 @@ def _neighbour(port: RoutedPort, tunnel: int | None) -> Rule:
     else:
         acts += [SetField("tunnel_id", port.segment.seg_id),
                  SetField("tun_ipv4_dst", _ip4(port.host_ip)), Output(tunnel)]  # fmt: skip
-    return Rule(t.L3_NEIGHBOURS, t.PRIO_EXACT, m, (Apply(tuple(acts)),), cookie)
+    prio = PRIO_VIP_NEIGHBOUR if port.vip else t.PRIO_EXACT
+    return Rule(t.L3_NEIGHBOURS, prio, m, (Apply(tuple(acts)),), cookie)
 
 
 def _tunnel_ofport(ctx: HostContext, seg: Segment) -> int | None:

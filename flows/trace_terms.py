@@ -51,6 +51,7 @@ class PortInfo:
     port_security: bool = True
     admin_up: bool = True
     num: int = 0
+    vips: tuple[str, ...] = ()  # the virtual IPs it was learnt to hold (`ports.claim_vip`)
 
     @property
     def label(self) -> str:
@@ -156,7 +157,8 @@ class Catalog:
 class Path:
     """One copy of the packet from the source port to where it ended.  ``verdict``:
     ``delivered`` (to ``port``), ``answered`` (an ARP reply back to the sender), ``punted``
-    (to the controller: DHCP), ``dropped``, or ``unknown`` (a host whose flows are not known)."""
+    (to the controller: DHCP, TTL expiry, a virtual IP's ARP), ``dropped``, or ``unknown`` (a
+    host whose flows are not known)."""
 
     verdict: str
     steps: tuple[str, ...]
@@ -268,7 +270,10 @@ class _Follow:
                                    host=host))  # fmt: skip
             return
         if end.kind == "controller":
-            why = "ICMP time exceeded" if lines and "TTL 1" in lines[-1] else "DHCP"
+            last = lines[-1] if lines else ""
+            why = ("ICMP time exceeded" if "TTL 1" in last
+                   else "its ARP says who holds the virtual IP"
+                   if "allowed address pair" in last else "DHCP")  # fmt: skip
             self.paths.append(Path("punted", (*lines, f"{host}: sent to tenantnet ({why})"),
                                    host=host))  # fmt: skip
             return
@@ -438,8 +443,13 @@ class _Describer:
         return f"port security: allowed for {who}"
 
     def _is_pair(self, m: dict[str, Any]) -> bool:
+        """A pair's rule: another MAC than the port's, or an ARP sender address that is not
+        one of its fixed IPs (a virtual IP with the port's own MAC)."""
         p = self.cat.port_at(self.host, int(m.get("in_port", 0)))
-        return p is not None and m.get("eth_src") != p.mac
+        if p is None:
+            return False
+        spa = m.get("arp_spa")
+        return m.get("eth_src") != p.mac or (isinstance(spa, str) and spa not in p.fixed_ips)
 
     def _l2(self, s: Step, f: dict[str, Any], m: dict[str, Any], prio: int) -> str:
         key = _md(s)

@@ -78,6 +78,7 @@ from controller.dataplane.planner import (
 from controller.dataplane.services import services as default_services
 from controller.dataplane.services.l2 import L2Service
 from controller.dataplane.state import MIRRORED, RECORDS, HostRec, Mirror, NetworkRec, PortRec
+from controller.dataplane.vips import Claim, VipClaims
 from controller.events import ChangeEvent
 from controller.membership import MemberView
 from controller.metrics import Metrics
@@ -244,6 +245,7 @@ class DataPlane:
         self._status_out: dict[str, str] = {}  # written once per step, see _write_observations
         self._binding_out: dict[str, str | None] = {}
         self._refused_out: dict[str, dict[str, bool]] = {}  # port -> host -> refused?
+        self.vip_claims = VipClaims()  # virtual IPs learnt from ARP (vips.py), to write
         self._held_since: float | None = None
         self._steps = 0
         self._decided: dict[str, int] = {}  # port -> the latest step that decided its status
@@ -404,6 +406,7 @@ class DataPlane:
             "binding_conflicts": self.stats.binding_conflicts,
             "ct_zones_flushed": self.stats.ct_zones_flushed,
             "ct_zone_flush_errors": self.stats.ct_zone_flush_errors,
+            "vip_claims_written": self.vip_claims.written,
             "reconciled_after_s": self.stats.reconciled_after_s,
             "uptime_s": round(time.monotonic() - self.stats.started_at, 3),
         }
@@ -483,6 +486,8 @@ class DataPlane:
             self._apply_ownership()
         elif kind == "role_refused":
             self._apply_role_refused(*args)
+        elif kind == "vip_claim":
+            self._apply_vip_claim(args)
         elif kind == "tick":
             self._tick()
         elif kind == "call":
@@ -1237,6 +1242,11 @@ class DataPlane:
                 LOG.info("host %s healthy again", host_id)
             self._report_host_state(host_id)
 
+    def _apply_vip_claim(self, claim: Claim) -> None:
+        """A port announced a virtual IP (`controller.dataplane.vips.VipLearner`): written with
+        this step's observations if it is news and this instance acts for the port's host."""
+        self.vip_claims.add(claim, self.mirror, self.owns)
+
     def _write_observations(self) -> None:
         """What this step learnt about ports, in one store transaction.
 
@@ -1245,11 +1255,12 @@ class DataPlane:
         its ACTIVE status, known when its host's barrier returns, then share one commit, and
         the switches get the CPU in between.  A status is written as soon as it is known.
         """
-        if not self._status_out and not self._binding_out and not self._refused_out:
+        vips = self.vip_claims.out
+        if not self._status_out and not self._binding_out and not self._refused_out and not vips:
             self._held_since = None
             return
         now = time.monotonic()
-        if self._outstanding and not self._status_out:
+        if self._outstanding and not self._status_out and not vips:
             if self._held_since is None:
                 self._held_since = now
             if now - self._held_since < OBSERVATION_HOLD_S:
@@ -1258,8 +1269,11 @@ class DataPlane:
         statuses, self._status_out = self._ours(self._status_out), {}
         bindings, self._binding_out = self._ours(self._binding_out), {}
         refused, self._refused_out = self._ours_per_host(self._refused_out), {}
-        if statuses or bindings or refused:
-            self.store.set_ports_observed(statuses=statuses, bindings=bindings, refused=refused)
+        claims = self.vip_claims.take()  # their host's owner checked when each was added
+        if statuses or bindings or refused or claims:
+            self.store.set_ports_observed(
+                statuses=statuses, bindings=bindings, refused=refused, vips=claims
+            )
 
     def _ours(self, out: dict[str, T]) -> dict[str, T]:
         """The observations of ports whose host this instance owns (the holder, else the

@@ -26,7 +26,7 @@ from controller.services.dhcp_records import (
     server_address,
 )
 from controller.store import rule_values
-from controller.store.ports import REFUSED_HOSTS, TRUSTED_OWNER_PREFIX
+from controller.store.ports import REFUSED_HOSTS, TRUSTED_OWNER_PREFIX, VIPS_HELD
 from flows.model import Segment
 from flows.security_groups import SgRule
 
@@ -67,6 +67,9 @@ class PortRec:
     groups: tuple[str, ...] = ()  # security_groups (filtered only with port_security)
     device_owner: str = ""
     device_id: str = ""
+    # the virtual IPs (single-IPv4 address pairs) the port was learnt to hold, each with the
+    # MAC it is reached at (its pair's): routed to it (`flows.routing`, `ports.claim_vip`)
+    vips: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_store(cls, body: Mapping[str, Any]) -> PortRec:
@@ -109,6 +112,7 @@ class PortRec:
             groups=tuple(sorted(body.get("security_groups") or ())),
             device_owner=str(body.get("device_owner") or ""),
             device_id=str(body.get("device_id") or ""),
+            vips=_held_vips(body, mac),
         )
 
     @property
@@ -166,6 +170,24 @@ class PortRec:
             other.host_requested,
             other.router_id,
         )
+
+
+def _held_vips(body: Mapping[str, Any], mac: str) -> tuple[tuple[str, str], ...]:
+    """The port's held VIPs (`VIPS_HELD`) that are still single-IP pairs of it, with the pair's
+    MAC (the smallest if one address has several: the one `controller.dataplane.vips` learns
+    from): the store prunes a removed pair's hold itself, this keeps a record that disagrees
+    from routing anything the port may not send."""
+    held = (body.get("binding:vif_details") or {}).get(VIPS_HELD) or ()
+    if not held:
+        return ()
+    pairs: dict[str, str] = {}
+    for addr, pair_mac in sorted(
+        (str(p["ip_address"]), str(p.get("mac_address") or mac))
+        for p in body.get("allowed_address_pairs") or ()
+    ):
+        pairs.setdefault(addr.removesuffix("/32"), pair_mac)
+    fixed = {ip.get("ip_address") for ip in body.get("fixed_ips") or ()}
+    return tuple((ip, pairs[ip]) for ip in held if ip in pairs and ip not in fixed)
 
 
 @dataclass(frozen=True)

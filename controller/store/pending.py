@@ -1,11 +1,13 @@
 """What the data plane observed while the store could not take it: kept, latest value per object.
 
-Port statuses, bindings, refused claims and host states are observations of the switches, not
-requests: only the latest value of each matters, and writing it late is as good as writing it
-on time (unchanged values are skipped by the store).  So while the etcd cluster has no quorum
-the replicated store keeps them here instead of failing (and instead of blocking the data
-plane's actor on a cluster that cannot answer), and writes them when the cluster is back.
-The size is bounded by the number of ports and hosts: one slot per object, newer replaces older.
+Port statuses, bindings, refused claims, virtual-IP holders and host states are observations of
+the switches, not requests: only the latest value of each matters, and writing it late is as
+good as writing it on time (unchanged values are skipped by the store).  So while the etcd
+cluster has no quorum the replicated store keeps them here instead of failing (and instead of
+blocking the data plane's actor on a cluster that cannot answer), and writes them when the
+cluster is back.
+The size is bounded by the number of ports, VIPs and hosts: one slot per object, newer replaces
+older.
 """
 
 from __future__ import annotations
@@ -22,13 +24,21 @@ class Observations:
     bindings: dict[str, str | None] = field(default_factory=dict)
     refused: dict[str, dict[str, bool]] = field(default_factory=dict)  # port -> host -> refused?
     hosts: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # status, dpid
+    # (network, virtual IP) -> the port that announced it last (one slot per VIP)
+    vips: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.statuses or self.bindings or self.refused or self.hosts)
+        return bool(self.statuses or self.bindings or self.refused or self.hosts or self.vips)
+
+    @property
+    def of_ports(self) -> bool:
+        """Whether the batch holds anything `Store.set_ports_observed` writes."""
+        return bool(self.statuses or self.bindings or self.refused or self.vips)
 
     def __len__(self) -> int:
         """How many values the batch holds (what a log line counts as written or dropped)."""
-        return len(self.statuses) + len(self.bindings) + len(self.refused) + len(self.hosts)
+        return (len(self.statuses) + len(self.bindings) + len(self.refused) + len(self.hosts)
+                + len(self.vips))  # fmt: skip
 
     def newer(self, other: Observations) -> None:
         """Take ``other``'s values over these (``other`` was observed later)."""
@@ -37,6 +47,7 @@ class Observations:
         for pid, hosts in other.refused.items():  # per host: each is observed on its own
             self.refused[pid] = {**self.refused.get(pid, {}), **hosts}
         self.hosts.update(other.hosts)
+        self.vips.update(other.vips)
 
     def older(self, other: Observations) -> None:
         """Take ``other``'s values only where these have none (``other`` is older)."""
@@ -45,6 +56,7 @@ class Observations:
         for pid, hosts in other.refused.items():
             self.refused[pid] = {**hosts, **self.refused.get(pid, {})}
         self.hosts = {**other.hosts, **self.hosts}
+        self.vips = {**other.vips, **self.vips}
 
 
 class PendingObservations:

@@ -44,6 +44,10 @@ STATUSES = ("ACTIVE", "DOWN", "BUILD", "ERROR")
 # binding, which is where Neutron drivers report such facts; ``binding:profile`` is the
 # orchestrator's input and stays untouched.
 REFUSED_HOSTS = "tenantnet_refused_hosts"
+# ``binding:vif_details`` key: the allowed-address-pair IPs (virtual IPs) this port holds, as
+# the data plane last learnt from its ARP (`claim_vip`): what routes a VIP to its holder
+# (flows.routing).  At most one port of a network holds a VIP.
+VIPS_HELD = "tenantnet_vips"
 VNIC_TYPES = ("normal",)
 TRUSTED_OWNER_PREFIX = "network:"
 """Neutron gives ports of these device owners (DHCP, routers) no default security group."""
@@ -494,6 +498,8 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
         new["fixed_ips"] = _allocate_fixed_ips(
             tx, network, current["id"], changes["fixed_ips"] or [], current["fixed_ips"]
         )
+    if "allowed_address_pairs" in changes or "fixed_ips" in changes:
+        _keep_claimable_vips(new)
     return save(tx, current, new)
 
 
@@ -563,6 +569,68 @@ def set_observed(
             details[REFUSED_HOSTS] = as_str_list(sorted(shown), "refused_hosts")
         new["binding:vif_details"] = details
     return save(tx, current, new)
+
+
+def claimable_vips(port: dict[str, Any]) -> set[str]:
+    """The addresses the port may be learnt to hold: its single-IPv4 allowed address pairs
+    (a /32 too) that are not one of its own fixed IPs (those are routed anyway)."""
+    fixed = {ip.get("ip_address") for ip in port.get("fixed_ips") or ()}
+    out = set()
+    for pair in port.get("allowed_address_pairs") or ():
+        net = netaddr.IPNetwork(pair["ip_address"])
+        if net.version == 4 and net.prefixlen == 32 and str(net.ip) not in fixed:
+            out.add(str(net.ip))
+    return out
+
+
+def vips_held(port: dict[str, Any]) -> list[str]:
+    return list((port.get("binding:vif_details") or {}).get(VIPS_HELD, ()))
+
+
+def _with_vips(port: dict[str, Any], held: Iterable[str]) -> dict[str, Any]:
+    """``port`` (a copy) showing ``held`` under `VIPS_HELD` (absent when empty)."""
+    details = {k: v for k, v in port["binding:vif_details"].items() if k != VIPS_HELD}
+    ordered = sorted(set(held), key=lambda ip: int(netaddr.IPAddress(ip)))
+    if ordered:
+        details[VIPS_HELD] = ordered
+    return {**port, "binding:vif_details": details}
+
+
+def _keep_claimable_vips(port: dict[str, Any]) -> None:
+    """A pair removed (or its address become a fixed IP) takes the port's hold on it along:
+    the route to the VIP goes with it, and a later claim has to be learnt again."""
+    held = vips_held(port)
+    if held:
+        kept = set(held) & claimable_vips(port)
+        if kept != set(held):
+            port["binding:vif_details"] = _with_vips(port, kept)["binding:vif_details"]
+
+
+def claim_vip(tx: Tx, port_id: str, network_id: str, vip: str) -> bool:
+    """The data plane saw port ``port_id`` announce ``vip`` (an ARP from it with that sender
+    address): it holds the VIP now, and any other port of its network that held it does not.
+    Refused (False, nothing written) if the port is gone, in another network, or no longer
+    has ``vip`` as a single-IP address pair; nothing written if it holds it already.  The
+    release scans the network's ports (indexed by network): a claim is written only when the
+    holder changes, a rare event."""
+    current = load(tx, port_id)
+    if current is None or current["network_id"] != network_id:
+        return False
+    if vip not in claimable_vips(current):
+        return False
+    if vip in vips_held(current):
+        return True
+    others = tx.all(
+        "SELECT p.id FROM ports p, json_each(p.body, ?) j "
+        "WHERE p.network_id = ? AND j.value = ? AND p.id != ?",
+        (f'$."binding:vif_details".{VIPS_HELD}', network_id, vip, port_id),
+    )
+    for (other_id,) in others:
+        other = load(tx, str(other_id))
+        if other is not None:
+            save(tx, other, _with_vips(other, set(vips_held(other)) - {vip}))
+    save(tx, current, _with_vips(current, {*vips_held(current), vip}))
+    return True
 
 
 def _per_host(value: Any) -> dict[str, bool]:

@@ -903,16 +903,19 @@ class EtcdStore(Store):
         statuses: dict[str, str] | None = None,
         bindings: dict[str, str | None] | None = None,
         refused: dict[str, dict[str, bool]] | None = None,
+        vips: dict[tuple[str, str], str] | None = None,
     ) -> None:
         """As `Store.set_ports_observed`, but never fails nor waits on a cluster without
         quorum, nor behind another write waiting for etcd: the observations are then held
-        (latest per port) and written by the follower (`write_held_observations`), since the
-        data plane must keep forwarding meanwhile."""
-        observed = Observations(dict(statuses or {}), dict(bindings or {}), dict(refused or {}))
+        (latest per port, and per virtual IP) and written by the follower
+        (`write_held_observations`), since the data plane must keep forwarding meanwhile."""
+        observed = Observations(
+            dict(statuses or {}), dict(bindings or {}), dict(refused or {}), vips=dict(vips or {})
+        )
         if not observed or self._held(observed):
             return
         try:
-            self._retrying(Store.set_ports_observed, statuses, bindings, refused)
+            self._retrying(Store.set_ports_observed, statuses, bindings, refused, vips)
         except StoreUnavailable as exc:
             self._hold(observed, exc)
         except NotOwner:
@@ -989,9 +992,13 @@ class EtcdStore(Store):
             return True
         while (taken := self._pending.take()) is not None:
             try:
-                if taken.statuses or taken.bindings or taken.refused:
+                if taken.of_ports:
                     self._retrying(
-                        Store.set_ports_observed, taken.statuses, taken.bindings, taken.refused
+                        Store.set_ports_observed,
+                        taken.statuses,
+                        taken.bindings,
+                        taken.refused,
+                        taken.vips,
                     )
                 for host_id, (status, dpid) in taken.hosts.items():
                     self._retrying(Store.set_host_state, host_id, status, dpid)

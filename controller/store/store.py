@@ -453,14 +453,17 @@ class Store:
         statuses: dict[str, str] | None = None,
         bindings: dict[str, str | None] | None = None,
         refused: dict[str, dict[str, bool]] | None = None,
+        vips: dict[tuple[str, str], str] | None = None,
     ) -> None:
         """Data plane: many bindings, statuses and refused claims (``{port: {host:
         refused?}}``, the hosts the writer speaks for: see `ports.set_observed`)
         in one transaction (one commit, not one per port: a bulk create of 1,000 ports would
         otherwise pay 2,000), and one revision and one event per port that changed; unknown
         ids and unchanged values are skipped.  A router interface's status is its router's
-        (`routers.interface_status`): a status the data plane reports for one is dropped."""
-        if not statuses and not bindings and not refused:
+        (`routers.interface_status`): a status the data plane reports for one is dropped.
+        ``vips`` is ``{(network id, virtual IP): the port that announced it}``
+        (`ports.claim_vip`: the holder moves, a claim the port may not make is dropped)."""
+        if not statuses and not bindings and not refused and not vips:
             return
         with self._write(durable=False) as tx:
             changes: dict[str, dict[str, Any]] = {}
@@ -475,6 +478,8 @@ class Store:
                 current = ports.load(tx, port_id)
                 if current is not None:
                     ports.set_observed(tx, current, change)
+            for (network_id, vip), port_id in (vips or {}).items():
+                ports.claim_vip(tx, port_id, network_id, vip)
 
     def set_host_state(
         self, host_id: str, status: str, datapath_id: str | None

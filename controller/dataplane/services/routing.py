@@ -10,7 +10,9 @@ has a port held by the host (`flows.routing.compile_router`), each owner diffed 
 ``(port id, network id, port number)``: one port of a routed network patched in, its own
 owner (its neighbour rules, `flows.routing.routed_port_rules`, the function the whole compile
 uses too) on each host of its network's routers: O(1) per router host whatever the number of
-ports, one flow-mod per router host (two for a readdress).
+ports, one flow-mod per router host (two for a readdress).  The virtual IPs a port holds
+(`PortRec.vips`, learnt from its ARP: `controller.dataplane.vips`) are its addresses here
+too, so a VIP moving between ports is those two ports' patches.
 
 What a port change reads of a router apart from the port is kept per router (`RouterBase`: its
 interfaces with their CIDRs parsed once, its networks, its nexthops) with its *hosts* at the
@@ -154,7 +156,8 @@ def routed_entries(base: RouterBase, port: PortRec, inputs: Inputs) -> tuple[Rou
     if holder is None or net is None:
         return ()
     host_ip = inputs.hosts[holder].rec.tunnel_ip
-    return base.subnets.routed(port.num, net.segment, port.mac, port.fixed_ips, host_ip)
+    return base.subnets.routed(port.num, net.segment, port.mac, port.fixed_ips, host_ip,
+                               port.vips)  # fmt: skip
 
 
 def router_view(router_id: str, host_id: str, inputs: Inputs,
@@ -201,8 +204,8 @@ def merge(owners: dict[int, Slice], more: dict[int, Slice]) -> None:
 
 
 def _routing_differs(old: PortRec, new: PortRec) -> bool:
-    return (old.network_id, old.mac, old.fixed_ips, old.router_id) != (
-        new.network_id, new.mac, new.fixed_ips, new.router_id)  # fmt: skip
+    return (old.network_id, old.mac, old.fixed_ips, old.router_id, old.vips) != (
+        new.network_id, new.mac, new.fixed_ips, new.router_id, new.vips)  # fmt: skip
 
 
 StepEntries = tuple[RouterBase, PortRec, tuple[RoutedPort, ...]]
@@ -293,6 +296,7 @@ class RoutingService:
         if not routed:
             return []  # a port of a network without a router costs this service nothing
         ips = {ip for v in versions if v is not None for ip in v.fixed_ips}
+        ips |= {ip for v in versions if v is not None for ip, _ in v.vips}
         for r in routed:
             base = self.bases.get(r)
             if (
