@@ -1,6 +1,7 @@
 """The data plane's observations (port statuses, bindings, host states) while the etcd cluster
 has no quorum: held, latest value per object, never raising and never trying a cluster known
-to be down, and written once it is back (issue 18, second step)."""
+to be down, and written once it is back (issue 18, second step); and a virtual IP's holder
+learnt on one instance, as every replica sees it."""
 
 from __future__ import annotations
 
@@ -258,3 +259,37 @@ def test_observations_held_under_the_lease_still_held_are_written(
     finally:
         store.close()
         member.stop()
+
+
+@pytest.mark.etcd
+def test_a_virtual_ip_claim_moves_the_holder_on_every_instance(
+    tmp_path: Path, etcd_settings: EtcdSettings
+) -> None:
+    """A VIP learnt on one instance (`ports.claim_vip` through the log) is what every replica
+    routes by: the holder moves, the previous one lets go, in one entry."""
+    store = EtcdStore(str(tmp_path / "a.db"), EventBus(), etcd_settings, poll_s=0.2)
+    other = EtcdStore(str(tmp_path / "b.db"), EventBus(), etcd_settings, poll_s=0.2)
+    try:
+        net_id, _ = make_net_with_subnet(store)
+        pairs = [{"ip_address": "10.0.0.200"}]
+        a = store.create_port({"network_id": net_id, "allowed_address_pairs": pairs})
+        b = store.create_port({"network_id": net_id, "allowed_address_pairs": pairs})
+
+        def held(s: EtcdStore, port_id: str) -> list[str]:
+            port = s.get("port", port_id)
+            return list(port["binding:vif_details"].get("tenantnet_vips", ()))
+
+        store.set_ports_observed(vips={(net_id, "10.0.0.200"): a["id"]})
+        wait_for(lambda: held(other, a["id"]) == ["10.0.0.200"], "the claim on the replica")
+        store.set_ports_observed(vips={(net_id, "10.0.0.200"): b["id"]})
+        wait_for(
+            lambda: held(other, b["id"]) == ["10.0.0.200"] and held(other, a["id"]) == [],
+            "the move on the replica",
+        )
+        # a VIP that is not the port's pair is refused, on every replica alike
+        store.set_ports_observed(vips={(net_id, "10.0.0.201"): a["id"]})
+        other.sync()
+        assert held(other, a["id"]) == [] and held(store, a["id"]) == []
+    finally:
+        store.close()
+        other.close()
