@@ -182,6 +182,7 @@ class Controller:
         from controller.api.app import ApiSettings, create_app
         from controller.api.drift import add_drift_route
         from controller.dataplane.dhcp import DhcpPunt
+        from controller.dataplane.punt_source import PortPunts
         from controller.dataplane.reconciler import DataPlane
         from controller.dataplane.ttl import TtlExpired  # imported before the data plane starts
         from controller.dataplane.vips import VipLearner
@@ -328,11 +329,10 @@ class Controller:
         self.dataplane.mirror.dhcp_server_mac = s.dhcp.server_mac  # its ARP answers
         # Native DHCP (issue 15): the ports' punt rules send DHCP here, answered off the actor.
         dp = self.dataplane
+        # Packet-ins of the ports' own rules speak for the port the switch names (punt_source).
+        punts = PortPunts(dp.mirror, dp.bindings, dp.hosts, dp.by_dpid)
         self.dhcp = DhcpPunt(
-            dp.mirror,
-            dp.bindings,
-            dp.hosts,
-            dp.by_dpid,
+            punts,
             DhcpResponder(s.dhcp),
             FloodGuard(s.dhcp_guard),
             self.ofp_app.add_transient_flow,
@@ -340,7 +340,7 @@ class Controller:
         # Routers (issue 16): a routed packet whose TTL ran out, answered ICMP time exceeded.
         self.ttl = TtlExpired(dp.mirror, dp.bindings, dp.hosts, dp.by_dpid)
         # Virtual IPs (address pairs): the ARP a port announces one with says it holds it now.
-        self.vips = VipLearner(dp.mirror, dp.bindings, dp.hosts, dp.by_dpid, dp.post)
+        self.vips = VipLearner(punts, dp.post)
         self.ofp_app.packet_in_meter = (s.packet_in_rate_pps, s.packet_in_burst)
         self.ofp_app.on_packet_in(self._packet_in, after_replies=self.dhcp.after_replies)
         # Hosts first, then the OpenFlow app: connections that came meanwhile are admitted

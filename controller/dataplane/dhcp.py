@@ -10,8 +10,9 @@ anything (a wait there would hold a switch's receive thread), and never writes.
 
 Who asks is decided by the switch, never by the frame: the packet-in must come from the punt
 rule of a port (its cookie), on the host that holds that port, from the ofport that host's
-OVSDB shows for it.  Anything else (a stale rule of a port that moved or was deleted, a
-cookie of another owner) gets no answer.  The frame itself is checked by the responder
+OVSDB shows for it (`controller.dataplane.punt_source`, shared with the ARP copies of
+`controller.dataplane.vips`).  Anything else (a stale rule of a port that moved or was
+deleted, a cookie of another owner) gets no answer.  The frame itself is checked by the responder
 (`controller.services.dhcp`: chaddr must be the port's MAC, the port admin up, an address in a
 DHCP subnet).
 
@@ -26,16 +27,13 @@ get another port banned.  Everything answered or dropped is counted (`status`, e
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from controller.dataplane.bindings import Bindings
-from controller.dataplane.planner import HostFacts
-from controller.dataplane.state import Mirror
+from controller.dataplane.punt_source import PortPunts
 from controller.services.dhcp import DhcpResponder
 from controller.services.dhcp_guard import DROP, Ban, FloodGuard
 from controller.southbound.packet_in import PacketIn
-from flows import tables as t
 from flows.compiler import dhcp_guard_rule
 from flows.model import Rule
 
@@ -49,18 +47,13 @@ class DhcpPunt:
 
     def __init__(
         self,
-        mirror: Mirror,
-        bindings: Bindings,
-        hosts: Mapping[str, HostFacts],
-        by_dpid: Mapping[int, str],
+        source: PortPunts,
         responder: DhcpResponder,
         guard: FloodGuard | None = None,
         send_ban: BanSender | None = None,
     ) -> None:
-        self.mirror = mirror
-        self.bindings = bindings
-        self.hosts = hosts
-        self.by_dpid = by_dpid
+        self.source = source
+        self.mirror = source.mirror
         self.responder = responder
         # not ``guard or ...``: a guard that tracks no port yet has a length of 0
         self.guard = guard if guard is not None else FloodGuard()
@@ -72,20 +65,11 @@ class DhcpPunt:
 
     def handle(self, pkt: PacketIn) -> bytes | None:
         """The reply frame for the packet-in's in_port, or None."""
-        port = None
-        if pkt.table_id == t.PORT_SECURITY and t.owner_kind(pkt.cookie) == t.OwnerKind.PORT:
-            port = self.mirror.port_by_num(t.owner_num(pkt.cookie))
-        host_id = self.by_dpid.get(pkt.dpid)
-        rt = self.hosts.get(host_id) if host_id is not None else None
-        obs = rt.obs if rt is not None else None
-        if (
-            port is None
-            or obs is None
-            or obs.bindings.get(port.id) != pkt.in_port
-            or self.bindings.holder(port.id) != host_id
-        ):
+        sender = self.source.sender(pkt)
+        if sender is None:
             self.unmatched += 1
             return None
+        port, host_id = sender
         verdict = self.guard.admit(port.num)
         if verdict == DROP or isinstance(verdict, Ban):
             self.flooded += 1

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import netaddr
 from os_ken.lib.packet import arp, ethernet, packet
 
-from controller.dataplane.bindings import Bindings
-from controller.dataplane.planner import HostFacts
+from controller.dataplane.punt_source import PortPunts
 from controller.dataplane.state import Mirror, PortRec
 from controller.southbound.packet_in import PacketIn
 from flows import tables as t
@@ -78,16 +77,10 @@ class VipLearner:
 
     def __init__(
         self,
-        mirror: Mirror,
-        bindings: Bindings,
-        hosts: Mapping[str, HostFacts],
-        by_dpid: Mapping[int, str],
+        source: PortPunts,
         post: Callable[[str, tuple[Any, ...]], None],
     ) -> None:
-        self.mirror = mirror
-        self.bindings = bindings
-        self.hosts = hosts
-        self.by_dpid = by_dpid
+        self.source = source
         self.post = post
         self.claimed = 0  # posted to the actor (the port did not hold the VIP)
         self.held = 0  # the port holds it already: nothing to do
@@ -121,15 +114,11 @@ class VipLearner:
         return True
 
     def _claim(self, pkt: PacketIn, eth: ethernet.ethernet, msg: arp.arp) -> Claim | None:
-        port = self.mirror.port_by_num(t.owner_num(pkt.cookie))
-        host_id = self.by_dpid.get(pkt.dpid)
-        rt = self.hosts.get(host_id) if host_id is not None else None
-        obs = rt.obs if rt is not None else None
-        if (port is None or host_id is None or obs is None or pkt.in_port is None
-                or obs.bindings.get(port.id) != pkt.in_port
-                or self.bindings.holder(port.id) != host_id):  # fmt: skip
+        sender = self.source.sender(pkt)
+        if sender is None:
             self.unmatched += 1
             return None
+        port, host_id = sender
         vip = str(msg.src_ip)
         mac = claimable(port).get(vip)
         if mac is None or eth.src.lower() != mac or str(msg.src_mac).lower() != mac:

@@ -9,6 +9,7 @@ from typing import Any
 
 from controller.dataplane.bindings import Bindings
 from controller.dataplane.dhcp import DhcpPunt
+from controller.dataplane.punt_source import PortPunts
 from controller.dataplane.state import HostRec, Mirror, NetworkRec, PortRec, SubnetRec
 from controller.services.dhcp import DISCOVER, OFFER, DhcpResponder
 from controller.services.dhcp_guard import FloodGuard, GuardSettings
@@ -52,7 +53,7 @@ def _world(enable_dhcp: bool = True) -> tuple[DhcpPunt, PortRec]:
     bindings = Bindings()
     hosts = {"hv1": Host(HostRec("hv1", "192.0.2.1", {}), HostObservation({"p1": 3}))}
     bindings.resolve(port, unsynced={"hv1"}, known=hosts)
-    punt = DhcpPunt(mirror, bindings, hosts, {DPID: "hv1"}, DhcpResponder())
+    punt = DhcpPunt(PortPunts(mirror, bindings, hosts, {DPID: "hv1"}), DhcpResponder())
     return punt, port
 
 
@@ -90,8 +91,7 @@ def test_the_guard_given_to_the_handler_is_the_one_it_uses() -> None:
     ``--dhcp-port-max-pps`` said."""
     world, _ = _world()
     guard = FloodGuard(GuardSettings(max_pps=50, ban_s=10, max_ban_s=40))
-    punt = DhcpPunt(world.mirror, world.bindings, world.hosts, {DPID: "hv1"}, DhcpResponder(),
-                    guard)  # fmt: skip
+    punt = DhcpPunt(world.source, DhcpResponder(), guard)
     assert punt.guard is guard
     replies = [punt.handle(_pkt()) for _ in range(30)]
     assert all(r is not None for r in replies)
@@ -106,8 +106,8 @@ def _guarded(max_pps: int = 3) -> tuple[DhcpPunt, list[tuple[int, Rule, int]]]:
         "fixed_ips": [{"subnet_id": "s1", "ip_address": "10.0.0.6"}],
         "binding:host_id": "hv1"})  # fmt: skip
     punt.mirror.set_port("p2", other)
-    punt.hosts["hv1"].obs = HostObservation({"p1": 3, "p2": 4})  # type: ignore[attr-defined]
-    punt.bindings.resolve(other, unsynced={"hv1"}, known=punt.hosts)
+    punt.source.hosts["hv1"].obs = HostObservation({"p1": 3, "p2": 4})  # type: ignore[attr-defined]
+    punt.source.bindings.resolve(other, unsynced={"hv1"}, known=punt.source.hosts)
     sent: list[tuple[int, Rule, int]] = []
     punt.guard = FloodGuard(GuardSettings(max_pps=max_pps, ban_s=10, max_ban_s=40))
     punt.send_ban = lambda dpid, rule, seconds: sent.append((dpid, rule, seconds)) is None

@@ -499,7 +499,7 @@ def test_dhcp_through_the_parsers_fast_path_is_answered_as_through_the_event() -
     outs = []
     for fast in (True, False):
         punt, _ = _world()
-        punt.by_dpid = {DPID: "hv1"}
+        punt.source.by_dpid = {DPID: "hv1"}
         app = new_ofp_app()
         app.attach(_Listener())
         dp = FakeDatapath()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from os_ken.lib.packet import arp, ethernet, packet
 
+from controller.dataplane.punt_source import PortPunts
 from controller.dataplane.vips import RECENT_S, VipClaims, VipLearner
 from controller.southbound.ovsdb_host import datapath_id_for
 from controller.southbound.packet_in import PacketIn
@@ -42,7 +43,7 @@ class Vrrp:
         self.b = self.vm("b", "hv1", 4, pairs)
         cloud.idle()
         dp = cloud.dp
-        self.learner = VipLearner(dp.mirror, dp.bindings, dp.hosts, dp.by_dpid, dp.post)
+        self.learner = VipLearner(PortPunts(dp.mirror, dp.bindings, dp.hosts, dp.by_dpid), dp.post)
 
     def vm(self, name: str, host: str, ofport: int, pairs: list[dict[str, str]]) -> dict[str, Any]:
         r = self.routed
