@@ -172,6 +172,15 @@ class _Read:
     given_up: bool = False  # answered without its dumps: late replies are dropped
 
 
+_DUMP_FAILURES = {
+    "timeout": "no answer to",
+    "": "a barrier reply before the end of",
+    "rejected": "an error in answer to",
+}
+"""How a read-back's barrier can end with its dumps unanswered (`_dump_answered`), as logged;
+"disconnected" and the like end the session anyway."""
+
+
 @dataclass
 class _Switch:
     dp: Any
@@ -1296,20 +1305,30 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             requests.append(barrier)
             self._send_or_fail(sw, requests, barrier)
 
-    @staticmethod
-    def _dump_answered(sw: _Switch, number: int, why: str) -> None:
+    def _dump_answered(self, sw: _Switch, number: int, why: str) -> None:
         """A switch that does not answer its dump in time is never synced, and would hold its
         datapath id: close the connection so that it starts afresh.  So is one that answers
         the barrier after the dumps without having answered them (a switch answers in order:
-        it lies, or a reply was lost), which would otherwise stay unsynced for good.  Only
-        for read-back ``number`` while it is the last one: one replaced by a resync has no
-        say (the new one's dumps come after this barrier; its own barrier judges it)."""
+        it lies, or a reply was lost), and one that answered a dump with an error (its
+        barrier says "rejected"; the error itself is logged by `_error`): either would
+        otherwise stay unsynced for good, connected and never programmed, with nothing said.
+        Only for read-back ``number`` while it is the last one: one replaced by a resync has
+        no say (the new one's dumps come after this barrier; its own barrier judges it).  A
+        switch that keeps doing it reconnects every second or so: the line is throttled."""
         with sw.lock:
             unanswered = sw.pending_dumps if number == sw.read_backs else 0
-        if not unanswered or why not in ("timeout", ""):
+        if not unanswered or why not in _DUMP_FAILURES:
             return
-        reason = "no answer to" if why else "a barrier reply before the end of"
-        LOG.warning("switch %016x: %s the read-back of its flows; closing", sw.dp.id or 0, reason)
+        reason = _DUMP_FAILURES[why]
+        dpid = sw.dp.id or 0
+        skipped = self._log_errors(f"read-back {dpid:016x} {why}")
+        if skipped is not None:
+            LOG.warning(
+                "switch %016x: %s the read-back of its flows; closing%s",
+                dpid,
+                reason,
+                f" ({skipped} more times since the last line)" if skipped else "",
+            )
         _end(sw.dp, f"{reason} the flow/group dump")
 
     def _dump_part_done(self, sw: _Switch, xid: int) -> tuple[Slice, SwitchListener | None] | None:

@@ -128,3 +128,39 @@ def test_a_reply_handled_across_a_resync_is_not_counted_as_the_new_read_backs(
     assert sw.ready and listener.installed == [Slice(frozenset(), frozenset())]
     app._barrier(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=b[2])))
     assert not dp.ended.is_set()
+
+
+def _refused(app: TenantnetOfpApp, dp: FakeDatapath, xid: int) -> None:
+    """The switch answers message ``xid`` with an error (as one without group support would)."""
+    from os_ken.ofproto import ofproto_v1_3 as ofp
+
+    err = parser.OFPErrorMsg(dp, type_=ofp.OFPET_BAD_REQUEST, code=ofp.OFPBRC_BAD_TYPE, data=b"")
+    err.xid = xid
+    app._error(SimpleNamespace(msg=err))
+
+
+def test_a_switch_that_answers_its_read_back_with_an_error_is_closed() -> None:
+    """Its barrier says "rejected" with the group dump unanswered: old code took only a
+    timeout or a barrier before the dumps as a failure, so the switch stayed connected,
+    never ready (never programmed) and nothing said why, until it reconnected by itself."""
+    app, dp, sw = _app()
+    app.listener = _ReadyListener()
+    xids = _started(app, sw)
+    app._flow_stats(_reply(dp, xids[0]))
+    _refused(app, dp, xids[1])
+    app._barrier(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=xids[2])))
+    assert not sw.ready
+    assert dp.ended.is_set(), "a switch that refused its read-back stayed connected, unsynced"
+
+
+def test_an_error_in_a_replaced_read_back_does_not_close_the_switch() -> None:
+    """The same error in a read-back a resync replaced: the new one judges the switch."""
+    app, dp, sw = _app()
+    app.listener = _ReadyListener()
+    a = _started(app, sw)
+    _refused(app, dp, a[1])
+    b = _started(app, sw)
+    app._barrier(SimpleNamespace(msg=SimpleNamespace(datapath=dp, xid=a[2])))
+    assert not dp.ended.is_set()
+    _answer(app, dp, b)
+    assert sw.ready and not dp.ended.is_set()
