@@ -340,7 +340,7 @@ class Controller:
         # Routers (issue 16): a routed packet whose TTL ran out, answered ICMP time exceeded.
         self.ttl = TtlExpired(dp.mirror, dp.bindings, dp.hosts, dp.by_dpid)
         # Virtual IPs (address pairs): the ARP a port announces one with says it holds it now.
-        self.vips = VipLearner(punts, dp.post)
+        self.vips = VipLearner(punts, dp.post, FloodGuard(), self.ofp_app.add_transient_flow)
         self.ofp_app.packet_in_meter = (s.packet_in_rate_pps, s.packet_in_burst)
         self.ofp_app.on_packet_in(self._packet_in, after_replies=self.dhcp.after_replies)
         # Hosts first, then the OpenFlow app: connections that came meanwhile are admitted

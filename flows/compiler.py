@@ -418,6 +418,19 @@ def dhcp_guard_rule(ofport: int, port_num: int) -> Rule:
     return Rule(t.PORT_SECURITY, t.PRIO_DHCP_GUARD, _dhcp_client_match(ofport), (), cookie)
 
 
+def arp_copy_guard_rule(ofport: int, mac: str, vip: str, port_num: int) -> Rule:
+    """The port's ARPs from virtual IP ``vip`` forwarded as its address-pair rule does
+    (`_pair_rules`), without the copy to the controller: above that rule, same match; owned by
+    `flows.tables.OwnerKind.ARP_COPY_GUARD` (the switch expires it, nothing diffs it).
+    Installed with a hard timeout by `controller.dataplane.vips` when the port floods them."""
+    mac = normalize_mac(mac)
+    fields = (("eth_src", mac), ("in_port", ofport), ("eth_type", ETH_TYPE_ARP),
+              ("arp_spa", str(netaddr.IPAddress(vip))), ("arp_sha", mac))  # fmt: skip
+    cookie = t.owner_cookie(t.OwnerKind.ARP_COPY_GUARD, port_num)
+    goto = (GotoTable(t.L2_FROM_PORT),)
+    return Rule(t.PORT_SECURITY, t.PRIO_ARP_COPY_GUARD, tuple(sorted(fields)), goto, cookie)
+
+
 def local_port_rules(seg: Segment, port: LocalPort) -> frozenset[Rule]:
     """One local port's fragment when no other port claims its MACs or ofport: its rules and
     the delivery of its own and its address-pair MACs.  Empty for an unusable port."""

@@ -229,6 +229,11 @@ PRIO_DHCP_GUARD = 120
 """PORT_SECURITY: a temporary drop of the DHCP of a port that flooded it (above its punt rule;
 installed with a hard timeout by `controller.dataplane.dhcp`, never by the compiler)."""
 
+PRIO_ARP_COPY_GUARD = 120
+"""PORT_SECURITY: a port that flooded the controller with ARPs from a virtual IP has them
+forwarded without the copy for a while (above its address-pair rule; installed with a hard
+timeout by `controller.dataplane.vips`, never by the compiler)."""
+
 PRIO_DHCP_PUNT = 110
 """PORT_SECURITY: a port of a DHCP-enabled subnet sends its DHCP client messages to the
 controller (above the port's allow rules, which would flood them)."""
@@ -334,9 +339,13 @@ class OwnerKind(IntEnum):
     """A temporary drop of a port's DHCP after it flooded the controller; the port number.
     Installed by the packet-in path with a hard timeout and expired by the switch: no service
     plans it and the reconciler never diffs it (`TRANSIENT_KINDS`)."""
+    ARP_COPY_GUARD = 7
+    """A temporary stop of the copies to the controller of a port's ARPs from one of its
+    virtual IPs (`flows.compiler.arp_copy_guard_rule`) after it flooded them; the port number.
+    Transient as ``DHCP_GUARD``: the ARPs are still forwarded, only not copied."""
 
 
-TRANSIENT_KINDS = frozenset({int(OwnerKind.DHCP_GUARD)})
+TRANSIENT_KINDS = frozenset({int(OwnerKind.DHCP_GUARD), int(OwnerKind.ARP_COPY_GUARD)})
 """Owner kinds whose flows the switch expires (hard timeout): left out of every desired-state
 diff, as foreign flows are, but still ours (deleted with the host's flows)."""
 

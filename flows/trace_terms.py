@@ -660,6 +660,9 @@ def _owner(cat: Catalog, cookie: int) -> str:
     if kind == t.OwnerKind.DHCP_GUARD:
         p = cat.port_by_num(num)
         return f"the DHCP guard of port {p.label if p else f'#{num}'}"
+    if kind == t.OwnerKind.ARP_COPY_GUARD:
+        p = cat.port_by_num(num)
+        return f"the ARP copy guard of port {p.label if p else f'#{num}'}"
     return t.describe_owner(cookie)
 
 

@@ -21,7 +21,11 @@ owner: O(1) flow-mods per router host when the holder changes).
 
 Bounded: one pending claim per VIP (the latest), the repeats of a burst of GARPs (keepalived
 sends five) dropped while the write of the first is on its way back (`RECENT_S`), and nothing
-written for a port that holds the VIP already.
+written for a port that holds the VIP already.  The copies share the host's packet-in meter
+with its ports' DHCP, so a port that sends them faster than its budget (a `FloodGuard` of its
+own, the DHCP guard's defaults: 20/s) gets, for a while that doubles per offence, a rule on its
+switch that forwards those ARPs without the copy (`flows.compiler.arp_copy_guard_rule`, hard
+timeout): its neighbours' DHCP is not starved, and its ARPs still flow.
 """
 
 from __future__ import annotations
@@ -32,12 +36,15 @@ from collections.abc import Callable
 from typing import Any
 
 import netaddr
-from os_ken.lib.packet import arp, ethernet, packet
+from os_ken.lib.packet import arp, ethernet
 
+from controller.dataplane.dhcp import BanSender
 from controller.dataplane.punt_source import PortPunts
 from controller.dataplane.state import Mirror, PortRec
+from controller.services.dhcp_guard import DROP, Ban, FloodGuard
 from controller.southbound.packet_in import PacketIn
 from flows import tables as t
+from flows.compiler import arp_copy_guard_rule
 
 LOG = logging.getLogger(__name__)
 
@@ -79,32 +86,38 @@ class VipLearner:
         self,
         source: PortPunts,
         post: Callable[[str, tuple[Any, ...]], None],
+        guard: FloodGuard | None = None,
+        send_quiet: BanSender | None = None,
     ) -> None:
         self.source = source
         self.post = post
+        # not ``guard or ...``: a guard that tracks no port yet has a length of 0
+        self.guard = guard if guard is not None else FloodGuard()
+        self.send_quiet = send_quiet
         self.claimed = 0  # posted to the actor (the port did not hold the VIP)
         self.held = 0  # the port holds it already: nothing to do
         self.unmatched = 0  # not a current port's rule there, or an address it may not claim
         self.malformed = 0
+        self.flooded = 0  # copies of a port over its budget, dropped
+        self.quieted = 0  # offences (each one rule sent that forwards without the copy)
+        self.quiet_failures = 0  # such rules the switch could not be sent
 
     def handle(self, pkt: PacketIn) -> bool:
         """True if the packet-in is an ARP of a port-security rule (handled here, whatever
-        came of it: no answer is ever sent), False for anything else (DHCP's)."""
+        came of it: no answer is ever sent), False for anything else (DHCP's).  Only the
+        Ethernet header is parsed before that is known: a DHCP packet-in costs the DHCP path
+        no second parse of its whole frame."""
         if pkt.table_id != t.PORT_SECURITY or t.owner_kind(pkt.cookie) != t.OwnerKind.PORT:
             return False
         try:
-            frame = packet.Packet(pkt.data)
-        except Exception:  # os-ken raises anything on a truncated or odd frame
-            eth_only = _ethertype(pkt.data)
-            if eth_only != ETH_TYPE_ARP:
-                return False
-            self.malformed += 1
-            return True
-        eth = frame.get_protocol(ethernet.ethernet)
-        if eth is None or eth.ethertype != ETH_TYPE_ARP:
+            eth, _next, rest = ethernet.ethernet.parser(pkt.data)
+        except Exception:  # os-ken raises anything on a truncated frame
+            return False  # not an ARP as far as anyone can tell: DHCP's to judge
+        if eth.ethertype != ETH_TYPE_ARP:
             return False
-        msg = frame.get_protocol(arp.arp)
-        if msg is None:
+        try:
+            msg, _, _ = arp.arp.parser(rest)
+        except Exception:  # a truncated or odd ARP payload
             self.malformed += 1
             return True
         claim = self._claim(pkt, eth, msg)
@@ -124,22 +137,44 @@ class VipLearner:
         if mac is None or eth.src.lower() != mac or str(msg.src_mac).lower() != mac:
             self.unmatched += 1
             return None
+        verdict = self.guard.admit(port.num)
+        if verdict == DROP or isinstance(verdict, Ban):
+            self.flooded += 1
+            if isinstance(verdict, Ban):
+                self._quiet(pkt, port, host_id, vip, mac, verdict)
+            return None
         if holds(port, vip):
             self.held += 1
             return None
         return (port.network_id, vip, port.id, host_id)
 
+    def _quiet(self, pkt: PacketIn, port: PortRec, host_id: str, vip: str, mac: str,
+               ban: Ban) -> None:  # fmt: skip
+        """The port sends its ARPs from ``vip`` faster than its budget: its switch forwards
+        them without the copy for ``ban.seconds`` (its neighbours' DHCP shares the host's
+        packet-in meter with these copies; the ARPs themselves still flow)."""
+        assert pkt.in_port is not None  # `PortPunts.sender` checked it
+        self.quieted += 1
+        rule = arp_copy_guard_rule(pkt.in_port, mac, vip, port.num)
+        sent = self.send_quiet is not None and self.send_quiet(pkt.dpid, rule, ban.seconds)
+        if not sent:
+            self.quiet_failures += 1
+        LOG.warning(
+            "ARP flood from port %s (host %s) announcing %s: over %d packets/s, its copies to "
+            "tenantnet stop for %d s (offence %d; the ARPs are still forwarded)%s",
+            port.id,
+            host_id,
+            vip,
+            self.guard.settings.max_pps,
+            ban.seconds,
+            ban.offence,
+            "" if sent else "; the rule could not be sent, dropping the copies here instead",
+        )
+
     def status(self) -> dict[str, int]:
         return {"claimed": self.claimed, "held": self.held, "unmatched": self.unmatched,
-                "malformed": self.malformed}  # fmt: skip
-
-
-def _ethertype(data: bytes) -> int | None:
-    try:
-        eth, _, _ = ethernet.ethernet.parser(data)
-    except Exception:  # shorter than a header
-        return None
-    return int(eth.ethertype)
+                "malformed": self.malformed, "flooded": self.flooded,
+                "quieted": self.quieted, "quiet_failures": self.quiet_failures}  # fmt: skip
 
 
 class VipClaims:

@@ -13,12 +13,13 @@ from os_ken.lib.packet import arp, ethernet, packet
 
 from controller.dataplane.punt_source import PortPunts
 from controller.dataplane.vips import RECENT_S, VipClaims, VipLearner
+from controller.services.dhcp_guard import FloodGuard, GuardSettings
 from controller.southbound.ovsdb_host import datapath_id_for
 from controller.southbound.packet_in import PacketIn
 from controller.store.ports import VIPS_HELD
 from controller.tracer import Request, Tracer
 from flows import tables as t
-from flows.model import Apply, GotoTable, Output
+from flows.model import Apply, GotoTable, Output, Rule, Slice
 from flows.routing import PRIO_VIP_NEIGHBOUR
 from flows.trace import make_packet, trace
 from tests.unit.test_dataplane import Cloud, FakeAgent, restart
@@ -280,3 +281,37 @@ def test_the_arp_responder_never_answers_for_a_vip(vrrp: Vrrp) -> None:
                       ip_dst=VIP, arp_op=1)  # fmt: skip
     tr = trace(vrrp.cloud.flows(host), ofport, pkt, [])
     assert ofport not in tr.ports and TUN in tr.ports  # flooded, not answered
+
+
+def test_a_port_flooding_its_announcements_gets_them_forwarded_without_the_copy(
+    vrrp: Vrrp,
+) -> None:
+    """The copies share the host's packet-in meter with its ports' DHCP: a port over its
+    budget gets a rule (hard timeout) above its pair's that forwards its ARPs from the VIP as
+    before, without the copy; what it sends meanwhile is dropped here, not learnt."""
+    sent: list[tuple[int, Rule, int]] = []
+    vrrp.learner.guard = FloodGuard(GuardSettings(max_pps=3, ban_s=10, max_ban_s=40))
+    vrrp.learner.send_quiet = lambda dpid, rule, seconds: sent.append((dpid, rule, seconds)) is None
+    port, host, ofport = vrrp.routed.vms["a"]
+    for _ in range(6):  # within one second: 3 admitted, the 4th an offence, then dropped
+        assert vrrp.learner.handle(vrrp.garp("a"))
+    assert vrrp.learner.status()["flooded"] == 3 and vrrp.learner.quieted == 1
+    [(dpid, quiet, seconds)] = sent
+    assert (dpid, seconds) == (datapath_id_for(host), 10)
+    assert t.owner_kind(quiet.cookie) == t.OwnerKind.ARP_COPY_GUARD
+    assert t.is_transient(quiet.cookie)  # expired by the switch, never diffed
+    installed = vrrp.cloud.flows(host)
+    [pair] = [r for r in installed.rules
+              if r.table == t.PORT_SECURITY and ("arp_spa", VIP) in r.match
+              and t.owner_kind(r.cookie) == t.OwnerKind.PORT]  # fmt: skip
+    assert quiet.match == pair.match and quiet.priority > pair.priority
+    # on the switch: the GARP is forwarded exactly as before, only no longer copied
+    garp = make_packet(port["mac_address"], "ff:ff:ff:ff:ff:ff", ip_src=VIP, ip_dst=VIP,
+                       arp_op=1)  # fmt: skip
+    before = trace(installed, ofport, garp, [])
+    after = trace(Slice(installed.rules | {quiet}, installed.groups), ofport, garp, [])
+    assert before.punted and not after.punted
+    assert sorted(map(str, after.outputs)) == sorted(map(str, before.outputs)) != []
+    # another port on the same host is not affected
+    assert vrrp.learner.handle(vrrp.garp("b"))
+    assert vrrp.learner.status()["flooded"] == 3
