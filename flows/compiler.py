@@ -231,26 +231,29 @@ def _pair_rules(
     """Port security for one allowed address pair: a host address, or a CIDR as a masked match.
 
     A single IPv4 address that is not one of the port's fixed IPs is a virtual IP (VRRP,
-    keepalived, a load balancer): an ARP the port sends from it (gratuitous or not) says the
-    port holds it now, so that rule also copies the ARP to the controller
-    (`controller.dataplane.vips`, over the host's metered packet-in path) before forwarding it
-    as before.  No other ARP goes there: the copy is this allow rule's, matched on the port,
-    its MAC and the pair's address."""
+    keepalived, a load balancer): a gratuitous ARP the port sends for it (sender and target
+    the address, as on taking it over) says the port holds it now, so one more rule above the
+    pair's ARP rule copies those to the controller (`controller.dataplane.vips`, over the
+    host's metered packet-in path) before forwarding them the same way.  No other ARP goes
+    there - not the holder's answers to its neighbours' requests, which another VM could
+    otherwise drive at will - and the announce rule is matched on the port, its MAC and the
+    pair's address as the pair's own."""
     net = netaddr.IPNetwork(addr)
     full = net.prefixlen == (32 if net.version == 4 else 128)
     value: object = str(net.ip) if full else (str(net.network), str(net.netmask))
     who = (("eth_src", mac), ("in_port", ofport))
 
-    def allow(*fields: tuple[str, object], then: tuple[Instruction, ...] = goto) -> Rule:
-        return Rule(t.PORT_SECURITY, t.PRIO_EXACT, tuple(sorted(who + fields)), then, cookie)
+    def allow(*fields: tuple[str, object]) -> Rule:
+        return Rule(t.PORT_SECURITY, t.PRIO_EXACT, tuple(sorted(who + fields)), goto, cookie)
 
     if net.version == 4:
-        vip = full and str(net.ip) not in fixed_v4
-        arp_then = (*_TO_CONTROLLER, *goto) if vip else goto
-        return [
-            allow(("eth_type", ETH_TYPE_ARP), ("arp_spa", value), ("arp_sha", mac), then=arp_then),
-            allow(("eth_type", ETH_TYPE_IPV4), ("ipv4_src", value)),
-        ]
+        arp_from = (("eth_type", ETH_TYPE_ARP), ("arp_spa", value), ("arp_sha", mac))
+        rules = [allow(*arp_from), allow(("eth_type", ETH_TYPE_IPV4), ("ipv4_src", value))]
+        if full and str(net.ip) not in fixed_v4:  # a virtual IP: its announcements go up too
+            announce = tuple(sorted(who + arp_from + (("arp_tpa", value),)))
+            rules.append(Rule(t.PORT_SECURITY, t.PRIO_VIP_ANNOUNCE, announce,
+                              (*_TO_CONTROLLER, *goto), cookie))  # fmt: skip
+        return rules
     return [allow(("eth_type", ETH_TYPE_IPV6), ("ipv6_src", value))]
 
 
@@ -419,16 +422,18 @@ def dhcp_guard_rule(ofport: int, port_num: int) -> Rule:
 
 
 def arp_copy_guard_rule(ofport: int, mac: str, vip: str, port_num: int) -> Rule:
-    """The port's ARPs from virtual IP ``vip`` forwarded as its address-pair rule does
-    (`_pair_rules`), without the copy to the controller: above that rule, same match; owned by
+    """The drop of the port's gratuitous ARPs for virtual IP ``vip``: above its announce rule
+    (`_pair_rules`), same match, no instructions; owned by
     `flows.tables.OwnerKind.ARP_COPY_GUARD` (the switch expires it, nothing diffs it).
-    Installed with a hard timeout by `controller.dataplane.vips` when the port floods them."""
+    Installed with a hard timeout by `controller.dataplane.vips` when the port floods them.
+    A drop, so that one left behind (the pair removed, the ofport reused) can only stop
+    frames, never let one through that port security would not."""
     mac = normalize_mac(mac)
+    ip = str(netaddr.IPAddress(vip))
     fields = (("eth_src", mac), ("in_port", ofport), ("eth_type", ETH_TYPE_ARP),
-              ("arp_spa", str(netaddr.IPAddress(vip))), ("arp_sha", mac))  # fmt: skip
+              ("arp_spa", ip), ("arp_tpa", ip), ("arp_sha", mac))  # fmt: skip
     cookie = t.owner_cookie(t.OwnerKind.ARP_COPY_GUARD, port_num)
-    goto = (GotoTable(t.L2_FROM_PORT),)
-    return Rule(t.PORT_SECURITY, t.PRIO_ARP_COPY_GUARD, tuple(sorted(fields)), goto, cookie)
+    return Rule(t.PORT_SECURITY, t.PRIO_ARP_COPY_GUARD, tuple(sorted(fields)), (), cookie)
 
 
 def local_port_rules(seg: Segment, port: LocalPort) -> frozenset[Rule]:

@@ -403,11 +403,25 @@ def ingress_bucket(ofport: int) -> tuple[Action, ...]:
     return (SetField(REG, zone_of(ofport)), Resubmit(t.SG_INGRESS))
 
 
+def _egress_after(first: tuple[Instruction, ...], ofport: int) -> tuple[Instruction, ...]:
+    """`egress_hook` for a port-security rule whose instructions before its goto are
+    ``first`` (none, or one apply-actions: a flow has at most one)."""
+    hook = egress_hook(ofport)
+    if not first:
+        return hook
+    (before,) = first
+    apply, goto = hook
+    assert isinstance(before, Apply) and isinstance(apply, Apply)
+    return (Apply((*before.actions, *apply.actions)), goto)
+
+
 def plug(s: Slice, filtered_ofports: Collection[int]) -> Slice:
     """``s`` (a core slice or fragment) with the three hooks applied for the given ports.
 
     Port-security rules matching ``in_port`` of a filtered port and going to L2_FROM_PORT get
-    :func:`egress_hook`; delivery rules (L2_FROM_PORT, L2_FROM_TUNNEL) whose only action is
+    :func:`egress_hook` (a rule that applies actions first - the copy of a virtual IP's
+    announcement to the controller - keeps them, in the hook's one apply-actions); delivery
+    rules (L2_FROM_PORT, L2_FROM_TUNNEL) whose only action is
     ``output`` to a filtered port get :func:`ingress_hook`; flood buckets get
     :func:`ingress_bucket`.  Everything else is returned unchanged.
     """
@@ -415,10 +429,10 @@ def plug(s: Slice, filtered_ofports: Collection[int]) -> Slice:
     to_l2 = (GotoTable(t.L2_FROM_PORT),)
     rules = []
     for r in s.rules:
-        if r.table == t.PORT_SECURITY and r.instructions == to_l2:
+        if r.table == t.PORT_SECURITY and r.instructions[-1:] == to_l2:
             in_port = dict(r.match).get("in_port")
             if in_port in filtered:
-                r = r._replace(instructions=egress_hook(in_port))
+                r = r._replace(instructions=_egress_after(r.instructions[:-1], in_port))
         elif r.table in (t.L2_FROM_PORT, t.L2_FROM_TUNNEL):
             out = _only_output(r.instructions)
             if out in filtered:

@@ -230,9 +230,14 @@ PRIO_DHCP_GUARD = 120
 installed with a hard timeout by `controller.dataplane.dhcp`, never by the compiler)."""
 
 PRIO_ARP_COPY_GUARD = 120
-"""PORT_SECURITY: a port that flooded the controller with ARPs from a virtual IP has them
-forwarded without the copy for a while (above its address-pair rule; installed with a hard
-timeout by `controller.dataplane.vips`, never by the compiler)."""
+"""PORT_SECURITY: a temporary drop of the gratuitous ARPs for a virtual IP of a port that
+flooded them (above its announce rule; installed with a hard timeout by
+`controller.dataplane.vips`, never by the compiler)."""
+
+PRIO_VIP_ANNOUNCE = 105
+"""PORT_SECURITY: a port's gratuitous ARP for a virtual IP of its own (an address pair) is
+copied to the controller, then forwarded as its pair's ARP rule does (above that rule, which
+matches every ARP from the address: only announcements go up)."""
 
 PRIO_DHCP_PUNT = 110
 """PORT_SECURITY: a port of a DHCP-enabled subnet sends its DHCP client messages to the
@@ -340,9 +345,10 @@ class OwnerKind(IntEnum):
     Installed by the packet-in path with a hard timeout and expired by the switch: no service
     plans it and the reconciler never diffs it (`TRANSIENT_KINDS`)."""
     ARP_COPY_GUARD = 7
-    """A temporary stop of the copies to the controller of a port's ARPs from one of its
-    virtual IPs (`flows.compiler.arp_copy_guard_rule`) after it flooded them; the port number.
-    Transient as ``DHCP_GUARD``: the ARPs are still forwarded, only not copied."""
+    """A temporary drop of a port's gratuitous ARPs for one of its virtual IPs after it
+    flooded the controller with them (`flows.compiler.arp_copy_guard_rule`); the port number.
+    Transient as ``DHCP_GUARD``.  A drop, never an allow: a rule left after the pair is gone
+    lets nothing through that port security would stop."""
 
 
 TRANSIENT_KINDS = frozenset({int(OwnerKind.DHCP_GUARD), int(OwnerKind.ARP_COPY_GUARD)})

@@ -7,30 +7,35 @@ it floods), but routed traffic is sent by the sender's hypervisor straight to a 
 (`flows.routing`), so the router must know the holder, as OVN learns a virtual port's
 ``virtual-parent`` from its GARP.
 
-The signal: an ARP *sent by* port P with sender address X, X a single-IPv4 address pair of P
-(not its fixed IP).  P's port-security rule that allows that ARP also copies it to the
-controller (`flows.compiler._pair_rules`; only those ARPs, limited by the host's packet-in
-meter) and forwards it as before.  `VipLearner` checks the copy against the switch's word and
-the mirror (the rule is a current port's, on the host holding it, from its ofport; the frame
-is an ARP from the pair's MAC and address) and, only if P does not hold X yet, posts a claim
-to the data plane's actor.  There `VipClaims` keeps it for the step's observation write
-(`Store.set_ports_observed`: ``ports.claim_vip`` moves the hold, the other port of the network
-that held it lets go, in one transaction), if this instance owns P's host.  The port's record
-then carries the VIP (`PortRec.vips`) and routing gives it a neighbour rule to P (its own
-owner: O(1) flow-mods per router host when the holder changes).
+The signal: a gratuitous ARP *sent by* port P for X (sender and target address X), X a
+single-IPv4 address pair of P (not its fixed IP): what keepalived, Pacemaker and `arping -U`
+send on taking an address over.  A rule above P's pair rule copies those to the controller
+(`flows.compiler._pair_rules`; only those, limited by the host's packet-in meter: not P's
+answers to its neighbours' requests, which another VM could drive at will) and forwards them
+as before.  `VipLearner` checks the copy against the switch's word (`punt_source`: the rule is
+a current port's, on the host holding it, from its ofport) and the frame (a gratuitous ARP
+from the pair's MAC and address) and posts a claim to the data plane's actor.  There
+`VipClaims` decides whether it is news (the mirror may lag the store: see its docstring) and
+keeps it for the step's observation write (`Store.set_ports_observed`: ``ports.claim_vip``
+moves the hold, the other port of the network that held it lets go, in one transaction), if
+this instance owns P's host.  The port's record then carries the VIP (`PortRec.vips`) and
+routing gives it a neighbour rule to P (its own owner: O(1) flow-mods per router host when the
+holder changes).
 
-Bounded: one pending claim per VIP (the latest), the repeats of a burst of GARPs (keepalived
-sends five) dropped while the write of the first is on its way back (`RECENT_S`), and nothing
-written for a port that holds the VIP already.  The copies share the host's packet-in meter
-with its ports' DHCP, so a port that sends them faster than its budget (a `FloodGuard` of its
-own, the DHCP guard's defaults: 20/s) gets, for a while that doubles per offence, a rule on its
-switch that forwards those ARPs without the copy (`flows.compiler.arp_copy_guard_rule`, hard
-timeout): its neighbours' DHCP is not starved, and its ARPs still flow.
+Bounded: one pending claim per VIP (the latest), a move at most once a second per VIP
+(`RECENT_S`: two ports announcing in turn cost one write a second), the repeats of a burst
+of GARPs (keepalived sends five) not written again.  The copies share the host's packet-in
+meter with its ports' DHCP, so a port that sends them faster than its budget (a `FloodGuard`
+of its own, the DHCP guard's defaults: 20/s) gets, for a while that doubles per offence, a
+drop of those gratuitous ARPs on its switch (`flows.compiler.arp_copy_guard_rule`, hard
+timeout; a drop, so that one left behind never lets anything through): its neighbours' DHCP
+is not starved, and its other ARPs still flow.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +46,7 @@ from os_ken.lib.packet import arp, ethernet
 from controller.dataplane.dhcp import BanSender
 from controller.dataplane.punt_source import PortPunts
 from controller.dataplane.state import Mirror, PortRec
-from controller.services.dhcp_guard import DROP, Ban, FloodGuard
+from controller.services.dhcp_guard import PASS, Ban, FloodGuard
 from controller.southbound.packet_in import PacketIn
 from flows import tables as t
 from flows.compiler import arp_copy_guard_rule
@@ -99,8 +104,10 @@ class VipLearner:
         self.unmatched = 0  # not a current port's rule there, or an address it may not claim
         self.malformed = 0
         self.flooded = 0  # copies of a port over its budget, dropped
-        self.quieted = 0  # offences (each one rule sent that forwards without the copy)
+        self.quieted = 0  # drop rules sent (one per VIP a banned port floods)
         self.quiet_failures = 0  # such rules the switch could not be sent
+        # (dpid, port number, VIP) -> when its drop rule expires (monotonic)
+        self._quiet_until: dict[tuple[int, int, str], float] = {}
 
     def handle(self, pkt: PacketIn) -> bool:
         """True if the packet-in is an ARP of a port-security rule (handled here, whatever
@@ -134,40 +141,51 @@ class VipLearner:
         port, host_id = sender
         vip = str(msg.src_ip)
         mac = claimable(port).get(vip)
-        if mac is None or eth.src.lower() != mac or str(msg.src_mac).lower() != mac:
-            self.unmatched += 1
+        if (mac is None or str(msg.dst_ip) != vip or eth.src.lower() != mac
+                or str(msg.src_mac).lower() != mac):  # fmt: skip
+            self.unmatched += 1  # not a gratuitous ARP for a VIP of the port (not the rule's)
             return None
         verdict = self.guard.admit(port.num)
-        if verdict == DROP or isinstance(verdict, Ban):
+        if verdict != PASS:
             self.flooded += 1
-            if isinstance(verdict, Ban):
-                self._quiet(pkt, port, host_id, vip, mac, verdict)
+            self._quiet(pkt, port, host_id, vip, mac, verdict)
             return None
         if holds(port, vip):
-            self.held += 1
-            return None
+            self.held += 1  # as the mirror says: the actor judges it against its own writes
         return (port.network_id, vip, port.id, host_id)
 
     def _quiet(self, pkt: PacketIn, port: PortRec, host_id: str, vip: str, mac: str,
-               ban: Ban) -> None:  # fmt: skip
-        """The port sends its ARPs from ``vip`` faster than its budget: its switch forwards
-        them without the copy for ``ban.seconds`` (its neighbours' DHCP shares the host's
-        packet-in meter with these copies; the ARPs themselves still flow)."""
+               verdict: str | Ban) -> None:  # fmt: skip
+        """The port announces its VIPs faster than its budget: its switch drops its
+        gratuitous ARPs for ``vip`` until its ban ends (its neighbours' DHCP shares the host's
+        packet-in meter with these copies; the port's other ARPs still flow).  One rule per
+        VIP the port floods during the ban, each sent once."""
         assert pkt.in_port is not None  # `PortPunts.sender` checked it
+        now = time.monotonic()
+        if isinstance(verdict, Ban):
+            seconds, offence = verdict.seconds, verdict.offence
+        else:
+            seconds, offence = math.ceil(self.guard.banned_for(port.num)), 0
+        key = (pkt.dpid, port.num, vip)
+        if seconds < 1 or self._quiet_until.get(key, 0.0) > now:
+            return  # its rule is on the switch (or the ban is over: the next one judges)
+        if len(self._quiet_until) >= RECENT_MAX:
+            self._quiet_until = {k: u for k, u in self._quiet_until.items() if u > now}
+        self._quiet_until[key] = now + seconds
         self.quieted += 1
         rule = arp_copy_guard_rule(pkt.in_port, mac, vip, port.num)
-        sent = self.send_quiet is not None and self.send_quiet(pkt.dpid, rule, ban.seconds)
+        sent = self.send_quiet is not None and self.send_quiet(pkt.dpid, rule, seconds)
         if not sent:
             self.quiet_failures += 1
         LOG.warning(
-            "ARP flood from port %s (host %s) announcing %s: over %d packets/s, its copies to "
-            "tenantnet stop for %d s (offence %d; the ARPs are still forwarded)%s",
+            "gratuitous ARP flood from port %s (host %s) for %s: over %d packets/s, those are "
+            "dropped on its switch for %d s%s%s",
             port.id,
             host_id,
             vip,
             self.guard.settings.max_pps,
-            ban.seconds,
-            ban.offence,
+            seconds,
+            f" (offence {offence})" if offence else "",
             "" if sent else "; the rule could not be sent, dropping the copies here instead",
         )
 
@@ -178,36 +196,69 @@ class VipLearner:
 
 
 class VipClaims:
-    """The actor's side: claims to write with the step's observations, one per VIP."""
+    """The actor's side: claims to write with the step's observations, one per VIP.
+
+    The mirror may lag the store: a holder this side wrote a moment ago is not in it yet.  So
+    "already holds it" is judged against that write while it is recent (`RECENT_S`), else the
+    mirror, and against the claim pending: a VIP that moved away from a port in between is
+    news when that port claims it back, whatever the mirror still says, and a move back
+    before the move was written cancels it.  And a VIP moves at most once
+    per `RECENT_S`: two ports announcing it in turn (a split brain, or a tenant driving it)
+    cost one store write a second, not one per announcement; the latest claim waits for the
+    next step that may write it (the actor ticks every second)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.out: dict[tuple[str, str], str] = {}  # (network, vip) -> port: to write
+        # (network, vip) -> (port, its host): to write
+        self.out: dict[tuple[str, str], tuple[str, str]] = {}
         self._recent: dict[tuple[str, str], tuple[str, float]] = {}  # written: port, when
         self._clock = clock
         self.written = 0
         self.dropped = 0  # the port no longer may claim it, or holds it already
 
     def add(self, claim: Claim, mirror: Mirror, owns: Callable[[str], bool]) -> None:
-        """Keep ``claim`` if it is still news: the port exists with the address as a pair, does
-        not hold it already, was not claimed for it within `RECENT_S`, and this instance acts
-        for its host."""
+        """Keep ``claim`` if it is still news: the port exists with the address as a pair,
+        this instance acts for its host, and the port is not the holder (see the class)."""
         net_id, vip, port_id, host_id = claim
         port = mirror.ports.get(port_id)
         key = (net_id, vip)
         if (port is None or port.network_id != net_id or vip not in claimable(port)
-                or holds(port, vip) or not owns(host_id)):  # fmt: skip
+                or not owns(host_id)):  # fmt: skip
             self.dropped += 1
             return
-        recent = self._recent.get(key)
-        if recent is not None and recent[0] == port_id and self._clock() - recent[1] < RECENT_S:
-            return
-        self.out[key] = port_id
+        pending, recent = self.out.get(key), self._recent.get(key)
+        written = recent[0] if recent is not None and self._clock() - recent[1] < RECENT_S else None
+        # the holder the store has (the last write of ours while its event may not be back,
+        # else the mirror's), and the one this side is about to write
+        holder = written if written is not None else (port_id if holds(port, vip) else None)
+        if pending is not None and pending[0] != port_id and holder == port_id:
+            del self.out[key]  # moved back before the move was written: nothing to write
+        elif holder != port_id and (pending is None or pending[0] != port_id):
+            self.out[key] = (port_id, host_id)
 
-    def take(self) -> dict[tuple[str, str], str]:
-        """The claims to write now (remembered as recent)."""
-        out, self.out = self.out, {}
+    def ready(self) -> bool:
+        """Whether a claim may be written now (`take` would return one)."""
+        now = self._clock()
+        return any(self._may_move(key, pid, now) for key, (pid, _) in self.out.items())
+
+    def _may_move(self, key: tuple[str, str], port_id: str, now: float) -> bool:
+        recent = self._recent.get(key)
+        return recent is None or recent[0] == port_id or now - recent[1] >= RECENT_S
+
+    def take(self, owns: Callable[[str], bool]) -> dict[tuple[str, str], str]:
+        """The claims to write now (remembered as recent): each VIP's latest, once its last
+        move is `RECENT_S` old; those of hosts this instance no longer acts for are dropped
+        (their new owner's learner hears the next announcement)."""
+        now = self._clock()
+        out: dict[tuple[str, str], str] = {}
+        for key, (port_id, host_id) in list(self.out.items()):
+            if not self._may_move(key, port_id, now):
+                continue
+            del self.out[key]
+            if not owns(host_id):
+                self.dropped += 1
+                continue
+            out[key] = port_id
         if out:
-            now = self._clock()
             for key, port_id in out.items():
                 self._recent.pop(key, None)
                 self._recent[key] = (port_id, now)

@@ -92,6 +92,11 @@ class FloodGuard:
         state.count = 0
         return Ban(seconds, state.offences)
 
+    def banned_for(self, port: Hashable) -> float:
+        """Seconds left of the port's ban (0 when it has none)."""
+        state = self._ports.get(port)
+        return max(0.0, state.banned_until - self._clock()) if state is not None else 0.0
+
     def _prune(self, now: float) -> None:
         """Forget ports with no ban to remember and no current window."""
         horizon = self.settings.max_ban_s

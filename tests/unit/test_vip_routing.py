@@ -19,6 +19,7 @@ from controller.southbound.packet_in import PacketIn
 from controller.store.ports import VIPS_HELD
 from controller.tracer import Request, Tracer
 from flows import tables as t
+from flows.compiler import arp_copy_guard_rule
 from flows.model import Apply, GotoTable, Output, Rule, Slice
 from flows.routing import PRIO_VIP_NEIGHBOUR
 from flows.trace import make_packet, trace
@@ -45,6 +46,9 @@ class Vrrp:
         cloud.idle()
         dp = cloud.dp
         self.learner = VipLearner(PortPunts(dp.mirror, dp.bindings, dp.hosts, dp.by_dpid), dp.post)
+        # the actor's claims on a clock of the test's: a VIP moves at most once per RECENT_S
+        self.now = [1000.0]
+        dp.vip_claims._clock = lambda: self.now[0]
 
     def vm(self, name: str, host: str, ofport: int, pairs: list[dict[str, str]]) -> dict[str, Any]:
         r = self.routed
@@ -76,9 +80,11 @@ class Vrrp:
         return PacketIn(datapath_id_for(host), t.PORT_SECURITY, cookie, 0, ofport, None,
                         bytes(frame.data))  # fmt: skip
 
-    def announce(self, name: str, spa: str = VIP) -> bool:
-        """The VM announces ``spa`` (a gratuitous ARP walked through its host's flows) and the
-        learner gets the packet-in; True if the flows copied the ARP to the controller."""
+    def announce(self, name: str, spa: str = VIP, after: float = RECENT_S) -> bool:
+        """The VM announces ``spa`` (a gratuitous ARP walked through its host's flows),
+        ``after`` seconds after the last announcement, and the learner gets the packet-in;
+        True if the flows copied the ARP to the controller."""
+        self.now[0] += after
         port, host, ofport = self.routed.vms[name]
         mac = port["mac_address"]
         pkt = make_packet(mac, "ff:ff:ff:ff:ff:ff", ip_src=spa, ip_dst=spa, arp_op=1)
@@ -125,11 +131,23 @@ def test_the_garp_is_copied_to_the_controller_and_still_forwarded(vrrp: Vrrp) ->
                make_packet(mac, "ff:ff:ff:ff:ff:ff", ip_src="10.0.2.51", ip_dst="10.0.2.51",
                            arp_op=1), [])  # fmt: skip
     assert tr.dropped
-    # the copy is the pair's allow rule's: the port's cookie, then on to L2_FROM_PORT
-    [rule] = [r for r in vrrp.cloud.flows(host).rules
-              if r.table == t.PORT_SECURITY and ("arp_spa", VIP) in r.match]  # fmt: skip
-    assert rule.cookie == t.port_cookie(port["_num"])
-    assert rule.instructions == (Apply((Output(OFPP_CONTROLLER),)), GotoTable(t.L2_FROM_PORT))
+    # the copy is the announce rule's (above the pair's ARP rule, which copies nothing): the
+    # port's cookie, then on as the pair's rule goes (the port is filtered: through its
+    # security groups' egress, as every frame it sends; one apply-actions)
+    rules = {r.priority: r for r in vrrp.cloud.flows(host).rules
+             if r.table == t.PORT_SECURITY and ("arp_spa", VIP) in r.match}  # fmt: skip
+    assert set(rules) == {t.PRIO_VIP_ANNOUNCE, t.PRIO_EXACT}
+    announce, pair = rules[t.PRIO_VIP_ANNOUNCE], rules[t.PRIO_EXACT]
+    assert announce.cookie == pair.cookie == t.port_cookie(port["_num"])
+    assert ("arp_tpa", VIP) in announce.match and set(pair.match) < set(announce.match)
+    to_sg, goto_sg = pair.instructions
+    assert isinstance(to_sg, Apply) and goto_sg == GotoTable(t.SG_EGRESS)
+    assert announce.instructions == (Apply((Output(OFPP_CONTROLLER), *to_sg.actions)), goto_sg)
+    # the holder's answer to a neighbour's request for the VIP is forwarded, not copied: no
+    # other VM can make it send copies at will
+    answer = make_packet(mac, "fa:16:3e:00:00:99", ip_src=VIP, ip_dst="10.0.2.7", arp_op=2)
+    tr = trace(vrrp.cloud.flows(host), ofport, answer, [])
+    assert not tr.punted and not tr.dropped
     # the tenant trace names the copy
     tracer = Tracer(vrrp.cloud.store, lambda: vrrp.cloud.dp, lambda: None)
     doc = tracer.trace(Request(port["id"], destination_ip=VIP, protocol="arp", source_ip=VIP,
@@ -176,9 +194,10 @@ def test_a_repeated_announcement_writes_nothing(vrrp: Vrrp) -> None:
     vrrp.announce("a")
     rev = vrrp.port("a")["revision_number"]
     mods = vrrp.cloud.dp.stats.flow_mods
+    written = vrrp.cloud.dp.vip_claims.written
     for _ in range(5):  # keepalived's burst
-        vrrp.announce("a")
-    assert vrrp.learner.held == 5 and vrrp.learner.claimed == 1
+        vrrp.announce("a", after=0.1)
+    assert vrrp.learner.held == 5 and vrrp.cloud.dp.vip_claims.written == written
     assert vrrp.port("a")["revision_number"] == rev
     assert vrrp.cloud.dp.stats.flow_mods == mods
     # a claim posted late (the port holds the VIP by the time the actor takes it): dropped
@@ -195,15 +214,15 @@ def test_claims_are_kept_once_per_vip_and_not_written_twice_in_a_row(vrrp: Vrrp)
     mirror, net = vrrp.cloud.dp.mirror, vrrp.routed.net2["id"]
     claims.add((net, VIP, vrrp.a["id"], "hv2"), mirror, lambda h: True)
     claims.add((net, VIP, vrrp.b["id"], "hv1"), mirror, lambda h: True)  # the latest wins
-    assert claims.take() == {(net, VIP): vrrp.b["id"]}
+    assert claims.take(lambda h: True) == {(net, VIP): vrrp.b["id"]}
     claims.add((net, VIP, vrrp.b["id"], "hv1"), mirror, lambda h: True)
-    assert claims.take() == {}
+    assert claims.take(lambda h: True) == {}
     now[0] += RECENT_S
     claims.add((net, VIP, vrrp.b["id"], "hv1"), mirror, lambda h: True)
-    assert claims.take() == {(net, VIP): vrrp.b["id"]}
+    assert claims.take(lambda h: True) == {(net, VIP): vrrp.b["id"]}
     # another instance's host: not this one's to write
     claims.add((net, VIP, vrrp.a["id"], "hv2"), mirror, lambda h: False)
-    assert claims.take() == {} and claims.dropped == 1
+    assert claims.take(lambda h: True) == {} and claims.dropped == 1
 
 
 def test_an_address_that_is_not_the_senders_pair_is_not_learnt(vrrp: Vrrp) -> None:
@@ -283,12 +302,13 @@ def test_the_arp_responder_never_answers_for_a_vip(vrrp: Vrrp) -> None:
     assert ofport not in tr.ports and TUN in tr.ports  # flooded, not answered
 
 
-def test_a_port_flooding_its_announcements_gets_them_forwarded_without_the_copy(
+def test_a_port_flooding_its_announcements_gets_them_dropped_on_its_switch(
     vrrp: Vrrp,
 ) -> None:
     """The copies share the host's packet-in meter with its ports' DHCP: a port over its
-    budget gets a rule (hard timeout) above its pair's that forwards its ARPs from the VIP as
-    before, without the copy; what it sends meanwhile is dropped here, not learnt."""
+    budget gets a drop (hard timeout) of its gratuitous ARPs for the VIP above its announce
+    rule - a drop, so that one left after the pair is gone lets nothing through - and one
+    for each other VIP it floods during the ban; its other ARPs still flow."""
     sent: list[tuple[int, Rule, int]] = []
     vrrp.learner.guard = FloodGuard(GuardSettings(max_pps=3, ban_s=10, max_ban_s=40))
     vrrp.learner.send_quiet = lambda dpid, rule, seconds: sent.append((dpid, rule, seconds)) is None
@@ -298,20 +318,61 @@ def test_a_port_flooding_its_announcements_gets_them_forwarded_without_the_copy(
     assert vrrp.learner.status()["flooded"] == 3 and vrrp.learner.quieted == 1
     [(dpid, quiet, seconds)] = sent
     assert (dpid, seconds) == (datapath_id_for(host), 10)
-    assert t.owner_kind(quiet.cookie) == t.OwnerKind.ARP_COPY_GUARD
+    assert t.owner_kind(quiet.cookie) == t.OwnerKind.ARP_COPY_GUARD and not quiet.instructions
     assert t.is_transient(quiet.cookie)  # expired by the switch, never diffed
     installed = vrrp.cloud.flows(host)
-    [pair] = [r for r in installed.rules
-              if r.table == t.PORT_SECURITY and ("arp_spa", VIP) in r.match
-              and t.owner_kind(r.cookie) == t.OwnerKind.PORT]  # fmt: skip
-    assert quiet.match == pair.match and quiet.priority > pair.priority
-    # on the switch: the GARP is forwarded exactly as before, only no longer copied
+    [announce] = [r for r in installed.rules
+                  if r.table == t.PORT_SECURITY and ("arp_tpa", VIP) in r.match]  # fmt: skip
+    assert quiet.match == announce.match and quiet.priority > announce.priority
+    # on the switch: its GARPs for the VIP are dropped, its other ARPs from it still flow
+    guarded = Slice(installed.rules | {quiet}, installed.groups)
     garp = make_packet(port["mac_address"], "ff:ff:ff:ff:ff:ff", ip_src=VIP, ip_dst=VIP,
                        arp_op=1)  # fmt: skip
-    before = trace(installed, ofport, garp, [])
-    after = trace(Slice(installed.rules | {quiet}, installed.groups), ofport, garp, [])
-    assert before.punted and not after.punted
-    assert sorted(map(str, after.outputs)) == sorted(map(str, before.outputs)) != []
+    assert trace(installed, ofport, garp, []).punted
+    assert trace(guarded, ofport, garp, []).dropped
+    answer = make_packet(port["mac_address"], "fa:16:3e:00:00:99", ip_src=VIP,
+                         ip_dst="10.0.2.7", arp_op=2)  # fmt: skip
+    assert not trace(guarded, ofport, answer, []).dropped
+    # a second VIP flooded during the same ban gets its own drop, once
+    other = "10.0.2.60"
+    pairs = [{"ip_address": VIP}, {"ip_address": other}]
+    vrrp.cloud.store.update("port", vrrp.a["id"], {"allowed_address_pairs": pairs})
+    vrrp.cloud.idle()
+    for _ in range(5):
+        assert vrrp.learner.handle(vrrp.garp("a", other))
+    assert [r.match for _, r, _ in sent[1:]] == [
+        arp_copy_guard_rule(ofport, port["mac_address"], other, port["_num"]).match
+    ]
     # another port on the same host is not affected
     assert vrrp.learner.handle(vrrp.garp("b"))
-    assert vrrp.learner.status()["flooded"] == 3
+    assert vrrp.learner.status()["flooded"] == 8
+
+
+def test_a_vip_claimed_back_before_the_mirror_shows_its_move_is_still_written(
+    vrrp: Vrrp,
+) -> None:
+    """The mirror lags the store: a moved B -> A -> ... where A's claim comes while the
+    mirror still shows A as the holder (B's write's event not back yet) was dropped as
+    "holds it already", and B kept the VIP while A had it."""
+    vrrp.announce("a")  # written: the mirror shows a as the holder
+    claims = VipClaims(clock=lambda: vrrp.now[0])
+    mirror, net = vrrp.cloud.dp.mirror, vrrp.routed.net2["id"]
+    claims.add((net, VIP, vrrp.b["id"], "hv1"), mirror, lambda h: True)
+    assert claims.take(lambda h: True) == {(net, VIP): vrrp.b["id"]}  # B's write, not seen yet
+    claims.add((net, VIP, vrrp.a["id"], "hv2"), mirror, lambda h: True)  # A takes it back
+    assert claims.take(lambda h: True) == {}  # a move a second at most...
+    vrrp.now[0] += RECENT_S
+    assert claims.take(lambda h: True) == {(net, VIP): vrrp.a["id"]}  # ...but not lost
+
+
+def test_two_ports_announcing_in_turn_move_the_vip_once_a_second(vrrp: Vrrp) -> None:
+    """A split brain (or a tenant driving it): every announcement is a move, each a store
+    write and flow-mods on every router host; at most one a second, the latest wins."""
+    vrrp.announce("a")
+    written = vrrp.cloud.dp.vip_claims.written
+    for i in range(10):  # within 0.5 s
+        vrrp.announce("b" if i % 2 == 0 else "a", after=0.05)
+    assert vrrp.cloud.dp.vip_claims.written == written  # a moved a moment ago: none yet
+    vrrp.announce("b", after=RECENT_S)
+    assert vrrp.cloud.dp.vip_claims.written == written + 1
+    assert vrrp.held("b") == [VIP] and vrrp.held("a") == []
