@@ -92,22 +92,22 @@ class VipLearner:
         source: PortPunts,
         post: Callable[[str, tuple[Any, ...]], None],
         guard: FloodGuard | None = None,
-        send_quiet: BanSender | None = None,
+        send_ban: BanSender | None = None,
     ) -> None:
         self.source = source
         self.post = post
         # not ``guard or ...``: a guard that tracks no port yet has a length of 0
         self.guard = guard if guard is not None else FloodGuard()
-        self.send_quiet = send_quiet
-        self.claimed = 0  # posted to the actor (the port did not hold the VIP)
-        self.held = 0  # the port holds it already: nothing to do
+        self.send_ban = send_ban
+        self.claimed = 0  # posted to the actor (which decides whether it is news)
+        self.held = 0  # of those, the mirror showed the port holding it already
         self.unmatched = 0  # not a current port's rule there, or an address it may not claim
         self.malformed = 0
         self.flooded = 0  # copies of a port over its budget, dropped
-        self.quieted = 0  # drop rules sent (one per VIP a banned port floods)
-        self.quiet_failures = 0  # such rules the switch could not be sent
+        self.bans = 0  # drop rules sent (one per VIP a banned port floods)
+        self.ban_failures = 0  # such rules the switch could not be sent
         # (dpid, port number, VIP) -> when its drop rule expires (monotonic)
-        self._quiet_until: dict[tuple[int, int, str], float] = {}
+        self._banned_until: dict[tuple[int, int, str], float] = {}
 
     def handle(self, pkt: PacketIn) -> bool:
         """True if the packet-in is an ARP of a port-security rule (handled here, whatever
@@ -148,13 +148,13 @@ class VipLearner:
         verdict = self.guard.admit(port.num)
         if verdict != PASS:
             self.flooded += 1
-            self._quiet(pkt, port, host_id, vip, mac, verdict)
+            self._ban(pkt, port, host_id, vip, mac, verdict)
             return None
         if holds(port, vip):
-            self.held += 1  # as the mirror says: the actor judges it against its own writes
+            self.held += 1  # the actor judges it against its own writes too (VipClaims)
         return (port.network_id, vip, port.id, host_id)
 
-    def _quiet(self, pkt: PacketIn, port: PortRec, host_id: str, vip: str, mac: str,
+    def _ban(self, pkt: PacketIn, port: PortRec, host_id: str, vip: str, mac: str,
                verdict: str | Ban) -> None:  # fmt: skip
         """The port announces its VIPs faster than its budget: its switch drops its
         gratuitous ARPs for ``vip`` until its ban ends (its neighbours' DHCP shares the host's
@@ -167,16 +167,16 @@ class VipLearner:
         else:
             seconds, offence = math.ceil(self.guard.banned_for(port.num)), 0
         key = (pkt.dpid, port.num, vip)
-        if seconds < 1 or self._quiet_until.get(key, 0.0) > now:
+        if seconds < 1 or self._banned_until.get(key, 0.0) > now:
             return  # its rule is on the switch (or the ban is over: the next one judges)
-        if len(self._quiet_until) >= RECENT_MAX:
-            self._quiet_until = {k: u for k, u in self._quiet_until.items() if u > now}
-        self._quiet_until[key] = now + seconds
-        self.quieted += 1
+        if len(self._banned_until) >= RECENT_MAX:
+            self._banned_until = {k: u for k, u in self._banned_until.items() if u > now}
+        self._banned_until[key] = now + seconds
+        self.bans += 1
         rule = arp_copy_guard_rule(pkt.in_port, mac, vip, port.num)
-        sent = self.send_quiet is not None and self.send_quiet(pkt.dpid, rule, seconds)
+        sent = self.send_ban is not None and self.send_ban(pkt.dpid, rule, seconds)
         if not sent:
-            self.quiet_failures += 1
+            self.ban_failures += 1
         LOG.warning(
             "gratuitous ARP flood from port %s (host %s) for %s: over %d packets/s, those are "
             "dropped on its switch for %d s%s%s",
@@ -192,7 +192,7 @@ class VipLearner:
     def status(self) -> dict[str, int]:
         return {"claimed": self.claimed, "held": self.held, "unmatched": self.unmatched,
                 "malformed": self.malformed, "flooded": self.flooded,
-                "quieted": self.quieted, "quiet_failures": self.quiet_failures}  # fmt: skip
+                "bans": self.bans, "ban_failures": self.ban_failures}  # fmt: skip
 
 
 class VipClaims:

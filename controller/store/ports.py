@@ -607,7 +607,7 @@ def _keep_claimable_vips(port: dict[str, Any]) -> None:
 
 
 def claim_vip(tx: Tx, port_id: str, network_id: str, vip: str) -> bool:
-    """The data plane saw port ``port_id`` announce ``vip`` (an ARP from it with that sender
+    """The data plane saw port ``port_id`` announce ``vip`` (a gratuitous ARP from it for that
     address): it holds the VIP now, and any other port of its network that held it does not.
     Refused (False, nothing written) if the port is gone, in another network, or no longer
     has ``vip`` as a single-IP address pair; nothing written if it holds it already.  The

@@ -311,11 +311,11 @@ def test_a_port_flooding_its_announcements_gets_them_dropped_on_its_switch(
     for each other VIP it floods during the ban; its other ARPs still flow."""
     sent: list[tuple[int, Rule, int]] = []
     vrrp.learner.guard = FloodGuard(GuardSettings(max_pps=3, ban_s=10, max_ban_s=40))
-    vrrp.learner.send_quiet = lambda dpid, rule, seconds: sent.append((dpid, rule, seconds)) is None
+    vrrp.learner.send_ban = lambda dpid, rule, seconds: sent.append((dpid, rule, seconds)) is None
     port, host, ofport = vrrp.routed.vms["a"]
     for _ in range(6):  # within one second: 3 admitted, the 4th an offence, then dropped
         assert vrrp.learner.handle(vrrp.garp("a"))
-    assert vrrp.learner.status()["flooded"] == 3 and vrrp.learner.quieted == 1
+    assert vrrp.learner.status()["flooded"] == 3 and vrrp.learner.bans == 1
     [(dpid, quiet, seconds)] = sent
     assert (dpid, seconds) == (datapath_id_for(host), 10)
     assert t.owner_kind(quiet.cookie) == t.OwnerKind.ARP_COPY_GUARD and not quiet.instructions
