@@ -27,6 +27,7 @@ from controller.services.dhcp_records import (
 )
 from controller.store import rule_values
 from controller.store.ports import REFUSED_HOSTS, TRUSTED_OWNER_PREFIX, VIPS_HELD
+from controller.vip_pairs import vip_pairs
 from flows.model import Segment
 from flows.security_groups import SgRule
 
@@ -173,21 +174,22 @@ class PortRec:
 
 
 def _held_vips(body: Mapping[str, Any], mac: str) -> tuple[tuple[str, str], ...]:
-    """The port's held VIPs (`VIPS_HELD`) that are still single-IP pairs of it, with the pair's
-    MAC (the smallest if one address has several: the one `controller.dataplane.vips` learns
+    """The port's held VIPs (`VIPS_HELD`) that are still virtual IPs of it
+    (`controller.vip_pairs.vip_pairs`: single-IPv4 pairs, not a fixed IP), with the pair's MAC
+    (the smallest if one address has several: the one `controller.dataplane.vips` learns
     from): the store prunes a removed pair's hold itself, this keeps a record that disagrees
     from routing anything the port may not send."""
     held = (body.get("binding:vif_details") or {}).get(VIPS_HELD) or ()
     if not held:
         return ()
-    pairs: dict[str, str] = {}
-    for addr, pair_mac in sorted(
-        (str(p["ip_address"]), str(p.get("mac_address") or mac))
-        for p in body.get("allowed_address_pairs") or ()
-    ):
-        pairs.setdefault(addr.removesuffix("/32"), pair_mac)
-    fixed = {ip.get("ip_address") for ip in body.get("fixed_ips") or ()}
-    return tuple((ip, pairs[ip]) for ip in held if ip in pairs and ip not in fixed)
+    pairs = vip_pairs(
+        [
+            (str(p["ip_address"]), str(p.get("mac_address") or mac))
+            for p in body.get("allowed_address_pairs") or ()
+        ],
+        [ip["ip_address"] for ip in body.get("fixed_ips") or () if ip.get("ip_address")],
+    )
+    return tuple((ip, pairs[ip]) for ip in held if ip in pairs)
 
 
 @dataclass(frozen=True)

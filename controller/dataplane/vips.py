@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import netaddr
 from os_ken.lib.packet import arp, ethernet
 
 from controller.dataplane.dhcp import BanSender
@@ -48,6 +47,7 @@ from controller.dataplane.punt_source import PortPunts
 from controller.dataplane.state import Mirror, PortRec
 from controller.services.dhcp_guard import PASS, Ban, FloodGuard
 from controller.southbound.packet_in import PacketIn
+from controller.vip_pairs import vip_pairs
 from flows import tables as t
 from flows.compiler import arp_copy_guard_rule
 
@@ -64,20 +64,10 @@ Claim = tuple[str, str, str, str]
 
 
 def claimable(port: PortRec) -> dict[str, str]:
-    """The port's virtual IPs it may announce: single-IPv4 address pairs that are not a fixed
-    IP of it, with the pair's MAC (the frame must come from it: port security checks too; of
-    several pairs of one address, the smallest MAC, the one its route takes: `PortRec.vips`)."""
-    out: dict[str, str] = {}
-    fixed = set(port.fixed_ips)
-    for addr, mac in port.pairs:
-        try:
-            net = netaddr.IPNetwork(addr)
-        except (ValueError, netaddr.AddrFormatError):
-            continue
-        ip = str(net.ip)
-        if net.version == 4 and net.prefixlen == 32 and ip not in fixed:
-            out.setdefault(ip, mac.lower())
-    return out
+    """The port's virtual IPs it may announce, with the MAC the frame must come from (port
+    security checks it too): `controller.vip_pairs.vip_pairs` of its pairs, the rule
+    `PortRec.vips` and the store's `claim_vip` apply as well."""
+    return vip_pairs(port.pairs, port.fixed_ips)
 
 
 def holds(port: PortRec, vip: str) -> bool:
