@@ -29,8 +29,9 @@ from typing import Any
 import netaddr
 
 from flows import tables as t
-from flows.model import DecTtl, SetField, Slice
+from flows.model import DecTtl, Rule, SetField, Slice
 from flows.readable import rule_text
+from flows.routing import PRIO_TTL_EXPIRED
 from flows.trace import FlowTable, Step, Trace, TraceError, ct_state_text, trace
 
 # ------------------------------------------------------------------------------------ catalog
@@ -258,10 +259,10 @@ class _Follow:
                 text = say.step(s)
                 if text and (not lines or lines[-1] != f"{host}: {text}"):
                     lines.append(f"{host}: {text}")
-            self.end(host, say, end, lines, from_tunnel)
+            self.end(host, say, end, lines, from_tunnel, _rule_before(tr.steps, i))
 
     def end(self, host: str, say: _Describer, end: Step, lines: list[str],
-            from_tunnel: bool) -> None:  # fmt: skip
+            from_tunnel: bool, last_rule: Rule | None) -> None:  # fmt: skip
         hinfo = self.cat.hosts[host]
         if end.kind in ("miss", "drop"):
             if end.table == t.SG_INGRESS and end.rule and end.rule.priority == t.PRIO_SG_HAIRPIN:
@@ -270,10 +271,7 @@ class _Follow:
                                    host=host))  # fmt: skip
             return
         if end.kind == "controller":
-            last = lines[-1] if lines else ""
-            why = ("ICMP time exceeded" if "TTL 1" in last
-                   else "its ARP says who holds the virtual IP"
-                   if "allowed address pair" in last else "DHCP")  # fmt: skip
+            why = _punt_reason(last_rule)
             self.paths.append(Path("punted", (*lines, f"{host}: sent to tenantnet ({why})"),
                                    host=host))  # fmt: skip
             return
@@ -636,6 +634,28 @@ def _md(s: Step) -> int:
 def _key_seen(s: Step) -> int:
     """The network key the step's packet carries as the table saw it."""
     return int(dict(s.fields).get("metadata", 0)) & t.METADATA_MASK
+
+
+def _rule_before(steps: Sequence[Step], i: int) -> Rule | None:
+    """The rule that ran last on the copy that ends at ``steps[i]``: for a punt, the one whose
+    output to the controller it is."""
+    branch = steps[i].branch
+    for s in reversed(steps[:i]):
+        if s.kind == "match" and branch[: len(s.branch)] == s.branch:
+            return s.rule
+    return None
+
+
+def _punt_reason(rule: Rule | None) -> str:
+    """Why a packet was sent to the controller, by the rule that sent it: `flows.routing`'s
+    TTL expiry, `flows.compiler`'s virtual-IP announce, else its DHCP punt (the only other
+    rule tenantnet punts with)."""
+    at = (rule.table, rule.priority) if rule is not None else None
+    if at == (t.L3_ROUTING, PRIO_TTL_EXPIRED):
+        return "ICMP time exceeded"
+    if at == (t.PORT_SECURITY, t.PRIO_VIP_ANNOUNCE):
+        return "its ARP says who holds the virtual IP"
+    return "DHCP"
 
 
 def _answer_mac(acts: list[Any]) -> str:

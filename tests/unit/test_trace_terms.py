@@ -201,3 +201,27 @@ def test_an_arp_for_the_dhcp_server_is_answered_by_the_network() -> None:
     assert tr.verdict == "answered"
     assert ("hv1: ARP: 10.0.0.2 is tenantnet's DHCP server (fa:16:3e:99:99:99): answered on "
             "hv1") in tr.paths[0].steps
+
+
+def test_a_punt_is_named_by_the_rule_that_sent_it() -> None:
+    """The reason a packet goes to tenantnet is the punting rule's (table and priority), not
+    the wording of the step before it: a virtual IP's announcement, a DHCP request."""
+    vip = "10.0.0.50"
+    ctx = HostContext(HV["hv1"], TUNNEL)
+    local = (LocalPort("p1", 7, VM1.mac, VM1.fixed_ips, allowed_pairs=((vip, VM1.mac),),
+                       num=11, dhcp=True),)  # fmt: skip
+    remote = (RemotePort("p2", VM2.mac, HV["hv2"], num=12, fixed_ips=VM2.fixed_ips),)
+    net = compile_network(ctx, NetworkView(5, "vxlan", 5001, local, remote, (HV["hv2"],)))
+    core = sg.plug(Slice(compile_base(ctx).rules | net.rules, net.groups), {7})
+    filtered = [sg.FilteredPort("p1", 7, VM1.mac, 5, VM1.fixed_ips, groups=("web",))]
+    hv1 = Slice(core.rules | sg.compile_host(filtered, GROUPS, COOKIES).rules, core.groups)
+    tables = {"hv1": hv1, "hv2": STATES["hv2"]}.get
+    garp = make_packet(VM1.mac, "ff:ff:ff:ff:ff:ff", ip_src=vip, ip_dst=vip, arp_op=1)
+    punted = [p.steps for p in follow(CAT, tables, "p1", garp).paths if p.verdict == "punted"]
+    assert [s[-1] for s in punted] == [
+        "hv1: sent to tenantnet (its ARP says who holds the virtual IP)"
+    ], punted
+    dhcp = make_packet(VM1.mac, "ff:ff:ff:ff:ff:ff", ip_src="0.0.0.0", ip_dst="255.255.255.255",
+                       protocol=17, src_port=68, dst_port=67)  # fmt: skip
+    punted = [p.steps for p in follow(CAT, tables, "p1", dhcp).paths if p.verdict == "punted"]
+    assert [s[-1] for s in punted] == ["hv1: sent to tenantnet (DHCP)"], punted
