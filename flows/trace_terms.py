@@ -682,7 +682,8 @@ def _owner(cat: Catalog, cookie: int) -> str:
         return f"the DHCP guard of port {p.label if p else f'#{num}'}"
     if kind == t.OwnerKind.ARP_COPY_GUARD:
         p = cat.port_by_num(num)
-        return f"the ARP copy guard of port {p.label if p else f'#{num}'}"
+        who = p.label if p else f"#{num}"
+        return f"the gratuitous-ARP guard of port {who} (drops its announcements for a while)"
     return t.describe_owner(cookie)
 
 
