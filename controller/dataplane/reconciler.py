@@ -1255,7 +1255,7 @@ class DataPlane:
         its ACTIVE status, known when its host's barrier returns, then share one commit, and
         the switches get the CPU in between.  A status is written as soon as it is known.
         """
-        vips = self.vip_claims.ready()
+        vips = self.vip_claims.due()  # one walk of the pending claims: `take` writes these
         if not self._status_out and not self._binding_out and not self._refused_out and not vips:
             self._held_since = None
             return
@@ -1269,7 +1269,7 @@ class DataPlane:
         statuses, self._status_out = self._ours(self._status_out), {}
         bindings, self._binding_out = self._ours(self._binding_out), {}
         refused, self._refused_out = self._ours_per_host(self._refused_out), {}
-        claims = self.vip_claims.take(self.owns)
+        claims = self.vip_claims.take(self.owns, vips)
         if statuses or bindings or refused or claims:
             self.store.set_ports_observed(
                 statuses=statuses, bindings=bindings, refused=refused, vips=claims

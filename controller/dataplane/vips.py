@@ -225,24 +225,32 @@ class VipClaims:
         elif holder != port_id and (pending is None or pending[0] != port_id):
             self.out[key] = (port_id, host_id)
 
-    def ready(self) -> bool:
-        """Whether a claim may be written now (`take` would return one)."""
+    def due(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """The pending claims that may be written now, each VIP's latest once its last move is
+        `RECENT_S` old: ``{(network, vip): (port, its host)}``, what `take` then writes (empty:
+        nothing to write).  The one walk of the pending claims a step makes."""
         now = self._clock()
-        return any(self._may_move(key, pid, now) for key, (pid, _) in self.out.items())
+        return {key: claim for key, claim in self.out.items() if self._may_move(key, claim[0], now)}
 
     def _may_move(self, key: tuple[str, str], port_id: str, now: float) -> bool:
         recent = self._recent.get(key)
         return recent is None or recent[0] == port_id or now - recent[1] >= RECENT_S
 
-    def take(self, owns: Callable[[str], bool]) -> dict[tuple[str, str], str]:
-        """The claims to write now (remembered as recent): each VIP's latest, once its last
-        move is `RECENT_S` old; those of hosts this instance no longer acts for are dropped
-        (their new owner's learner hears the next announcement)."""
+    def take(
+        self,
+        owns: Callable[[str], bool],
+        due: dict[tuple[str, str], tuple[str, str]] | None = None,
+    ) -> dict[tuple[str, str], str]:
+        """The claims to write now (remembered as recent): ``due``, `due`'s answer of this
+        step (asked here if not given); those of hosts this instance no longer acts for are
+        dropped (their new owner's learner hears the next announcement)."""
+        if due is None:
+            due = self.due()
         now = self._clock()
         out: dict[tuple[str, str], str] = {}
-        for key, (port_id, host_id) in list(self.out.items()):
-            if not self._may_move(key, port_id, now):
-                continue
+        for key, (port_id, host_id) in due.items():
+            if self.out.get(key) != (port_id, host_id):
+                continue  # replaced or gone since ``due`` was asked
             del self.out[key]
             if not owns(host_id):
                 self.dropped += 1

@@ -223,6 +223,15 @@ def test_claims_are_kept_once_per_vip_and_not_written_twice_in_a_row(vrrp: Vrrp)
     # another instance's host: not this one's to write
     claims.add((net, VIP, vrrp.a["id"], "hv2"), mirror, lambda h: False)
     assert claims.take(lambda h: True) == {} and claims.dropped == 1
+    # the actor walks the pending claims once a step (`due`) and writes those; one replaced
+    # in between is not written as it was
+    now[0] += RECENT_S
+    claims.add((net, VIP, vrrp.a["id"], "hv2"), mirror, lambda h: True)
+    due = claims.due()
+    assert due == {(net, VIP): (vrrp.a["id"], "hv2")}
+    claims.add((net, VIP, vrrp.b["id"], "hv1"), mirror, lambda h: True)
+    assert claims.take(lambda h: True, due) == {}
+    assert claims.take(lambda h: True, claims.due()) == {(net, VIP): vrrp.b["id"]}
 
 
 def test_an_address_that_is_not_the_senders_pair_is_not_learnt(vrrp: Vrrp) -> None:
