@@ -518,6 +518,10 @@ class _Describer:
             if s.rule is not None and t.owner_kind(s.rule.cookie) == t.OwnerKind.DHCP_GUARD:
                 who = f"port {p.name or p.id}" if p is not None else "the port"
                 return f"{who} flooded tenantnet with DHCP: its DHCP is dropped for a while"
+            if s.rule is not None and t.owner_kind(s.rule.cookie) == t.OwnerKind.ARP_COPY_GUARD:
+                who = f"port {p.name or p.id}" if p is not None else "the port"
+                return (f"{who} announced virtual IP {f.get('arp_spa')} too often: its "
+                        "gratuitous ARPs for it are dropped for a while")  # fmt: skip
             if p is None:
                 return "port security: unknown sender"
             src_ip = f.get("ipv4_src", f.get("arp_spa", f.get("ipv6_src")))

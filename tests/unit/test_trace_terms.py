@@ -8,7 +8,7 @@ import pytest
 
 from flows import security_groups as sg
 from flows import tables as t
-from flows.compiler import compile_base, compile_network
+from flows.compiler import arp_copy_guard_rule, compile_base, compile_network, dhcp_guard_rule
 from flows.model import HostContext, LocalPort, NetworkView, RemotePort, Rule, Slice, match
 from flows.trace import TraceError, make_packet
 from flows.trace_terms import (
@@ -225,3 +225,33 @@ def test_a_punt_is_named_by_the_rule_that_sent_it() -> None:
                        protocol=17, src_port=68, dst_port=67)  # fmt: skip
     punted = [p.steps for p in follow(CAT, tables, "p1", dhcp).paths if p.verdict == "punted"]
     assert [s[-1] for s in punted] == ["hv1: sent to tenantnet (DHCP)"], punted
+
+
+def test_a_guard_drop_says_which_guard_and_why() -> None:
+    """A packet dropped by a flood guard's transient rule is named as that guard's drop: the
+    DHCP guard's, and the gratuitous-ARP guard's for a virtual IP (which the port may send
+    from, so "not an allowed address pair" would send the operator the wrong way)."""
+    vip = "10.0.0.50"
+    ctx = HostContext(HV["hv1"], TUNNEL)
+    local = (LocalPort("p1", 7, VM1.mac, VM1.fixed_ips, allowed_pairs=((vip, VM1.mac),),
+                       num=11, dhcp=True),)  # fmt: skip
+    remote = (RemotePort("p2", VM2.mac, HV["hv2"], num=12, fixed_ips=VM2.fixed_ips),)
+    net = compile_network(ctx, NetworkView(5, "vxlan", 5001, local, remote, (HV["hv2"],)))
+    core = sg.plug(Slice(compile_base(ctx).rules | net.rules, net.groups), {7})
+    filtered = [sg.FilteredPort("p1", 7, VM1.mac, 5, VM1.fixed_ips, groups=("web",))]
+    guards = {arp_copy_guard_rule(7, VM1.mac, vip, 11), dhcp_guard_rule(7, 11)}
+    hv1 = Slice(core.rules | sg.compile_host(filtered, GROUPS, COOKIES).rules | guards,
+                core.groups)
+    tables = {"hv1": hv1, "hv2": STATES["hv2"]}.get
+    garp = make_packet(VM1.mac, "ff:ff:ff:ff:ff:ff", ip_src=vip, ip_dst=vip, arp_op=1)
+    tr = follow(CAT, tables, "p1", garp)
+    assert [p.steps[-1] for p in tr.paths] == [
+        f"hv1: dropped: port vm1 announced virtual IP {vip} too often: its gratuitous ARPs "
+        "for it are dropped for a while"
+    ], tr.paths
+    dhcp = make_packet(VM1.mac, "ff:ff:ff:ff:ff:ff", ip_src="0.0.0.0", ip_dst="255.255.255.255",
+                       protocol=17, src_port=68, dst_port=67)  # fmt: skip
+    tr = follow(CAT, tables, "p1", dhcp)
+    assert [p.steps[-1] for p in tr.paths] == [
+        "hv1: dropped: port vm1 flooded tenantnet with DHCP: its DHCP is dropped for a while"
+    ], tr.paths
