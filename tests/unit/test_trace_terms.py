@@ -4,6 +4,8 @@ host answers, a broadcast, and a host whose flows are not known."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from flows import security_groups as sg
@@ -203,10 +205,9 @@ def test_an_arp_for_the_dhcp_server_is_answered_by_the_network() -> None:
             "hv1") in tr.paths[0].steps
 
 
-def test_a_punt_is_named_by_the_rule_that_sent_it() -> None:
-    """The reason a packet goes to tenantnet is the punting rule's (table and priority), not
-    the wording of the step before it: a virtual IP's announcement, a DHCP request."""
-    vip = "10.0.0.50"
+def _vm1_with_pair(vip: str, extra: frozenset[Rule] | set[Rule] = frozenset()) -> Any:
+    """Both hosts' tables, vm1 (ofport 7 on hv1, DHCP served) with ``vip`` as an allowed
+    address pair of its own MAC, in group web; ``extra`` rules added on hv1."""
     ctx = HostContext(HV["hv1"], TUNNEL)
     local = (LocalPort("p1", 7, VM1.mac, VM1.fixed_ips, allowed_pairs=((vip, VM1.mac),),
                        num=11, dhcp=True),)  # fmt: skip
@@ -214,8 +215,16 @@ def test_a_punt_is_named_by_the_rule_that_sent_it() -> None:
     net = compile_network(ctx, NetworkView(5, "vxlan", 5001, local, remote, (HV["hv2"],)))
     core = sg.plug(Slice(compile_base(ctx).rules | net.rules, net.groups), {7})
     filtered = [sg.FilteredPort("p1", 7, VM1.mac, 5, VM1.fixed_ips, groups=("web",))]
-    hv1 = Slice(core.rules | sg.compile_host(filtered, GROUPS, COOKIES).rules, core.groups)
-    tables = {"hv1": hv1, "hv2": STATES["hv2"]}.get
+    hv1 = Slice(core.rules | sg.compile_host(filtered, GROUPS, COOKIES).rules | extra,
+                core.groups)
+    return {"hv1": hv1, "hv2": STATES["hv2"]}.get
+
+
+def test_a_punt_is_named_by_the_rule_that_sent_it() -> None:
+    """The reason a packet goes to tenantnet is the punting rule's (table and priority), not
+    the wording of the step before it: a virtual IP's announcement, a DHCP request."""
+    vip = "10.0.0.50"
+    tables = _vm1_with_pair(vip)
     garp = make_packet(VM1.mac, "ff:ff:ff:ff:ff:ff", ip_src=vip, ip_dst=vip, arp_op=1)
     punted = [p.steps for p in follow(CAT, tables, "p1", garp).paths if p.verdict == "punted"]
     assert [s[-1] for s in punted] == [
@@ -232,17 +241,7 @@ def test_a_guard_drop_says_which_guard_and_why() -> None:
     DHCP guard's, and the gratuitous-ARP guard's for a virtual IP (which the port may send
     from, so "not an allowed address pair" would send the operator the wrong way)."""
     vip = "10.0.0.50"
-    ctx = HostContext(HV["hv1"], TUNNEL)
-    local = (LocalPort("p1", 7, VM1.mac, VM1.fixed_ips, allowed_pairs=((vip, VM1.mac),),
-                       num=11, dhcp=True),)  # fmt: skip
-    remote = (RemotePort("p2", VM2.mac, HV["hv2"], num=12, fixed_ips=VM2.fixed_ips),)
-    net = compile_network(ctx, NetworkView(5, "vxlan", 5001, local, remote, (HV["hv2"],)))
-    core = sg.plug(Slice(compile_base(ctx).rules | net.rules, net.groups), {7})
-    filtered = [sg.FilteredPort("p1", 7, VM1.mac, 5, VM1.fixed_ips, groups=("web",))]
-    guards = {arp_copy_guard_rule(7, VM1.mac, vip, 11), dhcp_guard_rule(7, 11)}
-    hv1 = Slice(core.rules | sg.compile_host(filtered, GROUPS, COOKIES).rules | guards,
-                core.groups)
-    tables = {"hv1": hv1, "hv2": STATES["hv2"]}.get
+    tables = _vm1_with_pair(vip, {arp_copy_guard_rule(7, VM1.mac, vip, 11), dhcp_guard_rule(7, 11)})
     garp = make_packet(VM1.mac, "ff:ff:ff:ff:ff:ff", ip_src=vip, ip_dst=vip, arp_op=1)
     tr = follow(CAT, tables, "p1", garp)
     assert [p.steps[-1] for p in tr.paths] == [
