@@ -1,9 +1,10 @@
 """What the OVSDB agent's unit tests share: a private ovsdb-server, or none at all.
 
 `running_ovsdb` starts a real ovsdb-server on a unix socket in the test's directory (no
-vswitchd: only what is written to the database can be checked); `agents_without_server` lets
-`OvsdbHost` build its IDL from the local schema file with a connection that never connects, so
-an agent's set-up and teardown run in a few ms with no server at all."""
+vswitchd: only what is written to the database can be checked; `PrivateOvsdb.stop` and `serve`
+restart it); `agents_without_server` lets `OvsdbHost` build its IDL from the local schema file
+with a connection that never connects, so an agent's set-up and teardown run in a few ms with no
+server at all."""
 
 from __future__ import annotations
 
@@ -29,8 +30,31 @@ class PrivateOvsdb:
     """ovs-vsctl against one private ovsdb-server (``--no-wait``: no vswitchd applies it)."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.sock = path / "db.sock"
         self.target = f"unix:{self.sock}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def serve(self) -> None:
+        """Start ovsdb-server on the database (again after `stop`: the same file, a new
+        process, as a host's server restarted); returns once it listens."""
+        self.sock.unlink(missing_ok=True)  # an old server's is no sign that this one is up
+        self._proc = subprocess.Popen(
+            ["ovsdb-server", str(self.path / "conf.db"), f"--remote=punix:{self.sock}",
+             f"--unixctl={self.path / 'ctl'}", "--no-chdir", f"--pidfile={self.path / 'pid'}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for _ in range(200):
+            if self.sock.exists():
+                break
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop the server (its clients see the connection closed); `serve` starts it again."""
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(5)
+            self._proc = None
 
     def vsctl(self, *args: str) -> str:
         out = subprocess.run(
@@ -64,23 +88,14 @@ def running_ovsdb(tmp_path: Path, *bridges: str) -> Iterator[PrivateOvsdb]:
         pytest.skip("ovsdb-server or the vswitch schema missing (openvswitch-switch)")
     subprocess.run(["ovsdb-tool", "create", str(tmp_path / "conf.db"), SCHEMA], check=True)
     db = PrivateOvsdb(tmp_path)
-    proc = subprocess.Popen(
-        ["ovsdb-server", str(tmp_path / "conf.db"), f"--remote=punix:{db.sock}",
-         f"--unixctl={tmp_path / 'ctl'}", "--no-chdir", f"--pidfile={tmp_path / 'pid'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     try:
-        for _ in range(200):
-            if db.sock.exists():
-                break
-            time.sleep(0.02)
+        db.serve()
         db.vsctl("init")
         for bridge in bridges:
             db.vsctl("add-br", bridge)
         yield db
     finally:
-        proc.terminate()
-        proc.wait(5)
+        db.stop()
 
 
 class IdleConnection:
