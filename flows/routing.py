@@ -220,18 +220,14 @@ class Subnets:
         """A bound port's entries: its IPv4 addresses in a subnet of the router, then the
         virtual IPs it holds there (``vips``: (address, the MAC it is reached at))."""
         out = []
-        for text in fixed_ips:
+        addresses = [(text, mac, False) for text in fixed_ips]
+        addresses += [(text, vip_mac, True) for text, vip_mac in vips]
+        for text, at_mac, vip in addresses:
             if ":" in text:
                 continue
             ip = _ip4(text)
             if self.interface_of(segment.key, ip) is not None:
-                out.append(RoutedPort(num, segment, mac, ip, host_ip))
-        for text, vip_mac in vips:
-            if ":" in text:
-                continue
-            ip = _ip4(text)
-            if self.interface_of(segment.key, ip) is not None:
-                out.append(RoutedPort(num, segment, vip_mac, ip, host_ip, vip=True))
+                out.append(RoutedPort(num, segment, at_mac, ip, host_ip, vip=vip))
         return tuple(out)
 
 

@@ -23,6 +23,13 @@ from controller.southbound.packet_in import PacketIn
 from flows import tables as t
 
 
+def from_port_rule(pkt: PacketIn) -> bool:
+    """Whether a port's own port-security rule sent ``pkt`` by its table and cookie: the
+    cheap first check, before the frame is parsed or the port looked up (`PortPunts.sender`
+    makes it too)."""
+    return pkt.table_id == t.PORT_SECURITY and t.owner_kind(pkt.cookie) == t.OwnerKind.PORT
+
+
 class PortPunts:
     """The data plane's view a port-rule packet-in is checked against (`sender`)."""
 
@@ -41,7 +48,7 @@ class PortPunts:
     def sender(self, pkt: PacketIn) -> tuple[PortRec, str] | None:
         """The port whose port-security rule sent ``pkt``, and its host; None if the switch's
         word does not add up (see the module docstring)."""
-        if pkt.table_id != t.PORT_SECURITY or t.owner_kind(pkt.cookie) != t.OwnerKind.PORT:
+        if not from_port_rule(pkt):
             return None
         port = self.mirror.port_by_num(t.owner_num(pkt.cookie))
         host_id = self.by_dpid.get(pkt.dpid)

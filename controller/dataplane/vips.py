@@ -43,12 +43,11 @@ from typing import Any
 from os_ken.lib.packet import arp, ethernet
 
 from controller.dataplane.dhcp import BanSender
-from controller.dataplane.punt_source import PortPunts
+from controller.dataplane.punt_source import PortPunts, from_port_rule
 from controller.dataplane.state import Mirror, PortRec
 from controller.services.dhcp_guard import PASS, Ban, FloodGuard
 from controller.southbound.packet_in import PacketIn
 from controller.vip_pairs import vip_pairs
-from flows import tables as t
 from flows.compiler import arp_copy_guard_rule
 
 LOG = logging.getLogger(__name__)
@@ -104,7 +103,7 @@ class VipLearner:
         came of it: no answer is ever sent), False for anything else (DHCP's).  Only the
         Ethernet header is parsed before that is known: a DHCP packet-in costs the DHCP path
         no second parse of its whole frame."""
-        if pkt.table_id != t.PORT_SECURITY or t.owner_kind(pkt.cookie) != t.OwnerKind.PORT:
+        if not from_port_rule(pkt):
             return False
         try:
             eth, _next, rest = ethernet.ethernet.parser(pkt.data)

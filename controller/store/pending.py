@@ -28,7 +28,7 @@ class Observations:
     vips: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.statuses or self.bindings or self.refused or self.hosts or self.vips)
+        return self.of_ports or bool(self.hosts)
 
     @property
     def of_ports(self) -> bool:
