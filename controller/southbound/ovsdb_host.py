@@ -306,6 +306,18 @@ class _NotifyingIdl(connection.OvsdbIdl):
     changed: threading.Event
     walk_needed: bool = True
     dirty_ifaces: dict[Any, Any]
+    session_up: bool = False
+
+    def run(self) -> Any:
+        """python-ovs's step, then a wake when the session went up or down.  A server that
+        dies changes no row (the IDL keeps its rows until the resync), so without this the
+        watcher heard of the loss only at its next tick, up to 1 s later."""
+        out = super().run()
+        up = bool(self._session.is_connected())
+        if up != self.session_up:
+            self.session_up = up
+            self.changed.set()
+        return out
 
     def notify(self, event: Any, row: Any, updates: Any = None) -> None:
         table = row._table.name

@@ -2,9 +2,10 @@
 
 `running_ovsdb` starts a real ovsdb-server on a unix socket in the test's directory (no
 vswitchd: only what is written to the database can be checked; `PrivateOvsdb.stop` and `serve`
-restart it); `agents_without_server` lets `OvsdbHost` build its IDL from the local schema file
-with a connection that never connects, so an agent's set-up and teardown run in a few ms with no
-server at all."""
+restart it; `without_vswitchd` skips ovsdbapp's waits for a vswitchd; `reporting_agent` is an
+agent on it that records what it reports); `agents_without_server` lets `OvsdbHost` build its
+IDL from the local schema file with a connection that never connects, so an agent's set-up and
+teardown run in a few ms with no server at all."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ovsdbapp.schema.open_vswitch import impl_idl
 
 from controller.southbound import ovsdb_host
+from controller.southbound.ovsdb_host import OvsdbHost
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 
@@ -96,6 +99,35 @@ def running_ovsdb(tmp_path: Path, *bridges: str) -> Iterator[PrivateOvsdb]:
         yield db
     finally:
         db.stop()
+
+
+def without_vswitchd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No vswitchd runs against a private server: nothing would ever apply ``next_cfg`` or give
+    the tunnel ports an ofport, so ovsdbapp's waits for those are skipped."""
+    monkeypatch.setattr(impl_idl.OvsVsctlTransaction, "vswitchd_has_completed", lambda *a: True)
+    monkeypatch.setattr(
+        impl_idl.OvsVsctlTransaction, "post_commit_failed_interfaces", lambda *a: []
+    )
+
+
+def reporting_agent(db: PrivateOvsdb, states: list[bool]) -> OvsdbHost:
+    """An agent (not started) for host hv1 on ``db`` that appends to ``states`` each session up
+    (True) or down (False) it reports."""
+    return OvsdbHost(
+        {"id": "hv1", "ovsdb": db.target, "tunnel_ip": "192.0.2.1"},
+        "tcp:127.0.0.1:6653",
+        lambda *_: None,
+        lambda _host, up: states.append(up),
+        timeout=5.0,
+    )
+
+
+def wait_until(done: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    """Poll ``done`` every 2 ms; fails naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)
 
 
 class IdleConnection:

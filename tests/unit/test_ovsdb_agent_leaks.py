@@ -33,7 +33,13 @@ from ovsdbapp.schema.open_vswitch import impl_idl
 
 from controller.southbound import ovsdb_host
 from controller.southbound.ovsdb_host import OvsdbHost
-from tests.unit.private_ovsdb import agents_without_server, running_ovsdb
+from tests.unit.private_ovsdb import (
+    agents_without_server,
+    reporting_agent,
+    running_ovsdb,
+    wait_until,
+    without_vswitchd,
+)
 
 AGENTS = 30
 
@@ -134,13 +140,6 @@ def _census() -> dict[str, int]:
     }
 
 
-def _wait(done: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not done():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.002)
-
-
 def test_ovsdb_server_restarts_build_nothing_new_and_leave_nothing_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,11 +150,7 @@ def test_ovsdb_server_restarts_build_nothing_new_and_leave_nothing_behind(
 
     Measured with a throwaway script: 50 restarts and 100 forced reconnects of one agent left
     all of these unchanged."""
-    # no vswitchd here: nothing would ever apply next_cfg
-    monkeypatch.setattr(impl_idl.OvsVsctlTransaction, "vswitchd_has_completed", lambda *a: True)
-    monkeypatch.setattr(
-        impl_idl.OvsVsctlTransaction, "post_commit_failed_interfaces", lambda *a: []
-    )
+    without_vswitchd(monkeypatch)
     built: list[weakref.ref[Any]] = []
     build = ovsdb_host._build_idl
 
@@ -167,31 +162,23 @@ def test_ovsdb_server_restarts_build_nothing_new_and_leave_nothing_behind(
     monkeypatch.setattr(ovsdb_host, "_build_idl", counted_build)
     states: list[bool] = []
     with running_ovsdb(tmp_path) as db:
-        agent = OvsdbHost(
-            {"id": "hv1", "ovsdb": db.target, "tunnel_ip": "192.0.2.1"},
-            "tcp:127.0.0.1:6653",
-            lambda *_: None,
-            lambda _host, up: states.append(up),
-            timeout=5.0,
-        )
+        agent = reporting_agent(db, states)
         agent.start()
         try:
-            _wait(lambda: states == [True], "the agent's first connect")
+            wait_until(lambda: states == [True], "the agent's first connect")
             conn, api_cls = agent._conn, type(agent.api)
             assert conn is not None
             idl = conn.idl
             # Timing only: python-ovs waits at least 1 s before it reconnects (backoff; now it
-            # retries without a pause while the server is down, a few ms here)...
+            # retries without a pause while the server is down, a few ms here)
             idl._session.reconnect.set_backoff_free_tries(1 << 30)
 
             def restart() -> None:
                 seen = len(states)
                 db.stop()
-                _wait(lambda: not idl._session.is_connected(), "the session to drop")
-                idl.changed.set()  # ...and the agent looks every 1 s: now
-                _wait(lambda: states[seen:] == [False], "the loss reported")
+                wait_until(lambda: states[seen:] == [False], "the loss reported")
                 db.serve()
-                _wait(lambda: states[seen:] == [False, True], "the session back")
+                wait_until(lambda: states[seen:] == [False, True], "the session back")
 
             restart()  # whatever a first reconnect may start for good
             before = _census()

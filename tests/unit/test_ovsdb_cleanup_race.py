@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ovsdbapp.schema.open_vswitch import impl_idl
 
 from controller.southbound.ovsdb_host import OvsdbHost
 from tests.unit.private_ovsdb import PrivateOvsdb as Db
-from tests.unit.private_ovsdb import running_ovsdb
+from tests.unit.private_ovsdb import running_ovsdb, without_vswitchd
 
 TARGET_A = "tcp:192.0.2.10:6653"
 TARGET_B = "tcp:192.0.2.11:6653"
@@ -32,11 +31,7 @@ TARGET_B = "tcp:192.0.2.11:6653"
 
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Db]:
-    # no vswitchd here: nothing would ever apply next_cfg
-    monkeypatch.setattr(impl_idl.OvsVsctlTransaction, "vswitchd_has_completed", lambda *a: True)
-    monkeypatch.setattr(  # nor any ofport for the tunnel ports it would add
-        impl_idl.OvsVsctlTransaction, "post_commit_failed_interfaces", lambda *a: []
-    )
+    without_vswitchd(monkeypatch)
     with running_ovsdb(tmp_path) as d:
         yield d
 

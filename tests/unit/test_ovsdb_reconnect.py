@@ -12,6 +12,7 @@ import errno
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,13 @@ import pytest
 from controller import config
 from controller.southbound import ovsdb_host
 from controller.southbound.ovsdb_host import OvsdbHost
-from tests.unit.private_ovsdb import agents_without_server
+from tests.unit.private_ovsdb import (
+    agents_without_server,
+    reporting_agent,
+    running_ovsdb,
+    wait_until,
+    without_vswitchd,
+)
 
 
 @pytest.fixture
@@ -109,3 +116,27 @@ def test_an_ovsdb_server_that_accepts_and_never_answers_does_not_hold_the_agent(
         assert host._thread is not None and not host._thread.is_alive()
     finally:
         srv.close()
+
+
+def test_a_lost_session_wakes_the_agent_not_its_next_tick(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host's ovsdb-server that dies changes no row (the IDL keeps them until the resync),
+    so nothing woke the agent: it heard of the loss at its next 1 s tick.  The IDL now wakes
+    it when its session goes down or up (`_NotifyingIdl.run`).  The tick is made 60 s here,
+    so that the loss and the session's return are reported in time only by that wake (fails
+    on the old code).  Against a private ovsdb-server."""
+    without_vswitchd(monkeypatch)
+    monkeypatch.setattr(OvsdbHost, "_settle_wait", lambda self: 60.0)
+    states: list[bool] = []
+    with running_ovsdb(tmp_path) as db:
+        agent = reporting_agent(db, states)
+        agent.start()
+        try:
+            wait_until(lambda: states == [True], "the first connect")
+            db.stop()
+            wait_until(lambda: states == [True, False], "the loss reported", timeout=5)
+            db.serve()
+            wait_until(lambda: states == [True, False, True], "the session back reported")
+        finally:
+            agent.stop()
