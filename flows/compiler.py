@@ -37,7 +37,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 
 import netaddr
@@ -64,6 +64,7 @@ from flows.model import (
     WriteMetadata,
     match,
 )
+from flows.vip_pairs import vip_pairs
 
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806
@@ -215,8 +216,10 @@ def _port_security_rules(port: LocalPort, mac: str, cookie: int) -> list[Rule]:
         rules.append(allow(("eth_type", ETH_TYPE_ARP), ("arp_spa", ip), ("arp_sha", mac)))
         rules.append(allow(("eth_type", ETH_TYPE_IPV4), ("ipv4_src", ip)))
     rules.extend(allow(("eth_type", ETH_TYPE_IPV6), ("ipv6_src", ip)) for ip in v6)
+    # The port's virtual IPs by `vip_pairs`, the rule the VIP learner accepts announcements by.
+    vips = {ip: normalize_mac(m) for ip, m in vip_pairs(port.allowed_pairs, port.fixed_ips).items()}
     for addr, pair_mac in port.allowed_pairs:
-        rules.extend(_pair_rules(normalize_mac(pair_mac), ofport, addr, goto, cookie, v4))
+        rules.extend(_pair_rules(normalize_mac(pair_mac), ofport, addr, goto, cookie, vips))
     return rules
 
 
@@ -226,18 +229,21 @@ def _pair_rules(
     addr: str,
     goto: tuple[Instruction, ...],
     cookie: int,
-    fixed_v4: Collection[str] = (),
+    vips: Mapping[str, str],
 ) -> list[Rule]:
     """Port security for one allowed address pair: a host address, or a CIDR as a masked match.
 
-    A single IPv4 address that is not one of the port's fixed IPs is a virtual IP (VRRP,
-    keepalived, a load balancer): a gratuitous ARP the port sends for it (sender and target
-    the address, as on taking it over) says the port holds it now, so one more rule above the
-    pair's ARP rule copies those to the controller (`controller.dataplane.vips`, over the
-    host's metered packet-in path) before forwarding them the same way.  No other ARP goes
-    there - not the holder's answers to its neighbours' requests, which another VM could
-    otherwise drive at will - and the announce rule is matched on the port, its MAC and the
-    pair's address as the pair's own."""
+    A pair that `flows.vip_pairs.vip_pairs` makes a virtual IP (VRRP, keepalived, a load
+    balancer: a single IPv4 address, not a fixed IP of the port; of one address paired with
+    several MACs, the smallest MAC's pair) is given in ``vips`` (``{address: normalised MAC}``
+    of the port).  A gratuitous ARP the port sends for it (sender and target the address, as
+    on taking it over) says the port holds it now, so one more rule above the pair's ARP rule
+    copies those to the controller (`controller.dataplane.vips`, over the host's metered
+    packet-in path) before forwarding them the same way.  No other ARP goes there - not the
+    holder's answers to its neighbours' requests, which another VM could otherwise drive at
+    will, nor another MAC's pair of the same address, whose announcements the learner would
+    not accept - and the announce rule is matched on the port, its MAC and the pair's address
+    as the pair's own.  Every pair keeps its allow rules."""
     net = netaddr.IPNetwork(addr)
     full = net.prefixlen == (32 if net.version == 4 else 128)
     value: object = str(net.ip) if full else (str(net.network), str(net.netmask))
@@ -249,7 +255,7 @@ def _pair_rules(
     if net.version == 4:
         arp_from = (("eth_type", ETH_TYPE_ARP), ("arp_spa", value), ("arp_sha", mac))
         rules = [allow(*arp_from), allow(("eth_type", ETH_TYPE_IPV4), ("ipv4_src", value))]
-        if full and str(net.ip) not in fixed_v4:  # a virtual IP: its announcements go up too
+        if full and vips.get(str(net.ip)) == mac:  # a virtual IP: its announcements go up too
             announce = tuple(sorted(who + arp_from + (("arp_tpa", value),)))
             rules.append(Rule(t.PORT_SECURITY, t.PRIO_VIP_ANNOUNCE, announce,
                               (*_TO_CONTROLLER, *goto), cookie))  # fmt: skip

@@ -27,9 +27,9 @@ from controller.services.dhcp_records import (
 )
 from controller.store import rule_values
 from controller.store.ports import REFUSED_HOSTS, TRUSTED_OWNER_PREFIX, VIPS_HELD
-from controller.vip_pairs import vip_pairs
 from flows.model import Segment
 from flows.security_groups import SgRule
+from flows.vip_pairs import vip_pairs
 
 DHCP_FACTS_KEPT = 16384
 """Ports whose DHCP facts `Mirror.dhcp_facts` keeps (a few hundred bytes each); past that it
@@ -175,7 +175,7 @@ class PortRec:
 
 def _held_vips(body: Mapping[str, Any], mac: str) -> tuple[tuple[str, str], ...]:
     """The port's held VIPs (`VIPS_HELD`) that are still virtual IPs of it
-    (`controller.vip_pairs.vip_pairs`: single-IPv4 pairs, not a fixed IP), with the pair's MAC
+    (`flows.vip_pairs.vip_pairs`: single-IPv4 pairs, not a fixed IP), with the pair's MAC
     (the smallest if one address has several: the one `controller.dataplane.vips` learns
     from): the store prunes a removed pair's hold itself, this keeps a record that disagrees
     from routing anything the port may not send."""

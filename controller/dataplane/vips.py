@@ -47,8 +47,8 @@ from controller.dataplane.punt_source import PortPunts, from_port_rule
 from controller.dataplane.state import Mirror, PortRec
 from controller.services.dhcp_guard import PASS, Ban, FloodGuard
 from controller.southbound.packet_in import PacketIn
-from controller.vip_pairs import vip_pairs
 from flows.compiler import arp_copy_guard_rule
+from flows.vip_pairs import vip_pairs
 
 LOG = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ Claim = tuple[str, str, str, str]
 
 def claimable(port: PortRec) -> dict[str, str]:
     """The port's virtual IPs it may announce, with the MAC the frame must come from (port
-    security checks it too): `controller.vip_pairs.vip_pairs` of its pairs, the rule
+    security checks it too): `flows.vip_pairs.vip_pairs` of its pairs, the rule
     `PortRec.vips` and the store's `claim_vip` apply as well."""
     return vip_pairs(port.pairs, port.fixed_ips)
 

@@ -36,7 +36,7 @@ from controller.store.values import (
     parse_cidr,
     parse_ip,
 )
-from controller.vip_pairs import vip_pairs
+from flows.vip_pairs import vip_pairs
 
 KIND = "port"
 STATUSES = ("ACTIVE", "DOWN", "BUILD", "ERROR")
@@ -575,7 +575,7 @@ def set_observed(
 def claimable_vips(port: dict[str, Any]) -> set[str]:
     """The addresses the port may be learnt to hold: its single-IPv4 allowed address pairs
     (a /32 too) that are not one of its own fixed IPs (those are routed anyway), by
-    `controller.vip_pairs.vip_pairs`, the rule the data plane learns and routes by."""
+    `flows.vip_pairs.vip_pairs`, the rule the data plane learns and routes by."""
     fixed = [ip["ip_address"] for ip in port.get("fixed_ips") or () if ip.get("ip_address")]
     pairs = port.get("allowed_address_pairs") or ()
     return set(vip_pairs(((p["ip_address"], p.get("mac_address") or "") for p in pairs), fixed))

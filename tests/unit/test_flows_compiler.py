@@ -393,6 +393,27 @@ def test_an_allowed_address_pair_is_no_licence_on_another_port() -> None:
     assert sw.process(10, v6) != [] and sw.process(11, v6) == []
 
 
+@pytest.mark.parametrize("spelling", ["10.0.0.5", "10.0.0.5/32"])
+def test_a_vip_paired_with_two_macs_is_announced_from_the_smaller_only(spelling: str) -> None:
+    """One address paired with two MACs (or written once as ``a.b.c.d/32``): both pairs may
+    send, but only the smaller MAC's gratuitous ARPs are copied to the controller - the one
+    `flows.vip_pairs.vip_pairs` picks and the VIP learner accepts."""
+    big, small = "02:00:00:00:00:99", "02:00:00:00:00:88"
+    p1 = LocalPort("p1", 10, MAC_A, ("10.0.0.9",),
+                   allowed_pairs=(("10.0.0.5", big), (spelling, small)))  # fmt: skip
+    rules = compile_network(CTX, net(local_ports=(p1,))).rules
+    on_vip = [r for r in rules if r.table == t.PORT_SECURITY
+              and ("arp_spa", "10.0.0.5") in r.match]  # fmt: skip
+    announce = [r for r in on_vip if r.priority == t.PRIO_VIP_ANNOUNCE]
+    assert [dict(r.match)["eth_src"] for r in announce] == [small]
+    allow = [r for r in rules if r.table == t.PORT_SECURITY and r.priority == t.PRIO_EXACT]
+    for mac in (big, small):
+        assert sum(("eth_src", mac) in r.match and ("arp_spa", "10.0.0.5") in r.match
+                   for r in allow) == 1  # fmt: skip
+        assert sum(("eth_src", mac) in r.match and ("ipv4_src", "10.0.0.5") in r.match
+                   for r in allow) == 1  # fmt: skip
+
+
 def test_all_matches_are_normalised_and_have_their_prerequisites() -> None:
     s = compile_network(
         CTX,

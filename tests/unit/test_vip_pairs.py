@@ -1,10 +1,10 @@
-"""The one rule of which allowed address pairs are virtual IPs (controller/vip_pairs.py), as
+"""The one rule of which allowed address pairs are virtual IPs (flows/vip_pairs.py), as
 the store (`claimable_vips`), the learner (`claimable`) and the mirror (`PortRec.vips`) apply it."""
 
 from controller.dataplane.state import PortRec
 from controller.dataplane.vips import claimable
 from controller.store.ports import VIPS_HELD, claimable_vips
-from controller.vip_pairs import vip_pairs
+from flows.vip_pairs import vip_pairs
 
 A, B, C = "fa:16:3e:00:00:0a", "fa:16:3e:00:00:0b", "fa:16:3e:00:00:0c"
 PAIRS = [

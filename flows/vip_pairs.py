@@ -1,7 +1,9 @@
-"""Which of a port's allowed address pairs are virtual IPs: the one rule the store and the data
-plane both apply (`controller.store.ports.claimable_vips`, `controller.dataplane.vips.claimable`,
-`controller.dataplane.state.PortRec.vips`).  Pure, netaddr only: the store may import it, and
-the data plane may too, without either importing the other's side."""
+"""Which of a port's allowed address pairs are virtual IPs: the one rule the flow compiler, the
+store and the data plane all apply (`flows.compiler`'s announce rules,
+`controller.store.ports.claimable_vips`, `controller.dataplane.vips.claimable`,
+`controller.dataplane.state.PortRec.vips`), so the switch copies to the controller exactly the
+announcements the learner accepts.  Pure, netaddr only: it lives in `flows` so the compiler can
+use it, and the store and the data plane may import it without importing each other's side."""
 
 from __future__ import annotations
 
