@@ -306,16 +306,18 @@ class _NotifyingIdl(connection.OvsdbIdl):
     changed: threading.Event
     walk_needed: bool = True
     dirty_ifaces: dict[Any, Any]
-    session_up: bool = False
+    synced: bool = False
 
     def run(self) -> Any:
-        """python-ovs's step, then a wake when the session went up or down.  A server that
-        dies changes no row (the IDL keeps its rows until the resync), so without this the
-        watcher heard of the loss only at its next tick, up to 1 s later."""
+        """python-ovs's step, then a wake when `synced` changed: connected *and* the server's
+        dump read (python-ovs's MONITORING state).  A server that dies changes no row (the IDL
+        keeps them until the resync), so without this the watcher heard of the loss only at
+        its next tick, up to 1 s later; and a session back is "up" only once its dump is in,
+        not when its socket connects, while the rows are still the previous session's."""
         out = super().run()
-        up = bool(self._session.is_connected())
-        if up != self.session_up:
-            self.session_up = up
+        synced = bool(self._session.is_connected()) and self.state == self.IDL_S_MONITORING
+        if synced != self.synced:
+            self.synced = synced
             self.changed.set()
         return out
 
@@ -606,7 +608,7 @@ class OvsdbHost:
             idl.changed.clear()
             if self._stop.is_set():
                 break
-            up = bool(idl._session.is_connected()) and idl.change_seqno > 0
+            up = idl.synced
             if up != self.connected:
                 self.connected = up
                 if up:

@@ -9,6 +9,7 @@ real OVS (an ovsdb-server restart) is in tests/integration/test_faults.py."""
 from __future__ import annotations
 
 import errno
+import json
 import socket
 import threading
 import time
@@ -16,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ovs.db import idl as ovs_idl
+from ovsdbapp.backend.ovs_idl import idlutils
 
 from controller import config
 from controller.southbound import ovsdb_host
 from controller.southbound.ovsdb_host import OvsdbHost
 from tests.unit.private_ovsdb import (
+    SCHEMA,
     agents_without_server,
     reporting_agent,
     running_ovsdb,
@@ -140,3 +144,36 @@ def test_a_lost_session_wakes_the_agent_not_its_next_tick(
             wait_until(lambda: states == [True, False, True], "the session back reported")
         finally:
             agent.stop()
+
+
+def test_a_session_is_synced_only_once_the_servers_dump_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reconnected, the IDL still holds the previous session's rows until the server's dump
+    arrives: the agent reported the host up (and read it) on the old rows.  `synced` - what
+    the agent calls up - needs the session connected *and* the dump read (MONITORING), and
+    each change of it wakes the agent.  python-ovs's own step is stubbed: the session's state
+    is set by hand."""
+    monkeypatch.setattr(ovs_idl.Idl, "run", lambda self: False)
+    with open(SCHEMA) as f:
+        helper = idlutils.create_schema_helper(json.load(f))
+    helper.register_all()
+    idl = ovsdb_host._build_idl("unix:/nonexistent.sock", helper)
+    idl.changed = threading.Event()
+    connected = [False]
+    monkeypatch.setattr(idl._session, "is_connected", lambda: connected[0])
+    try:
+        steps = []
+        for is_connected, state in (
+            (True, ovs_idl.Idl.IDL_S_DATA_MONITOR_COND_SINCE_REQUESTED),  # socket up, no dump
+            (True, ovs_idl.Idl.IDL_S_MONITORING),  # the dump read
+            (True, ovs_idl.Idl.IDL_S_MONITORING),  # nothing new
+            (False, ovs_idl.Idl.IDL_S_MONITORING),  # lost
+        ):
+            connected[0], idl.state = is_connected, state
+            idl.changed.clear()
+            idl.run()
+            steps.append((idl.synced, idl.changed.is_set()))
+        assert steps == [(False, False), (True, True), (True, False), (False, True)]
+    finally:
+        idl.close()
