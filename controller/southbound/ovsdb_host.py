@@ -307,19 +307,25 @@ class _NotifyingIdl(connection.OvsdbIdl):
     walk_needed: bool = True
     dirty_ifaces: dict[Any, Any]
     synced: bool = False
+    losses: int = 0
 
     def run(self) -> Any:
         """python-ovs's step, then a wake when `synced` changed: connected *and* the server's
         dump read (python-ovs's MONITORING state).  A server that dies changes no row (the IDL
         keeps them until the resync), so without this the watcher heard of the loss only at
         its next tick, up to 1 s later; and a session back is "up" only once its dump is in,
-        not when its socket connects, while the rows are still the previous session's."""
-        out = super().run()
-        synced = bool(self._session.is_connected()) and self.state == self.IDL_S_MONITORING
-        if synced != self.synced:
-            self.synced = synced
-            self.changed.set()
-        return out
+        not when its socket connects, while the rows are still the previous session's.
+        ``losses`` counts the falls: the watcher, busy in a transaction while the session
+        dropped and came back (this runs on the connection's thread meanwhile), still sees
+        that it was lost.  Recomputed even if python-ovs's step raised."""
+        try:
+            return super().run()
+        finally:
+            synced = bool(self._session.is_connected()) and self.state == self.IDL_S_MONITORING
+            if synced != self.synced:
+                self.losses += not synced
+                self.synced = synced
+                self.changed.set()
 
     def notify(self, event: Any, row: Any, updates: Any = None) -> None:
         table = row._table.name
@@ -602,13 +608,16 @@ class OvsdbHost:
             return
         assert self._conn is not None
         idl = self._conn.idl
-        seen_seqno = -1
+        seen_seqno = seen_losses = -1
         while not self._stop.is_set():
             idl.changed.wait(timeout=self._settle_wait())
             idl.changed.clear()
             if self._stop.is_set():
                 break
-            up = idl.synced
+            losses, up = idl.losses, idl.synced  # in this order: a loss is not counted twice
+            if losses != seen_losses and self.connected:
+                self._lost()  # lost and back (or going) since the last look
+            seen_losses = losses
             if up != self.connected:
                 self.connected = up
                 if up:
@@ -621,10 +630,9 @@ class OvsdbHost:
                         LOG.exception("host %s: could not prepare %s", self.host_id, self.bridge)
                         self.connected = False
                         continue
+                    self.on_state(self.host_id, up)
                 else:
-                    LOG.warning("host %s: OVSDB connection lost", self.host_id)
-                    self._last = None
-                self.on_state(self.host_id, up)
+                    self._lost()
             if up and idl.change_seqno != seen_seqno:
                 seen_seqno = idl.change_seqno
                 obs = self._observe()
@@ -639,6 +647,13 @@ class OvsdbHost:
             if up:
                 self._settle_controller_settings()
                 self._settle_peer_settings()
+
+    def _lost(self) -> None:
+        """Report the session lost: the next session is read from a full walk."""
+        LOG.warning("host %s: OVSDB connection lost", self.host_id)
+        self.connected = False
+        self._last = None
+        self.on_state(self.host_id, False)
 
     # ---------------------------------------------------------------------------- writes
 

@@ -146,6 +146,37 @@ def test_a_lost_session_wakes_the_agent_not_its_next_tick(
             agent.stop()
 
 
+def test_a_loss_while_the_agent_was_busy_is_still_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session dropped and came back while the agent did something else (a transaction
+    can hold it for seconds, and python-ovs reconnects meanwhile on the connection's thread):
+    both looks see the session up.  The IDL counts the losses, so the agent still reports
+    the loss, then the session back, and reads the host again (fails without the count).
+    Busy is made here by the IDL waking a new event while the agent waits on the old one."""
+    without_vswitchd(monkeypatch)
+    monkeypatch.setattr(OvsdbHost, "_settle_wait", lambda self: 60.0)
+    states: list[bool] = []
+    with running_ovsdb(tmp_path) as db:
+        agent = reporting_agent(db, states)
+        agent.start()
+        try:
+            wait_until(lambda: states == [True], "the first connect")
+            assert agent._conn is not None
+            idl = agent._conn.idl
+            idl._session.reconnect.set_backoff_free_tries(1 << 30)  # timing only
+            busy, idl.changed = idl.changed, threading.Event()
+            db.stop()
+            wait_until(lambda: idl.losses == 1, "the session to drop")
+            db.serve()
+            wait_until(lambda: idl.synced, "the session back")
+            assert states == [True]  # the agent saw nothing yet
+            busy.set()
+            wait_until(lambda: states == [True, False, True], "the loss and the return reported")
+        finally:
+            agent.stop()
+
+
 def test_a_session_is_synced_only_once_the_servers_dump_is_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
