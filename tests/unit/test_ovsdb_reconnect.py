@@ -13,6 +13,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from controller.southbound import ovsdb_host
 from controller.southbound.ovsdb_host import OvsdbHost
 from tests.unit.private_ovsdb import (
     SCHEMA,
+    PrivateOvsdb,
     agents_without_server,
     reporting_agent,
     running_ovsdb,
@@ -122,14 +124,12 @@ def test_an_ovsdb_server_that_accepts_and_never_answers_does_not_hold_the_agent(
         srv.close()
 
 
-def test_a_lost_session_wakes_the_agent_not_its_next_tick(
+@pytest.fixture
+def untimed_agent(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A host's ovsdb-server that dies changes no row (the IDL keeps them until the resync),
-    so nothing woke the agent: it heard of the loss at its next 1 s tick.  The IDL now wakes
-    it when its session goes down or up (`_NotifyingIdl.run`).  The tick is made 60 s here,
-    so that the loss and the session's return are reported in time only by that wake (fails
-    on the old code).  Against a private ovsdb-server."""
+) -> Iterator[tuple[PrivateOvsdb, OvsdbHost, list[bool]]]:
+    """An agent on a private ovsdb-server whose loop has no tick (60 s: only the IDL's wakes
+    make it look); (server, agent, what it reported) once it reported the first connect."""
     without_vswitchd(monkeypatch)
     monkeypatch.setattr(OvsdbHost, "_settle_wait", lambda self: 60.0)
     states: list[bool] = []
@@ -138,43 +138,40 @@ def test_a_lost_session_wakes_the_agent_not_its_next_tick(
         agent.start()
         try:
             wait_until(lambda: states == [True], "the first connect")
-            db.stop()
-            wait_until(lambda: states == [True, False], "the loss reported", timeout=5)
-            db.serve()
-            wait_until(lambda: states == [True, False, True], "the session back reported")
+            yield db, agent, states
         finally:
             agent.stop()
 
 
-def test_a_loss_while_the_agent_was_busy_is_still_reported(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_lost_session_wakes_the_agent_not_its_next_tick(untimed_agent: Any) -> None:
+    """A host's ovsdb-server that dies changes no row (the IDL keeps them until the resync),
+    so nothing woke the agent: it heard of the loss at its next 1 s tick.  The IDL now wakes
+    it when its session goes down or up (`_NotifyingIdl.run`): with no tick, the loss and
+    the session's return are still reported (fails on the old code)."""
+    db, _agent, states = untimed_agent
+    db.stop()
+    wait_until(lambda: states == [True, False], "the loss reported", timeout=5)
+    db.serve()
+    wait_until(lambda: states == [True, False, True], "the session back reported")
+
+
+def test_a_loss_while_the_agent_was_busy_is_still_reported(untimed_agent: Any) -> None:
     """The session dropped and came back while the agent did something else (a transaction
     can hold it for seconds, and python-ovs reconnects meanwhile on the connection's thread):
     both looks see the session up.  The IDL counts the losses, so the agent still reports
     the loss, then the session back, and reads the host again (fails without the count).
     Busy is made here by the IDL waking a new event while the agent waits on the old one."""
-    without_vswitchd(monkeypatch)
-    monkeypatch.setattr(OvsdbHost, "_settle_wait", lambda self: 60.0)
-    states: list[bool] = []
-    with running_ovsdb(tmp_path) as db:
-        agent = reporting_agent(db, states)
-        agent.start()
-        try:
-            wait_until(lambda: states == [True], "the first connect")
-            assert agent._conn is not None
-            idl = agent._conn.idl
-            idl._session.reconnect.set_backoff_free_tries(1 << 30)  # timing only
-            busy, idl.changed = idl.changed, threading.Event()
-            db.stop()
-            wait_until(lambda: idl.losses == 1, "the session to drop")
-            db.serve()
-            wait_until(lambda: idl.synced, "the session back")
-            assert states == [True]  # the agent saw nothing yet
-            busy.set()
-            wait_until(lambda: states == [True, False, True], "the loss and the return reported")
-        finally:
-            agent.stop()
+    db, agent, states = untimed_agent
+    idl = agent._conn.idl
+    idl._session.reconnect.set_backoff_free_tries(1 << 30)  # timing only
+    busy, idl.changed = idl.changed, threading.Event()
+    db.stop()
+    wait_until(lambda: idl.losses == 1, "the session to drop")
+    db.serve()
+    wait_until(lambda: idl.synced, "the session back")
+    assert states == [True]  # the agent saw nothing yet
+    busy.set()
+    wait_until(lambda: states == [True, False, True], "the loss and the return reported")
 
 
 def test_a_session_is_synced_only_once_the_servers_dump_is_read(
