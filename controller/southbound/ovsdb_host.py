@@ -308,6 +308,9 @@ class _NotifyingIdl(connection.OvsdbIdl):
     dirty_ifaces: dict[Any, Any]
     synced: bool = False
     losses: int = 0
+    sync_deadline_s: float = 10.0
+    _unsynced_since: float | None = None
+    _stall_reported: bool = False
 
     def run(self) -> Any:
         """python-ovs's step, then a wake when `synced` changed: connected *and* the server's
@@ -321,11 +324,52 @@ class _NotifyingIdl(connection.OvsdbIdl):
         try:
             return super().run()
         finally:
-            synced = bool(self._session.is_connected()) and self.state == self.IDL_S_MONITORING
+            connected = bool(self._session.is_connected())
+            synced = connected and self.state == self.IDL_S_MONITORING
             if synced != self.synced:
                 self.losses += not synced
                 self.synced = synced
                 self.changed.set()
+            self._check_stall(connected, synced)
+
+    def _check_stall(self, connected: bool, synced: bool) -> None:
+        """Reconnect a session that is connected but has not had the server's dump within
+        ``sync_deadline_s``.  python-ovs waits for good when a server answers its echoes but
+        refuses the monitor request with anything but "unknown method" (or never answers it):
+        the host would stay down with no reason given.  The first connection is bounded by
+        ovsdbapp's start timeout and retried; this bounds every later one (a server restarted
+        broken, or one that lies).  One warning per stall, until a session syncs again."""
+        if synced or not connected:
+            self._unsynced_since = None
+            if synced:
+                self._stall_reported = False
+            return
+        now = time.monotonic()
+        if self._unsynced_since is None:
+            self._unsynced_since = now
+        elif now - self._unsynced_since >= self.sync_deadline_s:
+            log = LOG.debug if self._stall_reported else LOG.warning
+            log(
+                "OVSDB %s: connected %.0f s without the database's contents (state %s); "
+                "reconnecting",
+                self._session.get_name(),
+                now - self._unsynced_since,
+                self._state_name(),
+            )
+            self._stall_reported = True
+            self._unsynced_since = None
+            self.force_reconnect()
+
+    def _state_name(self) -> str:
+        names = [n for n in dir(self) if n.startswith("IDL_S_") and getattr(self, n) == self.state]
+        return names[0][len("IDL_S_") :] if names else str(self.state)
+
+    def wait(self, poller: Any) -> None:
+        """python-ovs's wait, plus a wake at the sync deadline (see `_check_stall`)."""
+        super().wait(poller)
+        if self._unsynced_since is not None:
+            left = self._unsynced_since + self.sync_deadline_s - time.monotonic()
+            poller.timer_wait(max(0, int(left * 1000) + 1))
 
     def notify(self, event: Any, row: Any, updates: Any = None) -> None:
         table = row._table.name
@@ -527,6 +571,7 @@ class OvsdbHost:
                 idl = _build_idl(self.target, helper)  # not on this thread: see there
                 idl.changed = threading.Event()
                 idl.dirty_ifaces = {}
+                idl.sync_deadline_s = self.timeout
                 bound_reconnect_backoff(idl, self.max_backoff_s)
                 conn = connection.Connection(idl, timeout=self.timeout)
                 try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import socket
 import threading
 import time
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import ovs.jsonrpc
+import ovs.stream
 import pytest
 from ovs.db import idl as ovs_idl
 from ovsdbapp.backend.ovs_idl import idlutils
@@ -205,3 +208,83 @@ def test_a_session_is_synced_only_once_the_servers_dump_is_read(
         assert steps == [(False, False), (True, True), (True, False), (False, True)]
     finally:
         idl.close()
+
+
+class _RefusingOvsdb:
+    """A server on ``sock`` that answers echoes and the Open_vSwitch schema, and refuses every
+    other request (the monitor among them) with an error that is not "unknown method": a
+    restarted server gone wrong, or a peer that lies.  Counts the monitor requests refused."""
+
+    def __init__(self, sock: Path) -> None:
+        sock.unlink(missing_ok=True)
+        err, self._passive = ovs.stream.PassiveStream.open(f"punix:{sock}")
+        assert not err, err
+        with open(SCHEMA) as f:
+            self._schema = json.load(f)
+        self.monitors_refused = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            _err, stream = self._passive.accept()
+            if stream is None:
+                time.sleep(0.01)
+                continue
+            worker = threading.Thread(target=self._serve, args=(stream,), daemon=True)
+            self._threads.append(worker)
+            worker.start()
+
+    def _serve(self, stream: Any) -> None:
+        conn = ovs.jsonrpc.Connection(stream)
+        try:
+            while not self._stop.is_set():
+                err, msg = conn.recv_block()
+                if err or msg is None:
+                    return
+                if msg.type != ovs.jsonrpc.Message.T_REQUEST:
+                    continue
+                if msg.method == "echo":
+                    conn.send(ovs.jsonrpc.Message.create_reply(msg.params, msg.id))
+                elif msg.method == "get_schema" and msg.params == ["Open_vSwitch"]:
+                    conn.send(ovs.jsonrpc.Message.create_reply(self._schema, msg.id))
+                else:
+                    self.monitors_refused += msg.method.startswith("monitor")
+                    conn.send(ovs.jsonrpc.Message.create_error("not today", msg.id))
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._passive.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+def test_a_server_that_refuses_the_monitor_is_reconnected_not_waited_for(
+    untimed_agent: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """python-ovs waits for good on a session whose server answers its echoes but refuses the
+    monitor request (anything but "unknown method"): after its server came back like that,
+    a host stayed down with no reason logged.  A session that has not had the server's dump
+    within the agent's timeout is reconnected, with one warning; the host is up again once
+    a sound server answers (fails on the old code: one monitor request, never retried)."""
+    db, agent, states = untimed_agent
+    agent._conn.idl.sync_deadline_s = 0.3
+    db.stop()
+    wait_until(lambda: states == [True, False], "the loss reported")
+    caplog.set_level(logging.DEBUG, logger=ovsdb_host.__name__)
+    liar = _RefusingOvsdb(db.sock)
+    try:
+        wait_until(lambda: liar.monitors_refused >= 3, "three sessions refused", timeout=8)
+    finally:
+        liar.close()
+    warnings = [
+        r for r in caplog.records
+        if "without the database's contents" in r.getMessage() and r.levelno == logging.WARNING
+    ]  # fmt: skip
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    assert states == [True, False]  # never up on a session without its dump
+    db.serve()
+    wait_until(lambda: states == [True, False, True], "the host up again on a sound server")
