@@ -23,6 +23,7 @@ import threading
 from typing import Any
 
 import requests
+import urllib3
 from etcd3gw import exceptions as etcd_errors
 
 AUTHENTICATE = "/v3/auth/authenticate"
@@ -137,7 +138,14 @@ def head(response: requests.Response) -> str:
     if response._content is False:  # not read yet
         data = b""
         if response.raw is not None:
-            data = response.raw.read(HEAD_BYTES, decode_content=True) or b""
+            try:
+                data = response.raw.read(HEAD_BYTES, decode_content=True) or b""
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                # cut off or stalled (a member dying mid-answer): requests does not wrap what
+                # urllib3 raises here, so it is made the connection error it is
+                response.raw.close()
+                cut = f"an error answer cut off: {exc}"
+                raise requests.exceptions.ConnectionError(cut) from None
             if not response.raw.closed:  # more followed: the connection is not reusable
                 response.raw.close()
         response._content = bytes(data)

@@ -103,6 +103,14 @@ def _session(settings: EtcdSettings, timeout_s: float) -> requests.Session:
     return session
 
 
+def _object(answer: Any) -> dict[str, Any]:
+    """``answer`` if it is a JSON object; a member (or something else on its port) that
+    answers 200 with ``null`` or a list failed like one whose body is not JSON (`_call`)."""
+    if not isinstance(answer, dict):
+        raise TypeError(f"an answer that is not a JSON object: {type(answer).__name__}")
+    return answer
+
+
 def _b64(data: bytes | str) -> str:
     raw = data.encode() if isinstance(data, str) else data
     return base64.b64encode(raw).decode()
@@ -244,11 +252,18 @@ class EtcdLog:
                         self._failed_at[index] = time.monotonic()
                         maybe_sent = waited = True
                         continue
-                    except (requests.RequestException, ValueError, LookupError, TypeError) as exc:
+                    except (
+                        requests.RequestException,
+                        urllib3.exceptions.HTTPError,
+                        ValueError,
+                        LookupError,
+                        TypeError,
+                    ) as exc:
                         # An answer that is not etcd's: a body that is not JSON (something
-                        # else on the port, a proxy's page), one cut off mid-way, JSON without
-                        # the fields read.  etcd3gw lets these through; the member failed like
-                        # any other, and may have taken the request.
+                        # else on the port, a proxy's page), one cut off mid-way (urllib3's own
+                        # errors where requests does not wrap them), JSON without the fields
+                        # read.  etcd3gw lets these through; the member failed like any other,
+                        # and may have taken the request.
                         errors.append(
                             f"{client.host}:{client.port}: malformed answer: {_short(exc)}"
                         )
@@ -275,7 +290,7 @@ class EtcdLog:
         txn = {"compare": compare, "success": success, "failure": []}
         with self._lock:
             leader = self._leader
-        answer = self._call(lambda c: c.transaction(txn), first=leader)
+        answer = self._call(lambda c: _object(c.transaction(txn)), first=leader)
         self._note_term(answer)
         return bool(answer.get("succeeded", False))
 

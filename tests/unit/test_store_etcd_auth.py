@@ -311,3 +311,26 @@ def test_a_401_is_read_only_as_far_as_the_token_check_needs() -> None:
     assert auth._on_response(response, stream=True) is response
     assert Body.served <= 64 * 1024  # old code: 100 MB
     assert response.content == b"u" * etcd_auth.HEAD_BYTES
+
+
+def test_a_401_cut_off_mid_body_is_a_connection_error() -> None:
+    """A member that dies while sending its 401: urllib3's error left the hook unwrapped
+    (not a requests error), so no handler of the store's calls took it, the call did not go on
+    to the next member, and a write left the replica's connection inside its transaction.
+    Now it is the connection error it is.  No etcd needed."""
+    import io
+
+    import urllib3
+    from urllib3.response import HTTPResponse
+
+    class Cut(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            raise urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead")
+
+    response = requests.Response()
+    response.status_code = 401
+    response.raw = HTTPResponse(body=Cut(), status=401, preload_content=False)
+    response.request = requests.Request("POST", "http://127.0.0.1:1/v3/kv/txn").prepare()
+    auth = TokenAuth(requests.Session(), USER, PASSWORD, 1.0)
+    with pytest.raises(requests.exceptions.ConnectionError, match="cut off"):
+        auth._on_response(response)

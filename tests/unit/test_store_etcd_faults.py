@@ -10,6 +10,7 @@ allocations stay unique, no change is missed or applied twice.
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -18,10 +19,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import urllib3
 from etcd3gw import exceptions as etcd_errors
 
 from controller.events import ChangeEvent, EventBus
 from controller.store import etcd_log, replicated
+from controller.store.errors import StoreUnavailable
 from controller.store.etcd_log import EtcdLog
 from controller.store.etcd_settings import EtcdSettings
 from controller.store.replicated import EtcdStore, decode_entry
@@ -452,3 +455,96 @@ def test_a_call_without_quorum_ends_within_its_bound(
         log.head()
     assert len(made) == calls and now[0] == took
     assert made[6:] == [settings.timeout_s] * (calls - 6)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        pytest.param(lambda: None, id="200 with null"),
+        pytest.param(lambda: [], id="200 with a list"),
+        pytest.param(
+            lambda: (_ for _ in ()).throw(
+                urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead")
+            ),
+            id="urllib3 error unwrapped",
+        ),
+    ],
+)
+def test_a_write_whose_answer_is_not_etcds_answers_503_and_the_next_write_works(
+    tmp_path: Path, etcd_settings: EtcdSettings, answer: Callable[[], Any]
+) -> None:
+    """Every member answers the write's transaction with something that is not etcd's (a
+    proxy's ``null``, a body cut off that urllib3 raises unwrapped).  That escaped the store's
+    handlers: the write answered 500 and left the replica's writer connection inside its
+    transaction, so every later write, apply and catch-up failed until a restart.  Now it
+    is a 503 that says the write may have been taken, and the next write commits."""
+    store = EtcdStore(str(tmp_path / "a.db"), EventBus(), etcd_settings)
+    try:
+        net = store.create_network({"name": "n"})
+        real = [(client, client.transaction) for p in store._log._passes for client in p]
+        for client, _ in real:
+            client.transaction = lambda txn: answer()
+        with pytest.raises(StoreUnavailable, match="may still be committed"):
+            store.create_network({"name": "lost"})
+        for client, transaction in real:
+            client.transaction = transaction
+        assert not store._wconn.in_transaction
+        kept = store.create_network({"name": "kept"})
+        assert sorted(n["id"] for n in store.list_all("network")) == sorted([net["id"], kept["id"]])
+    finally:
+        store.close()
+
+
+def test_a_write_no_member_answered_is_not_asked_for_again(
+    tmp_path: Path, etcd_settings: EtcdSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An append that no member answered has already taken the call's whole bound
+    (``call_timeout_s``); the catch-up the write then made to learn whether it was committed
+    was a second call with a bound of its own, so the 503 came after twice the documented
+    wait (8 s instead of 4 measured on a frozen member).  The 503 says the write may still be
+    committed, and the follower applies it if it was: no second call."""
+    store = EtcdStore(str(tmp_path / "a.db"), EventBus(), etcd_settings)
+    try:
+        store.create_network({"name": "n"})
+        caught_up: list[int] = []
+
+        def append(*args: Any) -> bool:
+            raise etcd_log.EtcdUnavailable("every member timed out (injected)", maybe_sent=True)
+
+        monkeypatch.setattr(store._log, "append", append)
+        monkeypatch.setattr(store, "catch_up", lambda: caught_up.append(1) or [])
+        with pytest.raises(StoreUnavailable, match="may still be committed"):
+            store.create_network({"name": "lost"})
+        assert caught_up == []
+        assert not store._wconn.in_transaction
+    finally:
+        store.close()
+
+
+def test_a_committed_write_whose_local_commit_failed_answers_503_without_quorum(
+    tmp_path: Path, etcd_settings: EtcdSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """etcd committed the write, the replica's own commit failed (a disk error) and etcd
+    cannot be read to apply it from the log: that answered 500 (a bare `EtcdUnavailable`).
+    It is a 503 that says the write was committed; the replica applies it once etcd answers."""
+    store = EtcdStore(str(tmp_path / "a.db"), EventBus(), etcd_settings)
+    try:
+        store.create_network({"name": "n"})
+        real_catch_up = store.catch_up
+
+        def set_position(*args: Any) -> None:
+            raise sqlite3.OperationalError("disk I/O error (injected)")
+
+        def catch_up() -> list[str]:
+            raise etcd_log.EtcdUnavailable("no quorum (injected)")
+
+        monkeypatch.setattr(store, "_set_position", set_position)
+        monkeypatch.setattr(store, "catch_up", catch_up)
+        with pytest.raises(StoreUnavailable, match="was committed"):
+            store.create_network({"name": "committed"})
+        assert not store._wconn.in_transaction
+        monkeypatch.undo()
+        real_catch_up()
+        assert sorted(n["name"] for n in store.list_all("network")) == ["committed", "n"]
+    finally:
+        store.close()
