@@ -24,11 +24,17 @@ unchanged buffer to os-ken's parser (so `osken_flowstats` and `osken_packetin` s
   port descriptions); its entries tile the body, each at least its fixed size; in flow
   entries the match header and the instructions, in group entries the buckets, and in both
   every action list, down to the actions nested in Nicira ``ct`` and the properties of
-  ``controller2`` (os-ken parses both with the same kind of loop).
+  ``controller2`` (os-ken parses both with the same kind of loop).  The walk must be os-ken's
+  own: where os-ken advances by something other than the length field (an action or
+  instruction of a fixed size is built at that size whatever its header says; a
+  ``controller2`` property advances by what its type's parser read), a length that says
+  otherwise is refused, or the two walks part and os-ken lands on bytes never checked.
 
 A message that fails is not parsed: the connection is ended (`LiveDatapath.refuse_input`:
 one throttled log line per source), the switch's later messages in the same read are dropped
-unparsed, and the app sees the disconnect as for any other switch that went away.
+unparsed, and the app sees the disconnect as for any other switch that went away.  So is one
+that passes and still makes os-ken's parser raise (a field it asserts on), instead of os-ken's
+stack trace and hex dump per message.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from os_ken import exception as ofproto_exception
 from os_ken.ofproto import nicira_ext, ofproto_common, ofproto_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
@@ -71,6 +78,16 @@ _ACTION_MIN = 8
 _NX_HEADER_SIZE = _NX_HEADER.size
 _INSTRUCTION_ACTIONS = (ofp.OFPIT_WRITE_ACTIONS, ofp.OFPIT_APPLY_ACTIONS, ofp.OFPIT_CLEAR_ACTIONS)
 _MAX_NESTING = 4  # ct(exec(...)) holds set-fields only; deeper is refused, not walked
+# Actions os-ken advances over by the length in their header; every other action class it
+# parses into an object of its fixed size (``cls_action_len``) and advances by that, whatever
+# the header says: a header that says more made os-ken's walk and this one part ways.
+_ACTIONS_SIZED_BY_HEADER = frozenset({ofp.OFPAT_SET_FIELD, ofp.OFPAT_EXPERIMENTER})
+# The same for instructions: os-ken builds these at their fixed size.
+_INSTRUCTION_SIZES = {
+    ofp.OFPIT_GOTO_TABLE: ofp.OFP_INSTRUCTION_GOTO_TABLE_SIZE,
+    ofp.OFPIT_WRITE_METADATA: ofp.OFP_INSTRUCTION_WRITE_METADATA_SIZE,
+    ofp.OFPIT_METER: ofp.OFP_INSTRUCTION_METER_SIZE,
+}
 
 
 # Where os-ken's ``NXActionCT`` parser starts its nested actions and ``NXActionController2``
@@ -133,6 +150,10 @@ def _flow_entry(buf: bytes | bytearray, at: int, length: int, end: int) -> None:
         kind, ins_len = _tlv(buf, ins, entry_end, 8, "instruction")
         if kind in _INSTRUCTION_ACTIONS:
             _actions(buf, ins + 8, ins + ins_len, 0)
+        elif kind not in _INSTRUCTION_SIZES:  # os-ken parses it to None and fails on that
+            raise Malformed(f"instruction of unknown type {kind}")
+        elif ins_len != _INSTRUCTION_SIZES[kind]:
+            raise Malformed(f"instruction of type {kind} of {ins_len} bytes")
         ins += ins_len
 
 
@@ -156,14 +177,39 @@ def _actions(buf: bytes | bytearray, at: int, end: int, depth: int) -> None:
         raise Malformed("actions nested too deep")
     while at < end:
         kind, length = _tlv(buf, at, end, _ACTION_MIN, "action")
+        cls = parser.OFPAction._ACTION_TYPES.get(kind)
+        if cls is None:  # os-ken asserts on it
+            raise Malformed(f"action of unknown type {kind}")
+        if kind not in _ACTIONS_SIZED_BY_HEADER and length != cls.cls_action_len:
+            raise Malformed(f"action of type {kind} of {length} bytes")
         if kind == ofp.OFPAT_EXPERIMENTER and length >= _NX_HEADER_SIZE:
             _, _, vendor, subtype = _NX_HEADER.unpack_from(buf, at)
             if vendor == ofproto_common.NX_EXPERIMENTER_ID:
                 if subtype == nicira_ext.NXAST_CT and length >= _CT_ACTIONS_AT:
                     _actions(buf, at + _CT_ACTIONS_AT, at + length, depth + 1)
                 elif subtype == nicira_ext.NXAST_CONTROLLER2:
-                    _tlvs(buf, at + _CONTROLLER2_PROPS_AT, at + length, 4, "controller2 property")
+                    _controller2_props(buf, at + _CONTROLLER2_PROPS_AT, at + length)
         at += length
+
+
+def _controller2_props(buf: bytes | bytearray, at: int, end: int) -> None:
+    """``controller2``'s properties, walked as os-ken walks them: not by their length but by 4
+    plus what its parser for the property's type says it read.  That is the length rounded
+    up to 8 (the padding OVS adds) for every property of 4 to 8 bytes and for userdata of 5
+    or more; outside that, os-ken's walk and the length part ways (a userdata of length 4
+    advances 4, one of length 0 does not advance at all: its loop never ends), so such a
+    property is refused."""
+    while at < end:
+        kind, length = _tlv(buf, at, end, 4, "controller2 property")
+        if kind == nicira_ext.NXAC2PT_USERDATA:
+            if length < 5:
+                raise Malformed(f"controller2 userdata of {length} bytes")
+        elif length > 8:
+            raise Malformed(f"controller2 property of type {kind} of {length} bytes")
+        step = (length + 7) // 8 * 8
+        if at + step > end:
+            raise Malformed("controller2 property cut short")
+        at += step
 
 
 def _tlv(buf: bytes | bytearray, at: int, end: int, least: int, what: str) -> tuple[int, int]:
@@ -202,7 +248,18 @@ def guarded_msg_parser(parse: Any) -> Any:
             if refuse is not None:
                 refuse(f"malformed OpenFlow message: {exc}")
             return None
-        return parse(datapath, version, msg_type, msg_len, xid, buf)
+        try:
+            return parse(datapath, version, msg_type, msg_len, xid, buf)
+        except ofproto_exception.OFPTruncatedMessage:
+            raise  # os-ken's own handling (`ofproto_parser.msg`)
+        except Exception as exc:
+            # What the walk does not cover (a field os-ken asserts on, an OXM of length 0):
+            # os-ken logged each with a stack trace and a hex dump of the whole message, so a
+            # peer could fill the log; one throttled line instead, and the connection ends.
+            refuse = getattr(datapath, "refuse_input", None)
+            if refuse is not None:
+                refuse(f"malformed OpenFlow message: {type(exc).__name__}: {exc}"[:300])
+            return None
 
     guarded.guards = parse  # type: ignore[attr-defined]
     return guarded
