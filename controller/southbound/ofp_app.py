@@ -1108,12 +1108,27 @@ class TenantnetOfpApp(app_manager.OSKenApp):
             # The refused message inside it had its own error reply, logged below.
             LOG.debug("switch %016x did not commit bundle %s", dpid, cause.subject)
             return
+        # Throttled per switch, error type (one of the protocol's few, not the code a switch
+        # may vary at will: each new code was a new key, so a line per error) and cause (one
+        # of the messages sent to it); every connection not admitted as a switch shares one
+        # key (any peer may send errors during its handshake, under whatever id it claims).
+        if sw is None:
+            skipped = self._log_errors("not admitted")
+            if skipped is not None:
+                LOG.warning(
+                    "a connection not admitted as a switch (claiming %016x) sent an OpenFlow "
+                    "error: %s%s",
+                    dpid,
+                    _error_name(msg),
+                    f" ({skipped} more from such connections since last logged)" if skipped else "",
+                )
+            return
         if cause is None:
             what = f"a message not among the last {RECENT_MESSAGES} sent ({_msg_type(msg)})"
-            key = f"{dpid} {_error_name(msg)} unknown"
+            key = f"{dpid} {_error_type(msg)} unknown"
         else:
             what = cause.text()
-            key = f"{dpid} {_error_name(msg)} {cause._replace(bundle=None).text()}"
+            key = f"{dpid} {_error_type(msg)} {cause._replace(bundle=None).text()}"
         skipped = self._log_errors(key)
         if skipped is not None:
             LOG.error(

@@ -1150,3 +1150,25 @@ def test_a_host_delete_on_a_single_controller_is_sent_at_once() -> None:
     app, dp, _ = _app()
     assert app.remove_all(DPID, [7], Outcome())
     assert ofp.OFPT_FLOW_MOD in _kinds(dp) and ofp.OFPT_GROUP_MOD in _kinds(dp)
+
+
+def test_errors_of_ever_new_codes_or_from_peers_not_admitted_are_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The throttle's key held the error's code, which the switch picks: 2,000 errors of new
+    codes from a peer (admitted or not: any peer may send errors during its handshake) were
+    2,000 log lines (found by a review).  Now a switch's errors are keyed by the protocol's
+    error type and cause, and every connection not admitted shares one key; all are counted."""
+    app, dp, _ = _app()
+    stranger = FakeDatapath()
+    stranger.id = 0x42  # claims an id; never admitted
+    with caplog.at_level(logging.WARNING):
+        for code in range(200):
+            refused = _refused(stranger, ofp.OFPET_BAD_REQUEST, code)
+            app._error(SimpleNamespace(msg=_parsed_error(stranger, refused, 1000 + code)))
+            _switch_answers(app, dp, _refused(dp, ofp.OFPET_BAD_REQUEST, code), 90_000 + code)
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 2, lines
+    assert any("not admitted" in line and "0000000000000042" in line for line in lines)
+    assert any("not among the last" in line for line in lines)
+    assert app.counters.errors == 400
