@@ -20,6 +20,7 @@ and the token travel over TLS only.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import requests
@@ -48,6 +49,8 @@ class TokenAuth(requests.auth.AuthBase):
         self._token = ""
         self._lock = threading.Lock()
         self.authentications = 0  # how many times a token was obtained (tests, metrics)
+        self._failed = ""  # why the last authentication failed
+        self._failed_at: float | None = None  # when (monotonic); None: it did not
 
     def __repr__(self) -> str:  # never the password, never the token
         return f"TokenAuth(user={self.user!r})"
@@ -69,42 +72,68 @@ class TokenAuth(requests.auth.AuthBase):
                 self._token = ""
 
     def _renew(self, url: str, stale: str) -> str:
-        """The current token, or a new one if there is none or it is ``stale``."""
+        """The current token, or a new one if there is none or it is ``stale``.
+
+        One thread authenticates at a time; the threads that waited for it while it failed
+        fail at once, for ``timeout_s`` after the failure, instead of each trying again in
+        turn.  A member that forgot its tokens (restarted) during a quorum loss cannot
+        authenticate anyone (etcd's authenticate is a Raft proposal): every request sent to
+        it meanwhile wanted a new token, and the k-th waited k timeouts, far past the call's
+        bound (measured: 10 threads, 0.5 s timeout, the last one 5.0 s)."""
         with self._lock:
             if self._token and self._token != stale:
                 return self._token
-            base = url.split("/v3/", 1)[0]
-            if not base.startswith("https://"):
-                # Defence in depth beside `config.Settings.validate`: settings built another
-                # way (an EtcdSettings without ca_cert) must not send the password in clear
-                # text either, nor get a token to send so.  Raised before anything is sent.
-                raise EtcdAuthError(
-                    f"etcd user {self.user!r}: refusing to send credentials over plain http; "
-                    "an etcd user needs etcd TLS (etcd_tls_ca)"
+            failed_at = self._failed_at
+            if failed_at is not None and time.monotonic() - failed_at < self._timeout_s:
+                raise etcd_errors.ConnectionFailedError(
+                    f"authentication failed {time.monotonic() - failed_at:.1f} s ago "
+                    f"({self._failed})"
                 )
             try:
-                answer = self._session.post(
-                    base + AUTHENTICATE,
-                    json={"name": self.user, "password": self._password},
-                    timeout=self._timeout_s,
-                )
-            except requests.exceptions.Timeout as exc:
-                raise etcd_errors.ConnectionTimeoutError(str(exc)) from None
-            except requests.exceptions.ConnectionError as exc:
-                raise etcd_errors.ConnectionFailedError(str(exc)) from None
-            if answer.status_code == 200:
-                self._token = str(answer.json()["token"])
-                self.authentications += 1
-                return self._token
-            text = answer.text[:300]
-            if BAD_PASSWORD in text or "authentication is not enabled" in text:
-                raise EtcdAuthError(
-                    f"etcd user {self.user!r}: authentication failed ({_reason(text)}); "
-                    "check etcd_user and etcd_password_file"
-                )
-            if answer.status_code == 503:
-                raise etcd_errors.ConnectionFailedError(text, answer.reason)
-            raise etcd_errors.Etcd3Exception(text, answer.reason)
+                token = self._authenticate(url)
+            except EtcdAuthError:
+                raise  # refused credentials: said at once, not remembered
+            except etcd_errors.Etcd3Exception as exc:
+                why = getattr(exc, "detail_text", "") or str(exc) or type(exc).__name__
+                self._failed, self._failed_at = str(why)[:200], time.monotonic()
+                raise
+            self._failed_at = None
+            return token
+
+    def _authenticate(self, url: str) -> str:
+        """``POST /v3/auth/authenticate`` to the member of ``url``; the new token."""
+        base = url.split("/v3/", 1)[0]
+        if not base.startswith("https://"):
+            # Defence in depth beside `config.Settings.validate`: settings built another
+            # way (an EtcdSettings without ca_cert) must not send the password in clear
+            # text either, nor get a token to send so.  Raised before anything is sent.
+            raise EtcdAuthError(
+                f"etcd user {self.user!r}: refusing to send credentials over plain http; "
+                "an etcd user needs etcd TLS (etcd_tls_ca)"
+            )
+        try:
+            answer = self._session.post(
+                base + AUTHENTICATE,
+                json={"name": self.user, "password": self._password},
+                timeout=self._timeout_s,
+            )
+        except requests.exceptions.Timeout as exc:
+            raise etcd_errors.ConnectionTimeoutError(str(exc)) from None
+        except requests.exceptions.ConnectionError as exc:
+            raise etcd_errors.ConnectionFailedError(str(exc)) from None
+        if answer.status_code == 200:
+            self._token = str(answer.json()["token"])
+            self.authentications += 1
+            return self._token
+        text = answer.text[:300]
+        if BAD_PASSWORD in text or "authentication is not enabled" in text:
+            raise EtcdAuthError(
+                f"etcd user {self.user!r}: authentication failed ({_reason(text)}); "
+                "check etcd_user and etcd_password_file"
+            )
+        if answer.status_code == 503:
+            raise etcd_errors.ConnectionFailedError(text, answer.reason)
+        raise etcd_errors.Etcd3Exception(text, answer.reason)
 
     def _on_response(self, response: requests.Response, **kwargs: Any) -> requests.Response:
         if response.status_code not in (400, 401):

@@ -334,3 +334,46 @@ def test_a_401_cut_off_mid_body_is_a_connection_error() -> None:
     auth = TokenAuth(requests.Session(), USER, PASSWORD, 1.0)
     with pytest.raises(requests.exceptions.ConnectionError, match="cut off"):
         auth._on_response(response)
+
+
+def test_threads_waiting_on_a_failed_authentication_fail_at_once_not_in_turn() -> None:
+    """A member that forgot its tokens during a quorum loss cannot authenticate anyone (a Raft
+    proposal): every request to it wanted a new token, and each waiting thread tried again
+    in turn under the lock, so the k-th waited k timeouts (10 threads at 0.3 s: the last 3 s,
+    far past the call's bound).  Now those that waited on a failure fail at once; once the
+    timeout has passed, the next request tries again.  No etcd needed."""
+    import threading
+
+    from etcd3gw import exceptions as etcd_errors
+
+    posts: list[float] = []
+
+    class Hanging:  # authenticate answers nothing (no quorum)
+        def post(self, url: str, json: Any = None, timeout: float = 0) -> Any:
+            posts.append(time.monotonic())
+            time.sleep(timeout)
+            raise requests.exceptions.ReadTimeout("timed out")
+
+    auth = TokenAuth(Hanging(), USER, PASSWORD, timeout_s=0.3)  # type: ignore[arg-type]
+    waits: list[float] = []
+
+    failures: list[Exception] = []
+
+    def one() -> None:
+        began = time.monotonic()
+        try:
+            auth._renew("https://m1:2379/v3/kv/txn", stale="")
+        except etcd_errors.Etcd3Exception as exc:
+            failures.append(exc)
+        waits.append(time.monotonic() - began)
+
+    threads = [threading.Thread(target=one) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(failures) == 10 and len(posts) == 1 and max(waits) < 0.6, waits
+    time.sleep(0.3)
+    with pytest.raises(etcd_errors.Etcd3Exception):
+        auth._renew("https://m1:2379/v3/kv/txn", stale="")
+    assert len(posts) == 2
