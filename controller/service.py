@@ -455,6 +455,15 @@ class Controller:
             self.store.fence = self.members.fence
             # /readyz and tenantnet_store_quorum judge etcd by the lease renewals
             self.store.quorum_signal = self.members.quorum_lost_for
+            # a replica that can no longer follow the log owns no host (others take them)
+            self.store.on_halt = self._leave_members
+
+    def _leave_members(self, why: str) -> None:
+        """The store's replica stopped following the etcd log: leave the membership, so the
+        other instances own this one's hosts and change them; this one answers /readyz 503."""
+        if self.members is not None:
+            LOG.error("leaving the controllers' cluster: %s", why)
+            self.members.stop()
 
     def stop(self) -> None:
         LOG.info("tenantnet stopping (flows stay on the switches)")

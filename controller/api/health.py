@@ -20,7 +20,10 @@ probes ask.
   writes.  A shorter gap (a leader election, ~1 s; one slow call) is not reported: writes
   sent then wait and commit, and a balancer would otherwise take every instance out at once
   for it.  The answer costs no etcd call (the renewal thread's last success is read), so it
-  comes at once even while etcd hangs.  On SQLite there is nothing to judge: unchanged.
+  comes at once even while etcd hangs.  Also not ready, for good, once the instance's replica
+  stopped following the etcd log (an entry of a newer schema: instances of mixed versions);
+  the instance then leaves the membership too, so its hosts go to the others.  On SQLite
+  there is nothing to judge: unchanged.
 * ``/metrics``: the Prometheus text format of the controller's own registry
   (controller/metrics.py).
 
@@ -45,6 +48,9 @@ def not_ready(store: Any, status: Status | None) -> str | None:
     document; None when there is no data plane (an API-only app)."""
     if getattr(store, "closed", False):
         return "store closed"
+    halted = getattr(store, "halted", None)  # EtcdStore's: its replica stopped following
+    if halted:
+        return f"store: this instance no longer follows the etcd log ({halted})"
     lost_for = getattr(store, "quorum_lost_for", None)  # EtcdStore's; none on SQLite
     if lost_for is not None and (lost := lost_for()) is not None:
         return (

@@ -294,6 +294,10 @@ class EtcdStore(Store):
         # `EtcdMembership.quorum_lost_for`, wired with the membership: what /readyz judges
         # etcd by (`quorum_lost_for`); unset: the follower's ``down`` instead
         self.quorum_signal: Callable[[], float | None] | None = None
+        # Why the follower stopped for good (a log this replica cannot apply), None while it
+        # follows; `on_halt` is called once with it (the service leaves the membership).
+        self.halted: str | None = None
+        self.on_halt: Callable[[str], None] | None = None
         # entries the watch delivered, not applied yet: seq -> value (bounded in bytes; an
         # entry that does not fit is read from the log instead)
         self._arrived: dict[int, bytes] = {}
@@ -851,8 +855,17 @@ class EtcdStore(Store):
                 LOG.warning("etcd log: %s; trying again", exc.message)
                 self._stopping.wait(self._poll_s)
             except StoreUnavailable as exc:  # a schema mismatch, a log without snapshot: stop
-                # (writes then fail with the same reason, since this replica cannot catch up)
+                # (writes then fail with the same reason, since this replica cannot catch up).
+                # Said where operators look (/readyz), and the instance gives up its hosts:
+                # otherwise it stayed ready and a live member, and the hosts it owned got no
+                # change from then on while their observations were held for good.
                 LOG.error("etcd log: %s; this instance no longer follows it", exc.message)
+                self.halted = exc.message
+                if self.on_halt is not None:
+                    try:
+                        self.on_halt(exc.message)
+                    except Exception:
+                        LOG.exception("leaving the cluster after the etcd log stopped failed")
                 return
             except Exception:
                 LOG.exception("applying the etcd log failed at entry %d", self.applied + 1)

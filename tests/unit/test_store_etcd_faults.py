@@ -548,3 +548,44 @@ def test_a_committed_write_whose_local_commit_failed_answers_503_without_quorum(
         assert sorted(n["name"] for n in store.list_all("network")) == ["committed", "n"]
     finally:
         store.close()
+
+
+def test_a_replica_that_stops_following_the_log_says_so_and_gives_up_its_hosts(
+    tmp_path: Path, etcd_settings: EtcdSettings
+) -> None:
+    """An entry this replica cannot apply (another instance runs a newer schema) stops its
+    follower for good.  The instance stayed ready and a live member: the hosts it owned got
+    no change from then on.  Now /readyz says why it is not ready, and the store calls
+    ``on_halt`` once (the service leaves the membership with it: `Controller._leave_members`)."""
+    import json
+    import uuid
+    import zlib
+
+    from controller.api import health
+    from controller.store.schema import LATEST
+
+    store = EtcdStore(str(tmp_path / "a.db"), EventBus(), etcd_settings)
+    halts: list[str] = []
+    store.on_halt = halts.append
+    try:
+        store.create_network({"name": "n"})
+        assert health.not_ready(store, None) is None
+        newer = {"id": uuid.uuid4().hex, "schema": LATEST + 1, "sql": [], "events": []}
+        raw = zlib.compress(json.dumps(newer).encode())
+        assert store._log.append(store._log.head(), raw)
+        wait_for(lambda: store.halted is not None, "the follower to stop")
+        assert len(halts) == 1 and f"store schema {LATEST + 1}" in halts[0]
+        reason = health.not_ready(store, None)
+        assert reason is not None and "no longer follows the etcd log" in reason
+    finally:
+        store.close()
+
+
+def test_the_service_leaves_the_membership_when_its_replica_stops() -> None:
+    from controller.service import Controller
+
+    left: list[bool] = []
+    service = Controller.__new__(Controller)
+    service.members = SimpleNamespace(stop=lambda: left.append(True))
+    service._leave_members("etcd log entry 9 was written with store schema 99")
+    assert left == [True]
