@@ -207,9 +207,8 @@ class EtcdMembership:
             lease = self._log.grant(self.ttl_s)
             if not self._take_lease(lease):
                 return
-            body = json.dumps({"id": self.view.me, "since": time.time(), "ofp": self.ofp_target})
             try:
-                self._log.put_leased(PREFIX + self.view.me, body, lease)
+                self._put_key(lease)
             except BaseException:
                 # A lease without the member key would be renewed at every step and the key
                 # never put again: this instance would stay out of the members for good.
@@ -219,10 +218,23 @@ class EtcdMembership:
         self._renewed_at = sent
         self._failing_since = None
         revision, items = self._log.list_prefix(PREFIX)
-        self._keep_watching(revision)
         members = tuple(sorted(k for k, _ in items))
+        current = self._lease
+        if current is not None and self.view.me not in members:
+            # The key is gone while its lease lives (deleted by hand, `etcdctl del`): renewing
+            # the lease alone would keep this instance out of the members for good.
+            LOG.warning("membership key of %s gone while its lease lives: put again", self.view.me)
+            self._put_key(current)
+            revision, items = self._log.list_prefix(PREFIX)
+            members = tuple(sorted(k for k, _ in items))
+        self._keep_watching(revision)
         targets = tuple(sorted((k, t) for k, v in items if (t := _ofp_target(v))))
         self._set(MemberView(self.view.me, members, revision, targets, self._lease or 0))
+
+    def _put_key(self, lease: int) -> None:
+        """``members/<id>`` under ``lease``: this instance's record (its OpenFlow target)."""
+        body = json.dumps({"id": self.view.me, "since": time.time(), "ofp": self.ofp_target})
+        self._log.put_leased(PREFIX + self.view.me, body, lease)
 
     def _drop_lease(self, lease: int) -> None:
         """Forget ``lease`` (the next step takes a new one and puts the key) and revoke it."""

@@ -283,3 +283,22 @@ def test_a_member_rejoining_after_its_lease_lapsed_is_not_live_on_its_old_view(
     finally:
         b.stop()
         a.stop()
+
+
+def test_a_member_whose_key_was_deleted_while_its_lease_lives_puts_it_again(
+    members: Any,
+) -> None:
+    """``members/a`` deleted by hand (``etcdctl del``) while a's lease lives: a renewed the
+    lease alone and stayed out of the members for good, owning nothing (found by a review).
+    It puts its key again at its next renewal."""
+    a = members("a")
+    b = members("b")
+    wait_for(lambda: b.view.members == ("a", "b"), "both members listed")
+    a._log.client(0).delete(a._log.key("members/a"))
+
+    def keys() -> list[str]:
+        return [k for k, _ in b._log.list_prefix("members/")[1]]
+
+    assert keys() == ["b"]
+    wait_for(lambda: keys() == ["a", "b"], "a's key put again", timeout=8)
+    wait_for(lambda: b.view.members == ("a", "b") and a.view.live, "both members listed again")
