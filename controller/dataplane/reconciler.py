@@ -90,6 +90,11 @@ LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_RESYNCS = 3
+# A host whose switch let MAX_RESYNCS + 1 batches in a row go unconfirmed (timed out or
+# rejected) is not re-read at once again; it is re-read after this, doubling each time it
+# fails again, up to LEFT_ALONE_MAX_S, until it confirms a batch or reconnects.
+LEFT_ALONE_FIRST_S = 5.0
+LEFT_ALONE_MAX_S = 60.0
 RETRY_FIRST_S = 0.1  # a unit whose planning raised is retried after this, doubling ...
 RETRY_MAX_S = 30.0  # ... up to this
 # How long port bindings/statuses may wait for outstanding barriers, so that a new port's
@@ -140,6 +145,7 @@ class HostRuntime:
     ovsdb_up: bool = False
     down_reported: bool = False
     failures: int = 0  # consecutive unconfirmed batches
+    left_alone: int = 0  # times in a row it was left alone after them (`_leave_alone`)
     switch_up: bool = False  # its OpenFlow connection is up (read back or not)
     # Why its switch is degraded ("" if it is not): it let a batch time out or rejected one.
     # Ports elsewhere stop waiting for it; cleared by its next confirmed batch or a reconnect.
@@ -206,6 +212,8 @@ class DataPlane:
         # the two never act on the host at once.  host -> monotonic time it may be taken.
         self.handover_delay_s = handover_delay_s
         self._takeover_at: dict[str, float] = {}
+        # hosts left alone after too many unconfirmed batches -> when to re-read them
+        self._left_alone: dict[str, float] = {}
         self.metrics = metrics or Metrics()
         self.switches = switches
         self.controller_target = controller_target
@@ -881,6 +889,13 @@ class DataPlane:
         rt.ovsdb_up = up
         if not up:
             self._host_down(host_id, "OVSDB connection lost")
+        elif rt.down_reported and rt.switch_up:
+            # Back after an OVSDB-only loss (OpenFlow stayed up): its ports were set DOWN,
+            # and the observation the agent sends again changes nothing, so nothing decided
+            # them again: they stayed DOWN for good while their flows worked.  Converge the
+            # host as after a reconnect (no flow-mod when nothing changed).
+            rt.down_reported = False
+            self._host_became_known(host_id)
         self._report_host_state(host_id)
 
     def _apply_switch_ready(self, dpid: int, installed: Slice) -> None:
@@ -893,8 +908,10 @@ class DataPlane:
         rt.groups = index_owners(rt.installed, self.inputs.group_of)
         rt.switch_up = True
         rt.down_reported = False
-        if rt.failures > MAX_RESYNCS:  # a fresh connection gets a fresh chance
-            rt.failures = 0
+        if rt.failures > MAX_RESYNCS:
+            # a fresh connection gets a fresh chance; the re-read of a host left alone
+            # (`_tick`) one batch: if that fails too, it is left alone again, twice as long
+            rt.failures = MAX_RESYNCS if rt.left_alone else 0
         self._report_host_state(host_id)
         self._host_became_known(host_id)
 
@@ -906,6 +923,8 @@ class DataPlane:
         rt.installed = None
         rt.switch_up = False
         rt.degraded = ""  # a new connection starts afresh
+        rt.left_alone = 0
+        self._left_alone.pop(host_id, None)
         self._host_down(host_id, "OpenFlow connection lost")
         self._report_host_state(host_id)
 
@@ -945,6 +964,14 @@ class DataPlane:
         ):
             self._apply_ownership()  # the lease lapsed while a renewal hangs; a handover due
         self._retry_roles()
+        for host_id, due in list(self._left_alone.items()):
+            rt = self.hosts.get(host_id)
+            if rt is None or not rt.switch_up or not self.owns(host_id):
+                del self._left_alone[host_id]  # gone, or read afresh when it is back or ours
+            elif due <= now:
+                del self._left_alone[host_id]
+                LOG.info("host %s: re-reading its switch, left alone since its failures", host_id)
+                self.switches.resync(rt.dpid)
         if not self._grace_over and time.monotonic() - self.stats.started_at > self.startup_grace_s:
             self._grace_over = True
             for host_id, rt in self.hosts.items():
@@ -1130,6 +1157,8 @@ class DataPlane:
             rt.installed = None
             if retry:
                 self.switches.resync(rt.dpid)
+            else:
+                self._leave_alone(host_id, rt)
 
     def _failed(self, unit: Unit, exc: BaseException, now: float) -> None:
         """Planning ``unit`` raised: nothing of it was sent or recorded; it is planned again
@@ -1211,16 +1240,30 @@ class DataPlane:
             if rt.failures <= MAX_RESYNCS:
                 LOG.warning("host %s did not confirm its flows; re-reading its switch", host_id)
                 self.switches.resync(dpid)
-            else:  # a rule the switch keeps refusing: don't spin, wait for a reconnect
-                LOG.error("host %s keeps rejecting flows; left alone until it reconnects", host_id)
+            else:  # a rule the switch keeps refusing, or a switch this slow: don't spin
+                self._leave_alone(host_id, rt)
         elif ok and rt is not None:
-            rt.failures = 0
+            rt.failures = rt.left_alone = 0
+            self._left_alone.pop(host_id, None)
         batch.confirmed(host_id, ok)
         frames, what = batch.announce.pop(host_id, ([], set()))
         if ok and rt is not None and rt.dpid == dpid:
             self._send_announcements(host_id, frames, what)
         self._settle(batch)
         self._check_reconciled()
+
+    def _leave_alone(self, host_id: str, rt: HostRuntime) -> None:
+        """Too many unconfirmed batches in a row: stop re-reading the switch at once, and
+        re-read it later (`_tick`), later each time it fails again.  Left alone until it
+        reconnected, a switch that is slow but alive (answering echoes, never reconnecting)
+        got no flow again: every change for its host was lost while it showed degraded."""
+        rt.left_alone += 1
+        wait = min(LEFT_ALONE_MAX_S, LEFT_ALONE_FIRST_S * 2 ** (rt.left_alone - 1))
+        self._left_alone[host_id] = time.monotonic() + wait
+        LOG.error(
+            "host %s did not confirm %d batches in a row (%s); re-reading its switch in %.0f s",
+            host_id, rt.failures, rt.degraded or "not sent", wait,
+        )  # fmt: skip
 
     def _note_health(self, rt: HostRuntime, ok: bool, why: str) -> None:
         """A switch that lets a batch time out or rejects one is degraded until it confirms one

@@ -1046,3 +1046,67 @@ def test_a_host_registered_again_starts_its_agent_once_the_old_one_cleaned_up(
     cloud.idle()
     rt = cloud.dp.hosts["hv1"]
     assert rt.agent is new and rt.ready and rt.ovsdb_up
+
+
+def test_a_switch_left_alone_after_batches_timed_out_is_read_again_later(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loaded hypervisor lets four batches in a row go unconfirmed (barrier timeouts), then
+    is fine: it answers echoes and dumps, so it never reconnects.  It was left alone "until
+    it reconnects", for good: every later change for its host was lost (a port plugged there
+    stayed DOWN with no flows) while it showed degraded (found by a review).  It is re-read
+    after a wait (`LEFT_ALONE_FIRST_S`, shortened here) and the new port turns ACTIVE."""
+    from controller.dataplane import reconciler
+
+    monkeypatch.setattr(reconciler, "LEFT_ALONE_FIRST_S", 0.2, raising=False)
+    hv1 = datapath_id_for("hv1")
+    late = [4]
+    resyncs: list[int] = []
+
+    class Slow(FakeSwitches):
+        def apply(self, dpid: int, diff: FlowDiff, on_done: Callable[..., None]) -> bool:
+            if dpid == hv1 and late[0] > 0:
+                late[0] -= 1
+                super().apply(dpid, diff, lambda *a: None)  # applied, confirmed too late
+                on_done(False, "timeout")
+                return True
+            return super().apply(dpid, diff, on_done)
+
+        def resync(self, dpid: int) -> None:
+            resyncs.append(dpid)
+            cloud.dp.switch_ready(dpid, self.installed(dpid))
+
+    cloud.switches = Slow()
+    cloud.dp = cloud._dataplane()
+    cloud.start(hosts=2)
+    net = cloud.network()
+    cloud.port(net, "hv2", 1)
+    cloud.idle()
+    for n in range(4):
+        cloud.port(net, "hv1", 10 + n)
+        cloud.idle()
+    assert len(resyncs) == 3  # re-read at once three times, then left alone
+    port = cloud.port(net, "hv1", 20)
+    assert _status_soon(cloud, port["id"], "ACTIVE", timeout=5), "never read again"
+    assert port["mac_address"] in _macs(cloud.flows("hv1"))
+    assert _status_soon_host(cloud, "hv1", "connected")
+
+
+def test_ports_are_decided_again_after_an_ovsdb_only_loss(cloud: Cloud) -> None:
+    """The controller's OVSDB session to a host drops and comes back while OpenFlow stays up
+    (a reset on port 6640, the agent's own stall reconnect): its ports went DOWN, and the
+    observation the agent sends again changed nothing, so they stayed DOWN for good while
+    the host said connected and their flows worked (found by a review)."""
+    cloud.start(hosts=2)
+    net = cloud.network()
+    port = cloud.port(net, "hv1", 1)
+    cloud.idle()
+    assert cloud.store.get_port(port["id"])["status"] == "ACTIVE"
+    agent = FakeAgent.instances["hv1"]
+    agent.on_state("hv1", False)
+    cloud.idle()
+    assert cloud.store.get_port(port["id"])["status"] == "DOWN"
+    agent.on_state("hv1", True)
+    agent.push()  # what the agent does: it reads the host again and reports it
+    assert _status_soon(cloud, port["id"], "ACTIVE")
+    assert cloud.store.get_host("hv1")["status"] == "connected"
