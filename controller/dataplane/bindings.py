@@ -45,6 +45,9 @@ class Bindings:
         self._claims: dict[str, dict[str, int]] = {}  # port id -> host id -> claim order
         self._by_host: dict[str, set[str]] = {}  # host id -> port ids it claims
         self._holders: dict[str, str] = {}
+        # host id -> the ports it holds (an ordered set): `held_by` without a scan of every
+        # port, which a host's loss, read or deletion did (O(all ports) per host event)
+        self._held: dict[str, dict[str, None]] = {}
         self._order = itertools.count()
         # Counted by network, kept with each holder (`_hold`), so that routing finds a host's
         # networks and a network's hosts without a scan of ports: only non-interface ports.
@@ -64,7 +67,21 @@ class Bindings:
         return self._net_hosts.get(network_id, {}).keys()
 
     def held_by(self, host_id: str) -> list[str]:
-        return [p for p, h in self._holders.items() if h == host_id]
+        return list(self._held.get(host_id, ()))
+
+    def _set_holder(self, port_id: str, holder: str | None) -> None:
+        """The one place ``_holders`` changes, so that ``_held`` follows it."""
+        old = self._holders.pop(port_id, None) if holder is None else self._holders.get(port_id)
+        if old == holder:
+            return
+        if old is not None:
+            ports = self._held[old]
+            del ports[port_id]
+            if not ports:
+                del self._held[old]
+        if holder is not None:
+            self._holders[port_id] = holder
+            self._held.setdefault(holder, {})[port_id] = None
 
     def claims(self, port_id: str) -> dict[str, int]:
         return dict(self._claims.get(port_id, {}))
@@ -91,13 +108,13 @@ class Bindings:
             self._unclaim(pid, host_id)
         held = set(self.held_by(host_id))
         for pid in held:
-            del self._holders[pid]
+            self._set_holder(pid, None)
             self._hold(pid, None, None)
         return affected | held
 
     def forget(self, port_id: str) -> None:
         """The port was deleted: no holder (claims stay: the interfaces are still there)."""
-        self._holders.pop(port_id, None)
+        self._set_holder(port_id, None)
         self._hold(port_id, None, None)
 
     def resolve(self, port: PortRec, unsynced: Container[str], known: Container[str]) -> str | None:
@@ -125,10 +142,7 @@ class Bindings:
             if requested is None and port.router_id is None:
                 live = [h for h in claims if h in known]
                 holder = min(live, key=lambda h: (claims[h], h)) if live else None
-        if holder is None:
-            self._holders.pop(pid, None)
-        else:
-            self._holders[pid] = holder
+        self._set_holder(pid, holder)
         self._hold(pid, holder, port.network_id if port.router_id is None else None)
         return holder
 

@@ -313,3 +313,39 @@ def test_a_port_moved_to_a_host_whose_switch_is_down_is_not_left_active(cloud: C
     cloud.idle()
     got = _port(cloud, port)
     assert got["status"] == "ACTIVE" and 6 in _local_ofports(cloud, "hv2")
+
+
+def test_the_ports_a_host_holds_are_indexed_not_scanned() -> None:
+    """`Bindings.held_by` walked every port's holder: a host's loss, read or deletion cost
+    O(all ports) (~8.5 ms at 200,000 ports, twice per reconnect of a flapping switch; found
+    by a review).  It reads an index kept with the holders; checked against a scan after a
+    random run of claims, resolves, port deletions and host deletions."""
+    import random
+
+    from controller.dataplane.bindings import Bindings
+    from controller.dataplane.state import PortRec
+
+    class NoScan(dict[str, str]):
+        def items(self) -> Any:
+            raise AssertionError("held_by scanned every port")
+
+    rng = random.Random(7)
+    b = Bindings()
+    hosts = [f"hv{n}" for n in range(5)]
+    ports = {f"p{n}": PortRec(f"p{n}", n, "net", f"fa:16:3e:00:00:{n:02x}") for n in range(40)}
+    for _ in range(2000):
+        op = rng.random()
+        host = rng.choice(hosts)
+        if op < 0.3:
+            b.set_claims(host, rng.sample(sorted(ports), rng.randint(0, 8)))
+        elif op < 0.9:
+            pid = rng.choice(sorted(ports))
+            b.resolve(ports[pid], (), hosts)
+        elif op < 0.97:
+            b.forget(rng.choice(sorted(ports)))
+        else:
+            b.drop_host(host)
+        for h in hosts:
+            assert sorted(b.held_by(h)) == sorted(p for p, x in b._holders.items() if x == h)
+    b._holders = NoScan(b._holders)
+    assert sum(len(b.held_by(h)) for h in hosts) == len(b._holders)
