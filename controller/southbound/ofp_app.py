@@ -632,15 +632,23 @@ class TenantnetOfpApp(app_manager.OSKenApp):
     def add_transient_flow(self, dpid: int, rule: Rule, hard_timeout: int) -> bool:
         """Add ``rule`` with a hard timeout, outside any batch (a flooding port's DHCP drop,
         `controller.dataplane.dhcp`): the switch expires it and the data plane never diffs it
-        (`flows.tables.TRANSIENT_KINDS`).  False if the switch is gone or not reading."""
+        (`flows.tables.TRANSIENT_KINDS`).  False if the switch is gone or not reading, or if
+        its lock is held: the callers are packet-in handlers, on the switch's receive thread
+        or the shared worker, which must not wait behind the data plane encoding a large
+        batch under that lock (its barrier replies would wait too).  A ban not sent drops the
+        flood in the controller instead, and the next offence tries again."""
         with self._lock:
             sw = self._switches.get(dpid)
         if sw is None or not sw.ready:
             return False
         msg = codec.flow_add(sw.dp, rule, hard_timeout=hard_timeout)
-        with sw.lock:
+        if not sw.lock.acquire(blocking=False):
+            return False
+        try:
             sw.remember(msg, Sent(f"add flow for {hard_timeout} s", rule))
             return _send_as_one_write(sw.dp, [msg])
+        finally:
+            sw.lock.release()
 
     def flush_ct_zones(self, dpid: int, zones: list[int]) -> bool:
         """Clear these conntrack zones (`ofp_codec.ct_flush_zone`).  Sent before or after a

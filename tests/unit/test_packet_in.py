@@ -416,6 +416,36 @@ def test_a_transient_drop_is_one_flow_mod_with_its_hard_timeout() -> None:
     assert not app.add_transient_flow(0x99, rule, hard_timeout=20)  # no such switch
 
 
+def test_a_transient_drop_does_not_wait_for_the_switchs_lock() -> None:
+    """Bans are sent from packet-in handlers (the switch's receive thread, the shared
+    worker), which must not wait behind the data plane encoding a batch under the switch's
+    lock: the receive thread's barrier replies waited with them (found by a review).  A held
+    lock makes the ban fail at once (the flood is then dropped in the controller)."""
+    import threading
+    import time
+
+    app, dp, sw = _app()
+    rule = dhcp_guard_rule(3, 42)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with sw.lock:
+            holding.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(5)
+    began = time.monotonic()
+    try:
+        sent = app.add_transient_flow(DPID, rule, hard_timeout=20)
+    finally:
+        release.set()
+        holder.join()
+    assert not sent and time.monotonic() - began < 0.5 and not _sent(dp)
+    assert app.add_transient_flow(DPID, rule, hard_timeout=20)  # free again: sent
+
+
 def test_a_packet_in_taken_from_the_parser_is_answered_as_its_event_would_be() -> None:
     """An admitted switch's packet-ins go from os-ken's parser straight to the app (the
     datapath's ``packet_in_sink``, set at admission; no message, no event): the handler gets
