@@ -95,6 +95,7 @@ class ConnectionStats:
     handshake_timeouts: int = 0
     declared_dead: int = 0
     malformed_messages: int = 0  # connections ended for a message os-ken cannot walk (osken_guard)
+    unparsed_messages: int = 0  # messages os-ken's parser raised on, dropped (osken_guard)
     max_connections: int = 0  # the cap in force (the setting, lowered to fit the fd limit)
 
     def as_dict(self) -> dict[str, int]:
@@ -205,6 +206,7 @@ class _WatchedSocket:
 
 _HANDSHAKE_LOG = Throttle()
 _MALFORMED_LOG = Throttle()
+_UNPARSED_LOG = Throttle()
 
 
 class LiveDatapath(osken_controller.Datapath):
@@ -270,6 +272,20 @@ class LiveDatapath(osken_controller.Datapath):
         log line per source and interval: the sender may be any peer, retrying."""
         self._stats.malformed_messages += 1
         self._give_up(reason, quiet=_MALFORMED_LOG)
+
+    def drop_input(self, reason: str) -> None:
+        """A message os-ken's parser raised on, although its lengths walk (`osken_guard`):
+        dropped with one log line per source and interval, the connection kept.  Ending it
+        would make a switch holding one flow os-ken cannot parse (someone's, added by hand)
+        reconnect at every read of its flows; os-ken logged a stack trace and a hex dump of
+        the whole message instead, per message."""
+        self._stats.unparsed_messages += 1
+        source = _host(self.address)
+        skipped = _UNPARSED_LOG(source)
+        if skipped is not None:
+            dpid = f"{self.id:016x}" if self.id is not None else "(no datapath id yet)"
+            more = f" ({skipped} more like it not logged)" if skipped else ""
+            LOG.warning("switch %s at %s: %s; message dropped%s", dpid, source, reason, more)
 
     def _wake_sender(self) -> None:
         """os-ken's send loop waits on its queue for good: hand it the "close" entry.  If the

@@ -32,9 +32,11 @@ unchanged buffer to os-ken's parser (so `osken_flowstats` and `osken_packetin` s
 
 A message that fails is not parsed: the connection is ended (`LiveDatapath.refuse_input`:
 one throttled log line per source), the switch's later messages in the same read are dropped
-unparsed, and the app sees the disconnect as for any other switch that went away.  So is one
-that passes and still makes os-ken's parser raise (a field it asserts on), instead of os-ken's
-stack trace and hex dump per message.
+unparsed, and the app sees the disconnect as for any other switch that went away.  One that
+passes and still makes os-ken's parser raise (a field it asserts on) is dropped with one
+throttled line (`LiveDatapath.drop_input`), instead of os-ken's stack trace and hex dump per
+message; the connection stays (a foreign flow os-ken cannot parse must not make every read
+of the switch's flows reconnect it).
 """
 
 from __future__ import annotations
@@ -255,10 +257,11 @@ def guarded_msg_parser(parse: Any) -> Any:
         except Exception as exc:
             # What the walk does not cover (a field os-ken asserts on, an OXM of length 0):
             # os-ken logged each with a stack trace and a hex dump of the whole message, so a
-            # peer could fill the log; one throttled line instead, and the connection ends.
-            refuse = getattr(datapath, "refuse_input", None)
-            if refuse is not None:
-                refuse(f"malformed OpenFlow message: {type(exc).__name__}: {exc}"[:300])
+            # peer could fill the log; one throttled line instead (`LiveDatapath.drop_input`).
+            # The connection stays: its lengths walk, so nothing after it is misread.
+            drop = getattr(datapath, "drop_input", None)
+            if drop is not None:
+                drop(f"OpenFlow message os-ken cannot parse: {type(exc).__name__}: {exc}"[:300])
             return None
 
     guarded.guards = parse  # type: ignore[attr-defined]

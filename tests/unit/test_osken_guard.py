@@ -63,10 +63,14 @@ class _Dp:
     def __init__(self) -> None:
         self.end_reason = ""
         self.refused: list[str] = []
+        self.dropped: list[str] = []
 
     def refuse_input(self, reason: str) -> None:
         self.refused.append(reason)
         self.end_reason = reason
+
+    def drop_input(self, reason: str) -> None:
+        self.dropped.append(reason)
 
 
 @pytest.fixture
@@ -327,8 +331,9 @@ def test_what_os_ken_cannot_parse_is_one_refusal_not_a_hex_dump(
 ) -> None:
     """A packet-in within its announced length whose last OXM field has length 0: os-ken's
     parser asserts, and ``ofproto_parser.msg`` logged a stack trace with a hex dump of the
-    whole message, per message (64 KB in, ~320 KB of log out), and kept the connection.  Now
-    the connection is refused with one line (throttled by the connection, `refuse_input`)."""
+    whole message, per message (64 KB in, ~320 KB of log out).  Now it is dropped with one
+    line (throttled per source, `LiveDatapath.drop_input`); the connection stays (its
+    lengths walk: a foreign flow os-ken cannot parse must not make every dump reconnect)."""
     fields = b"\x80\x00\x00\x04\x00\x00\x00\x01" * 100 + b"\x80\x00\x00\x00"
     match = struct.pack("!HH", ofp.OFPMT_OXM, 4 + len(fields)) + fields
     match += b"\0" * (-len(match) % 8)
@@ -336,5 +341,34 @@ def test_what_os_ken_cannot_parse_is_one_refusal_not_a_hex_dump(
     data = _message(ofp.OFPT_PACKET_IN, body)
     dp = _Dp()
     assert ofproto_parser.msg(dp, 4, ofp.OFPT_PACKET_IN, len(data), 7, data) is None
-    assert len(dp.refused) == 1 and "malformed OpenFlow message" in dp.refused[0]
+    assert len(dp.dropped) == 1 and "cannot parse" in dp.dropped[0] and not dp.refused
     assert not [r for r in caplog.records if r.name.startswith("os_ken")]
+
+
+def test_a_message_os_ken_cannot_parse_is_dropped_once_logged_and_the_switch_kept(
+    guarded: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a real connection: 100 such packet-ins, one warning, all counted, the connection
+    not ended (`LiveDatapath.drop_input`)."""
+    import logging
+
+    from os_ken.base import app_manager  # noqa: F401  (os-ken's parsers registered)
+
+    from tests.unit.conftest import new_ofp_app
+    from tests.unit.test_packet_in import _live_switch
+
+    fields = b"\x80\x00\x00\x04\x00\x00\x00\x01" * 3 + b"\x80\x00\x00\x00"
+    match = struct.pack("!HH", ofp.OFPMT_OXM, 4 + len(fields)) + fields
+    match += b"\0" * (-len(match) % 8)
+    data = _message(ofp.OFPT_PACKET_IN, struct.pack("!IHBBQ", 0xFFFFFFFF, 0, 0, 0, 0) + match)
+    dp, peer = _live_switch(new_ofp_app())
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(100):
+                assert ofproto_parser.msg(dp, 4, ofp.OFPT_PACKET_IN, len(data), 7, data) is None
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(lines) == 1 and "message dropped" in lines[0], lines
+        assert dp._stats.unparsed_messages == 100 and not dp.end_reason
+    finally:
+        dp.end("test over")
+        peer.close()
