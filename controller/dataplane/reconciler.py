@@ -773,8 +773,11 @@ class DataPlane:
             if owned and rt.agent is None and host_id not in self._removing:
                 LOG.info("host %s: owned by this instance now; reading it", host_id)
                 rt.down_reported = False
-                if rt.installed is not None:
+                # also a switch up whose flows are unknown (a host left alone after its
+                # failures): read now, or it waited for a reconnect
+                if rt.installed is not None or rt.switch_up:
                     rt.installed = None
+                    self._left_alone.pop(host_id, None)
                     self.switches.resync(rt.dpid)
                 self._start_agent(rt)
             elif not owned and rt.agent is not None:
@@ -966,9 +969,9 @@ class DataPlane:
         self._retry_roles()
         for host_id, due in list(self._left_alone.items()):
             rt = self.hosts.get(host_id)
-            if rt is None or not rt.switch_up or not self.owns(host_id):
-                del self._left_alone[host_id]  # gone, or read afresh when it is back or ours
-            elif due <= now:
+            if rt is None or not rt.switch_up:
+                del self._left_alone[host_id]  # gone, or read afresh when it is back
+            elif due <= now and self.owns(host_id):  # not ours now: when it is again
                 del self._left_alone[host_id]
                 LOG.info("host %s: re-reading its switch, left alone since its failures", host_id)
                 self.switches.resync(rt.dpid)
@@ -1150,7 +1153,7 @@ class DataPlane:
         LOG.log(
             level, "host %s: sending this step failed (%s); %s",
             host_id, why,
-            "re-reading its switch" if retry else "left alone until it reconnects",
+            "re-reading its switch" if retry else "re-reading its switch later",
         )  # fmt: skip
         if rt is not None and rt.installed is not None:
             rt.failures += 1

@@ -610,3 +610,55 @@ def test_a_deleted_host_leaves_no_role_and_no_pending_handover(cluster: Cluster)
         assert inst.switches.roles == {}, inst.view.me
         assert inst.dp._takeover_at == {}, inst.view.me
     c.dp.stop()
+
+
+def test_a_host_left_alone_is_read_again_when_it_is_owned_again(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host left alone after four unconfirmed batches (its flows unknown) while this
+    instance briefly owned nothing (a lease lapse): the re-read due meanwhile was dropped,
+    and taking the host back re-read only a host whose flows were known, so its switch was
+    never read again and a port plugged there stayed DOWN (found by a review)."""
+    from controller.dataplane import reconciler
+
+    monkeypatch.setattr(reconciler, "LEFT_ALONE_FIRST_S", 0.5)
+    FakeAgent.instances.clear()
+    c = Cluster(str(tmp_path / "db.sqlite"))
+    try:
+        c.start()
+        ha, _ = _split_hosts()
+        late = [4]
+        real_apply = c.a.switches.apply
+
+        def apply(d: int, diff: FlowDiff, on_done: Callable[..., None]) -> bool:
+            if d == dpid(ha) and late[0] > 0:
+                late[0] -= 1
+                real_apply(d, diff, lambda *a: None)  # applied, confirmed too late
+                on_done(False, "timeout")
+                return True
+            return real_apply(d, diff, on_done)
+
+        c.a.switches.apply = apply  # type: ignore[method-assign]
+        net = c.store.create_network({"provider:network_type": "vxlan"})
+        c.store.create_subnet({"network_id": net["id"], "cidr": "10.1.0.0/16", "ip_version": 4})
+        for n in range(4):
+            p = c.store.create_port({"network_id": net["id"]})
+            FakeAgent.instances[ha].plug(p["id"], 10 + n)
+            c.idle()
+        assert c.a.dp.hosts[ha].installed is None  # left alone
+        c.a.view = MemberView("a", (), c.a.view.revision + 1)  # the lease lapsed
+        c.a.dp.on_membership(c.a.view)
+        time.sleep(1.5)  # the re-read falls due while nothing is owned
+        c.idle()
+        c.a.view = MemberView("a", ("a", "b"), c.a.view.revision + 1)
+        c.a.dp.on_membership(c.a.view)
+        c.idle()
+        port = c.store.create_port({"network_id": net["id"]})
+        FakeAgent.instances[ha].plug(port["id"], 30)
+        deadline = time.monotonic() + 5
+        while c.store.get_port(port["id"])["status"] != "ACTIVE":
+            assert time.monotonic() < deadline, "the host's switch was never read again"
+            time.sleep(0.02)
+    finally:
+        c.a.dp.stop()
+        c.b.dp.stop()
