@@ -156,6 +156,9 @@ class SwitchListener(Protocol):
         ...
 
 
+TRANSIENT_LOCK_WAIT_S = 0.005
+"""How long a packet-in handler's transient rule (a flood's ban) waits for its switch's lock."""
+
 # Numbers OpenFlow sessions: a new number for every admitted connection (see `session_of`).
 _SESSION_NUMBERS = itertools.count(1)
 
@@ -633,16 +636,17 @@ class TenantnetOfpApp(app_manager.OSKenApp):
         """Add ``rule`` with a hard timeout, outside any batch (a flooding port's DHCP drop,
         `controller.dataplane.dhcp`): the switch expires it and the data plane never diffs it
         (`flows.tables.TRANSIENT_KINDS`).  False if the switch is gone or not reading, or if
-        its lock is held: the callers are packet-in handlers, on the switch's receive thread
-        or the shared worker, which must not wait behind the data plane encoding a large
-        batch under that lock (its barrier replies would wait too).  A ban not sent drops the
-        flood in the controller instead, and the next offence tries again."""
+        its lock stays held for `TRANSIENT_LOCK_WAIT_S`: the callers are packet-in handlers,
+        on the switch's receive thread or the shared worker, which must not wait behind the
+        data plane encoding a large batch under that lock (its barrier replies would wait
+        too); the lock's ordinary holds (a reply's bookkeeping) last microseconds.  A ban not
+        sent drops the flood in the controller instead, for that ban."""
         with self._lock:
             sw = self._switches.get(dpid)
         if sw is None or not sw.ready:
             return False
         msg = codec.flow_add(sw.dp, rule, hard_timeout=hard_timeout)
-        if not sw.lock.acquire(blocking=False):
+        if not sw.lock.acquire(timeout=TRANSIENT_LOCK_WAIT_S):
             return False
         try:
             sw.remember(msg, Sent(f"add flow for {hard_timeout} s", rule))

@@ -150,6 +150,11 @@ class EtcdMembership:
         self._changed.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        # Owns nothing from now (`current`), not only once the TTL since the last renewal has
+        # run out: the others take its hosts as soon as the lease is revoked below, and an
+        # instance that left while running (its replica stopped following the log) must not
+        # keep acting for them meanwhile.
+        self._renewed_at = float("-inf")
         with self._lease_lock:
             self._stopped = True
             lease, self._lease = self._lease, None

@@ -57,6 +57,7 @@ def test_a_stopped_member_leaves_at_once_and_a_dead_one_after_its_ttl(members: A
     wait_for(lambda: a.view.members == ("a", "b", "c"), "three members")
     b.stop()  # revokes its lease: its key is gone when stop returns
     assert [k for k, _ in a._log.list_prefix("members/")[1]] == ["a", "c"]
+    assert not b.current().live  # owns nothing at once, not a TTL later
     wait_for(lambda: a.view.members == ("a", "c"), "b gone")
     c._stopping.set()  # killed: no revoke, its lease is left to expire
     c._thread.join()

@@ -419,8 +419,9 @@ def test_a_transient_drop_is_one_flow_mod_with_its_hard_timeout() -> None:
 def test_a_transient_drop_does_not_wait_for_the_switchs_lock() -> None:
     """Bans are sent from packet-in handlers (the switch's receive thread, the shared
     worker), which must not wait behind the data plane encoding a batch under the switch's
-    lock: the receive thread's barrier replies waited with them (found by a review).  A held
-    lock makes the ban fail at once (the flood is then dropped in the controller)."""
+    lock: the receive thread's barrier replies waited with them (found by a review).  A lock
+    held longer than a few ms makes the ban fail (the flood is then dropped in the
+    controller)."""
     import threading
     import time
 
