@@ -3,7 +3,8 @@ large for a double, no lone UTF-16 surrogate, no nesting deep enough to exhaust 
 
 Python's ``json`` accepts all of these, and each is poison once stored: ``NaN`` cannot be
 rendered back as JSON (every later ``GET`` of the collection fails), a lone surrogate cannot be
-encoded as UTF-8.  They are refused here with a 400 that names the attribute, before any
+encoded as UTF-8 (nor can a raw, UTF-8-encoded surrogate, which is refused as a body that is not
+valid UTF-8).  They are refused here with a 400 that names the attribute, before any
 endpoint runs.  The parse stays a single ``json.loads``; only a body that tripped a hook (or
 contains a surrogate escape) is walked to find the attribute to name.
 
@@ -69,8 +70,20 @@ def loads(body: bytes) -> Any:
         tripped = tripped or not math.isfinite(value)
         return value
 
+    # Decoded strictly before parsing: ``json.loads(bytes)`` decodes with ``surrogatepass``, so
+    # a raw UTF-8-encoded surrogate (bytes ED A0 80) became a lone surrogate in a string that no
+    # escape-scan could see, and failed later as a 500 when stored.  The encoding is still
+    # detected as ``json.loads`` does (UTF-8, with or without BOM, or UTF-16/32).
+    encoding = json.detect_encoding(body)
     try:
-        data = json.loads(body, parse_constant=constant, parse_float=number)
+        text = body.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"the body is not valid {encoding.removesuffix('-sig').upper()} "
+            f"({exc.reason} at byte {exc.start})"
+        ) from None
+    try:
+        data = json.loads(text, parse_constant=constant, parse_float=number)
     except RecursionError:
         raise PoisonedBody((), "the body is nested too deeply") from None
     if tripped or _SURROGATE_ESCAPE.search(body):

@@ -73,6 +73,37 @@ def test_lone_surrogates_are_refused(client: TestClient) -> None:
     assert client.get("/v2.0/networks").status_code == 200
 
 
+def test_raw_utf8_surrogates_are_a_400_not_a_500(client: TestClient) -> None:
+    """Bytes ED A0 80 are UTF-8's encoding of U+D800, which UTF-8 forbids.  ``json.loads(bytes)``
+    decoded them with ``surrogatepass``, the escape scan saw no ``\\ud800``, and the lone
+    surrogate reached the store: a 500 (UnicodeEncodeError) on a port's binding:profile and on
+    add_router_interface.  The body is now decoded strictly: a 400 saying it is not UTF-8."""
+    net = _net(client)
+    bad = b"x\xed\xa0\x80"
+    body = b'{"port": {"network_id": "%s", "binding:profile": {"a": "%s"}}}' % (net.encode(), bad)
+    r = client.post("/v2.0/ports", content=body, headers=JSON)
+    _error(r, 400, "Malformed request body", "not valid UTF-8")
+    assert client.get("/v2.0/ports").json()["ports"] == []
+    router = client.post("/v2.0/routers", json={"router": {"name": "r"}}).json()["router"]
+    r = client.put(
+        f"/v2.0/routers/{router['id']}/add_router_interface",
+        content=b'{"subnet_id": "%s"}' % bad,
+        headers=JSON,
+    )
+    _error(r, 400, "not valid UTF-8")
+    # Valid UTF-8 (and a BOM, and UTF-16, which json.loads always accepted) still parse.
+    ok = client.post(
+        "/v2.0/networks", content='{"network": {"name": "\u00e9"}}'.encode(), headers=JSON
+    )
+    assert ok.status_code == 201 and ok.json()["network"]["name"] == "\u00e9"
+    bom = client.post("/v2.0/networks", content=b"\xef\xbb\xbf" + b'{"network": {}}', headers=JSON)
+    assert bom.status_code == 201, bom.text
+    utf16 = client.post(
+        "/v2.0/networks", content='{"network": {}}'.encode("utf-16-le"), headers=JSON
+    )
+    assert utf16.status_code == 201, utf16.text
+
+
 def test_deep_nesting_is_a_400_not_a_crash(client: TestClient) -> None:
     _error(_post_raw(client, "/v2.0/networks", "[" * 100_000 + "]" * 100_000), 400)
     _error(_post_raw(client, "/v2.0/networks", "1" * 5000), 400, "Malformed")
