@@ -173,11 +173,15 @@ def _pools(
     return pools
 
 
-def _nameservers(value: Any) -> list[str]:
-    """DNS servers as canonical IPs, without duplicates."""
+def _nameservers(value: Any, version: int) -> list[str]:
+    """DNS servers as canonical IPs of the subnet's IP version, without duplicates.
+
+    The version is checked as Neutron does (a 400): the DHCP responder offers the servers in
+    an option of the subnet's family, and one it cannot encode left every port on the subnet
+    without a DHCP answer."""
     if not isinstance(value, list):
         raise invalid_attr("dns_nameservers", f"'{value}' is not a list")
-    servers = [str(parse_ip(v, "dns_nameservers")) for v in value]
+    servers = [str(parse_ip(v, "dns_nameservers", version)) for v in value]
     if len(set(servers)) != len(servers):
         raise invalid_attr("dns_nameservers", f"duplicate nameserver in {value}")
     return servers
@@ -239,7 +243,7 @@ def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
         "cidr": str(cidr),
         "gateway_ip": gateway,
         "allocation_pools": _pools(body, cidr, gateway),
-        "dns_nameservers": _nameservers(body.get("dns_nameservers", [])),
+        "dns_nameservers": _nameservers(body.get("dns_nameservers", []), version),
         "host_routes": _routes(body.get("host_routes", []), version),
         "enable_dhcp": as_bool(body.get("enable_dhcp", True), "enable_dhcp"),
         "ipv6_ra_mode": None,
@@ -289,7 +293,7 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
         new["gateway_ip"] = gateway
         new["allocation_pools"] = _pools({"allocation_pools": pools}, cidr, gateway)
     if "dns_nameservers" in changes:
-        new["dns_nameservers"] = _nameservers(changes["dns_nameservers"])
+        new["dns_nameservers"] = _nameservers(changes["dns_nameservers"], version)
     if "host_routes" in changes:
         new["host_routes"] = _routes(changes["host_routes"], version)
     if "enable_dhcp" in changes:

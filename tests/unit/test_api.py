@@ -223,6 +223,28 @@ def test_subnet_validation_names_the_field(
     assert field in error_of(r, 400)
 
 
+def test_subnet_dns_nameservers_must_be_of_the_subnet_ip_version(client: TestClient) -> None:
+    """An IPv6 nameserver on an IPv4 subnet (or the reverse) was accepted; the DHCP responder
+    could not encode it and no port on the subnet got a DHCP answer.  A 400, as Neutron, on
+    create and on update, and the subnet is left as it was."""
+    net = create(client, "network")
+    for cidr, wrong in (("10.0.0.0/24", "2001:db8::53"), ("2001:db8::/64", "192.0.2.53")):
+        body = {"network_id": net["id"], "cidr": cidr, "dns_nameservers": [wrong]}
+        r = client.post("/v2.0/subnets", json={"subnet": body})
+        assert "dns_nameservers" in error_of(r, 400)
+    assert client.get("/v2.0/subnets").json()["subnets"] == []
+    sub = create(
+        client, "subnet", network_id=net["id"], cidr="10.0.0.0/24", dns_nameservers=["192.0.2.53"]
+    )
+    r = client.put(
+        f"/v2.0/subnets/{sub['id']}", json={"subnet": {"dns_nameservers": ["2001:db8::53"]}}
+    )
+    message = error_of(r, 400)
+    assert "dns_nameservers" in message and "IPv4" in message
+    after = client.get(f"/v2.0/subnets/{sub['id']}").json()["subnet"]
+    assert after["dns_nameservers"] == ["192.0.2.53"]
+
+
 def test_subnet_on_missing_network(client: TestClient) -> None:
     r = client.post("/v2.0/subnets", json={"subnet": {"network_id": "nope", "cidr": "10.0.0.0/24"}})
     assert error_of(r, 404, "NetworkNotFound") == "Network nope could not be found."
