@@ -494,10 +494,14 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
             current.get("extra_dhcp_opts", []), changes["extra_dhcp_opts"]
         )
     if "fixed_ips" in changes:
+        if changes["fixed_ips"] is None:
+            # On create null means "one address by default"; on update it removed every
+            # address (it was read as []), which no client means by it.  Neutron: a 400.
+            raise invalid_attr("fixed_ips", "null is not a list (send [] to remove every address)")
         network = networks.must_load(tx, current["network_id"])
         tx.conn.execute("DELETE FROM ip_allocations WHERE port_id = ?", (current["id"],))
         new["fixed_ips"] = _allocate_fixed_ips(
-            tx, network, current["id"], changes["fixed_ips"] or [], current["fixed_ips"]
+            tx, network, current["id"], changes["fixed_ips"], current["fixed_ips"]
         )
     if "allowed_address_pairs" in changes or "fixed_ips" in changes:
         _keep_claimable_vips(new)

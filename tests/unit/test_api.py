@@ -332,6 +332,21 @@ def test_port_update_and_read_only(client: TestClient) -> None:
     error_of(client.put("/v2.0/ports/nope", json={"port": {"name": "x"}}), 404, "PortNotFound")
 
 
+def test_port_update_with_null_fixed_ips_is_a_400(client: TestClient) -> None:
+    """``fixed_ips: null`` on update answered 200 and removed every address (null was read as
+    []), though null on create means "one address by default".  Neutron answers 400; the port
+    keeps its address, and [] still removes them all."""
+    net_id, subnet_id = net_with_subnet(client)
+    port = create(client, "port", network_id=net_id)
+    url = f"/v2.0/ports/{port['id']}"
+    assert "fixed_ips" in error_of(client.put(url, json={"port": {"fixed_ips": None}}), 400)
+    kept = client.get(url).json()["port"]
+    assert kept["fixed_ips"] == [{"subnet_id": subnet_id, "ip_address": "10.0.0.2"}]
+    assert kept["revision_number"] == 1
+    emptied = client.put(url, json={"port": {"fixed_ips": []}})
+    assert emptied.status_code == 200 and emptied.json()["port"]["fixed_ips"] == []
+
+
 def test_if_match_revision(client: TestClient) -> None:
     net = create(client, "network")
     url = f"/v2.0/networks/{net['id']}"
