@@ -7,7 +7,8 @@ quota resource is checked in the very ``BEGIN IMMEDIATE`` transaction that inser
 objects are inserted, the project's objects are counted, and a count above the limit rolls the
 whole request back.  Concurrent creates are serialised by SQLite's write lock, so no
 interleaving lets a project end above its limit, and a bulk create counts as a whole (all of it
-fits, or none of it is created).  There are no reservations: ``reserved`` is always 0.
+fits, or none of it is created; `Tally` stops it at the first object too many).  There are
+no reservations: ``reserved`` is always 0.
 
 Like Neutron ("no project_id - no quota check"), objects without a project (``project_id`` is
 ``""``: an operator's or orchestrator's own objects, or CloudStack's if it sends no tenant) are
@@ -170,6 +171,41 @@ def enforce(
         limit = limits(tx, project, defaults)[kind]
         if limit >= 0 and resource.count(tx, project) > limit:
             raise Conflict(f"Quota exceeded for resources: ['{kind}'].", "OverQuota")
+
+
+class Tally:
+    """`enforce` as a bulk goes: 409 ``OverQuota`` at the first object that takes its project
+    over the limit, so an over-quota bulk stops there instead of inserting every object first
+    (3,000 networks held the write lock 9 s before their 409).
+
+    A project is counted once, at its first created object; each later one adds one.  Every
+    created object is a row its project's count includes, so the tally never exceeds the real
+    count: it refuses only what `enforce`, which still runs after the loop, would refuse."""
+
+    def __init__(self, tx: Tx, kind: str, defaults: Mapping[str, int]) -> None:
+        self._tx = tx
+        self._kind = kind
+        self._resource = RESOURCES.get(kind)
+        self._defaults = defaults
+        self._used: dict[str, int] = {}
+        self._limit: dict[str, int] = {}
+
+    def add(self, created: dict[str, Any]) -> None:
+        """Count ``created`` (just inserted in the transaction); raise if over the quota."""
+        project = created.get("project_id") or ""
+        if self._resource is None or not project:
+            return
+        if project not in self._limit:
+            self._limit[project] = limits(self._tx, project, self._defaults)[self._kind]
+            if self._limit[project] < 0:
+                return
+            self._used[project] = self._resource.count(self._tx, project)  # ``created`` too
+        elif self._limit[project] < 0:
+            return
+        else:
+            self._used[project] += 1
+        if self._used[project] > self._limit[project]:
+            raise Conflict(f"Quota exceeded for resources: ['{self._kind}'].", "OverQuota")
 
 
 register("network", 100, owned_rows("networks"))

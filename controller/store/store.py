@@ -188,9 +188,9 @@ class Store:
         replay_ignoring: frozenset[str] | None = None,
     ) -> list[dict[str, Any]]:
         """Create objects of one kind in one transaction: all of them, or none, and only if
-        their projects stay within their quotas (checked in the same transaction, after the
-        inserts, so a bulk counts as a whole and concurrent creates cannot overtake each
-        other).
+        their projects stay within their quotas (checked in the same transaction as each
+        object is inserted, and again after the inserts, so a bulk counts as a whole, stops at
+        the first object over the quota, and concurrent creates cannot overtake each other).
 
         ``seg_id_is_hint`` (networks only) turns a taken ``provider:segmentation_id`` into a
         request for a free one instead of a 409.  With ``replay_ignoring`` (a set of attribute
@@ -200,6 +200,7 @@ class Store:
         module = _module(kind)
         with self._write() as tx:
             created, new = [], []
+            tally = quotas.Tally(tx, kind, self.quota_defaults)
             for body in bodies:
                 existing = self._replayed(tx, module, kind, body, replay_ignoring)
                 if existing is not None:
@@ -209,6 +210,7 @@ class Store:
                     new.append(networks.create(tx, body, seg_id_is_hint=seg_id_is_hint))
                 else:
                     new.append(module.create(tx, body))
+                tally.add(new[-1])
                 created.append(new[-1])
             quotas.enforce(tx, kind, new, self.quota_defaults)
             return created

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from controller.events import EventBus
-from controller.store import Conflict, InvalidInput, NotFound, Store
+from controller.store import Conflict, InvalidInput, NotFound, Store, networks
 from controller.store.schema import migrate
 from tests.unit.conftest import ClientFactory, TestClient
 
@@ -62,6 +62,34 @@ def test_a_bulk_create_counts_as_a_whole(db_path: str, bus: EventBus) -> None:
     assert _names(store, "network", "p") == ["a"]  # nothing of the refused bulk
     store.create("network", [{"project_id": "p", "name": n} for n in ("b", "c")])
     assert sorted(_names(store, "network", "p")) == ["a", "b", "c"]
+    store.close()
+
+
+def test_an_over_quota_bulk_stops_at_the_first_object_too_many(
+    db_path: str, bus: EventBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quota was checked only after every object of the bulk was inserted: 3,000 networks
+    over a quota of 100 held the write lock 9 s before the 409.  Now the create stops at the
+    first object over the limit (here the 3rd of 500), and still writes nothing."""
+    store = Store(db_path, bus, quota_defaults={"network": 3})
+    store.create("network", [{"project_id": "p", "name": "a"}])
+    made: list[str] = []
+    real_create = networks.create
+
+    def counting_create(tx: Any, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        made.append(body["name"])
+        return real_create(tx, body, **kwargs)
+
+    monkeypatch.setattr(networks, "create", counting_create)
+    bulk = [{"project_id": "p", "name": f"n{i}"} for i in range(500)]
+    with pytest.raises(Conflict, match=r"Quota exceeded for resources: \['network'\]"):
+        store.create("network", bulk)
+    assert made == ["n0", "n1", "n2"]
+    assert _names(store, "network", "p") == ["a"]
+    # Other projects and unowned objects in the same bulk do not count against p.
+    mixed = [{"project_id": "q", "name": "q1"}, {"name": "u"}, {"project_id": "p", "name": "b"}]
+    mixed += [{"project_id": "q", "name": "q2"}, {"project_id": "p", "name": "c"}]
+    assert len(store.create("network", mixed)) == 5
     store.close()
 
 
