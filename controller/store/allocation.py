@@ -27,7 +27,14 @@ MAC_ATTEMPTS = 16
 
 def _lowest_free_segment(tx: Tx, seg_type: str, low: int, high: int) -> int | None:
     """The lowest unused segmentation id of a type: ``low`` itself, or one past a used id whose
-    successor is free (found by walking the UNIQUE(seg_type, seg_id) index, not the table)."""
+    successor is free (found by walking the UNIQUE(seg_type, seg_id) index, not the table).
+
+    The walk starts at the transaction's hint (`Tx.seg_hints`) when it has one: the ids below
+    it are known to be used, and walking them again for every network of a bulk was quadratic
+    (3,000 networks: 9 s under the write lock)."""
+    low = max(low, tx.seg_hints.get((seg_type, low), low))
+    if low > high:
+        return None
     if not tx.exists("SELECT 1 FROM networks WHERE seg_type = ? AND seg_id = ?", (seg_type, low)):
         return low
     row = tx.one(
@@ -61,6 +68,7 @@ def segmentation_id(tx: Tx, seg_type: str, low: int, high: int) -> int:
             f"Unable to create the network. No {seg_type} segmentation id is available.",
             "NoNetworkAvailable",
         )
+    tx.seg_hints[(seg_type, low)] = found + 1
     return found
 
 

@@ -30,6 +30,11 @@ class Tx:
     # for the very next request.
     ip_hints: dict[str, int] = field(default_factory=dict)
     new_ip_hints: dict[str, int] = field(default_factory=dict)
+    # (segment type, low end of its range) -> the lowest id that may still be free: every id
+    # from ``low`` up to it was allocated in this transaction or before.  So a bulk of N
+    # networks walks the used ids once, not N times.  This transaction's only: a network
+    # updated or deleted in it (which may free an id below) drops the hints.
+    seg_hints: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def ip_hint(self, subnet_id: str) -> int | None:
         return self.new_ip_hints.get(subnet_id, self.ip_hints.get(subnet_id))
@@ -45,6 +50,8 @@ class Tx:
 
     def emit(self, kind: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         """Queue one change for publication after commit."""
+        if kind == "network" and old is not None:
+            self.seg_hints.clear()
         self.events.append(ChangeEvent(kind, old, new))
 
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:

@@ -188,6 +188,39 @@ def test_segmentation_ids_are_lowest_free_and_unique(store: Store) -> None:
     assert gre["provider:segmentation_id"] == 3
 
 
+def test_a_bulk_walks_the_used_segmentation_ids_once(store: Store) -> None:
+    """Each network of a bulk searched for the lowest free segmentation id from the bottom of
+    the range, walking every id the bulk had just taken: quadratic, 3,000 networks held the
+    write lock 9 s.  The search now resumes where the previous one in the transaction ended,
+    and still finds the lowest free id (freed gaps first, an explicitly requested id skipped).
+    Measured in SQLite VM steps: 4x the networks costs about 4x, not 20x."""
+
+    def steps(bodies: list[dict[str, Any]]) -> tuple[int, list[int]]:
+        count = [0]
+
+        def tick() -> int:
+            count[0] += 1
+            return 0
+
+        store._conn.set_progress_handler(tick, 100)
+        try:
+            made = store.create("network", bodies)
+        finally:
+            store._conn.set_progress_handler(None, 100)
+        return count[0], [n["provider:segmentation_id"] for n in made]
+
+    small, ids = steps([{} for _ in range(200)])
+    assert ids == list(range(1, 201))
+    large, ids = steps([{} for _ in range(800)])
+    assert ids == list(range(201, 1001))
+    assert large < 8 * small, (small, large)
+    by_seg = {n["provider:segmentation_id"]: n["id"] for n in store.list_all("network")}
+    store.delete("network", by_seg[2])
+    store.delete("network", by_seg[5])
+    _, ids = steps([{}, {"provider:segmentation_id": 1002}, {}, {}, {}])
+    assert ids == [2, 1002, 5, 1001, 1003]
+
+
 def test_segmentation_id_hint_picks_a_free_id_instead_of_merging(store: Store) -> None:
     body = {"provider:network_type": "gre", "provider:segmentation_id": 100}
     first = store.create_network(body, seg_id_is_hint=True)
