@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iperf-runs", type=int, default=3)
     ap.add_argument("--ovn-encap", default="geneve", choices=("geneve", "vxlan"))
     ap.add_argument("--bulk-chunk", type=int, default=1000,
-                    help="tenantnet: ports per bulk create request")
+                    help="tenantnet: ports per bulk create request (the API takes at most "
+                         "1,000: MAX_BULK)")
     ap.add_argument("--only", action="append", default=[],
                     help="run only these scenarios (by name; 'dataplane' for measure 6)")
     ap.add_argument("--systems", default="tenantnet,ovn")
