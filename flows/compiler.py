@@ -74,6 +74,9 @@ IP_PROTO_ICMPV6 = 58
 DHCP_CLIENT_PORT = 68
 DHCP_SERVER_PORT = 67
 ICMPV6_NEIGHBOR_SOLICIT = 135
+ICMPV6_NEIGHBOR_ADVERT = 136
+_NA = (("eth_type", ETH_TYPE_IPV6), ("ip_proto", IP_PROTO_ICMPV6),
+       ("icmpv6_type", ICMPV6_NEIGHBOR_ADVERT))  # fmt: skip
 
 _DHCP_REQUEST = match(
     eth_type=ETH_TYPE_IPV4,
@@ -216,11 +219,38 @@ def _port_security_rules(port: LocalPort, mac: str, cookie: int) -> list[Rule]:
         rules.append(allow(("eth_type", ETH_TYPE_ARP), ("arp_spa", ip), ("arp_sha", mac)))
         rules.append(allow(("eth_type", ETH_TYPE_IPV4), ("ipv4_src", ip)))
     rules.extend(allow(("eth_type", ETH_TYPE_IPV6), ("ipv6_src", ip)) for ip in v6)
+    # A neighbour advertisement only for the port's own addresses (its pairs' below); any
+    # other is dropped, whatever its source address (see `t.PRIO_ND_GUARD`).
+    rules.extend(_na_rule(who, ip, goto, cookie) for ip in v6)
+    na_from_port = tuple(sorted((*_NA, ("in_port", ofport))))
+    rules.append(Rule(t.PORT_SECURITY, t.PRIO_ND_GUARD, na_from_port, (), cookie))
     # The port's virtual IPs by `vip_pairs`, the rule the VIP learner accepts announcements by.
     vips = {ip: normalize_mac(m) for ip, m in vip_pairs(port.allowed_pairs, port.fixed_ips).items()}
     for addr, pair_mac in port.allowed_pairs:
         rules.extend(_pair_rules(normalize_mac(pair_mac), ofport, addr, goto, cookie, vips))
     return rules
+
+
+def _na_rule(
+    who: tuple[tuple[str, object], ...],
+    target: object | None,
+    goto: tuple[Instruction, ...],
+    cookie: int,
+) -> Rule:
+    """The port (``who``: its ``eth_src`` and ``in_port``) may advertise ``target`` (an
+    address, a masked prefix, or None for a ``/0`` pair: any)."""
+    fields = _NA + who + ((("ipv6_nd_target", target),) if target is not None else ())
+    return Rule(t.PORT_SECURITY, t.PRIO_ND_TARGET, tuple(sorted(fields)), goto, cookie)
+
+
+def _prefix_value(net: netaddr.IPNetwork) -> object | None:
+    """A prefix as a match value: the address for a host prefix, (network, mask) otherwise,
+    None for a ``/0``.  Not an all-zero mask: OVS stores that as no match on the field, so
+    its dump would show a different rule and every reconcile would replace it."""
+    if net.prefixlen == 0:
+        return None
+    full = net.prefixlen == (32 if net.version == 4 else 128)
+    return str(net.ip) if full else (str(net.network), str(net.netmask))
 
 
 def _pair_rules(
@@ -246,21 +276,27 @@ def _pair_rules(
     as the pair's own.  Every pair keeps its allow rules."""
     net = netaddr.IPNetwork(addr)
     full = net.prefixlen == (32 if net.version == 4 else 128)
-    value: object = str(net.ip) if full else (str(net.network), str(net.netmask))
+    value = _prefix_value(net)
     who = (("eth_src", mac), ("in_port", ofport))
 
     def allow(*fields: tuple[str, object]) -> Rule:
         return Rule(t.PORT_SECURITY, t.PRIO_EXACT, tuple(sorted(who + fields)), goto, cookie)
 
+    def field(name: str) -> tuple[tuple[str, object], ...]:
+        return () if value is None else ((name, value),)  # a /0 pair: any address
+
     if net.version == 4:
-        arp_from = (("eth_type", ETH_TYPE_ARP), ("arp_spa", value), ("arp_sha", mac))
-        rules = [allow(*arp_from), allow(("eth_type", ETH_TYPE_IPV4), ("ipv4_src", value))]
+        arp_from = (("eth_type", ETH_TYPE_ARP), *field("arp_spa"), ("arp_sha", mac))
+        rules = [allow(*arp_from), allow(("eth_type", ETH_TYPE_IPV4), *field("ipv4_src"))]
         if full and vips.get(str(net.ip)) == mac:  # a virtual IP: its announcements go up too
             announce = tuple(sorted(who + arp_from + (("arp_tpa", value),)))
             rules.append(Rule(t.PORT_SECURITY, t.PRIO_VIP_ANNOUNCE, announce,
                               (*_TO_CONTROLLER, *goto), cookie))  # fmt: skip
         return rules
-    return [allow(("eth_type", ETH_TYPE_IPV6), ("ipv6_src", value))]
+    return [
+        allow(("eth_type", ETH_TYPE_IPV6), *field("ipv6_src")),
+        _na_rule(who, value, goto, cookie),
+    ]
 
 
 def compile_network_owners(ctx: HostContext, net: NetworkView) -> dict[int, Slice]:

@@ -383,7 +383,7 @@ def _route_rule(rid: int, dst: Interface, cookie: int) -> Rule:
     """The route of router ``rid`` to ``dst``'s subnet.  Cached, as `_echo_rule`: the same on
     every host of the router, and an interface added or removed recompiles them all there."""
     nw_dst, prefixlen = _cidr_dst(dst.cidr)
-    m = match(eth_type=ETH_TYPE_IPV4, ipv4_dst=nw_dst, **_marked(rid))
+    m = match(eth_type=ETH_TYPE_IPV4, **_dst_field(nw_dst), **_marked(rid))
     route = (
         Apply((DecTtl(), SetField("eth_src", normalize_mac(dst.mac)))),
         WriteMetadata(dst.segment.key, t.METADATA_MASK),
@@ -399,6 +399,15 @@ def _cidr_dst(text: str) -> tuple[object, int]:
     cidr = netaddr.IPNetwork(text)
     full = cidr.prefixlen == 32
     return (str(cidr.ip) if full else (str(cidr.network), str(cidr.netmask))), cidr.prefixlen
+
+
+def _dst_field(value: object) -> dict[str, object]:
+    """``ipv4_dst`` as a match field, none for a ``/0`` (a default route): an all-zero mask is
+    stored by OVS as no match on the field, so its dump would show another rule and every
+    reconcile would replace it."""
+    if isinstance(value, tuple) and value[1] == "0.0.0.0":
+        return {}
+    return {"ipv4_dst": value}
 
 
 def _extra_routes(ctx: HostContext, own_ip: str, rid: int, subnets: Subnets,
@@ -425,7 +434,7 @@ def _extra_routes(ctx: HostContext, own_ip: str, rid: int, subnets: Subnets,
         seen.add(dest)
         full = dest.prefixlen == 32
         nw_dst: object = str(dest.ip) if full else (str(dest.network), str(dest.netmask))
-        m = match(eth_type=ETH_TYPE_IPV4, ipv4_dst=nw_dst, **_marked(rid))
+        m = match(eth_type=ETH_TYPE_IPV4, **_dst_field(nw_dst), **_marked(rid))
         acts: list[Action] = [DecTtl(), SetField("eth_src", normalize_mac(iface.mac)),
                               SetField("eth_dst", normalize_mac(hop.mac))]  # fmt: skip
         if _ip4(hop.host_ip) == own_ip:

@@ -35,7 +35,11 @@ Table 1 ``PORT_SECURITY`` — anti-spoofing for packets sent by VMs.
       EUI-64 link-local address derived from the MAC;
     * IPv6 duplicate address detection: ``ipv6_src=::``, ICMPv6 neighbour solicitation (135);
     * per allowed address pair (Neutron ``allowed_address_pairs``): ARP and IPv4 (or IPv6) from
-      the pair's IP or CIDR (masked match) with the pair's MAC as ``eth_src``/``arp_sha``.
+      the pair's IP or CIDR (masked match; a ``/0`` matches no address field) with the
+      pair's MAC as ``eth_src``/``arp_sha``;
+    * prio 102: an IPv6 neighbour advertisement (ICMPv6 136) whose ``ipv6_nd_target`` is one
+      of the port's IPv6 addresses (fixed, link-local) or in one of its IPv6 pairs;
+      prio 101 ``in_port=<ofport>``, any other advertisement -> drop (`PRIO_ND_GUARD`).
     For a port with port security off: prio 50 ``in_port=<ofport>`` -> goto 2.
     Prio 0 miss -> drop (anything a VM sends that isn't explicitly allowed).
 
@@ -242,6 +246,15 @@ matches every ARP from the address: only announcements go up)."""
 PRIO_DHCP_PUNT = 110
 """PORT_SECURITY: a port of a DHCP-enabled subnet sends its DHCP client messages to the
 controller (above the port's allow rules, which would flood them)."""
+
+PRIO_ND_TARGET = 102
+"""PORT_SECURITY: an IPv6 neighbour advertisement from a port for one of its own addresses
+(fixed, link-local, address pair) as the target, allowed (above the NA drop below)."""
+
+PRIO_ND_GUARD = 101
+"""PORT_SECURITY: every other neighbour advertisement from the port is dropped (above the
+port's IPv6 allow rules, which check only the packet's source address: a VM could advertise
+its neighbour's address with its own MAC and take its traffic, as Neutron's CVE-2021-20267)."""
 
 PRIO_EXACT = 100
 """Rules that name one port, address or peer."""

@@ -167,10 +167,19 @@ class Pkt:
     ip_dst: str = ""
     states: tuple[str, ...] = ()  # ct state per conntrack pass, in pass order
     mark: bool = False
+    nd_target: str = "fd07::99"  # of a neighbour solicitation or advertisement
+
+
+def own_v6(port: Port) -> list[ipaddress._BaseNetwork]:
+    """The IPv6 addresses a port may advertise: its link-local, fixed IPs and pairs."""
+    ll = str(netaddr.EUI(port.mac).ipv6_link_local())
+    addrs = [ll, *(a for a in port.ips if ":" in a), *(a for a, _ in port.pairs if ":" in a)]
+    return [ipaddress.ip_network(a) for a in addrs]
 
 
 class Neutron:
-    """Allow/deny as Neutron documents it, from ports and groups only."""
+    """Allow/deny as Neutron documents it, from ports and groups only (and, since its
+    CVE-2021-20267 fix, a port's neighbour advertisements only for its own addresses)."""
 
     def members(self, group: str, net: int, v6: bool) -> list[ipaddress._BaseNetwork]:
         out = []
@@ -256,6 +265,10 @@ class Neutron:
                 state = next(states)
             return self.passes(port, direction, pkt, state)
 
+        if pkt.kind == "nd" and pkt.icmp_type == 136 and src.filtered and not any(
+            ipaddress.ip_address(pkt.nd_target) in n for n in own_v6(src)
+        ):
+            return set(), passes  # a port advertises only its own addresses
         if src.filtered and not check(src, "egress"):
             return set(), passes
         if pkt.kind == "arp" and src.local and src.port_security and any(
@@ -374,7 +387,7 @@ def flow_text(pkt: Pkt) -> str:
         return f"udp,{head},nw_src={pkt.ip_src},nw_dst={pkt.ip_dst},udp_src=67,udp_dst=68"
     if pkt.kind == "nd":
         ll = netaddr.EUI(src.mac).ipv6_link_local()
-        target = ",nd_target=fd07::99" if pkt.icmp_type in (135, 136) else ""
+        target = f",nd_target={pkt.nd_target}" if pkt.icmp_type in (135, 136) else ""
         return (f"icmp6,{head},ipv6_src={pkt.ip_src or ll},ipv6_dst=ff02::1,"
                 f"icmpv6_type={pkt.icmp_type},icmpv6_code=0{target}")
     named = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "icmp"}
@@ -445,10 +458,14 @@ def random_packet(rng: random.Random) -> Pkt | None:
     icmp_type, icmp_code = rng.choice([0, 8, 128, 129, 3]), rng.choice([0, 1])
     if kind in ("dhcp", "dhcp_server"):
         proto, dport = 17, 67 if kind == "dhcp" else 68
-    elif kind == "nd":
+    nd_target = "fd07::99"
+    if kind == "nd":
         proto, icmp_type, icmp_code = 58, rng.choice([134, 135, 136]), 0
+        # its own link-local or fixed address, nobody's, or a neighbour's
+        nd_target = rng.choice([str(netaddr.EUI(src.mac).ipv6_link_local()),
+                                _ip(src, True) or "fd07::99", "fd07::99", "fd07::2"])  # fmt: skip
     pkt = Pkt(src, dst, kind, v6, proto, dport, icmp_type, icmp_code, ip_src or "",
-              ip_dst or "", (), rng.random() < 0.1)  # fmt: skip
+              ip_dst or "", (), rng.random() < 0.1, nd_target)  # fmt: skip
     if dst is None:  # a broadcast: every conntrack pass sees the same state
         state = rng.choice(STATES)
         n = len(Neutron().deliveries(replace(pkt, states=(state,) * 20))[1])

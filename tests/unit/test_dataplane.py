@@ -252,11 +252,12 @@ def test_one_port_change_is_patched_in_whatever_the_total(cloud: Cloud) -> None:
     assert cloud.dp.stats.networks_compiled - compiled == 0
     assert cloud.dp.stats.ports_patched - patched >= 1
     # one port on a 2-host network: its own rules on hv1 (classification, 4 port security or
-    # DHCP punt, 2 deliveries, its ARP answer and the pass for its own requests) plus its
-    # unicast rule and its ARP answer on hv2; its filter on hv1 (the first clause of its
-    # group's egress and ingress conjunctions, its hairpin drop) and its address in the address
-    # set of its default group (remote_group_id of the group's ingress rule) on each host
-    assert 0 < cloud.dp.stats.flow_mods - sent <= 10 + 2 + 3 + 2
+    # DHCP punt, 2 for its neighbour advertisements, 2 deliveries, its ARP answer and the pass
+    # for its own requests) plus its unicast rule and its ARP answer on hv2; its filter on hv1
+    # (the first clause of its group's egress and ingress conjunctions, its hairpin drop) and
+    # its address in the address set of its default group (remote_group_id of the group's
+    # ingress rule) on each host
+    assert 0 < cloud.dp.stats.flow_mods - sent <= 12 + 2 + 3 + 2
     assert cloud.store.get_port(p["id"])["status"] == "ACTIVE"
 
 

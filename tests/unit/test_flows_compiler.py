@@ -6,6 +6,7 @@ import random
 from collections import Counter
 from dataclasses import replace
 
+import netaddr
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -18,6 +19,7 @@ from flows.compiler import (
     compile_network,
     compile_network_owners,
     flood_groups,
+    link_local_of,
     local_port_rules,
     network_slice,
     normalize_ip,
@@ -203,7 +205,10 @@ def test_spoof_rules_contain_exactly_the_ports_addresses() -> None:
     port = local("p1", 10, "02:AB:CD:00:00:01", "10.1.0.5", "10.2.0.5", "2001:DB8:0:0::5")
     other = local("p2", 11, MAC_B, "10.1.0.99", "2001:db8::99")
     s = compile_network(CTX, net(local_ports=(port, other)))
-    mine = [r for r in rules_in(s, t.PORT_SECURITY) if ("in_port", 10) in r.match]
+    everything = [r for r in rules_in(s, t.PORT_SECURITY) if ("in_port", 10) in r.match]
+    nd = [r for r in everything if r.priority in (t.PRIO_ND_TARGET, t.PRIO_ND_GUARD)]
+    mine = [r for r in everything if r not in nd]  # the neighbour advertisements: below
+    assert len(nd) == 3  # for the link-local and the fixed IPv6, any other dropped
     assert all(r.priority == 100 for r in mine)
     assert all(r.instructions == (GotoTable(t.L2_FROM_PORT),) for r in mine)
     # Normalised MAC everywhere, and it is always matched as the Ethernet source.
@@ -236,6 +241,45 @@ def test_spoof_rules_contain_exactly_the_ports_addresses() -> None:
         icmpv6_type=135,
     )
     assert {dhcp, dad} <= {r.match for r in mine}
+
+
+def test_a_port_advertises_only_its_own_ipv6_addresses() -> None:
+    """An IPv6 neighbour advertisement from port p1 claiming p2's address, from p1's own
+    link-local source with p1's MAC, passed port security (only the source address was
+    checked): its neighbours then sent p2's traffic to p1 (Neutron's CVE-2021-20267; found by
+    a review).  Traced through the compiled port-security table: p1's advertisements of its
+    own addresses and of its address pair's prefix pass, any other is dropped, whatever its
+    source; a ``::/0`` pair lets the pair's MAC advertise anything (nothing is masked with
+    all zeros: OVS would store that as no match)."""
+    from flows.trace import matches
+
+    pairs = (("2001:db8:1::/64", MAC_A), ("::/0", "02:00:00:00:00:99"))
+    p1 = LocalPort("p1", 10, MAC_A, ("10.1.0.5", "2001:db8::5"), allowed_pairs=pairs)
+    p2 = local("p2", 11, MAC_B, "10.1.0.9", "2001:db8::9")
+    table = sorted(
+        rules_in(compile_network(CTX, net(local_ports=(p1, p2))), t.PORT_SECURITY),
+        key=lambda r: -r.priority,
+    )
+    assert not any(
+        isinstance(v, tuple) and int(netaddr.IPAddress(v[1])) == 0
+        for r in table for _, v in r.match
+    )  # fmt: skip
+
+    def verdict(eth_src: str, target: str, src: str = "fe80::1") -> str:
+        pkt = {"in_port": 10, "eth_src": eth_src, "eth_dst": "33:33:00:00:00:01",
+               "eth_type": 0x86DD, "ipv6_src": src, "ipv6_dst": "ff02::1", "ip_proto": 58,
+               "icmpv6_type": 136, "icmpv6_code": 0, "ipv6_nd_target": target}  # fmt: skip
+        hit = next((r for r in table if matches(r, pkt)), None)
+        return "drop" if hit is None or not hit.instructions else "pass"
+
+    ll = link_local_of(MAC_A)
+    assert verdict(MAC_A, "2001:db8::5", src=ll) == "pass"
+    assert verdict(MAC_A, ll, src=ll) == "pass"
+    assert verdict(MAC_A, "2001:db8:1::77", src=ll) == "pass"  # its pair's prefix
+    assert verdict(MAC_A, "2001:db8::9", src=ll) == "drop"  # p2's address
+    assert verdict(MAC_A, "2001:db8::9", src="2001:db8::5") == "drop"
+    assert verdict(MAC_A, link_local_of(MAC_B), src=ll) == "drop"
+    assert verdict("02:00:00:00:00:99", "2001:db8::9", src="2001:db8::77") == "pass"  # ::/0
 
 
 def test_a_served_ports_dhcp_punt_replaces_its_dhcp_allow_rule() -> None:

@@ -200,6 +200,32 @@ def test_extra_routes_go_to_their_nexthop_port_locally_or_through_the_tunnel() -
     assert through_the_wire(state) == state
 
 
+def test_a_default_route_matches_no_destination_field_not_an_all_zero_mask() -> None:
+    """An extra route for 0.0.0.0/0 compiled to ``ipv4_dst=0.0.0.0/0.0.0.0``, which OVS stores
+    as no match on the field: its dump shows another rule, so every reconcile replaced it
+    (found by a review).  The rule has no ``ipv4_dst``, routes any destination no longer
+    prefix takes, and still routes the longer prefixes by theirs."""
+    _n, _k, host, ofport, mac, ip = VMS["vm1"]
+    routes = (("0.0.0.0/0", "10.0.2.5"), ("10.0.99.0/24", "10.0.2.6"))
+    state = host_table(host, routes=routes)
+    assert not any(
+        isinstance(v, tuple) and v[1] == "0.0.0.0" for r in state.rules for _, v in r.match
+    )
+    default = [r for r in state.rules if r.priority == min(x.priority for x in state.rules
+                                                           if x.table == t.L3_ROUTING)]  # fmt: skip
+    assert default and all("ipv4_dst" not in dict(r.match) for r in default)
+
+    def send_to(dst: str) -> Trace:
+        pkt = make_packet(mac, IF1.mac, ip_src=ip, ip_dst=dst, protocol=6, dst_port=22)
+        return trace(state, ofport, pkt)
+
+    [anywhere] = send_to("192.0.2.1").outputs  # the default route: via vm2, on the other host
+    assert dict(anywhere.fields)["eth_dst"] == VMS["vm2"][4]
+    [longer] = send_to("10.0.99.7").outputs  # the /24: via vm3
+    assert dict(longer.fields)["eth_dst"] == VMS["vm3"][4]
+    assert through_the_wire(state) == state
+
+
 def test_the_ttl_rule_puts_eth_type_before_nw_ttl_on_the_wire() -> None:
     """OVS checks a field's prerequisites in wire order (OFPBMC_BAD_PREREQ otherwise), and
     os-ken's field numbers would put the Nicira nw_ttl first."""
