@@ -120,6 +120,10 @@ PROTO_ICMPV6 = 58
 PROTO_SCTP = 132
 PORT_FIELD = {PROTO_TCP: "tcp_dst", PROTO_UDP: "udp_dst", PROTO_SCTP: "sctp_dst"}
 """Protocols whose rules have destination port ranges, and the OXM field of that port."""
+PORTS_UNMATCHABLE = frozenset({33, 136})
+"""dccp and udplite: Neutron's API takes port ranges for them, but Open vSwitch has no field
+for their ports.  Compiled without the range, a rule for port 80 allowed every port; the API
+refuses such ranges (`controller.store.rule_values`), and one stored before allows nothing."""
 
 MAX_ZONE_OFPORT = 0xFEFF
 """OVS numbers ports below 0xFF00; such an ofport fits the 16-bit conntrack zone."""
@@ -549,6 +553,8 @@ def rule_clauses(rule: SgRule) -> tuple[Match, ...]:
             if hi is not None:
                 base[f"{kind}_code"] = hi
         return (match(**base),)
+    if proto in PORTS_UNMATCHABLE and lo is not None:
+        return ()  # no clause: the rule allows nothing rather than every port
     if proto in PORT_FIELD and lo is not None:
         hi = lo if hi is None else hi
         if (lo, hi) not in ((0, 0xFFFF), (1, 0xFFFF)):  # Neutron: 1-65535 means any port

@@ -53,7 +53,9 @@ IP_PROTOCOLS: dict[str, int] = {
 
 ANY = "any"
 PORT_PROTOCOLS = frozenset({6, 17, 33, 132, 136})
-"""Protocols whose rules may name a port range: tcp, udp, dccp, sctp, udplite."""
+"""Protocols whose rules may name a port range in Neutron: tcp, udp, dccp, sctp, udplite."""
+UNMATCHABLE_PORT_PROTOCOLS = frozenset({33, 136})
+"""Of those, dccp and udplite: Open vSwitch cannot match their ports, so a range is refused."""
 ICMP_PROTOCOLS = frozenset({1, 58})
 """Protocols whose port range means ICMP type (min) and code (max)."""
 IPV6_ONLY = frozenset(
@@ -220,6 +222,16 @@ def _check_port_range(proto: str | None, low: int | None, high: int | None) -> N
             "Must also specify protocol if port range is given.",
         )
     number = protocol_number(proto)
+    if number in UNMATCHABLE_PORT_PROTOCOLS:
+        # Neutron takes these; compiled without the range, a rule for one port allowed them
+        # all (flows.security_groups.PORTS_UNMATCHABLE).  Refused, so no rule means more
+        # than it says.
+        raise _bad(
+            "SecurityGroupInvalidPortRange",
+            f"Port ranges cannot be enforced for protocol {proto}: Open vSwitch has no match "
+            "field for its ports. Leave port_range_min and port_range_max out to allow all of "
+            "the protocol.",
+        )
     if number in PORT_PROTOCOLS:
         if low == 0 or high == 0:
             raise _bad("SecurityGroupInvalidPortValue", "Invalid value for port 0.")

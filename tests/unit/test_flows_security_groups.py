@@ -478,3 +478,15 @@ def test_clause_index_merges_by_match_and_hands_a_flow_to_its_smallest_contribut
         index.remove(4, t.SG_INGRESS_RULES, m, Conjunction(4, 2, 3))
     index.remove(9, t.SG_INGRESS_RULES, m, Conjunction(9, 2, 2))
     assert list(index.rules()) == [] and index.owners() == set()
+
+
+def test_a_stored_dccp_or_udplite_port_range_allows_nothing_not_every_port() -> None:
+    """Open vSwitch cannot match DCCP or UDP-Lite ports: such a rule compiled without its
+    range allowed the whole protocol (found by a review).  The API refuses the range now; a
+    rule stored before has no clause (it allows nothing), while the protocol without a range
+    still allows all of it."""
+    for proto in (33, 136):
+        assert sg.rule_clauses(sg.SgRule(9, sg.INGRESS, sg.IPV4, proto, 80, 80)) == ()
+        assert sg.rule_clauses(sg.SgRule(9, sg.INGRESS, sg.IPV4, proto)) == (
+            match(eth_type=0x0800, ip_proto=proto),
+        )

@@ -371,6 +371,20 @@ BAD_RULES: list[tuple[dict[str, Any], int, str, str]] = [
         "protocol",
     ),
     (
+        # Open vSwitch has no field for their ports: compiled without the range, a rule for
+        # port 80 allowed every port (found by a review)
+        {"protocol": "dccp", "port_range_min": 80, "port_range_max": 80},
+        400,
+        "SecurityGroupInvalidPortRange",
+        "cannot be enforced for protocol dccp",
+    ),
+    (
+        {"protocol": "136", "port_range_min": 80, "port_range_max": 80},
+        400,
+        "SecurityGroupInvalidPortRange",
+        "Leave port_range_min and port_range_max out",
+    ),
+    (
         {"protocol": "gre", "port_range_min": 80, "port_range_max": 80},
         400,
         "SecurityGroupInvalidProtocolForPort",
