@@ -146,6 +146,36 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, with a deadline for a connection's TLS handshake.
+
+    asyncio calls the protocol's ``connection_made`` - where the connection cap and the
+    request deadline live (`HeadDeadlineProtocol`) - only once the handshake is done, and
+    uvicorn gives asyncio no handshake timeout, so its default applies (60 s).  A peer that
+    connects and sends nothing held its descriptor that long, counted by neither limit
+    (measured: 60 such connections to an HTTPS API capped at 5 all still open after 2 s,
+    closed after ~60 s): a few per second for a minute were enough to use every descriptor
+    the process may open.  The handshake is bounded by the request deadline instead."""
+
+    handshake_timeout: float = 10.0
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        create_server = loop.create_server
+        timeout = self.handshake_timeout
+
+        async def with_handshake_deadline(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", timeout)
+            return await create_server(*args, **kwargs)
+
+        loop.create_server = with_handshake_deadline  # type: ignore[method-assign]
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            del loop.create_server  # the loop's own again
+
+
 def make_server(
     app: Any,
     *,
@@ -172,4 +202,6 @@ def make_server(
         **options,
     )
     config.load()  # the app and its middleware now, not when the first request comes
-    return uvicorn.Server(config)
+    srv = _Server(config)
+    srv.handshake_timeout = header_timeout
+    return srv

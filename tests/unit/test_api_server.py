@@ -8,6 +8,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 
@@ -142,3 +143,34 @@ def test_answers_are_not_held_back_by_nagle(store: Store) -> None:
         (conn,) = srv.server_state.connections
         sock = conn.transport.get_extra_info("socket")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_an_https_connection_that_never_starts_its_handshake_is_closed_at_the_deadline(
+    store: Store, tmp_path: Path
+) -> None:
+    """asyncio hands a TLS connection to the protocol (the cap, the request deadline) only
+    once its handshake is done, and uvicorn left asyncio's 60 s handshake timeout: 60 silent
+    connections to an API capped at 5 were all still open after 2 s (found by a review).
+    The handshake now has the request deadline; a proper HTTPS request still works."""
+    import shutil
+    import ssl
+
+    import pytest
+
+    from lab.pki import API_NAME, Pki
+
+    if shutil.which("ovs-pki") is None:
+        pytest.skip("ovs-pki not installed (openvswitch-common)")
+    pki = Pki.create(tmp_path / "pki", hosts=[])
+    app = create_app(store, ApiSettings())
+    tls = {"ssl_keyfile": pki.key(API_NAME), "ssl_certfile": pki.cert(API_NAME)}
+    with (
+        live_server(app, header_timeout=0.5, max_connections=5, **tls) as (port, _srv),
+        slow_clients(port, 20, send=b"") as silent,
+    ):
+        began = time.monotonic()
+        assert all(_closed_by_server(s, within=5) for s in silent)
+        assert time.monotonic() - began < 4
+        context = ssl.create_default_context(cafile=pki.controller_ca)
+        answer = httpx.get(f"https://{API_NAME}:{port}/", verify=context, timeout=10)
+        assert answer.status_code == 200
