@@ -219,6 +219,8 @@ class Controller:
             from controller.store.replicated import EtcdStore
 
             self.store = EtcdStore(s.database, self.bus, s.etcd, member_id=_member_id(s), **options)
+        # with TLS to the hypervisors, a host's OVSDB target is ssl: (never plain tcp:)
+        self.store.ovsdb_scheme = "ssl" if s.ofp_tls else "tcp"
         _southbound_security(s)
         # The OpenFlow listener first, then every switch is told to reconnect now (the poke,
         # southbound/ovsdb_host.poke_switches): its TCP and TLS handshake, HELLO and FEATURES

@@ -13,7 +13,7 @@ from typing import Any
 
 from controller.datapath_id import datapath_id_for
 from controller.store.attrs import bump, check_read_only, reject_unknown, require, utc_now
-from controller.store.errors import Conflict, not_found
+from controller.store.errors import Conflict, invalid_attr, not_found
 from controller.store.tx import Tx, dumps, loads
 from controller.store.values import (
     as_str,
@@ -158,7 +158,8 @@ def create(tx: Tx, body: dict[str, Any]) -> dict[str, Any]:
         },
     )
     if not new["ovsdb"]:
-        new["ovsdb"] = f"tcp:{new['tunnel_ip']}:{OVSDB_PORT}"
+        new["ovsdb"] = f"{tx.ovsdb_scheme}:{new['tunnel_ip']}:{OVSDB_PORT}"
+    _check_plain_tcp(tx, new["ovsdb"])
     _check_tunnel_ip_free(tx, new)
     _check_datapath_id_free(tx, host_id)
     tx.conn.execute("INSERT INTO hosts (id, body) VALUES (?, ?)", (host_id, dumps(new)))
@@ -171,9 +172,24 @@ def update(tx: Tx, current: dict[str, Any], changes: dict[str, Any]) -> dict[str
     reject_unknown(changes, UPDATE_ATTRS)
     check_read_only(current, changes, READ_ONLY)
     new = _configured(changes, current)
+    if new["ovsdb"] != current["ovsdb"]:
+        _check_plain_tcp(tx, new["ovsdb"])
     if new["tunnel_ip"] != current["tunnel_ip"]:
         _check_tunnel_ip_free(tx, new)
     return save(tx, current, new)
+
+
+def _check_plain_tcp(tx: Tx, target: str) -> None:
+    """With TLS to the hypervisors (``tx.ovsdb_scheme`` "ssl"), a ``tcp:`` OVSDB target is
+    refused: the session that reports which VM is plugged where, and through which the
+    controller configures the bridge, would run in clear text and unauthenticated, so anyone
+    on the path could forge port claims.  (``unix:`` stays: a socket on this machine.)"""
+    if tx.ovsdb_scheme == "ssl" and target.startswith("tcp:"):
+        raise invalid_attr(
+            "ovsdb",
+            f"'{target}' is plain TCP, and this controller speaks TLS to the hypervisors: "
+            "use ssl:<address>:<port>",
+        )
 
 
 def save(tx: Tx, current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

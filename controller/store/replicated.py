@@ -428,7 +428,7 @@ class EtcdStore(Store):
             conn = self._wconn
             conn.execute("BEGIN IMMEDIATE")
             conn.recorded = []
-            tx = Tx(conn, self.underlay_mtu, ip_hints=self._ip_hints)
+            tx = Tx(conn, self.underlay_mtu, self.ovsdb_scheme, ip_hints=self._ip_hints)
             try:
                 yield tx
             except BaseException:

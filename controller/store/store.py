@@ -89,6 +89,7 @@ class Store:
         self.metrics = metrics or Metrics()
         self.closed = False
         self.underlay_mtu = underlay_mtu
+        self.ovsdb_scheme = "tcp"  # "ssl" with TLS to the hypervisors (set by the service)
         # Default limit per quota resource (see `quotas`): the settings' over Neutron's.
         self.quota_defaults = quotas.check_defaults(quota_defaults or {})
         self._bus = bus
@@ -138,7 +139,7 @@ class Store:
                 self._conn.execute("PRAGMA synchronous = NORMAL")
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                tx = Tx(self._conn, self.underlay_mtu, ip_hints=self._ip_hints)
+                tx = Tx(self._conn, self.underlay_mtu, self.ovsdb_scheme, ip_hints=self._ip_hints)
                 try:
                     yield tx
                 except BaseException:
@@ -173,7 +174,8 @@ class Store:
         with self._lock:
             self._conn.execute("BEGIN")
             try:
-                return fn(Tx(self._conn, self.underlay_mtu, ip_hints=self._ip_hints))
+                tx = Tx(self._conn, self.underlay_mtu, self.ovsdb_scheme, ip_hints=self._ip_hints)
+                return fn(tx)
             finally:
                 self._conn.execute("COMMIT")
 

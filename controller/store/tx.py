@@ -23,6 +23,9 @@ class Tx:
 
     conn: sqlite3.Connection
     underlay_mtu: int = 1500
+    # "ssl" while the controller speaks TLS to the hypervisors: a host's OVSDB target is then
+    # ssl: by default and never plain tcp: (`hosts`)
+    ovsdb_scheme: str = "tcp"
     events: list[ChangeEvent] = field(default_factory=list)
     # subnet id -> where the next IP allocation starts looking (only a hint, see
     # allocation.ip_address): the Store's committed hints, and this transaction's new ones,

@@ -791,6 +791,26 @@ def test_hosts_api(client: TestClient, store: Store) -> None:
     error_of(client.get("/v2.0/hosts/hv1"), 404, "HostNotFound")
 
 
+def test_with_tls_a_hosts_ovsdb_is_ssl_and_never_plain_tcp(
+    client: TestClient, store: Store
+) -> None:
+    """The controller speaks TLS to the hypervisors: a host registered without a target was
+    dialled over plain tcp:, and an explicit tcp: target was taken, so the OVSDB session
+    (which reports which VM is plugged where) ran in clear text and unauthenticated (found by
+    a review).  Now the default is ssl:, tcp: is a 400 naming ovsdb, unix: stays."""
+    store.ovsdb_scheme = "ssl"  # what the service sets with ofp_tls
+    host = create(client, "host", id="hv1", tunnel_ip="192.0.2.1")
+    assert host["ovsdb"] == "ssl:192.0.2.1:6640"
+    plain = {"id": "hv2", "tunnel_ip": "192.0.2.2", "ovsdb": "tcp:192.0.2.2:6640"}
+    assert "use ssl:" in error_of(client.post("/v2.0/hosts", json={"host": plain}), 400)
+    assert client.get("/v2.0/hosts/hv2").status_code == 404
+    moved = client.put("/v2.0/hosts/hv1", json={"host": {"ovsdb": "tcp:192.0.2.1:6640"}})
+    assert "ovsdb" in error_of(moved, 400)
+    assert client.get("/v2.0/hosts/hv1").json()["host"]["ovsdb"] == "ssl:192.0.2.1:6640"
+    local = client.put("/v2.0/hosts/hv1", json={"host": {"ovsdb": "unix:/run/openvswitch/db.sock"}})
+    assert local.status_code == 200
+
+
 def test_a_host_whose_datapath_id_is_taken_is_a_409(
     client: TestClient, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
