@@ -509,6 +509,13 @@ class Settings:
             raise ConfigError(
                 f"advertise: with ofp_tls_* it must be ssl:IP:PORT, got {self.advertise!r}"
             )
+        if not self.ofp_tls and self.advertise.startswith("ssl:"):
+            # every switch would be told to use TLS towards a plain-TCP listener: none would
+            # ever connect, and nothing said why
+            raise ConfigError(
+                f"advertise: {self.advertise!r} is ssl:, but the OpenFlow listener is plain "
+                "TCP; set ofp_tls_key, ofp_tls_cert and ofp_tls_ca, or advertise tcp:IP:PORT"
+            )
 
 
 METRICS_AUTH = ("api", "localhost", "open")
@@ -526,30 +533,31 @@ def _coerce(name: str, raw: object, source: str, typed: bool = False) -> object:
     """A setting's value in its type.  Text (flags, environment) is converted; a ``typed``
     value (TOML) must already have the right type (``underlay_mtu = "9000"`` is a mistake)."""
     kind = {f.name: f.type for f in fields(Settings)}[name]
+    shown = "(the value, not shown)" if name in SECRETS else repr(raw)  # never a secret
     if isinstance(raw, str) and "\x00" in raw:  # no path, address or name holds one
         raise ConfigError(f"{name} ({source}): contains a NUL character")
     if isinstance(raw, str) and (kind == "str" or not typed):
         if kind == "int":
             number = integer_text(raw)
             if number is None:
-                raise ConfigError(f"{name} ({source}): {raw!r} is not an integer")
+                raise ConfigError(f"{name} ({source}): {shown} is not an integer")
             return number
         if kind == "float":
             try:
                 value = float(raw)
             except ValueError:
-                raise ConfigError(f"{name} ({source}): {raw!r} is not a number") from None
+                raise ConfigError(f"{name} ({source}): {shown} is not a number") from None
             if not math.isfinite(value):
-                raise ConfigError(f"{name} ({source}): {raw!r} is not a finite number")
+                raise ConfigError(f"{name} ({source}): {shown} is not a finite number")
             return value
         return raw
     if kind == "int" and isinstance(raw, int) and not isinstance(raw, bool):
         return raw
     if kind == "float" and isinstance(raw, (int, float)) and not isinstance(raw, bool):
         if not math.isfinite(raw):
-            raise ConfigError(f"{name} ({source}): {raw!r} is not a finite number")
+            raise ConfigError(f"{name} ({source}): {shown} is not a finite number")
         return float(raw)
-    raise ConfigError(f"{name} ({source}): {raw!r} is not a {kind}")
+    raise ConfigError(f"{name} ({source}): {shown} is not a {kind}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -673,7 +681,9 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
     sources: dict[str, str] = {}
     cfg_file = getattr(args, "config", None) or env.get("TENANTNET_CONFIG")
     if cfg_file:
-        for name, raw in file_settings(cfg_file).items():
+        section = file_settings(cfg_file)
+        _warn_if_secrets_readable(cfg_file, [n for n in SECRETS if n in section])
+        for name, raw in section.items():
             values[name] = _coerce(name, raw, f"config file {cfg_file}", typed=True)
             sources[name] = "config file"
     for f in fields(Settings):
@@ -700,6 +710,21 @@ def load(args: argparse.Namespace | None = None, environ: dict[str, str] | None 
     # _coerce gave each value its field's type, which one dict type cannot say per key.
     typed: dict[str, Any] = values
     return Settings(**typed).validate()
+
+
+def _warn_if_secrets_readable(cfg_file: str, secrets: list[str]) -> None:
+    """A config file that holds a secret itself (not a ``*_file`` setting) is held to the
+    rule of secret files (`_check_private`), as a warning: refusing it would stop controllers
+    that start today.  Before, a world-readable one was taken in silence."""
+    if not secrets:
+        return
+    try:
+        _check_private("config file", cfg_file, os.stat(cfg_file))
+    except (ConfigError, OSError) as exc:
+        logging.getLogger(__name__).warning(
+            "%s holds %s but is not private (%s); move the secret to %s, or chmod 600 it",
+            cfg_file, ", ".join(secrets), exc, ", ".join(SECRETS[n] for n in secrets),
+        )  # fmt: skip
 
 
 def secrets_on_command_line(args: argparse.Namespace) -> list[str]:
