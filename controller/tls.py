@@ -90,3 +90,18 @@ def configure_ovsdb_client(key: str, cert: str, ca: str) -> None:
     Stream.ssl_set_private_key_file(key)
     Stream.ssl_set_certificate_file(cert)
     Stream.ssl_set_ca_cert_file(ca)
+
+
+def ovsdb_peer_mismatch(ovsdb_target: str, sock: Any, host_id: str) -> str | None:
+    """Why an OVSDB session's server is not host ``host_id`` (None: it is, or the target is
+    not ``ssl:``).  python-ovs checks only that the server's certificate is signed by the CA
+    (``check_hostname`` off): any hypervisor's certificate passed, so one host's server - or
+    one on the path holding any switch certificate - could answer for another.  Its
+    certificate must name the host, as the switch's does on OpenFlow (`host_of_cn`)."""
+    if not ovsdb_target.startswith("ssl:"):
+        return None
+    cn = peer_common_name(sock)
+    if cn is not None and host_of_cn(cn) == host_id:
+        return None
+    named = f"names {host_of_cn(cn)!r}" if cn is not None else "names no host"
+    return f"its certificate {named}, not host {host_id!r}"

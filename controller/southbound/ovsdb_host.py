@@ -45,6 +45,7 @@ from ovsdbapp.backend.ovs_idl import command as ovs_command
 from ovsdbapp.backend.ovs_idl import connection, idlutils
 from ovsdbapp.schema.open_vswitch import impl_idl
 
+from controller import tls
 from controller.datapath_id import datapath_id_for
 from controller.southbound import switch_poke
 
@@ -277,7 +278,9 @@ def _poke_one(
         ours = {}  # connected already: a read alone
     bridge = host.get("integration_bridge") or "br-int"
     try:
-        poked = switch_poke.read_and_poke(host["ovsdb"], bridge, ours, POKE_TIMEOUT_S)
+        poked = switch_poke.read_and_poke(
+            host["ovsdb"], bridge, ours, POKE_TIMEOUT_S, host_id=host["id"]
+        )
     except Exception as exc:
         LOG.debug("host %s: no early reconnect of its switch: %s", host["id"], exc)
         return
@@ -311,6 +314,10 @@ class _NotifyingIdl(connection.OvsdbIdl):
     sync_deadline_s: float = 10.0
     _unsynced_since: float | None = None
     _stall_reported: bool = False
+    # the host whose server an ssl: session must reach (`_peer_is_the_host`); None: any
+    expected_host: str | None = None
+    _peer_checked: int = -1  # the session seqno last checked
+    _peer_ok: bool = True
 
     def run(self) -> Any:
         """python-ovs's step, then a wake when `synced` changed: connected *and* the server's
@@ -324,13 +331,34 @@ class _NotifyingIdl(connection.OvsdbIdl):
         try:
             return super().run()
         finally:
-            connected = bool(self._session.is_connected())
+            connected = bool(self._session.is_connected()) and self._peer_is_the_host()
             synced = connected and self.state == self.IDL_S_MONITORING
             if synced != self.synced:
                 self.losses += not synced
                 self.synced = synced
                 self.changed.set()
             self._check_stall(connected, synced)
+
+    def _peer_is_the_host(self) -> bool:
+        """Whether this session's server is ``expected_host`` (`tls.ovsdb_peer_mismatch`),
+        checked once per session.  One that is not is never synced (the agent neither reads
+        nor configures through it) and is dropped, with one error line per run of them: the
+        first connection is checked by the schema fetch, this checks every reconnect."""
+        if self.expected_host is None:
+            return True
+        seqno = self._session.get_seqno()
+        if seqno != self._peer_checked:
+            self._peer_checked = seqno
+            rpc = self._session.rpc
+            sock = getattr(getattr(rpc, "stream", None), "socket", None)
+            target = self._session.get_name()
+            wrong = tls.ovsdb_peer_mismatch(target, sock, self.expected_host)
+            if wrong is not None and self._peer_ok:
+                LOG.error("OVSDB %s: %s; not used, reconnecting", target, wrong)
+            self._peer_ok = wrong is None
+            if wrong is not None:
+                self.force_reconnect()
+        return self._peer_ok
 
     def _check_stall(self, connected: bool, synced: bool) -> None:
         """Reconnect a session that is connected but has not had the server's dump within
@@ -564,7 +592,7 @@ class OvsdbHost:
                 # Bounded (ovsdbapp's get_schema_helper waits for good on a server that
                 # accepts and never answers: the agent would be stuck and never retried).
                 helper = idlutils.create_schema_helper(
-                    switch_poke.fetch_schema(self.target, self.timeout)
+                    switch_poke.fetch_schema(self.target, self.timeout, host_id=self.host_id)
                 )
                 for table, columns in self.COLUMNS.items():
                     helper.register_columns(table, list(columns or ()))
@@ -572,6 +600,7 @@ class OvsdbHost:
                 idl.changed = threading.Event()
                 idl.dirty_ifaces = {}
                 idl.sync_deadline_s = self.timeout
+                idl.expected_host = self.host_id
                 bound_reconnect_backoff(idl, self.max_backoff_s)
                 conn = connection.Connection(idl, timeout=self.timeout)
                 try:
@@ -609,7 +638,11 @@ class OvsdbHost:
         else:
             try:
                 poked = switch_poke.read_and_poke(
-                    self.target, self.bridge, ours, min(self.timeout, POKE_TIMEOUT_S)
+                    self.target,
+                    self.bridge,
+                    ours,
+                    min(self.timeout, POKE_TIMEOUT_S),
+                    host_id=self.host_id,
                 )
             except Exception as exc:  # OVSDB not reachable yet: the IDL's retries take over
                 LOG.debug("host %s: no early read of its OVSDB: %s", self.host_id, exc)

@@ -35,6 +35,8 @@ from typing import Any
 
 from ovs import jsonrpc, poller, stream
 
+from controller import tls
+
 DB = "Open_vSwitch"
 
 
@@ -95,19 +97,26 @@ def _transact(conn: jsonrpc.Connection, ops: list[dict[str, Any]], deadline: flo
     return results
 
 
-def _open(ovsdb_target: str, timeout_s: float) -> jsonrpc.Connection:
+def _open(ovsdb_target: str, timeout_s: float, host_id: str | None) -> jsonrpc.Connection:
+    """A connection to ``ovsdb_target``; with ``host_id``, over ``ssl:`` only to a server
+    whose certificate names that host (`tls.ovsdb_peer_mismatch`)."""
     err, strm = stream.Stream.open_block(stream.Stream.open(ovsdb_target), int(timeout_s * 1000))
     if err:
         raise PokeError(os.strerror(err) if err > 0 else "cannot connect")
+    if host_id is not None:
+        wrong = tls.ovsdb_peer_mismatch(ovsdb_target, getattr(strm, "socket", None), host_id)
+        if wrong is not None:
+            strm.close()
+            raise PokeError(wrong)
     return jsonrpc.Connection(strm)
 
 
-def fetch_schema(ovsdb_target: str, timeout_s: float) -> dict[str, Any]:
+def fetch_schema(ovsdb_target: str, timeout_s: float, host_id: str | None = None) -> dict[str, Any]:
     """The server's ``Open_vSwitch`` schema (JSON), within ``timeout_s``: what ovsdbapp's
     ``get_schema_helper`` fetches with no bound at all, so that a server that accepts the
     connection and never answers (hung, stopped, or hostile) held the host's agent for good."""
     deadline = time.monotonic() + timeout_s
-    conn = _open(ovsdb_target, timeout_s)
+    conn = _open(ovsdb_target, timeout_s, host_id)
     try:
         schema = _call(conn, "get_schema", [DB], deadline)
     finally:
@@ -183,11 +192,17 @@ def poke(ovsdb_target: str, bridge: str, ours: dict[str, str], timeout_s: float)
     return read_and_poke(ovsdb_target, bridge, ours, timeout_s).written
 
 
-def read_and_poke(ovsdb_target: str, bridge: str, ours: dict[str, str], timeout_s: float) -> Poked:
+def read_and_poke(
+    ovsdb_target: str,
+    bridge: str,
+    ours: dict[str, str],
+    timeout_s: float,
+    host_id: str | None = None,
+) -> Poked:
     """Read ``bridge``'s interfaces and, as `poke` says, rewrite its controller target (never
     with an empty ``ours``: a read alone).  PokeError if OVSDB could not be asked."""
     deadline = time.monotonic() + timeout_s
-    conn = _open(ovsdb_target, timeout_s)
+    conn = _open(ovsdb_target, timeout_s, host_id)
     try:
         found = _transact(
             conn,

@@ -154,5 +154,5 @@ def agents_without_server(monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.skip(f"{SCHEMA} missing (openvswitch-common not installed)")
     with open(SCHEMA) as f:
         schema = json.load(f)
-    monkeypatch.setattr(ovsdb_host.switch_poke, "fetch_schema", lambda *_: schema)
+    monkeypatch.setattr(ovsdb_host.switch_poke, "fetch_schema", lambda *_, **__: schema)
     monkeypatch.setattr(ovsdb_host.connection, "Connection", IdleConnection)
